@@ -1,0 +1,708 @@
+//! The transition table: known stack-switch return addresses and how to find the other side.
+//!
+//! Runtimes switch stacks (Go's `systemstack`, signal handlers on an alternate stack, coroutines,
+//! `psm` segments, [`crate::system_stack`]). At a switch the frame chain either links to the
+//! other stack (which a plain walk refuses: frame pointers must move up one stack) or is cut. A
+//! [`Transition`] names the return addresses at which such a switch sits and a [`Rule`] that says
+//! where the registers of the other side are. The walker consults the table for every return
+//! address it finds; when none can match this costs one range compare.
+//!
+//! Two tables implement [`Transitions`]: [`TransitionTable`], a plain sorted vector (offline
+//! unwinding, tests, fuzzing), and [`Live`], the process-wide registry that live captures use.
+//! The registry is read lock-free with a sequence lock over fixed-size static arrays: readers
+//! (signal handlers) never block, never allocate and never touch freed memory; a reader that
+//! races a writer retries a bounded number of times and then treats the lookup as "no match",
+//! which truncates that one trace cleanly. Writers ([`register`], [`unregister`]) take a mutex
+//! and must not be called from signal handlers.
+
+use crate::arch::{Arch, Regs};
+use crate::memory::{Memory, Range};
+use core::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Where the offsets of a [`Rule::SavedAt`] are measured from, at the frame whose return address
+/// matched (the "callee": the first function that ran on the new stack).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Base {
+    /// The callee's frame record (the address the matching return address was read from, - 8).
+    Fp,
+    /// The callee's canonical frame address: its frame record + 16, the stack pointer of the
+    /// switch function at its call.
+    Cfa,
+    /// The saved frame pointer in the callee's record (the switch function's own frame pointer).
+    SavedFp,
+}
+
+/// How to recover the registers of the other side of a stack switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// The frame chain already links to the other stack: accept the jump and start a new stack
+    /// segment (Go `systemstack`, psm's `rust_psm_on_stack`).
+    ContinueChain,
+    /// The other side's pc, sp and fp were stored at offsets from [`Base`] (coroutine
+    /// trampolines, [`crate::system_stack`]). `sp: None` when it was not saved. `pc` is a return
+    /// address.
+    SavedAt {
+        /// What the offsets are measured from.
+        base: Base,
+        /// Offset of the saved pc (a return address).
+        pc: i32,
+        /// Offset of the saved sp, if saved.
+        sp: Option<i32>,
+        /// Offset of the saved frame pointer.
+        fp: i32,
+    },
+    /// The kernel's `rt_sigframe`: the matching return address is the sigreturn trampoline, the
+    /// interrupted registers are in the `ucontext` (see [`crate::arch`] for the layouts). The
+    /// interrupted pc becomes an exact frame.
+    SignalFrame,
+    /// A context block the runtime keeps current (Go's `g.sched`, wasmtime's exit fp/pc): the
+    /// saved registers are read at offsets in the block at address `block`.
+    Context {
+        /// Address of the block.
+        block: u64,
+        /// Offset of the saved pc (a return address) in the block.
+        pc: u32,
+        /// Offset of the saved sp in the block.
+        sp: u32,
+        /// Offset of the saved frame pointer in the block.
+        fp: u32,
+    },
+}
+
+/// Identifies a registered transition (or stack). 0 means "none".
+pub type Id = u16;
+
+/// One table entry: return addresses in `range` are a stack switch handled by `rule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Transition {
+    /// Return addresses this entry covers (a single address is `[ra, ra + 1)`).
+    pub range: Range,
+    /// How to find the other side.
+    pub rule: Rule,
+    /// The entry's id, recorded in the frame after the crossing.
+    pub id: Id,
+}
+
+/// A table the walker can consult.
+pub trait Transitions {
+    /// The transition whose range contains the return address `ra`, if any.
+    fn lookup(&self, ra: u64) -> Option<Transition>;
+}
+
+/// No transitions: the naive walk.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoTransitions;
+
+impl Transitions for NoTransitions {
+    #[inline(always)]
+    fn lookup(&self, _ra: u64) -> Option<Transition> {
+        None
+    }
+}
+
+impl<T: Transitions + ?Sized> Transitions for &T {
+    #[inline(always)]
+    fn lookup(&self, ra: u64) -> Option<Transition> {
+        (**self).lookup(ra)
+    }
+}
+
+/// What a rule yields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hop {
+    /// Keep following the frame chain; the next frame is on a new stack.
+    Continue,
+    /// Continue from these registers on a new stack; `exact` says whether `regs.pc` is an exact
+    /// pc (an interrupted instruction) rather than a return address.
+    Regs {
+        /// The other side's registers.
+        regs: Regs,
+        /// Is `regs.pc` exact?
+        exact: bool,
+    },
+}
+
+impl Rule {
+    /// Applies the rule at a frame whose record is at `fp` and holds `saved_fp`. `None` when the
+    /// saved registers cannot be read or make no sense.
+    pub fn apply<A: Arch, M: Memory>(
+        &self,
+        fp: u64,
+        saved_fp: u64,
+        pac_mask: u64,
+        mem: &mut M,
+    ) -> Option<Hop> {
+        match *self {
+            Rule::ContinueChain => Some(Hop::Continue),
+            Rule::SavedAt {
+                base,
+                pc,
+                sp,
+                fp: fpo,
+            } => {
+                let b = match base {
+                    Base::Fp => fp,
+                    Base::Cfa => fp.checked_add(A::RECORD_SIZE)?,
+                    Base::SavedFp => saved_fp,
+                };
+                let at = |o: i32| b.checked_add_signed(o as i64);
+                let pc = A::strip_ra(mem.read_u64(at(pc)?)?, pac_mask);
+                let sp = match sp {
+                    Some(o) => mem.read_u64(at(o)?)?,
+                    None => 0,
+                };
+                let fp = mem.read_u64(at(fpo)?)?;
+                Some(Hop::Regs {
+                    regs: Regs::new(pc, sp, fp),
+                    exact: false,
+                })
+            }
+            Rule::SignalFrame => {
+                let mut read = |a| mem.read_u64(a);
+                let sp = A::sigframe_sp(fp, saved_fp, &mut read)?;
+                let uc = sp.checked_add(A::UC_FROM_SIGFRAME_SP)?;
+                let mut regs = A::ucontext_regs(uc, &mut read)?;
+                regs.pc = A::strip_ra(regs.pc, pac_mask);
+                regs.lr = A::strip_ra(regs.lr, pac_mask);
+                Some(Hop::Regs { regs, exact: true })
+            }
+            Rule::Context {
+                block,
+                pc,
+                sp,
+                fp: fpo,
+            } => {
+                let pc = A::strip_ra(mem.read_u64(block.checked_add(pc as u64)?)?, pac_mask);
+                let sp = mem.read_u64(block.checked_add(sp as u64)?)?;
+                let fp = mem.read_u64(block.checked_add(fpo as u64)?)?;
+                Some(Hop::Regs {
+                    regs: Regs::new(pc, sp, fp),
+                    exact: false,
+                })
+            }
+        }
+    }
+
+    // Encoding for the lock-free static table: four words.
+    const K_CONTINUE: u64 = 1;
+    const K_SAVED: u64 = 2;
+    const K_SIGNAL: u64 = 3;
+    const K_CONTEXT: u64 = 4;
+    const NO_OFFSET: i32 = i32::MIN;
+
+    fn encode(&self) -> [u64; 3] {
+        let pack = |a: i32, b: i32| (a as u32 as u64) | ((b as u32 as u64) << 32);
+        match *self {
+            Rule::ContinueChain => [Self::K_CONTINUE, 0, 0],
+            Rule::SavedAt { base, pc, sp, fp } => {
+                let b = match base {
+                    Base::Fp => 0,
+                    Base::Cfa => 1,
+                    Base::SavedFp => 2,
+                };
+                [
+                    Self::K_SAVED | (b << 8),
+                    pack(pc, sp.unwrap_or(Self::NO_OFFSET)),
+                    fp as u32 as u64,
+                ]
+            }
+            Rule::SignalFrame => [Self::K_SIGNAL, 0, 0],
+            Rule::Context { block, pc, sp, fp } => [
+                Self::K_CONTEXT | ((fp as u64) << 32),
+                block,
+                (pc as u64) | ((sp as u64) << 32),
+            ],
+        }
+    }
+
+    fn decode(w: [u64; 3]) -> Option<Rule> {
+        let lo = |x: u64| x as u32 as i32;
+        let hi = |x: u64| (x >> 32) as u32 as i32;
+        Some(match w[0] & 0xff {
+            Self::K_CONTINUE => Rule::ContinueChain,
+            Self::K_SAVED => Rule::SavedAt {
+                base: match (w[0] >> 8) & 0xff {
+                    0 => Base::Fp,
+                    1 => Base::Cfa,
+                    2 => Base::SavedFp,
+                    _ => return None,
+                },
+                pc: lo(w[1]),
+                sp: match hi(w[1]) {
+                    Self::NO_OFFSET => None,
+                    o => Some(o),
+                },
+                fp: lo(w[2]),
+            },
+            Self::K_SIGNAL => Rule::SignalFrame,
+            Self::K_CONTEXT => Rule::Context {
+                block: w[1],
+                pc: w[2] as u32,
+                sp: (w[2] >> 32) as u32,
+                fp: (w[0] >> 32) as u32,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// A plain sorted transition table (offline unwinding, tests, fuzzing).
+#[derive(Clone, Debug, Default)]
+pub struct TransitionTable {
+    entries: Vec<Transition>,
+    envelope: Range,
+}
+
+impl TransitionTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A table holding `entries` (empty ranges are dropped; on overlap the lowest start wins).
+    pub fn from_entries(entries: impl IntoIterator<Item = Transition>) -> Self {
+        let mut t = Self::new();
+        for e in entries {
+            t.insert(e);
+        }
+        t
+    }
+
+    /// Adds an entry.
+    pub fn insert(&mut self, t: Transition) {
+        if t.range.is_empty() {
+            return;
+        }
+        let at = self.entries.partition_point(|e| e.range.lo < t.range.lo);
+        self.entries.insert(at, t);
+        self.envelope = envelope(&self.entries);
+    }
+
+    /// Removes every entry with this id. Returns whether one was removed.
+    pub fn remove(&mut self, id: Id) -> bool {
+        let n = self.entries.len();
+        self.entries.retain(|e| e.id != id);
+        self.envelope = envelope(&self.entries);
+        n != self.entries.len()
+    }
+
+    /// The entries, sorted by start address.
+    pub fn entries(&self) -> &[Transition] {
+        &self.entries
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Is the table empty?
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn envelope(entries: &[Transition]) -> Range {
+    let lo = entries.iter().map(|e| e.range.lo).min().unwrap_or(0);
+    let hi = entries.iter().map(|e| e.range.hi).max().unwrap_or(0);
+    Range::new(lo, hi)
+}
+
+/// Finds the entry containing `ra` in entries sorted by start. Entries may overlap: the one with
+/// the greatest start not above `ra` is checked, then earlier ones while they could still cover.
+fn search(entries: &[Transition], ra: u64) -> Option<Transition> {
+    let at = entries.partition_point(|e| e.range.lo <= ra);
+    entries[..at]
+        .iter()
+        .rev()
+        .find(|e| e.range.contains(ra))
+        .copied()
+}
+
+impl Transitions for TransitionTable {
+    #[inline]
+    fn lookup(&self, ra: u64) -> Option<Transition> {
+        if !self.envelope.contains(ra) {
+            return None;
+        }
+        search(&self.entries, ra)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The live, process-wide registry.
+
+/// Maximum number of live transitions.
+pub const MAX_TRANSITIONS: usize = 256;
+/// Maximum number of registered live stacks.
+pub const MAX_STACKS: usize = 1024;
+/// How many times a reader retries when it races a writer before giving up on that lookup.
+const READ_RETRIES: usize = 8;
+
+/// Errors from registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The static table is full ([`MAX_TRANSITIONS`] or [`MAX_STACKS`]).
+    Full,
+    /// The range is empty.
+    EmptyRange,
+    /// No entry with that id.
+    UnknownId,
+}
+
+impl core::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            RegistryError::Full => "the transition registry is full",
+            RegistryError::EmptyRange => "empty address range",
+            RegistryError::UnknownId => "no registered entry with that id",
+        })
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+/// A fixed array of `W`-word slots published under a sequence lock.
+struct SeqTable<const N: usize, const W: usize> {
+    seq: AtomicU64,
+    len: AtomicUsize,
+    env_lo: AtomicU64,
+    env_hi: AtomicU64,
+    slots: [[AtomicU64; W]; N],
+}
+
+impl<const N: usize, const W: usize> SeqTable<N, W> {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const ZERO: AtomicU64 = AtomicU64::new(0);
+    #[allow(clippy::declare_interior_mutable_const)]
+    const SLOT: [AtomicU64; W] = [Self::ZERO; W];
+
+    const fn new() -> Self {
+        SeqTable {
+            seq: AtomicU64::new(0),
+            len: AtomicUsize::new(0),
+            env_lo: AtomicU64::new(0),
+            env_hi: AtomicU64::new(0),
+            slots: [Self::SLOT; N],
+        }
+    }
+
+    /// Publishes `rows` (sorted by word 0, at most N). Callers serialise writers.
+    fn publish(&self, rows: &[[u64; W]], env: Range) {
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (slot, row) in self.slots.iter().zip(rows) {
+            for (a, v) in slot.iter().zip(row) {
+                a.store(*v, Ordering::Relaxed);
+            }
+        }
+        self.len.store(rows.len().min(N), Ordering::Relaxed);
+        self.env_lo.store(env.lo, Ordering::Relaxed);
+        self.env_hi.store(env.hi, Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Finds the row whose `[w0, w1)` contains `addr`. Lock-free, bounded, async-signal-safe.
+    #[inline]
+    fn find(&self, addr: u64) -> Option<[u64; W]> {
+        // The fast path: one range compare against the envelope. Racy by design: a stale
+        // envelope only delays seeing a new entry.
+        if addr < self.env_lo.load(Ordering::Relaxed) || addr >= self.env_hi.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        self.find_slow(addr)
+    }
+
+    #[inline(never)]
+    fn find_slow(&self, addr: u64) -> Option<[u64; W]> {
+        for _ in 0..READ_RETRIES {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let n = self.len.load(Ordering::Relaxed).min(N);
+            let slots = &self.slots[..n];
+            let at = slots.partition_point(|s| s[0].load(Ordering::Relaxed) <= addr);
+            let mut found = None;
+            for s in slots[..at].iter().rev() {
+                let lo = s[0].load(Ordering::Relaxed);
+                let hi = s[1].load(Ordering::Relaxed);
+                if addr >= lo && addr < hi {
+                    let mut row = [0u64; W];
+                    for (r, a) in row.iter_mut().zip(s.iter()) {
+                        *r = a.load(Ordering::Relaxed);
+                    }
+                    found = Some(row);
+                    break;
+                }
+            }
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == s1 {
+                return found;
+            }
+        }
+        None
+    }
+}
+
+/// Row: lo, hi, id, rule[3].
+static TRANSITIONS: SeqTable<MAX_TRANSITIONS, 6> = SeqTable::new();
+/// Row: lo, hi, id.
+static STACKS: SeqTable<MAX_STACKS, 3> = SeqTable::new();
+
+struct Writer {
+    next_id: u32,
+    transitions: Vec<(Transition, &'static str)>,
+    stacks: Vec<(Range, Id)>,
+}
+
+static WRITER: Mutex<Writer> = Mutex::new(Writer {
+    next_id: 1,
+    transitions: Vec::new(),
+    stacks: Vec::new(),
+});
+
+fn writer() -> std::sync::MutexGuard<'static, Writer> {
+    WRITER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Writer {
+    fn fresh_id(&mut self) -> Id {
+        // Ids wrap after 65535 registrations; skip 0 and ids still in use.
+        loop {
+            let id = (self.next_id % 0x1_0000) as Id;
+            self.next_id = self.next_id.wrapping_add(1);
+            if id != 0
+                && !self.transitions.iter().any(|(t, _)| t.id == id)
+                && !self.stacks.iter().any(|(_, s)| *s == id)
+            {
+                return id;
+            }
+        }
+    }
+
+    fn publish_transitions(&mut self) {
+        self.transitions.sort_by_key(|(t, _)| t.range.lo);
+        let rows: Vec<[u64; 6]> = self
+            .transitions
+            .iter()
+            .map(|(t, _)| {
+                let r = t.rule.encode();
+                [t.range.lo, t.range.hi, t.id as u64, r[0], r[1], r[2]]
+            })
+            .collect();
+        let entries: Vec<Transition> = self.transitions.iter().map(|(t, _)| *t).collect();
+        TRANSITIONS.publish(&rows, envelope(&entries));
+    }
+
+    fn publish_stacks(&mut self) {
+        self.stacks.sort_by_key(|(r, _)| r.lo);
+        let rows: Vec<[u64; 3]> = self
+            .stacks
+            .iter()
+            .map(|(r, id)| [r.lo, r.hi, *id as u64])
+            .collect();
+        let lo = self.stacks.iter().map(|(r, _)| r.lo).min().unwrap_or(0);
+        let hi = self.stacks.iter().map(|(r, _)| r.hi).max().unwrap_or(0);
+        STACKS.publish(&rows, Range::new(lo, hi));
+    }
+}
+
+/// Registers a live transition for return addresses in `range`, with a name for diagnostics.
+/// Returns its id. Not async-signal-safe (takes a mutex); lookups are.
+pub fn register(range: Range, rule: Rule, name: &'static str) -> Result<Id, RegistryError> {
+    if range.is_empty() {
+        return Err(RegistryError::EmptyRange);
+    }
+    let mut w = writer();
+    if w.transitions.len() >= MAX_TRANSITIONS {
+        return Err(RegistryError::Full);
+    }
+    let id = w.fresh_id();
+    w.transitions.push((Transition { range, rule, id }, name));
+    w.publish_transitions();
+    Ok(id)
+}
+
+/// Removes a live transition. Not async-signal-safe.
+pub fn unregister(id: Id) -> Result<(), RegistryError> {
+    let mut w = writer();
+    let n = w.transitions.len();
+    w.transitions.retain(|(t, _)| t.id != id);
+    if w.transitions.len() == n {
+        return Err(RegistryError::UnknownId);
+    }
+    w.publish_transitions();
+    Ok(())
+}
+
+/// The name a transition was registered with.
+pub fn name_of(id: Id) -> Option<&'static str> {
+    writer()
+        .transitions
+        .iter()
+        .find(|(t, _)| t.id == id)
+        .map(|(_, n)| *n)
+}
+
+/// A snapshot of the registered transitions (for diagnostics and offline use of live tables).
+pub fn registered() -> Vec<(Transition, &'static str)> {
+    writer().transitions.clone()
+}
+
+/// Registers a stack (a system stack, a coroutine stack, a stack segment) whose memory live
+/// captures may read and across which they may walk. Not async-signal-safe.
+pub fn register_stack(range: Range) -> Result<Id, RegistryError> {
+    if range.is_empty() {
+        return Err(RegistryError::EmptyRange);
+    }
+    let mut w = writer();
+    if w.stacks.len() >= MAX_STACKS {
+        return Err(RegistryError::Full);
+    }
+    let id = w.fresh_id();
+    w.stacks.push((range, id));
+    w.publish_stacks();
+    Ok(id)
+}
+
+/// Removes a registered stack. Not async-signal-safe.
+///
+/// Memory of an unregistered stack may still be read by a capture that looked it up just before;
+/// free a stack's memory only when no capture can be walking it (for example, once the coroutine
+/// or thread that ran on it has finished and will not be sampled again).
+pub fn unregister_stack(id: Id) -> Result<(), RegistryError> {
+    let mut w = writer();
+    let n = w.stacks.len();
+    w.stacks.retain(|(_, s)| *s != id);
+    if w.stacks.len() == n {
+        return Err(RegistryError::UnknownId);
+    }
+    w.publish_stacks();
+    Ok(())
+}
+
+/// The live registry as a [`Transitions`] table: lock-free, allocation-free and
+/// async-signal-safe lookups.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Live;
+
+impl Transitions for Live {
+    #[inline(always)]
+    fn lookup(&self, ra: u64) -> Option<Transition> {
+        let row = TRANSITIONS.find(ra)?;
+        Some(Transition {
+            range: Range::new(row[0], row[1]),
+            id: row[2] as Id,
+            rule: Rule::decode([row[3], row[4], row[5]])?,
+        })
+    }
+}
+
+/// The registered stack containing `addr`, if any. Lock-free and async-signal-safe.
+#[inline]
+pub fn registered_stack(addr: u64) -> Option<Range> {
+    STACKS.find(addr).map(|r| Range::new(r[0], r[1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_round_trip_through_encoding() {
+        let rules = [
+            Rule::ContinueChain,
+            Rule::SignalFrame,
+            Rule::SavedAt {
+                base: Base::Cfa,
+                pc: 16,
+                sp: Some(8),
+                fp: 24,
+            },
+            Rule::SavedAt {
+                base: Base::SavedFp,
+                pc: -8,
+                sp: None,
+                fp: -16,
+            },
+            Rule::Context {
+                block: 0xdead_beef_0000,
+                pc: 8,
+                sp: 0,
+                fp: 48,
+            },
+        ];
+        for r in rules {
+            assert_eq!(Rule::decode(r.encode()), Some(r));
+        }
+        assert_eq!(Rule::decode([99, 0, 0]), None);
+    }
+
+    #[test]
+    fn table_lookup_with_overlap() {
+        let t = TransitionTable::from_entries([
+            Transition {
+                range: Range::new(100, 200),
+                rule: Rule::ContinueChain,
+                id: 1,
+            },
+            Transition {
+                range: Range::new(150, 160),
+                rule: Rule::SignalFrame,
+                id: 2,
+            },
+            Transition {
+                range: Range::new(300, 300),
+                rule: Rule::SignalFrame,
+                id: 3,
+            },
+        ]);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.lookup(99), None);
+        assert_eq!(t.lookup(100).unwrap().id, 1);
+        assert_eq!(t.lookup(155).unwrap().id, 2);
+        assert_eq!(t.lookup(170).unwrap().id, 1);
+        assert_eq!(t.lookup(200), None);
+        let mut t = t;
+        assert!(t.remove(2));
+        assert_eq!(t.lookup(155).unwrap().id, 1);
+        assert!(!t.remove(2));
+    }
+
+    #[test]
+    fn live_registry_register_lookup_unregister() {
+        let base = 0x7777_0000_0000u64;
+        let id = register(Range::new(base, base + 0x10), Rule::ContinueChain, "test").unwrap();
+        let t = Live.lookup(base + 4).unwrap();
+        assert_eq!(t.id, id);
+        assert_eq!(t.rule, Rule::ContinueChain);
+        assert_eq!(name_of(id), Some("test"));
+        assert!(Live.lookup(base + 0x10).is_none());
+        unregister(id).unwrap();
+        assert!(Live.lookup(base + 4).is_none());
+        assert_eq!(unregister(id), Err(RegistryError::UnknownId));
+        assert_eq!(
+            register(Range::new(5, 5), Rule::ContinueChain, "x"),
+            Err(RegistryError::EmptyRange)
+        );
+    }
+
+    #[test]
+    fn live_stacks() {
+        let base = 0x6666_0000_0000u64;
+        let id = register_stack(Range::new(base, base + 4096)).unwrap();
+        assert_eq!(
+            registered_stack(base + 100),
+            Some(Range::new(base, base + 4096))
+        );
+        assert_eq!(registered_stack(base + 4096), None);
+        unregister_stack(id).unwrap();
+        assert_eq!(registered_stack(base + 100), None);
+    }
+}

@@ -1,0 +1,427 @@
+//! The walker: one loop, generic over an [`Arch`], a [`Memory`], a transition table and an
+//! optional call-frame-information unwinder.
+//!
+//! ```text
+//! regs ──► frame record at fp ──► (caller fp, return address) ──► ...
+//!            │
+//!            ├─ return address is a known switch? ──► transition rule ──► next stack
+//!            └─ CFI mode and a rule for this pc?   ──► DWARF step
+//! ```
+//!
+//! Guarantees, whatever the memory holds: no panic, no allocation, no lock; every read goes
+//! through [`Memory::read_u64`]; every iteration writes one frame or stops, so the walk ends
+//! within `buf.len()` iterations; frame pointers must move strictly up one stack, and may only
+//! jump to another stack at a transition (at most [`MAX_TRANSITIONS`] of them).
+
+use crate::arch::{Arch, Regs};
+use crate::frame::{Frame, StopReason, Trace, Via};
+use crate::memory::{Memory, Range};
+use crate::transition::{Hop, Transitions};
+use core::marker::PhantomData;
+
+/// At most this many transitions are crossed in one walk.
+pub const MAX_TRANSITIONS: u16 = 64;
+
+/// How frames are unwound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Frame records only (the fast path).
+    #[default]
+    FramePointer,
+    /// DWARF call-frame information for every frame.
+    Dwarf,
+    /// CFI where a function has no frame record (the CFI says so, or has no rule), frame records
+    /// elsewhere.
+    Hybrid,
+}
+
+impl Mode {
+    /// Parses `fp`, `dwarf` or `hybrid`.
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "fp" => Some(Mode::FramePointer),
+            "dwarf" => Some(Mode::Dwarf),
+            "hybrid" => Some(Mode::Hybrid),
+            _ => None,
+        }
+    }
+}
+
+/// What a CFI unwinder says about one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CfiStep {
+    /// The caller's registers.
+    Caller(Regs),
+    /// This frame follows the standard frame-record rule: use the frame pointer.
+    FramePointer,
+    /// No CFI covers this pc.
+    NoInfo,
+    /// CFI exists but could not be evaluated (unsupported expression, unreadable memory).
+    Failed,
+}
+
+/// Call-frame information, as the walker uses it. Implementations must be bounded and must not
+/// allocate if they are used in a signal handler.
+pub trait Cfi {
+    /// Unwinds one frame. `regs.pc` is exact when `exact`, else a return address (look up
+    /// `pc - 1`).
+    fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep;
+}
+
+/// No call-frame information.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoCfi;
+
+impl Cfi for NoCfi {
+    #[inline(always)]
+    fn step<A: Arch, M: Memory>(&mut self, _: &Regs, _: bool, _: &mut M) -> CfiStep {
+        CfiStep::NoInfo
+    }
+}
+
+impl<C: Cfi + ?Sized> Cfi for &mut C {
+    #[inline(always)]
+    fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
+        (**self).step::<A, M>(regs, exact, mem)
+    }
+}
+
+/// Where a walk begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// The registers of the first frame.
+    pub regs: Regs,
+    /// Is `regs.pc` a return address (a frame record's), rather than an exact pc?
+    pub pc_is_return_address: bool,
+}
+
+impl Start {
+    /// Start from exact registers (an interrupted context, a core's thread).
+    pub const fn exact(regs: Regs) -> Self {
+        Start {
+            regs,
+            pc_is_return_address: false,
+        }
+    }
+}
+
+/// A configured walker. Cheap to build; holds no memory of its own.
+#[derive(Clone, Debug)]
+pub struct Walker<A: Arch, T: Transitions, C: Cfi> {
+    /// The transition table consulted at every return address.
+    pub transitions: T,
+    /// The CFI unwinder used in [`Mode::Dwarf`] and [`Mode::Hybrid`].
+    pub cfi: C,
+    /// The unwinding mode.
+    pub mode: Mode,
+    /// Stop after this many frames (0: only the buffer's length limits).
+    pub max_depth: usize,
+    /// aarch64 pointer-authentication mask (0: Linux's default).
+    pub pac_mask: u64,
+    _arch: PhantomData<A>,
+}
+
+impl<A: Arch, T: Transitions> Walker<A, T, NoCfi> {
+    /// A frame-pointer walker with this transition table.
+    pub fn new(transitions: T) -> Self {
+        Walker {
+            transitions,
+            cfi: NoCfi,
+            mode: Mode::FramePointer,
+            max_depth: 0,
+            pac_mask: 0,
+            _arch: PhantomData,
+        }
+    }
+}
+
+impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
+    /// A walker with a CFI unwinder, in `mode`.
+    pub fn with_cfi(transitions: T, cfi: C, mode: Mode) -> Self {
+        Walker {
+            transitions,
+            cfi,
+            mode,
+            max_depth: 0,
+            pac_mask: 0,
+            _arch: PhantomData,
+        }
+    }
+
+    /// Walks from `start`, writing frames (leaf first) into `buf`. Never panics, never
+    /// allocates, reads only through `mem`.
+    pub fn walk<M: Memory>(&mut self, start: Start, mem: &mut M, buf: &mut [Frame]) -> Trace {
+        let limit = if self.max_depth == 0 {
+            buf.len()
+        } else {
+            self.max_depth.min(buf.len())
+        };
+        let max_depth = self.max_depth;
+        let full = |n: usize| {
+            if max_depth != 0 && n >= max_depth {
+                StopReason::MaxDepth
+            } else {
+                StopReason::BufferFull
+            }
+        };
+        let mut st = State {
+            regs: start.regs,
+            exact: !start.pc_is_return_address,
+            stack: 0,
+            seg: None,
+            prev_fp: None,
+            pending: 0,
+            crossings: 0,
+            n: 0,
+        };
+        if st.regs.pc == 0 {
+            return Trace {
+                len: 0,
+                stop: StopReason::End,
+            };
+        }
+        if limit == 0 {
+            return Trace {
+                len: 0,
+                stop: full(0),
+            };
+        }
+        buf[0] = Frame {
+            pc: st.regs.pc,
+            stack: 0,
+            via: if st.exact {
+                Via::Regs
+            } else {
+                Via::FramePointer
+            },
+            flags: if st.exact { Frame::EXACT } else { 0 },
+            transition: 0,
+        };
+        st.n = 1;
+        st.seg = stack_of(mem, &st.regs);
+        let stop = loop {
+            if st.n >= limit {
+                break full(st.n);
+            }
+            match self.step(&mut st, mem, buf, limit) {
+                Ok(()) => {}
+                Err(stop) => break stop,
+            }
+        };
+        Trace { len: st.n, stop }
+    }
+
+    /// One iteration: finds the caller of `st.regs`, writes at least one frame or stops.
+    #[inline(always)]
+    fn step<M: Memory>(
+        &mut self,
+        st: &mut State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+    ) -> Result<(), StopReason> {
+        // 1. Find the caller: by CFI when the mode asks for it, else by the frame record.
+        let mut dwarf = None;
+        if self.mode != Mode::FramePointer {
+            match self.cfi.step::<A, M>(&st.regs, st.exact, mem) {
+                CfiStep::Caller(r) => dwarf = Some(r),
+                CfiStep::FramePointer => {}
+                CfiStep::NoInfo | CfiStep::Failed if self.mode == Mode::Dwarf => {
+                    return Err(StopReason::NoUnwindInfo)
+                }
+                CfiStep::NoInfo | CfiStep::Failed => {}
+            }
+        }
+        let (caller, via, record_fp) = match dwarf {
+            Some(mut r) => {
+                // The CFA must move up the current stack.
+                if r.sp <= st.regs.sp {
+                    return Err(StopReason::NotMonotonic);
+                }
+                if let Some(seg) = st.seg {
+                    if !seg.contains(r.sp) && r.sp != seg.hi {
+                        return Err(StopReason::NotMonotonic);
+                    }
+                }
+                r.pc = A::strip_ra(r.pc, self.pac_mask);
+                (r, Via::Dwarf, None)
+            }
+            None => {
+                let fp = st.regs.fp;
+                if fp == 0 {
+                    return Err(StopReason::End);
+                }
+                if fp % A::FP_ALIGN != 0 {
+                    return Err(StopReason::Misaligned);
+                }
+                match st.seg {
+                    Some(seg) if !seg.contains_span(fp, A::RECORD_SIZE) => {
+                        // Left this stack for another known one: only a transition may do that.
+                        return Err(if !seg.contains(fp) && mem.stack_range(fp).is_some() {
+                            StopReason::NotMonotonic
+                        } else {
+                            StopReason::ReadFailed
+                        });
+                    }
+                    _ => {}
+                }
+                if let Some(prev) = st.prev_fp {
+                    if fp <= prev {
+                        return Err(StopReason::NotMonotonic);
+                    }
+                }
+                // A record below the stack pointer is in dead stack.
+                if st.regs.sp != 0 && fp < st.regs.sp {
+                    return Err(StopReason::NotMonotonic);
+                }
+                let saved_fp = mem
+                    .read_u64(fp + A::RECORD_FP)
+                    .ok_or(StopReason::ReadFailed)?;
+                let ra = mem
+                    .read_u64(fp + A::RECORD_RA)
+                    .ok_or(StopReason::ReadFailed)?;
+                let caller = Regs {
+                    pc: A::strip_ra(ra, self.pac_mask),
+                    sp: fp + A::RECORD_SIZE,
+                    fp: saved_fp,
+                    lr: 0,
+                };
+                (caller, Via::FramePointer, Some(fp))
+            }
+        };
+        if caller.pc == 0 {
+            return Err(StopReason::End);
+        }
+
+        // 2. Record it.
+        push(st, buf, caller.pc, via, false);
+
+        // 3. A stack switch?
+        if let Some(t) = self.transitions.lookup(caller.pc) {
+            if st.crossings >= MAX_TRANSITIONS {
+                return Err(StopReason::TooManyTransitions);
+            }
+            st.crossings += 1;
+            // The rule reads relative to the frame record the return address came from; after
+            // a DWARF step there is none, and the CFA stands in for record + 16.
+            let fp = record_fp.unwrap_or_else(|| caller.sp.wrapping_sub(A::RECORD_SIZE));
+            let hop = t
+                .rule
+                .apply::<A, M>(fp, caller.fp, self.pac_mask, mem)
+                .ok_or(StopReason::BadTransition)?;
+            st.stack = st.stack.saturating_add(1);
+            st.prev_fp = None;
+            match hop {
+                Hop::Continue => {
+                    // The chain continues on another stack; the old sp says nothing there.
+                    st.regs = Regs { sp: 0, ..caller };
+                    st.exact = false;
+                    st.pending = t.id;
+                    st.seg = if caller.fp != 0 {
+                        mem.stack_range(caller.fp)
+                    } else {
+                        None
+                    };
+                }
+                Hop::Regs { regs, exact } => {
+                    if regs.pc == 0 {
+                        return Err(StopReason::BadTransition);
+                    }
+                    st.regs = regs;
+                    st.exact = exact;
+                    st.seg = stack_of(mem, &regs);
+                    if st.n >= limit {
+                        return Ok(());
+                    }
+                    st.pending = t.id;
+                    push(st, buf, regs.pc, Via::Transition, exact);
+                    self.leaf_lr(st, mem, buf, limit);
+                }
+            }
+            return Ok(());
+        }
+
+        st.regs = caller;
+        st.exact = false;
+        if let Some(fp) = record_fp {
+            st.prev_fp = Some(fp);
+        }
+        Ok(())
+    }
+
+    /// aarch64, frame-pointer mode, after an interrupted pc: the interrupted function may be a
+    /// leaf with no frame record, its caller only in `lr`. Frame records cannot tell; use `lr`
+    /// as the next frame when it is not what the record at `fp` says and points far from `pc`
+    /// (a stale `lr` of a non-leaf points into the same function). With CFI, the CFI decides.
+    fn leaf_lr<M: Memory>(&mut self, st: &mut State, mem: &mut M, buf: &mut [Frame], limit: usize) {
+        const SAME_FUNCTION: u64 = 4096;
+        if A::KIND != crate::arch::ArchKind::Aarch64
+            || self.mode != Mode::FramePointer
+            || !st.exact
+            || st.n >= limit
+        {
+            return;
+        }
+        let lr = A::strip_ra(st.regs.lr, self.pac_mask);
+        if lr == 0 || lr.abs_diff(st.regs.pc) < SAME_FUNCTION {
+            return;
+        }
+        let record_ra = mem
+            .read_u64(st.regs.fp.wrapping_add(A::RECORD_RA))
+            .map(|ra| A::strip_ra(ra, self.pac_mask));
+        if record_ra == Some(lr) {
+            return;
+        }
+        push(st, buf, lr, Via::Regs, false);
+        st.regs.pc = lr;
+        st.exact = false;
+    }
+}
+
+struct State {
+    regs: Regs,
+    exact: bool,
+    stack: u16,
+    seg: Option<Range>,
+    prev_fp: Option<u64>,
+    /// Transition id to record on the next frame written.
+    pending: u16,
+    crossings: u16,
+    n: usize,
+}
+
+#[inline(always)]
+fn push(st: &mut State, buf: &mut [Frame], pc: u64, via: Via, exact: bool) {
+    let (via, transition) = if st.pending != 0 {
+        (Via::Transition, core::mem::take(&mut st.pending))
+    } else {
+        (via, 0)
+    };
+    if let Some(slot) = buf.get_mut(st.n) {
+        *slot = Frame {
+            pc,
+            stack: st.stack,
+            via,
+            flags: if exact { Frame::EXACT } else { 0 },
+            transition,
+        };
+        st.n += 1;
+    }
+}
+
+#[inline]
+fn stack_of<M: Memory>(mem: &mut M, regs: &Regs) -> Option<Range> {
+    if regs.sp != 0 {
+        if let Some(r) = mem.stack_range(regs.sp) {
+            return Some(r);
+        }
+    }
+    if regs.fp != 0 {
+        mem.stack_range(regs.fp)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,408 @@
+//! Walker tests on synthetic memory images.
+
+use super::*;
+use crate::arch::{Aarch64, X86_64};
+use crate::memory::{Image, Region, StackBuilder};
+use crate::transition::{Base, NoTransitions, Rule, Transition, TransitionTable};
+
+const LO: u64 = 0x10_0000;
+const LEN: usize = 0x1000;
+
+fn walk_x86(
+    regions: &[Region<'_>],
+    table: &TransitionTable,
+    start: Start,
+    cap: usize,
+) -> (Vec<Frame>, StopReason) {
+    let mut buf = vec![Frame::EMPTY; cap];
+    let mut mem = Image::new(regions);
+    let mut w: Walker<X86_64, _, _> = Walker::new(table);
+    let t = w.walk(start, &mut mem, &mut buf);
+    buf.truncate(t.len);
+    (buf, t.stop)
+}
+
+fn pcs(frames: &[Frame]) -> Vec<u64> {
+    frames.iter().map(|f| f.pc).collect()
+}
+
+/// A chain of `n` frames: record i at LO + 0x100 + i*0x20, return address 0x400000 + i.
+fn chain(n: u64) -> StackBuilder {
+    let mut s = StackBuilder::new(LO, LEN);
+    for i in 0..n {
+        let fp = LO + 0x100 + i * 0x20;
+        let next = if i + 1 == n { 0 } else { fp + 0x20 };
+        s.record(fp, next, 0x40_0000 + i);
+    }
+    s
+}
+
+fn start_at(fp: u64) -> Start {
+    Start::exact(Regs::new(0x1234, fp - 0x10, fp))
+}
+
+#[test]
+fn follows_a_chain_to_the_end() {
+    let s = chain(5);
+    let (f, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        start_at(LO + 0x100),
+        64,
+    );
+    assert_eq!(stop, StopReason::End);
+    assert_eq!(
+        pcs(&f),
+        vec![0x1234, 0x40_0000, 0x40_0001, 0x40_0002, 0x40_0003, 0x40_0004]
+    );
+    assert_eq!(f[0].via, Via::Regs);
+    assert!(f[0].is_exact());
+    assert!(f[1..]
+        .iter()
+        .all(|f| f.via == Via::FramePointer && f.stack == 0));
+}
+
+#[test]
+fn buffer_full_and_max_depth() {
+    let s = chain(20);
+    let (f, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        start_at(LO + 0x100),
+        4,
+    );
+    assert_eq!((f.len(), stop), (4, StopReason::BufferFull));
+    let mut buf = [Frame::EMPTY; 64];
+    let regions = [s.region()];
+    let mut mem = Image::new(&regions);
+    let mut w: Walker<X86_64, _, _> = Walker::new(NoTransitions);
+    w.max_depth = 7;
+    let t = w.walk(start_at(LO + 0x100), &mut mem, &mut buf);
+    assert_eq!((t.len, t.stop), (7, StopReason::MaxDepth));
+    let t = w.walk(start_at(LO + 0x100), &mut mem, &mut []);
+    assert_eq!((t.len, t.stop), (0, StopReason::BufferFull));
+}
+
+#[test]
+fn loop_is_not_monotonic() {
+    let mut s = StackBuilder::new(LO, LEN);
+    s.record(LO + 0x100, LO + 0x120, 1)
+        .record(LO + 0x120, LO + 0x100, 2);
+    let (f, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        start_at(LO + 0x100),
+        64,
+    );
+    assert_eq!(stop, StopReason::NotMonotonic);
+    assert_eq!(pcs(&f), vec![0x1234, 1, 2]);
+    // A record pointing at itself.
+    let mut s = StackBuilder::new(LO, LEN);
+    s.record(LO + 0x100, LO + 0x100, 1);
+    let (_, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        start_at(LO + 0x100),
+        64,
+    );
+    assert_eq!(stop, StopReason::NotMonotonic);
+}
+
+#[test]
+fn misaligned_and_unreadable() {
+    let mut s = StackBuilder::new(LO, LEN);
+    s.record(LO + 0x100, LO + 0x123, 1);
+    let (f, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        start_at(LO + 0x100),
+        64,
+    );
+    assert_eq!((f.len(), stop), (2, StopReason::Misaligned));
+    let mut s = StackBuilder::new(LO, LEN);
+    s.record(LO + 0x100, 0x9999_0000, 1);
+    let (f, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        start_at(LO + 0x100),
+        64,
+    );
+    assert_eq!((f.len(), stop), (2, StopReason::ReadFailed));
+    // The record straddles the top of the stack.
+    let mut s = StackBuilder::new(LO, LEN);
+    s.record(LO + 0x100, LO + LEN as u64 - 8, 1);
+    let (_, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        start_at(LO + 0x100),
+        64,
+    );
+    assert_eq!(stop, StopReason::ReadFailed);
+}
+
+#[test]
+fn fp_near_u64_max_does_not_wrap() {
+    for bad in [
+        u64::MAX - 7,
+        u64::MAX - 15,
+        !7,
+        0xffff_ffff_ffff_fff0,
+    ] {
+        let mut s = StackBuilder::new(LO, LEN);
+        s.record(LO + 0x100, bad, 1);
+        let (f, stop) = walk_x86(
+            &[s.region()],
+            &TransitionTable::new(),
+            start_at(LO + 0x100),
+            64,
+        );
+        assert!(stop.is_truncated(), "{bad:#x}");
+        assert_eq!(f.len(), 2);
+    }
+    // A stack region right at the top of the address space.
+    let bytes = [0u8; 32];
+    let regions = [Region {
+        base: u64::MAX - 31,
+        bytes: &bytes,
+        is_stack: true,
+    }];
+    let (_, stop) = walk_x86(
+        &regions,
+        &TransitionTable::new(),
+        Start::exact(Regs::new(1, 0, u64::MAX - 7)),
+        8,
+    );
+    assert!(stop.is_truncated());
+}
+
+#[test]
+fn zero_pc_ends() {
+    let mut s = StackBuilder::new(LO, LEN);
+    s.record(LO + 0x100, LO + 0x120, 0);
+    let (f, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        start_at(LO + 0x100),
+        64,
+    );
+    assert_eq!((f.len(), stop), (1, StopReason::End));
+    let (f, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        Start::exact(Regs::new(0, 0, LO + 0x100)),
+        8,
+    );
+    assert_eq!((f.len(), stop), (0, StopReason::End));
+}
+
+#[test]
+fn depth_bomb_is_bounded_by_the_buffer() {
+    // 0x1000-byte stack filled with a perfect upward chain of 16-byte records: 255 frames.
+    let mut s = StackBuilder::new(LO, LEN);
+    let mut fp = LO;
+    while fp + 32 <= LO + LEN as u64 {
+        s.record(fp, fp + 16, 0x40_0000);
+        fp += 16;
+    }
+    let (f, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        start_at(LO + 0x10),
+        100,
+    );
+    assert_eq!((f.len(), stop), (100, StopReason::BufferFull));
+    // With room for all of it, the chain (254 records, then a zero record) ends normally.
+    let (f, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        start_at(LO + 0x10),
+        1000,
+    );
+    assert_eq!(stop, StopReason::End);
+    assert_eq!(f.len(), 1 + 254);
+}
+
+/// Two stacks: "system" at SYS, "user" at LO. The system chain's last record links into the user
+/// stack (ContinueChain), or the user registers are saved at the system stack's top (SavedAt).
+const SYS: u64 = 0x50_0000;
+const SWITCH_RA: u64 = 0x77_0010;
+
+fn two_stacks(link: bool) -> (StackBuilder, StackBuilder) {
+    let user = chain(3); // user records at LO+0x100.., ra 0x400000..
+    let mut sys = StackBuilder::new(SYS, LEN);
+    sys.record(SYS + 0x100, SYS + 0x120, 0x60_0000);
+    // The first function on the system stack: its caller is the switch function.
+    let user_fp = if link { LO + 0x100 } else { 0 };
+    sys.record(SYS + 0x120, user_fp, SWITCH_RA);
+    // SavedAt layout: CFA = SYS+0x130; [cfa+0]=pad, [cfa+8]=sp, [cfa+16]=pc, [cfa+24]=fp.
+    sys.put(SYS + 0x138, LO + 0xf0)
+        .put(SYS + 0x140, 0x50_5050)
+        .put(SYS + 0x148, LO + 0x100);
+    (sys, user)
+}
+
+#[test]
+fn continue_chain_crosses_only_with_the_table() {
+    let (sys, user) = two_stacks(true);
+    let regions = [sys.region(), user.region()];
+    let start = start_at(SYS + 0x100);
+    let (f, stop) = walk_x86(&regions, &TransitionTable::new(), start, 64);
+    assert_eq!(stop, StopReason::NotMonotonic);
+    assert_eq!(pcs(&f), vec![0x1234, 0x60_0000, SWITCH_RA]);
+
+    let table = TransitionTable::from_entries([Transition {
+        range: Range::new(SWITCH_RA, SWITCH_RA + 1),
+        rule: Rule::ContinueChain,
+        id: 7,
+    }]);
+    let (f, stop) = walk_x86(&regions, &table, start, 64);
+    assert_eq!(stop, StopReason::End);
+    assert_eq!(
+        pcs(&f),
+        vec![0x1234, 0x60_0000, SWITCH_RA, 0x40_0000, 0x40_0001, 0x40_0002]
+    );
+    let stacks: Vec<u16> = f.iter().map(|f| f.stack).collect();
+    assert_eq!(stacks, vec![0, 0, 0, 1, 1, 1]);
+    assert_eq!(f[3].via, Via::Transition);
+    assert_eq!(f[3].transition, 7);
+    assert_eq!(f[4].via, Via::FramePointer);
+}
+
+#[test]
+fn saved_at_reads_the_user_registers() {
+    let (sys, user) = two_stacks(false);
+    let regions = [sys.region(), user.region()];
+    let start = start_at(SYS + 0x100);
+    let (f, stop) = walk_x86(&regions, &TransitionTable::new(), start, 64);
+    assert_eq!(
+        stop,
+        StopReason::End,
+        "a cut chain looks complete without the table"
+    );
+    assert_eq!(pcs(&f), vec![0x1234, 0x60_0000, SWITCH_RA]);
+
+    let table = TransitionTable::from_entries([Transition {
+        range: Range::new(SWITCH_RA, SWITCH_RA + 1),
+        rule: Rule::SavedAt {
+            base: Base::Cfa,
+            pc: 16,
+            sp: Some(8),
+            fp: 24,
+        },
+        id: 3,
+    }]);
+    let (f, stop) = walk_x86(&regions, &table, start, 64);
+    assert_eq!(stop, StopReason::End);
+    assert_eq!(
+        pcs(&f),
+        vec![0x1234, 0x60_0000, SWITCH_RA, 0x50_5050, 0x40_0000, 0x40_0001, 0x40_0002]
+    );
+    assert_eq!(f[3].via, Via::Transition);
+    assert_eq!((f[3].stack, f[3].transition), (1, 3));
+    assert_eq!(f[6].stack, 1);
+}
+
+#[test]
+fn bad_transition_is_clean() {
+    let (mut sys, user) = two_stacks(false);
+    sys.put(SYS + 0x148, 0xdead_0000); // saved fp unreadable: still one frame, then stop
+    let regions = [sys.region(), user.region()];
+    let table = TransitionTable::from_entries([Transition {
+        range: Range::new(SWITCH_RA, SWITCH_RA + 1),
+        rule: Rule::SavedAt {
+            base: Base::Cfa,
+            pc: 10_000,
+            sp: None,
+            fp: 24,
+        },
+        id: 3,
+    }]);
+    let (f, stop) = walk_x86(&regions, &table, start_at(SYS + 0x100), 64);
+    assert_eq!(stop, StopReason::BadTransition);
+    assert_eq!(f.len(), 3);
+}
+
+#[test]
+fn transition_loops_are_bounded() {
+    // Two system-stack frames whose records link to each other across two "stacks", both
+    // switch points: the walk crosses back and forth until the limit.
+    let mut a = StackBuilder::new(LO, LEN);
+    let mut b = StackBuilder::new(SYS, LEN);
+    a.record(LO + 0x100, SYS + 0x100, SWITCH_RA);
+    b.record(SYS + 0x100, LO + 0x100, SWITCH_RA);
+    let regions = [a.region(), b.region()];
+    let table = TransitionTable::from_entries([Transition {
+        range: Range::new(SWITCH_RA, SWITCH_RA + 1),
+        rule: Rule::ContinueChain,
+        id: 1,
+    }]);
+    let (f, stop) = walk_x86(&regions, &table, start_at(LO + 0x100), 1000);
+    assert_eq!(stop, StopReason::TooManyTransitions);
+    assert!(f.len() <= MAX_TRANSITIONS as usize + 2);
+}
+
+#[test]
+fn x86_64_signal_frame() {
+    // Handler record at H, pretcode at H+8 (= __restore_rt), ucontext at H+16.
+    let h = LO + 0x200;
+    let uc = h + 16;
+    let restore = 0x7f00_0000_1000u64;
+    let mut s = chain(2); // interrupted code's chain at LO+0x100
+    s.record(LO + 0x180, h, 0x60_0000); // the capture's own frame, below the handler
+    s.record(h, 0x1111, restore);
+    s.put(uc + crate::arch::x86_64::UC_RIP, 0x40_9999)
+        .put(uc + crate::arch::x86_64::UC_RSP, LO + 0xf0)
+        .put(uc + crate::arch::x86_64::UC_RBP, LO + 0x100);
+    // The handler is deeper than the interrupted code here only because this is a picture; put
+    // the interrupted chain above it to keep the same-stack monotonic rule honest.
+    let regions = [s.region()];
+    let table = TransitionTable::from_entries([Transition {
+        range: Range::new(restore, restore + 1),
+        rule: Rule::SignalFrame,
+        id: 9,
+    }]);
+    let (f, stop) = walk_x86(&regions, &table, start_at(LO + 0x180), 64);
+    assert_eq!(stop, StopReason::End);
+    assert_eq!(
+        pcs(&f),
+        vec![0x1234, 0x60_0000, restore, 0x40_9999, 0x40_0000, 0x40_0001]
+    );
+    assert!(f[3].is_exact());
+    assert_eq!(
+        (f[3].via, f[3].stack, f[3].transition),
+        (Via::Transition, 1, 9)
+    );
+}
+
+#[test]
+fn aarch64_pac_is_stripped_and_leaf_lr_used() {
+    let mut s = StackBuilder::new(LO, LEN);
+    let pac = 0x0023_0000_0000_0000u64;
+    s.record(LO + 0x100, LO + 0x120, pac | 0x40_0000)
+        .record(LO + 0x120, 0, 0x40_0100);
+    let regions = [s.region()];
+    let mut mem = Image::new(&regions);
+    let mut buf = [Frame::EMPTY; 16];
+    let mut w: Walker<Aarch64, _, _> = Walker::new(NoTransitions);
+    let t = w.walk(
+        Start::exact(Regs::new(0x40_2000, LO + 0xf0, LO + 0x100)),
+        &mut mem,
+        &mut buf,
+    );
+    assert_eq!(t.stop, StopReason::End);
+    assert_eq!(pcs(&buf[..t.len]), vec![0x40_2000, 0x40_0000, 0x40_0100]);
+}
+
+#[test]
+fn dwarf_mode_without_cfi_stops() {
+    let s = chain(3);
+    let regions = [s.region()];
+    let mut mem = Image::new(&regions);
+    let mut buf = [Frame::EMPTY; 16];
+    let mut w: Walker<X86_64, _, _> = Walker::with_cfi(NoTransitions, NoCfi, Mode::Dwarf);
+    let t = w.walk(start_at(LO + 0x100), &mut mem, &mut buf);
+    assert_eq!((t.len, t.stop), (1, StopReason::NoUnwindInfo));
+    let mut w: Walker<X86_64, _, _> = Walker::with_cfi(NoTransitions, NoCfi, Mode::Hybrid);
+    let t = w.walk(start_at(LO + 0x100), &mut mem, &mut buf);
+    assert_eq!((t.len, t.stop), (4, StopReason::End));
+}
