@@ -1,0 +1,243 @@
+//! capture vs a naive frame-pointer loop vs framehop's frame-pointer path vs backtrace.
+//!
+//! Each measurement runs at the bottom of a real recursion of the given depth, so building the
+//! recursion is not part of what is timed (it is built once per benchmark, not per iteration).
+//! Every method walks exactly `depth` frames: the buffer (or the loop bound) has that size and
+//! the recursion is deeper than that. Results: ns/frame per method and ratios, printed at the end.
+
+use criterion::{criterion_group, BenchmarkId, Criterion};
+use std::hint::black_box;
+use std::time::Duration;
+use unwind::{Frame, Range};
+
+const DEPTHS: [usize; 3] = [8, 32, 128];
+
+/// Recurses `n` levels, then runs `f` at the bottom.
+#[inline(never)]
+fn recurse(n: usize, f: &mut dyn FnMut()) {
+    if n == 0 {
+        f();
+    } else {
+        recurse(n - 1, f);
+        black_box(n);
+    }
+}
+
+fn stack_bounds() -> Range {
+    let x = 0u64;
+    let addr = &x as *const u64 as u64;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for line in maps.lines() {
+        let range = line.split(' ').next().unwrap();
+        let (lo, hi) = range.split_once('-').unwrap();
+        let lo = u64::from_str_radix(lo, 16).unwrap();
+        let hi = u64::from_str_radix(hi, 16).unwrap();
+        if lo <= addr && addr < hi {
+            return Range::new(lo, hi);
+        }
+    }
+    panic!("stack not found");
+}
+
+/// The practical limit: a bounded pointer-chasing loop with the same safety checks (bounds by
+/// subtraction, alignment, strictly increasing fp) and nothing else.
+#[inline(never)]
+fn naive_walk(bounds: Range, out: &mut [u64]) -> usize {
+    let mut fp = unwind::arch::native::current_regs().fp;
+    let mut prev = 0u64;
+    let mut n = 0;
+    while n < out.len() {
+        if fp % 8 != 0 || fp <= prev || fp < bounds.lo || bounds.hi - fp < 16 {
+            break;
+        }
+        // SAFETY: fp lies inside this thread's stack mapping with 16 bytes to spare.
+        let (next, ra) = unsafe {
+            (
+                core::ptr::read_volatile(fp as *const u64),
+                core::ptr::read_volatile((fp + 8) as *const u64),
+            )
+        };
+        if ra == 0 {
+            break;
+        }
+        out[n] = ra;
+        n += 1;
+        prev = fp;
+        fp = next;
+    }
+    n
+}
+
+#[cfg(target_arch = "x86_64")]
+fn framehop_walk(
+    bounds: Range,
+    unwinder: &framehop::x86_64::UnwinderX86_64<Vec<u8>>,
+    cache: &mut framehop::x86_64::CacheX86_64,
+    out: &mut [u64],
+) -> usize {
+    use framehop::Unwinder;
+    let r = unwind::arch::native::current_regs();
+    let mut read = |addr: u64| -> Result<u64, ()> {
+        if addr % 8 != 0 || addr < bounds.lo || bounds.hi - addr < 8 {
+            return Err(());
+        }
+        // SAFETY: inside this thread's stack mapping.
+        Ok(unsafe { core::ptr::read_volatile(addr as *const u64) })
+    };
+    let mut iter = unwinder.iter_frames(
+        r.pc,
+        framehop::x86_64::UnwindRegsX86_64::new(r.pc, r.sp, r.fp),
+        cache,
+        &mut read,
+    );
+    let mut n = 0;
+    while n < out.len() {
+        match iter.next() {
+            Ok(Some(f)) => {
+                out[n] = f.address();
+                n += 1;
+            }
+            _ => break,
+        }
+    }
+    n
+}
+
+fn backtrace_walk(out: &mut [u64]) -> usize {
+    let mut n = 0;
+    // SAFETY: no other thread is tracing concurrently in this benchmark.
+    unsafe {
+        backtrace::trace_unsynchronized(|f| {
+            out[n] = f.ip() as u64;
+            n += 1;
+            n < out.len()
+        })
+    };
+    n
+}
+
+fn bench(c: &mut Criterion) {
+    let bounds = stack_bounds();
+    unwind::init_thread();
+    let mut g = c.benchmark_group("capture");
+    g.warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(2));
+    for depth in DEPTHS {
+        // Deeper than `depth` so every method walks exactly `depth` frames.
+        let extra = depth + 8;
+        g.bench_with_input(BenchmarkId::new("unwind", depth), &depth, |b, &d| {
+            recurse(extra, &mut || {
+                let mut buf = vec![Frame::EMPTY; d];
+                b.iter(|| {
+                    let n = unwind::capture(&mut buf);
+                    assert_eq!(n, d);
+                    black_box(n)
+                })
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("naive", depth), &depth, |b, &d| {
+            recurse(extra, &mut || {
+                let mut buf = vec![0u64; d];
+                b.iter(|| {
+                    let n = naive_walk(bounds, &mut buf);
+                    assert_eq!(n, d);
+                    black_box(n)
+                })
+            })
+        });
+        #[cfg(target_arch = "x86_64")]
+        g.bench_with_input(BenchmarkId::new("framehop_fp", depth), &depth, |b, &d| {
+            let unwinder = framehop::x86_64::UnwinderX86_64::new();
+            let mut cache = framehop::x86_64::CacheX86_64::new();
+            recurse(extra, &mut || {
+                let mut buf = vec![0u64; d];
+                b.iter(|| {
+                    let n = framehop_walk(bounds, &unwinder, &mut cache, &mut buf);
+                    assert_eq!(n, d);
+                    black_box(n)
+                })
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("backtrace", depth), &depth, |b, &d| {
+            recurse(extra, &mut || {
+                let mut buf = vec![0u64; d];
+                b.iter(|| {
+                    let n = backtrace_walk(&mut buf);
+                    assert_eq!(n, d);
+                    black_box(n)
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Reads criterion's medians back and prints ns/frame and ratios.
+fn summary() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("criterion")
+        .join("capture");
+    let median = |method: &str, depth: usize| -> Option<f64> {
+        let p = dir
+            .join(method)
+            .join(depth.to_string())
+            .join("new")
+            .join("estimates.json");
+        let s = std::fs::read_to_string(p).ok()?;
+        let i = s.find("\"median\"")?;
+        let rest = &s[i..];
+        let j = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+        let num: String = rest[j..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '-')
+            .collect();
+        num.parse().ok()
+    };
+    println!("\nsummary (median ns/frame; ratio = method / unwind):");
+    println!(
+        "{:>6} {:>10} {:>10} {:>12} {:>10}   {:>9} {:>12} {:>14}",
+        "depth",
+        "unwind",
+        "naive",
+        "framehop_fp",
+        "backtrace",
+        "unwind/naive",
+        "framehop/unwind",
+        "backtrace/unwind"
+    );
+    for d in DEPTHS {
+        let per = |m: &str| median(m, d).map(|ns| ns / d as f64);
+        let (u, n, f, b) = (
+            per("unwind"),
+            per("naive"),
+            per("framehop_fp"),
+            per("backtrace"),
+        );
+        let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>6} {:>10} {:>10} {:>12} {:>10}   {:>9} {:>12} {:>14}",
+            d,
+            fmt(u),
+            fmt(n),
+            fmt(f),
+            fmt(b),
+            ratio(u, n),
+            ratio(f, u),
+            ratio(b, u)
+        );
+    }
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}
