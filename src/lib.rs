@@ -36,6 +36,7 @@ pub mod arch;
 pub mod frame;
 pub mod live;
 pub mod memory;
+pub mod policy;
 pub mod transition;
 pub mod walk;
 
