@@ -72,7 +72,20 @@ impl LiveMemory {
     /// The memory a capture starting at stack pointer `sp` may read: the thread's stack, the
     /// stack `sp` is on (if different), and `extra` (an alternate signal stack). Finds unknown
     /// stacks through `/proc/self/maps` (async-signal-safe, see the module docs).
+    #[inline(always)]
     pub fn for_sp(sp: u64, extra: Option<Range>) -> Self {
+        // Fast path: the thread's stack is known and `sp` is on it.
+        let t = THREAD_STACK.with(|c| c.get());
+        if t.contains(sp) {
+            return LiveMemory {
+                stacks: [t, Range::default(), extra.unwrap_or_default()],
+            };
+        }
+        Self::for_sp_slow(sp, extra)
+    }
+
+    #[inline(never)]
+    fn for_sp_slow(sp: u64, extra: Option<Range>) -> Self {
         let mut stacks = [Range::default(); 3];
         if let Some(t) = thread_stack(sp) {
             stacks[0] = t;
@@ -101,7 +114,16 @@ impl LiveMemory {
 
     #[inline(always)]
     fn range_of(&self, addr: u64, len: u64) -> Option<Range> {
-        for r in &self.stacks {
+        // The thread's own stack first: nearly every read is there.
+        if self.stacks[0].contains_span(addr, len) {
+            return Some(self.stacks[0]);
+        }
+        self.range_of_slow(addr, len)
+    }
+
+    #[inline(never)]
+    fn range_of_slow(&self, addr: u64, len: u64) -> Option<Range> {
+        for r in &self.stacks[1..] {
             if r.contains_span(addr, len) {
                 return Some(*r);
             }
@@ -128,6 +150,21 @@ impl Memory for LiveMemory {
     #[inline(always)]
     fn stack_range(&mut self, addr: u64) -> Option<Range> {
         self.range_of(addr, 1)
+    }
+
+    #[inline(always)]
+    fn read_pair(&mut self, addr: u64) -> Option<(u64, u64)> {
+        if addr % 8 != 0 {
+            return None;
+        }
+        self.range_of(addr, 16)?;
+        // SAFETY: as in `read_u64`, for the 16 bytes at `addr`, all inside one known stack.
+        unsafe {
+            Some((
+                core::ptr::read_volatile(addr as *const u64),
+                core::ptr::read_volatile((addr + 8) as *const u64),
+            ))
+        }
     }
 }
 

@@ -54,6 +54,13 @@ pub trait Memory {
     /// transition. `None` means "unknown": then only reads bound the walk.
     fn stack_range(&mut self, addr: u64) -> Option<Range>;
 
+    /// Reads a frame record: the two words at `addr` and `addr + 8`. The default reads them
+    /// one at a time; implementations may check the 16 bytes once.
+    #[inline(always)]
+    fn read_pair(&mut self, addr: u64) -> Option<(u64, u64)> {
+        Some((self.read_u64(addr)?, self.read_u64(addr.checked_add(8)?)?))
+    }
+
     /// Reads `out.len()` bytes of code at `addr` (to recognise trampolines by their
     /// instructions). Returns `false` when those bytes are not available; the default does not
     /// read code at all.
@@ -70,6 +77,10 @@ impl<M: Memory + ?Sized> Memory for &mut M {
     #[inline(always)]
     fn stack_range(&mut self, addr: u64) -> Option<Range> {
         (**self).stack_range(addr)
+    }
+    #[inline(always)]
+    fn read_pair(&mut self, addr: u64) -> Option<(u64, u64)> {
+        (**self).read_pair(addr)
     }
     fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
         (**self).read_code(addr, out)

@@ -88,6 +88,13 @@ pub struct Transition {
 pub trait Transitions {
     /// The transition whose range contains the return address `ra`, if any.
     fn lookup(&self, ra: u64) -> Option<Transition>;
+
+    /// A range that contains every entry (the walker reads it once per walk and only looks up
+    /// return addresses inside it). The default covers everything.
+    #[inline(always)]
+    fn envelope(&self) -> Range {
+        Range::new(0, u64::MAX)
+    }
 }
 
 /// No transitions: the naive walk.
@@ -99,12 +106,20 @@ impl Transitions for NoTransitions {
     fn lookup(&self, _ra: u64) -> Option<Transition> {
         None
     }
+    #[inline(always)]
+    fn envelope(&self) -> Range {
+        Range::new(0, 0)
+    }
 }
 
 impl<T: Transitions + ?Sized> Transitions for &T {
     #[inline(always)]
     fn lookup(&self, ra: u64) -> Option<Transition> {
         (**self).lookup(ra)
+    }
+    #[inline(always)]
+    fn envelope(&self) -> Range {
+        (**self).envelope()
     }
 }
 
@@ -327,6 +342,10 @@ impl Transitions for TransitionTable {
             return None;
         }
         search(&self.entries, ra)
+    }
+    #[inline(always)]
+    fn envelope(&self) -> Range {
+        self.envelope
     }
 }
 
@@ -601,6 +620,14 @@ impl Transitions for Live {
             id: row[2] as Id,
             rule: Rule::decode([row[3], row[4], row[5]])?,
         })
+    }
+    #[inline(always)]
+    fn envelope(&self) -> Range {
+        // Racy by design: a stale envelope only delays seeing a new entry.
+        Range::new(
+            TRANSITIONS.env_lo.load(Ordering::Relaxed),
+            TRANSITIONS.env_hi.load(Ordering::Relaxed),
+        )
     }
 }
 

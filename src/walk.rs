@@ -199,7 +199,11 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         };
         st.n = 1;
         st.seg = stack_of(mem, &st.regs);
+        let envelope = self.transitions.envelope();
         let stop = loop {
+            if self.mode == Mode::FramePointer {
+                self.fast_run(&mut st, mem, buf, limit, envelope);
+            }
             if st.n >= limit {
                 break full(st.n);
             }
@@ -209,6 +213,73 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             }
         };
         Trace { len: st.n, stop }
+    }
+
+    /// The hot loop of frame-pointer mode: follows frame records on the current stack while
+    /// everything is ordinary (aligned, strictly increasing, inside the stack, readable, a
+    /// non-zero return address outside the transition table's envelope). At the first
+    /// unusual record it returns with `st` unchanged at that record, and [`Walker::step`]
+    /// handles it (and reports the precise stop reason).
+    #[inline(always)]
+    fn fast_run<M: Memory>(
+        &mut self,
+        st: &mut State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+        envelope: Range,
+    ) {
+        let Some(seg) = st.seg else { return };
+        if st.pending != 0 {
+            return;
+        }
+        let Some(out) = buf.get_mut(st.n..limit) else {
+            return;
+        };
+        // fp must be at least `floor` (above the previous record and the stack pointer, inside
+        // the stack) and at most `top` (room for a whole record below the stack's end).
+        let mut floor = seg.lo.max(st.regs.sp);
+        if let Some(prev) = st.prev_fp {
+            floor = floor.max(prev + 1);
+        }
+        let top = seg.hi.saturating_sub(A::RECORD_SIZE);
+        let stack = st.stack;
+        let mut fp = st.regs.fp;
+        let mut k = 0;
+        for slot in out.iter_mut() {
+            if fp % A::FP_ALIGN != 0 || fp < floor || fp > top || seg.hi < A::RECORD_SIZE {
+                break;
+            }
+            let Some((next, ra)) = mem.read_pair(fp) else {
+                break;
+            };
+            let ra = A::strip_ra(ra, self.pac_mask);
+            if ra == 0 || envelope.contains(ra) {
+                break;
+            }
+            *slot = Frame {
+                pc: ra,
+                stack,
+                via: Via::FramePointer,
+                flags: 0,
+                transition: 0,
+            };
+            k += 1;
+            floor = fp + A::RECORD_SIZE;
+            fp = next;
+        }
+        if k != 0 {
+            let pc = out[k - 1].pc;
+            st.n += k;
+            st.prev_fp = Some(floor - A::RECORD_SIZE);
+            st.regs = Regs {
+                pc,
+                sp: floor,
+                fp,
+                lr: 0,
+            };
+            st.exact = false;
+        }
     }
 
     /// One iteration: finds the caller of `st.regs`, writes at least one frame or stops.
@@ -274,12 +345,8 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 if st.regs.sp != 0 && fp < st.regs.sp {
                     return Err(StopReason::NotMonotonic);
                 }
-                let saved_fp = mem
-                    .read_u64(fp + A::RECORD_FP)
-                    .ok_or(StopReason::ReadFailed)?;
-                let ra = mem
-                    .read_u64(fp + A::RECORD_RA)
-                    .ok_or(StopReason::ReadFailed)?;
+                // Both architectures: [fp] = caller's fp, [fp + 8] = return address.
+                let (saved_fp, ra) = mem.read_pair(fp).ok_or(StopReason::ReadFailed)?;
                 let caller = Regs {
                     pc: A::strip_ra(ra, self.pac_mask),
                     sp: fp + A::RECORD_SIZE,
