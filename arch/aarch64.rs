@@ -38,7 +38,7 @@ pub const UC_SP: u64 = UC_REGS + 31 * 8;
 /// Offset of pc in a `ucontext_t`.
 pub const UC_PC: u64 = UC_REGS + 32 * 8;
 /// `sizeof(struct rt_sigframe)`: siginfo 128 + ucontext up to mcontext 0xb0 + sigcontext
-/// (fault_address, regs[31], sp, pc, pstate, then `__reserved[4096]` aligned to 16).
+/// (fault_address, `regs[31]`, sp, pc, pstate, then `__reserved[4096]` aligned to 16).
 pub const RT_SIGFRAME_SIZE: u64 = 128 + UC_MCONTEXT + 288 + 4096;
 /// How far below the kernel's frame record the walker looks for the rt_sigframe when extra
 /// context records (SVE, SME) made it larger than [`RT_SIGFRAME_SIZE`].
@@ -53,7 +53,7 @@ pub const SIGRETURN_CODE: [u8; 8] = [0x68, 0x11, 0x80, 0xd2, 0x01, 0x00, 0x00, 0
 pub const DEFAULT_PAC_MASK: u64 = 0xffff_0000_0000_0000;
 
 /// Register indices in the `pr_reg` of an `NT_PRSTATUS` note (`struct user_pt_regs`:
-/// regs[31], sp, pc, pstate).
+/// `regs[31]`, sp, pc, pstate).
 pub mod user_regs {
     /// x29, the frame pointer
     pub const FP: usize = 29;

@@ -13,8 +13,8 @@
 //! Signal frame (kernel `arch/x86/include/asm/sigframe.h`, `struct rt_sigframe`): at handler
 //! entry `rsp` points at `pretcode` (the return address, glibc's `__restore_rt`), the `ucontext`
 //! follows at +8. In the ucontext (glibc `sysdeps/unix/sysv/linux/x86_64/ucontext_i.sym`):
-//! `uc_stack` at 0x10, `gregs` at 0x28; `REG_RBP` = gregs[10] at 0x78, `REG_RSP` = gregs[15] at
-//! 0xa0, `REG_RIP` = gregs[16] at 0xa8.
+//! `uc_stack` at 0x10, `gregs` at 0x28; `REG_RBP` = `gregs[10]` at 0x78, `REG_RSP` = `gregs[15]` at
+//! 0xa0, `REG_RIP` = `gregs[16]` at 0xa8.
 
 use super::{Arch, ArchKind, Regs};
 
@@ -22,11 +22,11 @@ use super::{Arch, ArchKind, Regs};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct X86_64;
 
-/// Offset of saved rbp in a `ucontext_t` (gregs[REG_RBP]).
+/// Offset of saved rbp in a `ucontext_t` (`gregs[REG_RBP]`).
 pub const UC_RBP: u64 = 0x78;
-/// Offset of saved rsp in a `ucontext_t` (gregs[REG_RSP]).
+/// Offset of saved rsp in a `ucontext_t` (`gregs[REG_RSP]`).
 pub const UC_RSP: u64 = 0xa0;
-/// Offset of saved rip in a `ucontext_t` (gregs[REG_RIP]).
+/// Offset of saved rip in a `ucontext_t` (`gregs[REG_RIP]`).
 pub const UC_RIP: u64 = 0xa8;
 
 /// glibc's `__restore_rt`: `mov $15, %rax; syscall` (rt_sigreturn is syscall 15). glibc's

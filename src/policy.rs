@@ -2,7 +2,7 @@
 //!
 //! Capture records everything it can; a [`Policy`] then keeps the part a profile's users need.
 //! Given this call sequence, where `[systemstack_switch]` is a switch to the system stack
-//! (Go's `systemstack`, or [`crate::system_stack`] in Rust):
+//! (Go's `systemstack`, or `system_stack` in Rust):
 //!
 //! ```text
 //! main.main → main.foo → runtime.bar → [systemstack_switch] → runtime.systemstack →

@@ -1,7 +1,7 @@
 //! The transition table: known stack-switch return addresses and how to find the other side.
 //!
 //! Runtimes switch stacks (Go's `systemstack`, signal handlers on an alternate stack, coroutines,
-//! `psm` segments, [`crate::system_stack`]). At a switch the frame chain either links to the
+//! `psm` segments, `system_stack`). At a switch the frame chain either links to the
 //! other stack (which a plain walk refuses: frame pointers must move up one stack) or is cut. A
 //! [`Transition`] names the return addresses at which such a switch sits and a [`Rule`] that says
 //! where the registers of the other side are. The walker consults the table for every return
@@ -40,7 +40,7 @@ pub enum Rule {
     /// segment (Go `systemstack`, psm's `rust_psm_on_stack`).
     ContinueChain,
     /// The other side's pc, sp and fp were stored at offsets from [`Base`] (coroutine
-    /// trampolines, [`crate::system_stack`]). `sp: None` when it was not saved. `pc` is a return
+    /// trampolines, `system_stack`). `sp: None` when it was not saved. `pc` is a return
     /// address.
     SavedAt {
         /// What the offsets are measured from.

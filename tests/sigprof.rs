@@ -63,7 +63,9 @@ fn capture_in_sigprof_handler_on_several_threads() {
     // SAFETY: installs a SA_SIGINFO handler that only does async-signal-safe work.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigprof as usize;
+        sa.sa_sigaction = on_sigprof
+            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigemptyset(&mut sa.sa_mask);
         assert_eq!(libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()), 0);
