@@ -166,6 +166,18 @@ impl Memory for LiveMemory {
             ))
         }
     }
+
+    #[inline(always)]
+    unsafe fn read_pair_unchecked(&mut self, addr: u64) -> Option<(u64, u64)> {
+        // SAFETY: the caller guarantees the 16 bytes lie inside a range `stack_range` returned;
+        // every such range is a whole stack of this thread (or a registered one), all readable.
+        unsafe {
+            Some((
+                core::ptr::read_volatile(addr as *const u64),
+                core::ptr::read_volatile((addr + 8) as *const u64),
+            ))
+        }
+    }
 }
 
 /// Options for a live capture.

@@ -61,6 +61,19 @@ pub trait Memory {
         Some((self.read_u64(addr)?, self.read_u64(addr.checked_add(8)?)?))
     }
 
+    /// Reads a frame record that the caller has already bounds-checked.
+    ///
+    /// The default is the checked [`Memory::read_pair`]; an implementation whose stack ranges
+    /// are entirely readable may read directly.
+    ///
+    /// # Safety
+    /// The 16 bytes at `addr` must lie inside a range this memory returned from
+    /// [`Memory::stack_range`] (and that range must still be valid).
+    #[inline(always)]
+    unsafe fn read_pair_unchecked(&mut self, addr: u64) -> Option<(u64, u64)> {
+        self.read_pair(addr)
+    }
+
     /// Reads `out.len()` bytes of code at `addr` (to recognise trampolines by their
     /// instructions). Returns `false` when those bytes are not available; the default does not
     /// read code at all.
@@ -81,6 +94,11 @@ impl<M: Memory + ?Sized> Memory for &mut M {
     #[inline(always)]
     fn read_pair(&mut self, addr: u64) -> Option<(u64, u64)> {
         (**self).read_pair(addr)
+    }
+    #[inline(always)]
+    unsafe fn read_pair_unchecked(&mut self, addr: u64) -> Option<(u64, u64)> {
+        // SAFETY: forwarded from the caller.
+        unsafe { (**self).read_pair_unchecked(addr) }
     }
     fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
         (**self).read_code(addr, out)

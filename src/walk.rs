@@ -230,50 +230,31 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         envelope: Range,
     ) {
         let Some(seg) = st.seg else { return };
-        if st.pending != 0 {
+        if st.pending != 0 || seg.hi < A::RECORD_SIZE {
             return;
         }
         let Some(out) = buf.get_mut(st.n..limit) else {
             return;
         };
-        // fp must be at least `floor` (above the previous record and the stack pointer, inside
-        // the stack) and at most `top` (room for a whole record below the stack's end).
         let mut floor = seg.lo.max(st.regs.sp);
         if let Some(prev) = st.prev_fp {
             floor = floor.max(prev + 1);
         }
-        let top = seg.hi.saturating_sub(A::RECORD_SIZE);
-        let stack = st.stack;
-        let mut fp = st.regs.fp;
-        let mut k = 0;
-        for slot in out.iter_mut() {
-            if fp % A::FP_ALIGN != 0 || fp < floor || fp > top || seg.hi < A::RECORD_SIZE {
-                break;
-            }
-            let Some((next, ra)) = mem.read_pair(fp) else {
-                break;
-            };
-            let ra = A::strip_ra(ra, self.pac_mask);
-            if ra == 0 || envelope.contains(ra) {
-                break;
-            }
-            *slot = Frame {
-                pc: ra,
-                stack,
-                via: Via::FramePointer,
-                flags: 0,
-                transition: 0,
-            };
-            k += 1;
-            floor = fp + A::RECORD_SIZE;
-            fp = next;
-        }
+        let (k, fp, floor) = follow_records::<A, M>(
+            mem,
+            out,
+            seg,
+            floor,
+            st.regs.fp,
+            envelope,
+            st.stack,
+            self.pac_mask,
+        );
         if k != 0 {
-            let pc = out[k - 1].pc;
             st.n += k;
             st.prev_fp = Some(floor - A::RECORD_SIZE);
             st.regs = Regs {
-                pc,
+                pc: out[k - 1].pc,
                 sp: floor,
                 fp,
                 lr: 0,
@@ -443,6 +424,53 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         st.regs.pc = lr;
         st.exact = false;
     }
+}
+
+/// Follows ordinary frame records on one stack into `out`. A record is ordinary when its
+/// address is aligned, at least `floor` (above the previous record and the stack pointer), with
+/// the whole record inside `seg`, and its return address is non-zero and outside `envelope`.
+/// Returns how many frames were written, the next frame pointer and the next floor.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn follow_records<A: Arch, M: Memory>(
+    mem: &mut M,
+    out: &mut [Frame],
+    seg: Range,
+    mut floor: u64,
+    mut fp: u64,
+    envelope: Range,
+    stack: u16,
+    pac_mask: u64,
+) -> (usize, u64, u64) {
+    let top = seg.hi.saturating_sub(A::RECORD_SIZE);
+    let floor0 = floor.max(seg.lo);
+    floor = floor0;
+    let mut k = 0;
+    for slot in out.iter_mut() {
+        if fp % A::FP_ALIGN != 0 || fp < floor || fp > top {
+            break;
+        }
+        // SAFETY: seg.lo <= floor <= fp <= seg.hi - 16, so the record lies inside `seg`, which
+        // the walker got from `mem.stack_range`.
+        let Some((next, ra)) = (unsafe { mem.read_pair_unchecked(fp) }) else {
+            break;
+        };
+        let ra = A::strip_ra(ra, pac_mask);
+        if ra == 0 || envelope.contains(ra) {
+            break;
+        }
+        *slot = Frame {
+            pc: ra,
+            stack,
+            via: Via::FramePointer,
+            flags: 0,
+            transition: 0,
+        };
+        k += 1;
+        floor = fp + A::RECORD_SIZE;
+        fp = next;
+    }
+    (k, fp, if k == 0 { floor0 } else { floor })
 }
 
 struct State {
