@@ -199,6 +199,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         };
         st.n = 1;
         st.seg = stack_of(mem, &st.regs);
+        self.leaf_lr(&mut st, mem, buf, limit);
         let envelope = self.transitions.envelope();
         let stop = loop {
             if self.mode == Mode::FramePointer {

@@ -401,3 +401,51 @@ fn dwarf_mode_without_cfi_stops() {
     let t = w.walk(start_at(LO + 0x100), &mut mem, &mut buf);
     assert_eq!((t.len, t.stop), (4, StopReason::End));
 }
+
+#[test]
+fn aarch64_leaf_without_record_uses_lr() {
+    // The interrupted function (pc 0x40_2000) is a leaf with no frame record: x29 still points
+    // at its caller's record, whose return address is the caller's caller. The caller itself is
+    // only in lr (0x48_0000, far from pc).
+    let mut s = StackBuilder::new(LO, LEN);
+    s.record(LO + 0x100, 0, 0x40_0100);
+    let regions = [s.region()];
+    let mut mem = Image::new(&regions);
+    let mut buf = [Frame::EMPTY; 16];
+    let mut w: Walker<Aarch64, _, _> = Walker::new(NoTransitions);
+    let regs = Regs {
+        pc: 0x40_2000,
+        sp: LO + 0xf0,
+        fp: LO + 0x100,
+        lr: 0x48_0000,
+    };
+    let t = w.walk(Start::exact(regs), &mut mem, &mut buf);
+    assert_eq!(t.stop, StopReason::End);
+    assert_eq!(pcs(&buf[..t.len]), vec![0x40_2000, 0x48_0000, 0x40_0100]);
+    assert_eq!(buf[1].via, Via::Regs);
+    // A stale lr close to pc (a non-leaf that already returned from a call) is not used.
+    let regs = Regs {
+        lr: 0x40_2100,
+        ..regs
+    };
+    let t = w.walk(Start::exact(regs), &mut mem, &mut buf);
+    assert_eq!(pcs(&buf[..t.len]), vec![0x40_2000, 0x40_0100]);
+    // lr equal to the record's return address is the same frame, not a new one.
+    let regs = Regs {
+        lr: 0x40_0100,
+        ..regs
+    };
+    let t = w.walk(Start::exact(regs), &mut mem, &mut buf);
+    assert_eq!(pcs(&buf[..t.len]), vec![0x40_2000, 0x40_0100]);
+    // x86_64 has no lr: nothing changes.
+    let mut w: Walker<X86_64, _, _> = Walker::new(NoTransitions);
+    let t = w.walk(
+        Start::exact(Regs {
+            lr: 0x48_0000,
+            ..regs
+        }),
+        &mut mem,
+        &mut buf,
+    );
+    assert_eq!(pcs(&buf[..t.len]), vec![0x40_2000, 0x40_0100]);
+}
