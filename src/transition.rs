@@ -31,6 +31,11 @@ pub enum Base {
     Cfa,
     /// The saved frame pointer in the callee's record (the switch function's own frame pointer).
     SavedFp,
+    /// The word stored at the saved frame pointer: a link to the top of the other stack, where
+    /// the switch saved the other side's registers (corosensei: the coroutine's root frame
+    /// pointer points at a "parent link" near the stack base, which holds the parent's stack
+    /// pointer; the parent's fp and pc are saved there).
+    Link,
 }
 
 /// How to recover the registers of the other side of a stack switch.
@@ -145,6 +150,7 @@ impl Rule {
                     Base::Fp => fp,
                     Base::Cfa => fp.checked_add(A::RECORD_SIZE)?,
                     Base::SavedFp => saved_fp,
+                    Base::Link => mem.read_u64(saved_fp)?,
                 };
                 let at = |o: i32| b.checked_add_signed(o as i64);
                 let pc = A::strip_ra(mem.read_u64(at(pc)?)?, pac_mask);
@@ -200,6 +206,7 @@ impl Rule {
                     Base::Fp => 0,
                     Base::Cfa => 1,
                     Base::SavedFp => 2,
+                    Base::Link => 3,
                 };
                 [
                     Self::K_SAVED | (b << 8),
@@ -226,6 +233,7 @@ impl Rule {
                     0 => Base::Fp,
                     1 => Base::Cfa,
                     2 => Base::SavedFp,
+                    3 => Base::Link,
                     _ => return None,
                 },
                 pc: lo(w[1]),
@@ -630,6 +638,12 @@ mod tests {
                 pc: -8,
                 sp: None,
                 fp: -16,
+            },
+            Rule::SavedAt {
+                base: Base::Link,
+                pc: 8,
+                sp: None,
+                fp: 0,
             },
             Rule::Context {
                 block: 0xdead_beef_0000,
