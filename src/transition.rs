@@ -9,15 +9,18 @@
 //!
 //! Two tables implement [`Transitions`]: [`TransitionTable`], a plain sorted vector (offline
 //! unwinding, tests, fuzzing), and [`Live`], the process-wide registry that live captures use.
-//! The registry is read lock-free with a sequence lock over fixed-size static arrays: readers
-//! (signal handlers) never block, never allocate and never touch freed memory; a reader that
-//! races a writer retries a bounded number of times and then treats the lookup as "no match",
-//! which truncates that one trace cleanly. Writers ([`register`], [`unregister`]) take a mutex
-//! and must not be called from signal handlers.
+//! The registry is read lock-free from two fixed-size static buffers ("left-right": readers use
+//! the active one while a writer fills the other, then flips): readers (signal handlers) never
+//! block, never allocate and never touch freed memory, and always see a complete version, so an
+//! entry that stays registered is never missed. A reader retries only if a writer flipped the
+//! buffers between two of its loads (a whole publish), at most a bounded number of times, after
+//! which it reports "no match" (truncating that one trace cleanly). Writers ([`register`],
+//! [`unregister`]) take a mutex, wait for readers still in the buffer they rewrite (the length of
+//! one lookup), and must not be called from signal handlers.
 
 use crate::arch::{Arch, Regs};
 use crate::memory::{Memory, Range};
-use core::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Where the offsets of a [`Rule::SavedAt`] are measured from, at the frame whose return address
@@ -346,7 +349,7 @@ pub const MAX_TRANSITIONS: usize = 256;
 /// Maximum number of registered live stacks.
 pub const MAX_STACKS: usize = 1024;
 /// How many times a reader retries when it races a writer before giving up on that lookup.
-const READ_RETRIES: usize = 8;
+const READ_RETRIES: usize = 64;
 
 /// Errors from registration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -372,13 +375,24 @@ impl core::fmt::Display for RegistryError {
 
 impl std::error::Error for RegistryError {}
 
-/// A fixed array of `W`-word slots published under a sequence lock.
-struct SeqTable<const N: usize, const W: usize> {
-    seq: AtomicU64,
+/// One published version of a table: `len` rows of `W` words, sorted by word 0.
+struct Buffer<const N: usize, const W: usize> {
     len: AtomicUsize,
+    slots: [[AtomicU64; W]; N],
+}
+
+/// Two [`Buffer`]s, one readable ("active") while the other is rewritten ("left-right"): a writer
+/// fills the inactive buffer once no reader uses it, then flips `active`. Readers announce
+/// themselves in `readers[i]` and re-check `active`, so a writer never rewrites a buffer while a
+/// reader that saw it active is in it; readers never wait. The envelope `[env_lo, env_hi)` covers
+/// every entry of every version a reader may still see (widened before a flip, narrowed after),
+/// so the fast path is one range compare with no atomic read-modify-write.
+struct SeqTable<const N: usize, const W: usize> {
+    active: AtomicUsize,
+    readers: [AtomicUsize; 2],
     env_lo: AtomicU64,
     env_hi: AtomicU64,
-    slots: [[AtomicU64; W]; N],
+    bufs: [Buffer<N, W>; 2],
 }
 
 impl<const N: usize, const W: usize> SeqTable<N, W> {
@@ -386,38 +400,67 @@ impl<const N: usize, const W: usize> SeqTable<N, W> {
     const ZERO: AtomicU64 = AtomicU64::new(0);
     #[allow(clippy::declare_interior_mutable_const)]
     const SLOT: [AtomicU64; W] = [Self::ZERO; W];
+    #[allow(clippy::declare_interior_mutable_const)]
+    const BUFFER: Buffer<N, W> = Buffer {
+        len: AtomicUsize::new(0),
+        slots: [Self::SLOT; N],
+    };
 
     const fn new() -> Self {
         SeqTable {
-            seq: AtomicU64::new(0),
-            len: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            readers: [AtomicUsize::new(0), AtomicUsize::new(0)],
             env_lo: AtomicU64::new(0),
             env_hi: AtomicU64::new(0),
-            slots: [Self::SLOT; N],
+            bufs: [Self::BUFFER; 2],
         }
     }
 
-    /// Publishes `rows` (sorted by word 0, at most N). Callers serialise writers.
+    /// Publishes `rows` (sorted by word 0, at most N). Callers serialise writers (the registry's
+    /// mutex). Waits for readers that may still be in the inactive buffer (a lookup's length).
     fn publish(&self, rows: &[[u64; W]], env: Range) {
-        let s = self.seq.load(Ordering::Relaxed);
-        self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::Release);
-        for (slot, row) in self.slots.iter().zip(rows) {
+        let next = 1 - self.active.load(Ordering::SeqCst);
+        // Readers of `next` that saw it active before the last flip: let them finish.
+        let mut spins = 0u32;
+        while self.readers[next].load(Ordering::SeqCst) != 0 {
+            spins += 1;
+            if spins < 64 {
+                core::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        // Widen the envelope to cover the old and the new version while both may be read.
+        let (lo, hi) = (
+            self.env_lo.load(Ordering::Relaxed),
+            self.env_hi.load(Ordering::Relaxed),
+        );
+        let old = Range::new(lo, hi);
+        let union = if old.is_empty() {
+            env
+        } else if env.is_empty() {
+            old
+        } else {
+            Range::new(lo.min(env.lo), hi.max(env.hi))
+        };
+        self.env_lo.store(union.lo, Ordering::SeqCst);
+        self.env_hi.store(union.hi, Ordering::SeqCst);
+        let buf = &self.bufs[next];
+        for (slot, row) in buf.slots.iter().zip(rows) {
             for (a, v) in slot.iter().zip(row) {
                 a.store(*v, Ordering::Relaxed);
             }
         }
-        self.len.store(rows.len().min(N), Ordering::Relaxed);
-        self.env_lo.store(env.lo, Ordering::Relaxed);
-        self.env_hi.store(env.hi, Ordering::Relaxed);
-        self.seq.store(s.wrapping_add(2), Ordering::Release);
+        buf.len.store(rows.len().min(N), Ordering::Relaxed);
+        self.active.store(next, Ordering::SeqCst);
+        self.env_lo.store(env.lo, Ordering::SeqCst);
+        self.env_hi.store(env.hi, Ordering::SeqCst);
     }
 
     /// Finds the row whose `[w0, w1)` contains `addr`. Lock-free, bounded, async-signal-safe.
     #[inline]
     fn find(&self, addr: u64) -> Option<[u64; W]> {
-        // The fast path: one range compare against the envelope. Racy by design: a stale
-        // envelope only delays seeing a new entry.
+        // The fast path: one range compare against the envelope.
         if addr < self.env_lo.load(Ordering::Relaxed) || addr >= self.env_hi.load(Ordering::Relaxed)
         {
             return None;
@@ -427,14 +470,19 @@ impl<const N: usize, const W: usize> SeqTable<N, W> {
 
     #[inline(never)]
     fn find_slow(&self, addr: u64) -> Option<[u64; W]> {
+        // Each retry means a writer flipped between our two loads of `active`, which takes a
+        // whole publish: retries are rare, and bounded.
         for _ in 0..READ_RETRIES {
-            let s1 = self.seq.load(Ordering::Acquire);
-            if s1 & 1 == 1 {
-                core::hint::spin_loop();
+            let i = self.active.load(Ordering::SeqCst);
+            self.readers[i].fetch_add(1, Ordering::SeqCst);
+            if self.active.load(Ordering::SeqCst) != i {
+                self.readers[i].fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
-            let n = self.len.load(Ordering::Relaxed).min(N);
-            let slots = &self.slots[..n];
+            // No writer touches buffer i until `readers[i]` drops back.
+            let buf = &self.bufs[i];
+            let n = buf.len.load(Ordering::Relaxed).min(N);
+            let slots = &buf.slots[..n];
             let at = slots.partition_point(|s| s[0].load(Ordering::Relaxed) <= addr);
             let mut found = None;
             for s in slots[..at].iter().rev() {
@@ -449,10 +497,8 @@ impl<const N: usize, const W: usize> SeqTable<N, W> {
                     break;
                 }
             }
-            fence(Ordering::Acquire);
-            if self.seq.load(Ordering::Relaxed) == s1 {
-                return found;
-            }
+            self.readers[i].fetch_sub(1, Ordering::SeqCst);
+            return found;
         }
         None
     }
