@@ -1,0 +1,172 @@
+//! Shared helpers for integration tests on real stacks: symbolising captured pcs through the test
+//! binary's own symbol table, and printing traces.
+//!
+//! The symbol table is read from `/proc/self/exe` with the `object` crate; the load bias is the
+//! main program's `dlpi_addr` from `dl_iterate_phdr`. Names are the raw (mangled) symbol names:
+//! Rust's legacy mangling keeps each path segment readable (`_ZN11transitions7sys_one17h..E`), so
+//! tests match by substring on distinctive function names.
+#![allow(dead_code)]
+
+use object::{Object, ObjectSymbol, SymbolKind};
+use std::sync::OnceLock;
+use unwind::{Frame, Trace};
+
+struct Sym {
+    addr: u64,
+    size: u64,
+    name: String,
+}
+
+struct Symbols {
+    bias: u64,
+    syms: Vec<Sym>,
+}
+
+fn main_bias() -> u64 {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `&mut u64` below; `info` is valid during the callback.
+        unsafe { *data.cast::<u64>() = (*info).dlpi_addr };
+        1 // the first object is the main program: stop
+    }
+    let mut bias = 0u64;
+    // SAFETY: the callback only writes the u64 passed as data.
+    unsafe { libc::dl_iterate_phdr(Some(first), (&mut bias as *mut u64).cast()) };
+    bias
+}
+
+fn symbols() -> &'static Symbols {
+    static S: OnceLock<Symbols> = OnceLock::new();
+    S.get_or_init(|| {
+        let data = std::fs::read("/proc/self/exe").expect("read /proc/self/exe");
+        let file = object::File::parse(&*data).expect("parse /proc/self/exe");
+        let mut syms: Vec<Sym> = file
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
+            .filter_map(|s| {
+                Some(Sym {
+                    addr: s.address(),
+                    size: s.size(),
+                    name: s.name().ok()?.to_string(),
+                })
+            })
+            .collect();
+        // Sized symbols first at equal addresses, so a label never shadows its function.
+        syms.sort_by_key(|s| (s.addr, s.size == 0));
+        Symbols {
+            bias: main_bias(),
+            syms,
+        }
+    })
+}
+
+/// The name of the function in the test binary containing `pc` (a runtime address).
+pub fn name_of(pc: u64) -> Option<&'static str> {
+    let s = symbols();
+    let a = pc.checked_sub(s.bias)?;
+    let at = s.syms.partition_point(|x| x.addr <= a);
+    s.syms[..at]
+        .iter()
+        .rev()
+        .take(8)
+        .find(|x| x.size > 0 && a < x.addr + x.size)
+        .map(|x| x.name.as_str())
+}
+
+/// The name of a frame's function (looked up at `pc - 1` for return addresses).
+pub fn frame_name(f: &Frame) -> &'static str {
+    name_of(f.lookup_pc()).unwrap_or("?")
+}
+
+/// One line per frame, for failure messages.
+pub fn describe(frames: &[Frame]) -> String {
+    let mut s = String::new();
+    for (i, f) in frames.iter().enumerate() {
+        s += &format!(
+            "#{i:<2} {:#014x} stack {} via {:<10} t{} {}{}\n",
+            f.pc,
+            f.stack,
+            f.via,
+            f.transition,
+            if f.is_exact() { "exact " } else { "" },
+            frame_name(f)
+        );
+    }
+    s
+}
+
+/// A captured trace, owned.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    pub frames: Vec<Frame>,
+    pub trace: Trace,
+}
+
+impl Captured {
+    pub fn new(buf: &[Frame], trace: Trace) -> Self {
+        Captured {
+            frames: buf[..trace.len].to_vec(),
+            trace,
+        }
+    }
+
+    /// Index of the first frame whose function name contains `needle`.
+    pub fn find(&self, needle: &str) -> Option<usize> {
+        self.frames
+            .iter()
+            .position(|f| frame_name(f).contains(needle))
+    }
+
+    /// Like [`Captured::find`], panicking with the whole trace when absent.
+    pub fn expect(&self, needle: &str) -> usize {
+        self.find(needle)
+            .unwrap_or_else(|| panic!("no frame named *{needle}* in\n{self}"))
+    }
+
+    /// Asserts the named frames appear in this order (leaf first) and returns their indexes.
+    pub fn expect_in_order(&self, needles: &[&str]) -> Vec<usize> {
+        let mut at = Vec::new();
+        let mut from = 0;
+        for n in needles {
+            let i = self.frames[from..]
+                .iter()
+                .position(|f| frame_name(f).contains(n))
+                .map(|i| i + from)
+                .unwrap_or_else(|| panic!("no frame named *{n}* at or after #{from} in\n{self}"));
+            at.push(i);
+            from = i + 1;
+        }
+        at
+    }
+}
+
+impl std::fmt::Display for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "stop: {}", self.trace.stop)?;
+        f.write_str(&describe(&self.frames))
+    }
+}
+
+/// Captures here (starting at the caller of `capture_with`), with options.
+#[inline(always)]
+pub fn capture(opts: unwind::Options) -> Captured {
+    let mut buf = [Frame::EMPTY; 128];
+    let t = unwind::capture_with(&mut buf, opts);
+    Captured::new(&buf, t)
+}
+
+/// Default options: with the table.
+pub fn full() -> unwind::Options {
+    unwind::Options::default()
+}
+
+/// Naive options: without the table.
+pub fn naive() -> unwind::Options {
+    unwind::Options {
+        naive: true,
+        ..Default::default()
+    }
+}
