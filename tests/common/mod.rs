@@ -120,6 +120,19 @@ impl Captured {
             .position(|f| frame_name(f).contains(needle))
     }
 
+    /// Index of the first frame of the function `name` itself (not its closures), matched in
+    /// its legacy-mangled form `<len><name>17h<hash>`.
+    pub fn find_fn(&self, name: &str) -> Option<usize> {
+        let mangled = format!("{}{}17h", name.len(), name);
+        self.find(&mangled)
+    }
+
+    /// Like [`Captured::find_fn`], panicking with the whole trace when absent.
+    pub fn expect_fn(&self, name: &str) -> usize {
+        self.find_fn(name)
+            .unwrap_or_else(|| panic!("no frame of fn {name} in\n{self}"))
+    }
+
     /// Like [`Captured::find`], panicking with the whole trace when absent.
     pub fn expect(&self, needle: &str) -> usize {
         self.find(needle)
