@@ -172,7 +172,11 @@ fn discover() -> Builtins {
     ];
     let mut libc_like = Vec::new();
     for o in &objs {
-        let path = if o.is_main { "/proc/self/exe" } else { o.path.as_str() };
+        let path = if o.is_main {
+            "/proc/self/exe"
+        } else {
+            o.path.as_str()
+        };
         if path.is_empty() {
             continue;
         }
@@ -230,8 +234,9 @@ fn discover() -> Builtins {
             // SAFETY: an executable PT_LOAD segment of a loaded object, as the loader reports it
             // (file-backed part only): mapped readable for as long as the object stays loaded,
             // and libc and the main program are never unloaded.
-            let bytes =
-                unsafe { core::slice::from_raw_parts(seg.lo as *const u8, (seg.hi - seg.lo) as usize) };
+            let bytes = unsafe {
+                core::slice::from_raw_parts(seg.lo as *const u8, (seg.hi - seg.lo) as usize)
+            };
             for at in find_all(bytes, sigreturn_code()) {
                 let lo = seg.lo + at as u64;
                 found.push((
@@ -329,7 +334,8 @@ pub(crate) fn vdso_symbol(name: &str) -> Option<(u64, u64)> {
     let map = vdso_mapping(base)?;
     // SAFETY: the vDSO is mapped readable at `map` for the life of the process (the kernel maps
     // it before the program starts and never unmaps it).
-    let image = unsafe { core::slice::from_raw_parts(map.lo as *const u8, (map.hi - map.lo) as usize) };
+    let image =
+        unsafe { core::slice::from_raw_parts(map.lo as *const u8, (map.hi - map.lo) as usize) };
     let mut out = [None];
     elf::find_symbols(image, &[name], &mut out);
     let s = out[0]?;

@@ -146,7 +146,8 @@ pub fn init_thread() {
 pub(crate) fn register_transition() {
     REGISTER.call_once(|| {
         let ra = imp::return_address();
-        if let Ok(id) = transition::register(Range::new(ra, ra + 1), imp::RULE, "unwind::system_stack")
+        if let Ok(id) =
+            transition::register(Range::new(ra, ra + 1), imp::RULE, "unwind::system_stack")
         {
             TRANSITION_ID.store(id, Ordering::Release);
         }
@@ -176,7 +177,12 @@ fn ensure_stack() -> Range {
             r
         }
     };
-    STATE.with(|s| s.set(State { stack, in_use: false }));
+    STATE.with(|s| {
+        s.set(State {
+            stack,
+            in_use: false,
+        })
+    });
     // During thread-local destruction this fails and the stack is simply not pooled again.
     let _ = RETURN_ON_EXIT.try_with(|_| {});
     stack
@@ -266,7 +272,12 @@ pub fn run<R, F: FnOnce() -> R>(f: F) -> R {
         f: Some(f),
         out: None,
     };
-    STATE.with(|s| s.set(State { stack, in_use: true }));
+    STATE.with(|s| {
+        s.set(State {
+            stack,
+            in_use: true,
+        })
+    });
     // A signal handler on this thread must see `in_use` before the switch and after the return.
     compiler_fence(Ordering::SeqCst);
     // SAFETY: `stack.hi` is the 16-byte-aligned top of this thread's mapped system stack, which
@@ -280,7 +291,12 @@ pub fn run<R, F: FnOnce() -> R>(f: F) -> R {
         )
     };
     compiler_fence(Ordering::SeqCst);
-    STATE.with(|s| s.set(State { stack, in_use: false }));
+    STATE.with(|s| {
+        s.set(State {
+            stack,
+            in_use: false,
+        })
+    });
     match call.out {
         Some(Ok(r)) => r,
         Some(Err(payload)) => std::panic::resume_unwind(payload),
@@ -346,7 +362,9 @@ mod imp {
         // SAFETY: only the address of the label is taken; it is never read. (`unsafe` is
         // needed before Rust 1.82.)
         #[allow(unused_unsafe)]
-        unsafe { core::ptr::addr_of!(unwind_0_1_system_stack_return) as u64 }
+        unsafe {
+            core::ptr::addr_of!(unwind_0_1_system_stack_return) as u64
+        }
     }
 
     /// # Safety
@@ -416,7 +434,9 @@ mod imp {
         // SAFETY: only the address of the label is taken; it is never read. (`unsafe` is
         // needed before Rust 1.82.)
         #[allow(unused_unsafe)]
-        unsafe { core::ptr::addr_of!(unwind_0_1_system_stack_return) as u64 }
+        unsafe {
+            core::ptr::addr_of!(unwind_0_1_system_stack_return) as u64
+        }
     }
 
     /// # Safety
@@ -464,7 +484,10 @@ mod tests {
     fn panics_cross_back() {
         let r = std::panic::catch_unwind(|| run(|| -> u32 { panic!("boom on the system stack") }));
         let msg = r.unwrap_err();
-        assert_eq!(msg.downcast_ref::<&str>(), Some(&"boom on the system stack"));
+        assert_eq!(
+            msg.downcast_ref::<&str>(),
+            Some(&"boom on the system stack")
+        );
         // The thread is usable afterwards, and the flag was reset.
         assert_eq!(run(|| 7 + 8), 15);
         assert!(!is_on_system_stack());
@@ -473,8 +496,14 @@ mod tests {
 
     #[test]
     fn stacks_are_reused_after_threads_exit() {
-        let a = std::thread::spawn(|| run(current_stack)).join().unwrap().unwrap();
-        let b = std::thread::spawn(|| run(current_stack)).join().unwrap().unwrap();
+        let a = std::thread::spawn(|| run(current_stack))
+            .join()
+            .unwrap()
+            .unwrap();
+        let b = std::thread::spawn(|| run(current_stack))
+            .join()
+            .unwrap()
+            .unwrap();
         // Other tests run threads concurrently, so `b` may have taken another pooled stack; what
         // must hold is that both stay registered (never unmapped).
         assert_eq!(transition::registered_stack(a.lo), Some(a));

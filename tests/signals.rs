@@ -71,7 +71,8 @@ fn handler_captures(uc: *mut libc::c_void) {
     shot.traces[UCONTEXT] =
         unsafe { unwind::live::capture_from_ucontext_with(uc, b2, Options::default()) };
     // SAFETY: as above.
-    shot.traces[UCONTEXT_NAIVE] = unsafe { unwind::live::capture_from_ucontext_with(uc, b3, naive()) };
+    shot.traces[UCONTEXT_NAIVE] =
+        unsafe { unwind::live::capture_from_ucontext_with(uc, b3, naive()) };
     DONE.store(1, Ordering::Release);
 }
 
@@ -80,12 +81,16 @@ extern "C" fn on_sigusr1(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mu
     black_box(());
 }
 
-fn install(handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void), onstack: bool) {
+fn install(
+    handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+    onstack: bool,
+) {
     // SAFETY: a zeroed sigaction is valid; we fill handler, flags and an empty mask.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = handler as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | if onstack { libc::SA_ONSTACK } else { 0 };
+        sa.sa_flags =
+            libc::SA_SIGINFO | libc::SA_RESTART | if onstack { libc::SA_ONSTACK } else { 0 };
         libc::sigemptyset(&mut sa.sa_mask);
         assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
     }
@@ -187,9 +192,10 @@ fn spin_in_coroutine_on_system_stack() {
     let reg =
         unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
             .unwrap();
-    let mut co = corosensei::Coroutine::with_stack(&mut stack, |_y: &corosensei::Yielder<(), ()>, ()| {
-        spin_on_system_stack()
-    });
+    let mut co =
+        corosensei::Coroutine::with_stack(&mut stack, |_y: &corosensei::Yielder<(), ()>, ()| {
+            spin_on_system_stack()
+        });
     let r = co.resume(());
     assert!(matches!(r, corosensei::CoroutineResult::Return(())));
     drop(co);
@@ -216,7 +222,10 @@ fn signal_while(body: fn(), alt: bool) -> [Captured; 4] {
         std::thread::yield_now();
     }
     // SAFETY: the thread is alive (it spins until DONE) and SIGUSR1 has a handler.
-    assert_eq!(unsafe { libc::pthread_kill(t.as_pthread_t(), libc::SIGUSR1) }, 0);
+    assert_eq!(
+        unsafe { libc::pthread_kill(t.as_pthread_t(), libc::SIGUSR1) },
+        0
+    );
     let alt = t.join().unwrap();
     if let Some(a) = alt {
         unmap(a);
@@ -238,12 +247,20 @@ fn is_signal_trampoline(pc: u64) -> bool {
 fn check_capture_crosses(c: &Captured, stack_after: u16, callers: &[&str]) -> usize {
     let at = c.expect_in_order(&["handler_captures", "on_sigusr1"]);
     let tramp = at[1] + 1;
-    assert!(is_signal_trampoline(c.frames[tramp].pc), "trampoline expected at #{tramp}\n{c}");
+    assert!(
+        is_signal_trampoline(c.frames[tramp].pc),
+        "trampoline expected at #{tramp}\n{c}"
+    );
     let interrupted = c.frames[tramp + 1];
     assert_eq!(interrupted.via, Via::Transition, "{c}");
     assert!(interrupted.is_exact(), "{c}");
     assert_eq!(interrupted.stack, stack_after, "{c}");
-    assert!(c.frames[..=tramp].iter().all(|f| f.stack == stack_after - 1), "{c}");
+    assert!(
+        c.frames[..=tramp]
+            .iter()
+            .all(|f| f.stack == stack_after - 1),
+        "{c}"
+    );
     let mut names = vec!["spin_target"];
     names.extend_from_slice(callers);
     let at = c.expect_in_order(&names);
@@ -261,11 +278,18 @@ fn signal_on_altstack_capture_crosses_the_signal_frame() {
     // Without the table: the handler's record links to the interrupted stack; the walk refuses.
     assert!(cap_naive.find("spin_target").is_none(), "{cap_naive}");
     assert!(cap_naive.find("spinner_outer").is_none(), "{cap_naive}");
-    assert_eq!(cap_naive.trace.stop, StopReason::NotMonotonic, "{cap_naive}");
+    assert_eq!(
+        cap_naive.trace.stop,
+        StopReason::NotMonotonic,
+        "{cap_naive}"
+    );
 
     // From the ucontext: the interrupted pc first, then its callers.
     for c in [&uc, &uc_naive] {
-        assert!(common::frame_name(&c.frames[0]).contains("spin_target"), "{c}");
+        assert!(
+            common::frame_name(&c.frames[0]).contains("spin_target"),
+            "{c}"
+        );
         assert!(c.frames[0].is_exact());
         c.expect_in_order(&["spin_target", "spinner_mid", "spinner_outer"]);
         assert!(c.frames.iter().all(|f| f.stack == 0));
@@ -297,7 +321,6 @@ fn signal_on_the_system_stack_crosses_both() {
             "spinner_mid",
             "unwind_0_1_system_stack_switch",
             "spin_on_system_stack",
-            "signal_while",
         ],
     );
     let sw = cap.expect("unwind_0_1_system_stack_switch");
@@ -314,7 +337,10 @@ fn signal_on_the_system_stack_crosses_both() {
         "unwind_0_1_system_stack_switch",
         "spin_on_system_stack",
     ]);
-    assert!(uc_naive.find("spin_on_system_stack").is_none(), "{uc_naive}");
+    assert!(
+        uc_naive.find("spin_on_system_stack").is_none(),
+        "{uc_naive}"
+    );
 }
 
 #[test]
@@ -330,7 +356,6 @@ fn signal_in_a_coroutine_on_the_system_stack_crosses_all_three() {
             "spin_on_system_stack",
             "stack_init_trampoline",
             "spin_in_coroutine_on_system_stack",
-            "signal_while",
         ],
     );
     let stacks: Vec<u16> = [
@@ -404,6 +429,38 @@ fn churn_spin(slot: &Slot, round: u32) {
     black_box(());
 }
 
+/// One spinner of the churn test: waits for each round's signal in `churn_spin` and checks
+/// the handler's capture (outside the handler). Returns the failures and its alternate stack.
+#[inline(never)]
+fn churn_spinner(s: usize) -> (Vec<String>, Option<(usize, usize)>) {
+    unwind::init_thread();
+    // Spinner 0 takes its signals on an alternate stack, spinner 1 on its own stack
+    // (std's small default alternate stack is disabled: a debug build's capture
+    // does not fit in it).
+    let alt = (s == 0).then(set_altstack);
+    if s != 0 {
+        disable_altstack();
+    }
+    MY_SLOT.with(|c| c.set(s));
+    let slot = &SLOTS[s];
+    let mut bad = Vec::new();
+    for round in 1..=ROUNDS {
+        churn_spin(slot, round);
+        // SAFETY: see Slot: the handler for this round has returned.
+        let (buf, trace) = unsafe { (*slot.buf.get(), *slot.trace.get()) };
+        let c = Captured::new(&buf, trace);
+        let ok = c
+            .find_fn("churn_spin")
+            .is_some_and(|i| c.frames[i].via == Via::Transition && c.frames[i].is_exact())
+            && c.find_fn("churn_spinner").is_some();
+        if !ok {
+            bad.push(c.to_string());
+        }
+    }
+    MY_SLOT.with(|c| c.set(usize::MAX));
+    (bad, alt)
+}
+
 #[test]
 fn registry_churn_while_handlers_capture() {
     use unwind::transition::{self, Rule, Transitions};
@@ -427,9 +484,11 @@ fn registry_churn_while_handlers_capture() {
                     )
                     .unwrap();
                     assert_eq!(transition::Live.lookup(lo + 1).map(|t| t.id), Some(id));
-                    let sid =
-                        transition::register_stack(unwind::Range::new(lo + 0x1000_0000, lo + 0x1000_0100))
-                            .unwrap();
+                    let sid = transition::register_stack(unwind::Range::new(
+                        lo + 0x1000_0000,
+                        lo + 0x1000_0100,
+                    ))
+                    .unwrap();
                     assert!(transition::registered_stack(lo + 0x1000_0080).is_some());
                     transition::unregister(id).unwrap();
                     transition::unregister_stack(sid).unwrap();
@@ -442,46 +501,24 @@ fn registry_churn_while_handlers_capture() {
         .collect();
 
     let spinners: Vec<_> = (0..SPINNERS)
-        .map(|s| {
-            std::thread::spawn(move || {
-                unwind::init_thread();
-                // Spinner 0 takes its signals on an alternate stack, spinner 1 on its own stack
-                // (std's small default alternate stack is disabled: a debug build's capture
-                // does not fit in it).
-                let alt = (s == 0).then(set_altstack);
-                if s != 0 {
-                    disable_altstack();
-                }
-                MY_SLOT.with(|c| c.set(s));
-                let slot = &SLOTS[s];
-                let mut bad = Vec::new();
-                for round in 1..=ROUNDS {
-                    churn_spin(slot, round);
-                    // SAFETY: see Slot: the handler for this round has returned.
-                    let (buf, trace) = unsafe { (*slot.buf.get(), *slot.trace.get()) };
-                    let c = Captured::new(&buf, trace);
-                    let ok = c.find("churn_spin").is_some_and(|i| {
-                        c.frames[i].via == Via::Transition && c.frames[i].is_exact()
-                    }) && c.find("registry_churn_while_handlers_capture").is_some();
-                    if !ok {
-                        bad.push(c.to_string());
-                    }
-                }
-                MY_SLOT.with(|c| c.set(usize::MAX));
-                (bad, alt)
-            })
-        })
+        .map(|s| std::thread::spawn(move || churn_spinner(s)))
         .collect();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     for round in 1..=ROUNDS {
         for (s, t) in spinners.iter().enumerate() {
             while SLOTS[s].want.load(Ordering::Acquire) != round {
-                assert!(Instant::now() < deadline, "spinner {s} stuck before round {round}");
+                assert!(
+                    Instant::now() < deadline,
+                    "spinner {s} stuck before round {round}"
+                );
                 std::thread::yield_now();
             }
             // SAFETY: the spinner thread is alive (it waits for this round's handler).
-            assert_eq!(unsafe { libc::pthread_kill(t.as_pthread_t(), libc::SIGUSR1) }, 0);
+            assert_eq!(
+                unsafe { libc::pthread_kill(t.as_pthread_t(), libc::SIGUSR1) },
+                0
+            );
         }
     }
     let mut failures = Vec::new();

@@ -159,7 +159,9 @@ pub fn first_load_vaddr<S: Source + ?Sized>(src: &S) -> Option<u64> {
     let mut lowest = None;
     for i in 0..phnum {
         let mut ph = [0u8; 56];
-        let off = i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff))?;
+        let off = i
+            .checked_mul(phentsize)
+            .and_then(|o| o.checked_add(phoff))?;
         if !src.read(off, &mut ph) {
             return None;
         }

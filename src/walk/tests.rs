@@ -142,12 +142,7 @@ fn misaligned_and_unreadable() {
 
 #[test]
 fn fp_near_u64_max_does_not_wrap() {
-    for bad in [
-        u64::MAX - 7,
-        u64::MAX - 15,
-        !7,
-        0xffff_ffff_ffff_fff0,
-    ] {
+    for bad in [u64::MAX - 7, u64::MAX - 15, !7, 0xffff_ffff_ffff_fff0] {
         let mut s = StackBuilder::new(LO, LEN);
         s.record(LO + 0x100, bad, 1);
         let (f, stop) = walk_x86(
@@ -441,5 +436,8 @@ fn link_base_follows_a_parent_link() {
         pcs(&f),
         vec![0x1234, SWITCH_RA, 0x50_5050, 0x40_0000, 0x40_0001]
     );
-    assert_eq!((f[2].via, f[2].stack, f[2].transition), (Via::Transition, 1, 4));
+    assert_eq!(
+        (f[2].via, f[2].stack, f[2].transition),
+        (Via::Transition, 1, 4)
+    );
 }
