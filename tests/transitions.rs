@@ -347,3 +347,62 @@ fn registry_survives_concurrent_writers() {
         .iter()
         .all(|(_, name)| *name != "concurrent"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Three switches in a row: coroutine → corosensei::on_stack segment → system stack.
+
+#[inline(never)]
+fn three_deep_inner() -> Captured {
+    black_box(111u32);
+    let c = unwind::system_stack::run(|| sys_one_deep(false));
+    black_box(&c);
+    c
+}
+
+#[inline(never)]
+fn three_deep_segment() -> Captured {
+    let mut seg = DefaultStack::new(128 * 1024).unwrap();
+    let reg = unwind::coroutine::register_stack(seg.limit().get() as u64, seg.base().get() as u64)
+        .unwrap();
+    let c = corosensei::on_stack(&mut seg, three_deep_inner);
+    drop(reg);
+    black_box(&c);
+    c
+}
+
+#[inline(never)]
+fn three_deep_outer() -> Captured {
+    let mut stack = DefaultStack::new(128 * 1024).unwrap();
+    let reg =
+        unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
+            .unwrap();
+    let mut co = Coroutine::with_stack(&mut stack, |_y: &corosensei::Yielder<(), ()>, ()| {
+        three_deep_segment()
+    });
+    let c = match co.resume(()) {
+        CoroutineResult::Return(c) => c,
+        CoroutineResult::Yield(()) => unreachable!(),
+    };
+    drop(co);
+    drop(reg);
+    black_box(&c);
+    c
+}
+
+#[test]
+fn three_switches_in_a_row() {
+    unwind::init();
+    let c = three_deep_outer();
+    let at = c.expect_in_order(&[
+        "sys_three_deep",
+        "unwind_0_1_system_stack_switch",
+        "three_deep_inner",
+        "stack_call_trampoline",
+        "three_deep_segment",
+        "stack_init_trampoline",
+        "three_deep_outer",
+    ]);
+    let stacks: Vec<u16> = at.iter().map(|&i| c.frames[i].stack).collect();
+    assert_eq!(stacks, vec![0, 0, 1, 1, 2, 2, 3], "{c}");
+    assert_eq!(c.trace.stop, StopReason::End, "{c}");
+}

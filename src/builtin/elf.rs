@@ -189,7 +189,7 @@ mod tests {
     fn huge_or_truncated_headers_are_safe() {
         // A header claiming 65535 section headers at an absurd offset, and a symtab whose
         // string-table link points past the end.
-        let mut img = vec![0u8; 64 + 2 * 64];
+        let mut img = [0u8; 64 + 2 * 64];
         img[..6].copy_from_slice(b"\x7fELF\x02\x01");
         img[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
         img[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
