@@ -33,14 +33,18 @@
 
 #[path = "../arch/mod.rs"]
 pub mod arch;
+pub mod builtin;
+pub mod coroutine;
 pub mod frame;
 pub mod live;
 pub mod memory;
 pub mod policy;
+pub mod system_stack;
 pub mod transition;
 pub mod walk;
 
 pub use arch::{Arch, ArchKind, Regs};
+pub use builtin::init;
 pub use frame::{Frame, StopReason, Trace, Via};
 pub use live::{capture, capture_from_ucontext, capture_with, init_thread, Options};
 pub use memory::{Image, Memory, Range, Region};

@@ -16,7 +16,7 @@ use crate::arch::native::{current_regs, Native};
 use crate::arch::{Arch, Regs};
 use crate::frame::{Frame, Trace};
 use crate::memory::{Memory, Range};
-use crate::transition::{registered_stack, Live};
+use crate::transition::{registered_stack, Pinned};
 use crate::walk::{Start, Walker};
 use core::cell::Cell;
 
@@ -65,7 +65,9 @@ fn thread_stack(sp: u64) -> Option<Range> {
 /// Memory of the current thread's stacks. Every read is checked against them.
 #[derive(Clone, Copy, Debug)]
 pub struct LiveMemory {
-    stacks: [Range; 3],
+    /// Thread stack, the starting segment, the alternate stack, and the last registered stack
+    /// found (so that walking a registered stack asks the registry once, not per read).
+    stacks: [Range; 4],
 }
 
 impl LiveMemory {
@@ -78,7 +80,12 @@ impl LiveMemory {
         let t = THREAD_STACK.with(|c| c.get());
         if t.contains(sp) {
             return LiveMemory {
-                stacks: [t, Range::default(), extra.unwrap_or_default()],
+                stacks: [
+                    t,
+                    Range::default(),
+                    extra.unwrap_or_default(),
+                    Range::default(),
+                ],
             };
         }
         Self::for_sp_slow(sp, extra)
@@ -86,7 +93,7 @@ impl LiveMemory {
 
     #[inline(never)]
     fn for_sp_slow(sp: u64, extra: Option<Range>) -> Self {
-        let mut stacks = [Range::default(); 3];
+        let mut stacks = [Range::default(); 4];
         if let Some(t) = thread_stack(sp) {
             stacks[0] = t;
         } else {
@@ -113,7 +120,7 @@ impl LiveMemory {
     }
 
     #[inline(always)]
-    fn range_of(&self, addr: u64, len: u64) -> Option<Range> {
+    fn range_of(&mut self, addr: u64, len: u64) -> Option<Range> {
         // The thread's own stack first: nearly every read is there.
         if self.stacks[0].contains_span(addr, len) {
             return Some(self.stacks[0]);
@@ -122,13 +129,15 @@ impl LiveMemory {
     }
 
     #[inline(never)]
-    fn range_of_slow(&self, addr: u64, len: u64) -> Option<Range> {
+    fn range_of_slow(&mut self, addr: u64, len: u64) -> Option<Range> {
         for r in &self.stacks[1..] {
             if r.contains_span(addr, len) {
                 return Some(*r);
             }
         }
-        registered_stack(addr).filter(|r| r.contains_span(addr, len))
+        let r = registered_stack(addr).filter(|r| r.contains_span(addr, len))?;
+        self.stacks[3] = r;
+        Some(r)
     }
 }
 
@@ -236,7 +245,8 @@ fn walk_live(start: Start, mem: &mut LiveMemory, buf: &mut [Frame], opts: Option
         w.max_depth = opts.max_depth;
         w.walk(start, mem, buf)
     } else {
-        let mut w: Walker<Native, _, _> = Walker::new(Live);
+        // One pinned registry version for the whole walk: no atomic RMW per frame.
+        let mut w: Walker<Native, _, _> = Walker::new(Pinned::new());
         w.max_depth = opts.max_depth;
         w.walk(start, mem, buf)
     }

@@ -9,15 +9,18 @@
 //!
 //! Two tables implement [`Transitions`]: [`TransitionTable`], a plain sorted vector (offline
 //! unwinding, tests, fuzzing), and [`Live`], the process-wide registry that live captures use.
-//! The registry is read lock-free with a sequence lock over fixed-size static arrays: readers
-//! (signal handlers) never block, never allocate and never touch freed memory; a reader that
-//! races a writer retries a bounded number of times and then treats the lookup as "no match",
-//! which truncates that one trace cleanly. Writers ([`register`], [`unregister`]) take a mutex
-//! and must not be called from signal handlers.
+//! The registry is read lock-free from two fixed-size static buffers ("left-right": readers use
+//! the active one while a writer fills the other, then flips): readers (signal handlers) never
+//! block, never allocate and never touch freed memory, and always see a complete version, so an
+//! entry that stays registered is never missed. A reader retries only if a writer flipped the
+//! buffers between two of its loads (a whole publish), at most a bounded number of times, after
+//! which it reports "no match" (truncating that one trace cleanly). Writers ([`register`],
+//! [`unregister`]) take a mutex, wait for readers still in the buffer they rewrite (the length of
+//! one lookup), and must not be called from signal handlers.
 
 use crate::arch::{Arch, Regs};
 use crate::memory::{Memory, Range};
-use core::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Where the offsets of a [`Rule::SavedAt`] are measured from, at the frame whose return address
@@ -31,6 +34,11 @@ pub enum Base {
     Cfa,
     /// The saved frame pointer in the callee's record (the switch function's own frame pointer).
     SavedFp,
+    /// The word stored at the saved frame pointer: a link to the top of the other stack, where
+    /// the switch saved the other side's registers (corosensei: the coroutine's root frame
+    /// pointer points at a "parent link" near the stack base, which holds the parent's stack
+    /// pointer; the parent's fp and pc are saved there).
+    Link,
 }
 
 /// How to recover the registers of the other side of a stack switch.
@@ -95,6 +103,13 @@ pub trait Transitions {
     fn envelope(&self) -> Range {
         Range::new(0, u64::MAX)
     }
+
+    /// A cheap pre-check the walker's hot loop runs on every return address: `false` means
+    /// [`Transitions::lookup`] would certainly find nothing. The default checks the envelope.
+    #[inline(always)]
+    fn may_match(&self, ra: u64) -> bool {
+        self.envelope().contains(ra)
+    }
 }
 
 /// No transitions: the naive walk.
@@ -120,6 +135,10 @@ impl<T: Transitions + ?Sized> Transitions for &T {
     #[inline(always)]
     fn envelope(&self) -> Range {
         (**self).envelope()
+    }
+    #[inline(always)]
+    fn may_match(&self, ra: u64) -> bool {
+        (**self).may_match(ra)
     }
 }
 
@@ -160,6 +179,7 @@ impl Rule {
                     Base::Fp => fp,
                     Base::Cfa => fp.checked_add(A::RECORD_SIZE)?,
                     Base::SavedFp => saved_fp,
+                    Base::Link => mem.read_u64(saved_fp)?,
                 };
                 let at = |o: i32| b.checked_add_signed(o as i64);
                 let pc = A::strip_ra(mem.read_u64(at(pc)?)?, pac_mask);
@@ -215,6 +235,7 @@ impl Rule {
                     Base::Fp => 0,
                     Base::Cfa => 1,
                     Base::SavedFp => 2,
+                    Base::Link => 3,
                 };
                 [
                     Self::K_SAVED | (b << 8),
@@ -241,6 +262,7 @@ impl Rule {
                     0 => Base::Fp,
                     1 => Base::Cfa,
                     2 => Base::SavedFp,
+                    3 => Base::Link,
                     _ => return None,
                 },
                 pc: lo(w[1]),
@@ -357,7 +379,7 @@ pub const MAX_TRANSITIONS: usize = 256;
 /// Maximum number of registered live stacks.
 pub const MAX_STACKS: usize = 1024;
 /// How many times a reader retries when it races a writer before giving up on that lookup.
-const READ_RETRIES: usize = 8;
+const READ_RETRIES: usize = 64;
 
 /// Errors from registration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -383,13 +405,117 @@ impl core::fmt::Display for RegistryError {
 
 impl std::error::Error for RegistryError {}
 
-/// A fixed array of `W`-word slots published under a sequence lock.
-struct SeqTable<const N: usize, const W: usize> {
-    seq: AtomicU64,
+/// Bits in a [`Buffer`]'s page filter.
+const FILTER_BITS: usize = 4096;
+
+/// The filter bit of the 4 KiB page holding `addr` (Fibonacci hashing of the page number).
+#[inline(always)]
+fn filter_bit(addr: u64) -> usize {
+    ((addr >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize
+}
+
+/// One published version of a table: `len` rows of `W` words (`[lo, hi, ...]`), sorted by `lo`.
+///
+/// Besides the rows: the envelope of all rows, a filter with one bit per hashed 4 KiB page that
+/// some row touches (a return address on any other page is rejected after one bit test, which
+/// keeps the walk's cost flat when the envelope spans the program and libc), and the running
+/// maximum of `hi`, which stops the backwards scan over possibly overlapping rows early.
+struct Buffer<const N: usize, const W: usize> {
     len: AtomicUsize,
     env_lo: AtomicU64,
     env_hi: AtomicU64,
+    filter: [AtomicU64; FILTER_BITS / 64],
+    max_hi: [AtomicU64; N],
     slots: [[AtomicU64; W]; N],
+}
+
+impl<const N: usize, const W: usize> Buffer<N, W> {
+    /// Could a row contain `addr`? Envelope compare and one filter bit.
+    #[inline(always)]
+    fn may_contain(&self, addr: u64) -> bool {
+        if addr < self.env_lo.load(Ordering::Relaxed) || addr >= self.env_hi.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        let bit = filter_bit(addr);
+        self.filter[bit / 64].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
+    }
+
+    /// Finds the row containing `addr`. The caller has pinned this buffer.
+    #[inline(always)]
+    fn find(&self, addr: u64) -> Option<[u64; W]> {
+        if !self.may_contain(addr) {
+            return None;
+        }
+        self.search(addr)
+    }
+
+    #[inline(never)]
+    fn search(&self, addr: u64) -> Option<[u64; W]> {
+        let n = self.len.load(Ordering::Relaxed).min(N);
+        let slots = &self.slots[..n];
+        let at = slots.partition_point(|s| s[0].load(Ordering::Relaxed) <= addr);
+        for i in (0..at).rev() {
+            // No row at or before i reaches addr: stop.
+            if self.max_hi[i].load(Ordering::Relaxed) <= addr {
+                break;
+            }
+            let s = &slots[i];
+            let lo = s[0].load(Ordering::Relaxed);
+            let hi = s[1].load(Ordering::Relaxed);
+            if addr >= lo && addr < hi {
+                let mut row = [0u64; W];
+                for (r, a) in row.iter_mut().zip(s.iter()) {
+                    *r = a.load(Ordering::Relaxed);
+                }
+                return Some(row);
+            }
+        }
+        None
+    }
+
+    /// Writes a version. The caller ensures no reader has this buffer pinned.
+    fn fill(&self, rows: &[[u64; W]], env: Range) {
+        let rows = &rows[..rows.len().min(N)];
+        let mut filter = [0u64; FILTER_BITS / 64];
+        let mut max_hi = 0u64;
+        for (i, row) in rows.iter().enumerate() {
+            for (a, v) in self.slots[i].iter().zip(row) {
+                a.store(*v, Ordering::Relaxed);
+            }
+            max_hi = max_hi.max(row[1]);
+            self.max_hi[i].store(max_hi, Ordering::Relaxed);
+            let (first, last) = (row[0] >> 12, row[1].saturating_sub(1) >> 12);
+            if last.saturating_sub(first) >= FILTER_BITS as u64 {
+                filter = [u64::MAX; FILTER_BITS / 64];
+            } else {
+                for page in first..=last {
+                    let bit = filter_bit(page << 12);
+                    filter[bit / 64] |= 1 << (bit % 64);
+                }
+            }
+        }
+        for (a, v) in self.filter.iter().zip(filter) {
+            a.store(v, Ordering::Relaxed);
+        }
+        self.env_lo.store(env.lo, Ordering::Relaxed);
+        self.env_hi.store(env.hi, Ordering::Relaxed);
+        self.len.store(rows.len(), Ordering::Relaxed);
+    }
+}
+
+/// Two [`Buffer`]s, one readable ("active") while the other is rewritten ("left-right"): a writer
+/// fills the inactive buffer once no reader uses it, then flips `active`. Readers pin a buffer by
+/// announcing themselves in `readers[i]` and re-checking `active`, so a writer never rewrites a
+/// buffer while a reader that saw it active is in it; readers never wait. The table-wide envelope
+/// `[env_lo, env_hi)` covers every entry of every version a reader may still see (widened before
+/// a flip, narrowed after), so an unpinned lookup outside it costs one range compare.
+struct SeqTable<const N: usize, const W: usize> {
+    active: AtomicUsize,
+    readers: [AtomicUsize; 2],
+    env_lo: AtomicU64,
+    env_hi: AtomicU64,
+    bufs: [Buffer<N, W>; 2],
 }
 
 impl<const N: usize, const W: usize> SeqTable<N, W> {
@@ -397,75 +523,98 @@ impl<const N: usize, const W: usize> SeqTable<N, W> {
     const ZERO: AtomicU64 = AtomicU64::new(0);
     #[allow(clippy::declare_interior_mutable_const)]
     const SLOT: [AtomicU64; W] = [Self::ZERO; W];
+    #[allow(clippy::declare_interior_mutable_const)]
+    const BUFFER: Buffer<N, W> = Buffer {
+        len: AtomicUsize::new(0),
+        env_lo: AtomicU64::new(0),
+        env_hi: AtomicU64::new(0),
+        filter: [Self::ZERO; FILTER_BITS / 64],
+        max_hi: [Self::ZERO; N],
+        slots: [Self::SLOT; N],
+    };
 
     const fn new() -> Self {
         SeqTable {
-            seq: AtomicU64::new(0),
-            len: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            readers: [AtomicUsize::new(0), AtomicUsize::new(0)],
             env_lo: AtomicU64::new(0),
             env_hi: AtomicU64::new(0),
-            slots: [Self::SLOT; N],
+            bufs: [Self::BUFFER; 2],
         }
     }
 
-    /// Publishes `rows` (sorted by word 0, at most N). Callers serialise writers.
+    /// Publishes `rows` (sorted by word 0, at most N). Callers serialise writers (the registry's
+    /// mutex). Waits for readers that may still be in the inactive buffer (a walk's length).
     fn publish(&self, rows: &[[u64; W]], env: Range) {
-        let s = self.seq.load(Ordering::Relaxed);
-        self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::Release);
-        for (slot, row) in self.slots.iter().zip(rows) {
-            for (a, v) in slot.iter().zip(row) {
-                a.store(*v, Ordering::Relaxed);
+        let next = 1 - self.active.load(Ordering::SeqCst);
+        // Readers of `next` that pinned it before the last flip: let them finish.
+        let mut spins = 0u32;
+        while self.readers[next].load(Ordering::SeqCst) != 0 {
+            spins += 1;
+            if spins < 64 {
+                core::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
             }
         }
-        self.len.store(rows.len().min(N), Ordering::Relaxed);
-        self.env_lo.store(env.lo, Ordering::Relaxed);
-        self.env_hi.store(env.hi, Ordering::Relaxed);
-        self.seq.store(s.wrapping_add(2), Ordering::Release);
+        // Widen the envelope to cover the old and the new version while both may be read.
+        let (lo, hi) = (
+            self.env_lo.load(Ordering::Relaxed),
+            self.env_hi.load(Ordering::Relaxed),
+        );
+        let old = Range::new(lo, hi);
+        let union = if old.is_empty() {
+            env
+        } else if env.is_empty() {
+            old
+        } else {
+            Range::new(lo.min(env.lo), hi.max(env.hi))
+        };
+        self.env_lo.store(union.lo, Ordering::SeqCst);
+        self.env_hi.store(union.hi, Ordering::SeqCst);
+        self.bufs[next].fill(rows, env);
+        self.active.store(next, Ordering::SeqCst);
+        self.env_lo.store(env.lo, Ordering::SeqCst);
+        self.env_hi.store(env.hi, Ordering::SeqCst);
+    }
+
+    /// Pins the active buffer (bounded retries). Each retry means a writer flipped between our
+    /// two loads of `active`, which takes a whole publish: retries are rare.
+    #[inline]
+    fn pin(&self) -> Option<usize> {
+        for _ in 0..READ_RETRIES {
+            let i = self.active.load(Ordering::SeqCst);
+            self.readers[i].fetch_add(1, Ordering::SeqCst);
+            if self.active.load(Ordering::SeqCst) == i {
+                return Some(i);
+            }
+            self.readers[i].fetch_sub(1, Ordering::SeqCst);
+        }
+        None
+    }
+
+    #[inline]
+    fn unpin(&self, i: usize) {
+        self.readers[i].fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Finds the row whose `[w0, w1)` contains `addr`. Lock-free, bounded, async-signal-safe.
     #[inline]
     fn find(&self, addr: u64) -> Option<[u64; W]> {
-        // The fast path: one range compare against the envelope. Racy by design: a stale
-        // envelope only delays seeing a new entry.
+        // The fast path: one range compare against the envelope.
         if addr < self.env_lo.load(Ordering::Relaxed) || addr >= self.env_hi.load(Ordering::Relaxed)
         {
             return None;
         }
-        self.find_slow(addr)
+        self.find_pinned(addr)
     }
 
     #[inline(never)]
-    fn find_slow(&self, addr: u64) -> Option<[u64; W]> {
-        for _ in 0..READ_RETRIES {
-            let s1 = self.seq.load(Ordering::Acquire);
-            if s1 & 1 == 1 {
-                core::hint::spin_loop();
-                continue;
-            }
-            let n = self.len.load(Ordering::Relaxed).min(N);
-            let slots = &self.slots[..n];
-            let at = slots.partition_point(|s| s[0].load(Ordering::Relaxed) <= addr);
-            let mut found = None;
-            for s in slots[..at].iter().rev() {
-                let lo = s[0].load(Ordering::Relaxed);
-                let hi = s[1].load(Ordering::Relaxed);
-                if addr >= lo && addr < hi {
-                    let mut row = [0u64; W];
-                    for (r, a) in row.iter_mut().zip(s.iter()) {
-                        *r = a.load(Ordering::Relaxed);
-                    }
-                    found = Some(row);
-                    break;
-                }
-            }
-            fence(Ordering::Acquire);
-            if self.seq.load(Ordering::Relaxed) == s1 {
-                return found;
-            }
-        }
-        None
+    fn find_pinned(&self, addr: u64) -> Option<[u64; W]> {
+        let i = self.pin()?;
+        let found = self.bufs[i].find(addr);
+        self.unpin(i);
+        found
     }
 }
 
@@ -607,7 +756,8 @@ pub fn unregister_stack(id: Id) -> Result<(), RegistryError> {
 }
 
 /// The live registry as a [`Transitions`] table: lock-free, allocation-free and
-/// async-signal-safe lookups.
+/// async-signal-safe lookups, each pinning the current version (see [`Pinned`] to pin once per
+/// walk).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Live;
 
@@ -628,6 +778,72 @@ impl Transitions for Live {
             TRANSITIONS.env_lo.load(Ordering::Relaxed),
             TRANSITIONS.env_hi.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// A pinned version of the live registry, for one walk: lookups need no atomic read-modify-write
+/// (one envelope compare, one filter bit, then a binary search), and every lookup of the walk
+/// sees the same version. Writers wait for it to be dropped before they reuse its buffer, so
+/// drop it promptly (a walk's length). Async-signal-safe to create, use and drop.
+pub struct Pinned {
+    buf: Option<usize>,
+}
+
+impl Pinned {
+    /// Pins the current version (if a writer keeps flipping versions faster than this can pin
+    /// one, which takes many publishes in a few nanoseconds, the result matches nothing).
+    #[inline]
+    pub fn new() -> Self {
+        Pinned {
+            buf: TRANSITIONS.pin(),
+        }
+    }
+}
+
+impl Default for Pinned {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Pinned {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(i) = self.buf {
+            TRANSITIONS.unpin(i);
+        }
+    }
+}
+
+impl Transitions for Pinned {
+    #[inline(always)]
+    fn lookup(&self, ra: u64) -> Option<Transition> {
+        let row = TRANSITIONS.bufs[self.buf?].find(ra)?;
+        Some(Transition {
+            range: Range::new(row[0], row[1]),
+            id: row[2] as Id,
+            rule: Rule::decode([row[3], row[4], row[5]])?,
+        })
+    }
+    #[inline(always)]
+    fn envelope(&self) -> Range {
+        match self.buf {
+            Some(i) => {
+                let b = &TRANSITIONS.bufs[i];
+                Range::new(
+                    b.env_lo.load(Ordering::Relaxed),
+                    b.env_hi.load(Ordering::Relaxed),
+                )
+            }
+            None => Range::new(0, 0),
+        }
+    }
+    #[inline(always)]
+    fn may_match(&self, ra: u64) -> bool {
+        match self.buf {
+            Some(i) => TRANSITIONS.bufs[i].may_contain(ra),
+            None => false,
+        }
     }
 }
 
@@ -657,6 +873,12 @@ mod tests {
                 pc: -8,
                 sp: None,
                 fp: -16,
+            },
+            Rule::SavedAt {
+                base: Base::Link,
+                pc: 8,
+                sp: None,
+                fp: 0,
             },
             Rule::Context {
                 block: 0xdead_beef_0000,
@@ -718,6 +940,46 @@ mod tests {
             register(Range::new(5, 5), Rule::ContinueChain, "x"),
             Err(RegistryError::EmptyRange)
         );
+    }
+
+    #[test]
+    fn live_overlaps_filter_and_pinning() {
+        // Overlapping rows (a big range containing a small one), and a range spanning more
+        // pages than the filter has bits.
+        let base = 0x7778_0000_0000u64;
+        let big = register(
+            Range::new(base, base + 0x10_0000),
+            Rule::ContinueChain,
+            "big",
+        )
+        .unwrap();
+        let small = register(
+            Range::new(base + 0x5000, base + 0x5010),
+            Rule::SignalFrame,
+            "small",
+        )
+        .unwrap();
+        let huge_lo = base + 0x1_0000_0000;
+        let huge = register(
+            Range::new(huge_lo, huge_lo + 0x2000_0000),
+            Rule::ContinueChain,
+            "huge",
+        )
+        .unwrap();
+        let pinned = Pinned::new();
+        for t in [&pinned as &dyn Transitions, &Live] {
+            assert_eq!(t.lookup(base + 0x5008).map(|t| t.id), Some(small));
+            assert_eq!(t.lookup(base + 0x5010).map(|t| t.id), Some(big));
+            assert_eq!(t.lookup(base + 0xf_ffff).map(|t| t.id), Some(big));
+            assert_eq!(t.lookup(base + 0x10_0000), None);
+            assert_eq!(t.lookup(huge_lo + 0x1234_5678).map(|t| t.id), Some(huge));
+            assert_eq!(t.lookup(huge_lo - 1), None);
+        }
+        drop(pinned);
+        for id in [big, small, huge] {
+            unregister(id).unwrap();
+        }
+        assert_eq!(Live.lookup(base + 0x5008), None);
     }
 
     #[test]

@@ -200,10 +200,9 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         st.n = 1;
         st.seg = stack_of(mem, &st.regs);
         self.leaf_lr(&mut st, mem, buf, limit);
-        let envelope = self.transitions.envelope();
         let stop = loop {
             if self.mode == Mode::FramePointer {
-                self.fast_run(&mut st, mem, buf, limit, envelope);
+                self.fast_run(&mut st, mem, buf, limit);
             }
             if st.n >= limit {
                 break full(st.n);
@@ -228,7 +227,6 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         mem: &mut M,
         buf: &mut [Frame],
         limit: usize,
-        envelope: Range,
     ) {
         let Some(seg) = st.seg else { return };
         if st.pending != 0 || seg.hi < A::RECORD_SIZE {
@@ -241,13 +239,13 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         if let Some(prev) = st.prev_fp {
             floor = floor.max(prev + 1);
         }
-        let (k, fp, floor) = follow_records::<A, M>(
+        let (k, fp, floor) = follow_records::<A, M, T>(
             mem,
+            &self.transitions,
             out,
             seg,
             floor,
             st.regs.fp,
-            envelope,
             st.stack,
             self.pac_mask,
         );
@@ -429,17 +427,18 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
 
 /// Follows ordinary frame records on one stack into `out`. A record is ordinary when its
 /// address is aligned, at least `floor` (above the previous record and the stack pointer), with
-/// the whole record inside `seg`, and its return address is non-zero and outside `envelope`.
+/// the whole record inside `seg`, and its return address is non-zero and cannot be a transition
+/// (`table.may_match` says no).
 /// Returns how many frames were written, the next frame pointer and the next floor.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-fn follow_records<A: Arch, M: Memory>(
+fn follow_records<A: Arch, M: Memory, T: Transitions>(
     mem: &mut M,
+    table: &T,
     out: &mut [Frame],
     seg: Range,
     mut floor: u64,
     mut fp: u64,
-    envelope: Range,
     stack: u16,
     pac_mask: u64,
 ) -> (usize, u64, u64) {
@@ -457,7 +456,7 @@ fn follow_records<A: Arch, M: Memory>(
             break;
         };
         let ra = A::strip_ra(ra, pac_mask);
-        if ra == 0 || envelope.contains(ra) {
+        if ra == 0 || table.may_match(ra) {
             break;
         }
         *slot = Frame {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::SelfSymbols;
+use common::short_names;
 use std::hint::black_box;
 use unwind::{capture, capture_with, Frame, Options, StopReason, Via};
 
@@ -45,7 +45,7 @@ fn outer_entry(depth: usize) -> Vec<Frame> {
 /// ending in recurse_alpha, then outer_entry, then the test's own callers.
 fn check_chain(depth: usize) {
     let frames = outer_entry(depth);
-    let names = SelfSymbols::get().names(&frames);
+    let names = short_names(&frames);
     assert_eq!(names[0], "leaf_capture", "{names:?}");
     // names[1 + k] is the recursion frame k levels above the leaf; the outermost one
     // (k = depth) is recurse_alpha(depth), and the names alternate from there.

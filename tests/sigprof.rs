@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::SelfSymbols;
+use common::short_names;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -119,7 +119,6 @@ fn capture_in_sigprof_handler_on_several_threads() {
 
     let total = UC_NEXT.load(Ordering::Relaxed).min(SLOTS);
     assert!(total >= 100, "only {total} samples");
-    let syms = SelfSymbols::get();
     let mut in_spin = 0;
     for row in &UC_SAMPLES[..total] {
         let n = row[0].load(Ordering::Relaxed) as usize;
@@ -133,7 +132,7 @@ fn capture_in_sigprof_handler_on_several_threads() {
                 ..Frame::EMPTY
             })
             .collect();
-        let names = syms.names(&frames);
+        let names = short_names(&frames);
         // In debug builds the interrupted pc is often in a helper the loop calls (black_box,
         // wrapping_mul), one frame below spin_here_sigprof.
         if let Some(i) = names.iter().take(3).position(|n| n == "spin_here_sigprof") {

@@ -449,3 +449,43 @@ fn aarch64_leaf_without_record_uses_lr() {
     );
     assert_eq!(pcs(&buf[..t.len]), vec![0x40_2000, 0x40_0100]);
 }
+
+#[test]
+fn link_base_follows_a_parent_link() {
+    // corosensei's layout: the coroutine's root frame (record at SYS + 0x100) returns to the
+    // trampoline and its saved fp is the parent link at SYS + 0x200, which holds the parent's
+    // stack pointer (LO + 0x80). The parent saved its fp and pc there: [LO + 0x80] = LO + 0x100,
+    // [LO + 0x88] = the resume address. The word after the link is the initial function (a bogus
+    // return address that a naive walk reports).
+    let mut sys = StackBuilder::new(SYS, LEN);
+    sys.record(SYS + 0x100, SYS + 0x200, SWITCH_RA);
+    sys.record(SYS + 0x200, LO + 0x80, 0x77_0000);
+    let mut user = chain(2);
+    user.record(LO + 0x80, LO + 0x100, 0x50_5050);
+    let regions = [sys.region(), user.region()];
+    let start = start_at(SYS + 0x100);
+    let (f, stop) = walk_x86(&regions, &TransitionTable::new(), start, 64);
+    assert_eq!(stop, StopReason::NotMonotonic);
+    assert_eq!(pcs(&f), vec![0x1234, SWITCH_RA, 0x77_0000]);
+
+    let table = TransitionTable::from_entries([Transition {
+        range: Range::new(SWITCH_RA, SWITCH_RA + 1),
+        rule: Rule::SavedAt {
+            base: Base::Link,
+            pc: 8,
+            sp: None,
+            fp: 0,
+        },
+        id: 4,
+    }]);
+    let (f, stop) = walk_x86(&regions, &table, start, 64);
+    assert_eq!(stop, StopReason::End);
+    assert_eq!(
+        pcs(&f),
+        vec![0x1234, SWITCH_RA, 0x50_5050, 0x40_0000, 0x40_0001]
+    );
+    assert_eq!(
+        (f[2].via, f[2].stack, f[2].transition),
+        (Via::Transition, 1, 4)
+    );
+}

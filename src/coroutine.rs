@@ -1,0 +1,55 @@
+//! Registering coroutine stacks, so that live captures may read them and walk across them.
+//!
+//! A capture that starts on a coroutine stack must be allowed to read it, and a capture that
+//! crosses into one (a signal landing in a coroutine) must know its bounds. Register each stack
+//! while a coroutine may run on it, and drop the registration before the stack is freed:
+//!
+//! ```
+//! # #[cfg(any())] {
+//! use corosensei::stack::{DefaultStack, Stack};
+//! let stack = DefaultStack::new(64 * 1024).unwrap();
+//! let _reg = unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
+//!     .unwrap();
+//! let mut co = corosensei::ScopedCoroutine::with_stack(&stack, |_y, ()| { /* ... */ });
+//! # }
+//! ```
+//!
+//! The crossing from a corosensei coroutine back to the code that resumed it is a built-in
+//! transition that [`crate::init`] registers ([`crate::builtin::COROSENSEI_RULE`]).
+
+use crate::memory::Range;
+use crate::transition::{self, Id, RegistryError};
+
+/// A registered stack; unregistered when dropped. Drop it before freeing the stack's memory.
+#[derive(Debug)]
+#[must_use = "the stack is unregistered when this is dropped"]
+pub struct RegisteredStack {
+    id: Id,
+    range: Range,
+}
+
+impl RegisteredStack {
+    /// The registered range.
+    pub fn range(&self) -> Range {
+        self.range
+    }
+
+    /// The registry id.
+    pub fn id(&self) -> Id {
+        self.id
+    }
+}
+
+impl Drop for RegisteredStack {
+    fn drop(&mut self) {
+        let _ = transition::unregister_stack(self.id);
+    }
+}
+
+/// Registers the stack `[lo, hi)` (lowest usable address, stack base). Not async-signal-safe
+/// (takes the registry's lock).
+pub fn register_stack(lo: u64, hi: u64) -> Result<RegisteredStack, RegistryError> {
+    let range = Range::new(lo, hi);
+    let id = transition::register_stack(range)?;
+    Ok(RegisteredStack { id, range })
+}

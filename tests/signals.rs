@@ -1,0 +1,545 @@
+//! Captures in real SIGUSR1 handlers: on a `sigaltstack` and on the interrupted stack, through
+//! `capture()` (which must cross the kernel's signal frame via `__restore_rt`) and
+//! `capture_from_ucontext`; nested in the system stack and a coroutine; and while other threads
+//! churn the registry.
+//!
+//! Signal dispositions are process-wide, so the tests here take a lock and run one at a time.
+//! Handlers only capture into static buffers; all checking happens after they return.
+
+mod common;
+
+use common::Captured;
+use std::cell::UnsafeCell;
+use std::hint::black_box;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use unwind::{Frame, Options, StopReason, Trace, Via};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const DEPTH: usize = 128;
+const EMPTY_TRACE: Trace = Trace {
+    len: 0,
+    stop: StopReason::End,
+};
+
+/// What one handler invocation captured: capture() and capture_from_ucontext(), each with and
+/// without the transition table.
+struct Shot {
+    bufs: [[Frame; DEPTH]; 4],
+    traces: [Trace; 4],
+}
+
+struct ShotCell(UnsafeCell<Shot>);
+// SAFETY: written only by the signal handler while the test thread waits on DONE, read only by
+// the test thread after DONE (release/acquire).
+unsafe impl Sync for ShotCell {}
+
+static SHOT: ShotCell = ShotCell(UnsafeCell::new(Shot {
+    bufs: [[Frame::EMPTY; DEPTH]; 4],
+    traces: [EMPTY_TRACE; 4],
+}));
+static DONE: AtomicU32 = AtomicU32::new(0);
+static READY: AtomicBool = AtomicBool::new(false);
+
+const CAPTURE: usize = 0;
+const CAPTURE_NAIVE: usize = 1;
+const UCONTEXT: usize = 2;
+const UCONTEXT_NAIVE: usize = 3;
+
+fn naive() -> Options {
+    Options {
+        naive: true,
+        ..Default::default()
+    }
+}
+
+#[inline(never)]
+fn handler_captures(uc: *mut libc::c_void) {
+    // SAFETY: see ShotCell; this handler is the only writer and the reader waits for DONE.
+    let shot = unsafe { &mut *SHOT.0.get() };
+    let [b0, b1, b2, b3] = &mut shot.bufs;
+    shot.traces[CAPTURE] = unwind::capture_with(b0, Options::default());
+    shot.traces[CAPTURE_NAIVE] = unwind::capture_with(b1, naive());
+    // SAFETY: `uc` is the ucontext the kernel passed to this SA_SIGINFO handler.
+    shot.traces[UCONTEXT] =
+        unsafe { unwind::live::capture_from_ucontext_with(uc, b2, Options::default()) };
+    // SAFETY: as above.
+    shot.traces[UCONTEXT_NAIVE] =
+        unsafe { unwind::live::capture_from_ucontext_with(uc, b3, naive()) };
+    DONE.store(1, Ordering::Release);
+}
+
+extern "C" fn on_sigusr1(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    handler_captures(uc);
+    black_box(());
+}
+
+fn install(
+    handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+    onstack: bool,
+) {
+    // SAFETY: a zeroed sigaction is valid; we fill handler, flags and an empty mask.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as usize;
+        sa.sa_flags =
+            libc::SA_SIGINFO | libc::SA_RESTART | if onstack { libc::SA_ONSTACK } else { 0 };
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+/// An alternate signal stack for the calling thread (replacing std's, which std disables at
+/// thread exit). Returns its range; the caller unmaps it after the thread has exited.
+fn set_altstack() -> (usize, usize) {
+    let size = 256 * 1024;
+    // SAFETY: an anonymous mapping, then sigaltstack on it for this thread.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let ss = libc::stack_t {
+            ss_sp: p,
+            ss_flags: 0,
+            ss_size: size,
+        };
+        assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
+        (p as usize, size)
+    }
+}
+
+fn disable_altstack() {
+    let ss = libc::stack_t {
+        ss_sp: std::ptr::null_mut(),
+        ss_flags: libc::SS_DISABLE,
+        ss_size: 0,
+    };
+    // SAFETY: disables this thread's alternate signal stack; std's stays mapped and is freed by
+    // std at thread exit.
+    assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
+}
+
+fn unmap((p, size): (usize, usize)) {
+    // SAFETY: the mapping made by set_altstack, no longer used (its thread exited and std
+    // disabled the alternate stack at exit).
+    unsafe { libc::munmap(p as *mut libc::c_void, size) };
+}
+
+/// Reads `*p` and pauses: inline asm, so that even a debug build's spin loop calls no function.
+/// Otherwise the signal may land in the prologue of an atomic-load helper, before its frame
+/// record exists, and a frame-pointer walk then skips the helper's caller (the spinning
+/// function this test looks for) — a real limit of frame-pointer unwinding, not what is tested.
+#[inline(always)]
+fn load_and_pause(p: *const u32) -> u32 {
+    let v: u32;
+    // SAFETY: `p` points to a live, aligned u32 (an atomic's storage); a plain load of it is
+    // what a relaxed atomic load compiles to.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        core::arch::asm!("mov {v:e}, dword ptr [{p}]", "pause", p = in(reg) p, v = out(reg) v,
+            options(nostack, readonly, preserves_flags));
+        #[cfg(target_arch = "aarch64")]
+        core::arch::asm!("ldr {v:w}, [{p}]", "yield", p = in(reg) p, v = out(reg) v,
+            options(nostack, readonly, preserves_flags));
+    }
+    v
+}
+
+#[inline(never)]
+fn spin_target() {
+    READY.store(true, Ordering::Release);
+    let done = DONE.as_ptr() as *const u32;
+    while load_and_pause(done) == 0 {}
+    std::sync::atomic::fence(Ordering::Acquire);
+    black_box(());
+}
+
+#[inline(never)]
+fn spinner_mid() {
+    spin_target();
+    black_box(());
+}
+
+#[inline(never)]
+fn spinner_outer() {
+    spinner_mid();
+    black_box(());
+}
+
+#[inline(never)]
+fn spin_on_system_stack() {
+    unwind::system_stack::run(spinner_mid);
+    black_box(());
+}
+
+#[inline(never)]
+fn spin_in_coroutine_on_system_stack() {
+    use corosensei::stack::{DefaultStack, Stack};
+    let mut stack = DefaultStack::new(256 * 1024).unwrap();
+    let reg =
+        unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
+            .unwrap();
+    let mut co =
+        corosensei::Coroutine::with_stack(&mut stack, |_y: &corosensei::Yielder<(), ()>, ()| {
+            spin_on_system_stack()
+        });
+    let r = co.resume(());
+    assert!(matches!(r, corosensei::CoroutineResult::Return(())));
+    drop(co);
+    drop(reg);
+    black_box(());
+}
+
+/// Runs `body` on a fresh thread (with an alternate signal stack if `alt`), signals it once it
+/// spins, and returns the four captures.
+fn signal_while(body: fn(), alt: bool) -> [Captured; 4] {
+    unwind::init();
+    DONE.store(0, Ordering::SeqCst);
+    READY.store(false, Ordering::SeqCst);
+    let t = std::thread::spawn(move || {
+        unwind::init_thread();
+        unwind::system_stack::init_thread();
+        let alt = alt.then(set_altstack);
+        body();
+        alt
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !READY.load(Ordering::Acquire) {
+        assert!(Instant::now() < deadline, "spinner never started");
+        std::thread::yield_now();
+    }
+    // SAFETY: the thread is alive (it spins until DONE) and SIGUSR1 has a handler.
+    assert_eq!(
+        unsafe { libc::pthread_kill(t.as_pthread_t(), libc::SIGUSR1) },
+        0
+    );
+    let alt = t.join().unwrap();
+    if let Some(a) = alt {
+        unmap(a);
+    }
+    // SAFETY: the handler ran (the thread only returns after DONE) and nothing writes SHOT now.
+    let shot = unsafe { &*SHOT.0.get() };
+    [0, 1, 2, 3].map(|i| Captured::new(&shot.bufs[i], shot.traces[i]))
+}
+
+fn is_signal_trampoline(pc: u64) -> bool {
+    unwind::builtin::builtins()
+        .unwrap()
+        .named(unwind::builtin::SIGNAL_FRAME)
+        .any(|b| b.range.contains(pc))
+}
+
+/// capture() from the handler: handler frames on stack 0, the signal trampoline, then the
+/// interrupted pc (exact, found by the transition) and its callers on stack 1.
+fn check_capture_crosses(c: &Captured, stack_after: u16, callers: &[&str]) -> usize {
+    let at = c.expect_in_order(&["handler_captures", "on_sigusr1"]);
+    let tramp = at[1] + 1;
+    assert!(
+        is_signal_trampoline(c.frames[tramp].pc),
+        "trampoline expected at #{tramp}\n{c}"
+    );
+    let interrupted = c.frames[tramp + 1];
+    assert_eq!(interrupted.via, Via::Transition, "{c}");
+    assert!(interrupted.is_exact(), "{c}");
+    assert_eq!(interrupted.stack, stack_after, "{c}");
+    assert!(
+        c.frames[..=tramp]
+            .iter()
+            .all(|f| f.stack == stack_after - 1),
+        "{c}"
+    );
+    let mut names = vec!["spin_target"];
+    names.extend_from_slice(callers);
+    let at = c.expect_in_order(&names);
+    assert_eq!(at[0], tramp + 1, "{c}");
+    tramp + 1
+}
+
+#[test]
+fn signal_on_altstack_capture_crosses_the_signal_frame() {
+    let _g = serial();
+    install(on_sigusr1, true);
+    let [cap, cap_naive, uc, uc_naive] = signal_while(spinner_outer, true);
+    check_capture_crosses(&cap, 1, &["spinner_mid", "spinner_outer"]);
+    assert_eq!(cap.trace.stop, StopReason::End, "{cap}");
+    // Without the table: the handler's record links to the interrupted stack; the walk refuses.
+    assert!(cap_naive.find("spin_target").is_none(), "{cap_naive}");
+    assert!(cap_naive.find("spinner_outer").is_none(), "{cap_naive}");
+    assert_eq!(
+        cap_naive.trace.stop,
+        StopReason::NotMonotonic,
+        "{cap_naive}"
+    );
+
+    // From the ucontext: the interrupted pc first, then its callers.
+    for c in [&uc, &uc_naive] {
+        assert!(
+            common::frame_name(&c.frames[0]).contains("spin_target"),
+            "{c}"
+        );
+        assert!(c.frames[0].is_exact());
+        c.expect_in_order(&["spin_target", "spinner_mid", "spinner_outer"]);
+        assert!(c.frames.iter().all(|f| f.stack == 0));
+    }
+}
+
+#[test]
+fn signal_on_same_stack_capture_crosses_the_signal_frame() {
+    let _g = serial();
+    install(on_sigusr1, false);
+    let [cap, cap_naive, uc, _] = signal_while(spinner_outer, false);
+    check_capture_crosses(&cap, 1, &["spinner_mid", "spinner_outer"]);
+    // Without the table the walk goes on along the interrupted chain but loses the interrupted
+    // pc itself: the table is what shows where the thread was.
+    assert!(cap_naive.find("spin_target").is_none(), "{cap_naive}");
+    cap_naive.expect_in_order(&["handler_captures", "spinner_mid", "spinner_outer"]);
+    uc.expect_in_order(&["spin_target", "spinner_mid", "spinner_outer"]);
+}
+
+#[test]
+fn signal_on_the_system_stack_crosses_both() {
+    let _g = serial();
+    install(on_sigusr1, true);
+    let [cap, _, uc, uc_naive] = signal_while(spin_on_system_stack, true);
+    let i = check_capture_crosses(
+        &cap,
+        1,
+        &[
+            "spinner_mid",
+            "unwind_0_1_system_stack_switch",
+            "spin_on_system_stack",
+        ],
+    );
+    let sw = cap.expect("unwind_0_1_system_stack_switch");
+    assert!(cap.frames[i..=sw].iter().all(|f| f.stack == 1), "{cap}");
+    assert_eq!(cap.frames[sw + 1].via, Via::Transition, "{cap}");
+    assert_eq!(
+        Some(cap.frames[sw + 1].transition),
+        unwind::system_stack::transition_id()
+    );
+    assert!(cap.frames[sw + 1..].iter().all(|f| f.stack == 2), "{cap}");
+
+    uc.expect_in_order(&[
+        "spin_target",
+        "unwind_0_1_system_stack_switch",
+        "spin_on_system_stack",
+    ]);
+    assert!(
+        uc_naive.find("spin_on_system_stack").is_none(),
+        "{uc_naive}"
+    );
+}
+
+#[test]
+fn signal_in_a_coroutine_on_the_system_stack_crosses_all_three() {
+    let _g = serial();
+    install(on_sigusr1, true);
+    let [cap, _, uc, _] = signal_while(spin_in_coroutine_on_system_stack, true);
+    check_capture_crosses(
+        &cap,
+        1,
+        &[
+            "unwind_0_1_system_stack_switch",
+            "spin_on_system_stack",
+            "stack_init_trampoline",
+            "spin_in_coroutine_on_system_stack",
+        ],
+    );
+    let stacks: Vec<u16> = [
+        "spin_target",
+        "spin_on_system_stack",
+        "spin_in_coroutine_on_system_stack",
+    ]
+    .iter()
+    .map(|n| cap.frames[cap.expect_fn(n)].stack)
+    .collect();
+    assert_eq!(stacks, vec![1, 2, 3], "{cap}");
+    assert_eq!(cap.trace.stop, StopReason::End, "{cap}");
+    uc.expect_in_order(&[
+        "spin_target",
+        "spin_on_system_stack",
+        "spin_in_coroutine_on_system_stack",
+    ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry churn while other threads capture in signal handlers.
+
+const SPINNERS: usize = 2;
+const ROUNDS: u32 = 200;
+
+struct Slot {
+    buf: UnsafeCell<[Frame; 64]>,
+    trace: UnsafeCell<Trace>,
+    /// Round the spinner waits in; the handler sets `handled` to it.
+    want: AtomicU32,
+    handled: AtomicU32,
+}
+// SAFETY: each slot's cells are written by the handler running on its own spinner thread and
+// read by that thread after `handled` changes (the handler has returned by then).
+unsafe impl Sync for Slot {}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const SLOT: Slot = Slot {
+    buf: UnsafeCell::new([Frame::EMPTY; 64]),
+    trace: UnsafeCell::new(EMPTY_TRACE),
+    want: AtomicU32::new(0),
+    handled: AtomicU32::new(0),
+};
+static SLOTS: [Slot; SPINNERS] = [SLOT; SPINNERS];
+
+thread_local! {
+    static MY_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+#[inline(never)]
+fn churn_handler_captures() {
+    let i = MY_SLOT.with(|c| c.get());
+    let Some(slot) = SLOTS.get(i) else { return };
+    // SAFETY: see Slot.
+    unsafe { *slot.trace.get() = unwind::capture_with(&mut *slot.buf.get(), Options::default()) };
+    slot.handled
+        .store(slot.want.load(Ordering::Relaxed), Ordering::Release);
+}
+
+extern "C" fn on_sigusr1_churn(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    churn_handler_captures();
+    black_box(());
+}
+
+#[inline(never)]
+fn churn_spin(slot: &Slot, round: u32) {
+    slot.want.store(round, Ordering::Release);
+    let handled = slot.handled.as_ptr() as *const u32;
+    while load_and_pause(handled) != round {}
+    std::sync::atomic::fence(Ordering::Acquire);
+    black_box(());
+}
+
+/// One spinner of the churn test: waits for each round's signal in `churn_spin` and checks
+/// the handler's capture (outside the handler). Returns the failures and its alternate stack.
+#[inline(never)]
+fn churn_spinner(s: usize) -> (Vec<String>, Option<(usize, usize)>) {
+    unwind::init_thread();
+    // Spinner 0 takes its signals on an alternate stack, spinner 1 on its own stack
+    // (std's small default alternate stack is disabled: a debug build's capture
+    // does not fit in it).
+    let alt = (s == 0).then(set_altstack);
+    if s != 0 {
+        disable_altstack();
+    }
+    MY_SLOT.with(|c| c.set(s));
+    let slot = &SLOTS[s];
+    let mut bad = Vec::new();
+    for round in 1..=ROUNDS {
+        churn_spin(slot, round);
+        // SAFETY: see Slot: the handler for this round has returned.
+        let (buf, trace) = unsafe { (*slot.buf.get(), *slot.trace.get()) };
+        let c = Captured::new(&buf, trace);
+        let ok = c
+            .find_fn("churn_spin")
+            .is_some_and(|i| c.frames[i].via == Via::Transition && c.frames[i].is_exact())
+            && c.find_fn("churn_spinner").is_some();
+        if !ok {
+            bad.push(c.to_string());
+        }
+    }
+    MY_SLOT.with(|c| c.set(usize::MAX));
+    (bad, alt)
+}
+
+#[test]
+fn registry_churn_while_handlers_capture() {
+    use unwind::transition::{self, Rule, Transitions};
+    let _g = serial();
+    unwind::init();
+    install(on_sigusr1_churn, true);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let ops = std::sync::Arc::new(AtomicUsize::new(0));
+    let churners: Vec<_> = (0..3u64)
+        .map(|t| {
+            let (stop, ops) = (stop.clone(), ops.clone());
+            std::thread::spawn(move || {
+                let base = 0x6100_0000_0000 + t * 0x1_0000_0000;
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let lo = base + (i % 1000) * 0x100;
+                    let id = transition::register(
+                        unwind::Range::new(lo, lo + 0x10),
+                        Rule::ContinueChain,
+                        "churn",
+                    )
+                    .unwrap();
+                    assert_eq!(transition::Live.lookup(lo + 1).map(|t| t.id), Some(id));
+                    let sid = transition::register_stack(unwind::Range::new(
+                        lo + 0x1000_0000,
+                        lo + 0x1000_0100,
+                    ))
+                    .unwrap();
+                    assert!(transition::registered_stack(lo + 0x1000_0080).is_some());
+                    transition::unregister(id).unwrap();
+                    transition::unregister_stack(sid).unwrap();
+                    assert!(transition::Live.lookup(lo + 1).is_none());
+                    ops.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+
+    let spinners: Vec<_> = (0..SPINNERS)
+        .map(|s| std::thread::spawn(move || churn_spinner(s)))
+        .collect();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for round in 1..=ROUNDS {
+        for (s, t) in spinners.iter().enumerate() {
+            while SLOTS[s].want.load(Ordering::Acquire) != round {
+                assert!(
+                    Instant::now() < deadline,
+                    "spinner {s} stuck before round {round}"
+                );
+                std::thread::yield_now();
+            }
+            // SAFETY: the spinner thread is alive (it waits for this round's handler).
+            assert_eq!(
+                unsafe { libc::pthread_kill(t.as_pthread_t(), libc::SIGUSR1) },
+                0
+            );
+        }
+    }
+    let mut failures = Vec::new();
+    for t in spinners {
+        let (bad, alt) = t.join().unwrap();
+        failures.extend(bad);
+        if let Some(a) = alt {
+            unmap(a);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in churners {
+        t.join().unwrap();
+    }
+    assert!(ops.load(Ordering::Relaxed) > 0);
+    assert!(
+        failures.is_empty(),
+        "{} of {} captures lost their crossing; first:\n{}",
+        failures.len(),
+        ROUNDS as usize * SPINNERS,
+        failures[0]
+    );
+    assert!(transition::registered().iter().all(|(_, n)| *n != "churn"));
+}
