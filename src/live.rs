@@ -205,12 +205,19 @@ pub struct Options {
 /// (see the module docs). Crosses every registered stack switch.
 #[inline(never)]
 pub fn capture(buf: &mut [Frame]) -> usize {
-    capture_with(buf, Options::default()).len
+    capture_here(buf, Options::default()).len
 }
 
 /// [`capture`] with options, returning why the walk stopped too. Async-signal-safe.
 #[inline(never)]
 pub fn capture_with(buf: &mut [Frame], opts: Options) -> Trace {
+    capture_here(buf, opts)
+}
+
+/// The body of [`capture`] and [`capture_with`], inlined into each so that the frame record it
+/// starts from is theirs and the trace begins at their caller.
+#[inline(always)]
+fn capture_here(buf: &mut [Frame], opts: Options) -> Trace {
     let r = current_regs();
     let mut mem = LiveMemory::for_sp(r.sp, None);
     // Start at this function's own frame record: its return address is the caller's pc.

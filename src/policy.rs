@@ -231,12 +231,15 @@ impl Default for Classifier {
 }
 
 impl Classifier {
-    /// A classifier that knows no runtime code and no system switches.
+    /// A classifier that knows no runtime code and no system switches. Frames on the system
+    /// side of a system switch count as runtime (everything a runtime runs on its system stack
+    /// is the runtime's, including glue such as closures and panic catching); turn that off
+    /// with [`Classifier::system_side_runtime`].
     pub fn new() -> Self {
         Classifier {
             ranges: Vec::new(),
             system_switches: Box::new([0; 1024]),
-            system_side_is_runtime: false,
+            system_side_is_runtime: true,
         }
     }
 
@@ -273,8 +276,7 @@ impl Classifier {
         self
     }
 
-    /// Counts frames found before a system switch as runtime (for runtimes whose system-stack
-    /// code is not otherwise recognisable).
+    /// Whether frames found before a system switch count as runtime (the default: yes).
     pub fn system_side_runtime(&mut self, yes: bool) -> &mut Self {
         self.system_side_is_runtime = yes;
         self
@@ -433,7 +435,13 @@ mod tests {
         let k = ProfileKind::Block.policy().apply(&handler, &c);
         assert_eq!(k.frames, 6..9);
         let k = ProfileKind::Heap.policy().apply(&handler, &c);
-        // The handler frames at 0x1710 are not runtime: the heap sample ends there.
+        // Everything before the system switch is the system side, hence runtime, and so is
+        // runtime.bar: the heap sample ends at main.foo.
+        assert_eq!(k.frames, 7..9);
+        let mut c = c;
+        c.system_side_runtime(false);
+        // Judged by symbols alone, the handler frames at 0x1710 are not runtime.
+        let k = ProfileKind::Heap.policy().apply(&handler, &c);
         assert_eq!(k.frames, 0..9);
     }
 

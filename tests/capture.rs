@@ -164,3 +164,15 @@ fn live_corrupted_chain_truncates_cleanly() {
     assert_eq!(stop, StopReason::End);
     assert!(n >= 1);
 }
+
+#[test]
+fn capture_starts_at_its_caller() {
+    #[inline(never)]
+    fn plain_capture_caller() -> Vec<Frame> {
+        let mut buf = [Frame::EMPTY; 64];
+        let n = capture(&mut buf);
+        black_box(buf[..n].to_vec())
+    }
+    let frames = plain_capture_caller();
+    assert_eq!(common::short_names(&frames)[0], "plain_capture_caller");
+}

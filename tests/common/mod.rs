@@ -207,3 +207,19 @@ pub fn short(name: &str) -> String {
     });
     name.rsplit("::").next().unwrap_or(name).to_string()
 }
+
+/// Every function symbol of the test binary: (demangled name, runtime start, runtime end).
+pub fn all_functions() -> Vec<(String, u64, u64)> {
+    let s = symbols();
+    s.syms
+        .iter()
+        .filter(|x| x.size > 0)
+        .map(|x| {
+            (
+                rustc_demangle::demangle(&x.name).to_string(),
+                x.addr + s.bias,
+                x.addr + s.bias + x.size,
+            )
+        })
+        .collect()
+}
