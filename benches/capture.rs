@@ -118,6 +118,9 @@ fn backtrace_walk(out: &mut [u64]) -> usize {
 
 fn bench(c: &mut Criterion) {
     let bounds = stack_bounds();
+    // As a profiler would: the built-in transitions (signal frames, psm, corosensei, the system
+    // stack) registered, the thread's stack known.
+    unwind::init();
     unwind::init_thread();
     let mut g = c.benchmark_group("capture");
     g.warm_up_time(Duration::from_millis(500));

@@ -781,22 +781,40 @@ impl Transitions for Live {
     }
 }
 
-/// A pinned version of the live registry, for one walk: lookups need no atomic read-modify-write
-/// (one envelope compare, one filter bit, then a binary search), and every lookup of the walk
-/// sees the same version. Writers wait for it to be dropped before they reuse its buffer, so
-/// drop it promptly (a walk's length). Async-signal-safe to create, use and drop.
+/// A pinned version of the live registry, for one walk: every lookup of the walk sees the same
+/// version, with no atomic read-modify-write per lookup. The version is pinned lazily, at the
+/// first return address that may be a transition: a walk that crosses nothing pins nothing.
+/// Writers wait for a pinned version to be dropped before they reuse its buffer, so drop it
+/// promptly (a walk's length). Async-signal-safe to create, use and drop.
+///
+/// Before pinning, [`Transitions::may_match`] checks the filters of both buffers without
+/// pinning. An entry registered throughout the walk is in the buffer that is not being rewritten,
+/// so it is seen unless two whole publishes complete between two loads of that check; then the
+/// walk stops at the switch (a cleanly truncated trace), it never reads a torn entry.
 pub struct Pinned {
-    buf: Option<usize>,
+    buf: core::cell::Cell<Option<usize>>,
+    tried: core::cell::Cell<bool>,
 }
 
 impl Pinned {
-    /// Pins the current version (if a writer keeps flipping versions faster than this can pin
-    /// one, which takes many publishes in a few nanoseconds, the result matches nothing).
+    /// A handle that will pin the current version when first needed.
     #[inline]
     pub fn new() -> Self {
         Pinned {
-            buf: TRANSITIONS.pin(),
+            buf: core::cell::Cell::new(None),
+            tried: core::cell::Cell::new(false),
         }
+    }
+
+    #[inline]
+    fn pinned(&self) -> Option<usize> {
+        if !self.tried.get() {
+            self.tried.set(true);
+            // If a writer keeps flipping versions faster than this can pin one (many publishes
+            // in a few nanoseconds), nothing matches.
+            self.buf.set(TRANSITIONS.pin());
+        }
+        self.buf.get()
     }
 }
 
@@ -809,7 +827,7 @@ impl Default for Pinned {
 impl Drop for Pinned {
     #[inline]
     fn drop(&mut self) {
-        if let Some(i) = self.buf {
+        if let Some(i) = self.buf.get() {
             TRANSITIONS.unpin(i);
         }
     }
@@ -818,7 +836,10 @@ impl Drop for Pinned {
 impl Transitions for Pinned {
     #[inline(always)]
     fn lookup(&self, ra: u64) -> Option<Transition> {
-        let row = TRANSITIONS.bufs[self.buf?].find(ra)?;
+        if !self.may_match(ra) {
+            return None;
+        }
+        let row = TRANSITIONS.bufs[self.pinned()?].find(ra)?;
         Some(Transition {
             range: Range::new(row[0], row[1]),
             id: row[2] as Id,
@@ -826,23 +847,10 @@ impl Transitions for Pinned {
         })
     }
     #[inline(always)]
-    fn envelope(&self) -> Range {
-        match self.buf {
-            Some(i) => {
-                let b = &TRANSITIONS.bufs[i];
-                Range::new(
-                    b.env_lo.load(Ordering::Relaxed),
-                    b.env_hi.load(Ordering::Relaxed),
-                )
-            }
-            None => Range::new(0, 0),
-        }
-    }
-    #[inline(always)]
     fn may_match(&self, ra: u64) -> bool {
-        match self.buf {
+        match self.buf.get() {
             Some(i) => TRANSITIONS.bufs[i].may_contain(ra),
-            None => false,
+            None => TRANSITIONS.bufs[0].may_contain(ra) || TRANSITIONS.bufs[1].may_contain(ra),
         }
     }
 }
