@@ -145,7 +145,7 @@ pub fn init_thread() {
 /// Registers the system-stack transition with the live registry (once per process).
 pub(crate) fn register_transition() {
     REGISTER.call_once(|| {
-        let ra = imp::return_address();
+        let ra = return_address();
         if let Ok(id) =
             transition::register(Range::new(ra, ra + 1), imp::RULE, "unwind::system_stack")
         {
@@ -284,7 +284,7 @@ pub fn run<R, F: FnOnce() -> R>(f: F) -> R {
     // nothing else uses (`in_use` was false and this thread owns it). The shim gets a pointer to
     // `call`, which lives on this frame across the call, and never unwinds (it catches panics).
     unsafe {
-        imp::switch(
+        switch(
             (&mut call as *mut Call<F, R>).cast(),
             on_system_stack::<F, R>,
             stack.hi,
@@ -351,30 +351,6 @@ mod imp {
         ".cfi_endproc",
         ".size unwind_0_1_system_stack_switch, . - unwind_0_1_system_stack_switch",
     );
-
-    extern "C" {
-        fn unwind_0_1_system_stack_switch(arg: *mut u8, f: unsafe extern "C" fn(*mut u8), top: u64);
-        static unwind_0_1_system_stack_return: [u8; 0];
-    }
-
-    /// The return address of the call in the trampoline: the transition's key.
-    pub fn return_address() -> u64 {
-        // SAFETY: only the address of the label is taken; it is never read. (`unsafe` is
-        // needed before Rust 1.82.)
-        #[allow(unused_unsafe)]
-        unsafe {
-            core::ptr::addr_of!(unwind_0_1_system_stack_return) as u64
-        }
-    }
-
-    /// # Safety
-    /// `top` must be the 16-byte-aligned top of a mapped stack nobody else uses; `f(arg)` must
-    /// not unwind.
-    #[inline(always)]
-    pub unsafe fn switch(arg: *mut u8, f: unsafe extern "C" fn(*mut u8), top: u64) {
-        // SAFETY: forwarded from the caller.
-        unsafe { unwind_0_1_system_stack_switch(arg, f, top) }
-    }
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -423,39 +399,36 @@ mod imp {
         ".cfi_endproc",
         ".size unwind_0_1_system_stack_switch, . - unwind_0_1_system_stack_switch",
     );
+}
 
-    extern "C" {
-        fn unwind_0_1_system_stack_switch(arg: *mut u8, f: unsafe extern "C" fn(*mut u8), top: u64);
-        static unwind_0_1_system_stack_return: [u8; 0];
-    }
+// The trampoline (one `global_asm!` per architecture, in `imp`) and its return label.
+extern "C" {
+    fn unwind_0_1_system_stack_switch(arg: *mut u8, f: unsafe extern "C" fn(*mut u8), top: u64);
+    static unwind_0_1_system_stack_return: [u8; 0];
+}
 
-    /// The return address of the call in the trampoline: the transition's key.
-    pub fn return_address() -> u64 {
-        // SAFETY: only the address of the label is taken; it is never read. (`unsafe` is
-        // needed before Rust 1.82.)
-        #[allow(unused_unsafe)]
-        unsafe {
-            core::ptr::addr_of!(unwind_0_1_system_stack_return) as u64
-        }
+/// The return address the system-stack transition is keyed on: the address right after the
+/// trampoline's call.
+pub fn return_address() -> u64 {
+    // SAFETY: only the address of the label is taken; it is never read. (`unsafe` is
+    // needed before Rust 1.82.)
+    #[allow(unused_unsafe)]
+    unsafe {
+        core::ptr::addr_of!(unwind_0_1_system_stack_return) as u64
     }
+}
 
-    /// # Safety
-    /// `top` must be the 16-byte-aligned top of a mapped stack nobody else uses; `f(arg)` must
-    /// not unwind.
-    #[inline(always)]
-    pub unsafe fn switch(arg: *mut u8, f: unsafe extern "C" fn(*mut u8), top: u64) {
-        // SAFETY: forwarded from the caller.
-        unsafe { unwind_0_1_system_stack_switch(arg, f, top) }
-    }
+/// # Safety
+/// `top` must be the 16-byte-aligned top of a mapped stack nobody else uses; `f(arg)` must
+/// not unwind.
+#[inline(always)]
+unsafe fn switch(arg: *mut u8, f: unsafe extern "C" fn(*mut u8), top: u64) {
+    // SAFETY: forwarded from the caller.
+    unsafe { unwind_0_1_system_stack_switch(arg, f, top) }
 }
 
 /// The transition rule this module registers (for offline tables and tests).
 pub const RULE: Rule = imp::RULE;
-
-/// The return address the system-stack transition is keyed on.
-pub fn return_address() -> u64 {
-    imp::return_address()
-}
 
 #[cfg(test)]
 mod tests {
