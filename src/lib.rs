@@ -33,12 +33,14 @@
 
 #[path = "../arch/mod.rs"]
 pub mod arch;
+pub mod core_file;
 pub mod builtin;
 pub mod coroutine;
 pub mod frame;
 pub mod live;
 pub mod memory;
 pub mod policy;
+pub mod symbols;
 pub mod system_stack;
 pub mod transition;
 pub mod walk;

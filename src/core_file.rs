@@ -1,0 +1,430 @@
+//! ELF core files: threads' registers, memory, mapped files.
+//!
+//! A core is parsed with `object`'s ELF reader over a `memmap2` mapping. Memory is the file-backed
+//! part of each `PT_LOAD` segment; one `NT_PRSTATUS` note per thread gives its registers
+//! (`pr_pid` at offset 32, `pr_reg` at 0x70: `struct elf_prstatus` in the kernel's
+//! `include/linux/elfcore.h`); `NT_FILE` lists mapped files (absent in qemu-user cores);
+//! `NT_AUXV` the auxiliary vector; `NT_ARM_PAC_MASK` aarch64's pointer-authentication masks.
+//! Every read is bounds-checked: a garbage or truncated core gives a [`CoreError`], never a
+//! panic.
+
+use crate::arch::{aarch64, x86_64, ArchKind, Regs};
+use crate::memory::{Memory, Range};
+use object::elf;
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::LittleEndian as LE;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Why a core could not be read.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CoreError {
+    /// The file could not be opened or mapped.
+    Io(PathBuf, std::io::Error),
+    /// Not a 64-bit little-endian ELF file.
+    NotElf,
+    /// An ELF file, but not a core (`e_type` is not `ET_CORE`).
+    NotCore,
+    /// A core for an architecture we do not unwind (the `e_machine` value).
+    UnsupportedArch(u16),
+    /// Headers or notes point outside the file.
+    Truncated(&'static str),
+    /// No thread (`NT_PRSTATUS`) in the core.
+    NoThreads,
+}
+
+impl fmt::Display for CoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoreError::Io(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            CoreError::NotElf => f.write_str("not a 64-bit little-endian ELF file"),
+            CoreError::NotCore => f.write_str("an ELF file, but not a core dump"),
+            CoreError::UnsupportedArch(m) => {
+                write!(f, "unsupported architecture (ELF machine {m}); x86_64 and aarch64 are")
+            }
+            CoreError::Truncated(what) => write!(f, "truncated or corrupt core: {what}"),
+            CoreError::NoThreads => f.write_str("no thread (NT_PRSTATUS) in the core"),
+        }
+    }
+}
+
+impl std::error::Error for CoreError {}
+
+/// One thread of a core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Thread {
+    /// Thread id (`pr_pid`).
+    pub tid: u32,
+    /// The registers the walk starts from.
+    pub regs: Regs,
+    /// The thread pointer (x86_64 `fs_base`; 0 elsewhere).
+    pub tls: u64,
+}
+
+/// A file mapped into the process (`NT_FILE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// Address range.
+    pub range: Range,
+    /// Offset in the file, in bytes.
+    pub offset: u64,
+    /// The file's path as the process saw it.
+    pub path: String,
+}
+
+/// A loadable segment of the core.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    vaddr: u64,
+    /// File-backed bytes: `data[file_lo..file_hi]`.
+    file_lo: usize,
+    file_hi: usize,
+    memsz: u64,
+    flags: u32,
+}
+
+/// The bytes of a core: mapped from a file or owned.
+enum Data {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Data {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Data::Map(m) => m,
+            Data::Owned(v) => v,
+        }
+    }
+}
+
+/// A parsed core file.
+pub struct Core {
+    data: Data,
+    /// The architecture.
+    pub arch: ArchKind,
+    /// Threads, in note order (the first is the one that crashed).
+    pub threads: Vec<Thread>,
+    /// Mapped files (empty for qemu-user cores).
+    pub mappings: Vec<Mapping>,
+    /// The auxiliary vector: (type, value) pairs.
+    pub auxv: Vec<(u64, u64)>,
+    /// aarch64 instruction pointer-authentication mask (`NT_ARM_PAC_MASK`), or 0.
+    pub pac_mask: u64,
+    segments: Vec<Segment>,
+}
+
+/// `NT_FILE` ("FILE" in little-endian).
+const NT_FILE: u32 = 0x4649_4c45;
+/// `NT_ARM_PAC_MASK` (kernel `include/uapi/linux/elf.h`).
+const NT_ARM_PAC_MASK: u32 = 0x406;
+/// Offset of `pr_pid` in `struct elf_prstatus`.
+const PR_PID: usize = 32;
+/// Offset of `pr_reg` in `struct elf_prstatus`.
+const PR_REG: usize = 0x70;
+
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+}
+
+impl Core {
+    /// Opens and parses a core file.
+    pub fn open(path: &Path) -> Result<Core, CoreError> {
+        let file = std::fs::File::open(path).map_err(|e| CoreError::Io(path.into(), e))?;
+        // SAFETY: the mapping is read-only and private; if another process truncates the file
+        // while we read it, reads past the new end fault (SIGBUS), the usual caveat of mapping
+        // files; cores are not modified while being analysed.
+        let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CoreError::Io(path.into(), e))?;
+        Core::parse(Data::Map(data))
+    }
+
+    /// Parses a core held in memory (tests, fuzzing).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Core, CoreError> {
+        Core::parse(Data::Owned(bytes))
+    }
+
+    fn parse(data: Data) -> Result<Core, CoreError> {
+        let (arch, threads, mappings, auxv, pac_mask, segments) = parse_bytes(&data)?;
+        Ok(Core {
+            data,
+            arch,
+            threads,
+            mappings,
+            auxv,
+            pac_mask,
+            segments,
+        })
+    }
+
+    /// The core's memory.
+    pub fn memory(&self) -> CoreMemory<'_> {
+        CoreMemory { core: self }
+    }
+
+    /// An auxiliary-vector entry (`AT_*`).
+    pub fn aux(&self, key: u64) -> Option<u64> {
+        self.auxv.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// Executable segments' contents, for finding trampolines by their instruction bytes:
+    /// (address, bytes).
+    pub fn code_segments(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        self.segments
+            .iter()
+            .filter(|s| s.flags & elf::PF_X != 0 && s.file_hi > s.file_lo)
+            .map(|s| (s.vaddr, &self.data[s.file_lo..s.file_hi]))
+    }
+}
+
+type Parsed = (
+    ArchKind,
+    Vec<Thread>,
+    Vec<Mapping>,
+    Vec<(u64, u64)>,
+    u64,
+    Vec<Segment>,
+);
+
+/// Parses core bytes (the whole file).
+fn parse_bytes(data: &[u8]) -> Result<Parsed, CoreError> {
+    let hdr = elf::FileHeader64::<LE>::parse(data).map_err(|_| CoreError::NotElf)?;
+    let e = hdr.endian().map_err(|_| CoreError::NotElf)?;
+    if hdr.e_type(e) != elf::ET_CORE {
+        return Err(CoreError::NotCore);
+    }
+    let arch = match hdr.e_machine(e) {
+        elf::EM_X86_64 => ArchKind::X86_64,
+        elf::EM_AARCH64 => ArchKind::Aarch64,
+        m => return Err(CoreError::UnsupportedArch(m)),
+    };
+    let phdrs = hdr
+        .program_headers(e, data)
+        .map_err(|_| CoreError::Truncated("program headers"))?;
+    let mut threads = Vec::new();
+    let mut mappings = Vec::new();
+    let mut auxv = Vec::new();
+    let mut pac_mask = 0;
+    let mut segments = Vec::new();
+    for ph in phdrs {
+        match ph.p_type(e) {
+            elf::PT_LOAD => {
+                let off = ph.p_offset(e);
+                let filesz = ph.p_filesz(e);
+                let end = off.checked_add(filesz).filter(|&x| x <= data.len() as u64);
+                // A segment whose bytes are cut off by truncation keeps what is there.
+                let file_hi = end.unwrap_or(data.len() as u64).max(off.min(data.len() as u64));
+                let file_lo = off.min(data.len() as u64);
+                segments.push(Segment {
+                    vaddr: ph.p_vaddr(e),
+                    file_lo: file_lo as usize,
+                    file_hi: file_hi as usize,
+                    memsz: ph.p_memsz(e),
+                    flags: ph.p_flags(e),
+                });
+            }
+            elf::PT_NOTE => {
+                let Ok(Some(mut notes)) = ph.notes(e, data) else {
+                    return Err(CoreError::Truncated("notes"));
+                };
+                loop {
+                    let note = match notes.next() {
+                        Ok(Some(n)) => n,
+                        Ok(None) => break,
+                        Err(_) => return Err(CoreError::Truncated("note")),
+                    };
+                    let desc = note.desc();
+                    match note.n_type(e) {
+                        elf::NT_PRSTATUS if note.name() == b"CORE" => {
+                            threads.push(thread(arch, desc)?);
+                        }
+                        NT_FILE => mappings = parse_nt_file(desc),
+                        elf::NT_AUXV => {
+                            auxv = desc
+                                .chunks_exact(16)
+                                .map(|c| (u64_at(c, 0).unwrap_or(0), u64_at(c, 8).unwrap_or(0)))
+                                .take_while(|(k, _)| *k != 0)
+                                .collect()
+                        }
+                        NT_ARM_PAC_MASK => {
+                            // struct user_pac_mask { data_mask, insn_mask }
+                            pac_mask = u64_at(desc, 8).unwrap_or(0);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if threads.is_empty() {
+        return Err(CoreError::NoThreads);
+    }
+    segments.sort_by_key(|s| s.vaddr);
+    Ok((arch, threads, mappings, auxv, pac_mask, segments))
+}
+
+fn thread(arch: ArchKind, desc: &[u8]) -> Result<Thread, CoreError> {
+    let bad = CoreError::Truncated("NT_PRSTATUS");
+    let tid = u32_at(desc, PR_PID).ok_or(CoreError::Truncated("NT_PRSTATUS"))?;
+    let reg = |i: usize| u64_at(desc, PR_REG + 8 * i);
+    let t = match arch {
+        ArchKind::X86_64 => {
+            use x86_64::user_regs as r;
+            Thread {
+                tid,
+                regs: Regs::new(
+                    reg(r::RIP).ok_or(bad)?,
+                    reg(r::RSP).unwrap_or(0),
+                    reg(r::RBP).unwrap_or(0),
+                ),
+                tls: reg(r::FS_BASE).unwrap_or(0),
+            }
+        }
+        ArchKind::Aarch64 => {
+            use aarch64::user_regs as r;
+            Thread {
+                tid,
+                regs: Regs {
+                    pc: reg(r::PC).ok_or(bad)?,
+                    sp: reg(r::SP).unwrap_or(0),
+                    fp: reg(r::FP).unwrap_or(0),
+                    lr: reg(r::LR).unwrap_or(0),
+                },
+                tls: 0,
+            }
+        }
+    };
+    Ok(t)
+}
+
+/// `NT_FILE`: count, page size, count × (start, end, page offset), then NUL-separated paths.
+fn parse_nt_file(desc: &[u8]) -> Vec<Mapping> {
+    let (Some(count), Some(page)) = (u64_at(desc, 0), u64_at(desc, 8)) else {
+        return Vec::new();
+    };
+    // Each entry takes 24 bytes: a count beyond what the note holds is corrupt.
+    let count = count.min((desc.len() / 24) as u64) as usize;
+    let names_at = 16 + 24 * count;
+    let mut names = desc.get(names_at..).unwrap_or(&[]).split(|&b| b == 0);
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = 16 + 24 * i;
+        let (Some(lo), Some(hi), Some(pg)) =
+            (u64_at(desc, at), u64_at(desc, at + 8), u64_at(desc, at + 16))
+        else {
+            break;
+        };
+        let Some(name) = names.next() else { break };
+        out.push(Mapping {
+            range: Range::new(lo, hi),
+            offset: pg.saturating_mul(page),
+            path: String::from_utf8_lossy(name).into_owned(),
+        });
+    }
+    out
+}
+
+/// A core's memory: the file-backed bytes of its `PT_LOAD` segments.
+#[derive(Clone, Copy)]
+pub struct CoreMemory<'a> {
+    core: &'a Core,
+}
+
+impl CoreMemory<'_> {
+    fn segment(&self, addr: u64) -> Option<&Segment> {
+        let segs = &self.core.segments;
+        let i = segs.partition_point(|s| s.vaddr <= addr);
+        let s = segs.get(i.checked_sub(1)?)?;
+        (addr - s.vaddr < s.memsz).then_some(s)
+    }
+
+    /// Reads `out.len()` bytes at `addr`, if the core holds them.
+    pub fn read_bytes(&self, addr: u64, out: &mut [u8]) -> bool {
+        let Some(s) = self.segment(addr) else {
+            return false;
+        };
+        let off = addr - s.vaddr;
+        let avail = (s.file_hi - s.file_lo) as u64;
+        if off > avail || avail - off < out.len() as u64 {
+            return false;
+        }
+        let start = s.file_lo + off as usize;
+        match self.core.data.get(start..start + out.len()) {
+            Some(b) => {
+                out.copy_from_slice(b);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Memory for CoreMemory<'_> {
+    fn read_u64(&mut self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read_bytes(addr, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
+    fn stack_range(&mut self, addr: u64) -> Option<Range> {
+        let s = self.segment(addr)?;
+        // Only the file-backed part is readable.
+        let hi = s.vaddr.saturating_add((s.file_hi - s.file_lo) as u64);
+        (addr < hi).then_some(Range::new(s.vaddr, hi))
+    }
+
+    fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
+        self.read_bytes(addr, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(matches!(parse_bytes(b""), Err(CoreError::NotElf)));
+        assert!(matches!(parse_bytes(&[0x7f; 100]), Err(CoreError::NotElf)));
+        let mut x = vec![0u8; 64];
+        x[..4].copy_from_slice(b"\x7fELF");
+        assert!(parse_bytes(&x).is_err());
+        // Pseudo-random bytes behind a valid-looking ident.
+        let mut seed = 0x1234_5678u64;
+        for _ in 0..200 {
+            let mut b: Vec<u8> = (0..512)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (seed >> 33) as u8
+                })
+                .collect();
+            b[..16].copy_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+            b[16] = 4; // ET_CORE
+            b[17] = 0;
+            b[18] = 62; // x86_64
+            b[19] = 0;
+            let _ = parse_bytes(&b);
+        }
+    }
+
+    #[test]
+    fn nt_file_with_a_lying_count() {
+        let mut d = Vec::new();
+        d.extend_from_slice(&u64::MAX.to_le_bytes());
+        d.extend_from_slice(&4096u64.to_le_bytes());
+        for v in [0x1000u64, 0x2000, 1] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        d.extend_from_slice(b"/bin/x\0");
+        let m = parse_nt_file(&d);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].path, "/bin/x");
+        assert_eq!(m[0].offset, 4096);
+        assert!(parse_nt_file(&[1, 2, 3]).is_empty());
+    }
+}

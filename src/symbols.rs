@@ -1,0 +1,288 @@
+//! Symbols: function names for pcs, from ELF symbol tables (`.symtab` and `.dynsym`, read with
+//! `object`, demangled with `rustc-demangle`).
+//!
+//! A [`Symbolizer`] holds modules (an ELF file and its load bias: runtime address = file address
+//! + bias). Modules come from a core's `NT_FILE` mappings, from an executable given by hand
+//! (qemu-user cores have no `NT_FILE`), or from `/proc/self/maps` for the running process.
+//! Building one allocates and reads files: do it outside signal handlers.
+
+use crate::core_file::Mapping;
+use crate::memory::Range;
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind, SymbolKind};
+use std::path::{Path, PathBuf};
+
+/// A function symbol found for a pc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Symbol<'a> {
+    /// Demangled function name.
+    pub name: &'a str,
+    /// Path of the module that contains it.
+    pub module: &'a str,
+    /// Offset of the pc from the function's start.
+    pub offset: u64,
+}
+
+/// One loaded module.
+pub struct Module {
+    /// The path it was loaded from.
+    pub path: String,
+    /// Runtime address = file address + bias.
+    pub bias: u64,
+    /// Runtime address range of its segments.
+    pub range: Range,
+    /// (file address, size, name index), sorted.
+    funcs: Vec<(u64, u64, u32)>,
+    names: Vec<String>,
+    /// Executable sections: (file address, bytes), for finding code by its instructions.
+    code: Vec<(u64, Vec<u8>)>,
+    /// Named functions (raw symbol names too, for exact lookups such as Go's `runtime.*.abi0`).
+    by_name: Vec<(String, u64, u64)>,
+}
+
+impl Module {
+    /// Loads `path`'s symbols. `map` says where the file was mapped: a runtime address and the
+    /// file offset mapped there (the lowest such pair is best); `None` means "at its link
+    /// address" (bias 0).
+    pub fn load(path: &Path, display: &str, map: Option<(u64, u64)>) -> std::io::Result<Module> {
+        let data = std::fs::read(path)?;
+        let file = object::File::parse(&*data)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        let bias = match map {
+            None => 0,
+            Some((start, off)) => {
+                let svma = file.segments().find_map(|s| {
+                    let (fo, fsz) = s.file_range();
+                    (off >= fo && off < fo + fsz.max(1)).then(|| s.address() + (off - fo))
+                });
+                start.wrapping_sub(svma.unwrap_or(0))
+            }
+        };
+        let mut lo = u64::MAX;
+        let mut hi = 0;
+        for s in file.segments() {
+            lo = lo.min(s.address());
+            hi = hi.max(s.address().saturating_add(s.size()));
+        }
+        let mut names = Vec::new();
+        let mut funcs = Vec::new();
+        let mut by_name = Vec::new();
+        for sym in file.symbols().chain(file.dynamic_symbols()) {
+            if sym.kind() != SymbolKind::Text || sym.address() == 0 {
+                continue;
+            }
+            let Ok(raw) = sym.name() else { continue };
+            let name = format!("{:#}", rustc_demangle::demangle(raw));
+            by_name.push((raw.to_string(), sym.address(), sym.size()));
+            funcs.push((sym.address(), sym.size(), names.len() as u32));
+            names.push(name);
+        }
+        // Sized symbols first at equal addresses; drop exact duplicates (symtab + dynsym).
+        funcs.sort_by_key(|&(a, s, _)| (a, s == 0));
+        funcs.dedup_by_key(|f| f.0);
+        let code = file
+            .sections()
+            .filter(|s| s.kind() == SectionKind::Text)
+            .filter_map(|s| Some((s.address(), s.data().ok()?.to_vec())))
+            .collect();
+        Ok(Module {
+            path: display.to_string(),
+            bias,
+            range: if lo < hi {
+                Range::new(lo.wrapping_add(bias), hi.wrapping_add(bias))
+            } else {
+                Range::default()
+            },
+            funcs,
+            names,
+            code,
+            by_name,
+        })
+    }
+
+    /// The function containing runtime address `pc`.
+    pub fn lookup(&self, pc: u64) -> Option<Symbol<'_>> {
+        let a = pc.wrapping_sub(self.bias);
+        let i = self.funcs.partition_point(|f| f.0 <= a);
+        let &(start, size, n) = self.funcs.get(i.checked_sub(1)?)?;
+        // Unsized symbols (assembly labels) cover up to 4 KiB.
+        let end = if size == 0 { start + 4096 } else { start + size };
+        (a < end).then(|| Symbol {
+            name: &self.names[n as usize],
+            module: &self.path,
+            offset: a - start,
+        })
+    }
+
+    /// Runtime range of the function with exactly this raw (mangled) name.
+    pub fn function(&self, raw_name: &str) -> Option<Range> {
+        self.by_name
+            .iter()
+            .find(|(n, _, _)| n == raw_name)
+            .map(|&(_, a, s)| Range::new(a + self.bias, a + self.bias + s.max(1)))
+    }
+
+    /// Every function: (demangled name, runtime start, runtime end).
+    pub fn functions(&self) -> impl Iterator<Item = (&str, u64, u64)> + '_ {
+        self.funcs.iter().map(move |&(a, s, n)| {
+            (
+                self.names[n as usize].as_str(),
+                a.wrapping_add(self.bias),
+                a.wrapping_add(self.bias).wrapping_add(s),
+            )
+        })
+    }
+
+    /// Runtime addresses where `pattern` starts in the module's executable sections.
+    pub fn find_code(&self, pattern: &[u8]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (addr, bytes) in &self.code {
+            if pattern.is_empty() || bytes.len() < pattern.len() {
+                continue;
+            }
+            for (i, w) in bytes.windows(pattern.len()).enumerate() {
+                if w == pattern {
+                    out.push(addr + i as u64 + self.bias);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Modules and lookups across them.
+#[derive(Default)]
+pub struct Symbolizer {
+    modules: Vec<Module>,
+    /// Files that could not be opened: (path, error).
+    pub missing: Vec<(String, String)>,
+}
+
+impl Symbolizer {
+    /// No modules.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a module (see [`Module::load`]); a file that cannot be read is recorded in
+    /// [`Symbolizer::missing`].
+    pub fn add(&mut self, path: &Path, display: &str, map: Option<(u64, u64)>) {
+        match Module::load(path, display, map) {
+            Ok(m) => self.modules.push(m),
+            Err(e) => self.missing.push((display.to_string(), e.to_string())),
+        }
+    }
+
+    /// Modules from a core's mapped files, each opened at `sysroot` + its path.
+    pub fn from_mappings(mappings: &[Mapping], sysroot: Option<&Path>) -> Self {
+        let mut s = Self::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for m in mappings {
+            if seen.contains(&m.path.as_str()) || !m.path.starts_with('/') {
+                continue;
+            }
+            seen.push(&m.path);
+            // The lowest file offset mapped for this path.
+            let first = mappings
+                .iter()
+                .filter(|x| x.path == m.path)
+                .min_by_key(|x| x.offset)
+                .unwrap_or(m);
+            let file = resolve(sysroot, &m.path);
+            s.add(&file, &m.path, Some((first.range.lo, first.offset)));
+        }
+        s
+    }
+
+    /// Modules of the running process, from `/proc/self/maps`. Not async-signal-safe.
+    pub fn for_current_process() -> Self {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let mut mappings = Vec::new();
+        for line in maps.lines() {
+            let mut it = line.split_whitespace();
+            let (Some(range), Some(_perms), Some(off)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            let path = it.nth(2).unwrap_or("");
+            let Some((lo, hi)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(lo), Ok(hi), Ok(off)) = (
+                u64::from_str_radix(lo, 16),
+                u64::from_str_radix(hi, 16),
+                u64::from_str_radix(off, 16),
+            ) else {
+                continue;
+            };
+            mappings.push(Mapping {
+                range: Range::new(lo, hi),
+                offset: off,
+                path: path.to_string(),
+            });
+        }
+        Self::from_mappings(&mappings, None)
+    }
+
+    /// The loaded modules.
+    pub fn modules(&self) -> &[Module] {
+        &self.modules
+    }
+
+    /// Adds an already loaded module.
+    pub fn push(&mut self, m: Module) {
+        self.modules.push(m);
+    }
+
+    /// The function containing `pc` (a runtime address; pass [`crate::Frame::lookup_pc`]).
+    pub fn lookup(&self, pc: u64) -> Option<Symbol<'_>> {
+        self.modules
+            .iter()
+            .filter(|m| m.range.contains(pc))
+            .find_map(|m| m.lookup(pc))
+    }
+
+    /// The module containing `pc`.
+    pub fn module_of(&self, pc: u64) -> Option<&Module> {
+        self.modules.iter().find(|m| m.range.contains(pc))
+    }
+}
+
+/// `sysroot` + `path` when a sysroot is given and has the file, else `path`.
+pub fn resolve(sysroot: Option<&Path>, path: &str) -> PathBuf {
+    if let Some(root) = sysroot {
+        let p = root.join(path.trim_start_matches('/'));
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn a_function_with_a_name() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    #[test]
+    fn symbolises_this_process() {
+        let s = Symbolizer::for_current_process();
+        let pc = a_function_with_a_name as *const () as u64;
+        let sym = s.lookup(pc + 1).expect("symbol");
+        assert!(sym.name.ends_with("a_function_with_a_name"), "{}", sym.name);
+        assert_eq!(sym.offset, 1);
+        assert!(s.lookup(8).is_none());
+        assert_eq!(a_function_with_a_name(), 42);
+    }
+
+    #[test]
+    fn missing_file_is_recorded() {
+        let mut s = Symbolizer::new();
+        s.add(Path::new("/nonexistent/x.so"), "/nonexistent/x.so", None);
+        assert_eq!(s.missing.len(), 1);
+        s.add(Path::new("/proc/self/status"), "status", None);
+        assert_eq!(s.missing.len(), 2);
+    }
+}
