@@ -41,7 +41,10 @@ impl fmt::Display for CoreError {
             CoreError::NotElf => f.write_str("not a 64-bit little-endian ELF file"),
             CoreError::NotCore => f.write_str("an ELF file, but not a core dump"),
             CoreError::UnsupportedArch(m) => {
-                write!(f, "unsupported architecture (ELF machine {m}); x86_64 and aarch64 are")
+                write!(
+                    f,
+                    "unsupported architecture (ELF machine {m}); x86_64 and aarch64 are"
+                )
             }
             CoreError::Truncated(what) => write!(f, "truncated or corrupt core: {what}"),
             CoreError::NoThreads => f.write_str("no thread (NT_PRSTATUS) in the core"),
@@ -126,11 +129,15 @@ const PR_PID: usize = 32;
 const PR_REG: usize = 0x70;
 
 fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 impl Core {
@@ -140,7 +147,8 @@ impl Core {
         // SAFETY: the mapping is read-only and private; if another process truncates the file
         // while we read it, reads past the new end fault (SIGBUS), the usual caveat of mapping
         // files; cores are not modified while being analysed.
-        let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CoreError::Io(path.into(), e))?;
+        let data =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CoreError::Io(path.into(), e))?;
         Core::parse(Data::Map(data))
     }
 
@@ -218,7 +226,9 @@ fn parse_bytes(data: &[u8]) -> Result<Parsed, CoreError> {
                 let filesz = ph.p_filesz(e);
                 let end = off.checked_add(filesz).filter(|&x| x <= data.len() as u64);
                 // A segment whose bytes are cut off by truncation keeps what is there.
-                let file_hi = end.unwrap_or(data.len() as u64).max(off.min(data.len() as u64));
+                let file_hi = end
+                    .unwrap_or(data.len() as u64)
+                    .max(off.min(data.len() as u64));
                 let file_lo = off.min(data.len() as u64);
                 segments.push(Segment {
                     vaddr: ph.p_vaddr(e),
@@ -315,9 +325,11 @@ fn parse_nt_file(desc: &[u8]) -> Vec<Mapping> {
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let at = 16 + 24 * i;
-        let (Some(lo), Some(hi), Some(pg)) =
-            (u64_at(desc, at), u64_at(desc, at + 8), u64_at(desc, at + 16))
-        else {
+        let (Some(lo), Some(hi), Some(pg)) = (
+            u64_at(desc, at),
+            u64_at(desc, at + 8),
+            u64_at(desc, at + 16),
+        ) else {
             break;
         };
         let Some(name) = names.next() else { break };

@@ -33,12 +33,13 @@
 
 #[path = "../arch/mod.rs"]
 pub mod arch;
-pub mod core_file;
 pub mod builtin;
+pub mod core_file;
 pub mod coroutine;
 pub mod frame;
 pub mod live;
 pub mod memory;
+pub mod offline;
 pub mod policy;
 pub mod symbols;
 pub mod system_stack;

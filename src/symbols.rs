@@ -1,8 +1,8 @@
 //! Symbols: function names for pcs, from ELF symbol tables (`.symtab` and `.dynsym`, read with
 //! `object`, demangled with `rustc-demangle`).
 //!
-//! A [`Symbolizer`] holds modules (an ELF file and its load bias: runtime address = file address
-//! + bias). Modules come from a core's `NT_FILE` mappings, from an executable given by hand
+//! A [`Symbolizer`] holds modules (an ELF file and its load bias: runtime address is file
+//! address plus bias). Modules come from a core's `NT_FILE` mappings, from an executable given by hand
 //! (qemu-user cores have no `NT_FILE`), or from `/proc/self/maps` for the running process.
 //! Building one allocates and reads files: do it outside signal handlers.
 
@@ -105,7 +105,11 @@ impl Module {
         let i = self.funcs.partition_point(|f| f.0 <= a);
         let &(start, size, n) = self.funcs.get(i.checked_sub(1)?)?;
         // Unsized symbols (assembly labels) cover up to 4 KiB.
-        let end = if size == 0 { start + 4096 } else { start + size };
+        let end = if size == 0 {
+            start + 4096
+        } else {
+            start + size
+        };
         (a < end).then(|| Symbol {
             name: &self.names[n as usize],
             module: &self.path,

@@ -1,0 +1,204 @@
+//! The `unwind` command line.
+//!
+//! ```text
+//! unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid]
+//!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
+//! unwind demo [--naive] [--out DIR]
+//! ```
+//!
+//! Exit status 0 on success, 2 on bad input with a one-line error on stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use unwind::offline::{self, Options, Report};
+use unwind::policy::ProfileKind;
+use unwind::Mode;
+
+const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind demo [--naive] [--out DIR]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("stack") => stack(&args[1..]),
+        Some("demo") => demo(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!(
+            "unknown command '{other}' (try: unwind stack --core CORE)"
+        )),
+        None => Err("no command given (try: unwind stack --core CORE)".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = e.lines().next().unwrap_or("error").to_string();
+            let _ = writeln!(std::io::stderr(), "unwind: {line}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[derive(PartialEq)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn stack(args: &[String]) -> Result<(), String> {
+    let mut core = None;
+    let mut opts = Options::default();
+    let mut format = Format::Text;
+    let mut lines = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--core" => core = Some(PathBuf::from(value("--core")?)),
+            "--exe" => opts.exe = Some(PathBuf::from(value("--exe")?)),
+            "--sysroot" => opts.sysroot = Some(PathBuf::from(value("--sysroot")?)),
+            "--mode" => {
+                let v = value("--mode")?;
+                opts.mode =
+                    Mode::parse(&v).ok_or(format!("--mode {v}: expected fp, dwarf or hybrid"))?;
+            }
+            "--policy" => {
+                let v = value("--policy")?;
+                let k = ProfileKind::parse(&v).ok_or(format!(
+                    "--policy {v}: expected cpu, heap, block, mutex, lock or trace"
+                ))?;
+                opts.policy = Some(k.policy());
+            }
+            "--format" => {
+                format = match value("--format")?.as_str() {
+                    "text" => Format::Text,
+                    "json" => Format::Json,
+                    v => return Err(format!("--format {v}: expected text or json")),
+                }
+            }
+            "--lines" => lines = true,
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    let core_path = core.ok_or("--core CORE is required")?;
+    if let Some(exe) = &opts.exe {
+        if !exe.exists() {
+            return Err(format!("--exe {}: no such file", exe.display()));
+        }
+    }
+    let core = unwind::core_file::Core::open(&core_path)
+        .map_err(|e| format!("{}: {e}", core_path.display()))?;
+    let report = offline::unwind_core(&core, &opts).map_err(|e| e.to_string())?;
+    for w in &report.warnings {
+        eprintln!("unwind: warning: {w}");
+    }
+    let out = match format {
+        Format::Json => json(&report),
+        Format::Text => text(&report, lines),
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .map_err(|e| format!("writing output: {e}"))?;
+    Ok(())
+}
+
+fn demo(_args: &[String]) -> Result<(), String> {
+    Err("the demo is not part of this build".into())
+}
+
+fn json_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The JSON contract: `{"arch", "threads": [{"tid", "frames": [{"pc", "symbol", "module",
+/// "stack", "via"}], "truncated"}]}`.
+fn json(r: &Report) -> String {
+    let mut o = String::new();
+    o.push_str("{\"arch\": ");
+    json_str(r.arch.name(), &mut o);
+    o.push_str(", \"threads\": [");
+    for (ti, t) in r.threads.iter().enumerate() {
+        if ti > 0 {
+            o.push_str(", ");
+        }
+        o.push_str(&format!("{{\"tid\": {}, \"frames\": [", t.tid));
+        for (fi, f) in t.frames.iter().enumerate() {
+            if fi > 0 {
+                o.push_str(", ");
+            }
+            let sym = r.symbols.lookup(f.lookup_pc());
+            let module = r.symbols.module_of(f.lookup_pc());
+            o.push_str(&format!("{{\"pc\": \"{:#x}\", \"symbol\": ", f.pc));
+            match sym {
+                Some(s) => json_str(s.name, &mut o),
+                None => o.push_str("null"),
+            }
+            o.push_str(", \"module\": ");
+            match module {
+                Some(m) => json_str(&m.path, &mut o),
+                None => o.push_str("null"),
+            }
+            o.push_str(&format!(", \"stack\": {}, \"via\": ", f.stack));
+            json_str(f.via.name(), &mut o);
+            o.push('}');
+        }
+        o.push_str(&format!("], \"truncated\": {}}}", t.truncated));
+    }
+    o.push_str("]}\n");
+    o
+}
+
+fn text(r: &Report, _lines: bool) -> String {
+    let mut o = format!("arch {}\n", r.arch);
+    for t in &r.threads {
+        o.push_str(&format!(
+            "\nthread {}{}\n",
+            t.tid,
+            if t.truncated {
+                format!(" (truncated: {})", t.stop)
+            } else {
+                String::new()
+            }
+        ));
+        for (i, f) in t.frames.iter().enumerate() {
+            let name = match r.symbols.lookup(f.lookup_pc()) {
+                Some(s) => format!("{}+{:#x}", s.name, s.offset),
+                None => "?".into(),
+            };
+            let via = if f.via == unwind::Via::Transition {
+                let n = r
+                    .transitions
+                    .iter()
+                    .find(|(id, _)| *id == f.transition)
+                    .map_or("transition", |(_, n)| n);
+                format!("transition: {n}")
+            } else {
+                f.via.to_string()
+            };
+            o.push_str(&format!(
+                "  #{i:<3} {:#018x} [stack {}] {name}  ({via})\n",
+                f.pc, f.stack
+            ));
+        }
+    }
+    o
+}
