@@ -123,7 +123,11 @@ pub fn policy(data: &[u8]) {
 
     // The classifier agrees with a linear scan.
     for f in &frames {
-        assert_eq!(c.is_runtime(f), reference.is_runtime(f), "is_runtime({f:?})");
+        assert_eq!(
+            c.is_runtime(f),
+            reference.is_runtime(f),
+            "is_runtime({f:?})"
+        );
         assert_eq!(
             c.is_system_switch(f.transition),
             f.transition != 0 && reference.switches.contains(&f.transition)
@@ -152,15 +156,22 @@ fn check(p: &Policy, frames: &[Frame], c: &Classifier, r: &Reference) {
         (Keep::System, Some(s)) => (start, s),
         (Keep::System, None) => (start, start),
     };
-    let runtime =
-        |i: usize| r.is_runtime(&frames[i]) || (r.system_side_is_runtime && switch.is_some_and(|s| i < s));
+    let runtime = |i: usize| {
+        r.is_runtime(&frames[i]) || (r.system_side_is_runtime && switch.is_some_and(|s| i < s))
+    };
     // Elision: everything dropped at the leaf end is runtime, and the first kept frame is not
     // (unless the whole part is runtime, which is then kept whole).
-    assert!(lo >= part_lo, "{kept:?} starts before the part {part_lo}..{part_hi}");
+    assert!(
+        lo >= part_lo,
+        "{kept:?} starts before the part {part_lo}..{part_hi}"
+    );
     if !p.elide_runtime_leaf || part_lo == part_hi {
         assert_eq!(lo, part_lo, "{p:?} {kept:?}");
     } else {
-        assert!((part_lo..lo).all(runtime), "a non-runtime frame elided: {kept:?}");
+        assert!(
+            (part_lo..lo).all(runtime),
+            "a non-runtime frame elided: {kept:?}"
+        );
         if lo == part_lo {
             assert!(
                 !runtime(lo) || (part_lo..part_hi).all(runtime),

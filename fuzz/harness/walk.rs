@@ -379,7 +379,12 @@ fn walk_one<A: Arch, C: Cfi>(
     let mut mem = Checked::new(regions);
     let mut buf = vec![Frame::EMPTY; input.buf_len];
     let t = w.walk(input.start, &mut mem, &mut buf);
-    assert!(t.len <= buf.len(), "{} frames in a buffer of {}", t.len, buf.len());
+    assert!(
+        t.len <= buf.len(),
+        "{} frames in a buffer of {}",
+        t.len,
+        buf.len()
+    );
     let limit = if max_depth == 0 {
         buf.len()
     } else {
