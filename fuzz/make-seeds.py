@@ -165,26 +165,34 @@ def walk_seeds():
                                                   regs=(base_addr(2, 0x1000), base_addr(0, 0xf0),
                                                         base_addr(0, 0x100), raw_addr(0x7000_0000)),
                                                   regions=[(b"\x00", True, stack(w))]))
-    # Two stacks and each rule kind at return address 0x400020 (frame 2's).
+    # Two stacks; frame 2's record (at B+0x140) links to the other stack (C+0x200) and its
+    # return address 0x400020 is the transition, with each rule kind finding the saved
+    # registers {pc 0x600000, sp C+0x1f0, fp C+0x200} where it looks.
     u = {0x200: C + 0x220, 0x208: 0x500000, 0x220: 0, 0x228: 0x500010,
-         0x300: 0x500100, 0x308: C + 0x280, 0x310: C + 0x200}
+         0x300: 0x600000, 0x308: C + 0x1f0, 0x310: C + 0x200}
+    w2 = dict(w)
+    w2[0x140] = C + 0x200
+    w2.update({0x400: 0x600000, 0x408: C + 0x1f0, 0x410: C + 0x200,
+               0x150 + 0xa8: 0x600000, 0x150 + 0xa0: C + 0x1f0, 0x150 + 0x78: C + 0x200})
+
+    def saved(base, pc):
+        return b"\x01" + bytes([base]) + struct.pack("<h", pc) + b"\x01" + struct.pack("<hh", pc + 8, pc + 16)
+
     rules = {
         "continue": b"\x00",
-        "saved-fp": b"\x01\x00" + struct.pack("<h", 0x208) + b"\x01" + struct.pack("<hh", 0x200, 0x200),
-        "saved-cfa": b"\x01\x01" + struct.pack("<h", 8) + b"\x00" + struct.pack("<h", 0),
-        "saved-savedfp": b"\x01\x02" + struct.pack("<h", 8) + b"\x00" + struct.pack("<h", 0),
-        "saved-link": b"\x01\x03" + struct.pack("<h", 8) + b"\x01" + struct.pack("<hh", 16, 0),
+        "saved-fp": saved(0, 0x2c0),
+        "saved-cfa": saved(1, 0x2b0),
+        "saved-savedfp": saved(2, 0x100),
+        "saved-link": saved(3, 0xe0),
         "signal": b"\x02",
-        "context": b"\x03" + base_addr(1, 0x300) + struct.pack("<HHH", 0, 16, 8),
+        "context": b"\x03" + base_addr(1, 0x300) + struct.pack("<HHH", 0, 8, 16),
     }
-    w2 = dict(w)
-    w2[0x140] = C + 0x200  # frame 2 links to the other stack
     for name, rule in rules.items():
         for arch in (False, True):
             write("walk", f"rule-{name}-{'aarch64' if arch else 'x86'}", walk_input(
                 aarch64=arch,
                 regs=(base_addr(2, 0x1000), base_addr(0, 0xf0), base_addr(0, 0x100), base_addr(3, 0)),
-                transitions=[(raw_addr(0x400010), 1, rule, 7)],
+                transitions=[(raw_addr(0x400020), 1, rule, 7)],
                 regions=[(b"\x00", True, stack(w2)), (b"\x01", True, stack(u))]))
     # Hybrid and dwarf modes with CFA answers.
     cfi = [b"\x03\x01" + struct.pack("<h", 16), b"\x02", b"\x00", b"\x01",

@@ -457,6 +457,9 @@ fn run<A: Arch>(input: &Input, regions: &[Region<'_>]) {
         input.mode,
         input.max_depth,
     );
+    if std::env::var_os("UNWIND_FUZZ_DEBUG").is_some() {
+        eprintln!("{input:#x?}\n{full:#x?}");
+    }
     check_trace(input, input.max_depth, &full);
 
     // Deterministic.
