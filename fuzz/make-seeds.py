@@ -269,16 +269,59 @@ def sections(path):
     return out
 
 
+def load_base(core, exe_name):
+    """The address where the core's NT_FILE maps `exe_name` at file offset 0."""
+    for ph in phdrs(core):
+        if ph["type"] != 4:
+            continue
+        for ntype, name, desc in notes(core, ph):
+            if ntype != 0x46494C45:
+                continue
+            count, = struct.unpack_from("<Q", desc, 0)
+            names = desc[16 + 24 * count:].split(b"\0")
+            for i in range(count):
+                lo, hi, pg = struct.unpack_from("<QQQ", desc, 16 + 24 * i)
+                if names[i].endswith(exe_name.encode()) and pg == 0:
+                    return lo
+    return None
+
+
+def cfi_input(flags, eh, hdr, text, got, bias, pcs, regs, stack_base, stack_bytes):
+    b = bytes([flags]) + struct.pack("<QQQQQ", eh[0], hdr[0], text, got, bias)
+    b += struct.pack("<I", len(eh[1])) + eh[1] + struct.pack("<H", len(hdr[1])) + hdr[1]
+    b += bytes([len(pcs)]) + b"".join(struct.pack("<Q", p) for p in pcs)
+    b += struct.pack("<QQQQQ", *regs, stack_base) + stack_bytes
+    return b
+
+
 def cfi_seeds(fixtures):
-    for exe in ("chain-x86_64", "chain-aarch64"):
-        p = os.path.join(fixtures, exe)
+    """cfi format: fuzz/harness/cfi.rs. Real sections, with a real stack where a core has one."""
+    for arch, flag in (("x86_64", 0), ("aarch64", 1)):
+        p = os.path.join(fixtures, f"chain-{arch}")
         if not os.path.exists(p):
             continue
         s = sections(p)
-        for sec in (".eh_frame", ".eh_frame_hdr"):
-            if sec in s:
-                addr, body = s[sec]
-                write("cfi", f"{exe}{sec.replace('.', '-')}", struct.pack("<Q", addr) + body)
+        eh, hdr = s.get(".eh_frame"), s.get(".eh_frame_hdr", (0, b""))
+        text, got = s.get(".text", (0, b""))[0], s.get(".got", (0, b""))[0]
+        if not eh:
+            continue
+        pcs = [text + i * 0x40 for i in range(8)]
+        # A real stack: the chain core's crashing thread, with the executable's load bias.
+        regs, base, body, bias = (0, 0, 0, 0), 0, b"", 0
+        core_path = os.path.join(fixtures, f"core-{arch}-chain")
+        if os.path.exists(core_path):
+            core = open(core_path, "rb").read()
+            t = threads(core)[0]
+            lo = (t["sp"] - 256) & ~0xf
+            body = next((m for n in (4096, 2048, 1024, 512) if (m := read_mem(core, lo, n))), b"")
+            regs, base = (t["pc"], t["sp"], t["fp"], t["lr"]), lo
+            bias = load_base(core, f"chain-{arch}") or (0x5500000000 if arch == "aarch64" else 0)
+        write("cfi", f"{arch}-eh_frame-hdr-stack",
+              cfi_input(flag | 2, eh, hdr, text, got, bias, pcs, regs, base, body))
+        write("cfi", f"{arch}-eh_frame", cfi_input(flag, eh, hdr, text, got, 0, pcs, regs, 0, b""))
+        if arch == "x86_64":
+            elf = open(p, "rb").read()
+            write("cfi", f"{arch}-elf", bytes([flag | 8]) + struct.pack("<QQQQQ", 0, 0, 0, 0, bias) + elf)
 
 
 def main():
