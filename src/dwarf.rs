@@ -22,7 +22,7 @@
 //! trampolines (CIE augmentation `S`) have their rows flagged `SIGNAL`: the caller's pc is exact.
 //!
 //! # Hybrid
-//! A bitmap per module says, per page, whether every function in it keeps a frame record (its
+//! A bitmap per module says, per 64-byte granule, whether every function in it keeps a frame record (its
 //! CFI has a row `CFA = fp + k, fp at CFA - k, ra at CFA - k + 8`). In hybrid mode the walker
 //! follows frame records while return addresses land on such pages and asks the CFI elsewhere
 //! (and always for an interrupted, exact pc: it may be in a prologue).
@@ -48,8 +48,11 @@ pub const MAX_FDES: usize = 1 << 21;
 pub const MAX_ROWS_PER_FDE: usize = 1 << 16;
 /// Most rows per module.
 pub const MAX_ROWS: usize = 1 << 23;
-/// Page size of the lookup index and the hybrid bitmap.
+/// Page size of the lookup index.
 const PAGE_SHIFT: u32 = 12;
+/// Granule of the hybrid bitmap (64 bytes: small functions without a frame record next to ones
+/// with it spoil few granules).
+const RECORD_SHIFT: u32 = 6;
 
 /// Why a module's CFI could not be prepared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -355,7 +358,7 @@ impl PreparedCfi {
         if off >= self.end - self.base {
             return true;
         }
-        let page = (off >> PAGE_SHIFT) as usize;
+        let page = (off >> RECORD_SHIFT) as usize;
         match self.record_pages.get(page / 64) {
             Some(w) => w & (1 << (page % 64)) != 0,
             None => true,
@@ -550,14 +553,15 @@ fn build(mut raw: Vec<Raw>, fdes: &[(u64, u64, bool)]) -> Result<PreparedCfi, Cf
         }
         pages.push(i as u32);
     }
-    let mut record_pages = vec![u64::MAX; npages.div_ceil(64)];
+    let ngranules = ((end - base) >> RECORD_SHIFT) as usize + 1;
+    let mut record_pages = vec![u64::MAX; ngranules.div_ceil(64)];
     for &(s, e, keeps) in fdes {
         if keeps || e <= s {
             continue;
         }
-        let p0 = ((s.max(base) - base) >> PAGE_SHIFT) as usize;
-        let p1 = ((e.min(end) - 1).saturating_sub(base) >> PAGE_SHIFT) as usize;
-        for p in p0..=p1.min(npages - 1) {
+        let p0 = ((s.max(base) - base) >> RECORD_SHIFT) as usize;
+        let p1 = ((e.min(end) - 1).saturating_sub(base) >> RECORD_SHIFT) as usize;
+        for p in p0..=p1.min(ngranules - 1) {
             record_pages[p / 64] &= !(1 << (p % 64));
         }
     }
