@@ -158,7 +158,13 @@ pub fn verify_here(unwinder: &crate::dwarf::Unwinder, max_frames: usize) -> Verd
     let mut b = vec![Frame::EMPTY; max_frames];
     let ta: Trace = crate::dwarf::capture(&mut a, unwinder, crate::Mode::FramePointer);
     let tb: Trace = crate::dwarf::capture(&mut b, unwinder, crate::Mode::Dwarf);
-    compare(&a[..ta.len], ta.stop, &b[..tb.len], tb.stop)
+    // Frame 0 of each is its own call site inside this function: start at our caller.
+    compare(
+        a.get(1..ta.len).unwrap_or(&[]),
+        ta.stop,
+        b.get(1..tb.len).unwrap_or(&[]),
+        tb.stop,
+    )
 }
 
 #[cfg(test)]
