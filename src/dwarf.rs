@@ -15,8 +15,8 @@
 //! Per module, rows sorted by address: `starts: Vec<u32>` (offsets from the module's lowest
 //! CFI address) and `rules: Vec<Rule>` (12 bytes each); row `i` covers
 //! `[starts[i], starts[i + 1])`. Gaps between FDEs are rows with the `GAP` flag. A page index
-//! (`pages[p]` = first row that may cover 4 KiB page `p`) bounds every binary search to the rows
-//! of one page. Rows that need a DWARF expression, or a CFA in any register but sp and fp, are
+//! (`pages[p]` = first row that may cover 128-byte granule `p`) bounds every binary search to
+//! the few rows of one granule. Rows that need a DWARF expression, or a CFA in any register but sp and fp, are
 //! kept with the `UNSUPPORTED` flag: [`Mode::Dwarf`](crate::Mode::Dwarf) stops there,
 //! [`Mode::Hybrid`](crate::Mode::Hybrid) falls back to the frame record. FDEs of signal
 //! trampolines (CIE augmentation `S`) have their rows flagged `SIGNAL`: the caller's pc is exact.
@@ -48,8 +48,9 @@ pub const MAX_FDES: usize = 1 << 21;
 pub const MAX_ROWS_PER_FDE: usize = 1 << 16;
 /// Most rows per module.
 pub const MAX_ROWS: usize = 1 << 23;
-/// Page size of the lookup index.
-const PAGE_SHIFT: u32 = 12;
+/// Granule of the lookup index (128 bytes: a few rows each, so the binary search after the
+/// index is one or two steps; the index costs 4 bytes per 128 bytes of code).
+const PAGE_SHIFT: u32 = 7;
 /// Granule of the hybrid bitmap (64 bytes: small functions without a frame record next to ones
 /// with it spoil few granules).
 const RECORD_SHIFT: u32 = 6;
@@ -682,6 +683,63 @@ impl Unwinder {
     }
 }
 
+/// A [`Cfi`] over an [`Unwinder`] for one walk: remembers the module of the last lookup, so a
+/// walk through one module skips the module search. Cheap to create (three words).
+#[derive(Clone, Copy, Debug)]
+pub struct Stepper<'a> {
+    u: &'a Unwinder,
+    last: Option<&'a PreparedCfi>,
+    last_range: (u64, u64),
+}
+
+impl<'a> Stepper<'a> {
+    /// A stepper over `u`.
+    #[inline(always)]
+    pub fn new(u: &'a Unwinder) -> Self {
+        Stepper {
+            u,
+            last: None,
+            last_range: (0, 0),
+        }
+    }
+
+    #[inline(always)]
+    fn module(&mut self, pc: u64) -> Option<&'a PreparedCfi> {
+        if pc >= self.last_range.0 && pc < self.last_range.1 {
+            return self.last;
+        }
+        let m = self.u.module(pc)?;
+        let r = m.range();
+        self.last = Some(m);
+        self.last_range = (r.lo, r.hi);
+        Some(m)
+    }
+}
+
+impl Cfi for Stepper<'_> {
+    #[inline(always)]
+    fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
+        let lookup = if exact {
+            regs.pc
+        } else {
+            regs.pc.wrapping_sub(1)
+        };
+        match self.module(lookup).and_then(|m| m.rule(lookup)) {
+            Some(r) => r.apply(regs, exact, mem),
+            None => CfiStep::NoInfo,
+        }
+    }
+
+    #[inline(always)]
+    fn keeps_frame_record(&mut self, ra: u64) -> bool {
+        let pc = ra.wrapping_sub(1);
+        match self.module(pc) {
+            Some(m) => m.keeps_frame_record(pc),
+            None => true,
+        }
+    }
+}
+
 impl Cfi for &Unwinder {
     #[inline(always)]
     fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
@@ -749,8 +807,11 @@ fn walk_live(
     unwinder: &Unwinder,
     mode: Mode,
 ) -> Trace {
-    let mut w: Walker<crate::arch::native::Native, _, _> =
-        Walker::with_cfi(crate::transition::Pinned::new(), unwinder, mode);
+    let mut w: Walker<crate::arch::native::Native, _, _> = Walker::with_cfi(
+        crate::transition::Pinned::new(),
+        Stepper::new(unwinder),
+        mode,
+    );
     w.walk(start, mem, buf)
 }
 
