@@ -227,7 +227,7 @@ mod tests {
             u.modules().len()
         );
         // This function's own code is covered.
-        let here = enumerates_this_process as usize as u64;
+        let here = enumerates_this_process as *const () as usize as u64;
         assert!(u.rule(here + 1).is_some());
         assert!(unwinder().is_some());
     }
