@@ -17,8 +17,8 @@
 //! `[starts[i], starts[i + 1])`. Gaps between FDEs are rows with the `GAP` flag. A page index
 //! (`pages[p]` = first row that may cover 128-byte granule `p`) bounds every binary search to
 //! the few rows of one granule. Rows that need a DWARF expression, or a CFA in any register but sp and fp, are
-//! kept with the `UNSUPPORTED` flag: [`Mode::Dwarf`](crate::Mode::Dwarf) stops there,
-//! [`Mode::Hybrid`](crate::Mode::Hybrid) falls back to the frame record. FDEs of signal
+//! kept with the `UNSUPPORTED` flag: [`Mode::Dwarf`] stops there,
+//! [`Mode::Hybrid`] falls back to the frame record. FDEs of signal
 //! trampolines (CIE augmentation `S`) have their rows flagged `SIGNAL`: the caller's pc is exact.
 //!
 //! # Hybrid

@@ -167,6 +167,39 @@ pub fn verify_here(unwinder: &crate::dwarf::Unwinder, max_frames: usize) -> Verd
     )
 }
 
+/// One thread of a core, verified.
+#[derive(Clone, Debug)]
+pub struct ThreadVerdict {
+    /// Thread id.
+    pub tid: u32,
+    /// FP vs DWARF.
+    pub verdict: Verdict,
+}
+
+/// Unwinds every thread of `core` with frame records and with DWARF CFI (policy ignored) and
+/// compares them. Returns the verdicts and the DWARF report (its symbols name the pcs).
+pub fn verify_core(
+    core: &crate::core_file::Core,
+    opts: &crate::offline::Options,
+) -> Result<(Vec<ThreadVerdict>, crate::offline::Report), crate::core_file::CoreError> {
+    let mut o = opts.clone();
+    o.policy = None;
+    o.mode = crate::Mode::FramePointer;
+    let fp = crate::offline::unwind_core(core, &o)?;
+    o.mode = crate::Mode::Dwarf;
+    let dw = crate::offline::unwind_core(core, &o)?;
+    let verdicts = fp
+        .threads
+        .iter()
+        .zip(&dw.threads)
+        .map(|(a, b)| ThreadVerdict {
+            tid: a.tid,
+            verdict: compare(&a.frames, a.stop, &b.frames, b.stop),
+        })
+        .collect();
+    Ok((verdicts, dw))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

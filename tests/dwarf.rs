@@ -432,5 +432,45 @@ fn kernel_core_dwarf_matches_fp() {
         sym(&dw, d)
     );
     assert_eq!(dw.threads[0].stop, unwind::StopReason::End);
+    // Verification names only frames FP missed (below main, in libc).
+    let (v, _) = unwind::verify::verify_core(&core, &Default::default()).unwrap();
+    assert_eq!(v[0].verdict.agreed, f.len());
+    assert!(v[0]
+        .verdict
+        .differences
+        .iter()
+        .all(|d| matches!(d, unwind::verify::Difference::Missing { .. })));
+
+    // abort(): the leaf frames are glibc's, without frame records. FP stops at once; Hybrid
+    // and Dwarf get through libc to the program's frames.
+    let st = std::process::Command::new("bash")
+        .arg(script)
+        .args(["x86_64", "abort"])
+        .arg(&out)
+        .output()
+        .expect("run make-core.sh");
+    assert!(st.status.success());
+    let core = unwind::core_file::Core::open(&out.join("core-x86_64-abort")).unwrap();
+    let run = |mode| {
+        let opts = unwind::offline::Options {
+            mode,
+            ..Default::default()
+        };
+        let r = unwind::offline::unwind_core(&core, &opts).unwrap();
+        sym(&r, &r.threads[0].frames)
+    };
+    let (fp, dw, hy) = (run(Mode::FramePointer), run(Mode::Dwarf), run(Mode::Hybrid));
+    assert!(!fp.iter().any(|n| n == "abort_gamma"), "{fp:?}");
+    for n in [&dw, &hy] {
+        let i = n
+            .iter()
+            .position(|s| s == "abort_gamma")
+            .expect("abort_gamma");
+        assert_eq!(
+            &n[i..i + 4],
+            ["abort_gamma", "abort_beta", "abort_alpha", "main"]
+        );
+    }
+    assert_eq!(dw, hy);
     let _ = std::fs::remove_dir_all(&out);
 }
