@@ -220,7 +220,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             match self.mode {
                 Mode::FramePointer => self.fast_run(&mut st, mem, buf, limit),
                 Mode::Hybrid => self.fast_run_hybrid(&mut st, mem, buf, limit),
-                Mode::Dwarf => {}
+                Mode::Dwarf => self.fast_run_dwarf(&mut st, mem, buf, limit),
             }
             if st.n >= limit {
                 break full(st.n);
@@ -309,6 +309,50 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             |ra| cfi.keeps_frame_record(ra),
         );
         self.after_run(st, out, k, fp, floor);
+    }
+
+    /// The hot loop of DWARF mode: CFI steps on the current stack while everything is
+    /// ordinary (the CFI gives a caller whose CFA moves up inside the stack, with a non-zero
+    /// return address that cannot be a transition). At anything else it returns with `st` at
+    /// that frame and [`Walker::step`] handles it (and reports the precise stop reason).
+    #[inline(always)]
+    fn fast_run_dwarf<M: Memory>(
+        &mut self,
+        st: &mut State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+    ) {
+        let Some(seg) = st.seg else { return };
+        if st.pending != 0 {
+            return;
+        }
+        while st.n < limit {
+            let CfiStep::Caller(mut r) = self.cfi.step::<A, M>(&st.regs, st.exact, mem) else {
+                return;
+            };
+            r.pc = A::strip_ra(r.pc, self.pac_mask);
+            if r.pc == 0
+                || r.sp <= st.regs.sp
+                || !seg.contains(r.sp)
+                || self.transitions.may_match(r.pc)
+            {
+                return;
+            }
+            let Some(slot) = buf.get_mut(st.n) else {
+                return;
+            };
+            *slot = Frame {
+                pc: r.pc,
+                stack: st.stack,
+                via: Via::Dwarf,
+                flags: 0,
+                transition: 0,
+            };
+            st.n += 1;
+            st.regs = r;
+            st.exact = false;
+        }
     }
 
     #[inline(always)]
