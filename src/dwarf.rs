@@ -22,7 +22,7 @@
 //! trampolines (CIE augmentation `S`) have their rows flagged `SIGNAL`: the caller's pc is exact.
 //!
 //! # Hybrid
-//! A bitmap per module says, per 64-byte granule, whether every function in it keeps a frame record (its
+//! A bitmap per module says, per 16-byte granule, whether every function in it keeps a frame record (its
 //! CFI has a row `CFA = fp + k, fp at CFA - k, ra at CFA - k + 8`). In hybrid mode the walker
 //! follows frame records while return addresses land on such pages and asks the CFI elsewhere
 //! (and always for an interrupted, exact pc: it may be in a prologue).
@@ -51,9 +51,10 @@ pub const MAX_ROWS: usize = 1 << 23;
 /// Granule of the lookup index (128 bytes: a few rows each, so the binary search after the
 /// index is one or two steps; the index costs 4 bytes per 128 bytes of code).
 const PAGE_SHIFT: u32 = 7;
-/// Granule of the hybrid bitmap (64 bytes: small functions without a frame record next to ones
-/// with it spoil few granules).
-const RECORD_SHIFT: u32 = 6;
+/// Granule of the hybrid bitmap: 16 bytes, the usual function alignment, so a function
+/// without a frame record rarely shares a granule with one that has it (1 bit per 16 bytes of
+/// code).
+const RECORD_SHIFT: u32 = 4;
 
 /// Why a module's CFI could not be prepared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
