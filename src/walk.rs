@@ -362,7 +362,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             st.prev_fp = Some(floor - A::RECORD_SIZE);
             st.regs = Regs {
                 pc: out[k - 1].pc,
-                sp: floor,
+                sp: record_sp::<A>(floor),
                 fp,
                 lr: 0,
             };
@@ -407,8 +407,10 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 if r.pc == 0 {
                     return Err(StopReason::End);
                 }
-                // The CFA must move up the current stack.
-                if r.sp <= st.regs.sp {
+                // The CFA must move up the current stack. An interrupted aarch64 leaf may
+                // not have touched sp (its return address is in lr): equal is allowed once.
+                let leaf = A::KIND == crate::arch::ArchKind::Aarch64 && st.exact;
+                if r.sp < st.regs.sp || (r.sp == st.regs.sp && !leaf) {
                     return Err(StopReason::NotMonotonic);
                 }
                 if let Some(seg) = st.seg {
@@ -451,7 +453,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 let (saved_fp, ra) = mem.read_pair(fp).ok_or(StopReason::ReadFailed)?;
                 let caller = Regs {
                     pc: A::strip_ra(ra, self.pac_mask),
-                    sp: fp + A::RECORD_SIZE,
+                    sp: record_sp::<A>(fp + A::RECORD_SIZE),
                     fp: saved_fp,
                     lr: 0,
                 };
@@ -606,6 +608,20 @@ struct State {
     pending: u16,
     crossings: u16,
     n: usize,
+}
+
+/// The caller's stack pointer after a frame-record step: the end of the record on x86_64
+/// (`push rbp` right below the return address, so record + 16 is the caller's sp at the call).
+/// On aarch64 the record sits at the bottom of the callee's frame and the caller's sp is not
+/// known: 0 ("unknown"), so that a CFI rule needing sp fails (Hybrid then keeps following
+/// frame records) instead of using a wrong value.
+#[inline(always)]
+fn record_sp<A: Arch>(end_of_record: u64) -> u64 {
+    if A::KIND == crate::arch::ArchKind::Aarch64 {
+        0
+    } else {
+        end_of_record
+    }
 }
 
 #[inline(always)]
