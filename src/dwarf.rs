@@ -696,6 +696,8 @@ pub struct Stepper<'a> {
     u: &'a Unwinder,
     last: Option<&'a PreparedCfi>,
     last_range: (u64, u64),
+    /// The last module's hybrid bitmap, at hand for the hybrid hot loop.
+    last_bits: &'a [u64],
     keys: [u64; CACHE],
     rules: [Rule; CACHE],
 }
@@ -708,6 +710,7 @@ impl<'a> Stepper<'a> {
             u,
             last: None,
             last_range: (0, 0),
+            last_bits: &[],
             keys: [u64::MAX; CACHE],
             rules: [Rule::GAP_RULE; CACHE],
         }
@@ -735,6 +738,7 @@ impl<'a> Stepper<'a> {
         let r = m.range();
         self.last = Some(m);
         self.last_range = (r.lo, r.hi);
+        self.last_bits = &m.record_pages;
         Some(m)
     }
 }
@@ -756,6 +760,15 @@ impl Cfi for Stepper<'_> {
     #[inline(always)]
     fn keeps_frame_record(&mut self, ra: u64) -> bool {
         let pc = ra.wrapping_sub(1);
+        // Fast path: the module of the last lookup, its bitmap cached here.
+        let off = pc.wrapping_sub(self.last_range.0);
+        if off < self.last_range.1.wrapping_sub(self.last_range.0) {
+            let g = (off >> RECORD_SHIFT) as usize;
+            return match self.last_bits.get(g / 64) {
+                Some(w) => w & (1 << (g % 64)) != 0,
+                None => true,
+            };
+        }
         match self.module(pc) {
             Some(m) => m.keeps_frame_record(pc),
             None => true,
