@@ -684,48 +684,90 @@ impl Unwinder {
     }
 }
 
-/// Entries in a [`Stepper`]'s rule cache.
-const CACHE: usize = 32;
+/// Entries in a [`RuleCache`].
+const CACHE: usize = 256;
 
-/// A [`Cfi`] over an [`Unwinder`] for one walk, on the caller's stack: remembers the module of
-/// the last lookup (a walk through one module skips the module search) and caches the rules of
-/// the last return addresses in a small direct-mapped table (recursion and repeated call sites
-/// skip the table search). Creating one clears 32 cache slots; it allocates nothing.
-#[derive(Clone, Copy, Debug)]
+/// A direct-mapped cache of prepared rules by lookup address, kept across walks (like
+/// framehop's cache): a profiler's samples revisit the same call sites, and a hit skips the
+/// module and table search. 6 KiB, `const`-constructible, allocation-free. Tied to one
+/// [`Unwinder`]: used with another, it clears itself.
+#[derive(Clone, Debug)]
+pub struct RuleCache {
+    owner: usize,
+    keys: [u64; CACHE],
+    rules: [Rule; CACHE],
+}
+
+impl Default for RuleCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RuleCache {
+    /// An empty cache.
+    pub const fn new() -> Self {
+        RuleCache {
+            owner: 0,
+            keys: [u64::MAX; CACHE],
+            rules: [Rule::GAP_RULE; CACHE],
+        }
+    }
+
+    #[inline(always)]
+    fn claim(&mut self, u: &Unwinder) {
+        let id = u as *const Unwinder as usize;
+        if self.owner != id {
+            self.keys = [u64::MAX; CACHE];
+            self.owner = id;
+        }
+    }
+}
+
+std::thread_local! {
+    /// Each thread's rule cache for live captures (`const`-initialised: no lazy allocation,
+    /// safe to touch first in a signal handler).
+    static THREAD_CACHE: core::cell::RefCell<RuleCache> =
+        const { core::cell::RefCell::new(RuleCache::new()) };
+}
+
+/// A [`Cfi`] over an [`Unwinder`] for one walk: remembers the module of the last lookup (a
+/// walk through one module skips the module search) and looks rules up through a
+/// [`RuleCache`]. Allocates nothing.
+#[derive(Debug)]
 pub struct Stepper<'a> {
     u: &'a Unwinder,
     last: Option<&'a PreparedCfi>,
     last_range: (u64, u64),
     /// The last module's hybrid bitmap, at hand for the hybrid hot loop.
     last_bits: &'a [u64],
-    keys: [u64; CACHE],
-    rules: [Rule; CACHE],
+    cache: &'a mut RuleCache,
 }
 
 impl<'a> Stepper<'a> {
-    /// A stepper over `u`.
+    /// A stepper over `u`, caching rules in `cache`.
     #[inline(always)]
-    pub fn new(u: &'a Unwinder) -> Self {
+    pub fn new(u: &'a Unwinder, cache: &'a mut RuleCache) -> Self {
+        cache.claim(u);
         Stepper {
             u,
             last: None,
             last_range: (0, 0),
             last_bits: &[],
-            keys: [u64::MAX; CACHE],
-            rules: [Rule::GAP_RULE; CACHE],
+            cache,
         }
     }
 
     /// The rule for lookup address `pc`, through the cache.
     #[inline(always)]
     fn rule(&mut self, pc: u64) -> Option<Rule> {
-        let slot = ((pc ^ (pc >> 7)) as usize) % CACHE;
-        if self.keys[slot] == pc {
-            return Some(self.rules[slot]);
+        let slot = ((pc ^ (pc >> 8)) as usize) % CACHE;
+        if self.cache.keys[slot] == pc {
+            return Some(self.cache.rules[slot]);
         }
         let r = self.module(pc)?.rule(pc)?;
-        self.keys[slot] = pc;
-        self.rules[slot] = r;
+        self.cache.keys[slot] = pc;
+        self.cache.rules[slot] = r;
         Some(r)
     }
 
@@ -843,12 +885,23 @@ fn walk_live(
     unwinder: &Unwinder,
     mode: Mode,
 ) -> Trace {
-    let mut w: Walker<crate::arch::native::Native, _, _> = Walker::with_cfi(
-        crate::transition::Pinned::new(),
-        Stepper::new(unwinder),
-        mode,
-    );
-    w.walk(start, mem, buf)
+    // This thread's cache; if a signal interrupted a capture that holds it, a fresh one.
+    let walk = |cache: &mut RuleCache, mem: &mut crate::live::LiveMemory, buf: &mut [Frame]| {
+        let mut w: Walker<crate::arch::native::Native, _, _> = Walker::with_cfi(
+            crate::transition::Pinned::new(),
+            Stepper::new(unwinder, cache),
+            mode,
+        );
+        w.walk(start, mem, buf)
+    };
+    let got = THREAD_CACHE.try_with(|c| match c.try_borrow_mut() {
+        Ok(mut cache) => Some(walk(&mut cache, mem, buf)),
+        Err(_) => None,
+    });
+    match got {
+        Ok(Some(t)) => t,
+        _ => walk(&mut RuleCache::new(), mem, buf),
+    }
 }
 
 #[cfg(test)]

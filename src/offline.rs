@@ -267,7 +267,9 @@ fn walk_arch<A: Arch>(
     pac_mask: u64,
     buf: &mut [Frame],
 ) -> Trace {
-    let mut w: Walker<A, _, _> = Walker::with_cfi(table, crate::dwarf::Stepper::new(cfi), mode);
+    let mut cache = Box::new(crate::dwarf::RuleCache::new());
+    let mut w: Walker<A, _, _> =
+        Walker::with_cfi(table, crate::dwarf::Stepper::new(cfi, &mut cache), mode);
     w.pac_mask = pac_mask;
     let mut regs = t.regs;
     regs.pc = A::strip_ra(regs.pc, pac_mask);

@@ -95,7 +95,9 @@ fn walk(u: &Unwinder, mode: Mode, start: Start, s: &StackBuilder) -> (Vec<Frame>
     let regions = [s.region()];
     let mut mem = Image::new(&regions);
     let mut buf = vec![Frame::EMPTY; 16];
-    let mut w: Walker<X86_64, _, _> = Walker::with_cfi(NoTransitions, Stepper::new(u), mode);
+    let mut cache = RuleCache::new();
+    let mut w: Walker<X86_64, _, _> =
+        Walker::with_cfi(NoTransitions, Stepper::new(u, &mut cache), mode);
     let t = w.walk(start, &mut mem, &mut buf);
     buf.truncate(t.len);
     (buf, t.stop)
