@@ -250,7 +250,7 @@ mod nofp {
             spin_outer_marker()
         });
         // SAFETY: reading a C int flag the fixture sets.
-        while unsafe { core::ptr::read_volatile(&raw const unwind_nofp_spinning) } == 0 {
+        while unsafe { core::ptr::read_volatile(core::ptr::addr_of!(unwind_nofp_spinning)) } == 0 {
             std::thread::yield_now();
         }
         let t = tid.load(Ordering::Acquire) as libc::pthread_t;
@@ -260,7 +260,7 @@ mod nofp {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         // SAFETY: a C int the fixture polls.
-        unsafe { core::ptr::write_volatile(&raw mut unwind_nofp_stop, 1) };
+        unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!(unwind_nofp_stop), 1) };
         worker.join().unwrap();
         let get = |i: usize| -> Vec<Frame> {
             let n = SAMPLES[i][0].load(Ordering::Relaxed) as usize;
