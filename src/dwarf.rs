@@ -170,6 +170,27 @@ impl Rule {
         let Some(cfa) = base.checked_add_signed(self.cfa_off as i64) else {
             return CfiStep::Failed;
         };
+        // The common case: fp and return address saved side by side (a frame record or a
+        // `push rbp` right below the return address): one checked read of both.
+        if self.ra == RA_AT && self.fp == FP_AT && self.ra_off as i32 == self.fp_off as i32 + 8 {
+            let Some((fp, pc)) = cfa
+                .checked_add_signed(self.fp_off as i64)
+                .and_then(|a| mem.read_pair(a))
+            else {
+                return CfiStep::Failed;
+            };
+            let caller = Regs {
+                pc,
+                sp: cfa,
+                fp,
+                lr: 0,
+            };
+            return if self.flags & Rule::SIGNAL != 0 {
+                CfiStep::Signal(caller)
+            } else {
+                CfiStep::Caller(caller)
+            };
+        }
         let pc = match self.ra {
             RA_AT => match cfa
                 .checked_add_signed(self.ra_off as i64)
