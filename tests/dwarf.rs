@@ -534,3 +534,70 @@ fn aarch64_qemu_core_dwarf_and_hybrid() {
     assert_eq!(hy.len(), fp.len() + 1);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `.debug_frame` (what Go binaries carry instead of `.eh_frame`): a C program built with its
+/// CFI only in `.debug_frame` (eh_frame stripped) gives the same rules as with `.eh_frame`.
+#[test]
+fn debug_frame_only() {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let dir = std::env::temp_dir().join(format!("unwind-debug-frame-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/c/chain.c");
+    let eh = dir.join("eh");
+    let dbg = dir.join("dbg");
+    let ok = std::process::Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&eh)
+        .arg(src)
+        .status()
+        .expect("gcc");
+    assert!(ok.success());
+    // The same code with its CFI in .debug_frame, then the C runtime's .eh_frame removed.
+    let tmp = dir.join("tmp");
+    let ok = std::process::Command::new("gcc")
+        .args([
+            "-O0",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fno-asynchronous-unwind-tables",
+            "-fno-unwind-tables",
+            "-pthread",
+            "-o",
+        ])
+        .arg(&tmp)
+        .arg(src)
+        .status()
+        .expect("gcc");
+    assert!(ok.success());
+    let ok = std::process::Command::new("objcopy")
+        .args([
+            "--remove-section",
+            ".eh_frame",
+            "--remove-section",
+            ".eh_frame_hdr",
+        ])
+        .arg(&tmp)
+        .arg(&dbg)
+        .status()
+        .expect("objcopy");
+    assert!(ok.success());
+    let data = std::fs::read(&dbg).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    assert!(file.section_by_name(".eh_frame").is_none());
+    assert!(file.section_by_name(".debug_frame").is_some());
+    let arch = ArchKind::X86_64;
+    let a = dwarf::parse_file(arch, &eh, 0).unwrap();
+    let b = dwarf::parse_file(arch, &dbg, 0).unwrap();
+    let mut checked = 0;
+    for name in ["gamma_", "beta_", "alpha_", "main"] {
+        let sym = file.symbols().find(|s| s.name() == Ok(name)).unwrap();
+        for off in 0..sym.size() {
+            let pc = sym.address() + off;
+            let (ra, rb) = (a.rule(pc).unwrap(), b.rule(pc).unwrap());
+            assert_eq!(ra, rb, "{name}+{off:#x}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}
