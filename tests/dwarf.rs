@@ -539,7 +539,7 @@ fn aarch64_qemu_core_dwarf_and_hybrid() {
 /// CFI only in `.debug_frame` (eh_frame stripped) gives the same rules as with `.eh_frame`.
 #[test]
 fn debug_frame_only() {
-    use object::{Object, ObjectSection, ObjectSymbol};
+    use object::{Object, ObjectSymbol};
     let dir = std::env::temp_dir().join(format!("unwind-debug-frame-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/c/chain.c");
