@@ -645,7 +645,14 @@ pub struct Unwinder {
     modules: Vec<PreparedCfi>,
     /// `modules[i].range()`, for the search.
     ranges: Vec<(u64, u64)>,
+    /// Which rules a [`RuleCache`] may hold for this unwinder: a fresh number at every change,
+    /// never reused (an address would be: a dropped unwinder's successor can live at the same
+    /// place, and a cache would then answer with the old rules).
+    generation: u64,
 }
+
+/// Source of [`Unwinder`] generations (0: an empty unwinder, which caches nothing).
+static GENERATION: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
 impl Unwinder {
     /// An empty unwinder.
@@ -662,6 +669,7 @@ impl Unwinder {
         let i = self.ranges.partition_point(|&(lo, _)| lo < r.lo);
         self.ranges.insert(i, (r.lo, r.hi));
         self.modules.insert(i, m);
+        self.generation = GENERATION.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
 
     /// The modules' tables.
@@ -714,7 +722,7 @@ const CACHE: usize = 256;
 /// [`Unwinder`]: used with another, it clears itself.
 #[derive(Clone, Debug)]
 pub struct RuleCache {
-    owner: usize,
+    owner: u64,
     keys: [u64; CACHE],
     rules: [Rule; CACHE],
 }
@@ -737,7 +745,7 @@ impl RuleCache {
 
     #[inline(always)]
     fn claim(&mut self, u: &Unwinder) {
-        let id = u as *const Unwinder as usize;
+        let id = u.generation;
         if self.owner != id {
             self.keys = [u64::MAX; CACHE];
             self.owner = id;

@@ -89,3 +89,41 @@ fn nt_file_naming_a_device_is_not_read() {
     assert_eq!(s.missing.len(), 1, "{:?}", s.missing);
     assert!(s.missing[0].1.contains("not a regular file"));
 }
+
+#[test]
+fn cfi_inputs_replay() {
+    let n = replay("cfi", &harness::cfi::cfi);
+    assert!(n >= 4, "the cfi corpus is missing ({n} inputs)");
+}
+
+/// Found by the `cfi` target: a `RuleCache` kept across walks identified its unwinder by
+/// address, so an unwinder built where a dropped one lived (the next iteration of a loop)
+/// got the old unwinder's cached rules. Unwinders now carry a generation number.
+#[test]
+fn rule_cache_is_not_fooled_by_a_rebuilt_unwinder() {
+    use unwind::dwarf::{RuleCache, Stepper, Unwinder};
+    use unwind::walk::{Cfi, CfiStep};
+    use unwind::arch::X86_64;
+    use unwind::{Image, Regs};
+    let exe = fuzz_dir().join("sysroot/tmp/unwind-fixtures/chain-x86_64");
+    let data = std::fs::read(&exe).unwrap();
+    let regions = [];
+    let mut mem = Image::new(&regions);
+    let mut cache = RuleCache::new();
+    let mut answers = Vec::new();
+    for bias in [0u64, 0x10_0000] {
+        let table = unwind::dwarf::parse_elf(unwind::ArchKind::X86_64, &data, bias, "chain")
+            .expect("the fixture has .eh_frame");
+        let lo = table.range().lo;
+        let mut u = Unwinder::new();
+        u.add(table);
+        // The same pc, a function start in the first table, outside the moved one.
+        let pc = if bias == 0 { lo } else { lo - bias };
+        let regs = Regs::new(pc, 0x1000, 0x2000);
+        let plain = (&u).step::<X86_64, _>(&regs, true, &mut mem);
+        let cached = Stepper::new(&u, &mut cache).step::<X86_64, _>(&regs, true, &mut mem);
+        assert_eq!(plain, cached, "bias {bias:#x}");
+        answers.push(plain);
+    }
+    assert_eq!(answers[1], CfiStep::NoInfo);
+}

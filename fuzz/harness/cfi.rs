@@ -22,7 +22,7 @@
 use super::walk::Checked;
 use super::Bytes;
 use unwind::arch::{Aarch64, Arch, ArchKind, Regs, X86_64};
-use unwind::dwarf::{self, PreparedCfi, Sections, Unwinder};
+use unwind::dwarf::{self, PreparedCfi, RuleCache, Sections, Stepper, Unwinder};
 use unwind::memory::Region;
 use unwind::transition::NoTransitions;
 use unwind::walk::{Mode, Start, Walker};
@@ -73,7 +73,12 @@ pub fn cfi(data: &[u8]) {
     let given = pcs.len();
     let span = range.hi.wrapping_sub(range.lo);
     pcs.extend((0..64u64).map(|i| range.lo.wrapping_add(span / 64 * i)));
-    pcs.extend([range.lo, range.hi, range.hi.wrapping_sub(1), range.lo.wrapping_sub(1)]);
+    pcs.extend([
+        range.lo,
+        range.hi,
+        range.hi.wrapping_sub(1),
+        range.lo.wrapping_sub(1),
+    ]);
     let mut unwinder = Unwinder::new();
     unwinder.add(table.clone());
     for &pc in &pcs {
@@ -82,7 +87,11 @@ pub fn cfi(data: &[u8]) {
             assert!(range.contains(pc), "a rule at {pc:#x} outside {range:?}");
         }
         if !table.is_empty() {
-            assert_eq!(unwinder.rule(pc), r, "unwinder and table disagree at {pc:#x}");
+            assert_eq!(
+                unwinder.rule(pc),
+                r,
+                "unwinder and table disagree at {pc:#x}"
+            );
         }
         let _ = table.keeps_frame_record(pc);
     }
@@ -105,39 +114,72 @@ pub fn cfi(data: &[u8]) {
     for &pc in pcs[given..].iter().step_by(8) {
         starts.push(Regs { pc, ..regs });
     }
-    for start in starts {
-        for mode in [Mode::Dwarf, Mode::Hybrid] {
-            match arch {
-                ArchKind::X86_64 => walk::<X86_64>(&unwinder, &regions, start, mode),
-                ArchKind::Aarch64 => walk::<Aarch64>(&unwinder, &regions, start, mode),
+    // One rule cache kept across every walk, and across two unwinders (the second with the
+    // table moved by a page): cached lookups must answer like the unwinder itself.
+    let mut cache = RuleCache::new();
+    for shift in [0u64, 0x1000] {
+        let mut moved = table.clone();
+        moved.bias = moved.bias.wrapping_add(shift);
+        let mut unwinder = Unwinder::new();
+        unwinder.add(moved);
+        for &start in &starts {
+            for mode in [Mode::Dwarf, Mode::Hybrid] {
+                match arch {
+                    ArchKind::X86_64 => {
+                        walk::<X86_64>(&unwinder, &mut cache, &regions, start, mode)
+                    }
+                    ArchKind::Aarch64 => {
+                        walk::<Aarch64>(&unwinder, &mut cache, &regions, start, mode)
+                    }
+                }
             }
         }
     }
 }
 
-fn walk<A: Arch>(unwinder: &Unwinder, regions: &[Region<'_>], regs: Regs, mode: Mode) {
-    let run = || {
-        let mut w: Walker<A, _, _> = Walker::with_cfi(NoTransitions, unwinder, mode);
-        let mut mem = Checked::new(regions);
-        let mut buf = [Frame::EMPTY; BUF];
-        let t = w.walk(Start::exact(regs), &mut mem, &mut buf);
-        assert!(t.len <= BUF);
-        assert!(
-            mem.calls <= 64 * (BUF as u64 + 2),
-            "{} memory calls for {BUF} frames",
-            mem.calls
-        );
-        if t.stop == StopReason::BufferFull {
-            assert_eq!(t.len, BUF);
-        }
-        for (i, f) in buf[..t.len].iter().enumerate() {
-            assert_ne!(f.pc, 0, "frame {i} has pc 0");
-        }
-        (buf[..t.len].to_vec(), t.stop)
-    };
-    let first = run();
+type Walked = (Vec<Frame>, StopReason);
+
+fn walk_with<A: Arch, C: unwind::walk::Cfi>(
+    cfi: C,
+    regions: &[Region<'_>],
+    regs: Regs,
+    mode: Mode,
+) -> Walked {
+    let mut w: Walker<A, _, _> = Walker::with_cfi(NoTransitions, cfi, mode);
+    let mut mem = Checked::new(regions);
+    let mut buf = [Frame::EMPTY; BUF];
+    let t = w.walk(Start::exact(regs), &mut mem, &mut buf);
+    assert!(t.len <= BUF);
+    assert!(
+        mem.calls <= 64 * (BUF as u64 + 2),
+        "{} memory calls for {BUF} frames",
+        mem.calls
+    );
+    if t.stop == StopReason::BufferFull {
+        assert_eq!(t.len, BUF);
+    }
+    for (i, f) in buf[..t.len].iter().enumerate() {
+        assert_ne!(f.pc, 0, "frame {i} has pc 0");
+    }
+    (buf[..t.len].to_vec(), t.stop)
+}
+
+fn walk<A: Arch>(
+    unwinder: &Unwinder,
+    cache: &mut RuleCache,
+    regions: &[Region<'_>],
+    regs: Regs,
+    mode: Mode,
+) {
+    let first = walk_with::<A, _>(unwinder, regions, regs, mode);
     if std::env::var_os("UNWIND_FUZZ_DEBUG").is_some() {
         eprintln!("{mode:?} from {regs:#x?}: {first:#x?}");
     }
-    assert_eq!(first, run(), "two walks differ");
+    assert_eq!(
+        first,
+        walk_with::<A, _>(unwinder, regions, regs, mode),
+        "two walks differ"
+    );
+    let cached = walk_with::<A, _>(Stepper::new(unwinder, cache), regions, regs, mode);
+    assert_eq!(first, cached, "the rule cache changed the walk");
 }

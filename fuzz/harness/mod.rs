@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod cfi;
 pub mod core_file;
 pub mod policy;
 pub mod walk;

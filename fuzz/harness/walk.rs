@@ -25,8 +25,9 @@
 //!   stack indices rise by at most one per frame and only at a transition, the stop reason
 //!   agrees with the length.
 //! - Determinism, and prefixes: the walk with a smaller `max_depth` is a prefix of the full one.
-//! - On x86_64, the frame-pointer fast path agrees exactly with the general step (the same walk
-//!   in hybrid mode with a CFI that always says "use the frame pointer").
+//! - On x86_64, the frame-pointer fast path agrees exactly with the general step and with the
+//!   hybrid fast loop (the same walk in hybrid mode with a CFI that always says "use the frame
+//!   pointer", trusting frame records or not).
 
 use super::Bytes;
 use unwind::arch::{Aarch64, Arch, ArchKind, Regs, X86_64};
@@ -73,6 +74,8 @@ pub enum CfiOp {
     },
     /// These caller registers, whatever memory says.
     Raw(Regs),
+    /// These caller registers, found through a signal trampoline's CFI (the pc is exact).
+    Signal(Regs),
 }
 
 /// A decoded `walk` input.
@@ -169,7 +172,7 @@ impl Input {
         }
         let mut cfi = Vec::new();
         for _ in 0..b.u8() % 17 {
-            cfi.push(match b.u8() % 5 {
+            cfi.push(match b.u8() % 6 {
                 0 => CfiOp::NoInfo,
                 1 => CfiOp::Failed,
                 2 => CfiOp::FramePointer,
@@ -177,7 +180,8 @@ impl Input {
                     from_fp: b.u8() & 1 != 0,
                     offset: off(&mut b),
                 },
-                _ => CfiOp::Raw(Regs::new(addr(&mut b), addr(&mut b), addr(&mut b))),
+                4 => CfiOp::Raw(Regs::new(addr(&mut b), addr(&mut b), addr(&mut b))),
+                _ => CfiOp::Signal(Regs::new(addr(&mut b), addr(&mut b), addr(&mut b))),
             });
         }
         let mut regions = Vec::new();
@@ -251,16 +255,30 @@ impl Cfi for ScriptCfi<'_> {
                 }
             }
             CfiOp::Raw(r) => CfiStep::Caller(r),
+            CfiOp::Signal(r) => CfiStep::Signal(r),
+        }
+    }
+
+    /// Hybrid mode's question: yes when the answer `step` would give next is not a CFI rule.
+    fn keeps_frame_record(&mut self, _ra: u64) -> bool {
+        match self.ops.get(self.next % self.ops.len().max(1)) {
+            None => true,
+            Some(op) => matches!(op, CfiOp::NoInfo | CfiOp::Failed | CfiOp::FramePointer),
         }
     }
 }
 
-/// A CFI unwinder that always says "use the frame pointer" (for the fast-path differential).
-pub struct AlwaysFramePointer;
+/// A CFI unwinder that always says "use the frame pointer" (for the fast-path differential);
+/// in hybrid mode it says the frame record can be trusted when `.0` (the hybrid fast loop), or
+/// not (every frame through the general step).
+pub struct AlwaysFramePointer(pub bool);
 
 impl Cfi for AlwaysFramePointer {
     fn step<A: Arch, M: Memory>(&mut self, _: &Regs, _: bool, _: &mut M) -> CfiStep {
         CfiStep::FramePointer
+    }
+    fn keeps_frame_record(&mut self, _ra: u64) -> bool {
+        self.0
     }
 }
 
@@ -488,14 +506,19 @@ fn run<A: Arch>(input: &Input, regions: &[Region<'_>]) {
 
     // The frame-pointer fast path agrees with the general step (x86_64: no leaf-lr rule).
     if A::KIND == ArchKind::X86_64 && input.mode == Mode::FramePointer {
-        let general = walk_one::<A, _>(
-            input,
-            regions,
-            AlwaysFramePointer,
-            Mode::Hybrid,
-            input.max_depth,
-        );
-        assert_eq!(full, general, "fast path and general step disagree");
+        for trust in [false, true] {
+            let general = walk_one::<A, _>(
+                input,
+                regions,
+                AlwaysFramePointer(trust),
+                Mode::Hybrid,
+                input.max_depth,
+            );
+            assert_eq!(
+                full, general,
+                "fast path and hybrid mode (frame records trusted: {trust}) disagree"
+            );
+        }
     }
 }
 
