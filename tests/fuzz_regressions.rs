@@ -101,9 +101,9 @@ fn cfi_inputs_replay() {
 /// got the old unwinder's cached rules. Unwinders now carry a generation number.
 #[test]
 fn rule_cache_is_not_fooled_by_a_rebuilt_unwinder() {
+    use unwind::arch::X86_64;
     use unwind::dwarf::{RuleCache, Stepper, Unwinder};
     use unwind::walk::{Cfi, CfiStep};
-    use unwind::arch::X86_64;
     use unwind::{Image, Regs};
     let exe = fuzz_dir().join("sysroot/tmp/unwind-fixtures/chain-x86_64");
     let data = std::fs::read(&exe).unwrap();
