@@ -36,14 +36,17 @@ pub mod arch;
 pub mod builtin;
 pub mod core_file;
 pub mod coroutine;
+pub mod dwarf;
 pub mod frame;
 pub mod live;
 pub mod memory;
+pub mod modules;
 pub mod offline;
 pub mod policy;
 pub mod symbols;
 pub mod system_stack;
 pub mod transition;
+pub mod verify;
 pub mod walk;
 
 pub use arch::{Arch, ArchKind, Regs};

@@ -238,6 +238,26 @@ fn capture_here(buf: &mut [Frame], opts: Options) -> Trace {
     walk_live(start, &mut mem, buf, opts)
 }
 
+/// The start of a capture at the calling function's own frame record (its return address is
+/// the first frame), and the memory to walk. Inlined into the public capture functions of this
+/// crate so that "the calling function" is them.
+#[inline(always)]
+pub(crate) fn start_here() -> Option<(Start, LiveMemory)> {
+    let r = current_regs();
+    let mut mem = LiveMemory::for_sp(r.sp, None);
+    let saved_fp = mem.read_u64(r.fp)?;
+    let ra = mem.read_u64(r.fp.wrapping_add(8))?;
+    let start = Start {
+        regs: Regs::new(
+            crate::arch::native::strip_pac_live(ra),
+            r.fp.wrapping_add(16),
+            saved_fp,
+        ),
+        pc_is_return_address: true,
+    };
+    Some((start, mem))
+}
+
 fn empty() -> Trace {
     Trace {
         len: 0,

@@ -3,6 +3,7 @@
 //! ```text
 //! unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid]
 //!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
+//! unwind verify --core CORE [--exe EXE] [--sysroot DIR]
 //! unwind demo [--naive] [--out DIR]
 //! ```
 //!
@@ -15,13 +16,14 @@ use unwind::offline::{self, Options, Report};
 use unwind::policy::ProfileKind;
 use unwind::Mode;
 
-const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind demo [--naive] [--out DIR]";
+const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("stack") => stack(&args[1..]),
         Some("demo") => demo(&args[1..]),
+        Some("verify") => verify(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -107,6 +109,63 @@ fn stack(args: &[String]) -> Result<(), String> {
         .write_all(out.as_bytes())
         .map_err(|e| format!("writing output: {e}"))?;
     Ok(())
+}
+
+/// `unwind verify`: every thread unwound with frame records and with DWARF CFI, compared.
+fn verify(args: &[String]) -> Result<(), String> {
+    let mut core = None;
+    let mut opts = Options::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--core" => core = Some(PathBuf::from(value("--core")?)),
+            "--exe" => opts.exe = Some(PathBuf::from(value("--exe")?)),
+            "--sysroot" => opts.sysroot = Some(PathBuf::from(value("--sysroot")?)),
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    let core_path = core.ok_or("--core CORE is required")?;
+    let core = unwind::core_file::Core::open(&core_path)
+        .map_err(|e| format!("{}: {e}", core_path.display()))?;
+    let (verdicts, report) =
+        unwind::verify::verify_core(&core, &opts).map_err(|e| e.to_string())?;
+    for w in &report.warnings {
+        eprintln!("unwind: warning: {w}");
+    }
+    let name = |pc: u64| match report.symbols.lookup(pc.wrapping_sub(1)) {
+        Some(s) => s.name.to_string(),
+        None => "?".into(),
+    };
+    let mut o = String::new();
+    for t in &verdicts {
+        let v = &t.verdict;
+        o.push_str(&format!(
+            "thread {}: {} ({} of {} fp frames agree with dwarf's {}; fp stop: {}, dwarf stop: {})\n",
+            t.tid,
+            if v.agrees() { "agree" } else { "DIFFER" },
+            v.agreed,
+            v.fp_len,
+            v.dwarf_len,
+            v.fp_stop,
+            v.dwarf_stop
+        ));
+        for d in &v.differences {
+            let pc = match *d {
+                unwind::verify::Difference::Missing { pc, .. }
+                | unwind::verify::Difference::Extra { pc, .. } => pc,
+                unwind::verify::Difference::DifferentPc { dwarf, .. } => dwarf,
+            };
+            o.push_str(&format!("  {d} ({})\n", name(pc)));
+        }
+    }
+    std::io::stdout()
+        .write_all(o.as_bytes())
+        .map_err(|e| format!("writing output: {e}"))
 }
 
 fn demo(_args: &[String]) -> Result<(), String> {

@@ -185,24 +185,22 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     if core.mappings.is_empty() && opts.exe.is_none() {
         warnings.push("the core lists no mapped files (a qemu-user core?): pass --exe".into());
     }
-    let mut mode = opts.mode;
-    if mode != Mode::FramePointer {
-        warnings.push(format!(
-            "--mode {}: DWARF unwinding is not available in this build; using frame pointers",
-            if mode == Mode::Dwarf {
-                "dwarf"
-            } else {
-                "hybrid"
-            }
-        ));
-        mode = Mode::FramePointer;
-    }
+    let mode = opts.mode;
+    let unwinder = if mode != Mode::FramePointer {
+        let (u, failed) = cfi_for(core, &symbols, opts);
+        for (p, e) in failed {
+            warnings.push(format!("module {p}: no usable CFI ({e})"));
+        }
+        u
+    } else {
+        crate::dwarf::Unwinder::new()
+    };
     let (table, transitions, go_switches) = transitions_for(core, &symbols);
     let classifier = opts.policy.map(|_| classifier_for(&symbols, &go_switches));
     let mut threads = Vec::new();
     for t in &core.threads {
         let mut buf = vec![Frame::EMPTY; MAX_FRAMES];
-        let trace = walk_thread(core, t, &table, mode, &mut buf);
+        let trace = walk_thread(core, t, &table, &unwinder, mode, &mut buf);
         buf.truncate(trace.len);
         let mut truncated = trace.truncated();
         if let (Some(p), Some(c)) = (&opts.policy, &classifier) {
@@ -226,17 +224,37 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     })
 }
 
+/// The prepared CFI of a core's modules (opened from disk, at their biases).
+pub fn cfi_for(
+    core: &Core,
+    symbols: &Symbolizer,
+    opts: &Options,
+) -> (
+    crate::dwarf::Unwinder,
+    Vec<(String, crate::dwarf::CfiError)>,
+) {
+    let modules: Vec<(String, u64)> = symbols
+        .modules()
+        .iter()
+        .map(|m| (m.path.clone(), m.bias))
+        .collect();
+    crate::modules::for_modules(core.arch, &modules, opts.sysroot.as_deref())
+}
+
 fn walk_thread(
     core: &Core,
     t: &Thread,
     table: &TransitionTable,
+    cfi: &crate::dwarf::Unwinder,
     mode: Mode,
     buf: &mut [Frame],
 ) -> Trace {
     let mut mem = core.memory();
     match core.arch {
-        ArchKind::X86_64 => walk_arch::<X86_64>(t, &mut mem, table, mode, 0, buf),
-        ArchKind::Aarch64 => walk_arch::<Aarch64>(t, &mut mem, table, mode, core.pac_mask, buf),
+        ArchKind::X86_64 => walk_arch::<X86_64>(t, &mut mem, table, cfi, mode, 0, buf),
+        ArchKind::Aarch64 => {
+            walk_arch::<Aarch64>(t, &mut mem, table, cfi, mode, core.pac_mask, buf)
+        }
     }
 }
 
@@ -244,12 +262,14 @@ fn walk_arch<A: Arch>(
     t: &Thread,
     mem: &mut crate::core_file::CoreMemory<'_>,
     table: &TransitionTable,
+    cfi: &crate::dwarf::Unwinder,
     mode: Mode,
     pac_mask: u64,
     buf: &mut [Frame],
 ) -> Trace {
-    let mut w: Walker<A, _, _> = Walker::new(table);
-    w.mode = mode;
+    let mut cache = Box::new(crate::dwarf::RuleCache::new());
+    let mut w: Walker<A, _, _> =
+        Walker::with_cfi(table, crate::dwarf::Stepper::new(cfi, &mut cache), mode);
     w.pac_mask = pac_mask;
     let mut regs = t.regs;
     regs.pc = A::strip_ra(regs.pc, pac_mask);

@@ -43,7 +43,16 @@ impl Module {
     /// Loads `path`'s symbols. `map` says where the file was mapped: a runtime address and the
     /// file offset mapped there (the lowest such pair is best); `None` means "at its link
     /// address" (bias 0).
+    ///
+    /// Only regular files are read: a core's `NT_FILE` note may name `/dev/zero` or a FIFO,
+    /// which would never end.
     pub fn load(path: &Path, display: &str, map: Option<(u64, u64)>) -> std::io::Result<Module> {
+        if !std::fs::metadata(path)?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
         let data = std::fs::read(path)?;
         let file = object::File::parse(&*data)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;

@@ -52,6 +52,9 @@ impl Mode {
 pub enum CfiStep {
     /// The caller's registers.
     Caller(Regs),
+    /// The caller's registers, found through a signal trampoline's CFI (augmentation `S`): the
+    /// caller's pc is exact (the interrupted instruction), not a return address.
+    Signal(Regs),
     /// This frame follows the standard frame-record rule: use the frame pointer.
     FramePointer,
     /// No CFI covers this pc.
@@ -66,6 +69,15 @@ pub trait Cfi {
     /// Unwinds one frame. `regs.pc` is exact when `exact`, else a return address (look up
     /// `pc - 1`).
     fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep;
+
+    /// In [`Mode::Hybrid`]: may the frame record be trusted for the function containing return
+    /// address `ra` (it keeps one at its call sites), so that the walker need not ask
+    /// [`Cfi::step`]? Must be cheap: the hybrid hot loop asks it for every frame. The default
+    /// says yes (no information: frame records decide).
+    #[inline(always)]
+    fn keeps_frame_record(&mut self, _ra: u64) -> bool {
+        true
+    }
 }
 
 /// No call-frame information.
@@ -83,6 +95,10 @@ impl<C: Cfi + ?Sized> Cfi for &mut C {
     #[inline(always)]
     fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
         (**self).step::<A, M>(regs, exact, mem)
+    }
+    #[inline(always)]
+    fn keeps_frame_record(&mut self, ra: u64) -> bool {
+        (**self).keeps_frame_record(ra)
     }
 }
 
@@ -201,8 +217,10 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         st.seg = stack_of(mem, &st.regs);
         self.leaf_lr(&mut st, mem, buf, limit);
         let stop = loop {
-            if self.mode == Mode::FramePointer {
-                self.fast_run(&mut st, mem, buf, limit);
+            match self.mode {
+                Mode::FramePointer => self.fast_run(&mut st, mem, buf, limit),
+                Mode::Hybrid => self.fast_run_hybrid(&mut st, mem, buf, limit),
+                Mode::Dwarf => self.fast_run_dwarf(&mut st, mem, buf, limit),
             }
             if st.n >= limit {
                 break full(st.n);
@@ -248,13 +266,103 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             st.regs.fp,
             st.stack,
             self.pac_mask,
+            |_| true,
         );
+        self.after_run(st, out, k, fp, floor);
+    }
+
+    /// The hot loop of hybrid mode: [`Walker::fast_run`] while the CFI says each function keeps
+    /// a frame record ([`Cfi::keeps_frame_record`]); an exact pc (an interrupted leaf, maybe in a
+    /// prologue) and functions without a record go through [`Walker::step`] and the CFI.
+    #[inline(always)]
+    fn fast_run_hybrid<M: Memory>(
+        &mut self,
+        st: &mut State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+    ) {
+        if st.exact || !self.cfi.keeps_frame_record(st.regs.pc) {
+            return;
+        }
+        let Some(seg) = st.seg else { return };
+        if st.pending != 0 || seg.hi < A::RECORD_SIZE {
+            return;
+        }
+        let Some(out) = buf.get_mut(st.n..limit) else {
+            return;
+        };
+        let mut floor = seg.lo.max(st.regs.sp);
+        if let Some(prev) = st.prev_fp {
+            floor = floor.max(prev + 1);
+        }
+        let cfi = &mut self.cfi;
+        let (k, fp, floor) = follow_records::<A, M, T>(
+            mem,
+            &self.transitions,
+            out,
+            seg,
+            floor,
+            st.regs.fp,
+            st.stack,
+            self.pac_mask,
+            |ra| cfi.keeps_frame_record(ra),
+        );
+        self.after_run(st, out, k, fp, floor);
+    }
+
+    /// The hot loop of DWARF mode: CFI steps on the current stack while everything is
+    /// ordinary (the CFI gives a caller whose CFA moves up inside the stack, with a non-zero
+    /// return address that cannot be a transition). At anything else it returns with `st` at
+    /// that frame and [`Walker::step`] handles it (and reports the precise stop reason).
+    #[inline(always)]
+    fn fast_run_dwarf<M: Memory>(
+        &mut self,
+        st: &mut State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+    ) {
+        let Some(seg) = st.seg else { return };
+        if st.pending != 0 {
+            return;
+        }
+        while st.n < limit {
+            let CfiStep::Caller(mut r) = self.cfi.step::<A, M>(&st.regs, st.exact, mem) else {
+                return;
+            };
+            r.pc = A::strip_ra(r.pc, self.pac_mask);
+            if r.pc == 0
+                || r.sp <= st.regs.sp
+                || !seg.contains(r.sp)
+                || self.transitions.may_match(r.pc)
+            {
+                return;
+            }
+            let Some(slot) = buf.get_mut(st.n) else {
+                return;
+            };
+            *slot = Frame {
+                pc: r.pc,
+                stack: st.stack,
+                via: Via::Dwarf,
+                flags: 0,
+                transition: 0,
+            };
+            st.n += 1;
+            st.regs = r;
+            st.exact = false;
+        }
+    }
+
+    #[inline(always)]
+    fn after_run(&mut self, st: &mut State, out: &[Frame], k: usize, fp: u64, floor: u64) {
         if k != 0 {
             st.n += k;
             st.prev_fp = Some(floor - A::RECORD_SIZE);
             st.regs = Regs {
                 pc: out[k - 1].pc,
-                sp: floor,
+                sp: record_sp::<A>(floor),
                 fp,
                 lr: 0,
             };
@@ -273,9 +381,19 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     ) -> Result<(), StopReason> {
         // 1. Find the caller: by CFI when the mode asks for it, else by the frame record.
         let mut dwarf = None;
-        if self.mode != Mode::FramePointer {
+        let mut signal = false;
+        let ask_cfi = match self.mode {
+            Mode::FramePointer => false,
+            Mode::Dwarf => true,
+            Mode::Hybrid => st.exact || !self.cfi.keeps_frame_record(st.regs.pc),
+        };
+        if ask_cfi {
             match self.cfi.step::<A, M>(&st.regs, st.exact, mem) {
                 CfiStep::Caller(r) => dwarf = Some(r),
+                CfiStep::Signal(r) => {
+                    dwarf = Some(r);
+                    signal = true;
+                }
                 CfiStep::FramePointer => {}
                 CfiStep::NoInfo | CfiStep::Failed if self.mode == Mode::Dwarf => {
                     return Err(StopReason::NoUnwindInfo)
@@ -285,8 +403,14 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         }
         let (caller, via, record_fp) = match dwarf {
             Some(mut r) => {
-                // The CFA must move up the current stack.
-                if r.sp <= st.regs.sp {
+                // An undefined return address: the outermost frame.
+                if r.pc == 0 {
+                    return Err(StopReason::End);
+                }
+                // The CFA must move up the current stack. An interrupted aarch64 leaf may
+                // not have touched sp (its return address is in lr): equal is allowed once.
+                let leaf = A::KIND == crate::arch::ArchKind::Aarch64 && st.exact;
+                if r.sp < st.regs.sp || (r.sp == st.regs.sp && !leaf) {
                     return Err(StopReason::NotMonotonic);
                 }
                 if let Some(seg) = st.seg {
@@ -329,7 +453,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 let (saved_fp, ra) = mem.read_pair(fp).ok_or(StopReason::ReadFailed)?;
                 let caller = Regs {
                     pc: A::strip_ra(ra, self.pac_mask),
-                    sp: fp + A::RECORD_SIZE,
+                    sp: record_sp::<A>(fp + A::RECORD_SIZE),
                     fp: saved_fp,
                     lr: 0,
                 };
@@ -341,7 +465,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         }
 
         // 2. Record it.
-        push(st, buf, caller.pc, via, false);
+        push(st, buf, caller.pc, via, signal);
 
         // 3. A stack switch?
         if let Some(t) = self.transitions.lookup(caller.pc) {
@@ -389,7 +513,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         }
 
         st.regs = caller;
-        st.exact = false;
+        st.exact = signal;
         if let Some(fp) = record_fp {
             st.prev_fp = Some(fp);
         }
@@ -441,6 +565,7 @@ fn follow_records<A: Arch, M: Memory, T: Transitions>(
     mut fp: u64,
     stack: u16,
     pac_mask: u64,
+    mut keeps_record: impl FnMut(u64) -> bool,
 ) -> (usize, u64, u64) {
     let top = seg.hi.saturating_sub(A::RECORD_SIZE);
     let floor0 = floor.max(seg.lo);
@@ -456,7 +581,7 @@ fn follow_records<A: Arch, M: Memory, T: Transitions>(
             break;
         };
         let ra = A::strip_ra(ra, pac_mask);
-        if ra == 0 || table.may_match(ra) {
+        if ra == 0 || table.may_match(ra) || !keeps_record(ra) {
             break;
         }
         *slot = Frame {
@@ -483,6 +608,20 @@ struct State {
     pending: u16,
     crossings: u16,
     n: usize,
+}
+
+/// The caller's stack pointer after a frame-record step: the end of the record on x86_64
+/// (`push rbp` right below the return address, so record + 16 is the caller's sp at the call).
+/// On aarch64 the record sits at the bottom of the callee's frame and the caller's sp is not
+/// known: 0 ("unknown"), so that a CFI rule needing sp fails (Hybrid then keeps following
+/// frame records) instead of using a wrong value.
+#[inline(always)]
+fn record_sp<A: Arch>(end_of_record: u64) -> u64 {
+    if A::KIND == crate::arch::ArchKind::Aarch64 {
+        0
+    } else {
+        end_of_record
+    }
 }
 
 #[inline(always)]

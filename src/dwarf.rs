@@ -1,0 +1,937 @@
+//! DWARF call-frame information, prepared ahead of time for signal handlers.
+//!
+//! # Why a prepared table, not gimli at unwind time
+//! gimli evaluates an FDE's instructions into an `UnwindContext` on demand. That is bounded and
+//! can run without allocating (with array storage), but each step then re-parses the CIE and the
+//! FDE's instructions: hundreds of nanoseconds per frame, and the `.eh_frame_hdr` search reads the
+//! module's mapped sections, which a core's modules do not even have in memory. Instead,
+//! [`PreparedCfi::parse`] runs gimli once per module, outside any signal handler, over every FDE,
+//! and keeps only what the walker can use: for each row, the CFA as `sp + k` or `fp + k`, where
+//! the return address and the caller's frame pointer are (`[CFA + k]`, in `lr`, undefined).
+//! A step is then one page-index lookup and a short binary search in two flat arrays: no
+//! allocation, no lock, no parsing, and it works the same live and offline.
+//!
+//! # Format
+//! Per module, rows sorted by address: `starts: Vec<u32>` (offsets from the module's lowest
+//! CFI address) and `rules: Vec<Rule>` (12 bytes each); row `i` covers
+//! `[starts[i], starts[i + 1])`. Gaps between FDEs are rows with the `GAP` flag. A page index
+//! (`pages[p]` = first row that may cover 128-byte granule `p`) bounds every binary search to
+//! the few rows of one granule. Rows that need a DWARF expression, or a CFA in any register but sp and fp, are
+//! kept with the `UNSUPPORTED` flag: [`Mode::Dwarf`] stops there,
+//! [`Mode::Hybrid`] falls back to the frame record. FDEs of signal
+//! trampolines (CIE augmentation `S`) have their rows flagged `SIGNAL`: the caller's pc is exact.
+//!
+//! # Hybrid
+//! A bitmap per module says, per 16-byte granule, whether every function in it keeps a frame record (its
+//! CFI has a row `CFA = fp + k, fp at CFA - k, ra at CFA - k + 8`). In hybrid mode the walker
+//! follows frame records while return addresses land on such pages and asks the CFI elsewhere
+//! (and always for an interrupted, exact pc: it may be in a prologue).
+//!
+//! # Bounds on bad input
+//! Every section is read through gimli's bounds-checked readers. At most [`MAX_FDES`] FDEs,
+//! [`MAX_ROWS_PER_FDE`] rows per FDE and [`MAX_ROWS`] rows per module are evaluated; more is an
+//! error, not a truncated table. An `.eh_frame_hdr` whose FDE count cannot fit its section is
+//! rejected. A module whose CFI spans more than 4 GiB is rejected.
+
+use crate::arch::{Arch, ArchKind, Regs};
+use crate::frame::{Frame, Trace};
+use crate::memory::Memory;
+use crate::walk::{Cfi, CfiStep, Mode, Start, Walker};
+use gimli::{
+    BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EhFrameHdr, EndianSlice, LittleEndian,
+    Register, RegisterRule, UnwindContext, UnwindSection,
+};
+
+/// Most FDEs evaluated per module.
+pub const MAX_FDES: usize = 1 << 21;
+/// Most rows one FDE may produce.
+pub const MAX_ROWS_PER_FDE: usize = 1 << 16;
+/// Most rows per module.
+pub const MAX_ROWS: usize = 1 << 23;
+/// Granule of the lookup index (128 bytes: a few rows each, so the binary search after the
+/// index is one or two steps; the index costs 4 bytes per 128 bytes of code).
+const PAGE_SHIFT: u32 = 7;
+/// Granule of the hybrid bitmap: 16 bytes, the usual function alignment, so a function
+/// without a frame record rarely shares a granule with one that has it (1 bit per 16 bytes of
+/// code).
+const RECORD_SHIFT: u32 = 4;
+
+/// Why a module's CFI could not be prepared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CfiError {
+    /// The module has no `.eh_frame` and no `.debug_frame`.
+    NoCfi,
+    /// gimli could not parse the section (truncated, bad encoding, bad CIE pointer).
+    Parse(gimli::Error),
+    /// The `.eh_frame_hdr` is malformed (its FDE count does not fit the section, bad version).
+    BadHeader,
+    /// More than [`MAX_FDES`] FDEs.
+    TooManyFdes,
+    /// An FDE with more than [`MAX_ROWS_PER_FDE`] rows, or more than [`MAX_ROWS`] in total.
+    TooManyRows,
+    /// The CFI covers more than 4 GiB, or an FDE's range overflows.
+    BadRange,
+    /// The object file could not be read or parsed.
+    Object,
+    /// The architecture is not supported.
+    Arch,
+}
+
+impl core::fmt::Display for CfiError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CfiError::NoCfi => f.write_str("no .eh_frame or .debug_frame"),
+            CfiError::Parse(e) => write!(f, "malformed call-frame information: {e}"),
+            CfiError::BadHeader => f.write_str("malformed .eh_frame_hdr"),
+            CfiError::TooManyFdes => write!(f, "more than {MAX_FDES} FDEs"),
+            CfiError::TooManyRows => f.write_str("too many CFI rows"),
+            CfiError::BadRange => f.write_str("CFI address ranges overflow or exceed 4 GiB"),
+            CfiError::Object => f.write_str("cannot read the object file"),
+            CfiError::Arch => f.write_str("unsupported architecture"),
+        }
+    }
+}
+
+impl std::error::Error for CfiError {}
+
+impl From<gimli::Error> for CfiError {
+    fn from(e: gimli::Error) -> Self {
+        CfiError::Parse(e)
+    }
+}
+
+/// How to find the CFA.
+const CFA_SP: u8 = 0;
+const CFA_FP: u8 = 1;
+/// Where the return address is.
+const RA_AT: u8 = 0;
+const RA_LR: u8 = 1;
+const RA_UNDEF: u8 = 2;
+/// Where the caller's frame pointer is.
+const FP_SAME: u8 = 0;
+const FP_AT: u8 = 1;
+const FP_VAL: u8 = 2;
+const FP_UNDEF: u8 = 3;
+
+/// One prepared CFI row: a small `Copy` rule the walker applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Rule {
+    cfa_off: i32,
+    ra_off: i16,
+    fp_off: i16,
+    cfa: u8,
+    ra: u8,
+    fp: u8,
+    flags: u8,
+}
+
+impl Rule {
+    /// No CFI covers this row.
+    pub const GAP: u8 = 1;
+    /// The row needs something the table cannot express (a DWARF expression, a CFA in
+    /// another register).
+    pub const UNSUPPORTED: u8 = 2;
+    /// The row belongs to a signal trampoline's FDE (augmentation `S`).
+    pub const SIGNAL: u8 = 4;
+    /// The row is the frame-record rule (`CFA = fp + k`, fp at `CFA - k`, ra at `CFA - k + 8`).
+    pub const FRAME_RECORD: u8 = 8;
+
+    const GAP_RULE: Rule = Rule {
+        cfa_off: 0,
+        ra_off: 0,
+        fp_off: 0,
+        cfa: 0,
+        ra: 0,
+        fp: 0,
+        flags: Rule::GAP,
+    };
+
+    /// The flags (`GAP`, `UNSUPPORTED`, `SIGNAL`, `FRAME_RECORD`).
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
+    /// Applies the rule to `regs`: the caller's registers, or why not.
+    #[inline(always)]
+    fn apply<M: Memory>(&self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
+        if self.flags & (Rule::GAP | Rule::UNSUPPORTED) != 0 {
+            return if self.flags & Rule::GAP != 0 {
+                CfiStep::NoInfo
+            } else {
+                CfiStep::Failed
+            };
+        }
+        let base = if self.cfa == CFA_SP { regs.sp } else { regs.fp };
+        if base == 0 {
+            return CfiStep::Failed;
+        }
+        let Some(cfa) = base.checked_add_signed(self.cfa_off as i64) else {
+            return CfiStep::Failed;
+        };
+        // The common case: fp and return address saved side by side (a frame record or a
+        // `push rbp` right below the return address): one checked read of both.
+        if self.ra == RA_AT && self.fp == FP_AT && self.ra_off as i32 == self.fp_off as i32 + 8 {
+            let Some((fp, pc)) = cfa
+                .checked_add_signed(self.fp_off as i64)
+                .and_then(|a| mem.read_pair(a))
+            else {
+                return CfiStep::Failed;
+            };
+            let caller = Regs {
+                pc,
+                sp: cfa,
+                fp,
+                lr: 0,
+            };
+            return if self.flags & Rule::SIGNAL != 0 {
+                CfiStep::Signal(caller)
+            } else {
+                CfiStep::Caller(caller)
+            };
+        }
+        let pc = match self.ra {
+            RA_AT => match cfa
+                .checked_add_signed(self.ra_off as i64)
+                .and_then(|a| mem.read_u64(a))
+            {
+                Some(v) => v,
+                None => return CfiStep::Failed,
+            },
+            RA_LR if exact && regs.lr != 0 => regs.lr,
+            RA_LR => return CfiStep::Failed,
+            _ => 0, // undefined: the outermost frame
+        };
+        let fp = match self.fp {
+            FP_SAME => regs.fp,
+            FP_AT => match cfa
+                .checked_add_signed(self.fp_off as i64)
+                .and_then(|a| mem.read_u64(a))
+            {
+                Some(v) => v,
+                None => return CfiStep::Failed,
+            },
+            FP_VAL => cfa.wrapping_add_signed(self.fp_off as i64),
+            _ => 0,
+        };
+        let caller = Regs {
+            pc,
+            sp: cfa,
+            fp,
+            lr: 0,
+        };
+        if self.flags & Rule::SIGNAL != 0 {
+            CfiStep::Signal(caller)
+        } else {
+            CfiStep::Caller(caller)
+        }
+    }
+}
+
+/// DWARF register numbers of the registers a rule may mention.
+#[derive(Clone, Copy)]
+struct RegNums {
+    sp: Register,
+    fp: Register,
+    ra: Register,
+    lr_is_ra: bool,
+}
+
+fn regnums(arch: ArchKind) -> RegNums {
+    match arch {
+        ArchKind::X86_64 => RegNums {
+            sp: gimli::X86_64::RSP,
+            fp: gimli::X86_64::RBP,
+            ra: gimli::X86_64::RA,
+            lr_is_ra: false,
+        },
+        ArchKind::Aarch64 => RegNums {
+            sp: gimli::AArch64::SP,
+            fp: gimli::AArch64::X29,
+            ra: gimli::AArch64::X30,
+            lr_is_ra: true,
+        },
+    }
+}
+
+/// Where a module's CFI sections are, as slices with their link-time (SVMA) addresses.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sections<'a> {
+    /// `.eh_frame` and its address.
+    pub eh_frame: Option<(&'a [u8], u64)>,
+    /// `.eh_frame_hdr` and its address.
+    pub eh_frame_hdr: Option<(&'a [u8], u64)>,
+    /// `.debug_frame` (used when there is no `.eh_frame`, as in Go binaries).
+    pub debug_frame: Option<&'a [u8]>,
+    /// `.text`'s address (for `DW_EH_PE_textrel`; 0 if unknown).
+    pub text: u64,
+    /// `.got`'s address (for `DW_EH_PE_datarel` in `.eh_frame`; 0 if unknown).
+    pub got: u64,
+}
+
+/// One module's CFI, prepared: see the [module docs](self).
+#[derive(Clone, Debug, Default)]
+pub struct PreparedCfi {
+    /// Load bias: runtime address = link-time address + bias.
+    pub bias: u64,
+    /// Lowest link-time address covered.
+    base: u64,
+    /// One past the highest.
+    end: u64,
+    starts: Vec<u32>,
+    rules: Vec<Rule>,
+    /// `pages[p]`: index of the last row starting at or before page `p`'s start.
+    pages: Vec<u32>,
+    /// Bit set: every FDE on that page keeps a frame record (or there is no FDE there).
+    record_pages: Vec<u64>,
+    /// A name for messages (the module's path).
+    pub name: String,
+}
+
+struct Raw {
+    start: u64,
+    end: u64,
+    rule: Rule,
+}
+
+impl PreparedCfi {
+    /// Evaluates every FDE of a module's CFI. `bias` is added to every address at lookup.
+    /// `.eh_frame` is used when present (`.eh_frame_hdr` only to check it), else `.debug_frame`.
+    pub fn parse(
+        arch: ArchKind,
+        sections: &Sections<'_>,
+        bias: u64,
+        name: &str,
+    ) -> Result<PreparedCfi, CfiError> {
+        let regs = regnums(arch);
+        let mut raw = Vec::new();
+        let mut fdes = Vec::new();
+        if let Some((data, addr)) = sections.eh_frame {
+            let mut bases = BaseAddresses::default()
+                .set_eh_frame(addr)
+                .set_text(sections.text)
+                .set_got(sections.got);
+            if let Some((hdr, hdr_addr)) = sections.eh_frame_hdr {
+                bases = bases.set_eh_frame_hdr(hdr_addr);
+                check_hdr(hdr, &bases)?;
+            }
+            let mut s = EhFrame::new(data, LittleEndian);
+            s.set_address_size(8);
+            collect(&s, &bases, regs, &mut raw, &mut fdes)?;
+        } else if let Some(data) = sections.debug_frame {
+            let mut s = DebugFrame::new(data, LittleEndian);
+            s.set_address_size(8);
+            collect(&s, &BaseAddresses::default(), regs, &mut raw, &mut fdes)?;
+        } else {
+            return Err(CfiError::NoCfi);
+        }
+        let mut t = build(raw, &fdes)?;
+        t.bias = bias;
+        t.name = name.to_string();
+        Ok(t)
+    }
+
+    /// The runtime address range covered, `[lo, hi)`.
+    pub fn range(&self) -> crate::memory::Range {
+        crate::memory::Range::new(
+            self.base.wrapping_add(self.bias),
+            self.end.wrapping_add(self.bias),
+        )
+    }
+
+    /// Number of rows (including gaps).
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Is the table empty?
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rule for runtime address `pc` (exact, already adjusted for return addresses).
+    #[inline(always)]
+    pub fn rule(&self, pc: u64) -> Option<Rule> {
+        let off = pc.wrapping_sub(self.bias).wrapping_sub(self.base);
+        if off >= self.end - self.base {
+            return None;
+        }
+        let off32 = off as u32;
+        let page = (off >> PAGE_SHIFT) as usize;
+        let lo = *self.pages.get(page)? as usize;
+        let hi = match self.pages.get(page + 1) {
+            Some(&h) => h as usize + 1,
+            None => self.starts.len(),
+        };
+        let rows = self.starts.get(lo..hi)?;
+        // Last row starting at or before off.
+        let i = rows.partition_point(|&s| s <= off32);
+        if i == 0 {
+            return None;
+        }
+        self.rules.get(lo + i - 1).copied()
+    }
+
+    /// Does the function at runtime address `pc` keep a frame record at its call sites (by
+    /// page: see the module docs)? True where there is no CFI.
+    #[inline(always)]
+    pub fn keeps_frame_record(&self, pc: u64) -> bool {
+        let off = pc.wrapping_sub(self.bias).wrapping_sub(self.base);
+        if off >= self.end - self.base {
+            return true;
+        }
+        let page = (off >> RECORD_SHIFT) as usize;
+        match self.record_pages.get(page / 64) {
+            Some(w) => w & (1 << (page % 64)) != 0,
+            None => true,
+        }
+    }
+}
+
+/// Rejects an `.eh_frame_hdr` whose FDE count cannot fit in it.
+fn check_hdr(hdr: &[u8], bases: &BaseAddresses) -> Result<(), CfiError> {
+    let parsed = EhFrameHdr::new(hdr, LittleEndian)
+        .parse(bases, 8)
+        .map_err(|_| CfiError::BadHeader)?;
+    // The common encoding: eh_frame_ptr pcrel|sdata4, fde_count udata4, table datarel|sdata4
+    // (8 bytes per entry) after a 12-byte header.
+    if hdr.len() >= 12 && hdr[1] == 0x1b && hdr[2] == 0x03 && hdr[3] == 0x3b {
+        let count = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as u64;
+        if count > (hdr.len() as u64 - 12) / 8 {
+            return Err(CfiError::BadHeader);
+        }
+        if count as usize > MAX_FDES {
+            return Err(CfiError::TooManyFdes);
+        }
+    }
+    let _ = parsed.eh_frame_ptr();
+    Ok(())
+}
+
+/// Evaluates every FDE of `section` into raw rows; `fdes` gets (start, end, keeps a record).
+fn collect<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
+    section: &S,
+    bases: &BaseAddresses,
+    regs: RegNums,
+    raw: &mut Vec<Raw>,
+    fdes: &mut Vec<(u64, u64, bool)>,
+) -> Result<(), CfiError> {
+    let mut ctx = Box::new(UnwindContext::new());
+    let mut entries = section.entries(bases);
+    let mut n = 0usize;
+    while let Some(entry) = entries.next()? {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        n += 1;
+        if n > MAX_FDES {
+            return Err(CfiError::TooManyFdes);
+        }
+        let fde = partial.parse(S::cie_from_offset)?;
+        let start = fde.initial_address();
+        let end = start.checked_add(fde.len()).ok_or(CfiError::BadRange)?;
+        if fde.len() == 0 {
+            continue;
+        }
+        let signal = fde.is_signal_trampoline();
+        let mut table = fde.rows(section, bases, &mut ctx)?;
+        let mut rows = 0usize;
+        let mut keeps_record = false;
+        while let Some(row) = table.next_row()? {
+            rows += 1;
+            if rows > MAX_ROWS_PER_FDE || raw.len() >= MAX_ROWS {
+                return Err(CfiError::TooManyRows);
+            }
+            let rs = row.start_address().max(start);
+            let re = row.end_address().min(end);
+            if rs >= re {
+                continue;
+            }
+            let mut rule = convert(row, regs);
+            if signal {
+                rule.flags |= Rule::SIGNAL;
+            }
+            keeps_record |= rule.flags & Rule::FRAME_RECORD != 0;
+            raw.push(Raw {
+                start: rs,
+                end: re,
+                rule,
+            });
+        }
+        fdes.push((start, end, keeps_record));
+    }
+    Ok(())
+}
+
+/// One gimli row as a compact rule.
+fn convert<T: gimli::ReaderOffset, S: gimli::UnwindContextStorage<T>>(
+    row: &gimli::UnwindTableRow<T, S>,
+    regs: RegNums,
+) -> Rule {
+    let bad = Rule {
+        flags: Rule::UNSUPPORTED,
+        ..Rule::default()
+    };
+    let (cfa, cfa_off) = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => {
+            let which = if *register == regs.sp {
+                CFA_SP
+            } else if *register == regs.fp {
+                CFA_FP
+            } else {
+                return bad;
+            };
+            match i32::try_from(*offset) {
+                Ok(o) => (which, o),
+                Err(_) => return bad,
+            }
+        }
+        CfaRule::Expression(_) => return bad,
+    };
+    let (ra, ra_off) = match row.register(regs.ra) {
+        Some(RegisterRule::Offset(o)) => match i16::try_from(o) {
+            Ok(o) => (RA_AT, o),
+            Err(_) => return bad,
+        },
+        Some(RegisterRule::Undefined) => (RA_UNDEF, 0),
+        None | Some(RegisterRule::SameValue) if regs.lr_is_ra => (RA_LR, 0),
+        _ => return bad,
+    };
+    let (fp, fp_off) = match row.register(regs.fp) {
+        None | Some(RegisterRule::SameValue) => (FP_SAME, 0),
+        Some(RegisterRule::Offset(o)) => match i16::try_from(o) {
+            Ok(o) => (FP_AT, o),
+            Err(_) => return bad,
+        },
+        Some(RegisterRule::ValOffset(o)) => match i16::try_from(o) {
+            Ok(o) => (FP_VAL, o),
+            Err(_) => return bad,
+        },
+        Some(RegisterRule::Undefined) => (FP_UNDEF, 0),
+        _ => return bad,
+    };
+    let mut flags = 0;
+    if cfa == CFA_FP
+        && ra == RA_AT
+        && fp == FP_AT
+        && fp_off as i32 == -cfa_off
+        && ra_off as i32 == -cfa_off + 8
+    {
+        flags |= Rule::FRAME_RECORD;
+    }
+    Rule {
+        cfa_off,
+        ra_off,
+        fp_off,
+        cfa,
+        ra,
+        fp,
+        flags,
+    }
+}
+
+/// Sorts raw rows into the flat table, filling gaps and merging equal neighbours.
+fn build(mut raw: Vec<Raw>, fdes: &[(u64, u64, bool)]) -> Result<PreparedCfi, CfiError> {
+    raw.sort_by_key(|r| r.start);
+    let Some(first) = raw.first() else {
+        return Ok(PreparedCfi::default());
+    };
+    let base = first.start;
+    let end = raw.iter().map(|r| r.end).max().unwrap_or(base);
+    if end - base > u32::MAX as u64 {
+        return Err(CfiError::BadRange);
+    }
+    let mut starts: Vec<u32> = Vec::with_capacity(raw.len() + 16);
+    let mut rules: Vec<Rule> = Vec::with_capacity(raw.len() + 16);
+    let mut covered = base; // end of what the rows so far cover
+    for r in &raw {
+        // Overlapping FDEs: the later start wins from its start on.
+        if r.start > covered && rules.last() != Some(&Rule::GAP_RULE) {
+            starts.push((covered - base) as u32);
+            rules.push(Rule::GAP_RULE);
+        }
+        let s = (r.start - base) as u32;
+        if rules.last() == Some(&r.rule) && r.start <= covered {
+            // Same rule continuing: extend.
+        } else if starts.last() == Some(&s) {
+            *rules.last_mut().expect("non-empty") = r.rule;
+        } else {
+            starts.push(s);
+            rules.push(r.rule);
+        }
+        covered = covered.max(r.end);
+    }
+    if covered < end {
+        starts.push((covered - base) as u32);
+        rules.push(Rule::GAP_RULE);
+    }
+    let npages = ((end - base) >> PAGE_SHIFT) as usize + 1;
+    let mut pages = Vec::with_capacity(npages);
+    let mut i = 0usize;
+    for p in 0..npages {
+        let page_start = (p as u64) << PAGE_SHIFT;
+        while i + 1 < starts.len() && starts[i + 1] as u64 <= page_start {
+            i += 1;
+        }
+        pages.push(i as u32);
+    }
+    let ngranules = ((end - base) >> RECORD_SHIFT) as usize + 1;
+    let mut record_pages = vec![u64::MAX; ngranules.div_ceil(64)];
+    for &(s, e, keeps) in fdes {
+        if keeps || e <= s {
+            continue;
+        }
+        let p0 = ((s.max(base) - base) >> RECORD_SHIFT) as usize;
+        let p1 = ((e.min(end) - 1).saturating_sub(base) >> RECORD_SHIFT) as usize;
+        for p in p0..=p1.min(ngranules - 1) {
+            record_pages[p / 64] &= !(1 << (p % 64));
+        }
+    }
+    Ok(PreparedCfi {
+        bias: 0,
+        base,
+        end,
+        starts,
+        rules,
+        pages,
+        record_pages,
+        name: String::new(),
+    })
+}
+
+/// Reads a module's CFI sections from an ELF file's bytes and prepares them.
+pub fn parse_elf(
+    arch: ArchKind,
+    data: &[u8],
+    bias: u64,
+    name: &str,
+) -> Result<PreparedCfi, CfiError> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(data).map_err(|_| CfiError::Object)?;
+    let sec = |n: &str| {
+        file.section_by_name(n)
+            .and_then(|s| Some((s.data().ok()?, s.address())))
+    };
+    let sections = Sections {
+        eh_frame: sec(".eh_frame").filter(|(d, _)| !d.is_empty()),
+        eh_frame_hdr: sec(".eh_frame_hdr").filter(|(d, _)| !d.is_empty()),
+        debug_frame: sec(".debug_frame")
+            .map(|(d, _)| d)
+            .filter(|d| !d.is_empty()),
+        text: sec(".text").map_or(0, |(_, a)| a),
+        got: sec(".got").map_or(0, |(_, a)| a),
+    };
+    PreparedCfi::parse(arch, &sections, bias, name)
+}
+
+/// Maps an ELF file (memmap2) and prepares its CFI.
+pub fn parse_file(
+    arch: ArchKind,
+    path: &std::path::Path,
+    bias: u64,
+) -> Result<PreparedCfi, CfiError> {
+    let f = std::fs::File::open(path).map_err(|_| CfiError::Object)?;
+    // SAFETY: the mapping is read-only and private; if another process truncates the file
+    // while we parse, reads may fault (SIGBUS), the usual memmap caveat. Nothing borrowed from
+    // the map outlives this function: the prepared table owns its data.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|_| CfiError::Object)?;
+    parse_elf(arch, &map, bias, &path.display().to_string())
+}
+
+/// Many modules' prepared CFI, sorted by address: a [`Cfi`] for the walker.
+#[derive(Clone, Debug, Default)]
+pub struct Unwinder {
+    modules: Vec<PreparedCfi>,
+    /// `modules[i].range()`, for the search.
+    ranges: Vec<(u64, u64)>,
+    /// Which rules a [`RuleCache`] may hold for this unwinder: a fresh number at every change,
+    /// never reused (an address would be: a dropped unwinder's successor can live at the same
+    /// place, and a cache would then answer with the old rules).
+    generation: u64,
+}
+
+/// Source of [`Unwinder`] generations (0: an empty unwinder, which caches nothing).
+static GENERATION: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
+
+impl Unwinder {
+    /// An empty unwinder.
+    pub fn new() -> Self {
+        Unwinder::default()
+    }
+
+    /// Adds a module's table (kept sorted; empty tables are dropped).
+    pub fn add(&mut self, m: PreparedCfi) {
+        if m.is_empty() {
+            return;
+        }
+        let r = m.range();
+        let i = self.ranges.partition_point(|&(lo, _)| lo < r.lo);
+        self.ranges.insert(i, (r.lo, r.hi));
+        self.modules.insert(i, m);
+        self.generation = GENERATION.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The modules' tables.
+    pub fn modules(&self) -> &[PreparedCfi] {
+        &self.modules
+    }
+
+    /// The table covering runtime address `pc`.
+    #[inline(always)]
+    pub fn module(&self, pc: u64) -> Option<&PreparedCfi> {
+        let i = self.ranges.partition_point(|&(lo, _)| lo <= pc);
+        if i == 0 {
+            return None;
+        }
+        let (_, hi) = self.ranges[i - 1];
+        if pc < hi {
+            self.modules.get(i - 1)
+        } else {
+            None
+        }
+    }
+
+    /// The rule for `pc` (a lookup address: exact pc, or return address - 1).
+    #[inline(always)]
+    pub fn rule(&self, pc: u64) -> Option<Rule> {
+        self.module(pc)?.rule(pc)
+    }
+
+    /// Unwinds one frame by CFI (see [`Cfi::step`]).
+    #[inline(always)]
+    pub fn step_regs<M: Memory>(&self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
+        let lookup = if exact {
+            regs.pc
+        } else {
+            regs.pc.wrapping_sub(1)
+        };
+        match self.rule(lookup) {
+            Some(r) => r.apply(regs, exact, mem),
+            None => CfiStep::NoInfo,
+        }
+    }
+}
+
+/// Entries in a [`RuleCache`].
+const CACHE: usize = 256;
+
+/// A direct-mapped cache of prepared rules by lookup address, kept across walks (like
+/// framehop's cache): a profiler's samples revisit the same call sites, and a hit skips the
+/// module and table search. 6 KiB, `const`-constructible, allocation-free. Tied to one
+/// [`Unwinder`]: used with another, it clears itself.
+#[derive(Clone, Debug)]
+pub struct RuleCache {
+    owner: u64,
+    keys: [u64; CACHE],
+    rules: [Rule; CACHE],
+}
+
+impl Default for RuleCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RuleCache {
+    /// An empty cache.
+    pub const fn new() -> Self {
+        RuleCache {
+            owner: 0,
+            keys: [u64::MAX; CACHE],
+            rules: [Rule::GAP_RULE; CACHE],
+        }
+    }
+
+    #[inline(always)]
+    fn claim(&mut self, u: &Unwinder) {
+        let id = u.generation;
+        if self.owner != id {
+            self.keys = [u64::MAX; CACHE];
+            self.owner = id;
+        }
+    }
+}
+
+std::thread_local! {
+    /// Each thread's rule cache for live captures (`const`-initialised: no lazy allocation,
+    /// safe to touch first in a signal handler).
+    static THREAD_CACHE: core::cell::RefCell<RuleCache> =
+        const { core::cell::RefCell::new(RuleCache::new()) };
+}
+
+/// A [`Cfi`] over an [`Unwinder`] for one walk: remembers the module of the last lookup (a
+/// walk through one module skips the module search) and looks rules up through a
+/// [`RuleCache`]. Allocates nothing.
+#[derive(Debug)]
+pub struct Stepper<'a> {
+    u: &'a Unwinder,
+    last: Option<&'a PreparedCfi>,
+    last_range: (u64, u64),
+    /// The last module's hybrid bitmap, at hand for the hybrid hot loop.
+    last_bits: &'a [u64],
+    cache: &'a mut RuleCache,
+}
+
+impl<'a> Stepper<'a> {
+    /// A stepper over `u`, caching rules in `cache`.
+    #[inline(always)]
+    pub fn new(u: &'a Unwinder, cache: &'a mut RuleCache) -> Self {
+        cache.claim(u);
+        Stepper {
+            u,
+            last: None,
+            last_range: (0, 0),
+            last_bits: &[],
+            cache,
+        }
+    }
+
+    /// The rule for lookup address `pc`, through the cache.
+    #[inline(always)]
+    fn rule(&mut self, pc: u64) -> Option<Rule> {
+        let slot = ((pc ^ (pc >> 8)) as usize) % CACHE;
+        if self.cache.keys[slot] == pc {
+            return Some(self.cache.rules[slot]);
+        }
+        let r = self.module(pc)?.rule(pc)?;
+        self.cache.keys[slot] = pc;
+        self.cache.rules[slot] = r;
+        Some(r)
+    }
+
+    #[inline(always)]
+    fn module(&mut self, pc: u64) -> Option<&'a PreparedCfi> {
+        if pc >= self.last_range.0 && pc < self.last_range.1 {
+            return self.last;
+        }
+        let m = self.u.module(pc)?;
+        let r = m.range();
+        self.last = Some(m);
+        self.last_range = (r.lo, r.hi);
+        self.last_bits = &m.record_pages;
+        Some(m)
+    }
+}
+
+impl Cfi for Stepper<'_> {
+    #[inline(always)]
+    fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
+        let lookup = if exact {
+            regs.pc
+        } else {
+            regs.pc.wrapping_sub(1)
+        };
+        match self.rule(lookup) {
+            Some(r) => r.apply(regs, exact, mem),
+            None => CfiStep::NoInfo,
+        }
+    }
+
+    #[inline(always)]
+    fn keeps_frame_record(&mut self, ra: u64) -> bool {
+        let pc = ra.wrapping_sub(1);
+        // Fast path: the module of the last lookup, its bitmap cached here.
+        let off = pc.wrapping_sub(self.last_range.0);
+        if off < self.last_range.1.wrapping_sub(self.last_range.0) {
+            let g = (off >> RECORD_SHIFT) as usize;
+            return match self.last_bits.get(g / 64) {
+                Some(w) => w & (1 << (g % 64)) != 0,
+                None => true,
+            };
+        }
+        match self.module(pc) {
+            Some(m) => m.keeps_frame_record(pc),
+            None => true,
+        }
+    }
+}
+
+impl Cfi for &Unwinder {
+    #[inline(always)]
+    fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
+        self.step_regs(regs, exact, mem)
+    }
+
+    #[inline(always)]
+    fn keeps_frame_record(&mut self, ra: u64) -> bool {
+        match self.module(ra.wrapping_sub(1)) {
+            Some(m) => m.keeps_frame_record(ra.wrapping_sub(1)),
+            None => true,
+        }
+    }
+}
+
+impl Cfi for Unwinder {
+    #[inline(always)]
+    fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
+        self.step_regs(regs, exact, mem)
+    }
+
+    #[inline(always)]
+    fn keeps_frame_record(&mut self, ra: u64) -> bool {
+        (&*self).keeps_frame_record(ra)
+    }
+}
+
+/// Captures the current thread's stack with `unwinder` in `mode`, starting at the caller of
+/// `capture` (like [`crate::capture`]). Async-signal-safe when `unwinder` was prepared
+/// beforehand (it is only read).
+#[inline(never)]
+pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
+    let Some((start, mut mem)) = crate::live::start_here() else {
+        return Trace {
+            len: 0,
+            stop: crate::frame::StopReason::ReadFailed,
+        };
+    };
+    walk_live(start, &mut mem, buf, unwinder, mode)
+}
+
+/// Captures the stack a signal interrupted, from the handler's `ucontext`, with `unwinder` in
+/// `mode` (like [`crate::capture_from_ucontext`]). Async-signal-safe.
+///
+/// # Safety
+/// `ucontext` must be the third argument the kernel passed to a `SA_SIGINFO` handler.
+pub unsafe fn capture_from_ucontext(
+    ucontext: *const libc::c_void,
+    buf: &mut [Frame],
+    unwinder: &Unwinder,
+    mode: Mode,
+) -> Trace {
+    // SAFETY: forwarded from the caller.
+    let (mut regs, alt) = unsafe { crate::live::ucontext_regs(ucontext) };
+    regs.pc = crate::arch::native::strip_pac_live(regs.pc);
+    let mut mem = crate::live::LiveMemory::for_sp(regs.sp, alt);
+    walk_live(Start::exact(regs), &mut mem, buf, unwinder, mode)
+}
+
+#[inline(always)]
+fn walk_live(
+    start: Start,
+    mem: &mut crate::live::LiveMemory,
+    buf: &mut [Frame],
+    unwinder: &Unwinder,
+    mode: Mode,
+) -> Trace {
+    // This thread's cache; if a signal interrupted a capture that holds it, a fresh one.
+    let walk = |cache: &mut RuleCache, mem: &mut crate::live::LiveMemory, buf: &mut [Frame]| {
+        let mut w: Walker<crate::arch::native::Native, _, _> = Walker::with_cfi(
+            crate::transition::Pinned::new(),
+            Stepper::new(unwinder, cache),
+            mode,
+        );
+        w.walk(start, mem, buf)
+    };
+    let got = THREAD_CACHE.try_with(|c| match c.try_borrow_mut() {
+        Ok(mut cache) => Some(walk(&mut cache, mem, buf)),
+        Err(_) => None,
+    });
+    match got {
+        Ok(Some(t)) => t,
+        _ => walk(&mut RuleCache::new(), mem, buf),
+    }
+}
+
+#[cfg(test)]
+mod tests;
