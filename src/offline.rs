@@ -199,12 +199,25 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     }
     let (table, transitions, go_switches) = transitions_for(core, &symbols);
     let classifier = opts.policy.map(|_| classifier_for(&symbols, &go_switches));
+    let go = if is_go(&symbols) {
+        GoRuntime::new(&symbols)
+    } else {
+        None
+    };
     let mut threads = Vec::new();
     for t in &core.threads {
         let mut buf = vec![Frame::EMPTY; MAX_FRAMES];
         let trace = walk_thread(core, t, &table, mode, &mut buf);
         buf.truncate(trace.len);
         let mut truncated = trace.truncated();
+        if let Some(go) = &go {
+            if core.arch == ArchKind::X86_64 {
+                go.recover_systemstack_caller(core, t, &go_switches, &mut buf);
+            }
+            if go.is_stack_bottom(&symbols, buf.last()) {
+                truncated = false;
+            }
+        }
         if let (Some(p), Some(c)) = (&opts.policy, &classifier) {
             let kept = p.apply(&buf, c);
             truncated |= kept.truncated;
@@ -224,6 +237,122 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         transitions,
         warnings,
     })
+}
+
+/// Go 1.19 amd64 structure offsets (`src/runtime/runtime2.go`): `g.stack` {lo, hi} at 0,
+/// `g.m` at 48, `g.sched` (a `gobuf`: sp, pc, g, ctxt, ret, lr, bp) at 56; `m.g0` at 0,
+/// `m.curg` at 192 (after `morebuf`, `divmod`, `procid`, `gsignal`, `goSigStack`, `sigmask`,
+/// `tls[6]`, `mstartfn`). These have been stable from Go 1.17 through 1.21 on linux/amd64;
+/// every value read through them is cross-checked against the frame-pointer chain, so a
+/// different layout only loses the recovered frame, it never invents one.
+mod go_amd64 {
+    pub const G_STACK_LO: u64 = 0;
+    pub const G_STACK_HI: u64 = 8;
+    pub const G_M: u64 = 48;
+    pub const G_SCHED_SP: u64 = 56;
+    pub const G_SCHED_BP: u64 = 56 + 48;
+    pub const M_G0: u64 = 0;
+    pub const M_CURG: u64 = 192;
+}
+
+/// What the Go recovery needs from the binary's symbols.
+struct GoRuntime {
+    /// `runtime.systemstack`'s code.
+    systemstack: Range,
+    /// Functions where a Go stack legitimately ends: a thread's g0 (`runtime.mstart`,
+    /// `runtime.rt0_go`), a goroutine (`runtime.goexit`), a g0 stack reset by `runtime.mcall`.
+    bottoms: Vec<Range>,
+}
+
+impl GoRuntime {
+    fn new(symbols: &Symbolizer) -> Option<GoRuntime> {
+        let find = |names: &[&str]| {
+            symbols
+                .modules()
+                .iter()
+                .find_map(|m| names.iter().find_map(|n| m.function(n)))
+        };
+        let systemstack = find(&["runtime.systemstack.abi0", "runtime.systemstack"])?;
+        let bottoms = [
+            &["runtime.mstart.abi0", "runtime.mstart"][..],
+            &["runtime.goexit.abi0", "runtime.goexit"],
+            &["runtime.rt0_go.abi0", "runtime.rt0_go"],
+            &["runtime.mcall"],
+        ]
+        .iter()
+        .filter_map(|n| find(n))
+        .collect();
+        Some(GoRuntime {
+            systemstack,
+            bottoms,
+        })
+    }
+
+    /// Does the walk end where a Go stack begins (not a truncation)?
+    fn is_stack_bottom(&self, _symbols: &Symbolizer, last: Option<&Frame>) -> bool {
+        last.is_some_and(|f| self.bottoms.iter().any(|r| r.contains(f.lookup_pc())))
+    }
+
+    /// amd64: `runtime.systemstack` has no frame of its own, so the frame-pointer chain that
+    /// crosses it from g0 links the function on g0 straight to the frame record of the
+    /// goroutine function that called `systemstack` (say `runtime.newproc`), and that
+    /// function's own pc — the return address `CALL runtime.systemstack` pushed — is in no
+    /// frame record. `systemstack` saved it: before switching it stores its own stack pointer
+    /// (which points at that return address) and the frame pointer in the goroutine's
+    /// `g.sched` (`gosave_systemstack_switch`, `src/runtime/asm_amd64.s`). The goroutine is
+    /// `g0.m.curg`, and g0 is the thread's `g` (Go keeps it at `fs_base - 8` on linux/amd64).
+    ///
+    /// The frame is inserted only when everything agrees: the thread is on g0 (`g.m.g0 == g`),
+    /// `curg.sched.sp` lies in `curg.stack`, and the frame the chain crossed to is the one
+    /// `curg.sched.bp`'s record returns to.
+    fn recover_systemstack_caller(
+        &self,
+        core: &Core,
+        t: &Thread,
+        go_switches: &[Id],
+        frames: &mut Vec<Frame>,
+    ) {
+        use crate::memory::Memory;
+        use go_amd64::*;
+        let Some(i) = frames.iter().position(|f| {
+            f.via == crate::frame::Via::Transition && go_switches.contains(&f.transition)
+        }) else {
+            return;
+        };
+        if i == 0 || !self.systemstack.contains(frames[i - 1].lookup_pc()) {
+            return;
+        }
+        let mut mem = core.memory();
+        let mut rd = |a: u64| mem.read_u64(a);
+        let found = (|| {
+            let g = rd(t.tls.checked_sub(8)?)?;
+            let m = rd(g.checked_add(G_M)?)?;
+            if m == 0 || rd(m.checked_add(M_G0)?)? != g {
+                return None;
+            }
+            let curg = rd(m.checked_add(M_CURG)?)?;
+            if curg == 0 || curg == g {
+                return None;
+            }
+            let sp = rd(curg + G_SCHED_SP)?;
+            let bp = rd(curg + G_SCHED_BP)?;
+            let (lo, hi) = (rd(curg + G_STACK_LO)?, rd(curg + G_STACK_HI)?);
+            if !(lo <= sp && sp < hi && sp < bp && bp < hi) {
+                return None;
+            }
+            if rd(bp.checked_add(8)?)? != frames[i].pc {
+                return None;
+            }
+            let ra = rd(sp)?;
+            (ra != 0).then_some(ra)
+        })();
+        let Some(ra) = found else { return };
+        let crossed = frames[i];
+        frames[i].via = crate::frame::Via::FramePointer;
+        frames[i].transition = 0;
+        frames.insert(i, Frame { pc: ra, ..crossed });
+        frames.truncate(MAX_FRAMES);
+    }
 }
 
 fn walk_thread(
