@@ -65,17 +65,133 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-/// Builds modules for a core.
+/// Builds modules for a core: its `NT_FILE` mappings; else (qemu-user cores) the executable
+/// (`--exe`, or the auxv's `AT_EXECFN` path under `--sysroot`) placed by `AT_PHDR`, the
+/// dynamic linker placed by `AT_BASE`, and the shared libraries in the dynamic linker's link
+/// map (`r_debug` through the executable's `DT_DEBUG`, read from the core's memory).
 pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
-    let mut s = Symbolizer::from_mappings(&core.mappings, opts.sysroot.as_deref());
-    if let Some(exe) = &opts.exe {
+    let sysroot = opts.sysroot.as_deref();
+    let mut s = Symbolizer::from_mappings(&core.mappings, sysroot);
+    let exe_path = opts.exe.clone().or_else(|| {
+        if !core.mappings.is_empty() {
+            return None;
+        }
+        const AT_EXECFN: u64 = 31;
+        let name = read_c_string(core, core.aux(AT_EXECFN)?)?;
+        Some(crate::symbols::resolve(sysroot, &name))
+    });
+    if let Some(exe) = &exe_path {
         let display = exe.display().to_string();
         let already = s.modules().iter().any(|m| m.path == display);
         if !already {
             s.add(exe, &display, exe_placement(core, exe));
         }
+        if core.mappings.is_empty() {
+            add_link_map(core, exe, sysroot, &mut s);
+        }
     }
     s
+}
+
+/// A NUL-terminated string in the core's memory (at most 4 KiB).
+fn read_c_string(core: &Core, addr: u64) -> Option<String> {
+    let mem = core.memory();
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    for i in 0..4096u64 {
+        if !mem.read_bytes(addr.checked_add(i)?, &mut b) {
+            return None;
+        }
+        if b[0] == 0 {
+            return String::from_utf8(out).ok();
+        }
+        out.push(b[0]);
+    }
+    None
+}
+
+/// The dynamic linker (`PT_INTERP`, at `AT_BASE`) and the link map's libraries.
+fn add_link_map(core: &Core, exe: &Path, sysroot: Option<&Path>, s: &mut Symbolizer) {
+    use crate::memory::Memory;
+    use object::read::elf::{FileHeader, ProgramHeader};
+    const AT_BASE: u64 = 7;
+    const DT_DEBUG: u64 = 21;
+    let Ok(data) = std::fs::read(exe) else { return };
+    let Ok(hdr) = object::elf::FileHeader64::<object::LittleEndian>::parse(&*data) else {
+        return;
+    };
+    let Ok(e) = hdr.endian() else { return };
+    let Ok(phdrs) = hdr.program_headers(e, &*data) else {
+        return;
+    };
+    let Some(exe_bias) = s
+        .modules()
+        .iter()
+        .find(|m| m.path == exe.display().to_string())
+        .map(|m| m.bias)
+    else {
+        return;
+    };
+    let mut interp = None;
+    let mut dynamic = None;
+    for ph in phdrs {
+        match ph.p_type(e) {
+            object::elf::PT_INTERP => {
+                interp = ph.data(e, &*data).ok().and_then(|d| {
+                    let d = d.split(|&b| b == 0).next()?;
+                    String::from_utf8(d.to_vec()).ok()
+                })
+            }
+            object::elf::PT_DYNAMIC => dynamic = Some(ph.p_vaddr(e).wrapping_add(exe_bias)),
+            _ => {}
+        }
+    }
+    let mut seen: Vec<String> = s.modules().iter().map(|m| m.path.clone()).collect();
+    if let (Some(name), Some(base)) = (&interp, core.aux(AT_BASE)) {
+        if base != 0 && !seen.contains(name) {
+            s.add_biased(&crate::symbols::resolve(sysroot, name), name, base);
+            seen.push(name.clone());
+        }
+    }
+    let mut mem = core.memory();
+    let Some(dynamic) = dynamic else { return };
+    let mut r_debug = None;
+    for i in 0..512u64 {
+        let at = dynamic.wrapping_add(16 * i);
+        let (Some(tag), Some(val)) = (mem.read_u64(at), mem.read_u64(at.wrapping_add(8))) else {
+            break;
+        };
+        if tag == 0 {
+            break;
+        }
+        if tag == DT_DEBUG {
+            r_debug = Some(val);
+        }
+    }
+    // struct r_debug { int r_version; struct link_map *r_map; ... }
+    // struct link_map { l_addr, l_name, l_ld, l_next, l_prev }
+    let Some(mut lm) = r_debug.and_then(|r| mem.read_u64(r.checked_add(8)?)) else {
+        return;
+    };
+    for _ in 0..1024 {
+        if lm == 0 {
+            break;
+        }
+        let (Some(l_addr), Some(l_name), Some(l_next)) = (
+            mem.read_u64(lm),
+            mem.read_u64(lm.wrapping_add(8)),
+            mem.read_u64(lm.wrapping_add(24)),
+        ) else {
+            break;
+        };
+        if let Some(name) = read_c_string(core, l_name) {
+            if name.starts_with('/') && !seen.contains(&name) {
+                s.add_biased(&crate::symbols::resolve(sysroot, &name), &name, l_addr);
+                seen.push(name);
+            }
+        }
+        lm = l_next;
+    }
 }
 
 /// Where the executable was loaded, from `AT_PHDR` (the runtime address of its program
@@ -182,8 +298,10 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         .iter()
         .map(|(p, e)| format!("module {p} not available ({e}): its frames stay unsymbolised"))
         .collect();
-    if core.mappings.is_empty() && opts.exe.is_none() {
-        warnings.push("the core lists no mapped files (a qemu-user core?): pass --exe".into());
+    if core.mappings.is_empty() && symbols.modules().is_empty() {
+        warnings.push(
+            "the core lists no mapped files (a qemu-user core?): pass --exe (and --sysroot)".into(),
+        );
     }
     let mut mode = opts.mode;
     if mode != Mode::FramePointer {
@@ -207,7 +325,7 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     let mut threads = Vec::new();
     for t in &core.threads {
         let mut buf = vec![Frame::EMPTY; MAX_FRAMES];
-        let trace = walk_thread(core, t, &table, mode, &mut buf);
+        let trace = walk_thread(core, &symbols, t, &table, mode, &mut buf);
         buf.truncate(trace.len);
         let mut truncated = trace.truncated();
         if let Some(go) = &go {
@@ -355,14 +473,39 @@ impl GoRuntime {
     }
 }
 
+/// A core's memory, with code the core lacks read from the modules' files (kernel cores leave
+/// out unmodified file-backed text).
+struct WithCode<'a> {
+    core: crate::core_file::CoreMemory<'a>,
+    symbols: &'a Symbolizer,
+}
+
+impl crate::memory::Memory for WithCode<'_> {
+    #[inline]
+    fn read_u64(&mut self, addr: u64) -> Option<u64> {
+        self.core.read_u64(addr)
+    }
+    #[inline]
+    fn stack_range(&mut self, addr: u64) -> Option<Range> {
+        self.core.stack_range(addr)
+    }
+    fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
+        self.core.read_code(addr, out) || self.symbols.read_code(addr, out)
+    }
+}
+
 fn walk_thread(
     core: &Core,
+    symbols: &Symbolizer,
     t: &Thread,
     table: &TransitionTable,
     mode: Mode,
     buf: &mut [Frame],
 ) -> Trace {
-    let mut mem = core.memory();
+    let mut mem = WithCode {
+        core: core.memory(),
+        symbols,
+    };
     match core.arch {
         ArchKind::X86_64 => walk_arch::<X86_64>(t, &mut mem, table, mode, 0, buf),
         ArchKind::Aarch64 => walk_arch::<Aarch64>(t, &mut mem, table, mode, core.pac_mask, buf),
@@ -371,7 +514,7 @@ fn walk_thread(
 
 fn walk_arch<A: Arch>(
     t: &Thread,
-    mem: &mut crate::core_file::CoreMemory<'_>,
+    mem: &mut WithCode<'_>,
     table: &TransitionTable,
     mode: Mode,
     pac_mask: u64,

@@ -44,10 +44,7 @@ impl Module {
     /// file offset mapped there (the lowest such pair is best); `None` means "at its link
     /// address" (bias 0).
     pub fn load(path: &Path, display: &str, map: Option<(u64, u64)>) -> std::io::Result<Module> {
-        let data = std::fs::read(path)?;
-        let file = object::File::parse(&*data)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-        let bias = match map {
+        Self::load_with(path, display, |file| match map {
             None => 0,
             Some((start, off)) => {
                 let svma = file.segments().find_map(|s| {
@@ -56,7 +53,23 @@ impl Module {
                 });
                 start.wrapping_sub(svma.unwrap_or(0))
             }
-        };
+        })
+    }
+
+    /// Loads `path`'s symbols with a known load bias (a link map's `l_addr`).
+    pub fn load_biased(path: &Path, display: &str, bias: u64) -> std::io::Result<Module> {
+        Self::load_with(path, display, |_| bias)
+    }
+
+    fn load_with(
+        path: &Path,
+        display: &str,
+        bias_of: impl FnOnce(&object::File<'_>) -> u64,
+    ) -> std::io::Result<Module> {
+        let data = std::fs::read(path)?;
+        let file = object::File::parse(&*data)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        let bias = bias_of(&file);
         let mut lo = u64::MAX;
         let mut hi = 0;
         for s in file.segments() {
@@ -136,6 +149,28 @@ impl Module {
         })
     }
 
+    /// Copies the module's code at runtime address `addr` (from its executable sections, as
+    /// the file holds them) into `out`; false when the range is not all inside one section.
+    pub fn read_code(&self, addr: u64, out: &mut [u8]) -> bool {
+        let a = addr.wrapping_sub(self.bias);
+        for (start, bytes) in &self.code {
+            let Some(off) = a.checked_sub(*start) else {
+                continue;
+            };
+            let Ok(off) = usize::try_from(off) else {
+                continue;
+            };
+            if let Some(b) = off
+                .checked_add(out.len())
+                .and_then(|end| bytes.get(off..end))
+            {
+                out.copy_from_slice(b);
+                return true;
+            }
+        }
+        false
+    }
+
     /// Runtime addresses where `pattern` starts in the module's executable sections.
     pub fn find_code(&self, pattern: &[u8]) -> Vec<u64> {
         let mut out = Vec::new();
@@ -171,6 +206,15 @@ impl Symbolizer {
     /// [`Symbolizer::missing`].
     pub fn add(&mut self, path: &Path, display: &str, map: Option<(u64, u64)>) {
         match Module::load(path, display, map) {
+            Ok(m) => self.modules.push(m),
+            Err(e) => self.missing.push((display.to_string(), e.to_string())),
+        }
+    }
+
+    /// Adds a module at a known load bias (see [`Module::load_biased`]); a file that cannot be
+    /// read is recorded in [`Symbolizer::missing`].
+    pub fn add_biased(&mut self, path: &Path, display: &str, bias: u64) {
+        match Module::load_biased(path, display, bias) {
             Ok(m) => self.modules.push(m),
             Err(e) => self.missing.push((display.to_string(), e.to_string())),
         }
@@ -242,6 +286,14 @@ impl Symbolizer {
             .iter()
             .filter(|m| m.range.contains(pc))
             .find_map(|m| m.lookup(pc))
+    }
+
+    /// Reads code at runtime address `addr` from the module containing it.
+    pub fn read_code(&self, addr: u64, out: &mut [u8]) -> bool {
+        self.modules
+            .iter()
+            .filter(|m| m.range.contains(addr))
+            .any(|m| m.read_code(addr, out))
     }
 
     /// The module containing `pc`.
