@@ -15,7 +15,7 @@
 use crate::arch::{Aarch64, Arch, ArchKind, X86_64};
 use crate::core_file::{Core, CoreError, Thread};
 use crate::frame::{Frame, StopReason, Trace};
-use crate::memory::Range;
+use crate::memory::{Memory, Range};
 use crate::policy::{Classifier, Policy};
 use crate::symbols::Symbolizer;
 use crate::transition::{Id, Rule, Transition, TransitionTable, Transitions};
@@ -112,7 +112,6 @@ fn read_c_string(core: &Core, addr: u64) -> Option<String> {
 
 /// The dynamic linker (`PT_INTERP`, at `AT_BASE`) and the link map's libraries.
 fn add_link_map(core: &Core, exe: &Path, sysroot: Option<&Path>, s: &mut Symbolizer) {
-    use crate::memory::Memory;
     use object::read::elf::{FileHeader, ProgramHeader};
     const AT_BASE: u64 = 7;
     const DT_DEBUG: u64 = 21;
@@ -430,7 +429,6 @@ impl GoRuntime {
         go_switches: &[Id],
         frames: &mut Vec<Frame>,
     ) {
-        use crate::memory::Memory;
         use go_amd64::*;
         let Some(i) = frames.iter().position(|f| {
             f.via == crate::frame::Via::Transition && go_switches.contains(&f.transition)
@@ -525,5 +523,116 @@ fn walk_arch<A: Arch>(
     w.pac_mask = pac_mask;
     let mut regs = t.regs;
     regs.pc = A::strip_ra(regs.pc, pac_mask);
+    if A::KIND == ArchKind::X86_64 && mode == Mode::FramePointer && buf.len() >= 2 {
+        if let Some(ra_at) = x86_64_prologue_ra_slot(mem, &regs) {
+            if let Some(ra) = mem.read_u64(ra_at).filter(|&ra| ra != 0) {
+                // The leaf has not linked its frame record yet: its caller is the return
+                // address at `ra_at`, and rbp is still the caller's.
+                buf[0] = Frame {
+                    pc: regs.pc,
+                    stack: 0,
+                    via: crate::frame::Via::Regs,
+                    flags: Frame::EXACT,
+                    transition: 0,
+                };
+                let caller = crate::arch::Regs {
+                    pc: ra,
+                    sp: ra_at + 8,
+                    fp: regs.fp,
+                    lr: 0,
+                };
+                let mut trace = w.walk(
+                    Start {
+                        regs: caller,
+                        pc_is_return_address: true,
+                    },
+                    mem,
+                    &mut buf[1..],
+                );
+                buf[1].via = crate::frame::Via::Regs;
+                trace.len += 1;
+                return trace;
+            }
+        }
+    }
     w.walk(Start::exact(regs), mem, buf)
+}
+
+/// x86_64: when the interrupted pc is in a prologue, before the frame record is linked (rbp
+/// still the caller's), where the return address is. Decodes the instruction at pc:
+/// - `push %rbp` (`55`): at rsp;
+/// - `mov %rsp,%rbp` (`48 89 e5`, after the push): at rsp + 8;
+/// - Go's prologue `sub $n,%rsp; mov %rbp,d(%rsp); lea d(%rsp),%rbp`: at rsp when pc is on
+///   the `sub` (followed by that `mov`), at rsp + d + 8 when on the `mov` or the `lea`.
+///
+/// Anything else: `None` (the frame record decides).
+fn x86_64_prologue_ra_slot<M: crate::memory::Memory>(
+    mem: &mut M,
+    regs: &crate::arch::Regs,
+) -> Option<u64> {
+    let mut c = [0u8; 16];
+    if !mem.read_code(regs.pc, &mut c) {
+        // Near the end of a mapping: try a shorter read.
+        c = [0; 16];
+        if !mem.read_code(regs.pc, &mut c[..8]) {
+            return None;
+        }
+    }
+    let sp = regs.sp;
+    // mov %rbp,d8(%rsp) / lea d8(%rsp),%rbp
+    let mov_rbp = |b: &[u8]| b.len() >= 5 && b[..4] == [0x48, 0x89, 0x6c, 0x24];
+    let lea_rbp = |b: &[u8]| b.len() >= 5 && b[..4] == [0x48, 0x8d, 0x6c, 0x24];
+    match c {
+        [0x55, ..] => Some(sp),
+        [0x48, 0x89, 0xe5, ..] => sp.checked_add(8),
+        [0x48, 0x83, 0xec, _, ..] if mov_rbp(&c[4..]) => Some(sp),
+        [0x48, 0x81, 0xec, _, _, _, _, ..] if mov_rbp(&c[7..]) => Some(sp),
+        _ if (mov_rbp(&c) && lea_rbp(&c[5..])) || lea_rbp(&c) => {
+            let d = c[4] as i8;
+            if d < 0 {
+                return None;
+            }
+            sp.checked_add(d as u64 + 8)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Regs;
+    use crate::memory::{Image, Region};
+
+    fn slot(code: &[u8], sp: u64) -> Option<u64> {
+        let regions = [Region {
+            base: 0x1000,
+            bytes: code,
+            is_stack: false,
+        }];
+        let mut mem = Image::new(&regions);
+        x86_64_prologue_ra_slot(&mut mem, &Regs::new(0x1000, sp, 0x9000))
+    }
+
+    #[test]
+    fn prologue_slots() {
+        let pad = |b: &[u8]| {
+            let mut v = b.to_vec();
+            v.resize(16, 0x90);
+            v
+        };
+        assert_eq!(slot(&pad(&[0x55, 0x48, 0x89, 0xe5]), 0x8000), Some(0x8000));
+        assert_eq!(slot(&pad(&[0x48, 0x89, 0xe5]), 0x8000), Some(0x8008));
+        // Go: sub $0x38,%rsp; mov %rbp,0x30(%rsp); lea 0x30(%rsp),%rbp (runtime.malg).
+        let go = [
+            0x48, 0x83, 0xec, 0x38, 0x48, 0x89, 0x6c, 0x24, 0x30, 0x48, 0x8d, 0x6c, 0x24, 0x30,
+        ];
+        assert_eq!(slot(&pad(&go), 0x8000), Some(0x8000));
+        assert_eq!(slot(&pad(&go[4..]), 0x8000), Some(0x8038));
+        assert_eq!(slot(&pad(&go[9..]), 0x8000), Some(0x8038));
+        // A `sub` that is not a Go prologue, ordinary code, unreadable code.
+        assert_eq!(slot(&pad(&[0x48, 0x83, 0xec, 0x38, 0x90]), 0x8000), None);
+        assert_eq!(slot(&pad(&[0x90, 0x55]), 0x8000), None);
+        assert_eq!(slot(&[0x55], 0x8000), None);
+    }
 }
