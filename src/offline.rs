@@ -227,10 +227,8 @@ pub fn transitions_for(
         .flat_map(|m| m.find_code(pattern))
         .collect();
     for (addr, bytes) in core.code_segments() {
-        for (i, w) in bytes.windows(pattern.len()).enumerate() {
-            if w == pattern {
-                trampolines.push(addr + i as u64);
-            }
+        for i in memchr::memmem::find_iter(bytes, pattern) {
+            trampolines.push(addr + i as u64);
         }
     }
     trampolines.sort_unstable();

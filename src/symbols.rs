@@ -33,8 +33,11 @@ pub struct Module {
     /// (file address, size, name index), sorted.
     funcs: Vec<(u64, u64, u32)>,
     names: Vec<String>,
-    /// Executable sections: (file address, bytes), for finding code by its instructions.
-    code: Vec<(u64, Vec<u8>)>,
+    /// The file, mapped read-only.
+    data: Bytes,
+    /// Executable sections: (file address, range of `data`), for finding code by its
+    /// instructions.
+    code: Vec<(u64, std::ops::Range<usize>)>,
     /// Named functions (raw symbol names too, for exact lookups such as Go's `runtime.*.abi0`).
     by_name: Vec<(String, u64, u64)>,
 }
@@ -66,7 +69,7 @@ impl Module {
         display: &str,
         bias_of: impl FnOnce(&object::File<'_>) -> u64,
     ) -> std::io::Result<Module> {
-        let data = std::fs::read(path)?;
+        let data = Bytes::open(path)?;
         let file = object::File::parse(&*data)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
         let bias = bias_of(&file);
@@ -92,11 +95,18 @@ impl Module {
         // Sized symbols first at equal addresses; drop exact duplicates (symtab + dynsym).
         funcs.sort_by_key(|&(a, s, _)| (a, s == 0));
         funcs.dedup_by_key(|f| f.0);
+        let len = data.len();
         let code = file
             .sections()
             .filter(|s| s.kind() == SectionKind::Text)
-            .filter_map(|s| Some((s.address(), s.data().ok()?.to_vec())))
+            .filter_map(|s| {
+                let (off, size) = s.file_range()?;
+                let lo = usize::try_from(off).ok()?;
+                let hi = lo.checked_add(usize::try_from(size).ok()?)?;
+                (hi <= len).then_some((s.address(), lo..hi))
+            })
             .collect();
+        drop(file);
         Ok(Module {
             path: display.to_string(),
             bias,
@@ -107,6 +117,7 @@ impl Module {
             },
             funcs,
             names,
+            data,
             code,
             by_name,
         })
@@ -153,7 +164,8 @@ impl Module {
     /// the file holds them) into `out`; false when the range is not all inside one section.
     pub fn read_code(&self, addr: u64, out: &mut [u8]) -> bool {
         let a = addr.wrapping_sub(self.bias);
-        for (start, bytes) in &self.code {
+        for (start, r) in &self.code {
+            let bytes = &self.data[r.clone()];
             let Some(off) = a.checked_sub(*start) else {
                 continue;
             };
@@ -174,17 +186,46 @@ impl Module {
     /// Runtime addresses where `pattern` starts in the module's executable sections.
     pub fn find_code(&self, pattern: &[u8]) -> Vec<u64> {
         let mut out = Vec::new();
-        for (addr, bytes) in &self.code {
+        for (addr, r) in &self.code {
+            let bytes = &self.data[r.clone()];
             if pattern.is_empty() || bytes.len() < pattern.len() {
                 continue;
             }
-            for (i, w) in bytes.windows(pattern.len()).enumerate() {
-                if w == pattern {
-                    out.push(addr + i as u64 + self.bias);
-                }
+            for i in memchr::memmem::find_iter(bytes, pattern) {
+                out.push(addr + i as u64 + self.bias);
             }
         }
         out
+    }
+}
+
+/// A module file's bytes: mapped read-only (or read, when mapping fails, as for `/proc`
+/// files).
+enum Bytes {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn open(path: &Path) -> std::io::Result<Bytes> {
+        let f = std::fs::File::open(path)?;
+        // SAFETY: a read-only private mapping of a module file; if the file is truncated
+        // while mapped, reads past its new end fault (SIGBUS), the usual caveat of mapping
+        // files: executables and libraries are not rewritten in place while analysed.
+        match unsafe { memmap2::Mmap::map(&f) } {
+            Ok(m) if !m.is_empty() => Ok(Bytes::Map(m)),
+            _ => Ok(Bytes::Owned(std::fs::read(path)?)),
+        }
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
     }
 }
 
