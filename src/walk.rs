@@ -414,6 +414,9 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         if lr == 0 || lr % 4 != 0 {
             return;
         }
+        if self.leaf_signal_frame(st, mem, buf, limit, lr) {
+            return;
+        }
         let record_ra = mem
             .read_u64(st.regs.fp.wrapping_add(A::RECORD_RA))
             .map(|ra| A::strip_ra(ra, self.pac_mask));
@@ -423,6 +426,55 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         push(st, buf, lr, Via::Regs, false);
         st.regs.pc = lr;
         st.exact = false;
+    }
+}
+
+impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
+    /// aarch64: a signal handler interrupted before it pushed a frame record (a frameless
+    /// leaf) has the sigreturn trampoline in `lr` and x29 still at the frame record the
+    /// kernel put in the signal frame. The signal-frame rule reads the interrupted registers
+    /// from there (the same record a framed handler's saved x29 would point at). Returns
+    /// whether it crossed.
+    fn leaf_signal_frame<M: Memory>(
+        &mut self,
+        st: &mut State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+        lr: u64,
+    ) -> bool {
+        let Some(t) = self.transitions.lookup(lr) else {
+            return false;
+        };
+        if !matches!(t.rule, crate::transition::Rule::SignalFrame)
+            || st.crossings >= MAX_TRANSITIONS
+        {
+            return false;
+        }
+        let next_fp = st.regs.fp;
+        let Some(Hop::Regs { regs, exact }) = t.rule.apply::<A, M>(
+            next_fp.wrapping_sub(A::RECORD_SIZE),
+            next_fp,
+            self.pac_mask,
+            mem,
+        ) else {
+            return false;
+        };
+        if regs.pc == 0 || st.n + 2 > limit {
+            return false;
+        }
+        push(st, buf, lr, Via::Regs, false);
+        st.crossings += 1;
+        st.stack = st.stack.saturating_add(1);
+        st.prev_fp = None;
+        st.regs = regs;
+        st.exact = exact;
+        st.seg = stack_of(mem, &regs);
+        st.pending = t.id;
+        push(st, buf, regs.pc, Via::Transition, exact);
+        // The interrupted function may itself be a frameless leaf.
+        self.leaf_lr(st, mem, buf, limit);
+        true
     }
 }
 
