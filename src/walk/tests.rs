@@ -597,3 +597,70 @@ fn aarch64_instruction_classes() {
     assert!(is_record_push(0xa9bf_7bfd) && is_record_push(0xa9017bfd));
     assert!(!is_record_push(0xa9bf_53f3)); // stp x19, x20, [sp, #-16]!
 }
+
+#[test]
+fn aarch64_frameless_signal_handler_crosses_through_lr() {
+    use crate::arch::aarch64::{RT_SIGFRAME_SIZE, UC_PC, UC_SP, UC_X29, UC_X30};
+    let code = a64_code();
+    // Main stack: the interrupted leaf (0x40_1008, called from 0x40_0008) has no record; x29
+    // is its caller's record, returning to 0x50_0000.
+    let mut main = StackBuilder::new(LO, LEN);
+    main.record(LO + 0x100, 0, 0x50_0000);
+    // Alternate stack: the rt_sigframe at S (ucontext at S + 128), the kernel's frame record
+    // right above it; the frameless handler's x29 points at that record.
+    const ALT: u64 = 0x80_0000;
+    let s = ALT + 0x100;
+    let next_fp = s + RT_SIGFRAME_SIZE;
+    let mut alt = StackBuilder::new(ALT, 0x2000);
+    let uc = s + 128;
+    alt.put(uc + UC_X29, LO + 0x100)
+        .put(uc + UC_X30, 0x40_000c)
+        .put(uc + UC_SP, LO + 0xf0)
+        .put(uc + UC_PC, 0x40_1008)
+        .record(next_fp, LO + 0x100, 0x40_000c);
+    let trampoline = 0x7f_0000u64;
+    let table = TransitionTable::from_entries([Transition {
+        range: Range::new(trampoline, trampoline + 1),
+        rule: Rule::SignalFrame,
+        id: 5,
+    }]);
+    let regions = [
+        main.region(),
+        alt.region(),
+        Region {
+            base: 0x40_0000,
+            bytes: &code,
+            is_stack: false,
+        },
+    ];
+    let mut mem = Image::new(&regions);
+    let mut buf = [Frame::EMPTY; 16];
+    let mut w: Walker<Aarch64, _, _> = Walker::new(&table);
+    let handler = Regs {
+        pc: 0x40_0100,
+        sp: next_fp - 0x10,
+        fp: next_fp,
+        lr: trampoline,
+    };
+    let t = w.walk(Start::exact(handler), &mut mem, &mut buf);
+    let f = &buf[..t.len];
+    assert_eq!(
+        pcs(f),
+        vec![0x40_0100, trampoline, 0x40_1008, 0x40_000c, 0x50_0000]
+    );
+    assert_eq!((f[1].via, f[1].stack), (Via::Regs, 0));
+    assert_eq!(
+        (f[2].via, f[2].stack, f[2].transition),
+        (Via::Transition, 1, 5)
+    );
+    assert!(f[2].is_exact());
+    assert_eq!((f[3].via, f[3].stack), (Via::Regs, 1));
+    assert_eq!(t.stop, StopReason::End);
+    // Without the table entry nothing crosses: the trampoline's code is unreadable, so the
+    // distance rule keeps lr as a plain frame, and the walk goes on through the kernel's
+    // record on the same stack numbering.
+    let mut w: Walker<Aarch64, _, _> = Walker::new(NoTransitions);
+    let t = w.walk(Start::exact(handler), &mut mem, &mut buf);
+    assert_eq!(pcs(&buf[..t.len])[..3], [0x40_0100, trampoline, 0x40_000c]);
+    assert!(buf[..t.len].iter().all(|f| f.stack == 0));
+}
