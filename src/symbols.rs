@@ -82,15 +82,31 @@ impl Module {
         let mut names = Vec::new();
         let mut funcs = Vec::new();
         let mut by_name = Vec::new();
-        for sym in file.symbols().chain(file.dynamic_symbols()) {
+        let mut add = |sym: object::Symbol<'_, '_>| {
             if sym.kind() != SymbolKind::Text || sym.address() == 0 {
-                continue;
+                return;
             }
-            let Ok(raw) = sym.name() else { continue };
+            let Ok(raw) = sym.name() else { return };
             let name = format!("{:#}", rustc_demangle::demangle(raw));
             by_name.push((raw.to_string(), sym.address(), sym.size()));
             funcs.push((sym.address(), sym.size(), names.len() as u32));
             names.push(name);
+        };
+        for sym in file.symbols().chain(file.dynamic_symbols()) {
+            add(sym);
+        }
+        // A stripped library's local functions (glibc's __restore_rt, start_thread) are in its
+        // separate debug file, found by build id, when installed (Debian's *-dbg packages).
+        if file.section_by_name(".symtab").is_none() {
+            if let Some(debug) = debug_file(&file) {
+                if let Ok(d) = Bytes::open(&debug) {
+                    if let Ok(dfile) = object::File::parse(&*d) {
+                        for sym in dfile.symbols() {
+                            add(sym);
+                        }
+                    }
+                }
+            }
         }
         // Sized symbols first at equal addresses; drop exact duplicates (symtab + dynsym).
         funcs.sort_by_key(|&(a, s, _)| (a, s == 0));
@@ -197,6 +213,21 @@ impl Module {
         }
         out
     }
+}
+
+/// `/usr/lib/debug/.build-id/xx/yyyy.debug` for a file's GNU build id, if it exists.
+fn debug_file(file: &object::File<'_>) -> Option<PathBuf> {
+    let id = file.build_id().ok()??;
+    if id.len() < 2 {
+        return None;
+    }
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let p = PathBuf::from(format!(
+        "/usr/lib/debug/.build-id/{}/{}.debug",
+        &hex[..2],
+        &hex[2..]
+    ));
+    p.exists().then_some(p)
 }
 
 /// A module file's bytes: mapped read-only (or read, when mapping fails, as for `/proc`
