@@ -24,8 +24,10 @@ pub struct Symbol<'a> {
 
 /// One loaded module.
 pub struct Module {
-    /// The path it was loaded from.
+    /// The path it was loaded from (as the process saw it).
     pub path: String,
+    /// The file read (under `--sysroot` for cross-architecture cores).
+    pub file: PathBuf,
     /// Runtime address = file address + bias.
     pub bias: u64,
     /// Runtime address range of its segments.
@@ -125,6 +127,7 @@ impl Module {
         drop(file);
         Ok(Module {
             path: display.to_string(),
+            file: path.to_path_buf(),
             bias,
             range: if lo < hi {
                 Range::new(lo.wrapping_add(bias), hi.wrapping_add(bias))

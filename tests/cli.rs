@@ -541,3 +541,21 @@ fn missing_module_warns_and_leaves_frames_unsymbolised() {
     check_chain(&v);
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn lines_add_file_and_line() {
+    let d = tmp("lines");
+    let c = core("core-x86_64-chain", &d);
+    let e = exe("x86_64");
+    let out = run(&["stack", "--core", p(&c), "--exe", p(&e), "--lines"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let gamma = text.lines().find(|l| l.contains("gamma_+")).unwrap();
+    assert!(gamma.contains("chain.c:"), "{gamma}");
+    // JSON: the contract's keys plus "line" (an extension, only with --lines).
+    let v = json(&["stack", "--core", p(&c), "--exe", p(&e), "--lines"]);
+    let f0 = &v["threads"][0]["frames"][0];
+    assert_eq!(f0.as_object().unwrap().len(), 6);
+    assert!(f0["line"].as_str().unwrap().contains("chain.c:"), "{f0}");
+    let _ = std::fs::remove_dir_all(d);
+}
