@@ -1,16 +1,28 @@
 //! Unwinding every thread of an ELF core: the engine behind `unwind stack`.
 //!
 //! Modules come from the core's `NT_FILE` notes (opened from disk, under `--sysroot` when
-//! given) or, for qemu-user cores that have none, from the executable given with `--exe`
-//! (placed with the auxiliary vector's `AT_PHDR`). The transition table is built from what the
-//! modules and the core hold:
+//! given). qemu-user cores have none: the executable is `--exe` or the auxv's `AT_EXECFN` path
+//! (placed with `AT_PHDR`), the dynamic linker is the executable's `PT_INTERP` at `AT_BASE`, and
+//! the shared libraries are read from the dynamic linker's link map (`DT_DEBUG` in the
+//! executable's dynamic section, in the core's memory, points at `r_debug`). Code the core
+//! lacks (kernel cores leave out unmodified text) is read from the modules' files.
+//!
+//! The transition table is built from what the modules and the core hold:
 //! - signal frames: the sigreturn trampoline found by its instruction bytes, in the modules'
 //!   code (glibc's `__restore_rt`) and in the core's executable segments (the vDSO's
 //!   `__kernel_rt_sigreturn`, qemu's trampoline page);
 //! - Go: `runtime.systemstack` and `runtime.asmcgocall` keep the frame pointer while they run a
 //!   function on the g0 stack (`src/runtime/asm_amd64.s`, `asm_arm64.s`), so the chain on g0
 //!   links back into the goroutine's stack: [`Rule::ContinueChain`]. `mcall` and `morestack`
-//!   cut the chain (they clear or zero it on g0) and are not crossed.
+//!   cut the chain (they clear or zero it on g0) and are not crossed. On amd64 the frame of
+//!   the function that called `systemstack` (say `runtime.newproc`) is in no frame record;
+//!   it is recovered from the goroutine's `g.sched` (see `GoRuntime`), cross-checked
+//!   against the chain. A Go stack that ends in `runtime.goexit`, `runtime.mstart`,
+//!   `runtime.rt0_go` or `runtime.mcall` is complete, not truncated.
+//!
+//! x86_64 threads stopped in a function prologue (`push %rbp`, or Go's `sub; mov %rbp; lea`
+//! sequence, where debuggers put breakpoints) have their caller at the stack pointer: the
+//! first step decodes the instruction at pc to find it.
 
 use crate::arch::{Aarch64, Arch, ArchKind, X86_64};
 use crate::core_file::{Core, CoreError, Thread};
