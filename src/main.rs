@@ -101,8 +101,8 @@ fn stack(args: &[String]) -> Result<(), String> {
         eprintln!("unwind: warning: {w}");
     }
     let out = match format {
-        Format::Json => json(&report),
-        Format::Text => text(&report, lines),
+        Format::Json => json(&report, lines.then(Lines::default).as_mut()),
+        Format::Text => text(&report, lines.then(Lines::default).as_mut()),
     };
     let mut stdout = std::io::stdout().lock();
     stdout
@@ -172,6 +172,31 @@ fn demo(_args: &[String]) -> Result<(), String> {
     Err("the demo is not part of this build".into())
 }
 
+/// `--lines`: file:line for pcs, from each module's DWARF (`addr2line`), loaded on first use.
+#[derive(Default)]
+struct Lines {
+    loaders: Vec<(String, Option<addr2line::Loader>)>,
+}
+
+impl Lines {
+    /// "file:line" for a frame, if the module has line tables for it.
+    fn of(&mut self, r: &Report, f: &unwind::Frame) -> Option<String> {
+        let pc = f.lookup_pc();
+        let m = r.symbols.module_of(pc)?;
+        let i = match self.loaders.iter().position(|(p, _)| *p == m.path) {
+            Some(i) => i,
+            None => {
+                self.loaders
+                    .push((m.path.clone(), addr2line::Loader::new(&m.file).ok()));
+                self.loaders.len() - 1
+            }
+        };
+        let loader = self.loaders[i].1.as_ref()?;
+        let loc = loader.find_location(pc.wrapping_sub(m.bias)).ok()??;
+        Some(format!("{}:{}", loc.file?, loc.line?))
+    }
+}
+
 fn json_str(s: &str, out: &mut String) {
     out.push('"');
     for c in s.chars() {
@@ -189,8 +214,9 @@ fn json_str(s: &str, out: &mut String) {
 }
 
 /// The JSON contract: `{"arch", "threads": [{"tid", "frames": [{"pc", "symbol", "module",
-/// "stack", "via"}], "truncated"}]}`.
-fn json(r: &Report) -> String {
+/// "stack", "via"}], "truncated"}]}`. With `--lines` each frame also has `"line": "file:N"`
+/// or null.
+fn json(r: &Report, mut lines: Option<&mut Lines>) -> String {
     let mut o = String::new();
     o.push_str("{\"arch\": ");
     json_str(r.arch.name(), &mut o);
@@ -218,6 +244,13 @@ fn json(r: &Report) -> String {
             }
             o.push_str(&format!(", \"stack\": {}, \"via\": ", f.stack));
             json_str(f.via.name(), &mut o);
+            if let Some(l) = lines.as_deref_mut() {
+                o.push_str(", \"line\": ");
+                match l.of(r, f) {
+                    Some(s) => json_str(&s, &mut o),
+                    None => o.push_str("null"),
+                }
+            }
             o.push('}');
         }
         o.push_str(&format!("], \"truncated\": {}}}", t.truncated));
@@ -226,7 +259,7 @@ fn json(r: &Report) -> String {
     o
 }
 
-fn text(r: &Report, _lines: bool) -> String {
+fn text(r: &Report, mut lines: Option<&mut Lines>) -> String {
     let mut o = format!("arch {}\n", r.arch);
     for t in &r.threads {
         o.push_str(&format!(
@@ -253,8 +286,12 @@ fn text(r: &Report, _lines: bool) -> String {
             } else {
                 f.via.to_string()
             };
+            let at = match lines.as_deref_mut().and_then(|l| l.of(r, f)) {
+                Some(l) => format!(" at {l}"),
+                None => String::new(),
+            };
             o.push_str(&format!(
-                "  #{i:<3} {:#018x} [stack {}] {name}  ({via})\n",
+                "  #{i:<3} {:#018x} [stack {}] {name}{at}  ({via})\n",
                 f.pc, f.stack
             ));
         }

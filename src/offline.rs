@@ -1,21 +1,33 @@
 //! Unwinding every thread of an ELF core: the engine behind `unwind stack`.
 //!
 //! Modules come from the core's `NT_FILE` notes (opened from disk, under `--sysroot` when
-//! given) or, for qemu-user cores that have none, from the executable given with `--exe`
-//! (placed with the auxiliary vector's `AT_PHDR`). The transition table is built from what the
-//! modules and the core hold:
+//! given). qemu-user cores have none: the executable is `--exe` or the auxv's `AT_EXECFN` path
+//! (placed with `AT_PHDR`), the dynamic linker is the executable's `PT_INTERP` at `AT_BASE`, and
+//! the shared libraries are read from the dynamic linker's link map (`DT_DEBUG` in the
+//! executable's dynamic section, in the core's memory, points at `r_debug`). Code the core
+//! lacks (kernel cores leave out unmodified text) is read from the modules' files.
+//!
+//! The transition table is built from what the modules and the core hold:
 //! - signal frames: the sigreturn trampoline found by its instruction bytes, in the modules'
 //!   code (glibc's `__restore_rt`) and in the core's executable segments (the vDSO's
 //!   `__kernel_rt_sigreturn`, qemu's trampoline page);
 //! - Go: `runtime.systemstack` and `runtime.asmcgocall` keep the frame pointer while they run a
 //!   function on the g0 stack (`src/runtime/asm_amd64.s`, `asm_arm64.s`), so the chain on g0
 //!   links back into the goroutine's stack: [`Rule::ContinueChain`]. `mcall` and `morestack`
-//!   cut the chain (they clear or zero it on g0) and are not crossed.
+//!   cut the chain (they clear or zero it on g0) and are not crossed. On amd64 the frame of
+//!   the function that called `systemstack` (say `runtime.newproc`) is in no frame record;
+//!   it is recovered from the goroutine's `g.sched` (see `GoRuntime`), cross-checked
+//!   against the chain. A Go stack that ends in `runtime.goexit`, `runtime.mstart`,
+//!   `runtime.rt0_go` or `runtime.mcall` is complete, not truncated.
+//!
+//! x86_64 threads stopped in a function prologue (`push %rbp`, or Go's `sub; mov %rbp; lea`
+//! sequence, where debuggers put breakpoints) have their caller at the stack pointer: the
+//! first step decodes the instruction at pc to find it.
 
 use crate::arch::{Aarch64, Arch, ArchKind, X86_64};
 use crate::core_file::{Core, CoreError, Thread};
 use crate::frame::{Frame, StopReason, Trace};
-use crate::memory::Range;
+use crate::memory::{Memory, Range};
 use crate::policy::{Classifier, Policy};
 use crate::symbols::Symbolizer;
 use crate::transition::{Id, Rule, Transition, TransitionTable, Transitions};
@@ -65,17 +77,132 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-/// Builds modules for a core.
+/// Builds modules for a core: its `NT_FILE` mappings; else (qemu-user cores) the executable
+/// (`--exe`, or the auxv's `AT_EXECFN` path under `--sysroot`) placed by `AT_PHDR`, the
+/// dynamic linker placed by `AT_BASE`, and the shared libraries in the dynamic linker's link
+/// map (`r_debug` through the executable's `DT_DEBUG`, read from the core's memory).
 pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
-    let mut s = Symbolizer::from_mappings(&core.mappings, opts.sysroot.as_deref());
-    if let Some(exe) = &opts.exe {
+    let sysroot = opts.sysroot.as_deref();
+    let mut s = Symbolizer::from_mappings(&core.mappings, sysroot);
+    let exe_path = opts.exe.clone().or_else(|| {
+        if !core.mappings.is_empty() {
+            return None;
+        }
+        const AT_EXECFN: u64 = 31;
+        let name = read_c_string(core, core.aux(AT_EXECFN)?)?;
+        Some(crate::symbols::resolve(sysroot, &name))
+    });
+    if let Some(exe) = &exe_path {
         let display = exe.display().to_string();
         let already = s.modules().iter().any(|m| m.path == display);
         if !already {
             s.add(exe, &display, exe_placement(core, exe));
         }
+        if core.mappings.is_empty() {
+            add_link_map(core, exe, sysroot, &mut s);
+        }
     }
     s
+}
+
+/// A NUL-terminated string in the core's memory (at most 4 KiB).
+fn read_c_string(core: &Core, addr: u64) -> Option<String> {
+    let mem = core.memory();
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    for i in 0..4096u64 {
+        if !mem.read_bytes(addr.checked_add(i)?, &mut b) {
+            return None;
+        }
+        if b[0] == 0 {
+            return String::from_utf8(out).ok();
+        }
+        out.push(b[0]);
+    }
+    None
+}
+
+/// The dynamic linker (`PT_INTERP`, at `AT_BASE`) and the link map's libraries.
+fn add_link_map(core: &Core, exe: &Path, sysroot: Option<&Path>, s: &mut Symbolizer) {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    const AT_BASE: u64 = 7;
+    const DT_DEBUG: u64 = 21;
+    let Ok(data) = std::fs::read(exe) else { return };
+    let Ok(hdr) = object::elf::FileHeader64::<object::LittleEndian>::parse(&*data) else {
+        return;
+    };
+    let Ok(e) = hdr.endian() else { return };
+    let Ok(phdrs) = hdr.program_headers(e, &*data) else {
+        return;
+    };
+    let Some(exe_bias) = s
+        .modules()
+        .iter()
+        .find(|m| m.path == exe.display().to_string())
+        .map(|m| m.bias)
+    else {
+        return;
+    };
+    let mut interp = None;
+    let mut dynamic = None;
+    for ph in phdrs {
+        match ph.p_type(e) {
+            object::elf::PT_INTERP => {
+                interp = ph.data(e, &*data).ok().and_then(|d| {
+                    let d = d.split(|&b| b == 0).next()?;
+                    String::from_utf8(d.to_vec()).ok()
+                })
+            }
+            object::elf::PT_DYNAMIC => dynamic = Some(ph.p_vaddr(e).wrapping_add(exe_bias)),
+            _ => {}
+        }
+    }
+    let mut seen: Vec<String> = s.modules().iter().map(|m| m.path.clone()).collect();
+    if let (Some(name), Some(base)) = (&interp, core.aux(AT_BASE)) {
+        if base != 0 && !seen.contains(name) {
+            s.add_biased(&crate::symbols::resolve(sysroot, name), name, base);
+            seen.push(name.clone());
+        }
+    }
+    let mut mem = core.memory();
+    let Some(dynamic) = dynamic else { return };
+    let mut r_debug = None;
+    for i in 0..512u64 {
+        let at = dynamic.wrapping_add(16 * i);
+        let (Some(tag), Some(val)) = (mem.read_u64(at), mem.read_u64(at.wrapping_add(8))) else {
+            break;
+        };
+        if tag == 0 {
+            break;
+        }
+        if tag == DT_DEBUG {
+            r_debug = Some(val);
+        }
+    }
+    // struct r_debug { int r_version; struct link_map *r_map; ... }
+    // struct link_map { l_addr, l_name, l_ld, l_next, l_prev }
+    let Some(mut lm) = r_debug.and_then(|r| mem.read_u64(r.checked_add(8)?)) else {
+        return;
+    };
+    for _ in 0..1024 {
+        if lm == 0 {
+            break;
+        }
+        let (Some(l_addr), Some(l_name), Some(l_next)) = (
+            mem.read_u64(lm),
+            mem.read_u64(lm.wrapping_add(8)),
+            mem.read_u64(lm.wrapping_add(24)),
+        ) else {
+            break;
+        };
+        if let Some(name) = read_c_string(core, l_name) {
+            if name.starts_with('/') && !seen.contains(&name) {
+                s.add_biased(&crate::symbols::resolve(sysroot, &name), &name, l_addr);
+                seen.push(name);
+            }
+        }
+        lm = l_next;
+    }
 }
 
 /// Where the executable was loaded, from `AT_PHDR` (the runtime address of its program
@@ -112,10 +239,8 @@ pub fn transitions_for(
         .flat_map(|m| m.find_code(pattern))
         .collect();
     for (addr, bytes) in core.code_segments() {
-        for (i, w) in bytes.windows(pattern.len()).enumerate() {
-            if w == pattern {
-                trampolines.push(addr + i as u64);
-            }
+        for i in memchr::memmem::find_iter(bytes, pattern) {
+            trampolines.push(addr + i as u64);
         }
     }
     trampolines.sort_unstable();
@@ -182,8 +307,10 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         .iter()
         .map(|(p, e)| format!("module {p} not available ({e}): its frames stay unsymbolised"))
         .collect();
-    if core.mappings.is_empty() && opts.exe.is_none() {
-        warnings.push("the core lists no mapped files (a qemu-user core?): pass --exe".into());
+    if core.mappings.is_empty() && symbols.modules().is_empty() {
+        warnings.push(
+            "the core lists no mapped files (a qemu-user core?): pass --exe (and --sysroot)".into(),
+        );
     }
     let mode = opts.mode;
     let unwinder = if mode != Mode::FramePointer {
@@ -197,12 +324,25 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     };
     let (table, transitions, go_switches) = transitions_for(core, &symbols);
     let classifier = opts.policy.map(|_| classifier_for(&symbols, &go_switches));
+    let go = if is_go(&symbols) {
+        GoRuntime::new(&symbols)
+    } else {
+        None
+    };
     let mut threads = Vec::new();
     for t in &core.threads {
         let mut buf = vec![Frame::EMPTY; MAX_FRAMES];
-        let trace = walk_thread(core, t, &table, &unwinder, mode, &mut buf);
+        let trace = walk_thread(core, &symbols, t, &table, &unwinder, mode, &mut buf);
         buf.truncate(trace.len);
         let mut truncated = trace.truncated();
+        if let Some(go) = &go {
+            if core.arch == ArchKind::X86_64 {
+                go.recover_systemstack_caller(core, t, &go_switches, &mut buf);
+            }
+            if go.is_stack_bottom(&symbols, buf.last()) {
+                truncated = false;
+            }
+        }
         if let (Some(p), Some(c)) = (&opts.policy, &classifier) {
             let kept = p.apply(&buf, c);
             truncated |= kept.truncated;
@@ -241,15 +381,155 @@ pub fn cfi_for(
     crate::modules::for_modules(core.arch, &modules, opts.sysroot.as_deref())
 }
 
+/// Go 1.19 amd64 structure offsets (`src/runtime/runtime2.go`): `g.stack` {lo, hi} at 0,
+/// `g.m` at 48, `g.sched` (a `gobuf`: sp, pc, g, ctxt, ret, lr, bp) at 56; `m.g0` at 0,
+/// `m.curg` at 192 (after `morebuf`, `divmod`, `procid`, `gsignal`, `goSigStack`, `sigmask`,
+/// `tls[6]`, `mstartfn`). These have been stable from Go 1.17 through 1.21 on linux/amd64;
+/// every value read through them is cross-checked against the frame-pointer chain, so a
+/// different layout only loses the recovered frame, it never invents one.
+mod go_amd64 {
+    pub const G_STACK_LO: u64 = 0;
+    pub const G_STACK_HI: u64 = 8;
+    pub const G_M: u64 = 48;
+    pub const G_SCHED_SP: u64 = 56;
+    pub const G_SCHED_BP: u64 = 56 + 48;
+    pub const M_G0: u64 = 0;
+    pub const M_CURG: u64 = 192;
+}
+
+/// What the Go recovery needs from the binary's symbols.
+struct GoRuntime {
+    /// `runtime.systemstack`'s code.
+    systemstack: Range,
+    /// Functions where a Go stack legitimately ends: a thread's g0 (`runtime.mstart`,
+    /// `runtime.rt0_go`), a goroutine (`runtime.goexit`), a g0 stack reset by `runtime.mcall`.
+    bottoms: Vec<Range>,
+}
+
+impl GoRuntime {
+    fn new(symbols: &Symbolizer) -> Option<GoRuntime> {
+        let find = |names: &[&str]| {
+            symbols
+                .modules()
+                .iter()
+                .find_map(|m| names.iter().find_map(|n| m.function(n)))
+        };
+        let systemstack = find(&["runtime.systemstack.abi0", "runtime.systemstack"])?;
+        let bottoms = [
+            &["runtime.mstart.abi0", "runtime.mstart"][..],
+            &["runtime.goexit.abi0", "runtime.goexit"],
+            &["runtime.rt0_go.abi0", "runtime.rt0_go"],
+            &["runtime.mcall"],
+        ]
+        .iter()
+        .filter_map(|n| find(n))
+        .collect();
+        Some(GoRuntime {
+            systemstack,
+            bottoms,
+        })
+    }
+
+    /// Does the walk end where a Go stack begins (not a truncation)?
+    fn is_stack_bottom(&self, _symbols: &Symbolizer, last: Option<&Frame>) -> bool {
+        last.is_some_and(|f| self.bottoms.iter().any(|r| r.contains(f.lookup_pc())))
+    }
+
+    /// amd64: `runtime.systemstack` has no frame of its own, so the frame-pointer chain that
+    /// crosses it from g0 links the function on g0 straight to the frame record of the
+    /// goroutine function that called `systemstack` (say `runtime.newproc`), and that
+    /// function's own pc — the return address `CALL runtime.systemstack` pushed — is in no
+    /// frame record. `systemstack` saved it: before switching it stores its own stack pointer
+    /// (which points at that return address) and the frame pointer in the goroutine's
+    /// `g.sched` (`gosave_systemstack_switch`, `src/runtime/asm_amd64.s`). The goroutine is
+    /// `g0.m.curg`, and g0 is the thread's `g` (Go keeps it at `fs_base - 8` on linux/amd64).
+    ///
+    /// The frame is inserted only when everything agrees: the thread is on g0 (`g.m.g0 == g`),
+    /// `curg.sched.sp` lies in `curg.stack`, and the frame the chain crossed to is the one
+    /// `curg.sched.bp`'s record returns to.
+    fn recover_systemstack_caller(
+        &self,
+        core: &Core,
+        t: &Thread,
+        go_switches: &[Id],
+        frames: &mut Vec<Frame>,
+    ) {
+        use go_amd64::*;
+        let Some(i) = frames.iter().position(|f| {
+            f.via == crate::frame::Via::Transition && go_switches.contains(&f.transition)
+        }) else {
+            return;
+        };
+        if i == 0 || !self.systemstack.contains(frames[i - 1].lookup_pc()) {
+            return;
+        }
+        let mut mem = core.memory();
+        let mut rd = |a: u64| mem.read_u64(a);
+        let found = (|| {
+            let g = rd(t.tls.checked_sub(8)?)?;
+            let m = rd(g.checked_add(G_M)?)?;
+            if m == 0 || rd(m.checked_add(M_G0)?)? != g {
+                return None;
+            }
+            let curg = rd(m.checked_add(M_CURG)?)?;
+            if curg == 0 || curg == g {
+                return None;
+            }
+            let sp = rd(curg + G_SCHED_SP)?;
+            let bp = rd(curg + G_SCHED_BP)?;
+            let (lo, hi) = (rd(curg + G_STACK_LO)?, rd(curg + G_STACK_HI)?);
+            if !(lo <= sp && sp < hi && sp < bp && bp < hi) {
+                return None;
+            }
+            if rd(bp.checked_add(8)?)? != frames[i].pc {
+                return None;
+            }
+            let ra = rd(sp)?;
+            (ra != 0).then_some(ra)
+        })();
+        let Some(ra) = found else { return };
+        let crossed = frames[i];
+        frames[i].via = crate::frame::Via::FramePointer;
+        frames[i].transition = 0;
+        frames.insert(i, Frame { pc: ra, ..crossed });
+        frames.truncate(MAX_FRAMES);
+    }
+}
+
+/// A core's memory, with code the core lacks read from the modules' files (kernel cores leave
+/// out unmodified file-backed text).
+struct WithCode<'a> {
+    core: crate::core_file::CoreMemory<'a>,
+    symbols: &'a Symbolizer,
+}
+
+impl crate::memory::Memory for WithCode<'_> {
+    #[inline]
+    fn read_u64(&mut self, addr: u64) -> Option<u64> {
+        self.core.read_u64(addr)
+    }
+    #[inline]
+    fn stack_range(&mut self, addr: u64) -> Option<Range> {
+        self.core.stack_range(addr)
+    }
+    fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
+        self.core.read_code(addr, out) || self.symbols.read_code(addr, out)
+    }
+}
+
 fn walk_thread(
     core: &Core,
+    symbols: &Symbolizer,
     t: &Thread,
     table: &TransitionTable,
     cfi: &crate::dwarf::Unwinder,
     mode: Mode,
     buf: &mut [Frame],
 ) -> Trace {
-    let mut mem = core.memory();
+    let mut mem = WithCode {
+        core: core.memory(),
+        symbols,
+    };
     match core.arch {
         ArchKind::X86_64 => walk_arch::<X86_64>(t, &mut mem, table, cfi, mode, 0, buf),
         ArchKind::Aarch64 => {
@@ -260,7 +540,7 @@ fn walk_thread(
 
 fn walk_arch<A: Arch>(
     t: &Thread,
-    mem: &mut crate::core_file::CoreMemory<'_>,
+    mem: &mut WithCode<'_>,
     table: &TransitionTable,
     cfi: &crate::dwarf::Unwinder,
     mode: Mode,
@@ -273,5 +553,116 @@ fn walk_arch<A: Arch>(
     w.pac_mask = pac_mask;
     let mut regs = t.regs;
     regs.pc = A::strip_ra(regs.pc, pac_mask);
+    if A::KIND == ArchKind::X86_64 && mode == Mode::FramePointer && buf.len() >= 2 {
+        if let Some(ra_at) = x86_64_prologue_ra_slot(mem, &regs) {
+            if let Some(ra) = mem.read_u64(ra_at).filter(|&ra| ra != 0) {
+                // The leaf has not linked its frame record yet: its caller is the return
+                // address at `ra_at`, and rbp is still the caller's.
+                buf[0] = Frame {
+                    pc: regs.pc,
+                    stack: 0,
+                    via: crate::frame::Via::Regs,
+                    flags: Frame::EXACT,
+                    transition: 0,
+                };
+                let caller = crate::arch::Regs {
+                    pc: ra,
+                    sp: ra_at + 8,
+                    fp: regs.fp,
+                    lr: 0,
+                };
+                let mut trace = w.walk(
+                    Start {
+                        regs: caller,
+                        pc_is_return_address: true,
+                    },
+                    mem,
+                    &mut buf[1..],
+                );
+                buf[1].via = crate::frame::Via::Regs;
+                trace.len += 1;
+                return trace;
+            }
+        }
+    }
     w.walk(Start::exact(regs), mem, buf)
+}
+
+/// x86_64: when the interrupted pc is in a prologue, before the frame record is linked (rbp
+/// still the caller's), where the return address is. Decodes the instruction at pc:
+/// - `push %rbp` (`55`): at rsp;
+/// - `mov %rsp,%rbp` (`48 89 e5`, after the push): at rsp + 8;
+/// - Go's prologue `sub $n,%rsp; mov %rbp,d(%rsp); lea d(%rsp),%rbp`: at rsp when pc is on
+///   the `sub` (followed by that `mov`), at rsp + d + 8 when on the `mov` or the `lea`.
+///
+/// Anything else: `None` (the frame record decides).
+fn x86_64_prologue_ra_slot<M: crate::memory::Memory>(
+    mem: &mut M,
+    regs: &crate::arch::Regs,
+) -> Option<u64> {
+    let mut c = [0u8; 16];
+    if !mem.read_code(regs.pc, &mut c) {
+        // Near the end of a mapping: try a shorter read.
+        c = [0; 16];
+        if !mem.read_code(regs.pc, &mut c[..8]) {
+            return None;
+        }
+    }
+    let sp = regs.sp;
+    // mov %rbp,d8(%rsp) / lea d8(%rsp),%rbp
+    let mov_rbp = |b: &[u8]| b.len() >= 5 && b[..4] == [0x48, 0x89, 0x6c, 0x24];
+    let lea_rbp = |b: &[u8]| b.len() >= 5 && b[..4] == [0x48, 0x8d, 0x6c, 0x24];
+    match c {
+        [0x55, ..] => Some(sp),
+        [0x48, 0x89, 0xe5, ..] => sp.checked_add(8),
+        [0x48, 0x83, 0xec, _, ..] if mov_rbp(&c[4..]) => Some(sp),
+        [0x48, 0x81, 0xec, _, _, _, _, ..] if mov_rbp(&c[7..]) => Some(sp),
+        _ if (mov_rbp(&c) && lea_rbp(&c[5..])) || lea_rbp(&c) => {
+            let d = c[4] as i8;
+            if d < 0 {
+                return None;
+            }
+            sp.checked_add(d as u64 + 8)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Regs;
+    use crate::memory::{Image, Region};
+
+    fn slot(code: &[u8], sp: u64) -> Option<u64> {
+        let regions = [Region {
+            base: 0x1000,
+            bytes: code,
+            is_stack: false,
+        }];
+        let mut mem = Image::new(&regions);
+        x86_64_prologue_ra_slot(&mut mem, &Regs::new(0x1000, sp, 0x9000))
+    }
+
+    #[test]
+    fn prologue_slots() {
+        let pad = |b: &[u8]| {
+            let mut v = b.to_vec();
+            v.resize(16, 0x90);
+            v
+        };
+        assert_eq!(slot(&pad(&[0x55, 0x48, 0x89, 0xe5]), 0x8000), Some(0x8000));
+        assert_eq!(slot(&pad(&[0x48, 0x89, 0xe5]), 0x8000), Some(0x8008));
+        // Go: sub $0x38,%rsp; mov %rbp,0x30(%rsp); lea 0x30(%rsp),%rbp (runtime.malg).
+        let go = [
+            0x48, 0x83, 0xec, 0x38, 0x48, 0x89, 0x6c, 0x24, 0x30, 0x48, 0x8d, 0x6c, 0x24, 0x30,
+        ];
+        assert_eq!(slot(&pad(&go), 0x8000), Some(0x8000));
+        assert_eq!(slot(&pad(&go[4..]), 0x8000), Some(0x8038));
+        assert_eq!(slot(&pad(&go[9..]), 0x8000), Some(0x8038));
+        // A `sub` that is not a Go prologue, ordinary code, unreadable code.
+        assert_eq!(slot(&pad(&[0x48, 0x83, 0xec, 0x38, 0x90]), 0x8000), None);
+        assert_eq!(slot(&pad(&[0x90, 0x55]), 0x8000), None);
+        assert_eq!(slot(&[0x55], 0x8000), None);
+    }
 }

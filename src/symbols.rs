@@ -24,8 +24,10 @@ pub struct Symbol<'a> {
 
 /// One loaded module.
 pub struct Module {
-    /// The path it was loaded from.
+    /// The path it was loaded from (as the process saw it).
     pub path: String,
+    /// The file read (under `--sysroot` for cross-architecture cores).
+    pub file: PathBuf,
     /// Runtime address = file address + bias.
     pub bias: u64,
     /// Runtime address range of its segments.
@@ -33,8 +35,11 @@ pub struct Module {
     /// (file address, size, name index), sorted.
     funcs: Vec<(u64, u64, u32)>,
     names: Vec<String>,
-    /// Executable sections: (file address, bytes), for finding code by its instructions.
-    code: Vec<(u64, Vec<u8>)>,
+    /// The file, mapped read-only.
+    data: Bytes,
+    /// Executable sections: (file address, range of `data`), for finding code by its
+    /// instructions.
+    code: Vec<(u64, std::ops::Range<usize>)>,
     /// Named functions (raw symbol names too, for exact lookups such as Go's `runtime.*.abi0`).
     by_name: Vec<(String, u64, u64)>,
 }
@@ -47,16 +52,7 @@ impl Module {
     /// Only regular files are read: a core's `NT_FILE` note may name `/dev/zero` or a FIFO,
     /// which would never end.
     pub fn load(path: &Path, display: &str, map: Option<(u64, u64)>) -> std::io::Result<Module> {
-        if !std::fs::metadata(path)?.is_file() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
-        }
-        let data = std::fs::read(path)?;
-        let file = object::File::parse(&*data)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-        let bias = match map {
+        Self::load_with(path, display, |file| match map {
             None => 0,
             Some((start, off)) => {
                 let svma = file.segments().find_map(|s| {
@@ -65,7 +61,23 @@ impl Module {
                 });
                 start.wrapping_sub(svma.unwrap_or(0))
             }
-        };
+        })
+    }
+
+    /// Loads `path`'s symbols with a known load bias (a link map's `l_addr`).
+    pub fn load_biased(path: &Path, display: &str, bias: u64) -> std::io::Result<Module> {
+        Self::load_with(path, display, |_| bias)
+    }
+
+    fn load_with(
+        path: &Path,
+        display: &str,
+        bias_of: impl FnOnce(&object::File<'_>) -> u64,
+    ) -> std::io::Result<Module> {
+        let data = Bytes::open(path)?;
+        let file = object::File::parse(&*data)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        let bias = bias_of(&file);
         let mut lo = u64::MAX;
         let mut hi = 0;
         for s in file.segments() {
@@ -75,26 +87,50 @@ impl Module {
         let mut names = Vec::new();
         let mut funcs = Vec::new();
         let mut by_name = Vec::new();
-        for sym in file.symbols().chain(file.dynamic_symbols()) {
+        let mut add = |sym: object::Symbol<'_, '_>| {
             if sym.kind() != SymbolKind::Text || sym.address() == 0 {
-                continue;
+                return;
             }
-            let Ok(raw) = sym.name() else { continue };
+            let Ok(raw) = sym.name() else { return };
             let name = format!("{:#}", rustc_demangle::demangle(raw));
             by_name.push((raw.to_string(), sym.address(), sym.size()));
             funcs.push((sym.address(), sym.size(), names.len() as u32));
             names.push(name);
+        };
+        for sym in file.symbols().chain(file.dynamic_symbols()) {
+            add(sym);
+        }
+        // A stripped library's local functions (glibc's __restore_rt, start_thread) are in its
+        // separate debug file, found by build id, when installed (Debian's *-dbg packages).
+        if file.section_by_name(".symtab").is_none() {
+            if let Some(debug) = debug_file(&file) {
+                if let Ok(d) = Bytes::open(&debug) {
+                    if let Ok(dfile) = object::File::parse(&*d) {
+                        for sym in dfile.symbols() {
+                            add(sym);
+                        }
+                    }
+                }
+            }
         }
         // Sized symbols first at equal addresses; drop exact duplicates (symtab + dynsym).
         funcs.sort_by_key(|&(a, s, _)| (a, s == 0));
         funcs.dedup_by_key(|f| f.0);
+        let len = data.len();
         let code = file
             .sections()
             .filter(|s| s.kind() == SectionKind::Text)
-            .filter_map(|s| Some((s.address(), s.data().ok()?.to_vec())))
+            .filter_map(|s| {
+                let (off, size) = s.file_range()?;
+                let lo = usize::try_from(off).ok()?;
+                let hi = lo.checked_add(usize::try_from(size).ok()?)?;
+                (hi <= len).then_some((s.address(), lo..hi))
+            })
             .collect();
+        drop(file);
         Ok(Module {
             path: display.to_string(),
+            file: path.to_path_buf(),
             bias,
             range: if lo < hi {
                 Range::new(lo.wrapping_add(bias), hi.wrapping_add(bias))
@@ -103,6 +139,7 @@ impl Module {
             },
             funcs,
             names,
+            data,
             code,
             by_name,
         })
@@ -145,20 +182,93 @@ impl Module {
         })
     }
 
+    /// Copies the module's code at runtime address `addr` (from its executable sections, as
+    /// the file holds them) into `out`; false when the range is not all inside one section.
+    pub fn read_code(&self, addr: u64, out: &mut [u8]) -> bool {
+        let a = addr.wrapping_sub(self.bias);
+        for (start, r) in &self.code {
+            let bytes = &self.data[r.clone()];
+            let Some(off) = a.checked_sub(*start) else {
+                continue;
+            };
+            let Ok(off) = usize::try_from(off) else {
+                continue;
+            };
+            if let Some(b) = off
+                .checked_add(out.len())
+                .and_then(|end| bytes.get(off..end))
+            {
+                out.copy_from_slice(b);
+                return true;
+            }
+        }
+        false
+    }
+
     /// Runtime addresses where `pattern` starts in the module's executable sections.
     pub fn find_code(&self, pattern: &[u8]) -> Vec<u64> {
         let mut out = Vec::new();
-        for (addr, bytes) in &self.code {
+        for (addr, r) in &self.code {
+            let bytes = &self.data[r.clone()];
             if pattern.is_empty() || bytes.len() < pattern.len() {
                 continue;
             }
-            for (i, w) in bytes.windows(pattern.len()).enumerate() {
-                if w == pattern {
-                    out.push(addr + i as u64 + self.bias);
-                }
+            for i in memchr::memmem::find_iter(bytes, pattern) {
+                out.push(addr + i as u64 + self.bias);
             }
         }
         out
+    }
+}
+
+/// `/usr/lib/debug/.build-id/xx/yyyy.debug` for a file's GNU build id, if it exists.
+fn debug_file(file: &object::File<'_>) -> Option<PathBuf> {
+    let id = file.build_id().ok()??;
+    if id.len() < 2 {
+        return None;
+    }
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let p = PathBuf::from(format!(
+        "/usr/lib/debug/.build-id/{}/{}.debug",
+        &hex[..2],
+        &hex[2..]
+    ));
+    p.exists().then_some(p)
+}
+
+/// A module file's bytes: mapped read-only (or read, when mapping fails, as for `/proc`
+/// files).
+enum Bytes {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn open(path: &Path) -> std::io::Result<Bytes> {
+        if !std::fs::metadata(path)?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let f = std::fs::File::open(path)?;
+        // SAFETY: a read-only private mapping of a module file; if the file is truncated
+        // while mapped, reads past its new end fault (SIGBUS), the usual caveat of mapping
+        // files: executables and libraries are not rewritten in place while analysed.
+        match unsafe { memmap2::Mmap::map(&f) } {
+            Ok(m) if !m.is_empty() => Ok(Bytes::Map(m)),
+            _ => Ok(Bytes::Owned(std::fs::read(path)?)),
+        }
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
     }
 }
 
@@ -180,6 +290,15 @@ impl Symbolizer {
     /// [`Symbolizer::missing`].
     pub fn add(&mut self, path: &Path, display: &str, map: Option<(u64, u64)>) {
         match Module::load(path, display, map) {
+            Ok(m) => self.modules.push(m),
+            Err(e) => self.missing.push((display.to_string(), e.to_string())),
+        }
+    }
+
+    /// Adds a module at a known load bias (see [`Module::load_biased`]); a file that cannot be
+    /// read is recorded in [`Symbolizer::missing`].
+    pub fn add_biased(&mut self, path: &Path, display: &str, bias: u64) {
+        match Module::load_biased(path, display, bias) {
             Ok(m) => self.modules.push(m),
             Err(e) => self.missing.push((display.to_string(), e.to_string())),
         }
@@ -251,6 +370,14 @@ impl Symbolizer {
             .iter()
             .filter(|m| m.range.contains(pc))
             .find_map(|m| m.lookup(pc))
+    }
+
+    /// Reads code at runtime address `addr` from the module containing it.
+    pub fn read_code(&self, addr: u64, out: &mut [u8]) -> bool {
+        self.modules
+            .iter()
+            .filter(|m| m.range.contains(addr))
+            .any(|m| m.read_code(addr, out))
     }
 
     /// The module containing `pc`.

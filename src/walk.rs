@@ -521,11 +521,12 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     }
 
     /// aarch64, frame-pointer mode, after an interrupted pc: the interrupted function may be a
-    /// leaf with no frame record, its caller only in `lr`. Frame records cannot tell; use `lr`
-    /// as the next frame when it is not what the record at `fp` says and points far from `pc`
-    /// (a stale `lr` of a non-leaf points into the same function). With CFI, the CFI decides.
+    /// leaf with no frame record, its caller only in `lr`. `lr` is used as the next frame only
+    /// when it is a return address the record at `fp` does not already hold, and the
+    /// interrupted function is the one it returns from ([`lr_is_live`]). With CFI, the CFI
+    /// decides. Runs once per exact start (the walk's first frame, a signal frame), never in
+    /// the record-following loop.
     fn leaf_lr<M: Memory>(&mut self, st: &mut State, mem: &mut M, buf: &mut [Frame], limit: usize) {
-        const SAME_FUNCTION: u64 = 4096;
         if A::KIND != crate::arch::ArchKind::Aarch64
             || self.mode != Mode::FramePointer
             || !st.exact
@@ -534,19 +535,152 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             return;
         }
         let lr = A::strip_ra(st.regs.lr, self.pac_mask);
-        if lr == 0 || lr.abs_diff(st.regs.pc) < SAME_FUNCTION {
+        if lr == 0 || lr % 4 != 0 {
+            return;
+        }
+        if self.leaf_signal_frame(st, mem, buf, limit, lr) {
             return;
         }
         let record_ra = mem
             .read_u64(st.regs.fp.wrapping_add(A::RECORD_RA))
             .map(|ra| A::strip_ra(ra, self.pac_mask));
-        if record_ra == Some(lr) {
+        if record_ra == Some(lr) || !lr_is_live(mem, st.regs.pc, lr) {
             return;
         }
         push(st, buf, lr, Via::Regs, false);
         st.regs.pc = lr;
         st.exact = false;
     }
+}
+
+impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
+    /// aarch64: a signal handler interrupted before it pushed a frame record (a frameless
+    /// leaf) has the sigreturn trampoline in `lr` and x29 still at the frame record the
+    /// kernel put in the signal frame. The signal-frame rule reads the interrupted registers
+    /// from there (the same record a framed handler's saved x29 would point at). Returns
+    /// whether it crossed.
+    fn leaf_signal_frame<M: Memory>(
+        &mut self,
+        st: &mut State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+        lr: u64,
+    ) -> bool {
+        let Some(t) = self.transitions.lookup(lr) else {
+            return false;
+        };
+        if !matches!(t.rule, crate::transition::Rule::SignalFrame)
+            || st.crossings >= MAX_TRANSITIONS
+        {
+            return false;
+        }
+        let next_fp = st.regs.fp;
+        let Some(Hop::Regs { regs, exact }) = t.rule.apply::<A, M>(
+            next_fp.wrapping_sub(A::RECORD_SIZE),
+            next_fp,
+            self.pac_mask,
+            mem,
+        ) else {
+            return false;
+        };
+        if regs.pc == 0 || st.n + 2 > limit {
+            return false;
+        }
+        push(st, buf, lr, Via::Regs, false);
+        st.crossings += 1;
+        st.stack = st.stack.saturating_add(1);
+        st.prev_fp = None;
+        st.regs = regs;
+        st.exact = exact;
+        st.seg = stack_of(mem, &regs);
+        st.pending = t.id;
+        push(st, buf, regs.pc, Via::Transition, exact);
+        // The interrupted function may itself be a frameless leaf.
+        self.leaf_lr(st, mem, buf, limit);
+        true
+    }
+}
+
+/// aarch64 instruction classes the leaf-`lr` rule needs.
+mod a64 {
+    /// `BL imm26`: the target, given the instruction's address.
+    pub fn bl_target(insn: u32, at: u64) -> Option<u64> {
+        if insn & 0xfc00_0000 != 0x9400_0000 {
+            return None;
+        }
+        // Sign-extend imm26 and scale by 4.
+        let imm = (((insn & 0x03ff_ffff) << 6) as i32 >> 6) as i64 * 4;
+        Some(at.wrapping_add(imm as u64))
+    }
+
+    /// `BLR Xn`, `BLRAA`/`BLRAB`/`BLRAAZ`/`BLRABZ`.
+    pub fn is_blr(insn: u32) -> bool {
+        insn & 0xffff_fc1f == 0xd63f_0000
+            || insn & 0xffff_f800 == 0xd63f_0800
+            || insn & 0xffff_f800 == 0xd73f_0800
+    }
+
+    /// `RET Xn`, `RETAA`, `RETAB`.
+    pub fn is_ret(insn: u32) -> bool {
+        insn & 0xffff_fc1f == 0xd65f_0000 || insn == 0xd65f_0bff || insn == 0xd65f_0fff
+    }
+
+    /// `STP X29, X30, [SP, #imm]` (signed offset) or `[SP, #imm]!` (pre-index): a frame record
+    /// being pushed.
+    pub fn is_record_push(insn: u32) -> bool {
+        let base = insn & 0xffc0_7fff;
+        base == 0xa900_7bfd || base == 0xa980_7bfd
+    }
+}
+
+/// Is `lr` the return address of the function that `pc` is in (a leaf, or a function
+/// interrupted before it pushed its frame record)?
+/// - the instruction before `lr` must be a call (`BL`/`BLR`): otherwise `lr` is not a return
+///   address at all (a leaf may use x30 as a scratch register only after saving it);
+/// - for a direct `BL`, the callee's code from its entry up to `pc` must contain no frame
+///   record push (then the record at `fp` is the function's own and already holds `lr`) and no
+///   `RET` (then `pc` is past the callee's end, in another function: `lr` is stale, left by a
+///   call the interrupted function made and returned from);
+/// - for an indirect call the callee is unknown: `lr` is used only when it is far (4 KiB or
+///   more) from `pc`, since a stale `lr` points into the interrupted function itself.
+///
+/// When the code cannot be read the distance rule decides alone.
+fn lr_is_live<M: Memory>(mem: &mut M, pc: u64, lr: u64) -> bool {
+    const SAME_FUNCTION: u64 = 4096;
+    const MAX_SCAN: u64 = 4096;
+    let far = lr.abs_diff(pc) >= SAME_FUNCTION;
+    let call_at = lr.wrapping_sub(4);
+    let mut b = [0u8; 4];
+    if !mem.read_code(call_at, &mut b) {
+        return far;
+    }
+    let call = u32::from_le_bytes(b);
+    if a64::is_blr(call) {
+        return far;
+    }
+    let Some(entry) = a64::bl_target(call, call_at) else {
+        return false;
+    };
+    if entry > pc || pc - entry > MAX_SCAN || entry % 4 != 0 {
+        return false;
+    }
+    let mut chunk = [0u8; 256];
+    let mut at = entry;
+    while at < pc {
+        let n = ((pc - at) as usize).min(chunk.len());
+        if !mem.read_code(at, &mut chunk[..n]) {
+            return far;
+        }
+        for w in chunk[..n].chunks_exact(4) {
+            let insn = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            if a64::is_ret(insn) || a64::is_record_push(insn) {
+                return false;
+            }
+        }
+        at += n as u64;
+    }
+    true
 }
 
 /// Follows ordinary frame records on one stack into `out`. A record is ordinary when its

@@ -489,3 +489,178 @@ fn link_base_follows_a_parent_link() {
         (Via::Transition, 1, 4)
     );
 }
+
+/// aarch64 code for the leaf-lr tests: `caller` at 0x40_0000 calls `leaf` at 0x40_1000 with a
+/// BL at 0x40_0008 (so lr = 0x40_000c); `leaf` is frameless: three plain instructions, then
+/// RET; `framed` at 0x40_2000 pushes a record first; `after` (0x40_1010) follows leaf's RET.
+fn a64_code() -> Vec<u8> {
+    const NOP: u32 = 0xd503_201f;
+    const RET: u32 = 0xd65f_03c0;
+    const STP_PRE: u32 = 0xa9bf_7bfd; // stp x29, x30, [sp, #-16]!
+    let mut words = vec![NOP; 0x3000 / 4];
+    let bl = |from: u64, to: u64| {
+        0x9400_0000 | (((to.wrapping_sub(from) as i64 / 4) as u32) & 0x03ff_ffff)
+    };
+    words[2] = bl(0x40_0008, 0x40_1000);
+    words[4] = bl(0x40_0010, 0x40_2000);
+    words[6] = 0xd63f_0100; // blr x8
+    words[0x1000 / 4 + 3] = RET;
+    words[0x2000 / 4] = STP_PRE;
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn a64_walk(code: &[u8], pc: u64, lr: u64) -> Vec<u64> {
+    let mut s = StackBuilder::new(LO, LEN);
+    s.record(LO + 0x100, 0, 0x50_0000);
+    let regions = [
+        s.region(),
+        Region {
+            base: 0x40_0000,
+            bytes: code,
+            is_stack: false,
+        },
+    ];
+    let mut mem = Image::new(&regions);
+    let mut buf = [Frame::EMPTY; 16];
+    let mut w: Walker<Aarch64, _, _> = Walker::new(NoTransitions);
+    let regs = Regs {
+        pc,
+        sp: LO + 0xf0,
+        fp: LO + 0x100,
+        lr,
+    };
+    let t = w.walk(Start::exact(regs), &mut mem, &mut buf);
+    pcs(&buf[..t.len])
+}
+
+#[test]
+fn aarch64_leaf_lr_after_a_bl_into_the_leaf_is_used_even_when_near() {
+    let code = a64_code();
+    // pc inside the frameless leaf, 0xff4 bytes from lr: the old distance rule dropped it.
+    assert_eq!(
+        a64_walk(&code, 0x40_1008, 0x40_000c),
+        vec![0x40_1008, 0x40_000c, 0x50_0000]
+    );
+    // At the leaf's entry too.
+    assert_eq!(
+        a64_walk(&code, 0x40_1000, 0x40_000c),
+        vec![0x40_1000, 0x40_000c, 0x50_0000]
+    );
+}
+
+#[test]
+fn aarch64_stale_or_bogus_lr_is_not_used() {
+    let code = a64_code();
+    // pc past the callee's RET: in another function, lr is stale.
+    assert_eq!(
+        a64_walk(&code, 0x40_1010, 0x40_000c),
+        vec![0x40_1010, 0x50_0000]
+    );
+    // The callee pushed its frame record before pc: the record decides.
+    assert_eq!(
+        a64_walk(&code, 0x40_2008, 0x40_0014),
+        vec![0x40_2008, 0x50_0000]
+    );
+    // pc below the BL's target: not in the callee.
+    assert_eq!(
+        a64_walk(&code, 0x40_0ff0, 0x40_000c),
+        vec![0x40_0ff0, 0x50_0000]
+    );
+    // The instruction before lr is no call: lr is not a return address.
+    assert_eq!(
+        a64_walk(&code, 0x40_1008, 0x40_0020),
+        vec![0x40_1008, 0x50_0000]
+    );
+    // Misaligned lr.
+    assert_eq!(
+        a64_walk(&code, 0x40_1008, 0x40_000d),
+        vec![0x40_1008, 0x50_0000]
+    );
+    // Indirect call: the distance rule (near: dropped).
+    assert_eq!(
+        a64_walk(&code, 0x40_1008, 0x40_001c),
+        vec![0x40_1008, 0x50_0000]
+    );
+}
+
+#[test]
+fn aarch64_instruction_classes() {
+    use super::a64::*;
+    assert_eq!(bl_target(0x97ff_fff7, 0xb78), Some(0xb54)); // from the chain fixture
+    assert_eq!(bl_target(0x9400_0001, 0x1000), Some(0x1004));
+    assert_eq!(bl_target(0xd503_201f, 0x1000), None);
+    assert!(is_blr(0xd63f_0100));
+    assert!(is_blr(0xd63f_081f)); // blraaz x0
+    assert!(!is_blr(0xd61f_0100)); // br x8
+    assert!(is_ret(0xd65f_03c0) && is_ret(0xd65f_0bff));
+    assert!(!is_ret(0xd61f_0100));
+    assert!(is_record_push(0xa9bf_7bfd) && is_record_push(0xa9017bfd));
+    assert!(!is_record_push(0xa9bf_53f3)); // stp x19, x20, [sp, #-16]!
+}
+
+#[test]
+fn aarch64_frameless_signal_handler_crosses_through_lr() {
+    use crate::arch::aarch64::{RT_SIGFRAME_SIZE, UC_PC, UC_SP, UC_X29, UC_X30};
+    let code = a64_code();
+    // Main stack: the interrupted leaf (0x40_1008, called from 0x40_0008) has no record; x29
+    // is its caller's record, returning to 0x50_0000.
+    let mut main = StackBuilder::new(LO, LEN);
+    main.record(LO + 0x100, 0, 0x50_0000);
+    // Alternate stack: the rt_sigframe at S (ucontext at S + 128), the kernel's frame record
+    // right above it; the frameless handler's x29 points at that record.
+    const ALT: u64 = 0x80_0000;
+    let s = ALT + 0x100;
+    let next_fp = s + RT_SIGFRAME_SIZE;
+    let mut alt = StackBuilder::new(ALT, 0x2000);
+    let uc = s + 128;
+    alt.put(uc + UC_X29, LO + 0x100)
+        .put(uc + UC_X30, 0x40_000c)
+        .put(uc + UC_SP, LO + 0xf0)
+        .put(uc + UC_PC, 0x40_1008)
+        .record(next_fp, LO + 0x100, 0x40_000c);
+    let trampoline = 0x7f_0000u64;
+    let table = TransitionTable::from_entries([Transition {
+        range: Range::new(trampoline, trampoline + 1),
+        rule: Rule::SignalFrame,
+        id: 5,
+    }]);
+    let regions = [
+        main.region(),
+        alt.region(),
+        Region {
+            base: 0x40_0000,
+            bytes: &code,
+            is_stack: false,
+        },
+    ];
+    let mut mem = Image::new(&regions);
+    let mut buf = [Frame::EMPTY; 16];
+    let mut w: Walker<Aarch64, _, _> = Walker::new(&table);
+    let handler = Regs {
+        pc: 0x40_0100,
+        sp: next_fp - 0x10,
+        fp: next_fp,
+        lr: trampoline,
+    };
+    let t = w.walk(Start::exact(handler), &mut mem, &mut buf);
+    let f = &buf[..t.len];
+    assert_eq!(
+        pcs(f),
+        vec![0x40_0100, trampoline, 0x40_1008, 0x40_000c, 0x50_0000]
+    );
+    assert_eq!((f[1].via, f[1].stack), (Via::Regs, 0));
+    assert_eq!(
+        (f[2].via, f[2].stack, f[2].transition),
+        (Via::Transition, 1, 5)
+    );
+    assert!(f[2].is_exact());
+    assert_eq!((f[3].via, f[3].stack), (Via::Regs, 1));
+    assert_eq!(t.stop, StopReason::End);
+    // Without the table entry nothing crosses: the trampoline's code is unreadable, so the
+    // distance rule keeps lr as a plain frame, and the walk goes on through the kernel's
+    // record on the same stack numbering.
+    let mut w: Walker<Aarch64, _, _> = Walker::new(NoTransitions);
+    let t = w.walk(Start::exact(handler), &mut mem, &mut buf);
+    assert_eq!(pcs(&buf[..t.len])[..3], [0x40_0100, trampoline, 0x40_000c]);
+    assert!(buf[..t.len].iter().all(|f| f.stack == 0));
+}

@@ -1,0 +1,561 @@
+//! The `unwind stack` command on real cores: the JSON contract, the fixtures' call chains (the
+//! truth is fixtures/c/chain.c), eu-stack as a reference, and bad input.
+//!
+//! Committed cores (fixtures/cores/*.gz, made by fixtures/cores/make.sh) run everywhere; fresh
+//! x86_64 kernel cores are made at test time when gcc is there and core_pattern is `core`.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_unwind");
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A fresh temporary directory for one test.
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("unwind-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Unpacks committed core `name` (without `.gz`) into `dir`.
+fn core(name: &str, dir: &Path) -> PathBuf {
+    use std::io::Read;
+    let gz = std::fs::File::open(fixtures().join("cores").join(format!("{name}.gz"))).unwrap();
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let out = dir.join(name);
+    std::fs::write(&out, bytes).unwrap();
+    out
+}
+
+fn exe(arch: &str) -> PathBuf {
+    fixtures().join("cores").join(format!("chain-{arch}"))
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run unwind")
+}
+
+fn json(args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--format", "json"]);
+    let out = run(&a);
+    assert!(
+        out.status.success(),
+        "unwind {a:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Checks the contract's shape exactly: keys, types, value sets.
+fn check_shape(v: &Value, arch: &str) {
+    let top = v.as_object().expect("object");
+    assert_eq!(
+        top.keys().collect::<Vec<_>>(),
+        ["arch", "threads"],
+        "top-level keys"
+    );
+    assert_eq!(v["arch"], arch);
+    let threads = v["threads"].as_array().expect("threads array");
+    assert!(!threads.is_empty());
+    for t in threads {
+        let o = t.as_object().unwrap();
+        let mut keys: Vec<_> = o.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["frames", "tid", "truncated"]);
+        assert!(t["tid"].as_u64().is_some());
+        assert!(t["truncated"].is_boolean());
+        let frames = t["frames"].as_array().unwrap();
+        let mut last_stack = 0;
+        for (i, f) in frames.iter().enumerate() {
+            let mut keys: Vec<_> = f.as_object().unwrap().keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["module", "pc", "stack", "symbol", "via"]);
+            let pc = f["pc"].as_str().unwrap();
+            assert!(pc.starts_with("0x"), "{pc}");
+            assert!(u64::from_str_radix(&pc[2..], 16).is_ok(), "{pc}");
+            assert!(f["symbol"].is_string() || f["symbol"].is_null());
+            assert!(f["module"].is_string() || f["module"].is_null());
+            let stack = f["stack"].as_u64().unwrap();
+            assert!(stack >= last_stack, "stack index never decreases");
+            if stack > last_stack {
+                assert_eq!(
+                    f["via"], "transition",
+                    "a new stack starts with a transition"
+                );
+            }
+            last_stack = stack;
+            let via = f["via"].as_str().unwrap();
+            assert!(
+                ["regs", "fp", "dwarf", "transition"].contains(&via),
+                "{via}"
+            );
+            if i == 0 {
+                assert_eq!(via, "regs", "the leaf comes from the registers");
+            }
+        }
+    }
+}
+
+fn symbols(t: &Value) -> Vec<String> {
+    t["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["symbol"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+fn pcs(t: &Value) -> Vec<u64> {
+    t["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| u64::from_str_radix(&f["pc"].as_str().unwrap()[2..], 16).unwrap())
+        .collect()
+}
+
+/// `want` appears in `got` in order, consecutively.
+fn has_run(got: &[String], want: &[&str]) -> bool {
+    got.windows(want.len())
+        .any(|w| w.iter().zip(want).all(|(a, b)| a == b))
+}
+
+// ---- the fixtures' truth ----
+
+fn check_chain(v: &Value) {
+    let t = &v["threads"][0];
+    let s = symbols(t);
+    assert!(
+        has_run(&s, &["gamma_", "beta_", "alpha_", "main"]),
+        "chain: {s:?}"
+    );
+    assert_eq!(s[0], "gamma_", "leaf first");
+}
+
+fn check_signal(v: &Value) {
+    let t = &v["threads"][0];
+    let s = symbols(t);
+    assert_eq!(s[0], "on_alarm", "{s:?}");
+    let frames = t["frames"].as_array().unwrap();
+    assert_eq!(frames[0]["stack"], 0);
+    // The interrupted function shows, on the next stack, found through the signal frame.
+    let i = s
+        .iter()
+        .position(|n| n == "spin_here")
+        .expect("spin_here shows");
+    assert_eq!(frames[i]["via"], "transition");
+    assert_eq!(frames[i]["stack"], 1);
+    assert!(
+        has_run(&s[i..], &["spin_here", "spin_caller", "main"]),
+        "{s:?}"
+    );
+}
+
+fn check_threads(v: &Value) {
+    let threads = v["threads"].as_array().unwrap();
+    assert_eq!(threads.len(), 4, "main and three workers");
+    let s = symbols(&threads[0]);
+    assert!(has_run(&s, &["gamma_", "beta_", "alpha_", "main"]), "{s:?}");
+    for t in &threads[1..] {
+        let s = symbols(t);
+        // The leaf is libc's pause, which keeps no frame record: worker_leaf's return address
+        // is only at the stack pointer, so frame pointers go from pause to worker_mid
+        // (eu-stack, with CFI, shows worker_leaf too).
+        assert!(has_run(&s, &["worker_mid", "worker_top"]), "{s:?}");
+        assert!(s[0].contains("pause"), "{s:?}");
+    }
+}
+
+#[test]
+fn json_shape_and_chain_x86_64() {
+    let d = tmp("chain");
+    let c = core("core-x86_64-chain", &d);
+    let v = json(&["stack", "--core", p(&c), "--exe", p(&exe("x86_64"))]);
+    check_shape(&v, "x86_64");
+    check_chain(&v);
+    // Every frame is on stack 0 and found by the registers or frame pointers.
+    for f in v["threads"][0]["frames"].as_array().unwrap() {
+        assert_eq!(f["stack"], 0);
+    }
+    // The module of an executable frame is the executable.
+    let m = v["threads"][0]["frames"][0]["module"].as_str().unwrap();
+    assert!(m.ends_with("chain-x86_64"), "{m}");
+    // Text output names the same functions.
+    let out = run(&["stack", "--core", p(&c), "--exe", p(&exe("x86_64"))]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("arch x86_64\n"));
+    assert!(text.contains("gamma_+") && text.contains("(regs)") && text.contains("(fp)"));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn signal_on_sigaltstack_x86_64() {
+    let d = tmp("signal");
+    let c = core("core-x86_64-signal", &d);
+    let v = json(&["stack", "--core", p(&c), "--exe", p(&exe("x86_64"))]);
+    check_shape(&v, "x86_64");
+    check_signal(&v);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn every_thread_x86_64() {
+    let d = tmp("threads");
+    let c = core("core-x86_64-threads", &d);
+    let v = json(&["stack", "--core", p(&c), "--exe", p(&exe("x86_64"))]);
+    check_shape(&v, "x86_64");
+    check_threads(&v);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn aarch64_qemu_core() {
+    let d = tmp("aarch64");
+    let c = core("core-aarch64-chain", &d);
+    // With --exe: the leaf gamma_ is frameless (GCC omits leaf frame records on aarch64), so
+    // beta_ is only in lr; the walk must still show it.
+    let v = json(&["stack", "--core", p(&c), "--exe", p(&exe("aarch64"))]);
+    check_shape(&v, "aarch64");
+    check_chain(&v);
+    let frames = v["threads"][0]["frames"].as_array().unwrap();
+    assert_eq!(frames[1]["symbol"], "beta_");
+    assert_eq!(frames[1]["via"], "regs", "beta_ comes from lr");
+    // With the sysroot, the C library's frames are found through the link map.
+    let sysroot = Path::new("/usr/aarch64-linux-gnu");
+    if sysroot.join("lib/libc.so.6").exists() {
+        let v = json(&[
+            "stack",
+            "--core",
+            p(&c),
+            "--exe",
+            p(&exe("aarch64")),
+            "--sysroot",
+            p(sysroot),
+        ]);
+        let s = symbols(&v["threads"][0]);
+        assert!(
+            s.iter().any(|n| n == "__libc_start_main"),
+            "libc frames symbolised through the link map: {s:?}"
+        );
+        let m: Vec<&str> = frames.iter().filter_map(|f| f["module"].as_str()).collect();
+        assert!(!m.is_empty());
+    } else {
+        eprintln!("skipping the libc part: no /usr/aarch64-linux-gnu/lib/libc.so.6");
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn aarch64_qemu_signal_core() {
+    let d = tmp("aarch64-signal");
+    let c = core("core-aarch64-signal", &d);
+    // The handler and the interrupted spin_here are both frameless leaves: the trampoline is
+    // only in the handler's lr, spin_caller only in the interrupted lr (from the ucontext).
+    let v = json(&["stack", "--core", p(&c), "--exe", p(&exe("aarch64"))]);
+    check_shape(&v, "aarch64");
+    check_signal(&v);
+    // eu-stack, the reference, loses the interrupted function on this core (qemu's signal
+    // frame): say what it shows.
+    if let Some(eu) = eu_stack(&c, &exe("aarch64")) {
+        let ours = pcs(&v["threads"][0]);
+        for (tid, theirs) in eu {
+            eprintln!(
+                "thread {tid}: eu-stack shows {theirs:x?}; we show {ours:x?} (spin_here at {:x})",
+                ours[2]
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn policy_flags_are_accepted_and_cpu_keeps_everything() {
+    let d = tmp("policy");
+    let c = core("core-x86_64-signal", &d);
+    let e = exe("x86_64");
+    let all = json(&["stack", "--core", p(&c), "--exe", p(&e)]);
+    for k in ["cpu", "heap", "block", "mutex", "lock", "trace"] {
+        let v = json(&["stack", "--core", p(&c), "--exe", p(&e), "--policy", k]);
+        check_shape(&v, "x86_64");
+        // A C program has no system-stack switch and its leaf (the handler) is user code:
+        // every policy keeps the whole trace (Go's policies: tests/cli_go.rs).
+        assert_eq!(pcs(&v["threads"][0]), pcs(&all["threads"][0]), "{k}");
+    }
+    let out = run(&["stack", "--core", p(&c), "--policy", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+// ---- eu-stack as a reference ----
+
+/// eu-stack's frames: tid → pcs.
+fn eu_stack(core: &Path, exe: &Path) -> Option<Vec<(u64, Vec<u64>)>> {
+    let out = Command::new("eu-stack")
+        .args(["--core", p(core), "-e", p(exe)])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut threads: Vec<(u64, Vec<u64>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("TID ") {
+            threads.push((rest.trim_end_matches(':').parse().ok()?, Vec::new()));
+        } else if let Some(rest) = line.strip_prefix('#') {
+            let addr = rest.split_whitespace().nth(1)?;
+            let pc = u64::from_str_radix(addr.trim_start_matches("0x"), 16).ok()?;
+            threads.last_mut()?.1.push(pc);
+        }
+    }
+    Some(threads)
+}
+
+/// Every pc we report (frame pointers only) is one eu-stack reports, in the same order, and
+/// every fixture function eu-stack shows that keeps a frame record shows in ours.
+fn compare_with_eu_stack(core: &Path, exe: &Path) {
+    let Some(eu) = eu_stack(core, exe) else {
+        eprintln!("skipping the eu-stack comparison: eu-stack (elfutils) is not installed");
+        return;
+    };
+    let v = json(&["stack", "--core", p(core), "--exe", p(exe)]);
+    let ours = v["threads"].as_array().unwrap();
+    assert_eq!(ours.len(), eu.len(), "same threads");
+    for t in ours {
+        let tid = t["tid"].as_u64().unwrap();
+        let (_, theirs) = eu.iter().find(|(x, _)| *x == tid).expect("tid in eu-stack");
+        let mine = pcs(t);
+        let mut j = 0;
+        for pc in &mine {
+            match theirs[j..].iter().position(|x| x == pc) {
+                Some(k) => j += k + 1,
+                None => panic!(
+                    "thread {tid}: our pc {pc:#x} is not in eu-stack's {theirs:x?} (ours {mine:x?})"
+                ),
+            }
+        }
+        // What eu-stack shows beyond us: libc frames without frame records (its CFI), and the
+        // caller of a frameless libc leaf. Say so.
+        let extra: Vec<_> = theirs.iter().filter(|x| !mine.contains(x)).collect();
+        if !extra.is_empty() {
+            eprintln!("thread {tid}: eu-stack also shows {extra:x?} (CFI-only frames)");
+        }
+    }
+}
+
+#[test]
+fn matches_eu_stack_on_committed_cores() {
+    let d = tmp("eu");
+    for name in [
+        "core-x86_64-chain",
+        "core-x86_64-signal",
+        "core-x86_64-threads",
+    ] {
+        let c = core(name, &d);
+        compare_with_eu_stack(&c, &exe("x86_64"));
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Fresh kernel cores from fixtures/c/make-core.sh, checked against the source's truth and
+/// eu-stack. Needs gcc and core_pattern `core` (CI sets it); skipped with a message otherwise.
+#[test]
+fn fresh_x86_64_kernel_cores() {
+    if !cfg!(target_arch = "x86_64") {
+        eprintln!("skipping: kernel cores of x86_64 programs need an x86_64 host");
+        return;
+    }
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    if pattern.trim() != "core" {
+        eprintln!(
+            "skipping fresh kernel cores: core_pattern is {:?}, not \"core\" (run `echo core > /proc/sys/kernel/core_pattern` as root)",
+            pattern.trim()
+        );
+        return;
+    }
+    if Command::new("gcc").arg("--version").output().is_err() {
+        eprintln!("skipping fresh kernel cores: no gcc");
+        return;
+    }
+    let d = tmp("fresh");
+    for variant in ["chain", "signal", "threads"] {
+        let out = Command::new("bash")
+            .arg(fixtures().join("c/make-core.sh"))
+            .args(["x86_64", variant, p(&d)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "make-core.sh {variant}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = d.join(format!("core-x86_64-{variant}"));
+        let e = d.join("chain-x86_64");
+        // NT_FILE names the executable where it was built: no --exe needed.
+        let v = json(&["stack", "--core", p(&c)]);
+        check_shape(&v, "x86_64");
+        match variant {
+            "chain" => check_chain(&v),
+            "signal" => check_signal(&v),
+            _ => check_threads(&v),
+        }
+        compare_with_eu_stack(&c, &e);
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+// ---- bad input ----
+
+/// Exit status 2, nothing on stdout, one line on stderr naming the problem.
+fn assert_bad(args: &[&str], what: &str) {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(out.stdout.is_empty(), "{args:?}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("unwind: "), "{err}");
+    assert!(err.contains(what), "{args:?}: expected {what:?} in {err}");
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line() {
+    let d = tmp("bad");
+    let c = core("core-x86_64-chain", &d);
+    let bytes = std::fs::read(&c).unwrap();
+
+    assert_bad(&["stack", "--core", p(&d.join("nope"))], "No such file");
+    assert_bad(&["stack", "--core", p(&exe("x86_64"))], "not a core");
+
+    let garbage = d.join("garbage");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let g: Vec<u8> = (0..100_000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    std::fs::write(&garbage, &g).unwrap();
+    assert_bad(&["stack", "--core", p(&garbage)], "not a 64-bit");
+
+    let empty = d.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    assert_bad(&["stack", "--core", p(&empty)], "not a 64-bit");
+
+    // Cut inside the program headers, and inside the notes.
+    for cut in [100, 2000] {
+        let t = d.join(format!("truncated-{cut}"));
+        std::fs::write(&t, &bytes[..cut]).unwrap();
+        assert_bad(&["stack", "--core", p(&t)], "truncated");
+    }
+
+    // e_machine = EM_ARM (40).
+    let mut w = bytes.clone();
+    w[18] = 40;
+    w[19] = 0;
+    let wrong = d.join("wrong-arch");
+    std::fs::write(&wrong, &w).unwrap();
+    assert_bad(&["stack", "--core", p(&wrong)], "unsupported architecture");
+
+    assert_bad(
+        &["stack", "--core", p(&c), "--exe", p(&d.join("no-exe"))],
+        "no such file",
+    );
+    assert_bad(&["stack"], "--core");
+    assert_bad(&["stack", "--core", p(&c), "--format", "xml"], "--format");
+    assert_bad(&["frobnicate"], "unknown command");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn truncated_anywhere_never_panics() {
+    let d = tmp("cuts");
+    let c = core("core-x86_64-signal", &d);
+    let bytes = std::fs::read(&c).unwrap();
+    let t = d.join("cut");
+    // Cut at a spread of offsets: either a clean error (2) or a (shorter) result (0).
+    let mut cut = 64;
+    while cut < bytes.len() {
+        std::fs::write(&t, &bytes[..cut]).unwrap();
+        let out = run(&["stack", "--core", p(&t), "--format", "json"]);
+        match out.status.code() {
+            Some(0) => {
+                let v: Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+                check_shape(&v, "x86_64");
+            }
+            Some(2) => assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1),
+            other => panic!(
+                "cut at {cut}: status {other:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+        cut = cut * 3 / 2;
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn missing_module_warns_and_leaves_frames_unsymbolised() {
+    let d = tmp("missing");
+    let c = core("core-x86_64-chain", &d);
+    let mut bytes = std::fs::read(&c).unwrap();
+    // Rename the executable in NT_FILE (same length): the file it names does not exist.
+    let from = b"/chain-x86_64\0";
+    let at: Vec<usize> = bytes
+        .windows(from.len())
+        .enumerate()
+        .filter(|(_, w)| *w == from)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!at.is_empty(), "NT_FILE names the executable");
+    for i in at {
+        bytes[i + from.len() - 2] = b'Z';
+    }
+    let m = d.join("core-missing");
+    std::fs::write(&m, &bytes).unwrap();
+    let out = run(&["stack", "--core", p(&m), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("chain-x86_6Z"),
+        "{err}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_shape(&v, "x86_64");
+    let f0 = &v["threads"][0]["frames"][0];
+    assert!(f0["symbol"].is_null() && f0["module"].is_null(), "{f0}");
+    assert!(v["threads"][0]["frames"].as_array().unwrap().len() >= 4);
+    // --exe supplies it.
+    let v = json(&["stack", "--core", p(&m), "--exe", p(&exe("x86_64"))]);
+    check_chain(&v);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn lines_add_file_and_line() {
+    let d = tmp("lines");
+    let c = core("core-x86_64-chain", &d);
+    let e = exe("x86_64");
+    let out = run(&["stack", "--core", p(&c), "--exe", p(&e), "--lines"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let gamma = text.lines().find(|l| l.contains("gamma_+")).unwrap();
+    assert!(gamma.contains("chain.c:"), "{gamma}");
+    // JSON: the contract's keys plus "line" (an extension, only with --lines).
+    let v = json(&["stack", "--core", p(&c), "--exe", p(&e), "--lines"]);
+    let f0 = &v["threads"][0]["frames"][0];
+    assert_eq!(f0.as_object().unwrap().len(), 6);
+    assert!(f0["line"].as_str().unwrap().contains("chain.c:"), "{f0}");
+    let _ = std::fs::remove_dir_all(d);
+}
