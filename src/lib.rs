@@ -37,6 +37,7 @@ pub mod builtin;
 pub mod core_file;
 pub mod coroutine;
 pub mod frame;
+pub mod heap;
 pub mod live;
 pub mod memory;
 pub mod offline;
