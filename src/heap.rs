@@ -46,7 +46,8 @@
 //! non-runtime frame, the code that asked for memory. "Runtime" is the [`Classifier`]'s answer;
 //! the default one ([`default_classifier`]) counts as runtime the functions named with
 //! [`RUNTIME_PREFIXES`] or containing [`RUNTIME_INFIXES`] (this wrapper, the allocator shims,
-//! `alloc::`/`std::alloc` internals, collections' growth paths, `unwind::system_stack`) and every
+//! `alloc::`/`std::alloc` internals, collections' growth paths, `core::iter` glue such as
+//! `collect`, `unwind::system_stack`) and every
 //! frame on the system side of a system-stack switch. So an allocation made inside
 //! `system_stack::run(|| ...)` is charged to the function that called `run`, as Go charges
 //! `systemstack` work to the goroutine's frame. At most [`MAX_FRAMES`] frames are kept
@@ -148,6 +149,8 @@ pub const RUNTIME_PREFIXES: &[&str] = &[
     "<core::alloc::",
     "std::alloc::",
     "<std::alloc::",
+    "core::iter::",
+    "<core::iter::",
     "hashbrown::",
     "<hashbrown::",
     "std::collections::",
@@ -156,7 +159,12 @@ pub const RUNTIME_PREFIXES: &[&str] = &[
 
 /// Substrings of function names [`default_classifier`] counts as runtime: trait impls of the
 /// allocation internals on other types (`<u8 as alloc::vec::spec_from_elem::SpecFromElem>`).
-pub const RUNTIME_INFIXES: &[&str] = &[" as alloc::", " as core::alloc::", " as std::alloc::"];
+pub const RUNTIME_INFIXES: &[&str] = &[
+    " as alloc::",
+    " as core::alloc::",
+    " as std::alloc::",
+    " as core::iter::",
+];
 
 /// One stack's heap profile values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
