@@ -981,6 +981,76 @@ mod tests {
         assert_eq!(draw(0), u64::MAX);
     }
 
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn map_insert_remove_tombstones_and_full_window() {
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        reset();
+        // Addresses that all share one home slot: multiples of 2^(64-16) steps in the hash are
+        // hard to build, so find colliding addresses by search.
+        let home = map_home(0x1000);
+        let colliding: Vec<u64> = (1..)
+            .map(|i| 0x1000 + i * 16)
+            .filter(|&a| map_home(a) == home)
+            .take(MAP_PROBES + 1)
+            .collect();
+        let mut all = vec![0x1000];
+        all.extend_from_slice(&colliding[..MAP_PROBES - 1]);
+        for (i, &a) in all.iter().enumerate() {
+            assert!(map_insert(a, pack(i, 10 + i as u64)), "{i}");
+            assert!(may_be_tracked(a));
+        }
+        // The probe window is full: the next colliding address cannot be tracked.
+        assert!(!map_insert(colliding[MAP_PROBES], pack(0, 1)));
+        // Remove one in the middle (tombstone): later entries are still found, and the
+        // tombstone is reused.
+        assert_eq!(map_remove(all[5]), Some(pack(5, 15)));
+        assert_eq!(map_remove(all[5]), None);
+        assert_eq!(map_remove(all[40]), Some(pack(40, 50)));
+        assert!(map_insert(colliding[MAP_PROBES], pack(1, 2)));
+        assert_eq!(map_remove(colliding[MAP_PROBES]), Some(pack(1, 2)));
+        for (i, &a) in all.iter().enumerate() {
+            if i != 5 && i != 40 {
+                assert_eq!(map_remove(a), Some(pack(i, 10 + i as u64)), "{i}");
+            }
+        }
+        assert!(all.iter().all(|&a| !may_be_tracked(a)));
+        assert_eq!(map_remove(0), None);
+        assert!(!map_insert(TOMB, 0));
+        reset();
+    }
+
+    #[test]
+    fn stack_slots_dedupe_and_account() {
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        reset();
+        let f = |pcs: &[u64]| -> Vec<Frame> {
+            pcs.iter().map(|&pc| Frame { pc, ..Frame::EMPTY }).collect()
+        };
+        let a = stack_slot(&f(&[1, 2, 3])).unwrap();
+        let b = stack_slot(&f(&[1, 2, 4])).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(stack_slot(&f(&[1, 2, 3])), Some(a));
+        let long: Vec<u64> = (0..200).collect();
+        let c = stack_slot(&f(&long)).unwrap();
+        assert_eq!(stack_slot(&f(&long[..MAX_FRAMES])), Some(c));
+        STACKS[a].alloc_objects.fetch_add(2, Ordering::Relaxed);
+        STACKS[a].alloc_bytes.fetch_add(300, Ordering::Relaxed);
+        account_free(pack(a, 100));
+        let p = snapshot_raw();
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            (p[0].pcs.as_slice(), p[0].alloc_objects, p[0].alloc_space),
+            (&[1u64, 2, 3][..], 2, 300)
+        );
+        assert_eq!((p[0].inuse_objects, p[0].inuse_space), (1, 200));
+        assert_eq!(stats().stacks, 3);
+        reset();
+        assert!(snapshot_raw().is_empty());
+        assert_eq!(stats().stacks, 0);
+    }
+
     #[test]
     fn names() {
         assert!(is_runtime_name("alloc::raw_vec::finish_grow"));

@@ -119,9 +119,19 @@ fn rate_one_counts_every_allocation_of_a_function() {
     // The runtime frames at the leaf end (the wrapper, __rust_alloc, RawVec) are gone and the
     // caller is next.
     let s = &samples_at(&p, "alloc_exact_counted")[0];
-    assert_eq!(name(s.pcs[1]), "rate_one_counts_every_allocation_of_a_function");
+    if cfg!(debug_assertions) {
+        // (Release builds inline the test function into the harness's closure.)
+        assert_eq!(
+            name(s.pcs[1]),
+            "rate_one_counts_every_allocation_of_a_function"
+        );
+    }
     let st = heap::stats();
-    assert_eq!(st.dropped_stacks + st.untracked + st.dropped_reset, 0, "{st:?}");
+    assert_eq!(
+        st.dropped_stacks + st.untracked + st.dropped_reset,
+        0,
+        "{st:?}"
+    );
 }
 
 const BIG: usize = 256 * 1024;
@@ -191,7 +201,12 @@ fn inuse_goes_down_after_frees_and_follows_realloc() {
     alloc_kept(100, &mut kept);
     let grown = black_box(realloc_here());
     let p = heap::snapshot();
-    assert_eq!(totals(&p, "alloc_kept"), [100, 100_000, 100, 100_000], "\n{}", dump(&p));
+    assert_eq!(
+        totals(&p, "alloc_kept"),
+        [100, 100_000, 100, 100_000],
+        "\n{}",
+        dump(&p)
+    );
     // realloc = free of the 16-word block, allocation of the 1024-word one, same function.
     assert_eq!(
         totals(&p, "realloc_here"),
@@ -243,11 +258,17 @@ fn allocation_on_the_system_stack_is_charged_to_the_caller_of_run() {
     assert_eq!(t, [10, 43_210, 0, 0], "\n{}", dump(&p));
     for s in samples_at(&p, "user_calls_run") {
         let names: Vec<String> = s.pcs.iter().map(|&pc| name(pc)).collect();
-        assert!(!names.iter().any(|n| n == "alloc_on_system_stack"), "{names:?}");
-        assert_eq!(
-            names[1], "allocation_on_the_system_stack_is_charged_to_the_caller_of_run",
+        assert!(
+            !names.iter().any(|n| n == "alloc_on_system_stack"),
             "{names:?}"
         );
+        assert!(!names.iter().any(|n| n == "run"), "{names:?}");
+        if cfg!(debug_assertions) {
+            assert_eq!(
+                names[1], "allocation_on_the_system_stack_is_charged_to_the_caller_of_run",
+                "{names:?}"
+            );
+        }
     }
     assert!(samples_at(&p, "alloc_on_system_stack").is_empty());
 }
@@ -289,7 +310,11 @@ fn threads_allocating_concurrently() {
     assert!(t[1] >= bytes as i64, "{t:?} vs {bytes}");
     assert_eq!((t[2], t[3]), (0, 0), "everything was freed");
     let st = heap::stats();
-    assert_eq!(st.dropped_stacks + st.untracked + st.dropped_reset, 0, "{st:?}");
+    assert_eq!(
+        st.dropped_stacks + st.untracked + st.dropped_reset,
+        0,
+        "{st:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,7 +410,11 @@ fn sigprof_storm_with_heap_profiler_does_not_deadlock() {
     let p = heap::snapshot();
     let t = totals(&p, "storm_alloc");
     let st = heap::stats();
-    assert_eq!(st.dropped_stacks + st.untracked + st.dropped_reset, 0, "{st:?}");
+    assert_eq!(
+        st.dropped_stacks + st.untracked + st.dropped_reset,
+        0,
+        "{st:?}"
+    );
     // On the system stack the sample is charged to `storm_alloc`'s caller's caller side:
     // `run` is runtime, so those land on `storm_worker`.
     let on_sys = totals(&p, "storm_worker");
