@@ -8,7 +8,9 @@
 //! dropped at the end: about 4000 allocations and 350 KiB per iteration, on a stack about
 //! 25 frames deep (criterion's), so a sample costs a real walk.
 //!
-//! Prints the medians and the overhead at the end (from criterion's estimates).
+//! Prints the medians and the overhead at the end (from criterion's estimates), then measures
+//! the same pairs again in interleaved rounds (off, on, on, off, ...), which is far less
+//! sensitive to other load on a shared machine, and the cost of one sample.
 
 use criterion::{criterion_group, Criterion};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -29,7 +31,9 @@ fn workload(seed: u64) -> usize {
         x ^= x << 17;
         x
     };
-    let strings: Vec<String> = (0..2000).map(|i| format!("item-{i}-{}", rnd() % 1000)).collect();
+    let strings: Vec<String> = (0..2000)
+        .map(|i| format!("item-{i}-{}", rnd() % 1000))
+        .collect();
     let mut map = BTreeMap::new();
     for i in 0..1000u64 {
         let n = 8 + (rnd() % 512) as usize;
@@ -99,12 +103,77 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// Paired, interleaved rounds (off and on alternate, in alternating order), so that load from
+/// other processes hits both sides alike: returns the medians of off, on (ns per call of `f`)
+/// and of the per-round ratio on/off.
+fn paired(rounds: usize, batch: usize, rate: u64, f: &mut dyn FnMut()) -> (f64, f64, f64) {
+    let mut time = |on: bool| {
+        if on {
+            heap::start(rate);
+        } else {
+            heap::stop();
+        }
+        let t = std::time::Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        let ns = t.elapsed().as_nanos() as f64 / batch as f64;
+        heap::stop();
+        ns
+    };
+    let (mut offs, mut ons, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let (off, on) = if r % 2 == 0 {
+            let off = time(false);
+            (off, time(true))
+        } else {
+            let on = time(true);
+            (time(false), on)
+        };
+        offs.push(off);
+        ons.push(on);
+        ratios.push(on / off);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    (med(&mut offs), med(&mut ons), med(&mut ratios))
+}
+
+fn paired_summary() {
+    let mut seed = 7u64;
+    let (off, on, r) = paired(41, 20, heap::DEFAULT_RATE, &mut || {
+        seed += 1;
+        black_box(workload(seed));
+    });
+    println!(
+        "paired workload (41 rounds x 20): off {:.1} µs on {:.1} µs, median ratio on/off {:+.2}%",
+        off / 1000.0,
+        on / 1000.0,
+        (r - 1.0) * 100.0
+    );
+    let mut ptrs = [core::ptr::null_mut::<u8>(); 1000];
+    let (off, on, r) = paired(41, 50, heap::DEFAULT_RATE, &mut || raw(&ALLOC, &mut ptrs));
+    println!(
+        "paired raw 1000 alloc+free (41 x 50): off {:.1} µs on {:.1} µs, median ratio {:+.2}%",
+        off / 1000.0,
+        on / 1000.0,
+        (r - 1.0) * 100.0
+    );
+    let (off, on, _) = paired(11, 20, 1, &mut || raw(&ALLOC, &mut ptrs));
+    println!(
+        "cost of one sample (rate 1, raw loop, criterion's stack depth): {:.0} ns",
+        (on - off) / 1000.0
+    );
+}
+
 fn median_ns(id: &str) -> Option<f64> {
     let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()?
         .join("criterion")
         .join("heap")
-        .join(id)
+        .join(id.replace('/', "_"))
         .join("new")
         .join("estimates.json");
     let s = std::fs::read_to_string(p).ok()?;
@@ -152,4 +221,5 @@ fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     summary();
+    paired_summary();
 }
