@@ -433,8 +433,12 @@ fn sigprof_storm_with_heap_profiler_does_not_deadlock() {
     );
 }
 
+/// Boxes of 48 bytes each (the point is one allocation per element).
+type Blocks = Vec<Box<[u8; 48]>>;
+
 #[inline(never)]
-fn cycle_alloc(n: usize, out: &mut Vec<Box<[u8; 48]>>) {
+#[allow(clippy::vec_box)]
+fn cycle_alloc(n: usize, out: &mut Blocks) {
     for _ in 0..n {
         out.push(Box::new([black_box(7u8); 48]));
     }
