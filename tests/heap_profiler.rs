@@ -502,3 +502,55 @@ fn start_stop_reset_cycles() {
     heap::stop();
     assert_eq!(totals(&heap::snapshot(), "cycle_alloc")[0], 4);
 }
+
+#[inline(never)]
+fn alloc_in_coroutine(n: usize) -> usize {
+    let mut t = 0;
+    for _ in 0..n {
+        let v: Vec<u8> = Vec::with_capacity(black_box(5555));
+        t += black_box(&v).capacity();
+    }
+    t
+}
+
+#[inline(never)]
+fn resumes_for_heap() -> usize {
+    use corosensei::stack::{DefaultStack, Stack};
+    use corosensei::{Coroutine, CoroutineResult};
+    let mut stack = DefaultStack::new(128 * 1024).unwrap();
+    let reg =
+        unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
+            .unwrap();
+    let mut co = Coroutine::with_stack(&mut stack, |_y, ()| alloc_in_coroutine(3));
+    let r = match co.resume(()) {
+        CoroutineResult::Return(r) => r,
+        CoroutineResult::Yield(()) => unreachable!(),
+    };
+    drop(co);
+    drop(reg);
+    black_box(r)
+}
+
+#[test]
+fn allocation_in_a_coroutine_reaches_the_resumer() {
+    let _g = setup();
+    heap::start(1);
+    black_box(resumes_for_heap());
+    heap::stop();
+    let p = heap::snapshot();
+    // A coroutine switch is not a system switch: the allocating function stays the leaf, and
+    // the stack continues past the switch into the code that resumed the coroutine.
+    assert_eq!(
+        totals(&p, "alloc_in_coroutine"),
+        [3, 3 * 5555, 0, 0],
+        "\n{}",
+        dump(&p)
+    );
+    for s in samples_at(&p, "alloc_in_coroutine") {
+        let names: Vec<String> = s.pcs.iter().map(|&pc| name(pc)).collect();
+        assert!(
+            names.iter().any(|n| n == "resumes_for_heap"),
+            "did not cross the coroutine switch: {names:?}"
+        );
+    }
+}
