@@ -391,19 +391,54 @@ fn sigprof_storm_with_heap_profiler_does_not_deadlock() {
     heap::start(1);
     HANDLED.store(0, Ordering::Relaxed);
     STORM_STOP.store(false, Ordering::Relaxed);
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
     let workers: Vec<_> = (0..4)
-        .map(|i| std::thread::spawn(move || storm_worker(i)))
+        .map(|i| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                // SAFETY: pthread_self has no preconditions.
+                tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
+                drop(tx);
+                storm_worker(i)
+            })
+        })
         .collect();
-    set_timer(200); // 5 kHz of process CPU time
+    let tids: Vec<usize> = (0..4).map(|_| rx.recv().unwrap()).collect();
+    // ITIMER_PROF at 5 kHz of process CPU time (the kernel delivers it at its tick rate,
+    // typically a few hundred per second), plus a thread sending SIGPROF to each worker
+    // every 200 µs: the real storm.
+    set_timer(200);
+    let sender_stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = sender_stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for &t in &tids {
+                    // SAFETY: the workers are alive until the sender has stopped (joined
+                    // below, before STORM_STOP), so each pthread_t is valid.
+                    unsafe { libc::pthread_kill(t as libc::pthread_t, libc::SIGPROF) };
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            sent
+        })
+    };
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
+    sender_stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    set_timer(0);
     STORM_STOP.store(true, Ordering::Relaxed);
     let done: Vec<(u64, u64)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
-    set_timer(0);
     heap::stop();
     assert!(t0.elapsed() < Duration::from_secs(60));
     let handled = HANDLED.load(Ordering::Relaxed);
-    assert!(handled > 20, "only {handled} SIGPROF handled");
+    assert!(
+        handled > sent / 10,
+        "only {handled} SIGPROF handled, {sent} sent"
+    );
     assert!(HANDLER_FRAMES.load(Ordering::Relaxed) > handled);
     let count: u64 = done.iter().map(|d| d.0).sum();
     let bytes: u64 = done.iter().map(|d| d.1).sum();
@@ -428,7 +463,7 @@ fn sigprof_storm_with_heap_profiler_does_not_deadlock() {
     assert!(on_sys[0] > 0 && t[0] > 0);
     assert_eq!((t[2], t[3], on_sys[2], on_sys[3]), (0, 0, 0, 0));
     eprintln!(
-        "storm: {count} allocations sampled, {handled} SIGPROF handled in {:?}",
+        "storm: {count} allocations sampled, {handled} SIGPROF handled ({sent} sent) in {:?}",
         t0.elapsed()
     );
 }
