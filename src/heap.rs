@@ -94,6 +94,9 @@
 //!   [`snapshot`] allocate and take a mutex: call them from ordinary code, not from signal
 //!   handlers or from inside an allocator.
 //!
+//! The profiler's state is process-wide: every `Sampling` value (a program has one global
+//! allocator, but a wrapper may also be called directly) feeds the same tables.
+//!
 //! # Lifecycle
 //! [`start`] (or [`start_with_classifier`]) turns sampling on; it also runs [`crate::init`] and
 //! builds the default classifier the first time (symbol tables of the loaded objects: do it
@@ -198,6 +201,9 @@ pub struct Stats {
     /// Samples whose stack was longer than [`MAX_FRAMES`] after the policy, or was cut by the
     /// capture buffer.
     pub truncated: u64,
+    /// Allocations not sampled because their thread was already inside the profiler: a signal
+    /// handler that interrupted a sample and allocated, or [`snapshot`]'s own allocations.
+    pub reentrant: u64,
     /// Stack slots in use.
     pub stacks: usize,
     /// Sampled blocks currently tracked (not yet freed).
@@ -332,6 +338,7 @@ static STATS_DROPPED_STACKS: AtomicU64 = AtomicU64::new(0);
 static STATS_DROPPED_RESET: AtomicU64 = AtomicU64::new(0);
 static STATS_UNTRACKED: AtomicU64 = AtomicU64::new(0);
 static STATS_TRUNCATED: AtomicU64 = AtomicU64::new(0);
+static STATS_REENTRANT: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     // Const-initialised, no destructors: never allocates, usable during thread teardown.
@@ -366,6 +373,7 @@ fn on_alloc(p: *mut u8, size: usize) {
 #[inline(never)]
 fn maybe_sample(addr: u64, size: u64, g: u64) {
     if BUSY.with(|b| b.get()) {
+        STATS_REENTRANT.fetch_add(1, Ordering::Relaxed);
         return;
     }
     let rate = RATE.load(Ordering::Relaxed);
@@ -814,6 +822,7 @@ pub fn reset() {
         &STATS_DROPPED_RESET,
         &STATS_UNTRACKED,
         &STATS_TRUNCATED,
+        &STATS_REENTRANT,
     ] {
         a.store(0, Ordering::Relaxed);
     }
@@ -828,6 +837,7 @@ pub fn stats() -> Stats {
         dropped_reset: STATS_DROPPED_RESET.load(Ordering::Relaxed),
         untracked: STATS_UNTRACKED.load(Ordering::Relaxed),
         truncated: STATS_TRUNCATED.load(Ordering::Relaxed),
+        reentrant: STATS_REENTRANT.load(Ordering::Relaxed),
         stacks: STACKS
             .iter()
             .filter(|s| s.state.load(Ordering::Relaxed) == READY)
