@@ -50,7 +50,10 @@
 //! `collect`, `unwind::system_stack`) and every
 //! frame on the system side of a system-stack switch. So an allocation made inside
 //! `system_stack::run(|| ...)` is charged to the function that called `run`, as Go charges
-//! `systemstack` work to the goroutine's frame. At most [`MAX_FRAMES`] frames are kept
+//! `systemstack` work to the goroutine's frame. A program without symbol tables (stripped) gets
+//! a classifier that knows no runtime code: its samples keep the wrapper's own frames at the
+//! leaf end (pass a classifier built from a separate symbol file to
+//! [`start_with_classifier`]). At most [`MAX_FRAMES`] frames are kept
 //! (leaf-most); longer stacks are counted in [`Stats::truncated`].
 //!
 //! # Tables: fixed, preallocated, lock-free
@@ -92,7 +95,9 @@
 //!   tables, and lowers the flag. Sampled allocations and frees that arrive meanwhile skip the
 //!   tables ([`Stats::dropped_reset`]). [`start`], [`stop`], [`reset`], [`set_rate`] and
 //!   [`snapshot`] allocate and take a mutex: call them from ordinary code, not from signal
-//!   handlers or from inside an allocator.
+//!   handlers or from inside an allocator. (After `fork`, a child whose parent had another
+//!   thread inside a table update at the moment of the fork would wait forever in [`reset`]:
+//!   in a forked child, do not call it.)
 //!
 //! The profiler's state is process-wide: every `Sampling` value (a program has one global
 //! allocator, but a wrapper may also be called directly) feeds the same tables.
