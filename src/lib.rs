@@ -38,6 +38,7 @@ pub mod core_file;
 pub mod coroutine;
 pub mod dwarf;
 pub mod frame;
+pub mod heap;
 pub mod live;
 pub mod memory;
 pub mod modules;

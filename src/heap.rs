@@ -1,0 +1,1080 @@
+//! A sampling heap profiler: a [`GlobalAlloc`] wrapper that records the call stacks of a sample
+//! of allocations, the way Go's `MemProfileRate` does.
+//!
+//! ```no_run
+//! use unwind::heap::{self, Sampling};
+//!
+//! #[global_allocator]
+//! static ALLOC: Sampling = Sampling::new(std::alloc::System);
+//!
+//! heap::start(heap::DEFAULT_RATE);
+//! let v: Vec<u8> = Vec::with_capacity(1 << 20);
+//! drop(v);
+//! heap::stop();
+//! for s in heap::snapshot() {
+//!     println!("{} bytes in {} objects at {:x?}", s.alloc_space, s.alloc_objects, s.pcs);
+//! }
+//! ```
+//!
+//! # Sampling
+//! Allocations are sampled as a Poisson process over allocated bytes: each thread counts down a
+//! distance drawn from an exponential distribution with mean `rate` bytes (default
+//! [`DEFAULT_RATE`] = 512 KiB, Go's `MemProfileRate`); the allocation that reaches zero is sampled
+//! and a new distance is drawn. An allocation of `s` bytes is therefore sampled with probability
+//! `1 - exp(-s / rate)`, independently of how allocations are split. `rate = 1` samples every
+//! allocation; `rate = 0` samples none. Sizes are the requested [`Layout::size`] (Go records the
+//! size class, slightly larger).
+//!
+//! The countdown, the generator state and the reentrancy flag live in `const`-initialised
+//! thread-locals without destructors: reading them never allocates, never registers a
+//! destructor, and works during thread teardown. The unsampled path costs one relaxed atomic
+//! load, a thread-local compare and a subtraction on `alloc`, and one relaxed load from a 64 KiB
+//! filter on `dealloc`.
+//!
+//! # Values: scaled like Go
+//! The tables hold raw sampled counts. [`snapshot`] scales them the way Go's `runtime/pprof`
+//! does (`scaleHeapSample`): per stack, with the average sampled size `avg = space / count`, both
+//! count and space are multiplied by `1 / (1 - exp(-avg / rate))`, separately for the `alloc_*`
+//! and the `inuse_*` pair, using the current rate; with `rate <= 1` nothing is scaled. The
+//! results estimate the unsampled totals, which is what `go tool pprof` users expect.
+//! [`snapshot_raw`] returns the raw sampled values; [`rate`] gives the rate to scale them with.
+//!
+//! # Stacks
+//! A sampled allocation is captured with [`crate::capture_with`] (so it crosses every registered
+//! transition: [`crate::system_stack::run`], coroutines, signal frames) and cut with the heap
+//! [`Policy`]: runtime frames at the leaf end are dropped, so a sample starts at the first
+//! non-runtime frame, the code that asked for memory. "Runtime" is the [`Classifier`]'s answer;
+//! the default one ([`default_classifier`]) counts as runtime the functions named with
+//! [`RUNTIME_PREFIXES`] or containing [`RUNTIME_INFIXES`] (this wrapper, the allocator shims,
+//! `alloc::`/`std::alloc` internals, collections' growth paths, `core::iter` glue such as
+//! `collect`, `unwind::system_stack`) and every
+//! frame on the system side of a system-stack switch. So an allocation made inside
+//! `system_stack::run(|| ...)` is charged to the function that called `run`, as Go charges
+//! `systemstack` work to the goroutine's frame. A program without symbol tables (stripped) gets
+//! a classifier that knows no runtime code: its samples keep the wrapper's own frames at the
+//! leaf end (pass a classifier built from a separate symbol file to
+//! [`start_with_classifier`]). At most [`MAX_FRAMES`] frames are kept
+//! (leaf-most); longer stacks are counted in [`Stats::truncated`].
+//!
+//! # Tables: fixed, preallocated, lock-free
+//! Nothing is allocated from inside the allocator. Two static tables (zero-initialised, so they
+//! live in `.bss` and cost memory only where touched):
+//! - **stacks**: [`STACK_SLOTS`] slots, open addressing by stack hash. A slot is claimed with a
+//!   compare-and-swap (`EMPTY → WRITING`), filled, then published (`READY`, release). A thread
+//!   that meets a slot another thread is still writing does not wait: it probes on, at worst
+//!   creating a duplicate entry for the same stack, which [`snapshot`] merges. Each slot holds
+//!   four counters (sampled allocations and bytes, sampled frees and bytes). When no slot is
+//!   found within the probe window the sample is dropped ([`Stats::dropped_stacks`]).
+//! - **live blocks**: [`MAP_SLOTS`] entries mapping a sampled block's address to its stack slot
+//!   and size, open addressing with tombstones (bounded probes), claimed with compare-and-swap.
+//!   A free removes its entry *before* the block goes back to the inner allocator, so the address
+//!   cannot be reused (and sampled again) while its old entry is still there. When no entry is
+//!   free within the probe window, the allocation is counted as allocated and at once as freed
+//!   (so `inuse_*` never carries a block whose free cannot be seen) and counted in
+//!   [`Stats::untracked`]. A 16384-counter *counting filter* indexed by address hash says whether
+//!   an address may be in the map, so nearly every free skips the map.
+//!
+//! `realloc` is a free of the old block followed by an allocation of the new size (as jemalloc
+//! and tcmalloc profile it): the old block's entry is taken before the inner `realloc`, accounted
+//! as freed if it succeeds and put back if it fails; the new block goes through the sampling
+//! decision with its new size.
+//!
+//! # Reentrancy, signals, deadlock
+//! - The sampling path never allocates (capture, policy and both tables are allocation-free),
+//!   takes no lock and makes no system call once the thread's stack bounds are known (the
+//!   first capture on a thread reads `/proc/self/maps` with raw `open`/`read`/`close`, which
+//!   allocate nothing). A per-thread flag guards it anyway: an allocation made while the same
+//!   thread is inside the sampling path (a signal handler that interrupted it and allocates) is
+//!   passed straight to the inner allocator, unsampled. There is no recursion into the profiler.
+//! - Nothing in the allocator path waits for another thread, so a signal handler that
+//!   interrupts it (and captures, as a CPU profiler's does) cannot deadlock with it. A handler
+//!   that allocates is exactly as safe as the inner allocator is in a handler (glibc's `malloc`
+//!   is not async-signal-safe; this wrapper adds no lock of its own).
+//! - [`reset`] is the only operation that waits: it raises a flag, waits until no allocator call
+//!   is inside a table update (each such section is a bounded, lock-free sequence), clears the
+//!   tables, and lowers the flag. Sampled allocations and frees that arrive meanwhile skip the
+//!   tables ([`Stats::dropped_reset`]). [`start`], [`stop`], [`reset`], [`set_rate`] and
+//!   [`snapshot`] allocate and take a mutex: call them from ordinary code, not from signal
+//!   handlers or from inside an allocator. (After `fork`, a child whose parent had another
+//!   thread inside a table update at the moment of the fork would wait forever in [`reset`]:
+//!   in a forked child, do not call it.)
+//!
+//! The profiler's state is process-wide: every `Sampling` value (a program has one global
+//! allocator, but a wrapper may also be called directly) feeds the same tables.
+//!
+//! # Lifecycle
+//! [`start`] (or [`start_with_classifier`]) turns sampling on; it also runs [`crate::init`] and
+//! builds the default classifier the first time (symbol tables of the loaded objects: do it
+//! early). [`stop`] stops sampling new allocations; frees of blocks already sampled are still
+//! tracked, so `inuse_*` stays right. [`reset`] forgets every sample. Samples accumulate across
+//! stop/start cycles until [`reset`]. Threads need no registration: each one draws its first
+//! countdown at its first allocation after a start or a rate change.
+
+use crate::frame::Frame;
+use crate::live::{capture_with, Options};
+use crate::policy::{Classifier, Policy, ProfileKind};
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The default mean distance between samples, in bytes: 512 KiB, as Go's `MemProfileRate`.
+pub const DEFAULT_RATE: u64 = 512 * 1024;
+/// At most this many frames (the leaf-most, after the policy) are kept per sample.
+pub const MAX_FRAMES: usize = 64;
+/// Frames captured before the policy cuts the runtime frames at the leaf end.
+const CAPTURE_FRAMES: usize = 96;
+/// Slots in the stack table (distinct sampled stacks).
+pub const STACK_SLOTS: usize = 1 << STACK_BITS;
+const STACK_BITS: u32 = 12;
+const STACK_PROBES: usize = 256;
+/// Entries in the live-block map (sampled blocks not yet freed).
+pub const MAP_SLOTS: usize = 1 << MAP_BITS;
+const MAP_BITS: u32 = 16;
+const MAP_PROBES: usize = 64;
+const FILTER_BITS: u32 = 14;
+const FILTER_SLOTS: usize = 1 << FILTER_BITS;
+
+/// Function-name prefixes [`default_classifier`] counts as runtime (demangled names, without
+/// hashes): this wrapper, the allocator shims and `alloc`/`std` allocation internals.
+pub const RUNTIME_PREFIXES: &[&str] = &[
+    "unwind::heap::",
+    "<unwind::heap::",
+    "unwind::system_stack::",
+    "<unwind::system_stack::",
+    "unwind::live::",
+    "__rust_alloc",
+    "__rust_dealloc",
+    "__rust_realloc",
+    "__rust_alloc_zeroed",
+    "__rustc::",
+    "__rg_",
+    "__rdl_",
+    "alloc::",
+    "<alloc::",
+    "core::alloc::",
+    "<core::alloc::",
+    "std::alloc::",
+    "<std::alloc::",
+    "core::iter::",
+    "<core::iter::",
+    "hashbrown::",
+    "<hashbrown::",
+    "std::collections::",
+    "<std::collections::",
+];
+
+/// Substrings of function names [`default_classifier`] counts as runtime: trait impls of the
+/// allocation internals on other types (`<u8 as alloc::vec::spec_from_elem::SpecFromElem>`).
+pub const RUNTIME_INFIXES: &[&str] = &[
+    " as alloc::",
+    " as core::alloc::",
+    " as std::alloc::",
+    " as core::iter::",
+];
+
+/// One stack's heap profile values.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HeapSample {
+    /// Return addresses, leaf first, as captured ([`Frame::pc`]; every one is a return
+    /// address: symbolise at `pc - 1`). After the heap policy: the first is the first
+    /// non-runtime frame.
+    pub pcs: Vec<u64>,
+    /// Allocations (estimated, unless raw).
+    pub alloc_objects: i64,
+    /// Allocated bytes (estimated, unless raw).
+    pub alloc_space: i64,
+    /// Allocations not yet freed (estimated, unless raw).
+    pub inuse_objects: i64,
+    /// Bytes not yet freed (estimated, unless raw).
+    pub inuse_space: i64,
+}
+
+/// Counters of what the profiler did and could not do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Allocations sampled (recorded in a stack slot).
+    pub samples: u64,
+    /// Sampled allocations dropped because no stack slot was free.
+    pub dropped_stacks: u64,
+    /// Sampled allocations dropped because a [`reset`] was in progress.
+    pub dropped_reset: u64,
+    /// Sampled allocations whose address could not be tracked (the map was full around it):
+    /// counted as freed at once.
+    pub untracked: u64,
+    /// Samples whose stack was longer than [`MAX_FRAMES`] after the policy, or was cut by the
+    /// capture buffer.
+    pub truncated: u64,
+    /// Allocations not sampled because their thread was already inside the profiler: a signal
+    /// handler that interrupted a sample and allocated, or [`snapshot`]'s own allocations.
+    pub reentrant: u64,
+    /// Stack slots in use.
+    pub stacks: usize,
+    /// Sampled blocks currently tracked (not yet freed).
+    pub tracked: usize,
+}
+
+/// A [`GlobalAlloc`] that forwards to `A` and samples allocations for the heap profiler.
+///
+/// Costs almost nothing until [`start`]. Use it as the program's allocator:
+/// `#[global_allocator] static A: Sampling = Sampling::new(std::alloc::System);`
+#[derive(Debug, Default)]
+pub struct Sampling<A: GlobalAlloc = std::alloc::System> {
+    inner: A,
+}
+
+impl<A: GlobalAlloc> Sampling<A> {
+    /// Wraps `inner`.
+    pub const fn new(inner: A) -> Self {
+        Sampling { inner }
+    }
+
+    /// The wrapped allocator.
+    pub const fn inner(&self) -> &A {
+        &self.inner
+    }
+}
+
+// SAFETY: every method forwards to the inner allocator with the same arguments and returns its
+// result unchanged; the profiler only reads the returned address and size. Blocks are removed
+// from the profiler's map before they are handed back to the inner allocator.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampling<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded; the caller upholds `GlobalAlloc::alloc`'s contract.
+        let p = unsafe { self.inner.alloc(layout) };
+        if !p.is_null() {
+            on_alloc(p, layout.size());
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded; the caller upholds `GlobalAlloc::alloc_zeroed`'s contract.
+        let p = unsafe { self.inner.alloc_zeroed(layout) };
+        if !p.is_null() {
+            on_alloc(p, layout.size());
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if may_be_tracked(ptr as u64) {
+            untrack(ptr as u64);
+        }
+        // SAFETY: forwarded; the caller upholds `GlobalAlloc::dealloc`'s contract.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if !may_be_tracked(ptr as u64) {
+            // SAFETY: forwarded; the caller upholds `GlobalAlloc::realloc`'s contract.
+            let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                on_alloc(p, new_size);
+            }
+            return p;
+        }
+        // SAFETY: as above; the old block's entry is handled around the call.
+        unsafe { self.realloc_tracked(ptr, layout, new_size) }
+    }
+}
+
+impl<A: GlobalAlloc> Sampling<A> {
+    /// `realloc` of a block that may be sampled: take its entry, reallocate, then account the
+    /// old block as freed (success) or put the entry back (failure: the old block lives on).
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::realloc`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_tracked(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let entered = enter();
+        let taken = if entered {
+            map_remove(ptr as u64)
+        } else {
+            None
+        };
+        // SAFETY: forwarded; the caller upholds `GlobalAlloc::realloc`'s contract.
+        let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if let Some(v) = taken {
+            if p.is_null() {
+                // The old block is still ours and still live: nobody else can have inserted it.
+                if !map_insert(ptr as u64, v) {
+                    account_free(v);
+                    STATS_UNTRACKED.fetch_add(1, Ordering::Relaxed);
+                }
+            } else {
+                account_free(v);
+            }
+        }
+        if entered {
+            exit();
+        }
+        if !p.is_null() {
+            on_alloc(p, new_size);
+        }
+        p
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Global state.
+
+/// `epoch << 1 | enabled`. Every start, stop and rate change bumps the epoch, so each thread
+/// redraws its countdown at its next allocation.
+static STATE: AtomicU64 = AtomicU64::new(0);
+static RATE: AtomicU64 = AtomicU64::new(DEFAULT_RATE);
+/// The classifier the sampling path reads (leaked: allocator threads may hold it at any time).
+static CLASSIFIER: AtomicPtr<Classifier> = AtomicPtr::new(core::ptr::null_mut());
+/// Allocator calls inside a table update; [`reset`] waits for zero.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static RESETTING: AtomicBool = AtomicBool::new(false);
+/// Serialises start, stop, reset, set_rate.
+static CONTROL: Mutex<()> = Mutex::new(());
+static SEEDS: AtomicU64 = AtomicU64::new(0);
+
+static STATS_SAMPLES: AtomicU64 = AtomicU64::new(0);
+static STATS_DROPPED_STACKS: AtomicU64 = AtomicU64::new(0);
+static STATS_DROPPED_RESET: AtomicU64 = AtomicU64::new(0);
+static STATS_UNTRACKED: AtomicU64 = AtomicU64::new(0);
+static STATS_TRUNCATED: AtomicU64 = AtomicU64::new(0);
+static STATS_REENTRANT: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    // Const-initialised, no destructors: never allocates, usable during thread teardown.
+    /// Bytes left until the next sample.
+    static COUNTDOWN: Cell<u64> = const { Cell::new(0) };
+    /// The `STATE` the countdown was drawn under.
+    static EPOCH: Cell<u64> = const { Cell::new(0) };
+    /// xorshift64* state (0: not seeded).
+    static RNG: Cell<u64> = const { Cell::new(0) };
+    /// Inside the sampling path (the reentrancy guard), or inside [`snapshot`].
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The allocation hook: the unsampled fast path inline, the rest out of line.
+#[inline(always)]
+fn on_alloc(p: *mut u8, size: usize) {
+    let g = STATE.load(Ordering::Relaxed);
+    if g & 1 == 0 {
+        return;
+    }
+    let size = size as u64;
+    let c = COUNTDOWN.with(|c| c.get());
+    if c > size && EPOCH.with(|e| e.get()) == g {
+        COUNTDOWN.with(|cd| cd.set(c - size));
+        return;
+    }
+    maybe_sample(p as u64, size, g);
+}
+
+/// The countdown ran out or was drawn under another epoch.
+#[cold]
+#[inline(never)]
+fn maybe_sample(addr: u64, size: u64, g: u64) {
+    if BUSY.with(|b| b.get()) {
+        STATS_REENTRANT.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let rate = RATE.load(Ordering::Relaxed);
+    if EPOCH.with(|e| e.replace(g)) != g {
+        // First allocation under this epoch: draw a distance, then let this allocation count
+        // against it (the exponential distribution is memoryless, so this is exact).
+        let d = draw(rate);
+        if d > size {
+            COUNTDOWN.with(|c| c.set(d - size));
+            return;
+        }
+    }
+    COUNTDOWN.with(|c| c.set(draw(rate)));
+    BUSY.with(|b| b.set(true));
+    record(addr, size);
+    BUSY.with(|b| b.set(false));
+}
+
+/// A distance to the next sample: exponential with mean `rate` bytes. 0 for `rate == 1`
+/// (sample everything), `u64::MAX` for `rate == 0` (sample nothing).
+fn draw(rate: u64) -> u64 {
+    match rate {
+        0 => u64::MAX,
+        1 => 0,
+        _ => {
+            // u in (0, 1]: 53 random bits, plus one so that ln(u) is finite.
+            let u = ((next_random() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
+            let d = -u.ln() * rate as f64;
+            if d >= (u64::MAX >> 1) as f64 {
+                u64::MAX >> 1
+            } else {
+                d as u64
+            }
+        }
+    }
+}
+
+fn next_random() -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        if x == 0 {
+            // Seed: a process-wide counter and this thread's TLS address, mixed (splitmix64).
+            let mut z = SEEDS
+                .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+                .wrapping_add(r as *const Cell<u64> as u64);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x = (z ^ (z >> 31)) | 1;
+        }
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+/// Enters a table update, unless a reset is in progress.
+#[inline]
+fn enter() -> bool {
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    if RESETTING.load(Ordering::SeqCst) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        return false;
+    }
+    true
+}
+
+#[inline]
+fn exit() {
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// The heap policy, keeping at most [`MAX_FRAMES`].
+const POLICY: Policy = ProfileKind::Heap.policy().max_depth(MAX_FRAMES);
+
+/// Records one sampled allocation: capture, policy, stack slot, live-block entry.
+#[inline(never)]
+fn record(addr: u64, size: u64) {
+    if !enter() {
+        STATS_DROPPED_RESET.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let mut buf = [Frame::EMPTY; CAPTURE_FRAMES];
+    let t = capture_with(&mut buf, Options::default());
+    let frames = &buf[..t.len.min(CAPTURE_FRAMES)];
+    let c = CLASSIFIER.load(Ordering::Acquire);
+    let (kept, cut) = if c.is_null() {
+        let n = frames.len().min(MAX_FRAMES);
+        (&frames[..n], frames.len() > n)
+    } else {
+        // SAFETY: a non-null CLASSIFIER came from Box::leak in `install_classifier` and is never
+        // freed, so it is valid for the rest of the program.
+        let k = POLICY.apply(frames, unsafe { &*c });
+        (k.slice(frames), k.truncated)
+    };
+    if cut || t.stop == crate::frame::StopReason::BufferFull {
+        STATS_TRUNCATED.fetch_add(1, Ordering::Relaxed);
+    }
+    match stack_slot(kept) {
+        None => {
+            STATS_DROPPED_STACKS.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(slot) => {
+            let s = &STACKS[slot];
+            s.alloc_objects.fetch_add(1, Ordering::Relaxed);
+            s.alloc_bytes.fetch_add(size, Ordering::Relaxed);
+            STATS_SAMPLES.fetch_add(1, Ordering::Relaxed);
+            let v = pack(slot, size);
+            if !map_insert(addr, v) {
+                account_free(v);
+                STATS_UNTRACKED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    exit();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stack table.
+
+const EMPTY: u32 = 0;
+const WRITING: u32 = 1;
+const READY: u32 = 2;
+
+struct StackSlot {
+    state: AtomicU32,
+    len: AtomicU32,
+    hash: AtomicU64,
+    pcs: [AtomicU64; MAX_FRAMES],
+    alloc_objects: AtomicU64,
+    alloc_bytes: AtomicU64,
+    free_objects: AtomicU64,
+    free_bytes: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const Z64: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const Z32: AtomicU32 = AtomicU32::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const SLOT: StackSlot = StackSlot {
+    state: Z32,
+    len: Z32,
+    hash: Z64,
+    pcs: [Z64; MAX_FRAMES],
+    alloc_objects: Z64,
+    alloc_bytes: Z64,
+    free_objects: Z64,
+    free_bytes: Z64,
+};
+#[allow(clippy::declare_interior_mutable_const)]
+const ENTRY: [AtomicU64; 2] = [Z64; 2];
+
+static STACKS: [StackSlot; STACK_SLOTS] = [SLOT; STACK_SLOTS];
+/// `[address (0 empty, 1 tombstone), packed (slot, size)]`.
+static MAP: [[AtomicU64; 2]; MAP_SLOTS] = [ENTRY; MAP_SLOTS];
+/// Per address hash: how many tracked blocks hash here.
+static FILTER: [AtomicU32; FILTER_SLOTS] = [Z32; FILTER_SLOTS];
+
+fn stack_hash(frames: &[Frame]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ frames.len() as u64;
+    for f in frames {
+        h = (h ^ f.pc).wrapping_mul(0x0000_0100_0000_01b3);
+        h ^= h >> 29;
+    }
+    h
+}
+
+impl StackSlot {
+    fn matches(&self, h: u64, frames: &[Frame]) -> bool {
+        self.hash.load(Ordering::Relaxed) == h
+            && self.len.load(Ordering::Relaxed) as usize == frames.len()
+            && self
+                .pcs
+                .iter()
+                .zip(frames)
+                .all(|(a, f)| a.load(Ordering::Relaxed) == f.pc)
+    }
+}
+
+/// The slot of this stack, claiming one if it is new. Lock-free; never waits for another thread.
+fn stack_slot(frames: &[Frame]) -> Option<usize> {
+    let frames = &frames[..frames.len().min(MAX_FRAMES)];
+    let h = stack_hash(frames);
+    let start = (h >> (64 - STACK_BITS)) as usize;
+    for i in 0..STACK_PROBES {
+        let idx = (start + i) & (STACK_SLOTS - 1);
+        let s = &STACKS[idx];
+        let mut st = s.state.load(Ordering::Acquire);
+        if st == EMPTY {
+            match s
+                .state
+                .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    s.hash.store(h, Ordering::Relaxed);
+                    s.len.store(frames.len() as u32, Ordering::Relaxed);
+                    for (a, f) in s.pcs.iter().zip(frames) {
+                        a.store(f.pc, Ordering::Relaxed);
+                    }
+                    s.state.store(READY, Ordering::Release);
+                    return Some(idx);
+                }
+                Err(now) => st = now,
+            }
+        }
+        // A slot still being written is skipped: at worst this stack gets a second slot.
+        if st == READY && s.matches(h, frames) {
+            return Some(idx);
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// The live-block map.
+
+const TOMB: u64 = 1;
+const SIZE_BITS: u32 = 44;
+
+fn pack(slot: usize, size: u64) -> u64 {
+    ((slot as u64) << SIZE_BITS) | size.min((1 << SIZE_BITS) - 1)
+}
+
+fn unpack(v: u64) -> (usize, u64) {
+    ((v >> SIZE_BITS) as usize, v & ((1 << SIZE_BITS) - 1))
+}
+
+#[inline(always)]
+fn map_home(addr: u64) -> usize {
+    (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - MAP_BITS)) as usize
+}
+
+#[inline(always)]
+fn filter_index(addr: u64) -> usize {
+    (addr.wrapping_mul(0xd6e8_feb8_6659_fd93) >> (64 - FILTER_BITS)) as usize
+}
+
+/// Could `addr` be a tracked block? One relaxed load.
+#[inline(always)]
+fn may_be_tracked(addr: u64) -> bool {
+    FILTER[filter_index(addr)].load(Ordering::Relaxed) != 0
+}
+
+/// Tracks `addr`. False when no entry is free within the probe window.
+fn map_insert(addr: u64, v: u64) -> bool {
+    if addr <= TOMB {
+        return false;
+    }
+    let home = map_home(addr);
+    'retry: for _ in 0..4 {
+        let mut free = None;
+        for i in 0..MAP_PROBES {
+            let idx = (home + i) & (MAP_SLOTS - 1);
+            let k = MAP[idx][0].load(Ordering::Acquire);
+            if k == addr {
+                // A stale entry for this address (a free we could not see): count it as freed
+                // and take the entry over.
+                let old = MAP[idx][1].swap(v, Ordering::AcqRel);
+                account_free(old);
+                return true;
+            }
+            if k == TOMB && free.is_none() {
+                free = Some(idx);
+            }
+            if k == 0 {
+                free = free.or(Some(idx));
+                break;
+            }
+        }
+        let Some(idx) = free else { return false };
+        let k = MAP[idx][0].load(Ordering::Relaxed);
+        if (k == 0 || k == TOMB)
+            && MAP[idx][0]
+                .compare_exchange(k, addr, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            MAP[idx][1].store(v, Ordering::Release);
+            FILTER[filter_index(addr)].fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        continue 'retry;
+    }
+    false
+}
+
+/// Stops tracking `addr`; returns its packed value.
+fn map_remove(addr: u64) -> Option<u64> {
+    if addr <= TOMB {
+        return None;
+    }
+    let home = map_home(addr);
+    for i in 0..MAP_PROBES {
+        let idx = (home + i) & (MAP_SLOTS - 1);
+        let k = MAP[idx][0].load(Ordering::Acquire);
+        if k == addr {
+            let v = MAP[idx][1].load(Ordering::Acquire);
+            if MAP[idx][0]
+                .compare_exchange(addr, TOMB, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                FILTER[filter_index(addr)].fetch_sub(1, Ordering::Relaxed);
+                return Some(v);
+            }
+            return None;
+        }
+        if k == 0 {
+            return None;
+        }
+    }
+    None
+}
+
+fn account_free(v: u64) {
+    let (slot, size) = unpack(v);
+    if let Some(s) = STACKS.get(slot) {
+        s.free_objects.fetch_add(1, Ordering::Relaxed);
+        s.free_bytes.fetch_add(size, Ordering::Relaxed);
+    }
+}
+
+/// A free of a block the filter says may be tracked.
+#[cold]
+#[inline(never)]
+fn untrack(addr: u64) {
+    if !enter() {
+        return;
+    }
+    if let Some(v) = map_remove(addr) {
+        account_free(v);
+    }
+    exit();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control.
+
+fn control() -> std::sync::MutexGuard<'static, ()> {
+    CONTROL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bumps the epoch, setting the enabled bit to `on`.
+fn bump(on: bool) {
+    let g = STATE.load(Ordering::Relaxed);
+    let next = ((g >> 1).wrapping_add(1) << 1) | on as u64;
+    STATE.store(next, Ordering::SeqCst);
+}
+
+fn install_classifier(c: Classifier) {
+    let p = Box::into_raw(Box::new(c));
+    // The previous classifier is leaked on purpose: an allocator call may still be using it.
+    CLASSIFIER.store(p, Ordering::Release);
+}
+
+/// Starts sampling with a mean of `rate` bytes between samples ([`DEFAULT_RATE`] is Go's; 1
+/// samples every allocation; 0 samples nothing). The first call runs [`crate::init`] and builds
+/// [`default_classifier`] (reads the loaded objects' symbol tables). Samples accumulate with
+/// earlier ones until [`reset`]. Not for signal handlers.
+pub fn start(rate: u64) {
+    let _g = control();
+    crate::init();
+    crate::system_stack::register_transition();
+    if CLASSIFIER.load(Ordering::Acquire).is_null() {
+        install_classifier(default_classifier());
+    }
+    RATE.store(rate, Ordering::Relaxed);
+    bump(true);
+}
+
+/// [`start`] with a classifier of your own (runtime ranges, system switches): it replaces the
+/// current one (the old one is leaked, as allocator calls may still read it).
+pub fn start_with_classifier(rate: u64, classifier: Classifier) {
+    let _g = control();
+    crate::init();
+    crate::system_stack::register_transition();
+    install_classifier(classifier);
+    RATE.store(rate, Ordering::Relaxed);
+    bump(true);
+}
+
+/// Stops sampling new allocations. Frees of sampled blocks are still tracked.
+pub fn stop() {
+    let _g = control();
+    bump(false);
+}
+
+/// Is sampling on?
+pub fn is_running() -> bool {
+    STATE.load(Ordering::Relaxed) & 1 == 1
+}
+
+/// Changes the sampling rate (bytes; see [`start`]). Every thread redraws its countdown at its
+/// next allocation. [`snapshot`] scales with the rate current when it runs.
+pub fn set_rate(rate: u64) {
+    let _g = control();
+    RATE.store(rate, Ordering::Relaxed);
+    bump(is_running());
+}
+
+/// The current sampling rate in bytes.
+pub fn rate() -> u64 {
+    RATE.load(Ordering::Relaxed)
+}
+
+/// Forgets every sample, every tracked block and the statistics. Waits (briefly) for allocator
+/// calls inside a table update to leave it; sampled allocations and frees meanwhile are not
+/// recorded. Frees of blocks sampled before the reset are not counted afterwards.
+pub fn reset() {
+    let _g = control();
+    RESETTING.store(true, Ordering::SeqCst);
+    let mut spins = 0u32;
+    while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
+        spins += 1;
+        if spins < 100 {
+            core::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    for e in MAP.iter() {
+        e[0].store(0, Ordering::Relaxed);
+        e[1].store(0, Ordering::Relaxed);
+    }
+    for f in FILTER.iter() {
+        f.store(0, Ordering::Relaxed);
+    }
+    for s in STACKS.iter() {
+        if s.state.load(Ordering::Relaxed) != EMPTY {
+            for a in [
+                &s.alloc_objects,
+                &s.alloc_bytes,
+                &s.free_objects,
+                &s.free_bytes,
+                &s.hash,
+            ] {
+                a.store(0, Ordering::Relaxed);
+            }
+            s.len.store(0, Ordering::Relaxed);
+            s.state.store(EMPTY, Ordering::Relaxed);
+        }
+    }
+    for a in [
+        &STATS_SAMPLES,
+        &STATS_DROPPED_STACKS,
+        &STATS_DROPPED_RESET,
+        &STATS_UNTRACKED,
+        &STATS_TRUNCATED,
+        &STATS_REENTRANT,
+    ] {
+        a.store(0, Ordering::Relaxed);
+    }
+    RESETTING.store(false, Ordering::SeqCst);
+}
+
+/// What the profiler did and dropped since the last [`reset`].
+pub fn stats() -> Stats {
+    Stats {
+        samples: STATS_SAMPLES.load(Ordering::Relaxed),
+        dropped_stacks: STATS_DROPPED_STACKS.load(Ordering::Relaxed),
+        dropped_reset: STATS_DROPPED_RESET.load(Ordering::Relaxed),
+        untracked: STATS_UNTRACKED.load(Ordering::Relaxed),
+        truncated: STATS_TRUNCATED.load(Ordering::Relaxed),
+        reentrant: STATS_REENTRANT.load(Ordering::Relaxed),
+        stacks: STACKS
+            .iter()
+            .filter(|s| s.state.load(Ordering::Relaxed) == READY)
+            .count(),
+        tracked: MAP
+            .iter()
+            .filter(|e| e[0].load(Ordering::Relaxed) > TOMB)
+            .count(),
+    }
+}
+
+/// Go's `scaleHeapSample`: estimates unsampled totals from sampled `count` allocations of
+/// `size` bytes in all, at `rate`.
+pub fn scale(count: i64, size: i64, rate: u64) -> (i64, i64) {
+    if count <= 0 || size <= 0 {
+        return (0, 0);
+    }
+    if rate <= 1 {
+        return (count, size);
+    }
+    let avg = size as f64 / count as f64;
+    let s = 1.0 / (1.0 - (-avg / rate as f64).exp());
+    ((count as f64 * s) as i64, (size as f64 * s) as i64)
+}
+
+/// The profile: one entry per distinct stack with any allocation since the last [`reset`],
+/// values scaled to estimates of the unsampled totals like Go's (see the module docs), sorted
+/// by `alloc_space`, largest first. Allocates; not for signal handlers.
+pub fn snapshot() -> Vec<HeapSample> {
+    collect(true)
+}
+
+/// [`snapshot`] without scaling: the sampled counts and bytes themselves.
+pub fn snapshot_raw() -> Vec<HeapSample> {
+    collect(false)
+}
+
+fn collect(scaled: bool) -> Vec<HeapSample> {
+    // This thread's own allocations here are not sampled.
+    let was = BUSY.with(|b| b.replace(true));
+    let rate = rate();
+    let mut by_stack: HashMap<Vec<u64>, [u64; 4]> = HashMap::new();
+    for s in STACKS.iter() {
+        if s.state.load(Ordering::Acquire) != READY {
+            continue;
+        }
+        // Frees first: they only grow, so this never shows more freed than allocated.
+        let fo = s.free_objects.load(Ordering::Acquire);
+        let fb = s.free_bytes.load(Ordering::Acquire);
+        let ao = s.alloc_objects.load(Ordering::Acquire);
+        let ab = s.alloc_bytes.load(Ordering::Acquire);
+        if ao == 0 && fo == 0 {
+            continue;
+        }
+        let n = (s.len.load(Ordering::Relaxed) as usize).min(MAX_FRAMES);
+        let pcs: Vec<u64> = s.pcs[..n]
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        let e = by_stack.entry(pcs).or_default();
+        e[0] += ao;
+        e[1] += ab;
+        e[2] += fo;
+        e[3] += fb;
+    }
+    let mut out: Vec<HeapSample> = by_stack
+        .into_iter()
+        .map(|(pcs, [ao, ab, fo, fb])| {
+            let (ao, ab) = (ao as i64, ab as i64);
+            let (io, ib) = ((ao - fo as i64).max(0), (ab - fb as i64).max(0));
+            let ((ao, ab), (io, ib)) = if scaled {
+                (scale(ao, ab, rate), scale(io, ib, rate))
+            } else {
+                ((ao, ab), (io, ib))
+            };
+            HeapSample {
+                pcs,
+                alloc_objects: ao,
+                alloc_space: ab,
+                inuse_objects: io,
+                inuse_space: ib,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.alloc_space
+            .cmp(&a.alloc_space)
+            .then_with(|| a.pcs.cmp(&b.pcs))
+    });
+    BUSY.with(|b| b.set(was));
+    out
+}
+
+/// Is a (demangled) function name runtime code by [`RUNTIME_PREFIXES`] and
+/// [`RUNTIME_INFIXES`]?
+pub fn is_runtime_name(name: &str) -> bool {
+    RUNTIME_PREFIXES.iter().any(|p| name.starts_with(p))
+        || RUNTIME_INFIXES.iter().any(|p| name.contains(p))
+}
+
+/// The classifier [`start`] uses: functions of every loaded object named as
+/// [`is_runtime_name`] says, and the system-stack switch (frames on its system side count as
+/// runtime). Reads symbol tables: slow, allocates.
+pub fn default_classifier() -> Classifier {
+    let syms = crate::symbols::Symbolizer::for_current_process();
+    let mut c = Classifier::new();
+    let funcs = syms
+        .modules()
+        .iter()
+        .flat_map(|m| m.functions())
+        .filter(|(n, _, _)| is_runtime_name(n));
+    c.add_symbol_prefixes(funcs, &[""]);
+    crate::system_stack::register_transition();
+    if let Some(id) = crate::system_stack::transition_id() {
+        c.add_system_switch(id);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trips() {
+        assert_eq!(unpack(pack(4095, 123_456)), (4095, 123_456));
+        assert_eq!(unpack(pack(7, u64::MAX)).1, (1 << SIZE_BITS) - 1);
+    }
+
+    #[test]
+    fn scale_like_go() {
+        assert_eq!(scale(0, 10, DEFAULT_RATE), (0, 0));
+        assert_eq!(scale(3, 30, 1), (3, 30));
+        // One sampled 512 KiB block at 512 KiB: probability 1 - 1/e, scale 1.582.
+        let (c, s) = scale(1, 512 * 1024, DEFAULT_RATE);
+        assert_eq!(c, 1);
+        assert!((s as f64 / (512.0 * 1024.0) - 1.582).abs() < 0.001, "{s}");
+        // Small objects: scaled by about rate / size.
+        let (c, _) = scale(1000, 16_000, DEFAULT_RATE);
+        assert!((c - 1000 * 32768).abs() < 1000 * 32768 / 1000, "{c}");
+    }
+
+    #[test]
+    fn draw_has_the_right_mean() {
+        let n = 200_000;
+        let sum: f64 = (0..n).map(|_| draw(1000) as f64).sum();
+        let mean = sum / n as f64;
+        // Standard error of the mean: 1000 / sqrt(n) ~ 2.2.
+        assert!((mean - 1000.0).abs() < 20.0, "{mean}");
+        assert_eq!(draw(1), 0);
+        assert_eq!(draw(0), u64::MAX);
+    }
+
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn map_insert_remove_tombstones_and_full_window() {
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        reset();
+        // Addresses that all share one home slot: multiples of 2^(64-16) steps in the hash are
+        // hard to build, so find colliding addresses by search.
+        let home = map_home(0x1000);
+        let colliding: Vec<u64> = (1..)
+            .map(|i| 0x1000 + i * 16)
+            .filter(|&a| map_home(a) == home)
+            .take(MAP_PROBES + 1)
+            .collect();
+        let mut all = vec![0x1000];
+        all.extend_from_slice(&colliding[..MAP_PROBES - 1]);
+        for (i, &a) in all.iter().enumerate() {
+            assert!(map_insert(a, pack(i, 10 + i as u64)), "{i}");
+            assert!(may_be_tracked(a));
+        }
+        // The probe window is full: the next colliding address cannot be tracked.
+        assert!(!map_insert(colliding[MAP_PROBES], pack(0, 1)));
+        // Remove one in the middle (tombstone): later entries are still found, and the
+        // tombstone is reused.
+        assert_eq!(map_remove(all[5]), Some(pack(5, 15)));
+        assert_eq!(map_remove(all[5]), None);
+        assert_eq!(map_remove(all[40]), Some(pack(40, 50)));
+        assert!(map_insert(colliding[MAP_PROBES], pack(1, 2)));
+        assert_eq!(map_remove(colliding[MAP_PROBES]), Some(pack(1, 2)));
+        for (i, &a) in all.iter().enumerate() {
+            if i != 5 && i != 40 {
+                assert_eq!(map_remove(a), Some(pack(i, 10 + i as u64)), "{i}");
+            }
+        }
+        assert!(all.iter().all(|&a| !may_be_tracked(a)));
+        assert_eq!(map_remove(0), None);
+        assert!(!map_insert(TOMB, 0));
+        reset();
+    }
+
+    #[test]
+    fn stack_slots_dedupe_and_account() {
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        reset();
+        let f = |pcs: &[u64]| -> Vec<Frame> {
+            pcs.iter().map(|&pc| Frame { pc, ..Frame::EMPTY }).collect()
+        };
+        let a = stack_slot(&f(&[1, 2, 3])).unwrap();
+        let b = stack_slot(&f(&[1, 2, 4])).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(stack_slot(&f(&[1, 2, 3])), Some(a));
+        let long: Vec<u64> = (0..200).collect();
+        let c = stack_slot(&f(&long)).unwrap();
+        assert_eq!(stack_slot(&f(&long[..MAX_FRAMES])), Some(c));
+        STACKS[a].alloc_objects.fetch_add(2, Ordering::Relaxed);
+        STACKS[a].alloc_bytes.fetch_add(300, Ordering::Relaxed);
+        account_free(pack(a, 100));
+        let p = snapshot_raw();
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            (p[0].pcs.as_slice(), p[0].alloc_objects, p[0].alloc_space),
+            (&[1u64, 2, 3][..], 2, 300)
+        );
+        assert_eq!((p[0].inuse_objects, p[0].inuse_space), (1, 200));
+        assert_eq!(stats().stacks, 3);
+        reset();
+        assert!(snapshot_raw().is_empty());
+        assert_eq!(stats().stacks, 0);
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_runtime_name("alloc::raw_vec::finish_grow"));
+        assert!(is_runtime_name(
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"
+        ));
+        assert!(is_runtime_name(
+            "<unwind::heap::Sampling<A> as core::alloc::global::GlobalAlloc>::alloc"
+        ));
+        assert!(!is_runtime_name("myapp::alloc_here"));
+    }
+}
