@@ -710,6 +710,7 @@ impl CpuProfile {
             ns,
         );
         p.duration_nanos = self.duration.as_nanos() as i64;
+        p.default_sample_type = Some("cpu".into());
         for (frames, count) in &self.stacks {
             let kept = policy.apply(frames, classifier).slice(frames);
             p.samples.push(Sample {

@@ -252,7 +252,8 @@ fn short(name: &str) -> String {
     }
 }
 
-/// Prints the `n` heaviest stacks of value `index`, leaf first, marking each stack switch.
+/// Prints the `n` heaviest stacks of value `index` (samples with the same function names
+/// merged), leaf first, marking each stack switch.
 pub fn print_top(
     out: &mut dyn Write,
     title: &str,
@@ -262,25 +263,33 @@ pub fn print_top(
     n: usize,
 ) -> io::Result<()> {
     let total = p.total(index).max(1);
-    let mut order: Vec<usize> = (0..p.samples.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(p.samples[i].values.get(index).copied()));
+    // names -> (value, first sample with them)
+    let mut groups: std::collections::HashMap<Vec<String>, (i64, usize)> = Default::default();
+    for (i, s) in p.samples.iter().enumerate() {
+        let v = s.values.get(index).copied().unwrap_or(0);
+        groups.entry(p.names(s, sym)).or_insert((0, i)).0 += v;
+    }
+    let mut order: Vec<(Vec<String>, (i64, usize))> = groups.into_iter().collect();
+    order.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
     let unit = p.sample_types.get(index).map_or("", |t| t.0.as_str());
     writeln!(out, "{title}")?;
-    for (rank, &i) in order.iter().take(n).enumerate() {
-        let s = &p.samples[i];
-        let v = s.values.get(index).copied().unwrap_or(0);
+    for (rank, (names, (v, first))) in order.iter().take(n).enumerate() {
+        let s = &p.samples[*first];
         writeln!(
             out,
             "  #{} {:5.1}%  {v} {unit}",
             rank + 1,
-            100.0 * v as f64 / total as f64
+            100.0 * *v as f64 / total as f64
         )?;
-        let names = p.names(s, sym);
         for (k, (name, pc)) in names.iter().zip(&s.pcs).enumerate() {
             writeln!(out, "      {}", short(name))?;
             if k > 0 || !s.exact_leaf {
                 if let Some(sw) = switch_name(*pc) {
-                    writeln!(out, "      ---- crossed: {sw} ----")?;
+                    if k + 1 == names.len() {
+                        writeln!(out, "      ---- stack switch ({sw}): the walk ends here ----")?;
+                    } else {
+                        writeln!(out, "      ---- stack switch ({sw}): continued on the other stack ----")?;
+                    }
                 }
             }
         }
@@ -338,8 +347,8 @@ fn print_policies(
             }
         })
         .collect();
-    let w = names.iter().map(|n| n.len().min(60)).max().unwrap_or(10).max(10);
-    write!(out, "  {:w$}", "frame (leaf first; [n] = first frame on stack n)")?;
+    let w = names.iter().map(|n| n.len().min(60)).max().unwrap_or(10).max(40);
+    write!(out, "  {:w$}", "frame (leaf first; [n]: first on stack n)")?;
     for k in ProfileKind::ALL {
         write!(out, " {:>5}", k.name())?;
     }
