@@ -11,8 +11,10 @@
 //!   delivers to whichever thread is running, registered or not. [`Clock::Wall`] makes the
 //!   per-thread timers count wall-clock time (`CLOCK_MONOTONIC`), which is not limited to the
 //!   kernel's tick like CPU-time timers are (useful for high-rate stress tests).
-//! - **The handler** runs on an alternate signal stack ([`register_thread`] installs a 64 KiB
-//!   one; unregistered threads use whatever they have, Rust's std installs a small one). It
+//! - **The handler** runs, with per-thread timers, on the alternate signal stack that
+//!   [`register_thread`] installs (64 KiB). With [`TimerMode::Process`] it runs on the
+//!   interrupted stack (no `SA_ONSTACK`): the signal may land on an unregistered thread, whose
+//!   alternate stack, if any, is std's few KiB, too small for a capture. It
 //!   claims a free slot of a fixed global ring with one compare-and-swap, captures straight into
 //!   the slot with [`capture_from_ucontext_with`], and publishes it. No allocation, no lock, no
 //!   system call (once the thread's stack bounds are known; see [`crate::live`]). When no slot
@@ -472,26 +474,32 @@ fn install_alt_stack() -> Option<AltStack> {
     })
 }
 
-fn install_handler() -> Result<(), Error> {
-    static INSTALLED: AtomicBool = AtomicBool::new(false);
-    if INSTALLED.load(Ordering::Acquire) {
+/// Installs the SIGPROF handler, with `SA_ONSTACK` or without (0: not installed yet, 1: with,
+/// 2: without).
+fn install_handler(on_alt_stack: bool) -> Result<(), Error> {
+    static INSTALLED: AtomicU32 = AtomicU32::new(0);
+    let want = if on_alt_stack { 1 } else { 2 };
+    if INSTALLED.load(Ordering::Acquire) == want {
         return Ok(());
     }
     // SAFETY: installs an SA_SIGINFO handler that is async-signal-safe (see `on_sigprof`).
     // SA_RESTART keeps interrupted system calls of the profiled program going; SA_ONSTACK runs
-    // the handler on the thread's alternate stack when it has one.
+    // the handler on the thread's alternate stack.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigprof
             as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
             as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        if on_alt_stack {
+            sa.sa_flags |= libc::SA_ONSTACK;
+        }
         libc::sigemptyset(&mut sa.sa_mask);
         if libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()) != 0 {
             return Err(Error::Sigaction(errno()));
         }
     }
-    INSTALLED.store(true, Ordering::Release);
+    INSTALLED.store(want, Ordering::Release);
     Ok(())
 }
 
@@ -549,7 +557,10 @@ impl CpuProfiler {
         if reg.running.is_some() {
             return Err(Error::AlreadyRunning);
         }
-        install_handler()?;
+        // Per-thread timers signal only registered threads, which have our 64 KiB alternate
+        // stack. ITIMER_PROF also lands on unregistered threads, whose alternate stack (std's,
+        // a few KiB) is too small for a capture: run on the interrupted stack instead.
+        install_handler(config.timer == TimerMode::PerThread)?;
         for c in [&SIGNALS, &RECORDED, &DROPPED, &TRUNCATED, &TIMER_ERRORS] {
             c.store(0, Ordering::Relaxed);
         }
