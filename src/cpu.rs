@@ -640,7 +640,8 @@ impl CpuProfiler {
     /// Stops the timers, waits for running handlers, collects the rest and returns the profile.
     pub fn stop(mut self) -> CpuProfile {
         self.halt();
-        let stacks = std::mem::take(&mut *self.shared.stacks.lock().unwrap_or_else(|e| e.into_inner()));
+        let stacks =
+            std::mem::take(&mut *self.shared.stacks.lock().unwrap_or_else(|e| e.into_inner()));
         let mut stacks: Vec<(Vec<Frame>, u64)> = stacks.into_iter().collect();
         stacks.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.len().cmp(&b.0.len())));
         CpuProfile {

@@ -148,12 +148,7 @@ fn under_stacker(budget: Duration) -> u64 {
     black_box(r) ^ 4
 }
 
-type Co<'a> = corosensei::Coroutine<
-    Duration,
-    u64,
-    u64,
-    &'a mut corosensei::stack::DefaultStack,
->;
+type Co<'a> = corosensei::Coroutine<Duration, u64, u64, &'a mut corosensei::stack::DefaultStack>;
 
 #[inline(never)]
 fn resume_coroutine(co: &mut Co<'_>, budget: Duration) -> u64 {
@@ -286,9 +281,15 @@ pub fn print_top(
             if k > 0 || !s.exact_leaf {
                 if let Some(sw) = switch_name(*pc) {
                     if k + 1 == names.len() {
-                        writeln!(out, "      ---- stack switch ({sw}): the walk ends here ----")?;
+                        writeln!(
+                            out,
+                            "      ---- stack switch ({sw}): the walk ends here ----"
+                        )?;
                     } else {
-                        writeln!(out, "      ---- stack switch ({sw}): continued on the other stack ----")?;
+                        writeln!(
+                            out,
+                            "      ---- stack switch ({sw}): continued on the other stack ----"
+                        )?;
                     }
                 }
             }
@@ -347,7 +348,12 @@ fn print_policies(
             }
         })
         .collect();
-    let w = names.iter().map(|n| n.len().min(60)).max().unwrap_or(10).max(40);
+    let w = names
+        .iter()
+        .map(|n| n.len().min(60))
+        .max()
+        .unwrap_or(10)
+        .max(40);
     write!(out, "  {:w$}", "frame (leaf first; [n]: first on stack n)")?;
     for k in ProfileKind::ALL {
         write!(out, " {:>5}", k.name())?;
@@ -367,7 +373,10 @@ fn print_policies(
 fn names_of(frames: &[crate::Frame], sym: &Symbolizer) -> Vec<String> {
     frames
         .iter()
-        .map(|f| sym.lookup(f.lookup_pc()).map_or(String::new(), |s| short(s.name)))
+        .map(|f| {
+            sym.lookup(f.lookup_pc())
+                .map_or(String::new(), |s| short(s.name))
+        })
         .collect()
 }
 
@@ -461,7 +470,11 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
         writeln!(
             out,
             "  {name:16} {n:>8}  {r:>10} ({:5.1}%)",
-            if n == 0 { 0.0 } else { 100.0 * r as f64 / n as f64 }
+            if n == 0 {
+                0.0
+            } else {
+                100.0 * r as f64 / n as f64
+            }
         )?;
     }
     let cpu_profile = cpu.to_profile(&ProfileKind::Cpu.policy(), &c);
@@ -487,10 +500,6 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
     for f in &files {
         writeln!(out, "  {}", f.display())?;
     }
-    writeln!(
-        out,
-        "  (try: go tool pprof -top {})",
-        files[0].display()
-    )?;
+    writeln!(out, "  (try: go tool pprof -top {})", files[0].display())?;
     Ok(Report { cpu, places, files })
 }

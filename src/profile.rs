@@ -34,6 +34,9 @@ pub struct Sample {
     pub labels: Vec<(String, String)>,
 }
 
+/// What makes two samples the same: stack, leaf exactness, labels.
+type SampleKey = (Vec<u64>, bool, Vec<(String, String)>);
+
 /// A profile: what was measured and the samples.
 #[derive(Clone, Debug, Default)]
 pub struct Profile {
@@ -77,7 +80,7 @@ impl Profile {
 
     /// Merges samples with the same stack and labels (summing their values).
     pub fn merge_identical(&mut self) {
-        let mut at: HashMap<(Vec<u64>, bool, Vec<(String, String)>), usize> = HashMap::new();
+        let mut at: HashMap<SampleKey, usize> = HashMap::new();
         let mut out: Vec<Sample> = Vec::with_capacity(self.samples.len());
         for s in self.samples.drain(..) {
             let key = (s.pcs.clone(), s.exact_leaf, s.labels.clone());
@@ -410,10 +413,7 @@ impl<'a> PprofBuilder<'a> {
                 m.int(4, file);
             });
         }
-        let period_type = (
-            self.string(&p.period_type.0),
-            self.string(&p.period_type.1),
-        );
+        let period_type = (self.string(&p.period_type.0), self.string(&p.period_type.1));
         let default_type = p.default_sample_type.as_deref().map(|d| self.string(d));
         for s in &self.strings {
             out.bytes(6, s.as_bytes());

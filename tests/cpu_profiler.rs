@@ -147,7 +147,10 @@ fn pprof_profile_parses_and_crosses_the_system_stack() {
         }
     }
     assert!(in_leaf >= 10, "{in_leaf} samples in the leaf");
-    assert!(crossing * 10 >= in_leaf * 9, "{crossing} of {in_leaf} cross");
+    assert!(
+        crossing * 10 >= in_leaf * 9,
+        "{crossing} of {in_leaf} cross"
+    );
 
     let sym = unwind::symbols::Symbolizer::for_current_process();
     let profile = prof.to_profile(&ProfileKind::Cpu.policy(), &Classifier::new());
@@ -246,7 +249,11 @@ fn signal_storm_four_allocating_threads() {
         .filter(|(f, _)| short_names(f).iter().any(|n| n == "storm_worker"))
         .map(|(_, n)| n)
         .sum();
-    assert!(in_worker * 2 >= prof.total(), "{in_worker} of {}", prof.total());
+    assert!(
+        in_worker * 2 >= prof.total(),
+        "{in_worker} of {}",
+        prof.total()
+    );
 }
 
 #[inline(never)]
@@ -392,7 +399,8 @@ fn threads_start_and_exit_while_profiling() {
         for _ in 0..4 {
             s.spawn(|| {
                 for _ in 0..15 {
-                    let h = std::thread::spawn(|| short_lived_thread_work(Duration::from_millis(15)));
+                    let h =
+                        std::thread::spawn(|| short_lived_thread_work(Duration::from_millis(15)));
                     spawned.fetch_add(1, Ordering::Relaxed);
                     black_box(h.join().unwrap());
                 }
@@ -405,7 +413,11 @@ fn threads_start_and_exit_while_profiling() {
     let in_short: u64 = prof
         .stacks
         .iter()
-        .filter(|(f, _)| short_names(f).iter().any(|n| n == "short_lived_thread_work"))
+        .filter(|(f, _)| {
+            short_names(f)
+                .iter()
+                .any(|n| n == "short_lived_thread_work")
+        })
         .map(|(_, n)| n)
         .sum();
     assert!(in_short >= 50, "{in_short} of {}", prof.total());
@@ -445,14 +457,20 @@ fn demo_binary_writes_profiles_that_parse() {
             .collect();
         assert_eq!(nums.len(), 2, "{line}");
         assert!(nums[0] > 0, "no samples for {place}:\n{stdout}");
-        assert!(nums[1] * 10 >= nums[0] * 9, "{place} does not reach the root:\n{stdout}");
+        assert!(
+            nums[1] * 10 >= nums[0] * 9,
+            "{place} does not reach the root:\n{stdout}"
+        );
     }
     assert!(stdout.contains("continued on the other stack"), "{stdout}");
     for f in ["cpu.pb.gz", "cpu.folded", "cpu.svg"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let top = go_pprof(&["-top"], &dir.join("cpu.pb.gz"));
-    assert!(top.contains("system_stack_leaf") && top.contains("demo_worker"), "{top}");
+    assert!(
+        top.contains("system_stack_leaf") && top.contains("demo_worker"),
+        "{top}"
+    );
 
     // --naive: the switch samples stop at the trampoline.
     let out = Command::new(env!("CARGO_BIN_EXE_unwind"))
