@@ -112,32 +112,41 @@ fn main() {
         }
     }
 
+    let bmin = *base.wall.iter().min().unwrap();
     let bw = median(&mut base.wall);
     let bc = median(&mut base.cpu);
     println!("cpu profiler overhead, {rounds} interleaved rounds, medians:");
     println!(
-        "  {:28} wall {:8.2} ms  cpu {:8.2} ms",
+        "  {:31} wall {:8.2} ms            cpu {:8.2} ms            min wall {:8.2} ms",
         "no profiler",
         bw.as_secs_f64() * 1e3,
-        bc.as_secs_f64() * 1e3
+        bc.as_secs_f64() * 1e3,
+        bmin.as_secs_f64() * 1e3
     );
     for (name, r) in [
         ("unwind cpu 99 Hz", &mut ours),
         ("pprof-rs (frame-pointer) 99 Hz", &mut theirs),
     ] {
         if r.wall.is_empty() {
-            println!("  {name:28} not run: {}", pprof_error.as_deref().unwrap_or("?"));
+            println!(
+                "  {name:31} not run: {}",
+                pprof_error.as_deref().unwrap_or("?")
+            );
             continue;
         }
+        let min = *r.wall.iter().min().unwrap();
         let w = median(&mut r.wall);
         let c = median(&mut r.cpu);
+        let pct = |a: Duration, b: Duration| 100.0 * (a.as_secs_f64() / b.as_secs_f64() - 1.0);
         println!(
-            "  {:28} wall {:8.2} ms ({:+5.2}%)  cpu {:8.2} ms ({:+5.2}%)  {} samples",
+            "  {:31} wall {:8.2} ms ({:+6.2}%)  cpu {:8.2} ms ({:+6.2}%)  min wall {:8.2} ms ({:+6.2}%)  {} samples",
             name,
             w.as_secs_f64() * 1e3,
-            100.0 * (w.as_secs_f64() / bw.as_secs_f64() - 1.0),
+            pct(w, bw),
             c.as_secs_f64() * 1e3,
-            100.0 * (c.as_secs_f64() / bc.as_secs_f64() - 1.0),
+            pct(c, bc),
+            min.as_secs_f64() * 1e3,
+            pct(min, bmin),
             r.samples
         );
     }

@@ -362,11 +362,10 @@ fn gettid() -> libc::pid_t {
 }
 
 /// A thread's registration with the CPU profiler; unregisters (stopping its timer and removing
-/// its alternate signal stack) when dropped. Not `Send`: drop it on the thread that made it.
+/// its alternate signal stack) when the last registration of the thread is dropped. Not `Send`:
+/// drop it on the thread that made it.
 #[must_use = "the thread is unregistered when this is dropped"]
 pub struct ThreadRegistration {
-    tid: libc::pid_t,
-    alt: Option<AltStack>,
     _not_send: core::marker::PhantomData<*const ()>,
 }
 
@@ -377,62 +376,116 @@ struct AltStack {
     previous: libc::stack_t,
 }
 
+/// This thread's registration state: its id, how many [`ThreadRegistration`]s are alive, and
+/// the alternate stack installed by the first.
+struct Registered {
+    tid: libc::pid_t,
+    count: u32,
+    alt: Option<AltStack>,
+}
+
+thread_local! {
+    static THIS_THREAD: core::cell::RefCell<Option<Registered>> =
+        const { core::cell::RefCell::new(None) };
+}
+
 /// Registers the calling thread: records its stack bounds ([`crate::init_thread`]), installs a
 /// [`ALT_STACK_SIZE`] alternate signal stack (guard page below it), and, if a profiler runs in
-/// [`TimerMode::PerThread`], starts this thread's timer. Not async-signal-safe.
+/// [`TimerMode::PerThread`], starts this thread's timer. Registering again on the same thread
+/// only counts; the thread stays registered until its last registration is dropped. Not
+/// async-signal-safe.
 pub fn register_thread() -> ThreadRegistration {
+    let guard = ThreadRegistration {
+        _not_send: core::marker::PhantomData,
+    };
+    let again = THIS_THREAD.with(|t| match &mut *t.borrow_mut() {
+        Some(r) => {
+            r.count += 1;
+            true
+        }
+        None => false,
+    });
+    if again {
+        return guard;
+    }
     crate::live::init_thread();
     let tid = gettid();
     let alt = install_alt_stack();
-    let mut reg = registry();
-    let timer = match reg.running {
-        Some(cfg) if cfg.timer == TimerMode::PerThread => match thread_timer(tid, &cfg) {
-            Ok(t) => Some(t),
-            Err(_) => {
-                TIMER_ERRORS.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        },
-        _ => None,
-    };
-    reg.threads.push(ThreadEntry { tid, timer });
-    ThreadRegistration {
-        tid,
-        alt,
-        _not_send: core::marker::PhantomData,
+    {
+        let mut reg = registry();
+        let timer = match reg.running {
+            Some(cfg) if cfg.timer == TimerMode::PerThread => match thread_timer(tid, &cfg) {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    TIMER_ERRORS.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+            _ => None,
+        };
+        reg.threads.push(ThreadEntry { tid, timer });
     }
+    THIS_THREAD.with(|t| *t.borrow_mut() = Some(Registered { tid, count: 1, alt }));
+    guard
 }
 
 impl Drop for ThreadRegistration {
     fn drop(&mut self) {
+        let last = THIS_THREAD
+            .try_with(|t| {
+                let mut t = t.borrow_mut();
+                let r = t.as_mut()?;
+                r.count -= 1;
+                if r.count == 0 {
+                    t.take()
+                } else {
+                    None
+                }
+            })
+            .ok()
+            .flatten();
+        let Some(r) = last else { return };
         {
             let mut reg = registry();
-            if let Some(i) = reg.threads.iter().position(|t| t.tid == self.tid) {
+            if let Some(i) = reg.threads.iter().position(|t| t.tid == r.tid) {
                 let e = reg.threads.swap_remove(i);
                 if let Some(t) = e.timer {
                     delete_timer(t);
                 }
             }
         }
-        if let Some(alt) = self.alt.take() {
-            // Block SIGPROF while the alternate stack goes away, so no handler runs on it.
-            // SAFETY: sigset operations on a local set; pthread_sigmask on this thread.
-            unsafe {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                let mut old: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, libc::SIGPROF);
-                libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-                // Restoring fails if we are running on our own alternate stack (a registration
-                // dropped inside a signal handler); then keep the mapping rather than free a
-                // stack in use.
-                let restored = libc::sigaltstack(&alt.previous, std::ptr::null_mut()) == 0;
-                if restored {
-                    libc::munmap(alt.base, alt.len);
-                }
-                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-            }
+        if let Some(alt) = r.alt {
+            remove_alt_stack(alt);
         }
+    }
+}
+
+/// Puts back the alternate stack `alt` replaced and unmaps it.
+fn remove_alt_stack(alt: AltStack) {
+    // Block SIGPROF while the alternate stack goes away, and discard a SIGPROF the (deleted)
+    // timer left pending for this thread: delivered later it would run on the previous,
+    // smaller alternate stack.
+    // SAFETY: sigset operations on local sets; pthread_sigmask, sigtimedwait (zero timeout)
+    // and sigaltstack on this thread; `alt.base` is our own mapping of `alt.len` bytes.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPROF);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == libc::SIGPROF {}
+        // Restoring fails if we are running on our own alternate stack (a registration
+        // dropped inside a signal handler); then keep the mapping rather than free a stack in
+        // use.
+        let restored = libc::sigaltstack(&alt.previous, std::ptr::null_mut()) == 0;
+        if restored {
+            libc::munmap(alt.base, alt.len);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     }
 }
 

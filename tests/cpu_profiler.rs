@@ -494,3 +494,33 @@ fn demo_binary_writes_profiles_that_parse() {
     assert_eq!(bad.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn alt_stack_size() -> usize {
+    // SAFETY: queries this thread's alternate stack into a zeroed stack_t.
+    unsafe {
+        let mut ss: libc::stack_t = std::mem::zeroed();
+        assert_eq!(libc::sigaltstack(std::ptr::null(), &mut ss), 0);
+        if ss.ss_flags & libc::SS_DISABLE != 0 {
+            0
+        } else {
+            ss.ss_size
+        }
+    }
+}
+
+#[test]
+fn nested_registrations_dropped_out_of_order() {
+    std::thread::spawn(|| {
+        let before = alt_stack_size();
+        let a = unwind::cpu::register_thread();
+        assert_eq!(alt_stack_size(), unwind::cpu::ALT_STACK_SIZE);
+        let b = unwind::cpu::register_thread();
+        drop(a);
+        // Still registered: the alternate stack stays.
+        assert_eq!(alt_stack_size(), unwind::cpu::ALT_STACK_SIZE);
+        drop(b);
+        assert_eq!(alt_stack_size(), before);
+    })
+    .join()
+    .unwrap();
+}
