@@ -494,6 +494,30 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
         )?;
         print_policies(out, frames, &sym, &c)?;
     }
+    writeln!(
+        out,
+        "\nAll samples under each kind's policy: the leaf each kind reports (top 5):"
+    )?;
+    for kind in ProfileKind::ALL {
+        let p = cpu.to_profile(&kind.policy(), &c);
+        let total = p.total(0).max(1);
+        let mut leaves: std::collections::HashMap<String, i64> = Default::default();
+        for smp in &p.samples {
+            let leaf = p
+                .names(smp, &sym)
+                .first()
+                .map_or("(nothing kept)".to_string(), |n| short(n));
+            *leaves.entry(leaf).or_insert(0) += smp.values[0];
+        }
+        let mut leaves: Vec<(String, i64)> = leaves.into_iter().collect();
+        leaves.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let line: Vec<String> = leaves
+            .iter()
+            .take(5)
+            .map(|(n, v)| format!("{n} {:.0}%", 100.0 * *v as f64 / total as f64))
+            .collect();
+        writeln!(out, "  {:6} {}", kind.name(), line.join(", "))?;
+    }
     let name = if opts.naive { "cpu-naive" } else { "cpu" };
     let files = write_outputs(&opts.out, name, &cpu_profile, &sym, 1)?;
     writeln!(out, "\nWrote:")?;
