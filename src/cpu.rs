@@ -25,6 +25,10 @@
 //! Counting: every signal the handler accepts while the profiler runs is either recorded or
 //! dropped, so `signals == recorded + dropped` ([`Stats`]) once [`CpuProfiler::stop`] returned.
 //!
+//! With per-thread timers the handler is installed with `SA_ONSTACK`; a SIGPROF sent by hand
+//! (`kill -PROF`) to an unregistered thread then runs it on that thread's alternate stack, which
+//! may be too small for a capture. Do not mix other SIGPROF sources with a running profiler.
+//!
 //! Only one profiler runs at a time (the SIGPROF disposition is process-wide). The handler stays
 //! installed after `stop` (a pending SIGPROF must not kill the process) and ignores signals
 //! while no profiler runs.
@@ -363,7 +367,9 @@ fn gettid() -> libc::pid_t {
 
 /// A thread's registration with the CPU profiler; unregisters (stopping its timer and removing
 /// its alternate signal stack) when the last registration of the thread is dropped. Not `Send`:
-/// drop it on the thread that made it.
+/// drop it on the thread that made it. Leaking it (`mem::forget`) leaves the thread id
+/// registered: a later profiler would arm a timer for it, and should the id be reused, sample
+/// that unrelated thread on whatever alternate stack it has.
 #[must_use = "the thread is unregistered when this is dropped"]
 pub struct ThreadRegistration {
     _not_send: core::marker::PhantomData<*const ()>,

@@ -479,14 +479,29 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
     }
     let cpu_profile = cpu.to_profile(&ProfileKind::Cpu.policy(), &c);
     writeln!(out)?;
-    print_top(
-        out,
-        "Top CPU stacks (policy cpu, leaf first):",
-        &cpu_profile,
-        &sym,
-        0,
-        4,
-    )?;
+    // The top stack of each place, so that every kind of switch is shown.
+    for (place, leaf) in PLACES {
+        let mut sub = cpu_profile.clone();
+        sub.samples.retain(|smp| {
+            cpu_profile
+                .names(smp, &sym)
+                .iter()
+                .take(8)
+                .any(|n| short(n) == leaf)
+        });
+        if sub.samples.is_empty() {
+            writeln!(out, "Top CPU stack in the {place}: no samples")?;
+            continue;
+        }
+        print_top(
+            out,
+            &format!("Top CPU stack in the {place} (policy cpu, leaf first):"),
+            &sub,
+            &sym,
+            0,
+            1,
+        )?;
+    }
     if let Some(frames) = example[1] {
         writeln!(
             out,
