@@ -152,6 +152,8 @@ pub struct Stats {
     pub truncated: u64,
     /// Per-thread timers that could not be created (a thread that exited meanwhile).
     pub timer_errors: u64,
+    /// Signals whose handler ran on the thread's alternate signal stack.
+    pub on_alt_stack: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -194,6 +196,7 @@ static RECORDED: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static TRUNCATED: AtomicU64 = AtomicU64::new(0);
 static TIMER_ERRORS: AtomicU64 = AtomicU64::new(0);
+static ON_ALT_STACK: AtomicU64 = AtomicU64::new(0);
 /// How often the collector drains the ring. At 20 000 samples/s (four threads at 5 kHz) that is
 /// 200 samples per drain, well under [`RING_SLOTS`].
 const COLLECT_EVERY: Duration = Duration::from_millis(10);
@@ -209,6 +212,15 @@ extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mu
     IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
     if ENABLED.load(Ordering::SeqCst) {
         SIGNALS.fetch_add(1, Ordering::Relaxed);
+        // Is this handler running on the thread's alternate stack? The kernel saved the
+        // alternate stack's bounds in uc_stack; a local's address is (about) our sp.
+        // SAFETY: `uc` is the ucontext_t the kernel passed to this SA_SIGINFO handler.
+        let ss = unsafe { (*uc.cast::<libc::ucontext_t>()).uc_stack };
+        let here = &errno as *const i32 as u64;
+        let lo = ss.ss_sp as u64;
+        if ss.ss_flags & libc::SS_DISABLE == 0 && here.wrapping_sub(lo) < ss.ss_size as u64 {
+            ON_ALT_STACK.fetch_add(1, Ordering::Relaxed);
+        }
         record(uc);
     }
     IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
@@ -617,7 +629,14 @@ impl CpuProfiler {
         // stack. ITIMER_PROF also lands on unregistered threads, whose alternate stack (std's,
         // a few KiB) is too small for a capture: run on the interrupted stack instead.
         install_handler(config.timer == TimerMode::PerThread)?;
-        for c in [&SIGNALS, &RECORDED, &DROPPED, &TRUNCATED, &TIMER_ERRORS] {
+        for c in [
+            &SIGNALS,
+            &RECORDED,
+            &DROPPED,
+            &TRUNCATED,
+            &TIMER_ERRORS,
+            &ON_ALT_STACK,
+        ] {
             c.store(0, Ordering::Relaxed);
         }
         NAIVE.store(config.naive, Ordering::Relaxed);
@@ -685,6 +704,7 @@ impl CpuProfiler {
             collected: self.shared.collected.load(Ordering::Relaxed),
             truncated: TRUNCATED.load(Ordering::Relaxed),
             timer_errors: TIMER_ERRORS.load(Ordering::Relaxed),
+            on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
         }
     }
 

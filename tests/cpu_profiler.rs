@@ -241,6 +241,8 @@ fn signal_storm_four_allocating_threads() {
     assert_adds_up(&prof);
     let s = prof.stats;
     eprintln!("storm: {s:?}, {} distinct stacks", prof.stacks.len());
+    // Every handler ran on the 64 KiB alternate stack register_thread installed.
+    assert_eq!(s.on_alt_stack, s.signals, "{s:?}");
     // 4 threads x 5 kHz x 2.5 s is 50 000; allow for a loaded machine and timer slack.
     assert!(s.signals >= 2000, "{s:?}");
     let in_worker: u64 = prof
@@ -302,6 +304,8 @@ fn process_timer_samples_unregistered_threads() {
         w.join().unwrap();
     }
     assert_adds_up(&prof);
+    // Without SA_ONSTACK the handler runs on the interrupted stack, not std's small one.
+    assert_eq!(prof.stats.on_alt_stack, 0, "{:?}", prof.stats);
     let in_worker: u64 = prof
         .stacks
         .iter()
