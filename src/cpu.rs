@@ -812,3 +812,29 @@ impl CpuProfile {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_cpu_clock_matches_glibc() {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: pthread_self is this live thread; valid out pointer.
+        assert_eq!(
+            unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) },
+            0
+        );
+        assert_eq!(thread_cpu_clock(gettid()), clock);
+    }
+
+    #[test]
+    fn period_of_frequency() {
+        let cfg = |hz| Config {
+            frequency_hz: hz,
+            ..Config::default()
+        };
+        assert_eq!(period(&cfg(99)), Duration::from_nanos(10_101_010));
+        assert_eq!(period(&cfg(1_000_000)), Duration::from_micros(1));
+    }
+}
