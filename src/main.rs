@@ -4,7 +4,7 @@
 //! unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid]
 //!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
 //! unwind verify --core CORE [--exe EXE] [--sysroot DIR]
-//! unwind demo [--naive] [--out DIR]
+//! unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ]
 //! ```
 //!
 //! Exit status 0 on success, 2 on bad input with a one-line error on stderr.
@@ -16,7 +16,7 @@ use unwind::offline::{self, Options, Report};
 use unwind::policy::ProfileKind;
 use unwind::Mode;
 
-const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR]";
+const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -168,8 +168,51 @@ fn verify(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("writing output: {e}"))
 }
 
-fn demo(_args: &[String]) -> Result<(), String> {
-    Err("the demo is not part of this build".into())
+fn demo(args: &[String]) -> Result<(), String> {
+    let mut opts = unwind::demo::Options::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--naive" => opts.naive = true,
+            "--out" => opts.out = PathBuf::from(value("--out")?),
+            "--seconds" => {
+                let v = value("--seconds")?;
+                let s: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+                    .ok_or(format!("--seconds {v}: expected a number in (0, 3600]"))?;
+                opts.duration = std::time::Duration::from_secs_f64(s);
+            }
+            "--threads" => {
+                let v = value("--threads")?;
+                opts.threads = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or(format!("--threads {v}: expected 1 to 64"))?;
+            }
+            "--hz" => {
+                let v = value("--hz")?;
+                opts.frequency_hz = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or(format!("--hz {v}: expected 1 to 10000"))?;
+            }
+            other => return Err(format!("demo: unknown argument '{other}'")),
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    unwind::demo::run(&opts, &mut out)
+        .map(|_| ())
+        .map_err(|e| format!("demo: {e}"))
 }
 
 /// `--lines`: file:line for pcs, from each module's DWARF (`addr2line`), loaded on first use.

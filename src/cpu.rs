@@ -1,0 +1,840 @@
+//! A sampling CPU profiler: SIGPROF, [`capture_from_ucontext`], a lock-free sample ring and a
+//! collector thread.
+//!
+//! # How it works
+//! - **Timers.** With [`TimerMode::PerThread`] (the default) every thread that called
+//!   [`register_thread`] gets its own POSIX timer on its CPU-time clock (`timer_create` on the
+//!   thread's `CLOCK_THREAD_CPUTIME_ID`-style clock, `SIGEV_THREAD_ID` so SIGPROF goes to that
+//!   thread). Threads register and unregister while the profiler runs; a registration made while
+//!   it runs starts that thread's timer at once. [`TimerMode::Process`] uses
+//!   `setitimer(ITIMER_PROF)` instead: one process-wide CPU-time timer, whose signal the kernel
+//!   delivers to whichever thread is running, registered or not. [`Clock::Wall`] makes the
+//!   per-thread timers count wall-clock time (`CLOCK_MONOTONIC`), which is not limited to the
+//!   kernel's tick like CPU-time timers are (useful for high-rate stress tests).
+//! - **The handler** runs, with per-thread timers, on the alternate signal stack that
+//!   [`register_thread`] installs (64 KiB). With [`TimerMode::Process`] it runs on the
+//!   interrupted stack (no `SA_ONSTACK`): the signal may land on an unregistered thread, whose
+//!   alternate stack, if any, is std's few KiB, too small for a capture. It
+//!   claims a free slot of a fixed global ring with one compare-and-swap, captures straight into
+//!   the slot with [`capture_from_ucontext_with`], and publishes it. No allocation, no lock, no
+//!   system call (once the thread's stack bounds are known; see [`crate::live`]). When no slot
+//!   is free the sample is counted as dropped.
+//! - **The collector** thread drains ready slots every 10 ms into a map from stack
+//!   (the full [`Frame`]s, so that any [`crate::policy`] can be applied later) to sample count.
+//!
+//! Counting: every signal the handler accepts while the profiler runs is either recorded or
+//! dropped, so `signals == recorded + dropped` ([`Stats`]) once [`CpuProfiler::stop`] returned.
+//!
+//! With per-thread timers the handler is installed with `SA_ONSTACK`; a SIGPROF sent by hand
+//! (`kill -PROF`) to an unregistered thread then runs it on that thread's alternate stack, which
+//! may be too small for a capture. Do not mix other SIGPROF sources with a running profiler.
+//!
+//! Only one profiler runs at a time (the SIGPROF disposition is process-wide). The handler stays
+//! installed after `stop` (a pending SIGPROF must not kill the process) and ignores signals
+//! while no profiler runs.
+//!
+//! ```no_run
+//! unwind::init();
+//! let _reg = unwind::cpu::register_thread();
+//! let p = unwind::cpu::CpuProfiler::start(unwind::cpu::Config::default()).unwrap();
+//! // ... work ...
+//! let profile = p.stop();
+//! println!("{} samples", profile.total());
+//! ```
+//!
+//! [`capture_from_ucontext`]: crate::capture_from_ucontext
+
+use crate::frame::Frame;
+use crate::live::{capture_from_ucontext_with, Options};
+use crate::policy::{Classifier, Policy};
+use crate::profile::{Profile, Sample};
+use core::cell::UnsafeCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Most frames kept per sample; deeper stacks are cut (counted in [`Stats::truncated`]).
+pub const MAX_DEPTH: usize = 128;
+/// Slots in the global sample ring.
+pub const RING_SLOTS: usize = 1024;
+/// Size of the alternate signal stack [`register_thread`] installs.
+pub const ALT_STACK_SIZE: usize = 64 * 1024;
+/// Default sampling frequency (Hz): 99, not 100, so that sampling does not run in lockstep with
+/// periodic work.
+pub const DEFAULT_HZ: u32 = 99;
+
+/// Which timer drives the samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerMode {
+    /// One timer per registered thread ([`register_thread`]); unregistered threads are not
+    /// sampled.
+    PerThread,
+    /// `setitimer(ITIMER_PROF)`: process CPU time, delivered to whichever thread runs.
+    Process,
+}
+
+/// What the per-thread timers count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The thread's CPU time (a profile of where CPU goes). Kernels advance CPU-time timers at
+    /// the scheduler tick, so rates above the kernel's `HZ` are capped at it.
+    ThreadCpu,
+    /// Wall-clock time (`CLOCK_MONOTONIC`, high resolution): samples running and waiting threads
+    /// alike.
+    Wall,
+}
+
+/// Profiler settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Samples per second of (thread CPU) time per thread. Default [`DEFAULT_HZ`].
+    pub frequency_hz: u32,
+    /// Timer kind. Default [`TimerMode::PerThread`].
+    pub timer: TimerMode,
+    /// Clock of the per-thread timers. Default [`Clock::ThreadCpu`].
+    pub clock: Clock,
+    /// Walk without the transition table (to show what a naive walk reports).
+    pub naive: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            frequency_hz: DEFAULT_HZ,
+            timer: TimerMode::PerThread,
+            clock: Clock::ThreadCpu,
+            naive: false,
+        }
+    }
+}
+
+/// Why the profiler could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// Another [`CpuProfiler`] is running.
+    AlreadyRunning,
+    /// `frequency_hz` is 0 or above 1 MHz.
+    BadFrequency,
+    /// `sigaction` failed (errno).
+    Sigaction(i32),
+    /// `setitimer` or `timer_create`/`timer_settime` failed (errno).
+    Timer(i32),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::AlreadyRunning => f.write_str("a CPU profiler is already running"),
+            Error::BadFrequency => f.write_str("frequency must be 1 Hz to 1 MHz"),
+            Error::Sigaction(e) => write!(f, "sigaction(SIGPROF) failed: errno {e}"),
+            Error::Timer(e) => write!(f, "timer setup failed: errno {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Sample accounting, since [`CpuProfiler::start`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Signals the handler accepted while the profiler ran.
+    pub signals: u64,
+    /// Samples written to the ring.
+    pub recorded: u64,
+    /// Samples lost because the ring had no free slot.
+    pub dropped: u64,
+    /// Samples the collector aggregated (equals `recorded` after `stop`).
+    pub collected: u64,
+    /// Recorded samples whose walk stopped early (buffer full, unreadable frame, ...).
+    pub truncated: u64,
+    /// Per-thread timers that could not be created (a thread that exited meanwhile).
+    pub timer_errors: u64,
+    /// Signals whose handler ran on the thread's alternate signal stack.
+    pub on_alt_stack: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ring: fixed global slots, written by the handler, drained by the collector.
+
+const EMPTY: u32 = 0;
+const WRITING: u32 = 1;
+const READY: u32 = 2;
+
+struct Slot {
+    state: AtomicU32,
+    len: AtomicU32,
+    stop: AtomicU32,
+    frames: UnsafeCell<[Frame; MAX_DEPTH]>,
+}
+
+// SAFETY: `frames` is accessed only by the one party that owns the slot: the handler that moved
+// `state` from EMPTY to WRITING (until it stores READY with Release), then the collector that saw
+// READY with Acquire (until it stores EMPTY with Release). The state machine serialises them.
+unsafe impl Sync for Slot {}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const SLOT: Slot = Slot {
+    state: AtomicU32::new(EMPTY),
+    len: AtomicU32::new(0),
+    stop: AtomicU32::new(0),
+    frames: UnsafeCell::new([Frame::EMPTY; MAX_DEPTH]),
+};
+
+static RING: [Slot; RING_SLOTS] = [SLOT; RING_SLOTS];
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+/// Is a profiler accepting samples?
+static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Handlers currently between their ENABLED check and their exit.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Walk naively (set by start, read by the handler).
+static NAIVE: AtomicBool = AtomicBool::new(false);
+static SIGNALS: AtomicU64 = AtomicU64::new(0);
+static RECORDED: AtomicU64 = AtomicU64::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+static TRUNCATED: AtomicU64 = AtomicU64::new(0);
+static TIMER_ERRORS: AtomicU64 = AtomicU64::new(0);
+static ON_ALT_STACK: AtomicU64 = AtomicU64::new(0);
+/// How often the collector drains the ring. At 20 000 samples/s (four threads at 5 kHz) that is
+/// 200 samples per drain, well under [`RING_SLOTS`].
+const COLLECT_EVERY: Duration = Duration::from_millis(10);
+/// How many slots a handler tries before dropping its sample.
+const PROBES: usize = 16;
+
+/// The SIGPROF handler. Async-signal-safe: atomics, a capture into a claimed static slot, and
+/// errno saved and restored (the capture may read /proc/self/maps on a thread's first sample).
+extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: __errno_location returns this thread's errno slot; reading and writing it is
+    // async-signal-safe.
+    let errno = unsafe { *libc::__errno_location() };
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    if ENABLED.load(Ordering::SeqCst) {
+        SIGNALS.fetch_add(1, Ordering::Relaxed);
+        // Is this handler running on the thread's alternate stack? The kernel saved the
+        // alternate stack's bounds in uc_stack; a local's address is (about) our sp.
+        // SAFETY: `uc` is the ucontext_t the kernel passed to this SA_SIGINFO handler.
+        let ss = unsafe { (*uc.cast::<libc::ucontext_t>()).uc_stack };
+        let here = &errno as *const i32 as u64;
+        let lo = ss.ss_sp as u64;
+        if ss.ss_flags & libc::SS_DISABLE == 0 && here.wrapping_sub(lo) < ss.ss_size as u64 {
+            ON_ALT_STACK.fetch_add(1, Ordering::Relaxed);
+        }
+        record(uc);
+    }
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+#[inline(always)]
+fn record(uc: *mut libc::c_void) {
+    let start = NEXT.fetch_add(1, Ordering::Relaxed);
+    for i in 0..PROBES {
+        let slot = &RING[(start + i) % RING_SLOTS];
+        if slot
+            .state
+            .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            continue;
+        }
+        let opts = Options {
+            naive: NAIVE.load(Ordering::Relaxed),
+            max_depth: 0,
+        };
+        // SAFETY: this handler owns the slot (EMPTY -> WRITING above) until it stores READY, so
+        // no one else touches `frames`; `uc` is the ucontext the kernel passed to this
+        // SA_SIGINFO handler.
+        let trace = unsafe { capture_from_ucontext_with(uc, &mut *slot.frames.get(), opts) };
+        if trace.stop.is_truncated() {
+            TRUNCATED.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.len.store(trace.len as u32, Ordering::Relaxed);
+        slot.stop.store(trace.stop as u32, Ordering::Relaxed);
+        RECORDED.fetch_add(1, Ordering::Relaxed);
+        slot.state.store(READY, Ordering::Release);
+        return;
+    }
+    DROPPED.fetch_add(1, Ordering::Relaxed);
+}
+
+type Stacks = HashMap<Vec<Frame>, u64>;
+
+/// Moves every ready slot into `into`. Returns how many it moved.
+fn drain(into: &mut Stacks) -> u64 {
+    let mut n = 0;
+    for slot in &RING {
+        if slot.state.load(Ordering::Acquire) != READY {
+            continue;
+        }
+        let len = (slot.len.load(Ordering::Relaxed) as usize).min(MAX_DEPTH);
+        {
+            // SAFETY: READY (seen with Acquire) hands the slot to the collector, the only
+            // drainer (calls are serialised by the profiler's mutex), until EMPTY is stored.
+            let frames = unsafe { &(&*slot.frames.get())[..len] };
+            match into.get_mut(frames) {
+                Some(c) => *c += 1,
+                None => {
+                    into.insert(frames.to_vec(), 1);
+                }
+            }
+        }
+        slot.state.store(EMPTY, Ordering::Release);
+        n += 1;
+    }
+    n
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registered threads and their timers.
+
+struct ThreadEntry {
+    tid: libc::pid_t,
+    /// The running profiler's timer for this thread.
+    timer: Option<libc::timer_t>,
+}
+
+// SAFETY: timer_t is an opaque kernel timer id (a pointer-sized integer in glibc); any thread of
+// the process may pass it to timer_settime/timer_delete.
+unsafe impl Send for ThreadEntry {}
+
+struct Registry {
+    threads: Vec<ThreadEntry>,
+    /// The running profiler's settings (None while stopped).
+    running: Option<Config>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    threads: Vec::new(),
+    running: None,
+});
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn period(cfg: &Config) -> Duration {
+    Duration::from_nanos(1_000_000_000 / u64::from(cfg.frequency_hz.max(1)))
+}
+
+/// Linux's CPU-time clock id of thread `tid` (`MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)` in the
+/// kernel's `include/linux/posix-timers.h`; glibc's `pthread_getcpuclockid` computes the same).
+fn thread_cpu_clock(tid: libc::pid_t) -> libc::clockid_t {
+    const CPUCLOCK_SCHED: libc::clockid_t = 2;
+    const CPUCLOCK_PERTHREAD_MASK: libc::clockid_t = 4;
+    ((!tid) << 3) | CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD_MASK
+}
+
+/// Creates and arms a timer sending SIGPROF to thread `tid`.
+fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
+    let clock = match cfg.clock {
+        Clock::ThreadCpu => thread_cpu_clock(tid),
+        Clock::Wall => libc::CLOCK_MONOTONIC,
+    };
+    // SAFETY: sigevent is plain data; zeroed is a valid starting value.
+    let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+    sev.sigev_notify = libc::SIGEV_THREAD_ID;
+    sev.sigev_signo = libc::SIGPROF;
+    sev.sigev_notify_thread_id = tid;
+    let mut timer: libc::timer_t = std::ptr::null_mut();
+    // SAFETY: valid pointers to a filled sigevent and to the out timer id.
+    if unsafe { libc::timer_create(clock, &mut sev, &mut timer) } != 0 {
+        return Err(errno());
+    }
+    let p = period(cfg);
+    let ts = libc::timespec {
+        tv_sec: p.as_secs() as libc::time_t,
+        tv_nsec: p.subsec_nanos() as libc::c_long,
+    };
+    let spec = libc::itimerspec {
+        it_interval: ts,
+        it_value: ts,
+    };
+    // SAFETY: `timer` was just created; spec is a valid itimerspec.
+    if unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) } != 0 {
+        let e = errno();
+        // SAFETY: deletes the timer created above, once.
+        unsafe { libc::timer_delete(timer) };
+        return Err(e);
+    }
+    Ok(timer)
+}
+
+fn delete_timer(t: libc::timer_t) {
+    // SAFETY: `t` came from timer_create and is deleted once (the caller takes it out of its
+    // entry first).
+    unsafe { libc::timer_delete(t) };
+}
+
+fn gettid() -> libc::pid_t {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
+}
+
+/// A thread's registration with the CPU profiler; unregisters (stopping its timer and removing
+/// its alternate signal stack) when the last registration of the thread is dropped. Not `Send`:
+/// drop it on the thread that made it. Leaking it (`mem::forget`) leaves the thread id
+/// registered: a later profiler would arm a timer for it, and should the id be reused, sample
+/// that unrelated thread on whatever alternate stack it has.
+#[must_use = "the thread is unregistered when this is dropped"]
+pub struct ThreadRegistration {
+    _not_send: core::marker::PhantomData<*const ()>,
+}
+
+/// An alternate signal stack we mapped, and the one it replaced.
+struct AltStack {
+    base: *mut libc::c_void,
+    len: usize,
+    previous: libc::stack_t,
+}
+
+/// This thread's registration state: its id, how many [`ThreadRegistration`]s are alive, and
+/// the alternate stack installed by the first.
+struct Registered {
+    tid: libc::pid_t,
+    count: u32,
+    alt: Option<AltStack>,
+}
+
+thread_local! {
+    static THIS_THREAD: core::cell::RefCell<Option<Registered>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+/// Registers the calling thread: records its stack bounds ([`crate::init_thread`]), installs a
+/// [`ALT_STACK_SIZE`] alternate signal stack (guard page below it), and, if a profiler runs in
+/// [`TimerMode::PerThread`], starts this thread's timer. Registering again on the same thread
+/// only counts; the thread stays registered until its last registration is dropped. Not
+/// async-signal-safe.
+pub fn register_thread() -> ThreadRegistration {
+    let guard = ThreadRegistration {
+        _not_send: core::marker::PhantomData,
+    };
+    let again = THIS_THREAD.with(|t| match &mut *t.borrow_mut() {
+        Some(r) => {
+            r.count += 1;
+            true
+        }
+        None => false,
+    });
+    if again {
+        return guard;
+    }
+    crate::live::init_thread();
+    let tid = gettid();
+    let alt = install_alt_stack();
+    {
+        let mut reg = registry();
+        let timer = match reg.running {
+            Some(cfg) if cfg.timer == TimerMode::PerThread => match thread_timer(tid, &cfg) {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    TIMER_ERRORS.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+            _ => None,
+        };
+        reg.threads.push(ThreadEntry { tid, timer });
+    }
+    THIS_THREAD.with(|t| *t.borrow_mut() = Some(Registered { tid, count: 1, alt }));
+    guard
+}
+
+impl Drop for ThreadRegistration {
+    fn drop(&mut self) {
+        let last = THIS_THREAD
+            .try_with(|t| {
+                let mut t = t.borrow_mut();
+                let r = t.as_mut()?;
+                r.count -= 1;
+                if r.count == 0 {
+                    t.take()
+                } else {
+                    None
+                }
+            })
+            .ok()
+            .flatten();
+        let Some(r) = last else { return };
+        {
+            let mut reg = registry();
+            if let Some(i) = reg.threads.iter().position(|t| t.tid == r.tid) {
+                let e = reg.threads.swap_remove(i);
+                if let Some(t) = e.timer {
+                    delete_timer(t);
+                }
+            }
+        }
+        if let Some(alt) = r.alt {
+            remove_alt_stack(alt);
+        }
+    }
+}
+
+/// Puts back the alternate stack `alt` replaced and unmaps it.
+fn remove_alt_stack(alt: AltStack) {
+    // Block SIGPROF while the alternate stack goes away, and discard a SIGPROF the (deleted)
+    // timer left pending for this thread: delivered later it would run on the previous,
+    // smaller alternate stack.
+    // SAFETY: sigset operations on local sets; pthread_sigmask, sigtimedwait (zero timeout)
+    // and sigaltstack on this thread; `alt.base` is our own mapping of `alt.len` bytes.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPROF);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == libc::SIGPROF {}
+        // Restoring fails if we are running on our own alternate stack (a registration
+        // dropped inside a signal handler); then keep the mapping rather than free a stack in
+        // use.
+        let restored = libc::sigaltstack(&alt.previous, std::ptr::null_mut()) == 0;
+        if restored {
+            libc::munmap(alt.base, alt.len);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+}
+
+fn install_alt_stack() -> Option<AltStack> {
+    let page = 4096usize;
+    let len = ALT_STACK_SIZE + page;
+    // SAFETY: anonymous private mapping; the result is checked.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: the first page of our own mapping becomes the guard page.
+    unsafe { libc::mprotect(base, page, libc::PROT_NONE) };
+    let ss = libc::stack_t {
+        // SAFETY: base + page is inside the mapping.
+        ss_sp: unsafe { base.cast::<u8>().add(page) }.cast(),
+        ss_flags: 0,
+        ss_size: ALT_STACK_SIZE,
+    };
+    // SAFETY: stack_t is plain data.
+    let mut previous: libc::stack_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers; the new stack is mapped and stays mapped until the registration
+    // restores `previous`.
+    if unsafe { libc::sigaltstack(&ss, &mut previous) } != 0 {
+        // SAFETY: unmaps the mapping made above.
+        unsafe { libc::munmap(base, len) };
+        return None;
+    }
+    Some(AltStack {
+        base,
+        len,
+        previous,
+    })
+}
+
+/// Installs the SIGPROF handler, with `SA_ONSTACK` or without. Done at every start: another
+/// profiler (pprof-rs) may have replaced it meanwhile.
+fn install_handler(on_alt_stack: bool) -> Result<(), Error> {
+    // SAFETY: installs an SA_SIGINFO handler that is async-signal-safe (see `on_sigprof`).
+    // SA_RESTART keeps interrupted system calls of the profiled program going; SA_ONSTACK runs
+    // the handler on the thread's alternate stack.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigprof
+            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        if on_alt_stack {
+            sa.sa_flags |= libc::SA_ONSTACK;
+        }
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()) != 0 {
+            return Err(Error::Sigaction(errno()));
+        }
+    }
+    Ok(())
+}
+
+fn set_itimer(p: Duration) -> Result<(), Error> {
+    let tv = libc::timeval {
+        tv_sec: p.as_secs() as libc::time_t,
+        tv_usec: p.subsec_micros() as libc::suseconds_t,
+    };
+    let it = libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    };
+    // SAFETY: valid pointer to an itimerval.
+    if unsafe { libc::setitimer(libc::ITIMER_PROF, &it, std::ptr::null_mut()) } != 0 {
+        return Err(Error::Timer(errno()));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The profiler.
+
+struct Shared {
+    stacks: Mutex<Stacks>,
+    collected: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn drain(&self) {
+        let mut s = self.stacks.lock().unwrap_or_else(|e| e.into_inner());
+        let n = drain(&mut s);
+        self.collected.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A running CPU profiler. [`CpuProfiler::stop`] (or dropping it) stops it.
+pub struct CpuProfiler {
+    config: Config,
+    shared: Arc<Shared>,
+    collector: Option<std::thread::JoinHandle<()>>,
+    started: Instant,
+    stopped: bool,
+}
+
+impl CpuProfiler {
+    /// Starts profiling: calls [`crate::init`], installs the SIGPROF handler, starts the
+    /// collector and arms the timers. Fails if a profiler already runs.
+    pub fn start(config: Config) -> Result<CpuProfiler, Error> {
+        if config.frequency_hz == 0 || config.frequency_hz > 1_000_000 {
+            return Err(Error::BadFrequency);
+        }
+        crate::init();
+        let mut reg = registry();
+        if reg.running.is_some() {
+            return Err(Error::AlreadyRunning);
+        }
+        // Per-thread timers signal only registered threads, which have our 64 KiB alternate
+        // stack. ITIMER_PROF also lands on unregistered threads, whose alternate stack (std's,
+        // a few KiB) is too small for a capture: run on the interrupted stack instead.
+        install_handler(config.timer == TimerMode::PerThread)?;
+        for c in [
+            &SIGNALS,
+            &RECORDED,
+            &DROPPED,
+            &TRUNCATED,
+            &TIMER_ERRORS,
+            &ON_ALT_STACK,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+        NAIVE.store(config.naive, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            stacks: Mutex::new(HashMap::new()),
+            collected: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        // Leftovers cannot exist (stop drains after the last handler), but be sure.
+        drain(&mut HashMap::new());
+        let collector = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("unwind-cpu-collector".into())
+                .spawn(move || {
+                    while !shared.stop.load(Ordering::Acquire) {
+                        std::thread::park_timeout(COLLECT_EVERY);
+                        shared.drain();
+                    }
+                })
+                .ok()
+        };
+        ENABLED.store(true, Ordering::SeqCst);
+        let armed = match config.timer {
+            TimerMode::Process => set_itimer(period(&config)),
+            TimerMode::PerThread => {
+                for t in reg.threads.iter_mut() {
+                    match thread_timer(t.tid, &config) {
+                        Ok(id) => t.timer = Some(id),
+                        Err(_) => {
+                            TIMER_ERRORS.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        };
+        reg.running = Some(config);
+        drop(reg);
+        let mut p = CpuProfiler {
+            config,
+            shared,
+            collector,
+            started: Instant::now(),
+            stopped: false,
+        };
+        if let Err(e) = armed {
+            p.halt();
+            return Err(e);
+        }
+        Ok(p)
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Sample accounting so far.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            signals: SIGNALS.load(Ordering::Relaxed),
+            recorded: RECORDED.load(Ordering::Relaxed),
+            dropped: DROPPED.load(Ordering::Relaxed),
+            collected: self.shared.collected.load(Ordering::Relaxed),
+            truncated: TRUNCATED.load(Ordering::Relaxed),
+            timer_errors: TIMER_ERRORS.load(Ordering::Relaxed),
+            on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Samples collected so far (the collector drains every 10 ms).
+    pub fn samples(&self) -> u64 {
+        self.shared.collected.load(Ordering::Relaxed)
+    }
+
+    /// Stops the timers, waits for running handlers, collects the rest and returns the profile.
+    pub fn stop(mut self) -> CpuProfile {
+        self.halt();
+        let stacks =
+            std::mem::take(&mut *self.shared.stacks.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut stacks: Vec<(Vec<Frame>, u64)> = stacks.into_iter().collect();
+        stacks.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.len().cmp(&b.0.len())));
+        CpuProfile {
+            stacks,
+            period: period(&self.config),
+            duration: self.started.elapsed(),
+            stats: self.stats(),
+        }
+    }
+
+    fn halt(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        {
+            let mut reg = registry();
+            if self.config.timer == TimerMode::Process {
+                let _ = set_itimer(Duration::ZERO);
+            }
+            for t in reg.threads.iter_mut() {
+                if let Some(id) = t.timer.take() {
+                    delete_timer(id);
+                }
+            }
+            ENABLED.store(false, Ordering::SeqCst);
+            reg.running = None;
+        }
+        // A handler that saw ENABLED before the store may still be writing its slot.
+        while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(c) = self.collector.take() {
+            c.thread().unpark();
+            let _ = c.join();
+        }
+        self.shared.drain();
+    }
+}
+
+impl Drop for CpuProfiler {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// What a CPU profiler collected: full captured stacks (leaf first) and their sample counts.
+#[derive(Clone, Debug)]
+pub struct CpuProfile {
+    /// (stack, samples), most samples first.
+    pub stacks: Vec<(Vec<Frame>, u64)>,
+    /// Sampling period (of thread CPU time, or wall time with [`Clock::Wall`]).
+    pub period: Duration,
+    /// How long the profiler ran.
+    pub duration: Duration,
+    /// Final accounting.
+    pub stats: Stats,
+}
+
+impl CpuProfile {
+    /// Total samples.
+    pub fn total(&self) -> u64 {
+        self.stacks.iter().map(|s| s.1).sum()
+    }
+
+    /// The profile under `policy`: each stack cut to what the policy keeps, as a pprof-style
+    /// [`Profile`] with values `samples/count` and `cpu/nanoseconds`. Stacks the policy empties
+    /// are kept as empty samples (pprof accepts them) so totals stay true.
+    pub fn to_profile(&self, policy: &Policy, classifier: &Classifier) -> Profile {
+        let ns = self.period.as_nanos() as i64;
+        let mut p = Profile::new(
+            vec![
+                ("samples".into(), "count".into()),
+                ("cpu".into(), "nanoseconds".into()),
+            ],
+            ("cpu".into(), "nanoseconds".into()),
+            ns,
+        );
+        p.duration_nanos = self.duration.as_nanos() as i64;
+        p.default_sample_type = Some("cpu".into());
+        for (frames, count) in &self.stacks {
+            let kept = policy.apply(frames, classifier).slice(frames);
+            p.samples.push(Sample {
+                pcs: kept.iter().map(|f| f.pc).collect(),
+                exact_leaf: kept.first().is_some_and(|f| f.is_exact()),
+                values: vec![*count as i64, *count as i64 * ns],
+                labels: Vec::new(),
+            });
+        }
+        p.merge_identical();
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_cpu_clock_matches_glibc() {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: pthread_self is this live thread; valid out pointer.
+        assert_eq!(
+            unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) },
+            0
+        );
+        assert_eq!(thread_cpu_clock(gettid()), clock);
+    }
+
+    #[test]
+    fn period_of_frequency() {
+        let cfg = |hz| Config {
+            frequency_hz: hz,
+            ..Config::default()
+        };
+        assert_eq!(period(&cfg(99)), Duration::from_nanos(10_101_010));
+        assert_eq!(period(&cfg(1_000_000)), Duration::from_micros(1));
+    }
+}

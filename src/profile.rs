@@ -1,0 +1,489 @@
+//! Profiles and their output formats: pprof protobuf (gzip), folded stacks and flame-graph SVG.
+//!
+//! A [`Profile`] is what any sampler produces once a [policy](crate::policy) has cut its stacks:
+//! value types (`samples/count`, `cpu/nanoseconds`, `alloc_space/bytes`, ...), and samples, each a
+//! list of addresses (leaf first) with one value per value type. The CPU profiler builds one with
+//! [`crate::cpu::CpuProfile::to_profile`]; any other sampler (a heap profiler) fills the same
+//! struct. Writers take a [`Symbolizer`] for function names.
+//!
+//! Addresses are as captured: return addresses, except a leaf that is an exact pc (the
+//! interrupted instruction of a CPU sample, [`Sample::exact_leaf`]). Names are looked up at
+//! `pc - 1` for return addresses so that a call at the very end of a function is attributed to
+//! it, not to the next function.
+//!
+//! # pprof
+//! [`Profile::to_pprof`] writes `profile.proto` (github.com/google/pprof, `proto/profile.proto`)
+//! with a small hand-written protobuf encoder: one location per distinct address, one function per
+//! distinct name, one mapping per loaded module, all marked as symbolised so `go tool pprof`
+//! needs no binaries.
+
+use crate::symbols::Symbolizer;
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+/// One sample: a stack and its values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// Addresses, leaf first (return addresses, see [`Sample::exact_leaf`]).
+    pub pcs: Vec<u64>,
+    /// Is `pcs[0]` an exact pc (looked up as is) rather than a return address?
+    pub exact_leaf: bool,
+    /// One value per [`Profile::sample_types`] entry.
+    pub values: Vec<i64>,
+    /// String labels (key, value).
+    pub labels: Vec<(String, String)>,
+}
+
+/// What makes two samples the same: stack, leaf exactness, labels.
+type SampleKey = (Vec<u64>, bool, Vec<(String, String)>);
+
+/// A profile: what was measured and the samples.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    /// (type, unit) of each sample value, e.g. `("cpu", "nanoseconds")`.
+    pub sample_types: Vec<(String, String)>,
+    /// (type, unit) of the sampling period.
+    pub period_type: (String, String),
+    /// The sampling period, in `period_type` units.
+    pub period: i64,
+    /// When the profile started (ns since the Unix epoch).
+    pub time_nanos: i64,
+    /// How long it ran (ns).
+    pub duration_nanos: i64,
+    /// The value type `go tool pprof` shows by default (e.g. `"cpu"`), if not the last one.
+    pub default_sample_type: Option<String>,
+    /// Samples.
+    pub samples: Vec<Sample>,
+}
+
+impl Profile {
+    /// An empty profile with these value types and period; `time_nanos` is now.
+    pub fn new(
+        sample_types: Vec<(String, String)>,
+        period_type: (String, String),
+        period: i64,
+    ) -> Profile {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        Profile {
+            sample_types,
+            period_type,
+            period,
+            time_nanos: now,
+            duration_nanos: 0,
+            default_sample_type: None,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Merges samples with the same stack and labels (summing their values).
+    pub fn merge_identical(&mut self) {
+        let mut at: HashMap<SampleKey, usize> = HashMap::new();
+        let mut out: Vec<Sample> = Vec::with_capacity(self.samples.len());
+        for s in self.samples.drain(..) {
+            let key = (s.pcs.clone(), s.exact_leaf, s.labels.clone());
+            match at.get(&key) {
+                Some(&i) => {
+                    for (a, b) in out[i].values.iter_mut().zip(&s.values) {
+                        *a += b;
+                    }
+                }
+                None => {
+                    at.insert(key, out.len());
+                    out.push(s);
+                }
+            }
+        }
+        self.samples = out;
+    }
+
+    /// Index of the value type named `name`.
+    pub fn value_index(&self, name: &str) -> Option<usize> {
+        self.sample_types.iter().position(|(t, _)| t == name)
+    }
+
+    /// Sum of value `index` over all samples.
+    pub fn total(&self, index: usize) -> i64 {
+        self.samples
+            .iter()
+            .map(|s| s.values.get(index).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// The function names of a sample, leaf first (`0x…` where no symbol is known).
+    pub fn names(&self, s: &Sample, sym: &Symbolizer) -> Vec<String> {
+        s.pcs
+            .iter()
+            .enumerate()
+            .map(|(i, &pc)| function_name(sym, pc, i == 0 && s.exact_leaf))
+            .collect()
+    }
+
+    /// Encodes the profile as uncompressed `profile.proto` bytes.
+    pub fn to_pprof(&self, sym: &Symbolizer) -> Vec<u8> {
+        PprofBuilder::new(sym).build(self)
+    }
+
+    /// Writes the gzip-compressed pprof profile (what `go tool pprof` reads).
+    pub fn write_pprof<W: Write>(&self, sym: &Symbolizer, w: W) -> io::Result<()> {
+        let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
+        gz.write_all(&self.to_pprof(sym))?;
+        gz.finish()?;
+        Ok(())
+    }
+
+    /// Folded stacks (`root;…;leaf value` per line, as `inferno` and `flamegraph.pl` read) of
+    /// value `index`. Samples with a zero value or no frames are left out.
+    pub fn folded(&self, sym: &Symbolizer, index: usize) -> String {
+        let mut lines: HashMap<String, i64> = HashMap::new();
+        for s in &self.samples {
+            let v = s.values.get(index).copied().unwrap_or(0);
+            if v == 0 || s.pcs.is_empty() {
+                continue;
+            }
+            let mut names = self.names(s, sym);
+            names.reverse();
+            let line = names
+                .iter()
+                .map(|n| n.replace(';', ":"))
+                .collect::<Vec<_>>()
+                .join(";");
+            *lines.entry(line).or_insert(0) += v;
+        }
+        let mut lines: Vec<(String, i64)> = lines.into_iter().collect();
+        lines.sort();
+        let mut out = String::new();
+        for (l, v) in lines {
+            out.push_str(&l);
+            out.push(' ');
+            out.push_str(&v.to_string());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// A flame graph (SVG, via `inferno`) of value `index`.
+    pub fn write_flamegraph<W: Write>(
+        &self,
+        sym: &Symbolizer,
+        index: usize,
+        title: &str,
+        w: W,
+    ) -> io::Result<()> {
+        let folded = self.folded(sym, index);
+        let mut opts = inferno::flamegraph::Options::default();
+        opts.title = title.to_string();
+        if let Some((_, unit)) = self.sample_types.get(index) {
+            opts.count_name = unit.clone();
+        }
+        if folded.is_empty() {
+            // inferno refuses empty input; draw a graph with one "no samples" bar.
+            let line = "no samples 1";
+            return inferno::flamegraph::from_lines(&mut opts, std::iter::once(line), w)
+                .map_err(io::Error::other);
+        }
+        inferno::flamegraph::from_lines(&mut opts, folded.lines(), w).map_err(io::Error::other)
+    }
+}
+
+fn lookup_pc(pc: u64, exact: bool) -> u64 {
+    if exact {
+        pc
+    } else {
+        pc.wrapping_sub(1)
+    }
+}
+
+/// The function containing `pc` (looked up at `pc - 1` unless exact), or `pc` in hex.
+fn function_name(sym: &Symbolizer, pc: u64, exact: bool) -> String {
+    match sym.lookup(lookup_pc(pc, exact)) {
+        Some(s) => s.name.to_string(),
+        None => format!("{pc:#x}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal protobuf encoder: varints and length-delimited fields, as in
+// https://protobuf.dev/programming-guides/encoding/.
+
+#[derive(Default)]
+struct Enc {
+    buf: Vec<u8>,
+}
+
+impl Enc {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+
+    fn key(&mut self, field: u32, wire: u8) {
+        self.varint(u64::from(field) << 3 | u64::from(wire));
+    }
+
+    /// An int64/uint64 field (wire type 0); zero is the default and is omitted.
+    fn uint(&mut self, field: u32, v: u64) {
+        if v != 0 {
+            self.key(field, 0);
+            self.varint(v);
+        }
+    }
+
+    fn int(&mut self, field: u32, v: i64) {
+        self.uint(field, v as u64);
+    }
+
+    fn bool(&mut self, field: u32, v: bool) {
+        self.uint(field, u64::from(v));
+    }
+
+    fn bytes(&mut self, field: u32, b: &[u8]) {
+        self.key(field, 2);
+        self.varint(b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+
+    fn message(&mut self, field: u32, f: impl FnOnce(&mut Enc)) {
+        let mut inner = Enc::default();
+        f(&mut inner);
+        self.bytes(field, &inner.buf);
+    }
+
+    /// A packed repeated varint field.
+    fn packed(&mut self, field: u32, vs: impl Iterator<Item = u64>) {
+        let mut inner = Enc::default();
+        for v in vs {
+            inner.varint(v);
+        }
+        if !inner.buf.is_empty() {
+            self.bytes(field, &inner.buf);
+        }
+    }
+}
+
+struct PprofBuilder<'a> {
+    sym: &'a Symbolizer,
+    strings: Vec<String>,
+    string_ids: HashMap<String, i64>,
+    /// (address, exact) -> location id.
+    locations: HashMap<(u64, bool), u64>,
+    location_list: Vec<(u64, u64, u64, u64)>, // id, mapping id, address, function id
+    functions: HashMap<String, u64>,
+    function_list: Vec<(u64, i64, i64)>, // id, name, filename
+}
+
+impl<'a> PprofBuilder<'a> {
+    fn new(sym: &'a Symbolizer) -> Self {
+        let mut b = PprofBuilder {
+            sym,
+            strings: Vec::new(),
+            string_ids: HashMap::new(),
+            locations: HashMap::new(),
+            location_list: Vec::new(),
+            functions: HashMap::new(),
+            function_list: Vec::new(),
+        };
+        b.string(""); // string_table[0] must be ""
+        b
+    }
+
+    fn string(&mut self, s: &str) -> i64 {
+        if let Some(&i) = self.string_ids.get(s) {
+            return i;
+        }
+        let i = self.strings.len() as i64;
+        self.strings.push(s.to_string());
+        self.string_ids.insert(s.to_string(), i);
+        i
+    }
+
+    fn mapping_id(&self, pc: u64) -> u64 {
+        self.sym
+            .modules()
+            .iter()
+            .position(|m| m.range.contains(pc))
+            .map_or(0, |i| i as u64 + 1)
+    }
+
+    fn location(&mut self, pc: u64, exact: bool) -> u64 {
+        if let Some(&id) = self.locations.get(&(pc, exact)) {
+            return id;
+        }
+        let look = lookup_pc(pc, exact);
+        let (name, file) = match self.sym.lookup(look) {
+            Some(s) => (s.name.to_string(), s.module.to_string()),
+            None => (format!("{pc:#x}"), String::new()),
+        };
+        let fid = match self.functions.get(&name) {
+            Some(&f) => f,
+            None => {
+                let f = self.function_list.len() as u64 + 1;
+                let n = self.string(&name);
+                let fl = self.string(&file);
+                self.function_list.push((f, n, fl));
+                self.functions.insert(name, f);
+                f
+            }
+        };
+        let id = self.location_list.len() as u64 + 1;
+        let mapping = self.mapping_id(look);
+        self.location_list.push((id, mapping, pc, fid));
+        self.locations.insert((pc, exact), id);
+        id
+    }
+
+    fn build(mut self, p: &Profile) -> Vec<u8> {
+        let mut out = Enc::default();
+        for (t, u) in &p.sample_types {
+            let (t, u) = (self.string(t), self.string(u));
+            out.message(1, |m| {
+                m.int(1, t);
+                m.int(2, u);
+            });
+        }
+        for s in &p.samples {
+            let locs: Vec<u64> = s
+                .pcs
+                .iter()
+                .enumerate()
+                .map(|(i, &pc)| self.location(pc, i == 0 && s.exact_leaf))
+                .collect();
+            let labels: Vec<(i64, i64)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (self.string(k), self.string(v)))
+                .collect();
+            out.message(2, |m| {
+                m.packed(1, locs.iter().copied());
+                m.packed(2, s.values.iter().map(|&v| v as u64));
+                for (k, v) in &labels {
+                    m.message(3, |l| {
+                        l.int(1, *k);
+                        l.int(2, *v);
+                    });
+                }
+            });
+        }
+        let modules: Vec<(u64, u64, u64, i64)> = {
+            let ms: Vec<(u64, u64, u64, String)> = self
+                .sym
+                .modules()
+                .iter()
+                .map(|m| {
+                    (
+                        m.range.lo,
+                        m.range.hi,
+                        m.range.lo.wrapping_sub(m.bias),
+                        m.path.clone(),
+                    )
+                })
+                .collect();
+            ms.into_iter()
+                .map(|(lo, hi, off, path)| (lo, hi, off, self.string(&path)))
+                .collect()
+        };
+        for (i, (lo, hi, off, path)) in modules.iter().enumerate() {
+            out.message(3, |m| {
+                m.uint(1, i as u64 + 1);
+                m.uint(2, *lo);
+                m.uint(3, *hi);
+                m.uint(4, *off);
+                m.int(5, *path);
+                m.bool(7, true);
+            });
+        }
+        for &(id, mapping, addr, fid) in &self.location_list {
+            out.message(4, |m| {
+                m.uint(1, id);
+                m.uint(2, mapping);
+                m.uint(3, addr);
+                m.message(4, |l| l.uint(1, fid));
+            });
+        }
+        for &(id, name, file) in &self.function_list {
+            out.message(5, |m| {
+                m.uint(1, id);
+                m.int(2, name);
+                m.int(3, name);
+                m.int(4, file);
+            });
+        }
+        let period_type = (self.string(&p.period_type.0), self.string(&p.period_type.1));
+        let default_type = p.default_sample_type.as_deref().map(|d| self.string(d));
+        for s in &self.strings {
+            out.bytes(6, s.as_bytes());
+        }
+        out.int(9, p.time_nanos);
+        out.int(10, p.duration_nanos);
+        out.message(11, |m| {
+            m.int(1, period_type.0);
+            m.int(2, period_type.1);
+        });
+        out.int(12, p.period);
+        if let Some(d) = default_type {
+            out.int(14, d);
+        }
+        out.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints() {
+        let mut e = Enc::default();
+        e.varint(0);
+        e.varint(1);
+        e.varint(300);
+        e.varint(u64::MAX);
+        assert_eq!(
+            e.buf,
+            [0, 1, 0xac, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+        );
+    }
+
+    fn sample(pcs: &[u64], v: i64) -> Sample {
+        Sample {
+            pcs: pcs.to_vec(),
+            exact_leaf: true,
+            values: vec![v],
+            labels: vec![],
+        }
+    }
+
+    #[test]
+    fn merges_and_folds_unknown_addresses() {
+        let mut p = Profile::new(
+            vec![("samples".into(), "count".into())],
+            ("cpu".into(), "nanoseconds".into()),
+            10,
+        );
+        p.samples.push(sample(&[0x10, 0x20], 1));
+        p.samples.push(sample(&[0x10, 0x20], 2));
+        p.samples.push(sample(&[0x30], 4));
+        p.samples.push(sample(&[], 8));
+        p.merge_identical();
+        assert_eq!(p.samples.len(), 3);
+        assert_eq!(p.total(0), 15);
+        let sym = Symbolizer::new();
+        // Root first; unknown addresses are shown as captured.
+        assert_eq!(p.folded(&sym, 0), "0x20;0x10 3\n0x30 4\n");
+        let bytes = p.to_pprof(&sym);
+        assert!(!bytes.is_empty());
+        // The string table starts with "".
+        let mut svg = Vec::new();
+        p.write_flamegraph(&sym, 0, "t", &mut svg).unwrap();
+        assert!(String::from_utf8_lossy(&svg).contains("<svg"));
+        let empty = Profile::default();
+        let mut svg = Vec::new();
+        empty.write_flamegraph(&sym, 0, "t", &mut svg).unwrap();
+        assert!(String::from_utf8_lossy(&svg).contains("no samples"));
+    }
+}

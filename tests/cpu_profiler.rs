@@ -1,0 +1,533 @@
+//! The CPU profiler under real SIGPROF: profiles `go tool pprof` reads with the user frames
+//! across a system-stack switch, a signal storm on four allocating threads, start/stop cycles,
+//! threads that come and go while profiling, and the `unwind demo` binary.
+//!
+//! Needs `go` (Debian's `golang-go`) on PATH for the pprof checks.
+
+mod common;
+
+use common::short_names;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use unwind::cpu::{Clock, Config, CpuProfile, CpuProfiler, Error, TimerMode};
+use unwind::policy::{Classifier, ProfileKind};
+
+/// One profiler at a time per process: tests take this lock.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Aborts the process if the test has not finished in `secs`: a deadlock fails loudly instead
+/// of hanging CI. Drop the returned flag's owner to disarm.
+struct Watchdog(Arc<AtomicBool>);
+
+impl Watchdog {
+    fn new(what: &'static str, secs: u64) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !d.load(Ordering::Relaxed) {
+                if t0.elapsed() > Duration::from_secs(secs) {
+                    eprintln!("watchdog: {what} did not finish in {secs} s (deadlock?)");
+                    std::process::abort();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("unwind-cpu-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn go_pprof(args: &[&str], file: &Path) -> String {
+    let out = Command::new("go")
+        .arg("tool")
+        .arg("pprof")
+        .args(args)
+        .arg(file)
+        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .output()
+        .expect("running `go tool pprof` (install golang-go)");
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn assert_adds_up(p: &CpuProfile) {
+    let s = p.stats;
+    assert_eq!(s.signals, s.recorded + s.dropped, "{s:?}");
+    assert_eq!(s.collected, s.recorded, "{s:?}");
+    assert_eq!(p.total(), s.recorded, "{s:?}");
+}
+
+#[inline(always)]
+fn spin(budget: Duration, salt: u64) -> u64 {
+    let t0 = Instant::now();
+    let mut x = salt;
+    while t0.elapsed() < budget {
+        for i in 0..5_000u64 {
+            x = black_box(x.wrapping_mul(0x9e3779b97f4a7c15).wrapping_add(i ^ salt));
+        }
+    }
+    x
+}
+
+// ---------------------------------------------------------------------------------------------
+// pprof output across a switch.
+
+#[inline(never)]
+fn cpu_test_system_leaf(budget: Duration) -> u64 {
+    spin(budget, 0x51)
+}
+
+#[inline(never)]
+fn cpu_test_calls_run(budget: Duration) -> u64 {
+    let r = unwind::system_stack::run(|| black_box(cpu_test_system_leaf(budget)));
+    black_box(r) + 1
+}
+
+#[inline(never)]
+fn cpu_test_user_outer(budget: Duration) -> u64 {
+    black_box(cpu_test_calls_run(budget)) + 2
+}
+
+#[test]
+fn pprof_profile_parses_and_crosses_the_system_stack() {
+    let _s = serial();
+    let _w = Watchdog::new("pprof test", 120);
+    unwind::init();
+    let _reg = unwind::cpu::register_thread();
+    let p = CpuProfiler::start(Config {
+        frequency_hz: 250,
+        ..Config::default()
+    })
+    .unwrap();
+    let t0 = Instant::now();
+    while p.samples() < 60 && t0.elapsed() < Duration::from_secs(30) {
+        black_box(cpu_test_user_outer(Duration::from_millis(50)));
+    }
+    let prof = p.stop();
+    assert_adds_up(&prof);
+    assert!(prof.total() >= 30, "only {} samples", prof.total());
+
+    // The walks themselves: samples in the leaf reach the user frame across the switch.
+    let mut in_leaf = 0;
+    let mut crossing = 0;
+    for (frames, n) in &prof.stacks {
+        let names = short_names(frames);
+        if names.iter().take(6).any(|x| x == "cpu_test_system_leaf") {
+            in_leaf += n;
+            if names.iter().any(|x| x == "cpu_test_user_outer")
+                && frames.iter().any(|f| f.via == unwind::Via::Transition)
+            {
+                crossing += n;
+            }
+        }
+    }
+    assert!(in_leaf >= 10, "{in_leaf} samples in the leaf");
+    assert!(
+        crossing * 10 >= in_leaf * 9,
+        "{crossing} of {in_leaf} cross"
+    );
+
+    let sym = unwind::symbols::Symbolizer::for_current_process();
+    let profile = prof.to_profile(&ProfileKind::Cpu.policy(), &Classifier::new());
+    let dir = tmpdir("pprof");
+    let files = unwind::demo::write_outputs(&dir, "cpu", &profile, &sym, 1).unwrap();
+    let pb = &files[0];
+    let top = go_pprof(&["-top"], pb);
+    assert!(top.contains("Type: cpu"), "{top}");
+    assert!(top.contains("cpu_test_system_leaf"), "{top}");
+    let traces = go_pprof(&["-traces"], pb);
+    // One trace shows the leaf on the system stack and the user frames beyond the switch.
+    let crosses = traces.split("-----------+").any(|t| {
+        let leaf = t.find("cpu_test_system_leaf");
+        let run = t.find("unwind::system_stack::run");
+        let outer = t.find("cpu_test_user_outer");
+        matches!((leaf, run, outer), (Some(a), Some(b), Some(c)) if a < b && b < c)
+    });
+    assert!(crosses, "no trace crosses the switch:\n{traces}");
+    let raw = go_pprof(&["-raw"], pb);
+    assert!(raw.contains("samples/count cpu/nanoseconds"), "{raw}");
+    // Sample totals survive the round trip.
+    let total_line = top
+        .lines()
+        .find(|l| l.starts_with("Duration:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(total_line.contains("Total samples"), "{top}");
+    let folded = std::fs::read_to_string(&files[1]).unwrap();
+    assert!(folded
+        .lines()
+        .any(|l| l.contains("cpu_test_user_outer") && l.contains("cpu_test_system_leaf")));
+    let svg = std::fs::read_to_string(&files[2]).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("cpu_test_system_leaf"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signal storm.
+
+#[inline(never)]
+fn storm_worker(stop: &AtomicBool) -> usize {
+    let _reg = unwind::cpu::register_thread();
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0usize;
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        // Allocation-heavy: boxes, vectors that grow, strings; frees out of order.
+        let mut v: Vec<u64> = Vec::new();
+        for k in 0..(i % 200) as u64 {
+            v.push(k);
+        }
+        let s = format!("{i}-{}", v.len());
+        total += s.len() + black_box(Box::new(v.len())).as_ref();
+        kept.push(vec![i as u8; 16 + i % 4000]);
+        if kept.len() > 64 {
+            kept.swap_remove(i % 64);
+        }
+        i += 1;
+    }
+    total + kept.len()
+}
+
+#[test]
+fn signal_storm_four_allocating_threads() {
+    let _s = serial();
+    let _w = Watchdog::new("signal storm", 120);
+    unwind::init();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || storm_worker(&stop))
+        })
+        .collect();
+    // 5 kHz per thread on the wall clock (CPU-time timers are capped at the kernel tick).
+    let p = CpuProfiler::start(Config {
+        frequency_hz: 5000,
+        clock: Clock::Wall,
+        ..Config::default()
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let prof = p.stop();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        assert!(w.join().unwrap() > 0);
+    }
+    assert_adds_up(&prof);
+    let s = prof.stats;
+    eprintln!("storm: {s:?}, {} distinct stacks", prof.stacks.len());
+    // Every handler ran on the 64 KiB alternate stack register_thread installed.
+    assert_eq!(s.on_alt_stack, s.signals, "{s:?}");
+    // 4 threads x 5 kHz x 2.5 s is 50 000; allow for a loaded machine and timer slack.
+    assert!(s.signals >= 2000, "{s:?}");
+    let in_worker: u64 = prof
+        .stacks
+        .iter()
+        .filter(|(f, _)| short_names(f).iter().any(|n| n == "storm_worker"))
+        .map(|(_, n)| n)
+        .sum();
+    // Samples that land inside libc's allocator (built without frame pointers) lose their
+    // callers; in release builds that is most of this workload. The rest must reach the worker.
+    assert!(
+        in_worker * 5 >= prof.total(),
+        "{in_worker} of {}",
+        prof.total()
+    );
+}
+
+#[inline(never)]
+fn process_timer_worker(stop: &AtomicBool) -> u64 {
+    // Not registered: ITIMER_PROF samples it anyway, on the interrupted stack. (Not a tail
+    // call, so this frame stays in release builds.)
+    black_box(spin_until(stop, 0x77)) ^ 1
+}
+
+#[inline(never)]
+fn spin_until(stop: &AtomicBool, salt: u64) -> u64 {
+    let mut x = salt;
+    while !stop.load(Ordering::Relaxed) {
+        x = spin(Duration::from_millis(1), x);
+    }
+    x
+}
+
+#[test]
+fn process_timer_samples_unregistered_threads() {
+    let _s = serial();
+    let _w = Watchdog::new("process timer", 120);
+    unwind::init();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || process_timer_worker(&stop))
+        })
+        .collect();
+    let p = CpuProfiler::start(Config {
+        frequency_hz: 1000,
+        timer: TimerMode::Process,
+        ..Config::default()
+    })
+    .unwrap();
+    let t0 = Instant::now();
+    while p.samples() < 100 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let prof = p.stop();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_adds_up(&prof);
+    // Without SA_ONSTACK the handler runs on the interrupted stack, not std's small one.
+    assert_eq!(prof.stats.on_alt_stack, 0, "{:?}", prof.stats);
+    let in_worker: u64 = prof
+        .stacks
+        .iter()
+        .filter(|(f, _)| short_names(f).iter().any(|n| n == "process_timer_worker"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(in_worker >= 50, "{in_worker} of {}", prof.total());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start/stop cycles, threads coming and going.
+
+#[test]
+fn start_stop_cycles() {
+    let _s = serial();
+    let _w = Watchdog::new("start/stop cycles", 120);
+    unwind::init();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let _reg = unwind::cpu::register_thread();
+                spin_until(&stop, 0x99)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for cycle in 0..20 {
+        let cfg = Config {
+            frequency_hz: 2000,
+            clock: Clock::Wall,
+            timer: if cycle % 5 == 4 {
+                TimerMode::Process
+            } else {
+                TimerMode::PerThread
+            },
+            ..Config::default()
+        };
+        let p = CpuProfiler::start(cfg).unwrap();
+        assert_eq!(
+            CpuProfiler::start(cfg).err(),
+            Some(Error::AlreadyRunning),
+            "cycle {cycle}"
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        let prof = if cycle % 2 == 0 {
+            p.stop()
+        } else {
+            // Dropping stops too; the next start must work.
+            drop(p);
+            continue;
+        };
+        assert_adds_up(&prof);
+        total += prof.total();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(total >= 50, "{total} samples over the cycles");
+    assert_eq!(
+        CpuProfiler::start(Config {
+            frequency_hz: 0,
+            ..Config::default()
+        })
+        .err(),
+        Some(Error::BadFrequency)
+    );
+}
+
+#[inline(never)]
+fn short_lived_thread_work(budget: Duration) -> u64 {
+    let _reg = unwind::cpu::register_thread();
+    let mut v = Vec::new();
+    let t0 = Instant::now();
+    let mut x = 0u64;
+    while t0.elapsed() < budget {
+        x = spin(Duration::from_micros(500), x);
+        v.push(x);
+    }
+    x ^ v.len() as u64
+}
+
+#[test]
+fn threads_start_and_exit_while_profiling() {
+    let _s = serial();
+    let _w = Watchdog::new("thread churn", 120);
+    unwind::init();
+    let p = CpuProfiler::start(Config {
+        frequency_hz: 2000,
+        clock: Clock::Wall,
+        ..Config::default()
+    })
+    .unwrap();
+    let spawned = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..15 {
+                    let h =
+                        std::thread::spawn(|| short_lived_thread_work(Duration::from_millis(15)));
+                    spawned.fetch_add(1, Ordering::Relaxed);
+                    black_box(h.join().unwrap());
+                }
+            });
+        }
+    });
+    let prof = p.stop();
+    assert_eq!(spawned.load(Ordering::Relaxed), 60);
+    assert_adds_up(&prof);
+    let in_short: u64 = prof
+        .stacks
+        .iter()
+        .filter(|(f, _)| {
+            short_names(f)
+                .iter()
+                .any(|n| n == "short_lived_thread_work")
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert!(in_short >= 50, "{in_short} of {}", prof.total());
+    // A thread registered after stop gets no timer and the next profiler starts cleanly.
+    let _reg = unwind::cpu::register_thread();
+    let p = CpuProfiler::start(Config::default()).unwrap();
+    assert_adds_up(&p.stop());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The demo binary.
+
+#[test]
+fn demo_binary_writes_profiles_that_parse() {
+    let _s = serial();
+    let dir = tmpdir("demo");
+    let out = Command::new(env!("CARGO_BIN_EXE_unwind"))
+        .args(["demo", "--seconds", "2", "--hz", "499", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for place in ["user stack", "system stack", "coroutine", "stacker segment"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(place))
+            .unwrap_or_else(|| panic!("no line for {place}:\n{stdout}"));
+        let nums: Vec<u64> = line[place.len() + 2..]
+            .split_whitespace()
+            .take(2)
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert_eq!(nums.len(), 2, "{line}");
+        assert!(nums[0] > 0, "no samples for {place}:\n{stdout}");
+        assert!(
+            nums[1] * 10 >= nums[0] * 9,
+            "{place} does not reach the root:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("continued on the other stack"), "{stdout}");
+    for f in ["cpu.pb.gz", "cpu.folded", "cpu.svg"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let top = go_pprof(&["-top"], &dir.join("cpu.pb.gz"));
+    assert!(
+        top.contains("system_stack_leaf") && top.contains("demo_worker"),
+        "{top}"
+    );
+
+    // --naive: the switch samples stop at the trampoline.
+    let out = Command::new(env!("CARGO_BIN_EXE_unwind"))
+        .args(["demo", "--naive", "--seconds", "1", "--hz", "499", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("system stack"))
+        .unwrap();
+    assert!(line.contains("(  0.0%)"), "{stdout}");
+    assert!(dir.join("cpu-naive.pb.gz").is_file());
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_unwind"))
+        .args(["demo", "--seconds", "-1"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn alt_stack_size() -> usize {
+    // SAFETY: queries this thread's alternate stack into a zeroed stack_t.
+    unsafe {
+        let mut ss: libc::stack_t = std::mem::zeroed();
+        assert_eq!(libc::sigaltstack(std::ptr::null(), &mut ss), 0);
+        if ss.ss_flags & libc::SS_DISABLE != 0 {
+            0
+        } else {
+            ss.ss_size
+        }
+    }
+}
+
+#[test]
+fn nested_registrations_dropped_out_of_order() {
+    std::thread::spawn(|| {
+        let before = alt_stack_size();
+        let a = unwind::cpu::register_thread();
+        assert_eq!(alt_stack_size(), unwind::cpu::ALT_STACK_SIZE);
+        let b = unwind::cpu::register_thread();
+        drop(a);
+        // Still registered: the alternate stack stays.
+        assert_eq!(alt_stack_size(), unwind::cpu::ALT_STACK_SIZE);
+        drop(b);
+        assert_eq!(alt_stack_size(), before);
+    })
+    .join()
+    .unwrap();
+}
