@@ -47,7 +47,7 @@ fn naive_walk(bounds: Range, out: &mut [u64]) -> usize {
     let mut prev = 0u64;
     let mut n = 0;
     while n < out.len() {
-        if fp % 8 != 0 || fp <= prev || fp < bounds.lo || bounds.hi - fp < 16 {
+        if !fp.is_multiple_of(8) || fp <= prev || fp < bounds.lo || bounds.hi - fp < 16 {
             break;
         }
         // SAFETY: fp lies inside this thread's stack mapping with 16 bytes to spare.
@@ -78,7 +78,7 @@ fn framehop_walk(
     use framehop::Unwinder;
     let r = unwind::arch::native::current_regs();
     let mut read = |addr: u64| -> Result<u64, ()> {
-        if addr % 8 != 0 || addr < bounds.lo || bounds.hi - addr < 8 {
+        if !addr.is_multiple_of(8) || addr < bounds.lo || bounds.hi - addr < 8 {
             return Err(());
         }
         // SAFETY: inside this thread's stack mapping.

@@ -92,7 +92,7 @@ fn framehop_walk(
     use framehop::Unwinder;
     let r = unwind::arch::native::current_regs();
     let mut read = |addr: u64| -> Result<u64, ()> {
-        if addr % 8 != 0 || addr < bounds.lo || bounds.hi - addr < 8 {
+        if !addr.is_multiple_of(8) || addr < bounds.lo || bounds.hi - addr < 8 {
             return Err(());
         }
         // SAFETY: inside this thread's stack mapping.

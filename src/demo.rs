@@ -13,6 +13,11 @@
 //! by side, and writes `cpu.pb.gz`, `cpu.folded` and `cpu.svg`. With `naive`, the walk ignores
 //! the transition table: switch samples stop at the trampoline.
 //!
+//! The heap profiler samples the same run's allocations (when [`crate::heap::Sampling`] is the
+//! global allocator, as in the `unwind` binary) and the demo writes `heap.pb.gz`, `heap.folded`
+//! and `heap.svg`: allocations made on the system stack are charged to the user function that
+//! switched to it, as Go's heap profile would after proposal #66385.
+//!
 //! Output helpers ([`write_outputs`], [`print_top`]) take any [`Profile`], so another sampler's
 //! profile (a heap profile) is written and printed the same way.
 
@@ -40,6 +45,10 @@ pub struct Options {
     pub threads: usize,
     /// Sampling frequency (Hz).
     pub frequency_hz: u32,
+    /// Heap profiler mean sampling distance in bytes ([`crate::heap::DEFAULT_RATE`]). The heap
+    /// profile is only taken when [`crate::heap::Sampling`] is the global allocator (the
+    /// `unwind` binary's is).
+    pub heap_rate: u64,
 }
 
 impl Default for Options {
@@ -50,6 +59,7 @@ impl Default for Options {
             duration: Duration::from_secs(8),
             threads: 2,
             frequency_hz: crate::cpu::DEFAULT_HZ,
+            heap_rate: crate::heap::DEFAULT_RATE,
         }
     }
 }
@@ -72,12 +82,24 @@ pub struct Report {
     pub cpu: CpuProfile,
     /// Per place: (samples with its leaf, of those reaching [`ROOT`]).
     pub places: [(u64, u64); 4],
+    /// The heap profile (policy heap, Go-scaled values), if heap samples were taken.
+    pub heap: Option<Profile>,
+    /// Per place: (sampled bytes allocated there, of those whose stack reaches [`ROOT`]).
+    pub heap_places: [(i64, i64); 4],
     /// Files written.
     pub files: Vec<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------------------------
 // The workload. Each leaf has its own constants so that no two are merged into one function.
+
+/// Size and number of the blocks each worker thread keeps alive (4 MiB per thread).
+const RETAINED_BLOCK: usize = 64 * 1024;
+const RETAINED_BLOCKS: usize = 64;
+
+thread_local! {
+    static RETAINED: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Burns CPU for about `budget` and allocates a little on the way; `salt` keeps the bodies
 /// distinct.
@@ -86,7 +108,9 @@ fn burn(budget: Duration, salt: u64) -> u64 {
     let start = Instant::now();
     let mut x = salt;
     let mut kept: Vec<Vec<u64>> = Vec::new();
+    let mut round = 0u64;
     loop {
+        round += 1;
         for i in 0..20_000u64 {
             x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i ^ salt));
         }
@@ -96,6 +120,19 @@ fn burn(budget: Duration, salt: u64) -> u64 {
         kept.push(v);
         if kept.len() > 32 {
             kept.clear();
+        }
+        // Now and then a bigger block that lives on in the thread's ring (replacing an older
+        // one): what a heap profile's `inuse_space` shows at the end of the run.
+        if round.is_multiple_of(64) {
+            let block = vec![x as u8; RETAINED_BLOCK];
+            RETAINED.with(|r| {
+                let mut r = r.borrow_mut();
+                if r.len() < RETAINED_BLOCKS {
+                    r.push(block);
+                } else {
+                    r[(x >> 8) as usize % RETAINED_BLOCKS] = block;
+                }
+            });
         }
         if start.elapsed() >= budget {
             return x;
@@ -219,6 +256,29 @@ pub fn classifier(sym: &Symbolizer) -> Classifier {
     }
     if let Some(id) = crate::system_stack::transition_id() {
         c.add_system_switch(id);
+    }
+    c
+}
+
+/// The function that marks each place in a heap sample once the heap policy has cut the
+/// runtime frames at the leaf end (on the system stack everything is runtime, so the sample
+/// ends at the user function that called `system_stack::run`).
+const HEAP_MARKERS: [&str; 4] = [
+    "on_user_stack",
+    "on_system_stack",
+    "in_coroutine",
+    "under_stacker",
+];
+
+/// The heap profiler's classifier for the demo: [`classifier`] plus the allocation internals
+/// [`crate::heap::is_runtime_name`] names.
+fn heap_classifier(sym: &Symbolizer) -> Classifier {
+    let mut c = classifier(sym);
+    for m in sym.modules() {
+        let funcs = m
+            .functions()
+            .filter(|(n, _, _)| crate::heap::is_runtime_name(n));
+        c.add_symbol_prefixes(funcs, &[""]);
     }
     c
 }
@@ -397,6 +457,14 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
         cfg.frequency_hz,
         if opts.naive { ", NAIVE walk (no transition table)" } else { "" }
     )?;
+    // The heap profiler samples allocations wherever they happen (it always crosses switches);
+    // it only sees them if `heap::Sampling` is the global allocator.
+    let heap_on = !opts.naive;
+    if heap_on {
+        let sym = Symbolizer::for_current_process();
+        crate::heap::reset();
+        crate::heap::start_with_classifier(opts.heap_rate, heap_classifier(&sym));
+    }
     let profiler = CpuProfiler::start(cfg).map_err(io::Error::other)?;
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
@@ -416,20 +484,33 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
         let s = profiler.stats();
         let _ = write!(
             err,
-            "\r  running {:4.1}/{:.1} s  rounds {:5}  cpu samples {:6}  dropped {}",
+            "\r  running {:4.1}/{:.1} s  rounds {:5}  cpu samples {:6}  dropped {}  heap samples {:5}",
             t0.elapsed().as_secs_f64(),
             opts.duration.as_secs_f64(),
             rounds.load(Ordering::Relaxed),
             s.recorded,
-            s.dropped
+            s.dropped,
+            crate::heap::stats().samples
         );
     }
     let _ = writeln!(err);
+    // The heap profile is taken while the workers still hold their retained blocks.
+    let (heap_samples, hs) = if heap_on {
+        crate::heap::stop();
+        let h = crate::heap::snapshot();
+        let st = crate::heap::stats();
+        (h, st)
+    } else {
+        (Vec::new(), crate::heap::Stats::default())
+    };
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.join();
     }
     let cpu = profiler.stop();
+    if heap_on {
+        crate::heap::reset();
+    }
     let sym = Symbolizer::for_current_process();
     let c = classifier(&sym);
 
@@ -534,11 +615,80 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
         writeln!(out, "  {:6} {}", kind.name(), line.join(", "))?;
     }
     let name = if opts.naive { "cpu-naive" } else { "cpu" };
-    let files = write_outputs(&opts.out, name, &cpu_profile, &sym, 1)?;
+    let mut files = write_outputs(&opts.out, name, &cpu_profile, &sym, 1)?;
+
+    // The heap profile.
+    let mut heap = None;
+    let mut heap_places = [(0i64, 0i64); 4];
+    if !heap_on {
+        writeln!(
+            out,
+            "\nHeap profile: not taken with --naive (the heap profiler always crosses switches)."
+        )?;
+    } else if heap_samples.is_empty() {
+        writeln!(
+            out,
+            "\nHeap profile: no samples (is unwind::heap::Sampling the global allocator?)"
+        )?;
+    } else {
+        let hp = crate::heap::to_profile(&heap_samples, opts.heap_rate);
+        for smp in &hp.samples {
+            let names: Vec<String> = hp.names(smp, &sym).iter().map(|n| short(n)).collect();
+            for (i, m) in HEAP_MARKERS.iter().enumerate() {
+                if names.iter().any(|n| n == m) {
+                    heap_places[i].0 += smp.values[1];
+                    if names.iter().any(|n| n == ROOT) {
+                        heap_places[i].1 += smp.values[1];
+                    }
+                }
+            }
+        }
+        writeln!(
+            out,
+            "\nHeap samples: {} (mean one per {} KiB allocated; policy heap: runtime frames at \
+             the leaf end dropped, the system stack counts as runtime)",
+            hs.samples,
+            opts.heap_rate / 1024
+        )?;
+        writeln!(
+            out,
+            "  {:16} {:>12}  {:>20}",
+            "place", "alloc bytes", "reach demo_worker"
+        )?;
+        for (i, (name, _)) in PLACES.iter().enumerate() {
+            let (n, r) = heap_places[i];
+            writeln!(
+                out,
+                "  {name:16} {n:>12}  {r:>12} ({:5.1}%)",
+                if n == 0 {
+                    0.0
+                } else {
+                    100.0 * r as f64 / n as f64
+                }
+            )?;
+        }
+        writeln!(out)?;
+        print_top(
+            out,
+            "Top heap stacks by alloc_space (policy heap, leaf first):",
+            &hp,
+            &sym,
+            1,
+            4,
+        )?;
+        files.extend(write_outputs(&opts.out, "heap", &hp, &sym, 1)?);
+        heap = Some(hp);
+    }
     writeln!(out, "\nWrote:")?;
     for f in &files {
         writeln!(out, "  {}", f.display())?;
     }
     writeln!(out, "  (try: go tool pprof -top {})", files[0].display())?;
-    Ok(Report { cpu, places, files })
+    Ok(Report {
+        cpu,
+        places,
+        heap,
+        heap_places,
+        files,
+    })
 }

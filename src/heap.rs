@@ -875,6 +875,38 @@ pub fn snapshot() -> Vec<HeapSample> {
     collect(true)
 }
 
+/// `samples` (from [`snapshot`] or [`snapshot_raw`]) as a [`Profile`] with Go's heap profile
+/// value types (`alloc_objects/count`, `alloc_space/bytes`, `inuse_objects/count`,
+/// `inuse_space/bytes`; `go tool pprof` shows the last by default) and period `rate` bytes of
+/// type `space/bytes`. Every address is a return address (`exact_leaf` false). Allocates.
+pub fn to_profile(samples: &[HeapSample], rate: u64) -> crate::profile::Profile {
+    let mut p = crate::profile::Profile::new(
+        vec![
+            ("alloc_objects".into(), "count".into()),
+            ("alloc_space".into(), "bytes".into()),
+            ("inuse_objects".into(), "count".into()),
+            ("inuse_space".into(), "bytes".into()),
+        ],
+        ("space".into(), "bytes".into()),
+        rate.min(i64::MAX as u64) as i64,
+    );
+    for s in samples {
+        p.samples.push(crate::profile::Sample {
+            pcs: s.pcs.clone(),
+            exact_leaf: false,
+            values: vec![
+                s.alloc_objects,
+                s.alloc_space,
+                s.inuse_objects,
+                s.inuse_space,
+            ],
+            labels: Vec::new(),
+        });
+    }
+    p.merge_identical();
+    p
+}
+
 /// [`snapshot`] without scaling: the sampled counts and bytes themselves.
 pub fn snapshot_raw() -> Vec<HeapSample> {
     collect(false)

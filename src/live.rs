@@ -144,7 +144,7 @@ impl LiveMemory {
 impl Memory for LiveMemory {
     #[inline(always)]
     fn read_u64(&mut self, addr: u64) -> Option<u64> {
-        if addr % 8 != 0 {
+        if !addr.is_multiple_of(8) {
             return None;
         }
         self.range_of(addr, 8)?;
@@ -163,7 +163,7 @@ impl Memory for LiveMemory {
 
     #[inline(always)]
     fn read_pair(&mut self, addr: u64) -> Option<(u64, u64)> {
-        if addr % 8 != 0 {
+        if !addr.is_multiple_of(8) {
             return None;
         }
         self.range_of(addr, 16)?;

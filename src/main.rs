@@ -4,7 +4,7 @@
 //! unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid]
 //!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
 //! unwind verify --core CORE [--exe EXE] [--sysroot DIR]
-//! unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ]
+//! unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]
 //! ```
 //!
 //! Exit status 0 on success, 2 on bad input with a one-line error on stderr.
@@ -16,7 +16,12 @@ use unwind::offline::{self, Options, Report};
 use unwind::policy::ProfileKind;
 use unwind::Mode;
 
-const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ]";
+/// The heap profiler's sampling allocator: costs a thread-local countdown per allocation until
+/// `unwind::heap::start` (only the demo starts it).
+#[global_allocator]
+static ALLOC: unwind::heap::Sampling = unwind::heap::Sampling::new(std::alloc::System);
+
+const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -204,6 +209,12 @@ fn demo(args: &[String]) -> Result<(), String> {
                     .ok()
                     .filter(|n| (1..=10_000).contains(n))
                     .ok_or(format!("--hz {v}: expected 1 to 10000"))?;
+            }
+            "--heap-rate" => {
+                let v = value("--heap-rate")?;
+                opts.heap_rate = v.parse().ok().filter(|n| *n >= 1).ok_or(format!(
+                    "--heap-rate {v}: expected a positive number of bytes"
+                ))?;
             }
             other => return Err(format!("demo: unknown argument '{other}'")),
         }

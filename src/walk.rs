@@ -426,7 +426,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 if fp == 0 {
                     return Err(StopReason::End);
                 }
-                if fp % A::FP_ALIGN != 0 {
+                if !fp.is_multiple_of(A::FP_ALIGN) {
                     return Err(StopReason::Misaligned);
                 }
                 match st.seg {
@@ -706,7 +706,7 @@ fn follow_records<A: Arch, M: Memory, T: Transitions>(
     floor = floor0;
     let mut k = 0;
     for slot in out.iter_mut() {
-        if fp % A::FP_ALIGN != 0 || fp < floor || fp > top {
+        if !fp.is_multiple_of(A::FP_ALIGN) || fp < floor || fp > top {
             break;
         }
         // SAFETY: seg.lo <= floor <= fp <= seg.hi - 16, so the record lies inside `seg`, which

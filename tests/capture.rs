@@ -50,7 +50,7 @@ fn check_chain(depth: usize) {
     // names[1 + k] is the recursion frame k levels above the leaf; the outermost one
     // (k = depth) is recurse_alpha(depth), and the names alternate from there.
     for k in 0..=depth {
-        let expect = if (depth - k) % 2 == 0 {
+        let expect = if (depth - k).is_multiple_of(2) {
             "recurse_alpha"
         } else {
             "recurse_beta"

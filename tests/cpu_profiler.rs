@@ -479,6 +479,56 @@ fn demo_binary_writes_profiles_that_parse() {
         "{top}"
     );
 
+    // The heap profile (the binary's global allocator is heap::Sampling): allocations made on
+    // the system stack are charged to on_system_stack, the user function that called run (it
+    // is a leaf of the profile: flat > 0), and every place's samples reach demo_worker.
+    let heap_table = stdout
+        .split("Heap samples:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no heap table:\n{stdout}"));
+    for place in ["user stack", "system stack", "coroutine", "stacker segment"] {
+        let line = heap_table
+            .lines()
+            .find(|l| l.trim_start().starts_with(place))
+            .unwrap_or_else(|| panic!("no heap line for {place}:\n{stdout}"));
+        let nums: Vec<i64> = line[place.len() + 2..]
+            .split_whitespace()
+            .take(2)
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert_eq!(nums.len(), 2, "{line}");
+        assert!(nums[0] > 0, "no heap samples for {place}:\n{stdout}");
+        assert_eq!(
+            nums[0], nums[1],
+            "{place} heap samples do not all reach the root:\n{stdout}"
+        );
+    }
+    for f in ["heap.pb.gz", "heap.folded", "heap.svg"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let top = go_pprof(
+        &["-sample_index=alloc_space", "-top"],
+        &dir.join("heap.pb.gz"),
+    );
+    let flat_of = |name: &str| {
+        top.lines()
+            .find(|l| l.trim_end().ends_with(name))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{name} not in:\n{top}"))
+            .to_string()
+    };
+    assert_ne!(flat_of("unwind::demo::on_system_stack"), "0", "{top}");
+    assert_eq!(flat_of("unwind::demo::demo_worker"), "0", "{top}");
+    assert!(
+        !top.contains("system_stack_leaf"),
+        "heap policy kept system frames:\n{top}"
+    );
+    let raw = go_pprof(&["-raw"], &dir.join("heap.pb.gz"));
+    assert!(
+        raw.contains("alloc_objects/count") && raw.contains("inuse_space/bytes"),
+        "{raw}"
+    );
+
     // --naive: the switch samples stop at the trampoline.
     let out = Command::new(env!("CARGO_BIN_EXE_unwind"))
         .args(["demo", "--naive", "--seconds", "1", "--hz", "499", "--out"])

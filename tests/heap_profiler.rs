@@ -343,7 +343,7 @@ fn storm_worker(i: usize) -> (u64, u64) {
     let mut k = 0usize;
     while !STORM_STOP.load(Ordering::Relaxed) {
         let size = 64 + (k * 37 + i * 11) % 4000;
-        let got = if k % 8 == 0 {
+        let got = if k.is_multiple_of(8) {
             unwind::system_stack::run(|| storm_alloc(size))
         } else {
             storm_alloc(size)

@@ -9,7 +9,7 @@ use crate::transition::NoTransitions;
 const LO: u64 = 0x10_0000;
 
 fn pad(v: &mut Vec<u8>) {
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0); // DW_CFA_nop
     }
 }
