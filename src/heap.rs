@@ -875,7 +875,7 @@ pub fn snapshot() -> Vec<HeapSample> {
     collect(true)
 }
 
-/// `samples` (from [`snapshot`] or [`snapshot_raw`]) as a [`Profile`] with Go's heap profile
+/// `samples` (from [`snapshot`] or [`snapshot_raw`]) as a [`Profile`](crate::profile::Profile) with Go's heap profile
 /// value types (`alloc_objects/count`, `alloc_space/bytes`, `inuse_objects/count`,
 /// `inuse_space/bytes`; `go tool pprof` shows the last by default) and period `rate` bytes of
 /// type `space/bytes`. Every address is a return address (`exact_leaf` false). Allocates.
