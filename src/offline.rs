@@ -222,7 +222,7 @@ pub fn transitions_for(
 ) -> (TransitionTable, Vec<(Id, &'static str)>, Vec<Id>) {
     let mut table = TransitionTable::new();
     let mut names = Vec::new();
-    let mut go_switches = Vec::new();
+    let mut system_switches = Vec::new();
     let pattern: &[u8] = match core.arch {
         ArchKind::X86_64 => &crate::arch::x86_64::SIGRETURN_CODE,
         ArchKind::Aarch64 => &crate::arch::aarch64::SIGRETURN_CODE,
@@ -240,7 +240,10 @@ pub fn transitions_for(
         .collect();
     for (addr, bytes) in core.code_segments() {
         for i in memchr::memmem::find_iter(bytes, pattern) {
-            trampolines.push(addr + i as u64);
+            // A hostile core may place a segment at the very top of the address space.
+            if let Some(a) = addr.checked_add(i as u64).filter(|a| *a < u64::MAX) {
+                trampolines.push(a);
+            }
         }
     }
     trampolines.sort_unstable();
@@ -248,7 +251,7 @@ pub fn transitions_for(
     for t in trampolines.into_iter().take(16) {
         add(
             &mut table,
-            Range::new(t, t + 1),
+            Range::new(t, t.saturating_add(1)),
             Rule::SignalFrame,
             "signal frame",
         );
@@ -263,12 +266,49 @@ pub fn transitions_for(
             if let Some(r) = m.function(raw) {
                 if table.lookup(r.lo).is_none() {
                     let id = add(&mut table, r, Rule::ContinueChain, name);
-                    go_switches.push(id);
+                    system_switches.push(id);
                 }
             }
         }
     }
-    (table, names, go_switches)
+    // Rust programs: this crate's system stack (a system switch, like Go's), psm/stacker
+    // segments and corosensei's `on_stack`, by symbol as `builtin` finds them live.
+    let own_rule = match core.arch {
+        ArchKind::X86_64 => crate::system_stack::RULE_X86_64,
+        ArchKind::Aarch64 => crate::system_stack::RULE_AARCH64,
+    };
+    for m in symbols.modules() {
+        for (raw, rule, name, system) in [
+            (
+                crate::system_stack::SWITCH_SYMBOL,
+                own_rule,
+                "unwind system stack",
+                true,
+            ),
+            (
+                "rust_psm_on_stack",
+                Rule::ContinueChain,
+                crate::builtin::PSM_ON_STACK,
+                false,
+            ),
+            (
+                "stack_call_trampoline",
+                Rule::ContinueChain,
+                crate::builtin::COROSENSEI_ON_STACK,
+                false,
+            ),
+        ] {
+            if let Some(r) = m.function(raw) {
+                if table.lookup(r.lo).is_none() {
+                    let id = add(&mut table, r, rule, name);
+                    if system {
+                        system_switches.push(id);
+                    }
+                }
+            }
+        }
+    }
+    (table, names, system_switches)
 }
 
 /// Is this a Go program (its modules define `runtime.systemstack`)?
@@ -281,7 +321,7 @@ fn is_go(symbols: &Symbolizer) -> bool {
 
 /// The classifier a core's policy uses: Go programs' runtime is package `runtime`; for Rust and
 /// C programs, the standard libraries' and the C runtime's frames.
-pub fn classifier_for(symbols: &Symbolizer, go_switches: &[Id]) -> Classifier {
+pub fn classifier_for(symbols: &Symbolizer, system_switches: &[Id]) -> Classifier {
     let mut c = Classifier::new();
     let prefixes: &[&str] = if is_go(symbols) {
         &["runtime."]
@@ -293,7 +333,7 @@ pub fn classifier_for(symbols: &Symbolizer, go_switches: &[Id]) -> Classifier {
     for m in symbols.modules() {
         c.add_symbol_prefixes(m.functions(), prefixes);
     }
-    for &id in go_switches {
+    for &id in system_switches {
         c.add_system_switch(id);
     }
     c
@@ -322,8 +362,10 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     } else {
         crate::dwarf::Unwinder::new()
     };
-    let (table, transitions, go_switches) = transitions_for(core, &symbols);
-    let classifier = opts.policy.map(|_| classifier_for(&symbols, &go_switches));
+    let (table, transitions, system_switches) = transitions_for(core, &symbols);
+    let classifier = opts
+        .policy
+        .map(|_| classifier_for(&symbols, &system_switches));
     let go = if is_go(&symbols) {
         GoRuntime::new(&symbols)
     } else {
@@ -337,7 +379,7 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         let mut truncated = trace.truncated();
         if let Some(go) = &go {
             if core.arch == ArchKind::X86_64 {
-                go.recover_systemstack_caller(core, t, &go_switches, &mut buf);
+                go.recover_systemstack_caller(core, t, &system_switches, &mut buf);
             }
             if go.is_stack_bottom(&symbols, buf.last()) {
                 truncated = false;
@@ -451,12 +493,12 @@ impl GoRuntime {
         &self,
         core: &Core,
         t: &Thread,
-        go_switches: &[Id],
+        system_switches: &[Id],
         frames: &mut Vec<Frame>,
     ) {
         use go_amd64::*;
         let Some(i) = frames.iter().position(|f| {
-            f.via == crate::frame::Via::Transition && go_switches.contains(&f.transition)
+            f.via == crate::frame::Via::Transition && system_switches.contains(&f.transition)
         }) else {
             return;
         };
@@ -475,9 +517,10 @@ impl GoRuntime {
             if curg == 0 || curg == g {
                 return None;
             }
-            let sp = rd(curg + G_SCHED_SP)?;
-            let bp = rd(curg + G_SCHED_BP)?;
-            let (lo, hi) = (rd(curg + G_STACK_LO)?, rd(curg + G_STACK_HI)?);
+            let at = |off: u64| curg.checked_add(off);
+            let sp = rd(at(G_SCHED_SP)?)?;
+            let bp = rd(at(G_SCHED_BP)?)?;
+            let (lo, hi) = (rd(at(G_STACK_LO)?)?, rd(at(G_STACK_HI)?)?);
             if !(lo <= sp && sp < hi && sp < bp && bp < hi) {
                 return None;
             }

@@ -57,7 +57,7 @@ impl Module {
             Some((start, off)) => {
                 let svma = file.segments().find_map(|s| {
                     let (fo, fsz) = s.file_range();
-                    (off >= fo && off < fo + fsz.max(1)).then(|| s.address() + (off - fo))
+                    (off >= fo && off - fo < fsz.max(1)).then(|| s.address().wrapping_add(off - fo))
                 });
                 start.wrapping_sub(svma.unwrap_or(0))
             }
@@ -152,9 +152,9 @@ impl Module {
         let &(start, size, n) = self.funcs.get(i.checked_sub(1)?)?;
         // Unsized symbols (assembly labels) cover up to 4 KiB.
         let end = if size == 0 {
-            start + 4096
+            start.saturating_add(4096)
         } else {
-            start + size
+            start.saturating_add(size)
         };
         (a < end).then(|| Symbol {
             name: &self.names[n as usize],
@@ -168,7 +168,10 @@ impl Module {
         self.by_name
             .iter()
             .find(|(n, _, _)| n == raw_name)
-            .map(|&(_, a, s)| Range::new(a + self.bias, a + self.bias + s.max(1)))
+            .map(|&(_, a, s)| {
+                let lo = a.wrapping_add(self.bias);
+                Range::new(lo, lo.saturating_add(s.max(1)))
+            })
     }
 
     /// Every function: (demangled name, runtime start, runtime end).
@@ -214,7 +217,7 @@ impl Module {
                 continue;
             }
             for i in memchr::memmem::find_iter(bytes, pattern) {
-                out.push(addr + i as u64 + self.bias);
+                out.push(addr.wrapping_add(i as u64).wrapping_add(self.bias));
             }
         }
         out

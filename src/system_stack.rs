@@ -304,17 +304,32 @@ pub fn run<R, F: FnOnce() -> R>(f: F) -> R {
     }
 }
 
+/// The x86_64 trampoline's rule (see the module docs): the three words at the callee's CFA.
+/// Public for offline tables, which cross the switch in cores of programs using this module.
+pub const RULE_X86_64: Rule = Rule::SavedAt {
+    base: crate::transition::Base::Cfa,
+    pc: 16,
+    sp: Some(8),
+    fp: 24,
+};
+
+/// The aarch64 trampoline's rule: its record on the user stack, found through the callee's
+/// saved frame pointer.
+pub const RULE_AARCH64: Rule = Rule::SavedAt {
+    base: crate::transition::Base::SavedFp,
+    pc: 8,
+    sp: Some(16),
+    fp: 0,
+};
+
+/// The trampoline's symbol: the only return address inside it is the switch's.
+pub const SWITCH_SYMBOL: &str = "unwind_0_1_system_stack_switch";
+
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use crate::transition::{Base, Rule};
+    use crate::transition::Rule;
 
-    /// See the module docs: the three words at the callee's CFA.
-    pub const RULE: Rule = Rule::SavedAt {
-        base: Base::Cfa,
-        pc: 16,
-        sp: Some(8),
-        fp: 24,
-    };
+    pub const RULE: Rule = super::RULE_X86_64;
 
     // extern "sysv64" fn(arg: rdi, f: rsi, top: rdx). Callee-saved registers other than rbp are
     // not touched here and are preserved by `f`. The CFI describes the user-side frame so DWARF
@@ -355,16 +370,9 @@ mod imp {
 
 #[cfg(target_arch = "aarch64")]
 mod imp {
-    use crate::transition::{Base, Rule};
+    use crate::transition::Rule;
 
-    /// See the module docs: the trampoline's record on the user stack, found through the
-    /// callee's saved frame pointer.
-    pub const RULE: Rule = Rule::SavedAt {
-        base: Base::SavedFp,
-        pc: 8,
-        sp: Some(16),
-        fp: 0,
-    };
+    pub const RULE: Rule = super::RULE_AARCH64;
 
     // The trampoline itself is dependency-free so the aarch64 smoke test (Debian's rustc 1.63
     // under qemu-aarch64) assembles and runs the very same code.

@@ -1,0 +1,211 @@
+//! `unwind stack` on a kernel core of a Rust program (fixtures/rust/switches.rs, built as the
+//! `switches` example) that aborts on `unwind::system_stack` while another thread spins on a
+//! `stacker` segment: the walk crosses both switches, `--policy heap` ends at the user function
+//! that called `system_stack::run`, and hybrid mode (CFI through libc's `abort`) gives exactly
+//! eu-stack's pcs.
+//!
+//! Needs core_pattern `core` (CI sets it); skipped with a message otherwise.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_unwind");
+
+/// The fixture executable: `target/<profile>/examples/switches`, built by `cargo test` (and
+/// here when `cargo test --tests` did not build examples).
+fn fixture_exe() -> PathBuf {
+    let dir = Path::new(BIN).parent().unwrap().join("examples");
+    let exe = dir.join("switches");
+    if !exe.is_file() {
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.args(["build", "--example", "switches"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if !cfg!(debug_assertions) {
+            c.arg("--release");
+        }
+        let out = c.output().expect("cargo build --example switches");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    exe
+}
+
+fn json(args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--format", "json"]);
+    let out = Command::new(BIN).args(&a).output().unwrap();
+    assert!(
+        out.status.success(),
+        "unwind {a:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+/// Function names without hashes or crate path noise (`switches::rust_leaf` → `rust_leaf`).
+fn names(t: &Value) -> Vec<String> {
+    t["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let s = f["symbol"].as_str().unwrap_or("?");
+            s.strip_prefix("switches::").unwrap_or(s).to_string()
+        })
+        .collect()
+}
+
+fn field(t: &Value, name: &str, key: &str) -> Value {
+    let i = names(t).iter().position(|n| n == name).unwrap();
+    t["frames"][i][key].clone()
+}
+
+/// `want` appears in `got` in order (other frames may sit between).
+fn in_order(got: &[String], want: &[&str]) -> bool {
+    let mut it = got.iter();
+    want.iter().all(|w| it.any(|g| g == w))
+}
+
+fn eu_stack_pcs(core: &Path, exe: &Path) -> Option<Vec<(u64, Vec<u64>)>> {
+    let out = Command::new("eu-stack")
+        .args(["--core", core.to_str()?, "-e", exe.to_str()?])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut threads: Vec<(u64, Vec<u64>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("TID ") {
+            threads.push((rest.trim_end_matches(':').parse().ok()?, Vec::new()));
+        } else if let Some(rest) = line.strip_prefix('#') {
+            let addr = rest.split_whitespace().nth(1)?;
+            threads
+                .last_mut()?
+                .1
+                .push(u64::from_str_radix(addr.trim_start_matches("0x"), 16).ok()?);
+        }
+    }
+    Some(threads)
+}
+
+#[test]
+fn rust_core_crosses_system_stack_and_stacker_segment() {
+    if !cfg!(target_arch = "x86_64") {
+        eprintln!("skipping: the kernel core of an x86_64 program needs an x86_64 host");
+        return;
+    }
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    if pattern.trim() != "core" {
+        eprintln!(
+            "skipping: core_pattern is {:?}, not \"core\" (CI sets it)",
+            pattern.trim()
+        );
+        return;
+    }
+    let exe = fixture_exe();
+    let dir = std::env::temp_dir().join(format!("unwind-cli-rust-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = Command::new(&exe).current_dir(&dir).status().unwrap();
+    assert!(!st.success(), "the fixture must abort");
+    let core = dir.join("core");
+    assert!(core.is_file(), "no core written in {}", dir.display());
+    let c = core.to_str().unwrap();
+
+    for mode in ["fp", "hybrid"] {
+        let v = json(&["stack", "--core", c, "--mode", mode]);
+        let threads = v["threads"].as_array().unwrap();
+        assert_eq!(threads.len(), 2, "{v}");
+        let seg = threads
+            .iter()
+            .find(|t| names(t).iter().any(|n| n == "segment_spin"))
+            .unwrap_or_else(|| panic!("{mode}: no thread shows segment_spin: {v}"));
+        let main = threads.iter().find(|t| t["tid"] != seg["tid"]).unwrap();
+        let (m, s) = (names(main), names(seg));
+        if mode == "fp" {
+            // The main thread stopped in libc (pthread_kill via abort), built without frame
+            // pointers: a frame-pointer walk cannot leave it, and says so.
+            assert_eq!(main["truncated"], true, "{m:?}");
+        } else {
+            // libc's abort has no frame records: only CFI reaches rust_leaf from the leaf.
+            assert!(
+                in_order(
+                    &m,
+                    &[
+                        "abort",
+                        "rust_leaf",
+                        "on_system_stack",
+                        "unwind::system_stack::run",
+                        "rust_middle",
+                        "rust_outer",
+                        "main",
+                    ]
+                ),
+                "{m:?}"
+            );
+            assert_eq!(main["truncated"], false, "{m:?}");
+            // The switch: on_system_stack is on the system stack (0), rust_middle on the
+            // thread's stack (1), reached through the transition.
+            assert_eq!(field(main, "on_system_stack", "stack"), 0);
+            assert_eq!(field(main, "rust_middle", "stack"), 1);
+            assert_eq!(
+                field(main, "unwind::system_stack::run", "via"),
+                "transition"
+            );
+        }
+        assert!(
+            in_order(
+                &s,
+                &[
+                    "segment_spin",
+                    "rust_psm_on_stack",
+                    "psm::on_stack",
+                    "stacker::grow",
+                    "segment_worker",
+                ]
+            ),
+            "{mode}: {s:?}"
+        );
+        assert_eq!(field(seg, "segment_spin", "stack"), 0);
+        assert_eq!(field(seg, "segment_worker", "stack"), 1);
+        assert_eq!(field(seg, "psm::on_stack", "via"), "transition");
+    }
+
+    // Heap policy: the system side (and the runtime frames at the leaf end) dropped; the
+    // sample ends at the user function that called system_stack::run.
+    let v = json(&["stack", "--core", c, "--mode", "hybrid", "--policy", "heap"]);
+    let main = v["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| names(t).iter().any(|n| n == "rust_outer"))
+        .unwrap();
+    let m = names(main);
+    assert_eq!(m[0], "rust_middle", "{m:?}");
+
+    // eu-stack (elfutils) crosses too, through the trampolines' CFI: in hybrid mode we report
+    // the same pcs for every thread.
+    if let Some(eu) = eu_stack_pcs(&core, &exe) {
+        let v = json(&["stack", "--core", c, "--mode", "hybrid"]);
+        for t in v["threads"].as_array().unwrap() {
+            let tid = t["tid"].as_u64().unwrap();
+            let (_, theirs) = eu.iter().find(|(x, _)| *x == tid).unwrap();
+            let mine: Vec<u64> = t["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    u64::from_str_radix(f["pc"].as_str().unwrap().trim_start_matches("0x"), 16)
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(&mine, theirs, "thread {tid}: ours vs eu-stack");
+        }
+    } else {
+        eprintln!("eu-stack not installed: comparison skipped");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
