@@ -70,6 +70,8 @@ pub mod user_regs {
 impl Arch for Aarch64 {
     const KIND: ArchKind = ArchKind::Aarch64;
     const FP_ALIGN: u64 = 8;
+    // Go on arm64: `MOVD.W R30, -size(RSP); MOVD R29, -8(RSP); SUB $8, RSP, R29`.
+    const RECORD_BELOW_SP: u64 = 8;
     const UC_FROM_SIGFRAME_SP: u64 = 128;
 
     #[inline(always)]

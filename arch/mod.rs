@@ -84,6 +84,9 @@ pub trait Arch: Copy + Default + core::fmt::Debug + Send + Sync + 'static {
     const RECORD_RA: u64 = 8;
     /// Size of a frame record in bytes.
     const RECORD_SIZE: u64 = 16;
+    /// How far below the stack pointer a live frame record may sit (Go's arm64 frames keep
+    /// theirs at `sp - 8`); records further below are dead stack.
+    const RECORD_BELOW_SP: u64 = 0;
     /// Offset of the `ucontext` from the stack pointer at the sigreturn trampoline.
     const UC_FROM_SIGFRAME_SP: u64;
     /// Offset of `uc_stack` (the `stack_t` the kernel saved) in a `ucontext`.

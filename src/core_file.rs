@@ -63,6 +63,8 @@ pub struct Thread {
     pub regs: Regs,
     /// The thread pointer (x86_64 `fs_base`; 0 elsewhere).
     pub tls: u64,
+    /// aarch64 `x28` (Go keeps its current `g` there); 0 on x86_64.
+    pub x28: u64,
 }
 
 /// A file mapped into the process (`NT_FILE`).
@@ -294,6 +296,7 @@ fn thread(arch: ArchKind, desc: &[u8]) -> Result<Thread, CoreError> {
                     reg(r::RBP).unwrap_or(0),
                 ),
                 tls: reg(r::FS_BASE).unwrap_or(0),
+                x28: 0,
             }
         }
         ArchKind::Aarch64 => {
@@ -307,6 +310,7 @@ fn thread(arch: ArchKind, desc: &[u8]) -> Result<Thread, CoreError> {
                     lr: reg(r::LR).unwrap_or(0),
                 },
                 tls: 0,
+                x28: reg(28).unwrap_or(0),
             }
         }
     };

@@ -380,6 +380,12 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         if let Some(go) = &go {
             if core.arch == ArchKind::X86_64 {
                 go.recover_systemstack_caller(core, t, &system_switches, &mut buf);
+            } else if let Some(more) =
+                go.cross_systemstack_arm64(core, &symbols, t, &table, &unwinder, mode, &buf)
+            {
+                truncated = more.1;
+                buf.extend(more.0);
+                buf.truncate(MAX_FRAMES);
             }
             if go.is_stack_bottom(&symbols, buf.last()) {
                 truncated = false;
@@ -536,6 +542,88 @@ impl GoRuntime {
         frames[i].transition = 0;
         frames.insert(i, Frame { pc: ra, ..crossed });
         frames.truncate(MAX_FRAMES);
+    }
+
+    /// arm64: `runtime.systemstack` loads g0's saved frame pointer when it switches
+    /// (`MOVD (g_sched+gobuf_bp)(g), R29`, `src/runtime/asm_arm64.s`), so the chain on g0 does
+    /// not link back and the walk ends in `systemstack`. Before switching,
+    /// `gosave_systemstack_switch` stored the goroutine's state in its `g.sched`: `bp` is
+    /// `systemstack`'s own frame record on the goroutine stack (`[bp]` = the caller's fp,
+    /// `[bp + 8]` = the return address into the function that called `systemstack`). The
+    /// goroutine is `g.m.curg`, `g` being the thread's x28 (g0, or gsignal in a handler).
+    ///
+    /// Returns the frames walked from that record (the first marked as found through the
+    /// transition, on the next stack index) and whether that walk was cut short. Only when the
+    /// walk ended in `systemstack` on a stack other than the goroutine's, and the record lies
+    /// inside `curg.stack`.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_systemstack_arm64(
+        &self,
+        core: &Core,
+        symbols: &Symbolizer,
+        t: &Thread,
+        table: &TransitionTable,
+        cfi: &crate::dwarf::Unwinder,
+        mode: Mode,
+        frames: &[Frame],
+    ) -> Option<(Vec<Frame>, bool)> {
+        use go_amd64::*; // the same offsets on arm64 (both 64-bit)
+        let last = frames.last()?;
+        if !self.systemstack.contains(last.lookup_pc()) || frames.len() >= MAX_FRAMES {
+            return None;
+        }
+        let mut mem = core.memory();
+        let mut rd = |a: u64| mem.read_u64(a);
+        let g = t.x28;
+        if g == 0 {
+            return None;
+        }
+        let m = rd(g.checked_add(G_M)?)?;
+        let curg = rd(m.checked_add(M_CURG)?)?;
+        if m == 0 || curg == 0 {
+            return None;
+        }
+        let at = |off: u64| curg.checked_add(off);
+        let bp = rd(at(G_SCHED_BP)?)?;
+        let (lo, hi) = (rd(at(G_STACK_LO)?)?, rd(at(G_STACK_HI)?)?);
+        if !(lo <= bp && bp.checked_add(16)? <= hi) || (lo..hi).contains(&last.pc) {
+            return None;
+        }
+        let ra = rd(bp.checked_add(8)?)?;
+        let fp = rd(bp)?;
+        if ra == 0 {
+            return None;
+        }
+        let regs = crate::arch::Regs {
+            pc: ra,
+            sp: bp.checked_add(16)?,
+            fp,
+            lr: 0,
+        };
+        let start = Start {
+            regs,
+            pc_is_return_address: true,
+        };
+        let mut more = vec![Frame::EMPTY; MAX_FRAMES - frames.len()];
+        let mut wmem = WithCode {
+            core: core.memory(),
+            symbols,
+        };
+        let mut cache = Box::new(crate::dwarf::RuleCache::new());
+        let mut w: Walker<Aarch64, _, _> =
+            Walker::with_cfi(table, crate::dwarf::Stepper::new(cfi, &mut cache), mode);
+        w.pac_mask = core.pac_mask;
+        let trace = w.walk(start, &mut wmem, &mut more);
+        more.truncate(trace.len);
+        let id = table.lookup(self.systemstack.lo).map_or(0, |t| t.id);
+        for f in more.iter_mut() {
+            f.stack = f.stack.saturating_add(last.stack + 1);
+        }
+        if let Some(f) = more.first_mut() {
+            f.via = crate::frame::Via::Transition;
+            f.transition = id;
+        }
+        Some((more, trace.truncated()))
     }
 }
 

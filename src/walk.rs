@@ -253,7 +253,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let Some(out) = buf.get_mut(st.n..limit) else {
             return;
         };
-        let mut floor = seg.lo.max(st.regs.sp);
+        let mut floor = seg.lo.max(st.regs.sp.saturating_sub(A::RECORD_BELOW_SP));
         if let Some(prev) = st.prev_fp {
             floor = floor.max(prev + 1);
         }
@@ -292,7 +292,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let Some(out) = buf.get_mut(st.n..limit) else {
             return;
         };
-        let mut floor = seg.lo.max(st.regs.sp);
+        let mut floor = seg.lo.max(st.regs.sp.saturating_sub(A::RECORD_BELOW_SP));
         if let Some(prev) = st.prev_fp {
             floor = floor.max(prev + 1);
         }
@@ -446,7 +446,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     }
                 }
                 // A record below the stack pointer is in dead stack.
-                if st.regs.sp != 0 && fp < st.regs.sp {
+                if st.regs.sp != 0 && fp < st.regs.sp.saturating_sub(A::RECORD_BELOW_SP) {
                     return Err(StopReason::NotMonotonic);
                 }
                 // Both architectures: [fp] = caller's fp, [fp + 8] = return address.

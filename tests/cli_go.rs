@@ -166,3 +166,76 @@ fn go_statement_crosses_systemstack() {
     let c = unwind_json(&core, &["--policy", "cpu"]);
     assert_eq!(c["threads"], v["threads"]);
 }
+
+/// arm64: a Go 1.19 program that throws on the system stack (fixtures/go/throw), under
+/// qemu-aarch64. `runtime.systemstack` on arm64 loads g0's own frame pointer, so the chain on
+/// g0 ends there; the walk continues from the goroutine's `g.sched.bp` (`g` is x28) into the
+/// user code that caused the throw.
+#[test]
+fn go_arm64_throw_on_systemstack_crosses_to_the_goroutine() {
+    if !have("go", "version") || !have("qemu-aarch64", "--version") {
+        eprintln!("skipping the Go arm64 core test: needs `go` (golang-go) and `qemu-aarch64`");
+        return;
+    }
+    let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-arm64-{}", std::process::id())));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/make-throw-core.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make-throw-core.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let core = dir.0.join("core-go-arm64");
+    let exe = dir.0.join("throw-arm64");
+    let v = unwind_json(&core, &["--exe", exe.to_str().unwrap()]);
+    assert_eq!(v["arch"], "aarch64");
+    // Every thread that was running fatalthrow's system-stack half reaches main.writer.
+    let on_g0: Vec<&Value> = v["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| names(t).iter().any(|n| n == "runtime.fatalthrow.func1"))
+        .collect();
+    assert!(!on_g0.is_empty(), "no thread in fatalthrow.func1: {v}");
+    for t in &on_g0 {
+        let n = names(t);
+        let frames = t["frames"].as_array().unwrap();
+        let at = |name: &str| {
+            n.iter()
+                .position(|x| x == name)
+                .unwrap_or_else(|| panic!("{name} missing from {n:?}"))
+        };
+        let sys = at("runtime.systemstack.abi0");
+        let ft = at("runtime.fatalthrow");
+        assert_eq!(ft, sys + 1, "{n:?}");
+        assert_eq!(frames[ft]["via"], "transition");
+        assert_eq!(
+            frames[ft]["stack"].as_u64().unwrap(),
+            frames[sys]["stack"].as_u64().unwrap() + 1
+        );
+        let w = at("main.writer");
+        assert!(w > ft, "{n:?}");
+        assert_eq!(
+            n.last().map(String::as_str),
+            Some("runtime.goexit.abi0"),
+            "{n:?}"
+        );
+        assert_eq!(t["truncated"], false, "{n:?}");
+    }
+    // Heap policy: the runtime's frames at the leaf end (all of g0 and the throw path) go; the
+    // user function that wrote the map is the leaf.
+    let h = unwind_json(&core, &["--exe", exe.to_str().unwrap(), "--policy", "heap"]);
+    for t in &on_g0 {
+        let ht = h["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["tid"] == t["tid"])
+            .unwrap();
+        assert_eq!(names(ht)[0], "main.writer", "{ht}");
+    }
+}
