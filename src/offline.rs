@@ -13,8 +13,10 @@
 //!   `__kernel_rt_sigreturn`, qemu's trampoline page);
 //! - Go: `runtime.systemstack` and `runtime.asmcgocall` keep the frame pointer while they run a
 //!   function on the g0 stack (`src/runtime/asm_amd64.s`, `asm_arm64.s`), so the chain on g0
-//!   links back into the goroutine's stack: [`Rule::ContinueChain`]. `mcall` and `morestack`
-//!   cut the chain (they clear or zero it on g0) and are not crossed. On amd64 the frame of
+//!   links back into the goroutine's stack: [`Rule::ContinueChain`]. On arm64 `systemstack`
+//!   loads g0's own frame pointer, and `morestack` (both architectures) cuts the chain: there
+//!   the walk continues from what the runtime saved in the goroutine's `g.sched` (see
+//!   `GoRuntime`). `mcall` is not crossed (its callees detach the goroutine from the m). On amd64 the frame of
 //!   the function that called `systemstack` (say `runtime.newproc`) is in no frame record;
 //!   it is recovered from the goroutine's `g.sched` (see `GoRuntime`), cross-checked
 //!   against the chain. A Go stack that ends in `runtime.goexit`, `runtime.mstart`,
@@ -362,10 +364,22 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     } else {
         crate::dwarf::Unwinder::new()
     };
-    let (table, transitions, system_switches) = transitions_for(core, &symbols);
-    let classifier = opts
-        .policy
-        .map(|_| classifier_for(&symbols, &system_switches));
+    let (table, mut transitions, system_switches) = transitions_for(core, &symbols);
+    // Go's morestack is crossed through the goroutine's g.sched, not through the table: it
+    // gets a name (for `via transition`) but no table entry.
+    let morestack_id = transitions.len() as Id + 1;
+    transitions.push((morestack_id, "go runtime.morestack"));
+    let classifier = opts.policy.map(|_| {
+        let mut c = classifier_for(&symbols, &system_switches);
+        // Sigreturn trampolines (libc's, the vDSO's, qemu's page, Go's) are runtime too,
+        // named or not: a heap sample never ends at one.
+        for e in table.entries() {
+            if matches!(e.rule, Rule::SignalFrame) {
+                c.add_range(e.range.lo..e.range.hi);
+            }
+        }
+        c
+    });
     let go = if is_go(&symbols) {
         GoRuntime::new(&symbols)
     } else {
@@ -376,17 +390,34 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         let mut buf = vec![Frame::EMPTY; MAX_FRAMES];
         let trace = walk_thread(core, &symbols, t, &table, &unwinder, mode, &mut buf);
         buf.truncate(trace.len);
-        let mut truncated = trace.truncated();
+        let mut stop = trace.stop;
         if let Some(go) = &go {
             if core.arch == ArchKind::X86_64 {
                 go.recover_systemstack_caller(core, t, &system_switches, &mut buf);
             } else if let Some(more) =
                 go.cross_systemstack_arm64(core, &symbols, t, &table, &unwinder, mode, &buf)
             {
-                truncated = more.1;
+                stop = more.1;
                 buf.extend(more.0);
                 buf.truncate(MAX_FRAMES);
             }
+            if let Some(more) = go.cross_morestack(
+                core,
+                &symbols,
+                t,
+                &table,
+                &unwinder,
+                mode,
+                &buf,
+                morestack_id,
+            ) {
+                stop = more.1;
+                buf.extend(more.0);
+                buf.truncate(MAX_FRAMES);
+            }
+        }
+        let mut truncated = stop.is_truncated();
+        if let Some(go) = &go {
             if go.is_stack_bottom(&symbols, buf.last()) {
                 truncated = false;
             }
@@ -400,7 +431,7 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
             tid: t.tid,
             frames: buf,
             truncated,
-            stop: trace.stop,
+            stop,
         });
     }
     Ok(Report {
@@ -440,6 +471,8 @@ mod go_amd64 {
     pub const G_STACK_HI: u64 = 8;
     pub const G_M: u64 = 48;
     pub const G_SCHED_SP: u64 = 56;
+    pub const G_SCHED_PC: u64 = 56 + 8;
+    pub const G_SCHED_LR: u64 = 56 + 40;
     pub const G_SCHED_BP: u64 = 56 + 48;
     pub const M_G0: u64 = 0;
     pub const M_CURG: u64 = 192;
@@ -449,6 +482,8 @@ mod go_amd64 {
 struct GoRuntime {
     /// `runtime.systemstack`'s code.
     systemstack: Range,
+    /// `runtime.morestack`'s code.
+    morestack: Option<Range>,
     /// Functions where a Go stack legitimately ends: a thread's g0 (`runtime.mstart`,
     /// `runtime.rt0_go`), a goroutine (`runtime.goexit`), a g0 stack reset by `runtime.mcall`.
     bottoms: Vec<Range>,
@@ -474,6 +509,7 @@ impl GoRuntime {
         .collect();
         Some(GoRuntime {
             systemstack,
+            morestack: find(&["runtime.morestack.abi0", "runtime.morestack"]),
             bottoms,
         })
     }
@@ -566,7 +602,7 @@ impl GoRuntime {
         cfi: &crate::dwarf::Unwinder,
         mode: Mode,
         frames: &[Frame],
-    ) -> Option<(Vec<Frame>, bool)> {
+    ) -> Option<(Vec<Frame>, StopReason)> {
         use go_amd64::*; // the same offsets on arm64 (both 64-bit)
         let last = frames.last()?;
         if !self.systemstack.contains(last.lookup_pc()) || frames.len() >= MAX_FRAMES {
@@ -600,31 +636,153 @@ impl GoRuntime {
             fp,
             lr: 0,
         };
-        let start = Start {
-            regs,
-            pc_is_return_address: true,
-        };
-        let mut more = vec![Frame::EMPTY; MAX_FRAMES - frames.len()];
-        let mut wmem = WithCode {
-            core: core.memory(),
-            symbols,
-        };
-        let mut cache = Box::new(crate::dwarf::RuleCache::new());
-        let mut w: Walker<Aarch64, _, _> =
-            Walker::with_cfi(table, crate::dwarf::Stepper::new(cfi, &mut cache), mode);
-        w.pac_mask = core.pac_mask;
-        let trace = w.walk(start, &mut wmem, &mut more);
-        more.truncate(trace.len);
         let id = table.lookup(self.systemstack.lo).map_or(0, |t| t.id);
-        for f in more.iter_mut() {
-            f.stack = f.stack.saturating_add(last.stack + 1);
+        Some(continue_from(
+            core, symbols, table, cfi, mode, frames, regs, id, None,
+        ))
+    }
+
+    /// Go's `morestack` (a function's prologue found its stack too small) saved the function's
+    /// state in the goroutine's `g.sched` and called `newstack` on g0, where the walk ends
+    /// (`src/runtime/asm_amd64.s`, `asm_arm64.s`):
+    /// - amd64: `sched.pc` = the return address into the function `f` (after its `CALL
+    ///   morestack`), `sched.sp` = `f`'s sp, pointing at `f`'s own return address, `sched.bp` =
+    ///   the caller's frame pointer (`f` has not pushed its own).
+    /// - arm64: `sched.pc` = the return address into `f` (its LR in morestack), `sched.lr` =
+    ///   `f`'s return address, `sched.bp` = the caller's x29.
+    ///
+    /// The goroutine is `g.m.curg` (`g`: amd64 `fs_base - 8`, arm64 x28). Frames are added only
+    /// when the walk ended in `morestack`, `sched.sp` lies in `curg.stack` and the saved pcs
+    /// are non-zero; `f`'s frame is marked as found through the transition.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_morestack(
+        &self,
+        core: &Core,
+        symbols: &Symbolizer,
+        t: &Thread,
+        table: &TransitionTable,
+        cfi: &crate::dwarf::Unwinder,
+        mode: Mode,
+        frames: &[Frame],
+        id: Id,
+    ) -> Option<(Vec<Frame>, StopReason)> {
+        use go_amd64::*;
+        let last = frames.last()?;
+        if !self.morestack?.contains(last.lookup_pc()) || frames.len() + 1 >= MAX_FRAMES {
+            return None;
         }
+        let mut mem = core.memory();
+        let mut rd = |a: u64| mem.read_u64(a);
+        let g = match core.arch {
+            ArchKind::X86_64 => rd(t.tls.checked_sub(8)?)?,
+            ArchKind::Aarch64 => t.x28,
+        };
+        if g == 0 {
+            return None;
+        }
+        let m = rd(g.checked_add(G_M)?)?;
+        if m == 0 {
+            return None;
+        }
+        let curg = rd(m.checked_add(M_CURG)?)?;
+        if curg == 0 {
+            return None;
+        }
+        let at = |off: u64| curg.checked_add(off);
+        let sp = rd(at(G_SCHED_SP)?)?;
+        let pc = rd(at(G_SCHED_PC)?)?;
+        let bp = rd(at(G_SCHED_BP)?)?;
+        let (lo, hi) = (rd(at(G_STACK_LO)?)?, rd(at(G_STACK_HI)?)?);
+        if !(lo <= sp && sp < hi) || pc == 0 {
+            return None;
+        }
+        let (caller, caller_sp) = match core.arch {
+            ArchKind::X86_64 => (rd(sp)?, sp.checked_add(8)?),
+            ArchKind::Aarch64 => (rd(at(G_SCHED_LR)?)?, 0),
+        };
+        if caller == 0 {
+            return None;
+        }
+        let f = Frame {
+            pc,
+            stack: last.stack.saturating_add(1),
+            via: crate::frame::Via::Transition,
+            flags: 0,
+            transition: id,
+        };
+        let regs = crate::arch::Regs {
+            pc: caller,
+            sp: caller_sp,
+            fp: bp,
+            lr: 0,
+        };
+        let mut with_f = frames.to_vec();
+        with_f.push(f);
+        let (mut more, stop) = continue_from(
+            core,
+            symbols,
+            table,
+            cfi,
+            mode,
+            &with_f,
+            regs,
+            0,
+            Some(f.stack),
+        );
+        more.insert(0, f);
+        Some((more, stop))
+    }
+}
+
+/// Walks on from `regs` (a return address and its frame pointer) after the walk of `frames`
+/// ended: the new frames are on the next stack index (or on `stack`), the first marked as found
+/// through transition `id` (unless `id` is 0, where it keeps its own `via`).
+#[allow(clippy::too_many_arguments)]
+fn continue_from(
+    core: &Core,
+    symbols: &Symbolizer,
+    table: &TransitionTable,
+    cfi: &crate::dwarf::Unwinder,
+    mode: Mode,
+    frames: &[Frame],
+    regs: crate::arch::Regs,
+    id: Id,
+    stack: Option<u16>,
+) -> (Vec<Frame>, StopReason) {
+    let base = stack.unwrap_or_else(|| frames.last().map_or(0, |f| f.stack.saturating_add(1)));
+    let start = Start {
+        regs,
+        pc_is_return_address: true,
+    };
+    let mut more = vec![Frame::EMPTY; MAX_FRAMES.saturating_sub(frames.len())];
+    let mut wmem = WithCode {
+        core: core.memory(),
+        symbols,
+    };
+    let mut cache = Box::new(crate::dwarf::RuleCache::new());
+    let stepper = crate::dwarf::Stepper::new(cfi, &mut cache);
+    let trace = match core.arch {
+        ArchKind::X86_64 => {
+            let mut w: Walker<X86_64, _, _> = Walker::with_cfi(table, stepper, mode);
+            w.walk(start, &mut wmem, &mut more)
+        }
+        ArchKind::Aarch64 => {
+            let mut w: Walker<Aarch64, _, _> = Walker::with_cfi(table, stepper, mode);
+            w.pac_mask = core.pac_mask;
+            w.walk(start, &mut wmem, &mut more)
+        }
+    };
+    more.truncate(trace.len);
+    for f in more.iter_mut() {
+        f.stack = f.stack.saturating_add(base);
+    }
+    if id != 0 {
         if let Some(f) = more.first_mut() {
             f.via = crate::frame::Via::Transition;
             f.transition = id;
         }
-        Some((more, trace.truncated()))
     }
+    (more, trace.stop)
 }
 
 /// A core's memory, with code the core lacks read from the modules' files (kernel cores leave

@@ -473,6 +473,14 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 return Err(StopReason::TooManyTransitions);
             }
             st.crossings += 1;
+            // The kernel "returns" into a sigreturn trampoline at its first instruction (it was
+            // not called): that frame's pc is exact, not a return address, so symbolisation
+            // must not look at the byte before it.
+            if matches!(t.rule, crate::transition::Rule::SignalFrame) && caller.pc == t.range.lo {
+                if let Some(f) = st.n.checked_sub(1).and_then(|i| buf.get_mut(i)) {
+                    f.flags |= Frame::EXACT;
+                }
+            }
             // The rule reads relative to the frame record the return address came from; after
             // a DWARF step there is none, and the CFA stands in for record + 16.
             let fp = record_fp.unwrap_or_else(|| caller.sp.wrapping_sub(A::RECORD_SIZE));

@@ -167,31 +167,64 @@ fn go_statement_crosses_systemstack() {
     assert_eq!(c["threads"], v["threads"]);
 }
 
+/// Builds fixtures/go/NAME for ARCH and makes its crash core (fixtures/go/make-crash-core.sh);
+/// `None` (with a message) when a tool or the core pattern is missing.
+fn crash_core(name: &str, arch: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    if !have("go", "version") {
+        eprintln!("skipping: needs `go` (golang-go)");
+        return None;
+    }
+    match arch {
+        "arm64" if !have("qemu-aarch64", "--version") => {
+            eprintln!("skipping: needs qemu-aarch64");
+            return None;
+        }
+        "amd64" => {
+            let pattern =
+                std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+            if !cfg!(target_arch = "x86_64") || pattern.trim() != "core" {
+                eprintln!("skipping: needs an x86_64 host with core_pattern `core` (CI sets it)");
+                return None;
+            }
+        }
+        _ => {}
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/make-crash-core.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args([name, arch])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make-crash-core.sh {name} {arch} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((
+        dir.join(format!("core-go-{name}-{arch}")),
+        dir.join(format!("{name}-{arch}")),
+    ))
+}
+
+fn position(n: &[String], name: &str) -> usize {
+    n.iter()
+        .position(|x| x == name)
+        .unwrap_or_else(|| panic!("{name} missing from {n:?}"))
+}
+
 /// arm64: a Go 1.19 program that throws on the system stack (fixtures/go/throw), under
 /// qemu-aarch64. `runtime.systemstack` on arm64 loads g0's own frame pointer, so the chain on
 /// g0 ends there; the walk continues from the goroutine's `g.sched.bp` (`g` is x28) into the
 /// user code that caused the throw.
 #[test]
 fn go_arm64_throw_on_systemstack_crosses_to_the_goroutine() {
-    if !have("go", "version") || !have("qemu-aarch64", "--version") {
-        eprintln!("skipping the Go arm64 core test: needs `go` (golang-go) and `qemu-aarch64`");
+    let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-throw-{}", std::process::id())));
+    let Some((core, exe)) = crash_core("throw", "arm64", &dir.0) else {
         return;
-    }
-    let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-arm64-{}", std::process::id())));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/make-throw-core.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&dir.0)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "make-throw-core.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let core = dir.0.join("core-go-arm64");
-    let exe = dir.0.join("throw-arm64");
-    let v = unwind_json(&core, &["--exe", exe.to_str().unwrap()]);
+    };
+    let exe = exe.to_str().unwrap();
+    let v = unwind_json(&core, &["--exe", exe]);
     assert_eq!(v["arch"], "aarch64");
     // Every thread that was running fatalthrow's system-stack half reaches main.writer.
     let on_g0: Vec<&Value> = v["threads"]
@@ -204,21 +237,15 @@ fn go_arm64_throw_on_systemstack_crosses_to_the_goroutine() {
     for t in &on_g0 {
         let n = names(t);
         let frames = t["frames"].as_array().unwrap();
-        let at = |name: &str| {
-            n.iter()
-                .position(|x| x == name)
-                .unwrap_or_else(|| panic!("{name} missing from {n:?}"))
-        };
-        let sys = at("runtime.systemstack.abi0");
-        let ft = at("runtime.fatalthrow");
+        let sys = position(&n, "runtime.systemstack.abi0");
+        let ft = position(&n, "runtime.fatalthrow");
         assert_eq!(ft, sys + 1, "{n:?}");
         assert_eq!(frames[ft]["via"], "transition");
         assert_eq!(
             frames[ft]["stack"].as_u64().unwrap(),
             frames[sys]["stack"].as_u64().unwrap() + 1
         );
-        let w = at("main.writer");
-        assert!(w > ft, "{n:?}");
+        assert!(position(&n, "main.writer") > ft, "{n:?}");
         assert_eq!(
             n.last().map(String::as_str),
             Some("runtime.goexit.abi0"),
@@ -226,9 +253,9 @@ fn go_arm64_throw_on_systemstack_crosses_to_the_goroutine() {
         );
         assert_eq!(t["truncated"], false, "{n:?}");
     }
-    // Heap policy: the runtime's frames at the leaf end (all of g0 and the throw path) go; the
-    // user function that wrote the map is the leaf.
-    let h = unwind_json(&core, &["--exe", exe.to_str().unwrap(), "--policy", "heap"]);
+    // Heap policy: the runtime's frames at the leaf end (all of g0, the signal trampoline and
+    // the throw path) go; the user function that wrote the map is the leaf.
+    let h = unwind_json(&core, &["--exe", exe, "--policy", "heap"]);
     for t in &on_g0 {
         let ht = h["threads"]
             .as_array()
@@ -237,5 +264,53 @@ fn go_arm64_throw_on_systemstack_crosses_to_the_goroutine() {
             .find(|x| x["tid"] == t["tid"])
             .unwrap();
         assert_eq!(names(ht)[0], "main.writer", "{ht}");
+    }
+}
+
+/// Both architectures: a stack overflow thrown in `runtime.newstack`, reached through
+/// `runtime.morestack` from main.grow's prologue (fixtures/go/grow). The chain on g0 ends at
+/// morestack; the walk continues from what morestack saved in the goroutine's `g.sched` into
+/// main.grow's recursion.
+#[test]
+fn go_morestack_crosses_to_the_growing_function() {
+    for arch in ["amd64", "arm64"] {
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("unwind-go-grow-{arch}-{}", std::process::id())),
+        );
+        let Some((core, exe)) = crash_core("grow", arch, &dir.0) else {
+            continue;
+        };
+        let exe = exe.to_str().unwrap();
+        let v = unwind_json(&core, &["--exe", exe]);
+        let t = v["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| names(t).iter().any(|n| n == "runtime.newstack"))
+            .unwrap_or_else(|| panic!("{arch}: no thread in runtime.newstack: {v}"));
+        let n = names(t);
+        let frames = t["frames"].as_array().unwrap();
+        let ms = position(&n, "runtime.morestack.abi0");
+        assert_eq!(ms, position(&n, "runtime.newstack") + 1, "{arch}: {n:?}");
+        assert_eq!(n[ms + 1], "main.grow", "{arch}: {n:?}");
+        assert_eq!(frames[ms + 1]["via"], "transition", "{arch}");
+        assert_eq!(
+            frames[ms + 1]["stack"].as_u64().unwrap(),
+            frames[ms]["stack"].as_u64().unwrap() + 1,
+            "{arch}"
+        );
+        // The recursion fills the rest of the walk (1 MiB of main.grow frames).
+        assert!(
+            n[ms + 1..].iter().filter(|x| *x == "main.grow").count() > 100,
+            "{arch}: {n:?}"
+        );
+        let h = unwind_json(&core, &["--exe", exe, "--policy", "heap"]);
+        let ht = h["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["tid"] == t["tid"])
+            .unwrap();
+        assert_eq!(names(ht)[0], "main.grow", "{arch}: {ht}");
     }
 }
