@@ -274,7 +274,8 @@ pub fn transitions_for(
         }
     }
     // Rust programs: this crate's system stack (a system switch, like Go's), psm/stacker
-    // segments and corosensei's `on_stack`, by symbol as `builtin` finds them live.
+    // segments, corosensei's `on_stack` and its coroutines, by symbol as `builtin` finds them
+    // live.
     let own_rule = match core.arch {
         ArchKind::X86_64 => crate::system_stack::RULE_X86_64,
         ArchKind::Aarch64 => crate::system_stack::RULE_AARCH64,
@@ -297,6 +298,14 @@ pub fn transitions_for(
                 "stack_call_trampoline",
                 Rule::ContinueChain,
                 crate::builtin::COROSENSEI_ON_STACK,
+                false,
+            ),
+            (
+                // A sized-0 label: the table entry covers exactly its address (the return
+                // address a coroutine's root frame has).
+                "stack_init_trampoline_return",
+                crate::builtin::COROSENSEI_RULE,
+                crate::builtin::COROSENSEI_COROUTINE,
                 false,
             ),
         ] {

@@ -1,6 +1,7 @@
 //! `unwind stack` on a kernel core of a Rust program (fixtures/rust/switches.rs, built as the
 //! `switches` example) that aborts on `unwind::system_stack` while another thread spins on a
-//! `stacker` segment: the walk crosses both switches, `--policy heap` ends at the user function
+//! `stacker` segment and a third in a corosensei coroutine: the walk crosses all three
+//! switches, `--policy heap` ends at the user function
 //! that called `system_stack::run`, and hybrid mode (CFI through libc's `abort`) gives exactly
 //! eu-stack's pcs.
 //!
@@ -12,25 +13,23 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_unwind");
 
-/// The fixture executable: `target/<profile>/examples/switches`, built by `cargo test` (and
-/// here when `cargo test --tests` did not build examples).
+/// The fixture executable: `target/<profile>/examples/switches`, (re)built here with this
+/// test's profile (`cargo test --tests` does not build examples, and a stale one must not be
+/// used; an up-to-date build is a no-op).
 fn fixture_exe() -> PathBuf {
-    let dir = Path::new(BIN).parent().unwrap().join("examples");
-    let exe = dir.join("switches");
-    if !exe.is_file() {
-        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.args(["build", "--example", "switches"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if !cfg!(debug_assertions) {
-            c.arg("--release");
-        }
-        let out = c.output().expect("cargo build --example switches");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let exe = Path::new(BIN).parent().unwrap().join("examples/switches");
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args(["build", "--example", "switches"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if !cfg!(debug_assertions) {
+        c.arg("--release");
     }
+    let out = c.output().expect("cargo build --example switches");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     exe
 }
 
@@ -125,12 +124,19 @@ fn rust_core_crosses_system_stack_and_stacker_segment() {
     for mode in ["fp", "hybrid"] {
         let v = json(&["stack", "--core", c, "--mode", mode]);
         let threads = v["threads"].as_array().unwrap();
-        assert_eq!(threads.len(), 2, "{v}");
+        assert_eq!(threads.len(), 3, "{v}");
         let seg = threads
             .iter()
             .find(|t| names(t).iter().any(|n| n == "segment_spin"))
             .unwrap_or_else(|| panic!("{mode}: no thread shows segment_spin: {v}"));
-        let main = threads.iter().find(|t| t["tid"] != seg["tid"]).unwrap();
+        let co = threads
+            .iter()
+            .find(|t| names(t).iter().any(|n| n == "coroutine_spin"))
+            .unwrap_or_else(|| panic!("{mode}: no thread shows coroutine_spin: {v}"));
+        let main = threads
+            .iter()
+            .find(|t| t["tid"] != seg["tid"] && t["tid"] != co["tid"])
+            .unwrap();
         let (m, s) = (names(main), names(seg));
         if mode == "fp" {
             // The main thread stopped in libc (pthread_kill via abort), built without frame
@@ -174,6 +180,24 @@ fn rust_core_crosses_system_stack_and_stacker_segment() {
         let psm = position(&s, "rust_psm_on_stack");
         assert_eq!(seg["frames"][psm + 1]["via"], "transition", "{mode}: {s:?}");
         assert_eq!(seg["frames"][psm + 1]["stack"], 1, "{mode}: {s:?}");
+        // The coroutine: its root frame returns to corosensei's `stack_init_trampoline_return`
+        // label (symbolised inside `stack_init_trampoline`); the resumer's frames follow.
+        let c = names(co);
+        assert!(
+            in_order(
+                &c,
+                &[
+                    "coroutine_spin",
+                    "stack_init_trampoline",
+                    "coroutine_worker"
+                ]
+            ),
+            "{mode}: {c:?}"
+        );
+        let root = position(&c, "stack_init_trampoline");
+        assert_eq!(co["frames"][root]["stack"], 0, "{mode}: {c:?}");
+        assert_eq!(co["frames"][root + 1]["via"], "transition", "{mode}: {c:?}");
+        assert_eq!(field(co, "coroutine_worker", "stack"), 1, "{mode}: {c:?}");
     }
 
     // Heap policy: the system side (and the runtime frames at the leaf end) dropped; the
