@@ -617,17 +617,9 @@ impl GoRuntime {
         if !self.systemstack.contains(last.lookup_pc()) || frames.len() >= MAX_FRAMES {
             return None;
         }
+        let curg = go_curg(core, t)?;
         let mut mem = core.memory();
         let mut rd = |a: u64| mem.read_u64(a);
-        let g = t.x28;
-        if g == 0 {
-            return None;
-        }
-        let m = rd(g.checked_add(G_M)?)?;
-        let curg = rd(m.checked_add(M_CURG)?)?;
-        if m == 0 || curg == 0 {
-            return None;
-        }
         let at = |off: u64| curg.checked_add(off);
         let bp = rd(at(G_SCHED_BP)?)?;
         let (lo, hi) = (rd(at(G_STACK_LO)?)?, rd(at(G_STACK_HI)?)?);
@@ -680,23 +672,9 @@ impl GoRuntime {
         if !self.morestack?.contains(last.lookup_pc()) || frames.len() + 1 >= MAX_FRAMES {
             return None;
         }
+        let curg = go_curg(core, t)?;
         let mut mem = core.memory();
         let mut rd = |a: u64| mem.read_u64(a);
-        let g = match core.arch {
-            ArchKind::X86_64 => rd(t.tls.checked_sub(8)?)?,
-            ArchKind::Aarch64 => t.x28,
-        };
-        if g == 0 {
-            return None;
-        }
-        let m = rd(g.checked_add(G_M)?)?;
-        if m == 0 {
-            return None;
-        }
-        let curg = rd(m.checked_add(M_CURG)?)?;
-        if curg == 0 {
-            return None;
-        }
         let at = |off: u64| curg.checked_add(off);
         let sp = rd(at(G_SCHED_SP)?)?;
         let pc = rd(at(G_SCHED_PC)?)?;
@@ -741,6 +719,27 @@ impl GoRuntime {
         more.insert(0, f);
         Some((more, stop))
     }
+}
+
+/// The goroutine a Go thread's m is running (`g.m.curg`, non-zero), `g` being the thread's
+/// current g: amd64 `fs_base - 8`, arm64 x28 (g0, or gsignal in a handler).
+fn go_curg(core: &Core, t: &Thread) -> Option<u64> {
+    use go_amd64::*; // the same offsets on arm64 (both 64-bit)
+    let mut mem = core.memory();
+    let mut rd = |a: u64| mem.read_u64(a);
+    let g = match core.arch {
+        ArchKind::X86_64 => rd(t.tls.checked_sub(8)?)?,
+        ArchKind::Aarch64 => t.x28,
+    };
+    if g == 0 {
+        return None;
+    }
+    let m = rd(g.checked_add(G_M)?)?;
+    if m == 0 {
+        return None;
+    }
+    let curg = rd(m.checked_add(M_CURG)?)?;
+    (curg != 0).then_some(curg)
 }
 
 /// Walks on from `regs` (a return address and its frame pointer) after the walk of `frames`
