@@ -3,7 +3,7 @@
 //!
 //! Every worker thread runs, round after round, the same work in four places:
 //! 1. on its own stack (`on_user_stack`),
-//! 2. on a system stack ([`crate::system_stack::run`], like Go's `systemstack`),
+//! 2. on a system stack ([`unwind::system_stack::run`], like Go's `systemstack`),
 //! 3. inside a corosensei coroutine, resumed once per round,
 //! 4. under `stacker::maybe_grow` with a red zone that forces a new `psm` stack segment.
 //!
@@ -13,24 +13,24 @@
 //! by side, and writes `cpu.pb.gz`, `cpu.folded` and `cpu.svg`. With `naive`, the walk ignores
 //! the transition table: switch samples stop at the trampoline.
 //!
-//! The heap profiler samples the same run's allocations (when [`crate::heap::Sampling`] is the
+//! The heap profiler samples the same run's allocations (when [`unwind::heap::Sampling`] is the
 //! global allocator, as in the `unwind` binary) and the demo writes `heap.pb.gz`, `heap.folded`
 //! and `heap.svg`: allocations made on the system stack are charged to the user function that
 //! switched to it, as Go's heap profile would after proposal #66385.
 //!
-//! Output helpers ([`write_outputs`], [`print_top`]) take any [`Profile`], so another sampler's
+//! Output helpers ([`print_top`], `unwind::profile::write_outputs`) take any [`Profile`], so another sampler's
 //! profile (a heap profile) is written and printed the same way.
 
-use crate::cpu::{Config, CpuProfile, CpuProfiler};
-use crate::policy::{Classifier, ProfileKind};
-use crate::profile::Profile;
-use crate::symbols::Symbolizer;
 use std::hint::black_box;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use unwind::cpu::{Config, CpuProfiler};
+use unwind::policy::{Classifier, ProfileKind};
+use unwind::profile::{write_outputs, Profile};
+use unwind::symbols::Symbolizer;
 
 /// Demo settings.
 #[derive(Clone, Debug)]
@@ -45,8 +45,8 @@ pub struct Options {
     pub threads: usize,
     /// Sampling frequency (Hz).
     pub frequency_hz: u32,
-    /// Heap profiler mean sampling distance in bytes ([`crate::heap::DEFAULT_RATE`]). The heap
-    /// profile is only taken when [`crate::heap::Sampling`] is the global allocator (the
+    /// Heap profiler mean sampling distance in bytes ([`unwind::heap::DEFAULT_RATE`]). The heap
+    /// profile is only taken when [`unwind::heap::Sampling`] is the global allocator (the
     /// `unwind` binary's is).
     pub heap_rate: u64,
 }
@@ -58,8 +58,8 @@ impl Default for Options {
             out: PathBuf::from("profiles"),
             duration: Duration::from_secs(8),
             threads: 2,
-            frequency_hz: crate::cpu::DEFAULT_HZ,
-            heap_rate: crate::heap::DEFAULT_RATE,
+            frequency_hz: unwind::cpu::DEFAULT_HZ,
+            heap_rate: unwind::heap::DEFAULT_RATE,
         }
     }
 }
@@ -74,21 +74,6 @@ pub const PLACES: [(&str, &str); 4] = [
 
 /// The worker's own frame, reached across every switch by a complete walk.
 pub const ROOT: &str = "demo_worker";
-
-/// What the demo measured (for tests and callers).
-#[derive(Clone, Debug)]
-pub struct Report {
-    /// The CPU profile, full stacks.
-    pub cpu: CpuProfile,
-    /// Per place: (samples with its leaf, of those reaching [`ROOT`]).
-    pub places: [(u64, u64); 4],
-    /// The heap profile (policy heap, Go-scaled values), if heap samples were taken.
-    pub heap: Option<Profile>,
-    /// Per place: (sampled bytes allocated there, of those whose stack reaches [`ROOT`]).
-    pub heap_places: [(i64, i64); 4],
-    /// Files written.
-    pub files: Vec<PathBuf>,
-}
 
 // ---------------------------------------------------------------------------------------------
 // The workload. Each leaf has its own constants so that no two are merged into one function.
@@ -157,7 +142,7 @@ fn system_stack_leaf(budget: Duration) -> u64 {
 
 #[inline(never)]
 fn on_system_stack(budget: Duration) -> u64 {
-    let r = crate::system_stack::run(|| black_box(system_stack_leaf(budget)));
+    let r = unwind::system_stack::run(|| black_box(system_stack_leaf(budget)));
     black_box(r) ^ 2
 }
 
@@ -200,11 +185,11 @@ fn resume_coroutine(co: &mut Co<'_>, budget: Duration) -> u64 {
 #[inline(never)]
 fn demo_worker(stop: &AtomicBool, rounds: &AtomicU64, slice: Duration) -> u64 {
     use corosensei::stack::{DefaultStack, Stack};
-    let _reg = crate::cpu::register_thread();
+    let _reg = unwind::cpu::register_thread();
     let mut acc = 0u64;
     let mut stack = DefaultStack::new(256 * 1024).expect("coroutine stack");
     let registered =
-        crate::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
+        unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
             .ok();
     {
         let mut co: Co<'_> = corosensei::Coroutine::with_stack(
@@ -254,7 +239,7 @@ pub fn classifier(sym: &Symbolizer) -> Classifier {
             ],
         );
     }
-    if let Some(id) = crate::system_stack::transition_id() {
+    if let Some(id) = unwind::system_stack::transition_id() {
         c.add_system_switch(id);
     }
     c
@@ -271,13 +256,13 @@ const HEAP_MARKERS: [&str; 4] = [
 ];
 
 /// The heap profiler's classifier for the demo: [`classifier`] plus the allocation internals
-/// [`crate::heap::is_runtime_name`] names.
+/// [`unwind::heap::is_runtime_name`] names.
 fn heap_classifier(sym: &Symbolizer) -> Classifier {
     let mut c = classifier(sym);
     for m in sym.modules() {
         let funcs = m
             .functions()
-            .filter(|(n, _, _)| crate::heap::is_runtime_name(n));
+            .filter(|(n, _, _)| unwind::heap::is_runtime_name(n));
         c.add_symbol_prefixes(funcs, &[""]);
     }
     c
@@ -286,13 +271,13 @@ fn heap_classifier(sym: &Symbolizer) -> Classifier {
 /// The built-in transition whose return addresses contain `pc` (the frame where a walk
 /// crossed to another stack).
 fn switch_name(pc: u64) -> Option<&'static str> {
-    let b = crate::builtin::builtins()?;
+    let b = unwind::builtin::builtins()?;
     b.entries
         .iter()
         .find(|e| e.range.contains(pc))
         .map(|e| e.name)
         .or_else(|| {
-            let r = crate::system_stack::return_address();
+            let r = unwind::system_stack::return_address();
             (pc == r).then_some("unwind system stack")
         })
 }
@@ -358,36 +343,11 @@ pub fn print_top(
     Ok(())
 }
 
-/// Writes `<dir>/<name>.pb.gz`, `<name>.folded` and `<name>.svg` for value `index`; returns
-/// the paths.
-pub fn write_outputs(
-    dir: &Path,
-    name: &str,
-    p: &Profile,
-    sym: &Symbolizer,
-    index: usize,
-) -> io::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)?;
-    let pb = dir.join(format!("{name}.pb.gz"));
-    p.write_pprof(sym, io::BufWriter::new(std::fs::File::create(&pb)?))?;
-    let folded = dir.join(format!("{name}.folded"));
-    std::fs::write(&folded, p.folded(sym, index))?;
-    let svg = dir.join(format!("{name}.svg"));
-    let title = format!("{name}: {}", p.sample_types.get(index).map_or("", |t| &t.0));
-    p.write_flamegraph(
-        sym,
-        index,
-        &title,
-        io::BufWriter::new(std::fs::File::create(&svg)?),
-    )?;
-    Ok(vec![pb, folded, svg])
-}
-
 /// One sample under every policy kind, side by side: a row per captured frame, a column per
 /// kind, `x` where the kind keeps the frame.
 fn print_policies(
     out: &mut dyn Write,
-    frames: &[crate::Frame],
+    frames: &[unwind::Frame],
     sym: &Symbolizer,
     c: &Classifier,
 ) -> io::Result<()> {
@@ -401,7 +361,7 @@ fn print_policies(
             let n = sym
                 .lookup(f.lookup_pc())
                 .map_or(format!("{:#x}", f.pc), |s| short(s.name));
-            if f.via == crate::Via::Transition {
+            if f.via == unwind::Via::Transition {
                 format!("[{}] {n}", f.stack)
             } else {
                 n
@@ -430,7 +390,7 @@ fn print_policies(
     Ok(())
 }
 
-fn names_of(frames: &[crate::Frame], sym: &Symbolizer) -> Vec<String> {
+fn names_of(frames: &[unwind::Frame], sym: &Symbolizer) -> Vec<String> {
     frames
         .iter()
         .map(|f| {
@@ -441,8 +401,8 @@ fn names_of(frames: &[crate::Frame], sym: &Symbolizer) -> Vec<String> {
 }
 
 /// Runs the demo, printing the report to `out` and progress to stderr.
-pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
-    crate::init();
+pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<()> {
+    unwind::init();
     let cfg = Config {
         frequency_hz: opts.frequency_hz,
         naive: opts.naive,
@@ -462,8 +422,8 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
     let heap_on = !opts.naive;
     if heap_on {
         let sym = Symbolizer::for_current_process();
-        crate::heap::reset();
-        crate::heap::start_with_classifier(opts.heap_rate, heap_classifier(&sym));
+        unwind::heap::reset();
+        unwind::heap::start_with_classifier(opts.heap_rate, heap_classifier(&sym));
     }
     let profiler = CpuProfiler::start(cfg).map_err(io::Error::other)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -490,18 +450,18 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
             rounds.load(Ordering::Relaxed),
             s.recorded,
             s.dropped,
-            crate::heap::stats().samples
+            unwind::heap::stats().samples
         );
     }
     let _ = writeln!(err);
     // The heap profile is taken while the workers still hold their retained blocks.
     let (heap_samples, hs) = if heap_on {
-        crate::heap::stop();
-        let h = crate::heap::snapshot();
-        let st = crate::heap::stats();
+        unwind::heap::stop();
+        let h = unwind::heap::snapshot();
+        let st = unwind::heap::stats();
         (h, st)
     } else {
-        (Vec::new(), crate::heap::Stats::default())
+        (Vec::new(), unwind::heap::Stats::default())
     };
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -509,14 +469,14 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
     }
     let cpu = profiler.stop();
     if heap_on {
-        crate::heap::reset();
+        unwind::heap::reset();
     }
     let sym = Symbolizer::for_current_process();
     let c = classifier(&sym);
 
     // Per place: samples whose leaf end is in its leaf function, and how many reach the root.
     let mut places = [(0u64, 0u64); 4];
-    let mut example: [Option<&Vec<crate::Frame>>; 4] = [None; 4];
+    let mut example: [Option<&Vec<unwind::Frame>>; 4] = [None; 4];
     for (frames, count) in &cpu.stacks {
         let names = names_of(frames, &sym);
         for (i, (_, leaf)) in PLACES.iter().enumerate() {
@@ -618,7 +578,6 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
     let mut files = write_outputs(&opts.out, name, &cpu_profile, &sym, 1)?;
 
     // The heap profile.
-    let mut heap = None;
     let mut heap_places = [(0i64, 0i64); 4];
     if !heap_on {
         writeln!(
@@ -631,7 +590,7 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
             "\nHeap profile: no samples (is unwind::heap::Sampling the global allocator?)"
         )?;
     } else {
-        let hp = crate::heap::to_profile(&heap_samples, opts.heap_rate);
+        let hp = unwind::heap::to_profile(&heap_samples, opts.heap_rate);
         for smp in &hp.samples {
             let names: Vec<String> = hp.names(smp, &sym).iter().map(|n| short(n)).collect();
             for (i, m) in HEAP_MARKERS.iter().enumerate() {
@@ -677,18 +636,11 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<Report> {
             4,
         )?;
         files.extend(write_outputs(&opts.out, "heap", &hp, &sym, 1)?);
-        heap = Some(hp);
     }
     writeln!(out, "\nWrote:")?;
     for f in &files {
         writeln!(out, "  {}", f.display())?;
     }
     writeln!(out, "  (try: go tool pprof -top {})", files[0].display())?;
-    Ok(Report {
-        cpu,
-        places,
-        heap,
-        heap_places,
-        files,
-    })
+    Ok(())
 }

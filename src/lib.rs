@@ -30,32 +30,38 @@
 //! ```
 #![deny(missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[path = "../arch/mod.rs"]
 pub mod arch;
-pub mod builtin;
-pub mod core_file;
-pub mod coroutine;
-pub mod cpu;
-pub mod demo;
-pub mod dwarf;
-pub mod frame;
-pub mod heap;
+pub mod engine;
+
+#[cfg(feature = "dwarf")]
+pub mod cfi;
+#[cfg(feature = "live")]
 pub mod live;
-pub mod memory;
-pub mod modules;
+#[cfg(feature = "offline")]
 pub mod offline;
-pub mod policy;
+#[cfg(feature = "profilers")]
 pub mod profile;
-pub mod symbols;
-pub mod system_stack;
-pub mod transition;
-pub mod verify;
-pub mod walk;
+
+// The layers' modules under the short paths users and the rest of the crate name them by.
+#[cfg(feature = "dwarf")]
+pub use cfi::{dwarf, modules};
+pub use engine::{frame, memory, policy, transition, walk};
+#[cfg(feature = "live")]
+pub use live::{builtin, coroutine, system_stack};
+#[cfg(feature = "offline")]
+pub use offline::{core_file, symbols, verify};
+#[cfg(feature = "profilers")]
+pub use profile::{cpu, heap};
 
 pub use arch::{Arch, ArchKind, Regs};
-pub use builtin::init;
 pub use frame::{Frame, StopReason, Trace, Via};
-pub use live::{capture, capture_from_ucontext, capture_with, init_thread, Options};
 pub use memory::{Image, Memory, Range, Region};
 pub use walk::{Mode, Start, Walker};
+
+#[cfg(feature = "live")]
+pub use builtin::init;
+#[cfg(feature = "live")]
+pub use live::{capture, capture_from_ucontext, capture_with, init_thread, Options};

@@ -9,6 +9,8 @@
 //!
 //! Exit status 0 on success, 2 on bad input with a one-line error on stderr.
 
+mod demo;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -174,7 +176,7 @@ fn verify(args: &[String]) -> Result<(), String> {
 }
 
 fn demo(args: &[String]) -> Result<(), String> {
-    let mut opts = unwind::demo::Options::default();
+    let mut opts = demo::Options::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
@@ -221,7 +223,7 @@ fn demo(args: &[String]) -> Result<(), String> {
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    unwind::demo::run(&opts, &mut out)
+    demo::run(&opts, &mut out)
         .map(|_| ())
         .map_err(|e| format!("demo: {e}"))
 }

@@ -155,7 +155,7 @@ fn pprof_profile_parses_and_crosses_the_system_stack() {
     let sym = unwind::symbols::Symbolizer::for_current_process();
     let profile = prof.to_profile(&ProfileKind::Cpu.policy(), &Classifier::new());
     let dir = tmpdir("pprof");
-    let files = unwind::demo::write_outputs(&dir, "cpu", &profile, &sym, 1).unwrap();
+    let files = unwind::profile::write_outputs(&dir, "cpu", &profile, &sym, 1).unwrap();
     let pb = &files[0];
     let top = go_pprof(&["-top"], pb);
     assert!(top.contains("Type: cpu"), "{top}");

@@ -126,17 +126,12 @@ fn verify_here_agrees_on_frame_pointer_code() {
 
 // ---- a C function without frame pointers in the middle ---------------------------------
 
-#[cfg(unwind_nofp)]
 mod nofp {
     use super::*;
-
-    #[link(name = "unwind_nofp", kind = "static")]
-    extern "C" {
-        fn unwind_nofp_call(cb: extern "C" fn(*mut libc::c_void), arg: *mut libc::c_void) -> i32;
-        fn unwind_nofp_spin() -> libc::c_long;
-        static unwind_nofp_spinning: libc::c_int;
-        static mut unwind_nofp_stop: libc::c_int;
-    }
+    // Built by the dev-dependency fixtures/c/nofp-sys (a C compiler is needed to build the tests).
+    use unwind_nofp_fixture::{
+        unwind_nofp_call, unwind_nofp_spin, unwind_nofp_spinning, unwind_nofp_stop,
+    };
 
     extern "C" fn nofp_callback(arg: *mut libc::c_void) {
         // SAFETY: arg is the &mut Option<Three> passed by nofp_mid.
@@ -290,15 +285,6 @@ mod nofp {
             );
         }
     }
-}
-
-#[test]
-fn nofp_fixture_was_built() {
-    let built = cfg!(unwind_nofp);
-    assert!(
-        built,
-        "build.rs could not compile fixtures/c/nofp.c (needs a C compiler)"
-    );
 }
 
 // ---- malformed CFI ----------------------------------------------------------------------

@@ -218,24 +218,10 @@ pub fn capture_with(buf: &mut [Frame], opts: Options) -> Trace {
 /// starts from is theirs and the trace begins at their caller.
 #[inline(always)]
 fn capture_here(buf: &mut [Frame], opts: Options) -> Trace {
-    let r = current_regs();
-    let mut mem = LiveMemory::for_sp(r.sp, None);
-    // Start at this function's own frame record: its return address is the caller's pc.
-    let Some(saved_fp) = mem.read_u64(r.fp) else {
-        return empty();
-    };
-    let Some(ra) = mem.read_u64(r.fp.wrapping_add(8)) else {
-        return empty();
-    };
-    let start = Start {
-        regs: Regs::new(
-            crate::arch::native::strip_pac_live(ra),
-            r.fp.wrapping_add(16),
-            saved_fp,
-        ),
-        pc_is_return_address: true,
-    };
-    walk_live(start, &mut mem, buf, opts)
+    match start_here() {
+        Some((start, mut mem)) => walk_live(start, &mut mem, buf, opts),
+        None => empty(),
+    }
 }
 
 /// The start of a capture at the calling function's own frame record (its return address is
@@ -258,7 +244,21 @@ pub(crate) fn start_here() -> Option<(Start, LiveMemory)> {
     Some((start, mem))
 }
 
-fn empty() -> Trace {
+/// The start of a capture at the registers a signal handler's `ucontext` holds (the
+/// interrupted pc is the first frame, exact), and the memory to walk (the interrupted stack and
+/// the alternate signal stack, from `uc_stack`).
+///
+/// # Safety
+/// `ucontext` must be the third argument the kernel passed to a `SA_SIGINFO` handler.
+#[inline(always)]
+pub(crate) unsafe fn start_from_ucontext(ucontext: *const libc::c_void) -> (Start, LiveMemory) {
+    // SAFETY: forwarded from the caller.
+    let (mut regs, alt) = unsafe { ucontext_regs(ucontext) };
+    regs.pc = crate::arch::native::strip_pac_live(regs.pc);
+    (Start::exact(regs), LiveMemory::for_sp(regs.sp, alt))
+}
+
+pub(crate) fn empty() -> Trace {
     Trace {
         len: 0,
         stop: crate::frame::StopReason::ReadFailed,
@@ -329,10 +329,8 @@ pub unsafe fn capture_from_ucontext_with(
     opts: Options,
 ) -> Trace {
     // SAFETY: forwarded from the caller.
-    let (mut regs, alt) = unsafe { ucontext_regs(ucontext) };
-    regs.pc = crate::arch::native::strip_pac_live(regs.pc);
-    let mut mem = LiveMemory::for_sp(regs.sp, alt);
-    walk_live(Start::exact(regs), &mut mem, buf, opts)
+    let (start, mut mem) = unsafe { start_from_ucontext(ucontext) };
+    walk_live(start, &mut mem, buf, opts)
 }
 
 mod maps {

@@ -879,13 +879,10 @@ impl Cfi for Unwinder {
 /// beforehand (it is only read).
 #[inline(never)]
 pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
-    let Some((start, mut mem)) = crate::live::start_here() else {
-        return Trace {
-            len: 0,
-            stop: crate::frame::StopReason::ReadFailed,
-        };
-    };
-    walk_live(start, &mut mem, buf, unwinder, mode)
+    match crate::live::start_here() {
+        Some((start, mut mem)) => walk_live(start, &mut mem, buf, unwinder, mode),
+        None => crate::live::empty(),
+    }
 }
 
 /// Captures the stack a signal interrupted, from the handler's `ucontext`, with `unwinder` in
@@ -900,10 +897,8 @@ pub unsafe fn capture_from_ucontext(
     mode: Mode,
 ) -> Trace {
     // SAFETY: forwarded from the caller.
-    let (mut regs, alt) = unsafe { crate::live::ucontext_regs(ucontext) };
-    regs.pc = crate::arch::native::strip_pac_live(regs.pc);
-    let mut mem = crate::live::LiveMemory::for_sp(regs.sp, alt);
-    walk_live(Start::exact(regs), &mut mem, buf, unwinder, mode)
+    let (start, mut mem) = unsafe { crate::live::start_from_ucontext(ucontext) };
+    walk_live(start, &mut mem, buf, unwinder, mode)
 }
 
 #[inline(always)]

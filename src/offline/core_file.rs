@@ -123,6 +123,8 @@ pub struct Core {
 
 /// `NT_FILE` ("FILE" in little-endian).
 const NT_FILE: u32 = 0x4649_4c45;
+const NT_PRSTATUS: u32 = elf::NT_PRSTATUS.0;
+const NT_AUXV: u32 = elf::NT_AUXV.0;
 /// `NT_ARM_PAC_MASK` (kernel `include/uapi/linux/elf.h`).
 const NT_ARM_PAC_MASK: u32 = 0x406;
 /// Offset of `pr_pid` in `struct elf_prstatus`.
@@ -187,7 +189,7 @@ impl Core {
     pub fn code_segments(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
         self.segments
             .iter()
-            .filter(|s| s.flags & elf::PF_X != 0 && s.file_hi > s.file_lo)
+            .filter(|s| s.flags & elf::PF_X.0 != 0 && s.file_hi > s.file_lo)
             .map(|s| (s.vaddr, &self.data[s.file_lo..s.file_hi]))
     }
 }
@@ -211,7 +213,7 @@ fn parse_bytes(data: &[u8]) -> Result<Parsed, CoreError> {
     let arch = match hdr.e_machine(e) {
         elf::EM_X86_64 => ArchKind::X86_64,
         elf::EM_AARCH64 => ArchKind::Aarch64,
-        m => return Err(CoreError::UnsupportedArch(m)),
+        m => return Err(CoreError::UnsupportedArch(m.0)),
     };
     let phdrs = hdr
         .program_headers(e, data)
@@ -237,7 +239,7 @@ fn parse_bytes(data: &[u8]) -> Result<Parsed, CoreError> {
                     file_lo: file_lo as usize,
                     file_hi: file_hi as usize,
                     memsz: ph.p_memsz(e),
-                    flags: ph.p_flags(e),
+                    flags: ph.p_flags(e).0,
                 });
             }
             elf::PT_NOTE => {
@@ -251,12 +253,12 @@ fn parse_bytes(data: &[u8]) -> Result<Parsed, CoreError> {
                         Err(_) => return Err(CoreError::Truncated("note")),
                     };
                     let desc = note.desc();
-                    match note.n_type(e) {
-                        elf::NT_PRSTATUS if note.name() == b"CORE" => {
+                    match note.n_type(e).0 {
+                        NT_PRSTATUS if note.name() == b"CORE" => {
                             threads.push(thread(arch, desc)?);
                         }
                         NT_FILE => mappings = parse_nt_file(desc),
-                        elf::NT_AUXV => {
+                        NT_AUXV => {
                             auxv = desc
                                 .chunks_exact(16)
                                 .map(|c| (u64_at(c, 0).unwrap_or(0), u64_at(c, 8).unwrap_or(0)))

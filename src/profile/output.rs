@@ -20,6 +20,7 @@
 use crate::symbols::Symbolizer;
 use std::collections::HashMap;
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 
 /// One sample: a stack and its values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -430,6 +431,31 @@ impl<'a> PprofBuilder<'a> {
         }
         out.buf
     }
+}
+
+/// Writes `<dir>/<name>.pb.gz`, `<name>.folded` and `<name>.svg` for value `index`; returns
+/// the paths.
+pub fn write_outputs(
+    dir: &Path,
+    name: &str,
+    p: &Profile,
+    sym: &Symbolizer,
+    index: usize,
+) -> io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let pb = dir.join(format!("{name}.pb.gz"));
+    p.write_pprof(sym, io::BufWriter::new(std::fs::File::create(&pb)?))?;
+    let folded = dir.join(format!("{name}.folded"));
+    std::fs::write(&folded, p.folded(sym, index))?;
+    let svg = dir.join(format!("{name}.svg"));
+    let title = format!("{name}: {}", p.sample_types.get(index).map_or("", |t| &t.0));
+    p.write_flamegraph(
+        sym,
+        index,
+        &title,
+        io::BufWriter::new(std::fs::File::create(&svg)?),
+    )?;
+    Ok(vec![pb, folded, svg])
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 
 use crate::arch::ArchKind;
 use crate::dwarf::{parse_file, CfiError, PreparedCfi, Sections, Unwinder};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
 
@@ -191,6 +191,7 @@ pub fn unwinder_or_refresh() -> &'static Unwinder {
 
 /// Prepares the CFI of files at runtime biases (a core's modules), opening each at
 /// `sysroot` + its path when a sysroot is given. Returns the unwinder and the failures.
+#[cfg(feature = "offline")]
 pub fn for_modules(
     arch: ArchKind,
     modules: &[(String, u64)],
@@ -199,7 +200,7 @@ pub fn for_modules(
     let mut u = Unwinder::new();
     let mut failed = Vec::new();
     for (path, bias) in modules {
-        let file: PathBuf = crate::symbols::resolve(sysroot, path);
+        let file: std::path::PathBuf = crate::symbols::resolve(sysroot, path);
         match parse_file(arch, &file, *bias) {
             Ok(mut t) => {
                 t.name = path.clone();

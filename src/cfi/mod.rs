@@ -1,0 +1,5 @@
+//! DWARF call-frame information (feature `dwarf`: adds gimli, object, memmap2): prepared CFI
+//! tables, the Dwarf and Hybrid walk modes, and the loaded modules' tables.
+
+pub mod dwarf;
+pub mod modules;
