@@ -228,7 +228,7 @@ pub fn classifier(sym: &Symbolizer) -> Classifier {
         c.add_symbol_prefixes(
             m.functions(),
             &[
-                "unwind::system_stack::",
+                "unwind::live::",
                 "unwind_0_1_system_stack",
                 "stacker::",
                 "psm::",

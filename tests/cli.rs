@@ -4,6 +4,10 @@
 //! Committed cores (fixtures/cores/*.gz, made by fixtures/cores/make.sh) run everywhere; fresh
 //! x86_64 kernel cores are made at test time when gcc is there and core_pattern is `core`.
 
+#[path = "common/skip.rs"]
+mod skip_support;
+use skip_support::skip;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -253,7 +257,7 @@ fn aarch64_qemu_core() {
         let m: Vec<&str> = frames.iter().filter_map(|f| f["module"].as_str()).collect();
         assert!(!m.is_empty());
     } else {
-        eprintln!("skipping the libc part: no /usr/aarch64-linux-gnu/lib/libc.so.6");
+        skip("skipping the libc part: no /usr/aarch64-linux-gnu/lib/libc.so.6");
     }
     let _ = std::fs::remove_dir_all(d);
 }
@@ -325,7 +329,7 @@ fn eu_stack(core: &Path, exe: &Path) -> Option<Vec<(u64, Vec<u64>)>> {
 /// every fixture function eu-stack shows that keeps a frame record shows in ours.
 fn compare_with_eu_stack(core: &Path, exe: &Path) {
     let Some(eu) = eu_stack(core, exe) else {
-        eprintln!("skipping the eu-stack comparison: eu-stack (elfutils) is not installed");
+        skip("skipping the eu-stack comparison: eu-stack (elfutils) is not installed");
         return;
     };
     let v = json(&["stack", "--core", p(core), "--exe", p(exe)]);
@@ -372,19 +376,19 @@ fn matches_eu_stack_on_committed_cores() {
 #[test]
 fn fresh_x86_64_kernel_cores() {
     if !cfg!(target_arch = "x86_64") {
-        eprintln!("skipping: kernel cores of x86_64 programs need an x86_64 host");
+        skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
         return;
     }
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
     if pattern.trim() != "core" {
-        eprintln!(
+        skip(&format!(
             "skipping fresh kernel cores: core_pattern is {:?}, not \"core\" (run `echo core > /proc/sys/kernel/core_pattern` as root)",
             pattern.trim()
-        );
+        ));
         return;
     }
     if Command::new("gcc").arg("--version").output().is_err() {
-        eprintln!("skipping fresh kernel cores: no gcc");
+        skip("skipping fresh kernel cores: no gcc");
         return;
     }
     let d = tmp("fresh");

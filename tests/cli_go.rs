@@ -8,6 +8,10 @@
 //! -> runtime.malg. gdb's `bt` stops at runtime.systemstack (its frame above is garbage); we
 //! cross into the goroutine's stack.
 
+#[path = "common/skip.rs"]
+mod skip_support;
+use skip_support::skip;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,13 +64,11 @@ fn names(t: &Value) -> Vec<String> {
 #[test]
 fn go_statement_crosses_systemstack() {
     if !cfg!(target_arch = "x86_64") {
-        eprintln!(
-            "skipping: the Go fixture runs on x86_64 hosts (gdb cannot drive qemu-aarch64 here)"
-        );
+        skip("skipping: the Go fixture runs on x86_64 hosts (gdb cannot drive qemu-aarch64 here)");
         return;
     }
     if !have("go", "version") || !have("gdb", "--version") {
-        eprintln!("skipping the Go core test: needs `go` (golang-go) and `gdb`");
+        skip("skipping the Go core test: needs `go` (golang-go) and `gdb`");
         return;
     }
     let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-{}", std::process::id())));
@@ -79,7 +81,7 @@ fn go_statement_crosses_systemstack() {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("ptrace") || err.contains("Operation not permitted") {
-            eprintln!("skipping: gdb cannot trace here: {err}");
+            skip(&format!("skipping: gdb cannot trace here: {err}"));
             return;
         }
         panic!("make-core.sh failed: {err}");
@@ -171,19 +173,19 @@ fn go_statement_crosses_systemstack() {
 /// `None` (with a message) when a tool or the core pattern is missing.
 fn crash_core(name: &str, arch: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     if !have("go", "version") {
-        eprintln!("skipping: needs `go` (golang-go)");
+        skip("skipping: needs `go` (golang-go)");
         return None;
     }
     match arch {
         "arm64" if !have("qemu-aarch64", "--version") => {
-            eprintln!("skipping: needs qemu-aarch64");
+            skip("skipping: needs qemu-aarch64");
             return None;
         }
         "amd64" => {
             let pattern =
                 std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
             if !cfg!(target_arch = "x86_64") || pattern.trim() != "core" {
-                eprintln!("skipping: needs an x86_64 host with core_pattern `core` (CI sets it)");
+                skip("skipping: needs an x86_64 host with core_pattern `core` (CI sets it)");
                 return None;
             }
         }

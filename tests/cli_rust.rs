@@ -7,6 +7,10 @@
 //!
 //! Needs core_pattern `core` (CI sets it); skipped with a message otherwise.
 
+#[path = "common/skip.rs"]
+mod skip_support;
+use skip_support::skip;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -100,15 +104,15 @@ fn eu_stack_pcs(core: &Path, exe: &Path) -> Option<Vec<(u64, Vec<u64>)>> {
 #[test]
 fn rust_core_crosses_system_stack_and_stacker_segment() {
     if !cfg!(target_arch = "x86_64") {
-        eprintln!("skipping: the kernel core of an x86_64 program needs an x86_64 host");
+        skip("skipping: the kernel core of an x86_64 program needs an x86_64 host");
         return;
     }
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
     if pattern.trim() != "core" {
-        eprintln!(
+        skip(&format!(
             "skipping: core_pattern is {:?}, not \"core\" (CI sets it)",
             pattern.trim()
-        );
+        ));
         return;
     }
     let exe = fixture_exe();
@@ -231,7 +235,7 @@ fn rust_core_crosses_system_stack_and_stacker_segment() {
             assert_eq!(&mine, theirs, "thread {tid}: ours vs eu-stack");
         }
     } else {
-        eprintln!("eu-stack not installed: comparison skipped");
+        skip("eu-stack not installed: comparison skipped");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -164,7 +164,7 @@ fn pprof_profile_parses_and_crosses_the_system_stack() {
     // One trace shows the leaf on the system stack and the user frames beyond the switch.
     let crosses = traces.split("-----------+").any(|t| {
         let leaf = t.find("cpu_test_system_leaf");
-        let run = t.find("unwind::system_stack::run");
+        let run = t.find("unwind::live::system_stack::run");
         let outer = t.find("cpu_test_user_outer");
         matches!((leaf, run, outer), (Some(a), Some(b), Some(c)) if a < b && b < c)
     });

@@ -4,6 +4,7 @@
 //! the same with `--mode dwarf` as with `--mode fp`.
 
 mod common;
+use common::skip::skip;
 
 use common::{describe, name_of};
 use std::hint::black_box;
@@ -370,7 +371,7 @@ fn kernel_core_dwarf_matches_fp() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/c/make-core.sh");
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
     if pattern.trim_start().starts_with('|') {
-        eprintln!("skipped: core_pattern pipes cores to {pattern}");
+        skip(&format!("skipped: core_pattern pipes cores to {pattern}"));
         return;
     }
     let st = std::process::Command::new("bash")
@@ -473,7 +474,7 @@ fn aarch64_qemu_core_dwarf_and_hybrid() {
             .is_ok_and(|o| o.status.success())
     };
     if !have("qemu-aarch64") || !have("aarch64-linux-gnu-gcc") {
-        eprintln!("skipped: qemu-aarch64 or aarch64-linux-gnu-gcc missing (CI installs them)");
+        skip("skipped: qemu-aarch64 or aarch64-linux-gnu-gcc missing (CI installs them)");
         return;
     }
     let out = std::env::temp_dir().join(format!("unwind-dwarf-a64-{}", std::process::id()));

@@ -81,7 +81,7 @@ fn classifier() -> Classifier {
     let mut c = Classifier::new();
     c.add_symbol_prefixes(
         funcs.iter().map(|(n, lo, hi)| (n.as_str(), *lo, *hi)),
-        &["policy::runtime::", "unwind::system_stack::"],
+        &["policy::runtime::", "unwind::live::system_stack::"],
     );
     c.add_system_switch(unwind::system_stack::transition_id().expect("system stack registered"));
     c

@@ -139,11 +139,10 @@ const FILTER_SLOTS: usize = 1 << FILTER_BITS;
 /// Function-name prefixes [`default_classifier`] counts as runtime (demangled names, without
 /// hashes): this wrapper, the allocator shims and `alloc`/`std` allocation internals.
 pub const RUNTIME_PREFIXES: &[&str] = &[
-    "unwind::heap::",
-    "<unwind::heap::",
-    "unwind::system_stack::",
-    "<unwind::system_stack::",
+    "unwind::profile::heap::",
+    "<unwind::profile::heap::",
     "unwind::live::",
+    "<unwind::live::",
     "__rust_alloc",
     "__rust_dealloc",
     "__rust_realloc",
@@ -1105,7 +1104,7 @@ mod tests {
             "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"
         ));
         assert!(is_runtime_name(
-            "<unwind::heap::Sampling<A> as core::alloc::global::GlobalAlloc>::alloc"
+            "<unwind::profile::heap::Sampling<A> as core::alloc::global::GlobalAlloc>::alloc"
         ));
         assert!(!is_runtime_name("myapp::alloc_here"));
     }

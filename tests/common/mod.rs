@@ -7,6 +7,8 @@
 //! tests match by substring on distinctive function names.
 #![allow(dead_code)]
 
+pub mod skip;
+
 use object::{Object, ObjectSymbol, SymbolKind};
 use std::sync::OnceLock;
 use unwind::{Frame, Trace};
