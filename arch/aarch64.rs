@@ -73,6 +73,16 @@ impl Arch for Aarch64 {
     // Go on arm64: `MOVD.W R30, -size(RSP); MOVD R29, -8(RSP); SUB $8, RSP, R29`.
     const RECORD_BELOW_SP: u64 = 8;
     const UC_FROM_SIGFRAME_SP: u64 = 128;
+    const HAS_LINK_REGISTER: bool = true;
+
+    #[inline(always)]
+    fn caller_sp_after_record(_end_of_record: u64) -> u64 {
+        0
+    }
+
+    fn lr_is_live(pc: u64, lr: u64, read_code: &mut dyn FnMut(u64, &mut [u8]) -> bool) -> bool {
+        lr_is_live(pc, lr, read_code)
+    }
 
     #[inline(always)]
     fn strip_ra(ra: u64, pac_mask: u64) -> u64 {
@@ -119,6 +129,87 @@ impl Arch for Aarch64 {
         }
         None
     }
+}
+
+/// A64 instruction classes the leaf-`lr` rule needs.
+pub mod insn {
+    /// `BL imm26`: the target, given the instruction's address.
+    pub fn bl_target(insn: u32, at: u64) -> Option<u64> {
+        if insn & 0xfc00_0000 != 0x9400_0000 {
+            return None;
+        }
+        // Sign-extend imm26 and scale by 4.
+        let imm = (((insn & 0x03ff_ffff) << 6) as i32 >> 6) as i64 * 4;
+        Some(at.wrapping_add(imm as u64))
+    }
+
+    /// `BLR Xn`, `BLRAA`/`BLRAB`/`BLRAAZ`/`BLRABZ`.
+    pub fn is_blr(insn: u32) -> bool {
+        insn & 0xffff_fc1f == 0xd63f_0000
+            || insn & 0xffff_f800 == 0xd63f_0800
+            || insn & 0xffff_f800 == 0xd73f_0800
+    }
+
+    /// `RET Xn`, `RETAA`, `RETAB`.
+    pub fn is_ret(insn: u32) -> bool {
+        insn & 0xffff_fc1f == 0xd65f_0000 || insn == 0xd65f_0bff || insn == 0xd65f_0fff
+    }
+
+    /// `STP X29, X30, [SP, #imm]` (signed offset) or `[SP, #imm]!` (pre-index): a frame record
+    /// being pushed.
+    pub fn is_record_push(insn: u32) -> bool {
+        let base = insn & 0xffc0_7fff;
+        base == 0xa900_7bfd || base == 0xa980_7bfd
+    }
+}
+
+/// Is `lr` the return address of the function that `pc` is in (a leaf, or a function
+/// interrupted before it pushed its frame record)?
+/// - the instruction before `lr` must be a call (`BL`/`BLR`): otherwise `lr` is not a return
+///   address at all (a leaf may use x30 as a scratch register only after saving it);
+/// - for a direct `BL`, the callee's code from its entry up to `pc` must contain no frame
+///   record push (then the record at `fp` is the function's own and already holds `lr`) and no
+///   `RET` (then `pc` is past the callee's end, in another function: `lr` is stale, left by a
+///   call the interrupted function made and returned from);
+/// - for an indirect call the callee is unknown: `lr` is used only when it is far (4 KiB or
+///   more) from `pc`, since a stale `lr` points into the interrupted function itself.
+///
+/// When the code cannot be read the distance rule decides alone.
+pub fn lr_is_live(pc: u64, lr: u64, read_code: &mut dyn FnMut(u64, &mut [u8]) -> bool) -> bool {
+    const SAME_FUNCTION: u64 = 4096;
+    const MAX_SCAN: u64 = 4096;
+    let far = lr.abs_diff(pc) >= SAME_FUNCTION;
+    let call_at = lr.wrapping_sub(4);
+    let mut b = [0u8; 4];
+    if !read_code(call_at, &mut b) {
+        return far;
+    }
+    let call = u32::from_le_bytes(b);
+    if insn::is_blr(call) {
+        return far;
+    }
+    let Some(entry) = insn::bl_target(call, call_at) else {
+        return false;
+    };
+    if entry > pc || pc - entry > MAX_SCAN || entry % 4 != 0 {
+        return false;
+    }
+    let mut chunk = [0u8; 256];
+    let mut at = entry;
+    while at < pc {
+        let n = ((pc - at) as usize).min(chunk.len());
+        if !read_code(at, &mut chunk[..n]) {
+            return far;
+        }
+        for w in chunk[..n].chunks_exact(4) {
+            let insn = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            if insn::is_ret(insn) || insn::is_record_push(insn) {
+                return false;
+            }
+        }
+        at += n as u64;
+    }
+    true
 }
 
 #[cfg(test)]
@@ -172,5 +263,20 @@ mod tests {
         // No agreeing words: bounded search, None.
         let mut read0 = |a: u64| if a < 0x30000 { Some(a) } else { None };
         assert_eq!(Aarch64::sigframe_sp(0, rec, &mut read0), None);
+    }
+
+    #[test]
+    fn aarch64_instruction_classes() {
+        use super::insn::*;
+        assert_eq!(bl_target(0x97ff_fff7, 0xb78), Some(0xb54)); // from the chain fixture
+        assert_eq!(bl_target(0x9400_0001, 0x1000), Some(0x1004));
+        assert_eq!(bl_target(0xd503_201f, 0x1000), None);
+        assert!(is_blr(0xd63f_0100));
+        assert!(is_blr(0xd63f_081f)); // blraaz x0
+        assert!(!is_blr(0xd61f_0100)); // br x8
+        assert!(is_ret(0xd65f_03c0) && is_ret(0xd65f_0bff));
+        assert!(!is_ret(0xd61f_0100));
+        assert!(is_record_push(0xa9bf_7bfd) && is_record_push(0xa9017bfd));
+        assert!(!is_record_push(0xa9bf_53f3)); // stp x19, x20, [sp, #-16]!
     }
 }

@@ -111,11 +111,23 @@ pub trait Arch: Copy + Default + core::fmt::Debug + Send + Sync + 'static {
         read: &mut dyn FnMut(u64) -> Option<u64>,
     ) -> Option<u64>;
 
-    /// The return address of the frame: subtract one so that a lookup lands inside the call
-    /// instruction, not after it (which may be the next function).
-    #[inline(always)]
-    fn lookup_pc(ra: u64) -> u64 {
-        ra.wrapping_sub(1)
+    /// Does a call leave the return address in a register (aarch64's x30), so that an
+    /// interrupted leaf may have its caller only there?
+    const HAS_LINK_REGISTER: bool = false;
+
+    /// The caller's stack pointer after a frame-record step, given the end of the record. On
+    /// x86_64 the record (`push rbp` right below the return address) ends at the caller's sp at
+    /// the call. On aarch64 the record sits at the bottom of the callee's frame and the caller's
+    /// sp is not known: 0 ("unknown"), so that a CFI rule needing sp fails instead of using a
+    /// wrong value.
+    fn caller_sp_after_record(end_of_record: u64) -> u64;
+
+    /// For an interrupted pc with a link register: is `lr` the return address of the function
+    /// `pc` is in (a leaf, or a function interrupted before it pushed its frame record)?
+    /// `read_code` reads instruction bytes. Architectures without a link register: false.
+    fn lr_is_live(pc: u64, lr: u64, read_code: &mut dyn FnMut(u64, &mut [u8]) -> bool) -> bool {
+        let _ = (pc, lr, read_code);
+        false
     }
 }
 

@@ -57,6 +57,11 @@ impl Arch for X86_64 {
     const UC_FROM_SIGFRAME_SP: u64 = 0;
 
     #[inline(always)]
+    fn caller_sp_after_record(end_of_record: u64) -> u64 {
+        end_of_record
+    }
+
+    #[inline(always)]
     fn strip_ra(ra: u64, _pac_mask: u64) -> u64 {
         ra
     }

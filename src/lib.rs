@@ -57,7 +57,7 @@ pub use offline::{core_file, symbols, verify};
 pub use profile::{cpu, heap};
 
 pub use arch::{Arch, ArchKind, Regs};
-pub use frame::{Frame, StopReason, Trace, Via};
+pub use frame::{Frame, FrameAddress, StopReason, Trace, Via};
 pub use memory::{Image, Memory, Range, Region};
 pub use walk::{Mode, Start, Walker};
 

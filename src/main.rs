@@ -144,7 +144,10 @@ fn verify(args: &[String]) -> Result<(), String> {
     for w in &report.warnings {
         eprintln!("unwind: warning: {w}");
     }
-    let name = |pc: u64| match report.symbols.lookup(pc.wrapping_sub(1)) {
+    let name = |pc: u64| match report
+        .symbols
+        .lookup(unwind::frame::FrameAddress::ReturnAddress(pc).lookup_address())
+    {
         Some(s) => s.name.to_string(),
         None => "?".into(),
     };

@@ -247,7 +247,7 @@ fn user_calls_run(n: usize) -> usize {
 #[test]
 fn allocation_on_the_system_stack_is_charged_to_the_caller_of_run() {
     let _g = setup();
-    unwind::system_stack::init_thread();
+    unwind::system_stack::map_thread_stack();
     heap::start(1);
     black_box(user_calls_run(10));
     heap::stop();

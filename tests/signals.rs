@@ -211,7 +211,7 @@ fn signal_while(body: fn(), alt: bool) -> [Captured; 4] {
     READY.store(false, Ordering::SeqCst);
     let t = std::thread::spawn(move || {
         unwind::init_thread();
-        unwind::system_stack::init_thread();
+        unwind::system_stack::map_thread_stack();
         let alt = alt.then(set_altstack);
         body();
         alt

@@ -33,7 +33,7 @@ use super::Bytes;
 use unwind::arch::{Aarch64, Arch, ArchKind, Regs, X86_64};
 use unwind::memory::{Image, Memory, Range, Region};
 use unwind::transition::{Base, Rule, Transition, TransitionTable};
-use unwind::walk::{Cfi, CfiStep, Mode, Start, Walker, MAX_TRANSITIONS};
+use unwind::walk::{Cfi, CfiStep, Mode, Start, Walker, MAX_CROSSINGS};
 use unwind::{Frame, StopReason, Via};
 
 /// Region bases an address tag picks from: small numbers, easy for a fuzzer to write into
@@ -381,7 +381,7 @@ struct Outcome {
 /// reads per 16 bytes of `SIGFRAME_SEARCH`) at each transition.
 fn call_bound(frames: usize) -> u64 {
     let per_transition = 2 * unwind::arch::aarch64::SIGFRAME_SEARCH / 16 + 64;
-    64 * (frames as u64 + 2) + (MAX_TRANSITIONS as u64 + 1) * per_transition
+    64 * (frames as u64 + 2) + (MAX_CROSSINGS as u64 + 1) * per_transition
 }
 
 fn walk_one<A: Arch, C: Cfi>(
@@ -444,7 +444,7 @@ fn check_trace(input: &Input, max_depth: usize, o: &Outcome) {
     let id0 = input.table.entries().iter().any(|e| e.id == 0);
     for (i, f) in o.frames.iter().enumerate() {
         assert_ne!(f.pc, 0, "frame {i} has pc 0: {o:?}");
-        assert!(f.stack <= MAX_TRANSITIONS, "{o:?}");
+        assert!(f.stack <= MAX_CROSSINGS, "{o:?}");
         if i > 0 {
             let prev = o.frames[i - 1].stack;
             assert!(

@@ -13,7 +13,7 @@
 //!
 //! # Format
 //! Per module, rows sorted by address: `starts: Vec<u32>` (offsets from the module's lowest
-//! CFI address) and `rules: Vec<Rule>` (12 bytes each); row `i` covers
+//! CFI address) and `rules: Vec<CfiRow>` (12 bytes each); row `i` covers
 //! `[starts[i], starts[i + 1])`. Gaps between FDEs are rows with the `GAP` flag. A page index
 //! (`pages[p]` = first row that may cover 128-byte granule `p`) bounds every binary search to
 //! the few rows of one granule. Rows that need a DWARF expression, or a CFA in any register but sp and fp, are
@@ -34,7 +34,7 @@
 //! rejected. A module whose CFI spans more than 4 GiB is rejected.
 
 use crate::arch::{Arch, ArchKind, Regs};
-use crate::frame::{Frame, Trace};
+use crate::frame::{Frame, FrameAddress, Trace};
 use crate::memory::Memory;
 use crate::walk::{Cfi, CfiStep, Mode, Start, Walker};
 use gimli::{
@@ -117,7 +117,7 @@ const FP_UNDEF: u8 = 3;
 /// One prepared CFI row: a small `Copy` rule the walker applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[repr(C)]
-pub struct Rule {
+pub struct CfiRow {
     cfa_off: i32,
     ra_off: i16,
     fp_off: i16,
@@ -127,7 +127,7 @@ pub struct Rule {
     flags: u8,
 }
 
-impl Rule {
+impl CfiRow {
     /// No CFI covers this row.
     pub const GAP: u8 = 1;
     /// The row needs something the table cannot express (a DWARF expression, a CFA in
@@ -138,14 +138,14 @@ impl Rule {
     /// The row is the frame-record rule (`CFA = fp + k`, fp at `CFA - k`, ra at `CFA - k + 8`).
     pub const FRAME_RECORD: u8 = 8;
 
-    const GAP_RULE: Rule = Rule {
+    const GAP_RULE: CfiRow = CfiRow {
         cfa_off: 0,
         ra_off: 0,
         fp_off: 0,
         cfa: 0,
         ra: 0,
         fp: 0,
-        flags: Rule::GAP,
+        flags: CfiRow::GAP,
     };
 
     /// The flags (`GAP`, `UNSUPPORTED`, `SIGNAL`, `FRAME_RECORD`).
@@ -156,8 +156,8 @@ impl Rule {
     /// Applies the rule to `regs`: the caller's registers, or why not.
     #[inline(always)]
     fn apply<M: Memory>(&self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
-        if self.flags & (Rule::GAP | Rule::UNSUPPORTED) != 0 {
-            return if self.flags & Rule::GAP != 0 {
+        if self.flags & (CfiRow::GAP | CfiRow::UNSUPPORTED) != 0 {
+            return if self.flags & CfiRow::GAP != 0 {
                 CfiStep::NoInfo
             } else {
                 CfiStep::Failed
@@ -185,7 +185,7 @@ impl Rule {
                 fp,
                 lr: 0,
             };
-            return if self.flags & Rule::SIGNAL != 0 {
+            return if self.flags & CfiRow::SIGNAL != 0 {
                 CfiStep::Signal(caller)
             } else {
                 CfiStep::Caller(caller)
@@ -221,7 +221,7 @@ impl Rule {
             fp,
             lr: 0,
         };
-        if self.flags & Rule::SIGNAL != 0 {
+        if self.flags & CfiRow::SIGNAL != 0 {
             CfiStep::Signal(caller)
         } else {
             CfiStep::Caller(caller)
@@ -280,7 +280,7 @@ pub struct PreparedCfi {
     /// One past the highest.
     end: u64,
     starts: Vec<u32>,
-    rules: Vec<Rule>,
+    rules: Vec<CfiRow>,
     /// `pages[p]`: index of the last row starting at or before page `p`'s start.
     pages: Vec<u32>,
     /// Bit set: every FDE on that page keeps a frame record (or there is no FDE there).
@@ -292,7 +292,7 @@ pub struct PreparedCfi {
 struct Raw {
     start: u64,
     end: u64,
-    rule: Rule,
+    rule: CfiRow,
 }
 
 impl PreparedCfi {
@@ -352,7 +352,7 @@ impl PreparedCfi {
 
     /// The rule for runtime address `pc` (exact, already adjusted for return addresses).
     #[inline(always)]
-    pub fn rule(&self, pc: u64) -> Option<Rule> {
+    pub fn rule(&self, pc: u64) -> Option<CfiRow> {
         let off = pc.wrapping_sub(self.bias).wrapping_sub(self.base);
         if off >= self.end - self.base {
             return None;
@@ -450,9 +450,9 @@ fn collect<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
             }
             let mut rule = convert(row, regs);
             if signal {
-                rule.flags |= Rule::SIGNAL;
+                rule.flags |= CfiRow::SIGNAL;
             }
-            keeps_record |= rule.flags & Rule::FRAME_RECORD != 0;
+            keeps_record |= rule.flags & CfiRow::FRAME_RECORD != 0;
             raw.push(Raw {
                 start: rs,
                 end: re,
@@ -468,10 +468,10 @@ fn collect<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
 fn convert<T: gimli::ReaderOffset, S: gimli::UnwindContextStorage<T>>(
     row: &gimli::UnwindTableRow<T, S>,
     regs: RegNums,
-) -> Rule {
-    let bad = Rule {
-        flags: Rule::UNSUPPORTED,
-        ..Rule::default()
+) -> CfiRow {
+    let bad = CfiRow {
+        flags: CfiRow::UNSUPPORTED,
+        ..CfiRow::default()
     };
     let (cfa, cfa_off) = match row.cfa() {
         CfaRule::RegisterAndOffset { register, offset } => {
@@ -518,9 +518,9 @@ fn convert<T: gimli::ReaderOffset, S: gimli::UnwindContextStorage<T>>(
         && fp_off as i32 == -cfa_off
         && ra_off as i32 == -cfa_off + 8
     {
-        flags |= Rule::FRAME_RECORD;
+        flags |= CfiRow::FRAME_RECORD;
     }
-    Rule {
+    CfiRow {
         cfa_off,
         ra_off,
         fp_off,
@@ -543,13 +543,13 @@ fn build(mut raw: Vec<Raw>, fdes: &[(u64, u64, bool)]) -> Result<PreparedCfi, Cf
         return Err(CfiError::BadRange);
     }
     let mut starts: Vec<u32> = Vec::with_capacity(raw.len() + 16);
-    let mut rules: Vec<Rule> = Vec::with_capacity(raw.len() + 16);
+    let mut rules: Vec<CfiRow> = Vec::with_capacity(raw.len() + 16);
     let mut covered = base; // end of what the rows so far cover
     for r in &raw {
         // Overlapping FDEs: the later start wins from its start on.
-        if r.start > covered && rules.last() != Some(&Rule::GAP_RULE) {
+        if r.start > covered && rules.last() != Some(&CfiRow::GAP_RULE) {
             starts.push((covered - base) as u32);
-            rules.push(Rule::GAP_RULE);
+            rules.push(CfiRow::GAP_RULE);
         }
         let s = (r.start - base) as u32;
         if rules.last() == Some(&r.rule) && r.start <= covered {
@@ -564,7 +564,7 @@ fn build(mut raw: Vec<Raw>, fdes: &[(u64, u64, bool)]) -> Result<PreparedCfi, Cf
     }
     if covered < end {
         starts.push((covered - base) as u32);
-        rules.push(Rule::GAP_RULE);
+        rules.push(CfiRow::GAP_RULE);
     }
     let npages = ((end - base) >> PAGE_SHIFT) as usize + 1;
     let mut pages = Vec::with_capacity(npages);
@@ -694,18 +694,14 @@ impl Unwinder {
 
     /// The rule for `pc` (a lookup address: exact pc, or return address - 1).
     #[inline(always)]
-    pub fn rule(&self, pc: u64) -> Option<Rule> {
+    pub fn rule(&self, pc: u64) -> Option<CfiRow> {
         self.module(pc)?.rule(pc)
     }
 
     /// Unwinds one frame by CFI (see [`Cfi::step`]).
     #[inline(always)]
     pub fn step_regs<M: Memory>(&self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
-        let lookup = if exact {
-            regs.pc
-        } else {
-            regs.pc.wrapping_sub(1)
-        };
+        let lookup = FrameAddress::new(regs.pc, exact).lookup_address();
         match self.rule(lookup) {
             Some(r) => r.apply(regs, exact, mem),
             None => CfiStep::NoInfo,
@@ -724,7 +720,7 @@ const CACHE: usize = 256;
 pub struct RuleCache {
     owner: u64,
     keys: [u64; CACHE],
-    rules: [Rule; CACHE],
+    rules: [CfiRow; CACHE],
 }
 
 impl Default for RuleCache {
@@ -739,7 +735,7 @@ impl RuleCache {
         RuleCache {
             owner: 0,
             keys: [u64::MAX; CACHE],
-            rules: [Rule::GAP_RULE; CACHE],
+            rules: [CfiRow::GAP_RULE; CACHE],
         }
     }
 
@@ -789,7 +785,7 @@ impl<'a> Stepper<'a> {
 
     /// The rule for lookup address `pc`, through the cache.
     #[inline(always)]
-    fn rule(&mut self, pc: u64) -> Option<Rule> {
+    fn rule(&mut self, pc: u64) -> Option<CfiRow> {
         let slot = ((pc ^ (pc >> 8)) as usize) % CACHE;
         if self.cache.keys[slot] == pc {
             return Some(self.cache.rules[slot]);
@@ -817,11 +813,7 @@ impl<'a> Stepper<'a> {
 impl Cfi for Stepper<'_> {
     #[inline(always)]
     fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
-        let lookup = if exact {
-            regs.pc
-        } else {
-            regs.pc.wrapping_sub(1)
-        };
+        let lookup = FrameAddress::new(regs.pc, exact).lookup_address();
         match self.rule(lookup) {
             Some(r) => r.apply(regs, exact, mem),
             None => CfiStep::NoInfo,

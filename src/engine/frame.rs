@@ -34,6 +34,56 @@ impl fmt::Display for Via {
     }
 }
 
+/// A code address in a trace and what kind of address it is (framehop's `FrameAddress` is the
+/// model): the exact address of an instruction, or a return address.
+///
+/// The difference matters for every lookup (symbols, CFI rows, line tables): a return address
+/// is the instruction after a call, which may be the first instruction of the next function,
+/// so it is looked up at `address - 1`, inside the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameAddress {
+    /// The address of the instruction executing: a thread's pc, an interrupted pc.
+    InstructionPointer(u64),
+    /// A return address: the instruction after a call.
+    ReturnAddress(u64),
+}
+
+impl FrameAddress {
+    /// `pc`, exact (an instruction pointer) or not (a return address).
+    #[inline(always)]
+    pub const fn new(pc: u64, exact: bool) -> Self {
+        if exact {
+            FrameAddress::InstructionPointer(pc)
+        } else {
+            FrameAddress::ReturnAddress(pc)
+        }
+    }
+
+    /// The address as captured.
+    #[inline(always)]
+    pub const fn address(self) -> u64 {
+        match self {
+            FrameAddress::InstructionPointer(a) | FrameAddress::ReturnAddress(a) => a,
+        }
+    }
+
+    /// The address to look up (symbols, CFI, lines): `address - 1` for a return address (so the
+    /// lookup lands inside the call instruction), the address itself for an instruction pointer.
+    #[inline(always)]
+    pub const fn lookup_address(self) -> u64 {
+        match self {
+            FrameAddress::InstructionPointer(a) => a,
+            FrameAddress::ReturnAddress(a) => a.wrapping_sub(1),
+        }
+    }
+
+    /// Is this the exact address of an instruction?
+    #[inline(always)]
+    pub const fn is_exact(self) -> bool {
+        matches!(self, FrameAddress::InstructionPointer(_))
+    }
+}
+
 /// One captured frame. 16 bytes, `Copy`, no heap: a buffer of these is what a signal handler
 /// fills.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,15 +119,16 @@ impl Frame {
         self.flags & Self::EXACT != 0
     }
 
-    /// The address to symbolise: `pc - 1` for return addresses (so the lookup lands inside the
-    /// call instruction, not in whatever follows it), `pc` for exact pcs.
+    /// The frame's pc as a [`FrameAddress`].
+    #[inline]
+    pub const fn address(&self) -> FrameAddress {
+        FrameAddress::new(self.pc, self.is_exact())
+    }
+
+    /// The address to symbolise: [`FrameAddress::lookup_address`] of [`Frame::address`].
     #[inline]
     pub const fn lookup_pc(&self) -> u64 {
-        if self.is_exact() {
-            self.pc
-        } else {
-            self.pc.wrapping_sub(1)
-        }
+        self.address().lookup_address()
     }
 }
 

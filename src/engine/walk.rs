@@ -11,7 +11,7 @@
 //! Guarantees, whatever the memory holds: no panic, no allocation, no lock; every read goes
 //! through [`Memory::read_u64`]; every iteration writes one frame or stops, so the walk ends
 //! within `buf.len()` iterations; frame pointers must move strictly up one stack, and may only
-//! jump to another stack at a transition (at most [`MAX_TRANSITIONS`] of them).
+//! jump to another stack at a transition (at most [`MAX_CROSSINGS`] of them).
 
 use crate::arch::{Arch, Regs};
 use crate::frame::{Frame, StopReason, Trace, Via};
@@ -20,7 +20,7 @@ use crate::transition::{Hop, Transitions};
 use core::marker::PhantomData;
 
 /// At most this many transitions are crossed in one walk.
-pub const MAX_TRANSITIONS: u16 = 64;
+pub const MAX_CROSSINGS: u16 = 64;
 
 /// How frames are unwound.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -218,8 +218,8 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         self.leaf_lr(&mut st, mem, buf, limit);
         let stop = loop {
             match self.mode {
-                Mode::FramePointer => self.fast_run(&mut st, mem, buf, limit),
-                Mode::Hybrid => self.fast_run_hybrid(&mut st, mem, buf, limit),
+                Mode::FramePointer => self.fast_run::<M, false>(&mut st, mem, buf, limit),
+                Mode::Hybrid => self.fast_run::<M, true>(&mut st, mem, buf, limit),
                 Mode::Dwarf => self.fast_run_dwarf(&mut st, mem, buf, limit),
             }
             if st.n >= limit {
@@ -233,56 +233,22 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         Trace { len: st.n, stop }
     }
 
-    /// The hot loop of frame-pointer mode: follows frame records on the current stack while
-    /// everything is ordinary (aligned, strictly increasing, inside the stack, readable, a
-    /// non-zero return address outside the transition table's envelope). At the first
-    /// unusual record it returns with `st` unchanged at that record, and [`Walker::step`]
-    /// handles it (and reports the precise stop reason).
+    /// The hot loop of frame-pointer mode (and, with `HYBRID`, of hybrid mode): follows frame
+    /// records on the current stack while everything is ordinary (aligned, strictly increasing,
+    /// inside the stack, readable, a non-zero return address outside the transition table's
+    /// envelope; in hybrid mode also: the CFI says the function keeps a frame record,
+    /// [`Cfi::keeps_frame_record`], and the pc is not exact, since an interrupted leaf may be in
+    /// a prologue). At the first unusual record it returns with `st` unchanged at that record,
+    /// and [`Walker::step`] handles it (and reports the precise stop reason).
     #[inline(always)]
-    fn fast_run<M: Memory>(
+    fn fast_run<M: Memory, const HYBRID: bool>(
         &mut self,
         st: &mut State,
         mem: &mut M,
         buf: &mut [Frame],
         limit: usize,
     ) {
-        let Some(seg) = st.seg else { return };
-        if st.pending != 0 || seg.hi < A::RECORD_SIZE {
-            return;
-        }
-        let Some(out) = buf.get_mut(st.n..limit) else {
-            return;
-        };
-        let mut floor = seg.lo.max(st.regs.sp.saturating_sub(A::RECORD_BELOW_SP));
-        if let Some(prev) = st.prev_fp {
-            floor = floor.max(prev + 1);
-        }
-        let (k, fp, floor) = follow_records::<A, M, T>(
-            mem,
-            &self.transitions,
-            out,
-            seg,
-            floor,
-            st.regs.fp,
-            st.stack,
-            self.pac_mask,
-            |_| true,
-        );
-        self.after_run(st, out, k, fp, floor);
-    }
-
-    /// The hot loop of hybrid mode: [`Walker::fast_run`] while the CFI says each function keeps
-    /// a frame record ([`Cfi::keeps_frame_record`]); an exact pc (an interrupted leaf, maybe in a
-    /// prologue) and functions without a record go through [`Walker::step`] and the CFI.
-    #[inline(always)]
-    fn fast_run_hybrid<M: Memory>(
-        &mut self,
-        st: &mut State,
-        mem: &mut M,
-        buf: &mut [Frame],
-        limit: usize,
-    ) {
-        if st.exact || !self.cfi.keeps_frame_record(st.regs.pc) {
+        if HYBRID && (st.exact || !self.cfi.keeps_frame_record(st.regs.pc)) {
             return;
         }
         let Some(seg) = st.seg else { return };
@@ -306,7 +272,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             st.regs.fp,
             st.stack,
             self.pac_mask,
-            |ra| cfi.keeps_frame_record(ra),
+            |ra| !HYBRID || cfi.keeps_frame_record(ra),
         );
         self.after_run(st, out, k, fp, floor);
     }
@@ -362,7 +328,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             st.prev_fp = Some(floor - A::RECORD_SIZE);
             st.regs = Regs {
                 pc: out[k - 1].pc,
-                sp: record_sp::<A>(floor),
+                sp: A::caller_sp_after_record(floor),
                 fp,
                 lr: 0,
             };
@@ -409,7 +375,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 }
                 // The CFA must move up the current stack. An interrupted aarch64 leaf may
                 // not have touched sp (its return address is in lr): equal is allowed once.
-                let leaf = A::KIND == crate::arch::ArchKind::Aarch64 && st.exact;
+                let leaf = A::HAS_LINK_REGISTER && st.exact;
                 if r.sp < st.regs.sp || (r.sp == st.regs.sp && !leaf) {
                     return Err(StopReason::NotMonotonic);
                 }
@@ -453,7 +419,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 let (saved_fp, ra) = mem.read_pair(fp).ok_or(StopReason::ReadFailed)?;
                 let caller = Regs {
                     pc: A::strip_ra(ra, self.pac_mask),
-                    sp: record_sp::<A>(fp + A::RECORD_SIZE),
+                    sp: A::caller_sp_after_record(fp + A::RECORD_SIZE),
                     fp: saved_fp,
                     lr: 0,
                 };
@@ -469,7 +435,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
 
         // 3. A stack switch?
         if let Some(t) = self.transitions.lookup(caller.pc) {
-            if st.crossings >= MAX_TRANSITIONS {
+            if st.crossings >= MAX_CROSSINGS {
                 return Err(StopReason::TooManyTransitions);
             }
             st.crossings += 1;
@@ -531,15 +497,11 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     /// aarch64, frame-pointer mode, after an interrupted pc: the interrupted function may be a
     /// leaf with no frame record, its caller only in `lr`. `lr` is used as the next frame only
     /// when it is a return address the record at `fp` does not already hold, and the
-    /// interrupted function is the one it returns from ([`lr_is_live`]). With CFI, the CFI
+    /// interrupted function is the one it returns from ([`Arch::lr_is_live`]). With CFI, the CFI
     /// decides. Runs once per exact start (the walk's first frame, a signal frame), never in
     /// the record-following loop.
     fn leaf_lr<M: Memory>(&mut self, st: &mut State, mem: &mut M, buf: &mut [Frame], limit: usize) {
-        if A::KIND != crate::arch::ArchKind::Aarch64
-            || self.mode != Mode::FramePointer
-            || !st.exact
-            || st.n >= limit
-        {
+        if !A::HAS_LINK_REGISTER || self.mode != Mode::FramePointer || !st.exact || st.n >= limit {
             return;
         }
         let lr = A::strip_ra(st.regs.lr, self.pac_mask);
@@ -552,7 +514,8 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let record_ra = mem
             .read_u64(st.regs.fp.wrapping_add(A::RECORD_RA))
             .map(|ra| A::strip_ra(ra, self.pac_mask));
-        if record_ra == Some(lr) || !lr_is_live(mem, st.regs.pc, lr) {
+        let live = A::lr_is_live(st.regs.pc, lr, &mut |at, b| mem.read_code(at, b));
+        if record_ra == Some(lr) || !live {
             return;
         }
         push(st, buf, lr, Via::Regs, false);
@@ -578,8 +541,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let Some(t) = self.transitions.lookup(lr) else {
             return false;
         };
-        if !matches!(t.rule, crate::transition::Rule::SignalFrame)
-            || st.crossings >= MAX_TRANSITIONS
+        if !matches!(t.rule, crate::transition::Rule::SignalFrame) || st.crossings >= MAX_CROSSINGS
         {
             return false;
         }
@@ -608,87 +570,6 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         self.leaf_lr(st, mem, buf, limit);
         true
     }
-}
-
-/// aarch64 instruction classes the leaf-`lr` rule needs.
-mod a64 {
-    /// `BL imm26`: the target, given the instruction's address.
-    pub fn bl_target(insn: u32, at: u64) -> Option<u64> {
-        if insn & 0xfc00_0000 != 0x9400_0000 {
-            return None;
-        }
-        // Sign-extend imm26 and scale by 4.
-        let imm = (((insn & 0x03ff_ffff) << 6) as i32 >> 6) as i64 * 4;
-        Some(at.wrapping_add(imm as u64))
-    }
-
-    /// `BLR Xn`, `BLRAA`/`BLRAB`/`BLRAAZ`/`BLRABZ`.
-    pub fn is_blr(insn: u32) -> bool {
-        insn & 0xffff_fc1f == 0xd63f_0000
-            || insn & 0xffff_f800 == 0xd63f_0800
-            || insn & 0xffff_f800 == 0xd73f_0800
-    }
-
-    /// `RET Xn`, `RETAA`, `RETAB`.
-    pub fn is_ret(insn: u32) -> bool {
-        insn & 0xffff_fc1f == 0xd65f_0000 || insn == 0xd65f_0bff || insn == 0xd65f_0fff
-    }
-
-    /// `STP X29, X30, [SP, #imm]` (signed offset) or `[SP, #imm]!` (pre-index): a frame record
-    /// being pushed.
-    pub fn is_record_push(insn: u32) -> bool {
-        let base = insn & 0xffc0_7fff;
-        base == 0xa900_7bfd || base == 0xa980_7bfd
-    }
-}
-
-/// Is `lr` the return address of the function that `pc` is in (a leaf, or a function
-/// interrupted before it pushed its frame record)?
-/// - the instruction before `lr` must be a call (`BL`/`BLR`): otherwise `lr` is not a return
-///   address at all (a leaf may use x30 as a scratch register only after saving it);
-/// - for a direct `BL`, the callee's code from its entry up to `pc` must contain no frame
-///   record push (then the record at `fp` is the function's own and already holds `lr`) and no
-///   `RET` (then `pc` is past the callee's end, in another function: `lr` is stale, left by a
-///   call the interrupted function made and returned from);
-/// - for an indirect call the callee is unknown: `lr` is used only when it is far (4 KiB or
-///   more) from `pc`, since a stale `lr` points into the interrupted function itself.
-///
-/// When the code cannot be read the distance rule decides alone.
-fn lr_is_live<M: Memory>(mem: &mut M, pc: u64, lr: u64) -> bool {
-    const SAME_FUNCTION: u64 = 4096;
-    const MAX_SCAN: u64 = 4096;
-    let far = lr.abs_diff(pc) >= SAME_FUNCTION;
-    let call_at = lr.wrapping_sub(4);
-    let mut b = [0u8; 4];
-    if !mem.read_code(call_at, &mut b) {
-        return far;
-    }
-    let call = u32::from_le_bytes(b);
-    if a64::is_blr(call) {
-        return far;
-    }
-    let Some(entry) = a64::bl_target(call, call_at) else {
-        return false;
-    };
-    if entry > pc || pc - entry > MAX_SCAN || entry % 4 != 0 {
-        return false;
-    }
-    let mut chunk = [0u8; 256];
-    let mut at = entry;
-    while at < pc {
-        let n = ((pc - at) as usize).min(chunk.len());
-        if !mem.read_code(at, &mut chunk[..n]) {
-            return far;
-        }
-        for w in chunk[..n].chunks_exact(4) {
-            let insn = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-            if a64::is_ret(insn) || a64::is_record_push(insn) {
-                return false;
-            }
-        }
-        at += n as u64;
-    }
-    true
 }
 
 /// Follows ordinary frame records on one stack into `out`. A record is ordinary when its
@@ -750,20 +631,6 @@ struct State {
     pending: u16,
     crossings: u16,
     n: usize,
-}
-
-/// The caller's stack pointer after a frame-record step: the end of the record on x86_64
-/// (`push rbp` right below the return address, so record + 16 is the caller's sp at the call).
-/// On aarch64 the record sits at the bottom of the callee's frame and the caller's sp is not
-/// known: 0 ("unknown"), so that a CFI rule needing sp fails (Hybrid then keeps following
-/// frame records) instead of using a wrong value.
-#[inline(always)]
-fn record_sp<A: Arch>(end_of_record: u64) -> u64 {
-    if A::KIND == crate::arch::ArchKind::Aarch64 {
-        0
-    } else {
-        end_of_record
-    }
 }
 
 #[inline(always)]

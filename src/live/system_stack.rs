@@ -41,7 +41,7 @@
 //!   on the user stack: unwinding never crosses the trampoline.
 //! - The first [`run`] on a thread maps its stack (with a guard page below it) and registers it:
 //!   that call allocates and takes a lock, so it must not happen in a signal handler (call
-//!   [`init_thread`] first on threads that might). Later calls make no system call and take no
+//!   [`map_thread_stack`] first on threads that might). Later calls make no system call and take no
 //!   lock. A thread's stack is kept for its life and then reused by later threads, never
 //!   unmapped, so a capture can never read a stack that went away.
 //! - Overflowing the system stack hits the guard page (SIGSEGV), as overflowing any stack does.
@@ -126,7 +126,7 @@ pub fn current_stack() -> Option<Range> {
 }
 
 /// The id of the system-stack transition in the live registry, once registered (by the first
-/// [`run`], [`init_thread`] or [`crate::init`]). Frames found across the switch carry it.
+/// [`run`], [`map_thread_stack`] or [`crate::init`]). Frames found across the switch carry it.
 pub fn transition_id() -> Option<Id> {
     match TRANSITION_ID.load(Ordering::Acquire) {
         0 => None,
@@ -137,7 +137,7 @@ pub fn transition_id() -> Option<Id> {
 /// Maps and registers the current thread's system stack now, so that a later [`run`] (from a
 /// signal handler, say) needs no allocation. Not async-signal-safe. Panics if the stack cannot be
 /// mapped (out of memory).
-pub fn init_thread() {
+pub fn map_thread_stack() {
     register_transition();
     let _ = ensure_stack();
 }

@@ -189,17 +189,9 @@ impl Profile {
     }
 }
 
-fn lookup_pc(pc: u64, exact: bool) -> u64 {
-    if exact {
-        pc
-    } else {
-        pc.wrapping_sub(1)
-    }
-}
-
 /// The function containing `pc` (looked up at `pc - 1` unless exact), or `pc` in hex.
 fn function_name(sym: &Symbolizer, pc: u64, exact: bool) -> String {
-    match sym.lookup(lookup_pc(pc, exact)) {
+    match sym.lookup(crate::frame::FrameAddress::new(pc, exact).lookup_address()) {
         Some(s) => s.name.to_string(),
         None => format!("{pc:#x}"),
     }
@@ -315,7 +307,7 @@ impl<'a> PprofBuilder<'a> {
         if let Some(&id) = self.locations.get(&(pc, exact)) {
             return id;
         }
-        let look = lookup_pc(pc, exact);
+        let look = crate::frame::FrameAddress::new(pc, exact).lookup_address();
         let (name, file) = match self.sym.lookup(look) {
             Some(s) => (s.name.to_string(), s.module.to_string()),
             None => (format!("{pc:#x}"), String::new()),

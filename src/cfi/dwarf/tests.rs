@@ -112,9 +112,9 @@ fn rules_are_prepared() {
     let u = standard();
     let r = |pc| u.rule(pc).unwrap();
     assert_eq!(r(0x1000).flags(), 0);
-    assert_eq!(r(0x2010).flags(), Rule::FRAME_RECORD);
-    assert_eq!(r(0x5010).flags(), Rule::UNSUPPORTED);
-    assert_eq!(r(0x1100).flags(), Rule::GAP);
+    assert_eq!(r(0x2010).flags(), CfiRow::FRAME_RECORD);
+    assert_eq!(r(0x5010).flags(), CfiRow::UNSUPPORTED);
+    assert_eq!(r(0x1100).flags(), CfiRow::GAP);
     assert!(u.rule(0x500).is_none() && u.rule(0x5100).is_none());
     let m = u.module(0x1000).unwrap();
     assert!(!m.keeps_frame_record(0x1010));
@@ -166,7 +166,7 @@ fn expressions_are_unsupported() {
 #[test]
 fn signal_frames_give_an_exact_caller() {
     let u = unwinder(true, &[(0x1000, 0x100, NOFP)]);
-    assert_ne!(u.rule(0x1010).unwrap().flags() & Rule::SIGNAL, 0);
+    assert_ne!(u.rule(0x1010).unwrap().flags() & CfiRow::SIGNAL, 0);
     let mut s = StackBuilder::new(LO, 0x1000);
     s.put(LO + 0x100, 0).put(LO + 0x108, 0x7777);
     let start = Start::exact(Regs::new(0x1010, LO + 0x100, 0));
