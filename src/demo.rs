@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use unwind::cpu::{Config, CpuProfiler};
 use unwind::policy::{Classifier, ProfileKind};
+use unwind::runtime_names::{STACK_SWITCHERS, THREAD_START, UNWIND};
 use unwind::profile::{write_outputs, Profile};
 use unwind::symbols::Symbolizer;
 
@@ -225,19 +226,9 @@ fn demo_worker(stop: &AtomicBool, rounds: &AtomicU64, slice: Duration) -> u64 {
 pub fn classifier(sym: &Symbolizer) -> Classifier {
     let mut c = Classifier::new();
     for m in sym.modules() {
-        c.add_symbol_prefixes(
-            m.functions(),
-            &[
-                "unwind::live::",
-                "unwind_0_1_system_stack",
-                "stacker::",
-                "psm::",
-                "rust_psm_",
-                "corosensei::",
-                "std::sys::",
-                "core::ops::function::",
-            ],
-        );
+        for group in [UNWIND, STACK_SWITCHERS, THREAD_START] {
+            c.add_symbol_prefixes(m.functions(), group);
+        }
     }
     if let Some(id) = unwind::system_stack::transition_id() {
         c.add_system_switch(id);

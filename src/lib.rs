@@ -48,7 +48,7 @@ pub mod profile;
 // The layers' modules under the short paths users and the rest of the crate name them by.
 #[cfg(feature = "dwarf")]
 pub use cfi::{dwarf, modules};
-pub use engine::{frame, memory, policy, transition, walk};
+pub use engine::{frame, memory, policy, runtime_names, transition, walk};
 #[cfg(feature = "live")]
 pub use live::{builtin, coroutine, system_stack};
 #[cfg(feature = "offline")]

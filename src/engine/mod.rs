@@ -10,5 +10,6 @@
 pub mod frame;
 pub mod memory;
 pub mod policy;
+pub mod runtime_names;
 pub mod transition;
 pub mod walk;

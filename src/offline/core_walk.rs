@@ -334,15 +334,16 @@ fn is_go(symbols: &Symbolizer) -> bool {
 /// C programs, the standard libraries' and the C runtime's frames.
 pub fn classifier_for(symbols: &Symbolizer, system_switches: &[Id]) -> Classifier {
     let mut c = Classifier::new();
-    let prefixes: &[&str] = if is_go(symbols) {
-        &["runtime."]
+    use crate::runtime_names::{C_RUNTIME, GO, RUST_STD, UNWIND};
+    let groups: &[&[&str]] = if is_go(symbols) {
+        &[GO]
     } else {
-        &[
-            "std::", "core::", "alloc::", "__libc", "__GI_", "_start", "unwind::",
-        ]
+        &[RUST_STD, C_RUNTIME, UNWIND]
     };
     for m in symbols.modules() {
-        c.add_symbol_prefixes(m.functions(), prefixes);
+        for group in groups {
+            c.add_symbol_prefixes(m.functions(), group);
+        }
     }
     for &id in system_switches {
         c.add_system_switch(id);

@@ -45,7 +45,7 @@
 //! [`Policy`]: runtime frames at the leaf end are dropped, so a sample starts at the first
 //! non-runtime frame, the code that asked for memory. "Runtime" is the [`Classifier`]'s answer;
 //! the default one ([`default_classifier`]) counts as runtime the functions named with
-//! [`RUNTIME_PREFIXES`] or containing [`RUNTIME_INFIXES`] (this wrapper, the allocator shims,
+//! [`is_runtime_name`] (this wrapper, the allocator shims,
 //! `alloc::`/`std::alloc` internals, collections' growth paths, `core::iter` glue such as
 //! `collect`, `unwind::system_stack`) and every
 //! frame on the system side of a system-stack switch. So an allocation made inside
@@ -113,6 +113,7 @@
 use crate::frame::Frame;
 use crate::live::{capture_with, Options};
 use crate::policy::{Classifier, Policy, ProfileKind};
+use crate::runtime_names;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -135,43 +136,6 @@ const MAP_BITS: u32 = 16;
 const MAP_PROBES: usize = 64;
 const FILTER_BITS: u32 = 14;
 const FILTER_SLOTS: usize = 1 << FILTER_BITS;
-
-/// Function-name prefixes [`default_classifier`] counts as runtime (demangled names, without
-/// hashes): this wrapper, the allocator shims and `alloc`/`std` allocation internals.
-pub const RUNTIME_PREFIXES: &[&str] = &[
-    "unwind::profile::heap::",
-    "<unwind::profile::heap::",
-    "unwind::live::",
-    "<unwind::live::",
-    "__rust_alloc",
-    "__rust_dealloc",
-    "__rust_realloc",
-    "__rust_alloc_zeroed",
-    "__rustc::",
-    "__rg_",
-    "__rdl_",
-    "alloc::",
-    "<alloc::",
-    "core::alloc::",
-    "<core::alloc::",
-    "std::alloc::",
-    "<std::alloc::",
-    "core::iter::",
-    "<core::iter::",
-    "hashbrown::",
-    "<hashbrown::",
-    "std::collections::",
-    "<std::collections::",
-];
-
-/// Substrings of function names [`default_classifier`] counts as runtime: trait impls of the
-/// allocation internals on other types (`<u8 as alloc::vec::spec_from_elem::SpecFromElem>`).
-pub const RUNTIME_INFIXES: &[&str] = &[
-    " as alloc::",
-    " as core::alloc::",
-    " as std::alloc::",
-    " as core::iter::",
-];
 
 /// One stack's heap profile values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -967,11 +931,14 @@ fn collect(scaled: bool) -> Vec<HeapSample> {
     out
 }
 
-/// Is a (demangled) function name runtime code by [`RUNTIME_PREFIXES`] and
-/// [`RUNTIME_INFIXES`]?
+/// Is a (demangled) function name runtime code for a heap profile: `unwind`'s own machinery
+/// ([`runtime_names::UNWIND`]) or allocation plumbing ([`runtime_names::RUST_ALLOC`],
+/// [`runtime_names::RUST_ALLOC_INFIXES`])?
 pub fn is_runtime_name(name: &str) -> bool {
-    RUNTIME_PREFIXES.iter().any(|p| name.starts_with(p))
-        || RUNTIME_INFIXES.iter().any(|p| name.contains(p))
+    runtime_names::has_prefix_in(name, &[runtime_names::UNWIND, runtime_names::RUST_ALLOC])
+        || runtime_names::RUST_ALLOC_INFIXES
+            .iter()
+            .any(|p| name.contains(p))
 }
 
 /// The classifier [`start`] uses: functions of every loaded object named as

@@ -1,0 +1,86 @@
+//! Names of runtime code: the function-name prefixes (demangled, without hashes) that the
+//! built-in classifiers count as runtime: the heap profiler's, the demo's and a core's. One
+//! list per group, so that every classifier draws on the same source; a classifier picks the
+//! groups that are runtime for its profile.
+
+/// `unwind`'s own machinery: live capture, the system stack and its switch, the heap
+/// profiler's allocator wrapper.
+pub const UNWIND: &[&str] = &[
+    "unwind::live::",
+    "<unwind::live::",
+    "unwind::profile::heap::",
+    "<unwind::profile::heap::",
+    "unwind_0_1_system_stack",
+];
+
+/// Rust's stack-switching crates (segments and coroutines).
+pub const STACK_SWITCHERS: &[&str] = &[
+    "stacker::",
+    "psm::",
+    "rust_psm_",
+    "corosensei::",
+];
+
+/// The standard library's thread start and closure shims.
+pub const THREAD_START: &[&str] = &["std::sys::", "core::ops::function::"];
+
+/// The Rust standard libraries as a whole (for a core's classifier, where any std frame is
+/// runtime).
+pub const RUST_STD: &[&str] = &["std::", "core::", "alloc::"];
+
+/// The C runtime.
+pub const C_RUNTIME: &[&str] = &["__libc", "__GI_", "_start"];
+
+/// Go's runtime package.
+pub const GO: &[&str] = &["runtime."];
+
+/// Allocation plumbing: the allocator shims and the `alloc`/`std` allocation and collection
+/// internals that sit between user code and a `GlobalAlloc`.
+pub const RUST_ALLOC: &[&str] = &[
+    "__rust_alloc",
+    "__rust_dealloc",
+    "__rust_realloc",
+    "__rust_alloc_zeroed",
+    "__rustc::",
+    "__rg_",
+    "__rdl_",
+    "alloc::",
+    "<alloc::",
+    "core::alloc::",
+    "<core::alloc::",
+    "std::alloc::",
+    "<std::alloc::",
+    "core::iter::",
+    "<core::iter::",
+    "hashbrown::",
+    "<hashbrown::",
+    "std::collections::",
+    "<std::collections::",
+];
+
+/// Substrings that mark allocation plumbing in trait impls on other types
+/// (`<u8 as alloc::vec::spec_from_elem::SpecFromElem>`).
+pub const RUST_ALLOC_INFIXES: &[&str] = &[
+    " as alloc::",
+    " as core::alloc::",
+    " as std::alloc::",
+    " as core::iter::",
+];
+
+/// Does `name` start with a prefix of one of `groups`?
+pub fn has_prefix_in(name: &str, groups: &[&[&str]]) -> bool {
+    groups.iter().any(|g| g.iter().any(|p| name.starts_with(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_match_by_prefix() {
+        assert!(has_prefix_in("unwind::live::system_stack::run", &[UNWIND]));
+        assert!(!has_prefix_in("unwind::demo::demo_worker", &[UNWIND]));
+        assert!(has_prefix_in("runtime.mcall", &[RUST_STD, GO]));
+        assert!(!has_prefix_in("main.main", &[RUST_STD, GO]));
+    }
+}
