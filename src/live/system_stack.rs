@@ -447,18 +447,27 @@ mod tests {
 
     #[test]
     fn stacks_are_reused_after_threads_exit() {
-        let a = std::thread::spawn(|| run(current_stack))
-            .join()
-            .unwrap()
-            .unwrap();
-        let b = std::thread::spawn(|| run(current_stack))
-            .join()
-            .unwrap()
-            .unwrap();
-        // Other tests run threads concurrently, so `b` may have taken another pooled stack; what
-        // must hold is that both stay registered (never unmapped).
-        assert_eq!(transition::registered_stack(a.lo), Some(a));
-        assert_eq!(transition::registered_stack(b.lo), Some(b));
+        // Other tests run threads concurrently and may take a pooled stack first, so try a few
+        // times: a thread that starts after another exited must at some point get its stack.
+        let mut reused = false;
+        for _ in 0..20 {
+            let a = std::thread::spawn(|| run(current_stack))
+                .join()
+                .unwrap()
+                .unwrap();
+            let b = std::thread::spawn(|| run(current_stack))
+                .join()
+                .unwrap()
+                .unwrap();
+            // Pooled stacks stay registered (never unmapped).
+            assert_eq!(transition::registered_stack(a.lo), Some(a));
+            assert_eq!(transition::registered_stack(b.lo), Some(b));
+            if a == b {
+                reused = true;
+                break;
+            }
+        }
+        assert!(reused, "no thread ever got the stack of one that exited");
     }
 
     #[test]

@@ -426,7 +426,12 @@ mod tests {
             b[17] = 0;
             b[18] = 62; // x86_64
             b[19] = 0;
-            let _ = parse_bytes(&b);
+            // Random program headers point outside 512 bytes: an error, or a core whose every
+            // segment and thread lies inside the bytes it came from.
+            if let Ok((_, _, _, _, _, segments)) = parse_bytes(&b) {
+                assert!(segments.iter().all(|s| s.file_hi <= b.len()));
+                assert!(segments.iter().all(|s| s.file_lo <= s.file_hi));
+            }
         }
     }
 
