@@ -821,10 +821,8 @@ mod tests {
     fn thread_cpu_clock_matches_glibc() {
         let mut clock: libc::clockid_t = 0;
         // SAFETY: pthread_self is this live thread; valid out pointer.
-        assert_eq!(
-            unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) },
-            0
-        );
+        let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+        assert_eq!(rc, 0);
         assert_eq!(thread_cpu_clock(gettid()), clock);
     }
 
