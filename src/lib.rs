@@ -47,6 +47,7 @@ pub mod modules;
 pub mod offline;
 pub mod policy;
 pub mod profile;
+pub mod safe_open;
 pub mod symbols;
 pub mod system_stack;
 pub mod transition;
