@@ -370,6 +370,7 @@ fn nt_file_naming_devices_fifos_and_proc_files() {
         );
         assert!(has_chain(&r.stdout), "{bad}: {}", r.stdout);
     }
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -420,6 +421,7 @@ fn exe_and_sysroot_naming_devices_fifos_and_proc_files() {
         assert_eq!(r.code, 0, "{r:?}");
         assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
     }
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -433,6 +435,7 @@ fn core_naming_devices_fifos_and_proc_files() {
     }
     let empty = write(&d, "empty", b"");
     assert_eq!(run(&d, &["stack", "--core", s(&empty)]).code, 2);
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// qemu-user cores name their files in memory: the auxv's `AT_EXECFN` string and the dynamic
@@ -469,6 +472,7 @@ fn execfn_and_link_map_naming_devices_fifos_and_proc_files() {
         &["stack", "--core", s(&c), "--exe", s(&real), "--mode", "fp"],
     );
     assert!(has_chain(&r.stdout), "{}", r.stdout);
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 // ---- bounded work ----
@@ -526,6 +530,7 @@ fn many_spellings_of_one_file_load_it_once() {
         assert!(has_chain(&r.stdout), "{mode}: {}", r.stdout);
         assert!(!r.stderr.contains("warning"), "{}", r.stderr);
     }
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// 50,000 distinct paths (nonexistent, and /proc files): bounded, one warning per file tried
@@ -567,6 +572,7 @@ fn tens_of_thousands_of_nt_file_entries() {
         );
         assert!(r.stderr.contains("over the limit of"), "{}", r.stderr);
     }
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 // ---- truncated cores ----
@@ -625,6 +631,7 @@ fn truncated_core_says_so_and_shows_what_it_can() {
         let c = write(&d, "core3", &threads[..cut]);
         run(&d, &["stack", "--core", s(&c), "--mode", "hybrid"]);
     }
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 // ---- a hand-made core: the stack at the top of the address space ----
@@ -697,4 +704,5 @@ fn prologue_at_the_top_of_the_address_space() {
         assert_eq!(r.code, 0, "{mode}: {r:?}");
         assert!(r.stdout.contains("0x0000000000400000"), "{}", r.stdout);
     }
+    let _ = std::fs::remove_dir_all(&d);
 }
