@@ -121,6 +121,8 @@ pub fn core_file(data: &[u8], sysroot: &Path) {
         2 => Some(PathBuf::from(hostile(usize::from(b)))),
         _ => Some(sysroot.join("tmp/./unwind-fixtures//chain-aarch64")),
     };
+    // Options may gain fields (a process source, defaults): those keep their defaults.
+    #[allow(clippy::needless_update)]
     let opts = Options {
         exe,
         sysroot: Some(sysroot.to_path_buf()),
