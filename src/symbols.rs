@@ -317,6 +317,15 @@ impl Symbolizer {
     /// [`MAX_MODULES`] distinct paths; one file under several names is loaded once).
     pub fn from_mappings(mappings: &[Mapping], sysroot: Option<&Path>) -> Self {
         let mut s = Self::new();
+        s.add_mappings(mappings, sysroot);
+        s
+    }
+
+    /// Adds the modules of `mappings` as [`Symbolizer::from_mappings`] does, opening files with
+    /// this symbolizer's [`Symbolizer::open_policy`] (set it first to allow a `/proc/PID`
+    /// prefix).
+    pub fn add_mappings(&mut self, mappings: &[Mapping], sysroot: Option<&Path>) {
+        let s = self;
         // One pass: each path's mapping with the lowest file offset, in order of appearance.
         let mut order: Vec<&Mapping> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
@@ -345,7 +354,6 @@ impl Symbolizer {
             let file = resolve(sysroot, &first.path);
             s.add(&file, &first.path, Some((first.range.lo, first.offset)));
         }
-        s
     }
 
     /// Modules of the running process, from `/proc/self/maps`. Not async-signal-safe.

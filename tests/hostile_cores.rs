@@ -706,3 +706,23 @@ fn prologue_at_the_top_of_the_address_space() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `dwarf::parse_file` (the live modules' CFI from their files) neither blocks on a FIFO nor
+/// reads a device.
+#[test]
+fn cfi_from_a_fifo_or_a_device_is_an_error() {
+    let d = tmp("cfi");
+    let fifo = d.join("fifo");
+    mkfifo(&fifo);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let f = fifo.clone();
+    std::thread::spawn(move || {
+        let r = unwind::dwarf::parse_file(unwind::ArchKind::X86_64, &f, 0);
+        let _ = tx.send(r.is_err());
+    });
+    assert_eq!(rx.recv_timeout(TIME_LIMIT), Ok(true), "a FIFO blocked");
+    for p in ["/dev/zero", "/dev/null"] {
+        assert!(unwind::dwarf::parse_file(unwind::ArchKind::X86_64, Path::new(p), 0).is_err());
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
