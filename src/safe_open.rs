@@ -163,8 +163,9 @@ fn pseudo_fs(file: &File) -> Option<&'static str> {
         }
         s.f_type
     };
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-    let t = i64::from(f_type as i64);
+    // `f_type` is a `long` (`__fsword_t`) on 64-bit Linux; the magic numbers fit in 32 bits.
+    #[allow(clippy::unnecessary_cast)]
+    let t = f_type as i64;
     PSEUDO_FS.iter().find(|(m, _)| *m == t).map(|&(_, n)| n)
 }
 
