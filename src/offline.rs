@@ -39,6 +39,11 @@ use std::path::{Path, PathBuf};
 /// Most frames walked per thread.
 pub const MAX_FRAMES: usize = 1024;
 
+/// Most frames walked over all threads of a core (16 bytes each, and a line of output): a
+/// hostile core may hold any number of threads sharing one deep stack. Past it, each thread
+/// shows its leaf frame only.
+pub const MAX_TOTAL_FRAMES: usize = 1 << 18;
+
 /// Most entries in a core's transition table (a hostile core can list any number of modules
 /// defining switch symbols; ids are `u16`).
 pub const MAX_TRANSITIONS: usize = 1024;
@@ -422,10 +427,19 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         None
     };
     let mut threads = Vec::new();
+    let mut budget = MAX_TOTAL_FRAMES;
+    let mut cut_threads = 0usize;
     for t in &core.threads {
-        let mut buf = vec![Frame::EMPTY; MAX_FRAMES];
+        // Past the budget a thread keeps its leaf frame only.
+        let room = MAX_FRAMES.min(budget).max(1);
+        if room < MAX_FRAMES {
+            cut_threads += 1;
+        }
+        let mut buf = vec![Frame::EMPTY; room];
         let trace = walk_thread(core, &symbols, t, &table, &unwinder, mode, &mut buf);
         buf.truncate(trace.len);
+        buf.shrink_to_fit();
+        budget = budget.saturating_sub(buf.len());
         let mut stop = trace.stop;
         if let Some(go) = &go {
             if core.arch == ArchKind::X86_64 {
@@ -469,6 +483,13 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
             truncated,
             stop,
         });
+    }
+    if cut_threads > 0 {
+        warnings.push(format!(
+            "{} threads: over the budget of {MAX_TOTAL_FRAMES} frames for all threads, {cut_threads} \
+             of them are cut short",
+            core.threads.len()
+        ));
     }
     Ok(Report {
         arch: core.arch,

@@ -639,19 +639,32 @@ fn truncated_core_says_so_and_shows_what_it_can() {
 /// A minimal x86_64 core: one thread (rip, rsp, rbp) and the given (vaddr, flags, bytes)
 /// segments.
 fn tiny_core(rip: u64, rsp: u64, rbp: u64, segments: &[(u64, u32, Vec<u8>)]) -> Vec<u8> {
+    tiny_core_threads(rip, rsp, rbp, 1, segments)
+}
+
+/// [`tiny_core`] with `threads` threads, all with the same registers.
+fn tiny_core_threads(
+    rip: u64,
+    rsp: u64,
+    rbp: u64,
+    threads: u32,
+    segments: &[(u64, u32, Vec<u8>)],
+) -> Vec<u8> {
     let phnum = 1 + segments.len();
-    let mut prstatus = vec![0u8; 336];
-    prstatus[32..36].copy_from_slice(&42u32.to_le_bytes()); // pr_pid
-    for (i, v) in [(4, rbp), (16, rip), (19, rsp)] {
-        let at = 0x70 + 8 * i;
-        prstatus[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    }
     let mut note = Vec::new();
-    note.extend(5u32.to_le_bytes());
-    note.extend((prstatus.len() as u32).to_le_bytes());
-    note.extend(1u32.to_le_bytes()); // NT_PRSTATUS
-    note.extend(b"CORE\0\0\0\0");
-    note.extend(&prstatus);
+    for tid in 0..threads {
+        let mut prstatus = vec![0u8; 336];
+        prstatus[32..36].copy_from_slice(&(tid + 1).to_le_bytes()); // pr_pid
+        for (i, v) in [(4, rbp), (16, rip), (19, rsp)] {
+            let at = 0x70 + 8 * i;
+            prstatus[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        note.extend(5u32.to_le_bytes());
+        note.extend((prstatus.len() as u32).to_le_bytes());
+        note.extend(1u32.to_le_bytes()); // NT_PRSTATUS
+        note.extend(b"CORE\0\0\0\0");
+        note.extend(&prstatus);
+    }
     let note_off = 64 + 56 * phnum;
     let mut data_off = note_off + note.len();
     let mut out = vec![0u8; 64];
@@ -723,6 +736,46 @@ fn cfi_from_a_fifo_or_a_device_is_an_error() {
     assert_eq!(rx.recv_timeout(TIME_LIMIT), Ok(true), "a FIFO blocked");
     for p in ["/dev/zero", "/dev/null"] {
         assert!(unwind::dwarf::parse_file(unwind::ArchKind::X86_64, Path::new(p), 0).is_err());
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// 20,000 threads sharing one stack of 1,000 frame records: the frames kept over all threads are
+/// bounded (without a budget: 20 million frames, gigabytes of output).
+#[test]
+fn many_threads_on_one_deep_stack() {
+    let d = tmp("deep");
+    let code = vec![0x90u8; 64];
+    let (base, depth) = (0x7000_0000u64, 1000u64);
+    let mut stack = vec![0u8; (depth as usize + 1) * 16];
+    for i in 0..depth {
+        // Record i at base + 16 i: the caller's record, then a return address.
+        let at = (16 * i) as usize;
+        stack[at..at + 8].copy_from_slice(&(base + 16 * (i + 1)).to_le_bytes());
+        stack[at + 8..at + 16].copy_from_slice(&(0x40_0001 + i).to_le_bytes());
+    }
+    let c = tiny_core_threads(
+        0x40_0000,
+        base,
+        base,
+        20_000,
+        &[(0x40_0000, 5, code), (base, 6, stack)],
+    );
+    let c = write(&d, "core", &c);
+    for mode in MODES {
+        let r = run(&d, &["stack", "--core", s(&c), "--mode", mode]);
+        assert_eq!(r.code, 0, "{mode}: {}", r.stderr);
+        assert_eq!(r.stdout.matches("\nthread ").count(), 20_000);
+        let frames = r.stdout.matches("  #").count();
+        assert!(
+            frames <= unwind::offline::MAX_TOTAL_FRAMES + 20_000 + 1024,
+            "{frames} frames"
+        );
+        if mode != "dwarf" {
+            // (Dwarf mode finds no CFI here: one frame per thread.)
+            assert!(frames > 250_000, "the budget is used: {frames}");
+            assert!(r.stderr.contains("cut short"), "{}", r.stderr);
+        }
     }
     let _ = std::fs::remove_dir_all(&d);
 }
