@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use unwind::cpu::{Config, CpuProfiler};
 use unwind::policy::{Classifier, ProfileKind};
-use unwind::runtime_names::{STACK_SWITCHERS, THREAD_START, UNWIND};
 use unwind::profile::{write_outputs, Profile};
+use unwind::runtime_names::{STACK_SWITCHERS, THREAD_START, UNWIND};
 use unwind::symbols::Symbolizer;
 
 /// Demo settings.

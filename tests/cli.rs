@@ -455,7 +455,7 @@ fn bad_input_exits_2_with_one_line() {
 
     let empty = d.join("empty");
     std::fs::write(&empty, b"").unwrap();
-    assert_bad(&["stack", "--core", p(&empty)], "not a 64-bit");
+    assert_bad(&["stack", "--core", p(&empty)], "empty file");
 
     // Cut inside the program headers, and inside the notes.
     for cut in [100, 2000] {

@@ -360,7 +360,12 @@ fn malformed_cfi_errors_cleanly() {
                 n.fetch_add(1, Ordering::Relaxed);
             }
             // A table from flipped bytes is bounded by its input: at most a row per byte.
-            Ok(t) => assert!(t.len() <= m.len(), "{} rows from {} bytes", t.len(), m.len()),
+            Ok(t) => assert!(
+                t.len() <= m.len(),
+                "{} rows from {} bytes",
+                t.len(),
+                m.len()
+            ),
         }
     }
     // 1,600 flipped bytes in real CFI: some of them must break an entry.

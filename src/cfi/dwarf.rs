@@ -631,7 +631,16 @@ pub fn parse_file(
     path: &std::path::Path,
     bias: u64,
 ) -> Result<PreparedCfi, CfiError> {
-    let f = std::fs::File::open(path).map_err(|_| CfiError::Object)?;
+    // Non-blocking, and regular files only: a path naming a FIFO or a device must not hang.
+    let f = std::os::unix::fs::OpenOptionsExt::custom_flags(
+        std::fs::OpenOptions::new().read(true),
+        libc::O_NONBLOCK | libc::O_NOCTTY,
+    )
+    .open(path)
+    .map_err(|_| CfiError::Object)?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(CfiError::Object);
+    }
     // SAFETY: the mapping is read-only and private; if another process truncates the file
     // while we parse, reads may fault (SIGBUS), the usual memmap caveat. Nothing borrowed from
     // the map outlives this function: the prepared table owns its data.

@@ -3,3 +3,4 @@
 
 pub mod dwarf;
 pub mod modules;
+pub mod safe_open;

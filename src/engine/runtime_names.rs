@@ -14,12 +14,7 @@ pub const UNWIND: &[&str] = &[
 ];
 
 /// Rust's stack-switching crates (segments and coroutines).
-pub const STACK_SWITCHERS: &[&str] = &[
-    "stacker::",
-    "psm::",
-    "rust_psm_",
-    "corosensei::",
-];
+pub const STACK_SWITCHERS: &[&str] = &["stacker::", "psm::", "rust_psm_", "corosensei::"];
 
 /// The standard library's thread start and closure shims.
 pub const THREAD_START: &[&str] = &["std::sys::", "core::ops::function::"];

@@ -32,6 +32,9 @@ pub enum CoreError {
     Truncated(&'static str),
     /// No thread (`NT_PRSTATUS`) in the core.
     NoThreads,
+    /// The file is shorter than its headers say (the core size limit was reached while the
+    /// kernel wrote it), and too little is left to unwind: (bytes present, bytes expected).
+    TruncatedFile(u64, u64),
 }
 
 impl fmt::Display for CoreError {
@@ -48,6 +51,10 @@ impl fmt::Display for CoreError {
             }
             CoreError::Truncated(what) => write!(f, "truncated or corrupt core: {what}"),
             CoreError::NoThreads => f.write_str("no thread (NT_PRSTATUS) in the core"),
+            CoreError::TruncatedFile(have, want) => write!(
+                f,
+                "core file is truncated: {have} of {want} bytes, too little left to unwind"
+            ),
         }
     }
 }
@@ -91,7 +98,7 @@ struct Segment {
 
 /// The bytes of a core: mapped from a file or owned.
 enum Data {
-    Map(memmap2::Mmap),
+    Mapped(crate::safe_open::Mapped),
     Owned(Vec<u8>),
 }
 
@@ -99,7 +106,7 @@ impl std::ops::Deref for Data {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Data::Map(m) => m,
+            Data::Mapped(m) => m,
             Data::Owned(v) => v,
         }
     }
@@ -119,6 +126,8 @@ pub struct Core {
     /// aarch64 instruction pointer-authentication mask (`NT_ARM_PAC_MASK`), or 0.
     pub pac_mask: u64,
     segments: Vec<Segment>,
+    /// The file's length according to its headers (program headers, every segment's bytes).
+    expected_len: u64,
 }
 
 /// `NT_FILE` ("FILE" in little-endian).
@@ -146,14 +155,21 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
 
 impl Core {
     /// Opens and parses a core file.
+    ///
+    /// Opened through [`crate::safe_open`] (a regular, non-empty file, never blocking, not
+    /// under `/proc` or `/sys`; no size limit) and mapped read-only.
     pub fn open(path: &Path) -> Result<Core, CoreError> {
-        let file = std::fs::File::open(path).map_err(|e| CoreError::Io(path.into(), e))?;
-        // SAFETY: the mapping is read-only and private; if another process truncates the file
-        // while we read it, reads past the new end fault (SIGBUS), the usual caveat of mapping
-        // files; cores are not modified while being analysed.
-        let data =
-            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CoreError::Io(path.into(), e))?;
-        Core::parse(Data::Map(data))
+        let data = crate::safe_open::map(path, &crate::safe_open::Policy::core())
+            .map_err(|e| CoreError::Io(path.into(), e))?;
+        Core::parse(Data::Mapped(data))
+    }
+
+    /// `Some((bytes present, bytes expected))` when the file is shorter than its program
+    /// headers say: the core size limit (`ulimit -c`) was reached while the kernel wrote it.
+    /// What is present is still unwound; memory past the cut reads as missing.
+    pub fn truncation(&self) -> Option<(u64, u64)> {
+        let have = self.data.len() as u64;
+        (self.expected_len > have).then_some((have, self.expected_len))
     }
 
     /// Parses a core held in memory (tests, fuzzing).
@@ -162,8 +178,18 @@ impl Core {
     }
 
     fn parse(data: Data) -> Result<Core, CoreError> {
-        let (arch, threads, mappings, auxv, pac_mask, segments) = parse_bytes(&data)?;
+        let expected_len = expected_len(&data);
+        let (arch, threads, mappings, auxv, pac_mask, segments) =
+            parse_bytes(&data).map_err(|e| match e {
+                CoreError::Truncated(_) | CoreError::NoThreads
+                    if expected_len > data.len() as u64 =>
+                {
+                    CoreError::TruncatedFile(data.len() as u64, expected_len)
+                }
+                e => e,
+            })?;
         Ok(Core {
+            expected_len,
             data,
             arch,
             threads,
@@ -202,6 +228,24 @@ type Parsed = (
     u64,
     Vec<Segment>,
 );
+
+/// How long the file should be according to its ELF header and program headers (0 when they
+/// cannot be read).
+fn expected_len(data: &[u8]) -> u64 {
+    let Ok(hdr) = elf::FileHeader64::<LE>::parse(data) else {
+        return 0;
+    };
+    let Ok(e) = hdr.endian() else { return 0 };
+    let mut want = hdr
+        .e_phoff(e)
+        .saturating_add(u64::from(hdr.e_phnum(e)).saturating_mul(u64::from(hdr.e_phentsize(e))));
+    if let Ok(phdrs) = hdr.program_headers(e, data) {
+        for ph in phdrs {
+            want = want.max(ph.p_offset(e).saturating_add(ph.p_filesz(e)));
+        }
+    }
+    want
+}
 
 /// Parses core bytes (the whole file).
 fn parse_bytes(data: &[u8]) -> Result<Parsed, CoreError> {

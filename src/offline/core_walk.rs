@@ -39,6 +39,22 @@ use std::path::{Path, PathBuf};
 /// Most frames walked per thread.
 pub const MAX_FRAMES: usize = 1024;
 
+/// Most frames walked over all threads of a core (16 bytes each, and a line of output): a
+/// hostile core may hold any number of threads sharing one deep stack. Past it, each thread
+/// shows its leaf frame only.
+pub const MAX_TOTAL_FRAMES: usize = 1 << 18;
+
+/// Most entries in a core's transition table (a hostile core can list any number of modules
+/// defining switch symbols; ids are `u16`).
+pub const MAX_TRANSITIONS: usize = 1024;
+
+/// The id for the next transition when `len` are taken: `None` past [`MAX_TRANSITIONS`].
+fn next_id(len: usize) -> Option<Id> {
+    Id::try_from(len.checked_add(1)?)
+        .ok()
+        .filter(|&id| usize::from(id) <= MAX_TRANSITIONS)
+}
+
 /// What to unwind and how.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -98,7 +114,8 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
         let display = exe.display().to_string();
         let already = s.modules().iter().any(|m| m.path == display);
         if !already {
-            s.add(exe, &display, exe_placement(core, exe));
+            let placement = exe_placement(core, exe, &s.open_policy);
+            s.add(exe, &display, placement);
         }
         if core.mappings.is_empty() {
             add_link_map(core, exe, sysroot, &mut s);
@@ -129,7 +146,9 @@ fn add_link_map(core: &Core, exe: &Path, sysroot: Option<&Path>, s: &mut Symboli
     use object::read::elf::{FileHeader, ProgramHeader};
     const AT_BASE: u64 = 7;
     const DT_DEBUG: u64 = 21;
-    let Ok(data) = std::fs::read(exe) else { return };
+    let Ok(data) = crate::safe_open::map(exe, &s.open_policy) else {
+        return;
+    };
     let Ok(hdr) = object::elf::FileHeader64::<object::LittleEndian>::parse(&*data) else {
         return;
     };
@@ -209,10 +228,10 @@ fn add_link_map(core: &Core, exe: &Path, sysroot: Option<&Path>, s: &mut Symboli
 
 /// Where the executable was loaded, from `AT_PHDR` (the runtime address of its program
 /// headers) and the file's own `e_phoff`: the runtime address of file offset `e_phoff`.
-fn exe_placement(core: &Core, exe: &Path) -> Option<(u64, u64)> {
+fn exe_placement(core: &Core, exe: &Path, policy: &crate::safe_open::Policy) -> Option<(u64, u64)> {
     const AT_PHDR: u64 = 3;
     let phdr = core.aux(AT_PHDR)?;
-    let data = std::fs::read(exe).ok()?;
+    let data = crate::safe_open::map(exe, policy).ok()?;
     let phoff = u64::from_le_bytes(data.get(0x20..0x28)?.try_into().ok()?);
     Some((phdr, phoff))
 }
@@ -230,10 +249,10 @@ pub fn transitions_for(
         ArchKind::Aarch64 => &crate::arch::aarch64::SIGRETURN_CODE,
     };
     let mut add = |table: &mut TransitionTable, range: Range, rule: Rule, name: &'static str| {
-        let id = table.len() as Id + 1;
+        let id = next_id(table.len())?;
         table.insert(Transition { range, rule, id });
         names.push((id, name));
-        id
+        Some(id)
     };
     let mut trampolines: Vec<u64> = symbols
         .modules()
@@ -267,8 +286,9 @@ pub fn transitions_for(
         ] {
             if let Some(r) = m.function(raw) {
                 if table.lookup(r.lo).is_none() {
-                    let id = add(&mut table, r, Rule::ContinueChain, name);
-                    system_switches.push(id);
+                    if let Some(id) = add(&mut table, r, Rule::ContinueChain, name) {
+                        system_switches.push(id);
+                    }
                 }
             }
         }
@@ -311,9 +331,10 @@ pub fn transitions_for(
         ] {
             if let Some(r) = m.function(raw) {
                 if table.lookup(r.lo).is_none() {
-                    let id = add(&mut table, r, rule, name);
-                    if system {
-                        system_switches.push(id);
+                    if let Some(id) = add(&mut table, r, rule, name) {
+                        if system {
+                            system_switches.push(id);
+                        }
                     }
                 }
             }
@@ -359,6 +380,15 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         .iter()
         .map(|(p, e)| format!("module {p} not available ({e}): its frames stay unsymbolised"))
         .collect();
+    if let Some((have, want)) = core.truncation() {
+        warnings.insert(
+            0,
+            format!(
+                "core file is truncated: {have} of {want} bytes (the core size limit was \
+                 reached?); memory past the cut is missing, stacks may be cut short"
+            ),
+        );
+    }
     if core.mappings.is_empty() && symbols.modules().is_empty() {
         warnings.push(
             "the core lists no mapped files (a qemu-user core?): pass --exe (and --sysroot)".into(),
@@ -377,8 +407,10 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     let (table, mut transitions, system_switches) = transitions_for(core, &symbols);
     // Go's morestack is crossed through the goroutine's g.sched, not through the table: it
     // gets a name (for `via transition`) but no table entry.
-    let morestack_id = transitions.len() as Id + 1;
-    transitions.push((morestack_id, "go runtime.morestack"));
+    let morestack_id = next_id(transitions.len()).unwrap_or(0);
+    if morestack_id != 0 {
+        transitions.push((morestack_id, "go runtime.morestack"));
+    }
     let classifier = opts.policy.map(|_| {
         let mut c = classifier_for(&symbols, &system_switches);
         // Sigreturn trampolines (libc's, the vDSO's, qemu's page, Go's) are runtime too,
@@ -396,10 +428,19 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         None
     };
     let mut threads = Vec::new();
+    let mut budget = MAX_TOTAL_FRAMES;
+    let mut cut_threads = 0usize;
     for t in &core.threads {
-        let mut buf = vec![Frame::EMPTY; MAX_FRAMES];
+        // Past the budget a thread keeps its leaf frame only.
+        let room = MAX_FRAMES.min(budget).max(1);
+        if room < MAX_FRAMES {
+            cut_threads += 1;
+        }
+        let mut buf = vec![Frame::EMPTY; room];
         let trace = walk_thread(core, &symbols, t, &table, &unwinder, mode, &mut buf);
         buf.truncate(trace.len);
+        buf.shrink_to_fit();
+        budget = budget.saturating_sub(buf.len());
         let mut stop = trace.stop;
         if let Some(go) = &go {
             if core.arch == ArchKind::X86_64 {
@@ -444,6 +485,13 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
             stop,
         });
     }
+    if cut_threads > 0 {
+        warnings.push(format!(
+            "{} threads: over the budget of {MAX_TOTAL_FRAMES} frames for all threads, {cut_threads} \
+             of them are cut short",
+            core.threads.len()
+        ));
+    }
     Ok(Report {
         arch: core.arch,
         threads,
@@ -462,12 +510,21 @@ pub fn cfi_for(
     crate::dwarf::Unwinder,
     Vec<(String, crate::dwarf::CfiError)>,
 ) {
-    let modules: Vec<(String, u64)> = symbols
-        .modules()
-        .iter()
-        .map(|m| (m.path.clone(), m.bias))
-        .collect();
-    crate::modules::for_modules(core.arch, &modules, opts.sysroot.as_deref())
+    // The files the symbolizer already opened (safely, once per file) and mapped: parsing
+    // their bytes, not reopening paths, keeps FIFOs, devices and /proc files out.
+    let _ = opts;
+    let mut u = crate::dwarf::Unwinder::new();
+    let mut failed = Vec::new();
+    for m in symbols.modules() {
+        match crate::dwarf::parse_elf(core.arch, m.bytes(), m.bias, &m.path) {
+            Ok(mut t) => {
+                t.name = m.path.clone();
+                u.add(t)
+            }
+            Err(e) => failed.push((m.path.clone(), e)),
+        }
+    }
+    (u, failed)
 }
 
 /// Go 1.19 amd64 structure offsets (`src/runtime/runtime2.go`): `g.stack` {lo, hi} at 0,
@@ -863,9 +920,12 @@ fn walk_arch<A: Arch>(
                     flags: Frame::EXACT,
                     transition: 0,
                 };
+                let Some(sp) = ra_at.checked_add(8) else {
+                    return w.walk(Start::exact(regs), mem, buf);
+                };
                 let caller = crate::arch::Regs {
                     pc: ra,
-                    sp: ra_at + 8,
+                    sp,
                     fp: regs.fp,
                     lr: 0,
                 };
@@ -940,6 +1000,15 @@ mod tests {
         }];
         let mut mem = Image::new(&regions);
         x86_64_prologue_ra_slot(&mut mem, &Regs::new(0x1000, sp, 0x9000))
+    }
+
+    #[test]
+    fn transition_ids_are_checked() {
+        assert_eq!(next_id(0), Some(1));
+        assert_eq!(next_id(MAX_TRANSITIONS - 1), Some(MAX_TRANSITIONS as Id));
+        assert_eq!(next_id(MAX_TRANSITIONS), None);
+        assert_eq!(next_id(65_535), None, "would wrap to 0");
+        assert_eq!(next_id(usize::MAX), None);
     }
 
     #[test]

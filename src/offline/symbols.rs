@@ -8,8 +8,15 @@
 
 use crate::core_file::Mapping;
 use crate::memory::Range;
+use crate::safe_open::{Mapped, Policy};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind, SymbolKind};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+
+/// Most mapped files [`Symbolizer::from_mappings`] tries to open (loaded or not): a core may
+/// list any number of paths (thousands of `NT_FILE` entries, many spellings of one file); real
+/// processes map a few hundred.
+pub const MAX_MODULES: usize = 4096;
 
 /// A function symbol found for a pc.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +43,7 @@ pub struct Module {
     funcs: Vec<(u64, u64, u32)>,
     names: Vec<String>,
     /// The file, mapped read-only.
-    data: Bytes,
+    data: Mapped,
     /// Executable sections: (file address, range of `data`), for finding code by its
     /// instructions.
     code: Vec<(u64, std::ops::Range<usize>)>,
@@ -49,32 +56,31 @@ impl Module {
     /// file offset mapped there (the lowest such pair is best); `None` means "at its link
     /// address" (bias 0).
     ///
-    /// Only regular files are read: a core's `NT_FILE` note may name `/dev/zero` or a FIFO,
-    /// which would never end.
+    /// The file is opened through [`crate::safe_open`] with its default policy: only
+    /// non-empty regular files, never blocking, nothing under `/proc` or `/sys` (a core's
+    /// `NT_FILE` note may name `/dev/zero`, a FIFO or `/proc/self/pagemap`).
     pub fn load(path: &Path, display: &str, map: Option<(u64, u64)>) -> std::io::Result<Module> {
-        Self::load_with(path, display, |file| match map {
-            None => 0,
-            Some((start, off)) => {
-                let svma = file.segments().find_map(|s| {
-                    let (fo, fsz) = s.file_range();
-                    (off >= fo && off - fo < fsz.max(1)).then(|| s.address().wrapping_add(off - fo))
-                });
-                start.wrapping_sub(svma.unwrap_or(0))
-            }
-        })
+        let data = crate::safe_open::map(path, &Policy::default())?;
+        Self::from_mapped(data, path, display, |file| placement_bias(file, map))
     }
 
     /// Loads `path`'s symbols with a known load bias (a link map's `l_addr`).
     pub fn load_biased(path: &Path, display: &str, bias: u64) -> std::io::Result<Module> {
-        Self::load_with(path, display, |_| bias)
+        let data = crate::safe_open::map(path, &Policy::default())?;
+        Self::from_mapped(data, path, display, |_| bias)
     }
 
-    fn load_with(
+    /// The module's file, as mapped (for its CFI: no second open).
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    fn from_mapped(
+        data: Mapped,
         path: &Path,
         display: &str,
         bias_of: impl FnOnce(&object::File<'_>) -> u64,
     ) -> std::io::Result<Module> {
-        let data = Bytes::open(path)?;
         let file = object::File::parse(&*data)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
         let bias = bias_of(&file);
@@ -104,7 +110,7 @@ impl Module {
         // separate debug file, found by build id, when installed (Debian's *-dbg packages).
         if file.section_by_name(".symtab").is_none() {
             if let Some(debug) = debug_file(&file) {
-                if let Ok(d) = Bytes::open(&debug) {
+                if let Ok(d) = crate::safe_open::map(&debug, &Policy::default()) {
                     if let Ok(dfile) = object::File::parse(&*d) {
                         for sym in dfile.symbols() {
                             add(sym);
@@ -239,38 +245,17 @@ fn debug_file(file: &object::File<'_>) -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-/// A module file's bytes: mapped read-only (or read, when mapping fails, as for `/proc`
-/// files).
-enum Bytes {
-    Map(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Bytes {
-    fn open(path: &Path) -> std::io::Result<Bytes> {
-        if !std::fs::metadata(path)?.is_file() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
-        }
-        let f = std::fs::File::open(path)?;
-        // SAFETY: a read-only private mapping of a module file; if the file is truncated
-        // while mapped, reads past its new end fault (SIGBUS), the usual caveat of mapping
-        // files: executables and libraries are not rewritten in place while analysed.
-        match unsafe { memmap2::Mmap::map(&f) } {
-            Ok(m) if !m.is_empty() => Ok(Bytes::Map(m)),
-            _ => Ok(Bytes::Owned(std::fs::read(path)?)),
-        }
-    }
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Map(m) => m,
-            Bytes::Owned(v) => v,
+/// The load bias that puts file offset `off` of `file` at runtime address `start` (`None`:
+/// the file is at its link address).
+fn placement_bias(file: &object::File<'_>, map: Option<(u64, u64)>) -> u64 {
+    match map {
+        None => 0,
+        Some((start, off)) => {
+            let svma = file.segments().find_map(|s| {
+                let (fo, fsz) = s.file_range();
+                (off >= fo && off - fo < fsz.max(1)).then(|| s.address().wrapping_add(off - fo))
+            });
+            start.wrapping_sub(svma.unwrap_or(0))
         }
     }
 }
@@ -281,6 +266,11 @@ pub struct Symbolizer {
     modules: Vec<Module>,
     /// Files that could not be opened: (path, error).
     pub missing: Vec<(String, String)>,
+    /// How files are opened (see [`crate::safe_open`]); a live process's source may allow its
+    /// `/proc/PID` prefix here.
+    pub open_policy: Policy,
+    /// Files opened so far, by (device, inode): one file under many names loads once.
+    seen: HashSet<(u64, u64)>,
 }
 
 impl Symbolizer {
@@ -291,9 +281,28 @@ impl Symbolizer {
 
     /// Adds a module (see [`Module::load`]); a file that cannot be read is recorded in
     /// [`Symbolizer::missing`].
+    ///
+    /// The file is opened with [`Symbolizer::open_policy`]; a file already loaded under another
+    /// name (same device and inode) is skipped.
     pub fn add(&mut self, path: &Path, display: &str, map: Option<(u64, u64)>) {
-        match Module::load(path, display, map) {
-            Ok(m) => self.modules.push(m),
+        self.add_with(path, display, |file| placement_bias(file, map))
+    }
+
+    fn add_with(
+        &mut self,
+        path: &Path,
+        display: &str,
+        bias_of: impl FnOnce(&object::File<'_>) -> u64,
+    ) {
+        let loaded = crate::safe_open::open(path, &self.open_policy).and_then(|f| {
+            if !self.seen.insert(f.id) {
+                return Ok(None);
+            }
+            Module::from_mapped(f.map()?, path, display, bias_of).map(Some)
+        });
+        match loaded {
+            Ok(Some(m)) => self.modules.push(m),
+            Ok(None) => {}
             Err(e) => self.missing.push((display.to_string(), e.to_string())),
         }
     }
@@ -301,31 +310,50 @@ impl Symbolizer {
     /// Adds a module at a known load bias (see [`Module::load_biased`]); a file that cannot be
     /// read is recorded in [`Symbolizer::missing`].
     pub fn add_biased(&mut self, path: &Path, display: &str, bias: u64) {
-        match Module::load_biased(path, display, bias) {
-            Ok(m) => self.modules.push(m),
-            Err(e) => self.missing.push((display.to_string(), e.to_string())),
-        }
+        self.add_with(path, display, |_| bias)
     }
 
-    /// Modules from a core's mapped files, each opened at `sysroot` + its path.
+    /// Modules from a core's mapped files, each opened at `sysroot` + its path (at most
+    /// [`MAX_MODULES`] distinct paths; one file under several names is loaded once).
     pub fn from_mappings(mappings: &[Mapping], sysroot: Option<&Path>) -> Self {
         let mut s = Self::new();
-        let mut seen: Vec<&str> = Vec::new();
-        for m in mappings {
-            if seen.contains(&m.path.as_str()) || !m.path.starts_with('/') {
-                continue;
-            }
-            seen.push(&m.path);
-            // The lowest file offset mapped for this path.
-            let first = mappings
-                .iter()
-                .filter(|x| x.path == m.path)
-                .min_by_key(|x| x.offset)
-                .unwrap_or(m);
-            let file = resolve(sysroot, &m.path);
-            s.add(&file, &m.path, Some((first.range.lo, first.offset)));
-        }
+        s.add_mappings(mappings, sysroot);
         s
+    }
+
+    /// Adds the modules of `mappings` as [`Symbolizer::from_mappings`] does, opening files with
+    /// this symbolizer's [`Symbolizer::open_policy`] (set it first to allow a `/proc/PID`
+    /// prefix).
+    pub fn add_mappings(&mut self, mappings: &[Mapping], sysroot: Option<&Path>) {
+        let s = self;
+        // One pass: each path's mapping with the lowest file offset, in order of appearance.
+        let mut order: Vec<&Mapping> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for m in mappings.iter().filter(|m| m.path.starts_with('/')) {
+            match index.get(m.path.as_str()) {
+                Some(&i) if order[i].offset <= m.offset => {}
+                Some(&i) => order[i] = m,
+                None => {
+                    index.insert(&m.path, order.len());
+                    order.push(m);
+                }
+            }
+        }
+        if order.len() > MAX_MODULES {
+            s.missing.push((
+                format!(
+                    "{} and {} more",
+                    order[MAX_MODULES].path,
+                    order.len() - MAX_MODULES - 1
+                ),
+                format!("over the limit of {MAX_MODULES} mapped files: skipped"),
+            ));
+            order.truncate(MAX_MODULES);
+        }
+        for first in order {
+            let file = resolve(sysroot, &first.path);
+            s.add(&file, &first.path, Some((first.range.lo, first.offset)));
+        }
     }
 
     /// Modules of the running process, from `/proc/self/maps`. Not async-signal-safe.
