@@ -725,7 +725,13 @@ pub fn registered() -> Vec<(Transition, &'static str)> {
 
 /// Registers a stack (a system stack, a coroutine stack, a stack segment) whose memory live
 /// captures may read and across which they may walk. Not async-signal-safe.
-pub fn register_stack(range: Range) -> Result<Id, RegistryError> {
+///
+/// # Safety
+/// Live captures (on any thread, also in signal handlers) read any 8-aligned word inside
+/// `range` once it is registered. Every byte of `range` must stay mapped and readable from this
+/// call until [`unregister_stack`] of the returned id has returned *and* no capture that began
+/// before that can still be walking it (see [`unregister_stack`]).
+pub unsafe fn register_stack(range: Range) -> Result<Id, RegistryError> {
     if range.is_empty() {
         return Err(RegistryError::EmptyRange);
     }
@@ -993,7 +999,8 @@ mod tests {
     #[test]
     fn live_stacks() {
         let base = 0x6666_0000_0000u64;
-        let id = register_stack(Range::new(base, base + 4096)).unwrap();
+        // SAFETY: not mapped, but nothing walks there: only lookups, no reads.
+        let id = unsafe { register_stack(Range::new(base, base + 4096)) }.unwrap();
         assert_eq!(
             registered_stack(base + 100),
             Some(Range::new(base, base + 4096))

@@ -38,7 +38,12 @@ pub fn init_thread() {
 
 /// Tells `unwind` this thread's stack bounds directly (for threads on stacks that
 /// `/proc/self/maps` cannot describe, or to skip the lookup). Async-signal-safe.
-pub fn set_thread_stack(range: Range) {
+///
+/// # Safety
+/// Every byte of `range` must stay mapped and readable for as long as this thread may capture
+/// (its whole life, unless a later call replaces the range): captures read any address inside
+/// it without further checks, also from signal handlers.
+pub unsafe fn set_thread_stack(range: Range) {
     THREAD_STACK.with(|c| c.set(range));
 }
 

@@ -173,7 +173,8 @@ fn ensure_stack() -> Range {
         None => {
             let r = map_stack(size).expect("unwind::system_stack: cannot map a system stack");
             // A full registry only means captures find this stack through /proc/self/maps.
-            let _ = transition::register_stack(r);
+            // SAFETY: `r` is our own mapping; system stacks are pooled, never unmapped.
+            let _ = unsafe { transition::register_stack(r) };
             r
         }
     };
