@@ -342,8 +342,16 @@ mod maps {
     //! `/proc/self/maps` parsing with raw open/read/close: async-signal-safe, no allocation.
     use crate::memory::Range;
 
-    /// The mapping that contains `addr`.
+    /// The mapping that contains `addr`. Leaves `errno` as it found it: this runs inside user
+    /// signal handlers and inside `GlobalAlloc`, whose callers may be about to read `errno`.
     pub fn mapping_containing(addr: u64) -> Option<Range> {
+        let errno = crate::live::errno::Saved::new();
+        let found = scan(addr);
+        drop(errno);
+        found
+    }
+
+    fn scan(addr: u64) -> Option<Range> {
         const PATH: &[u8] = b"/proc/self/maps\0";
         // SAFETY: PATH is NUL-terminated; open has no other preconditions.
         let fd = unsafe { libc::open(PATH.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
@@ -353,17 +361,32 @@ mod maps {
         let mut buf = [0u8; 4096];
         let mut have = 0usize;
         let mut found = None;
+        // Inside a line longer than the buffer (a long path): its range was checked, the rest
+        // of it is skipped up to its newline.
+        let mut skipping = false;
         'outer: loop {
             // SAFETY: writes at most buf.len() - have bytes into the unused tail of buf.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().add(have).cast(), buf.len() - have) };
             if n <= 0 {
-                if have > 0 {
+                if have > 0 && !skipping {
                     found = parse_line(&buf[..have]).filter(|r| r.contains(addr));
                 }
                 break;
             }
             have += n as usize;
             let mut start = 0;
+            if skipping {
+                match buf[..have].iter().position(|&b| b == b'\n') {
+                    Some(nl) => {
+                        skipping = false;
+                        start = nl + 1;
+                    }
+                    None => {
+                        have = 0;
+                        continue;
+                    }
+                }
+            }
             while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
                 if let Some(r) = parse_line(&buf[start..start + nl]) {
                     if r.contains(addr) {
@@ -376,7 +399,13 @@ mod maps {
             buf.copy_within(start..have, 0);
             have -= start;
             if have == buf.len() {
-                break; // a line longer than the buffer: give up
+                // A line longer than the buffer: its range is at its start.
+                if let Some(r) = parse_line(&buf[..have]).filter(|r| r.contains(addr)) {
+                    found = Some(r);
+                    break;
+                }
+                skipping = true;
+                have = 0;
             }
         }
         // SAFETY: fd was opened above and is closed once.
@@ -426,6 +455,56 @@ mod maps {
             assert_eq!(parse_line(b"garbage"), None);
             assert_eq!(parse_line(b"2000-1000 r"), None);
             assert_eq!(parse_line(b"12345678901234567-1 r"), None);
+        }
+
+        /// A maps line longer than the 4 KiB buffer (a mapped file with a ~4000-byte path) before
+        /// the stack's line must not end the scan.
+        #[test]
+        fn long_line_does_not_end_the_scan() {
+            use std::ffi::CString;
+            let mut dir = std::env::temp_dir().join(format!("unwind-long-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let root = dir.clone();
+            // Components of at most 250 bytes (NAME_MAX 255), the whole under PATH_MAX 4096.
+            while dir.as_os_str().len() < 3800 {
+                let n = (3800 - dir.as_os_str().len()).clamp(1, 250);
+                dir.push("d".repeat(n));
+            }
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("f".repeat(250));
+            std::fs::write(&file, [7u8; 4096]).unwrap();
+            assert!(file.as_os_str().len() > 4000);
+            let c = CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a NUL-terminated path; the fd is closed below.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+            assert!(fd >= 0);
+            // Map it low, below the executable, so its line precedes the stack's.
+            let hint = 0x1000_0000usize;
+            // SAFETY: a fresh private read-only mapping at an address nothing else uses
+            // (MAP_FIXED_NOREPLACE fails rather than replace a mapping); unmapped below.
+            let p = unsafe {
+                libc::mmap(
+                    hint as *mut libc::c_void,
+                    4096,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE,
+                    fd,
+                    0,
+                )
+            };
+            assert_eq!(p as usize, hint, "mmap at the hint failed");
+            let x = 5u64;
+            let a = &x as *const u64 as u64;
+            let stack = mapping_containing(a);
+            let low = mapping_containing(hint as u64 + 8);
+            // SAFETY: unmaps the mapping made above; closes the fd opened above.
+            unsafe {
+                libc::munmap(p, 4096);
+                libc::close(fd);
+            }
+            let _ = std::fs::remove_dir_all(&root);
+            assert!(stack.is_some_and(|r| r.contains(a)), "{stack:?}");
+            assert_eq!(low, Some(Range::new(hint as u64, hint as u64 + 4096)));
         }
 
         #[test]

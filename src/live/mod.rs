@@ -10,4 +10,5 @@ pub use capture::*;
 
 pub mod builtin;
 pub mod coroutine;
+mod errno;
 pub mod system_stack;
