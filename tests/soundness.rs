@@ -111,3 +111,45 @@ fn first_capture_keeps_errno() {
     );
     assert_eq!(e, 78);
 }
+
+/// The permissions of the mapping holding `addr` (from /proc/self/maps) and its bounds.
+fn mapping_of(addr: u64) -> Option<(u64, u64, String)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines().find_map(|l| {
+        let (range, rest) = l.split_once(' ')?;
+        let (lo, hi) = range.split_once('-')?;
+        let (lo, hi) = (
+            u64::from_str_radix(lo, 16).ok()?,
+            u64::from_str_radix(hi, 16).ok()?,
+        );
+        (lo <= addr && addr < hi).then(|| (lo, hi, rest[..4].to_string()))
+    })
+}
+
+/// `register_thread`'s alternate stack: a guard of exactly one real page (sysconf), below a
+/// stack that is all readable and writable. (With a hard-coded 4 KiB guard on a 64 KiB-page
+/// kernel the `mprotect` covered the whole stack; this host has 4 KiB pages, so here the test
+/// checks the layout against the real page size rather than reproduce that kernel.)
+#[test]
+fn alt_stack_guard_is_one_real_page() {
+    std::thread::spawn(|| {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        let reg = unwind::cpu::try_register_thread().expect("register_thread");
+        // SAFETY: stack_t is plain data; sigaltstack(NULL, &cur) only reads the current one.
+        let mut cur: libc::stack_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sigaltstack(std::ptr::null(), &mut cur) }, 0);
+        let lo = cur.ss_sp as u64;
+        let hi = lo + cur.ss_size as u64;
+        assert!(cur.ss_size >= unwind::cpu::ALT_STACK_SIZE);
+        assert_eq!(lo % page, 0);
+        let (glo, ghi, gperm) = mapping_of(lo - 1).unwrap();
+        assert_eq!((ghi, ghi - glo, gperm.as_str()), (lo, page, "---p"));
+        let (slo, shi, sperm) = mapping_of(lo).unwrap();
+        assert!(slo <= lo && hi <= shi && sperm.starts_with("rw"), "{sperm}");
+        drop(reg);
+    })
+    .join()
+    .unwrap();
+}

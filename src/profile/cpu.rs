@@ -122,6 +122,9 @@ pub enum Error {
     Sigaction(i32),
     /// `setitimer` or `timer_create`/`timer_settime` failed (errno).
     Timer(i32),
+    /// [`try_register_thread`] could not map, guard or install the thread's alternate signal
+    /// stack (errno of the failing `mmap`, `mprotect` or `sigaltstack`).
+    AltStack(i32),
 }
 
 impl fmt::Display for Error {
@@ -131,6 +134,7 @@ impl fmt::Display for Error {
             Error::BadFrequency => f.write_str("frequency must be 1 Hz to 1 MHz"),
             Error::Sigaction(e) => write!(f, "sigaction(SIGPROF) failed: errno {e}"),
             Error::Timer(e) => write!(f, "timer setup failed: errno {e}"),
+            Error::AltStack(e) => write!(f, "alternate signal stack setup failed: errno {e}"),
         }
     }
 }
@@ -412,7 +416,21 @@ thread_local! {
 /// [`TimerMode::PerThread`], starts this thread's timer. Registering again on the same thread
 /// only counts; the thread stays registered until its last registration is dropped. Not
 /// async-signal-safe.
+///
+/// # Panics
+/// When the alternate signal stack cannot be set up (see [`try_register_thread`], which returns
+/// the error instead): a thread is never sampled without a usable stack for the handler.
 pub fn register_thread() -> ThreadRegistration {
+    match try_register_thread() {
+        Ok(r) => r,
+        Err(e) => panic!("unwind::cpu::register_thread: {e}"),
+    }
+}
+
+/// [`register_thread`], returning [`Error::AltStack`] when the alternate signal stack cannot be
+/// mapped, its guard page protected, or installed; the thread is then not registered and no
+/// timer is armed for it.
+pub fn try_register_thread() -> Result<ThreadRegistration, Error> {
     let guard = ThreadRegistration {
         _not_send: core::marker::PhantomData,
     };
@@ -424,11 +442,11 @@ pub fn register_thread() -> ThreadRegistration {
         None => false,
     });
     if again {
-        return guard;
+        return Ok(guard);
     }
     crate::live::init_thread();
     let tid = gettid();
-    let alt = install_alt_stack();
+    let alt = Some(install_alt_stack()?);
     {
         let mut reg = registry();
         let timer = match reg.running {
@@ -444,7 +462,7 @@ pub fn register_thread() -> ThreadRegistration {
         reg.threads.push(ThreadEntry { tid, timer });
     }
     THIS_THREAD.with(|t| *t.borrow_mut() = Some(Registered { tid, count: 1, alt }));
-    guard
+    Ok(guard)
 }
 
 impl Drop for ThreadRegistration {
@@ -507,41 +525,51 @@ fn remove_alt_stack(alt: AltStack) {
     }
 }
 
-fn install_alt_stack() -> Option<AltStack> {
-    let page = 4096usize;
-    let len = ALT_STACK_SIZE + page;
+/// Maps [`ALT_STACK_SIZE`] (rounded up to whole pages) plus a guard page of the system's real
+/// page size below it, and installs it as this thread's alternate signal stack.
+fn install_alt_stack() -> Result<AltStack, Error> {
+    let page = crate::live::page_size();
+    let size = ALT_STACK_SIZE.div_ceil(page) * page;
+    let len = size + page;
     // SAFETY: anonymous private mapping; the result is checked.
     let base = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
             -1,
             0,
         )
     };
     if base == libc::MAP_FAILED {
-        return None;
+        return Err(Error::AltStack(errno()));
     }
-    // SAFETY: the first page of our own mapping becomes the guard page.
-    unsafe { libc::mprotect(base, page, libc::PROT_NONE) };
+    // SAFETY: the first page of our own mapping (mmap returns page-aligned memory) becomes the
+    // guard page; nothing refers to it yet.
+    if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+        let e = errno();
+        // SAFETY: unmaps the mapping made above, which nothing uses.
+        unsafe { libc::munmap(base, len) };
+        return Err(Error::AltStack(e));
+    }
     let ss = libc::stack_t {
         // SAFETY: base + page is inside the mapping.
         ss_sp: unsafe { base.cast::<u8>().add(page) }.cast(),
         ss_flags: 0,
-        ss_size: ALT_STACK_SIZE,
+        ss_size: size,
     };
     // SAFETY: stack_t is plain data.
     let mut previous: libc::stack_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers; the new stack is mapped and stays mapped until the registration
     // restores `previous`.
     if unsafe { libc::sigaltstack(&ss, &mut previous) } != 0 {
+        let e = errno();
         // SAFETY: unmaps the mapping made above.
         unsafe { libc::munmap(base, len) };
-        return None;
+        return Err(Error::AltStack(e));
     }
-    Some(AltStack {
+    Ok(AltStack {
         base,
         len,
         previous,
