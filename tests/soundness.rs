@@ -153,3 +153,144 @@ fn alt_stack_guard_is_one_real_page() {
     .join()
     .unwrap();
 }
+
+/// Walks from a frame pointer at `fp` (and the stack pointer of this function), through the
+/// live memory a capture here would use. Returns the trace's stop reason and length.
+#[inline(never)]
+fn walk_from_fp(fp: u64) -> (unwind::StopReason, usize) {
+    let local = 0u64;
+    let sp = std::hint::black_box(&local) as *const u64 as u64;
+    let mut mem = unwind::live::LiveMemory::for_sp(sp, None);
+    assert_eq!(unwind::Memory::read_u64(&mut mem, fp), None);
+    let mut w: unwind::Walker<unwind::arch::native::Native, _, _> =
+        unwind::Walker::new(unwind::transition::NoTransitions);
+    let mut buf = [Frame::EMPTY; 16];
+    let start = unwind::Start::exact(unwind::Regs::new(
+        walk_from_fp as *const () as usize as u64,
+        sp,
+        fp,
+    ));
+    let t = w.walk(start, &mut mem, &mut buf);
+    (t.stop, t.len)
+}
+
+/// An address in the middle of `[lo, hi)`, 16-aligned.
+fn middle(lo: u64, hi: u64) -> u64 {
+    (lo + (hi - lo) / 2) & !15
+}
+
+/// Item 1: the first capture of a thread runs inside a coroutine (unregistered, like a
+/// stacker segment). The coroutine and its stack are dropped; a frame pointer into the freed
+/// range must stop the walk, not fault.
+#[test]
+fn first_capture_in_a_dropped_coroutine_is_not_trusted() {
+    use corosensei::stack::{DefaultStack, Stack};
+    std::thread::spawn(|| {
+        let stack = DefaultStack::new(128 * 1024).unwrap();
+        let (lo, hi) = (stack.limit().get() as u64, stack.base().get() as u64);
+        let mut co =
+            corosensei::Coroutine::with_stack(stack, |_y: &corosensei::Yielder<(), ()>, ()| {
+                let mut buf = [Frame::EMPTY; 64];
+                unwind::capture(&mut buf)
+            });
+        let n = match co.resume(()) {
+            corosensei::CoroutineResult::Return(n) => n,
+            corosensei::CoroutineResult::Yield(()) => unreachable!(),
+        };
+        assert!(n > 0);
+        drop(co); // unmaps the coroutine's stack
+        let (stop, len) = walk_from_fp(middle(lo, hi));
+        assert_eq!(len, 1, "{stop:?}");
+    })
+    .join()
+    .unwrap();
+}
+
+/// Item 1, segments: a capture on an unregistered `on_stack` segment once made its mapping a
+/// cached "extra stack" for the thread's life. The segment is freed; a frame pointer into it
+/// must stop the walk.
+#[test]
+fn a_freed_segment_is_not_trusted() {
+    use corosensei::stack::{DefaultStack, Stack};
+    std::thread::spawn(|| {
+        unwind::init_thread();
+        let mut seg = DefaultStack::new(128 * 1024).unwrap();
+        let (lo, hi) = (seg.limit().get() as u64, seg.base().get() as u64);
+        let n = corosensei::on_stack(&mut seg, || {
+            let mut buf = [Frame::EMPTY; 64];
+            unwind::capture(&mut buf)
+        });
+        assert!(n > 0);
+        drop(seg);
+        let (stop, len) = walk_from_fp(middle(lo, hi));
+        assert_eq!(len, 1, "{stop:?}");
+    })
+    .join()
+    .unwrap();
+}
+
+static ALT_CAPTURED: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn capture_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let mut buf = [Frame::EMPTY; 64];
+    ALT_CAPTURED.store(unwind::capture(&mut buf), Ordering::SeqCst);
+}
+
+/// Item 1, alternate stacks: the first capture of a thread is `capture()` in a real SIGUSR1
+/// handler running on a `sigaltstack` (no `ucontext` to say so). The alternate stack is then
+/// replaced and unmapped; a frame pointer into it must stop the walk.
+#[test]
+fn first_capture_on_a_replaced_alt_stack_is_not_trusted() {
+    if !in_child("first_capture_on_a_replaced_alt_stack_is_not_trusted") {
+        return;
+    }
+    // SAFETY: a plain SA_SIGINFO | SA_ONSTACK handler for SIGUSR1, in this child process only.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = capture_handler
+            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+    std::thread::spawn(|| {
+        let len = 256 * 1024;
+        // SAFETY: a fresh anonymous mapping, checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let ss = libc::stack_t {
+            ss_sp: p,
+            ss_flags: 0,
+            ss_size: len,
+        };
+        // SAFETY: installs our mapping as this thread's alternate stack.
+        assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
+        // SAFETY: raises SIGUSR1 on this thread; the handler runs on the alternate stack.
+        unsafe { libc::raise(libc::SIGUSR1) };
+        assert!(ALT_CAPTURED.load(Ordering::SeqCst) > 0);
+        let off = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
+        // SAFETY: disables the alternate stack (we are not on it), then unmaps it.
+        unsafe {
+            assert_eq!(libc::sigaltstack(&off, std::ptr::null_mut()), 0);
+            libc::munmap(p, len);
+        }
+        let (lo, hi) = (p as u64, p as u64 + len as u64);
+        let (stop, n) = walk_from_fp(middle(lo, hi));
+        assert_eq!(n, 1, "{stop:?}");
+    })
+    .join()
+    .unwrap();
+}

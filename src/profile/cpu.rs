@@ -849,10 +849,8 @@ mod tests {
     fn thread_cpu_clock_matches_glibc() {
         let mut clock: libc::clockid_t = 0;
         // SAFETY: pthread_self is this live thread; valid out pointer.
-        assert_eq!(
-            unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) },
-            0
-        );
+        let r = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+        assert_eq!(r, 0);
         assert_eq!(thread_cpu_clock(gettid()), clock);
     }
 
