@@ -294,3 +294,88 @@ fn first_capture_on_a_replaced_alt_stack_is_not_trusted() {
     .join()
     .unwrap();
 }
+
+static PREV_SIGPROF: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn prev_sigprof(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    PREV_SIGPROF.fetch_add(1, Ordering::SeqCst);
+}
+
+fn sigprof_action() -> libc::sigaction {
+    // SAFETY: reads the current SIGPROF action into a zeroed struct.
+    unsafe {
+        let mut cur: libc::sigaction = std::mem::zeroed();
+        assert_eq!(
+            libc::sigaction(libc::SIGPROF, std::ptr::null(), &mut cur),
+            0
+        );
+        cur
+    }
+}
+
+/// Burns CPU time on this thread for `d` of wall time.
+fn spin_for(d: std::time::Duration) -> u64 {
+    let t0 = std::time::Instant::now();
+    let mut x = 0u64;
+    while t0.elapsed() < d {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+    x
+}
+
+/// Item 6: a SIGPROF handler installed before the CPU profiler (another profiler, Go through
+/// cgo) still gets the SIGPROFs that are not the profiler's, does not get the profiler's timer
+/// signals, and is back in place after stop.
+#[test]
+fn sigprof_is_chained_and_restored() {
+    if !in_child("sigprof_is_chained_and_restored") {
+        return;
+    }
+    let prev = prev_sigprof as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+        as usize;
+    // SAFETY: installs a counting SA_SIGINFO handler for SIGPROF in this child process.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = prev;
+        sa.sa_flags = libc::SA_SIGINFO;
+        assert_eq!(libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()), 0);
+    }
+    let reg = unwind::cpu::register_thread();
+    let p = unwind::cpu::CpuProfiler::start(unwind::cpu::Config {
+        frequency_hz: 1000,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_ne!(sigprof_action().sa_sigaction, prev, "profiler installed");
+    // SAFETY: sends SIGPROF to this thread (si_code SI_TKILL: not a profiler timer).
+    unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGPROF) };
+    assert_eq!(PREV_SIGPROF.load(Ordering::SeqCst), 1, "not chained");
+    spin_for(std::time::Duration::from_millis(300));
+    let profile = p.stop();
+    assert!(profile.stats.recorded > 0, "{:?}", profile.stats);
+    assert_eq!(
+        PREV_SIGPROF.load(Ordering::SeqCst),
+        1,
+        "the profiler's own signals reached the previous handler"
+    );
+    assert_eq!(sigprof_action().sa_sigaction, prev, "not restored");
+    drop(reg);
+}
+
+/// Item 6, pprof-rs #288: when SIGPROF had its default action (terminate), stopping the
+/// profiler leaves it ignored, so a late timer signal cannot kill the process.
+#[test]
+fn sigprof_default_is_not_restored() {
+    if !in_child("sigprof_default_is_not_restored") {
+        return;
+    }
+    assert_eq!(sigprof_action().sa_sigaction, libc::SIG_DFL);
+    let reg = unwind::cpu::register_thread();
+    let p = unwind::cpu::CpuProfiler::start(unwind::cpu::Config::default()).unwrap();
+    spin_for(std::time::Duration::from_millis(50));
+    drop(p.stop());
+    assert_eq!(sigprof_action().sa_sigaction, libc::SIG_IGN);
+    // SAFETY: a late SIGPROF; ignored, the process lives on.
+    unsafe { libc::raise(libc::SIGPROF) };
+    drop(reg);
+}

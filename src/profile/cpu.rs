@@ -209,7 +209,15 @@ const PROBES: usize = 16;
 
 /// The SIGPROF handler. Async-signal-safe: atomics, a capture into a claimed static slot, and
 /// errno saved and restored (the capture may read /proc/self/maps on a thread's first sample).
-extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+/// A SIGPROF that is not from our timers goes to the handler installed before ours
+/// ([`super::sigprof`]).
+extern "C" fn on_sigprof(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: `info` is the siginfo_t the kernel passed to this SA_SIGINFO handler.
+    if !unsafe { super::sigprof::is_ours(info) } {
+        // SAFETY: the kernel's arguments to this SA_SIGINFO handler, passed on unchanged.
+        unsafe { super::sigprof::chain(sig, info, uc) };
+        return;
+    }
     // SAFETY: __errno_location returns this thread's errno slot; reading and writing it is
     // async-signal-safe.
     let errno = unsafe { *libc::__errno_location() };
@@ -346,6 +354,8 @@ fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
     sev.sigev_notify = libc::SIGEV_THREAD_ID;
     sev.sigev_signo = libc::SIGPROF;
     sev.sigev_notify_thread_id = tid;
+    // Marks the signals as ours (see `sigprof::is_ours`).
+    sev.sigev_value.sival_ptr = super::sigprof::TIMER_TAG as *mut libc::c_void;
     let mut timer: libc::timer_t = std::ptr::null_mut();
     // SAFETY: valid pointers to a filled sigevent and to the out timer id.
     if unsafe { libc::timer_create(clock, &mut sev, &mut timer) } != 0 {
@@ -576,27 +586,21 @@ fn install_alt_stack() -> Result<AltStack, Error> {
     })
 }
 
-/// Installs the SIGPROF handler, with `SA_ONSTACK` or without. Done at every start: another
-/// profiler (pprof-rs) may have replaced it meanwhile.
+/// Installs the SIGPROF handler, with `SA_ONSTACK` or without, remembering the handler it
+/// replaces (restored on stop). Done at every start: another profiler (pprof-rs) may have
+/// replaced it meanwhile.
 fn install_handler(on_alt_stack: bool) -> Result<(), Error> {
-    // SAFETY: installs an SA_SIGINFO handler that is async-signal-safe (see `on_sigprof`).
     // SA_RESTART keeps interrupted system calls of the profiled program going; SA_ONSTACK runs
-    // the handler on the thread's alternate stack.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigprof
-            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
-            as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-        if on_alt_stack {
-            sa.sa_flags |= libc::SA_ONSTACK;
-        }
-        libc::sigemptyset(&mut sa.sa_mask);
-        if libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()) != 0 {
-            return Err(Error::Sigaction(errno()));
-        }
+    // the handler on the thread's alternate stack. `on_sigprof` is async-signal-safe.
+    let mut flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    if on_alt_stack {
+        flags |= libc::SA_ONSTACK;
     }
-    Ok(())
+    super::sigprof::install(handler_address(), flags).map_err(Error::Sigaction)
+}
+
+fn handler_address() -> usize {
+    on_sigprof as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize
 }
 
 fn set_itimer(p: Duration) -> Result<(), Error> {
@@ -688,6 +692,7 @@ impl CpuProfiler {
                 .ok()
         };
         ENABLED.store(true, Ordering::SeqCst);
+        super::sigprof::PROCESS_TIMER.store(config.timer == TimerMode::Process, Ordering::SeqCst);
         let armed = match config.timer {
             TimerMode::Process => set_itimer(period(&config)),
             TimerMode::PerThread => {
@@ -778,6 +783,10 @@ impl CpuProfiler {
         while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
             std::thread::yield_now();
         }
+        // Give SIGPROF back to whoever had it (never to the default action: a timer signal
+        // still pending would kill the process).
+        super::sigprof::restore(handler_address());
+        super::sigprof::PROCESS_TIMER.store(false, Ordering::SeqCst);
         self.shared.stop.store(true, Ordering::Release);
         if let Some(c) = self.collector.take() {
             c.thread().unpark();
