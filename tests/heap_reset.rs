@@ -69,7 +69,10 @@ fn reset_during_allocation_and_snapshot() {
     }
     let resets = resetter.join().unwrap();
     heap::stop();
-    assert!(snapshots > 10 && resets > 10, "{snapshots} snapshots, {resets} resets");
+    assert!(
+        snapshots > 10 && resets > 10,
+        "{snapshots} snapshots, {resets} resets"
+    );
     assert!(
         bad.is_empty(),
         "{} torn samples in {snapshots} snapshots ({resets} resets): {:?}",
