@@ -82,14 +82,20 @@ fn crossings(c: &mut Criterion) {
     // The coroutine's closure must be 'static: it owns its buffer and the on_stack segment, and
     // runs `iters` captures per resume, yielding the time they took.
     let mut co_stack = DefaultStack::new(1 << 20).unwrap();
-    let _r1 = unwind::coroutine::register_stack(
-        co_stack.limit().get() as u64,
-        co_stack.base().get() as u64,
-    )
+    // SAFETY: `co_stack` outlives `_r1` (declared before it, dropped after).
+    let _r1 = unsafe {
+        unwind::coroutine::register_stack(
+            co_stack.limit().get() as u64,
+            co_stack.base().get() as u64,
+        )
+    }
     .unwrap();
     let mut seg = DefaultStack::new(1 << 20).unwrap();
-    let _r2 = unwind::coroutine::register_stack(seg.limit().get() as u64, seg.base().get() as u64)
-        .unwrap();
+    // SAFETY: `seg` outlives `_r2` (declared before it, dropped after).
+    let _r2 = unsafe {
+        unwind::coroutine::register_stack(seg.limit().get() as u64, seg.base().get() as u64)
+    }
+    .unwrap();
     let mut co = corosensei::Coroutine::with_stack(
         &mut co_stack,
         move |y: &corosensei::Yielder<u64, Duration>, mut iters: u64| {
@@ -113,18 +119,25 @@ fn crossings(c: &mut Criterion) {
     // Check once that the captures really cross all three switches.
     {
         let probe_stack = DefaultStack::new(1 << 20).unwrap();
-        let _r = unwind::coroutine::register_stack(
-            probe_stack.limit().get() as u64,
-            probe_stack.base().get() as u64,
-        );
+        // SAFETY: the stack moves into `probe`, which is declared after `_r` and so dropped
+        // (freeing the stack) first: `_r` is dropped explicitly below, before `probe`.
+        let _r = unsafe {
+            unwind::coroutine::register_stack(
+                probe_stack.limit().get() as u64,
+                probe_stack.base().get() as u64,
+            )
+        };
         let mut probe = corosensei::Coroutine::with_stack(
             probe_stack,
             |_y: &corosensei::Yielder<(), ()>, ()| {
                 let mut s2 = DefaultStack::new(1 << 20).unwrap();
-                let _r = unwind::coroutine::register_stack(
-                    s2.limit().get() as u64,
-                    s2.base().get() as u64,
-                );
+                // SAFETY: `s2` outlives `_r` (declared before it, dropped after).
+                let _r = unsafe {
+                    unwind::coroutine::register_stack(
+                        s2.limit().get() as u64,
+                        s2.base().get() as u64,
+                    )
+                };
                 corosensei::on_stack(&mut s2, || {
                     unwind::system_stack::run(|| {
                         let mut buf = [Frame::EMPTY; 128];
@@ -139,6 +152,8 @@ fn crossings(c: &mut Criterion) {
             corosensei::CoroutineResult::Yield(()) => 0,
         };
         println!("probe: deepest stack index {r} (3 = crossed all three switches)");
+        drop(_r);
+        drop(probe);
     }
     g.bench_function("capture, 3 transitions", |b| {
         b.iter_custom(|iters| match co.resume(iters) {

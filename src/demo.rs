@@ -189,9 +189,11 @@ fn demo_worker(stop: &AtomicBool, rounds: &AtomicU64, slice: Duration) -> u64 {
     let _reg = unwind::cpu::register_thread();
     let mut acc = 0u64;
     let mut stack = DefaultStack::new(256 * 1024).expect("coroutine stack");
-    let registered =
+    // SAFETY: `stack` outlives the registration (dropped before it below).
+    let registered = unsafe {
         unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
-            .ok();
+    }
+    .ok();
     {
         let mut co: Co<'_> = corosensei::Coroutine::with_stack(
             &mut stack,

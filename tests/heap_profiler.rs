@@ -553,9 +553,11 @@ fn resumes_for_heap() -> usize {
     use corosensei::stack::{DefaultStack, Stack};
     use corosensei::{Coroutine, CoroutineResult};
     let mut stack = DefaultStack::new(128 * 1024).unwrap();
-    let reg =
+    // SAFETY: `stack` outlives `reg`, which is dropped first.
+    let reg = unsafe {
         unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
-            .unwrap();
+    }
+    .unwrap();
     let mut co = Coroutine::with_stack(&mut stack, |_y, ()| alloc_in_coroutine(3));
     let r = match co.resume(()) {
         CoroutineResult::Return(r) => r,

@@ -189,9 +189,11 @@ fn spin_on_system_stack() {
 fn spin_in_coroutine_on_system_stack() {
     use corosensei::stack::{DefaultStack, Stack};
     let mut stack = DefaultStack::new(256 * 1024).unwrap();
-    let reg =
+    // SAFETY: `stack` outlives `reg`, which is dropped first.
+    let reg = unsafe {
         unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
-            .unwrap();
+    }
+    .unwrap();
     let mut co =
         corosensei::Coroutine::with_stack(&mut stack, |_y: &corosensei::Yielder<(), ()>, ()| {
             spin_on_system_stack()
@@ -484,10 +486,14 @@ fn registry_churn_while_handlers_capture() {
                     )
                     .unwrap();
                     assert_eq!(transition::Live.lookup(lo + 1).map(|t| t.id), Some(id));
-                    let sid = transition::register_stack(unwind::Range::new(
-                        lo + 0x1000_0000,
-                        lo + 0x1000_0100,
-                    ))
+                    // SAFETY: not mapped, but no frame chain in this test points into it (the
+                    // spinner's stacks are far from 0x61..): no capture reads it.
+                    let sid = unsafe {
+                        transition::register_stack(unwind::Range::new(
+                            lo + 0x1000_0000,
+                            lo + 0x1000_0100,
+                        ))
+                    }
                     .unwrap();
                     assert!(transition::registered_stack(lo + 0x1000_0080).is_some());
                     transition::unregister(id).unwrap();

@@ -217,9 +217,11 @@ fn in_coroutine_body(naive_walk: bool) -> Captured {
 #[inline(never)]
 fn resumes_a_coroutine(naive_walk: bool) -> (Captured, Captured) {
     let mut stack = DefaultStack::new(128 * 1024).unwrap();
-    let reg =
+    // SAFETY: the stack outlives `reg`, which is dropped first.
+    let reg = unsafe {
         unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
-            .unwrap();
+    }
+    .unwrap();
     let mut co = Coroutine::with_stack(&mut stack, move |y, ()| {
         // Capture on the first resume, and again after a suspend (the parent link is rewritten
         // on every resume).
@@ -280,9 +282,11 @@ fn corosensei_coroutine_capture_reaches_the_resumer() {
 #[inline(never)]
 fn calls_corosensei_on_stack(naive_walk: bool) -> Captured {
     let mut stack = DefaultStack::new(64 * 1024).unwrap();
-    let reg =
+    // SAFETY: the stack outlives `reg`, which is dropped first.
+    let reg = unsafe {
         unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
-            .unwrap();
+    }
+    .unwrap();
     let c = corosensei::on_stack(&mut stack, || in_coroutine_body(naive_walk));
     drop(reg);
     black_box(&c);
@@ -362,8 +366,11 @@ fn three_deep_inner() -> Captured {
 #[inline(never)]
 fn three_deep_segment() -> Captured {
     let mut seg = DefaultStack::new(128 * 1024).unwrap();
-    let reg = unwind::coroutine::register_stack(seg.limit().get() as u64, seg.base().get() as u64)
-        .unwrap();
+    // SAFETY: the stack outlives `reg`, which is dropped first.
+    let reg = unsafe {
+        unwind::coroutine::register_stack(seg.limit().get() as u64, seg.base().get() as u64)
+    }
+    .unwrap();
     let c = corosensei::on_stack(&mut seg, three_deep_inner);
     drop(reg);
     black_box(&c);
@@ -373,9 +380,11 @@ fn three_deep_segment() -> Captured {
 #[inline(never)]
 fn three_deep_outer() -> Captured {
     let mut stack = DefaultStack::new(128 * 1024).unwrap();
-    let reg =
+    // SAFETY: the stack outlives `reg`, which is dropped first.
+    let reg = unsafe {
         unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
-            .unwrap();
+    }
+    .unwrap();
     let mut co = Coroutine::with_stack(&mut stack, |_y: &corosensei::Yielder<(), ()>, ()| {
         three_deep_segment()
     });

@@ -36,14 +36,33 @@ pub struct LoadedModule {
 
 /// Enumerates the loaded objects. Takes the loader's lock: not for signal handlers.
 pub fn loaded_modules() -> Vec<LoadedModule> {
+    enumerate(false).into_iter().map(|(m, _)| m).collect()
+}
+
+/// A module's `.eh_frame_hdr` and `.eh_frame`, copied out of its mapping while the loader's lock
+/// was held (so a `dlclose` racing [`refresh`] cannot unmap them under the parser).
+struct CopiedCfi {
+    hdr: Vec<u8>,
+    hdr_vaddr: u64,
+    eh: Vec<u8>,
+    eh_vaddr: u64,
+}
+
+/// Enumerates the loaded objects; with `copy`, copies each one's in-memory CFI sections inside
+/// the `dl_iterate_phdr` callback (where the loader guarantees the object stays mapped).
+fn enumerate(copy: bool) -> Vec<(LoadedModule, Option<CopiedCfi>)> {
+    struct Out {
+        copy: bool,
+        mods: Vec<(LoadedModule, Option<CopiedCfi>)>,
+    }
     unsafe extern "C" fn cb(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
         data: *mut libc::c_void,
     ) -> libc::c_int {
-        // SAFETY: `data` is the `&mut Vec` passed below, alive for the whole dl_iterate_phdr
+        // SAFETY: `data` is the `&mut Out` passed below, alive for the whole dl_iterate_phdr
         // call; `info` is valid for this callback, with `dlpi_phnum` headers at `dlpi_phdr`.
-        let (out, info) = unsafe { (&mut *(data as *mut Vec<LoadedModule>), &*info) };
+        let (out, info) = unsafe { (&mut *(data as *mut Out), &*info) };
         let name = if info.dlpi_name.is_null() {
             String::new()
         } else {
@@ -59,7 +78,7 @@ pub fn loaded_modules() -> Vec<LoadedModule> {
             unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
         };
         let mut m = LoadedModule {
-            path: if name.is_empty() && out.is_empty() {
+            path: if name.is_empty() && out.mods.is_empty() {
                 "/proc/self/exe".into()
             } else {
                 name
@@ -76,33 +95,69 @@ pub fn loaded_modules() -> Vec<LoadedModule> {
             }
         }
         if !m.path.is_empty() || m.eh_frame_hdr.is_some() {
-            out.push(m);
+            let copied = if out.copy {
+                // SAFETY: `m` was just built from the loader's own program headers for this
+                // object, which stays mapped while this callback runs (the loader's lock keeps
+                // `dlclose` out).
+                unsafe { copy_from_memory(&m) }.ok()
+            } else {
+                None
+            };
+            out.mods.push((m, copied));
         }
         0
     }
-    let mut out: Vec<LoadedModule> = Vec::new();
+    let mut out = Out {
+        copy,
+        mods: Vec::new(),
+    };
     // SAFETY: the callback only reads what the loader passes it and writes to `out`.
-    unsafe { libc::dl_iterate_phdr(Some(cb), (&mut out as *mut Vec<LoadedModule>).cast()) };
-    out
+    unsafe { libc::dl_iterate_phdr(Some(cb), (&mut out as *mut Out).cast()) };
+    out.mods
 }
 
 /// Prepares a loaded module's CFI: from its file, else from its mapped `.eh_frame_hdr`.
-pub fn prepare_loaded(arch: ArchKind, m: &LoadedModule) -> Result<PreparedCfi, CfiError> {
+///
+/// # Safety
+/// When the file cannot be used this reads the module's memory: `m` must describe an object
+/// that is loaded now (as [`loaded_modules`] reported it: its `bias`, `loads` and
+/// `eh_frame_hdr` exactly as the loader's program headers give them) and that stays loaded
+/// (no `dlclose`) until this returns. [`refresh`] needs no such promise: it copies the sections
+/// while the loader's lock is held.
+pub unsafe fn prepare_loaded(arch: ArchKind, m: &LoadedModule) -> Result<PreparedCfi, CfiError> {
+    prepare_with(arch, m, || {
+        // SAFETY: forwarded from the caller.
+        unsafe { copy_from_memory(m) }
+    })
+}
+
+fn prepare_with(
+    arch: ArchKind,
+    m: &LoadedModule,
+    copy: impl FnOnce() -> Result<CopiedCfi, CfiError>,
+) -> Result<PreparedCfi, CfiError> {
     let path = Path::new(&m.path);
     let from_file = if path.is_absolute() && path.exists() {
         parse_file(arch, path, m.bias)
     } else {
         Err(CfiError::Object)
     };
+    let from_memory = || copy().and_then(|c| from_copy(arch, m, &c));
     match from_file {
         Ok(t) if !t.is_empty() => Ok(t),
-        Ok(t) => from_memory(arch, m).or(Ok(t)),
-        Err(e) => from_memory(arch, m).map_err(|_| e),
+        Ok(t) => from_memory().or(Ok(t)),
+        Err(e) => from_memory().map_err(|_| e),
     }
 }
 
-/// Reads `.eh_frame_hdr` and `.eh_frame` where the loader mapped them.
-fn from_memory(arch: ArchKind, m: &LoadedModule) -> Result<PreparedCfi, CfiError> {
+/// Copies `.eh_frame_hdr` and `.eh_frame` from where the loader mapped them. `.eh_frame`'s
+/// length is found by walking its length fields to the zero terminator (bounded by the
+/// segment), so only the section is copied.
+///
+/// # Safety
+/// `m` must describe an object loaded now, with its real bias and `PT_LOAD` segments, that stays
+/// loaded until this returns.
+unsafe fn copy_from_memory(m: &LoadedModule) -> Result<CopiedCfi, CfiError> {
     let (hdr_vaddr, hdr_size) = m.eh_frame_hdr.ok_or(CfiError::NoCfi)?;
     let in_load = |addr: u64| {
         m.loads
@@ -115,9 +170,9 @@ fn from_memory(arch: ArchKind, m: &LoadedModule) -> Result<PreparedCfi, CfiError
     if hdr_size > room || hdr_size < 4 {
         return Err(CfiError::BadHeader);
     }
-    // SAFETY: [hdr_vaddr, +hdr_size) lies inside one of this module's PT_LOAD segments,
-    // which the loader mapped readable at + bias and keeps mapped while the module is loaded
-    // (the caller prepares loaded modules only, outside dlclose).
+    // SAFETY: [hdr_vaddr, +hdr_size) lies inside one of this module's PT_LOAD segments, which
+    // the loader mapped readable at + bias and keeps mapped while the module is loaded (the
+    // caller's promise).
     let hdr = unsafe {
         std::slice::from_raw_parts(
             hdr_vaddr.wrapping_add(m.bias) as *const u8,
@@ -132,15 +187,61 @@ fn from_memory(arch: ArchKind, m: &LoadedModule) -> Result<PreparedCfi, CfiError
         gimli::Pointer::Direct(a) => a,
         gimli::Pointer::Indirect(_) => return Err(CfiError::BadHeader),
     };
-    let eh_len = in_load(eh_vaddr).ok_or(CfiError::BadHeader)?;
-    // SAFETY: as above: [eh_vaddr, + eh_len) is the rest of a loaded segment. gimli stops at
-    // .eh_frame's zero terminator; data past it is never interpreted.
-    let eh = unsafe {
-        std::slice::from_raw_parts(eh_vaddr.wrapping_add(m.bias) as *const u8, eh_len as usize)
+    let eh_room = in_load(eh_vaddr).ok_or(CfiError::BadHeader)?;
+    // SAFETY: as above: [eh_vaddr, + eh_room) is the rest of a loaded segment.
+    let rest = unsafe {
+        std::slice::from_raw_parts(eh_vaddr.wrapping_add(m.bias) as *const u8, eh_room as usize)
     };
+    let eh_len = eh_frame_len(rest);
+    Ok(CopiedCfi {
+        hdr: hdr.to_vec(),
+        hdr_vaddr,
+        eh: rest[..eh_len].to_vec(),
+        eh_vaddr,
+    })
+}
+
+/// The length of the `.eh_frame` at the start of `data`: entries up to and including the zero
+/// terminator, or all of `data` when an entry runs past its end.
+fn eh_frame_len(data: &[u8]) -> usize {
+    let word = |at: usize, n: usize| -> Option<u64> {
+        let b = data.get(at..at.checked_add(n)?)?;
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(b);
+        Some(u64::from_le_bytes(v))
+    };
+    let mut at = 0usize;
+    loop {
+        let Some(len) = word(at, 4) else {
+            return data.len();
+        };
+        if len == 0 {
+            return at + 4;
+        }
+        let (len, head) = if len == 0xffff_ffff {
+            match word(at + 4, 8) {
+                Some(l) => (l, 12u64),
+                None => return data.len(),
+            }
+        } else {
+            (len, 4)
+        };
+        match (at as u64)
+            .checked_add(head)
+            .and_then(|x| x.checked_add(len))
+            .filter(|&x| x <= data.len() as u64)
+        {
+            Some(next) => at = next as usize,
+            None => return data.len(),
+        }
+    }
+}
+
+/// Prepares CFI from copied sections.
+fn from_copy(arch: ArchKind, m: &LoadedModule, c: &CopiedCfi) -> Result<PreparedCfi, CfiError> {
     let sections = Sections {
-        eh_frame: Some((eh, eh_vaddr)),
-        eh_frame_hdr: Some((hdr, hdr_vaddr)),
+        eh_frame: Some((&c.eh, c.eh_vaddr)),
+        eh_frame_hdr: Some((&c.hdr, c.hdr_vaddr)),
         ..Sections::default()
     };
     PreparedCfi::parse(arch, &sections, m.bias, &m.path)
@@ -170,8 +271,9 @@ pub fn refresh() -> (&'static Unwinder, Vec<(String, CfiError)>) {
     };
     let mut u = Unwinder::new();
     let mut failed = Vec::new();
-    for m in loaded_modules() {
-        match prepare_loaded(arch, &m) {
+    for (m, copied) in enumerate(true) {
+        let copy = || copied.ok_or(CfiError::NoCfi);
+        match prepare_with(arch, &m, copy) {
             Ok(t) => u.add(t),
             Err(e) => failed.push((m.path.clone(), e)),
         }
@@ -242,7 +344,12 @@ mod tests {
         else {
             return; // no vDSO with CFI on this kernel
         };
-        let t = from_memory(arch, &v).unwrap();
+        // SAFETY: `v` comes from loaded_modules() and the vDSO is never unloaded.
+        let c = unsafe { copy_from_memory(&v) }.unwrap();
+        let t = from_copy(arch, &v, &c).unwrap();
         assert!(!t.is_empty());
+        // Only the section is copied, up to its zero terminator.
+        assert_eq!(eh_frame_len(&c.eh), c.eh.len());
+        assert_eq!(&c.eh[c.eh.len() - 4..], &[0, 0, 0, 0]);
     }
 }

@@ -380,6 +380,10 @@ pub const MAX_TRANSITIONS: usize = 256;
 pub const MAX_STACKS: usize = 1024;
 /// How many times a reader retries when it races a writer before giving up on that lookup.
 const READ_RETRIES: usize = 64;
+/// How long a writer waits for readers to leave the buffer it must rewrite. A walk takes
+/// microseconds; a reader that stays longer was preempted for long or leaked its pin (a signal
+/// handler that `siglongjmp`ed out of a walk).
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Errors from registration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,6 +395,11 @@ pub enum RegistryError {
     EmptyRange,
     /// No entry with that id.
     UnknownId,
+    /// A reader stayed pinned in the buffer this change must rewrite for longer than a writer
+    /// waits (one second): a walk was abandoned mid-way (a `siglongjmp` out of a signal
+    /// handler) or its thread is stopped. Additions fail with this until the reader leaves;
+    /// removals still take effect (see [`unregister_stack`]).
+    Busy,
 }
 
 impl core::fmt::Display for RegistryError {
@@ -399,6 +408,7 @@ impl core::fmt::Display for RegistryError {
             RegistryError::Full => "the transition registry is full",
             RegistryError::EmptyRange => "empty address range",
             RegistryError::UnknownId => "no registered entry with that id",
+            RegistryError::Busy => "a reader is stuck in the registry; try again later",
         })
     }
 }
@@ -513,6 +523,9 @@ impl<const N: usize, const W: usize> Buffer<N, W> {
 struct SeqTable<const N: usize, const W: usize> {
     active: AtomicUsize,
     readers: [AtomicUsize; 2],
+    /// The last publish gave up waiting for readers: the next one does not wait again while
+    /// they are still there.
+    stuck: core::sync::atomic::AtomicBool,
     env_lo: AtomicU64,
     env_hi: AtomicU64,
     bufs: [Buffer<N, W>; 2],
@@ -537,6 +550,7 @@ impl<const N: usize, const W: usize> SeqTable<N, W> {
         SeqTable {
             active: AtomicUsize::new(0),
             readers: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            stuck: core::sync::atomic::AtomicBool::new(false),
             env_lo: AtomicU64::new(0),
             env_hi: AtomicU64::new(0),
             bufs: [Self::BUFFER; 2],
@@ -544,19 +558,34 @@ impl<const N: usize, const W: usize> SeqTable<N, W> {
     }
 
     /// Publishes `rows` (sorted by word 0, at most N). Callers serialise writers (the registry's
-    /// mutex). Waits for readers that may still be in the inactive buffer (a walk's length).
-    fn publish(&self, rows: &[[u64; W]], env: Range) {
+    /// mutex). Waits for readers that may still be in the inactive buffer (a walk's length), at
+    /// most [`WRITER_WAIT`]; then publishes nothing and returns [`RegistryError::Busy`].
+    fn publish(&self, rows: &[[u64; W]], env: Range) -> Result<(), RegistryError> {
         let next = 1 - self.active.load(Ordering::SeqCst);
         // Readers of `next` that pinned it before the last flip: let them finish.
         let mut spins = 0u32;
+        let mut deadline = None;
         while self.readers[next].load(Ordering::SeqCst) != 0 {
             spins += 1;
             if spins < 64 {
                 core::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+                continue;
             }
+            if self.stuck.load(Ordering::Relaxed) {
+                return Err(RegistryError::Busy);
+            }
+            let now = std::time::Instant::now();
+            match deadline {
+                None => deadline = Some(now + WRITER_WAIT),
+                Some(d) if now >= d => {
+                    self.stuck.store(true, Ordering::Relaxed);
+                    return Err(RegistryError::Busy);
+                }
+                Some(_) => {}
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
         }
+        self.stuck.store(false, Ordering::Relaxed);
         // Widen the envelope to cover the old and the new version while both may be read.
         let (lo, hi) = (
             self.env_lo.load(Ordering::Relaxed),
@@ -576,6 +605,22 @@ impl<const N: usize, const W: usize> SeqTable<N, W> {
         self.active.store(next, Ordering::SeqCst);
         self.env_lo.store(env.lo, Ordering::SeqCst);
         self.env_hi.store(env.hi, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Removes the row with id `id` (word 2) from the *active* buffer in place, by emptying its
+    /// range (`hi = lo`), for when a publish could not proceed. Readers load a row's words one
+    /// by one: a reader that loaded the old `hi` before this store may still match the row, as
+    /// it may when it looked the entry up just before an ordinary removal; any later reader
+    /// finds nothing. Callers serialise writers.
+    fn remove_in_place(&self, id: u64) {
+        let b = &self.bufs[self.active.load(Ordering::SeqCst)];
+        let n = b.len.load(Ordering::Relaxed).min(N);
+        for s in &b.slots[..n] {
+            if W > 2 && s[2].load(Ordering::Relaxed) == id {
+                s[1].store(s[0].load(Ordering::Relaxed), Ordering::SeqCst);
+            }
+        }
     }
 
     /// Pins the active buffer (bounded retries). Each retry means a writer flipped between our
@@ -654,7 +699,7 @@ impl Writer {
         }
     }
 
-    fn publish_transitions(&mut self) {
+    fn publish_transitions(&mut self) -> Result<(), RegistryError> {
         self.transitions.sort_by_key(|(t, _)| t.range.lo);
         let rows: Vec<[u64; 6]> = self
             .transitions
@@ -665,10 +710,10 @@ impl Writer {
             })
             .collect();
         let entries: Vec<Transition> = self.transitions.iter().map(|(t, _)| *t).collect();
-        TRANSITIONS.publish(&rows, envelope(&entries));
+        TRANSITIONS.publish(&rows, envelope(&entries))
     }
 
-    fn publish_stacks(&mut self) {
+    fn publish_stacks(&mut self) -> Result<(), RegistryError> {
         self.stacks.sort_by_key(|(r, _)| r.lo);
         let rows: Vec<[u64; 3]> = self
             .stacks
@@ -677,7 +722,7 @@ impl Writer {
             .collect();
         let lo = self.stacks.iter().map(|(r, _)| r.lo).min().unwrap_or(0);
         let hi = self.stacks.iter().map(|(r, _)| r.hi).max().unwrap_or(0);
-        STACKS.publish(&rows, Range::new(lo, hi));
+        STACKS.publish(&rows, Range::new(lo, hi))
     }
 }
 
@@ -693,11 +738,16 @@ pub fn register(range: Range, rule: Rule, name: &'static str) -> Result<Id, Regi
     }
     let id = w.fresh_id();
     w.transitions.push((Transition { range, rule, id }, name));
-    w.publish_transitions();
+    if let Err(e) = w.publish_transitions() {
+        w.transitions.pop();
+        return Err(e);
+    }
     Ok(id)
 }
 
-/// Removes a live transition. Not async-signal-safe.
+/// Removes a live transition. Not async-signal-safe. Always takes effect for later lookups, also
+/// when a stuck reader keeps the registry from publishing a new version (the entry is then
+/// emptied in place).
 pub fn unregister(id: Id) -> Result<(), RegistryError> {
     let mut w = writer();
     let n = w.transitions.len();
@@ -705,7 +755,9 @@ pub fn unregister(id: Id) -> Result<(), RegistryError> {
     if w.transitions.len() == n {
         return Err(RegistryError::UnknownId);
     }
-    w.publish_transitions();
+    if w.publish_transitions().is_err() {
+        TRANSITIONS.remove_in_place(id as u64);
+    }
     Ok(())
 }
 
@@ -725,7 +777,13 @@ pub fn registered() -> Vec<(Transition, &'static str)> {
 
 /// Registers a stack (a system stack, a coroutine stack, a stack segment) whose memory live
 /// captures may read and across which they may walk. Not async-signal-safe.
-pub fn register_stack(range: Range) -> Result<Id, RegistryError> {
+///
+/// # Safety
+/// Live captures (on any thread, also in signal handlers) read any 8-aligned word inside
+/// `range` once it is registered. Every byte of `range` must stay mapped and readable from this
+/// call until [`unregister_stack`] of the returned id has returned *and* no capture that began
+/// before that can still be walking it (see [`unregister_stack`]).
+pub unsafe fn register_stack(range: Range) -> Result<Id, RegistryError> {
     if range.is_empty() {
         return Err(RegistryError::EmptyRange);
     }
@@ -735,7 +793,10 @@ pub fn register_stack(range: Range) -> Result<Id, RegistryError> {
     }
     let id = w.fresh_id();
     w.stacks.push((range, id));
-    w.publish_stacks();
+    if let Err(e) = w.publish_stacks() {
+        w.stacks.retain(|(_, s)| *s != id);
+        return Err(e);
+    }
     Ok(id)
 }
 
@@ -744,6 +805,10 @@ pub fn register_stack(range: Range) -> Result<Id, RegistryError> {
 /// Memory of an unregistered stack may still be read by a capture that looked it up just before;
 /// free a stack's memory only when no capture can be walking it (for example, once the coroutine
 /// or thread that ran on it has finished and will not be sampled again).
+///
+/// Always takes effect for later lookups, also when a stuck reader keeps the registry from
+/// publishing a new version (the entry is then emptied in place): a stack's memory never stays
+/// readable through the registry after this returns because of a stuck reader.
 pub fn unregister_stack(id: Id) -> Result<(), RegistryError> {
     let mut w = writer();
     let n = w.stacks.len();
@@ -751,7 +816,9 @@ pub fn unregister_stack(id: Id) -> Result<(), RegistryError> {
     if w.stacks.len() == n {
         return Err(RegistryError::UnknownId);
     }
-    w.publish_stacks();
+    if w.publish_stacks().is_err() {
+        STACKS.remove_in_place(id as u64);
+    }
     Ok(())
 }
 
@@ -784,8 +851,11 @@ impl Transitions for Live {
 /// A pinned version of the live registry, for one walk: every lookup of the walk sees the same
 /// version, with no atomic read-modify-write per lookup. The version is pinned lazily, at the
 /// first return address that may be a transition: a walk that crosses nothing pins nothing.
-/// Writers wait for a pinned version to be dropped before they reuse its buffer, so drop it
-/// promptly (a walk's length). Async-signal-safe to create, use and drop.
+/// Writers wait for a pinned version to be released before they reuse its buffer, so hold it
+/// only for a walk's length. Outside the crate it exists only inside [`with_pinned`], by
+/// reference: safe code cannot leak a pin (`mem::forget`); a walk abandoned with `siglongjmp`
+/// can, and then writers give up after a bounded wait ([`RegistryError::Busy`]).
+/// Async-signal-safe to create, use and drop.
 ///
 /// Before pinning, [`Transitions::may_match`] checks the filters of both buffers without
 /// pinning. An entry registered throughout the walk is in the buffer that is not being rewritten,
@@ -797,9 +867,10 @@ pub struct Pinned {
 }
 
 impl Pinned {
-    /// A handle that will pin the current version when first needed.
+    /// A handle that will pin the current version when first needed. Crate-internal: the
+    /// handle must be dropped (never forgotten) at the end of the walk.
     #[inline]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Pinned {
             buf: core::cell::Cell::new(None),
             tried: core::cell::Cell::new(false),
@@ -818,10 +889,19 @@ impl Pinned {
     }
 }
 
-impl Default for Pinned {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Runs `f` with a [`Pinned`] version of the live registry (pinned lazily, released when `f`
+/// returns or panics). Async-signal-safe when `f` is. Use it for a walk over live memory with
+/// one registry version:
+///
+/// ```
+/// use unwind::transition::{with_pinned, Transitions};
+/// let none = with_pinned(|p| p.lookup(0x10));
+/// assert!(none.is_none());
+/// ```
+#[inline]
+pub fn with_pinned<R>(f: impl FnOnce(&Pinned) -> R) -> R {
+    let p = Pinned::new();
+    f(&p)
 }
 
 impl Drop for Pinned {
@@ -990,10 +1070,49 @@ mod tests {
         assert_eq!(Live.lookup(base + 0x5008), None);
     }
 
+    /// A reader that never unpins (a walk abandoned with `siglongjmp`): the writer gives up
+    /// after a bounded wait, later writers fail at once, removals still take effect in place,
+    /// and publishing resumes once the reader leaves. (Before: `publish` waited forever.)
+    #[test]
+    fn a_leaked_pin_bounds_the_writer() {
+        use std::time::{Duration, Instant};
+        static T: SeqTable<8, 3> = SeqTable::new();
+        T.publish(&[[100, 200, 1]], Range::new(100, 200)).unwrap();
+        let leaked = T.pin().unwrap();
+        // The other buffer is free: this publish succeeds and flips.
+        T.publish(&[[100, 200, 1], [300, 400, 2]], Range::new(100, 400))
+            .unwrap();
+        // Now the writer must rewrite the leaked buffer.
+        let t0 = Instant::now();
+        assert_eq!(
+            T.publish(&[[300, 400, 2]], Range::new(300, 400)),
+            Err(RegistryError::Busy)
+        );
+        assert!(t0.elapsed() >= WRITER_WAIT && t0.elapsed() < WRITER_WAIT * 5);
+        let t1 = Instant::now();
+        assert_eq!(
+            T.publish(&[[300, 400, 2]], Range::new(300, 400)),
+            Err(RegistryError::Busy)
+        );
+        assert!(
+            t1.elapsed() < Duration::from_millis(100),
+            "stuck: fail fast"
+        );
+        assert!(T.find(150).is_some());
+        T.remove_in_place(1);
+        assert_eq!(T.find(150), None);
+        assert_eq!(T.find(350).map(|r| r[2]), Some(2));
+        T.unpin(leaked);
+        T.publish(&[[300, 400, 2]], Range::new(300, 400)).unwrap();
+        assert_eq!(T.find(350).map(|r| r[2]), Some(2));
+        assert_eq!(T.find(150), None);
+    }
+
     #[test]
     fn live_stacks() {
         let base = 0x6666_0000_0000u64;
-        let id = register_stack(Range::new(base, base + 4096)).unwrap();
+        // SAFETY: not mapped, but nothing walks there: only lookups, no reads.
+        let id = unsafe { register_stack(Range::new(base, base + 4096)) }.unwrap();
         assert_eq!(
             registered_stack(base + 100),
             Some(Range::new(base, base + 4096))

@@ -6,11 +6,19 @@
 //! [`crate::transition::register_stack`] (system stacks, coroutines). A frame pointer outside
 //! all of them ends the walk; nothing outside them is ever read.
 //!
+//! Only the thread's real stack is cached (the `[stack]` mapping on the main thread, the mapping
+//! holding the thread's control block on others): a coroutine, a stacker segment or an
+//! alternate stack can be unmapped while the thread lives on, so a capture that starts on an
+//! unregistered one looks its mapping up afresh, for that walk only. Registered stacks and the
+//! alternate stack the kernel reports are checked first and never cached.
+//!
 //! Finding a thread's stack the first time uses `/proc/self/maps`, read with `open`/`read`/
 //! `close` into a stack buffer: async-signal-safe (POSIX lists those calls as such), no lock and
-//! no allocation, so even a signal handler that lands on a fresh thread can do it. It costs a few
-//! syscalls once per thread (or per unknown stack segment); call [`init_thread`] to pay it up
-//! front. After that, capture makes no system call.
+//! no allocation, and `errno` is restored, so even a signal handler that lands on a fresh thread
+//! can do it. It costs a few syscalls once per thread (and per capture that starts on an
+//! unregistered segment or coroutine: register those to avoid it); call [`init_thread`] to pay
+//! it up front. After that, a capture on the thread's own or a registered stack makes no system
+//! call.
 
 use crate::arch::native::{current_regs, Native};
 use crate::arch::{Arch, Regs};
@@ -21,11 +29,10 @@ use crate::walk::{Start, Walker};
 use core::cell::Cell;
 
 thread_local! {
-    /// This thread's stack, `[lo, hi)`; `hi == 0` until found.
+    /// This thread's own stack, `[lo, hi)`; `hi == 0` until found. Only ever the thread's real
+    /// stack (mapped for the thread's whole life), never a coroutine, a segment or an alternate
+    /// stack: those may be unmapped while the thread lives on (see [`find_thread_stack`]).
     static THREAD_STACK: Cell<Range> = const { Cell::new(Range::new(0, 0)) };
-    /// The last extra stack segment found through /proc/self/maps (a stacker segment, an
-    /// unregistered alternate stack).
-    static EXTRA_STACK: Cell<Range> = const { Cell::new(Range::new(0, 0)) };
 }
 
 /// Records this thread's stack bounds now (outside any signal handler), so that later captures,
@@ -38,7 +45,12 @@ pub fn init_thread() {
 
 /// Tells `unwind` this thread's stack bounds directly (for threads on stacks that
 /// `/proc/self/maps` cannot describe, or to skip the lookup). Async-signal-safe.
-pub fn set_thread_stack(range: Range) {
+///
+/// # Safety
+/// Every byte of `range` must stay mapped and readable for as long as this thread may capture
+/// (its whole life, unless a later call replaces the range): captures read any address inside
+/// it without further checks, also from signal handlers.
+pub unsafe fn set_thread_stack(range: Range) {
     THREAD_STACK.with(|c| c.set(range));
 }
 
@@ -48,18 +60,100 @@ fn sp_now() -> (u64, u64, u64) {
     (r.pc, r.sp, r.fp)
 }
 
-/// The mapping of this thread's stack containing `sp`, cached.
+/// This thread's real stack, found once and cached; `sp` is where the caller is now (which may
+/// be a coroutine, a segment or an alternate stack, not the thread's stack).
 fn thread_stack(sp: u64) -> Option<Range> {
     let cached = THREAD_STACK.with(|c| c.get());
-    if cached.contains(sp) {
+    if !cached.is_empty() {
         return Some(cached);
     }
-    if !cached.is_empty() {
-        return None; // sp is on some other stack (alternate, coroutine, segment)
+    let on_other = registered_stack(sp).is_some();
+    find_thread_stack(sp, on_other).thread
+}
+
+/// What one `/proc/self/maps` scan found at the start of a capture.
+struct Found {
+    /// The thread's real stack (now cached).
+    thread: Option<Range>,
+    /// The readable, writable, anonymous mapping holding `sp`, when it is not the thread's stack
+    /// (an unregistered coroutine or stacker segment, an alternate stack): valid for this walk
+    /// only (the capture runs on it, so it cannot go away meanwhile), never cached.
+    sp_mapping: Option<Range>,
+}
+
+/// Finds and caches the thread's real stack, with one scan of `/proc/self/maps`
+/// (async-signal-safe, see the module docs). Which mapping is the thread's own stack:
+/// - the main thread's is labelled `[stack]`;
+/// - any other thread's holds its thread control block (`pthread_self()`): glibc and musl put
+///   it at the top of the block they map (or the caller supplies) for the thread's stack.
+///
+/// Only that mapping is cached; the mapping holding `sp` when it differs (`sp` on a coroutine,
+/// a stacker segment, an alternate stack) is returned for one walk. `sp_on_other` says that
+/// `sp` is on a registered stack or the reported alternate stack, which are never the thread's
+/// stack. When neither rule identifies the thread's stack (a thread whose control block is not
+/// on its stack), the mapping holding `sp` is cached, as before, unless `sp` is on a registered
+/// or alternate stack.
+#[inline(never)]
+fn find_thread_stack(sp: u64, sp_on_other: bool) -> Found {
+    // SAFETY: pthread_self has no preconditions (it reads the thread pointer).
+    let tcb = unsafe { libc::pthread_self() } as u64;
+    let scan = maps::scan([sp, tcb], true);
+    let [at_sp, at_tcb] = scan.found;
+    let cache = |r: Range| {
+        THREAD_STACK.with(|c| c.set(r));
+        Some(r)
+    };
+    let sp_map = at_sp.filter(|m| m.anon_rw).map(|m| m.range);
+    // `sp` on the thread's own stack: the common first capture.
+    if let Some(m) = at_sp.filter(|m| m.anon_rw && !sp_on_other) {
+        if m.main_stack || m.range.contains(tcb) {
+            return Found {
+                thread: cache(m.range),
+                sp_mapping: None,
+            };
+        }
     }
-    let found = maps::mapping_containing(sp)?;
-    THREAD_STACK.with(|c| c.set(found));
-    Some(found)
+    // `sp` is elsewhere: find the thread's stack by its own mark.
+    let errno = crate::live::errno::Saved::new();
+    // SAFETY: getpid and gettid have no preconditions.
+    let main = unsafe { libc::getpid() as libc::c_long == libc::syscall(libc::SYS_gettid) };
+    drop(errno);
+    let thread = if main {
+        scan.main_stack
+    } else {
+        at_tcb.filter(|m| m.anon_rw).map(|m| m.range)
+    };
+    if let Some(t) = thread {
+        return Found {
+            thread: cache(t),
+            sp_mapping: sp_map.filter(|r| *r != t),
+        };
+    }
+    // Unidentified: fall back to the mapping holding `sp`, unless it is known not to be the
+    // thread's stack (registered, or the alternate stack).
+    let on_alt = sp_map.is_some_and(|_| on_alt_stack(sp));
+    match sp_map {
+        Some(r) if !sp_on_other && !on_alt => Found {
+            thread: cache(r),
+            sp_mapping: None,
+        },
+        _ => Found {
+            thread: None,
+            sp_mapping: sp_map,
+        },
+    }
+}
+
+/// Is `sp` on this thread's current alternate signal stack? (`sigaltstack`: async-signal-safe.)
+fn on_alt_stack(sp: u64) -> bool {
+    let _errno = crate::live::errno::Saved::new();
+    // SAFETY: stack_t is plain data; sigaltstack(NULL, &cur) only writes `cur`.
+    let mut cur: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::sigaltstack(core::ptr::null(), &mut cur) } != 0 {
+        return false;
+    }
+    cur.ss_flags & libc::SS_DISABLE == 0 && sp.wrapping_sub(cur.ss_sp as u64) < cur.ss_size as u64
 }
 
 /// Memory of the current thread's stacks. Every read is checked against them.
@@ -94,27 +188,32 @@ impl LiveMemory {
     #[inline(never)]
     fn for_sp_slow(sp: u64, extra: Option<Range>) -> Self {
         let mut stacks = [Range::default(); 4];
-        if let Some(t) = thread_stack(sp) {
-            stacks[0] = t;
-        } else {
-            stacks[0] = THREAD_STACK.with(|c| c.get());
-            if registered_stack(sp).is_none() && !extra.is_some_and(|e| e.contains(sp)) {
-                let seg = EXTRA_STACK.with(|c| c.get());
-                stacks[1] = if seg.contains(sp) {
-                    seg
-                } else {
-                    match maps::mapping_containing(sp) {
-                        Some(r) => {
-                            EXTRA_STACK.with(|c| c.set(r));
-                            r
-                        }
-                        None => Range::default(),
-                    }
-                };
-            }
-        }
         if let Some(e) = extra {
             stacks[2] = e;
+        }
+        // Registered stacks and the alternate stack first: they are never the thread's own.
+        let registered = registered_stack(sp);
+        if let Some(r) = registered {
+            stacks[3] = r;
+        }
+        let on_other = registered.is_some() || extra.is_some_and(|e| e.contains(sp));
+        let cached = THREAD_STACK.with(|c| c.get());
+        if !cached.is_empty() {
+            stacks[0] = cached;
+            if !on_other {
+                // An unregistered segment or coroutine: looked up afresh for this walk (it may
+                // have been unmapped and its range reused since an earlier capture).
+                stacks[1] = maps::scan([sp, sp], false).found[0]
+                    .filter(|m| m.anon_rw)
+                    .map(|m| m.range)
+                    .unwrap_or_default();
+            }
+        } else {
+            let found = find_thread_stack(sp, on_other);
+            stacks[0] = found.thread.unwrap_or_default();
+            if !on_other {
+                stacks[1] = found.sp_mapping.unwrap_or_default();
+            }
         }
         LiveMemory { stacks }
     }
@@ -337,58 +436,139 @@ mod maps {
     //! `/proc/self/maps` parsing with raw open/read/close: async-signal-safe, no allocation.
     use crate::memory::Range;
 
+    /// One mapping, as a maps line describes it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Mapping {
+        /// Its bounds.
+        pub range: Range,
+        /// Readable, writable, private and anonymous (no file: inode 0): what every stack is,
+        /// and what can be read anywhere without a fault (a file mapping past the file's end
+        /// raises SIGBUS).
+        pub anon_rw: bool,
+        /// Labelled `[stack]`: the main thread's stack.
+        pub main_stack: bool,
+    }
+
+    /// What [`scan`] found.
+    pub struct Scan {
+        /// The mappings holding each address asked for.
+        pub found: [Option<Mapping>; 2],
+        /// The `[stack]` mapping, if the scan got that far.
+        pub main_stack: Option<Range>,
+    }
+
     /// The mapping that contains `addr`.
+    #[cfg(test)]
     pub fn mapping_containing(addr: u64) -> Option<Range> {
+        scan([addr, addr], false).found[0].map(|m| m.range)
+    }
+
+    /// Scans `/proc/self/maps` for the mappings holding `addrs` (and the `[stack]` mapping),
+    /// stopping once all are found. Leaves `errno` as it found it: this runs inside user
+    /// signal handlers and inside `GlobalAlloc`, whose callers may be about to read `errno`.
+    /// With `want_main`, goes on to the `[stack]` line (near the end) after both are found.
+    pub fn scan(addrs: [u64; 2], want_main: bool) -> Scan {
+        let errno = crate::live::errno::Saved::new();
+        let mut out = Scan {
+            found: [None, None],
+            main_stack: None,
+        };
+        scan_into(addrs, want_main, &mut out);
+        drop(errno);
+        out
+    }
+
+    fn scan_into(addrs: [u64; 2], want_main: bool, out: &mut Scan) {
         const PATH: &[u8] = b"/proc/self/maps\0";
         // SAFETY: PATH is NUL-terminated; open has no other preconditions.
         let fd = unsafe { libc::open(PATH.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
         if fd < 0 {
-            return None;
+            return;
         }
+        let note = |line: &[u8], out: &mut Scan| -> bool {
+            if let Some(m) = parse_line(line) {
+                for (f, &a) in out.found.iter_mut().zip(&addrs) {
+                    if m.range.contains(a) {
+                        *f = Some(m);
+                    }
+                }
+                if m.main_stack {
+                    out.main_stack = Some(m.range);
+                }
+            }
+            // Done when both addresses are placed (and [stack] seen, when wanted).
+            out.found.iter().all(|f| f.is_some()) && (!want_main || out.main_stack.is_some())
+        };
         let mut buf = [0u8; 4096];
         let mut have = 0usize;
-        let mut found = None;
+        // Inside a line longer than the buffer (a long path): its start was parsed, the rest
+        // of it is skipped up to its newline.
+        let mut skipping = false;
         'outer: loop {
             // SAFETY: writes at most buf.len() - have bytes into the unused tail of buf.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().add(have).cast(), buf.len() - have) };
             if n <= 0 {
-                if have > 0 {
-                    found = parse_line(&buf[..have]).filter(|r| r.contains(addr));
+                if have > 0 && !skipping {
+                    note(&buf[..have], out);
                 }
                 break;
             }
             have += n as usize;
             let mut start = 0;
-            while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
-                if let Some(r) = parse_line(&buf[start..start + nl]) {
-                    if r.contains(addr) {
-                        found = Some(r);
-                        break 'outer;
+            if skipping {
+                match buf[..have].iter().position(|&b| b == b'\n') {
+                    Some(nl) => {
+                        skipping = false;
+                        start = nl + 1;
                     }
+                    None => {
+                        have = 0;
+                        continue;
+                    }
+                }
+            }
+            while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
+                if note(&buf[start..start + nl], out) {
+                    break 'outer;
                 }
                 start += nl + 1;
             }
             buf.copy_within(start..have, 0);
             have -= start;
             if have == buf.len() {
-                break; // a line longer than the buffer: give up
+                // A line longer than the buffer: its range, permissions and inode are at its
+                // start.
+                if note(&buf[..have], out) {
+                    break;
+                }
+                skipping = true;
+                have = 0;
             }
         }
         // SAFETY: fd was opened above and is closed once.
         unsafe { libc::close(fd) };
-        found
     }
 
-    /// Parses `lo-hi ...` (hex) at the start of a maps line.
-    pub fn parse_line(line: &[u8]) -> Option<Range> {
-        let dash = line.iter().position(|&b| b == b'-')?;
-        let sp = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-        if sp <= dash {
+    /// Parses `lo-hi perms offset dev inode [path]` (hex range) at the start of a maps line.
+    pub fn parse_line(line: &[u8]) -> Option<Mapping> {
+        let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
+        let range = fields.next()?;
+        let dash = range.iter().position(|&b| b == b'-')?;
+        let lo = hex(&range[..dash])?;
+        let hi = hex(&range[dash + 1..])?;
+        if lo >= hi {
             return None;
         }
-        let lo = hex(&line[..dash])?;
-        let hi = hex(&line[dash + 1..sp])?;
-        (lo < hi).then_some(Range::new(lo, hi))
+        let perms = fields.next().unwrap_or(b"");
+        let _offset = fields.next();
+        let _dev = fields.next();
+        let inode = fields.next().unwrap_or(b"");
+        let path = fields.next().unwrap_or(b"");
+        Some(Mapping {
+            range: Range::new(lo, hi),
+            anon_rw: perms.starts_with(b"rw") && perms.get(3) == Some(&b'p') && inode == b"0",
+            main_stack: path == b"[stack]",
+        })
     }
 
     fn hex(s: &[u8]) -> Option<u64> {
@@ -416,11 +596,78 @@ mod maps {
         fn parses_lines() {
             assert_eq!(
                 parse_line(b"7ffd1000-7ffd3000 rw-p 00000000 00:00 0   [stack]"),
-                Some(Range::new(0x7ffd1000, 0x7ffd3000))
+                Some(Mapping {
+                    range: Range::new(0x7ffd1000, 0x7ffd3000),
+                    anon_rw: true,
+                    main_stack: true,
+                })
             );
+            assert_eq!(
+                parse_line(b"1000-2000 rw-p 00000000 00:00 0 ").map(|m| (m.anon_rw, m.main_stack)),
+                Some((true, false))
+            );
+            // File-backed, shared or read-only mappings are not stacks.
+            for l in [
+                &b"1000-2000 rw-p 00001000 08:01 1234   /usr/lib/x.so"[..],
+                b"1000-2000 rw-s 00000000 00:01 0",
+                b"1000-2000 r--p 00000000 00:00 0",
+                b"1000-2000 ---p 00000000 00:00 0",
+            ] {
+                assert_eq!(parse_line(l).map(|m| m.anon_rw), Some(false));
+            }
             assert_eq!(parse_line(b"garbage"), None);
             assert_eq!(parse_line(b"2000-1000 r"), None);
             assert_eq!(parse_line(b"12345678901234567-1 r"), None);
+        }
+
+        /// A maps line longer than the 4 KiB buffer (a mapped file with a ~4000-byte path) before
+        /// the stack's line must not end the scan.
+        #[test]
+        fn long_line_does_not_end_the_scan() {
+            use std::ffi::CString;
+            let mut dir = std::env::temp_dir().join(format!("unwind-long-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let root = dir.clone();
+            // Components of at most 250 bytes (NAME_MAX 255), the whole under PATH_MAX 4096.
+            while dir.as_os_str().len() < 3800 {
+                let n = (3800 - dir.as_os_str().len()).clamp(1, 250);
+                dir.push("d".repeat(n));
+            }
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("f".repeat(250));
+            std::fs::write(&file, [7u8; 4096]).unwrap();
+            assert!(file.as_os_str().len() > 4000);
+            let c = CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a NUL-terminated path; the fd is closed below.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+            assert!(fd >= 0);
+            // Map it low, below the executable, so its line precedes the stack's.
+            let hint = 0x1000_0000usize;
+            // SAFETY: a fresh private read-only mapping at an address nothing else uses
+            // (MAP_FIXED_NOREPLACE fails rather than replace a mapping); unmapped below.
+            let p = unsafe {
+                libc::mmap(
+                    hint as *mut libc::c_void,
+                    4096,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE,
+                    fd,
+                    0,
+                )
+            };
+            assert_eq!(p as usize, hint, "mmap at the hint failed");
+            let x = 5u64;
+            let a = &x as *const u64 as u64;
+            let stack = mapping_containing(a);
+            let low = mapping_containing(hint as u64 + 8);
+            // SAFETY: unmaps the mapping made above; closes the fd opened above.
+            unsafe {
+                libc::munmap(p, 4096);
+                libc::close(fd);
+            }
+            let _ = std::fs::remove_dir_all(&root);
+            assert!(stack.is_some_and(|r| r.contains(a)), "{stack:?}");
+            assert_eq!(low, Some(Range::new(hint as u64, hint as u64 + 4096)));
         }
 
         #[test]

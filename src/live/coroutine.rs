@@ -8,8 +8,11 @@
 //! # #[cfg(any())] {
 //! use corosensei::stack::{DefaultStack, Stack};
 //! let stack = DefaultStack::new(64 * 1024).unwrap();
-//! let _reg = unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
-//!     .unwrap();
+//! // SAFETY: `stack` outlives `_reg` (declared after it, dropped first).
+//! let _reg = unsafe {
+//!     unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
+//! }
+//! .unwrap();
 //! let mut co = corosensei::ScopedCoroutine::with_stack(&stack, |_y, ()| { /* ... */ });
 //! # }
 //! ```
@@ -48,8 +51,16 @@ impl Drop for RegisteredStack {
 
 /// Registers the stack `[lo, hi)` (lowest usable address, stack base). Not async-signal-safe
 /// (takes the registry's lock).
-pub fn register_stack(lo: u64, hi: u64) -> Result<RegisteredStack, RegistryError> {
+///
+/// # Safety
+/// Live captures on any thread (also in signal handlers) read any word of `[lo, hi)` while it is
+/// registered. The whole range must stay mapped and readable until the returned guard is
+/// dropped, and the guard must be dropped (not leaked with `mem::forget`, not kept in a leaked
+/// value) before the memory is unmapped or reused for something smaller.
+pub unsafe fn register_stack(lo: u64, hi: u64) -> Result<RegisteredStack, RegistryError> {
     let range = Range::new(lo, hi);
-    let id = transition::register_stack(range)?;
+    // SAFETY: the caller keeps `[lo, hi)` mapped until the guard is dropped, and the guard's
+    // drop unregisters it: the contract of `transition::register_stack`.
+    let id = unsafe { transition::register_stack(range) }?;
     Ok(RegisteredStack { id, range })
 }

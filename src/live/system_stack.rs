@@ -173,7 +173,8 @@ fn ensure_stack() -> Range {
         None => {
             let r = map_stack(size).expect("unwind::system_stack: cannot map a system stack");
             // A full registry only means captures find this stack through /proc/self/maps.
-            let _ = transition::register_stack(r);
+            // SAFETY: `r` is our own mapping; system stacks are pooled, never unmapped.
+            let _ = unsafe { transition::register_stack(r) };
             r
         }
     };
@@ -188,24 +189,14 @@ fn ensure_stack() -> Range {
     stack
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p <= 0 {
-        4096
-    } else {
-        p as usize
-    }
-}
-
 fn round_to_pages(n: usize) -> usize {
-    let p = page_size();
+    let p = crate::live::page_size();
     n.div_ceil(p).saturating_mul(p)
 }
 
 /// Maps `size` bytes of stack plus a guard page below them; returns the usable range.
 fn map_stack(size: usize) -> Option<Range> {
-    let page = page_size();
+    let page = crate::live::page_size();
     let total = size.checked_add(page)?;
     // SAFETY: an anonymous private mapping at an address the kernel chooses; no existing memory
     // is affected.

@@ -122,6 +122,9 @@ pub enum Error {
     Sigaction(i32),
     /// `setitimer` or `timer_create`/`timer_settime` failed (errno).
     Timer(i32),
+    /// [`try_register_thread`] could not map, guard or install the thread's alternate signal
+    /// stack (errno of the failing `mmap`, `mprotect` or `sigaltstack`).
+    AltStack(i32),
 }
 
 impl fmt::Display for Error {
@@ -131,6 +134,7 @@ impl fmt::Display for Error {
             Error::BadFrequency => f.write_str("frequency must be 1 Hz to 1 MHz"),
             Error::Sigaction(e) => write!(f, "sigaction(SIGPROF) failed: errno {e}"),
             Error::Timer(e) => write!(f, "timer setup failed: errno {e}"),
+            Error::AltStack(e) => write!(f, "alternate signal stack setup failed: errno {e}"),
         }
     }
 }
@@ -205,7 +209,15 @@ const PROBES: usize = 16;
 
 /// The SIGPROF handler. Async-signal-safe: atomics, a capture into a claimed static slot, and
 /// errno saved and restored (the capture may read /proc/self/maps on a thread's first sample).
-extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+/// A SIGPROF that is not from our timers goes to the handler installed before ours
+/// ([`super::sigprof`]).
+extern "C" fn on_sigprof(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: `info` is the siginfo_t the kernel passed to this SA_SIGINFO handler.
+    if !unsafe { super::sigprof::is_ours(info) } {
+        // SAFETY: the kernel's arguments to this SA_SIGINFO handler, passed on unchanged.
+        unsafe { super::sigprof::chain(sig, info, uc) };
+        return;
+    }
     // SAFETY: __errno_location returns this thread's errno slot; reading and writing it is
     // async-signal-safe.
     let errno = unsafe { *libc::__errno_location() };
@@ -342,6 +354,8 @@ fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
     sev.sigev_notify = libc::SIGEV_THREAD_ID;
     sev.sigev_signo = libc::SIGPROF;
     sev.sigev_notify_thread_id = tid;
+    // Marks the signals as ours (see `sigprof::is_ours`).
+    sev.sigev_value.sival_ptr = super::sigprof::TIMER_TAG as *mut libc::c_void;
     let mut timer: libc::timer_t = std::ptr::null_mut();
     // SAFETY: valid pointers to a filled sigevent and to the out timer id.
     if unsafe { libc::timer_create(clock, &mut sev, &mut timer) } != 0 {
@@ -412,7 +426,21 @@ thread_local! {
 /// [`TimerMode::PerThread`], starts this thread's timer. Registering again on the same thread
 /// only counts; the thread stays registered until its last registration is dropped. Not
 /// async-signal-safe.
+///
+/// # Panics
+/// When the alternate signal stack cannot be set up (see [`try_register_thread`], which returns
+/// the error instead): a thread is never sampled without a usable stack for the handler.
 pub fn register_thread() -> ThreadRegistration {
+    match try_register_thread() {
+        Ok(r) => r,
+        Err(e) => panic!("unwind::cpu::register_thread: {e}"),
+    }
+}
+
+/// [`register_thread`], returning [`Error::AltStack`] when the alternate signal stack cannot be
+/// mapped, its guard page protected, or installed; the thread is then not registered and no
+/// timer is armed for it.
+pub fn try_register_thread() -> Result<ThreadRegistration, Error> {
     let guard = ThreadRegistration {
         _not_send: core::marker::PhantomData,
     };
@@ -424,11 +452,11 @@ pub fn register_thread() -> ThreadRegistration {
         None => false,
     });
     if again {
-        return guard;
+        return Ok(guard);
     }
     crate::live::init_thread();
     let tid = gettid();
-    let alt = install_alt_stack();
+    let alt = Some(install_alt_stack()?);
     {
         let mut reg = registry();
         let timer = match reg.running {
@@ -444,7 +472,7 @@ pub fn register_thread() -> ThreadRegistration {
         reg.threads.push(ThreadEntry { tid, timer });
     }
     THIS_THREAD.with(|t| *t.borrow_mut() = Some(Registered { tid, count: 1, alt }));
-    guard
+    Ok(guard)
 }
 
 impl Drop for ThreadRegistration {
@@ -507,68 +535,72 @@ fn remove_alt_stack(alt: AltStack) {
     }
 }
 
-fn install_alt_stack() -> Option<AltStack> {
-    let page = 4096usize;
-    let len = ALT_STACK_SIZE + page;
+/// Maps [`ALT_STACK_SIZE`] (rounded up to whole pages) plus a guard page of the system's real
+/// page size below it, and installs it as this thread's alternate signal stack.
+fn install_alt_stack() -> Result<AltStack, Error> {
+    let page = crate::live::page_size();
+    let size = ALT_STACK_SIZE.div_ceil(page) * page;
+    let len = size + page;
     // SAFETY: anonymous private mapping; the result is checked.
     let base = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
             -1,
             0,
         )
     };
     if base == libc::MAP_FAILED {
-        return None;
+        return Err(Error::AltStack(errno()));
     }
-    // SAFETY: the first page of our own mapping becomes the guard page.
-    unsafe { libc::mprotect(base, page, libc::PROT_NONE) };
+    // SAFETY: the first page of our own mapping (mmap returns page-aligned memory) becomes the
+    // guard page; nothing refers to it yet.
+    if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+        let e = errno();
+        // SAFETY: unmaps the mapping made above, which nothing uses.
+        unsafe { libc::munmap(base, len) };
+        return Err(Error::AltStack(e));
+    }
     let ss = libc::stack_t {
         // SAFETY: base + page is inside the mapping.
         ss_sp: unsafe { base.cast::<u8>().add(page) }.cast(),
         ss_flags: 0,
-        ss_size: ALT_STACK_SIZE,
+        ss_size: size,
     };
     // SAFETY: stack_t is plain data.
     let mut previous: libc::stack_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers; the new stack is mapped and stays mapped until the registration
     // restores `previous`.
     if unsafe { libc::sigaltstack(&ss, &mut previous) } != 0 {
+        let e = errno();
         // SAFETY: unmaps the mapping made above.
         unsafe { libc::munmap(base, len) };
-        return None;
+        return Err(Error::AltStack(e));
     }
-    Some(AltStack {
+    Ok(AltStack {
         base,
         len,
         previous,
     })
 }
 
-/// Installs the SIGPROF handler, with `SA_ONSTACK` or without. Done at every start: another
-/// profiler (pprof-rs) may have replaced it meanwhile.
+/// Installs the SIGPROF handler, with `SA_ONSTACK` or without, remembering the handler it
+/// replaces (restored on stop). Done at every start: another profiler (pprof-rs) may have
+/// replaced it meanwhile.
 fn install_handler(on_alt_stack: bool) -> Result<(), Error> {
-    // SAFETY: installs an SA_SIGINFO handler that is async-signal-safe (see `on_sigprof`).
     // SA_RESTART keeps interrupted system calls of the profiled program going; SA_ONSTACK runs
-    // the handler on the thread's alternate stack.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigprof
-            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
-            as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-        if on_alt_stack {
-            sa.sa_flags |= libc::SA_ONSTACK;
-        }
-        libc::sigemptyset(&mut sa.sa_mask);
-        if libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()) != 0 {
-            return Err(Error::Sigaction(errno()));
-        }
+    // the handler on the thread's alternate stack. `on_sigprof` is async-signal-safe.
+    let mut flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    if on_alt_stack {
+        flags |= libc::SA_ONSTACK;
     }
-    Ok(())
+    super::sigprof::install(handler_address(), flags).map_err(Error::Sigaction)
+}
+
+fn handler_address() -> usize {
+    on_sigprof as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize
 }
 
 fn set_itimer(p: Duration) -> Result<(), Error> {
@@ -660,6 +692,7 @@ impl CpuProfiler {
                 .ok()
         };
         ENABLED.store(true, Ordering::SeqCst);
+        super::sigprof::PROCESS_TIMER.store(config.timer == TimerMode::Process, Ordering::SeqCst);
         let armed = match config.timer {
             TimerMode::Process => set_itimer(period(&config)),
             TimerMode::PerThread => {
@@ -750,6 +783,10 @@ impl CpuProfiler {
         while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
             std::thread::yield_now();
         }
+        // Give SIGPROF back to whoever had it (never to the default action: a timer signal
+        // still pending would kill the process).
+        super::sigprof::restore(handler_address());
+        super::sigprof::PROCESS_TIMER.store(false, Ordering::SeqCst);
         self.shared.stop.store(true, Ordering::Release);
         if let Some(c) = self.collector.take() {
             c.thread().unpark();

@@ -876,6 +876,9 @@ pub fn snapshot_raw() -> Vec<HeapSample> {
 }
 
 fn collect(scaled: bool) -> Vec<HeapSample> {
+    // The control lock, as the module docs promise: a `reset` cannot empty a slot between the
+    // loads of its state, counts and frames below.
+    let _g = control();
     // This thread's own allocations here are not sampled.
     let was = BUSY.with(|b| b.replace(true));
     let rate = rate();

@@ -6,3 +6,4 @@ pub use output::*;
 
 pub mod cpu;
 pub mod heap;
+mod sigprof;

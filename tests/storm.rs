@@ -1,0 +1,217 @@
+//! The storm (issue 13, item 7): four threads under SIGPROF at 10 kHz each (wall clock), each
+//! making and dropping coroutines (registered and not), stacker segments and system-stack calls,
+//! registering and unregistering stacks, capturing, and allocating with the heap profiler on.
+//! No crash, no deadlock, and every sample either whole (it reaches the thread's entry) or
+//! stopped with a reason (counted as truncated).
+//!
+//! `#[ignore]`d (it runs for half a minute); CI runs it in release (inlining, tail calls):
+//! `cargo test --release --test storm -- --include-ignored`. Duration: `UNWIND_STORM_SECS`
+//! (default 30). A watchdog aborts the process if the storm overruns by a minute (a deadlock).
+
+mod common;
+
+use common::frame_name;
+use corosensei::stack::{DefaultStack, Stack};
+use corosensei::{Coroutine, CoroutineResult, Yielder};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use unwind::heap::{self, Sampling};
+use unwind::{Frame, Options, StopReason};
+
+#[global_allocator]
+static ALLOC: Sampling = Sampling::new(std::alloc::System);
+
+const THREADS: usize = 4;
+
+/// Direct captures made by the workers, and those that did not end at the thread's entry.
+static CAPTURES: AtomicU64 = AtomicU64::new(0);
+static CAPTURES_NOT_WHOLE: AtomicU64 = AtomicU64::new(0);
+static ROUNDS: AtomicU64 = AtomicU64::new(0);
+
+fn storm_secs() -> u64 {
+    std::env::var("UNWIND_STORM_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30)
+}
+
+/// Some CPU work, an allocation (for the heap profiler) and a capture whose stop is checked.
+#[inline(never)]
+fn storm_work(salt: u64) -> u64 {
+    let mut x = salt;
+    for i in 0..20_000u64 {
+        x = black_box(x.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i));
+    }
+    let v: Vec<u64> = vec![x; 16 + (salt % 64) as usize];
+    let mut buf = [Frame::EMPTY; 128];
+    let t = unwind::capture_with(&mut buf, Options::default());
+    CAPTURES.fetch_add(1, Ordering::Relaxed);
+    if t.stop != StopReason::End {
+        CAPTURES_NOT_WHOLE.fetch_add(1, Ordering::Relaxed);
+    }
+    black_box(&v).iter().fold(0u64, |a, b| a.wrapping_add(*b)) ^ t.len as u64
+}
+
+#[inline(never)]
+fn in_registered_coroutine(salt: u64) -> u64 {
+    let mut stack = DefaultStack::new(128 * 1024).unwrap();
+    // SAFETY: `stack` outlives `reg`, which is dropped before it (explicitly, below).
+    let reg = unsafe {
+        unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
+    };
+    let r = {
+        let mut co = Coroutine::with_stack(&mut stack, |y: &Yielder<u64, u64>, s: u64| {
+            let a = storm_work(s);
+            let b = y.suspend(a);
+            storm_work(b)
+        });
+        let a = match co.resume(salt) {
+            CoroutineResult::Yield(a) => a,
+            CoroutineResult::Return(a) => a,
+        };
+        match co.resume(a) {
+            CoroutineResult::Return(b) => b,
+            CoroutineResult::Yield(b) => b,
+        }
+    };
+    drop(reg);
+    drop(stack);
+    r
+}
+
+#[inline(never)]
+fn in_unregistered_coroutine(salt: u64) -> u64 {
+    let stack = DefaultStack::new(64 * 1024).unwrap();
+    let mut co = Coroutine::with_stack(stack, |_y: &Yielder<u64, ()>, s: u64| storm_work(s));
+    match co.resume(salt) {
+        CoroutineResult::Return(r) => r,
+        CoroutineResult::Yield(()) => 0,
+    }
+}
+
+#[inline(never)]
+fn in_stacker_segment(salt: u64) -> u64 {
+    // `grow` always runs the closure on a fresh segment, freed when it returns.
+    stacker::grow(64 * 1024, || storm_work(salt))
+}
+
+#[inline(never)]
+fn on_system_stack(salt: u64) -> u64 {
+    unwind::system_stack::run(|| storm_work(salt))
+}
+
+#[inline(never)]
+fn storm_worker(stop: Arc<AtomicBool>, seed: u64) -> u64 {
+    let reg = unwind::cpu::register_thread();
+    let mut acc = 0u64;
+    let mut i = seed;
+    while !stop.load(Ordering::Relaxed) {
+        acc ^= match i % 5 {
+            0 => in_registered_coroutine(i),
+            1 => in_unregistered_coroutine(i),
+            2 => in_stacker_segment(i),
+            3 => on_system_stack(i),
+            _ => storm_work(i),
+        };
+        i += 1;
+        ROUNDS.fetch_add(1, Ordering::Relaxed);
+    }
+    drop(reg);
+    acc
+}
+
+#[test]
+#[ignore = "long: cargo test --release --test storm -- --include-ignored (.ci/run does)"]
+fn storm() {
+    let secs = storm_secs();
+    // The watchdog: a deadlock must fail the test, not hang CI.
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(secs + 60));
+        eprintln!("storm: still running {} s after its end: deadlock", 60);
+        std::process::abort();
+    });
+    unwind::init();
+    heap::start(4096);
+    // A storm: 10 kHz per thread on the wall clock (a thread's CPU clock only fires at the
+    // scheduler's tick). Higher rates starve the threads outright: at 1 MHz a handler's run
+    // takes longer than the period and no worker makes progress, which tests nothing.
+    let profiler = unwind::cpu::CpuProfiler::start(unwind::cpu::Config {
+        frequency_hz: 10_000,
+        clock: unwind::cpu::Clock::Wall,
+        ..Default::default()
+    })
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..THREADS as u64)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || storm_worker(stop, t * 1000))
+        })
+        .collect();
+    // Meanwhile: register and unregister stacks (real mappings) and transitions.
+    let t0 = Instant::now();
+    let mut registrations = 0u64;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        let stack = DefaultStack::new(16 * 1024).unwrap();
+        // SAFETY: `stack` outlives `reg` (dropped first, at the end of this iteration).
+        let reg = unsafe {
+            unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
+        };
+        std::thread::sleep(Duration::from_micros(200));
+        drop(reg);
+        drop(stack);
+        registrations += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let prof = profiler.stop();
+    for w in workers {
+        black_box(w.join().unwrap());
+    }
+    heap::stop();
+    let heap_samples = heap::snapshot_raw();
+    let s = prof.stats;
+    eprintln!(
+        "storm: {secs} s, {} rounds, {registrations} registrations, {} captures ({} not whole), \
+         cpu {s:?}, {} heap stacks",
+        ROUNDS.load(Ordering::Relaxed),
+        CAPTURES.load(Ordering::Relaxed),
+        CAPTURES_NOT_WHOLE.load(Ordering::Relaxed),
+        heap_samples.len()
+    );
+    // The profiler's accounting adds up: every signal recorded or dropped, every record
+    // collected.
+    assert_eq!(s.signals, s.recorded + s.dropped, "{s:?}");
+    assert_eq!(s.collected, s.recorded, "{s:?}");
+    assert_eq!(prof.total(), s.recorded, "{s:?}");
+    assert!(s.recorded > 100 * secs, "too few samples: {s:?}");
+    // Every sample is whole (reaches the thread's entry, std's `thread_start`) or was counted
+    // as stopped early. (A whole sample can still lack one frame: the caller of a function
+    // interrupted in its prologue, before it pushed its frame record: frame-pointer walks cannot
+    // see it.)
+    let whole = |frames: &[Frame]| {
+        frames
+            .iter()
+            .any(|f| frame_name(f).contains("thread_start"))
+    };
+    let not_whole: u64 = prof
+        .stacks
+        .iter()
+        .filter(|(frames, _)| !whole(frames))
+        .map(|(_, n)| n)
+        .sum();
+    if not_whole > s.truncated {
+        for (frames, n) in prof.stacks.iter().filter(|(f, _)| !whole(f)).take(12) {
+            eprintln!("{n} x\n{}", common::describe(frames));
+        }
+    }
+    assert!(
+        not_whole <= s.truncated,
+        "{not_whole} samples do not reach the thread's entry, {} counted as truncated",
+        s.truncated
+    );
+    // Direct captures: all end at the thread's entry.
+    assert_eq!(CAPTURES_NOT_WHOLE.load(Ordering::Relaxed), 0);
+    assert!(!heap_samples.is_empty());
+}
