@@ -384,7 +384,10 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let mut signal = false;
         let ask_cfi = match self.mode {
             Mode::FramePointer => false,
-            Mode::Dwarf => true,
+            // Right after a `Continue` transition (the chain goes on on another stack: Go's
+            // systemstack and asmcgocall, psm) sp is unknown and only the frame record links
+            // the two stacks: Dwarf mode follows it there, as the other modes do.
+            Mode::Dwarf => !(st.pending != 0 && st.regs.sp == 0),
             Mode::Hybrid => st.exact || !self.cfi.keeps_frame_record(st.regs.pc),
         };
         if ask_cfi {
