@@ -40,6 +40,7 @@ pub mod cpu;
 pub mod demo;
 pub mod dwarf;
 pub mod frame;
+pub mod go_runtime;
 pub mod heap;
 pub mod live;
 pub mod memory;
