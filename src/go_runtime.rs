@@ -106,10 +106,11 @@ impl GoOffsets {
         // Go emits one unit per package; `runtime` is near the start. Bounded either way.
         let mut budget = 1usize << 22;
         'units: while let Ok(Some(header)) = units.next() {
-            let Ok(unit) = dwarf.unit(header) else {
+            // Not `dwarf.unit()`: that also parses the line program, which is not needed.
+            let Ok(abbrevs) = dwarf.abbreviations(&header) else {
                 continue;
             };
-            let mut entries = unit.entries();
+            let mut entries = header.entries(&abbrevs);
             let mut current: Option<usize> = None;
             let mut struct_depth = 0isize;
             while let Ok(Some(entry)) = entries.next_dfs() {
@@ -120,7 +121,11 @@ impl GoOffsets {
                 }
                 let name = |entry: &gimli::DebuggingInformationEntry<EndianSlice<'_, _>>| {
                     let v = entry.attr_value(gimli::DW_AT_name)?;
-                    let s = dwarf.attr_string(&unit, v).ok()?;
+                    let s = match v {
+                        gimli::AttributeValue::String(s) => s,
+                        gimli::AttributeValue::DebugStrRef(o) => dwarf.debug_str.get_str(o).ok()?,
+                        _ => return None,
+                    };
                     Some(String::from_utf8_lossy(s.slice()).into_owned())
                 };
                 match entry.tag() {

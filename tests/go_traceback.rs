@@ -358,3 +358,55 @@ fn go_traceback_matches_in_gcore_core() {
 fn go_traceback_matches_in_crash_core() {
     run("crash");
 }
+
+/// The offsets of `runtime.g`, `m` and `gobuf` read from a plain `go build` binary's
+/// (compressed) `.debug_info` are the built-in Go 1.17-1.21 table's, for Debian's Go; and its
+/// `.debug_frame` is compressed, so the CFI tests above read an inflated section.
+#[test]
+fn debug_info_offsets_agree_with_the_builtin_table() {
+    if !have("go", "version") {
+        skip("needs `go` (golang-go)");
+        return;
+    }
+    let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-off-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let exe = dir.0.join("crossings");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/crossings/main.go");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .env("GOCACHE", dir.0.join("gocache"))
+        .env("GOPATH", dir.0.join("gopath"))
+        .env("GO111MODULE", "off")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = std::fs::read(&exe).unwrap();
+    {
+        use object::{Object, ObjectSection, SectionFlags};
+        let file = object::File::parse(&*data).unwrap();
+        for name in [".debug_frame", ".debug_info"] {
+            let s = file.section_by_name(name).unwrap();
+            let SectionFlags::Elf { sh_flags } = s.flags() else {
+                panic!("not ELF")
+            };
+            assert!(
+                sh_flags & u64::from(object::elf::SHF_COMPRESSED) != 0,
+                "{name} is not compressed: this test no longer covers compressed DWARF"
+            );
+        }
+    }
+    let from_dwarf =
+        unwind::go_runtime::GoOffsets::from_elf(&data).expect("runtime.g/m/gobuf in .debug_info");
+    assert_eq!(from_dwarf, unwind::go_runtime::GoOffsets::GO_1_17);
+    // A binary without DWARF gives none (the table is then used).
+    assert_eq!(
+        unwind::go_runtime::GoOffsets::from_elf(b"not an ELF file"),
+        None
+    );
+}
