@@ -47,6 +47,7 @@ pub mod memory;
 pub mod modules;
 pub mod offline;
 pub mod policy;
+pub mod pprof_lines;
 pub mod profile;
 pub mod symbols;
 pub mod system_stack;
