@@ -293,9 +293,7 @@ fn drain(into: &mut Stacks) -> u64 {
             // drainer (calls are serialised by the profiler's mutex), until EMPTY is stored.
             let frames = unsafe { &(&*slot.frames.get())[..len] };
             let tid = slot.tid.load(Ordering::Relaxed);
-            if !into.names.contains_key(&tid) {
-                into.names.insert(tid, thread_name(tid));
-            }
+            into.names.entry(tid).or_insert_with(|| thread_name(tid));
             let into = into.by_tid.entry(tid).or_default();
             match into.get_mut(frames) {
                 Some(c) => *c += 1,

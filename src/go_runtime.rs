@@ -56,7 +56,7 @@ impl GoOffsets {
     /// Go 1.17-1.21, 64-bit (`src/runtime/runtime2.go`): `g` = {stack{lo, hi}, stackguard0,
     /// stackguard1, _panic, _defer, m @48, sched @56, syscallsp, syscallpc, stktopsp, param,
     /// atomicstatus @144}; `m` = {g0 @0, morebuf, divmod, procid, gsignal @80, goSigStack,
-    /// sigmask, tls[6], mstartfn, curg @192}; `gobuf` = {sp, pc, g, ctxt, ret, lr @40, bp @48}.
+    /// sigmask, `tls[6]`, mstartfn, curg @192}; `gobuf` = {sp, pc, g, ctxt, ret, lr @40, bp @48}.
     pub const GO_1_17: GoOffsets = GoOffsets {
         g_stack: 0,
         g_m: 48,

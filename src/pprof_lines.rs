@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn this_test_binary_has_lines_and_a_build_id() {
         let sym = Symbolizer::for_current_process();
-        let here = this_test_binary_has_lines_and_a_build_id as usize as u64;
+        let here = this_test_binary_has_lines_and_a_build_id as *const () as usize as u64;
         let mut t = LineTables::new(&sym);
         let frames = t.frames(here);
         assert!(!frames.is_empty(), "no line info for {here:#x}");

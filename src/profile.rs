@@ -325,14 +325,16 @@ impl Enc {
     }
 }
 
+/// A pprof location: id, mapping id, address, lines (function id, line), innermost first.
+type Loc = (u64, u64, u64, Vec<(u64, i64)>);
+
 struct PprofBuilder<'a> {
     sym: &'a Symbolizer,
     strings: Vec<String>,
     string_ids: HashMap<String, i64>,
     /// (address, exact) -> location id.
     locations: HashMap<(u64, bool), u64>,
-    /// id, mapping id, address, lines (function id, line), innermost first.
-    location_list: Vec<(u64, u64, u64, Vec<(u64, i64)>)>,
+    location_list: Vec<Loc>,
     /// (name, source file) -> function id.
     functions: HashMap<(String, String), u64>,
     function_list: Vec<(u64, i64, i64)>, // id, name, filename
