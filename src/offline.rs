@@ -405,6 +405,7 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         buf.truncate(trace.len);
         let mut stop = trace.stop;
         if let Some(go) = &go {
+            go.cut_at_stack_top(core.arch, &mut buf);
             if core.arch == ArchKind::X86_64 {
                 go.recover_systemstack_caller(core, t, &system_switches, &mut buf);
             } else if let Some(more) =
@@ -649,7 +650,7 @@ impl GoRuntime {
         t: &Thread,
         table: &TransitionTable,
         cfi: &crate::dwarf::Unwinder,
-        mode: Mode,
+        _mode: Mode,
         frames: &[Frame],
     ) -> Option<(Vec<Frame>, StopReason)> {
         use go_amd64::*; // the same offsets on arm64 (both 64-bit)
@@ -678,8 +679,18 @@ impl GoRuntime {
             lr: 0,
         };
         let id = table.lookup(self.systemstack.lo).map_or(0, |t| t.id);
+        // The goroutine's sp is not known (arm64 records sit at the bottom of frames): CFI
+        // cannot start there; Go's arm64 code keeps frame records.
         Some(continue_from(
-            core, symbols, table, cfi, mode, frames, regs, id, None,
+            core,
+            symbols,
+            table,
+            cfi,
+            Mode::FramePointer,
+            frames,
+            regs,
+            id,
+            None,
         ))
     }
 
@@ -745,6 +756,11 @@ impl GoRuntime {
         };
         let mut with_f = frames.to_vec();
         with_f.push(f);
+        // arm64: the caller's sp is not known, CFI cannot start there (see above).
+        let mode = match core.arch {
+            ArchKind::X86_64 => mode,
+            ArchKind::Aarch64 => Mode::FramePointer,
+        };
         let (mut more, stop) = continue_from(
             core,
             symbols,
@@ -762,9 +778,23 @@ impl GoRuntime {
 }
 
 impl GoRuntime {
-    /// Ends a Go walk where Go's own traceback ends (`runtime.goexit`, `runtime.mstart`,
-    /// `runtime.rt0_go`, `runtime.mcall`: CFI describes a caller there that is none), then
-    /// crosses through `g.sched` (`crate::go_runtime`, amd64):
+    /// Ends a Go walk where Go's own traceback ends on this stack: `runtime.goexit`,
+    /// `runtime.mstart`, `runtime.rt0_go`, `runtime.mcall`, `runtime.morestack` and, on arm64,
+    /// `runtime.systemstack` (it loads g0's own frame pointer). CFI describes a caller there
+    /// that is none (Dwarf and Hybrid modes walked on into garbage); the crossings through
+    /// `g.sched` continue from these frames.
+    fn cut_at_stack_top(&self, arch: ArchKind, frames: &mut Vec<Frame>) {
+        let ends = |pc: u64| {
+            self.bottoms.iter().any(|r| r.contains(pc))
+                || self.morestack.is_some_and(|r| r.contains(pc))
+                || (arch == ArchKind::Aarch64 && self.systemstack.contains(pc))
+        };
+        if let Some(i) = frames.iter().position(|f| ends(f.lookup_pc())) {
+            frames.truncate(i + 1);
+        }
+    }
+
+    /// Crosses through `g.sched` (`crate::go_runtime`, amd64):
     /// - a walk that ends in `runtime.mcall`: to the goroutine that called it, when still
     ///   parked there ([`crate::go_runtime::mcall_goroutine`]);
     /// - a walk cut short (code without frame pointers, a cgo call in C) on g0 or gsignal that
@@ -785,12 +815,6 @@ impl GoRuntime {
         stop: StopReason,
         id: Id,
     ) -> Option<(Vec<Frame>, StopReason)> {
-        if let Some(i) = frames
-            .iter()
-            .position(|f| self.bottoms.iter().any(|r| r.contains(f.lookup_pc())))
-        {
-            frames.truncate(i + 1);
-        }
         if core.arch != ArchKind::X86_64 || frames.len() >= MAX_FRAMES {
             return None;
         }

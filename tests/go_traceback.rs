@@ -132,17 +132,28 @@ fn same(a: &[Ours], b: &Block) -> bool {
             .all(|(i, (x, y))| x.0 == y.0 && (i == 0 || x.1 == y.1))
 }
 
-/// FP mode cannot see the caller of a frameless leaf (Go's `runtime.futex`, or `main.spin`:
-/// Go gives leaf functions with no locals no frame record) where a walk starts from exact
-/// registers (the thread's, a signal frame's): `a` is `b` with at most that one frame missing.
-fn same_but_leaf_caller(a: &[Ours], b: &Block) -> bool {
-    same(a, b)
-        || (a.len() + 1 == b.frames.len()
-            && a.first().map(|f| &f.0) == b.frames.first().map(|f| &f.0)
-            && a[1..]
-                .iter()
-                .zip(&b.frames[2..])
-                .all(|(x, y)| x.0 == y.0 && x.1 == y.1))
+/// FP mode cannot see the caller of a frameless function (Go's `runtime.futex`, or `main.spin`:
+/// Go gives functions with no locals no frame record) where it was interrupted: where a walk
+/// starts from exact registers (the thread's, a signal frame's) or where Go's asynchronous
+/// preemption injected a call to `runtime.asyncPreempt`. `a` is `b` with at most one frame
+/// missing after each such interrupted frame; everything else equal, pcs included.
+fn same_but_interrupted_callers(a: &[Ours], b: &Block) -> bool {
+    let interrupted = |j: usize| j == 0 || (j >= 1 && b.frames[j - 1].0 == "runtime.asyncPreempt");
+    let (mut i, mut j) = (0, 0);
+    let mut skipped_after = usize::MAX;
+    while i < a.len() && j < b.frames.len() {
+        let (x, y) = (&a[i], &b.frames[j]);
+        if x.0 == y.0 && (j == 0 || x.1 == y.1) {
+            i += 1;
+            j += 1;
+        } else if j >= 1 && interrupted(j - 1) && skipped_after != j - 1 {
+            skipped_after = j - 1;
+            j += 1;
+        } else {
+            return false;
+        }
+    }
+    i == a.len() && j == b.frames.len()
 }
 
 fn unwind_json(core: &Path, exe: &Path, mode: &str) -> Value {
@@ -270,7 +281,7 @@ fn compare(v: &Value, blocks: &[Block], mode: &str, crash: bool) -> Seen {
                 .filter(|b| b.header.starts_with("goroutine 0 "))
                 .any(|b| {
                     if mode == "fp" {
-                        same_but_leaf_caller(running, b)
+                        same_but_interrupted_callers(running, b)
                     } else {
                         same(running, b)
                     }
@@ -287,7 +298,7 @@ fn compare(v: &Value, blocks: &[Block], mode: &str, crash: bool) -> Seen {
                 let fp = mode == "fp";
                 assert!(
                     goroutines.iter().any(|b| if fp {
-                        same_but_leaf_caller(running, b)
+                        same_but_interrupted_callers(running, b)
                     } else {
                         same(running, b)
                     }),
@@ -298,9 +309,18 @@ fn compare(v: &Value, blocks: &[Block], mode: &str, crash: bool) -> Seen {
             [] => {}
             [(g, false)] => {
                 // Crossed from g0 (mcall) or C code on g0 (asmcgocall) to a goroutine.
-                let b = goroutines.iter().find(|b| same(g, b)).unwrap_or_else(|| {
-                    panic!("goroutine part is not one of Go's goroutines: {}", ctx())
-                });
+                let b = goroutines
+                    .iter()
+                    .find(|b| {
+                        if mode == "fp" {
+                            same_but_interrupted_callers(g, b)
+                        } else {
+                            same(g, b)
+                        }
+                    })
+                    .unwrap_or_else(|| {
+                        panic!("goroutine part is not one of Go's goroutines: {}", ctx())
+                    });
                 if b.header.contains("[syscall]") {
                     // The cgo call: C frames on g0 (FP mode: only the interrupted one, libc
                     // has no frame records), then the goroutine from runtime.cgocall on.
@@ -311,7 +331,7 @@ fn compare(v: &Value, blocks: &[Block], mode: &str, crash: bool) -> Seen {
                     seen.cgo = true;
                 }
                 if running.last().is_some_and(|f| f.0 == "runtime.mcall") {
-                    assert_eq!(g[0].0, "runtime.gopark", "{}", ctx());
+                    // Parked (gopark), or preempted and runnable (asyncPreempt2 -> mcall).
                     seen.mcall = true;
                 }
             }
