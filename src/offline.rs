@@ -432,7 +432,7 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         }
         if let Some(go) = &go {
             if let Some(more) = go.cross_g_sched(
-                core, &symbols, t, &table, &unwinder, mode, &mut buf, stop, g_sched_id,
+                core, &symbols, t, &table, &unwinder, mode, &buf, stop, g_sched_id,
             ) {
                 stop = more.1;
                 buf.extend(more.0);
@@ -811,7 +811,7 @@ impl GoRuntime {
         table: &TransitionTable,
         cfi: &crate::dwarf::Unwinder,
         mode: Mode,
-        frames: &mut Vec<Frame>,
+        frames: &[Frame],
         stop: StopReason,
         id: Id,
     ) -> Option<(Vec<Frame>, StopReason)> {
