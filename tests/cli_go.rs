@@ -89,6 +89,29 @@ fn go_statement_crosses_systemstack() {
     let core = dir.0.join("core-go");
     let gdb_bt = std::fs::read_to_string(dir.0.join("gdb-bt.txt")).unwrap_or_default();
 
+    // Dwarf and Hybrid (Go's compressed .debug_frame) cross systemstack as FP does.
+    for mode in ["dwarf", "hybrid"] {
+        let v = unwind_json(&core, &["--mode", mode]);
+        let t = v["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| names(t).first().is_some_and(|n| n == "runtime.malg"))
+            .unwrap_or_else(|| panic!("{mode}: a thread stopped in runtime.malg: {v}"));
+        let n = names(t);
+        let sys = n.iter().position(|x| x == "runtime.systemstack.abi0");
+        let np = n.iter().position(|x| x == "runtime.newproc");
+        let main = n.iter().position(|x| x == "main.spawnOne");
+        assert!(
+            matches!((sys, np, main), (Some(a), Some(b), Some(c)) if b == a + 1 && c > b),
+            "{mode}: {n:?}"
+        );
+        assert_eq!(
+            n.last().map(String::as_str),
+            Some("runtime.goexit.abi0"),
+            "{mode}"
+        );
+    }
     let v = unwind_json(&core, &[]);
     assert_eq!(v["arch"], "x86_64");
     let threads = v["threads"].as_array().unwrap();
@@ -226,6 +249,27 @@ fn go_arm64_throw_on_systemstack_crosses_to_the_goroutine() {
         return;
     };
     let exe = exe.to_str().unwrap();
+    // Dwarf and Hybrid cross as FP does.
+    for mode in ["dwarf", "hybrid"] {
+        let v = unwind_json(&core, &["--exe", exe, "--mode", mode]);
+        let mut seen = 0;
+        for t in v["threads"].as_array().unwrap() {
+            let n = names(t);
+            if !n.iter().any(|x| x == "runtime.fatalthrow.func1") {
+                continue;
+            }
+            seen += 1;
+            let sys = position(&n, "runtime.systemstack.abi0");
+            assert_eq!(n[sys + 1], "runtime.fatalthrow", "{mode}: {n:?}");
+            assert!(position(&n, "main.writer") > sys, "{mode}: {n:?}");
+            assert_eq!(
+                n.last().map(String::as_str),
+                Some("runtime.goexit.abi0"),
+                "{mode}"
+            );
+        }
+        assert!(seen > 0, "{mode}: no thread in fatalthrow.func1: {v}");
+    }
     let v = unwind_json(&core, &["--exe", exe]);
     assert_eq!(v["arch"], "aarch64");
     // Every thread that was running fatalthrow's system-stack half reaches main.writer.
@@ -283,6 +327,24 @@ fn go_morestack_crosses_to_the_growing_function() {
             continue;
         };
         let exe = exe.to_str().unwrap();
+        // Every mode crosses: Dwarf and Hybrid end the g0 walk at morestack as FP does.
+        for mode in ["dwarf", "hybrid"] {
+            let v = unwind_json(&core, &["--exe", exe, "--mode", mode]);
+            let t = v["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| names(t).iter().any(|n| n == "runtime.newstack"))
+                .unwrap_or_else(|| panic!("{arch} {mode}: no thread in runtime.newstack: {v}"));
+            let n = names(t);
+            let ms = position(&n, "runtime.morestack.abi0");
+            assert_eq!(n[ms + 1], "main.grow", "{arch} {mode}: {n:?}");
+            assert_eq!(t["frames"][ms + 1]["via"], "transition", "{arch} {mode}");
+            assert!(
+                n[ms + 1..].iter().filter(|x| *x == "main.grow").count() > 100,
+                "{arch} {mode}: {n:?}"
+            );
+        }
         let v = unwind_json(&core, &["--exe", exe]);
         let t = v["threads"]
             .as_array()

@@ -76,7 +76,13 @@ pub enum CfiError {
     Object,
     /// The architecture is not supported.
     Arch,
+    /// A compressed section (`SHF_COMPRESSED`) does not inflate, or claims more than
+    /// [`MAX_INFLATED`] bytes.
+    Decompress,
 }
+
+/// Largest inflated `.debug_frame` accepted (256 MiB).
+pub const MAX_INFLATED: u64 = 256 << 20;
 
 impl core::fmt::Display for CfiError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -89,6 +95,7 @@ impl core::fmt::Display for CfiError {
             CfiError::BadRange => f.write_str("CFI address ranges overflow or exceed 4 GiB"),
             CfiError::Object => f.write_str("cannot read the object file"),
             CfiError::Arch => f.write_str("unsupported architecture"),
+            CfiError::Decompress => f.write_str("a compressed CFI section does not inflate"),
         }
     }
 }
@@ -319,6 +326,35 @@ impl PreparedCfi {
             let mut s = EhFrame::new(data, LittleEndian);
             s.set_address_size(8);
             collect(&s, &bases, regs, &mut raw, &mut fdes)?;
+            // A cgo binary: `.eh_frame` comes from the C objects, Go's own functions are
+            // only in `.debug_frame`. Add the FDEs `.eh_frame` does not cover.
+            if let Some(data) = sections.debug_frame {
+                let mut s = DebugFrame::new(data, LittleEndian);
+                s.set_address_size(8);
+                let (mut more, mut more_fdes) = (Vec::new(), Vec::new());
+                collect(
+                    &s,
+                    &BaseAddresses::default(),
+                    regs,
+                    &mut more,
+                    &mut more_fdes,
+                )?;
+                let mut eh: Vec<(u64, u64)> = fdes.iter().map(|&(s, e, _)| (s, e)).collect();
+                eh.sort_unstable();
+                let covered = |lo: u64, hi: u64| {
+                    // The last eh_frame FDE starting before `hi` is the only one that can
+                    // overlap [lo, hi) if FDEs do not overlap each other; check a few back.
+                    let i = eh.partition_point(|&(s, _)| s < hi);
+                    eh[..i].iter().rev().take(4).any(|&(_, e)| e > lo)
+                };
+                more_fdes.retain(|&(s, e, _)| !covered(s, e));
+                more.retain(|r| !covered(r.start, r.end));
+                if raw.len() + more.len() > MAX_ROWS {
+                    return Err(CfiError::TooManyRows);
+                }
+                raw.extend(more);
+                fdes.extend(more_fdes);
+            }
         } else if let Some(data) = sections.debug_frame {
             let mut s = DebugFrame::new(data, LittleEndian);
             s.set_address_size(8);
@@ -613,12 +649,24 @@ pub fn parse_elf(
         file.section_by_name(n)
             .and_then(|s| Some((s.data().ok()?, s.address())))
     };
+    // Go links `.debug_frame` compressed (SHF_COMPRESSED, zlib) unless built with
+    // `-ldflags=-compressdwarf=false`: inflate it (object's decompression; a section that does
+    // not inflate is malformed CFI, not a crash).
+    let debug_frame = match file.section_by_name(".debug_frame") {
+        Some(s) => {
+            let c = s.compressed_data().map_err(|_| CfiError::Decompress)?;
+            // A hostile header may claim any size: CFI larger than this is not a real module's.
+            if c.uncompressed_size > MAX_INFLATED {
+                return Err(CfiError::Decompress);
+            }
+            Some(c.decompress().map_err(|_| CfiError::Decompress)?)
+        }
+        None => None,
+    };
     let sections = Sections {
         eh_frame: sec(".eh_frame").filter(|(d, _)| !d.is_empty()),
         eh_frame_hdr: sec(".eh_frame_hdr").filter(|(d, _)| !d.is_empty()),
-        debug_frame: sec(".debug_frame")
-            .map(|(d, _)| d)
-            .filter(|d| !d.is_empty()),
+        debug_frame: debug_frame.as_deref().filter(|d| !d.is_empty()),
         text: sec(".text").map_or(0, |(_, a)| a),
         got: sec(".got").map_or(0, |(_, a)| a),
     };

@@ -350,7 +350,10 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let mut signal = false;
         let ask_cfi = match self.mode {
             Mode::FramePointer => false,
-            Mode::Dwarf => true,
+            // Right after a `Continue` transition (the chain goes on on another stack: Go's
+            // systemstack and asmcgocall, psm) sp is unknown and only the frame record links
+            // the two stacks: Dwarf mode follows it there, as the other modes do.
+            Mode::Dwarf => !(st.pending != 0 && st.regs.sp == 0),
             Mode::Hybrid => st.exact || !self.cfi.keeps_frame_record(st.regs.pc),
         };
         if ask_cfi {
@@ -365,6 +368,22 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     return Err(StopReason::NoUnwindInfo)
                 }
                 CfiStep::NoInfo | CfiStep::Failed => {}
+            }
+        }
+        // CFI says "outermost frame" (an undefined return address). Go marks its arm64 signal
+        // trampoline `runtime.sigtramp` so (TOPFRAME), yet the kernel's sigreturn trampoline
+        // called it and its frame record, which Go's arm64 prologue stores at sp - 8, returns
+        // there: go on through that record when it returns into a known transition.
+        if A::KIND == crate::arch::ArchKind::Aarch64 && dwarf.is_some_and(|r| r.pc == 0) {
+            if let Some(rec) = st.regs.sp.checked_sub(8).filter(|&r| r != 0) {
+                if let Some((_, ra)) = mem.read_pair(rec) {
+                    let ra = A::strip_ra(ra, self.pac_mask);
+                    if ra != 0 && self.transitions.lookup(ra).is_some() {
+                        dwarf = None;
+                        signal = false;
+                        st.regs.fp = rec;
+                    }
+                }
             }
         }
         let (caller, via, record_fp) = match dwarf {
@@ -459,6 +478,21 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             match hop {
                 Hop::Continue => {
                     // The chain continues on another stack; the old sp says nothing there.
+                    let mut caller = caller;
+                    if record_fp.is_none() && A::KIND == crate::arch::ArchKind::X86_64 {
+                        // After a CFI step the caller's fp is the CFI's rule for it, and Go's
+                        // CFI has none ("same value": the callee's own rbp, still on this
+                        // stack). A callee that keeps a frame record saved the chain's next
+                        // fp at CFA - 16: take it when it leads off this stack to a known one.
+                        let here = |a: u64| st.seg.is_some_and(|s| s.contains(a));
+                        if here(caller.fp) {
+                            if let Some(saved) = mem.read_u64(fp) {
+                                if saved != 0 && !here(saved) && mem.stack_range(saved).is_some() {
+                                    caller.fp = saved;
+                                }
+                            }
+                        }
+                    }
                     st.regs = Regs { sp: 0, ..caller };
                     st.exact = false;
                     st.pending = t.id;

@@ -411,6 +411,12 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     if morestack_id != 0 {
         transitions.push((morestack_id, "go runtime.morestack"));
     }
+    // Go's mcall, and the goroutine side of systemstack/asmcgocall when no frame record
+    // reaches it, are crossed through g.sched too.
+    let g_sched_id = next_id(transitions.len()).unwrap_or(0);
+    if g_sched_id != 0 {
+        transitions.push((g_sched_id, "go g.sched"));
+    }
     let classifier = opts.policy.map(|_| {
         let mut c = classifier_for(&symbols, &system_switches);
         // Sigreturn trampolines (libc's, the vDSO's, qemu's page, Go's) are runtime too,
@@ -443,6 +449,7 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         budget = budget.saturating_sub(buf.len());
         let mut stop = trace.stop;
         if let Some(go) = &go {
+            go.cut_at_stack_top(core.arch, &mut buf);
             if core.arch == ArchKind::X86_64 {
                 go.recover_systemstack_caller(core, t, &system_switches, &mut buf);
             } else if let Some(more) =
@@ -461,6 +468,15 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
                 mode,
                 &buf,
                 morestack_id,
+            ) {
+                stop = more.1;
+                buf.extend(more.0);
+                buf.truncate(MAX_FRAMES);
+            }
+        }
+        if let Some(go) = &go {
+            if let Some(more) = go.cross_g_sched(
+                core, &symbols, t, &table, &unwinder, mode, &buf, stop, g_sched_id,
             ) {
                 stop = more.1;
                 buf.extend(more.0);
@@ -554,6 +570,15 @@ struct GoRuntime {
     /// Functions where a Go stack legitimately ends: a thread's g0 (`runtime.mstart`,
     /// `runtime.rt0_go`), a goroutine (`runtime.goexit`), a g0 stack reset by `runtime.mcall`.
     bottoms: Vec<Range>,
+    /// `runtime.asmcgocall`'s code (a cgo call: like `systemstack`, its caller is in no record).
+    asmcgocall: Option<Range>,
+    /// `runtime.mcall`'s code.
+    mcall: Option<Range>,
+    /// `runtime.systemstack_switch`: the `g.sched.pc` of a goroutine that left through
+    /// `systemstack` or `asmcgocall`.
+    switch_marker: Option<Range>,
+    /// Offsets of `runtime.g`, `m`, `gobuf`: the binary's `.debug_info`, else Go 1.17-1.21's.
+    offsets: crate::go_runtime::GoOffsets,
 }
 
 impl GoRuntime {
@@ -574,10 +599,23 @@ impl GoRuntime {
         .iter()
         .filter_map(|n| find(n))
         .collect();
+        let offsets = symbols
+            .modules()
+            .iter()
+            .find(|m| m.function("runtime.systemstack.abi0").is_some())
+            .and_then(|m| crate::go_runtime::GoOffsets::from_elf(m.data()))
+            .unwrap_or(crate::go_runtime::GoOffsets::GO_1_17);
         Some(GoRuntime {
             systemstack,
             morestack: find(&["runtime.morestack.abi0", "runtime.morestack"]),
             bottoms,
+            asmcgocall: find(&["runtime.asmcgocall.abi0", "runtime.asmcgocall"]),
+            mcall: find(&["runtime.mcall"]),
+            switch_marker: find(&[
+                "runtime.systemstack_switch.abi0",
+                "runtime.systemstack_switch",
+            ]),
+            offsets,
         })
     }
 
@@ -611,7 +649,10 @@ impl GoRuntime {
         }) else {
             return;
         };
-        if i == 0 || !self.systemstack.contains(frames[i - 1].lookup_pc()) {
+        let switched = |pc: u64| {
+            self.systemstack.contains(pc) || self.asmcgocall.is_some_and(|r| r.contains(pc))
+        };
+        if i == 0 || !switched(frames[i - 1].lookup_pc()) {
             return;
         }
         let mut mem = core.memory();
@@ -619,7 +660,9 @@ impl GoRuntime {
         let found = (|| {
             let g = rd(t.tls.checked_sub(8)?)?;
             let m = rd(g.checked_add(G_M)?)?;
-            if m == 0 || rd(m.checked_add(M_G0)?)? != g {
+            // On g0, or on gsignal in a handler that interrupted g0 (a cgo call in C).
+            let gsignal = rd(m.checked_add(self.offsets.m_gsignal)?)?;
+            if m == 0 || (rd(m.checked_add(M_G0)?)? != g && gsignal != g) {
                 return None;
             }
             let curg = rd(m.checked_add(M_CURG)?)?;
@@ -667,7 +710,7 @@ impl GoRuntime {
         t: &Thread,
         table: &TransitionTable,
         cfi: &crate::dwarf::Unwinder,
-        mode: Mode,
+        _mode: Mode,
         frames: &[Frame],
     ) -> Option<(Vec<Frame>, StopReason)> {
         use go_amd64::*; // the same offsets on arm64 (both 64-bit)
@@ -696,8 +739,18 @@ impl GoRuntime {
             lr: 0,
         };
         let id = table.lookup(self.systemstack.lo).map_or(0, |t| t.id);
+        // The goroutine's sp is not known (arm64 records sit at the bottom of frames): CFI
+        // cannot start there; Go's arm64 code keeps frame records.
         Some(continue_from(
-            core, symbols, table, cfi, mode, frames, regs, id, None,
+            core,
+            symbols,
+            table,
+            cfi,
+            Mode::FramePointer,
+            frames,
+            regs,
+            id,
+            None,
         ))
     }
 
@@ -763,6 +816,11 @@ impl GoRuntime {
         };
         let mut with_f = frames.to_vec();
         with_f.push(f);
+        // arm64: the caller's sp is not known, CFI cannot start there (see above).
+        let mode = match core.arch {
+            ArchKind::X86_64 => mode,
+            ArchKind::Aarch64 => Mode::FramePointer,
+        };
         let (mut more, stop) = continue_from(
             core,
             symbols,
@@ -776,6 +834,72 @@ impl GoRuntime {
         );
         more.insert(0, f);
         Some((more, stop))
+    }
+}
+
+impl GoRuntime {
+    /// Ends a Go walk where Go's own traceback ends on this stack: `runtime.goexit`,
+    /// `runtime.mstart`, `runtime.rt0_go`, `runtime.mcall`, `runtime.morestack` and, on arm64,
+    /// `runtime.systemstack` (it loads g0's own frame pointer). CFI describes a caller there
+    /// that is none (Dwarf and Hybrid modes walked on into garbage); the crossings through
+    /// `g.sched` continue from these frames.
+    fn cut_at_stack_top(&self, arch: ArchKind, frames: &mut Vec<Frame>) {
+        let ends = |pc: u64| {
+            self.bottoms.iter().any(|r| r.contains(pc))
+                || self.morestack.is_some_and(|r| r.contains(pc))
+                || (arch == ArchKind::Aarch64 && self.systemstack.contains(pc))
+        };
+        if let Some(i) = frames.iter().position(|f| ends(f.lookup_pc())) {
+            frames.truncate(i + 1);
+        }
+    }
+
+    /// Crosses through `g.sched` (`crate::go_runtime`, amd64):
+    /// - a walk that ends in `runtime.mcall`: to the goroutine that called it, when still
+    ///   parked there ([`crate::go_runtime::mcall_goroutine`]);
+    /// - a walk cut short (code without frame pointers, a cgo call in C) on g0 or gsignal that
+    ///   never reached the goroutine: to the goroutine that left through `systemstack` or
+    ///   `asmcgocall` ([`crate::go_runtime::switched_goroutine`]).
+    ///
+    /// The first goroutine frame is marked as found through transition `id`.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_g_sched(
+        &self,
+        core: &Core,
+        symbols: &Symbolizer,
+        t: &Thread,
+        table: &TransitionTable,
+        cfi: &crate::dwarf::Unwinder,
+        mode: Mode,
+        frames: &[Frame],
+        stop: StopReason,
+        id: Id,
+    ) -> Option<(Vec<Frame>, StopReason)> {
+        if core.arch != ArchKind::X86_64 || frames.len() >= MAX_FRAMES {
+            return None;
+        }
+        let last = *frames.last()?;
+        let mut mem = core.memory();
+        let g = crate::go_runtime::thread_g(&mut mem, core.arch, t.tls, t.x28)?;
+        let regs = if self.mcall.is_some_and(|r| r.contains(last.lookup_pc())) {
+            crate::go_runtime::mcall_goroutine(&mut mem, &self.offsets, g, last.pc)?
+        } else {
+            let bottom = self.bottoms.iter().any(|r| r.contains(last.lookup_pc()));
+            let crossed = frames.iter().any(|f| {
+                f.via == crate::frame::Via::Transition
+                    && table
+                        .entries()
+                        .iter()
+                        .any(|e| e.id == f.transition && matches!(e.rule, Rule::ContinueChain))
+            });
+            if bottom || crossed || !stop.is_truncated() {
+                return None;
+            }
+            crate::go_runtime::switched_goroutine(&mut mem, &self.offsets, g, self.switch_marker?)?
+        };
+        Some(continue_from(
+            core, symbols, table, cfi, mode, frames, regs, id, None,
+        ))
     }
 }
 

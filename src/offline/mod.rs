@@ -6,5 +6,6 @@ mod core_walk;
 pub use core_walk::*;
 
 pub mod core_file;
+pub mod go_runtime;
 pub mod symbols;
 pub mod verify;

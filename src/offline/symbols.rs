@@ -169,6 +169,11 @@ impl Module {
         })
     }
 
+    /// The module file's bytes (mapped read-only).
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
     /// Runtime range of the function with exactly this raw (mangled) name.
     pub fn function(&self, raw_name: &str) -> Option<Range> {
         self.by_name

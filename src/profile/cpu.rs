@@ -171,6 +171,8 @@ struct Slot {
     state: AtomicU32,
     len: AtomicU32,
     stop: AtomicU32,
+    /// The sampled thread's id (`gettid`, async-signal-safe): the profile's thread label.
+    tid: AtomicU32,
     frames: UnsafeCell<[Frame; MAX_DEPTH]>,
 }
 
@@ -184,6 +186,7 @@ const SLOT: Slot = Slot {
     state: AtomicU32::new(EMPTY),
     len: AtomicU32::new(0),
     stop: AtomicU32::new(0),
+    tid: AtomicU32::new(0),
     frames: UnsafeCell::new([Frame::EMPTY; MAX_DEPTH]),
 };
 
@@ -265,6 +268,7 @@ fn record(uc: *mut libc::c_void) {
         }
         slot.len.store(trace.len as u32, Ordering::Relaxed);
         slot.stop.store(trace.stop as u32, Ordering::Relaxed);
+        slot.tid.store(gettid() as u32, Ordering::Relaxed);
         RECORDED.fetch_add(1, Ordering::Relaxed);
         slot.state.store(READY, Ordering::Release);
         return;
@@ -272,7 +276,21 @@ fn record(uc: *mut libc::c_void) {
     DROPPED.fetch_add(1, Ordering::Relaxed);
 }
 
-type Stacks = HashMap<Vec<Frame>, u64>;
+/// Collected samples: per thread id, stacks and their counts; and the threads' names, read
+/// (`/proc/self/task/TID/comm`) by the collector when it first sees a thread, while the thread
+/// most likely still runs.
+#[derive(Default)]
+struct Stacks {
+    by_tid: HashMap<u32, HashMap<Vec<Frame>, u64>>,
+    names: HashMap<u32, String>,
+}
+
+/// A thread's name (`comm`), or "" when it has exited.
+fn thread_name(tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .map(|s| s.trim_end_matches('\n').to_string())
+        .unwrap_or_default()
+}
 
 /// Moves every ready slot into `into`. Returns how many it moved.
 fn drain(into: &mut Stacks) -> u64 {
@@ -286,6 +304,9 @@ fn drain(into: &mut Stacks) -> u64 {
             // SAFETY: READY (seen with Acquire) hands the slot to the collector, the only
             // drainer (calls are serialised by the profiler's mutex), until EMPTY is stored.
             let frames = unsafe { &(&*slot.frames.get())[..len] };
+            let tid = slot.tid.load(Ordering::Relaxed);
+            into.names.entry(tid).or_insert_with(|| thread_name(tid));
+            let into = into.by_tid.entry(tid).or_default();
             match into.get_mut(frames) {
                 Some(c) => *c += 1,
                 None => {
@@ -673,12 +694,12 @@ impl CpuProfiler {
         }
         NAIVE.store(config.naive, Ordering::Relaxed);
         let shared = Arc::new(Shared {
-            stacks: Mutex::new(HashMap::new()),
+            stacks: Mutex::new(Stacks::default()),
             collected: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         // Leftovers cannot exist (stop drains after the last handler), but be sure.
-        drain(&mut HashMap::new());
+        drain(&mut Stacks::default());
         let collector = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -749,12 +770,31 @@ impl CpuProfiler {
     /// Stops the timers, waits for running handlers, collects the rest and returns the profile.
     pub fn stop(mut self) -> CpuProfile {
         self.halt();
-        let stacks =
+        let collected =
             std::mem::take(&mut *self.shared.stacks.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut stacks: Vec<(Vec<Frame>, u64)> = stacks.into_iter().collect();
-        stacks.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.len().cmp(&b.0.len())));
+        let order = |a: &(Vec<Frame>, u64), b: &(Vec<Frame>, u64)| {
+            b.1.cmp(&a.1).then_with(|| a.0.len().cmp(&b.0.len()))
+        };
+        let mut merged: HashMap<Vec<Frame>, u64> = HashMap::new();
+        let mut threads = Vec::new();
+        for (tid, stacks) in collected.by_tid {
+            let mut stacks: Vec<(Vec<Frame>, u64)> = stacks.into_iter().collect();
+            stacks.sort_by(order);
+            for (f, c) in &stacks {
+                *merged.entry(f.clone()).or_insert(0) += c;
+            }
+            threads.push(ThreadSamples {
+                tid,
+                name: collected.names.get(&tid).cloned().unwrap_or_default(),
+                stacks,
+            });
+        }
+        threads.sort_by_key(|t| t.tid);
+        let mut stacks: Vec<(Vec<Frame>, u64)> = merged.into_iter().collect();
+        stacks.sort_by(order);
         CpuProfile {
             stacks,
+            threads,
             period: period(&self.config),
             duration: self.started.elapsed(),
             stats: self.stats(),
@@ -802,11 +842,25 @@ impl Drop for CpuProfiler {
     }
 }
 
+/// One thread's samples.
+#[derive(Clone, Debug)]
+pub struct ThreadSamples {
+    /// Thread id.
+    pub tid: u32,
+    /// Its name (`/proc/self/task/TID/comm` when the collector first saw it; "" if it had
+    /// exited).
+    pub name: String,
+    /// (stack, samples), most samples first.
+    pub stacks: Vec<(Vec<Frame>, u64)>,
+}
+
 /// What a CPU profiler collected: full captured stacks (leaf first) and their sample counts.
 #[derive(Clone, Debug)]
 pub struct CpuProfile {
-    /// (stack, samples), most samples first.
+    /// (stack, samples), most samples first, all threads together.
     pub stacks: Vec<(Vec<Frame>, u64)>,
+    /// The same samples per thread (the profile's `thread_id` and `thread_name` labels).
+    pub threads: Vec<ThreadSamples>,
     /// Sampling period (of thread CPU time, or wall time with [`Clock::Wall`]).
     pub period: Duration,
     /// How long the profiler ran.
@@ -822,8 +876,11 @@ impl CpuProfile {
     }
 
     /// The profile under `policy`: each stack cut to what the policy keeps, as a pprof-style
-    /// [`Profile`] with values `samples/count` and `cpu/nanoseconds`. Stacks the policy empties
-    /// are kept as empty samples (pprof accepts them) so totals stay true.
+    /// [`Profile`] with values `samples/count` and `cpu/nanoseconds`, each sample labelled
+    /// `thread_id` and `thread_name` (pprof string labels: `go tool pprof -tagfocus
+    /// thread_name=worker`). Stacks the policy empties are kept as empty samples (pprof accepts
+    /// them) so totals stay true. Without per-thread samples ([`CpuProfile::threads`] empty),
+    /// [`CpuProfile::stacks`] unlabelled.
     pub fn to_profile(&self, policy: &Policy, classifier: &Classifier) -> Profile {
         let ns = self.period.as_nanos() as i64;
         let mut p = Profile::new(
@@ -836,14 +893,37 @@ impl CpuProfile {
         );
         p.duration_nanos = self.duration.as_nanos() as i64;
         p.default_sample_type = Some("cpu".into());
-        for (frames, count) in &self.stacks {
-            let kept = policy.apply(frames, classifier).slice(frames);
-            p.samples.push(Sample {
-                pcs: kept.iter().map(|f| f.pc).collect(),
-                exact_leaf: kept.first().is_some_and(|f| f.is_exact()),
-                values: vec![*count as i64, *count as i64 * ns],
-                labels: Vec::new(),
-            });
+        let unlabelled = [ThreadSamples {
+            tid: 0,
+            name: String::new(),
+            stacks: Vec::new(),
+        }];
+        let threads = if self.threads.is_empty() {
+            &unlabelled[..]
+        } else {
+            &self.threads[..]
+        };
+        for t in threads {
+            let (stacks, labels) = if self.threads.is_empty() {
+                (&self.stacks, Vec::new())
+            } else {
+                (
+                    &t.stacks,
+                    vec![
+                        ("thread_id".to_string(), t.tid.to_string()),
+                        ("thread_name".to_string(), t.name.clone()),
+                    ],
+                )
+            };
+            for (frames, count) in stacks {
+                let kept = policy.apply(frames, classifier).slice(frames);
+                p.samples.push(Sample {
+                    pcs: kept.iter().map(|f| f.pc).collect(),
+                    exact_leaf: kept.first().is_some_and(|f| f.is_exact()),
+                    values: vec![*count as i64, *count as i64 * ns],
+                    labels: labels.clone(),
+                });
+            }
         }
         p.merge_identical();
         p

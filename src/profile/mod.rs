@@ -6,4 +6,5 @@ pub use output::*;
 
 pub mod cpu;
 pub mod heap;
+pub mod lines;
 mod sigprof;

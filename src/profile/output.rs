@@ -13,9 +13,11 @@
 //!
 //! # pprof
 //! [`Profile::to_pprof`] writes `profile.proto` (github.com/google/pprof, `proto/profile.proto`)
-//! with a small hand-written protobuf encoder: one location per distinct address, one function per
-//! distinct name, one mapping per loaded module, all marked as symbolised so `go tool pprof`
-//! needs no binaries.
+//! with a small hand-written protobuf encoder: one location per distinct address, with one `Line`
+//! per function of its inline chain and file:line from the modules' DWARF
+//! ([`crate::pprof_lines`]); one function per distinct name and source file; one mapping per
+//! loaded module, with its GNU build id, all marked as symbolised so `go tool pprof` needs no
+//! binaries (`-lines`, `-list`, `-traces` show the inlined frames and lines).
 
 use crate::symbols::Symbolizer;
 use std::collections::HashMap;
@@ -135,16 +137,51 @@ impl Profile {
         Ok(())
     }
 
+    /// The function names of a sample, leaf first, with each address's inlined functions
+    /// (innermost first) where the modules' DWARF has them.
+    pub fn names_with_inlines(
+        &self,
+        s: &Sample,
+        sym: &Symbolizer,
+        lines: &mut crate::pprof_lines::LineTables<'_>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, &pc) in s.pcs.iter().enumerate() {
+            let exact = i == 0 && s.exact_leaf;
+            let chain = lines.frames(crate::frame::FrameAddress::new(pc, exact).lookup_address());
+            if chain.is_empty() {
+                out.push(function_name(sym, pc, exact));
+            } else {
+                out.extend(chain.into_iter().map(|f| f.function));
+            }
+        }
+        out
+    }
+
     /// Folded stacks (`root;…;leaf value` per line, as `inferno` and `flamegraph.pl` read) of
     /// value `index`. Samples with a zero value or no frames are left out.
     pub fn folded(&self, sym: &Symbolizer, index: usize) -> String {
+        self.folded_impl(sym, index, false)
+    }
+
+    /// [`Profile::folded`] with inlined functions as frames of their own.
+    pub fn folded_with_inlines(&self, sym: &Symbolizer, index: usize) -> String {
+        self.folded_impl(sym, index, true)
+    }
+
+    fn folded_impl(&self, sym: &Symbolizer, index: usize, inlines: bool) -> String {
+        let mut tables = crate::pprof_lines::LineTables::new(sym);
         let mut lines: HashMap<String, i64> = HashMap::new();
         for s in &self.samples {
             let v = s.values.get(index).copied().unwrap_or(0);
             if v == 0 || s.pcs.is_empty() {
                 continue;
             }
-            let mut names = self.names(s, sym);
+            let mut names = if inlines {
+                self.names_with_inlines(s, sym, &mut tables)
+            } else {
+                self.names(s, sym)
+            };
             names.reverse();
             let line = names
                 .iter()
@@ -173,7 +210,29 @@ impl Profile {
         title: &str,
         w: W,
     ) -> io::Result<()> {
-        let folded = self.folded(sym, index);
+        self.write_flamegraph_impl(sym, index, title, false, w)
+    }
+
+    /// [`Profile::write_flamegraph`] with inlined functions as frames of their own.
+    pub fn write_flamegraph_with_inlines<W: Write>(
+        &self,
+        sym: &Symbolizer,
+        index: usize,
+        title: &str,
+        w: W,
+    ) -> io::Result<()> {
+        self.write_flamegraph_impl(sym, index, title, true, w)
+    }
+
+    fn write_flamegraph_impl<W: Write>(
+        &self,
+        sym: &Symbolizer,
+        index: usize,
+        title: &str,
+        inlines: bool,
+        w: W,
+    ) -> io::Result<()> {
+        let folded = self.folded_impl(sym, index, inlines);
         let mut opts = inferno::flamegraph::Options::default();
         opts.title = title.to_string();
         if let Some((_, unit)) = self.sample_types.get(index) {
@@ -259,15 +318,23 @@ impl Enc {
     }
 }
 
+/// A pprof location: id, mapping id, address, lines (function id, line), innermost first.
+type Loc = (u64, u64, u64, Vec<(u64, i64)>);
+
 struct PprofBuilder<'a> {
     sym: &'a Symbolizer,
     strings: Vec<String>,
     string_ids: HashMap<String, i64>,
     /// (address, exact) -> location id.
     locations: HashMap<(u64, bool), u64>,
-    location_list: Vec<(u64, u64, u64, u64)>, // id, mapping id, address, function id
-    functions: HashMap<String, u64>,
+    location_list: Vec<Loc>,
+    /// (name, source file) -> function id.
+    functions: HashMap<(String, String), u64>,
     function_list: Vec<(u64, i64, i64)>, // id, name, filename
+    /// Source lines and inlined functions (DWARF).
+    lines: crate::pprof_lines::LineTables<'a>,
+    /// Mapping ids whose locations got file:line from DWARF.
+    mappings_with_lines: std::collections::HashSet<u64>,
 }
 
 impl<'a> PprofBuilder<'a> {
@@ -280,6 +347,8 @@ impl<'a> PprofBuilder<'a> {
             location_list: Vec::new(),
             functions: HashMap::new(),
             function_list: Vec::new(),
+            lines: crate::pprof_lines::LineTables::new(sym),
+            mappings_with_lines: Default::default(),
         };
         b.string(""); // string_table[0] must be ""
         b
@@ -308,24 +377,43 @@ impl<'a> PprofBuilder<'a> {
             return id;
         }
         let look = crate::frame::FrameAddress::new(pc, exact).lookup_address();
-        let (name, file) = match self.sym.lookup(look) {
-            Some(s) => (s.name.to_string(), s.module.to_string()),
-            None => (format!("{pc:#x}"), String::new()),
-        };
-        let fid = match self.functions.get(&name) {
-            Some(&f) => f,
-            None => {
-                let f = self.function_list.len() as u64 + 1;
-                let n = self.string(&name);
-                let fl = self.string(&file);
-                self.function_list.push((f, n, fl));
-                self.functions.insert(name, f);
-                f
-            }
-        };
-        let id = self.location_list.len() as u64 + 1;
         let mapping = self.mapping_id(look);
-        self.location_list.push((id, mapping, pc, fid));
+        // The inline chain with file:line (DWARF), else the symbol table's name alone.
+        let mut chain: Vec<(String, String, i64)> = self
+            .lines
+            .frames(look)
+            .into_iter()
+            .map(|f| (f.function, f.file, i64::from(f.line)))
+            .collect();
+        if !chain.is_empty() {
+            self.mappings_with_lines.insert(mapping);
+        }
+        // The outermost function is the one the symbol table names (DWARF may lack its name).
+        let symbol = self.sym.lookup(look).map(|s| s.name.to_string());
+        match (chain.last_mut(), symbol) {
+            (Some(last), Some(name)) if last.0.is_empty() => last.0 = name,
+            (None, Some(name)) => chain.push((name, String::new(), 0)),
+            (None, None) => chain.push((format!("{pc:#x}"), String::new(), 0)),
+            _ => {}
+        }
+        let mut lines = Vec::with_capacity(chain.len());
+        for (name, file, line) in chain {
+            let key = (name, file);
+            let fid = match self.functions.get(&key) {
+                Some(&f) => f,
+                None => {
+                    let f = self.function_list.len() as u64 + 1;
+                    let n = self.string(&key.0);
+                    let fl = self.string(&key.1);
+                    self.function_list.push((f, n, fl));
+                    self.functions.insert(key, f);
+                    f
+                }
+            };
+            lines.push((fid, line));
+        }
+        let id = self.location_list.len() as u64 + 1;
+        self.location_list.push((id, mapping, pc, lines));
         self.locations.insert((pc, exact), id);
         id
     }
@@ -362,8 +450,8 @@ impl<'a> PprofBuilder<'a> {
                 }
             });
         }
-        let modules: Vec<(u64, u64, u64, i64)> = {
-            let ms: Vec<(u64, u64, u64, String)> = self
+        let modules: Vec<(u64, u64, u64, i64, i64)> = {
+            let ms: Vec<(u64, u64, u64, String, String)> = self
                 .sym
                 .modules()
                 .iter()
@@ -373,29 +461,42 @@ impl<'a> PprofBuilder<'a> {
                         m.range.hi,
                         m.range.lo.wrapping_sub(m.bias),
                         m.path.clone(),
+                        crate::pprof_lines::build_id(m.data())
+                            .map(|b| crate::pprof_lines::hex(&b))
+                            .unwrap_or_default(),
                     )
                 })
                 .collect();
             ms.into_iter()
-                .map(|(lo, hi, off, path)| (lo, hi, off, self.string(&path)))
+                .map(|(lo, hi, off, path, id)| (lo, hi, off, self.string(&path), self.string(&id)))
                 .collect()
         };
-        for (i, (lo, hi, off, path)) in modules.iter().enumerate() {
+        for (i, (lo, hi, off, path, build_id)) in modules.iter().enumerate() {
+            let lines = self.mappings_with_lines.contains(&(i as u64 + 1));
             out.message(3, |m| {
                 m.uint(1, i as u64 + 1);
                 m.uint(2, *lo);
                 m.uint(3, *hi);
                 m.uint(4, *off);
                 m.int(5, *path);
-                m.bool(7, true);
+                m.int(6, *build_id);
+                m.bool(7, true); // has_functions
+                m.bool(8, lines); // has_filenames
+                m.bool(9, lines); // has_line_numbers
+                m.bool(10, lines); // has_inline_frames
             });
         }
-        for &(id, mapping, addr, fid) in &self.location_list {
+        for (id, mapping, addr, lines) in &self.location_list {
             out.message(4, |m| {
-                m.uint(1, id);
-                m.uint(2, mapping);
-                m.uint(3, addr);
-                m.message(4, |l| l.uint(1, fid));
+                m.uint(1, *id);
+                m.uint(2, *mapping);
+                m.uint(3, *addr);
+                for &(fid, line) in lines {
+                    m.message(4, |l| {
+                        l.uint(1, fid);
+                        l.int(2, line);
+                    });
+                }
             });
         }
         for &(id, name, file) in &self.function_list {

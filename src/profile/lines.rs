@@ -1,0 +1,118 @@
+//! Source lines for profiles: each address's inlined call chain with file:line (from the
+//! modules' DWARF, through `addr2line`), and each module's GNU build id. Used by the profile
+//! writers after collection, never while sampling.
+
+use crate::symbols::Symbolizer;
+
+/// One function of an address's inline chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InlineFrame {
+    /// The function's name (demangled).
+    pub function: String,
+    /// Its source file ("" when unknown).
+    pub file: String,
+    /// The line in `file` (0 when unknown).
+    pub line: u32,
+}
+
+/// Line tables of a [`Symbolizer`]'s modules, each loaded on first use.
+pub struct LineTables<'a> {
+    sym: &'a Symbolizer,
+    /// Per module (same index): not tried yet, or the loader (`None`: no DWARF).
+    loaders: Vec<Option<Option<addr2line::Loader>>>,
+}
+
+impl<'a> LineTables<'a> {
+    /// Line tables for `sym`'s modules (nothing is read yet).
+    pub fn new(sym: &'a Symbolizer) -> Self {
+        LineTables {
+            sym,
+            loaders: (0..sym.modules().len()).map(|_| None).collect(),
+        }
+    }
+
+    /// The functions at `pc` (an exact address: subtract 1 from a return address first),
+    /// innermost first: the functions inlined there, then the one they were inlined into.
+    /// Empty when the module has no line information for `pc`.
+    pub fn frames(&mut self, pc: u64) -> Vec<InlineFrame> {
+        let Some(i) = self.sym.modules().iter().position(|m| m.range.contains(pc)) else {
+            return Vec::new();
+        };
+        let m = &self.sym.modules()[i];
+        let slot = &mut self.loaders[i];
+        if slot.is_none() {
+            *slot = Some(addr2line::Loader::new(&m.file).ok());
+        }
+        let Some(Some(loader)) = slot.as_ref() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let Ok(mut it) = loader.find_frames(pc.wrapping_sub(m.bias)) else {
+            return out;
+        };
+        // A chain deeper than this is not a real program's.
+        while let Ok(Some(f)) = it.next() {
+            if out.len() >= 256 {
+                break;
+            }
+            let function = f
+                .function
+                .as_ref()
+                .and_then(|n| n.demangle().ok().map(|c| c.into_owned()))
+                .unwrap_or_default();
+            let (file, line) = match &f.location {
+                Some(l) => (l.file.unwrap_or("").to_string(), l.line.unwrap_or(0)),
+                None => (String::new(), 0),
+            };
+            out.push(InlineFrame {
+                function,
+                file,
+                line,
+            });
+        }
+        // No function names at all (a module with line tables but no DWARF functions): not
+        // useful as a chain.
+        if out.iter().all(|f| f.function.is_empty()) {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The module's GNU build id (`NT_GNU_BUILD_ID`), if it has one.
+pub fn build_id(data: &[u8]) -> Option<Vec<u8>> {
+    use object::Object;
+    let file = object::File::parse(data).ok()?;
+    file.build_id().ok()?.map(<[u8]>::to_vec)
+}
+
+/// Lower-case hex, as pprof and debuginfod spell build ids.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_test_binary_has_lines_and_a_build_id() {
+        let sym = Symbolizer::for_current_process();
+        let here = this_test_binary_has_lines_and_a_build_id as *const () as usize as u64;
+        let mut t = LineTables::new(&sym);
+        let frames = t.frames(here);
+        assert!(!frames.is_empty(), "no line info for {here:#x}");
+        let last = frames.last().unwrap();
+        assert!(last.file.ends_with("pprof_lines.rs"), "{frames:?}");
+        assert!(last.line > 0);
+        assert!(
+            last.function
+                .contains("this_test_binary_has_lines_and_a_build_id"),
+            "{frames:?}"
+        );
+        // Outside every module: nothing.
+        assert!(t.frames(8).is_empty());
+        assert_eq!(hex(&[0x0a, 0xff]), "0aff");
+        assert_eq!(build_id(b"not an ELF"), None);
+    }
+}

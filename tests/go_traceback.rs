@@ -1,0 +1,432 @@
+//! `unwind stack` against Go's own traceback, frame for frame (fixtures/go/crossings,
+//! fixtures/go/make-traceback-core.sh): a cgo call blocked in C (`asmcgocall`), parked
+//! goroutines (`mcall`), a running goroutine, idle Ms on g0, and (crash cores) every thread
+//! inside Go's SIGQUIT handler on its gsignal stack.
+//!
+//! Go prints, per goroutine (and with GOTRACEBACK=crash per M: `PC=… m=N` then the M's g0 or
+//! goroutine stack), each frame's function and `pc=`. For every thread of the core and every
+//! mode, `unwind`'s frames are split where they cross from one stack to another; each part
+//! must equal the frames Go printed for that stack: the same functions in the same order, none
+//! lost or added (Go's inlined frames, printed without a pc, are not physical frames), and the
+//! same return addresses.
+//!
+//! Needs `go` (golang-go), and `gdb` for the gcore core and core_pattern `core` for the crash
+//! core; without them the tests print that they skipped, and fail when `CI` is set.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_unwind");
+
+fn have(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn skip(why: &str) {
+    assert!(std::env::var_os("CI").is_none(), "CI: cannot run: {why}");
+    eprintln!("skipping: {why}");
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // gcore's core is ~1 GB (Go reserves its heap arenas): never leave it behind.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One stack Go printed.
+#[derive(Debug)]
+struct Block {
+    /// `PC=` of the `SIGQUIT` block this stack belongs to (crash mode: one per M).
+    signal_pc: Option<u64>,
+    /// `goroutine 0 [idle]:` (an M's g0) or `goroutine N [state]:`.
+    header: String,
+    /// (function, pc), leaf first; inlined frames (no pc) left out.
+    frames: Vec<(String, u64)>,
+}
+
+fn parse_traceback(text: &str) -> Vec<Block> {
+    let mut blocks: Vec<Block> = Vec::new();
+    let mut signal_pc = None;
+    let mut func: Option<String> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("PC=0x") {
+            signal_pc = u64::from_str_radix(rest.split_whitespace().next().unwrap(), 16).ok();
+        } else if line.starts_with("goroutine ") && line.ends_with(':') {
+            blocks.push(Block {
+                signal_pc,
+                header: line.to_string(),
+                frames: Vec::new(),
+            });
+        } else if line.starts_with('\t') {
+            if let (Some(f), Some(b)) = (func.take(), blocks.last_mut()) {
+                if let Some(pc) = line.split(" pc=0x").nth(1) {
+                    b.frames
+                        .push((f, u64::from_str_radix(pc.trim(), 16).unwrap()));
+                }
+            }
+        } else if line.is_empty() {
+            func = None;
+        } else if !line.starts_with("created by ") && line.ends_with(')') {
+            let name = line[..line.rfind('(').unwrap()].to_string();
+            func = Some(name);
+        }
+    }
+    blocks.retain(|b| !b.frames.is_empty());
+    blocks
+}
+
+/// Our frame: (function without Go's `.abi0` suffix, pc, via).
+type Ours = (String, u64, String);
+
+fn ours(t: &Value) -> Vec<Ours> {
+    t["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let s = f["symbol"].as_str().unwrap_or("?");
+            (
+                s.trim_end_matches(".abi0").to_string(),
+                u64::from_str_radix(f["pc"].as_str().unwrap().trim_start_matches("0x"), 16)
+                    .unwrap(),
+                f["via"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Splits a thread's frames at each crossing: a frame found through a transition starts a
+/// new part. Returns (part, entered through a signal frame?).
+fn parts(frames: &[Ours]) -> Vec<(Vec<Ours>, bool)> {
+    let mut out: Vec<(Vec<Ours>, bool)> = vec![(Vec::new(), false)];
+    for (i, f) in frames.iter().enumerate() {
+        if f.2 == "transition" && i > 0 {
+            let signal =
+                frames[i - 1].0 == "__restore_rt" || frames[i - 1].0 == "runtime.sigreturn";
+            out.push((Vec::new(), signal));
+        }
+        out.last_mut().unwrap().0.push(f.clone());
+    }
+    out
+}
+
+fn names<'a, I: IntoIterator<Item = &'a String>>(it: I) -> Vec<&'a str> {
+    it.into_iter().map(String::as_str).collect()
+}
+
+/// Is `a` (ours) exactly `b` (Go's): the same functions, and the same pcs except at the leaf
+/// (Go shows a goroutine in a syscall or cgo call at the pc it entered it, we at its return
+/// address from `asmcgocall`)?
+fn same(a: &[Ours], b: &Block) -> bool {
+    a.len() == b.frames.len()
+        && a.iter()
+            .zip(&b.frames)
+            .enumerate()
+            .all(|(i, (x, y))| x.0 == y.0 && (i == 0 || x.1 == y.1))
+}
+
+/// FP mode cannot see the caller of a frameless function (Go's `runtime.futex`, or `main.spin`:
+/// Go gives functions with no locals no frame record) where it was interrupted: where a walk
+/// starts from exact registers (the thread's, a signal frame's) or where Go's asynchronous
+/// preemption injected a call to `runtime.asyncPreempt`. `a` is `b` with at most one frame
+/// missing after each such interrupted frame; everything else equal, pcs included.
+fn same_but_interrupted_callers(a: &[Ours], b: &Block) -> bool {
+    let interrupted = |j: usize| j == 0 || (j >= 1 && b.frames[j - 1].0 == "runtime.asyncPreempt");
+    let (mut i, mut j) = (0, 0);
+    let mut skipped_after = usize::MAX;
+    while i < a.len() && j < b.frames.len() {
+        let (x, y) = (&a[i], &b.frames[j]);
+        if x.0 == y.0 && (j == 0 || x.1 == y.1) {
+            i += 1;
+            j += 1;
+        } else if j >= 1 && interrupted(j - 1) && skipped_after != j - 1 {
+            skipped_after = j - 1;
+            j += 1;
+        } else {
+            return false;
+        }
+    }
+    i == a.len() && j == b.frames.len()
+}
+
+fn unwind_json(core: &Path, exe: &Path, mode: &str) -> Value {
+    let out = Command::new(BIN)
+        .args(["stack", "--core"])
+        .arg(core)
+        .arg("--exe")
+        .arg(exe)
+        .args(["--format", "json", "--mode", mode])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("no usable CFI"),
+        "{mode}: Go's compressed .debug_frame must be read: {err}"
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn make(mode: &str, dir: &Path) -> Option<(PathBuf, PathBuf, String)> {
+    if !cfg!(target_arch = "x86_64") {
+        eprintln!("skipping: the traceback fixture runs on x86_64 hosts");
+        return None;
+    }
+    if !have("go", "version") {
+        skip("needs `go` (golang-go)");
+        return None;
+    }
+    if mode == "gcore" && !have("gdb", "--version") {
+        skip("needs gdb (gcore)");
+        return None;
+    }
+    if mode == "crash"
+        && std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+            .unwrap_or_default()
+            .trim()
+            != "core"
+    {
+        skip("needs core_pattern `core` (CI sets it)");
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/make-traceback-core.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(mode)
+        .arg(dir)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if mode == "gcore" && (err.contains("ptrace") || err.contains("not permitted")) {
+            skip(&format!("gdb cannot trace here: {err}"));
+            return None;
+        }
+        panic!("make-traceback-core.sh {mode} failed: {err}");
+    }
+    let tb = std::fs::read_to_string(dir.join(format!("traceback-{mode}.txt"))).unwrap();
+    Some((dir.join(format!("core-{mode}")), dir.join("crossings"), tb))
+}
+
+/// What one thread's comparison found, for the summary.
+#[derive(Default, Debug)]
+struct Seen {
+    cgo: bool,
+    mcall: bool,
+    signal: bool,
+}
+
+/// Compares every thread of `v` with Go's blocks; returns which crossings were checked.
+fn compare(v: &Value, blocks: &[Block], mode: &str, crash: bool) -> Seen {
+    let mut seen = Seen::default();
+    let goroutines: Vec<&Block> = blocks
+        .iter()
+        .filter(|b| !b.header.starts_with("goroutine 0 "))
+        .collect();
+    for t in v["threads"].as_array().unwrap() {
+        let frames = ours(t);
+        let ps = parts(&frames);
+        let ctx = || {
+            format!(
+                "{mode}, thread {}: {:#?}\nGo: {blocks:#?}",
+                t["tid"],
+                names(frames.iter().map(|f| &f.0))
+            )
+        };
+        // The part the thread was running when stopped: in a crash core, the one Go's handler
+        // interrupted (after the outermost signal frame); in a gcore core, the first.
+        let start = if crash {
+            ps.iter()
+                .rposition(|p| p.1)
+                .unwrap_or_else(|| panic!("no signal frame: {}", ctx()))
+        } else {
+            0
+        };
+        if crash {
+            seen.signal = true;
+        }
+        let running = &ps[start].0;
+        let rest = &ps[start + 1..];
+        // Go's block for this thread: the M's g0 (goroutine 0) or its goroutine. Crash mode
+        // ties a block to the thread by the interrupted pc.
+        let mine: Vec<&Block> = blocks
+            .iter()
+            .filter(|b| {
+                if crash {
+                    b.signal_pc == Some(running[0].1)
+                } else {
+                    b.frames.first().map(|f| f.1) == Some(running[0].1)
+                        || b.frames.first().map(|f| &f.0) == Some(&running[0].0)
+                }
+            })
+            .collect();
+        let g0_part = running.last().is_some_and(|f| {
+            f.0 == "runtime.mstart" || f.0 == "runtime.mcall" || f.0 == "runtime.rt0_go"
+        });
+        if g0_part && crash {
+            // Several Ms may have been interrupted at the same pc (futex): one must match.
+            let ok = mine
+                .iter()
+                .filter(|b| b.header.starts_with("goroutine 0 "))
+                .any(|b| {
+                    if mode == "fp" {
+                        same_but_interrupted_callers(running, b)
+                    } else {
+                        same(running, b)
+                    }
+                });
+            assert!(ok, "g0 part differs from Go's g0 stacks: {}", ctx());
+        }
+        match rest {
+            [] if !g0_part && !crash => {
+                // A goroutine running Go code (the spinner) went on running between gcore and
+                // SIGQUIT: not the same state, nothing to compare.
+            }
+            [] if !g0_part => {
+                // A goroutine running Go code on its own stack (the spinner).
+                let fp = mode == "fp";
+                assert!(
+                    goroutines.iter().any(|b| if fp {
+                        same_but_interrupted_callers(running, b)
+                    } else {
+                        same(running, b)
+                    }),
+                    "running goroutine not in Go's traceback: {}",
+                    ctx()
+                );
+            }
+            [] => {}
+            [(g, false)] => {
+                // Crossed from g0 (mcall) or C code on g0 (asmcgocall) to a goroutine.
+                let b = goroutines
+                    .iter()
+                    .find(|b| {
+                        if mode == "fp" {
+                            same_but_interrupted_callers(g, b)
+                        } else {
+                            same(g, b)
+                        }
+                    })
+                    .unwrap_or_else(|| {
+                        panic!("goroutine part is not one of Go's goroutines: {}", ctx())
+                    });
+                if b.header.contains("[syscall]") {
+                    // The cgo call: C frames on g0 (FP mode: only the interrupted one, libc
+                    // has no frame records), then the goroutine from runtime.cgocall on.
+                    assert_eq!(g[0].0, "runtime.cgocall", "{}", ctx());
+                    if mode != "fp" {
+                        assert_eq!(running.last().unwrap().0, "runtime.asmcgocall", "{}", ctx());
+                    }
+                    seen.cgo = true;
+                }
+                if running.last().is_some_and(|f| f.0 == "runtime.mcall") {
+                    // Parked (gopark), or preempted and runnable (asyncPreempt2 -> mcall).
+                    seen.mcall = true;
+                }
+            }
+            _ => panic!("unexpected crossings: {}", ctx()),
+        }
+        // Every walk ends where Go's does.
+        let last = &frames.last().unwrap().0;
+        assert!(
+            ["runtime.goexit", "runtime.mstart", "runtime.mcall"].contains(&last.as_str()),
+            "{}",
+            ctx()
+        );
+        assert_eq!(t["truncated"], false, "{}", ctx());
+    }
+    seen
+}
+
+fn run(mode: &str) {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("unwind-go-tb-{mode}-{}", std::process::id())));
+    let Some((core, exe, tb)) = make(mode, &dir.0) else {
+        return;
+    };
+    let blocks = parse_traceback(&tb);
+    assert!(blocks.len() >= 5, "Go's traceback: {tb}");
+    for m in ["fp", "dwarf", "hybrid"] {
+        let v = unwind_json(&core, &exe, m);
+        let seen = compare(&v, &blocks, m, mode == "crash");
+        eprintln!("{mode} {m}: {seen:?}");
+        // The cgo call is crossed in every mode (FP through g.sched, the others through the
+        // C frames' CFI and asmcgocall); a thread parked in mcall exists in these cores
+        // (an M that parked the main goroutine in time.Sleep).
+        assert!(seen.cgo, "{mode} {m}: the cgo thread was not compared");
+        assert!(seen.mcall, "{mode} {m}: no thread crossed mcall");
+    }
+}
+
+#[test]
+fn go_traceback_matches_in_gcore_core() {
+    run("gcore");
+}
+
+#[test]
+fn go_traceback_matches_in_crash_core() {
+    run("crash");
+}
+
+/// The offsets of `runtime.g`, `m` and `gobuf` read from a plain `go build` binary's
+/// (compressed) `.debug_info` are the built-in Go 1.17-1.21 table's, for Debian's Go; and its
+/// `.debug_frame` is compressed, so the CFI tests above read an inflated section.
+#[test]
+fn debug_info_offsets_agree_with_the_builtin_table() {
+    if !have("go", "version") {
+        skip("needs `go` (golang-go)");
+        return;
+    }
+    let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-off-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let exe = dir.0.join("crossings");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/crossings/main.go");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .env("GOCACHE", dir.0.join("gocache"))
+        .env("GOPATH", dir.0.join("gopath"))
+        .env("GO111MODULE", "off")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = std::fs::read(&exe).unwrap();
+    {
+        use object::{Object, ObjectSection, SectionFlags};
+        let file = object::File::parse(&*data).unwrap();
+        for name in [".debug_frame", ".debug_info"] {
+            let s = file.section_by_name(name).unwrap();
+            let SectionFlags::Elf { sh_flags, .. } = s.flags() else {
+                panic!("not ELF")
+            };
+            assert!(
+                sh_flags.0 & object::elf::SHF_COMPRESSED.0 != 0,
+                "{name} is not compressed: this test no longer covers compressed DWARF"
+            );
+        }
+    }
+    let from_dwarf =
+        unwind::go_runtime::GoOffsets::from_elf(&data).expect("runtime.g/m/gobuf in .debug_info");
+    assert_eq!(from_dwarf, unwind::go_runtime::GoOffsets::GO_1_17);
+    // A binary without DWARF gives none (the table is then used).
+    assert_eq!(
+        unwind::go_runtime::GoOffsets::from_elf(b"not an ELF file"),
+        None
+    );
+}

@@ -1,0 +1,171 @@
+//! Profiles readable to the line: the CPU profiler's pprof output, read back by the real
+//! `go tool pprof`, carries inlined frames with file:line (`-traces`, `-lines`, `-list`),
+//! source files in `Function.filename`, each mapping's GNU build id (`-raw`), and thread
+//! labels (`-tags`, `-tagfocus`); the folded output can show inlined frames.
+//!
+//! Needs `go` (golang-go) for `go tool pprof`: skipped with a message without it, a failure
+//! when `CI` is set.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use unwind::cpu::{Config, CpuProfiler};
+use unwind::policy::{Classifier, ProfileKind};
+
+fn go_pprof(args: &[&str], file: &Path) -> String {
+    let out = Command::new("go")
+        .arg("tool")
+        .arg("pprof")
+        .args(args)
+        .arg(file)
+        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .output()
+        .expect("running `go tool pprof`");
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Inlined into `lines_test_outer` (even in debug builds: LLVM's always-inliner runs at -O0).
+#[inline(always)]
+fn lines_test_inlined_leaf(budget: Duration) -> u64 {
+    let t0 = Instant::now();
+    let mut x = 7u64;
+    while t0.elapsed() < budget {
+        for i in 0..5_000u64 {
+            x = black_box(x.wrapping_mul(0x9e3779b97f4a7c15).wrapping_add(i));
+        }
+    }
+    x
+}
+
+#[inline(never)]
+fn lines_test_outer(budget: Duration) -> u64 {
+    black_box(lines_test_inlined_leaf(budget)) + 1
+}
+
+#[test]
+fn pprof_has_inlined_lines_build_ids_and_thread_labels() {
+    let go = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !go {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: needs `go` (golang-go)"
+        );
+        eprintln!("skipping: needs `go` (golang-go) for go tool pprof");
+        return;
+    }
+    unwind::init();
+    let p = CpuProfiler::start(Config {
+        frequency_hz: 250,
+        ..Config::default()
+    })
+    .unwrap();
+    // A named thread burns CPU in an inlined function; the main thread waits.
+    let worker = std::thread::Builder::new()
+        .name("lines-worker".into())
+        .spawn(move || {
+            let _reg = unwind::cpu::register_thread();
+            let t0 = Instant::now();
+            let mut n = 0;
+            while t0.elapsed() < Duration::from_secs(20) && n < 40 {
+                black_box(lines_test_outer(Duration::from_millis(50)));
+                n += 1;
+            }
+        })
+        .unwrap();
+    worker.join().unwrap();
+    let prof = p.stop();
+    assert!(prof.total() >= 20, "only {} samples", prof.total());
+    let named: Vec<_> = prof
+        .threads
+        .iter()
+        .filter(|t| t.name == "lines-worker")
+        .collect();
+    assert_eq!(
+        named.len(),
+        1,
+        "{:?}",
+        prof.threads
+            .iter()
+            .map(|t| (&t.name, t.tid))
+            .collect::<Vec<_>>()
+    );
+    let tid = named[0].tid;
+
+    let sym = unwind::symbols::Symbolizer::for_current_process();
+    let profile = prof.to_profile(&ProfileKind::Cpu.policy(), &Classifier::new());
+    let dir = std::env::temp_dir().join(format!("unwind-lines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pb = dir.join("cpu.pb.gz");
+    profile
+        .write_pprof(&sym, std::fs::File::create(&pb).unwrap())
+        .unwrap();
+
+    // -traces: the inlined leaf is its own frame, marked "(inline)", above its caller.
+    let traces = go_pprof(&["-traces"], &pb);
+    if std::env::var_os("UNWIND_SHOW").is_some() {
+        eprintln!("{traces}");
+    }
+    let inlined = traces.split("-----------+").any(|t| {
+        let leaf = t
+            .lines()
+            .position(|l| l.contains("lines_test_inlined_leaf") && l.contains("(inline)"));
+        let outer = t.lines().position(|l| l.contains("lines_test_outer"));
+        matches!((leaf, outer), (Some(a), Some(b)) if a < b)
+    });
+    assert!(inlined, "no trace shows the inlined frame:\n{traces}");
+
+    // -lines: file:line of this source file.
+    let lines = go_pprof(&["-lines", "-top", "-nodecount=200"], &pb);
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.contains("lines_test_inlined_leaf") && l.contains("pprof_lines.rs:")),
+        "{lines}"
+    );
+
+    // -list: the source of the inlined leaf, annotated (pprof finds this file by its name).
+    let list = go_pprof(&["-list", "lines_test_inlined_leaf"], &pb);
+    assert!(list.contains("pprof_lines.rs"), "{list}");
+    assert!(list.contains("wrapping_mul"), "the source lines: {list}");
+
+    // -raw: the executable's mapping carries its GNU build id, as `file`/readelf sees it.
+    let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let id = unwind::pprof_lines::build_id(&exe).map(|b| unwind::pprof_lines::hex(&b));
+    let raw = go_pprof(&["-raw"], &pb);
+    if let Some(id) = &id {
+        assert!(raw.contains(id.as_str()), "build id {id} missing:\n{raw}");
+    } else {
+        eprintln!("this test binary has no build id (linker without --build-id)");
+    }
+
+    // Thread labels: -tags lists them; -tagfocus keeps the named thread's samples only.
+    let tags = go_pprof(&["-tags"], &pb);
+    assert!(
+        tags.contains("thread_name") && tags.contains("lines-worker"),
+        "{tags}"
+    );
+    assert!(tags.contains(&tid.to_string()), "{tags}");
+    let focus = go_pprof(&["-tagfocus", "thread_name=lines-worker", "-top"], &pb);
+    assert!(focus.contains("lines_test_outer"), "{focus}");
+    let none = go_pprof(&["-tagfocus", "thread_name=no-such-thread", "-top"], &pb);
+    assert!(!none.contains("lines_test_outer"), "{none}");
+
+    // Folded with inlines: the inlined leaf has its own frame after its caller.
+    let folded = profile.folded_with_inlines(&sym, 0);
+    assert!(
+        folded
+            .lines()
+            .any(|l| l.contains("lines_test_outer;") && l.contains("lines_test_inlined_leaf")),
+        "{folded}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
