@@ -51,43 +51,15 @@ struct CopiedCfi {
 /// Enumerates the loaded objects; with `copy`, copies each one's in-memory CFI sections inside
 /// the `dl_iterate_phdr` callback (where the loader guarantees the object stays mapped).
 fn enumerate(copy: bool) -> Vec<(LoadedModule, Option<CopiedCfi>)> {
-    struct Out {
-        copy: bool,
-        mods: Vec<(LoadedModule, Option<CopiedCfi>)>,
-    }
-    unsafe extern "C" fn cb(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: `data` is the `&mut Out` passed below, alive for the whole dl_iterate_phdr
-        // call; `info` is valid for this callback, with `dlpi_phnum` headers at `dlpi_phdr`.
-        let (out, info) = unsafe { (&mut *(data as *mut Out), &*info) };
-        let name = if info.dlpi_name.is_null() {
-            String::new()
-        } else {
-            // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by the loader.
-            unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }
-                .to_string_lossy()
-                .into_owned()
-        };
-        let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
-            &[]
-        } else {
-            // SAFETY: the loader guarantees dlpi_phnum headers at dlpi_phdr.
-            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
-        };
+    let mut mods: Vec<(LoadedModule, Option<CopiedCfi>)> = Vec::new();
+    crate::live::loaded::for_each(|o| {
         let mut m = LoadedModule {
-            path: if name.is_empty() && out.mods.is_empty() {
-                "/proc/self/exe".into()
-            } else {
-                name
-            },
-            bias: info.dlpi_addr,
+            path: o.path(),
+            bias: o.bias,
             eh_frame_hdr: None,
             loads: Vec::new(),
         };
-        for p in phdrs {
+        for p in o.phdrs {
             match p.p_type {
                 libc::PT_LOAD => m.loads.push((p.p_vaddr, p.p_memsz)),
                 libc::PT_GNU_EH_FRAME => m.eh_frame_hdr = Some((p.p_vaddr, p.p_memsz)),
@@ -95,7 +67,7 @@ fn enumerate(copy: bool) -> Vec<(LoadedModule, Option<CopiedCfi>)> {
             }
         }
         if !m.path.is_empty() || m.eh_frame_hdr.is_some() {
-            let copied = if out.copy {
+            let copied = if copy {
                 // SAFETY: `m` was just built from the loader's own program headers for this
                 // object, which stays mapped while this callback runs (the loader's lock keeps
                 // `dlclose` out).
@@ -103,17 +75,10 @@ fn enumerate(copy: bool) -> Vec<(LoadedModule, Option<CopiedCfi>)> {
             } else {
                 None
             };
-            out.mods.push((m, copied));
+            mods.push((m, copied));
         }
-        0
-    }
-    let mut out = Out {
-        copy,
-        mods: Vec::new(),
-    };
-    // SAFETY: the callback only reads what the loader passes it and writes to `out`.
-    unsafe { libc::dl_iterate_phdr(Some(cb), (&mut out as *mut Out).cast()) };
-    out.mods
+    });
+    mods
 }
 
 /// Prepares a loaded module's CFI: from its file, else from its mapped `.eh_frame_hdr`.

@@ -23,7 +23,6 @@ mod elf;
 
 use crate::memory::Range;
 use crate::transition::{self, Base, Id, Rule};
-use std::ffi::CStr;
 use std::sync::OnceLock;
 
 /// How a built-in transition was found.
@@ -115,47 +114,25 @@ struct Object {
 }
 
 fn objects() -> Vec<Object> {
-    unsafe extern "C" fn each(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: `data` is the `&mut Vec<Object>` passed to dl_iterate_phdr below, used only
-        // during that call; the loader passes a valid `info` for the duration of the callback.
-        let (out, info) = unsafe { (&mut *data.cast::<Vec<Object>>(), &*info) };
-        let path = if info.dlpi_name.is_null() {
-            String::new()
-        } else {
-            // SAFETY: dlpi_name is a NUL-terminated string owned by the loader.
-            unsafe { CStr::from_ptr(info.dlpi_name) }
-                .to_string_lossy()
-                .into_owned()
-        };
-        let mut code = Vec::new();
-        if !info.dlpi_phdr.is_null() {
-            for i in 0..info.dlpi_phnum as usize {
-                // SAFETY: dlpi_phdr points to dlpi_phnum program headers.
-                let ph = unsafe { &*info.dlpi_phdr.add(i) };
-                if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
-                    let lo = info.dlpi_addr.wrapping_add(ph.p_vaddr);
-                    let len = ph.p_filesz.min(ph.p_memsz);
-                    if let Some(hi) = lo.checked_add(len) {
-                        code.push(Range::new(lo, hi));
-                    }
-                }
-            }
-        }
+    let mut out = Vec::new();
+    crate::live::loaded::for_each(|o| {
+        let code = o
+            .phdrs
+            .iter()
+            .filter(|ph| ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0)
+            .filter_map(|ph| {
+                let lo = o.bias.wrapping_add(ph.p_vaddr);
+                let hi = lo.checked_add(ph.p_filesz.min(ph.p_memsz))?;
+                Some(Range::new(lo, hi))
+            })
+            .collect();
         out.push(Object {
-            is_main: out.is_empty(),
-            path,
-            bias: info.dlpi_addr,
+            path: o.name.to_string_lossy().into_owned(),
+            is_main: o.is_main,
+            bias: o.bias,
             code,
         });
-        0
-    }
-    let mut out: Vec<Object> = Vec::new();
-    // SAFETY: the callback matches dl_iterate_phdr's contract and only touches `out`.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&mut out as *mut Vec<Object>).cast()) };
+    });
     out
 }
 

@@ -11,6 +11,7 @@ pub use capture::*;
 pub mod builtin;
 pub mod coroutine;
 mod errno;
+pub mod loaded;
 pub mod system_stack;
 
 /// The system's page size (`sysconf(_SC_PAGESIZE)`), cached after the first call; 4 KiB, 16 KiB
