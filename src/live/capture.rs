@@ -201,12 +201,21 @@ impl LiveMemory {
         if !cached.is_empty() {
             stacks[0] = cached;
             if !on_other {
-                // An unregistered segment or coroutine: looked up afresh for this walk (it may
-                // have been unmapped and its range reused since an earlier capture).
-                stacks[1] = maps::scan([sp, sp], false).found[0]
-                    .filter(|m| m.anon_rw)
-                    .map(|m| m.range)
-                    .unwrap_or_default();
+                // An unregistered segment or coroutine, looked up afresh for this walk (it may
+                // have been unmapped and its range reused since an earlier capture); or the
+                // thread's own stack, grown since it was cached (the main thread's `[stack]`
+                // grows down): then the cache is updated.
+                // SAFETY: pthread_self has no preconditions (it reads the thread pointer).
+                let tcb = unsafe { libc::pthread_self() } as u64;
+                let at_sp = maps::scan([sp, sp], false).found[0].filter(|m| m.anon_rw);
+                match at_sp {
+                    Some(m) if m.main_stack || m.range.contains(tcb) => {
+                        THREAD_STACK.with(|c| c.set(m.range));
+                        stacks[0] = m.range;
+                    }
+                    Some(m) => stacks[1] = m.range,
+                    None => {}
+                }
             }
         } else {
             let found = find_thread_stack(sp, on_other);
