@@ -187,28 +187,42 @@ fn storm() {
     assert_eq!(prof.total(), s.recorded, "{s:?}");
     assert!(s.recorded > 100 * secs, "too few samples: {s:?}");
     // Every sample is whole (reaches the thread's entry, std's `thread_start`) or was counted
-    // as stopped early. (A whole sample can still lack one frame: the caller of a function
-    // interrupted in its prologue, before it pushed its frame record: frame-pointer walks cannot
-    // see it.)
+    // as stopped early, except where a frame-pointer walk cannot see the caller: the leaf
+    // interrupted in a prologue (before `push rbp; mov rbp, rsp` completed: the first 4 bytes
+    // of the function) or at a `ret` (after `pop rbp`), where the walk skips the caller and may
+    // end at a coroutine's root record without a reason to report. Those are counted apart.
     let whole = |frames: &[Frame]| {
         frames
             .iter()
             .any(|f| frame_name(f).contains("thread_start"))
     };
-    let not_whole: u64 = prof
-        .stacks
-        .iter()
-        .filter(|(frames, _)| !whole(frames))
-        .map(|(_, n)| n)
-        .sum();
-    if not_whole > s.truncated {
-        for (frames, n) in prof.stacks.iter().filter(|(f, _)| !whole(f)).take(12) {
+    let frame_blind = |frames: &[Frame]| {
+        let pc = frames[0].pc;
+        // SAFETY: `pc` is an interrupted pc in this binary's code (mapped, readable text).
+        let at_ret = common::name_of(pc).is_some() && unsafe { *(pc as *const u8) } == 0xc3;
+        at_ret || common::offset_in_function(pc).is_some_and(|o| o < 4)
+    };
+    let mut not_whole = 0u64;
+    let mut blind = 0u64;
+    for (frames, n) in &prof.stacks {
+        assert!(!frames.is_empty(), "an empty sample");
+        if !whole(frames) {
+            not_whole += n;
+            if frame_blind(frames) {
+                blind += n;
+            }
+        }
+    }
+    eprintln!("storm: {not_whole} samples not whole, {blind} of them in a prologue or at a ret");
+    if not_whole > s.truncated + blind {
+        for (frames, n) in prof.stacks.iter().filter(|(f, _)| !whole(f)).take(40) {
             eprintln!("{n} x\n{}", common::describe(frames));
         }
     }
     assert!(
-        not_whole <= s.truncated,
-        "{not_whole} samples do not reach the thread's entry, {} counted as truncated",
+        not_whole <= s.truncated + blind,
+        "{not_whole} samples do not reach the thread's entry: {} counted as truncated, {blind} \
+         in a prologue or at a ret",
         s.truncated
     );
     // Direct captures: all end at the thread's entry.

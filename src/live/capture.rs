@@ -201,12 +201,21 @@ impl LiveMemory {
         if !cached.is_empty() {
             stacks[0] = cached;
             if !on_other {
-                // An unregistered segment or coroutine: looked up afresh for this walk (it may
-                // have been unmapped and its range reused since an earlier capture).
-                stacks[1] = maps::scan([sp, sp], false).found[0]
-                    .filter(|m| m.anon_rw)
-                    .map(|m| m.range)
-                    .unwrap_or_default();
+                // An unregistered segment or coroutine, looked up afresh for this walk (it may
+                // have been unmapped and its range reused since an earlier capture); or the
+                // thread's own stack, grown since it was cached (the main thread's `[stack]`
+                // grows down): then the cache is updated.
+                // SAFETY: pthread_self has no preconditions (it reads the thread pointer).
+                let tcb = unsafe { libc::pthread_self() } as u64;
+                let at_sp = maps::scan([sp, sp], false).found[0].filter(|m| m.anon_rw);
+                match at_sp {
+                    Some(m) if m.main_stack || m.range.contains(tcb) => {
+                        THREAD_STACK.with(|c| c.set(m.range));
+                        stacks[0] = m.range;
+                    }
+                    Some(m) => stacks[1] = m.range,
+                    None => {}
+                }
             }
         } else {
             let found = find_thread_stack(sp, on_other);
@@ -635,7 +644,8 @@ mod maps {
             }
             std::fs::create_dir_all(&dir).unwrap();
             let file = dir.join("f".repeat(250));
-            std::fs::write(&file, [7u8; 4096]).unwrap();
+            let page = crate::live::page_size();
+            std::fs::write(&file, vec![7u8; page]).unwrap();
             assert!(file.as_os_str().len() > 4000);
             let c = CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
             // SAFETY: a NUL-terminated path; the fd is closed below.
@@ -648,7 +658,7 @@ mod maps {
             let p = unsafe {
                 libc::mmap(
                     hint as *mut libc::c_void,
-                    4096,
+                    page,
                     libc::PROT_READ,
                     libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE,
                     fd,
@@ -662,12 +672,12 @@ mod maps {
             let low = mapping_containing(hint as u64 + 8);
             // SAFETY: unmaps the mapping made above; closes the fd opened above.
             unsafe {
-                libc::munmap(p, 4096);
+                libc::munmap(p, page);
                 libc::close(fd);
             }
             let _ = std::fs::remove_dir_all(&root);
             assert!(stack.is_some_and(|r| r.contains(a)), "{stack:?}");
-            assert_eq!(low, Some(Range::new(hint as u64, hint as u64 + 4096)));
+            assert_eq!(low, Some(Range::new(hint as u64, (hint + page) as u64)));
         }
 
         #[test]

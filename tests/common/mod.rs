@@ -78,6 +78,19 @@ pub fn name_of(pc: u64) -> Option<&'static str> {
         .map(|x| x.name.as_str())
 }
 
+/// How far `pc` (a runtime address) is into the test binary's function containing it.
+pub fn offset_in_function(pc: u64) -> Option<u64> {
+    let s = symbols();
+    let a = pc.checked_sub(s.bias)?;
+    let at = s.syms.partition_point(|x| x.addr <= a);
+    s.syms[..at]
+        .iter()
+        .rev()
+        .take(8)
+        .find(|x| x.size > 0 && a < x.addr + x.size)
+        .map(|x| a - x.addr)
+}
+
 /// The name of a frame's function (looked up at `pc - 1` for return addresses).
 pub fn frame_name(f: &Frame) -> &'static str {
     name_of(f.lookup_pc()).unwrap_or("?")
