@@ -673,26 +673,24 @@ pub fn parse_elf(
     PreparedCfi::parse(arch, &sections, bias, name)
 }
 
-/// Maps an ELF file (memmap2) and prepares its CFI.
+/// Maps an ELF file and prepares its CFI. The file is opened through [`crate::safe_open`] with
+/// its default policy (a regular, non-empty file, never blocking, nothing under `/proc`).
 pub fn parse_file(
     arch: ArchKind,
     path: &std::path::Path,
     bias: u64,
 ) -> Result<PreparedCfi, CfiError> {
-    // Non-blocking, and regular files only: a path naming a FIFO or a device must not hang.
-    let f = std::os::unix::fs::OpenOptionsExt::custom_flags(
-        std::fs::OpenOptions::new().read(true),
-        libc::O_NONBLOCK | libc::O_NOCTTY,
-    )
-    .open(path)
-    .map_err(|_| CfiError::Object)?;
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return Err(CfiError::Object);
-    }
-    // SAFETY: the mapping is read-only and private; if another process truncates the file
-    // while we parse, reads may fault (SIGBUS), the usual memmap caveat. Nothing borrowed from
-    // the map outlives this function: the prepared table owns its data.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|_| CfiError::Object)?;
+    parse_file_with(arch, path, bias, &crate::safe_open::Policy::default())
+}
+
+/// [`parse_file`] with an open policy (a live process's modules allow its `/proc` prefix).
+pub fn parse_file_with(
+    arch: ArchKind,
+    path: &std::path::Path,
+    bias: u64,
+    policy: &crate::safe_open::Policy,
+) -> Result<PreparedCfi, CfiError> {
+    let map = crate::safe_open::map(path, policy).map_err(|_| CfiError::Object)?;
     parse_elf(arch, &map, bias, &path.display().to_string())
 }
 

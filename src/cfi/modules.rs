@@ -103,7 +103,9 @@ fn prepare_with(
 ) -> Result<PreparedCfi, CfiError> {
     let path = Path::new(&m.path);
     let from_file = if path.is_absolute() && path.exists() {
-        parse_file(arch, path, m.bias)
+        // This process's own files: the executable is opened as /proc/self/exe.
+        let policy = crate::safe_open::Policy::default().allowing_proc("/proc/self");
+        crate::dwarf::parse_file_with(arch, path, m.bias, &policy)
     } else {
         Err(CfiError::Object)
     };
