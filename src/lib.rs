@@ -46,6 +46,7 @@ pub mod memory;
 pub mod modules;
 pub mod offline;
 pub mod policy;
+pub mod process;
 pub mod profile;
 pub mod symbols;
 pub mod system_stack;
