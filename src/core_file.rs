@@ -410,7 +410,11 @@ impl CoreMemory<'_> {
     /// Reads `out.len()` bytes at `addr`, if the core holds them.
     pub fn read_bytes(&self, addr: u64, out: &mut [u8]) -> bool {
         let Some(s) = self.segment(addr) else {
-            return self.core.backing.as_ref().is_some_and(|b| b.read(addr, out));
+            return self
+                .core
+                .backing
+                .as_ref()
+                .is_some_and(|b| b.read(addr, out));
         };
         let off = addr - s.vaddr;
         let avail = (s.file_hi - s.file_lo) as u64;

@@ -92,7 +92,10 @@ impl fmt::Display for ProcessError {
             ProcessError::Itself(p) => write!(f, "process {p} is unwind itself"),
             ProcessError::NoSuchThread(p, t) => write!(f, "process {p} has no thread {t}"),
             ProcessError::AlreadyTraced(p, t, name) => {
-                write!(f, "process {p} is already traced by {t} ({name}): detach it first")
+                write!(
+                    f,
+                    "process {p} is already traced by {t} ({name}): detach it first"
+                )
             }
             ProcessError::PermissionDenied(p, why) => {
                 write!(f, "not permitted to trace process {p}: {why}")
@@ -239,7 +242,11 @@ fn tracer_of(pid: u32) -> Option<u32> {
     })
 }
 
+/// `TracerPid` names the tracing thread: report its process (and that process's name).
 fn already_traced(pid: u32, tracer: u32) -> ProcessError {
+    let tracer = status_field(tracer, "Tgid:")
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(tracer);
     let name = std::fs::read_to_string(format!("/proc/{tracer}/comm"))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "?".into());
@@ -784,7 +791,11 @@ impl Stopper {
                 let mut status = 0;
                 // SAFETY: waitpid writes the status int it is given.
                 let r = unsafe {
-                    libc::waitpid(a.tid as libc::pid_t, &mut status, libc::__WALL | libc::WNOHANG)
+                    libc::waitpid(
+                        a.tid as libc::pid_t,
+                        &mut status,
+                        libc::__WALL | libc::WNOHANG,
+                    )
                 };
                 if r == 0 {
                     pending = true;
@@ -831,7 +842,11 @@ impl Stopper {
                 let mut status = 0;
                 // SAFETY: waitpid writes the status int it is given.
                 unsafe {
-                    libc::waitpid(a.tid as libc::pid_t, &mut status, libc::__WALL | libc::WNOHANG)
+                    libc::waitpid(
+                        a.tid as libc::pid_t,
+                        &mut status,
+                        libc::__WALL | libc::WNOHANG,
+                    )
                 };
             }
         }
@@ -1011,7 +1026,12 @@ garbage
         assert!(!exe[0].exec);
         let anon = v.iter().find(|m| m.range.lo == 0x7f0000000000).unwrap();
         assert_eq!(anon.path, "");
-        assert!(!v.iter().find(|m| m.range.lo == 0x7f1000000000).unwrap().read);
+        assert!(
+            !v.iter()
+                .find(|m| m.range.lo == 0x7f1000000000)
+                .unwrap()
+                .read
+        );
         let (maps, _) = module_mappings(std::process::id(), &v);
         // Both mappings of the executable (the r-- one places it), the deleted file through
         // map_files; no anonymous memory, no vDSO.
@@ -1041,7 +1061,10 @@ garbage
         // Across a page boundary, from the cache.
         let mut big = vec![0u8; 8 * 2048];
         assert!(m.read(at, &mut big));
-        assert_eq!(u64::from_le_bytes(big[8 * 2047..].try_into().unwrap()), 2047 * 3);
+        assert_eq!(
+            u64::from_le_bytes(big[8 * 2047..].try_into().unwrap()),
+            2047 * 3
+        );
         // Unmapped memory and closed memory are refused.
         assert!(!m.read(8, &mut b));
         assert!(m.mapping(at).is_some());
