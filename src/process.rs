@@ -201,8 +201,12 @@ fn check_target(pid: u32) -> Result<(), ProcessError> {
             return Err(ProcessError::Zombie(pid));
         }
     }
-    if let Some(tracer) = tracer_of(pid) {
-        return Err(already_traced(pid, tracer));
+    // The leader only (cheap); another thread's tracer shows when seizing it fails.
+    if let Some(t) = status_field(pid, "TracerPid:")
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&t| t != 0)
+    {
+        return Err(already_traced(pid, t));
     }
     Ok(())
 }
@@ -721,7 +725,14 @@ impl Stopper {
             let mut set: libc::sigset_t = std::mem::zeroed();
             let mut old: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
-            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            // SIGCHLD too: a tracee's stop raises it, and `wait_stopped` waits for it.
+            for s in [
+                libc::SIGINT,
+                libc::SIGTERM,
+                libc::SIGHUP,
+                libc::SIGQUIT,
+                libc::SIGCHLD,
+            ] {
                 libc::sigaddset(&mut set, s);
             }
             if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) == 0 {
@@ -818,11 +829,30 @@ impl Stopper {
                 }
                 i += 1;
             }
-            if !pending || Instant::now() >= deadline {
+            let now = Instant::now();
+            if !pending || now >= deadline {
                 return;
             }
-            std::thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(1));
+            if self.old_mask.is_some() {
+                // SIGCHLD is blocked: sleep until a tracee stops (the kernel raises SIGCHLD in
+                // the tracer), at most 10 ms at a time (a stop we missed is polled again).
+                let wait = (deadline - now).min(Duration::from_millis(10));
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: wait.as_nanos() as libc::c_long,
+                };
+                // SAFETY: sigset_t is plain data, initialised by sigemptyset/sigaddset;
+                // sigtimedwait reads the set and the timeout and may write no info (null).
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGCHLD);
+                    libc::sigtimedwait(&set, std::ptr::null_mut(), &ts);
+                }
+            } else {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(1));
+            }
         }
     }
 

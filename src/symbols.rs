@@ -92,7 +92,14 @@ impl Module {
                 return;
             }
             let Ok(raw) = sym.name() else { return };
-            let name = format!("{:#}", rustc_demangle::demangle(raw));
+            // Only Rust names (legacy `_ZN…E`, v0 `_R…`) demangle: C and Go names are copied
+            // without the demangler's scan (which showed in `unwind stack --pid` profiles).
+            let name = if raw.starts_with("_ZN") || raw.starts_with("_R") || raw.starts_with("__ZN")
+            {
+                format!("{:#}", rustc_demangle::demangle(raw))
+            } else {
+                raw.to_string()
+            };
             by_name.push((raw.to_string(), sym.address(), sym.size()));
             funcs.push((sym.address(), sym.size(), names.len() as u32));
             names.push(name);
