@@ -1072,6 +1072,51 @@ garbage
     }
 
     #[test]
+    fn a_signal_caught_while_traced_is_delivered_on_detach() {
+        // A shell that exits 7 on SIGUSR1. Seized (not interrupted), it takes the signal into
+        // a signal-delivery-stop; the detach must deliver it.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "trap 'exit 7' USR1; while :; do sleep 0.01; done"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        std::thread::sleep(Duration::from_millis(100)); // let the trap be set
+        ptrace(PTRACE_SEIZE, pid, 0, 0).unwrap();
+        let mut s = Stopper {
+            pid,
+            only: vec![pid],
+            attached: vec![Attached {
+                tid: pid,
+                stopped: false,
+                signal: 0,
+            }],
+            mem: Arc::new(ProcMemory::new(pid, Vec::new())),
+            started: None,
+            paused: Duration::ZERO,
+            old_mask: None,
+        };
+        // SAFETY: kill takes integers.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
+        s.wait_stopped(Duration::from_secs(5));
+        assert!(s.attached[0].stopped);
+        assert_eq!(s.attached[0].signal, libc::SIGUSR1);
+        s.detach_all();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(status.and_then(|s| s.code()), Some(7), "the signal was lost");
+    }
+
+    #[test]
     fn stat_fields() {
         let s = "123 (a (weird) name) S 1 123 123 0 -1 4194560 100 0 0 0";
         assert_eq!(parse_stat(s), Some(('S', 4194560)));

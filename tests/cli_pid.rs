@@ -483,6 +483,55 @@ fn unwind_killed_while_holding_the_threads() {
 }
 
 #[test]
+fn no_signal_lost() {
+    // Real-time signals queue (none coalesce): every one sent to the process while `unwind`
+    // stops and detaches its threads must be handled once it runs on.
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("rt");
+    let mut t = c_target(&dir.0, 16);
+    let rt = |t: &Target| {
+        t.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("rt ")?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut sent = 0u64;
+    for i in 0..30u64 {
+        let mut u = Command::new(BIN)
+            .args(pid_args(t.pid()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(i * 2));
+        for _ in 0..5 {
+            // SAFETY: kill takes integers.
+            let r = unsafe { libc::kill(t.pid() as libc::pid_t, libc::SIGRTMIN() + 1) };
+            assert_eq!(r, 0);
+            sent += 1;
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        assert!(u.wait().unwrap().success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rt(&t) < sent {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {sent} signals handled",
+            rt(&t)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(rt(&t), sent);
+    t.assert_untouched();
+}
+
+#[test]
 fn threads_exiting_while_walked() {
     // A process whose threads come and go all the time: the walk keeps the ones that stay,
     // exit 0, and leaves the process running.
