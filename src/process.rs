@@ -229,21 +229,26 @@ fn status_field(pid: u32, key: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
-/// The pid of the process tracing `pid`'s leader or any of its threads, if any.
+/// The process (other than this one, which may hold some threads already) tracing `pid`'s
+/// leader or any of its threads, if any.
 fn tracer_of(pid: u32) -> Option<u32> {
-    let leader = status_field(pid, "TracerPid:").and_then(|v| v.parse::<u32>().ok());
-    if let Some(t) = leader.filter(|&t| t != 0) {
-        return Some(t);
-    }
-    list_tasks(pid).ok()?.into_iter().find_map(|t| {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).ok()?;
-        s.lines()
-            .find_map(|l| l.strip_prefix("TracerPid:"))?
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|&t| t != 0)
-    })
+    let me = std::process::id();
+    std::iter::once(pid)
+        .chain(list_tasks(pid).ok()?)
+        .find_map(|t| {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).ok()?;
+            let tracer = s
+                .lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))?
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&t| t != 0)?;
+            let process = status_field(tracer, "Tgid:")
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(tracer);
+            (process != me).then_some(process)
+        })
 }
 
 /// `TracerPid` names the tracing thread: report its process (and that process's name).

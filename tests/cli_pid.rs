@@ -444,11 +444,15 @@ fn permission_denied_and_already_traced() {
     } else {
         eprintln!("not root: the other-user case is not checked");
     }
-    // Already traced: this test seizes one of its threads (as gdb would hold it).
-    let held = Seized::new(tasks(t.pid())[1]);
+    // Already traced: this test seizes the leader, then another thread (as gdb would hold
+    // them): found before attaching, and when attaching to that thread fails.
     let me = std::process::id();
-    refused(&pid_args(t.pid()), &format!("already traced by {me}"));
-    drop(held);
+    for i in [0, 2] {
+        let held = Seized::new(tasks(t.pid())[i]);
+        refused(&pid_args(t.pid()), &format!("already traced by {me}"));
+        drop(held);
+        t.assert_untouched();
+    }
     t.assert_untouched();
 }
 
