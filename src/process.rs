@@ -313,6 +313,8 @@ pub struct Vma {
     pub exec: bool,
     /// File offset.
     pub offset: u64,
+    /// The file's device (major, minor) and inode (0 for anonymous memory).
+    pub file_id: (u32, u32, u64),
     /// The path (`[stack]`, `[vdso]`, empty for anonymous memory; a deleted file's path ends
     /// in ` (deleted)`).
     pub path: String,
@@ -325,7 +327,7 @@ pub fn parse_maps(text: &str) -> Vec<Vma> {
         // The first five fields are separated by single spaces; the path (which may hold
         // spaces) follows after padding.
         let mut it = line.splitn(6, ' ');
-        let (Some(range), Some(perms), Some(off), Some(_dev), Some(_inode)) =
+        let (Some(range), Some(perms), Some(off), Some(dev), Some(inode)) =
             (it.next(), it.next(), it.next(), it.next(), it.next())
         else {
             continue;
@@ -345,11 +347,18 @@ pub fn parse_maps(text: &str) -> Vec<Vma> {
             continue;
         }
         let p = perms.as_bytes();
+        let (major, minor) = dev.split_once(':').unwrap_or(("0", "0"));
+        let file_id = (
+            u32::from_str_radix(major, 16).unwrap_or(0),
+            u32::from_str_radix(minor, 16).unwrap_or(0),
+            inode.parse().unwrap_or(0),
+        );
         out.push(Vma {
             range: Range::new(lo, hi),
             read: p.first() == Some(&b'r'),
             exec: p.get(2) == Some(&b'x'),
             offset,
+            file_id,
             path: path.to_string(),
         });
     }
@@ -377,43 +386,32 @@ fn read_auxv(pid: u32) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// The mappings whose files hold code, as the core walker wants them, and the sysroot to open
-/// them under: the process's own root (`/proc/PID/root`) when it is not ours (a container).
-/// A deleted file is opened through `/proc/PID/map_files/LO-HI` (the mapping with the lowest
-/// offset), which then is also its name.
+/// The mappings whose files hold code, as the core walker wants them, each path replaced by
+/// one that opens the very file mapped (same device and inode as `/proc/PID/maps` says):
+/// `/proc/PID/maps` names files as seen from *our* root, or, for mounts we cannot see (another
+/// mount namespace: a container), from the process's own, so the path is tried as it is and
+/// under `/proc/PID/root`. A deleted file, or one found under neither, is opened through
+/// `/proc/PID/map_files/LO-HI` (the mapping with the lowest offset), which then is also its
+/// name. No sysroot is needed after this.
 fn module_mappings(pid: u32, vmas: &[Vma]) -> (Vec<Mapping>, Option<std::path::PathBuf>) {
-    use std::os::unix::fs::MetadataExt;
-    let same_root = match (
-        std::fs::metadata(format!("/proc/{pid}/root/")),
-        std::fs::metadata("/"),
-    ) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => true,
-    };
     let code_paths: Vec<&str> = vmas
         .iter()
         .filter(|v| v.exec && v.path.starts_with('/'))
         .map(|v| v.path.as_str())
         .collect();
+    let mut resolved: Vec<(String, String)> = Vec::new();
     let mut out = Vec::new();
     for v in vmas {
         if !code_paths.contains(&v.path.as_str()) {
             continue;
         }
-        let path = if v.path.ends_with(" (deleted)") {
-            let first = vmas
-                .iter()
-                .filter(|x| x.path == v.path)
-                .min_by_key(|x| x.offset)
-                .unwrap_or(v);
-            format!(
-                "/proc/{pid}/map_files/{:x}-{:x}",
-                first.range.lo, first.range.hi
-            )
-        } else if same_root {
-            v.path.clone()
-        } else {
-            format!("/proc/{pid}/root{}", v.path)
+        let path = match resolved.iter().find(|(p, _)| *p == v.path) {
+            Some((_, r)) => r.clone(),
+            None => {
+                let r = resolve_mapped(pid, vmas, v);
+                resolved.push((v.path.clone(), r.clone()));
+                r
+            }
         };
         out.push(Mapping {
             range: v.range,
@@ -421,8 +419,43 @@ fn module_mappings(pid: u32, vmas: &[Vma]) -> (Vec<Mapping>, Option<std::path::P
             path,
         });
     }
-    // Paths are already resolved: no sysroot.
     (out, None)
+}
+
+/// A path that opens the file mapped at `v` (see [`module_mappings`]).
+fn resolve_mapped(pid: u32, vmas: &[Vma], v: &Vma) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let first = vmas
+        .iter()
+        .filter(|x| x.path == v.path)
+        .min_by_key(|x| x.offset)
+        .unwrap_or(v);
+    let map_files = format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        first.range.lo, first.range.hi
+    );
+    if v.path.ends_with(" (deleted)") {
+        return map_files;
+    }
+    // The kernel's encoding of st_dev (glibc `sys/sysmacros.h`: gnu_dev_major/minor).
+    let same_file = |p: &str| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            let d = m.dev();
+            let major = ((d >> 32) & 0xffff_f000) | ((d >> 8) & 0xfff);
+            let minor = ((d >> 12) & 0xffff_ff00) | (d & 0xff);
+            (major as u32, minor as u32, m.ino()) == v.file_id
+        })
+    };
+    let in_root = format!("/proc/{pid}/root{}", v.path);
+    if same_file(&v.path) {
+        v.path.clone()
+    } else if same_file(&in_root) {
+        in_root
+    } else if std::fs::metadata(&map_files).is_ok() {
+        map_files
+    } else {
+        v.path.clone()
+    }
 }
 
 /// `/proc/PID/mem`-style reads of a live process, bounded by its readable mappings, through a
@@ -1067,13 +1100,22 @@ garbage
                 .unwrap()
                 .read
         );
+        assert_eq!(exe[1].file_id, (8, 1, 1234));
         let (maps, _) = module_mappings(std::process::id(), &v);
         // Both mappings of the executable (the r-- one places it), the deleted file through
         // map_files; no anonymous memory, no vDSO.
         assert_eq!(maps.len(), 3);
+        assert_eq!(maps[0].path, "/usr/bin/my prog"); // found nowhere: kept as it is
         assert!(maps[2]
             .path
             .ends_with("/map_files/7f2000000000-7f2000001000"));
+        // This process's own maps: every code file resolves to a path with its inode.
+        let mine = read_maps(std::process::id()).unwrap();
+        let (maps, _) = module_mappings(std::process::id(), &mine);
+        assert!(maps.iter().any(|m| m.path.contains("libc.so")));
+        for m in &maps {
+            assert!(std::fs::metadata(&m.path).is_ok(), "{}", m.path);
+        }
     }
 
     #[test]
@@ -1118,7 +1160,11 @@ garbage
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        assert_eq!(status.and_then(|s| s.code()), Some(7), "the signal was lost");
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(7),
+            "the signal was lost"
+        );
     }
 
     #[test]

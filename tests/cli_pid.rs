@@ -288,6 +288,79 @@ fn c_signal_handler_on_sigaltstack_and_parked_threads() {
 }
 
 #[test]
+fn deleted_executable_and_another_root() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    // A deleted executable (an upgrade replaced it): read through /proc/PID/map_files.
+    let dir = TempDir::new("deleted");
+    let exe = build_c(&dir.0);
+    let mut t = Target::start(Command::new(&exe).arg("2"));
+    std::fs::remove_file(&exe).unwrap();
+    let r = stack_json(t.pid(), &[]);
+    let h = thread_with(&r, "on_usr1");
+    crossed(h, "handler_mid", "sig_top");
+    let module = &h["frames"][at(h, "handler_mid").0]["module"];
+    assert!(
+        module
+            .as_str()
+            .is_some_and(|m| m.starts_with(&format!("/proc/{}/map_files/", t.pid()))),
+        "{module}"
+    );
+    t.assert_untouched();
+    drop(t);
+    // A process in another root (a chroot: /proc/PID/maps names its files from our root, the
+    // path is checked against the mapped inode). A static executable, alone in a directory it
+    // is chrooted into.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the chroot case is not checked");
+        return;
+    }
+    let root = dir.0.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/c/live.c");
+    let out = Command::new("gcc")
+        .args([
+            "-static",
+            "-O0",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-pthread",
+            "-o",
+        ])
+        .arg(root.join("live-in-root"))
+        .arg(&src)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        // No static libc (libc6-dev ships libc.a on Debian; elsewhere it may be missing).
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "gcc -static: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("skipping the chroot case: gcc -static failed");
+        return;
+    }
+    let mut t = Target::start(
+        Command::new("chroot")
+            .arg(&root)
+            .args(["/live-in-root", "2"]),
+    );
+    // Static glibc's pthread_kill keeps no frame record: CFI crosses it.
+    let r = stack_json(t.pid(), &["--mode", "hybrid"]);
+    let h = thread_with(&r, "on_usr1");
+    crossed(h, "handler_mid", "sig_top");
+    let module = &h["frames"][at(h, "handler_mid").0]["module"];
+    assert_eq!(
+        module.as_str(),
+        Some(root.join("live-in-root").to_str().unwrap())
+    );
+    t.assert_untouched();
+}
+
+#[test]
 fn only_the_threads_asked_for() {
     if !need("gcc", "--version") {
         return;
