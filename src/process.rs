@@ -6,9 +6,9 @@
 //!
 //! 1. **Prepare, the process running**: check the target (exists, not a zombie, not a kernel
 //!    thread, not traced already, readable), read `/proc/PID/maps`, load the modules' symbols,
-//!    CFI and the transition table from their files: through `/proc/PID/root` when the process
-//!    lives in another mount namespace (a container), through `/proc/PID/map_files` when the
-//!    file was deleted (an upgraded binary).
+//!    CFI and the transition table from their files, each opened by a path checked against the
+//!    mapped inode: as named, under `/proc/PID/root` (another mount namespace: a container),
+//!    else through `/proc/PID/map_files` (a deleted file: an upgraded binary).
 //! 2. **Stop**: `PTRACE_SEIZE` + `PTRACE_INTERRUPT` every thread of `/proc/PID/task`, listed
 //!    again until no new thread appears (never `SIGSTOP`: no stopped job, no signal lost); wait
 //!    for each to stop; registers through `PTRACE_GETREGSET` (`NT_PRSTATUS`: x86_64
