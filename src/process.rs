@@ -154,9 +154,16 @@ pub fn unwind_process(pid: u32, tids: &[u32], opts: &Options) -> Result<Report, 
         started: None,
         paused: Duration::ZERO,
         old_mask: None,
+        left_out: Vec::new(),
     };
     let mut report = offline::unwind_paused(&core, &opts, &mut stopper)?;
     report.paused = Some(stopper.paused);
+    for tid in &stopper.left_out {
+        report.warnings.push(format!(
+            "thread {tid} did not stop within {} s (uninterruptible sleep?): left out",
+            STOP_TIMEOUT.as_secs()
+        ));
+    }
     Ok(report)
 }
 
@@ -281,6 +288,14 @@ fn permission_reason(pid: u32) -> ProcessError {
         _ => "not root, and the process belongs to another user (or is not dumpable)".into(),
     };
     ProcessError::PermissionDenied(pid, why)
+}
+
+/// Has thread `tid` exited (gone, or a zombie / dead in `/proc`)?
+fn exiting(pid: u32, tid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) {
+        Ok(s) => parse_stat(&s).is_none_or(|(st, _)| matches!(st, 'Z' | 'X' | 'x')),
+        Err(_) => true,
+    }
 }
 
 /// The thread ids in `/proc/PID/task`.
@@ -727,6 +742,8 @@ struct Stopper {
     started: Option<Instant>,
     paused: Duration,
     old_mask: Option<libc::sigset_t>,
+    /// Threads that did not stop in time (left out of the walk).
+    left_out: Vec<u32>,
 }
 
 fn ptrace(req: libc::c_uint, tid: u32, addr: usize, data: usize) -> Result<(), i32> {
@@ -803,6 +820,8 @@ impl Stopper {
             match ptrace(PTRACE_SEIZE, tid, 0, 0) {
                 Ok(()) => {}
                 Err(libc::ESRCH) => continue, // exited meanwhile
+                // The kernel refuses a thread that is exiting with EPERM too.
+                Err(libc::EPERM) if exiting(self.pid, tid) => continue,
                 Err(libc::EPERM) => return Err(permission_reason(self.pid)),
                 Err(e) => {
                     return Err(ProcessError::Io(
@@ -897,7 +916,8 @@ impl Stopper {
     /// Detaches every attached thread (stopping first one that is not in a stop yet).
     fn detach_all(&mut self) {
         if self.attached.iter().any(|a| !a.stopped) {
-            self.wait_stopped(STOP_TIMEOUT);
+            // `pause` waited STOP_TIMEOUT already; one that stopped since can be detached.
+            self.wait_stopped(Duration::from_millis(20));
         }
         for a in self.attached.drain(..) {
             if !a.stopped {
@@ -977,6 +997,12 @@ impl offline::Pause for Stopper {
                 ProcessError::NoSuchThread(self.pid, self.only[0])
             });
         }
+        self.left_out = self
+            .attached
+            .iter()
+            .filter(|a| !a.stopped)
+            .map(|a| a.tid)
+            .collect();
         self.mem.open(read_maps(self.pid).ok());
         let threads: Vec<Thread> = self
             .attached
@@ -1141,6 +1167,7 @@ garbage
             started: None,
             paused: Duration::ZERO,
             old_mask: None,
+            left_out: Vec::new(),
         };
         // SAFETY: kill takes integers.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };

@@ -609,6 +609,69 @@ fn no_signal_lost() {
 }
 
 #[test]
+fn signals_while_a_thread_cannot_stop() {
+    // A thread waiting in vfork() for a child (uninterruptible) does not stop: unwind waits
+    // for it (2 s) with the other threads held, which makes "a signal arrives while threads
+    // are stopped" certain rather than a matter of timing.
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("vfork");
+    let exe = build_c(&dir.0);
+    let mut t = Target::start(Command::new(&exe).args(["4", "vfork"]));
+    let _children = KillChildren(t.pid());
+    // Undisturbed: the walk goes on without that thread and says so.
+    let out = run(&pid_args(t.pid()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("did not stop within 2 s"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("on_usr1"));
+    t.assert_untouched();
+    use std::os::unix::process::ExitStatusExt;
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
+        let mut u = Command::new(BIN)
+            .args(pid_args(t.pid()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Once threads are held (state `t`), they stay held for 2 s.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !tasks(t.pid()).iter().any(|tid| {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", t.pid()))
+                .is_ok_and(|s| s.contains("State:\tt"))
+        }) {
+            assert!(Instant::now() < deadline, "unwind never held the threads");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // SAFETY: kill takes integers; `u` is not reaped yet, so the pid is its own.
+        unsafe { libc::kill(u.id() as libc::pid_t, sig) };
+        let status = u.wait().unwrap();
+        assert_eq!(status.signal(), Some(sig), "{status:?}");
+        t.assert_untouched();
+    }
+}
+
+/// Kills the children of a target's threads when dropped (the vfork child).
+struct KillChildren(u32);
+
+impl Drop for KillChildren {
+    fn drop(&mut self) {
+        for tid in tasks(self.0) {
+            let kids = std::fs::read_to_string(format!("/proc/{}/task/{tid}/children", self.0))
+                .unwrap_or_default();
+            for k in kids
+                .split_whitespace()
+                .filter_map(|k| k.parse::<i32>().ok())
+            {
+                // SAFETY: kill takes integers; `k` is a child of the target, alive when listed.
+                unsafe { libc::kill(k, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+#[test]
 fn threads_exiting_while_walked() {
     // A process whose threads come and go all the time: the walk keeps the ones that stay,
     // exit 0, and leaves the process running.
