@@ -393,9 +393,10 @@ fn text(r: &Report, mut lines: Option<&mut Lines>) -> String {
         }
     }
     if let Some(p) = r.paused {
+        let n = r.threads.len();
         o.push_str(&format!(
-            "\n{} threads stopped for {} us\n",
-            r.threads.len(),
+            "\n{n} thread{} stopped for {} us\n",
+            if n == 1 { "" } else { "s" },
             p.as_micros()
         ));
     }

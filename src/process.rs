@@ -484,14 +484,14 @@ struct MemState {
     vmas: Vec<Vma>,
     /// Pages read during this stop (`None`: unreadable).
     pages: HashMap<u64, Option<Box<[u8]>>>,
-    /// Reads are allowed only while the threads are stopped (and while preparing, for the
-    /// vDSO); afterwards the memory would no longer match the registers.
+    /// Reads are allowed only while the threads are stopped: before and after, the memory
+    /// would not match the registers (the vDSO, which does not change, is read ahead).
     open: bool,
     /// `/proc/PID/mem`, opened on the first `process_vm_readv` failure.
     mem_file: Option<std::fs::File>,
     /// Did `process_vm_readv` fail with `ENOSYS`/`EPERM` (then every read uses the file)?
     no_vm_readv: bool,
-    /// Syscalls made (for the tests and the curious).
+    /// System calls made to read memory (the tests check the cache with it).
     syscalls: u64,
 }
 
@@ -502,7 +502,7 @@ impl ProcMemory {
             state: Mutex::new(MemState {
                 vmas,
                 pages: HashMap::new(),
-                open: true,
+                open: false,
                 mem_file: None,
                 no_vm_readv: false,
                 syscalls: 0,
@@ -1209,9 +1209,16 @@ garbage
         let m = ProcMemory::new(std::process::id(), vmas);
         let at = data.as_ptr() as u64;
         let mut b = [0u8; 8];
+        assert!(!m.read(at, &mut b), "closed until a stop opens it");
+        m.open(None);
         assert!(m.read(at + 8 * 1000, &mut b));
         assert_eq!(u64::from_le_bytes(b), 3000);
-        // Across a page boundary, from the cache.
+        // The same page again: from the cache, no system call.
+        let calls = m.syscalls();
+        assert!(m.read(at + 8 * 1001, &mut b));
+        assert_eq!(u64::from_le_bytes(b), 3003);
+        assert_eq!(m.syscalls(), calls);
+        // Across page boundaries.
         let mut big = vec![0u8; 8 * 2048];
         assert!(m.read(at, &mut big));
         assert_eq!(
