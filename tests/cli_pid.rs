@@ -361,6 +361,50 @@ fn deleted_executable_and_another_root() {
 }
 
 #[test]
+fn a_stopped_process_stays_stopped() {
+    // Leave it as it was: a job stopped with SIGSTOP is unwound and left stopped (state T,
+    // untraced), and runs on after SIGCONT.
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("stopped");
+    let mut t = c_target(&dir.0, 4);
+    let pid = t.pid();
+    let states = || -> Vec<(String, String)> {
+        tasks(pid)
+            .iter()
+            .map(|tid| {
+                let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+                    .unwrap_or_default();
+                let f = |k: &str| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .map(|v| v.trim().to_string())
+                        .unwrap_or_default()
+                };
+                (f("State:"), f("TracerPid:"))
+            })
+            .collect()
+    };
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !states().iter().all(|(s, _)| s.starts_with('T')) {
+        assert!(Instant::now() < deadline, "{:?}", states());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let r = stack_json(pid, &[]);
+    crossed(thread_with(&r, "on_usr1"), "handler_mid", "sig_top");
+    for (state, tracer) in states() {
+        assert!(state.starts_with('T'), "{state}");
+        assert_eq!(tracer, "0");
+    }
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    t.assert_untouched();
+}
+
+#[test]
 fn only_the_threads_asked_for() {
     if !need("gcc", "--version") {
         return;
