@@ -69,6 +69,8 @@ pub enum ProcessError {
     Itself(u32),
     /// A `--tid` that is not a thread of the process.
     NoSuchThread(u32, u32),
+    /// A thread id given as a pid: (tid, its process).
+    NotAProcess(u32, u32),
     /// Another tracer (gdb, strace) is attached: (pid, tracer pid, tracer's name).
     AlreadyTraced(u32, u32, String),
     /// Not allowed to trace or read the process: (pid, why).
@@ -91,6 +93,9 @@ impl fmt::Display for ProcessError {
             }
             ProcessError::Itself(p) => write!(f, "process {p} is unwind itself"),
             ProcessError::NoSuchThread(p, t) => write!(f, "process {p} has no thread {t}"),
+            ProcessError::NotAProcess(t, p) => {
+                write!(f, "{t} is a thread of process {p}: use --pid {p} --tid {t}")
+            }
             ProcessError::AlreadyTraced(p, t, name) => {
                 write!(
                     f,
@@ -184,8 +189,8 @@ fn check_target(pid: u32) -> Result<(), ProcessError> {
     };
     // /proc/PID/task lists threads too: a thread id is not a process.
     let tgid = status_field(pid, "Tgid:").and_then(|v| v.parse::<u32>().ok());
-    if tgid.is_some_and(|t| t != pid) {
-        return Err(ProcessError::NoSuchProcess(pid));
+    if let Some(leader) = tgid.filter(|&t| t != pid) {
+        return Err(ProcessError::NotAProcess(pid, leader));
     }
     let (state, flags) = parse_stat(&stat).ok_or_else(|| {
         ProcessError::Io(

@@ -507,6 +507,14 @@ fn bad_input() {
     let mut a = pid_args(s.pid());
     a.extend(["--tid".into(), "1".into()]);
     refused(&a, "has no thread 1");
+    // A thread id given as a pid: this test process's own threads (its other test threads).
+    let me = std::process::id();
+    if let Some(tid) = tasks(me).into_iter().find(|&t| t != me) {
+        refused(
+            &pid_args(tid),
+            &format!("is a thread of process {me}: use --pid {me} --tid {tid}"),
+        );
+    }
     s.assert_untouched();
 }
 
