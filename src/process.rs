@@ -975,18 +975,18 @@ impl offline::Pause for Stopper {
         self.block_signals();
         self.started = Some(Instant::now());
         let attached = (|| {
-            // Threads created while we attach are listed on the next round; a process that
-            // creates threads without end is cut off after a few rounds.
+            // Seize and interrupt every listed thread, wait for them to stop, list again: a
+            // thread may have been created by one that was still running. Once a listing finds
+            // nothing new, every thread is stopped and none can be created. A process that
+            // creates threads without end is cut off after 16 rounds; the wait for stops is
+            // bounded by STOP_TIMEOUT in all.
+            let deadline = Instant::now() + STOP_TIMEOUT;
             for _ in 0..16 {
-                if !self.attach_new()? {
+                let new = self.attach_new()?;
+                self.wait_stopped(deadline.saturating_duration_since(Instant::now()));
+                if !new {
                     break;
                 }
-            }
-            self.wait_stopped(STOP_TIMEOUT);
-            // Threads the stopped threads could not have created (they are stopped), but the
-            // last round's running ones could: one more round, then wait again.
-            if self.attach_new()? {
-                self.wait_stopped(STOP_TIMEOUT);
             }
             Ok(())
         })();
