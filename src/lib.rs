@@ -52,7 +52,7 @@ pub use engine::{frame, memory, policy, runtime_names, transition, walk};
 #[cfg(feature = "live")]
 pub use live::{builtin, coroutine, system_stack};
 #[cfg(feature = "offline")]
-pub use offline::{core_file, go_runtime, symbols, verify};
+pub use offline::{core_file, go_runtime, process, symbols, verify};
 #[cfg(feature = "profilers")]
 pub use profile::{cpu, heap, lines as pprof_lines};
 

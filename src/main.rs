@@ -3,6 +3,8 @@
 //! ```text
 //! unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid]
 //!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
+//! unwind stack --pid PID [--tid TID ...] [--mode fp|dwarf|hybrid]
+//!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
 //! unwind verify --core CORE [--exe EXE] [--sysroot DIR]
 //! unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]
 //! ```
@@ -23,7 +25,7 @@ use unwind::Mode;
 #[global_allocator]
 static ALLOC: unwind::heap::Sampling = unwind::heap::Sampling::new(std::alloc::System);
 
-const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]";
+const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind stack --pid PID [--tid TID ...] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,8 +63,22 @@ fn stack(args: &[String]) -> Result<(), String> {
     let mut opts = Options::default();
     let mut format = Format::Text;
     let mut lines = false;
-    let mut it = args.iter();
+    let mut pid: Option<u32> = None;
+    let mut tids: Vec<u32> = Vec::new();
+    let mut it = args.iter().peekable();
     while let Some(a) = it.next() {
+        if a == "--tid" {
+            // `--tid TID [TID ...]`, repeatable.
+            let mut n = 0;
+            while let Some(v) = it.next_if(|v| !v.starts_with("--")) {
+                tids.push(parse_id("--tid", v)?);
+                n += 1;
+            }
+            if n == 0 {
+                return Err("--tid needs a value".into());
+            }
+            continue;
+        }
         let mut value = |name: &str| {
             it.next()
                 .cloned()
@@ -70,6 +86,7 @@ fn stack(args: &[String]) -> Result<(), String> {
         };
         match a.as_str() {
             "--core" => core = Some(PathBuf::from(value("--core")?)),
+            "--pid" => pid = Some(parse_id("--pid", &value("--pid")?)?),
             "--exe" => opts.exe = Some(PathBuf::from(value("--exe")?)),
             "--sysroot" => opts.sysroot = Some(PathBuf::from(value("--sysroot")?)),
             "--mode" => {
@@ -95,15 +112,29 @@ fn stack(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown option '{other}'")),
         }
     }
-    let core_path = core.ok_or("--core CORE is required")?;
-    if let Some(exe) = &opts.exe {
-        if !exe.exists() {
-            return Err(format!("--exe {}: no such file", exe.display()));
+    let report = match (pid, core) {
+        (Some(_), Some(_)) => return Err("give --core CORE or --pid PID, not both".into()),
+        (Some(pid), None) => {
+            if opts.exe.is_some() || opts.sysroot.is_some() {
+                return Err("--exe and --sysroot are for cores: a process names its files".into());
+            }
+            unwind::process::unwind_process(pid, &tids, &opts).map_err(|e| e.to_string())?
         }
-    }
-    let core = unwind::core_file::Core::open(&core_path)
-        .map_err(|e| format!("{}: {e}", core_path.display()))?;
-    let report = offline::unwind_core(&core, &opts).map_err(|e| e.to_string())?;
+        (None, core) => {
+            if !tids.is_empty() {
+                return Err("--tid is for --pid".into());
+            }
+            let core_path = core.ok_or("--core CORE or --pid PID is required")?;
+            if let Some(exe) = &opts.exe {
+                if !exe.exists() {
+                    return Err(format!("--exe {}: no such file", exe.display()));
+                }
+            }
+            let core = unwind::core_file::Core::open(&core_path)
+                .map_err(|e| format!("{}: {e}", core_path.display()))?;
+            offline::unwind_core(&core, &opts).map_err(|e| e.to_string())?
+        }
+    };
     for w in &report.warnings {
         eprintln!("unwind: warning: {w}");
     }
@@ -116,6 +147,14 @@ fn stack(args: &[String]) -> Result<(), String> {
         .write_all(out.as_bytes())
         .map_err(|e| format!("writing output: {e}"))?;
     Ok(())
+}
+
+/// A pid or tid: a positive decimal number.
+fn parse_id(name: &str, v: &str) -> Result<u32, String> {
+    v.parse::<u32>()
+        .ok()
+        .filter(|&n| n > 0 && n <= i32::MAX as u32)
+        .ok_or(format!("{name} {v}: expected a process or thread id"))
 }
 
 /// `unwind verify`: every thread unwound with frame records and with DWARF CFI, compared.
@@ -279,6 +318,9 @@ fn json(r: &Report, mut lines: Option<&mut Lines>) -> String {
     let mut o = String::new();
     o.push_str("{\"arch\": ");
     json_str(r.arch.name(), &mut o);
+    if let Some(p) = r.paused {
+        o.push_str(&format!(", \"paused_us\": {}", p.as_micros()));
+    }
     o.push_str(", \"threads\": [");
     for (ti, t) in r.threads.iter().enumerate() {
         if ti > 0 {
@@ -354,6 +396,14 @@ fn text(r: &Report, mut lines: Option<&mut Lines>) -> String {
                 f.pc, f.stack
             ));
         }
+    }
+    if let Some(p) = r.paused {
+        let n = r.threads.len();
+        o.push_str(&format!(
+            "\n{n} thread{} stopped for {} us\n",
+            if n == 1 { "" } else { "s" },
+            p.as_micros()
+        ));
     }
     o
 }

@@ -128,6 +128,17 @@ pub struct Core {
     segments: Vec<Segment>,
     /// The file's length according to its headers (program headers, every segment's bytes).
     expected_len: u64,
+    /// Memory the file does not hold, read elsewhere (a stopped process: `crate::process`).
+    backing: Option<Box<dyn Backing>>,
+}
+
+/// Memory read from somewhere other than a core file: a stopped process (`crate::process`).
+/// A [`Core`] built with [`Core::with_backing`] reads what its own segments lack through it.
+pub trait Backing: Send + Sync {
+    /// Reads `out.len()` bytes at `addr`; `false` when any of them is not readable.
+    fn read(&self, addr: u64, out: &mut [u8]) -> bool;
+    /// The readable mapping containing `addr` (the bounds of the stack it may be on).
+    fn mapping(&self, addr: u64) -> Option<Range>;
 }
 
 /// `NT_FILE` ("FILE" in little-endian).
@@ -197,7 +208,45 @@ impl Core {
             auxv,
             pac_mask,
             segments,
+            backing: None,
         })
+    }
+
+    /// A "core" whose memory is `backing` (a stopped process), plus `code`: (address, bytes)
+    /// of executable memory copied ahead (the vDSO), searched for trampolines like a core's
+    /// executable segments. No threads: the caller fills [`Core::threads`] or walks its own.
+    pub fn with_backing(
+        arch: ArchKind,
+        mappings: Vec<Mapping>,
+        auxv: Vec<(u64, u64)>,
+        code: Vec<(u64, Vec<u8>)>,
+        backing: Box<dyn Backing>,
+    ) -> Core {
+        let mut bytes = Vec::new();
+        let mut segments = Vec::new();
+        for (vaddr, b) in code {
+            segments.push(Segment {
+                vaddr,
+                file_lo: bytes.len(),
+                file_hi: bytes.len() + b.len(),
+                memsz: b.len() as u64,
+                flags: elf::PF_R.0 | elf::PF_X.0,
+            });
+            bytes.extend_from_slice(&b);
+        }
+        segments.sort_by_key(|s| s.vaddr);
+        let expected_len = bytes.len() as u64;
+        Core {
+            expected_len,
+            data: Data::Owned(bytes),
+            arch,
+            threads: Vec::new(),
+            mappings,
+            auxv,
+            pac_mask: 0,
+            segments,
+            backing: Some(backing),
+        }
     }
 
     /// The core's memory.
@@ -409,7 +458,11 @@ impl CoreMemory<'_> {
     /// Reads `out.len()` bytes at `addr`, if the core holds them.
     pub fn read_bytes(&self, addr: u64, out: &mut [u8]) -> bool {
         let Some(s) = self.segment(addr) else {
-            return false;
+            return self
+                .core
+                .backing
+                .as_ref()
+                .is_some_and(|b| b.read(addr, out));
         };
         let off = addr - s.vaddr;
         let avail = (s.file_hi - s.file_lo) as u64;
@@ -434,7 +487,9 @@ impl Memory for CoreMemory<'_> {
     }
 
     fn stack_range(&mut self, addr: u64) -> Option<Range> {
-        let s = self.segment(addr)?;
+        let Some(s) = self.segment(addr) else {
+            return self.core.backing.as_ref()?.mapping(addr);
+        };
         // Only the file-backed part is readable.
         let hi = s.vaddr.saturating_add((s.file_hi - s.file_lo) as u64);
         (addr < hi).then_some(Range::new(s.vaddr, hi))

@@ -93,6 +93,31 @@ pub struct Report {
     pub transitions: Vec<(Id, &'static str)>,
     /// Warnings (missing modules, unavailable modes).
     pub warnings: Vec<String>,
+    /// How long a live process's threads were stopped (`None` for a core).
+    pub paused: Option<std::time::Duration>,
+}
+
+/// When the threads' registers are read: a core's are there all along; a live process
+/// (`crate::process`) is stopped only after everything else is prepared (modules, CFI,
+/// transitions) and resumed as soon as every thread is walked, before anything is symbolised.
+pub trait Pause {
+    /// Why the threads could not be stopped.
+    type Error: From<CoreError>;
+    /// Stops the threads and returns their registers.
+    fn pause(&mut self, core: &Core) -> Result<Vec<Thread>, Self::Error>;
+    /// Lets them run again; the core's memory is not read after this.
+    fn resume(&mut self);
+}
+
+/// A core's threads, never stopped.
+struct AsIs;
+
+impl Pause for AsIs {
+    type Error = CoreError;
+    fn pause(&mut self, core: &Core) -> Result<Vec<Thread>, CoreError> {
+        Ok(core.threads.clone())
+    }
+    fn resume(&mut self) {}
 }
 
 /// Builds modules for a core: its `NT_FILE` mappings; else (qemu-user cores) the executable
@@ -374,6 +399,15 @@ pub fn classifier_for(symbols: &Symbolizer, system_switches: &[Id]) -> Classifie
 
 /// Unwinds every thread of `core`.
 pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
+    unwind_paused(core, opts, &mut AsIs)
+}
+
+/// Unwinds every thread `pause` returns, between its `pause` and `resume` (see [`Pause`]).
+pub fn unwind_paused<P: Pause>(
+    core: &Core,
+    opts: &Options,
+    pause: &mut P,
+) -> Result<Report, P::Error> {
     let symbols = symbols_for(core, opts);
     let mut warnings: Vec<String> = symbols
         .missing
@@ -436,7 +470,8 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     let mut threads = Vec::new();
     let mut budget = MAX_TOTAL_FRAMES;
     let mut cut_threads = 0usize;
-    for t in &core.threads {
+    let paused = pause.pause(core)?;
+    for t in &paused {
         // Past the budget a thread keeps its leaf frame only.
         let room = MAX_FRAMES.min(budget).max(1);
         if room < MAX_FRAMES {
@@ -501,11 +536,12 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
             stop,
         });
     }
+    pause.resume();
     if cut_threads > 0 {
         warnings.push(format!(
             "{} threads: over the budget of {MAX_TOTAL_FRAMES} frames for all threads, {cut_threads} \
              of them are cut short",
-            core.threads.len()
+            paused.len()
         ));
     }
     Ok(Report {
@@ -514,6 +550,7 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         symbols,
         transitions,
         warnings,
+        paused: None,
     })
 }
 

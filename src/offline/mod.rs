@@ -7,5 +7,6 @@ pub use core_walk::*;
 
 pub mod core_file;
 pub mod go_runtime;
+pub mod process;
 pub mod symbols;
 pub mod verify;

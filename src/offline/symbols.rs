@@ -98,7 +98,14 @@ impl Module {
                 return;
             }
             let Ok(raw) = sym.name() else { return };
-            let name = format!("{:#}", rustc_demangle::demangle(raw));
+            // Only Rust names (legacy `_ZN…E`, v0 `_R…`) demangle: C and Go names are copied
+            // without the demangler's scan (which showed in `unwind stack --pid` profiles).
+            let name = if raw.starts_with("_ZN") || raw.starts_with("_R") || raw.starts_with("__ZN")
+            {
+                format!("{:#}", rustc_demangle::demangle(raw))
+            } else {
+                raw.to_string()
+            };
             by_name.push((raw.to_string(), sym.address(), sym.size()));
             funcs.push((sym.address(), sym.size(), names.len() as u32));
             names.push(name);
@@ -364,29 +371,14 @@ impl Symbolizer {
     /// Modules of the running process, from `/proc/self/maps`. Not async-signal-safe.
     pub fn for_current_process() -> Self {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        let mut mappings = Vec::new();
-        for line in maps.lines() {
-            let mut it = line.split_whitespace();
-            let (Some(range), Some(_perms), Some(off)) = (it.next(), it.next(), it.next()) else {
-                continue;
-            };
-            let path = it.nth(2).unwrap_or("");
-            let Some((lo, hi)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(lo), Ok(hi), Ok(off)) = (
-                u64::from_str_radix(lo, 16),
-                u64::from_str_radix(hi, 16),
-                u64::from_str_radix(off, 16),
-            ) else {
-                continue;
-            };
-            mappings.push(Mapping {
-                range: Range::new(lo, hi),
-                offset: off,
-                path: path.to_string(),
-            });
-        }
+        let mappings: Vec<Mapping> = crate::process::parse_maps(&maps)
+            .into_iter()
+            .map(|v| Mapping {
+                range: v.range,
+                offset: v.offset,
+                path: v.path,
+            })
+            .collect();
         Self::from_mappings(&mappings, None)
     }
 

@@ -1,0 +1,940 @@
+//! `unwind stack --pid` on real processes the tests start (and always kill: [`Target`]'s
+//! `Drop`): each test asserts the frames across the stack switch (stack index rising), then
+//! that the process is still running, untraced (`TracerPid: 0` in every thread), not stopped
+//! (no thread in state `t` or `T`), and making progress (it prints a counter every 10 ms; the
+//! counter must go on rising).
+//!
+//! - C (fixtures/c/live.c, gcc): a signal handler on a sigaltstack, parked threads;
+//! - Rust (fixtures/rust/live_switches.rs): `unwind::system_stack`, a stacker segment, a
+//!   corosensei coroutine;
+//! - Go 1.19 (fixtures/go/live_cgo, live_gc; go + gcc): blocked in C through cgo, caught on the
+//!   system stack; `--policy heap|block`;
+//! - bad input: no such process, a zombie, a kernel thread, permission denied, already
+//!   traced: exit 2, one line, nothing left attached;
+//! - `unwind` killed by SIGTERM/SIGINT/SIGKILL while it holds the threads, threads exiting
+//!   while it walks: the target runs on untraced.
+//!
+//! Tests needing gcc or go fail when `CI` is set and the tool is missing, and skip with a
+//! message otherwise.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_unwind");
+
+/// Is `tool` usable? Missing under `CI`: a failure; otherwise the test is skipped (false).
+fn need(tool: &str, arg: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is required under CI (.ci/run installs it)"
+        );
+        eprintln!("skipping: {tool} not installed");
+    }
+    ok
+}
+
+/// A fresh directory under target/, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("cli_pid-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running target: killed and reaped when dropped (also when a test panics). Its stdout
+/// lines are collected by a reader thread.
+struct Target {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Target {
+    fn start(cmd: &mut Command) -> Target {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the target");
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                l.lock().unwrap().push(line);
+            }
+        });
+        let t = Target { child, lines };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !t.lines.lock().unwrap().iter().any(|l| l == "ready") {
+            assert!(Instant::now() < deadline, "the target never said ready");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last counter the target printed.
+    fn counter(&self) -> u64 {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|l| l.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Still running, untraced, not stopped, and counting on.
+    fn assert_untouched(&mut self) {
+        let pid = self.pid();
+        assert!(self.child.try_wait().unwrap().is_none(), "the target died");
+        for tid in tasks(pid) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+                .unwrap_or_default();
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            if status.is_empty() {
+                continue; // exited meanwhile (the churn test)
+            }
+            assert_eq!(field("TracerPid:"), "0", "thread {tid} still traced");
+            let state = field("State:");
+            assert!(
+                !state.starts_with('t') && !state.starts_with('T'),
+                "thread {tid} left stopped: {state}"
+            );
+        }
+        let before = self.counter();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.counter() <= before {
+            assert!(Instant::now() < deadline, "no progress after {before}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tasks(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn run(args: &[String]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn stack_json(pid: u32, extra: &[&str]) -> Value {
+    let mut a: Vec<String> = ["stack", "--pid", &pid.to_string(), "--format", "json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    let out = run(&a);
+    assert!(
+        out.status.success(),
+        "unwind {a:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+fn names(t: &Value) -> Vec<String> {
+    t["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["symbol"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// The thread whose frames include a function named `name` (or ending in `::name`).
+fn thread_with<'a>(r: &'a Value, name: &str) -> &'a Value {
+    r["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| names(t).iter().any(|n| is(n, name)))
+        .unwrap_or_else(|| panic!("no thread in {name}: {r}"))
+}
+
+fn is(symbol: &str, name: &str) -> bool {
+    symbol == name || symbol.ends_with(&format!("::{name}"))
+}
+
+/// (index, stack) of `name` in a thread's frames.
+fn at(t: &Value, name: &str) -> (usize, u64) {
+    let i = names(t)
+        .iter()
+        .position(|n| is(n, name))
+        .unwrap_or_else(|| panic!("{name} missing from {:?}", names(t)));
+    (i, t["frames"][i]["stack"].as_u64().unwrap())
+}
+
+/// `inner` is found before `outer` (leaf first), on a lower stack index: the walk crossed.
+fn crossed(t: &Value, inner: &str, outer: &str) {
+    let (i, si) = at(t, inner);
+    let (o, so) = at(t, outer);
+    assert!(
+        i < o && si < so,
+        "{inner} (#{i}, stack {si}) should be below {outer} (#{o}, stack {so}): {:?}",
+        names(t)
+    );
+}
+
+fn build_c(dir: &Path) -> PathBuf {
+    let exe = dir.join("live");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/c/live.c");
+    let out = Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+fn c_target(dir: &Path, threads: u32) -> Target {
+    Target::start(Command::new(build_c(dir)).arg(threads.to_string()))
+}
+
+#[test]
+fn c_signal_handler_on_sigaltstack_and_parked_threads() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("c");
+    let mut t = c_target(&dir.0, 8);
+    for mode in ["fp", "hybrid", "dwarf"] {
+        let r = stack_json(t.pid(), &["--mode", mode]);
+        assert!(r["paused_us"].as_u64().is_some(), "{r}");
+        // The handler, on the alternate stack, then the interrupted thread's own frames.
+        let h = thread_with(&r, "on_usr1");
+        crossed(h, "handler_mid", "sig_mid");
+        crossed(h, "on_usr1", "sig_top");
+        if mode != "fp" {
+            // CFI finds the leaf-most user function under libc's nanosleep.
+            crossed(h, "handler_loop", "sig_mid");
+        }
+        t.assert_untouched();
+    }
+    // Parked threads: every worker reaches worker_top.
+    let r = stack_json(t.pid(), &[]);
+    let workers = r["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| names(t).iter().any(|n| n == "worker_mid"))
+        .filter(|t| names(t).iter().any(|n| n == "worker_top"))
+        .count();
+    assert_eq!(workers, 8, "{r}");
+    assert_eq!(r["threads"].as_array().unwrap().len(), 10);
+    // Text: the footer says how long the threads were stopped.
+    let out = run(&["stack".into(), "--pid".into(), t.pid().to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("10 threads stopped for ") && l.ends_with(" us")),
+        "{text}"
+    );
+    assert!(text.contains("transition: signal frame"), "{text}");
+    t.assert_untouched();
+}
+
+#[test]
+fn deleted_executable_and_another_root() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    // A deleted executable (an upgrade replaced it): read through /proc/PID/map_files.
+    let dir = TempDir::new("deleted");
+    let exe = build_c(&dir.0);
+    let mut t = Target::start(Command::new(&exe).arg("2"));
+    std::fs::remove_file(&exe).unwrap();
+    let r = stack_json(t.pid(), &[]);
+    let h = thread_with(&r, "on_usr1");
+    crossed(h, "handler_mid", "sig_top");
+    let module = &h["frames"][at(h, "handler_mid").0]["module"];
+    assert!(
+        module
+            .as_str()
+            .is_some_and(|m| m.starts_with(&format!("/proc/{}/map_files/", t.pid()))),
+        "{module}"
+    );
+    t.assert_untouched();
+    drop(t);
+    // A process in another root (a chroot: /proc/PID/maps names its files from our root, the
+    // path is checked against the mapped inode). A static executable, alone in a directory it
+    // is chrooted into.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the chroot case is not checked");
+        return;
+    }
+    let root = dir.0.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/c/live.c");
+    let out = Command::new("gcc")
+        .args([
+            "-static",
+            "-O0",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-pthread",
+            "-o",
+        ])
+        .arg(root.join("live-in-root"))
+        .arg(&src)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        // No static libc (libc6-dev ships libc.a on Debian; elsewhere it may be missing).
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "gcc -static: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("skipping the chroot case: gcc -static failed");
+        return;
+    }
+    let mut t = Target::start(
+        Command::new("chroot")
+            .arg(&root)
+            .args(["/live-in-root", "2"]),
+    );
+    // Static glibc's pthread_kill keeps no frame record: CFI crosses it.
+    let r = stack_json(t.pid(), &["--mode", "hybrid"]);
+    let h = thread_with(&r, "on_usr1");
+    crossed(h, "handler_mid", "sig_top");
+    let module = &h["frames"][at(h, "handler_mid").0]["module"];
+    assert_eq!(
+        module.as_str(),
+        Some(root.join("live-in-root").to_str().unwrap())
+    );
+    t.assert_untouched();
+}
+
+#[test]
+fn a_stopped_process_stays_stopped() {
+    // Leave it as it was: a job stopped with SIGSTOP is unwound and left stopped (state T,
+    // untraced), and runs on after SIGCONT.
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("stopped");
+    let mut t = c_target(&dir.0, 4);
+    let pid = t.pid();
+    let states = || -> Vec<(String, String)> {
+        tasks(pid)
+            .iter()
+            .map(|tid| {
+                let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+                    .unwrap_or_default();
+                let f = |k: &str| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .map(|v| v.trim().to_string())
+                        .unwrap_or_default()
+                };
+                (f("State:"), f("TracerPid:"))
+            })
+            .collect()
+    };
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !states().iter().all(|(s, _)| s.starts_with('T')) {
+        assert!(Instant::now() < deadline, "{:?}", states());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let r = stack_json(pid, &[]);
+    crossed(thread_with(&r, "on_usr1"), "handler_mid", "sig_top");
+    for (state, tracer) in states() {
+        assert!(state.starts_with('T'), "{state}");
+        assert_eq!(tracer, "0");
+    }
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    t.assert_untouched();
+}
+
+#[test]
+fn only_the_threads_asked_for() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("tid");
+    let mut t = c_target(&dir.0, 4);
+    let all = tasks(t.pid());
+    let pick = [all[1], all[3]];
+    let r = stack_json(
+        t.pid(),
+        &["--tid", &pick[0].to_string(), &pick[1].to_string()],
+    );
+    let got: Vec<u64> = r["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, [pick[0] as u64, pick[1] as u64]);
+    let r = stack_json(
+        t.pid(),
+        &["--tid", &pick[0].to_string(), "--tid", &all[2].to_string()],
+    );
+    assert_eq!(r["threads"].as_array().unwrap().len(), 2);
+    t.assert_untouched();
+}
+
+/// Exit 2, one line on stderr saying `why`, nothing on stdout.
+fn refused(args: &[String], why: &str) {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(why), "{args:?}: expected '{why}' in {err}");
+    assert!(out.stdout.is_empty());
+}
+
+fn pid_args(pid: u32) -> Vec<String> {
+    vec!["stack".into(), "--pid".into(), pid.to_string()]
+}
+
+#[test]
+fn bad_input() {
+    // No such process: a child that has exited and been reaped.
+    let mut c = Command::new("true").spawn().unwrap();
+    let gone = c.id();
+    c.wait().unwrap();
+    refused(&pid_args(gone), "no process");
+    refused(&pid_args(4_000_000), "no process");
+    refused(
+        &["stack".into(), "--pid".into(), "x1".into()],
+        "expected a process or thread id",
+    );
+    // A zombie: a child that has exited, not reaped yet.
+    let mut z = Command::new("true").spawn().unwrap();
+    let zpid = z.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{zpid}/stat")).is_ok_and(|s| s.contains(") Z")) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    refused(&pid_args(zpid), "zombie");
+    z.wait().unwrap();
+    // A kernel thread (if this system shows one: containers may not).
+    let kthread = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                let rest = &s[s.rfind(')').unwrap() + 1..];
+                rest.split_whitespace()
+                    .nth(6)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .is_some_and(|f| f & 0x0020_0000 != 0)
+            })
+        });
+    match kthread {
+        Some(k) => refused(&pid_args(k), "kernel thread"),
+        None => eprintln!("no kernel thread visible here: that case is not checked"),
+    }
+    refused(
+        &pid_args(1)
+            .into_iter()
+            .chain(["--core".into(), "x".into()])
+            .collect::<Vec<_>>(),
+        "not both",
+    );
+    // unwind itself (sh execs it, keeping its pid).
+    let out = Command::new("sh")
+        .args(["-c", &format!("exec {BIN} stack --pid $$")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is unwind itself"));
+    // A thread id that is not the process's.
+    let mut s = Target::start(Command::new("sh").args([
+        "-c",
+        "echo ready; i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done",
+    ]));
+    let mut a = pid_args(s.pid());
+    a.extend(["--tid".into(), "1".into()]);
+    refused(&a, "has no thread 1");
+    // A thread id given as a pid: this test process's own threads (its other test threads).
+    let me = std::process::id();
+    if let Some(tid) = tasks(me).into_iter().find(|&t| t != me) {
+        refused(
+            &pid_args(tid),
+            &format!("is a thread of process {me}: use --pid {me} --tid {tid}"),
+        );
+    }
+    s.assert_untouched();
+}
+
+/// A thread this test traces (as a debugger would), released on drop (also on panic: a
+/// traced thread that is never released would keep the killed target from being reaped).
+struct Seized(libc::pid_t);
+
+impl Seized {
+    fn new(tid: u32) -> Seized {
+        // SAFETY: PTRACE_SEIZE takes integers only.
+        let r = unsafe { libc::ptrace(0x4206, tid as libc::pid_t, 0usize, 0usize) };
+        assert_eq!(r, 0, "seize: {}", std::io::Error::last_os_error());
+        Seized(tid as libc::pid_t)
+    }
+}
+
+impl Drop for Seized {
+    fn drop(&mut self) {
+        // Interrupt, wait for the stop, detach (PTRACE_DETACH needs a stopped tracee).
+        // SAFETY: PTRACE_INTERRUPT / PTRACE_DETACH take integers; waitpid writes `status`.
+        unsafe {
+            libc::ptrace(0x4207, self.0, 0usize, 0usize);
+            let mut status = 0;
+            libc::waitpid(self.0, &mut status, libc::__WALL);
+            libc::ptrace(libc::PTRACE_DETACH, self.0, 0usize, 0usize);
+        }
+    }
+}
+
+#[test]
+fn permission_denied_and_already_traced() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("perm");
+    let mut t = c_target(&dir.0, 2);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Not root: as nobody, another user's process cannot be traced.
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(BIN)
+            .args(pid_args(t.pid()))
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("not permitted to trace"), "{err}");
+        t.assert_untouched();
+    } else {
+        eprintln!("not root: the other-user case is not checked");
+    }
+    // Already traced: this test seizes the leader, then another thread (as gdb would hold
+    // them): found before attaching, and when attaching to that thread fails.
+    let me = std::process::id();
+    for i in [0, 2] {
+        let held = Seized::new(tasks(t.pid())[i]);
+        refused(&pid_args(t.pid()), &format!("already traced by {me}"));
+        drop(held);
+        t.assert_untouched();
+    }
+    t.assert_untouched();
+}
+
+#[test]
+fn unwind_killed_while_holding_the_threads() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("kill");
+    let mut t = c_target(&dir.0, 64);
+    // Signals at many moments of the run: while preparing, while the threads are stopped,
+    // after the detach. Whatever the moment, the target runs on untraced.
+    for (i, sig) in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL]
+        .iter()
+        .cycle()
+        .take(24)
+        .enumerate()
+    {
+        let mut u = Command::new(BIN)
+            .args(pid_args(t.pid()))
+            .args(["--mode", "hybrid"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(2000 * i as u64));
+        // SAFETY: kill takes integers; `u` has not been reaped, so its pid is still its own.
+        unsafe { libc::kill(u.id() as libc::pid_t, *sig) };
+        u.wait().unwrap();
+        t.assert_untouched();
+    }
+}
+
+#[test]
+fn no_signal_lost() {
+    // Real-time signals queue (none coalesce): every one sent to the process while `unwind`
+    // stops and detaches its threads must be handled once it runs on.
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("rt");
+    let mut t = c_target(&dir.0, 16);
+    let rt = |t: &Target| {
+        t.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("rt ")?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut sent = 0u64;
+    for i in 0..30u64 {
+        let mut u = Command::new(BIN)
+            .args(pid_args(t.pid()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(i * 2));
+        for _ in 0..5 {
+            // SAFETY: kill takes integers.
+            let r = unsafe { libc::kill(t.pid() as libc::pid_t, libc::SIGRTMIN() + 1) };
+            assert_eq!(r, 0);
+            sent += 1;
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        assert!(u.wait().unwrap().success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rt(&t) < sent {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {sent} signals handled",
+            rt(&t)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(rt(&t), sent);
+    t.assert_untouched();
+}
+
+#[test]
+fn signals_while_a_thread_cannot_stop() {
+    // A thread waiting in vfork() for a child (uninterruptible) does not stop: unwind waits
+    // for it (2 s) with the other threads held, which makes "a signal arrives while threads
+    // are stopped" certain rather than a matter of timing.
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("vfork");
+    let exe = build_c(&dir.0);
+    let mut t = Target::start(Command::new(&exe).args(["4", "vfork"]));
+    let _children = KillChildren(t.pid());
+    // Undisturbed: the walk goes on without that thread and says so.
+    let out = run(&pid_args(t.pid()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("did not stop within 2 s"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("on_usr1"));
+    t.assert_untouched();
+    use std::os::unix::process::ExitStatusExt;
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
+        let mut u = Command::new(BIN)
+            .args(pid_args(t.pid()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Once threads are held (state `t`), they stay held for 2 s.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !tasks(t.pid()).iter().any(|tid| {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", t.pid()))
+                .is_ok_and(|s| s.contains("State:\tt"))
+        }) {
+            assert!(Instant::now() < deadline, "unwind never held the threads");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // SAFETY: kill takes integers; `u` is not reaped yet, so the pid is its own.
+        unsafe { libc::kill(u.id() as libc::pid_t, sig) };
+        let status = u.wait().unwrap();
+        assert_eq!(status.signal(), Some(sig), "{status:?}");
+        t.assert_untouched();
+    }
+}
+
+/// Kills the children of a target's threads when dropped (the vfork child).
+struct KillChildren(u32);
+
+impl Drop for KillChildren {
+    fn drop(&mut self) {
+        for tid in tasks(self.0) {
+            let kids = std::fs::read_to_string(format!("/proc/{}/task/{tid}/children", self.0))
+                .unwrap_or_default();
+            for k in kids
+                .split_whitespace()
+                .filter_map(|k| k.parse::<i32>().ok())
+            {
+                // SAFETY: kill takes integers; `k` is a child of the target, alive when listed.
+                unsafe { libc::kill(k, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+#[test]
+fn threads_exiting_while_walked() {
+    // A process whose threads come and go all the time: the walk keeps the ones that stay,
+    // exit 0, and leaves the process running.
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("churn");
+    let src = dir.0.join("churn.c");
+    std::fs::write(
+        &src,
+        r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static void *brief(void *a) { (void)a; usleep(100); return 0; }
+static void *spawner(void *a) {
+    (void)a;
+    for (;;) { pthread_t t; if (!pthread_create(&t, 0, brief, 0)) pthread_detach(t); usleep(50); }
+}
+int main(void) {
+    pthread_t t;
+    for (int i = 0; i < 4; i++) pthread_create(&t, 0, spawner, 0);
+    printf("ready\n"); fflush(stdout);
+    for (unsigned long n = 1;; n++) { printf("%lu\n", n); fflush(stdout); usleep(10000); }
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.0.join("churn");
+    let out = Command::new("gcc")
+        .args(["-O0", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut t = Target::start(&mut Command::new(&exe));
+    for _ in 0..10 {
+        let r = stack_json(t.pid(), &[]);
+        assert!(!r["threads"].as_array().unwrap().is_empty());
+        t.assert_untouched();
+    }
+}
+
+/// The Rust fixture, (re)built with this test's profile.
+fn rust_fixture() -> PathBuf {
+    let exe = Path::new(BIN)
+        .parent()
+        .unwrap()
+        .join("examples/live_switches");
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args(["build", "--example", "live_switches"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if !cfg!(debug_assertions) {
+        c.arg("--release");
+    }
+    let out = c.output().expect("cargo build --example live_switches");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+#[test]
+fn rust_system_stack_segment_and_coroutine() {
+    let mut t = Target::start(&mut Command::new(rust_fixture()));
+    for mode in ["fp", "hybrid"] {
+        let r = stack_json(t.pid(), &["--mode", mode]);
+        let s = thread_with(&r, "system_wait");
+        crossed(s, "system_wait", "system_middle");
+        crossed(s, "system_wait", "system_outer");
+        let g = thread_with(&r, "segment_wait");
+        crossed(g, "segment_wait", "segment_worker");
+        let c = thread_with(&r, "coroutine_wait");
+        crossed(c, "coroutine_wait", "coroutine_worker");
+        // The block policy keeps the user side of the system stack only.
+        let b = stack_json(t.pid(), &["--mode", mode, "--policy", "block"]);
+        let s = thread_with(&b, "system_middle");
+        assert!(
+            !names(s).iter().any(|n| is(n, "system_wait")),
+            "{:?}",
+            names(s)
+        );
+        assert!(names(s).iter().any(|n| is(n, "system_outer")));
+        // Across a segment or a coroutine (not system switches) it keeps everything.
+        crossed(
+            thread_with(&b, "segment_wait"),
+            "segment_wait",
+            "segment_worker",
+        );
+        t.assert_untouched();
+    }
+}
+
+/// Builds a Go fixture (fixtures/go/NAME) into `dir`.
+fn build_go(dir: &Path, name: &str) -> PathBuf {
+    let exe = dir.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/go/{name}/main.go"));
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GO111MODULE", "off")
+        .env("CGO_ENABLED", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+#[test]
+fn go_blocked_in_c_through_cgo() {
+    if !need("go", "version") || !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("go-cgo");
+    let mut t = Target::start(&mut Command::new(build_go(&dir.0, "live_cgo")));
+    for mode in ["fp", "hybrid"] {
+        let r = stack_json(t.pid(), &["--mode", mode]);
+        let c = thread_with(&r, "block_in_c");
+        // C on g0, then the goroutine's frames past runtime.asmcgocall.
+        crossed(c, "block_in_c", "main.blocked");
+        crossed(c, "block_in_c", "main.caller");
+        if mode == "hybrid" {
+            crossed(c, "c_leaf", "main.caller");
+        }
+        assert_eq!(
+            names(c).last().map(String::as_str),
+            Some("runtime.goexit.abi0")
+        );
+        // Block keeps the user part only: from the cgo call up.
+        let b = stack_json(t.pid(), &["--mode", mode, "--policy", "block"]);
+        let bc = thread_with(&b, "main.blocked");
+        assert!(
+            !names(bc).iter().any(|n| n == "block_in_c"),
+            "{:?}",
+            names(bc)
+        );
+        assert!(names(bc).iter().any(|n| n == "main.caller"));
+        t.assert_untouched();
+    }
+}
+
+#[test]
+fn go_caught_on_the_system_stack() {
+    if !need("go", "version") {
+        return;
+    }
+    let dir = TempDir::new("go-gc");
+    let mut t = Target::start(&mut Command::new(build_go(&dir.0, "live_gc")));
+    // A thread is on the system stack most of the time (runtime.GC in a loop); try until one
+    // is caught there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (r, heap) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no thread caught on the system stack"
+        );
+        let r = stack_json(t.pid(), &[]);
+        let crossing = r["threads"].as_array().unwrap().iter().any(|t| {
+            t["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["via"] == "transition" && f["stack"].as_u64() > Some(0))
+                && names(t).iter().any(|n| n == "main.collect")
+                && names(t)
+                    .iter()
+                    .any(|n| n.starts_with("runtime.systemstack"))
+        });
+        if crossing {
+            let h = stack_json(t.pid(), &["--policy", "heap"]);
+            break (r, h);
+        }
+    };
+    // runtime.GC -> ... -> systemstack -> (g0) the runtime's work: the walk reaches the
+    // goroutine that called runtime.GC.
+    let g = r["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| {
+            names(t).iter().any(|n| n == "main.collect")
+                && names(t)
+                    .iter()
+                    .any(|n| n.starts_with("runtime.systemstack"))
+        })
+        .unwrap();
+    crossed(g, "runtime.systemstack.abi0", "main.collect");
+    assert_eq!(
+        names(g).last().map(String::as_str),
+        Some("runtime.goexit.abi0")
+    );
+    // The heap policy never ends a stack inside the runtime when user code is above it.
+    for th in heap["threads"].as_array().unwrap() {
+        let n = names(th);
+        if n.iter().any(|s| s == "main.collect") {
+            assert_eq!(n[0], "main.collect", "{n:?}");
+        }
+    }
+    t.assert_untouched();
+}
