@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use unwind::offline::{self, Options, Report};
 use unwind::policy::ProfileKind;
+use unwind::pprof_lines::LineTables;
 use unwind::Mode;
 
 /// The heap profiler's sampling allocator: costs a thread-local countdown per allocation until
@@ -84,11 +85,11 @@ fn stack(args: &[String]) -> Result<(), String> {
                 .cloned()
                 .ok_or_else(|| format!("{name} needs a value"))
         };
+        if core_option(a, &mut value, &mut core, &mut opts)? {
+            continue;
+        }
         match a.as_str() {
-            "--core" => core = Some(PathBuf::from(value("--core")?)),
             "--pid" => pid = Some(parse_id("--pid", &value("--pid")?)?),
-            "--exe" => opts.exe = Some(PathBuf::from(value("--exe")?)),
-            "--sysroot" => opts.sysroot = Some(PathBuf::from(value("--sysroot")?)),
             "--mode" => {
                 let v = value("--mode")?;
                 opts.mode =
@@ -124,14 +125,7 @@ fn stack(args: &[String]) -> Result<(), String> {
             if !tids.is_empty() {
                 return Err("--tid is for --pid".into());
             }
-            let core_path = core.ok_or("--core CORE or --pid PID is required")?;
-            if let Some(exe) = &opts.exe {
-                if !exe.exists() {
-                    return Err(format!("--exe {}: no such file", exe.display()));
-                }
-            }
-            let core = unwind::core_file::Core::open(&core_path)
-                .map_err(|e| format!("{}: {e}", core_path.display()))?;
+            let core = open_core(core.ok_or("--core CORE or --pid PID is required")?, &opts)?;
             offline::unwind_core(&core, &opts).map_err(|e| e.to_string())?
         }
     };
@@ -139,14 +133,47 @@ fn stack(args: &[String]) -> Result<(), String> {
         eprintln!("unwind: warning: {w}");
     }
     let out = match format {
-        Format::Json => json(&report, lines.then(Lines::default).as_mut()),
-        Format::Text => text(&report, lines.then(Lines::default).as_mut()),
+        Format::Json => json(
+            &report,
+            lines.then(|| LineTables::new(&report.symbols)).as_mut(),
+        ),
+        Format::Text => text(
+            &report,
+            lines.then(|| LineTables::new(&report.symbols)).as_mut(),
+        ),
     };
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(out.as_bytes())
         .map_err(|e| format!("writing output: {e}"))?;
     Ok(())
+}
+
+/// The options of every command that reads a core: `--core`, `--exe`, `--sysroot`. Returns
+/// whether `a` was one of them.
+fn core_option(
+    a: &str,
+    value: &mut dyn FnMut(&str) -> Result<String, String>,
+    core: &mut Option<PathBuf>,
+    opts: &mut Options,
+) -> Result<bool, String> {
+    match a {
+        "--core" => *core = Some(PathBuf::from(value("--core")?)),
+        "--exe" => opts.exe = Some(PathBuf::from(value("--exe")?)),
+        "--sysroot" => opts.sysroot = Some(PathBuf::from(value("--sysroot")?)),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Opens the core at `path`, after checking that `--exe`, if given, exists.
+fn open_core(path: PathBuf, opts: &Options) -> Result<unwind::core_file::Core, String> {
+    if let Some(exe) = &opts.exe {
+        if !exe.exists() {
+            return Err(format!("--exe {}: no such file", exe.display()));
+        }
+    }
+    unwind::core_file::Core::open(&path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A pid or tid: a positive decimal number.
@@ -168,16 +195,11 @@ fn verify(args: &[String]) -> Result<(), String> {
                 .cloned()
                 .ok_or_else(|| format!("{name} needs a value"))
         };
-        match a.as_str() {
-            "--core" => core = Some(PathBuf::from(value("--core")?)),
-            "--exe" => opts.exe = Some(PathBuf::from(value("--exe")?)),
-            "--sysroot" => opts.sysroot = Some(PathBuf::from(value("--sysroot")?)),
-            other => return Err(format!("unknown option '{other}'")),
+        if !core_option(a, &mut value, &mut core, &mut opts)? {
+            return Err(format!("unknown option '{a}'"));
         }
     }
-    let core_path = core.ok_or("--core CORE is required")?;
-    let core = unwind::core_file::Core::open(&core_path)
-        .map_err(|e| format!("{}: {e}", core_path.display()))?;
+    let core = open_core(core.ok_or("--core CORE is required")?, &opts)?;
     let (verdicts, report) =
         unwind::verify::verify_core(&core, &opts).map_err(|e| e.to_string())?;
     for w in &report.warnings {
@@ -270,29 +292,11 @@ fn demo(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("demo: {e}"))
 }
 
-/// `--lines`: file:line for pcs, from each module's DWARF (`addr2line`), loaded on first use.
-#[derive(Default)]
-struct Lines {
-    loaders: Vec<(String, Option<addr2line::Loader>)>,
-}
-
-impl Lines {
-    /// "file:line" for a frame, if the module has line tables for it.
-    fn of(&mut self, r: &Report, f: &unwind::Frame) -> Option<String> {
-        let pc = f.lookup_pc();
-        let m = r.symbols.module_of(pc)?;
-        let i = match self.loaders.iter().position(|(p, _)| *p == m.path) {
-            Some(i) => i,
-            None => {
-                self.loaders
-                    .push((m.path.clone(), addr2line::Loader::new(&m.file).ok()));
-                self.loaders.len() - 1
-            }
-        };
-        let loader = self.loaders[i].1.as_ref()?;
-        let loc = loader.find_location(pc.wrapping_sub(m.bias)).ok()??;
-        Some(format!("{}:{}", loc.file?, loc.line?))
-    }
+/// `--lines`: "file:line" of a frame, from its module's DWARF line tables (the innermost
+/// inlined function's location), if it has them.
+fn line_of(lines: &mut LineTables<'_>, f: &unwind::Frame) -> Option<String> {
+    let inner = lines.frames(f.lookup_pc()).into_iter().next()?;
+    (!inner.file.is_empty() && inner.line > 0).then(|| format!("{}:{}", inner.file, inner.line))
 }
 
 fn json_str(s: &str, out: &mut String) {
@@ -314,7 +318,7 @@ fn json_str(s: &str, out: &mut String) {
 /// The JSON contract: `{"arch", "threads": [{"tid", "frames": [{"pc", "symbol", "module",
 /// "stack", "via"}], "truncated"}]}`. With `--lines` each frame also has `"line": "file:N"`
 /// or null.
-fn json(r: &Report, mut lines: Option<&mut Lines>) -> String {
+fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
     let mut o = String::new();
     o.push_str("{\"arch\": ");
     json_str(r.arch.name(), &mut o);
@@ -347,7 +351,7 @@ fn json(r: &Report, mut lines: Option<&mut Lines>) -> String {
             json_str(f.via.name(), &mut o);
             if let Some(l) = lines.as_deref_mut() {
                 o.push_str(", \"line\": ");
-                match l.of(r, f) {
+                match line_of(l, f) {
                     Some(s) => json_str(&s, &mut o),
                     None => o.push_str("null"),
                 }
@@ -360,7 +364,7 @@ fn json(r: &Report, mut lines: Option<&mut Lines>) -> String {
     o
 }
 
-fn text(r: &Report, mut lines: Option<&mut Lines>) -> String {
+fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
     let mut o = format!("arch {}\n", r.arch);
     for t in &r.threads {
         o.push_str(&format!(
@@ -387,7 +391,7 @@ fn text(r: &Report, mut lines: Option<&mut Lines>) -> String {
             } else {
                 f.via.to_string()
             };
-            let at = match lines.as_deref_mut().and_then(|l| l.of(r, f)) {
+            let at = match lines.as_deref_mut().and_then(|l| line_of(l, f)) {
                 Some(l) => format!(" at {l}"),
                 None => String::new(),
             };

@@ -66,6 +66,9 @@ pub struct Options {
     pub mode: Mode,
     /// A policy to apply to each thread's frames.
     pub policy: Option<Policy>,
+    /// A `/proc/PID` prefix whose files may be opened (a live process's `map_files` and
+    /// `root`); nothing under `/proc` is opened otherwise ([`crate::safe_open`]).
+    pub allow_proc: Option<PathBuf>,
 }
 
 /// One thread's result.
@@ -126,7 +129,11 @@ impl Pause for AsIs {
 /// map (`r_debug` through the executable's `DT_DEBUG`, read from the core's memory).
 pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
     let sysroot = opts.sysroot.as_deref();
-    let mut s = Symbolizer::from_mappings(&core.mappings, sysroot);
+    let mut s = Symbolizer::new();
+    if let Some(prefix) = &opts.allow_proc {
+        s.open_policy = s.open_policy.clone().allowing_proc(prefix.clone());
+    }
+    s.add_mappings(&core.mappings, sysroot);
     let exe_path = opts.exe.clone().or_else(|| {
         if !core.mappings.is_empty() {
             return None;

@@ -151,6 +151,7 @@ pub fn unwind_process(pid: u32, tids: &[u32], opts: &Options) -> Result<Report, 
     let mut opts = opts.clone();
     opts.exe = None;
     opts.sysroot = sysroot;
+    opts.allow_proc = Some(format!("/proc/{pid}").into());
     let mut stopper = Stopper {
         pid,
         only: tids.to_vec(),
