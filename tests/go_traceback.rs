@@ -58,7 +58,9 @@ fn parse_traceback(text: &str) -> Vec<Block> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("PC=0x") {
             signal_pc = u64::from_str_radix(rest.split_whitespace().next().unwrap(), 16).ok();
-        } else if line.starts_with("goroutine ") && line.ends_with(':') {
+        } else if (line.starts_with("goroutine ") && line.ends_with(':'))
+            || line == "runtime stack:"
+        {
             blocks.push(Block {
                 signal_pc,
                 header: line.to_string(),
@@ -429,4 +431,97 @@ fn debug_info_offsets_agree_with_the_builtin_table() {
         unwind::go_runtime::GoOffsets::from_elf(b"not an ELF file"),
         None
     );
+}
+
+/// `runtime.morestack` against Go's traceback of the same crash (fixtures/go/grow, both
+/// architectures, all modes): the system-stack part ends with Go's `runtime stack:` (throw,
+/// newstack, morestack) and the goroutine part begins with Go's `goroutine 1 [running]:`
+/// frames (Go prints 100 of them, then elides the rest), pcs included.
+#[test]
+fn morestack_matches_go_traceback() {
+    if !have("go", "version") {
+        skip("needs `go` (golang-go)");
+        return;
+    }
+    for arch in ["amd64", "arm64"] {
+        match arch {
+            "arm64" if !have("qemu-aarch64", "--version") => {
+                skip("needs qemu-aarch64 (qemu-user)");
+                continue;
+            }
+            "amd64"
+                if !cfg!(target_arch = "x86_64")
+                    || std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+                        .unwrap_or_default()
+                        .trim()
+                        != "core" =>
+            {
+                skip("needs an x86_64 host with core_pattern `core`");
+                continue;
+            }
+            _ => {}
+        }
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("unwind-go-tb-grow-{arch}-{}", std::process::id())),
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/make-crash-core.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["grow", arch])
+            .arg(&dir.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let core = dir.0.join(format!("core-go-grow-{arch}"));
+        let exe = dir.0.join(format!("grow-{arch}"));
+        let tb = std::fs::read_to_string(dir.0.join("grow.txt")).unwrap();
+        let blocks = parse_traceback(&tb);
+        let sys = blocks
+            .iter()
+            .find(|b| b.header == "runtime stack:")
+            .unwrap_or_else(|| panic!("{arch}: no runtime stack in {tb}"));
+        let g1 = blocks
+            .iter()
+            .find(|b| b.header.starts_with("goroutine 1 "))
+            .unwrap_or_else(|| panic!("{arch}: no goroutine 1 in {tb}"));
+        assert!(g1.frames.len() >= 50, "{arch}: {g1:?}");
+        for mode in ["fp", "dwarf", "hybrid"] {
+            let v = unwind_json(&core, &exe, mode);
+            let t = v["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| ours(t).iter().any(|f| f.0 == "runtime.morestack"))
+                .unwrap_or_else(|| panic!("{arch} {mode}: no thread in morestack"));
+            let frames = ours(t);
+            let ms = frames
+                .iter()
+                .position(|f| f.0 == "runtime.morestack")
+                .unwrap();
+            let (g0, g) = (&frames[..=ms], &frames[ms + 1..]);
+            let n = sys.frames.len();
+            assert!(
+                g0.len() >= n
+                    && g0[g0.len() - n..]
+                        .iter()
+                        .zip(&sys.frames)
+                        .all(|(x, y)| x.0 == y.0 && x.1 == y.1),
+                "{arch} {mode}: g0 part {:?} does not end with Go's {:?}",
+                names(g0.iter().map(|f| &f.0)),
+                sys.frames
+            );
+            assert_eq!(g[0].2, "transition", "{arch} {mode}");
+            assert!(
+                g.len() >= g1.frames.len()
+                    && g.iter()
+                        .zip(&g1.frames)
+                        .all(|(x, y)| x.0 == y.0 && x.1 == y.1),
+                "{arch} {mode}: goroutine part differs from Go's goroutine 1"
+            );
+        }
+    }
 }
