@@ -525,3 +525,94 @@ fn morestack_matches_go_traceback() {
         }
     }
 }
+
+/// `runtime.systemstack` against Go's traceback of the same crash (fixtures/go/throw:
+/// concurrent map writes throw on the system stack; both architectures, all modes): the
+/// goroutine part that follows `runtime.systemstack` is Go's `goroutine N [running]:` block,
+/// pcs included. One documented difference: Go starts that block at the caller of
+/// `runtime.fatalthrow` (it passes its caller's pc and sp to the printer), while the walk also
+/// shows `runtime.fatalthrow` itself, the frame that called `systemstack`.
+#[test]
+fn systemstack_matches_go_traceback() {
+    if !have("go", "version") {
+        skip("needs `go` (golang-go)");
+        return;
+    }
+    for arch in ["amd64", "arm64"] {
+        match arch {
+            "arm64" if !have("qemu-aarch64", "--version") => {
+                skip("needs qemu-aarch64 (qemu-user)");
+                continue;
+            }
+            "amd64"
+                if !cfg!(target_arch = "x86_64")
+                    || std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+                        .unwrap_or_default()
+                        .trim()
+                        != "core" =>
+            {
+                skip("needs an x86_64 host with core_pattern `core`");
+                continue;
+            }
+            _ => {}
+        }
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("unwind-go-tb-throw-{arch}-{}", std::process::id())),
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/make-crash-core.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["throw", arch])
+            .arg(&dir.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let core = dir.0.join(format!("core-go-throw-{arch}"));
+        let exe = dir.0.join(format!("throw-{arch}"));
+        let tb = std::fs::read_to_string(dir.0.join("throw.txt")).unwrap();
+        let blocks = parse_traceback(&tb);
+        // The throwing goroutine: the first block, [running], through main.writer.
+        let g = blocks
+            .iter()
+            .find(|b| {
+                b.header.contains("[running]") && b.frames.iter().any(|f| f.0 == "main.writer")
+            })
+            .unwrap_or_else(|| panic!("{arch}: no running main.writer in {tb}"));
+        for mode in ["fp", "dwarf", "hybrid"] {
+            let v = unwind_json(&core, &exe, mode);
+            let mut compared = 0;
+            for t in v["threads"].as_array().unwrap() {
+                let frames = ours(t);
+                let Some(s) = frames.iter().position(|f| f.0 == "runtime.systemstack") else {
+                    continue;
+                };
+                if !frames.iter().any(|f| f.0 == "main.writer") {
+                    continue;
+                }
+                let part = &frames[s + 1..];
+                assert_eq!(part[0].0, "runtime.fatalthrow", "{arch} {mode}: {part:?}");
+                assert_eq!(part[0].2, "transition", "{arch} {mode}");
+                let rest = &part[1..];
+                assert!(
+                    rest.len() == g.frames.len()
+                        && rest
+                            .iter()
+                            .zip(&g.frames)
+                            .all(|(x, y)| x.0 == y.0 && x.1 == y.1),
+                    "{arch} {mode}: {:?}\nGo: {:?}",
+                    names(rest.iter().map(|f| &f.0)),
+                    g.frames
+                );
+                compared += 1;
+            }
+            assert!(
+                compared > 0,
+                "{arch} {mode}: no thread crossed systemstack to main.writer"
+            );
+        }
+    }
+}
