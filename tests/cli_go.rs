@@ -21,6 +21,12 @@ fn have(tool: &str, arg: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// A missing tool skips the test with a message, and fails it when `CI` is set.
+fn skip(why: &str) {
+    assert!(std::env::var_os("CI").is_none(), "CI: cannot run: {why}");
+    eprintln!("skipping: {why}");
+}
+
 struct TempDir(PathBuf);
 
 impl Drop for TempDir {
@@ -66,7 +72,7 @@ fn go_statement_crosses_systemstack() {
         return;
     }
     if !have("go", "version") || !have("gdb", "--version") {
-        eprintln!("skipping the Go core test: needs `go` (golang-go) and `gdb`");
+        skip("the Go core test needs `go` (golang-go) and `gdb`");
         return;
     }
     let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-{}", std::process::id())));
@@ -194,19 +200,19 @@ fn go_statement_crosses_systemstack() {
 /// `None` (with a message) when a tool or the core pattern is missing.
 fn crash_core(name: &str, arch: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     if !have("go", "version") {
-        eprintln!("skipping: needs `go` (golang-go)");
+        skip("needs `go` (golang-go)");
         return None;
     }
     match arch {
         "arm64" if !have("qemu-aarch64", "--version") => {
-            eprintln!("skipping: needs qemu-aarch64");
+            skip("needs qemu-aarch64");
             return None;
         }
         "amd64" => {
             let pattern =
                 std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
             if !cfg!(target_arch = "x86_64") || pattern.trim() != "core" {
-                eprintln!("skipping: needs an x86_64 host with core_pattern `core` (CI sets it)");
+                skip("needs an x86_64 host with core_pattern `core` (CI sets it)");
                 return None;
             }
         }
