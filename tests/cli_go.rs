@@ -68,7 +68,7 @@ fn go_statement_crosses_systemstack() {
         return;
     }
     if !have("go", "version") || !have("gdb", "--version") {
-        skip("skipping the Go core test: needs `go` (golang-go) and `gdb`");
+        skip("the Go core test needs `go` (golang-go) and `gdb`");
         return;
     }
     let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-{}", std::process::id())));
@@ -196,19 +196,19 @@ fn go_statement_crosses_systemstack() {
 /// `None` (with a message) when a tool or the core pattern is missing.
 fn crash_core(name: &str, arch: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     if !have("go", "version") {
-        skip("skipping: needs `go` (golang-go)");
+        skip("needs `go` (golang-go)");
         return None;
     }
     match arch {
         "arm64" if !have("qemu-aarch64", "--version") => {
-            skip("skipping: needs qemu-aarch64");
+            skip("needs qemu-aarch64");
             return None;
         }
         "amd64" => {
             let pattern =
                 std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
             if !cfg!(target_arch = "x86_64") || pattern.trim() != "core" {
-                skip("skipping: needs an x86_64 host with core_pattern `core` (CI sets it)");
+                skip("needs an x86_64 host with core_pattern `core` (CI sets it)");
                 return None;
             }
         }

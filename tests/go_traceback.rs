@@ -13,6 +13,10 @@
 //! Needs `go` (golang-go), and `gdb` for the gcore core and core_pattern `core` for the crash
 //! core; without them the tests print that they skipped, and fail when `CI` is set.
 
+#[path = "common/skip.rs"]
+mod skip_support;
+use skip_support::skip;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,11 +28,6 @@ fn have(tool: &str, arg: &str) -> bool {
         .arg(arg)
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-fn skip(why: &str) {
-    assert!(std::env::var_os("CI").is_none(), "CI: cannot run: {why}");
-    eprintln!("skipping: {why}");
 }
 
 struct TempDir(PathBuf);
@@ -58,7 +57,9 @@ fn parse_traceback(text: &str) -> Vec<Block> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("PC=0x") {
             signal_pc = u64::from_str_radix(rest.split_whitespace().next().unwrap(), 16).ok();
-        } else if line.starts_with("goroutine ") && line.ends_with(':') {
+        } else if (line.starts_with("goroutine ") && line.ends_with(':'))
+            || line == "runtime stack:"
+        {
             blocks.push(Block {
                 signal_pc,
                 header: line.to_string(),
@@ -429,4 +430,188 @@ fn debug_info_offsets_agree_with_the_builtin_table() {
         unwind::go_runtime::GoOffsets::from_elf(b"not an ELF file"),
         None
     );
+}
+
+/// `runtime.morestack` against Go's traceback of the same crash (fixtures/go/grow, both
+/// architectures, all modes): the system-stack part ends with Go's `runtime stack:` (throw,
+/// newstack, morestack) and the goroutine part begins with Go's `goroutine 1 [running]:`
+/// frames (Go prints 100 of them, then elides the rest), pcs included.
+#[test]
+fn morestack_matches_go_traceback() {
+    if !have("go", "version") {
+        skip("needs `go` (golang-go)");
+        return;
+    }
+    for arch in ["amd64", "arm64"] {
+        match arch {
+            "arm64" if !have("qemu-aarch64", "--version") => {
+                skip("needs qemu-aarch64 (qemu-user)");
+                continue;
+            }
+            "amd64"
+                if !cfg!(target_arch = "x86_64")
+                    || std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+                        .unwrap_or_default()
+                        .trim()
+                        != "core" =>
+            {
+                skip("needs an x86_64 host with core_pattern `core`");
+                continue;
+            }
+            _ => {}
+        }
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("unwind-go-tb-grow-{arch}-{}", std::process::id())),
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/make-crash-core.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["grow", arch])
+            .arg(&dir.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let core = dir.0.join(format!("core-go-grow-{arch}"));
+        let exe = dir.0.join(format!("grow-{arch}"));
+        let tb = std::fs::read_to_string(dir.0.join("grow.txt")).unwrap();
+        let blocks = parse_traceback(&tb);
+        let sys = blocks
+            .iter()
+            .find(|b| b.header == "runtime stack:")
+            .unwrap_or_else(|| panic!("{arch}: no runtime stack in {tb}"));
+        let g1 = blocks
+            .iter()
+            .find(|b| b.header.starts_with("goroutine 1 "))
+            .unwrap_or_else(|| panic!("{arch}: no goroutine 1 in {tb}"));
+        assert!(g1.frames.len() >= 50, "{arch}: {g1:?}");
+        for mode in ["fp", "dwarf", "hybrid"] {
+            let v = unwind_json(&core, &exe, mode);
+            let t = v["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| ours(t).iter().any(|f| f.0 == "runtime.morestack"))
+                .unwrap_or_else(|| panic!("{arch} {mode}: no thread in morestack"));
+            let frames = ours(t);
+            let ms = frames
+                .iter()
+                .position(|f| f.0 == "runtime.morestack")
+                .unwrap();
+            let (g0, g) = (&frames[..=ms], &frames[ms + 1..]);
+            let n = sys.frames.len();
+            assert!(
+                g0.len() >= n
+                    && g0[g0.len() - n..]
+                        .iter()
+                        .zip(&sys.frames)
+                        .all(|(x, y)| x.0 == y.0 && x.1 == y.1),
+                "{arch} {mode}: g0 part {:?} does not end with Go's {:?}",
+                names(g0.iter().map(|f| &f.0)),
+                sys.frames
+            );
+            assert_eq!(g[0].2, "transition", "{arch} {mode}");
+            assert!(
+                g.len() >= g1.frames.len()
+                    && g.iter()
+                        .zip(&g1.frames)
+                        .all(|(x, y)| x.0 == y.0 && x.1 == y.1),
+                "{arch} {mode}: goroutine part differs from Go's goroutine 1"
+            );
+        }
+    }
+}
+
+/// `runtime.systemstack` against Go's traceback of the same crash (fixtures/go/throw:
+/// concurrent map writes throw on the system stack; both architectures, all modes): the
+/// goroutine part that follows `runtime.systemstack` is Go's `goroutine N [running]:` block,
+/// pcs included. One documented difference: Go starts that block at the caller of
+/// `runtime.fatalthrow` (it passes its caller's pc and sp to the printer), while the walk also
+/// shows `runtime.fatalthrow` itself, the frame that called `systemstack`.
+#[test]
+fn systemstack_matches_go_traceback() {
+    if !have("go", "version") {
+        skip("needs `go` (golang-go)");
+        return;
+    }
+    for arch in ["amd64", "arm64"] {
+        match arch {
+            "arm64" if !have("qemu-aarch64", "--version") => {
+                skip("needs qemu-aarch64 (qemu-user)");
+                continue;
+            }
+            "amd64"
+                if !cfg!(target_arch = "x86_64")
+                    || std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+                        .unwrap_or_default()
+                        .trim()
+                        != "core" =>
+            {
+                skip("needs an x86_64 host with core_pattern `core`");
+                continue;
+            }
+            _ => {}
+        }
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("unwind-go-tb-throw-{arch}-{}", std::process::id())),
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/make-crash-core.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["throw", arch])
+            .arg(&dir.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let core = dir.0.join(format!("core-go-throw-{arch}"));
+        let exe = dir.0.join(format!("throw-{arch}"));
+        let tb = std::fs::read_to_string(dir.0.join("throw.txt")).unwrap();
+        let blocks = parse_traceback(&tb);
+        // The throwing goroutine: the first block, [running], through main.writer.
+        let g = blocks
+            .iter()
+            .find(|b| {
+                b.header.contains("[running]") && b.frames.iter().any(|f| f.0 == "main.writer")
+            })
+            .unwrap_or_else(|| panic!("{arch}: no running main.writer in {tb}"));
+        for mode in ["fp", "dwarf", "hybrid"] {
+            let v = unwind_json(&core, &exe, mode);
+            let mut compared = 0;
+            for t in v["threads"].as_array().unwrap() {
+                let frames = ours(t);
+                let Some(s) = frames.iter().position(|f| f.0 == "runtime.systemstack") else {
+                    continue;
+                };
+                if !frames.iter().any(|f| f.0 == "main.writer") {
+                    continue;
+                }
+                let part = &frames[s + 1..];
+                assert_eq!(part[0].0, "runtime.fatalthrow", "{arch} {mode}: {part:?}");
+                assert_eq!(part[0].2, "transition", "{arch} {mode}");
+                let rest = &part[1..];
+                assert!(
+                    rest.len() == g.frames.len()
+                        && rest
+                            .iter()
+                            .zip(&g.frames)
+                            .all(|(x, y)| x.0 == y.0 && x.1 == y.1),
+                    "{arch} {mode}: {:?}\nGo: {:?}",
+                    names(rest.iter().map(|f| &f.0)),
+                    g.frames
+                );
+                compared += 1;
+            }
+            assert!(
+                compared > 0,
+                "{arch} {mode}: no thread crossed systemstack to main.writer"
+            );
+        }
+    }
 }

@@ -481,13 +481,22 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     let mut caller = caller;
                     if record_fp.is_none() && A::KIND == crate::arch::ArchKind::X86_64 {
                         // After a CFI step the caller's fp is the CFI's rule for it, and Go's
-                        // CFI has none ("same value": the callee's own rbp, still on this
-                        // stack). A callee that keeps a frame record saved the chain's next
-                        // fp at CFA - 16: take it when it leads off this stack to a known one.
+                        // CFI has none ("same value": a callee's rbp, still on this stack: a
+                        // frame already unwound). A callee that keeps a frame record saved the
+                        // chain's next fp at CFA - 16: take it when the CFI's fp is on this
+                        // stack (it cannot lead across) and that is a readable record outside
+                        // the frames already unwound.
                         let here = |a: u64| st.seg.is_some_and(|s| s.contains(a));
                         if here(caller.fp) {
                             if let Some(saved) = mem.read_u64(fp) {
-                                if saved != 0 && !here(saved) && mem.stack_range(saved).is_some() {
+                                // Go's g0 and goroutine stacks may share a segment: "off
+                                // this stack" is "not in the frames already unwound".
+                                if saved != 0
+                                    && saved.is_multiple_of(A::FP_ALIGN)
+                                    && !(saved < caller.sp && saved >= st.regs.sp)
+                                    && mem.stack_range(saved).is_some()
+                                    && mem.read_pair(saved).is_some_and(|(_, ra)| ra != 0)
+                                {
                                     caller.fp = saved;
                                 }
                             }
