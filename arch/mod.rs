@@ -129,6 +129,18 @@ pub trait Arch: Copy + Default + core::fmt::Debug + Send + Sync + 'static {
         let _ = (pc, lr, read_code);
         false
     }
+
+    /// For an interrupted pc in a function prologue, before the frame record is linked (the
+    /// frame pointer is still the caller's): where the return address is, decoded from the
+    /// instructions at `pc`. `None`: not in a recognised prologue (the frame record decides).
+    fn prologue_ra_slot(
+        pc: u64,
+        sp: u64,
+        read_code: &mut dyn FnMut(u64, &mut [u8]) -> bool,
+    ) -> Option<u64> {
+        let _ = (pc, sp, read_code);
+        None
+    }
 }
 
 cfg_if::cfg_if! {

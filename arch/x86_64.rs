@@ -61,6 +61,14 @@ impl Arch for X86_64 {
         end_of_record
     }
 
+    fn prologue_ra_slot(
+        pc: u64,
+        sp: u64,
+        read_code: &mut dyn FnMut(u64, &mut [u8]) -> bool,
+    ) -> Option<u64> {
+        prologue_ra_slot(pc, sp, read_code)
+    }
+
     #[inline(always)]
     fn strip_ra(ra: u64, _pac_mask: u64) -> u64 {
         ra
@@ -87,6 +95,46 @@ impl Arch for X86_64 {
         _read: &mut dyn FnMut(u64) -> Option<u64>,
     ) -> Option<u64> {
         handler_fp.checked_add(16)
+    }
+}
+
+/// x86_64: when the interrupted pc is in a prologue, before the frame record is linked (rbp
+/// still the caller's), where the return address is. Decodes the instruction at pc:
+/// - `push %rbp` (`55`): at rsp;
+/// - `mov %rsp,%rbp` (`48 89 e5`, after the push): at rsp + 8;
+/// - Go's prologue `sub $n,%rsp; mov %rbp,d(%rsp); lea d(%rsp),%rbp`: at rsp when pc is on
+///   the `sub` (followed by that `mov`), at rsp + d + 8 when on the `mov` or the `lea`.
+///
+/// Anything else: `None` (the frame record decides).
+pub fn prologue_ra_slot(
+    pc: u64,
+    sp: u64,
+    read_code: &mut dyn FnMut(u64, &mut [u8]) -> bool,
+) -> Option<u64> {
+    let mut c = [0u8; 16];
+    if !read_code(pc, &mut c) {
+        // Near the end of a mapping: try a shorter read.
+        c = [0; 16];
+        if !read_code(pc, &mut c[..8]) {
+            return None;
+        }
+    }
+    // mov %rbp,d8(%rsp) / lea d8(%rsp),%rbp
+    let mov_rbp = |b: &[u8]| b.len() >= 5 && b[..4] == [0x48, 0x89, 0x6c, 0x24];
+    let lea_rbp = |b: &[u8]| b.len() >= 5 && b[..4] == [0x48, 0x8d, 0x6c, 0x24];
+    match c {
+        [0x55, ..] => Some(sp),
+        [0x48, 0x89, 0xe5, ..] => sp.checked_add(8),
+        [0x48, 0x83, 0xec, _, ..] if mov_rbp(&c[4..]) => Some(sp),
+        [0x48, 0x81, 0xec, _, _, _, _, ..] if mov_rbp(&c[7..]) => Some(sp),
+        _ if (mov_rbp(&c) && lea_rbp(&c[5..])) || lea_rbp(&c) => {
+            let d = c[4] as i8;
+            if d < 0 {
+                return None;
+            }
+            sp.checked_add(d as u64 + 8)
+        }
+        _ => None,
     }
 }
 

@@ -1076,8 +1076,9 @@ fn walk_arch<A: Arch>(
     w.pac_mask = pac_mask;
     let mut regs = t.regs;
     regs.pc = A::strip_ra(regs.pc, pac_mask);
-    if A::KIND == ArchKind::X86_64 && mode == Mode::FramePointer && buf.len() >= 2 {
-        if let Some(ra_at) = x86_64_prologue_ra_slot(mem, &regs) {
+    if mode == Mode::FramePointer && buf.len() >= 2 {
+        let slot = A::prologue_ra_slot(regs.pc, regs.sp, &mut |a, b| mem.read_code(a, b));
+        if let Some(ra_at) = slot {
             if let Some(ra) = mem.read_u64(ra_at).filter(|&ra| ra != 0) {
                 // The leaf has not linked its frame record yet: its caller is the return
                 // address at `ra_at`, and rbp is still the caller's.
@@ -1114,50 +1115,9 @@ fn walk_arch<A: Arch>(
     w.walk(Start::exact(regs), mem, buf)
 }
 
-/// x86_64: when the interrupted pc is in a prologue, before the frame record is linked (rbp
-/// still the caller's), where the return address is. Decodes the instruction at pc:
-/// - `push %rbp` (`55`): at rsp;
-/// - `mov %rsp,%rbp` (`48 89 e5`, after the push): at rsp + 8;
-/// - Go's prologue `sub $n,%rsp; mov %rbp,d(%rsp); lea d(%rsp),%rbp`: at rsp when pc is on
-///   the `sub` (followed by that `mov`), at rsp + d + 8 when on the `mov` or the `lea`.
-///
-/// Anything else: `None` (the frame record decides).
-fn x86_64_prologue_ra_slot<M: crate::memory::Memory>(
-    mem: &mut M,
-    regs: &crate::arch::Regs,
-) -> Option<u64> {
-    let mut c = [0u8; 16];
-    if !mem.read_code(regs.pc, &mut c) {
-        // Near the end of a mapping: try a shorter read.
-        c = [0; 16];
-        if !mem.read_code(regs.pc, &mut c[..8]) {
-            return None;
-        }
-    }
-    let sp = regs.sp;
-    // mov %rbp,d8(%rsp) / lea d8(%rsp),%rbp
-    let mov_rbp = |b: &[u8]| b.len() >= 5 && b[..4] == [0x48, 0x89, 0x6c, 0x24];
-    let lea_rbp = |b: &[u8]| b.len() >= 5 && b[..4] == [0x48, 0x8d, 0x6c, 0x24];
-    match c {
-        [0x55, ..] => Some(sp),
-        [0x48, 0x89, 0xe5, ..] => sp.checked_add(8),
-        [0x48, 0x83, 0xec, _, ..] if mov_rbp(&c[4..]) => Some(sp),
-        [0x48, 0x81, 0xec, _, _, _, _, ..] if mov_rbp(&c[7..]) => Some(sp),
-        _ if (mov_rbp(&c) && lea_rbp(&c[5..])) || lea_rbp(&c) => {
-            let d = c[4] as i8;
-            if d < 0 {
-                return None;
-            }
-            sp.checked_add(d as u64 + 8)
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::Regs;
     use crate::memory::{Image, Region};
 
     fn slot(code: &[u8], sp: u64) -> Option<u64> {
@@ -1167,7 +1127,7 @@ mod tests {
             is_stack: false,
         }];
         let mut mem = Image::new(&regions);
-        x86_64_prologue_ra_slot(&mut mem, &Regs::new(0x1000, sp, 0x9000))
+        crate::arch::x86_64::prologue_ra_slot(0x1000, sp, &mut |a, b| mem.read_code(a, b))
     }
 
     #[test]
