@@ -477,6 +477,13 @@ pub fn unwind_paused<P: Pause>(
     let mut threads = Vec::new();
     let mut budget = MAX_TOTAL_FRAMES;
     let mut cut_threads = 0usize;
+    let cx = Walks {
+        core,
+        symbols: &symbols,
+        table: &table,
+        cfi: &unwinder,
+        mode,
+    };
     let paused = pause.pause(core)?;
     for t in &paused {
         // Past the budget a thread keeps its leaf frame only.
@@ -485,7 +492,7 @@ pub fn unwind_paused<P: Pause>(
             cut_threads += 1;
         }
         let mut buf = vec![Frame::EMPTY; room];
-        let trace = walk_thread(core, &symbols, t, &table, &unwinder, mode, &mut buf);
+        let trace = cx.thread(t, &mut buf);
         buf.truncate(trace.len);
         buf.shrink_to_fit();
         budget = budget.saturating_sub(buf.len());
@@ -494,32 +501,19 @@ pub fn unwind_paused<P: Pause>(
             go.cut_at_stack_top(core.arch, &mut buf);
             if core.arch == ArchKind::X86_64 {
                 go.recover_systemstack_caller(core, t, &system_switches, &mut buf);
-            } else if let Some(more) =
-                go.cross_systemstack_arm64(core, &symbols, t, &table, &unwinder, mode, &buf)
-            {
+            } else if let Some(more) = go.cross_systemstack_arm64(&cx, t, &buf) {
                 stop = more.1;
                 buf.extend(more.0);
                 buf.truncate(MAX_FRAMES);
             }
-            if let Some(more) = go.cross_morestack(
-                core,
-                &symbols,
-                t,
-                &table,
-                &unwinder,
-                mode,
-                &buf,
-                morestack_id,
-            ) {
+            if let Some(more) = go.cross_morestack(&cx, t, &buf, morestack_id) {
                 stop = more.1;
                 buf.extend(more.0);
                 buf.truncate(MAX_FRAMES);
             }
         }
         if let Some(go) = &go {
-            if let Some(more) = go.cross_g_sched(
-                core, &symbols, t, &table, &unwinder, mode, &buf, stop, g_sched_id,
-            ) {
+            if let Some(more) = go.cross_g_sched(&cx, t, &buf, stop, g_sched_id) {
                 stop = more.1;
                 buf.extend(more.0);
                 buf.truncate(MAX_FRAMES);
@@ -746,17 +740,13 @@ impl GoRuntime {
     /// transition, on the next stack index) and whether that walk was cut short. Only when the
     /// walk ended in `systemstack` on a stack other than the goroutine's, and the record lies
     /// inside `curg.stack`.
-    #[allow(clippy::too_many_arguments)]
     fn cross_systemstack_arm64(
         &self,
-        core: &Core,
-        symbols: &Symbolizer,
+        cx: &Walks<'_>,
         t: &Thread,
-        table: &TransitionTable,
-        cfi: &crate::dwarf::Unwinder,
-        _mode: Mode,
         frames: &[Frame],
     ) -> Option<(Vec<Frame>, StopReason)> {
+        let Walks { core, table, .. } = *cx;
         use go_amd64::*; // the same offsets on arm64 (both 64-bit)
         let last = frames.last()?;
         if !self.systemstack.contains(last.lookup_pc()) || frames.len() >= MAX_FRAMES {
@@ -786,11 +776,7 @@ impl GoRuntime {
         // The goroutine's sp is not known (arm64 records sit at the bottom of frames): CFI
         // cannot start there; Go's arm64 code keeps frame records.
         Some(continue_from(
-            core,
-            symbols,
-            table,
-            cfi,
-            Mode::FramePointer,
+            &cx.with_mode(Mode::FramePointer),
             frames,
             regs,
             id,
@@ -810,18 +796,14 @@ impl GoRuntime {
     /// The goroutine is `g.m.curg` (`g`: amd64 `fs_base - 8`, arm64 x28). Frames are added only
     /// when the walk ended in `morestack`, `sched.sp` lies in `curg.stack` and the saved pcs
     /// are non-zero; `f`'s frame is marked as found through the transition.
-    #[allow(clippy::too_many_arguments)]
     fn cross_morestack(
         &self,
-        core: &Core,
-        symbols: &Symbolizer,
+        cx: &Walks<'_>,
         t: &Thread,
-        table: &TransitionTable,
-        cfi: &crate::dwarf::Unwinder,
-        mode: Mode,
         frames: &[Frame],
         id: Id,
     ) -> Option<(Vec<Frame>, StopReason)> {
+        let Walks { core, mode, .. } = *cx;
         use go_amd64::*;
         let last = frames.last()?;
         if !self.morestack?.contains(last.lookup_pc()) || frames.len() + 1 >= MAX_FRAMES {
@@ -865,17 +847,7 @@ impl GoRuntime {
             ArchKind::X86_64 => mode,
             ArchKind::Aarch64 => Mode::FramePointer,
         };
-        let (mut more, stop) = continue_from(
-            core,
-            symbols,
-            table,
-            cfi,
-            mode,
-            &with_f,
-            regs,
-            0,
-            Some(f.stack),
-        );
+        let (mut more, stop) = continue_from(&cx.with_mode(mode), &with_f, regs, 0, Some(f.stack));
         more.insert(0, f);
         Some((more, stop))
     }
@@ -906,19 +878,15 @@ impl GoRuntime {
     ///   `asmcgocall` ([`crate::go_runtime::switched_goroutine`]).
     ///
     /// The first goroutine frame is marked as found through transition `id`.
-    #[allow(clippy::too_many_arguments)]
     fn cross_g_sched(
         &self,
-        core: &Core,
-        symbols: &Symbolizer,
+        cx: &Walks<'_>,
         t: &Thread,
-        table: &TransitionTable,
-        cfi: &crate::dwarf::Unwinder,
-        mode: Mode,
         frames: &[Frame],
         stop: StopReason,
         id: Id,
     ) -> Option<(Vec<Frame>, StopReason)> {
+        let Walks { core, table, .. } = *cx;
         if core.arch != ArchKind::X86_64 || frames.len() >= MAX_FRAMES {
             return None;
         }
@@ -941,9 +909,7 @@ impl GoRuntime {
             }
             crate::go_runtime::switched_goroutine(&mut mem, &self.offsets, g, self.switch_marker?)?
         };
-        Some(continue_from(
-            core, symbols, table, cfi, mode, frames, regs, id, None,
-        ))
+        Some(continue_from(cx, frames, regs, id, None))
     }
 }
 
@@ -971,13 +937,8 @@ fn go_curg(core: &Core, t: &Thread) -> Option<u64> {
 /// Walks on from `regs` (a return address and its frame pointer) after the walk of `frames`
 /// ended: the new frames are on the next stack index (or on `stack`), the first marked as found
 /// through transition `id` (unless `id` is 0, where it keeps its own `via`).
-#[allow(clippy::too_many_arguments)]
 fn continue_from(
-    core: &Core,
-    symbols: &Symbolizer,
-    table: &TransitionTable,
-    cfi: &crate::dwarf::Unwinder,
-    mode: Mode,
+    cx: &Walks<'_>,
     frames: &[Frame],
     regs: crate::arch::Regs,
     id: Id,
@@ -989,23 +950,7 @@ fn continue_from(
         pc_is_return_address: true,
     };
     let mut more = vec![Frame::EMPTY; MAX_FRAMES.saturating_sub(frames.len())];
-    let mut wmem = WithCode {
-        core: core.memory(),
-        symbols,
-    };
-    let mut cache = Box::new(crate::dwarf::RuleCache::new());
-    let stepper = crate::dwarf::Stepper::new(cfi, &mut cache);
-    let trace = match core.arch {
-        ArchKind::X86_64 => {
-            let mut w: Walker<X86_64, _, _> = Walker::with_cfi(table, stepper, mode);
-            w.walk(start, &mut wmem, &mut more)
-        }
-        ArchKind::Aarch64 => {
-            let mut w: Walker<Aarch64, _, _> = Walker::with_cfi(table, stepper, mode);
-            w.pac_mask = core.pac_mask;
-            w.walk(start, &mut wmem, &mut more)
-        }
-    };
+    let trace = cx.walk(start, &mut cx.memory(), &mut more);
     more.truncate(trace.len);
     for f in more.iter_mut() {
         f.stack = f.stack.saturating_add(base);
@@ -1040,48 +985,64 @@ impl crate::memory::Memory for WithCode<'_> {
     }
 }
 
-fn walk_thread(
-    core: &Core,
-    symbols: &Symbolizer,
-    t: &Thread,
-    table: &TransitionTable,
-    cfi: &crate::dwarf::Unwinder,
+/// What every walk of one core shares: the core (memory, architecture, PAC mask), its
+/// symbols (and their code), the transition table, the CFI and the mode. The walker is set up
+/// in one place, [`Walks::walk_as`].
+#[derive(Clone, Copy)]
+struct Walks<'a> {
+    core: &'a Core,
+    symbols: &'a Symbolizer,
+    table: &'a TransitionTable,
+    cfi: &'a crate::dwarf::Unwinder,
     mode: Mode,
-    buf: &mut [Frame],
-) -> Trace {
-    let mut mem = WithCode {
-        core: core.memory(),
-        symbols,
-    };
-    match core.arch {
-        ArchKind::X86_64 => walk_arch::<X86_64>(t, &mut mem, table, cfi, mode, 0, buf),
-        ArchKind::Aarch64 => {
-            walk_arch::<Aarch64>(t, &mut mem, table, cfi, mode, core.pac_mask, buf)
-        }
-    }
 }
 
-fn walk_arch<A: Arch>(
-    t: &Thread,
-    mem: &mut WithCode<'_>,
-    table: &TransitionTable,
-    cfi: &crate::dwarf::Unwinder,
-    mode: Mode,
-    pac_mask: u64,
-    buf: &mut [Frame],
-) -> Trace {
-    let mut cache = Box::new(crate::dwarf::RuleCache::new());
-    let mut w: Walker<A, _, _> =
-        Walker::with_cfi(table, crate::dwarf::Stepper::new(cfi, &mut cache), mode);
-    w.pac_mask = pac_mask;
-    let mut regs = t.regs;
-    regs.pc = A::strip_ra(regs.pc, pac_mask);
-    if mode == Mode::FramePointer && buf.len() >= 2 {
-        let slot = A::prologue_ra_slot(regs.pc, regs.sp, &mut |a, b| mem.read_code(a, b));
-        if let Some(ra_at) = slot {
-            if let Some(ra) = mem.read_u64(ra_at).filter(|&ra| ra != 0) {
+impl<'a> Walks<'a> {
+    fn with_mode(self, mode: Mode) -> Self {
+        Walks { mode, ..self }
+    }
+
+    fn memory(&self) -> WithCode<'a> {
+        WithCode {
+            core: self.core.memory(),
+            symbols: self.symbols,
+        }
+    }
+
+    /// One walk from `start` with the core's architecture.
+    fn walk(&self, start: Start, mem: &mut WithCode<'_>, buf: &mut [Frame]) -> Trace {
+        match self.core.arch {
+            ArchKind::X86_64 => self.walk_as::<X86_64>(start, mem, buf),
+            ArchKind::Aarch64 => self.walk_as::<Aarch64>(start, mem, buf),
+        }
+    }
+
+    fn walk_as<A: Arch>(&self, start: Start, mem: &mut WithCode<'_>, buf: &mut [Frame]) -> Trace {
+        let mut cache = Box::new(crate::dwarf::RuleCache::new());
+        let stepper = crate::dwarf::Stepper::new(self.cfi, &mut cache);
+        let mut w: Walker<A, _, _> = Walker::with_cfi(self.table, stepper, self.mode);
+        w.pac_mask = self.core.pac_mask;
+        w.walk(start, mem, buf)
+    }
+
+    /// A thread's walk from its registers.
+    fn thread(&self, t: &Thread, buf: &mut [Frame]) -> Trace {
+        match self.core.arch {
+            ArchKind::X86_64 => self.thread_as::<X86_64>(t, buf),
+            ArchKind::Aarch64 => self.thread_as::<Aarch64>(t, buf),
+        }
+    }
+
+    fn thread_as<A: Arch>(&self, t: &Thread, buf: &mut [Frame]) -> Trace {
+        let mut mem = self.memory();
+        let mut regs = t.regs;
+        regs.pc = A::strip_ra(regs.pc, self.core.pac_mask);
+        if self.mode == Mode::FramePointer && buf.len() >= 2 {
+            let slot = A::prologue_ra_slot(regs.pc, regs.sp, &mut |a, b| mem.read_code(a, b));
+            let ra = slot.and_then(|at| Some((at, mem.read_u64(at).filter(|&ra| ra != 0)?)));
+            if let Some((ra_at, ra)) = ra {
                 // The leaf has not linked its frame record yet: its caller is the return
-                // address at `ra_at`, and rbp is still the caller's.
+                // address at `ra_at`, and the frame pointer is still the caller's.
                 buf[0] = Frame {
                     pc: regs.pc,
                     stack: 0,
@@ -1090,7 +1051,7 @@ fn walk_arch<A: Arch>(
                     transition: 0,
                 };
                 let Some(sp) = ra_at.checked_add(8) else {
-                    return w.walk(Start::exact(regs), mem, buf);
+                    return self.walk_as::<A>(Start::exact(regs), &mut mem, buf);
                 };
                 let caller = crate::arch::Regs {
                     pc: ra,
@@ -1098,21 +1059,18 @@ fn walk_arch<A: Arch>(
                     fp: regs.fp,
                     lr: 0,
                 };
-                let mut trace = w.walk(
-                    Start {
-                        regs: caller,
-                        pc_is_return_address: true,
-                    },
-                    mem,
-                    &mut buf[1..],
-                );
+                let start = Start {
+                    regs: caller,
+                    pc_is_return_address: true,
+                };
+                let mut trace = self.walk_as::<A>(start, &mut mem, &mut buf[1..]);
                 buf[1].via = crate::frame::Via::Regs;
                 trace.len += 1;
                 return trace;
             }
         }
+        self.walk_as::<A>(Start::exact(regs), &mut mem, buf)
     }
-    w.walk(Start::exact(regs), mem, buf)
 }
 
 #[cfg(test)]
