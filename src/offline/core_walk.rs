@@ -581,24 +581,6 @@ pub fn cfi_for(
     (u, failed)
 }
 
-/// Go 1.19 amd64 structure offsets (`src/runtime/runtime2.go`): `g.stack` {lo, hi} at 0,
-/// `g.m` at 48, `g.sched` (a `gobuf`: sp, pc, g, ctxt, ret, lr, bp) at 56; `m.g0` at 0,
-/// `m.curg` at 192 (after `morebuf`, `divmod`, `procid`, `gsignal`, `goSigStack`, `sigmask`,
-/// `tls[6]`, `mstartfn`). These have been stable from Go 1.17 through 1.21 on linux/amd64;
-/// every value read through them is cross-checked against the frame-pointer chain, so a
-/// different layout only loses the recovered frame, it never invents one.
-mod go_amd64 {
-    pub const G_STACK_LO: u64 = 0;
-    pub const G_STACK_HI: u64 = 8;
-    pub const G_M: u64 = 48;
-    pub const G_SCHED_SP: u64 = 56;
-    pub const G_SCHED_PC: u64 = 56 + 8;
-    pub const G_SCHED_LR: u64 = 56 + 40;
-    pub const G_SCHED_BP: u64 = 56 + 48;
-    pub const M_G0: u64 = 0;
-    pub const M_CURG: u64 = 192;
-}
-
 /// What the Go recovery needs from the binary's symbols.
 struct GoRuntime {
     /// `runtime.systemstack`'s code.
@@ -681,7 +663,7 @@ impl GoRuntime {
         system_switches: &[Id],
         frames: &mut Vec<Frame>,
     ) {
-        use go_amd64::*;
+        let o = self.offsets;
         let Some(i) = frames.iter().position(|f| {
             f.via == crate::frame::Via::Transition && system_switches.contains(&f.transition)
         }) else {
@@ -696,21 +678,19 @@ impl GoRuntime {
         let mut mem = core.memory();
         let mut rd = |a: u64| mem.read_u64(a);
         let found = (|| {
-            let g = rd(t.tls.checked_sub(8)?)?;
-            let m = rd(g.checked_add(G_M)?)?;
+            let GoThread { g, m, curg } = go_thread(core, t, &o)?;
             // On g0, or on gsignal in a handler that interrupted g0 (a cgo call in C).
-            let gsignal = rd(m.checked_add(self.offsets.m_gsignal)?)?;
-            if m == 0 || (rd(m.checked_add(M_G0)?)? != g && gsignal != g) {
+            let gsignal = rd(m.checked_add(o.m_gsignal)?)?;
+            if rd(m.checked_add(o.m_g0)?)? != g && gsignal != g {
                 return None;
             }
-            let curg = rd(m.checked_add(M_CURG)?)?;
-            if curg == 0 || curg == g {
+            if curg == g {
                 return None;
             }
             let at = |off: u64| curg.checked_add(off);
-            let sp = rd(at(G_SCHED_SP)?)?;
-            let bp = rd(at(G_SCHED_BP)?)?;
-            let (lo, hi) = (rd(at(G_STACK_LO)?)?, rd(at(G_STACK_HI)?)?);
+            let sp = rd(at(o.g_sched + o.gobuf_sp)?)?;
+            let bp = rd(at(o.g_sched + o.gobuf_bp)?)?;
+            let (lo, hi) = (rd(at(o.g_stack)?)?, rd(at(o.g_stack + 8)?)?);
             if !(lo <= sp && sp < hi && sp < bp && bp < hi) {
                 return None;
             }
@@ -747,17 +727,17 @@ impl GoRuntime {
         frames: &[Frame],
     ) -> Option<(Vec<Frame>, StopReason)> {
         let Walks { core, table, .. } = *cx;
-        use go_amd64::*; // the same offsets on arm64 (both 64-bit)
+        let o = self.offsets;
         let last = frames.last()?;
         if !self.systemstack.contains(last.lookup_pc()) || frames.len() >= MAX_FRAMES {
             return None;
         }
-        let curg = go_curg(core, t)?;
+        let curg = go_thread(core, t, &o)?.curg;
         let mut mem = core.memory();
         let mut rd = |a: u64| mem.read_u64(a);
         let at = |off: u64| curg.checked_add(off);
-        let bp = rd(at(G_SCHED_BP)?)?;
-        let (lo, hi) = (rd(at(G_STACK_LO)?)?, rd(at(G_STACK_HI)?)?);
+        let bp = rd(at(o.g_sched + o.gobuf_bp)?)?;
+        let (lo, hi) = (rd(at(o.g_stack)?)?, rd(at(o.g_stack + 8)?)?);
         if !(lo <= bp && bp.checked_add(16)? <= hi) || (lo..hi).contains(&last.pc) {
             return None;
         }
@@ -804,25 +784,25 @@ impl GoRuntime {
         id: Id,
     ) -> Option<(Vec<Frame>, StopReason)> {
         let Walks { core, mode, .. } = *cx;
-        use go_amd64::*;
+        let o = self.offsets;
         let last = frames.last()?;
         if !self.morestack?.contains(last.lookup_pc()) || frames.len() + 1 >= MAX_FRAMES {
             return None;
         }
-        let curg = go_curg(core, t)?;
+        let curg = go_thread(core, t, &o)?.curg;
         let mut mem = core.memory();
         let mut rd = |a: u64| mem.read_u64(a);
         let at = |off: u64| curg.checked_add(off);
-        let sp = rd(at(G_SCHED_SP)?)?;
-        let pc = rd(at(G_SCHED_PC)?)?;
-        let bp = rd(at(G_SCHED_BP)?)?;
-        let (lo, hi) = (rd(at(G_STACK_LO)?)?, rd(at(G_STACK_HI)?)?);
+        let sp = rd(at(o.g_sched + o.gobuf_sp)?)?;
+        let pc = rd(at(o.g_sched + o.gobuf_pc)?)?;
+        let bp = rd(at(o.g_sched + o.gobuf_bp)?)?;
+        let (lo, hi) = (rd(at(o.g_stack)?)?, rd(at(o.g_stack + 8)?)?);
         if !(lo <= sp && sp < hi) || pc == 0 {
             return None;
         }
         let (caller, caller_sp) = match core.arch {
             ArchKind::X86_64 => (rd(sp)?, sp.checked_add(8)?),
-            ArchKind::Aarch64 => (rd(at(G_SCHED_LR)?)?, 0),
+            ArchKind::Aarch64 => (rd(at(o.g_sched + o.gobuf_lr)?)?, 0),
         };
         if caller == 0 {
             return None;
@@ -913,25 +893,24 @@ impl GoRuntime {
     }
 }
 
-/// The goroutine a Go thread's m is running (`g.m.curg`, non-zero), `g` being the thread's
-/// current g: amd64 `fs_base - 8`, arm64 x28 (g0, or gsignal in a handler).
-fn go_curg(core: &Core, t: &Thread) -> Option<u64> {
-    use go_amd64::*; // the same offsets on arm64 (both 64-bit)
+/// A Go thread: its current g (amd64 `fs_base - 8`, arm64 x28: g0, or gsignal in a handler),
+/// that g's m, and the goroutine the m is running (`m.curg`), all non-zero.
+struct GoThread {
+    g: u64,
+    m: u64,
+    curg: u64,
+}
+
+/// The g -> m -> curg read, in one place.
+fn go_thread(core: &Core, t: &Thread, o: &crate::go_runtime::GoOffsets) -> Option<GoThread> {
     let mut mem = core.memory();
-    let mut rd = |a: u64| mem.read_u64(a);
-    let g = match core.arch {
-        ArchKind::X86_64 => rd(t.tls.checked_sub(8)?)?,
-        ArchKind::Aarch64 => t.x28,
-    };
-    if g == 0 {
-        return None;
-    }
-    let m = rd(g.checked_add(G_M)?)?;
+    let g = crate::go_runtime::thread_g(&mut mem, core.arch, t.tls, t.x28)?;
+    let m = mem.read_u64(g.checked_add(o.g_m)?)?;
     if m == 0 {
         return None;
     }
-    let curg = rd(m.checked_add(M_CURG)?)?;
-    (curg != 0).then_some(curg)
+    let curg = mem.read_u64(m.checked_add(o.m_curg)?)?;
+    (curg != 0).then_some(GoThread { g, m, curg })
 }
 
 /// Walks on from `regs` (a return address and its frame pointer) after the walk of `frames`
