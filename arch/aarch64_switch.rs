@@ -2,7 +2,7 @@
 // 32-byte record {x29, x30, user sp} on the user stack, switches sp to `top`, calls `f(arg)` and
 // switches back. `unwind_0_1_system_stack_return` labels the return address inside it.
 //
-// Dependency-free on purpose: `src/system_stack.rs` `include!`s it, and so does the aarch64
+// Dependency-free on purpose: `src/live/system_stack.rs` `include!`s it, and so does the aarch64
 // smoke test (`arch/smoke/aarch64_smoke.rs`, Debian's rustc 1.63 + qemu-aarch64), which runs a
 // closure through it and walks the x29 chain back across the switch.
 

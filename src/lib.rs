@@ -48,7 +48,7 @@ pub mod profile;
 // The layers' modules under the short paths users and the rest of the crate name them by.
 #[cfg(feature = "dwarf")]
 pub use cfi::{dwarf, modules, safe_open};
-pub use engine::{frame, memory, policy, runtime_names, transition, walk};
+pub use engine::{frame, memory, policy, runtime_names, switches, transition, walk};
 #[cfg(feature = "live")]
 pub use live::{builtin, coroutine, system_stack};
 #[cfg(feature = "offline")]

@@ -164,7 +164,7 @@ fn grows_the_stack(naive_walk: bool) -> Captured {
 fn stacker_segment_capture_reaches_the_caller() {
     let b = unwind::init();
     assert_eq!(
-        b.named(unwind::builtin::PSM_ON_STACK).count(),
+        b.named(unwind::switches::PSM_ON_STACK.name).count(),
         1,
         "psm found: {b:?}"
     );
@@ -254,7 +254,7 @@ fn resume_again<S: Stack>(
 fn corosensei_coroutine_capture_reaches_the_resumer() {
     let b = unwind::init();
     assert_eq!(
-        b.named(unwind::builtin::COROSENSEI_COROUTINE).count(),
+        b.named(unwind::switches::COROSENSEI_COROUTINE.name).count(),
         1,
         "{b:?}"
     );

@@ -8,7 +8,7 @@
 #[path = "../aarch64_live.rs"]
 mod live;
 
-// The system-stack trampoline of `src/system_stack.rs`, the same file.
+// The system-stack trampoline of `src/live/system_stack.rs`, the same file.
 include!("../aarch64_switch.rs");
 
 extern "C" {

@@ -11,5 +11,6 @@ pub mod frame;
 pub mod memory;
 pub mod policy;
 pub mod runtime_names;
+pub mod switches;
 pub mod transition;
 pub mod walk;

@@ -22,7 +22,8 @@
 mod elf;
 
 use crate::memory::Range;
-use crate::transition::{self, Base, Id, Rule};
+use crate::switches::{self, Covers, KnownSwitch};
+use crate::transition::{self, Id, Rule};
 use std::sync::OnceLock;
 
 /// How a built-in transition was found.
@@ -70,23 +71,6 @@ impl Builtins {
 
 /// Name of the signal-frame entries.
 pub const SIGNAL_FRAME: &str = "signal frame";
-/// Name of the psm entry.
-pub const PSM_ON_STACK: &str = "psm rust_psm_on_stack";
-/// Name of the corosensei coroutine entry.
-pub const COROSENSEI_COROUTINE: &str = "corosensei stack_init_trampoline_return";
-/// Name of the corosensei `on_stack` entry.
-pub const COROSENSEI_ON_STACK: &str = "corosensei stack_call_trampoline";
-
-/// corosensei's coroutine root: the saved fp of the frame returning to
-/// `stack_init_trampoline_return` is the parent link, which holds the parent's sp; the parent's
-/// fp and pc were pushed there (corosensei `src/arch/{x86_64,aarch64}.rs`, "Stack layout").
-pub const COROSENSEI_RULE: Rule = Rule::SavedAt {
-    base: Base::Link,
-    pc: 8,
-    sp: None,
-    fp: 0,
-};
-
 static BUILTINS: OnceLock<Builtins> = OnceLock::new();
 
 /// Registers the built-in transitions (signal frames, the system stack, psm, corosensei) and
@@ -140,13 +124,15 @@ fn discover() -> Builtins {
     let mut found: Vec<(&'static str, Range, Rule, FoundBy)> = Vec::new();
     let objs = objects();
 
-    // Symbols in every object's file.
-    let names = [
-        "__restore_rt",
-        "rust_psm_on_stack",
-        "stack_init_trampoline_return",
-        "stack_call_trampoline",
-    ];
+    // Symbols in every object's file: the signal trampoline and the switches known by symbol
+    // (but our own system stack, which is registered by its label below).
+    let switches: Vec<KnownSwitch> = switches::BY_SYMBOL
+        .into_iter()
+        .filter(|k| k.symbol != switches::SYSTEM_STACK_SYMBOL)
+        .collect();
+    let mut names = vec!["__restore_rt"];
+    names.extend(switches.iter().map(|k| k.symbol));
+    let arch = crate::ArchKind::native().unwrap_or(crate::ArchKind::X86_64);
     let mut libc_like = Vec::new();
     for o in &objs {
         let path = if o.is_main {
@@ -163,7 +149,7 @@ fn discover() -> Builtins {
         let Ok(f) = std::fs::File::open(path) else {
             continue;
         };
-        let mut out = [None; 4];
+        let mut out = vec![None; names.len()];
         elf::find_symbols(&f, &names, &mut out);
         let at = |s: elf::Sym, min: u64| {
             let lo = o.bias.wrapping_add(s.value);
@@ -177,26 +163,17 @@ fn discover() -> Builtins {
                 FoundBy::Symbol,
             ));
         }
-        if let Some(s) = out[1] {
-            found.push((PSM_ON_STACK, at(s, 1), Rule::ContinueChain, FoundBy::Symbol));
-        }
-        if let Some(s) = out[2] {
-            // An alternate entry label: exactly the return address.
-            let lo = o.bias.wrapping_add(s.value);
-            found.push((
-                COROSENSEI_COROUTINE,
-                Range::new(lo, lo + 1),
-                COROSENSEI_RULE,
-                FoundBy::Symbol,
-            ));
-        }
-        if let Some(s) = out[3] {
-            found.push((
-                COROSENSEI_ON_STACK,
-                at(s, 1),
-                Rule::ContinueChain,
-                FoundBy::Symbol,
-            ));
+        for (k, s) in switches.iter().zip(&out[1..]) {
+            let Some(s) = *s else { continue };
+            let range = match k.covers {
+                Covers::Function => at(s, 1),
+                // A label: exactly the return address.
+                Covers::Label => {
+                    let lo = o.bias.wrapping_add(s.value);
+                    Range::new(lo, lo + 1)
+                }
+            };
+            found.push((k.name, range, k.rule(arch), FoundBy::Symbol));
         }
     }
 
@@ -253,7 +230,7 @@ fn discover() -> Builtins {
     if let Some(id) = crate::system_stack::transition_id() {
         let ra = crate::system_stack::return_address();
         entries.push(Builtin {
-            name: "unwind::system_stack",
+            name: switches::SYSTEM_STACK.name,
             range: Range::new(ra, ra + 1),
             found_by: FoundBy::Own,
             id,

@@ -18,7 +18,7 @@
 //! ```
 //!
 //! The crossing from a corosensei coroutine back to the code that resumed it is a built-in
-//! transition that [`crate::init`] registers ([`crate::builtin::COROSENSEI_RULE`]).
+//! transition that [`crate::init`] registers ([`crate::switches::COROSENSEI_RULE`]).
 
 use crate::memory::Range;
 use crate::transition::{self, Id, RegistryError};

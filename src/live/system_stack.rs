@@ -146,9 +146,11 @@ pub fn map_thread_stack() {
 pub(crate) fn register_transition() {
     REGISTER.call_once(|| {
         let ra = return_address();
-        if let Ok(id) =
-            transition::register(Range::new(ra, ra + 1), imp::RULE, "unwind::system_stack")
-        {
+        if let Ok(id) = transition::register(
+            Range::new(ra, ra + 1),
+            imp::RULE,
+            crate::switches::SYSTEM_STACK.name,
+        ) {
             TRANSITION_ID.store(id, Ordering::Release);
         }
     });
@@ -295,79 +297,25 @@ pub fn run<R, F: FnOnce() -> R>(f: F) -> R {
     }
 }
 
-/// The x86_64 trampoline's rule (see the module docs): the three words at the callee's CFA.
-/// Public for offline tables, which cross the switch in cores of programs using this module.
-pub const RULE_X86_64: Rule = Rule::SavedAt {
-    base: crate::transition::Base::Cfa,
-    pc: 16,
-    sp: Some(8),
-    fp: 24,
-};
-
-/// The aarch64 trampoline's rule: its record on the user stack, found through the callee's
-/// saved frame pointer.
-pub const RULE_AARCH64: Rule = Rule::SavedAt {
-    base: crate::transition::Base::SavedFp,
-    pc: 8,
-    sp: Some(16),
-    fp: 0,
-};
-
-/// The trampoline's symbol: the only return address inside it is the switch's.
-pub const SWITCH_SYMBOL: &str = "unwind_0_1_system_stack_switch";
-
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use crate::transition::Rule;
 
-    pub const RULE: Rule = super::RULE_X86_64;
+    pub const RULE: Rule = crate::switches::SYSTEM_STACK_RULE_X86_64;
 
-    // extern "sysv64" fn(arg: rdi, f: rsi, top: rdx). Callee-saved registers other than rbp are
-    // not touched here and are preserved by `f`. The CFI describes the user-side frame so DWARF
-    // unwinders (panic backtraces) cross the switch too.
-    core::arch::global_asm!(
-        ".text",
-        ".p2align 4",
-        ".globl unwind_0_1_system_stack_switch",
-        ".hidden unwind_0_1_system_stack_switch",
-        ".type unwind_0_1_system_stack_switch, @function",
-        "unwind_0_1_system_stack_switch:",
-        ".cfi_startproc",
-        "push rbp",
-        ".cfi_def_cfa_offset 16",
-        ".cfi_offset rbp, -16",
-        "mov rbp, rsp",
-        ".cfi_def_cfa_register rbp",
-        "lea rax, [rbp + 16]",
-        "mov [rdx - 24], rax", // user sp   at cfa + 8
-        "mov rax, [rbp + 8]",
-        "mov [rdx - 16], rax", // user pc   at cfa + 16
-        "mov rax, [rbp]",
-        "mov [rdx - 8], rax", // user fp   at cfa + 24
-        "mov qword ptr [rdx - 32], 0",
-        "lea rsp, [rdx - 32]",
-        "call rsi",
-        ".globl unwind_0_1_system_stack_return",
-        ".hidden unwind_0_1_system_stack_return",
-        "unwind_0_1_system_stack_return:",
-        "mov rsp, rbp",
-        "pop rbp",
-        ".cfi_def_cfa rsp, 8",
-        "ret",
-        ".cfi_endproc",
-        ".size unwind_0_1_system_stack_switch, . - unwind_0_1_system_stack_switch",
-    );
+    // The trampolines live with their architectures (arch/*_switch.rs), dependency-free.
+    include!("../../arch/x86_64_switch.rs");
 }
 
 #[cfg(target_arch = "aarch64")]
 mod imp {
     use crate::transition::Rule;
 
-    pub const RULE: Rule = super::RULE_AARCH64;
+    pub const RULE: Rule = crate::switches::SYSTEM_STACK_RULE_AARCH64;
 
     // The trampoline itself is dependency-free so the aarch64 smoke test (Debian's rustc 1.63
     // under qemu-aarch64) assembles and runs the very same code.
-    include!("../arch/aarch64_switch.rs");
+    include!("../../arch/aarch64_switch.rs");
 }
 
 // The trampoline (one `global_asm!` per architecture, in `imp`) and its return label.

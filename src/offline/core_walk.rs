@@ -328,39 +328,9 @@ pub fn transitions_for(
     // Rust programs: this crate's system stack (a system switch, like Go's), psm/stacker
     // segments, corosensei's `on_stack` and its coroutines, by symbol as `builtin` finds them
     // live.
-    let own_rule = match core.arch {
-        ArchKind::X86_64 => crate::system_stack::RULE_X86_64,
-        ArchKind::Aarch64 => crate::system_stack::RULE_AARCH64,
-    };
     for m in symbols.modules() {
-        for (raw, rule, name, system) in [
-            (
-                crate::system_stack::SWITCH_SYMBOL,
-                own_rule,
-                "unwind system stack",
-                true,
-            ),
-            (
-                "rust_psm_on_stack",
-                Rule::ContinueChain,
-                crate::builtin::PSM_ON_STACK,
-                false,
-            ),
-            (
-                "stack_call_trampoline",
-                Rule::ContinueChain,
-                crate::builtin::COROSENSEI_ON_STACK,
-                false,
-            ),
-            (
-                // A sized-0 label: the table entry covers exactly its address (the return
-                // address a coroutine's root frame has).
-                "stack_init_trampoline_return",
-                crate::builtin::COROSENSEI_RULE,
-                crate::builtin::COROSENSEI_COROUTINE,
-                false,
-            ),
-        ] {
+        for k in crate::switches::BY_SYMBOL {
+            let (raw, rule, name, system) = (k.symbol, k.rule(core.arch), k.name, k.system);
             if let Some(r) = m.function(raw) {
                 if table.lookup(r.lo).is_none() {
                     if let Some(id) = add(&mut table, r, rule, name) {

@@ -103,7 +103,7 @@ mod tests {
         let frames = t.frames(here);
         assert!(!frames.is_empty(), "no line info for {here:#x}");
         let last = frames.last().unwrap();
-        assert!(last.file.ends_with("pprof_lines.rs"), "{frames:?}");
+        assert!(last.file.ends_with("profile/lines.rs"), "{frames:?}");
         assert!(last.line > 0);
         assert!(
             last.function
