@@ -96,11 +96,14 @@ fn stack(args: &[String]) -> Result<(), String> {
     let core_path = core.ok_or("--core CORE is required")?;
     if let Some(exe) = &opts.exe {
         if !exe.exists() {
-            return Err(format!("--exe {}: no such file", exe.display()));
+            let exe = exe.display().to_string();
+            return Err(format!("--exe {}: no such file", exe.escape_debug()));
         }
     }
-    let core = unwind::core_file::Core::open(&core_path)
-        .map_err(|e| format!("{}: {e}", core_path.display()))?;
+    let core = unwind::core_file::Core::open(&core_path).map_err(|e| {
+        let p = core_path.display().to_string();
+        format!("{}: {e}", p.escape_debug())
+    })?;
     let report = offline::unwind_core(&core, &opts).map_err(|e| e.to_string())?;
     for w in &report.warnings {
         eprintln!("unwind: warning: {w}");
@@ -135,8 +138,10 @@ fn verify(args: &[String]) -> Result<(), String> {
         }
     }
     let core_path = core.ok_or("--core CORE is required")?;
-    let core = unwind::core_file::Core::open(&core_path)
-        .map_err(|e| format!("{}: {e}", core_path.display()))?;
+    let core = unwind::core_file::Core::open(&core_path).map_err(|e| {
+        let p = core_path.display().to_string();
+        format!("{}: {e}", p.escape_debug())
+    })?;
     let (verdicts, report) =
         unwind::verify::verify_core(&core, &opts).map_err(|e| e.to_string())?;
     for w in &report.warnings {

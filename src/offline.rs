@@ -377,7 +377,13 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     let mut warnings: Vec<String> = symbols
         .missing
         .iter()
-        .map(|(p, e)| format!("module {p} not available ({e}): its frames stay unsymbolised"))
+        // A core's paths may hold newlines or terminal escapes: escaped, a warning is one line.
+        .map(|(p, e)| {
+            format!(
+                "module {} not available ({e}): its frames stay unsymbolised",
+                p.escape_debug()
+            )
+        })
         .collect();
     if let Some((have, want)) = core.truncation() {
         warnings.insert(
@@ -397,7 +403,7 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     let unwinder = if mode != Mode::FramePointer {
         let (u, failed) = cfi_for(core, &symbols, opts);
         for (p, e) in failed {
-            warnings.push(format!("module {p}: no usable CFI ({e})"));
+            warnings.push(format!("module {}: no usable CFI ({e})", p.escape_debug()));
         }
         u
     } else {
