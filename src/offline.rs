@@ -438,11 +438,11 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     for t in &core.threads {
         // Past the budget a thread keeps its leaf frame only.
         let room = MAX_FRAMES.min(budget).max(1);
-        if room < MAX_FRAMES {
-            cut_threads += 1;
-        }
         let mut buf = vec![Frame::EMPTY; room];
         let trace = walk_thread(core, &symbols, t, &table, &unwinder, mode, &mut buf);
+        if room < MAX_FRAMES && trace.len >= room {
+            cut_threads += 1;
+        }
         buf.truncate(trace.len);
         buf.shrink_to_fit();
         budget = budget.saturating_sub(buf.len());
