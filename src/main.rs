@@ -170,10 +170,14 @@ fn core_option(
 fn open_core(path: PathBuf, opts: &Options) -> Result<unwind::core_file::Core, String> {
     if let Some(exe) = &opts.exe {
         if !exe.exists() {
-            return Err(format!("--exe {}: no such file", exe.display()));
+            let exe = exe.display().to_string();
+            return Err(format!("--exe {}: no such file", exe.escape_debug()));
         }
     }
-    unwind::core_file::Core::open(&path).map_err(|e| format!("{}: {e}", path.display()))
+    unwind::core_file::Core::open(&path).map_err(|e| {
+        let p = path.display().to_string();
+        format!("{}: {e}", p.escape_debug())
+    })
 }
 
 /// A pid or tid: a positive decimal number.

@@ -283,6 +283,12 @@ fn run(dir: &Path, args: &[&str]) -> Run {
         "unwind {args:?} panicked: {}",
         r.stderr
     );
+    // Each message is one line of ours, with no terminal escapes from a core's paths.
+    assert!(
+        r.stderr.lines().all(|l| l.starts_with("unwind: ")) && !r.stderr.contains('\x1b'),
+        "{args:?}: {}",
+        r.stderr
+    );
     match r.code {
         0 => assert!(r.stdout.starts_with("arch "), "{args:?}: {r:?}"),
         2 => assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr),
@@ -333,6 +339,8 @@ fn hostile_paths(fifo: &Path) -> Vec<String> {
         "/proc/self/exe".into(),
         "/sys/kernel/notes".into(),
         "/sys/firmware/../kernel/notes".into(),
+        // A name that would break a warning into lines and colour the terminal.
+        "/no/such\nfake line\x1b[31m".into(),
     ]
 }
 

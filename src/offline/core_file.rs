@@ -40,7 +40,10 @@ pub enum CoreError {
 impl fmt::Display for CoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CoreError::Io(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            CoreError::Io(p, e) => {
+                let p = p.display().to_string();
+                write!(f, "cannot read {}: {e}", p.escape_debug())
+            }
             CoreError::NotElf => f.write_str("not a 64-bit little-endian ELF file"),
             CoreError::NotCore => f.write_str("an ELF file, but not a core dump"),
             CoreError::UnsupportedArch(m) => {

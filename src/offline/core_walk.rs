@@ -389,7 +389,13 @@ pub fn unwind_paused<P: Pause>(
     let mut warnings: Vec<String> = symbols
         .missing
         .iter()
-        .map(|(p, e)| format!("module {p} not available ({e}): its frames stay unsymbolised"))
+        // A core's paths may hold newlines or terminal escapes: escaped, a warning is one line.
+        .map(|(p, e)| {
+            format!(
+                "module {} not available ({e}): its frames stay unsymbolised",
+                p.escape_debug()
+            )
+        })
         .collect();
     if let Some((have, want)) = core.truncation() {
         warnings.insert(
@@ -409,7 +415,7 @@ pub fn unwind_paused<P: Pause>(
     let unwinder = if mode != Mode::FramePointer {
         let (u, failed) = cfi_for(core, &symbols, opts);
         for (p, e) in failed {
-            warnings.push(format!("module {p}: no usable CFI ({e})"));
+            warnings.push(format!("module {}: no usable CFI ({e})", p.escape_debug()));
         }
         u
     } else {
@@ -458,11 +464,11 @@ pub fn unwind_paused<P: Pause>(
     for t in &paused {
         // Past the budget a thread keeps its leaf frame only.
         let room = MAX_FRAMES.min(budget).max(1);
-        if room < MAX_FRAMES {
-            cut_threads += 1;
-        }
         let mut buf = vec![Frame::EMPTY; room];
         let trace = cx.thread(t, &mut buf);
+        if room < MAX_FRAMES && trace.len >= room {
+            cut_threads += 1;
+        }
         buf.truncate(trace.len);
         buf.shrink_to_fit();
         budget = budget.saturating_sub(buf.len());
