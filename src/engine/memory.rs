@@ -176,13 +176,15 @@ impl Memory for Image<'_> {
     }
 }
 
-/// A little builder for synthetic stacks in tests: words at addresses.
+/// A little builder for synthetic stacks in tests: words at addresses. Test-only (not API).
+#[cfg(test)]
 #[derive(Clone, Debug, Default)]
-pub struct StackBuilder {
+pub(crate) struct StackBuilder {
     base: u64,
     bytes: Vec<u8>,
 }
 
+#[cfg(test)]
 impl StackBuilder {
     /// A zero-filled stack of `len` bytes at `base`.
     pub fn new(base: u64, len: usize) -> Self {
@@ -211,16 +213,6 @@ impl StackBuilder {
             bytes: &self.bytes,
             is_stack: true,
         }
-    }
-
-    /// Base address.
-    pub fn base(&self) -> u64 {
-        self.base
-    }
-
-    /// One past the last address.
-    pub fn top(&self) -> u64 {
-        self.base + self.bytes.len() as u64
     }
 }
 

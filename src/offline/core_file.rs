@@ -10,6 +10,7 @@
 
 use crate::arch::{aarch64, x86_64, ArchKind, Regs};
 use crate::memory::{Memory, Range};
+use crate::safe_open::Mapped;
 use object::elf;
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::LittleEndian as LE;
@@ -99,25 +100,10 @@ struct Segment {
     flags: u32,
 }
 
-/// The bytes of a core: mapped from a file or owned.
-enum Data {
-    Mapped(crate::safe_open::Mapped),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for Data {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Data::Mapped(m) => m,
-            Data::Owned(v) => v,
-        }
-    }
-}
-
 /// A parsed core file.
 pub struct Core {
-    data: Data,
+    /// The bytes of the core: mapped from a file or owned.
+    data: Mapped,
     /// The architecture.
     pub arch: ArchKind,
     /// Threads, in note order (the first is the one that crashed).
@@ -175,7 +161,7 @@ impl Core {
     pub fn open(path: &Path) -> Result<Core, CoreError> {
         let data = crate::safe_open::map(path, &crate::safe_open::Policy::core())
             .map_err(|e| CoreError::Io(path.into(), e))?;
-        Core::parse(Data::Mapped(data))
+        Core::parse(data)
     }
 
     /// `Some((bytes present, bytes expected))` when the file is shorter than its program
@@ -188,10 +174,10 @@ impl Core {
 
     /// Parses a core held in memory (tests, fuzzing).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Core, CoreError> {
-        Core::parse(Data::Owned(bytes))
+        Core::parse(Mapped::Owned(bytes))
     }
 
-    fn parse(data: Data) -> Result<Core, CoreError> {
+    fn parse(data: Mapped) -> Result<Core, CoreError> {
         let expected_len = expected_len(&data);
         let (arch, threads, mappings, auxv, pac_mask, segments) =
             parse_bytes(&data).map_err(|e| match e {
@@ -241,7 +227,7 @@ impl Core {
         let expected_len = bytes.len() as u64;
         Core {
             expected_len,
-            data: Data::Owned(bytes),
+            data: Mapped::Owned(bytes),
             arch,
             threads: Vec::new(),
             mappings,
