@@ -48,6 +48,7 @@ use crate::frame::Frame;
 use crate::live::{capture_from_ucontext_with, Options};
 use crate::policy::{Classifier, Policy};
 use crate::profile::{Profile, Sample};
+use crate::walk::Mode;
 use core::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::fmt;
@@ -95,8 +96,16 @@ pub struct Config {
     pub timer: TimerMode,
     /// Clock of the per-thread timers. Default [`Clock::ThreadCpu`].
     pub clock: Clock,
-    /// Walk without the transition table (to show what a naive walk reports).
+    /// Walk without the transition table (to show what a naive walk reports; frame records
+    /// only, whatever `mode` says).
     pub naive: bool,
+    /// How the handler walks: [`Mode::Hybrid`] (the default) follows frame records where a
+    /// function keeps them and the prepared CFI of the loaded modules elsewhere (libc, the
+    /// precompiled std, code built without frame pointers); [`Mode::FramePointer`] only
+    /// follows frame records (fastest, but a sample in a function without one loses its
+    /// callers). The modules' CFI is prepared at start and again when libraries are loaded
+    /// or unloaded ([`crate::module_watch`]), never in the handler.
+    pub mode: Mode,
 }
 
 impl Default for Config {
@@ -106,6 +115,7 @@ impl Default for Config {
             timer: TimerMode::PerThread,
             clock: Clock::ThreadCpu,
             naive: false,
+            mode: Mode::Hybrid,
         }
     }
 }
@@ -154,6 +164,9 @@ pub struct Stats {
     pub timer_errors: u64,
     /// Signals whose handler ran on the thread's alternate signal stack.
     pub on_alt_stack: u64,
+    /// The program keeps no frame records (built without frame pointers): stacks came from
+    /// CFI, which is slower per sample ([`crate::module_watch::program_keeps_frame_records`]).
+    pub missing_frame_records: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,6 +204,8 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Walk naively (set by start, read by the handler).
 static NAIVE: AtomicBool = AtomicBool::new(false);
+/// The walk mode (0 frame pointers, 1 DWARF, 2 hybrid; set by start, read by the handler).
+static MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
 static SIGNALS: AtomicU64 = AtomicU64::new(0);
 static RECORDED: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -244,10 +259,24 @@ fn record(uc: *mut libc::c_void) {
             naive: NAIVE.load(Ordering::Relaxed),
             max_depth: 0,
         };
+        let mode = match MODE.load(Ordering::Relaxed) {
+            1 => Mode::Dwarf,
+            2 => Mode::Hybrid,
+            _ => Mode::FramePointer,
+        };
+        // The prepared CFI: an atomic load of a table that is never freed (lock-free).
+        let cfi = crate::modules::unwinder().filter(|_| mode != Mode::FramePointer && !opts.naive);
         // SAFETY: this handler owns the slot (EMPTY -> WRITING above) until it stores READY, so
         // no one else touches `frames`; `uc` is the ucontext the kernel passed to this
         // SA_SIGINFO handler.
-        let trace = unsafe { capture_from_ucontext_with(uc, &mut *slot.frames.get(), opts) };
+        let trace = unsafe {
+            match cfi {
+                Some(u) => {
+                    crate::dwarf::capture_from_ucontext(uc, &mut *slot.frames.get(), u, mode)
+                }
+                None => capture_from_ucontext_with(uc, &mut *slot.frames.get(), opts),
+            }
+        };
         if trace.stop.is_truncated() {
             TRUNCATED.fetch_add(1, Ordering::Relaxed);
         }
@@ -621,8 +650,17 @@ impl CpuProfiler {
             return Err(Error::BadFrequency);
         }
         crate::init();
+        let cfi = config.mode != Mode::FramePointer && !config.naive;
+        if cfi {
+            // Prepares every loaded module's CFI here, not in the handler, and keeps it
+            // current (dlopen) until stop. Outside the registry's lock: it takes a while.
+            crate::module_watch::acquire();
+        }
         let mut reg = registry();
         if reg.running.is_some() {
+            if cfi {
+                crate::module_watch::release();
+            }
             return Err(Error::AlreadyRunning);
         }
         // Per-thread timers signal only registered threads, which have our 64 KiB alternate
@@ -640,6 +678,14 @@ impl CpuProfiler {
             c.store(0, Ordering::Relaxed);
         }
         NAIVE.store(config.naive, Ordering::Relaxed);
+        MODE.store(
+            match config.mode {
+                Mode::FramePointer => 0,
+                Mode::Dwarf => 1,
+                Mode::Hybrid => 2,
+            },
+            Ordering::Relaxed,
+        );
         let shared = Arc::new(Shared {
             stacks: Mutex::new(HashMap::new()),
             collected: AtomicU64::new(0),
@@ -705,6 +751,8 @@ impl CpuProfiler {
             truncated: TRUNCATED.load(Ordering::Relaxed),
             timer_errors: TIMER_ERRORS.load(Ordering::Relaxed),
             on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
+            missing_frame_records: crate::module_watch::program_keeps_frame_records()
+                == Some(false),
         }
     }
 
@@ -756,6 +804,9 @@ impl CpuProfiler {
             let _ = c.join();
         }
         self.shared.drain();
+        if self.config.mode != Mode::FramePointer && !self.config.naive {
+            crate::module_watch::release();
+        }
     }
 }
 
@@ -788,6 +839,9 @@ impl CpuProfile {
     /// [`Profile`] with values `samples/count` and `cpu/nanoseconds`. Stacks the policy empties
     /// are kept as empty samples (pprof accepts them) so totals stay true.
     pub fn to_profile(&self, policy: &Policy, classifier: &Classifier) -> Profile {
+        if self.stats.missing_frame_records {
+            crate::module_watch::warn_once_without_frame_records();
+        }
         let ns = self.period.as_nanos() as i64;
         let mut p = Profile::new(
             vec![

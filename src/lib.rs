@@ -43,6 +43,7 @@ pub mod frame;
 pub mod heap;
 pub mod live;
 pub mod memory;
+pub mod module_watch;
 pub mod modules;
 pub mod offline;
 pub mod policy;
