@@ -45,6 +45,7 @@ pub mod live;
 pub mod memory;
 pub mod module_watch;
 pub mod modules;
+pub mod needed_modules;
 pub mod offline;
 pub mod policy;
 pub mod profile;

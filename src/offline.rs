@@ -353,10 +353,15 @@ pub fn classifier_for(symbols: &Symbolizer, system_switches: &[Id]) -> Classifie
 /// Unwinds every thread of `core`.
 pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     let symbols = symbols_for(core, opts);
-    let mut warnings: Vec<String> = symbols
+    let mut warnings: Vec<String> = Vec::new();
+    // Module warnings wait for the walks: only modules a frame needed are worth one.
+    let mut module_warnings: Vec<(String, String)> = symbols
         .missing
         .iter()
-        .map(|(p, e)| format!("module {p} not available ({e}): its frames stay unsymbolised"))
+        .map(|(p, e)| {
+            let w = format!("module {p} not available ({e}): its frames stay unsymbolised");
+            (p.clone(), w)
+        })
         .collect();
     if core.mappings.is_empty() && symbols.modules().is_empty() {
         warnings.push(
@@ -367,7 +372,8 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     let unwinder = if mode != Mode::FramePointer {
         let (u, failed) = cfi_for(core, &symbols, opts);
         for (p, e) in failed {
-            warnings.push(format!("module {p}: no usable CFI ({e})"));
+            let w = format!("module {p}: no usable CFI ({e})");
+            module_warnings.push((p, w));
         }
         u
     } else {
@@ -395,6 +401,7 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
         None
     };
     let mut threads = Vec::new();
+    let mut pcs: Vec<u64> = Vec::new();
     for t in &core.threads {
         let mut buf = vec![Frame::EMPTY; MAX_FRAMES];
         let trace = walk_thread(core, &symbols, t, &table, &unwinder, mode, &mut buf);
@@ -431,6 +438,7 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
                 truncated = false;
             }
         }
+        pcs.extend(buf.iter().map(|f| f.pc));
         if let (Some(p), Some(c)) = (&opts.policy, &classifier) {
             let kept = p.apply(&buf, c);
             truncated |= kept.truncated;
@@ -443,6 +451,12 @@ pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
             stop,
         });
     }
+    warnings.extend(crate::needed_modules::needed(
+        module_warnings,
+        &core.mappings,
+        opts.sysroot.as_deref(),
+        &pcs,
+    ));
     Ok(Report {
         arch: core.arch,
         threads,
