@@ -2,18 +2,20 @@
 //! collector thread.
 //!
 //! # How it works
-//! - **Timers.** With [`TimerMode::PerThread`] (the default) every thread that called
-//!   [`register_thread`] gets its own POSIX timer on its CPU-time clock (`timer_create` on the
-//!   thread's `CLOCK_THREAD_CPUTIME_ID`-style clock, `SIGEV_THREAD_ID` so SIGPROF goes to that
-//!   thread). Threads register and unregister while the profiler runs; a registration made while
-//!   it runs starts that thread's timer at once. [`TimerMode::Process`] uses
+//! - **Timers.** With [`TimerMode::PerThread`] (the default) every thread of the process
+//!   ([`Threads::All`], the default; only those that called [`register_thread`] with
+//!   [`Threads::Registered`]) gets its own POSIX timer on its CPU-time clock (`timer_create` on
+//!   the thread's `CLOCK_THREAD_CPUTIME_ID`-style clock, `SIGEV_THREAD_ID` so SIGPROF goes to
+//!   that thread). The collector finds threads created after start in `/proc/self/task` (every
+//!   [`crate::threads::SCAN_EVERY`]) and deletes the timers of threads that ended. A
+//!   registration made while the profiler runs starts that thread's timer at once. [`TimerMode::Process`] uses
 //!   `setitimer(ITIMER_PROF)` instead: one process-wide CPU-time timer, whose signal the kernel
 //!   delivers to whichever thread is running, registered or not. [`Clock::Wall`] makes the
 //!   per-thread timers count wall-clock time (`CLOCK_MONOTONIC`), which is not limited to the
 //!   kernel's tick like CPU-time timers are (useful for high-rate stress tests).
-//! - **The handler** runs, with per-thread timers, on the alternate signal stack that
-//!   [`register_thread`] installs (64 KiB). With [`TimerMode::Process`] it runs on the
-//!   interrupted stack (no `SA_ONSTACK`): the signal may land on an unregistered thread, whose
+//! - **The handler** runs, with [`Threads::Registered`], on the alternate signal stack that
+//!   [`register_thread`] installs (64 KiB). With [`Threads::All`] and with
+//!   [`TimerMode::Process`] it runs on the interrupted stack (no `SA_ONSTACK`): the signal may land on an unregistered thread, whose
 //!   alternate stack, if any, is std's few KiB, too small for a capture. It
 //!   claims a free slot of a fixed global ring with one compare-and-swap, captures straight into
 //!   the slot with [`capture_from_ucontext_with`], and publishes it. No allocation, no lock, no
@@ -25,7 +27,7 @@
 //! Counting: every signal the handler accepts while the profiler runs is either recorded or
 //! dropped, so `signals == recorded + dropped` ([`Stats`]) once [`CpuProfiler::stop`] returned.
 //!
-//! With per-thread timers the handler is installed with `SA_ONSTACK`; a SIGPROF sent by hand
+//! With [`Threads::Registered`] the handler is installed with `SA_ONSTACK`; a SIGPROF sent by hand
 //! (`kill -PROF`) to an unregistered thread then runs it on that thread's alternate stack, which
 //! may be too small for a capture. Do not mix other SIGPROF sources with a running profiler.
 //!
@@ -69,8 +71,8 @@ pub const DEFAULT_HZ: u32 = 99;
 /// Which timer drives the samples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimerMode {
-    /// One timer per registered thread ([`register_thread`]); unregistered threads are not
-    /// sampled.
+    /// One timer per thread: every thread ([`Threads::All`]) or the registered ones
+    /// ([`register_thread`], [`Threads::Registered`]).
     PerThread,
     /// `setitimer(ITIMER_PROF)`: process CPU time, delivered to whichever thread runs.
     Process,
@@ -87,6 +89,20 @@ pub enum Clock {
     Wall,
 }
 
+/// Which threads per-thread timers sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// Every thread of the process, registered or not (the default, as Go's profiler): the
+    /// collector lists `/proc/self/task` every [`crate::threads::SCAN_EVERY`], gives new
+    /// threads a timer and deletes the timers of threads that ended. The handler then runs
+    /// on the interrupted thread's own stack (no `SA_ONSTACK`): unregistered threads' alternate
+    /// stacks (std's, a few KiB) are too small for a capture.
+    All,
+    /// Only threads that called [`register_thread`]; the handler runs on the 64 KiB
+    /// alternate stack the registration installed.
+    Registered,
+}
+
 /// Profiler settings.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -96,6 +112,8 @@ pub struct Config {
     pub timer: TimerMode,
     /// Clock of the per-thread timers. Default [`Clock::ThreadCpu`].
     pub clock: Clock,
+    /// Which threads the per-thread timers sample. Default [`Threads::All`].
+    pub threads: Threads,
     /// Walk without the transition table (to show what a naive walk reports; frame records
     /// only, whatever `mode` says).
     pub naive: bool,
@@ -114,6 +132,7 @@ impl Default for Config {
             frequency_hz: DEFAULT_HZ,
             timer: TimerMode::PerThread,
             clock: Clock::ThreadCpu,
+            threads: Threads::All,
             naive: false,
             mode: Mode::Hybrid,
         }
@@ -331,12 +350,15 @@ unsafe impl Send for ThreadEntry {}
 
 struct Registry {
     threads: Vec<ThreadEntry>,
+    /// Timers of unregistered threads ([`Threads::All`]).
+    others: crate::threads::Timers,
     /// The running profiler's settings (None while stopped).
     running: Option<Config>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     threads: Vec::new(),
+    others: crate::threads::Timers::new(),
     running: None,
 });
 
@@ -393,6 +415,32 @@ fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
         return Err(e);
     }
     Ok(timer)
+}
+
+/// Does `cfg` give every thread a timer of its own?
+fn all_threads(cfg: &Config) -> bool {
+    cfg.timer == TimerMode::PerThread && cfg.threads == Threads::All
+}
+
+/// Gives every thread that has no timer one, and deletes the timers of threads that ended
+/// ([`Threads::All`]). Not async-signal-safe (lists `/proc/self/task`).
+fn scan_threads(reg: &mut Registry, cfg: &Config) {
+    let live = crate::threads::list();
+    let registered: Vec<libc::pid_t> = reg
+        .threads
+        .iter()
+        .filter(|t| t.timer.is_some())
+        .map(|t| t.tid)
+        .collect();
+    let cpu_clock = cfg.clock == Clock::ThreadCpu;
+    let s = reg.others.sync(
+        &live,
+        |tid| registered.contains(&tid),
+        |tid| thread_timer(tid, cfg),
+        delete_timer,
+        |t| cpu_clock && crate::threads::cpu_timer_disarmed(t),
+    );
+    TIMER_ERRORS.fetch_add(s.errors, Ordering::Relaxed);
 }
 
 fn delete_timer(t: libc::timer_t) {
@@ -460,7 +508,9 @@ pub fn register_thread() -> ThreadRegistration {
     let alt = install_alt_stack();
     {
         let mut reg = registry();
+        let adopted = reg.others.take(tid);
         let timer = match reg.running {
+            _ if adopted.is_some() => adopted,
             Some(cfg) if cfg.timer == TimerMode::PerThread => match thread_timer(tid, &cfg) {
                 Ok(t) => Some(t),
                 Err(_) => {
@@ -497,7 +547,12 @@ impl Drop for ThreadRegistration {
             if let Some(i) = reg.threads.iter().position(|t| t.tid == r.tid) {
                 let e = reg.threads.swap_remove(i);
                 if let Some(t) = e.timer {
-                    delete_timer(t);
+                    if reg.running.as_ref().is_some_and(all_threads) {
+                        // Still a thread of the process: it keeps its timer, unregistered.
+                        reg.others.put(r.tid, t);
+                    } else {
+                        delete_timer(t);
+                    }
                 }
             }
         }
@@ -666,7 +721,9 @@ impl CpuProfiler {
         // Per-thread timers signal only registered threads, which have our 64 KiB alternate
         // stack. ITIMER_PROF also lands on unregistered threads, whose alternate stack (std's,
         // a few KiB) is too small for a capture: run on the interrupted stack instead.
-        install_handler(config.timer == TimerMode::PerThread)?;
+        install_handler(
+            config.timer == TimerMode::PerThread && config.threads == Threads::Registered,
+        )?;
         for c in [
             &SIGNALS,
             &RECORDED,
@@ -695,12 +752,22 @@ impl CpuProfiler {
         drain(&mut HashMap::new());
         let collector = {
             let shared = shared.clone();
+            let scan = all_threads(&config);
             std::thread::Builder::new()
                 .name("unwind-cpu-collector".into())
                 .spawn(move || {
+                    let mut last_scan = Instant::now();
                     while !shared.stop.load(Ordering::Acquire) {
                         std::thread::park_timeout(COLLECT_EVERY);
                         shared.drain();
+                        if scan && last_scan.elapsed() >= crate::threads::SCAN_EVERY {
+                            last_scan = Instant::now();
+                            let mut reg = registry();
+                            // Not after stop: halt clears `running` under this lock.
+                            if let Some(cfg) = reg.running {
+                                scan_threads(&mut reg, &cfg);
+                            }
+                        }
                     }
                 })
                 .ok()
@@ -716,6 +783,9 @@ impl CpuProfiler {
                             TIMER_ERRORS.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                }
+                if all_threads(&config) {
+                    scan_threads(&mut reg, &config);
                 }
                 Ok(())
             }
@@ -791,6 +861,7 @@ impl CpuProfiler {
                     delete_timer(id);
                 }
             }
+            reg.others.clear(delete_timer);
             ENABLED.store(false, Ordering::SeqCst);
             reg.running = None;
         }

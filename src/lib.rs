@@ -51,6 +51,7 @@ pub mod policy;
 pub mod profile;
 pub mod symbols;
 pub mod system_stack;
+pub mod threads;
 pub mod transition;
 pub mod verify;
 pub mod walk;

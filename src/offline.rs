@@ -864,7 +864,15 @@ fn walk_arch<A: Arch>(
     w.pac_mask = pac_mask;
     let mut regs = t.regs;
     regs.pc = A::strip_ra(regs.pc, pac_mask);
-    if A::KIND == ArchKind::X86_64 && mode == Mode::FramePointer && buf.len() >= 2 {
+    // Hybrid without CFI for the leaf (a module without usable CFI, Go's compressed
+    // .debug_frame) walks the leaf as frame-pointer mode does.
+    let leaf_without_cfi = || {
+        cfi.rule(regs.pc).is_none_or(|r| {
+            r.flags() & (crate::dwarf::Rule::GAP | crate::dwarf::Rule::UNSUPPORTED) != 0
+        })
+    };
+    let fp_leaf = mode == Mode::FramePointer || (mode == Mode::Hybrid && leaf_without_cfi());
+    if A::KIND == ArchKind::X86_64 && fp_leaf && buf.len() >= 2 {
         if let Some(ra_at) = x86_64_prologue_ra_slot(mem, &regs) {
             if let Some(ra) = mem.read_u64(ra_at).filter(|&ra| ra != 0) {
                 // The leaf has not linked its frame record yet: its caller is the return
