@@ -56,6 +56,11 @@ pub mod transition;
 pub mod verify;
 pub mod walk;
 
+/// README.md's Rust snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use arch::{Arch, ArchKind, Regs};
 pub use builtin::init;
 pub use frame::{Frame, StopReason, Trace, Via};
