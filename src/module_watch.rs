@@ -47,7 +47,7 @@ fn loader_generation() -> u64 {
         // alive for the whole dl_iterate_phdr call.
         unsafe {
             let i = &*info;
-            *(data as *mut u64) = ((i.dlpi_adds as u64) << 32) | (i.dlpi_subs as u64 & 0xffff_ffff);
+            *(data as *mut u64) = (i.dlpi_adds << 32) | (i.dlpi_subs & 0xffff_ffff);
         }
         1 // the counters are the same in every entry: stop after the first
     }

@@ -120,7 +120,7 @@ impl Timers {
 /// Is `timer`, a periodic CPU-time timer, disarmed? The kernel disarms a thread CPU-clock timer
 /// when its thread ends (`posix_cpu_timer_get` reports a zero `it_value` once the task is gone),
 /// so this tells a dead thread's timer from a live one even if the id was reused meanwhile.
-pub fn cpu_timer_disarmed(timer: libc::timer_t) -> bool {
+pub(crate) fn cpu_timer_disarmed(timer: libc::timer_t) -> bool {
     // SAFETY: itimerspec is plain data.
     let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
     // SAFETY: `timer` is a live timer id of this process; valid out pointer.

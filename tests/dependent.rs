@@ -108,7 +108,9 @@ fn check(frame_pointers: bool) {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(&bin).arg(&dir).arg("3").output().unwrap();
+    // 1.5 s of the main thread's CPU time (and about twice that on the workers): some 400
+    // samples at 99 Hz.
+    let out = Command::new(&bin).arg(&dir).arg("1.5").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let stats = std::fs::read_to_string(dir.join("stats.txt")).unwrap();
