@@ -13,7 +13,15 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_unwind");
-const GOFMT: &str = "/usr/lib/go-1.19/bin/gofmt";
+/// Debian's `gofmt` (package golang-go): `$(go env GOROOT)/bin/gofmt`.
+fn gofmt() -> String {
+    let root = Command::new("go")
+        .args(["env", "GOROOT"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{root}/bin/gofmt")
+}
 
 /// Is `what` there? With `CI` set, its absence fails the test.
 fn have(what: &str, ok: bool) -> bool {
@@ -194,16 +202,17 @@ fn debian_python3_core_reaches_start_by_default() {
 
 #[test]
 fn debian_gofmt_core_goes_at_least_as_far_as_eu_stack() {
-    if !tools_present(GOFMT) {
+    let gofmt = gofmt();
+    if !tools_present(&gofmt) {
         return;
     }
     // gofmt reads its stdin (kept open) until the abort.
-    let core = make_core("gofmt", GOFMT, Duration::from_millis(800));
+    let core = make_core("gofmt", &gofmt, Duration::from_millis(800));
     let (v, err) = unwind(&core);
     // gofmt is stripped: no symbols, no CFI. The only warning allowed is about that module
     // (the walk needed it); none about data mappings.
     for line in err.lines() {
-        assert!(line.contains(GOFMT), "unexpected warning: {line}");
+        assert!(line.contains(&gofmt), "unexpected warning: {line}");
     }
     // gofmt is static, linked at 0x400000: eu-stack's last "frame" after it lost the chain
     // (a stack address, 0x7ff…) is not code.
