@@ -177,6 +177,11 @@ pub struct Stats {
     pub dropped: u64,
     /// Samples the collector aggregated (equals `recorded` after `stop`).
     pub collected: u64,
+    /// Timer periods that expired while the previous signal of the same timer was still
+    /// pending (the kernel's `si_overrun`): each recorded sample counts `1 + overrun` periods,
+    /// so a thread whose signals were coalesced is not under-counted. The profile's total is
+    /// `recorded + overruns`.
+    pub overruns: u64,
     /// Recorded samples whose walk stopped early (buffer full, unreadable frame, ...).
     pub truncated: u64,
     /// Per-thread timers that could not be created (a thread that exited meanwhile).
@@ -198,6 +203,8 @@ const READY: u32 = 2;
 struct Slot {
     state: AtomicU32,
     len: AtomicU32,
+    /// Timer periods this sample stands for (1 + the signal's overrun count).
+    weight: AtomicU32,
     stop: AtomicU32,
     frames: UnsafeCell<[Frame; MAX_DEPTH]>,
 }
@@ -211,6 +218,7 @@ unsafe impl Sync for Slot {}
 const SLOT: Slot = Slot {
     state: AtomicU32::new(EMPTY),
     len: AtomicU32::new(0),
+    weight: AtomicU32::new(1),
     stop: AtomicU32::new(0),
     frames: UnsafeCell::new([Frame::EMPTY; MAX_DEPTH]),
 };
@@ -229,6 +237,7 @@ static SIGNALS: AtomicU64 = AtomicU64::new(0);
 static RECORDED: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static TRUNCATED: AtomicU64 = AtomicU64::new(0);
+static OVERRUNS: AtomicU64 = AtomicU64::new(0);
 static TIMER_ERRORS: AtomicU64 = AtomicU64::new(0);
 static ON_ALT_STACK: AtomicU64 = AtomicU64::new(0);
 /// How often the collector drains the ring. At 20 000 samples/s (four threads at 5 kHz) that is
@@ -239,7 +248,7 @@ const PROBES: usize = 16;
 
 /// The SIGPROF handler. Async-signal-safe: atomics, a capture into a claimed static slot, and
 /// errno saved and restored (the capture may read /proc/self/maps on a thread's first sample).
-extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+extern "C" fn on_sigprof(_sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: __errno_location returns this thread's errno slot; reading and writing it is
     // async-signal-safe.
     let errno = unsafe { *libc::__errno_location() };
@@ -255,15 +264,38 @@ extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mu
         if ss.ss_flags & libc::SS_DISABLE == 0 && here.wrapping_sub(lo) < ss.ss_size as u64 {
             ON_ALT_STACK.fetch_add(1, Ordering::Relaxed);
         }
-        record(uc);
+        // SAFETY: `info` is the siginfo_t the kernel passed to this SA_SIGINFO handler.
+        record(uc, unsafe { timer_overrun(info) });
     }
     IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
 
+/// The overrun count of a POSIX-timer signal (`si_code == SI_TIMER`), else 0. Linux's
+/// `siginfo_t` (include/uapi/asm-generic/siginfo.h): `si_signo`, `si_errno`, `si_code` (3 ints),
+/// then on 64-bit targets the union at offset 16, whose timer member starts `int _tid; int
+/// _overrun;`: the overrun is the int at byte 20. Async-signal-safe (two reads).
+///
+/// # Safety
+/// `info` must be the siginfo_t the kernel passed to an `SA_SIGINFO` handler.
+unsafe fn timer_overrun(info: *const libc::siginfo_t) -> u32 {
+    if info.is_null() || cfg!(not(target_pointer_width = "64")) {
+        return 0;
+    }
+    // SAFETY: the caller passes the kernel's siginfo_t (128 bytes); both reads are inside it
+    // and 4-aligned.
+    unsafe {
+        if (*info).si_code != libc::SI_TIMER {
+            return 0;
+        }
+        let overrun = core::ptr::read(info.cast::<u8>().add(20).cast::<i32>());
+        overrun.clamp(0, 1 << 20) as u32
+    }
+}
+
 #[inline(always)]
-fn record(uc: *mut libc::c_void) {
+fn record(uc: *mut libc::c_void, overrun: u32) {
     let start = NEXT.fetch_add(1, Ordering::Relaxed);
     for i in 0..PROBES {
         let slot = &RING[(start + i) % RING_SLOTS];
@@ -300,6 +332,8 @@ fn record(uc: *mut libc::c_void) {
             TRUNCATED.fetch_add(1, Ordering::Relaxed);
         }
         slot.len.store(trace.len as u32, Ordering::Relaxed);
+        slot.weight.store(1 + overrun, Ordering::Relaxed);
+        OVERRUNS.fetch_add(u64::from(overrun), Ordering::Relaxed);
         slot.stop.store(trace.stop as u32, Ordering::Relaxed);
         RECORDED.fetch_add(1, Ordering::Relaxed);
         slot.state.store(READY, Ordering::Release);
@@ -318,14 +352,15 @@ fn drain(into: &mut Stacks) -> u64 {
             continue;
         }
         let len = (slot.len.load(Ordering::Relaxed) as usize).min(MAX_DEPTH);
+        let weight = u64::from(slot.weight.load(Ordering::Relaxed).max(1));
         {
             // SAFETY: READY (seen with Acquire) hands the slot to the collector, the only
             // drainer (calls are serialised by the profiler's mutex), until EMPTY is stored.
             let frames = unsafe { &(&*slot.frames.get())[..len] };
             match into.get_mut(frames) {
-                Some(c) => *c += 1,
+                Some(c) => *c += weight,
                 None => {
-                    into.insert(frames.to_vec(), 1);
+                    into.insert(frames.to_vec(), weight);
                 }
             }
         }
@@ -729,6 +764,7 @@ impl CpuProfiler {
             &RECORDED,
             &DROPPED,
             &TRUNCATED,
+            &OVERRUNS,
             &TIMER_ERRORS,
             &ON_ALT_STACK,
         ] {
@@ -818,6 +854,7 @@ impl CpuProfiler {
             recorded: RECORDED.load(Ordering::Relaxed),
             dropped: DROPPED.load(Ordering::Relaxed),
             collected: self.shared.collected.load(Ordering::Relaxed),
+            overruns: OVERRUNS.load(Ordering::Relaxed),
             truncated: TRUNCATED.load(Ordering::Relaxed),
             timer_errors: TIMER_ERRORS.load(Ordering::Relaxed),
             on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
