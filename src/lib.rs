@@ -9,9 +9,11 @@
 //! Every frame records which stack it was found on and how ([`Frame`]).
 //!
 //! # What you provide
-//! Code built with frame pointers (`-C force-frame-pointers=yes`; this crate's
-//! `.cargo/config.toml` sets it). Where a chain is missing the walk stops cleanly and says why
-//! ([`StopReason`]).
+//! For [`capture`]: code built with frame pointers (`-C force-frame-pointers=yes`; this
+//! crate's `.cargo/config.toml` sets it, a dependent crate's build does not). Where a chain is
+//! missing the walk stops cleanly and says why ([`StopReason`]). The profilers ([`cpu`],
+//! [`heap`]) and `unwind stack` default to [`Mode::Hybrid`], which needs no frame pointers: it
+//! follows the modules' CFI where there is no frame record ([`dwarf`], [`module_watch`]).
 //!
 //! # What it guarantees
 //! - The walk never panics, never allocates, takes no lock, and reads memory only through a
