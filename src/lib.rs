@@ -9,9 +9,11 @@
 //! Every frame records which stack it was found on and how ([`Frame`]).
 //!
 //! # What you provide
-//! Code built with frame pointers (`-C force-frame-pointers=yes`; this crate's
-//! `.cargo/config.toml` sets it). Where a chain is missing the walk stops cleanly and says why
-//! ([`StopReason`]).
+//! For [`capture`]: code built with frame pointers (`-C force-frame-pointers=yes`; this
+//! crate's `.cargo/config.toml` sets it, a dependent crate's build does not). Where a chain is
+//! missing the walk stops cleanly and says why ([`StopReason`]). The profilers ([`cpu`],
+//! [`heap`]) and `unwind stack` default to [`Mode::Hybrid`], which needs no frame pointers: it
+//! follows the modules' CFI where there is no frame record ([`dwarf`], [`module_watch`]).
 //!
 //! # What it guarantees
 //! - The walk never panics, never allocates, takes no lock, and reads memory only through a
@@ -47,14 +49,19 @@ pub mod profile;
 
 // The layers' modules under the short paths users and the rest of the crate name them by.
 #[cfg(feature = "dwarf")]
-pub use cfi::{dwarf, modules, safe_open};
+pub use cfi::{dwarf, module_watch, modules, safe_open};
 pub use engine::{frame, memory, policy, runtime_names, switches, transition, walk};
 #[cfg(feature = "live")]
 pub use live::{builtin, coroutine, system_stack};
 #[cfg(feature = "offline")]
-pub use offline::{core_file, go_runtime, process, symbols, verify};
+pub use offline::{core_file, go_runtime, needed_modules, process, symbols, verify};
 #[cfg(feature = "profilers")]
-pub use profile::{cpu, heap, lines as pprof_lines};
+pub use profile::{cpu, heap, lines as pprof_lines, threads};
+
+/// README.md's Rust snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use arch::{Arch, ArchKind, Regs};
 pub use frame::{Frame, FrameAddress, StopReason, Trace, Via};

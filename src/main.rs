@@ -1,7 +1,7 @@
 //! The `unwind` command line.
 //!
 //! ```text
-//! unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid]
+//! unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode hybrid|fp|dwarf]
 //!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
 //! unwind stack --pid PID [--tid TID ...] [--mode fp|dwarf|hybrid]
 //!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
@@ -26,7 +26,7 @@ use unwind::Mode;
 #[global_allocator]
 static ALLOC: unwind::heap::Sampling = unwind::heap::Sampling::new(std::alloc::System);
 
-const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind stack --pid PID [--tid TID ...] [--mode fp|dwarf|hybrid] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]";
+const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind stack --pid PID [--tid TID ...] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,7 +61,12 @@ enum Format {
 
 fn stack(args: &[String]) -> Result<(), String> {
     let mut core = None;
-    let mut opts = Options::default();
+    // Hybrid by default: frame records where a function keeps them, CFI elsewhere (libc and
+    // distribution binaries are built without frame pointers).
+    let mut opts = Options {
+        mode: Mode::Hybrid,
+        ..Options::default()
+    };
     let mut format = Format::Text;
     let mut lines = false;
     let mut pid: Option<u32> = None;

@@ -230,8 +230,17 @@ fn aarch64_qemu_core() {
     let d = tmp("aarch64");
     let c = core("core-aarch64-chain", &d);
     // With --exe: the leaf gamma_ is frameless (GCC omits leaf frame records on aarch64), so
-    // beta_ is only in lr; the walk must still show it.
-    let v = json(&["stack", "--core", p(&c), "--exe", p(&exe("aarch64"))]);
+    // beta_ is only in lr; the frame-record walk must still show it (Hybrid, the default,
+    // finds it by the leaf's CFI instead).
+    let v = json(&[
+        "stack",
+        "--core",
+        p(&c),
+        "--exe",
+        p(&exe("aarch64")),
+        "--mode",
+        "fp",
+    ]);
     check_shape(&v, "aarch64");
     check_chain(&v);
     let frames = v["threads"][0]["frames"].as_array().unwrap();

@@ -79,7 +79,7 @@ fn assert_adds_up(p: &CpuProfile) {
     let s = p.stats;
     assert_eq!(s.signals, s.recorded + s.dropped, "{s:?}");
     assert_eq!(s.collected, s.recorded, "{s:?}");
-    assert_eq!(p.total(), s.recorded, "{s:?}");
+    assert_eq!(p.total(), s.recorded + s.overruns, "{s:?}");
 }
 
 #[inline(always)]
@@ -225,10 +225,12 @@ fn signal_storm_four_allocating_threads() {
             std::thread::spawn(move || storm_worker(&stop))
         })
         .collect();
-    // 5 kHz per thread on the wall clock (CPU-time timers are capped at the kernel tick).
+    // 5 kHz per thread on the wall clock (CPU-time timers are capped at the kernel tick), on
+    // the registered threads only: their handlers run on the 64 KiB alternate stack.
     let p = CpuProfiler::start(Config {
         frequency_hz: 5000,
         clock: Clock::Wall,
+        threads: unwind::cpu::Threads::Registered,
         ..Config::default()
     })
     .unwrap();
@@ -432,6 +434,69 @@ fn threads_start_and_exit_while_profiling() {
     let _reg = unwind::cpu::register_thread();
     let p = CpuProfiler::start(Config::default()).unwrap();
     assert_adds_up(&p.stop());
+}
+
+#[inline(never)]
+fn late_unregistered_worker(stop: &AtomicBool) -> u64 {
+    // Neither registered nor running when the profiler started: the collector finds it.
+    black_box(spin_until(stop, 0x55)) ^ 1
+}
+
+/// POSIX timers of this process (`/proc/self/timers`: one `ID:` line each).
+fn posix_timers() -> Option<usize> {
+    let t = std::fs::read_to_string("/proc/self/timers").ok()?;
+    Some(t.lines().filter(|l| l.starts_with("ID:")).count())
+}
+
+#[test]
+fn default_samples_every_thread_and_frees_timers_of_exited_ones() {
+    let _s = serial();
+    let _w = Watchdog::new("all threads", 120);
+    let timers_before = posix_timers();
+    let p = CpuProfiler::start(Config::default()).unwrap();
+    assert_eq!(p.config().threads, unwind::cpu::Threads::All);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || late_unregistered_worker(&stop))
+        })
+        .collect();
+    // Threads that live long enough to be found (> SCAN_EVERY), then exit.
+    for _ in 0..10 {
+        std::thread::spawn(|| std::thread::sleep(Duration::from_millis(120)))
+            .join()
+            .unwrap();
+    }
+    // Two scans after the last exit: their timers are gone.
+    std::thread::sleep(unwind::threads::SCAN_EVERY * 3);
+    let live = unwind::threads::list().len();
+    let timers = posix_timers();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let prof = p.stop();
+    assert_adds_up(&prof);
+    if let (Some(before), Some(during)) = (timers_before, timers) {
+        // One timer per live thread at most (plus any from before), not one per thread ever
+        // seen (10 more).
+        assert!(during <= before + live, "{during} timers, {live} threads");
+        assert_eq!(posix_timers(), Some(before), "timers left after stop");
+    }
+    let in_late: u64 = prof
+        .stacks
+        .iter()
+        .filter(|(f, _)| {
+            short_names(f)
+                .iter()
+                .any(|n| n == "late_unregistered_worker")
+        })
+        .map(|(_, n)| n)
+        .sum();
+    // The workers spun ~1.5 s of wall time each; at 99 Hz of their CPU time even a loaded
+    // machine gives dozens of samples.
+    assert!(in_late >= 20, "{in_late} of {}", prof.total());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -924,8 +924,24 @@ impl Cfi for Unwinder {
 /// Captures the current thread's stack with `unwinder` in `mode`, starting at the caller of
 /// `capture` (like [`crate::capture`]). Async-signal-safe when `unwinder` was prepared
 /// beforehand (it is only read).
+///
+/// In [`Mode::Dwarf`] and [`Mode::Hybrid`] the walk starts from this function's exact
+/// registers and steps out of it by its CFI, so it needs no frame record anywhere (a program
+/// built without frame pointers); the first frame is still the caller's return address.
 #[inline(never)]
 pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
+    if mode != Mode::FramePointer {
+        let mut regs = crate::arch::native::current_regs();
+        regs.pc = crate::arch::native::strip_pac_live(regs.pc);
+        let mut mem = crate::live::LiveMemory::for_sp(regs.sp, None);
+        let mut t = walk_live(Start::exact(regs), &mut mem, buf, unwinder, mode);
+        // Frame 0 is this function itself.
+        if t.len > 0 {
+            buf.copy_within(1..t.len, 0);
+            t.len -= 1;
+        }
+        return t;
+    }
     match crate::live::start_here() {
         Some((start, mut mem)) => walk_live(start, &mut mem, buf, unwinder, mode),
         None => crate::live::empty(),

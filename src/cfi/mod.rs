@@ -2,5 +2,6 @@
 //! tables, the Dwarf and Hybrid walk modes, and the loaded modules' tables.
 
 pub mod dwarf;
+pub mod module_watch;
 pub mod modules;
 pub mod safe_open;

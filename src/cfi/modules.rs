@@ -16,7 +16,7 @@
 //! [`for_modules`] prepares the CFI of a list of `(path, bias)`, such as a core's mapped files.
 
 use crate::arch::ArchKind;
-use crate::dwarf::{parse_file, CfiError, PreparedCfi, Sections, Unwinder};
+use crate::dwarf::{CfiError, PreparedCfi, Sections, Unwinder};
 use std::path::Path;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
@@ -270,7 +270,7 @@ pub fn for_modules(
     let mut failed = Vec::new();
     for (path, bias) in modules {
         let file: std::path::PathBuf = crate::symbols::resolve(sysroot, path);
-        match parse_file(arch, &file, *bias) {
+        match crate::dwarf::parse_file(arch, &file, *bias) {
             Ok(mut t) => {
                 t.name = path.clone();
                 u.add(t)

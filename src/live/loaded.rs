@@ -20,6 +20,9 @@ pub struct LoadedObject<'a> {
     pub bias: u64,
     /// Its program headers.
     pub phdrs: &'a [libc::Elf64_Phdr],
+    /// The loader's count of objects ever added and removed (`dlpi_adds`, `dlpi_subs`; the
+    /// same in every entry of one enumeration).
+    pub adds_subs: (u64, u64),
 }
 
 impl LoadedObject<'_> {
@@ -67,6 +70,7 @@ pub fn for_each(mut f: impl FnMut(&LoadedObject<'_>)) {
             is_main: st.first,
             bias: info.dlpi_addr,
             phdrs,
+            adds_subs: (info.dlpi_adds, info.dlpi_subs),
         };
         st.first = false;
         (st.f)(&o);
@@ -79,6 +83,19 @@ pub fn for_each(mut f: impl FnMut(&LoadedObject<'_>)) {
     // SAFETY: the callback matches dl_iterate_phdr's contract, reads only what the loader
     // passes it and calls `f` through `st`, which outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(cb), (&mut st as *mut State<'_>).cast()) };
+}
+
+/// A number that changes whenever a `dlopen` or `dlclose` changed the set of loaded objects
+/// (the loader's added and removed counts, packed). Takes the loader's lock: not for signal
+/// handlers.
+pub fn generation() -> u64 {
+    let mut g = None;
+    for_each(|o| {
+        if g.is_none() {
+            g = Some((o.adds_subs.0 << 32) | (o.adds_subs.1 & 0xffff_ffff));
+        }
+    });
+    g.unwrap_or(0)
 }
 
 #[cfg(test)]

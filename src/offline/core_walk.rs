@@ -386,15 +386,18 @@ pub fn unwind_paused<P: Pause>(
     pause: &mut P,
 ) -> Result<Report, P::Error> {
     let symbols = symbols_for(core, opts);
-    let mut warnings: Vec<String> = symbols
+    let mut warnings: Vec<String> = Vec::new();
+    // Module warnings wait for the walks: only modules a frame needed are worth one.
+    let mut module_warnings: Vec<(String, String)> = symbols
         .missing
         .iter()
         // A core's paths may hold newlines or terminal escapes: escaped, a warning is one line.
         .map(|(p, e)| {
-            format!(
+            let w = format!(
                 "module {} not available ({e}): its frames stay unsymbolised",
                 p.escape_debug()
-            )
+            );
+            (p.clone(), w)
         })
         .collect();
     if let Some((have, want)) = core.truncation() {
@@ -415,7 +418,8 @@ pub fn unwind_paused<P: Pause>(
     let unwinder = if mode != Mode::FramePointer {
         let (u, failed) = cfi_for(core, &symbols, opts);
         for (p, e) in failed {
-            warnings.push(format!("module {}: no usable CFI ({e})", p.escape_debug()));
+            let w = format!("module {}: no usable CFI ({e})", p.escape_debug());
+            module_warnings.push((p, w));
         }
         u
     } else {
@@ -453,6 +457,7 @@ pub fn unwind_paused<P: Pause>(
     let mut threads = Vec::new();
     let mut budget = MAX_TOTAL_FRAMES;
     let mut cut_threads = 0usize;
+    let mut pcs: Vec<u64> = Vec::new();
     let cx = Walks {
         core,
         symbols: &symbols,
@@ -501,6 +506,7 @@ pub fn unwind_paused<P: Pause>(
                 truncated = false;
             }
         }
+        pcs.extend(buf.iter().map(|f| f.pc));
         if let (Some(p), Some(c)) = (&opts.policy, &classifier) {
             let kept = p.apply(&buf, c);
             truncated |= kept.truncated;
@@ -521,6 +527,12 @@ pub fn unwind_paused<P: Pause>(
             paused.len()
         ));
     }
+    warnings.extend(crate::needed_modules::needed(
+        module_warnings,
+        &core.mappings,
+        opts.sysroot.as_deref(),
+        &pcs,
+    ));
     Ok(Report {
         arch: core.arch,
         threads,
@@ -992,7 +1004,16 @@ impl<'a> Walks<'a> {
         let mut mem = self.memory();
         let mut regs = t.regs;
         regs.pc = A::strip_ra(regs.pc, self.core.pac_mask);
-        if self.mode == Mode::FramePointer && buf.len() >= 2 {
+        // Hybrid without CFI for the leaf (a module without usable CFI, Go's compressed
+        // .debug_frame before it was read) walks the leaf as frame-pointer mode does.
+        let leaf_without_cfi = || {
+            self.cfi.rule(regs.pc).is_none_or(|r| {
+                r.flags() & (crate::dwarf::CfiRow::GAP | crate::dwarf::CfiRow::UNSUPPORTED) != 0
+            })
+        };
+        let fp_leaf =
+            self.mode == Mode::FramePointer || (self.mode == Mode::Hybrid && leaf_without_cfi());
+        if fp_leaf && buf.len() >= 2 {
             let slot = A::prologue_ra_slot(regs.pc, regs.sp, &mut |a, b| mem.read_code(a, b));
             let ra = slot.and_then(|at| Some((at, mem.read_u64(at).filter(|&ra| ra != 0)?)));
             if let Some((ra_at, ra)) = ra {

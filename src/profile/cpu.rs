@@ -2,18 +2,20 @@
 //! collector thread.
 //!
 //! # How it works
-//! - **Timers.** With [`TimerMode::PerThread`] (the default) every thread that called
-//!   [`register_thread`] gets its own POSIX timer on its CPU-time clock (`timer_create` on the
-//!   thread's `CLOCK_THREAD_CPUTIME_ID`-style clock, `SIGEV_THREAD_ID` so SIGPROF goes to that
-//!   thread). Threads register and unregister while the profiler runs; a registration made while
-//!   it runs starts that thread's timer at once. [`TimerMode::Process`] uses
+//! - **Timers.** With [`TimerMode::PerThread`] (the default) every thread of the process
+//!   ([`Threads::All`], the default; only those that called [`register_thread`] with
+//!   [`Threads::Registered`]) gets its own POSIX timer on its CPU-time clock (`timer_create` on
+//!   the thread's `CLOCK_THREAD_CPUTIME_ID`-style clock, `SIGEV_THREAD_ID` so SIGPROF goes to
+//!   that thread). The collector finds threads created after start in `/proc/self/task` (every
+//!   [`crate::threads::SCAN_EVERY`]) and deletes the timers of threads that ended. A
+//!   registration made while the profiler runs starts that thread's timer at once. [`TimerMode::Process`] uses
 //!   `setitimer(ITIMER_PROF)` instead: one process-wide CPU-time timer, whose signal the kernel
 //!   delivers to whichever thread is running, registered or not. [`Clock::Wall`] makes the
 //!   per-thread timers count wall-clock time (`CLOCK_MONOTONIC`), which is not limited to the
 //!   kernel's tick like CPU-time timers are (useful for high-rate stress tests).
-//! - **The handler** runs, with per-thread timers, on the alternate signal stack that
-//!   [`register_thread`] installs (64 KiB). With [`TimerMode::Process`] it runs on the
-//!   interrupted stack (no `SA_ONSTACK`): the signal may land on an unregistered thread, whose
+//! - **The handler** runs, with [`Threads::Registered`], on the alternate signal stack that
+//!   [`register_thread`] installs (64 KiB). With [`Threads::All`] and with
+//!   [`TimerMode::Process`] it runs on the interrupted stack (no `SA_ONSTACK`): the signal may land on an unregistered thread, whose
 //!   alternate stack, if any, is std's few KiB, too small for a capture. It
 //!   claims a free slot of a fixed global ring with one compare-and-swap, captures straight into
 //!   the slot with [`capture_from_ucontext_with`], and publishes it. No allocation, no lock, no
@@ -25,7 +27,7 @@
 //! Counting: every signal the handler accepts while the profiler runs is either recorded or
 //! dropped, so `signals == recorded + dropped` ([`Stats`]) once [`CpuProfiler::stop`] returned.
 //!
-//! With per-thread timers the handler is installed with `SA_ONSTACK`; a SIGPROF sent by hand
+//! With [`Threads::Registered`] the handler is installed with `SA_ONSTACK`; a SIGPROF sent by hand
 //! (`kill -PROF`) to an unregistered thread then runs it on that thread's alternate stack, which
 //! may be too small for a capture. Do not mix other SIGPROF sources with a running profiler.
 //!
@@ -48,6 +50,7 @@ use crate::frame::Frame;
 use crate::live::{capture_from_ucontext_with, Options};
 use crate::policy::{Classifier, Policy};
 use crate::profile::{Profile, Sample};
+use crate::walk::Mode;
 use core::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::fmt;
@@ -68,8 +71,8 @@ pub const DEFAULT_HZ: u32 = 99;
 /// Which timer drives the samples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimerMode {
-    /// One timer per registered thread ([`register_thread`]); unregistered threads are not
-    /// sampled.
+    /// One timer per thread: every thread ([`Threads::All`]) or the registered ones
+    /// ([`register_thread`], [`Threads::Registered`]).
     PerThread,
     /// `setitimer(ITIMER_PROF)`: process CPU time, delivered to whichever thread runs.
     Process,
@@ -86,6 +89,20 @@ pub enum Clock {
     Wall,
 }
 
+/// Which threads per-thread timers sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// Every thread of the process, registered or not (the default, as Go's profiler): the
+    /// collector lists `/proc/self/task` every [`crate::threads::SCAN_EVERY`], gives new
+    /// threads a timer and deletes the timers of threads that ended. The handler then runs
+    /// on the interrupted thread's own stack (no `SA_ONSTACK`): unregistered threads' alternate
+    /// stacks (std's, a few KiB) are too small for a capture.
+    All,
+    /// Only threads that called [`register_thread`]; the handler runs on the 64 KiB
+    /// alternate stack the registration installed.
+    Registered,
+}
+
 /// Profiler settings.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -95,8 +112,18 @@ pub struct Config {
     pub timer: TimerMode,
     /// Clock of the per-thread timers. Default [`Clock::ThreadCpu`].
     pub clock: Clock,
-    /// Walk without the transition table (to show what a naive walk reports).
+    /// Which threads the per-thread timers sample. Default [`Threads::All`].
+    pub threads: Threads,
+    /// Walk without the transition table (to show what a naive walk reports; frame records
+    /// only, whatever `mode` says).
     pub naive: bool,
+    /// How the handler walks: [`Mode::Hybrid`] (the default) follows frame records where a
+    /// function keeps them and the prepared CFI of the loaded modules elsewhere (libc, the
+    /// precompiled std, code built without frame pointers); [`Mode::FramePointer`] only
+    /// follows frame records (fastest, but a sample in a function without one loses its
+    /// callers). The modules' CFI is prepared at start and again when libraries are loaded
+    /// or unloaded ([`crate::module_watch`]), never in the handler.
+    pub mode: Mode,
 }
 
 impl Default for Config {
@@ -105,7 +132,9 @@ impl Default for Config {
             frequency_hz: DEFAULT_HZ,
             timer: TimerMode::PerThread,
             clock: Clock::ThreadCpu,
+            threads: Threads::All,
             naive: false,
+            mode: Mode::Hybrid,
         }
     }
 }
@@ -152,12 +181,20 @@ pub struct Stats {
     pub dropped: u64,
     /// Samples the collector aggregated (equals `recorded` after `stop`).
     pub collected: u64,
+    /// Timer periods that expired while the previous signal of the same timer was still
+    /// pending (the kernel's `si_overrun`): each recorded sample counts `1 + overrun` periods,
+    /// so a thread whose signals were coalesced is not under-counted. The profile's total is
+    /// `recorded + overruns`.
+    pub overruns: u64,
     /// Recorded samples whose walk stopped early (buffer full, unreadable frame, ...).
     pub truncated: u64,
     /// Per-thread timers that could not be created (a thread that exited meanwhile).
     pub timer_errors: u64,
     /// Signals whose handler ran on the thread's alternate signal stack.
     pub on_alt_stack: u64,
+    /// The program keeps no frame records (built without frame pointers): stacks came from
+    /// CFI, which is slower per sample ([`crate::module_watch::program_keeps_frame_records`]).
+    pub missing_frame_records: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,6 +207,8 @@ const READY: u32 = 2;
 struct Slot {
     state: AtomicU32,
     len: AtomicU32,
+    /// Timer periods this sample stands for (1 + the signal's overrun count).
+    weight: AtomicU32,
     stop: AtomicU32,
     /// The sampled thread's id (`gettid`, async-signal-safe): the profile's thread label.
     tid: AtomicU32,
@@ -185,6 +224,7 @@ unsafe impl Sync for Slot {}
 const SLOT: Slot = Slot {
     state: AtomicU32::new(EMPTY),
     len: AtomicU32::new(0),
+    weight: AtomicU32::new(1),
     stop: AtomicU32::new(0),
     tid: AtomicU32::new(0),
     frames: UnsafeCell::new([Frame::EMPTY; MAX_DEPTH]),
@@ -198,10 +238,13 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Walk naively (set by start, read by the handler).
 static NAIVE: AtomicBool = AtomicBool::new(false);
+/// The walk mode (0 frame pointers, 1 DWARF, 2 hybrid; set by start, read by the handler).
+static MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
 static SIGNALS: AtomicU64 = AtomicU64::new(0);
 static RECORDED: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static TRUNCATED: AtomicU64 = AtomicU64::new(0);
+static OVERRUNS: AtomicU64 = AtomicU64::new(0);
 static TIMER_ERRORS: AtomicU64 = AtomicU64::new(0);
 static ON_ALT_STACK: AtomicU64 = AtomicU64::new(0);
 /// How often the collector drains the ring. At 20 000 samples/s (four threads at 5 kHz) that is
@@ -236,15 +279,38 @@ extern "C" fn on_sigprof(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut 
         if ss.ss_flags & libc::SS_DISABLE == 0 && here.wrapping_sub(lo) < ss.ss_size as u64 {
             ON_ALT_STACK.fetch_add(1, Ordering::Relaxed);
         }
-        record(uc);
+        // SAFETY: `info` is the siginfo_t the kernel passed to this SA_SIGINFO handler.
+        record(uc, unsafe { timer_overrun(info) });
     }
     IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
 
+/// The overrun count of a POSIX-timer signal (`si_code == SI_TIMER`), else 0. Linux's
+/// `siginfo_t` (include/uapi/asm-generic/siginfo.h): `si_signo`, `si_errno`, `si_code` (3 ints),
+/// then on 64-bit targets the union at offset 16, whose timer member starts `int _tid; int
+/// _overrun;`: the overrun is the int at byte 20. Async-signal-safe (two reads).
+///
+/// # Safety
+/// `info` must be the siginfo_t the kernel passed to an `SA_SIGINFO` handler.
+unsafe fn timer_overrun(info: *const libc::siginfo_t) -> u32 {
+    if info.is_null() || cfg!(not(target_pointer_width = "64")) {
+        return 0;
+    }
+    // SAFETY: the caller passes the kernel's siginfo_t (128 bytes); both reads are inside it
+    // and 4-aligned.
+    unsafe {
+        if (*info).si_code != libc::SI_TIMER {
+            return 0;
+        }
+        let overrun = core::ptr::read(info.cast::<u8>().add(20).cast::<i32>());
+        overrun.clamp(0, 1 << 20) as u32
+    }
+}
+
 #[inline(always)]
-fn record(uc: *mut libc::c_void) {
+fn record(uc: *mut libc::c_void, overrun: u32) {
     let start = NEXT.fetch_add(1, Ordering::Relaxed);
     for i in 0..PROBES {
         let slot = &RING[(start + i) % RING_SLOTS];
@@ -259,14 +325,30 @@ fn record(uc: *mut libc::c_void) {
             naive: NAIVE.load(Ordering::Relaxed),
             max_depth: 0,
         };
+        let mode = match MODE.load(Ordering::Relaxed) {
+            1 => Mode::Dwarf,
+            2 => Mode::Hybrid,
+            _ => Mode::FramePointer,
+        };
+        // The prepared CFI: an atomic load of a table that is never freed (lock-free).
+        let cfi = crate::modules::unwinder().filter(|_| mode != Mode::FramePointer && !opts.naive);
         // SAFETY: this handler owns the slot (EMPTY -> WRITING above) until it stores READY, so
         // no one else touches `frames`; `uc` is the ucontext the kernel passed to this
         // SA_SIGINFO handler.
-        let trace = unsafe { capture_from_ucontext_with(uc, &mut *slot.frames.get(), opts) };
+        let trace = unsafe {
+            match cfi {
+                Some(u) => {
+                    crate::dwarf::capture_from_ucontext(uc, &mut *slot.frames.get(), u, mode)
+                }
+                None => capture_from_ucontext_with(uc, &mut *slot.frames.get(), opts),
+            }
+        };
         if trace.stop.is_truncated() {
             TRUNCATED.fetch_add(1, Ordering::Relaxed);
         }
         slot.len.store(trace.len as u32, Ordering::Relaxed);
+        slot.weight.store(1 + overrun, Ordering::Relaxed);
+        OVERRUNS.fetch_add(u64::from(overrun), Ordering::Relaxed);
         slot.stop.store(trace.stop as u32, Ordering::Relaxed);
         slot.tid.store(gettid() as u32, Ordering::Relaxed);
         RECORDED.fetch_add(1, Ordering::Relaxed);
@@ -300,6 +382,7 @@ fn drain(into: &mut Stacks) -> u64 {
             continue;
         }
         let len = (slot.len.load(Ordering::Relaxed) as usize).min(MAX_DEPTH);
+        let weight = u64::from(slot.weight.load(Ordering::Relaxed).max(1));
         {
             // SAFETY: READY (seen with Acquire) hands the slot to the collector, the only
             // drainer (calls are serialised by the profiler's mutex), until EMPTY is stored.
@@ -308,9 +391,9 @@ fn drain(into: &mut Stacks) -> u64 {
             into.names.entry(tid).or_insert_with(|| thread_name(tid));
             let into = into.by_tid.entry(tid).or_default();
             match into.get_mut(frames) {
-                Some(c) => *c += 1,
+                Some(c) => *c += weight,
                 None => {
-                    into.insert(frames.to_vec(), 1);
+                    into.insert(frames.to_vec(), weight);
                 }
             }
         }
@@ -335,12 +418,15 @@ unsafe impl Send for ThreadEntry {}
 
 struct Registry {
     threads: Vec<ThreadEntry>,
+    /// Timers of unregistered threads ([`Threads::All`]).
+    others: crate::threads::Timers,
     /// The running profiler's settings (None while stopped).
     running: Option<Config>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     threads: Vec::new(),
+    others: crate::threads::Timers::new(),
     running: None,
 });
 
@@ -399,6 +485,32 @@ fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
         return Err(e);
     }
     Ok(timer)
+}
+
+/// Does `cfg` give every thread a timer of its own?
+fn all_threads(cfg: &Config) -> bool {
+    cfg.timer == TimerMode::PerThread && cfg.threads == Threads::All
+}
+
+/// Gives every thread that has no timer one, and deletes the timers of threads that ended
+/// ([`Threads::All`]). Not async-signal-safe (lists `/proc/self/task`).
+fn scan_threads(reg: &mut Registry, cfg: &Config) {
+    let live = crate::threads::list();
+    let registered: Vec<libc::pid_t> = reg
+        .threads
+        .iter()
+        .filter(|t| t.timer.is_some())
+        .map(|t| t.tid)
+        .collect();
+    let cpu_clock = cfg.clock == Clock::ThreadCpu;
+    let s = reg.others.sync(
+        &live,
+        |tid| registered.contains(&tid),
+        |tid| thread_timer(tid, cfg),
+        delete_timer,
+        |t| cpu_clock && crate::threads::cpu_timer_disarmed(t),
+    );
+    TIMER_ERRORS.fetch_add(s.errors, Ordering::Relaxed);
 }
 
 fn delete_timer(t: libc::timer_t) {
@@ -480,7 +592,9 @@ pub fn try_register_thread() -> Result<ThreadRegistration, Error> {
     let alt = Some(install_alt_stack()?);
     {
         let mut reg = registry();
+        let adopted = reg.others.take(tid);
         let timer = match reg.running {
+            _ if adopted.is_some() => adopted,
             Some(cfg) if cfg.timer == TimerMode::PerThread => match thread_timer(tid, &cfg) {
                 Ok(t) => Some(t),
                 Err(_) => {
@@ -517,7 +631,12 @@ impl Drop for ThreadRegistration {
             if let Some(i) = reg.threads.iter().position(|t| t.tid == r.tid) {
                 let e = reg.threads.swap_remove(i);
                 if let Some(t) = e.timer {
-                    delete_timer(t);
+                    if reg.running.as_ref().is_some_and(all_threads) {
+                        // Still a thread of the process: it keeps its timer, unregistered.
+                        reg.others.put(r.tid, t);
+                    } else {
+                        delete_timer(t);
+                    }
                 }
             }
         }
@@ -674,25 +793,45 @@ impl CpuProfiler {
             return Err(Error::BadFrequency);
         }
         crate::init();
+        let cfi = config.mode != Mode::FramePointer && !config.naive;
+        if cfi {
+            // Prepares every loaded module's CFI here, not in the handler, and keeps it
+            // current (dlopen) until stop. Outside the registry's lock: it takes a while.
+            crate::module_watch::acquire();
+        }
         let mut reg = registry();
         if reg.running.is_some() {
+            if cfi {
+                crate::module_watch::release();
+            }
             return Err(Error::AlreadyRunning);
         }
         // Per-thread timers signal only registered threads, which have our 64 KiB alternate
         // stack. ITIMER_PROF also lands on unregistered threads, whose alternate stack (std's,
         // a few KiB) is too small for a capture: run on the interrupted stack instead.
-        install_handler(config.timer == TimerMode::PerThread)?;
+        install_handler(
+            config.timer == TimerMode::PerThread && config.threads == Threads::Registered,
+        )?;
         for c in [
             &SIGNALS,
             &RECORDED,
             &DROPPED,
             &TRUNCATED,
+            &OVERRUNS,
             &TIMER_ERRORS,
             &ON_ALT_STACK,
         ] {
             c.store(0, Ordering::Relaxed);
         }
         NAIVE.store(config.naive, Ordering::Relaxed);
+        MODE.store(
+            match config.mode {
+                Mode::FramePointer => 0,
+                Mode::Dwarf => 1,
+                Mode::Hybrid => 2,
+            },
+            Ordering::Relaxed,
+        );
         let shared = Arc::new(Shared {
             stacks: Mutex::new(Stacks::default()),
             collected: AtomicU64::new(0),
@@ -702,12 +841,22 @@ impl CpuProfiler {
         drain(&mut Stacks::default());
         let collector = {
             let shared = shared.clone();
+            let scan = all_threads(&config);
             std::thread::Builder::new()
                 .name("unwind-cpu-collector".into())
                 .spawn(move || {
+                    let mut last_scan = Instant::now();
                     while !shared.stop.load(Ordering::Acquire) {
                         std::thread::park_timeout(COLLECT_EVERY);
                         shared.drain();
+                        if scan && last_scan.elapsed() >= crate::threads::SCAN_EVERY {
+                            last_scan = Instant::now();
+                            let mut reg = registry();
+                            // Not after stop: halt clears `running` under this lock.
+                            if let Some(cfg) = reg.running {
+                                scan_threads(&mut reg, &cfg);
+                            }
+                        }
                     }
                 })
                 .ok()
@@ -724,6 +873,9 @@ impl CpuProfiler {
                             TIMER_ERRORS.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                }
+                if all_threads(&config) {
+                    scan_threads(&mut reg, &config);
                 }
                 Ok(())
             }
@@ -756,9 +908,12 @@ impl CpuProfiler {
             recorded: RECORDED.load(Ordering::Relaxed),
             dropped: DROPPED.load(Ordering::Relaxed),
             collected: self.shared.collected.load(Ordering::Relaxed),
+            overruns: OVERRUNS.load(Ordering::Relaxed),
             truncated: TRUNCATED.load(Ordering::Relaxed),
             timer_errors: TIMER_ERRORS.load(Ordering::Relaxed),
             on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
+            missing_frame_records: crate::module_watch::program_keeps_frame_records()
+                == Some(false),
         }
     }
 
@@ -816,6 +971,7 @@ impl CpuProfiler {
                     delete_timer(id);
                 }
             }
+            reg.others.clear(delete_timer);
             ENABLED.store(false, Ordering::SeqCst);
             reg.running = None;
         }
@@ -833,6 +989,9 @@ impl CpuProfiler {
             let _ = c.join();
         }
         self.shared.drain();
+        if self.config.mode != Mode::FramePointer && !self.config.naive {
+            crate::module_watch::release();
+        }
     }
 }
 
@@ -882,6 +1041,9 @@ impl CpuProfile {
     /// them) so totals stay true. Without per-thread samples ([`CpuProfile::threads`] empty),
     /// [`CpuProfile::stacks`] unlabelled.
     pub fn to_profile(&self, policy: &Policy, classifier: &Classifier) -> Profile {
+        if self.stats.missing_frame_records {
+            crate::module_watch::warn_once_without_frame_records();
+        }
         let ns = self.period.as_nanos() as i64;
         let mut p = Profile::new(
             vec![

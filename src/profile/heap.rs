@@ -114,6 +114,7 @@ use crate::frame::Frame;
 use crate::live::{capture_with, Options};
 use crate::policy::{Classifier, Policy, ProfileKind};
 use crate::runtime_names;
+use crate::walk::Mode;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -172,6 +173,9 @@ pub struct Stats {
     /// Allocations not sampled because their thread was already inside the profiler: a signal
     /// handler that interrupted a sample and allocated, or [`snapshot`]'s own allocations.
     pub reentrant: u64,
+    /// The program keeps no frame records (built without frame pointers): stacks came from
+    /// CFI, which is slower per sample ([`crate::module_watch::program_keeps_frame_records`]).
+    pub missing_frame_records: bool,
     /// Stack slots in use.
     pub stacks: usize,
     /// Sampled blocks currently tracked (not yet freed).
@@ -292,6 +296,10 @@ impl<A: GlobalAlloc> Sampling<A> {
 /// redraws its countdown at its next allocation.
 static STATE: AtomicU64 = AtomicU64::new(0);
 static RATE: AtomicU64 = AtomicU64::new(DEFAULT_RATE);
+/// The capture mode (0 frame pointers, 1 DWARF, 2 hybrid): see [`start_with_mode`].
+static MODE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(2);
+/// Does this profiler hold a [`crate::module_watch`] reference (between start and stop)?
+static WATCHING: AtomicBool = AtomicBool::new(false);
 /// The classifier the sampling path reads (leaked: allocator threads may hold it at any time).
 static CLASSIFIER: AtomicPtr<Classifier> = AtomicPtr::new(core::ptr::null_mut());
 /// Allocator calls inside a table update; [`reset`] waits for zero.
@@ -426,7 +434,16 @@ fn record(addr: u64, size: u64) {
         return;
     }
     let mut buf = [Frame::EMPTY; CAPTURE_FRAMES];
-    let t = capture_with(&mut buf, Options::default());
+    let mode = match MODE.load(Ordering::Relaxed) {
+        1 => Mode::Dwarf,
+        2 => Mode::Hybrid,
+        _ => Mode::FramePointer,
+    };
+    // The prepared CFI (an atomic load; the tables are never freed): see `start_with_mode`.
+    let t = match crate::modules::unwinder().filter(|_| mode != Mode::FramePointer) {
+        Some(u) => crate::dwarf::capture(&mut buf, u, mode),
+        None => capture_with(&mut buf, Options::default()),
+    };
     let frames = &buf[..t.len.min(CAPTURE_FRAMES)];
     let c = CLASSIFIER.load(Ordering::Acquire);
     let (kept, cut) = if c.is_null() {
@@ -702,7 +719,46 @@ fn install_classifier(c: Classifier) {
 /// [`default_classifier`] (reads the loaded objects' symbol tables). Samples accumulate with
 /// earlier ones until [`reset`]. Not for signal handlers.
 pub fn start(rate: u64) {
+    start_with_mode(rate, Mode::Hybrid);
+}
+
+/// [`start`] with a capture mode. [`Mode::Hybrid`] (what [`start`] uses) follows frame records
+/// where a function keeps them and the prepared CFI of the loaded modules elsewhere (libc, the
+/// precompiled std, a program built without frame pointers, where a frame-record walk finds
+/// nothing); [`Mode::FramePointer`] only follows frame records (fastest). The CFI is prepared
+/// here and again when libraries are loaded ([`crate::module_watch`]), never in the allocator
+/// hook, which only loads it through an atomic pointer.
+pub fn start_with_mode(rate: u64, mode: Mode) {
+    set_mode(mode);
+    start_inner(rate);
+}
+
+/// Sets the capture mode of sampled allocations (see [`start_with_mode`]).
+pub fn set_mode(mode: Mode) {
     let _g = control();
+    MODE.store(
+        match mode {
+            Mode::FramePointer => 0,
+            Mode::Dwarf => 1,
+            Mode::Hybrid => 2,
+        },
+        Ordering::Relaxed,
+    );
+    if is_running() {
+        watch_modules();
+    }
+}
+
+/// Makes sure the loaded modules' CFI is prepared and kept current while sampling in a CFI mode.
+fn watch_modules() {
+    if MODE.load(Ordering::Relaxed) != 0 && !WATCHING.swap(true, Ordering::SeqCst) {
+        crate::module_watch::acquire();
+    }
+}
+
+fn start_inner(rate: u64) {
+    let _g = control();
+    watch_modules();
     crate::init();
     crate::system_stack::register_transition();
     if CLASSIFIER.load(Ordering::Acquire).is_null() {
@@ -716,6 +772,7 @@ pub fn start(rate: u64) {
 /// current one (the old one is leaked, as allocator calls may still read it).
 pub fn start_with_classifier(rate: u64, classifier: Classifier) {
     let _g = control();
+    watch_modules();
     crate::init();
     crate::system_stack::register_transition();
     install_classifier(classifier);
@@ -727,6 +784,9 @@ pub fn start_with_classifier(rate: u64, classifier: Classifier) {
 pub fn stop() {
     let _g = control();
     bump(false);
+    if WATCHING.swap(false, Ordering::SeqCst) {
+        crate::module_watch::release();
+    }
 }
 
 /// Is sampling on?
@@ -806,6 +866,7 @@ pub fn stats() -> Stats {
         untracked: STATS_UNTRACKED.load(Ordering::Relaxed),
         truncated: STATS_TRUNCATED.load(Ordering::Relaxed),
         reentrant: STATS_REENTRANT.load(Ordering::Relaxed),
+        missing_frame_records: crate::module_watch::program_keeps_frame_records() == Some(false),
         stacks: STACKS
             .iter()
             .filter(|s| s.state.load(Ordering::Relaxed) == READY)
@@ -843,6 +904,7 @@ pub fn snapshot() -> Vec<HeapSample> {
 /// `inuse_space/bytes`; `go tool pprof` shows the last by default) and period `rate` bytes of
 /// type `space/bytes`. Every address is a return address (`exact_leaf` false). Allocates.
 pub fn to_profile(samples: &[HeapSample], rate: u64) -> crate::profile::Profile {
+    crate::module_watch::warn_once_without_frame_records();
     let mut p = crate::profile::Profile::new(
         vec![
             ("alloc_objects".into(), "count".into()),

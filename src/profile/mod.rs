@@ -8,3 +8,4 @@ pub mod cpu;
 pub mod heap;
 pub mod lines;
 mod sigprof;
+pub mod threads;

@@ -1,0 +1,148 @@
+//! Keeps the process's prepared CFI ([`crate::modules::unwinder`]) current while a profiler runs,
+//! so that the profilers can capture in [`Mode::Hybrid`](crate::Mode::Hybrid) from a signal
+//! handler or an allocator hook.
+//!
+//! # How
+//! [`acquire`] prepares the tables of every loaded module (once; `dl_iterate_phdr` and file
+//! parsing, so not in a handler) and starts a watcher thread (`unwind-modules`) that checks
+//! every [`CHECK_EVERY`] whether the loader's `dlpi_adds`/`dlpi_subs` counters moved (a
+//! `dlopen` or `dlclose`), and if so prepares the tables again ([`crate::modules::refresh`]).
+//! The new tables are published through an atomic pointer: a handler reading the old ones keeps
+//! reading them (they are never freed), the next one sees the new. [`release`] stops the watcher
+//! when the last profiler stops.
+//!
+//! # Frame pointers of the program itself
+//! [`program_keeps_frame_records`] says whether this crate, as built into the program, keeps
+//! frame records: `RUSTFLAGS` apply to every crate of a build, so when `unwind`'s own functions
+//! have no frame record, neither has the code that depends on it, and the profilers' stacks
+//! come from CFI (slower than frame records; the profilers say so once: see
+//! [`warn_once_without_frame_records`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How often the watcher checks the loader's counters.
+pub const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Profilers that need the tables (the watcher runs while this is non-zero).
+static USERS: AtomicUsize = AtomicUsize::new(0);
+/// The watcher thread, if one runs or is winding down.
+static WATCHER: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+/// `dlpi_adds << 32 | dlpi_subs` (truncated) when the tables were last prepared; `u64::MAX`
+/// before the first.
+static SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Refreshes done by the watcher (for tests and statistics).
+static REFRESHES: AtomicU64 = AtomicU64::new(0);
+
+/// The loader's `(dlpi_adds, dlpi_subs)` counters, packed. Takes the loader's lock (briefly):
+/// not for signal handlers.
+fn loader_generation() -> u64 {
+    crate::live::loaded::generation()
+}
+
+/// Prepares the tables now if the loaded modules changed since they were last prepared (or
+/// were never prepared). Returns whether it refreshed. Not async-signal-safe.
+pub fn check() -> bool {
+    let g = loader_generation();
+    if SEEN.load(Ordering::Acquire) == g && crate::modules::unwinder().is_some() {
+        return false;
+    }
+    crate::modules::refresh();
+    SEEN.store(g, Ordering::Release);
+    REFRESHES.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// How many times the tables were prepared through [`check`] in this process.
+pub fn refreshes() -> u64 {
+    REFRESHES.load(Ordering::Relaxed)
+}
+
+/// A profiler starts: prepares the tables (if the modules changed) and makes sure the watcher
+/// runs. Pair with [`release`]. Not async-signal-safe.
+pub fn acquire() {
+    check();
+    let mut w = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
+    USERS.fetch_add(1, Ordering::SeqCst);
+    if w.is_some() {
+        return; // it runs, and it only ends holding this lock with no user left
+    }
+    *w = std::thread::Builder::new()
+        .name("unwind-modules".into())
+        .spawn(|| loop {
+            std::thread::park_timeout(CHECK_EVERY);
+            {
+                let mut w = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
+                if USERS.load(Ordering::SeqCst) == 0 {
+                    *w = None; // detaches this thread, which ends now
+                    return;
+                }
+            }
+            check();
+        })
+        .ok();
+}
+
+/// A profiler stops: the watcher ends when no profiler needs it any more (within
+/// [`CHECK_EVERY`]; the thread is not waited for). The tables stay published.
+pub fn release() {
+    let prev = USERS.fetch_sub(1, Ordering::SeqCst);
+    if prev == 1 {
+        let w = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = w.as_ref() {
+            h.thread().unpark();
+        }
+    } else if prev == 0 {
+        USERS.store(0, Ordering::SeqCst); // unbalanced release: stay at zero
+    }
+}
+
+/// Does `unwind`'s own code, as built into this program, keep frame records (built with
+/// `-C force-frame-pointers=yes`)? `None` before the tables are prepared or when they do not
+/// cover this crate. Lock-free.
+pub fn program_keeps_frame_records() -> Option<bool> {
+    let u = crate::modules::unwinder()?;
+    // A function of this crate that is never inlined (its address is taken) and makes calls,
+    // so it has a frame record whenever frame pointers are on.
+    let pc = crate::modules::refresh as fn() -> _ as usize as u64;
+    let m = u.module(pc)?;
+    m.rule(pc)?;
+    Some(m.keeps_frame_record(pc))
+}
+
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Prints, once per process, a one-line warning to stderr if the program keeps no frame
+/// records (see [`program_keeps_frame_records`]). The profilers call it when they turn their
+/// samples into a profile. Returns whether it printed.
+pub fn warn_once_without_frame_records() -> bool {
+    if program_keeps_frame_records() != Some(false) || WARNED.swap(true, Ordering::Relaxed) {
+        return false;
+    }
+    eprintln!(
+        "unwind: warning: this program was built without frame pointers; stacks come from DWARF \
+         CFI (slower per sample); build with RUSTFLAGS=\"-C force-frame-pointers=yes\" for speed"
+    );
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepares_and_detects_this_build() {
+        acquire();
+        assert!(crate::modules::unwinder().is_some());
+        // This crate's tests are built with the repository's .cargo/config.toml (frame
+        // pointers on); a build without them (RUSTFLAGS overriding it) must say false.
+        let fp = program_keeps_frame_records();
+        assert!(fp.is_some());
+        // A second check without loader changes does not refresh.
+        let before = refreshes();
+        assert!(!check());
+        assert_eq!(refreshes(), before);
+        release();
+    }
+}

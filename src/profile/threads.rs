@@ -1,0 +1,227 @@
+//! The threads of this process and one CPU-profiler timer per thread, kept in step with them.
+//!
+//! The CPU profiler ([`crate::cpu`]) samples every thread by default, registered or not, as
+//! Go's profiler does: its collector thread lists `/proc/self/task` every
+//! [`SCAN_EVERY`] and gives each new thread its own timer, and deletes the timers of threads
+//! that are gone, so exited threads leak nothing. [`Timers`] is that bookkeeping; creating and
+//! deleting a timer is the caller's (closures), so it is testable without timers.
+//!
+//! Nothing here runs in a signal handler: listing a directory allocates.
+
+use std::time::Duration;
+
+/// How often the collector looks for new and exited threads. A thread that lives shorter than
+/// this may never be sampled.
+pub const SCAN_EVERY: Duration = Duration::from_millis(50);
+
+/// The ids of this process's threads, from `/proc/self/task` (sorted). Allocates.
+pub fn list() -> Vec<libc::pid_t> {
+    let mut out: Vec<libc::pid_t> = std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_unstable();
+    out
+}
+
+/// Timers of the threads that are not registered, by thread id.
+#[derive(Debug, Default)]
+pub struct Timers {
+    timers: Vec<(libc::pid_t, libc::timer_t)>,
+}
+
+// SAFETY: timer_t is an opaque kernel timer id (a pointer-sized integer in glibc); any thread of
+// the process may pass it to timer_settime/timer_gettime/timer_delete.
+unsafe impl Send for Timers {}
+
+/// What one [`Timers::sync`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// Timers created for threads seen for the first time.
+    pub created: u64,
+    /// Timers deleted because their thread is gone (or died and its id was reused).
+    pub deleted: u64,
+    /// Timers that could not be created (the thread exited meanwhile).
+    pub errors: u64,
+}
+
+impl Timers {
+    /// No timers.
+    pub const fn new() -> Self {
+        Timers { timers: Vec::new() }
+    }
+
+    /// Brings the timers in step with `live` (sorted thread ids): deletes those of threads no
+    /// longer there or whose timer `dead` says is bound to a thread that ended (an id reused
+    /// since), creates one for each live thread that has none and is not in `skip`.
+    pub fn sync(
+        &mut self,
+        live: &[libc::pid_t],
+        skip: impl Fn(libc::pid_t) -> bool,
+        mut create: impl FnMut(libc::pid_t) -> Result<libc::timer_t, i32>,
+        mut delete: impl FnMut(libc::timer_t),
+        dead: impl Fn(libc::timer_t) -> bool,
+    ) -> Synced {
+        let mut done = Synced::default();
+        self.timers.retain(|&(tid, t)| {
+            let keep = live.binary_search(&tid).is_ok() && !skip(tid) && !dead(t);
+            if !keep {
+                delete(t);
+                done.deleted += 1;
+            }
+            keep
+        });
+        for &tid in live {
+            if skip(tid) || self.timers.iter().any(|&(t, _)| t == tid) {
+                continue;
+            }
+            match create(tid) {
+                Ok(t) => {
+                    self.timers.push((tid, t));
+                    done.created += 1;
+                }
+                Err(_) => done.errors += 1,
+            }
+        }
+        done
+    }
+
+    /// Takes the timer of `tid` out (a thread that registers while it has one).
+    pub fn take(&mut self, tid: libc::pid_t) -> Option<libc::timer_t> {
+        let i = self.timers.iter().position(|&(t, _)| t == tid)?;
+        Some(self.timers.swap_remove(i).1)
+    }
+
+    /// Adds a timer for `tid` (a thread that unregisters while the profiler runs).
+    pub fn put(&mut self, tid: libc::pid_t, timer: libc::timer_t) {
+        self.timers.push((tid, timer));
+    }
+
+    /// Deletes every timer.
+    pub fn clear(&mut self, mut delete: impl FnMut(libc::timer_t)) {
+        for (_, t) in self.timers.drain(..) {
+            delete(t);
+        }
+    }
+
+    /// How many threads have a timer here.
+    pub fn len(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// No timer?
+    pub fn is_empty(&self) -> bool {
+        self.timers.is_empty()
+    }
+}
+
+/// Is `timer`, a periodic CPU-time timer, disarmed? The kernel disarms a thread CPU-clock timer
+/// when its thread ends (`posix_cpu_timer_get` reports a zero `it_value` once the task is gone),
+/// so this tells a dead thread's timer from a live one even if the id was reused meanwhile.
+pub(crate) fn cpu_timer_disarmed(timer: libc::timer_t) -> bool {
+    // SAFETY: itimerspec is plain data.
+    let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: `timer` is a live timer id of this process; valid out pointer.
+    if unsafe { libc::timer_gettime(timer, &mut cur) } != 0 {
+        return true;
+    }
+    cur.it_value.tv_sec == 0 && cur.it_value.tv_nsec == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_this_process_threads() {
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            // SAFETY: as above.
+            tx.send(unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t)
+                .unwrap();
+            done_rx.recv().unwrap();
+        });
+        let other = rx.recv().unwrap();
+        let l = list();
+        assert!(l.contains(&me) && l.contains(&other), "{l:?}");
+        done_tx.send(()).unwrap();
+        h.join().unwrap();
+        // The kernel removes the task once joined.
+        assert!(!list().contains(&other));
+    }
+
+    #[test]
+    fn sync_creates_deletes_and_skips() {
+        let mut t = Timers::new();
+        let fake = |n: usize| n as libc::timer_t;
+        let mut deleted = Vec::new();
+        let s = t.sync(
+            &[1, 2, 3],
+            |tid| tid == 2,
+            |tid| Ok(fake(tid as usize * 10)),
+            |_| {},
+            |_| false,
+        );
+        assert_eq!((s.created, s.deleted, t.len()), (2, 0, 2));
+        // 1 exits, 4 appears, 3's timer is dead (id reused): recreated.
+        let s = t.sync(
+            &[3, 4],
+            |_| false,
+            |tid| if tid == 4 { Err(3) } else { Ok(fake(99)) },
+            |x| deleted.push(x as usize),
+            |x| x == fake(30),
+        );
+        assert_eq!((s.created, s.deleted, s.errors), (1, 2, 1));
+        deleted.sort_unstable();
+        assert_eq!(deleted, [10, 30]);
+        assert_eq!(t.take(3), Some(fake(99)));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn dead_thread_timer_is_disarmed() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t)
+                .unwrap();
+            done_rx.recv().unwrap();
+        });
+        let tid = rx.recv().unwrap();
+        // A CPU-clock timer with no signal, on that thread (the clock id as in cpu.rs).
+        let clock: libc::clockid_t = ((!tid) << 3) | 2 | 4;
+        // SAFETY: sigevent is plain data.
+        let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+        sev.sigev_notify = libc::SIGEV_NONE;
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: valid pointers.
+        let rc = unsafe { libc::timer_create(clock, &mut sev, &mut timer) };
+        assert_eq!(rc, 0);
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            },
+        };
+        // SAFETY: live timer, valid spec.
+        unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
+        let alive_then = !cpu_timer_disarmed(timer);
+        done_tx.send(()).unwrap();
+        h.join().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(cpu_timer_disarmed(timer));
+        assert!(alive_then);
+        // SAFETY: deletes the timer made above, once.
+        unsafe { libc::timer_delete(timer) };
+    }
+}

@@ -1,0 +1,206 @@
+//! The profilers in a user's own crate, with their defaults: fixtures/dependent is built the
+//! way a dependent crate is (its own Cargo project, `unwind` as a path dependency, outside
+//! this repository's `.cargo/config.toml`), once without frame pointers and once with them,
+//! run for a few seconds, and its profiles are read with the real `go tool pprof`:
+//! - at least 95% of CPU samples reach their thread's loop (`alloc_loop` on the main thread,
+//!   `compute_loop` on two threads that never call `register_thread`);
+//! - the unregistered threads' share of samples is within 5 points of their share of the CPU
+//!   time the program measured over the same window;
+//! - at least 99% of sampled heap bytes reach `alloc_loop`.
+//!
+//! Needs go (`go tool pprof`): with `CI` set its absence fails the test, otherwise it is
+//! skipped with a message. Building the fixture takes a few minutes the first time (its own
+//! target directories under target/).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn have_go() -> bool {
+    let ok = Command::new("go").arg("version").output().is_ok();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "CI: go is missing");
+        eprintln!("skipping: go (go tool pprof) is missing");
+    }
+    ok
+}
+
+/// Builds the fixture with frame pointers on or off; returns its binary.
+fn build(frame_pointers: bool) -> PathBuf {
+    let target = repo().join("target").join(if frame_pointers {
+        "dependent-fp"
+    } else {
+        "dependent-nofp"
+    });
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--manifest-path"])
+        .arg(repo().join("fixtures/dependent/Cargo.toml"))
+        // Outside the repository: cargo reads .cargo/config.toml from the working directory's
+        // ancestors, and this repository's turns frame pointers on.
+        .current_dir(std::env::temp_dir())
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS");
+    if frame_pointers {
+        cmd.env("RUSTFLAGS", "-C force-frame-pointers=yes");
+    }
+    let out = cmd.output().expect("cargo build of fixtures/dependent");
+    assert!(
+        out.status.success(),
+        "building fixtures/dependent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("release/dependent")
+}
+
+fn go_pprof(args: &[&str], file: &Path) -> String {
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(file)
+        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .output()
+        .expect("go tool pprof");
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `go tool pprof -traces` output as (value, frames leaf first).
+fn traces(text: &str) -> Vec<(u64, Vec<String>)> {
+    let mut out = Vec::new();
+    for block in text.split("-----------+").skip(1) {
+        let mut lines = block.lines().skip(1).filter(|l| !l.trim().is_empty());
+        let Some(first) = lines.next() else { continue };
+        let mut words = first.split_whitespace();
+        let value: u64 = words
+            .next()
+            .unwrap()
+            .trim_end_matches('B')
+            .parse()
+            .unwrap_or_else(|_| panic!("value in {first:?}"));
+        let mut frames = vec![words.collect::<Vec<_>>().join(" ")];
+        frames.extend(lines.map(|l| l.trim().to_string()));
+        out.push((value, frames));
+    }
+    out
+}
+
+fn stat<'a>(stats: &'a str, key: &str) -> &'a str {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{key} in {stats}"))
+}
+
+fn check(frame_pointers: bool) {
+    let bin = build(frame_pointers);
+    let dir = std::env::temp_dir().join(format!(
+        "unwind-dependent-{}-{frame_pointers}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    // 1.5 s of the main thread's CPU time (and about twice that on the workers): some 400
+    // samples at 99 Hz.
+    let out = Command::new(&bin).arg(&dir).arg("1.5").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let stats = std::fs::read_to_string(dir.join("stats.txt")).unwrap();
+    eprintln!("frame pointers {frame_pointers}: {stats}{err}");
+
+    // The build is what it claims: the fixture reads its own CFI.
+    assert_eq!(
+        stat(&stats, "keeps_frame_records"),
+        format!("Some({frame_pointers})"),
+        "{stats}"
+    );
+    assert_eq!(
+        stat(&stats, "cpu_missing_frame_records"),
+        (!frame_pointers).to_string()
+    );
+    assert_eq!(
+        stat(&stats, "heap_missing_frame_records"),
+        (!frame_pointers).to_string()
+    );
+    // The one-line warning, only without frame pointers.
+    assert_eq!(
+        err.matches("built without frame pointers").count(),
+        usize::from(!frame_pointers),
+        "{err}"
+    );
+
+    let cpu = traces(&go_pprof(
+        &["-sample_index=samples", "-traces"],
+        &dir.join("cpu.pb.gz"),
+    ));
+    let total: u64 = cpu.iter().map(|t| t.0).sum();
+    let has = |frames: &[String], f: &str| frames.iter().any(|x| x == f);
+    let in_alloc: u64 = cpu
+        .iter()
+        .filter(|t| has(&t.1, "dependent::alloc_loop"))
+        .map(|t| t.0)
+        .sum();
+    let in_compute: u64 = cpu
+        .iter()
+        .filter(|t| has(&t.1, "dependent::compute_loop"))
+        .map(|t| t.0)
+        .sum();
+    assert!(total >= 100, "{total} CPU samples");
+    let lost: Vec<_> = cpu
+        .iter()
+        .filter(|t| !has(&t.1, "dependent::alloc_loop") && !has(&t.1, "dependent::compute_loop"))
+        .collect();
+    assert!(
+        (in_alloc + in_compute) * 100 >= total * 95,
+        "{in_alloc} + {in_compute} of {total} samples reach their loop; the others: {lost:?}"
+    );
+    let main_ns: f64 = stat(&stats, "main_cpu_ns").parse().unwrap();
+    let workers_ns: f64 = stat(&stats, "worker_cpu_ns").parse().unwrap();
+    let real = workers_ns / (main_ns + workers_ns);
+    let sampled = in_compute as f64 / total as f64;
+    assert!(
+        (real - sampled).abs() <= 0.05,
+        "unregistered threads: {:.1}% of samples, {:.1}% of CPU time",
+        sampled * 100.0,
+        real * 100.0
+    );
+
+    let heap = traces(&go_pprof(
+        &["-sample_index=alloc_space", "-unit=B", "-traces"],
+        &dir.join("heap.pb.gz"),
+    ));
+    let bytes: u64 = heap.iter().map(|t| t.0).sum();
+    let in_loop: u64 = heap
+        .iter()
+        .filter(|t| has(&t.1, "dependent::alloc_loop"))
+        .map(|t| t.0)
+        .sum();
+    assert!(bytes > 0);
+    assert!(
+        in_loop as f64 >= bytes as f64 * 0.99,
+        "{in_loop} of {bytes} sampled bytes reach alloc_loop"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dependent_without_frame_pointers_gets_whole_stacks() {
+    if have_go() {
+        check(false);
+    }
+}
+
+#[test]
+fn dependent_with_frame_pointers_gets_whole_stacks() {
+    if have_go() {
+        check(true);
+    }
+}
