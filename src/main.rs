@@ -3,7 +3,7 @@
 //! ```text
 //! unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode hybrid|fp|dwarf]
 //!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
-//! unwind stack --pid PID [--tid TID ...] [--mode fp|dwarf|hybrid]
+//! unwind stack --pid PID [--tid TID ...] [--mode hybrid|fp|dwarf]
 //!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
 //! unwind verify --core CORE [--exe EXE] [--sysroot DIR]
 //! unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]
