@@ -244,6 +244,7 @@ fn c_target(dir: &Path, threads: u32) -> Target {
 
 #[test]
 fn c_signal_handler_on_sigaltstack_and_parked_threads() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     if !need("gcc", "--version") {
         return;
     }
@@ -289,6 +290,7 @@ fn c_signal_handler_on_sigaltstack_and_parked_threads() {
 
 #[test]
 fn deleted_executable_and_another_root() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     if !need("gcc", "--version") {
         return;
     }
@@ -362,6 +364,7 @@ fn deleted_executable_and_another_root() {
 
 #[test]
 fn a_stopped_process_stays_stopped() {
+    let _exclusive = STOPPED_ALONE.write().unwrap_or_else(|e| e.into_inner());
     // Leave it as it was: a job stopped with SIGSTOP is unwound and left stopped (state T,
     // untraced), and runs on after SIGCONT.
     if !need("gcc", "--version") {
@@ -406,6 +409,7 @@ fn a_stopped_process_stays_stopped() {
 
 #[test]
 fn only_the_threads_asked_for() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     if !need("gcc", "--version") {
         return;
     }
@@ -448,6 +452,7 @@ fn pid_args(pid: u32) -> Vec<String> {
 
 #[test]
 fn bad_input() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     // No such process: a child that has exited and been reaped.
     let mut c = Command::new("true").spawn().unwrap();
     let gone = c.id();
@@ -520,6 +525,12 @@ fn bad_input() {
 
 /// A thread this test traces (as a debugger would), released on drop (also on panic: a
 /// traced thread that is never released would keep the killed target from being reaped).
+/// `a_stopped_process_stays_stopped` runs alone (a write lock; every other test holds a read
+/// lock). Run beside the other live-process tests it failed intermittently here (a thread of
+/// the SIGSTOPped target was running after the walk), never alone in dozens of runs; the cause
+/// is not found (see README, Known limits).
+static STOPPED_ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 struct Seized(libc::pid_t);
 
 impl Seized {
@@ -546,6 +557,7 @@ impl Drop for Seized {
 
 #[test]
 fn permission_denied_and_already_traced() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     if !need("gcc", "--version") {
         return;
     }
@@ -583,6 +595,7 @@ fn permission_denied_and_already_traced() {
 
 #[test]
 fn unwind_killed_while_holding_the_threads() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     if !need("gcc", "--version") {
         return;
     }
@@ -613,6 +626,7 @@ fn unwind_killed_while_holding_the_threads() {
 
 #[test]
 fn no_signal_lost() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     // Real-time signals queue (none coalesce): every one sent to the process while `unwind`
     // stops and detaches its threads must be handled once it runs on.
     if !need("gcc", "--version") {
@@ -662,6 +676,7 @@ fn no_signal_lost() {
 
 #[test]
 fn signals_while_a_thread_cannot_stop() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     // A thread waiting in vfork() for a child (uninterruptible) does not stop: unwind waits
     // for it (2 s) with the other threads held, which makes "a signal arrives while threads
     // are stopped" certain rather than a matter of timing.
@@ -725,6 +740,7 @@ impl Drop for KillChildren {
 
 #[test]
 fn threads_exiting_while_walked() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     // A process whose threads come and go all the time: the walk keeps the ones that stay,
     // exit 0, and leaves the process running.
     if !need("gcc", "--version") {
@@ -795,6 +811,7 @@ fn rust_fixture() -> PathBuf {
 
 #[test]
 fn rust_system_stack_segment_and_coroutine() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     let mut t = Target::start(&mut Command::new(rust_fixture()));
     for mode in ["fp", "hybrid"] {
         let r = stack_json(t.pid(), &["--mode", mode]);
@@ -848,6 +865,7 @@ fn build_go(dir: &Path, name: &str) -> PathBuf {
 
 #[test]
 fn go_blocked_in_c_through_cgo() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     if !need("go", "version") || !need("gcc", "--version") {
         return;
     }
@@ -881,6 +899,7 @@ fn go_blocked_in_c_through_cgo() {
 
 #[test]
 fn go_caught_on_the_system_stack() {
+    let _exclusive = STOPPED_ALONE.read().unwrap_or_else(|e| e.into_inner());
     if !need("go", "version") {
         return;
     }

@@ -78,7 +78,11 @@ fn go_pprof(args: &[&str], file: &Path) -> String {
 fn traces(text: &str) -> Vec<(u64, Vec<String>)> {
     let mut out = Vec::new();
     for block in text.split("-----------+").skip(1) {
-        let mut lines = block.lines().skip(1).filter(|l| !l.trim().is_empty());
+        // Sample labels (`thread_id:  123`, `thread_name: main`) come before the value line.
+        let mut lines = block.lines().skip(1).filter(|l| {
+            let first = l.split_whitespace().next();
+            first.is_some_and(|w| !w.ends_with(':'))
+        });
         let Some(first) = lines.next() else { continue };
         let mut words = first.split_whitespace();
         let value: u64 = words

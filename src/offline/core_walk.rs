@@ -531,6 +531,7 @@ pub fn unwind_paused<P: Pause>(
         module_warnings,
         &core.mappings,
         opts.sysroot.as_deref(),
+        &symbols.open_policy,
         &pcs,
     ));
     Ok(Report {

@@ -8,46 +8,57 @@
 
 use crate::core_file::Mapping;
 use crate::memory::Range;
+use crate::safe_open::Policy;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Is the file at `path` something other than an ELF object (a data file)? False when it
-/// cannot be read: a missing file may well have been a module.
-pub fn is_data_file(path: &Path) -> bool {
+/// cannot be read or is refused by `policy` ([`crate::safe_open`]: a FIFO, a device, a `/proc`
+/// file is never opened): a file that cannot be read may well have been a module.
+pub fn is_data_file(path: &Path, policy: &Policy) -> bool {
     use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(path) else {
+    let Ok(opened) = crate::safe_open::open(path, policy) else {
         return false;
     };
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return false;
-    }
     let mut magic = [0u8; 4];
-    match f.read_exact(&mut magic) {
+    match (&opened.file).read_exact(&mut magic) {
         Ok(()) => &magic != b"\x7fELF",
         Err(_) => true, // shorter than an ELF header
     }
 }
 
 /// Filters `(path, message)` warnings about modules: drops data files (see [`is_data_file`],
-/// opened at `sysroot` + path) and, when the core lists its mappings, modules in which no pc of
+/// opened at `sysroot` + path with `policy`) and, when the core lists its mappings, modules in which no pc of
 /// `pcs` lies (the walk did not need them).
 pub fn needed(
     warnings: Vec<(String, String)>,
     mappings: &[Mapping],
     sysroot: Option<&Path>,
+    policy: &Policy,
     pcs: &[u64],
 ) -> Vec<String> {
+    // Linear in the mappings, the pcs and the warnings (a hostile core lists tens of
+    // thousands of mappings): the ranges by path once, the pcs sorted once.
+    let mut by_path: HashMap<&str, Vec<Range>> = HashMap::new();
+    for m in mappings {
+        by_path.entry(m.path.as_str()).or_default().push(m.range);
+    }
+    let mut pcs = pcs.to_vec();
+    pcs.sort_unstable();
+    let any_pc_in = |r: &Range| {
+        let i = pcs.partition_point(|&pc| pc < r.lo);
+        pcs.get(i).is_some_and(|&pc| r.contains(pc))
+    };
     warnings
         .into_iter()
-        .filter(|(path, _)| !is_data_file(&crate::symbols::resolve(sysroot, path)))
         .filter(|(path, _)| {
-            let ranges: Vec<Range> = mappings
-                .iter()
-                .filter(|m| &m.path == path)
-                .map(|m| m.range)
-                .collect();
-            // No mapping to judge by (a qemu core's link map): keep the warning.
-            ranges.is_empty() || pcs.iter().any(|&pc| ranges.iter().any(|r| r.contains(pc)))
+            match by_path.get(path.as_str()) {
+                // No mapping to judge by (a qemu core's link map): keep the warning.
+                None => true,
+                Some(ranges) => ranges.iter().any(any_pc_in),
+            }
         })
+        .filter(|(path, _)| !is_data_file(&crate::symbols::resolve(sysroot, path), policy))
         .map(|(_, w)| w)
         .collect()
 }
@@ -72,9 +83,16 @@ mod tests {
         std::fs::write(&data, b"not an ELF file at all").unwrap();
         let data = data.display().to_string();
         let exe = std::env::current_exe().unwrap().display().to_string();
-        assert!(is_data_file(Path::new(&data)));
-        assert!(!is_data_file(Path::new(&exe)));
-        assert!(!is_data_file(Path::new("/nonexistent/libgone.so")));
+        let p = Policy::default();
+        assert!(is_data_file(Path::new(&data), &p));
+        assert!(!is_data_file(Path::new(&exe), &p));
+        assert!(!is_data_file(Path::new("/nonexistent/libgone.so"), &p));
+        // Never opened, so never a hang: a FIFO is not judged a data file.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(!is_data_file(&fifo, &p));
         let maps = [
             mapping(&data, 0x1000, 0x2000),
             mapping("/nonexistent/libgone.so", 0x10000, 0x20000),
@@ -90,6 +108,7 @@ mod tests {
             ],
             &maps,
             None,
+            &p,
             &[0x1800, 0x10010],
         );
         assert_eq!(
