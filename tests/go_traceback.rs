@@ -206,11 +206,12 @@ fn make(mode: &str, dir: &Path) -> Option<(PathBuf, PathBuf, String)> {
         .arg(&script)
         .arg(mode)
         .arg(dir)
+        .env("UNWIND_BIN", BIN)
         .output()
         .unwrap();
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        if mode == "gcore" && (err.contains("ptrace") || err.contains("not permitted")) {
+        if mode != "crash" && (err.contains("ptrace") || err.contains("not permitted")) {
             skip(&format!("gdb cannot trace here: {err}"));
             return None;
         }
@@ -359,7 +360,18 @@ fn run(mode: &str) {
     let blocks = parse_traceback(&tb);
     assert!(blocks.len() >= 5, "Go's traceback: {tb}");
     for m in ["fp", "dwarf", "hybrid"] {
-        let v = unwind_json(&core, &exe, m);
+        let v = if mode == "live" {
+            // `unwind stack --pid` ran on the process in this mode before Go's traceback.
+            let json = std::fs::read(dir.0.join(format!("live-{m}.json"))).unwrap();
+            let err = std::fs::read_to_string(dir.0.join(format!("live-{m}.err"))).unwrap();
+            assert!(
+                !err.contains("no usable CFI"),
+                "{m}: Go's compressed .debug_frame must be read: {err}"
+            );
+            serde_json::from_slice(&json).unwrap()
+        } else {
+            unwind_json(&core, &exe, m)
+        };
         let seen = compare(&v, &blocks, m, mode == "crash");
         eprintln!("{mode} {m}: {seen:?}");
         // The cgo call is crossed in every mode (FP through g.sched, the others through the
@@ -373,6 +385,13 @@ fn run(mode: &str) {
 #[test]
 fn go_traceback_matches_in_gcore_core() {
     run("gcore");
+}
+
+/// The same comparison on the running process: `unwind stack --pid` in each mode, then Go's
+/// SIGQUIT traceback of the same (blocked) state.
+#[test]
+fn go_traceback_matches_live() {
+    run("live");
 }
 
 #[test]
