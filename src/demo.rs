@@ -46,7 +46,7 @@ pub struct Options {
     pub threads: usize,
     /// Sampling frequency (Hz).
     pub frequency_hz: u32,
-    /// Heap profiler mean sampling distance in bytes ([`unwind::heap::DEFAULT_RATE`]). The heap
+    /// Heap profiler mean sampling distance in bytes ([`DEMO_HEAP_RATE`]). The heap
     /// profile is only taken when [`unwind::heap::Sampling`] is the global allocator (the
     /// `unwind` binary's is).
     pub heap_rate: u64,
@@ -60,10 +60,15 @@ impl Default for Options {
             duration: Duration::from_secs(8),
             threads: 2,
             frequency_hz: unwind::cpu::DEFAULT_HZ,
-            heap_rate: unwind::heap::DEFAULT_RATE,
+            heap_rate: DEMO_HEAP_RATE,
         }
     }
 }
+
+/// The demo's heap sampling rate: one sample per 16 KiB allocated on average, so that an
+/// 8-second run gives each place hundreds of samples (the profiler's default, 512 KiB like Go's
+/// `MemProfileRate`, gives a few dozen). `--heap-rate` overrides it.
+pub const DEMO_HEAP_RATE: u64 = 16 * 1024;
 
 /// The four places the workload runs, and the leaf function that burns CPU in each.
 pub const PLACES: [(&str, &str); 4] = [

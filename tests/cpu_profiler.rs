@@ -507,7 +507,18 @@ fn demo_binary_writes_profiles_that_parse() {
     let _s = serial();
     let dir = tmpdir("demo");
     let out = Command::new(env!("CARGO_BIN_EXE_unwind"))
-        .args(["demo", "--seconds", "2", "--hz", "499", "--out"])
+        // One heap sample per 16 KiB on average (the default, 512 KiB, gives a handful of
+        // samples in 2 s: too few for every place to have one).
+        .args([
+            "demo",
+            "--seconds",
+            "2",
+            "--hz",
+            "499",
+            "--heap-rate",
+            "16384",
+            "--out",
+        ])
         .arg(&dir)
         .output()
         .unwrap();
