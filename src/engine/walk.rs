@@ -625,6 +625,10 @@ fn follow_records<A: Arch, M: Memory, T: Transitions>(
     mut keeps_record: impl FnMut(u64) -> bool,
 ) -> (usize, u64, u64) {
     let top = seg.hi.saturating_sub(A::RECORD_SIZE);
+    // The table's envelope, once per run (a stale one only delays seeing a new entry): a
+    // return address outside it costs one compare, one inside it the table's own filter.
+    let env = table.envelope();
+    let (env_lo, env_span) = (env.lo, env.hi.saturating_sub(env.lo));
     let floor0 = floor.max(seg.lo);
     floor = floor0;
     let mut k = 0;
@@ -638,7 +642,10 @@ fn follow_records<A: Arch, M: Memory, T: Transitions>(
             break;
         };
         let ra = A::strip_ra(ra, pac_mask);
-        if ra == 0 || table.may_match(ra) || !keeps_record(ra) {
+        if ra == 0
+            || (ra.wrapping_sub(env_lo) < env_span && table.may_match_inside(ra))
+            || !keeps_record(ra)
+        {
             break;
         }
         *slot = Frame {

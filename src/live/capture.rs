@@ -380,7 +380,7 @@ fn walk_live(start: Start, mem: &mut LiveMemory, buf: &mut [Frame], opts: Option
         w.max_depth = opts.max_depth;
         w.walk(start, mem, buf)
     } else {
-        // One pinned registry version for the whole walk: no atomic RMW per frame.
+        // The live registry: lookups write no shared memory.
         let mut w: Walker<Native, _, _> = Walker::new(Pinned::new());
         w.max_depth = opts.max_depth;
         w.walk(start, mem, buf)
