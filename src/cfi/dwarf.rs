@@ -894,6 +894,19 @@ impl Cfi for Stepper<'_> {
             None => true,
         }
     }
+
+    #[inline(always)]
+    fn record_map(&mut self) -> Option<crate::walk::RecordMap<'_>> {
+        if self.last.is_none() {
+            return None;
+        }
+        Some(crate::walk::RecordMap {
+            lo: self.last_range.0,
+            span: self.last_range.1.wrapping_sub(self.last_range.0),
+            bits: self.last_bits,
+            shift: RECORD_SHIFT,
+        })
+    }
 }
 
 impl Cfi for &Unwinder {

@@ -78,6 +78,45 @@ pub trait Cfi {
     fn keeps_frame_record(&mut self, _ra: u64) -> bool {
         true
     }
+
+    /// In [`Mode::Hybrid`], once per run of the hot loop: [`Cfi::keeps_frame_record`] for the
+    /// module of the last lookup, as a bitmap the loop tests without calling back (a return
+    /// address outside that module ends the run, and the walker's general step asks
+    /// [`Cfi::keeps_frame_record`]). `None` (the default): ask for every frame.
+    #[inline(always)]
+    fn record_map(&mut self) -> Option<RecordMap<'_>> {
+        None
+    }
+}
+
+/// A module's "keeps a frame record" bitmap, for the hybrid hot loop ([`Cfi::record_map`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RecordMap<'a> {
+    /// The first lookup address (return address - 1) the bitmap covers.
+    pub lo: u64,
+    /// How many lookup addresses it covers from `lo`.
+    pub span: u64,
+    /// Bit `g` covers lookup addresses `lo + (g << shift) ..`; a bit past the end means yes.
+    pub bits: &'a [u64],
+    /// log2 of the bytes one bit covers.
+    pub shift: u32,
+}
+
+impl RecordMap<'_> {
+    /// Does the function containing return address `ra` keep a frame record? `false` also when
+    /// `ra` is outside the map (the caller then asks the CFI).
+    #[inline(always)]
+    pub fn keeps(&self, ra: u64) -> bool {
+        let off = ra.wrapping_sub(1).wrapping_sub(self.lo);
+        if off >= self.span {
+            return false;
+        }
+        let g = (off >> self.shift) as usize;
+        match self.bits.get(g / 64) {
+            Some(w) => w & (1 << (g % 64)) != 0,
+            None => true,
+        }
+    }
 }
 
 /// No call-frame information.
@@ -99,6 +138,10 @@ impl<C: Cfi + ?Sized> Cfi for &mut C {
     #[inline(always)]
     fn keeps_frame_record(&mut self, ra: u64) -> bool {
         (**self).keeps_frame_record(ra)
+    }
+    #[inline(always)]
+    fn record_map(&mut self) -> Option<RecordMap<'_>> {
+        (**self).record_map()
     }
 }
 
@@ -263,6 +306,23 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             floor = floor.max(prev + 1);
         }
         let cfi = &mut self.cfi;
+        if HYBRID {
+            if let Some(map) = cfi.record_map() {
+                let (k, fp, floor) = follow_records::<A, M, T>(
+                    mem,
+                    &self.transitions,
+                    out,
+                    seg,
+                    floor,
+                    st.regs.fp,
+                    st.stack,
+                    self.pac_mask,
+                    |ra| map.keeps(ra),
+                );
+                self.after_run(st, out, k, fp, floor);
+                return;
+            }
+        }
         let (k, fp, floor) = follow_records::<A, M, T>(
             mem,
             &self.transitions,
