@@ -353,31 +353,41 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         if st.pending != 0 {
             return;
         }
-        while st.n < limit {
-            let CfiStep::Caller(mut r) = self.cfi.step::<A, M>(&st.regs, st.exact, mem) else {
-                return;
+        // Registers and counters in locals (written back once), the envelope read once.
+        let env = self.transitions.envelope();
+        let (env_lo, env_span) = (env.lo, env.hi.saturating_sub(env.lo));
+        let (mut regs, mut exact, mut n) = (st.regs, st.exact, st.n);
+        let stack = st.stack;
+        while n < limit {
+            let CfiStep::Caller(mut r) = self.cfi.step::<A, M>(&regs, exact, mem) else {
+                break;
             };
             r.pc = A::strip_ra(r.pc, self.pac_mask);
             if r.pc == 0
-                || r.sp <= st.regs.sp
+                || r.sp <= regs.sp
                 || !seg.contains(r.sp)
-                || self.transitions.may_match(r.pc)
+                || (r.pc.wrapping_sub(env_lo) < env_span && self.transitions.may_match_inside(r.pc))
             {
-                return;
+                break;
             }
-            let Some(slot) = buf.get_mut(st.n) else {
-                return;
+            let Some(slot) = buf.get_mut(n) else {
+                break;
             };
             *slot = Frame {
                 pc: r.pc,
-                stack: st.stack,
+                stack,
                 via: Via::Dwarf,
                 flags: 0,
                 transition: 0,
             };
-            st.n += 1;
-            st.regs = r;
-            st.exact = false;
+            n += 1;
+            regs = r;
+            exact = false;
+        }
+        if n != st.n {
+            st.n = n;
+            st.regs = regs;
+            st.exact = exact;
         }
     }
 
