@@ -960,8 +960,10 @@ impl Cfi for Unwinder {
 /// beforehand (it is only read).
 #[inline(never)]
 pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
-    match crate::live::start_here() {
-        Some((start, mut mem)) => walk_live(start, &mut mem, buf, unwinder, mode),
+    let r = crate::live::current_regs();
+    let mut mem = crate::live::LiveMemory::for_sp(r.sp, None);
+    match crate::live::start_here(r, &mut mem) {
+        Some(start) => walk_live(start, &mut mem, buf, unwinder, mode),
         None => crate::live::empty(),
     }
 }
