@@ -145,7 +145,7 @@ impl CfiRow {
     /// The row is the frame-record rule (`CFA = fp + k`, fp at `CFA - k`, ra at `CFA - k + 8`).
     pub const FRAME_RECORD: u8 = 8;
     /// The return address and the caller's fp are both saved, side by side (fp at `CFA + k`,
-    /// ra at `CFA + k + 8`): [`CfiRow::apply`] reads both at once. Computed when the row is
+    /// ra at `CFA + k + 8`): the step reads both at once. Computed when the row is
     /// built, so the per-frame test is one bit.
     pub const PAIR: u8 = 16;
 
@@ -916,9 +916,7 @@ impl Cfi for Stepper<'_> {
 
     #[inline(always)]
     fn record_map(&mut self) -> Option<crate::walk::RecordMap<'_>> {
-        if self.last.is_none() {
-            return None;
-        }
+        self.last?;
         Some(crate::walk::RecordMap {
             lo: self.last_range.0,
             span: self.last_range.1.wrapping_sub(self.last_range.0),

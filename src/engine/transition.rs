@@ -1020,7 +1020,6 @@ mod tests {
             assert_eq!(t.lookup(huge_lo + 0x1234_5678).map(|t| t.id), Some(huge));
             assert_eq!(t.lookup(huge_lo - 1), None);
         }
-        drop(pinned);
         for id in [big, small, huge] {
             unregister(id).unwrap();
         }
