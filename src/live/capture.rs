@@ -171,8 +171,8 @@ impl LiveMemory {
     /// stacks through `/proc/self/maps` (async-signal-safe, see the module docs).
     #[inline(always)]
     pub fn for_sp(sp: u64, extra: Option<Range>) -> Self {
-        // One object, filled in place on both paths (a slow path that returned its own value
-        // made the fast path copy 64 bytes it had just written, a store-forwarding stall).
+        // One object, filled on both paths (a slow path that returned its own value made the
+        // fast path copy what it had just written).
         let mut m = LiveMemory {
             stacks: [
                 Range::default(),
@@ -339,9 +339,9 @@ fn capture_here(buf: &mut [Frame], opts: Options) -> Trace {
 /// The start of a capture at the calling function's own frame record (its return address is
 /// the first frame): `r` are the registers [`current_regs`] read in that function (inline
 /// this into it, so that "the calling function" is the public capture function), `mem` the
-/// memory for `r.sp` ([`LiveMemory::for_sp`]). The memory is built by the caller in place and
-/// lent here, not returned with the start: moving it copied 64 bytes just written (a
-/// store-forwarding stall on every capture).
+/// memory for `r.sp` ([`LiveMemory::for_sp`]). The memory is built by the caller and lent
+/// here, not returned with the start (moving it made every capture reload a range just
+/// written as two 8-byte stores with one 16-byte load, a store-forwarding stall).
 #[inline(always)]
 pub(crate) fn start_here(r: Regs, mem: &mut LiveMemory) -> Option<Start> {
     let saved_fp = mem.read_u64(r.fp)?;
