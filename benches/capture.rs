@@ -235,9 +235,83 @@ fn summary() {
             ratio(b, u)
         );
     }
+    let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per = |t: usize| {
+        let p = dir
+            .parent()?
+            .join("threads")
+            .join("capture32")
+            .join(t.to_string())
+            .join("new")
+            .join("estimates.json");
+        let s = std::fs::read_to_string(p).ok()?;
+        let i = s.find("\"median\"")?;
+        let rest = &s[i..];
+        let j = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+        let num: String = rest[j..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '-')
+            .collect();
+        num.parse::<f64>().ok()
+    };
+    if let (Some(one), Some(all)) = (per(1), per(n)) {
+        println!(
+            "\nthreads, depth 32: 1 thread {one:.1} ns/capture, {n} threads {all:.1} ns/capture each; \
+             each of {n} keeps {:.0}% of the one-thread rate",
+            100.0 * one / all
+        );
+    }
 }
 
-criterion_group!(benches, bench);
+/// Captures 32 frames deep on `threads` threads at once; returns the wall time of the slowest
+/// thread for `iters` captures each (so the time per capture stays flat when threads scale).
+fn concurrent(threads: usize, iters: u64) -> Duration {
+    let barrier = std::sync::Barrier::new(threads);
+    let times: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    unwind::init_thread();
+                    let mut out = Duration::ZERO;
+                    recurse(40, &mut || {
+                        let mut buf = [Frame::EMPTY; 32];
+                        barrier.wait();
+                        let t = std::time::Instant::now();
+                        for _ in 0..iters {
+                            let n = unwind::capture(&mut buf);
+                            assert_eq!(n, 32);
+                            black_box(n);
+                        }
+                        out = t.elapsed();
+                    });
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    times.into_iter().max().unwrap_or_default()
+}
+
+/// 1 thread vs N threads (N = cores) capturing at once, depth 32: the registry and every
+/// other structure a capture reads are shared, so a capture that wrote shared memory would
+/// slow down as threads are added.
+fn threads(c: &mut Criterion) {
+    unwind::init();
+    let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut g = c.benchmark_group("threads");
+    g.warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(2));
+    for t in [1, n] {
+        g.bench_with_input(BenchmarkId::new("capture32", t), &t, |b, &t| {
+            b.iter_custom(|iters| concurrent(t, iters))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, threads);
 
 fn main() {
     benches();

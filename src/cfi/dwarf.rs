@@ -144,6 +144,10 @@ impl CfiRow {
     pub const SIGNAL: u8 = 4;
     /// The row is the frame-record rule (`CFA = fp + k`, fp at `CFA - k`, ra at `CFA - k + 8`).
     pub const FRAME_RECORD: u8 = 8;
+    /// The return address and the caller's fp are both saved, side by side (fp at `CFA + k`,
+    /// ra at `CFA + k + 8`): the step reads both at once. Computed when the row is
+    /// built, so the per-frame test is one bit.
+    pub const PAIR: u8 = 16;
 
     const GAP_RULE: CfiRow = CfiRow {
         cfa_off: 0,
@@ -155,7 +159,7 @@ impl CfiRow {
         flags: CfiRow::GAP,
     };
 
-    /// The flags (`GAP`, `UNSUPPORTED`, `SIGNAL`, `FRAME_RECORD`).
+    /// The flags (`GAP`, `UNSUPPORTED`, `SIGNAL`, `FRAME_RECORD`, `PAIR`).
     pub fn flags(&self) -> u8 {
         self.flags
     }
@@ -179,7 +183,7 @@ impl CfiRow {
         };
         // The common case: fp and return address saved side by side (a frame record or a
         // `push rbp` right below the return address): one checked read of both.
-        if self.ra == RA_AT && self.fp == FP_AT && self.ra_off as i32 == self.fp_off as i32 + 8 {
+        if self.flags & CfiRow::PAIR != 0 {
             let Some((fp, pc)) = cfa
                 .checked_add_signed(self.fp_off as i64)
                 .and_then(|a| mem.read_pair(a))
@@ -556,6 +560,9 @@ fn convert<T: gimli::ReaderOffset, S: gimli::UnwindContextStorage<T>>(
     {
         flags |= CfiRow::FRAME_RECORD;
     }
+    if ra == RA_AT && fp == FP_AT && ra_off as i32 == fp_off as i32 + 8 {
+        flags |= CfiRow::PAIR;
+    }
     CfiRow {
         cfa_off,
         ra_off,
@@ -767,6 +774,12 @@ impl Unwinder {
 /// Entries in a [`RuleCache`].
 const CACHE: usize = 256;
 
+/// The [`RuleCache`] slot of lookup address `pc`.
+#[inline(always)]
+fn cache_slot(pc: u64) -> usize {
+    ((pc ^ (pc >> 8)) as usize) % CACHE
+}
+
 /// A direct-mapped cache of prepared rules by lookup address, kept across walks (like
 /// framehop's cache): a profiler's samples revisit the same call sites, and a hit skips the
 /// module and table search. 6 KiB, `const`-constructible, allocation-free. Tied to one
@@ -841,7 +854,7 @@ impl<'a> Stepper<'a> {
     /// The rule for lookup address `pc`, through the cache.
     #[inline(always)]
     fn rule(&mut self, pc: u64) -> Option<CfiRow> {
-        let slot = ((pc ^ (pc >> 8)) as usize) % CACHE;
+        let slot = cache_slot(pc);
         if self.cache.keys[slot] == pc {
             return Some(self.cache.rules[slot]);
         }
@@ -868,7 +881,13 @@ impl<'a> Stepper<'a> {
 impl Cfi for Stepper<'_> {
     #[inline(always)]
     fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
-        let lookup = FrameAddress::new(regs.pc, exact).lookup_address();
+        // FrameAddress::new(pc, exact).lookup_address(), branch-free.
+        let lookup = regs.pc.wrapping_sub(!exact as u64);
+        // A cache hit applies the cached row in place (no copy through an Option).
+        let slot = cache_slot(lookup);
+        if self.cache.keys[slot] == lookup {
+            return self.cache.rules[slot].apply(regs, exact, mem);
+        }
         match self.rule(lookup) {
             Some(r) => r.apply(regs, exact, mem),
             None => CfiStep::NoInfo,
@@ -891,6 +910,17 @@ impl Cfi for Stepper<'_> {
             Some(m) => m.keeps_frame_record(pc),
             None => true,
         }
+    }
+
+    #[inline(always)]
+    fn record_map(&mut self) -> Option<crate::walk::RecordMap<'_>> {
+        self.last?;
+        Some(crate::walk::RecordMap {
+            lo: self.last_range.0,
+            span: self.last_range.1.wrapping_sub(self.last_range.0),
+            bits: self.last_bits,
+            shift: RECORD_SHIFT,
+        })
     }
 }
 
@@ -931,7 +961,7 @@ impl Cfi for Unwinder {
 #[inline(never)]
 pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
     if mode != Mode::FramePointer {
-        let mut regs = crate::arch::native::current_regs();
+        let mut regs = crate::live::current_regs();
         regs.pc = crate::arch::native::strip_pac_live(regs.pc);
         let mut mem = crate::live::LiveMemory::for_sp(regs.sp, None);
         let mut t = walk_live(Start::exact(regs), &mut mem, buf, unwinder, mode);
@@ -942,8 +972,10 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
         }
         return t;
     }
-    match crate::live::start_here() {
-        Some((start, mut mem)) => walk_live(start, &mut mem, buf, unwinder, mode),
+    let r = crate::live::current_regs();
+    let mut mem = crate::live::LiveMemory::for_sp(r.sp, None);
+    match crate::live::start_here(r, &mut mem) {
+        Some(start) => walk_live(start, &mut mem, buf, unwinder, mode),
         None => crate::live::empty(),
     }
 }

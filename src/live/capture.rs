@@ -20,7 +20,8 @@
 //! it up front. After that, a capture on the thread's own or a registered stack makes no system
 //! call.
 
-use crate::arch::native::{current_regs, Native};
+pub(crate) use crate::arch::native::current_regs;
+use crate::arch::native::Native;
 use crate::arch::{Arch, Regs};
 use crate::frame::{Frame, Trace};
 use crate::memory::{Memory, Range};
@@ -170,27 +171,29 @@ impl LiveMemory {
     /// stacks through `/proc/self/maps` (async-signal-safe, see the module docs).
     #[inline(always)]
     pub fn for_sp(sp: u64, extra: Option<Range>) -> Self {
+        // One object, filled on both paths (a slow path that returned its own value made the
+        // fast path copy what it had just written).
+        let mut m = LiveMemory {
+            stacks: [
+                Range::default(),
+                Range::default(),
+                extra.unwrap_or_default(),
+                Range::default(),
+            ],
+        };
         // Fast path: the thread's stack is known and `sp` is on it.
         let t = THREAD_STACK.with(|c| c.get());
         if t.contains(sp) {
-            return LiveMemory {
-                stacks: [
-                    t,
-                    Range::default(),
-                    extra.unwrap_or_default(),
-                    Range::default(),
-                ],
-            };
+            m.stacks[0] = t;
+        } else {
+            m.fill_slow(sp, extra);
         }
-        Self::for_sp_slow(sp, extra)
+        m
     }
 
     #[inline(never)]
-    fn for_sp_slow(sp: u64, extra: Option<Range>) -> Self {
-        let mut stacks = [Range::default(); 4];
-        if let Some(e) = extra {
-            stacks[2] = e;
-        }
+    fn fill_slow(&mut self, sp: u64, extra: Option<Range>) {
+        let stacks = &mut self.stacks;
         // Registered stacks and the alternate stack first: they are never the thread's own.
         let registered = registered_stack(sp);
         if let Some(r) = registered {
@@ -224,7 +227,6 @@ impl LiveMemory {
                 stacks[1] = found.sp_mapping.unwrap_or_default();
             }
         }
-        LiveMemory { stacks }
     }
 
     #[inline(always)]
@@ -326,30 +328,32 @@ pub fn capture_with(buf: &mut [Frame], opts: Options) -> Trace {
 /// starts from is theirs and the trace begins at their caller.
 #[inline(always)]
 fn capture_here(buf: &mut [Frame], opts: Options) -> Trace {
-    match start_here() {
-        Some((start, mut mem)) => walk_live(start, &mut mem, buf, opts),
+    let r = current_regs();
+    let mut mem = LiveMemory::for_sp(r.sp, None);
+    match start_here(r, &mut mem) {
+        Some(start) => walk_live(start, &mut mem, buf, opts),
         None => empty(),
     }
 }
 
 /// The start of a capture at the calling function's own frame record (its return address is
-/// the first frame), and the memory to walk. Inlined into the public capture functions of this
-/// crate so that "the calling function" is them.
+/// the first frame): `r` are the registers [`current_regs`] read in that function (inline
+/// this into it, so that "the calling function" is the public capture function), `mem` the
+/// memory for `r.sp` ([`LiveMemory::for_sp`]). The memory is built by the caller and lent
+/// here, not returned with the start (moving it made every capture reload a range just
+/// written as two 8-byte stores with one 16-byte load, a store-forwarding stall).
 #[inline(always)]
-pub(crate) fn start_here() -> Option<(Start, LiveMemory)> {
-    let r = current_regs();
-    let mut mem = LiveMemory::for_sp(r.sp, None);
+pub(crate) fn start_here(r: Regs, mem: &mut LiveMemory) -> Option<Start> {
     let saved_fp = mem.read_u64(r.fp)?;
     let ra = mem.read_u64(r.fp.wrapping_add(8))?;
-    let start = Start {
+    Some(Start {
         regs: Regs::new(
             crate::arch::native::strip_pac_live(ra),
             r.fp.wrapping_add(16),
             saved_fp,
         ),
         pc_is_return_address: true,
-    };
-    Some((start, mem))
+    })
 }
 
 /// The start of a capture at the registers a signal handler's `ucontext` holds (the
@@ -380,7 +384,7 @@ fn walk_live(start: Start, mem: &mut LiveMemory, buf: &mut [Frame], opts: Option
         w.max_depth = opts.max_depth;
         w.walk(start, mem, buf)
     } else {
-        // One pinned registry version for the whole walk: no atomic RMW per frame.
+        // The live registry: lookups write no shared memory.
         let mut w: Walker<Native, _, _> = Walker::new(Pinned::new());
         w.max_depth = opts.max_depth;
         w.walk(start, mem, buf)

@@ -112,7 +112,7 @@ fn rules_are_prepared() {
     let u = standard();
     let r = |pc| u.rule(pc).unwrap();
     assert_eq!(r(0x1000).flags(), 0);
-    assert_eq!(r(0x2010).flags(), CfiRow::FRAME_RECORD);
+    assert_eq!(r(0x2010).flags(), CfiRow::FRAME_RECORD | CfiRow::PAIR);
     assert_eq!(r(0x5010).flags(), CfiRow::UNSUPPORTED);
     assert_eq!(r(0x1100).flags(), CfiRow::GAP);
     assert!(u.rule(0x500).is_none() && u.rule(0x5100).is_none());
