@@ -31,7 +31,7 @@
 //! Every section is read through gimli's bounds-checked readers. At most [`MAX_FDES`] FDEs,
 //! [`MAX_ROWS_PER_FDE`] rows per FDE and [`MAX_ROWS`] rows per module are evaluated; more is an
 //! error, not a truncated table. An `.eh_frame_hdr` whose FDE count cannot fit its section is
-//! rejected. A module whose CFI spans more than 4 GiB is rejected.
+//! rejected. A module whose CFI spans more than [`MAX_SPAN`] (1 GiB) is rejected.
 
 use crate::arch::{Arch, ArchKind, Regs};
 use crate::frame::{Frame, FrameAddress, Trace};
@@ -70,19 +70,44 @@ pub enum CfiError {
     TooManyFdes,
     /// An FDE with more than [`MAX_ROWS_PER_FDE`] rows, or more than [`MAX_ROWS`] in total.
     TooManyRows,
-    /// The CFI covers more than 4 GiB, or an FDE's range overflows.
+    /// The CFI covers more than [`MAX_SPAN`], or an FDE's range overflows.
     BadRange,
     /// The object file could not be read or parsed.
     Object,
     /// The architecture is not supported.
     Arch,
     /// A compressed section (`SHF_COMPRESSED`) does not inflate, or claims more than
-    /// [`MAX_INFLATED`] bytes.
+    /// [`section_bytes`] accepts.
     Decompress,
 }
 
-/// Largest inflated `.debug_frame` accepted (256 MiB).
+/// Largest address span one module's CFI may cover (1 GiB; the largest real executables' text
+/// is a few hundred MB).
+pub const MAX_SPAN: u64 = 1 << 30;
+
+/// Largest inflated section accepted (256 MiB).
 pub const MAX_INFLATED: u64 = 256 << 20;
+
+/// The largest ratio of inflated to compressed size accepted: zlib's own limit is about 1032:1,
+/// and real DWARF compresses 3-10:1; a zstd frame of a few bytes can claim gigabytes (RLE
+/// blocks), which a fuzzer found as a timeout.
+pub const MAX_INFLATE_RATIO: u64 = 1100;
+
+/// A section's bytes, inflated when it is compressed (`SHF_COMPRESSED`, zlib or zstd, as Go and
+/// `-gz` builds write DWARF). `None` when it does not inflate, or would inflate to more than
+/// [`MAX_INFLATED`] bytes or [`MAX_INFLATE_RATIO`] times its compressed size: a hostile header
+/// may claim any size.
+pub fn section_bytes<'d>(s: &impl object::ObjectSection<'d>) -> Option<std::borrow::Cow<'d, [u8]>> {
+    let c = s.compressed_data().ok()?;
+    let limit = (c.data.len() as u64)
+        .saturating_mul(MAX_INFLATE_RATIO)
+        .max(64 << 10)
+        .min(MAX_INFLATED);
+    if c.format != object::CompressionFormat::None && c.uncompressed_size > limit {
+        return None;
+    }
+    c.decompress().ok()
+}
 
 impl core::fmt::Display for CfiError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -92,7 +117,7 @@ impl core::fmt::Display for CfiError {
             CfiError::BadHeader => f.write_str("malformed .eh_frame_hdr"),
             CfiError::TooManyFdes => write!(f, "more than {MAX_FDES} FDEs"),
             CfiError::TooManyRows => f.write_str("too many CFI rows"),
-            CfiError::BadRange => f.write_str("CFI address ranges overflow or exceed 4 GiB"),
+            CfiError::BadRange => f.write_str("CFI address ranges overflow or exceed 1 GiB"),
             CfiError::Object => f.write_str("cannot read the object file"),
             CfiError::Arch => f.write_str("unsupported architecture"),
             CfiError::Decompress => f.write_str("a compressed CFI section does not inflate"),
@@ -582,7 +607,9 @@ fn build(mut raw: Vec<Raw>, fdes: &[(u64, u64, bool)]) -> Result<PreparedCfi, Cf
     };
     let base = first.start;
     let end = raw.iter().map(|r| r.end).max().unwrap_or(base);
-    if end - base > u32::MAX as u64 {
+    // The tables are dense over the module's code (a page index and a bitmap per 16 bytes):
+    // a span over 1 GiB is not a real module's text, and would cost tens of MB per table.
+    if end - base > MAX_SPAN {
         return Err(CfiError::BadRange);
     }
     let mut starts: Vec<u32> = Vec::with_capacity(raw.len() + 16);
@@ -621,15 +648,32 @@ fn build(mut raw: Vec<Raw>, fdes: &[(u64, u64, bool)]) -> Result<PreparedCfi, Cf
     }
     let ngranules = ((end - base) >> RECORD_SHIFT) as usize + 1;
     let mut record_pages = vec![u64::MAX; ngranules.div_ceil(64)];
-    for &(s, e, keeps) in fdes {
-        if keeps || e <= s {
-            continue;
+    // The granules of functions without a frame record: their ranges merged first, then cleared
+    // a word at a time, so the work is linear in the bitmap whatever the FDEs claim (a hostile
+    // table of many FDEs spanning gigabytes took seconds granule by granule).
+    let mut clear: Vec<(usize, usize)> = fdes
+        .iter()
+        .filter(|&&(s, e, keeps)| !keeps && e > s && e > base && s < end)
+        .map(|&(s, e, _)| {
+            let p0 = ((s.max(base) - base) >> RECORD_SHIFT) as usize;
+            let p1 = ((e.min(end) - 1).saturating_sub(base) >> RECORD_SHIFT) as usize;
+            (p0, p1.min(ngranules - 1))
+        })
+        .collect();
+    clear.sort_unstable();
+    let mut done = 0usize; // granules below this are cleared already
+    for (p0, p1) in clear {
+        let mut p = p0.max(done);
+        while p <= p1 {
+            if p % 64 == 0 && p + 63 <= p1 {
+                record_pages[p / 64] = 0;
+                p += 64;
+            } else {
+                record_pages[p / 64] &= !(1 << (p % 64));
+                p += 1;
+            }
         }
-        let p0 = ((s.max(base) - base) >> RECORD_SHIFT) as usize;
-        let p1 = ((e.min(end) - 1).saturating_sub(base) >> RECORD_SHIFT) as usize;
-        for p in p0..=p1.min(ngranules - 1) {
-            record_pages[p / 64] &= !(1 << (p % 64));
-        }
+        done = done.max(p1 + 1);
     }
     Ok(PreparedCfi {
         bias: 0,
@@ -660,14 +704,7 @@ pub fn parse_elf(
     // `-ldflags=-compressdwarf=false`: inflate it (object's decompression; a section that does
     // not inflate is malformed CFI, not a crash).
     let debug_frame = match file.section_by_name(".debug_frame") {
-        Some(s) => {
-            let c = s.compressed_data().map_err(|_| CfiError::Decompress)?;
-            // A hostile header may claim any size: CFI larger than this is not a real module's.
-            if c.uncompressed_size > MAX_INFLATED {
-                return Err(CfiError::Decompress);
-            }
-            Some(c.decompress().map_err(|_| CfiError::Decompress)?)
-        }
+        Some(s) => Some(section_bytes(&s).ok_or(CfiError::Decompress)?),
         None => None,
     };
     let sections = Sections {

@@ -74,16 +74,9 @@ impl GoOffsets {
     /// The offsets a Go ELF binary's `.debug_info` gives (compressed or not), or `None` when
     /// it has none or lacks one of the fields.
     pub fn from_elf(data: &[u8]) -> Option<GoOffsets> {
-        use object::{Object, ObjectSection};
+        use object::Object;
         let file = object::File::parse(data).ok()?;
-        let section = |name: &str| -> Option<std::borrow::Cow<'_, [u8]>> {
-            let s = file.section_by_name(name)?;
-            let c = s.compressed_data().ok()?;
-            if c.uncompressed_size > crate::dwarf::MAX_INFLATED {
-                return None;
-            }
-            c.decompress().ok()
-        };
+        let section = |name: &str| crate::dwarf::section_bytes(&file.section_by_name(name)?);
         let info = section(".debug_info")?;
         let abbrev = section(".debug_abbrev")?;
         let strs = section(".debug_str").unwrap_or_default();
