@@ -101,8 +101,7 @@ pub fn section_bytes<'d>(s: &impl object::ObjectSection<'d>) -> Option<std::borr
     let c = s.compressed_data().ok()?;
     let limit = (c.data.len() as u64)
         .saturating_mul(MAX_INFLATE_RATIO)
-        .max(64 << 10)
-        .min(MAX_INFLATED);
+        .clamp(64 << 10, MAX_INFLATED);
     if c.format != object::CompressionFormat::None && c.uncompressed_size > limit {
         return None;
     }
