@@ -229,15 +229,7 @@ pub fn mcall_goroutine<M: Memory>(
     g: u64,
     mcall_ret: u64,
 ) -> Option<Regs> {
-    let m = mem.read_u64(g.checked_add(o.g_m)?)?;
-    if m == 0 {
-        return None;
-    }
-    let g0 = mem.read_u64(m.checked_add(o.m_g0)?)?;
-    let gsignal = mem.read_u64(m.checked_add(o.m_gsignal)?)?;
-    if g != g0 && g != gsignal {
-        return None;
-    }
+    let (_, g0, gsignal) = system_g(mem, o, g)?;
     let sp0 = mem.read_u64(g0.checked_add(o.g_sched.checked_add(o.gobuf_sp)?)?)?;
     if mem.read_u64(sp0.checked_sub(16)?)? != mcall_ret {
         return None;
@@ -260,6 +252,18 @@ pub fn mcall_goroutine<M: Memory>(
     Some(Regs { lr: 0, ..regs })
 }
 
+/// When the thread's g is its m's g0 or gsignal (the thread runs on a system stack or in a
+/// signal handler): `(m, g0, gsignal)`.
+fn system_g<M: Memory>(mem: &mut M, o: &GoOffsets, g: u64) -> Option<(u64, u64, u64)> {
+    let m = mem.read_u64(g.checked_add(o.g_m)?)?;
+    if m == 0 {
+        return None;
+    }
+    let g0 = mem.read_u64(m.checked_add(o.m_g0)?)?;
+    let gsignal = mem.read_u64(m.checked_add(o.m_gsignal)?)?;
+    (g == g0 || g == gsignal).then_some((m, g0, gsignal))
+}
+
 /// amd64: `runtime.systemstack` and `runtime.asmcgocall` leave the goroutine through
 /// `gosave_systemstack_switch` (`src/runtime/asm_amd64.s`): `g.sched.pc` =
 /// `runtime.systemstack_switch`, `g.sched.sp` = the switching function's sp (pointing at its
@@ -276,15 +280,7 @@ pub fn switched_goroutine<M: Memory>(
     g: u64,
     switch_marker: Range,
 ) -> Option<Regs> {
-    let m = mem.read_u64(g.checked_add(o.g_m)?)?;
-    if m == 0 {
-        return None;
-    }
-    let g0 = mem.read_u64(m.checked_add(o.m_g0)?)?;
-    let gsignal = mem.read_u64(m.checked_add(o.m_gsignal)?)?;
-    if g != g0 && g != gsignal {
-        return None;
-    }
+    let (m, g0, gsignal) = system_g(mem, o, g)?;
     let curg = mem.read_u64(m.checked_add(o.m_curg)?)?;
     if curg == 0 || curg == g0 || curg == gsignal {
         return None;
