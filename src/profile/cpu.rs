@@ -186,7 +186,8 @@ pub struct Stats {
     /// so a thread whose signals were coalesced is not under-counted. The profile's total is
     /// `recorded + overruns`.
     pub overruns: u64,
-    /// Recorded samples whose walk stopped early (buffer full, unreadable frame, ...).
+    /// Sample weight (periods, `1 + overrun` per sample, as the profile counts them) whose walk
+    /// stopped early (buffer full, unreadable frame, ...).
     pub truncated: u64,
     /// Per-thread timers that could not be created (a thread that exited meanwhile).
     pub timer_errors: u64,
@@ -344,7 +345,9 @@ fn record(uc: *mut libc::c_void, overrun: u32) {
             }
         };
         if trace.stop.is_truncated() {
-            TRUNCATED.fetch_add(1, Ordering::Relaxed);
+            // Weighted like the sample (its missed periods too), so that it compares with the
+            // profile's counts.
+            TRUNCATED.fetch_add(1 + u64::from(overrun), Ordering::Relaxed);
         }
         slot.len.store(trace.len as u32, Ordering::Relaxed);
         slot.weight.store(1 + overrun, Ordering::Relaxed);
