@@ -391,6 +391,13 @@ impl PreparedCfi {
             return Err(CfiError::NoCfi);
         }
         let mut t = build(raw, &fdes)?;
+        // At its load address the table must not wrap around the address space (a hostile
+        // bias or FDE near u64::MAX): its range would not contain its own rows.
+        if !t.is_empty()
+            && (t.base.checked_add(bias).is_none() || t.end.checked_add(bias).is_none())
+        {
+            return Err(CfiError::BadRange);
+        }
         t.bias = bias;
         t.name = name.to_string();
         Ok(t)
