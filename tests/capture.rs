@@ -176,3 +176,82 @@ fn capture_starts_at_its_caller() {
     let frames = plain_capture_caller();
     assert_eq!(common::short_names(&frames)[0], "plain_capture_caller");
 }
+
+/// Captures twice at the same depth: with `capture` (its frame-pointer entry runs the hot loop
+/// itself and hands anything unusual to the general walker) and with `capture_with` (the
+/// general walker from the start). Only frame 0 (the call site) may differ.
+#[inline(never)]
+fn both_captures(buf_len: usize) -> (Vec<Frame>, Vec<Frame>) {
+    let mut a = vec![Frame::EMPTY; buf_len];
+    let n = capture(&mut a);
+    a.truncate(n);
+    let mut b = vec![Frame::EMPTY; buf_len];
+    let t = capture_with(&mut b, Options::default());
+    b.truncate(t.len);
+    black_box((a, b))
+}
+
+#[inline(never)]
+fn both_at_depth(depth: usize, buf_len: usize) -> (Vec<Frame>, Vec<Frame>) {
+    if depth == 0 {
+        both_captures(buf_len)
+    } else {
+        let r = both_at_depth(depth - 1, buf_len);
+        black_box(r)
+    }
+}
+
+fn assert_same(a: &[Frame], b: &[Frame], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: {a:?} vs {b:?}");
+    assert!(!a.is_empty(), "{what}");
+    assert_eq!(a[1..], b[1..], "{what}");
+    assert_eq!(common::short_names(&a[..1]), ["both_captures"], "{what}");
+}
+
+/// With a corrupt link in `both_captures`' caller's record: both walks stop at the same place.
+#[inline(never)]
+fn both_with_corrupt_link(bad: u64) -> (Vec<Frame>, Vec<Frame>) {
+    let fp = unwind::arch::native::current_regs().fp;
+    let slot = fp as *mut u64;
+    // SAFETY: `fp` is this function's own frame record (built with frame pointers); the saved
+    // value is restored before returning, and nothing reads it in between but the captures.
+    let saved = unsafe { core::ptr::read_volatile(slot) };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(slot, bad) };
+    let r = both_captures(64);
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(slot, saved) };
+    black_box(r)
+}
+
+#[test]
+fn capture_fast_entry_matches_the_general_walk() {
+    // The chain's end (a zero frame pointer), a full buffer, a buffer of one.
+    for (depth, len) in [
+        (0, 1024),
+        (40, 1024),
+        (40, 16),
+        (3, 1),
+        (200, 1024),
+        (200, 100),
+    ] {
+        let (a, b) = both_at_depth(depth, len);
+        assert_same(&a, &b, &format!("depth {depth}, buffer {len}"));
+        if len == 1024 {
+            assert!(a.len() > depth + 2, "{depth}: {}", a.len());
+        } else {
+            assert_eq!(a.len(), len);
+        }
+    }
+    // A stack switch: the hot loop stops at the system stack's transition and the general
+    // walker crosses it.
+    let (a, b) = unwind::system_stack::run(|| both_at_depth(5, 1024));
+    assert_same(&a, &b, "system stack");
+    assert!(a.iter().any(|f| f.stack == 1), "not crossed: {a:?}");
+    // A corrupt record: the hot loop stops there and the general walker reports it.
+    let here = unwind::arch::native::current_regs().sp;
+    for bad in [0xdead_beef_0000_1230u64, 0x1, u64::MAX - 15, here - 4096, 0] {
+        let (a, b) = both_with_corrupt_link(bad);
+        assert_same(&a, &b, &format!("corrupt link {bad:#x}"));
+    }
+}

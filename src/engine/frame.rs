@@ -85,8 +85,10 @@ impl FrameAddress {
 }
 
 /// One captured frame. 16 bytes, `Copy`, no heap: a buffer of these is what a signal handler
-/// fills.
+/// fills. `repr(C)`: the pc is the first 8 bytes, the other fields (and 2 bytes of padding) the
+/// next 8, so the walker's hot loop writes a frame as two 8-byte stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
 pub struct Frame {
     /// The program counter: a return address, or an exact pc when [`Frame::is_exact`].
     pub pc: u64,
@@ -112,6 +114,28 @@ impl Frame {
         flags: 0,
         transition: 0,
     };
+
+    /// The 8 bytes after `pc` of a frame with these fields (what [`Frame::write_raw`] stores).
+    #[inline(always)]
+    pub(crate) const fn meta(stack: u16, via: Via, flags: u8, transition: u16) -> u64 {
+        let s = stack.to_ne_bytes();
+        let t = transition.to_ne_bytes();
+        u64::from_ne_bytes([s[0], s[1], via as u8, flags, t[0], t[1], 0, 0])
+    }
+
+    /// Writes a frame as two 8-byte stores: `pc`, then `meta` from [`Frame::meta`] (the hot loop
+    /// computes `meta` once per run; field by field the compiler stores it in two or three
+    /// pieces).
+    #[inline(always)]
+    pub(crate) fn write_raw(slot: &mut Frame, pc: u64, meta: u64) {
+        // SAFETY: `Frame` is `repr(C)`, 16 bytes, 8-aligned: `pc` at offset 0, then `stack`
+        // (u16), `via` (u8), `flags` (u8), `transition` (u16) and 2 bytes of padding, which is
+        // exactly the byte layout `meta` builds; `slot` is a unique reference to one `Frame`, so
+        // writing two u64s through it stays in bounds and aligned. `meta` comes from
+        // `Frame::meta`, whose third byte is a `Via` discriminant, so the frame written is a
+        // valid `Frame`.
+        unsafe { core::ptr::write(slot as *mut Frame as *mut [u64; 2], [pc, meta]) }
+    }
 
     /// Is `pc` the exact address of an instruction (not a return address)?
     #[inline]
@@ -215,6 +239,31 @@ mod tests {
     #[test]
     fn frame_is_16_bytes() {
         assert_eq!(core::mem::size_of::<Frame>(), 16);
+    }
+
+    #[test]
+    fn raw_write_is_a_field_write() {
+        let want = Frame {
+            pc: 0x1234_5678,
+            stack: 0x0102,
+            via: Via::Dwarf,
+            flags: Frame::EXACT,
+            transition: 0x0a0b,
+        };
+        let mut f = Frame::EMPTY;
+        Frame::write_raw(
+            &mut f,
+            want.pc,
+            Frame::meta(want.stack, want.via, want.flags, want.transition),
+        );
+        assert_eq!(f, want);
+        for via in [Via::Regs, Via::FramePointer, Via::Transition, Via::Dwarf] {
+            Frame::write_raw(&mut f, 7, Frame::meta(u16::MAX, via, 0, 0));
+            assert_eq!(
+                (f.pc, f.stack, f.via, f.flags, f.transition),
+                (7, u16::MAX, via, 0, 0)
+            );
+        }
     }
 
     #[test]

@@ -259,6 +259,69 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         st.n = 1;
         st.seg = stack_of(mem, &st.regs);
         self.leaf_lr(&mut st, mem, buf, limit);
+        self.run(st, mem, buf, limit)
+    }
+
+    /// Goes on with a walk whose caller ran [`follow_records`] itself from the start (the
+    /// frame-pointer entry of a live capture): `n` frames, all from frame records on stack 0
+    /// (`seg`), are in `buf`; the last record read ended at `floor` and pointed to the next one
+    /// at `fp`. The result is the whole walk's, as if [`Walker::walk`] had made it.
+    #[inline(always)]
+    pub(crate) fn resume_after_records<M: Memory>(
+        &mut self,
+        mem: &mut M,
+        buf: &mut [Frame],
+        n: usize,
+        seg: Range,
+        fp: u64,
+        floor: u64,
+    ) -> Trace {
+        let limit = if self.max_depth == 0 {
+            buf.len()
+        } else {
+            self.max_depth.min(buf.len())
+        };
+        let Some(last) = n.checked_sub(1).and_then(|i| buf.get(i)) else {
+            return Trace {
+                len: 0,
+                stop: StopReason::ReadFailed,
+            };
+        };
+        let st = State {
+            regs: Regs {
+                pc: last.pc,
+                sp: A::caller_sp_after_record(floor),
+                fp,
+                lr: 0,
+            },
+            exact: false,
+            stack: 0,
+            seg: Some(seg),
+            prev_fp: Some(floor.wrapping_sub(A::RECORD_SIZE)),
+            pending: 0,
+            crossings: 0,
+            n: n.min(limit),
+        };
+        self.run(st, mem, buf, limit)
+    }
+
+    /// The walk's loop from `st` on: hot runs and general steps until a stop.
+    #[inline(always)]
+    fn run<M: Memory>(
+        &mut self,
+        mut st: State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+    ) -> Trace {
+        let max_depth = self.max_depth;
+        let full = |n: usize| {
+            if max_depth != 0 && n >= max_depth {
+                StopReason::MaxDepth
+            } else {
+                StopReason::BufferFull
+            }
+        };
         let stop = loop {
             match self.mode {
                 Mode::FramePointer => self.fast_run::<M, false>(&mut st, mem, buf, limit),
@@ -692,7 +755,35 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
 /// Returns how many frames were written, the next frame pointer and the next floor.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-fn follow_records<A: Arch, M: Memory, T: Transitions, const ITER: bool>(
+pub(crate) fn follow_records<A: Arch, M: Memory, T: Transitions, const ITER: bool>(
+    mem: &mut M,
+    table: &T,
+    out: &mut [Frame],
+    seg: Range,
+    floor: u64,
+    fp: u64,
+    stack: u16,
+    pac_mask: u64,
+    keeps_record: impl FnMut(u64) -> bool,
+) -> (usize, u64, u64) {
+    follow_records_inline::<A, M, T, ITER>(
+        mem,
+        table,
+        out,
+        seg,
+        floor,
+        fp,
+        stack,
+        pac_mask,
+        keeps_record,
+    )
+}
+
+/// [`follow_records`], inlined into its caller (the frame-pointer entry of a live capture,
+/// whose whole work it is: a call would cost more than the set-up it saves).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions, const ITER: bool>(
     mem: &mut M,
     table: &T,
     out: &mut [Frame],
@@ -710,6 +801,7 @@ fn follow_records<A: Arch, M: Memory, T: Transitions, const ITER: bool>(
     let (env_lo, env_span) = (env.lo, env.hi.saturating_sub(env.lo));
     let floor0 = floor.max(seg.lo);
     floor = floor0;
+    let meta = Frame::meta(stack, Via::FramePointer, 0, 0);
     let mut k = 0;
     // Two shapes of the same loop (the bodies are identical): which one leaves the registers
     // the loop needs free depends on the per-frame test (callgrind: the indexed one saves ~11
@@ -732,13 +824,7 @@ fn follow_records<A: Arch, M: Memory, T: Transitions, const ITER: bool>(
             {
                 break;
             }
-            *slot = Frame {
-                pc: ra,
-                stack,
-                via: Via::FramePointer,
-                flags: 0,
-                transition: 0,
-            };
+            Frame::write_raw(slot, ra, meta);
             k += 1;
             floor = fp + A::RECORD_SIZE;
             fp = next;
@@ -760,13 +846,7 @@ fn follow_records<A: Arch, M: Memory, T: Transitions, const ITER: bool>(
             {
                 break;
             }
-            *slot = Frame {
-                pc: ra,
-                stack,
-                via: Via::FramePointer,
-                flags: 0,
-                transition: 0,
-            };
+            Frame::write_raw(slot, ra, meta);
             k += 1;
             floor = fp + A::RECORD_SIZE;
             fp = next;

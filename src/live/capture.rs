@@ -315,7 +315,59 @@ pub struct Options {
 /// (see the module docs). Crosses every registered stack switch.
 #[inline(never)]
 pub fn capture(buf: &mut [Frame]) -> usize {
-    capture_here(buf, Options::default()).len
+    let r = current_regs();
+    // The common case first, without the general walker's set-up: the thread's stack is known,
+    // `sp` is on it, and frame records lead from this function's own record up the stack. The
+    // hot loop is the walker's own (`follow_records`); wherever it stops for anything but a
+    // full buffer or the chain's end, the general walker goes on from there.
+    let t = THREAD_STACK.with(|c| c.get());
+    if t.contains(r.sp) {
+        let mut mem = LiveMemory {
+            stacks: [t, Range::default(), Range::default(), Range::default()],
+        };
+        let (n, fp, floor) = crate::walk::follow_records_inline::<Native, _, _, false>(
+            &mut mem,
+            &Pinned::new(),
+            buf,
+            t,
+            r.sp,
+            r.fp,
+            0,
+            0,
+            |_| true,
+        );
+        if n == buf.len() || (n != 0 && fp == 0) {
+            // Full, or the chain's end (a zero frame pointer: the walker's `End`).
+            return n;
+        }
+        if n != 0 {
+            return resume(t, buf, n, fp, floor);
+        }
+    }
+    capture_from(r, buf)
+}
+
+/// The rest of a [`capture`] whose hot loop stopped at something unusual (a transition, a
+/// record off the stack): the general walker goes on from there.
+#[inline(never)]
+fn resume(stack: Range, buf: &mut [Frame], n: usize, fp: u64, floor: u64) -> usize {
+    let mut mem = LiveMemory {
+        stacks: [stack, Range::default(), Range::default(), Range::default()],
+    };
+    let mut w: Walker<Native, _, _> = Walker::new(Pinned::new());
+    w.resume_after_records(&mut mem, buf, n, stack, fp, floor)
+        .len
+}
+
+/// [`capture`]'s general path: `r` are the registers [`capture`] read in its own frame (still
+/// live: this is called from it), so the walk starts from the same frame record.
+#[inline(never)]
+fn capture_from(r: Regs, buf: &mut [Frame]) -> usize {
+    let mut mem = LiveMemory::for_sp(r.sp, None);
+    match start_here(r, &mut mem) {
+        Some(start) => walk_live(start, &mut mem, buf, Options::default()).len,
+        None => 0,
+    }
 }
 
 /// [`capture`] with options, returning why the walk stopped too. Async-signal-safe.
