@@ -75,6 +75,52 @@ fn recursion_outer_marker() -> Three {
     black_box(recurse_dwarf_fixture(black_box(12)))
 }
 
+#[inline(never)]
+fn fill_small_buffers() -> Vec<(Mode, Vec<Frame>, Trace)> {
+    let u = unwinder();
+    let mut out = Vec::new();
+    for mode in [Mode::FramePointer, Mode::Dwarf, Mode::Hybrid] {
+        let mut buf = vec![Frame::EMPTY; 6];
+        let t = dwarf::capture(&mut buf, u, mode);
+        out.push((mode, buf, t));
+    }
+    black_box(out)
+}
+
+/// Every mode fills the whole buffer with callers (a capture function that walked from its own
+/// registers used to spend a slot on itself and report "buffer full" one frame short), frame
+/// 0 being the function that called `capture`.
+#[test]
+fn every_mode_fills_the_buffer_from_its_caller() {
+    let got = black_box(recurse_small(10));
+    for (mode, buf, t) in got {
+        assert_eq!(
+            t.len,
+            buf.len(),
+            "{mode:?}: {t:?}\n{}",
+            describe(&buf[..t.len])
+        );
+        assert_eq!(t.stop, unwind::StopReason::BufferFull, "{mode:?}");
+        let n = names(&buf);
+        assert!(n[0].contains("fill_small_buffers"), "{mode:?}: {n:?}");
+        assert!(
+            n[1..].iter().all(|f| f.contains("recurse_small")),
+            "{mode:?}: {n:?}"
+        );
+    }
+}
+
+#[inline(never)]
+fn recurse_small(n: u32) -> Vec<(Mode, Vec<Frame>, Trace)> {
+    if n == 0 {
+        black_box(fill_small_buffers())
+    } else {
+        let r = recurse_small(black_box(n - 1));
+        black_box(n);
+        r
+    }
+}
+
 #[test]
 fn recursion_fp_and_dwarf_identical() {
     let t = recursion_outer_marker();

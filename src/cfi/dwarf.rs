@@ -54,7 +54,7 @@ const PAGE_SHIFT: u32 = 7;
 /// Granule of the hybrid bitmap: 16 bytes, the usual function alignment, so a function
 /// without a frame record rarely shares a granule with one that has it (1 bit per 16 bytes of
 /// code).
-const RECORD_SHIFT: u32 = 4;
+const RECORD_SHIFT: u32 = crate::walk::RecordMap::SHIFT;
 
 /// Why a module's CFI could not be prepared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -958,12 +958,11 @@ impl Cfi for Stepper<'_> {
     #[inline(always)]
     fn record_map(&mut self) -> Option<crate::walk::RecordMap<'_>> {
         self.last?;
-        Some(crate::walk::RecordMap {
-            lo: self.last_range.0,
-            span: self.last_range.1.wrapping_sub(self.last_range.0),
-            bits: self.last_bits,
-            shift: RECORD_SHIFT,
-        })
+        Some(crate::walk::RecordMap::new(
+            self.last_range.0,
+            self.last_range.1.wrapping_sub(self.last_range.0),
+            self.last_bits,
+        ))
     }
 }
 
@@ -1007,9 +1006,9 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
         let mut regs = crate::live::current_regs();
         regs.pc = crate::arch::native::strip_pac_live(regs.pc);
         let mut mem = crate::live::LiveMemory::for_sp(regs.sp, None);
-        let mut t = walk_live(Start::exact(regs), &mut mem, buf, unwinder, mode);
-        // Frame 0 is this function itself.
-        if t.len > 0 {
+        let (mut t, from_self) = walk_live(Start::exact(regs), &mut mem, buf, unwinder, mode, true);
+        // Without CFI for this function the walk began at it: frame 0 is this function itself.
+        if from_self && t.len > 0 {
             buf.copy_within(1..t.len, 0);
             t.len -= 1;
         }
@@ -1018,7 +1017,7 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
     let r = crate::live::current_regs();
     let mut mem = crate::live::LiveMemory::for_sp(r.sp, None);
     match crate::live::start_here(r, &mut mem) {
-        Some(start) => walk_live(start, &mut mem, buf, unwinder, mode),
+        Some(start) => walk_live(start, &mut mem, buf, unwinder, mode, false).0,
         None => crate::live::empty(),
     }
 }
@@ -1036,25 +1035,44 @@ pub unsafe fn capture_from_ucontext(
 ) -> Trace {
     // SAFETY: forwarded from the caller.
     let (start, mut mem) = unsafe { crate::live::start_from_ucontext(ucontext) };
-    walk_live(start, &mut mem, buf, unwinder, mode)
+    walk_live(start, &mut mem, buf, unwinder, mode, false).0
 }
 
 #[inline(always)]
+/// Walks the current thread from `start` with `unwinder` in `mode`. With `skip_start`, `start`
+/// is the exact registers of the capture function itself, and the walk begins at its caller:
+/// one CFI step out of it, so the caller's frame is frame 0 and the whole buffer holds callers.
+/// Returns the trace and whether it still begins at `start` (no CFI step was possible).
 fn walk_live(
     start: Start,
     mem: &mut crate::live::LiveMemory,
     buf: &mut [Frame],
     unwinder: &Unwinder,
     mode: Mode,
-) -> Trace {
+    skip_start: bool,
+) -> (Trace, bool) {
+    use crate::arch::Arch;
+    type Native = crate::arch::native::Native;
     // This thread's cache; if a signal interrupted a capture that holds it, a fresh one.
     let walk = |cache: &mut RuleCache, mem: &mut crate::live::LiveMemory, buf: &mut [Frame]| {
-        let mut w: Walker<crate::arch::native::Native, _, _> = Walker::with_cfi(
-            crate::transition::Pinned::new(),
-            Stepper::new(unwinder, cache),
-            mode,
-        );
-        w.walk(start, mem, buf)
+        let mut stepper = Stepper::new(unwinder, cache);
+        let mut from = start;
+        let mut from_start = true;
+        if skip_start {
+            if let CfiStep::Caller(mut r) = stepper.step::<Native, _>(&start.regs, true, mem) {
+                r.pc = Native::strip_ra(r.pc, 0);
+                if r.pc != 0 && r.sp > start.regs.sp {
+                    from = Start {
+                        regs: r,
+                        pc_is_return_address: true,
+                    };
+                    from_start = false;
+                }
+            }
+        }
+        let mut w: Walker<Native, _, _> =
+            Walker::with_cfi(crate::transition::Pinned::new(), stepper, mode);
+        (w.walk(from, mem, buf), from_start)
     };
     let got = THREAD_CACHE.try_with(|c| match c.try_borrow_mut() {
         Ok(mut cache) => Some(walk(&mut cache, mem, buf)),

@@ -120,6 +120,30 @@ pub trait Transitions {
     fn may_match_inside(&self, ra: u64) -> bool {
         self.may_match(ra)
     }
+
+    /// The table's page filter, when [`Transitions::may_match_inside`] is exactly one test of
+    /// it. The hot loop takes it once per run, so the filter's address stays in a register
+    /// rather than being reloaded from a static for every return address. The default: none.
+    #[inline(always)]
+    fn page_filter(&self) -> Option<PageFilter<'_>> {
+        None
+    }
+}
+
+/// A transition table's page filter ([`Transitions::page_filter`]): one bit per 4 KiB page,
+/// direct-mapped, set for every page an entry touches.
+#[derive(Clone, Copy, Debug)]
+pub struct PageFilter<'a> {
+    words: &'a [AtomicU64; FILTER_BITS / 64],
+}
+
+impl PageFilter<'_> {
+    /// Could an entry contain `addr` (found inside the table's envelope)? One bit test.
+    #[inline(always)]
+    pub fn hit(&self, addr: u64) -> bool {
+        let bit = filter_bit(addr);
+        self.words[bit / 64].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
+    }
 }
 
 /// No transitions: the naive walk.
@@ -153,6 +177,10 @@ impl<T: Transitions + ?Sized> Transitions for &T {
     #[inline(always)]
     fn may_match_inside(&self, ra: u64) -> bool {
         (**self).may_match_inside(ra)
+    }
+    #[inline(always)]
+    fn page_filter(&self) -> Option<PageFilter<'_>> {
+        (**self).page_filter()
     }
 }
 
@@ -604,8 +632,10 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
     /// Could a row contain `addr`, which the caller found inside the envelope? One bit test.
     #[inline(always)]
     fn filter_hit(&self, addr: u64) -> bool {
-        let bit = filter_bit(addr);
-        self.filter[bit / 64].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
+        PageFilter {
+            words: &self.filter,
+        }
+        .hit(addr)
     }
 
     /// Could a row contain `addr`? Envelope compare and one filter bit.
@@ -839,6 +869,12 @@ impl Transitions for Live {
     fn may_match_inside(&self, ra: u64) -> bool {
         TRANSITIONS.filter_hit(ra)
     }
+    #[inline(always)]
+    fn page_filter(&self) -> Option<PageFilter<'_>> {
+        Some(PageFilter {
+            words: &TRANSITIONS.filter,
+        })
+    }
 }
 
 /// The live registry for one walk, as live captures use it. Lookups write no shared memory:
@@ -889,6 +925,10 @@ impl Transitions for Pinned {
     #[inline(always)]
     fn may_match_inside(&self, ra: u64) -> bool {
         Live.may_match_inside(ra)
+    }
+    #[inline(always)]
+    fn page_filter(&self) -> Option<PageFilter<'_>> {
+        Live.page_filter()
     }
 }
 

@@ -89,20 +89,35 @@ pub trait Cfi {
     }
 }
 
-/// A module's "keeps a frame record" bitmap, for the hybrid hot loop ([`Cfi::record_map`]).
+/// A module's "keeps a frame record" bitmap, for the hybrid hot loop ([`Cfi::record_map`]):
+/// bit `g` covers lookup addresses `lo + (g << RecordMap::SHIFT) ..`.
 #[derive(Clone, Copy, Debug)]
 pub struct RecordMap<'a> {
     /// The first lookup address (return address - 1) the bitmap covers.
-    pub lo: u64,
-    /// How many lookup addresses it covers from `lo`.
-    pub span: u64,
-    /// Bit `g` covers lookup addresses `lo + (g << shift) ..`; a bit past the end means yes.
-    pub bits: &'a [u64],
-    /// log2 of the bytes one bit covers.
-    pub shift: u32,
+    lo: u64,
+    /// How many lookup addresses it covers from `lo` (never more than `bits` has bits for).
+    span: u64,
+    bits: &'a [u64],
 }
 
-impl RecordMap<'_> {
+impl<'a> RecordMap<'a> {
+    /// log2 of the bytes one bit covers (a constant: a shift by a register costs the hot loop
+    /// `rcx` on x86_64).
+    pub const SHIFT: u32 = 4;
+
+    /// A map of `span` lookup addresses from `lo`. The span is cut to what `bits` covers: a
+    /// return address past the bitmap is "ask the CFI".
+    #[inline(always)]
+    pub fn new(lo: u64, span: u64, bits: &'a [u64]) -> Self {
+        // A slice of u64s has fewer than 2^61 elements: 2^61 * 64 << 4 overflows, so saturate.
+        let covered = (bits.len() as u64).saturating_mul(64 << Self::SHIFT);
+        RecordMap {
+            lo,
+            span: span.min(covered),
+            bits,
+        }
+    }
+
     /// Does the function containing return address `ra` keep a frame record? `false` also when
     /// `ra` is outside the map (the caller then asks the CFI).
     #[inline(always)]
@@ -111,11 +126,12 @@ impl RecordMap<'_> {
         if off >= self.span {
             return false;
         }
-        let g = (off >> self.shift) as usize;
-        match self.bits.get(g / 64) {
-            Some(w) => w & (1 << (g % 64)) != 0,
-            None => true,
-        }
+        let g = (off >> Self::SHIFT) as usize;
+        // SAFETY: `off < span <= bits.len() * 64 << SHIFT` (`new`; when that product saturates,
+        // `off >> SHIFT < 2^60 <= bits.len() * 64` holds all the same), so `g < bits.len() * 64`
+        // and `g / 64 < bits.len()`.
+        let w = unsafe { *self.bits.get_unchecked(g / 64) };
+        w & (1 << (g % 64)) != 0
     }
 }
 
@@ -799,6 +815,14 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions, const IT
     // return address outside it costs one compare, one inside it the table's own filter.
     let env = table.envelope();
     let (env_lo, env_span) = (env.lo, env.hi.saturating_sub(env.lo));
+    // Opaque on purpose: the filter of the live table is a static, whose address the compiler
+    // would otherwise rematerialise (a GOT load and a dozen register moves) for every return
+    // address inside the envelope.
+    let filter = core::hint::black_box(table.page_filter());
+    let inside = |ra: u64| match filter {
+        Some(f) => f.hit(ra),
+        None => table.may_match_inside(ra),
+    };
     let floor0 = floor.max(seg.lo);
     floor = floor0;
     let meta = Frame::meta(stack, Via::FramePointer, 0, 0);
@@ -808,27 +832,29 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions, const IT
     // instructions per frame when a transition table's filter must be read, the iterator one
     // ~5 in hybrid mode).
     if ITER {
-        for slot in out.iter_mut() {
+        // The count comes from the iterator at the end (one register less in the loop).
+        let len = out.len();
+        let mut slots = out.iter_mut();
+        k = loop {
+            let Some(slot) = slots.next() else {
+                break len;
+            };
             if !fp.is_multiple_of(A::FP_ALIGN) || fp < floor || fp > top {
-                break;
+                break len - slots.len() - 1;
             }
             // SAFETY: seg.lo <= floor <= fp <= seg.hi - 16, so the record lies inside `seg`,
             // which the walker got from `mem.stack_range`.
             let Some((next, ra)) = (unsafe { mem.read_pair_unchecked(fp) }) else {
-                break;
+                break len - slots.len() - 1;
             };
             let ra = A::strip_ra(ra, pac_mask);
-            if ra == 0
-                || (ra.wrapping_sub(env_lo) < env_span && table.may_match_inside(ra))
-                || !keeps_record(ra)
-            {
-                break;
+            if ra == 0 || (ra.wrapping_sub(env_lo) < env_span && inside(ra)) || !keeps_record(ra) {
+                break len - slots.len() - 1;
             }
             Frame::write_raw(slot, ra, meta);
-            k += 1;
             floor = fp + A::RECORD_SIZE;
             fp = next;
-        }
+        };
     } else {
         while let Some(slot) = out.get_mut(k) {
             if !fp.is_multiple_of(A::FP_ALIGN) || fp < floor || fp > top {
@@ -840,10 +866,7 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions, const IT
                 break;
             };
             let ra = A::strip_ra(ra, pac_mask);
-            if ra == 0
-                || (ra.wrapping_sub(env_lo) < env_span && table.may_match_inside(ra))
-                || !keeps_record(ra)
-            {
+            if ra == 0 || (ra.wrapping_sub(env_lo) < env_span && inside(ra)) || !keeps_record(ra) {
                 break;
             }
             Frame::write_raw(slot, ra, meta);
