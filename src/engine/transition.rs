@@ -22,7 +22,7 @@
 
 use crate::arch::{Arch, Regs};
 use crate::memory::{Memory, Range};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Where the offsets of a [`Rule::SavedAt`] are measured from, at the frame whose return address
@@ -130,19 +130,21 @@ pub trait Transitions {
     }
 }
 
-/// A transition table's page filter ([`Transitions::page_filter`]): one bit per 4 KiB page,
-/// direct-mapped, set for every page an entry touches.
+/// A transition table's page filter ([`Transitions::page_filter`]): one byte per 4 KiB page,
+/// direct-mapped (pages 16 MiB apart share a byte), non-zero for every page an entry of any
+/// version a reader may see touches. Exact enough to stand alone: an address on a page no entry
+/// touches is never in the table, envelope or not.
 #[derive(Clone, Copy, Debug)]
 pub struct PageFilter<'a> {
-    words: &'a [AtomicU64; FILTER_BITS / 64],
+    bytes: &'a [AtomicU8; FILTER_BITS],
 }
 
 impl PageFilter<'_> {
-    /// Could an entry contain `addr` (found inside the table's envelope)? One bit test.
+    /// Could an entry contain `addr`? One byte load (a byte, not a bit: the hot loop's test is
+    /// then a shift, a mask and a load).
     #[inline(always)]
     pub fn hit(&self, addr: u64) -> bool {
-        let bit = filter_bit(addr);
-        self.words[bit / 64].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
+        self.bytes[filter_bit(addr)].load(Ordering::Relaxed) != 0
     }
 }
 
@@ -456,12 +458,12 @@ impl core::fmt::Display for RegistryError {
 
 impl std::error::Error for RegistryError {}
 
-/// Bits in a [`LeftRightTable`]'s page filter.
+/// Entries (bytes) in a [`LeftRightTable`]'s page filter.
 const FILTER_BITS: usize = 4096;
 
-/// The filter bit of the 4 KiB page holding `addr`: the page number modulo [`FILTER_BITS`]
-/// (direct-mapped: nearby code pages share a filter word, which the hot loop keeps in a
-/// register's reach; pages 16 MiB apart share a bit).
+/// The filter entry of the 4 KiB page holding `addr`: the page number modulo [`FILTER_BITS`]
+/// (direct-mapped: nearby code pages share a cache line of the filter; pages 16 MiB apart
+/// share an entry).
 #[inline(always)]
 fn filter_bit(addr: u64) -> usize {
     ((addr >> 12) as usize) % FILTER_BITS
@@ -527,17 +529,17 @@ impl<const N: usize, const W: usize> Buffer<N, W> {
     }
 }
 
-/// The page filter of `rows`: one bit per 4 KiB page some row touches ([`filter_bit`]).
-fn page_filter<const W: usize>(rows: &[[u64; W]]) -> [u64; FILTER_BITS / 64] {
-    let mut filter = [0u64; FILTER_BITS / 64];
+/// The page filter of `rows`: a non-zero byte for each 4 KiB page some row touches
+/// ([`filter_bit`]).
+fn page_filter<const W: usize>(rows: &[[u64; W]]) -> [u8; FILTER_BITS] {
+    let mut filter = [0u8; FILTER_BITS];
     for row in rows {
         let (first, last) = (row[0] >> 12, row[1].saturating_sub(1) >> 12);
         if last.saturating_sub(first) >= FILTER_BITS as u64 {
-            return [u64::MAX; FILTER_BITS / 64];
+            return [1; FILTER_BITS];
         }
         for page in first..=last {
-            let bit = filter_bit(page << 12);
-            filter[bit / 64] |= 1 << (bit % 64);
+            filter[filter_bit(page << 12)] = 1;
         }
     }
     filter
@@ -557,13 +559,15 @@ struct LeftRightTable<const N: usize, const W: usize> {
     active: AtomicUsize,
     env_lo: AtomicU64,
     env_hi: AtomicU64,
-    filter: [AtomicU64; FILTER_BITS / 64],
+    filter: [AtomicU8; FILTER_BITS],
     bufs: [Buffer<N, W>; 2],
 }
 
 impl<const N: usize, const W: usize> LeftRightTable<N, W> {
     #[allow(clippy::declare_interior_mutable_const)]
     const ZERO: AtomicU64 = AtomicU64::new(0);
+    #[allow(clippy::declare_interior_mutable_const)]
+    const ZERO_BYTE: AtomicU8 = AtomicU8::new(0);
     #[allow(clippy::declare_interior_mutable_const)]
     const SLOT: [AtomicU64; W] = [Self::ZERO; W];
     #[allow(clippy::declare_interior_mutable_const)]
@@ -581,7 +585,7 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
             active: AtomicUsize::new(0),
             env_lo: AtomicU64::new(0),
             env_hi: AtomicU64::new(0),
-            filter: [Self::ZERO; FILTER_BITS / 64],
+            filter: [Self::ZERO_BYTE; FILTER_BITS],
             bufs: [Self::BUFFER; 2],
         }
     }
@@ -633,7 +637,7 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
     #[inline(always)]
     fn filter_hit(&self, addr: u64) -> bool {
         PageFilter {
-            words: &self.filter,
+            bytes: &self.filter,
         }
         .hit(addr)
     }
@@ -872,7 +876,7 @@ impl Transitions for Live {
     #[inline(always)]
     fn page_filter(&self) -> Option<PageFilter<'_>> {
         Some(PageFilter {
-            words: &TRANSITIONS.filter,
+            bytes: &TRANSITIONS.filter,
         })
     }
 }

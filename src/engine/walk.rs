@@ -819,9 +819,12 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions, const IT
     // would otherwise rematerialise (a GOT load and a dozen register moves) for every return
     // address inside the envelope.
     let filter = core::hint::black_box(table.page_filter());
-    let inside = |ra: u64| match filter {
+    // With a page filter, the filter alone (one byte load, whether or not the return address is
+    // inside the envelope: frames inside it, between a program's own trampolines and libc's,
+    // are the common case); else the envelope compare and the table's own check.
+    let may_switch = |ra: u64| match filter {
         Some(f) => f.hit(ra),
-        None => table.may_match_inside(ra),
+        None => ra.wrapping_sub(env_lo) < env_span && table.may_match_inside(ra),
     };
     let floor0 = floor.max(seg.lo);
     floor = floor0;
@@ -848,7 +851,7 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions, const IT
                 break len - slots.len() - 1;
             };
             let ra = A::strip_ra(ra, pac_mask);
-            if ra == 0 || (ra.wrapping_sub(env_lo) < env_span && inside(ra)) || !keeps_record(ra) {
+            if ra == 0 || may_switch(ra) || !keeps_record(ra) {
                 break len - slots.len() - 1;
             }
             Frame::write_raw(slot, ra, meta);
@@ -866,7 +869,7 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions, const IT
                 break;
             };
             let ra = A::strip_ra(ra, pac_mask);
-            if ra == 0 || (ra.wrapping_sub(env_lo) < env_span && inside(ra)) || !keeps_record(ra) {
+            if ra == 0 || may_switch(ra) || !keeps_record(ra) {
                 break;
             }
             Frame::write_raw(slot, ra, meta);
