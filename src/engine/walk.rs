@@ -387,7 +387,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let cfi = &mut self.cfi;
         if HYBRID {
             if let Some(map) = cfi.record_map() {
-                let (k, fp, floor) = follow_records::<A, M, T, true>(
+                let (k, fp, floor) = follow_records::<A, M, T>(
                     mem,
                     &self.transitions,
                     out,
@@ -402,7 +402,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 return;
             }
         }
-        let (k, fp, floor) = follow_records::<A, M, T, HYBRID>(
+        let (k, fp, floor) = follow_records::<A, M, T>(
             mem,
             &self.transitions,
             out,
@@ -771,7 +771,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
 /// Returns how many frames were written, the next frame pointer and the next floor.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn follow_records<A: Arch, M: Memory, T: Transitions, const ITER: bool>(
+pub(crate) fn follow_records<A: Arch, M: Memory, T: Transitions>(
     mem: &mut M,
     table: &T,
     out: &mut [Frame],
@@ -782,7 +782,7 @@ pub(crate) fn follow_records<A: Arch, M: Memory, T: Transitions, const ITER: boo
     pac_mask: u64,
     keeps_record: impl FnMut(u64) -> bool,
 ) -> (usize, u64, u64) {
-    follow_records_inline::<A, M, T, ITER>(
+    follow_records_inline::<A, M, T>(
         mem,
         table,
         out,
@@ -799,7 +799,7 @@ pub(crate) fn follow_records<A: Arch, M: Memory, T: Transitions, const ITER: boo
 /// whose whole work it is: a call would cost more than the set-up it saves).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions, const ITER: bool>(
+pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
     mem: &mut M,
     table: &T,
     out: &mut [Frame],
@@ -830,53 +830,23 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions, const IT
     floor = floor0;
     let meta = Frame::meta(stack, Via::FramePointer, 0, 0);
     let mut k = 0;
-    // Two shapes of the same loop (the bodies are identical): which one leaves the registers
-    // the loop needs free depends on the per-frame test (callgrind: the indexed one saves ~11
-    // instructions per frame when a transition table's filter must be read, the iterator one
-    // ~5 in hybrid mode).
-    if ITER {
-        // The count comes from the iterator at the end (one register less in the loop).
-        let len = out.len();
-        let mut slots = out.iter_mut();
-        k = loop {
-            let Some(slot) = slots.next() else {
-                break len;
-            };
-            if !fp.is_multiple_of(A::FP_ALIGN) || fp < floor || fp > top {
-                break len - slots.len() - 1;
-            }
-            // SAFETY: seg.lo <= floor <= fp <= seg.hi - 16, so the record lies inside `seg`,
-            // which the walker got from `mem.stack_range`.
-            let Some((next, ra)) = (unsafe { mem.read_pair_unchecked(fp) }) else {
-                break len - slots.len() - 1;
-            };
-            let ra = A::strip_ra(ra, pac_mask);
-            if ra == 0 || may_switch(ra) || !keeps_record(ra) {
-                break len - slots.len() - 1;
-            }
-            Frame::write_raw(slot, ra, meta);
-            floor = fp + A::RECORD_SIZE;
-            fp = next;
-        };
-    } else {
-        while let Some(slot) = out.get_mut(k) {
-            if !fp.is_multiple_of(A::FP_ALIGN) || fp < floor || fp > top {
-                break;
-            }
-            // SAFETY: seg.lo <= floor <= fp <= seg.hi - 16, so the record lies inside `seg`,
-            // which the walker got from `mem.stack_range`.
-            let Some((next, ra)) = (unsafe { mem.read_pair_unchecked(fp) }) else {
-                break;
-            };
-            let ra = A::strip_ra(ra, pac_mask);
-            if ra == 0 || may_switch(ra) || !keeps_record(ra) {
-                break;
-            }
-            Frame::write_raw(slot, ra, meta);
-            k += 1;
-            floor = fp + A::RECORD_SIZE;
-            fp = next;
+    while let Some(slot) = out.get_mut(k) {
+        if !fp.is_multiple_of(A::FP_ALIGN) || fp < floor || fp > top {
+            break;
         }
+        // SAFETY: seg.lo <= floor <= fp <= seg.hi - 16, so the record lies inside `seg`,
+        // which the walker got from `mem.stack_range`.
+        let Some((next, ra)) = (unsafe { mem.read_pair_unchecked(fp) }) else {
+            break;
+        };
+        let ra = A::strip_ra(ra, pac_mask);
+        if ra == 0 || may_switch(ra) || !keeps_record(ra) {
+            break;
+        }
+        Frame::write_raw(slot, ra, meta);
+        k += 1;
+        floor = fp + A::RECORD_SIZE;
+        fp = next;
     }
     (k, fp, if k == 0 { floor0 } else { floor })
 }

@@ -325,7 +325,7 @@ pub fn capture(buf: &mut [Frame]) -> usize {
         let mut mem = LiveMemory {
             stacks: [t, Range::default(), Range::default(), Range::default()],
         };
-        let (n, fp, floor) = crate::walk::follow_records_inline::<Native, _, _, false>(
+        let (n, fp, floor) = crate::walk::follow_records_inline::<Native, _, _>(
             &mut mem,
             &Pinned::new(),
             buf,
