@@ -8,31 +8,15 @@
 //! -> runtime.malg. gdb's `bt` stops at runtime.systemstack (its frame above is garbage); we
 //! cross into the goroutine's stack.
 
-#[path = "common/skip.rs"]
-mod skip_support;
-use skip_support::skip;
+mod common;
+use common::skip::skip;
+use common::tools::{have, TempDir};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_unwind");
-
-fn have(tool: &str, arg: &str) -> bool {
-    Command::new(tool)
-        .arg(arg)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // The core is ~700 MB: never leave it behind.
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn unwind_json(core: &Path, extra: &[&str]) -> Value {
     let mut args = vec![

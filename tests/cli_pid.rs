@@ -17,6 +17,9 @@
 //! Tests needing gcc or go fail when `CI` is set and the tool is missing, and skip with a
 //! message otherwise.
 
+mod common;
+use common::tools::{need, TempDir};
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,43 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unwind");
-
-/// Is `tool` usable? Missing under `CI`: a failure; otherwise the test is skipped (false).
-fn need(tool: &str, arg: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is required under CI (.ci/run installs it)"
-        );
-        eprintln!("skipping: {tool} not installed");
-    }
-    ok
-}
-
-/// A fresh directory under target/, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("cli_pid-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running target: killed and reaped when dropped (also when a test panics). Its stdout
 /// lines are collected by a reader thread.

@@ -12,20 +12,14 @@
 //! skipped with a message. Building the fixture takes a few minutes the first time (its own
 //! target directories under target/).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::tools::{go_pprof, need};
+
+use std::path::PathBuf;
 use std::process::Command;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn have_go() -> bool {
-    let ok = Command::new("go").arg("version").output().is_ok();
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "CI: go is missing");
-        eprintln!("skipping: go (go tool pprof) is missing");
-    }
-    ok
 }
 
 /// Builds the fixture with frame pointers on or off; returns its binary.
@@ -56,22 +50,6 @@ fn build(frame_pointers: bool) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     target.join("release/dependent")
-}
-
-fn go_pprof(args: &[&str], file: &Path) -> String {
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(file)
-        .env("PPROF_TMPDIR", std::env::temp_dir())
-        .output()
-        .expect("go tool pprof");
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `go tool pprof -traces` output as (value, frames leaf first).
@@ -197,14 +175,14 @@ fn check(frame_pointers: bool) {
 
 #[test]
 fn dependent_without_frame_pointers_gets_whole_stacks() {
-    if have_go() {
+    if need("go", "version") {
         check(false);
     }
 }
 
 #[test]
 fn dependent_with_frame_pointers_gets_whole_stacks() {
-    if have_go() {
+    if need("go", "version") {
         check(true);
     }
 }

@@ -13,31 +13,15 @@
 //! Needs `go` (golang-go), and `gdb` for the gcore core and core_pattern `core` for the crash
 //! core; without them the tests print that they skipped, and fail when `CI` is set.
 
-#[path = "common/skip.rs"]
-mod skip_support;
-use skip_support::skip;
+mod common;
+use common::skip::skip;
+use common::tools::{have, TempDir};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_unwind");
-
-fn have(tool: &str, arg: &str) -> bool {
-    Command::new(tool)
-        .arg(arg)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // gcore's core is ~1 GB (Go reserves its heap arenas): never leave it behind.
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// One stack Go printed.
 #[derive(Debug)]

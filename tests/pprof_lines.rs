@@ -6,29 +6,15 @@
 //! Needs `go` (golang-go) for `go tool pprof`: skipped with a message without it, a failure
 //! when `CI` is set.
 
+mod common;
+use common::tools::go_pprof;
+
 use std::hint::black_box;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use unwind::cpu::{Config, CpuProfiler};
 use unwind::policy::{Classifier, ProfileKind};
-
-fn go_pprof(args: &[&str], file: &Path) -> String {
-    let out = Command::new("go")
-        .arg("tool")
-        .arg("pprof")
-        .args(args)
-        .arg(file)
-        .env("PPROF_TMPDIR", std::env::temp_dir())
-        .output()
-        .expect("running `go tool pprof`");
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Inlined into `lines_test_outer` (even in debug builds: LLVM's always-inliner runs at -O0).
 #[inline(always)]

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod skip;
+pub mod tools;
 
 use object::{Object, ObjectSymbol, SymbolKind};
 use std::sync::OnceLock;
