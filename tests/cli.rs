@@ -4,9 +4,9 @@
 //! Committed cores (fixtures/cores/*.gz, made by fixtures/cores/make.sh) run everywhere; fresh
 //! x86_64 kernel cores are made at test time when gcc is there and core_pattern is `core`.
 
-#[path = "common/skip.rs"]
-mod skip_support;
-use skip_support::skip;
+mod common;
+use common::skip::skip;
+use common::tools::{eu_stack, need, need_kernel_cores};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -282,7 +282,7 @@ fn aarch64_qemu_signal_core() {
     check_signal(&v);
     // eu-stack, the reference, loses the interrupted function on this core (qemu's signal
     // frame): say what it shows.
-    if let Some(eu) = eu_stack(&c, &exe("aarch64")) {
+    if let Some(eu) = eu_stack(&c, Some(&exe("aarch64"))) {
         let ours = pcs(&v["threads"][0]);
         for (tid, theirs) in eu {
             eprintln!(
@@ -314,30 +314,10 @@ fn policy_flags_are_accepted_and_cpu_keeps_everything() {
 
 // ---- eu-stack as a reference ----
 
-/// eu-stack's frames: tid → pcs.
-fn eu_stack(core: &Path, exe: &Path) -> Option<Vec<(u64, Vec<u64>)>> {
-    let out = Command::new("eu-stack")
-        .args(["--core", p(core), "-e", p(exe)])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut threads: Vec<(u64, Vec<u64>)> = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("TID ") {
-            threads.push((rest.trim_end_matches(':').parse().ok()?, Vec::new()));
-        } else if let Some(rest) = line.strip_prefix('#') {
-            let addr = rest.split_whitespace().nth(1)?;
-            let pc = u64::from_str_radix(addr.trim_start_matches("0x"), 16).ok()?;
-            threads.last_mut()?.1.push(pc);
-        }
-    }
-    Some(threads)
-}
-
 /// Every pc we report (frame pointers only) is one eu-stack reports, in the same order, and
 /// every fixture function eu-stack shows that keeps a frame record shows in ours.
 fn compare_with_eu_stack(core: &Path, exe: &Path) {
-    let Some(eu) = eu_stack(core, exe) else {
+    let Some(eu) = eu_stack(core, Some(exe)) else {
         skip("skipping the eu-stack comparison: eu-stack (elfutils) is not installed");
         return;
     };
@@ -388,16 +368,7 @@ fn fresh_x86_64_kernel_cores() {
         skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
         return;
     }
-    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
-    if pattern.trim() != "core" {
-        skip(&format!(
-            "skipping fresh kernel cores: core_pattern is {:?}, not \"core\" (run `echo core > /proc/sys/kernel/core_pattern` as root)",
-            pattern.trim()
-        ));
-        return;
-    }
-    if Command::new("gcc").arg("--version").output().is_err() {
-        skip("skipping fresh kernel cores: no gcc");
+    if !need_kernel_cores() || !need("gcc", "--version") {
         return;
     }
     let d = tmp("fresh");

@@ -7,6 +7,10 @@
 //! Needs eu-stack, python3 at /usr/bin/python3, gofmt and core_pattern `core`: with `CI` set a
 //! missing tool fails the test, otherwise it is skipped with a message.
 
+mod common;
+use common::skip::skip;
+use common::tools::{eu_stack, need, need_kernel_cores};
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,24 +27,15 @@ fn gofmt() -> String {
     format!("{root}/bin/gofmt")
 }
 
-/// Is `what` there? With `CI` set, its absence fails the test.
-fn have(what: &str, ok: bool) -> bool {
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "CI: {what} is missing");
-        eprintln!("skipping: {what} is missing");
-    }
-    ok
-}
-
 fn tools_present(extra: &str) -> bool {
-    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
-    have(
-        "core_pattern `core` (echo core > /proc/sys/kernel/core_pattern)",
-        pattern.trim() == "core",
-    ) && have(
-        "eu-stack (elfutils)",
-        Command::new("eu-stack").arg("--version").output().is_ok(),
-    ) && have(extra, Path::new(extra).exists())
+    if !need_kernel_cores() || !need("eu-stack", "--version") {
+        return false;
+    }
+    if !Path::new(extra).exists() {
+        skip(&format!("{extra} is missing"));
+        return false;
+    }
+    true
 }
 
 /// Runs `cmd` (a shell command line) in a fresh directory with cores enabled, sends it
@@ -78,29 +73,6 @@ fn make_core(name: &str, cmd: &str, wait: Duration) -> PathBuf {
     core
 }
 
-/// eu-stack's pcs per thread id.
-fn eu_stack(core: &Path) -> Vec<(u64, Vec<u64>)> {
-    let out = Command::new("eu-stack")
-        .arg("--core")
-        .arg(core)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut threads: Vec<(u64, Vec<u64>)> = Vec::new();
-    for line in text.lines() {
-        if let Some(t) = line.strip_prefix("TID ") {
-            threads.push((t.trim_end_matches(':').parse().unwrap(), Vec::new()));
-        } else if let Some(rest) = line.strip_prefix('#') {
-            let pc = rest.split_whitespace().nth(1).unwrap();
-            let pc = u64::from_str_radix(pc.trim_start_matches("0x"), 16).unwrap();
-            if let Some(t) = threads.last_mut() {
-                t.1.push(pc);
-            }
-        }
-    }
-    threads
-}
-
 /// Runs `unwind stack --core CORE --format json` with no mode; returns its JSON and stderr.
 fn unwind(core: &Path) -> (Value, String) {
     let out = Command::new(BIN)
@@ -136,7 +108,7 @@ fn symbols(t: &Value) -> Vec<String> {
 /// Every thread: eu-stack's pcs appear in ours, in order (we also show the interrupted pc
 /// after a signal frame, which eu-stack does not); with `exact`, the lists are equal.
 fn compare(core: &Path, v: &Value, exact: bool, is_code: impl Fn(u64) -> bool) {
-    let eu = eu_stack(core);
+    let eu = eu_stack(core, None).expect("eu-stack runs and prints frames");
     assert!(!eu.is_empty(), "eu-stack read no thread");
     for (tid, mut eu_pcs) in eu {
         eu_pcs.retain(|&pc| is_code(pc));

@@ -10,7 +10,7 @@
 
 mod common;
 use common::skip::skip;
-use common::tools::{have, TempDir};
+use common::tools::{have, kernel_cores, TempDir};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -188,13 +188,9 @@ fn crash_core(name: &str, arch: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> 
             skip("needs qemu-aarch64");
             return None;
         }
-        "amd64" => {
-            let pattern =
-                std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
-            if !cfg!(target_arch = "x86_64") || pattern.trim() != "core" {
-                skip("needs an x86_64 host with core_pattern `core` (CI sets it)");
-                return None;
-            }
+        "amd64" if !cfg!(target_arch = "x86_64") || !kernel_cores() => {
+            skip("needs an x86_64 host with core_pattern `core` (CI sets it)");
+            return None;
         }
         _ => {}
     }

@@ -7,9 +7,9 @@
 //!
 //! Needs core_pattern `core` (CI sets it); skipped with a message otherwise.
 
-#[path = "common/skip.rs"]
-mod skip_support;
-use skip_support::skip;
+mod common;
+use common::skip::skip;
+use common::tools::{eu_stack, need_kernel_cores};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -80,39 +80,13 @@ fn in_order(got: &[String], want: &[&str]) -> bool {
     want.iter().all(|w| it.any(|g| g == w))
 }
 
-fn eu_stack_pcs(core: &Path, exe: &Path) -> Option<Vec<(u64, Vec<u64>)>> {
-    let out = Command::new("eu-stack")
-        .args(["--core", core.to_str()?, "-e", exe.to_str()?])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut threads: Vec<(u64, Vec<u64>)> = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("TID ") {
-            threads.push((rest.trim_end_matches(':').parse().ok()?, Vec::new()));
-        } else if let Some(rest) = line.strip_prefix('#') {
-            let addr = rest.split_whitespace().nth(1)?;
-            threads
-                .last_mut()?
-                .1
-                .push(u64::from_str_radix(addr.trim_start_matches("0x"), 16).ok()?);
-        }
-    }
-    Some(threads)
-}
-
 #[test]
 fn rust_core_crosses_system_stack_and_stacker_segment() {
     if !cfg!(target_arch = "x86_64") {
         skip("skipping: the kernel core of an x86_64 program needs an x86_64 host");
         return;
     }
-    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
-    if pattern.trim() != "core" {
-        skip(&format!(
-            "skipping: core_pattern is {:?}, not \"core\" (CI sets it)",
-            pattern.trim()
-        ));
+    if !need_kernel_cores() {
         return;
     }
     let exe = fixture_exe();
@@ -218,7 +192,7 @@ fn rust_core_crosses_system_stack_and_stacker_segment() {
 
     // eu-stack (elfutils) crosses too, through the trampolines' CFI: in hybrid mode we report
     // the same pcs for every thread.
-    if let Some(eu) = eu_stack_pcs(&core, &exe) {
+    if let Some(eu) = eu_stack(&core, Some(&exe)) {
         let v = json(&["stack", "--core", c, "--mode", "hybrid"]);
         for t in v["threads"].as_array().unwrap() {
             let tid = t["tid"].as_u64().unwrap();

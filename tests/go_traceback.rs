@@ -15,7 +15,7 @@
 
 mod common;
 use common::skip::skip;
-use common::tools::{have, TempDir};
+use common::tools::{have, kernel_cores, TempDir};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -176,12 +176,7 @@ fn make(mode: &str, dir: &Path) -> Option<(PathBuf, PathBuf, String)> {
         skip("needs gdb (gcore)");
         return None;
     }
-    if mode == "crash"
-        && std::fs::read_to_string("/proc/sys/kernel/core_pattern")
-            .unwrap_or_default()
-            .trim()
-            != "core"
-    {
+    if mode == "crash" && !kernel_cores() {
         skip("needs core_pattern `core` (CI sets it)");
         return None;
     }
@@ -451,13 +446,7 @@ fn morestack_matches_go_traceback() {
                 skip("needs qemu-aarch64 (qemu-user)");
                 continue;
             }
-            "amd64"
-                if !cfg!(target_arch = "x86_64")
-                    || std::fs::read_to_string("/proc/sys/kernel/core_pattern")
-                        .unwrap_or_default()
-                        .trim()
-                        != "core" =>
-            {
+            "amd64" if !cfg!(target_arch = "x86_64") || !kernel_cores() => {
                 skip("needs an x86_64 host with core_pattern `core`");
                 continue;
             }
@@ -546,13 +535,7 @@ fn systemstack_matches_go_traceback() {
                 skip("needs qemu-aarch64 (qemu-user)");
                 continue;
             }
-            "amd64"
-                if !cfg!(target_arch = "x86_64")
-                    || std::fs::read_to_string("/proc/sys/kernel/core_pattern")
-                        .unwrap_or_default()
-                        .trim()
-                        != "core" =>
-            {
+            "amd64" if !cfg!(target_arch = "x86_64") || !kernel_cores() => {
                 skip("needs an x86_64 host with core_pattern `core`");
                 continue;
             }

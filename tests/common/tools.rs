@@ -66,3 +66,44 @@ pub fn go_pprof(args: &[&str], file: &Path) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `eu-stack --core CORE [-e EXE]` (elfutils, the reference unwinder), parsed: each thread's
+/// tid and frame pcs in order. `None` when it cannot run or prints something unexpected.
+pub fn eu_stack(core: &Path, exe: Option<&Path>) -> Option<Vec<(u64, Vec<u64>)>> {
+    let mut cmd = Command::new("eu-stack");
+    cmd.arg("--core").arg(core);
+    if let Some(exe) = exe {
+        cmd.arg("-e").arg(exe);
+    }
+    let out = cmd.output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut threads: Vec<(u64, Vec<u64>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("TID ") {
+            threads.push((rest.trim_end_matches(':').parse().ok()?, Vec::new()));
+        } else if let Some(rest) = line.strip_prefix('#') {
+            let addr = rest.split_whitespace().nth(1)?;
+            let pc = u64::from_str_radix(addr.trim_start_matches("0x"), 16).ok()?;
+            threads.last_mut()?.1.push(pc);
+        }
+    }
+    Some(threads)
+}
+
+/// Does the kernel write cores as `core` files in the crashing process's directory
+/// (`/proc/sys/kernel/core_pattern` is `core`, as `.ci/run` sets it)? A check only.
+pub fn kernel_cores() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/core_pattern").is_ok_and(|p| p.trim() == "core")
+}
+
+/// [`kernel_cores`], and a [`super::skip::skip`] when not (a failure under CI).
+#[track_caller]
+pub fn need_kernel_cores() -> bool {
+    let ok = kernel_cores();
+    if !ok {
+        super::skip::skip(
+            "core_pattern is not `core` (run `echo core > /proc/sys/kernel/core_pattern` as root)",
+        );
+    }
+    ok
+}
