@@ -6,8 +6,10 @@
 //!   ([`Threads::All`], the default; only those that called [`register_thread`] with
 //!   [`Threads::Registered`]) gets its own POSIX timer on its CPU-time clock (`timer_create` on
 //!   the thread's `CLOCK_THREAD_CPUTIME_ID`-style clock, `SIGEV_THREAD_ID` so SIGPROF goes to
-//!   that thread). The collector finds threads created after start in `/proc/self/task` (every
-//!   [`crate::threads::SCAN_EVERY`]) and deletes the timers of threads that ended. A
+//!   that thread). The collector finds threads created after start in `/proc/self/task` (it
+//!   looks every [`crate::threads::SCAN_EVERY`] and reads the list when the number of threads
+//!   changed, or every [`crate::threads::FULL_SCAN_EVERY`]) and deletes the timers of threads
+//!   that ended. A
 //!   registration made while the profiler runs starts that thread's timer at once. [`TimerMode::Process`] uses
 //!   `setitimer(ITIMER_PROF)` instead: one process-wide CPU-time timer, whose signal the kernel
 //!   delivers to whichever thread is running, registered or not. [`Clock::Wall`] makes the
@@ -21,8 +23,12 @@
 //!   the slot with [`capture_from_ucontext_with`], and publishes it. No allocation, no lock, no
 //!   system call (once the thread's stack bounds are known; see [`crate::live`]). When no slot
 //!   is free the sample is counted as dropped.
-//! - **The collector** thread drains ready slots every 10 ms into a map from stack
-//!   (the full [`Frame`]s, so that any [`crate::policy`] can be applied later) to sample count.
+//! - **The collector** thread drains ready slots into a map from stack (the full [`Frame`]s,
+//!   so that any [`crate::policy`] can be applied later) to sample count: every 10 to 100 ms,
+//!   as often as the timers' highest rate needs for the ring to stay under an eighth full
+//!   (100 ms at 99 Hz for up to ten threads; at most [`crate::threads::SCAN_EVERY`] apart with
+//!   [`Threads::All`]). A drain reads only the slots claimed since the previous one (a count
+//!   of published samples says when one was published late and the whole ring must be read).
 //!
 //! Counting: every signal the handler accepts while the profiler runs is either recorded or
 //! dropped, so `signals == recorded + dropped` ([`Stats`]) once [`CpuProfiler::stop`] returned.
@@ -93,8 +99,9 @@ pub enum Clock {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Threads {
     /// Every thread of the process, registered or not (the default, as Go's profiler): the
-    /// collector lists `/proc/self/task` every [`crate::threads::SCAN_EVERY`], gives new
-    /// threads a timer and deletes the timers of threads that ended. The handler then runs
+    /// collector looks at `/proc/self/task` every [`crate::threads::SCAN_EVERY`] (and lists it
+    /// when the number of threads changed, or every [`crate::threads::FULL_SCAN_EVERY`]),
+    /// gives new threads a timer and deletes the timers of threads that ended. The handler then runs
     /// on the interrupted thread's own stack (no `SA_ONSTACK`): unregistered threads' alternate
     /// stacks (std's, a few KiB) are too small for a capture.
     All,
