@@ -30,15 +30,18 @@ fn raw<A: GlobalAlloc>(a: &A, ptrs: &mut [*mut u8; 1000]) {
     black_box(ptrs);
 }
 
+/// `HEAP_RATE` or the default rate (a huge one times the unsampled path alone; 1 the samples).
+fn rate() -> u64 {
+    std::env::var("HEAP_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(heap::DEFAULT_RATE)
+}
+
 /// Interleaved rounds of the loop on `System` and on the wrapper sampling at the default rate:
 /// medians and the median ratio (a quick timing, not instruction counting).
 fn paired(rounds: usize, ptrs: &mut [*mut u8; 1000]) {
-    // HEAP_RATE: another rate (a huge one times the unsampled path alone).
-    let rate = std::env::var("HEAP_RATE")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(heap::DEFAULT_RATE);
-    heap::start(rate);
+    heap::start(rate());
     let time = |wrapper: bool, ptrs: &mut [*mut u8; 1000]| {
         let t = std::time::Instant::now();
         for _ in 0..50 {
@@ -90,7 +93,7 @@ fn run(what: &str, iters: usize) {
         return;
     }
     if what == "on" {
-        heap::start(heap::DEFAULT_RATE);
+        heap::start(rate());
     }
     for _ in 0..iters {
         if what == "system" {
