@@ -1,11 +1,11 @@
 //! A small driver for instruction counting (`valgrind --tool=callgrind`) of the heap profiler's
 //! unsampled path: the raw loop of `benches/heap.rs` (1000 allocations of mixed sizes, then
 //! 1000 frees) straight through `System`, through the `Sampling` wrapper with the profiler
-//! stopped, or sampling at the default rate. Not a benchmark (no timing).
+//! stopped, or sampling at the default rate (`HEAP_RATE=N`: another rate).
 //!
-//! `heap_driver <system|off|on> <iterations>`; compare callgrind's inclusive count of
-//! `heap_driver::raw` between the three. `heap_driver paired <rounds>` times System against
-//! the wrapper sampling in interleaved rounds.
+//! `heap_driver <system|off|on> <iterations>`; compare callgrind's counts between the three
+//! (`--toggle-collect='*heap_driver*raw*'`). `heap_driver paired <rounds>` times System against
+//! the wrapper sampling in interleaved rounds (a quick timing, for a loaded machine).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
