@@ -655,7 +655,7 @@ fn filter_index(addr: u64) -> usize {
 /// Counts one more tracked block at `addr` in the filter (saturating: a stuck counter stays).
 fn filter_add(addr: u64) {
     let _ = FILTER[filter_index(addr)].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-        (n < FILTER_STUCK).then_some(n + 1)
+        (n < FILTER_STUCK).then(|| n + 1)
     });
 }
 
