@@ -141,6 +141,42 @@ fn paired(rounds: usize, batch: usize, rate: u64, f: &mut dyn FnMut()) -> (f64, 
     (med(&mut offs), med(&mut ons), med(&mut ratios))
 }
 
+/// As [`paired`], for the raw loop straight on `System` (no wrapper) against the wrapper with
+/// the profiler sampling at the default rate: the full cost of installing it and sampling.
+fn paired_system(rounds: usize, batch: usize, ptrs: &mut [*mut u8; 1000]) -> (f64, f64, f64) {
+    heap::start(heap::DEFAULT_RATE);
+    let time = |wrapper: bool, ptrs: &mut [*mut u8; 1000]| {
+        let t = std::time::Instant::now();
+        for _ in 0..batch {
+            if wrapper {
+                raw(&ALLOC, ptrs);
+            } else {
+                raw(&System, ptrs);
+            }
+        }
+        t.elapsed().as_nanos() as f64 / batch as f64
+    };
+    let (mut syss, mut ons, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let (sys, on) = if r % 2 == 0 {
+            let sys = time(false, ptrs);
+            (sys, time(true, ptrs))
+        } else {
+            let on = time(true, ptrs);
+            (time(false, ptrs), on)
+        };
+        syss.push(sys);
+        ons.push(on);
+        ratios.push(on / sys);
+    }
+    heap::stop();
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    (med(&mut syss), med(&mut ons), med(&mut ratios))
+}
+
 fn paired_summary() {
     let mut seed = 7u64;
     let (off, on, r) = paired(41, 20, heap::DEFAULT_RATE, &mut || {
@@ -158,6 +194,14 @@ fn paired_summary() {
     println!(
         "paired raw 1000 alloc+free (41 x 50): off {:.1} µs on {:.1} µs, median ratio {:+.2}%",
         off / 1000.0,
+        on / 1000.0,
+        (r - 1.0) * 100.0
+    );
+    let (sys, on, r) = paired_system(41, 50, &mut ptrs);
+    println!(
+        "paired raw 1000 alloc+free (41 x 50): System {:.1} µs, wrapper sampling {:.1} µs, \
+         median ratio {:+.2}%",
+        sys / 1000.0,
         on / 1000.0,
         (r - 1.0) * 100.0
     );

@@ -364,6 +364,49 @@ fn start_stop_cycles() {
 }
 
 #[inline(never)]
+fn sample_me_now(n: usize) -> usize {
+    (0..n)
+        .filter(|_| unwind::cpu::sample_this_thread_now())
+        .count()
+}
+
+/// `sample_this_thread_now` (what the overhead bench measures a sample with) takes a sample of
+/// this thread with the running profiler's handler, and every sample published in bursts is
+/// drained: the collector's windowed scan loses none.
+#[test]
+fn self_sent_samples_are_recorded_and_drained() {
+    let _s = serial();
+    let _w = Watchdog::new("self-sent samples", 60);
+    unwind::init();
+    let _reg = unwind::cpu::register_thread();
+    let p = CpuProfiler::start(Config::default()).unwrap();
+    let mut sent = 0;
+    for burst in 0..20 {
+        sent += black_box(sample_me_now(100 + burst * 7));
+        // Far faster than any timer: let the collector catch up (the ring holds 1024).
+        let t0 = Instant::now();
+        while p.samples() < p.stats().recorded && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1 + burst as u64 % 4));
+        }
+    }
+    let prof = p.stop();
+    assert_adds_up(&prof);
+    assert_eq!(prof.stats.dropped, 0, "{:?}", prof.stats);
+    let here: u64 = prof
+        .stacks
+        .iter()
+        .filter(|(f, _)| short_names(f).iter().any(|n| n == "sample_me_now"))
+        .map(|(_, c)| c)
+        .sum();
+    assert!(
+        here as usize >= sent && sent >= 2000,
+        "{here} samples in sample_me_now, {sent} sent"
+    );
+    // With no profiler running, the signal goes to the previous disposition (ignored).
+    assert!(unwind::cpu::sample_this_thread_now());
+}
+
+#[inline(never)]
 fn short_lived_thread_work(budget: Duration) -> u64 {
     let _reg = unwind::cpu::register_thread();
     let mut v = Vec::new();

@@ -539,6 +539,55 @@ fn start_stop_reset_cycles() {
 }
 
 #[inline(never)]
+fn other_thread_allocs(n: usize) -> usize {
+    let mut t = 0;
+    for _ in 0..n {
+        let v: Vec<u8> = Vec::with_capacity(black_box(1024));
+        t += black_box(&v).capacity();
+    }
+    t
+}
+
+/// A thread that was already allocating before `start` picks the start up within 256 KiB of
+/// its own allocations (its countdown looks at the profiler's state at least that often), and
+/// a `stop` made on another thread holds at once for it.
+#[test]
+fn start_and_stop_reach_a_thread_that_already_runs() {
+    let _g = setup();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<usize>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        // Allocations while the profiler is stopped: the thread's countdown is drawn now.
+        black_box(other_thread_allocs(300));
+        done_tx.send(()).unwrap();
+        while let Ok(n) = go_rx.recv() {
+            black_box(other_thread_allocs(n));
+            done_tx.send(()).unwrap();
+        }
+    });
+    done_rx.recv().unwrap();
+    heap::start(1);
+    // 1 MiB in 1 KiB blocks: at most the first 256 KiB go unsampled.
+    go_tx.send(1024).unwrap();
+    done_rx.recv().unwrap();
+    let sampled = totals(&heap::snapshot_raw(), "other_thread_allocs")[0];
+    assert!(
+        (1024 - 256 - 1..=1024).contains(&sampled),
+        "{sampled} of 1024 sampled"
+    );
+    heap::stop();
+    go_tx.send(1000).unwrap();
+    done_rx.recv().unwrap();
+    assert_eq!(
+        totals(&heap::snapshot_raw(), "other_thread_allocs")[0],
+        sampled,
+        "allocations after stop were sampled"
+    );
+    drop(go_tx);
+    worker.join().unwrap();
+}
+
+#[inline(never)]
 fn alloc_in_coroutine(n: usize) -> usize {
     let mut t = 0;
     for _ in 0..n {

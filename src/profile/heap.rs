@@ -27,9 +27,10 @@
 //!
 //! The countdown, the generator state and the reentrancy flag live in `const`-initialised
 //! thread-locals without destructors: reading them never allocates, never registers a
-//! destructor, and works during thread teardown. The unsampled path costs one relaxed atomic
-//! load, a thread-local compare and a subtraction on `alloc`, and one relaxed load from a 64 KiB
-//! filter on `dealloc`.
+//! destructor, and works during thread teardown. The unsampled path is one thread-local compare
+//! and subtraction on `alloc` (no load of shared state: the profiler's state is looked at only
+//! when the countdown runs out, see *Lifecycle*), and on `dealloc` one relaxed byte load from
+//! an 8 KiB filter indexed by address bits (neighbouring blocks share its cache lines).
 //!
 //! # Values: scaled like Go
 //! The tables hold raw sampled counts. [`snapshot`] scales them the way Go's `runtime/pprof`
@@ -71,7 +72,9 @@
 //!   cannot be reused (and sampled again) while its old entry is still there. When no entry is
 //!   free within the probe window, the allocation is counted as allocated and at once as freed
 //!   (so `inuse_*` never carries a block whose free cannot be seen) and counted in
-//!   [`Stats::untracked`]. A 16384-counter *counting filter* indexed by address hash says whether
+//!   [`Stats::untracked`]. An 8192-counter *counting filter* (one byte each, saturating: a
+//!   counter that reaches 255 stays there until [`reset`], so it can only err towards looking)
+//!   indexed by address bits says whether
 //!   an address may be in the map, so nearly every free skips the map.
 //!
 //! `realloc` is a free of the old block followed by an allocation of the new size (as jemalloc
@@ -109,6 +112,13 @@
 //! tracked, so `inuse_*` stays right. [`reset`] forgets every sample. Samples accumulate across
 //! stop/start cycles until [`reset`]. Threads need no registration: each one draws its first
 //! countdown at its first allocation after a start or a rate change.
+//!
+//! A thread's allocations do not read the profiler's state: each thread looks at it when its
+//! countdown runs out, and at least once every 256 KiB it allocates (longer distances are
+//! counted down in pieces). So [`stop`] holds at once everywhere (a countdown that runs out
+//! after it samples nothing); the thread that calls [`start`] or [`set_rate`] sees it at its
+//! next allocation, and every other thread within 256 KiB of its own allocations (threads
+//! created afterwards, at once).
 
 use crate::frame::Frame;
 use crate::live::{capture_with, Options};
@@ -117,7 +127,9 @@ use crate::runtime_names;
 use crate::walk::Mode;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -135,8 +147,11 @@ const STACK_PROBES: usize = 256;
 pub const MAP_SLOTS: usize = 1 << MAP_BITS;
 const MAP_BITS: u32 = 16;
 const MAP_PROBES: usize = 64;
-const FILTER_BITS: u32 = 14;
+const FILTER_BITS: u32 = 13;
 const FILTER_SLOTS: usize = 1 << FILTER_BITS;
+/// A filter counter that reached this stays there (until [`reset`]): its addresses are always
+/// looked up in the map.
+const FILTER_STUCK: u8 = u8::MAX;
 
 /// One stack's heap profile values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -293,7 +308,7 @@ impl<A: GlobalAlloc> Sampling<A> {
 // Global state.
 
 /// `epoch << 1 | enabled`. Every start, stop and rate change bumps the epoch, so each thread
-/// redraws its countdown at its next allocation.
+/// redraws its countdown when it next looks (see [`NOTICE`]).
 static STATE: AtomicU64 = AtomicU64::new(0);
 static RATE: AtomicU64 = AtomicU64::new(DEFAULT_RATE);
 /// The capture mode (0 frame pointers, 1 DWARF, 2 hybrid): see [`start_with_mode`].
@@ -318,9 +333,14 @@ static STATS_REENTRANT: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     // Const-initialised, no destructors: never allocates, usable during thread teardown.
-    /// Bytes left until the next sample.
+    /// Bytes left until this thread's next slow path (a sample, or a look at [`STATE`]): at
+    /// most [`NOTICE`].
     static COUNTDOWN: Cell<u64> = const { Cell::new(0) };
-    /// The `STATE` the countdown was drawn under.
+    /// The rest of the drawn distance beyond `COUNTDOWN` (distances longer than [`NOTICE`] are
+    /// counted down in pieces, so that the thread looks at [`STATE`] at least every `NOTICE`
+    /// bytes).
+    static REMAINING: Cell<u64> = const { Cell::new(0) };
+    /// The `STATE` the distance was drawn under.
     static EPOCH: Cell<u64> = const { Cell::new(0) };
     /// xorshift64* state (0: not seeded).
     static RNG: Cell<u64> = const { Cell::new(0) };
@@ -328,41 +348,69 @@ thread_local! {
     static BUSY: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The allocation hook: the unsampled fast path inline, the rest out of line.
+/// A thread looks at [`STATE`] (started, stopped, the rate) at least once every `NOTICE` bytes
+/// it allocates: that is how a [`start`], [`stop`] or [`set_rate`] made on another thread
+/// reaches it, without a load of `STATE` on every allocation. (The thread that calls them sees
+/// the change at its next allocation.)
+const NOTICE: u64 = 256 * 1024;
+
+/// The allocation hook: the unsampled fast path inline (one thread-local compare and
+/// subtraction), the rest out of line.
 #[inline(always)]
 fn on_alloc(p: *mut u8, size: usize) {
-    let g = STATE.load(Ordering::Relaxed);
-    if g & 1 == 0 {
-        return;
-    }
     let size = size as u64;
     let c = COUNTDOWN.with(|c| c.get());
-    if c > size && EPOCH.with(|e| e.get()) == g {
+    if c > size {
         COUNTDOWN.with(|cd| cd.set(c - size));
         return;
     }
-    maybe_sample(p as u64, size, g);
+    maybe_sample(p as u64, size);
 }
 
-/// The countdown ran out or was drawn under another epoch.
+/// Sets this thread's distance to the next sample (counted down in pieces of [`NOTICE`]).
+#[inline]
+fn set_distance(d: u64) {
+    let now = d.min(NOTICE);
+    COUNTDOWN.with(|c| c.set(now));
+    REMAINING.with(|r| r.set(d - now));
+}
+
+/// Makes this thread's next allocation take the slow path (after a change of [`STATE`]).
+fn renotice() {
+    COUNTDOWN.with(|c| c.set(0));
+    REMAINING.with(|r| r.set(0));
+}
+
+/// The countdown ran out: sample, or look at [`STATE`] and go on counting.
 #[cold]
 #[inline(never)]
-fn maybe_sample(addr: u64, size: u64, g: u64) {
+fn maybe_sample(addr: u64, size: u64) {
+    let g = STATE.load(Ordering::Relaxed);
+    let rate = RATE.load(Ordering::Relaxed);
+    if g & 1 == 0 || rate == 0 {
+        // Not sampling: look again after NOTICE bytes.
+        set_distance(NOTICE);
+        return;
+    }
     if BUSY.with(|b| b.get()) {
         STATS_REENTRANT.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let rate = RATE.load(Ordering::Relaxed);
-    if EPOCH.with(|e| e.replace(g)) != g {
-        // First allocation under this epoch: draw a distance, then let this allocation count
-        // against it (the exponential distribution is memoryless, so this is exact).
-        let d = draw(rate);
-        if d > size {
-            COUNTDOWN.with(|c| c.set(d - size));
-            return;
-        }
+    // What is left of the distance drawn under this epoch; a fresh one at the first
+    // allocation under a new epoch (the exponential distribution is memoryless, so letting this
+    // allocation count against it is exact).
+    let left = if EPOCH.with(|e| e.replace(g)) == g {
+        COUNTDOWN
+            .with(|c| c.get())
+            .saturating_add(REMAINING.with(|r| r.get()))
+    } else {
+        draw(rate)
+    };
+    if left > size {
+        set_distance(left - size);
+        return;
     }
-    COUNTDOWN.with(|c| c.set(draw(rate)));
+    set_distance(draw(rate));
     BUSY.with(|b| b.set(true));
     record(addr, size);
     BUSY.with(|b| b.set(false));
@@ -500,6 +548,8 @@ const Z64: AtomicU64 = AtomicU64::new(0);
 #[allow(clippy::declare_interior_mutable_const)]
 const Z32: AtomicU32 = AtomicU32::new(0);
 #[allow(clippy::declare_interior_mutable_const)]
+const Z8: AtomicU8 = AtomicU8::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
 const SLOT: StackSlot = StackSlot {
     state: Z32,
     len: Z32,
@@ -516,8 +566,9 @@ const ENTRY: [AtomicU64; 2] = [Z64; 2];
 static STACKS: [StackSlot; STACK_SLOTS] = [SLOT; STACK_SLOTS];
 /// `[address (0 empty, 1 tombstone), packed (slot, size)]`.
 static MAP: [[AtomicU64; 2]; MAP_SLOTS] = [ENTRY; MAP_SLOTS];
-/// Per address hash: how many tracked blocks hash here.
-static FILTER: [AtomicU32; FILTER_SLOTS] = [Z32; FILTER_SLOTS];
+/// Per address hash: how many tracked blocks hash here (saturating at [`FILTER_STUCK`]). 8 KiB,
+/// indexed by address bits so that frees of nearby blocks read the same cache lines.
+static FILTER: [AtomicU8; FILTER_SLOTS] = [Z8; FILTER_SLOTS];
 
 fn stack_hash(frames: &[Frame]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ frames.len() as u64;
@@ -593,9 +644,26 @@ fn map_home(addr: u64) -> usize {
     (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - MAP_BITS)) as usize
 }
 
+/// The filter counter of `addr`: 16-byte granules of a 128 KiB window (so a free reads the
+/// line its neighbours' frees read), the next address bits folded in so that page-aligned
+/// blocks (the inner allocator's `mmap`ed ones) spread over the counters.
 #[inline(always)]
 fn filter_index(addr: u64) -> usize {
-    (addr.wrapping_mul(0xd6e8_feb8_6659_fd93) >> (64 - FILTER_BITS)) as usize
+    (((addr ^ (addr >> FILTER_BITS)) >> 4) as usize) & (FILTER_SLOTS - 1)
+}
+
+/// Counts one more tracked block at `addr` in the filter (saturating: a stuck counter stays).
+fn filter_add(addr: u64) {
+    let _ = FILTER[filter_index(addr)].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        (n < FILTER_STUCK).then(|| n + 1)
+    });
+}
+
+/// Counts one tracked block less at `addr` (a stuck counter stays stuck).
+fn filter_remove(addr: u64) {
+    let _ = FILTER[filter_index(addr)].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        (n > 0 && n < FILTER_STUCK).then(|| n - 1)
+    });
 }
 
 /// Could `addr` be a tracked block? One relaxed load.
@@ -638,7 +706,7 @@ fn map_insert(addr: u64, v: u64) -> bool {
                 .is_ok()
         {
             MAP[idx][1].store(v, Ordering::Release);
-            FILTER[filter_index(addr)].fetch_add(1, Ordering::Relaxed);
+            filter_add(addr);
             return true;
         }
         continue 'retry;
@@ -661,7 +729,7 @@ fn map_remove(addr: u64) -> Option<u64> {
                 .compare_exchange(addr, TOMB, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                FILTER[filter_index(addr)].fetch_sub(1, Ordering::Relaxed);
+                filter_remove(addr);
                 return Some(v);
             }
             return None;
@@ -701,11 +769,13 @@ fn control() -> std::sync::MutexGuard<'static, ()> {
     CONTROL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Bumps the epoch, setting the enabled bit to `on`.
+/// Bumps the epoch, setting the enabled bit to `on`. The calling thread sees the change at its
+/// next allocation; other threads within [`NOTICE`] bytes of theirs.
 fn bump(on: bool) {
     let g = STATE.load(Ordering::Relaxed);
     let next = ((g >> 1).wrapping_add(1) << 1) | on as u64;
     STATE.store(next, Ordering::SeqCst);
+    renotice();
 }
 
 fn install_classifier(c: Classifier) {
@@ -794,8 +864,8 @@ pub fn is_running() -> bool {
     STATE.load(Ordering::Relaxed) & 1 == 1
 }
 
-/// Changes the sampling rate (bytes; see [`start`]). Every thread redraws its countdown at its
-/// next allocation. [`snapshot`] scales with the rate current when it runs.
+/// Changes the sampling rate (bytes; see [`start`]). The calling thread redraws its countdown
+/// at its next allocation, every other thread within 256 KiB of its own allocations. [`snapshot`] scales with the rate current when it runs.
 pub fn set_rate(rate: u64) {
     let _g = control();
     RATE.store(rate, Ordering::Relaxed);
@@ -1097,6 +1167,39 @@ mod tests {
         assert_eq!(map_remove(0), None);
         assert!(!map_insert(TOMB, 0));
         reset();
+    }
+
+    #[test]
+    fn filter_counters_saturate_and_stay_sound() {
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        reset();
+        // 300 addresses on one counter (one 128 KiB window apart each): more than a counter
+        // holds.
+        let step = 1u64 << (FILTER_BITS + 4);
+        let same: Vec<u64> = (1..)
+            .map(|i| 0x7f00_0000_0010 + i * step)
+            .filter(|&a| filter_index(a) == filter_index(0x7f00_0000_0010))
+            .take(300)
+            .collect();
+        assert_eq!(same.len(), 300);
+        for (i, &a) in same.iter().enumerate() {
+            assert!(map_insert(a, pack(0, i as u64 + 1)), "{i}");
+        }
+        assert_eq!(
+            FILTER[filter_index(same[0])].load(Ordering::Relaxed),
+            FILTER_STUCK
+        );
+        // Every free still finds its entry; the stuck counter stays (false positives only).
+        for (i, &a) in same.iter().enumerate() {
+            assert!(may_be_tracked(a));
+            assert_eq!(map_remove(a), Some(pack(0, i as u64 + 1)), "{i}");
+        }
+        assert!(may_be_tracked(same[0]));
+        assert_eq!(map_remove(same[0]), None);
+        // Neighbours in one window use different counters: a free there does not look.
+        assert_ne!(filter_index(0x1000), filter_index(0x1010));
+        reset();
+        assert!(!may_be_tracked(same[0]));
     }
 
     #[test]
