@@ -29,6 +29,32 @@ pub struct Symbol<'a> {
     pub offset: u64,
 }
 
+/// One function symbol, its name left in the file's string table until it is asked for.
+#[derive(Clone, Copy, Debug)]
+struct Func {
+    /// File address.
+    addr: u64,
+    size: u64,
+    /// Where the name is: an offset in the file ([`NAME_IN_FILE`]), in the debug file
+    /// ([`NAME_IN_DEBUG`]), or an index in `owned` ([`NAME_OWNED`]), in the top two bits.
+    name: u64,
+    /// The name's length in bytes.
+    len: u32,
+    /// Order of appearance (symtab, dynsym, then the debug file's symtab): at one address the
+    /// first sized symbol names the function; exact-name lookups answer the first match.
+    seq: u32,
+}
+
+const NAME_IN_FILE: u64 = 0;
+const NAME_IN_DEBUG: u64 = 1 << 62;
+const NAME_OWNED: u64 = 2 << 62;
+const NAME_WHERE: u64 = 3 << 62;
+
+/// Rust names (legacy `_ZN…E`, v0 `_R…`) are demangled; C and Go names are shown as they are.
+fn is_rust_name(raw: &str) -> bool {
+    raw.starts_with("_ZN") || raw.starts_with("_R") || raw.starts_with("__ZN")
+}
+
 /// One loaded module.
 pub struct Module {
     /// The path it was loaded from (as the process saw it).
@@ -39,16 +65,21 @@ pub struct Module {
     pub bias: u64,
     /// Runtime address range of its segments.
     pub range: Range,
-    /// (file address, size, name index), sorted.
-    funcs: Vec<(u64, u64, u32)>,
-    names: Vec<String>,
+    /// Function symbols sorted by (address, unsized, order of appearance); the first of a run
+    /// at one address is the function there (symtab and dynsym list most functions twice).
+    funcs: Vec<Func>,
+    /// Demangled Rust names, by index in `funcs`, made when first asked for (allocated on the
+    /// first).
+    demangled: std::sync::OnceLock<Box<[std::sync::OnceLock<Box<str>>]>>,
+    /// Names found outside the mapped files (none for ELF string tables).
+    owned: Vec<String>,
     /// The file, mapped read-only.
     data: Mapped,
+    /// The separate debug file whose symbol table was read, mapped read-only.
+    debug: Option<Mapped>,
     /// Executable sections: (file address, range of `data`), for finding code by its
     /// instructions.
     code: Vec<(u64, std::ops::Range<usize>)>,
-    /// Named functions (raw symbol names too, for exact lookups such as Go's `runtime.*.abi0`).
-    by_name: Vec<(String, u64, u64)>,
 }
 
 impl Module {
@@ -90,45 +121,61 @@ impl Module {
             lo = lo.min(s.address());
             hi = hi.max(s.address().saturating_add(s.size()));
         }
-        let mut names = Vec::new();
-        let mut funcs = Vec::new();
-        let mut by_name = Vec::new();
-        let mut add = |sym: object::Symbol<'_, '_>| {
-            if sym.kind() != SymbolKind::Text || sym.address() == 0 {
-                return;
+        let mut funcs: Vec<Func> = Vec::new();
+        let mut owned = Vec::new();
+        let mut debug = None;
+        // Where a name lies: in `bytes` (the file or the debug file, tagged `tag`), else
+        // copied into `owned`.
+        fn locate(raw: &str, bytes: &[u8], tag: u64, owned: &mut Vec<String>) -> u64 {
+            let (p, base) = (raw.as_ptr() as usize, bytes.as_ptr() as usize);
+            match p.checked_sub(base) {
+                Some(off) if off + raw.len() <= bytes.len() && (off as u64) < 1 << 62 => {
+                    off as u64 | tag
+                }
+                _ => {
+                    owned.push(raw.to_string());
+                    (owned.len() as u64 - 1) | NAME_OWNED
+                }
             }
-            let Ok(raw) = sym.name() else { return };
-            // Only Rust names (legacy `_ZN…E`, v0 `_R…`) demangle: C and Go names are copied
-            // without the demangler's scan (which showed in `unwind stack --pid` profiles).
-            let name = if raw.starts_with("_ZN") || raw.starts_with("_R") || raw.starts_with("__ZN")
-            {
-                format!("{:#}", rustc_demangle::demangle(raw))
-            } else {
-                raw.to_string()
+        }
+        let mut add =
+            |sym: object::Symbol<'_, '_>, bytes: &[u8], tag: u64, owned: &mut Vec<String>| {
+                if sym.kind() != SymbolKind::Text || sym.address() == 0 {
+                    return;
+                }
+                let Ok(raw) = sym.name() else { return };
+                let (Ok(len), Ok(seq)) = (u32::try_from(raw.len()), u32::try_from(funcs.len()))
+                else {
+                    return;
+                };
+                funcs.push(Func {
+                    addr: sym.address(),
+                    size: sym.size(),
+                    name: locate(raw, bytes, tag, owned),
+                    len,
+                    seq,
+                });
             };
-            by_name.push((raw.to_string(), sym.address(), sym.size()));
-            funcs.push((sym.address(), sym.size(), names.len() as u32));
-            names.push(name);
-        };
         for sym in file.symbols().chain(file.dynamic_symbols()) {
-            add(sym);
+            add(sym, &data, NAME_IN_FILE, &mut owned);
         }
         // A stripped library's local functions (glibc's __restore_rt, start_thread) are in its
         // separate debug file, found by build id, when installed (Debian's *-dbg packages).
         if file.section_by_name(".symtab").is_none() {
-            if let Some(debug) = debug_file(&file) {
-                if let Ok(d) = crate::safe_open::map(&debug, &Policy::default()) {
+            if let Some(path) = debug_file(&file) {
+                if let Ok(d) = crate::safe_open::map(&path, &Policy::default()) {
                     if let Ok(dfile) = object::File::parse(&*d) {
                         for sym in dfile.symbols() {
-                            add(sym);
+                            add(sym, &d, NAME_IN_DEBUG, &mut owned);
                         }
                     }
+                    debug = Some(d);
                 }
             }
         }
-        // Sized symbols first at equal addresses; drop exact duplicates (symtab + dynsym).
-        funcs.sort_by_key(|&(a, s, _)| (a, s == 0));
-        funcs.dedup_by_key(|f| f.0);
+        // Sized symbols first at equal addresses, then in order of appearance (`seq` is
+        // unique: the unstable sort orders as a stable one would).
+        funcs.sort_unstable_by_key(|f| (f.addr, f.size == 0, f.seq));
         let len = data.len();
         let code = file
             .sections()
@@ -151,18 +198,52 @@ impl Module {
                 Range::default()
             },
             funcs,
-            names,
+            demangled: std::sync::OnceLock::new(),
+            owned,
             data,
+            debug,
             code,
-            by_name,
         })
+    }
+
+    /// The raw (mangled) name of `funcs[i]`.
+    fn raw_name(&self, f: &Func) -> &str {
+        let at = (f.name & !NAME_WHERE) as usize;
+        let bytes: &[u8] = match f.name & NAME_WHERE {
+            NAME_IN_FILE => &self.data,
+            NAME_IN_DEBUG => self.debug.as_deref().unwrap_or_default(),
+            _ => return self.owned.get(at).map_or("", |s| s.as_str()),
+        };
+        // Valid UTF-8 when the symbol was read (the maps are read-only).
+        at.checked_add(f.len as usize)
+            .and_then(|end| bytes.get(at..end))
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+
+    /// The name shown for `funcs[i]`: demangled for Rust, else the raw name.
+    fn name(&self, i: usize) -> &str {
+        let Some(f) = self.funcs.get(i) else {
+            return "";
+        };
+        let raw = self.raw_name(f);
+        if !is_rust_name(raw) {
+            return raw;
+        }
+        let cells = self
+            .demangled
+            .get_or_init(|| vec![std::sync::OnceLock::new(); self.funcs.len()].into_boxed_slice());
+        cells[i].get_or_init(|| format!("{:#}", rustc_demangle::demangle(raw)).into_boxed_str())
     }
 
     /// The function containing runtime address `pc`.
     pub fn lookup(&self, pc: u64) -> Option<Symbol<'_>> {
         let a = pc.wrapping_sub(self.bias);
-        let i = self.funcs.partition_point(|f| f.0 <= a);
-        let &(start, size, n) = self.funcs.get(i.checked_sub(1)?)?;
+        let i = self.funcs.partition_point(|f| f.addr <= a);
+        let start = self.funcs.get(i.checked_sub(1)?)?.addr;
+        // The first symbol at that address names the function.
+        let i = self.funcs.partition_point(|f| f.addr < start);
+        let size = self.funcs[i].size;
         // Unsized symbols (assembly labels) cover up to 4 KiB.
         let end = if size == 0 {
             start.saturating_add(4096)
@@ -170,7 +251,7 @@ impl Module {
             start.saturating_add(size)
         };
         (a < end).then(|| Symbol {
-            name: &self.names[n as usize],
+            name: self.name(i),
             module: &self.path,
             offset: a - start,
         })
@@ -181,26 +262,29 @@ impl Module {
         &self.data
     }
 
-    /// Runtime range of the function with exactly this raw (mangled) name.
+    /// Runtime range of the function with exactly this raw (mangled) name (the first symbol
+    /// of that name in the file's symtab, dynsym, then its debug file's symtab).
     pub fn function(&self, raw_name: &str) -> Option<Range> {
-        self.by_name
+        self.funcs
             .iter()
-            .find(|(n, _, _)| n == raw_name)
-            .map(|&(_, a, s)| {
-                let lo = a.wrapping_add(self.bias);
-                Range::new(lo, lo.saturating_add(s.max(1)))
+            .filter(|f| f.len as usize == raw_name.len() && self.raw_name(f) == raw_name)
+            .min_by_key(|f| f.seq)
+            .map(|f| {
+                let lo = f.addr.wrapping_add(self.bias);
+                Range::new(lo, lo.saturating_add(f.size.max(1)))
             })
     }
 
     /// Every function: (demangled name, runtime start, runtime end).
     pub fn functions(&self) -> impl Iterator<Item = (&str, u64, u64)> + '_ {
-        self.funcs.iter().map(move |&(a, s, n)| {
-            (
-                self.names[n as usize].as_str(),
-                a.wrapping_add(self.bias),
-                a.wrapping_add(self.bias).wrapping_add(s),
-            )
-        })
+        self.funcs
+            .iter()
+            .enumerate()
+            .filter(move |&(i, f)| i == 0 || self.funcs[i - 1].addr != f.addr)
+            .map(move |(i, f)| {
+                let lo = f.addr.wrapping_add(self.bias);
+                (self.name(i), lo, lo.wrapping_add(f.size))
+            })
     }
 
     /// Copies the module's code at runtime address `addr` (from its executable sections, as
