@@ -138,26 +138,35 @@ impl Module {
                 }
             }
         }
-        let mut add =
-            |sym: object::Symbol<'_, '_>, bytes: &[u8], tag: u64, owned: &mut Vec<String>| {
-                if sym.kind() != SymbolKind::Text || sym.address() == 0 {
-                    return;
-                }
-                let Ok(raw) = sym.name() else { return };
-                let (Ok(len), Ok(seq)) = (u32::try_from(raw.len()), u32::try_from(funcs.len()))
-                else {
-                    return;
-                };
-                funcs.push(Func {
-                    addr: sym.address(),
-                    size: sym.size(),
-                    name: locate(raw, bytes, tag, owned),
-                    len,
-                    seq,
-                });
+        // Other files, through `object`'s symbols.
+        fn add(
+            sym: object::Symbol<'_, '_>,
+            bytes: &[u8],
+            tag: u64,
+            owned: &mut Vec<String>,
+            funcs: &mut Vec<Func>,
+        ) {
+            if sym.kind() != SymbolKind::Text || sym.address() == 0 {
+                return;
+            }
+            let Ok(raw) = sym.name() else { return };
+            let (Ok(len), Ok(seq)) = (u32::try_from(raw.len()), u32::try_from(funcs.len())) else {
+                return;
             };
-        for sym in file.symbols().chain(file.dynamic_symbols()) {
-            add(sym, &data, NAME_IN_FILE, &mut owned);
+            funcs.push(Func {
+                addr: sym.address(),
+                size: sym.size(),
+                name: locate(raw, bytes, tag, owned),
+                len,
+                seq,
+            });
+        }
+        // 64-bit ELF (every core this crate reads): the symbol tables are read in place,
+        // names only delimited (their UTF-8 is checked when they are used).
+        if !elf_functions(&data, NAME_IN_FILE, true, &mut funcs) {
+            for sym in file.symbols().chain(file.dynamic_symbols()) {
+                add(sym, &data, NAME_IN_FILE, &mut owned, &mut funcs);
+            }
         }
         // A stripped library's local functions (glibc's __restore_rt, start_thread) are in its
         // separate debug file, found by build id, when installed (Debian's *-dbg packages).
@@ -165,8 +174,10 @@ impl Module {
             if let Some(path) = debug_file(&file) {
                 if let Ok(d) = crate::safe_open::map(&path, &Policy::default()) {
                     if let Ok(dfile) = object::File::parse(&*d) {
-                        for sym in dfile.symbols() {
-                            add(sym, &d, NAME_IN_DEBUG, &mut owned);
+                        if !elf_functions(&d, NAME_IN_DEBUG, false, &mut funcs) {
+                            for sym in dfile.symbols() {
+                                add(sym, &d, NAME_IN_DEBUG, &mut owned, &mut funcs);
+                            }
                         }
                     }
                     debug = Some(d);
@@ -206,19 +217,23 @@ impl Module {
         })
     }
 
-    /// The raw (mangled) name of `funcs[i]`.
-    fn raw_name(&self, f: &Func) -> &str {
+    /// The raw bytes of a symbol's name.
+    fn raw_bytes(&self, f: &Func) -> &[u8] {
         let at = (f.name & !NAME_WHERE) as usize;
         let bytes: &[u8] = match f.name & NAME_WHERE {
             NAME_IN_FILE => &self.data,
             NAME_IN_DEBUG => self.debug.as_deref().unwrap_or_default(),
-            _ => return self.owned.get(at).map_or("", |s| s.as_str()),
+            _ => return self.owned.get(at).map_or(&[], |s| s.as_bytes()),
         };
-        // Valid UTF-8 when the symbol was read (the maps are read-only).
         at.checked_add(f.len as usize)
             .and_then(|end| bytes.get(at..end))
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("")
+            .unwrap_or_default()
+    }
+
+    /// The raw (mangled) name of a symbol; `None` when it is not UTF-8 (such a symbol does
+    /// not exist for lookups, as `object` cannot name it).
+    fn raw_name(&self, f: &Func) -> Option<&str> {
+        std::str::from_utf8(self.raw_bytes(f)).ok()
     }
 
     /// The name shown for `funcs[i]`: demangled for Rust, else the raw name.
@@ -226,7 +241,7 @@ impl Module {
         let Some(f) = self.funcs.get(i) else {
             return "";
         };
-        let raw = self.raw_name(f);
+        let raw = self.raw_name(f).unwrap_or("");
         if !is_rust_name(raw) {
             return raw;
         }
@@ -236,14 +251,27 @@ impl Module {
         cells[i].get_or_init(|| format!("{:#}", rustc_demangle::demangle(raw)).into_boxed_str())
     }
 
+    /// The symbol naming the function at the highest address among `funcs[..hi]`: the first
+    /// with a UTF-8 name at that address (sized first, then in order of appearance); an
+    /// address whose names all fail leaves it to the one below.
+    fn named_at_or_below(&self, mut hi: usize) -> Option<usize> {
+        while hi > 0 {
+            let addr = self.funcs[hi - 1].addr;
+            let lo = self.funcs.partition_point(|f| f.addr < addr);
+            if let Some(i) = (lo..hi).find(|&i| self.raw_name(&self.funcs[i]).is_some()) {
+                return Some(i);
+            }
+            hi = lo;
+        }
+        None
+    }
+
     /// The function containing runtime address `pc`.
     pub fn lookup(&self, pc: u64) -> Option<Symbol<'_>> {
         let a = pc.wrapping_sub(self.bias);
-        let i = self.funcs.partition_point(|f| f.addr <= a);
-        let start = self.funcs.get(i.checked_sub(1)?)?.addr;
-        // The first symbol at that address names the function.
-        let i = self.funcs.partition_point(|f| f.addr < start);
-        let size = self.funcs[i].size;
+        let hi = self.funcs.partition_point(|f| f.addr <= a);
+        let i = self.named_at_or_below(hi)?;
+        let (start, size) = (self.funcs[i].addr, self.funcs[i].size);
         // Unsized symbols (assembly labels) cover up to 4 KiB.
         let end = if size == 0 {
             start.saturating_add(4096)
@@ -267,7 +295,9 @@ impl Module {
     pub fn function(&self, raw_name: &str) -> Option<Range> {
         self.funcs
             .iter()
-            .filter(|f| f.len as usize == raw_name.len() && self.raw_name(f) == raw_name)
+            .filter(|f| {
+                f.len as usize == raw_name.len() && self.raw_bytes(f) == raw_name.as_bytes()
+            })
             .min_by_key(|f| f.seq)
             .map(|f| {
                 let lo = f.addr.wrapping_add(self.bias);
@@ -277,10 +307,18 @@ impl Module {
 
     /// Every function: (demangled name, runtime start, runtime end).
     pub fn functions(&self) -> impl Iterator<Item = (&str, u64, u64)> + '_ {
+        // The first symbol with a UTF-8 name at each address.
         self.funcs
             .iter()
             .enumerate()
-            .filter(move |&(i, f)| i == 0 || self.funcs[i - 1].addr != f.addr)
+            .filter(move |&(i, f)| {
+                self.raw_name(f).is_some()
+                    && self.funcs[..i]
+                        .iter()
+                        .rev()
+                        .take_while(|g| g.addr == f.addr)
+                        .all(|g| self.raw_name(g).is_none())
+            })
             .map(move |(i, f)| {
                 let lo = f.addr.wrapping_add(self.bias);
                 (self.name(i), lo, lo.wrapping_add(f.size))
@@ -324,6 +362,78 @@ impl Module {
         }
         out
     }
+}
+
+/// Appends the function symbols of a 64-bit ELF file's `.symtab` (and `.dynsym` when
+/// `dynamic`), as `object`'s `symbols()` and `dynamic_symbols()` list them with kind
+/// [`SymbolKind::Text`] and a non-zero address, to `funcs`, their names delimited in `data`
+/// (not yet checked for UTF-8: [`Module::raw_name`] does). False (nothing added) when `data` is
+/// not a 64-bit ELF file.
+fn elf_functions(data: &[u8], tag: u64, dynamic: bool, funcs: &mut Vec<Func>) -> bool {
+    use object::read::elf::{FileHeader, SectionHeader, Sym};
+    let Ok(hdr) = object::elf::FileHeader64::<object::Endianness>::parse(data) else {
+        return false;
+    };
+    let Ok(e) = hdr.endian() else { return false };
+    let Ok(sections) = hdr.sections(e, data) else {
+        return false;
+    };
+    let kinds: &[object::elf::SectionType] = if dynamic {
+        &[object::elf::SHT_SYMTAB, object::elf::SHT_DYNSYM]
+    } else {
+        &[object::elf::SHT_SYMTAB]
+    };
+    for &kind in kinds {
+        let Ok(table) = sections.symbols(e, data, kind) else {
+            continue;
+        };
+        // The string table's place in the file (as `StringTable::get` reads it).
+        let Some((str_off, str_len)) = sections
+            .section(table.string_section())
+            .ok()
+            .and_then(|h| h.file_range(e))
+        else {
+            continue;
+        };
+        let Some(strtab) = usize::try_from(str_off)
+            .ok()
+            .zip(usize::try_from(str_len).ok())
+            .and_then(|(o, l)| data.get(o..o.checked_add(l)?))
+        else {
+            continue;
+        };
+        for sym in table.symbols() {
+            let t = sym.st_type();
+            if t != object::elf::STT_FUNC && t != object::elf::STT_GNU_IFUNC {
+                continue;
+            }
+            // Common symbols' value is an alignment (`object` gives address 0).
+            if sym.st_shndx(e) == object::elf::SHN_COMMON || sym.st_value(e) == 0 {
+                continue;
+            }
+            // The name: up to its NUL, inside the string table, else the symbol is unnamed
+            // (`object` fails to read it and the symbol was skipped).
+            let at = sym.st_name(e) as usize;
+            let Some(len) = strtab.get(at..).and_then(|rest| memchr::memchr(0, rest)) else {
+                continue;
+            };
+            let off = str_off as usize + at;
+            let (Ok(len), Ok(seq)) = (u32::try_from(len), u32::try_from(funcs.len())) else {
+                continue;
+            };
+            if off as u64 >= 1 << 62 {
+                continue;
+            }
+            funcs.push(Func {
+                addr: sym.st_value(e),
+                size: sym.st_size(e),
+                name: off as u64 | tag,
+                len,
+                seq,
+            });
+        }
+    }
+    true
 }
 
 /// `/usr/lib/debug/.build-id/xx/yyyy.debug` for a file's GNU build id, if it exists.
