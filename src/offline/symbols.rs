@@ -186,7 +186,14 @@ impl Module {
         }
         // Sized symbols first at equal addresses, then in order of appearance (`seq` is
         // unique: the unstable sort orders as a stable one would).
-        funcs.sort_unstable_by_key(|f| (f.addr, f.size == 0, f.seq));
+        // (`seq` is the index in appearance order: the sort moves 16-byte keys, then the
+        // entries are gathered once.)
+        let mut keys: Vec<u128> = funcs
+            .iter()
+            .map(|f| (f.addr as u128) << 64 | ((f.size == 0) as u128) << 32 | f.seq as u128)
+            .collect();
+        keys.sort_unstable();
+        let funcs: Vec<Func> = keys.iter().map(|&k| funcs[k as u32 as usize]).collect();
         let len = data.len();
         let code = file
             .sections()
