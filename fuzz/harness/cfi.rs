@@ -155,13 +155,21 @@ fn lazy_lookups(arch: ArchKind, m: dwarf::ModuleCfi<'_>) {
     let mut pcs: Vec<u64> = (0..64u64)
         .map(|i| range.lo.wrapping_add(span / 64 * i))
         .collect();
-    pcs.extend([range.lo, range.hi, range.hi.wrapping_sub(1), range.lo.wrapping_sub(1)]);
+    pcs.extend([
+        range.lo,
+        range.hi,
+        range.hi.wrapping_sub(1),
+        range.lo.wrapping_sub(1),
+    ]);
     let mut cfi = dwarf::OfflineCfi::new();
     cfi.add(m);
     for &pc in &pcs {
         let r = cfi.rule(pc);
         if r.is_some() {
-            assert!(range.contains(pc), "a lazy rule at {pc:#x} outside {range:?}");
+            assert!(
+                range.contains(pc),
+                "a lazy rule at {pc:#x} outside {range:?}"
+            );
         }
         assert_eq!(cfi.rule(pc), r, "a lazy rule changed at {pc:#x}");
         if let Some(m) = cfi.module(pc) {

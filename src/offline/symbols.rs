@@ -646,6 +646,138 @@ mod tests {
         assert_eq!(a_function_with_a_name(), 42);
     }
 
+    /// The eager symbolizer this module had before names were left in the files, as an
+    /// oracle: every symbol read through `object`, named, sorted (stable) and deduplicated.
+    struct Oracle {
+        funcs: Vec<(u64, u64, String)>,
+        by_name: Vec<(String, u64, u64)>,
+    }
+
+    impl Oracle {
+        fn new(path: &Path) -> Oracle {
+            let data = std::fs::read(path).unwrap();
+            let file = object::File::parse(&*data).unwrap();
+            let (mut funcs, mut by_name) = (Vec::new(), Vec::new());
+            let mut add = |sym: object::Symbol<'_, '_>| {
+                if sym.kind() != SymbolKind::Text || sym.address() == 0 {
+                    return;
+                }
+                let Ok(raw) = sym.name() else { return };
+                let name = if is_rust_name(raw) {
+                    format!("{:#}", rustc_demangle::demangle(raw))
+                } else {
+                    raw.to_string()
+                };
+                by_name.push((raw.to_string(), sym.address(), sym.size()));
+                funcs.push((sym.address(), sym.size(), name));
+            };
+            for sym in file.symbols().chain(file.dynamic_symbols()) {
+                add(sym);
+            }
+            let debug = debug_file(&file).filter(|_| file.section_by_name(".symtab").is_none());
+            if let Some(d) = debug.and_then(|d| std::fs::read(d).ok()) {
+                for sym in object::File::parse(&*d).unwrap().symbols() {
+                    add(sym);
+                }
+            }
+            funcs.sort_by_key(|&(a, s, _)| (a, s == 0));
+            funcs.dedup_by_key(|f| f.0);
+            Oracle { funcs, by_name }
+        }
+
+        fn lookup(&self, a: u64) -> Option<(&str, u64)> {
+            let i = self.funcs.partition_point(|f| f.0 <= a);
+            let (start, size, name) = self.funcs.get(i.checked_sub(1)?)?;
+            let end = start.saturating_add(if *size == 0 { 4096 } else { *size });
+            (a < end).then_some((name.as_str(), a - start))
+        }
+    }
+
+    /// Lookups, exact-name lookups and the function list agree with the oracle at every
+    /// function's start, middle, end and just past it.
+    fn agrees_with_the_oracle(path: &Path) -> usize {
+        let m = Module::load(path, "m", None).unwrap();
+        let o = Oracle::new(path);
+        let listed: Vec<(String, u64, u64)> = m
+            .functions()
+            .map(|(n, a, b)| (n.to_string(), a, b))
+            .collect();
+        let expected: Vec<(String, u64, u64)> = o
+            .funcs
+            .iter()
+            .map(|(a, s, n)| (n.clone(), *a, a.wrapping_add(*s)))
+            .collect();
+        assert_eq!(listed, expected, "{}", path.display());
+        for (a, s, _) in &o.funcs {
+            for pc in [*a, a + s / 2, (a + s).saturating_sub(1), a + s, a + 4096] {
+                let got = m.lookup(pc).map(|s| (s.name, s.offset));
+                assert_eq!(got, o.lookup(pc), "{} at {pc:#x}", path.display());
+            }
+        }
+        for (raw, _, _) in o.by_name.iter().step_by(7) {
+            let want = o
+                .by_name
+                .iter()
+                .find(|(n, _, _)| n == raw)
+                .map(|&(_, a, s)| Range::new(a, a.saturating_add(s.max(1))));
+            assert_eq!(m.function(raw), want, "{raw}");
+        }
+        assert_eq!(m.function("no such function, surely"), None);
+        o.funcs.len()
+    }
+
+    #[test]
+    fn lazy_names_match_the_eager_symbols_of_libc_and_this_binary() {
+        let exe = std::env::current_exe().unwrap();
+        assert!(agrees_with_the_oracle(&exe) > 1000);
+        let libc = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/aarch64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists());
+        if let Some(libc) = libc {
+            assert!(agrees_with_the_oracle(libc) > 1000);
+        }
+    }
+
+    /// A symbol whose name is not UTF-8 does not exist: the function below it (or the valid
+    /// name at the same address) answers, as when `object` refused to name it.
+    #[test]
+    fn names_that_are_not_utf8_are_skipped() {
+        let exe = std::env::current_exe().unwrap();
+        let mut data = std::fs::read(&exe).unwrap();
+        let m = Module::load(&exe, "m", None).unwrap();
+        // A sized function whose name is the only one at its address.
+        let i = (1..m.funcs.len() - 1)
+            .find(|&i| {
+                let f = m.funcs[i];
+                f.size > 0
+                    && f.name & NAME_WHERE == NAME_IN_FILE
+                    && m.funcs[i - 1].addr != f.addr
+                    && m.funcs[i + 1].addr != f.addr
+                    && m.funcs[i - 1].addr + m.funcs[i - 1].size <= f.addr
+            })
+            .unwrap();
+        let f = m.funcs[i];
+        let raw = m.raw_name(&f).unwrap().to_string();
+        let off = (f.name & !NAME_WHERE) as usize;
+        drop(m);
+        // Every copy of the name in the string tables (symtab and dynsym may share it).
+        data[off] = 0xff;
+        let dir = std::env::temp_dir().join(format!("unwind-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("exe");
+        std::fs::write(&path, &data).unwrap();
+        let m = Module::load(&path, "m", None).unwrap();
+        let got = m.lookup(f.addr).map(|s| s.name.to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_ne!(got.as_deref(), Some(raw.as_str()));
+        assert!(m.functions().all(|(n, a, _)| a != f.addr || n != raw));
+    }
+
     #[test]
     fn missing_file_is_recorded() {
         let mut s = Symbolizer::new();

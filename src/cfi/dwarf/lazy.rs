@@ -133,7 +133,7 @@ impl<'d> LazyCfi<'d> {
             .eh_frame
             .fde_from_offset(
                 &t.bases,
-                gimli::EhFrameOffset(last),
+                gimli::EhFrameOffset(last?),
                 EhFrame::cie_from_offset,
             )
             .ok()?;
@@ -147,14 +147,17 @@ impl<'d> LazyCfi<'d> {
         Some(t)
     }
 
-    /// Table entry `i`: (initial location, offset of the FDE in `.eh_frame`).
-    fn entry(&self, i: usize) -> Option<(u64, usize)> {
+    /// Table entry `i`: (initial location, offset of the FDE in `.eh_frame` if it lies
+    /// there).
+    fn entry(&self, i: usize) -> Option<(u64, Option<usize>)> {
         let e = self.table.get(i.checked_mul(8)?..)?.get(..8)?;
         let loc = i32::from_le_bytes([e[0], e[1], e[2], e[3]]) as i64;
         let fde = i32::from_le_bytes([e[4], e[5], e[6], e[7]]) as i64;
         let loc = self.hdr_addr.wrapping_add_signed(loc);
         let fde = self.hdr_addr.wrapping_add_signed(fde);
-        let off = usize::try_from(fde.checked_sub(self.eh_frame_addr)?).ok()?;
+        let off = fde
+            .checked_sub(self.eh_frame_addr)
+            .and_then(|o| usize::try_from(o).ok());
         Some((loc, off))
     }
 
@@ -190,7 +193,7 @@ impl<'d> LazyCfi<'d> {
     }
 
     fn evaluate(&self, i: usize, st: &mut State) -> Result<Evaluated, CfiError> {
-        let (_, off) = self.entry(i).ok_or(CfiError::BadHeader)?;
+        let off = self.entry(i).and_then(|e| e.1).ok_or(CfiError::BadHeader)?;
         let fde = self.eh_frame.fde_from_offset(
             &self.bases,
             gimli::EhFrameOffset(off),
