@@ -40,9 +40,6 @@ struct Func {
     name: u64,
     /// The name's length in bytes.
     len: u32,
-    /// Order of appearance (symtab, dynsym, then the debug file's symtab): at one address the
-    /// first sized symbol names the function; exact-name lookups answer the first match.
-    seq: u32,
 }
 
 const NAME_IN_FILE: u64 = 0;
@@ -68,9 +65,13 @@ pub struct Module {
     pub bias: u64,
     /// Runtime address range of its segments.
     pub range: Range,
-    /// Function symbols sorted by (address, unsized, order of appearance); the first of a run
-    /// at one address is the function there (symtab and dynsym list most functions twice).
+    /// Function symbols in order of appearance (symtab, dynsym, then the debug file's symtab):
+    /// at one address the first sized symbol names the function; exact-name lookups answer
+    /// the first match. At most `u32::MAX` (indexed by `u32`).
     funcs: Vec<Func>,
+    /// Indices in `funcs` sorted by (address, unsized, order of appearance); the first of a run
+    /// at one address is the function there (symtab and dynsym list most functions twice).
+    order: Vec<u32>,
     /// Demangled Rust names, by index in `funcs`, made when first asked for (allocated on the
     /// first).
     demangled: std::sync::OnceLock<Box<[std::sync::OnceLock<Box<str>>]>>,
@@ -157,7 +158,7 @@ impl Module {
                 return;
             }
             let Ok(raw) = sym.name() else { return };
-            let (Ok(len), Ok(seq)) = (u32::try_from(raw.len()), u32::try_from(funcs.len())) else {
+            let (Ok(len), Ok(_)) = (u32::try_from(raw.len()), u32::try_from(funcs.len())) else {
                 return;
             };
             funcs.push(Func {
@@ -165,7 +166,6 @@ impl Module {
                 size: sym.size(),
                 name: locate(raw, bytes, tag, owned),
                 len,
-                seq,
             });
         }
         // 64-bit ELF (every core this crate reads): the symbol tables are read in place,
@@ -192,7 +192,7 @@ impl Module {
             }
         }
         // Sized symbols first at equal addresses, then in order of appearance.
-        let funcs = sort_funcs(funcs);
+        let order = sort_order(&funcs);
         let len = data.len();
         let code = file
             .sections()
@@ -215,6 +215,7 @@ impl Module {
                 Range::default()
             },
             funcs,
+            order,
             demangled: std::sync::OnceLock::new(),
             owned,
             by_len: std::sync::OnceLock::new(),
@@ -258,15 +259,22 @@ impl Module {
         cells[i].get_or_init(|| format!("{:#}", rustc_demangle::demangle(raw)).into_boxed_str())
     }
 
-    /// The symbol naming the function at the highest address among `funcs[..hi]`: the first
-    /// with a UTF-8 name at that address (sized first, then in order of appearance); an
-    /// address whose names all fail leaves it to the one below.
+    /// The symbol at sorted position `k`.
+    fn sorted(&self, k: usize) -> &Func {
+        &self.funcs[self.order[k] as usize]
+    }
+
+    /// The symbol (its index in `funcs`) naming the function at the highest address among
+    /// sorted positions `..hi`: the first with a UTF-8 name at that address (sized first, then
+    /// in order of appearance); an address whose names all fail leaves it to the one below.
     fn named_at_or_below(&self, mut hi: usize) -> Option<usize> {
         while hi > 0 {
-            let addr = self.funcs[hi - 1].addr;
-            let lo = self.funcs.partition_point(|f| f.addr < addr);
-            if let Some(i) = (lo..hi).find(|&i| self.raw_name(&self.funcs[i]).is_some()) {
-                return Some(i);
+            let addr = self.sorted(hi - 1).addr;
+            let lo = self
+                .order
+                .partition_point(|&i| self.funcs[i as usize].addr < addr);
+            if let Some(k) = (lo..hi).find(|&k| self.raw_name(self.sorted(k)).is_some()) {
+                return Some(self.order[k] as usize);
             }
             hi = lo;
         }
@@ -276,7 +284,9 @@ impl Module {
     /// The function containing runtime address `pc`.
     pub fn lookup(&self, pc: u64) -> Option<Symbol<'_>> {
         let a = pc.wrapping_sub(self.bias);
-        let hi = self.funcs.partition_point(|f| f.addr <= a);
+        let hi = self
+            .order
+            .partition_point(|&i| self.funcs[i as usize].addr <= a);
         let i = self.named_at_or_below(hi)?;
         let (start, size) = (self.funcs[i].addr, self.funcs[i].size);
         // Unsized symbols (assembly labels) cover up to 4 KiB.
@@ -322,10 +332,8 @@ impl Module {
         indices[starts[b] as usize..starts[b + 1] as usize]
             .iter()
             .map(|&i| &self.funcs[i as usize])
-            .filter(|f| {
-                f.len as usize == raw_name.len() && self.raw_bytes(f) == raw_name.as_bytes()
-            })
-            .min_by_key(|f| f.seq)
+            // In order of appearance within a bucket: the first match is the first symbol.
+            .find(|f| f.len as usize == raw_name.len() && self.raw_bytes(f) == raw_name.as_bytes())
             .map(|f| {
                 let lo = f.addr.wrapping_add(self.bias);
                 Range::new(lo, lo.saturating_add(f.size.max(1)))
@@ -335,20 +343,24 @@ impl Module {
     /// Every function: (demangled name, runtime start, runtime end).
     pub fn functions(&self) -> impl Iterator<Item = (&str, u64, u64)> + '_ {
         // The first symbol with a UTF-8 name at each address.
-        self.funcs
-            .iter()
-            .enumerate()
-            .filter(move |&(i, f)| {
+        (0..self.order.len())
+            .filter(move |&k| {
+                let f = self.sorted(k);
                 self.raw_name(f).is_some()
-                    && self.funcs[..i]
-                        .iter()
+                    && (0..k)
                         .rev()
+                        .map(|j| self.sorted(j))
                         .take_while(|g| g.addr == f.addr)
                         .all(|g| self.raw_name(g).is_none())
             })
-            .map(move |(i, f)| {
+            .map(move |k| {
+                let f = self.sorted(k);
                 let lo = f.addr.wrapping_add(self.bias);
-                (self.name(i), lo, lo.wrapping_add(f.size))
+                (
+                    self.name(self.order[k] as usize),
+                    lo,
+                    lo.wrapping_add(f.size),
+                )
             })
     }
 
@@ -391,32 +403,27 @@ impl Module {
     }
 }
 
-/// Sorts symbols by (address, unsized), keeping their order of appearance at equal keys: a
-/// stable LSD radix sort (11-bit digits, only as many as the addresses use, a digit all
-/// symbols share skipped), linear where a comparison sort of a C library's ten thousand
-/// symbols showed in `unwind stack` profiles.
-fn sort_funcs(mut a: Vec<Func>) -> Vec<Func> {
-    const BITS: u32 = 11;
+/// The order of `funcs` by (address, unsized), order of appearance at equal keys: a stable
+/// LSD radix sort of indices on the addresses less the lowest (12-bit digits, as many as the
+/// span of addresses needs: two for a C library). Linear, and it moves 4-byte indices: a
+/// comparison sort of a C library's ten thousand symbols showed in `unwind stack` profiles.
+fn sort_order(funcs: &[Func]) -> Vec<u32> {
+    const BITS: u32 = 12;
     const MASK: u64 = (1 << BITS) - 1;
-    if a.len() < 2 {
-        return a;
-    }
-    let mut b: Vec<Func> = Vec::with_capacity(a.len());
     // The least significant key first: sized before unsized (a stable partition).
-    b.extend(a.iter().filter(|f| f.size != 0));
-    b.extend(a.iter().filter(|f| f.size == 0));
-    std::mem::swap(&mut a, &mut b);
-    let used = a.iter().fold(0u64, |m, f| m | f.addr);
-    let mut shift = 0u32;
+    let mut a: Vec<u32> = Vec::with_capacity(funcs.len());
+    a.extend((0..funcs.len() as u32).filter(|&i| funcs[i as usize].size != 0));
+    a.extend((0..funcs.len() as u32).filter(|&i| funcs[i as usize].size == 0));
+    let lo = funcs.iter().map(|f| f.addr).min().unwrap_or(0);
+    let span = funcs.iter().map(|f| f.addr - lo).max().unwrap_or(0);
+    let digit = |i: u32, shift: u32| (((funcs[i as usize].addr - lo) >> shift) & MASK) as usize;
+    let mut b = vec![0u32; a.len()];
     let mut count = vec![0usize; 1 << BITS];
-    while shift < 64 && used >> shift != 0 {
+    let mut shift = 0u32;
+    while shift < 64 && span >> shift != 0 {
         count.fill(0);
-        for f in &a {
-            count[((f.addr >> shift) & MASK) as usize] += 1;
-        }
-        if count.iter().any(|&c| c == a.len()) {
-            shift += BITS;
-            continue;
+        for &i in &a {
+            count[digit(i, shift)] += 1;
         }
         let mut sum = 0;
         for c in count.iter_mut() {
@@ -424,11 +431,9 @@ fn sort_funcs(mut a: Vec<Func>) -> Vec<Func> {
             *c = sum;
             sum += n;
         }
-        b.clear();
-        b.resize(a.len(), a[0]);
-        for f in &a {
-            let d = ((f.addr >> shift) & MASK) as usize;
-            b[count[d]] = *f;
+        for &i in &a {
+            let d = digit(i, shift);
+            b[count[d]] = i;
             count[d] += 1;
         }
         std::mem::swap(&mut a, &mut b);
@@ -491,7 +496,7 @@ fn elf_functions(data: &[u8], tag: u64, dynamic: bool, funcs: &mut Vec<Func>) ->
                 continue;
             };
             let off = str_off as usize + at;
-            let (Ok(len), Ok(seq)) = (u32::try_from(len), u32::try_from(funcs.len())) else {
+            let (Ok(len), Ok(_)) = (u32::try_from(len), u32::try_from(funcs.len())) else {
                 continue;
             };
             if off as u64 >= 1 << 62 {
@@ -502,7 +507,6 @@ fn elf_functions(data: &[u8], tag: u64, dynamic: bool, funcs: &mut Vec<Func>) ->
                 size: sym.st_size(e),
                 name: off as u64 | tag,
                 len,
-                seq,
             });
         }
     }
@@ -817,17 +821,17 @@ mod tests {
         let mut data = std::fs::read(&exe).unwrap();
         let m = Module::load(&exe, "m", None).unwrap();
         // A sized function whose name is the only one at its address.
-        let i = (1..m.funcs.len() - 1)
-            .find(|&i| {
-                let f = m.funcs[i];
+        let k = (1..m.order.len() - 1)
+            .find(|&k| {
+                let (p, f, n) = (m.sorted(k - 1), m.sorted(k), m.sorted(k + 1));
                 f.size > 0
                     && f.name & NAME_WHERE == NAME_IN_FILE
-                    && m.funcs[i - 1].addr != f.addr
-                    && m.funcs[i + 1].addr != f.addr
-                    && m.funcs[i - 1].addr + m.funcs[i - 1].size <= f.addr
+                    && p.addr != f.addr
+                    && n.addr != f.addr
+                    && p.addr + p.size <= f.addr
             })
             .unwrap();
-        let f = m.funcs[i];
+        let f = *m.sorted(k);
         let raw = m.raw_name(&f).unwrap().to_string();
         let off = (f.name & !NAME_WHERE) as usize;
         drop(m);
@@ -872,18 +876,15 @@ mod tests {
                     size: next() % 3,
                     name: 0,
                     len: 0,
-                    seq: i,
                 })
                 .collect();
-            let mut want = funcs.clone();
-            want.sort_by_key(|f| (f.addr, f.size == 0));
-            let got = sort_funcs(funcs);
-            let key = |v: &[Func]| {
-                v.iter()
-                    .map(|f| (f.addr, f.size, f.seq))
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(key(&got), key(&want), "{n} symbols, {bits}-bit addresses");
+            let mut want: Vec<u32> = (0..n).collect();
+            want.sort_by_key(|&i| (funcs[i as usize].addr, funcs[i as usize].size == 0));
+            assert_eq!(
+                sort_order(&funcs),
+                want,
+                "{n} symbols, {bits}-bit addresses"
+            );
         }
     }
 
