@@ -391,6 +391,7 @@ impl Module {
     pub fn find_code(&self, pattern: &[u8]) -> Vec<u64> {
         let mut out = Vec::new();
         for (addr, r) in &self.code {
+            self.data.populate(r.start, r.len());
             let bytes = &self.data[r.clone()];
             if pattern.is_empty() || bytes.len() < pattern.len() {
                 continue;
@@ -447,7 +448,9 @@ fn sort_order(funcs: &[Func]) -> Vec<u32> {
 /// [`SymbolKind::Text`] and a non-zero address, to `funcs`, their names delimited in `data`
 /// (not yet checked for UTF-8: [`Module::raw_name`] does). False (nothing added) when `data` is
 /// not a 64-bit ELF file.
-fn elf_functions(data: &[u8], tag: u64, dynamic: bool, funcs: &mut Vec<Func>) -> bool {
+fn elf_functions(data: &Mapped, tag: u64, dynamic: bool, funcs: &mut Vec<Func>) -> bool {
+    let map = data;
+    let data: &[u8] = data;
     use object::read::elf::{FileHeader, SectionHeader, Sym};
     let Ok(hdr) = object::elf::FileHeader64::<object::Endianness>::parse(data) else {
         return false;
@@ -480,6 +483,16 @@ fn elf_functions(data: &[u8], tag: u64, dynamic: bool, funcs: &mut Vec<Func>) ->
         else {
             continue;
         };
+        // Every entry and (through their names' lengths) most of the strings are read.
+        if let Some((o, l)) = sections
+            .section(table.section())
+            .ok()
+            .and_then(|h| h.file_range(e))
+        {
+            map.populate(o as usize, l as usize);
+        }
+        map.populate(str_off as usize, str_len as usize);
+        funcs.reserve(table.symbols().len());
         for sym in table.symbols() {
             let t = sym.st_type();
             if t != object::elf::STT_FUNC && t != object::elf::STT_GNU_IFUNC {
