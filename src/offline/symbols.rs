@@ -405,26 +405,45 @@ impl Module {
 }
 
 /// The order of `funcs` by (address, unsized), order of appearance at equal keys: a stable
-/// LSD radix sort of indices on the addresses less the lowest (12-bit digits, as many as the
-/// span of addresses needs: two for a C library). Linear, and it moves 4-byte indices: a
-/// comparison sort of a C library's ten thousand symbols showed in `unwind stack` profiles.
+/// LSD radix sort of `(address - lowest) << 32 | index` words (12-bit digits, as many as the
+/// span of addresses needs: two for a C library), each pass reading one array in order and
+/// writing another. A comparison sort, or a radix sort gathering the entries' addresses,
+/// showed in `unwind stack` profiles for a C library's ten thousand symbols. Addresses
+/// spanning 4 GiB or more (no real module) take a comparison sort.
 fn sort_order(funcs: &[Func]) -> Vec<u32> {
     const BITS: u32 = 12;
     const MASK: u64 = (1 << BITS) - 1;
-    // The least significant key first: sized before unsized (a stable partition).
-    let mut a: Vec<u32> = Vec::with_capacity(funcs.len());
-    a.extend((0..funcs.len() as u32).filter(|&i| funcs[i as usize].size != 0));
-    a.extend((0..funcs.len() as u32).filter(|&i| funcs[i as usize].size == 0));
     let lo = funcs.iter().map(|f| f.addr).min().unwrap_or(0);
     let span = funcs.iter().map(|f| f.addr - lo).max().unwrap_or(0);
-    let digit = |i: u32, shift: u32| (((funcs[i as usize].addr - lo) >> shift) & MASK) as usize;
-    let mut b = vec![0u32; a.len()];
+    if span > u64::from(u32::MAX) {
+        let mut order: Vec<u32> = (0..funcs.len() as u32).collect();
+        order.sort_by_key(|&i| (funcs[i as usize].addr, funcs[i as usize].size == 0));
+        return order;
+    }
+    let word = |(i, f): (usize, &Func)| (f.addr - lo) << 32 | i as u64;
+    // The least significant key first: sized before unsized (a stable partition).
+    let mut a: Vec<u64> = Vec::with_capacity(funcs.len());
+    a.extend(
+        funcs
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.size != 0)
+            .map(word),
+    );
+    a.extend(
+        funcs
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.size == 0)
+            .map(word),
+    );
+    let mut b = vec![0u64; a.len()];
     let mut count = vec![0usize; 1 << BITS];
     let mut shift = 0u32;
-    while shift < 64 && span >> shift != 0 {
+    while shift < 32 && span >> shift != 0 {
         count.fill(0);
-        for &i in &a {
-            count[digit(i, shift)] += 1;
+        for &w in &a {
+            count[((w >> (32 + shift)) & MASK) as usize] += 1;
         }
         let mut sum = 0;
         for c in count.iter_mut() {
@@ -432,15 +451,15 @@ fn sort_order(funcs: &[Func]) -> Vec<u32> {
             *c = sum;
             sum += n;
         }
-        for &i in &a {
-            let d = digit(i, shift);
-            b[count[d]] = i;
+        for &w in &a {
+            let d = ((w >> (32 + shift)) & MASK) as usize;
+            b[count[d]] = w;
             count[d] += 1;
         }
         std::mem::swap(&mut a, &mut b);
         shift += BITS;
     }
-    a
+    a.iter().map(|&w| w as u32).collect()
 }
 
 /// Appends the function symbols of a 64-bit ELF file's `.symtab` (and `.dynsym` when
