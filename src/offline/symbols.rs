@@ -899,7 +899,7 @@ mod tests {
             (3000, 64),
         ] {
             let funcs: Vec<Func> = (0..n)
-                .map(|i| Func {
+                .map(|_| Func {
                     addr: if bits == 64 {
                         next()
                     } else {
