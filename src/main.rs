@@ -131,7 +131,11 @@ fn stack(args: &[String]) -> Result<(), String> {
                 return Err("--tid is for --pid".into());
             }
             let core = open_core(core.ok_or("--core CORE or --pid PID is required")?, &opts)?;
-            offline::unwind_core(&core, &opts).map_err(|e| e.to_string())?
+            let report = offline::unwind_core(&core, &opts).map_err(|e| e.to_string());
+            // The process exits right after the output: the kernel unmaps the core at exit,
+            // faster than munmap and its TLB flush here.
+            std::mem::forget(core);
+            report?
         }
     };
     for w in &report.warnings {
@@ -151,6 +155,8 @@ fn stack(args: &[String]) -> Result<(), String> {
     stdout
         .write_all(out.as_bytes())
         .map_err(|e| format!("writing output: {e}"))?;
+    // As the core: the modules' maps go with the process (one exit, not a munmap each).
+    std::mem::forget(report);
     Ok(())
 }
 
@@ -374,49 +380,46 @@ fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
 }
 
 fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
+    use std::fmt::Write as _;
+    // Written in place (writing to a String cannot fail): one line per frame, no temporaries.
     let mut o = format!("arch {}\n", r.arch);
     for t in &r.threads {
-        o.push_str(&format!(
-            "\nthread {}{}\n",
-            t.tid,
-            if t.truncated {
-                format!(" (truncated: {})", t.stop)
-            } else {
-                String::new()
-            }
-        ));
+        let _ = write!(o, "\nthread {}", t.tid);
+        if t.truncated {
+            let _ = write!(o, " (truncated: {})", t.stop);
+        }
+        o.push('\n');
         for (i, f) in t.frames.iter().enumerate() {
-            let name = match r.symbols.lookup(f.lookup_pc()) {
-                Some(s) => format!("{}+{:#x}", s.name, s.offset),
-                None => "?".into(),
-            };
-            let via = if f.via == unwind::Via::Transition {
+            let _ = write!(o, "  #{i:<3} {:#018x} [stack {}] ", f.pc, f.stack);
+            match r.symbols.lookup(f.lookup_pc()) {
+                Some(s) => {
+                    let _ = write!(o, "{}+{:#x}", s.name, s.offset);
+                }
+                None => o.push('?'),
+            }
+            if let Some(l) = lines.as_deref_mut().and_then(|l| line_of(l, f)) {
+                let _ = write!(o, " at {l}");
+            }
+            if f.via == unwind::Via::Transition {
                 let n = r
                     .transitions
                     .iter()
                     .find(|(id, _)| *id == f.transition)
                     .map_or("transition", |(_, n)| n);
-                format!("transition: {n}")
+                let _ = writeln!(o, "  (transition: {n})");
             } else {
-                f.via.to_string()
-            };
-            let at = match lines.as_deref_mut().and_then(|l| line_of(l, f)) {
-                Some(l) => format!(" at {l}"),
-                None => String::new(),
-            };
-            o.push_str(&format!(
-                "  #{i:<3} {:#018x} [stack {}] {name}{at}  ({via})\n",
-                f.pc, f.stack
-            ));
+                let _ = writeln!(o, "  ({})", f.via);
+            }
         }
     }
     if let Some(p) = r.paused {
         let n = r.threads.len();
-        o.push_str(&format!(
+        let _ = write!(
+            o,
             "\n{n} thread{} stopped for {} us\n",
             if n == 1 { "" } else { "s" },
             p.as_micros()
-        ));
+        );
     }
     o
 }

@@ -18,6 +18,9 @@
 //! inside the table's range; the [`Unwinder`] over the table answers like the table; walks in
 //! dwarf and hybrid mode read only inside the stack image, stay within the buffer and a bounded
 //! number of memory calls, write no zero pc, and are deterministic.
+//! The lazy table `unwind stack` uses (`LazyCfi`, when the input has an `.eh_frame_hdr` it can
+//! search) is built from the same input: no panic, rules only inside its range, the same answer
+//! twice, bounded walks.
 
 use super::walk::Checked;
 use super::Bytes;
@@ -42,7 +45,11 @@ pub fn cfi(data: &[u8]) {
     };
     let (eh_addr, hdr_addr, text, got, bias) = (b.u64(), b.u64(), b.u64(), b.u64(), b.u64());
     let table = if flags & 8 != 0 {
-        dwarf::parse_elf(arch, b.rest(), bias, "fuzz")
+        let elf = b.rest();
+        if let Ok(lazy) = dwarf::parse_elf_lazy(arch, elf, bias, "fuzz") {
+            lazy_lookups(arch, lazy);
+        }
+        dwarf::parse_elf(arch, elf, bias, "fuzz")
     } else {
         let len = (b.u32() % 65536) as usize;
         let section = b.take(len);
@@ -62,6 +69,9 @@ pub fn cfi(data: &[u8]) {
                 got,
             }
         };
+        if let Some(lazy) = dwarf::LazyCfi::new(arch, &sections, bias, "fuzz") {
+            lazy_lookups(arch, dwarf::ModuleCfi::Lazy(lazy));
+        }
         PreparedCfi::parse(arch, &sections, bias, "fuzz")
     };
     let Ok(table) = table else { return };
@@ -133,6 +143,52 @@ pub fn cfi(data: &[u8]) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The lazy table ([`dwarf::LazyCfi`], what `unwind stack` uses): lookups spread over its
+/// range answer only inside it, the same twice, and walks over it stay bounded.
+fn lazy_lookups(arch: ArchKind, m: dwarf::ModuleCfi<'_>) {
+    let range = m.range();
+    let span = range.hi.wrapping_sub(range.lo);
+    let mut pcs: Vec<u64> = (0..64u64)
+        .map(|i| range.lo.wrapping_add(span / 64 * i))
+        .collect();
+    pcs.extend([
+        range.lo,
+        range.hi,
+        range.hi.wrapping_sub(1),
+        range.lo.wrapping_sub(1),
+    ]);
+    let mut cfi = dwarf::OfflineCfi::new();
+    cfi.add(m);
+    for &pc in &pcs {
+        let r = cfi.rule(pc);
+        if r.is_some() {
+            assert!(
+                range.contains(pc),
+                "a lazy rule at {pc:#x} outside {range:?}"
+            );
+        }
+        assert_eq!(cfi.rule(pc), r, "a lazy rule changed at {pc:#x}");
+        if let Some(m) = cfi.module(pc) {
+            let _ = m.keeps_frame_record(pc);
+        }
+    }
+    let regions: [Region<'_>; 0] = [];
+    for &pc in pcs.iter().step_by(8) {
+        let regs = Regs {
+            pc,
+            sp: 0x1000,
+            fp: 0x2000,
+            lr: 0,
+        };
+        for mode in [Mode::Dwarf, Mode::Hybrid] {
+            let _ = match arch {
+                ArchKind::X86_64 => walk_with::<X86_64, _>(&cfi, &regions, regs, mode),
+                ArchKind::Aarch64 => walk_with::<Aarch64, _>(&cfi, &regions, regs, mode),
+            };
         }
     }
 }

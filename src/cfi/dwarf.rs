@@ -488,7 +488,7 @@ fn collect<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
     raw: &mut Vec<Raw>,
     fdes: &mut Vec<(u64, u64, bool)>,
 ) -> Result<(), CfiError> {
-    let mut ctx = Box::new(UnwindContext::new());
+    let mut ctx: Box<UnwindContext<usize>> = Box::new(UnwindContext::new());
     let mut entries = section.entries(bases);
     let mut n = 0usize;
     while let Some(entry) = entries.next()? {
@@ -505,34 +505,53 @@ fn collect<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
         if fde.len() == 0 {
             continue;
         }
-        let signal = fde.is_signal_trampoline();
-        let mut table = fde.rows(section, bases, &mut ctx)?;
-        let mut rows = 0usize;
-        let mut keeps_record = false;
-        while let Some(row) = table.next_row()? {
-            rows += 1;
-            if rows > MAX_ROWS_PER_FDE || raw.len() >= MAX_ROWS {
-                return Err(CfiError::TooManyRows);
-            }
-            let rs = row.start_address().max(start);
-            let re = row.end_address().min(end);
-            if rs >= re {
-                continue;
-            }
-            let mut rule = convert(row, regs);
-            if signal {
-                rule.flags |= CfiRow::SIGNAL;
-            }
-            keeps_record |= rule.flags & CfiRow::FRAME_RECORD != 0;
-            raw.push(Raw {
-                start: rs,
-                end: re,
-                rule,
-            });
-        }
+        let keeps_record = eval_fde(section, bases, regs, &mut ctx, &fde, MAX_ROWS, raw)?;
         fdes.push((start, end, keeps_record));
     }
     Ok(())
+}
+
+/// Evaluates one FDE (covering `[fde.initial_address(), + len)`, len > 0) into `raw`: its
+/// rows, clipped to the FDE, flagged `SIGNAL` for a signal trampoline. Whether a row keeps a
+/// frame record is returned. At most [`MAX_ROWS_PER_FDE`] rows, and `raw` never grows past
+/// `limit`: more is [`CfiError::TooManyRows`].
+fn eval_fde<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
+    section: &S,
+    bases: &BaseAddresses,
+    regs: RegNums,
+    ctx: &mut UnwindContext<usize>,
+    fde: &gimli::FrameDescriptionEntry<EndianSlice<'a, LittleEndian>>,
+    limit: usize,
+    raw: &mut Vec<Raw>,
+) -> Result<bool, CfiError> {
+    let start = fde.initial_address();
+    let end = start.checked_add(fde.len()).ok_or(CfiError::BadRange)?;
+    let signal = fde.is_signal_trampoline();
+    let mut table = fde.rows(section, bases, ctx)?;
+    let mut rows = 0usize;
+    let mut keeps_record = false;
+    while let Some(row) = table.next_row()? {
+        rows += 1;
+        if rows > MAX_ROWS_PER_FDE || raw.len() >= limit {
+            return Err(CfiError::TooManyRows);
+        }
+        let rs = row.start_address().max(start);
+        let re = row.end_address().min(end);
+        if rs >= re {
+            continue;
+        }
+        let mut rule = convert(row, regs);
+        if signal {
+            rule.flags |= CfiRow::SIGNAL;
+        }
+        keeps_record |= rule.flags & CfiRow::FRAME_RECORD != 0;
+        raw.push(Raw {
+            start: rs,
+            end: re,
+            rule,
+        });
+    }
+    Ok(keeps_record)
 }
 
 /// One gimli row as a compact rule.
@@ -1083,6 +1102,9 @@ fn walk_live(
         _ => walk(&mut RuleCache::new(), mem, buf),
     }
 }
+
+mod lazy;
+pub use lazy::{parse_elf_lazy, LazyCfi, ModuleCfi, OfflineCfi};
 
 #[cfg(test)]
 mod tests;

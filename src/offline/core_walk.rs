@@ -423,7 +423,7 @@ pub fn unwind_paused<P: Pause>(
         }
         u
     } else {
-        crate::dwarf::Unwinder::new()
+        crate::dwarf::OfflineCfi::new()
     };
     let (table, mut transitions, system_switches) = transitions_for(core, &symbols);
     // Go's morestack is crossed through the goroutine's g.sched, not through the table: it
@@ -520,6 +520,11 @@ pub fn unwind_paused<P: Pause>(
         });
     }
     pause.resume();
+    // Lazy tables fail FDE by FDE, as the walks reach them.
+    for (p, e) in unwinder.failures() {
+        let w = format!("module {}: no usable CFI ({e})", p.escape_debug());
+        module_warnings.push((p, w));
+    }
     if cut_threads > 0 {
         warnings.push(format!(
             "{} threads: over the budget of {MAX_TOTAL_FRAMES} frames for all threads, {cut_threads} \
@@ -544,26 +549,24 @@ pub fn unwind_paused<P: Pause>(
     })
 }
 
-/// The prepared CFI of a core's modules (opened from disk, at their biases).
-pub fn cfi_for(
+/// The CFI of a core's modules (opened from disk, at their biases): evaluated on demand where
+/// their `.eh_frame_hdr` allows (a walk needs a few FDEs of each), else prepared.
+pub fn cfi_for<'s>(
     core: &Core,
-    symbols: &Symbolizer,
+    symbols: &'s Symbolizer,
     opts: &Options,
 ) -> (
-    crate::dwarf::Unwinder,
+    crate::dwarf::OfflineCfi<'s>,
     Vec<(String, crate::dwarf::CfiError)>,
 ) {
     // The files the symbolizer already opened (safely, once per file) and mapped: parsing
     // their bytes, not reopening paths, keeps FIFOs, devices and /proc files out.
     let _ = opts;
-    let mut u = crate::dwarf::Unwinder::new();
+    let mut u = crate::dwarf::OfflineCfi::new();
     let mut failed = Vec::new();
     for m in symbols.modules() {
-        match crate::dwarf::parse_elf(core.arch, m.bytes(), m.bias, &m.path) {
-            Ok(mut t) => {
-                t.name = m.path.clone();
-                u.add(t)
-            }
+        match crate::dwarf::parse_elf_lazy(core.arch, m.bytes(), m.bias, &m.path) {
+            Ok(t) => u.add(t),
             Err(e) => failed.push((m.path.clone(), e)),
         }
     }
@@ -961,7 +964,7 @@ struct Walks<'a> {
     core: &'a Core,
     symbols: &'a Symbolizer,
     table: &'a TransitionTable,
-    cfi: &'a crate::dwarf::Unwinder,
+    cfi: &'a crate::dwarf::OfflineCfi<'a>,
     mode: Mode,
 }
 
@@ -986,9 +989,7 @@ impl<'a> Walks<'a> {
     }
 
     fn walk_as<A: Arch>(&self, start: Start, mem: &mut WithCode<'_>, buf: &mut [Frame]) -> Trace {
-        let mut cache = Box::new(crate::dwarf::RuleCache::new());
-        let stepper = crate::dwarf::Stepper::new(self.cfi, &mut cache);
-        let mut w: Walker<A, _, _> = Walker::with_cfi(self.table, stepper, self.mode);
+        let mut w: Walker<A, _, _> = Walker::with_cfi(self.table, self.cfi, self.mode);
         w.pac_mask = self.core.pac_mask;
         w.walk(start, mem, buf)
     }
