@@ -46,8 +46,12 @@ struct State {
     error: Option<CfiError>,
 }
 
-/// One module's `.eh_frame`, evaluated FDE by FDE as lookups need it. See the
-/// [module docs](self).
+/// One module's `.eh_frame`, evaluated FDE by FDE as lookups need it: a pc's FDE is found
+/// through the `.eh_frame_hdr` binary-search table and evaluated alone, with the prepared
+/// table's conversion (the same rows), then kept. For one-shot walks (`unwind stack`); a
+/// profiler's signal handler needs a [`PreparedCfi`], which parses nothing at lookup. Bounded on
+/// bad input: at most 64 probes per search, [`MAX_ROWS_PER_FDE`] rows per FDE, [`MAX_ROWS`] per
+/// module; an FDE that does not parse gives no information (and [`LazyCfi::error`]).
 pub struct LazyCfi<'d> {
     /// Load bias: runtime address = link-time address + bias.
     pub bias: u64,
@@ -349,8 +353,10 @@ impl ModuleCfi<'_> {
     }
 }
 
-/// Reads a module's CFI sections from an ELF file's bytes: lazily when it can (see the
-/// [module docs](self)), else prepared as [`parse_elf`] does.
+/// Reads a module's CFI sections from an ELF file's bytes: lazily ([`LazyCfi`]) when it has an
+/// `.eh_frame_hdr` with the usual encoding (GNU ld, gold, lld and mold's) and no `.debug_frame`,
+/// else prepared as [`parse_elf`] does (Go and cgo binaries, whose `.debug_frame` fills what
+/// `.eh_frame` does not cover).
 pub fn parse_elf_lazy<'d>(
     arch: ArchKind,
     data: &'d [u8],
