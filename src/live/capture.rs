@@ -341,46 +341,39 @@ pub fn capture(buf: &mut [Frame]) -> usize {
             return n;
         }
         if n != 0 {
-            return resume(t, buf, n, fp, floor);
+            return resume(&mut mem, buf, n, fp, floor);
         }
     }
     capture_from(r, buf)
 }
 
 /// The rest of a [`capture`] whose hot loop stopped at something unusual (a transition, a
-/// record off the stack): the general walker goes on from there.
+/// record off the stack): the general walker goes on from there, with the same memory.
 #[inline(never)]
-fn resume(stack: Range, buf: &mut [Frame], n: usize, fp: u64, floor: u64) -> usize {
-    let mut mem = LiveMemory {
-        stacks: [stack, Range::default(), Range::default(), Range::default()],
-    };
+fn resume(mem: &mut LiveMemory, buf: &mut [Frame], n: usize, fp: u64, floor: u64) -> usize {
+    let stack = mem.stacks[0];
     let mut w: Walker<Native, _, _> = Walker::new(Pinned::new());
-    w.resume_after_records(&mut mem, buf, n, stack, fp, floor)
-        .len
+    w.resume_after_records(mem, buf, n, stack, fp, floor).len
 }
 
 /// [`capture`]'s general path: `r` are the registers [`capture`] read in its own frame (still
 /// live: this is called from it), so the walk starts from the same frame record.
 #[inline(never)]
 fn capture_from(r: Regs, buf: &mut [Frame]) -> usize {
-    let mut mem = LiveMemory::for_sp(r.sp, None);
-    match start_here(r, &mut mem) {
-        Some(start) => walk_live(start, &mut mem, buf, Options::default()).len,
-        None => 0,
-    }
+    walk_from_regs(r, buf, Options::default()).len
 }
 
 /// [`capture`] with options, returning why the walk stopped too. Async-signal-safe.
 #[inline(never)]
 pub fn capture_with(buf: &mut [Frame], opts: Options) -> Trace {
-    capture_here(buf, opts)
+    // The registers of this function: the walk starts from its own frame record.
+    walk_from_regs(current_regs(), buf, opts)
 }
 
-/// The body of [`capture`] and [`capture_with`], inlined into each so that the frame record it
-/// starts from is theirs and the trace begins at their caller.
+/// The general walk from registers [`current_regs`] read in a public capture function (its
+/// frame record, still live, is the start).
 #[inline(always)]
-fn capture_here(buf: &mut [Frame], opts: Options) -> Trace {
-    let r = current_regs();
+fn walk_from_regs(r: Regs, buf: &mut [Frame], opts: Options) -> Trace {
     let mut mem = LiveMemory::for_sp(r.sp, None);
     match start_here(r, &mut mem) {
         Some(start) => walk_live(start, &mut mem, buf, opts),
