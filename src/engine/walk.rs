@@ -223,22 +223,30 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         }
     }
 
+    /// How many frames a walk into a buffer of `len` may write.
+    #[inline(always)]
+    fn limit(&self, len: usize) -> usize {
+        if self.max_depth == 0 {
+            len
+        } else {
+            self.max_depth.min(len)
+        }
+    }
+
+    /// Why a walk that wrote `n` frames and has no room left stopped.
+    #[inline(always)]
+    fn full_stop(&self, n: usize) -> StopReason {
+        if self.max_depth != 0 && n >= self.max_depth {
+            StopReason::MaxDepth
+        } else {
+            StopReason::BufferFull
+        }
+    }
+
     /// Walks from `start`, writing frames (leaf first) into `buf`. Never panics, never
     /// allocates, reads only through `mem`.
     pub fn walk<M: Memory>(&mut self, start: Start, mem: &mut M, buf: &mut [Frame]) -> Trace {
-        let limit = if self.max_depth == 0 {
-            buf.len()
-        } else {
-            self.max_depth.min(buf.len())
-        };
-        let max_depth = self.max_depth;
-        let full = |n: usize| {
-            if max_depth != 0 && n >= max_depth {
-                StopReason::MaxDepth
-            } else {
-                StopReason::BufferFull
-            }
-        };
+        let limit = self.limit(buf.len());
         let mut st = State {
             regs: start.regs,
             exact: !start.pc_is_return_address,
@@ -258,7 +266,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         if limit == 0 {
             return Trace {
                 len: 0,
-                stop: full(0),
+                stop: self.full_stop(0),
             };
         }
         buf[0] = Frame {
@@ -292,11 +300,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         fp: u64,
         floor: u64,
     ) -> Trace {
-        let limit = if self.max_depth == 0 {
-            buf.len()
-        } else {
-            self.max_depth.min(buf.len())
-        };
+        let limit = self.limit(buf.len());
         let Some(last) = n.checked_sub(1).and_then(|i| buf.get(i)) else {
             return Trace {
                 len: 0,
@@ -330,14 +334,6 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         buf: &mut [Frame],
         limit: usize,
     ) -> Trace {
-        let max_depth = self.max_depth;
-        let full = |n: usize| {
-            if max_depth != 0 && n >= max_depth {
-                StopReason::MaxDepth
-            } else {
-                StopReason::BufferFull
-            }
-        };
         let stop = loop {
             match self.mode {
                 Mode::FramePointer => self.fast_run::<M, false>(&mut st, mem, buf, limit),
@@ -345,7 +341,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 Mode::Dwarf => self.fast_run_dwarf(&mut st, mem, buf, limit),
             }
             if st.n >= limit {
-                break full(st.n);
+                break self.full_stop(st.n);
             }
             match self.step(&mut st, mem, buf, limit) {
                 Ok(()) => {}
