@@ -5,6 +5,8 @@
 //! Every method walks exactly `depth` frames: the buffer (or the loop bound) has that size and
 //! the recursion is deeper than that. Results: ns/frame per method and ratios, printed at the end.
 
+mod common;
+
 use criterion::{criterion_group, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::time::Duration;
@@ -177,27 +179,8 @@ fn bench(c: &mut Criterion) {
 
 /// Reads criterion's medians back and prints ns/frame and ratios.
 fn summary() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("criterion")
-        .join("capture");
-    let median = |method: &str, depth: usize| -> Option<f64> {
-        let p = dir
-            .join(method)
-            .join(depth.to_string())
-            .join("new")
-            .join("estimates.json");
-        let s = std::fs::read_to_string(p).ok()?;
-        let i = s.find("\"median\"")?;
-        let rest = &s[i..];
-        let j = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-        let num: String = rest[j..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '-')
-            .collect();
-        num.parse().ok()
-    };
+    let median =
+        |method: &str, depth: usize| common::median_ns(&format!("capture/{method}/{depth}"));
     println!("\nsummary (median ns/frame; ratio = method / unwind):");
     println!(
         "{:>6} {:>10} {:>10} {:>12} {:>10}   {:>9} {:>12} {:>14}",
@@ -236,24 +219,7 @@ fn summary() {
         );
     }
     let n = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let per = |t: usize| {
-        let p = dir
-            .parent()?
-            .join("threads")
-            .join("capture32")
-            .join(t.to_string())
-            .join("new")
-            .join("estimates.json");
-        let s = std::fs::read_to_string(p).ok()?;
-        let i = s.find("\"median\"")?;
-        let rest = &s[i..];
-        let j = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-        let num: String = rest[j..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '-')
-            .collect();
-        num.parse::<f64>().ok()
-    };
+    let per = |t: usize| common::median_ns(&format!("threads/capture32/{t}"));
     if let (Some(one), Some(all)) = (per(1), per(n)) {
         println!(
             "\nthreads, depth 32: 1 thread {one:.1} ns/capture, {n} threads {all:.1} ns/capture each; \

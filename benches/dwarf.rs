@@ -7,6 +7,8 @@
 //! pointers), so Hybrid follows frame records and FP vs Hybrid measures Hybrid's overhead.
 //! Results: ns/frame and ratios, printed at the end of the same run.
 
+mod common;
+
 use criterion::{criterion_group, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::time::Duration;
@@ -193,27 +195,7 @@ fn bench(c: &mut Criterion) {
 
 /// Reads criterion's medians back and prints ns/frame and ratios.
 fn summary() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("criterion")
-        .join("dwarf");
-    let median = |method: &str, depth: usize| -> Option<f64> {
-        let p = dir
-            .join(method)
-            .join(depth.to_string())
-            .join("new")
-            .join("estimates.json");
-        let s = std::fs::read_to_string(p).ok()?;
-        let i = s.find("\"median\"")?;
-        let rest = &s[i..];
-        let j = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-        let num: String = rest[j..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '-')
-            .collect();
-        num.parse().ok()
-    };
+    let median = |method: &str, depth: usize| common::median_ns(&format!("dwarf/{method}/{depth}"));
     println!("\nsummary (median ns/frame):");
     println!(
         "{:>6} {:>8} {:>8} {:>8} {:>12} {:>10} | {:>11} {:>14} {:>16}",

@@ -12,6 +12,8 @@
 //! the same pairs again in interleaved rounds (off, on, on, off, ...), which is far less
 //! sensitive to other load on a shared machine, and the cost of one sample.
 
+mod common;
+
 use criterion::{criterion_group, Criterion};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
@@ -213,21 +215,7 @@ fn paired_summary() {
 }
 
 fn median_ns(id: &str) -> Option<f64> {
-    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()?
-        .join("criterion")
-        .join("heap")
-        .join(id.replace('/', "_"))
-        .join("new")
-        .join("estimates.json");
-    let s = std::fs::read_to_string(p).ok()?;
-    let rest = &s[s.find("\"median\"")?..];
-    let j = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let num: String = rest[j..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | '-' | '+'))
-        .collect();
-    num.parse().ok()
+    common::median_ns(&format!("heap/{}", id.replace('/', "_")))
 }
 
 fn summary() {

@@ -10,6 +10,8 @@
 //!
 //! Prints the ratios at the end (medians from criterion's estimates).
 
+mod common;
+
 use corosensei::stack::{DefaultStack, Stack};
 use criterion::{criterion_group, Criterion};
 use std::hint::black_box;
@@ -33,13 +35,7 @@ fn capture_once(buf: &mut [Frame]) -> usize {
 }
 
 fn median_ns(group: &str, id: &str) -> Option<f64> {
-    let path = format!("target/criterion/{group}/{id}/new/estimates.json");
-    let s = std::fs::read_to_string(path).ok()?;
-    let at = s.find("\"median\"")?;
-    let rest = &s[at..];
-    let p = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let end = rest[p..].find([',', '}'])?;
-    rest[p..p + end].trim().parse().ok()
+    common::median_ns(&format!("{group}/{id}"))
 }
 
 fn plain(c: &mut Criterion) {
