@@ -18,7 +18,7 @@
 //! message otherwise.
 
 mod common;
-use common::tools::{need, TempDir};
+use common::tools::{build_go, need, TempDir};
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -810,28 +810,6 @@ fn rust_system_stack_segment_and_coroutine() {
         );
         t.assert_untouched();
     }
-}
-
-/// Builds a Go fixture (fixtures/go/NAME) into `dir`.
-fn build_go(dir: &Path, name: &str) -> PathBuf {
-    let exe = dir.join(name);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/go/{name}/main.go"));
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .env("GOPATH", dir.join("gopath"))
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GO111MODULE", "off")
-        .env("CGO_ENABLED", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
 }
 
 #[test]

@@ -15,7 +15,7 @@
 
 mod common;
 use common::skip::skip;
-use common::tools::{have, kernel_cores, TempDir};
+use common::tools::{build_go, have, kernel_cores, TempDir};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -389,22 +389,7 @@ fn debug_info_offsets_agree_with_the_builtin_table() {
     }
     let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-off-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
-    let exe = dir.0.join("crossings");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/crossings/main.go");
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .env("GOCACHE", dir.0.join("gocache"))
-        .env("GOPATH", dir.0.join("gopath"))
-        .env("GO111MODULE", "off")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let exe = build_go(&dir.0, "crossings");
     let data = std::fs::read(&exe).unwrap();
     {
         use object::{Object, ObjectSection, SectionFlags};

@@ -107,3 +107,26 @@ pub fn need_kernel_cores() -> bool {
     }
     ok
 }
+
+/// Builds the Go fixture `fixtures/go/NAME/main.go` into `DIR/NAME` (cgo on, GOPATH mode, the
+/// build cache in `dir`) and returns the executable; panics with go's output when it fails.
+pub fn build_go(dir: &Path, name: &str) -> PathBuf {
+    let exe = dir.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/go/{name}/main.go"));
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GO111MODULE", "off")
+        .env("CGO_ENABLED", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "go build {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
