@@ -415,6 +415,46 @@ fn debug_info_offsets_agree_with_the_builtin_table() {
     );
 }
 
+/// A crash core of the Go fixture `fixture` for `arch` (fixtures/go/make-crash-core.sh) in a
+/// scratch directory (kept while the returned `TempDir` lives), its executable and Go's own
+/// traceback of the crash; `None` (after a skip) where that architecture cannot run here.
+fn crash_core_with_traceback(
+    fixture: &str,
+    arch: &str,
+) -> Option<(TempDir, PathBuf, PathBuf, String)> {
+    match arch {
+        "arm64" if !have("qemu-aarch64", "--version") => {
+            skip("needs qemu-aarch64 (qemu-user)");
+            return None;
+        }
+        "amd64" if !cfg!(target_arch = "x86_64") || !kernel_cores() => {
+            skip("needs an x86_64 host with core_pattern `core`");
+            return None;
+        }
+        _ => {}
+    }
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "unwind-go-tb-{fixture}-{arch}-{}",
+        std::process::id()
+    )));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/make-crash-core.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args([fixture, arch])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let core = dir.0.join(format!("core-go-{fixture}-{arch}"));
+    let exe = dir.0.join(format!("{fixture}-{arch}"));
+    let tb = std::fs::read_to_string(dir.0.join(format!("{fixture}.txt"))).unwrap();
+    Some((dir, core, exe, tb))
+}
+
 /// `runtime.morestack` against Go's traceback of the same crash (fixtures/go/grow, both
 /// architectures, all modes): the system-stack part ends with Go's `runtime stack:` (throw,
 /// newstack, morestack) and the goroutine part begins with Go's `goroutine 1 [running]:`
@@ -426,35 +466,9 @@ fn morestack_matches_go_traceback() {
         return;
     }
     for arch in ["amd64", "arm64"] {
-        match arch {
-            "arm64" if !have("qemu-aarch64", "--version") => {
-                skip("needs qemu-aarch64 (qemu-user)");
-                continue;
-            }
-            "amd64" if !cfg!(target_arch = "x86_64") || !kernel_cores() => {
-                skip("needs an x86_64 host with core_pattern `core`");
-                continue;
-            }
-            _ => {}
-        }
-        let dir = TempDir(
-            std::env::temp_dir().join(format!("unwind-go-tb-grow-{arch}-{}", std::process::id())),
-        );
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/make-crash-core.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .args(["grow", arch])
-            .arg(&dir.0)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let core = dir.0.join(format!("core-go-grow-{arch}"));
-        let exe = dir.0.join(format!("grow-{arch}"));
-        let tb = std::fs::read_to_string(dir.0.join("grow.txt")).unwrap();
+        let Some((_dir, core, exe, tb)) = crash_core_with_traceback("grow", arch) else {
+            continue;
+        };
         let blocks = parse_traceback(&tb);
         let sys = blocks
             .iter()
@@ -515,35 +529,9 @@ fn systemstack_matches_go_traceback() {
         return;
     }
     for arch in ["amd64", "arm64"] {
-        match arch {
-            "arm64" if !have("qemu-aarch64", "--version") => {
-                skip("needs qemu-aarch64 (qemu-user)");
-                continue;
-            }
-            "amd64" if !cfg!(target_arch = "x86_64") || !kernel_cores() => {
-                skip("needs an x86_64 host with core_pattern `core`");
-                continue;
-            }
-            _ => {}
-        }
-        let dir = TempDir(
-            std::env::temp_dir().join(format!("unwind-go-tb-throw-{arch}-{}", std::process::id())),
-        );
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/make-crash-core.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .args(["throw", arch])
-            .arg(&dir.0)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let core = dir.0.join(format!("core-go-throw-{arch}"));
-        let exe = dir.0.join(format!("throw-{arch}"));
-        let tb = std::fs::read_to_string(dir.0.join("throw.txt")).unwrap();
+        let Some((_dir, core, exe, tb)) = crash_core_with_traceback("throw", arch) else {
+            continue;
+        };
         let blocks = parse_traceback(&tb);
         // The throwing goroutine: the first block, [running], through main.writer.
         let g = blocks
