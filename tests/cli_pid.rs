@@ -129,6 +129,18 @@ fn run(args: &[String]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// `unwind stack --pid PID EXTRA...` started in the background, its output discarded (the
+/// tests that signal it mid-run).
+fn spawn_unwind(pid: u32, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(pid_args(pid))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn stack_json(pid: u32, extra: &[&str]) -> Value {
     let mut a: Vec<String> = ["stack", "--pid", &pid.to_string(), "--format", "json"]
         .iter()
@@ -584,13 +596,7 @@ fn unwind_killed_while_holding_the_threads() {
         .take(24)
         .enumerate()
     {
-        let mut u = Command::new(BIN)
-            .args(pid_args(t.pid()))
-            .args(["--mode", "hybrid"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut u = spawn_unwind(t.pid(), &["--mode", "hybrid"]);
         std::thread::sleep(Duration::from_micros(2000 * i as u64));
         // SAFETY: kill takes integers; `u` has not been reaped, so its pid is still its own.
         unsafe { libc::kill(u.id() as libc::pid_t, *sig) };
@@ -619,12 +625,7 @@ fn no_signal_lost() {
     };
     let mut sent = 0u64;
     for i in 0..30u64 {
-        let mut u = Command::new(BIN)
-            .args(pid_args(t.pid()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut u = spawn_unwind(t.pid(), &[]);
         std::thread::sleep(Duration::from_millis(i * 2));
         for _ in 0..5 {
             // SAFETY: kill takes integers.
@@ -669,12 +670,7 @@ fn signals_while_a_thread_cannot_stop() {
     t.assert_untouched();
     use std::os::unix::process::ExitStatusExt;
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
-        let mut u = Command::new(BIN)
-            .args(pid_args(t.pid()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut u = spawn_unwind(t.pid(), &[]);
         // Once threads are held (state `t`), they stay held for 2 s.
         let deadline = Instant::now() + Duration::from_secs(20);
         while !tasks(t.pid()).iter().any(|tid| {
