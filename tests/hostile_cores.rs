@@ -323,6 +323,22 @@ fn has_chain(stdout: &str) -> bool {
 
 const MODES: [&str; 3] = ["fp", "dwarf", "hybrid"];
 
+/// `unwind stack --core CORE --exe <the x86_64 fixture> --mode MODE`, run in `dir`.
+fn stack_core(dir: &Path, core: &Path, mode: &str) -> Run {
+    run(
+        dir,
+        &[
+            "stack",
+            "--core",
+            s(core),
+            "--exe",
+            s(&exe("x86_64")),
+            "--mode",
+            mode,
+        ],
+    )
+}
+
 // ---- NT_FILE naming things that are not modules ----
 
 /// Paths that must never be read as modules, each in several spellings.
@@ -364,18 +380,7 @@ fn nt_file_naming_devices_fifos_and_proc_files() {
             );
         }
         // With the executable given, the chain is symbolised despite the hostile note.
-        let r = run(
-            &d,
-            &[
-                "stack",
-                "--core",
-                s(&c),
-                "--exe",
-                s(&exe("x86_64")),
-                "--mode",
-                "hybrid",
-            ],
-        );
+        let r = stack_core(&d, &c, "hybrid");
         assert!(has_chain(&r.stdout), "{bad}: {}", r.stdout);
     }
     let _ = std::fs::remove_dir_all(&d);
@@ -559,18 +564,7 @@ fn tens_of_thousands_of_nt_file_entries() {
     }
     let c = write(&d, "core", &with_nt_file(&base, &entries));
     for mode in MODES {
-        let r = run(
-            &d,
-            &[
-                "stack",
-                "--core",
-                s(&c),
-                "--exe",
-                s(&exe("x86_64")),
-                "--mode",
-                mode,
-            ],
-        );
+        let r = stack_core(&d, &c, mode);
         assert_eq!(r.code, 0, "{r:?}");
         assert!(has_chain(&r.stdout), "{mode}: {}", r.stdout);
         let warnings = r.stderr.lines().count();
@@ -604,18 +598,7 @@ fn truncated_core_says_so_and_shows_what_it_can() {
     let cut = (off + size / 2) as usize;
     let c = write(&d, "core", &base[..cut]);
     for mode in MODES {
-        let r = run(
-            &d,
-            &[
-                "stack",
-                "--core",
-                s(&c),
-                "--exe",
-                s(&exe("x86_64")),
-                "--mode",
-                mode,
-            ],
-        );
+        let r = stack_core(&d, &c, mode);
         assert_eq!(r.code, 0, "{r:?}");
         let want = format!("core file is truncated: {cut} of {full} bytes");
         assert!(r.stderr.contains(&want), "{mode}: {}", r.stderr);
