@@ -773,6 +773,9 @@ pub struct Unwinder {
     /// never reused (an address would be: a dropped unwinder's successor can live at the same
     /// place, and a cache would then answer with the old rules).
     generation: u64,
+    /// The module of [`capture`] itself, with its record map's `(lo, span)`, when that table
+    /// says `capture` keeps a frame record: its hybrid frame-pointer entry starts there.
+    home: Option<(usize, u64, u64)>,
 }
 
 /// Source of [`Unwinder`] generations (0: an empty unwinder, which caches nothing).
@@ -794,6 +797,21 @@ impl Unwinder {
         self.ranges.insert(i, (r.lo, r.hi));
         self.modules.insert(i, m);
         self.generation = GENERATION.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        // Where `capture` is: its entry's granule answers for the whole function (the bitmap
+        // clears whole functions; a granule shared with a function without a record reads
+        // "no", which only skips the entry).
+        let here = capture as *const () as u64;
+        self.home = self
+            .ranges
+            .iter()
+            .position(|&(lo, hi)| lo <= here && here < hi)
+            .and_then(|i| {
+                let m = &self.modules[i];
+                let r = m.range();
+                let span = r.hi.wrapping_sub(r.lo);
+                let map = crate::walk::RecordMap::new(r.lo, span, &m.record_pages);
+                map.keeps(here.wrapping_add(1)).then_some((i, r.lo, span))
+            });
     }
 
     /// The modules' tables.
@@ -820,6 +838,16 @@ impl Unwinder {
     #[inline(always)]
     pub fn rule(&self, pc: u64) -> Option<CfiRow> {
         self.module(pc)?.rule(pc)
+    }
+
+    /// The hybrid record map ([`crate::walk::RecordMap`]) of [`capture`]'s own module, when
+    /// `capture` keeps a frame record (so its own record may be followed): the frame-pointer
+    /// entry of a hybrid capture.
+    #[inline(always)]
+    fn home_map(&self) -> Option<crate::walk::RecordMap<'_>> {
+        let (i, lo, span) = self.home?;
+        let m = self.modules.get(i)?;
+        Some(crate::walk::RecordMap::new(lo, span, &m.record_pages))
     }
 
     /// Unwinds one frame by CFI (see [`Cfi::step`]).
@@ -1021,6 +1049,30 @@ impl Cfi for Unwinder {
 /// built without frame pointers); the first frame is still the caller's return address.
 #[inline(never)]
 pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
+    if mode == Mode::Hybrid {
+        // The common case first, as in `crate::capture`: this function keeps a frame record
+        // (its CFI says so), the thread's stack is known, and frame records lead up the stack
+        // through functions whose CFI says they keep them. The walker's hot loop runs here,
+        // inlined, with the module's record map; a full buffer or the chain's end returns at
+        // once, anything else (another module, a function without a record, a transition)
+        // goes on in the general hybrid walker from there.
+        let r = crate::live::current_regs();
+        if let Some(map) = unwinder.home_map() {
+            if let Some(mut run) = hybrid_records(r, buf, map) {
+                if run.done(buf) {
+                    let stop = if run.n == buf.len() {
+                        crate::frame::StopReason::BufferFull
+                    } else {
+                        crate::frame::StopReason::End
+                    };
+                    return Trace { len: run.n, stop };
+                }
+                if run.n != 0 {
+                    return resume_hybrid(&mut run, buf, unwinder);
+                }
+            }
+        }
+    }
     if mode != Mode::FramePointer {
         let mut regs = crate::live::current_regs();
         regs.pc = crate::arch::native::strip_pac_live(regs.pc);
@@ -1055,6 +1107,47 @@ pub unsafe fn capture_from_ucontext(
     // SAFETY: forwarded from the caller.
     let (start, mut mem) = unsafe { crate::live::start_from_ucontext(ucontext) };
     walk_live(start, &mut mem, buf, unwinder, mode, false).0
+}
+
+/// The hot loop of a hybrid [`capture`]'s frame-pointer entry, in a function of its own (in
+/// `capture`'s body the loop's dozen live values competed with the general path's for
+/// registers, and spilled).
+#[inline(never)]
+fn hybrid_records(
+    r: crate::arch::Regs,
+    buf: &mut [Frame],
+    map: crate::walk::RecordMap<'_>,
+) -> Option<crate::live::RecordRun> {
+    crate::live::records_from_here(r, buf, |ra| map.keeps(ra))
+}
+
+/// The rest of a hybrid [`capture`] whose frame-pointer entry stopped at something unusual:
+/// the general hybrid walker goes on from there, with the same memory.
+#[inline(never)]
+fn resume_hybrid(
+    run: &mut crate::live::RecordRun,
+    buf: &mut [Frame],
+    unwinder: &Unwinder,
+) -> Trace {
+    type Native = crate::arch::native::Native;
+    let seg = run.stack();
+    let (n, fp, floor) = (run.n, run.fp, run.floor);
+    let mem = &mut run.mem;
+    let walk = |cache: &mut RuleCache, mem: &mut crate::live::LiveMemory, buf: &mut [Frame]| {
+        let stepper = Stepper::new(unwinder, cache);
+        let mut w: Walker<Native, _, _> =
+            Walker::with_cfi(crate::transition::Pinned::new(), stepper, Mode::Hybrid);
+        w.resume_after_records(mem, buf, n, seg, fp, floor)
+    };
+    // This thread's cache; if a signal interrupted a capture that holds it, a fresh one.
+    let got = THREAD_CACHE.try_with(|c| match c.try_borrow_mut() {
+        Ok(mut cache) => Some(walk(&mut cache, mem, buf)),
+        Err(_) => None,
+    });
+    match got {
+        Ok(Some(t)) => t,
+        _ => walk(&mut RuleCache::new(), mem, buf),
+    }
 }
 
 #[inline(always)]

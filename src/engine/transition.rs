@@ -142,6 +142,11 @@ pub struct PageFilter<'a> {
 impl PageFilter<'_> {
     /// Could an entry contain `addr`? One byte load (a byte, not a bit: the hot loop's test is
     /// then a shift, a mask and a load).
+    ///
+    /// Also true for every address of the pages that share entry 0 with address 0 (one in
+    /// 4096), so `hit(0)` is always true: the hot loop's test for a zero return address (the
+    /// chain's end) is this same byte, and a zero or a rare non-zero address there leaves the
+    /// hot loop for the general step, which decides exactly.
     #[inline(always)]
     pub fn hit(&self, addr: u64) -> bool {
         self.bytes[filter_bit(addr)].load(Ordering::Relaxed) != 0
@@ -530,9 +535,10 @@ impl<const N: usize, const W: usize> Buffer<N, W> {
 }
 
 /// The page filter of `rows`: a non-zero byte for each 4 KiB page some row touches
-/// ([`filter_bit`]).
+/// ([`filter_bit`]), and for entry 0 always ([`PageFilter::hit`] is true for address 0).
 fn page_filter<const W: usize>(rows: &[[u64; W]]) -> [u8; FILTER_BITS] {
     let mut filter = [0u8; FILTER_BITS];
+    filter[0] = 1;
     for row in rows {
         let (first, last) = (row[0] >> 12, row[1].saturating_sub(1) >> 12);
         if last.saturating_sub(first) >= FILTER_BITS as u64 {
@@ -581,11 +587,14 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
     };
 
     const fn new() -> Self {
+        // Entry 0 is always set: see `PageFilter::hit`.
+        let mut filter = [Self::ZERO_BYTE; FILTER_BITS];
+        filter[0] = AtomicU8::new(1);
         LeftRightTable {
             active: AtomicUsize::new(0),
             env_lo: AtomicU64::new(0),
             env_hi: AtomicU64::new(0),
-            filter: [Self::ZERO_BYTE; FILTER_BITS],
+            filter,
             bufs: [Self::BUFFER; 2],
         }
     }
@@ -1068,6 +1077,27 @@ mod tests {
             unregister(id).unwrap();
         }
         assert_eq!(Live.lookup(base + 0x5008), None);
+    }
+
+    /// The filter is hit at address 0 (the hot loop's test for the chain's end) in a table
+    /// never published, after publishes, and after a publish of nothing; rows are still found
+    /// and pages no row touches still missed.
+    #[test]
+    fn page_filter_always_hits_zero() {
+        static T: LeftRightTable<8, 3> = LeftRightTable::new();
+        let f = || PageFilter { bytes: &T.filter };
+        assert!(f().hit(0) && f().hit(0xfff) && !f().hit(0x1000));
+        T.publish(
+            &[[0x20_0000, 0x20_0010, 1]],
+            Range::new(0x20_0000, 0x20_0010),
+        );
+        assert!(f().hit(0) && f().hit(0x20_0008) && !f().hit(0x30_0000));
+        assert_eq!(T.find(0x20_0008), Some([0x20_0000, 0x20_0010, 1]));
+        T.publish(&[], Range::new(0, 0));
+        assert!(f().hit(0) && !f().hit(0x20_0008));
+        assert_eq!(T.find(0x20_0008), None);
+        // An address on the pages sharing entry 0 is looked up and not found.
+        assert_eq!(T.find(0x100_0000), None);
     }
 
     /// Readers racing a writer that keeps republishing see only complete versions: every row

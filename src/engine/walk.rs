@@ -817,10 +817,11 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
     let filter = core::hint::black_box(table.page_filter());
     // With a page filter, the filter alone (one byte load, whether or not the return address is
     // inside the envelope: frames inside it, between a program's own trampolines and libc's,
-    // are the common case); else the envelope compare and the table's own check.
-    let may_switch = |ra: u64| match filter {
+    // are the common case; the filter is also always hit at 0, so it tests for the chain's end
+    // too); else a zero test, the envelope compare and the table's own check.
+    let stop_at = |ra: u64| match filter {
         Some(f) => f.hit(ra),
-        None => ra.wrapping_sub(env_lo) < env_span && table.may_match_inside(ra),
+        None => ra == 0 || (ra.wrapping_sub(env_lo) < env_span && table.may_match_inside(ra)),
     };
     let floor0 = floor.max(seg.lo);
     floor = floor0;
@@ -836,7 +837,7 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
             break;
         };
         let ra = A::strip_ra(ra, pac_mask);
-        if ra == 0 || may_switch(ra) || !keeps_record(ra) {
+        if stop_at(ra) || !keeps_record(ra) {
             break;
         }
         Frame::write_raw(slot, ra, meta);

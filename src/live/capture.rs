@@ -320,31 +320,74 @@ pub fn capture(buf: &mut [Frame]) -> usize {
     // `sp` is on it, and frame records lead from this function's own record up the stack. The
     // hot loop is the walker's own (`follow_records`); wherever it stops for anything but a
     // full buffer or the chain's end, the general walker goes on from there.
-    let t = THREAD_STACK.with(|c| c.get());
-    if t.contains(r.sp) {
-        let mut mem = LiveMemory {
-            stacks: [t, Range::default(), Range::default(), Range::default()],
-        };
-        let (n, fp, floor) = crate::walk::follow_records_inline::<Native, _, _>(
-            &mut mem,
-            &Pinned::new(),
-            buf,
-            t,
-            r.sp,
-            r.fp,
-            0,
-            0,
-            |_| true,
-        );
-        if n == buf.len() || (n != 0 && fp == 0) {
-            // Full, or the chain's end (a zero frame pointer: the walker's `End`).
-            return n;
+    if let Some(run) = records_from_here(r, buf, |_| true) {
+        if run.done(buf) {
+            return run.n;
         }
-        if n != 0 {
-            return resume(&mut mem, buf, n, fp, floor);
+        if run.n != 0 {
+            let mut run = run;
+            return resume(&mut run.mem, buf, run.n, run.fp, run.floor);
         }
     }
     capture_from(r, buf)
+}
+
+/// What [`records_from_here`] did: `n` frames written from frame records on the thread's own
+/// stack (`mem`'s first range); the last record read ended at `floor` and pointed on to `fp`.
+pub(crate) struct RecordRun {
+    pub(crate) mem: LiveMemory,
+    pub(crate) n: usize,
+    pub(crate) fp: u64,
+    pub(crate) floor: u64,
+}
+
+impl RecordRun {
+    /// Is the capture complete: `buf` full, or the chain's end (a zero frame pointer after at
+    /// least one frame: the general walker's `End`)?
+    #[inline(always)]
+    pub(crate) fn done(&self, buf: &[Frame]) -> bool {
+        self.n == buf.len() || (self.n != 0 && self.fp == 0)
+    }
+
+    /// The thread's stack, which the run walked.
+    #[cfg(feature = "dwarf")]
+    #[inline(always)]
+    pub(crate) fn stack(&self) -> Range {
+        self.mem.stacks[0]
+    }
+}
+
+/// The frame-pointer entry of a live capture: from the frame record of the function that read
+/// `r` ([`current_regs`], inlined into a public capture function that keeps a frame record),
+/// follows ordinary records on the thread's own stack with the walker's hot loop, inlined
+/// (`keeps(ra)`: may the record of the function returned into be followed). `None` when the
+/// thread's stack is not known yet or `sp` is not on it (the general walker finds its stacks).
+/// Async-signal-safe: no allocation, no lock, no system call.
+#[inline(always)]
+pub(crate) fn records_from_here(
+    r: Regs,
+    buf: &mut [Frame],
+    keeps: impl FnMut(u64) -> bool,
+) -> Option<RecordRun> {
+    let t = THREAD_STACK.with(|c| c.get());
+    if !t.contains(r.sp) {
+        return None;
+    }
+    let mut mem = LiveMemory {
+        stacks: [t, Range::default(), Range::default(), Range::default()],
+    };
+    let (n, fp, floor) = crate::walk::follow_records_inline::<Native, _, _>(
+        &mut mem,
+        &Pinned::new(),
+        buf,
+        t,
+        r.sp,
+        r.fp,
+        0,
+        0,
+        keeps,
+    );
+    Some(RecordRun { mem, n, fp, floor })
 }
 
 /// The rest of a [`capture`] whose hot loop stopped at something unusual (a transition, a

@@ -221,3 +221,123 @@ fn malformed_sections_error_cleanly() {
         Err(CfiError::Parse(_))
     ));
 }
+
+/// The hybrid frame-pointer entry of [`capture`] against the general hybrid walk, on this
+/// thread's real stack.
+mod hybrid_entry {
+    use super::*;
+    use crate::walk::Start;
+    use std::hint::black_box;
+
+    type Pair = ((Vec<Frame>, Trace), (Vec<Frame>, Trace));
+
+    /// A hybrid [`capture`] (through its frame-pointer entry) and the general hybrid walk from
+    /// this function's own registers (stepping out of it by CFI first, as `capture` does
+    /// without the entry). The first starts one frame earlier (the return address into this
+    /// function), so with one slot more the second must equal the first from its frame 1.
+    #[inline(never)]
+    fn both(len: usize) -> Pair {
+        let u = crate::modules::unwinder_or_refresh();
+        let mut a = vec![Frame::EMPTY; len + 1];
+        let ta = capture(&mut a, u, Mode::Hybrid);
+        a.truncate(ta.len);
+        let mut b = vec![Frame::EMPTY; len];
+        let regs = crate::live::current_regs();
+        let mut mem = crate::live::LiveMemory::for_sp(regs.sp, None);
+        let (tb, _) = walk_live(Start::exact(regs), &mut mem, &mut b, u, Mode::Hybrid, true);
+        b.truncate(tb.len);
+        black_box(((a, ta), (b, tb)))
+    }
+
+    #[inline(never)]
+    fn at_depth(depth: usize, len: usize) -> Pair {
+        if depth == 0 {
+            both(len)
+        } else {
+            black_box(at_depth(depth - 1, len))
+        }
+    }
+
+    /// With a corrupt link in the record of `both`'s caller.
+    #[inline(never)]
+    fn with_corrupt_link(bad: u64) -> Pair {
+        let fp = crate::live::current_regs().fp;
+        let slot = fp as *mut u64;
+        // SAFETY: `fp` is this function's own frame record (the crate's tests are built with
+        // frame pointers); the saved value is restored before returning, and nothing reads it
+        // in between but the captures.
+        let saved = unsafe { core::ptr::read_volatile(slot) };
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(slot, bad) };
+        let r = both(64);
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(slot, saved) };
+        black_box(r)
+    }
+
+    fn assert_same(((a, ta), (b, tb)): &Pair, what: &str) {
+        assert!(!a.is_empty(), "{what}");
+        assert_eq!(&a[1..], &b[..], "{what}");
+        assert_eq!(ta.stop, tb.stop, "{what}");
+    }
+
+    #[test]
+    fn entry_is_live_in_a_frame_pointer_build() {
+        crate::live::init_thread();
+        let u = crate::modules::unwinder_or_refresh();
+        assert!(u.home.is_some(), "capture's own module or record not found");
+        let map = u.home_map().expect("home map");
+        // Frames of this crate's tests (frame pointers, CFI that says so) as far as the test
+        // harness (the standard library is built without them: the entry stops there).
+        #[inline(never)]
+        fn run_at(depth: usize, map: crate::walk::RecordMap<'_>) -> usize {
+            if depth > 0 {
+                return black_box(run_at(depth - 1, map));
+            }
+            let mut buf = [Frame::EMPTY; 64];
+            let run = hybrid_records(crate::live::current_regs(), &mut buf, map)
+                .expect("the thread's stack is known");
+            run.n
+        }
+        assert!(run_at(6, map) >= 7);
+    }
+
+    #[test]
+    fn entry_matches_the_general_hybrid_walk() {
+        crate::live::init_thread();
+        // The chain's end, full buffers, a buffer of one.
+        for (depth, len) in [
+            (0, 1024),
+            (40, 1024),
+            (40, 16),
+            (3, 1),
+            (200, 1024),
+            (200, 100),
+        ] {
+            let p = at_depth(depth, len);
+            assert_same(&p, &format!("depth {depth}, buffer {len}"));
+            let (a, ta) = &p.0;
+            if len == 1024 {
+                assert!(a.len() > depth + 2, "{depth}: {}", a.len());
+                assert_eq!(ta.stop, StopReason::End, "{a:?}");
+            } else {
+                assert_eq!(a.len(), len + 1);
+                assert_eq!(ta.stop, StopReason::BufferFull);
+            }
+        }
+        // A stack switch: the entry stops at the system stack's transition, the general walker
+        // crosses it.
+        let p = crate::system_stack::run(|| at_depth(5, 1024));
+        assert_same(&p, "system stack");
+        assert!(
+            p.0 .0.iter().any(|f| f.stack == 1),
+            "not crossed: {:?}",
+            p.0 .0
+        );
+        // A corrupt record: both stop at the same place, for the same reason.
+        let here = crate::live::current_regs().sp;
+        for bad in [0xdead_beef_0000_1230u64, 0x1, u64::MAX - 15, here - 4096, 0] {
+            assert_same(&with_corrupt_link(bad), &format!("corrupt link {bad:#x}"));
+        }
+    }
+}
