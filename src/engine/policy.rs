@@ -29,6 +29,7 @@
 use crate::frame::{Frame, Via};
 use core::fmt;
 use core::ops::Range as Span;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The kinds of profile, each with its default [`Policy`].
 ///
@@ -214,7 +215,7 @@ impl Kept {
 ///
 /// Built outside signal context (it allocates); [`Classifier::is_runtime`] and
 /// [`Classifier::is_system_switch`] are lookups in prepared tables: no allocation, no lock.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Classifier {
     /// Sorted, merged runtime address ranges.
     ranges: Vec<Span<u64>>,
@@ -222,6 +223,30 @@ pub struct Classifier {
     system_switches: Box<[u64; 1024]>,
     /// Count frames on the system side of a switch as runtime.
     pub system_side_is_runtime: bool,
+    /// Answers of [`Classifier::is_runtime`] by lookup pc, direct-mapped: `pc << 1 | runtime`
+    /// (0: empty). A profiler's samples ask about the same few leaf frames again and again (a
+    /// heap sample's first frames are the allocator's), and a hit skips the binary search over
+    /// what can be thousands of ranges. Relaxed atomics: lock-free, async-signal-safe, and a
+    /// racing writer only replaces one whole entry with another correct one.
+    memo: Box<[AtomicU64; MEMO]>,
+}
+
+/// Entries in a [`Classifier`]'s memo.
+const MEMO: usize = 256;
+
+impl Clone for Classifier {
+    fn clone(&self) -> Self {
+        Classifier {
+            ranges: self.ranges.clone(),
+            system_switches: self.system_switches.clone(),
+            system_side_is_runtime: self.system_side_is_runtime,
+            memo: empty_memo(),
+        }
+    }
+}
+
+fn empty_memo() -> Box<[AtomicU64; MEMO]> {
+    Box::new([const { AtomicU64::new(0) }; MEMO])
 }
 
 impl Default for Classifier {
@@ -240,6 +265,7 @@ impl Classifier {
             ranges: Vec::new(),
             system_switches: Box::new([0; 1024]),
             system_side_is_runtime: true,
+            memo: empty_memo(),
         }
     }
 
@@ -283,6 +309,10 @@ impl Classifier {
     }
 
     fn merge(&mut self) {
+        // The ranges change: forget every answer.
+        for e in self.memo.iter() {
+            e.store(0, Ordering::Relaxed);
+        }
         let mut out: Vec<Span<u64>> = Vec::with_capacity(self.ranges.len());
         for r in self.ranges.drain(..) {
             match out.last_mut() {
@@ -293,10 +323,28 @@ impl Classifier {
         self.ranges = out;
     }
 
-    /// Is this frame's code runtime code? Binary search over prepared ranges.
+    /// Is this frame's code runtime code? A binary search over the prepared ranges, its answers
+    /// remembered by pc (a direct-mapped memo, lock-free: safe in a signal handler).
     #[inline]
     pub fn is_runtime(&self, f: &Frame) -> bool {
         let pc = f.lookup_pc();
+        // pc << 1 must not lose a bit (user addresses do not use the top one).
+        if pc >> 63 != 0 || pc == 0 {
+            return self.search(pc);
+        }
+        let slot = &self.memo[((pc ^ (pc >> 9)) as usize) % MEMO];
+        let e = slot.load(Ordering::Relaxed);
+        if e >> 1 == pc {
+            return e & 1 != 0;
+        }
+        let yes = self.search(pc);
+        slot.store(pc << 1 | yes as u64, Ordering::Relaxed);
+        yes
+    }
+
+    /// [`Classifier::is_runtime`] without the memo: the binary search.
+    #[inline]
+    fn search(&self, pc: u64) -> bool {
         let i = self.ranges.partition_point(|r| r.start <= pc);
         i > 0 && pc < self.ranges[i - 1].end
     }
@@ -494,5 +542,38 @@ mod tests {
         }
         assert_eq!(ProfileKind::parse("lock"), Some(ProfileKind::RuntimeLock));
         assert_eq!(ProfileKind::parse("nope"), None);
+    }
+
+    /// The memo answers as the search does: across collisions (pcs sharing slots), after the
+    /// ranges change (it forgets), in a clone, and for pcs it cannot hold.
+    #[test]
+    fn is_runtime_memo_agrees_with_the_search() {
+        let frame = |pc: u64| Frame {
+            pc,
+            stack: 0,
+            via: Via::Regs,
+            flags: Frame::EXACT,
+            transition: 0,
+        };
+        let mut c = Classifier::new();
+        c.add_range(0x1000..0x2000).add_range(0x5000..0x5800);
+        let pcs: Vec<u64> = (0..4096u64)
+            .map(|i| i * 0x7 + 0xf00)
+            .chain([0, 1 << 63, u64::MAX, 0x1fff, 0x2000])
+            .collect();
+        for round in 0..3 {
+            for &pc in &pcs {
+                let f = frame(pc);
+                assert_eq!(c.is_runtime(&f), c.search(pc), "{pc:#x} round {round}");
+            }
+            if round == 0 {
+                // Every answer about 0x2000..0x3000 changes.
+                c.add_range(0x2000..0x3000);
+                assert!(c.is_runtime(&frame(0x2800)));
+            } else if round == 1 {
+                c = c.clone();
+            }
+        }
+        assert!(c.is_runtime(&frame(0x1fff)) && !c.is_runtime(&frame(0x3000)));
     }
 }
