@@ -822,16 +822,15 @@ impl Unwinder {
     /// The table covering runtime address `pc`.
     #[inline(always)]
     pub fn module(&self, pc: u64) -> Option<&PreparedCfi> {
+        self.modules.get(self.module_index(pc)?)
+    }
+
+    /// The index in [`Unwinder::modules`] of the table covering runtime address `pc`.
+    #[inline(always)]
+    fn module_index(&self, pc: u64) -> Option<usize> {
         let i = self.ranges.partition_point(|&(lo, _)| lo <= pc);
-        if i == 0 {
-            return None;
-        }
-        let (_, hi) = self.ranges[i - 1];
-        if pc < hi {
-            self.modules.get(i - 1)
-        } else {
-            None
-        }
+        let (_, hi) = *self.ranges.get(i.checked_sub(1)?)?;
+        (pc < hi).then_some(i - 1)
     }
 
     /// The rule for `pc` (a lookup address: exact pc, or return address - 1).
@@ -879,6 +878,10 @@ pub struct RuleCache {
     owner: u64,
     keys: [u64; CACHE],
     rules: [CfiRow; CACHE],
+    /// The modules of the last two module searches, most recent first: `(lo, hi, index)`
+    /// (`lo == hi`: none). A thread's walks begin and end in the same few modules (its own
+    /// code, libc's thread start), so a walk's first search in each is usually answered here.
+    modules: [(u64, u64, usize); 2],
 }
 
 impl Default for RuleCache {
@@ -894,6 +897,7 @@ impl RuleCache {
             owner: 0,
             keys: [u64::MAX; CACHE],
             rules: [CfiRow::GAP_RULE; CACHE],
+            modules: [(0, 0, 0); 2],
         }
     }
 
@@ -902,6 +906,7 @@ impl RuleCache {
         let id = u.generation;
         if self.owner != id {
             self.keys = [u64::MAX; CACHE];
+            self.modules = [(0, 0, 0); 2];
             self.owner = id;
         }
     }
@@ -959,7 +964,20 @@ impl<'a> Stepper<'a> {
         if pc >= self.last_range.0 && pc < self.last_range.1 {
             return self.last;
         }
-        let m = self.u.module(pc)?;
+        let known = &mut self.cache.modules;
+        let i = if known[0].0 <= pc && pc < known[0].1 {
+            known[0].2
+        } else if known[1].0 <= pc && pc < known[1].1 {
+            known.swap(0, 1);
+            known[0].2
+        } else {
+            let i = self.u.module_index(pc)?;
+            let (lo, hi) = self.u.ranges[i];
+            known[1] = known[0];
+            known[0] = (lo, hi, i);
+            i
+        };
+        let m = self.u.modules.get(i)?;
         let r = m.range();
         self.last = Some(m);
         self.last_range = (r.lo, r.hi);
