@@ -219,19 +219,44 @@ fn summary() {
         );
     }
     let n = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let per = |t: usize| common::median_ns(&format!("threads/capture32/{t}"));
-    if let (Some(one), Some(all)) = (per(1), per(n)) {
-        println!(
-            "\nthreads, depth 32: 1 thread {one:.1} ns/capture, {n} threads {all:.1} ns/capture each; \
-             each of {n} keeps {:.0}% of the one-thread rate",
-            100.0 * one / all
-        );
+    for (what, id) in [("wall", "capture32"), ("thread CPU", "capture32_cpu")] {
+        let per = |t: usize| common::median_ns(&format!("threads/{id}/{t}"));
+        if let (Some(one), Some(all)) = (per(1), per(n)) {
+            println!(
+                "threads, depth 32, {what} time: 1 thread {one:.1} ns/capture, {n} threads \
+                 {all:.1} ns/capture each; each of {n} keeps {:.0}% of the one-thread rate",
+                100.0 * one / all
+            );
+        }
     }
 }
 
-/// Captures 32 frames deep on `threads` threads at once; returns the wall time of the slowest
-/// thread for `iters` captures each (so the time per capture stays flat when threads scale).
-fn concurrent(threads: usize, iters: u64) -> Duration {
+/// This thread's CPU time (CLOCK_THREAD_CPUTIME_ID): time it ran, whatever else ran.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Captures 32 frames deep on `threads` threads at once; returns the time of the slowest
+/// thread for `iters` captures each (so the time per capture stays flat when threads scale):
+/// wall time, or with `cpu` each thread's own CPU time (on a shared machine where the threads
+/// do not always get a core each, wall time also counts waiting for one; CPU time still counts
+/// what sharing costs, such as cache lines written by several threads).
+fn concurrent(threads: usize, iters: u64, cpu: bool) -> Duration {
+    let now = move || {
+        if cpu {
+            thread_cpu()
+        } else {
+            // Wall time since an arbitrary start, as a Duration.
+            static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            START.get_or_init(std::time::Instant::now).elapsed()
+        }
+    };
     let barrier = std::sync::Barrier::new(threads);
     let times: Vec<Duration> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -243,13 +268,13 @@ fn concurrent(threads: usize, iters: u64) -> Duration {
                     recurse(40, &mut || {
                         let mut buf = [Frame::EMPTY; 32];
                         barrier.wait();
-                        let t = std::time::Instant::now();
+                        let t = now();
                         for _ in 0..iters {
                             let n = unwind::capture(&mut buf);
                             assert_eq!(n, 32);
                             black_box(n);
                         }
-                        out = t.elapsed();
+                        out = now().saturating_sub(t);
                     });
                     out
                 })
@@ -271,7 +296,10 @@ fn threads(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(2));
     for t in [1, n] {
         g.bench_with_input(BenchmarkId::new("capture32", t), &t, |b, &t| {
-            b.iter_custom(|iters| concurrent(t, iters))
+            b.iter_custom(|iters| concurrent(t, iters, false))
+        });
+        g.bench_with_input(BenchmarkId::new("capture32_cpu", t), &t, |b, &t| {
+            b.iter_custom(|iters| concurrent(t, iters, true))
         });
     }
     g.finish();
