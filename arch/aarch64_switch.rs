@@ -8,9 +8,14 @@
 
 // fn(arg: x0, f: x1, top: x2). The record {x29, x30} plus the user sp form a 32-byte frame
 // on the user stack; x29 keeps pointing at it while on the system stack.
+//
+// The trampoline has a 4 KiB page of its own (its own section, page-aligned and padded to a
+// page): the walker's hot loop tests return addresses against the transition table's page
+// filter, one entry per 4 KiB page, and a caller's code sharing the trampoline's page would
+// leave the hot loop at every frame there.
 core::arch::global_asm!(
-    ".text",
-    ".p2align 4",
+    ".pushsection .text.unwind_0_1_system_stack_switch,\"ax\",%progbits",
+    ".p2align 12",
     ".globl unwind_0_1_system_stack_switch",
     ".hidden unwind_0_1_system_stack_switch",
     ".type unwind_0_1_system_stack_switch, %function",
@@ -38,4 +43,6 @@ core::arch::global_asm!(
     "ret",
     ".cfi_endproc",
     ".size unwind_0_1_system_stack_switch, . - unwind_0_1_system_stack_switch",
+    ".p2align 12",
+    ".popsection",
 );

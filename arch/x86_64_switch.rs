@@ -9,9 +9,14 @@
 // extern "sysv64" fn(arg: rdi, f: rsi, top: rdx). Callee-saved registers other than rbp are not
 // touched here and are preserved by `f`. The CFI describes the user-side frame so DWARF
 // unwinders (panic backtraces) cross the switch too.
+//
+// The trampoline has a 4 KiB page of its own (its own section, page-aligned and padded to a
+// page): the walker's hot loop tests return addresses against the transition table's page
+// filter, one entry per 4 KiB page, and a caller's code sharing the trampoline's page would
+// leave the hot loop at every frame there.
 core::arch::global_asm!(
-    ".text",
-    ".p2align 4",
+    ".pushsection .text.unwind_0_1_system_stack_switch,\"ax\",@progbits",
+    ".p2align 12",
     ".globl unwind_0_1_system_stack_switch",
     ".hidden unwind_0_1_system_stack_switch",
     ".type unwind_0_1_system_stack_switch, @function",
@@ -40,4 +45,6 @@ core::arch::global_asm!(
     "ret",
     ".cfi_endproc",
     ".size unwind_0_1_system_stack_switch, . - unwind_0_1_system_stack_switch",
+    ".p2align 12",
+    ".popsection",
 );

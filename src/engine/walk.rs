@@ -337,8 +337,19 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let stop = loop {
             match self.mode {
                 Mode::FramePointer => self.fast_run::<M, false>(&mut st, mem, buf, limit),
-                Mode::Hybrid => self.fast_run::<M, true>(&mut st, mem, buf, limit),
-                Mode::Dwarf => self.fast_run_dwarf(&mut st, mem, buf, limit),
+                // Frame records while the functions keep them, CFI steps while they do not
+                // (code built without frame pointers: libc's, the standard library's, and
+                // a program's own in most builds), for as long as the CFI run ends at a
+                // function that keeps a record again.
+                Mode::Hybrid => loop {
+                    self.fast_run::<M, true>(&mut st, mem, buf, limit);
+                    if st.n >= limit || !self.fast_run_dwarf::<M, true>(&mut st, mem, buf, limit) {
+                        break;
+                    }
+                },
+                Mode::Dwarf => {
+                    self.fast_run_dwarf::<M, false>(&mut st, mem, buf, limit);
+                }
             }
             if st.n >= limit {
                 break self.full_stop(st.n);
@@ -416,24 +427,33 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     /// ordinary (the CFI gives a caller whose CFA moves up inside the stack, with a non-zero
     /// return address that cannot be a transition). At anything else it returns with `st` at
     /// that frame and [`Walker::step`] handles it (and reports the precise stop reason).
+    ///
+    /// With `HYBRID` it also stops at a return address into a function that keeps a frame
+    /// record (hybrid mode follows records there, [`Walker::fast_run`]), and returns whether
+    /// it stopped for that alone after at least one step (else: `false`).
     #[inline(always)]
-    fn fast_run_dwarf<M: Memory>(
+    fn fast_run_dwarf<M: Memory, const HYBRID: bool>(
         &mut self,
         st: &mut State,
         mem: &mut M,
         buf: &mut [Frame],
         limit: usize,
-    ) {
-        let Some(seg) = st.seg else { return };
+    ) -> bool {
+        let Some(seg) = st.seg else { return false };
         if st.pending != 0 {
-            return;
+            return false;
         }
         // Registers and counters in locals (written back once), the envelope read once.
         let env = self.transitions.envelope();
         let (env_lo, env_span) = (env.lo, env.hi.saturating_sub(env.lo));
         let (mut regs, mut exact, mut n) = (st.regs, st.exact, st.n);
         let stack = st.stack;
+        let mut at_record = false;
         while n < limit {
+            if HYBRID && !exact && self.cfi.keeps_frame_record(regs.pc) {
+                at_record = true;
+                break;
+            }
             let CfiStep::Caller(mut r) = self.cfi.step::<A, M>(&regs, exact, mem) else {
                 break;
             };
@@ -463,7 +483,9 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             st.n = n;
             st.regs = regs;
             st.exact = exact;
+            return at_record;
         }
+        false
     }
 
     #[inline(always)]

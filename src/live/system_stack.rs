@@ -351,6 +351,23 @@ pub const RULE: Rule = imp::RULE;
 mod tests {
     use super::*;
 
+    /// The trampoline has a filter page of its own: it starts a 4 KiB page and its return
+    /// label lies on it, and the crate's code around it is on other pages.
+    #[test]
+    fn trampoline_has_a_page_of_its_own() {
+        let start = unwind_0_1_system_stack_switch as *const () as u64;
+        let page = start & !0xfff;
+        assert_eq!(start, page);
+        assert_eq!(return_address() & !0xfff, page);
+        for other in [
+            run::<(), fn()> as *const () as u64,
+            map_stack as *const () as u64,
+            crate::capture as *const () as u64,
+        ] {
+            assert_ne!(other & !0xfff, page, "{other:#x}");
+        }
+    }
+
     #[test]
     fn runs_on_the_system_stack_and_back() {
         assert!(!is_on_system_stack());
