@@ -711,6 +711,19 @@ impl Symbolizer {
             .any(|m| m.read_code(addr, out))
     }
 
+    /// Does the code at runtime address `addr`, as a module's file holds it (see
+    /// [`Module::read_code`]), start with `pattern` (at most 16 bytes)?
+    pub fn code_is(&self, addr: u64, pattern: &[u8]) -> bool {
+        let mut buf = [0u8; 16];
+        let Some(out) = buf.get_mut(..pattern.len()) else {
+            return false;
+        };
+        self.modules
+            .iter()
+            .filter(|m| m.range.contains(addr))
+            .any(|m| m.read_code(addr, out) && *out == *pattern)
+    }
+
     /// The module containing `pc`.
     pub fn module_of(&self, pc: u64) -> Option<&Module> {
         self.modules.iter().find(|m| m.range.contains(pc))
