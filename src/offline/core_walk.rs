@@ -499,9 +499,9 @@ pub fn unwind_paused<P: Pause>(
     if g_sched_id != 0 {
         transitions.push((g_sched_id, "go g.sched"));
     }
-    let mut classifier = opts.policy.map(|_| {
-        classifier_for(&symbols, &system_switches)
-    });
+    let mut classifier = opts
+        .policy
+        .map(|_| classifier_for(&symbols, &system_switches));
     let go = if is_go(&symbols) {
         GoRuntime::new(&symbols)
     } else {
@@ -511,6 +511,7 @@ pub fn unwind_paused<P: Pause>(
     let mut budget = MAX_TOTAL_FRAMES;
     let mut cut_threads = 0usize;
     let mut pcs: Vec<u64> = Vec::new();
+    let mut lookup_pcs: Vec<u64> = Vec::new();
     let cx = Walks {
         core,
         symbols: &symbols,
@@ -564,6 +565,7 @@ pub fn unwind_paused<P: Pause>(
             }
         }
         pcs.extend(buf.iter().map(|f| f.pc));
+        lookup_pcs.extend(buf.iter().map(|f| f.lookup_pc()));
         if let (Some(p), Some(c)) = (&opts.policy, &mut classifier) {
             // Sigreturn trampolines (libc's, the vDSO's, qemu's page, Go's) are runtime too,
             // named or not: a heap sample never ends at one.
@@ -585,6 +587,9 @@ pub fn unwind_paused<P: Pause>(
         });
     }
     pause.resume();
+    // Every frame is symbolised (the policy keeps some): answered ahead, each module in one
+    // pass over its symbols.
+    symbols.prepare(&lookup_pcs);
     // Lazy tables fail FDE by FDE, as the walks reach them.
     for (p, e) in unwinder.failures() {
         let w = format!("module {}: no usable CFI ({e})", p.escape_debug());

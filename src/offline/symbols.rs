@@ -71,7 +71,11 @@ pub struct Module {
     funcs: Vec<Func>,
     /// Indices in `funcs` sorted by (address, unsized, order of appearance); the first of a run
     /// at one address is the function there (symtab and dynsym list most functions twice).
-    order: Vec<u32>,
+    /// Sorted on the first lookup [`Module::prepare`] did not answer.
+    order: std::sync::OnceLock<Vec<u32>>,
+    /// Answers for the pcs given to [`Module::prepare`]: (file address, index in `funcs` of the
+    /// function there), sorted by address.
+    prepared: std::sync::OnceLock<Vec<(u64, Option<u32>)>>,
     /// Demangled Rust names, by index in `funcs`, made when first asked for (allocated on the
     /// first).
     demangled: std::sync::OnceLock<Box<[std::sync::OnceLock<Box<str>>]>>,
@@ -191,8 +195,6 @@ impl Module {
                 }
             }
         }
-        // Sized symbols first at equal addresses, then in order of appearance.
-        let order = sort_order(&funcs);
         let len = data.len();
         let code = file
             .sections()
@@ -215,7 +217,8 @@ impl Module {
                 Range::default()
             },
             funcs,
-            order,
+            order: std::sync::OnceLock::new(),
+            prepared: std::sync::OnceLock::new(),
             demangled: std::sync::OnceLock::new(),
             owned,
             by_len: std::sync::OnceLock::new(),
@@ -259,9 +262,14 @@ impl Module {
         cells[i].get_or_init(|| format!("{:#}", rustc_demangle::demangle(raw)).into_boxed_str())
     }
 
+    /// Indices in `funcs` by (address, unsized, order of appearance).
+    fn order(&self) -> &[u32] {
+        self.order.get_or_init(|| sort_order(&self.funcs))
+    }
+
     /// The symbol at sorted position `k`.
     fn sorted(&self, k: usize) -> &Func {
-        &self.funcs[self.order[k] as usize]
+        &self.funcs[self.order()[k] as usize]
     }
 
     /// The symbol (its index in `funcs`) naming the function at the highest address among
@@ -271,10 +279,10 @@ impl Module {
         while hi > 0 {
             let addr = self.sorted(hi - 1).addr;
             let lo = self
-                .order
+                .order()
                 .partition_point(|&i| self.funcs[i as usize].addr < addr);
             if let Some(k) = (lo..hi).find(|&k| self.raw_name(self.sorted(k)).is_some()) {
-                return Some(self.order[k] as usize);
+                return Some(self.order()[k] as usize);
             }
             hi = lo;
         }
@@ -284,22 +292,91 @@ impl Module {
     /// The function containing runtime address `pc`.
     pub fn lookup(&self, pc: u64) -> Option<Symbol<'_>> {
         let a = pc.wrapping_sub(self.bias);
-        let hi = self
-            .order
-            .partition_point(|&i| self.funcs[i as usize].addr <= a);
-        let i = self.named_at_or_below(hi)?;
+        let prepared = self
+            .prepared
+            .get()
+            .and_then(|p| p.binary_search_by_key(&a, |e| e.0).ok().map(|k| p[k].1));
+        let i = match prepared {
+            Some(i) => i? as usize,
+            None => {
+                let hi = self
+                    .order()
+                    .partition_point(|&i| self.funcs[i as usize].addr <= a);
+                let i = self.named_at_or_below(hi)?;
+                if !self.covers(i, a) {
+                    return None;
+                }
+                i
+            }
+        };
+        Some(Symbol {
+            name: self.name(i),
+            module: &self.path,
+            offset: a - self.funcs[i].addr,
+        })
+    }
+
+    /// Does `funcs[i]` cover file address `a` (at or above its start)? Unsized symbols
+    /// (assembly labels) cover up to 4 KiB.
+    fn covers(&self, i: usize, a: u64) -> bool {
         let (start, size) = (self.funcs[i].addr, self.funcs[i].size);
-        // Unsized symbols (assembly labels) cover up to 4 KiB.
         let end = if size == 0 {
             start.saturating_add(4096)
         } else {
             start.saturating_add(size)
         };
-        (a < end).then(|| Symbol {
-            name: self.name(i),
-            module: &self.path,
-            offset: a - start,
-        })
+        a < end
+    }
+
+    /// Answers [`Module::lookup`] for `pcs` (runtime addresses) ahead, in one pass over the
+    /// symbols, without sorting them: a one-shot walk looks up a few dozen pcs in a C
+    /// library's ten thousand symbols, whose sort showed in `unwind stack` profiles. Lookups
+    /// of other pcs sort the symbols as before. Only the first call counts.
+    pub fn prepare(&self, pcs: &[u64]) {
+        if self.prepared.get().is_some() {
+            return;
+        }
+        let mut addrs: Vec<u64> = pcs
+            .iter()
+            .filter(|&&pc| self.range.contains(pc))
+            .map(|pc| pc.wrapping_sub(self.bias))
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        // best[j]: the function at the highest address in (addrs[j - 1], addrs[j]] (sized
+        // first, then in order of appearance), among symbols with a UTF-8 name.
+        let Some(&top) = addrs.last() else {
+            let _ = self.prepared.set(Vec::new());
+            return;
+        };
+        let mut best: Vec<Option<u32>> = vec![None; addrs.len()];
+        for (i, f) in self.funcs.iter().enumerate() {
+            if f.addr > top {
+                continue;
+            }
+            let j = addrs.partition_point(|&a| a < f.addr);
+            let better = match best[j] {
+                None => true,
+                Some(b) => {
+                    let g = &self.funcs[b as usize];
+                    f.addr > g.addr || (f.addr == g.addr && g.size == 0 && f.size != 0)
+                }
+            };
+            if better && self.raw_name(f).is_some() {
+                best[j] = Some(i as u32);
+            }
+        }
+        // Each address's answer: the best of the highest interval at or below it.
+        let mut below = None;
+        let answers = addrs
+            .iter()
+            .zip(&best)
+            .map(|(&a, &b)| {
+                below = b.or(below);
+                (a, below.filter(|&i| self.covers(i as usize, a)))
+            })
+            .collect();
+        let _ = self.prepared.set(answers);
     }
 
     /// The module file's bytes (mapped read-only).
@@ -343,7 +420,7 @@ impl Module {
     /// Every function: (demangled name, runtime start, runtime end).
     pub fn functions(&self) -> impl Iterator<Item = (&str, u64, u64)> + '_ {
         // The first symbol with a UTF-8 name at each address.
-        (0..self.order.len())
+        (0..self.order().len())
             .filter(move |&k| {
                 let f = self.sorted(k);
                 self.raw_name(f).is_some()
@@ -357,7 +434,7 @@ impl Module {
                 let f = self.sorted(k);
                 let lo = f.addr.wrapping_add(self.bias);
                 (
-                    self.name(self.order[k] as usize),
+                    self.name(self.order()[k] as usize),
                     lo,
                     lo.wrapping_add(f.size),
                 )
@@ -524,7 +601,7 @@ fn elf_functions(data: &Mapped, tag: u64, dynamic: bool, funcs: &mut Vec<Func>) 
             // The name: up to its NUL, inside the string table, else the symbol is unnamed
             // (`object` fails to read it and the symbol was skipped).
             let at = sym.st_name(e) as usize;
-            let Some(len) = strtab.get(at..).and_then(|rest| memchr::memchr(0, rest)) else {
+            let Some(len) = strtab.get(at..).and_then(nul_at) else {
                 continue;
             };
             let off = str_off as usize + at;
@@ -543,6 +620,26 @@ fn elf_functions(data: &Mapped, tag: u64, dynamic: bool, funcs: &mut Vec<Func>) 
         }
     }
     true
+}
+
+/// The position of the first NUL in `s`: eight bytes at a time (symbol names are short; a
+/// `memchr` call per name showed in `unwind stack` profiles).
+fn nul_at(s: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut words = s.chunks_exact(8);
+    for (k, w) in words.by_ref().enumerate() {
+        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        // The lowest set high bit marks the first zero byte (borrows only run upwards).
+        let zero = w.wrapping_sub(LO) & !w & HI;
+        if zero != 0 {
+            return Some(k * 8 + zero.trailing_zeros() as usize / 8);
+        }
+    }
+    let rest = words.remainder();
+    rest.iter()
+        .position(|&b| b == 0)
+        .map(|p| s.len() - rest.len() + p)
 }
 
 /// `/usr/lib/debug/.build-id/xx/yyyy.debug` for a file's GNU build id, if it exists.
@@ -724,6 +821,14 @@ impl Symbolizer {
             .any(|m| m.read_code(addr, out) && *out == *pattern)
     }
 
+    /// Answers lookups of `pcs` (runtime addresses: [`crate::Frame::lookup_pc`]) ahead, each
+    /// module in one pass over its symbols (see [`Module::prepare`]).
+    pub fn prepare(&self, pcs: &[u64]) {
+        for m in &self.modules {
+            m.prepare(pcs);
+        }
+    }
+
     /// The module containing `pc`.
     pub fn module_of(&self, pc: u64) -> Option<&Module> {
         self.modules.iter().find(|m| m.range.contains(pc))
@@ -829,6 +934,20 @@ mod tests {
                 assert_eq!(got, o.lookup(pc), "{} at {pc:#x}", path.display());
             }
         }
+        // Lookups answered ahead by `prepare` (a third of the pcs, the rest sorted as before).
+        let p = Module::load(path, "m", None).unwrap();
+        let pcs: Vec<u64> = o
+            .funcs
+            .iter()
+            .flat_map(|&(a, s, _)| [a, a + s / 2, (a + s).saturating_sub(1), a + s, a + 4096])
+            .chain([0, 1, u64::MAX])
+            .collect();
+        p.prepare(&pcs.iter().copied().step_by(3).collect::<Vec<_>>());
+        assert!(p.prepared.get().is_some_and(|v| !v.is_empty()));
+        for &pc in &pcs {
+            let got = p.lookup(pc).map(|s| (s.name, s.offset));
+            assert_eq!(got, o.lookup(pc), "{} at {pc:#x}, prepared", path.display());
+        }
         for (raw, _, _) in o.by_name.iter().step_by(7) {
             let want = o
                 .by_name
@@ -861,12 +980,30 @@ mod tests {
     /// A symbol whose name is not UTF-8 does not exist: the function below it (or the valid
     /// name at the same address) answers, as when `object` refused to name it.
     #[test]
+    fn nul_at_finds_the_first_nul() {
+        for len in 0..40 {
+            let mut s = vec![b'a'; len];
+            assert_eq!(nul_at(&s), None, "{len}");
+            for z in 0..len {
+                s[z] = 0;
+                assert_eq!(nul_at(&s), Some(z), "{len} {z}");
+                // Bytes with the high bit set (and 0x01, the subtraction's constant) after it.
+                for b in z + 1..len {
+                    s[b] = if b % 2 == 0 { 0x80 } else { 0x01 };
+                }
+                assert_eq!(nul_at(&s), Some(z), "{len} {z}");
+                s[z] = 0x81;
+            }
+        }
+    }
+
+    #[test]
     fn names_that_are_not_utf8_are_skipped() {
         let exe = std::env::current_exe().unwrap();
         let mut data = std::fs::read(&exe).unwrap();
         let m = Module::load(&exe, "m", None).unwrap();
         // A sized function whose name is the only one at its address.
-        let k = (1..m.order.len() - 1)
+        let k = (1..m.order().len() - 1)
             .find(|&k| {
                 let (p, f, n) = (m.sorted(k - 1), m.sorted(k), m.sorted(k + 1));
                 f.size > 0
