@@ -545,10 +545,23 @@ fn sort_order(funcs: &[Func]) -> Vec<u32> {
 /// (not yet checked for UTF-8: [`Module::raw_name`] does). False (nothing added) when `data` is
 /// not a 64-bit ELF file.
 fn elf_functions(data: &Mapped, tag: u64, dynamic: bool, funcs: &mut Vec<Func>) -> bool {
+    // With the byte order fixed at compile time (not checked field by field: a C library's
+    // debug file has ten thousand entries).
+    elf_functions_in::<object::LittleEndian>(data, tag, dynamic, funcs)
+        || elf_functions_in::<object::BigEndian>(data, tag, dynamic, funcs)
+}
+
+/// [`elf_functions`] for a file in byte order `E` (false for the other).
+fn elf_functions_in<E: object::Endian>(
+    data: &Mapped,
+    tag: u64,
+    dynamic: bool,
+    funcs: &mut Vec<Func>,
+) -> bool {
     let map = data;
     let data: &[u8] = data;
     use object::read::elf::{FileHeader, SectionHeader, Sym};
-    let Ok(hdr) = object::elf::FileHeader64::<object::Endianness>::parse(data) else {
+    let Ok(hdr) = object::elf::FileHeader64::<E>::parse(data) else {
         return false;
     };
     let Ok(e) = hdr.endian() else { return false };
