@@ -44,6 +44,25 @@ pub const MAX_FRAMES: usize = 1024;
 /// shows its leaf frame only.
 pub const MAX_TOTAL_FRAMES: usize = 1 << 18;
 
+/// The Go runtime's functions the walks look up by name.
+const GO_NAMES: [&str; 15] = [
+    "runtime.systemstack.abi0",
+    "runtime.systemstack",
+    "runtime.asmcgocall.abi0",
+    "runtime.asmcgocall",
+    "runtime.mstart.abi0",
+    "runtime.mstart",
+    "runtime.goexit.abi0",
+    "runtime.goexit",
+    "runtime.rt0_go.abi0",
+    "runtime.rt0_go",
+    "runtime.mcall",
+    "runtime.morestack.abi0",
+    "runtime.morestack",
+    "runtime.systemstack_switch.abi0",
+    "runtime.systemstack_switch",
+];
+
 /// The transition id of every signal frame (see [`Trampolines`]).
 const SIGNAL_FRAME_ID: Id = 1;
 
@@ -370,6 +389,12 @@ pub fn transitions_for<'a>(
         names.push((id, name));
         Some(id)
     };
+    // Every name `function` is asked here and for Go's runtime, answered in one pass.
+    let mut asked: Vec<&'static str> = GO_NAMES.to_vec();
+    asked.extend(crate::switches::BY_SYMBOL.iter().map(|k| k.symbol));
+    for m in symbols.modules() {
+        m.prepare_names(&asked);
+    }
     for m in symbols.modules() {
         for (raw, name) in [
             ("runtime.systemstack.abi0", "go runtime.systemstack"),

@@ -85,6 +85,8 @@ pub struct Module {
     /// exact-name lookup): `(starts, indices)`, bucket `n` is
     /// `indices[starts[n]..starts[n + 1]]`; lengths from [`LEN_BUCKETS`] - 1 up share the last.
     by_len: std::sync::OnceLock<(Vec<u32>, Vec<u32>)>,
+    /// [`Module::function`]'s answers for the names given to [`Module::prepare_names`].
+    named: std::sync::OnceLock<Vec<(&'static str, Option<Range>)>>,
     /// The file, mapped read-only.
     data: Mapped,
     /// The separate debug file whose symbol table was read, mapped read-only.
@@ -222,6 +224,7 @@ impl Module {
             demangled: std::sync::OnceLock::new(),
             owned,
             by_len: std::sync::OnceLock::new(),
+            named: std::sync::OnceLock::new(),
             data,
             debug,
             code,
@@ -384,9 +387,70 @@ impl Module {
         &self.data
     }
 
+    /// The runtime range of `f` as [`Module::function`] gives it.
+    fn range_of(&self, f: &Func) -> Range {
+        let lo = f.addr.wrapping_add(self.bias);
+        Range::new(lo, lo.saturating_add(f.size.max(1)))
+    }
+
+    /// Answers [`Module::function`] for `names` ahead, in one pass over the symbols (a core's
+    /// walk asks a dozen names of every module; the index other names go through costs a pass
+    /// and a counting sort). Only the first call counts.
+    pub fn prepare_names(&self, names: &[&'static str]) {
+        if self.named.get().is_some() {
+            return;
+        }
+        // The names by length: `slot[len]` is 1 + the index in `groups` of the names of that
+        // length (lengths from `LEN_BUCKETS` - 1 up share the last slot), 0 for none.
+        let bucket = |n: usize| n.min(LEN_BUCKETS - 1);
+        let mut slot = [0usize; LEN_BUCKETS];
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (k, n) in names.iter().enumerate() {
+            let b = bucket(n.len());
+            if slot[b] == 0 {
+                groups.push(Vec::new());
+                slot[b] = groups.len();
+            }
+            groups[slot[b] - 1].push(k);
+        }
+        // A name's first eight bytes (fewer, zero-padded, for shorter names), compared first.
+        let prefix = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            let n = b.len().min(8);
+            w[..n].copy_from_slice(&b[..n]);
+            u64::from_le_bytes(w)
+        };
+        let prefixes: Vec<u64> = names.iter().map(|n| prefix(n.as_bytes())).collect();
+        let mut found: Vec<(&'static str, Option<Range>)> =
+            names.iter().map(|&n| (n, None)).collect();
+        for f in &self.funcs {
+            let g = slot[bucket(f.len as usize)];
+            if g == 0 {
+                continue;
+            }
+            let raw = self.raw_bytes(f);
+            let head = prefix(raw);
+            for &k in &groups[g - 1] {
+                let (name, r) = &mut found[k];
+                // In order of appearance: the first match is the first symbol.
+                if r.is_none() && prefixes[k] == head && raw == name.as_bytes() {
+                    *r = Some(self.range_of(f));
+                }
+            }
+        }
+        let _ = self.named.set(found);
+    }
+
     /// Runtime range of the function with exactly this raw (mangled) name (the first symbol
     /// of that name in the file's symtab, dynsym, then its debug file's symtab).
     pub fn function(&self, raw_name: &str) -> Option<Range> {
+        if let Some((_, r)) = self
+            .named
+            .get()
+            .and_then(|v| v.iter().find(|(n, _)| *n == raw_name))
+        {
+            return *r;
+        }
         let (starts, indices) = self.by_len.get_or_init(|| {
             let bucket = |f: &Func| (f.len as usize).min(LEN_BUCKETS - 1);
             let mut starts = vec![0u32; LEN_BUCKETS + 1];
@@ -411,10 +475,7 @@ impl Module {
             .map(|&i| &self.funcs[i as usize])
             // In order of appearance within a bucket: the first match is the first symbol.
             .find(|f| f.len as usize == raw_name.len() && self.raw_bytes(f) == raw_name.as_bytes())
-            .map(|f| {
-                let lo = f.addr.wrapping_add(self.bias);
-                Range::new(lo, lo.saturating_add(f.size.max(1)))
-            })
+            .map(|f| self.range_of(f))
     }
 
     /// Every function: (demangled name, runtime start, runtime end).
@@ -970,6 +1031,19 @@ mod tests {
             assert_eq!(m.function(raw), want, "{raw}");
         }
         assert_eq!(m.function("no such function, surely"), None);
+        // Names answered ahead by `prepare_names`, the same way (every seventh name, from
+        // strings that live forever, and one name no symbol has).
+        let names: Vec<&'static str> = o
+            .by_name
+            .iter()
+            .step_by(7)
+            .map(|(n, _, _)| &*n.clone().leak())
+            .chain(["no such function, surely"])
+            .collect();
+        p.prepare_names(&names);
+        for raw in names {
+            assert_eq!(p.function(raw), m.function(raw), "{raw}, prepared");
+        }
         o.funcs.len()
     }
 
