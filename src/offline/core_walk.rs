@@ -549,16 +549,16 @@ pub fn unwind_paused<P: Pause>(
         mode,
     };
     let paused = pause.pause(core)?;
+    // One buffer for every walk; each thread keeps a copy of its frames.
+    let mut scratch = vec![Frame::EMPTY; MAX_FRAMES];
     for t in &paused {
         // Past the budget a thread keeps its leaf frame only.
         let room = MAX_FRAMES.min(budget).max(1);
-        let mut buf = vec![Frame::EMPTY; room];
-        let trace = cx.thread(t, &mut buf);
+        let trace = cx.thread(t, &mut scratch[..room]);
         if room < MAX_FRAMES && trace.len >= room {
             cut_threads += 1;
         }
-        buf.truncate(trace.len);
-        buf.shrink_to_fit();
+        let mut buf = scratch[..trace.len.min(room)].to_vec();
         budget = budget.saturating_sub(buf.len());
         let mut stop = trace.stop;
         if let Some(go) = &go {

@@ -174,6 +174,17 @@ impl Module {
                 len,
             });
         }
+        // A stripped library's local functions (glibc's __restore_rt, start_thread) are in its
+        // separate debug file, found by build id, when installed (Debian's *-dbg packages).
+        if file.section_by_name(".symtab").is_none() {
+            if let Some(path) = debug_file(&file) {
+                debug = crate::safe_open::map(&path, &Policy::default()).ok();
+            }
+        }
+        // Room for every symbol at once (growing the vector copied it, page by page).
+        funcs.reserve_exact(
+            elf_symbols(&data, true) + debug.as_deref().map_or(0, |d| elf_symbols(d, false)),
+        );
         // 64-bit ELF (every core this crate reads): the symbol tables are read in place,
         // names only delimited (their UTF-8 is checked when they are used).
         if !elf_functions(&data, NAME_IN_FILE, true, &mut funcs) {
@@ -181,19 +192,12 @@ impl Module {
                 add(sym, &data, NAME_IN_FILE, &mut owned, &mut funcs);
             }
         }
-        // A stripped library's local functions (glibc's __restore_rt, start_thread) are in its
-        // separate debug file, found by build id, when installed (Debian's *-dbg packages).
-        if file.section_by_name(".symtab").is_none() {
-            if let Some(path) = debug_file(&file) {
-                if let Ok(d) = crate::safe_open::map(&path, &Policy::default()) {
-                    if let Ok(dfile) = object::File::parse(&*d) {
-                        if !elf_functions(&d, NAME_IN_DEBUG, false, &mut funcs) {
-                            for sym in dfile.symbols() {
-                                add(sym, &d, NAME_IN_DEBUG, &mut owned, &mut funcs);
-                            }
-                        }
+        if let Some(d) = &debug {
+            if let Ok(dfile) = object::File::parse(&**d) {
+                if !elf_functions(d, NAME_IN_DEBUG, false, &mut funcs) {
+                    for sym in dfile.symbols() {
+                        add(sym, d, NAME_IN_DEBUG, &mut owned, &mut funcs);
                     }
-                    debug = Some(d);
                 }
             }
         }
@@ -694,6 +698,28 @@ fn elf_functions_in<E: object::Endian>(
         }
     }
     true
+}
+
+/// How many entries a 64-bit ELF file's `.symtab` (and `.dynsym` when `dynamic`) hold, by
+/// their sections' sizes (0 for other files).
+fn elf_symbols(data: &[u8], dynamic: bool) -> usize {
+    use object::read::elf::{FileHeader, SectionHeader};
+    let Ok(hdr) = object::elf::FileHeader64::<object::Endianness>::parse(data) else {
+        return 0;
+    };
+    let Ok(e) = hdr.endian() else { return 0 };
+    let Ok(sections) = hdr.sections(e, data) else {
+        return 0;
+    };
+    sections
+        .iter()
+        .filter(|h| {
+            let t = h.sh_type(e);
+            t == object::elf::SHT_SYMTAB || (dynamic && t == object::elf::SHT_DYNSYM)
+        })
+        // Only tables that lie in the file (as `elf_functions` reads them).
+        .filter_map(|h| h.data(e, data).ok())
+        .fold(0usize, |n, d| n.saturating_add(d.len() / 24))
 }
 
 /// The position of the first NUL in `s`: eight bytes at a time (symbol names are short; a
