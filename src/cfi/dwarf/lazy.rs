@@ -96,7 +96,7 @@ pub struct LazyCfi<'d> {
     state: RefCell<State>,
     /// [`LazyCfi::keeps_frame_record`]'s answers by granule (link-time start, answer);
     /// `u64::MAX` for none (no granule starts there: it lies below `end`).
-    keeps: [Cell<(u64, bool)>; KEEPS_CACHE],
+    keeps: Box<[Cell<(u64, bool)>; KEEPS_CACHE]>,
 }
 
 impl core::fmt::Debug for LazyCfi<'_> {
@@ -156,7 +156,7 @@ impl<'d> LazyCfi<'d> {
                 rows: 0,
                 error: None,
             }),
-            keeps: std::array::from_fn(|_| Cell::new((u64::MAX, true))),
+            keeps: Box::new(std::array::from_fn(|_| Cell::new((u64::MAX, true)))),
         };
         let (first, _) = t.entry(0)?;
         let (_, last) = t.entry(count - 1)?;
