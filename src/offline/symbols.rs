@@ -738,6 +738,7 @@ impl RawTable {
     /// Calls `each` with the function symbols, as `object`'s `symbols()` and
     /// `dynamic_symbols()` list them with kind [`SymbolKind::Text`] and a non-zero address
     /// (named or not: see [`RawTable::func`]), in order. `bytes` is the file the table is in.
+    #[inline(always)]
     fn each_func(&self, bytes: &[u8], each: impl FnMut(RawFunc)) {
         let syms = bytes.get(self.syms.clone()).unwrap_or_default();
         // The byte order fixed for the loop (a C library's debug file has ten thousand
@@ -805,6 +806,7 @@ impl RawTable {
 }
 
 /// [`RawTable::each_func`] over `syms`, the entries, in byte order `BIG`.
+#[inline(always)]
 fn scan<const BIG: bool>(syms: &[u8], mut each: impl FnMut(RawFunc)) {
     let u64_at = |b: [u8; 8]| {
         if BIG {

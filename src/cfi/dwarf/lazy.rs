@@ -46,6 +46,9 @@ impl std::hash::Hasher for IndexHasher {
     }
 }
 
+/// A cached [`LazyCfi::rule`] answer: (link-time address, rule).
+type CachedRule = (u64, Option<CfiRow>);
+
 /// Granules in [`LazyCfi`]'s cache of [`LazyCfi::keeps_frame_record`] answers (direct-mapped:
 /// the threads of a process share most of their return addresses).
 const KEEPS_CACHE: usize = 64;
@@ -97,6 +100,9 @@ pub struct LazyCfi<'d> {
     /// [`LazyCfi::keeps_frame_record`]'s answers by granule (link-time start, answer);
     /// `u64::MAX` for none (no granule starts there: it lies below `end`).
     keeps: Box<[Cell<(u64, bool)>; KEEPS_CACHE]>,
+    /// [`LazyCfi::rule`]'s answers by link-time address (direct-mapped, as `keeps`);
+    /// `u64::MAX` for none.
+    rules: Box<[Cell<CachedRule>; KEEPS_CACHE]>,
 }
 
 impl core::fmt::Debug for LazyCfi<'_> {
@@ -157,6 +163,7 @@ impl<'d> LazyCfi<'d> {
                 error: None,
             }),
             keeps: Box::new(std::array::from_fn(|_| Cell::new((u64::MAX, true)))),
+            rules: Box::new(std::array::from_fn(|_| Cell::new((u64::MAX, None)))),
         };
         let (first, _) = t.entry(0)?;
         let (_, last) = t.entry(count - 1)?;
@@ -277,6 +284,20 @@ impl<'d> LazyCfi<'d> {
         if a < self.base || a >= self.end {
             return None;
         }
+        // The threads of a process share most of their pcs.
+        let slot = &self.rules[(a ^ a >> 6) as usize % KEEPS_CACHE];
+        match slot.get() {
+            (b, rule) if b == a => rule,
+            _ => {
+                let rule = self.rule_at(a);
+                slot.set((a, rule));
+                rule
+            }
+        }
+    }
+
+    /// [`LazyCfi::rule`] for link-time address `a`, inside the table's range.
+    fn rule_at(&self, a: u64) -> Option<CfiRow> {
         let Some(i) = self.find(a) else {
             return Some(CfiRow::GAP_RULE);
         };
