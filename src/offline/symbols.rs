@@ -1181,6 +1181,38 @@ mod tests {
         assert_eq!(a_function_with_a_name(), 42);
     }
 
+    /// `code_is` (the check a core's walk makes at a return address for a sigreturn
+    /// trampoline) agrees with `find_code` (the search it replaced) on this process's code.
+    #[test]
+    fn code_is_agrees_with_find_code() {
+        let s = Symbolizer::for_current_process();
+        let pc = a_function_with_a_name as *const () as u64;
+        let mut pattern = [0u8; 9];
+        assert!(s.read_code(pc, &mut pattern));
+        let m = s.module_of(pc).unwrap();
+        let found = m.find_code(&pattern);
+        assert!(found.contains(&pc), "{found:x?}");
+        for &a in &found {
+            assert!(s.code_is(a, &pattern), "{a:#x}");
+        }
+        // Around the function, the bytes match exactly where the search found them.
+        for a in pc.saturating_sub(64)..pc + 64 {
+            assert_eq!(s.code_is(a, &pattern), found.contains(&a), "{a:#x}");
+        }
+        assert!(!s.code_is(8, &pattern));
+        assert!(
+            !s.code_is(pc, &[0u8; 17]),
+            "patterns over 16 bytes match nothing"
+        );
+        // The x86_64 sigreturn trampoline, where this process's libc has one.
+        let sigreturn = crate::arch::x86_64::SIGRETURN_CODE;
+        for m in s.modules() {
+            for a in m.find_code(&sigreturn) {
+                assert!(s.code_is(a, &sigreturn), "{} {a:#x}", m.path);
+            }
+        }
+    }
+
     /// The eager symbolizer this module had before names were left in the files, as an
     /// oracle: every symbol read through `object`, named, sorted (stable) and deduplicated.
     struct Oracle {
