@@ -101,12 +101,14 @@ impl Mapped {
     /// Maps in the pages of bytes `offset..offset + len` with one system call
     /// (`MADV_POPULATE_READ`), ahead of a scan that reads them all: a page fault per page cost
     /// more (`unwind stack` reads a C library's whole symbol table and code). A hint: a range
-    /// outside the file is clipped, and errors (kernels before 5.14) are ignored.
+    /// outside the file is clipped, and errors (kernels before 5.14) are ignored. Ranges of
+    /// 64 KiB or less are left to the page faults: one maps up to 16 cached pages around it
+    /// (the kernel's fault-around), as cheap as the system call.
     pub fn populate(&self, offset: usize, len: usize) {
         #[cfg(target_os = "linux")]
         if let Mapped::Map(m) = self {
             let len = len.min(m.len().saturating_sub(offset));
-            if len > 0 {
+            if len > 64 << 10 {
                 let _ = m.advise_range(memmap2::Advice::PopulateRead, offset, len);
             }
         }

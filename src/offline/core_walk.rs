@@ -44,6 +44,28 @@ pub const MAX_FRAMES: usize = 1024;
 /// shows its leaf frame only.
 pub const MAX_TOTAL_FRAMES: usize = 1 << 18;
 
+/// The Go runtime's functions the walks look up by name.
+const GO_NAMES: [&str; 15] = [
+    "runtime.systemstack.abi0",
+    "runtime.systemstack",
+    "runtime.asmcgocall.abi0",
+    "runtime.asmcgocall",
+    "runtime.mstart.abi0",
+    "runtime.mstart",
+    "runtime.goexit.abi0",
+    "runtime.goexit",
+    "runtime.rt0_go.abi0",
+    "runtime.rt0_go",
+    "runtime.mcall",
+    "runtime.morestack.abi0",
+    "runtime.morestack",
+    "runtime.systemstack_switch.abi0",
+    "runtime.systemstack_switch",
+];
+
+/// The transition id of every signal frame (see [`Trampolines`]).
+const SIGNAL_FRAME_ID: Id = 1;
+
 /// Most entries in a core's transition table (a hostile core can list any number of modules
 /// defining switch symbols; ids are `u16`).
 pub const MAX_TRANSITIONS: usize = 1024;
@@ -268,46 +290,110 @@ fn exe_placement(core: &Core, exe: &Path, policy: &crate::safe_open::Policy) -> 
     Some((phdr, phoff))
 }
 
-/// The transition table for a core: signal trampolines and Go's stack switches.
-pub fn transitions_for(
+/// Sigreturn trampolines (signal frames), recognised by their instruction bytes at the return
+/// addresses walks meet: in the modules' code as their files hold it (glibc's `__restore_rt`),
+/// and in the core's executable segments (the vDSO's `__kernel_rt_sigreturn`, qemu's trampoline
+/// page), which are searched ahead (kernel cores hold little code: the vDSO, anonymous code).
+/// Checking the few return addresses a walk meets costs less than searching every module's
+/// text ahead (a C library's 1.5 MB, mapped in and scanned, was a tenth of `unwind stack`).
+pub struct Trampolines<'a> {
+    symbols: &'a Symbolizer,
+    pattern: &'static [u8],
+    /// Trampolines in the core's executable segments, sorted.
+    in_core: Vec<u64>,
+    /// The transition id every signal frame gets.
+    id: Id,
+}
+
+impl<'a> Trampolines<'a> {
+    /// The trampolines of `core`'s architecture, in its executable segments and in the code
+    /// of `symbols`' modules, as transition `id`.
+    pub fn new(core: &Core, symbols: &'a Symbolizer, id: Id) -> Self {
+        let pattern: &[u8] = match core.arch {
+            ArchKind::X86_64 => &crate::arch::x86_64::SIGRETURN_CODE,
+            ArchKind::Aarch64 => &crate::arch::aarch64::SIGRETURN_CODE,
+        };
+        let mut in_core = Vec::new();
+        for (addr, bytes) in core.code_segments() {
+            for i in memchr::memmem::find_iter(bytes, pattern) {
+                // A hostile core may place a segment at the very top of the address space.
+                if let Some(a) = addr.checked_add(i as u64).filter(|a| *a < u64::MAX) {
+                    in_core.push(a);
+                }
+            }
+        }
+        in_core.sort_unstable();
+        in_core.dedup();
+        Trampolines {
+            symbols,
+            pattern,
+            in_core,
+            id,
+        }
+    }
+
+    /// Does a sigreturn trampoline start at `addr`?
+    pub fn contains(&self, addr: u64) -> bool {
+        addr < u64::MAX
+            && (self.in_core.binary_search(&addr).is_ok()
+                || self.symbols.code_is(addr, self.pattern))
+    }
+
+    /// The transition for a return address at a trampoline.
+    fn transition(&self, ra: u64) -> Option<Transition> {
+        self.contains(ra).then(|| Transition {
+            range: Range::new(ra, ra + 1),
+            rule: Rule::SignalFrame,
+            id: self.id,
+        })
+    }
+}
+
+/// A core's transitions: its signal trampolines (see [`Trampolines`]) and the table of stack
+/// switches found by symbol.
+#[derive(Clone, Copy)]
+struct CoreTransitions<'a> {
+    table: &'a TransitionTable,
+    trampolines: &'a Trampolines<'a>,
+}
+
+impl crate::transition::Transitions for CoreTransitions<'_> {
+    #[inline]
+    fn lookup(&self, ra: u64) -> Option<Transition> {
+        // A trampoline's one-byte range starts at `ra`: no table entry starts later (a switch
+        // function starting at a trampoline is left out of the table).
+        self.trampolines
+            .transition(ra)
+            .or_else(|| self.table.lookup(ra))
+    }
+}
+
+/// The transitions for a core: its signal trampolines (transition id 1, "signal frame") and
+/// the table of Go's and Rust's stack switches.
+pub fn transitions_for<'a>(
     core: &Core,
-    symbols: &Symbolizer,
-) -> (TransitionTable, Vec<(Id, &'static str)>, Vec<Id>) {
+    symbols: &'a Symbolizer,
+) -> (
+    Trampolines<'a>,
+    TransitionTable,
+    Vec<(Id, &'static str)>,
+    Vec<Id>,
+) {
     let mut table = TransitionTable::new();
-    let mut names = Vec::new();
+    let mut names = vec![(SIGNAL_FRAME_ID, "signal frame")];
     let mut system_switches = Vec::new();
-    let pattern: &[u8] = match core.arch {
-        ArchKind::X86_64 => &crate::arch::x86_64::SIGRETURN_CODE,
-        ArchKind::Aarch64 => &crate::arch::aarch64::SIGRETURN_CODE,
-    };
+    let trampolines = Trampolines::new(core, symbols, SIGNAL_FRAME_ID);
     let mut add = |table: &mut TransitionTable, range: Range, rule: Rule, name: &'static str| {
-        let id = next_id(table.len())?;
+        let id = next_id(names.len())?;
         table.insert(Transition { range, rule, id });
         names.push((id, name));
         Some(id)
     };
-    let mut trampolines: Vec<u64> = symbols
-        .modules()
-        .iter()
-        .flat_map(|m| m.find_code(pattern))
-        .collect();
-    for (addr, bytes) in core.code_segments() {
-        for i in memchr::memmem::find_iter(bytes, pattern) {
-            // A hostile core may place a segment at the very top of the address space.
-            if let Some(a) = addr.checked_add(i as u64).filter(|a| *a < u64::MAX) {
-                trampolines.push(a);
-            }
-        }
-    }
-    trampolines.sort_unstable();
-    trampolines.dedup();
-    for t in trampolines.into_iter().take(16) {
-        add(
-            &mut table,
-            Range::new(t, t.saturating_add(1)),
-            Rule::SignalFrame,
-            "signal frame",
-        );
+    // Every name `function` is asked here and for Go's runtime, answered in one pass.
+    let mut asked: Vec<&'static str> = GO_NAMES.to_vec();
+    asked.extend(crate::switches::BY_SYMBOL.iter().map(|k| k.symbol));
+    for m in symbols.modules() {
+        m.prepare_names(&asked);
     }
     for m in symbols.modules() {
         for (raw, name) in [
@@ -317,7 +403,7 @@ pub fn transitions_for(
             ("runtime.asmcgocall", "go runtime.asmcgocall"),
         ] {
             if let Some(r) = m.function(raw) {
-                if table.lookup(r.lo).is_none() {
+                if table.lookup(r.lo).is_none() && !trampolines.contains(r.lo) {
                     if let Some(id) = add(&mut table, r, Rule::ContinueChain, name) {
                         system_switches.push(id);
                     }
@@ -332,7 +418,7 @@ pub fn transitions_for(
         for k in crate::switches::BY_SYMBOL {
             let (raw, rule, name, system) = (k.symbol, k.rule(core.arch), k.name, k.system);
             if let Some(r) = m.function(raw) {
-                if table.lookup(r.lo).is_none() {
+                if table.lookup(r.lo).is_none() && !trampolines.contains(r.lo) {
                     if let Some(id) = add(&mut table, r, rule, name) {
                         if system {
                             system_switches.push(id);
@@ -342,7 +428,7 @@ pub fn transitions_for(
             }
         }
     }
-    (table, names, system_switches)
+    (trampolines, table, names, system_switches)
 }
 
 /// Is this a Go program (its modules define `runtime.systemstack`)?
@@ -425,7 +511,7 @@ pub fn unwind_paused<P: Pause>(
     } else {
         crate::dwarf::OfflineCfi::new()
     };
-    let (table, mut transitions, system_switches) = transitions_for(core, &symbols);
+    let (trampolines, table, mut transitions, system_switches) = transitions_for(core, &symbols);
     // Go's morestack is crossed through the goroutine's g.sched, not through the table: it
     // gets a name (for `via transition`) but no table entry.
     let morestack_id = next_id(transitions.len()).unwrap_or(0);
@@ -438,17 +524,9 @@ pub fn unwind_paused<P: Pause>(
     if g_sched_id != 0 {
         transitions.push((g_sched_id, "go g.sched"));
     }
-    let classifier = opts.policy.map(|_| {
-        let mut c = classifier_for(&symbols, &system_switches);
-        // Sigreturn trampolines (libc's, the vDSO's, qemu's page, Go's) are runtime too,
-        // named or not: a heap sample never ends at one.
-        for e in table.entries() {
-            if matches!(e.rule, Rule::SignalFrame) {
-                c.add_range(e.range.lo..e.range.hi);
-            }
-        }
-        c
-    });
+    let mut classifier = opts
+        .policy
+        .map(|_| classifier_for(&symbols, &system_switches));
     let go = if is_go(&symbols) {
         GoRuntime::new(&symbols)
     } else {
@@ -458,24 +536,29 @@ pub fn unwind_paused<P: Pause>(
     let mut budget = MAX_TOTAL_FRAMES;
     let mut cut_threads = 0usize;
     let mut pcs: Vec<u64> = Vec::new();
+    let mut lookup_pcs: Vec<u64> = Vec::new();
     let cx = Walks {
         core,
         symbols: &symbols,
         table: &table,
+        transitions: CoreTransitions {
+            table: &table,
+            trampolines: &trampolines,
+        },
         cfi: &unwinder,
         mode,
     };
     let paused = pause.pause(core)?;
+    // One buffer for every walk; each thread keeps a copy of its frames.
+    let mut scratch = vec![Frame::EMPTY; MAX_FRAMES];
     for t in &paused {
         // Past the budget a thread keeps its leaf frame only.
         let room = MAX_FRAMES.min(budget).max(1);
-        let mut buf = vec![Frame::EMPTY; room];
-        let trace = cx.thread(t, &mut buf);
+        let trace = cx.thread(t, &mut scratch[..room]);
         if room < MAX_FRAMES && trace.len >= room {
             cut_threads += 1;
         }
-        buf.truncate(trace.len);
-        buf.shrink_to_fit();
+        let mut buf = scratch[..trace.len.min(room)].to_vec();
         budget = budget.saturating_sub(buf.len());
         let mut stop = trace.stop;
         if let Some(go) = &go {
@@ -507,7 +590,16 @@ pub fn unwind_paused<P: Pause>(
             }
         }
         pcs.extend(buf.iter().map(|f| f.pc));
-        if let (Some(p), Some(c)) = (&opts.policy, &classifier) {
+        lookup_pcs.extend(buf.iter().map(|f| f.lookup_pc()));
+        if let (Some(p), Some(c)) = (&opts.policy, &mut classifier) {
+            // Sigreturn trampolines (libc's, the vDSO's, qemu's page, Go's) are runtime too,
+            // named or not: a heap sample never ends at one.
+            for f in &buf {
+                let pc = f.lookup_pc();
+                if trampolines.contains(pc) {
+                    c.add_range(pc..pc + 1);
+                }
+            }
             let kept = p.apply(&buf, c);
             truncated |= kept.truncated;
             buf = kept.slice(&buf).to_vec();
@@ -520,6 +612,9 @@ pub fn unwind_paused<P: Pause>(
         });
     }
     pause.resume();
+    // Every frame is symbolised (the policy keeps some): answered ahead, each module in one
+    // pass over its symbols.
+    symbols.prepare(&lookup_pcs);
     // Lazy tables fail FDE by FDE, as the walks reach them.
     for (p, e) in unwinder.failures() {
         let w = format!("module {}: no usable CFI ({e})", p.escape_debug());
@@ -964,6 +1059,7 @@ struct Walks<'a> {
     core: &'a Core,
     symbols: &'a Symbolizer,
     table: &'a TransitionTable,
+    transitions: CoreTransitions<'a>,
     cfi: &'a crate::dwarf::OfflineCfi<'a>,
     mode: Mode,
 }
@@ -989,7 +1085,7 @@ impl<'a> Walks<'a> {
     }
 
     fn walk_as<A: Arch>(&self, start: Start, mem: &mut WithCode<'_>, buf: &mut [Frame]) -> Trace {
-        let mut w: Walker<A, _, _> = Walker::with_cfi(self.table, self.cfi, self.mode);
+        let mut w: Walker<A, _, _> = Walker::with_cfi(self.transitions, self.cfi, self.mode);
         w.pac_mask = self.core.pac_mask;
         w.walk(start, mem, buf)
     }

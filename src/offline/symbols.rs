@@ -67,11 +67,19 @@ pub struct Module {
     pub range: Range,
     /// Function symbols in order of appearance (symtab, dynsym, then the debug file's symtab):
     /// at one address the first sized symbol names the function; exact-name lookups answer
-    /// the first match. At most `u32::MAX` (indexed by `u32`).
-    funcs: Vec<Func>,
+    /// the first match. At most `u32::MAX` (indexed by `u32`). Read from `tables` on first use:
+    /// a one-shot walk answers its lookups through [`Module::prepare`] and
+    /// [`Module::prepare_names`], which read the tables in place.
+    funcs: std::sync::OnceLock<Vec<Func>>,
+    /// The 64-bit ELF symbol tables `funcs` come from, in order (none for other files, whose
+    /// `funcs` are read at once).
+    tables: Vec<RawTable>,
     /// Indices in `funcs` sorted by (address, unsized, order of appearance); the first of a run
     /// at one address is the function there (symtab and dynsym list most functions twice).
-    order: Vec<u32>,
+    /// Sorted on the first lookup [`Module::prepare`] did not answer.
+    order: std::sync::OnceLock<Vec<u32>>,
+    /// Answers for the pcs given to [`Module::prepare`], sorted by file address.
+    prepared: std::sync::OnceLock<Vec<Prepared>>,
     /// Demangled Rust names, by index in `funcs`, made when first asked for (allocated on the
     /// first).
     demangled: std::sync::OnceLock<Box<[std::sync::OnceLock<Box<str>>]>>,
@@ -81,6 +89,8 @@ pub struct Module {
     /// exact-name lookup): `(starts, indices)`, bucket `n` is
     /// `indices[starts[n]..starts[n + 1]]`; lengths from [`LEN_BUCKETS`] - 1 up share the last.
     by_len: std::sync::OnceLock<(Vec<u32>, Vec<u32>)>,
+    /// [`Module::function`]'s answers for the names given to [`Module::prepare_names`].
+    named: std::sync::OnceLock<Vec<(&'static str, Option<Range>)>>,
     /// The file, mapped read-only.
     data: Mapped,
     /// The separate debug file whose symbol table was read, mapped read-only.
@@ -168,31 +178,50 @@ impl Module {
                 len,
             });
         }
-        // 64-bit ELF (every core this crate reads): the symbol tables are read in place,
-        // names only delimited (their UTF-8 is checked when they are used).
-        if !elf_functions(&data, NAME_IN_FILE, true, &mut funcs) {
-            for sym in file.symbols().chain(file.dynamic_symbols()) {
-                add(sym, &data, NAME_IN_FILE, &mut owned, &mut funcs);
-            }
-        }
         // A stripped library's local functions (glibc's __restore_rt, start_thread) are in its
         // separate debug file, found by build id, when installed (Debian's *-dbg packages).
         if file.section_by_name(".symtab").is_none() {
             if let Some(path) = debug_file(&file) {
-                if let Ok(d) = crate::safe_open::map(&path, &Policy::default()) {
-                    if let Ok(dfile) = object::File::parse(&*d) {
-                        if !elf_functions(&d, NAME_IN_DEBUG, false, &mut funcs) {
+                debug = crate::safe_open::map(&path, &Policy::default()).ok();
+            }
+        }
+        // 64-bit ELF (every core this crate reads): the symbol tables are read in place, when
+        // first needed, names only delimited (their UTF-8 is checked when they are used);
+        // other files through `object`, at once.
+        let file_tables = elf_tables(&data, NAME_IN_FILE, true);
+        let debug_file = debug
+            .as_ref()
+            .and_then(|d| Some((d, object::File::parse(&**d).ok()?)));
+        let debug_tables = debug_file
+            .as_ref()
+            .map(|(d, _)| elf_tables(d, NAME_IN_DEBUG, false));
+        let mut tables = Vec::new();
+        match (file_tables, debug_tables) {
+            (Some(f), None) => tables = f,
+            (Some(f), Some(Some(d))) => tables = f.into_iter().chain(d).collect(),
+            (file_tables, debug_tables) => {
+                // Some part is not 64-bit ELF: every symbol read now, in order.
+                match file_tables {
+                    Some(f) => f.iter().for_each(|t| t.read(&data, &mut funcs)),
+                    None => {
+                        for sym in file.symbols().chain(file.dynamic_symbols()) {
+                            add(sym, &data, NAME_IN_FILE, &mut owned, &mut funcs);
+                        }
+                    }
+                }
+                if let Some((d, dfile)) = &debug_file {
+                    match debug_tables.flatten() {
+                        Some(t) => t.iter().for_each(|t| t.read(d, &mut funcs)),
+                        None => {
                             for sym in dfile.symbols() {
-                                add(sym, &d, NAME_IN_DEBUG, &mut owned, &mut funcs);
+                                add(sym, d, NAME_IN_DEBUG, &mut owned, &mut funcs);
                             }
                         }
                     }
-                    debug = Some(d);
                 }
             }
         }
-        // Sized symbols first at equal addresses, then in order of appearance.
-        let order = sort_order(&funcs);
+        drop(debug_file);
         let len = data.len();
         let code = file
             .sections()
@@ -214,11 +243,18 @@ impl Module {
             } else {
                 Range::default()
             },
-            funcs,
-            order,
+            funcs: if tables.is_empty() {
+                std::sync::OnceLock::from(funcs)
+            } else {
+                std::sync::OnceLock::new()
+            },
+            tables,
+            order: std::sync::OnceLock::new(),
+            prepared: std::sync::OnceLock::new(),
             demangled: std::sync::OnceLock::new(),
             owned,
             by_len: std::sync::OnceLock::new(),
+            named: std::sync::OnceLock::new(),
             data,
             debug,
             code,
@@ -244,37 +280,73 @@ impl Module {
         std::str::from_utf8(self.raw_bytes(f)).ok()
     }
 
-    /// The name shown for `funcs[i]`: demangled for Rust, else the raw name.
-    fn name(&self, i: usize) -> &str {
-        let Some(f) = self.funcs.get(i) else {
-            return "";
-        };
+    /// The function symbols (read from the tables on first use).
+    fn funcs(&self) -> &[Func] {
+        self.funcs.get_or_init(|| {
+            // Room for every entry at once (growing the vector copied it, page by page).
+            let mut all = Vec::with_capacity(self.tables.iter().map(|t| t.syms.len() / 24).sum());
+            for t in &self.tables {
+                t.read(self.table_bytes(t), &mut all);
+            }
+            all
+        })
+    }
+
+    /// The file a table is in.
+    fn table_bytes(&self, t: &RawTable) -> &[u8] {
+        if t.tag == NAME_IN_DEBUG {
+            self.debug.as_deref().unwrap_or_default()
+        } else {
+            &self.data
+        }
+    }
+
+    /// The name shown for `f`: demangled for Rust (kept in `cell`), else the raw name.
+    fn shown<'s>(&'s self, f: &Func, cell: &'s std::sync::OnceLock<Box<str>>) -> &'s str {
         let raw = self.raw_name(f).unwrap_or("");
         if !is_rust_name(raw) {
             return raw;
         }
+        cell.get_or_init(|| format!("{:#}", rustc_demangle::demangle(raw)).into_boxed_str())
+    }
+
+    /// The name shown for `funcs[i]`: demangled for Rust, else the raw name.
+    fn name(&self, i: usize) -> &str {
+        let funcs = self.funcs();
+        let Some(f) = funcs.get(i) else {
+            return "";
+        };
+        if !self.raw_name(f).is_some_and(is_rust_name) {
+            return self.raw_name(f).unwrap_or("");
+        }
         let cells = self
             .demangled
-            .get_or_init(|| vec![std::sync::OnceLock::new(); self.funcs.len()].into_boxed_slice());
-        cells[i].get_or_init(|| format!("{:#}", rustc_demangle::demangle(raw)).into_boxed_str())
+            .get_or_init(|| vec![std::sync::OnceLock::new(); funcs.len()].into_boxed_slice());
+        self.shown(f, &cells[i])
+    }
+
+    /// Indices in `funcs` by (address, unsized, order of appearance).
+    fn order(&self) -> &[u32] {
+        self.order.get_or_init(|| sort_order(self.funcs()))
     }
 
     /// The symbol at sorted position `k`.
     fn sorted(&self, k: usize) -> &Func {
-        &self.funcs[self.order[k] as usize]
+        &self.funcs()[self.order()[k] as usize]
     }
 
     /// The symbol (its index in `funcs`) naming the function at the highest address among
     /// sorted positions `..hi`: the first with a UTF-8 name at that address (sized first, then
     /// in order of appearance); an address whose names all fail leaves it to the one below.
     fn named_at_or_below(&self, mut hi: usize) -> Option<usize> {
+        let funcs = self.funcs();
         while hi > 0 {
             let addr = self.sorted(hi - 1).addr;
             let lo = self
-                .order
-                .partition_point(|&i| self.funcs[i as usize].addr < addr);
+                .order()
+                .partition_point(|&i| funcs[i as usize].addr < addr);
             if let Some(k) = (lo..hi).find(|&k| self.raw_name(self.sorted(k)).is_some()) {
-                return Some(self.order[k] as usize);
+                return Some(self.order()[k] as usize);
             }
             hi = lo;
         }
@@ -284,44 +356,224 @@ impl Module {
     /// The function containing runtime address `pc`.
     pub fn lookup(&self, pc: u64) -> Option<Symbol<'_>> {
         let a = pc.wrapping_sub(self.bias);
+        let prepared = self
+            .prepared
+            .get()
+            .and_then(|p| Some(&p[p.binary_search_by_key(&a, |e| e.addr).ok()?]));
+        if let Some(p) = prepared {
+            let f = p.func.as_ref()?;
+            return Some(Symbol {
+                name: self.shown(f, &p.name),
+                module: &self.path,
+                offset: a - f.addr,
+            });
+        }
+        let funcs = self.funcs();
         let hi = self
-            .order
-            .partition_point(|&i| self.funcs[i as usize].addr <= a);
+            .order()
+            .partition_point(|&i| funcs[i as usize].addr <= a);
         let i = self.named_at_or_below(hi)?;
-        let (start, size) = (self.funcs[i].addr, self.funcs[i].size);
-        // Unsized symbols (assembly labels) cover up to 4 KiB.
-        let end = if size == 0 {
-            start.saturating_add(4096)
-        } else {
-            start.saturating_add(size)
-        };
-        (a < end).then(|| Symbol {
+        covers(&funcs[i], a).then(|| Symbol {
             name: self.name(i),
             module: &self.path,
-            offset: a - start,
+            offset: a - funcs[i].addr,
         })
     }
 
-    /// The module file's bytes (mapped read-only).
+    /// Answers [`Module::lookup`] for `pcs` (runtime addresses) ahead, in one pass over the
+    /// symbol tables as they lie in the file, without sorting or even listing the symbols: a
+    /// one-shot walk looks up a few dozen pcs in a C library's ten thousand symbols, whose
+    /// listing and sort were a third of `unwind stack`'s instructions. Lookups of other pcs
+    /// list and sort the symbols as before. Only the first call counts.
+    pub fn prepare(&self, pcs: &[u64]) {
+        if self.prepared.get().is_some() {
+            return;
+        }
+        let mut addrs: Vec<u64> = pcs
+            .iter()
+            .filter(|&&pc| self.range.contains(pc))
+            .map(|pc| pc.wrapping_sub(self.bias))
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        // best[j]: the function at the highest address in (addrs[j - 1], addrs[j]] (sized
+        // first, then in order of appearance), among symbols with a UTF-8 name.
+        let mut best: Vec<Option<Func>> = vec![None; addrs.len()];
+        if let Some(&top) = addrs.last() {
+            // Is a function at `addr` of `size` bytes better than `best[j]`?
+            let better = |best: &Option<Func>, addr: u64, size: u64| match best {
+                None => true,
+                Some(g) => addr > g.addr || (addr == g.addr && g.size == 0 && size != 0),
+            };
+            match self.funcs.get() {
+                Some(funcs) => {
+                    for f in funcs.iter().filter(|f| f.addr <= top) {
+                        let j = addrs.partition_point(|&a| a < f.addr);
+                        if better(&best[j], f.addr, f.size) && self.raw_name(f).is_some() {
+                            best[j] = Some(*f);
+                        }
+                    }
+                }
+                None => {
+                    for t in &self.tables {
+                        let bytes = self.table_bytes(t);
+                        let strtab = t.strtab(bytes);
+                        t.each_func(bytes, |r| {
+                            if r.addr > top {
+                                return;
+                            }
+                            let j = addrs.partition_point(|&a| a < r.addr);
+                            if better(&best[j], r.addr, r.size) {
+                                if let Some(f) = t.func(strtab, r) {
+                                    if self.raw_name(&f).is_some() {
+                                        best[j] = Some(f);
+                                    }
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        // Each address's answer: the best of the highest interval at or below it.
+        let mut below = None;
+        let answers = addrs
+            .iter()
+            .zip(best)
+            .map(|(&a, b)| {
+                below = b.or(below);
+                Prepared {
+                    addr: a,
+                    func: below.filter(|f| covers(f, a)),
+                    name: std::sync::OnceLock::new(),
+                }
+            })
+            .collect();
+        let _ = self.prepared.set(answers);
+    }
+
+    /// The module's file bytes (mapped read-only).
     pub fn data(&self) -> &[u8] {
         &self.data
+    }
+
+    /// The runtime range of a function at file address `addr` of `size` bytes, as
+    /// [`Module::function`] gives it.
+    fn range_of(&self, addr: u64, size: u64) -> Range {
+        let lo = addr.wrapping_add(self.bias);
+        Range::new(lo, lo.saturating_add(size.max(1)))
+    }
+
+    /// Answers [`Module::function`] for `names` ahead, in one pass over the symbol tables as
+    /// they lie in the file (a core's walk asks a dozen names of every module; the index other
+    /// names go through lists the symbols and sorts them by length). Only the first call
+    /// counts.
+    pub fn prepare_names(&self, names: &[&'static str]) {
+        if self.named.get().is_some() {
+            return;
+        }
+        let mut found: Vec<(&'static str, Option<Range>)> =
+            names.iter().map(|&n| (n, None)).collect();
+        // A name's first eight bytes (fewer for shorter names) and which bytes those are:
+        // names are grouped by them, and a symbol's first eight bytes are compared first.
+        let head = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            let n = b.len().min(8);
+            w[..n].copy_from_slice(&b[..n]);
+            let mask = if n == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (8 * n)) - 1
+            };
+            (u64::from_le_bytes(w), mask)
+        };
+        let mut groups: Vec<((u64, u64), Vec<usize>)> = Vec::new();
+        // The names' first bytes, a bit each: most symbols fail this one test.
+        let mut firsts = [0u64; 4];
+        for n in names {
+            let b = n.as_bytes().first().map_or(0, |&b| b as usize);
+            firsts[b / 64] |= 1 << (b % 64);
+        }
+        let first_may_match = |w: u64| {
+            let b = (w & 0xff) as usize;
+            firsts[b / 64] & (1 << (b % 64)) != 0
+        };
+        for (k, n) in names.iter().enumerate() {
+            let h = head(n.as_bytes());
+            match groups.iter_mut().find(|(g, _)| *g == h) {
+                Some((_, ks)) => ks.push(k),
+                None => groups.push((h, vec![k])),
+            }
+        }
+        match self.funcs.get() {
+            Some(funcs) => {
+                for f in funcs {
+                    let raw = self.raw_bytes(f);
+                    let (w, _) = head(raw);
+                    for ((prefix, mask), ks) in &groups {
+                        if w & mask != *prefix {
+                            continue;
+                        }
+                        for &k in ks {
+                            let (name, r) = &mut found[k];
+                            // In order of appearance: the first match is the first symbol.
+                            if r.is_none() && raw == name.as_bytes() {
+                                *r = Some(self.range_of(f.addr, f.size));
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                for t in &self.tables {
+                    let bytes = self.table_bytes(t);
+                    let strtab = t.strtab(bytes);
+                    t.each_func(bytes, |f| {
+                        let w = RawTable::name_head(strtab, f);
+                        if !first_may_match(w) {
+                            return;
+                        }
+                        for ((prefix, mask), ks) in &groups {
+                            if w & mask != *prefix {
+                                continue;
+                            }
+                            for &k in ks {
+                                let (name, r) = &mut found[k];
+                                if r.is_none() && t.name_is(strtab, f, name.as_bytes()) {
+                                    *r = Some(self.range_of(f.addr, f.size));
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        let _ = self.named.set(found);
     }
 
     /// Runtime range of the function with exactly this raw (mangled) name (the first symbol
     /// of that name in the file's symtab, dynsym, then its debug file's symtab).
     pub fn function(&self, raw_name: &str) -> Option<Range> {
+        if let Some((_, r)) = self
+            .named
+            .get()
+            .and_then(|v| v.iter().find(|(n, _)| *n == raw_name))
+        {
+            return *r;
+        }
         let (starts, indices) = self.by_len.get_or_init(|| {
             let bucket = |f: &Func| (f.len as usize).min(LEN_BUCKETS - 1);
             let mut starts = vec![0u32; LEN_BUCKETS + 1];
-            for f in &self.funcs {
+            let funcs = self.funcs();
+            for f in funcs {
                 starts[bucket(f) + 1] += 1;
             }
             for n in 1..starts.len() {
                 starts[n] += starts[n - 1];
             }
             let mut next = starts.clone();
-            let mut indices = vec![0u32; self.funcs.len()];
-            for (i, f) in self.funcs.iter().enumerate() {
+            let mut indices = vec![0u32; funcs.len()];
+            for (i, f) in funcs.iter().enumerate() {
                 let b = bucket(f);
                 indices[next[b] as usize] = i as u32;
                 next[b] += 1;
@@ -331,19 +583,16 @@ impl Module {
         let b = raw_name.len().min(LEN_BUCKETS - 1);
         indices[starts[b] as usize..starts[b + 1] as usize]
             .iter()
-            .map(|&i| &self.funcs[i as usize])
+            .map(|&i| &self.funcs()[i as usize])
             // In order of appearance within a bucket: the first match is the first symbol.
             .find(|f| f.len as usize == raw_name.len() && self.raw_bytes(f) == raw_name.as_bytes())
-            .map(|f| {
-                let lo = f.addr.wrapping_add(self.bias);
-                Range::new(lo, lo.saturating_add(f.size.max(1)))
-            })
+            .map(|f| self.range_of(f.addr, f.size))
     }
 
     /// Every function: (demangled name, runtime start, runtime end).
     pub fn functions(&self) -> impl Iterator<Item = (&str, u64, u64)> + '_ {
         // The first symbol with a UTF-8 name at each address.
-        (0..self.order.len())
+        (0..self.order().len())
             .filter(move |&k| {
                 let f = self.sorted(k);
                 self.raw_name(f).is_some()
@@ -357,7 +606,7 @@ impl Module {
                 let f = self.sorted(k);
                 let lo = f.addr.wrapping_add(self.bias);
                 (
-                    self.name(self.order[k] as usize),
+                    self.name(self.order()[k] as usize),
                     lo,
                     lo.wrapping_add(f.size),
                 )
@@ -462,87 +711,250 @@ fn sort_order(funcs: &[Func]) -> Vec<u32> {
     a.iter().map(|&w| w as u32).collect()
 }
 
-/// Appends the function symbols of a 64-bit ELF file's `.symtab` (and `.dynsym` when
-/// `dynamic`), as `object`'s `symbols()` and `dynamic_symbols()` list them with kind
-/// [`SymbolKind::Text`] and a non-zero address, to `funcs`, their names delimited in `data`
-/// (not yet checked for UTF-8: [`Module::raw_name`] does). False (nothing added) when `data` is
-/// not a 64-bit ELF file.
-fn elf_functions(data: &Mapped, tag: u64, dynamic: bool, funcs: &mut Vec<Func>) -> bool {
+/// A 64-bit ELF symbol table, read in place: its entries and string table as ranges of the
+/// file (or of the debug file, by `tag`).
+#[derive(Clone, Debug)]
+struct RawTable {
+    /// Where names lie: [`NAME_IN_FILE`] or [`NAME_IN_DEBUG`].
+    tag: u64,
+    /// The entries (24 bytes each).
+    syms: std::ops::Range<usize>,
+    /// The string table.
+    strs: std::ops::Range<usize>,
+    /// Big-endian?
+    big: bool,
+}
+
+/// A function symbol of a [`RawTable`], its name not yet delimited.
+#[derive(Clone, Copy, Debug)]
+struct RawFunc {
+    addr: u64,
+    size: u64,
+    /// The name's offset in the string table.
+    at: usize,
+}
+
+impl RawTable {
+    /// Calls `each` with the function symbols, as `object`'s `symbols()` and
+    /// `dynamic_symbols()` list them with kind [`SymbolKind::Text`] and a non-zero address
+    /// (named or not: see [`RawTable::func`]), in order. `bytes` is the file the table is in.
+    #[inline(always)]
+    fn each_func(&self, bytes: &[u8], each: impl FnMut(RawFunc)) {
+        let syms = bytes.get(self.syms.clone()).unwrap_or_default();
+        // The byte order fixed for the loop (a C library's debug file has ten thousand
+        // entries).
+        if self.big {
+            scan::<true>(syms, each)
+        } else {
+            scan::<false>(syms, each)
+        }
+    }
+
+    /// The string table (empty if it is not in `bytes`).
+    fn strtab<'b>(&self, bytes: &'b [u8]) -> &'b [u8] {
+        bytes.get(self.strs.clone()).unwrap_or_default()
+    }
+
+    /// `f` as a [`Func`], its name delimited: up to its NUL, inside the string table, else
+    /// `None`: the symbol is unnamed (`object` fails to read it and skips the symbol).
+    fn func(&self, strtab: &[u8], f: RawFunc) -> Option<Func> {
+        let len = strtab.get(f.at..).and_then(nul_at)?;
+        let off = self.strs.start + f.at;
+        let len = u32::try_from(len).ok()?;
+        if off as u64 >= 1 << 62 {
+            return None;
+        }
+        Some(Func {
+            addr: f.addr,
+            size: f.size,
+            name: off as u64 | self.tag,
+            len,
+        })
+    }
+
+    /// Appends the table's named function symbols to `funcs` (at most `u32::MAX` in all).
+    fn read(&self, bytes: &[u8], funcs: &mut Vec<Func>) {
+        let strtab = self.strtab(bytes);
+        self.each_func(bytes, |f| {
+            if let (Some(f), Ok(_)) = (self.func(strtab, f), u32::try_from(funcs.len())) {
+                funcs.push(f);
+            }
+        });
+    }
+
+    /// The first eight bytes at `f`'s name (fewer, zero-padded, at the string table's end).
+    fn name_head(strtab: &[u8], f: RawFunc) -> u64 {
+        match strtab.get(f.at..f.at.saturating_add(8)) {
+            Some(w) => u64::from_le_bytes(w.try_into().unwrap_or_default()),
+            None => {
+                let rest = strtab.get(f.at..).unwrap_or_default();
+                let mut w = [0u8; 8];
+                let n = rest.len().min(8);
+                w[..n].copy_from_slice(&rest[..n]);
+                u64::from_le_bytes(w)
+            }
+        }
+    }
+
+    /// Is `f`'s name exactly `name` (a name without NUL)?
+    fn name_is(&self, strtab: &[u8], f: RawFunc, name: &[u8]) -> bool {
+        f.at.checked_add(name.len())
+            .and_then(|end| Some((strtab.get(f.at..end)?, strtab.get(end)?)))
+            .is_some_and(|(s, &nul)| s == name && nul == 0)
+            && ((self.strs.start + f.at) as u64) < 1 << 62
+    }
+}
+
+/// [`RawTable::each_func`] over `syms`, the entries, in byte order `BIG`.
+#[inline(always)]
+fn scan<const BIG: bool>(syms: &[u8], mut each: impl FnMut(RawFunc)) {
+    let u64_at = |b: [u8; 8]| {
+        if BIG {
+            u64::from_be_bytes(b)
+        } else {
+            u64::from_le_bytes(b)
+        }
+    };
+    for e in syms.chunks_exact(24) {
+        let Ok(e) = <&[u8; 24]>::try_from(e) else {
+            continue;
+        };
+        // Elf64_Sym: st_name, st_info, st_other, st_shndx, st_value, st_size.
+        let t = e[4] & 0xf;
+        if t != object::elf::STT_FUNC.0 && t != object::elf::STT_GNU_IFUNC.0 {
+            continue;
+        }
+        let [n0, n1, n2, n3, _, _, s0, s1, v0, v1, v2, v3, v4, v5, v6, v7, z0, z1, z2, z3, z4, z5, z6, z7] =
+            *e;
+        let shndx = if BIG {
+            u16::from_be_bytes([s0, s1])
+        } else {
+            u16::from_le_bytes([s0, s1])
+        };
+        // Common symbols' value is an alignment (`object` gives address 0).
+        let addr = u64_at([v0, v1, v2, v3, v4, v5, v6, v7]);
+        if shndx == object::elf::SHN_COMMON.0 || addr == 0 {
+            continue;
+        }
+        let at = if BIG {
+            u32::from_be_bytes([n0, n1, n2, n3])
+        } else {
+            u32::from_le_bytes([n0, n1, n2, n3])
+        };
+        each(RawFunc {
+            addr,
+            size: u64_at([z0, z1, z2, z3, z4, z5, z6, z7]),
+            at: at as usize,
+        });
+    }
+}
+
+/// The `.symtab` (and `.dynsym` when `dynamic`) of a 64-bit ELF file, as `object` reads them,
+/// their entries and strings mapped in (every entry is read, and most names' first bytes);
+/// `None` when `data` is not a 64-bit ELF file.
+fn elf_tables(data: &Mapped, tag: u64, dynamic: bool) -> Option<Vec<RawTable>> {
+    elf_tables_in::<object::LittleEndian>(data, tag, dynamic, false)
+        .or_else(|| elf_tables_in::<object::BigEndian>(data, tag, dynamic, true))
+}
+
+/// [`elf_tables`] for a file in byte order `E` (`None` for the other).
+fn elf_tables_in<E: object::Endian>(
+    data: &Mapped,
+    tag: u64,
+    dynamic: bool,
+    big: bool,
+) -> Option<Vec<RawTable>> {
     let map = data;
     let data: &[u8] = data;
-    use object::read::elf::{FileHeader, SectionHeader, Sym};
-    let Ok(hdr) = object::elf::FileHeader64::<object::Endianness>::parse(data) else {
-        return false;
-    };
-    let Ok(e) = hdr.endian() else { return false };
-    let Ok(sections) = hdr.sections(e, data) else {
-        return false;
-    };
+    use object::read::elf::{FileHeader, SectionHeader};
+    let hdr = object::elf::FileHeader64::<E>::parse(data).ok()?;
+    let e = hdr.endian().ok()?;
+    let sections = hdr.sections(e, data).ok()?;
     let kinds: &[object::elf::SectionType] = if dynamic {
         &[object::elf::SHT_SYMTAB, object::elf::SHT_DYNSYM]
     } else {
         &[object::elf::SHT_SYMTAB]
     };
+    let mut tables = Vec::new();
     for &kind in kinds {
         let Ok(table) = sections.symbols(e, data, kind) else {
             continue;
         };
         // The string table's place in the file (as `StringTable::get` reads it).
-        let Some((str_off, str_len)) = sections
+        let Some(strs) = sections
             .section(table.string_section())
             .ok()
             .and_then(|h| h.file_range(e))
+            .and_then(|(o, l)| {
+                let o = usize::try_from(o).ok()?;
+                let end = o.checked_add(usize::try_from(l).ok()?)?;
+                data.get(o..end).map(|_| o..end)
+            })
         else {
             continue;
         };
-        let Some(strtab) = usize::try_from(str_off)
-            .ok()
-            .zip(usize::try_from(str_len).ok())
-            .and_then(|(o, l)| data.get(o..o.checked_add(l)?))
-        else {
+        // The entries `object` reads: where its slice lies in the file.
+        let entries = table.symbols();
+        let Some(start) = (entries.as_ptr() as usize).checked_sub(data.as_ptr() as usize) else {
             continue;
         };
-        // Every entry and (through their names' lengths) most of the strings are read.
-        if let Some((o, l)) = sections
-            .section(table.section())
-            .ok()
-            .and_then(|h| h.file_range(e))
+        let syms = start..start + std::mem::size_of_val(entries);
+        if data.get(syms.clone()).is_none() || std::mem::size_of_val(entries) != entries.len() * 24
         {
-            map.populate(o as usize, l as usize);
+            continue;
         }
-        map.populate(str_off as usize, str_len as usize);
-        funcs.reserve(table.symbols().len());
-        for sym in table.symbols() {
-            let t = sym.st_type();
-            if t != object::elf::STT_FUNC && t != object::elf::STT_GNU_IFUNC {
-                continue;
-            }
-            // Common symbols' value is an alignment (`object` gives address 0).
-            if sym.st_shndx(e) == object::elf::SHN_COMMON || sym.st_value(e) == 0 {
-                continue;
-            }
-            // The name: up to its NUL, inside the string table, else the symbol is unnamed
-            // (`object` fails to read it and the symbol was skipped).
-            let at = sym.st_name(e) as usize;
-            let Some(len) = strtab.get(at..).and_then(|rest| memchr::memchr(0, rest)) else {
-                continue;
-            };
-            let off = str_off as usize + at;
-            let (Ok(len), Ok(_)) = (u32::try_from(len), u32::try_from(funcs.len())) else {
-                continue;
-            };
-            if off as u64 >= 1 << 62 {
-                continue;
-            }
-            funcs.push(Func {
-                addr: sym.st_value(e),
-                size: sym.st_size(e),
-                name: off as u64 | tag,
-                len,
-            });
+        map.populate(syms.start, syms.len());
+        map.populate(strs.start, strs.len());
+        tables.push(RawTable {
+            tag,
+            syms,
+            strs,
+            big,
+        });
+    }
+    Some(tables)
+}
+
+/// The position of the first NUL in `s`: eight bytes at a time (symbol names are short; a
+/// `memchr` call per name showed in `unwind stack` profiles).
+fn nul_at(s: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut words = s.chunks_exact(8);
+    for (k, w) in words.by_ref().enumerate() {
+        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        // The lowest set high bit marks the first zero byte (borrows only run upwards).
+        let zero = w.wrapping_sub(LO) & !w & HI;
+        if zero != 0 {
+            return Some(k * 8 + zero.trailing_zeros() as usize / 8);
         }
     }
-    true
+    let rest = words.remainder();
+    rest.iter()
+        .position(|&b| b == 0)
+        .map(|p| s.len() - rest.len() + p)
+}
+
+/// Does `f` cover file address `a` (at or above its start)? Unsized symbols (assembly labels)
+/// cover up to 4 KiB.
+fn covers(f: &Func, a: u64) -> bool {
+    let end = if f.size == 0 {
+        f.addr.saturating_add(4096)
+    } else {
+        f.addr.saturating_add(f.size)
+    };
+    a < end
+}
+
+/// A lookup answered by [`Module::prepare`].
+#[derive(Debug)]
+struct Prepared {
+    /// The file address looked up.
+    addr: u64,
+    /// The function there.
+    func: Option<Func>,
+    /// Its demangled name, made when first asked for.
+    name: std::sync::OnceLock<Box<str>>,
 }
 
 /// `/usr/lib/debug/.build-id/xx/yyyy.debug` for a file's GNU build id, if it exists.
@@ -711,6 +1123,27 @@ impl Symbolizer {
             .any(|m| m.read_code(addr, out))
     }
 
+    /// Does the code at runtime address `addr`, as a module's file holds it (see
+    /// [`Module::read_code`]), start with `pattern` (at most 16 bytes)?
+    pub fn code_is(&self, addr: u64, pattern: &[u8]) -> bool {
+        let mut buf = [0u8; 16];
+        let Some(out) = buf.get_mut(..pattern.len()) else {
+            return false;
+        };
+        self.modules
+            .iter()
+            .filter(|m| m.range.contains(addr))
+            .any(|m| m.read_code(addr, out) && *out == *pattern)
+    }
+
+    /// Answers lookups of `pcs` (runtime addresses: [`crate::Frame::lookup_pc`]) ahead, each
+    /// module in one pass over its symbols (see [`Module::prepare`]).
+    pub fn prepare(&self, pcs: &[u64]) {
+        for m in &self.modules {
+            m.prepare(pcs);
+        }
+    }
+
     /// The module containing `pc`.
     pub fn module_of(&self, pc: u64) -> Option<&Module> {
         self.modules.iter().find(|m| m.range.contains(pc))
@@ -746,6 +1179,38 @@ mod tests {
         assert_eq!(sym.offset, 1);
         assert!(s.lookup(8).is_none());
         assert_eq!(a_function_with_a_name(), 42);
+    }
+
+    /// `code_is` (the check a core's walk makes at a return address for a sigreturn
+    /// trampoline) agrees with `find_code` (the search it replaced) on this process's code.
+    #[test]
+    fn code_is_agrees_with_find_code() {
+        let s = Symbolizer::for_current_process();
+        let pc = a_function_with_a_name as *const () as u64;
+        let mut pattern = [0u8; 9];
+        assert!(s.read_code(pc, &mut pattern));
+        let m = s.module_of(pc).unwrap();
+        let found = m.find_code(&pattern);
+        assert!(found.contains(&pc), "{found:x?}");
+        for &a in &found {
+            assert!(s.code_is(a, &pattern), "{a:#x}");
+        }
+        // Around the function, the bytes match exactly where the search found them.
+        for a in pc.saturating_sub(64)..pc + 64 {
+            assert_eq!(s.code_is(a, &pattern), found.contains(&a), "{a:#x}");
+        }
+        assert!(!s.code_is(8, &pattern));
+        assert!(
+            !s.code_is(pc, &[0u8; 17]),
+            "patterns over 16 bytes match nothing"
+        );
+        // The x86_64 sigreturn trampoline, where this process's libc has one.
+        let sigreturn = crate::arch::x86_64::SIGRETURN_CODE;
+        for m in s.modules() {
+            for a in m.find_code(&sigreturn) {
+                assert!(s.code_is(a, &sigreturn), "{} {a:#x}", m.path);
+            }
+        }
     }
 
     /// The eager symbolizer this module had before names were left in the files, as an
@@ -816,6 +1281,20 @@ mod tests {
                 assert_eq!(got, o.lookup(pc), "{} at {pc:#x}", path.display());
             }
         }
+        // Lookups answered ahead by `prepare` (a third of the pcs, the rest sorted as before).
+        let p = Module::load(path, "m", None).unwrap();
+        let pcs: Vec<u64> = o
+            .funcs
+            .iter()
+            .flat_map(|&(a, s, _)| [a, a + s / 2, (a + s).saturating_sub(1), a + s, a + 4096])
+            .chain([0, 1, u64::MAX])
+            .collect();
+        p.prepare(&pcs.iter().copied().step_by(3).collect::<Vec<_>>());
+        assert!(p.prepared.get().is_some_and(|v| !v.is_empty()));
+        for &pc in &pcs {
+            let got = p.lookup(pc).map(|s| (s.name, s.offset));
+            assert_eq!(got, o.lookup(pc), "{} at {pc:#x}, prepared", path.display());
+        }
         for (raw, _, _) in o.by_name.iter().step_by(7) {
             let want = o
                 .by_name
@@ -825,6 +1304,25 @@ mod tests {
             assert_eq!(m.function(raw), want, "{raw}");
         }
         assert_eq!(m.function("no such function, surely"), None);
+        // Names answered ahead by `prepare_names`, the same way (every seventh name, from
+        // strings that live forever, and one name no symbol has).
+        let names: Vec<&'static str> = o
+            .by_name
+            .iter()
+            .step_by(7)
+            .map(|(n, _, _)| &*n.clone().leak())
+            .chain(["no such function, surely"])
+            .collect();
+        // From the listed symbols (`p` listed them for the lookups `prepare` did not answer)
+        // and from the tables in place (`q`).
+        p.prepare_names(&names);
+        let q = Module::load(path, "m", None).unwrap();
+        q.prepare_names(&names);
+        assert!(q.funcs.get().is_none(), "the symbols were listed");
+        for raw in names {
+            assert_eq!(p.function(raw), m.function(raw), "{raw}, prepared");
+            assert_eq!(q.function(raw), m.function(raw), "{raw}, prepared in place");
+        }
         o.funcs.len()
     }
 
@@ -848,12 +1346,30 @@ mod tests {
     /// A symbol whose name is not UTF-8 does not exist: the function below it (or the valid
     /// name at the same address) answers, as when `object` refused to name it.
     #[test]
+    fn nul_at_finds_the_first_nul() {
+        for len in 0..40 {
+            let mut s = vec![b'a'; len];
+            assert_eq!(nul_at(&s), None, "{len}");
+            for z in 0..len {
+                s[z] = 0;
+                assert_eq!(nul_at(&s), Some(z), "{len} {z}");
+                // Bytes with the high bit set (and 0x01, the subtraction's constant) after it.
+                for (b, c) in s.iter_mut().enumerate().skip(z + 1) {
+                    *c = if b % 2 == 0 { 0x80 } else { 0x01 };
+                }
+                assert_eq!(nul_at(&s), Some(z), "{len} {z}");
+                s[z] = 0x81;
+            }
+        }
+    }
+
+    #[test]
     fn names_that_are_not_utf8_are_skipped() {
         let exe = std::env::current_exe().unwrap();
         let mut data = std::fs::read(&exe).unwrap();
         let m = Module::load(&exe, "m", None).unwrap();
         // A sized function whose name is the only one at its address.
-        let k = (1..m.order.len() - 1)
+        let k = (1..m.order().len() - 1)
             .find(|&k| {
                 let (p, f, n) = (m.sorted(k - 1), m.sorted(k), m.sorted(k + 1));
                 f.size > 0
@@ -874,9 +1390,13 @@ mod tests {
         let path = dir.join("exe");
         std::fs::write(&path, &data).unwrap();
         let m = Module::load(&path, "m", None).unwrap();
+        // Answered ahead (from the tables in place) as by the listed symbols.
+        let p = Module::load(&path, "m", None).unwrap();
+        p.prepare(&[f.addr]);
         let got = m.lookup(f.addr).map(|s| s.name.to_string());
         let _ = std::fs::remove_dir_all(&dir);
         assert_ne!(got.as_deref(), Some(raw.as_str()));
+        assert_eq!(p.lookup(f.addr).map(|s| s.name.to_string()), got);
         assert!(m.functions().all(|(n, a, _)| a != f.addr || n != raw));
     }
 
