@@ -87,6 +87,51 @@ pub trait Cfi {
     fn record_map(&mut self) -> Option<RecordMap<'_>> {
         None
     }
+
+    /// Does [`Cfi::plain_rule`] answer (so that [`Mode::Dwarf`]'s hot loop asks it, and leaves
+    /// every other frame to [`Cfi::step`])? The default: no, the hot loop calls [`Cfi::step`]
+    /// for every frame.
+    const PLAIN_RULES: bool = false;
+
+    /// In [`Mode::Dwarf`]'s hot loop, for return address `ra` (lookup address `ra - 1`): the
+    /// rule when it is at hand (a cache hit, no search), which the loop applies itself when it
+    /// is plain (its `kind` has [`PlainRule::PLAIN`]). A plain rule must give the caller
+    /// [`Cfi::step`] would give for that non-exact pc: the same CFA and the same words read.
+    /// `None`, or a rule that is not plain: the walker asks [`Cfi::step`]. Asked only when
+    /// [`Cfi::PLAIN_RULES`]; must be cheap (it is asked for every frame).
+    #[inline(always)]
+    fn plain_rule(&mut self, _ra: u64) -> Option<PlainRule> {
+        None
+    }
+}
+
+/// A CFI rule simple enough for [`Mode::Dwarf`]'s hot loop to apply itself
+/// ([`Cfi::plain_rule`]): CFA = sp (or fp, with [`PlainRule::CFA_FP`]) + `cfa_off`, the return
+/// address at CFA + `ra_off`, and the caller's fp at CFA + `fp_off` ([`PlainRule::FP_SAVED`]) or
+/// the callee's fp unchanged (not saved). Never a signal frame's rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlainRule {
+    /// The CFA's offset from sp or fp.
+    pub cfa_off: i32,
+    /// Where the return address is, from the CFA.
+    pub ra_off: i16,
+    /// Where the caller's fp is, from the CFA (with [`PlainRule::FP_SAVED`]).
+    pub fp_off: i16,
+    /// [`PlainRule::PLAIN`], with [`PlainRule::CFA_FP`], [`PlainRule::FP_SAVED`],
+    /// [`PlainRule::PAIR`]; without [`PlainRule::PLAIN`] (0, say), not a plain rule.
+    pub kind: u8,
+}
+
+impl PlainRule {
+    /// Set in every plain rule's `kind`.
+    pub const PLAIN: u8 = 0x80;
+    /// The CFA is fp + `cfa_off` (else sp + `cfa_off`).
+    pub const CFA_FP: u8 = 1;
+    /// The caller's fp is saved at CFA + `fp_off` (else the callee's fp is the caller's).
+    pub const FP_SAVED: u8 = 2;
+    /// [`PlainRule::FP_SAVED`] with the return address right above the caller's fp
+    /// (`ra_off == fp_off + 8`), both below the CFA (`fp_off <= -16`): one read of both.
+    pub const PAIR: u8 = 4;
 }
 
 /// A module's "keeps a frame record" bitmap, for the hybrid hot loop ([`Cfi::record_map`]):
@@ -158,6 +203,11 @@ impl<C: Cfi + ?Sized> Cfi for &mut C {
     #[inline(always)]
     fn record_map(&mut self) -> Option<RecordMap<'_>> {
         (**self).record_map()
+    }
+    const PLAIN_RULES: bool = C::PLAIN_RULES;
+    #[inline(always)]
+    fn plain_rule(&mut self, ra: u64) -> Option<PlainRule> {
+        (**self).plain_rule(ra)
     }
 }
 
@@ -426,6 +476,28 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     ) {
         let Some(seg) = st.seg else { return };
         if st.pending != 0 {
+            return;
+        }
+        if C::PLAIN_RULES {
+            // Plain rules at hand: the loop out of line, with only what it needs (the general
+            // step beside it would take its registers); every other frame is the general
+            // step's.
+            if st.exact {
+                return;
+            }
+            let Some(out) = buf.get_mut(st.n..limit) else {
+                return;
+            };
+            st.n += follow_cfi::<A, M, T, C>(
+                &mut self.cfi,
+                mem,
+                &self.transitions,
+                out,
+                seg,
+                &mut st.regs,
+                st.stack,
+                self.pac_mask,
+            );
             return;
         }
         // Registers and counters in locals (written back once), the envelope read once.
@@ -845,6 +917,140 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
         fp = next;
     }
     (k, fp, if k == 0 { floor0 } else { floor })
+}
+
+/// Stacks the plain-rule loop runs on lie inside `[PLAIN_LO, PLAIN_HI)`: a CFA computed from
+/// a zero base, or one whose `i32` offset overflowed, then lands outside the stack, and the
+/// loop's bounds checks reject it without checking for either.
+const PLAIN_LO: u64 = 1 << 31;
+const PLAIN_HI: u64 = 0u64.wrapping_sub(1 << 31);
+
+/// [`Mode::Dwarf`]'s hot loop with [`Cfi::plain_rule`]: from the (non-exact) registers `regs`,
+/// applies plain rules on one stack `seg` into `out` while everything is ordinary (a rule at
+/// hand, a CFA that moves up inside `seg`, aligned reads inside `seg`, a non-zero return
+/// address that cannot be a transition). Each frame is exactly the one [`Walker::step`] would
+/// write; at anything else it stops, and the general step handles that frame.
+/// Returns how many frames it wrote; `regs` are then the last one's.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn follow_cfi<A: Arch, M: Memory, T: Transitions, C: Cfi>(
+    cfi: &mut C,
+    mem: &mut M,
+    table: &T,
+    out: &mut [Frame],
+    seg: Range,
+    regs: &mut Regs,
+    stack: u16,
+    pac_mask: u64,
+) -> usize {
+    // The stack must lie where a bad CFA cannot wrap into it (see `PLAIN_LO`) and hold sp: then
+    // sp < CFA < seg.hi keeps every CFA, so every later sp, inside it. (One compare: sp in
+    // `[max(lo, PLAIN_LO), min(hi, PLAIN_HI))` and hi <= PLAIN_HI.)
+    let lo = seg.lo.max(PLAIN_LO);
+    if seg.hi > PLAIN_HI || regs.sp.wrapping_sub(lo) >= seg.hi.wrapping_sub(lo) || seg.lo < PLAIN_LO
+    {
+        return 0;
+    }
+    const META0: u64 = Frame::meta(0, Via::Dwarf, 0, 0);
+    let meta = Frame::meta(stack, Via::Dwarf, 0, 0);
+    let top = seg.hi;
+    // Opaque, as in `follow_records_inline`: the filter's address stays in a register. One loop
+    // per kind of transition check, so that the loop does not test which one it is, and on the
+    // first stack (the common case) one whose frames' second word is a constant.
+    match core::hint::black_box(table.page_filter()) {
+        Some(f) if meta == META0 => {
+            plain_steps::<A, M, C>(cfi, mem, out, top, regs, META0, pac_mask, |ra| f.hit(ra))
+        }
+        Some(f) => plain_steps::<A, M, C>(cfi, mem, out, top, regs, meta, pac_mask, |ra| f.hit(ra)),
+        None => {
+            let env = table.envelope();
+            let (env_lo, env_span) = (env.lo, env.hi.saturating_sub(env.lo));
+            plain_steps::<A, M, C>(cfi, mem, out, top, regs, meta, pac_mask, |ra| {
+                ra.wrapping_sub(env_lo) < env_span && table.may_match_inside(ra)
+            })
+        }
+    }
+}
+
+/// [`follow_cfi`]'s loop, with one transition check `may_switch`; `top` is the stack's end,
+/// and `regs.sp` is inside the stack.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn plain_steps<A: Arch, M: Memory, C: Cfi>(
+    cfi: &mut C,
+    mem: &mut M,
+    out: &mut [Frame],
+    top: u64,
+    regs: &mut Regs,
+    meta: u64,
+    pac_mask: u64,
+    may_switch: impl Fn(u64) -> bool,
+) -> usize {
+    let (mut pc, mut sp, mut fp) = (regs.pc, regs.sp, regs.fp);
+    let total = out.len();
+    let mut rest = out;
+    // The frames written are the slots used: no counter beside the slot pointer.
+    let left = loop {
+        let [slot, tail @ ..] = rest else {
+            break 0;
+        };
+        let left = tail.len() + 1;
+        let Some(rule) = cfi.plain_rule(pc) else {
+            break left;
+        };
+        let base = if rule.kind & PlainRule::CFA_FP != 0 {
+            fp
+        } else {
+            sp
+        };
+        // `Cfi::step` fails on a zero base or an overflow; here either gives a CFA outside
+        // `[PLAIN_LO, PLAIN_HI)`, so outside the stack. A CFA above sp and below the top is
+        // inside the stack (sp is).
+        let cfa = base.wrapping_add_signed(rule.cfa_off as i64);
+        if cfa <= sp || cfa >= top {
+            break left;
+        }
+        let (ra, next_fp) = if rule.kind & PlainRule::PAIR != 0 {
+            // The pair is below the CFA (`fp_off <= -16`): inside the stack when at or above sp.
+            let at = cfa.wrapping_add_signed(rule.fp_off as i64);
+            if at < sp || at & 7 != 0 {
+                break left;
+            }
+            // SAFETY: `at` is 8-aligned and `sp <= at`, `at + 16 <= cfa < top`: the 16 bytes
+            // lie inside the stack, which the walker got from `mem.stack_range`.
+            let Some((f, r)) = (unsafe { mem.read_pair_unchecked(at) }) else {
+                break left;
+            };
+            (r, f)
+        } else {
+            if rule.kind & PlainRule::PLAIN == 0 {
+                break left;
+            }
+            let Some(r) = mem.read_u64(cfa.wrapping_add_signed(rule.ra_off as i64)) else {
+                break left;
+            };
+            let f = if rule.kind & PlainRule::FP_SAVED != 0 {
+                match mem.read_u64(cfa.wrapping_add_signed(rule.fp_off as i64)) {
+                    Some(f) => f,
+                    None => break left,
+                }
+            } else {
+                fp
+            };
+            (r, f)
+        };
+        let ra = A::strip_ra(ra, pac_mask);
+        if ra == 0 || may_switch(ra) {
+            break left;
+        }
+        Frame::write_raw(slot, ra, meta);
+        rest = tail;
+        pc = ra;
+        sp = cfa;
+        fp = next_fp;
+    };
+    *regs = Regs { pc, sp, fp, lr: 0 };
+    total - left
 }
 
 struct State {
