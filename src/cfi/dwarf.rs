@@ -1197,7 +1197,19 @@ fn walk_with<C: Cfi>(
     let mut from = start;
     let mut from_start = true;
     if skip_start {
-        if let CfiStep::Caller(mut r) = cfi.step::<Native, _>(&start.regs, true, mem) {
+        // The capture function's own row is plain (a frame record, or a push below the
+        // return address): applied at once, without the general rule's cases.
+        let plain = if C::PLAIN_RULES {
+            cfi.plain_rule(start.regs.pc.wrapping_add(1))
+                .and_then(|rule| rule.apply(&start.regs, mem))
+        } else {
+            None
+        };
+        let step = match plain {
+            Some(r) => CfiStep::Caller(r),
+            None => cfi.step::<Native, _>(&start.regs, true, mem),
+        };
+        if let CfiStep::Caller(mut r) = step {
             r.pc = Native::strip_ra(r.pc, 0);
             if r.pc != 0 && r.sp > start.regs.sp {
                 from = Start {
@@ -1209,7 +1221,11 @@ fn walk_with<C: Cfi>(
         }
     }
     let mut w: Walker<Native, _, _> = Walker::with_cfi(crate::transition::Pinned::new(), cfi, mode);
-    (w.walk(from, mem, buf), from_start)
+    if from_start {
+        (w.walk(from, mem, buf), true)
+    } else {
+        (w.walk_from_return(from.regs, mem, buf), false)
+    }
 }
 
 mod lazy;

@@ -132,6 +132,43 @@ impl PlainRule {
     /// [`PlainRule::FP_SAVED`] with the return address right above the caller's fp
     /// (`ra_off == fp_off + 8`), both below the CFA (`fp_off <= -16`): one read of both.
     pub const PAIR: u8 = 4;
+
+    /// The caller of `regs` by this rule, with checked reads: what [`Cfi::step`] gives for it
+    /// (`None` where that is not a caller: not a plain rule, a zero base, an overflow, a read
+    /// that fails). For any pc, exact or not: a plain rule does not depend on it.
+    #[inline(always)]
+    pub fn apply<M: Memory>(&self, regs: &Regs, mem: &mut M) -> Option<Regs> {
+        if self.kind & PlainRule::PLAIN == 0 {
+            return None;
+        }
+        let base = if self.kind & PlainRule::CFA_FP != 0 {
+            regs.fp
+        } else {
+            regs.sp
+        };
+        if base == 0 {
+            return None;
+        }
+        let cfa = base.checked_add_signed(self.cfa_off as i64)?;
+        let (pc, fp) = if self.kind & PlainRule::PAIR != 0 {
+            let (fp, pc) = mem.read_pair(cfa.checked_add_signed(self.fp_off as i64)?)?;
+            (pc, fp)
+        } else {
+            let pc = mem.read_u64(cfa.checked_add_signed(self.ra_off as i64)?)?;
+            let fp = if self.kind & PlainRule::FP_SAVED != 0 {
+                mem.read_u64(cfa.checked_add_signed(self.fp_off as i64)?)?
+            } else {
+                regs.fp
+            };
+            (pc, fp)
+        };
+        Some(Regs {
+            pc,
+            sp: cfa,
+            fp,
+            lr: 0,
+        })
+    }
 }
 
 /// A module's "keeps a frame record" bitmap, for the hybrid hot loop ([`Cfi::record_map`]):
@@ -334,6 +371,81 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         st.seg = stack_of(mem, &st.regs);
         self.leaf_lr(&mut st, mem, buf, limit);
         self.run(st, mem, buf, limit)
+    }
+
+    /// [`Walker::walk`] from `regs` whose pc is a return address (a live capture's caller, found
+    /// by one CFI step out of the capture function): the same trace. In [`Mode::Dwarf`] with
+    /// [`Cfi::PLAIN_RULES`] it runs the plain-rule loop at once, without [`Walker::walk`]'s
+    /// set-up, and the general machinery only if that loop stops before the buffer is full.
+    #[inline(always)]
+    pub(crate) fn walk_from_return<M: Memory>(
+        &mut self,
+        regs: Regs,
+        mem: &mut M,
+        buf: &mut [Frame],
+    ) -> Trace {
+        if !(C::PLAIN_RULES && self.mode == Mode::Dwarf) || regs.pc == 0 {
+            let start = Start {
+                regs,
+                pc_is_return_address: true,
+            };
+            return self.walk(start, mem, buf);
+        }
+        let limit = self.limit(buf.len());
+        let Some((first, rest)) = buf.get_mut(..limit).and_then(|b| b.split_first_mut()) else {
+            return Trace {
+                len: 0,
+                stop: self.full_stop(0),
+            };
+        };
+        // As `walk` writes the first frame of a return address.
+        Frame::write_raw(first, regs.pc, Frame::meta(0, Via::FramePointer, 0, 0));
+        let mut st = State {
+            regs,
+            exact: false,
+            stack: 0,
+            seg: stack_of(mem, &regs),
+            prev_fp: None,
+            pending: 0,
+            crossings: 0,
+            n: 1,
+        };
+        // `run`'s first round: the hot loop (`fast_run_dwarf`), then the full-buffer check.
+        if let Some(seg) = st.seg {
+            st.n += follow_cfi::<A, M, T, C>(
+                &mut self.cfi,
+                mem,
+                &self.transitions,
+                rest,
+                seg,
+                &mut st.regs,
+                0,
+                self.pac_mask,
+            );
+        }
+        if st.n >= limit {
+            return Trace {
+                len: st.n,
+                stop: self.full_stop(st.n),
+            };
+        }
+        self.resume_with_step(st, mem, buf, limit)
+    }
+
+    /// `run` from its general step on (after a hot loop that did not fill the buffer), out of
+    /// line.
+    #[inline(never)]
+    fn resume_with_step<M: Memory>(
+        &mut self,
+        mut st: State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+    ) -> Trace {
+        match self.step(&mut st, mem, buf, limit) {
+            Ok(()) => self.run(st, mem, buf, limit),
+            Err(stop) => Trace { len: st.n, stop },
+        }
     }
 
     /// Goes on with a walk whose caller ran [`follow_records`] itself from the start (the
@@ -1011,7 +1123,8 @@ fn plain_steps<A: Arch, M: Memory, C: Cfi>(
             break left;
         }
         let (ra, next_fp) = if rule.kind & PlainRule::PAIR != 0 {
-            // The pair is below the CFA (`fp_off <= -16`): inside the stack when at or above sp.
+            // The pair is below the CFA (`fp_off <= -16`): inside the stack when at or above sp
+            // (the CFA is at least `PLAIN_LO`, so `at` does not wrap).
             let at = cfa.wrapping_add_signed(rule.fp_off as i64);
             if at < sp || at & 7 != 0 {
                 break left;

@@ -235,6 +235,30 @@ const BIG: &[u8] = &[0x0e, 48, 0x86, 2];
 const ODD: &[u8] = &[0x0e, 20, 0x86, 2];
 /// The CIE's row only: CFA = rsp + 8, rbp unchanged (a leaf, or a function's first instruction).
 const LEAF: &[u8] = &[];
+/// CFA = rbp + 8, rbp at CFA - 16: a pair below the base register (with rbp = 0 the pair's
+/// address wraps below zero).
+const LOW: &[u8] = &[0x0c, 6, 8, 0x86, 2];
+
+/// An [`Image`] whose unchecked pair reads must be aligned and inside a stack range (what
+/// [`Memory::read_pair_unchecked`] promises live memory), else the test fails.
+struct Strict<'a>(Image<'a>);
+
+impl Memory for Strict<'_> {
+    fn read_u64(&mut self, addr: u64) -> Option<u64> {
+        self.0.read_u64(addr)
+    }
+    fn stack_range(&mut self, addr: u64) -> Option<crate::memory::Range> {
+        self.0.stack_range(addr)
+    }
+    unsafe fn read_pair_unchecked(&mut self, addr: u64) -> Option<(u64, u64)> {
+        let r = self.0.stack_range(addr);
+        assert!(
+            addr.is_multiple_of(8) && r.is_some_and(|r| r.contains_span(addr, 16)),
+            "unchecked read at {addr:#x} outside the stack {r:?}"
+        );
+        self.0.read_pair(addr)
+    }
+}
 
 /// Every kind of row: plain pairs from sp and fp, plain rows read one by one, rows that are not
 /// plain (an undefined return address, a CFA that does not move, an expression), and a signal
@@ -250,9 +274,12 @@ fn assorted() -> Unwinder {
         (0x7000, 0x100, BIG),
         (0x8000, 0x100, ODD),
         (0xa000, 0x100, LEAF),
+        (0xc000, 0x100, LOW),
     ];
     let mut u = unwinder(false, fdes);
-    let eh = eh_frame(true, CIE, &[(0xb000, 0x100, NOFP)]);
+    // Above the first module's range: the modules must not overlap (the stepper's
+    // last-module shortcut and the unwinder's search disagree on overlapping ones).
+    let eh = eh_frame(true, CIE, &[(0xd000, 0x100, NOFP)]);
     let s = Sections {
         eh_frame: Some((&eh, 0x9000)),
         ..Sections::default()
@@ -282,13 +309,14 @@ const WORDS: u64 = 512;
 /// afterwards), and the registers of its innermost frame.
 fn random_stack(rng: &mut Rng, base: u64) -> (StackBuilder, Start) {
     // (function, frame size for sp-based rows, offset of the saved rbp from the CFA).
-    const KINDS: [(u64, u64, Option<i64>); 6] = [
+    const KINDS: [(u64, u64, Option<i64>); 7] = [
         (0x1000, 16, Some(-16)),
         (0x2000, 0, Some(-16)),
         (0x6000, 32, Some(-24)),
         (0x7000, 48, Some(-16)),
         (0x8000, 20, Some(-16)),
         (0xa000, 8, None),
+        (0xc000, 0, Some(-16)),
     ];
     let mut s = StackBuilder::new(base, (WORDS * 8) as usize);
     let depth = 1 + rng.below(24) as usize;
@@ -300,6 +328,10 @@ fn random_stack(rng: &mut Rng, base: u64) -> (StackBuilder, Start) {
         let (rbp, cfa) = if f == 0x2000 {
             let fp = sp + 8 * rng.below(6);
             (fp, fp + 16)
+        } else if f == 0xc000 {
+            // CFA = rbp + 8, the pair at rbp - 8.
+            let fp = sp + 8 + 8 * rng.below(6);
+            (fp, fp + 8)
         } else {
             (rng.next(), sp + size)
         };
@@ -332,11 +364,12 @@ fn random_stack(rng: &mut Rng, base: u64) -> (StackBuilder, Start) {
     // Corruption: words that are stack addresses, code addresses, zero or anything.
     for _ in 0..rng.below(4) {
         let at = base + 8 * rng.below(WORDS) + if rng.below(8) == 0 { 4 } else { 0 };
-        let v = match rng.below(5) {
+        let v = match rng.below(6) {
             0 => base + 8 * rng.below(WORDS + 8) + rng.below(2) * 4,
+            5 => rng.below(64).wrapping_sub(32),
             1 => {
                 [
-                    0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0xa000, 0xb000, 0xc000,
+                    0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0xa000, 0xc000, 0xd000,
                 ][rng.below(9) as usize]
                     + rng.below(0x100)
             }
@@ -347,7 +380,10 @@ fn random_stack(rng: &mut Rng, base: u64) -> (StackBuilder, Start) {
             s.put(at, v);
         }
     }
-    let (pc, sp, rbp, _, _) = frames[0];
+    let (pc, sp, mut rbp, _, _) = frames[0];
+    if rng.below(16) == 0 {
+        rbp = rng.below(64).wrapping_sub(32); // near zero, or near 2^64
+    }
     let exact = rng.below(4) == 0;
     let start = Start {
         regs: Regs::new(pc, sp, rbp),
@@ -363,7 +399,7 @@ fn walk_cfi<C: Cfi>(
     s: &StackBuilder,
 ) -> (Vec<Frame>, StopReason) {
     let regions = [s.region()];
-    let mut mem = Image::new(&regions);
+    let mut mem = Strict(Image::new(&regions));
     let mut buf = vec![Frame::EMPTY; 32];
     let mut w: Walker<X86_64, _, _> = Walker::with_cfi(NoTransitions, cfi, mode);
     let t = w.walk(start, &mut mem, &mut buf);
@@ -422,7 +458,7 @@ fn plain_rules_are_the_plain_rows() {
     );
     assert_eq!(kind(&mut st, 0xa011), Some((p, 8, -8, 0)));
     // Not plain: an undefined return address, an expression, a gap, a signal frame.
-    for ra in [0x3011, 0x5011, 0x1201, 0xb011] {
+    for ra in [0x3011, 0x5011, 0x1201, 0xd011] {
         let k = kind(&mut st, ra).map_or(0, |r| r.0);
         assert_eq!(k & PlainRule::PLAIN, 0, "{ra:#x}");
     }
@@ -494,7 +530,7 @@ fn the_plain_rule_loop_stops_where_the_general_step_reports() {
     let top = HIGH + 0x1000;
     /// pc, sp, fp, and the stack's words.
     type Case = (u64, u64, u64, &'static [(u64, u64)]);
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
         // fp-based CFA with fp = 0.
         (0x2011, HIGH + 0x100, 0, &[]),
         // fp-based CFA that wraps past 2^64.
@@ -522,6 +558,10 @@ fn the_plain_rule_loop_stops_where_the_general_step_reports() {
             HIGH + 0xf8,
             &[(HIGH + 0xf8, 0), (HIGH + 0x100, 0x3011)],
         ),
+        // CFA = rbp + 8 with rbp = 0: the pair's address wraps to 2^64 - 8.
+        (0xc011, HIGH + 0x100, 0, &[]),
+        // CFA = rbp + 8 with rbp near 2^64: the CFA wraps to a small address.
+        (0xc011, HIGH + 0x100, u64::MAX - 4, &[]),
     ];
     for (i, &(pc, sp, fp, words)) in cases.iter().enumerate() {
         let mut s = StackBuilder::new(HIGH, 0x1000);
@@ -538,4 +578,34 @@ fn the_plain_rule_loop_stops_where_the_general_step_reports() {
             assert_eq!(fast, general, "case {i}");
         }
     }
+}
+
+#[test]
+fn a_plain_rule_applied_alone_gives_the_general_step() {
+    // `PlainRule::apply` (the live capture's step out of itself) against `Cfi::step`, for exact
+    // and return-address pcs, on random stacks and registers.
+    let u = assorted();
+    let mut cache = RuleCache::new();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut applied = 0;
+    for _ in 0..5_000 {
+        let (s, start) = random_stack(&mut rng, HIGH);
+        let regions = [s.region()];
+        let mut mem = Strict(Image::new(&regions));
+        let exact = !start.pc_is_return_address;
+        let mut st = Stepper::new(&u, &mut cache);
+        let general = match st.step::<X86_64, _>(&start.regs, exact, &mut mem) {
+            CfiStep::Caller(r) => Some(r),
+            _ => None,
+        };
+        let key = start.regs.pc.wrapping_add(exact as u64);
+        if let Some(rule) = st
+            .plain_rule(key)
+            .filter(|r| r.kind & PlainRule::PLAIN != 0)
+        {
+            assert_eq!(rule.apply(&start.regs, &mut mem), general, "{start:?}");
+            applied += 1;
+        }
+    }
+    assert!(applied > 2_000, "{applied}");
 }
