@@ -1122,7 +1122,7 @@ fn plain_steps<A: Arch, M: Memory, C: Cfi>(
         if cfa <= sp || cfa >= top {
             break left;
         }
-        let (ra, next_fp) = if rule.kind & PlainRule::PAIR != 0 {
+        if rule.kind & PlainRule::PAIR != 0 {
             // The pair is below the CFA (`fp_off <= -16`): inside the stack when at or above sp
             // (the CFA is at least `PLAIN_LO`, so `at` does not wrap).
             let at = cfa.wrapping_add_signed(rule.fp_off as i64);
@@ -1131,26 +1131,35 @@ fn plain_steps<A: Arch, M: Memory, C: Cfi>(
             }
             // SAFETY: `at` is 8-aligned and `sp <= at`, `at + 16 <= cfa < top`: the 16 bytes
             // lie inside the stack, which the walker got from `mem.stack_range`.
-            let Some((f, r)) = (unsafe { mem.read_pair_unchecked(at) }) else {
+            let Some((next_fp, ra)) = (unsafe { mem.read_pair_unchecked(at) }) else {
                 break left;
             };
-            (r, f)
-        } else {
-            if rule.kind & PlainRule::PLAIN == 0 {
+            // The end of the round, here and below: one copy each, so that neither path
+            // merges its registers into the other's.
+            let ra = A::strip_ra(ra, pac_mask);
+            if ra == 0 || may_switch(ra) {
                 break left;
             }
-            let Some(r) = mem.read_u64(cfa.wrapping_add_signed(rule.ra_off as i64)) else {
-                break left;
-            };
-            let f = if rule.kind & PlainRule::FP_SAVED != 0 {
-                match mem.read_u64(cfa.wrapping_add_signed(rule.fp_off as i64)) {
-                    Some(f) => f,
-                    None => break left,
-                }
-            } else {
-                fp
-            };
-            (r, f)
+            Frame::write_raw(slot, ra, meta);
+            rest = tail;
+            pc = ra;
+            sp = cfa;
+            fp = next_fp;
+            continue;
+        }
+        if rule.kind & PlainRule::PLAIN == 0 {
+            break left;
+        }
+        let Some(ra) = mem.read_u64(cfa.wrapping_add_signed(rule.ra_off as i64)) else {
+            break left;
+        };
+        let next_fp = if rule.kind & PlainRule::FP_SAVED != 0 {
+            match mem.read_u64(cfa.wrapping_add_signed(rule.fp_off as i64)) {
+                Some(f) => f,
+                None => break left,
+            }
+        } else {
+            fp
         };
         let ra = A::strip_ra(ra, pac_mask);
         if ra == 0 || may_switch(ra) {
