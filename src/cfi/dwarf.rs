@@ -1151,19 +1151,22 @@ fn walk_live(
     // This thread's cache; if a signal interrupted a capture that holds it (or the thread is
     // exiting), no cache: the unwinder itself, out of line (a cache on the stack would take 8
     // KiB of a signal stack).
-    let got = THREAD_CACHE.try_with(|c| match c.try_borrow_mut() {
-        Ok(mut cache) => Some(walk_with(
+    // The cell's address, out of `try_with`, so that the walk is not a closure's body (the
+    // closure's environment took some 60 instructions of every capture to build and unpack).
+    let cell = THREAD_CACHE.try_with(|c| c as *const core::cell::RefCell<RuleCache>);
+    // SAFETY: `THREAD_CACHE` is `const`-initialised and holds no type with a destructor, so it
+    // registers no destructor and its storage stays valid as long as this thread runs; this
+    // thread is running this call, and the reference does not outlive it.
+    let cell = cell.ok().map(|c| unsafe { &*c });
+    match cell.map(|c| c.try_borrow_mut()) {
+        Some(Ok(mut cache)) => walk_with(
             Stepper::new(unwinder, &mut cache),
             start,
             mem,
             buf,
             mode,
             skip_start,
-        )),
-        Err(_) => None,
-    });
-    match got {
-        Ok(Some(t)) => t,
+        ),
         _ => walk_uncached(start, mem, buf, unwinder, mode, skip_start),
     }
 }

@@ -400,35 +400,38 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         };
         // As `walk` writes the first frame of a return address.
         Frame::write_raw(first, regs.pc, Frame::meta(0, Via::FramePointer, 0, 0));
-        let mut st = State {
-            regs,
-            exact: false,
-            stack: 0,
-            seg: stack_of(mem, &regs),
-            prev_fp: None,
-            pending: 0,
-            crossings: 0,
-            n: 1,
-        };
+        let seg = stack_of(mem, &regs);
+        let mut regs = regs;
+        let mut n = 1;
         // `run`'s first round: the hot loop (`fast_run_dwarf`), then the full-buffer check.
-        if let Some(seg) = st.seg {
-            st.n += follow_cfi::<A, M, T, C>(
+        if let Some(seg) = seg {
+            n += follow_cfi::<A, M, T, C>(
                 &mut self.cfi,
                 mem,
                 &self.transitions,
                 rest,
                 seg,
-                &mut st.regs,
+                &mut regs,
                 0,
                 self.pac_mask,
             );
         }
-        if st.n >= limit {
+        if n >= limit {
             return Trace {
-                len: st.n,
-                stop: self.full_stop(st.n),
+                len: n,
+                stop: self.full_stop(n),
             };
         }
+        let st = State {
+            regs,
+            exact: false,
+            stack: 0,
+            seg,
+            prev_fp: None,
+            pending: 0,
+            crossings: 0,
+            n,
+        };
         self.resume_with_step(st, mem, buf, limit)
     }
 

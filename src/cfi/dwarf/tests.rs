@@ -609,3 +609,34 @@ fn a_plain_rule_applied_alone_gives_the_general_step() {
     }
     assert!(applied > 2_000, "{applied}");
 }
+
+/// Captures here, with this thread's rule cache held (as a signal handler interrupting a capture
+/// finds it) or not; one capture call site for both.
+#[inline(never)]
+fn capture_holding(hold: bool, buf: &mut [Frame], u: &Unwinder, mode: Mode) -> Trace {
+    THREAD_CACHE.with(|c| {
+        let held = hold.then(|| c.borrow_mut());
+        let t = core::hint::black_box(capture(buf, u, mode));
+        drop(held);
+        t
+    })
+}
+
+#[test]
+fn a_capture_while_the_thread_cache_is_held_walks_without_it() {
+    let u = crate::modules::refresh().0;
+    for mode in [Mode::Dwarf, Mode::Hybrid] {
+        let mut got = Vec::new();
+        // Twice each: the second plain-rule walk finds its rules in the cache.
+        for hold in [false, false, true, true] {
+            let mut buf = vec![Frame::EMPTY; 64];
+            let t = capture_holding(hold, &mut buf, u, mode);
+            buf.truncate(t.len);
+            assert!(t.len > 3, "{mode:?}, held {hold}: {t:?}");
+            // Frame 1 is this loop's call site, which an unrolled loop repeats.
+            buf.remove(1);
+            got.push((buf, t.stop));
+        }
+        assert!(got.windows(2).all(|w| w[0] == w[1]), "{mode:?}: {got:?}");
+    }
+}
