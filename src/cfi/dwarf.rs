@@ -1037,7 +1037,8 @@ impl Cfi for Stepper<'_> {
 
     const PLAIN_RULES: bool = true;
 
-    /// A cache hit whose row is plain ([`CfiRow::plain_kind`]); a miss is [`Cfi::step`]'s.
+    /// A cache hit, with the row's plain kind computed when the entry was filled (0 for a row
+    /// that is not plain); a miss is [`Cfi::step`]'s.
     #[inline(always)]
     fn plain_rule(&mut self, ra: u64) -> Option<PlainRule> {
         let e = &self.cache.entries[cache_slot(ra)];

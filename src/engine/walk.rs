@@ -377,6 +377,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     /// by one CFI step out of the capture function): the same trace. In [`Mode::Dwarf`] with
     /// [`Cfi::PLAIN_RULES`] it runs the plain-rule loop at once, without [`Walker::walk`]'s
     /// set-up, and the general machinery only if that loop stops before the buffer is full.
+    #[cfg(feature = "dwarf")]
     #[inline(always)]
     pub(crate) fn walk_from_return<M: Memory>(
         &mut self,
@@ -437,6 +438,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
 
     /// `run` from its general step on (after a hot loop that did not fill the buffer), out of
     /// line.
+    #[cfg(feature = "dwarf")]
     #[inline(never)]
     fn resume_with_step<M: Memory>(
         &mut self,
