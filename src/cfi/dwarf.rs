@@ -205,7 +205,12 @@ impl CfiRow {
         };
         let fp = match self.fp {
             FP_SAME => 0,
-            FP_AT if self.flags & CfiRow::PAIR != 0 && self.fp_off <= -16 => {
+            // A pair below the CFA; from sp, also at or above sp (every real frame's is).
+            FP_AT
+                if self.flags & CfiRow::PAIR != 0
+                    && self.fp_off <= -16
+                    && (self.cfa == CFA_FP || self.cfa_off + self.fp_off as i32 >= 0) =>
+            {
                 PlainRule::FP_SAVED | PlainRule::PAIR
             }
             FP_AT => PlainRule::FP_SAVED,
@@ -892,6 +897,8 @@ struct CacheEntry {
     rule: CfiRow,
     /// [`CfiRow::plain_kind`] of `rule`, computed when the entry is filled.
     plain: u8,
+    /// `rule.cfa_off + rule.fp_off`: [`PlainRule::pair_off`].
+    pair_off: i32,
 }
 
 impl CacheEntry {
@@ -901,6 +908,7 @@ impl CacheEntry {
         key: 0,
         rule: CfiRow::GAP_RULE,
         plain: 0,
+        pair_off: 0,
     };
 }
 
@@ -982,6 +990,7 @@ impl<'a> Stepper<'a> {
             key,
             rule: r,
             plain: r.plain_kind(),
+            pair_off: r.cfa_off.wrapping_add(r.fp_off as i32),
         };
         Some(r)
     }
@@ -1047,6 +1056,7 @@ impl Cfi for Stepper<'_> {
         }
         Some(PlainRule {
             cfa_off: e.rule.cfa_off,
+            pair_off: e.pair_off,
             ra_off: e.rule.ra_off,
             fp_off: e.rule.fp_off,
             kind: e.plain,

@@ -113,6 +113,9 @@ pub trait Cfi {
 pub struct PlainRule {
     /// The CFA's offset from sp or fp.
     pub cfa_off: i32,
+    /// With [`PlainRule::PAIR`]: the caller's fp's offset from sp or fp, `cfa_off + fp_off`
+    /// (the hot loop then finds the pair without waiting for the CFA).
+    pub pair_off: i32,
     /// Where the return address is, from the CFA.
     pub ra_off: i16,
     /// Where the caller's fp is, from the CFA (with [`PlainRule::FP_SAVED`]).
@@ -130,7 +133,8 @@ impl PlainRule {
     /// The caller's fp is saved at CFA + `fp_off` (else the callee's fp is the caller's).
     pub const FP_SAVED: u8 = 2;
     /// [`PlainRule::FP_SAVED`] with the return address right above the caller's fp
-    /// (`ra_off == fp_off + 8`), both below the CFA (`fp_off <= -16`): one read of both.
+    /// (`ra_off == fp_off + 8`), both below the CFA (`fp_off <= -16`), and for a CFA from sp at
+    /// or above sp (`pair_off >= 0`): one read of both.
     pub const PAIR: u8 = 4;
 
     /// The caller of `regs` by this rule, with checked reads: what [`Cfi::step`] gives for it
@@ -1115,27 +1119,33 @@ fn plain_steps<A: Arch, M: Memory, C: Cfi>(
         let Some(rule) = cfi.plain_rule(pc) else {
             break left;
         };
-        let base = if rule.kind & PlainRule::CFA_FP != 0 {
-            fp
-        } else {
-            sp
-        };
-        // `Cfi::step` fails on a zero base or an overflow; here either gives a CFA outside
-        // `[PLAIN_LO, PLAIN_HI)`, so outside the stack. A CFA above sp and below the top is
-        // inside the stack (sp is).
-        let cfa = base.wrapping_add_signed(rule.cfa_off as i64);
-        if cfa <= sp || cfa >= top {
-            break left;
-        }
+        // Pairs, one copy of the round for each base register: the base is then a predicted
+        // branch, not a select on the rule just loaded (the frame's latency is the cache's load,
+        // two adds and the pair's load).
         if rule.kind & PlainRule::PAIR != 0 {
-            // The pair is below the CFA (`fp_off <= -16`): inside the stack when at or above sp
-            // (the CFA is at least `PLAIN_LO`, so `at` does not wrap).
-            let at = cfa.wrapping_add_signed(rule.fp_off as i64);
-            if at < sp || at & 7 != 0 {
-                break left;
-            }
-            // SAFETY: `at` is 8-aligned and `sp <= at`, `at + 16 <= cfa < top`: the 16 bytes
-            // lie inside the stack, which the walker got from `mem.stack_range`.
+            let (cfa, at) = if rule.kind & PlainRule::CFA_FP != 0 {
+                // `Cfi::step` fails on a zero fp or an overflow; here either gives a CFA outside
+                // `[PLAIN_LO, PLAIN_HI)`, so outside the stack. A CFA above sp and below the top
+                // is inside the stack (sp is), and then `at` does not wrap.
+                let cfa = fp.wrapping_add_signed(rule.cfa_off as i64);
+                let at = fp.wrapping_add_signed(rule.pair_off as i64);
+                if cfa <= sp || cfa >= top || at < sp || at & 7 != 0 {
+                    break left;
+                }
+                (cfa, at)
+            } else {
+                // From sp (inside the stack, below `PLAIN_HI`): `0 <= pair_off < cfa_off`, so
+                // sp <= at < cfa, with no overflow.
+                let cfa = sp.wrapping_add_signed(rule.cfa_off as i64);
+                let at = sp.wrapping_add_signed(rule.pair_off as i64);
+                if cfa >= top || at & 7 != 0 {
+                    break left;
+                }
+                (cfa, at)
+            };
+            // SAFETY: `at` is 8-aligned and `sp <= at`, `at + 16 <= cfa < top` (the pair is
+            // below the CFA: `fp_off <= -16`): the 16 bytes lie inside the stack, which the
+            // walker got from `mem.stack_range`.
             let Some((next_fp, ra)) = (unsafe { mem.read_pair_unchecked(at) }) else {
                 break left;
             };
@@ -1151,6 +1161,16 @@ fn plain_steps<A: Arch, M: Memory, C: Cfi>(
             sp = cfa;
             fp = next_fp;
             continue;
+        }
+        let base = if rule.kind & PlainRule::CFA_FP != 0 {
+            fp
+        } else {
+            sp
+        };
+        // As above: a zero base or an overflow gives a CFA outside the stack.
+        let cfa = base.wrapping_add_signed(rule.cfa_off as i64);
+        if cfa <= sp || cfa >= top {
+            break left;
         }
         if rule.kind & PlainRule::PLAIN == 0 {
             break left;

@@ -238,6 +238,8 @@ const LEAF: &[u8] = &[];
 /// CFA = rbp + 8, rbp at CFA - 16: a pair below the base register (with rbp = 0 the pair's
 /// address wraps below zero).
 const LOW: &[u8] = &[0x0c, 6, 8, 0x86, 2];
+/// CFA = rsp + 8, rbp at CFA - 16: a pair below sp, which the loop reads one by one.
+const BELOW: &[u8] = &[0x0e, 8, 0x86, 2];
 
 /// An [`Image`] whose unchecked pair reads must be aligned and inside a stack range (what
 /// [`Memory::read_pair_unchecked`] promises live memory), else the test fails.
@@ -274,6 +276,7 @@ fn assorted() -> Unwinder {
         (0x7000, 0x100, BIG),
         (0x8000, 0x100, ODD),
         (0xa000, 0x100, LEAF),
+        (0xb000, 0x100, BELOW),
         (0xc000, 0x100, LOW),
     ];
     let mut u = unwinder(false, fdes);
@@ -309,13 +312,14 @@ const WORDS: u64 = 512;
 /// afterwards), and the registers of its innermost frame.
 fn random_stack(rng: &mut Rng, base: u64) -> (StackBuilder, Start) {
     // (function, frame size for sp-based rows, offset of the saved rbp from the CFA).
-    const KINDS: [(u64, u64, Option<i64>); 7] = [
+    const KINDS: [(u64, u64, Option<i64>); 8] = [
         (0x1000, 16, Some(-16)),
         (0x2000, 0, Some(-16)),
         (0x6000, 32, Some(-24)),
         (0x7000, 48, Some(-16)),
         (0x8000, 20, Some(-16)),
         (0xa000, 8, None),
+        (0xb000, 8, Some(-16)),
         (0xc000, 0, Some(-16)),
     ];
     let mut s = StackBuilder::new(base, (WORDS * 8) as usize);
@@ -358,7 +362,11 @@ fn random_stack(rng: &mut Rng, base: u64) -> (StackBuilder, Start) {
         };
         s.put(cfa - 8, ra);
         if let Some(off) = saved {
-            s.put(cfa.wrapping_add_signed(off), rbp);
+            // A pair below sp (`BELOW`) may fall below the stack's base.
+            let at = cfa.wrapping_add_signed(off);
+            if at >= base {
+                s.put(at, rbp);
+            }
         }
     }
     // Corruption: words that are stack addresses, code addresses, zero or anything.
@@ -457,6 +465,11 @@ fn plain_rules_are_the_plain_rows() {
         Some((p | PlainRule::FP_SAVED, 32, -8, -24))
     );
     assert_eq!(kind(&mut st, 0xa011), Some((p, 8, -8, 0)));
+    // A pair below sp: read one by one.
+    assert_eq!(
+        kind(&mut st, 0xb011),
+        Some((p | PlainRule::FP_SAVED, 8, -8, -16))
+    );
     // Not plain: an undefined return address, an expression, a gap, a signal frame.
     for ra in [0x3011, 0x5011, 0x1201, 0xd011] {
         let k = kind(&mut st, ra).map_or(0, |r| r.0);
@@ -530,7 +543,7 @@ fn the_plain_rule_loop_stops_where_the_general_step_reports() {
     let top = HIGH + 0x1000;
     /// pc, sp, fp, and the stack's words.
     type Case = (u64, u64, u64, &'static [(u64, u64)]);
-    let cases: [Case; 8] = [
+    let cases: [Case; 10] = [
         // fp-based CFA with fp = 0.
         (0x2011, HIGH + 0x100, 0, &[]),
         // fp-based CFA that wraps past 2^64.
@@ -562,6 +575,15 @@ fn the_plain_rule_loop_stops_where_the_general_step_reports() {
         (0xc011, HIGH + 0x100, 0, &[]),
         // CFA = rbp + 8 with rbp near 2^64: the CFA wraps to a small address.
         (0xc011, HIGH + 0x100, u64::MAX - 4, &[]),
+        // A CFA from sp past the stack's end: the pair straddles it.
+        (0x1011, top - 8, 0, &[]),
+        // A CFA from sp at the stack's end: the general step takes it.
+        (
+            0x1011,
+            HIGH + 0x1000 - 16,
+            0,
+            &[(HIGH + 0x1000 - 16, 0), (HIGH + 0x1000 - 8, 0x3011)],
+        ),
     ];
     for (i, &(pc, sp, fp, words)) in cases.iter().enumerate() {
         let mut s = StackBuilder::new(HIGH, 0x1000);
