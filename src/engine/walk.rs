@@ -1175,16 +1175,15 @@ fn plain_steps<A: Arch, M: Memory, C: Cfi>(
         if rule.kind & PlainRule::PLAIN == 0 {
             break left;
         }
-        let Some(ra) = mem.read_u64(cfa.wrapping_add_signed(rule.ra_off as i64)) else {
+        // (The rule's fields, not the rule: a struct argument would be stored every round.)
+        let saved = rule.kind & PlainRule::FP_SAVED != 0;
+        let (ra_at, fp_at) = (
+            cfa.wrapping_add_signed(rule.ra_off as i64),
+            cfa.wrapping_add_signed(rule.fp_off as i64),
+        );
+        let Some((ra, next_fp)) = read_one_by_one(&mut *mem, ra_at, saved.then_some(fp_at), fp)
+        else {
             break left;
-        };
-        let next_fp = if rule.kind & PlainRule::FP_SAVED != 0 {
-            match mem.read_u64(cfa.wrapping_add_signed(rule.fp_off as i64)) {
-                Some(f) => f,
-                None => break left,
-            }
-        } else {
-            fp
         };
         let ra = A::strip_ra(ra, pac_mask);
         if ra == 0 || may_switch(ra) {
@@ -1198,6 +1197,25 @@ fn plain_steps<A: Arch, M: Memory, C: Cfi>(
     };
     *regs = Regs { pc, sp, fp, lr: 0 };
     total - left
+}
+
+/// The return address at `ra_at` and the caller's fp at `fp_at` (or `fp`, not saved), for a
+/// plain rule that is not a pair, read one by one: out of line, so that the pair loop does not
+/// keep registers for it.
+#[cold]
+#[inline(never)]
+fn read_one_by_one<M: Memory>(
+    mem: &mut M,
+    ra_at: u64,
+    fp_at: Option<u64>,
+    fp: u64,
+) -> Option<(u64, u64)> {
+    let ra = mem.read_u64(ra_at)?;
+    let fp = match fp_at {
+        Some(at) => mem.read_u64(at)?,
+        None => fp,
+    };
+    Some((ra, fp))
 }
 
 struct State {
