@@ -36,7 +36,7 @@
 use crate::arch::{Arch, ArchKind, Regs};
 use crate::frame::{Frame, FrameAddress, Trace};
 use crate::memory::Memory;
-use crate::walk::{Cfi, CfiStep, Mode, Start, Walker};
+use crate::walk::{Cfi, CfiStep, Mode, PlainRule, Start, Walker};
 use gimli::{
     BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EhFrameHdr, EndianSlice, LittleEndian,
     Register, RegisterRule, UnwindContext, UnwindSection,
@@ -186,6 +186,37 @@ impl CfiRow {
     /// The flags (`GAP`, `UNSUPPORTED`, `SIGNAL`, `FRAME_RECORD`, `PAIR`).
     pub fn flags(&self) -> u8 {
         self.flags
+    }
+
+    /// The row as a [`PlainRule`]'s `kind` when it is one (0 when not): CFA from sp or fp, the
+    /// return address saved, the caller's fp saved or unchanged, not a signal frame's. For a
+    /// non-exact pc, [`CfiRow::apply`] of such a row and the walker's plain-rule loop read the
+    /// same words and give the same caller.
+    fn plain_kind(&self) -> u8 {
+        if self.flags & (CfiRow::GAP | CfiRow::UNSUPPORTED | CfiRow::SIGNAL) != 0
+            || self.ra != RA_AT
+        {
+            return 0;
+        }
+        let cfa = if self.cfa == CFA_FP {
+            PlainRule::CFA_FP
+        } else {
+            0
+        };
+        let fp = match self.fp {
+            FP_SAME => 0,
+            // A pair below the CFA; from sp, also at or above sp (every real frame's is).
+            FP_AT
+                if self.flags & CfiRow::PAIR != 0
+                    && self.fp_off <= -16
+                    && (self.cfa == CFA_FP || self.cfa_off + self.fp_off as i32 >= 0) =>
+            {
+                PlainRule::FP_SAVED | PlainRule::PAIR
+            }
+            FP_AT => PlainRule::FP_SAVED,
+            _ => return 0,
+        };
+        PlainRule::PLAIN | cfa | fp
     }
 
     /// Applies the rule to `regs`: the caller's registers, or why not.
@@ -863,25 +894,53 @@ impl Unwinder {
 /// Entries in a [`RuleCache`].
 const CACHE: usize = 256;
 
-/// The [`RuleCache`] slot of lookup address `pc`.
+/// The [`RuleCache`] slot of key `key` (a lookup address + 1: for a return address, itself):
+/// bits 2 to 9. Return addresses differ there (aarch64's are 4-aligned, two x86_64 calls are at
+/// least 5 bytes apart), and the slot's byte offset is then `key & 0x3fc` scaled by 8: two
+/// instructions in the hot loop.
 #[inline(always)]
-fn cache_slot(pc: u64) -> usize {
-    ((pc ^ (pc >> 8)) as usize) % CACHE
+fn cache_slot(key: u64) -> usize {
+    ((key >> 2) as usize) % CACHE
 }
 
 /// A direct-mapped cache of prepared rules by lookup address, kept across walks (like
 /// framehop's cache): a profiler's samples revisit the same call sites, and a hit skips the
-/// module and table search. 6 KiB, `const`-constructible, allocation-free. Tied to one
+/// module and table search. 8 KiB, `const`-constructible, allocation-free. Tied to one
 /// [`Unwinder`]: used with another, it clears itself.
 #[derive(Clone, Debug)]
 pub struct RuleCache {
     owner: u64,
-    keys: [u64; CACHE],
-    rules: [CfiRow; CACHE],
+    entries: [CacheEntry; CACHE],
     /// The modules of the last two module searches, most recent first: `(lo, hi, index)`
     /// (`lo == hi`: none). A thread's walks begin and end in the same few modules (its own
     /// code, libc's thread start), so a walk's first search in each is usually answered here.
     modules: [(u64, u64, usize); 2],
+}
+
+/// One [`RuleCache`] slot: the key beside its rule, so a lookup touches one cache line (32
+/// bytes, aligned).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
+struct CacheEntry {
+    /// The lookup address + 1 (wrapping), so that a return address is its own key (0: empty;
+    /// see [`CacheEntry::EMPTY`]).
+    key: u64,
+    rule: CfiRow,
+    /// [`CfiRow::plain_kind`] of `rule`, computed when the entry is filled.
+    plain: u8,
+    /// `rule.cfa_off + rule.fp_off`: [`PlainRule::pair_off`].
+    pair_off: i32,
+}
+
+impl CacheEntry {
+    /// An empty slot, the key of lookup address `u64::MAX`, which never has a rule (a module's
+    /// range is half-open, so it ends at or below it); its `GAP` rule is the right answer.
+    const EMPTY: CacheEntry = CacheEntry {
+        key: 0,
+        rule: CfiRow::GAP_RULE,
+        plain: 0,
+        pair_off: 0,
+    };
 }
 
 impl Default for RuleCache {
@@ -895,8 +954,7 @@ impl RuleCache {
     pub const fn new() -> Self {
         RuleCache {
             owner: 0,
-            keys: [u64::MAX; CACHE],
-            rules: [CfiRow::GAP_RULE; CACHE],
+            entries: [CacheEntry::EMPTY; CACHE],
             modules: [(0, 0, 0); 2],
         }
     }
@@ -905,10 +963,16 @@ impl RuleCache {
     fn claim(&mut self, u: &Unwinder) {
         let id = u.generation;
         if self.owner != id {
-            self.keys = [u64::MAX; CACHE];
-            self.modules = [(0, 0, 0); 2];
-            self.owner = id;
+            self.clear(id);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn clear(&mut self, owner: u64) {
+        self.entries = [CacheEntry::EMPTY; CACHE];
+        self.modules = [(0, 0, 0); 2];
+        self.owner = owner;
     }
 }
 
@@ -949,13 +1013,18 @@ impl<'a> Stepper<'a> {
     /// The rule for lookup address `pc`, through the cache.
     #[inline(always)]
     fn rule(&mut self, pc: u64) -> Option<CfiRow> {
-        let slot = cache_slot(pc);
-        if self.cache.keys[slot] == pc {
-            return Some(self.cache.rules[slot]);
+        let key = pc.wrapping_add(1);
+        let e = &self.cache.entries[cache_slot(key)];
+        if e.key == key {
+            return Some(e.rule);
         }
         let r = self.module(pc)?.rule(pc)?;
-        self.cache.keys[slot] = pc;
-        self.cache.rules[slot] = r;
+        self.cache.entries[cache_slot(key)] = CacheEntry {
+            key,
+            rule: r,
+            plain: r.plain_kind(),
+            pair_off: r.cfa_off.wrapping_add(r.fp_off as i32),
+        };
         Some(r)
     }
 
@@ -992,9 +1061,10 @@ impl Cfi for Stepper<'_> {
         // FrameAddress::new(pc, exact).lookup_address(), branch-free.
         let lookup = regs.pc.wrapping_sub(!exact as u64);
         // A cache hit applies the cached row in place (no copy through an Option).
-        let slot = cache_slot(lookup);
-        if self.cache.keys[slot] == lookup {
-            return self.cache.rules[slot].apply(regs, exact, mem);
+        let key = lookup.wrapping_add(1);
+        let e = &self.cache.entries[cache_slot(key)];
+        if e.key == key {
+            return e.rule.apply(regs, exact, mem);
         }
         match self.rule(lookup) {
             Some(r) => r.apply(regs, exact, mem),
@@ -1018,6 +1088,25 @@ impl Cfi for Stepper<'_> {
             Some(m) => m.keeps_frame_record(pc),
             None => true,
         }
+    }
+
+    const PLAIN_RULES: bool = true;
+
+    /// A cache hit, with the row's plain kind computed when the entry was filled (0 for a row
+    /// that is not plain); a miss is [`Cfi::step`]'s.
+    #[inline(always)]
+    fn plain_rule(&mut self, ra: u64) -> Option<PlainRule> {
+        let e = &self.cache.entries[cache_slot(ra)];
+        if e.key != ra {
+            return None;
+        }
+        Some(PlainRule {
+            cfa_off: e.rule.cfa_off,
+            pair_off: e.pair_off,
+            ra_off: e.rule.ra_off,
+            fp_off: e.rule.fp_off,
+            kind: e.plain,
+        })
     }
 
     #[inline(always)]
@@ -1147,25 +1236,26 @@ fn resume_hybrid(
     buf: &mut [Frame],
     unwinder: &Unwinder,
 ) -> Trace {
+    // This thread's cache, as in `walk_live`; when a signal interrupted a capture that holds
+    // it, the unwinder itself.
+    let cell = THREAD_CACHE.try_with(|c| c as *const core::cell::RefCell<RuleCache>);
+    // SAFETY: as in `walk_live`: `THREAD_CACHE` is `const`-initialised with no destructor, so
+    // its storage stays valid while this thread runs this call.
+    let cell = cell.ok().map(|c| unsafe { &*c });
+    match cell.map(|c| c.try_borrow_mut()) {
+        Some(Ok(mut cache)) => resume_with(Stepper::new(unwinder, &mut cache), run, buf),
+        _ => resume_with(unwinder, run, buf),
+    }
+}
+
+/// [`resume_hybrid`] with `cfi`.
+#[inline(always)]
+fn resume_with<C: Cfi>(cfi: C, run: &mut crate::live::RecordRun, buf: &mut [Frame]) -> Trace {
     type Native = crate::arch::native::Native;
     let seg = run.stack();
-    let (n, fp, floor) = (run.n, run.fp, run.floor);
-    let mem = &mut run.mem;
-    let walk = |cache: &mut RuleCache, mem: &mut crate::live::LiveMemory, buf: &mut [Frame]| {
-        let stepper = Stepper::new(unwinder, cache);
-        let mut w: Walker<Native, _, _> =
-            Walker::with_cfi(crate::transition::Pinned::new(), stepper, Mode::Hybrid);
-        w.resume_after_records(mem, buf, n, seg, fp, floor)
-    };
-    // This thread's cache; if a signal interrupted a capture that holds it, a fresh one.
-    let got = THREAD_CACHE.try_with(|c| match c.try_borrow_mut() {
-        Ok(mut cache) => Some(walk(&mut cache, mem, buf)),
-        Err(_) => None,
-    });
-    match got {
-        Ok(Some(t)) => t,
-        _ => walk(&mut RuleCache::new(), mem, buf),
-    }
+    let mut w: Walker<Native, _, _> =
+        Walker::with_cfi(crate::transition::Pinned::new(), cfi, Mode::Hybrid);
+    w.resume_after_records(&mut run.mem, buf, run.n, seg, run.fp, run.floor)
 }
 
 #[inline(always)]
@@ -1181,36 +1271,86 @@ fn walk_live(
     mode: Mode,
     skip_start: bool,
 ) -> (Trace, bool) {
+    // This thread's cache; if a signal interrupted a capture that holds it (or the thread is
+    // exiting), no cache: the unwinder itself, out of line (a cache on the stack would take 8
+    // KiB of a signal stack).
+    // The cell's address, out of `try_with`, so that the walk is not a closure's body (the
+    // closure's environment took some 60 instructions of every capture to build and unpack).
+    let cell = THREAD_CACHE.try_with(|c| c as *const core::cell::RefCell<RuleCache>);
+    // SAFETY: `THREAD_CACHE` is `const`-initialised and holds no type with a destructor, so it
+    // registers no destructor and its storage stays valid as long as this thread runs; this
+    // thread is running this call, and the reference does not outlive it.
+    let cell = cell.ok().map(|c| unsafe { &*c });
+    match cell.map(|c| c.try_borrow_mut()) {
+        Some(Ok(mut cache)) => walk_with(
+            Stepper::new(unwinder, &mut cache),
+            start,
+            mem,
+            buf,
+            mode,
+            skip_start,
+        ),
+        _ => walk_uncached(start, mem, buf, unwinder, mode, skip_start),
+    }
+}
+
+/// [`walk_live`] without a rule cache.
+#[cold]
+#[inline(never)]
+fn walk_uncached(
+    start: Start,
+    mem: &mut crate::live::LiveMemory,
+    buf: &mut [Frame],
+    unwinder: &Unwinder,
+    mode: Mode,
+    skip_start: bool,
+) -> (Trace, bool) {
+    walk_with(unwinder, start, mem, buf, mode, skip_start)
+}
+
+/// [`walk_live`] with `cfi`.
+#[inline(always)]
+fn walk_with<C: Cfi>(
+    mut cfi: C,
+    start: Start,
+    mem: &mut crate::live::LiveMemory,
+    buf: &mut [Frame],
+    mode: Mode,
+    skip_start: bool,
+) -> (Trace, bool) {
     use crate::arch::Arch;
     type Native = crate::arch::native::Native;
-    // This thread's cache; if a signal interrupted a capture that holds it, a fresh one.
-    let walk = |cache: &mut RuleCache, mem: &mut crate::live::LiveMemory, buf: &mut [Frame]| {
-        let mut stepper = Stepper::new(unwinder, cache);
-        let mut from = start;
-        let mut from_start = true;
-        if skip_start {
-            if let CfiStep::Caller(mut r) = stepper.step::<Native, _>(&start.regs, true, mem) {
-                r.pc = Native::strip_ra(r.pc, 0);
-                if r.pc != 0 && r.sp > start.regs.sp {
-                    from = Start {
-                        regs: r,
-                        pc_is_return_address: true,
-                    };
-                    from_start = false;
-                }
+    let mut from = start;
+    let mut from_start = true;
+    if skip_start {
+        // The capture function's own row is plain (a frame record, or a push below the
+        // return address): applied at once, without the general rule's cases.
+        let plain = if C::PLAIN_RULES {
+            cfi.plain_rule(start.regs.pc.wrapping_add(1))
+                .and_then(|rule| rule.apply(&start.regs, mem))
+        } else {
+            None
+        };
+        let step = match plain {
+            Some(r) => CfiStep::Caller(r),
+            None => cfi.step::<Native, _>(&start.regs, true, mem),
+        };
+        if let CfiStep::Caller(mut r) = step {
+            r.pc = Native::strip_ra(r.pc, 0);
+            if r.pc != 0 && r.sp > start.regs.sp {
+                from = Start {
+                    regs: r,
+                    pc_is_return_address: true,
+                };
+                from_start = false;
             }
         }
-        let mut w: Walker<Native, _, _> =
-            Walker::with_cfi(crate::transition::Pinned::new(), stepper, mode);
-        (w.walk(from, mem, buf), from_start)
-    };
-    let got = THREAD_CACHE.try_with(|c| match c.try_borrow_mut() {
-        Ok(mut cache) => Some(walk(&mut cache, mem, buf)),
-        Err(_) => None,
-    });
-    match got {
-        Ok(Some(t)) => t,
-        _ => walk(&mut RuleCache::new(), mem, buf),
+    }
+    let mut w: Walker<Native, _, _> = Walker::with_cfi(crate::transition::Pinned::new(), cfi, mode);
+    if from_start {
+        (w.walk(from, mem, buf), true)
+    } else {
+        (w.walk_from_return(from.regs, mem, buf), false)
     }
 }
 

@@ -87,6 +87,92 @@ pub trait Cfi {
     fn record_map(&mut self) -> Option<RecordMap<'_>> {
         None
     }
+
+    /// Does [`Cfi::plain_rule`] answer (so that [`Mode::Dwarf`]'s hot loop asks it, and leaves
+    /// every other frame to [`Cfi::step`])? The default: no, the hot loop calls [`Cfi::step`]
+    /// for every frame.
+    const PLAIN_RULES: bool = false;
+
+    /// In [`Mode::Dwarf`]'s hot loop, for return address `ra` (lookup address `ra - 1`): the
+    /// rule when it is at hand (a cache hit, no search), which the loop applies itself when it
+    /// is plain (its `kind` has [`PlainRule::PLAIN`]). A plain rule must give the caller
+    /// [`Cfi::step`] would give for that non-exact pc: the same CFA and the same words read.
+    /// `None`, or a rule that is not plain: the walker asks [`Cfi::step`]. Asked only when
+    /// [`Cfi::PLAIN_RULES`]; must be cheap (it is asked for every frame).
+    #[inline(always)]
+    fn plain_rule(&mut self, _ra: u64) -> Option<PlainRule> {
+        None
+    }
+}
+
+/// A CFI rule simple enough for [`Mode::Dwarf`]'s hot loop to apply itself
+/// ([`Cfi::plain_rule`]): CFA = sp (or fp, with [`PlainRule::CFA_FP`]) + `cfa_off`, the return
+/// address at CFA + `ra_off`, and the caller's fp at CFA + `fp_off` ([`PlainRule::FP_SAVED`]) or
+/// the callee's fp unchanged (not saved). Never a signal frame's rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlainRule {
+    /// The CFA's offset from sp or fp.
+    pub cfa_off: i32,
+    /// With [`PlainRule::PAIR`]: the caller's fp's offset from sp or fp, `cfa_off + fp_off`
+    /// (the hot loop then finds the pair without waiting for the CFA).
+    pub pair_off: i32,
+    /// Where the return address is, from the CFA.
+    pub ra_off: i16,
+    /// Where the caller's fp is, from the CFA (with [`PlainRule::FP_SAVED`]).
+    pub fp_off: i16,
+    /// [`PlainRule::PLAIN`], with [`PlainRule::CFA_FP`], [`PlainRule::FP_SAVED`],
+    /// [`PlainRule::PAIR`]; without [`PlainRule::PLAIN`] (0, say), not a plain rule.
+    pub kind: u8,
+}
+
+impl PlainRule {
+    /// Set in every plain rule's `kind`.
+    pub const PLAIN: u8 = 0x80;
+    /// The CFA is fp + `cfa_off` (else sp + `cfa_off`).
+    pub const CFA_FP: u8 = 1;
+    /// The caller's fp is saved at CFA + `fp_off` (else the callee's fp is the caller's).
+    pub const FP_SAVED: u8 = 2;
+    /// [`PlainRule::FP_SAVED`] with the return address right above the caller's fp
+    /// (`ra_off == fp_off + 8`), both below the CFA (`fp_off <= -16`), and for a CFA from sp at
+    /// or above sp (`pair_off >= 0`): one read of both.
+    pub const PAIR: u8 = 4;
+
+    /// The caller of `regs` by this rule, with checked reads: what [`Cfi::step`] gives for it
+    /// (`None` where that is not a caller: not a plain rule, a zero base, an overflow, a read
+    /// that fails). For any pc, exact or not: a plain rule does not depend on it.
+    #[inline(always)]
+    pub fn apply<M: Memory>(&self, regs: &Regs, mem: &mut M) -> Option<Regs> {
+        if self.kind & PlainRule::PLAIN == 0 {
+            return None;
+        }
+        let base = if self.kind & PlainRule::CFA_FP != 0 {
+            regs.fp
+        } else {
+            regs.sp
+        };
+        if base == 0 {
+            return None;
+        }
+        let cfa = base.checked_add_signed(self.cfa_off as i64)?;
+        let (pc, fp) = if self.kind & PlainRule::PAIR != 0 {
+            let (fp, pc) = mem.read_pair(cfa.checked_add_signed(self.fp_off as i64)?)?;
+            (pc, fp)
+        } else {
+            let pc = mem.read_u64(cfa.checked_add_signed(self.ra_off as i64)?)?;
+            let fp = if self.kind & PlainRule::FP_SAVED != 0 {
+                mem.read_u64(cfa.checked_add_signed(self.fp_off as i64)?)?
+            } else {
+                regs.fp
+            };
+            (pc, fp)
+        };
+        Some(Regs {
+            pc,
+            sp: cfa,
+            fp,
+            lr: 0,
+        })
+    }
 }
 
 /// A module's "keeps a frame record" bitmap, for the hybrid hot loop ([`Cfi::record_map`]):
@@ -158,6 +244,11 @@ impl<C: Cfi + ?Sized> Cfi for &mut C {
     #[inline(always)]
     fn record_map(&mut self) -> Option<RecordMap<'_>> {
         (**self).record_map()
+    }
+    const PLAIN_RULES: bool = C::PLAIN_RULES;
+    #[inline(always)]
+    fn plain_rule(&mut self, ra: u64) -> Option<PlainRule> {
+        (**self).plain_rule(ra)
     }
 }
 
@@ -284,6 +375,86 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         st.seg = stack_of(mem, &st.regs);
         self.leaf_lr(&mut st, mem, buf, limit);
         self.run(st, mem, buf, limit)
+    }
+
+    /// [`Walker::walk`] from `regs` whose pc is a return address (a live capture's caller, found
+    /// by one CFI step out of the capture function): the same trace. In [`Mode::Dwarf`] with
+    /// [`Cfi::PLAIN_RULES`] it runs the plain-rule loop at once, without [`Walker::walk`]'s
+    /// set-up, and the general machinery only if that loop stops before the buffer is full.
+    #[cfg(feature = "dwarf")]
+    #[inline(always)]
+    pub(crate) fn walk_from_return<M: Memory>(
+        &mut self,
+        regs: Regs,
+        mem: &mut M,
+        buf: &mut [Frame],
+    ) -> Trace {
+        if !(C::PLAIN_RULES && self.mode == Mode::Dwarf) || regs.pc == 0 {
+            let start = Start {
+                regs,
+                pc_is_return_address: true,
+            };
+            return self.walk(start, mem, buf);
+        }
+        let limit = self.limit(buf.len());
+        let Some((first, rest)) = buf.get_mut(..limit).and_then(|b| b.split_first_mut()) else {
+            return Trace {
+                len: 0,
+                stop: self.full_stop(0),
+            };
+        };
+        // As `walk` writes the first frame of a return address.
+        Frame::write_raw(first, regs.pc, Frame::meta(0, Via::FramePointer, 0, 0));
+        let seg = stack_of(mem, &regs);
+        let mut regs = regs;
+        let mut n = 1;
+        // `run`'s first round: the hot loop (`fast_run_dwarf`), then the full-buffer check.
+        if let Some(seg) = seg {
+            n += follow_cfi::<A, M, T, C, false>(
+                &mut self.cfi,
+                mem,
+                &self.transitions,
+                rest,
+                seg,
+                &mut regs,
+                0,
+                self.pac_mask,
+            );
+        }
+        if n >= limit {
+            return Trace {
+                len: n,
+                stop: self.full_stop(n),
+            };
+        }
+        let st = State {
+            regs,
+            exact: false,
+            stack: 0,
+            seg,
+            prev_fp: None,
+            pending: 0,
+            crossings: 0,
+            n,
+        };
+        self.resume_with_step(st, mem, buf, limit)
+    }
+
+    /// `run` from its general step on (after a hot loop that did not fill the buffer), out of
+    /// line.
+    #[cfg(feature = "dwarf")]
+    #[inline(never)]
+    fn resume_with_step<M: Memory>(
+        &mut self,
+        mut st: State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+    ) -> Trace {
+        match self.step(&mut st, mem, buf, limit) {
+            Ok(()) => self.run(st, mem, buf, limit),
+            Err(stop) => Trace { len: st.n, stop },
+        }
     }
 
     /// Goes on with a walk whose caller ran [`follow_records`] itself from the start (the
@@ -442,6 +613,31 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let Some(seg) = st.seg else { return false };
         if st.pending != 0 {
             return false;
+        }
+        if C::PLAIN_RULES {
+            // Plain rules at hand: the loop out of line, with only what it needs (the general
+            // step beside it would take its registers); every other frame is the general
+            // step's.
+            if st.exact {
+                return false;
+            }
+            let Some(out) = buf.get_mut(st.n..limit) else {
+                return false;
+            };
+            let k = follow_cfi::<A, M, T, C, HYBRID>(
+                &mut self.cfi,
+                mem,
+                &self.transitions,
+                out,
+                seg,
+                &mut st.regs,
+                st.stack,
+                self.pac_mask,
+            );
+            st.n += k;
+            // Hybrid: did it stop at a function that keeps a record (asked again: once per
+            // run, not per frame)?
+            return HYBRID && k != 0 && st.n < limit && self.cfi.keeps_frame_record(st.regs.pc);
         }
         // Registers and counters in locals (written back once), the envelope read once.
         let env = self.transitions.envelope();
@@ -868,6 +1064,202 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
         fp = next;
     }
     (k, fp, if k == 0 { floor0 } else { floor })
+}
+
+/// Stacks the plain-rule loop runs on lie inside `[PLAIN_LO, PLAIN_HI)`: a CFA computed from
+/// a zero base, or one whose `i32` offset overflowed, then lands outside the stack, and the
+/// loop's bounds checks reject it without checking for either.
+const PLAIN_LO: u64 = 1 << 31;
+const PLAIN_HI: u64 = 0u64.wrapping_sub(1 << 31);
+
+/// [`Mode::Dwarf`]'s hot loop with [`Cfi::plain_rule`]: from the (non-exact) registers `regs`,
+/// applies plain rules on one stack `seg` into `out` while everything is ordinary (a rule at
+/// hand, a CFA that moves up inside `seg`, aligned reads inside `seg`, a non-zero return
+/// address that cannot be a transition). Each frame is exactly the one [`Walker::step`] would
+/// write; at anything else it stops, and the general step handles that frame.
+/// Returns how many frames it wrote; `regs` are then the last one's.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn follow_cfi<A: Arch, M: Memory, T: Transitions, C: Cfi, const HYBRID: bool>(
+    cfi: &mut C,
+    mem: &mut M,
+    table: &T,
+    out: &mut [Frame],
+    seg: Range,
+    regs: &mut Regs,
+    stack: u16,
+    pac_mask: u64,
+) -> usize {
+    // The stack must lie where a bad CFA cannot wrap into it (see `PLAIN_LO`) and hold sp: then
+    // sp < CFA < seg.hi keeps every CFA, so every later sp, inside it. (One compare: sp in
+    // `[max(lo, PLAIN_LO), min(hi, PLAIN_HI))` and hi <= PLAIN_HI.)
+    let lo = seg.lo.max(PLAIN_LO);
+    if seg.hi > PLAIN_HI || regs.sp.wrapping_sub(lo) >= seg.hi.wrapping_sub(lo) || seg.lo < PLAIN_LO
+    {
+        return 0;
+    }
+    const META0: u64 = Frame::meta(0, Via::Dwarf, 0, 0);
+    let meta = Frame::meta(stack, Via::Dwarf, 0, 0);
+    let top = seg.hi;
+    // Opaque, as in `follow_records_inline`: the filter's address stays in a register. One loop
+    // per kind of transition check, so that the loop does not test which one it is, and on the
+    // first stack (the common case) one whose frames' second word is a constant.
+    match core::hint::black_box(table.page_filter()) {
+        Some(f) if meta == META0 => {
+            plain_steps::<A, M, C, HYBRID>(cfi, mem, out, top, regs, META0, pac_mask, |ra| {
+                f.hit(ra)
+            })
+        }
+        Some(f) => {
+            plain_steps::<A, M, C, HYBRID>(cfi, mem, out, top, regs, meta, pac_mask, |ra| f.hit(ra))
+        }
+        None => {
+            let env = table.envelope();
+            let (env_lo, env_span) = (env.lo, env.hi.saturating_sub(env.lo));
+            plain_steps::<A, M, C, HYBRID>(cfi, mem, out, top, regs, meta, pac_mask, |ra| {
+                ra.wrapping_sub(env_lo) < env_span && table.may_match_inside(ra)
+            })
+        }
+    }
+}
+
+/// [`follow_cfi`]'s loop, with one transition check `may_switch`; `top` is the stack's end,
+/// and `regs.sp` is inside the stack.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn plain_steps<A: Arch, M: Memory, C: Cfi, const HYBRID: bool>(
+    cfi: &mut C,
+    mem: &mut M,
+    out: &mut [Frame],
+    top: u64,
+    regs: &mut Regs,
+    meta: u64,
+    pac_mask: u64,
+    may_switch: impl Fn(u64) -> bool,
+) -> usize {
+    let (mut pc, mut sp, mut fp) = (regs.pc, regs.sp, regs.fp);
+    let total = out.len();
+    let mut rest = out;
+    // The frames written are the slots used: no counter beside the slot pointer.
+    let left = loop {
+        let [slot, tail @ ..] = rest else {
+            break 0;
+        };
+        let left = tail.len() + 1;
+        // Hybrid mode follows the frame record of a function that keeps one.
+        if HYBRID && cfi.keeps_frame_record(pc) {
+            break left;
+        }
+        let Some(rule) = cfi.plain_rule(pc) else {
+            break left;
+        };
+        // Pairs, one copy of the round for each base register: the base is then a predicted
+        // branch, not a select on the rule just loaded (the frame's latency is the cache's load,
+        // two adds and the pair's load).
+        if rule.kind & PlainRule::PAIR != 0 {
+            let (cfa, at) = if rule.kind & PlainRule::CFA_FP != 0 {
+                // `Cfi::step` fails on a zero fp or an overflow; here either gives a CFA outside
+                // `[PLAIN_LO, PLAIN_HI)`, so outside the stack. A CFA above sp and below the top
+                // is inside the stack (sp is), and then `at` does not wrap.
+                let cfa = fp.wrapping_add_signed(rule.cfa_off as i64);
+                let at = fp.wrapping_add_signed(rule.pair_off as i64);
+                if cfa <= sp || cfa >= top || at < sp || at & 7 != 0 {
+                    break left;
+                }
+                (cfa, at)
+            } else {
+                // From sp (inside the stack, below `PLAIN_HI`): `0 <= pair_off < cfa_off`, so
+                // sp <= at < cfa, with no overflow.
+                let cfa = sp.wrapping_add_signed(rule.cfa_off as i64);
+                let at = sp.wrapping_add_signed(rule.pair_off as i64);
+                if cfa >= top || at & 7 != 0 {
+                    break left;
+                }
+                (cfa, at)
+            };
+            // SAFETY: `at` is 8-aligned and `sp <= at`, `at + 16 <= cfa < top` (the pair is
+            // below the CFA: `fp_off <= -16`): the 16 bytes lie inside the stack, which the
+            // walker got from `mem.stack_range`.
+            let Some((next_fp, ra)) = (unsafe { mem.read_pair_unchecked(at) }) else {
+                break left;
+            };
+            // The end of the round, here and below: one copy each, so that neither path
+            // merges its registers into the other's.
+            let ra = A::strip_ra(ra, pac_mask);
+            if ra == 0 || may_switch(ra) {
+                break left;
+            }
+            Frame::write_raw(slot, ra, meta);
+            rest = tail;
+            pc = ra;
+            sp = cfa;
+            fp = next_fp;
+            continue;
+        }
+        let base = if rule.kind & PlainRule::CFA_FP != 0 {
+            fp
+        } else {
+            sp
+        };
+        // As above: a zero base or an overflow gives a CFA outside the stack.
+        let cfa = base.wrapping_add_signed(rule.cfa_off as i64);
+        if cfa <= sp || cfa >= top {
+            break left;
+        }
+        if rule.kind & PlainRule::PLAIN == 0 {
+            break left;
+        }
+        // (The rule's fields, not the rule: a struct argument would be stored every round.)
+        let saved = rule.kind & PlainRule::FP_SAVED != 0;
+        let (ra_at, fp_at) = (
+            cfa.wrapping_add_signed(rule.ra_off as i64),
+            cfa.wrapping_add_signed(rule.fp_off as i64),
+        );
+        // The common row of code built without frame pointers (the return address below the
+        // CFA, fp not saved: the callee left it alone) reads one word inline; others out of
+        // line.
+        let got = if !saved && ra_at & 7 == 0 && ra_at >= sp && ra_at.wrapping_add(16) <= top {
+            // SAFETY: `ra_at` is 8-aligned and `sp <= ra_at`, `ra_at + 16 <= top` (no wrap:
+            // `sp >= PLAIN_LO`, and `ra_at` is within an i16 of a CFA below `top <= PLAIN_HI`):
+            // the 16 bytes lie inside the stack, which the walker got from `mem.stack_range`.
+            unsafe { mem.read_pair_unchecked(ra_at) }.map(|(ra, _)| (ra, fp))
+        } else {
+            read_one_by_one(&mut *mem, ra_at, saved.then_some(fp_at), fp)
+        };
+        let Some((ra, next_fp)) = got else {
+            break left;
+        };
+        let ra = A::strip_ra(ra, pac_mask);
+        if ra == 0 || may_switch(ra) {
+            break left;
+        }
+        Frame::write_raw(slot, ra, meta);
+        rest = tail;
+        pc = ra;
+        sp = cfa;
+        fp = next_fp;
+    };
+    *regs = Regs { pc, sp, fp, lr: 0 };
+    total - left
+}
+
+/// The return address at `ra_at` and the caller's fp at `fp_at` (or `fp`, not saved), for a
+/// plain rule that is not a pair, read one by one: out of line, so that the pair loop does not
+/// keep registers for it.
+#[cold]
+#[inline(never)]
+fn read_one_by_one<M: Memory>(
+    mem: &mut M,
+    ra_at: u64,
+    fp_at: Option<u64>,
+    fp: u64,
+) -> Option<(u64, u64)> {
+    let ra = mem.read_u64(ra_at)?;
+    let fp = match fp_at {
+        Some(at) => mem.read_u64(at)?,
+        None => fp,
+    };
+    Some((ra, fp))
 }
 
 struct State {

@@ -341,3 +341,444 @@ mod hybrid_entry {
         }
     }
 }
+
+// The walker's plain-rule loop (`Cfi::plain_rule`, taken by a `Stepper` on a cache hit) against
+// the general step (`&Unwinder`, which has no plain rules): the same frames, the same stop.
+
+/// A stack high enough for the plain-rule loop (it never runs on stacks below 2 GiB).
+const HIGH: u64 = 0x7ff0_0000_0000;
+/// CFA = rsp + 32, rbp at CFA - 24, ra at CFA - 8: saved apart, two reads.
+const SPLIT: &[u8] = &[0x0e, 32, 0x86, 3];
+/// CFA = rsp + 48, rbp at CFA - 16: a pair in a larger frame.
+const BIG: &[u8] = &[0x0e, 48, 0x86, 2];
+/// CFA = rsp + 20: the pair at rsp + 4, misaligned when rsp is aligned.
+const ODD: &[u8] = &[0x0e, 20, 0x86, 2];
+/// The CIE's row only: CFA = rsp + 8, rbp unchanged (a leaf, or a function's first instruction).
+const LEAF: &[u8] = &[];
+/// CFA = rbp + 8, rbp at CFA - 16: a pair below the base register (with rbp = 0 the pair's
+/// address wraps below zero).
+const LOW: &[u8] = &[0x0c, 6, 8, 0x86, 2];
+/// CFA = rsp + 8, rbp at CFA - 16: a pair below sp, which the loop reads one by one.
+const BELOW: &[u8] = &[0x0e, 8, 0x86, 2];
+
+/// An [`Image`] whose unchecked pair reads must be aligned and inside a stack range (what
+/// [`Memory::read_pair_unchecked`] promises live memory), else the test fails.
+struct Strict<'a>(Image<'a>);
+
+impl Memory for Strict<'_> {
+    fn read_u64(&mut self, addr: u64) -> Option<u64> {
+        self.0.read_u64(addr)
+    }
+    fn stack_range(&mut self, addr: u64) -> Option<crate::memory::Range> {
+        self.0.stack_range(addr)
+    }
+    unsafe fn read_pair_unchecked(&mut self, addr: u64) -> Option<(u64, u64)> {
+        let r = self.0.stack_range(addr);
+        assert!(
+            addr.is_multiple_of(8) && r.is_some_and(|r| r.contains_span(addr, 16)),
+            "unchecked read at {addr:#x} outside the stack {r:?}"
+        );
+        self.0.read_pair(addr)
+    }
+}
+
+/// Every kind of row: plain pairs from sp and fp, plain rows read one by one, rows that are not
+/// plain (an undefined return address, a CFA that does not move, an expression), and a signal
+/// trampoline's module.
+fn assorted() -> Unwinder {
+    let fdes: &[(u32, u32, &[u8])] = &[
+        (0x1000, 0x100, NOFP),
+        (0x2000, 0x100, FP),
+        (0x3000, 0x100, OUTER),
+        (0x4000, 0x100, STUCK),
+        (0x5000, 0x100, EXPR),
+        (0x6000, 0x100, SPLIT),
+        (0x7000, 0x100, BIG),
+        (0x8000, 0x100, ODD),
+        (0xa000, 0x100, LEAF),
+        (0xb000, 0x100, BELOW),
+        (0xc000, 0x100, LOW),
+    ];
+    let mut u = unwinder(false, fdes);
+    // Above the first module's range: the modules must not overlap (the stepper's
+    // last-module shortcut and the unwinder's search disagree on overlapping ones).
+    let eh = eh_frame(true, CIE, &[(0xd000, 0x100, NOFP)]);
+    let s = Sections {
+        eh_frame: Some((&eh, 0x9000)),
+        ..Sections::default()
+    };
+    u.add(PreparedCfi::parse(ArchKind::X86_64, &s, 0, "signal").unwrap());
+    u
+}
+
+/// A little xorshift: deterministic cases without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const WORDS: u64 = 512;
+
+/// A stack of well-formed frames through the functions of [`assorted`] (some corrupted
+/// afterwards), and the registers of its innermost frame.
+fn random_stack(rng: &mut Rng, base: u64) -> (StackBuilder, Start) {
+    // (function, frame size for sp-based rows, offset of the saved rbp from the CFA).
+    const KINDS: [(u64, u64, Option<i64>); 8] = [
+        (0x1000, 16, Some(-16)),
+        (0x2000, 0, Some(-16)),
+        (0x6000, 32, Some(-24)),
+        (0x7000, 48, Some(-16)),
+        (0x8000, 20, Some(-16)),
+        (0xa000, 8, None),
+        (0xb000, 8, Some(-16)),
+        (0xc000, 0, Some(-16)),
+    ];
+    let mut s = StackBuilder::new(base, (WORDS * 8) as usize);
+    let depth = 1 + rng.below(24) as usize;
+    let mut frames = Vec::new(); // (pc, sp, rbp, cfa, saved rbp offset)
+    let mut sp = base + 8 * rng.below(16);
+    for _ in 0..depth {
+        let (f, size, saved) = KINDS[rng.below(KINDS.len() as u64) as usize];
+        let pc = f + 0x10 + rng.below(0xe0);
+        let (rbp, cfa) = if f == 0x2000 {
+            let fp = sp + 8 * rng.below(6);
+            (fp, fp + 16)
+        } else if f == 0xc000 {
+            // CFA = rbp + 8, the pair at rbp - 8.
+            let fp = sp + 8 + 8 * rng.below(6);
+            (fp, fp + 8)
+        } else {
+            (rng.next(), sp + size)
+        };
+        if cfa + 8 > base + WORDS * 8 {
+            break;
+        }
+        frames.push((pc, sp, rbp, cfa, saved));
+        sp = cfa;
+    }
+    // rbp as each frame sees it: its own (a frame-pointer function), junk (a function that
+    // saved it), or its caller's (a leaf leaves it alone). From the outermost in.
+    let mut caller_rbp = 0;
+    for i in (0..frames.len()).rev() {
+        let (_, _, rbp, _, saved) = frames[i];
+        let rbp = if saved.is_none() { caller_rbp } else { rbp };
+        frames[i].2 = rbp;
+        caller_rbp = rbp;
+    }
+    for i in 0..frames.len() {
+        let (_, _, _, cfa, saved) = frames[i];
+        let (ra, rbp) = match frames.get(i + 1) {
+            Some(&(pc, _, rbp, _, _)) => (pc, rbp),
+            None => (if rng.below(2) == 0 { 0 } else { 0x3010 }, 0),
+        };
+        s.put(cfa - 8, ra);
+        if let Some(off) = saved {
+            // A pair below sp (`BELOW`) may fall below the stack's base.
+            let at = cfa.wrapping_add_signed(off);
+            if at >= base {
+                s.put(at, rbp);
+            }
+        }
+    }
+    // Corruption: words that are stack addresses, code addresses, zero or anything.
+    for _ in 0..rng.below(4) {
+        let at = base + 8 * rng.below(WORDS) + if rng.below(8) == 0 { 4 } else { 0 };
+        let v = match rng.below(6) {
+            0 => base + 8 * rng.below(WORDS + 8) + rng.below(2) * 4,
+            5 => rng.below(64).wrapping_sub(32),
+            1 => {
+                [
+                    0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0xa000, 0xc000, 0xd000,
+                ][rng.below(9) as usize]
+                    + rng.below(0x100)
+            }
+            2 => 0,
+            _ => rng.next(),
+        };
+        if at + 8 <= base + WORDS * 8 {
+            s.put(at, v);
+        }
+    }
+    let (pc, sp, mut rbp, _, _) = frames[0];
+    if rng.below(16) == 0 {
+        rbp = rng.below(64).wrapping_sub(32); // near zero, or near 2^64
+    }
+    let exact = rng.below(4) == 0;
+    let start = Start {
+        regs: Regs::new(pc, sp, rbp),
+        pc_is_return_address: !exact,
+    };
+    (s, start)
+}
+
+fn walk_cfi<C: Cfi>(
+    cfi: C,
+    mode: Mode,
+    start: Start,
+    s: &StackBuilder,
+) -> (Vec<Frame>, StopReason) {
+    let regions = [s.region()];
+    let mut mem = Strict(Image::new(&regions));
+    let mut buf = vec![Frame::EMPTY; 32];
+    let mut w: Walker<X86_64, _, _> = Walker::with_cfi(NoTransitions, cfi, mode);
+    let t = w.walk(start, &mut mem, &mut buf);
+    buf.truncate(t.len);
+    (buf, t.stop)
+}
+
+#[test]
+fn plain_rules_walk_exactly_as_the_general_step_on_random_stacks() {
+    let u = assorted();
+    let mut cache = RuleCache::new();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut deep = 0;
+    for case in 0..20_000 {
+        let (s, start) = random_stack(&mut rng, HIGH);
+        for mode in [Mode::Dwarf, Mode::Hybrid] {
+            let general = walk_cfi(&u, mode, start, &s);
+            // Twice with the cache kept: the first walk fills it (misses take the general
+            // step), the second finds every rule in it (the plain-rule loop).
+            for pass in 0..2 {
+                let fast = walk_cfi(Stepper::new(&u, &mut cache), mode, start, &s);
+                assert_eq!(
+                    fast, general,
+                    "case {case}, {mode:?}, pass {pass}, {start:?}"
+                );
+            }
+        }
+        deep += (walk_cfi(&u, Mode::Dwarf, start, &s).0.len() > 8) as usize;
+    }
+    // The stacks are mostly well-formed: many walks go deep.
+    assert!(deep > 2_000, "{deep}");
+}
+
+#[test]
+fn plain_rules_are_the_plain_rows() {
+    let u = assorted();
+    let mut cache = RuleCache::new();
+    let mut st = Stepper::new(&u, &mut cache);
+    let kind = |st: &mut Stepper<'_>, ra: u64| {
+        // Fill the cache through a step, then ask for the plain rule.
+        let mut mem = Image::new(&[]);
+        st.step::<X86_64, _>(&Regs::new(ra, HIGH, HIGH), false, &mut mem);
+        st.plain_rule(ra)
+            .map(|r| (r.kind, r.cfa_off, r.ra_off, r.fp_off))
+    };
+    let p = PlainRule::PLAIN;
+    let pair = PlainRule::FP_SAVED | PlainRule::PAIR;
+    assert_eq!(kind(&mut st, 0x1011), Some((p | pair, 16, -8, -16)));
+    assert_eq!(
+        kind(&mut st, 0x2011),
+        Some((p | PlainRule::CFA_FP | pair, 16, -8, -16))
+    );
+    assert_eq!(
+        kind(&mut st, 0x6011),
+        Some((p | PlainRule::FP_SAVED, 32, -8, -24))
+    );
+    assert_eq!(kind(&mut st, 0xa011), Some((p, 8, -8, 0)));
+    // A pair below sp: read one by one.
+    assert_eq!(
+        kind(&mut st, 0xb011),
+        Some((p | PlainRule::FP_SAVED, 8, -8, -16))
+    );
+    // Not plain: an undefined return address, an expression, a gap, a signal frame.
+    for ra in [0x3011, 0x5011, 0x1201, 0xd011] {
+        let k = kind(&mut st, ra).map_or(0, |r| r.0);
+        assert_eq!(k & PlainRule::PLAIN, 0, "{ra:#x}");
+    }
+    // Not in the cache: nothing.
+    assert_eq!(st.plain_rule(0x7011), None);
+}
+
+#[test]
+fn colliding_return_addresses_keep_their_own_rules() {
+    // 0x1010 and 0x6010 + 0x400 * k share a slot (bits 2 to 9); walks alternating between them
+    // must each get their own rule.
+    assert_eq!(cache_slot(0x1011), cache_slot(0x1011 + 0x400));
+    let u = unwinder(
+        false,
+        &[
+            (0x1000, 0x100, NOFP),
+            (0x1400, 0x100, SPLIT),
+            (0x1800, 0x100, FP),
+        ],
+    );
+    let mut cache = RuleCache::new();
+    let mut s = StackBuilder::new(HIGH, 0x1000);
+    // Frame of 0x1011 (pair at sp), then 0x1411 (ra at CFA - 8, rbp at CFA - 24), then the end.
+    s.put(HIGH + 0x100, 0).put(HIGH + 0x108, 0x1411);
+    s.put(HIGH + 0x130 - 8, 0x1811).put(HIGH + 0x130 - 24, 0);
+    let start = Start {
+        regs: Regs::new(0x1011, HIGH + 0x100, 0),
+        pc_is_return_address: true,
+    };
+    let general = walk_cfi(&u, Mode::Dwarf, start, &s);
+    assert_eq!(pcs(&general.0), [0x1011, 0x1411, 0x1811]);
+    for _ in 0..4 {
+        assert_eq!(
+            walk_cfi(Stepper::new(&u, &mut cache), Mode::Dwarf, start, &s),
+            general
+        );
+    }
+}
+
+#[test]
+fn a_cache_kept_across_unwinders_answers_for_the_current_one() {
+    // The same return address, a pair from sp in one unwinder and from fp in the next: the
+    // cache must not answer with the first one's rule.
+    let a = unwinder(false, &[(0x1000, 0x100, NOFP)]);
+    let b = unwinder(false, &[(0x1000, 0x100, FP)]);
+    let mut s = StackBuilder::new(HIGH, 0x1000);
+    s.put(HIGH + 0x100, 0).put(HIGH + 0x108, 0x3011);
+    s.put(HIGH + 0x200, 0).put(HIGH + 0x208, 0x3022);
+    let start = Start {
+        regs: Regs::new(0x1011, HIGH + 0x100, HIGH + 0x200),
+        pc_is_return_address: true,
+    };
+    let mut cache = RuleCache::new();
+    for _ in 0..3 {
+        for (u, want) in [(&a, 0x3011), (&b, 0x3022)] {
+            let got = walk_cfi(Stepper::new(u, &mut cache), Mode::Dwarf, start, &s);
+            assert_eq!(got, walk_cfi(u, Mode::Dwarf, start, &s));
+            assert_eq!(got.0.get(1).map(|f| f.pc), Some(want));
+        }
+    }
+}
+
+#[test]
+fn the_plain_rule_loop_stops_where_the_general_step_reports() {
+    // A CFA from a zero fp, one that wraps, one past the stack's end, a misaligned pair, a zero
+    // return address: each stops the walk (or is walked) as the general step does.
+    let u = assorted();
+    let mut cache = RuleCache::new();
+    let top = HIGH + 0x1000;
+    /// pc, sp, fp, and the stack's words.
+    type Case = (u64, u64, u64, &'static [(u64, u64)]);
+    let cases: [Case; 10] = [
+        // fp-based CFA with fp = 0.
+        (0x2011, HIGH + 0x100, 0, &[]),
+        // fp-based CFA that wraps past 2^64.
+        (0x2011, HIGH + 0x100, u64::MAX - 8, &[]),
+        // fp-based CFA past the stack's end.
+        (0x2011, HIGH + 0x100, top - 8, &[]),
+        // The pair at rsp + 4.
+        (
+            0x8011,
+            HIGH + 0x100,
+            0,
+            &[(HIGH + 0x104, 0), (HIGH + 0x10c, 0x1011)],
+        ),
+        // A zero return address.
+        (
+            0x1011,
+            HIGH + 0x100,
+            0,
+            &[(HIGH + 0x100, 0), (HIGH + 0x108, 0)],
+        ),
+        // A pair below sp (fp-based CFA just above sp): the general step reads it.
+        (
+            0x2011,
+            HIGH + 0x100,
+            HIGH + 0xf8,
+            &[(HIGH + 0xf8, 0), (HIGH + 0x100, 0x3011)],
+        ),
+        // CFA = rbp + 8 with rbp = 0: the pair's address wraps to 2^64 - 8.
+        (0xc011, HIGH + 0x100, 0, &[]),
+        // CFA = rbp + 8 with rbp near 2^64: the CFA wraps to a small address.
+        (0xc011, HIGH + 0x100, u64::MAX - 4, &[]),
+        // A CFA from sp past the stack's end: the pair straddles it.
+        (0x1011, top - 8, 0, &[]),
+        // A CFA from sp at the stack's end: the general step takes it.
+        (
+            0x1011,
+            HIGH + 0x1000 - 16,
+            0,
+            &[(HIGH + 0x1000 - 16, 0), (HIGH + 0x1000 - 8, 0x3011)],
+        ),
+    ];
+    for (i, &(pc, sp, fp, words)) in cases.iter().enumerate() {
+        let mut s = StackBuilder::new(HIGH, 0x1000);
+        for &(at, v) in words {
+            s.put(at, v);
+        }
+        let start = Start {
+            regs: Regs::new(pc, sp, fp),
+            pc_is_return_address: true,
+        };
+        let general = walk_cfi(&u, Mode::Dwarf, start, &s);
+        for _ in 0..2 {
+            let fast = walk_cfi(Stepper::new(&u, &mut cache), Mode::Dwarf, start, &s);
+            assert_eq!(fast, general, "case {i}");
+        }
+    }
+}
+
+#[test]
+fn a_plain_rule_applied_alone_gives_the_general_step() {
+    // `PlainRule::apply` (the live capture's step out of itself) against `Cfi::step`, for exact
+    // and return-address pcs, on random stacks and registers.
+    let u = assorted();
+    let mut cache = RuleCache::new();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut applied = 0;
+    for _ in 0..5_000 {
+        let (s, start) = random_stack(&mut rng, HIGH);
+        let regions = [s.region()];
+        let mut mem = Strict(Image::new(&regions));
+        let exact = !start.pc_is_return_address;
+        let mut st = Stepper::new(&u, &mut cache);
+        let general = match st.step::<X86_64, _>(&start.regs, exact, &mut mem) {
+            CfiStep::Caller(r) => Some(r),
+            _ => None,
+        };
+        let key = start.regs.pc.wrapping_add(exact as u64);
+        if let Some(rule) = st
+            .plain_rule(key)
+            .filter(|r| r.kind & PlainRule::PLAIN != 0)
+        {
+            assert_eq!(rule.apply(&start.regs, &mut mem), general, "{start:?}");
+            applied += 1;
+        }
+    }
+    assert!(applied > 2_000, "{applied}");
+}
+
+/// Captures here, with this thread's rule cache held (as a signal handler interrupting a capture
+/// finds it) or not; one capture call site for both.
+#[inline(never)]
+fn capture_holding(hold: bool, buf: &mut [Frame], u: &Unwinder, mode: Mode) -> Trace {
+    THREAD_CACHE.with(|c| {
+        let held = hold.then(|| c.borrow_mut());
+        let t = core::hint::black_box(capture(buf, u, mode));
+        drop(held);
+        t
+    })
+}
+
+#[test]
+fn a_capture_while_the_thread_cache_is_held_walks_without_it() {
+    let u = crate::modules::refresh().0;
+    for mode in [Mode::Dwarf, Mode::Hybrid] {
+        let mut got = Vec::new();
+        // Twice each: the second plain-rule walk finds its rules in the cache.
+        for hold in [false, false, true, true] {
+            let mut buf = vec![Frame::EMPTY; 64];
+            let t = capture_holding(hold, &mut buf, u, mode);
+            buf.truncate(t.len);
+            assert!(t.len > 3, "{mode:?}, held {hold}: {t:?}");
+            // Frame 1 is this loop's call site, which an unrolled loop repeats.
+            buf.remove(1);
+            got.push((buf, t.stop));
+        }
+        assert!(got.windows(2).all(|w| w[0] == w[1]), "{mode:?}: {got:?}");
+    }
+}
