@@ -461,6 +461,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     /// frame-pointer entry of a live capture): `n` frames, all from frame records on stack 0
     /// (`seg`), are in `buf`; the last record read ended at `floor` and pointed to the next one
     /// at `fp`. The result is the whole walk's, as if [`Walker::walk`] had made it.
+    #[cfg(feature = "live")]
     #[inline(always)]
     pub(crate) fn resume_after_records<M: Memory>(
         &mut self,
