@@ -1236,16 +1236,27 @@ fn resume_hybrid(
     buf: &mut [Frame],
     unwinder: &Unwinder,
 ) -> Trace {
-    // This thread's cache, as in `walk_live`; when a signal interrupted a capture that holds
-    // it, the unwinder itself.
-    let cell = THREAD_CACHE.try_with(|c| c as *const core::cell::RefCell<RuleCache>);
-    // SAFETY: as in `walk_live`: `THREAD_CACHE` is `const`-initialised with no destructor, so
-    // its storage stays valid while this thread runs this call.
-    let cell = cell.ok().map(|c| unsafe { &*c });
-    match cell.map(|c| c.try_borrow_mut()) {
-        Some(Ok(mut cache)) => resume_with(Stepper::new(unwinder, &mut cache), run, buf),
-        _ => resume_with(unwinder, run, buf),
+    // This thread's cache; when a signal interrupted a capture that holds it, the unwinder
+    // itself.
+    match thread_cache() {
+        Some(mut cache) => resume_with(Stepper::new(unwinder, &mut cache), run, buf),
+        None => resume_with(unwinder, run, buf),
     }
+}
+
+/// This thread's rule cache, borrowed; `None` if a signal interrupted a capture that holds it,
+/// or the thread is exiting (the caller then walks without a cache, with the unwinder itself:
+/// a cache on the stack would take 8 KiB of a signal stack). The cell's address comes out of
+/// `try_with`, so that the walk is not a closure's body (the closure's environment took some
+/// 60 instructions of every capture to build and unpack). Async-signal-safe.
+#[inline(always)]
+fn thread_cache() -> Option<core::cell::RefMut<'static, RuleCache>> {
+    let cell = THREAD_CACHE.try_with(|c| c as *const core::cell::RefCell<RuleCache>);
+    // SAFETY: `THREAD_CACHE` is `const`-initialised and holds no type with a destructor, so it
+    // registers no destructor and its storage stays valid as long as this thread runs; the
+    // `RefMut` is not `Send`, so it stays on this thread, which it cannot outlive.
+    let cell = cell.ok().map(|c| unsafe { &*c })?;
+    cell.try_borrow_mut().ok()
 }
 
 /// [`resume_hybrid`] with `cfi`.
@@ -1271,18 +1282,9 @@ fn walk_live(
     mode: Mode,
     skip_start: bool,
 ) -> (Trace, bool) {
-    // This thread's cache; if a signal interrupted a capture that holds it (or the thread is
-    // exiting), no cache: the unwinder itself, out of line (a cache on the stack would take 8
-    // KiB of a signal stack).
-    // The cell's address, out of `try_with`, so that the walk is not a closure's body (the
-    // closure's environment took some 60 instructions of every capture to build and unpack).
-    let cell = THREAD_CACHE.try_with(|c| c as *const core::cell::RefCell<RuleCache>);
-    // SAFETY: `THREAD_CACHE` is `const`-initialised and holds no type with a destructor, so it
-    // registers no destructor and its storage stays valid as long as this thread runs; this
-    // thread is running this call, and the reference does not outlive it.
-    let cell = cell.ok().map(|c| unsafe { &*c });
-    match cell.map(|c| c.try_borrow_mut()) {
-        Some(Ok(mut cache)) => walk_with(
+    // This thread's cache; without it, the unwinder itself, out of line.
+    match thread_cache() {
+        Some(mut cache) => walk_with(
             Stepper::new(unwinder, &mut cache),
             start,
             mem,
@@ -1290,7 +1292,7 @@ fn walk_live(
             mode,
             skip_start,
         ),
-        _ => walk_uncached(start, mem, buf, unwinder, mode, skip_start),
+        None => walk_uncached(start, mem, buf, unwinder, mode, skip_start),
     }
 }
 

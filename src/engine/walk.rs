@@ -1148,6 +1148,23 @@ fn plain_steps<A: Arch, M: Memory, C: Cfi, const HYBRID: bool>(
             break 0;
         };
         let left = tail.len() + 1;
+        // The end of a round: the caller's return address `ra` (as read), CFA and fp. Each
+        // path below ends with its own expansion, so that no path merges its registers into
+        // another's.
+        macro_rules! end_round {
+            ($ra:expr, $cfa:expr, $next_fp:expr) => {{
+                let ra = A::strip_ra($ra, pac_mask);
+                if may_switch(ra) {
+                    break left;
+                }
+                Frame::write_raw(slot, ra, meta);
+                rest = tail;
+                pc = ra;
+                sp = $cfa;
+                fp = $next_fp;
+                continue;
+            }};
+        }
         // Hybrid mode follows the frame record of a function that keeps one.
         if HYBRID && cfi.keeps_frame_record(pc) {
             break left;
@@ -1177,16 +1194,7 @@ fn plain_steps<A: Arch, M: Memory, C: Cfi, const HYBRID: bool>(
             if let Some((next_fp, ra)) = spec {
                 // Exactly the round below for this rule: cfa = fp + 16 lies above sp and below
                 // the top, the pair at fp is aligned and at or above sp (checked above).
-                let ra = A::strip_ra(ra, pac_mask);
-                if may_switch(ra) {
-                    break left;
-                }
-                Frame::write_raw(slot, ra, meta);
-                rest = tail;
-                pc = ra;
-                sp = fp + 16;
-                fp = next_fp;
-                continue;
+                end_round!(ra, fp + 16, next_fp);
             }
         }
         // Pairs, one copy of the round for each base register: the base is then a predicted
@@ -1219,18 +1227,7 @@ fn plain_steps<A: Arch, M: Memory, C: Cfi, const HYBRID: bool>(
             let Some((next_fp, ra)) = (unsafe { mem.read_pair_unchecked(at) }) else {
                 break left;
             };
-            // The end of the round, here and below: one copy each, so that neither path
-            // merges its registers into the other's.
-            let ra = A::strip_ra(ra, pac_mask);
-            if may_switch(ra) {
-                break left;
-            }
-            Frame::write_raw(slot, ra, meta);
-            rest = tail;
-            pc = ra;
-            sp = cfa;
-            fp = next_fp;
-            continue;
+            end_round!(ra, cfa, next_fp);
         }
         let base = if rule.kind & PlainRule::CFA_FP != 0 {
             fp
@@ -1265,15 +1262,7 @@ fn plain_steps<A: Arch, M: Memory, C: Cfi, const HYBRID: bool>(
         let Some((ra, next_fp)) = got else {
             break left;
         };
-        let ra = A::strip_ra(ra, pac_mask);
-        if may_switch(ra) {
-            break left;
-        }
-        Frame::write_raw(slot, ra, meta);
-        rest = tail;
-        pc = ra;
-        sp = cfa;
-        fp = next_fp;
+        end_round!(ra, cfa, next_fp);
     };
     *regs = Regs { pc, sp, fp, lr: 0 };
     total - left
