@@ -15,11 +15,15 @@
 mod common;
 
 use criterion::{criterion_group, Criterion};
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::System;
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Duration;
 use unwind::heap::{self, Sampling};
+
+#[path = "common/raw_alloc.rs"]
+mod raw_alloc;
+use raw_alloc::raw;
 
 #[global_allocator]
 static ALLOC: Sampling = Sampling::new(System);
@@ -46,22 +50,6 @@ fn workload(seed: u64) -> usize {
         grow.push(i);
     }
     strings.len() + map.len() + black_box(grow.len())
-}
-
-/// 1000 allocations of mixed sizes, then 1000 frees, straight through `a`.
-#[inline(never)]
-fn raw<A: GlobalAlloc>(a: &A, ptrs: &mut [*mut u8; 1000]) {
-    for (i, p) in ptrs.iter_mut().enumerate() {
-        let size = 16 + (i * 37) % 4000;
-        // SAFETY: a valid, non-zero-size layout.
-        *p = unsafe { a.alloc(Layout::from_size_align(size, 8).unwrap()) };
-    }
-    for (i, p) in ptrs.iter().enumerate() {
-        let size = 16 + (i * 37) % 4000;
-        // SAFETY: `p` came from `a.alloc` with this layout just above and is freed once.
-        unsafe { a.dealloc(*p, Layout::from_size_align(size, 8).unwrap()) };
-    }
-    black_box(ptrs);
 }
 
 fn bench(c: &mut Criterion) {
@@ -147,30 +135,10 @@ fn paired(rounds: usize, batch: usize, rate: u64, f: &mut dyn FnMut()) -> (f64, 
 /// the profiler sampling at the default rate: the full cost of installing it and sampling.
 fn paired_system(rounds: usize, batch: usize, ptrs: &mut [*mut u8; 1000]) -> (f64, f64, f64) {
     heap::start(heap::DEFAULT_RATE);
-    let time = |wrapper: bool, ptrs: &mut [*mut u8; 1000]| {
-        let t = std::time::Instant::now();
-        for _ in 0..batch {
-            if wrapper {
-                raw(&ALLOC, ptrs);
-            } else {
-                raw(&System, ptrs);
-            }
-        }
-        t.elapsed().as_nanos() as f64 / batch as f64
-    };
-    let (mut syss, mut ons, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..rounds {
-        let (sys, on) = if r % 2 == 0 {
-            let sys = time(false, ptrs);
-            (sys, time(true, ptrs))
-        } else {
-            let on = time(true, ptrs);
-            (time(false, ptrs), on)
-        };
-        syss.push(sys);
-        ons.push(on);
-        ratios.push(on / sys);
-    }
+    let rounds = raw_alloc::interleaved(rounds, batch, &ALLOC, ptrs);
+    let mut syss: Vec<f64> = rounds.iter().map(|r| r.0).collect();
+    let mut ons: Vec<f64> = rounds.iter().map(|r| r.1).collect();
+    let mut ratios: Vec<f64> = rounds.iter().map(|r| r.1 / r.0).collect();
     heap::stop();
     let med = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));

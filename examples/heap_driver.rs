@@ -7,28 +7,15 @@
 //! (`--toggle-collect='*heap_driver*raw*'`). `heap_driver paired <rounds>` times System against
 //! the wrapper sampling in interleaved rounds (a quick timing, for a loaded machine).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::hint::black_box;
+use std::alloc::System;
 use unwind::heap::{self, Sampling};
+
+#[path = "../benches/common/raw_alloc.rs"]
+mod raw_alloc;
+use raw_alloc::raw;
 
 #[global_allocator]
 static ALLOC: Sampling = Sampling::new(System);
-
-/// 1000 allocations of mixed sizes, then 1000 frees, straight through `a`.
-#[inline(never)]
-fn raw<A: GlobalAlloc>(a: &A, ptrs: &mut [*mut u8; 1000]) {
-    for (i, p) in ptrs.iter_mut().enumerate() {
-        let size = 16 + (i * 37) % 4000;
-        // SAFETY: a valid, non-zero-size layout.
-        *p = unsafe { a.alloc(Layout::from_size_align(size, 8).unwrap()) };
-    }
-    for (i, p) in ptrs.iter().enumerate() {
-        let size = 16 + (i * 37) % 4000;
-        // SAFETY: `p` came from `a.alloc` with this layout just above and is freed once.
-        unsafe { a.dealloc(*p, Layout::from_size_align(size, 8).unwrap()) };
-    }
-    black_box(ptrs);
-}
 
 /// `HEAP_RATE` or the default rate (a huge one times the unsampled path alone; 1 the samples).
 fn rate() -> u64 {
@@ -42,28 +29,10 @@ fn rate() -> u64 {
 /// medians and the median ratio (a quick timing, not instruction counting).
 fn paired(rounds: usize, ptrs: &mut [*mut u8; 1000]) {
     heap::start(rate());
-    let time = |wrapper: bool, ptrs: &mut [*mut u8; 1000]| {
-        let t = std::time::Instant::now();
-        for _ in 0..50 {
-            if wrapper {
-                raw(&ALLOC, ptrs);
-            } else {
-                raw(&System, ptrs);
-            }
-        }
-        t.elapsed().as_nanos() as f64 / 50.0
-    };
-    let mut ratios = Vec::new();
-    for r in 0..rounds {
-        let (sys, on) = if r % 2 == 0 {
-            let sys = time(false, ptrs);
-            (sys, time(true, ptrs))
-        } else {
-            let on = time(true, ptrs);
-            (time(false, ptrs), on)
-        };
-        ratios.push(on / sys);
-    }
+    let mut ratios: Vec<f64> = raw_alloc::interleaved(rounds, 50, &ALLOC, ptrs)
+        .iter()
+        .map(|(sys, on)| on / sys)
+        .collect();
     heap::stop();
     ratios.sort_by(|a, b| a.total_cmp(b));
     println!(
