@@ -807,6 +807,9 @@ pub struct Unwinder {
     /// The module of [`capture`] itself, with its record map's `(lo, span)`, when that table
     /// says `capture` keeps a frame record: its hybrid frame-pointer entry starts there.
     home: Option<(usize, u64, u64)>,
+    /// The `(lo, span)` of the last home map whose pages without records were marked in the
+    /// live table's page filter ([`crate::transition::mark_unrecorded_page`]).
+    home_marked: Option<(u64, u64)>,
 }
 
 /// Source of [`Unwinder`] generations (0: an empty unwinder, which caches nothing).
@@ -843,6 +846,15 @@ impl Unwinder {
                 let map = crate::walk::RecordMap::new(r.lo, span, &m.record_pages);
                 map.keeps(here.wrapping_add(1)).then_some((i, r.lo, span))
             });
+        // The entry's hot loop reads "every function on this page keeps a record" from the
+        // live table's page filter: mark the other pages (before this unwinder can be used).
+        if let Some(map) = self.home_map() {
+            if Some((map.lo(), map.span())) != self.home_marked {
+                map.unrecorded_pages()
+                    .for_each(crate::transition::mark_unrecorded_page);
+                self.home_marked = Some((map.lo(), map.span()));
+            }
+        }
     }
 
     /// The modules' tables.
@@ -1156,43 +1168,36 @@ impl Cfi for Unwinder {
 /// built without frame pointers); the first frame is still the caller's return address.
 #[inline(never)]
 pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
+    // This function's own registers, read here: every path below starts from its frame (its
+    // record, or its exact registers and its CFI), which stays live while they run. The paths
+    // are functions of their own, so that this one, which every capture enters, is small.
+    let r = crate::live::current_regs();
     if mode == Mode::Hybrid {
         // The common case first, as in `crate::capture`: this function keeps a frame record
         // (its CFI says so), the thread's stack is known, and frame records lead up the stack
-        // through functions whose CFI says they keep them. The walker's hot loop runs here,
-        // inlined, with the module's record map; a full buffer or the chain's end returns at
-        // once, anything else (another module, a function without a record, a transition)
-        // goes on in the general hybrid walker from there.
-        let r = crate::live::current_regs();
-        if let Some(map) = unwinder.home_map() {
-            if let Some(mut run) = hybrid_records(r, buf, map) {
-                if run.done(buf) {
-                    let stop = if run.n == buf.len() {
-                        crate::frame::StopReason::BufferFull
-                    } else {
-                        crate::frame::StopReason::End
-                    };
-                    return Trace { len: run.n, stop };
-                }
-                if run.n != 0 {
-                    return resume_hybrid(&mut run, buf, unwinder);
-                }
-            }
+        // through functions whose CFI says they keep them.
+        if let Some(t) = hybrid_entry(r, buf, unwinder) {
+            return t;
         }
     }
+    capture_from(r, buf, unwinder, mode)
+}
+
+/// [`capture`]'s general path, from the registers `r` that `capture` read in its own frame.
+#[inline(never)]
+fn capture_from(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
     if mode != Mode::FramePointer {
-        let mut regs = crate::live::current_regs();
+        let mut regs = r;
         regs.pc = crate::arch::native::strip_pac_live(regs.pc);
         let mut mem = crate::live::LiveMemory::for_sp(regs.sp, None);
         let (mut t, from_self) = walk_live(Start::exact(regs), &mut mem, buf, unwinder, mode, true);
-        // Without CFI for this function the walk began at it: frame 0 is this function itself.
+        // Without CFI for `capture` the walk began at it: frame 0 is `capture` itself.
         if from_self && t.len > 0 {
             buf.copy_within(1..t.len, 0);
             t.len -= 1;
         }
         return t;
     }
-    let r = crate::live::current_regs();
     let mut mem = crate::live::LiveMemory::for_sp(r.sp, None);
     match crate::live::start_here(r, &mut mem) {
         Some(start) => walk_live(start, &mut mem, buf, unwinder, mode, false).0,
@@ -1216,16 +1221,32 @@ pub unsafe fn capture_from_ucontext(
     walk_live(start, &mut mem, buf, unwinder, mode, false).0
 }
 
-/// The hot loop of a hybrid [`capture`]'s frame-pointer entry, in a function of its own (in
+/// A hybrid [`capture`]'s frame-pointer entry, from the registers `r` that `capture` read in
+/// its own frame: the walker's hot loop, inlined, with the home module's record map; a full
+/// buffer or the chain's end returns at once, anything else (another module, a function
+/// without a record, a transition) goes on in the general hybrid walker from there. `None`
+/// when the entry cannot start (no home map, the thread's stack unknown, no first record):
+/// the caller then walks from scratch. In a function of its own, returning only the trace (in
 /// `capture`'s body the loop's dozen live values competed with the general path's for
-/// registers, and spilled).
-#[inline(never)]
-fn hybrid_records(
-    r: crate::arch::Regs,
-    buf: &mut [Frame],
-    map: crate::walk::RecordMap<'_>,
-) -> Option<crate::live::RecordRun> {
-    crate::live::records_from_here(r, buf, |ra| map.keeps(ra))
+/// registers and spilled; a returned run was copied around on every capture).
+#[inline(always)]
+fn hybrid_entry(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder) -> Option<Trace> {
+    let map = unwinder.home_map()?;
+    let run = crate::live::records_from_here(r, buf, crate::walk::HomeRecords(map))?;
+    if run.done(buf) {
+        let stop = if run.n == buf.len() {
+            crate::frame::StopReason::BufferFull
+        } else {
+            crate::frame::StopReason::End
+        };
+        return Some(Trace { len: run.n, stop });
+    }
+    if run.n == 0 {
+        return None;
+    }
+    // Made mutable here, on the cold path (as in `crate::capture`).
+    let mut run = run;
+    Some(resume_hybrid(&mut run, buf, unwinder))
 }
 
 /// The rest of a hybrid [`capture`] whose frame-pointer entry stopped at something unusual:

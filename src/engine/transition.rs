@@ -149,8 +149,39 @@ impl PageFilter<'_> {
     /// hot loop for the general step, which decides exactly.
     #[inline(always)]
     pub fn hit(&self, addr: u64) -> bool {
-        self.bytes[filter_bit(addr)].load(Ordering::Relaxed) != 0
+        self.byte(addr) & TRANSITION_PAGE != 0
     }
+
+    /// A filter over `bytes` (tests of the hot loop).
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: &[AtomicU8; FILTER_BITS]) -> PageFilter<'_> {
+        PageFilter { bytes }
+    }
+
+    /// The whole entry of `addr`'s page: [`TRANSITION_PAGE`] as [`PageFilter::hit`] reads
+    /// it, and [`UNRECORDED_PAGE`] (see [`mark_unrecorded_page`]). A zero byte is both
+    /// answers at once, for one load.
+    #[inline(always)]
+    pub(crate) fn byte(&self, addr: u64) -> u8 {
+        self.bytes[filter_bit(addr)].load(Ordering::Relaxed)
+    }
+}
+
+/// A [`PageFilter`] entry's bit: some transition entry may touch the page.
+pub(crate) const TRANSITION_PAGE: u8 = 1;
+
+/// A [`PageFilter`] entry's bit: on some page of this entry, in the module of
+/// [`crate::dwarf::capture`], some code does not keep a frame record, or no CFI says it does
+/// ([`mark_unrecorded_page`]). Never cleared.
+pub(crate) const UNRECORDED_PAGE: u8 = 2;
+
+/// Marks the page holding `addr` in the live table's filter as one where a function may not
+/// keep a frame record (the hybrid frame-pointer entry then asks its record map; where neither
+/// bit is set, one byte load answers for both). Set once per page by the unwinder that finds
+/// the home module, before it is used; publishing transitions keeps it.
+#[cfg(feature = "dwarf")]
+pub(crate) fn mark_unrecorded_page(addr: u64) {
+    TRANSITIONS.filter[filter_bit(addr)].fetch_or(UNRECORDED_PAGE, Ordering::Relaxed);
 }
 
 /// No transitions: the naive walk.
@@ -538,14 +569,14 @@ impl<const N: usize, const W: usize> Buffer<N, W> {
 /// ([`filter_bit`]), and for entry 0 always ([`PageFilter::hit`] is true for address 0).
 fn page_filter<const W: usize>(rows: &[[u64; W]]) -> [u8; FILTER_BITS] {
     let mut filter = [0u8; FILTER_BITS];
-    filter[0] = 1;
+    filter[0] = TRANSITION_PAGE;
     for row in rows {
         let (first, last) = (row[0] >> 12, row[1].saturating_sub(1) >> 12);
         if last.saturating_sub(first) >= FILTER_BITS as u64 {
-            return [1; FILTER_BITS];
+            return [TRANSITION_PAGE; FILTER_BITS];
         }
         for page in first..=last {
-            filter[filter_bit(page << 12)] = 1;
+            filter[filter_bit(page << 12)] = TRANSITION_PAGE;
         }
     }
     filter
@@ -589,7 +620,7 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
     const fn new() -> Self {
         // Entry 0 is always set: see `PageFilter::hit`.
         let mut filter = [Self::ZERO_BYTE; FILTER_BITS];
-        filter[0] = AtomicU8::new(1);
+        filter[0] = AtomicU8::new(TRANSITION_PAGE);
         LeftRightTable {
             active: AtomicUsize::new(0),
             env_lo: AtomicU64::new(0),
@@ -634,9 +665,9 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
         b.fill(rows, env);
         b.gen.store(g.wrapping_add(2), Ordering::Release);
         self.active.store(next, Ordering::SeqCst);
-        // Narrow to the new version.
+        // Narrow to the new version (keeping the other bits: `UNRECORDED_PAGE`).
         for (a, v) in self.filter.iter().zip(filter) {
-            a.store(v, Ordering::SeqCst);
+            a.fetch_and(v | !TRANSITION_PAGE, Ordering::SeqCst);
         }
         self.env_lo.store(env.lo, Ordering::SeqCst);
         self.env_hi.store(env.hi, Ordering::SeqCst);
@@ -1098,6 +1129,28 @@ mod tests {
         assert_eq!(T.find(0x20_0008), None);
         // An address on the pages sharing entry 0 is looked up and not found.
         assert_eq!(T.find(0x100_0000), None);
+    }
+
+    /// A page marked as holding code without frame records (`UNRECORDED_PAGE`) stays marked
+    /// through publishes that add and remove a transition on it, and the transition bit alone
+    /// answers `hit`.
+    #[test]
+    fn unrecorded_marks_survive_publishes() {
+        static T: LeftRightTable<8, 3> = LeftRightTable::new();
+        let f = || PageFilter { bytes: &T.filter };
+        T.filter[filter_bit(0x20_0000)].fetch_or(UNRECORDED_PAGE, Ordering::Relaxed);
+        assert_eq!(f().byte(0x20_0008), UNRECORDED_PAGE);
+        assert!(!f().hit(0x20_0008));
+        T.publish(
+            &[[0x20_0000, 0x20_0010, 1]],
+            Range::new(0x20_0000, 0x20_0010),
+        );
+        assert_eq!(f().byte(0x20_0008), UNRECORDED_PAGE | TRANSITION_PAGE);
+        assert!(f().hit(0x20_0008));
+        T.publish(&[], Range::new(0, 0));
+        assert_eq!(f().byte(0x20_0008), UNRECORDED_PAGE);
+        assert!(!f().hit(0x20_0008) && f().hit(0));
+        assert_eq!(f().byte(0x30_0000), 0);
     }
 
     /// Readers racing a writer that keeps republishing see only complete versions: every row

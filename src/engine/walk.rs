@@ -16,7 +16,7 @@
 use crate::arch::{Arch, Regs};
 use crate::frame::{Frame, StopReason, Trace, Via};
 use crate::memory::{Memory, Range};
-use crate::transition::{Hop, Transitions};
+use crate::transition::{Hop, Transitions, TRANSITION_PAGE, UNRECORDED_PAGE};
 use core::marker::PhantomData;
 
 /// At most this many transitions are crossed in one walk.
@@ -202,6 +202,45 @@ impl<'a> RecordMap<'a> {
             span: span.min(covered),
             bits,
         }
+    }
+
+    /// The 4 KiB pages (as addresses in them, ascending, each once) holding a return address
+    /// the map does not say keeps a record, whose lookup address is inside the map.
+    #[cfg(feature = "dwarf")]
+    pub(crate) fn unrecorded_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        let granules = self.span.div_ceil(1 << Self::SHIFT);
+        let mut last = None;
+        (0..granules)
+            .filter(move |&g| {
+                let w = self.bits.get((g / 64) as usize).copied().unwrap_or(0);
+                w & (1 << (g % 64)) == 0
+            })
+            .flat_map(move |g| {
+                // Lookup addresses `a .. a + 16`: return addresses `a + 1 ..= a + 16`.
+                let a = self.lo.wrapping_add(g << Self::SHIFT);
+                [
+                    a.wrapping_add(1) >> 12,
+                    a.wrapping_add(1 << Self::SHIFT) >> 12,
+                ]
+            })
+            .filter(move |&p| last.replace(p) != Some(p))
+            .map(|p| p << 12)
+    }
+
+    /// The first lookup address the map covers.
+    pub fn lo(&self) -> u64 {
+        self.lo
+    }
+
+    /// How many lookup addresses from [`RecordMap::lo`] the map covers.
+    pub fn span(&self) -> u64 {
+        self.span
+    }
+
+    /// Is return address `ra` inside the map?
+    #[inline(always)]
+    pub fn covers(&self, ra: u64) -> bool {
+        ra.wrapping_sub(1).wrapping_sub(self.lo) < self.span
     }
 
     /// Does the function containing return address `ra` keep a frame record? `false` also when
@@ -995,7 +1034,7 @@ pub(crate) fn follow_records<A: Arch, M: Memory, T: Transitions>(
     fp: u64,
     stack: u16,
     pac_mask: u64,
-    keeps_record: impl FnMut(u64) -> bool,
+    keeps_record: impl RecordTest,
 ) -> (usize, u64, u64) {
     follow_records_inline::<A, M, T>(
         mem,
@@ -1023,24 +1062,32 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
     mut fp: u64,
     stack: u16,
     pac_mask: u64,
-    mut keeps_record: impl FnMut(u64) -> bool,
+    mut keeps_record: impl RecordTest,
 ) -> (usize, u64, u64) {
     let top = seg.hi.saturating_sub(A::RECORD_SIZE);
-    // The table's envelope, once per run (a stale one only delays seeing a new entry): a
-    // return address outside it costs one compare, one inside it the table's own filter.
-    let env = table.envelope();
-    let (env_lo, env_span) = (env.lo, env.hi.saturating_sub(env.lo));
     // Opaque on purpose: the filter of the live table is a static, whose address the compiler
     // would otherwise rematerialise (a GOT load and a dozen register moves) for every return
     // address inside the envelope.
     let filter = core::hint::black_box(table.page_filter());
-    // With a page filter, the filter alone (one byte load, whether or not the return address is
-    // inside the envelope: frames inside it, between a program's own trampolines and libc's,
-    // are the common case; the filter is also always hit at 0, so it tests for the chain's end
-    // too); else a zero test, the envelope compare and the table's own check.
-    let stop_at = |ra: u64| match filter {
-        Some(f) => f.hit(ra),
-        None => ra == 0 || (ra.wrapping_sub(env_lo) < env_span && table.may_match_inside(ra)),
+    // Without one, the table's envelope, once per run (a stale one only delays seeing a new
+    // entry): a return address outside it costs one compare, one inside it the table's own
+    // check.
+    let env = match filter {
+        Some(_) => Range::default(),
+        None => table.envelope(),
+    };
+    let (env_lo, env_span) = (env.lo, env.hi.saturating_sub(env.lo));
+    // The page's filter byte: with a page filter, one byte load, whether or not the return
+    // address is inside the envelope (frames inside it, between a program's own trampolines
+    // and libc's, are the common case; the filter is also always hit at 0, so it tests for
+    // the chain's end too); else a zero test, the envelope compare and the table's own check,
+    // and "ask `keeps_record`".
+    let page = |ra: u64| match filter {
+        Some(f) => f.byte(ra),
+        None if ra == 0 || (ra.wrapping_sub(env_lo) < env_span && table.may_match_inside(ra)) => {
+            TRANSITION_PAGE
+        }
+        None => UNRECORDED_PAGE,
     };
     let floor0 = floor.max(seg.lo);
     floor = floor0;
@@ -1056,7 +1103,12 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
             break;
         };
         let ra = A::strip_ra(ra, pac_mask);
-        if stop_at(ra) || !keeps_record(ra) {
+        let b = page(ra);
+        // A zero byte on a page `keeps_record` covers: no transition, and the function keeps a
+        // record. Else the exact tests.
+        if !(b == 0 && keeps_record.covers(ra))
+            && (b & TRANSITION_PAGE != 0 || !keeps_record.keeps(ra))
+        {
             break;
         }
         Frame::write_raw(slot, ra, meta);
@@ -1065,6 +1117,64 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
         fp = next;
     }
     (k, fp, if k == 0 { floor0 } else { floor })
+}
+
+/// Which records a frame-record run may follow ([`follow_records`]): only those of functions
+/// that keep one, and which return addresses a zero [`PageFilter`](crate::transition::PageFilter)
+/// byte answers for.
+pub(crate) trait RecordTest {
+    /// Does a zero filter byte on `ra`'s page mean [`RecordTest::keeps`] is true for `ra`? A
+    /// cheap test, taken for every return address. The default: never (always ask `keeps`).
+    #[inline(always)]
+    fn covers(&self, _ra: u64) -> bool {
+        false
+    }
+
+    /// Does the function containing return address `ra` keep a frame record (may the walk
+    /// follow the record it saved)?
+    fn keeps(&mut self, ra: u64) -> bool;
+}
+
+/// Every function keeps a frame record: the frame-pointer walk. A zero filter byte answers
+/// everywhere.
+pub(crate) struct AllRecords;
+
+impl RecordTest for AllRecords {
+    #[inline(always)]
+    fn covers(&self, _ra: u64) -> bool {
+        true
+    }
+    #[inline(always)]
+    fn keeps(&mut self, _ra: u64) -> bool {
+        true
+    }
+}
+
+/// A closure answers [`RecordTest::keeps`], and the filter byte covers nothing.
+impl<F: FnMut(u64) -> bool> RecordTest for F {
+    #[inline(always)]
+    fn keeps(&mut self, ra: u64) -> bool {
+        self(ra)
+    }
+}
+
+/// The record map of [`crate::dwarf::capture`]'s own module, whose pages with code that
+/// keeps no record are marked in the live table's filter
+/// ([`crate::transition::mark_unrecorded_page`], by the unwinder that found it): inside the
+/// map a zero byte answers, and elsewhere nothing is followed.
+#[cfg(feature = "dwarf")]
+pub(crate) struct HomeRecords<'a>(pub(crate) RecordMap<'a>);
+
+#[cfg(feature = "dwarf")]
+impl RecordTest for HomeRecords<'_> {
+    #[inline(always)]
+    fn covers(&self, ra: u64) -> bool {
+        self.0.covers(ra)
+    }
+    #[inline(always)]
+    fn keeps(&mut self, ra: u64) -> bool {
+        self.0.keeps(ra)
+    }
 }
 
 /// Stacks the plain-rule loop runs on lie inside `[PLAIN_LO, PLAIN_HI)`: a CFA computed from

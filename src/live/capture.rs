@@ -320,7 +320,7 @@ pub fn capture(buf: &mut [Frame]) -> usize {
     // `sp` is on it, and frame records lead from this function's own record up the stack. The
     // hot loop is the walker's own (`follow_records`); wherever it stops for anything but a
     // full buffer or the chain's end, the general walker goes on from there.
-    if let Some(run) = records_from_here(r, buf, |_| true) {
+    if let Some(run) = records_from_here(r, buf, crate::walk::AllRecords) {
         if run.done(buf) {
             return run.n;
         }
@@ -369,7 +369,7 @@ impl RecordRun {
 pub(crate) fn records_from_here(
     r: Regs,
     buf: &mut [Frame],
-    keeps: impl FnMut(u64) -> bool,
+    keeps: impl crate::walk::RecordTest,
 ) -> Option<RecordRun> {
     let t = THREAD_STACK.with(|c| c.get());
     if !t.contains(r.sp) {

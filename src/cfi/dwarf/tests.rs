@@ -295,11 +295,35 @@ mod hybrid_entry {
                 return black_box(run_at(depth - 1, map));
             }
             let mut buf = [Frame::EMPTY; 64];
-            let run = hybrid_records(crate::live::current_regs(), &mut buf, map)
-                .expect("the thread's stack is known");
+            let run = crate::live::records_from_here(
+                crate::live::current_regs(),
+                &mut buf,
+                crate::walk::HomeRecords(map),
+            )
+            .expect("the thread's stack is known");
             run.n
         }
         assert!(run_at(6, map) >= 7);
+    }
+
+    /// The unwinder that found the home module marked, in the live table's filter, every page
+    /// where a return address's function keeps no record: the entry trusts a clear byte there.
+    #[test]
+    fn home_pages_without_records_are_marked_in_the_live_filter() {
+        use crate::transition::Transitions;
+        let u = crate::modules::unwinder_or_refresh();
+        let map = u.home_map().expect("home map");
+        let f = crate::transition::Live
+            .page_filter()
+            .expect("the live table has a filter");
+        let pages: Vec<u64> = map.unrecorded_pages().collect();
+        // The standard library is in this module, built without frame pointers.
+        assert!(!pages.is_empty());
+        for p in pages {
+            assert_ne!(f.byte(p) & crate::transition::UNRECORDED_PAGE, 0, "{p:#x}");
+        }
+        // The entry starts at `capture`'s own record.
+        assert!(map.keeps(capture as *const () as u64 + 1));
     }
 
     #[test]

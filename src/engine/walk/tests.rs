@@ -649,3 +649,130 @@ fn aarch64_frameless_signal_handler_crosses_through_lr() {
     assert_eq!(pcs(&buf[..t.len])[..3], [0x40_0100, trampoline, 0x40_000c]);
     assert!(buf[..t.len].iter().all(|f| f.stack == 0));
 }
+
+/// A table with no entries whose page filter is `bytes` (the hybrid entry's marks).
+#[cfg(feature = "dwarf")]
+struct FilterOnly(&'static [core::sync::atomic::AtomicU8; 4096]);
+
+#[cfg(feature = "dwarf")]
+impl Transitions for FilterOnly {
+    fn lookup(&self, _: u64) -> Option<Transition> {
+        None
+    }
+    fn envelope(&self) -> Range {
+        Range::new(0, 0)
+    }
+    fn page_filter(&self) -> Option<crate::transition::PageFilter<'_>> {
+        Some(crate::transition::PageFilter::from_bytes(self.0))
+    }
+}
+
+/// The hybrid entry's test, [`HomeRecords`]: inside the home map a zero filter byte alone
+/// lets a record be followed; on a page marked `UNRECORDED_PAGE` the map decides; a
+/// transition page, or a return address outside the map, stops the run.
+#[cfg(feature = "dwarf")]
+#[test]
+fn home_records_trust_a_clear_page_and_ask_the_map_on_a_marked_one() {
+    use crate::transition::{TRANSITION_PAGE, UNRECORDED_PAGE};
+    use core::sync::atomic::{AtomicU8, Ordering};
+    // The home module: lookup addresses 0x40_0000 .. 0x41_0000; one granule (that of return
+    // address `no`) without a record, on page 0x40_3000, which is marked.
+    let (lo, span) = (0x40_0000u64, 0x1_0000u64);
+    let no = 0x40_3011u64;
+    let mut bits = vec![u64::MAX; (span >> (RecordMap::SHIFT + 6)) as usize];
+    let g = ((no - 1 - lo) >> RecordMap::SHIFT) as usize;
+    bits[g / 64] &= !(1 << (g % 64));
+    let map = RecordMap::new(lo, span, &bits);
+    let marked: Vec<u64> = map.unrecorded_pages().collect();
+    assert_eq!(marked, vec![0x40_3000]);
+    // Return addresses of a chain, caller after caller.
+    let run = |filter: &'static [AtomicU8; 4096], ras: &[u64]| -> usize {
+        let mut s = StackBuilder::new(LO, LEN);
+        for (i, &ra) in ras.iter().enumerate() {
+            let fp = LO + 0x100 + i as u64 * 0x20;
+            s.record(fp, fp + 0x20, ra);
+        }
+        let regions = [s.region()];
+        let mut mem = Image::new(&regions);
+        let mut out = vec![Frame::EMPTY; 16];
+        let seg = Range::new(LO, LO + LEN as u64);
+        let (n, _, _) = follow_records::<X86_64, _, _>(
+            &mut mem,
+            &FilterOnly(filter),
+            &mut out,
+            seg,
+            LO,
+            LO + 0x100,
+            0,
+            0,
+            HomeRecords(map),
+        );
+        n
+    };
+    let leak =
+        || -> &'static [AtomicU8; 4096] { Box::leak(Box::new([const { AtomicU8::new(0) }; 4096])) };
+    let f = leak();
+    f[0].store(TRANSITION_PAGE, Ordering::Relaxed);
+    for p in &marked {
+        f[((p >> 12) % 4096) as usize].store(UNRECORDED_PAGE, Ordering::Relaxed);
+    }
+    // Clear pages, then a marked page whose granule keeps a record, then the one that does
+    // not: the run stops there.
+    assert_eq!(run(f, &[0x40_1005, 0x40_2000, 0x40_3005, no, 0x40_4000]), 3);
+    // Outside the map (just past it: lookup address lo + span) the run stops too.
+    assert_eq!(run(f, &[0x40_1005, lo + span + 1, 0x40_4000]), 1);
+    assert_eq!(run(f, &[0x40_1005, lo, 0x40_4000]), 1);
+    // A transition on a clear page stops it.
+    f[0x402].fetch_or(TRANSITION_PAGE, Ordering::Relaxed);
+    assert_eq!(run(f, &[0x40_1005, 0x40_2000, 0x40_4000]), 1);
+    // With nothing marked, a clear byte is trusted inside the map: the mark is what keeps
+    // the entry exact (the unwinder sets it before it can be used).
+    let g = leak();
+    g[0].store(TRANSITION_PAGE, Ordering::Relaxed);
+    assert_eq!(run(g, &[0x40_1005, no, 0x40_4000]), 3);
+    // An ordinary closure never trusts the byte: the map alone decides.
+    let mut s = StackBuilder::new(LO, LEN);
+    for (i, &ra) in [0x40_1005u64, no, 0x40_4000].iter().enumerate() {
+        let fp = LO + 0x100 + i as u64 * 0x20;
+        s.record(fp, fp + 0x20, ra);
+    }
+    let regions = [s.region()];
+    let mut mem = Image::new(&regions);
+    let mut out = vec![Frame::EMPTY; 16];
+    let (n, _, _) = follow_records::<X86_64, _, _>(
+        &mut mem,
+        &FilterOnly(g),
+        &mut out,
+        Range::new(LO, LO + LEN as u64),
+        LO,
+        LO + 0x100,
+        0,
+        0,
+        |ra| map.keeps(ra),
+    );
+    assert_eq!(n, 1);
+}
+
+/// `RecordMap::unrecorded_pages` lists exactly the pages holding a return address inside the
+/// map that the map does not say keeps a record (granules straddling pages included).
+#[cfg(feature = "dwarf")]
+#[test]
+fn unrecorded_pages_are_exactly_the_pages_with_a_return_address_without_a_record() {
+    let lo = 0x7_0fe0u64;
+    let span = 0x3000u64 - 0x7;
+    let mut bits = vec![u64::MAX; 3];
+    // Granules 1 (page 0x7_0000 .. 0x7_1000 boundary: lookups 0x7_0ff0..0x7_1000), 70, 130.
+    for g in [1usize, 70, 130, 190] {
+        bits[g / 64] &= !(1 << (g % 64));
+    }
+    let map = RecordMap::new(lo, span, &bits);
+    let listed: Vec<u64> = map.unrecorded_pages().collect();
+    let mut want = Vec::new();
+    for ra in lo + 1..=lo + span + 1 {
+        if map.covers(ra) && !map.keeps(ra) && want.last() != Some(&(ra & !0xfff)) {
+            want.push(ra & !0xfff);
+        }
+    }
+    assert_eq!(listed, want);
+    assert!(want.contains(&0x7_1000) && want.contains(&0x7_0000));
+}
