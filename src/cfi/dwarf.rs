@@ -1187,6 +1187,17 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
 #[inline(never)]
 fn capture_from(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
     if mode != Mode::FramePointer {
+        if unwinder.home.is_some() {
+            // `capture` keeps a frame record (its CFI says so: see `Unwinder::home`), so its
+            // CFI step is reading that record: the walk starts at the caller, as below, with
+            // no rule to look up.
+            let mut mem = crate::live::LiveMemory::for_sp(r.sp, None);
+            if let Some(start) = crate::live::start_here(r, &mut mem) {
+                if start.regs.pc != 0 && start.regs.sp > r.sp {
+                    return walk_live(start, &mut mem, buf, unwinder, mode, false).0;
+                }
+            }
+        }
         let mut regs = r;
         regs.pc = crate::arch::native::strip_pac_live(regs.pc);
         let mut mem = crate::live::LiveMemory::for_sp(regs.sp, None);
@@ -1370,10 +1381,10 @@ fn walk_with<C: Cfi>(
         }
     }
     let mut w: Walker<Native, _, _> = Walker::with_cfi(crate::transition::Pinned::new(), cfi, mode);
-    if from_start {
-        (w.walk(from, mem, buf), true)
+    if from.pc_is_return_address {
+        (w.walk_from_return(from.regs, mem, buf), from_start)
     } else {
-        (w.walk_from_return(from.regs, mem, buf), false)
+        (w.walk(from, mem, buf), from_start)
     }
 }
 

@@ -481,6 +481,9 @@ fn record(addr: u64, size: u64) {
         STATS_DROPPED_RESET.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    // The block's live-map entry is a cache miss (a random line of 1 MiB): start it now, so
+    // that it arrives while the stack is captured.
+    prefetch(&MAP[map_home(addr)]);
     let mut buf = [Frame::EMPTY; CAPTURE_FRAMES];
     let mode = match MODE.load(Ordering::Relaxed) {
         1 => Mode::Dwarf,
@@ -637,6 +640,26 @@ fn pack(slot: usize, size: u64) -> u64 {
 
 fn unpack(v: u64) -> (usize, u64) {
     ((v >> SIZE_BITS) as usize, v & ((1 << SIZE_BITS) - 1))
+}
+
+/// Asks the CPU to start loading the cache line of `p` (a hint: it changes no result and
+/// cannot fault).
+#[inline(always)]
+fn prefetch<T>(p: &T) {
+    let p = p as *const T;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` only hints the cache: it never faults (and `p` is a valid reference
+    // besides) and changes no architectural state.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: `prfm` only hints the cache: it never faults and changes no register or memory.
+    unsafe {
+        core::arch::asm!("prfm pldl1keep, [{0}]", in(reg) p, options(nostack, preserves_flags, readonly))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = p;
 }
 
 #[inline(always)]
