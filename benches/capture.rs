@@ -305,10 +305,44 @@ fn threads(c: &mut Criterion) {
     g.finish();
 }
 
+/// 1 thread against N threads in interleaved rounds (the order alternating), so that a
+/// machine whose speed drifts between criterion's separate 1-thread and N-thread runs does
+/// not move the ratio: per round, each of N threads' rate against the one thread's; the
+/// median and quartiles of `rounds` rounds, by wall time and by thread CPU time.
+fn paired_threads(rounds: usize, iters: u64) {
+    let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for (what, cpu) in [("wall", false), ("thread CPU", true)] {
+        let mut kept: Vec<f64> = (0..rounds)
+            .map(|r| {
+                let (one, all) = if r % 2 == 0 {
+                    let one = concurrent(1, iters, cpu);
+                    (one, concurrent(n, iters, cpu))
+                } else {
+                    let all = concurrent(n, iters, cpu);
+                    (concurrent(1, iters, cpu), all)
+                };
+                one.as_secs_f64() / all.as_secs_f64().max(1e-12)
+            })
+            .collect();
+        kept.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "threads, depth 32, paired rounds ({what} time): each of {n} keeps {:.0}% of the \
+             one-thread rate (median of {rounds} rounds; quartiles {:.0}% {:.0}%)",
+            100.0 * kept[rounds / 2],
+            100.0 * kept[rounds / 4],
+            100.0 * kept[3 * rounds / 4]
+        );
+    }
+}
+
 criterion_group!(benches, bench, threads);
 
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     summary();
+    // Skipped in `cargo bench -- <filter>` runs that leave out the threads group.
+    if common::median_ns("threads/capture32/1").is_some() {
+        paired_threads(41, 200_000);
+    }
 }
