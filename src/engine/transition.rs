@@ -139,7 +139,7 @@ pub struct PageFilter<'a> {
     bytes: &'a [AtomicU8; FILTER_BITS],
 }
 
-impl PageFilter<'_> {
+impl<'a> PageFilter<'a> {
     /// Could an entry contain `addr`? One byte load (a byte, not a bit: the hot loop's test is
     /// then a shift, a mask and a load).
     ///
@@ -150,6 +150,30 @@ impl PageFilter<'_> {
     #[inline(always)]
     pub fn hit(&self, addr: u64) -> bool {
         self.byte(addr) & TRANSITION_PAGE != 0
+    }
+
+    /// The same filter, its address hidden from the optimiser: a hot loop then keeps it in a
+    /// register (the live table's filter is a static, whose address the compiler would
+    /// otherwise rematerialise, a GOT load and register moves, for every return address). An
+    /// empty `asm!` on the two native architectures, so the address stays in a register and
+    /// the caller still knows the filter is there; elsewhere `black_box`.
+    #[inline(always)]
+    pub(crate) fn opaque(self) -> Self {
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        {
+            let mut p = self.bytes as *const [AtomicU8; FILTER_BITS];
+            // SAFETY: an empty asm block: it reads and writes no memory and leaves `p` as it
+            // was.
+            unsafe {
+                core::arch::asm!("/* {0} */", inout(reg) p, options(pure, nomem, nostack, preserves_flags))
+            };
+            // SAFETY: `p` is `self.bytes`, unchanged: a valid reference for `'a`.
+            PageFilter {
+                bytes: unsafe { &*p },
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        core::hint::black_box(self)
     }
 
     /// A filter over `bytes` (tests of the hot loop).

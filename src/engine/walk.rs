@@ -16,7 +16,7 @@
 use crate::arch::{Arch, Regs};
 use crate::frame::{Frame, StopReason, Trace, Via};
 use crate::memory::{Memory, Range};
-use crate::transition::{Hop, Transitions, TRANSITION_PAGE, UNRECORDED_PAGE};
+use crate::transition::{Hop, PageFilter, Transitions, TRANSITION_PAGE, UNRECORDED_PAGE};
 use core::marker::PhantomData;
 
 /// At most this many transitions are crossed in one walk.
@@ -1065,10 +1065,8 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
     mut keeps_record: impl RecordTest,
 ) -> (usize, u64, u64) {
     let top = seg.hi.saturating_sub(A::RECORD_SIZE);
-    // Opaque on purpose: the filter of the live table is a static, whose address the compiler
-    // would otherwise rematerialise (a GOT load and a dozen register moves) for every return
-    // address inside the envelope.
-    let filter = core::hint::black_box(table.page_filter());
+    // Opaque on purpose (`PageFilter::opaque`): the filter's address stays in a register.
+    let filter = table.page_filter().map(PageFilter::opaque);
     // Without one, the table's envelope, once per run (a stale one only delays seeing a new
     // entry): a return address outside it costs one compare, one inside it the table's own
     // check.
@@ -1215,7 +1213,7 @@ fn follow_cfi<A: Arch, M: Memory, T: Transitions, C: Cfi, const HYBRID: bool>(
     // Opaque, as in `follow_records_inline`: the filter's address stays in a register. One loop
     // per kind of transition check, so that the loop does not test which one it is, and on the
     // first stack (the common case) one whose frames' second word is a constant.
-    match core::hint::black_box(table.page_filter()) {
+    match table.page_filter().map(PageFilter::opaque) {
         Some(f) if meta == META0 => {
             plain_steps::<A, M, C, HYBRID>(cfi, mem, out, top, regs, META0, pac_mask, |ra| {
                 f.hit(ra)
