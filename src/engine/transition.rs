@@ -163,7 +163,8 @@ impl<'a> PageFilter<'a> {
         {
             let mut p = self.bytes as *const [AtomicU8; FILTER_BITS];
             // SAFETY: an empty asm block: it reads and writes no memory and leaves `p` as it
-            // was.
+            // was (the pointer only passes through a register, hence the allowed lint).
+            #[allow(clippy::pointers_in_nomem_asm_block)]
             unsafe {
                 core::arch::asm!("/* {0} */", inout(reg) p, options(pure, nomem, nostack, preserves_flags))
             };
