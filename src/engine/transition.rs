@@ -169,9 +169,8 @@ impl<'a> PageFilter<'a> {
                 core::arch::asm!("/* {0} */", inout(reg) p, options(pure, nomem, nostack, preserves_flags))
             };
             // SAFETY: `p` is `self.bytes`, unchanged: a valid reference for `'a`.
-            PageFilter {
-                bytes: unsafe { &*p },
-            }
+            let bytes = unsafe { &*p };
+            PageFilter { bytes }
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         core::hint::black_box(self)
