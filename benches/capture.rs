@@ -341,8 +341,49 @@ fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     summary();
-    // Skipped in `cargo bench -- <filter>` runs that leave out the threads group.
-    if common::median_ns("threads/capture32/1").is_some() {
-        paired_threads(41, 200_000);
+    paired_depths();
+    paired_threads(41, 200_000);
+}
+
+/// `capture` against the bare loop and framehop against `capture`, in interleaved rounds at
+/// the bottom of the same recursion ([`common::paired_ratio`]).
+fn paired_depths() {
+    let bounds = stack_bounds();
+    println!("\npaired rounds (41 rounds, ratio of time per capture):");
+    for depth in DEPTHS {
+        recurse(depth + 8, &mut || {
+            let mut buf = vec![Frame::EMPTY; depth];
+            let mut raw = vec![0u64; depth];
+            let iters = 40_000 / depth as u64 * 8;
+            let unwind = |buf: &mut [Frame]| assert_eq!(black_box(unwind::capture(buf)), depth);
+            let bare = common::paired_ratio(
+                41,
+                iters,
+                || unwind(&mut buf),
+                || assert_eq!(black_box(naive_walk(bounds, &mut raw)), depth),
+            );
+            #[cfg(target_arch = "x86_64")]
+            let framehop = {
+                let unwinder = framehop::x86_64::UnwinderX86_64::new();
+                let mut cache = framehop::x86_64::CacheX86_64::new();
+                let mut out = vec![0u64; depth];
+                common::paired_ratio(
+                    41,
+                    iters / 4,
+                    || {
+                        let n = framehop_walk(bounds, &unwinder, &mut cache, &mut out);
+                        assert_eq!(black_box(n), depth)
+                    },
+                    || unwind(&mut buf),
+                )
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let framehop = (f64::NAN, f64::NAN, f64::NAN);
+            println!(
+                "depth {depth:>3}: unwind/naive {}; framehop/unwind {}",
+                common::fmt_ratio(bare),
+                common::fmt_ratio(framehop)
+            );
+        });
     }
 }

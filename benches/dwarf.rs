@@ -244,4 +244,52 @@ fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     summary();
+    paired_depths();
+}
+
+/// Hybrid against FP and framehop's CFI path against Dwarf, in interleaved rounds at the
+/// bottom of the same recursion ([`common::paired_ratio`]).
+fn paired_depths() {
+    let bounds = stack_bounds();
+    let (u, _) = unwind::modules::refresh();
+    println!("\npaired rounds (41 rounds, ratio of time per capture):");
+    for depth in DEPTHS {
+        recurse(depth + 8, &mut || {
+            let mut buf = vec![Frame::EMPTY; depth];
+            let iters = 40_000 / depth as u64 * 8;
+            let cfi = |buf: &mut [Frame], mode: Mode| {
+                let t = unwind::dwarf::capture(buf, u, mode);
+                assert_eq!(black_box(t.len), depth, "{mode:?}: {:?}", t.stop);
+            };
+            let mut fp_buf = vec![Frame::EMPTY; depth];
+            let hybrid = common::paired_ratio(
+                41,
+                iters,
+                || cfi(&mut buf, Mode::Hybrid),
+                || assert_eq!(black_box(unwind::capture(&mut fp_buf)), depth),
+            );
+            #[cfg(target_arch = "x86_64")]
+            let framehop = {
+                let unwinder = framehop_with_exe();
+                let mut cache = framehop::x86_64::CacheX86_64::new();
+                let mut out = vec![0u64; depth];
+                common::paired_ratio(
+                    41,
+                    iters / 4,
+                    || {
+                        let n = framehop_walk(bounds, &unwinder, &mut cache, &mut out);
+                        assert_eq!(black_box(n), depth)
+                    },
+                    || cfi(&mut buf, Mode::Dwarf),
+                )
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let framehop = (f64::NAN, f64::NAN, f64::NAN);
+            println!(
+                "depth {depth:>3}: hybrid/fp {}; framehop/dwarf {}",
+                common::fmt_ratio(hybrid),
+                common::fmt_ratio(framehop)
+            );
+        });
+    }
 }

@@ -18,3 +18,44 @@ pub fn median_ns(id: &str) -> Option<f64> {
     let end = rest[at..].find([',', '}'])?;
     rest[at..at + end].trim().parse().ok()
 }
+
+/// Interleaved rounds of `a` and `b` at the same place (the order alternating; each side runs
+/// `iters` calls per round): the median, first and third quartile of the per-round ratio
+/// time(a) / time(b). Criterion times each function for seconds apart, and on a shared
+/// machine whose speed drifts between them a ratio of its medians can be off by tens of
+/// percent; rounds a few milliseconds long see the same machine.
+#[allow(dead_code)]
+pub fn paired_ratio(
+    rounds: usize,
+    iters: u64,
+    mut a: impl FnMut(),
+    mut b: impl FnMut(),
+) -> (f64, f64, f64) {
+    let time = |f: &mut dyn FnMut()| {
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let mut r: Vec<f64> = (0..rounds)
+        .map(|i| {
+            let (ta, tb) = if i % 2 == 0 {
+                let ta = time(&mut a);
+                (ta, time(&mut b))
+            } else {
+                let tb = time(&mut b);
+                (time(&mut a), tb)
+            };
+            ta / tb.max(1e-12)
+        })
+        .collect();
+    r.sort_by(|x, y| x.total_cmp(y));
+    (r[rounds / 2], r[rounds / 4], r[3 * rounds / 4])
+}
+
+/// `paired_ratio`'s result as "1.23x (quartiles 1.20x 1.27x)".
+#[allow(dead_code)]
+pub fn fmt_ratio((m, q1, q3): (f64, f64, f64)) -> String {
+    format!("{m:.2}x (quartiles {q1:.2}x {q3:.2}x)")
+}

@@ -804,9 +804,12 @@ pub struct Unwinder {
     /// never reused (an address would be: a dropped unwinder's successor can live at the same
     /// place, and a cache would then answer with the old rules).
     generation: u64,
-    /// The module of [`capture`] itself, with its record map's `(lo, span)`, when that table
-    /// says `capture` keeps a frame record: its hybrid frame-pointer entry starts there.
-    home: Option<(usize, u64, u64)>,
+    /// The record map's `(lo, span)` of [`capture`]'s own module (the span cut to
+    /// `home_bits`), when that module's table says `capture` keeps a frame record: the hybrid
+    /// frame-pointer entry starts there.
+    home: Option<(u64, u64)>,
+    /// That module's record bitmap (a copy).
+    home_bits: Vec<u64>,
     /// The `(lo, span)` of the last home map whose pages without records were marked in the
     /// live table's page filter ([`crate::transition::mark_unrecorded_page`]).
     home_marked: Option<(u64, u64)>,
@@ -835,7 +838,7 @@ impl Unwinder {
         // clears whole functions; a granule shared with a function without a record reads
         // "no", which only skips the entry).
         let here = capture as *const () as u64;
-        self.home = self
+        let home = self
             .ranges
             .iter()
             .position(|&(lo, hi)| lo <= here && here < hi)
@@ -844,8 +847,15 @@ impl Unwinder {
                 let r = m.range();
                 let span = r.hi.wrapping_sub(r.lo);
                 let map = crate::walk::RecordMap::new(r.lo, span, &m.record_pages);
-                map.keeps(here.wrapping_add(1)).then_some((i, r.lo, span))
+                map.keeps(here.wrapping_add(1))
+                    .then(|| (map.lo(), map.span(), m.record_pages.clone()))
             });
+        // Its own copy of the bitmap, and the span already cut to it: the entry then builds
+        // the map from three fields.
+        (self.home, self.home_bits) = match home {
+            Some((lo, span, bits)) => (Some((lo, span)), bits),
+            None => (None, Vec::new()),
+        };
         // The entry's hot loop reads "every function on this page keeps a record" from the
         // live table's page filter: mark the other pages (before this unwinder can be used).
         if let Some(map) = self.home_map() {
@@ -887,9 +897,10 @@ impl Unwinder {
     /// entry of a hybrid capture.
     #[inline(always)]
     fn home_map(&self) -> Option<crate::walk::RecordMap<'_>> {
-        let (i, lo, span) = self.home?;
-        let m = self.modules.get(i)?;
-        Some(crate::walk::RecordMap::new(lo, span, &m.record_pages))
+        let (lo, span) = self.home?;
+        // SAFETY: `add` sets `home` and `home_bits` together, the span as `RecordMap::new` cut
+        // it to these bits, and nothing else writes them.
+        Some(unsafe { crate::walk::RecordMap::new_unchecked(lo, span, &self.home_bits) })
     }
 
     /// Unwinds one frame by CFI (see [`Cfi::step`]).

@@ -227,6 +227,17 @@ impl<'a> RecordMap<'a> {
             .map(|p| p << 12)
     }
 
+    /// A map of `span` lookup addresses from `lo`, the span already within what `bits` covers
+    /// (as [`RecordMap::new`] cuts it: then [`RecordMap::span`]).
+    ///
+    /// # Safety
+    /// `span <= bits.len() * 64 << SHIFT` (mathematically: no overflow).
+    #[inline(always)]
+    pub(crate) unsafe fn new_unchecked(lo: u64, span: u64, bits: &'a [u64]) -> Self {
+        debug_assert_eq!(RecordMap::new(lo, span, bits).span, span);
+        RecordMap { lo, span, bits }
+    }
+
     /// The first lookup address the map covers.
     pub fn lo(&self) -> u64 {
         self.lo
