@@ -1190,6 +1190,8 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
         if let Some(t) = hybrid_entry(r, buf, unwinder) {
             return t;
         }
+        // The mode spelled out: `mode` then need not stay live across the entry (it spilled).
+        return capture_from(r, buf, unwinder, Mode::Hybrid);
     }
     capture_from(r, buf, unwinder, mode)
 }
