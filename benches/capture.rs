@@ -353,25 +353,28 @@ fn paired_depths() {
     for depth in DEPTHS {
         recurse(depth + 8, &mut || {
             let mut buf = vec![Frame::EMPTY; depth];
-            let mut raw = vec![0u64; depth];
+            // The other walkers' output at the same offset in its page as `buf`.
+            let (mut words, at) = common::words_like(buf.as_ptr(), depth);
+            let raw = &mut words[at..at + depth];
             let iters = 40_000 / depth as u64 * 8;
             let unwind = |buf: &mut [Frame]| assert_eq!(black_box(unwind::capture(buf)), depth);
             let bare = common::paired_ratio(
                 41,
                 iters,
                 || unwind(&mut buf),
-                || assert_eq!(black_box(naive_walk(bounds, &mut raw)), depth),
+                || assert_eq!(black_box(naive_walk(bounds, raw)), depth),
             );
             #[cfg(target_arch = "x86_64")]
             let framehop = {
                 let unwinder = framehop::x86_64::UnwinderX86_64::new();
                 let mut cache = framehop::x86_64::CacheX86_64::new();
-                let mut out = vec![0u64; depth];
+                let (mut words, at) = common::words_like(buf.as_ptr(), depth);
+                let out = &mut words[at..at + depth];
                 common::paired_ratio(
                     41,
                     iters / 4,
                     || {
-                        let n = framehop_walk(bounds, &unwinder, &mut cache, &mut out);
+                        let n = framehop_walk(bounds, &unwinder, &mut cache, out);
                         assert_eq!(black_box(n), depth)
                     },
                     || unwind(&mut buf),

@@ -255,29 +255,34 @@ fn paired_depths() {
     println!("\npaired rounds (41 rounds, ratio of time per capture):");
     for depth in DEPTHS {
         recurse(depth + 8, &mut || {
-            let mut buf = vec![Frame::EMPTY; depth];
+            let buf = vec![Frame::EMPTY; depth];
             let iters = 40_000 / depth as u64 * 8;
             let cfi = |buf: &mut [Frame], mode: Mode| {
                 let t = unwind::dwarf::capture(buf, u, mode);
                 assert_eq!(black_box(t.len), depth, "{mode:?}: {:?}", t.stop);
             };
-            let mut fp_buf = vec![Frame::EMPTY; depth];
+            // One buffer for both sides: where it lies against the stack decides stalls
+            // (a store to it and a load of a frame record 4 KiB apart look dependent), and
+            // that must not differ between the two.
+            let buf = std::cell::RefCell::new(buf);
             let hybrid = common::paired_ratio(
                 41,
                 iters,
-                || cfi(&mut buf, Mode::Hybrid),
-                || assert_eq!(black_box(unwind::capture(&mut fp_buf)), depth),
+                || cfi(&mut buf.borrow_mut(), Mode::Hybrid),
+                || assert_eq!(black_box(unwind::capture(&mut buf.borrow_mut())), depth),
             );
+            let mut buf = buf.into_inner();
             #[cfg(target_arch = "x86_64")]
             let framehop = {
                 let unwinder = framehop_with_exe();
                 let mut cache = framehop::x86_64::CacheX86_64::new();
-                let mut out = vec![0u64; depth];
+                let (mut words, at) = common::words_like(buf.as_ptr(), depth);
+                let out = &mut words[at..at + depth];
                 common::paired_ratio(
                     41,
                     iters / 4,
                     || {
-                        let n = framehop_walk(bounds, &unwinder, &mut cache, &mut out);
+                        let n = framehop_walk(bounds, &unwinder, &mut cache, out);
                         assert_eq!(black_box(n), depth)
                     },
                     || cfi(&mut buf, Mode::Dwarf),

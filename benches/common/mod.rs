@@ -59,3 +59,16 @@ pub fn paired_ratio(
 pub fn fmt_ratio((m, q1, q3): (f64, f64, f64)) -> String {
     format!("{m:.2}x (quartiles {q1:.2}x {q3:.2}x)")
 }
+
+/// A `len`-word buffer whose address has the same offset in its 4 KiB page as `like`: a bench
+/// comparing two walkers gives each its output at the same place against the stack (a store to
+/// the output and a load of a frame record 4 KiB apart look dependent to the CPU, and stall it;
+/// two buffers at different offsets made one side pay that and not the other). Returns the
+/// storage and the index where the buffer starts.
+#[allow(dead_code)]
+pub fn words_like<T>(like: *const T, len: usize) -> (Vec<u64>, usize) {
+    let v = vec![0u64; len + 512];
+    let want = like as usize % 4096;
+    let have = v.as_ptr() as usize % 4096;
+    (v, (want + 4096 - have) % 4096 / 8)
+}
