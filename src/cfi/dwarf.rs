@@ -1176,7 +1176,9 @@ impl Cfi for Unwinder {
 ///
 /// In [`Mode::Dwarf`] and [`Mode::Hybrid`] the walk starts from this function's exact
 /// registers and steps out of it by its CFI, so it needs no frame record anywhere (a program
-/// built without frame pointers); the first frame is still the caller's return address.
+/// built without frame pointers); the first frame is still the caller's return address. When
+/// its CFI says it keeps a frame record, that record is the step (no rule lookup), and
+/// Hybrid's common case runs the frame-record loop from there first (see `hybrid_entry`).
 #[inline(never)]
 pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
     // This function's own registers, read here: every path below starts from its frame (its

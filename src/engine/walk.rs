@@ -1031,8 +1031,9 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
 
 /// Follows ordinary frame records on one stack into `out`. A record is ordinary when its
 /// address is aligned, at least `floor` (above the previous record and the stack pointer), with
-/// the whole record inside `seg`, and its return address is non-zero and cannot be a transition
-/// (`table.may_match` says no).
+/// the whole record inside `seg`, its return address is non-zero and cannot be a transition
+/// (the table's page filter, or `table.may_match`, says no), and `keeps_record` says the
+/// function returned into keeps a record ([`RecordTest`]).
 /// Returns how many frames were written, the next frame pointer and the next floor.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]

@@ -362,7 +362,7 @@ impl RecordRun {
 /// The frame-pointer entry of a live capture: from the frame record of the function that read
 /// `r` ([`current_regs`], inlined into a public capture function that keeps a frame record),
 /// follows ordinary records on the thread's own stack with the walker's hot loop, inlined
-/// (`keeps(ra)`: may the record of the function returned into be followed). `None` when the
+/// (`keeps`: which functions' records may be followed, [`crate::walk::RecordTest`]). `None` when the
 /// thread's stack is not known yet or `sp` is not on it (the general walker finds its stacks).
 /// Async-signal-safe: no allocation, no lock, no system call.
 #[inline(always)]
