@@ -1201,6 +1201,11 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
 /// [`capture`]'s general path, from the registers `r` that `capture` read in its own frame.
 #[inline(never)]
 fn capture_from(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
+    if mode == Mode::Dwarf {
+        if let Some(t) = dwarf_entry(r, buf, unwinder) {
+            return t;
+        }
+    }
     if mode != Mode::FramePointer {
         if unwinder.home.is_some() {
             // `capture` keeps a frame record (its CFI says so: see `Unwinder::home`), so its
@@ -1273,6 +1278,61 @@ fn hybrid_entry(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder) ->
     // Made mutable here, on the cold path (as in `crate::capture`).
     let mut run = run;
     Some(resume_hybrid(&mut run, buf, unwinder))
+}
+
+/// How many captures the Dwarf entry ran (tests: that it is taken).
+#[cfg(test)]
+static DWARF_ENTRIES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// A Dwarf [`capture`]'s common case, from the registers `r` that `capture` read in its own
+/// frame: `capture` keeps a frame record (its CFI says so: the unwinder's home), the thread's
+/// stack is known and holds it, the thread's rule cache is free. Then the caller's frame comes
+/// from that record, and the plain-rule loop runs from there at once, without the general
+/// walker's set-up; the general walker goes on where it stops. Exactly the walk
+/// [`Walker::walk_from_return`] makes from the same record. `None` (nothing to keep) when the
+/// entry cannot start.
+#[inline(always)]
+fn dwarf_entry(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder) -> Option<Trace> {
+    use crate::arch::Arch;
+    type Native = crate::arch::native::Native;
+    unwinder.home?;
+    let mut mem = crate::live::own_stack(r.sp)?;
+    let seg = mem.stack_range(r.sp)?;
+    // `capture`'s record, inside the stack, with the caller's sp (just above it) still inside:
+    // the general walk's `stack_of` then finds this same stack.
+    let fp = r.fp;
+    if !fp.is_multiple_of(Native::FP_ALIGN) || fp < r.sp || fp >= seg.hi.saturating_sub(16) {
+        return None;
+    }
+    let (saved_fp, ra) = mem.read_pair(fp)?;
+    let mut regs =
+        crate::arch::Regs::new(crate::arch::native::strip_pac_live(ra), fp + 16, saved_fp);
+    if regs.pc == 0 {
+        return None;
+    }
+    let mut cache = thread_cache()?;
+    let (first, rest) = buf.split_first_mut()?;
+    // As `walk_from_return` writes the first frame of a return address.
+    Frame::write_raw(
+        first,
+        regs.pc,
+        Frame::meta(0, crate::frame::Via::FramePointer, 0, 0),
+    );
+    #[cfg(test)]
+    DWARF_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let mut cfi = Stepper::new(unwinder, &mut cache);
+    let table = crate::transition::Pinned::new();
+    let n = 1 + crate::walk::follow_cfi_run::<Native, _, _, _>(
+        &mut cfi, &mut mem, &table, rest, seg, &mut regs,
+    );
+    if n == buf.len() {
+        return Some(Trace {
+            len: n,
+            stop: crate::frame::StopReason::BufferFull,
+        });
+    }
+    let mut w: Walker<Native, _, _> = Walker::with_cfi(table, cfi, Mode::Dwarf);
+    Some(w.resume_after_cfi(regs, seg, n, &mut mem, buf))
 }
 
 /// The rest of a hybrid [`capture`] whose frame-pointer entry stopped at something unusual:

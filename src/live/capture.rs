@@ -392,6 +392,18 @@ pub(crate) fn records_from_here(
     Some(RecordRun { mem, n, fp, floor })
 }
 
+/// The memory of the thread's own stack alone, when it is known and holds `sp` (the live
+/// entries' common case; else `None`, and the general walker finds the stacks).
+/// Async-signal-safe.
+#[cfg(feature = "dwarf")]
+#[inline(always)]
+pub(crate) fn own_stack(sp: u64) -> Option<LiveMemory> {
+    let t = THREAD_STACK.with(|c| c.get());
+    t.contains(sp).then_some(LiveMemory {
+        stacks: [t, Range::default(), Range::default(), Range::default()],
+    })
+}
+
 /// The rest of a [`capture`] whose hot loop stopped at something unusual (a transition, a
 /// record off the stack): the general walker goes on from there, with the same memory.
 #[inline(never)]

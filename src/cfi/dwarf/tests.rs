@@ -235,32 +235,42 @@ mod hybrid_entry {
     /// this function's own registers (stepping out of it by CFI first, as `capture` does
     /// without the entry). The first starts one frame earlier (the return address into this
     /// function), so with one slot more the second must equal the first from its frame 1.
+    /// In [`Mode::Dwarf`] the same, through the Dwarf entry (`dwarf_entry`).
     #[inline(never)]
-    fn both(len: usize) -> Pair {
+    fn both_in(mode: Mode, len: usize) -> Pair {
         let u = crate::modules::unwinder_or_refresh();
         let mut a = vec![Frame::EMPTY; len + 1];
-        let ta = capture(&mut a, u, Mode::Hybrid);
+        let ta = capture(&mut a, u, mode);
         a.truncate(ta.len);
         let mut b = vec![Frame::EMPTY; len];
         let regs = crate::live::current_regs();
         let mut mem = crate::live::LiveMemory::for_sp(regs.sp, None);
-        let (tb, _) = walk_live(Start::exact(regs), &mut mem, &mut b, u, Mode::Hybrid, true);
+        let (tb, _) = walk_live(Start::exact(regs), &mut mem, &mut b, u, mode, true);
         b.truncate(tb.len);
         black_box(((a, ta), (b, tb)))
     }
 
     #[inline(never)]
-    fn at_depth(depth: usize, len: usize) -> Pair {
+    fn at_depth_in(mode: Mode, depth: usize, len: usize) -> Pair {
         if depth == 0 {
-            both(len)
+            both_in(mode, len)
         } else {
-            black_box(at_depth(depth - 1, len))
+            black_box(at_depth_in(mode, depth - 1, len))
         }
+    }
+
+    fn at_depth(depth: usize, len: usize) -> Pair {
+        at_depth_in(Mode::Hybrid, depth, len)
     }
 
     /// With a corrupt link in the record of `both`'s caller.
     #[inline(never)]
     fn with_corrupt_link(bad: u64) -> Pair {
+        with_corrupt_link_in(Mode::Hybrid, bad)
+    }
+
+    #[inline(never)]
+    fn with_corrupt_link_in(mode: Mode, bad: u64) -> Pair {
         let fp = crate::live::current_regs().fp;
         let slot = fp as *mut u64;
         // SAFETY: `fp` is this function's own frame record (the crate's tests are built with
@@ -269,10 +279,21 @@ mod hybrid_entry {
         let saved = unsafe { core::ptr::read_volatile(slot) };
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(slot, bad) };
-        let r = both(64);
+        let r = both_in(mode, 64);
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(slot, saved) };
         black_box(r)
+    }
+
+    /// As `assert_same`, for Dwarf walks: the second's frame 0 is the first frame of a walk,
+    /// which a walk from a return address tags `FramePointer`; the same frame is found by a CFI
+    /// step in the first, one frame deeper.
+    fn assert_same_dwarf(((a, ta), (b, tb)): &Pair, what: &str) {
+        assert!(!a.is_empty() && !b.is_empty(), "{what}");
+        let mut b = b.clone();
+        b[0].via = a.get(1).map_or(b[0].via, |f| f.via);
+        assert_eq!(&a[1..], &b[..], "{what}");
+        assert_eq!(ta.stop, tb.stop, "{what}");
     }
 
     fn assert_same(((a, ta), (b, tb)): &Pair, what: &str) {
@@ -362,6 +383,54 @@ mod hybrid_entry {
         let here = crate::live::current_regs().sp;
         for bad in [0xdead_beef_0000_1230u64, 0x1, u64::MAX - 15, here - 4096, 0] {
             assert_same(&with_corrupt_link(bad), &format!("corrupt link {bad:#x}"));
+        }
+    }
+
+    /// The Dwarf entry (`capture`'s record, then the plain-rule loop at once) gives the
+    /// general Dwarf walk's frames and stop reason: the chain's end, full buffers, a buffer of
+    /// one, the system stack, corrupt links.
+    #[test]
+    fn dwarf_entry_matches_the_general_dwarf_walk() {
+        crate::live::init_thread();
+        let entries = || super::super::DWARF_ENTRIES.load(std::sync::atomic::Ordering::Relaxed);
+        let before = entries();
+        let _ = at_depth_in(Mode::Dwarf, 3, 64);
+        assert!(entries() > before, "the Dwarf entry was not taken");
+        for (depth, len) in [
+            (0, 1024),
+            (40, 1024),
+            (40, 16),
+            (3, 1),
+            (200, 1024),
+            (200, 100),
+        ] {
+            let p = at_depth_in(Mode::Dwarf, depth, len);
+            assert_same_dwarf(&p, &format!("dwarf, depth {depth}, buffer {len}"));
+            let (a, ta) = &p.0;
+            assert!(a[1..].iter().all(
+                |f| f.via == crate::frame::Via::Dwarf || f.via == crate::frame::Via::Transition
+            ));
+            if len == 1024 {
+                assert!(a.len() > depth + 2, "{depth}: {}", a.len());
+                assert_eq!(ta.stop, StopReason::End, "{a:?}");
+            } else {
+                assert_eq!(a.len(), len + 1);
+                assert_eq!(ta.stop, StopReason::BufferFull);
+            }
+        }
+        let p = crate::system_stack::run(|| at_depth_in(Mode::Dwarf, 5, 1024));
+        assert_same_dwarf(&p, "dwarf, system stack");
+        assert!(
+            p.0 .0.iter().any(|f| f.stack == 1),
+            "not crossed: {:?}",
+            p.0 .0
+        );
+        let here = crate::live::current_regs().sp;
+        for bad in [0xdead_beef_0000_1230u64, 0x1, u64::MAX - 15, here - 4096, 0] {
+            assert_same_dwarf(
+                &with_corrupt_link_in(Mode::Dwarf, bad),
+                &format!("dwarf, corrupt link {bad:#x}"),
+            );
         }
     }
 }
