@@ -1151,10 +1151,12 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
         let b = page(ra);
         // A zero byte on a page `keeps_record` covers: no transition, and the function keeps a
         // record. Else the exact tests.
-        if !(b == 0 && keeps_record.covers(ra))
-            && (b & TRANSITION_PAGE != 0 || !keeps_record.keeps(ra))
-        {
-            break;
+        if !(b == 0 && keeps_record.covers(ra)) {
+            // Rare: lay the common case out straight (no taken branch in it).
+            cold();
+            if b & TRANSITION_PAGE != 0 || !keeps_record.keeps(ra) {
+                break;
+            }
         }
         Frame::write_raw(slot, ra, meta);
         k += 1;
@@ -1163,6 +1165,12 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
     }
     (k, fp, if k == 0 { floor0 } else { floor })
 }
+
+/// Marks the path that calls it as rare (an empty `#[cold]` function: the branch leading to it
+/// is laid out of the way; `core::hint::cold_path` is newer than this crate's minimum Rust).
+#[cold]
+#[inline]
+fn cold() {}
 
 /// Which records a frame-record run may follow ([`follow_records`]): only those of functions
 /// that keep one, and which return addresses a zero [`PageFilter`](crate::transition::PageFilter)
