@@ -838,6 +838,11 @@ impl Unwinder {
         // clears whole functions; a granule shared with a function without a record reads
         // "no", which only skips the entry).
         let here = capture as *const () as u64;
+        // Only a module holding `capture` can change which one is first to hold it (a refresh
+        // adds every loaded module: one copy of the bitmap, not one per module).
+        if !(r.lo <= here && here < r.hi) {
+            return;
+        }
         let home = self
             .ranges
             .iter()

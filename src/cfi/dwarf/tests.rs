@@ -347,6 +347,29 @@ mod hybrid_entry {
         assert!(map.keeps(capture as *const () as u64 + 1));
     }
 
+    /// Adding a module that does not hold `capture` keeps the home as it was (the unwinder
+    /// skips the search and the bitmap's copy then); the home is the same whatever the order.
+    #[test]
+    fn home_is_found_whatever_the_order_of_modules() {
+        let live = crate::modules::unwinder_or_refresh();
+        let home = live.home.expect("home");
+        let mut u = live.clone();
+        let eh = eh_frame(false, CIE, &[(0x100, 0x40, FP)]);
+        let s = Sections {
+            eh_frame: Some((&eh, 0x9000)),
+            ..Sections::default()
+        };
+        u.add(PreparedCfi::parse(ArchKind::X86_64, &s, 0, "elsewhere").unwrap());
+        assert_eq!(u.home, Some(home));
+        assert_eq!(u.home_bits, live.home_bits);
+        let mut reversed = Unwinder::new();
+        for m in live.modules().iter().rev() {
+            reversed.add(m.clone());
+        }
+        assert_eq!(reversed.home, Some(home));
+        assert_eq!(reversed.home_bits, live.home_bits);
+    }
+
     #[test]
     fn entry_matches_the_general_hybrid_walk() {
         crate::live::init_thread();
