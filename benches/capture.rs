@@ -368,15 +368,11 @@ fn paired_depths() {
             let framehop = {
                 let unwinder = framehop::x86_64::UnwinderX86_64::new();
                 let mut cache = framehop::x86_64::CacheX86_64::new();
-                let (mut words, at) = common::words_like(buf.as_ptr(), depth);
-                let out = &mut words[at..at + depth];
-                common::paired_ratio(
-                    41,
+                common::paired_words(
+                    buf.as_ptr(),
+                    depth,
                     iters / 4,
-                    || {
-                        let n = framehop_walk(bounds, &unwinder, &mut cache, out);
-                        assert_eq!(black_box(n), depth)
-                    },
+                    |out| framehop_walk(bounds, &unwinder, &mut cache, out),
                     || unwind(&mut buf),
                 )
             };

@@ -72,3 +72,24 @@ pub fn words_like<T>(like: *const T, len: usize) -> (Vec<u64>, usize) {
     let have = v.as_ptr() as usize % 4096;
     (v, (want + 4096 - have) % 4096 / 8)
 }
+
+/// [`paired_ratio`] of a walker that writes words (`walk`, into a `depth`-word buffer at the
+/// same offset in its page as `like`: see [`words_like`]; it must walk `depth` frames) against
+/// `other`: time(walk) / time(other).
+#[allow(dead_code)]
+pub fn paired_words<T>(
+    like: *const T,
+    depth: usize,
+    iters: u64,
+    mut walk: impl FnMut(&mut [u64]) -> usize,
+    other: impl FnMut(),
+) -> (f64, f64, f64) {
+    let (mut words, at) = words_like(like, depth);
+    let out = &mut words[at..at + depth];
+    paired_ratio(
+        41,
+        iters,
+        || assert_eq!(std::hint::black_box(walk(out)), depth),
+        other,
+    )
+}
