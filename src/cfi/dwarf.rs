@@ -810,9 +810,6 @@ pub struct Unwinder {
     home: Option<(u64, u64)>,
     /// That module's record bitmap (a copy).
     home_bits: Vec<u64>,
-    /// The `(lo, span)` of the last home map whose pages without records were marked in the
-    /// live table's page filter ([`crate::transition::mark_unrecorded_page`]).
-    home_marked: Option<(u64, u64)>,
 }
 
 /// Source of [`Unwinder`] generations (0: an empty unwinder, which caches nothing).
@@ -862,13 +859,11 @@ impl Unwinder {
             None => (None, Vec::new()),
         };
         // The entry's hot loop reads "every function on this page keeps a record" from the
-        // live table's page filter: mark the other pages (before this unwinder can be used).
+        // live table's page filter: mark the other pages (before this unwinder can be used;
+        // marks are never cleared, so marking again is harmless).
         if let Some(map) = self.home_map() {
-            if Some((map.lo(), map.span())) != self.home_marked {
-                map.unrecorded_pages()
-                    .for_each(crate::transition::mark_unrecorded_page);
-                self.home_marked = Some((map.lo(), map.span()));
-            }
+            map.unrecorded_pages()
+                .for_each(crate::transition::mark_unrecorded_page);
         }
     }
 
@@ -1206,11 +1201,6 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
 /// [`capture`]'s general path, from the registers `r` that `capture` read in its own frame.
 #[inline(never)]
 fn capture_from(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
-    if mode == Mode::Dwarf {
-        if let Some(t) = dwarf_entry(r, buf, unwinder) {
-            return t;
-        }
-    }
     if mode != Mode::FramePointer {
         if unwinder.home.is_some() {
             // `capture` keeps a frame record (its CFI says so: see `Unwinder::home`), so its
@@ -1219,6 +1209,8 @@ fn capture_from(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder, mo
             let mut mem = crate::live::LiveMemory::for_sp(r.sp, None);
             if let Some(start) = crate::live::start_here(r, &mut mem) {
                 if start.regs.pc != 0 && start.regs.sp > r.sp {
+                    #[cfg(test)]
+                    DWARF_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
                     return walk_live(start, &mut mem, buf, unwinder, mode, false).0;
                 }
             }
@@ -1285,60 +1277,10 @@ fn hybrid_entry(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder) ->
     Some(resume_hybrid(&mut run, buf, unwinder))
 }
 
-/// How many captures the Dwarf entry ran (tests: that it is taken).
+/// How many captures stepped out of `capture` by its own frame record (tests: that this
+/// path is taken).
 #[cfg(test)]
 static DWARF_ENTRIES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-
-/// A Dwarf [`capture`]'s common case, from the registers `r` that `capture` read in its own
-/// frame: `capture` keeps a frame record (its CFI says so: the unwinder's home), the thread's
-/// stack is known and holds it, the thread's rule cache is free. Then the caller's frame comes
-/// from that record, and the plain-rule loop runs from there at once, without the general
-/// walker's set-up; the general walker goes on where it stops. Exactly the walk
-/// [`Walker::walk_from_return`] makes from the same record. `None` (nothing to keep) when the
-/// entry cannot start.
-#[inline(always)]
-fn dwarf_entry(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder) -> Option<Trace> {
-    use crate::arch::Arch;
-    type Native = crate::arch::native::Native;
-    unwinder.home?;
-    let mut mem = crate::live::own_stack(r.sp)?;
-    let seg = mem.stack_range(r.sp)?;
-    // `capture`'s record, inside the stack, with the caller's sp (just above it) still inside:
-    // the general walk's `stack_of` then finds this same stack.
-    let fp = r.fp;
-    if !fp.is_multiple_of(Native::FP_ALIGN) || fp < r.sp || fp >= seg.hi.saturating_sub(16) {
-        return None;
-    }
-    let (saved_fp, ra) = mem.read_pair(fp)?;
-    let mut regs =
-        crate::arch::Regs::new(crate::arch::native::strip_pac_live(ra), fp + 16, saved_fp);
-    if regs.pc == 0 {
-        return None;
-    }
-    let mut cache = thread_cache()?;
-    let (first, rest) = buf.split_first_mut()?;
-    // As `walk_from_return` writes the first frame of a return address.
-    Frame::write_raw(
-        first,
-        regs.pc,
-        Frame::meta(0, crate::frame::Via::FramePointer, 0, 0),
-    );
-    #[cfg(test)]
-    DWARF_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let mut cfi = Stepper::new(unwinder, &mut cache);
-    let table = crate::transition::Pinned::new();
-    let n = 1 + crate::walk::follow_cfi_run::<Native, _, _, _>(
-        &mut cfi, &mut mem, &table, rest, seg, &mut regs,
-    );
-    if n == buf.len() {
-        return Some(Trace {
-            len: n,
-            stop: crate::frame::StopReason::BufferFull,
-        });
-    }
-    let mut w: Walker<Native, _, _> = Walker::with_cfi(table, cfi, Mode::Dwarf);
-    Some(w.resume_after_cfi(regs, seg, n, &mut mem, buf))
-}
 
 /// The rest of a hybrid [`capture`] whose frame-pointer entry stopped at something unusual:
 /// the general hybrid walker goes on from there, with the same memory.

@@ -491,40 +491,6 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         self.resume_with_step(st, mem, buf, limit)
     }
 
-    /// Goes on with a Dwarf walk whose caller wrote frame 0 (a return address) and ran
-    /// [`follow_cfi_run`] from there on the thread's stack `seg` (frame 0 on stack 0): `n`
-    /// frames in `buf` so far, `regs` the last one's registers. As [`Walker::walk_from_return`]
-    /// goes on after its own run.
-    #[cfg(feature = "dwarf")]
-    #[inline(always)]
-    pub(crate) fn resume_after_cfi<M: Memory>(
-        &mut self,
-        regs: Regs,
-        seg: Range,
-        n: usize,
-        mem: &mut M,
-        buf: &mut [Frame],
-    ) -> Trace {
-        let limit = self.limit(buf.len());
-        if n >= limit {
-            return Trace {
-                len: n,
-                stop: self.full_stop(n),
-            };
-        }
-        let st = State {
-            regs,
-            exact: false,
-            stack: 0,
-            seg: Some(seg),
-            prev_fp: None,
-            pending: 0,
-            crossings: 0,
-            n,
-        };
-        self.resume_with_step(st, mem, buf, limit)
-    }
-
     /// `run` from its general step on (after a hot loop that did not fill the buffer), out of
     /// line.
     #[cfg(feature = "dwarf")]
@@ -1228,21 +1194,6 @@ impl RecordTest for HomeRecords<'_> {
     fn keeps(&mut self, ra: u64) -> bool {
         self.0.keeps(ra)
     }
-}
-
-/// [`Mode::Dwarf`]'s hot loop ([`follow_cfi`]) for a live entry that starts it itself, on
-/// stack 0 with the live table, no PAC mask (as [`Walker::walk_from_return`] runs it).
-#[cfg(feature = "dwarf")]
-#[inline(always)]
-pub(crate) fn follow_cfi_run<A: Arch, M: Memory, T: Transitions, C: Cfi>(
-    cfi: &mut C,
-    mem: &mut M,
-    table: &T,
-    out: &mut [Frame],
-    seg: Range,
-    regs: &mut Regs,
-) -> usize {
-    follow_cfi::<A, M, T, C, false>(cfi, mem, table, out, seg, regs, 0, 0)
 }
 
 /// Stacks the plain-rule loop runs on lie inside `[PLAIN_LO, PLAIN_HI)`: a CFA computed from

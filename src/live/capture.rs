@@ -171,6 +171,12 @@ impl LiveMemory {
     /// stacks through `/proc/self/maps` (async-signal-safe, see the module docs).
     #[inline(always)]
     pub fn for_sp(sp: u64, extra: Option<Range>) -> Self {
+        // The common case (a capture, not a signal handler): the thread's stack alone.
+        if extra.is_none() {
+            if let Some(m) = own_stack(sp) {
+                return m;
+            }
+        }
         // One object, filled on both paths (a slow path that returned its own value made the
         // fast path copy what it had just written).
         let mut m = LiveMemory {
@@ -181,7 +187,7 @@ impl LiveMemory {
                 Range::default(),
             ],
         };
-        // Fast path: the thread's stack is known and `sp` is on it.
+        // With an alternate stack: the thread's stack is known and `sp` is on it.
         let t = THREAD_STACK.with(|c| c.get());
         if t.contains(sp) {
             m.stacks[0] = t;
@@ -371,13 +377,8 @@ pub(crate) fn records_from_here(
     buf: &mut [Frame],
     keeps: impl crate::walk::RecordTest,
 ) -> Option<RecordRun> {
-    let t = THREAD_STACK.with(|c| c.get());
-    if !t.contains(r.sp) {
-        return None;
-    }
-    let mut mem = LiveMemory {
-        stacks: [t, Range::default(), Range::default(), Range::default()],
-    };
+    let mut mem = own_stack(r.sp)?;
+    let t = mem.stacks[0];
     let (n, fp, floor) = crate::walk::follow_records_inline::<Native, _, _>(
         &mut mem,
         &Pinned::new(),
@@ -392,10 +393,9 @@ pub(crate) fn records_from_here(
     Some(RecordRun { mem, n, fp, floor })
 }
 
-/// The memory of the thread's own stack alone, when it is known and holds `sp` (the live
-/// entries' common case; else `None`, and the general walker finds the stacks).
+/// The memory of the thread's own stack alone, when it is known and holds `sp` (a live
+/// capture's common case; else `None`, and [`LiveMemory::for_sp`] finds the stacks).
 /// Async-signal-safe.
-#[cfg(feature = "dwarf")]
 #[inline(always)]
 pub(crate) fn own_stack(sp: u64) -> Option<LiveMemory> {
     let t = THREAD_STACK.with(|c| c.get());
@@ -446,8 +446,8 @@ fn walk_from_regs(r: Regs, buf: &mut [Frame], opts: Options) -> Trace {
 /// written as two 8-byte stores with one 16-byte load, a store-forwarding stall).
 #[inline(always)]
 pub(crate) fn start_here(r: Regs, mem: &mut LiveMemory) -> Option<Start> {
-    let saved_fp = mem.read_u64(r.fp)?;
-    let ra = mem.read_u64(r.fp.wrapping_add(8))?;
+    // One checked read of the record (the function's own, in its own frame on one stack).
+    let (saved_fp, ra) = mem.read_pair(r.fp)?;
     Some(Start {
         regs: Regs::new(
             crate::arch::native::strip_pac_live(ra),
