@@ -235,7 +235,7 @@ mod hybrid_entry {
     /// this function's own registers (stepping out of it by CFI first, as `capture` does
     /// without the entry). The first starts one frame earlier (the return address into this
     /// function), so with one slot more the second must equal the first from its frame 1.
-    /// In [`Mode::Dwarf`] the same, through the Dwarf entry (`dwarf_entry`).
+    /// In [`Mode::Dwarf`] the same, through the start from `capture`'s own record.
     #[inline(never)]
     fn both_in(mode: Mode, len: usize) -> Pair {
         let u = crate::modules::unwinder_or_refresh();
@@ -259,16 +259,7 @@ mod hybrid_entry {
         }
     }
 
-    fn at_depth(depth: usize, len: usize) -> Pair {
-        at_depth_in(Mode::Hybrid, depth, len)
-    }
-
-    /// With a corrupt link in the record of `both`'s caller.
-    #[inline(never)]
-    fn with_corrupt_link(bad: u64) -> Pair {
-        with_corrupt_link_in(Mode::Hybrid, bad)
-    }
-
+    /// With a corrupt link in the record of `both_in`'s caller.
     #[inline(never)]
     fn with_corrupt_link_in(mode: Mode, bad: u64) -> Pair {
         let fp = crate::live::current_regs().fp;
@@ -370,10 +361,12 @@ mod hybrid_entry {
         assert_eq!(reversed.home_bits, live.home_bits);
     }
 
-    #[test]
-    fn entry_matches_the_general_hybrid_walk() {
+    /// Captures in `mode` through its entry against the general walk (`same` compares them):
+    /// the chain's end, full buffers, a buffer of one, a stack switch (the entry stops at the
+    /// system stack's transition, the general walker crosses it), and corrupt records (both stop
+    /// at the same place, for the same reason). `frames` checks each capture's frames.
+    fn entry_matches_the_general_walk(mode: Mode, same: fn(&Pair, &str), frames: fn(&[Frame])) {
         crate::live::init_thread();
-        // The chain's end, full buffers, a buffer of one.
         for (depth, len) in [
             (0, 1024),
             (40, 1024),
@@ -382,9 +375,10 @@ mod hybrid_entry {
             (200, 1024),
             (200, 100),
         ] {
-            let p = at_depth(depth, len);
-            assert_same(&p, &format!("depth {depth}, buffer {len}"));
+            let p = at_depth_in(mode, depth, len);
+            same(&p, &format!("{mode:?}, depth {depth}, buffer {len}"));
             let (a, ta) = &p.0;
+            frames(a);
             if len == 1024 {
                 assert!(a.len() > depth + 2, "{depth}: {}", a.len());
                 assert_eq!(ta.stop, StopReason::End, "{a:?}");
@@ -393,68 +387,45 @@ mod hybrid_entry {
                 assert_eq!(ta.stop, StopReason::BufferFull);
             }
         }
-        // A stack switch: the entry stops at the system stack's transition, the general walker
-        // crosses it.
-        let p = crate::system_stack::run(|| at_depth(5, 1024));
-        assert_same(&p, "system stack");
+        let p = crate::system_stack::run(|| at_depth_in(mode, 5, 1024));
+        same(&p, &format!("{mode:?}, system stack"));
         assert!(
             p.0 .0.iter().any(|f| f.stack == 1),
             "not crossed: {:?}",
             p.0 .0
         );
-        // A corrupt record: both stop at the same place, for the same reason.
         let here = crate::live::current_regs().sp;
         for bad in [0xdead_beef_0000_1230u64, 0x1, u64::MAX - 15, here - 4096, 0] {
-            assert_same(&with_corrupt_link(bad), &format!("corrupt link {bad:#x}"));
+            same(
+                &with_corrupt_link_in(mode, bad),
+                &format!("{mode:?}, corrupt link {bad:#x}"),
+            );
         }
     }
 
-    /// The Dwarf entry (`capture`'s record, then the plain-rule loop at once) gives the
-    /// general Dwarf walk's frames and stop reason: the chain's end, full buffers, a buffer of
-    /// one, the system stack, corrupt links.
+    #[test]
+    fn entry_matches_the_general_hybrid_walk() {
+        entry_matches_the_general_walk(Mode::Hybrid, assert_same, |_| {});
+    }
+
+    /// Dwarf's start from `capture`'s own record (then the plain-rule loop at once) is taken
+    /// and gives the general Dwarf walk's frames and stop reasons (the walk that steps out of
+    /// `capture` by its CFI); every frame after the first is found by CFI (or a transition).
     #[test]
     fn dwarf_entry_matches_the_general_dwarf_walk() {
         crate::live::init_thread();
         let entries = || super::super::DWARF_ENTRIES.load(std::sync::atomic::Ordering::Relaxed);
         let before = entries();
         let _ = at_depth_in(Mode::Dwarf, 3, 64);
-        assert!(entries() > before, "the Dwarf entry was not taken");
-        for (depth, len) in [
-            (0, 1024),
-            (40, 1024),
-            (40, 16),
-            (3, 1),
-            (200, 1024),
-            (200, 100),
-        ] {
-            let p = at_depth_in(Mode::Dwarf, depth, len);
-            assert_same_dwarf(&p, &format!("dwarf, depth {depth}, buffer {len}"));
-            let (a, ta) = &p.0;
+        assert!(
+            entries() > before,
+            "the start from capture's record was not taken"
+        );
+        entry_matches_the_general_walk(Mode::Dwarf, assert_same_dwarf, |a| {
             assert!(a[1..].iter().all(
                 |f| f.via == crate::frame::Via::Dwarf || f.via == crate::frame::Via::Transition
-            ));
-            if len == 1024 {
-                assert!(a.len() > depth + 2, "{depth}: {}", a.len());
-                assert_eq!(ta.stop, StopReason::End, "{a:?}");
-            } else {
-                assert_eq!(a.len(), len + 1);
-                assert_eq!(ta.stop, StopReason::BufferFull);
-            }
-        }
-        let p = crate::system_stack::run(|| at_depth_in(Mode::Dwarf, 5, 1024));
-        assert_same_dwarf(&p, "dwarf, system stack");
-        assert!(
-            p.0 .0.iter().any(|f| f.stack == 1),
-            "not crossed: {:?}",
-            p.0 .0
-        );
-        let here = crate::live::current_regs().sp;
-        for bad in [0xdead_beef_0000_1230u64, 0x1, u64::MAX - 15, here - 4096, 0] {
-            assert_same_dwarf(
-                &with_corrupt_link_in(Mode::Dwarf, bad),
-                &format!("dwarf, corrupt link {bad:#x}"),
-            );
-        }
+            ))
+        });
     }
 }
 
