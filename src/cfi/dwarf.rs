@@ -1002,8 +1002,8 @@ impl RuleCache {
 std::thread_local! {
     /// Each thread's rule cache for live captures (`const`-initialised: no lazy allocation,
     /// safe to touch first in a signal handler).
-    static THREAD_CACHE: core::cell::RefCell<RuleCache> =
-        const { core::cell::RefCell::new(RuleCache::new()) };
+    static THREAD_CACHE: core::cell::RefCell<ThreadCache> =
+        const { core::cell::RefCell::new(ThreadCache { rules: RuleCache::new(), memo: memo::Memo::EMPTY }) };
 }
 
 /// A [`Cfi`] over an [`Unwinder`] for one walk: remembers the module of the last lookup (a
@@ -1293,9 +1293,26 @@ fn resume_hybrid(
     // This thread's cache; when a signal interrupted a capture that holds it, the unwinder
     // itself.
     match thread_cache() {
-        Some(mut cache) => resume_with(Stepper::new(unwinder, &mut cache), run, buf),
+        Some(mut cache) => {
+            let c = &mut *cache;
+            let at = memo::Resume::of(run);
+            memo::resume(
+                &mut c.memo,
+                Stepper::new(unwinder, &mut c.rules),
+                unwinder.generation,
+                &mut run.mem,
+                buf,
+                at,
+            )
+        }
         None => resume_with(unwinder, run, buf),
     }
+}
+
+/// A thread's caches for live captures: CFI rules, and the memo of its captures' tails.
+pub(crate) struct ThreadCache {
+    rules: RuleCache,
+    memo: memo::Memo,
 }
 
 /// This thread's rule cache, borrowed; `None` if a signal interrupted a capture that holds it,
@@ -1304,8 +1321,8 @@ fn resume_hybrid(
 /// `try_with`, so that the walk is not a closure's body (the closure's environment took some
 /// 60 instructions of every capture to build and unpack). Async-signal-safe.
 #[inline(always)]
-fn thread_cache() -> Option<core::cell::RefMut<'static, RuleCache>> {
-    let cell = THREAD_CACHE.try_with(|c| c as *const core::cell::RefCell<RuleCache>);
+fn thread_cache() -> Option<core::cell::RefMut<'static, ThreadCache>> {
+    let cell = THREAD_CACHE.try_with(|c| c as *const core::cell::RefCell<ThreadCache>);
     // SAFETY: `THREAD_CACHE` is `const`-initialised and holds no type with a destructor, so it
     // registers no destructor and its storage stays valid as long as this thread runs; the
     // `RefMut` is not `Send`, so it stays on this thread, which it cannot outlive.
@@ -1339,7 +1356,7 @@ fn walk_live(
     // This thread's cache; without it, the unwinder itself, out of line.
     match thread_cache() {
         Some(mut cache) => walk_with(
-            Stepper::new(unwinder, &mut cache),
+            Stepper::new(unwinder, &mut cache.rules),
             start,
             mem,
             buf,
@@ -1411,6 +1428,7 @@ fn walk_with<C: Cfi>(
 }
 
 mod lazy;
+mod memo;
 pub use lazy::{parse_elf_lazy, LazyCfi, ModuleCfi, OfflineCfi};
 
 #[cfg(test)]

@@ -695,6 +695,7 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
         }
         self.env_lo.store(env.lo, Ordering::SeqCst);
         self.env_hi.store(env.hi, Ordering::SeqCst);
+        REGISTRY_VERSION.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Could a row contain `addr`, which the caller found inside the envelope? One bit test.
@@ -755,6 +756,18 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
         }
         None
     }
+}
+
+/// Bumped after every publish of either table, once it is complete: see [`registry_version`].
+static REGISTRY_VERSION: AtomicU64 = AtomicU64::new(0);
+
+/// A number that changes after every change to the registry (its transitions or its stacks) is
+/// complete. A result computed from the registry after reading version `v`
+/// (Acquire) is still the registry's answer while the version reads `v` (the hybrid capture's
+/// memo relies on this). One load; async-signal-safe.
+#[inline(always)]
+pub(crate) fn registry_version() -> u64 {
+    REGISTRY_VERSION.load(Ordering::Acquire)
 }
 
 /// Row: lo, hi, id, rule[3].

@@ -857,9 +857,19 @@ fn a_capture_while_the_thread_cache_is_held_walks_without_it() {
     for mode in [Mode::Dwarf, Mode::Hybrid] {
         let mut got = Vec::new();
         // Twice each: the second plain-rule walk finds its rules in the cache.
-        for hold in [false, false, true, true] {
+        for (i, hold) in [false, false, true, true].into_iter().enumerate() {
             let mut buf = vec![Frame::EMPTY; 64];
+            let (resumes, hits) = (
+                memo::RESUMES.with(|r| r.get()),
+                memo::HITS.with(|h| h.get()),
+            );
             let t = capture_holding(hold, &mut buf, u, mode);
+            // The second hybrid capture from here that resumes (through the thread's root
+            // frames, where libc keeps no frame records) replays the first one's memo.
+            if i == 1 {
+                let resumed = memo::RESUMES.with(|r| r.get()) - resumes;
+                assert_eq!(memo::HITS.with(|h| h.get()) - hits, resumed, "{mode:?}");
+            }
             buf.truncate(t.len);
             assert!(t.len > 3, "{mode:?}, held {hold}: {t:?}");
             // Frame 1 is this loop's call site, which an unrolled loop repeats.
@@ -868,4 +878,102 @@ fn a_capture_while_the_thread_cache_is_held_walks_without_it() {
         }
         assert!(got.windows(2).all(|w| w[0] == w[1]), "{mode:?}: {got:?}");
     }
+}
+
+/// Logs the addresses a walk reads (to change one of them).
+struct Reads<'a>(Strict<'a>, Vec<u64>);
+
+impl Memory for Reads<'_> {
+    fn read_u64(&mut self, addr: u64) -> Option<u64> {
+        self.1.push(addr);
+        self.0.read_u64(addr)
+    }
+    fn stack_range(&mut self, addr: u64) -> Option<crate::memory::Range> {
+        self.0.stack_range(addr)
+    }
+    unsafe fn read_pair_unchecked(&mut self, addr: u64) -> Option<(u64, u64)> {
+        self.1.extend([addr, addr.wrapping_add(8)]);
+        // SAFETY: forwarded with the caller's guarantee (which `Strict` checks).
+        unsafe { self.0.read_pair_unchecked(addr) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_memo_replays_a_walk_exactly_and_never_a_stale_one() {
+    use crate::memory::Range;
+    let u = assorted();
+    let mut rules = RuleCache::new();
+    let mut m = memo::Memo::EMPTY;
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let seg = Range::new(HIGH, HIGH + WORDS * 8);
+    let (mut replays, mut changed) = (0, 0);
+    for case in 0..5_000 {
+        let (mut s, start) = random_stack(&mut rng, HIGH);
+        // A resume after one frame whose record, at sp - 16, held rbp.
+        let at = memo::Resume {
+            n: 1,
+            seg,
+            fp: start.regs.fp,
+            floor: start.regs.sp.wrapping_sub(16),
+        };
+        let first = Frame {
+            pc: start.regs.pc,
+            ..Frame::EMPTY
+        };
+        let len = 4 + rng.below(16) as usize;
+        // The general walker alone, and the addresses it read.
+        let plain = |s: &StackBuilder| {
+            let regions = [s.region()];
+            let mut mem = Reads(Strict(Image::new(&regions)), Vec::new());
+            let mut buf = vec![first; len];
+            let mut w: Walker<X86_64, _, _> =
+                Walker::with_cfi(crate::transition::Pinned::new(), &u, Mode::Hybrid);
+            let t = w.resume_after_records(&mut mem, &mut buf, 1, seg, at.fp, at.floor);
+            buf.truncate(t.len);
+            ((buf, t.stop), mem.1)
+        };
+        let mut memoised = |s: &StackBuilder| {
+            let regions = [s.region()];
+            let mut mem = Strict(Image::new(&regions));
+            let mut buf = vec![first; len];
+            let before = memo::HITS.with(|h| h.get());
+            let t = memo::resume(
+                &mut m,
+                Stepper::new(&u, &mut rules),
+                u.generation,
+                &mut mem,
+                &mut buf,
+                at,
+            );
+            buf.truncate(t.len);
+            ((buf, t.stop), memo::HITS.with(|h| h.get()) > before)
+        };
+        let (want, read) = plain(&s);
+        let (first_walk, replayed) = memoised(&s);
+        assert_eq!(first_walk, want, "case {case}");
+        // A memo from an earlier stack never answers for this one unless it is the same walk.
+        let _ = replayed;
+        let (second, replayed) = memoised(&s);
+        assert_eq!(second, want, "case {case}, second");
+        replays += replayed as usize;
+        // Change a word the walk read: the memo must not answer with the old walk.
+        if let Some(&addr) = read.get(rng.below(read.len().max(1) as u64) as usize) {
+            if seg.contains_span(addr & !7, 8) {
+                let v = match rng.below(3) {
+                    0 => 0,
+                    1 => HIGH + 8 * rng.below(WORDS),
+                    _ => 0x1000 * (1 + rng.below(12)) + 0x10 + rng.below(0xe0),
+                };
+                s.put(addr & !7, v);
+                let (want, _) = plain(&s);
+                let (got, _) = memoised(&s);
+                assert_eq!(got, want, "case {case}, after {addr:#x} = {v:#x}");
+                changed += (got != second) as usize;
+            }
+        }
+    }
+    // Most walks are kept and replayed; many changes change the walk.
+    assert!(replays > 2_500, "{replays}");
+    assert!(changed > 500, "{changed}");
 }
