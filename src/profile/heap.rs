@@ -224,22 +224,22 @@ impl<A: GlobalAlloc> Sampling<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampling<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded; the caller upholds `GlobalAlloc::alloc`'s contract.
-        let p = unsafe { self.inner.alloc(layout) };
-        if !p.is_null() {
-            on_alloc(p, layout.size());
+        if !runs_out(layout.size()) {
+            // SAFETY: forwarded; the caller upholds `GlobalAlloc::alloc`'s contract.
+            return unsafe { self.inner.alloc(layout) };
         }
-        p
+        // SAFETY: as above.
+        unsafe { self.alloc_slow(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded; the caller upholds `GlobalAlloc::alloc_zeroed`'s contract.
-        let p = unsafe { self.inner.alloc_zeroed(layout) };
-        if !p.is_null() {
-            on_alloc(p, layout.size());
+        if !runs_out(layout.size()) {
+            // SAFETY: forwarded; the caller upholds `GlobalAlloc::alloc_zeroed`'s contract.
+            return unsafe { self.inner.alloc_zeroed(layout) };
         }
-        p
+        // SAFETY: as above.
+        unsafe { self.alloc_slow(layout, true) }
     }
 
     #[inline]
@@ -253,28 +253,55 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Sampling<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if !may_be_tracked(ptr as u64) {
+        let tracked = may_be_tracked(ptr as u64);
+        if !tracked && !runs_out(new_size) {
             // SAFETY: forwarded; the caller upholds `GlobalAlloc::realloc`'s contract.
-            let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
-            if !p.is_null() {
-                on_alloc(p, new_size);
-            }
-            return p;
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }
         // SAFETY: as above; the old block's entry is handled around the call.
-        unsafe { self.realloc_tracked(ptr, layout, new_size) }
+        unsafe { self.realloc_slow(ptr, layout, new_size, !tracked) }
     }
 }
 
 impl<A: GlobalAlloc> Sampling<A> {
-    /// `realloc` of a block that may be sampled: take its entry, reallocate, then account the
-    /// old block as freed (success) or put the entry back (failure: the old block lives on).
+    /// An allocation whose size the countdown ran out at ([`runs_out`]): make it, then sample
+    /// it or look at the profiler's state ([`maybe_sample`]).
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::alloc`] (`zeroed`: [`GlobalAlloc::alloc_zeroed`]).
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: forwarded; the caller upholds the contract of the method it called.
+        let p = unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        };
+        if !p.is_null() {
+            maybe_sample(p as u64, layout.size() as u64);
+        }
+        p
+    }
+
+    /// `realloc` of a block that may be sampled, or (`ran_out`) whose new size the countdown
+    /// ran out at: take the old block's entry, reallocate, then account the old block as freed
+    /// (success) or put the entry back (failure: the old block lives on); then the new block's
+    /// sampling decision (the countdown is charged here unless it `ran_out`).
     ///
     /// # Safety
     /// As [`GlobalAlloc::realloc`].
     #[cold]
     #[inline(never)]
-    unsafe fn realloc_tracked(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    unsafe fn realloc_slow(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        ran_out: bool,
+    ) -> *mut u8 {
         let entered = enter();
         let taken = if entered {
             map_remove(ptr as u64)
@@ -297,8 +324,8 @@ impl<A: GlobalAlloc> Sampling<A> {
         if entered {
             exit();
         }
-        if !p.is_null() {
-            on_alloc(p, new_size);
+        if !p.is_null() && (ran_out || runs_out(new_size)) {
+            maybe_sample(p as u64, new_size as u64);
         }
         p
     }
@@ -368,17 +395,19 @@ thread_local! {
 /// the change at its next allocation.)
 const NOTICE: u64 = 256 * 1024;
 
-/// The allocation hook: the unsampled fast path inline (one thread-local compare and
-/// subtraction), the rest out of line.
+/// The allocation hook's fast path, before the allocation is made (so the inner allocator's
+/// call stays a tail call): counts `size` bytes down, or says that the countdown runs out at
+/// them (then the countdown is left as it is, the allocation is made out of line, and
+/// [`maybe_sample`] decides). One thread-local compare and subtraction.
 #[inline(always)]
-fn on_alloc(p: *mut u8, size: usize) {
+fn runs_out(size: usize) -> bool {
     let size = size as u64;
     let c = COUNTDOWN.with(|c| c.get());
     if c > size {
         COUNTDOWN.with(|cd| cd.set(c - size));
-        return;
+        return false;
     }
-    maybe_sample(p as u64, size);
+    true
 }
 
 /// Sets this thread's distance to the next sample (counted down in pieces of [`NOTICE`]).
