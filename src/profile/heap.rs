@@ -545,10 +545,6 @@ const POLICY: Policy = ProfileKind::Heap.policy().max_depth(MAX_FRAMES);
 /// Records one sampled allocation: capture, policy, stack slot, live-block entry.
 #[inline(never)]
 fn record(addr: u64, size: u64) {
-    if !enter() {
-        STATS_DROPPED_RESET.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
     // The block's live-map entry is a cache miss (a random line of 1 MiB): start it now, so
     // that it arrives while the stack is captured.
     prefetch(&MAP[map_home(addr)]);
@@ -574,6 +570,14 @@ fn record(addr: u64, size: u64) {
         let k = POLICY.apply(frames, unsafe { &*c });
         (k.slice(frames), k.truncated)
     };
+    // The tables only now. The capture and the policy touch none of them, and this is the
+    // sample's first locked instruction, which waits for every store before it (the inner
+    // allocator's, just made, some of them cache misses) to complete: after the capture,
+    // they have.
+    if !enter() {
+        STATS_DROPPED_RESET.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     if cut || t.stop == crate::frame::StopReason::BufferFull {
         STATS_TRUNCATED.fetch_add(1, Ordering::Relaxed);
     }
@@ -844,6 +848,9 @@ fn account_free(v: u64) {
 #[cold]
 #[inline(never)]
 fn untrack(addr: u64) {
+    // The entry's line is a cache miss: start it before the guard's locked instruction, which
+    // waits for the stores before it to complete, so that the two wait at once.
+    prefetch(&MAP[map_home(addr)]);
     if !enter() {
         return;
     }
