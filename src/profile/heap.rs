@@ -126,7 +126,7 @@ use crate::policy::{Classifier, Policy, ProfileKind};
 use crate::runtime_names;
 use crate::walk::Mode;
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
 use core::sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
@@ -539,6 +539,68 @@ fn exit() {
     IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// Frames a thread's [`Last`] sample holds.
+const LAST_FRAMES: usize = 32;
+
+/// A thread's last sample: the frames it captured, under which classifier and reset epoch, and
+/// the stack slot and truncation the policy gave them. A sample that captures the same frames
+/// under the same classifier gets the same answer from the policy (a function of the frames and
+/// the classifier) and so the same stack, whose slot is still its own while no [`reset`] ran:
+/// the policy and the stack table's hash and compare are skipped (about 500 instructions of a
+/// sample, when a loop allocates in one place).
+struct Last {
+    classifier: *const Classifier,
+    epoch: u64,
+    slot: usize,
+    cut: bool,
+    /// Frames held, `usize::MAX`: none.
+    len: usize,
+    frames: [Frame; LAST_FRAMES],
+}
+
+impl Last {
+    const EMPTY: Last = Last {
+        classifier: core::ptr::null(),
+        epoch: 0,
+        slot: 0,
+        cut: false,
+        len: usize::MAX,
+        frames: [Frame::EMPTY; LAST_FRAMES],
+    };
+
+    /// The frames held, if any.
+    #[inline]
+    fn frames(&self) -> Option<&[Frame]> {
+        self.frames.get(..self.len)
+    }
+
+    /// Holds `frames` (when they fit) and the policy's answer for them.
+    fn remember(
+        &mut self,
+        frames: &[Frame],
+        c: *const Classifier,
+        epoch: u64,
+        slot: usize,
+        cut: bool,
+    ) {
+        self.len = usize::MAX;
+        if let Some(f) = self.frames.get_mut(..frames.len()) {
+            f.copy_from_slice(frames);
+            (self.classifier, self.epoch, self.slot, self.cut) = (c, epoch, slot, cut);
+            self.len = frames.len();
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's [`Last`] sample (`const`-initialised, no destructor: usable in the
+    /// allocator, during thread teardown).
+    static LAST: RefCell<Last> = const { RefCell::new(Last::EMPTY) };
+}
+
+/// Bumped by every [`reset`] (inside it: no sample is in a table update then).
+static RESETS: AtomicU64 = AtomicU64::new(0);
+
 /// The heap policy, keeping at most [`MAX_FRAMES`].
 const POLICY: Policy = ProfileKind::Heap.policy().max_depth(MAX_FRAMES);
 
@@ -561,27 +623,49 @@ fn record(addr: u64, size: u64) {
     };
     let frames = &buf[..t.len.min(CAPTURE_FRAMES)];
     let c = SHARED.classifier.load(Ordering::Acquire);
-    let (kept, cut) = if c.is_null() {
-        let n = frames.len().min(MAX_FRAMES);
-        (&frames[..n], frames.len() > n)
-    } else {
-        // SAFETY: a non-null classifier came from Box::leak in `install_classifier` and is never
-        // freed, so it is valid for the rest of the program.
-        let k = POLICY.apply(frames, unsafe { &*c });
-        (k.slice(frames), k.truncated)
-    };
-    // The tables only now. The capture and the policy touch none of them, and this is the
-    // sample's first locked instruction, which waits for every store before it (the inner
-    // allocator's, just made, some of them cache misses) to complete: after the capture,
-    // they have.
+    let full = t.stop == crate::frame::StopReason::BufferFull;
+    // This thread's last sample, when it captured the same frames under the same classifier:
+    // the policy's answer and the stack's slot are those of that sample (see `Last`).
+    let cell = LAST.try_with(|l| l as *const RefCell<Last>).ok();
+    // SAFETY: `LAST` is `const`-initialised without a destructor, so its storage lives as long
+    // as this thread; the borrow below stays on this thread, inside this call.
+    let mut last = cell.and_then(|l| unsafe { &*l }.try_borrow_mut().ok());
+    let same = last
+        .as_ref()
+        .filter(|l| l.classifier == c && l.frames() == Some(frames));
+    let known = same.map(|l| (l.slot, l.epoch, l.cut));
+    // The tables only now. The capture touches none of them, and this is the sample's first
+    // locked instruction, which waits for every store before it (the inner allocator's, just
+    // made, some of them cache misses) to complete: after the capture, they have.
     if !enter() {
         STATS_DROPPED_RESET.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    if cut || t.stop == crate::frame::StopReason::BufferFull {
+    // Inside the guard, no reset runs: a slot found under this epoch is still this stack's.
+    let epoch = RESETS.load(Ordering::SeqCst);
+    let (slot, cut) = match known {
+        Some((slot, e, cut)) if e == epoch => (Some(slot), cut),
+        _ => {
+            let (kept, cut) = if c.is_null() {
+                let n = frames.len().min(MAX_FRAMES);
+                (&frames[..n], frames.len() > n)
+            } else {
+                // SAFETY: a non-null classifier came from Box::leak in `install_classifier` and
+                // is never freed, so it is valid for the rest of the program.
+                let k = POLICY.apply(frames, unsafe { &*c });
+                (k.slice(frames), k.truncated)
+            };
+            let slot = stack_slot(kept);
+            if let (Some(l), Some(slot)) = (last.as_mut(), slot) {
+                l.remember(frames, c, epoch, slot, cut);
+            }
+            (slot, cut)
+        }
+    };
+    if cut || full {
         STATS_TRUNCATED.fetch_add(1, Ordering::Relaxed);
     }
-    match stack_slot(kept) {
+    match slot {
         None => {
             STATS_DROPPED_STACKS.fetch_add(1, Ordering::Relaxed);
         }
@@ -1025,6 +1109,7 @@ pub fn reset() {
     ] {
         a.store(0, Ordering::Relaxed);
     }
+    RESETS.fetch_add(1, Ordering::SeqCst);
     RESETTING.store(false, Ordering::SeqCst);
 }
 
@@ -1351,6 +1436,86 @@ mod tests {
         reset();
         assert!(snapshot_raw().is_empty());
         assert_eq!(stats().stacks, 0);
+    }
+
+    /// Records a sample of 100 bytes at `addr`.
+    #[inline(never)]
+    fn record_here(addr: u64) {
+        record(addr, 100);
+        core::hint::black_box(());
+    }
+
+    /// Records a sample of 10 bytes at `addr`, from another function.
+    #[inline(never)]
+    fn record_elsewhere(addr: u64) {
+        record(addr, 10);
+        core::hint::black_box(());
+    }
+
+    enum Op {
+        Here(u64),
+        Elsewhere(u64),
+        Reset,
+        Snapshot,
+    }
+
+    /// Runs `ops` with one call site for each kind of sample (so one stack each), and gives
+    /// each snapshot's samples as `(alloc_objects, alloc_space, inuse_objects)`.
+    #[inline(never)]
+    fn drive(ops: &[Op]) -> Vec<Vec<(i64, i64, i64)>> {
+        let mut out = Vec::new();
+        for op in core::hint::black_box(ops) {
+            match *op {
+                Op::Here(a) => record_here(a),
+                Op::Elsewhere(a) => record_elsewhere(a),
+                Op::Reset => reset(),
+                Op::Snapshot => {
+                    let mut v: Vec<_> = snapshot_raw()
+                        .iter()
+                        .map(|s| (s.alloc_objects, s.alloc_space, s.inuse_objects))
+                        .collect();
+                    v.sort();
+                    out.push(v);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_last_sample_s_slot_is_reused_until_a_reset() {
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        reset();
+        let a = 0x7f00_dead_0000u64;
+        use Op::*;
+        let got = drive(&[
+            // Twice from one place: one stack, counted twice (the second through `LAST`).
+            Here(a),
+            Here(a + 64),
+            Snapshot,
+            // After a reset the slot is empty (and may become another stack's): the next
+            // sample from here must find or claim its own, not count into the old one.
+            Reset,
+            Here(a + 1024),
+            Snapshot,
+            // A sample from elsewhere has its own stack; back here, the last one's again.
+            Elsewhere(a + 2048),
+            Here(a + 4096),
+            Snapshot,
+        ]);
+        assert_eq!(
+            got,
+            [
+                vec![(2, 200, 2)],
+                vec![(1, 100, 1)],
+                vec![(1, 10, 1), (2, 200, 2)]
+            ]
+        );
+        for b in [a + 1024, a + 2048, a + 4096] {
+            untrack(b);
+        }
+        assert_eq!(drive(&[Snapshot]), [vec![(1, 10, 0), (2, 200, 0)]],);
+        reset();
     }
 
     #[test]
