@@ -1179,6 +1179,12 @@ impl Cfi for Unwinder {
 /// built without frame pointers); the first frame is still the caller's return address. When
 /// its CFI says it keeps a frame record, that record is the step (no rule lookup), and
 /// Hybrid's common case runs the frame-record loop from there first (see `hybrid_entry`).
+///
+/// Where that loop stops (usually at the thread's root frames: libc's `start_thread` and
+/// `clone3`, built without frame pointers), the rest of the walk goes through a per-thread memo:
+/// the last such walk from the same place is replayed when every memory read it made still
+/// reads the same (its frames are copied; some 900 instructions of CFI steps become a few
+/// compares), and walked and recorded otherwise. The replay is exact: see the `memo` module.
 #[inline(never)]
 pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
     // This function's own registers, read here: every path below starts from its frame (its

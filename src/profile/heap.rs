@@ -57,6 +57,13 @@
 //! [`start_with_classifier`]). At most [`MAX_FRAMES`] frames are kept
 //! (leaf-most); longer stacks are counted in [`Stats::truncated`].
 //!
+//! Each thread remembers its last sample's captured frames (up to 32), the classifier, the
+//! stack slot the policy's frames went to and the [`reset`] epoch. A sample that captures the
+//! same frames under the same classifier, with no reset since, takes that slot without running
+//! the policy or searching the stack table: the policy's answer is a function of the frames
+//! and the classifier, and a slot keeps its stack until a reset. (The capture itself replays
+//! the thread's root frames from a memo: see [`crate::dwarf::capture`].)
+//!
 //! # Tables: fixed, preallocated, lock-free
 //! Nothing is allocated from inside the allocator. Two static tables (zero-initialised, so they
 //! live in `.bss` and cost memory only where touched):
