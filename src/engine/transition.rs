@@ -765,6 +765,7 @@ static REGISTRY_VERSION: AtomicU64 = AtomicU64::new(0);
 /// complete. A result computed from the registry after reading version `v`
 /// (Acquire) is still the registry's answer while the version reads `v` (the hybrid capture's
 /// memo relies on this). One load; async-signal-safe.
+#[cfg(feature = "dwarf")]
 #[inline(always)]
 pub(crate) fn registry_version() -> u64 {
     REGISTRY_VERSION.load(Ordering::Acquire)

@@ -1156,8 +1156,10 @@ pub(crate) trait RecordTest {
 
 /// Every function keeps a frame record: the frame-pointer walk. A zero filter byte answers
 /// everywhere.
+#[cfg(feature = "live")]
 pub(crate) struct AllRecords;
 
+#[cfg(feature = "live")]
 impl RecordTest for AllRecords {
     #[inline(always)]
     fn covers(&self, _ra: u64) -> bool {
