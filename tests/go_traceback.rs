@@ -141,6 +141,21 @@ fn same_but_interrupted_callers(a: &[Ours], b: &Block) -> bool {
     i == a.len() && j == b.frames.len()
 }
 
+/// Was goroutine part `g` preempted asynchronously when we looked, and is it running again in
+/// Go's traceback (taken later)? Its frames after `runtime.asyncPreempt` are then Go's running
+/// block's, pcs equal but the first (where it was interrupted; FP mode may also miss the
+/// interrupted frameless function's caller, as `same_but_interrupted_callers` allows).
+fn resumed_since(g: &[Ours], goroutines: &[&Block]) -> bool {
+    let Some(i) = g.iter().position(|f| f.0 == "runtime.asyncPreempt") else {
+        return false;
+    };
+    let callers = &g[i + 1..];
+    goroutines.iter().any(|b| {
+        b.header.contains("[running")
+            && (same(callers, b) || same_but_interrupted_callers(callers, b))
+    })
+}
+
 fn unwind_json(core: &Path, exe: &Path, mode: &str) -> Value {
     let out = Command::new(BIN)
         .args(["stack", "--core"])
@@ -288,6 +303,10 @@ fn compare(v: &Value, blocks: &[Block], mode: &str, crash: bool) -> Seen {
                 );
             }
             [] => {}
+            [(g, false)] if !crash && resumed_since(g, &goroutines) => {
+                // A goroutine preempted when we looked (asyncPreempt2 -> mcall), running again
+                // by Go's traceback (the spinner): not the same state, nothing to compare.
+            }
             [(g, false)] => {
                 // Crossed from g0 (mcall) or C code on g0 (asmcgocall) to a goroutine.
                 let b = goroutines
@@ -573,4 +592,58 @@ fn systemstack_matches_go_traceback() {
             );
         }
     }
+}
+
+/// A spinner preempted when `unwind` looked (a CI run's case) and running again in Go's later
+/// traceback is recognised, and only that: not a goroutine that was not preempted, not another
+/// running goroutine.
+#[test]
+fn a_goroutine_preempted_then_resumed_is_recognised() {
+    let f = |n: &str, pc: u64| (n.to_string(), pc, String::new());
+    let ours = vec![
+        f("runtime.asyncPreempt2", 0x46a0b0),
+        f("runtime.asyncPreempt", 0x46c0c0),
+        f("main.spin", 4732800),
+        f("main.spinner", 4732921),
+        f("main.main.func3", 4733542),
+        f("runtime.goexit", 4583201),
+    ];
+    let block = |header: &str, frames: &[(&str, u64)]| Block {
+        signal_pc: None,
+        header: header.to_string(),
+        frames: frames.iter().map(|&(n, pc)| (n.to_string(), pc)).collect(),
+    };
+    let running = block(
+        "goroutine 21 [running, locked to thread]:",
+        &[
+            ("main.spin", 4732843),
+            ("main.spinner", 4732921),
+            ("main.main.func3", 4733542),
+            ("runtime.goexit", 4583201),
+        ],
+    );
+    assert!(resumed_since(&ours, &[&running]));
+    // Go's block is not running: it must match as it is, not be skipped.
+    let parked = block(
+        "goroutine 21 [runnable]:",
+        &running
+            .frames
+            .iter()
+            .map(|(n, pc)| (n.as_str(), *pc))
+            .collect::<Vec<_>>(),
+    );
+    assert!(!resumed_since(&ours, &[&parked]));
+    // A caller differs: another goroutine.
+    let other = block(
+        "goroutine 22 [running]:",
+        &[
+            ("main.spin", 4732843),
+            ("main.spinner", 4732999),
+            ("main.main.func3", 4733542),
+            ("runtime.goexit", 4583201),
+        ],
+    );
+    assert!(!resumed_since(&ours, &[&other]));
+    // Not preempted: nothing to skip.
+    assert!(!resumed_since(&ours[2..], &[&running]));
 }
