@@ -3,7 +3,8 @@
 //! read from callgrind's inclusive counts. Not a benchmark (no timing).
 //!
 //! `perf_driver <what> <depth> <iterations>`, what: `capture`, `naive`, `transitions64`,
-//! `hybrid`, `dwarf`.
+//! `hybrid`, `dwarf` (a buffer of `depth` frames, filled), `hybrid-whole` (a buffer of 256: the
+//! whole stack, through the thread's root frames in libc, as a profiler's capture walks it).
 
 use std::hint::black_box;
 use unwind::{Frame, Range};
@@ -31,6 +32,16 @@ fn cfi_loop(buf: &mut [Frame], iters: usize, u: &unwind::dwarf::Unwinder, mode: 
         let t = unwind::dwarf::capture(buf, u, mode);
         // The recursion is deeper than the buffer: a short capture measures the wrong thing.
         assert_eq!(t.len, buf.len(), "{t:?}");
+        black_box(t);
+    }
+}
+
+#[inline(never)]
+fn whole_loop(buf: &mut [Frame], iters: usize, u: &unwind::dwarf::Unwinder, depth: usize) {
+    for _ in 0..iters {
+        let t = unwind::dwarf::capture(buf, u, unwind::Mode::Hybrid);
+        // The whole stack, to its end: deeper than the recursion, short of the buffer.
+        assert!(t.len > depth && t.len < buf.len(), "{t:?}");
         black_box(t);
     }
 }
@@ -88,7 +99,10 @@ fn main() {
         }
     }
     let empty = unwind::dwarf::Unwinder::new();
-    let u = if what == "hybrid" || what == "dwarf" {
+    if what == "hybrid-whole" {
+        buf = vec![Frame::EMPTY; 256];
+    }
+    let u = if what.starts_with("hybrid") || what == "dwarf" {
         unwind::modules::refresh().0
     } else {
         &empty
@@ -98,6 +112,7 @@ fn main() {
         match what {
             "naive" => naive_loop(&mut buf, iters),
             "hybrid" => cfi_loop(&mut buf, iters, u, unwind::Mode::Hybrid),
+            "hybrid-whole" => whole_loop(&mut buf, iters, u, depth),
             "dwarf" => cfi_loop(&mut buf, iters, u, unwind::Mode::Dwarf),
             _ => capture_loop(&mut buf, iters),
         }
