@@ -309,7 +309,8 @@ impl<A: GlobalAlloc> Sampling<A> {
         new_size: usize,
         ran_out: bool,
     ) -> *mut u8 {
-        let entered = enter();
+        // A block the filter passed (`ran_out`) has no entry: no guard, nothing to take.
+        let entered = !ran_out && enter();
         let taken = if entered {
             map_remove(ptr as u64)
         } else {
