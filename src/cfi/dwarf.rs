@@ -1296,8 +1296,8 @@ fn resume_hybrid(
     buf: &mut [Frame],
     unwinder: &Unwinder,
 ) -> Trace {
-    // This thread's cache; when a signal interrupted a capture that holds it, the unwinder
-    // itself.
+    // This thread's cache and memo; when a signal interrupted a capture that holds them, the
+    // unwinder itself, without a memo.
     match thread_cache() {
         Some(mut cache) => {
             let c = &mut *cache;
@@ -1311,7 +1311,10 @@ fn resume_hybrid(
                 at,
             )
         }
-        None => resume_with(unwinder, run, buf),
+        None => {
+            let at = memo::Resume::of(run);
+            memo::walk(unwinder, &mut run.mem, buf, at)
+        }
     }
 }
 
@@ -1334,16 +1337,6 @@ fn thread_cache() -> Option<core::cell::RefMut<'static, ThreadCache>> {
     // `RefMut` is not `Send`, so it stays on this thread, which it cannot outlive.
     let cell = cell.ok().map(|c| unsafe { &*c })?;
     cell.try_borrow_mut().ok()
-}
-
-/// [`resume_hybrid`] with `cfi`.
-#[inline(always)]
-fn resume_with<C: Cfi>(cfi: C, run: &mut crate::live::RecordRun, buf: &mut [Frame]) -> Trace {
-    type Native = crate::arch::native::Native;
-    let seg = run.stack();
-    let mut w: Walker<Native, _, _> =
-        Walker::with_cfi(crate::transition::Pinned::new(), cfi, Mode::Hybrid);
-    w.resume_after_records(&mut run.mem, buf, run.n, seg, run.fp, run.floor)
 }
 
 #[inline(always)]

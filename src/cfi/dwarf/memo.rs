@@ -185,7 +185,6 @@ pub(crate) fn resume<C: Cfi, M: Memory>(
     buf: &mut [Frame],
     at: Resume,
 ) -> Trace {
-    type Native = crate::arch::native::Native;
     let Resume { n, seg, fp, floor } = at;
     #[cfg(test)]
     RESUMES.with(|r| r.set(r.get() + 1));
@@ -223,9 +222,7 @@ pub(crate) fn resume<C: Cfi, M: Memory>(
         n: 0,
         read_code: false,
     };
-    let mut w: Walker<Native, _, _> =
-        Walker::with_cfi(crate::transition::Pinned::new(), cfi, Mode::Hybrid);
-    let t = w.resume_after_records(&mut rec, buf, n, seg, fp, floor);
+    let t = walk(cfi, &mut rec, buf, at);
     let (ncalls, read_code) = (rec.n, rec.read_code);
     let k = t.len.wrapping_sub(n);
     let kept = key[7] != 0
@@ -247,4 +244,13 @@ pub(crate) fn resume<C: Cfi, M: Memory>(
         }
     }
     t
+}
+
+/// The general hybrid walk from `at` with `cfi` on `mem` (no memo).
+#[inline(always)]
+pub(crate) fn walk<C: Cfi, M: Memory>(cfi: C, mem: &mut M, buf: &mut [Frame], at: Resume) -> Trace {
+    type Native = crate::arch::native::Native;
+    let mut w: Walker<Native, _, _> =
+        Walker::with_cfi(crate::transition::Pinned::new(), cfi, Mode::Hybrid);
+    w.resume_after_records(mem, buf, at.n, at.seg, at.fp, at.floor)
 }
