@@ -940,9 +940,6 @@ fn account_free(v: u64) {
 #[cold]
 #[inline(never)]
 fn untrack(addr: u64) {
-    // The entry's line is a cache miss: start it before the guard's locked instruction, which
-    // waits for the stores before it to complete, so that the two wait at once.
-    prefetch(&MAP[map_home(addr)]);
     if !enter() {
         return;
     }
