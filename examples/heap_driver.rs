@@ -25,10 +25,21 @@ fn rate() -> u64 {
         .unwrap_or(heap::DEFAULT_RATE)
 }
 
+/// Starts the profiler at [`rate`], in the capture mode `HEAP_MODE` names (`fp`, `dwarf`;
+/// otherwise hybrid, as [`heap::start`]).
+fn start() {
+    let mode = match std::env::var("HEAP_MODE").as_deref() {
+        Ok("fp") => unwind::Mode::FramePointer,
+        Ok("dwarf") => unwind::Mode::Dwarf,
+        _ => unwind::Mode::Hybrid,
+    };
+    heap::start_with_mode(rate(), mode);
+}
+
 /// Interleaved rounds of the loop on `System` and on the wrapper sampling at the default rate:
 /// medians and the median ratio (a quick timing, not instruction counting).
 fn paired(rounds: usize, ptrs: &mut [*mut u8; 1000]) {
-    heap::start(rate());
+    start();
     let mut ratios: Vec<f64> = raw_alloc::interleaved(rounds, 50, &ALLOC, ptrs)
         .iter()
         .map(|(sys, on)| on / sys)
@@ -62,7 +73,7 @@ fn run(what: &str, iters: usize) {
         return;
     }
     if what == "on" {
-        heap::start(rate());
+        start();
     }
     for _ in 0..iters {
         if what == "system" {

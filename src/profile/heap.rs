@@ -121,10 +121,10 @@
 //! countdown at its first allocation after a start or a rate change.
 //!
 //! A thread's allocations do not read the profiler's state: each thread looks at it when its
-//! countdown runs out, and at least once every 256 KiB it allocates (longer distances are
+//! countdown runs out, and at least once every 4 MiB it allocates (longer distances are
 //! counted down in pieces). So [`stop`] holds at once everywhere (a countdown that runs out
 //! after it samples nothing); the thread that calls [`start`] or [`set_rate`] sees it at its
-//! next allocation, and every other thread within 256 KiB of its own allocations (threads
+//! next allocation, and every other thread within 4 MiB of its own allocations (threads
 //! created afterwards, at once).
 
 use crate::frame::Frame;
@@ -279,6 +279,7 @@ impl<A: GlobalAlloc> Sampling<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        uncharge(layout.size());
         // SAFETY: forwarded; the caller upholds the contract of the method it called.
         let p = unsafe {
             if zeroed {
@@ -332,8 +333,11 @@ impl<A: GlobalAlloc> Sampling<A> {
         if entered {
             exit();
         }
-        if !p.is_null() && (ran_out || runs_out(new_size)) {
-            maybe_sample(p as u64, new_size as u64);
+        if ran_out || runs_out(new_size) {
+            uncharge(new_size);
+            if !p.is_null() {
+                maybe_sample(p as u64, new_size as u64);
+            }
         }
         p
     }
@@ -373,7 +377,6 @@ static RESETTING: AtomicBool = AtomicBool::new(false);
 static CONTROL: Mutex<()> = Mutex::new(());
 static SEEDS: AtomicU64 = AtomicU64::new(0);
 
-static STATS_SAMPLES: AtomicU64 = AtomicU64::new(0);
 static STATS_DROPPED_STACKS: AtomicU64 = AtomicU64::new(0);
 static STATS_DROPPED_RESET: AtomicU64 = AtomicU64::new(0);
 static STATS_UNTRACKED: AtomicU64 = AtomicU64::new(0);
@@ -401,21 +404,33 @@ thread_local! {
 /// it allocates: that is how a [`start`], [`stop`] or [`set_rate`] made on another thread
 /// reaches it, without a load of `Shared::state` on every allocation. (The thread that calls them sees
 /// the change at its next allocation.)
-const NOTICE: u64 = 256 * 1024;
+const NOTICE: u64 = 4 << 20;
 
 /// The allocation hook's fast path, before the allocation is made (so the inner allocator's
-/// call stays a tail call): counts `size` bytes down, or says that the countdown runs out at
-/// them (then the countdown is left as it is, the allocation is made out of line, and
-/// [`maybe_sample`] decides). One thread-local compare and subtraction.
+/// call stays a tail call): counts `size` bytes down and says whether that ran the countdown
+/// out, below zero. One thread-local subtraction and a branch on the sign of its result: on
+/// x86_64, `sub %reg, %fs:COUNTDOWN; js`. A countdown in use is at most [`NOTICE`], so it is
+/// negative exactly when it ran out, and stays so for allocations made before the slow path
+/// takes the charge back ([`uncharge`]): a signal handler's, on this thread, in between, runs
+/// out too.
 #[inline(always)]
 fn runs_out(size: usize) -> bool {
-    let size = size as u64;
-    let c = COUNTDOWN.with(|c| c.get());
-    if c > size {
-        COUNTDOWN.with(|cd| cd.set(c - size));
-        return false;
-    }
-    true
+    COUNTDOWN.with(|c| {
+        let left = c.get().wrapping_sub(size as u64);
+        c.set(left);
+        (left as i64) < 0
+    })
+}
+
+/// Takes back the charge of a [`runs_out`] that ran out: the countdown is what it was before,
+/// or zero when it is still below (a signal handler's allocation on this thread ran it out
+/// further in between: those bytes count).
+#[inline]
+fn uncharge(size: usize) {
+    COUNTDOWN.with(|c| {
+        let v = c.get().wrapping_add(size as u64);
+        c.set(if (v as i64) < 0 { 0 } else { v });
+    });
 }
 
 /// Sets this thread's distance to the next sample (counted down in pieces of [`NOTICE`]).
@@ -547,15 +562,12 @@ fn exit() {
     IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
 }
 
-/// Frames a thread's [`Last`] sample holds.
-const LAST_FRAMES: usize = 32;
-
-/// A thread's last sample: the frames it captured, under which classifier and reset epoch, and
-/// the stack slot and truncation the policy gave them. A sample that captures the same frames
-/// under the same classifier gets the same answer from the policy (a function of the frames and
-/// the classifier) and so the same stack, whose slot is still its own while no [`reset`] ran:
-/// the policy and the stack table's hash and compare are skipped (about 500 instructions of a
-/// sample, when a loop allocates in one place).
+/// A thread's last sample: under which classifier and reset epoch it was captured, and the
+/// stack slot and truncation the policy gave its frames (held in [`Captures`]). A sample that
+/// captures the same frames under the same classifier gets the same answer from the policy (a
+/// function of the frames and the classifier) and so the same stack, whose slot is still its
+/// own while no [`reset`] ran: the policy and the stack table's hash and compare are skipped
+/// (about 500 instructions of a sample, when a loop allocates in one place).
 struct Last {
     classifier: *const Classifier,
     epoch: u64,
@@ -563,47 +575,45 @@ struct Last {
     cut: bool,
     /// Frames held, `usize::MAX`: none.
     len: usize,
-    frames: [Frame; LAST_FRAMES],
 }
 
-impl Last {
-    const EMPTY: Last = Last {
-        classifier: core::ptr::null(),
-        epoch: 0,
-        slot: 0,
-        cut: false,
-        len: usize::MAX,
-        frames: [Frame::EMPTY; LAST_FRAMES],
+/// A thread's two capture buffers: one holds its [`Last`] sample's frames, the next sample is
+/// captured into the other, and they swap roles when the next sample is remembered. Nothing is
+/// zeroed or copied per sample, and a sample writes the same lines each time (a buffer on the
+/// stack was 1.5 KiB of fresh lines to zero, each sample).
+struct Captures {
+    bufs: [[Frame; CAPTURE_FRAMES]; 2],
+    /// Which of `bufs` holds the last sample's frames.
+    held: usize,
+    last: Last,
+}
+
+impl Captures {
+    const EMPTY: Captures = Captures {
+        bufs: [[Frame::EMPTY; CAPTURE_FRAMES]; 2],
+        held: 0,
+        last: Last {
+            classifier: core::ptr::null(),
+            epoch: 0,
+            slot: 0,
+            cut: false,
+            len: usize::MAX,
+        },
     };
 
-    /// The frames held, if any.
-    #[inline]
-    fn frames(&self) -> Option<&[Frame]> {
-        self.frames.get(..self.len)
-    }
-
-    /// Holds `frames` (when they fit) and the policy's answer for them.
-    fn remember(
-        &mut self,
-        frames: &[Frame],
-        c: *const Classifier,
-        epoch: u64,
-        slot: usize,
-        cut: bool,
-    ) {
-        self.len = usize::MAX;
-        if let Some(f) = self.frames.get_mut(..frames.len()) {
-            f.copy_from_slice(frames);
-            (self.classifier, self.epoch, self.slot, self.cut) = (c, epoch, slot, cut);
-            self.len = frames.len();
-        }
+    /// The buffer to capture into, the last sample's frames (if any) and its [`Last`].
+    fn split(&mut self) -> (&mut [Frame; CAPTURE_FRAMES], Option<&[Frame]>, &mut Last) {
+        let [a, b] = &mut self.bufs;
+        let (scratch, held) = if self.held == 0 { (b, a) } else { (a, b) };
+        let held = held.get(..self.last.len);
+        (scratch, held, &mut self.last)
     }
 }
 
 thread_local! {
-    /// This thread's [`Last`] sample (`const`-initialised, no destructor: usable in the
-    /// allocator, during thread teardown).
-    static LAST: RefCell<Last> = const { RefCell::new(Last::EMPTY) };
+    /// This thread's [`Captures`] (`const`-initialised, no destructor: usable in the allocator,
+    /// during thread teardown).
+    static CAPTURES: RefCell<Captures> = const { RefCell::new(Captures::EMPTY) };
 }
 
 /// Bumped by every [`reset`] (inside it: no sample is in a table update then).
@@ -618,7 +628,23 @@ fn record(addr: u64, size: u64) {
     // The block's live-map entry is a cache miss (a random line of 1 MiB): start it now, so
     // that it arrives while the stack is captured.
     prefetch(&MAP[map_home(addr)]);
-    let mut buf = [Frame::EMPTY; CAPTURE_FRAMES];
+    // This thread's capture buffers; a stack buffer if they are in use (they cannot be: the
+    // sampling path does not nest on a thread) or gone.
+    let cell = CAPTURES.try_with(|c| c as *const RefCell<Captures>).ok();
+    // SAFETY: `CAPTURES` is `const`-initialised without a destructor, so its storage lives as
+    // long as this thread; the borrow below stays on this thread, inside this call.
+    let mut held = cell.and_then(|c| unsafe { &*c }.try_borrow_mut().ok());
+    let mut spare;
+    let (buf, previous, mut last) = match held.as_deref_mut() {
+        Some(c) => {
+            let (buf, previous, last) = c.split();
+            (buf, previous, Some(last))
+        }
+        None => {
+            spare = [Frame::EMPTY; CAPTURE_FRAMES];
+            (&mut spare, None, None)
+        }
+    };
     let mode = match SHARED.mode.load(Ordering::Relaxed) {
         1 => Mode::Dwarf,
         2 => Mode::Hybrid,
@@ -626,22 +652,18 @@ fn record(addr: u64, size: u64) {
     };
     // The prepared CFI (an atomic load; the tables are never freed): see `start_with_mode`.
     let t = match crate::modules::unwinder().filter(|_| mode != Mode::FramePointer) {
-        Some(u) => crate::dwarf::capture(&mut buf, u, mode),
-        None => capture_with(&mut buf, Options::default()),
+        Some(u) => crate::dwarf::capture(buf, u, mode),
+        None => capture_with(buf, Options::default()),
     };
     let frames = &buf[..t.len.min(CAPTURE_FRAMES)];
     let c = SHARED.classifier.load(Ordering::Acquire);
     let full = t.stop == crate::frame::StopReason::BufferFull;
     // This thread's last sample, when it captured the same frames under the same classifier:
     // the policy's answer and the stack's slot are those of that sample (see `Last`).
-    let cell = LAST.try_with(|l| l as *const RefCell<Last>).ok();
-    // SAFETY: `LAST` is `const`-initialised without a destructor, so its storage lives as long
-    // as this thread; the borrow below stays on this thread, inside this call.
-    let mut last = cell.and_then(|l| unsafe { &*l }.try_borrow_mut().ok());
-    let same = last
+    let known = last
         .as_ref()
-        .filter(|l| l.classifier == c && l.frames() == Some(frames));
-    let known = same.map(|l| (l.slot, l.epoch, l.cut));
+        .filter(|l| l.classifier == c && previous == Some(frames))
+        .map(|l| (l.slot, l.epoch, l.cut));
     // The tables only now. The capture touches none of them, and this is the sample's first
     // locked instruction, which waits for every store before it (the inner allocator's, just
     // made, some of them cache misses) to complete: after the capture, they have.
@@ -664,8 +686,22 @@ fn record(addr: u64, size: u64) {
                 (k.slice(frames), k.truncated)
             };
             let slot = stack_slot(kept);
-            if let (Some(l), Some(slot)) = (last.as_mut(), slot) {
-                l.remember(frames, c, epoch, slot, cut);
+            if let Some(l) = last.as_mut() {
+                // These frames are the last sample's from now on (none, without a slot).
+                **l = Last {
+                    classifier: c,
+                    epoch,
+                    slot: slot.unwrap_or(0),
+                    cut,
+                    len: if slot.is_some() {
+                        frames.len()
+                    } else {
+                        usize::MAX
+                    },
+                };
+            }
+            if let Some(h) = held.as_mut() {
+                h.held ^= 1;
             }
             (slot, cut)
         }
@@ -681,7 +717,6 @@ fn record(addr: u64, size: u64) {
             let s = &STACKS[slot];
             s.alloc_objects.fetch_add(1, Ordering::Relaxed);
             s.alloc_bytes.fetch_add(size, Ordering::Relaxed);
-            STATS_SAMPLES.fetch_add(1, Ordering::Relaxed);
             let v = pack(slot, size);
             if !map_insert(addr, v) {
                 account_free(v);
@@ -1055,7 +1090,7 @@ pub fn is_running() -> bool {
 }
 
 /// Changes the sampling rate (bytes; see [`start`]). The calling thread redraws its countdown
-/// at its next allocation, every other thread within 256 KiB of its own allocations. [`snapshot`] scales with the rate current when it runs.
+/// at its next allocation, every other thread within 4 MiB of its own allocations. [`snapshot`] scales with the rate current when it runs.
 pub fn set_rate(rate: u64) {
     let _g = control();
     SHARED.rate.store(rate, Ordering::Relaxed);
@@ -1105,7 +1140,6 @@ pub fn reset() {
         }
     }
     for a in [
-        &STATS_SAMPLES,
         &STATS_DROPPED_STACKS,
         &STATS_DROPPED_RESET,
         &STATS_UNTRACKED,
@@ -1121,7 +1155,12 @@ pub fn reset() {
 /// What the profiler did and dropped since the last [`reset`].
 pub fn stats() -> Stats {
     Stats {
-        samples: STATS_SAMPLES.load(Ordering::Relaxed),
+        // Each sample adds one to its slot's count: the sum is the count of samples (and
+        // without a counter of its own, one locked instruction less per sample).
+        samples: STACKS
+            .iter()
+            .map(|s| s.alloc_objects.load(Ordering::Relaxed))
+            .sum(),
         dropped_stacks: STATS_DROPPED_STACKS.load(Ordering::Relaxed),
         dropped_reset: STATS_DROPPED_RESET.load(Ordering::Relaxed),
         untracked: STATS_UNTRACKED.load(Ordering::Relaxed),
@@ -1327,6 +1366,46 @@ mod tests {
             let err = (neg_ln(u) + u.ln()).abs();
             assert!(err <= 1e-10, "{u:e}: {} against {}", neg_ln(u), -u.ln());
         }
+    }
+
+    /// The countdown as the fast path sees it: it runs out below zero (not at zero), a charge
+    /// made while it is out (a signal handler's allocation before the slow path took the first
+    /// charge back) runs out too, and taking the charges back never leaves it negative.
+    #[test]
+    fn the_countdown_runs_out_below_zero_and_stays_out_until_taken_back() {
+        // A fresh thread: this thread-local state is its own.
+        std::thread::spawn(|| {
+            let left = || COUNTDOWN.with(|c| c.get());
+            set_distance(100);
+            assert!(!runs_out(60));
+            assert!(!runs_out(40));
+            assert_eq!(left(), 0);
+            // The allocation that takes it below zero runs out; undone, it is as before.
+            assert!(runs_out(1));
+            uncharge(1);
+            assert_eq!(left(), 0);
+            set_distance(30);
+            assert!(runs_out(40));
+            // A handler's allocation in between runs out too (its own slow path)...
+            assert!(runs_out(24));
+            // ...and its take-back leaves zero, not the first charge's negative count: the
+            // handler's bytes counted against the distance.
+            uncharge(24);
+            assert_eq!(left(), 0);
+            uncharge(40);
+            assert_eq!(left(), 40);
+            // The same interleaving, the handler's slow path having drawn a new distance.
+            set_distance(10);
+            assert!(runs_out(40));
+            assert!(runs_out(24));
+            uncharge(24);
+            set_distance(1000);
+            uncharge(40);
+            assert_eq!(left(), 1040);
+            assert!(!runs_out(40));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
