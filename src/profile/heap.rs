@@ -19,18 +19,19 @@
 //! # Sampling
 //! Allocations are sampled as a Poisson process over allocated bytes: each thread counts down a
 //! distance drawn from an exponential distribution with mean `rate` bytes (default
-//! [`DEFAULT_RATE`] = 512 KiB, Go's `MemProfileRate`); the allocation that reaches zero is sampled
-//! and a new distance is drawn. An allocation of `s` bytes is therefore sampled with probability
+//! [`DEFAULT_RATE`] = 512 KiB, Go's `MemProfileRate`); the allocation that takes it below zero
+//! is sampled and a new distance is drawn. An allocation of `s` bytes is therefore sampled with probability
 //! `1 - exp(-s / rate)`, independently of how allocations are split. `rate = 1` samples every
 //! allocation; `rate = 0` samples none. Sizes are the requested [`Layout::size`] (Go records the
 //! size class, slightly larger).
 //!
 //! The countdown, the generator state and the reentrancy flag live in `const`-initialised
 //! thread-locals without destructors: reading them never allocates, never registers a
-//! destructor, and works during thread teardown. The unsampled path is one thread-local compare
-//! and subtraction on `alloc` (no load of shared state: the profiler's state is looked at only
-//! when the countdown runs out, see *Lifecycle*), and on `dealloc` one relaxed byte load from
-//! an 8 KiB filter indexed by address bits (neighbouring blocks share its cache lines).
+//! destructor, and works during thread teardown. The unsampled path is one thread-local
+//! subtraction and a branch on its sign on `alloc` (`sub %reg, %fs:COUNTDOWN; js` on x86_64; no
+//! load of shared state: the profiler's state is looked at only when the countdown runs out, see
+//! *Lifecycle*), and on `dealloc` one relaxed byte load from an 8 KiB filter indexed by address
+//! bits (neighbouring blocks share its cache lines).
 //!
 //! # Values: scaled like Go
 //! The tables hold raw sampled counts. [`snapshot`] scales them the way Go's `runtime/pprof`
@@ -57,8 +58,9 @@
 //! [`start_with_classifier`]). At most [`MAX_FRAMES`] frames are kept
 //! (leaf-most); longer stacks are counted in [`Stats::truncated`].
 //!
-//! Each thread remembers its last sample's captured frames (up to 32), the classifier, the
-//! stack slot the policy's frames went to and the [`reset`] epoch. A sample that captures the
+//! Each thread captures into two buffers of its own that swap roles after a sample (nothing is
+//! zeroed or copied per sample), so it keeps its last sample's captured frames, with the
+//! classifier, the stack slot the policy's frames went to and the [`reset`] epoch. A sample that captures the
 //! same frames under the same classifier, with no reset since, takes that slot without running
 //! the policy or searching the stack table: the policy's answer is a function of the frames
 //! and the classifier, and a slot keeps its stack until a reset. (The capture itself replays
