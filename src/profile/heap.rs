@@ -58,8 +58,9 @@
 //! [`start_with_classifier`]). At most [`MAX_FRAMES`] frames are kept
 //! (leaf-most); longer stacks are counted in [`Stats::truncated`].
 //!
-//! Each thread captures into two buffers of its own that swap roles after a sample (nothing is
-//! zeroed or copied per sample), so it keeps its last sample's captured frames, with the
+//! Each thread captures into two buffers of its own that swap roles after a sample (3 KiB of
+//! thread-local storage; nothing is zeroed or copied per sample), so it keeps its last
+//! sample's captured frames, with the
 //! classifier, the stack slot the policy's frames went to and the [`reset`] epoch. A sample that captures the
 //! same frames under the same classifier, with no reset since, takes that slot without running
 //! the policy or searching the stack table: the policy's answer is a function of the frames
