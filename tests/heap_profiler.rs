@@ -132,6 +132,11 @@ fn rate_one_counts_every_allocation_of_a_function() {
         0,
         "{st:?}"
     );
+    // `samples` counts what the stacks hold: every sample recorded, this function's 1000 and
+    // whatever else the test thread allocated meanwhile.
+    let raw: i64 = heap::snapshot_raw().iter().map(|s| s.alloc_objects).sum();
+    assert_eq!(st.samples, raw as u64, "{st:?}");
+    assert!(st.samples >= 1000, "{st:?}");
 }
 
 const BIG: usize = 256 * 1024;
