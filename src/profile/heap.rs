@@ -20,10 +20,10 @@
 //! Allocations are sampled as a Poisson process over allocated bytes: each thread counts down a
 //! distance drawn from an exponential distribution with mean `rate` bytes (default
 //! [`DEFAULT_RATE`] = 512 KiB, Go's `MemProfileRate`); the allocation that takes it below zero
-//! is sampled and a new distance is drawn. An allocation of `s` bytes is therefore sampled with probability
-//! `1 - exp(-s / rate)`, independently of how allocations are split. `rate = 1` samples every
-//! allocation; `rate = 0` samples none. Sizes are the requested [`Layout::size`] (Go records the
-//! size class, slightly larger).
+//! is sampled and a new distance is drawn. An allocation of `s` bytes is therefore sampled with
+//! probability `1 - exp(-s / rate)`, independently of how allocations are split. `rate = 1`
+//! samples every allocation; `rate = 0` samples none. Sizes are the requested [`Layout::size`]
+//! (Go records the size class, slightly larger).
 //!
 //! The countdown, the generator state and the reentrancy flag live in `const`-initialised
 //! thread-locals without destructors: reading them never allocates, never registers a
@@ -60,12 +60,12 @@
 //!
 //! Each thread captures into two buffers of its own that swap roles after a sample (3 KiB of
 //! thread-local storage; nothing is zeroed or copied per sample), so it keeps its last
-//! sample's captured frames, with the
-//! classifier, the stack slot the policy's frames went to and the [`reset`] epoch. A sample that captures the
-//! same frames under the same classifier, with no reset since, takes that slot without running
-//! the policy or searching the stack table: the policy's answer is a function of the frames
-//! and the classifier, and a slot keeps its stack until a reset. (The capture itself replays
-//! the thread's root frames from a memo: see [`crate::dwarf::capture`].)
+//! sample's captured frames, with the classifier, the stack slot the policy's frames went to
+//! and the [`reset`] epoch. A sample that captures the same frames under the same classifier,
+//! with no reset since, takes that slot without running the policy or searching the stack
+//! table: the policy's answer is a function of the frames and the classifier, and a slot keeps
+//! its stack until a reset. (The capture itself replays the thread's root frames from a memo:
+//! see [`crate::dwarf::capture`].)
 //!
 //! # Tables: fixed, preallocated, lock-free
 //! Nothing is allocated from inside the allocator. Two static tables (zero-initialised, so they
@@ -392,8 +392,8 @@ thread_local! {
     /// most [`NOTICE`].
     static COUNTDOWN: Cell<u64> = const { Cell::new(0) };
     /// The rest of the drawn distance beyond `COUNTDOWN` (distances longer than [`NOTICE`] are
-    /// counted down in pieces, so that the thread looks at [`Shared::state`] at least every `NOTICE`
-    /// bytes).
+    /// counted down in pieces, so that the thread looks at [`Shared::state`] at least every
+    /// `NOTICE` bytes).
     static REMAINING: Cell<u64> = const { Cell::new(0) };
     /// The `Shared::state` the distance was drawn under.
     static EPOCH: Cell<u64> = const { Cell::new(0) };
@@ -403,10 +403,10 @@ thread_local! {
     static BUSY: Cell<bool> = const { Cell::new(false) };
 }
 
-/// A thread looks at [`Shared::state`] (started, stopped, the rate) at least once every `NOTICE` bytes
-/// it allocates: that is how a [`start`], [`stop`] or [`set_rate`] made on another thread
-/// reaches it, without a load of `Shared::state` on every allocation. (The thread that calls them sees
-/// the change at its next allocation.)
+/// A thread looks at [`Shared::state`] (started, stopped, the rate) at least once every
+/// `NOTICE` bytes it allocates: that is how a [`start`], [`stop`] or [`set_rate`] made on
+/// another thread reaches it, without a load of `Shared::state` on every allocation. (The
+/// thread that calls them sees the change at its next allocation.)
 const NOTICE: u64 = 4 << 20;
 
 /// The allocation hook's fast path, before the allocation is made (so the inner allocator's
@@ -1093,7 +1093,8 @@ pub fn is_running() -> bool {
 }
 
 /// Changes the sampling rate (bytes; see [`start`]). The calling thread redraws its countdown
-/// at its next allocation, every other thread within 4 MiB of its own allocations. [`snapshot`] scales with the rate current when it runs.
+/// at its next allocation, every other thread within 4 MiB of its own allocations.
+/// [`snapshot`] scales with the rate current when it runs.
 pub fn set_rate(rate: u64) {
     let _g = control();
     SHARED.rate.store(rate, Ordering::Relaxed);
@@ -1576,7 +1577,8 @@ mod tests {
         let a = 0x7f00_dead_0000u64;
         use Op::*;
         let got = drive(&[
-            // Twice from one place: one stack, counted twice (the second through `LAST`).
+            // Twice from one place: one stack, counted twice (the second through the thread's
+            // last sample, `Captures`).
             Here(a),
             Here(a + 64),
             Snapshot,
