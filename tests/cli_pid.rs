@@ -848,8 +848,8 @@ fn go_caught_on_the_system_stack() {
     }
     let dir = TempDir::new("go-gc");
     let mut t = Target::start(&mut Command::new(build_go(&dir.0, "live_gc")));
-    // A thread is on the system stack most of the time (runtime.GC in a loop); try until one
-    // is caught there.
+    // main.collect's goroutine is on g0 most of the time (runtime.Stack over 2000 goroutines,
+    // see the fixture); try until a walk catches it there.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (r, heap) = loop {
         assert!(
