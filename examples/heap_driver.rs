@@ -37,13 +37,30 @@ fn start() {
 }
 
 /// Interleaved rounds of the loop on `System` and on the wrapper sampling at the default rate:
-/// medians and the median ratio (a quick timing, not instruction counting).
+/// medians and the median ratio (a quick timing, not instruction counting). With `LIVE_MB=N`,
+/// N MiB of 16 KiB blocks are allocated through the wrapper first and kept live meanwhile (a
+/// large heap: its sampled blocks stay tracked, as a long-running program's do).
 fn paired(rounds: usize, ptrs: &mut [*mut u8; 1000]) {
     start();
+    let live_mb: usize = std::env::var("LIVE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let live: Vec<Vec<u8>> = (0..live_mb * 64)
+        .map(|_| Vec::with_capacity(16 << 10))
+        .collect();
+    if live_mb > 0 {
+        eprintln!(
+            "live heap: {} blocks, {} of them tracked",
+            live.len(),
+            heap::stats().tracked
+        );
+    }
     let mut ratios: Vec<f64> = raw_alloc::interleaved(rounds, 50, &ALLOC, ptrs)
         .iter()
         .map(|(sys, on)| on / sys)
         .collect();
+    drop(live);
     heap::stop();
     ratios.sort_by(|a, b| a.total_cmp(b));
     println!(
