@@ -35,6 +35,8 @@ fn pos(frames: &[Frame], part: &str) -> Option<usize> {
 // ---- recursion: FP == DWARF ------------------------------------------------------------
 
 struct Three {
+    /// `unwind::capture_with`, the frame-pointer API, for `fp` to match.
+    plain: (Vec<Frame>, Trace),
     fp: (Vec<Frame>, Trace),
     dwarf: (Vec<Frame>, Trace),
     hybrid: (Vec<Frame>, Trace),
@@ -49,10 +51,14 @@ fn capture3() -> Three {
     let ta = dwarf::capture(&mut a, u, Mode::FramePointer);
     let tb = dwarf::capture(&mut b, u, Mode::Dwarf);
     let tc = dwarf::capture(&mut c, u, Mode::Hybrid);
+    let mut d = vec![Frame::EMPTY; 256];
+    let td = unwind::capture_with(&mut d, unwind::Options::default());
+    d.truncate(td.len);
     a.truncate(ta.len);
     b.truncate(tb.len);
     c.truncate(tc.len);
     Three {
+        plain: (d, td),
         fp: (a, ta),
         dwarf: (b, tb),
         hybrid: (c, tc),
@@ -144,6 +150,16 @@ fn recursion_fp_and_dwarf_identical() {
         describe(hy)
     );
     assert!(dw[1..end].iter().all(|f| f.via == unwind::Via::Dwarf));
+    // Frame-pointer mode is the frame-pointer API's walk (its fast entry): the same frames and
+    // the same reason to stop.
+    let plain = &t.plain.0;
+    assert_eq!(
+        pcs(&fp[1..]),
+        pcs(&plain[1..]),
+        "capture_with:\n{}",
+        describe(plain)
+    );
+    assert_eq!(t.fp.1.stop, t.plain.1.stop);
     // DWARF goes at least as far as frame records (it also crosses libc's start_thread).
     assert!(
         dw.len() >= fp.len(),

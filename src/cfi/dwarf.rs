@@ -1191,6 +1191,10 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
     // record, or its exact registers and its CFI), which stays live while they run. The paths
     // are functions of their own, so that this one, which every capture enters, is small.
     let r = crate::live::current_regs();
+    if mode == Mode::FramePointer {
+        // Frame records alone: the walk of `crate::capture`, with its fast entry.
+        return crate::live::trace_from_here(r, buf);
+    }
     if mode == Mode::Hybrid {
         // The common case first, as in `crate::capture`: this function keeps a frame record
         // (its CFI says so), the thread's stack is known, and frame records lead up the stack

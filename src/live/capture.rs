@@ -408,9 +408,57 @@ pub(crate) fn own_stack(sp: u64) -> Option<LiveMemory> {
 /// record off the stack): the general walker goes on from there, with the same memory.
 #[inline(never)]
 fn resume(mem: &mut LiveMemory, buf: &mut [Frame], n: usize, fp: u64, floor: u64) -> usize {
+    resume_trace(mem, buf, n, fp, floor).len
+}
+
+/// [`resume`], returning why the walk stopped.
+#[inline(always)]
+fn resume_trace(mem: &mut LiveMemory, buf: &mut [Frame], n: usize, fp: u64, floor: u64) -> Trace {
     let stack = mem.stacks[0];
     let mut w: Walker<Native, _, _> = Walker::new(Pinned::new());
-    w.resume_after_records(mem, buf, n, stack, fp, floor).len
+    w.resume_after_records(mem, buf, n, stack, fp, floor)
+}
+
+/// [`resume_trace`] out of line (the cold path of [`trace_from_here`]).
+#[inline(never)]
+fn resume_trace_cold(run: &mut RecordRun, buf: &mut [Frame]) -> Trace {
+    resume_trace(&mut run.mem, buf, run.n, run.fp, run.floor)
+}
+
+/// [`capture`]'s walk with default [`Options`], returning why it stopped (as
+/// [`capture_with`] does, but through [`capture`]'s frame-pointer entry): `r` are the registers
+/// [`current_regs`] read in a public capture function (inline this into it), whose caller is
+/// frame 0. Async-signal-safe, as [`capture`].
+#[inline(always)]
+pub(crate) fn trace_from_here(r: Regs, buf: &mut [Frame]) -> Trace {
+    if let Some(run) = records_from_here(r, buf, crate::walk::AllRecords) {
+        if run.done(buf) {
+            let stop = if run.n == buf.len() {
+                crate::frame::StopReason::BufferFull
+            } else {
+                crate::frame::StopReason::End
+            };
+            return Trace { len: run.n, stop };
+        }
+        if run.n != 0 {
+            let mut run = run;
+            return resume_trace_cold(&mut run, buf);
+        }
+    }
+    walk_from_regs_cold(r, buf)
+}
+
+/// The general walk of [`trace_from_here`], out of line.
+#[inline(never)]
+fn walk_from_regs_cold(r: Regs, buf: &mut [Frame]) -> Trace {
+    walk_from_regs(r, buf, Options::default())
+}
+
+/// [`capture`] returning why the walk stopped: the same walk as [`capture_with`] with default
+/// [`Options`], through [`capture`]'s fast frame-pointer entry. Async-signal-safe.
+#[inline(never)]
+pub(crate) fn capture_trace(buf: &mut [Frame]) -> Trace {
+    trace_from_here(current_regs(), buf)
 }
 
 /// [`capture`]'s general path: `r` are the registers [`capture`] read in its own frame (still

@@ -43,8 +43,8 @@
 //! [`snapshot_raw`] returns the raw sampled values; [`rate`] gives the rate to scale them with.
 //!
 //! # Stacks
-//! A sampled allocation is captured with [`crate::capture_with`] (so it crosses every registered
-//! transition: [`crate::system_stack::run`], coroutines, signal frames) and cut with the heap
+//! A sampled allocation is captured as [`crate::capture`] walks, or in the capture [`Mode`] set by
+//! [`start_with_mode`] (either way it crosses every registered transition: [`crate::system_stack::run`], coroutines, signal frames) and cut with the heap
 //! [`Policy`]: runtime frames at the leaf end are dropped, so a sample starts at the first
 //! non-runtime frame, the code that asked for memory. "Runtime" is the [`Classifier`]'s answer;
 //! the default one ([`default_classifier`]) counts as runtime the functions named with
@@ -137,7 +137,6 @@
 //! created afterwards, at once).
 
 use crate::frame::Frame;
-use crate::live::{capture_with, Options};
 use crate::policy::{Classifier, Policy, ProfileKind};
 use crate::runtime_names;
 use crate::walk::Mode;
@@ -667,7 +666,7 @@ fn record(addr: u64, size: u64) {
     // The prepared CFI (an atomic load; the tables are never freed): see `start_with_mode`.
     let t = match crate::modules::unwinder().filter(|_| mode != Mode::FramePointer) {
         Some(u) => crate::dwarf::capture(buf, u, mode),
-        None => capture_with(buf, Options::default()),
+        None => crate::live::capture_trace(buf),
     };
     let frames = &buf[..t.len.min(CAPTURE_FRAMES)];
     let c = SHARED.classifier.load(Ordering::Acquire);
