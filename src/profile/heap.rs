@@ -43,21 +43,20 @@
 //! [`snapshot_raw`] returns the raw sampled values; [`rate`] gives the rate to scale them with.
 //!
 //! # Stacks
-//! A sampled allocation is captured as [`crate::capture`] walks, or in the capture [`Mode`] set by
-//! [`start_with_mode`] (either way it crosses every registered transition: [`crate::system_stack::run`], coroutines, signal frames) and cut with the heap
+//! A sampled allocation is captured in the [`Mode`] of [`start_with_mode`] (Hybrid with [`start`];
+//! FramePointer is [`crate::capture`]'s walk). Every mode crosses every registered transition
+//! ([`crate::system_stack::run`], coroutines, signal frames). The frames are cut with the heap
 //! [`Policy`]: runtime frames at the leaf end are dropped, so a sample starts at the first
-//! non-runtime frame, the code that asked for memory. "Runtime" is the [`Classifier`]'s answer;
-//! the default one ([`default_classifier`]) counts as runtime the functions named with
-//! [`is_runtime_name`] (this wrapper, the allocator shims,
-//! `alloc::`/`std::alloc` internals, collections' growth paths, `core::iter` glue such as
-//! `collect`, `unwind::system_stack`) and every
-//! frame on the system side of a system-stack switch. So an allocation made inside
+//! non-runtime frame, the code that asked for memory. "Runtime" is the [`Classifier`]'s answer; the
+//! default one ([`default_classifier`]) counts as runtime the functions named with
+//! [`is_runtime_name`] (this wrapper, the allocator shims, `alloc::`/`std::alloc` internals,
+//! collections' growth paths, `core::iter` glue such as `collect`, `unwind::system_stack`) and
+//! every frame on the system side of a system-stack switch. So an allocation made inside
 //! `system_stack::run(|| ...)` is charged to the function that called `run`, as Go charges
-//! `systemstack` work to the goroutine's frame. A program without symbol tables (stripped) gets
-//! a classifier that knows no runtime code: its samples keep the wrapper's own frames at the
-//! leaf end (pass a classifier built from a separate symbol file to
-//! [`start_with_classifier`]). At most [`MAX_FRAMES`] frames are kept
-//! (leaf-most); longer stacks are counted in [`Stats::truncated`].
+//! `systemstack` work to the goroutine's frame. A program without symbol tables (stripped) gets a
+//! classifier that knows no runtime code: its samples keep the wrapper's own frames at the leaf end
+//! (pass a classifier built from a separate symbol file to [`start_with_classifier`]). At most
+//! [`MAX_FRAMES`] frames are kept (leaf-most); longer stacks are counted in [`Stats::truncated`].
 //!
 //! Each thread captures into two buffers of its own that swap roles after a sample (3 KiB of
 //! thread-local storage; nothing is zeroed or copied per sample), so it keeps its last
