@@ -420,6 +420,7 @@ fn resume_trace(mem: &mut LiveMemory, buf: &mut [Frame], n: usize, fp: u64, floo
 }
 
 /// [`resume_trace`] out of line (the cold path of [`trace_from_here`]).
+#[cfg_attr(not(any(feature = "dwarf", feature = "profilers")), allow(dead_code))]
 #[inline(never)]
 fn resume_trace_cold(run: &mut RecordRun, buf: &mut [Frame]) -> Trace {
     resume_trace(&mut run.mem, buf, run.n, run.fp, run.floor)
@@ -429,6 +430,7 @@ fn resume_trace_cold(run: &mut RecordRun, buf: &mut [Frame]) -> Trace {
 /// [`capture_with`] does, but through [`capture`]'s frame-pointer entry): `r` are the registers
 /// [`current_regs`] read in a public capture function (inline this into it), whose caller is
 /// frame 0. Async-signal-safe, as [`capture`].
+#[cfg_attr(not(any(feature = "dwarf", feature = "profilers")), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn trace_from_here(r: Regs, buf: &mut [Frame]) -> Trace {
     if let Some(run) = records_from_here(r, buf, crate::walk::AllRecords) {
@@ -449,6 +451,7 @@ pub(crate) fn trace_from_here(r: Regs, buf: &mut [Frame]) -> Trace {
 }
 
 /// The general walk of [`trace_from_here`], out of line.
+#[cfg_attr(not(any(feature = "dwarf", feature = "profilers")), allow(dead_code))]
 #[inline(never)]
 fn walk_from_regs_cold(r: Regs, buf: &mut [Frame]) -> Trace {
     walk_from_regs(r, buf, Options::default())
@@ -456,6 +459,7 @@ fn walk_from_regs_cold(r: Regs, buf: &mut [Frame]) -> Trace {
 
 /// [`capture`] returning why the walk stopped: the same walk as [`capture_with`] with default
 /// [`Options`], through [`capture`]'s fast frame-pointer entry. Async-signal-safe.
+#[cfg_attr(not(any(feature = "dwarf", feature = "profilers")), allow(dead_code))]
 #[inline(never)]
 pub(crate) fn capture_trace(buf: &mut [Frame]) -> Trace {
     trace_from_here(current_regs(), buf)
