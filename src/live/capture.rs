@@ -459,7 +459,7 @@ fn walk_from_regs_cold(r: Regs, buf: &mut [Frame]) -> Trace {
 
 /// [`capture`] returning why the walk stopped: the same walk as [`capture_with`] with default
 /// [`Options`], through [`capture`]'s fast frame-pointer entry. Async-signal-safe.
-#[cfg_attr(not(any(feature = "dwarf", feature = "profilers")), allow(dead_code))]
+#[cfg_attr(not(feature = "profilers"), allow(dead_code))]
 #[inline(never)]
 pub(crate) fn capture_trace(buf: &mut [Frame]) -> Trace {
     trace_from_here(current_regs(), buf)
