@@ -30,7 +30,13 @@ const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR]
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let help = |a: &String| a == "-h" || a == "--help";
     let result = match args.first().map(String::as_str) {
+        // `unwind stack --help` and the like: the usage, whatever else was given.
+        Some("stack" | "demo" | "verify") if args[1..].iter().any(help) => {
+            println!("{USAGE}");
+            Ok(())
+        }
         Some("stack") => stack(&args[1..]),
         Some("demo") => demo(&args[1..]),
         Some("verify") => verify(&args[1..]),
@@ -115,7 +121,7 @@ fn stack(args: &[String]) -> Result<(), String> {
                 }
             }
             "--lines" => lines = true,
-            other => return Err(format!("unknown option '{other}'")),
+            other => return Err(format!("unknown option '{other}' (unwind --help: usage)")),
         }
     }
     let report = match (pid, core) {
@@ -211,7 +217,7 @@ fn verify(args: &[String]) -> Result<(), String> {
                 .ok_or_else(|| format!("{name} needs a value"))
         };
         if !core_option(a, &mut value, &mut core, &mut opts)? {
-            return Err(format!("unknown option '{a}'"));
+            return Err(format!("unknown option '{a}' (unwind --help: usage)"));
         }
     }
     let core = open_core(core.ok_or("--core CORE is required")?, &opts)?;

@@ -459,7 +459,27 @@ fn bad_input_exits_2_with_one_line() {
     assert_bad(&["stack"], "--core");
     assert_bad(&["stack", "--core", p(&c), "--format", "xml"], "--format");
     assert_bad(&["frobnicate"], "unknown command");
+    assert_bad(&["stack", "--frobnicate"], "unwind --help");
     let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn help_after_a_command_prints_the_usage() {
+    for args in [
+        &["--help"][..],
+        &["stack", "--help"],
+        &["stack", "--core", "x", "-h"],
+        &["verify", "--help"],
+        &["demo", "-h"],
+    ] {
+        let out = run(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            text.contains("usage: unwind stack --core CORE") && text.contains("--pid PID"),
+            "{args:?}: {text}"
+        );
+    }
 }
 
 #[test]
