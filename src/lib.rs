@@ -9,11 +9,15 @@
 //! Every frame records which stack it was found on and how ([`Frame`]).
 //!
 //! # What you provide
-//! For [`capture`]: code built with frame pointers (`-C force-frame-pointers=yes`; this
-//! crate's `.cargo/config.toml` sets it, a dependent crate's build does not). Where a chain is
-//! missing the walk stops cleanly and says why ([`StopReason`]). The profilers ([`cpu`],
-//! [`heap`]) and `unwind stack` default to [`Mode::Hybrid`], which needs no frame pointers: it
-//! follows the modules' CFI where there is no frame record ([`dwarf`], [`module_watch`]).
+//! For [`capture`]: code built with frame pointers (`-C force-frame-pointers=yes`; this crate's
+//! `.cargo/config.toml` sets it, a dependent crate's build does not). Where a chain is missing the
+//! walk stops cleanly and says why ([`StopReason`], from [`capture_with`]). The build script
+//! notices a build without the flag (x86_64): there [`capture`] walks by CFI once
+//! `modules::refresh` (or a profiler's start) prepared it, and before that returns nothing
+//! ([`StopReason::NoFramePointers`]) rather than frames that are not its caller's. The profilers
+//! ([`cpu`], [`heap`]) and `unwind stack` default to [`Mode::Hybrid`], which needs no frame
+//! pointers: it follows the modules' CFI where there is no frame record ([`dwarf`],
+//! [`module_watch`]).
 //!
 //! # What it guarantees
 //! - The walk never panics, never allocates, takes no lock, and reads memory only through a

@@ -6,7 +6,10 @@
 //!   `compute_loop` on two threads that never call `register_thread`);
 //! - the unregistered threads' share of samples is within 5 points of their share of the CPU
 //!   time the program measured over the same window;
-//! - at least 99% of sampled heap bytes reach `alloc_loop`.
+//! - at least 99% of sampled heap bytes reach `alloc_loop`;
+//! - `unwind::capture` three calls down starts at its caller and reaches `main`; without frame
+//!   pointers it returns nothing (`StopReason::NoFramePointers`) until the CFI is prepared,
+//!   and then walks by CFI.
 //!
 //! Needs go (`go tool pprof`): with `CI` set its absence fails the test, otherwise it is
 //! skipped with a message. Building the fixture takes a few minutes the first time (its own
@@ -118,6 +121,36 @@ fn check(frame_pointers: bool) {
         usize::from(!frame_pointers),
         "{err}"
     );
+
+    // `unwind::capture` from deep_c, three calls down: with frame pointers, by frame records;
+    // without, nothing until the CFI is prepared (no frames that are not the caller's), then
+    // by CFI. (`count;capture_with's count;stop;first four names`.)
+    for key in ["capture_before", "capture_after"] {
+        let v: Vec<&str> = stat(&stats, key).split(';').collect();
+        let (n, n_with, stop, names) = (v[0], v[1], v[2], v[3]);
+        if !frame_pointers && key == "capture_before" {
+            assert_eq!(
+                (n, n_with, stop, names),
+                ("0", "0", "built without frame pointers", "")
+            );
+            continue;
+        }
+        let names: Vec<&str> = names.split(',').collect();
+        assert!(
+            names.len() == 4
+                && names[0].ends_with("deep_c")
+                && names[1].ends_with("deep_b")
+                && names[2].ends_with("deep_a")
+                && names[3].ends_with("dependent::main"),
+            "{key}: {v:?}"
+        );
+        // By CFI the walk ends at the thread's entry; by frame records it stops in libc,
+        // which keeps none (the main thread's `__libc_start_call_main`).
+        if !frame_pointers {
+            assert_eq!(stop, "end", "{key}: {v:?}");
+        }
+        assert_eq!(n, n_with, "{key}: {v:?}");
+    }
 
     let cpu = traces(&go_pprof(
         &["-sample_index=samples", "-traces"],

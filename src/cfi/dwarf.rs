@@ -1192,6 +1192,13 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
     // are functions of their own, so that this one, which every capture enters, is small.
     let r = crate::live::current_regs();
     if mode == Mode::FramePointer {
+        if cfg!(unwind_no_frame_pointers) {
+            // No frame records to follow in this build (see `crate::capture`).
+            return Trace {
+                len: 0,
+                stop: crate::frame::StopReason::NoFramePointers,
+            };
+        }
         // Frame records alone: the walk of `crate::capture`, with its fast entry.
         return crate::live::trace_from_here(r, buf);
     }

@@ -184,6 +184,11 @@ pub enum StopReason {
     NoUnwindInfo,
     /// Too many transitions crossed (a loop of stacks).
     TooManyTransitions,
+    /// A live frame-pointer walk in a build whose code keeps no frame records (x86_64 without
+    /// `-C force-frame-pointers=yes`), with no prepared CFI to walk by instead
+    /// (`modules::refresh`, `dwarf` feature): nothing past the first frame a signal's
+    /// registers give could be trusted. See [`crate::capture`].
+    NoFramePointers,
 }
 
 impl StopReason {
@@ -205,6 +210,7 @@ impl StopReason {
             StopReason::BadTransition => "unreadable transition",
             StopReason::NoUnwindInfo => "no unwind information",
             StopReason::TooManyTransitions => "too many transitions",
+            StopReason::NoFramePointers => "built without frame pointers",
         }
     }
 }

@@ -319,8 +319,25 @@ pub struct Options {
 ///
 /// Async-signal-safe: no allocation, no lock, no system call once the thread's stack is known
 /// (see the module docs). Crosses every registered stack switch.
+///
+/// # Builds without frame pointers
+/// The walk follows frame records, which x86_64 code keeps only when built with
+/// `-C force-frame-pointers=yes` (a dependent crate's build does not have it unless it asks:
+/// see README). The crate's build script notices a build without it. There `capture` (and
+/// [`capture_with`], [`capture_from_ucontext`]) walks by the loaded modules' CFI instead, in
+/// [`Mode::Hybrid`](crate::walk::Mode::Hybrid), once it is prepared (`modules::refresh` or a
+/// profiler's start, `dwarf` feature): the same frames, several times slower per frame, and at
+/// most `buf.len() - 1` of them. Without prepared CFI it writes nothing (a signal's capture: the
+/// interrupted pc alone) and [`capture_with`] says [`StopReason::NoFramePointers`]: whatever
+/// `rbp` holds in such a build is not a frame record, and following it gave frames that were
+/// not the caller's.
+///
+/// [`StopReason::NoFramePointers`]: crate::frame::StopReason::NoFramePointers
 #[inline(never)]
 pub fn capture(buf: &mut [Frame]) -> usize {
+    if cfg!(unwind_no_frame_pointers) {
+        return capture_by_cfi(buf, 0).len;
+    }
     let r = current_regs();
     // The common case first, without the general walker's set-up: the thread's stack is known,
     // `sp` is on it, and frame records lead from this function's own record up the stack. The
@@ -462,7 +479,42 @@ fn walk_from_regs_cold(r: Regs, buf: &mut [Frame]) -> Trace {
 #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
 #[inline(never)]
 pub(crate) fn capture_trace(buf: &mut [Frame]) -> Trace {
+    if cfg!(unwind_no_frame_pointers) {
+        return capture_by_cfi(buf, 0);
+    }
     trace_from_here(current_regs(), buf)
+}
+
+/// The live capture of a build without frame pointers ([`capture`]'s "Builds without frame
+/// pointers"), inlined into a public capture function, whose caller becomes frame 0: a Hybrid
+/// walk by the prepared CFI, one frame longer than wanted (its first frame, the return into
+/// the public function, is dropped), or nothing. `max_depth` as [`Options::max_depth`].
+/// Async-signal-safe.
+#[cfg_attr(not(unwind_no_frame_pointers), allow(dead_code))]
+#[inline(always)]
+fn capture_by_cfi(buf: &mut [Frame], max_depth: usize) -> Trace {
+    let limit = match max_depth {
+        0 => buf.len(),
+        d => d.min(buf.len()),
+    };
+    #[cfg(feature = "dwarf")]
+    if let Some(u) = crate::modules::unwinder() {
+        let room = (limit + 1).min(buf.len());
+        let mut t = crate::dwarf::capture(&mut buf[..room], u, crate::walk::Mode::Hybrid);
+        if t.len > 0 {
+            buf.copy_within(1..t.len, 0);
+            t.len -= 1;
+        }
+        if t.len == limit && limit < buf.len() && t.stop == crate::frame::StopReason::BufferFull {
+            t.stop = crate::frame::StopReason::MaxDepth;
+        }
+        return t;
+    }
+    let _ = limit;
+    Trace {
+        len: 0,
+        stop: crate::frame::StopReason::NoFramePointers,
+    }
 }
 
 /// [`capture`]'s general path: `r` are the registers [`capture`] read in its own frame (still
@@ -475,6 +527,17 @@ fn capture_from(r: Regs, buf: &mut [Frame]) -> usize {
 /// [`capture`] with options, returning why the walk stopped too. Async-signal-safe.
 #[inline(never)]
 pub fn capture_with(buf: &mut [Frame], opts: Options) -> Trace {
+    if cfg!(unwind_no_frame_pointers) {
+        // A naive walk is a frame-record walk by definition: there are none to follow.
+        return if opts.naive {
+            Trace {
+                len: 0,
+                stop: crate::frame::StopReason::NoFramePointers,
+            }
+        } else {
+            capture_by_cfi(buf, opts.max_depth)
+        };
+    }
     // The registers of this function: the walk starts from its own frame record.
     walk_from_regs(current_regs(), buf, opts)
 }
@@ -596,6 +659,42 @@ pub unsafe fn capture_from_ucontext_with(
 ) -> Trace {
     // SAFETY: forwarded from the caller.
     let (start, mut mem) = unsafe { start_from_ucontext(ucontext) };
+    if cfg!(unwind_no_frame_pointers) {
+        // See `capture`: by CFI when it is prepared, else the interrupted pc alone.
+        let limit = match opts.max_depth {
+            0 => buf.len(),
+            d => d.min(buf.len()),
+        };
+        #[cfg(feature = "dwarf")]
+        if let (Some(u), false) = (crate::modules::unwinder(), opts.naive) {
+            // SAFETY: forwarded from the caller.
+            return unsafe {
+                crate::dwarf::capture_from_ucontext(
+                    ucontext,
+                    &mut buf[..limit],
+                    u,
+                    crate::walk::Mode::Hybrid,
+                )
+            };
+        }
+        let Some(first) = buf.get_mut(..limit).and_then(|b| b.first_mut()) else {
+            return Trace {
+                len: 0,
+                stop: crate::frame::StopReason::BufferFull,
+            };
+        };
+        *first = Frame {
+            pc: start.regs.pc,
+            stack: 0,
+            via: crate::frame::Via::Regs,
+            flags: Frame::EXACT,
+            transition: 0,
+        };
+        return Trace {
+            len: 1,
+            stop: crate::frame::StopReason::NoFramePointers,
+        };
+    }
     walk_live(start, &mut mem, buf, opts)
 }
 
