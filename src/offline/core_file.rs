@@ -34,7 +34,8 @@ pub enum CoreError {
     /// No thread (`NT_PRSTATUS`) in the core.
     NoThreads,
     /// The file is shorter than its headers say (the core size limit was reached while the
-    /// kernel wrote it), and too little is left to unwind: (bytes present, bytes expected).
+    /// kernel wrote it), and too little is left to unwind: (bytes present, bytes its readable
+    /// program headers reach: the whole size when the table itself is present).
     TruncatedFile(u64, u64),
 }
 
@@ -57,7 +58,7 @@ impl fmt::Display for CoreError {
             CoreError::NoThreads => f.write_str("no thread (NT_PRSTATUS) in the core"),
             CoreError::TruncatedFile(have, want) => write!(
                 f,
-                "core file is truncated: {have} of {want} bytes, too little left to unwind"
+                "core file is truncated: {have} of at least {want} bytes, too little left to unwind"
             ),
         }
     }
