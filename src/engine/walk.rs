@@ -763,6 +763,11 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         // 1. Find the caller: by CFI when the mode asks for it, else by the frame record.
         let mut dwarf = None;
         let mut signal = false;
+        // CFI covered this pc but could not be evaluated (most often: the stack it reads is
+        // not there, as in a truncated core). The frame-pointer guess that follows may then
+        // fail on whatever `fp` holds: that failure is reported as the unreadable memory it
+        // most likely is, not as a misaligned or wandering frame pointer.
+        let mut cfi_failed = false;
         let ask_cfi = match self.mode {
             Mode::FramePointer => false,
             // Right after a `Continue` transition (the chain goes on on another stack: Go's
@@ -782,7 +787,8 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 CfiStep::NoInfo | CfiStep::Failed if self.mode == Mode::Dwarf => {
                     return Err(StopReason::NoUnwindInfo)
                 }
-                CfiStep::NoInfo | CfiStep::Failed => {}
+                CfiStep::Failed => cfi_failed = true,
+                CfiStep::NoInfo => {}
             }
         }
         // CFI says "outermost frame" (an undefined return address). Go marks its arm64 signal
@@ -826,14 +832,21 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 if fp == 0 {
                     return Err(StopReason::End);
                 }
+                let guess = |why| {
+                    if cfi_failed {
+                        StopReason::ReadFailed
+                    } else {
+                        why
+                    }
+                };
                 if !fp.is_multiple_of(A::FP_ALIGN) {
-                    return Err(StopReason::Misaligned);
+                    return Err(guess(StopReason::Misaligned));
                 }
                 match st.seg {
                     Some(seg) if !seg.contains_span(fp, A::RECORD_SIZE) => {
                         // Left this stack for another known one: only a transition may do that.
                         return Err(if !seg.contains(fp) && mem.stack_range(fp).is_some() {
-                            StopReason::NotMonotonic
+                            guess(StopReason::NotMonotonic)
                         } else {
                             StopReason::ReadFailed
                         });
@@ -842,12 +855,12 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 }
                 if let Some(prev) = st.prev_fp {
                     if fp <= prev {
-                        return Err(StopReason::NotMonotonic);
+                        return Err(guess(StopReason::NotMonotonic));
                     }
                 }
                 // A record below the stack pointer is in dead stack.
                 if st.regs.sp != 0 && fp < st.regs.sp.saturating_sub(A::RECORD_BELOW_SP) {
-                    return Err(StopReason::NotMonotonic);
+                    return Err(guess(StopReason::NotMonotonic));
                 }
                 // Both architectures: [fp] = caller's fp, [fp + 8] = return address.
                 let (saved_fp, ra) = mem.read_pair(fp).ok_or(StopReason::ReadFailed)?;

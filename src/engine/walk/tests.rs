@@ -776,3 +776,40 @@ fn unrecorded_pages_are_exactly_the_pages_with_a_return_address_without_a_record
     assert_eq!(listed, want);
     assert!(want.contains(&0x7_1000) && want.contains(&0x7_0000));
 }
+
+/// CFI that covers every pc and can never be evaluated (its stack is not there).
+struct FailingCfi;
+
+impl Cfi for FailingCfi {
+    fn step<A: Arch, M: Memory>(&mut self, _: &Regs, _: bool, _: &mut M) -> CfiStep {
+        CfiStep::Failed
+    }
+    fn keeps_frame_record(&mut self, _ra: u64) -> bool {
+        false
+    }
+}
+
+#[test]
+fn hybrid_reports_unreadable_cfi_not_the_frame_pointer_guess() {
+    // A leaf built without frame pointers: rbp holds a misaligned value, and its CFI cannot be
+    // evaluated (a truncated core: the stack it reads is missing).
+    let s = chain(3);
+    let start = Start::exact(Regs::new(0x1234, LO + 0x80, 0x1003));
+    let table = TransitionTable::new();
+    let regions = [s.region()];
+    let run = |cfi_fails: bool| {
+        let mut buf = vec![Frame::EMPTY; 8];
+        let mut mem = Image::new(&regions);
+        let t = if cfi_fails {
+            Walker::<X86_64, _, _>::with_cfi(&table, FailingCfi, Mode::Hybrid)
+                .walk(start, &mut mem, &mut buf)
+        } else {
+            Walker::<X86_64, _, _>::with_cfi(&table, NoCfi, Mode::Hybrid)
+                .walk(start, &mut mem, &mut buf)
+        };
+        (t.len, t.stop)
+    };
+    assert_eq!(run(true), (1, StopReason::ReadFailed));
+    // Without CFI for the pc the frame-pointer guess is all there is, and its failure stands.
+    assert_eq!(run(false), (1, StopReason::Misaligned));
+}
