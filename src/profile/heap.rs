@@ -30,9 +30,9 @@
 //! destructor, and works during thread teardown. The unsampled path is one thread-local
 //! subtraction and a branch on its sign on `alloc` (`sub %reg, %fs:COUNTDOWN; js` on x86_64; no
 //! load of shared state: the profiler's state is looked at only when the countdown runs out, see
-//! *Lifecycle*), and on `dealloc` one relaxed byte load from a 4 KiB filter of 64 KiB regions
-//! (a free in a region with no tracked block stops there; one line covers 4 MiB of addresses),
-//! and a second load from a 32 KiB filter in the regions that have one.
+//! *Lifecycle*), and on `dealloc` one relaxed byte load from a 64 KiB filter of 4 KiB regions
+//! (a free in a region with no tracked block stops there; one line covers 256 KiB of
+//! addresses), and a second load from a 32 KiB filter in the regions that have one.
 //!
 //! # Values: scaled like Go
 //! The tables hold raw sampled counts. [`snapshot`] scales them the way Go's `runtime/pprof`
@@ -84,13 +84,12 @@
 //!   (so `inuse_*` never carries a block whose free cannot be seen) and counted in
 //!   [`Stats::untracked`]. Two *counting filters* (one byte a counter, saturating: a counter
 //!   that reaches 255 stays there until [`reset`], so it can only err towards looking) say
-//!   whether an address may be in the map, so nearly every free skips it: 4096 counters of
-//!   tracked blocks per 64 KiB region, then 32768 per 16-byte granule (address bits, the higher
-//!   ones folded in). With a large live heap the regions all hold tracked blocks and the
-//!   second filter does the work: at the default rate a 1 GiB live heap has ~2000 tracked
-//!   blocks, so ~6% of the frees there look in the map (a single 8192-counter filter sent
-//!   ~22% of them, and made a malloc/free loop beside such a heap 11.8% slower than `System`
-//!   where the two filters make it 5.5%).
+//!   whether an address may be in the map, so nearly every free skips it: 65536 counters of
+//!   tracked blocks per 4 KiB region, then 32768 per 16-byte granule (address bits, the higher
+//!   ones folded in). At the default rate a 1 GiB live heap has ~2000 tracked blocks: they
+//!   flag ~3% of its 4 KiB regions, so few frees beside it read the second filter. (A single
+//!   8192-counter filter made a malloc/free loop beside such a heap 11.8% slower than
+//!   `System`; 64 KiB regions, ~40% of them flagged, 4.4% to 5.5%; 4 KiB regions 3.0%.)
 //!
 //! `realloc` is a free of the old block followed by an allocation of the new size (as jemalloc
 //! and tcmalloc profile it): the old block's entry is taken before the inner `realloc`, accounted
@@ -163,10 +162,10 @@ const MAP_BITS: u32 = 16;
 const MAP_PROBES: usize = 64;
 const FILTER_BITS: u32 = 15;
 const FILTER_SLOTS: usize = 1 << FILTER_BITS;
-/// The region filter's regions are `1 << REGION_SHIFT` bytes (64 KiB); it has `1 <<
-/// REGION_BITS` counters (4 KiB), regions 256 MiB apart sharing one.
-const REGION_SHIFT: u32 = 16;
-const REGION_BITS: u32 = 12;
+/// The region filter's regions are `1 << REGION_SHIFT` bytes (4 KiB, a page); it has `1 <<
+/// REGION_BITS` counters (64 KiB), regions 256 MiB apart sharing one.
+const REGION_SHIFT: u32 = 12;
+const REGION_BITS: u32 = 16;
 const REGION_SLOTS: usize = 1 << REGION_BITS;
 /// A filter counter that reached this stays there (until [`reset`]): its addresses are always
 /// looked up in the map.
@@ -783,9 +782,11 @@ static MAP: [[AtomicU64; 2]; MAP_SLOTS] = [ENTRY; MAP_SLOTS];
 /// Per address hash: how many tracked blocks hash here (saturating at [`FILTER_STUCK`]). 32
 /// KiB, indexed by address bits so that frees of nearby blocks read the same cache lines.
 static FILTER: [AtomicU8; FILTER_SLOTS] = [Z8; FILTER_SLOTS];
-/// Per 64 KiB region: how many tracked blocks start in it (saturating at [`FILTER_STUCK`]).
+/// Per 4 KiB region: how many tracked blocks start in it (saturating at [`FILTER_STUCK`]).
 /// A free reads it before [`FILTER`]: a program's frees mostly fall in regions with no tracked
-/// block, and one line of it covers 4 MiB of addresses, so it stays in the L1 cache.
+/// block, and one line of it covers 256 KiB of addresses, so frees near each other read the
+/// same line. Small regions keep a large live heap's tracked blocks from flagging most of it
+/// (64 KiB regions: ~40% of a 1 GiB heap's, at the default rate).
 static REGIONS: [AtomicU8; REGION_SLOTS] = [Z8; REGION_SLOTS];
 
 fn stack_hash(frames: &[Frame]) -> u64 {
@@ -1550,7 +1551,7 @@ mod tests {
         // 300 tracked blocks in one region: its counter sticks, every free still finds its
         // entry, and the region keeps sending frees on to the second filter.
         let d = 0x5555_0100_0000u64;
-        let dense: Vec<u64> = (0..300).map(|i| d + 16 * i).collect();
+        let dense: Vec<u64> = (0..300).map(|i| d + 8 * i).collect();
         assert!(dense.iter().all(|&b| region_index(b) == region_index(d)));
         for (i, &b) in dense.iter().enumerate() {
             assert!(map_insert(b, pack(1, i as u64 + 1)), "{i}");
