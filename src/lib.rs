@@ -75,4 +75,6 @@ pub use walk::{Mode, Start, Walker};
 #[cfg(feature = "live")]
 pub use builtin::init;
 #[cfg(feature = "live")]
-pub use live::{capture, capture_from_ucontext, capture_with, init_thread, Options};
+pub use live::{
+    capture, capture_from_ucontext, capture_from_ucontext_with, capture_with, init_thread, Options,
+};

@@ -9,7 +9,8 @@
 //! - at least 99% of sampled heap bytes reach `alloc_loop`;
 //! - `unwind::capture` three calls down starts at its caller and reaches `main`; without frame
 //!   pointers it returns nothing (`StopReason::NoFramePointers`) until the CFI is prepared,
-//!   and then walks by CFI.
+//!   and then walks by CFI; `capture_from_ucontext_with` in a real signal handler likewise
+//!   (the interrupted pc alone, then every caller).
 //!
 //! Needs go (`go tool pprof`): with `CI` set its absence fails the test, otherwise it is
 //! skipped with a message. Building the fixture takes a few minutes the first time (its own
@@ -150,6 +151,36 @@ fn check(frame_pointers: bool) {
             assert_eq!(stop, "end", "{key}: {v:?}");
         }
         assert_eq!(n, n_with, "{key}: {v:?}");
+    }
+
+    // `unwind::capture_from_ucontext_with` in a SIGUSR1 handler raised from sig_c, three calls
+    // down (`count;stop;names`). Frame 0 is the interrupted pc, in libc. Without frame
+    // pointers and before the CFI is prepared: that frame alone; once it is, by CFI, every
+    // caller. With frame pointers a frame-record walk from libc's registers may miss sig_c
+    // (libc keeps no record), not its callers.
+    for key in ["signal_before", "signal_after"] {
+        let v: Vec<&str> = stat(&stats, key).split(';').collect();
+        let (n, stop, names) = (v[0], v[1], v[2].split(',').collect::<Vec<_>>());
+        if !frame_pointers && key == "signal_before" {
+            assert_eq!(
+                (n, stop),
+                ("1", "built without frame pointers"),
+                "{key}: {v:?}"
+            );
+            assert!(!names[0].contains("dependent::"), "{key}: {v:?}");
+            continue;
+        }
+        let at = |f: &str| names.iter().position(|n| n.ends_with(f));
+        let want: &[&str] = if frame_pointers {
+            &["sig_b", "sig_a", "dependent::main"]
+        } else {
+            &["sig_c", "sig_b", "sig_a", "dependent::main"]
+        };
+        let found: Vec<Option<usize>> = want.iter().map(|f| at(f)).collect();
+        assert!(
+            found.iter().all(Option::is_some) && found.windows(2).all(|w| w[0] < w[1]),
+            "{key}: {want:?} in order in {v:?}"
+        );
     }
 
     let cpu = traces(&go_pprof(
