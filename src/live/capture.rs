@@ -946,3 +946,70 @@ mod maps {
         }
     }
 }
+
+/// The capture of a build without frame pointers ([`capture_by_cfi`]), run here in this
+/// build (which has them): the same function, inlined into a function of its own as it is
+/// into the public captures. (`offline`: the test names frames with the symbolizer.)
+#[cfg(all(test, feature = "offline"))]
+mod by_cfi_tests {
+    use super::*;
+    use crate::frame::StopReason;
+
+    #[inline(never)]
+    fn by_cfi(buf: &mut [Frame], max_depth: usize) -> Trace {
+        capture_by_cfi(buf, max_depth)
+    }
+
+    #[inline(never)]
+    fn by_records(buf: &mut [Frame]) -> Trace {
+        capture_with(buf, Options::default())
+    }
+
+    #[inline(never)]
+    fn nest(n: usize, f: &mut dyn FnMut()) {
+        if n == 0 {
+            f();
+        } else {
+            nest(n - 1, f);
+            core::hint::black_box(n);
+        }
+    }
+
+    #[test]
+    fn starts_at_the_caller_and_keeps_the_limits() {
+        crate::modules::refresh();
+        nest(12, &mut || {
+            let mut all = [Frame::EMPTY; 64];
+            let t = by_cfi(&mut all, 0);
+            let mut want = [Frame::EMPTY; 64];
+            let w = by_records(&mut want);
+            // `by_cfi` stands for a public capture function (its caller, this closure, is frame
+            // 0); `by_records` calls one (frame 0 is the return into `by_records`): the same
+            // callers from there on.
+            assert!(t.len > 12 && w.len > 12, "{t:?} {w:?}");
+            let pcs = |f: &[Frame]| f.iter().map(|f| f.pc).collect::<Vec<_>>();
+            // Frame 0 of each is its own call site in this closure.
+            let sym = crate::symbols::Symbolizer::for_current_process();
+            let name = |f: &Frame| sym.lookup(f.lookup_pc()).map(|s| s.name.to_string());
+            assert_eq!(name(&all[0]), name(&want[1]));
+            assert!(name(&all[0]).unwrap().contains("{{closure}}"));
+            assert_eq!(pcs(&all[1..12]), pcs(&want[2..13]));
+            assert!(all[..12]
+                .iter()
+                .all(|f| f.via == crate::frame::Via::Dwarf
+                    || f.via == crate::frame::Via::FramePointer));
+            // A limit: exactly that many frames, `MaxDepth`.
+            let mut buf = [Frame::EMPTY; 64];
+            let d = by_cfi(&mut buf, 5);
+            assert_eq!((d.len, d.stop), (5, StopReason::MaxDepth));
+            assert_eq!(pcs(&buf[1..5]), pcs(&all[1..5]));
+            // A small buffer: one slot goes to the dropped first frame.
+            let mut small = [Frame::EMPTY; 4];
+            let s = by_cfi(&mut small, 0);
+            assert_eq!((s.len, s.stop), (3, StopReason::BufferFull));
+            assert_eq!(pcs(&small[1..3]), pcs(&all[1..3]));
+            let mut none: [Frame; 0] = [];
+            assert_eq!(by_cfi(&mut none, 0).len, 0);
+        });
+    }
+}
