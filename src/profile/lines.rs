@@ -75,8 +75,27 @@ impl<'a> LineTables<'a> {
         if out.iter().all(|f| f.function.is_empty()) {
             out.clear();
         }
+        // The function the others were inlined into is also in the symbol table, with its
+        // path: DWARF from `debug = "line-tables-only"` names it without (`on_system_stack`).
+        if let (Some(outer), Some(s)) = (out.last_mut(), self.sym.lookup(pc)) {
+            if names_the_same_function(&outer.function, s.name) {
+                outer.function = s.name.to_string();
+            }
+        }
         out
     }
+}
+
+/// Is `dwarf` (a DWARF function name) the last path segment of `symbol` (the symbol table's
+/// demangled name of the same function), `symbol` the longer: `on_system_stack` and
+/// `unwind::demo::on_system_stack`.
+fn names_the_same_function(dwarf: &str, symbol: &str) -> bool {
+    !dwarf.is_empty()
+        && !dwarf.contains("::")
+        && symbol.len() > dwarf.len()
+        && symbol
+            .strip_suffix(dwarf)
+            .is_some_and(|head| head.ends_with("::"))
 }
 
 /// The module's GNU build id (`NT_GNU_BUILD_ID`), if it has one.
@@ -94,6 +113,23 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_dwarf_name_takes_the_symbol_s_path() {
+        let same = names_the_same_function;
+        assert!(same("on_system_stack", "unwind::demo::on_system_stack"));
+        assert!(!same("on_system_stack", "on_system_stack"));
+        assert!(!same("stack", "unwind::demo::on_system_stack"));
+        assert!(!same(
+            "demo::on_system_stack",
+            "unwind::demo::on_system_stack"
+        ));
+        assert!(!same(
+            "{closure#0}",
+            "unwind::demo::demo_worker::{{closure}}"
+        ));
+        assert!(!same("", "unwind::demo::x"));
+    }
 
     #[test]
     fn this_test_binary_has_lines_and_a_build_id() {
