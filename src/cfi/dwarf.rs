@@ -1199,8 +1199,7 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
                 stop: crate::frame::StopReason::NoFramePointers,
             };
         }
-        // Frame records alone: the walk of `crate::capture`, with its fast entry.
-        return crate::live::trace_from_here(r, buf);
+        return frame_records_from(r, buf);
     }
     if mode == Mode::Hybrid {
         // The common case first, as in `crate::capture`: this function keeps a frame record
@@ -1213,6 +1212,14 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
         return capture_from(r, buf, unwinder, Mode::Hybrid);
     }
     capture_from(r, buf, unwinder, mode)
+}
+
+/// [`capture`] in [`Mode::FramePointer`]: frame records alone, the walk of `crate::capture`
+/// with its fast entry, from the registers `r` that `capture` read in its own frame (out of
+/// line, so that `capture`'s Hybrid entry keeps its registers).
+#[inline(never)]
+fn frame_records_from(r: crate::arch::Regs, buf: &mut [Frame]) -> Trace {
+    crate::live::trace_from_here(r, buf)
 }
 
 /// [`capture`]'s general path, from the registers `r` that `capture` read in its own frame.
