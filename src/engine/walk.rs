@@ -368,11 +368,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     /// How many frames a walk into a buffer of `len` may write.
     #[inline(always)]
     fn limit(&self, len: usize) -> usize {
-        if self.max_depth == 0 {
-            len
-        } else {
-            self.max_depth.min(len)
-        }
+        depth_limit(self.max_depth, len)
     }
 
     /// Why a walk that wrote `n` frames and has no room left stopped.
@@ -1441,6 +1437,19 @@ struct State {
     pending: u16,
     crossings: u16,
     n: usize,
+}
+
+/// How many frames a walk into a buffer of `len` may write, at most `max_depth` (0: no limit
+/// but the buffer's).
+#[inline(always)]
+pub(crate) const fn depth_limit(max_depth: usize, len: usize) -> usize {
+    if max_depth == 0 {
+        len
+    } else if max_depth < len {
+        max_depth
+    } else {
+        len
+    }
 }
 
 #[inline(always)]

@@ -338,23 +338,7 @@ pub fn capture(buf: &mut [Frame]) -> usize {
     if cfg!(unwind_no_frame_pointers) {
         return capture_by_cfi(buf, 0).len;
     }
-    let r = current_regs();
-    // The common case first, without the general walker's set-up: the thread's stack is known,
-    // `sp` is on it, and frame records lead from this function's own record up the stack. The
-    // hot loop is the walker's own (`follow_records`); wherever it stops for anything but a
-    // full buffer or the chain's end, the general walker goes on from there.
-    if let Some(run) = records_from_here(r, buf, crate::walk::AllRecords) {
-        if run.done(buf) {
-            return run.n;
-        }
-        if run.n != 0 {
-            // Made mutable here, on the cold path: `if let Some(mut run)` (or lending `resume`
-            // the whole run) cost every capture ~18 instructions more (callgrind).
-            let mut run = run;
-            return resume(&mut run.mem, buf, run.n, run.fp, run.floor);
-        }
-    }
-    capture_from(r, buf)
+    trace_from_here(current_regs(), buf).len
 }
 
 /// What [`records_from_here`] did: `n` frames written from frame records on the thread's own
@@ -424,30 +408,21 @@ pub(crate) fn own_stack(sp: u64) -> Option<LiveMemory> {
 /// The rest of a [`capture`] whose hot loop stopped at something unusual (a transition, a
 /// record off the stack): the general walker goes on from there, with the same memory.
 #[inline(never)]
-fn resume(mem: &mut LiveMemory, buf: &mut [Frame], n: usize, fp: u64, floor: u64) -> usize {
-    resume_trace(mem, buf, n, fp, floor).len
-}
-
-/// [`resume`], returning why the walk stopped.
-#[inline(always)]
-fn resume_trace(mem: &mut LiveMemory, buf: &mut [Frame], n: usize, fp: u64, floor: u64) -> Trace {
+fn resume(mem: &mut LiveMemory, buf: &mut [Frame], n: usize, fp: u64, floor: u64) -> Trace {
     let stack = mem.stacks[0];
     let mut w: Walker<Native, _, _> = Walker::new(Pinned::new());
     w.resume_after_records(mem, buf, n, stack, fp, floor)
 }
 
-/// [`resume_trace`] out of line (the cold path of [`trace_from_here`]).
-#[cfg_attr(not(any(feature = "dwarf", feature = "profilers")), allow(dead_code))]
-#[inline(never)]
-fn resume_trace_cold(run: &mut RecordRun, buf: &mut [Frame]) -> Trace {
-    resume_trace(&mut run.mem, buf, run.n, run.fp, run.floor)
-}
-
 /// [`capture`]'s walk with default [`Options`], returning why it stopped (as
-/// [`capture_with`] does, but through [`capture`]'s frame-pointer entry): `r` are the registers
+/// [`capture_with`] does, but through the frame-pointer entry): `r` are the registers
 /// [`current_regs`] read in a public capture function (inline this into it), whose caller is
 /// frame 0. Async-signal-safe, as [`capture`].
-#[cfg_attr(not(any(feature = "dwarf", feature = "profilers")), allow(dead_code))]
+///
+/// The common case first, without the general walker's set-up: the thread's stack is known,
+/// `sp` is on it, and frame records lead from the public function's own record up the stack.
+/// The hot loop is the walker's own (`follow_records`); wherever it stops for anything but a
+/// full buffer or the chain's end, the general walker goes on from there.
 #[inline(always)]
 pub(crate) fn trace_from_here(r: Regs, buf: &mut [Frame]) -> Trace {
     if let Some(run) = records_from_here(r, buf, crate::walk::AllRecords) {
@@ -460,18 +435,13 @@ pub(crate) fn trace_from_here(r: Regs, buf: &mut [Frame]) -> Trace {
             return Trace { len: run.n, stop };
         }
         if run.n != 0 {
+            // Made mutable here, on the cold path: `if let Some(mut run)` (or lending `resume`
+            // the whole run) cost every capture ~18 instructions more (callgrind).
             let mut run = run;
-            return resume_trace_cold(&mut run, buf);
+            return resume(&mut run.mem, buf, run.n, run.fp, run.floor);
         }
     }
-    walk_from_regs_cold(r, buf)
-}
-
-/// The general walk of [`trace_from_here`], out of line.
-#[cfg_attr(not(any(feature = "dwarf", feature = "profilers")), allow(dead_code))]
-#[inline(never)]
-fn walk_from_regs_cold(r: Regs, buf: &mut [Frame]) -> Trace {
-    walk_from_regs(r, buf, Options::default())
+    capture_from(r, buf)
 }
 
 /// [`capture`] returning why the walk stopped: the same walk as [`capture_with`] with default
@@ -493,10 +463,7 @@ pub(crate) fn capture_trace(buf: &mut [Frame]) -> Trace {
 #[cfg_attr(not(unwind_no_frame_pointers), allow(dead_code))]
 #[inline(always)]
 fn capture_by_cfi(buf: &mut [Frame], max_depth: usize) -> Trace {
-    let limit = match max_depth {
-        0 => buf.len(),
-        d => d.min(buf.len()),
-    };
+    let limit = crate::walk::depth_limit(max_depth, buf.len());
     #[cfg(feature = "dwarf")]
     if let Some(u) = crate::modules::unwinder() {
         let room = (limit + 1).min(buf.len());
@@ -520,8 +487,8 @@ fn capture_by_cfi(buf: &mut [Frame], max_depth: usize) -> Trace {
 /// [`capture`]'s general path: `r` are the registers [`capture`] read in its own frame (still
 /// live: this is called from it), so the walk starts from the same frame record.
 #[inline(never)]
-fn capture_from(r: Regs, buf: &mut [Frame]) -> usize {
-    walk_from_regs(r, buf, Options::default()).len
+fn capture_from(r: Regs, buf: &mut [Frame]) -> Trace {
+    walk_from_regs(r, buf, Options::default())
 }
 
 /// [`capture`] with options, returning why the walk stopped too. Async-signal-safe.
@@ -661,10 +628,7 @@ pub unsafe fn capture_from_ucontext_with(
     let (start, mut mem) = unsafe { start_from_ucontext(ucontext) };
     if cfg!(unwind_no_frame_pointers) {
         // See `capture`: by CFI when it is prepared, else the interrupted pc alone.
-        let limit = match opts.max_depth {
-            0 => buf.len(),
-            d => d.min(buf.len()),
-        };
+        let limit = crate::walk::depth_limit(opts.max_depth, buf.len());
         #[cfg(feature = "dwarf")]
         if let (Some(u), false) = (crate::modules::unwinder(), opts.naive) {
             // SAFETY: forwarded from the caller.
