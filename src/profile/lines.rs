@@ -77,22 +77,28 @@ impl<'a> LineTables<'a> {
         }
         // The function the others were inlined into is also in the symbol table, with its
         // path: DWARF from `debug = "line-tables-only"` names it without (`on_system_stack`).
-        if let (Some(outer), Some(s)) = (out.last_mut(), self.sym.lookup(pc)) {
-            if names_the_same_function(&outer.function, s.name) {
-                outer.function = s.name.to_string();
+        // (The symbol is looked up only for a name without a path.)
+        if let Some(outer) = out.last_mut().filter(|f| lacks_path(&f.function)) {
+            if let Some(s) = self.sym.lookup(pc) {
+                if names_the_same_function(&outer.function, s.name) {
+                    outer.function = s.name.to_string();
+                }
             }
         }
         out
     }
 }
 
+/// A function name without a path (`on_system_stack`), not empty.
+fn lacks_path(name: &str) -> bool {
+    !name.is_empty() && !name.contains("::")
+}
+
 /// Is `dwarf` (a DWARF function name) the last path segment of `symbol` (the symbol table's
 /// demangled name of the same function), `symbol` the longer: `on_system_stack` and
 /// `unwind::demo::on_system_stack`.
 fn names_the_same_function(dwarf: &str, symbol: &str) -> bool {
-    !dwarf.is_empty()
-        && !dwarf.contains("::")
-        && symbol.len() > dwarf.len()
+    lacks_path(dwarf)
         && symbol
             .strip_suffix(dwarf)
             .is_some_and(|head| head.ends_with("::"))
