@@ -77,7 +77,10 @@
 //!   four counters (sampled allocations and bytes, sampled frees and bytes). When no slot is
 //!   found within the probe window the sample is dropped ([`Stats::dropped_stacks`]).
 //! - **live blocks**: [`MAP_SLOTS`] entries mapping a sampled block's address to its stack slot
-//!   and size, open addressing with tombstones (bounded probes), claimed with compare-and-swap.
+//!   and size, in buckets of four on one cache line each, claimed with compare-and-swap. A
+//!   block goes in its home bucket, or (that one full) in one of the next 15, and the buckets it
+//!   passed are marked as overflowed so lookups follow; a freed entry is simply emptied, with no
+//!   tombstone, so lookups stay one line long however many blocks came and went.
 //!   A free removes its entry *before* the block goes back to the inner allocator, so the address
 //!   cannot be reused (and sampled again) while its old entry is still there. When no entry is
 //!   free within the probe window, the allocation is counted as allocated and at once as freed
@@ -157,9 +160,13 @@ pub const STACK_SLOTS: usize = 1 << STACK_BITS;
 const STACK_BITS: u32 = 12;
 const STACK_PROBES: usize = 256;
 /// Entries in the live-block map (sampled blocks not yet freed).
-pub const MAP_SLOTS: usize = 1 << MAP_BITS;
-const MAP_BITS: u32 = 16;
-const MAP_PROBES: usize = 64;
+pub const MAP_SLOTS: usize = MAP_BUCKETS * MAP_BUCKET_ENTRIES;
+/// The map's buckets: one cache line, four entries, each.
+const MAP_BUCKETS: usize = 1 << MAP_BITS;
+const MAP_BITS: u32 = 14;
+const MAP_BUCKET_ENTRIES: usize = 4;
+/// A block is placed at most this many buckets after its home bucket (64 entries).
+const MAP_PROBE_BUCKETS: usize = 16;
 const FILTER_BITS: u32 = 15;
 const FILTER_SLOTS: usize = 1 << FILTER_BITS;
 /// The region filter's regions are `1 << REGION_SHIFT` bytes (4 KiB, a page); it has `1 <<
@@ -775,10 +782,18 @@ const SLOT: StackSlot = StackSlot {
 };
 #[allow(clippy::declare_interior_mutable_const)]
 const ENTRY: [AtomicU64; 2] = [Z64; 2];
+#[allow(clippy::declare_interior_mutable_const)]
+const BUCKET: Bucket = Bucket([ENTRY; MAP_BUCKET_ENTRIES]);
+
+/// Four live-block entries, `[address (0: free), packed (slot, size)]`, on one cache line.
+#[repr(align(64))]
+struct Bucket([[AtomicU64; 2]; MAP_BUCKET_ENTRIES]);
 
 static STACKS: [StackSlot; STACK_SLOTS] = [SLOT; STACK_SLOTS];
-/// `[address (0 empty, 1 tombstone), packed (slot, size)]`.
-static MAP: [[AtomicU64; 2]; MAP_SLOTS] = [ENTRY; MAP_SLOTS];
+/// The live-block map: [`Bucket`]s, by address hash.
+static MAP: [Bucket; MAP_BUCKETS] = [BUCKET; MAP_BUCKETS];
+/// One bit per bucket: see [`overflowed`].
+static OVERFLOW: [AtomicU64; MAP_BUCKETS / 64] = [Z64; MAP_BUCKETS / 64];
 /// Per address hash: how many tracked blocks hash here (saturating at [`FILTER_STUCK`]). 32
 /// KiB, indexed by address bits so that frees of nearby blocks read the same cache lines.
 static FILTER: [AtomicU8; FILTER_SLOTS] = [Z8; FILTER_SLOTS];
@@ -847,7 +862,6 @@ fn stack_slot(frames: &[Frame]) -> Option<usize> {
 // ---------------------------------------------------------------------------------------------
 // The live-block map.
 
-const TOMB: u64 = 1;
 const SIZE_BITS: u32 = 44;
 
 fn pack(slot: usize, size: u64) -> u64 {
@@ -924,69 +938,98 @@ fn may_be_tracked(addr: u64) -> bool {
         && FILTER[filter_index(addr)].load(Ordering::Relaxed) != 0
 }
 
-/// Tracks `addr`. False when no entry is free within the probe window.
+/// The bucket `j` buckets after `addr`'s home bucket.
+#[inline(always)]
+fn bucket(addr: u64, j: usize) -> usize {
+    (map_home(addr) + j) & (MAP_BUCKETS - 1)
+}
+
+/// Has an entry been placed beyond bucket `b` because `b` was full (so a lookup that misses in
+/// `b` goes on to the next bucket)? Set before that entry is placed; cleared only by [`reset`].
+#[inline(always)]
+fn overflowed(b: usize) -> bool {
+    OVERFLOW[b / 64].load(Ordering::Acquire) & (1 << (b % 64)) != 0
+}
+
+fn set_overflowed(b: usize) {
+    if !overflowed(b) {
+        OVERFLOW[b / 64].fetch_or(1 << (b % 64), Ordering::AcqRel);
+    }
+}
+
+/// Tracks `addr`. False when no entry is free within [`MAP_PROBE_BUCKETS`] buckets.
+///
+/// One bucket (one cache line) in the common case: the home bucket is scanned for a stale entry
+/// of `addr` and a free entry; the next buckets only where the home bucket overflowed or is
+/// full. A free entry is zero: there are no tombstones, so lookups never get longer as blocks
+/// come and go (with tombstones, a long-running program's inserts came to scan nearly the
+/// whole 64-entry window, 16 cache lines each).
 fn map_insert(addr: u64, v: u64) -> bool {
-    if addr <= TOMB {
+    if addr == 0 {
         return false;
     }
-    let home = map_home(addr);
-    'retry: for _ in 0..4 {
-        let mut free = None;
-        for i in 0..MAP_PROBES {
-            let idx = (home + i) & (MAP_SLOTS - 1);
-            let k = MAP[idx][0].load(Ordering::Acquire);
-            if k == addr {
-                // A stale entry for this address (a free we could not see): count it as freed
-                // and take the entry over.
-                let old = MAP[idx][1].swap(v, Ordering::AcqRel);
-                account_free(old);
-                return true;
+    for _ in 0..4 {
+        let mut free: Option<&[AtomicU64; 2]> = None;
+        for j in 0..MAP_PROBE_BUCKETS {
+            let b = bucket(addr, j);
+            for e in &MAP[b].0 {
+                let k = e[0].load(Ordering::Acquire);
+                if k == addr {
+                    // A stale entry for this address (a free we could not see): count it as
+                    // freed and take the entry over.
+                    let old = e[1].swap(v, Ordering::AcqRel);
+                    account_free(old);
+                    return true;
+                }
+                if k == 0 && free.is_none() {
+                    free = Some(e);
+                }
             }
-            if k == TOMB && free.is_none() {
-                free = Some(idx);
+            if overflowed(b) {
+                // Entries homed here or before may lie further on: look there for a stale one.
+                continue;
             }
-            if k == 0 {
-                free = free.or(Some(idx));
+            if free.is_some() {
                 break;
             }
+            // Full: this entry goes further on, and lookups must follow it there.
+            set_overflowed(b);
         }
-        let Some(idx) = free else { return false };
-        let k = MAP[idx][0].load(Ordering::Relaxed);
-        if (k == 0 || k == TOMB)
-            && MAP[idx][0]
-                .compare_exchange(k, addr, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+        let Some(e) = free else { return false };
+        if e[0]
+            .compare_exchange(0, addr, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
         {
-            MAP[idx][1].store(v, Ordering::Release);
+            e[1].store(v, Ordering::Release);
             filter_add(addr);
             return true;
         }
-        continue 'retry;
+        // Another thread took the entry: look again.
     }
     false
 }
 
 /// Stops tracking `addr`; returns its packed value.
 fn map_remove(addr: u64) -> Option<u64> {
-    if addr <= TOMB {
+    if addr == 0 {
         return None;
     }
-    let home = map_home(addr);
-    for i in 0..MAP_PROBES {
-        let idx = (home + i) & (MAP_SLOTS - 1);
-        let k = MAP[idx][0].load(Ordering::Acquire);
-        if k == addr {
-            let v = MAP[idx][1].load(Ordering::Acquire);
-            if MAP[idx][0]
-                .compare_exchange(addr, TOMB, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                filter_remove(addr);
-                return Some(v);
+    for j in 0..MAP_PROBE_BUCKETS {
+        let b = bucket(addr, j);
+        for e in &MAP[b].0 {
+            if e[0].load(Ordering::Acquire) == addr {
+                let v = e[1].load(Ordering::Acquire);
+                if e[0]
+                    .compare_exchange(addr, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    filter_remove(addr);
+                    return Some(v);
+                }
+                return None;
             }
-            return None;
         }
-        if k == 0 {
+        if !overflowed(b) {
             return None;
         }
     }
@@ -1148,9 +1191,12 @@ pub fn reset() {
             std::thread::yield_now();
         }
     }
-    for e in MAP.iter() {
+    for e in MAP.iter().flat_map(|b| &b.0) {
         e[0].store(0, Ordering::Relaxed);
         e[1].store(0, Ordering::Relaxed);
+    }
+    for o in OVERFLOW.iter() {
+        o.store(0, Ordering::Relaxed);
     }
     for f in FILTER.iter().chain(REGIONS.iter()) {
         f.store(0, Ordering::Relaxed);
@@ -1204,7 +1250,8 @@ pub fn stats() -> Stats {
             .count(),
         tracked: MAP
             .iter()
-            .filter(|e| e[0].load(Ordering::Relaxed) > TOMB)
+            .flat_map(|b| &b.0)
+            .filter(|e| e[0].load(Ordering::Relaxed) != 0)
             .count(),
     }
 }
@@ -1453,40 +1500,91 @@ mod tests {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
-    fn map_insert_remove_tombstones_and_full_window() {
+    fn map_buckets_overflow_and_stay_short_without_tombstones() {
         let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         reset();
-        // Addresses that all share one home slot: multiples of 2^(64-16) steps in the hash are
-        // hard to build, so find colliding addresses by search.
+        // Addresses that all share one home bucket, found by search.
         let home = map_home(0x1000);
-        let colliding: Vec<u64> = (1..)
+        let window = MAP_PROBE_BUCKETS * MAP_BUCKET_ENTRIES;
+        let all: Vec<u64> = (0..)
             .map(|i| 0x1000 + i * 16)
             .filter(|&a| map_home(a) == home)
-            .take(MAP_PROBES + 1)
+            .take(window + 1)
             .collect();
-        let mut all = vec![0x1000];
-        all.extend_from_slice(&colliding[..MAP_PROBES - 1]);
-        for (i, &a) in all.iter().enumerate() {
+        assert_eq!(lookup_buckets(all[0]), 1);
+        for (i, &a) in all[..window].iter().enumerate() {
             assert!(map_insert(a, pack(i, 10 + i as u64)), "{i}");
             assert!(may_be_tracked(a));
         }
-        // The probe window is full: the next colliding address cannot be tracked.
-        assert!(!map_insert(colliding[MAP_PROBES], pack(0, 1)));
-        // Remove one in the middle (tombstone): later entries are still found, and the
-        // tombstone is reused.
-        assert_eq!(map_remove(all[5]), Some(pack(5, 15)));
-        assert_eq!(map_remove(all[5]), None);
+        // The window is full: the next colliding address cannot be tracked.
+        assert!(!map_insert(all[window], pack(0, 1)));
+        // Every bucket of the window but the last overflowed; a miss walks all of them.
+        assert!((0..MAP_PROBE_BUCKETS - 1).all(|j| overflowed(bucket(all[0], j))));
+        assert_eq!(lookup_buckets(all[window]), MAP_PROBE_BUCKETS);
+        // Remove entries in the home bucket and in the middle: the others are still found,
+        // the emptied entries are reused, and a second removal finds nothing.
+        assert_eq!(map_remove(all[1]), Some(pack(1, 11)));
+        assert_eq!(map_remove(all[1]), None);
         assert_eq!(map_remove(all[40]), Some(pack(40, 50)));
-        assert!(map_insert(colliding[MAP_PROBES], pack(1, 2)));
-        assert_eq!(map_remove(colliding[MAP_PROBES]), Some(pack(1, 2)));
-        for (i, &a) in all.iter().enumerate() {
-            if i != 5 && i != 40 {
+        assert!(map_insert(all[window], pack(1, 2)));
+        assert_eq!(map_remove(all[window]), Some(pack(1, 2)));
+        // A stale entry (a free not seen) is taken over, its old value accounted as freed.
+        assert!(map_insert(all[50], pack(2, 3)));
+        assert_eq!(map_remove(all[50]), Some(pack(2, 3)));
+        for (i, &a) in all[..window].iter().enumerate() {
+            if i != 1 && i != 40 && i != 50 {
                 assert_eq!(map_remove(a), Some(pack(i, 10 + i as u64)), "{i}");
             }
         }
         assert!(all.iter().all(|&a| !may_be_tracked(a)));
+        assert_eq!(stats().tracked, 0);
         assert_eq!(map_remove(0), None);
-        assert!(!map_insert(TOMB, 0));
+        assert!(!map_insert(0, 0));
+        // A reset clears the overflow marks.
+        reset();
+        assert_eq!(lookup_buckets(all[window]), 1);
+    }
+
+    /// How many buckets a lookup of `addr` reads.
+    fn lookup_buckets(addr: u64) -> usize {
+        (0..MAP_PROBE_BUCKETS)
+            .position(|j| !overflowed(bucket(addr, j)))
+            .map_or(MAP_PROBE_BUCKETS, |j| j + 1)
+    }
+
+    #[test]
+    fn a_long_churn_of_blocks_keeps_lookups_one_bucket_long() {
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        reset();
+        // A long-running program's sampled blocks: 400000 come and go at varied addresses,
+        // 2000 live at a time (each map entry is used ~6 times over). With tombstones, lookups
+        // came to read ~60 entries (16 lines) by the end.
+        let mut x = 0x1234_5678u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            0x5500_0000_0000 + (x & 0xff_ffff_fff0)
+        };
+        let mut live = std::collections::VecDeque::new();
+        for _ in 0..400_000 {
+            let a = next();
+            if map_insert(a, pack(0, 1)) {
+                live.push_back(a);
+            }
+            if live.len() > 2000 {
+                let b = live.pop_front().unwrap();
+                assert!(map_remove(b).is_some());
+            }
+        }
+        assert_eq!(stats().tracked, live.len());
+        let probes: Vec<usize> = (0..10_000).map(|_| lookup_buckets(next())).collect();
+        let mean = probes.iter().sum::<usize>() as f64 / probes.len() as f64;
+        assert!(mean < 1.05, "a lookup reads {mean} buckets on average");
+        for b in live {
+            assert!(map_remove(b).is_some());
+        }
+        assert_eq!(stats().tracked, 0);
         reset();
     }
 
