@@ -139,6 +139,63 @@ fn rate_one_counts_every_allocation_of_a_function() {
     assert!(st.samples >= 1000, "{st:?}");
 }
 
+/// `depth` calls deep through `path_a`/`path_b` as the bits of `path` say, then one
+/// allocation: `2^depth` distinct stacks.
+#[inline(never)]
+fn path_a(path: u32, depth: u32) -> usize {
+    if depth == 0 {
+        return black_box(Vec::<u8>::with_capacity(black_box(24))).capacity();
+    }
+    let n = if path & 1 == 0 {
+        path_a(path >> 1, depth - 1)
+    } else {
+        path_b(path >> 1, depth - 1)
+    };
+    black_box(n) * 3 + 1
+}
+
+#[inline(never)]
+fn path_b(path: u32, depth: u32) -> usize {
+    if depth == 0 {
+        return black_box(Vec::<u8>::with_capacity(black_box(24))).capacity();
+    }
+    let n = if path & 1 == 0 {
+        path_a(path >> 1, depth - 1)
+    } else {
+        path_b(path >> 1, depth - 1)
+    };
+    black_box(n) * 5 + 2
+}
+
+#[test]
+fn many_distinct_stacks_each_keep_their_samples() {
+    let _g = setup();
+    // 16384 distinct stacks, every allocation sampled: four times what the stack table held
+    // before it grew by chunks (after 4096, every new stack's samples were dropped).
+    const DEPTH: u32 = 14;
+    heap::start(1);
+    for p in 0..1u32 << DEPTH {
+        black_box(path_a(p, DEPTH));
+    }
+    heap::stop();
+    let st = heap::stats();
+    assert_eq!(st.dropped_stacks, 0, "{st:?}");
+    let p = heap::snapshot_raw();
+    let leaves: Vec<&HeapSample> = p
+        .iter()
+        .filter(|s| {
+            let n = name(s.pcs[0]);
+            n.ends_with("path_a") || n.ends_with("path_b")
+        })
+        .collect();
+    // Each path's allocation is its own stack, sampled once (a path's stack is its `DEPTH + 1`
+    // frames of path_a/path_b, which differ in at least one).
+    let sampled: i64 = leaves.iter().map(|s| s.alloc_objects).sum();
+    assert_eq!(sampled, 1 << DEPTH, "{st:?}");
+    assert_eq!(leaves.len(), 1 << DEPTH, "{st:?}");
+    assert!(st.stacks >= 1 << DEPTH, "{st:?}");
+}
+
 const BIG: usize = 256 * 1024;
 
 #[inline(never)]

@@ -67,15 +67,19 @@
 //! its stack until a reset. (The capture itself replays the thread's root frames from a memo:
 //! see [`crate::dwarf::capture`].)
 //!
-//! # Tables: fixed, preallocated, lock-free
-//! Nothing is allocated from inside the allocator. Two static tables (zero-initialised, so they
-//! live in `.bss` and cost memory only where touched):
-//! - **stacks**: [`STACK_SLOTS`] slots, open addressing by stack hash. A slot is claimed with a
-//!   compare-and-swap (`EMPTY → WRITING`), filled, then published (`READY`, release). A thread
-//!   that meets a slot another thread is still writing does not wait: it probes on, at worst
-//!   creating a duplicate entry for the same stack, which [`snapshot`] merges. Each slot holds
-//!   four counters (sampled allocations and bytes, sampled frees and bytes). When no slot is
-//!   found within the probe window the sample is dropped ([`Stats::dropped_stacks`]).
+//! # Tables: preallocated or mapped, lock-free
+//! Nothing is allocated from the inner allocator. The tables are static (zero-initialised, so
+//! they live in `.bss` and cost memory only where touched), except the stack slots, which are
+//! mapped (`mmap`) a chunk at a time as stacks arrive:
+//! - **stacks**: up to [`STACK_SLOTS`] slots (131072), in chunks of 4096 (2.2 MiB each), and
+//!   an index from stack hash to slot (open addressing, entries only added until a [`reset`],
+//!   so a lookup ends at the first empty entry). A new stack takes the next slot id, is filled,
+//!   marked `READY` (release), then published in the index with a compare-and-swap. Two threads
+//!   that add the same new stack at once both fill a slot and one of them wins the index
+//!   entry; the other slot stays empty. Each slot holds four counters (sampled allocations and
+//!   bytes, sampled frees and bytes). When the table is full (or a chunk cannot be mapped), a
+//!   new stack's sample is dropped ([`Stats::dropped_stacks`]). (A fixed table of 4096 slots
+//!   dropped every sample of a new stack once a long-running program had sampled 4096.)
 //! - **live blocks**: [`MAP_SLOTS`] entries mapping a sampled block's address to its stack slot
 //!   and size, in buckets of four on one cache line each, claimed with compare-and-swap. A
 //!   block goes in its home bucket, or (that one full) in one of the next 15, and the buckets it
@@ -155,10 +159,16 @@ pub const DEFAULT_RATE: u64 = 512 * 1024;
 pub const MAX_FRAMES: usize = 64;
 /// Frames captured before the policy cuts the runtime frames at the leaf end.
 const CAPTURE_FRAMES: usize = 96;
-/// Slots in the stack table (distinct sampled stacks).
-pub const STACK_SLOTS: usize = 1 << STACK_BITS;
-const STACK_BITS: u32 = 12;
-const STACK_PROBES: usize = 256;
+/// Slots in the stack table (distinct sampled stacks), at most: [`STACK_CHUNKS`] chunks of
+/// [`STACK_CHUNK`] slots, each mapped when the slots before it are taken.
+pub const STACK_SLOTS: usize = STACK_CHUNK * STACK_CHUNKS;
+const STACK_CHUNK: usize = 4096;
+const STACK_CHUNKS: usize = 32;
+/// Entries in the stack index (hash to slot): twice [`STACK_SLOTS`], so it is at most half
+/// full.
+const INDEX_BITS: u32 = 18;
+const INDEX_LEN: usize = 1 << INDEX_BITS;
+const INDEX_PROBES: usize = 128;
 /// Entries in the live-block map (sampled blocks not yet freed).
 pub const MAP_SLOTS: usize = MAP_BUCKETS * MAP_BUCKET_ENTRIES;
 /// The map's buckets: one cache line, four entries, each.
@@ -732,7 +742,10 @@ fn record(addr: u64, size: u64) {
             STATS_DROPPED_STACKS.fetch_add(1, Ordering::Relaxed);
         }
         Some(slot) => {
-            let s = &STACKS[slot];
+            let Some(s) = self::slot(slot) else {
+                exit();
+                return;
+            };
             s.alloc_objects.fetch_add(1, Ordering::Relaxed);
             s.alloc_bytes.fetch_add(size, Ordering::Relaxed);
             let v = pack(slot, size);
@@ -749,7 +762,6 @@ fn record(addr: u64, size: u64) {
 // The stack table.
 
 const EMPTY: u32 = 0;
-const WRITING: u32 = 1;
 const READY: u32 = 2;
 
 struct StackSlot {
@@ -766,20 +778,7 @@ struct StackSlot {
 #[allow(clippy::declare_interior_mutable_const)]
 const Z64: AtomicU64 = AtomicU64::new(0);
 #[allow(clippy::declare_interior_mutable_const)]
-const Z32: AtomicU32 = AtomicU32::new(0);
-#[allow(clippy::declare_interior_mutable_const)]
 const Z8: AtomicU8 = AtomicU8::new(0);
-#[allow(clippy::declare_interior_mutable_const)]
-const SLOT: StackSlot = StackSlot {
-    state: Z32,
-    len: Z32,
-    hash: Z64,
-    pcs: [Z64; MAX_FRAMES],
-    alloc_objects: Z64,
-    alloc_bytes: Z64,
-    free_objects: Z64,
-    free_bytes: Z64,
-};
 #[allow(clippy::declare_interior_mutable_const)]
 const ENTRY: [AtomicU64; 2] = [Z64; 2];
 #[allow(clippy::declare_interior_mutable_const)]
@@ -789,7 +788,17 @@ const BUCKET: Bucket = Bucket([ENTRY; MAP_BUCKET_ENTRIES]);
 #[repr(align(64))]
 struct Bucket([[AtomicU64; 2]; MAP_BUCKET_ENTRIES]);
 
-static STACKS: [StackSlot; STACK_SLOTS] = [SLOT; STACK_SLOTS];
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_CHUNK: AtomicPtr<StackSlot> = AtomicPtr::new(core::ptr::null_mut());
+/// The stack table's chunks, each [`STACK_CHUNK`] slots mapped with `mmap` (zero-filled, which
+/// is a valid empty slot) when the first slot in it is claimed; null before. Never unmapped.
+static CHUNKS: [AtomicPtr<StackSlot>; STACK_CHUNKS] = [NO_CHUNK; STACK_CHUNKS];
+/// Slots claimed so far (slot ids are handed out in order; [`reset`] starts again at 0).
+static CLAIMED: AtomicUsize = AtomicUsize::new(0);
+/// The stack index: open addressing by stack hash, linear probes, `hash << 32 | (slot + 1)`
+/// (0: empty). Entries are only added, and only [`reset`] removes them (all at once), so a
+/// lookup ends at the first empty entry.
+static INDEX: [AtomicU64; INDEX_LEN] = [Z64; INDEX_LEN];
 /// The live-block map: [`Bucket`]s, by address hash.
 static MAP: [Bucket; MAP_BUCKETS] = [BUCKET; MAP_BUCKETS];
 /// One bit per bucket: see [`overflowed`].
@@ -825,38 +834,133 @@ impl StackSlot {
     }
 }
 
-/// The slot of this stack, claiming one if it is new. Lock-free; never waits for another thread.
+/// Stack slot `id`, if its chunk is mapped.
+#[inline]
+fn slot(id: usize) -> Option<&'static StackSlot> {
+    let c = CHUNKS.get(id / STACK_CHUNK)?.load(Ordering::Acquire);
+    if c.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null chunk pointer is a live mapping of `STACK_CHUNK` slots (zero-filled:
+    // all-zero bits are valid atomics), published with release after it was mapped and never
+    // unmapped; `id % STACK_CHUNK` is inside it. Slots are only accessed through atomics.
+    Some(unsafe { &*c.add(id % STACK_CHUNK) })
+}
+
+/// The slots claimed so far, in id order (ids without a mapped chunk skipped).
+fn slots() -> impl Iterator<Item = (usize, &'static StackSlot)> {
+    let n = CLAIMED.load(Ordering::Acquire).min(STACK_SLOTS);
+    (0..n).filter_map(|id| Some((id, slot(id)?)))
+}
+
+/// Maps chunk `i` if it is not yet. `mmap` and `munmap` are system calls (async-signal-safe,
+/// no allocation); a thread that loses the race to publish its mapping unmaps it.
+fn map_chunk(i: usize) -> bool {
+    let Some(c) = CHUNKS.get(i) else { return false };
+    if !c.load(Ordering::Acquire).is_null() {
+        return true;
+    }
+    let len = STACK_CHUNK * core::mem::size_of::<StackSlot>();
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing: it touches
+    // no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    if c.compare_exchange(
+        core::ptr::null_mut(),
+        p.cast(),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    )
+    .is_err()
+    {
+        // SAFETY: `p` is the mapping of `len` bytes made above, never published: nothing else
+        // refers to it.
+        unsafe { libc::munmap(p, len) };
+    }
+    true
+}
+
+/// A fresh slot holding `frames` (hash `h`), ready but not yet in the index; `None` when the
+/// table is full or its next chunk cannot be mapped.
+fn new_slot(h: u64, frames: &[Frame]) -> Option<usize> {
+    if CLAIMED.load(Ordering::Relaxed) >= STACK_SLOTS {
+        return None;
+    }
+    let id = CLAIMED.fetch_add(1, Ordering::AcqRel);
+    if id >= STACK_SLOTS || !map_chunk(id / STACK_CHUNK) {
+        return None;
+    }
+    let s = slot(id)?;
+    s.hash.store(h, Ordering::Relaxed);
+    s.len.store(frames.len() as u32, Ordering::Relaxed);
+    for (a, f) in s.pcs.iter().zip(frames) {
+        a.store(f.pc, Ordering::Relaxed);
+    }
+    s.state.store(READY, Ordering::Release);
+    Some(id)
+}
+
+/// The slot of this stack, claiming one if it is new. Lock-free; never waits for another
+/// thread. A lookup reads the stack's index entry (one cache line, nearly always) and its slot;
+/// a new stack takes the next slot id, mapping a new chunk (`mmap`) every [`STACK_CHUNK`]
+/// stacks. Two threads that add the same new stack at once both fill a slot: one publishes its
+/// slot and the other's stays out of the index, empty.
 fn stack_slot(frames: &[Frame]) -> Option<usize> {
     let frames = &frames[..frames.len().min(MAX_FRAMES)];
     let h = stack_hash(frames);
-    let start = (h >> (64 - STACK_BITS)) as usize;
-    for i in 0..STACK_PROBES {
-        let idx = (start + i) & (STACK_SLOTS - 1);
-        let s = &STACKS[idx];
-        let mut st = s.state.load(Ordering::Acquire);
-        if st == EMPTY {
-            match s
-                .state
-                .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    s.hash.store(h, Ordering::Relaxed);
-                    s.len.store(frames.len() as u32, Ordering::Relaxed);
-                    for (a, f) in s.pcs.iter().zip(frames) {
-                        a.store(f.pc, Ordering::Relaxed);
-                    }
-                    s.state.store(READY, Ordering::Release);
-                    return Some(idx);
+    let tag = h << 32;
+    let home = (h >> (64 - INDEX_BITS)) as usize;
+    let mut mine = None;
+    let mut found = None;
+    for i in 0..INDEX_PROBES {
+        let e = &INDEX[(home + i) & (INDEX_LEN - 1)];
+        let mut v = e.load(Ordering::Acquire);
+        if v == 0 {
+            let id = match mine {
+                Some(id) => id,
+                None => {
+                    let Some(id) = new_slot(h, frames) else { break };
+                    mine = Some(id);
+                    id
                 }
-                Err(now) => st = now,
+            };
+            match e.compare_exchange(
+                0,
+                tag | (id as u64 + 1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(id),
+                // Another stack took this entry first: it may be this one.
+                Err(now) => v = now,
             }
         }
-        // A slot still being written is skipped: at worst this stack gets a second slot.
-        if st == READY && s.matches(h, frames) {
-            return Some(idx);
+        if v & !0xffff_ffff == tag {
+            let id = (v & 0xffff_ffff) as usize - 1;
+            if slot(id).is_some_and(|s| s.matches(h, frames)) {
+                found = Some(id);
+                break;
+            }
         }
     }
-    None
+    if let Some(id) = mine {
+        // Filled but not published (the stack was found, or no entry was free): empty again.
+        if let Some(s) = slot(id) {
+            s.state.store(EMPTY, Ordering::Release);
+        }
+    }
+    found
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1038,7 +1142,7 @@ fn map_remove(addr: u64) -> Option<u64> {
 
 fn account_free(v: u64) {
     let (slot, size) = unpack(v);
-    if let Some(s) = STACKS.get(slot) {
+    if let Some(s) = self::slot(slot) {
         s.free_objects.fetch_add(1, Ordering::Relaxed);
         s.free_bytes.fetch_add(size, Ordering::Relaxed);
     }
@@ -1201,20 +1305,24 @@ pub fn reset() {
     for f in FILTER.iter().chain(REGIONS.iter()) {
         f.store(0, Ordering::Relaxed);
     }
-    for s in STACKS.iter() {
-        if s.state.load(Ordering::Relaxed) != EMPTY {
-            for a in [
-                &s.alloc_objects,
-                &s.alloc_bytes,
-                &s.free_objects,
-                &s.free_bytes,
-                &s.hash,
-            ] {
-                a.store(0, Ordering::Relaxed);
-            }
-            s.len.store(0, Ordering::Relaxed);
-            s.state.store(EMPTY, Ordering::Relaxed);
+    // Every slot claimed since the last reset (published or not), then the index: slot ids
+    // start again at 0, in the chunks already mapped.
+    for (_, s) in slots() {
+        for a in [
+            &s.alloc_objects,
+            &s.alloc_bytes,
+            &s.free_objects,
+            &s.free_bytes,
+            &s.hash,
+        ] {
+            a.store(0, Ordering::Relaxed);
         }
+        s.len.store(0, Ordering::Relaxed);
+        s.state.store(EMPTY, Ordering::Relaxed);
+    }
+    CLAIMED.store(0, Ordering::Relaxed);
+    for e in INDEX.iter() {
+        e.store(0, Ordering::Relaxed);
     }
     for a in [
         &STATS_DROPPED_STACKS,
@@ -1234,9 +1342,8 @@ pub fn stats() -> Stats {
     Stats {
         // Each sample adds one to its slot's count: the sum is the count of samples (and
         // without a counter of its own, one locked instruction less per sample).
-        samples: STACKS
-            .iter()
-            .map(|s| s.alloc_objects.load(Ordering::Relaxed))
+        samples: slots()
+            .map(|(_, s)| s.alloc_objects.load(Ordering::Relaxed))
             .sum(),
         dropped_stacks: STATS_DROPPED_STACKS.load(Ordering::Relaxed),
         dropped_reset: STATS_DROPPED_RESET.load(Ordering::Relaxed),
@@ -1244,9 +1351,8 @@ pub fn stats() -> Stats {
         truncated: STATS_TRUNCATED.load(Ordering::Relaxed),
         reentrant: STATS_REENTRANT.load(Ordering::Relaxed),
         missing_frame_records: crate::module_watch::program_keeps_frame_records() == Some(false),
-        stacks: STACKS
-            .iter()
-            .filter(|s| s.state.load(Ordering::Relaxed) == READY)
+        stacks: slots()
+            .filter(|(_, s)| s.state.load(Ordering::Relaxed) == READY)
             .count(),
         tracked: MAP
             .iter()
@@ -1323,7 +1429,7 @@ fn collect(scaled: bool) -> Vec<HeapSample> {
     let was = BUSY.with(|b| b.replace(true));
     let rate = rate();
     let mut by_stack: HashMap<Vec<u64>, [u64; 4]> = HashMap::new();
-    for s in STACKS.iter() {
+    for (_, s) in slots() {
         if s.state.load(Ordering::Acquire) != READY {
             continue;
         }
@@ -1674,6 +1780,46 @@ mod tests {
     }
 
     #[test]
+    fn the_stack_table_grows_by_chunks_to_its_capacity() {
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        reset();
+        let f = |i: u64| -> Vec<Frame> {
+            [0x40_1000 + i, 0x40_2000 + i / 7, 0x40_3000]
+                .iter()
+                .map(|&pc| Frame { pc, ..Frame::EMPTY })
+                .collect()
+        };
+        // Every stack gets a slot of its own, far beyond one chunk (the table used to hold
+        // 4096 stacks and dropped every sample of a new stack after that).
+        let ids: Vec<usize> = (0..STACK_SLOTS as u64)
+            .map(|i| stack_slot(&f(i)).expect("a slot"))
+            .collect();
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), STACK_SLOTS);
+        assert!(CHUNKS.iter().all(|c| !c.load(Ordering::Relaxed).is_null()));
+        // Full: a new stack has no slot; known stacks are still found, in any chunk.
+        assert_eq!(stack_slot(&f(STACK_SLOTS as u64)), None);
+        for i in [0, 1, 4095, 4096, 70_000, STACK_SLOTS as u64 - 1] {
+            assert_eq!(stack_slot(&f(i)), Some(ids[i as usize]), "{i}");
+        }
+        assert_eq!(stats().stacks, STACK_SLOTS);
+        account_free(pack(ids[100_000], 8));
+        assert_eq!(
+            slot(ids[100_000])
+                .unwrap()
+                .free_bytes
+                .load(Ordering::Relaxed),
+            8
+        );
+        // A reset empties it, and ids start again in the chunks already mapped.
+        reset();
+        assert_eq!(stats().stacks, 0);
+        assert_eq!(stack_slot(&f(5)), Some(0));
+        assert_eq!(slot(0).unwrap().free_bytes.load(Ordering::Relaxed), 0);
+        reset();
+    }
+
+    #[test]
     fn stack_slots_dedupe_and_account() {
         let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         reset();
@@ -1687,8 +1833,14 @@ mod tests {
         let long: Vec<u64> = (0..200).collect();
         let c = stack_slot(&f(&long)).unwrap();
         assert_eq!(stack_slot(&f(&long[..MAX_FRAMES])), Some(c));
-        STACKS[a].alloc_objects.fetch_add(2, Ordering::Relaxed);
-        STACKS[a].alloc_bytes.fetch_add(300, Ordering::Relaxed);
+        slot(a)
+            .unwrap()
+            .alloc_objects
+            .fetch_add(2, Ordering::Relaxed);
+        slot(a)
+            .unwrap()
+            .alloc_bytes
+            .fetch_add(300, Ordering::Relaxed);
         account_free(pack(a, 100));
         let p = snapshot_raw();
         assert_eq!(p.len(), 1);
