@@ -159,8 +159,8 @@ pub const DEFAULT_RATE: u64 = 512 * 1024;
 pub const MAX_FRAMES: usize = 64;
 /// Frames captured before the policy cuts the runtime frames at the leaf end.
 const CAPTURE_FRAMES: usize = 96;
-/// Slots in the stack table (distinct sampled stacks), at most: [`STACK_CHUNKS`] chunks of
-/// [`STACK_CHUNK`] slots, each mapped when the slots before it are taken.
+/// Slots in the stack table (distinct sampled stacks), at most: 32 chunks of 4096 slots, each
+/// mapped when the slots before it are taken.
 pub const STACK_SLOTS: usize = STACK_CHUNK * STACK_CHUNKS;
 const STACK_CHUNK: usize = 4096;
 const STACK_CHUNKS: usize = 32;
