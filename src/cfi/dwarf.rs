@@ -41,6 +41,7 @@ use gimli::{
     BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EhFrameHdr, EndianSlice, LittleEndian,
     Register, RegisterRule, UnwindContext, UnwindSection,
 };
+use std::sync::Arc;
 
 /// Most FDEs evaluated per module.
 pub const MAX_FDES: usize = 1 << 21;
@@ -345,12 +346,14 @@ pub struct PreparedCfi {
     base: u64,
     /// One past the highest.
     end: u64,
-    starts: Vec<u32>,
-    rules: Vec<CfiRow>,
+    // The tables are shared, not copied, by clones (`Arc<[_]>`: indexing costs what a `Vec`'s
+    // does): a live refresh reuses a module's tables when the module is still loaded.
+    starts: Arc<[u32]>,
+    rules: Arc<[CfiRow]>,
     /// `pages[p]`: index of the last row starting at or before page `p`'s start.
-    pages: Vec<u32>,
+    pages: Arc<[u32]>,
     /// Bit set: every FDE on that page keeps a frame record (or there is no FDE there).
-    record_pages: Vec<u64>,
+    record_pages: Arc<[u64]>,
     /// A name for messages (the module's path).
     pub name: String,
 }
@@ -735,10 +738,10 @@ fn build(mut raw: Vec<Raw>, fdes: &[(u64, u64, bool)]) -> Result<PreparedCfi, Cf
         bias: 0,
         base,
         end,
-        starts,
-        rules,
-        pages,
-        record_pages,
+        starts: starts.into(),
+        rules: rules.into(),
+        pages: pages.into(),
+        record_pages: record_pages.into(),
         name: String::new(),
     })
 }
@@ -850,7 +853,7 @@ impl Unwinder {
                 let span = r.hi.wrapping_sub(r.lo);
                 let map = crate::walk::RecordMap::new(r.lo, span, &m.record_pages);
                 map.keeps(here.wrapping_add(1))
-                    .then(|| (map.lo(), map.span(), m.record_pages.clone()))
+                    .then(|| (map.lo(), map.span(), m.record_pages.to_vec()))
             });
         // Its own copy of the bitmap, and the span already cut to it: the entry then builds
         // the map from three fields.

@@ -9,8 +9,11 @@
 //! atomic pointer; [`unwinder`] reads it without a lock, so signal handlers may use it.
 //!
 //! Old versions are never freed (a signal handler may still be reading one): each
-//! [`refresh`] keeps the previous table alive for the rest of the process. Refresh on module
-//! changes, not in a loop.
+//! [`refresh`] keeps the previous unwinder alive for the rest of the process. Its modules'
+//! tables are shared with the next one (a refresh prepares only the modules that are new since
+//! the last, and reuses the others' tables), so what a refresh keeps is a few hundred bytes
+//! per loaded module plus the tables of modules loaded since. Refresh on module changes, not
+//! in a loop.
 //!
 //! # Offline
 //! [`for_modules`] prepares the CFI of a list of `(path, bias)`, such as a core's mapped files.
@@ -215,6 +218,43 @@ fn from_copy(arch: ArchKind, m: &LoadedModule, c: &CopiedCfi) -> Result<Prepared
 }
 
 static CURRENT: AtomicPtr<Unwinder> = AtomicPtr::new(core::ptr::null_mut());
+
+/// What identifies a loaded module's CFI: where and how it is loaded, and a hash of its
+/// in-memory `.eh_frame_hdr` and `.eh_frame` (so another file loaded at the same path and bias
+/// is not taken for the old one).
+#[derive(PartialEq, Eq)]
+struct ModuleKey {
+    path: String,
+    bias: u64,
+    eh_frame_hdr: Option<(u64, u64)>,
+    loads: Vec<(u64, u64)>,
+    content: Option<u64>,
+}
+
+impl ModuleKey {
+    fn new(m: &LoadedModule, copied: Option<&CopiedCfi>) -> Self {
+        use std::hash::{Hash, Hasher};
+        let content = copied.map(|c| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (c.hdr_vaddr, c.eh_vaddr, &c.hdr, &c.eh).hash(&mut h);
+            h.finish()
+        });
+        ModuleKey {
+            path: m.path.clone(),
+            bias: m.bias,
+            eh_frame_hdr: m.eh_frame_hdr,
+            loads: m.loads.clone(),
+            content,
+        }
+    }
+}
+
+/// Every module table [`refresh`] prepared, by [`ModuleKey`]: a later refresh reuses the
+/// tables of modules still loaded (clones of a [`PreparedCfi`] share its arrays), so it costs
+/// the memory of newly loaded modules only, not of every module again (about 1 MB a refresh
+/// for a small program before). The old unwinders keep every table alive anyway (see the
+/// module docs), so keeping them here costs nothing more.
+static PREPARED: Mutex<Vec<(ModuleKey, PreparedCfi)>> = Mutex::new(Vec::new());
 /// Serialises refreshes (never taken by readers).
 static REFRESH: Mutex<()> = Mutex::new(());
 
@@ -238,13 +278,23 @@ pub fn refresh() -> (&'static Unwinder, Vec<(String, CfiError)>) {
     };
     let mut u = Unwinder::new();
     let mut failed = Vec::new();
+    let mut prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner());
     for (m, copied) in enumerate(true) {
+        let key = ModuleKey::new(&m, copied.as_ref());
+        if let Some((_, t)) = prepared.iter().find(|(k, _)| *k == key) {
+            u.add(t.clone());
+            continue;
+        }
         let copy = || copied.ok_or(CfiError::NoCfi);
         match prepare_with(arch, &m, copy) {
-            Ok(t) => u.add(t),
+            Ok(t) => {
+                prepared.push((key, t.clone()));
+                u.add(t)
+            }
             Err(e) => failed.push((m.path.clone(), e)),
         }
     }
+    drop(prepared);
     let u: &'static Unwinder = Box::leak(Box::new(u));
     CURRENT.store(u as *const Unwinder as *mut Unwinder, Ordering::Release);
     (u, failed)
