@@ -11,6 +11,13 @@
 //! reading them (they are never freed), the next one sees the new. [`release`] stops the watcher
 //! when the last profiler stops.
 //!
+//! A profiler that runs code on the program's own threads anyway (the heap profiler, in the
+//! allocator) keeps the tables current without a thread: [`acquire_polled`], then [`poll`] from
+//! that code, which looks at the loader's counters at most every [`CHECK_EVERY`]. A thread of
+//! our own would switch glibc's `malloc` to its multi-threaded paths for good (locked arena
+//! operations, decided at the first `pthread_create`): a single-threaded program's
+//! allocation-heavy code ran ~25% slower after the heap profiler's start only for that.
+//!
 //! # Frame pointers of the program itself
 //! [`program_keeps_frame_records`] says whether this crate, as built into the program, keeps
 //! frame records: `RUSTFLAGS` apply to every crate of a build, so when `unwind`'s own functions
@@ -82,6 +89,71 @@ pub fn acquire() {
             check();
         })
         .ok();
+}
+
+/// Profilers that keep the tables current through [`poll`] (no watcher thread).
+static POLLERS: AtomicUsize = AtomicUsize::new(0);
+/// When [`poll`] looks next (`CLOCK_MONOTONIC_COARSE`, nanoseconds).
+static NEXT_POLL: AtomicU64 = AtomicU64::new(0);
+/// A [`poll`] is looking (the others go on without waiting).
+static POLLING: AtomicBool = AtomicBool::new(false);
+
+/// A profiler starts that keeps the tables current through [`poll`], without a thread:
+/// prepares the tables (if the modules changed). Pair with [`release_polled`]. Not
+/// async-signal-safe.
+pub fn acquire_polled() {
+    check();
+    POLLERS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A profiler that called [`acquire_polled`] stops.
+pub fn release_polled() {
+    let _ = POLLERS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+}
+
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given (a vDSO call: no lock, no
+    // allocation).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// While a profiler holds [`acquire_polled`]: when [`CHECK_EVERY`] has passed since the last
+/// look, looks at the loader's counters (`dl_iterate_phdr`, about a microsecond) and prepares
+/// the tables again if a module was loaded or unloaded. Otherwise a load and a coarse clock
+/// read (vDSO). Never waits for another thread's look or refresh: it skips instead. Returns
+/// whether it refreshed.
+///
+/// Not async-signal-safe (`dl_iterate_phdr` takes the loader's lock; a refresh allocates):
+/// call it from ordinary code, such as an allocator hook outside the inner allocator, never
+/// from a signal handler. A refresh allocates through the global allocator: the caller keeps
+/// its own hook from recursing (the heap profiler calls this inside its busy flag).
+pub fn poll() -> bool {
+    if POLLERS.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    let now = coarse_now_ns();
+    if now < NEXT_POLL.load(Ordering::Relaxed) || POLLING.swap(true, Ordering::Acquire) {
+        return false;
+    }
+    NEXT_POLL.store(
+        now.saturating_add(CHECK_EVERY.as_nanos() as u64),
+        Ordering::Relaxed,
+    );
+    let g = loader_generation();
+    let refreshed = SEEN.load(Ordering::Acquire) != g && crate::modules::try_refresh().is_some();
+    if refreshed {
+        SEEN.store(g, Ordering::Release);
+        REFRESHES.fetch_add(1, Ordering::Relaxed);
+    }
+    POLLING.store(false, Ordering::Release);
+    refreshed
 }
 
 /// A profiler stops: the watcher ends when no profiler needs it any more (within

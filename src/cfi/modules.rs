@@ -271,7 +271,12 @@ pub fn unwinder() -> Option<&'static Unwinder> {
 /// [`unwinder`]. Not async-signal-safe; call at start-up and after `dlopen`/`dlclose`.
 /// Returns the new unwinder and the modules that could not be prepared.
 pub fn refresh() -> (&'static Unwinder, Vec<(String, CfiError)>) {
-    let _guard = REFRESH.lock().unwrap_or_else(|e| e.into_inner());
+    refresh_locked(REFRESH.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn refresh_locked(
+    _guard: std::sync::MutexGuard<'_, ()>,
+) -> (&'static Unwinder, Vec<(String, CfiError)>) {
     let Some(arch) = ArchKind::native() else {
         let u: &'static Unwinder = Box::leak(Box::new(Unwinder::new()));
         return (u, vec![(String::new(), CfiError::Arch)]);
@@ -298,6 +303,17 @@ pub fn refresh() -> (&'static Unwinder, Vec<(String, CfiError)>) {
     let u: &'static Unwinder = Box::leak(Box::new(u));
     CURRENT.store(u as *const Unwinder as *mut Unwinder, Ordering::Release);
     (u, failed)
+}
+
+/// [`refresh`], unless another one is under way (then `None` at once, without waiting): for
+/// callers that must not block, such as an allocator hook.
+pub fn try_refresh() -> Option<(&'static Unwinder, Vec<(String, CfiError)>)> {
+    let guard = match REFRESH.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return None,
+    };
+    Some(refresh_locked(guard))
 }
 
 /// The process-wide unwinder, preparing it on first use (not async-signal-safe the first time).

@@ -104,16 +104,22 @@
 //! decision with its new size.
 //!
 //! # Reentrancy, signals, deadlock
-//! - The sampling path never allocates (capture, policy and both tables are allocation-free),
-//!   takes no lock and makes no system call once the thread's stack bounds are known (the
+//! - The sampling path's capture, policy and tables allocate nothing and take no lock (the
 //!   first capture on a thread reads `/proc/self/maps` with raw `open`/`read`/`close`, which
-//!   allocate nothing). A per-thread flag guards it anyway: an allocation made while the same
-//!   thread is inside the sampling path (a signal handler that interrupted it and allocates) is
-//!   passed straight to the inner allocator, unsampled. There is no recursion into the profiler.
-//! - Nothing in the allocator path waits for another thread, so a signal handler that
-//!   interrupts it (and captures, as a CPU profiler's does) cannot deadlock with it. A handler
-//!   that allocates is exactly as safe as the inner allocator is in a handler (glibc's `malloc`
-//!   is not async-signal-safe; this wrapper adds no lock of its own).
+//!   allocate nothing; a new 4096th stack maps a chunk with `mmap`). Besides, in a CFI mode, a
+//!   sample reads a coarse clock and, at most every 100 ms on one thread at a time, looks at
+//!   the loader's counters ([`crate::module_watch::poll`]: `dl_iterate_phdr`, the loader's
+//!   lock, about a microsecond); after a `dlopen` or `dlclose` that sample prepares the
+//!   modules' CFI again (a few milliseconds; files read, memory allocated, unsampled), unless
+//!   a refresh is under way elsewhere. A per-thread flag guards the path: an allocation made
+//!   while the same thread is inside it (a signal handler that interrupted it and allocates,
+//!   or the refresh's own) is passed straight to the inner allocator, unsampled. There is no
+//!   recursion into the profiler.
+//! - Nothing in the allocator path waits for another thread, except the look at the loader's
+//!   counters for the loader's lock (held only briefly, never while it allocates), so a signal
+//!   handler that interrupts it (and captures, as a CPU profiler's does) cannot deadlock with
+//!   it. A handler that allocates is as safe as the inner allocator is in a handler (glibc's
+//!   `malloc` is not async-signal-safe), and its sample may look at the loader's counters.
 //! - [`reset`] is the only operation that waits: it raises a flag, waits until no allocator call
 //!   is inside a table update (each such section is a bounded, lock-free sequence), clears the
 //!   tables, and lowers the flag. Sampled allocations and frees that arrive meanwhile skip the
@@ -506,6 +512,9 @@ fn maybe_sample(addr: u64, size: u64) {
     }
     set_distance(draw(rate));
     BUSY.with(|b| b.set(true));
+    // A module loaded or unloaded since the last look (at most every 100 ms): prepare its CFI
+    // before this capture needs it.
+    crate::module_watch::poll();
     record(addr, size);
     BUSY.with(|b| b.set(false));
 }
@@ -1195,8 +1204,10 @@ pub fn start(rate: u64) {
 /// where a function keeps them and the prepared CFI of the loaded modules elsewhere (libc, the
 /// precompiled std, a program built without frame pointers, where a frame-record walk finds
 /// nothing); [`Mode::FramePointer`] only follows frame records (fastest). The CFI is prepared
-/// here and again when libraries are loaded ([`crate::module_watch`]), never in the allocator
-/// hook, which only loads it through an atomic pointer.
+/// here, and again by a sample that finds, at most every 100 ms, that a library was loaded or
+/// unloaded ([`crate::module_watch::poll`]: no watcher thread, so that starting the profiler
+/// does not turn a single-threaded program's `malloc` multi-threaded). The capture itself only
+/// loads the tables through an atomic pointer.
 pub fn start_with_mode(rate: u64, mode: Mode) {
     set_mode(mode);
     start_inner(rate);
@@ -1221,7 +1232,8 @@ pub fn set_mode(mode: Mode) {
 /// Makes sure the loaded modules' CFI is prepared and kept current while sampling in a CFI mode.
 fn watch_modules() {
     if SHARED.mode.load(Ordering::Relaxed) != 0 && !WATCHING.swap(true, Ordering::SeqCst) {
-        crate::module_watch::acquire();
+        // Polled from the sampling path: no thread of its own (see `module_watch`).
+        crate::module_watch::acquire_polled();
     }
 }
 
@@ -1257,7 +1269,7 @@ pub fn stop() {
     let _g = control();
     bump(false);
     if WATCHING.swap(false, Ordering::SeqCst) {
-        crate::module_watch::release();
+        crate::module_watch::release_polled();
     }
 }
 

@@ -1,0 +1,87 @@
+//! The heap profiler in a single-threaded program (this test is a plain `main`, `harness =
+//! false`: libtest would run it on a thread of its own):
+//! - `heap::start` and its samples create no thread. One thread, ever, switches glibc's
+//!   `malloc` to its multi-threaded paths for good (`__libc_single_threaded` drops to 0 at the
+//!   first `pthread_create`): allocation-heavy code ran ~25% slower after `start` for that
+//!   alone, when the profiler kept the modules' CFI current with a watcher thread.
+//! - A library loaded after `start` still gets its CFI: a sample looks at the loader's counters
+//!   at most every 100 ms (`module_watch::poll`) and prepares it.
+
+use std::hint::black_box;
+use std::time::Duration;
+use unwind::heap::{self, Sampling};
+
+#[global_allocator]
+static ALLOC: Sampling = Sampling::new(std::alloc::System);
+
+extern "C" {
+    /// glibc 2.32+: non-zero while the process has never created a thread.
+    static __libc_single_threaded: libc::c_char;
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+fn single_threaded() -> bool {
+    // SAFETY: a glibc variable, read once (only glibc writes it, at thread creation).
+    unsafe { core::ptr::read_volatile(&raw const __libc_single_threaded) != 0 }
+}
+
+/// About `mb` MiB in 1000-byte blocks, freed as it goes: a few samples per MiB at the default
+/// rate.
+#[inline(never)]
+fn allocate(mb: usize) -> usize {
+    (0..mb * 1024)
+        .map(|i| black_box(vec![i as u8; 1000]).len())
+        .sum()
+}
+
+fn main() {
+    assert_eq!(threads(), 1, "a test harness thread?");
+    assert!(single_threaded());
+    heap::start(heap::DEFAULT_RATE);
+    black_box(allocate(16));
+    let st = heap::stats();
+    assert!(st.samples > 0, "{st:?}");
+    assert_eq!(threads(), 1, "heap::start or a sample created a thread");
+    assert!(single_threaded(), "glibc's malloc went multi-threaded");
+
+    // A library loaded after start (a copy of libm, so that it is new to this process).
+    let src = [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib64/libm.so.6",
+        "/usr/lib/libm.so.6",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libm.so.6 (glibc) not found");
+    let path = std::env::temp_dir().join(format!("unwind-single-{}.so", std::process::id()));
+    std::fs::copy(src, &path).unwrap();
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let refreshes = unwind::module_watch::refreshes();
+    // SAFETY: loads a copy of libm (no constructors with effects); never closed.
+    let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    assert!(!h.is_null(), "dlopen {path:?}");
+    std::fs::remove_file(&path).unwrap();
+    let has_lib = || {
+        unwind::modules::unwinder().is_some_and(|u| {
+            u.modules()
+                .iter()
+                .any(|m| m.name.contains("unwind-single-"))
+        })
+    };
+    assert!(!has_lib());
+    // The next sample 100 ms on looks.
+    std::thread::sleep(Duration::from_millis(150));
+    black_box(allocate(4));
+    assert!(
+        unwind::module_watch::refreshes() > refreshes,
+        "no refresh after the dlopen"
+    );
+    assert!(has_lib(), "the new library's CFI is not prepared");
+    assert_eq!(threads(), 1);
+    assert!(single_threaded());
+    heap::stop();
+    println!("heap_single_thread: ok ({} samples)", heap::stats().samples);
+}
