@@ -196,6 +196,34 @@ fn many_distinct_stacks_each_keep_their_samples() {
     assert!(st.stacks >= 1 << DEPTH, "{st:?}");
 }
 
+#[test]
+fn heap_profile_leaves_are_the_allocating_functions_not_inlined_plumbing() {
+    let _g = setup();
+    heap::start(1);
+    black_box(alloc_exact_counted(100));
+    heap::stop();
+    let p = heap::to_profile(&heap::snapshot(), 1);
+    let sym = unwind::symbols::Symbolizer::for_current_process();
+    // With inlined frames (what `go tool pprof` shows): `Vec::with_capacity`, `RawVec` and
+    // `__rust_alloc` are inlined into `alloc_exact_counted` in release builds; the profile's
+    // leaf is still the allocating function, as the heap policy makes it for physical frames.
+    let folded = p.folded_with_inlines(&sym, 1);
+    let ours: Vec<&str> = folded
+        .lines()
+        .filter(|l| l.contains("alloc_exact_counted"))
+        .collect();
+    assert!(!ours.is_empty(), "{folded}");
+    for l in ours {
+        let stack = l.rsplit_once(' ').unwrap().0;
+        let leaf = stack.rsplit(';').next().unwrap();
+        assert!(
+            leaf.ends_with("alloc_exact_counted"),
+            "leaf {leaf:?} in {l}"
+        );
+        assert!(!heap::is_runtime_name(leaf), "{l}");
+    }
+}
+
 const BIG: usize = 256 * 1024;
 
 #[inline(never)]

@@ -121,6 +121,41 @@ fn pprof_has_inlined_lines_build_ids_and_thread_labels() {
         eprintln!("this test binary has no build id (linker without --build-id)");
     }
 
+    // The executable's mapping is its executable segment as the process maps it (start on the
+    // segment's page, that page's file offset), so pprof's own symbolisation from the binary
+    // (`-symbolize=force`, as for -disasm or a profile without names) finds the same
+    // functions. (A mapping of the whole module at offset 0 sent every address past the first
+    // segment to the wrong function.)
+    let (_, _, text_off) = unwind::pprof_lines::exec_segments(&exe)[0];
+    let exe_path = std::env::current_exe().unwrap();
+    let mapping = raw
+        .lines()
+        .skip_while(|l| !l.starts_with("Mappings"))
+        .find(|l| l.contains(&*exe_path.to_string_lossy()))
+        .unwrap_or_else(|| panic!("no mapping of {exe_path:?}:\n{raw}"));
+    let offset = mapping
+        .split_whitespace()
+        .nth(1)
+        .and_then(|r| r.split('/').nth(2))
+        .and_then(|o| u64::from_str_radix(o.trim_start_matches("0x"), 16).ok());
+    assert_eq!(offset, Some(text_off), "{mapping}");
+    let symbolizer = ["addr2line", "llvm-symbolizer"].iter().any(|t| {
+        Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if symbolizer {
+        let forced = go_pprof(&["-symbolize=force", "-traces"], &pb);
+        assert!(forced.contains("lines_test_outer"), "{forced}");
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: needs addr2line (binutils) for go tool pprof -symbolize=force"
+        );
+        eprintln!("skipping -symbolize=force: no addr2line or llvm-symbolizer");
+    }
+
     // Thread labels: -tags lists them; -tagfocus keeps the named thread's samples only.
     let tags = go_pprof(&["-tags"], &pb);
     assert!(

@@ -1411,6 +1411,7 @@ pub fn to_profile(samples: &[HeapSample], rate: u64) -> crate::profile::Profile 
         ("space".into(), "bytes".into()),
         rate.min(i64::MAX as u64) as i64,
     );
+    p.hidden_leaf_inlines = Some(is_runtime_name);
     for s in samples {
         p.samples.push(crate::profile::Sample {
             pcs: s.pcs.clone(),

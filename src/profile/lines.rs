@@ -111,6 +111,39 @@ pub fn build_id(data: &[u8]) -> Option<Vec<u8>> {
     file.build_id().ok()?.map(<[u8]>::to_vec)
 }
 
+/// The module's executable `PT_LOAD` segments as a process maps them (what a `r-xp` line of
+/// `/proc/self/maps` shows): `(address, end, file offset)` at file addresses (add the load bias),
+/// the start and the offset rounded down to the page. pprof turns an address into a symbol
+/// address as `addr - start + offset - p_offset + p_vaddr` of the segment holding that file
+/// offset, which holds only for a mapping that starts at a segment's page: a mapping spanning
+/// the whole module at offset 0 sent addresses past the first segment to the wrong function
+/// whenever pprof symbolised them itself. Empty when `data` is not an ELF file with
+/// executable segments.
+pub fn exec_segments(data: &[u8]) -> Vec<(u64, u64, u64)> {
+    use object::{Object, ObjectSegment, SegmentFlags};
+    const PAGE: u64 = 0xfff;
+    let Ok(file) = object::File::parse(data) else {
+        return Vec::new();
+    };
+    if file.format() != object::BinaryFormat::Elf {
+        return Vec::new();
+    }
+    // `segments()` of an ELF file are its PT_LOAD headers.
+    file.segments()
+        .filter(|s| {
+            matches!(s.flags(), SegmentFlags::Elf { p_flags, .. }
+                if p_flags & object::elf::PF_X == object::elf::PF_X)
+        })
+        .filter_map(|s| {
+            let (vaddr, memsz) = (s.address(), s.size());
+            let (off, _) = s.file_range();
+            let end = vaddr.checked_add(memsz)?;
+            let off = off.checked_sub(vaddr & PAGE)?;
+            Some((vaddr & !PAGE, end, off))
+        })
+        .collect()
+}
+
 /// Lower-case hex, as pprof and debuginfod spell build ids.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -57,6 +57,13 @@ pub struct Profile {
     pub default_sample_type: Option<String>,
     /// Samples.
     pub samples: Vec<Sample>,
+    /// Functions inlined into each sample's leaf frame that the outputs with inlined frames
+    /// leave out, from the innermost on, while this says they are runtime code; the function
+    /// they were inlined into always stays. The heap profile sets it: the frames the heap
+    /// policy cuts at the leaf end are physical frames, and the allocation plumbing inlined
+    /// into the allocating function (`Vec::with_capacity`, `RawVec`, `__rust_alloc`, the
+    /// wrapper's `alloc`) would otherwise head every stack in `go tool pprof -top`.
+    pub hidden_leaf_inlines: Option<fn(&str) -> bool>,
 }
 
 impl Profile {
@@ -78,6 +85,7 @@ impl Profile {
             duration_nanos: 0,
             default_sample_type: None,
             samples: Vec::new(),
+            hidden_leaf_inlines: None,
         }
     }
 
@@ -148,7 +156,11 @@ impl Profile {
         let mut out = Vec::new();
         for (i, &pc) in s.pcs.iter().enumerate() {
             let exact = i == 0 && s.exact_leaf;
-            let chain = lines.frames(crate::frame::FrameAddress::new(pc, exact).lookup_address());
+            let mut chain =
+                lines.frames(crate::frame::FrameAddress::new(pc, exact).lookup_address());
+            if i == 0 {
+                hide_leaf_inlines(&mut chain, |f| &f.function, self.hidden_leaf_inlines);
+            }
             if chain.is_empty() {
                 out.push(function_name(sym, pc, exact));
             } else {
@@ -318,6 +330,22 @@ impl Enc {
     }
 }
 
+/// Drops the innermost frames of a leaf's inline `chain` (innermost first) while `hidden` says
+/// they are runtime code, keeping the last (the function they were inlined into).
+fn hide_leaf_inlines<T>(
+    chain: &mut Vec<T>,
+    name: impl Fn(&T) -> &str,
+    hidden: Option<fn(&str) -> bool>,
+) {
+    let Some(hidden) = hidden else { return };
+    let n = chain
+        .iter()
+        .take(chain.len().saturating_sub(1))
+        .take_while(|f| hidden(name(f)))
+        .count();
+    chain.drain(..n);
+}
+
 /// A pprof location: id, mapping id, address, lines (function id, line), innermost first.
 type Loc = (u64, u64, u64, Vec<(u64, i64)>);
 
@@ -325,8 +353,8 @@ struct PprofBuilder<'a> {
     sym: &'a Symbolizer,
     strings: Vec<String>,
     string_ids: HashMap<String, i64>,
-    /// (address, exact) -> location id.
-    locations: HashMap<(u64, bool), u64>,
+    /// (address, exact, leaf inlines hidden) -> location id.
+    locations: HashMap<(u64, bool, bool), u64>,
     location_list: Vec<Loc>,
     /// (name, source file) -> function id.
     functions: HashMap<(String, String), u64>,
@@ -335,6 +363,44 @@ struct PprofBuilder<'a> {
     lines: crate::pprof_lines::LineTables<'a>,
     /// Mapping ids whose locations got file:line from DWARF.
     mappings_with_lines: std::collections::HashSet<u64>,
+    /// The mappings (id = index + 1): one per executable segment of each module, as
+    /// `/proc/self/maps` shows them (see [`crate::pprof_lines::exec_segments`]), or the
+    /// module's whole range for a module whose segments cannot be read. Sorted by address.
+    mappings: Vec<PprofMapping>,
+}
+
+/// A pprof mapping: runtime `[lo, hi)`, file offset of `lo`, the module's index.
+struct PprofMapping {
+    lo: u64,
+    hi: u64,
+    offset: u64,
+    module: usize,
+}
+
+/// The mappings of `sym`'s modules: see [`PprofBuilder::mappings`].
+fn pprof_mappings(sym: &Symbolizer) -> Vec<PprofMapping> {
+    let mut out = Vec::new();
+    for (i, m) in sym.modules().iter().enumerate() {
+        let segs = crate::pprof_lines::exec_segments(m.data());
+        if segs.is_empty() {
+            out.push(PprofMapping {
+                lo: m.range.lo,
+                hi: m.range.hi,
+                offset: m.range.lo.wrapping_sub(m.bias),
+                module: i,
+            });
+        }
+        for (lo, hi, offset) in segs {
+            out.push(PprofMapping {
+                lo: lo.wrapping_add(m.bias),
+                hi: hi.wrapping_add(m.bias),
+                offset,
+                module: i,
+            });
+        }
+    }
+    out.sort_by_key(|m| m.lo);
+    out
 }
 
 impl<'a> PprofBuilder<'a> {
@@ -349,6 +415,7 @@ impl<'a> PprofBuilder<'a> {
             function_list: Vec::new(),
             lines: crate::pprof_lines::LineTables::new(sym),
             mappings_with_lines: Default::default(),
+            mappings: pprof_mappings(sym),
         };
         b.string(""); // string_table[0] must be ""
         b
@@ -365,15 +432,16 @@ impl<'a> PprofBuilder<'a> {
     }
 
     fn mapping_id(&self, pc: u64) -> u64 {
-        self.sym
-            .modules()
+        self.mappings
             .iter()
-            .position(|m| m.range.contains(pc))
+            .position(|m| m.lo <= pc && pc < m.hi)
             .map_or(0, |i| i as u64 + 1)
     }
 
-    fn location(&mut self, pc: u64, exact: bool) -> u64 {
-        if let Some(&id) = self.locations.get(&(pc, exact)) {
+    /// The location of `pc`; `hide`: leave out the runtime functions inlined at it (a leaf,
+    /// see [`Profile::hidden_leaf_inlines`]).
+    fn location(&mut self, pc: u64, exact: bool, hide: Option<fn(&str) -> bool>) -> u64 {
+        if let Some(&id) = self.locations.get(&(pc, exact, hide.is_some())) {
             return id;
         }
         let look = crate::frame::FrameAddress::new(pc, exact).lookup_address();
@@ -388,6 +456,7 @@ impl<'a> PprofBuilder<'a> {
         if !chain.is_empty() {
             self.mappings_with_lines.insert(mapping);
         }
+        hide_leaf_inlines(&mut chain, |f| &f.0, hide);
         // The outermost function is the one the symbol table names (DWARF may lack its name).
         let symbol = self.sym.lookup(look).map(|s| s.name.to_string());
         match (chain.last_mut(), symbol) {
@@ -414,7 +483,7 @@ impl<'a> PprofBuilder<'a> {
         }
         let id = self.location_list.len() as u64 + 1;
         self.location_list.push((id, mapping, pc, lines));
-        self.locations.insert((pc, exact), id);
+        self.locations.insert((pc, exact, hide.is_some()), id);
         id
     }
 
@@ -432,7 +501,10 @@ impl<'a> PprofBuilder<'a> {
                 .pcs
                 .iter()
                 .enumerate()
-                .map(|(i, &pc)| self.location(pc, i == 0 && s.exact_leaf))
+                .map(|(i, &pc)| {
+                    let hide = p.hidden_leaf_inlines.filter(|_| i == 0);
+                    self.location(pc, i == 0 && s.exact_leaf, hide)
+                })
                 .collect();
             let labels: Vec<(i64, i64)> = s
                 .labels
@@ -451,15 +523,13 @@ impl<'a> PprofBuilder<'a> {
             });
         }
         let modules: Vec<(u64, u64, u64, i64, i64)> = {
-            let ms: Vec<(u64, u64, u64, String, String)> = self
+            // Each module's path and build id, once.
+            let ids: Vec<(String, String)> = self
                 .sym
                 .modules()
                 .iter()
                 .map(|m| {
                     (
-                        m.range.lo,
-                        m.range.hi,
-                        m.range.lo.wrapping_sub(m.bias),
                         m.path.clone(),
                         crate::pprof_lines::build_id(m.data())
                             .map(|b| crate::pprof_lines::hex(&b))
@@ -467,8 +537,16 @@ impl<'a> PprofBuilder<'a> {
                     )
                 })
                 .collect();
+            let ms: Vec<(u64, u64, u64, usize)> = self
+                .mappings
+                .iter()
+                .map(|m| (m.lo, m.hi, m.offset, m.module))
+                .collect();
             ms.into_iter()
-                .map(|(lo, hi, off, path, id)| (lo, hi, off, self.string(&path), self.string(&id)))
+                .map(|(lo, hi, off, i)| {
+                    let (path, id) = &ids[i];
+                    (lo, hi, off, self.string(path), self.string(id))
+                })
                 .collect()
         };
         for (i, (lo, hi, off, path, build_id)) in modules.iter().enumerate() {
@@ -503,7 +581,11 @@ impl<'a> PprofBuilder<'a> {
             out.message(5, |m| {
                 m.uint(1, id);
                 m.int(2, name);
-                m.int(3, name);
+                // No system_name: `go tool pprof` takes a function whose system name equals
+                // its name for not yet demangled and "simplifies" it, cutting everything in
+                // angle brackets: `<alloc::vec::Vec<T> as Drop>::drop` became `::drop`. The
+                // names here are demangled already (the mangled one is not known for inlined
+                // frames).
                 m.int(4, file);
             });
         }
@@ -554,6 +636,29 @@ pub fn write_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaf_inlines_are_hidden_from_the_innermost_up_to_user_code() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let hidden = Some(crate::heap::is_runtime_name as fn(&str) -> bool);
+        let mut chain = names(&[
+            "__rustc::__rust_alloc",
+            "alloc::raw_vec::RawVecInner::with_capacity_in",
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+            "app::burn",
+            "app::leaf",
+        ]);
+        hide_leaf_inlines(&mut chain, |s| s, hidden);
+        assert_eq!(chain, names(&["app::burn", "app::leaf"]));
+        // The function the others were inlined into stays, even if it is runtime code.
+        let mut all = names(&["alloc::alloc::alloc", "alloc::vec::from_elem"]);
+        hide_leaf_inlines(&mut all, |s| s, hidden);
+        assert_eq!(all, names(&["alloc::vec::from_elem"]));
+        // Without a rule nothing is hidden.
+        let mut kept = names(&["alloc::alloc::alloc", "app::leaf"]);
+        hide_leaf_inlines(&mut kept, |s| s, None);
+        assert_eq!(kept.len(), 2);
+    }
 
     #[test]
     fn varints() {
