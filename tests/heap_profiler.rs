@@ -224,6 +224,43 @@ fn heap_profile_leaves_are_the_allocating_functions_not_inlined_plumbing() {
     }
 }
 
+/// Separate heap blocks (the boxes are the point: one allocation each).
+#[allow(clippy::vec_box)]
+#[inline(never)]
+fn keep_many(n: usize, out: &mut Vec<Box<[u8; 24]>>) {
+    for i in 0..n {
+        out.push(Box::new([i as u8; 24]));
+    }
+}
+
+#[test]
+fn rate_one_tracks_every_live_block_of_a_large_heap() {
+    let _g = setup();
+    // Every allocation sampled and 200 000 of them live at once: each must stay tracked
+    // until its free (the live map held 65 536 and counted the rest as freed at once, so
+    // `inuse_*` showed a third of the heap).
+    const N: usize = 200_000;
+    let mut kept = Vec::with_capacity(N);
+    heap::start(1);
+    keep_many(N, &mut kept);
+    let live = heap::snapshot();
+    drop(kept);
+    heap::stop();
+    let freed = heap::snapshot();
+    let st = heap::stats();
+    assert_eq!(st.untracked, 0, "{st:?}");
+    assert_eq!(
+        totals(&live, "keep_many"),
+        [N as i64, 24 * N as i64, N as i64, 24 * N as i64],
+        "{st:?}"
+    );
+    assert_eq!(
+        totals(&freed, "keep_many"),
+        [N as i64, 24 * N as i64, 0, 0],
+        "{st:?}"
+    );
+}
+
 const BIG: usize = 256 * 1024;
 
 #[inline(never)]

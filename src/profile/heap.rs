@@ -80,14 +80,18 @@
 //!   bytes, sampled frees and bytes). When the table is full (or a chunk cannot be mapped), a
 //!   new stack's sample is dropped ([`Stats::dropped_stacks`]). (A fixed table of 4096 slots
 //!   dropped every sample of a new stack once a long-running program had sampled 4096.)
-//! - **live blocks**: [`MAP_SLOTS`] entries mapping a sampled block's address to its stack slot
-//!   and size, in buckets of four on one cache line each, claimed with compare-and-swap. A
-//!   block goes in its home bucket, or (that one full) in one of the next 15, and the buckets it
-//!   passed are marked as overflowed so lookups follow; a freed entry is simply emptied, with no
-//!   tombstone, so lookups stay one line long however many blocks came and went.
+//! - **live blocks**: a map from a sampled block's address to its stack slot and size, in
+//!   buckets of four entries on one cache line each, claimed with compare-and-swap: a first
+//!   level of [`MAP_SLOTS`] entries (65 536, in `.bss`), then up to six more, each twice the one
+//!   before, mapped (`mmap`) when needed: 8.3 million in all (a profile at rate 1 of a program
+//!   with millions of live allocations). A block goes in its home bucket, or (that one full) in
+//!   one of the next 15, and the buckets it passed are marked as overflowed so lookups follow;
+//!   when all 16 are full, in the next level, and its home bucket is marked as spilled. A freed
+//!   entry is simply emptied, with no tombstone, so lookups stay one line long however many
+//!   blocks came and went.
 //!   A free removes its entry *before* the block goes back to the inner allocator, so the address
-//!   cannot be reused (and sampled again) while its old entry is still there. When no entry is
-//!   free within the probe window, the allocation is counted as allocated and at once as freed
+//!   cannot be reused (and sampled again) while its old entry is still there. When no level has
+//!   room for a block, the allocation is counted as allocated and at once as freed
 //!   (so `inuse_*` never carries a block whose free cannot be seen) and counted in
 //!   [`Stats::untracked`]. Two *counting filters* (one byte a counter, saturating: a counter
 //!   that reaches 255 stays there until [`reset`], so it can only err towards looking) say
@@ -175,7 +179,8 @@ const STACK_CHUNKS: usize = 32;
 const INDEX_BITS: u32 = 18;
 const INDEX_LEN: usize = 1 << INDEX_BITS;
 const INDEX_PROBES: usize = 128;
-/// Entries in the live-block map (sampled blocks not yet freed).
+/// Entries in the live-block map's first level (sampled blocks not yet freed); the map grows
+/// past it by levels mapped when needed, to 127 times this.
 pub const MAP_SLOTS: usize = MAP_BUCKETS * MAP_BUCKET_ENTRIES;
 /// The map's buckets: one cache line, four entries, each.
 const MAP_BUCKETS: usize = 1 << MAP_BITS;
@@ -810,8 +815,10 @@ static CLAIMED: AtomicUsize = AtomicUsize::new(0);
 static INDEX: [AtomicU64; INDEX_LEN] = [Z64; INDEX_LEN];
 /// The live-block map: [`Bucket`]s, by address hash.
 static MAP: [Bucket; MAP_BUCKETS] = [BUCKET; MAP_BUCKETS];
-/// One bit per bucket: see [`overflowed`].
+/// One bit per bucket of [`MAP`]: see [`Level::overflowed`].
 static OVERFLOW: [AtomicU64; MAP_BUCKETS / 64] = [Z64; MAP_BUCKETS / 64];
+/// One bit per bucket of [`MAP`]: see [`Level::spilled`].
+static SPILL: [AtomicU64; MAP_BUCKETS / 64] = [Z64; MAP_BUCKETS / 64];
 /// Per address hash: how many tracked blocks hash here (saturating at [`FILTER_STUCK`]). 32
 /// KiB, indexed by address bits so that frees of nearby blocks read the same cache lines.
 static FILTER: [AtomicU8; FILTER_SLOTS] = [Z8; FILTER_SLOTS];
@@ -1051,73 +1058,225 @@ fn may_be_tracked(addr: u64) -> bool {
         && FILTER[filter_index(addr)].load(Ordering::Relaxed) != 0
 }
 
-/// The bucket `j` buckets after `addr`'s home bucket.
-#[inline(always)]
-fn bucket(addr: u64, j: usize) -> usize {
-    (map_home(addr) + j) & (MAP_BUCKETS - 1)
+/// One level of the live-block map: its buckets and, per bucket, an overflow bit (see
+/// [`Level::overflowed`]) and a spill bit (see [`Level::spilled`]).
+#[derive(Clone, Copy)]
+struct Level {
+    buckets: &'static [Bucket],
+    overflow: &'static [AtomicU64],
+    spill: &'static [AtomicU64],
+    /// `buckets.len() == 1 << bits`.
+    bits: u32,
 }
 
-/// Has an entry been placed beyond bucket `b` because `b` was full (so a lookup that misses in
-/// `b` goes on to the next bucket)? Set before that entry is placed; cleared only by [`reset`].
-#[inline(always)]
-fn overflowed(b: usize) -> bool {
-    OVERFLOW[b / 64].load(Ordering::Acquire) & (1 << (b % 64)) != 0
-}
+/// Levels of the live-block map beyond the static one, each twice the one before, mapped
+/// (`mmap`) when the one before has no room left for an address: 64 Ki entries in `.bss`,
+/// then 128 Ki, 256 Ki, ... 4 Mi, 8.3 M in all (a program profiled at rate 1 keeps every live
+/// allocation tracked; a fixed map counted those beyond it as freed at once).
+const MAP_LEVELS: usize = 7;
 
-fn set_overflowed(b: usize) {
-    if !overflowed(b) {
-        OVERFLOW[b / 64].fetch_or(1 << (b % 64), Ordering::AcqRel);
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_LEVEL: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+/// The mapped levels 1.. (index 0 unused: level 0 is [`MAP`]); null until mapped. Never
+/// unmapped.
+static LEVELS: [AtomicPtr<u8>; MAP_LEVELS] = [NO_LEVEL; MAP_LEVELS];
+
+impl Level {
+    /// The bytes of level `k >= 1`: buckets, then overflow bits, then spill bits.
+    fn size(k: usize) -> (usize, usize) {
+        let n = MAP_BUCKETS << k;
+        (n, n * core::mem::size_of::<Bucket>() + 2 * (n / 64) * 8)
+    }
+
+    /// Level `k`, if it exists (`map`: mapping it if not yet; `None` if that fails).
+    fn get(k: usize, map: bool) -> Option<Level> {
+        if k == 0 {
+            return Some(Level {
+                buckets: &MAP,
+                overflow: &OVERFLOW,
+                spill: &SPILL,
+                bits: MAP_BITS,
+            });
+        }
+        let slot = LEVELS.get(k)?;
+        let (n, len) = Level::size(k);
+        let mut p = slot.load(Ordering::Acquire);
+        if p.is_null() {
+            if !map {
+                return None;
+            }
+            // SAFETY: an anonymous private mapping at an address of the kernel's choosing: it
+            // touches no existing memory. `mmap` is a system call (async-signal-safe, no
+            // allocation).
+            let m = unsafe {
+                libc::mmap(
+                    core::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if m == libc::MAP_FAILED {
+                return None;
+            }
+            match slot.compare_exchange(
+                core::ptr::null_mut(),
+                m.cast(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => p = m.cast(),
+                Err(other) => {
+                    // SAFETY: `m` is the mapping of `len` bytes made above, never published.
+                    unsafe { libc::munmap(m, len) };
+                    p = other;
+                }
+            }
+        }
+        // SAFETY: a non-null level pointer is a live, zero-filled, never unmapped mapping of
+        // `len` bytes, published with release after it was made, laid out as `size` says:
+        // `n` buckets (64-byte aligned: the mapping is page-aligned), then two bit arrays of
+        // `n / 64` words. All-zero bits are valid atomics, and they are only accessed as such.
+        unsafe {
+            let buckets = core::slice::from_raw_parts(p.cast::<Bucket>(), n);
+            let bits = p
+                .add(n * core::mem::size_of::<Bucket>())
+                .cast::<AtomicU64>();
+            Some(Level {
+                buckets,
+                overflow: core::slice::from_raw_parts(bits, n / 64),
+                spill: core::slice::from_raw_parts(bits.add(n / 64), n / 64),
+                bits: MAP_BITS + k as u32,
+            })
+        }
+    }
+
+    /// The bucket `j` buckets after `addr`'s home bucket here.
+    #[inline(always)]
+    fn bucket(&self, addr: u64, j: usize) -> usize {
+        let home = (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - self.bits)) as usize;
+        (home + j) & (self.buckets.len() - 1)
+    }
+
+    fn bit(words: &[AtomicU64], b: usize) -> bool {
+        words[b / 64].load(Ordering::Acquire) & (1 << (b % 64)) != 0
+    }
+
+    fn set_bit(words: &[AtomicU64], b: usize) {
+        if !Level::bit(words, b) {
+            words[b / 64].fetch_or(1 << (b % 64), Ordering::AcqRel);
+        }
+    }
+
+    /// Has an entry been placed beyond bucket `b` because `b` was full (so a lookup that misses
+    /// in `b` goes on to the next bucket)? Set before that entry is placed; cleared only by
+    /// [`reset`].
+    #[inline(always)]
+    fn overflowed(&self, b: usize) -> bool {
+        Level::bit(self.overflow, b)
+    }
+
+    /// Has an address whose home bucket is `b` gone to the next level, this level's window
+    /// for it being full? Set before that entry is placed; cleared only by [`reset`].
+    #[inline(always)]
+    fn spilled(&self, b: usize) -> bool {
+        Level::bit(self.spill, b)
+    }
+
+    /// The entry holding `addr` on its path in this level, if any.
+    fn find(&self, addr: u64) -> Option<&'static [AtomicU64; 2]> {
+        for j in 0..MAP_PROBE_BUCKETS {
+            let b = self.bucket(addr, j);
+            if let Some(e) = self.buckets[b]
+                .0
+                .iter()
+                .find(|e| e[0].load(Ordering::Acquire) == addr)
+            {
+                return Some(e);
+            }
+            if !self.overflowed(b) {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Places `addr` in a free entry of its window here; false when the window is full.
+    fn place(&self, addr: u64, v: u64) -> bool {
+        for _ in 0..4 {
+            let mut free = None;
+            for j in 0..MAP_PROBE_BUCKETS {
+                let b = self.bucket(addr, j);
+                free = self.buckets[b]
+                    .0
+                    .iter()
+                    .find(|e| e[0].load(Ordering::Acquire) == 0);
+                if free.is_some() {
+                    break;
+                }
+                // Full: this entry goes further on, and lookups must follow it there.
+                Level::set_bit(self.overflow, b);
+            }
+            let Some(e) = free else { return false };
+            if e[0]
+                .compare_exchange(0, addr, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                e[1].store(v, Ordering::Release);
+                return true;
+            }
+            // Another thread took the entry: look again.
+        }
+        false
     }
 }
 
-/// Tracks `addr`. False when no entry is free within [`MAP_PROBE_BUCKETS`] buckets.
+/// The entry holding `addr`, searching the levels its path spilled into.
+fn map_find(addr: u64) -> Option<&'static [AtomicU64; 2]> {
+    for k in 0..MAP_LEVELS {
+        let lv = Level::get(k, false)?;
+        if let Some(e) = lv.find(addr) {
+            return Some(e);
+        }
+        if !lv.spilled(lv.bucket(addr, 0)) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Tracks `addr`. False when no level has room for it (more than 8 million tracked blocks, or
+/// a level cannot be mapped).
 ///
-/// One bucket (one cache line) in the common case: the home bucket is scanned for a stale entry
-/// of `addr` and a free entry; the next buckets only where the home bucket overflowed or is
-/// full. A free entry is zero: there are no tombstones, so lookups never get longer as blocks
-/// come and go (with tombstones, a long-running program's inserts came to scan nearly the
-/// whole 64-entry window, 16 cache lines each).
+/// One bucket (one cache line) in the common case: the home bucket of the first level, read
+/// for a stale entry of `addr` and then for a free entry. Further buckets only where the home
+/// bucket overflowed, further levels only where it spilled. A free entry is zero: there are no
+/// tombstones, so lookups never get longer as blocks come and go (with tombstones, a
+/// long-running program's inserts came to scan nearly the whole 64-entry window, 16 cache
+/// lines each).
 fn map_insert(addr: u64, v: u64) -> bool {
     if addr == 0 {
         return false;
     }
-    for _ in 0..4 {
-        let mut free: Option<&[AtomicU64; 2]> = None;
-        for j in 0..MAP_PROBE_BUCKETS {
-            let b = bucket(addr, j);
-            for e in &MAP[b].0 {
-                let k = e[0].load(Ordering::Acquire);
-                if k == addr {
-                    // A stale entry for this address (a free we could not see): count it as
-                    // freed and take the entry over.
-                    let old = e[1].swap(v, Ordering::AcqRel);
-                    account_free(old);
-                    return true;
-                }
-                if k == 0 && free.is_none() {
-                    free = Some(e);
-                }
-            }
-            if overflowed(b) {
-                // Entries homed here or before may lie further on: look there for a stale one.
-                continue;
-            }
-            if free.is_some() {
-                break;
-            }
-            // Full: this entry goes further on, and lookups must follow it there.
-            set_overflowed(b);
-        }
-        let Some(e) = free else { return false };
-        if e[0]
-            .compare_exchange(0, addr, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            e[1].store(v, Ordering::Release);
+    if let Some(e) = map_find(addr) {
+        // A stale entry for this address (a free we could not see): count it as freed and
+        // take the entry over.
+        let old = e[1].swap(v, Ordering::AcqRel);
+        account_free(old);
+        return true;
+    }
+    for k in 0..MAP_LEVELS {
+        let Some(lv) = Level::get(k, true) else {
+            return false;
+        };
+        if lv.place(addr, v) {
             filter_add(addr);
             return true;
         }
-        // Another thread took the entry: look again.
+        // This level has no room on its path: the next one, and lookups must follow.
+        Level::set_bit(lv.spill, lv.bucket(addr, 0));
     }
     false
 }
@@ -1127,24 +1286,14 @@ fn map_remove(addr: u64) -> Option<u64> {
     if addr == 0 {
         return None;
     }
-    for j in 0..MAP_PROBE_BUCKETS {
-        let b = bucket(addr, j);
-        for e in &MAP[b].0 {
-            if e[0].load(Ordering::Acquire) == addr {
-                let v = e[1].load(Ordering::Acquire);
-                if e[0]
-                    .compare_exchange(addr, 0, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    filter_remove(addr);
-                    return Some(v);
-                }
-                return None;
-            }
-        }
-        if !overflowed(b) {
-            return None;
-        }
+    let e = map_find(addr)?;
+    let v = e[1].load(Ordering::Acquire);
+    if e[0]
+        .compare_exchange(addr, 0, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+    {
+        filter_remove(addr);
+        return Some(v);
     }
     None
 }
@@ -1307,12 +1456,14 @@ pub fn reset() {
             std::thread::yield_now();
         }
     }
-    for e in MAP.iter().flat_map(|b| &b.0) {
-        e[0].store(0, Ordering::Relaxed);
-        e[1].store(0, Ordering::Relaxed);
-    }
-    for o in OVERFLOW.iter() {
-        o.store(0, Ordering::Relaxed);
+    for lv in (0..MAP_LEVELS).filter_map(|k| Level::get(k, false)) {
+        for e in lv.buckets.iter().flat_map(|b| &b.0) {
+            e[0].store(0, Ordering::Relaxed);
+            e[1].store(0, Ordering::Relaxed);
+        }
+        for o in lv.overflow.iter().chain(lv.spill) {
+            o.store(0, Ordering::Relaxed);
+        }
     }
     for f in FILTER.iter().chain(REGIONS.iter()) {
         f.store(0, Ordering::Relaxed);
@@ -1366,9 +1517,9 @@ pub fn stats() -> Stats {
         stacks: slots()
             .filter(|(_, s)| s.state.load(Ordering::Relaxed) == READY)
             .count(),
-        tracked: MAP
-            .iter()
-            .flat_map(|b| &b.0)
+        tracked: (0..MAP_LEVELS)
+            .filter_map(|k| Level::get(k, false))
+            .flat_map(|lv| lv.buckets.iter().flat_map(|b| &b.0))
             .filter(|e| e[0].load(Ordering::Relaxed) != 0)
             .count(),
     }
@@ -1635,17 +1786,26 @@ mod tests {
             assert!(map_insert(a, pack(i, 10 + i as u64)), "{i}");
             assert!(may_be_tracked(a));
         }
-        // The window is full: the next colliding address cannot be tracked.
-        assert!(!map_insert(all[window], pack(0, 1)));
+        let l0 = Level::get(0, false).unwrap();
         // Every bucket of the window but the last overflowed; a miss walks all of them.
-        assert!((0..MAP_PROBE_BUCKETS - 1).all(|j| overflowed(bucket(all[0], j))));
+        assert!((0..MAP_PROBE_BUCKETS - 1).all(|j| l0.overflowed(l0.bucket(all[0], j))));
         assert_eq!(lookup_buckets(all[window]), MAP_PROBE_BUCKETS);
+        assert!(!l0.spilled(l0.bucket(all[0], 0)));
+        // The window is full: the next colliding address goes to the next level, and its home
+        // bucket says so.
+        assert!(map_insert(all[window], pack(0, 1)));
+        assert!(l0.spilled(l0.bucket(all[0], 0)));
+        assert!(l0.find(all[window]).is_none());
+        assert!(Level::get(1, false).unwrap().find(all[window]).is_some());
+        assert_eq!(stats().tracked, window + 1);
+        assert_eq!(map_remove(all[window]), Some(pack(0, 1)));
         // Remove entries in the home bucket and in the middle: the others are still found,
         // the emptied entries are reused, and a second removal finds nothing.
         assert_eq!(map_remove(all[1]), Some(pack(1, 11)));
         assert_eq!(map_remove(all[1]), None);
         assert_eq!(map_remove(all[40]), Some(pack(40, 50)));
         assert!(map_insert(all[window], pack(1, 2)));
+        assert!(l0.find(all[window]).is_some(), "a freed entry is reused");
         assert_eq!(map_remove(all[window]), Some(pack(1, 2)));
         // A stale entry (a free not seen) is taken over, its old value accounted as freed.
         assert!(map_insert(all[50], pack(2, 3)));
@@ -1659,16 +1819,55 @@ mod tests {
         assert_eq!(stats().tracked, 0);
         assert_eq!(map_remove(0), None);
         assert!(!map_insert(0, 0));
-        // A reset clears the overflow marks.
+        // A reset clears the overflow and spill marks.
         reset();
         assert_eq!(lookup_buckets(all[window]), 1);
+        assert!(!l0.spilled(l0.bucket(all[0], 0)));
     }
 
-    /// How many buckets a lookup of `addr` reads.
+    /// How many buckets of the first level a lookup of `addr` reads.
     fn lookup_buckets(addr: u64) -> usize {
+        let l0 = Level::get(0, false).unwrap();
         (0..MAP_PROBE_BUCKETS)
-            .position(|j| !overflowed(bucket(addr, j)))
+            .position(|j| !l0.overflowed(l0.bucket(addr, j)))
             .map_or(MAP_PROBE_BUCKETS, |j| j + 1)
+    }
+
+    #[test]
+    fn the_live_map_grows_by_levels_past_its_first_table() {
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        reset();
+        // 300 000 blocks tracked at once, more than four times the first level (the map used
+        // to hold 65 536 and count the rest as freed at once).
+        let addrs: Vec<u64> = (0..300_000u64).map(|i| 0x6000_0000_0000 + i * 48).collect();
+        for (i, &a) in addrs.iter().enumerate() {
+            assert!(map_insert(a, pack(i % 7, i as u64 + 1)), "{i}");
+        }
+        assert_eq!(stats().tracked, addrs.len());
+        assert!(Level::get(1, false).is_some() && Level::get(2, false).is_some());
+        // Every block is found wherever it went, once; a stale one in a deeper level is taken
+        // over, not duplicated.
+        let deep = *addrs
+            .iter()
+            .find(|&&a| Level::get(0, false).unwrap().find(a).is_none())
+            .unwrap();
+        assert!(map_insert(deep, pack(3, 5)));
+        assert_eq!(stats().tracked, addrs.len());
+        for (i, &a) in addrs.iter().enumerate() {
+            let want = if a == deep {
+                pack(3, 5)
+            } else {
+                pack(i % 7, i as u64 + 1)
+            };
+            assert_eq!(map_remove(a), Some(want), "{i}");
+            assert_eq!(map_remove(a), None, "{i}");
+        }
+        assert_eq!(stats().tracked, 0);
+        // A reset empties every level (they stay mapped) and the marks.
+        assert!(map_insert(addrs[0], pack(0, 1)));
+        reset();
+        assert_eq!(stats().tracked, 0);
+        assert_eq!(map_remove(addrs[0]), None);
     }
 
     #[test]
