@@ -7,6 +7,8 @@
 //! - A library loaded after `start` still gets its CFI: a sample looks at the loader's counters
 //!   at most every 100 ms (`module_watch::poll`) and prepares it.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 use unwind::heap::{self, Sampling};
@@ -48,22 +50,10 @@ fn main() {
     assert!(single_threaded(), "glibc's malloc went multi-threaded");
 
     // A library loaded after start (a copy of libm, so that it is new to this process).
-    let src = [
-        "/lib/x86_64-linux-gnu/libm.so.6",
-        "/lib64/libm.so.6",
-        "/usr/lib/libm.so.6",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .expect("libm.so.6 (glibc) not found");
     let path = std::env::temp_dir().join(format!("unwind-single-{}.so", std::process::id()));
-    std::fs::copy(src, &path).unwrap();
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let refreshes = unwind::module_watch::refreshes();
-    // SAFETY: loads a copy of libm (no constructors with effects); never closed.
-    let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    assert!(!h.is_null(), "dlopen {path:?}");
-    std::fs::remove_file(&path).unwrap();
+    // Never closed.
+    common::tools::dlopen_libm_copy(&path);
     let has_lib = || {
         unwind::modules::unwinder().is_some_and(|u| {
             u.modules()

@@ -6,6 +6,8 @@
 //! A counting global allocator measures what stays allocated; this file is its own test binary
 //! and holds one test, so nothing else allocates meanwhile.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
@@ -84,21 +86,9 @@ fn a_refresh_keeps_only_what_is_new() {
     assert_eq!(pcs(&a[..ta.len]), pcs(&b[..tb.len]));
 
     // A library loaded since is prepared (and only it).
-    let src = [
-        "/lib/x86_64-linux-gnu/libm.so.6",
-        "/lib64/libm.so.6",
-        "/usr/lib/libm.so.6",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .expect("libm.so.6 (glibc) not found");
     let path = std::env::temp_dir().join(format!("unwind-refresh-{}.so", std::process::id()));
-    std::fs::copy(src, &path).unwrap();
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: loads a copy of libm (no constructors with effects); never closed.
-    let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    assert!(!h.is_null(), "dlopen {path:?}");
-    std::fs::remove_file(&path).unwrap();
+    // Never closed.
+    common::tools::dlopen_libm_copy(&path);
     let (with_lib, _) = unwind::modules::refresh();
     assert_eq!(with_lib.modules().len(), n + 1);
     let name = path.to_string_lossy();

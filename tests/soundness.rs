@@ -4,6 +4,8 @@
 //! Tests that change process-wide state (resource limits) run in a child process: the test
 //! re-executes this binary with `UNWIND_SOUNDNESS_CHILD` set to the test's name.
 
+mod common;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use unwind::Frame;
@@ -386,26 +388,12 @@ fn sigprof_default_is_not_restored() {
 /// sections after `dl_iterate_phdr` returned, and faulted once the library was unmapped.)
 #[test]
 fn refresh_survives_a_concurrent_dlclose() {
-    use std::ffi::CString;
-    let src = [
-        "/lib/x86_64-linux-gnu/libm.so.6",
-        "/lib64/libm.so.6",
-        "/usr/lib/libm.so.6",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .expect("libm.so.6 (glibc) not found");
     // The first refresh prepares everything else; the timed ones below mostly re-do that work.
     let _ = unwind::modules::refresh();
     for i in 0..8 {
         let path = std::env::temp_dir().join(format!("unwind-dl-{}-{i}.so", std::process::id()));
-        std::fs::copy(src, &path).unwrap();
-        let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: loads a copy of libm (no constructors with effects), closed below.
-        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        assert!(!h.is_null(), "dlopen {path:?}");
-        std::fs::remove_file(&path).unwrap();
-        let h = h as usize;
+        // Closed below.
+        let h = common::tools::dlopen_libm_copy(&path) as usize;
         let closer = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(1 + i % 3));
             // SAFETY: closes the handle opened above, once; nothing of it is used.

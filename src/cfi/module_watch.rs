@@ -51,11 +51,23 @@ fn loader_generation() -> u64 {
 /// Prepares the tables now if the loaded modules changed since they were last prepared (or
 /// were never prepared). Returns whether it refreshed. Not async-signal-safe.
 pub fn check() -> bool {
+    refresh_if_changed(|| {
+        crate::modules::refresh();
+        true
+    })
+}
+
+/// If the loaded modules changed since the tables were last prepared (or they never were),
+/// prepares them with `refresh` (false: it did not, and nothing is recorded). Returns whether
+/// it refreshed.
+fn refresh_if_changed(refresh: impl FnOnce() -> bool) -> bool {
     let g = loader_generation();
     if SEEN.load(Ordering::Acquire) == g && crate::modules::unwinder().is_some() {
         return false;
     }
-    crate::modules::refresh();
+    if !refresh() {
+        return false;
+    }
     SEEN.store(g, Ordering::Release);
     REFRESHES.fetch_add(1, Ordering::Relaxed);
     true
@@ -146,12 +158,7 @@ pub fn poll() -> bool {
         now.saturating_add(CHECK_EVERY.as_nanos() as u64),
         Ordering::Relaxed,
     );
-    let g = loader_generation();
-    let refreshed = SEEN.load(Ordering::Acquire) != g && crate::modules::try_refresh().is_some();
-    if refreshed {
-        SEEN.store(g, Ordering::Release);
-        REFRESHES.fetch_add(1, Ordering::Relaxed);
-    }
+    let refreshed = refresh_if_changed(|| crate::modules::try_refresh().is_some());
     POLLING.store(false, Ordering::Release);
     refreshed
 }

@@ -869,17 +869,19 @@ fn slots() -> impl Iterator<Item = (usize, &'static StackSlot)> {
     (0..n).filter_map(|id| Some((id, slot(id)?)))
 }
 
-/// Maps chunk `i` if it is not yet. `mmap` and `munmap` are system calls (async-signal-safe,
-/// no allocation); a thread that loses the race to publish its mapping unmaps it.
-fn map_chunk(i: usize) -> bool {
-    let Some(c) = CHUNKS.get(i) else { return false };
-    if !c.load(Ordering::Acquire).is_null() {
-        return true;
+/// The mapping published in `slot`, making and publishing one of `len` bytes (anonymous,
+/// zero-filled, never unmapped) if there is none yet; `None` when `mmap` fails. `mmap` and
+/// `munmap` are system calls (async-signal-safe, no allocation); a thread that loses the race
+/// to publish its mapping unmaps it and takes the winner's. Used for the stack table's chunks
+/// and the live map's levels.
+fn map_once<T>(slot: &AtomicPtr<T>, len: usize) -> Option<*mut T> {
+    let p = slot.load(Ordering::Acquire);
+    if !p.is_null() {
+        return Some(p);
     }
-    let len = STACK_CHUNK * core::mem::size_of::<StackSlot>();
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing: it touches
     // no existing memory.
-    let p = unsafe {
+    let m = unsafe {
         libc::mmap(
             core::ptr::null_mut(),
             len,
@@ -889,22 +891,31 @@ fn map_chunk(i: usize) -> bool {
             0,
         )
     };
-    if p == libc::MAP_FAILED {
-        return false;
+    if m == libc::MAP_FAILED {
+        return None;
     }
-    if c.compare_exchange(
+    match slot.compare_exchange(
         core::ptr::null_mut(),
-        p.cast(),
+        m.cast(),
         Ordering::AcqRel,
         Ordering::Acquire,
-    )
-    .is_err()
-    {
-        // SAFETY: `p` is the mapping of `len` bytes made above, never published: nothing else
-        // refers to it.
-        unsafe { libc::munmap(p, len) };
+    ) {
+        Ok(_) => Some(m.cast()),
+        Err(other) => {
+            // SAFETY: `m` is the mapping of `len` bytes made above, never published: nothing
+            // else refers to it.
+            unsafe { libc::munmap(m, len) };
+            Some(other)
+        }
     }
-    true
+}
+
+/// Maps chunk `i` if it is not yet (see [`map_once`]).
+fn map_chunk(i: usize) -> bool {
+    CHUNKS
+        .get(i)
+        .and_then(|c| map_once(c, STACK_CHUNK * core::mem::size_of::<StackSlot>()))
+        .is_some()
 }
 
 /// A fresh slot holding `frames` (hash `h`), ready but not yet in the index; `None` when the
@@ -1012,9 +1023,16 @@ fn prefetch<T>(p: &T) {
     let _ = p;
 }
 
+/// `addr`'s home bucket in a map level of `1 << bits` buckets.
+#[inline(always)]
+fn home_bucket(addr: u64, bits: u32) -> usize {
+    (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
+}
+
+/// `addr`'s home bucket in the live map's first level ([`MAP`]).
 #[inline(always)]
 fn map_home(addr: u64) -> usize {
-    (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - MAP_BITS)) as usize
+    home_bucket(addr, MAP_BITS)
 }
 
 /// The filter counter of `addr`: 16-byte granules of a 512 KiB window (so a free reads the
@@ -1100,41 +1118,11 @@ impl Level {
         }
         let slot = LEVELS.get(k)?;
         let (n, len) = Level::size(k);
-        let mut p = slot.load(Ordering::Acquire);
-        if p.is_null() {
-            if !map {
-                return None;
-            }
-            // SAFETY: an anonymous private mapping at an address of the kernel's choosing: it
-            // touches no existing memory. `mmap` is a system call (async-signal-safe, no
-            // allocation).
-            let m = unsafe {
-                libc::mmap(
-                    core::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if m == libc::MAP_FAILED {
-                return None;
-            }
-            match slot.compare_exchange(
-                core::ptr::null_mut(),
-                m.cast(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => p = m.cast(),
-                Err(other) => {
-                    // SAFETY: `m` is the mapping of `len` bytes made above, never published.
-                    unsafe { libc::munmap(m, len) };
-                    p = other;
-                }
-            }
-        }
+        let p = if map {
+            map_once(slot, len)?
+        } else {
+            Some(slot.load(Ordering::Acquire)).filter(|p| !p.is_null())?
+        };
         // SAFETY: a non-null level pointer is a live, zero-filled, never unmapped mapping of
         // `len` bytes, published with release after it was made, laid out as `size` says:
         // `n` buckets (64-byte aligned: the mapping is page-aligned), then two bit arrays of
@@ -1156,8 +1144,7 @@ impl Level {
     /// The bucket `j` buckets after `addr`'s home bucket here.
     #[inline(always)]
     fn bucket(&self, addr: u64, j: usize) -> usize {
-        let home = (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - self.bits)) as usize;
-        (home + j) & (self.buckets.len() - 1)
+        (home_bucket(addr, self.bits) + j) & (self.buckets.len() - 1)
     }
 
     fn bit(words: &[AtomicU64], b: usize) -> bool {
