@@ -760,8 +760,11 @@ fn record(addr: u64, size: u64) {
                 exit();
                 return;
             };
-            s.alloc_objects.fetch_add(1, Ordering::Relaxed);
+            // Bytes before the count, the count with release: a snapshot that reads the count
+            // first (acquire) sees at least the bytes of every allocation it counts (see
+            // `collect`).
             s.alloc_bytes.fetch_add(size, Ordering::Relaxed);
+            s.alloc_objects.fetch_add(1, Ordering::Release);
             let v = pack(slot, size);
             if !map_insert(addr, v) {
                 account_free(v);
@@ -1288,8 +1291,9 @@ fn map_remove(addr: u64) -> Option<u64> {
 fn account_free(v: u64) {
     let (slot, size) = unpack(v);
     if let Some(s) = self::slot(slot) {
-        s.free_objects.fetch_add(1, Ordering::Relaxed);
+        // Bytes before the count, as for allocations in `record`.
         s.free_bytes.fetch_add(size, Ordering::Relaxed);
+        s.free_objects.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -1584,7 +1588,11 @@ fn collect(scaled: bool) -> Vec<HeapSample> {
         if s.state.load(Ordering::Acquire) != READY {
             continue;
         }
-        // Frees first: they only grow, so this never shows more freed than allocated.
+        // Frees first: they only grow, so this never shows more freed than allocated. Each
+        // count before its bytes: the writers add the bytes first and the count with release,
+        // so the bytes read include those of every counted block (a slot whose first
+        // allocation is under way reads a count of 0 and is left out below; read the other way
+        // round, a snapshot taken between the two adds showed 1 allocation of 0 bytes).
         let fo = s.free_objects.load(Ordering::Acquire);
         let fb = s.free_bytes.load(Ordering::Acquire);
         let ao = s.alloc_objects.load(Ordering::Acquire);
