@@ -414,9 +414,12 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
             o.push_str("] ");
             match r.symbols.lookup(f.lookup_pc()) {
                 Some(s) => {
+                    // The function is the one the lookup pc (pc - 1 for a return address)
+                    // is in; the offset is the printed pc's, as Go's tracebacks and glibc's
+                    // `backtrace_symbols` count it.
                     o.push_str(s.name);
                     o.push('+');
-                    push_hex(&mut o, s.offset, 1);
+                    push_hex(&mut o, s.offset + (f.pc - f.lookup_pc()), 1);
                 }
                 None => o.push('?'),
             }

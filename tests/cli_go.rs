@@ -358,3 +358,57 @@ fn go_morestack_crosses_to_the_growing_function() {
         assert_eq!(names(ht)[0], "main.grow", "{arch}: {ht}");
     }
 }
+
+/// Both architectures: a nil dereference at the first instruction of main.(*T).B
+/// (fixtures/go/nilentry). Go's fault handler makes B seem to call `runtime.sigpanic` from the
+/// faulting instruction, so sigpanic's caller pc is B+0 itself: looked up as a return address
+/// (pc - 1), it fell in the padding before B, with no symbol and no CFI, and the walk stopped
+/// there. Go's own traceback reads B, main.use, main.main, runtime.main, runtime.goexit.
+#[test]
+fn go_fault_at_a_function_entry_keeps_the_faulting_function_and_its_callers() {
+    for arch in ["amd64", "arm64"] {
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("unwind-go-nil-{arch}-{}", std::process::id())),
+        );
+        let Some((core, exe)) = crash_core("nilentry", arch, &dir.0) else {
+            continue;
+        };
+        let exe = exe.to_str().unwrap();
+        for mode in ["hybrid", "dwarf"] {
+            let v = unwind_json(&core, &["--exe", exe, "--mode", mode]);
+            let t = v["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| names(t).iter().any(|n| n == "runtime.sigpanic"))
+                .unwrap_or_else(|| panic!("{arch} {mode}: no thread in runtime.sigpanic: {v}"));
+            let n = names(t);
+            let sp = position(&n, "runtime.sigpanic");
+            assert_eq!(
+                n[sp + 1..sp + 4],
+                ["main.(*T).B", "main.use", "main.main"],
+                "{arch} {mode}: {n:?}"
+            );
+            assert_eq!(
+                n.last().map(String::as_str),
+                Some("runtime.goexit.abi0"),
+                "{arch} {mode}: {n:?}"
+            );
+            assert_eq!(t["truncated"], false, "{arch} {mode}: {n:?}");
+        }
+        // Text output: the offsets are Go's own (its traceback counts from the return
+        // address, not from the byte before it): `main.use+0x1c` where Go printed `+0x1c`.
+        let go = std::fs::read_to_string(dir.0.join("nilentry.txt")).unwrap();
+        let mut lines = go.lines().skip_while(|l| !l.starts_with("main.use("));
+        lines.next().unwrap_or_else(|| panic!("{arch}: no main.use in Go's traceback: {go}"));
+        let at = lines.next().unwrap();
+        let off = at.split_whitespace().nth(1).filter(|o| o.starts_with("+0x"));
+        let off = off.unwrap_or_else(|| panic!("{arch}: no offset in {at:?}"));
+        let out = Command::new(BIN)
+            .args(["stack", "--core", core.to_str().unwrap(), "--exe", exe])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("main.use{off} ")), "{arch}: main.use{off}: {text}");
+    }
+}

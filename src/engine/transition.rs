@@ -78,6 +78,16 @@ pub enum Rule {
         /// Offset of the saved frame pointer in the block.
         fp: u32,
     },
+    /// Not a stack switch: a function a runtime's signal handler makes the faulting code seem
+    /// to have called (Go's `runtime.sigpanic`: the handler pushes the faulting pc as a return
+    /// address and resumes there). The walk steps through it as through any function, and
+    /// its caller's pc, being the faulting instruction and not the one after a call, is
+    /// exact ([`crate::Frame::EXACT`]): its CFI and symbol are looked up at the pc itself (a
+    /// fault at a function's first instruction would otherwise be looked up in the function
+    /// before it). On aarch64 the handler (Go's `preparePanic`) also moved sp down 16 bytes
+    /// and stored the faulting function's lr there: a CFI step takes both back. The range
+    /// covers the function's whole code.
+    FaultCall,
 }
 
 /// Identifies a registered transition (or stack). 0 means "none".
@@ -306,6 +316,8 @@ impl Rule {
                 regs.lr = A::strip_ra(regs.lr, pac_mask);
                 Some(Hop::Regs { regs, exact: true })
             }
+            // Handled by the walker before any hop: there is no other side.
+            Rule::FaultCall => None,
             Rule::Context {
                 block,
                 pc,
@@ -328,6 +340,7 @@ impl Rule {
     const K_SAVED: u64 = 2;
     const K_SIGNAL: u64 = 3;
     const K_CONTEXT: u64 = 4;
+    const K_FAULT_CALL: u64 = 5;
     const NO_OFFSET: i32 = i32::MIN;
 
     fn encode(&self) -> [u64; 3] {
@@ -348,6 +361,7 @@ impl Rule {
                 ]
             }
             Rule::SignalFrame => [Self::K_SIGNAL, 0, 0],
+            Rule::FaultCall => [Self::K_FAULT_CALL, 0, 0],
             Rule::Context { block, pc, sp, fp } => [
                 Self::K_CONTEXT | ((fp as u64) << 32),
                 block,
@@ -377,6 +391,7 @@ impl Rule {
                 fp: lo(w[2]),
             },
             Self::K_SIGNAL => Rule::SignalFrame,
+            Self::K_FAULT_CALL => Rule::FaultCall,
             Self::K_CONTEXT => Rule::Context {
                 block: w[1],
                 pc: w[2] as u32,
@@ -1029,6 +1044,7 @@ mod tests {
         let rules = [
             Rule::ContinueChain,
             Rule::SignalFrame,
+            Rule::FaultCall,
             Rule::SavedAt {
                 base: Base::Cfa,
                 pc: 16,

@@ -392,6 +392,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             seg: None,
             prev_fp: None,
             pending: 0,
+            fault_call: false,
             crossings: 0,
             n: 0,
         };
@@ -481,6 +482,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             seg,
             prev_fp: None,
             pending: 0,
+            fault_call: false,
             crossings: 0,
             n,
         };
@@ -538,6 +540,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             seg: Some(seg),
             prev_fp: Some(floor.wrapping_sub(A::RECORD_SIZE)),
             pending: 0,
+            fault_call: false,
             crossings: 0,
             n: n.min(limit),
         };
@@ -600,7 +603,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             return;
         }
         let Some(seg) = st.seg else { return };
-        if st.pending != 0 || seg.hi < A::RECORD_SIZE {
+        if st.pending != 0 || st.fault_call || seg.hi < A::RECORD_SIZE {
             return;
         }
         let Some(out) = buf.get_mut(st.n..limit) else {
@@ -659,7 +662,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         limit: usize,
     ) -> bool {
         let Some(seg) = st.seg else { return false };
-        if st.pending != 0 {
+        if st.pending != 0 || st.fault_call {
             return false;
         }
         if C::PLAIN_RULES {
@@ -758,7 +761,9 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     ) -> Result<(), StopReason> {
         // 1. Find the caller: by CFI when the mode asks for it, else by the frame record.
         let mut dwarf = None;
-        let mut signal = false;
+        // The caller of a fault call is the faulting instruction: exact, like an interrupted pc.
+        let fault_callee = core::mem::take(&mut st.fault_call);
+        let mut signal = fault_callee;
         // CFI covered this pc but could not be evaluated (most often: the stack it reads is
         // not there, as in a truncated core). The frame-pointer guess that follows may then
         // fail on whatever `fp` holds: that failure is reported as the unreadable memory it
@@ -821,6 +826,14 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     }
                 }
                 r.pc = A::strip_ra(r.pc, self.pac_mask);
+                if fault_callee && A::HAS_LINK_REGISTER {
+                    // Go's arm64 fault handler moved sp down 16 bytes and stored the faulting
+                    // function's lr there before making it "call" sigpanic: take both back.
+                    if let (Some(lr), Some(sp)) = (mem.read_u64(r.sp), r.sp.checked_add(16)) {
+                        r.lr = A::strip_ra(lr, self.pac_mask);
+                        r.sp = sp;
+                    }
+                }
                 (r, Via::Dwarf, None)
             }
             None => {
@@ -878,6 +891,16 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
 
         // 3. A stack switch?
         if let Some(t) = self.transitions.lookup(caller.pc) {
+            if matches!(t.rule, crate::transition::Rule::FaultCall) {
+                // Not a switch: go on from here, and take the next caller as exact.
+                st.regs = caller;
+                st.exact = signal;
+                st.fault_call = true;
+                if let Some(fp) = record_fp {
+                    st.prev_fp = Some(fp);
+                }
+                return Ok(());
+            }
             if st.crossings >= MAX_CROSSINGS {
                 return Err(StopReason::TooManyTransitions);
             }
@@ -1435,6 +1458,9 @@ struct State {
     prev_fp: Option<u64>,
     /// Transition id to record on the next frame written.
     pending: u16,
+    /// The current frame is a [`crate::transition::Rule::FaultCall`] function: its caller's
+    /// pc is exact (the general step finds it, not the hot runs).
+    fault_call: bool,
     crossings: u16,
     n: usize,
 }

@@ -391,6 +391,7 @@ pub fn transitions_for<'a>(
     };
     // Every name `function` is asked here and for Go's runtime, answered in one pass.
     let mut asked: Vec<&'static str> = GO_NAMES.to_vec();
+    asked.extend(["runtime.sigpanic", "runtime.sigpanic.abi0"]);
     asked.extend(crate::switches::BY_SYMBOL.iter().map(|k| k.symbol));
     for m in symbols.modules() {
         m.prepare_names(&asked);
@@ -407,6 +408,17 @@ pub fn transitions_for<'a>(
                     if let Some(id) = add(&mut table, r, Rule::ContinueChain, name) {
                         system_switches.push(id);
                     }
+                }
+            }
+        }
+    }
+    // Go's `sigpanic`: the fault handler makes the faulting code seem to call it, so its
+    // caller's pc is the faulting instruction (exact), as Go's own traceback takes it.
+    for m in symbols.modules() {
+        for raw in ["runtime.sigpanic", "runtime.sigpanic.abi0"] {
+            if let Some(r) = m.function(raw) {
+                if table.lookup(r.lo).is_none() && !trampolines.contains(r.lo) {
+                    add(&mut table, r, Rule::FaultCall, "go runtime.sigpanic");
                 }
             }
         }
