@@ -183,6 +183,21 @@ fn check_threads(v: &Value) {
     }
 }
 
+/// A fault inside the vDSO's `clock_gettime` (fixtures/c/chain.c `vdso`): no file holds the
+/// vDSO, so its symbols and CFI come from the core's memory. Without them its frame was `?`
+/// and the walk stopped there (the vDSO's code keeps no frame record at that point).
+fn check_vdso(v: &Value) {
+    let t = &v["threads"][0];
+    let f0 = &t["frames"][0];
+    assert_eq!(f0["module"], "[vdso]", "{t}");
+    assert!(
+        f0["symbol"].as_str().is_some_and(|s| s.contains("clock_gettime")),
+        "{t}"
+    );
+    let s = symbols(t);
+    assert!(has_run(&s, &["vdso_beta", "vdso_alpha", "main"]), "{s:?}");
+}
+
 #[test]
 fn json_shape_and_chain_x86_64() {
     let d = tmp("chain");
@@ -372,7 +387,7 @@ fn fresh_x86_64_kernel_cores() {
         return;
     }
     let d = tmp("fresh");
-    for variant in ["chain", "signal", "threads"] {
+    for variant in ["chain", "signal", "threads", "vdso"] {
         let out = Command::new("bash")
             .arg(fixtures().join("c/make-core.sh"))
             .args(["x86_64", variant, p(&d)])
@@ -391,6 +406,7 @@ fn fresh_x86_64_kernel_cores() {
         match variant {
             "chain" => check_chain(&v),
             "signal" => check_signal(&v),
+            "vdso" => check_vdso(&v),
             _ => check_threads(&v),
         }
         compare_with_eu_stack(&c, &e);

@@ -265,6 +265,38 @@ fn c_signal_handler_on_sigaltstack_and_parked_threads() {
     t.assert_untouched();
 }
 
+/// A thread in the vDSO's `clock_gettime` (fixtures/c/live.c `clock`): no file holds the vDSO,
+/// so its symbols and CFI come from the process's memory. Without them its frames were `?`
+/// and a walk stopped inside it whenever its frame record was not set up (2 walks in 100).
+#[test]
+fn a_thread_in_the_vdso_is_named_and_walked_out_of() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("vdso");
+    let mut t = Target::start(Command::new(build_c(&dir.0)).args(["2", "clock"]));
+    let mut in_vdso = 0;
+    for _ in 0..40 {
+        let r = stack_json(t.pid(), &[]);
+        let c = thread_with(&r, "clock_loop");
+        let n = names(c);
+        assert!(n.iter().any(|x| x == "clock_top"), "{n:?}");
+        let f0 = &c["frames"][0];
+        if f0["module"] == "[vdso]" {
+            in_vdso += 1;
+            assert!(
+                f0["symbol"].as_str().is_some_and(|s| s.contains("clock_gettime")),
+                "{c}"
+            );
+        }
+        if in_vdso >= 5 {
+            break;
+        }
+    }
+    assert!(in_vdso > 0, "the clock thread was never caught in the vDSO");
+    t.assert_untouched();
+}
+
 #[test]
 fn deleted_executable_and_another_root() {
     if !need("gcc", "--version") {

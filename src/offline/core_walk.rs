@@ -156,6 +156,7 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
         s.open_policy = s.open_policy.clone().allowing_proc(prefix.clone());
     }
     s.add_mappings(&core.mappings, sysroot);
+    add_vdso(core, &mut s);
     let exe_path = opts.exe.clone().or_else(|| {
         if !core.mappings.is_empty() {
             return None;
@@ -176,6 +177,54 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
         }
     }
     s
+}
+
+/// The vDSO (`AT_SYSINFO_EHDR`), read from the core's memory as a module of its own
+/// (`[vdso]`): no file holds it, so `NT_FILE` and `/proc/PID/maps` name no path for it. Its
+/// symbols name the frames of threads in `clock_gettime` and friends, and its CFI walks out of
+/// them where the frame record is not set up yet (kernel and qemu cores, live processes).
+fn add_vdso(core: &Core, s: &mut Symbolizer) {
+    const AT_SYSINFO_EHDR: u64 = 33;
+    /// The x86_64 and aarch64 vDSOs are 8 KiB; this bounds what a hostile core can ask for.
+    const MAX_VDSO: u64 = 1 << 20;
+    let Some(base) = core.aux(AT_SYSINFO_EHDR).filter(|&b| b != 0) else {
+        return;
+    };
+    if s.modules().iter().any(|m| m.range.contains(base)) {
+        return;
+    }
+    let mem = core.memory();
+    let mut h = [0u8; 64];
+    if !mem.read_bytes(base, &mut h) || h[..4] != *b"\x7fELF" || h[4] != 2 {
+        return;
+    }
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes([h[o], h[o + 1]]));
+    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or_default());
+    // The image's extent: its section headers (at the end of a linked file) or, without them,
+    // its program headers' file ranges.
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    let (shoff, shentsize, shnum) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+    let mut size = shoff.saturating_add(shentsize * shnum);
+    size = size.max(phoff.saturating_add(phentsize * phnum));
+    for i in 0..phnum.min(64) {
+        let mut ph = [0u8; 56];
+        let Some(at) = base.checked_add(phoff.saturating_add(i * phentsize)) else {
+            return;
+        };
+        if phentsize < 56 || !mem.read_bytes(at, &mut ph) {
+            return;
+        }
+        let off = u64::from_le_bytes(ph[8..16].try_into().unwrap_or_default());
+        let filesz = u64::from_le_bytes(ph[32..40].try_into().unwrap_or_default());
+        size = size.max(off.saturating_add(filesz));
+    }
+    if size < 64 || size > MAX_VDSO {
+        return;
+    }
+    let mut bytes = vec![0u8; size as usize];
+    if mem.read_bytes(base, &mut bytes) {
+        s.add_image(bytes, "[vdso]", base);
+    }
 }
 
 /// A NUL-terminated string in the core's memory (at most 4 KiB).

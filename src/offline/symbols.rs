@@ -1034,6 +1034,23 @@ impl Symbolizer {
         }
     }
 
+    /// Adds a module from an ELF image held in memory, not in a file: the vDSO, read from a
+    /// core or a live process. `display` names it (`[vdso]`), `base` is the runtime address of
+    /// its first byte (the image is mapped whole, file offset 0 at `base`). False when the
+    /// bytes are not an ELF file `object` can parse.
+    pub fn add_image(&mut self, bytes: Vec<u8>, display: &str, base: u64) -> bool {
+        let m = Module::from_mapped(Mapped::Owned(bytes), Path::new(display), display, |file| {
+            placement_bias(file, Some((base, 0)))
+        });
+        match m {
+            Ok(m) => {
+                self.modules.push(m);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Adds a module at a known load bias (see [`Module::load_biased`]); a file that cannot be
     /// read is recorded in [`Symbolizer::missing`].
     pub fn add_biased(&mut self, path: &Path, display: &str, bias: u64) {
