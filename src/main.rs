@@ -183,12 +183,17 @@ fn core_option(
     Ok(true)
 }
 
-/// Opens the core at `path`, after checking that `--exe`, if given, exists.
+/// Opens the core at `path`, after checking that `--exe`, if given, is a regular file.
 fn open_core(path: PathBuf, opts: &Options) -> Result<unwind::core_file::Core, String> {
     if let Some(exe) = &opts.exe {
-        if !exe.exists() {
+        let why = match std::fs::metadata(exe) {
+            Err(_) => Some("no such file"),
+            Ok(m) if !m.is_file() => Some("not a regular file"),
+            Ok(_) => None,
+        };
+        if let Some(why) = why {
             let exe = exe.display().to_string();
-            return Err(format!("--exe {}: no such file", exe.escape_debug()));
+            return Err(format!("--exe {}: {why}", exe.escape_debug()));
         }
     }
     unwind::core_file::Core::open(&path).map_err(|e| {

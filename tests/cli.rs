@@ -191,7 +191,9 @@ fn check_vdso(v: &Value) {
     let f0 = &t["frames"][0];
     assert_eq!(f0["module"], "[vdso]", "{t}");
     assert!(
-        f0["symbol"].as_str().is_some_and(|s| s.contains("clock_gettime")),
+        f0["symbol"]
+            .as_str()
+            .is_some_and(|s| s.contains("clock_gettime")),
         "{t}"
     );
     let s = symbols(t);
@@ -472,6 +474,10 @@ fn bad_input_exits_2_with_one_line() {
         &["stack", "--core", p(&c), "--exe", p(&d.join("no-exe"))],
         "no such file",
     );
+    assert_bad(
+        &["stack", "--core", p(&c), "--exe", p(&d)],
+        "not a regular file",
+    );
     assert_bad(&["stack"], "--core");
     assert_bad(&["stack", "--core", p(&c), "--format", "xml"], "--format");
     assert_bad(&["frobnicate"], "unknown command");
@@ -577,5 +583,98 @@ fn lines_add_file_and_line() {
     let f0 = &v["threads"][0]["frames"][0];
     assert_eq!(f0.as_object().unwrap().len(), 6);
     assert!(f0["line"].as_str().unwrap().contains("chain.c:"), "{f0}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// The executable of a fresh kernel core (fixtures/c/make-core.sh `chain`) rebuilt in place
+/// after the core was written, then deleted. The core's memory holds the build id of the file
+/// that ran: a different file under its path is not used (its symbols named the wrong code:
+/// `_init+0x65`, with no warning), `--exe` stands in for the executable's mapping (it was
+/// ignored whenever the path existed), and a deleted executable that `--exe` supplies draws no
+/// warning.
+#[test]
+fn a_replaced_executable_is_not_used_and_exe_stands_in_for_it() {
+    if !cfg!(target_arch = "x86_64") {
+        skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
+        return;
+    }
+    if !need_kernel_cores() || !need("gcc", "--version") {
+        return;
+    }
+    let d = tmp("replaced");
+    let out = Command::new("bash")
+        .arg(fixtures().join("c/make-core.sh"))
+        .args(["x86_64", "chain", p(&d)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = d.join("core-x86_64-chain");
+    let e = d.join("chain-x86_64");
+    let kept = d.join("chain-kept");
+    std::fs::copy(&e, &kept).unwrap();
+    // Rebuilt with other flags: another build id, other code at the same addresses.
+    let rebuilt = Command::new("gcc")
+        .args(["-O2", "-g", "-pthread", "-o"])
+        .arg(&e)
+        .arg(fixtures().join("c/chain.c"))
+        .output()
+        .unwrap();
+    assert!(rebuilt.status.success());
+
+    let run_stderr = |args: &[&str]| {
+        let o = run(args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v, String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (v, err) = run_stderr(&["stack", "--core", p(&c), "--format", "json"]);
+    assert!(
+        err.contains("build id") && err.contains("chain-x86_64"),
+        "{err}"
+    );
+    let t = &v["threads"][0];
+    for f in t["frames"].as_array().unwrap() {
+        assert!(
+            f["module"] != p(&e),
+            "a frame named from the rebuilt file: {t}"
+        );
+    }
+    // --exe: the file that ran, symbolised, nothing to warn about.
+    let (v, err) = run_stderr(&[
+        "stack",
+        "--core",
+        p(&c),
+        "--exe",
+        p(&kept),
+        "--format",
+        "json",
+    ]);
+    check_chain(&v);
+    assert_eq!(err, "", "{err}");
+    // --exe with the rebuilt file: used (the user chose it), with a warning.
+    let (_, err) = run_stderr(&["stack", "--core", p(&c), "--exe", p(&e), "--format", "json"]);
+    assert!(err.contains("--exe") && err.contains("build id"), "{err}");
+    // Deleted: --exe supplies it, and no frame needs the missing path.
+    std::fs::remove_file(&e).unwrap();
+    let (v, err) = run_stderr(&[
+        "stack",
+        "--core",
+        p(&c),
+        "--exe",
+        p(&kept),
+        "--format",
+        "json",
+    ]);
+    check_chain(&v);
+    assert_eq!(err, "", "{err}");
     let _ = std::fs::remove_dir_all(d);
 }

@@ -400,15 +400,23 @@ fn go_fault_at_a_function_entry_keeps_the_faulting_function_and_its_callers() {
         // address, not from the byte before it): `main.use+0x1c` where Go printed `+0x1c`.
         let go = std::fs::read_to_string(dir.0.join("nilentry.txt")).unwrap();
         let mut lines = go.lines().skip_while(|l| !l.starts_with("main.use("));
-        lines.next().unwrap_or_else(|| panic!("{arch}: no main.use in Go's traceback: {go}"));
+        lines
+            .next()
+            .unwrap_or_else(|| panic!("{arch}: no main.use in Go's traceback: {go}"));
         let at = lines.next().unwrap();
-        let off = at.split_whitespace().nth(1).filter(|o| o.starts_with("+0x"));
+        let off = at
+            .split_whitespace()
+            .nth(1)
+            .filter(|o| o.starts_with("+0x"));
         let off = off.unwrap_or_else(|| panic!("{arch}: no offset in {at:?}"));
         let out = Command::new(BIN)
             .args(["stack", "--core", core.to_str().unwrap(), "--exe", exe])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains(&format!("main.use{off} ")), "{arch}: main.use{off}: {text}");
+        assert!(
+            text.contains(&format!("main.use{off} ")),
+            "{arch}: main.use{off}: {text}"
+        );
     }
 }

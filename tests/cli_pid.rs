@@ -285,7 +285,9 @@ fn a_thread_in_the_vdso_is_named_and_walked_out_of() {
         if f0["module"] == "[vdso]" {
             in_vdso += 1;
             assert!(
-                f0["symbol"].as_str().is_some_and(|s| s.contains("clock_gettime")),
+                f0["symbol"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("clock_gettime")),
                 "{c}"
             );
         }

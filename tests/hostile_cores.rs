@@ -400,10 +400,16 @@ fn exe_and_sysroot_naming_devices_fifos_and_proc_files() {
                     &d,
                     &["stack", "--core", s(core), "--exe", &bad, "--mode", mode],
                 );
-                // Refused as a module (exit 0, a warning), or not there at all (exit 2).
+                // Refused as a module (exit 0, a warning), or not there at all or not a
+                // regular file (exit 2).
                 match r.code {
                     0 => assert!(r.stderr.contains("not available"), "{bad}: {}", r.stderr),
-                    _ => assert!(r.stderr.contains("no such file"), "{bad}: {}", r.stderr),
+                    _ => assert!(
+                        r.stderr.contains("no such file")
+                            || r.stderr.contains("not a regular file"),
+                        "{bad}: {}",
+                        r.stderr
+                    ),
                 }
             }
         }

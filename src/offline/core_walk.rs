@@ -155,16 +155,32 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
     if let Some(prefix) = &opts.allow_proc {
         s.open_policy = s.open_policy.clone().allowing_proc(prefix.clone());
     }
-    s.add_mappings(&core.mappings, sysroot);
-    add_vdso(core, &mut s);
-    let exe_path = opts.exe.clone().or_else(|| {
-        if !core.mappings.is_empty() {
-            return None;
-        }
-        const AT_EXECFN: u64 = 31;
-        let name = read_c_string(core, core.aux(AT_EXECFN)?)?;
-        Some(crate::symbols::resolve(sysroot, &name))
+    // `--exe` stands in for the file of the executable's mapping (the one holding the entry
+    // point), whatever file its path names now.
+    const AT_ENTRY: u64 = 9;
+    let exe_mapping = opts.exe.as_ref().and_then(|_| {
+        let entry = core.aux(AT_ENTRY)?;
+        let m = core.mappings.iter().find(|m| m.range.contains(entry))?;
+        Some(m.path.clone())
     });
+    s.add_mappings_with(&core.mappings, |path| match (&opts.exe, &exe_mapping) {
+        (Some(exe), Some(p)) if p == path => exe.clone(),
+        _ => crate::symbols::resolve(sysroot, path),
+    });
+    check_build_ids(core, &mut s, exe_mapping.as_deref());
+    add_vdso(core, &mut s);
+    let exe_path = opts
+        .exe
+        .clone()
+        .filter(|_| exe_mapping.is_none())
+        .or_else(|| {
+            if !core.mappings.is_empty() {
+                return None;
+            }
+            const AT_EXECFN: u64 = 31;
+            let name = read_c_string(core, core.aux(AT_EXECFN)?)?;
+            Some(crate::symbols::resolve(sysroot, &name))
+        });
     if let Some(exe) = &exe_path {
         let display = exe.display().to_string();
         let already = s.modules().iter().any(|m| m.path == display);
@@ -177,6 +193,120 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
         }
     }
     s
+}
+
+/// Drops the modules whose file's GNU build id is not the one the core's memory holds for
+/// that mapping (the file was rebuilt or replaced since the core was written): their symbols
+/// and CFI would name and walk the wrong code. Each is reported as missing (a warning when a
+/// frame needed it). The `forced` path (`--exe`'s stand-in) stays, with a warning: the user
+/// chose that file.
+fn check_build_ids(core: &Core, s: &mut Symbolizer, forced: Option<&str>) {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut bad = Vec::new();
+    for (i, m) in s.modules().iter().enumerate() {
+        let lo = core
+            .mappings
+            .iter()
+            .filter(|x| x.path == m.path && x.offset == 0)
+            .map(|x| x.range.lo)
+            .min();
+        let Some(theirs) = lo.and_then(|lo| build_id_in_memory(core, lo)) else {
+            continue;
+        };
+        let file = object::File::parse(m.bytes()).ok();
+        let Some(ours) = file.and_then(|f| object::Object::build_id(&f).ok().flatten()) else {
+            continue;
+        };
+        if ours != theirs.as_slice() {
+            bad.push((i, hex(ours), hex(&theirs)));
+        }
+    }
+    for (i, ours, theirs) in bad.into_iter().rev() {
+        let path = s.modules()[i].path.clone();
+        if Some(path.as_str()) == forced {
+            s.warnings.push(format!(
+                "--exe: its build id {ours} is not the core's executable's ({theirs}): frames \
+                 may be misnamed"
+            ));
+        } else {
+            s.remove(i);
+            s.missing.push((
+                path,
+                format!(
+                    "its file's build id {ours} is not the core's {theirs}: replaced since the \
+                     core was written? pass the right file with --exe or --sysroot"
+                ),
+            ));
+        }
+    }
+}
+
+/// The GNU build id of the ELF object mapped at `base` in the core's memory (its header, at
+/// file offset 0, and its notes, which the kernel dumps with the first page of every mapped
+/// ELF file), if the core holds them.
+fn build_id_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
+    const PT_LOAD: u32 = 1;
+    const PT_NOTE: u32 = 4;
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let mem = core.memory();
+    let mut h = [0u8; 64];
+    if !mem.read_bytes(base, &mut h) || h[..4] != *b"\x7fELF" || h[4] != 2 {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| u64::from(u16::from_le_bytes([b[o], b[o + 1]]));
+    let u32_at = |b: &[u8], o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |b: &[u8], o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    let (phoff, phentsize, phnum) = (u64_at(&h, 0x20)?, u16_at(&h, 0x36), u16_at(&h, 0x38));
+    if phentsize < 56 {
+        return None;
+    }
+    let mut load0 = None;
+    let mut notes = Vec::new();
+    for i in 0..phnum.min(64) {
+        let mut ph = [0u8; 56];
+        if !mem.read_bytes(
+            base.checked_add(phoff.checked_add(i * phentsize)?)?,
+            &mut ph,
+        ) {
+            return None;
+        }
+        let (kind, offset, vaddr, filesz) = (
+            u32_at(&ph, 0)?,
+            u64_at(&ph, 8)?,
+            u64_at(&ph, 16)?,
+            u64_at(&ph, 32)?,
+        );
+        if kind == PT_LOAD && offset == 0 && load0.is_none() {
+            load0 = Some(vaddr);
+        }
+        if kind == PT_NOTE {
+            notes.push((vaddr, filesz.min(4096)));
+        }
+    }
+    let bias = base.wrapping_sub(load0?);
+    for (vaddr, len) in notes {
+        let mut n = vec![0u8; len as usize];
+        if !mem.read_bytes(bias.wrapping_add(vaddr), &mut n) {
+            continue;
+        }
+        let mut at = 0usize;
+        while at + 12 <= n.len() {
+            let (namesz, descsz, kind) =
+                (u32_at(&n, at)?, u32_at(&n, at + 4)?, u32_at(&n, at + 8)?);
+            let name_at = at + 12;
+            let desc_at = name_at.checked_add((namesz as usize).checked_add(3)? & !3)?;
+            let end = desc_at.checked_add((descsz as usize).checked_add(3)? & !3)?;
+            if kind == NT_GNU_BUILD_ID
+                && n.get(name_at..name_at + namesz as usize) == Some(b"GNU\0")
+            {
+                return n
+                    .get(desc_at..desc_at + descsz as usize)
+                    .map(<[u8]>::to_vec);
+            }
+            at = end;
+        }
+    }
+    None
 }
 
 /// The vDSO (`AT_SYSINFO_EHDR`), read from the core's memory as a module of its own
@@ -533,9 +663,9 @@ pub fn unwind_paused<P: Pause>(
     pause: &mut P,
 ) -> Result<Report, P::Error> {
     let symbols = symbols_for(core, opts);
-    let mut warnings: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = symbols.warnings.clone();
     // Module warnings wait for the walks: only modules a frame needed are worth one.
-    let mut module_warnings: Vec<(String, String)> = symbols
+    let missing_warnings: Vec<(String, String)> = symbols
         .missing
         .iter()
         // A core's paths may hold newlines or terminal escapes: escaped, a warning is one line.
@@ -547,6 +677,7 @@ pub fn unwind_paused<P: Pause>(
             (p.clone(), w)
         })
         .collect();
+    let mut module_warnings: Vec<(String, String)> = Vec::new();
     if let Some((have, want)) = core.truncation() {
         warnings.insert(
             0,
@@ -694,6 +825,20 @@ pub fn unwind_paused<P: Pause>(
         opts.sysroot.as_deref(),
         &symbols.open_policy,
         &pcs,
+    ));
+    // A file that could not be opened under its mapped path matters only for pcs no loaded
+    // module covers (`--exe` may stand in for a deleted executable).
+    let uncovered: Vec<u64> = pcs
+        .iter()
+        .copied()
+        .filter(|&pc| !symbols.modules().iter().any(|m| m.range.contains(pc)))
+        .collect();
+    warnings.extend(crate::needed_modules::needed(
+        missing_warnings,
+        &core.mappings,
+        opts.sysroot.as_deref(),
+        &symbols.open_policy,
+        &uncovered,
     ));
     Ok(Report {
         arch: core.arch,

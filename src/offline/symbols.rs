@@ -998,6 +998,9 @@ pub struct Symbolizer {
     pub open_policy: Policy,
     /// Files opened so far, by (device, inode): one file under many names loads once.
     seen: HashSet<(u64, u64)>,
+    /// Other things worth a warning about the modules (a `--exe` whose build id is not the
+    /// core's).
+    pub warnings: Vec<String>,
 }
 
 impl Symbolizer {
@@ -1069,6 +1072,12 @@ impl Symbolizer {
     /// this symbolizer's [`Symbolizer::open_policy`] (set it first to allow a `/proc/PID`
     /// prefix).
     pub fn add_mappings(&mut self, mappings: &[Mapping], sysroot: Option<&Path>) {
+        self.add_mappings_with(mappings, |path| resolve(sysroot, path));
+    }
+
+    /// [`Symbolizer::add_mappings`], each path's file chosen by `file_of` (a `--exe` standing
+    /// in for the executable's).
+    pub fn add_mappings_with(&mut self, mappings: &[Mapping], file_of: impl Fn(&str) -> PathBuf) {
         let s = self;
         // One pass: each path's mapping with the lowest file offset, in order of appearance.
         let mut order: Vec<&Mapping> = Vec::new();
@@ -1095,7 +1104,7 @@ impl Symbolizer {
             order.truncate(MAX_MODULES);
         }
         for first in order {
-            let file = resolve(sysroot, &first.path);
+            let file = file_of(&first.path);
             s.add(&file, &first.path, Some((first.range.lo, first.offset)));
         }
     }
@@ -1122,6 +1131,11 @@ impl Symbolizer {
     /// Adds an already loaded module.
     pub fn push(&mut self, m: Module) {
         self.modules.push(m);
+    }
+
+    /// Removes and returns module `i` (its file stays counted as seen).
+    pub fn remove(&mut self, i: usize) -> Option<Module> {
+        (i < self.modules.len()).then(|| self.modules.remove(i))
     }
 
     /// The function containing `pc` (a runtime address; pass [`crate::Frame::lookup_pc`]).
