@@ -27,6 +27,9 @@
 //!
 //! # Example
 //! ```
+//! unwind::init(); // once, at start-up: the built-in switches (signal frames, ...)
+//! // In a build without frame pointers, `capture` walks by the prepared CFI (feature `dwarf`).
+//! unwind::modules::refresh();
 //! let mut buf = [unwind::Frame::EMPTY; 64];
 //! let n = unwind::capture(&mut buf);
 //! assert!(n > 0);

@@ -684,3 +684,43 @@ fn nested_registrations_dropped_out_of_order() {
     .join()
     .unwrap();
 }
+
+/// A `fork` child of a process whose CPU profiler runs. Stopping the inherited profiler (or
+/// dropping it) panicked, joining a collector thread the child does not have, and a profiler
+/// of the child's own could not start (`AlreadyRunning`). Both work now, and the parent's
+/// profiler goes on sampling.
+#[test]
+fn a_fork_child_stops_the_inherited_profiler_and_starts_its_own() {
+    let _s = serial();
+    let _w = Watchdog::new("fork child", 60);
+    let p = CpuProfiler::start(Config::default()).unwrap();
+    spin(Duration::from_millis(100), 3);
+    // SAFETY: fork; the child runs only the code below and leaves through _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drop(p.stop());
+            let q = CpuProfiler::start(Config::default()).expect("a profiler in the child");
+            spin(Duration::from_millis(300), 7);
+            if q.stop().stats.recorded == 0 {
+                3
+            } else {
+                0
+            }
+        }))
+        .unwrap_or(2);
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child: status {status:#x} (2: a panic, 3: no samples)"
+    );
+    spin(Duration::from_millis(200), 9);
+    let prof = p.stop();
+    assert!(prof.stats.recorded > 0);
+}

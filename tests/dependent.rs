@@ -183,6 +183,25 @@ fn check(frame_pointers: bool) {
         );
     }
 
+    // `unwind::capture_with` in the same handler, after `unwind::modules::refresh()` alone
+    // (no profiler, no `init`): the walk goes from the handler through the signal frame to the
+    // interrupted thread. Before `refresh` registered the built-in switches it did not know the
+    // signal frame: in a build without frame pointers it went from `__restore_rt` to
+    // `std::rt::lang_start` and said `end`.
+    let v: Vec<&str> = stat(&stats, "signal_refreshed").split(';').collect();
+    let names: Vec<&str> = v[2].split(',').collect();
+    let at = |f: &str| names.iter().position(|n| n.ends_with(f));
+    let want: &[&str] = if frame_pointers {
+        &["on_usr1", "sig_b", "sig_a"]
+    } else {
+        &["on_usr1", "sig_c", "sig_b", "sig_a"]
+    };
+    let found: Vec<Option<usize>> = want.iter().map(|f| at(f)).collect();
+    assert!(
+        found.iter().all(Option::is_some) && found.windows(2).all(|w| w[0] < w[1]),
+        "signal_refreshed: {want:?} in order in {v:?}"
+    );
+
     let cpu = traces(&go_pprof(
         &["-sample_index=samples", "-traces"],
         &dir.join("cpu.pb.gz"),

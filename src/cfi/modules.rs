@@ -270,7 +270,12 @@ pub fn unwinder() -> Option<&'static Unwinder> {
 /// Enumerates the loaded modules and prepares their CFI, replacing the process-wide
 /// [`unwinder`]. Not async-signal-safe; call at start-up and after `dlopen`/`dlclose`.
 /// Returns the new unwinder and the modules that could not be prepared.
+///
+/// Also runs [`crate::init`] (once per process: the built-in switches, signal frames among
+/// them), so that a program that prepares the CFI for `capture` in a build without frame
+/// pointers crosses signal frames and the other built-in switches too.
 pub fn refresh() -> (&'static Unwinder, Vec<(String, CfiError)>) {
+    crate::init();
     refresh_locked(REFRESH.lock().unwrap_or_else(|e| e.into_inner()))
 }
 

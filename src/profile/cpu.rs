@@ -486,13 +486,30 @@ struct Registry {
     others: crate::threads::Timers,
     /// The running profiler's settings (None while stopped).
     running: Option<Config>,
+    /// The process that started the running profiler (a `fork` child inherits this state
+    /// without its timers or collector thread: see [`forget_inherited`]).
+    running_pid: u32,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     threads: Vec::new(),
     others: crate::threads::Timers::new(),
     running: None,
+    running_pid: 0,
 });
+
+/// In a `fork` child: the parent's profiler state, copied with the memory, describes timers
+/// the child does not have (POSIX and interval timers are not inherited), threads it does not
+/// have, and a collector thread that does not run here. Forget it all (deleting nothing: the
+/// ids are the parent's), so that the child can start a profiler of its own.
+fn forget_inherited(reg: &mut Registry) {
+    reg.threads.clear();
+    reg.others.clear(|_| {});
+    reg.running = None;
+    ENABLED.store(false, Ordering::SeqCst);
+    super::sigprof::restore(handler_address());
+    super::sigprof::PROCESS_TIMER.store(false, Ordering::SeqCst);
+}
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
@@ -894,6 +911,8 @@ pub struct CpuProfiler {
     collector: Option<std::thread::JoinHandle<()>>,
     started: Instant,
     stopped: bool,
+    /// The process that started it (in a `fork` child, this profiler is the parent's copy).
+    pid: u32,
 }
 
 impl CpuProfiler {
@@ -911,6 +930,10 @@ impl CpuProfiler {
             crate::module_watch::acquire();
         }
         let mut reg = registry();
+        if reg.running.is_some() && reg.running_pid != std::process::id() {
+            // A profiler of the parent, inherited through `fork`: not running here.
+            forget_inherited(&mut reg);
+        }
         if reg.running.is_some() {
             if cfi {
                 crate::module_watch::release();
@@ -1024,6 +1047,7 @@ impl CpuProfiler {
             }
         };
         reg.running = Some(config);
+        reg.running_pid = std::process::id();
         drop(reg);
         let mut p = CpuProfiler {
             config,
@@ -1031,6 +1055,7 @@ impl CpuProfiler {
             collector,
             started: Instant::now(),
             stopped: false,
+            pid: std::process::id(),
         };
         if let Err(e) = armed {
             p.halt();
@@ -1104,6 +1129,25 @@ impl CpuProfiler {
             return;
         }
         self.stopped = true;
+        if self.pid != std::process::id() {
+            // The parent's profiler, copied into a `fork` child: its collector thread and
+            // timers are not here (joining the thread panicked). Clear the state it left
+            // unless the child started a profiler of its own since.
+            {
+                let mut reg = registry();
+                if reg.running.is_some() && reg.running_pid == self.pid {
+                    forget_inherited(&mut reg);
+                }
+            }
+            if let Some(c) = self.collector.take() {
+                std::mem::forget(c);
+            }
+            self.shared.drain();
+            if self.config.mode != Mode::FramePointer && !self.config.naive {
+                crate::module_watch::release();
+            }
+            return;
+        }
         {
             let mut reg = registry();
             if self.config.timer == TimerMode::Process {
