@@ -202,6 +202,21 @@ fn check(frame_pointers: bool) {
         "signal_refreshed: {want:?} in order in {v:?}"
     );
 
+    // `unwind::capture` in a corosensei coroutine: across the switch into the resuming
+    // function and on to main. Without frame pointers the walk goes by CFI, which needs the
+    // parent's stack pointer (past the registers corosensei pushed at the parent link); it
+    // stopped at the switch ("unreadable transition"): the main thread's stack had been taken
+    // for the coroutine's mapping, merged with the loader's TLS block that holds the main
+    // thread's control block.
+    let names: Vec<&str> = stat(&stats, "coroutine").split(',').collect();
+    let at = |f: &str| names.iter().position(|n| n.ends_with(f));
+    let want = ["coro_capture", "coro_resumer", "dependent::main"];
+    let found: Vec<Option<usize>> = want.iter().map(|f| at(f)).collect();
+    assert!(
+        found.iter().all(Option::is_some) && found.windows(2).all(|w| w[0] < w[1]),
+        "coroutine: {want:?} in order in {names:?}"
+    );
+
     let cpu = traces(&go_pprof(
         &["-sample_index=samples", "-traces"],
         &dir.join("cpu.pb.gz"),

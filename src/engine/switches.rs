@@ -66,9 +66,20 @@ pub const SYSTEM_STACK_RULE_AARCH64: Rule = Rule::SavedAt {
 
 /// corosensei's coroutine root: the saved fp of the frame returning to
 /// `stack_init_trampoline_return` is the parent link, which holds the parent's sp; the parent's
-/// fp and pc were pushed there (corosensei `src/arch/{x86_64,aarch64}.rs`, "Stack layout").
+/// fp and pc were pushed there (corosensei `src/arch/{x86_64,aarch64}.rs`, "Stack layout"),
+/// and the parent's stack pointer is past them: 24 bytes on x86_64 (rbp, rip, rbx), the CFA
+/// of corosensei's own CFI for its trampoline. Without it a walk by CFI (a build without frame
+/// pointers) could not go on in the parent.
 pub const COROSENSEI_RULE: Rule = Rule::SavedAt {
-    base: Base::Link,
+    base: Base::LinkPlus(24),
+    pc: 8,
+    sp: None,
+    fp: 0,
+};
+
+/// [`COROSENSEI_RULE`] on aarch64: 32 bytes pushed (x29, lr, x19 and padding).
+pub const COROSENSEI_RULE_AARCH64: Rule = Rule::SavedAt {
+    base: Base::LinkPlus(32),
     pc: 8,
     sp: None,
     fp: 0,
@@ -111,7 +122,7 @@ pub const COROSENSEI_COROUTINE: KnownSwitch = KnownSwitch {
     name: "corosensei stack_init_trampoline_return",
     covers: Covers::Label,
     rule_x86_64: COROSENSEI_RULE,
-    rule_aarch64: COROSENSEI_RULE,
+    rule_aarch64: COROSENSEI_RULE_AARCH64,
     system: false,
 };
 

@@ -41,6 +41,11 @@ pub enum Base {
     /// pointer points at a "parent link" near the stack base, which holds the parent's stack
     /// pointer; the parent's fp and pc are saved there).
     Link,
+    /// [`Base::Link`], and the other side's stack pointer, not saved, is the link plus this
+    /// many bytes (the words the switch pushed there: corosensei's parent context, 24 bytes on
+    /// x86_64, 32 on aarch64, as its CFI says). A walk that goes on by CFI needs it; with
+    /// `Link` the stack pointer is unknown and only frame records lead on.
+    LinkPlus(u8),
 }
 
 /// How to recover the registers of the other side of a stack switch.
@@ -293,13 +298,14 @@ impl Rule {
                     Base::Fp => fp,
                     Base::Cfa => fp.checked_add(A::RECORD_SIZE)?,
                     Base::SavedFp => saved_fp,
-                    Base::Link => mem.read_u64(saved_fp)?,
+                    Base::Link | Base::LinkPlus(_) => mem.read_u64(saved_fp)?,
                 };
                 let at = |o: i32| b.checked_add_signed(o as i64);
                 let pc = A::strip_ra(mem.read_u64(at(pc)?)?, pac_mask);
-                let sp = match sp {
-                    Some(o) => mem.read_u64(at(o)?)?,
-                    None => 0,
+                let sp = match (sp, base) {
+                    (Some(o), _) => mem.read_u64(at(o)?)?,
+                    (None, Base::LinkPlus(k)) => b.checked_add(u64::from(k))?,
+                    (None, _) => 0,
                 };
                 let fp = mem.read_u64(at(fpo)?)?;
                 Some(Hop::Regs {
@@ -353,6 +359,7 @@ impl Rule {
                     Base::Cfa => 1,
                     Base::SavedFp => 2,
                     Base::Link => 3,
+                    Base::LinkPlus(k) => 4 | (u64::from(k) << 8),
                 };
                 [
                     Self::K_SAVED | (b << 8),
@@ -381,6 +388,7 @@ impl Rule {
                     1 => Base::Cfa,
                     2 => Base::SavedFp,
                     3 => Base::Link,
+                    4 => Base::LinkPlus(((w[0] >> 16) & 0xff) as u8),
                     _ => return None,
                 },
                 pc: lo(w[1]),
@@ -1045,6 +1053,12 @@ mod tests {
             Rule::ContinueChain,
             Rule::SignalFrame,
             Rule::FaultCall,
+            Rule::SavedAt {
+                base: Base::LinkPlus(32),
+                pc: 8,
+                sp: None,
+                fp: 0,
+            },
             Rule::SavedAt {
                 base: Base::Cfa,
                 pc: 16,

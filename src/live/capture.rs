@@ -72,6 +72,24 @@ fn thread_stack(sp: u64) -> Option<Range> {
     find_thread_stack(sp, on_other).thread
 }
 
+/// Is this the process's main thread (its tid is the pid)? Two system calls
+/// (async-signal-safe; `errno` kept).
+fn is_main_thread() -> bool {
+    let _errno = crate::live::errno::Saved::new();
+    // SAFETY: getpid and gettid have no preconditions.
+    unsafe { libc::getpid() as libc::c_long == libc::syscall(libc::SYS_gettid) }
+}
+
+/// Is mapping `m` the stack of this thread (`main`: the main thread; `tcb`: its
+/// `pthread_self()`)? The main thread's is labelled `[stack]`; another thread's holds its
+/// control block. Not the main thread's by its control block: that lives in the loader's
+/// static TLS block, an anonymous mapping the kernel may merge with an adjacent one (a
+/// corosensei coroutine's stack was taken for the main thread's, and the walk could not read
+/// the parent's frames on the real `[stack]`).
+fn owns_stack(m: maps::Mapping, main: bool, tcb: u64) -> bool {
+    m.main_stack || (!main && m.range.contains(tcb))
+}
+
 /// What one `/proc/self/maps` scan found at the start of a capture.
 struct Found {
     /// The thread's real stack (now cached).
@@ -105,9 +123,10 @@ fn find_thread_stack(sp: u64, sp_on_other: bool) -> Found {
         Some(r)
     };
     let sp_map = at_sp.filter(|m| m.anon_rw).map(|m| m.range);
+    let main = is_main_thread();
     // `sp` on the thread's own stack: the common first capture.
     if let Some(m) = at_sp.filter(|m| m.anon_rw && !sp_on_other) {
-        if m.main_stack || m.range.contains(tcb) {
+        if owns_stack(m, main, tcb) {
             return Found {
                 thread: cache(m.range),
                 sp_mapping: None,
@@ -115,10 +134,6 @@ fn find_thread_stack(sp: u64, sp_on_other: bool) -> Found {
         }
     }
     // `sp` is elsewhere: find the thread's stack by its own mark.
-    let errno = crate::live::errno::Saved::new();
-    // SAFETY: getpid and gettid have no preconditions.
-    let main = unsafe { libc::getpid() as libc::c_long == libc::syscall(libc::SYS_gettid) };
-    drop(errno);
     let thread = if main {
         scan.main_stack
     } else {
@@ -218,7 +233,7 @@ impl LiveMemory {
                 let tcb = unsafe { libc::pthread_self() } as u64;
                 let at_sp = maps::scan([sp, sp], false).found[0].filter(|m| m.anon_rw);
                 match at_sp {
-                    Some(m) if m.main_stack || m.range.contains(tcb) => {
+                    Some(m) if owns_stack(m, is_main_thread(), tcb) => {
                         THREAD_STACK.with(|c| c.set(m.range));
                         stacks[0] = m.range;
                     }
