@@ -202,6 +202,13 @@ fn check(frame_pointers: bool) {
         "signal_refreshed: {want:?} in order in {v:?}"
     );
 
+    // A frame-pointer-mode profiler, before any CFI was prepared, says whether the program
+    // keeps frame records (it said `false` always: the answer came from the CFI alone).
+    assert_eq!(
+        stat(&stats, "fp_mode_missing_frame_records"),
+        if frame_pointers { "false" } else { "true" }
+    );
+
     // `unwind::capture` in a corosensei coroutine: across the switch into the resuming
     // function and on to main. Without frame pointers the walk goes by CFI, which needs the
     // parent's stack pointer (past the registers corosensei pushed at the parent link); it

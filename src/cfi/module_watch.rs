@@ -178,10 +178,14 @@ pub fn release() {
 }
 
 /// Does `unwind`'s own code, as built into this program, keep frame records (built with
-/// `-C force-frame-pointers=yes`)? `None` before the tables are prepared or when they do not
-/// cover this crate. Lock-free.
+/// `-C force-frame-pointers=yes`)? Read from the prepared CFI of a function of this crate when
+/// the tables are prepared (what the code does); before that (a frame-pointer-mode profiler
+/// prepares none), from the flags the crate's build script saw (`None` only when the tables
+/// do not cover this crate). Lock-free.
 pub fn program_keeps_frame_records() -> Option<bool> {
-    let u = crate::modules::unwinder()?;
+    let Some(u) = crate::modules::unwinder() else {
+        return Some(!cfg!(unwind_no_frame_pointers));
+    };
     // A function of this crate that is never inlined (its address is taken) and makes calls,
     // so it has a frame record whenever frame pointers are on.
     let pc = crate::modules::refresh as fn() -> _ as usize as u64;
