@@ -3,8 +3,10 @@
 //! ```text
 //! unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode hybrid|fp|dwarf]
 //!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
+//!              [--max-frames N]
 //! unwind stack --pid PID [--tid TID ...] [--mode hybrid|fp|dwarf]
 //!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
+//!              [--max-frames N]
 //! unwind verify --core CORE [--exe EXE] [--sysroot DIR]
 //! unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]
 //! ```
@@ -26,7 +28,7 @@ use unwind::Mode;
 #[global_allocator]
 static ALLOC: unwind::heap::Sampling = unwind::heap::Sampling::new(std::alloc::System);
 
-const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind stack --pid PID [--tid TID ...] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]";
+const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind stack --pid PID [--tid TID ...] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -121,6 +123,14 @@ fn stack(args: &[String]) -> Result<(), String> {
                 }
             }
             "--lines" => lines = true,
+            "--max-frames" => {
+                let v = value("--max-frames")?;
+                opts.max_frames = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("--max-frames {v}: expected a positive number"))?;
+            }
             other => return Err(format!("unknown option '{other}' (unwind --help: usage)")),
         }
     }

