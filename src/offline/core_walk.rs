@@ -351,7 +351,7 @@ fn add_vdso(core: &Core, s: &mut Symbolizer) {
         let filesz = u64::from_le_bytes(ph[32..40].try_into().unwrap_or_default());
         size = size.max(off.saturating_add(filesz));
     }
-    if size < 64 || size > MAX_VDSO {
+    if !(64..=MAX_VDSO).contains(&size) {
         return;
     }
     let mut bytes = vec![0u8; size as usize];
