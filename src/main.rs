@@ -330,9 +330,14 @@ fn demo(args: &[String]) -> Result<(), String> {
 
 /// `--lines`: "file:line" of a frame, from its module's DWARF line tables (the innermost
 /// inlined function's location), if it has them.
+/// The innermost function's file:line at `f` (JSON's `"line"`).
 fn line_of(lines: &mut LineTables<'_>, f: &unwind::Frame) -> Option<String> {
-    let inner = lines.frames(f.lookup_pc()).into_iter().next()?;
-    (!inner.file.is_empty() && inner.line > 0).then(|| format!("{}:{}", inner.file, inner.line))
+    file_line(lines.frames(f.lookup_pc()).first()?)
+}
+
+/// `file:line` of one function of an inline chain, when known.
+fn file_line(f: &unwind::pprof_lines::InlineFrame) -> Option<String> {
+    (!f.file.is_empty() && f.line > 0).then(|| format!("{}:{}", f.file, f.line))
 }
 
 fn json_str(s: &str, out: &mut String) {
@@ -415,6 +420,23 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
         }
         o.push('\n');
         for (i, f) in t.frames.iter().enumerate() {
+            // With --lines: the functions inlined at this pc first, innermost first, as
+            // `go tool pprof -traces` and gdb show them; the frame's own line then gives the
+            // physical function's line (where it calls the outermost inlined one).
+            let chain = match lines.as_deref_mut() {
+                Some(l) => l.frames(f.lookup_pc()),
+                None => Vec::new(),
+            };
+            for inl in chain.iter().take(chain.len().saturating_sub(1)) {
+                o.push_str("                                      ");
+                o.push_str(&inl.function);
+                o.push_str(" (inlined)");
+                if let Some(l) = file_line(inl) {
+                    o.push_str(" at ");
+                    o.push_str(&l);
+                }
+                o.push('\n');
+            }
             // "  #{i:<3} {pc:#018x} [stack {stack}] "
             o.push_str("  #");
             let at = o.len();
@@ -438,9 +460,9 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
                 }
                 None => o.push('?'),
             }
-            if let Some(l) = lines.as_deref_mut().and_then(|l| line_of(l, f)) {
+            if let Some(outer) = chain.last().and_then(file_line) {
                 o.push_str(" at ");
-                o.push_str(&l);
+                o.push_str(&outer);
             }
             if f.via == unwind::Via::Transition {
                 let n = r

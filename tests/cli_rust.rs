@@ -211,5 +211,37 @@ fn rust_core_crosses_system_stack_and_stacker_segment() {
     } else {
         skip("eu-stack not installed: comparison skipped");
     }
+    // --lines, text: the functions inlined at a frame's pc come first, innermost first, each
+    // on its own line marked `(inlined)` (the precompiled std's `lang_start_internal` inlines
+    // `catch_unwind`), then the frame's own line with the physical function's file:line. It
+    // used to print the physical function's name beside the innermost inlined one's line.
+    let out = Command::new(BIN)
+        .args(["stack", "--core", c, "--lines"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let inlined: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains(" (inlined)"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("catch_unwind") && l.contains(" (inlined) at ")),
+        "{text}"
+    );
+    for i in inlined {
+        let next = lines[i + 1..]
+            .iter()
+            .find(|l| !l.contains(" (inlined)"))
+            .unwrap();
+        assert!(next.trim_start().starts_with('#'), "{}\n{next}", lines[i]);
+    }
+    let lsi = lines
+        .iter()
+        .find(|l| l.trim_start().starts_with('#') && l.contains("lang_start_internal+"))
+        .unwrap();
+    assert!(lsi.contains("rt.rs:"), "{lsi}");
     let _ = std::fs::remove_dir_all(&dir);
 }
