@@ -189,6 +189,10 @@ pub enum StopReason {
     /// (`modules::refresh`, `dwarf` feature): nothing past the first frame a signal's
     /// registers give could be trusted. See [`crate::capture`].
     NoFramePointers,
+    /// The chain ended (a zero frame pointer or return address) inside a runtime's own code,
+    /// short of where its stacks begin: a Go walk that stops in Go code other than
+    /// `runtime.goexit`, `mstart`, `rt0_go` or `mcall` (offline walks of Go programs).
+    EndedShort,
 }
 
 impl StopReason {
@@ -211,6 +215,7 @@ impl StopReason {
             StopReason::NoUnwindInfo => "no unwind information",
             StopReason::TooManyTransitions => "too many transitions",
             StopReason::NoFramePointers => "built without frame pointers",
+            StopReason::EndedShort => "ended short of the stack's root",
         }
     }
 }

@@ -787,6 +787,10 @@ pub fn unwind_paused<P: Pause>(
         if let Some(go) = &go {
             if go.is_stack_bottom(&symbols, buf.last()) {
                 truncated = false;
+            } else if stop == StopReason::End && go.is_go_code(&symbols, buf.last()) {
+                // A zero frame pointer in the middle of Go's frames: not a stack's root.
+                stop = StopReason::EndedShort;
+                truncated = true;
             }
         }
         pcs.extend(buf.iter().map(|f| f.pc));
@@ -884,6 +888,8 @@ pub fn cfi_for<'s>(
 
 /// What the Go recovery needs from the binary's symbols.
 struct GoRuntime {
+    /// The path of the module that holds the runtime (the Go binary).
+    module: String,
     /// `runtime.systemstack`'s code.
     systemstack: Range,
     /// `runtime.morestack`'s code.
@@ -911,6 +917,15 @@ impl GoRuntime {
                 .find_map(|m| names.iter().find_map(|n| m.function(n)))
         };
         let systemstack = find(&["runtime.systemstack.abi0", "runtime.systemstack"])?;
+        let module = symbols
+            .modules()
+            .iter()
+            .find(|m| {
+                m.function("runtime.systemstack.abi0").is_some()
+                    || m.function("runtime.systemstack").is_some()
+            })?
+            .path
+            .clone();
         let bottoms = [
             &["runtime.mstart.abi0", "runtime.mstart"][..],
             &["runtime.goexit.abi0", "runtime.goexit"],
@@ -927,6 +942,7 @@ impl GoRuntime {
             .and_then(|m| crate::go_runtime::GoOffsets::from_elf(m.data()))
             .unwrap_or(crate::go_runtime::GoOffsets::GO_1_17);
         Some(GoRuntime {
+            module,
             systemstack,
             morestack: find(&["runtime.morestack.abi0", "runtime.morestack"]),
             bottoms,
@@ -938,6 +954,19 @@ impl GoRuntime {
             ]),
             offsets,
         })
+    }
+
+    /// Is `last` in the Go binary's own Go code (a function of the module that holds the
+    /// runtime, named `package.function`), not in C code linked into it (cgo) or a library?
+    fn is_go_code(&self, symbols: &Symbolizer, last: Option<&Frame>) -> bool {
+        let Some(f) = last else { return false };
+        let Some(s) = symbols.lookup(f.lookup_pc()) else {
+            return false;
+        };
+        s.module == self.module
+            && s.name.contains('.')
+            && !s.name.starts_with('_')
+            && !s.name.starts_with("x_cgo")
     }
 
     /// Does the walk end where a Go stack begins (not a truncation)?
