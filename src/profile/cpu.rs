@@ -1133,8 +1133,14 @@ impl CpuProfiler {
             // The parent's profiler, copied into a `fork` child: its collector thread and
             // timers are not here (joining the thread panicked). Clear the state it left
             // unless the child started a profiler of its own since.
-            {
-                let mut reg = registry();
+            // Not `registry()`: a parent thread (the collector) may have held the lock at the
+            // fork, and no thread of this process will release it; then the state stays.
+            let reg = match REGISTRY.try_lock() {
+                Ok(g) => Some(g),
+                Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut reg) = reg {
                 if reg.running.is_some() && reg.running_pid == self.pid {
                     forget_inherited(&mut reg);
                 }
