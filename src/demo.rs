@@ -602,10 +602,14 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<()> {
         }
         writeln!(
             out,
-            "\nHeap samples: {} (mean one per {} KiB allocated; policy heap: runtime frames at \
+            "\nHeap samples: {} (mean one per {} allocated; policy heap: runtime frames at \
              the leaf end dropped, the system stack counts as runtime)",
             hs.samples,
-            opts.heap_rate / 1024
+            if opts.heap_rate >= 1024 {
+                format!("{} KiB", opts.heap_rate / 1024)
+            } else {
+                format!("{} bytes", opts.heap_rate)
+            }
         )?;
         writeln!(
             out,

@@ -286,7 +286,13 @@ fn demo(args: &[String]) -> Result<(), String> {
         };
         match a.as_str() {
             "--naive" => opts.naive = true,
-            "--out" => opts.out = PathBuf::from(value("--out")?),
+            "--out" => {
+                let v = value("--out")?;
+                if v.is_empty() {
+                    return Err("--out needs a directory".into());
+                }
+                opts.out = PathBuf::from(v);
+            }
             "--seconds" => {
                 let v = value("--seconds")?;
                 let s: f64 = v
@@ -314,12 +320,24 @@ fn demo(args: &[String]) -> Result<(), String> {
             }
             "--heap-rate" => {
                 let v = value("--heap-rate")?;
-                opts.heap_rate = v.parse().ok().filter(|n| *n >= 1).ok_or(format!(
-                    "--heap-rate {v}: expected a positive number of bytes"
-                ))?;
+                opts.heap_rate = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1 << 40).contains(n))
+                    .ok_or(format!("--heap-rate {v}: expected 1 to 2^40 bytes"))?;
             }
             other => return Err(format!("demo: unknown argument '{other}'")),
         }
+    }
+    // The output directory before the run, not after it: a path that cannot be one fails at
+    // once and says which.
+    let bad_out = |e: std::io::Error| {
+        let p = opts.out.display().to_string();
+        format!("--out {}: {e}", p.escape_debug())
+    };
+    std::fs::create_dir_all(&opts.out).map_err(bad_out)?;
+    if !opts.out.is_dir() {
+        return Err(bad_out(std::io::Error::other("not a directory")));
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -329,8 +347,7 @@ fn demo(args: &[String]) -> Result<(), String> {
 }
 
 /// `--lines`: "file:line" of a frame, from its module's DWARF line tables (the innermost
-/// inlined function's location), if it has them.
-/// The innermost function's file:line at `f` (JSON's `"line"`).
+/// inlined function's location: JSON's `"line"`), if it has them.
 fn line_of(lines: &mut LineTables<'_>, f: &unwind::Frame) -> Option<String> {
     file_line(lines.frames(f.lookup_pc()).first()?)
 }

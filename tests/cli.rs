@@ -486,6 +486,15 @@ fn bad_input_exits_2_with_one_line() {
         &["stack", "--core", p(&c), "--max-frames", "many"],
         "--max-frames",
     );
+    // The demo's output directory is checked before its run, and named.
+    let file = d.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    assert_bad(&["demo", "--out", p(&file)], "a-file");
+    assert_bad(&["demo", "--out", ""], "--out");
+    assert_bad(
+        &["demo", "--heap-rate", "18446744073709551615"],
+        "--heap-rate",
+    );
     assert_bad(&["stack"], "--core");
     assert_bad(&["stack", "--core", p(&c), "--format", "xml"], "--format");
     assert_bad(&["frobnicate"], "unknown command");

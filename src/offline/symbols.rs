@@ -1109,10 +1109,13 @@ impl Symbolizer {
         }
     }
 
-    /// Modules of the running process, from `/proc/self/maps`. Not async-signal-safe.
+    /// Modules of the running process, from `/proc/self/maps`, and the vDSO (`[vdso]`, copied
+    /// from this process's memory: no file holds it). Not async-signal-safe.
     pub fn for_current_process() -> Self {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        let mappings: Vec<Mapping> = crate::process::parse_maps(&maps)
+        let parsed = crate::process::parse_maps(&maps);
+        let vdso = parsed.iter().find(|v| v.path == "[vdso]").map(|v| v.range);
+        let mappings: Vec<Mapping> = parsed
             .into_iter()
             .map(|v| Mapping {
                 range: v.range,
@@ -1120,7 +1123,18 @@ impl Symbolizer {
                 path: v.path,
             })
             .collect();
-        Self::from_mappings(&mappings, None)
+        let mut s = Self::from_mappings(&mappings, None);
+        // SAFETY: getauxval has no preconditions.
+        let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+        if let Some(r) = vdso.filter(|r| r.lo == base && r.hi > r.lo && r.hi - r.lo <= 1 << 20) {
+            // SAFETY: the vDSO mapping `/proc/self/maps` lists at the kernel's
+            // `AT_SYSINFO_EHDR` is this process's own, readable (its ELF image and code), and
+            // mapped for the life of the process; the length is the mapping's.
+            let bytes =
+                unsafe { core::slice::from_raw_parts(r.lo as *const u8, (r.hi - r.lo) as usize) };
+            s.add_image(bytes.to_vec(), "[vdso]", r.lo);
+        }
+        s
     }
 
     /// The loaded modules.
@@ -1469,6 +1483,25 @@ mod tests {
                 "{n} symbols, {bits}-bit addresses"
             );
         }
+    }
+
+    /// The running process's vDSO is a module (`[vdso]`), read from memory: a profile's
+    /// frames in `clock_gettime` were bare addresses with no mapping.
+    #[test]
+    fn the_current_process_has_its_vdso() {
+        let s = Symbolizer::for_current_process();
+        let v = s
+            .modules()
+            .iter()
+            .find(|m| m.path == "[vdso]")
+            .expect("a [vdso] module");
+        let f = ["__vdso_clock_gettime", "__kernel_clock_gettime", "clock_gettime"]
+            .iter()
+            .find_map(|n| v.function(n))
+            .expect("the vDSO's clock_gettime");
+        assert!(v.range.contains(f.lo), "{:x?} {:x?}", v.range, f);
+        let name = s.lookup(f.lo + 1).expect("a symbol").name;
+        assert!(name.contains("clock_gettime"), "{name}");
     }
 
     #[test]

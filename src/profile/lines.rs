@@ -39,6 +39,10 @@ impl<'a> LineTables<'a> {
             return Vec::new();
         };
         let m = &self.sym.modules()[i];
+        // An image read from memory (`[vdso]`) has no file to read lines from.
+        if m.path.starts_with('[') {
+            return Vec::new();
+        }
         let slot = &mut self.loaders[i];
         if slot.is_none() {
             *slot = Some(addr2line::Loader::new(&m.file).ok());
