@@ -1495,10 +1495,14 @@ mod tests {
             .iter()
             .find(|m| m.path == "[vdso]")
             .expect("a [vdso] module");
-        let f = ["__vdso_clock_gettime", "__kernel_clock_gettime", "clock_gettime"]
-            .iter()
-            .find_map(|n| v.function(n))
-            .expect("the vDSO's clock_gettime");
+        let f = [
+            "__vdso_clock_gettime",
+            "__kernel_clock_gettime",
+            "clock_gettime",
+        ]
+        .iter()
+        .find_map(|n| v.function(n))
+        .expect("the vDSO's clock_gettime");
         assert!(v.range.contains(f.lo), "{:x?} {:x?}", v.range, f);
         let name = s.lookup(f.lo + 1).expect("a symbol").name;
         assert!(name.contains("clock_gettime"), "{name}");
