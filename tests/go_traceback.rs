@@ -144,15 +144,30 @@ fn same_but_interrupted_callers(a: &[Ours], b: &Block) -> bool {
 /// Was goroutine part `g` preempted asynchronously when we looked, and is it running again in
 /// Go's traceback (taken later)? Its frames after `runtime.asyncPreempt` are then Go's running
 /// block's, pcs equal but the first (where it was interrupted; FP mode may also miss the
-/// interrupted frameless function's caller, as `same_but_interrupted_callers` allows).
+/// interrupted frameless function's caller, as `same_but_interrupted_callers` allows); or it
+/// was preempted again by then (Go's block starts at `runtime.asyncPreempt`: CI saw it once).
 fn resumed_since(g: &[Ours], goroutines: &[&Block]) -> bool {
     let Some(i) = g.iter().position(|f| f.0 == "runtime.asyncPreempt") else {
         return false;
     };
     let callers = &g[i + 1..];
+    // Preempted again when Go printed its traceback: Go's block starts at
+    // `runtime.asyncPreempt` (the signal's pc), then the callers, the interrupted one at
+    // another pc.
+    let preempted_again = |b: &Block| {
+        b.frames
+            .first()
+            .is_some_and(|f| f.0 == "runtime.asyncPreempt")
+            && callers.len() + 1 == b.frames.len()
+            && callers
+                .iter()
+                .zip(&b.frames[1..])
+                .enumerate()
+                .all(|(k, (x, y))| x.0 == y.0 && (k == 0 || x.1 == y.1))
+    };
     goroutines.iter().any(|b| {
         b.header.contains("[running")
-            && (same(callers, b) || same_but_interrupted_callers(callers, b))
+            && (same(callers, b) || same_but_interrupted_callers(callers, b) || preempted_again(b))
     })
 }
 
