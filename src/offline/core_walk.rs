@@ -573,7 +573,7 @@ pub fn transitions_for<'a>(
     };
     // Every name `function` is asked here and for Go's runtime, answered in one pass.
     let mut asked: Vec<&'static str> = GO_NAMES.to_vec();
-    asked.extend(["runtime.sigpanic", "runtime.sigpanic.abi0"]);
+    asked.extend(FAULT_CALLS);
     asked.extend(crate::switches::BY_SYMBOL.iter().map(|k| k.symbol));
     for m in symbols.modules() {
         m.prepare_names(&asked);
@@ -594,13 +594,14 @@ pub fn transitions_for<'a>(
             }
         }
     }
-    // Go's `sigpanic`: the fault handler makes the faulting code seem to call it, so its
-    // caller's pc is the faulting instruction (exact), as Go's own traceback takes it.
+    // Go's `sigpanic` and `asyncPreempt`: the signal handler makes the interrupted code seem
+    // to call them (`preparePanic`, `pushCall`), so their caller's pc is the interrupted
+    // instruction (exact), as Go's own traceback takes it (its "injected calls").
     for m in symbols.modules() {
-        for raw in ["runtime.sigpanic", "runtime.sigpanic.abi0"] {
+        for raw in FAULT_CALLS {
             if let Some(r) = m.function(raw) {
                 if table.lookup(r.lo).is_none() && !trampolines.contains(r.lo) {
-                    add(&mut table, r, Rule::FaultCall, "go runtime.sigpanic");
+                    add(&mut table, r, Rule::FaultCall, "go injected call");
                 }
             }
         }
@@ -624,6 +625,14 @@ pub fn transitions_for<'a>(
     }
     (trampolines, table, names, system_switches)
 }
+
+/// Go functions its signal handler makes the interrupted code "call" ([`Rule::FaultCall`]).
+const FAULT_CALLS: [&str; 4] = [
+    "runtime.sigpanic",
+    "runtime.sigpanic.abi0",
+    "runtime.asyncPreempt",
+    "runtime.asyncPreempt.abi0",
+];
 
 /// Is this a Go program (its modules define `runtime.systemstack`)?
 fn is_go(symbols: &Symbolizer) -> bool {
