@@ -377,6 +377,25 @@ fn matches_eu_stack_on_committed_cores() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// A fresh x86_64 kernel core of fixtures/c/chain.c running `variant`, made in `d` by
+/// fixtures/c/make-core.sh: (the core, the executable).
+fn fresh_core(variant: &str, d: &Path) -> (PathBuf, PathBuf) {
+    let out = Command::new("bash")
+        .arg(fixtures().join("c/make-core.sh"))
+        .args(["x86_64", variant, p(d)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make-core.sh {variant}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        d.join(format!("core-x86_64-{variant}")),
+        d.join("chain-x86_64"),
+    )
+}
+
 /// Fresh kernel cores from fixtures/c/make-core.sh, checked against the source's truth and
 /// eu-stack. Needs gcc and core_pattern `core` (CI sets it); skipped with a message otherwise.
 #[test]
@@ -390,18 +409,7 @@ fn fresh_x86_64_kernel_cores() {
     }
     let d = tmp("fresh");
     for variant in ["chain", "signal", "threads", "vdso"] {
-        let out = Command::new("bash")
-            .arg(fixtures().join("c/make-core.sh"))
-            .args(["x86_64", variant, p(&d)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "make-core.sh {variant}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let c = d.join(format!("core-x86_64-{variant}"));
-        let e = d.join("chain-x86_64");
+        let (c, e) = fresh_core(variant, &d);
         // NT_FILE names the executable where it was built: no --exe needed.
         let v = json(&["stack", "--core", p(&c)]);
         check_shape(&v, "x86_64");
@@ -619,18 +627,7 @@ fn a_replaced_executable_is_not_used_and_exe_stands_in_for_it() {
         return;
     }
     let d = tmp("replaced");
-    let out = Command::new("bash")
-        .arg(fixtures().join("c/make-core.sh"))
-        .args(["x86_64", "chain", p(&d)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let c = d.join("core-x86_64-chain");
-    let e = d.join("chain-x86_64");
+    let (c, e) = fresh_core("chain", &d);
     let kept = d.join("chain-kept");
     std::fs::copy(&e, &kept).unwrap();
     // Rebuilt with other flags: another build id, other code at the same addresses.
@@ -666,7 +663,7 @@ fn a_replaced_executable_is_not_used_and_exe_stands_in_for_it() {
         );
     }
     // --exe: the file that ran, symbolised, nothing to warn about.
-    let (v, err) = run_stderr(&[
+    let with_kept = [
         "stack",
         "--core",
         p(&c),
@@ -674,7 +671,8 @@ fn a_replaced_executable_is_not_used_and_exe_stands_in_for_it() {
         p(&kept),
         "--format",
         "json",
-    ]);
+    ];
+    let (v, err) = run_stderr(&with_kept);
     check_chain(&v);
     assert_eq!(err, "", "{err}");
     // --exe with the rebuilt file: used (the user chose it), with a warning.
@@ -682,15 +680,7 @@ fn a_replaced_executable_is_not_used_and_exe_stands_in_for_it() {
     assert!(err.contains("--exe") && err.contains("build id"), "{err}");
     // Deleted: --exe supplies it, and no frame needs the missing path.
     std::fs::remove_file(&e).unwrap();
-    let (v, err) = run_stderr(&[
-        "stack",
-        "--core",
-        p(&c),
-        "--exe",
-        p(&kept),
-        "--format",
-        "json",
-    ]);
+    let (v, err) = run_stderr(&with_kept);
     check_chain(&v);
     assert_eq!(err, "", "{err}");
     let _ = std::fs::remove_dir_all(d);

@@ -244,69 +244,58 @@ fn check_build_ids(core: &Core, s: &mut Symbolizer, forced: Option<&str>) {
     }
 }
 
+/// The bytes of the ELF object whose first byte is at `base` in the core's memory, from its
+/// header through its program headers (at most 64 KiB), if the core holds them: what
+/// [`build_id_in_memory`] and [`add_vdso`] parse, with `object`.
+fn elf_head_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
+    use object::read::elf::FileHeader;
+    let mem = core.memory();
+    let mut h = [0u8; 64];
+    if !mem.read_bytes(base, &mut h) {
+        return None;
+    }
+    let hdr = object::elf::FileHeader64::<object::LittleEndian>::parse(&h[..]).ok()?;
+    let e = hdr.endian().ok()?;
+    let phdrs = u64::from(hdr.e_phnum(e)) * u64::from(hdr.e_phentsize(e));
+    let end = hdr.e_phoff(e).checked_add(phdrs)?.max(64);
+    if end > 1 << 16 {
+        return None;
+    }
+    let mut head = vec![0u8; end as usize];
+    mem.read_bytes(base, &mut head).then_some(head)
+}
+
 /// The GNU build id of the ELF object mapped at `base` in the core's memory (its header, at
 /// file offset 0, and its notes, which the kernel dumps with the first page of every mapped
 /// ELF file), if the core holds them.
 fn build_id_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
-    const PT_LOAD: u32 = 1;
-    const PT_NOTE: u32 = 4;
-    const NT_GNU_BUILD_ID: u32 = 3;
+    use object::read::elf::{FileHeader, NoteIterator, ProgramHeader};
+    let head = elf_head_in_memory(core, base)?;
+    let hdr = object::elf::FileHeader64::<object::LittleEndian>::parse(&*head).ok()?;
+    let e = hdr.endian().ok()?;
+    let phdrs = hdr.program_headers(e, &*head).ok()?;
+    // Runtime address = link address + bias, from the segment that maps file offset 0.
+    let load0 = phdrs
+        .iter()
+        .find(|ph| ph.p_type(e) == object::elf::PT_LOAD && ph.p_offset(e) == 0)?;
+    let bias = base.wrapping_sub(load0.p_vaddr(e));
     let mem = core.memory();
-    let mut h = [0u8; 64];
-    if !mem.read_bytes(base, &mut h) || h[..4] != *b"\x7fELF" || h[4] != 2 {
-        return None;
-    }
-    let u16_at = |b: &[u8], o: usize| u64::from(u16::from_le_bytes([b[o], b[o + 1]]));
-    let u32_at = |b: &[u8], o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |b: &[u8], o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
-    let (phoff, phentsize, phnum) = (u64_at(&h, 0x20)?, u16_at(&h, 0x36), u16_at(&h, 0x38));
-    if phentsize < 56 {
-        return None;
-    }
-    let mut load0 = None;
-    let mut notes = Vec::new();
-    for i in 0..phnum.min(64) {
-        let mut ph = [0u8; 56];
-        if !mem.read_bytes(
-            base.checked_add(phoff.checked_add(i * phentsize)?)?,
-            &mut ph,
-        ) {
-            return None;
-        }
-        let (kind, offset, vaddr, filesz) = (
-            u32_at(&ph, 0)?,
-            u64_at(&ph, 8)?,
-            u64_at(&ph, 16)?,
-            u64_at(&ph, 32)?,
-        );
-        if kind == PT_LOAD && offset == 0 && load0.is_none() {
-            load0 = Some(vaddr);
-        }
-        if kind == PT_NOTE {
-            notes.push((vaddr, filesz.min(4096)));
-        }
-    }
-    let bias = base.wrapping_sub(load0?);
-    for (vaddr, len) in notes {
-        let mut n = vec![0u8; len as usize];
-        if !mem.read_bytes(bias.wrapping_add(vaddr), &mut n) {
+    for ph in phdrs
+        .iter()
+        .filter(|ph| ph.p_type(e) == object::elf::PT_NOTE)
+    {
+        let mut n = vec![0u8; ph.p_filesz(e).min(4096) as usize];
+        if !mem.read_bytes(bias.wrapping_add(ph.p_vaddr(e)), &mut n) {
             continue;
         }
-        let mut at = 0usize;
-        while at + 12 <= n.len() {
-            let (namesz, descsz, kind) =
-                (u32_at(&n, at)?, u32_at(&n, at + 4)?, u32_at(&n, at + 8)?);
-            let name_at = at + 12;
-            let desc_at = name_at.checked_add((namesz as usize).checked_add(3)? & !3)?;
-            let end = desc_at.checked_add((descsz as usize).checked_add(3)? & !3)?;
-            if kind == NT_GNU_BUILD_ID
-                && n.get(name_at..name_at + namesz as usize) == Some(b"GNU\0")
-            {
-                return n
-                    .get(desc_at..desc_at + descsz as usize)
-                    .map(<[u8]>::to_vec);
+        let notes = NoteIterator::<object::elf::FileHeader64<_>>::new(e, ph.p_align(e), &n[..]);
+        let Ok(mut notes) = notes else {
+            continue;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            if note.n_type(e) == object::elf::NT_GNU_BUILD_ID && note.name() == b"GNU" {
+                return Some(note.desc().to_vec());
             }
-            at = end;
         }
     }
     None
@@ -317,6 +306,7 @@ fn build_id_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
 /// symbols name the frames of threads in `clock_gettime` and friends, and its CFI walks out of
 /// them where the frame record is not set up yet (kernel and qemu cores, live processes).
 fn add_vdso(core: &Core, s: &mut Symbolizer) {
+    use object::read::elf::{FileHeader, ProgramHeader};
     const AT_SYSINFO_EHDR: u64 = 33;
     /// The x86_64 and aarch64 vDSOs are 8 KiB; this bounds what a hostile core can ask for.
     const MAX_VDSO: u64 = 1 << 20;
@@ -326,36 +316,28 @@ fn add_vdso(core: &Core, s: &mut Symbolizer) {
     if s.modules().iter().any(|m| m.range.contains(base)) {
         return;
     }
-    let mem = core.memory();
-    let mut h = [0u8; 64];
-    if !mem.read_bytes(base, &mut h) || h[..4] != *b"\x7fELF" || h[4] != 2 {
+    let Some(head) = elf_head_in_memory(core, base) else {
         return;
-    }
-    let u16_at = |o: usize| u64::from(u16::from_le_bytes([h[o], h[o + 1]]));
-    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or_default());
-    // The image's extent: its section headers (at the end of a linked file) or, without them,
-    // its program headers' file ranges.
-    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-    let (shoff, shentsize, shnum) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
-    let mut size = shoff.saturating_add(shentsize * shnum);
-    size = size.max(phoff.saturating_add(phentsize * phnum));
-    for i in 0..phnum.min(64) {
-        let mut ph = [0u8; 56];
-        let Some(at) = base.checked_add(phoff.saturating_add(i * phentsize)) else {
-            return;
-        };
-        if phentsize < 56 || !mem.read_bytes(at, &mut ph) {
-            return;
-        }
-        let off = u64::from_le_bytes(ph[8..16].try_into().unwrap_or_default());
-        let filesz = u64::from_le_bytes(ph[32..40].try_into().unwrap_or_default());
-        size = size.max(off.saturating_add(filesz));
+    };
+    let Ok(hdr) = object::elf::FileHeader64::<object::LittleEndian>::parse(&*head) else {
+        return;
+    };
+    let Ok(e) = hdr.endian() else { return };
+    let Ok(phdrs) = hdr.program_headers(e, &*head) else {
+        return;
+    };
+    // The image's extent: its section headers (at the end of a linked file), its program
+    // headers and their file ranges.
+    let shdrs = u64::from(hdr.e_shnum(e)) * u64::from(hdr.e_shentsize(e));
+    let mut size = hdr.e_shoff(e).saturating_add(shdrs).max(head.len() as u64);
+    for ph in phdrs {
+        size = size.max(ph.p_offset(e).saturating_add(ph.p_filesz(e)));
     }
     if !(64..=MAX_VDSO).contains(&size) {
         return;
     }
     let mut bytes = vec![0u8; size as usize];
-    if mem.read_bytes(base, &mut bytes) {
+    if core.memory().read_bytes(base, &mut bytes) {
         s.add_image(bytes, "[vdso]", base);
     }
 }
@@ -840,13 +822,11 @@ pub fn unwind_paused<P: Pause>(
             paused.len()
         ));
     }
-    warnings.extend(crate::needed_modules::needed(
-        module_warnings,
-        &core.mappings,
-        opts.sysroot.as_deref(),
-        &symbols.open_policy,
-        &pcs,
-    ));
+    let needed = |w, pcs: &[u64]| {
+        let (sysroot, policy) = (opts.sysroot.as_deref(), &symbols.open_policy);
+        crate::needed_modules::needed(w, &core.mappings, sysroot, policy, pcs)
+    };
+    warnings.extend(needed(module_warnings, &pcs));
     // A file that could not be opened under its mapped path matters only for pcs no loaded
     // module covers (`--exe` may stand in for a deleted executable).
     let uncovered: Vec<u64> = pcs
@@ -854,13 +834,7 @@ pub fn unwind_paused<P: Pause>(
         .copied()
         .filter(|&pc| !symbols.modules().iter().any(|m| m.range.contains(pc)))
         .collect();
-    warnings.extend(crate::needed_modules::needed(
-        missing_warnings,
-        &core.mappings,
-        opts.sysroot.as_deref(),
-        &symbols.open_policy,
-        &uncovered,
-    ));
+    warnings.extend(needed(missing_warnings, &uncovered));
     Ok(Report {
         arch: core.arch,
         threads,
