@@ -82,8 +82,8 @@
 //!   dropped every sample of a new stack once a long-running program had sampled 4096.)
 //! - **live blocks**: a map from a sampled block's address to its stack slot and size, in
 //!   buckets of four entries on one cache line each, claimed with compare-and-swap: a first
-//!   level of [`MAP_SLOTS`] entries (65 536, in `.bss`), then up to six more, each twice the one
-//!   before, mapped (`mmap`) when needed: 8.3 million in all (a profile at rate 1 of a program
+//!   level of [`MAP_SLOTS`] entries (32 768, 512 KiB in `.bss`), then up to seven more, each twice
+//!   the one before, mapped (`mmap`) when needed: 8.4 million in all (a profile at rate 1 of a program
 //!   with millions of live allocations). A block goes in its home bucket, or (that one full) in
 //!   one of the next 15, and the buckets it passed are marked as overflowed so lookups follow;
 //!   when all 16 are full, in the next level, and its home bucket is marked as spilled. A freed
@@ -180,11 +180,15 @@ const INDEX_BITS: u32 = 18;
 const INDEX_LEN: usize = 1 << INDEX_BITS;
 const INDEX_PROBES: usize = 128;
 /// Entries in the live-block map's first level (sampled blocks not yet freed); the map grows
-/// past it by levels mapped when needed, to 127 times this.
+/// past it by levels mapped when needed, to 255 times this (8.4 million). Half a MiB: with 1 MiB
+/// the raw loop's samples cost ~0.5% more (README, "Eleventh round"); much smaller, and the
+/// sticky overflow bits of a long-running program with ~2000 live sampled blocks (a 1 GiB heap)
+/// make lookups longer (see `a_long_churn_of_blocks_keeps_lookups_one_bucket_long`: 1.13
+/// buckets per look-up with 16 Ki entries, 16 with 4 Ki).
 pub const MAP_SLOTS: usize = MAP_BUCKETS * MAP_BUCKET_ENTRIES;
 /// The map's buckets: one cache line, four entries, each.
 const MAP_BUCKETS: usize = 1 << MAP_BITS;
-const MAP_BITS: u32 = 14;
+const MAP_BITS: u32 = 13;
 const MAP_BUCKET_ENTRIES: usize = 4;
 /// A block is placed at most this many buckets after its home bucket (64 entries).
 const MAP_PROBE_BUCKETS: usize = 16;
@@ -667,9 +671,16 @@ const POLICY: Policy = ProfileKind::Heap.policy().max_depth(MAX_FRAMES);
 /// Records one sampled allocation: capture, policy, stack slot, live-block entry.
 #[inline(never)]
 fn record(addr: u64, size: u64) {
-    // The block's live-map entry is a cache miss (a random line of 1 MiB): start it now, so
-    // that it arrives while the stack is captured.
-    prefetch(&MAP[map_home(addr)]);
+    // The lines the block's live-map entry and filter counters are on are likely cache misses
+    // (a sample comes every ~512 KiB of allocation): start loading them all now, so that they
+    // arrive, in parallel, while the stack is captured. (The home bucket alone: ~0.5% more
+    // on the raw loop.)
+    let home = map_home(addr);
+    prefetch(&MAP[home]);
+    prefetch(&OVERFLOW[home / 64]);
+    prefetch(&SPILL[home / 64]);
+    prefetch(&FILTER[filter_index(addr)]);
+    prefetch(&REGIONS[region_index(addr)]);
     // This thread's capture buffers; a stack buffer if they are in use (they cannot be: the
     // sampling path does not nest on a thread) or gone.
     let cell = CAPTURES.try_with(|c| c as *const RefCell<Captures>).ok();
@@ -1072,11 +1083,15 @@ fn filter_remove(addr: u64) {
 
 /// Could `addr` be a tracked block? A relaxed load of its region's counter and, when that is
 /// not zero, of its filter counter. A tracked block has both counters above zero: a free can
-/// only err towards looking in the map.
+/// only err towards looking in the map. Past the region counter, the home bucket's line is
+/// prefetched, so that its miss overlaps the filter counter's.
 #[inline(always)]
 fn may_be_tracked(addr: u64) -> bool {
-    REGIONS[region_index(addr)].load(Ordering::Relaxed) != 0
-        && FILTER[filter_index(addr)].load(Ordering::Relaxed) != 0
+    if REGIONS[region_index(addr)].load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    prefetch(&MAP[map_home(addr)]);
+    FILTER[filter_index(addr)].load(Ordering::Relaxed) != 0
 }
 
 /// One level of the live-block map: its buckets and, per bucket, an overflow bit (see
@@ -1091,10 +1106,10 @@ struct Level {
 }
 
 /// Levels of the live-block map beyond the static one, each twice the one before, mapped
-/// (`mmap`) when the one before has no room left for an address: 64 Ki entries in `.bss`,
-/// then 128 Ki, 256 Ki, ... 4 Mi, 8.3 M in all (a program profiled at rate 1 keeps every live
+/// (`mmap`) when the one before has no room left for an address: 32 Ki entries in `.bss`,
+/// then 64 Ki, 128 Ki, ... 4 Mi, 8.4 M in all (a program profiled at rate 1 keeps every live
 /// allocation tracked; a fixed map counted those beyond it as freed at once).
-const MAP_LEVELS: usize = 7;
+const MAP_LEVELS: usize = 8;
 
 #[allow(clippy::declare_interior_mutable_const)]
 const NO_LEVEL: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
@@ -1237,7 +1252,7 @@ fn map_find(addr: u64) -> Option<&'static [AtomicU64; 2]> {
     None
 }
 
-/// Tracks `addr`. False when no level has room for it (more than 8 million tracked blocks, or
+/// Tracks `addr`. False when no level has room for it (more than 8.4 million tracked blocks, or
 /// a level cannot be mapped).
 ///
 /// One bucket (one cache line) in the common case: the home bucket of the first level, read
