@@ -437,21 +437,33 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> io::Result<()> {
         .collect::<io::Result<_>>()?;
     let t0 = Instant::now();
     let mut err = io::stderr();
+    // On a terminal, one progress line rewritten in place; otherwise (a log, CI) a line a second.
+    let tty = std::io::IsTerminal::is_terminal(&err);
+    let mut printed = Duration::ZERO;
     while t0.elapsed() < opts.duration {
         std::thread::sleep(Duration::from_millis(250).min(opts.duration));
+        let now = t0.elapsed();
+        if !tty && now < opts.duration && now < printed + Duration::from_secs(1) {
+            continue;
+        }
+        printed = now;
         let s = profiler.stats();
         let _ = write!(
             err,
-            "\r  running {:4.1}/{:.1} s  rounds {:5}  cpu samples {:6}  dropped {}  heap samples {:5}",
-            t0.elapsed().as_secs_f64(),
+            "{}  running {:4.1}/{:.1} s  rounds {:5}  cpu samples {:6}  dropped {}  heap samples {:5}{}",
+            if tty { "\r" } else { "" },
+            now.as_secs_f64(),
             opts.duration.as_secs_f64(),
             rounds.load(Ordering::Relaxed),
             s.recorded,
             s.dropped,
-            unwind::heap::stats().samples
+            unwind::heap::stats().samples,
+            if tty { "" } else { "\n" }
         );
     }
-    let _ = writeln!(err);
+    if tty {
+        let _ = writeln!(err);
+    }
     // The heap profile is taken while the workers still hold their retained blocks.
     let (heap_samples, hs) = if heap_on {
         unwind::heap::stop();

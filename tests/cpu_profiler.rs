@@ -573,6 +573,15 @@ fn demo_binary_writes_profiles_that_parse() {
         );
     }
     assert!(stdout.contains("continued on the other stack"), "{stdout}");
+    // stderr is a pipe here, not a terminal: progress as whole lines, no carriage returns.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains('\r'), "{stderr:?}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["running", "2.0/2.0"])),
+        "{stderr}"
+    );
     for f in ["cpu.pb.gz", "cpu.folded", "cpu.svg"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }

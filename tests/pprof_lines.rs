@@ -139,6 +139,25 @@ fn pprof_has_inlined_lines_build_ids_and_thread_labels() {
         .and_then(|r| r.split('/').nth(2))
         .and_then(|o| u64::from_str_radix(o.trim_start_matches("0x"), 16).ok());
     assert_eq!(offset, Some(text_off), "{mapping}");
+    // ... and its range is the one `/proc/self/maps` shows for it: page-aligned at both ends.
+    let range: Vec<u64> = mapping
+        .split_whitespace()
+        .nth(1)
+        .map(|r| {
+            r.split('/')
+                .take(2)
+                .filter_map(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(range.len(), 2, "{mapping}");
+    assert!(range[0] % 4096 == 0 && range[1] % 4096 == 0, "{mapping}");
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(
+        maps.lines().any(|l| l.contains(" r-xp ")
+            && l.split(' ').next() == Some(&format!("{:x}-{:x}", range[0], range[1]))),
+        "{mapping} is no r-xp line of:\n{maps}"
+    );
     let symbolizer = ["addr2line", "llvm-symbolizer"].iter().any(|t| {
         Command::new(t)
             .arg("--version")

@@ -117,7 +117,7 @@ pub fn build_id(data: &[u8]) -> Option<Vec<u8>> {
 
 /// The module's executable `PT_LOAD` segments as a process maps them (what a `r-xp` line of
 /// `/proc/self/maps` shows): `(address, end, file offset)` at file addresses (add the load bias),
-/// the start and the offset rounded down to the page. pprof turns an address into a symbol
+/// the start and the offset rounded down to the page, the end up to it. pprof turns an address into a symbol
 /// address as `addr - start + offset - p_offset + p_vaddr` of the segment holding that file
 /// offset, which holds only for a mapping that starts at a segment's page: a mapping spanning
 /// the whole module at offset 0 sent addresses past the first segment to the wrong function
@@ -141,7 +141,7 @@ pub fn exec_segments(data: &[u8]) -> Vec<(u64, u64, u64)> {
         .filter_map(|s| {
             let (vaddr, memsz) = (s.address(), s.size());
             let (off, _) = s.file_range();
-            let end = vaddr.checked_add(memsz)?;
+            let end = vaddr.checked_add(memsz)?.checked_add(PAGE)? & !PAGE;
             let off = off.checked_sub(vaddr & PAGE)?;
             Some((vaddr & !PAGE, end, off))
         })
