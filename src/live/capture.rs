@@ -963,16 +963,19 @@ mod by_cfi_tests {
             let mut want = [Frame::EMPTY; 64];
             let w = by_records(&mut want);
             // `by_cfi` stands for a public capture function (its caller, this closure, is frame
-            // 0); `by_records` calls one (frame 0 is the return into `by_records`): the same
-            // callers from there on.
-            assert!(t.len > 12 && w.len > 12, "{t:?} {w:?}");
+            // 0); `by_records` calls one: frame 0 is the return into `by_records`, unless the
+            // optimiser inlined `capture_with` there (release builds), and then it is this
+            // closure. The same callers from the closure on.
+            assert!(t.len > 12 && w.len > 13, "{t:?} {w:?}");
             let pcs = |f: &[Frame]| f.iter().map(|f| f.pc).collect::<Vec<_>>();
-            // Frame 0 of each is its own call site in this closure.
             let sym = crate::symbols::Symbolizer::for_current_process();
             let name = |f: &Frame| sym.lookup(f.lookup_pc()).map(|s| s.name.to_string());
-            assert_eq!(name(&all[0]), name(&want[1]));
             assert!(name(&all[0]).unwrap().contains("{{closure}}"));
-            assert_eq!(pcs(&all[1..12]), pcs(&want[2..13]));
+            let k = want[..2]
+                .iter()
+                .position(|f| name(f) == name(&all[0]))
+                .unwrap_or_else(|| panic!("no closure frame in {w:?}"));
+            assert_eq!(pcs(&all[1..12]), pcs(&want[k + 1..k + 12]));
             assert!(all[..12]
                 .iter()
                 .all(|f| f.via == crate::frame::Via::Dwarf
