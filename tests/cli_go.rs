@@ -45,6 +45,15 @@ fn names(t: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The first thread of `v` (the CLI's JSON) with a frame in function `name`.
+fn thread_in<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| names(t).iter().any(|n| n == name))
+}
+
 #[test]
 fn go_statement_crosses_systemstack() {
     if !cfg!(target_arch = "x86_64") {
@@ -310,11 +319,7 @@ fn go_morestack_crosses_to_the_growing_function() {
         // Every mode crosses: Dwarf and Hybrid end the g0 walk at morestack as FP does.
         for mode in ["dwarf", "hybrid"] {
             let v = unwind_json(&core, &["--exe", exe, "--mode", mode]);
-            let t = v["threads"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| names(t).iter().any(|n| n == "runtime.newstack"))
+            let t = thread_in(&v, "runtime.newstack")
                 .unwrap_or_else(|| panic!("{arch} {mode}: no thread in runtime.newstack: {v}"));
             let n = names(t);
             let ms = position(&n, "runtime.morestack.abi0");
@@ -326,11 +331,7 @@ fn go_morestack_crosses_to_the_growing_function() {
             );
         }
         let v = unwind_json(&core, &["--exe", exe]);
-        let t = v["threads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| names(t).iter().any(|n| n == "runtime.newstack"))
+        let t = thread_in(&v, "runtime.newstack")
             .unwrap_or_else(|| panic!("{arch}: no thread in runtime.newstack: {v}"));
         let n = names(t);
         let frames = t["frames"].as_array().unwrap();
@@ -361,12 +362,7 @@ fn go_morestack_crosses_to_the_growing_function() {
         assert_eq!(n.len(), 1024, "{arch}");
         assert_eq!(t["truncated"], true, "{arch}");
         let all = unwind_json(&core, &["--exe", exe, "--max-frames", "100000"]);
-        let t = all["threads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| names(t).iter().any(|n| n == "runtime.newstack"))
-            .unwrap();
+        let t = thread_in(&all, "runtime.newstack").unwrap();
         let n = names(t);
         assert!(n.len() > 1024, "{arch}: {}", n.len());
         // amd64 reaches the goroutine's root. arm64 (qemu) ends inside the recursion, after
@@ -405,11 +401,7 @@ fn go_fault_at_a_function_entry_keeps_the_faulting_function_and_its_callers() {
         let exe = exe.to_str().unwrap();
         for mode in ["hybrid", "dwarf"] {
             let v = unwind_json(&core, &["--exe", exe, "--mode", mode]);
-            let t = v["threads"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| names(t).iter().any(|n| n == "runtime.sigpanic"))
+            let t = thread_in(&v, "runtime.sigpanic")
                 .unwrap_or_else(|| panic!("{arch} {mode}: no thread in runtime.sigpanic: {v}"));
             let n = names(t);
             let sp = position(&n, "runtime.sigpanic");

@@ -254,7 +254,7 @@ fn elf_head_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
     if !mem.read_bytes(base, &mut h) {
         return None;
     }
-    let hdr = object::elf::FileHeader64::<object::LittleEndian>::parse(&h[..]).ok()?;
+    let hdr = ElfHeader::parse(&h[..]).ok()?;
     let e = hdr.endian().ok()?;
     let phdrs = u64::from(hdr.e_phnum(e)) * u64::from(hdr.e_phentsize(e));
     let end = hdr.e_phoff(e).checked_add(phdrs)?.max(64);
@@ -265,15 +265,25 @@ fn elf_head_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
     mem.read_bytes(base, &mut head).then_some(head)
 }
 
+type ElfHeader = object::elf::FileHeader64<object::LittleEndian>;
+type ElfProgramHeader = object::elf::ProgramHeader64<object::LittleEndian>;
+
+/// `data`'s ELF64 header, its endianness and its program headers, parsed with `object`; `None`
+/// when any of them does not parse.
+fn elf_headers(data: &[u8]) -> Option<(&ElfHeader, object::LittleEndian, &[ElfProgramHeader])> {
+    use object::read::elf::FileHeader;
+    let hdr = ElfHeader::parse(data).ok()?;
+    let e = hdr.endian().ok()?;
+    Some((hdr, e, hdr.program_headers(e, data).ok()?))
+}
+
 /// The GNU build id of the ELF object mapped at `base` in the core's memory (its header, at
 /// file offset 0, and its notes, which the kernel dumps with the first page of every mapped
 /// ELF file), if the core holds them.
 fn build_id_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
-    use object::read::elf::{FileHeader, NoteIterator, ProgramHeader};
+    use object::read::elf::{NoteIterator, ProgramHeader};
     let head = elf_head_in_memory(core, base)?;
-    let hdr = object::elf::FileHeader64::<object::LittleEndian>::parse(&*head).ok()?;
-    let e = hdr.endian().ok()?;
-    let phdrs = hdr.program_headers(e, &*head).ok()?;
+    let (_, e, phdrs) = elf_headers(&head)?;
     // Runtime address = link address + bias, from the segment that maps file offset 0.
     let load0 = phdrs
         .iter()
@@ -319,11 +329,7 @@ fn add_vdso(core: &Core, s: &mut Symbolizer) {
     let Some(head) = elf_head_in_memory(core, base) else {
         return;
     };
-    let Ok(hdr) = object::elf::FileHeader64::<object::LittleEndian>::parse(&*head) else {
-        return;
-    };
-    let Ok(e) = hdr.endian() else { return };
-    let Ok(phdrs) = hdr.program_headers(e, &*head) else {
+    let Some((hdr, e, phdrs)) = elf_headers(&head) else {
         return;
     };
     // The image's extent: its section headers (at the end of a linked file), its program
@@ -361,17 +367,13 @@ fn read_c_string(core: &Core, addr: u64) -> Option<String> {
 
 /// The dynamic linker (`PT_INTERP`, at `AT_BASE`) and the link map's libraries.
 fn add_link_map(core: &Core, exe: &Path, sysroot: Option<&Path>, s: &mut Symbolizer) {
-    use object::read::elf::{FileHeader, ProgramHeader};
+    use object::read::elf::ProgramHeader;
     const AT_BASE: u64 = 7;
     const DT_DEBUG: u64 = 21;
     let Ok(data) = crate::safe_open::map(exe, &s.open_policy) else {
         return;
     };
-    let Ok(hdr) = object::elf::FileHeader64::<object::LittleEndian>::parse(&*data) else {
-        return;
-    };
-    let Ok(e) = hdr.endian() else { return };
-    let Ok(phdrs) = hdr.program_headers(e, &*data) else {
+    let Some((_, e, phdrs)) = elf_headers(&data) else {
         return;
     };
     let Some(exe_bias) = s
