@@ -103,6 +103,63 @@ pub fn acquire() {
         .ok();
 }
 
+/// The watcher's lock held.
+#[cfg(feature = "profilers")]
+type WatcherGuard = std::sync::MutexGuard<'static, Option<std::thread::JoinHandle<()>>>;
+
+#[cfg(feature = "profilers")]
+thread_local! {
+    /// The watcher's lock, held by the forking thread from before a `fork` to after it (the
+    /// profilers' fork handlers).
+    static FORK_HELD: core::cell::RefCell<Option<WatcherGuard>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+/// Before a `fork` (the profilers' fork handlers): the forking thread takes the watcher's lock.
+#[cfg(feature = "profilers")]
+pub(crate) fn fork_prepare() {
+    let g = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = FORK_HELD.try_with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut() {
+            *h = Some(g);
+        }
+    });
+}
+
+/// After a `fork`: releases the watcher's lock. In the `child`, first forgets the parent's
+/// watcher thread (it does not run there: the next [`acquire`] starts one) and a [`poll`] that
+/// another parent thread was in.
+#[cfg(feature = "profilers")]
+pub(crate) fn fork_release(child: bool) {
+    let _ = FORK_HELD.try_with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut() {
+            if let Some(mut g) = h.take() {
+                if child {
+                    // Not dropped: its thread is not this process's, so there is nothing to
+                    // detach or join.
+                    if let Some(handle) = g.take() {
+                        std::mem::forget(handle);
+                    }
+                    POLLING.store(false, Ordering::Release);
+                }
+            }
+        }
+    });
+}
+
+/// Tests of the fork handlers: holds the watcher's lock.
+#[cfg(all(test, feature = "profilers"))]
+pub(crate) fn hold_for_test() -> std::sync::MutexGuard<'static, Option<std::thread::JoinHandle<()>>>
+{
+    WATCHER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// In a forked child: is the watcher's lock free?
+#[cfg(all(test, feature = "profilers"))]
+pub(crate) fn free_in_child_for_test() -> bool {
+    WATCHER.try_lock().is_ok()
+}
+
 /// Profilers that keep the tables current through [`poll`] (no watcher thread).
 static POLLERS: AtomicUsize = AtomicUsize::new(0);
 /// When [`poll`] looks next (`CLOCK_MONOTONIC_COARSE`, nanoseconds).

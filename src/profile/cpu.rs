@@ -480,7 +480,7 @@ struct ThreadEntry {
 // the process may pass it to timer_settime/timer_delete.
 unsafe impl Send for ThreadEntry {}
 
-struct Registry {
+pub(super) struct Registry {
     threads: Vec<ThreadEntry>,
     /// Timers of unregistered threads ([`Threads::All`]).
     others: crate::threads::Timers,
@@ -513,6 +513,46 @@ fn forget_inherited(reg: &mut Registry) {
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+thread_local! {
+    /// The registry's lock, held by the forking thread from before a `fork` to after it (see
+    /// `profile::fork`).
+    static FORK_HELD: core::cell::RefCell<Option<MutexGuard<'static, Registry>>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+/// Before a `fork`: the forking thread takes the registry's lock (the collector takes it every
+/// 10 ms; held at the fork, it would stay held in the child, whose profiler could not start).
+pub(super) fn fork_prepare() {
+    let g = registry();
+    let _ = FORK_HELD.try_with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut() {
+            *h = Some(g);
+        }
+    });
+}
+
+/// After a `fork`, in the parent and in the child: releases the registry's lock. (The child's
+/// copy of the parent's profiler is forgotten when it is stopped or a profiler starts there.)
+pub(super) fn fork_release() {
+    let _ = FORK_HELD.try_with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut() {
+            h.take();
+        }
+    });
+}
+
+/// Tests of `profile::fork`: holds the registry's lock.
+#[cfg(test)]
+pub(super) fn hold_for_test() -> MutexGuard<'static, Registry> {
+    registry()
+}
+
+/// In a forked child: is the registry's lock free?
+#[cfg(test)]
+pub(super) fn free_in_child_for_test() -> bool {
+    REGISTRY.try_lock().is_ok()
 }
 
 fn errno() -> i32 {
@@ -902,6 +942,16 @@ impl Shared {
         self.collected.fetch_add(n, Ordering::Relaxed);
         n
     }
+
+    /// The stacks of a profiler copied into a `fork` child, without waiting: the parent's
+    /// collector may have held their lock at the fork, and it does not run here (then none).
+    fn inherited_stacks(&self) -> Option<std::sync::MutexGuard<'_, Stacks>> {
+        match self.stacks.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
 }
 
 /// A running CPU profiler. [`CpuProfiler::stop`] (or dropping it) stops it.
@@ -923,6 +973,7 @@ impl CpuProfiler {
             return Err(Error::BadFrequency);
         }
         crate::init();
+        super::fork::register();
         let cfi = config.mode != Mode::FramePointer && !config.naive;
         if cfi {
             // Prepares every loaded module's CFI here, not in the handler, and keeps it
@@ -1093,8 +1144,16 @@ impl CpuProfiler {
     /// Stops the timers, waits for running handlers, collects the rest and returns the profile.
     pub fn stop(mut self) -> CpuProfile {
         self.halt();
-        let collected =
-            std::mem::take(&mut *self.shared.stacks.lock().unwrap_or_else(|e| e.into_inner()));
+        let collected = if self.pid != std::process::id() {
+            // The parent's profiler, copied into a `fork` child: its samples, if their lock is
+            // free (see `Shared::inherited_stacks`).
+            self.shared
+                .inherited_stacks()
+                .map(|mut g| std::mem::take(&mut *g))
+                .unwrap_or_default()
+        } else {
+            std::mem::take(&mut *self.shared.stacks.lock().unwrap_or_else(|e| e.into_inner()))
+        };
         let order = |a: &(Vec<Frame>, u64), b: &(Vec<Frame>, u64)| {
             b.1.cmp(&a.1).then_with(|| a.0.len().cmp(&b.0.len()))
         };
@@ -1133,8 +1192,8 @@ impl CpuProfiler {
             // The parent's profiler, copied into a `fork` child: its collector thread and
             // timers are not here (joining the thread panicked). Clear the state it left
             // unless the child started a profiler of its own since.
-            // Not `registry()`: a parent thread (the collector) may have held the lock at the
-            // fork, and no thread of this process will release it; then the state stays.
+            // The fork handlers (`profile::fork`) leave the lock free in the child; a try all
+            // the same, so that a fork they did not see (a raw `clone`) cannot make this wait.
             let reg = match REGISTRY.try_lock() {
                 Ok(g) => Some(g),
                 Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
@@ -1148,7 +1207,10 @@ impl CpuProfiler {
             if let Some(c) = self.collector.take() {
                 std::mem::forget(c);
             }
-            self.shared.drain();
+            if let Some(mut g) = self.shared.inherited_stacks() {
+                let n = drain(&mut g);
+                self.shared.collected.fetch_add(n, Ordering::Relaxed);
+            }
             if self.config.mode != Mode::FramePointer && !self.config.naive {
                 crate::module_watch::release();
             }

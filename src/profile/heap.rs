@@ -129,9 +129,10 @@
 //!   tables, and lowers the flag. Sampled allocations and frees that arrive meanwhile skip the
 //!   tables ([`Stats::dropped_reset`]). [`start`], [`stop`], [`reset`], [`set_rate`] and
 //!   [`snapshot`] allocate and take a mutex: call them from ordinary code, not from signal
-//!   handlers or from inside an allocator. (After `fork`, a child whose parent had another
-//!   thread inside a table update at the moment of the fork would wait forever in [`reset`]:
-//!   in a forked child, do not call it.)
+//!   handlers or from inside an allocator. A `fork` waits for a start, stop, reset or
+//!   snapshot running on another thread, and the child forgets the table updates the parent's
+//!   other threads were inside (their threads do not run there), so a forked child can use the
+//!   profiler as the parent did.
 //!
 //! The profiler's state is process-wide: every `Sampling` value (a program has one global
 //! allocator, but a wrapper may also be called directly) feeds the same tables.
@@ -1332,6 +1333,58 @@ fn control() -> std::sync::MutexGuard<'static, ()> {
     CONTROL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+thread_local! {
+    /// The control lock, held by the forking thread from before a `fork` to after it (see
+    /// `profile::fork`).
+    static FORK_HELD: RefCell<Option<std::sync::MutexGuard<'static, ()>>> =
+        const { RefCell::new(None) };
+}
+
+/// Before a `fork`: the forking thread takes the control lock (so no start, stop, reset or
+/// snapshot is half done in the child).
+pub(super) fn fork_prepare() {
+    let g = control();
+    let _ = FORK_HELD.try_with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut() {
+            *h = Some(g);
+        }
+    });
+}
+
+/// After a `fork`: releases the control lock; in the `child`, first forgets the table updates
+/// that the parent's other threads were inside (they do not run here, and [`reset`] would wait
+/// for them forever).
+pub(super) fn fork_release(child: bool) {
+    if child {
+        IN_FLIGHT.store(0, Ordering::SeqCst);
+    }
+    let _ = FORK_HELD.try_with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut() {
+            h.take();
+        }
+    });
+}
+
+/// Tests of `profile::fork`: holds the control lock, inside a table update (until
+/// [`leave_for_test`]).
+#[cfg(test)]
+pub(super) fn hold_for_test() -> std::sync::MutexGuard<'static, ()> {
+    let g = control();
+    assert!(enter());
+    g
+}
+
+#[cfg(test)]
+pub(super) fn leave_for_test() {
+    exit();
+}
+
+/// In a forked child: are the control lock free and no table update in flight?
+#[cfg(test)]
+pub(super) fn free_in_child_for_test() -> bool {
+    CONTROL.try_lock().is_ok() && IN_FLIGHT.load(Ordering::SeqCst) == 0
+}
+
 /// Bumps the epoch, setting the enabled bit to `on`. The calling thread sees the change at its
 /// next allocation; other threads within [`NOTICE`] bytes of theirs.
 fn bump(on: bool) {
@@ -1393,6 +1446,7 @@ fn watch_modules() {
 }
 
 fn start_inner(rate: u64) {
+    super::fork::register();
     let _g = control();
     // The shared line's address escapes here, so the optimiser keeps `SHARED` whole (one line)
     // instead of splitting its fields into separate globals.
@@ -1410,6 +1464,7 @@ fn start_inner(rate: u64) {
 /// [`start`] with a classifier of your own (runtime ranges, system switches): it replaces the
 /// current one (the old one is leaked, as allocator calls may still read it).
 pub fn start_with_classifier(rate: u64, classifier: Classifier) {
+    super::fork::register();
     let _g = control();
     watch_modules();
     crate::init();

@@ -5,6 +5,7 @@ mod output;
 pub use output::*;
 
 pub mod cpu;
+mod fork;
 pub mod heap;
 pub mod lines;
 mod sigprof;
