@@ -131,7 +131,7 @@ fn stack(args: &[String]) -> Result<(), String> {
                     .filter(|&n| n > 0)
                     .ok_or(format!("--max-frames {v}: expected a positive number"))?;
             }
-            other => return Err(format!("unknown option '{other}' (unwind --help: usage)")),
+            other => return Err(unknown(other)),
         }
     }
     let report = match (pid, core) {
@@ -193,8 +193,21 @@ fn core_option(
     Ok(true)
 }
 
-/// Opens the core at `path`, after checking that `--exe`, if given, is a regular file.
+/// Opens the core at `path`, after checking that `--sysroot`, if given, is a directory and
+/// that `--exe`, if given, is a regular file; then that `--exe` is an ELF file of the core's
+/// architecture (another's symbols would name every frame wrongly).
 fn open_core(path: PathBuf, opts: &Options) -> Result<unwind::core_file::Core, String> {
+    if let Some(dir) = &opts.sysroot {
+        let why = match std::fs::metadata(dir) {
+            Err(_) => Some("no such directory"),
+            Ok(m) if !m.is_dir() => Some("not a directory"),
+            Ok(_) => None,
+        };
+        if let Some(why) = why {
+            let dir = dir.display().to_string();
+            return Err(format!("--sysroot {}: {why}", dir.escape_debug()));
+        }
+    }
     if let Some(exe) = &opts.exe {
         let why = match std::fs::metadata(exe) {
             Err(_) => Some("no such file"),
@@ -206,10 +219,69 @@ fn open_core(path: PathBuf, opts: &Options) -> Result<unwind::core_file::Core, S
             return Err(format!("--exe {}: {why}", exe.escape_debug()));
         }
     }
-    unwind::core_file::Core::open(&path).map_err(|e| {
+    let core = unwind::core_file::Core::open(&path).map_err(|e| {
         let p = path.display().to_string();
         format!("{}: {e}", p.escape_debug())
-    })
+    })?;
+    if let Some(exe) = &opts.exe {
+        if let Err(why) = exe_matches(exe, core.arch) {
+            let exe = exe.display().to_string();
+            return Err(format!("--exe {}: {why}", exe.escape_debug()));
+        }
+    }
+    Ok(core)
+}
+
+/// Is the file at `exe` a 64-bit little-endian ELF file for `arch` (its header's class, data
+/// encoding and `e_machine`)? The reason when it is not. A file that may not be read as a
+/// module (`safe_open`: under `/proc`, empty, ...) is not looked at here: the module is
+/// refused later, with a warning.
+fn exe_matches(exe: &std::path::Path, arch: unwind::ArchKind) -> Result<(), String> {
+    use std::io::Read;
+    let Ok(opened) = unwind::safe_open::open(exe, &Default::default()) else {
+        return Ok(());
+    };
+    let mut h = [0u8; 20];
+    let n = opened
+        .file
+        .take(20)
+        .read(&mut h)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if n < 20 || h[..4] != *b"\x7fELF" {
+        return Err("not an ELF file".into());
+    }
+    if h[4] != 2 || h[5] != 1 {
+        return Err("not a 64-bit little-endian ELF file, as the core's executable is".into());
+    }
+    let machine = u16::from_le_bytes([h[18], h[19]]);
+    let (want, core_name) = match arch {
+        unwind::ArchKind::X86_64 => (62, "x86_64"),
+        unwind::ArchKind::Aarch64 => (183, "aarch64"),
+    };
+    if machine != want {
+        let theirs = match machine {
+            62 => "x86_64".to_string(),
+            183 => "aarch64".to_string(),
+            m => format!("machine {m}"),
+        };
+        return Err(format!(
+            "built for {theirs}, the core is {core_name}: wrong architecture"
+        ));
+    }
+    Ok(())
+}
+
+/// The error for an argument `stack` or `verify` does not know: a word that is not an option
+/// is most likely the core, given without `--core`.
+fn unknown(a: &str) -> String {
+    if a.starts_with('-') {
+        format!("unknown option '{a}' (unwind --help: usage)")
+    } else {
+        format!(
+            "unexpected argument '{}': a core is given as --core CORE (unwind --help: usage)",
+            a.escape_debug()
+        )
+    }
 }
 
 /// A pid or tid: a positive decimal number.
@@ -232,7 +304,7 @@ fn verify(args: &[String]) -> Result<(), String> {
                 .ok_or_else(|| format!("{name} needs a value"))
         };
         if !core_option(a, &mut value, &mut core, &mut opts)? {
-            return Err(format!("unknown option '{a}' (unwind --help: usage)"));
+            return Err(unknown(a));
         }
     }
     let core = open_core(core.ok_or("--core CORE is required")?, &opts)?;

@@ -486,6 +486,33 @@ fn bad_input_exits_2_with_one_line() {
         &["stack", "--core", p(&c), "--exe", p(&d)],
         "not a regular file",
     );
+    // An --exe of another architecture, or not ELF at all: its names would all be wrong.
+    assert_bad(
+        &["stack", "--core", p(&c), "--exe", p(&exe("aarch64"))],
+        "built for aarch64, the core is x86_64: wrong architecture",
+    );
+    let text = d.join("not-elf");
+    std::fs::write(&text, "#!/bin/sh\necho hello\n").unwrap();
+    assert_bad(
+        &["stack", "--core", p(&c), "--exe", p(&text)],
+        "not an ELF file",
+    );
+    assert_bad(
+        &["verify", "--core", p(&c), "--exe", p(&exe("aarch64"))],
+        "wrong architecture",
+    );
+    // A --sysroot that is not there was ignored: the host's libraries were read instead.
+    assert_bad(
+        &["stack", "--core", p(&c), "--sysroot", p(&d.join("no-root"))],
+        "--sysroot",
+    );
+    assert_bad(
+        &["stack", "--core", p(&c), "--sysroot", p(&text)],
+        "not a directory",
+    );
+    // The core given without --core: the error says how to give it.
+    assert_bad(&["stack", p(&c)], "--core CORE");
+    assert_bad(&["verify", p(&c)], "--core CORE");
     assert_bad(
         &["stack", "--core", p(&c), "--max-frames", "0"],
         "--max-frames",

@@ -190,6 +190,17 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
         if !already {
             let placement = exe_placement(core, exe, &s.open_policy);
             s.add(exe, &display, placement);
+            // A qemu core names no files: `--exe`, placed by the auxv, is compared with the
+            // image in the core's memory (file offset 0 at `AT_PHDR` less its offset), where
+            // the core holds it (qemu leaves out the pages of mapped ELF files, whose headers
+            // and notes then cannot be compared).
+            let added = s.modules().iter().find(|m| m.path == display);
+            let mismatch = placement.zip(added).and_then(|((phdr, phoff), m)| {
+                build_id_mismatch(core, phdr.wrapping_sub(phoff), m.bytes())
+            });
+            if let (Some((ours, theirs)), Some(_)) = (mismatch, &opts.exe) {
+                s.warnings.push(exe_build_id_warning(&ours, &theirs));
+            }
         }
         if core.mappings.is_empty() {
             add_link_map(core, exe, sysroot, &mut s);
@@ -198,13 +209,12 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
     s
 }
 
-/// Drops the modules whose file's GNU build id is not the one the core's memory holds for
-/// that mapping (the file was rebuilt or replaced since the core was written): their symbols
+/// Drops the modules whose file's build id (GNU, or Go's for Go's own linker's binaries) is
+/// not the one the core's memory holds for that mapping (the file was rebuilt or replaced since the core was written): their symbols
 /// and CFI would name and walk the wrong code. Each is reported as missing (a warning when a
 /// frame needed it). The `forced` path (`--exe`'s stand-in) stays, with a warning: the user
 /// chose that file.
 fn check_build_ids(core: &Core, s: &mut Symbolizer, forced: Option<&str>) {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let mut bad = Vec::new();
     for (i, m) in s.modules().iter().enumerate() {
         let lo = core
@@ -213,24 +223,14 @@ fn check_build_ids(core: &Core, s: &mut Symbolizer, forced: Option<&str>) {
             .filter(|x| x.path == m.path && x.offset == 0)
             .map(|x| x.range.lo)
             .min();
-        let Some(theirs) = lo.and_then(|lo| build_id_in_memory(core, lo)) else {
-            continue;
-        };
-        let file = object::File::parse(m.bytes()).ok();
-        let Some(ours) = file.and_then(|f| object::Object::build_id(&f).ok().flatten()) else {
-            continue;
-        };
-        if ours != theirs.as_slice() {
-            bad.push((i, hex(ours), hex(&theirs)));
+        if let Some((ours, theirs)) = lo.and_then(|lo| build_id_mismatch(core, lo, m.bytes())) {
+            bad.push((i, ours, theirs));
         }
     }
     for (i, ours, theirs) in bad.into_iter().rev() {
         let path = s.modules()[i].path.clone();
         if Some(path.as_str()) == forced {
-            s.warnings.push(format!(
-                "--exe: its build id {ours} is not the core's executable's ({theirs}): frames \
-                 may be misnamed"
-            ));
+            s.warnings.push(exe_build_id_warning(&ours, &theirs));
         } else {
             s.remove(i);
             s.missing.push((
@@ -244,9 +244,33 @@ fn check_build_ids(core: &Core, s: &mut Symbolizer, forced: Option<&str>) {
     }
 }
 
+/// The build ids of the ELF file `file` and of the object whose first byte is at `base` in the
+/// core's memory, shown, when they differ: the GNU ones if both have one, else Go's (text).
+/// `None` when they agree or either has none.
+fn build_id_mismatch(core: &Core, base: u64, file: &[u8]) -> Option<(String, String)> {
+    let theirs = build_ids_in_memory(core, base)?;
+    let ours = build_ids_in_file(file);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // Go's build id is text ("actionID/contentID"): shown as it is.
+    let text = |b: &[u8]| String::from_utf8_lossy(b).escape_debug().to_string();
+    match (&ours.gnu, &theirs.gnu, &ours.go, &theirs.go) {
+        (Some(a), Some(b), _, _) => (a != b).then(|| (hex(a), hex(b))),
+        (_, _, Some(a), Some(b)) => (a != b).then(|| (text(a), text(b))),
+        _ => None,
+    }
+}
+
+/// The warning for an `--exe` whose build id is not the core's executable's.
+fn exe_build_id_warning(ours: &str, theirs: &str) -> String {
+    format!(
+        "--exe: its build id {ours} is not the core's executable's ({theirs}): frames may be \
+         misnamed"
+    )
+}
+
 /// The bytes of the ELF object whose first byte is at `base` in the core's memory, from its
 /// header through its program headers (at most 64 KiB), if the core holds them: what
-/// [`build_id_in_memory`] and [`add_vdso`] parse, with `object`.
+/// [`build_ids_in_memory`] and [`add_vdso`] parse, with `object`.
 fn elf_head_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
     use object::read::elf::FileHeader;
     let mem = core.memory();
@@ -277,11 +301,61 @@ fn elf_headers(data: &[u8]) -> Option<(&ElfHeader, object::LittleEndian, &[ElfPr
     Some((hdr, e, hdr.program_headers(e, data).ok()?))
 }
 
-/// The GNU build id of the ELF object mapped at `base` in the core's memory (its header, at
-/// file offset 0, and its notes, which the kernel dumps with the first page of every mapped
-/// ELF file), if the core holds them.
-fn build_id_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
-    use object::read::elf::{NoteIterator, ProgramHeader};
+/// An ELF object's build ids, from its notes.
+#[derive(Default)]
+struct BuildIds {
+    /// `NT_GNU_BUILD_ID`.
+    gnu: Option<Vec<u8>>,
+    /// Go's (`.note.go.buildid`: owner `Go`, type 4), which Go's own linker writes instead.
+    go: Option<Vec<u8>>,
+}
+
+impl BuildIds {
+    /// Takes the build ids among the notes of one `PT_NOTE` segment's bytes.
+    fn read_notes(&mut self, e: object::LittleEndian, align: u64, bytes: &[u8]) {
+        use object::read::elf::NoteIterator;
+        const NT_GO_BUILD_ID: object::elf::NoteType = object::elf::NoteType(4);
+        let Ok(mut notes) = NoteIterator::<ElfHeader>::new(e, align, bytes) else {
+            return;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            let t = note.n_type(e);
+            if t == object::elf::NT_GNU_BUILD_ID && note.name() == b"GNU" {
+                self.gnu.get_or_insert_with(|| note.desc().to_vec());
+            } else if t == NT_GO_BUILD_ID && note.name() == b"Go" {
+                self.go.get_or_insert_with(|| note.desc().to_vec());
+            }
+        }
+    }
+}
+
+/// The build ids in the notes of the ELF file `data` (none when it does not parse).
+fn build_ids_in_file(data: &[u8]) -> BuildIds {
+    use object::read::elf::ProgramHeader;
+    let mut ids = BuildIds::default();
+    if let Some((_, e, phdrs)) = elf_headers(data) {
+        for ph in phdrs
+            .iter()
+            .filter(|ph| ph.p_type(e) == object::elf::PT_NOTE)
+        {
+            let from = ph.p_offset(e);
+            let bytes = usize::try_from(from)
+                .ok()
+                .zip(usize::try_from(ph.p_filesz(e)).ok())
+                .and_then(|(from, len)| data.get(from..from.checked_add(len)?));
+            if let Some(bytes) = bytes {
+                ids.read_notes(e, ph.p_align(e), bytes);
+            }
+        }
+    }
+    ids
+}
+
+/// The build ids of the ELF object mapped at `base` in the core's memory (its header, at file
+/// offset 0, and its notes, which the kernel dumps with the first page of every mapped ELF
+/// file), if the core holds them.
+fn build_ids_in_memory(core: &Core, base: u64) -> Option<BuildIds> {
+    use object::read::elf::ProgramHeader;
     let head = elf_head_in_memory(core, base)?;
     let (_, e, phdrs) = elf_headers(&head)?;
     // Runtime address = link address + bias, from the segment that maps file offset 0.
@@ -290,6 +364,7 @@ fn build_id_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
         .find(|ph| ph.p_type(e) == object::elf::PT_LOAD && ph.p_offset(e) == 0)?;
     let bias = base.wrapping_sub(load0.p_vaddr(e));
     let mem = core.memory();
+    let mut ids = BuildIds::default();
     for ph in phdrs
         .iter()
         .filter(|ph| ph.p_type(e) == object::elf::PT_NOTE)
@@ -298,17 +373,9 @@ fn build_id_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
         if !mem.read_bytes(bias.wrapping_add(ph.p_vaddr(e)), &mut n) {
             continue;
         }
-        let notes = NoteIterator::<object::elf::FileHeader64<_>>::new(e, ph.p_align(e), &n[..]);
-        let Ok(mut notes) = notes else {
-            continue;
-        };
-        while let Ok(Some(note)) = notes.next() {
-            if note.n_type(e) == object::elf::NT_GNU_BUILD_ID && note.name() == b"GNU" {
-                return Some(note.desc().to_vec());
-            }
-        }
+        ids.read_notes(e, ph.p_align(e), &n);
     }
-    None
+    (ids.gnu.is_some() || ids.go.is_some()).then_some(ids)
 }
 
 /// The vDSO (`AT_SYSINFO_EHDR`), read from the core's memory as a module of its own

@@ -987,6 +987,56 @@ fn placement_bias(file: &object::File<'_>, map: Option<(u64, u64)>) -> u64 {
     }
 }
 
+/// Each path's mapping that places the file, paths in order of appearance: the one with the
+/// lowest file offset, and among those the one that heads the longest run of mappings of the
+/// same file (each at a higher offset, starting at or after the end of the one before and
+/// within `GAP` of it). A loaded ELF file is such a run (`r--p`, `r-xp`, `r--p`, `rw-p`); a
+/// copy of the same file that the process mapped as data (a symbolizer's map of libc,
+/// `backtrace`'s of a debug file) is a run of one, wherever it lies, and must not place the
+/// module.
+fn placing_mappings(mappings: &[Mapping]) -> Vec<&Mapping> {
+    const GAP: u64 = 1 << 30;
+    struct Run<'a> {
+        head: &'a Mapping,
+        last: &'a Mapping,
+        len: usize,
+    }
+    let mut runs: Vec<Vec<Run>> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for m in mappings.iter().filter(|m| m.path.starts_with('/')) {
+        let i = *index.entry(&m.path).or_insert_with(|| {
+            runs.push(Vec::new());
+            runs.len() - 1
+        });
+        let path_runs = &mut runs[i];
+        // The run this mapping continues: the path's latest one, if it ends just before.
+        let continues = path_runs.last_mut().filter(|r| {
+            m.offset > r.last.offset
+                && m.range.lo >= r.last.range.hi
+                && m.range.lo - r.last.range.hi <= GAP
+        });
+        match continues {
+            Some(r) => {
+                r.last = m;
+                r.len += 1;
+            }
+            None => path_runs.push(Run {
+                head: m,
+                last: m,
+                len: 1,
+            }),
+        }
+    }
+    runs.iter()
+        .filter_map(|rs| {
+            // The lowest offset, then the longest run, then the first.
+            rs.iter()
+                .min_by_key(|r| (r.head.offset, core::cmp::Reverse(r.len)))
+                .map(|r| r.head)
+        })
+        .collect()
+}
+
 /// Modules and lookups across them.
 #[derive(Default)]
 pub struct Symbolizer {
@@ -1079,19 +1129,7 @@ impl Symbolizer {
     /// in for the executable's).
     pub fn add_mappings_with(&mut self, mappings: &[Mapping], file_of: impl Fn(&str) -> PathBuf) {
         let s = self;
-        // One pass: each path's mapping with the lowest file offset, in order of appearance.
-        let mut order: Vec<&Mapping> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for m in mappings.iter().filter(|m| m.path.starts_with('/')) {
-            match index.get(m.path.as_str()) {
-                Some(&i) if order[i].offset <= m.offset => {}
-                Some(&i) => order[i] = m,
-                None => {
-                    index.insert(&m.path, order.len());
-                    order.push(m);
-                }
-            }
-        }
+        let mut order = placing_mappings(mappings);
         if order.len() > MAX_MODULES {
             s.missing.push((
                 format!(
@@ -1224,6 +1262,103 @@ mod tests {
         assert_eq!(sym.offset, 1);
         assert!(s.lookup(8).is_none());
         assert_eq!(a_function_with_a_name(), 42);
+    }
+
+    /// A symbolizer of this process while another one lives: the first one's maps of the
+    /// loaded files (libc whole, at offset 0, shared) are in `/proc/self/maps` too, and the
+    /// second took such a copy (a run of one mapping) for libc's placement, so every libc pc
+    /// missed (`getpid` unnamed, pprof frames left as bare addresses, `--pid` walks cut short).
+    #[test]
+    fn a_second_symbolizer_places_libc_where_it_is_loaded_not_where_the_first_mapped_it() {
+        let first = Symbolizer::for_current_process();
+        let getpid = libc::getpid as *const () as u64;
+        let named = |s: &Symbolizer| s.lookup(getpid + 1).map(|x| x.name.to_string());
+        let name = named(&first).expect("getpid named by the first symbolizer");
+        assert!(name.ends_with("getpid"), "{name}");
+        // The first symbolizer's copy of libc is mapped now (checked, so the test cannot pass
+        // for want of one).
+        let libc_path = first.module_of(getpid).expect("libc's module").path.clone();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let copies = crate::process::parse_maps(&maps)
+            .into_iter()
+            .filter(|v| v.path == libc_path && v.offset == 0)
+            .count();
+        assert!(
+            copies >= 2,
+            "libc mapped at offset 0 by ld.so and by the first: {maps}"
+        );
+        for _ in 0..2 {
+            let second = Symbolizer::for_current_process();
+            assert_eq!(named(&second).as_deref(), Some(name.as_str()));
+            let m = second.module_of(getpid).expect("libc's module");
+            assert_eq!(m.path, libc_path);
+        }
+        drop(first);
+    }
+
+    fn mapping(lo: u64, hi: u64, offset: u64, path: &str) -> Mapping {
+        Mapping {
+            range: Range::new(lo, hi),
+            offset,
+            path: path.into(),
+        }
+    }
+
+    /// The mapping that places each file: the loaded image's first segment, not a copy of the
+    /// file mapped as data at offset 0 before or after it; paths in order of appearance.
+    #[test]
+    fn the_loaded_image_places_a_file_not_a_data_copy_of_it() {
+        let libc = "/lib/libc.so.6";
+        let image = [
+            mapping(0x7000_0000, 0x7002_8000, 0, libc),
+            mapping(0x7002_8000, 0x701b_d000, 0x28000, libc),
+            mapping(0x701b_d000, 0x7021_5000, 0x1bd000, libc),
+            mapping(0x7021_9000, 0x7021_b000, 0x218000, libc),
+        ];
+        let copy = mapping(0x6f00_0000, 0x6f22_0000, 0, libc);
+        let exe = mapping(0x40_0000, 0x40_1000, 0, "/bin/exe");
+        let exe_text = mapping(0x40_1000, 0x40_9000, 0x1000, "/bin/exe");
+        // The copy first (mapped below the libraries, as mmap places new maps), after, and
+        // twice.
+        let before: Vec<Mapping> = [exe.clone(), exe_text.clone(), copy.clone()]
+            .into_iter()
+            .chain(image.iter().cloned())
+            .collect();
+        let after: Vec<Mapping> = [exe.clone(), exe_text.clone()]
+            .into_iter()
+            .chain(image.iter().cloned())
+            .chain([mapping(0x7100_0000, 0x7122_0000, 0, libc)])
+            .collect();
+        let twice: Vec<Mapping> = [
+            copy.clone(),
+            mapping(0x6f22_0000, 0x6f44_0000, 0, libc),
+            exe.clone(),
+        ]
+        .into_iter()
+        .chain(image.iter().cloned())
+        .collect();
+        for (what, maps) in [("before", &before), ("after", &after), ("twice", &twice)] {
+            let placed: Vec<(&str, u64)> = placing_mappings(maps)
+                .iter()
+                .map(|m| (m.path.as_str(), m.range.lo))
+                .collect();
+            let want_exe = ("/bin/exe", 0x40_0000);
+            let want_libc = (libc, 0x7000_0000);
+            let want = if what == "twice" {
+                vec![want_libc, want_exe]
+            } else {
+                vec![want_exe, want_libc]
+            };
+            assert_eq!(placed, want, "{what}");
+        }
+        // A file mapped only once (a one-segment image, or only its lowest offset mapped):
+        // that mapping; and the lowest offset wins over a longer run further in.
+        let single = [mapping(0x5000, 0x6000, 0x2000, "/x"), copy.clone()];
+        let placed: Vec<u64> = placing_mappings(&single)
+            .iter()
+            .map(|m| m.range.lo)
+            .collect();
+        assert_eq!(placed, [0x5000, 0x6f00_0000]);
     }
 
     /// `code_is` (the check a core's walk makes at a return address for a sigreturn
