@@ -988,9 +988,9 @@ fn placement_bias(file: &object::File<'_>, map: Option<(u64, u64)>) -> u64 {
 }
 
 /// Each path's mapping that places the file, paths in order of appearance: the one with the
-/// lowest file offset, and among those the one that heads the longest run of mappings of the
-/// same file (each at a higher offset, starting at or after the end of the one before and
-/// within `GAP` of it). A loaded ELF file is such a run (`r--p`, `r-xp`, `r--p`, `rw-p`); a
+/// lowest file offset, and among those the first that heads a run of more than one mapping of
+/// the same file (each at a higher offset, starting at or after the end of the one before and
+/// within `GAP` of it), else the first. A loaded ELF file is such a run (`r--p`, `r-xp`, `r--p`, `rw-p`); a
 /// copy of the same file that the process mapped as data (a symbolizer's map of libc,
 /// `backtrace`'s of a debug file) is a run of one, wherever it lies, and must not place the
 /// module.
@@ -1029,9 +1029,11 @@ fn placing_mappings(mappings: &[Mapping]) -> Vec<&Mapping> {
     }
     runs.iter()
         .filter_map(|rs| {
-            // The lowest offset, then the longest run, then the first.
+            // The lowest offset, then the first run of more than one mapping, else the first.
+            // (Not the longest: where several files share a path, say two images of one
+            // library in two `dlmopen` namespaces, the first placed it before.)
             rs.iter()
-                .min_by_key(|r| (r.head.offset, core::cmp::Reverse(r.len)))
+                .min_by_key(|r| (r.head.offset, r.len == 1))
                 .map(|r| r.head)
         })
         .collect()
