@@ -338,7 +338,9 @@ pub struct Options {
 /// # Builds without frame pointers
 /// The walk follows frame records, which x86_64 code keeps only when built with
 /// `-C force-frame-pointers=yes` (a dependent crate's build does not have it unless it asks:
-/// see README). The crate's build script notices a build without it. There `capture` (and
+/// `rustflags = ["-C", "force-frame-pointers=yes"]` under `[build]` in its
+/// `.cargo/config.toml`, as the crate's README, "Using `unwind` from your crate", shows). The
+/// crate's build script notices a build without it. There `capture` (and
 /// [`capture_with`], [`capture_from_ucontext`]) walks by the loaded modules' CFI instead, in
 /// [`Mode::Hybrid`](crate::walk::Mode::Hybrid), once it is prepared (`modules::refresh` or a
 /// profiler's start, `dwarf` feature): the same frames, several times slower per frame, and at
