@@ -377,6 +377,89 @@ fn signal_in_a_coroutine_on_the_system_stack_crosses_all_three() {
     ]);
 }
 
+/// The same coroutine with its stack not registered: the walk from the handler (on the
+/// alternate stack) crosses the signal frame onto the system stack, then back to the
+/// coroutine's stack, which it finds through `/proc/self/maps` (it stopped there: `ReadFailed`
+/// after `system_stack::run`).
+#[inline(never)]
+fn spin_in_unregistered_coroutine_on_system_stack() {
+    use corosensei::stack::DefaultStack;
+    let mut stack = DefaultStack::new(256 * 1024).unwrap();
+    let mut co =
+        corosensei::Coroutine::with_stack(&mut stack, |_y: &corosensei::Yielder<(), ()>, ()| {
+            spin_on_system_stack()
+        });
+    let r = co.resume(());
+    assert!(matches!(r, corosensei::CoroutineResult::Return(())));
+    black_box(());
+}
+
+#[test]
+fn signal_in_an_unregistered_coroutine_on_the_system_stack_crosses_all_three() {
+    let _g = serial();
+    install(on_sigusr1, true);
+    let [cap, _, uc, _] = signal_while(spin_in_unregistered_coroutine_on_system_stack, true);
+    check_capture_crosses(
+        &cap,
+        1,
+        &[
+            "unwind_0_1_system_stack_switch",
+            "spin_on_system_stack",
+            "stack_init_trampoline",
+            "spin_in_unregistered_coroutine_on_system_stack",
+        ],
+    );
+    let stacks: Vec<u16> = [
+        "spin_target",
+        "spin_on_system_stack",
+        "spin_in_unregistered_coroutine_on_system_stack",
+    ]
+    .iter()
+    .map(|n| cap.frames[cap.expect_fn(n)].stack)
+    .collect();
+    assert_eq!(stacks, vec![1, 2, 3], "{cap}");
+    assert_eq!(cap.trace.stop, StopReason::End, "{cap}");
+    uc.expect_in_order(&[
+        "spin_target",
+        "spin_on_system_stack",
+        "spin_in_unregistered_coroutine_on_system_stack",
+    ]);
+}
+
+/// Spins on a `stacker` segment (which nobody registers).
+#[inline(never)]
+fn spin_on_a_stacker_segment() {
+    stacker::grow(128 * 1024, spinner_mid);
+    black_box(());
+}
+
+/// A signal on the alternate stack while the thread runs on a stacker segment: the walk
+/// crosses the signal frame onto the segment and the segment's switch back to the thread's
+/// stack. (The frame-record walk stopped after the interrupted pc, `ReadFailed`; in a build
+/// without frame pointers the walk skipped the whole segment without a word.)
+#[test]
+fn signal_on_a_stacker_segment_crosses_the_signal_frame_and_the_segment() {
+    let _g = serial();
+    install(on_sigusr1, true);
+    let [cap, _, uc, _] = signal_while(spin_on_a_stacker_segment, true);
+    check_capture_crosses(
+        &cap,
+        1,
+        &[
+            "spinner_mid",
+            "rust_psm_on_stack",
+            "spin_on_a_stacker_segment",
+        ],
+    );
+    let stacks: Vec<u16> = ["spin_target", "spinner_mid", "spin_on_a_stacker_segment"]
+        .iter()
+        .map(|n| cap.frames[cap.expect_fn(n)].stack)
+        .collect();
+    assert_eq!(stacks, vec![1, 1, 2], "{cap}");
+    assert_eq!(cap.trace.stop, StopReason::End, "{cap}");
+    uc.expect_in_order(&["spin_target", "spinner_mid", "spin_on_a_stacker_segment"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Registry churn while other threads capture in signal handlers.
 

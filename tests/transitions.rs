@@ -415,3 +415,145 @@ fn three_switches_in_a_row() {
     assert_eq!(stacks, vec![0, 0, 1, 1, 2, 2, 3], "{c}");
     assert_eq!(c.trace.stop, StopReason::End, "{c}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The same switches with no stack registered: a walk that starts on the system stack (or a
+// segment) and crosses back to an unregistered coroutine or segment finds that stack through
+// `/proc/self/maps` (`Memory::enter_stack`). It used to stop there (`ReadFailed` after
+// `system_stack::run`, `BadTransition` at a nested coroutine's `stack_init_trampoline`), so a
+// green thread's CPU samples and heap allocations on the system stack lost their callers.
+
+/// How a test captures: frame records (`capture_with`) or Hybrid (`dwarf::capture`).
+#[derive(Clone, Copy, Debug)]
+enum How {
+    Records,
+    Hybrid,
+}
+
+#[inline(never)]
+fn capture_how(how: How) -> Captured {
+    black_box(121u32);
+    match how {
+        How::Records => capture(full()),
+        How::Hybrid => {
+            let u = unwind::modules::unwinder().expect("CFI prepared");
+            let mut buf = [unwind::Frame::EMPTY; 128];
+            let t = unwind::dwarf::capture(&mut buf, &u, unwind::Mode::Hybrid);
+            Captured::new(&buf, t)
+        }
+    }
+}
+
+#[inline(never)]
+fn unreg_sys_leaf(how: How) -> Captured {
+    black_box(122u32);
+    let c = capture_how(how);
+    black_box(&c);
+    c
+}
+
+#[inline(never)]
+fn unreg_calls_run(how: How) -> Captured {
+    black_box(123u32);
+    let c = unwind::system_stack::run(|| unreg_sys_leaf(how));
+    black_box(&c);
+    c
+}
+
+#[inline(never)]
+fn unreg_inner_coroutine(how: How) -> Captured {
+    let mut stack = DefaultStack::new(128 * 1024).unwrap();
+    let mut co = Coroutine::with_stack(&mut stack, move |_y: &corosensei::Yielder<(), ()>, ()| {
+        unreg_calls_run(how)
+    });
+    let c = match co.resume(()) {
+        CoroutineResult::Return(c) => c,
+        CoroutineResult::Yield(()) => unreachable!(),
+    };
+    black_box(&c);
+    c
+}
+
+#[inline(never)]
+fn unreg_outer_coroutine(how: How) -> Captured {
+    let mut stack = DefaultStack::new(128 * 1024).unwrap();
+    let mut co = Coroutine::with_stack(&mut stack, move |_y: &corosensei::Yielder<(), ()>, ()| {
+        unreg_inner_coroutine(how)
+    });
+    let c = match co.resume(()) {
+        CoroutineResult::Return(c) => c,
+        CoroutineResult::Yield(()) => unreachable!(),
+    };
+    black_box(&c);
+    c
+}
+
+/// System stack, called in a coroutine nested in a coroutine, neither stack registered.
+#[test]
+fn unregistered_coroutines_are_crossed_from_the_system_stack() {
+    unwind::init();
+    unwind::modules::refresh();
+    for how in [How::Records, How::Hybrid] {
+        let c = unreg_outer_coroutine(how);
+        let at = c.expect_in_order(&[
+            "unreg_sys_leaf",
+            "unwind_0_1_system_stack_switch",
+            "unreg_calls_run",
+            "stack_init_trampoline",
+            "unreg_inner_coroutine",
+            "stack_init_trampoline",
+            "unreg_outer_coroutine",
+            "unregistered_coroutines_are_crossed_from_the_system_stack",
+        ]);
+        let stacks: Vec<u16> = at.iter().map(|&i| c.frames[i].stack).collect();
+        assert_eq!(stacks, vec![0, 0, 1, 1, 2, 2, 3, 3], "{how:?}: {c}");
+        assert_ne!(c.trace.stop, StopReason::ReadFailed, "{how:?}: {c}");
+        assert_ne!(c.trace.stop, StopReason::BadTransition, "{how:?}: {c}");
+    }
+}
+
+#[inline(never)]
+fn unreg_segment_leaf(how: How) -> Captured {
+    black_box(124u32);
+    let c = capture_how(how);
+    black_box(&c);
+    c
+}
+
+#[inline(never)]
+fn unreg_segment_inner(how: How) -> Captured {
+    black_box(125u32);
+    let c = stacker::grow(64 * 1024, || unreg_segment_leaf(how));
+    black_box(&c);
+    c
+}
+
+#[inline(never)]
+fn unreg_segment_outer(how: How) -> Captured {
+    black_box(126u32);
+    let c = stacker::grow(64 * 1024, || unreg_segment_inner(how));
+    black_box(&c);
+    c
+}
+
+/// A stacker segment grown on a stacker segment: the inner one's walk crosses the outer one,
+/// which nobody can register (stacker maps its segments itself).
+#[test]
+fn nested_stacker_segments_are_crossed() {
+    unwind::init();
+    unwind::modules::refresh();
+    for how in [How::Records, How::Hybrid] {
+        let c = unreg_segment_outer(how);
+        let at = c.expect_in_order(&[
+            "unreg_segment_leaf",
+            "rust_psm_on_stack",
+            "unreg_segment_inner",
+            "rust_psm_on_stack",
+            "unreg_segment_outer",
+            "nested_stacker_segments_are_crossed",
+        ]);
+        let stacks: Vec<u16> = at.iter().map(|&i| c.frames[i].stack).collect();
+        assert_eq!(stacks, vec![0, 0, 1, 1, 2, 2], "{how:?}: {c}");
+        assert_ne!(c.trace.stop, StopReason::ReadFailed, "{how:?}: {c}");
+    }
+}

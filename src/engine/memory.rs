@@ -54,6 +54,18 @@ pub trait Memory {
     /// transition. `None` means "unknown": then only reads bound the walk.
     fn stack_range(&mut self, addr: u64) -> Option<Range>;
 
+    /// The bounds of the stack that a known transition just led to (`addr` is the stack
+    /// pointer or frame pointer its rule recovered). The default is [`Memory::stack_range`]; a
+    /// memory that can find stacks it was not told of (the live one, through
+    /// `/proc/self/maps`: an unregistered coroutine or `stacker` segment that a system-stack
+    /// call or a signal frame leads back to) may admit one here, for the rest of the walk. The
+    /// walker asks only at transitions, never for an ordinary frame pointer, so a frame pointer
+    /// still cannot wander off its stack.
+    #[inline(always)]
+    fn enter_stack(&mut self, addr: u64) -> Option<Range> {
+        self.stack_range(addr)
+    }
+
     /// Reads a frame record: the two words at `addr` and `addr + 8`. The default reads them
     /// one at a time; implementations may check the 16 bytes once.
     #[inline(always)]
@@ -68,7 +80,7 @@ pub trait Memory {
     ///
     /// # Safety
     /// The 16 bytes at `addr` must lie inside a range this memory returned from
-    /// [`Memory::stack_range`] (and that range must still be valid).
+    /// [`Memory::stack_range`] or [`Memory::enter_stack`] (and that range must still be valid).
     #[inline(always)]
     unsafe fn read_pair_unchecked(&mut self, addr: u64) -> Option<(u64, u64)> {
         self.read_pair(addr)
@@ -90,6 +102,10 @@ impl<M: Memory + ?Sized> Memory for &mut M {
     #[inline(always)]
     fn stack_range(&mut self, addr: u64) -> Option<Range> {
         (**self).stack_range(addr)
+    }
+    #[inline(always)]
+    fn enter_stack(&mut self, addr: u64) -> Option<Range> {
+        (**self).enter_stack(addr)
     }
     #[inline(always)]
     fn read_pair(&mut self, addr: u64) -> Option<(u64, u64)> {

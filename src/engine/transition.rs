@@ -300,6 +300,12 @@ impl Rule {
                     Base::SavedFp => saved_fp,
                     Base::Link | Base::LinkPlus(_) => mem.read_u64(saved_fp)?,
                 };
+                if matches!(base, Base::SavedFp | Base::Link | Base::LinkPlus(_)) {
+                    // The saved registers lie on the other side, maybe a stack this memory was
+                    // not told of (a nested coroutine's parent): admitted, if it can find it.
+                    // Not required: an offline image reads what it holds either way.
+                    let _ = mem.enter_stack(b);
+                }
                 let at = |o: i32| b.checked_add_signed(o as i64);
                 let pc = A::strip_ra(mem.read_u64(at(pc)?)?, pac_mask);
                 let sp = match (sp, base) {

@@ -953,7 +953,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     st.exact = false;
                     st.pending = t.id;
                     st.seg = if caller.fp != 0 {
-                        mem.stack_range(caller.fp)
+                        mem.enter_stack(caller.fp)
                     } else {
                         None
                     };
@@ -964,7 +964,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     }
                     st.regs = regs;
                     st.exact = exact;
-                    st.seg = stack_of(mem, &regs);
+                    st.seg = stack_entered(mem, &regs);
                     if st.n >= limit {
                         return Ok(());
                     }
@@ -1053,7 +1053,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         st.prev_fp = None;
         st.regs = regs;
         st.exact = exact;
-        st.seg = stack_of(mem, &regs);
+        st.seg = stack_entered(mem, &regs);
         st.pending = t.id;
         push(st, buf, regs.pc, Via::Transition, exact);
         // The interrupted function may itself be a frameless leaf.
@@ -1497,6 +1497,7 @@ fn push(st: &mut State, buf: &mut [Frame], pc: u64, via: Via, exact: bool) {
     }
 }
 
+/// The stack holding `regs`' stack pointer, else their frame pointer.
 #[inline]
 fn stack_of<M: Memory>(mem: &mut M, regs: &Regs) -> Option<Range> {
     if regs.sp != 0 {
@@ -1506,6 +1507,22 @@ fn stack_of<M: Memory>(mem: &mut M, regs: &Regs) -> Option<Range> {
     }
     if regs.fp != 0 {
         mem.stack_range(regs.fp)
+    } else {
+        None
+    }
+}
+
+/// The stack a transition's recovered registers `regs` lead to ([`Memory::enter_stack`]): the
+/// one holding their stack pointer, else their frame pointer.
+#[inline]
+fn stack_entered<M: Memory>(mem: &mut M, regs: &Regs) -> Option<Range> {
+    if regs.sp != 0 {
+        if let Some(r) = mem.enter_stack(regs.sp) {
+            return Some(r);
+        }
+    }
+    if regs.fp != 0 {
+        mem.enter_stack(regs.fp)
     } else {
         None
     }

@@ -175,9 +175,10 @@ fn on_alt_stack(sp: u64) -> bool {
 /// Memory of the current thread's stacks. Every read is checked against them.
 #[derive(Clone, Copy, Debug)]
 pub struct LiveMemory {
-    /// Thread stack, the starting segment, the alternate stack, and the last registered stack
-    /// found (so that walking a registered stack asks the registry once, not per read).
-    stacks: [Range; 4],
+    /// Thread stack, the starting segment, the alternate stack, the last registered stack
+    /// found (so that walking a registered stack asks the registry once, not per read), and
+    /// the last unregistered stack a transition led to ([`Memory::enter_stack`]).
+    stacks: [Range; 5],
 }
 
 impl LiveMemory {
@@ -199,6 +200,7 @@ impl LiveMemory {
                 Range::default(),
                 Range::default(),
                 extra.unwrap_or_default(),
+                Range::default(),
                 Range::default(),
             ],
         };
@@ -281,7 +283,10 @@ impl Memory for LiveMemory {
         self.range_of(addr, 8)?;
         // SAFETY: `addr` is 8-aligned and the 8 bytes at it lie inside a stack of this thread
         // (its own, found from /proc/self/maps or set by the caller), an alternate stack the
-        // kernel reported, or a stack a runtime registered and keeps mapped while registered.
+        // kernel reported, a stack a runtime registered and keeps mapped while registered, or
+        // a private anonymous read-write mapping /proc/self/maps showed where a transition led
+        // (a suspended coroutine or segment under this thread's own call chain: mapped while
+        // the code that switched away from it runs).
         // Stack memory is plain data that other code may write concurrently only through our
         // own thread, so a volatile read sees some valid u64.
         Some(unsafe { core::ptr::read_volatile(addr as *const u64) })
@@ -290,6 +295,23 @@ impl Memory for LiveMemory {
     #[inline(always)]
     fn stack_range(&mut self, addr: u64) -> Option<Range> {
         self.range_of(addr, 1)
+    }
+
+    /// A known stack, or else (a transition led off every known one: an unregistered
+    /// coroutine's or `stacker` segment's stack, which a system-stack call, a nested
+    /// coroutine's switch or a signal frame returns to) the mapping `/proc/self/maps` shows at
+    /// `addr`, if it is private, anonymous and read-write, as every stack is (the rule a
+    /// capture that starts on such a stack follows): kept for the rest of this walk only, never
+    /// cached. A scan of `/proc/self/maps` (raw `open`/`read`, async-signal-safe) per such
+    /// crossing; `coroutine::register_stack` avoids it.
+    #[inline(never)]
+    fn enter_stack(&mut self, addr: u64) -> Option<Range> {
+        if let Some(r) = self.range_of(addr, 1) {
+            return Some(r);
+        }
+        let m = maps::scan([addr, addr], false).found[0].filter(|m| m.anon_rw)?;
+        self.stacks[4] = m.range;
+        Some(m.range)
     }
 
     #[inline(always)]
@@ -418,7 +440,13 @@ pub(crate) fn records_from_here(
 pub(crate) fn own_stack(sp: u64) -> Option<LiveMemory> {
     let t = THREAD_STACK.with(|c| c.get());
     t.contains(sp).then_some(LiveMemory {
-        stacks: [t, Range::default(), Range::default(), Range::default()],
+        stacks: [
+            t,
+            Range::default(),
+            Range::default(),
+            Range::default(),
+            Range::default(),
+        ],
     })
 }
 

@@ -48,6 +48,7 @@ enum Call {
     Word(u64, Option<u64>),
     Pair(u64, Option<(u64, u64)>),
     Range(u64, Option<Range>),
+    Enter(u64, Option<Range>),
 }
 
 impl Call {
@@ -60,6 +61,7 @@ impl Call {
             Call::Word(a, v) => mem.read_u64(a) == v,
             Call::Pair(a, v) => mem.read_pair(a) == v,
             Call::Range(a, v) => mem.stack_range(a) == v,
+            Call::Enter(a, v) => mem.enter_stack(a) == v,
         }
     }
 }
@@ -123,6 +125,13 @@ impl<M: Memory> Memory for Recorder<'_, M> {
     fn stack_range(&mut self, addr: u64) -> Option<Range> {
         let v = self.inner.stack_range(addr);
         self.push(Call::Range(addr, v));
+        v
+    }
+
+    #[inline(always)]
+    fn enter_stack(&mut self, addr: u64) -> Option<Range> {
+        let v = self.inner.enter_stack(addr);
+        self.push(Call::Enter(addr, v));
         v
     }
 
