@@ -438,7 +438,7 @@ fn capture_how(how: How) -> Captured {
         How::Hybrid => {
             let u = unwind::modules::unwinder().expect("CFI prepared");
             let mut buf = [unwind::Frame::EMPTY; 128];
-            let t = unwind::dwarf::capture(&mut buf, &u, unwind::Mode::Hybrid);
+            let t = unwind::dwarf::capture(&mut buf, u, unwind::Mode::Hybrid);
             Captured::new(&buf, t)
         }
     }
