@@ -72,6 +72,23 @@ fn main() {
     assert!(has_lib(), "the new library's CFI is not prepared");
     assert_eq!(threads(), 1);
     assert!(single_threaded());
+    // Hybrid walks the main thread down to `_start`; frame records alone stop in glibc's
+    // start code, which keeps none: those samples are counted as stopped early.
+    let st = heap::stats();
+    assert_eq!(
+        st.stopped_early, 0,
+        "Hybrid reaches the thread's entry: {st:?}"
+    );
+    heap::set_mode(unwind::Mode::FramePointer);
+    black_box(allocate(8));
+    let fp = heap::stats();
+    assert!(fp.samples > st.samples, "{fp:?}");
+    if cfg!(target_arch = "x86_64") {
+        assert!(
+            fp.stopped_early > 0,
+            "frame-record walks that end in glibc's start code: {fp:?}"
+        );
+    }
     heap::stop();
     println!("heap_single_thread: ok ({} samples)", heap::stats().samples);
 }

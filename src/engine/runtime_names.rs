@@ -3,11 +3,16 @@
 //! list per group, so that every classifier draws on the same source; a classifier picks the
 //! groups that are runtime for its profile.
 
-/// `unwind`'s own machinery: live capture, the system stack and its switch, the heap
-/// profiler's allocator wrapper.
+/// `unwind`'s own machinery: live capture, the system stack and its switch, the transition
+/// registry and the walker (`engine`: the first `system_stack::run` on a thread registers its
+/// stack, which allocates), the prepared CFI (`cfi`), the heap profiler's allocator wrapper.
 pub const UNWIND: &[&str] = &[
     "unwind::live::",
     "<unwind::live::",
+    "unwind::engine::",
+    "<unwind::engine::",
+    "unwind::cfi::",
+    "<unwind::cfi::",
     "unwind::profile::heap::",
     "<unwind::profile::heap::",
     "unwind_0_1_system_stack",
@@ -74,6 +79,10 @@ mod tests {
     #[test]
     fn groups_match_by_prefix() {
         assert!(has_prefix_in("unwind::live::system_stack::run", &[UNWIND]));
+        assert!(has_prefix_in(
+            "unwind::engine::transition::register_stack",
+            &[UNWIND]
+        ));
         assert!(!has_prefix_in("unwind::demo::demo_worker", &[UNWIND]));
         assert!(has_prefix_in("runtime.mcall", &[RUST_STD, GO]));
         assert!(!has_prefix_in("main.main", &[RUST_STD, GO]));

@@ -7,7 +7,7 @@
 //! | [`crate::system_stack`] | its own label | `SavedAt` (see that module) |
 //! | psm `rust_psm_on_stack` (`stacker::maybe_grow`, `psm::on_stack`) | symbol | [`Rule::ContinueChain`] |
 //! | corosensei `stack_call_trampoline` (`corosensei::on_stack`) | symbol | [`Rule::ContinueChain`] |
-//! | corosensei `stack_init_trampoline_return` (coroutines) | symbol | `SavedAt { base: Link, pc: 8, fp: 0 }` |
+//! | corosensei `stack_init_trampoline_return` (coroutines) | symbol | `SavedAt { base: LinkPlus(24), pc: 8, fp: 0 }` (aarch64: `LinkPlus(32)`) |
 //!
 //! Symbols are looked up in the symbol tables (`.symtab`, then `.dynsym`) of every loaded
 //! object's file, so they are found whether or not this crate depends on psm or corosensei, in

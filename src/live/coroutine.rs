@@ -1,20 +1,33 @@
-//! Registering coroutine stacks, so that live captures may read them and walk across them.
+//! Registering coroutine stacks: live captures then know them without looking them up.
 //!
-//! A capture that starts on a coroutine stack must be allowed to read it, and a capture that
-//! crosses into one (a signal landing in a coroutine) must know its bounds. Register each stack
-//! while a coroutine may run on it, and drop the registration before the stack is freed:
+//! A capture that starts on a coroutine stack, or crosses to one (a signal landing in a
+//! coroutine, a coroutine that called `system_stack::run`, a coroutine's parent), finds an
+//! unregistered stack in `/proc/self/maps` (raw reads, async-signal-safe), once per walk that
+//! needs it. A registered stack is known at once, with no such read: register each stack while a
+//! coroutine may run on it, and drop the registration before the stack is freed:
 //!
 //! ```
-//! # #[cfg(any())] {
 //! use corosensei::stack::{DefaultStack, Stack};
-//! let stack = DefaultStack::new(64 * 1024).unwrap();
-//! // SAFETY: `stack` outlives `_reg` (declared after it, dropped first).
-//! let _reg = unsafe {
+//! use corosensei::{Coroutine, CoroutineResult};
+//!
+//! unwind::init();
+//! let mut stack = DefaultStack::new(64 * 1024).unwrap();
+//! // SAFETY: `stack` outlives `reg`, which is dropped first.
+//! let reg = unsafe {
 //!     unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
 //! }
 //! .unwrap();
-//! let mut co = corosensei::ScopedCoroutine::with_stack(&stack, |_y, ()| { /* ... */ });
-//! # }
+//! let mut co = Coroutine::with_stack(&mut stack, |_y: &corosensei::Yielder<(), ()>, ()| {
+//!     let mut buf = [unwind::Frame::EMPTY; 64];
+//!     unwind::capture(&mut buf)
+//! });
+//! let n = match co.resume(()) {
+//!     CoroutineResult::Return(n) => n,
+//!     CoroutineResult::Yield(()) => unreachable!(),
+//! };
+//! assert!(n > 0);
+//! drop(co);
+//! drop(reg);
 //! ```
 //!
 //! The crossing from a corosensei coroutine back to the code that resumed it is a built-in

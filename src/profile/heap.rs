@@ -236,6 +236,12 @@ pub struct Stats {
     /// Samples whose stack was longer than [`MAX_FRAMES`] after the policy, or was cut by the
     /// capture buffer.
     pub truncated: u64,
+    /// Samples whose walk stopped before its thread's entry, on something it could not read
+    /// or step (an unreadable frame record or transition, a frame pointer leaving its stack,
+    /// no unwind information): their stacks lack the outermost callers, as the CPU profiler's
+    /// `truncated` counts its samples. In a frame-pointer build the main thread's walks end
+    /// `misaligned` at glibc's start code, which keeps no frame record: counted here too.
+    pub stopped_early: u64,
     /// Allocations not sampled because their thread was already inside the profiler: a signal
     /// handler that interrupted a sample and allocated, or [`snapshot`]'s own allocations.
     pub reentrant: u64,
@@ -425,6 +431,7 @@ static STATS_DROPPED_STACKS: AtomicU64 = AtomicU64::new(0);
 static STATS_DROPPED_RESET: AtomicU64 = AtomicU64::new(0);
 static STATS_UNTRACKED: AtomicU64 = AtomicU64::new(0);
 static STATS_TRUNCATED: AtomicU64 = AtomicU64::new(0);
+static STATS_STOPPED_EARLY: AtomicU64 = AtomicU64::new(0);
 static STATS_REENTRANT: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
@@ -762,6 +769,14 @@ fn record(addr: u64, size: u64) {
     };
     if cut || full {
         STATS_TRUNCATED.fetch_add(1, Ordering::Relaxed);
+    }
+    if !matches!(
+        t.stop,
+        crate::frame::StopReason::End
+            | crate::frame::StopReason::BufferFull
+            | crate::frame::StopReason::MaxDepth
+    ) {
+        STATS_STOPPED_EARLY.fetch_add(1, Ordering::Relaxed);
     }
     match slot {
         None => {
@@ -1553,6 +1568,7 @@ pub fn reset() {
         &STATS_DROPPED_RESET,
         &STATS_UNTRACKED,
         &STATS_TRUNCATED,
+        &STATS_STOPPED_EARLY,
         &STATS_REENTRANT,
     ] {
         a.store(0, Ordering::Relaxed);
@@ -1573,6 +1589,7 @@ pub fn stats() -> Stats {
         dropped_reset: STATS_DROPPED_RESET.load(Ordering::Relaxed),
         untracked: STATS_UNTRACKED.load(Ordering::Relaxed),
         truncated: STATS_TRUNCATED.load(Ordering::Relaxed),
+        stopped_early: STATS_STOPPED_EARLY.load(Ordering::Relaxed),
         reentrant: STATS_REENTRANT.load(Ordering::Relaxed),
         missing_frame_records: crate::module_watch::program_keeps_frame_records() == Some(false),
         stacks: slots()
