@@ -733,3 +733,24 @@ fn a_fork_child_stops_the_inherited_profiler_and_starts_its_own() {
     let prof = p.stop();
     assert!(prof.stats.recorded > 0);
 }
+
+/// A library unloaded while the profiler runs: the profile is named with the modules loaded
+/// when it is written, so its samples would be named after whatever is mapped there then
+/// (another library loaded at the same address took them all, silently). `Stats::unloaded`
+/// counts the unloads, and `to_profile` warns.
+#[test]
+fn a_library_unloaded_while_profiling_is_counted() {
+    let _s = serial();
+    let path = std::env::temp_dir().join(format!("unwind-unload-{}.so", std::process::id()));
+    let h = common::tools::dlopen_libm_copy(&path);
+    let p = CpuProfiler::start(Config::default()).unwrap();
+    spin(Duration::from_millis(50), 11);
+    // SAFETY: closes the handle opened above; nothing of the library is in use.
+    assert_eq!(unsafe { libc::dlclose(h) }, 0);
+    let prof = p.stop();
+    assert!(prof.stats.unloaded >= 1, "{:?}", prof.stats);
+    let q = CpuProfiler::start(Config::default()).unwrap();
+    spin(Duration::from_millis(50), 12);
+    let prof = q.stop();
+    assert_eq!(prof.stats.unloaded, 0, "{:?}", prof.stats);
+}

@@ -903,3 +903,20 @@ fn signal_handler_allocating_inside_the_sampling_path() {
     assert_eq!(in_handler[0] as u64 + st.reentrant, handled, "{st:?}");
     assert_eq!((in_handler[2], in_worker[2]), (0, 0));
 }
+
+/// A library unloaded after the samples began is counted (`Stats::unloaded`; `to_profile`
+/// warns: see `cpu_profiler.rs`), from the last reset on.
+#[test]
+fn a_library_unloaded_after_the_samples_began_is_counted() {
+    let _g = setup();
+    heap::start(heap::DEFAULT_RATE);
+    assert_eq!(heap::stats().unloaded, 0);
+    let path = std::env::temp_dir().join(format!("unwind-heap-unload-{}.so", std::process::id()));
+    let h = common::tools::dlopen_libm_copy(&path);
+    // SAFETY: closes the handle opened above; nothing of the library is in use.
+    assert_eq!(unsafe { libc::dlclose(h) }, 0);
+    assert!(heap::stats().unloaded >= 1, "{:?}", heap::stats());
+    heap::stop();
+    heap::reset();
+    assert_eq!(heap::stats().unloaded, 0);
+}

@@ -251,6 +251,30 @@ pub fn program_keeps_frame_records() -> Option<bool> {
     Some(m.keeps_frame_record(pc))
 }
 
+/// Shared objects unloaded so far in this process (the loader's `dlpi_subs` counter,
+/// truncated to 32 bits; `dl_iterate_phdr`, the loader's lock: not for signal handlers). A
+/// profiler notes it at start and compares when it writes a profile: see
+/// [`warn_unloaded`].
+pub fn unloads() -> u32 {
+    (crate::live::loaded::generation() & 0xffff_ffff) as u32
+}
+
+/// Prints a one-line warning to stderr when `n` shared objects were unloaded while a profile's
+/// samples were taken: the profile is named with the modules loaded when it is written, so a
+/// sample in an unloaded library is named after whatever is mapped at its address then
+/// (nothing, or another library loaded there since). Returns whether it printed.
+pub fn warn_unloaded(n: u32) -> bool {
+    if n == 0 {
+        return false;
+    }
+    eprintln!(
+        "unwind: warning: {n} shared object(s) were unloaded (dlclose) while profiling: samples \
+         in them are named after what is mapped at their addresses now (nothing, or a library \
+         loaded there since)"
+    );
+    true
+}
+
 static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Prints, once per process, a one-line warning to stderr if the program keeps no frame

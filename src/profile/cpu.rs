@@ -203,6 +203,10 @@ pub struct Stats {
     /// The program keeps no frame records (built without frame pointers): stacks came from
     /// CFI, which is slower per sample ([`crate::module_watch::program_keeps_frame_records`]).
     pub missing_frame_records: bool,
+    /// Shared objects unloaded (`dlclose`) since the start: samples in them are named after
+    /// what is mapped at their addresses when the profile is written
+    /// ([`crate::module_watch::warn_unloaded`], which [`CpuProfile::to_profile`] calls).
+    pub unloaded: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -963,6 +967,8 @@ pub struct CpuProfiler {
     stopped: bool,
     /// The process that started it (in a `fork` child, this profiler is the parent's copy).
     pid: u32,
+    /// [`crate::module_watch::unloads`] at the start.
+    unloads_at_start: u32,
 }
 
 impl CpuProfiler {
@@ -974,6 +980,7 @@ impl CpuProfiler {
         }
         crate::init();
         super::fork::register();
+        let unloads_at_start = crate::module_watch::unloads();
         let cfi = config.mode != Mode::FramePointer && !config.naive;
         if cfi {
             // Prepares every loaded module's CFI here, not in the handler, and keeps it
@@ -1107,6 +1114,7 @@ impl CpuProfiler {
             started: Instant::now(),
             stopped: false,
             pid: std::process::id(),
+            unloads_at_start,
         };
         if let Err(e) = armed {
             p.halt();
@@ -1133,6 +1141,7 @@ impl CpuProfiler {
             on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
             missing_frame_records: crate::module_watch::program_keeps_frame_records()
                 == Some(false),
+            unloaded: crate::module_watch::unloads().wrapping_sub(self.unloads_at_start),
         }
     }
 
@@ -1299,6 +1308,7 @@ impl CpuProfile {
         if self.stats.missing_frame_records {
             crate::module_watch::warn_once_without_frame_records();
         }
+        crate::module_watch::warn_unloaded(self.stats.unloaded);
         let ns = self.period.as_nanos() as i64;
         let mut p = Profile::new(
             vec![

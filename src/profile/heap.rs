@@ -242,6 +242,11 @@ pub struct Stats {
     /// `truncated` counts its samples. In a frame-pointer build the main thread's walks end
     /// `misaligned` at glibc's start code, which keeps no frame record: counted here too.
     pub stopped_early: u64,
+    /// Shared objects unloaded (`dlclose`) since the samples began (the first start, or the
+    /// last [`reset`]): samples in them are named after what is mapped at their addresses when
+    /// the profile is written ([`crate::module_watch::warn_unloaded`], which [`to_profile`]
+    /// calls).
+    pub unloaded: u32,
     /// Allocations not sampled because their thread was already inside the profiler: a signal
     /// handler that interrupted a sample and allocated, or [`snapshot`]'s own allocations.
     pub reentrant: u64,
@@ -432,6 +437,16 @@ static STATS_DROPPED_RESET: AtomicU64 = AtomicU64::new(0);
 static STATS_UNTRACKED: AtomicU64 = AtomicU64::new(0);
 static STATS_TRUNCATED: AtomicU64 = AtomicU64::new(0);
 static STATS_STOPPED_EARLY: AtomicU64 = AtomicU64::new(0);
+/// [`crate::module_watch::unloads`] when the samples began (`u32::MAX`: not yet).
+static UNLOADS_AT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// Shared objects unloaded since the samples began.
+fn unloaded() -> u32 {
+    match UNLOADS_AT.load(Ordering::Relaxed) {
+        u32::MAX => 0,
+        at => crate::module_watch::unloads().wrapping_sub(at),
+    }
+}
 static STATS_REENTRANT: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
@@ -1463,6 +1478,9 @@ fn watch_modules() {
 fn start_inner(rate: u64) {
     super::fork::register();
     let _g = control();
+    if UNLOADS_AT.load(Ordering::Relaxed) == u32::MAX {
+        UNLOADS_AT.store(crate::module_watch::unloads(), Ordering::Relaxed);
+    }
     // The shared line's address escapes here, so the optimiser keeps `SHARED` whole (one line)
     // instead of splitting its fields into separate globals.
     core::hint::black_box(&SHARED);
@@ -1481,6 +1499,9 @@ fn start_inner(rate: u64) {
 pub fn start_with_classifier(rate: u64, classifier: Classifier) {
     super::fork::register();
     let _g = control();
+    if UNLOADS_AT.load(Ordering::Relaxed) == u32::MAX {
+        UNLOADS_AT.store(crate::module_watch::unloads(), Ordering::Relaxed);
+    }
     watch_modules();
     crate::init();
     crate::system_stack::register_transition();
@@ -1573,6 +1594,7 @@ pub fn reset() {
     ] {
         a.store(0, Ordering::Relaxed);
     }
+    UNLOADS_AT.store(crate::module_watch::unloads(), Ordering::Relaxed);
     RESETS.fetch_add(1, Ordering::SeqCst);
     RESETTING.store(false, Ordering::SeqCst);
 }
@@ -1590,6 +1612,7 @@ pub fn stats() -> Stats {
         untracked: STATS_UNTRACKED.load(Ordering::Relaxed),
         truncated: STATS_TRUNCATED.load(Ordering::Relaxed),
         stopped_early: STATS_STOPPED_EARLY.load(Ordering::Relaxed),
+        unloaded: unloaded(),
         reentrant: STATS_REENTRANT.load(Ordering::Relaxed),
         missing_frame_records: crate::module_watch::program_keeps_frame_records() == Some(false),
         stacks: slots()
@@ -1630,6 +1653,7 @@ pub fn snapshot() -> Vec<HeapSample> {
 /// type `space/bytes`. Every address is a return address (`exact_leaf` false). Allocates.
 pub fn to_profile(samples: &[HeapSample], rate: u64) -> crate::profile::Profile {
     crate::module_watch::warn_once_without_frame_records();
+    crate::module_watch::warn_unloaded(unloaded());
     let mut p = crate::profile::Profile::new(
         vec![
             ("alloc_objects".into(), "count".into()),
