@@ -276,6 +276,14 @@ pub enum Hop {
     },
 }
 
+/// [`Memory::enter_stack`] for the side a rule reads, out of line (rules apply at
+/// transitions only; the walker's hot loop stays as small as it was).
+#[cold]
+#[inline(never)]
+fn admit<M: Memory>(mem: &mut M, addr: u64) {
+    let _ = mem.enter_stack(addr);
+}
+
 impl Rule {
     /// Applies the rule at a frame whose record is at `fp` and holds `saved_fp`. `None` when the
     /// saved registers cannot be read or make no sense.
@@ -304,7 +312,7 @@ impl Rule {
                     // The saved registers lie on the other side, maybe a stack this memory was
                     // not told of (a nested coroutine's parent): admitted, if it can find it.
                     // Not required: an offline image reads what it holds either way.
-                    let _ = mem.enter_stack(b);
+                    admit::<M>(mem, b);
                 }
                 let at = |o: i32| b.checked_add_signed(o as i64);
                 let pc = A::strip_ra(mem.read_u64(at(pc)?)?, pac_mask);

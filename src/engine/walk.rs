@@ -953,7 +953,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     st.exact = false;
                     st.pending = t.id;
                     st.seg = if caller.fp != 0 {
-                        mem.enter_stack(caller.fp)
+                        enter_stack_at(mem, caller.fp)
                     } else {
                         None
                     };
@@ -1497,6 +1497,13 @@ fn push(st: &mut State, buf: &mut [Frame], pc: u64, via: Via, exact: bool) {
     }
 }
 
+/// [`Memory::enter_stack`], out of line (see [`stack_entered`]).
+#[cold]
+#[inline(never)]
+fn enter_stack_at<M: Memory>(mem: &mut M, addr: u64) -> Option<Range> {
+    mem.enter_stack(addr)
+}
+
 /// The stack holding `regs`' stack pointer, else their frame pointer.
 #[inline]
 fn stack_of<M: Memory>(mem: &mut M, regs: &Regs) -> Option<Range> {
@@ -1513,8 +1520,10 @@ fn stack_of<M: Memory>(mem: &mut M, regs: &Regs) -> Option<Range> {
 }
 
 /// The stack a transition's recovered registers `regs` lead to ([`Memory::enter_stack`]): the
-/// one holding their stack pointer, else their frame pointer.
-#[inline]
+/// one holding their stack pointer, else their frame pointer. Out of line: transitions are
+/// rare, and the walker's hot loop stays as small as it was.
+#[cold]
+#[inline(never)]
 fn stack_entered<M: Memory>(mem: &mut M, regs: &Regs) -> Option<Range> {
     if regs.sp != 0 {
         if let Some(r) = mem.enter_stack(regs.sp) {

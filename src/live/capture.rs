@@ -175,10 +175,11 @@ fn on_alt_stack(sp: u64) -> bool {
 /// Memory of the current thread's stacks. Every read is checked against them.
 #[derive(Clone, Copy, Debug)]
 pub struct LiveMemory {
-    /// Thread stack, the starting segment, the alternate stack, the last registered stack
-    /// found (so that walking a registered stack asks the registry once, not per read), and
-    /// the last unregistered stack a transition led to ([`Memory::enter_stack`]).
-    stacks: [Range; 5],
+    /// Thread stack, the starting segment (or, once a transition led off every known stack,
+    /// the unregistered stack it led to: [`Memory::enter_stack`]; the walk has left the
+    /// starting one for good by then), the alternate stack, and the last registered stack
+    /// found (so that walking a registered stack asks the registry once, not per read).
+    stacks: [Range; 4],
 }
 
 impl LiveMemory {
@@ -200,7 +201,6 @@ impl LiveMemory {
                 Range::default(),
                 Range::default(),
                 extra.unwrap_or_default(),
-                Range::default(),
                 Range::default(),
             ],
         };
@@ -310,7 +310,7 @@ impl Memory for LiveMemory {
             return Some(r);
         }
         let m = maps::scan([addr, addr], false).found[0].filter(|m| m.anon_rw)?;
-        self.stacks[4] = m.range;
+        self.stacks[1] = m.range;
         Some(m.range)
     }
 
@@ -440,13 +440,7 @@ pub(crate) fn records_from_here(
 pub(crate) fn own_stack(sp: u64) -> Option<LiveMemory> {
     let t = THREAD_STACK.with(|c| c.get());
     t.contains(sp).then_some(LiveMemory {
-        stacks: [
-            t,
-            Range::default(),
-            Range::default(),
-            Range::default(),
-            Range::default(),
-        ],
+        stacks: [t, Range::default(), Range::default(), Range::default()],
     })
 }
 
