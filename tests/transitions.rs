@@ -503,10 +503,11 @@ fn unregistered_coroutines_are_crossed_from_the_system_stack() {
             "unreg_inner_coroutine",
             "stack_init_trampoline",
             "unreg_outer_coroutine",
-            "unregistered_coroutines_are_crossed_from_the_system_stack",
         ]);
         let stacks: Vec<u16> = at.iter().map(|&i| c.frames[i].stack).collect();
-        assert_eq!(stacks, vec![0, 0, 1, 1, 2, 2, 3, 3], "{how:?}: {c}");
+        assert_eq!(stacks, vec![0, 0, 1, 1, 2, 2, 3], "{how:?}: {c}");
+        // And on to the test's caller (the test function itself may be inlined in release).
+        assert!(c.frames.len() > at[6] + 2, "{how:?}: {c}");
         assert_ne!(c.trace.stop, StopReason::ReadFailed, "{how:?}: {c}");
         assert_ne!(c.trace.stop, StopReason::BadTransition, "{how:?}: {c}");
     }
@@ -550,10 +551,10 @@ fn nested_stacker_segments_are_crossed() {
             "unreg_segment_inner",
             "rust_psm_on_stack",
             "unreg_segment_outer",
-            "nested_stacker_segments_are_crossed",
         ]);
         let stacks: Vec<u16> = at.iter().map(|&i| c.frames[i].stack).collect();
-        assert_eq!(stacks, vec![0, 0, 1, 1, 2, 2], "{how:?}: {c}");
+        assert_eq!(stacks, vec![0, 0, 1, 1, 2], "{how:?}: {c}");
+        assert!(c.frames.len() > at[4] + 2, "{how:?}: {c}");
         assert_ne!(c.trace.stop, StopReason::ReadFailed, "{how:?}: {c}");
     }
 }
