@@ -198,38 +198,39 @@ fn core_option(
 /// architecture (another's symbols would name every frame wrongly).
 fn open_core(path: PathBuf, opts: &Options) -> Result<unwind::core_file::Core, String> {
     if let Some(dir) = &opts.sysroot {
-        let why = match std::fs::metadata(dir) {
-            Err(_) => Some("no such directory"),
-            Ok(m) if !m.is_dir() => Some("not a directory"),
-            Ok(_) => None,
-        };
-        if let Some(why) = why {
-            let dir = dir.display().to_string();
-            return Err(format!("--sysroot {}: {why}", dir.escape_debug()));
-        }
+        check_path("--sysroot", dir, true)?;
     }
     if let Some(exe) = &opts.exe {
-        let why = match std::fs::metadata(exe) {
-            Err(_) => Some("no such file"),
-            Ok(m) if !m.is_file() => Some("not a regular file"),
-            Ok(_) => None,
-        };
-        if let Some(why) = why {
-            let exe = exe.display().to_string();
-            return Err(format!("--exe {}: {why}", exe.escape_debug()));
-        }
+        check_path("--exe", exe, false)?;
     }
     let core = unwind::core_file::Core::open(&path).map_err(|e| {
         let p = path.display().to_string();
         format!("{}: {e}", p.escape_debug())
     })?;
     if let Some(exe) = &opts.exe {
-        if let Err(why) = exe_matches(exe, core.arch) {
-            let exe = exe.display().to_string();
-            return Err(format!("--exe {}: {why}", exe.escape_debug()));
-        }
+        exe_matches(exe, core.arch).map_err(|why| flag_error("--exe", exe, &why))?;
     }
     Ok(core)
+}
+
+/// Is `path`, given as `flag`, there and a directory (`dir`) or a regular file?
+fn check_path(flag: &str, path: &std::path::Path, dir: bool) -> Result<(), String> {
+    let why = match (std::fs::metadata(path), dir) {
+        (Err(_), true) => "no such directory",
+        (Err(_), false) => "no such file",
+        (Ok(m), true) if !m.is_dir() => "not a directory",
+        (Ok(m), false) if !m.is_file() => "not a regular file",
+        (Ok(_), _) => return Ok(()),
+    };
+    Err(flag_error(flag, path, why))
+}
+
+/// `FLAG PATH: why`, the path escaped (a name may hold a newline or a terminal escape).
+fn flag_error(flag: &str, path: &std::path::Path, why: &str) -> String {
+    format!(
+        "{flag} {}: {why}",
+        path.display().to_string().escape_debug()
+    )
 }
 
 /// Is the file at `exe` a 64-bit little-endian ELF file for `arch` (its header's class, data

@@ -105,53 +105,24 @@ pub fn acquire() {
 
 /// The watcher's lock held.
 #[cfg(feature = "profilers")]
-type WatcherGuard = std::sync::MutexGuard<'static, Option<std::thread::JoinHandle<()>>>;
+pub(crate) type WatcherGuard = std::sync::MutexGuard<'static, Option<std::thread::JoinHandle<()>>>;
 
+/// The watcher's lock (the profilers' fork handlers take it around a `fork`).
 #[cfg(feature = "profilers")]
-thread_local! {
-    /// The watcher's lock, held by the forking thread from before a `fork` to after it (the
-    /// profilers' fork handlers).
-    static FORK_HELD: core::cell::RefCell<Option<WatcherGuard>> =
-        const { core::cell::RefCell::new(None) };
-}
-
-/// Before a `fork` (the profilers' fork handlers): the forking thread takes the watcher's lock.
-#[cfg(feature = "profilers")]
-pub(crate) fn fork_prepare() {
-    let g = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = FORK_HELD.try_with(|h| {
-        if let Ok(mut h) = h.try_borrow_mut() {
-            *h = Some(g);
-        }
-    });
-}
-
-/// After a `fork`: releases the watcher's lock. In the `child`, first forgets the parent's
-/// watcher thread (it does not run there: the next [`acquire`] starts one) and a [`poll`] that
-/// another parent thread was in.
-#[cfg(feature = "profilers")]
-pub(crate) fn fork_release(child: bool) {
-    let _ = FORK_HELD.try_with(|h| {
-        if let Ok(mut h) = h.try_borrow_mut() {
-            if let Some(mut g) = h.take() {
-                if child {
-                    // Not dropped: its thread is not this process's, so there is nothing to
-                    // detach or join.
-                    if let Some(handle) = g.take() {
-                        std::mem::forget(handle);
-                    }
-                    POLLING.store(false, Ordering::Release);
-                }
-            }
-        }
-    });
-}
-
-/// Tests of the fork handlers: holds the watcher's lock.
-#[cfg(all(test, feature = "profilers"))]
-pub(crate) fn hold_for_test() -> std::sync::MutexGuard<'static, Option<std::thread::JoinHandle<()>>>
-{
+pub(crate) fn watcher_lock() -> WatcherGuard {
     WATCHER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// After a `fork`, in the child, with the watcher's lock `held`: forgets the parent's watcher
+/// thread (it does not run here: the next [`acquire`] starts one) and a [`poll`] that another
+/// parent thread was in.
+#[cfg(feature = "profilers")]
+pub(crate) fn forget_parent_watcher(held: &mut WatcherGuard) {
+    // Not dropped: its thread is not this process's, so there is nothing to detach or join.
+    if let Some(handle) = held.take() {
+        std::mem::forget(handle);
+    }
+    POLLING.store(false, Ordering::Release);
 }
 
 /// In a forked child: is the watcher's lock free?

@@ -1507,16 +1507,7 @@ fn enter_stack_at<M: Memory>(mem: &mut M, addr: u64) -> Option<Range> {
 /// The stack holding `regs`' stack pointer, else their frame pointer.
 #[inline]
 fn stack_of<M: Memory>(mem: &mut M, regs: &Regs) -> Option<Range> {
-    if regs.sp != 0 {
-        if let Some(r) = mem.stack_range(regs.sp) {
-            return Some(r);
-        }
-    }
-    if regs.fp != 0 {
-        mem.stack_range(regs.fp)
-    } else {
-        None
-    }
+    first_stack(regs, |a| mem.stack_range(a))
 }
 
 /// The stack a transition's recovered registers `regs` lead to ([`Memory::enter_stack`]): the
@@ -1525,13 +1516,19 @@ fn stack_of<M: Memory>(mem: &mut M, regs: &Regs) -> Option<Range> {
 #[cold]
 #[inline(never)]
 fn stack_entered<M: Memory>(mem: &mut M, regs: &Regs) -> Option<Range> {
+    first_stack(regs, |a| mem.enter_stack(a))
+}
+
+/// `find` at `regs`' stack pointer, else at their frame pointer (each only when not 0).
+#[inline(always)]
+fn first_stack(regs: &Regs, mut find: impl FnMut(u64) -> Option<Range>) -> Option<Range> {
     if regs.sp != 0 {
-        if let Some(r) = mem.enter_stack(regs.sp) {
+        if let Some(r) = find(regs.sp) {
             return Some(r);
         }
     }
     if regs.fp != 0 {
-        mem.enter_stack(regs.fp)
+        find(regs.fp)
     } else {
         None
     }

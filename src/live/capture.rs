@@ -233,7 +233,7 @@ impl LiveMemory {
                 // grows down): then the cache is updated.
                 // SAFETY: pthread_self has no preconditions (it reads the thread pointer).
                 let tcb = unsafe { libc::pthread_self() } as u64;
-                let at_sp = maps::scan([sp, sp], false).found[0].filter(|m| m.anon_rw);
+                let at_sp = maps::stack_like_at(sp);
                 match at_sp {
                     Some(m) if owns_stack(m, is_main_thread(), tcb) => {
                         THREAD_STACK.with(|c| c.set(m.range));
@@ -309,7 +309,7 @@ impl Memory for LiveMemory {
         if let Some(r) = self.range_of(addr, 1) {
             return Some(r);
         }
-        let m = maps::scan([addr, addr], false).found[0].filter(|m| m.anon_rw)?;
+        let m = maps::stack_like_at(addr)?;
         self.stacks[1] = m.range;
         Some(m.range)
     }
@@ -724,6 +724,12 @@ mod maps {
         pub found: [Option<Mapping>; 2],
         /// The `[stack]` mapping, if the scan got that far.
         pub main_stack: Option<Range>,
+    }
+
+    /// The mapping that contains `addr`, if it is private, anonymous and read-write, as every
+    /// stack is (one scan).
+    pub fn stack_like_at(addr: u64) -> Option<Mapping> {
+        scan([addr, addr], false).found[0].filter(|m| m.anon_rw)
     }
 
     /// The mapping that contains `addr`.

@@ -515,48 +515,25 @@ fn forget_inherited(reg: &mut Registry) {
     super::sigprof::PROCESS_TIMER.store(false, Ordering::SeqCst);
 }
 
-fn registry() -> MutexGuard<'static, Registry> {
+/// The registry's lock (also taken around a `fork`: `profile::fork`).
+pub(super) fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-thread_local! {
-    /// The registry's lock, held by the forking thread from before a `fork` to after it (see
-    /// `profile::fork`).
-    static FORK_HELD: core::cell::RefCell<Option<MutexGuard<'static, Registry>>> =
-        const { core::cell::RefCell::new(None) };
-}
-
-/// Before a `fork`: the forking thread takes the registry's lock (the collector takes it every
-/// 10 ms; held at the fork, it would stay held in the child, whose profiler could not start).
-pub(super) fn fork_prepare() {
-    let g = registry();
-    let _ = FORK_HELD.try_with(|h| {
-        if let Ok(mut h) = h.try_borrow_mut() {
-            *h = Some(g);
-        }
-    });
-}
-
-/// After a `fork`, in the parent and in the child: releases the registry's lock. (The child's
-/// copy of the parent's profiler is forgotten when it is stopped or a profiler starts there.)
-pub(super) fn fork_release() {
-    let _ = FORK_HELD.try_with(|h| {
-        if let Ok(mut h) = h.try_borrow_mut() {
-            h.take();
-        }
-    });
-}
-
-/// Tests of `profile::fork`: holds the registry's lock.
-#[cfg(test)]
-pub(super) fn hold_for_test() -> MutexGuard<'static, Registry> {
-    registry()
 }
 
 /// In a forked child: is the registry's lock free?
 #[cfg(test)]
 pub(super) fn free_in_child_for_test() -> bool {
     REGISTRY.try_lock().is_ok()
+}
+
+/// `m`'s lock if it is free now (poisoned or not), without waiting: for the state a `fork`
+/// child inherited, whose holder may be a parent thread that does not run here.
+fn lock_now<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 fn errno() -> i32 {
@@ -949,12 +926,8 @@ impl Shared {
 
     /// The stacks of a profiler copied into a `fork` child, without waiting: the parent's
     /// collector may have held their lock at the fork, and it does not run here (then none).
-    fn inherited_stacks(&self) -> Option<std::sync::MutexGuard<'_, Stacks>> {
-        match self.stacks.try_lock() {
-            Ok(g) => Some(g),
-            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+    fn inherited_stacks(&self) -> Option<MutexGuard<'_, Stacks>> {
+        lock_now(&self.stacks)
     }
 }
 
@@ -1203,11 +1176,7 @@ impl CpuProfiler {
             // unless the child started a profiler of its own since.
             // The fork handlers (`profile::fork`) leave the lock free in the child; a try all
             // the same, so that a fork they did not see (a raw `clone`) cannot make this wait.
-            let reg = match REGISTRY.try_lock() {
-                Ok(g) => Some(g),
-                Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => None,
-            };
+            let reg = lock_now(&REGISTRY);
             if let Some(mut reg) = reg {
                 if reg.running.is_some() && reg.running_pid == self.pid {
                     forget_inherited(&mut reg);

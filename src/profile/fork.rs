@@ -21,9 +21,21 @@
 //! would for glibc's `malloc` locks; and a fork that interrupted this thread's own table update
 //! from a signal handler leaves the child's in-flight count one too low.
 
-use std::sync::Once;
+use std::sync::{MutexGuard, Once};
 
 static REGISTER: Once = Once::new();
+
+/// The locks the forking thread holds across a fork, in the order they are taken.
+struct Held {
+    control: MutexGuard<'static, ()>,
+    registry: MutexGuard<'static, super::cpu::Registry>,
+    watcher: crate::module_watch::WatcherGuard,
+}
+
+thread_local! {
+    /// [`Held`], from [`prepare`] to [`parent`] or [`child`] (the same thread runs them).
+    static HELD: core::cell::RefCell<Option<Held>> = const { core::cell::RefCell::new(None) };
+}
 
 /// Registers the fork handlers (once per process). Called by each profiler's start; allocates
 /// (glibc keeps the handlers in a list), so not from a signal handler or an allocator hook.
@@ -38,23 +50,44 @@ pub(crate) fn register() {
 /// Before a fork, in the forking thread: take the locks (the heap profiler's control lock, the
 /// CPU profiler's registry, the module watcher's), waiting for a thread that holds one.
 extern "C" fn prepare() {
-    super::heap::fork_prepare();
-    super::cpu::fork_prepare();
-    crate::module_watch::fork_prepare();
+    let held = Held {
+        control: super::heap::control(),
+        registry: super::cpu::registry(),
+        watcher: crate::module_watch::watcher_lock(),
+    };
+    let _ = HELD.try_with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut() {
+            *h = Some(held);
+        }
+    });
 }
 
 /// After a fork, in the parent: release them.
 extern "C" fn parent() {
-    crate::module_watch::fork_release(false);
-    super::cpu::fork_release();
-    super::heap::fork_release(false);
+    release(false);
 }
 
 /// After a fork, in the child: clear what the parent's other threads left, and release them.
 extern "C" fn child() {
-    crate::module_watch::fork_release(true);
-    super::cpu::fork_release();
-    super::heap::fork_release(true);
+    release(true);
+}
+
+/// Releases the locks [`prepare`] took, in the reverse order; in the `child`, first forgets
+/// the heap table updates and the module watcher of the parent's other threads.
+fn release(child: bool) {
+    let _ = HELD.try_with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut() {
+            if let Some(mut held) = h.take() {
+                if child {
+                    crate::module_watch::forget_parent_watcher(&mut held.watcher);
+                    super::heap::forget_in_flight();
+                }
+                drop(held.watcher);
+                drop(held.registry);
+                drop(held.control);
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -73,8 +106,8 @@ mod tests {
         let (done, finish) = mpsc::channel::<()>();
         let holder = std::thread::spawn(move || {
             let a = super::super::heap::hold_for_test();
-            let b = super::super::cpu::hold_for_test();
-            let c = crate::module_watch::hold_for_test();
+            let b = super::super::cpu::registry();
+            let c = crate::module_watch::watcher_lock();
             held.send(()).unwrap();
             // Held while the main thread forks: its fork waits for this sleep to end.
             std::thread::sleep(Duration::from_millis(300));

@@ -1359,40 +1359,15 @@ fn untrack(addr: u64) {
 // ---------------------------------------------------------------------------------------------
 // Control.
 
-fn control() -> std::sync::MutexGuard<'static, ()> {
+/// The control lock (start, stop, reset, set_rate, snapshot; and `profile::fork`).
+pub(super) fn control() -> std::sync::MutexGuard<'static, ()> {
     CONTROL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-thread_local! {
-    /// The control lock, held by the forking thread from before a `fork` to after it (see
-    /// `profile::fork`).
-    static FORK_HELD: RefCell<Option<std::sync::MutexGuard<'static, ()>>> =
-        const { RefCell::new(None) };
-}
-
-/// Before a `fork`: the forking thread takes the control lock (so no start, stop, reset or
-/// snapshot is half done in the child).
-pub(super) fn fork_prepare() {
-    let g = control();
-    let _ = FORK_HELD.try_with(|h| {
-        if let Ok(mut h) = h.try_borrow_mut() {
-            *h = Some(g);
-        }
-    });
-}
-
-/// After a `fork`: releases the control lock; in the `child`, first forgets the table updates
-/// that the parent's other threads were inside (they do not run here, and [`reset`] would wait
-/// for them forever).
-pub(super) fn fork_release(child: bool) {
-    if child {
-        IN_FLIGHT.store(0, Ordering::SeqCst);
-    }
-    let _ = FORK_HELD.try_with(|h| {
-        if let Ok(mut h) = h.try_borrow_mut() {
-            h.take();
-        }
-    });
+/// After a `fork`, in the child: forgets the table updates that the parent's other threads
+/// were inside (they do not run here, and [`reset`] would wait for them forever).
+pub(super) fn forget_in_flight() {
+    IN_FLIGHT.store(0, Ordering::SeqCst);
 }
 
 /// Tests of `profile::fork`: holds the control lock, inside a table update (until
