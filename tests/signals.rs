@@ -194,15 +194,19 @@ fn spin_in_coroutine_on_system_stack() {
         unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
     }
     .unwrap();
+    spin_on_system_stack_in_a_coroutine(&mut stack);
+    drop(reg);
+    black_box(());
+}
+
+/// Runs [`spin_on_system_stack`] in a coroutine on `stack`, to its end.
+fn spin_on_system_stack_in_a_coroutine(stack: &mut corosensei::stack::DefaultStack) {
     let mut co =
-        corosensei::Coroutine::with_stack(&mut stack, |_y: &corosensei::Yielder<(), ()>, ()| {
+        corosensei::Coroutine::with_stack(stack, |_y: &corosensei::Yielder<(), ()>, ()| {
             spin_on_system_stack()
         });
     let r = co.resume(());
     assert!(matches!(r, corosensei::CoroutineResult::Return(())));
-    drop(co);
-    drop(reg);
-    black_box(());
 }
 
 /// Runs `body` on a fresh thread (with an alternate signal stack if `alt`), signals it once it
@@ -347,9 +351,19 @@ fn signal_on_the_system_stack_crosses_both() {
 
 #[test]
 fn signal_in_a_coroutine_on_the_system_stack_crosses_all_three() {
+    signal_in_a_coroutine_on_the_system_stack(
+        spin_in_coroutine_on_system_stack,
+        "spin_in_coroutine_on_system_stack",
+    );
+}
+
+/// A signal while `body` (named `outer`) spins on the system stack, called in a coroutine: the
+/// handler's capture crosses the signal frame, the system stack's switch and the coroutine's,
+/// each onto the next stack, down to `outer`; the ucontext's capture finds the same callers.
+fn signal_in_a_coroutine_on_the_system_stack(body: fn(), outer: &str) {
     let _g = serial();
     install(on_sigusr1, true);
-    let [cap, _, uc, _] = signal_while(spin_in_coroutine_on_system_stack, true);
+    let [cap, _, uc, _] = signal_while(body, true);
     check_capture_crosses(
         &cap,
         1,
@@ -357,24 +371,16 @@ fn signal_in_a_coroutine_on_the_system_stack_crosses_all_three() {
             "unwind_0_1_system_stack_switch",
             "spin_on_system_stack",
             "stack_init_trampoline",
-            "spin_in_coroutine_on_system_stack",
+            outer,
         ],
     );
-    let stacks: Vec<u16> = [
-        "spin_target",
-        "spin_on_system_stack",
-        "spin_in_coroutine_on_system_stack",
-    ]
-    .iter()
-    .map(|n| cap.frames[cap.expect_fn(n)].stack)
-    .collect();
+    let stacks: Vec<u16> = ["spin_target", "spin_on_system_stack", outer]
+        .iter()
+        .map(|n| cap.frames[cap.expect_fn(n)].stack)
+        .collect();
     assert_eq!(stacks, vec![1, 2, 3], "{cap}");
     assert_eq!(cap.trace.stop, StopReason::End, "{cap}");
-    uc.expect_in_order(&[
-        "spin_target",
-        "spin_on_system_stack",
-        "spin_in_coroutine_on_system_stack",
-    ]);
+    uc.expect_in_order(&["spin_target", "spin_on_system_stack", outer]);
 }
 
 /// The same coroutine with its stack not registered: the walk from the handler (on the
@@ -383,47 +389,17 @@ fn signal_in_a_coroutine_on_the_system_stack_crosses_all_three() {
 /// after `system_stack::run`).
 #[inline(never)]
 fn spin_in_unregistered_coroutine_on_system_stack() {
-    use corosensei::stack::DefaultStack;
-    let mut stack = DefaultStack::new(256 * 1024).unwrap();
-    let mut co =
-        corosensei::Coroutine::with_stack(&mut stack, |_y: &corosensei::Yielder<(), ()>, ()| {
-            spin_on_system_stack()
-        });
-    let r = co.resume(());
-    assert!(matches!(r, corosensei::CoroutineResult::Return(())));
+    let mut stack = corosensei::stack::DefaultStack::new(256 * 1024).unwrap();
+    spin_on_system_stack_in_a_coroutine(&mut stack);
     black_box(());
 }
 
 #[test]
 fn signal_in_an_unregistered_coroutine_on_the_system_stack_crosses_all_three() {
-    let _g = serial();
-    install(on_sigusr1, true);
-    let [cap, _, uc, _] = signal_while(spin_in_unregistered_coroutine_on_system_stack, true);
-    check_capture_crosses(
-        &cap,
-        1,
-        &[
-            "unwind_0_1_system_stack_switch",
-            "spin_on_system_stack",
-            "stack_init_trampoline",
-            "spin_in_unregistered_coroutine_on_system_stack",
-        ],
+    signal_in_a_coroutine_on_the_system_stack(
+        spin_in_unregistered_coroutine_on_system_stack,
+        "spin_in_unregistered_coroutine_on_system_stack",
     );
-    let stacks: Vec<u16> = [
-        "spin_target",
-        "spin_on_system_stack",
-        "spin_in_unregistered_coroutine_on_system_stack",
-    ]
-    .iter()
-    .map(|n| cap.frames[cap.expect_fn(n)].stack)
-    .collect();
-    assert_eq!(stacks, vec![1, 2, 3], "{cap}");
-    assert_eq!(cap.trace.stop, StopReason::End, "{cap}");
-    uc.expect_in_order(&[
-        "spin_target",
-        "spin_on_system_stack",
-        "spin_in_unregistered_coroutine_on_system_stack",
-    ]);
 }
 
 /// Spins on a `stacker` segment (which nobody registers).
