@@ -783,10 +783,24 @@ int main(void) {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut t = Target::start(&mut Command::new(&exe));
-    for _ in 0..10 {
-        let r = stack_json(t.pid(), &[]);
-        assert!(!r["threads"].as_array().unwrap().is_empty());
-        t.assert_untouched();
+    for mode in ["hybrid", "fp", "dwarf"] {
+        for _ in 0..10 {
+            let r = stack_json(t.pid(), &["--mode", mode]);
+            let threads = r["threads"].as_array().unwrap();
+            assert!(!threads.is_empty());
+            // Every frame is in a loaded module. A thread caught in the two instructions
+            // after `clone3` (its frame pointer still the parent's pointer to the new thread's
+            // control block) used to show a heap address as its caller.
+            for th in threads {
+                for f in th["frames"].as_array().unwrap() {
+                    assert!(
+                        f["module"].is_string(),
+                        "--mode {mode}: a frame outside every module: {th}"
+                    );
+                }
+            }
+            t.assert_untouched();
+        }
     }
 }
 

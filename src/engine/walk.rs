@@ -736,12 +736,21 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     }
 
     #[inline(always)]
-    fn after_run(&mut self, st: &mut State, out: &[Frame], k: usize, fp: u64, floor: u64) {
-        if k != 0 {
+    fn after_run(&mut self, st: &mut State, out: &[Frame], mut k: usize, fp: u64, floor: u64) {
+        let mut last = floor - A::RECORD_SIZE;
+        if k != 0 && fp == last {
+            // The last record pointed at itself: no frame record does (a thread caught just
+            // after `clone3`, its frame pointer still the parent's pointer to the new thread's
+            // control block, whose first word is its own address). Its "return address" is
+            // not one: take the frame back, and [`Walker::step`] stops at that record.
+            k -= 1;
+            last = fp.saturating_sub(1);
+        }
+        if let Some(prev) = k.checked_sub(1).and_then(|i| out.get(i)) {
             st.n += k;
-            st.prev_fp = Some(floor - A::RECORD_SIZE);
+            st.prev_fp = Some(last);
             st.regs = Regs {
-                pc: out[k - 1].pc,
+                pc: prev.pc,
                 sp: A::caller_sp_after_record(floor),
                 fp,
                 lr: 0,
@@ -873,6 +882,11 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 }
                 // Both architectures: [fp] = caller's fp, [fp + 8] = return address.
                 let (saved_fp, ra) = mem.read_pair(fp).ok_or(StopReason::ReadFailed)?;
+                // No frame record points at itself ([`Walker::after_run`]): what it holds is
+                // no return address.
+                if saved_fp == fp {
+                    return Err(guess(StopReason::NotMonotonic));
+                }
                 let caller = Regs {
                     pc: A::strip_ra(ra, self.pac_mask),
                     sp: A::caller_sp_after_record(fp + A::RECORD_SIZE),

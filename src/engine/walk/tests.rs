@@ -96,16 +96,46 @@ fn loop_is_not_monotonic() {
     );
     assert_eq!(stop, StopReason::NotMonotonic);
     assert_eq!(pcs(&f), vec![0x1234, 1, 2]);
-    // A record pointing at itself.
-    let mut s = StackBuilder::new(LO, LEN);
-    s.record(LO + 0x100, LO + 0x100, 1);
-    let (_, stop) = walk_x86(
-        &[s.region()],
-        &TransitionTable::new(),
-        start_at(LO + 0x100),
-        64,
-    );
-    assert_eq!(stop, StopReason::NotMonotonic);
+    // A record pointing at itself (a thread caught just after `clone3`: the frame pointer is
+    // the parent's pointer to the new thread's control block, whose first word is its own
+    // address): its second word is no return address, and no frame comes from it, whether
+    // it is the walk's first record or a later one.
+    for depth in [0, 2] {
+        let mut s = StackBuilder::new(LO, LEN);
+        let me = LO + 0x100 + depth * 0x20;
+        for i in 0..depth {
+            let fp = LO + 0x100 + i * 0x20;
+            s.record(fp, fp + 0x20, 0x40_0000 + i);
+        }
+        s.record(me, me, 0xdead_beef);
+        let want: Vec<u64> = [0x1234]
+            .into_iter()
+            .chain((0..depth).map(|i| 0x40_0000 + i))
+            .collect();
+        let (f, stop) = walk_x86(
+            &[s.region()],
+            &TransitionTable::new(),
+            start_at(LO + 0x100),
+            64,
+        );
+        assert_eq!(
+            (pcs(&f), stop),
+            (want.clone(), StopReason::NotMonotonic),
+            "depth {depth}"
+        );
+        // Hybrid, where no CFI covers the pc (glibc's closes before `clone3`'s last
+        // instructions): the record is followed the same way.
+        let regions = [s.region()];
+        let mut mem = Image::new(&regions);
+        let mut buf = [Frame::EMPTY; 16];
+        let mut w: Walker<X86_64, _, _> = Walker::with_cfi(NoTransitions, NoCfi, Mode::Hybrid);
+        let t = w.walk(start_at(LO + 0x100), &mut mem, &mut buf);
+        assert_eq!(
+            (pcs(&buf[..t.len]), t.stop),
+            (want, StopReason::NotMonotonic),
+            "hybrid, depth {depth}"
+        );
+    }
 }
 
 #[test]
