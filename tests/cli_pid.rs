@@ -7,8 +7,9 @@
 //! - C (fixtures/c/live.c, gcc): a signal handler on a sigaltstack, parked threads;
 //! - Rust (fixtures/rust/live_switches.rs): `unwind::system_stack`, a stacker segment, a
 //!   corosensei coroutine;
-//! - Go 1.19 (fixtures/go/live_cgo, live_gc; go + gcc): blocked in C through cgo, caught on the
-//!   system stack; `--policy heap|block`;
+//! - Go 1.19 (fixtures/go/live_cgo, live_gc, live_callback; go + gcc): blocked in C through
+//!   cgo, caught on the system stack, a callback from C into Go, a clock read in the vDSO;
+//!   `--policy heap|block`;
 //! - bad input: no such process, a zombie, a kernel thread, permission denied, already
 //!   traced: exit 2, one line, nothing left attached;
 //! - `unwind` killed by SIGTERM/SIGINT/SIGKILL while it holds the threads, threads exiting
@@ -947,4 +948,64 @@ fn go_caught_on_the_system_stack() {
         }
     }
     t.assert_untouched();
+}
+
+#[test]
+fn go_callback_from_c_and_a_clock_read_in_the_vdso() {
+    if !need("go", "version") || !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("go-callback");
+    let mut t = Target::start(&mut Command::new(build_go(&dir.0, "live_callback")));
+    let modes = ["hybrid", "dwarf", "fp"];
+    let mut in_vdso = [false; 3];
+    let mut callback_seen = [false; 2];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while in_vdso.contains(&false) || callback_seen.contains(&false) {
+        assert!(
+            Instant::now() < deadline,
+            "not caught everywhere in 60 s: in the vDSO {in_vdso:?}, in the callback \
+             {callback_seen:?}"
+        );
+        for (i, mode) in modes.iter().enumerate() {
+            let r = stack_json(t.pid(), &["--mode", mode]);
+            for th in r["threads"].as_array().unwrap() {
+                let n = names(th);
+                let whole = |what: &str| {
+                    assert_eq!(
+                        n.last().map(String::as_str),
+                        Some("runtime.goexit.abi0"),
+                        "{mode}, {what}: {n:?}"
+                    );
+                    assert_eq!(th["truncated"], false, "{mode}, {what}: {n:?}");
+                };
+                // Caught in the vDSO's clock_gettime, called by time.now on g0's stack: back to
+                // the goroutine. (Caught in time.now itself, in the few instructions where
+                // its sp is g0's, a walk may end short: README, Known limits.)
+                if n.iter().skip(1).any(|s| s == "time.now") {
+                    crossed(th, "time.now", "main.clockLoop");
+                    assert!(n.iter().any(|s| s == "main.clockCaller"), "{mode}: {n:?}");
+                    whole("time.now");
+                    in_vdso[i] = true;
+                }
+                // Go -> C -> Go: the callback's frames, then the goroutine's code that called
+                // C, past the return address cgocallback pushed (CFI modes: FP mode stops
+                // at cgocallback, whose frame pointer is on g0's stack).
+                if i < 2 && n.first().map(String::as_str) == Some("main.spinOnce") {
+                    let at = |f: &str| n.iter().position(|s| s == f);
+                    let order = [
+                        "runtime.cgocallback.abi0",
+                        "runtime.systemstack_switch.abi0",
+                        "runtime.cgocall",
+                        "main.callsBack",
+                    ]
+                    .map(|f| at(f).unwrap_or_else(|| panic!("{mode}: no {f} in {n:?}")));
+                    assert!(order.windows(2).all(|w| w[0] < w[1]), "{mode}: {n:?}");
+                    whole("callback");
+                    callback_seen[i] = true;
+                }
+            }
+            t.assert_untouched();
+        }
+    }
 }

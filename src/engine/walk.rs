@@ -759,6 +759,107 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         }
     }
 
+    /// The caller by the frame record at `st.regs.fp`: `(caller, via, record address)`, or why
+    /// there is none (`cfi_failed`: CFI covered the pc but could not be evaluated, and a
+    /// failure here is most likely the unreadable memory that made it fail).
+    #[inline(always)]
+    fn record_step<M: Memory>(
+        &self,
+        st: &State,
+        mem: &mut M,
+        cfi_failed: bool,
+    ) -> Result<(Regs, Via, Option<u64>), StopReason> {
+        let fp = st.regs.fp;
+        if fp == 0 {
+            return Err(StopReason::End);
+        }
+        let guess = |why| {
+            if cfi_failed {
+                StopReason::ReadFailed
+            } else {
+                why
+            }
+        };
+        if !fp.is_multiple_of(A::FP_ALIGN) {
+            return Err(guess(StopReason::Misaligned));
+        }
+        match st.seg {
+            Some(seg) if !seg.contains_span(fp, A::RECORD_SIZE) => {
+                // Left this stack for another known one: only a transition may do that.
+                return Err(if !seg.contains(fp) && mem.stack_range(fp).is_some() {
+                    guess(StopReason::NotMonotonic)
+                } else {
+                    StopReason::ReadFailed
+                });
+            }
+            _ => {}
+        }
+        if let Some(prev) = st.prev_fp {
+            if fp <= prev {
+                return Err(guess(StopReason::NotMonotonic));
+            }
+        }
+        // A record below the stack pointer is in dead stack.
+        if st.regs.sp != 0 && fp < st.regs.sp.saturating_sub(A::RECORD_BELOW_SP) {
+            return Err(guess(StopReason::NotMonotonic));
+        }
+        // Both architectures: [fp] = caller's fp, [fp + 8] = return address.
+        let (saved_fp, ra) = mem.read_pair(fp).ok_or(StopReason::ReadFailed)?;
+        // No frame record points at itself ([`Walker::after_run`]): what it holds is
+        // no return address.
+        if saved_fp == fp {
+            return Err(guess(StopReason::NotMonotonic));
+        }
+        let caller = Regs {
+            pc: A::strip_ra(ra, self.pac_mask),
+            sp: A::caller_sp_after_record(fp + A::RECORD_SIZE),
+            fp: saved_fp,
+            lr: 0,
+        };
+        Ok((caller, Via::FramePointer, Some(fp)))
+    }
+
+    /// A return address that no CFI covers the byte before, at the first instruction of a
+    /// function that has CFI: a return address a runtime pushed itself, pointing at a
+    /// function's entry (Go's `cgocallback` pushes the goroutine's `g.sched.pc`,
+    /// `runtime.systemstack_switch`, under the frame it opens on the goroutine's stack). It
+    /// is looked up at itself, as Go's own traceback does at a function's entry, and its frame
+    /// is marked exact (so it is named after that function). Its caller's frame pointer is
+    /// then the caller's own frame record, at its CFA - 16, when that record returns where the
+    /// CFI says (the register itself still holds a frame pointer of the callee side). x86_64
+    /// only: an aarch64 function's entry has its return address in `lr`. `None` when that is
+    /// not the case. `ask`: look up the byte before first (the caller has not).
+    #[cold]
+    #[inline(never)]
+    fn at_entry<M: Memory>(
+        &mut self,
+        st: &State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        ask: bool,
+    ) -> Option<Regs> {
+        if A::HAS_LINK_REGISTER
+            || st.exact
+            || (ask && self.cfi.step::<A, M>(&st.regs, false, mem) != CfiStep::NoInfo)
+        {
+            return None;
+        }
+        let CfiStep::Caller(mut r) = self.cfi.step::<A, M>(&st.regs, true, mem) else {
+            return None;
+        };
+        if let Some(f) = st.n.checked_sub(1).and_then(|i| buf.get_mut(i)) {
+            f.flags |= Frame::EXACT;
+        }
+        if let CfiStep::Caller(up) = self.cfi.step::<A, M>(&r, false, mem) {
+            if let Some(rec) = up.sp.checked_sub(A::RECORD_SIZE) {
+                if rec >= r.sp && mem.read_pair(rec).is_some_and(|(_, ra)| ra == up.pc) {
+                    r.fp = rec;
+                }
+            }
+        }
+        Some(r)
+    }
+
     /// One iteration: finds the caller of `st.regs`, writes at least one frame or stops.
     #[inline(always)]
     fn step<M: Memory>(
@@ -787,7 +888,13 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             Mode::Hybrid => st.exact || !self.cfi.keeps_frame_record(st.regs.pc),
         };
         if ask_cfi {
-            match self.cfi.step::<A, M>(&st.regs, st.exact, mem) {
+            let mut found = self.cfi.step::<A, M>(&st.regs, st.exact, mem);
+            if found == CfiStep::NoInfo && !st.exact && !A::HAS_LINK_REGISTER {
+                if let Some(r) = self.at_entry(st, mem, buf, false) {
+                    found = CfiStep::Caller(r);
+                }
+            }
+            match found {
                 CfiStep::Caller(r) => dwarf = Some(r),
                 CfiStep::Signal(r) => {
                     dwarf = Some(r);
@@ -845,56 +952,19 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 }
                 (r, Via::Dwarf, None)
             }
-            None => {
-                let fp = st.regs.fp;
-                if fp == 0 {
-                    return Err(StopReason::End);
-                }
-                let guess = |why| {
-                    if cfi_failed {
-                        StopReason::ReadFailed
-                    } else {
-                        why
-                    }
-                };
-                if !fp.is_multiple_of(A::FP_ALIGN) {
-                    return Err(guess(StopReason::Misaligned));
-                }
-                match st.seg {
-                    Some(seg) if !seg.contains_span(fp, A::RECORD_SIZE) => {
-                        // Left this stack for another known one: only a transition may do that.
-                        return Err(if !seg.contains(fp) && mem.stack_range(fp).is_some() {
-                            guess(StopReason::NotMonotonic)
-                        } else {
-                            StopReason::ReadFailed
-                        });
-                    }
-                    _ => {}
-                }
-                if let Some(prev) = st.prev_fp {
-                    if fp <= prev {
-                        return Err(guess(StopReason::NotMonotonic));
+            None => match self.record_step(st, mem, cfi_failed) {
+                Ok(found) => found,
+                // Hybrid: the record leads nowhere, but the pc may be a pushed return address
+                // at a function's entry ([`Walker::at_entry`]; Go's `cgocallback` on a
+                // goroutine's stack, whose frame pointer is g0's).
+                Err(e) if self.mode == Mode::Hybrid && !ask_cfi && e != StopReason::End => {
+                    match self.at_entry(st, mem, buf, true) {
+                        Some(r) => (r, Via::Dwarf, None),
+                        None => return Err(e),
                     }
                 }
-                // A record below the stack pointer is in dead stack.
-                if st.regs.sp != 0 && fp < st.regs.sp.saturating_sub(A::RECORD_BELOW_SP) {
-                    return Err(guess(StopReason::NotMonotonic));
-                }
-                // Both architectures: [fp] = caller's fp, [fp + 8] = return address.
-                let (saved_fp, ra) = mem.read_pair(fp).ok_or(StopReason::ReadFailed)?;
-                // No frame record points at itself ([`Walker::after_run`]): what it holds is
-                // no return address.
-                if saved_fp == fp {
-                    return Err(guess(StopReason::NotMonotonic));
-                }
-                let caller = Regs {
-                    pc: A::strip_ra(ra, self.pac_mask),
-                    sp: A::caller_sp_after_record(fp + A::RECORD_SIZE),
-                    fp: saved_fp,
-                    lr: 0,
-                };
-                (caller, Via::FramePointer, Some(fp))
-            }
+                Err(e) => return Err(e),
+            },
         };
         if caller.pc == 0 {
             return Err(StopReason::End);

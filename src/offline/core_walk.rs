@@ -625,6 +625,7 @@ pub fn transitions_for<'a>(
     // Every name `function` is asked here and for Go's runtime, answered in one pass.
     let mut asked: Vec<&'static str> = GO_NAMES.to_vec();
     asked.extend(FAULT_CALLS);
+    asked.extend(GO_VDSO_CALLS);
     asked.extend(crate::switches::BY_SYMBOL.iter().map(|k| k.symbol));
     for m in symbols.modules() {
         m.prepare_names(&asked);
@@ -640,6 +641,21 @@ pub fn transitions_for<'a>(
                 if table.lookup(r.lo).is_none() && !trampolines.contains(r.lo) {
                     if let Some(id) = add(&mut table, r, Rule::ContinueChain, name) {
                         system_switches.push(id);
+                    }
+                }
+            }
+        }
+    }
+    // Go's vDSO calls (amd64 `runtime.nanotime1`, `time.now`): on a goroutine they move sp to
+    // g0's stack (`sys_linux_amd64.s`, `time_linux_amd64.s`), which their CFI does not say,
+    // and keep their frame record: the chain from the vDSO's frames leads back to the
+    // goroutine's stack, as from `systemstack`'s. (Go's own traceback uses `m.vdsoPC/SP`.)
+    if core.arch == ArchKind::X86_64 {
+        for m in symbols.modules() {
+            for raw in GO_VDSO_CALLS {
+                if let Some(r) = m.function(raw) {
+                    if table.lookup(r.lo).is_none() && !trampolines.contains(r.lo) {
+                        add(&mut table, r, Rule::ContinueChain, "go vdso call");
                     }
                 }
             }
@@ -676,6 +692,14 @@ pub fn transitions_for<'a>(
     }
     (trampolines, table, names, system_switches)
 }
+
+/// Go's amd64 functions that call the vDSO on g0's stack, keeping their frame record.
+const GO_VDSO_CALLS: [&str; 4] = [
+    "runtime.nanotime1.abi0",
+    "runtime.nanotime1",
+    "time.now.abi0",
+    "time.now",
+];
 
 /// Go functions its signal handler makes the interrupted code "call" ([`Rule::FaultCall`]).
 const FAULT_CALLS: [&str; 4] = [
@@ -1267,7 +1291,10 @@ impl GoRuntime {
                         .iter()
                         .any(|e| e.id == f.transition && matches!(e.rule, Rule::ContinueChain))
             });
-            if bottom || crossed || !stop.is_truncated() {
+            // A walk that ended (a zero frame pointer) outside Go's code may be a cgo call's C
+            // frames, whose goroutine `g.sched` holds (FP mode: libc left a zero there).
+            let ended_in_c = stop == StopReason::End && !self.is_go_code(cx.symbols, Some(&last));
+            if bottom || crossed || !(stop.is_truncated() || ended_in_c) {
                 return None;
             }
             crate::go_runtime::switched_goroutine(&mut mem, &self.offsets, g, self.switch_marker?)?
