@@ -162,7 +162,7 @@ fn alt_stack_guard_is_one_real_page() {
 fn walk_from_fp(fp: u64) -> (unwind::StopReason, usize) {
     let local = 0u64;
     let sp = std::hint::black_box(&local) as *const u64 as u64;
-    let mut mem = unwind::live::LiveMemory::for_sp(sp, None);
+    let mut mem = unwind::live::LiveMemory::for_sp(sp);
     assert_eq!(unwind::Memory::read_u64(&mut mem, fp), None);
     let mut w: unwind::Walker<unwind::arch::native::Native, _, _> =
         unwind::Walker::new(unwind::transition::NoTransitions);
@@ -403,4 +403,18 @@ fn refresh_survives_a_concurrent_dlclose() {
         closer.join().unwrap();
         assert!(!u.modules().is_empty());
     }
+}
+
+/// Safe code cannot make the live memory trust a range: `LiveMemory::for_sp` takes only a
+/// stack pointer, and an address no stack holds reads as nothing (the alternate stack range a
+/// signal handler's `ucontext` gives is for `unsafe` `for_sp_and`). Before, the safe
+/// constructor took that range too, and reading inside it faulted.
+#[test]
+fn safe_live_memory_trusts_no_range() {
+    let mut m = unwind::live::LiveMemory::for_sp(0x1008);
+    assert_eq!(unwind::Memory::read_u64(&mut m, 0x1008), None);
+    let local = 7u64;
+    let sp = std::hint::black_box(&local) as *const u64 as u64;
+    let mut m = unwind::live::LiveMemory::for_sp(sp);
+    assert_eq!(unwind::Memory::read_u64(&mut m, sp), Some(7));
 }

@@ -183,11 +183,23 @@ pub struct LiveMemory {
 }
 
 impl LiveMemory {
-    /// The memory a capture starting at stack pointer `sp` may read: the thread's stack, the
-    /// stack `sp` is on (if different), and `extra` (an alternate signal stack). Finds unknown
-    /// stacks through `/proc/self/maps` (async-signal-safe, see the module docs).
+    /// The memory a capture starting at stack pointer `sp` may read: the thread's stack and
+    /// the stack `sp` is on (if different; a registered stack, or a private anonymous
+    /// read-write mapping, as `/proc/self/maps` says). Async-signal-safe (see the module docs).
     #[inline(always)]
-    pub fn for_sp(sp: u64, extra: Option<Range>) -> Self {
+    pub fn for_sp(sp: u64) -> Self {
+        // SAFETY: no extra range is trusted.
+        unsafe { Self::for_sp_and(sp, None) }
+    }
+
+    /// [`LiveMemory::for_sp`], also reading `extra` (the alternate signal stack a handler runs
+    /// on, from its `ucontext`'s `uc_stack`). Async-signal-safe.
+    ///
+    /// # Safety
+    /// `extra`, when given, must be readable memory for as long as this `LiveMemory` is used:
+    /// its reads are checked against the range, not against what is mapped.
+    #[inline(always)]
+    pub unsafe fn for_sp_and(sp: u64, extra: Option<Range>) -> Self {
         // The common case (a capture, not a signal handler): the thread's stack alone.
         if extra.is_none() {
             if let Some(m) = own_stack(sp) {
@@ -552,7 +564,7 @@ pub fn capture_with(buf: &mut [Frame], opts: Options) -> Trace {
 /// frame record, still live, is the start).
 #[inline(always)]
 fn walk_from_regs(r: Regs, buf: &mut [Frame], opts: Options) -> Trace {
-    let mut mem = LiveMemory::for_sp(r.sp, None);
+    let mut mem = LiveMemory::for_sp(r.sp);
     match start_here(r, &mut mem) {
         Some(start) => walk_live(start, &mut mem, buf, opts),
         None => empty(),
@@ -590,7 +602,10 @@ pub(crate) unsafe fn start_from_ucontext(ucontext: *const libc::c_void) -> (Star
     // SAFETY: forwarded from the caller.
     let (mut regs, alt) = unsafe { ucontext_regs(ucontext) };
     regs.pc = crate::arch::native::strip_pac_live(regs.pc);
-    (Start::exact(regs), LiveMemory::for_sp(regs.sp, alt))
+    // SAFETY: `alt` is the `uc_stack` the kernel filled in: the alternate stack this handler
+    // runs on, mapped while it runs (the caller's contract).
+    let mem = unsafe { LiveMemory::for_sp_and(regs.sp, alt) };
+    (Start::exact(regs), mem)
 }
 
 pub(crate) fn empty() -> Trace {

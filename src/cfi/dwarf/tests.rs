@@ -244,7 +244,7 @@ mod hybrid_entry {
         a.truncate(ta.len);
         let mut b = vec![Frame::EMPTY; len];
         let regs = crate::live::current_regs();
-        let mut mem = crate::live::LiveMemory::for_sp(regs.sp, None);
+        let mut mem = crate::live::LiveMemory::for_sp(regs.sp);
         let (tb, _) = walk_live(Start::exact(regs), &mut mem, &mut b, u, mode, true);
         b.truncate(tb.len);
         black_box(((a, ta), (b, tb)))
