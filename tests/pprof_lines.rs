@@ -29,6 +29,9 @@ fn lines_test_inlined_leaf(budget: Duration) -> u64 {
     x
 }
 
+/// One CPU profiler runs at a time in a process: the tests take turns.
+static PROFILER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[inline(never)]
 fn lines_test_outer(budget: Duration) -> u64 {
     black_box(lines_test_inlined_leaf(budget)) + 1
@@ -48,6 +51,7 @@ fn pprof_has_inlined_lines_build_ids_and_thread_labels() {
         eprintln!("skipping: needs `go` (golang-go) for go tool pprof");
         return;
     }
+    let _turn = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
     unwind::init();
     let p = CpuProfiler::start(Config {
         frequency_hz: 250,
@@ -229,4 +233,69 @@ fn check_lines(pb: &Path) {
     let list = go_pprof(&["-list", "lines_test_inlined_leaf"], pb);
     assert!(list.contains("pprof_lines.rs"), "{list}");
     assert!(list.contains("wrapping_mul"), "the source lines: {list}");
+}
+
+/// A stack cut at the policy's maximum depth ends, in `go tool pprof`, in the truncation
+/// marker frame where its root would be, and the folded stacks start with it (issue 5: "a max
+/// depth with a truncation marker").
+#[test]
+fn a_stack_cut_at_the_maximum_depth_shows_the_truncation_marker() {
+    let go = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !go {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: needs `go` (golang-go)"
+        );
+        eprintln!("skipping: needs `go` (golang-go) for go tool pprof");
+        return;
+    }
+    let _turn = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    unwind::init();
+    let p = CpuProfiler::start(Config {
+        frequency_hz: 250,
+        ..Config::default()
+    })
+    .unwrap();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) && p.stats().signals < 20 {
+        black_box(lines_test_outer(Duration::from_millis(20)));
+    }
+    let prof = p.stop();
+    assert!(prof.total() >= 5, "only {} samples", prof.total());
+    let sym = unwind::symbols::Symbolizer::for_current_process();
+    let cut = ProfileKind::Cpu.policy().max_depth(3);
+    let profile = prof.to_profile(&cut, &Classifier::new());
+    assert!(profile.samples.iter().all(|s| s.pcs.len() <= 3));
+    assert!(profile.samples.iter().any(|s| s.truncated));
+    let folded = profile.folded(&unwind::symbols::Symbolizer::new(), 0);
+    assert!(
+        folded.lines().all(|l| l.starts_with("[truncated];")),
+        "{folded}"
+    );
+    let dir = std::env::temp_dir().join(format!("unwind-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pb = dir.join("cpu.pb.gz");
+    profile
+        .write_pprof(&sym, std::fs::File::create(&pb).unwrap())
+        .unwrap();
+    let traces = go_pprof(&["-traces"], &pb);
+    // Each trace's frames, leaf first, end with the marker (Go prints one per line, then a
+    // line of dashes between traces).
+    let blocks: Vec<&str> = traces
+        .split("-----------+")
+        .skip(1)
+        .filter(|b| b.contains("thread_id"))
+        .collect();
+    assert!(!blocks.is_empty(), "{traces}");
+    for b in blocks {
+        let last = b.lines().map(str::trim).filter(|l| !l.is_empty()).last();
+        assert!(
+            last.is_some_and(|l| l.ends_with(unwind::profile::TRUNCATED_FRAME)),
+            "{traces}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -552,6 +552,31 @@ fn thread_cpu_clock(tid: libc::pid_t) -> libc::clockid_t {
     ((!tid) << 3) | CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD_MASK
 }
 
+/// A thread timer's first expiry: uniform in (0, `period`], not a whole period. A thread that
+/// runs for less than a period between two of the collector's scans would otherwise never
+/// reach its first sample, and every thread would lose part of a period at its start: a bias
+/// away from short-lived and bursty threads (Go draws the first expiry the same way,
+/// `runtime/os_linux.go`, `setThreadCPUProfiler`).
+fn first_expiry(period: Duration, tid: u64) -> Duration {
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    let ns = period.as_nanos().min(u128::from(u64::MAX)) as u64;
+    if ns <= 1 {
+        return period;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // splitmix64 of a counter, the thread id and the clock.
+    let mut z = DRAWS
+        .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        .wrapping_add(tid.wrapping_mul(0xbf58_476d_1ce4_e5b9))
+        .wrapping_add(now);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    Duration::from_nanos(1 + z % ns)
+}
+
 /// Creates and arms a timer sending SIGPROF to thread `tid`.
 fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
     let clock = match cfg.clock {
@@ -571,13 +596,13 @@ fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
         return Err(errno());
     }
     let p = period(cfg);
-    let ts = libc::timespec {
-        tv_sec: p.as_secs() as libc::time_t,
-        tv_nsec: p.subsec_nanos() as libc::c_long,
+    let ts = |d: Duration| libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
     };
     let spec = libc::itimerspec {
-        it_interval: ts,
-        it_value: ts,
+        it_interval: ts(p),
+        it_value: ts(first_expiry(p, tid as u64)),
     };
     // SAFETY: `timer` was just created; spec is a valid itimerspec.
     if unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) } != 0 {
@@ -1312,12 +1337,16 @@ impl CpuProfile {
                 )
             };
             for (frames, count) in stacks {
-                let kept = policy.apply(frames, classifier).slice(frames);
+                let k = policy.apply(frames, classifier);
+                let kept = k.slice(frames);
                 p.samples.push(Sample {
                     pcs: kept.iter().map(|f| f.pc).collect(),
                     exact_leaf: kept.first().is_some_and(|f| f.is_exact()),
                     values: vec![*count as i64, *count as i64 * ns],
                     labels: labels.clone(),
+                    // Cut by the policy's depth, or by the capture buffer (a full buffer's
+                    // walk was cut; one that ended at exactly this depth is taken as cut).
+                    truncated: k.truncated || frames.len() >= MAX_DEPTH,
                 });
             }
         }
@@ -1329,6 +1358,17 @@ impl CpuProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timer_s_first_expiry_is_spread_over_the_period() {
+        let p = Duration::from_millis(10);
+        let draws: Vec<Duration> = (0..2000).map(|i| first_expiry(p, i % 7)).collect();
+        assert!(draws.iter().all(|d| *d > Duration::ZERO && *d <= p));
+        // Uniform: mean near half the period, and both ends of it reached.
+        let mean = draws.iter().sum::<Duration>() / draws.len() as u32;
+        assert!(mean > p * 4 / 10 && mean < p * 6 / 10, "{mean:?}");
+        assert!(draws.iter().any(|d| *d < p / 10) && draws.iter().any(|d| *d > p * 9 / 10));
+    }
 
     #[test]
     fn thread_cpu_clock_matches_glibc() {

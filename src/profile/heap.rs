@@ -35,12 +35,16 @@
 //! addresses), and a second load from a 32 KiB filter in the regions that have one.
 //!
 //! # Values: scaled like Go
-//! The tables hold raw sampled counts. [`snapshot`] scales them the way Go's `runtime/pprof`
-//! does (`scaleHeapSample`): per stack, with the average sampled size `avg = space / count`, both
-//! count and space are multiplied by `1 / (1 - exp(-avg / rate))`, separately for the `alloc_*`
-//! and the `inuse_*` pair, using the current rate; with `rate <= 1` nothing is scaled. The
-//! results estimate the unsampled totals, which is what `go tool pprof` users expect.
-//! [`snapshot_raw`] returns the raw sampled values; [`rate`] gives the rate to scale them with.
+//! The tables hold raw sampled counts, and beside them the estimates [`snapshot`] returns:
+//! each sampled block of `size` bytes counts for `1 / (1 - exp(-size / rate))` blocks (and
+//! that many times its bytes), the probability Go's `runtime/pprof` divides by
+//! (`scaleHeapSample`), at the rate in force when it was sampled (a free is weighted at the
+//! rate in force then). Go applies it per stack and block size (its buckets are keyed by
+//! both); applied to a stack's average size, as [`scale`] does, it undercounts a stack that
+//! allocates both small and large blocks (`collect()` of boxes into a `Vec`: a million boxes
+//! read as under a hundred). With `rate <= 1` every block counts once. The results estimate
+//! the unsampled totals, which is what `go tool pprof` users expect. [`snapshot_raw`] returns
+//! the raw sampled values.
 //!
 //! # Stacks
 //! A sampled allocation is captured in the [`Mode`] of [`start_with_mode`] (Hybrid with [`start`];
@@ -219,6 +223,9 @@ pub struct HeapSample {
     pub inuse_objects: i64,
     /// Bytes not yet freed (estimated, unless raw).
     pub inuse_space: i64,
+    /// Was the stack cut at [`MAX_FRAMES`] (or by the capture buffer)? Profiles show a
+    /// [`TRUNCATED_FRAME`](crate::profile::TRUNCATED_FRAME) at its root end.
+    pub truncated: bool,
 }
 
 /// Counters of what the profiler did and could not do.
@@ -805,6 +812,15 @@ fn record(addr: u64, size: u64) {
             // Bytes before the count, the count with release: a snapshot that reads the count
             // first (acquire) sees at least the bytes of every allocation it counts (see
             // `collect`).
+            add_weighted(
+                &s.est_alloc_objects,
+                &s.est_alloc_bytes,
+                size,
+                SHARED.rate.load(Ordering::Relaxed),
+            );
+            if cut || full {
+                s.cut.store(true, Ordering::Relaxed);
+            }
             s.alloc_bytes.fetch_add(size, Ordering::Relaxed);
             s.alloc_objects.fetch_add(1, Ordering::Release);
             let v = pack(slot, size);
@@ -832,6 +848,40 @@ struct StackSlot {
     alloc_bytes: AtomicU64,
     free_objects: AtomicU64,
     free_bytes: AtomicU64,
+    /// The estimates: each sample weighted by how many allocations of its size it stands for
+    /// at the rate it was taken at ([`weight`]; objects in units of 2^-[`WEIGHT_SHIFT`]).
+    est_alloc_objects: AtomicU64,
+    est_alloc_bytes: AtomicU64,
+    est_free_objects: AtomicU64,
+    est_free_bytes: AtomicU64,
+    /// Was a sample of this stack cut at a maximum depth (the policy's or the capture
+    /// buffer's)?
+    cut: AtomicBool,
+}
+
+/// Fraction bits of [`StackSlot`]'s estimated object counts.
+const WEIGHT_SHIFT: u32 = 16;
+
+/// How many allocations of `size` bytes one sample stands for when samples come every `rate`
+/// bytes on average: 1 / P(sampled) = 1 / (1 - e^(-size/rate)), Go's scaling, applied to each
+/// sample (Go applies it per stack and size; applied to a stack's average size it miscounts a
+/// stack that allocates blocks of very different sizes). 1 when every allocation is sampled.
+/// `expm1` keeps it exact for small blocks (about `rate / size + 1/2`).
+fn weight(size: u64, rate: u64) -> f64 {
+    if rate <= 1 || size == 0 {
+        return 1.0;
+    }
+    -1.0 / (-(size as f64) / rate as f64).exp_m1()
+}
+
+/// Adds one sample of `size` bytes, weighted at `rate`, to an estimate's pair of counters.
+fn add_weighted(objects: &AtomicU64, bytes: &AtomicU64, size: u64, rate: u64) {
+    let w = weight(size, rate);
+    bytes.fetch_add((w * size as f64) as u64, Ordering::Relaxed);
+    objects.fetch_add(
+        (w * f64::from(1u32 << WEIGHT_SHIFT)) as u64,
+        Ordering::Relaxed,
+    );
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -1337,6 +1387,14 @@ fn map_remove(addr: u64) -> Option<u64> {
 fn account_free(v: u64) {
     let (slot, size) = unpack(v);
     if let Some(s) = self::slot(slot) {
+        // Weighted at the rate now (a `set_rate` since the allocation makes the in-use
+        // estimate approximate; it is kept at zero or above).
+        add_weighted(
+            &s.est_free_objects,
+            &s.est_free_bytes,
+            size,
+            SHARED.rate.load(Ordering::Relaxed),
+        );
         // Bytes before the count, as for allocations in `record`.
         s.free_bytes.fetch_add(size, Ordering::Relaxed);
         s.free_objects.fetch_add(1, Ordering::Release);
@@ -1501,7 +1559,7 @@ pub fn is_running() -> bool {
 
 /// Changes the sampling rate (bytes; see [`start`]). The calling thread redraws its countdown
 /// at its next allocation, every other thread within 4 MiB of its own allocations.
-/// [`snapshot`] scales with the rate current when it runs.
+/// Samples already taken keep the weight of the rate they were taken at.
 pub fn set_rate(rate: u64) {
     let _g = control();
     SHARED.rate.store(rate, Ordering::Relaxed);
@@ -1548,10 +1606,15 @@ pub fn reset() {
             &s.alloc_bytes,
             &s.free_objects,
             &s.free_bytes,
+            &s.est_alloc_objects,
+            &s.est_alloc_bytes,
+            &s.est_free_objects,
+            &s.est_free_bytes,
             &s.hash,
         ] {
             a.store(0, Ordering::Relaxed);
         }
+        s.cut.store(false, Ordering::Relaxed);
         s.len.store(0, Ordering::Relaxed);
         s.state.store(EMPTY, Ordering::Relaxed);
     }
@@ -1602,7 +1665,8 @@ pub fn stats() -> Stats {
 }
 
 /// Go's `scaleHeapSample`: estimates unsampled totals from sampled `count` allocations of
-/// `size` bytes in all, at `rate`.
+/// `size` bytes in all, at `rate`, from their average size (exact when they all have that
+/// size; [`snapshot`] weights each sample by its own size instead).
 pub fn scale(count: i64, size: i64, rate: u64) -> (i64, i64) {
     if count <= 0 || size <= 0 {
         return (0, 0);
@@ -1651,6 +1715,7 @@ pub fn to_profile(samples: &[HeapSample], rate: u64) -> crate::profile::Profile 
                 s.inuse_space,
             ],
             labels: Vec::new(),
+            truncated: s.truncated,
         });
     }
     p.merge_identical();
@@ -1668,8 +1733,7 @@ fn collect(scaled: bool) -> Vec<HeapSample> {
     let _g = control();
     // This thread's own allocations here are not sampled.
     let was = BUSY.with(|b| b.replace(true));
-    let rate = rate();
-    let mut by_stack: HashMap<Vec<u64>, [u64; 4]> = HashMap::new();
+    let mut by_stack: HashMap<Vec<u64>, ([u64; 8], bool)> = HashMap::new();
     for (_, s) in slots() {
         if s.state.load(Ordering::Acquire) != READY {
             continue;
@@ -1691,21 +1755,35 @@ fn collect(scaled: bool) -> Vec<HeapSample> {
             .iter()
             .map(|a| a.load(Ordering::Relaxed))
             .collect();
-        let e = by_stack.entry(pcs).or_default();
-        e[0] += ao;
-        e[1] += ab;
-        e[2] += fo;
-        e[3] += fb;
+        let est = [
+            &s.est_alloc_objects,
+            &s.est_alloc_bytes,
+            &s.est_free_objects,
+            &s.est_free_bytes,
+        ]
+        .map(|a| a.load(Ordering::Acquire));
+        let (e, cut) = by_stack.entry(pcs).or_default();
+        for (a, b) in e.iter_mut().zip([ao, ab, fo, fb].into_iter().chain(est)) {
+            *a += b;
+        }
+        *cut |= s.cut.load(Ordering::Relaxed);
     }
     let mut out: Vec<HeapSample> = by_stack
         .into_iter()
-        .map(|(pcs, [ao, ab, fo, fb])| {
-            let (ao, ab) = (ao as i64, ab as i64);
-            let (io, ib) = ((ao - fo as i64).max(0), (ab - fb as i64).max(0));
+        .map(|(pcs, ([ao, ab, fo, fb, eao, eab, efo, efb], cut))| {
             let ((ao, ab), (io, ib)) = if scaled {
-                (scale(ao, ab, rate), scale(io, ib, rate))
+                // Each sample weighted by its own size (`weight`), rounded to whole objects.
+                let count = |q: u64| ((q + (1 << (WEIGHT_SHIFT - 1))) >> WEIGHT_SHIFT) as i64;
+                (
+                    (count(eao), eab as i64),
+                    (
+                        count(eao.saturating_sub(efo)),
+                        eab.saturating_sub(efb) as i64,
+                    ),
+                )
             } else {
-                ((ao, ab), (io, ib))
+                let (ao, ab) = (ao as i64, ab as i64);
+                ((ao, ab), ((ao - fo as i64).max(0), (ab - fb as i64).max(0)))
             };
             HeapSample {
                 pcs,
@@ -1713,6 +1791,7 @@ fn collect(scaled: bool) -> Vec<HeapSample> {
                 alloc_space: ab,
                 inuse_objects: io,
                 inuse_space: ib,
+                truncated: cut,
             }
         })
         .collect();
@@ -2190,6 +2269,91 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Records a sample of `size` bytes at `addr`, always from this call site.
+    #[inline(never)]
+    fn record_sized(addr: u64, size: u64) {
+        record(addr, size);
+        core::hint::black_box(());
+    }
+
+    #[test]
+    fn each_sample_is_weighted_by_its_own_size() {
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        reset();
+        let r = rate();
+        assert_eq!(r, DEFAULT_RATE);
+        // 1 / P(a block of `size` bytes is sampled), computed plainly.
+        let w = |size: u64| 1.0 / (1.0 - (-(size as f64) / r as f64).exp());
+        // One stack that allocates small and large blocks (a `collect()` of boxes and its
+        // vector's buffer): 32 sampled 16-byte blocks and one 8 MiB block.
+        let base = 0x7f00_beef_0000u64;
+        let big = base + 0x10_0000;
+        let blocks = (0..32).map(|i| (base + i * 64, 16)).chain([(big, 8 << 20)]);
+        for (addr, size) in blocks {
+            record_sized(addr, size);
+        }
+        let p = snapshot();
+        assert_eq!(p.len(), 1, "one stack");
+        let objects = 32.0 * w(16) + w(8 << 20);
+        let bytes = 32.0 * w(16) * 16.0 + w(8 << 20) * (8 << 20) as f64;
+        let near = |got: i64, want: f64| (got as f64 - want).abs() <= want * 1e-4 + 1.0;
+        assert!(
+            near(p[0].alloc_objects, objects),
+            "{} vs {objects}",
+            p[0].alloc_objects
+        );
+        assert!(
+            near(p[0].alloc_space, bytes),
+            "{} vs {bytes}",
+            p[0].alloc_space
+        );
+        // The average size would have counted ~86 objects.
+        assert!(p[0].alloc_objects > 1_000_000);
+        // The raw values are the samples themselves.
+        let raw = snapshot_raw();
+        assert_eq!((raw[0].alloc_objects, raw[0].inuse_objects), (33, 33));
+        // Freeing the large block leaves the small ones in use.
+        untrack(big);
+        let p = snapshot();
+        assert!(
+            near(p[0].inuse_objects, 32.0 * w(16)),
+            "{}",
+            p[0].inuse_objects
+        );
+        assert!(
+            near(p[0].inuse_space, 32.0 * w(16) * 16.0),
+            "{}",
+            p[0].inuse_space
+        );
+        assert!(!p[0].truncated);
+        reset();
+    }
+
+    /// Recurses `depth` frames, then records a sample.
+    #[inline(never)]
+    fn record_deep(depth: u32, addr: u64) {
+        if depth == 0 {
+            record(addr, 100);
+        } else {
+            record_deep(core::hint::black_box(depth - 1), addr);
+        }
+        core::hint::black_box(depth);
+    }
+
+    #[test]
+    fn a_stack_cut_at_the_maximum_depth_is_marked() {
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        reset();
+        record_deep(2 * MAX_FRAMES as u32, 0x7f00_cafe_0000);
+        let p = snapshot();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].truncated);
+        assert_eq!(p[0].pcs.len(), MAX_FRAMES);
+        let prof = to_profile(&p, rate());
+        assert!(prof.samples[0].truncated);
+        reset();
     }
 
     #[test]

@@ -35,10 +35,17 @@ pub struct Sample {
     pub values: Vec<i64>,
     /// String labels (key, value).
     pub labels: Vec<(String, String)>,
+    /// Was the stack cut at a maximum depth (the capture buffer's or the policy's)? Every
+    /// output then shows [`TRUNCATED_FRAME`] as its outermost frame, where its root would be.
+    pub truncated: bool,
 }
 
-/// What makes two samples the same: stack, leaf exactness, labels.
-type SampleKey = (Vec<u64>, bool, Vec<(String, String)>);
+/// The frame every output puts at the root end of a [`Sample::truncated`] stack, in place of
+/// the frames cut off (a pprof location without an address; a folded stack's first name).
+pub const TRUNCATED_FRAME: &str = "[truncated]";
+
+/// What makes two samples the same: stack, leaf exactness, labels, truncation.
+type SampleKey = (Vec<u64>, bool, Vec<(String, String)>, bool);
 
 /// A profile: what was measured and the samples.
 #[derive(Clone, Debug, Default)]
@@ -94,7 +101,7 @@ impl Profile {
         let mut at: HashMap<SampleKey, usize> = HashMap::new();
         let mut out: Vec<Sample> = Vec::with_capacity(self.samples.len());
         for s in self.samples.drain(..) {
-            let key = (s.pcs.clone(), s.exact_leaf, s.labels.clone());
+            let key = (s.pcs.clone(), s.exact_leaf, s.labels.clone(), s.truncated);
             match at.get(&key) {
                 Some(&i) => {
                     for (a, b) in out[i].values.iter_mut().zip(&s.values) {
@@ -123,12 +130,14 @@ impl Profile {
             .sum()
     }
 
-    /// The function names of a sample, leaf first (`0x…` where no symbol is known).
+    /// The function names of a sample, leaf first (`0x…` where no symbol is known), and
+    /// [`TRUNCATED_FRAME`] last when the stack was cut.
     pub fn names(&self, s: &Sample, sym: &Symbolizer) -> Vec<String> {
         s.pcs
             .iter()
             .enumerate()
             .map(|(i, &pc)| function_name(sym, pc, i == 0 && s.exact_leaf))
+            .chain(s.truncated.then(|| TRUNCATED_FRAME.to_string()))
             .collect()
     }
 
@@ -146,7 +155,8 @@ impl Profile {
     }
 
     /// The function names of a sample, leaf first, with each address's inlined functions
-    /// (innermost first) where the modules' DWARF has them.
+    /// (innermost first) where the modules' DWARF has them, and [`TRUNCATED_FRAME`] last when
+    /// the stack was cut.
     pub fn names_with_inlines(
         &self,
         s: &Sample,
@@ -166,6 +176,9 @@ impl Profile {
             } else {
                 out.extend(chain.into_iter().map(|f| f.function));
             }
+        }
+        if s.truncated {
+            out.push(TRUNCATED_FRAME.to_string());
         }
         out
     }
@@ -487,6 +500,32 @@ impl<'a> PprofBuilder<'a> {
         id
     }
 
+    /// The location standing for the frames a [`Sample::truncated`] stack lost: no address,
+    /// no mapping, one line in a function named [`TRUNCATED_FRAME`].
+    fn truncated_location(&mut self) -> u64 {
+        // No real location has pc 0 with `hide` set (pc 0 is never captured).
+        let key = (0, false, true);
+        if let Some(&id) = self.locations.get(&key) {
+            return id;
+        }
+        let name = (TRUNCATED_FRAME.to_string(), String::new());
+        let fid = match self.functions.get(&name) {
+            Some(&f) => f,
+            None => {
+                let f = self.function_list.len() as u64 + 1;
+                let n = self.string(&name.0);
+                let fl = self.string("");
+                self.function_list.push((f, n, fl));
+                self.functions.insert(name, f);
+                f
+            }
+        };
+        let id = self.location_list.len() as u64 + 1;
+        self.location_list.push((id, 0, 0, vec![(fid, 0)]));
+        self.locations.insert(key, id);
+        id
+    }
+
     fn build(mut self, p: &Profile) -> Vec<u8> {
         let mut out = Enc::default();
         for (t, u) in &p.sample_types {
@@ -497,7 +536,7 @@ impl<'a> PprofBuilder<'a> {
             });
         }
         for s in &p.samples {
-            let locs: Vec<u64> = s
+            let mut locs: Vec<u64> = s
                 .pcs
                 .iter()
                 .enumerate()
@@ -506,6 +545,9 @@ impl<'a> PprofBuilder<'a> {
                     self.location(pc, i == 0 && s.exact_leaf, hide)
                 })
                 .collect();
+            if s.truncated {
+                locs.push(self.truncated_location());
+            }
             let labels: Vec<(i64, i64)> = s
                 .labels
                 .iter()
@@ -679,7 +721,38 @@ mod tests {
             exact_leaf: true,
             values: vec![v],
             labels: vec![],
+            truncated: false,
         }
+    }
+
+    #[test]
+    fn a_cut_stack_ends_in_the_truncation_marker() {
+        let mut p = Profile::new(
+            vec![("samples".into(), "count".into())],
+            ("cpu".into(), "nanoseconds".into()),
+            10,
+        );
+        p.samples.push(sample(&[0x10, 0x20], 1));
+        p.samples.push(Sample {
+            truncated: true,
+            ..sample(&[0x10, 0x20], 2)
+        });
+        p.merge_identical();
+        assert_eq!(p.samples.len(), 2, "a cut stack is not the whole one");
+        let sym = Symbolizer::new();
+        assert_eq!(p.folded(&sym, 0), "0x20;0x10 1\n[truncated];0x20;0x10 2\n");
+        assert_eq!(
+            p.names(&p.samples[1], &sym).last().unwrap(),
+            TRUNCATED_FRAME
+        );
+        // pprof: the marker is a function of its own, in one location shared by every cut
+        // stack (the string table holds its name once).
+        let bytes = p.to_pprof(&sym);
+        let hits = bytes
+            .windows(TRUNCATED_FRAME.len())
+            .filter(|w| *w == TRUNCATED_FRAME.as_bytes())
+            .count();
+        assert_eq!(hits, 1);
     }
 
     #[test]
