@@ -291,7 +291,7 @@ fn a_stack_cut_at_the_maximum_depth_shows_the_truncation_marker() {
         .collect();
     assert!(!blocks.is_empty(), "{traces}");
     for b in blocks {
-        let last = b.lines().map(str::trim).filter(|l| !l.is_empty()).last();
+        let last = b.lines().map(str::trim).rfind(|l| !l.is_empty());
         assert!(
             last.is_some_and(|l| l.ends_with(unwind::profile::TRUNCATED_FRAME)),
             "{traces}"
