@@ -1009,3 +1009,66 @@ fn go_callback_from_c_and_a_clock_read_in_the_vdso() {
         }
     }
 }
+
+#[test]
+fn a_call_through_a_null_pointer_keeps_its_callers() {
+    // SIGSEGV from calling address 0; the handler waits. The signal frame's pc is 0: the
+    // walk shows it, then the call's return address (at sp) and the callers above it.
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("null-call");
+    let src = dir.0.join("null.c");
+    std::fs::write(
+        &src,
+        r#"
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+volatile int sink;
+typedef void (*fn)(void);
+__attribute__((noinline)) void segv_wait(void) { for (;;) pause(); }
+void on_segv(int s) { (void)s; segv_wait(); }
+__attribute__((noinline)) void call_null(fn f) { f(); sink++; }
+__attribute__((noinline)) void mid(void) { call_null(0); sink++; }
+int main(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_segv;
+    sigaction(SIGSEGV, &sa, 0);
+    printf("ready\n");
+    fflush(stdout);
+    mid();
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.0.join("null");
+    let out = Command::new("gcc")
+        .args(["-O2", "-fomit-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Target::start(&mut Command::new(&exe));
+    for mode in ["hybrid", "dwarf"] {
+        let r = stack_json(t.pid(), &["--mode", mode]);
+        let th = thread_with(&r, "segv_wait");
+        let n = names(th);
+        let zero = th["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|f| f["pc"] == "0x0")
+            .unwrap_or_else(|| panic!("{mode}: no frame at 0: {n:?}"));
+        assert_eq!(n[zero + 1..zero + 4], ["call_null", "mid", "main"], "{mode}: {n:?}");
+        assert_eq!(th["truncated"], false, "{mode}: {n:?}");
+    }
+}

@@ -396,10 +396,14 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             crossings: 0,
             n: 0,
         };
-        if st.regs.pc == 0 {
+        if st.regs.pc == 0 && !(st.exact && limit != 0) {
             return Trace {
                 len: 0,
-                stop: StopReason::End,
+                stop: if st.exact {
+                    self.full_stop(0)
+                } else {
+                    StopReason::End
+                },
             };
         }
         if limit == 0 {
@@ -421,6 +425,11 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         };
         st.n = 1;
         st.seg = stack_of(mem, &st.regs);
+        if st.regs.pc == 0 {
+            if let Err(stop) = self.null_caller(&mut st, mem, buf, limit) {
+                return Trace { len: st.n, stop };
+            }
+        }
         self.leaf_lr(&mut st, mem, buf, limit);
         self.run(st, mem, buf, limit)
     }
@@ -1043,7 +1052,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     };
                 }
                 Hop::Regs { regs, exact } => {
-                    if regs.pc == 0 {
+                    if regs.pc == 0 && !exact {
                         return Err(StopReason::BadTransition);
                     }
                     st.regs = regs;
@@ -1054,6 +1063,10 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     }
                     st.pending = t.id;
                     push(st, buf, regs.pc, Via::Transition, exact);
+                    if regs.pc == 0 {
+                        // A signal (SIGSEGV) raised by a call through a null pointer.
+                        return self.null_caller(st, mem, buf, limit);
+                    }
                     self.leaf_lr(st, mem, buf, limit);
                 }
             }
@@ -1065,6 +1078,38 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         if let Some(fp) = record_fp {
             st.prev_fp = Some(fp);
         }
+        Ok(())
+    }
+
+    /// After an exact pc of 0, already written: a call through a null function pointer, where
+    /// nothing ran. Its caller is the call's return address, where the call left it (x86_64:
+    /// at sp, popped; aarch64: in `lr`); the frame pointer is the caller's.
+    fn null_caller<M: Memory>(
+        &mut self,
+        st: &mut State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+    ) -> Result<(), StopReason> {
+        let ra = if A::HAS_LINK_REGISTER {
+            Some(st.regs.lr)
+        } else {
+            st.seg
+                .filter(|s| s.contains_span(st.regs.sp, 8))
+                .and_then(|_| mem.read_u64(st.regs.sp))
+        };
+        let Some(ra) = ra.map(|r| A::strip_ra(r, self.pac_mask)).filter(|&r| r != 0) else {
+            return Err(StopReason::ReadFailed);
+        };
+        if st.n >= limit {
+            return Err(self.full_stop(st.n));
+        }
+        push(st, buf, ra, Via::Regs, false);
+        st.regs.pc = ra;
+        if !A::HAS_LINK_REGISTER {
+            st.regs.sp = st.regs.sp.wrapping_add(8);
+        }
+        st.exact = false;
         Ok(())
     }
 

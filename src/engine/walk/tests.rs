@@ -843,3 +843,42 @@ fn hybrid_reports_unreadable_cfi_not_the_frame_pointer_guess() {
     // Without CFI for the pc the frame-pointer guess is all there is, and its failure stands.
     assert_eq!(run(false), (1, StopReason::Misaligned));
 }
+
+#[test]
+fn a_call_through_a_null_pointer_keeps_its_caller() {
+    // pc 0: the call pushed its return address at sp (x86_64); the caller's frame pointer is
+    // untouched, and its record leads on up the chain.
+    let mut s = chain(2);
+    let sp = LO + 0x80;
+    s.put(sp, 0x40_1234);
+    let (f, stop) = walk_x86(
+        &[s.region()],
+        &TransitionTable::new(),
+        Start::exact(Regs::new(0, sp, LO + 0x100)),
+        64,
+    );
+    assert_eq!(stop, StopReason::End);
+    assert_eq!(pcs(&f), vec![0, 0x40_1234, 0x40_0000, 0x40_0001]);
+    assert!(f[0].is_exact() && !f[1].is_exact());
+    // aarch64: the return address is in lr.
+    let s = chain(2);
+    let regions = [s.region()];
+    let mut mem = Image::new(&regions);
+    let mut buf = [Frame::EMPTY; 16];
+    let mut w: Walker<Aarch64, _, _> = Walker::new(NoTransitions);
+    let mut r = Regs::new(0, LO + 0x80, LO + 0x100);
+    r.lr = 0x40_2000;
+    let t = w.walk(Start::exact(r), &mut mem, &mut buf);
+    assert_eq!(
+        pcs(&buf[..t.len]),
+        vec![0, 0x40_2000, 0x40_0000, 0x40_0001]
+    );
+    // Nothing readable at sp: the null frame alone, reported as cut short.
+    let (f, stop) = walk_x86(
+        &[chain(2).region()],
+        &TransitionTable::new(),
+        Start::exact(Regs::new(0, LO + 0x2000, LO + 0x100)),
+        64,
+    );
+    assert_eq!((pcs(&f), stop), (vec![0], StopReason::ReadFailed));
+}
