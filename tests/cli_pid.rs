@@ -1068,7 +1068,76 @@ int main(void) {
             .iter()
             .position(|f| f["pc"] == "0x0")
             .unwrap_or_else(|| panic!("{mode}: no frame at 0: {n:?}"));
-        assert_eq!(n[zero + 1..zero + 4], ["call_null", "mid", "main"], "{mode}: {n:?}");
+        assert_eq!(
+            n[zero + 1..zero + 4],
+            ["call_null", "mid", "main"],
+            "{mode}: {n:?}"
+        );
         assert_eq!(th["truncated"], false, "{mode}: {n:?}");
+    }
+}
+
+#[test]
+fn a_walk_that_ends_in_code_without_cfi_or_frame_records_is_truncated() {
+    // A program built without CFI and without frame pointers: from libc's `pause` (CFI) the
+    // walk reaches the program's code, where the frame pointer register holds no frame
+    // pointer. A zero there is no stack root: the walk is reported cut short, not complete.
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("no-cfi");
+    let src = dir.0.join("nocfi.c");
+    std::fs::write(
+        &src,
+        r#"
+#include <stdio.h>
+#include <unistd.h>
+volatile int sink;
+__attribute__((noinline)) void wait_here(void) { for (;;) { pause(); sink++; } }
+__attribute__((noinline)) void outer(void) { wait_here(); sink++; }
+int main(void) {
+    printf("ready\n");
+    fflush(stdout);
+    // As after _start: a zero in the frame pointer register, which this code does not use.
+    __asm__ volatile("xor %%ebp, %%ebp" ::: "rbp");
+    outer();
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.0.join("nocfi");
+    let out = Command::new("gcc")
+        .args([
+            "-O2",
+            "-fomit-frame-pointer",
+            "-fno-asynchronous-unwind-tables",
+            "-fno-unwind-tables",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Target::start(&mut Command::new(&exe));
+    for mode in ["hybrid", "dwarf"] {
+        let r = stack_json(t.pid(), &["--mode", mode]);
+        let th = &r["threads"][0];
+        let n = names(th);
+        assert_eq!(
+            n.first().map(String::as_str),
+            Some("pause"),
+            "{mode}: {n:?}"
+        );
+        assert!(
+            !n.iter().any(|s| s == "__libc_start_call_main"),
+            "{mode}: reached libc's start without CFI for main? {n:?}"
+        );
+        assert_eq!(th["truncated"], true, "{mode}: {n:?}");
     }
 }

@@ -1135,6 +1135,13 @@ impl Cfi for Stepper<'_> {
         })
     }
 
+    /// Asked once per walk at most (a zero frame pointer or return address in Hybrid mode).
+    #[inline(never)]
+    fn lacks_cfi(&mut self, ra: u64) -> bool {
+        self.rule(ra.wrapping_sub(1))
+            .is_none_or(|r| r == CfiRow::GAP_RULE)
+    }
+
     #[inline(always)]
     fn record_map(&mut self) -> Option<crate::walk::RecordMap<'_>> {
         self.last?;

@@ -88,6 +88,14 @@ pub trait Cfi {
         None
     }
 
+    /// Is return address `ra` known to be in code no CFI covers (so that a zero frame
+    /// pointer there says nothing about the stack's end)? Asked once per walk, where a
+    /// [`Mode::Hybrid`] walk meets a zero frame pointer. The default: not known (`false`).
+    #[inline(always)]
+    fn lacks_cfi(&mut self, _ra: u64) -> bool {
+        false
+    }
+
     /// Does [`Cfi::plain_rule`] answer (so that [`Mode::Dwarf`]'s hot loop asks it, and leaves
     /// every other frame to [`Cfi::step`])? The default: no, the hot loop calls [`Cfi::step`]
     /// for every frame.
@@ -284,6 +292,11 @@ impl Cfi for NoCfi {
 }
 
 impl<C: Cfi + ?Sized> Cfi for &mut C {
+    #[inline(always)]
+    fn lacks_cfi(&mut self, ra: u64) -> bool {
+        (**self).lacks_cfi(ra)
+    }
+
     #[inline(always)]
     fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
         (**self).step::<A, M>(regs, exact, mem)
@@ -773,14 +786,23 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     /// failure here is most likely the unreadable memory that made it fail).
     #[inline(always)]
     fn record_step<M: Memory>(
-        &self,
+        &mut self,
         st: &State,
         mem: &mut M,
         cfi_failed: bool,
+        no_cfi: bool,
     ) -> Result<(Regs, Via, Option<u64>), StopReason> {
         let fp = st.regs.fp;
         if fp == 0 {
-            return Err(StopReason::End);
+            // The end of the chain, unless the CFI could not be used here: then a zero in the
+            // register is no evidence (code without frame records uses it as any other).
+            return Err(if cfi_failed {
+                StopReason::ReadFailed
+            } else if no_cfi || (self.mode == Mode::Hybrid && self.cfi.lacks_cfi(st.regs.pc)) {
+                StopReason::NoUnwindInfo
+            } else {
+                StopReason::End
+            });
         }
         let guess = |why| {
             if cfi_failed {
@@ -888,6 +910,8 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         // fail on whatever `fp` holds: that failure is reported as the unreadable memory it
         // most likely is, not as a misaligned or wandering frame pointer.
         let mut cfi_failed = false;
+        // No CFI covers this pc (Hybrid and Dwarf: it was asked).
+        let mut no_cfi = false;
         let ask_cfi = match self.mode {
             Mode::FramePointer => false,
             // Right after a `Continue` transition (the chain goes on on another stack: Go's
@@ -914,7 +938,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     return Err(StopReason::NoUnwindInfo)
                 }
                 CfiStep::Failed => cfi_failed = true,
-                CfiStep::NoInfo => {}
+                CfiStep::NoInfo => no_cfi = true,
             }
         }
         // CFI says "outermost frame" (an undefined return address). Go marks its arm64 signal
@@ -961,7 +985,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 }
                 (r, Via::Dwarf, None)
             }
-            None => match self.record_step(st, mem, cfi_failed) {
+            None => match self.record_step(st, mem, cfi_failed, no_cfi) {
                 Ok(found) => found,
                 // Hybrid: the record leads nowhere, but the pc may be a pushed return address
                 // at a function's entry ([`Walker::at_entry`]; Go's `cgocallback` on a
@@ -976,7 +1000,17 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             },
         };
         if caller.pc == 0 {
-            return Err(StopReason::End);
+            // A zero return address ends the chain, unless it came from a frame record guessed
+            // where the CFI could not be used (see `record_step`'s zero frame pointer).
+            return Err(if via != Via::FramePointer {
+                StopReason::End
+            } else if cfi_failed {
+                StopReason::ReadFailed
+            } else if no_cfi || (self.mode == Mode::Hybrid && self.cfi.lacks_cfi(st.regs.pc)) {
+                StopReason::NoUnwindInfo
+            } else {
+                StopReason::End
+            });
         }
 
         // 2. Record it.
@@ -1098,7 +1132,10 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 .filter(|s| s.contains_span(st.regs.sp, 8))
                 .and_then(|_| mem.read_u64(st.regs.sp))
         };
-        let Some(ra) = ra.map(|r| A::strip_ra(r, self.pac_mask)).filter(|&r| r != 0) else {
+        let Some(ra) = ra
+            .map(|r| A::strip_ra(r, self.pac_mask))
+            .filter(|&r| r != 0)
+        else {
             return Err(StopReason::ReadFailed);
         };
         if st.n >= limit {

@@ -524,6 +524,12 @@ impl Cfi for &OfflineCfi<'_> {
             None => true,
         }
     }
+
+    fn lacks_cfi(&mut self, ra: u64) -> bool {
+        // No module's table, or a gap in one (between FDEs, a failed FDE).
+        self.rule(ra.wrapping_sub(1))
+            .is_none_or(|r| r == CfiRow::GAP_RULE)
+    }
 }
 
 #[cfg(test)]
