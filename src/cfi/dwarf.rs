@@ -1166,6 +1166,12 @@ impl Cfi for &Unwinder {
             None => true,
         }
     }
+
+    #[inline(never)]
+    fn lacks_cfi(&mut self, ra: u64) -> bool {
+        self.rule(ra.wrapping_sub(1))
+            .is_none_or(|r| r == CfiRow::GAP_RULE)
+    }
 }
 
 impl Cfi for Unwinder {
@@ -1177,6 +1183,10 @@ impl Cfi for Unwinder {
     #[inline(always)]
     fn keeps_frame_record(&mut self, ra: u64) -> bool {
         (&*self).keeps_frame_record(ra)
+    }
+
+    fn lacks_cfi(&mut self, ra: u64) -> bool {
+        (&*self).lacks_cfi(ra)
     }
 }
 
