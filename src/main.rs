@@ -15,6 +15,7 @@
 
 mod demo;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,9 +32,11 @@ static ALLOC: unwind::heap::Sampling = unwind::heap::Sampling::new(std::alloc::S
 const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind stack --pid PID [--tid TID ...] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let help = |a: &String| a == "-h" || a == "--help";
-    let result = match args.first().map(String::as_str) {
+    // As the OS gave them: a path need not be UTF-8.
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let help = |a: &OsString| a == "-h" || a == "--help";
+    let first = args.first().map(|a| a.to_string_lossy().into_owned());
+    let result = match first.as_deref() {
         // `unwind stack --help` and the like: the usage, whatever else was given.
         Some("stack" | "demo" | "verify") if args[1..].iter().any(help) => {
             println!("{USAGE}");
@@ -67,7 +70,13 @@ enum Format {
     Json,
 }
 
-fn stack(args: &[String]) -> Result<(), String> {
+/// A flag's value as text (paths stay `OsString`s).
+fn utf8(name: &str, v: OsString) -> Result<String, String> {
+    v.into_string()
+        .map_err(|v| format!("{name} {}: not valid UTF-8", v.to_string_lossy()))
+}
+
+fn stack(args: &[OsString]) -> Result<(), String> {
     let mut core = None;
     // Hybrid by default: frame records where a function keeps them, CFI elsewhere (libc and
     // distribution binaries are built without frame pointers).
@@ -81,11 +90,12 @@ fn stack(args: &[String]) -> Result<(), String> {
     let mut tids: Vec<u32> = Vec::new();
     let mut it = args.iter().peekable();
     while let Some(a) = it.next() {
+        let a = &*a.to_string_lossy();
         if a == "--tid" {
             // `--tid TID [TID ...]`, repeatable.
             let mut n = 0;
-            while let Some(v) = it.next_if(|v| !v.starts_with("--")) {
-                tids.push(parse_id("--tid", v)?);
+            while let Some(v) = it.next_if(|v| !v.to_string_lossy().starts_with("--")) {
+                tids.push(parse_id("--tid", &v.to_string_lossy())?);
                 n += 1;
             }
             if n == 0 {
@@ -101,22 +111,22 @@ fn stack(args: &[String]) -> Result<(), String> {
         if core_option(a, &mut value, &mut core, &mut opts)? {
             continue;
         }
-        match a.as_str() {
-            "--pid" => pid = Some(parse_id("--pid", &value("--pid")?)?),
+        match a {
+            "--pid" => pid = Some(parse_id("--pid", &utf8("--pid", value("--pid")?)?)?),
             "--mode" => {
-                let v = value("--mode")?;
+                let v = utf8("--mode", value("--mode")?)?;
                 opts.mode =
                     Mode::parse(&v).ok_or(format!("--mode {v}: expected fp, dwarf or hybrid"))?;
             }
             "--policy" => {
-                let v = value("--policy")?;
+                let v = utf8("--policy", value("--policy")?)?;
                 let k = ProfileKind::parse(&v).ok_or(format!(
                     "--policy {v}: expected cpu, heap, block, mutex, lock or trace"
                 ))?;
                 opts.policy = Some(k.policy());
             }
             "--format" => {
-                format = match value("--format")?.as_str() {
+                format = match utf8("--format", value("--format")?)?.as_str() {
                     "text" => Format::Text,
                     "json" => Format::Json,
                     v => return Err(format!("--format {v}: expected text or json")),
@@ -124,7 +134,7 @@ fn stack(args: &[String]) -> Result<(), String> {
             }
             "--lines" => lines = true,
             "--max-frames" => {
-                let v = value("--max-frames")?;
+                let v = utf8("--max-frames", value("--max-frames")?)?;
                 opts.max_frames = v
                     .parse::<usize>()
                     .ok()
@@ -180,7 +190,7 @@ fn stack(args: &[String]) -> Result<(), String> {
 /// whether `a` was one of them.
 fn core_option(
     a: &str,
-    value: &mut dyn FnMut(&str) -> Result<String, String>,
+    value: &mut dyn FnMut(&str) -> Result<OsString, String>,
     core: &mut Option<PathBuf>,
     opts: &mut Options,
 ) -> Result<bool, String> {
@@ -294,11 +304,12 @@ fn parse_id(name: &str, v: &str) -> Result<u32, String> {
 }
 
 /// `unwind verify`: every thread unwound with frame records and with DWARF CFI, compared.
-fn verify(args: &[String]) -> Result<(), String> {
+fn verify(args: &[OsString]) -> Result<(), String> {
     let mut core = None;
     let mut opts = Options::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        let a = &*a.to_string_lossy();
         let mut value = |name: &str| {
             it.next()
                 .cloned()
@@ -348,16 +359,17 @@ fn verify(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("writing output: {e}"))
 }
 
-fn demo(args: &[String]) -> Result<(), String> {
+fn demo(args: &[OsString]) -> Result<(), String> {
     let mut opts = demo::Options::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        let a = &*a.to_string_lossy();
         let mut value = |name: &str| {
             it.next()
                 .cloned()
                 .ok_or_else(|| format!("{name} needs a value"))
         };
-        match a.as_str() {
+        match a {
             "--naive" => opts.naive = true,
             "--out" => {
                 let v = value("--out")?;
@@ -367,7 +379,7 @@ fn demo(args: &[String]) -> Result<(), String> {
                 opts.out = PathBuf::from(v);
             }
             "--seconds" => {
-                let v = value("--seconds")?;
+                let v = utf8("--seconds", value("--seconds")?)?;
                 let s: f64 = v
                     .parse()
                     .ok()
@@ -376,7 +388,7 @@ fn demo(args: &[String]) -> Result<(), String> {
                 opts.duration = std::time::Duration::from_secs_f64(s);
             }
             "--threads" => {
-                let v = value("--threads")?;
+                let v = utf8("--threads", value("--threads")?)?;
                 opts.threads = v
                     .parse()
                     .ok()
@@ -384,7 +396,7 @@ fn demo(args: &[String]) -> Result<(), String> {
                     .ok_or(format!("--threads {v}: expected 1 to 64"))?;
             }
             "--hz" => {
-                let v = value("--hz")?;
+                let v = utf8("--hz", value("--hz")?)?;
                 opts.frequency_hz = v
                     .parse()
                     .ok()
@@ -392,7 +404,7 @@ fn demo(args: &[String]) -> Result<(), String> {
                     .ok_or(format!("--hz {v}: expected 1 to 10000"))?;
             }
             "--heap-rate" => {
-                let v = value("--heap-rate")?;
+                let v = utf8("--heap-rate", value("--heap-rate")?)?;
                 opts.heap_rate = v
                     .parse()
                     .ok()

@@ -712,3 +712,31 @@ fn a_replaced_executable_is_not_used_and_exe_stands_in_for_it() {
     assert_eq!(err, "", "{err}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn paths_that_are_not_utf8() {
+    // A path is whatever bytes the OS allows: no panic, the usual one-line errors.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = std::ffi::OsStr::from_bytes(b"/nonexistent/core\xff");
+    for flag in ["--core", "--exe", "--sysroot"] {
+        let mut c = Command::new(BIN);
+        c.arg("stack");
+        if flag != "--core" {
+            c.args(["--core", "/nonexistent/core"]);
+        }
+        let out = c.arg(flag).arg(odd).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert_eq!(err.lines().count(), 1, "{flag}: {err}");
+        assert!(err.starts_with("unwind: "), "{flag}: {err}");
+    }
+    // A value that must be text says so.
+    let out = Command::new(BIN)
+        .args(["stack", "--mode"])
+        .arg(std::ffi::OsStr::from_bytes(b"fp\xff"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not valid UTF-8"), "{err}");
+}

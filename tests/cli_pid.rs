@@ -481,6 +481,12 @@ fn pid_args(pid: u32) -> Vec<String> {
     vec!["stack".into(), "--pid".into(), pid.to_string()]
 }
 
+fn json_args(pid: u32) -> Vec<String> {
+    let mut a = pid_args(pid);
+    a.extend(["--format".into(), "json".into()]);
+    a
+}
+
 #[test]
 fn bad_input() {
     // No such process: a child that has exited and been reaped.
@@ -1140,4 +1146,139 @@ int main(void) {
         );
         assert_eq!(th["truncated"], true, "{mode}: {n:?}");
     }
+}
+
+#[test]
+fn a_process_whose_main_thread_exited() {
+    // `pthread_exit` in main: the leader is a zombie, its /proc maps and memory are empty,
+    // and the threads run on. They are walked through a live thread's view.
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("leader-exited");
+    let src = dir.0.join("gone.c");
+    std::fs::write(
+        &src,
+        r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) void worker_wait(void) { for (;;) sleep(100); }
+static void *worker(void *a) { (void)a; worker_wait(); return 0; }
+int main(void) {
+    pthread_t t;
+    for (int i = 0; i < 3; i++) pthread_create(&t, 0, worker, 0);
+    printf("ready\n");
+    fflush(stdout);
+    pthread_exit(0);
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.0.join("gone");
+    let out = Command::new("gcc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Target::start(&mut Command::new(&exe));
+    // The leader turns zombie once main's pthread_exit is done.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{}/stat", t.pid()))
+        .unwrap_or_default()
+        .contains(") Z")
+    {
+        assert!(Instant::now() < deadline, "the leader never exited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = run(&json_args(t.pid()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("qemu"), "{err}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let workers: Vec<_> = r["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|th| names(th).iter().any(|n| n == "worker_wait"))
+        .collect();
+    assert_eq!(workers.len(), 3, "{r}");
+    for w in workers {
+        crossed_or_same(w);
+    }
+}
+
+/// A worker of `a_process_whose_main_thread_exited`: from libc's sleep to the thread's start.
+fn crossed_or_same(t: &Value) {
+    let n = names(t);
+    let at = |f: &str| n.iter().position(|s| s == f);
+    assert!(at("worker_wait") < at("start_thread"), "{n:?}");
+    assert_eq!(t["truncated"], false, "{n:?}");
+}
+
+#[test]
+fn a_32_bit_process_is_refused() {
+    if !need("as", "--version") {
+        return;
+    }
+    let dir = TempDir::new("i386");
+    let src = dir.0.join("spin.S");
+    std::fs::write(&src, ".globl _start\n_start:\n call f\nf: jmp f\n").unwrap();
+    let (obj, exe) = (dir.0.join("spin.o"), dir.0.join("spin"));
+    let ok = |c: &mut Command| c.output().is_ok_and(|o| o.status.success());
+    if !ok(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(&src))
+        || !ok(Command::new("ld")
+            .args(["-m", "elf_i386", "-o"])
+            .arg(&exe)
+            .arg(&obj))
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: binutils cannot build i386"
+        );
+        eprintln!("skipping: binutils cannot build an i386 program here");
+        return;
+    }
+    let mut child = Command::new(&exe).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let out = run(&pid_args(child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("32-bit"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_process_named_in_bytes_that_are_not_utf8() {
+    // Its command name (/proc/PID/stat, status) and its executable's mapped path are not
+    // UTF-8: it is walked all the same.
+    use std::os::unix::ffi::OsStrExt;
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("not-utf8");
+    let built = build_c(&dir.0);
+    let odd = dir.0.join(std::ffi::OsStr::from_bytes(b"live\xff\xfe"));
+    std::fs::copy(&built, &odd).unwrap();
+    let t = Target::start(Command::new(&odd).arg("2"));
+    let out = run(&json_args(t.pid()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        r["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|th| names(th).iter().any(|n| n == "main")),
+        "{r}"
+    );
 }

@@ -81,6 +81,8 @@ pub enum ProcessError {
     Io(String, std::io::Error),
     /// Reading a module failed in a way a core would report.
     Core(CoreError),
+    /// Not a 64-bit program of this machine's architecture: (pid, what it is).
+    WrongArch(u32, String),
 }
 
 impl fmt::Display for ProcessError {
@@ -108,6 +110,11 @@ impl fmt::Display for ProcessError {
             ProcessError::Exited(p) => write!(f, "process {p} exited before it could be stopped"),
             ProcessError::Io(what, e) => write!(f, "{what}: {e}"),
             ProcessError::Core(e) => e.fmt(f),
+            ProcessError::WrongArch(p, what) => write!(
+                f,
+                "process {p} is a {what} program: only 64-bit processes of this machine's \
+                 architecture are walked"
+            ),
         }
     }
 }
@@ -136,11 +143,15 @@ pub fn unwind_process(pid: u32, tids: &[u32], opts: &Options) -> Result<Report, 
     if let Some(&t) = tids.iter().find(|t| !tasks.contains(t)) {
         return Err(ProcessError::NoSuchThread(pid, t));
     }
-    let vmas = read_maps(pid)?;
-    let (mappings, sysroot) = module_mappings(pid, &vmas);
-    let mem = Arc::new(ProcMemory::new(pid, vmas));
+    // The process's memory and files, as one of its threads sees them: the leader's, unless it
+    // has exited (`pthread_exit` in `main`) while other threads run on; then its `maps`,
+    // `mem`, `map_files` and `auxv` are empty, and a live thread's are the process's.
+    let view = live_view(pid, &tasks);
+    let vmas = read_maps(view)?;
+    let (mappings, sysroot) = module_mappings(view, &vmas);
+    let mem = Arc::new(ProcMemory::new(view, vmas));
     let code = mem.vdso();
-    let auxv = read_auxv(pid);
+    let auxv = read_auxv(view);
     let core = Core::with_backing(
         HOST_ARCH,
         mappings,
@@ -151,7 +162,7 @@ pub fn unwind_process(pid: u32, tids: &[u32], opts: &Options) -> Result<Report, 
     let mut opts = opts.clone();
     opts.exe = None;
     opts.sysroot = sysroot;
-    opts.allow_proc = Some(format!("/proc/{pid}").into());
+    opts.allow_proc = Some(format!("/proc/{view}").into());
     let mut stopper = Stopper {
         pid,
         only: tids.to_vec(),
@@ -173,6 +184,37 @@ pub fn unwind_process(pid: u32, tids: &[u32], opts: &Options) -> Result<Report, 
     Ok(report)
 }
 
+/// Whose `/proc` entries show the process's memory: `pid`, or a live thread of it when the
+/// leader has exited (its `maps` is empty).
+fn live_view(pid: u32, tasks: &[u32]) -> u32 {
+    let has_maps = |t: u32| {
+        std::fs::metadata(format!("/proc/{t}/maps")).is_ok()
+            && read_text(&format!("/proc/{t}/maps")).is_ok_and(|m| !m.is_empty())
+    };
+    if has_maps(pid) {
+        return pid;
+    }
+    tasks.iter().copied().find(|&t| has_maps(t)).unwrap_or(pid)
+}
+
+/// A `/proc` text file, whatever bytes it holds: a command name or a mapped path need not be
+/// UTF-8 (others are replaced by U+FFFD; files are opened through `map_files`, not by name).
+fn read_text(path: &str) -> std::io::Result<String> {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The ELF class and machine of the process's executable (`/proc/PID/exe`), when it can be
+/// read: `Some((is_64_bit, e_machine))`.
+fn exe_kind(pid: u32) -> Option<(bool, u16)> {
+    use std::io::Read;
+    let mut h = [0u8; 20];
+    std::fs::File::open(format!("/proc/{pid}/exe"))
+        .ok()?
+        .read_exact(&mut h)
+        .ok()?;
+    (h[..4] == *b"\x7fELF").then(|| (h[4] == 2, u16::from_le_bytes([h[18], h[19]])))
+}
+
 /// Refuses what cannot be traced, with the reason.
 fn check_target(pid: u32) -> Result<(), ProcessError> {
     if pid == 0 || pid > i32::MAX as u32 {
@@ -181,7 +223,7 @@ fn check_target(pid: u32) -> Result<(), ProcessError> {
     if pid == std::process::id() {
         return Err(ProcessError::Itself(pid));
     }
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    let stat = match read_text(&format!("/proc/{pid}/stat")) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ProcessError::NoSuchProcess(pid))
@@ -205,13 +247,31 @@ fn check_target(pid: u32) -> Result<(), ProcessError> {
     if matches!(state, 'Z' | 'X' | 'x') {
         // The leader may have exited while other threads run on.
         let alive = list_tasks(pid)?.iter().any(|&t| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat"))
+            read_text(&format!("/proc/{pid}/task/{t}/stat"))
                 .ok()
                 .and_then(|s| parse_stat(&s))
                 .is_some_and(|(st, _)| !matches!(st, 'Z' | 'X' | 'x'))
         });
         if !alive {
             return Err(ProcessError::Zombie(pid));
+        }
+    }
+    // A 32-bit (or foreign) program: its registers and frames are not this machine's 64-bit
+    // ones.
+    let host = match HOST_ARCH {
+        ArchKind::X86_64 => 62,
+        ArchKind::Aarch64 => 183,
+    };
+    if let Some((wide, machine)) = exe_kind(pid) {
+        if !wide || machine != host {
+            return Err(ProcessError::WrongArch(
+                pid,
+                if wide {
+                    format!("ELF machine {machine}")
+                } else {
+                    "32-bit".to_string()
+                },
+            ));
         }
     }
     // The leader only (cheap); another thread's tracer shows when seizing it fails.
@@ -236,7 +296,7 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
 }
 
 fn status_field(pid: u32, key: &str) -> Option<String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let s = read_text(&format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix(key))
         .map(|v| v.trim().to_string())
@@ -249,7 +309,7 @@ fn tracer_of(pid: u32) -> Option<u32> {
     std::iter::once(pid)
         .chain(list_tasks(pid).ok()?)
         .find_map(|t| {
-            let s = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).ok()?;
+            let s = read_text(&format!("/proc/{pid}/task/{t}/status")).ok()?;
             let tracer = s
                 .lines()
                 .find_map(|l| l.strip_prefix("TracerPid:"))?
@@ -269,7 +329,7 @@ fn already_traced(pid: u32, tracer: u32) -> ProcessError {
     let tracer = status_field(tracer, "Tgid:")
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(tracer);
-    let name = std::fs::read_to_string(format!("/proc/{tracer}/comm"))
+    let name = read_text(&format!("/proc/{tracer}/comm"))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "?".into());
     ProcessError::AlreadyTraced(pid, tracer, name)
@@ -298,7 +358,7 @@ fn permission_reason(pid: u32) -> ProcessError {
 
 /// Has thread `tid` exited (gone, or a zombie / dead in `/proc`)?
 fn exiting(pid: u32, tid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) {
+    match read_text(&format!("/proc/{pid}/task/{tid}/stat")) {
         Ok(s) => parse_stat(&s).is_none_or(|(st, _)| matches!(st, 'Z' | 'X' | 'x')),
         Err(_) => true,
     }
@@ -388,7 +448,7 @@ pub fn parse_maps(text: &str) -> Vec<Vma> {
 }
 
 fn read_maps(pid: u32) -> Result<Vec<Vma>, ProcessError> {
-    match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+    match read_text(&format!("/proc/{pid}/maps")) {
         Ok(s) => Ok(parse_maps(&s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ProcessError::NoSuchProcess(pid)),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(permission_reason(pid)),
@@ -1009,7 +1069,7 @@ impl offline::Pause for Stopper {
             .filter(|a| !a.stopped)
             .map(|a| a.tid)
             .collect();
-        self.mem.open(read_maps(self.pid).ok());
+        self.mem.open(read_maps(self.mem.pid).ok());
         let threads: Vec<Thread> = self
             .attached
             .iter()
