@@ -608,3 +608,107 @@ fn registry_churn_while_handlers_capture() {
     );
     assert!(transition::registered().iter().all(|(_, n)| *n != "churn"));
 }
+
+/// Frames captured by [`on_overflow`], and how many.
+static mut OVERFLOW_FRAMES: [Frame; 256] = [Frame::EMPTY; 256];
+
+/// A SIGSEGV handler on an alternate stack, for a stack overflow: captures the overflowed
+/// stack from the `ucontext` and exits the process (it cannot return: the fault would
+/// repeat), 0 when the walk went up the overflowed stack through the recursion.
+extern "C" fn on_overflow(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: `uc` is the handler's ucontext; the buffer is this handler's alone (the process
+    // exits below, no other code touches it).
+    let t = unsafe {
+        #[allow(static_mut_refs)]
+        unwind::capture_from_ucontext_with(uc, &mut OVERFLOW_FRAMES, Options::default())
+    };
+    // SAFETY: as above.
+    #[allow(static_mut_refs)]
+    let frames = unsafe { &OVERFLOW_FRAMES[..t.len] };
+    let first = frames.first().map_or(0, |f| f.pc);
+    // The recursion's frames are all in one function, near the interrupted pc.
+    let near = frames
+        .iter()
+        .filter(|f| f.pc.abs_diff(first) < 0x400)
+        .count();
+    let ok = t.stop == StopReason::BufferFull && near >= 200;
+    let msg: &[u8] = if ok {
+        b"overflow: walked up the recursion\n"
+    } else {
+        b"overflow: the walk stopped short\n"
+    };
+    // SAFETY: write and _exit are async-signal-safe.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::_exit(if ok { 0 } else { 3 });
+    }
+}
+
+#[inline(never)]
+fn overflow_recurse(n: u64) -> u64 {
+    let a = [n; 16];
+    black_box(&a);
+    if n == u64::MAX {
+        0
+    } else {
+        overflow_recurse(n + 1) + a[3]
+    }
+}
+
+/// A coroutine overflows its stack into the guard page below it; a SIGSEGV handler on an
+/// alternate stack captures from its `ucontext`. The stack pointer is in the guard page, in
+/// no stack: the walk starts in the stack just above it (before, it stopped at the
+/// interrupted frame, unreadable). In a child process (the handler exits it).
+#[test]
+fn a_stack_overflow_is_walked_from_its_sigsegv_handler() {
+    const CHILD: &str = "UNWIND_OVERFLOW_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "a_stack_overflow_is_walked_from_its_sigsegv_handler",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains("walked up the recursion"), "{err}");
+        return;
+    }
+    unwind::init();
+    // SAFETY: a fresh anonymous mapping for the alternate stack, and a plain SA_SIGINFO |
+    // SA_ONSTACK handler for SIGSEGV, in this child process only.
+    unsafe {
+        let len = 1 << 20;
+        let alt = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(alt, libc::MAP_FAILED);
+        let ss = libc::stack_t {
+            ss_sp: alt,
+            ss_flags: 0,
+            ss_size: len,
+        };
+        assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_overflow
+            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        assert_eq!(libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()), 0);
+    }
+    let stack = corosensei::stack::DefaultStack::new(256 * 1024).unwrap();
+    let mut co = corosensei::Coroutine::with_stack(stack, |_: &corosensei::Yielder<(), ()>, ()| {
+        black_box(overflow_recurse(0));
+    });
+    co.resume(());
+    unreachable!("the recursion ends in SIGSEGV");
+}

@@ -172,6 +172,10 @@ fn on_alt_stack(sp: u64) -> bool {
     cur.ss_flags & libc::SS_DISABLE == 0 && sp.wrapping_sub(cur.ss_sp as u64) < cur.ss_size as u64
 }
 
+/// How far below a stack an overflowed stack pointer may be: Linux's stack guard gap (256
+/// pages) and some.
+const GUARD_GAP: u64 = (1 << 20) + (64 << 10);
+
 /// Memory of the current thread's stacks. Every read is checked against them.
 #[derive(Clone, Copy, Debug)]
 pub struct LiveMemory {
@@ -252,7 +256,20 @@ impl LiveMemory {
                         stacks[0] = m.range;
                     }
                     Some(m) => stacks[1] = m.range,
-                    None => {}
+                    None => {
+                        // Below every stack: a stack overflow, its sp in the guard page or gap
+                        // under the stack it overflowed (a SIGSEGV handler on an alternate
+                        // stack walking it). The frames are in that stack, just above; the
+                        // main thread's `[stack]` has grown since it was cached.
+                        if let Some(m) = maps::stack_above(sp, GUARD_GAP) {
+                            if owns_stack(m, is_main_thread(), tcb) {
+                                THREAD_STACK.with(|c| c.set(m.range));
+                                stacks[0] = m.range;
+                            } else {
+                                stacks[1] = m.range;
+                            }
+                        }
+                    }
                 }
             }
         } else {
@@ -731,6 +748,8 @@ mod maps {
         pub anon_rw: bool,
         /// Labelled `[stack]`: the main thread's stack.
         pub main_stack: bool,
+        /// Readable (not a guard page).
+        pub readable: bool,
     }
 
     /// What [`scan`] found.
@@ -739,6 +758,19 @@ mod maps {
         pub found: [Option<Mapping>; 2],
         /// The `[stack]` mapping, if the scan got that far.
         pub main_stack: Option<Range>,
+        /// The first mapping above the first address asked for, if the scan got that far.
+        pub above: Option<Mapping>,
+    }
+
+    /// The stack-like mapping (as [`stack_like_at`]) that starts above `addr` by at most
+    /// `gap` bytes, with nothing mapped in between but an inaccessible guard: where a stack
+    /// pointer that overflowed its stack (into the guard page or gap below it) came from.
+    pub fn stack_above(addr: u64, gap: u64) -> Option<Mapping> {
+        let s = scan([addr, addr], false);
+        if s.found[0].is_some_and(|m| m.readable) {
+            return None;
+        }
+        s.above.filter(|m| m.anon_rw && m.range.lo - addr <= gap)
     }
 
     /// The mapping that contains `addr`, if it is private, anonymous and read-write, as every
@@ -762,6 +794,7 @@ mod maps {
         let mut out = Scan {
             found: [None, None],
             main_stack: None,
+            above: None,
         };
         scan_into(addrs, want_main, &mut out);
         drop(errno);
@@ -782,12 +815,18 @@ mod maps {
                         *f = Some(m);
                     }
                 }
+                if out.above.is_none() && m.range.lo > addrs[0] {
+                    out.above = Some(m);
+                }
                 if m.main_stack {
                     out.main_stack = Some(m.range);
                 }
             }
-            // Done when both addresses are placed (and [stack] seen, when wanted).
-            out.found.iter().all(|f| f.is_some()) && (!want_main || out.main_stack.is_some())
+            // Done when both addresses are placed and the mapping after the first seen (and
+            // [stack] seen, when wanted).
+            out.found.iter().all(|f| f.is_some())
+                && out.above.is_some()
+                && (!want_main || out.main_stack.is_some())
         };
         let mut buf = [0u8; 4096];
         let mut have = 0usize;
@@ -857,6 +896,7 @@ mod maps {
         Some(Mapping {
             range: Range::new(lo, hi),
             anon_rw: perms.starts_with(b"rw") && perms.get(3) == Some(&b'p') && inode == b"0",
+            readable: perms.starts_with(b"r"),
             main_stack: path == b"[stack]",
         })
     }
@@ -890,6 +930,7 @@ mod maps {
                     range: Range::new(0x7ffd1000, 0x7ffd3000),
                     anon_rw: true,
                     main_stack: true,
+                    readable: true,
                 })
             );
             assert_eq!(
