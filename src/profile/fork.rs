@@ -81,6 +81,7 @@ fn release(child: bool) {
                 if child {
                     crate::module_watch::forget_parent_watcher(&mut held.watcher);
                     super::heap::forget_in_flight();
+                    super::heap::reseed_after_fork();
                 }
                 drop(held.watcher);
                 drop(held.registry);

@@ -606,10 +606,14 @@ fn next_random() -> u64 {
     RNG.with(|r| {
         let mut x = r.get();
         if x == 0 {
-            // Seed: a process-wide counter and this thread's TLS address, mixed (splitmix64).
+            // Seed: a process-wide counter, this thread's TLS address and the process id (a
+            // fork's children inherit the counter and the address), mixed (splitmix64).
+            // SAFETY: getpid has no preconditions; it is async-signal-safe.
+            let pid = unsafe { libc::getpid() } as u64;
             let mut z = SEEDS
                 .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-                .wrapping_add(r as *const Cell<u64> as u64);
+                .wrapping_add(r as *const Cell<u64> as u64)
+                .wrapping_add(pid.wrapping_mul(0xd6e8_feb8_6659_fd93));
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             x = (z ^ (z >> 31)) | 1;
@@ -1426,6 +1430,18 @@ pub(super) fn control() -> std::sync::MutexGuard<'static, ()> {
 /// were inside (they do not run here, and [`reset`] would wait for them forever).
 pub(super) fn forget_in_flight() {
     IN_FLIGHT.store(0, Ordering::SeqCst);
+}
+
+/// After a fork, in the child (on its one thread): a fresh random state, and a fresh distance
+/// to the next sample at the next allocation. Without it every child of a process samples
+/// the same allocations as its siblings and its parent (they inherit the forking thread's
+/// generator and countdown), and profiles merged from many workers carry correlated errors.
+pub(super) fn reseed_after_fork() {
+    let _ = RNG.try_with(|r| r.set(0));
+    // No `Shared::state` is `u64::MAX`: the next allocation draws afresh (see `maybe_sample`).
+    let _ = EPOCH.try_with(|e| e.set(u64::MAX));
+    let _ = COUNTDOWN.try_with(|c| c.set(0));
+    let _ = REMAINING.try_with(|r| r.set(0));
 }
 
 /// Tests of `profile::fork`: holds the control lock, inside a table update (until
@@ -2276,6 +2292,37 @@ mod tests {
     fn record_sized(addr: u64, size: u64) {
         record(addr, size);
         core::hint::black_box(());
+    }
+
+    /// Two children of one fork reseed on their own: their next draws differ (and differ from
+    /// the parent's).
+    #[test]
+    fn forked_children_draw_on_their_own() {
+        let parent_first = next_random();
+        let child = || {
+            let mut fds = [0; 2];
+            // SAFETY: a pipe for the child's answer; fork; the child writes and `_exit`s.
+            unsafe {
+                assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+                let pid = libc::fork();
+                assert!(pid >= 0);
+                if pid == 0 {
+                    reseed_after_fork();
+                    let v = next_random().to_le_bytes();
+                    libc::write(fds[1], v.as_ptr().cast(), 8);
+                    libc::_exit(0);
+                }
+                let mut v = [0u8; 8];
+                assert_eq!(libc::read(fds[0], v.as_mut_ptr().cast(), 8), 8);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+                u64::from_le_bytes(v)
+            }
+        };
+        let (a, b) = (child(), child());
+        assert_ne!(a, b, "two children drew the same");
+        assert_ne!(a, parent_first);
     }
 
     #[test]
