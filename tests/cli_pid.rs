@@ -1282,3 +1282,71 @@ fn a_process_named_in_bytes_that_are_not_utf8() {
         "{r}"
     );
 }
+
+#[test]
+fn a_process_that_keeps_calling_execve() {
+    // The main thread re-executes itself every few ms while five threads run. Once in a while
+    // an `execve` begins while `unwind` is seizing the threads: the exec waits, holding the
+    // process's exec lock, for the threads already seized to be reaped, and seizing the next
+    // thread waits for that lock. Every walk must end (exit 0 or 2, never stuck) and leave
+    // the process running.
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("exec-loop");
+    let src = dir.0.join("reexec.c");
+    std::fs::write(
+        &src,
+        r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static void *spin(void *a) { (void)a; for (;;) usleep(1000); }
+int main(int argc, char **argv) {
+    pthread_t t;
+    for (int i = 0; i < 5; i++) pthread_create(&t, 0, spin, 0);
+    if (argc < 2) { printf("ready\n"); fflush(stdout); }
+    usleep(1000 + rand() % 5000);
+    execl("/proc/self/exe", "reexec", "again", (char *)0);
+    return 1;
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.0.join("reexec");
+    let out = Command::new("gcc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut t = Target::start(&mut Command::new(&exe));
+    for i in 0..400 {
+        let mut u = Command::new(BIN)
+            .args(["stack", "--pid", &t.pid().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = u.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = u.kill();
+                let _ = u.wait();
+                panic!("walk {i}: unwind stuck for 10 s against an execve");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        assert!(matches!(status.code(), Some(0 | 2)), "walk {i}: {status}");
+        assert!(t.child.try_wait().unwrap().is_none(), "the target died");
+    }
+}

@@ -172,6 +172,8 @@ pub fn unwind_process(pid: u32, tids: &[u32], opts: &Options) -> Result<Report, 
         paused: Duration::ZERO,
         old_mask: None,
         left_out: Vec::new(),
+        seized: None,
+        relist: false,
     };
     let mut report = offline::unwind_paused(&core, &opts, &mut stopper)?;
     report.paused = Some(stopper.paused);
@@ -810,6 +812,73 @@ struct Stopper {
     old_mask: Option<libc::sigset_t>,
     /// Threads that did not stop in time (left out of the walk).
     left_out: Vec<u32>,
+    /// While threads are being seized: the list the [`Reaper`] watches.
+    seized: Option<Arc<Mutex<Vec<u32>>>>,
+    /// A thread was forgotten while waiting for stops: list the threads again.
+    relist: bool,
+}
+
+/// Reaps the threads already seized that exit while the others are being seized. A thread
+/// that calls `execve` makes every other thread exit, and waits, holding the process's exec
+/// lock, until each is released: a traced one only when its tracer reaps it. `PTRACE_SEIZE`
+/// of any further thread waits for that same lock; without a second thread to reap, both
+/// processes waited for each other for good (only SIGKILL ended `unwind`). Another thread of
+/// this process may reap the tracer thread's tracees (`waitid` looks at every thread's); only
+/// the seized thread ids are waited for, so no child of a program using this library is
+/// reaped behind its back. The seizing thread then finds them gone (`ECHILD`).
+struct Reaper {
+    tids: Arc<Mutex<Vec<u32>>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reaper {
+    fn start() -> Reaper {
+        let tids: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let done: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let (t, d) = (tids.clone(), done.clone());
+        let thread = std::thread::Builder::new()
+            .name("unwind-reaper".into())
+            .spawn(move || {
+                while !d.load(std::sync::atomic::Ordering::Acquire) {
+                    let list = t.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    for tid in list {
+                        // A tracee's stops are reported to any wait, WEXITED or not: look
+                        // first (WNOWAIT), and take only an exit; stops stay for the seizer.
+                        let wait = |flags: libc::c_int| {
+                            // SAFETY: siginfo_t is plain data; waitid writes it, and does not
+                            // block (WNOHANG).
+                            unsafe {
+                                let mut info: libc::siginfo_t = std::mem::zeroed();
+                                let r = libc::waitid(
+                                    libc::P_PID,
+                                    tid as libc::id_t,
+                                    &mut info,
+                                    flags | libc::WEXITED | libc::WNOHANG | libc::__WALL,
+                                );
+                                (r == 0 && info.si_pid() != 0).then_some(info.si_code)
+                            }
+                        };
+                        if matches!(
+                            wait(libc::WNOWAIT),
+                            Some(libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED)
+                        ) {
+                            wait(0);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+            .ok();
+        Reaper { tids, done, thread }
+    }
+
+    fn stop(mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn ptrace(req: libc::c_uint, tid: u32, addr: usize, data: usize) -> Result<(), i32> {
@@ -901,6 +970,9 @@ impl Stopper {
                 stopped: false,
                 signal: 0,
             });
+            if let Some(seized) = &self.seized {
+                seized.lock().unwrap_or_else(|e| e.into_inner()).push(tid);
+            }
             any = true;
             if ptrace(PTRACE_INTERRUPT, tid, 0, 0).is_err() {
                 // Exited between the two calls: waiting says so.
@@ -913,7 +985,21 @@ impl Stopper {
     fn wait_stopped(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut nap = Duration::from_micros(5);
+        let mut interrupted = Instant::now();
         loop {
+            // An interrupt can be lost (sent while the thread was inside `execve`, which then
+            // completed): ask again every 50 ms.
+            // A thread id that is no longer our tracee (`ESRCH`: an `execve` in another thread
+            // gave the leader's id to the thread that called it) is forgotten, to be seized
+            // again by the next listing.
+            if interrupted.elapsed() >= Duration::from_millis(50) {
+                interrupted = Instant::now();
+                let before = self.attached.len();
+                self.attached.retain(|a| {
+                    a.stopped || ptrace(PTRACE_INTERRUPT, a.tid, 0, 0) != Err(libc::ESRCH)
+                });
+                self.relist |= self.attached.len() != before;
+            }
             let mut pending = false;
             let mut i = 0;
             while i < self.attached.len() {
@@ -1035,6 +1121,8 @@ impl offline::Pause for Stopper {
     fn pause(&mut self, _core: &Core) -> Result<Vec<Thread>, ProcessError> {
         self.block_signals();
         self.started = Some(Instant::now());
+        let reaper = Reaper::start();
+        self.seized = Some(reaper.tids.clone());
         let attached = (|| {
             // Seize and interrupt every listed thread, wait for them to stop, list again: a
             // thread may have been created by one that was still running. Once a listing finds
@@ -1043,14 +1131,17 @@ impl offline::Pause for Stopper {
             // bounded by STOP_TIMEOUT in all.
             let deadline = Instant::now() + STOP_TIMEOUT;
             for _ in 0..16 {
+                self.relist = false;
                 let new = self.attach_new()?;
                 self.wait_stopped(deadline.saturating_duration_since(Instant::now()));
-                if !new {
+                if !new && !self.relist {
                     break;
                 }
             }
             Ok(())
         })();
+        self.seized = None;
+        reaper.stop();
         if let Err(e) = attached {
             self.detach_all();
             return Err(e);
@@ -1234,6 +1325,9 @@ garbage
             paused: Duration::ZERO,
             old_mask: None,
             left_out: Vec::new(),
+            seized: None,
+            relist: false,
+            relist: false,
         };
         // SAFETY: kill takes integers.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
