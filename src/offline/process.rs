@@ -1327,7 +1327,6 @@ garbage
             left_out: Vec::new(),
             seized: None,
             relist: false,
-            relist: false,
         };
         // SAFETY: kill takes integers.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
