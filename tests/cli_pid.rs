@@ -1350,3 +1350,48 @@ int main(int argc, char **argv) {
         assert!(t.child.try_wait().unwrap().is_none(), "the target died");
     }
 }
+
+#[test]
+fn cpp_names_are_demangled() {
+    // C++ functions show as gdb and eu-stack show them: `ns::Waiter<3>::wait(int)`, not
+    // `_ZN2ns6WaiterILi3EE4waitEi`.
+    if !need("g++", "--version") {
+        return;
+    }
+    let dir = TempDir::new("cpp");
+    let src = dir.0.join("w.cpp");
+    std::fs::write(
+        &src,
+        r#"
+#include <cstdio>
+#include <unistd.h>
+namespace ns {
+template <int N> struct Waiter {
+    __attribute__((noinline)) static void wait(int s) { for (;;) sleep(s); }
+};
+}
+int main() {
+    std::printf("ready\n");
+    std::fflush(stdout);
+    ns::Waiter<3>::wait(100);
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.0.join("w");
+    let out = Command::new("g++")
+        .args(["-O1", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Target::start(&mut Command::new(&exe));
+    let r = stack_json(t.pid(), &[]);
+    let n = names(&r["threads"][0]);
+    assert!(n.iter().any(|s| s == "ns::Waiter<3>::wait(int)"), "{n:?}");
+}

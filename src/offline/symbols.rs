@@ -55,6 +55,22 @@ fn is_rust_name(raw: &str) -> bool {
     raw.starts_with("_ZN") || raw.starts_with("_R") || raw.starts_with("__ZN")
 }
 
+/// A mangled name as a reader wants it: Rust's (legacy or v0, without the hash), else C++'s
+/// (Itanium ABI, with parameter types, as gdb and eu-stack print it); `None` when it is
+/// neither (a C name, or a name that does not demangle).
+fn demangled(raw: &str) -> Option<String> {
+    if is_rust_name(raw) {
+        if let Ok(d) = rustc_demangle::try_demangle(raw) {
+            return Some(format!("{d:#}"));
+        }
+    }
+    if raw.starts_with("_Z") {
+        let sym = cpp_demangle::Symbol::new(raw).ok()?;
+        return sym.demangle().ok();
+    }
+    None
+}
+
 /// One loaded module.
 pub struct Module {
     /// The path it was loaded from (as the process saw it).
@@ -301,13 +317,18 @@ impl Module {
         }
     }
 
-    /// The name shown for `f`: demangled for Rust (kept in `cell`), else the raw name.
+    /// The name shown for `f`: demangled for Rust and C++ (kept in `cell`), else the raw
+    /// name.
     fn shown<'s>(&'s self, f: &Func, cell: &'s std::sync::OnceLock<Box<str>>) -> &'s str {
         let raw = self.raw_name(f).unwrap_or("");
-        if !is_rust_name(raw) {
+        if !raw.starts_with("_Z") && !is_rust_name(raw) {
             return raw;
         }
-        cell.get_or_init(|| format!("{:#}", rustc_demangle::demangle(raw)).into_boxed_str())
+        cell.get_or_init(|| {
+            demangled(raw)
+                .unwrap_or_else(|| raw.to_string())
+                .into_boxed_str()
+        })
     }
 
     /// The name shown for `funcs[i]`: demangled for Rust, else the raw name.
@@ -1412,11 +1433,7 @@ mod tests {
                     return;
                 }
                 let Ok(raw) = sym.name() else { return };
-                let name = if is_rust_name(raw) {
-                    format!("{:#}", rustc_demangle::demangle(raw))
-                } else {
-                    raw.to_string()
-                };
+                let name = demangled(raw).unwrap_or_else(|| raw.to_string());
                 by_name.push((raw.to_string(), sym.address(), sym.size()));
                 funcs.push((sym.address(), sym.size(), name));
             };
