@@ -740,3 +740,48 @@ fn paths_that_are_not_utf8() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("not valid UTF-8"), "{err}");
 }
+
+#[test]
+fn a_qemu_core_naming_its_executable_by_a_relative_path() {
+    // qemu-user cores list no mapped files; the executable is the auxv's AT_EXECFN, here
+    // `./chain`, relative to a directory the core does not record: looked up from the current
+    // directory, with a warning that says so.
+    if !need("qemu-aarch64", "--version") || !need("aarch64-linux-gnu-gcc", "--version") {
+        return;
+    }
+    let d = tmp("relative-execfn");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/c/chain.c");
+    let ok = Command::new("aarch64-linux-gnu-gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(d.join("chain"))
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let _ = Command::new("sh")
+        .current_dir(&d)
+        .args([
+            "-c",
+            "ulimit -c unlimited; qemu-aarch64 -L /usr/aarch64-linux-gnu ./chain chain",
+        ])
+        .output()
+        .unwrap();
+    let core = std::fs::read_dir(&d)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "core"))
+        .expect("qemu wrote no core");
+    let out = Command::new(BIN)
+        .current_dir(&d)
+        .args(["stack", "--core"])
+        .arg(&core)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("relative path (./chain)"), "{err}");
+    // Looked up from here it is the right file: the chain is named.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gamma_"));
+    let _ = std::fs::remove_dir_all(d);
+}

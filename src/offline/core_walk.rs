@@ -182,6 +182,14 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
             }
             const AT_EXECFN: u64 = 31;
             let name = read_c_string(core, core.aux(AT_EXECFN)?)?;
+            if !name.starts_with('/') {
+                // The path the program was started by, relative to a directory the core
+                // does not record: taken from this one, which may hold another file.
+                s.warnings.push(format!(
+                    "the core names its executable by a relative path ({}), looked up from                      the current directory: pass --exe if that is not the right file",
+                    name.escape_debug()
+                ));
+            }
             Some(crate::symbols::resolve(sysroot, &name))
         });
     if let Some(exe) = &exe_path {
