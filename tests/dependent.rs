@@ -123,6 +123,10 @@ fn check(frame_pointers: bool) {
         "{err}"
     );
 
+    // A signal's capture asked for two frames: cut by that depth, said so (without frame
+    // pointers it said "buffer full").
+    assert_eq!(stat(&stats, "signal_depth2"), "2;max depth", "{stats}");
+
     // `unwind::capture` from deep_c, three calls down: with frame pointers, by frame records;
     // without, nothing until the CFI is prepared (no frames that are not the caller's), then
     // by CFI. (`count;capture_with's count;stop;first four names`.)

@@ -703,7 +703,7 @@ pub unsafe fn capture_from_ucontext_with(
         #[cfg(feature = "dwarf")]
         if let (Some(u), false) = (crate::modules::unwinder(), opts.naive) {
             // SAFETY: forwarded from the caller.
-            return unsafe {
+            let mut t = unsafe {
                 crate::dwarf::capture_from_ucontext(
                     ucontext,
                     &mut buf[..limit],
@@ -711,6 +711,12 @@ pub unsafe fn capture_from_ucontext_with(
                     crate::walk::Mode::Hybrid,
                 )
             };
+            // Cut by the depth asked for, not by the buffer (as `capture_by_cfi`).
+            if t.len == limit && limit < buf.len() && t.stop == crate::frame::StopReason::BufferFull
+            {
+                t.stop = crate::frame::StopReason::MaxDepth;
+            }
+            return t;
         }
         let Some(first) = buf.get_mut(..limit).and_then(|b| b.first_mut()) else {
             return Trace {
