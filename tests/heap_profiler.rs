@@ -920,3 +920,51 @@ fn a_library_unloaded_after_the_samples_began_is_counted() {
     heap::reset();
     assert_eq!(heap::stats().unloaded, 0);
 }
+
+#[test]
+fn the_profilers_own_threads_are_not_sampled() {
+    // Every allocation sampled, the CPU profiler running (its collector drains samples into
+    // tables) and a library loaded (the module watcher prepares its CFI): none of the
+    // samples is the profilers' own bookkeeping.
+    let _g = setup();
+    heap::start(1);
+    let cpu = unwind::cpu::CpuProfiler::start(unwind::cpu::Config {
+        frequency_hz: 250,
+        ..unwind::cpu::Config::default()
+    })
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("unwind-heap-own-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let h = common::tools::dlopen_libm_copy(&dir.join("libm-own.so"));
+    // Work for the collector, and time for the watcher to see the new library.
+    let t0 = Instant::now();
+    let mut x = 1u64;
+    while t0.elapsed() < Duration::from_millis(400) {
+        for i in 0..10_000u64 {
+            x = black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    let _ = cpu.stop();
+    heap::stop();
+    let p = heap::snapshot_raw();
+    let own: Vec<String> = p
+        .iter()
+        .map(|s| {
+            s.pcs
+                .iter()
+                .map(|&pc| name(pc))
+                .collect::<Vec<_>>()
+                .join(" < ")
+        })
+        // The collector's drain and thread scan, the watcher's check (names are short).
+        .filter(|s| {
+            s.contains("drain < drain")
+                || s.contains("scan_threads < {{closure}}")
+                || s.contains("refresh_if_changed < check")
+        })
+        .collect();
+    assert!(own.is_empty(), "{own:#?}");
+    // SAFETY: the handle dlopen returned, closed once.
+    unsafe { libc::dlclose(h) };
+    let _ = std::fs::remove_dir_all(dir);
+}

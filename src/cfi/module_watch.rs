@@ -90,6 +90,8 @@ pub fn acquire() {
     *w = std::thread::Builder::new()
         .name("unwind-modules".into())
         .spawn(|| loop {
+            #[cfg(feature = "profilers")]
+            crate::heap::exclude_this_thread();
             std::thread::park_timeout(CHECK_EVERY);
             {
                 let mut w = WATCHER.lock().unwrap_or_else(|e| e.into_inner());

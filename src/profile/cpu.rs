@@ -1040,6 +1040,7 @@ impl CpuProfiler {
             std::thread::Builder::new()
                 .name("unwind-cpu-collector".into())
                 .spawn(move || {
+                    crate::heap::exclude_this_thread();
                     let mut last_scan = Instant::now();
                     let mut last_full = last_scan;
                     // Unknown: the first look reads the list.

@@ -471,6 +471,8 @@ thread_local! {
     static RNG: Cell<u64> = const { Cell::new(0) };
     /// Inside the sampling path (the reentrancy guard), or inside [`snapshot`].
     static BUSY: Cell<bool> = const { Cell::new(false) };
+    /// One of the profilers' own threads (their bookkeeping is not the program's).
+    static OWN_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
 /// A thread looks at [`Shared::state`] (started, stopped, the rate) at least once every
@@ -533,6 +535,10 @@ fn maybe_sample(addr: u64, size: u64) {
     }
     if BUSY.with(|b| b.get()) {
         STATS_REENTRANT.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if OWN_THREAD.with(|o| o.get()) {
+        set_distance(NOTICE);
         return;
     }
     // What is left of the distance drawn under this epoch; a fresh one at the first
@@ -1430,6 +1436,15 @@ pub(super) fn control() -> std::sync::MutexGuard<'static, ()> {
 /// were inside (they do not run here, and [`reset`] would wait for them forever).
 pub(super) fn forget_in_flight() {
     IN_FLIGHT.store(0, Ordering::SeqCst);
+}
+
+/// Marks the calling thread as one of the profilers' own (the CPU profiler's collector, the
+/// module watcher): its allocations (the CFI tables prepared after a `dlopen`, the samples'
+/// stacks) are not sampled. They are the profilers' bookkeeping, and the heap policy, which
+/// drops the profiler's frames at the leaf end, charged them to whatever called back into
+/// it (`dl_iterate_phdr`: 28% of a `dlopen`-heavy program's profile).
+pub fn exclude_this_thread() {
+    let _ = OWN_THREAD.try_with(|o| o.set(true));
 }
 
 /// After a fork, in the child (on its one thread): a fresh random state, and a fresh distance
