@@ -1395,3 +1395,53 @@ int main() {
     let n = names(&r["threads"][0]);
     assert!(n.iter().any(|s| s == "ns::Waiter<3>::wait(int)"), "{n:?}");
 }
+
+#[test]
+fn a_stripped_program_is_named_from_its_debuglink_file() {
+    // `objcopy --only-keep-debug`, `strip`, `objcopy --add-gnu-debuglink`: the program's own
+    // static functions are named only in the debug file beside it.
+    if !need("gcc", "--version") || !need("objcopy", "--version") {
+        return;
+    }
+    let dir = TempDir::new("debuglink");
+    let src = dir.0.join("dl.c");
+    std::fs::write(
+        &src,
+        r#"
+#include <stdio.h>
+#include <unistd.h>
+volatile int sink;
+__attribute__((noinline)) static void hidden_wait(void) { for (;;) { pause(); sink++; } }
+__attribute__((noinline)) static void hidden_outer(void) { hidden_wait(); sink++; }
+int main(void) { printf("ready\n"); fflush(stdout); hidden_outer(); return 0; }
+"#,
+    )
+    .unwrap();
+    let exe = dir.0.join("dl");
+    let ok = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{c:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(Command::new("gcc")
+        .args(["-O1", "-g", "-o"])
+        .arg(&exe)
+        .arg(&src));
+    ok(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&exe)
+        .arg(dir.0.join("dl.debug")));
+    ok(Command::new("strip").arg("-s").arg(&exe));
+    ok(Command::new("objcopy")
+        .current_dir(&dir.0)
+        .arg("--add-gnu-debuglink=dl.debug")
+        .arg(&exe));
+    let t = Target::start(&mut Command::new(&exe));
+    let r = stack_json(t.pid(), &[]);
+    let n = names(&r["threads"][0]);
+    assert!(n.iter().any(|s| s == "hidden_wait"), "{n:?}");
+    assert!(n.iter().any(|s| s == "hidden_outer"), "{n:?}");
+}

@@ -200,6 +200,9 @@ impl Module {
             if let Some(path) = debug_file(&file) {
                 debug = crate::safe_open::map(&path, &Policy::default()).ok();
             }
+            if debug.is_none() {
+                debug = debuglink_file(&file, &[path, Path::new(display)]);
+            }
         }
         // 64-bit ELF (every core this crate reads): the symbol tables are read in place, when
         // first needed, names only delimited (their UTF-8 is checked when they are used);
@@ -991,6 +994,50 @@ fn debug_file(file: &object::File<'_>) -> Option<PathBuf> {
         &hex[2..]
     ));
     p.exists().then_some(p)
+}
+
+/// The separate debug file a stripped `file` names in `.gnu_debuglink`, looked for as gdb
+/// does: beside the file (each of `paths`: the file read, and the path the process mapped),
+/// in its `.debug` directory, and under `/usr/lib/debug` with its directory. A candidate is
+/// taken only when its GNU build id is the file's (when the file has one; the link's CRC
+/// is not computed: reading a large debug file whole for it would cost more than the walk).
+fn debuglink_file(file: &object::File<'_>, paths: &[&Path]) -> Option<Mapped> {
+    let (name, _crc) = file.gnu_debuglink().ok()??;
+    let name = std::str::from_utf8(name).ok()?;
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    let id = file.build_id().ok().flatten();
+    let mut seen = Vec::new();
+    for p in paths {
+        let Some(dir) = p.parent().filter(|d| d.is_absolute()) else {
+            continue;
+        };
+        for c in [
+            dir.join(name),
+            dir.join(".debug").join(name),
+            Path::new("/usr/lib/debug")
+                .join(dir.strip_prefix("/").unwrap_or(dir))
+                .join(name),
+        ] {
+            if seen.contains(&c) || c == *p {
+                continue;
+            }
+            seen.push(c.clone());
+            let Ok(m) = crate::safe_open::map(&c, &Policy::default()) else {
+                continue;
+            };
+            let same = match (id, object::File::parse(&*m).ok()) {
+                (Some(id), Some(d)) => d.build_id().ok().flatten() == Some(id),
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if same {
+                return Some(m);
+            }
+        }
+    }
+    None
 }
 
 /// The load bias that puts file offset `off` of `file` at runtime address `start` (`None`:
