@@ -491,12 +491,6 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 self.pac_mask,
             );
         }
-        if n >= limit {
-            return Trace {
-                len: n,
-                stop: self.full_stop(n),
-            };
-        }
         let st = State {
             regs,
             exact: false,
@@ -508,6 +502,14 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             crossings: 0,
             n,
         };
+        if n >= limit {
+            // As `run` ends a full walk.
+            self.mark_entry_at_cut(&st, mem, buf);
+            return Trace {
+                len: n,
+                stop: self.full_stop(n),
+            };
+        }
         self.resume_with_step(st, mem, buf, limit)
     }
 
@@ -596,6 +598,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 }
             }
             if st.n >= limit {
+                self.mark_entry_at_cut(&st, mem, buf);
                 break self.full_stop(st.n);
             }
             match self.step(&mut st, mem, buf, limit) {
@@ -604,6 +607,44 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             }
         };
         Trace { len: st.n, stop }
+    }
+
+    /// The walk is cut after its last frame: that frame is marked exact when the next step
+    /// would have marked it ([`Walker::at_entry`]: a pushed return address at a function's
+    /// entry), so that a walk cut at any depth is a prefix of the whole walk, flags and all.
+    /// Asks the CFI only where that step would have asked it with the same answer.
+    #[cold]
+    #[inline(never)]
+    fn mark_entry_at_cut<M: Memory>(&mut self, st: &State, mem: &mut M, buf: &mut [Frame]) {
+        if self.mode == Mode::FramePointer || A::HAS_LINK_REGISTER || st.exact || st.fault_call {
+            return;
+        }
+        let ask_cfi = match self.mode {
+            Mode::Dwarf => !(st.pending != 0 && st.regs.sp == 0),
+            _ => !self.cfi.keeps_frame_record(st.regs.pc),
+        };
+        let takes_entry = if ask_cfi {
+            true
+        } else if self.mode == Mode::Hybrid {
+            // The step follows the record first, and looks for an entry only if that fails.
+            matches!(self.record_step(st, mem, false, false), Err(e) if e != StopReason::End)
+        } else {
+            false
+        };
+        if takes_entry {
+            // `at_entry` asks the byte before (NoInfo) and the pc itself, and marks the frame.
+            let mut probe = [Frame::EMPTY; 1];
+            let last = st.n.checked_sub(1).and_then(|i| buf.get(i)).copied();
+            if let Some(f) = last {
+                probe[0] = f;
+                let one = State { n: 1, ..*st };
+                if self.at_entry(&one, mem, &mut probe, true).is_some() {
+                    if let Some(f) = st.n.checked_sub(1).and_then(|i| buf.get_mut(i)) {
+                        f.flags |= Frame::EXACT;
+                    }
+                }
+            }
+        }
     }
 
     /// The hot loop of frame-pointer mode (and, with `HYBRID`, of hybrid mode): follows frame
