@@ -497,9 +497,20 @@ fn run<A: Arch>(input: &Input, regions: &[Region<'_>]) {
         let k = n / 2;
         let short = walk_one::<A, _>(input, regions, ScriptCfi::new(&input.cfi), input.mode, k);
         check_trace(input, k, &short);
+        // The last frame's exactness is decided by the step after it (a pushed return address
+        // at a function's entry): the cut walk asks the CFI for it at the cut, and this
+        // scripted CFI answers in call order, not by address, so those answers can differ
+        // from the ones the whole walk's next step got. Every other bit must match.
+        let unflag = |f: &[Frame]| {
+            let mut v = f.to_vec();
+            if let Some(l) = v.last_mut() {
+                l.flags &= !Frame::EXACT;
+            }
+            v
+        };
         assert_eq!(
-            short.frames[..],
-            full.frames[..k],
+            unflag(&short.frames[..]),
+            unflag(&full.frames[..k]),
             "max_depth {k} is not a prefix"
         );
         assert_eq!(short.stop, StopReason::MaxDepth);
