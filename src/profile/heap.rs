@@ -881,7 +881,13 @@ fn weight(size: u64, rate: u64) -> f64 {
     if rate <= 1 || size == 0 {
         return 1.0;
     }
-    -1.0 / (-(size as f64) / rate as f64).exp_m1()
+    let x = size as f64 / rate as f64;
+    if x < 1.0 / 1024.0 {
+        // 1 / (1 - e^-x) = 1/x + 1/2 + x/12 - x^3/720 + ...: within 1e-12 here, and no call
+        // into libm (whose tables are cold at one sample per 512 KiB).
+        return 1.0 / x + 0.5 + x * (1.0 / 12.0);
+    }
+    -1.0 / (-x).exp_m1()
 }
 
 /// Adds one sample of `size` bytes, weighted at `rate`, to an estimate's pair of counters.
@@ -2300,6 +2306,25 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn weight_is_one_over_the_sampling_probability() {
+        let r = DEFAULT_RATE;
+        for size in (0..40)
+            .map(|k| 1u64 << k)
+            .chain([511, 512, 513, 4000, r - 1, r])
+        {
+            let x = size as f64 / r as f64;
+            let want = -1.0 / (-x).exp_m1();
+            let got = weight(size, r);
+            assert!(
+                (got - want).abs() <= want * 1e-12,
+                "{size}: {got} vs {want}"
+            );
+        }
+        assert_eq!(weight(100, 1), 1.0);
+        assert_eq!(weight(0, r), 1.0);
     }
 
     /// Records a sample of `size` bytes at `addr`, always from this call site.
