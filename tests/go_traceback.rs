@@ -165,9 +165,24 @@ fn resumed_since(g: &[Ours], goroutines: &[&Block]) -> bool {
                 .enumerate()
                 .all(|(k, (x, y))| x.0 == y.0 && (k == 0 || x.1 == y.1))
     };
+    // Preempted again and parked again by then (`[runnable]`, Go's block starts at
+    // `asyncPreempt2` under a new `asyncPreempt`): its callers from there, the interrupted one
+    // at another pc.
+    let parked_again = |b: &Block| {
+        let Some(k) = b.frames.iter().position(|f| f.0 == "runtime.asyncPreempt") else {
+            return false;
+        };
+        let tail = Block {
+            signal_pc: b.signal_pc,
+            header: b.header.clone(),
+            frames: b.frames[k + 1..].to_vec(),
+        };
+        same(callers, &tail) || same_but_interrupted_callers(callers, &tail)
+    };
     goroutines.iter().any(|b| {
-        b.header.contains("[running")
-            && (same(callers, b) || same_but_interrupted_callers(callers, b) || preempted_again(b))
+        (b.header.contains("[running")
+            && (same(callers, b) || same_but_interrupted_callers(callers, b) || preempted_again(b)))
+            || (b.header.contains("[runnable") && parked_again(b))
     })
 }
 
