@@ -217,6 +217,27 @@ fn build_c(dir: &Path) -> PathBuf {
     exe
 }
 
+/// Writes `source` to `dir/file` and compiles it with `cc` (gcc, g++) and `flags` into
+/// `dir/` + `file` without its extension; panics with the compiler's errors.
+fn compile(dir: &Path, cc: &str, file: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let src = dir.join(file);
+    std::fs::write(&src, source).unwrap();
+    let exe = dir.join(file.rsplit_once('.').map_or(file, |(stem, _)| stem));
+    let out = Command::new(cc)
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
 fn c_target(dir: &Path, threads: u32) -> Target {
     Target::start(Command::new(build_c(dir)).arg(threads.to_string()))
 }
@@ -756,9 +777,10 @@ fn threads_exiting_while_walked() {
         return;
     }
     let dir = TempDir::new("churn");
-    let src = dir.0.join("churn.c");
-    std::fs::write(
-        &src,
+    let exe = compile(
+        &dir.0,
+        "gcc",
+        "churn.c",
         r#"
 #include <pthread.h>
 #include <stdio.h>
@@ -775,19 +797,7 @@ int main(void) {
     for (unsigned long n = 1;; n++) { printf("%lu\n", n); fflush(stdout); usleep(10000); }
 }
 "#,
-    )
-    .unwrap();
-    let exe = dir.0.join("churn");
-    let out = Command::new("gcc")
-        .args(["-O0", "-fno-omit-frame-pointer", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["-O0", "-fno-omit-frame-pointer", "-pthread"],
     );
     let mut t = Target::start(&mut Command::new(&exe));
     for mode in ["hybrid", "fp", "dwarf"] {
@@ -1024,9 +1034,10 @@ fn a_call_through_a_null_pointer_keeps_its_callers() {
         return;
     }
     let dir = TempDir::new("null-call");
-    let src = dir.0.join("null.c");
-    std::fs::write(
-        &src,
+    let exe = compile(
+        &dir.0,
+        "gcc",
+        "null.c",
         r#"
 #include <signal.h>
 #include <stdio.h>
@@ -1049,19 +1060,7 @@ int main(void) {
     return 0;
 }
 "#,
-    )
-    .unwrap();
-    let exe = dir.0.join("null");
-    let out = Command::new("gcc")
-        .args(["-O2", "-fomit-frame-pointer", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["-O2", "-fomit-frame-pointer"],
     );
     let t = Target::start(&mut Command::new(&exe));
     for mode in ["hybrid", "dwarf"] {
@@ -1092,9 +1091,10 @@ fn a_walk_that_ends_in_code_without_cfi_or_frame_records_is_truncated() {
         return;
     }
     let dir = TempDir::new("no-cfi");
-    let src = dir.0.join("nocfi.c");
-    std::fs::write(
-        &src,
+    let exe = compile(
+        &dir.0,
+        "gcc",
+        "nocfi.c",
         r#"
 #include <stdio.h>
 #include <unistd.h>
@@ -1110,25 +1110,12 @@ int main(void) {
     return 0;
 }
 "#,
-    )
-    .unwrap();
-    let exe = dir.0.join("nocfi");
-    let out = Command::new("gcc")
-        .args([
+        &[
             "-O2",
             "-fomit-frame-pointer",
             "-fno-asynchronous-unwind-tables",
             "-fno-unwind-tables",
-            "-o",
-        ])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let t = Target::start(&mut Command::new(&exe));
     for mode in ["hybrid", "dwarf"] {
@@ -1156,9 +1143,10 @@ fn a_process_whose_main_thread_exited() {
         return;
     }
     let dir = TempDir::new("leader-exited");
-    let src = dir.0.join("gone.c");
-    std::fs::write(
-        &src,
+    let exe = compile(
+        &dir.0,
+        "gcc",
+        "gone.c",
         r#"
 #include <pthread.h>
 #include <stdio.h>
@@ -1173,19 +1161,7 @@ int main(void) {
     pthread_exit(0);
 }
 "#,
-    )
-    .unwrap();
-    let exe = dir.0.join("gone");
-    let out = Command::new("gcc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["-O2", "-pthread"],
     );
     let t = Target::start(&mut Command::new(&exe));
     // The leader turns zombie once main's pthread_exit is done.
@@ -1294,9 +1270,10 @@ fn a_process_that_keeps_calling_execve() {
         return;
     }
     let dir = TempDir::new("exec-loop");
-    let src = dir.0.join("reexec.c");
-    std::fs::write(
-        &src,
+    let exe = compile(
+        &dir.0,
+        "gcc",
+        "reexec.c",
         r#"
 #include <pthread.h>
 #include <stdio.h>
@@ -1312,19 +1289,7 @@ int main(int argc, char **argv) {
     return 1;
 }
 "#,
-    )
-    .unwrap();
-    let exe = dir.0.join("reexec");
-    let out = Command::new("gcc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["-O2", "-pthread"],
     );
     let mut t = Target::start(&mut Command::new(&exe));
     for i in 0..400 {
@@ -1359,9 +1324,10 @@ fn cpp_names_are_demangled() {
         return;
     }
     let dir = TempDir::new("cpp");
-    let src = dir.0.join("w.cpp");
-    std::fs::write(
-        &src,
+    let exe = compile(
+        &dir.0,
+        "g++",
+        "w.cpp",
         r#"
 #include <cstdio>
 #include <unistd.h>
@@ -1376,19 +1342,7 @@ int main() {
     ns::Waiter<3>::wait(100);
 }
 "#,
-    )
-    .unwrap();
-    let exe = dir.0.join("w");
-    let out = Command::new("g++")
-        .args(["-O1", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["-O1"],
     );
     let t = Target::start(&mut Command::new(&exe));
     let r = stack_json(t.pid(), &[]);

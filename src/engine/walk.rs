@@ -619,31 +619,17 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         if self.mode == Mode::FramePointer || A::HAS_LINK_REGISTER || st.exact || st.fault_call {
             return;
         }
-        let ask_cfi = match self.mode {
-            Mode::Dwarf => !(st.pending != 0 && st.regs.sp == 0),
-            _ => !self.cfi.keeps_frame_record(st.regs.pc),
-        };
-        let takes_entry = if ask_cfi {
+        let takes_entry = if self.asks_cfi(st) {
             true
-        } else if self.mode == Mode::Hybrid {
-            // The step follows the record first, and looks for an entry only if that fails.
-            matches!(self.record_step(st, mem, false, false), Err(e) if e != StopReason::End)
         } else {
-            false
+            // Hybrid: the step follows the record first, and looks for an entry only if
+            // that fails.
+            self.mode == Mode::Hybrid
+                && matches!(self.record_step(st, mem, false, false), Err(e) if e != StopReason::End)
         };
         if takes_entry {
-            // `at_entry` asks the byte before (NoInfo) and the pc itself, and marks the frame.
-            let mut probe = [Frame::EMPTY; 1];
-            let last = st.n.checked_sub(1).and_then(|i| buf.get(i)).copied();
-            if let Some(f) = last {
-                probe[0] = f;
-                let one = State { n: 1, ..*st };
-                if self.at_entry(&one, mem, &mut probe, true).is_some() {
-                    if let Some(f) = st.n.checked_sub(1).and_then(|i| buf.get_mut(i)) {
-                        f.flags |= Frame::EXACT;
-                    }
-                }
-            }
+            // As the step: the byte before (no CFI) and the pc itself; marks the last frame.
+            self.at_entry(st, mem, buf, true);
         }
     }
 
@@ -835,15 +821,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     ) -> Result<(Regs, Via, Option<u64>), StopReason> {
         let fp = st.regs.fp;
         if fp == 0 {
-            // The end of the chain, unless the CFI could not be used here: then a zero in the
-            // register is no evidence (code without frame records uses it as any other).
-            return Err(if cfi_failed {
-                StopReason::ReadFailed
-            } else if no_cfi || (self.mode == Mode::Hybrid && self.cfi.lacks_cfi(st.regs.pc)) {
-                StopReason::NoUnwindInfo
-            } else {
-                StopReason::End
-            });
+            return Err(self.zero_ends(st, cfi_failed, no_cfi));
         }
         let guess = |why| {
             if cfi_failed {
@@ -889,6 +867,35 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             lr: 0,
         };
         Ok((caller, Via::FramePointer, Some(fp)))
+    }
+
+    /// Why a frame-record step that met a zero (frame pointer, or return address in the
+    /// record) stops: the end of the chain, unless the CFI could not be used at this pc
+    /// (`cfi_failed`: it failed; `no_cfi`: it was asked and covers nothing; in Hybrid mode,
+    /// [`Cfi::lacks_cfi`]). Then the zero is no evidence: code without frame records uses the
+    /// register as any other.
+    fn zero_ends(&mut self, st: &State, cfi_failed: bool, no_cfi: bool) -> StopReason {
+        if cfi_failed {
+            StopReason::ReadFailed
+        } else if no_cfi || (self.mode == Mode::Hybrid && self.cfi.lacks_cfi(st.regs.pc)) {
+            StopReason::NoUnwindInfo
+        } else {
+            StopReason::End
+        }
+    }
+
+    /// Does [`Walker::step`] ask the CFI for the caller of `st` (else it follows the frame
+    /// record)?
+    #[inline(always)]
+    fn asks_cfi(&mut self, st: &State) -> bool {
+        match self.mode {
+            Mode::FramePointer => false,
+            // Right after a `Continue` transition (the chain goes on on another stack: Go's
+            // systemstack and asmcgocall, psm) sp is unknown and only the frame record links
+            // the two stacks: Dwarf mode follows it there, as the other modes do.
+            Mode::Dwarf => !(st.pending != 0 && st.regs.sp == 0),
+            Mode::Hybrid => st.exact || !self.cfi.keeps_frame_record(st.regs.pc),
+        }
     }
 
     /// A return address that no CFI covers the byte before, at the first instruction of a
@@ -953,17 +960,10 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let mut cfi_failed = false;
         // No CFI covers this pc (Hybrid and Dwarf: it was asked).
         let mut no_cfi = false;
-        let ask_cfi = match self.mode {
-            Mode::FramePointer => false,
-            // Right after a `Continue` transition (the chain goes on on another stack: Go's
-            // systemstack and asmcgocall, psm) sp is unknown and only the frame record links
-            // the two stacks: Dwarf mode follows it there, as the other modes do.
-            Mode::Dwarf => !(st.pending != 0 && st.regs.sp == 0),
-            Mode::Hybrid => st.exact || !self.cfi.keeps_frame_record(st.regs.pc),
-        };
+        let ask_cfi = self.asks_cfi(st);
         if ask_cfi {
             let mut found = self.cfi.step::<A, M>(&st.regs, st.exact, mem);
-            if found == CfiStep::NoInfo && !st.exact && !A::HAS_LINK_REGISTER {
+            if found == CfiStep::NoInfo {
                 if let Some(r) = self.at_entry(st, mem, buf, false) {
                     found = CfiStep::Caller(r);
                 }
@@ -1041,14 +1041,10 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             },
         };
         if caller.pc == 0 {
-            // A zero return address ends the chain, unless it came from a frame record guessed
-            // where the CFI could not be used (see `record_step`'s zero frame pointer).
-            return Err(if via != Via::FramePointer {
-                StopReason::End
-            } else if cfi_failed {
-                StopReason::ReadFailed
-            } else if no_cfi || (self.mode == Mode::Hybrid && self.cfi.lacks_cfi(st.regs.pc)) {
-                StopReason::NoUnwindInfo
+            // A zero return address ends the chain; from a frame record, as a zero frame
+            // pointer does (`zero_ends`).
+            return Err(if via == Via::FramePointer {
+                self.zero_ends(st, cfi_failed, no_cfi)
             } else {
                 StopReason::End
             });

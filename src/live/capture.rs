@@ -523,6 +523,18 @@ pub(crate) fn capture_trace(buf: &mut [Frame]) -> Trace {
     trace_from_here(current_regs(), buf)
 }
 
+/// A walk run in the first `limit` slots of a buffer of `len`: one that filled them was cut
+/// by the depth asked for (`MaxDepth`), not by the buffer, when the buffer had more room.
+#[cfg(feature = "dwarf")]
+#[cfg_attr(not(unwind_no_frame_pointers), allow(dead_code))]
+#[inline(always)]
+fn cut_by_depth(mut t: Trace, limit: usize, len: usize) -> Trace {
+    if t.len == limit && limit < len && t.stop == crate::frame::StopReason::BufferFull {
+        t.stop = crate::frame::StopReason::MaxDepth;
+    }
+    t
+}
+
 /// The live capture of a build without frame pointers ([`capture`]'s "Builds without frame
 /// pointers"), inlined into a public capture function, whose caller becomes frame 0: a Hybrid
 /// walk by the prepared CFI, one frame longer than wanted (its first frame, the return into
@@ -540,10 +552,7 @@ fn capture_by_cfi(buf: &mut [Frame], max_depth: usize) -> Trace {
             buf.copy_within(1..t.len, 0);
             t.len -= 1;
         }
-        if t.len == limit && limit < buf.len() && t.stop == crate::frame::StopReason::BufferFull {
-            t.stop = crate::frame::StopReason::MaxDepth;
-        }
-        return t;
+        return cut_by_depth(t, limit, buf.len());
     }
     let _ = limit;
     Trace {
@@ -703,7 +712,7 @@ pub unsafe fn capture_from_ucontext_with(
         #[cfg(feature = "dwarf")]
         if let (Some(u), false) = (crate::modules::unwinder(), opts.naive) {
             // SAFETY: forwarded from the caller.
-            let mut t = unsafe {
+            let t = unsafe {
                 crate::dwarf::capture_from_ucontext(
                     ucontext,
                     &mut buf[..limit],
@@ -711,12 +720,7 @@ pub unsafe fn capture_from_ucontext_with(
                     crate::walk::Mode::Hybrid,
                 )
             };
-            // Cut by the depth asked for, not by the buffer (as `capture_by_cfi`).
-            if t.len == limit && limit < buf.len() && t.stop == crate::frame::StopReason::BufferFull
-            {
-                t.stop = crate::frame::StopReason::MaxDepth;
-            }
-            return t;
+            return cut_by_depth(t, limit, buf.len());
         }
         let Some(first) = buf.get_mut(..limit).and_then(|b| b.first_mut()) else {
             return Trace {

@@ -638,60 +638,50 @@ pub fn transitions_for<'a>(
     for m in symbols.modules() {
         m.prepare_names(&asked);
     }
-    for m in symbols.modules() {
-        for (raw, name) in [
-            ("runtime.systemstack.abi0", "go runtime.systemstack"),
-            ("runtime.systemstack", "go runtime.systemstack"),
-            ("runtime.asmcgocall.abi0", "go runtime.asmcgocall"),
-            ("runtime.asmcgocall", "go runtime.asmcgocall"),
-        ] {
-            if let Some(r) = m.function(raw) {
-                if table.lookup(r.lo).is_none() && !trampolines.contains(r.lo) {
-                    if let Some(id) = add(&mut table, r, Rule::ContinueChain, name) {
-                        system_switches.push(id);
-                    }
-                }
-            }
-        }
-    }
+    // The switches known by symbol, in groups (each group in every module before the next:
+    // the first entry for an address wins), as (symbol, rule, name, system switch?).
+    // Go's `systemstack` and `asmcgocall` keep the frame pointer while they run a function on
+    // g0 (see the module docs).
+    let go_switches = [
+        ("runtime.systemstack.abi0", "go runtime.systemstack"),
+        ("runtime.systemstack", "go runtime.systemstack"),
+        ("runtime.asmcgocall.abi0", "go runtime.asmcgocall"),
+        ("runtime.asmcgocall", "go runtime.asmcgocall"),
+    ]
+    .map(|(raw, name)| (raw, Rule::ContinueChain, name, true));
     // Go's vDSO calls (amd64 `runtime.nanotime1`, `time.now`): on a goroutine they move sp to
     // g0's stack (`sys_linux_amd64.s`, `time_linux_amd64.s`), which their CFI does not say,
     // and keep their frame record: the chain from the vDSO's frames leads back to the
     // goroutine's stack, as from `systemstack`'s. (Go's own traceback uses `m.vdsoPC/SP`.)
-    if core.arch == ArchKind::X86_64 {
-        for m in symbols.modules() {
-            for raw in GO_VDSO_CALLS {
-                if let Some(r) = m.function(raw) {
-                    if table.lookup(r.lo).is_none() && !trampolines.contains(r.lo) {
-                        add(&mut table, r, Rule::ContinueChain, "go vdso call");
-                    }
-                }
-            }
-        }
-    }
+    let vdso_calls = GO_VDSO_CALLS
+        .map(|raw| (raw, Rule::ContinueChain, "go vdso call", false))
+        .into_iter()
+        .filter(|_| core.arch == ArchKind::X86_64);
     // Go's `sigpanic` and `asyncPreempt`: the signal handler makes the interrupted code seem
     // to call them (`preparePanic`, `pushCall`), so their caller's pc is the interrupted
     // instruction (exact), as Go's own traceback takes it (its "injected calls").
-    for m in symbols.modules() {
-        for raw in FAULT_CALLS {
-            if let Some(r) = m.function(raw) {
-                if table.lookup(r.lo).is_none() && !trampolines.contains(r.lo) {
-                    add(&mut table, r, Rule::FaultCall, "go injected call");
-                }
-            }
-        }
-    }
+    let fault_calls = FAULT_CALLS.map(|raw| (raw, Rule::FaultCall, "go injected call", false));
     // Rust programs: this crate's system stack (a system switch, like Go's), psm/stacker
     // segments, corosensei's `on_stack` and its coroutines, by symbol as `builtin` finds them
     // live.
-    for m in symbols.modules() {
-        for k in crate::switches::BY_SYMBOL {
-            let (raw, rule, name, system) = (k.symbol, k.rule(core.arch), k.name, k.system);
-            if let Some(r) = m.function(raw) {
-                if table.lookup(r.lo).is_none() && !trampolines.contains(r.lo) {
-                    if let Some(id) = add(&mut table, r, rule, name) {
-                        if system {
-                            system_switches.push(id);
+    let rust_switches = crate::switches::BY_SYMBOL
+        .iter()
+        .map(|k| (k.symbol, k.rule(core.arch), k.name, k.system));
+    let groups: [Vec<(&str, Rule, &'static str, bool)>; 4] = [
+        go_switches.to_vec(),
+        vdso_calls.collect(),
+        fault_calls.to_vec(),
+        rust_switches.collect(),
+    ];
+    for group in &groups {
+        for m in symbols.modules() {
+            for &(raw, rule, name, system) in group {
+                if let Some(r) = m.function(raw) {
+                    if table.lookup(r.lo).is_none() && !trampolines.contains(r.lo) {
+                        if let Some(id) = add(&mut table, r, rule, name) {
+                            if system {
+                                system_switches.push(id);
+                            }
                         }
                     }
                 }

@@ -715,6 +715,15 @@ mod tests {
         );
     }
 
+    /// An empty profile of sample counts, 10 ns apart.
+    fn cpu_counts() -> Profile {
+        Profile::new(
+            vec![("samples".into(), "count".into())],
+            ("cpu".into(), "nanoseconds".into()),
+            10,
+        )
+    }
+
     fn sample(pcs: &[u64], v: i64) -> Sample {
         Sample {
             pcs: pcs.to_vec(),
@@ -727,11 +736,7 @@ mod tests {
 
     #[test]
     fn a_cut_stack_ends_in_the_truncation_marker() {
-        let mut p = Profile::new(
-            vec![("samples".into(), "count".into())],
-            ("cpu".into(), "nanoseconds".into()),
-            10,
-        );
+        let mut p = cpu_counts();
         p.samples.push(sample(&[0x10, 0x20], 1));
         p.samples.push(Sample {
             truncated: true,
@@ -757,11 +762,7 @@ mod tests {
 
     #[test]
     fn merges_and_folds_unknown_addresses() {
-        let mut p = Profile::new(
-            vec![("samples".into(), "count".into())],
-            ("cpu".into(), "nanoseconds".into()),
-            10,
-        );
+        let mut p = cpu_counts();
         p.samples.push(sample(&[0x10, 0x20], 1));
         p.samples.push(sample(&[0x10, 0x20], 2));
         p.samples.push(sample(&[0x30], 4));
