@@ -186,6 +186,25 @@ fn resumed_since(g: &[Ours], goroutines: &[&Block]) -> bool {
     })
 }
 
+/// The signal found a goroutine inside a system call (main's `os.Stdout.Sync()` right after
+/// "ready"): Go prints a `[syscall]` goroutine from the system call's caller (its saved
+/// `syscallpc`), leaving out the frames of package `runtime/internal/syscall` that made it,
+/// which the walk shows. The rest must be Go's frames, pcs included.
+fn in_syscall(a: &[Ours], b: &Block) -> bool {
+    let Some(k) = a.len().checked_sub(b.frames.len()) else {
+        return false;
+    };
+    b.header.contains("[syscall")
+        && k > 0
+        && a[..k]
+            .iter()
+            .all(|f| f.0.starts_with("runtime/internal/syscall."))
+        && a[k..]
+            .iter()
+            .zip(&b.frames)
+            .all(|(x, y)| x.0 == y.0 && x.1 == y.1)
+}
+
 fn unwind_json(core: &Path, exe: &Path, mode: &str) -> Value {
     let out = Command::new(BIN)
         .args(["stack", "--core"])
@@ -327,7 +346,7 @@ fn compare(v: &Value, blocks: &[Block], mode: &str, crash: bool) -> Seen {
                         same_but_interrupted_callers(running, b)
                     } else {
                         same(running, b)
-                    }),
+                    }) || goroutines.iter().any(|b| in_syscall(running, b)),
                     "running goroutine not in Go's traceback: {}",
                     ctx()
                 );
