@@ -660,7 +660,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         };
         let mut floor = seg.lo.max(st.regs.sp.saturating_sub(A::RECORD_BELOW_SP));
         if let Some(prev) = st.prev_fp {
-            floor = floor.max(prev + 1);
+            floor = floor.max(prev.saturating_add(1));
         }
         let cfi = &mut self.cfi;
         if HYBRID {
@@ -786,7 +786,9 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
 
     #[inline(always)]
     fn after_run(&mut self, st: &mut State, out: &[Frame], mut k: usize, fp: u64, floor: u64) {
-        let mut last = floor - A::RECORD_SIZE;
+        // With k == 0 nothing was read and `floor` may be below one record (a stack at
+        // address 0): `last` is then unused.
+        let mut last = floor.wrapping_sub(A::RECORD_SIZE);
         if k != 0 && fp == last {
             // The last record pointed at itself: no frame record does (a thread caught just
             // after `clone3`, its frame pointer still the parent's pointer to the new thread's

@@ -191,13 +191,41 @@ fn fp_near_u64_max_does_not_wrap() {
         bytes: &bytes,
         is_stack: true,
     }];
-    let (_, stop) = walk_x86(
-        &regions,
-        &TransitionTable::new(),
-        Start::exact(Regs::new(1, 0, u64::MAX - 7)),
-        8,
-    );
-    assert!(stop.is_truncated());
+    for fp in [u64::MAX - 7, u64::MAX - 15, u64::MAX - 31] {
+        let (_, stop) = walk_x86(
+            &regions,
+            &TransitionTable::new(),
+            Start::exact(Regs::new(1, u64::MAX - 31, fp)),
+            8,
+        );
+        // The zero record at the bottom of the region ends the chain.
+        assert!(stop.is_truncated() || stop == StopReason::End, "fp {fp:#x}");
+    }
+}
+
+/// A stack at address 0 whose first frame pointer is no record: the hot loop reads nothing and
+/// its floor is 0, which must not be stepped below (the `cfi` fuzz target found the underflow).
+#[test]
+fn a_stack_at_address_zero_with_no_record_is_clean() {
+    let bytes = [0u8; 0x100];
+    let regions = [Region {
+        base: 0,
+        bytes: &bytes,
+        is_stack: true,
+    }];
+    for fp in [0, 3, 0x1000] {
+        let (f, stop) = walk_x86(
+            &regions,
+            &TransitionTable::new(),
+            Start::exact(Regs::new(1, 0, fp)),
+            8,
+        );
+        assert_eq!(pcs(&f), [1], "fp {fp:#x}");
+        assert!(
+            stop.is_truncated() || stop == StopReason::End,
+            "fp {fp:#x}: {stop:?}"
+        );
+    }
 }
 
 #[test]
