@@ -1398,4 +1398,14 @@ int main(void) { printf("ready\n"); fflush(stdout); hidden_outer(); return 0; }
     let n = names(&r["threads"][0]);
     assert!(n.iter().any(|s| s == "hidden_wait"), "{n:?}");
     assert!(n.iter().any(|s| s == "hidden_outer"), "{n:?}");
+    // `--lines`: the source lines are in the debug file too (the line of the call in
+    // `hidden_outer`, line 6 of dl.c; addr2line alone reads only the stripped file).
+    let r = stack_json(t.pid(), &["--lines"]);
+    let frames = r["threads"][0]["frames"].as_array().unwrap();
+    let line = |name: &str| {
+        let f = frames.iter().find(|f| f["symbol"] == name).unwrap();
+        f["line"].as_str().unwrap_or("").to_string()
+    };
+    assert!(line("hidden_outer").ends_with("dl.c:6"), "{frames:?}");
+    assert!(line("hidden_wait").contains("dl.c:5"), "{frames:?}");
 }

@@ -201,7 +201,7 @@ impl Module {
                 debug = crate::safe_open::map(&path, &Policy::default()).ok();
             }
             if debug.is_none() {
-                debug = debuglink_file(&file, &[path, Path::new(display)]);
+                debug = debuglink_file(&file, &[path, Path::new(display)]).map(|(_, m)| m);
             }
         }
         // 64-bit ELF (every core this crate reads): the symbol tables are read in place, when
@@ -981,6 +981,23 @@ struct Prepared {
     name: std::sync::OnceLock<Box<str>>,
 }
 
+/// The separate debug file of the ELF file at `file` (mapped by the process as `mapped_as`)
+/// when `file` itself has no DWARF (`.debug_info`): `/usr/lib/debug/.build-id/xx/yyyy.debug`
+/// for its GNU build id, else the file its `.gnu_debuglink` names, looked for as gdb does
+/// (build id checked). `None` when `file` has DWARF, cannot be read, or has no such file.
+/// Used for source lines (`--lines`, pprof line tables); symbols use the same search.
+pub fn separate_debug_file(file: &Path, mapped_as: &Path) -> Option<PathBuf> {
+    let data = crate::safe_open::map(file, &Policy::default()).ok()?;
+    let obj = object::File::parse(&*data).ok()?;
+    if obj
+        .section_by_name(".debug_info")
+        .is_some_and(|s| s.size() > 0)
+    {
+        return None;
+    }
+    debug_file(&obj).or_else(|| debuglink_file(&obj, &[file, mapped_as]).map(|(p, _)| p))
+}
+
 /// `/usr/lib/debug/.build-id/xx/yyyy.debug` for a file's GNU build id, if it exists.
 fn debug_file(file: &object::File<'_>) -> Option<PathBuf> {
     let id = file.build_id().ok()??;
@@ -1001,7 +1018,7 @@ fn debug_file(file: &object::File<'_>) -> Option<PathBuf> {
 /// in its `.debug` directory, and under `/usr/lib/debug` with its directory. A candidate is
 /// taken only when its GNU build id is the file's (when the file has one; the link's CRC
 /// is not computed: reading a large debug file whole for it would cost more than the walk).
-fn debuglink_file(file: &object::File<'_>, paths: &[&Path]) -> Option<Mapped> {
+fn debuglink_file(file: &object::File<'_>, paths: &[&Path]) -> Option<(PathBuf, Mapped)> {
     let (name, _crc) = file.gnu_debuglink().ok()??;
     let name = std::str::from_utf8(name).ok()?;
     if name.is_empty() || name.contains('/') {
@@ -1033,7 +1050,7 @@ fn debuglink_file(file: &object::File<'_>, paths: &[&Path]) -> Option<Mapped> {
                 _ => false,
             };
             if same {
-                return Some(m);
+                return Some((c, m));
             }
         }
     }
