@@ -241,6 +241,19 @@ impl Module {
             }
         }
         drop(debug_file);
+        // A stripped Go binary (`-ldflags=-s -w`) keeps its function table for the runtime's
+        // own tracebacks: `.gopclntab` names every function (the symbol tables, read now, come
+        // first).
+        if file.section_by_name(".symtab").is_none() && debug.is_none() {
+            let mut go = Vec::new();
+            gopclntab_funcs(&file, &data, &mut go);
+            if !go.is_empty() {
+                for t in tables.drain(..) {
+                    t.read(&data, &mut funcs);
+                }
+                funcs.extend(go.into_iter().take(u32::MAX as usize - funcs.len()));
+            }
+        }
         let len = data.len();
         let code = file
             .sections()
@@ -979,6 +992,115 @@ struct Prepared {
     func: Option<Func>,
     /// Its demangled name, made when first asked for.
     name: std::sync::OnceLock<Box<str>>,
+}
+
+/// Function symbols from a Go binary's `.gopclntab` (Go 1.18 and later: header magic
+/// `0xfffffff0`, or `0xfffffff1` from Go 1.20, 64-bit), names located in `data` (the file): the
+/// table the runtime's own tracebacks use, kept when the ELF symbol table is stripped. Each
+/// function ends where the next begins (the table is sorted by address and ends with the end of
+/// the text). Nothing for other files, other versions, or a table that does not check out
+/// (every read is bounds-checked; entries must increase; names must end inside the table).
+fn gopclntab_funcs(file: &object::File<'_>, data: &[u8], out: &mut Vec<Func>) {
+    let Some(sec) = file.section_by_name(".gopclntab") else {
+        return;
+    };
+    let Some((off, size)) = sec.file_range() else {
+        return;
+    };
+    let (Ok(off), Ok(size)) = (usize::try_from(off), usize::try_from(size)) else {
+        return;
+    };
+    let Some(tab) = off.checked_add(size).and_then(|end| data.get(off..end)) else {
+        return;
+    };
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(
+            tab.get(at..at.checked_add(4)?)?.try_into().ok()?,
+        ))
+    };
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            tab.get(at..at.checked_add(8)?)?.try_into().ok()?,
+        ))
+    };
+    let magic = u32_at(0).unwrap_or(0);
+    if !matches!(magic, 0xffff_fff0 | 0xffff_fff1) || tab.get(7) != Some(&8) {
+        return;
+    }
+    let header = (|| {
+        Some((
+            u64_at(8)?,  // nfunc
+            u64_at(24)?, // textStart
+            u64_at(32)?, // funcnameOffset
+            u64_at(64)?, // pclnOffset
+        ))
+    })();
+    let Some((nfunc, mut text, names, pcln)) = header else {
+        return;
+    };
+    // A position-independent binary's textStart is relocated at load time (0 in the file):
+    // the text section then starts with the Go text (internal linking, which PIE Go uses
+    // unless it links C).
+    if text == 0 {
+        match file.section_by_name(".text") {
+            Some(t) => text = t.address(),
+            None => return,
+        }
+    }
+    let (Ok(names), Ok(pcln)) = (usize::try_from(names), usize::try_from(pcln)) else {
+        return;
+    };
+    // nfunc + 1 (entry, func) pairs of u32 at pcln: more than the table holds is corrupt.
+    let nfunc = match usize::try_from(nfunc) {
+        Ok(n) if n <= tab.len().saturating_sub(pcln) / 8 => n,
+        _ => return,
+    };
+    let Some(name_tab) = tab.get(names..) else {
+        return;
+    };
+    let mut prev_entry = None;
+    for i in 0..nfunc {
+        let at = pcln + 8 * i;
+        let (Some(entry), Some(funcoff), Some(next)) = (u32_at(at), u32_at(at + 4), u32_at(at + 8))
+        else {
+            return;
+        };
+        if prev_entry.is_some_and(|p| entry < p) || next < entry {
+            // Not sorted: not a table this reads.
+            out.clear();
+            return;
+        }
+        prev_entry = Some(entry);
+        // _func: entryoff u32, nameoff i32.
+        let Some(fo) = pcln.checked_add(funcoff as usize) else {
+            continue;
+        };
+        let (Some(fentry), Some(nameoff)) = (u32_at(fo), u32_at(fo + 4)) else {
+            continue;
+        };
+        if fentry != entry {
+            continue;
+        }
+        let Some(name) = name_tab.get(nameoff as usize..) else {
+            continue;
+        };
+        let Some(len) = memchr::memchr(0, name).filter(|&l| l > 0) else {
+            continue;
+        };
+        let (Ok(len), Ok(_)) = (u32::try_from(len), u32::try_from(out.len())) else {
+            continue;
+        };
+        let name_at = (off + names + nameoff as usize) as u64;
+        if name_at >= 1 << 62 {
+            continue;
+        }
+        out.push(Func {
+            addr: text.wrapping_add(u64::from(entry)),
+            size: u64::from(next - entry),
+            name: name_at | NAME_IN_FILE,
+            len,
+        });
+    }
 }
 
 /// The separate debug file of the ELF file at `file` (mapped by the process as `mapped_as`)
