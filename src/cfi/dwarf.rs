@@ -574,7 +574,30 @@ fn eval_fde<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
         if rs >= re {
             continue;
         }
-        let mut rule = convert(row, regs);
+        // The x86_64 PLT's expression: one rule per part of each 16-byte entry.
+        if let Some((k, t)) = plt_cfa(section, row, regs) {
+            let pieces = (re - rs) / 16 * 2 + 4;
+            if pieces <= MAX_ROWS_PER_FDE as u64 && raw.len() as u64 + pieces <= limit as u64 {
+                let mut a = rs & !15;
+                while a < re {
+                    let (mid, next) = (a.saturating_add(t), a.saturating_add(16));
+                    for (lo, hi, off) in [(a, mid, k), (mid, next, k + 8)] {
+                        let (lo, hi) = (lo.max(rs), hi.min(re));
+                        if lo < hi {
+                            let rule = convert(row, regs, Some((CFA_SP, off)));
+                            raw.push(Raw {
+                                start: lo,
+                                end: hi,
+                                rule,
+                            });
+                        }
+                    }
+                    a = next;
+                }
+                continue;
+            }
+        }
+        let mut rule = convert(row, regs, None);
         if signal {
             rule.flags |= CfiRow::SIGNAL;
         }
@@ -588,17 +611,54 @@ fn eval_fde<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
     Ok(keeps_record)
 }
 
-/// One gimli row as a compact rule.
+/// The CFA of an x86_64 lazy-binding PLT (every `.plt` the GNU linker writes): `rsp + k + 8`
+/// in the last bytes of each 16-byte entry, after its `push $index`, else `rsp + k`
+/// (`DW_OP_breg7 k; DW_OP_breg16 0; DW_OP_lit15; DW_OP_and; DW_OP_litT; DW_OP_ge; DW_OP_lit3;
+/// DW_OP_shl; DW_OP_plus`: T is 11, or 10 in the IBT layout). Returns `(k, T)` for a row whose
+/// CFA is exactly that expression; no other expression is evaluated.
+fn plt_cfa<'a, S, T, St>(
+    section: &S,
+    row: &gimli::UnwindTableRow<T, St>,
+    regs: RegNums,
+) -> Option<(i32, u64)>
+where
+    S: UnwindSection<EndianSlice<'a, LittleEndian>>,
+    T: gimli::ReaderOffset,
+    St: gimli::UnwindContextStorage<T>,
+    EndianSlice<'a, LittleEndian>: gimli::Reader<Offset = T>,
+{
+    let CfaRule::Expression(e) = row.cfa() else {
+        return None;
+    };
+    if regs.sp != gimli::X86_64::RSP || regs.ra != gimli::X86_64::RA {
+        return None;
+    }
+    let bytes = e.get(section).ok()?.0.slice();
+    // breg7 k (k a one-byte SLEB128 in 0..64), breg16 0, lit15, and, litT, ge, lit3, shl, plus.
+    match *bytes {
+        [0x77, k, 0x80, 0x00, 0x3f, 0x1a, lit, 0x2a, 0x33, 0x24, 0x22]
+            if k < 0x40 && (0x30..0x40).contains(&lit) =>
+        {
+            Some((i32::from(k), u64::from(lit - 0x30)))
+        }
+        _ => None,
+    }
+}
+
+/// One gimli row as a compact rule; `cfa`, when given, is the CFA (`CFA_SP` or `CFA_FP` and an
+/// offset) evaluated for the row's address range (see [`plt_cfa`]).
 fn convert<T: gimli::ReaderOffset, S: gimli::UnwindContextStorage<T>>(
     row: &gimli::UnwindTableRow<T, S>,
     regs: RegNums,
+    cfa: Option<(u8, i32)>,
 ) -> CfiRow {
     let bad = CfiRow {
         flags: CfiRow::UNSUPPORTED,
         ..CfiRow::default()
     };
-    let (cfa, cfa_off) = match row.cfa() {
-        CfaRule::RegisterAndOffset { register, offset } => {
+    let (cfa, cfa_off) = match (cfa, row.cfa()) {
+        (Some(c), _) => c,
+        (None, CfaRule::RegisterAndOffset { register, offset }) => {
             let which = if *register == regs.sp {
                 CFA_SP
             } else if *register == regs.fp {
@@ -611,7 +671,7 @@ fn convert<T: gimli::ReaderOffset, S: gimli::UnwindContextStorage<T>>(
                 Err(_) => return bad,
             }
         }
-        CfaRule::Expression(_) => return bad,
+        (None, CfaRule::Expression(_)) => return bad,
     };
     let (ra, ra_off) = match row.register(regs.ra) {
         Some(RegisterRule::Offset(o)) => match i16::try_from(o) {

@@ -1310,7 +1310,19 @@ garbage
             .spawn()
             .unwrap();
         let pid = child.id();
-        std::thread::sleep(Duration::from_millis(100)); // let the trap be set
+        // Until the trap is set (SIGUSR1 caught, in /proc/PID/status's SigCgt mask).
+        let caught = || {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            st.lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                .is_some_and(|m| m & (1 << (libc::SIGUSR1 - 1)) != 0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !caught() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(caught(), "the shell set no trap");
         ptrace(PTRACE_SEIZE, pid, 0, 0).unwrap();
         let mut s = Stopper {
             pid,
@@ -1330,6 +1342,21 @@ garbage
         };
         // SAFETY: kill takes integers.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
+        // Until the signal has stopped the tracee (left to be collected: WNOWAIT). Else, on a
+        // loaded machine, wait_stopped's interrupt after 50 ms can stop it first, the signal
+        // still pending (also delivered on detach, but not the path this test is about).
+        // SAFETY: siginfo_t is plain data that waitid writes.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes `info`; the flags ask for a stop left in place.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &mut info,
+                libc::WSTOPPED | libc::WNOWAIT | libc::__WALL,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
         s.wait_stopped(Duration::from_secs(5));
         assert!(s.attached[0].stopped);
         assert_eq!(s.attached[0].signal, libc::SIGUSR1);

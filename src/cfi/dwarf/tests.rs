@@ -150,6 +150,75 @@ fn a_cfa_that_does_not_move_stops() {
     assert_eq!(pcs(&f), [0x4000]);
 }
 
+/// The x86_64 PLT's CFA expression (as the GNU linker writes it for `.plt`).
+const PLT: &[u8] = &[
+    0x0f, 11, 0x77, 8, 0x80, 0, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22,
+];
+
+/// A sample in a PLT stub (a call into a shared library, on its way through `jmp *GOT`, or
+/// after the lazy path's `push $index`) finds the function that called through it: the PLT's
+/// one CFA expression is evaluated per part of each 16-byte entry, where it was an
+/// unsupported row (Dwarf mode stopped there; Hybrid followed the frame pointer, which is still
+/// the caller's, and lost the caller).
+#[test]
+fn the_plt_expression_is_evaluated_per_entry() {
+    let u = unwinder(false, &[(0x2000, 0x100, FP), (0x6000, 0x40, PLT)]);
+    let off = |pc: u64| {
+        let r = u.rule(pc).unwrap();
+        assert_eq!(r.flags() & CfiRow::UNSUPPORTED, 0, "{pc:#x}");
+        (r.cfa, r.cfa_off, r.ra, r.ra_off)
+    };
+    for e in [0x6000u64, 0x6010, 0x6030] {
+        assert_eq!(off(e), (CFA_SP, 8, RA_AT, -8));
+        assert_eq!(off(e + 10), (CFA_SP, 8, RA_AT, -8));
+        assert_eq!(off(e + 11), (CFA_SP, 16, RA_AT, -8));
+        assert_eq!(off(e + 15), (CFA_SP, 16, RA_AT, -8));
+    }
+    assert!(u.rule(0x6040).is_none());
+    // The caller (0x2005, an FP function whose record is at LO + 0x200) stays in the trace.
+    let mut s = StackBuilder::new(LO, 0x1000);
+    s.put(LO + 0x100, 0x2005);
+    s.record(LO + 0x200, 0, 0x3005);
+    let mut pushed = StackBuilder::new(LO, 0x1000);
+    pushed.put(LO + 0xf8, 7).put(LO + 0x100, 0x2005);
+    pushed.record(LO + 0x200, 0, 0x3005);
+    for mode in [Mode::Dwarf, Mode::Hybrid] {
+        let start = Start::exact(Regs::new(0x6010, LO + 0x100, LO + 0x200));
+        let (f, _) = walk(&u, mode, start, &s);
+        assert_eq!(pcs(&f)[..3], [0x6010, 0x2005, 0x3005], "{mode:?}");
+        let start = Start::exact(Regs::new(0x601b, LO + 0xf8, LO + 0x200));
+        let (f, _) = walk(&u, mode, start, &pushed);
+        assert_eq!(pcs(&f)[..3], [0x601b, 0x2005, 0x3005], "{mode:?}");
+    }
+}
+
+/// `/bin/ls`'s `.plt` (linked by GNU ld, which describes its PLT with that expression; lld,
+/// which links this test binary, gives its PLT no CFI): its rows are rules, not unsupported
+/// ones.
+#[test]
+fn a_gnu_ld_plt_has_rules() {
+    use object::{Object, ObjectSection};
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let exe = std::fs::read("/bin/ls").unwrap();
+    let file = object::File::parse(&*exe).unwrap();
+    let Some(plt) = file.section_by_name(".plt") else {
+        return;
+    };
+    let table = parse_elf(ArchKind::X86_64, &exe, 0, "ls").unwrap();
+    let (lo, hi) = (plt.address(), plt.address() + plt.size());
+    let mut seen = 0;
+    for pc in (lo + 16..hi).step_by(16) {
+        if let Some(r) = table.rule(pc) {
+            assert_eq!(r.flags() & CfiRow::UNSUPPORTED, 0, "{pc:#x}");
+            assert_eq!((r.cfa, r.cfa_off), (CFA_SP, 8), "{pc:#x}");
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no CFI rows in .plt {lo:#x}..{hi:#x}");
+}
+
 #[test]
 fn expressions_are_unsupported() {
     let u = standard();
