@@ -364,6 +364,71 @@ fn sigprof_is_chained_and_restored() {
     drop(reg);
 }
 
+/// A program that drives its own SIGPROF handler with `setitimer(ITIMER_PROF)` (as gperftools
+/// does) and runs a process-timer profile in between keeps its timer: the profile takes the
+/// timer over (its signals are the profiler's while it runs) and gives it back at stop, armed
+/// with the program's interval, and the program's handler counts again.
+#[test]
+fn the_program_s_own_itimer_prof_is_given_back() {
+    if !in_child("the_program_s_own_itimer_prof_is_given_back") {
+        return;
+    }
+    let prev = prev_sigprof as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+        as usize;
+    let every_10ms = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 10_000,
+        },
+        it_value: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 10_000,
+        },
+    };
+    // SAFETY: installs a counting SA_SIGINFO handler for SIGPROF in this child process, then
+    // arms ITIMER_PROF from a valid itimerval.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = prev;
+        sa.sa_flags = libc::SA_SIGINFO;
+        assert_eq!(libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()), 0);
+        assert_eq!(
+            libc::setitimer(libc::ITIMER_PROF, &every_10ms, std::ptr::null_mut()),
+            0
+        );
+    }
+    spin_for(std::time::Duration::from_millis(200));
+    let before = PREV_SIGPROF.load(Ordering::SeqCst);
+    assert!(before > 0, "the program's own timer did not fire");
+    let p = unwind::cpu::CpuProfiler::start(unwind::cpu::Config {
+        frequency_hz: 1000,
+        timer: unwind::cpu::TimerMode::Process,
+        ..Default::default()
+    })
+    .unwrap();
+    spin_for(std::time::Duration::from_millis(300));
+    let profile = p.stop();
+    assert!(profile.stats.recorded > 0, "{:?}", profile.stats);
+    // SAFETY: getitimer writes the itimerval it is given.
+    let now = unsafe {
+        let mut it: libc::itimerval = std::mem::zeroed();
+        assert_eq!(libc::getitimer(libc::ITIMER_PROF, &mut it), 0);
+        it
+    };
+    assert_eq!(
+        (now.it_interval.tv_sec, now.it_interval.tv_usec),
+        (0, 10_000),
+        "the program's timer was not given back"
+    );
+    assert_eq!(sigprof_action().sa_sigaction, prev, "handler not restored");
+    let after_stop = PREV_SIGPROF.load(Ordering::SeqCst);
+    spin_for(std::time::Duration::from_millis(200));
+    assert!(
+        PREV_SIGPROF.load(Ordering::SeqCst) > after_stop,
+        "the program's handler gets no signals after stop"
+    );
+}
+
 /// Item 6, pprof-rs #288: when SIGPROF had its default action (terminate), stopping the
 /// profiler leaves it ignored, so a late timer signal cannot kill the process.
 #[test]

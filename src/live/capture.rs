@@ -374,7 +374,10 @@ impl Memory for LiveMemory {
 /// Options for a live capture.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
-    /// Ignore the transition table (a naive walk; for comparison).
+    /// Ignore the transition table (a naive walk; for comparison). A naive walk is a
+    /// frame-record walk: in a build without frame pointers it returns nothing
+    /// ([`StopReason::NoFramePointers`](crate::StopReason::NoFramePointers)), even once CFI is
+    /// prepared (which only the non-naive [`capture_with`] walks by).
     pub naive: bool,
     /// Stop after this many frames (0: the buffer's length).
     pub max_depth: usize,

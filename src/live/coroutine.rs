@@ -11,6 +11,8 @@
 //! use corosensei::{Coroutine, CoroutineResult};
 //!
 //! unwind::init();
+//! // In a build without frame pointers, `capture` walks by the prepared CFI (feature `dwarf`).
+//! unwind::modules::refresh();
 //! let mut stack = DefaultStack::new(64 * 1024).unwrap();
 //! // SAFETY: `stack` outlives `reg`, which is dropped first.
 //! let reg = unsafe {

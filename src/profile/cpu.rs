@@ -80,7 +80,10 @@ pub enum TimerMode {
     /// One timer per thread: every thread ([`Threads::All`]) or the registered ones
     /// ([`register_thread`], [`Threads::Registered`]).
     PerThread,
-    /// `setitimer(ITIMER_PROF)`: process CPU time, delivered to whichever thread runs.
+    /// `setitimer(ITIMER_PROF)`: process CPU time, delivered to whichever thread runs. There is
+    /// one such timer per process: a program's own `ITIMER_PROF` is taken over while the
+    /// profile runs (its handler gets none of that timer's signals then) and given back, with
+    /// its interval, at stop.
     Process,
 }
 
@@ -916,20 +919,65 @@ fn handler_address() -> usize {
     on_sigprof as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize
 }
 
+/// The program's own `ITIMER_PROF` when a process-timer profile took it over, given back at
+/// stop (a program that profiles itself with `setitimer` keeps its timer).
+static PREV_ITIMER: Mutex<Option<libc::itimerval>> = Mutex::new(None);
+
 fn set_itimer(p: Duration) -> Result<(), Error> {
     let tv = libc::timeval {
         tv_sec: p.as_secs() as libc::time_t,
         tv_usec: p.subsec_micros() as libc::suseconds_t,
     };
-    let it = libc::itimerval {
+    set_itimer_to(libc::itimerval {
         it_interval: tv,
         it_value: tv,
+    })
+    .map(|_| ())
+}
+
+/// Sets `ITIMER_PROF` to `it`; returns the timer it replaced.
+fn set_itimer_to(it: libc::itimerval) -> Result<libc::itimerval, Error> {
+    let zero = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
     };
-    // SAFETY: valid pointer to an itimerval.
-    if unsafe { libc::setitimer(libc::ITIMER_PROF, &it, std::ptr::null_mut()) } != 0 {
+    let mut old = libc::itimerval {
+        it_interval: zero,
+        it_value: zero,
+    };
+    // SAFETY: valid pointers to itimervals.
+    if unsafe { libc::setitimer(libc::ITIMER_PROF, &it, &mut old) } != 0 {
         return Err(Error::Timer(errno()));
     }
+    Ok(old)
+}
+
+/// Arms the process timer for a profile, keeping the program's own (if it had one armed).
+fn take_itimer(p: Duration) -> Result<(), Error> {
+    let tv = libc::timeval {
+        tv_sec: p.as_secs() as libc::time_t,
+        tv_usec: p.subsec_micros() as libc::suseconds_t,
+    };
+    let old = set_itimer_to(libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    })?;
+    let armed = old.it_value.tv_sec != 0 || old.it_value.tv_usec != 0;
+    *PREV_ITIMER.lock().unwrap_or_else(|e| e.into_inner()) = armed.then_some(old);
     Ok(())
+}
+
+/// Disarms the process timer at stop, or gives the program back the timer it had.
+fn give_back_itimer() {
+    let prev = PREV_ITIMER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match prev {
+        Some(old) => {
+            let _ = set_itimer_to(old);
+        }
+        None => {
+            let _ = set_itimer(Duration::ZERO);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1087,7 +1135,7 @@ impl CpuProfiler {
         ENABLED.store(true, Ordering::SeqCst);
         super::sigprof::PROCESS_TIMER.store(config.timer == TimerMode::Process, Ordering::SeqCst);
         let armed = match config.timer {
-            TimerMode::Process => set_itimer(period(&config)),
+            TimerMode::Process => take_itimer(period(&config)),
             TimerMode::PerThread => {
                 for t in reg.threads.iter_mut() {
                     match thread_timer(t.tid, &config) {
@@ -1223,7 +1271,7 @@ impl CpuProfiler {
         {
             let mut reg = registry();
             if self.config.timer == TimerMode::Process {
-                let _ = set_itimer(Duration::ZERO);
+                give_back_itimer();
             }
             for t in reg.threads.iter_mut() {
                 if let Some(id) = t.timer.take() {
