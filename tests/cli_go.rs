@@ -368,6 +368,55 @@ fn stripped_go_binaries_are_named_from_gopclntab_and_crossed() {
     }
 }
 
+/// The block and trace policies keep the user part of a goroutine parked through `mcall`:
+/// the scheduler's frames on g0 above the `g.sched` crossing go, as above `systemstack`'s
+/// (they were kept: that crossing was not one of the policies' system switches).
+#[test]
+fn block_policy_drops_g0_above_an_mcall_crossing() {
+    let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-mcall-{}", std::process::id())));
+    let Some((core, exe)) = crash_core("throw", "amd64", &dir.0) else {
+        return;
+    };
+    let exe = exe.to_str().unwrap();
+    for mode in ["fp", "hybrid", "dwarf"] {
+        let all = unwind_json(&core, &["--exe", exe, "--mode", mode]);
+        let parked: Vec<&Value> = all["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| {
+                let n = names(t);
+                let f = t["frames"].as_array().unwrap();
+                n.iter()
+                    .position(|x| x == "runtime.mcall" || x == "runtime.mcall.abi0")
+                    .is_some_and(|i| f.get(i + 1).is_some_and(|g| g["via"] == "transition"))
+            })
+            .collect();
+        assert!(!parked.is_empty(), "{mode}: no thread crossed mcall: {all}");
+        for policy in ["block", "trace", "mutex"] {
+            let v = unwind_json(&core, &["--exe", exe, "--mode", mode, "--policy", policy]);
+            for p in &parked {
+                let t = v["threads"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|x| x["tid"] == p["tid"])
+                    .unwrap();
+                let n = names(t);
+                assert!(
+                    !n.iter().any(|x| x.starts_with("runtime.mcall")
+                        || x == "runtime.park_m"
+                        || x == "runtime.schedule"),
+                    "{mode} {policy}: {n:?}"
+                );
+                assert!(n
+                    .iter()
+                    .any(|x| x == "runtime.goexit" || x == "runtime.goexit.abi0"));
+            }
+        }
+    }
+}
+
 /// A stripped Go binary's `.gopclntab` with bytes changed (header fields, function table,
 /// names) or cut short is read without a panic, every function it yields has a well-formed
 /// range, and lookups over the text answer; the clean file names `main.writer`.

@@ -801,9 +801,17 @@ pub fn unwind_paused<P: Pause>(
     if g_sched_id != 0 {
         transitions.push((g_sched_id, "go g.sched"));
     }
+    // For the policies, the crossings through g.sched (mcall, morestack, and systemstack or
+    // asmcgocall where no frame record reaches the goroutine) leave g0 as the table's Go
+    // switches do: what is above them is the runtime's system stack in every mode.
+    let policy_switches: Vec<Id> = system_switches
+        .iter()
+        .copied()
+        .chain([morestack_id, g_sched_id].into_iter().filter(|&id| id != 0))
+        .collect();
     let mut classifier = opts
         .policy
-        .map(|_| classifier_for(&symbols, &system_switches));
+        .map(|_| classifier_for(&symbols, &policy_switches));
     let go = if is_go(&symbols) {
         GoRuntime::new(&symbols)
     } else {

@@ -312,6 +312,12 @@ impl Module {
         std::str::from_utf8(self.raw_bytes(f)).ok()
     }
 
+    /// Does `f` have a name to show (any bytes: one that is not UTF-8 is shown lossily, not
+    /// skipped for a neighbour's)?
+    fn has_name(&self, f: &Func) -> bool {
+        !self.raw_bytes(f).is_empty()
+    }
+
     /// The function symbols (read from the tables on first use).
     fn funcs(&self) -> &[Func] {
         self.funcs.get_or_init(|| {
@@ -336,7 +342,14 @@ impl Module {
     /// The name shown for `f`: demangled for Rust and C++ (kept in `cell`), else the raw
     /// name.
     fn shown<'s>(&'s self, f: &Func, cell: &'s std::sync::OnceLock<Box<str>>) -> &'s str {
-        let raw = self.raw_name(f).unwrap_or("");
+        let Some(raw) = self.raw_name(f) else {
+            // Not UTF-8: shown with U+FFFD for the bytes that are not.
+            return cell.get_or_init(|| {
+                String::from_utf8_lossy(self.raw_bytes(f))
+                    .into_owned()
+                    .into_boxed_str()
+            });
+        };
         if !raw.starts_with("_Z") && !is_rust_name(raw) {
             return raw;
         }
@@ -353,8 +366,8 @@ impl Module {
         let Some(f) = funcs.get(i) else {
             return "";
         };
-        if !self.raw_name(f).is_some_and(is_rust_name) {
-            return self.raw_name(f).unwrap_or("");
+        if let Some(raw) = self.raw_name(f).filter(|r| !is_rust_name(r)) {
+            return raw;
         }
         let cells = self
             .demangled
@@ -373,8 +386,8 @@ impl Module {
     }
 
     /// The symbol (its index in `funcs`) naming the function at the highest address among
-    /// sorted positions `..hi`: the first with a UTF-8 name at that address (sized first, then
-    /// in order of appearance); an address whose names all fail leaves it to the one below.
+    /// sorted positions `..hi`: the first with a name at that address (sized first, then in
+    /// order of appearance); an address whose names are all empty leaves it to the one below.
     fn named_at_or_below(&self, mut hi: usize) -> Option<usize> {
         let funcs = self.funcs();
         while hi > 0 {
@@ -382,7 +395,7 @@ impl Module {
             let lo = self
                 .order()
                 .partition_point(|&i| funcs[i as usize].addr < addr);
-            if let Some(k) = (lo..hi).find(|&k| self.raw_name(self.sorted(k)).is_some()) {
+            if let Some(k) = (lo..hi).find(|&k| self.has_name(self.sorted(k))) {
                 return Some(self.order()[k] as usize);
             }
             hi = lo;
@@ -434,7 +447,7 @@ impl Module {
         addrs.sort_unstable();
         addrs.dedup();
         // best[j]: the function at the highest address in (addrs[j - 1], addrs[j]] (sized
-        // first, then in order of appearance), among symbols with a UTF-8 name.
+        // first, then in order of appearance), among symbols with a name.
         let mut best: Vec<Option<Func>> = vec![None; addrs.len()];
         if let Some(&top) = addrs.last() {
             // Is a function at `addr` of `size` bytes better than `best[j]`?
@@ -446,7 +459,7 @@ impl Module {
                 Some(funcs) => {
                     for f in funcs.iter().filter(|f| f.addr <= top) {
                         let j = addrs.partition_point(|&a| a < f.addr);
-                        if better(&best[j], f.addr, f.size) && self.raw_name(f).is_some() {
+                        if better(&best[j], f.addr, f.size) && self.has_name(f) {
                             best[j] = Some(*f);
                         }
                     }
@@ -462,7 +475,7 @@ impl Module {
                             let j = addrs.partition_point(|&a| a < r.addr);
                             if better(&best[j], r.addr, r.size) {
                                 if let Some(f) = t.func(strtab, r) {
-                                    if self.raw_name(&f).is_some() {
+                                    if self.has_name(&f) {
                                         best[j] = Some(f);
                                     }
                                 }
@@ -1728,8 +1741,6 @@ mod tests {
         }
     }
 
-    /// A symbol whose name is not UTF-8 does not exist: the function below it (or the valid
-    /// name at the same address) answers, as when `object` refused to name it.
     #[test]
     fn nul_at_finds_the_first_nul() {
         for len in 0..40 {
@@ -1748,8 +1759,11 @@ mod tests {
         }
     }
 
+    /// A symbol whose name is not UTF-8 names its function, with U+FFFD for the bad bytes
+    /// (it was skipped, and the function below it, a size-0 label, took its frames: a
+    /// neighbour's name for the wrong code).
     #[test]
-    fn names_that_are_not_utf8_are_skipped() {
+    fn names_that_are_not_utf8_are_shown_lossily() {
         let exe = std::env::current_exe().unwrap();
         let mut data = std::fs::read(&exe).unwrap();
         let m = Module::load(&exe, "m", None).unwrap();
@@ -1779,9 +1793,15 @@ mod tests {
         let p = Module::load(&path, "m", None).unwrap();
         p.prepare(&[f.addr]);
         let got = m.lookup(f.addr).map(|s| s.name.to_string());
+        let inside = m
+            .lookup(f.addr + f.size - 1)
+            .map(|s| (s.name.to_string(), s.offset));
         let _ = std::fs::remove_dir_all(&dir);
-        assert_ne!(got.as_deref(), Some(raw.as_str()));
+        let lossy = format!("\u{fffd}{}", &raw[1..]);
+        assert_eq!(got.as_deref(), Some(lossy.as_str()));
+        assert_eq!(inside, Some((lossy, f.size - 1)));
         assert_eq!(p.lookup(f.addr).map(|s| s.name.to_string()), got);
+        // Exact-name lookups know only UTF-8 names.
         assert!(m.functions().all(|(n, a, _)| a != f.addr || n != raw));
     }
 
