@@ -177,10 +177,7 @@ fn stack(args: &[OsString]) -> Result<(), String> {
             lines.then(|| LineTables::new(&report.symbols)).as_mut(),
         ),
     };
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(out.as_bytes())
-        .map_err(|e| format!("writing output: {e}"))?;
+    write_out(out.as_bytes())?;
     // As the core: the modules' maps go with the process (one exit, not a munmap each).
     std::mem::forget(report);
     Ok(())
@@ -354,9 +351,17 @@ fn verify(args: &[OsString]) -> Result<(), String> {
             o.push_str(&format!("  {d} ({})\n", name(pc)));
         }
     }
-    std::io::stdout()
-        .write_all(o.as_bytes())
-        .map_err(|e| format!("writing output: {e}"))
+    write_out(o.as_bytes())
+}
+
+/// Writes the report to stdout. A reader that closed the pipe early (`| head`) took what it
+/// wanted: that is no error (exit 0, nothing on stderr), as for other command-line tools.
+fn write_out(bytes: &[u8]) -> Result<(), String> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing output: {e}")),
+        _ => Ok(()),
+    }
 }
 
 fn demo(args: &[OsString]) -> Result<(), String> {

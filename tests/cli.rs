@@ -620,6 +620,36 @@ fn missing_module_warns_and_leaves_frames_unsymbolised() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// `unwind stack ... | head -1`: the reader closes the pipe before the report is written; that
+/// is no error (exit 0, nothing on stderr; it was exit 2, "writing output: Broken pipe").
+#[test]
+fn a_reader_that_closes_the_pipe_early_is_no_error() {
+    let d = tmp("pipe");
+    let c = core("core-x86_64-chain", &d);
+    let e = exe("x86_64");
+    let mut child = Command::new(BIN)
+        .args(["stack", "--core", p(&c), "--exe", p(&e), "--lines"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed at once: the core is not read yet.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
 #[test]
 fn lines_add_file_and_line() {
     let d = tmp("lines");
