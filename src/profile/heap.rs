@@ -1851,6 +1851,28 @@ pub fn is_runtime_name(name: &str) -> bool {
             .any(|p| name.contains(p))
 }
 
+/// Is a source file the Rust standard library's allocation plumbing (what
+/// [`is_runtime_name`] names by path): `library/alloc/`, `core`'s and `std`'s `alloc` and
+/// `core`'s `iter` modules, `std::collections`, hashbrown, and this crate's allocator wrapper?
+/// For inlined functions that DWARF
+/// names without their path (`debug = "line-tables-only"`: `push_mut<u8, Global>`), in files
+/// such as `/rustc/HASH/library/alloc/src/vec/mod.rs`.
+pub fn is_runtime_source(file: &str) -> bool {
+    const DIRS: [&str; 5] = [
+        "/library/alloc/",
+        "/library/core/src/alloc/",
+        "/library/core/src/iter/",
+        "/library/std/src/alloc",
+        "/library/std/src/collections/",
+    ];
+    // This file: the [`Sampling`] wrapper's methods, inlined into the allocator shims.
+    const THIS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/profile/heap.rs");
+    ((file.starts_with("/rustc/") || file.contains("/rust/"))
+        && DIRS.iter().any(|d| file.contains(d)))
+        || file.contains("/hashbrown-")
+        || file == THIS_FILE
+}
+
 /// The classifier [`start`] uses: functions of every loaded object named as
 /// [`is_runtime_name`] says, and the system-stack switch (frames on its system side count as
 /// runtime). Reads symbol tables: slow, allocates.

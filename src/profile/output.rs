@@ -169,7 +169,11 @@ impl Profile {
             let mut chain =
                 lines.frames(crate::frame::FrameAddress::new(pc, exact).lookup_address());
             if i == 0 {
-                hide_leaf_inlines(&mut chain, |f| &f.function, self.hidden_leaf_inlines);
+                hide_leaf_inlines(
+                    &mut chain,
+                    |f| (&f.function, &f.file),
+                    self.hidden_leaf_inlines,
+                );
             }
             if chain.is_empty() {
                 out.push(function_name(sym, pc, exact));
@@ -347,14 +351,20 @@ impl Enc {
 /// they are runtime code, keeping the last (the function they were inlined into).
 fn hide_leaf_inlines<T>(
     chain: &mut Vec<T>,
-    name: impl Fn(&T) -> &str,
+    name_and_file: impl Fn(&T) -> (&str, &str),
     hidden: Option<fn(&str) -> bool>,
 ) {
     let Some(hidden) = hidden else { return };
     let n = chain
         .iter()
         .take(chain.len().saturating_sub(1))
-        .take_while(|f| hidden(name(f)))
+        .take_while(|f| {
+            let (name, file) = name_and_file(f);
+            // A name without its path (`debug = "line-tables-only"`: `push_mut<u8, ...>`) is
+            // known by its source file, the standard library's allocation code.
+            let head = name.split('<').next().unwrap_or(name);
+            hidden(name) || (!head.contains("::") && crate::heap::is_runtime_source(file))
+        })
         .count();
     chain.drain(..n);
 }
@@ -469,7 +479,7 @@ impl<'a> PprofBuilder<'a> {
         if !chain.is_empty() {
             self.mappings_with_lines.insert(mapping);
         }
-        hide_leaf_inlines(&mut chain, |f| &f.0, hide);
+        hide_leaf_inlines(&mut chain, |f| (&f.0, &f.1), hide);
         // The outermost function is the one the symbol table names (DWARF may lack its name).
         let symbol = self.sym.lookup(look).map(|s| s.name.to_string());
         match (chain.last_mut(), symbol) {
@@ -690,15 +700,37 @@ mod tests {
             "app::burn",
             "app::leaf",
         ]);
-        hide_leaf_inlines(&mut chain, |s| s, hidden);
+        hide_leaf_inlines(&mut chain, |s| (s, ""), hidden);
         assert_eq!(chain, names(&["app::burn", "app::leaf"]));
         // The function the others were inlined into stays, even if it is runtime code.
         let mut all = names(&["alloc::alloc::alloc", "alloc::vec::from_elem"]);
-        hide_leaf_inlines(&mut all, |s| s, hidden);
+        hide_leaf_inlines(&mut all, |s| (s, ""), hidden);
         assert_eq!(all, names(&["alloc::vec::from_elem"]));
+        // Names without their path (`debug = "line-tables-only"`) by their source files.
+        let mut short = vec![
+            (
+                "realloc<std::alloc::System>",
+                "/rustc/0123/library/std/src/alloc.rs",
+            ),
+            (
+                "push_mut<u8, alloc::alloc::Global>",
+                "/rustc/0123/library/alloc/src/vec/mod.rs",
+            ),
+            ("grow", "src/bin/inuse.rs"),
+            ("main", "src/bin/inuse.rs"),
+        ];
+        hide_leaf_inlines(&mut short, |&(n, f)| (n, f), hidden);
+        assert_eq!(
+            short.iter().map(|s| s.0).collect::<Vec<_>>(),
+            ["grow", "main"]
+        );
+        // A user function without a path in a file of the user's is kept.
+        let mut mine = vec![("push_mut", "src/vec.rs"), ("main", "src/main.rs")];
+        hide_leaf_inlines(&mut mine, |&(n, f)| (n, f), hidden);
+        assert_eq!(mine.len(), 2);
         // Without a rule nothing is hidden.
         let mut kept = names(&["alloc::alloc::alloc", "app::leaf"]);
-        hide_leaf_inlines(&mut kept, |s| s, None);
+        hide_leaf_inlines(&mut kept, |s| (s, ""), None);
         assert_eq!(kept.len(), 2);
     }
 
