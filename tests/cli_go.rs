@@ -10,7 +10,7 @@
 
 mod common;
 use common::skip::skip;
-use common::tools::{have, kernel_cores, TempDir};
+use common::tools::{build_go_linked, have, kernel_cores, TempDir};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,17 @@ fn names(t: &Value) -> Vec<String> {
         .iter()
         .map(|f| f["symbol"].as_str().unwrap_or("?").to_string())
         .collect()
+}
+
+/// The thread of `v` (the CLI's JSON) with the tid of `t` (a thread of another run on the
+/// same core).
+fn same_thread<'a>(v: &'a Value, t: &Value) -> &'a Value {
+    v["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["tid"] == t["tid"])
+        .unwrap_or_else(|| panic!("no thread {} in {v}", t["tid"]))
 }
 
 /// The first thread of `v` (the CLI's JSON) with a frame in function `name`.
@@ -160,23 +171,13 @@ fn go_statement_crosses_systemstack() {
     // Heap policy: cross the switch, hide the runtime's leaf frames: the user function with
     // the `go` statement is the leaf.
     let h = unwind_json(&core, &["--policy", "heap"]);
-    let ht = h["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["tid"] == t["tid"])
-        .unwrap();
+    let ht = same_thread(&h, t);
     let hn = names(ht);
     assert_eq!(hn[0], "main.spawnOne", "{hn:?}");
     assert!(hn.iter().any(|x| x == "main.main"));
     // Trace policy: the user part only (from the switch on): no g0 frames.
     let tr = unwind_json(&core, &["--policy", "trace"]);
-    let tt = tr["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["tid"] == t["tid"])
-        .unwrap();
+    let tt = same_thread(&tr, t);
     let tn = names(tt);
     assert!(!tn.iter().any(|x| x == "runtime.malg"), "{tn:?}");
     assert!(tn.iter().any(|x| x == "main.spawnOne"), "{tn:?}");
@@ -303,12 +304,7 @@ fn go_arm64_throw_on_systemstack_crosses_to_the_goroutine() {
     // the throw path) go; the user function that wrote the map is the leaf.
     let h = unwind_json(&core, &["--exe", exe, "--policy", "heap"]);
     for t in &on_g0 {
-        let ht = h["threads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["tid"] == t["tid"])
-            .unwrap();
+        let ht = same_thread(&h, t);
         assert_eq!(names(ht)[0], "main.writer", "{ht}");
     }
 }
@@ -358,12 +354,7 @@ fn stripped_go_binaries_are_named_from_gopclntab_and_crossed() {
         }
         // The heap policy knows the runtime by those names too.
         let h = unwind_json(&core, &["--exe", exe.to_str().unwrap(), "--policy", "heap"]);
-        let ht = h["threads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["tid"] == t["tid"])
-            .unwrap();
+        let ht = same_thread(&h, t);
         assert_eq!(names(ht)[0], "main.writer", "{arch}: {ht}");
     }
 }
@@ -396,12 +387,7 @@ fn block_policy_drops_g0_above_an_mcall_crossing() {
         for policy in ["block", "trace", "mutex"] {
             let v = unwind_json(&core, &["--exe", exe, "--mode", mode, "--policy", policy]);
             for p in &parked {
-                let t = v["threads"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|x| x["tid"] == p["tid"])
-                    .unwrap();
+                let t = same_thread(&v, p);
                 let n = names(t);
                 assert!(
                     !n.iter().any(|x| x.starts_with("runtime.mcall")
@@ -430,22 +416,7 @@ fn a_corrupt_gopclntab_is_read_cleanly() {
     let dir =
         TempDir(std::env::temp_dir().join(format!("unwind-go-pclntab-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
-    let exe = dir.0.join("throw-s");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/throw/main.go");
-    let out = Command::new("go")
-        .args(["build", "-ldflags=-s -w", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .env("GOPATH", dir.0.join("gopath"))
-        .env("GOCACHE", dir.0.join("gocache"))
-        .env("GO111MODULE", "off")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let exe = build_go_linked(&dir.0, "throw", "-s -w");
     let data = std::fs::read(&exe).unwrap();
     let file = object::File::parse(&*data).unwrap();
     let (off, size) = file
@@ -455,7 +426,7 @@ fn a_corrupt_gopclntab_is_read_cleanly() {
     let text = file.section_by_name(".text").unwrap();
     let (text_lo, text_hi) = (text.address(), text.address() + text.size());
     let (off, size) = (off as usize, size as usize);
-    let clean = unwind::symbols::Module::load(&exe, "throw-s", None).unwrap();
+    let clean = unwind::symbols::Module::load(&exe, "throw", None).unwrap();
     assert!(clean.function("main.writer").is_some());
     assert!(clean.functions().count() > 1000);
     let check = |bytes: &[u8], what: &str| {
@@ -548,12 +519,7 @@ fn go_morestack_crosses_to_the_growing_function() {
             "{arch}: {n:?}"
         );
         let h = unwind_json(&core, &["--exe", exe, "--policy", "heap"]);
-        let ht = h["threads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["tid"] == t["tid"])
-            .unwrap();
+        let ht = same_thread(&h, t);
         assert_eq!(names(ht)[0], "main.grow", "{arch}: {ht}");
         // 1024 frames by default, cut short (`truncated`); --max-frames lets the whole
         // overflowing stack through, down to the goroutine's root.

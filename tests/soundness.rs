@@ -303,6 +303,22 @@ extern "C" fn prev_sigprof(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
     PREV_SIGPROF.fetch_add(1, Ordering::SeqCst);
 }
 
+/// Installs [`prev_sigprof`] (counting, `SA_SIGINFO`) as this process's SIGPROF handler and
+/// returns its address (a child process of the test: see `in_child`).
+fn install_prev_sigprof() -> usize {
+    let prev = prev_sigprof as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+        as usize;
+    // SAFETY: installs a counting SA_SIGINFO handler for SIGPROF; the sigaction struct is
+    // plain data, zeroed then filled.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = prev;
+        sa.sa_flags = libc::SA_SIGINFO;
+        assert_eq!(libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()), 0);
+    }
+    prev
+}
+
 fn sigprof_action() -> libc::sigaction {
     // SAFETY: reads the current SIGPROF action into a zeroed struct.
     unsafe {
@@ -333,15 +349,7 @@ fn sigprof_is_chained_and_restored() {
     if !in_child("sigprof_is_chained_and_restored") {
         return;
     }
-    let prev = prev_sigprof as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
-        as usize;
-    // SAFETY: installs a counting SA_SIGINFO handler for SIGPROF in this child process.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = prev;
-        sa.sa_flags = libc::SA_SIGINFO;
-        assert_eq!(libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()), 0);
-    }
+    let prev = install_prev_sigprof();
     let reg = unwind::cpu::register_thread();
     let p = unwind::cpu::CpuProfiler::start(unwind::cpu::Config {
         frequency_hz: 1000,
@@ -373,8 +381,7 @@ fn the_program_s_own_itimer_prof_is_given_back() {
     if !in_child("the_program_s_own_itimer_prof_is_given_back") {
         return;
     }
-    let prev = prev_sigprof as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
-        as usize;
+    let prev = install_prev_sigprof();
     let every_10ms = libc::itimerval {
         it_interval: libc::timeval {
             tv_sec: 0,
@@ -385,13 +392,8 @@ fn the_program_s_own_itimer_prof_is_given_back() {
             tv_usec: 10_000,
         },
     };
-    // SAFETY: installs a counting SA_SIGINFO handler for SIGPROF in this child process, then
-    // arms ITIMER_PROF from a valid itimerval.
+    // SAFETY: arms ITIMER_PROF from a valid itimerval.
     unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = prev;
-        sa.sa_flags = libc::SA_SIGINFO;
-        assert_eq!(libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()), 0);
         assert_eq!(
             libc::setitimer(libc::ITIMER_PROF, &every_10ms, std::ptr::null_mut()),
             0

@@ -142,13 +142,15 @@ const PR_PID: usize = 32;
 /// Offset of `pr_reg` in `struct elf_prstatus`.
 const PR_REG: usize = 0x70;
 
-fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+/// The little-endian u64 at `off` in `b`, if it lies inside.
+pub(crate) fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(
         b.get(off..off.checked_add(8)?)?.try_into().ok()?,
     ))
 }
 
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+/// The little-endian u32 at `off` in `b`, if it lies inside.
+pub(crate) fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(
         b.get(off..off.checked_add(4)?)?.try_into().ok()?,
     ))

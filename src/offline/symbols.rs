@@ -140,6 +140,23 @@ impl Module {
         &self.data
     }
 
+    /// The separate debug file of the module's file when the file itself has no DWARF
+    /// (`.debug_info`): `/usr/lib/debug/.build-id/xx/yyyy.debug` for its GNU build id, else the
+    /// file its `.gnu_debuglink` names, looked for as gdb does (build id checked), beside the
+    /// file read or the path the process mapped. `None` when the file has DWARF or no such file
+    /// exists. For source lines (`--lines`, pprof line tables); symbols use the same search.
+    pub fn separate_debug_file(&self) -> Option<PathBuf> {
+        let obj = object::File::parse(&*self.data).ok()?;
+        if obj
+            .section_by_name(".debug_info")
+            .is_some_and(|s| s.size() > 0)
+        {
+            return None;
+        }
+        debug_file(&obj)
+            .or_else(|| debuglink_file(&obj, &[&self.file, Path::new(&self.path)]).map(|(p, _)| p))
+    }
+
     fn from_mapped(
         data: Mapped,
         path: &Path,
@@ -245,8 +262,7 @@ impl Module {
         // own tracebacks: `.gopclntab` names every function (the symbol tables, read now, come
         // first).
         if file.section_by_name(".symtab").is_none() && debug.is_none() {
-            let mut go = Vec::new();
-            gopclntab_funcs(&file, &data, &mut go);
+            let go = gopclntab_funcs(&file, &data);
             if !go.is_empty() {
                 for t in tables.drain(..) {
                     t.read(&data, &mut funcs);
@@ -1013,32 +1029,24 @@ struct Prepared {
 /// function ends where the next begins (the table is sorted by address and ends with the end of
 /// the text). Nothing for other files, other versions, or a table that does not check out
 /// (every read is bounds-checked; entries must increase; names must end inside the table).
-fn gopclntab_funcs(file: &object::File<'_>, data: &[u8], out: &mut Vec<Func>) {
+fn gopclntab_funcs(file: &object::File<'_>, data: &[u8]) -> Vec<Func> {
     let Some(sec) = file.section_by_name(".gopclntab") else {
-        return;
+        return Vec::new();
     };
     let Some((off, size)) = sec.file_range() else {
-        return;
+        return Vec::new();
     };
     let (Ok(off), Ok(size)) = (usize::try_from(off), usize::try_from(size)) else {
-        return;
+        return Vec::new();
     };
     let Some(tab) = off.checked_add(size).and_then(|end| data.get(off..end)) else {
-        return;
+        return Vec::new();
     };
-    let u32_at = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(
-            tab.get(at..at.checked_add(4)?)?.try_into().ok()?,
-        ))
-    };
-    let u64_at = |at: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(
-            tab.get(at..at.checked_add(8)?)?.try_into().ok()?,
-        ))
-    };
+    let u32_at = |at: usize| crate::core_file::u32_at(tab, at);
+    let u64_at = |at: usize| crate::core_file::u64_at(tab, at);
     let magic = u32_at(0).unwrap_or(0);
     if !matches!(magic, 0xffff_fff0 | 0xffff_fff1) || tab.get(7) != Some(&8) {
-        return;
+        return Vec::new();
     }
     let header = (|| {
         Some((
@@ -1049,7 +1057,7 @@ fn gopclntab_funcs(file: &object::File<'_>, data: &[u8], out: &mut Vec<Func>) {
         ))
     })();
     let Some((nfunc, mut text, names, pcln)) = header else {
-        return;
+        return Vec::new();
     };
     // A position-independent binary's textStart is relocated at load time (0 in the file):
     // the text section then starts with the Go text (internal linking, which PIE Go uses
@@ -1057,31 +1065,31 @@ fn gopclntab_funcs(file: &object::File<'_>, data: &[u8], out: &mut Vec<Func>) {
     if text == 0 {
         match file.section_by_name(".text") {
             Some(t) => text = t.address(),
-            None => return,
+            None => return Vec::new(),
         }
     }
     let (Ok(names), Ok(pcln)) = (usize::try_from(names), usize::try_from(pcln)) else {
-        return;
+        return Vec::new();
     };
     // nfunc + 1 (entry, func) pairs of u32 at pcln: more than the table holds is corrupt.
     let nfunc = match usize::try_from(nfunc) {
         Ok(n) if n <= tab.len().saturating_sub(pcln) / 8 => n,
-        _ => return,
+        _ => return Vec::new(),
     };
     let Some(name_tab) = tab.get(names..) else {
-        return;
+        return Vec::new();
     };
+    let mut out = Vec::new();
     let mut prev_entry = None;
     for i in 0..nfunc {
         let at = pcln + 8 * i;
         let (Some(entry), Some(funcoff), Some(next)) = (u32_at(at), u32_at(at + 4), u32_at(at + 8))
         else {
-            return;
+            return out;
         };
         if prev_entry.is_some_and(|p| entry < p) || next < entry {
             // Not sorted: not a table this reads.
-            out.clear();
-            return;
+            return Vec::new();
         }
         prev_entry = Some(entry);
         // _func: entryoff u32, nameoff i32.
@@ -1114,23 +1122,7 @@ fn gopclntab_funcs(file: &object::File<'_>, data: &[u8], out: &mut Vec<Func>) {
             len,
         });
     }
-}
-
-/// The separate debug file of the ELF file at `file` (mapped by the process as `mapped_as`)
-/// when `file` itself has no DWARF (`.debug_info`): `/usr/lib/debug/.build-id/xx/yyyy.debug`
-/// for its GNU build id, else the file its `.gnu_debuglink` names, looked for as gdb does
-/// (build id checked). `None` when `file` has DWARF, cannot be read, or has no such file.
-/// Used for source lines (`--lines`, pprof line tables); symbols use the same search.
-pub fn separate_debug_file(file: &Path, mapped_as: &Path) -> Option<PathBuf> {
-    let data = crate::safe_open::map(file, &Policy::default()).ok()?;
-    let obj = object::File::parse(&*data).ok()?;
-    if obj
-        .section_by_name(".debug_info")
-        .is_some_and(|s| s.size() > 0)
-    {
-        return None;
-    }
-    debug_file(&obj).or_else(|| debuglink_file(&obj, &[file, mapped_as]).map(|(p, _)| p))
+    out
 }
 
 /// `/usr/lib/debug/.build-id/xx/yyyy.debug` for a file's GNU build id, if it exists.

@@ -923,28 +923,21 @@ fn handler_address() -> usize {
 /// stop (a program that profiles itself with `setitimer` keeps its timer).
 static PREV_ITIMER: Mutex<Option<libc::itimerval>> = Mutex::new(None);
 
-fn set_itimer(p: Duration) -> Result<(), Error> {
+/// An `ITIMER_PROF` setting that fires every `p` (disarmed for zero).
+fn every(p: Duration) -> libc::itimerval {
     let tv = libc::timeval {
         tv_sec: p.as_secs() as libc::time_t,
         tv_usec: p.subsec_micros() as libc::suseconds_t,
     };
-    set_itimer_to(libc::itimerval {
+    libc::itimerval {
         it_interval: tv,
         it_value: tv,
-    })
-    .map(|_| ())
+    }
 }
 
 /// Sets `ITIMER_PROF` to `it`; returns the timer it replaced.
-fn set_itimer_to(it: libc::itimerval) -> Result<libc::itimerval, Error> {
-    let zero = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 0,
-    };
-    let mut old = libc::itimerval {
-        it_interval: zero,
-        it_value: zero,
-    };
+fn set_itimer(it: libc::itimerval) -> Result<libc::itimerval, Error> {
+    let mut old = every(Duration::ZERO);
     // SAFETY: valid pointers to itimervals.
     if unsafe { libc::setitimer(libc::ITIMER_PROF, &it, &mut old) } != 0 {
         return Err(Error::Timer(errno()));
@@ -954,14 +947,7 @@ fn set_itimer_to(it: libc::itimerval) -> Result<libc::itimerval, Error> {
 
 /// Arms the process timer for a profile, keeping the program's own (if it had one armed).
 fn take_itimer(p: Duration) -> Result<(), Error> {
-    let tv = libc::timeval {
-        tv_sec: p.as_secs() as libc::time_t,
-        tv_usec: p.subsec_micros() as libc::suseconds_t,
-    };
-    let old = set_itimer_to(libc::itimerval {
-        it_interval: tv,
-        it_value: tv,
-    })?;
+    let old = set_itimer(every(p))?;
     let armed = old.it_value.tv_sec != 0 || old.it_value.tv_usec != 0;
     *PREV_ITIMER.lock().unwrap_or_else(|e| e.into_inner()) = armed.then_some(old);
     Ok(())
@@ -970,14 +956,7 @@ fn take_itimer(p: Duration) -> Result<(), Error> {
 /// Disarms the process timer at stop, or gives the program back the timer it had.
 fn give_back_itimer() {
     let prev = PREV_ITIMER.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match prev {
-        Some(old) => {
-            let _ = set_itimer_to(old);
-        }
-        None => {
-            let _ = set_itimer(Duration::ZERO);
-        }
-    }
+    let _ = set_itimer(prev.unwrap_or(every(Duration::ZERO)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1740,7 +1740,7 @@ pub fn to_profile(samples: &[HeapSample], rate: u64) -> crate::profile::Profile 
         ("space".into(), "bytes".into()),
         rate.min(i64::MAX as u64) as i64,
     );
-    p.hidden_leaf_inlines = Some(is_runtime_name);
+    p.hidden_leaf_inlines = Some(is_runtime_inline);
     for s in samples {
         p.samples.push(crate::profile::Sample {
             pcs: s.pcs.clone(),
@@ -1871,6 +1871,16 @@ pub fn is_runtime_source(file: &str) -> bool {
         && DIRS.iter().any(|d| file.contains(d)))
         || file.contains("/hashbrown-")
         || file == THIS_FILE
+}
+
+/// Is an inlined function (its name and source file, from DWARF) runtime code for a heap
+/// profile: named so ([`is_runtime_name`]), or named without its path (`debug =
+/// "line-tables-only"`: `push_mut<u8, ...>`) in the standard library's allocation code
+/// ([`is_runtime_source`])? The rule the heap profile hides leaf inlines by
+/// ([`crate::profile::Profile::hidden_leaf_inlines`]).
+pub fn is_runtime_inline(name: &str, file: &str) -> bool {
+    let head = name.split('<').next().unwrap_or(name);
+    is_runtime_name(name) || (!head.contains("::") && is_runtime_source(file))
 }
 
 /// The classifier [`start`] uses: functions of every loaded object named as

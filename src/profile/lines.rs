@@ -3,7 +3,6 @@
 //! writers after collection, never while sampling.
 
 use crate::symbols::Symbolizer;
-use std::path::Path;
 
 /// One function of an address's inline chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,8 +47,7 @@ impl<'a> LineTables<'a> {
         if slot.is_none() {
             // A stripped file's lines are in its separate debug file (found by build id or
             // `.gnu_debuglink`), which keeps the file's addresses.
-            let from = crate::symbols::separate_debug_file(&m.file, Path::new(&m.path))
-                .unwrap_or_else(|| m.file.clone());
+            let from = m.separate_debug_file().unwrap_or_else(|| m.file.clone());
             *slot = Some(addr2line::Loader::new(&from).ok());
         }
         let Some(Some(loader)) = slot.as_ref() else {

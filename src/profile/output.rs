@@ -69,8 +69,9 @@ pub struct Profile {
     /// they were inlined into always stays. The heap profile sets it: the frames the heap
     /// policy cuts at the leaf end are physical frames, and the allocation plumbing inlined
     /// into the allocating function (`Vec::with_capacity`, `RawVec`, `__rust_alloc`, the
-    /// wrapper's `alloc`) would otherwise head every stack in `go tool pprof -top`.
-    pub hidden_leaf_inlines: Option<fn(&str) -> bool>,
+    /// wrapper's `alloc`) would otherwise head every stack in `go tool pprof -top`. The rule is
+    /// given each inlined function's name and source file ("" when unknown).
+    pub hidden_leaf_inlines: Option<fn(&str, &str) -> bool>,
 }
 
 impl Profile {
@@ -352,7 +353,7 @@ impl Enc {
 fn hide_leaf_inlines<T>(
     chain: &mut Vec<T>,
     name_and_file: impl Fn(&T) -> (&str, &str),
-    hidden: Option<fn(&str) -> bool>,
+    hidden: Option<fn(&str, &str) -> bool>,
 ) {
     let Some(hidden) = hidden else { return };
     let n = chain
@@ -360,10 +361,7 @@ fn hide_leaf_inlines<T>(
         .take(chain.len().saturating_sub(1))
         .take_while(|f| {
             let (name, file) = name_and_file(f);
-            // A name without its path (`debug = "line-tables-only"`: `push_mut<u8, ...>`) is
-            // known by its source file, the standard library's allocation code.
-            let head = name.split('<').next().unwrap_or(name);
-            hidden(name) || (!head.contains("::") && crate::heap::is_runtime_source(file))
+            hidden(name, file)
         })
         .count();
     chain.drain(..n);
@@ -463,7 +461,7 @@ impl<'a> PprofBuilder<'a> {
 
     /// The location of `pc`; `hide`: leave out the runtime functions inlined at it (a leaf,
     /// see [`Profile::hidden_leaf_inlines`]).
-    fn location(&mut self, pc: u64, exact: bool, hide: Option<fn(&str) -> bool>) -> u64 {
+    fn location(&mut self, pc: u64, exact: bool, hide: Option<fn(&str, &str) -> bool>) -> u64 {
         if let Some(&id) = self.locations.get(&(pc, exact, hide.is_some())) {
             return id;
         }
@@ -692,7 +690,7 @@ mod tests {
     #[test]
     fn leaf_inlines_are_hidden_from_the_innermost_up_to_user_code() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let hidden = Some(crate::heap::is_runtime_name as fn(&str) -> bool);
+        let hidden = Some(crate::heap::is_runtime_inline as fn(&str, &str) -> bool);
         let mut chain = names(&[
             "__rustc::__rust_alloc",
             "alloc::raw_vec::RawVecInner::with_capacity_in",

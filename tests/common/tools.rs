@@ -111,10 +111,17 @@ pub fn need_kernel_cores() -> bool {
 /// Builds the Go fixture `fixtures/go/NAME/main.go` into `DIR/NAME` (cgo on, GOPATH mode, the
 /// build cache in `dir`) and returns the executable; panics with go's output when it fails.
 pub fn build_go(dir: &Path, name: &str) -> PathBuf {
+    build_go_linked(dir, name, "")
+}
+
+/// [`build_go`] with `ldflags` for Go's linker when not empty (`-s -w`: a stripped binary).
+pub fn build_go_linked(dir: &Path, name: &str, ldflags: &str) -> PathBuf {
     let exe = dir.join(name);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/go/{name}/main.go"));
     let out = Command::new("go")
-        .args(["build", "-o"])
+        .arg("build")
+        .args((!ldflags.is_empty()).then(|| format!("-ldflags={ldflags}")))
+        .arg("-o")
         .arg(&exe)
         .arg(&src)
         .env("GOPATH", dir.join("gopath"))
