@@ -10,7 +10,8 @@ cores), built in /tmp/unwind-fixtures so that the cores' NT_FILE paths match fuz
 - walk: the stack window of each core thread as a region with its registers (frame-pointer
   mode, and hybrid with CFA answers), plus hand-made stacks for every transition rule.
 - policy: traces shaped like the policy module's example, with each profile kind.
-- cfi: .eh_frame/.eh_frame_hdr sections of the fixture executables (raw, for the cfi target).
+- cfi: .eh_frame/.eh_frame_hdr sections of the fixture executables (raw, for the cfi target),
+  and small synthetic Go `.gopclntab` tables (bit 4).
 The input formats are documented in fuzz/harness/*.rs.
 """
 import os
@@ -324,6 +325,52 @@ def cfi_seeds(fixtures):
             write("cfi", f"{arch}-elf", bytes([flag | 8]) + struct.pack("<QQQQQ", 0, 0, 0, 0, bias) + elf)
 
 
+def gopclntab(entries, pcsp, flags, go120=False, quantum=1):
+    """A Go 1.18+ `.gopclntab` (the shape of src/cfi/gopclntab.rs's unit tests): function
+    `i` spans entries[i]..entries[i+1] (offsets from textStart 0x400000) with pcsp program
+    pcsp[i] and `_func.flag` flags[i]."""
+    n = len(entries) - 1
+    tab = bytearray(72)
+    tab[0:4] = struct.pack("<I", 0xFFFFFFF1 if go120 else 0xFFFFFFF0)
+    tab[6], tab[7] = quantum, 8
+    tab[8:16] = struct.pack("<Q", n)
+    tab[24:32] = struct.pack("<Q", 0x400000)
+    pctab, offs = len(tab), []
+    for p in pcsp:
+        offs.append(len(tab) - pctab)
+        tab += p
+    while len(tab) % 8:
+        tab.append(0)
+    pcln = len(tab)
+    tab[56:64] = struct.pack("<Q", pctab)
+    tab[64:72] = struct.pack("<Q", pcln)
+    ftab = 8 * (n + 1)
+    for i, e in enumerate(entries):
+        tab += struct.pack("<II", e, ftab + 48 * i if i < n else 0)
+    for i in range(n):
+        rec = bytearray(48)
+        rec[0:4] = struct.pack("<I", entries[i])
+        rec[16:20] = struct.pack("<I", offs[i])
+        rec[41 if go120 else 37] = flags[i]
+        tab += rec
+    return bytes(tab)
+
+
+def gopclntab_seeds():
+    """cfi inputs with bit 4: a `.gopclntab` whose pcsp tables become CFI, and a stack."""
+    prologue = bytes([0x12, 4, 0x30, 10, 0x2F, 6, 0])
+    for arch, flag, q in (("x86_64", 0, 1), ("aarch64", 1, 4)):
+        for go120 in (False, True):
+            tab = gopclntab([0, 20 * q, 40 * q, 42 * q], [prologue, prologue, bytes([0x02, 2, 0])],
+                            [0, 0, 1], go120, q)
+            pcs = [0x400000 + i for i in range(0, 42 * q, 4 * q)]
+            words = b"".join(struct.pack("<Q", 0x400000 + 24 + 8 * i) for i in range(32))
+            regs = (0x400005, 0x7000, 0x7100, 0x400030)
+            name = f"{arch}-gopclntab-go1{20 if go120 else 18}"
+            write("cfi", name, cfi_input(flag | 16, (0, tab), (0, b""), 0x400000, 0, 0, pcs,
+                                         regs, 0x7000, words))
+
+
 def main():
     fixtures = sys.argv[1] if len(sys.argv) > 1 else "/tmp/unwind-fixtures"
     walk_seeds()
@@ -337,6 +384,7 @@ def main():
             write("core_file", name, small)
         walk_from_core(name[5:], data)
     cfi_seeds(fixtures)
+    gopclntab_seeds()
 
 
 if __name__ == "__main__":

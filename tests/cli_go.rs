@@ -10,7 +10,7 @@
 
 mod common;
 use common::skip::skip;
-use common::tools::{build_go_linked, have, kernel_cores, TempDir};
+use common::tools::{build_go_linked, have, kernel_cores, need, TempDir};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -352,6 +352,28 @@ fn stripped_go_binaries_are_named_from_gopclntab_and_crossed() {
         for f in frames.iter().filter(|f| f["stack"].as_u64() != Some(0)) {
             assert!(f["symbol"].is_string(), "{arch}: {f}");
         }
+        // CFI made from `.gopclntab`'s pcsp tables (the binary has no `.debug_frame`): a
+        // thread parked in `runtime.futex`, an assembly leaf without a frame record, keeps its
+        // caller (a frame-record walk goes from it straight to the caller's caller).
+        let mut in_futex = 0;
+        for t in v["threads"].as_array().unwrap() {
+            let n = names(t);
+            if n.first().map(String::as_str) == Some("runtime.futex") {
+                in_futex += 1;
+                assert!(
+                    matches!(n[1].as_str(), "runtime.futexsleep" | "runtime.futexwakeup"),
+                    "{arch}: {n:?}"
+                );
+            }
+        }
+        assert!(
+            in_futex > 0 || arch == "arm64",
+            "{arch}: no thread in futex: {v}"
+        );
+        assert!(
+            frames.iter().any(|f| f["via"] == "dwarf"),
+            "{arch}: no frame found by CFI: {n:?}"
+        );
         // The heap policy knows the runtime by those names too.
         let h = unwind_json(&core, &["--exe", exe.to_str().unwrap(), "--policy", "heap"]);
         let ht = same_thread(&h, t);
@@ -468,6 +490,81 @@ fn a_corrupt_gopclntab_is_read_cleanly() {
     // The file cut inside the table.
     for k in 0..8 {
         check(&data[..off + size * k / 8], &format!("cut at {k}/8"));
+    }
+}
+
+/// The CFI made from `.gopclntab`'s `pcsp` tables for a binary without `.debug_frame` gives
+/// the rule Go's linker wrote into `.debug_frame` at every pc of the Go text, on both
+/// architectures: the same unstripped binary is read as it is and with its `.debug_frame`
+/// renamed away.
+#[test]
+fn cfi_from_pcsp_matches_the_linker_s_debug_frame() {
+    use object::{Object, ObjectSection};
+    if !need("go", "version") {
+        return;
+    }
+    let dir = TempDir::new("go-pcsp");
+    for (goarch, arch) in [
+        ("amd64", unwind::ArchKind::X86_64),
+        ("arm64", unwind::ArchKind::Aarch64),
+    ] {
+        let exe = dir.0.join(format!("throw-{goarch}"));
+        let out = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&exe)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/throw/main.go"))
+            .env("GOARCH", goarch)
+            .env("CGO_ENABLED", "0")
+            .env("GOPATH", dir.0.join("gopath"))
+            .env("GOCACHE", dir.0.join("gocache"))
+            .env("GO111MODULE", "off")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let data = std::fs::read(&exe).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        assert!(file.section_by_name(".debug_frame").is_some(), "{goarch}");
+        let text = file.section_by_name(".text").unwrap();
+        let (lo, hi) = (text.address(), text.address() + text.size());
+        // Rename the section (its name in the section-name table) so nothing finds it.
+        let mut renamed = data.clone();
+        // ELF64: e_shoff at 0x28, e_shentsize at 0x3a, e_shstrndx at 0x3e; a section
+        // header's sh_offset at +0x18, sh_size at +0x20.
+        let u = |at: usize, n: usize| {
+            let mut b = [0u8; 8];
+            b[..n].copy_from_slice(&data[at..at + n]);
+            u64::from_le_bytes(b) as usize
+        };
+        let sh = u(0x28, 8) + u(0x3a, 2) * u(0x3e, 2);
+        let shstr = u(sh + 0x18, 8)..u(sh + 0x18, 8) + u(sh + 0x20, 8);
+        let name = b".debug_frame\0";
+        let at = renamed[shstr.clone()]
+            .windows(name.len())
+            .position(|w| w == name)
+            .expect(".debug_frame's name")
+            + shstr.start;
+        renamed[at + 1] = b'X';
+        let linker = unwind::dwarf::parse_elf(arch, &data, 0, "linker").unwrap();
+        let pcsp = unwind::dwarf::parse_elf(arch, &renamed, 0, "pcsp").unwrap();
+        let (mut same, mut differ) = (0usize, Vec::new());
+        for pc in lo..hi {
+            let (a, b) = (linker.rule(pc), pcsp.rule(pc));
+            if a == b {
+                same += 1;
+            } else if differ.len() < 10 {
+                differ.push(format!("{pc:#x}: linker {a:?}, pcsp {b:?}"));
+            }
+        }
+        assert!(
+            differ.is_empty(),
+            "{goarch}: {same} same, then:\n{}",
+            differ.join("\n")
+        );
+        assert!(same > 100_000, "{goarch}: {same}");
     }
 }
 

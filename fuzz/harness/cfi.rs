@@ -5,7 +5,8 @@
 //! # Input format
 //! ```text
 //! flags u8        bit 0 aarch64, bit 1 with .eh_frame_hdr, bit 2 the section is .debug_frame,
-//!                 bit 3 the rest of the input is an ELF file (parse_elf)
+//!                 bit 3 the rest of the input is an ELF file (parse_elf),
+//!                 bit 4 the section is a Go `.gopclntab` (from_gopclntab, text = .text address)
 //! eh_frame address u64, .eh_frame_hdr address u64, .text address u64, .got address u64
 //! bias u64
 //! len u32 (% 65536), section bytes; len u16, .eh_frame_hdr bytes
@@ -69,10 +70,14 @@ pub fn cfi(data: &[u8]) {
                 got,
             }
         };
-        if let Some(lazy) = dwarf::LazyCfi::new(arch, &sections, bias, "fuzz") {
-            lazy_lookups(arch, dwarf::ModuleCfi::Lazy(lazy));
+        if flags & 16 != 0 {
+            PreparedCfi::from_gopclntab(arch, section, text, bias, "fuzz")
+        } else {
+            if let Some(lazy) = dwarf::LazyCfi::new(arch, &sections, bias, "fuzz") {
+                lazy_lookups(arch, dwarf::ModuleCfi::Lazy(lazy));
+            }
+            PreparedCfi::parse(arch, &sections, bias, "fuzz")
         }
-        PreparedCfi::parse(arch, &sections, bias, "fuzz")
     };
     let Ok(table) = table else { return };
     assert!(table.len() <= dwarf::MAX_ROWS);

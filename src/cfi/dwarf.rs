@@ -437,6 +437,32 @@ impl PreparedCfi {
         Ok(t)
     }
 
+    /// A Go binary's CFI made from its `.gopclntab` (Go 1.18 and later, 64-bit), for a binary
+    /// without `.debug_frame` (stripped: `-ldflags=-s -w`): per function, the rules Go's linker
+    /// writes into `.debug_frame` from the same `pcsp` tables ([`parse_elf`] does this by
+    /// itself). `tab` is the section's bytes; `text` the link-time address function entries are
+    /// relative to when the table's own `textStart` is 0 (a position-independent binary: its
+    /// `.text` address). [`CfiError::NoCfi`] when the table is not one this reads or gives no
+    /// function; every read is bounds-checked.
+    pub fn from_gopclntab(
+        arch: ArchKind,
+        tab: &[u8],
+        text: u64,
+        bias: u64,
+        name: &str,
+    ) -> Result<PreparedCfi, CfiError> {
+        let mut t = super::gopclntab::Table::parse(tab).ok_or(CfiError::NoCfi)?;
+        if t.text == 0 {
+            t.text = text;
+        }
+        let df = super::gopclntab::debug_frame(&t, arch).ok_or(CfiError::NoCfi)?;
+        let sections = Sections {
+            debug_frame: Some(&df),
+            ..Sections::default()
+        };
+        PreparedCfi::parse(arch, &sections, bias, name)
+    }
+
     /// The runtime address range covered, `[lo, hi)`.
     pub fn range(&self) -> crate::memory::Range {
         crate::memory::Range::new(
@@ -822,9 +848,13 @@ pub fn parse_elf(
     // Go links `.debug_frame` compressed (SHF_COMPRESSED, zlib) unless built with
     // `-ldflags=-compressdwarf=false`: inflate it (object's decompression; a section that does
     // not inflate is malformed CFI, not a crash).
+    // A stripped Go binary (`-ldflags=-s -w`) has no `.debug_frame`: the one its linker would
+    // have written is made from `.gopclntab`'s `pcsp` tables.
     let debug_frame = match file.section_by_name(".debug_frame") {
         Some(s) => Some(section_bytes(&s).ok_or(CfiError::Decompress)?),
-        None => None,
+        None => super::gopclntab::Table::of_file(&file, data)
+            .and_then(|t| super::gopclntab::debug_frame(&t, arch))
+            .map(std::borrow::Cow::Owned),
     };
     let sections = Sections {
         eh_frame: sec(".eh_frame").filter(|(d, _)| !d.is_empty()),

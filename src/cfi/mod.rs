@@ -2,6 +2,7 @@
 //! tables, the Dwarf and Hybrid walk modes, and the loaded modules' tables.
 
 pub mod dwarf;
+pub(crate) mod gopclntab;
 pub mod module_watch;
 pub mod modules;
 pub mod safe_open;

@@ -1030,78 +1030,21 @@ struct Prepared {
 /// the text). Nothing for other files, other versions, or a table that does not check out
 /// (every read is bounds-checked; entries must increase; names must end inside the table).
 fn gopclntab_funcs(file: &object::File<'_>, data: &[u8]) -> Vec<Func> {
-    let Some(sec) = file.section_by_name(".gopclntab") else {
+    let Some(t) = crate::cfi::gopclntab::Table::of_file(file, data) else {
         return Vec::new();
     };
-    let Some((off, size)) = sec.file_range() else {
-        return Vec::new();
-    };
-    let (Ok(off), Ok(size)) = (usize::try_from(off), usize::try_from(size)) else {
-        return Vec::new();
-    };
-    let Some(tab) = off.checked_add(size).and_then(|end| data.get(off..end)) else {
-        return Vec::new();
-    };
-    let u32_at = |at: usize| crate::core_file::u32_at(tab, at);
-    let u64_at = |at: usize| crate::core_file::u64_at(tab, at);
-    let magic = u32_at(0).unwrap_or(0);
-    if !matches!(magic, 0xffff_fff0 | 0xffff_fff1) || tab.get(7) != Some(&8) {
+    // Not sorted: not a table this reads.
+    if !t.sorted() {
         return Vec::new();
     }
-    let header = (|| {
-        Some((
-            u64_at(8)?,  // nfunc
-            u64_at(24)?, // textStart
-            u64_at(32)?, // funcnameOffset
-            u64_at(64)?, // pclnOffset
-        ))
-    })();
-    let Some((nfunc, mut text, names, pcln)) = header else {
-        return Vec::new();
-    };
-    // A position-independent binary's textStart is relocated at load time (0 in the file):
-    // the text section then starts with the Go text (internal linking, which PIE Go uses
-    // unless it links C).
-    if text == 0 {
-        match file.section_by_name(".text") {
-            Some(t) => text = t.address(),
-            None => return Vec::new(),
-        }
-    }
-    let (Ok(names), Ok(pcln)) = (usize::try_from(names), usize::try_from(pcln)) else {
-        return Vec::new();
-    };
-    // nfunc + 1 (entry, func) pairs of u32 at pcln: more than the table holds is corrupt.
-    let nfunc = match usize::try_from(nfunc) {
-        Ok(n) if n <= tab.len().saturating_sub(pcln) / 8 => n,
-        _ => return Vec::new(),
-    };
-    let Some(name_tab) = tab.get(names..) else {
+    let Some(name_tab) = t.tab.get(t.names..) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    let mut prev_entry = None;
-    for i in 0..nfunc {
-        let at = pcln + 8 * i;
-        let (Some(entry), Some(funcoff), Some(next)) = (u32_at(at), u32_at(at + 4), u32_at(at + 8))
-        else {
-            return out;
-        };
-        if prev_entry.is_some_and(|p| entry < p) || next < entry {
-            // Not sorted: not a table this reads.
-            return Vec::new();
-        }
-        prev_entry = Some(entry);
-        // _func: entryoff u32, nameoff i32.
-        let Some(fo) = pcln.checked_add(funcoff as usize) else {
+    for f in t.funcs() {
+        let Some(nameoff) = t.nameoff(&f).filter(|_| t.checked(&f)) else {
             continue;
         };
-        let (Some(fentry), Some(nameoff)) = (u32_at(fo), u32_at(fo + 4)) else {
-            continue;
-        };
-        if fentry != entry {
-            continue;
-        }
         let Some(name) = name_tab.get(nameoff as usize..) else {
             continue;
         };
@@ -1111,13 +1054,13 @@ fn gopclntab_funcs(file: &object::File<'_>, data: &[u8]) -> Vec<Func> {
         let (Ok(len), Ok(_)) = (u32::try_from(len), u32::try_from(out.len())) else {
             continue;
         };
-        let name_at = (off + names + nameoff as usize) as u64;
+        let name_at = (t.file_off + t.names + nameoff as usize) as u64;
         if name_at >= 1 << 62 {
             continue;
         }
         out.push(Func {
-            addr: text.wrapping_add(u64::from(entry)),
-            size: u64::from(next - entry),
+            addr: t.text.wrapping_add(u64::from(f.entry)),
+            size: u64::from(f.end - f.entry),
             name: name_at | NAME_IN_FILE,
             len,
         });

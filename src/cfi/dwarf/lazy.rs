@@ -426,7 +426,10 @@ pub fn parse_elf_lazy<'d>(
 ) -> Result<ModuleCfi<'d>, CfiError> {
     use object::{Object, ObjectSection};
     let file = object::File::parse(data).map_err(|_| CfiError::Object)?;
-    if file.section_by_name(".debug_frame").is_none() {
+    // Go binaries (`.debug_frame`, or `.gopclntab` to make one from) are prepared.
+    if file.section_by_name(".debug_frame").is_none()
+        && file.section_by_name(".gopclntab").is_none()
+    {
         let sec = |n: &str| {
             file.section_by_name(n)
                 .and_then(|s| Some((s.data().ok()?, s.address())))

@@ -1,0 +1,467 @@
+//! A Go binary's `.gopclntab` (Go 1.18 and later): its function table, and call-frame
+//! information made from its `pcsp` tables for binaries without `.debug_frame`.
+//!
+//! Go's linker writes `.debug_frame` from the same `pcsp` tables (`cmd/link/internal/ld`,
+//! `writeframes`): per function, the stack pointer's offset from its value at entry, per pc
+//! range. A stripped binary (`-ldflags=-s -w`) keeps `.gopclntab` (Go's own tracebacks read it)
+//! but has no `.debug_frame`, so [`debug_frame`] writes the section the linker would have
+//! written, rule for rule, and the prepared-CFI path reads it as it reads an unstripped
+//! binary's. Every read is bounds-checked; a corrupt table gives fewer functions or none.
+
+use crate::arch::ArchKind;
+
+/// The header fields this reads (`runtime.pcHeader`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Table<'a> {
+    /// The whole section.
+    pub tab: &'a [u8],
+    /// Its offset in the file ([`Table::of_file`]; 0 from [`Table::parse`]).
+    pub file_off: usize,
+    /// Go 1.20 and later (magic `0xfffffff1`): `_func` has `startLine` before `funcID`.
+    go120: bool,
+    /// Instruction size quantum (1 on x86, 4 on arm64).
+    quantum: u8,
+    /// Number of functions.
+    pub nfunc: usize,
+    /// The text start functions' entries are offsets from (link-time).
+    pub text: u64,
+    /// Offsets of the function-name, pc-value and function tables in `tab`.
+    pub names: usize,
+    pctab: usize,
+    pcln: usize,
+}
+
+/// One function of the table: entry and end offsets from [`Table::text`], and where its
+/// `_func` is in [`Table::tab`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Func {
+    pub entry: u32,
+    pub end: u32,
+    pub func: usize,
+}
+
+fn u32_at(tab: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        tab.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn u64_at(tab: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        tab.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+impl<'a> Table<'a> {
+    /// The `.gopclntab` of an ELF file, when it has one this reads (64-bit, Go 1.18+). A
+    /// position-independent binary's `textStart` is 0 in the file (relocated at load): its
+    /// `.text` then starts with the Go text (internal linking, which PIE Go uses unless it
+    /// links C).
+    pub fn of_file(file: &object::File<'_>, data: &'a [u8]) -> Option<Table<'a>> {
+        use object::{Object, ObjectSection};
+        let sec = file.section_by_name(".gopclntab")?;
+        let (off, size) = sec.file_range()?;
+        let (off, size) = (usize::try_from(off).ok()?, usize::try_from(size).ok()?);
+        let tab = data.get(off..off.checked_add(size)?)?;
+        let mut t = Table::parse(tab)?;
+        t.file_off = off;
+        if t.text == 0 {
+            t.text = file.section_by_name(".text")?.address();
+        }
+        Some(t)
+    }
+
+    /// Reads the header; `None` when it is not one this reads.
+    pub fn parse(tab: &'a [u8]) -> Option<Table<'a>> {
+        let magic = u32_at(tab, 0)?;
+        if !matches!(magic, 0xffff_fff0 | 0xffff_fff1) || tab.get(7) != Some(&8) {
+            return None;
+        }
+        let quantum = *tab.get(6)?;
+        if !matches!(quantum, 1 | 2 | 4) {
+            return None;
+        }
+        let at = |o| u64_at(tab, o).and_then(|v| usize::try_from(v).ok());
+        let pcln = at(64)?;
+        // nfunc + 1 (entry, func) pairs of u32 at pcln: more than the table holds is corrupt.
+        let nfunc = at(8).filter(|&n| n <= tab.len().saturating_sub(pcln) / 8)?;
+        Some(Table {
+            tab,
+            file_off: 0,
+            go120: magic == 0xffff_fff1,
+            quantum,
+            nfunc,
+            text: u64_at(tab, 24)?,
+            names: at(32)?,
+            pctab: at(56)?,
+            pcln,
+        })
+    }
+
+    /// The functions, by entry; stops (`None` at the end of what it gave) at an entry out of
+    /// order, so an unsorted table yields nothing past that point.
+    pub fn funcs(&self) -> impl Iterator<Item = Func> + '_ {
+        let mut prev = 0u32;
+        (0..self.nfunc).map_while(move |i| {
+            let at = self.pcln.checked_add(8 * i)?;
+            let entry = u32_at(self.tab, at)?;
+            let func = u32_at(self.tab, at + 4)? as usize;
+            let end = u32_at(self.tab, at + 8)?;
+            if entry < prev || end < entry {
+                return None;
+            }
+            prev = entry;
+            Some(Func {
+                entry,
+                end,
+                func: self.pcln.checked_add(func)?,
+            })
+        })
+    }
+
+    /// Whether the table's entries are sorted (a table that is not is not one this reads).
+    pub fn sorted(&self) -> bool {
+        self.funcs().count() == self.nfunc
+    }
+
+    /// A `_func` field (u32) at `off` bytes into `f`'s record.
+    fn field(&self, f: &Func, off: usize) -> Option<u32> {
+        u32_at(self.tab, f.func.checked_add(off)?)
+    }
+
+    /// `f`'s `_func` whose `entryoff` matches its table entry (else it is not the record).
+    pub fn checked(&self, f: &Func) -> bool {
+        self.field(f, 0) == Some(f.entry)
+    }
+
+    /// The name offset (into the name table) of `f`.
+    pub fn nameoff(&self, f: &Func) -> Option<u32> {
+        self.field(f, 4)
+    }
+
+    /// `_func.flag` has `TOPFRAME` (the outermost function of a stack: `goexit`, `mstart`,
+    /// `rt0_go`).
+    fn top_frame(&self, f: &Func) -> bool {
+        let at = if self.go120 { 41 } else { 37 };
+        f.func
+            .checked_add(at)
+            .and_then(|a| self.tab.get(a))
+            .is_some_and(|flag| flag & 1 != 0)
+    }
+
+    /// `f`'s `pcsp` runs: `(start, end, sp offset from entry)`, offsets from its entry, in
+    /// order, within the function. Decoded as `runtime.step` does; stops at the table's end
+    /// marker, a run past the function's end, or a malformed varint.
+    fn pcsp(&self, f: &Func) -> impl Iterator<Item = (u32, u32, i32)> + '_ {
+        let start = self
+            .field(f, 16)
+            .and_then(|o| self.pctab.checked_add(o as usize))
+            .filter(|_| self.checked(f));
+        let len = f.end - f.entry;
+        let mut p = start.and_then(|s| self.tab.get(s..)).unwrap_or(&[]);
+        let (mut pc, mut val, mut first) = (0u32, -1i32, true);
+        core::iter::from_fn(move || {
+            if pc >= len {
+                return None;
+            }
+            let (uv, n) = varint(p)?;
+            if uv == 0 && !first {
+                return None;
+            }
+            first = false;
+            p = p.get(n..)?;
+            val = val.wrapping_add((-((uv & 1) as i32)) ^ ((uv >> 1) as i32));
+            let (pcd, n) = varint(p)?;
+            p = p.get(n..)?;
+            let next = pc.checked_add(pcd.checked_mul(u32::from(self.quantum))?)?;
+            if next > len || next == pc {
+                return None;
+            }
+            let run = (pc, next, val);
+            pc = next;
+            Some(run)
+        })
+    }
+}
+
+/// Go's `readvarint`: a little-endian base-128 u32 (at most 5 bytes), and its length.
+fn varint(p: &[u8]) -> Option<(u32, usize)> {
+    let mut v = 0u32;
+    for (i, &b) in p.iter().enumerate().take(5) {
+        v |= u32::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// Largest section [`debug_frame`] writes (the CFI parse bounds rows and FDEs further).
+const MAX_SECTION: usize = 256 << 20;
+
+fn uleb(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn sleb(out: &mut Vec<u8>, mut v: i64) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0) {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+// DWARF call-frame instructions used here.
+const DW_CFA_ADVANCE_LOC4: u8 = 0x04;
+const DW_CFA_OFFSET_EXTENDED: u8 = 0x05;
+const DW_CFA_UNDEFINED: u8 = 0x07;
+const DW_CFA_SAME_VALUE: u8 = 0x08;
+const DW_CFA_DEF_CFA: u8 = 0x0c;
+const DW_CFA_DEF_CFA_OFFSET_SF: u8 = 0x13;
+const DW_CFA_OFFSET_EXTENDED_SF: u8 = 0x11;
+const DW_CFA_VAL_OFFSET: u8 = 0x14;
+
+/// A `.debug_frame` (DWARF 3, 32-bit, address size 8, addresses link-time) with the rules Go's
+/// linker writes from `pcsp`: on x86_64 `CFA = rsp + 8 + offset`, the return address at
+/// `CFA - 8`; on aarch64 `CFA = sp + offset`, the link register saved at `CFA - offset` once a
+/// frame is allocated (in `lr` before), undefined in `TOPFRAME` functions. Neither says where
+/// the caller's frame pointer is (the linker's do not either). `None` when the table gives no
+/// function, or the section would exceed 256 MiB.
+pub(crate) fn debug_frame(t: &Table<'_>, arch: ArchKind) -> Option<Vec<u8>> {
+    let (sp, ra, lr) = match arch {
+        ArchKind::X86_64 => (7u64, 16u64, false),
+        ArchKind::Aarch64 => (31, 30, true),
+    };
+    let mut out = Vec::new();
+    // CIE: code alignment 1, data alignment -1 (offsets unfactored).
+    let mut cie = vec![3u8, 0, 1];
+    sleb(&mut cie, -1);
+    uleb(&mut cie, ra);
+    cie.push(DW_CFA_DEF_CFA);
+    uleb(&mut cie, sp);
+    if lr {
+        uleb(&mut cie, 0);
+        cie.push(DW_CFA_SAME_VALUE);
+        uleb(&mut cie, ra);
+        cie.push(DW_CFA_VAL_OFFSET);
+        uleb(&mut cie, sp);
+        uleb(&mut cie, 0);
+    } else {
+        uleb(&mut cie, 8);
+        cie.push(DW_CFA_OFFSET_EXTENDED);
+        uleb(&mut cie, ra);
+        uleb(&mut cie, 8);
+    }
+    while !(cie.len() + 4).is_multiple_of(4) {
+        cie.push(0);
+    }
+    out.extend_from_slice(&((cie.len() + 4) as u32).to_le_bytes());
+    out.extend_from_slice(&u32::MAX.to_le_bytes());
+    out.extend_from_slice(&cie);
+    let mut ins = Vec::new();
+    let mut fdes = 0usize;
+    for f in t.funcs() {
+        ins.clear();
+        let top = lr && t.top_frame(&f);
+        if top {
+            ins.push(DW_CFA_UNDEFINED);
+            uleb(&mut ins, ra);
+        }
+        let mut covered = 0u32;
+        for (start, end, off) in t.pcsp(&f) {
+            let off = i64::from(off);
+            if lr && !top {
+                if off > 0 {
+                    ins.push(DW_CFA_OFFSET_EXTENDED_SF);
+                    uleb(&mut ins, ra);
+                    sleb(&mut ins, off);
+                } else {
+                    ins.push(DW_CFA_SAME_VALUE);
+                    uleb(&mut ins, ra);
+                }
+            }
+            // Factored by the data alignment (-1); negative offsets too, as the linker's.
+            ins.push(DW_CFA_DEF_CFA_OFFSET_SF);
+            sleb(&mut ins, -(if lr { off } else { off + 8 }));
+            ins.push(DW_CFA_ADVANCE_LOC4);
+            ins.extend_from_slice(&(end - start).to_le_bytes());
+            covered = end;
+        }
+        if covered == 0 {
+            continue;
+        }
+        while !(ins.len() + 20).is_multiple_of(4) {
+            ins.push(0);
+        }
+        let len = 4 + 8 + 8 + ins.len();
+        if out.len() + 4 + len > MAX_SECTION {
+            return None;
+        }
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes()); // the CIE at offset 0
+        out.extend_from_slice(&t.text.wrapping_add(u64::from(f.entry)).to_le_bytes());
+        out.extend_from_slice(&u64::from(covered).to_le_bytes());
+        out.extend_from_slice(&ins);
+        fdes += 1;
+    }
+    (fdes > 0).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table of `funcs` (entry offsets, the last one the end) whose `_func` records each
+    /// point at one `pcsp` program.
+    fn table(entries: &[u32], pcsp: &[&[u8]], flags: &[u8], go120: bool) -> Vec<u8> {
+        let n = entries.len() - 1;
+        let mut tab = vec![0u8; 72];
+        tab[..4].copy_from_slice(&(if go120 { 0xffff_fff1u32 } else { 0xffff_fff0 }).to_le_bytes());
+        tab[6] = 1;
+        tab[7] = 8;
+        let put = |tab: &mut Vec<u8>, at: usize, v: u64| {
+            tab[at..at + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        put(&mut tab, 8, n as u64);
+        put(&mut tab, 24, 0x40_0000);
+        let pctab = tab.len();
+        let mut offs = Vec::new();
+        for p in pcsp {
+            offs.push(tab.len() - pctab);
+            tab.extend_from_slice(p);
+        }
+        while !tab.len().is_multiple_of(8) {
+            tab.push(0);
+        }
+        let pcln = tab.len();
+        put(&mut tab, 56, pctab as u64);
+        put(&mut tab, 64, pcln as u64);
+        let ftab_len = 8 * (n + 1);
+        for (i, &e) in entries.iter().enumerate() {
+            let func = if i < n { ftab_len + 48 * i } else { 0 };
+            tab.extend_from_slice(&e.to_le_bytes());
+            tab.extend_from_slice(&(func as u32).to_le_bytes());
+        }
+        for i in 0..n {
+            let mut rec = [0u8; 48];
+            rec[..4].copy_from_slice(&entries[i].to_le_bytes());
+            rec[16..20].copy_from_slice(&(offs[i] as u32).to_le_bytes());
+            rec[if go120 { 41 } else { 37 }] = flags[i];
+            tab.extend_from_slice(&rec);
+        }
+        tab
+    }
+
+    /// pcsp: value +8 (zigzag 16) for 4 bytes, then +24 (zigzag 48) for 10, then -24 to the end.
+    const PROLOGUE: &[u8] = &[0x12, 4, 0x30, 10, 0x2f, 6, 0];
+
+    #[test]
+    fn pcsp_runs_are_decoded_as_the_runtime_does() {
+        let tab = table(&[0, 20, 30], &[PROLOGUE, &[0x02, 10, 0]], &[0, 0], false);
+        let t = Table::parse(&tab).unwrap();
+        let f: Vec<Func> = t.funcs().collect();
+        assert_eq!(f.len(), 2);
+        let runs: Vec<_> = t.pcsp(&f[0]).collect();
+        // val starts at -1: -1 + 9 = 8, + 24 = 32, - 24 = 8.
+        assert_eq!(runs, [(0, 4, 8), (4, 14, 32), (14, 20, 8)]);
+        assert_eq!(t.pcsp(&f[1]).collect::<Vec<_>>(), [(0, 10, 0)]);
+    }
+
+    #[test]
+    fn the_debug_frame_gives_the_linker_s_rules() {
+        use crate::dwarf::{PreparedCfi, Sections};
+        for go120 in [false, true] {
+            let tab = table(&[0, 20, 30], &[PROLOGUE, &[0x02, 10, 0]], &[0, 1], go120);
+            let t = Table::parse(&tab).unwrap();
+            for arch in [ArchKind::X86_64, ArchKind::Aarch64] {
+                let df = debug_frame(&t, arch).unwrap();
+                let s = Sections {
+                    debug_frame: Some(&df),
+                    ..Sections::default()
+                };
+                let mut u = crate::dwarf::Unwinder::new();
+                u.add(PreparedCfi::parse(arch, &s, 0, "go").unwrap());
+                // The stack: the word at 0x1000 + k is 0x9000 + k.
+                let words: Vec<u8> = (0..64u64)
+                    .flat_map(|k| (0x9000 + 8 * k).to_le_bytes())
+                    .collect();
+                let region = [crate::memory::Region {
+                    base: 0x1000,
+                    bytes: &words,
+                    is_stack: true,
+                }];
+                let mut mem = crate::memory::Image::new(&region);
+                let mut caller = |pc: u64| {
+                    let r = crate::arch::Regs {
+                        pc,
+                        sp: 0x1000,
+                        fp: 0x2000,
+                        lr: 0x55,
+                    };
+                    match u.step_regs(&r, true, &mut mem) {
+                        crate::walk::CfiStep::Caller(r) => Some((r.pc, r.sp)),
+                        _ => None,
+                    }
+                };
+                let base = 0x40_0000u64;
+                if arch == ArchKind::X86_64 {
+                    // sp offset 8 at entry+0: CFA = sp + 16, ra at [sp + 8].
+                    assert_eq!(caller(base), Some((0x9008, 0x1010)));
+                    assert_eq!(caller(base + 5), Some((0x9020, 0x1028)));
+                    assert_eq!(caller(base + 19), Some((0x9008, 0x1010)));
+                    assert_eq!(caller(base + 20), Some((0x9000, 0x1008)));
+                } else {
+                    // sp offset 8: CFA = sp + 8, lr saved at CFA - 8 = [sp].
+                    assert_eq!(caller(base), Some((0x9000, 0x1008)));
+                    assert_eq!(caller(base + 5), Some((0x9000, 0x1020)));
+                    // A TOPFRAME function: the return address is undefined (the end).
+                    assert_eq!(caller(base + 20), Some((0, 0x1000)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_tables_give_fewer_rules_or_none() {
+        // An unsorted table, a pcsp offset past the end, a run past the function, a varint
+        // that never ends, an empty program: no panic, and no rule outside the function.
+        let cases: [&[&[u8]]; 4] = [
+            &[&[0x12, 40, 0], &[0x02, 10, 0]],
+            &[&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80], &[0x02, 10, 0]],
+            &[&[], &[]],
+            &[&[0x12, 0, 0], &[0x01, 3, 0]],
+        ];
+        for pcsp in cases {
+            let tab = table(&[0, 20, 30], pcsp, &[0, 0], false);
+            let t = Table::parse(&tab).unwrap();
+            let _ = debug_frame(&t, ArchKind::X86_64);
+            for cut in 0..tab.len() {
+                if let Some(t) = Table::parse(&tab[..cut]) {
+                    let _ = debug_frame(&t, ArchKind::Aarch64);
+                }
+            }
+        }
+        // The second function ends before it begins: the listing stops there.
+        let tab = table(
+            &[10, 20, 5, 30],
+            &[PROLOGUE, PROLOGUE, PROLOGUE],
+            &[0, 0, 0],
+            false,
+        );
+        let t = Table::parse(&tab).unwrap();
+        assert!(!t.sorted());
+        assert_eq!(t.funcs().count(), 1);
+    }
+}
