@@ -1310,8 +1310,17 @@ impl Symbolizer {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
         let parsed = crate::process::parse_maps(&maps);
         let vdso = parsed.iter().find(|v| v.path == "[vdso]").map(|v| v.range);
+        // Only files with code mapped are modules: a file mapped as data alone (a symbolizer's
+        // own map of a library since unloaded, a `Module` kept past its `dlclose`) is not.
+        let code: std::collections::HashSet<&str> = parsed
+            .iter()
+            .filter(|v| v.exec)
+            .map(|v| v.path.as_str())
+            .collect();
         let mappings: Vec<Mapping> = parsed
-            .into_iter()
+            .iter()
+            .filter(|v| code.contains(v.path.as_str()))
+            .cloned()
             .map(|v| Mapping {
                 range: v.range,
                 offset: v.offset,
@@ -1451,6 +1460,28 @@ mod tests {
             assert_eq!(m.path, libc_path);
         }
         drop(first);
+    }
+
+    /// A file mapped as data alone (here a `Module`'s own map of an executable this process
+    /// did not load; after a `dlclose`, a symbolizer's map of the unloaded library) is not a
+    /// module of the process: it was listed as one, at the map's address.
+    #[test]
+    fn a_file_mapped_only_as_data_is_not_a_module() {
+        let path = std::env::current_exe().unwrap();
+        let copy = std::env::temp_dir().join(format!("unwind-data-only-{}", std::process::id()));
+        std::fs::copy(&path, &copy).unwrap();
+        let held = Module::load(&copy, "copy", None).expect("loads");
+        let p = copy.display().to_string();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let in_maps = maps.lines().any(|l| l.ends_with(&p));
+        let listed = Symbolizer::for_current_process()
+            .modules()
+            .iter()
+            .any(|m| m.path == p);
+        drop(held);
+        let _ = std::fs::remove_file(&copy);
+        assert!(in_maps, "the copy is mapped: {maps}");
+        assert!(!listed, "a data-only map listed as a module");
     }
 
     fn mapping(lo: u64, hi: u64, offset: u64, path: &str) -> Mapping {
