@@ -23,7 +23,7 @@
 //! - The walk never panics, never allocates, takes no lock, and reads memory only through a
 //!   [`Memory`] that checks every address: live, the thread's known stacks; offline, a core's
 //!   segments. Every iteration writes a frame or stops, so it ends within the buffer's length.
-//! - [`capture`] and [`capture_from_ucontext`] are async-signal-safe.
+//! - [`capture`], [`capture_with`] and [`capture_from_ucontext`] are async-signal-safe.
 //!
 //! # Example
 //! ```

@@ -206,6 +206,46 @@ fn check(frame_pointers: bool) {
         "signal_refreshed: {want:?} in order in {v:?}"
     );
 
+    // A callback from a library `dlopen`ed after the last refresh (zlib's allocator, called
+    // in `deflateInit2_`). Without frame pointers the walk goes by CFI, which that library's
+    // code has none of yet: it stops there and says so (it followed rbp as a frame pointer,
+    // skipped callers and could end looking complete); after a refresh it reaches `main`.
+    let zlib = |key: &str| -> (String, Vec<String>) {
+        let v: Vec<&str> = stat(&stats, key).splitn(3, ';').collect();
+        assert_eq!(v.len(), 3, "{key}: {v:?} (libz.so.1 must load)");
+        (
+            v[1].to_string(),
+            v[2].split(',').map(String::from).collect(),
+        )
+    };
+    let (stop, names) = zlib("zlib_after");
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("dependent::zalloc"),
+        "{names:?}"
+    );
+    if !frame_pointers {
+        assert_eq!(stop, "end", "{names:?}");
+        let at = |f: &str| names.iter().position(|n| n == f);
+        let want = [
+            "dependent::zalloc",
+            "deflateInit2_",
+            "dependent::zlib_caller",
+            "main",
+        ];
+        let found: Vec<Option<usize>> = want.iter().map(|f| at(f)).collect();
+        assert!(
+            found.iter().all(Option::is_some) && found.windows(2).all(|w| w[0] < w[1]),
+            "zlib_after: {want:?} in order in {names:?}"
+        );
+        let (stop, names) = zlib("zlib_before");
+        assert_eq!(stop, "no unwind information", "{names:?}");
+        assert!(
+            names.len() >= 2 && names[1..].iter().all(|n| n.starts_with("deflate")),
+            "zlib_before: frames past the library's: {names:?}"
+        );
+    }
+
     // A frame-pointer-mode profiler, before any CFI was prepared, says whether the program
     // keeps frame records (it said `false` always: the answer came from the CFI alone).
     assert_eq!(

@@ -903,6 +903,8 @@ pub struct Unwinder {
     home: Option<(u64, u64)>,
     /// That module's record bitmap (a copy).
     home_bits: Vec<u64>,
+    /// No frame-pointer guess where no CFI covers a pc ([`Unwinder::set_guesses`]).
+    no_guesses: bool,
 }
 
 /// Source of [`Unwinder`] generations (0: an empty unwinder, which caches nothing).
@@ -912,6 +914,22 @@ impl Unwinder {
     /// An empty unwinder.
     pub fn new() -> Self {
         Unwinder::default()
+    }
+
+    /// Whether a [`Mode::Hybrid`] walk with this unwinder follows the frame pointer, as a
+    /// guess, at a pc no module's CFI covers (code with frame records but no CFI: JIT code, C
+    /// built with `-fno-asynchronous-unwind-tables`). On by default. The loaded modules'
+    /// unwinder ([`crate::modules::refresh`]) turns it off in a build without frame pointers:
+    /// there the register is no frame record, and a guess (at a library `dlopen`ed since the
+    /// last refresh) skipped callers and could end looking complete; the walk now stops there
+    /// ([`crate::StopReason::NoUnwindInfo`]).
+    pub fn set_guesses(&mut self, guesses: bool) {
+        self.no_guesses = !guesses;
+    }
+
+    /// See [`Unwinder::set_guesses`].
+    pub fn guesses(&self) -> bool {
+        !self.no_guesses
     }
 
     /// Adds a module's table (kept sorted; empty tables are dropped).
@@ -1202,8 +1220,13 @@ impl Cfi for Stepper<'_> {
         }
         match self.module(pc) {
             Some(m) => m.keeps_frame_record(pc),
-            None => true,
+            None => !self.u.no_guesses,
         }
+    }
+
+    #[inline(always)]
+    fn guesses(&mut self) -> bool {
+        !self.u.no_guesses
     }
 
     const PLAIN_RULES: bool = true;
@@ -1253,8 +1276,13 @@ impl Cfi for &Unwinder {
     fn keeps_frame_record(&mut self, ra: u64) -> bool {
         match self.module(ra.wrapping_sub(1)) {
             Some(m) => m.keeps_frame_record(ra.wrapping_sub(1)),
-            None => true,
+            None => !self.no_guesses,
         }
+    }
+
+    #[inline(always)]
+    fn guesses(&mut self) -> bool {
+        !self.no_guesses
     }
 
     #[inline(never)]
@@ -1277,6 +1305,11 @@ impl Cfi for Unwinder {
 
     fn lacks_cfi(&mut self, ra: u64) -> bool {
         (&*self).lacks_cfi(ra)
+    }
+
+    #[inline(always)]
+    fn guesses(&mut self) -> bool {
+        !self.no_guesses
     }
 }
 

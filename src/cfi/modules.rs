@@ -287,6 +287,8 @@ fn refresh_locked(
         return (u, vec![(String::new(), CfiError::Arch)]);
     };
     let mut u = Unwinder::new();
+    // In a build without frame pointers the register is no frame record: no guesses.
+    u.set_guesses(!cfg!(unwind_no_frame_pointers));
     let mut failed = Vec::new();
     let mut prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner());
     for (m, copied) in enumerate(true) {

@@ -196,7 +196,12 @@ pub enum StopReason {
 }
 
 impl StopReason {
-    /// Did the walk stop before the real end of the stack?
+    /// Did the walk stop anywhere but at a marked end (a zero frame pointer or return address,
+    /// a return address the CFI leaves undefined)? Such a stop may still be the stack's root:
+    /// in a frame-pointer build a main thread's frame-record walk ends `Misaligned` or
+    /// `NotMonotonic` below `main`, because glibc's `__libc_start_call_main` keeps no frame
+    /// record (every frame from the leaf to `main` is in the trace); Hybrid and Dwarf walks
+    /// read the CFI there and end `End`.
     #[inline]
     pub const fn is_truncated(self) -> bool {
         !matches!(self, StopReason::End)

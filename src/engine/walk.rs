@@ -96,6 +96,16 @@ pub trait Cfi {
         false
     }
 
+    /// In [`Mode::Hybrid`], where no CFI covers a pc: may the walker follow the frame pointer
+    /// there, as a guess (code built with frame records but without CFI: JIT code, C built
+    /// with `-fno-asynchronous-unwind-tables`)? If not, the walk stops there
+    /// ([`crate::StopReason::NoUnwindInfo`]), and [`Cfi::keeps_frame_record`] should say no
+    /// for such pcs. The default: yes.
+    #[inline(always)]
+    fn guesses(&mut self) -> bool {
+        true
+    }
+
     /// Does [`Cfi::plain_rule`] answer (so that [`Mode::Dwarf`]'s hot loop asks it, and leaves
     /// every other frame to [`Cfi::step`])? The default: no, the hot loop calls [`Cfi::step`]
     /// for every frame.
@@ -295,6 +305,11 @@ impl<C: Cfi + ?Sized> Cfi for &mut C {
     #[inline(always)]
     fn lacks_cfi(&mut self, ra: u64) -> bool {
         (**self).lacks_cfi(ra)
+    }
+
+    #[inline(always)]
+    fn guesses(&mut self) -> bool {
+        (**self).guesses()
     }
 
     #[inline(always)]
@@ -862,8 +877,17 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         if saved_fp == fp {
             return Err(guess(StopReason::NotMonotonic));
         }
+        let ra = A::strip_ra(ra, self.pac_mask);
+        // A guess (no CFI covers this pc, asked): code without frame records uses the register
+        // as any other, and a record whose saved frame pointer leads down the stack is no
+        // frame record (the register points at data: a struct on the stack), so its "return
+        // address" is a data word too: stop before it, not after. A known stack switch's
+        // return address is exempt (its chain goes on on another stack).
+        if no_cfi && saved_fp != 0 && saved_fp <= fp && self.transitions.lookup(ra).is_none() {
+            return Err(StopReason::NoUnwindInfo);
+        }
         let caller = Regs {
-            pc: A::strip_ra(ra, self.pac_mask),
+            pc: ra,
             sp: A::caller_sp_after_record(fp + A::RECORD_SIZE),
             fp: saved_fp,
             lr: 0,
@@ -981,6 +1005,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     return Err(StopReason::NoUnwindInfo)
                 }
                 CfiStep::Failed => cfi_failed = true,
+                CfiStep::NoInfo if !self.cfi.guesses() => return Err(StopReason::NoUnwindInfo),
                 CfiStep::NoInfo => no_cfi = true,
             }
         }

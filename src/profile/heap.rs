@@ -8,8 +8,11 @@
 //! static ALLOC: Sampling = Sampling::new(std::alloc::System);
 //!
 //! heap::start(heap::DEFAULT_RATE);
-//! let v: Vec<u8> = Vec::with_capacity(1 << 20);
-//! drop(v);
+//! // 16 MiB in 1 MiB blocks: each is sampled with probability 1 - e^-2 (86%) at 512 KiB.
+//! for _ in 0..16 {
+//!     let v: Vec<u8> = Vec::with_capacity(1 << 20);
+//!     drop(v);
+//! }
 //! heap::stop();
 //! for s in heap::snapshot() {
 //!     println!("{} bytes in {} objects at {:x?}", s.alloc_space, s.alloc_objects, s.pcs);

@@ -1049,3 +1049,44 @@ fn the_memo_replays_a_walk_exactly_and_never_a_stale_one() {
     assert!(replays > 2_500, "{replays}");
     assert!(changed > 500, "{changed}");
 }
+
+/// An unwinder that does not guess ([`Unwinder::set_guesses`], the loaded modules' unwinder in
+/// a build without frame pointers): a Hybrid walk stops at a pc no module covers, exact or a
+/// return address, instead of following the frame pointer there; one that guesses (the
+/// default) follows the records.
+#[test]
+fn an_unwinder_that_does_not_guess_stops_where_no_cfi_covers_the_pc() {
+    let mut s = StackBuilder::new(LO, 0x1000);
+    s.record(LO + 0x100, LO + 0x120, 0x40_0000)
+        .record(LO + 0x120, 0, 0x40_0100);
+    let regions = [s.region()];
+    let walk = |u: &Unwinder, start: Start| {
+        let mut mem = Image::new(&regions);
+        let mut buf = [Frame::EMPTY; 16];
+        let mut w: Walker<X86_64, _, _> = Walker::with_cfi(NoTransitions, u, Mode::Hybrid);
+        let t = w.walk(start, &mut mem, &mut buf);
+        (t.len, t.stop)
+    };
+    let exact = Start::exact(Regs::new(0x1234, LO + 0xf0, LO + 0x100));
+    let mut u = Unwinder::new();
+    assert!(u.guesses());
+    // The chain's zero says nothing where no CFI covers the pc (`zero_ends`).
+    assert_eq!(walk(&u, exact), (3, StopReason::NoUnwindInfo));
+    u.set_guesses(false);
+    assert!(!u.guesses());
+    assert_eq!(walk(&u, exact), (1, StopReason::NoUnwindInfo));
+    // From a return address (not asked for by default: frame records decide there).
+    let ret = Start {
+        regs: Regs::new(0x1234, LO + 0xf0, LO + 0x100),
+        pc_is_return_address: true,
+    };
+    assert_eq!(walk(&u, ret), (1, StopReason::NoUnwindInfo));
+    // Through a Stepper (the live walks' cached path) too.
+    let mut cache = RuleCache::new();
+    let mut mem = Image::new(&regions);
+    let mut buf = [Frame::EMPTY; 16];
+    let mut w: Walker<X86_64, _, _> =
+        Walker::with_cfi(NoTransitions, Stepper::new(&u, &mut cache), Mode::Hybrid);
+    let t = w.walk(exact, &mut mem, &mut buf);
+    assert_eq!((t.len, t.stop), (1, StopReason::NoUnwindInfo));
+}

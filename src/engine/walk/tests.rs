@@ -462,6 +462,39 @@ fn dwarf_mode_without_cfi_stops() {
     assert_eq!((t.len, t.stop), (4, StopReason::End));
 }
 
+/// Hybrid, at a pc no CFI covers: the frame pointer of code built without frame records may
+/// point at data (a `struct timespec` on the stack), whose second word was taken as a return
+/// address, a frame in no code. A record whose saved frame pointer leads down the stack is no
+/// frame record: the walk stops before its "return address". (FP mode keeps its contract: the
+/// record's return address, then a stop.)
+#[test]
+fn hybrid_does_not_take_data_for_a_frame_record_where_no_cfi_covers_the_pc() {
+    let mut s = StackBuilder::new(LO, LEN);
+    // { tv_sec: 0x3_0000, tv_nsec: 0x1905_e2cb }
+    s.record(LO + 0x100, 0x3_0000, 0x1905_e2cb);
+    let regions = [s.region()];
+    let run = |mode| {
+        let mut mem = Image::new(&regions);
+        let mut buf = [Frame::EMPTY; 16];
+        let mut w: Walker<X86_64, _, _> = Walker::with_cfi(NoTransitions, NoCfi, mode);
+        let t = w.walk(start_at(LO + 0x100), &mut mem, &mut buf);
+        (pcs(&buf[..t.len]), t.stop)
+    };
+    assert_eq!(run(Mode::Hybrid), (vec![0x1234], StopReason::NoUnwindInfo));
+    assert_eq!(
+        run(Mode::FramePointer),
+        (vec![0x1234, 0x1905_e2cb], StopReason::ReadFailed)
+    );
+    // A real chain is still followed where no CFI covers the pcs.
+    let s = chain(3);
+    let regions = [s.region()];
+    let mut mem = Image::new(&regions);
+    let mut buf = [Frame::EMPTY; 16];
+    let mut w: Walker<X86_64, _, _> = Walker::with_cfi(NoTransitions, NoCfi, Mode::Hybrid);
+    let t = w.walk(start_at(LO + 0x100), &mut mem, &mut buf);
+    assert_eq!((t.len, t.stop), (4, StopReason::End));
+}
+
 #[test]
 fn aarch64_leaf_without_record_uses_lr() {
     // The interrupted function (pc 0x40_2000) is a leaf with no frame record: x29 still points
