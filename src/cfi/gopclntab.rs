@@ -26,6 +26,7 @@ pub(crate) struct Table<'a> {
     /// The text start functions' entries are offsets from (link-time).
     pub text: u64,
     /// Offsets of the function-name, pc-value and function tables in `tab`.
+    #[cfg_attr(not(feature = "offline"), allow(dead_code))]
     pub names: usize,
     pctab: usize,
     pcln: usize,
@@ -120,6 +121,7 @@ impl<'a> Table<'a> {
     }
 
     /// Whether the table's entries are sorted (a table that is not is not one this reads).
+    #[cfg_attr(not(feature = "offline"), allow(dead_code))]
     pub fn sorted(&self) -> bool {
         self.funcs().count() == self.nfunc
     }
@@ -135,6 +137,7 @@ impl<'a> Table<'a> {
     }
 
     /// The name offset (into the name table) of `f`.
+    #[cfg_attr(not(feature = "offline"), allow(dead_code))]
     pub fn nameoff(&self, f: &Func) -> Option<u32> {
         self.field(f, 4)
     }
