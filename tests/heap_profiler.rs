@@ -356,6 +356,47 @@ fn inuse_goes_down_after_frees_and_follows_realloc() {
 }
 
 #[inline(never)]
+fn alloc_two_kept(out: &mut Vec<Vec<u8>>) {
+    // One call site: both blocks have the same stack.
+    for _ in 0..2 {
+        out.push(Vec::with_capacity(black_box(1000)));
+    }
+}
+
+/// A block sampled at one rate and freed after `set_rate` is subtracted from the in-use
+/// estimate at the weight it was added with (it was weighted at the new rate: a block sampled
+/// at rate 1 and freed at 1 MiB took ~1049 objects off, and the estimate, kept at zero, lost
+/// the other block too).
+#[test]
+fn a_free_after_set_rate_is_weighted_at_the_rate_its_block_was_sampled_at() {
+    let _g = setup();
+    heap::start(1);
+    let mut kept = Vec::with_capacity(2);
+    alloc_two_kept(&mut kept);
+    heap::set_rate(1 << 20);
+    assert_eq!(heap::rate(), 1 << 20);
+    kept.truncate(1);
+    let p = heap::snapshot();
+    assert_eq!(
+        totals(&p, "alloc_two_kept"),
+        [2, 2000, 1, 1000],
+        "\n{}",
+        dump(&p)
+    );
+    // Eight more changes: the generations wrap, and the rate goes on being what was set.
+    for r in [2, 3, 4, 5, 6, 7, 8, 1 << 20] {
+        heap::set_rate(r);
+        assert_eq!(heap::rate(), r);
+    }
+    heap::stop();
+    drop(kept);
+    let p = heap::snapshot();
+    assert_eq!(totals(&p, "alloc_two_kept")[..2], [2, 2000]);
+    heap::start(heap::DEFAULT_RATE);
+    heap::stop();
+}
+
+#[inline(never)]
 fn alloc_on_system_stack(n: usize) -> usize {
     let mut t = 0;
     for _ in 0..n {

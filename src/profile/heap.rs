@@ -419,6 +419,7 @@ struct Shared {
     /// `epoch << 1 | enabled`. Every start, stop and rate change bumps the epoch, so each
     /// thread redraws its countdown when it next looks (see [`NOTICE`]).
     state: AtomicU64,
+    /// `generation << RATE_GEN_SHIFT | rate` ([`rate_and_generation`]).
     rate: AtomicU64,
     /// The classifier the sampling path reads (leaked: allocator threads may hold it at any
     /// time).
@@ -433,6 +434,36 @@ static SHARED: Shared = Shared {
     classifier: AtomicPtr::new(core::ptr::null_mut()),
     mode: AtomicU8::new(2),
 };
+/// Where [`Shared::rate`] keeps the rate's generation (3 bits): a tracked block records the
+/// generation it was sampled at, so that its free is weighted at that rate.
+const RATE_GEN_SHIFT: u32 = 61;
+/// The rate part of [`Shared::rate`] (rates above it are kept at it: ~2.3e18 bytes).
+const RATE_MASK: u64 = (1 << RATE_GEN_SHIFT) - 1;
+/// The rate of each of the last eight generations ([`set_rate_locked`]), by generation.
+static RATES: [AtomicU64; 8] = [const { AtomicU64::new(DEFAULT_RATE) }; 8];
+
+/// The sampling rate and its generation (0-7).
+#[inline(always)]
+fn rate_and_generation() -> (u64, u64) {
+    let v = SHARED.rate.load(Ordering::Relaxed);
+    (v & RATE_MASK, v >> RATE_GEN_SHIFT)
+}
+
+/// Sets the rate (under the control lock): a new generation when it changes, its rate in
+/// [`RATES`] before the generation is published.
+fn set_rate_locked(rate: u64) {
+    let rate = rate.min(RATE_MASK);
+    let (now, generation) = rate_and_generation();
+    if now == rate {
+        return;
+    }
+    let next = (generation + 1) & 7;
+    RATES[next as usize].store(rate, Ordering::Relaxed);
+    SHARED
+        .rate
+        .store(next << RATE_GEN_SHIFT | rate, Ordering::Release);
+}
+
 /// Does this profiler hold a [`crate::module_watch`] reference (between start and stop)?
 static WATCHING: AtomicBool = AtomicBool::new(false);
 /// Allocator calls inside a table update; [`reset`] waits for zero.
@@ -530,7 +561,7 @@ fn renotice() {
 #[inline(never)]
 fn maybe_sample(addr: u64, size: u64) {
     let g = SHARED.state.load(Ordering::Relaxed);
-    let rate = SHARED.rate.load(Ordering::Relaxed);
+    let (rate, _) = rate_and_generation();
     if g & 1 == 0 || rate == 0 {
         // Not sampling: look again after NOTICE bytes.
         set_distance(NOTICE);
@@ -825,18 +856,14 @@ fn record(addr: u64, size: u64) {
             // Bytes before the count, the count with release: a snapshot that reads the count
             // first (acquire) sees at least the bytes of every allocation it counts (see
             // `collect`).
-            add_weighted(
-                &s.est_alloc_objects,
-                &s.est_alloc_bytes,
-                size,
-                SHARED.rate.load(Ordering::Relaxed),
-            );
+            let (rate, generation) = rate_and_generation();
+            add_weighted(&s.est_alloc_objects, &s.est_alloc_bytes, size, rate);
             if cut || full {
                 s.cut.store(true, Ordering::Relaxed);
             }
             s.alloc_bytes.fetch_add(size, Ordering::Relaxed);
             s.alloc_objects.fetch_add(1, Ordering::Release);
-            let v = pack(slot, size);
+            let v = pack(slot, size, generation);
             if !map_insert(addr, v) {
                 account_free(v);
                 STATS_UNTRACKED.fetch_add(1, Ordering::Relaxed);
@@ -1107,14 +1134,26 @@ fn stack_slot(frames: &[Frame]) -> Option<usize> {
 // ---------------------------------------------------------------------------------------------
 // The live-block map.
 
-const SIZE_BITS: u32 = 44;
+/// A tracked block's value: its stack slot (20 bits), the rate generation it was sampled at
+/// (3 bits) and its size (41 bits: sizes from 2 TiB up are kept at that).
+const SIZE_BITS: u32 = 41;
+const GEN_SHIFT: u32 = SIZE_BITS;
+const SLOT_SHIFT: u32 = SIZE_BITS + 3;
 
-fn pack(slot: usize, size: u64) -> u64 {
-    ((slot as u64) << SIZE_BITS) | size.min((1 << SIZE_BITS) - 1)
+fn pack(slot: usize, size: u64, generation: u64) -> u64 {
+    ((slot as u64) << SLOT_SHIFT) | (generation & 7) << GEN_SHIFT | size.min((1 << SIZE_BITS) - 1)
 }
 
-fn unpack(v: u64) -> (usize, u64) {
-    ((v >> SIZE_BITS) as usize, v & ((1 << SIZE_BITS) - 1))
+// Every stack slot fits its bits.
+const _: () = assert!(STACK_SLOTS <= 1 << (64 - SLOT_SHIFT));
+
+/// `(slot, size, rate generation)`.
+fn unpack(v: u64) -> (usize, u64, u64) {
+    (
+        (v >> SLOT_SHIFT) as usize,
+        v & ((1 << SIZE_BITS) - 1),
+        (v >> GEN_SHIFT) & 7,
+    )
 }
 
 /// Asks the CPU to start loading the cache line of `p` (a hint: it changes no result and
@@ -1404,15 +1443,15 @@ fn map_remove(addr: u64) -> Option<u64> {
 }
 
 fn account_free(v: u64) {
-    let (slot, size) = unpack(v);
+    let (slot, size, generation) = unpack(v);
     if let Some(s) = self::slot(slot) {
-        // Weighted at the rate now (a `set_rate` since the allocation makes the in-use
-        // estimate approximate; it is kept at zero or above).
+        // Weighted at the rate it was sampled at (its generation's; after more than seven
+        // rate changes since, a later one's: the in-use estimate is kept at zero or above).
         add_weighted(
             &s.est_free_objects,
             &s.est_free_bytes,
             size,
-            SHARED.rate.load(Ordering::Relaxed),
+            RATES[generation as usize].load(Ordering::Relaxed),
         );
         // Bytes before the count, as for allocations in `record`.
         s.free_bytes.fetch_add(size, Ordering::Relaxed);
@@ -1563,7 +1602,7 @@ fn start_inner(rate: u64) {
     if SHARED.classifier.load(Ordering::Acquire).is_null() {
         install_classifier(default_classifier());
     }
-    SHARED.rate.store(rate, Ordering::Relaxed);
+    set_rate_locked(rate);
     bump(true);
 }
 
@@ -1579,7 +1618,7 @@ pub fn start_with_classifier(rate: u64, classifier: Classifier) {
     crate::init();
     crate::system_stack::register_transition();
     install_classifier(classifier);
-    SHARED.rate.store(rate, Ordering::Relaxed);
+    set_rate_locked(rate);
     bump(true);
 }
 
@@ -1602,13 +1641,13 @@ pub fn is_running() -> bool {
 /// Samples already taken keep the weight of the rate they were taken at.
 pub fn set_rate(rate: u64) {
     let _g = control();
-    SHARED.rate.store(rate, Ordering::Relaxed);
+    set_rate_locked(rate);
     bump(is_running());
 }
 
 /// The current sampling rate in bytes.
 pub fn rate() -> u64 {
-    SHARED.rate.load(Ordering::Relaxed)
+    rate_and_generation().0
 }
 
 /// Forgets every sample, every tracked block and the statistics. Waits (briefly) for allocator
@@ -1911,8 +1950,9 @@ mod tests {
 
     #[test]
     fn pack_round_trips() {
-        assert_eq!(unpack(pack(4095, 123_456)), (4095, 123_456));
-        assert_eq!(unpack(pack(7, u64::MAX)).1, (1 << SIZE_BITS) - 1);
+        assert_eq!(unpack(pack(4095, 123_456, 5)), (4095, 123_456, 5));
+        assert_eq!(unpack(pack(7, u64::MAX, 7)), (7, (1 << SIZE_BITS) - 1, 7));
+        assert_eq!(unpack(pack(STACK_SLOTS - 1, 1, 0)).0, STACK_SLOTS - 1);
     }
 
     #[test]
@@ -2015,7 +2055,7 @@ mod tests {
             .collect();
         assert_eq!(lookup_buckets(all[0]), 1);
         for (i, &a) in all[..window].iter().enumerate() {
-            assert!(map_insert(a, pack(i, 10 + i as u64)), "{i}");
+            assert!(map_insert(a, pack(i, 10 + i as u64, 0)), "{i}");
             assert!(may_be_tracked(a));
         }
         let l0 = Level::get(0, false).unwrap();
@@ -2025,26 +2065,26 @@ mod tests {
         assert!(!l0.spilled(l0.bucket(all[0], 0)));
         // The window is full: the next colliding address goes to the next level, and its home
         // bucket says so.
-        assert!(map_insert(all[window], pack(0, 1)));
+        assert!(map_insert(all[window], pack(0, 1, 0)));
         assert!(l0.spilled(l0.bucket(all[0], 0)));
         assert!(l0.find(all[window]).is_none());
         assert!(Level::get(1, false).unwrap().find(all[window]).is_some());
         assert_eq!(stats().tracked, window + 1);
-        assert_eq!(map_remove(all[window]), Some(pack(0, 1)));
+        assert_eq!(map_remove(all[window]), Some(pack(0, 1, 0)));
         // Remove entries in the home bucket and in the middle: the others are still found,
         // the emptied entries are reused, and a second removal finds nothing.
-        assert_eq!(map_remove(all[1]), Some(pack(1, 11)));
+        assert_eq!(map_remove(all[1]), Some(pack(1, 11, 0)));
         assert_eq!(map_remove(all[1]), None);
-        assert_eq!(map_remove(all[40]), Some(pack(40, 50)));
-        assert!(map_insert(all[window], pack(1, 2)));
+        assert_eq!(map_remove(all[40]), Some(pack(40, 50, 0)));
+        assert!(map_insert(all[window], pack(1, 2, 0)));
         assert!(l0.find(all[window]).is_some(), "a freed entry is reused");
-        assert_eq!(map_remove(all[window]), Some(pack(1, 2)));
+        assert_eq!(map_remove(all[window]), Some(pack(1, 2, 0)));
         // A stale entry (a free not seen) is taken over, its old value accounted as freed.
-        assert!(map_insert(all[50], pack(2, 3)));
-        assert_eq!(map_remove(all[50]), Some(pack(2, 3)));
+        assert!(map_insert(all[50], pack(2, 3, 0)));
+        assert_eq!(map_remove(all[50]), Some(pack(2, 3, 0)));
         for (i, &a) in all[..window].iter().enumerate() {
             if i != 1 && i != 40 && i != 50 {
-                assert_eq!(map_remove(a), Some(pack(i, 10 + i as u64)), "{i}");
+                assert_eq!(map_remove(a), Some(pack(i, 10 + i as u64, 0)), "{i}");
             }
         }
         assert!(all.iter().all(|&a| !may_be_tracked(a)));
@@ -2073,7 +2113,7 @@ mod tests {
         // to hold 65 536 and count the rest as freed at once).
         let addrs: Vec<u64> = (0..300_000u64).map(|i| 0x6000_0000_0000 + i * 48).collect();
         for (i, &a) in addrs.iter().enumerate() {
-            assert!(map_insert(a, pack(i % 7, i as u64 + 1)), "{i}");
+            assert!(map_insert(a, pack(i % 7, i as u64 + 1, 0)), "{i}");
         }
         assert_eq!(stats().tracked, addrs.len());
         assert!(Level::get(1, false).is_some() && Level::get(2, false).is_some());
@@ -2083,20 +2123,20 @@ mod tests {
             .iter()
             .find(|&&a| Level::get(0, false).unwrap().find(a).is_none())
             .unwrap();
-        assert!(map_insert(deep, pack(3, 5)));
+        assert!(map_insert(deep, pack(3, 5, 0)));
         assert_eq!(stats().tracked, addrs.len());
         for (i, &a) in addrs.iter().enumerate() {
             let want = if a == deep {
-                pack(3, 5)
+                pack(3, 5, 0)
             } else {
-                pack(i % 7, i as u64 + 1)
+                pack(i % 7, i as u64 + 1, 0)
             };
             assert_eq!(map_remove(a), Some(want), "{i}");
             assert_eq!(map_remove(a), None, "{i}");
         }
         assert_eq!(stats().tracked, 0);
         // A reset empties every level (they stay mapped) and the marks.
-        assert!(map_insert(addrs[0], pack(0, 1)));
+        assert!(map_insert(addrs[0], pack(0, 1, 0)));
         reset();
         assert_eq!(stats().tracked, 0);
         assert_eq!(map_remove(addrs[0]), None);
@@ -2119,7 +2159,7 @@ mod tests {
         let mut live = std::collections::VecDeque::new();
         for _ in 0..400_000 {
             let a = next();
-            if map_insert(a, pack(0, 1)) {
+            if map_insert(a, pack(0, 1, 0)) {
                 live.push_back(a);
             }
             if live.len() > 2000 {
@@ -2152,7 +2192,7 @@ mod tests {
             .collect();
         assert_eq!(same.len(), 300);
         for (i, &a) in same.iter().enumerate() {
-            assert!(map_insert(a, pack(0, i as u64 + 1)), "{i}");
+            assert!(map_insert(a, pack(0, i as u64 + 1, 0)), "{i}");
         }
         assert_eq!(
             FILTER[filter_index(same[0])].load(Ordering::Relaxed),
@@ -2161,7 +2201,7 @@ mod tests {
         // Every free still finds its entry; the stuck counter stays (false positives only).
         for (i, &a) in same.iter().enumerate() {
             assert!(may_be_tracked(a));
-            assert_eq!(map_remove(a), Some(pack(0, i as u64 + 1)), "{i}");
+            assert_eq!(map_remove(a), Some(pack(0, i as u64 + 1, 0)), "{i}");
         }
         assert_eq!(
             FILTER[filter_index(same[0])].load(Ordering::Relaxed),
@@ -2185,7 +2225,7 @@ mod tests {
         let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         reset();
         let a = 0x5555_0000_1000u64;
-        assert!(map_insert(a, pack(0, 8)));
+        assert!(map_insert(a, pack(0, 8, 0)));
         assert!(may_be_tracked(a));
         // Same filter counter, another region: the region filter answers.
         let far = (1..)
@@ -2202,7 +2242,7 @@ mod tests {
         let dense: Vec<u64> = (0..300).map(|i| d + 8 * i).collect();
         assert!(dense.iter().all(|&b| region_index(b) == region_index(d)));
         for (i, &b) in dense.iter().enumerate() {
-            assert!(map_insert(b, pack(1, i as u64 + 1)), "{i}");
+            assert!(map_insert(b, pack(1, i as u64 + 1, 0)), "{i}");
         }
         assert_eq!(
             REGIONS[region_index(d)].load(Ordering::Relaxed),
@@ -2210,14 +2250,14 @@ mod tests {
         );
         for (i, &b) in dense.iter().enumerate() {
             assert!(may_be_tracked(b));
-            assert_eq!(map_remove(b), Some(pack(1, i as u64 + 1)), "{i}");
+            assert_eq!(map_remove(b), Some(pack(1, i as u64 + 1, 0)), "{i}");
         }
         assert_eq!(
             REGIONS[region_index(d)].load(Ordering::Relaxed),
             FILTER_STUCK
         );
         assert!(!may_be_tracked(d), "its filter counter is back to zero");
-        assert_eq!(map_remove(a), Some(pack(0, 8)));
+        assert_eq!(map_remove(a), Some(pack(0, 8, 0)));
         assert!(!may_be_tracked(a));
         reset();
         assert_eq!(REGIONS[region_index(d)].load(Ordering::Relaxed), 0);
@@ -2247,7 +2287,7 @@ mod tests {
             assert_eq!(stack_slot(&f(i)), Some(ids[i as usize]), "{i}");
         }
         assert_eq!(stats().stacks, STACK_SLOTS);
-        account_free(pack(ids[100_000], 8));
+        account_free(pack(ids[100_000], 8, 0));
         assert_eq!(
             slot(ids[100_000])
                 .unwrap()
@@ -2285,7 +2325,7 @@ mod tests {
             .unwrap()
             .alloc_bytes
             .fetch_add(300, Ordering::Relaxed);
-        account_free(pack(a, 100));
+        account_free(pack(a, 100, 0));
         let p = snapshot_raw();
         assert_eq!(p.len(), 1);
         assert_eq!(
