@@ -103,7 +103,7 @@ fn go_statement_crosses_systemstack() {
             .find(|t| names(t).first().is_some_and(|n| n == "runtime.malg"))
             .unwrap_or_else(|| panic!("{mode}: a thread stopped in runtime.malg: {v}"));
         let n = names(t);
-        let sys = n.iter().position(|x| x == "runtime.systemstack.abi0");
+        let sys = n.iter().position(|x| x == "runtime.systemstack");
         let np = n.iter().position(|x| x == "runtime.newproc");
         let main = n.iter().position(|x| x == "main.spawnOne");
         assert!(
@@ -112,7 +112,7 @@ fn go_statement_crosses_systemstack() {
         );
         assert_eq!(
             n.last().map(String::as_str),
-            Some("runtime.goexit.abi0"),
+            Some("runtime.goexit"),
             "{mode}"
         );
     }
@@ -131,7 +131,7 @@ fn go_statement_crosses_systemstack() {
         // from the return address at rsp (prologue decoding), as gdb finds it with CFI.
         "runtime.newproc1",
         "runtime.newproc.func1",
-        "runtime.systemstack.abi0",
+        "runtime.systemstack",
         "runtime.newproc",
         "main.spawnOne",
         "main.spawner",
@@ -146,7 +146,7 @@ fn go_statement_crosses_systemstack() {
     assert!(pos.windows(2).all(|w| w[0] < w[1]), "order: {n:?}");
     // g0 frames on stack 0; the goroutine's from runtime.newproc on, on stack 1, entered by
     // the transition.
-    let sys = at("runtime.systemstack.abi0");
+    let sys = at("runtime.systemstack");
     let np = at("runtime.newproc");
     assert_eq!(np, sys + 1, "{n:?}");
     assert_eq!(frames[sys]["stack"], 0);
@@ -154,7 +154,7 @@ fn go_statement_crosses_systemstack() {
     assert_eq!(frames[np]["via"], "transition");
     assert_eq!(frames[at("main.spawnOne")]["via"], "fp");
     // A goroutine's stack ends in runtime.goexit: a complete walk.
-    assert_eq!(n.last().map(String::as_str), Some("runtime.goexit.abi0"));
+    assert_eq!(n.last().map(String::as_str), Some("runtime.goexit"));
     assert_eq!(t["truncated"], false);
 
     // gdb, the reference: it stops at runtime.systemstack.
@@ -260,12 +260,12 @@ fn go_arm64_throw_on_systemstack_crosses_to_the_goroutine() {
                 continue;
             }
             seen += 1;
-            let sys = position(&n, "runtime.systemstack.abi0");
+            let sys = position(&n, "runtime.systemstack");
             assert_eq!(n[sys + 1], "runtime.fatalthrow", "{mode}: {n:?}");
             assert!(position(&n, "main.writer") > sys, "{mode}: {n:?}");
             assert_eq!(
                 n.last().map(String::as_str),
-                Some("runtime.goexit.abi0"),
+                Some("runtime.goexit"),
                 "{mode}"
             );
         }
@@ -284,7 +284,7 @@ fn go_arm64_throw_on_systemstack_crosses_to_the_goroutine() {
     for t in &on_g0 {
         let n = names(t);
         let frames = t["frames"].as_array().unwrap();
-        let sys = position(&n, "runtime.systemstack.abi0");
+        let sys = position(&n, "runtime.systemstack");
         let ft = position(&n, "runtime.fatalthrow");
         assert_eq!(ft, sys + 1, "{n:?}");
         assert_eq!(frames[ft]["via"], "transition");
@@ -295,7 +295,7 @@ fn go_arm64_throw_on_systemstack_crosses_to_the_goroutine() {
         assert!(position(&n, "main.writer") > ft, "{n:?}");
         assert_eq!(
             n.last().map(String::as_str),
-            Some("runtime.goexit.abi0"),
+            Some("runtime.goexit"),
             "{n:?}"
         );
         assert_eq!(t["truncated"], false, "{n:?}");
@@ -401,7 +401,7 @@ fn block_policy_drops_g0_above_an_mcall_crossing() {
                 let n = names(t);
                 let f = t["frames"].as_array().unwrap();
                 n.iter()
-                    .position(|x| x == "runtime.mcall" || x == "runtime.mcall.abi0")
+                    .position(|x| x == "runtime.mcall")
                     .is_some_and(|i| f.get(i + 1).is_some_and(|g| g["via"] == "transition"))
             })
             .collect();
@@ -417,9 +417,7 @@ fn block_policy_drops_g0_above_an_mcall_crossing() {
                         || x == "runtime.schedule"),
                     "{mode} {policy}: {n:?}"
                 );
-                assert!(n
-                    .iter()
-                    .any(|x| x == "runtime.goexit" || x == "runtime.goexit.abi0"));
+                assert!(n.iter().any(|x| x == "runtime.goexit"));
             }
         }
     }
@@ -588,7 +586,7 @@ fn go_morestack_crosses_to_the_growing_function() {
             let t = thread_in(&v, "runtime.newstack")
                 .unwrap_or_else(|| panic!("{arch} {mode}: no thread in runtime.newstack: {v}"));
             let n = names(t);
-            let ms = position(&n, "runtime.morestack.abi0");
+            let ms = position(&n, "runtime.morestack");
             assert_eq!(n[ms + 1], "main.grow", "{arch} {mode}: {n:?}");
             assert_eq!(t["frames"][ms + 1]["via"], "transition", "{arch} {mode}");
             assert!(
@@ -601,7 +599,7 @@ fn go_morestack_crosses_to_the_growing_function() {
             .unwrap_or_else(|| panic!("{arch}: no thread in runtime.newstack: {v}"));
         let n = names(t);
         let frames = t["frames"].as_array().unwrap();
-        let ms = position(&n, "runtime.morestack.abi0");
+        let ms = position(&n, "runtime.morestack");
         assert_eq!(ms, position(&n, "runtime.newstack") + 1, "{arch}: {n:?}");
         assert_eq!(n[ms + 1], "main.grow", "{arch}: {n:?}");
         assert_eq!(frames[ms + 1]["via"], "transition", "{arch}");
@@ -635,11 +633,11 @@ fn go_morestack_crosses_to_the_growing_function() {
         if arch == "amd64" {
             assert_eq!(
                 n.last().map(String::as_str),
-                Some("runtime.goexit.abi0"),
+                Some("runtime.goexit"),
                 "{arch}"
             );
             assert_eq!(t["truncated"], false, "{arch}");
-        } else if n.last().map(String::as_str) != Some("runtime.goexit.abi0") {
+        } else if n.last().map(String::as_str) != Some("runtime.goexit") {
             assert_eq!(t["truncated"], true, "{arch}: ends at {:?}", n.last());
         }
     }
@@ -673,7 +671,7 @@ fn go_fault_at_a_function_entry_keeps_the_faulting_function_and_its_callers() {
             );
             assert_eq!(
                 n.last().map(String::as_str),
-                Some("runtime.goexit.abi0"),
+                Some("runtime.goexit"),
                 "{arch} {mode}: {n:?}"
             );
             assert_eq!(t["truncated"], false, "{arch} {mode}: {n:?}");

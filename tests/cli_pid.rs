@@ -889,10 +889,7 @@ fn go_blocked_in_c_through_cgo() {
         if mode == "hybrid" {
             crossed(c, "c_leaf", "main.caller");
         }
-        assert_eq!(
-            names(c).last().map(String::as_str),
-            Some("runtime.goexit.abi0")
-        );
+        assert_eq!(names(c).last().map(String::as_str), Some("runtime.goexit"));
         // Block keeps the user part only: from the cgo call up.
         let b = stack_json(t.pid(), &["--mode", mode, "--policy", "block"]);
         let bc = thread_with(&b, "main.blocked");
@@ -951,11 +948,8 @@ fn go_caught_on_the_system_stack() {
                     .any(|n| n.starts_with("runtime.systemstack"))
         })
         .unwrap();
-    crossed(g, "runtime.systemstack.abi0", "main.collect");
-    assert_eq!(
-        names(g).last().map(String::as_str),
-        Some("runtime.goexit.abi0")
-    );
+    crossed(g, "runtime.systemstack", "main.collect");
+    assert_eq!(names(g).last().map(String::as_str), Some("runtime.goexit"));
     // The heap policy never ends a stack inside the runtime when user code is above it.
     for th in heap["threads"].as_array().unwrap() {
         let n = names(th);
@@ -990,7 +984,7 @@ fn go_callback_from_c_and_a_clock_read_in_the_vdso() {
                 let whole = |what: &str| {
                     assert_eq!(
                         n.last().map(String::as_str),
-                        Some("runtime.goexit.abi0"),
+                        Some("runtime.goexit"),
                         "{mode}, {what}: {n:?}"
                     );
                     assert_eq!(th["truncated"], false, "{mode}, {what}: {n:?}");
@@ -1010,8 +1004,8 @@ fn go_callback_from_c_and_a_clock_read_in_the_vdso() {
                 if i < 2 && n.first().map(String::as_str) == Some("main.spinOnce") {
                     let at = |f: &str| n.iter().position(|s| s == f);
                     let order = [
-                        "runtime.cgocallback.abi0",
-                        "runtime.systemstack_switch.abi0",
+                        "runtime.cgocallback",
+                        "runtime.systemstack_switch",
                         "runtime.cgocall",
                         "main.callsBack",
                     ]

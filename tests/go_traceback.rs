@@ -67,7 +67,7 @@ fn parse_traceback(text: &str) -> Vec<Block> {
     blocks
 }
 
-/// Our frame: (function without Go's `.abi0` suffix, pc, via).
+/// Our frame: (function, as Go prints it: no `.abi0` suffix, pc, via).
 type Ours = (String, u64, String);
 
 fn ours(t: &Value) -> Vec<Ours> {
@@ -78,7 +78,7 @@ fn ours(t: &Value) -> Vec<Ours> {
         .map(|f| {
             let s = f["symbol"].as_str().unwrap_or("?");
             (
-                s.trim_end_matches(".abi0").to_string(),
+                s.to_string(),
                 u64::from_str_radix(f["pc"].as_str().unwrap().trim_start_matches("0x"), 16)
                     .unwrap(),
                 f["via"].as_str().unwrap().to_string(),

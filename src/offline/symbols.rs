@@ -114,6 +114,42 @@ pub struct Module {
     /// Executable sections: (file address, range of `data`), for finding code by its
     /// instructions.
     code: Vec<(u64, std::ops::Range<usize>)>,
+    /// A Go binary (it has a `.gopclntab`): names are shown as Go prints them
+    /// ([`go_name_for_print`]).
+    go: bool,
+}
+
+/// May [`go_name_for_print`] change `raw` (a cheap test, no allocation)?
+fn go_print_differs(raw: &str) -> bool {
+    raw.ends_with(".abi0")
+        || raw.ends_with(".abiinternal")
+        || (raw.contains('[') && raw.contains(']') && !raw.contains("[...]"))
+}
+
+/// A Go function's name as Go's tracebacks and profiles print it (`runtime.funcNameForPrint`),
+/// when that differs from the symbol's: without the ELF symbol's ABI suffix
+/// (`runtime.goexit.abi0`), and a generic function's shape arguments as `[...]`
+/// (`main.gen[go.shape.int_0]`). So a stripped binary (named from `.gopclntab`) and an
+/// unstripped one name their functions alike, and as Go does.
+fn go_name_for_print(raw: &str) -> Option<String> {
+    if !go_print_differs(raw) {
+        return None;
+    }
+    let base = raw
+        .strip_suffix(".abi0")
+        .or_else(|| raw.strip_suffix(".abiinternal"))
+        .unwrap_or(raw);
+    let shaped = match (base.find('['), base.rfind(']')) {
+        (Some(i), Some(j)) if j > i && &base[i..=j] != "[...]" => {
+            Some(format!("{}[...]{}", &base[..i], &base[j + 1..]))
+        }
+        _ => None,
+    };
+    match shaped {
+        Some(n) => Some(n),
+        None if base.len() != raw.len() => Some(base.to_string()),
+        None => None,
+    }
 }
 
 impl Module {
@@ -281,8 +317,10 @@ impl Module {
                 (hi <= len).then_some((s.address(), lo..hi))
             })
             .collect();
+        let go = file.section_by_name(".gopclntab").is_some();
         drop(file);
         Ok(Module {
+            go,
             path: display.to_string(),
             file: path.to_path_buf(),
             bias,
@@ -366,6 +404,11 @@ impl Module {
                     .into_boxed_str()
             });
         };
+        if self.go && !is_rust_name(raw) {
+            if let Some(n) = go_name_for_print(raw) {
+                return cell.get_or_init(|| n.into_boxed_str());
+            }
+        }
         if !raw.starts_with("_Z") && !is_rust_name(raw) {
             return raw;
         }
@@ -382,7 +425,10 @@ impl Module {
         let Some(f) = funcs.get(i) else {
             return "";
         };
-        if let Some(raw) = self.raw_name(f).filter(|r| !is_rust_name(r)) {
+        if let Some(raw) = self
+            .raw_name(f)
+            .filter(|r| !is_rust_name(r) && !(self.go && go_print_differs(r)))
+        {
             return raw;
         }
         let cells = self
@@ -1460,6 +1506,26 @@ mod tests {
             assert_eq!(m.path, libc_path);
         }
         drop(first);
+    }
+
+    #[test]
+    fn go_names_are_shown_as_go_prints_them() {
+        assert_eq!(
+            go_name_for_print("runtime.goexit.abi0").as_deref(),
+            Some("runtime.goexit")
+        );
+        assert_eq!(go_name_for_print("runtime.goexit"), None);
+        assert_eq!(
+            go_name_for_print("main.gen[go.shape.int_0]").as_deref(),
+            Some("main.gen[...]")
+        );
+        assert_eq!(
+            go_name_for_print("main.(*T[go.shape.int_0]).m").as_deref(),
+            Some("main.(*T[...]).m")
+        );
+        assert_eq!(go_name_for_print("main.gen[...]"), None);
+        assert_eq!(go_name_for_print("a]b[c"), None);
+        assert_eq!(go_name_for_print("x.abiinternal").as_deref(), Some("x"));
     }
 
     /// A file mapped as data alone (here a `Module`'s own map of an executable this process
