@@ -427,7 +427,7 @@ impl Module {
         };
         if let Some(raw) = self
             .raw_name(f)
-            .filter(|r| !is_rust_name(r) && !(self.go && go_print_differs(r)))
+            .filter(|r| !(is_rust_name(r) || self.go && go_print_differs(r)))
         {
             return raw;
         }
