@@ -106,6 +106,7 @@ fn alloc_exact_counted(n: usize) -> usize {
 #[test]
 fn rate_one_counts_every_allocation_of_a_function() {
     let _g = setup();
+    assert!(heap::is_installed());
     heap::start(1);
     black_box(alloc_exact_counted(1000));
     heap::stop();

@@ -485,3 +485,36 @@ fn safe_live_memory_trusts_no_range() {
     let mut m = unwind::live::LiveMemory::for_sp(sp);
     assert_eq!(unwind::Memory::read_u64(&mut m, sp), Some(7));
 }
+
+/// A program that starts the heap profiler without `heap::Sampling` as its global allocator
+/// (this test binary has none) samples nothing: `heap::is_installed` says so, and `start` says
+/// so once on standard error (it said nothing, and profiles were empty).
+#[test]
+fn heap_start_without_the_sampling_allocator_says_so() {
+    if !in_child("heap_start_without_the_sampling_allocator_says_so") {
+        return;
+    }
+    assert!(!unwind::heap::is_installed());
+    let path = std::env::temp_dir().join(format!("unwind-heap-warn-{}", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: duplicates standard error aside and points fd 2 at the file for the two calls
+    // below, then puts it back; no other thread of this child writes to fd 2 meanwhile.
+    let saved = unsafe { libc::dup(2) };
+    assert!(saved >= 0);
+    assert_eq!(unsafe { libc::dup2(file.as_raw_fd(), 2) }, 2);
+    unwind::heap::start(unwind::heap::DEFAULT_RATE);
+    unwind::heap::start(unwind::heap::DEFAULT_RATE);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::dup2(saved, 2) }, 2);
+    unsafe { libc::close(saved) };
+    unwind::heap::stop();
+    let said = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        said.matches("is not the global allocator").count(),
+        1,
+        "{said:?}"
+    );
+    assert_eq!(unwind::heap::stats().samples, 0);
+}

@@ -556,10 +556,30 @@ fn renotice() {
     REMAINING.with(|r| r.set(0));
 }
 
+/// Has an allocation gone through [`Sampling`] (its countdown's slow path: every thread's
+/// first allocation, then one per [`NOTICE`] bytes at most)?
+static SEEN: AtomicBool = AtomicBool::new(false);
+
+/// Is [`Sampling`] the program's global allocator (has an allocation gone through it)? Without
+/// it (`#[global_allocator] static ALLOC: Sampling = Sampling::new(std::alloc::System);`) the
+/// profiler samples nothing, and [`start`] says so once on standard error. Allocates one
+/// block the first time it answers no (a probe of [`NOTICE`] bytes and one, enough to reach the
+/// countdown's slow path wherever it stands).
+pub fn is_installed() -> bool {
+    if !SEEN.load(Ordering::Relaxed) {
+        let probe: Vec<u8> = Vec::with_capacity(NOTICE as usize + 1);
+        drop(core::hint::black_box(probe));
+    }
+    SEEN.load(Ordering::Relaxed)
+}
+
 /// The countdown ran out: sample, or look at [`Shared::state`] and go on counting.
 #[cold]
 #[inline(never)]
 fn maybe_sample(addr: u64, size: u64) {
+    if !SEEN.load(Ordering::Relaxed) {
+        SEEN.store(true, Ordering::Relaxed);
+    }
     let g = SHARED.state.load(Ordering::Relaxed);
     let (rate, _) = rate_and_generation();
     if g & 1 == 0 || rate == 0 {
@@ -1587,7 +1607,20 @@ fn watch_modules() {
     }
 }
 
+/// Says once, on standard error, that nothing will be sampled when [`Sampling`] is not the
+/// global allocator ([`is_installed`]).
+fn warn_unless_installed() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !is_installed() && !WARNED.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "unwind: warning: heap::start: unwind::heap::Sampling is not the global allocator \
+             (#[global_allocator]): no allocation will be sampled"
+        );
+    }
+}
+
 fn start_inner(rate: u64) {
+    warn_unless_installed();
     super::fork::register();
     let _g = control();
     if UNLOADS_AT.load(Ordering::Relaxed) == u32::MAX {
@@ -1609,6 +1642,7 @@ fn start_inner(rate: u64) {
 /// [`start`] with a classifier of your own (runtime ranges, system switches): it replaces the
 /// current one (the old one is leaked, as allocator calls may still read it).
 pub fn start_with_classifier(rate: u64, classifier: Classifier) {
+    warn_unless_installed();
     super::fork::register();
     let _g = control();
     if UNLOADS_AT.load(Ordering::Relaxed) == u32::MAX {
