@@ -40,6 +40,17 @@ struct Func {
     name: u64,
     /// The name's length in bytes.
     len: u32,
+    /// The symbol's binding, ranked: 0 global (or GNU unique), 1 weak, 2 local (or other).
+    bind: u8,
+}
+
+/// [`Func::bind`] from an ELF symbol's `st_info`.
+fn bind_rank(st_info: u8) -> u8 {
+    match st_info >> 4 {
+        1 | 10 => 0,
+        2 => 1,
+        _ => 2,
+    }
 }
 
 const NAME_IN_FILE: u64 = 0;
@@ -245,6 +256,13 @@ impl Module {
                 size: sym.size(),
                 name: locate(raw, bytes, tag, owned),
                 len,
+                bind: if sym.is_weak() {
+                    1
+                } else if sym.is_global() {
+                    0
+                } else {
+                    2
+                },
             });
         }
         // A stripped library's local functions (glibc's __restore_rt, start_thread) are in its
@@ -439,7 +457,50 @@ impl Module {
 
     /// Indices in `funcs` by (address, unsized, order of appearance).
     fn order(&self) -> &[u32] {
-        self.order.get_or_init(|| sort_order(self.funcs()))
+        self.order.get_or_init(|| {
+            let funcs = self.funcs();
+            let mut order = sort_order(funcs);
+            // At each address the preferred symbol first ([`Module::prefer`]).
+            let mut k = 0;
+            while k < order.len() {
+                let addr = funcs[order[k] as usize].addr;
+                let mut end = k + 1;
+                let mut best = k;
+                while end < order.len() && funcs[order[end] as usize].addr == addr {
+                    if self.prefer(&funcs[order[end] as usize], &funcs[order[best] as usize]) {
+                        best = end;
+                    }
+                    end += 1;
+                }
+                order[k..=best].rotate_right(1);
+                k = end;
+            }
+            order
+        })
+    }
+
+    /// Is `a` a better name than `b` for the function at their (equal) address? Sized before
+    /// unsized, named before unnamed, exported (global or weak) before local, then fewer
+    /// leading underscores, then global before weak: glibc's public names, `malloc` (not its
+    /// aliases `__libc_malloc`, `__GI___libc_malloc`) and the weak `nanosleep` (not
+    /// `__nanosleep`); else the first listed.
+    fn prefer(&self, a: &Func, b: &Func) -> bool {
+        if (a.size != 0) != (b.size != 0) {
+            return a.size != 0;
+        }
+        let (na, nb) = (self.raw_bytes(a), self.raw_bytes(b));
+        if na.is_empty() != nb.is_empty() {
+            return !na.is_empty();
+        }
+        if (a.bind == 2) != (b.bind == 2) {
+            return a.bind != 2;
+        }
+        let under = |n: &[u8]| n.iter().take_while(|&&c| c == b'_').count();
+        let (ua, ub) = (under(na), under(nb));
+        if ua != ub {
+            return ua < ub;
+        }
+        a.bind < b.bind
     }
 
     /// The symbol at sorted position `k`.
@@ -513,16 +574,26 @@ impl Module {
         let mut best: Vec<Option<Func>> = vec![None; addrs.len()];
         if let Some(&top) = addrs.last() {
             // Is a function at `addr` of `size` bytes better than `best[j]`?
-            let better = |best: &Option<Func>, addr: u64, size: u64| match best {
+            // (A symbol at the same address may be better: `prefer`.)
+            let better = |best: &Option<Func>, addr: u64| match best {
                 None => true,
-                Some(g) => addr > g.addr || (addr == g.addr && g.size == 0 && size != 0),
+                Some(g) => addr >= g.addr,
+            };
+            let take = |best: &mut Option<Func>, f: Func| {
+                let replace = match best {
+                    Some(g) if g.addr == f.addr => self.prefer(&f, g),
+                    _ => self.has_name(&f),
+                };
+                if replace {
+                    *best = Some(f);
+                }
             };
             match self.funcs.get() {
                 Some(funcs) => {
                     for f in funcs.iter().filter(|f| f.addr <= top) {
                         let j = addrs.partition_point(|&a| a < f.addr);
-                        if better(&best[j], f.addr, f.size) && self.has_name(f) {
-                            best[j] = Some(*f);
+                        if better(&best[j], f.addr) {
+                            take(&mut best[j], *f);
                         }
                     }
                 }
@@ -535,11 +606,9 @@ impl Module {
                                 return;
                             }
                             let j = addrs.partition_point(|&a| a < r.addr);
-                            if better(&best[j], r.addr, r.size) {
+                            if better(&best[j], r.addr) {
                                 if let Some(f) = t.func(strtab, r) {
-                                    if self.has_name(&f) {
-                                        best[j] = Some(f);
-                                    }
+                                    take(&mut best[j], f);
                                 }
                             }
                         });
@@ -842,6 +911,8 @@ struct RawTable {
 struct RawFunc {
     addr: u64,
     size: u64,
+    /// `st_info`.
+    info: u8,
     /// The name's offset in the string table.
     at: usize,
 }
@@ -881,6 +952,7 @@ impl RawTable {
             size: f.size,
             name: off as u64 | self.tag,
             len,
+            bind: bind_rank(f.info),
         })
     }
 
@@ -955,6 +1027,7 @@ fn scan<const BIG: bool>(syms: &[u8], mut each: impl FnMut(RawFunc)) {
         };
         each(RawFunc {
             addr,
+            info: e[4],
             size: u64_at([z0, z1, z2, z3, z4, z5, z6, z7]),
             at: at as usize,
         });
@@ -1109,6 +1182,7 @@ fn gopclntab_funcs(file: &object::File<'_>, data: &[u8]) -> Vec<Func> {
             size: u64::from(f.end - f.entry),
             name: name_at | NAME_IN_FILE,
             len,
+            bind: 0,
         });
     }
     out
@@ -1508,6 +1582,29 @@ mod tests {
         drop(first);
     }
 
+    /// Of the names glibc gives one function (a global, weak aliases, local `__GI_` ones in its
+    /// debug file), the public one: `malloc`, not `__libc_malloc` or `__GI___libc_malloc`
+    /// (found by outside use: profiles named libc's functions by their aliases).
+    #[test]
+    fn libc_functions_have_their_public_names() {
+        let s = Symbolizer::for_current_process();
+        for (f, want) in [
+            (libc::malloc as *const () as u64, "malloc"),
+            (libc::free as *const () as u64, "free"),
+            (libc::nanosleep as *const () as u64, "nanosleep"),
+        ] {
+            let m = s.module_of(f).expect("libc's module");
+            assert!(m.path.contains("libc"), "{}", m.path);
+            let got = s.lookup(f + 1).map(|x| x.name.to_string());
+            assert_eq!(got.as_deref(), Some(want));
+            // The same through a one-shot walk's prepared lookups.
+            let p = Module::load(Path::new(&m.file), "libc", Some((m.range.lo, 0)))
+                .expect("libc loads");
+            p.prepare(&[f + 1]);
+            assert_eq!(p.lookup(f + 1).map(|x| x.name), Some(want));
+        }
+    }
+
     #[test]
     fn go_names_are_shown_as_go_prints_them() {
         assert_eq!(
@@ -1658,7 +1755,7 @@ mod tests {
         fn new(path: &Path) -> Oracle {
             let data = std::fs::read(path).unwrap();
             let file = object::File::parse(&*data).unwrap();
-            let (mut funcs, mut by_name) = (Vec::new(), Vec::new());
+            let (mut all, mut by_name) = (Vec::new(), Vec::new());
             let mut add = |sym: object::Symbol<'_, '_>| {
                 if sym.kind() != SymbolKind::Text || sym.address() == 0 {
                     return;
@@ -1666,7 +1763,16 @@ mod tests {
                 let Ok(raw) = sym.name() else { return };
                 let name = demangled(raw).unwrap_or_else(|| raw.to_string());
                 by_name.push((raw.to_string(), sym.address(), sym.size()));
-                funcs.push((sym.address(), sym.size(), name));
+                // The preference at one address (`Module::prefer`): sized, exported, fewer
+                // leading underscores, global before weak, then the first listed.
+                let key = (
+                    sym.size() == 0,
+                    !(sym.is_global() || sym.is_weak()),
+                    raw.bytes().take_while(|&c| c == b'_').count(),
+                    sym.is_weak(),
+                    all.len(),
+                );
+                all.push((sym.address(), key, sym.size(), name));
             };
             for sym in file.symbols().chain(file.dynamic_symbols()) {
                 add(sym);
@@ -1677,8 +1783,9 @@ mod tests {
                     add(sym);
                 }
             }
-            funcs.sort_by_key(|&(a, s, _)| (a, s == 0));
-            funcs.dedup_by_key(|f| f.0);
+            all.sort_by_key(|&(a, key, _, _)| (a, key));
+            all.dedup_by_key(|f| f.0);
+            let funcs = all.into_iter().map(|(a, _, s, n)| (a, s, n)).collect();
             Oracle { funcs, by_name }
         }
 
@@ -1857,6 +1964,7 @@ mod tests {
         ] {
             let funcs: Vec<Func> = (0..n)
                 .map(|_| Func {
+                    bind: 0,
                     addr: if bits == 64 {
                         next()
                     } else {
