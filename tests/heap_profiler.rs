@@ -397,6 +397,55 @@ fn a_free_after_set_rate_is_weighted_at_the_rate_its_block_was_sampled_at() {
     heap::stop();
 }
 
+extern "C" fn alloc_under_a_trampoline() {
+    black_box(Vec::<u8>::with_capacity(black_box(4096)));
+}
+
+/// A sample whose walk stops short of the root (here: above a call from code in no module,
+/// with no CFI, that zeroed its frame pointer: a JIT's trampoline) is a cut stack in the
+/// profile, as one cut at the depth limit is (`[truncated]` at its root end); before, it
+/// looked complete.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_sample_whose_walk_stopped_short_is_marked_truncated() {
+    let _g = setup();
+    // push rbp; xor ebp, ebp; call rdi; pop rbp; ret
+    let code: [u8; 8] = [0x55, 0x31, 0xed, 0xff, 0xd7, 0x5d, 0xc3, 0xcc];
+    // SAFETY: a fresh anonymous page, written, then made executable (not writable) before it
+    // runs; it is never unmapped (a sample may hold its address).
+    let trampoline: extern "C" fn(extern "C" fn()) = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(code.as_ptr(), p.cast::<u8>(), code.len());
+        assert_eq!(
+            libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC),
+            0
+        );
+        std::mem::transmute::<*mut libc::c_void, extern "C" fn(extern "C" fn())>(p)
+    };
+    heap::start(1);
+    trampoline(alloc_under_a_trampoline);
+    alloc_under_a_trampoline();
+    heap::stop();
+    let p = heap::snapshot();
+    let at = samples_at(&p, "alloc_under_a_trampoline");
+    let cut: Vec<bool> = at.iter().map(|s| s.truncated).collect();
+    assert!(
+        cut.contains(&true) && cut.contains(&false),
+        "one cut stack (under the trampoline), one whole: {cut:?}\n{}",
+        dump(&p)
+    );
+    let prof = heap::to_profile(&p, 1);
+    assert!(prof.samples.iter().any(|s| s.truncated));
+}
+
 #[inline(never)]
 fn alloc_on_system_stack(n: usize) -> usize {
     let mut t = 0;

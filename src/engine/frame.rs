@@ -105,6 +105,10 @@ pub struct Frame {
 impl Frame {
     /// `flags` bit: `pc` is exact (an interrupted or current pc), not a return address.
     pub const EXACT: u8 = 1;
+    /// `flags` bit, set by the profilers on a sample's outermost frame: the walk stopped there
+    /// short of the stack's root ([`StopReason::stopped_early`]), so the profile marks the
+    /// stack cut.
+    pub const CUT_SHORT: u8 = 2;
 
     /// An empty frame, for initialising buffers.
     pub const EMPTY: Frame = Frame {
@@ -205,6 +209,18 @@ impl StopReason {
     #[inline]
     pub const fn is_truncated(self) -> bool {
         !matches!(self, StopReason::End)
+    }
+
+    /// Did the walk stop short of the stack's root for a reason other than the buffer or the
+    /// depth asked for (which cut a stack too, but at a known place)? In
+    /// [`Mode::FramePointer`](crate::walk::Mode::FramePointer) a main thread's usual end (see
+    /// [`StopReason::is_truncated`]) is one of these; the CFI modes end there with `End`.
+    #[inline]
+    pub const fn stopped_early(self) -> bool {
+        !matches!(
+            self,
+            StopReason::End | StopReason::BufferFull | StopReason::MaxDepth
+        )
     }
 
     /// A short lowercase name, for JSON and logs.

@@ -341,6 +341,19 @@ unsafe fn timer_overrun(info: *const libc::siginfo_t) -> u32 {
     }
 }
 
+/// Marks `frames`' outermost frame [`Frame::CUT_SHORT`] when a walk by CFI (`by_cfi`: Dwarf or
+/// Hybrid) stopped short of the stack's root ([`StopReason::stopped_early`]): the profile then
+/// shows [`TRUNCATED_FRAME`](super::TRUNCATED_FRAME) at that stack's root end. A frame-record
+/// walk's early stops are not marked: a main thread's walk ends so below `main` in every
+/// sample. Async-signal-safe.
+pub(crate) fn mark_cut_short(frames: &mut [Frame], stop: crate::StopReason, by_cfi: bool) {
+    if by_cfi && stop.stopped_early() {
+        if let Some(f) = frames.last_mut() {
+            f.flags |= Frame::CUT_SHORT;
+        }
+    }
+}
+
 #[inline(always)]
 fn record(uc: *mut libc::c_void, overrun: u32) {
     let start = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -379,6 +392,13 @@ fn record(uc: *mut libc::c_void, overrun: u32) {
             // Weighted like the sample (its missed periods too), so that it compares with the
             // profile's counts.
             TRUNCATED.fetch_add(1 + u64::from(overrun), Ordering::Relaxed);
+            // A CFI walk that stopped short: the profile marks the stack cut.
+            // SAFETY: as above (this handler owns the slot's frames until READY).
+            mark_cut_short(
+                unsafe { &mut (&mut *slot.frames.get())[..trace.len] },
+                trace.stop,
+                cfi.is_some(),
+            );
         }
         slot.len.store(trace.len as u32, Ordering::Relaxed);
         slot.weight.store(1 + overrun, Ordering::Relaxed);
@@ -1373,8 +1393,13 @@ impl CpuProfile {
                     values: vec![*count as i64, *count as i64 * ns],
                     labels: labels.clone(),
                     // Cut by the policy's depth, or by the capture buffer (a full buffer's
-                    // walk was cut; one that ended at exactly this depth is taken as cut).
-                    truncated: k.truncated || frames.len() >= MAX_DEPTH,
+                    // walk was cut; one that ended at exactly this depth is taken as cut), or
+                    // the walk stopped short (`mark_cut_short`).
+                    truncated: k.truncated
+                        || frames.len() >= MAX_DEPTH
+                        || frames
+                            .last()
+                            .is_some_and(|f| f.flags & Frame::CUT_SHORT != 0),
                 });
             }
         }
@@ -1405,6 +1430,57 @@ mod tests {
         let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
         assert_eq!(rc, 0);
         assert_eq!(thread_cpu_clock(gettid()), clock);
+    }
+
+    /// A CFI walk that stopped short of the root marks its outermost frame, and the profile
+    /// shows that stack cut (`[truncated]` at its root end); a frame-record walk's early stop,
+    /// a full buffer and a walk that reached its end are not marked.
+    #[test]
+    fn a_walk_that_stopped_short_is_a_cut_stack_in_the_profile() {
+        use crate::StopReason;
+        let frames = |n: u64| -> Vec<Frame> {
+            (0..n)
+                .map(|i| Frame {
+                    pc: 0x40_0000 + i,
+                    ..Frame::EMPTY
+                })
+                .collect()
+        };
+        let marked = |stop, by_cfi| {
+            let mut f = frames(3);
+            mark_cut_short(&mut f, stop, by_cfi);
+            f[2].flags & Frame::CUT_SHORT != 0
+        };
+        assert!(marked(StopReason::NoUnwindInfo, true));
+        assert!(marked(StopReason::ReadFailed, true));
+        assert!(!marked(StopReason::NoUnwindInfo, false));
+        assert!(!marked(StopReason::Misaligned, false));
+        assert!(!marked(StopReason::End, true));
+        assert!(!marked(StopReason::BufferFull, true));
+        assert!(!marked(StopReason::MaxDepth, true));
+        let mut cut = frames(3);
+        mark_cut_short(&mut cut, StopReason::NoUnwindInfo, true);
+        let whole = frames(3);
+        let profile = CpuProfile {
+            stacks: vec![(cut.clone(), 2), (whole.clone(), 1)],
+            threads: Vec::new(),
+            period: Duration::from_millis(10),
+            duration: Duration::from_secs(1),
+            stats: Stats::default(),
+        };
+        let p = profile.to_profile(
+            &crate::policy::ProfileKind::Cpu.policy(),
+            &Classifier::new(),
+        );
+        let truncated: Vec<(bool, i64)> = p
+            .samples
+            .iter()
+            .map(|s| (s.truncated, s.values[0]))
+            .collect();
+        assert!(
+            truncated.contains(&(true, 2)) && truncated.contains(&(false, 1)),
+            "{truncated:?}"
+        );
     }
 
     #[test]

@@ -226,7 +226,8 @@ pub struct HeapSample {
     pub inuse_objects: i64,
     /// Bytes not yet freed (estimated, unless raw).
     pub inuse_space: i64,
-    /// Was the stack cut at [`MAX_FRAMES`] (or by the capture buffer)? Profiles show a
+    /// Was the stack cut at [`MAX_FRAMES`] (or by the capture buffer), or did a walk by CFI
+    /// stop short of its root ([`crate::StopReason::stopped_early`])? Profiles show a
     /// [`TRUNCATED_FRAME`](crate::profile::TRUNCATED_FRAME) at its root end.
     pub truncated: bool,
 }
@@ -798,13 +799,17 @@ fn record(addr: u64, size: u64) {
         _ => Mode::FramePointer,
     };
     // The prepared CFI (an atomic load; the tables are never freed): see `start_with_mode`.
-    let t = match crate::modules::unwinder().filter(|_| mode != Mode::FramePointer) {
+    let unwinder = crate::modules::unwinder().filter(|_| mode != Mode::FramePointer);
+    let t = match unwinder {
         Some(u) => crate::dwarf::capture(buf, u, mode),
         None => crate::live::capture_trace(buf),
     };
     let frames = &buf[..t.len.min(CAPTURE_FRAMES)];
     let c = SHARED.classifier.load(Ordering::Acquire);
     let full = t.stop == crate::frame::StopReason::BufferFull;
+    // A walk by CFI that stopped short of the root: the profile marks the stack cut, as a cut
+    // one (see `cpu::mark_cut_short`).
+    let short = unwinder.is_some() && t.stop.stopped_early();
     // This thread's last sample, when it captured the same frames under the same classifier:
     // the policy's answer and the stack's slot are those of that sample (see `Last`).
     let known = last
@@ -856,12 +861,7 @@ fn record(addr: u64, size: u64) {
     if cut || full {
         STATS_TRUNCATED.fetch_add(1, Ordering::Relaxed);
     }
-    if !matches!(
-        t.stop,
-        crate::frame::StopReason::End
-            | crate::frame::StopReason::BufferFull
-            | crate::frame::StopReason::MaxDepth
-    ) {
+    if t.stop.stopped_early() {
         STATS_STOPPED_EARLY.fetch_add(1, Ordering::Relaxed);
     }
     match slot {
@@ -878,7 +878,7 @@ fn record(addr: u64, size: u64) {
             // `collect`).
             let (rate, generation) = rate_and_generation();
             add_weighted(&s.est_alloc_objects, &s.est_alloc_bytes, size, rate);
-            if cut || full {
+            if cut || full || short {
                 s.cut.store(true, Ordering::Relaxed);
             }
             s.alloc_bytes.fetch_add(size, Ordering::Relaxed);

@@ -35,8 +35,10 @@ pub struct Sample {
     pub values: Vec<i64>,
     /// String labels (key, value).
     pub labels: Vec<(String, String)>,
-    /// Was the stack cut at a maximum depth (the capture buffer's or the policy's)? Every
-    /// output then shows [`TRUNCATED_FRAME`] as its outermost frame, where its root would be.
+    /// Was the stack cut at a maximum depth (the capture buffer's or the policy's), or did its
+    /// walk stop short of the root (the profilers' CFI walks, [`crate::Frame::CUT_SHORT`])?
+    /// Every output then shows [`TRUNCATED_FRAME`] as its outermost frame, where its root
+    /// would be.
     pub truncated: bool,
 }
 
