@@ -564,7 +564,7 @@ static SEEN: AtomicBool = AtomicBool::new(false);
 /// Is [`Sampling`] the program's global allocator (has an allocation gone through it)? Without
 /// it (`#[global_allocator] static ALLOC: Sampling = Sampling::new(std::alloc::System);`) the
 /// profiler samples nothing, and [`start`] says so once on standard error. Allocates one
-/// block the first time it answers no (a probe of [`NOTICE`] bytes and one, enough to reach the
+/// block the first time it answers no (a probe of 4 MiB and one byte, enough to reach the
 /// countdown's slow path wherever it stands).
 pub fn is_installed() -> bool {
     if !SEEN.load(Ordering::Relaxed) {
