@@ -1326,8 +1326,12 @@ fn cpp_names_are_demangled() {
 #include <cstdio>
 #include <unistd.h>
 namespace ns {
+struct Nap {
+    int s;
+    inline void take() { sleep(s); }
+};
 template <int N> struct Waiter {
-    __attribute__((noinline)) static void wait(int s) { for (;;) sleep(s); }
+    __attribute__((noinline)) static void wait(int s) { Nap n{s}; for (;;) n.take(); }
 };
 }
 int main() {
@@ -1336,12 +1340,22 @@ int main() {
     ns::Waiter<3>::wait(100);
 }
 "#,
-        &["-O1"],
+        &["-O2", "-g"],
     );
     let t = Target::start(&mut Command::new(&exe));
     let r = stack_json(t.pid(), &[]);
     let n = names(&r["threads"][0]);
     assert!(n.iter().any(|s| s == "ns::Waiter<3>::wait(int)"), "{n:?}");
+    // `--lines`: the functions inlined at a pc (named in DWARF by their C++ linkage names)
+    // are demangled too (they showed as `_ZN2ns3Nap4takeEv`).
+    let out = run(&["stack", "--pid", &t.pid().to_string(), "--lines"].map(String::from));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let inlined: Vec<&str> = text.lines().filter(|l| l.contains("(inlined)")).collect();
+    assert!(
+        inlined.iter().any(|l| l.contains("ns::Nap::take()")),
+        "{text}"
+    );
+    assert!(!inlined.iter().any(|l| l.contains("_Z")), "{text}");
 }
 
 #[test]
@@ -1402,4 +1416,40 @@ int main(void) { printf("ready\n"); fflush(stdout); hidden_outer(); return 0; }
     };
     assert!(line("hidden_outer").ends_with("dl.c:6"), "{frames:?}");
     assert!(line("hidden_wait").contains("dl.c:5"), "{frames:?}");
+
+    // A core (gdb's `gcore`) walked with the program and its debug file moved elsewhere and
+    // given as a relative `--exe`: the debug file is found beside the `--exe` (it was looked
+    // for beside the core's path only, and a relative path was skipped: every frame `?`).
+    // gcore comes with gdb (it has no --version of its own).
+    if !need("gdb", "--version") {
+        return;
+    }
+    let g = Command::new("gcore")
+        .arg("-o")
+        .arg(dir.0.join("core"))
+        .arg(t.pid().to_string())
+        .output()
+        .unwrap();
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let core = dir.0.join(format!("core.{}", t.pid()));
+    drop(t);
+    let moved = dir.0.join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    std::fs::rename(&exe, moved.join("dl")).unwrap();
+    std::fs::rename(dir.0.join("dl.debug"), moved.join("dl.debug")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_unwind"))
+        .args(["stack", "--format", "json", "--exe", "dl", "--core"])
+        .arg(&core)
+        .current_dir(&moved)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = names(&v["threads"][0]);
+    assert!(n.iter().any(|s| s == "hidden_wait"), "{n:?}");
+    assert!(n.iter().any(|s| s == "hidden_outer"), "{n:?}");
 }

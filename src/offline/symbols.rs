@@ -69,6 +69,12 @@ fn is_rust_name(raw: &str) -> bool {
 /// A mangled name as a reader wants it: Rust's (legacy or v0, without the hash), else C++'s
 /// (Itanium ABI, with parameter types, as gdb and eu-stack print it); `None` when it is
 /// neither (a C name, or a name that does not demangle).
+/// A function name as a reader wants it ([`demangled`], else as it is): for names from DWARF
+/// (inlined functions' linkage names), which are mangled for C++ as for Rust.
+pub(crate) fn readable(raw: &str) -> String {
+    demangled(raw).unwrap_or_else(|| raw.to_string())
+}
+
 fn demangled(raw: &str) -> Option<String> {
     if is_rust_name(raw) {
         if let Ok(d) = rustc_demangle::try_demangle(raw) {
@@ -1217,6 +1223,15 @@ fn debuglink_file(file: &object::File<'_>, paths: &[&Path]) -> Option<(PathBuf, 
     let id = file.build_id().ok().flatten();
     let mut seen = Vec::new();
     for p in paths {
+        // A relative path (`--exe prog`) is relative to the working directory.
+        let p = &if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            match std::env::current_dir() {
+                Ok(d) => d.join(p),
+                Err(_) => continue,
+            }
+        };
         let Some(dir) = p.parent().filter(|d| d.is_absolute()) else {
             continue;
         };

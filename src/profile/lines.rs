@@ -62,10 +62,12 @@ impl<'a> LineTables<'a> {
             if out.len() >= 256 {
                 break;
             }
+            // Demangled as symbols are (C++ too: addr2line's own demangling is Rust's only).
             let function = f
                 .function
                 .as_ref()
-                .and_then(|n| n.demangle().ok().map(|c| c.into_owned()))
+                .and_then(|n| n.raw_name().ok())
+                .map(|raw| crate::symbols::readable(&raw))
                 .unwrap_or_default();
             let (file, line) = match &f.location {
                 Some(l) => (l.file.unwrap_or("").to_string(), l.line.unwrap_or(0)),
