@@ -397,6 +397,7 @@ fn a_free_after_set_rate_is_weighted_at_the_rate_its_block_was_sampled_at() {
     heap::stop();
 }
 
+#[inline(never)]
 extern "C" fn alloc_under_a_trampoline() {
     black_box(Vec::<u8>::with_capacity(black_box(4096)));
 }
