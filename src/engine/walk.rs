@@ -877,22 +877,33 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         if saved_fp == fp {
             return Err(guess(StopReason::NotMonotonic));
         }
-        let ra = A::strip_ra(ra, self.pac_mask);
-        // A guess (no CFI covers this pc, asked): code without frame records uses the register
-        // as any other, and a record whose saved frame pointer leads down the stack is no
-        // frame record (the register points at data: a struct on the stack), so its "return
-        // address" is a data word too: stop before it, not after. A known stack switch's
-        // return address is exempt (its chain goes on on another stack).
-        if no_cfi && saved_fp != 0 && saved_fp <= fp && self.transitions.lookup(ra).is_none() {
+        if no_cfi && self.data_for_a_record(fp, saved_fp, ra) {
             return Err(StopReason::NoUnwindInfo);
         }
         let caller = Regs {
-            pc: ra,
+            pc: A::strip_ra(ra, self.pac_mask),
             sp: A::caller_sp_after_record(fp + A::RECORD_SIZE),
             fp: saved_fp,
             lr: 0,
         };
         Ok((caller, Via::FramePointer, Some(fp)))
+    }
+
+    /// A guess (no CFI covers this pc, asked): code without frame records uses the register as
+    /// any other, and a "record" at `fp` whose saved frame pointer leads down the stack is no
+    /// frame record (the register points at data: a struct on the stack), so its "return
+    /// address" `ra` is a data word too: the walk stops before it, not after. A known stack
+    /// switch's return address is exempt (its chain goes on on another stack). Out of line:
+    /// the frame-record step, inlined everywhere, stays as it was.
+    #[cold]
+    #[inline(never)]
+    fn data_for_a_record(&mut self, fp: u64, saved_fp: u64, ra: u64) -> bool {
+        saved_fp != 0
+            && saved_fp <= fp
+            && self
+                .transitions
+                .lookup(A::strip_ra(ra, self.pac_mask))
+                .is_none()
     }
 
     /// Why a frame-record step that met a zero (frame pointer, or return address in the
