@@ -26,7 +26,11 @@ fn in_child(name: &str) -> bool {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "child {name} failed: {text}");
+    assert!(
+        out.status.success(),
+        "child {name} failed ({}): {text}",
+        out.status
+    );
     assert!(
         text.contains("1 passed"),
         "child {name} did not run: {text}"
@@ -517,4 +521,224 @@ fn heap_start_without_the_sampling_allocator_says_so() {
         "{said:?}"
     );
     assert_eq!(unwind::heap::stats().samples, 0);
+}
+
+/// A stack one thread registers, unregisters (dropping the guard, as `register_stack`'s
+/// contract asks) and unmaps, while another thread's live memory reads it: safe code (a
+/// `LiveMemory` and `read_u64`) must not fault. The reader looks the registered stack up once
+/// and reads it many times (as a walk does for the rest of its run); unregistering waits for
+/// such readers before it returns. Before, the read faulted once the owner unmapped the stack
+/// (the storm test's rare SIGSEGV).
+#[test]
+fn a_registered_stack_unmapped_after_unregistering_is_not_read() {
+    if !in_child("a_registered_stack_unmapped_after_unregistering_is_not_read") {
+        return;
+    }
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    const LEN: usize = 64 * 1024;
+    let map = || -> u64 {
+        // SAFETY: a fresh private anonymous mapping; unmapped only by this test's owner thread.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p as u64
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    // Where the owner maps, registers, unregisters and unmaps, again and again: an address
+    // found after the reader's thread (and its stack) exists.
+    let at_shared = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let (stop, reads, at_shared) = (stop.clone(), reads.clone(), at_shared.clone());
+        std::thread::spawn(move || {
+            let local = 0u64;
+            let sp = std::hint::black_box(&local) as *const u64 as u64;
+            let at = loop {
+                match at_shared.load(Ordering::Acquire) {
+                    0 => std::thread::yield_now(),
+                    at => break at,
+                }
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let mut m = unwind::live::LiveMemory::for_sp(sp);
+                if unwind::Memory::read_u64(&mut m, at).is_some() {
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    for i in 0..(LEN / 8) as u64 {
+                        std::hint::black_box(unwind::Memory::read_u64(&mut m, at + 8 * i));
+                    }
+                }
+            }
+        })
+    };
+    let at = map();
+    // SAFETY: unmaps the mapping made above (nothing else knows it yet).
+    unsafe { libc::munmap(at as *mut libc::c_void, LEN) };
+    at_shared.store(at, Ordering::Release);
+    let t0 = std::time::Instant::now();
+    let mut rounds = 0u64;
+    while t0.elapsed() < std::time::Duration::from_secs(2) || reads.load(Ordering::Relaxed) < 50 {
+        // SAFETY: a fresh private anonymous mapping at `at` (the hint; NOREPLACE never replaces
+        // another mapping) or elsewhere.
+        let p = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        let p = p as u64;
+        // SAFETY: `[p, p + LEN)` stays mapped until the guard is dropped (below, before munmap).
+        let reg = unsafe { unwind::coroutine::register_stack(p, p + LEN as u64) }.unwrap();
+        std::thread::yield_now();
+        drop(reg);
+        // SAFETY: unmaps the mapping made above, after its registration was dropped.
+        unsafe { libc::munmap(p as *mut libc::c_void, LEN) };
+        rounds += 1;
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "no reads"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    eprintln!(
+        "{rounds} rounds, {} reads of a registered stack",
+        reads.load(Ordering::Relaxed)
+    );
+}
+
+/// A fresh private anonymous read-write mapping of `len` bytes.
+fn map_anon(len: usize) -> u64 {
+    // SAFETY: a fresh private anonymous mapping at an address the kernel picks.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p as u64
+}
+
+/// The same thread holds a live memory that read a registered stack, drops the stack's
+/// registration (which must not wait for that memory: it would wait for itself) and unmaps
+/// it: the memory's next read of the stack is refused, not a fault.
+#[test]
+fn own_thread_unregistering_a_stack_it_reads_neither_waits_nor_faults() {
+    if !in_child("own_thread_unregistering_a_stack_it_reads_neither_waits_nor_faults") {
+        return;
+    }
+    const LEN: usize = 64 * 1024;
+    let p = map_anon(LEN);
+    // SAFETY: the mapping stays until after the guard is dropped.
+    let reg = unsafe { unwind::coroutine::register_stack(p, p + LEN as u64) }.unwrap();
+    let local = 0u64;
+    let sp = std::hint::black_box(&local) as *const u64 as u64;
+    let mut m = unwind::live::LiveMemory::for_sp(sp);
+    assert_eq!(unwind::Memory::read_u64(&mut m, p + 64), Some(0));
+    drop(reg);
+    // SAFETY: unmaps the mapping made above, after its registration was dropped.
+    unsafe { libc::munmap(p as *mut libc::c_void, LEN) };
+    assert_eq!(unwind::Memory::read_u64(&mut m, p + 64), None);
+    assert_eq!(unwind::Memory::read_u64(&mut m, sp), Some(0));
+}
+
+/// A process forks while another thread holds a live memory that read a registered stack (an
+/// open read section): in the child that thread is gone, and unregistering a stack there must
+/// not wait for it.
+#[test]
+fn a_fork_child_does_not_wait_for_its_parent_s_readers() {
+    if !in_child("a_fork_child_does_not_wait_for_its_parent_s_readers") {
+        return;
+    }
+    const LEN: usize = 64 * 1024;
+    let p = map_anon(LEN);
+    // SAFETY: the mapping is never unmapped in this process.
+    let reg = unsafe { unwind::coroutine::register_stack(p, p + LEN as u64) }.unwrap();
+    let (holding_tx, holding_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let local = 0u64;
+        let sp = std::hint::black_box(&local) as *const u64 as u64;
+        let mut m = unwind::live::LiveMemory::for_sp(sp);
+        assert!(unwind::Memory::read_u64(&mut m, p).is_some());
+        holding_tx.send(()).unwrap();
+        done_rx.recv().unwrap();
+        drop(m);
+    });
+    holding_rx.recv().unwrap();
+    // SAFETY: the child only unregisters a stack (the registry's lock is free: no other thread
+    // registers) and exits with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // A watchdog: a child that waits for the parent's reader would hang.
+        // SAFETY: alarm has no preconditions; SIGALRM's default action ends the child.
+        unsafe { libc::alarm(10) };
+        drop(reg);
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child did not exit cleanly (status {status:#x}: a signal is the watchdog's)"
+    );
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+    drop(reg);
+}
+
+/// A live memory that found the mapping holding its stack pointer in `/proc/self/maps` (an
+/// unregistered coroutine or segment) holds a snapshot: the mapping's owner may unmap it or
+/// take its access away while the walk runs (another thread making its own stack turns a page
+/// into a guard page). Reads there must then be refused, not fault. Before, the walk read the
+/// snapshot's range directly: a CPU profile's signal handler faulted on a neighbouring stack's
+/// new guard page (the storm test's rare SIGSEGV).
+#[test]
+fn a_scanned_mapping_that_changes_under_a_walk_is_not_read() {
+    if !in_child("a_scanned_mapping_that_changes_under_a_walk_is_not_read") {
+        return;
+    }
+    const LEN: usize = 64 * 1024;
+    let p = map_anon(LEN);
+    let sp = p + LEN as u64 - 256;
+    // SAFETY: writes inside the mapping made above.
+    unsafe { *((sp + 8) as *mut u64) = 0x1234 };
+    let mut m = unwind::live::LiveMemory::for_sp(sp);
+    assert_eq!(unwind::Memory::read_u64(&mut m, sp + 8), Some(0x1234));
+    assert_eq!(unwind::Memory::read_pair(&mut m, sp + 8), Some((0x1234, 0)));
+    // Its first page becomes a guard page.
+    // SAFETY: changes the access of a page of the mapping made above, which nothing else uses.
+    assert_eq!(
+        unsafe { libc::mprotect(p as *mut libc::c_void, 4096, libc::PROT_NONE) },
+        0
+    );
+    assert_eq!(unwind::Memory::read_u64(&mut m, p), None);
+    assert_eq!(unwind::Memory::read_pair(&mut m, p), None);
+    assert_eq!(unwind::Memory::read_u64(&mut m, sp + 8), Some(0x1234));
+    // Then it is unmapped.
+    // SAFETY: unmaps the mapping made above.
+    unsafe { libc::munmap(p as *mut libc::c_void, LEN) };
+    assert_eq!(unwind::Memory::read_u64(&mut m, sp + 8), None);
+    assert_eq!(unwind::Memory::read_pair(&mut m, sp + 8), None);
 }

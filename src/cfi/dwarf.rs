@@ -1373,7 +1373,8 @@ fn capture_from(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder, mo
             // `capture` keeps a frame record (its CFI says so: see `Unwinder::home`), so its
             // CFI step is reading that record: the walk starts at the caller, as below, with
             // no rule to look up.
-            let mut mem = crate::live::LiveMemory::for_sp(r.sp);
+            // SAFETY: `r.sp` is this thread's stack pointer, read in `capture`.
+            let mut mem = unsafe { crate::live::LiveMemory::for_own_sp(r.sp, None) };
             if let Some(start) = crate::live::start_here(r, &mut mem) {
                 if start.regs.pc != 0 && start.regs.sp > r.sp {
                     #[cfg(test)]
@@ -1384,7 +1385,8 @@ fn capture_from(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder, mo
         }
         let mut regs = r;
         regs.pc = crate::arch::native::strip_pac_live(regs.pc);
-        let mut mem = crate::live::LiveMemory::for_sp(regs.sp);
+        // SAFETY: as above.
+        let mut mem = unsafe { crate::live::LiveMemory::for_own_sp(regs.sp, None) };
         let (mut t, from_self) = walk_live(Start::exact(regs), &mut mem, buf, unwinder, mode, true);
         // Without CFI for `capture` the walk began at it: frame 0 is `capture` itself.
         if from_self && t.len > 0 {
@@ -1393,7 +1395,8 @@ fn capture_from(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder, mo
         }
         return t;
     }
-    let mut mem = crate::live::LiveMemory::for_sp(r.sp);
+    // SAFETY: `r.sp` is this thread's stack pointer, read in `capture`.
+    let mut mem = unsafe { crate::live::LiveMemory::for_own_sp(r.sp, None) };
     match crate::live::start_here(r, &mut mem) {
         Some(start) => walk_live(start, &mut mem, buf, unwinder, mode, false).0,
         None => crate::live::empty(),

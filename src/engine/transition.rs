@@ -17,8 +17,10 @@
 //! after reading a row), so an entry that stays registered is never missed. A reader retries
 //! only if its buffer was rewritten while it read (two whole publishes), at most a bounded
 //! number of times, after which it reports "no match" (truncating that one trace cleanly).
-//! Writers ([`register`], [`unregister`]) take a mutex, never wait for readers, and must not be
-//! called from signal handlers.
+//! Writers ([`register`], [`unregister`], [`register_stack`]) take a mutex, never wait for
+//! readers, and must not be called from signal handlers. [`unregister_stack`] alone waits, for
+//! walks on other threads that may still read the stack it removes (their read sections: see
+//! [`unregister_stack`]), so that the stack's memory may be freed when it returns.
 
 use crate::arch::{Arch, Regs};
 use crate::memory::{Memory, Range};
@@ -538,7 +540,8 @@ pub enum RegistryError {
     /// No entry with that id.
     UnknownId,
     /// Kept for compatibility; no longer returned: readers never hold a version a writer has to
-    /// wait for (they validate what they read instead), so a writer never waits.
+    /// wait for (they validate what they read instead); [`unregister_stack`] waits for walks
+    /// still reading the stack instead of failing.
     Busy,
 }
 
@@ -924,12 +927,19 @@ pub fn registered() -> Vec<(Transition, &'static str)> {
 /// # Safety
 /// Live captures (on any thread, also in signal handlers) read any 8-aligned word inside
 /// `range` once it is registered. Every byte of `range` must stay mapped and readable from this
-/// call until [`unregister_stack`] of the returned id has returned *and* no capture that began
-/// before that can still be walking it (see [`unregister_stack`]).
+/// call until [`unregister_stack`] of the returned id has returned (it waits for captures on
+/// other threads that found the stack to finish their walks; this thread's own captures
+/// notice the change before their next read).
 pub unsafe fn register_stack(range: Range) -> Result<Id, RegistryError> {
     if range.is_empty() {
         return Err(RegistryError::EmptyRange);
     }
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a handler that only stores to atomics and reads a thread-local
+        // (async-signal-safe, as a fork child's handler must be).
+        unsafe { libc::pthread_atfork(None, None, Some(readers_after_fork)) };
+    });
     let mut w = writer();
     if w.stacks.len() >= MAX_STACKS {
         return Err(RegistryError::Full);
@@ -943,14 +953,17 @@ pub unsafe fn register_stack(range: Range) -> Result<Id, RegistryError> {
     Ok(id)
 }
 
-/// Removes a registered stack. Not async-signal-safe.
+/// Removes a registered stack. Not async-signal-safe (takes the registry's lock, and may
+/// wait).
 ///
-/// Memory of an unregistered stack may still be read by a capture that looked it up just before;
-/// free a stack's memory only when no capture can be walking it (for example, once the coroutine
-/// or thread that ran on it has finished and will not be sampled again).
-///
-/// Takes effect for every lookup that starts after it returns (writers never wait for readers,
-/// so a stuck or abandoned capture cannot delay it).
+/// When it returns, no capture reads the stack any more: it publishes the table without the
+/// stack, then waits until every capture on another thread that may have found the stack
+/// before has ended its walk (microseconds; a capture walks a bounded number of frames, and
+/// those on the thread's own stack are not waited for). A capture on this thread (a
+/// [`crate::live::LiveMemory`] still held here) is not waited for: it looks the stack up again
+/// before its next read, and finds it gone. The memory may then be freed at once. Do not hold
+/// a `LiveMemory` that read a registered stack while another thread unregisters one (leaked
+/// with `mem::forget`, or kept across a wait for that thread): the unregistering waits for it.
 pub fn unregister_stack(id: Id) -> Result<(), RegistryError> {
     let mut w = writer();
     let n = w.stacks.len();
@@ -958,7 +971,10 @@ pub fn unregister_stack(id: Id) -> Result<(), RegistryError> {
     if w.stacks.len() == n {
         return Err(RegistryError::UnknownId);
     }
-    w.publish_stacks()
+    w.publish_stacks()?;
+    STACK_REMOVALS.fetch_add(1, Ordering::SeqCst);
+    wait_for_readers();
+    Ok(())
 }
 
 /// The live registry as a [`Transitions`] table: lock-free, allocation-free and
@@ -1052,9 +1068,180 @@ impl Transitions for Pinned {
 }
 
 /// The registered stack containing `addr`, if any. Lock-free and async-signal-safe.
+///
+/// The answer says nothing about how long the range stays mapped: its owner may unregister
+/// and free it at once. Live captures read registered stacks inside a read section
+/// ([`StackReads`]), which [`unregister_stack`] waits for.
 #[inline]
 pub fn registered_stack(addr: u64) -> Option<Range> {
     STACKS.find(addr).map(|r| Range::new(r[0], r[1]))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read sections on the registered stacks.
+//
+// A capture that finds a stack in the registry reads it for the rest of its walk. The thread
+// that registered it may drop its registration and unmap it meanwhile (what
+// `coroutine::register_stack`'s guard allows): `unregister_stack` therefore waits, after
+// publishing the table without the stack, until every read section that may have found it has
+// ended. A section is a count in one of [`READ_STRIPES`] counters (the thread's, by a hash of
+// its thread pointer; each on its own cache line, so threads that capture at once rarely write
+// the same line) of one of two epochs (so that a stream of new readers cannot starve the
+// writer: it flips the epoch and waits for the old one to drain). Only walks that look a stack
+// up in the registry take a section: a capture on the thread's own stack writes nothing.
+
+/// Counters per epoch.
+const READ_STRIPES: usize = 64;
+
+/// A counter on a cache line of its own (128 bytes: adjacent-line prefetch pairs lines).
+#[repr(align(128))]
+struct Stripe(AtomicUsize);
+
+#[allow(clippy::declare_interior_mutable_const)]
+const STRIPE_ZERO: Stripe = Stripe(AtomicUsize::new(0));
+#[allow(clippy::declare_interior_mutable_const)]
+const EPOCH_ZERO: [Stripe; READ_STRIPES] = [STRIPE_ZERO; READ_STRIPES];
+
+/// Open read sections, per epoch and stripe.
+static READERS: [[Stripe; READ_STRIPES]; 2] = [EPOCH_ZERO; 2];
+/// The epoch new sections count in (its low bit).
+static READ_EPOCH: AtomicUsize = AtomicUsize::new(0);
+/// Bumped by every [`unregister_stack`] (after the table without the stack is published): a
+/// section that cached a registered range checks it before trusting the range again, so that
+/// its own thread's unregistering (which does not wait for that thread's own sections: they
+/// cannot end while it waits) is seen at once.
+static STACK_REMOVALS: AtomicU64 = AtomicU64::new(0);
+
+/// [`STACK_REMOVALS`] now (Acquire: a stack looked up after this read and still registered
+/// when the count reads the same again was not unregistered in between).
+#[inline(always)]
+pub(crate) fn stack_removals() -> u64 {
+    STACK_REMOVALS.load(Ordering::Acquire)
+}
+
+std::thread_local! {
+    /// This thread's open sections, per epoch (a `const`-initialised thread-local without a
+    /// destructor: async-signal-safe to use).
+    static OWN_READS: [core::cell::Cell<u32>; 2] =
+        const { [core::cell::Cell::new(0), core::cell::Cell::new(0)] };
+}
+
+/// This thread's stripe: a hash of its thread pointer (`pthread_self`, one register read).
+#[inline(always)]
+fn own_stripe() -> usize {
+    // SAFETY: pthread_self has no preconditions (it reads the thread pointer).
+    let t = unsafe { libc::pthread_self() } as u64;
+    (t.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % READ_STRIPES
+}
+
+/// An open read section on the registered stacks: while it is open, a stack this thread found
+/// registered after opening it stays mapped (its [`unregister_stack`] waits for the section
+/// to close, unless called on this same thread: see [`StackReads::removals`]).
+/// Async-signal-safe to open and close; no allocation, no lock.
+#[derive(Debug)]
+pub(crate) struct StackReads {
+    epoch: bool,
+    stripe: u8,
+    /// [`STACK_REMOVALS`] when the section opened.
+    removals: u64,
+}
+
+impl StackReads {
+    /// Opens a section. One atomic add on this thread's stripe, one fence.
+    #[inline(never)]
+    pub(crate) fn open() -> Self {
+        let epoch = READ_EPOCH.load(Ordering::Relaxed) & 1;
+        let stripe = own_stripe();
+        OWN_READS.with(|c| c[epoch].set(c[epoch].get().wrapping_add(1)));
+        READERS[epoch][stripe].0.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `wait_for_readers`: either the writer sees this count, or
+        // this section's lookups see the table the writer published (without its stack).
+        core::sync::atomic::fence(Ordering::SeqCst);
+        StackReads {
+            epoch: epoch == 1,
+            stripe: stripe as u8,
+            removals: STACK_REMOVALS.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Has a stack been unregistered since the section opened (or since the last call that
+    /// said so)? A range looked up before must then be looked up again: its own thread may have
+    /// unregistered it (and may unmap it) without waiting for this section.
+    #[inline(always)]
+    pub(crate) fn removals_since(&mut self) -> bool {
+        let now = STACK_REMOVALS.load(Ordering::Acquire);
+        if now == self.removals {
+            return false;
+        }
+        self.removals = now;
+        true
+    }
+}
+
+impl Drop for StackReads {
+    #[inline]
+    fn drop(&mut self) {
+        let (e, s) = (self.epoch as usize, self.stripe as usize);
+        READERS[e][s].0.fetch_sub(1, Ordering::Release);
+        OWN_READS.with(|c| c[e].set(c[e].get().wrapping_sub(1)));
+    }
+}
+
+/// Waits until no read section that may have seen a stack removed by the last publish is open
+/// (the caller has published the table without it and holds the writer's lock). This thread's
+/// own sections are not waited for (they cannot close while it waits: a capture that holds a
+/// [`crate::live::LiveMemory`] here); they see [`STACK_REMOVALS`] change instead.
+fn wait_for_readers() {
+    core::sync::atomic::fence(Ordering::SeqCst);
+    let cur = READ_EPOCH.load(Ordering::Relaxed) & 1;
+    // Sections still counted in the other epoch (opened before the last flip), then a flip so
+    // that new sections stop counting in this one, then this one.
+    drain(cur ^ 1);
+    READ_EPOCH.store(cur ^ 1, Ordering::SeqCst);
+    core::sync::atomic::fence(Ordering::SeqCst);
+    drain(cur);
+}
+
+/// Waits until the open sections of `epoch` are this thread's own.
+fn drain(epoch: usize) {
+    let mine = own_stripe();
+    for (i, stripe) in READERS[epoch].iter().enumerate() {
+        let mut spins = 0u32;
+        loop {
+            let own = if i == mine {
+                OWN_READS.with(|c| c[epoch].get()) as usize
+            } else {
+                0
+            };
+            if stripe.0.load(Ordering::SeqCst) <= own {
+                break;
+            }
+            // A section lasts one walk (microseconds, a `/proc/self/maps` scan at worst); a
+            // reader preempted mid-walk needs the CPU back.
+            spins += 1;
+            if spins < 128 {
+                core::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// After `fork`, the child's only thread: sections other threads had open in the parent never
+/// close in the child. Keep this thread's own counts only.
+extern "C" fn readers_after_fork() {
+    let mine = own_stripe();
+    for (epoch, stripes) in READERS.iter().enumerate() {
+        for (i, s) in stripes.iter().enumerate() {
+            let own = if i == mine {
+                OWN_READS.with(|c| c[epoch].get()) as usize
+            } else {
+                0
+            };
+            s.0.store(own, Ordering::SeqCst);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use crate::arch::native::Native;
 use crate::arch::{Arch, Regs};
 use crate::frame::{Frame, Trace};
 use crate::memory::{Memory, Range};
-use crate::transition::{registered_stack, Pinned};
+use crate::transition::{registered_stack, Pinned, StackReads};
 use crate::walk::{Start, Walker};
 use core::cell::Cell;
 
@@ -177,13 +177,38 @@ fn on_alt_stack(sp: u64) -> bool {
 const GUARD_GAP: u64 = (1 << 20) + (64 << 10);
 
 /// Memory of the current thread's stacks. Every read is checked against them.
-#[derive(Clone, Copy, Debug)]
+///
+/// Once it has looked a stack up in the registry (a coroutine's, a system stack, another
+/// segment: [`crate::transition::register_stack`]), it holds a read section on the registered
+/// stacks until dropped: a thread that unregisters a stack meanwhile waits for it before it
+/// may free the memory ([`crate::transition::unregister_stack`]). Drop it when the walk is
+/// done; do not leak it.
+#[derive(Debug)]
 pub struct LiveMemory {
     /// Thread stack, the starting segment (or, once a transition led off every known stack,
     /// the unregistered stack it led to: [`Memory::enter_stack`]; the walk has left the
     /// starting one for good by then), the alternate stack, and the last registered stack
     /// found (so that walking a registered stack asks the registry once, not per read).
     stacks: [Range; 4],
+    /// How the registered stack in `stacks[3]` is held.
+    held: Held,
+}
+
+/// How a [`LiveMemory`] holds the registered stack it reads.
+#[derive(Debug)]
+enum Held {
+    /// No registered stack looked up yet.
+    Nothing,
+    /// The registered stack the capture started on (this thread's own stack pointer is on
+    /// it: the thread runs on it, so no other thread may free it), found when
+    /// `STACK_REMOVALS` read this. Read without a section; once a stack was unregistered
+    /// since (by this thread, the only one that may: it may have left the stack), looked up
+    /// again, in a section.
+    Start(u64),
+    /// A read section, opened at the first lookup of any other registered stack (a frame
+    /// pointer or a transition led there: a parent coroutine, a system stack, or a stray
+    /// value): a stack found in it stays mapped until this memory is dropped.
+    Section(StackReads),
 }
 
 impl LiveMemory {
@@ -192,8 +217,7 @@ impl LiveMemory {
     /// read-write mapping, as `/proc/self/maps` says). Async-signal-safe (see the module docs).
     #[inline(always)]
     pub fn for_sp(sp: u64) -> Self {
-        // SAFETY: no extra range is trusted.
-        unsafe { Self::for_sp_and(sp, None) }
+        Self::new(sp, None, false)
     }
 
     /// [`LiveMemory::for_sp`], also reading `extra` (the alternate signal stack a handler runs
@@ -204,6 +228,24 @@ impl LiveMemory {
     /// its reads are checked against the range, not against what is mapped.
     #[inline(always)]
     pub unsafe fn for_sp_and(sp: u64, extra: Option<Range>) -> Self {
+        Self::new(sp, extra, false)
+    }
+
+    /// [`LiveMemory::for_sp`] for this thread's own stack pointer now (a capture's, read by
+    /// [`current_regs`]), or the one a signal interrupted on this thread (with the alternate
+    /// stack the handler runs on, as [`LiveMemory::for_sp_and`]): a registered stack holding
+    /// it is the one the thread runs on, read without a read section (see [`Held::Start`]).
+    ///
+    /// # Safety
+    /// As [`LiveMemory::for_sp_and`] for `extra`; `sp` must be this thread's stack pointer (or
+    /// the interrupted code's, from the handler's `ucontext`).
+    #[inline(always)]
+    pub(crate) unsafe fn for_own_sp(sp: u64, extra: Option<Range>) -> Self {
+        Self::new(sp, extra, true)
+    }
+
+    #[inline(always)]
+    fn new(sp: u64, extra: Option<Range>, own_sp: bool) -> Self {
         // The common case (a capture, not a signal handler): the thread's stack alone.
         if extra.is_none() {
             if let Some(m) = own_stack(sp) {
@@ -219,25 +261,35 @@ impl LiveMemory {
                 extra.unwrap_or_default(),
                 Range::default(),
             ],
+            held: Held::Nothing,
         };
         // With an alternate stack: the thread's stack is known and `sp` is on it.
         let t = THREAD_STACK.with(|c| c.get());
         if t.contains(sp) {
             m.stacks[0] = t;
         } else {
-            m.fill_slow(sp, extra);
+            m.fill_slow(sp, extra, own_sp);
         }
         m
     }
 
     #[inline(never)]
-    fn fill_slow(&mut self, sp: u64, extra: Option<Range>) {
-        let stacks = &mut self.stacks;
+    fn fill_slow(&mut self, sp: u64, extra: Option<Range>, own_sp: bool) {
         // Registered stacks and the alternate stack first: they are never the thread's own.
-        let registered = registered_stack(sp);
-        if let Some(r) = registered {
-            stacks[3] = r;
-        }
+        // The stack the thread runs on needs no read section; any other is looked up in one
+        // (see `Held`).
+        let registered = if own_sp {
+            let removals = crate::transition::stack_removals();
+            let r = registered_stack(sp);
+            if let Some(r) = r {
+                self.stacks[3] = r;
+                self.held = Held::Start(removals);
+            }
+            r
+        } else {
+            self.registered_stack(sp)
+        };
+        let stacks = &mut self.stacks;
         let on_other = registered.is_some() || extra.is_some_and(|e| e.contains(sp));
         let cached = THREAD_STACK.with(|c| c.get());
         if !cached.is_empty() {
@@ -287,20 +339,114 @@ impl LiveMemory {
         if self.stacks[0].contains_span(addr, len) {
             return Some(self.stacks[0]);
         }
-        self.range_of_slow(addr, len)
+        self.range_of_slow(addr, len).map(|(r, _)| r)
     }
 
+    /// The known stack holding the `len` bytes at `addr` other than the thread's own, and
+    /// whether it may be read directly: the alternate stack and registered stacks may; a
+    /// mapping `/proc/self/maps` showed ([`LiveMemory::stacks`]`[1]`) is only a snapshot (its
+    /// owner, another thread, may unmap or protect it at any moment, or the kernel may have
+    /// merged it with a neighbour that is not a stack), so it is read through the kernel
+    /// ([`read_checked`]).
     #[inline(never)]
-    fn range_of_slow(&mut self, addr: u64, len: u64) -> Option<Range> {
-        for r in &self.stacks[1..] {
+    fn range_of_slow(&mut self, addr: u64, len: u64) -> Option<(Range, bool)> {
+        if self.stacks[2].contains_span(addr, len) {
+            return Some((self.stacks[2], true));
+        }
+        if let Some(r) = self.registered_stack(addr) {
             if r.contains_span(addr, len) {
-                return Some(*r);
+                return Some((r, true));
             }
         }
-        let r = registered_stack(addr).filter(|r| r.contains_span(addr, len))?;
+        let r = self.stacks[1];
+        r.contains_span(addr, len).then_some((r, false))
+    }
+
+    /// The registered stack holding `addr`: the one found last, while no stack was
+    /// unregistered since, or the registry's answer, looked up inside this memory's read
+    /// section (opened now if it is not yet: a stack found in it stays mapped until this
+    /// memory is dropped, or until this thread itself unregisters it, which the next call
+    /// sees).
+    #[inline(never)]
+    fn registered_stack(&mut self, addr: u64) -> Option<Range> {
+        if let Held::Start(removals) = self.held {
+            if self.stacks[3].contains(addr) && crate::transition::stack_removals() == removals {
+                return Some(self.stacks[3]);
+            }
+            // Another registered stack (or this thread unregistered one since): a section.
+            self.stacks[3] = Range::default();
+            self.held = Held::Nothing;
+        }
+        if let Held::Nothing = self.held {
+            self.held = Held::Section(StackReads::open());
+        }
+        let Held::Section(reads) = &mut self.held else {
+            return None;
+        };
+        if reads.removals_since() {
+            self.stacks[3] = Range::default();
+        }
+        if self.stacks[3].contains(addr) {
+            return Some(self.stacks[3]);
+        }
+        let r = registered_stack(addr)?;
         self.stacks[3] = r;
         Some(r)
     }
+
+    /// `N` words at `addr` (8-aligned), outside the thread's own stack.
+    #[inline(never)]
+    fn read_slow<const N: usize>(&mut self, addr: u64) -> Option<[u64; N]> {
+        let (_, direct) = self.range_of_slow(addr, 8 * N as u64)?;
+        if !direct {
+            return read_checked(addr);
+        }
+        // SAFETY: `addr` is 8-aligned and the `8 * N` bytes at it lie inside the alternate stack
+        // the kernel reported for this handler (mapped while it runs) or a registered stack
+        // found inside this memory's read section (mapped until the section ends, see
+        // `StackReads`).
+        Some(unsafe { read_words(addr) })
+    }
+}
+
+/// `N` words at `addr`, read directly (volatile: stack memory that other code may write
+/// concurrently, only through this thread, so any value is a valid u64).
+///
+/// # Safety
+/// The `8 * N` bytes at `addr` must be mapped and readable, and `addr` 8-aligned.
+#[inline(always)]
+unsafe fn read_words<const N: usize>(addr: u64) -> [u64; N] {
+    let mut out = [0u64; N];
+    for (i, w) in out.iter_mut().enumerate() {
+        // SAFETY: the caller's contract, for word `i` of the `N`.
+        *w = unsafe { core::ptr::read_volatile((addr + 8 * i as u64) as *const u64) };
+    }
+    out
+}
+
+/// `N` words at `addr`, read through the kernel (`process_vm_readv` on this process): memory
+/// that is unmapped or unreadable now, whatever an earlier `/proc/self/maps` scan said, gives
+/// `None`, never a fault. One system call (about half a microsecond), so only for mappings
+/// found by a scan (an unregistered coroutine or segment): register those to read them
+/// directly. Where the call is refused (a seccomp filter), nothing is read.
+/// Async-signal-safe; `errno` is kept.
+#[inline(never)]
+fn read_checked<const N: usize>(addr: u64) -> Option<[u64; N]> {
+    let _errno = crate::live::errno::Saved::new();
+    let mut out = [0u64; N];
+    let len = 8 * N;
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: `local` describes `out`, writable for `len` bytes; the kernel checks `remote`
+    // (a fault there is an error return, EFAULT, not a signal). getpid has no preconditions.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    (n == len as isize).then_some(out)
 }
 
 impl Memory for LiveMemory {
@@ -309,16 +455,13 @@ impl Memory for LiveMemory {
         if !addr.is_multiple_of(8) {
             return None;
         }
-        self.range_of(addr, 8)?;
-        // SAFETY: `addr` is 8-aligned and the 8 bytes at it lie inside a stack of this thread
-        // (its own, found from /proc/self/maps or set by the caller), an alternate stack the
-        // kernel reported, a stack a runtime registered and keeps mapped while registered, or
-        // a private anonymous read-write mapping /proc/self/maps showed where a transition led
-        // (a suspended coroutine or segment under this thread's own call chain: mapped while
-        // the code that switched away from it runs).
-        // Stack memory is plain data that other code may write concurrently only through our
-        // own thread, so a volatile read sees some valid u64.
-        Some(unsafe { core::ptr::read_volatile(addr as *const u64) })
+        if self.stacks[0].contains_span(addr, 8) {
+            // SAFETY: `addr` is 8-aligned and the 8 bytes at it lie inside this thread's own
+            // stack (found from /proc/self/maps and cached, or set by the caller), mapped for
+            // the thread's life.
+            return Some(unsafe { read_words::<1>(addr) }[0]);
+        }
+        self.read_slow::<1>(addr).map(|[w]| w)
     }
 
     #[inline(always)]
@@ -331,8 +474,9 @@ impl Memory for LiveMemory {
     /// coroutine's switch or a signal frame returns to) the mapping `/proc/self/maps` shows at
     /// `addr`, if it is private, anonymous and read-write, as every stack is (the rule a
     /// capture that starts on such a stack follows): kept for the rest of this walk only, never
-    /// cached. A scan of `/proc/self/maps` (raw `open`/`read`, async-signal-safe) per such
-    /// crossing; `coroutine::register_stack` avoids it.
+    /// cached, and read through the kernel ([`read_checked`]: it is a snapshot). A scan of
+    /// `/proc/self/maps` (raw `open`/`read`, async-signal-safe) per such crossing;
+    /// `coroutine::register_stack` avoids it.
     #[inline(never)]
     fn enter_stack(&mut self, addr: u64) -> Option<Range> {
         if let Some(r) = self.range_of(addr, 1) {
@@ -348,26 +492,26 @@ impl Memory for LiveMemory {
         if !addr.is_multiple_of(8) {
             return None;
         }
-        self.range_of(addr, 16)?;
-        // SAFETY: as in `read_u64`, for the 16 bytes at `addr`, all inside one known stack.
-        unsafe {
-            Some((
-                core::ptr::read_volatile(addr as *const u64),
-                core::ptr::read_volatile((addr + 8) as *const u64),
-            ))
+        if self.stacks[0].contains_span(addr, 16) {
+            // SAFETY: as in `read_u64`, for the 16 bytes at `addr`, inside the thread's stack.
+            let [a, b] = unsafe { read_words::<2>(addr) };
+            return Some((a, b));
         }
+        self.read_slow::<2>(addr).map(|[a, b]| (a, b))
     }
 
     #[inline(always)]
     unsafe fn read_pair_unchecked(&mut self, addr: u64) -> Option<(u64, u64)> {
-        // SAFETY: the caller guarantees the 16 bytes lie inside a range `stack_range` returned;
-        // every such range is a whole stack of this thread (or a registered one), all readable.
-        unsafe {
-            Some((
-                core::ptr::read_volatile(addr as *const u64),
-                core::ptr::read_volatile((addr + 8) as *const u64),
-            ))
+        // A scanned mapping is read through the kernel (see `range_of_slow`).
+        if self.stacks[1].contains(addr) {
+            return self.read_pair(addr);
         }
+        // SAFETY: the caller guarantees the 16 bytes lie inside a range `stack_range` returned
+        // and 8-aligned; every such range other than a scanned mapping (just excluded) is the
+        // thread's stack, the alternate stack or a registered stack held by the read section,
+        // all readable.
+        let [a, b] = unsafe { read_words::<2>(addr) };
+        Some((a, b))
     }
 }
 
@@ -473,6 +617,7 @@ pub(crate) fn own_stack(sp: u64) -> Option<LiveMemory> {
     let t = THREAD_STACK.with(|c| c.get());
     t.contains(sp).then_some(LiveMemory {
         stacks: [t, Range::default(), Range::default(), Range::default()],
+        held: Held::Nothing,
     })
 }
 
@@ -593,7 +738,8 @@ pub fn capture_with(buf: &mut [Frame], opts: Options) -> Trace {
 /// frame record, still live, is the start).
 #[inline(always)]
 fn walk_from_regs(r: Regs, buf: &mut [Frame], opts: Options) -> Trace {
-    let mut mem = LiveMemory::for_sp(r.sp);
+    // SAFETY: `r.sp` is this thread's stack pointer (`current_regs` in the public function).
+    let mut mem = unsafe { LiveMemory::for_own_sp(r.sp, None) };
     match start_here(r, &mut mem) {
         Some(start) => walk_live(start, &mut mem, buf, opts),
         None => empty(),
@@ -633,7 +779,7 @@ pub(crate) unsafe fn start_from_ucontext(ucontext: *const libc::c_void) -> (Star
     regs.pc = crate::arch::native::strip_pac_live(regs.pc);
     // SAFETY: `alt` is the `uc_stack` the kernel filled in: the alternate stack this handler
     // runs on, mapped while it runs (the caller's contract).
-    let mem = unsafe { LiveMemory::for_sp_and(regs.sp, alt) };
+    let mem = unsafe { LiveMemory::for_own_sp(regs.sp, alt) };
     (Start::exact(regs), mem)
 }
 

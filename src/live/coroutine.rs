@@ -71,7 +71,10 @@ impl Drop for RegisteredStack {
 /// Live captures on any thread (also in signal handlers) read any word of `[lo, hi)` while it is
 /// registered. The whole range must stay mapped and readable until the returned guard is
 /// dropped, and the guard must be dropped (not leaked with `mem::forget`, not kept in a leaked
-/// value) before the memory is unmapped or reused for something smaller.
+/// value) before the memory is unmapped or reused for something smaller. Dropping the guard
+/// waits until captures on other threads that found the stack have finished their walks
+/// ([`crate::transition::unregister_stack`]): the memory may be freed as soon as the drop
+/// returns.
 pub unsafe fn register_stack(lo: u64, hi: u64) -> Result<RegisteredStack, RegistryError> {
     let range = Range::new(lo, hi);
     // SAFETY: the caller keeps `[lo, hi)` mapped until the guard is dropped, and the guard's
