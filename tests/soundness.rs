@@ -742,3 +742,56 @@ fn a_scanned_mapping_that_changes_under_a_walk_is_not_read() {
     assert_eq!(unwind::Memory::read_u64(&mut m, sp + 8), None);
     assert_eq!(unwind::Memory::read_pair(&mut m, sp + 8), None);
 }
+
+const OWN_STACK: usize = 256 * 1024;
+
+/// The body of the thread below: its stack is the low `OWN_STACK` bytes of the mapping at
+/// `region`, which goes on above them. Returns 1 when its live memory reads its own stack and
+/// refuses the rest of the mapping.
+extern "C" fn reads_only_its_stack(region: *mut libc::c_void) -> *mut libc::c_void {
+    let region = region as u64;
+    let local = 5u64;
+    let sp = std::hint::black_box(&local) as *const u64 as u64;
+    let mut m = unwind::live::LiveMemory::for_sp(sp);
+    let own = unwind::Memory::read_u64(&mut m, sp) == Some(5);
+    let above = region + OWN_STACK as u64 + 4096;
+    let beyond = unwind::Memory::read_u64(&mut m, above).is_none()
+        && unwind::Memory::stack_range(&mut m, above).is_none();
+    (own && beyond) as usize as *mut libc::c_void
+}
+
+/// A thread's stack mapping may be one with an anonymous mapping above it (the kernel merges
+/// adjacent anonymous mappings; here the thread's stack is the low part of one mapping, as
+/// `pthread_attr_setstack` allows). The part above the thread's control block (which the
+/// thread library puts at the top of the thread's block) is not stack: another owner may free
+/// it while the thread runs, so a walk must not read it. Before, the whole mapping was taken
+/// for the thread's stack.
+#[test]
+fn a_thread_s_stack_ends_at_its_control_block() {
+    const EXTRA: usize = 1024 * 1024;
+    let region = map_anon(OWN_STACK + EXTRA);
+    // SAFETY: plain pthread calls on a zeroed attribute object and a thread handle; the stack
+    // given is the low part of a mapping nothing else uses, which outlives the thread (joined
+    // below, then unmapped).
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        assert_eq!(libc::pthread_attr_init(&mut attr), 0);
+        assert_eq!(
+            libc::pthread_attr_setstack(&mut attr, region as *mut libc::c_void, OWN_STACK),
+            0
+        );
+        let mut t: libc::pthread_t = std::mem::zeroed();
+        assert_eq!(
+            libc::pthread_create(&mut t, &attr, reads_only_its_stack, region as *mut _),
+            0
+        );
+        let mut ret: *mut libc::c_void = std::ptr::null_mut();
+        assert_eq!(libc::pthread_join(t, &mut ret), 0);
+        libc::pthread_attr_destroy(&mut attr);
+        libc::munmap(region as *mut libc::c_void, OWN_STACK + EXTRA);
+        assert_eq!(
+            ret as usize, 1,
+            "the thread's live memory read past its stack"
+        );
+    }
+}

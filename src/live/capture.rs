@@ -90,6 +90,20 @@ fn owns_stack(m: maps::Mapping, main: bool, tcb: u64) -> bool {
     m.main_stack || (!main && m.range.contains(tcb))
 }
 
+/// The part of mapping `m` (which [`owns_stack`]) that is the thread's stack: all of the main
+/// thread's `[stack]`; below the control block on other threads. The thread library puts the
+/// control block (and the static TLS, below it on x86_64, above it on aarch64) at the top of
+/// the block it maps for a thread, the stack under them; the kernel may merge that mapping with
+/// an adjacent anonymous one above it (an allocation another thread may free at any moment),
+/// which a walk must not take for stack.
+fn stack_part(m: maps::Mapping, tcb: u64) -> Range {
+    if m.main_stack || !m.range.contains(tcb) {
+        m.range
+    } else {
+        Range::new(m.range.lo, tcb & !15)
+    }
+}
+
 /// What one `/proc/self/maps` scan found at the start of a capture.
 struct Found {
     /// The thread's real stack (now cached).
@@ -128,7 +142,7 @@ fn find_thread_stack(sp: u64, sp_on_other: bool) -> Found {
     if let Some(m) = at_sp.filter(|m| m.anon_rw && !sp_on_other) {
         if owns_stack(m, main, tcb) {
             return Found {
-                thread: cache(m.range),
+                thread: cache(stack_part(m, tcb)),
                 sp_mapping: None,
             };
         }
@@ -137,7 +151,7 @@ fn find_thread_stack(sp: u64, sp_on_other: bool) -> Found {
     let thread = if main {
         scan.main_stack
     } else {
-        at_tcb.filter(|m| m.anon_rw).map(|m| m.range)
+        at_tcb.filter(|m| m.anon_rw).map(|m| stack_part(m, tcb))
     };
     if let Some(t) = thread {
         return Found {
@@ -304,8 +318,9 @@ impl LiveMemory {
                 let at_sp = maps::stack_like_at(sp);
                 match at_sp {
                     Some(m) if owns_stack(m, is_main_thread(), tcb) => {
-                        THREAD_STACK.with(|c| c.set(m.range));
-                        stacks[0] = m.range;
+                        let t = stack_part(m, tcb);
+                        THREAD_STACK.with(|c| c.set(t));
+                        stacks[0] = t;
                     }
                     Some(m) => stacks[1] = m.range,
                     None => {
@@ -315,8 +330,9 @@ impl LiveMemory {
                         // main thread's `[stack]` has grown since it was cached.
                         if let Some(m) = maps::stack_above(sp, GUARD_GAP) {
                             if owns_stack(m, is_main_thread(), tcb) {
-                                THREAD_STACK.with(|c| c.set(m.range));
-                                stacks[0] = m.range;
+                                let t = stack_part(m, tcb);
+                                THREAD_STACK.with(|c| c.set(t));
+                                stacks[0] = t;
                             } else {
                                 stacks[1] = m.range;
                             }
