@@ -795,3 +795,42 @@ fn a_thread_s_stack_ends_at_its_control_block() {
         );
     }
 }
+
+/// Frame records in a mapping found in `/proc/self/maps` are walked (through the kernel's
+/// checked reads, not the hot loop's direct ones) while it is mapped, and the same walk after
+/// another owner unmapped it stops instead of faulting.
+#[test]
+fn a_walk_over_a_scanned_mapping_survives_its_unmapping() {
+    if !in_child("a_walk_over_a_scanned_mapping_survives_its_unmapping") {
+        return;
+    }
+    const LEN: usize = 64 * 1024;
+    let p = map_anon(LEN);
+    // A chain of 8 records from `p + 1024` up, 64 bytes apart, each with a return address
+    // (values in this test's own code range: any non-zero value serves a frame-pointer walk).
+    let ra = a_walk_over_a_scanned_mapping_survives_its_unmapping as *const () as usize as u64;
+    for i in 0..8u64 {
+        let at = p + 1024 + 64 * i;
+        let next = if i == 7 { 0 } else { at + 64 };
+        // SAFETY: writes inside the mapping made above.
+        unsafe {
+            *(at as *mut u64) = next;
+            *((at + 8) as *mut u64) = ra + i;
+        }
+    }
+    let walk = |mem: &mut unwind::live::LiveMemory| {
+        let mut w: unwind::Walker<unwind::arch::native::Native, _, _> =
+            unwind::Walker::new(unwind::transition::NoTransitions);
+        let mut buf = [Frame::EMPTY; 16];
+        let start = unwind::Start::exact(unwind::Regs::new(ra, p + 1000, p + 1024));
+        let t = w.walk(start, mem, &mut buf);
+        (t.len, t.stop)
+    };
+    let mut m = unwind::live::LiveMemory::for_sp(p + 1000);
+    let (n, stop) = walk(&mut m);
+    assert_eq!((n, stop), (9, unwind::StopReason::End));
+    // SAFETY: unmaps the mapping made above.
+    unsafe { libc::munmap(p as *mut libc::c_void, LEN) };
+    let (n, _) = walk(&mut m);
+    assert_eq!(n, 1, "frames read from an unmapped mapping");
+}

@@ -80,10 +80,21 @@ pub trait Memory {
     ///
     /// # Safety
     /// The 16 bytes at `addr` must lie inside a range this memory returned from
-    /// [`Memory::stack_range`] or [`Memory::enter_stack`] (and that range must still be valid).
+    /// [`Memory::stack_range`] or [`Memory::enter_stack`] (and that range must still be valid)
+    /// for which [`Memory::reads_unchecked`] said yes.
     #[inline(always)]
     unsafe fn read_pair_unchecked(&mut self, addr: u64) -> Option<(u64, u64)> {
         self.read_pair(addr)
+    }
+
+    /// May records inside `stack` (a range [`Memory::stack_range`] or [`Memory::enter_stack`]
+    /// returned) be read with [`Memory::read_pair_unchecked`]? The walker asks once per run of
+    /// its hot loops; where the answer is no, its general step reads them with the checked
+    /// reads. The default: yes. (The live memory says no for a mapping it found in
+    /// `/proc/self/maps`, which it reads through the kernel.)
+    #[inline(always)]
+    fn reads_unchecked(&mut self, _stack: Range) -> bool {
+        true
     }
 
     /// Reads `out.len()` bytes of code at `addr` (to recognise trampolines by their
@@ -118,6 +129,10 @@ impl<M: Memory + ?Sized> Memory for &mut M {
     }
     fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
         (**self).read_code(addr, out)
+    }
+    #[inline(always)]
+    fn reads_unchecked(&mut self, stack: Range) -> bool {
+        (**self).reads_unchecked(stack)
     }
 }
 

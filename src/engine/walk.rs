@@ -1322,6 +1322,11 @@ pub(crate) fn follow_records<A: Arch, M: Memory, T: Transitions>(
     pac_mask: u64,
     keeps_record: impl RecordTest,
 ) -> (usize, u64, u64) {
+    // The hot loop reads records unchecked: not on a stack the memory reads only with checks
+    // (the general step takes those frames).
+    if !mem.reads_unchecked(seg) {
+        return (0, fp, floor);
+    }
     follow_records_inline::<A, M, T>(
         mem,
         table,
@@ -1501,6 +1506,10 @@ fn follow_cfi<A: Arch, M: Memory, T: Transitions, C: Cfi, const HYBRID: bool>(
     let lo = seg.lo.max(PLAIN_LO);
     if seg.hi > PLAIN_HI || regs.sp.wrapping_sub(lo) >= seg.hi.wrapping_sub(lo) || seg.lo < PLAIN_LO
     {
+        return 0;
+    }
+    // Reads are unchecked: not on a stack the memory reads only with checks.
+    if !mem.reads_unchecked(seg) {
         return 0;
     }
     const META0: u64 = Frame::meta(0, Via::Dwarf, 0, 0);

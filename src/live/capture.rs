@@ -518,16 +518,20 @@ impl Memory for LiveMemory {
 
     #[inline(always)]
     unsafe fn read_pair_unchecked(&mut self, addr: u64) -> Option<(u64, u64)> {
-        // A scanned mapping is read through the kernel (see `range_of_slow`).
-        if self.stacks[1].contains(addr) {
-            return self.read_pair(addr);
-        }
         // SAFETY: the caller guarantees the 16 bytes lie inside a range `stack_range` returned
-        // and 8-aligned; every such range other than a scanned mapping (just excluded) is the
-        // thread's stack, the alternate stack or a registered stack held by the read section,
-        // all readable.
+        // for which `reads_unchecked` said yes, and 8-aligned: the thread's stack, the
+        // alternate stack or a registered stack (held by the read section or run on by this
+        // thread), all readable.
         let [a, b] = unsafe { read_words::<2>(addr) };
         Some((a, b))
+    }
+
+    /// Not a mapping found in `/proc/self/maps`: that one is read through the kernel (see
+    /// `range_of_slow`).
+    #[inline(always)]
+    fn reads_unchecked(&mut self, stack: Range) -> bool {
+        let scanned = self.stacks[1];
+        scanned.is_empty() || stack.hi <= scanned.lo || scanned.hi <= stack.lo
     }
 }
 
