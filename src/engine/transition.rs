@@ -1071,7 +1071,7 @@ impl Transitions for Pinned {
 ///
 /// The answer says nothing about how long the range stays mapped: its owner may unregister
 /// and free it at once. Live captures read registered stacks inside a read section
-/// ([`StackReads`]), which [`unregister_stack`] waits for.
+/// (a read section), which [`unregister_stack`] waits for.
 #[inline]
 pub fn registered_stack(addr: u64) -> Option<Range> {
     STACKS.find(addr).map(|r| Range::new(r[0], r[1]))

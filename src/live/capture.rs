@@ -490,7 +490,7 @@ impl Memory for LiveMemory {
     /// coroutine's switch or a signal frame returns to) the mapping `/proc/self/maps` shows at
     /// `addr`, if it is private, anonymous and read-write, as every stack is (the rule a
     /// capture that starts on such a stack follows): kept for the rest of this walk only, never
-    /// cached, and read through the kernel ([`read_checked`]: it is a snapshot). A scan of
+    /// cached, and read through the kernel (`process_vm_readv`: it is a snapshot). A scan of
     /// `/proc/self/maps` (raw `open`/`read`, async-signal-safe) per such crossing;
     /// `coroutine::register_stack` avoids it.
     #[inline(never)]

@@ -66,15 +66,16 @@ fn is_rust_name(raw: &str) -> bool {
     raw.starts_with("_ZN") || raw.starts_with("_R") || raw.starts_with("__ZN")
 }
 
-/// A mangled name as a reader wants it: Rust's (legacy or v0, without the hash), else C++'s
-/// (Itanium ABI, with parameter types, as gdb and eu-stack print it); `None` when it is
-/// neither (a C name, or a name that does not demangle).
 /// A function name as a reader wants it ([`demangled`], else as it is): for names from DWARF
 /// (inlined functions' linkage names), which are mangled for C++ as for Rust.
+#[cfg_attr(not(feature = "profilers"), allow(dead_code))]
 pub(crate) fn readable(raw: &str) -> String {
     demangled(raw).unwrap_or_else(|| raw.to_string())
 }
 
+/// A mangled name as a reader wants it: Rust's (legacy or v0, without the hash), else C++'s
+/// (Itanium ABI, with parameter types, as gdb and eu-stack print it); `None` when it is
+/// neither (a C name, or a name that does not demangle).
 fn demangled(raw: &str) -> Option<String> {
     if is_rust_name(raw) {
         if let Ok(d) = rustc_demangle::try_demangle(raw) {
