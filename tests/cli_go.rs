@@ -447,8 +447,16 @@ fn a_corrupt_gopclntab_is_read_cleanly() {
     let (text_lo, text_hi) = (text.address(), text.address() + text.size());
     let (off, size) = (off as usize, size as usize);
     let clean = unwind::symbols::Module::load(&exe, "throw", None).unwrap();
-    assert!(clean.function("main.writer").is_some());
+    let writer = clean.function("main.writer").expect("main.writer");
     assert!(clean.functions().count() > 1000);
+    let mut sym = unwind::symbols::Symbolizer::new();
+    sym.push(clean);
+    let mut lines = unwind::pprof_lines::LineTables::new(&sym);
+    let at = lines.frames(writer.lo);
+    assert!(
+        at.len() == 1 && at[0].file.ends_with("throw/main.go") && at[0].function == "main.writer",
+        "{at:?}"
+    );
     let check = |bytes: &[u8], what: &str| {
         let p = dir.0.join("mutant");
         std::fs::write(&p, bytes).unwrap();
@@ -458,6 +466,15 @@ fn a_corrupt_gopclntab_is_read_cleanly() {
             }
             for pc in (text_lo..text_hi).step_by(4099) {
                 let _ = m.lookup(pc).map(|s| s.name.len());
+            }
+            // Source lines from the table's `pcfile`/`pcln` tables (`--lines`).
+            let mut sym = unwind::symbols::Symbolizer::new();
+            sym.push(m);
+            let mut lines = unwind::pprof_lines::LineTables::new(&sym);
+            for pc in (text_lo..text_hi).step_by(1031) {
+                for f in lines.frames(pc) {
+                    assert!(f.line > 0 && !f.file.is_empty(), "{what}: {f:?}");
+                }
             }
         }
     };
@@ -740,4 +757,63 @@ fn with_other_go_build_id(exe: &[u8]) -> Vec<u8> {
     let id = at + 16;
     out[id] = if out[id] == b'x' { b'y' } else { b'x' };
     out
+}
+
+/// `--lines` on a Go binary without DWARF (`-ldflags=-s -w`): positions come from
+/// `.gopclntab`'s `pcfile`/`pcln` tables, as Go's own traceback prints them (they were all
+/// null). Every frame Go's crash traceback printed with a pc (`+0x…`) that `unwind` also shows
+/// has the same `file:line`, or none where the pc is in inlined code (the inline tree is not
+/// read); the user's frames and most others have one.
+#[test]
+fn stripped_go_lines_match_go_s_traceback() {
+    for arch in ["amd64", "arm64"] {
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("unwind-go-lines-{arch}-{}", std::process::id())),
+        );
+        let Some((core, exe)) = crash_core_linked("throw", arch, &dir.0, "-s -w") else {
+            continue;
+        };
+        // Go's traceback: "func(args)\n\tFILE:LINE +0xOFF fp=… sp=… pc=0xPC".
+        let text = std::fs::read_to_string(dir.0.join("throw.txt")).unwrap();
+        let mut go = std::collections::HashMap::new();
+        for l in text.lines() {
+            let Some(rest) = l.strip_prefix('\t') else {
+                continue;
+            };
+            let (Some(pos), Some(pc)) = (rest.split(" +0x").next(), rest.split(" pc=0x").nth(1))
+            else {
+                continue;
+            };
+            if !rest.contains(" +0x") {
+                continue;
+            }
+            let pc = u64::from_str_radix(pc.trim(), 16).unwrap();
+            go.insert(pc, pos.to_string());
+        }
+        assert!(go.len() > 10, "{arch}: Go's traceback: {text}");
+        let v = unwind_json(&core, &["--exe", exe.to_str().unwrap(), "--lines"]);
+        let (mut same, mut none) = (0, 0);
+        let mut user = 0;
+        for t in v["threads"].as_array().unwrap() {
+            for f in t["frames"].as_array().unwrap() {
+                let pc =
+                    u64::from_str_radix(f["pc"].as_str().unwrap().trim_start_matches("0x"), 16)
+                        .unwrap();
+                let Some(want) = go.get(&pc) else { continue };
+                match f["line"].as_str() {
+                    Some(line) => {
+                        assert_eq!(line, want, "{arch}: {f}");
+                        same += 1;
+                        user += usize::from(line.contains("fixtures/go/throw/main.go"));
+                    }
+                    None => none += 1,
+                }
+            }
+        }
+        assert!(user >= 2, "{arch}: no line in main.go: {v}");
+        assert!(
+            same > 3 * none,
+            "{arch}: {same} lines as Go's, {none} without: {v}"
+        );
+    }
 }

@@ -30,6 +30,24 @@ pub(crate) struct Table<'a> {
     pub names: usize,
     pctab: usize,
     pcln: usize,
+    /// Offsets of the compilation units' file index (`cutab`, u32s) and the file names.
+    #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
+    cutab: usize,
+    #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
+    filetab: usize,
+}
+
+/// A source position from the table ([`Table::line_at`]).
+#[cfg_attr(not(feature = "profilers"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Line<'a> {
+    /// The file (as the compiler recorded it: an absolute path, or `$GOROOT/...`).
+    pub file: &'a str,
+    /// The line.
+    pub line: u32,
+    /// The position is in code inlined into the function (its file and line are the inlined
+    /// function's; the function's own are in its inline tree, which this does not read).
+    pub inlined: bool,
 }
 
 /// One function of the table: entry and end offsets from [`Table::text`], and where its
@@ -96,7 +114,86 @@ impl<'a> Table<'a> {
             names: at(32)?,
             pctab: at(56)?,
             pcln,
+            cutab: at(40)?,
+            filetab: at(48)?,
         })
+    }
+
+    /// The function whose code holds `off` (an offset from [`Table::text`]), by binary search
+    /// of the entries (the caller checked that they are [`Table::sorted`]).
+    #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
+    pub fn func_at(&self, off: u32) -> Option<Func> {
+        let entry = |i: usize| u32_at(self.tab, self.pcln.checked_add(i.checked_mul(8)?)?);
+        let (mut lo, mut hi) = (0usize, self.nfunc);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if entry(mid)? <= off {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let i = lo.checked_sub(1)?;
+        let at = self.pcln.checked_add(8 * i)?;
+        let (start, func, end) = (
+            u32_at(self.tab, at)?,
+            u32_at(self.tab, at + 4)?,
+            u32_at(self.tab, at + 8)?,
+        );
+        (start <= off && off < end).then_some(Func {
+            entry: start,
+            end,
+            func: self.pcln.checked_add(func as usize)?,
+        })
+    }
+
+    /// The source position of the instruction at `off` (an offset from [`Table::text`]), from
+    /// its function's `pcfile` and `pcln` tables (as `runtime.funcline` reads them), and
+    /// whether it is in inlined code (its `PCDATA_InlTreeIndex` table). `None` where the table
+    /// gives none, or a read falls outside it.
+    #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
+    pub fn line_at(&self, off: u32) -> Option<Line<'a>> {
+        let f = self.func_at(off).filter(|f| self.checked(f))?;
+        let at = off - f.entry;
+        let fileno = self.value_at(&f, self.field(&f, 20)?, at)?;
+        let line = self.value_at(&f, self.field(&f, 24)?, at)?;
+        let cu = self.field(&f, 32)?;
+        let fileoff = u32_at(
+            self.tab,
+            self.cutab
+                .checked_add((cu as usize).checked_add(usize::try_from(fileno).ok()?)? * 4)?,
+        )?;
+        if fileoff == u32::MAX {
+            return None;
+        }
+        let name = self
+            .tab
+            .get(self.filetab.checked_add(fileoff as usize)?..)?;
+        let name = &name[..name.iter().position(|&b| b == 0).filter(|&n| n > 0)?];
+        // PCDATA_InlTreeIndex (pcdata table 2): -1 where no inlined code runs.
+        let npcdata = self.field(&f, 28)? as usize;
+        let inlined = npcdata > 2
+            && self
+                .field(&f, if self.go120 { 44 } else { 40 } + 2 * 4)
+                .and_then(|o| self.value_at(&f, o, at))
+                .is_some_and(|v| v >= 0);
+        Some(Line {
+            file: core::str::from_utf8(name).ok()?,
+            line: u32::try_from(line).ok().filter(|&l| l > 0)?,
+            inlined,
+        })
+    }
+
+    /// The value at `at` (an offset from `f`'s entry) of the pc-value table at `table` (an
+    /// offset into the pc-value tables; 0: no table).
+    #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
+    fn value_at(&self, f: &Func, table: u32, at: u32) -> Option<i32> {
+        if table == 0 {
+            return None;
+        }
+        self.runs(f, Some(table))
+            .find(|&(start, end, _)| start <= at && at < end)
+            .map(|(_, _, v)| v)
     }
 
     /// The functions, by entry; stops (`None` at the end of what it gave) at an entry out of
@@ -156,8 +253,15 @@ impl<'a> Table<'a> {
     /// order, within the function. Decoded as `runtime.step` does; stops at the table's end
     /// marker, a run past the function's end, or a malformed varint.
     fn pcsp(&self, f: &Func) -> impl Iterator<Item = (u32, u32, i32)> + '_ {
-        let start = self
-            .field(f, 16)
+        self.runs(f, self.field(f, 16))
+    }
+
+    /// The runs of `f`'s pc-value table at offset `table` in the pc-value tables: `(start, end,
+    /// value)`, offsets from its entry, in order, within the function. Decoded as
+    /// `runtime.step` does; stops at the table's end marker, a run past the function's end,
+    /// or a malformed varint. Nothing for a `_func` that does not match its entry.
+    fn runs(&self, f: &Func, table: Option<u32>) -> impl Iterator<Item = (u32, u32, i32)> + '_ {
+        let start = table
             .and_then(|o| self.pctab.checked_add(o as usize))
             .filter(|_| self.checked(f));
         let len = f.end - f.entry;
@@ -380,6 +484,40 @@ mod tests {
         // val starts at -1: -1 + 9 = 8, + 24 = 32, - 24 = 8.
         assert_eq!(runs, [(0, 4, 8), (4, 14, 32), (14, 20, 8)]);
         assert_eq!(t.pcsp(&f[1]).collect::<Vec<_>>(), [(0, 10, 0)]);
+    }
+
+    #[test]
+    fn positions_are_read_from_pcfile_and_pcln() {
+        let mut tab = table(&[0, 20, 30], &[PROLOGUE, &[0x02, 10, 0]], &[0, 0], false);
+        let pctab = 72;
+        let pcln = u64_at(&tab, 64).unwrap() as usize;
+        // Func 0's file program (file 0 over [0, 10)) and line program (the prologue's runs:
+        // 8 over [0, 4), 32 over [4, 14), 8 over [14, 20)), the unit's file table and names.
+        let files_prog = tab.len() - pctab;
+        tab.extend_from_slice(&[0x02, 10, 0]);
+        let lines_prog = tab.len() - pctab;
+        tab.extend_from_slice(PROLOGUE);
+        let cutab = tab.len();
+        tab.extend_from_slice(&0u32.to_le_bytes());
+        let filetab = tab.len();
+        tab.extend_from_slice(b"a.go\0");
+        tab[40..48].copy_from_slice(&(cutab as u64).to_le_bytes());
+        tab[48..56].copy_from_slice(&(filetab as u64).to_le_bytes());
+        let rec = pcln + 8 * 3;
+        tab[rec + 20..rec + 24].copy_from_slice(&(files_prog as u32).to_le_bytes());
+        tab[rec + 24..rec + 28].copy_from_slice(&(lines_prog as u32).to_le_bytes());
+        let t = Table::parse(&tab).unwrap();
+        assert_eq!(t.func_at(0).map(|f| f.entry), Some(0));
+        assert_eq!(t.func_at(19).map(|f| f.entry), Some(0));
+        assert_eq!(t.func_at(20).map(|f| f.entry), Some(20));
+        assert_eq!(t.func_at(29).map(|f| f.entry), Some(20));
+        assert!(t.func_at(30).is_none());
+        let at = |off| t.line_at(off).map(|l| (l.file, l.line, l.inlined));
+        assert_eq!(at(0), Some(("a.go", 8, false)));
+        assert_eq!(at(5), Some(("a.go", 32, false)));
+        // No file past the file program's run; func 1 has no tables.
+        assert_eq!(at(12), None);
+        assert_eq!(at(25), None);
     }
 
     #[test]

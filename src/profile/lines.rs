@@ -15,11 +15,14 @@ pub struct InlineFrame {
     pub line: u32,
 }
 
-/// Line tables of a [`Symbolizer`]'s modules, each loaded on first use.
+/// Line tables of a [`Symbolizer`]'s modules, each loaded on first use: DWARF's, or, for a Go
+/// binary without DWARF (built with `-ldflags=-w`, or stripped), its `.gopclntab`'s.
 pub struct LineTables<'a> {
     sym: &'a Symbolizer,
     /// Per module (same index): not tried yet, or the loader (`None`: no DWARF).
     loaders: Vec<Option<Option<addr2line::Loader>>>,
+    /// Per module: not tried yet, or its `.gopclntab` (`None`: none this reads).
+    go: Vec<Option<Option<crate::cfi::gopclntab::Table<'a>>>>,
 }
 
 impl<'a> LineTables<'a> {
@@ -28,6 +31,7 @@ impl<'a> LineTables<'a> {
         LineTables {
             sym,
             loaders: (0..sym.modules().len()).map(|_| None).collect(),
+            go: vec![None; sym.modules().len()],
         }
     }
 
@@ -51,11 +55,11 @@ impl<'a> LineTables<'a> {
             *slot = Some(addr2line::Loader::new(&from).ok());
         }
         let Some(Some(loader)) = slot.as_ref() else {
-            return Vec::new();
+            return self.go_frames(i, pc);
         };
         let mut out = Vec::new();
         let Ok(mut it) = loader.find_frames(pc.wrapping_sub(m.bias)) else {
-            return out;
+            return self.go_frames(i, pc);
         };
         // A chain deeper than this is not a real program's.
         while let Ok(Some(f)) = it.next() {
@@ -82,7 +86,8 @@ impl<'a> LineTables<'a> {
         // No function names at all (a module with line tables but no DWARF functions): not
         // useful as a chain.
         if out.iter().all(|f| f.function.is_empty()) {
-            out.clear();
+            // (A Go binary built without DWARF has its positions in `.gopclntab`.)
+            return self.go_frames(i, pc);
         }
         // The function the others were inlined into is also in the symbol table, with its
         // path: DWARF from `debug = "line-tables-only"` names it without (`on_system_stack`).
@@ -95,6 +100,42 @@ impl<'a> LineTables<'a> {
             }
         }
         out
+    }
+}
+
+impl<'a> LineTables<'a> {
+    /// [`LineTables::frames`] from module `i`'s `.gopclntab` (a Go binary without DWARF): the
+    /// function at `pc` with the file and line Go's own tracebacks print for it, as one frame.
+    /// Empty where the pc is in inlined code (the table's position is then the inlined
+    /// function's, and its name and caller's line are in the function's inline tree, which is
+    /// not read), or the table gives no position.
+    fn go_frames(&mut self, i: usize, pc: u64) -> Vec<InlineFrame> {
+        let sym: &'a Symbolizer = self.sym;
+        let m = &sym.modules()[i];
+        let t = *self.go[i].get_or_insert_with(|| {
+            let data: &'a [u8] = m.bytes();
+            let file = object::File::parse(data).ok()?;
+            crate::cfi::gopclntab::Table::of_file(&file, data).filter(|t| t.sorted())
+        });
+        let Some(t) = t else {
+            return Vec::new();
+        };
+        let off = pc.wrapping_sub(m.bias).wrapping_sub(t.text);
+        let Some(line) = u32::try_from(off).ok().and_then(|o| t.line_at(o)) else {
+            return Vec::new();
+        };
+        if line.inlined {
+            return Vec::new();
+        }
+        let function = sym
+            .lookup(pc)
+            .map(|s| s.name.to_string())
+            .unwrap_or_default();
+        vec![InlineFrame {
+            function,
+            file: line.file.to_string(),
+            line: line.line,
+        }]
     }
 }
 
