@@ -37,17 +37,54 @@ pub(crate) struct Table<'a> {
     filetab: usize,
 }
 
-/// A source position from the table ([`Table::line_at`]).
+/// One function of a pc's inline chain ([`Table::positions`]).
 #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Line<'a> {
-    /// The file (as the compiler recorded it: an absolute path, or `$GOROOT/...`).
+pub(crate) struct Position<'a> {
+    /// An inlined function's name (an offset into the name table, [`Table::name_at`]); `None`
+    /// for the function the pc is in.
+    pub name: Option<u32>,
+    /// The position in it.
     pub file: &'a str,
-    /// The line.
+    /// Its line.
     pub line: u32,
-    /// The position is in code inlined into the function (its file and line are the inlined
-    /// function's; the function's own are in its inline tree, which this does not read).
-    pub inlined: bool,
+}
+
+/// The bytes at `moduledata.gofunc` (`go:func.*`), which a function's funcdata offsets (its
+/// inline tree among them) are relative to: found through the runtime's first module data
+/// (in `.noptrdata`, its first word `.gopclntab`'s address, written there or, in a
+/// position-independent binary, by a relative relocation), at the field's offset for the
+/// table's version (Go 1.18-1.19, and 1.20 and later). `None` when that does not check out.
+#[cfg_attr(not(feature = "profilers"), allow(dead_code))]
+pub(crate) fn gofunc<'d>(file: &object::File<'d>, t: &Table<'_>) -> Option<&'d [u8]> {
+    use object::{Object, ObjectSection};
+    let pclntab = section(file)?.address();
+    let nd = file.section_by_name(".noptrdata")?;
+    let data = nd.data().ok()?;
+    let base = nd.address();
+    // Relocations with an addend (a PIE binary's module data is filled in at load by
+    // relative relocations), by the address they write.
+    let relocs: std::collections::HashMap<u64, u64> = file
+        .dynamic_relocations()
+        .map(|it| it.map(|(off, r)| (off, r.addend() as u64)).collect())
+        .unwrap_or_default();
+    let word = |at: u64| -> Option<u64> {
+        let o = usize::try_from(at.checked_sub(base)?).ok()?;
+        match u64_at(data, o)? {
+            0 => relocs.get(&at).copied().filter(|&v| v != 0),
+            v => Some(v),
+        }
+    };
+    // The module data: its pcHeader is the table, its funcnametab the names.
+    let md = (0..data.len() / 8)
+        .map(|i| base + 8 * i as u64)
+        .find(|&at| word(at) == Some(pclntab) && word(at + 8) == Some(pclntab + t.names as u64))?;
+    let g = word(md + if t.go120 { 320 } else { 304 })?;
+    let sec = file
+        .sections()
+        .find(|s| s.address() <= g && g < s.address().saturating_add(s.size()))?;
+    let bytes = sec.data().ok()?;
+    bytes.get(usize::try_from(g - sec.address()).ok()?..)
 }
 
 /// One function of the table: entry and end offsets from [`Table::text`], and where its
@@ -71,6 +108,14 @@ fn u64_at(tab: &[u8], at: usize) -> Option<u64> {
     ))
 }
 
+/// A Go binary's `.gopclntab` section: so named, or `.data.rel.ro.gopclntab` in a
+/// position-independent executable (`-buildmode=pie`), where the table holds relocated words.
+pub(crate) fn section<'d, 'f>(file: &'f object::File<'d>) -> Option<object::Section<'d, 'f>> {
+    use object::Object;
+    file.section_by_name(".gopclntab")
+        .or_else(|| file.section_by_name(".data.rel.ro.gopclntab"))
+}
+
 impl<'a> Table<'a> {
     /// The `.gopclntab` of an ELF file, when it has one this reads (64-bit, Go 1.18+). A
     /// position-independent binary's `textStart` is 0 in the file (relocated at load): its
@@ -78,7 +123,7 @@ impl<'a> Table<'a> {
     /// links C).
     pub fn of_file(file: &object::File<'_>, data: &'a [u8]) -> Option<Table<'a>> {
         use object::{Object, ObjectSection};
-        let sec = file.section_by_name(".gopclntab")?;
+        let sec = section(file)?;
         let (off, size) = sec.file_range()?;
         let (off, size) = (usize::try_from(off).ok()?, usize::try_from(size).ok()?);
         let tab = data.get(off..off.checked_add(size)?)?;
@@ -147,17 +192,98 @@ impl<'a> Table<'a> {
         })
     }
 
-    /// The source position of the instruction at `off` (an offset from [`Table::text`]), from
-    /// its function's `pcfile` and `pcln` tables (as `runtime.funcline` reads them), and
-    /// whether it is in inlined code (its `PCDATA_InlTreeIndex` table). `None` where the table
-    /// gives none, or a read falls outside it.
+    /// The functions at `off` (an offset from [`Table::text`]), innermost first, as Go's
+    /// traceback prints them: for each call inlined there (`gofunc`, the bytes at
+    /// `moduledata.gofunc` [`gofunc`], holds the inline trees) the inlined function's name
+    /// (an offset into the name table) and position, then the function itself (`None`) at the
+    /// position of its outermost inlined call. Writes nothing and returns `false` where the
+    /// table gives no position, or the pc is in inlined code and the tree is not at hand.
     #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
-    pub fn line_at(&self, off: u32) -> Option<Line<'a>> {
-        let f = self.func_at(off).filter(|f| self.checked(f))?;
-        let at = off - f.entry;
-        let fileno = self.value_at(&f, self.field(&f, 20)?, at)?;
-        let line = self.value_at(&f, self.field(&f, 24)?, at)?;
-        let cu = self.field(&f, 32)?;
+    pub fn positions(
+        &self,
+        off: u32,
+        gofunc: Option<&'a [u8]>,
+        out: &mut Vec<Position<'a>>,
+    ) -> bool {
+        let start = out.len();
+        let Some(f) = self.func_at(off).filter(|f| self.checked(f)) else {
+            return false;
+        };
+        // FUNCDATA_InlTree (3): an offset from gofunc, after the pcdata offsets.
+        let tree = gofunc.and_then(|g| {
+            let npcdata = self.field(&f, 28)? as usize;
+            let fixed = if self.go120 { 44 } else { 40 };
+            let nfuncdata = *self.tab.get(f.func.checked_add(fixed - 1)?)?;
+            if nfuncdata <= 3 {
+                return None;
+            }
+            let o = self.field(&f, fixed.checked_add(4 * npcdata)?.checked_add(4 * 3)?)?;
+            (o != u32::MAX).then(|| g.get(o as usize..)).flatten()
+        });
+        let size = if self.go120 { 16 } else { 20 };
+        let mut at = off - f.entry;
+        // At most as many inlined calls as a real program nests.
+        for _ in 0..64 {
+            let Some(ix) = self.inline_index(&f, at) else {
+                let Some((file, line)) = self.position(&f, at) else {
+                    out.truncate(start);
+                    return false;
+                };
+                out.push(Position {
+                    name: None,
+                    file,
+                    line,
+                });
+                return true;
+            };
+            let rec = tree.and_then(|t| t.get(ix.checked_mul(size)?..)?.get(..size));
+            let (Some(rec), Some((file, line))) = (rec, self.position(&f, at)) else {
+                out.truncate(start);
+                return false;
+            };
+            let (name, parent) = if self.go120 {
+                (u32_at(rec, 4), u32_at(rec, 8))
+            } else {
+                (u32_at(rec, 12), u32_at(rec, 16))
+            };
+            let (Some(name), Some(parent)) = (name, parent) else {
+                out.truncate(start);
+                return false;
+            };
+            out.push(Position {
+                name: Some(name),
+                file,
+                line,
+            });
+            // The call site: an instruction of the caller (the next function out).
+            if parent >= f.end - f.entry {
+                break;
+            }
+            at = parent;
+        }
+        out.truncate(start);
+        false
+    }
+
+    /// `f`'s `PCDATA_InlTreeIndex` (pcdata table 2) at `at`: the inline tree entry of the
+    /// innermost call inlined there, or `None` (-1: none).
+    #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
+    fn inline_index(&self, f: &Func, at: u32) -> Option<usize> {
+        let npcdata = self.field(f, 28)? as usize;
+        if npcdata <= 2 {
+            return None;
+        }
+        let table = self.field(f, if self.go120 { 44 } else { 40 } + 2 * 4)?;
+        usize::try_from(self.value_at(f, table, at)?).ok()
+    }
+
+    /// `f`'s file and line at `at` (its `pcfile` and `pcln` tables, the file through its
+    /// compilation unit's entries in `cutab`).
+    #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
+    fn position(&self, f: &Func, at: u32) -> Option<(&'a str, u32)> {
+        let fileno = self.value_at(f, self.field(f, 20)?, at)?;
+        let line = self.value_at(f, self.field(f, 24)?, at)?;
+        let cu = self.field(f, 32)?;
         let fileoff = u32_at(
             self.tab,
             self.cutab
@@ -170,18 +296,19 @@ impl<'a> Table<'a> {
             .tab
             .get(self.filetab.checked_add(fileoff as usize)?..)?;
         let name = &name[..name.iter().position(|&b| b == 0).filter(|&n| n > 0)?];
-        // PCDATA_InlTreeIndex (pcdata table 2): -1 where no inlined code runs.
-        let npcdata = self.field(&f, 28)? as usize;
-        let inlined = npcdata > 2
-            && self
-                .field(&f, if self.go120 { 44 } else { 40 } + 2 * 4)
-                .and_then(|o| self.value_at(&f, o, at))
-                .is_some_and(|v| v >= 0);
-        Some(Line {
-            file: core::str::from_utf8(name).ok()?,
-            line: u32::try_from(line).ok().filter(|&l| l > 0)?,
-            inlined,
-        })
+        Some((
+            core::str::from_utf8(name).ok()?,
+            u32::try_from(line).ok().filter(|&l| l > 0)?,
+        ))
+    }
+
+    /// The name at `off` in the function-name table.
+    #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
+    pub fn name_at(&self, off: u32) -> Option<&'a str> {
+        let tab: &'a [u8] = self.tab;
+        let name = tab.get(self.names.checked_add(off as usize)?..)?;
+        let name = &name[..name.iter().position(|&b| b == 0).filter(|&n| n > 0)?];
+        core::str::from_utf8(name).ok()
     }
 
     /// The value at `at` (an offset from `f`'s entry) of the pc-value table at `table` (an
@@ -512,9 +639,13 @@ mod tests {
         assert_eq!(t.func_at(20).map(|f| f.entry), Some(20));
         assert_eq!(t.func_at(29).map(|f| f.entry), Some(20));
         assert!(t.func_at(30).is_none());
-        let at = |off| t.line_at(off).map(|l| (l.file, l.line, l.inlined));
-        assert_eq!(at(0), Some(("a.go", 8, false)));
-        assert_eq!(at(5), Some(("a.go", 32, false)));
+        let at = |off| {
+            let mut v = Vec::new();
+            t.positions(off, None, &mut v)
+                .then(|| (v.len(), v[0].name, v[0].file, v[0].line))
+        };
+        assert_eq!(at(0), Some((1, None, "a.go", 8)));
+        assert_eq!(at(5), Some((1, None, "a.go", 32)));
         // No file past the file program's run; func 1 has no tables.
         assert_eq!(at(12), None);
         assert_eq!(at(25), None);

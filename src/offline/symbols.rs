@@ -149,7 +149,7 @@ fn go_print_differs(raw: &str) -> bool {
 /// (`runtime.goexit.abi0`), and a generic function's shape arguments as `[...]`
 /// (`main.gen[go.shape.int_0]`). So a stripped binary (named from `.gopclntab`) and an
 /// unstripped one name their functions alike, and as Go does.
-fn go_name_for_print(raw: &str) -> Option<String> {
+pub(crate) fn go_name_for_print(raw: &str) -> Option<String> {
     if !go_print_differs(raw) {
         return None;
     }
@@ -342,7 +342,7 @@ impl Module {
                 (hi <= len).then_some((s.address(), lo..hi))
             })
             .collect();
-        let go = file.section_by_name(".gopclntab").is_some();
+        let go = crate::cfi::gopclntab::section(&file).is_some();
         drop(file);
         Ok(Module {
             go,

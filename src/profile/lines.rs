@@ -22,7 +22,8 @@ pub struct LineTables<'a> {
     /// Per module (same index): not tried yet, or the loader (`None`: no DWARF).
     loaders: Vec<Option<Option<addr2line::Loader>>>,
     /// Per module: not tried yet, or its `.gopclntab` (`None`: none this reads).
-    go: Vec<Option<Option<crate::cfi::gopclntab::Table<'a>>>>,
+    #[allow(clippy::type_complexity)]
+    go: Vec<Option<Option<(crate::cfi::gopclntab::Table<'a>, Option<&'a [u8]>)>>>,
 }
 
 impl<'a> LineTables<'a> {
@@ -105,37 +106,49 @@ impl<'a> LineTables<'a> {
 
 impl<'a> LineTables<'a> {
     /// [`LineTables::frames`] from module `i`'s `.gopclntab` (a Go binary without DWARF): the
-    /// function at `pc` with the file and line Go's own tracebacks print for it, as one frame.
-    /// Empty where the pc is in inlined code (the table's position is then the inlined
-    /// function's, and its name and caller's line are in the function's inline tree, which is
-    /// not read), or the table gives no position.
+    /// functions inlined at `pc`, innermost first, then the function itself, with the files and
+    /// lines Go's own tracebacks print for them (the inline trees are found through the
+    /// runtime's module data). Empty where the table gives no position, or the pc is in
+    /// inlined code and the inline tree cannot be found.
     fn go_frames(&mut self, i: usize, pc: u64) -> Vec<InlineFrame> {
         let sym: &'a Symbolizer = self.sym;
         let m = &sym.modules()[i];
-        let t = *self.go[i].get_or_insert_with(|| {
+        let go = *self.go[i].get_or_insert_with(|| {
             let data: &'a [u8] = m.bytes();
             let file = object::File::parse(data).ok()?;
-            crate::cfi::gopclntab::Table::of_file(&file, data).filter(|t| t.sorted())
+            let t = crate::cfi::gopclntab::Table::of_file(&file, data).filter(|t| t.sorted())?;
+            Some((t, crate::cfi::gopclntab::gofunc(&file, &t)))
         });
-        let Some(t) = t else {
+        let Some((t, gofunc)) = go else {
             return Vec::new();
         };
         let off = pc.wrapping_sub(m.bias).wrapping_sub(t.text);
-        let Some(line) = u32::try_from(off).ok().and_then(|o| t.line_at(o)) else {
-            return Vec::new();
-        };
-        if line.inlined {
+        let mut pos = Vec::new();
+        if !u32::try_from(off).is_ok_and(|o| t.positions(o, gofunc, &mut pos)) {
             return Vec::new();
         }
-        let function = sym
-            .lookup(pc)
-            .map(|s| s.name.to_string())
-            .unwrap_or_default();
-        vec![InlineFrame {
-            function,
-            file: line.file.to_string(),
-            line: line.line,
-        }]
+        pos.iter()
+            .map(|p| {
+                let function = match p.name {
+                    Some(n) => t
+                        .name_at(n)
+                        .map(|raw| {
+                            crate::symbols::go_name_for_print(raw)
+                                .unwrap_or_else(|| raw.to_string())
+                        })
+                        .unwrap_or_default(),
+                    None => sym
+                        .lookup(pc)
+                        .map(|s| s.name.to_string())
+                        .unwrap_or_default(),
+                };
+                InlineFrame {
+                    function,
+                    file: p.file.to_string(),
+                    line: p.line,
+                }
+            })
+            .collect()
     }
 }
 

@@ -428,7 +428,7 @@ pub fn parse_elf_lazy<'d>(
     let file = object::File::parse(data).map_err(|_| CfiError::Object)?;
     // Go binaries (`.debug_frame`, or `.gopclntab` to make one from) are prepared.
     if file.section_by_name(".debug_frame").is_none()
-        && file.section_by_name(".gopclntab").is_none()
+        && crate::cfi::gopclntab::section(&file).is_none()
     {
         let sec = |n: &str| {
             file.section_by_name(n)
