@@ -91,7 +91,8 @@ pub trait Memory {
     /// returned) be read with [`Memory::read_pair_unchecked`]? The walker asks once per run of
     /// its hot loops; where the answer is no, its general step reads them with the checked
     /// reads. The default: yes. (The live memory says no for a mapping it found in
-    /// `/proc/self/maps`, which it reads through the kernel.)
+    /// `/proc/self/maps`, which it reads through the kernel.) A memory that wraps another and
+    /// forwards [`Memory::read_pair_unchecked`] to it must forward this too.
     #[inline(always)]
     fn reads_unchecked(&mut self, _stack: Range) -> bool {
         true

@@ -152,6 +152,11 @@ impl<M: Memory> Memory for Recorder<'_, M> {
     }
 
     #[inline(always)]
+    fn reads_unchecked(&mut self, stack: Range) -> bool {
+        self.inner.reads_unchecked(stack)
+    }
+
+    #[inline(always)]
     fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
         // Code is not logged: a walk that looks at it is not kept.
         self.read_code = true;
@@ -262,4 +267,46 @@ pub(crate) fn walk<C: Cfi, M: Memory>(cfi: C, mem: &mut M, buf: &mut [Frame], at
     let mut w: Walker<Native, _, _> =
         Walker::with_cfi(crate::transition::Pinned::new(), cfi, Mode::Hybrid);
     w.resume_after_records(mem, buf, at.n, at.seg, at.fp, at.floor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The recorder answers for its memory whether a stack may be read unchecked: a mapping
+    /// the live memory found in `/proc/self/maps` may not (the walker's hot loops would read it
+    /// directly through the recorder's forwarded unchecked reads).
+    #[test]
+    fn the_recorder_forwards_which_stacks_are_read_unchecked() {
+        const LEN: usize = 64 * 1024;
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as u64;
+        let sp = p + LEN as u64 - 256;
+        let mut log = [Call::NONE; CALLS];
+        let mut r = Recorder {
+            inner: crate::live::LiveMemory::for_sp(sp),
+            log: &mut log,
+            n: 0,
+            read_code: false,
+        };
+        let scanned = r.stack_range(sp).expect("the mapping at sp");
+        assert!(!r.reads_unchecked(scanned));
+        let local = 0u64;
+        let own = r
+            .stack_range(core::hint::black_box(&local) as *const u64 as u64)
+            .expect("the thread's stack");
+        assert!(r.reads_unchecked(own));
+        drop(r);
+        // SAFETY: unmaps the mapping made above; nothing reads it any more.
+        unsafe { libc::munmap(p as *mut libc::c_void, LEN) };
+    }
 }
