@@ -834,3 +834,54 @@ fn a_walk_over_a_scanned_mapping_survives_its_unmapping() {
     let (n, _) = walk(&mut m);
     assert_eq!(n, 1, "frames read from an unmapped mapping");
 }
+
+/// Dropping a stack's registration waits for a walk on another thread that read it (here a
+/// `LiveMemory` held for 2.5 s), and says so on standard error once the wait passes 2 s; the
+/// memory may be unmapped once the drop returns.
+#[test]
+fn unregistering_waits_for_a_reader_on_another_thread() {
+    const NAME: &str = "unregistering_waits_for_a_reader_on_another_thread";
+    if std::env::var("UNWIND_SOUNDNESS_CHILD").as_deref() != Ok(NAME) {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env("UNWIND_SOUNDNESS_CHILD", NAME)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{err}{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(err.contains("has waited over 2 s"), "{err}");
+        return;
+    }
+    const LEN: usize = 64 * 1024;
+    let p = map_anon(LEN);
+    // SAFETY: the mapping stays until after the guard is dropped.
+    let reg = unsafe { unwind::coroutine::register_stack(p, p + LEN as u64) }.unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let local = 0u64;
+        let sp = std::hint::black_box(&local) as *const u64 as u64;
+        let mut m = unwind::live::LiveMemory::for_sp(sp);
+        assert_eq!(unwind::Memory::read_u64(&mut m, p), Some(0));
+        tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        // The owner is waiting in its drop (the stack is still mapped), and the stack is no
+        // longer registered: it is not read any more.
+        assert_eq!(unwind::Memory::read_u64(&mut m, p + 8), None);
+        drop(m);
+    });
+    rx.recv().unwrap();
+    let t0 = std::time::Instant::now();
+    drop(reg);
+    let waited = t0.elapsed();
+    // SAFETY: unmaps the mapping made above, after its registration was dropped.
+    unsafe { libc::munmap(p as *mut libc::c_void, LEN) };
+    reader.join().unwrap();
+    assert!(
+        waited >= std::time::Duration::from_millis(2000),
+        "the drop returned after {waited:?}, while the reader held the stack"
+    );
+}

@@ -1202,9 +1202,12 @@ fn wait_for_readers() {
     drain(cur);
 }
 
-/// Waits until the open sections of `epoch` are this thread's own.
+/// Waits until the open sections of `epoch` are this thread's own. Says once on standard
+/// error when that takes over two seconds (a `LiveMemory` leaked or held across a wait).
 fn drain(epoch: usize) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
     let mine = own_stripe();
+    let t0 = std::time::Instant::now();
     for (i, stripe) in READERS[epoch].iter().enumerate() {
         let mut spins = 0u32;
         loop {
@@ -1223,6 +1226,15 @@ fn drain(epoch: usize) {
                 core::hint::spin_loop();
             } else {
                 std::thread::yield_now();
+                if spins % 1024 == 0 && t0.elapsed() > std::time::Duration::from_secs(2) {
+                    WARNED.call_once(|| {
+                        eprintln!(
+                            "unwind: unregistering a stack has waited over 2 s for a capture \
+                             on another thread that read registered stacks (a LiveMemory \
+                             leaked or held?)"
+                        )
+                    });
+                }
             }
         }
     }
