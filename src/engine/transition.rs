@@ -1226,7 +1226,7 @@ fn drain(epoch: usize) {
                 core::hint::spin_loop();
             } else {
                 std::thread::yield_now();
-                if spins % 1024 == 0 && t0.elapsed() > std::time::Duration::from_secs(2) {
+                if spins.is_multiple_of(1024) && t0.elapsed() > std::time::Duration::from_secs(2) {
                     WARNED.call_once(|| {
                         eprintln!(
                             "unwind: unregistering a stack has waited over 2 s for a capture \
