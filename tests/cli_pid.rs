@@ -133,13 +133,25 @@ fn run(args: &[String]) -> std::process::Output {
 /// `unwind stack --pid PID EXTRA...` started in the background, its output discarded (the
 /// tests that signal it mid-run).
 fn spawn_unwind(pid: u32, extra: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(pid_args(pid))
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(BIN);
+    c.args(pid_args(pid))
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::null());
+    // The default actions of the signals these tests send, whatever this process inherited (a
+    // shell runs a background job with SIGINT and SIGQUIT ignored, and an ignored signal is
+    // rightly ignored by unwind too).
+    // SAFETY: the closure only calls `signal`, async-signal-safe, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    c.spawn().unwrap()
 }
 
 fn stack_json(pid: u32, extra: &[&str]) -> Value {
@@ -732,29 +744,21 @@ fn signals_while_a_thread_cannot_stop() {
     t.assert_untouched();
     use std::os::unix::process::ExitStatusExt;
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
-        // A loaded machine may see the held state so late that unwind has let go and finished
-        // (exit 0) before the signal arrives: that attempt says nothing, try again.
-        for attempt in 0.. {
-            let mut u = spawn_unwind(t.pid(), &[]);
-            // Once threads are held (state `t`), they stay held for 2 s.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !tasks(t.pid()).iter().any(|tid| {
-                std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", t.pid()))
-                    .is_ok_and(|s| s.contains("State:\tt"))
-            }) {
-                assert!(Instant::now() < deadline, "unwind never held the threads");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            // SAFETY: kill takes integers; `u` is not reaped yet, so the pid is its own.
-            unsafe { libc::kill(u.id() as libc::pid_t, sig) };
-            let status = u.wait().unwrap();
-            t.assert_untouched();
-            if status.success() && attempt < 4 {
-                continue;
-            }
-            assert_eq!(status.signal(), Some(sig), "{status:?}");
-            break;
+        let mut u = spawn_unwind(t.pid(), &[]);
+        // Once threads are held (state `t`), they stay held for 2 s.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !tasks(t.pid()).iter().any(|tid| {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", t.pid()))
+                .is_ok_and(|s| s.contains("State:\tt"))
+        }) {
+            assert!(Instant::now() < deadline, "unwind never held the threads");
+            std::thread::sleep(Duration::from_millis(2));
         }
+        // SAFETY: kill takes integers; `u` is not reaped yet, so the pid is its own.
+        unsafe { libc::kill(u.id() as libc::pid_t, sig) };
+        let status = u.wait().unwrap();
+        assert_eq!(status.signal(), Some(sig), "{status:?}");
+        t.assert_untouched();
     }
 }
 
