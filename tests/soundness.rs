@@ -885,3 +885,36 @@ fn unregistering_waits_for_a_reader_on_another_thread() {
         "the drop returned after {waited:?}, while the reader held the stack"
     );
 }
+
+/// A registered range whose lowest page is a guard page (corosensei's `Stack::limit()` is the
+/// bottom of its mapping, guard page included, and `limit()..base()` is what its users, and
+/// this crate's own examples, registered): the guard page is left out of the registration, so
+/// a walk that reads there (a coroutine below it whose start trampoline's CFI reads just above
+/// its own stack) is refused instead of faulting. This was the storm test's SIGSEGV.
+#[test]
+fn a_registered_range_s_guard_page_is_not_read() {
+    if !in_child("a_registered_range_s_guard_page_is_not_read") {
+        return;
+    }
+    use corosensei::stack::{DefaultStack, Stack};
+    let stack = DefaultStack::new(64 * 1024).unwrap();
+    let (lo, hi) = (stack.limit().get() as u64, stack.base().get() as u64);
+    let page = 4096;
+    let (_, _, perm) = mapping_of(lo).unwrap();
+    assert_eq!(perm, "---p", "corosensei's limit() is its guard page");
+    // SAFETY: `stack` outlives `reg` (dropped first, below); the guard page is left out.
+    let reg = unsafe { unwind::coroutine::register_stack(lo, hi) }.unwrap();
+    assert_eq!(
+        unwind::transition::registered_stack(lo + page),
+        Some(unwind::Range::new(lo + page, hi))
+    );
+    assert_eq!(unwind::transition::registered_stack(lo), None);
+    let local = 0u64;
+    let sp = std::hint::black_box(&local) as *const u64 as u64;
+    let mut m = unwind::live::LiveMemory::for_sp(sp);
+    assert_eq!(unwind::Memory::read_u64(&mut m, lo), None);
+    assert_eq!(unwind::Memory::read_u64(&mut m, lo + page), Some(0));
+    drop(m);
+    drop(reg);
+    drop(stack);
+}

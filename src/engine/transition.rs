@@ -922,7 +922,9 @@ pub fn registered() -> Vec<(Transition, &'static str)> {
 }
 
 /// Registers a stack (a system stack, a coroutine stack, a stack segment) whose memory live
-/// captures may read and across which they may walk. Not async-signal-safe.
+/// captures may read and across which they may walk. Not async-signal-safe. Unreadable pages
+/// at the bottom of `range` (a guard page) are left out (see
+/// [`crate::coroutine::register_stack`]).
 ///
 /// # Safety
 /// Live captures (on any thread, also in signal handlers) read any 8-aligned word inside
@@ -934,12 +936,23 @@ pub unsafe fn register_stack(range: Range) -> Result<Id, RegistryError> {
     if range.is_empty() {
         return Err(RegistryError::EmptyRange);
     }
-    static AT_FORK: std::sync::Once = std::sync::Once::new();
-    AT_FORK.call_once(|| {
-        // SAFETY: registers a handler that only stores to atomics and reads a thread-local
-        // (async-signal-safe, as a fork child's handler must be).
-        unsafe { libc::pthread_atfork(None, None, Some(readers_after_fork)) };
-    });
+    // Only live captures read registered stacks (and take read sections).
+    #[cfg(feature = "live")]
+    {
+        static AT_FORK: std::sync::Once = std::sync::Once::new();
+        AT_FORK.call_once(|| {
+            // SAFETY: registers a handler that only stores to atomics and reads a thread-local
+            // (async-signal-safe, as a fork child's handler must be).
+            unsafe { libc::pthread_atfork(None, None, Some(readers_after_fork)) };
+        });
+    }
+    // A guard page at the bottom of the range (corosensei's `limit()` includes its own) is left
+    // out: walks read any word of a registered range directly.
+    #[cfg(feature = "live")]
+    let range = crate::live::without_guard_pages(range);
+    if range.is_empty() {
+        return Err(RegistryError::EmptyRange);
+    }
     let mut w = writer();
     if w.stacks.len() >= MAX_STACKS {
         return Err(RegistryError::Full);
@@ -1115,6 +1128,7 @@ static STACK_REMOVALS: AtomicU64 = AtomicU64::new(0);
 /// [`STACK_REMOVALS`] now (Acquire: a stack looked up after this read and still registered
 /// when the count reads the same again was not unregistered in between).
 #[inline(always)]
+#[cfg_attr(not(feature = "live"), allow(dead_code))]
 pub(crate) fn stack_removals() -> u64 {
     STACK_REMOVALS.load(Ordering::Acquire)
 }
@@ -1126,11 +1140,10 @@ std::thread_local! {
         const { [core::cell::Cell::new(0), core::cell::Cell::new(0)] };
 }
 
-/// This thread's stripe: a hash of its thread pointer (`pthread_self`, one register read).
+/// This thread's stripe: a hash of the address of its [`OWN_READS`] (each thread's own).
 #[inline(always)]
 fn own_stripe() -> usize {
-    // SAFETY: pthread_self has no preconditions (it reads the thread pointer).
-    let t = unsafe { libc::pthread_self() } as u64;
+    let t = OWN_READS.with(|c| c.as_ptr() as u64);
     (t.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % READ_STRIPES
 }
 
@@ -1138,6 +1151,7 @@ fn own_stripe() -> usize {
 /// registered after opening it stays mapped (its [`unregister_stack`] waits for the section
 /// to close, unless called on this same thread: see [`StackReads::removals`]).
 /// Async-signal-safe to open and close; no allocation, no lock.
+#[cfg_attr(not(feature = "live"), allow(dead_code))]
 #[derive(Debug)]
 pub(crate) struct StackReads {
     epoch: bool,
@@ -1146,6 +1160,7 @@ pub(crate) struct StackReads {
     removals: u64,
 }
 
+#[cfg_attr(not(feature = "live"), allow(dead_code))]
 impl StackReads {
     /// Opens a section. One atomic add on this thread's stripe, one fence.
     #[inline(never)]
@@ -1242,6 +1257,7 @@ fn drain(epoch: usize) {
 
 /// After `fork`, the child's only thread: sections other threads had open in the parent never
 /// close in the child. Keep this thread's own counts only.
+#[cfg(feature = "live")]
 extern "C" fn readers_after_fork() {
     let mine = own_stripe();
     for (epoch, stripes) in READERS.iter().enumerate() {
@@ -1474,8 +1490,18 @@ mod tests {
 
     #[test]
     fn live_stacks() {
-        let base = 0x6666_0000_0000u64;
-        // SAFETY: not mapped, but nothing walks there: only lookups, no reads.
+        // SAFETY: a fresh private anonymous mapping of two pages, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                8192,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as u64;
+        // SAFETY: mapped and readable until unregistered (below).
         let id = unsafe { register_stack(Range::new(base, base + 4096)) }.unwrap();
         assert_eq!(
             registered_stack(base + 100),
@@ -1484,5 +1510,21 @@ mod tests {
         assert_eq!(registered_stack(base + 4096), None);
         unregister_stack(id).unwrap();
         assert_eq!(registered_stack(base + 100), None);
+        // Unmapped, or its bottom page unreadable (a guard page): left out of a registration.
+        // SAFETY: the first page of the mapping above, which nothing uses.
+        assert_eq!(
+            unsafe { libc::mprotect(base as *mut libc::c_void, 4096, libc::PROT_NONE) },
+            0
+        );
+        // SAFETY: the readable part (the second page) stays mapped until unregistered.
+        let id = unsafe { register_stack(Range::new(base, base + 8192)) }.unwrap();
+        assert_eq!(
+            registered_stack(base + 4096),
+            Some(Range::new(base + 4096, base + 8192))
+        );
+        assert_eq!(registered_stack(base + 100), None);
+        unregister_stack(id).unwrap();
+        // SAFETY: unmaps the mapping above, no longer registered.
+        unsafe { libc::munmap(base as *mut libc::c_void, 8192) };
     }
 }

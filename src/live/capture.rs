@@ -465,6 +465,48 @@ fn read_checked<const N: usize>(addr: u64) -> Option<[u64; N]> {
     (n == len as isize).then_some(out)
 }
 
+/// Whether the byte at `addr` can be read now: `Some(false)` when it is unmapped or
+/// unreadable, `None` when the kernel refuses to say (`process_vm_readv` not allowed).
+/// Async-signal-safe; `errno` is kept.
+fn readable_now(addr: u64) -> Option<bool> {
+    let errno = crate::live::errno::Saved::new();
+    let mut b = 0u8;
+    let local = libc::iovec {
+        iov_base: (&mut b as *mut u8).cast(),
+        iov_len: 1,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: `local` describes `b`, writable for 1 byte; the kernel checks `remote`.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    let e = std::io::Error::last_os_error().raw_os_error();
+    drop(errno);
+    match n {
+        1 => Some(true),
+        _ if e == Some(libc::EFAULT) => Some(false),
+        _ => None,
+    }
+}
+
+/// `r` without the unreadable pages at its bottom: a guard page that a registered range
+/// includes (corosensei's `Stack::limit` is the bottom of its mapping, guard page included,
+/// so `limit()..base()` holds a page no walk may read). At most 16 pages are left out; `r`
+/// as it is where the kernel refuses to say. Not for signal handlers' hot paths (a system
+/// call per page probed).
+pub(crate) fn without_guard_pages(r: Range) -> Range {
+    let page = crate::live::page_size() as u64;
+    let mut lo = r.lo;
+    for _ in 0..16 {
+        if lo >= r.hi || readable_now(lo) != Some(false) {
+            break;
+        }
+        lo = (lo & !(page - 1)).saturating_add(page);
+    }
+    Range::new(lo.min(r.hi), r.hi)
+}
+
 impl Memory for LiveMemory {
     #[inline(always)]
     fn read_u64(&mut self, addr: u64) -> Option<u64> {

@@ -65,7 +65,10 @@ impl Drop for RegisteredStack {
 }
 
 /// Registers the stack `[lo, hi)` (lowest usable address, stack base). Not async-signal-safe
-/// (takes the registry's lock).
+/// (takes the registry's lock). Unreadable pages at the bottom of the range are left out (a
+/// guard page: corosensei's `Stack::limit()` is the bottom of its mapping, guard page
+/// included; up to 16 pages, one `process_vm_readv` probe each), so `limit()..base()` may be
+/// passed as it is; [`RegisteredStack::range`] is what was registered.
 ///
 /// # Safety
 /// Live captures on any thread (also in signal handlers) read any word of `[lo, hi)` while it is
@@ -76,7 +79,8 @@ impl Drop for RegisteredStack {
 /// ([`crate::transition::unregister_stack`]): the memory may be freed as soon as the drop
 /// returns.
 pub unsafe fn register_stack(lo: u64, hi: u64) -> Result<RegisteredStack, RegistryError> {
-    let range = Range::new(lo, hi);
+    // (The range registered: without a guard page at its bottom, see above.)
+    let range = crate::live::without_guard_pages(Range::new(lo, hi));
     // SAFETY: the caller keeps `[lo, hi)` mapped until the guard is dropped, and the guard's
     // drop unregisters it: the contract of `transition::register_stack`.
     let id = unsafe { transition::register_stack(range) }?;
