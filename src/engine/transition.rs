@@ -1512,10 +1512,8 @@ mod tests {
         assert_eq!(registered_stack(base + 100), None);
         // Unmapped, or its bottom page unreadable (a guard page): left out of a registration.
         // SAFETY: the first page of the mapping above, which nothing uses.
-        assert_eq!(
-            unsafe { libc::mprotect(base as *mut libc::c_void, 4096, libc::PROT_NONE) },
-            0
-        );
+        let protected = unsafe { libc::mprotect(base as *mut libc::c_void, 4096, libc::PROT_NONE) };
+        assert_eq!(protected, 0);
         // SAFETY: the readable part (the second page) stays mapped until unregistered.
         let id = unsafe { register_stack(Range::new(base, base + 8192)) }.unwrap();
         assert_eq!(
