@@ -535,6 +535,20 @@ fn registry_churn_while_handlers_capture() {
             let (stop, ops) = (stop.clone(), ops.clone());
             std::thread::spawn(move || {
                 let base = 0x6100_0000_0000 + t * 0x1_0000_0000;
+                // The stacks registered: pieces of one real mapping (a registration leaves
+                // out what cannot be read), far from the spinners' stacks.
+                // SAFETY: a fresh private anonymous mapping, never unmapped (the test's
+                // process ends with it).
+                let region = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        1000 * 0x100,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                } as u64;
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let lo = base + (i % 1000) * 0x100;
@@ -545,16 +559,12 @@ fn registry_churn_while_handlers_capture() {
                     )
                     .unwrap();
                     assert_eq!(transition::Live.lookup(lo + 1).map(|t| t.id), Some(id));
-                    // SAFETY: not mapped, but no frame chain in this test points into it (the
-                    // spinner's stacks are far from 0x61..): no capture reads it.
-                    let sid = unsafe {
-                        transition::register_stack(unwind::Range::new(
-                            lo + 0x1000_0000,
-                            lo + 0x1000_0100,
-                        ))
-                    }
-                    .unwrap();
-                    assert!(transition::registered_stack(lo + 0x1000_0080).is_some());
+                    let at = region + (i % 1000) * 0x100;
+                    // SAFETY: inside a mapping that stays mapped and readable.
+                    let sid =
+                        unsafe { transition::register_stack(unwind::Range::new(at, at + 0x100)) }
+                            .unwrap();
+                    assert!(transition::registered_stack(at + 0x80).is_some());
                     transition::unregister(id).unwrap();
                     transition::unregister_stack(sid).unwrap();
                     assert!(transition::Live.lookup(lo + 1).is_none());
