@@ -102,6 +102,11 @@ mod tests {
     /// the handlers, the child's locks stay held (its exit status then says which).
     #[test]
     fn a_fork_waits_for_the_profilers_locks_and_the_child_finds_them_free() {
+        // Not beside a heap test: its `reset` would wait (holding the control lock this fork
+        // waits for) for the table update the holder below keeps open until the fork is done.
+        let _serial = super::super::heap::tests::LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         super::register();
         let (held, wait) = mpsc::channel();
         let (done, finish) = mpsc::channel::<()>();

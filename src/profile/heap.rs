@@ -1979,7 +1979,7 @@ pub fn default_classifier() -> Classifier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -2073,7 +2073,9 @@ mod tests {
         assert_eq!(draw(0), u64::MAX);
     }
 
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// Serialises the tests that use the heap profiler's global state (the fork test too:
+    /// a `reset` waits for the table update that test holds).
+    pub(crate) static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
     fn map_buckets_overflow_and_stay_short_without_tombstones() {
