@@ -938,14 +938,7 @@ pub unsafe fn register_stack(range: Range) -> Result<Id, RegistryError> {
     }
     // Only live captures read registered stacks (and take read sections).
     #[cfg(feature = "live")]
-    {
-        static AT_FORK: std::sync::Once = std::sync::Once::new();
-        AT_FORK.call_once(|| {
-            // SAFETY: registers a handler that only stores to atomics and reads a thread-local
-            // (async-signal-safe, as a fork child's handler must be).
-            unsafe { libc::pthread_atfork(None, None, Some(readers_after_fork)) };
-        });
-    }
+    forget_readers_after_fork();
     // A guard page at the bottom of the range (corosensei's `limit()` includes its own) is left
     // out: walks read any word of a registered range directly.
     #[cfg(feature = "live")]
@@ -1253,6 +1246,20 @@ fn drain(epoch: usize) {
             }
         }
     }
+}
+
+/// Registers (once per process) the fork handler that makes a child forget the read sections
+/// its parent's other threads had open. [`crate::init`] calls it, so that the first
+/// [`register_stack`] does not: `pthread_atfork` waits for a fork in progress on another
+/// thread, whose own handlers may wait for a lock the registering thread holds.
+#[cfg(feature = "live")]
+pub(crate) fn forget_readers_after_fork() {
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a handler that only stores to atomics and reads a thread-local
+        // (async-signal-safe, as a fork child's handler must be).
+        unsafe { libc::pthread_atfork(None, None, Some(readers_after_fork)) };
+    });
 }
 
 /// After `fork`, the child's only thread: sections other threads had open in the parent never

@@ -80,6 +80,7 @@ static BUILTINS: OnceLock<Builtins> = OnceLock::new();
 /// [`crate::init_thread`]'s thread-local check).
 pub fn init() -> &'static Builtins {
     crate::live::init_thread();
+    crate::transition::forget_readers_after_fork();
     BUILTINS.get_or_init(discover)
 }
 
