@@ -157,6 +157,49 @@ fn crossings(c: &mut Criterion) {
             corosensei::CoroutineResult::Return(()) => unreachable!(),
         })
     });
+    // A capture at depth 16 in a coroutine, its stack registered or not: an unregistered one is
+    // found in /proc/self/maps by each capture and read through process_vm_readv.
+    for registered in [true, false] {
+        let mut stack = DefaultStack::new(1 << 20).unwrap();
+        // SAFETY: `stack` outlives `_r` (the coroutine borrowing it is dropped first, below).
+        let _r = registered.then(|| {
+            unsafe {
+                unwind::coroutine::register_stack(
+                    stack.limit().get() as u64,
+                    stack.base().get() as u64,
+                )
+            }
+            .unwrap()
+        });
+        let mut co = corosensei::Coroutine::with_stack(
+            &mut stack,
+            move |y: &corosensei::Yielder<u64, Duration>, mut iters: u64| {
+                let mut buf = [Frame::EMPTY; 128];
+                loop {
+                    let took = recurse(16, &mut || {
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            capture_once(&mut buf);
+                        }
+                        t.elapsed()
+                    });
+                    iters = y.suspend(took);
+                }
+            },
+        );
+        let name = if registered {
+            "capture depth 16 in a coroutine, registered"
+        } else {
+            "capture depth 16 in a coroutine, not registered"
+        };
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| match co.resume(iters) {
+                corosensei::CoroutineResult::Yield(d) => d,
+                corosensei::CoroutineResult::Return(()) => unreachable!(),
+            })
+        });
+        drop(co);
+    }
     g.finish();
 }
 
@@ -177,6 +220,15 @@ fn report(c: &mut Criterion) {
     }
     if let (Some(o), Some(t)) = (one, three) {
         println!("3 transitions / 1 transition: {:.3}", t / o);
+    }
+    let reg = get("transitions", "capture depth 16 in a coroutine, registered");
+    let unreg = get(
+        "transitions",
+        "capture depth 16 in a coroutine, not registered",
+    );
+    println!("coroutine, depth 16 (ns): registered {reg:?}  not registered {unreg:?}");
+    if let (Some(r), Some(u)) = (reg, unreg) {
+        println!("not registered / registered: {:.1}", u / r);
     }
 }
 

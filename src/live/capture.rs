@@ -389,11 +389,14 @@ impl LiveMemory {
             if self.stacks[3].contains(addr) && crate::transition::stack_removals() == removals {
                 return Some(self.stacks[3]);
             }
-            // Another registered stack (or this thread unregistered one since): a section.
-            self.stacks[3] = Range::default();
-            self.held = Held::Nothing;
         }
-        if let Held::Nothing = self.held {
+        if !matches!(self.held, Held::Section(_)) {
+            // No section yet: first a lookup that writes nothing (the common answer, "no
+            // stack there", needs no section: nothing will be read); a stack found is looked
+            // up again inside a section (see `StackReads`), whose answer is the one used.
+            registered_stack(addr)?;
+            // Another registered stack (or this thread unregistered its own since): a section.
+            self.stacks[3] = Range::default();
             self.held = Held::Section(StackReads::open());
         }
         let Held::Section(reads) = &mut self.held else {
