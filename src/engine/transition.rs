@@ -1091,10 +1091,12 @@ pub fn registered_stack(addr: u64) -> Option<Range> {
 // `coroutine::register_stack`'s guard allows): `unregister_stack` therefore waits, after
 // publishing the table without the stack, until every read section that may have found it has
 // ended. A section is a count in one of [`READ_STRIPES`] counters (the thread's, by a hash of
-// its thread pointer; each on its own cache line, so threads that capture at once rarely write
-// the same line) of one of two epochs (so that a stream of new readers cannot starve the
-// writer: it flips the epoch and waits for the old one to drain). Only walks that look a stack
-// up in the registry take a section: a capture on the thread's own stack writes nothing.
+// the address of one of its thread-locals; each on its own cache line, so threads that capture
+// at once rarely write the same line) of one of two epochs (so that a stream of new readers
+// cannot starve the writer: it flips the epoch and waits for the old one to drain). Only walks
+// that find a registered stack other than the one their thread runs on take a section: a
+// capture on the thread's own stack, or on a registered coroutine whose parent is the thread's
+// stack, writes nothing.
 
 /// Counters per epoch.
 const READ_STRIPES: usize = 64;
