@@ -499,13 +499,29 @@ fn readable_now(addr: u64) -> Option<bool> {
 /// as it is where the kernel refuses to say. Not for signal handlers' hot paths (a system
 /// call per page probed).
 pub(crate) fn without_guard_pages(r: Range) -> Range {
+    skip_unreadable_bottom(r, readable_now)
+}
+
+/// [`without_guard_pages`] with `probe` ([`readable_now`]); where the probe cannot say, the
+/// mapping `/proc/self/maps` shows at the address says (and an unreadable one is skipped
+/// whole).
+fn skip_unreadable_bottom(r: Range, probe: impl Fn(u64) -> Option<bool>) -> Range {
     let page = crate::live::page_size() as u64;
+    let next_page = |a: u64| (a & !(page - 1)).saturating_add(page);
     let mut lo = r.lo;
     for _ in 0..16 {
-        if lo >= r.hi || readable_now(lo) != Some(false) {
+        if lo >= r.hi {
             break;
         }
-        lo = (lo & !(page - 1)).saturating_add(page);
+        lo = match probe(lo) {
+            Some(true) => break,
+            Some(false) => next_page(lo),
+            None => match maps::scan([lo, lo], false).found[0] {
+                Some(m) if m.readable => break,
+                Some(m) => m.range.hi.max(next_page(lo)),
+                None => next_page(lo),
+            },
+        };
     }
     Range::new(lo.min(r.hi), r.hi)
 }
@@ -1303,5 +1319,40 @@ mod by_cfi_tests {
             let mut none: [Frame; 0] = [];
             assert_eq!(by_cfi(&mut none, 0).len, 0);
         });
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    /// A range whose bottom page is a guard page loses it, whether the kernel's checked read
+    /// answers (the probe) or not (`/proc/self/maps` then says, as under a seccomp filter that
+    /// refuses `process_vm_readv`); a readable range stays whole.
+    #[test]
+    fn unreadable_bottom_pages_are_left_out_with_or_without_the_probe() {
+        let page = crate::live::page_size() as u64;
+        // SAFETY: a fresh private anonymous mapping of four pages, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                4 * page as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as u64;
+        let r = Range::new(p, p + 4 * page);
+        assert_eq!(without_guard_pages(r), r);
+        assert_eq!(skip_unreadable_bottom(r, |_| None), r);
+        // SAFETY: the mapping's first page, which nothing uses.
+        let protected = unsafe { libc::mprotect(p as *mut libc::c_void, page as usize, 0) };
+        assert_eq!(protected, 0);
+        let rest = Range::new(p + page, p + 4 * page);
+        assert_eq!(without_guard_pages(r), rest);
+        assert_eq!(skip_unreadable_bottom(r, |_| None), rest);
+        // SAFETY: unmaps the mapping made above.
+        unsafe { libc::munmap(p as *mut libc::c_void, 4 * page as usize) };
     }
 }
