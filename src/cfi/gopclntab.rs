@@ -212,7 +212,7 @@ impl<'a> Table<'a> {
         // FUNCDATA_InlTree (3): an offset from gofunc, after the pcdata offsets.
         let tree = gofunc.and_then(|g| {
             let npcdata = self.field(&f, 28)? as usize;
-            let fixed = if self.go120 { 44 } else { 40 };
+            let fixed = self.func_size();
             let nfuncdata = *self.tab.get(f.func.checked_add(fixed - 1)?)?;
             if nfuncdata <= 3 {
                 return None;
@@ -265,6 +265,17 @@ impl<'a> Table<'a> {
         false
     }
 
+    /// The size of a `_func` record before its pcdata offsets (`nfuncdata` is its last byte):
+    /// 40 bytes, 44 from Go 1.20 (`startLine`).
+    #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
+    fn func_size(&self) -> usize {
+        if self.go120 {
+            44
+        } else {
+            40
+        }
+    }
+
     /// `f`'s `PCDATA_InlTreeIndex` (pcdata table 2) at `at`: the inline tree entry of the
     /// innermost call inlined there, or `None` (-1: none).
     #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
@@ -273,7 +284,7 @@ impl<'a> Table<'a> {
         if npcdata <= 2 {
             return None;
         }
-        let table = self.field(f, if self.go120 { 44 } else { 40 } + 2 * 4)?;
+        let table = self.field(f, self.func_size() + 2 * 4)?;
         usize::try_from(self.value_at(f, table, at)?).ok()
     }
 

@@ -933,6 +933,16 @@ pub fn registered() -> Vec<(Transition, &'static str)> {
 /// other threads that found the stack to finish their walks; this thread's own captures
 /// notice the change before their next read).
 pub unsafe fn register_stack(range: Range) -> Result<Id, RegistryError> {
+    // SAFETY: forwarded from the caller.
+    unsafe { register_stack_range(range) }.map(|(id, _)| id)
+}
+
+/// [`register_stack`], also returning the range registered (without its unreadable bottom
+/// pages).
+///
+/// # Safety
+/// As [`register_stack`].
+pub(crate) unsafe fn register_stack_range(range: Range) -> Result<(Id, Range), RegistryError> {
     if range.is_empty() {
         return Err(RegistryError::EmptyRange);
     }
@@ -956,7 +966,7 @@ pub unsafe fn register_stack(range: Range) -> Result<Id, RegistryError> {
         w.stacks.retain(|(_, s)| *s != id);
         return Err(e);
     }
-    Ok(id)
+    Ok((id, range))
 }
 
 /// Removes a registered stack. Not async-signal-safe (takes the registry's lock, and may
@@ -1212,6 +1222,15 @@ fn wait_for_readers() {
     drain(cur);
 }
 
+/// This thread's open sections counted in `stripe` of `epoch` (`mine`: this thread's stripe).
+fn own_count(epoch: usize, stripe: usize, mine: usize) -> usize {
+    if stripe == mine {
+        OWN_READS.with(|c| c[epoch].get()) as usize
+    } else {
+        0
+    }
+}
+
 /// Waits until the open sections of `epoch` are this thread's own. Says once on standard
 /// error when that takes over two seconds (a `LiveMemory` leaked or held across a wait).
 fn drain(epoch: usize) {
@@ -1221,12 +1240,7 @@ fn drain(epoch: usize) {
     for (i, stripe) in READERS[epoch].iter().enumerate() {
         let mut spins = 0u32;
         loop {
-            let own = if i == mine {
-                OWN_READS.with(|c| c[epoch].get()) as usize
-            } else {
-                0
-            };
-            if stripe.0.load(Ordering::SeqCst) <= own {
+            if stripe.0.load(Ordering::SeqCst) <= own_count(epoch, i, mine) {
                 break;
             }
             // A section lasts one walk (microseconds, a `/proc/self/maps` scan at worst); a
@@ -1271,12 +1285,7 @@ extern "C" fn readers_after_fork() {
     let mine = own_stripe();
     for (epoch, stripes) in READERS.iter().enumerate() {
         for (i, s) in stripes.iter().enumerate() {
-            let own = if i == mine {
-                OWN_READS.with(|c| c[epoch].get()) as usize
-            } else {
-                0
-            };
-            s.0.store(own, Ordering::SeqCst);
+            s.0.store(own_count(epoch, i, mine), Ordering::SeqCst);
         }
     }
 }

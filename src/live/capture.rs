@@ -451,45 +451,44 @@ unsafe fn read_words<const N: usize>(addr: u64) -> [u64; N] {
 /// Async-signal-safe; `errno` is kept.
 #[inline(never)]
 fn read_checked<const N: usize>(addr: u64) -> Option<[u64; N]> {
-    let _errno = crate::live::errno::Saved::new();
     let mut out = [0u64; N];
-    let len = 8 * N;
-    let local = libc::iovec {
-        iov_base: out.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: len,
-    };
-    // SAFETY: `local` describes `out`, writable for `len` bytes; the kernel checks `remote`
-    // (a fault there is an error return, EFAULT, not a signal). getpid has no preconditions.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    (n == len as isize).then_some(out)
+    // SAFETY: `[u64; N]` is plain data: any bytes the kernel writes are a valid value.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), 8 * N) };
+    copy_checked(addr, bytes).ok()?;
+    Some(out)
 }
 
 /// Whether the byte at `addr` can be read now: `Some(false)` when it is unmapped or
 /// unreadable, `None` when the kernel refuses to say (`process_vm_readv` not allowed).
 /// Async-signal-safe; `errno` is kept.
 fn readable_now(addr: u64) -> Option<bool> {
-    let errno = crate::live::errno::Saved::new();
-    let mut b = 0u8;
+    match copy_checked(addr, &mut [0u8]) {
+        Ok(()) => Some(true),
+        Err(libc::EFAULT) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// Copies `out.len()` bytes at `addr` into `out` through the kernel (`process_vm_readv` on
+/// this process), or says why not (the call's `errno`: EFAULT where the memory cannot be read
+/// now). Never faults; async-signal-safe; this thread's `errno` is kept.
+fn copy_checked(addr: u64, out: &mut [u8]) -> Result<(), i32> {
+    let _errno = crate::live::errno::Saved::new();
     let local = libc::iovec {
-        iov_base: (&mut b as *mut u8).cast(),
-        iov_len: 1,
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: out.len(),
     };
     let remote = libc::iovec {
         iov_base: addr as *mut libc::c_void,
-        iov_len: 1,
+        iov_len: out.len(),
     };
-    // SAFETY: `local` describes `b`, writable for 1 byte; the kernel checks `remote`.
+    // SAFETY: `local` describes `out`, writable for its length; the kernel checks `remote`
+    // (a fault there is an error return, EFAULT, not a signal). getpid has no preconditions.
     let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    let e = std::io::Error::last_os_error().raw_os_error();
-    drop(errno);
-    match n {
-        1 => Some(true),
-        _ if e == Some(libc::EFAULT) => Some(false),
-        _ => None,
+    if n == out.len() as isize {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     }
 }
 

@@ -79,10 +79,9 @@ impl Drop for RegisteredStack {
 /// ([`crate::transition::unregister_stack`]): the memory may be freed as soon as the drop
 /// returns.
 pub unsafe fn register_stack(lo: u64, hi: u64) -> Result<RegisteredStack, RegistryError> {
-    // (The range registered: without a guard page at its bottom, see above.)
-    let range = crate::live::without_guard_pages(Range::new(lo, hi));
     // SAFETY: the caller keeps `[lo, hi)` mapped until the guard is dropped, and the guard's
-    // drop unregisters it: the contract of `transition::register_stack`.
-    let id = unsafe { transition::register_stack(range) }?;
+    // drop unregisters it: the contract of `transition::register_stack`. (The range
+    // registered is without a guard page at its bottom, see above.)
+    let (id, range) = unsafe { transition::register_stack_range(Range::new(lo, hi)) }?;
     Ok(RegisteredStack { id, range })
 }
