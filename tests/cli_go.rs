@@ -36,6 +36,24 @@ fn unwind_json(core: &Path, extra: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `unwind stack --core CORE --exe EXE --lines`, text (it must succeed).
+fn unwind_text_lines(core: &Path, exe: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["stack", "--core"])
+        .arg(core)
+        .arg("--exe")
+        .arg(exe)
+        .arg("--lines")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn names(t: &Value) -> Vec<String> {
     t["frames"]
         .as_array()
@@ -840,21 +858,10 @@ fn stripped_go_lines_match_go_s_traceback() {
         );
         // Text: "    NAME (inlined) at FILE:LINE" lines, then "  #N PC [stack S] NAME+OFF at
         // FILE:LINE".
-        let out = Command::new(BIN)
-            .args([
-                "stack",
-                "--core",
-                core.to_str().unwrap(),
-                "--exe",
-                exe_arg,
-                "--lines",
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        let text = unwind_text_lines(&core, &exe);
         let mut chains = 0;
         let mut ours = Vec::new();
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
+        for l in text.lines() {
             let l = l.trim_start();
             if let Some((name, pos)) = l.split_once(" (inlined) at ") {
                 ours.push((name.to_string(), pos.to_string()));
@@ -906,16 +913,10 @@ fn stripped_go_lines_match_go_s_traceback() {
             "{}",
             String::from_utf8_lossy(&built.stderr)
         );
-        let with_dwarf = Command::new(BIN)
-            .args(["stack", "--core", core.to_str().unwrap(), "--exe"])
-            .arg(&full)
-            .arg("--lines")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let with_dwarf = unwind_text_lines(&core, &full);
         assert!(text.contains(" (inlined) at "), "{arch}: {text}");
         assert_eq!(
-            String::from_utf8_lossy(&with_dwarf.stdout).replace(full.to_str().unwrap(), exe_arg),
+            with_dwarf.replace(full.to_str().unwrap(), exe_arg),
             text,
             "{arch}: lines from .gopclntab and from DWARF differ"
         );
@@ -959,17 +960,6 @@ fn a_stripped_pie_go_binary_is_named_crossed_and_has_lines() {
             assert!(f["symbol"].is_string() && f["line"].is_string(), "{f}");
         }
     }
-    let out = Command::new(BIN)
-        .args([
-            "stack",
-            "--core",
-            core.to_str().unwrap(),
-            "--exe",
-            exe_arg,
-            "--lines",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = unwind_text_lines(&core, &exe);
     assert!(text.contains(" (inlined) at "), "{text}");
 }

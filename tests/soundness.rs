@@ -13,8 +13,14 @@ use unwind::Frame;
 /// Runs `name` in a child process (this binary, that one test) when not already the child;
 /// returns true in the child, which then runs the test's body.
 fn in_child(name: &str) -> bool {
+    child_output(name).is_none()
+}
+
+/// [`in_child`], returning the child's standard output and error once it passed (`None` in
+/// the child).
+fn child_output(name: &str) -> Option<String> {
     if std::env::var("UNWIND_SOUNDNESS_CHILD").as_deref() == Ok(name) {
-        return true;
+        return None;
     }
     let out = Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
@@ -35,7 +41,7 @@ fn in_child(name: &str) -> bool {
         text.contains("1 passed"),
         "child {name} did not run: {text}"
     );
-    false
+    Some(text)
 }
 
 fn errno() -> i32 {
@@ -537,21 +543,6 @@ fn a_registered_stack_unmapped_after_unregistering_is_not_read() {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
     const LEN: usize = 64 * 1024;
-    let map = || -> u64 {
-        // SAFETY: a fresh private anonymous mapping; unmapped only by this test's owner thread.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        p as u64
-    };
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicUsize::new(0));
     // Where the owner maps, registers, unregisters and unmaps, again and again: an address
@@ -579,7 +570,7 @@ fn a_registered_stack_unmapped_after_unregistering_is_not_read() {
             }
         })
     };
-    let at = map();
+    let at = map_anon(LEN);
     // SAFETY: unmaps the mapping made above (nothing else knows it yet).
     unsafe { libc::munmap(at as *mut libc::c_void, LEN) };
     at_shared.store(at, Ordering::Release);
@@ -840,20 +831,8 @@ fn a_walk_over_a_scanned_mapping_survives_its_unmapping() {
 /// memory may be unmapped once the drop returns.
 #[test]
 fn unregistering_waits_for_a_reader_on_another_thread() {
-    const NAME: &str = "unregistering_waits_for_a_reader_on_another_thread";
-    if std::env::var("UNWIND_SOUNDNESS_CHILD").as_deref() != Ok(NAME) {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
-            .env("UNWIND_SOUNDNESS_CHILD", NAME)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{err}{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert!(err.contains("has waited over 2 s"), "{err}");
+    if let Some(text) = child_output("unregistering_waits_for_a_reader_on_another_thread") {
+        assert!(text.contains("has waited over 2 s"), "{text}");
         return;
     }
     const LEN: usize = 64 * 1024;
