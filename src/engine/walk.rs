@@ -635,7 +635,14 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             return;
         }
         let takes_entry = if self.asks_cfi(st) {
-            true
+            // A plain rule at hand for the return address (a cache hit) is CFI covering the
+            // byte before: the step would not look for an entry. This saves a whole CFI step
+            // per capture that fills its buffer (the common case for a profiler's sample).
+            !(C::PLAIN_RULES
+                && self
+                    .cfi
+                    .plain_rule(st.regs.pc)
+                    .is_some_and(|r| r.kind & PlainRule::PLAIN != 0))
         } else {
             // Hybrid: the step follows the record first, and looks for an entry only if
             // that fails.

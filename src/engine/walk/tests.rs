@@ -942,3 +942,75 @@ fn a_call_through_a_null_pointer_keeps_its_caller() {
     );
     assert_eq!((pcs(&f), stop), (vec![0], StopReason::ReadFailed));
 }
+
+/// Frame-record CFI with plain rules at hand for every return address but `entry`, where no
+/// CFI covers the byte before and the return address is a function's first instruction (a
+/// return address a runtime pushed itself). Records every [`Cfi::step`] asked.
+struct RecordRules {
+    entry: u64,
+    steps: Vec<(u64, bool)>,
+}
+
+impl Cfi for RecordRules {
+    fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
+        self.steps.push((regs.pc, exact));
+        if regs.pc == self.entry {
+            if !exact {
+                return CfiStep::NoInfo;
+            }
+            // At the entry: the return address at sp, fp untouched.
+            return match mem.read_u64(regs.sp) {
+                Some(pc) => CfiStep::Caller(Regs::new(pc, regs.sp + 8, regs.fp)),
+                None => CfiStep::Failed,
+            };
+        }
+        match mem.read_pair(regs.fp) {
+            Some((fp, pc)) if regs.fp & 7 == 0 => CfiStep::Caller(Regs::new(pc, regs.fp + 16, fp)),
+            _ => CfiStep::Failed,
+        }
+    }
+
+    const PLAIN_RULES: bool = true;
+
+    fn plain_rule(&mut self, ra: u64) -> Option<PlainRule> {
+        (ra != self.entry).then_some(PlainRule {
+            cfa_off: 16,
+            pair_off: 0,
+            ra_off: -8,
+            fp_off: -16,
+            kind: PlainRule::PLAIN | PlainRule::CFA_FP | PlainRule::FP_SAVED | PlainRule::PAIR,
+        })
+    }
+}
+
+#[test]
+fn a_dwarf_walk_cut_with_a_plain_rule_at_hand_asks_no_step_for_its_last_frame() {
+    let s = chain(5);
+    let regions = [s.region()];
+    let table = TransitionTable::new();
+    let run = |entry: u64| {
+        let mut cfi = RecordRules {
+            entry,
+            steps: Vec::new(),
+        };
+        let mut buf = vec![Frame::EMPTY; 3];
+        let mut mem = Image::new(&regions);
+        let t = Walker::<X86_64, _, _>::with_cfi(&table, &mut cfi, Mode::Dwarf).walk(
+            start_at(LO + 0x100),
+            &mut mem,
+            &mut buf,
+        );
+        assert_eq!((t.len, t.stop), (3, StopReason::BufferFull));
+        assert_eq!(pcs(&buf), vec![0x1234, 0x40_0000, 0x40_0001]);
+        (buf[2].is_exact(), cfi.steps)
+    };
+    // The cut's last return address has a plain rule (a cache hit): CFI covers the byte
+    // before, so no entry is looked for, and no step is asked for it.
+    let (exact, steps) = run(0);
+    assert!(!exact);
+    assert!(!steps.contains(&(0x40_0001, false)), "{steps:x?}");
+    // Without one, the cut asks as the next step would, and marks a pushed entry exact.
+    let (exact, steps) = run(0x40_0001);
+    assert!(exact, "{steps:x?}");
+    assert!(steps.contains(&(0x40_0001, false)) && steps.contains(&(0x40_0001, true)));
+}
