@@ -922,6 +922,14 @@ fn capture_holding(hold: bool, buf: &mut [Frame], u: &Unwinder, mode: Mode) -> T
 
 #[test]
 fn a_capture_while_the_thread_cache_is_held_walks_without_it() {
+    captures_with_and_without_the_thread_cache();
+}
+
+/// The test's body, in a function of its own: a test function may be inlined whole into the
+/// harness's `FnOnce::call_once` (a release build did), and its frames would then be named
+/// after that; this one keeps its name, which the body looks for.
+#[inline(never)]
+fn captures_with_and_without_the_thread_cache() {
     let u = crate::modules::refresh().0;
     let sym = crate::symbols::Symbolizer::for_current_process();
     for mode in [Mode::Dwarf, Mode::Hybrid] {
@@ -951,7 +959,7 @@ fn a_capture_while_the_thread_cache_is_held_walks_without_it() {
             buf.retain(|f| {
                 !sym.lookup(f.lookup_pc()).is_some_and(|s| {
                     s.name
-                        .contains("a_capture_while_the_thread_cache_is_held_walks_without_it")
+                        .contains("captures_with_and_without_the_thread_cache")
                 })
             });
             assert!(buf.len() < before, "no frame in this test: {buf:?}");
