@@ -506,7 +506,8 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 self.pac_mask,
             );
         }
-        let st = State {
+        // The walk's state there, built only where it is needed (not on the common path).
+        let state = |regs: Regs| State {
             regs,
             exact: false,
             stack: 0,
@@ -518,14 +519,29 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             n,
         };
         if n >= limit {
-            // As `run` ends a full walk.
-            self.mark_entry_at_cut(&st, mem, buf);
+            // As `run` ends a full walk; the common case (a plain rule at hand for the last
+            // return address, see `mark_entry_at_cut`) decided here, without the call.
+            if !self.covered_at_cut(regs.pc) {
+                self.mark_entry_at_cut(&state(regs), mem, buf);
+            }
             return Trace {
                 len: n,
                 stop: self.full_stop(n),
             };
         }
-        self.resume_with_step(st, mem, buf, limit)
+        self.resume_with_step(state(regs), mem, buf, limit)
+    }
+
+    /// Does a plain rule at hand for return address `ra` (a rule-cache hit) say that CFI
+    /// covers the byte before, so that a walk cut after `ra`'s frame marks nothing there
+    /// ([`Walker::mark_entry_at_cut`]: its step would not look for an entry)?
+    #[inline(always)]
+    fn covered_at_cut(&mut self, ra: u64) -> bool {
+        C::PLAIN_RULES
+            && self
+                .cfi
+                .plain_rule(ra)
+                .is_some_and(|r| r.kind & PlainRule::PLAIN != 0)
     }
 
     /// `run` from its general step on (after a hot loop that did not fill the buffer), out of
@@ -638,11 +654,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             // A plain rule at hand for the return address (a cache hit) is CFI covering the
             // byte before: the step would not look for an entry. This saves a whole CFI step
             // per capture that fills its buffer (the common case for a profiler's sample).
-            !(C::PLAIN_RULES
-                && self
-                    .cfi
-                    .plain_rule(st.regs.pc)
-                    .is_some_and(|r| r.kind & PlainRule::PLAIN != 0))
+            !self.covered_at_cut(st.regs.pc)
         } else {
             // Hybrid: the step follows the record first, and looks for an entry only if
             // that fails.
@@ -1764,7 +1776,17 @@ fn enter_stack_at<M: Memory>(mem: &mut M, addr: u64) -> Option<Range> {
 /// The stack holding `regs`' stack pointer, else their frame pointer.
 #[inline]
 fn stack_of<M: Memory>(mem: &mut M, regs: &Regs) -> Option<Range> {
-    first_stack(regs, |a| mem.stack_range(a))
+    // As `first_stack`, written out: its closure was not inlined (a call per walk).
+    if regs.sp != 0 {
+        if let Some(r) = mem.stack_range(regs.sp) {
+            return Some(r);
+        }
+    }
+    if regs.fp != 0 {
+        mem.stack_range(regs.fp)
+    } else {
+        None
+    }
 }
 
 /// The stack a transition's recovered registers `regs` lead to ([`Memory::enter_stack`]): the
