@@ -495,7 +495,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let mut n = 1;
         // `run`'s first round: the hot loop (`fast_run_dwarf`), then the full-buffer check.
         if let Some(seg) = seg {
-            n += follow_cfi::<A, M, T, C, false>(
+            n += follow_cfi_inline::<A, M, T, C, false>(
                 &mut self.cfi,
                 mem,
                 &self.transitions,
@@ -1510,6 +1510,23 @@ const PLAIN_HI: u64 = 0u64.wrapping_sub(1 << 31);
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 fn follow_cfi<A: Arch, M: Memory, T: Transitions, C: Cfi, const HYBRID: bool>(
+    cfi: &mut C,
+    mem: &mut M,
+    table: &T,
+    out: &mut [Frame],
+    seg: Range,
+    regs: &mut Regs,
+    stack: u16,
+    pac_mask: u64,
+) -> usize {
+    follow_cfi_inline::<A, M, T, C, HYBRID>(cfi, mem, table, out, seg, regs, stack, pac_mask)
+}
+
+/// [`follow_cfi`], inlined (a live Dwarf capture's entry, [`Walker::walk_from_return`]: the
+/// call's set-up was a tenth of a depth-8 capture).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn follow_cfi_inline<A: Arch, M: Memory, T: Transitions, C: Cfi, const HYBRID: bool>(
     cfi: &mut C,
     mem: &mut M,
     table: &T,
