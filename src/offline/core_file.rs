@@ -120,6 +120,121 @@ pub struct Core {
     expected_len: u64,
     /// Memory the file does not hold, read elsewhere (a stopped process: `crate::process`).
     backing: Option<Box<dyn Backing>>,
+    /// The core file itself, when it was opened from one: its segments' bytes are read from
+    /// it a block at a time ([`FileReads`]), not through the mapping.
+    file: Option<FileReads>,
+}
+
+/// Reads of a core file's bytes with `pread`, a 4 KiB block at a time, the last
+/// [`FileReads::SLOTS`] blocks kept. A walk reads a few words near the top of each thread's
+/// stack, and each stack is its own part of the file: through the mapping, each such read
+/// faulted in 16 pages (the kernel's fault-around, ~2.5 us here) that the process's exit then
+/// unmapped again (~2 us more), for the one page it used; a `pread` of the page is ~0.5-0.9 us
+/// and maps nothing. But a copy costs more than a mapping for memory read densely (a deep
+/// stack walked whole: 16 `pread`s of 4 KiB for what one fault maps), so a segment that
+/// needed [`FileReads::DENSE`] blocks is read through the mapping from then on. Reads of a
+/// block or more go to the file directly. A file cut shorter since it was opened reads as
+/// missing there (a mapping's read past the new end would fault).
+struct FileReads {
+    file: std::fs::File,
+    blocks: std::sync::Mutex<Blocks>,
+    /// Blocks read so far in each segment (by index), up to [`FileReads::DENSE`]: checked
+    /// without the lock, so that a dense segment's reads take none.
+    misses: Vec<std::sync::atomic::AtomicU32>,
+}
+
+/// [`FileReads`]' cached blocks: `tags[i]` is the block index + 1 in slot `i` (0: empty),
+/// `lens[i]` how many of its bytes the file has (short at the end of the file).
+struct Blocks {
+    tags: [u64; FileReads::SLOTS],
+    lens: [usize; FileReads::SLOTS],
+    data: Vec<u8>,
+    next: usize,
+}
+
+impl FileReads {
+    const BLOCK: usize = 4096;
+    const SLOTS: usize = 8;
+    const DENSE: u32 = 4;
+
+    fn new(file: std::fs::File, segments: usize) -> FileReads {
+        FileReads {
+            file,
+            blocks: std::sync::Mutex::new(Blocks {
+                tags: [0; FileReads::SLOTS],
+                lens: [0; FileReads::SLOTS],
+                data: Vec::new(),
+                next: 0,
+            }),
+            misses: (0..segments).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Reads `out.len()` bytes at file offset `off`, in segment `seg`; `Some(false)` if the file
+    /// does not have them all, `None` if the segment is read densely (read it mapped).
+    fn read(&self, seg: usize, off: u64, out: &mut [u8]) -> Option<bool> {
+        use std::os::unix::fs::FileExt;
+        use std::sync::atomic::Ordering::Relaxed;
+        let misses = self.misses.get(seg)?;
+        if misses.load(Relaxed) >= Self::DENSE {
+            return None;
+        }
+        if out.len() >= Self::BLOCK {
+            misses.fetch_add(1, Relaxed);
+            return Some(self.file.read_exact_at(out, off).is_ok());
+        }
+        // A poisoned lock only means a panic elsewhere while it was held: the blocks are
+        // whole (each is filled before its tag is set).
+        let mut b = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let b = &mut *b;
+        if b.data.is_empty() {
+            b.data = vec![0; Self::BLOCK * Self::SLOTS];
+        }
+        let mut done = 0;
+        while done < out.len() {
+            let Some(at) = off.checked_add(done as u64) else {
+                return Some(false);
+            };
+            let block = at / Self::BLOCK as u64;
+            let within = (at % Self::BLOCK as u64) as usize;
+            let slot = match b.tags.iter().position(|&t| t == block + 1) {
+                Some(i) => i,
+                None => {
+                    // (Below `DENSE` when this read began: a read that needs more blocks
+                    // finishes with them.)
+                    misses.fetch_add(1, Relaxed);
+                    let i = b.next;
+                    b.next = (i + 1) % Self::SLOTS;
+                    b.tags[i] = 0;
+                    let buf = &mut b.data[i * Self::BLOCK..(i + 1) * Self::BLOCK];
+                    let mut got = 0;
+                    while got < Self::BLOCK {
+                        match self
+                            .file
+                            .read_at(&mut buf[got..], block * Self::BLOCK as u64 + got as u64)
+                        {
+                            Ok(0) => break,
+                            Ok(n) => got += n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(_) => break,
+                        }
+                    }
+                    b.lens[i] = got;
+                    b.tags[i] = block + 1;
+                    i
+                }
+            };
+            let have = b.lens[slot];
+            if within >= have {
+                return Some(false);
+            }
+            let n = (have - within).min(out.len() - done);
+            let from = slot * Self::BLOCK + within;
+            out[done..done + n].copy_from_slice(&b.data[from..from + n]);
+            done += n;
+        }
+        Some(true)
+    }
 }
 
 /// Memory read from somewhere other than a core file: a stopped process (`crate::process`).
@@ -162,9 +277,18 @@ impl Core {
     /// Opened through [`crate::safe_open`] (a regular, non-empty file, never blocking, not
     /// under `/proc` or `/sys`; no size limit) and mapped read-only.
     pub fn open(path: &Path) -> Result<Core, CoreError> {
-        let data = crate::safe_open::map(path, &crate::safe_open::Policy::core())
-            .map_err(|e| CoreError::Io(path.into(), e))?;
-        Core::parse(data)
+        let io = |e| CoreError::Io(path.into(), e);
+        let opened = crate::safe_open::open(path, &crate::safe_open::Policy::core()).map_err(io)?;
+        let file = opened.file.try_clone().ok();
+        let data = opened.map().map_err(io)?;
+        let mut core = Core::parse(data)?;
+        // Segment reads from the file, when the file is mapped (a file read whole is in
+        // memory already).
+        if matches!(core.data, Mapped::Map(_)) {
+            let segments = core.segments.len();
+            core.file = file.map(|f| FileReads::new(f, segments));
+        }
+        Ok(core)
     }
 
     /// `Some((bytes present, bytes expected))` when the file is shorter than its program
@@ -201,6 +325,7 @@ impl Core {
             pac_mask,
             segments,
             backing: None,
+            file: None,
         })
     }
 
@@ -238,6 +363,7 @@ impl Core {
             pac_mask: 0,
             segments,
             backing: Some(backing),
+            file: None,
         }
     }
 
@@ -440,16 +566,17 @@ pub struct CoreMemory<'a> {
 }
 
 impl CoreMemory<'_> {
-    fn segment(&self, addr: u64) -> Option<&Segment> {
+    /// The segment holding `addr`, and its index.
+    fn segment(&self, addr: u64) -> Option<(usize, &Segment)> {
         let segs = &self.core.segments;
-        let i = segs.partition_point(|s| s.vaddr <= addr);
-        let s = segs.get(i.checked_sub(1)?)?;
-        (addr - s.vaddr < s.memsz).then_some(s)
+        let i = segs.partition_point(|s| s.vaddr <= addr).checked_sub(1)?;
+        let s = segs.get(i)?;
+        (addr - s.vaddr < s.memsz).then_some((i, s))
     }
 
     /// Reads `out.len()` bytes at `addr`, if the core holds them.
     pub fn read_bytes(&self, addr: u64, out: &mut [u8]) -> bool {
-        let Some(s) = self.segment(addr) else {
+        let Some((seg, s)) = self.segment(addr) else {
             return self
                 .core
                 .backing
@@ -462,13 +589,19 @@ impl CoreMemory<'_> {
             return false;
         }
         let start = s.file_lo + off as usize;
-        match self.core.data.get(start..start + out.len()) {
-            Some(b) => {
-                out.copy_from_slice(b);
-                true
-            }
-            None => false,
+        let Some(b) = self.core.data.get(start..start + out.len()) else {
+            return false;
+        };
+        if let Some(read) = self
+            .core
+            .file
+            .as_ref()
+            .and_then(|f| f.read(seg, start as u64, out))
+        {
+            return read;
         }
+        out.copy_from_slice(b);
+        true
     }
 }
 
@@ -479,7 +612,7 @@ impl Memory for CoreMemory<'_> {
     }
 
     fn stack_range(&mut self, addr: u64) -> Option<Range> {
-        let Some(s) = self.segment(addr) else {
+        let Some((_, s)) = self.segment(addr) else {
             return self.core.backing.as_ref()?.mapping(addr);
         };
         // Only the file-backed part is readable.
@@ -540,5 +673,110 @@ mod tests {
         assert_eq!(m[0].path, "/bin/x");
         assert_eq!(m[0].offset, 4096);
         assert!(parse_nt_file(&[1, 2, 3]).is_empty());
+    }
+
+    /// A committed core, written to a fresh file.
+    fn committed_core(name: &str, dir: &str) -> (std::path::PathBuf, Vec<u8>) {
+        use std::io::Read;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let gz =
+            std::fs::File::open(root.join("fixtures/cores").join(format!("{name}.gz"))).unwrap();
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut bytes)
+            .unwrap();
+        let d = std::env::temp_dir().join(format!("unwind-{dir}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        (path, bytes)
+    }
+
+    /// Segment reads from the file (`pread`, cached blocks, then the mapping once a segment is
+    /// read densely) give exactly the bytes the mapping holds, whatever their size and place:
+    /// inside a block, across two, a block or more, at a segment's file end.
+    #[test]
+    fn reads_from_the_core_file_equal_the_mapped_bytes() {
+        let (path, bytes) = committed_core("core-x86_64-threads", "reads");
+        let file = Core::open(&path).unwrap();
+        assert!(
+            file.file.is_some(),
+            "a mapped core reads its segments from the file"
+        );
+        let owned = Core::from_bytes(bytes).unwrap();
+        assert!(owned.file.is_none());
+        let (mut a, mut b) = (file.memory(), owned.memory());
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut compared = 0;
+        for s in &file.segments {
+            let len = (s.file_hi - s.file_lo) as u64;
+            if len == 0 {
+                continue;
+            }
+            for k in 0..64 {
+                let size = match k % 4 {
+                    0 => 8,
+                    1 => 1 + next() % 64,
+                    2 => 1 + next() % 6000,
+                    _ => 4096,
+                } as usize;
+                // Mostly inside the file-backed part, some reads running past its end.
+                let off = next() % (len + 16);
+                let (mut x, mut y) = (vec![0u8; size], vec![0u8; size]);
+                let (rx, ry) = (
+                    a.read_bytes(s.vaddr + off, &mut x),
+                    b.read_bytes(s.vaddr + off, &mut y),
+                );
+                assert_eq!(rx, ry, "{:#x}+{off:#x}, {size} bytes", s.vaddr);
+                assert_eq!(x, y, "{:#x}+{off:#x}, {size} bytes", s.vaddr);
+                compared += rx as usize;
+                if size == 8 {
+                    assert_eq!(a.read_u64(s.vaddr + off), b.read_u64(s.vaddr + off));
+                }
+            }
+        }
+        assert!(compared > 100, "{compared}");
+        // Every segment was read densely above: later reads come from the mapping.
+        let reads = file.file.as_ref().unwrap();
+        let dense = reads
+            .misses
+            .iter()
+            .filter(|m| m.load(std::sync::atomic::Ordering::Relaxed) >= FileReads::DENSE);
+        assert!(dense.count() > 0);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A core file cut shorter while it is open: a read from the file of bytes it no longer
+    /// has is a failed read (through the mapping it would raise SIGBUS).
+    #[test]
+    fn a_core_file_cut_while_open_reads_as_missing() {
+        let (path, _) = committed_core("core-x86_64-chain", "cut");
+        let core = Core::open(&path).unwrap();
+        let s = core
+            .segments
+            .iter()
+            .find(|s| s.file_hi - s.file_lo >= 8192)
+            .expect("a segment of two pages or more");
+        let (vaddr, lo, len) = (s.vaddr, s.file_lo as u64, (s.file_hi - s.file_lo) as u64);
+        let mut m = core.memory();
+        let before = m.read_u64(vaddr + 8);
+        assert!(before.is_some());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(lo)
+            .unwrap();
+        // A block of the segment not read before: gone.
+        assert_eq!(m.read_u64(vaddr + len - 8), None);
+        // The block read before the cut is still the copy taken then.
+        assert_eq!(m.read_u64(vaddr + 8), before);
+        let _ = std::fs::remove_file(&path);
     }
 }
