@@ -1,7 +1,8 @@
 //! ELF core files: threads' registers, memory, mapped files.
 //!
 //! A core is parsed with `object`'s ELF reader over a `memmap2` mapping. Memory is the file-backed
-//! part of each `PT_LOAD` segment; one `NT_PRSTATUS` note per thread gives its registers
+//! part of each `PT_LOAD` segment (read from the file with `pread` while a segment is read
+//! sparsely, [`Core::open`]); one `NT_PRSTATUS` note per thread gives its registers
 //! (`pr_pid` at offset 32, `pr_reg` at 0x70: `struct elf_prstatus` in the kernel's
 //! `include/linux/elfcore.h`); `NT_FILE` lists mapped files (absent in qemu-user cores);
 //! `NT_AUXV` the auxiliary vector; `NT_ARM_PAC_MASK` aarch64's pointer-authentication masks.
@@ -275,7 +276,10 @@ impl Core {
     /// Opens and parses a core file.
     ///
     /// Opened through [`crate::safe_open`] (a regular, non-empty file, never blocking, not
-    /// under `/proc` or `/sys`; no size limit) and mapped read-only.
+    /// under `/proc` or `/sys`; no size limit) and mapped read-only. The file stays open while
+    /// the `Core` lives: its segments' memory is read from it with `pread` (a block at a time;
+    /// through the mapping once a segment is read densely), which maps nothing for the few
+    /// words a walk reads at the top of each stack.
     pub fn open(path: &Path) -> Result<Core, CoreError> {
         let io = |e| CoreError::Io(path.into(), e);
         let opened = crate::safe_open::open(path, &crate::safe_open::Policy::core()).map_err(io)?;
