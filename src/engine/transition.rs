@@ -646,6 +646,37 @@ fn page_filter<const W: usize>(rows: &[[u64; W]]) -> [u8; FILTER_BITS] {
     filter
 }
 
+/// For each filter entry ([`filter_bit`]), the 64-byte lines of its pages that some row of
+/// `rows` touches, a bit each (bit `(addr >> 6) & 63`): a finer filter, read where the page's
+/// is hit, so that a return address beside a transition, on its page but on none of its
+/// lines, costs no search. Pages sharing an entry share the mask.
+fn line_masks<const W: usize>(rows: &[[u64; W]]) -> Box<[u64; FILTER_BITS]> {
+    let mut masks = Box::new([0u64; FILTER_BITS]);
+    for row in rows {
+        let (lo, hi) = (row[0], row[1]);
+        if hi <= lo {
+            continue;
+        }
+        let (first, last) = (lo >> 12, (hi - 1) >> 12);
+        if last - first >= FILTER_BITS as u64 {
+            *masks = [u64::MAX; FILTER_BITS];
+            return masks;
+        }
+        for page in first..=last {
+            // The lines of this page inside [lo, hi).
+            let a = if page == first { (lo >> 6) & 63 } else { 0 };
+            let b = if page == last {
+                ((hi - 1) >> 6) & 63
+            } else {
+                63
+            };
+            let bits = (u64::MAX >> (63 - b)) & (u64::MAX << a);
+            masks[filter_bit(page << 12)] |= bits;
+        }
+    }
+    masks
+}
+
 /// Two [`Buffer`]s, one readable ("active") while the other is rewritten ("left-right"): a writer
 /// fills the inactive buffer, then flips `active`. Readers write nothing: a lookup reads
 /// `active`, the buffer's `gen` (even: complete), the row, then `gen` again (a seqlock
@@ -661,6 +692,8 @@ struct LeftRightTable<const N: usize, const W: usize> {
     env_lo: AtomicU64,
     env_hi: AtomicU64,
     filter: [AtomicU8; FILTER_BITS],
+    /// [`line_masks`], kept as `filter` is (widened before a flip, narrowed after).
+    lines: [AtomicU64; FILTER_BITS],
     bufs: [Buffer<N, W>; 2],
 }
 
@@ -690,6 +723,7 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
             env_lo: AtomicU64::new(0),
             env_hi: AtomicU64::new(0),
             filter,
+            lines: [Self::ZERO; FILTER_BITS],
             bufs: [Self::BUFFER; 2],
         }
     }
@@ -717,6 +751,12 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
         for (a, v) in self.filter.iter().zip(filter) {
             a.fetch_or(v, Ordering::SeqCst);
         }
+        let lines = line_masks(rows);
+        for (a, v) in self.lines.iter().zip(lines.iter()) {
+            if *v != 0 {
+                a.fetch_or(*v, Ordering::SeqCst);
+            }
+        }
         self.env_lo.store(union.lo, Ordering::SeqCst);
         self.env_hi.store(union.hi, Ordering::SeqCst);
         // Rewrite the inactive buffer under its sequence number (odd while writing). A reader
@@ -732,6 +772,11 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
         // Narrow to the new version (keeping the other bits: `UNRECORDED_PAGE`).
         for (a, v) in self.filter.iter().zip(filter) {
             a.fetch_and(v | !TRANSITION_PAGE, Ordering::SeqCst);
+        }
+        for (a, v) in self.lines.iter().zip(lines.iter()) {
+            if a.load(Ordering::Relaxed) != *v {
+                a.store(*v, Ordering::SeqCst);
+            }
         }
         self.env_lo.store(env.lo, Ordering::SeqCst);
         self.env_hi.store(env.hi, Ordering::SeqCst);
@@ -771,10 +816,16 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
     /// writes nothing.
     #[inline]
     fn find(&self, addr: u64) -> Option<[u64; W]> {
-        if !self.may_contain(addr) {
+        if !self.may_contain(addr) || !self.line_hit(addr) {
             return None;
         }
         self.find_validated(addr)
+    }
+
+    /// Could a row contain `addr`, on a page the filter is hit for? One bit of [`line_masks`].
+    #[inline(always)]
+    fn line_hit(&self, addr: u64) -> bool {
+        self.lines[filter_bit(addr)].load(Ordering::Relaxed) & (1 << ((addr >> 6) & 63)) != 0
     }
 
     /// The seqlock read: a row from a complete version, or `None` (no row, or a writer kept
@@ -1444,6 +1495,77 @@ mod tests {
         assert_eq!(T.find(0x20_0008), None);
         // An address on the pages sharing entry 0 is looked up and not found.
         assert_eq!(T.find(0x100_0000), None);
+    }
+
+    /// The line masks: exactly the 64-byte lines a row touches, on each of its pages; a row
+    /// over more pages than the filter has entries sets every bit.
+    #[test]
+    fn line_masks_mark_the_lines_rows_touch() {
+        let m = line_masks(&[[0x20_0040, 0x20_0041, 1]]);
+        assert_eq!(m[filter_bit(0x20_0000)], 1 << 1);
+        assert_eq!(m.iter().filter(|&&w| w != 0).count(), 1);
+        // Across a page boundary: the last line of one page, the first two of the next.
+        let m = line_masks(&[[0x1_0fc0, 0x1_1050, 1]]);
+        assert_eq!(m[filter_bit(0x1_0000)], 1 << 63);
+        assert_eq!(m[filter_bit(0x1_1000)], 0b11);
+        // Whole pages between.
+        let m = line_masks(&[[0x1_0800, 0x1_3010, 1]]);
+        assert_eq!(m[filter_bit(0x1_0000)], u64::MAX << 32);
+        assert_eq!(m[filter_bit(0x1_1000)], u64::MAX);
+        assert_eq!(m[filter_bit(0x1_2000)], u64::MAX);
+        assert_eq!(m[filter_bit(0x1_3000)], 1);
+        // Empty rows touch nothing; a huge one everything.
+        assert!(line_masks(&[[5, 5, 1]]).iter().all(|&w| w == 0));
+        assert!(line_masks(&[[0, 1 << 40, 1]])
+            .iter()
+            .all(|&w| w == u64::MAX));
+    }
+
+    /// Lookups with the line masks find exactly what a search of the rows finds, at every
+    /// address around random rows (beside them on their pages, inside, at their ends), through
+    /// publishes that move them; an address on a hit page but another line needs no search.
+    #[test]
+    fn lookups_with_line_masks_match_the_rows() {
+        static T: LeftRightTable<16, 3> = LeftRightTable::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20 {
+            let mut rows: Vec<[u64; 3]> = (0..6)
+                .map(|i| {
+                    let lo = 0x40_0000 + next() % 0x8000;
+                    [lo, lo + 1 + next() % 0x180, i]
+                })
+                .collect();
+            rows.sort_by_key(|r| r[0]);
+            let env = Range::new(rows[0][0], rows.iter().map(|r| r[1]).max().unwrap());
+            T.publish(&rows, env);
+            for addr in 0x3f_f000..0x41_0000u64 {
+                let want = rows
+                    .iter()
+                    .rev()
+                    .find(|r| r[0] <= addr && addr < r[1])
+                    .copied();
+                let got = T.find(addr);
+                // Overlapping rows: any row containing the address is a right answer.
+                match (want, got) {
+                    (None, None) => {}
+                    (Some(_), Some(g)) => assert!(g[0] <= addr && addr < g[1], "{addr:#x}"),
+                    _ => panic!("{addr:#x}: {want:x?} vs {got:x?} in {rows:x?}"),
+                }
+            }
+        }
+        T.publish(
+            &[[0x20_0040, 0x20_0041, 7]],
+            Range::new(0x20_0040, 0x20_0041),
+        );
+        assert!(T.filter_hit(0x20_0008) && !T.line_hit(0x20_0008) && T.line_hit(0x20_0040));
+        assert_eq!(T.find(0x20_0040), Some([0x20_0040, 0x20_0041, 7]));
+        assert_eq!(T.find(0x20_0008), None);
     }
 
     /// A page marked as holding code without frame records (`UNRECORDED_PAGE`) stays marked
