@@ -208,6 +208,23 @@ impl Memory for Image<'_> {
     }
 }
 
+/// A little xorshift for tests: deterministic cases without a dependency. Test-only.
+#[cfg(test)]
+pub(crate) struct Rng(pub(crate) u64);
+
+#[cfg(test)]
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// A little builder for synthetic stacks in tests: words at addresses. Test-only (not API).
 #[cfg(test)]
 #[derive(Clone, Debug, Default)]

@@ -1548,18 +1548,12 @@ mod tests {
     #[test]
     fn lookups_with_line_masks_match_the_rows() {
         static T: LeftRightTable<16, 3> = LeftRightTable::new();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::memory::Rng(0x2545_f491_4f6c_dd1d);
         for _ in 0..20 {
             let mut rows: Vec<[u64; 3]> = (0..6)
                 .map(|i| {
-                    let lo = 0x40_0000 + next() % 0x8000;
-                    [lo, lo + 1 + next() % 0x180, i]
+                    let lo = 0x40_0000 + rng.below(0x8000);
+                    [lo, lo + 1 + rng.below(0x180), i]
                 })
                 .collect();
             rows.sort_by_key(|r| r[0]);

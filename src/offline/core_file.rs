@@ -710,13 +710,7 @@ mod tests {
         let owned = Core::from_bytes(bytes).unwrap();
         assert!(owned.file.is_none());
         let (mut a, mut b) = (file.memory(), owned.memory());
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::memory::Rng(0x9e37_79b9_7f4a_7c15);
         let mut compared = 0;
         for s in &file.segments {
             let len = (s.file_hi - s.file_lo) as u64;
@@ -726,12 +720,12 @@ mod tests {
             for k in 0..64 {
                 let size = match k % 4 {
                     0 => 8,
-                    1 => 1 + next() % 64,
-                    2 => 1 + next() % 6000,
+                    1 => 1 + rng.below(64),
+                    2 => 1 + rng.below(6000),
                     _ => 4096,
                 } as usize;
                 // Mostly inside the file-backed part, some reads running past its end.
-                let off = next() % (len + 16);
+                let off = rng.below(len + 16);
                 let (mut x, mut y) = (vec![0u8; size], vec![0u8; size]);
                 let (rx, ry) = (
                     a.read_bytes(s.vaddr + off, &mut x),

@@ -3,7 +3,7 @@
 use super::*;
 use crate::arch::X86_64;
 use crate::frame::{StopReason, Via};
-use crate::memory::{Image, StackBuilder};
+use crate::memory::{Image, Rng, StackBuilder};
 use crate::transition::NoTransitions;
 
 const LO: u64 = 0x10_0000;
@@ -565,21 +565,6 @@ fn assorted() -> Unwinder {
     };
     u.add(PreparedCfi::parse(ArchKind::X86_64, &s, 0, "signal").unwrap());
     u
-}
-
-/// A little xorshift: deterministic cases without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 const WORDS: u64 = 512;
