@@ -642,23 +642,6 @@ impl<const N: usize, const W: usize> Buffer<N, W> {
     }
 }
 
-/// The page filter of `rows`: a non-zero byte for each 4 KiB page some row touches
-/// ([`filter_bit`]), and for entry 0 always ([`PageFilter::hit`] is true for address 0).
-fn page_filter<const W: usize>(rows: &[[u64; W]]) -> [u8; FILTER_BITS] {
-    let mut filter = [0u8; FILTER_BITS];
-    filter[0] = TRANSITION_PAGE;
-    for row in rows {
-        let (first, last) = (row[0] >> 12, row[1].saturating_sub(1) >> 12);
-        if last.saturating_sub(first) >= FILTER_BITS as u64 {
-            return [TRANSITION_PAGE; FILTER_BITS];
-        }
-        for page in first..=last {
-            filter[filter_bit(page << 12)] = TRANSITION_PAGE;
-        }
-    }
-    filter
-}
-
 /// For each filter entry ([`filter_bit`]), the 64-byte lines of its pages that some row of
 /// `rows` touches, a bit each (bit `(addr >> 6) & 63`): a finer filter, read where the page's
 /// is hit, so that a return address beside a transition, on its page but on none of its
@@ -688,6 +671,20 @@ fn line_masks<const W: usize>(rows: &[[u64; W]]) -> Box<[u64; FILTER_BITS]> {
         }
     }
     masks
+}
+
+/// The page filter of rows whose [`line_masks`] are `lines`: a non-zero byte for each 4 KiB
+/// page some row touches ([`filter_bit`]: some line of it), and for entry 0 always
+/// ([`PageFilter::hit`] is true for address 0).
+fn page_filter(lines: &[u64; FILTER_BITS]) -> [u8; FILTER_BITS] {
+    let mut filter = [0u8; FILTER_BITS];
+    for (f, &m) in filter.iter_mut().zip(lines.iter()) {
+        if m != 0 {
+            *f = TRANSITION_PAGE;
+        }
+    }
+    filter[0] = TRANSITION_PAGE;
+    filter
 }
 
 /// Two [`Buffer`]s, one readable ("active") while the other is rewritten ("left-right"): a writer
@@ -760,11 +757,11 @@ impl<const N: usize, const W: usize> LeftRightTable<N, W> {
         } else {
             Range::new(lo.min(env.lo), hi.max(env.hi))
         };
-        let filter = page_filter(rows);
+        let lines = line_masks(rows);
+        let filter = page_filter(&lines);
         for (a, v) in self.filter.iter().zip(filter) {
             a.fetch_or(v, Ordering::SeqCst);
         }
-        let lines = line_masks(rows);
         for (a, v) in self.lines.iter().zip(lines.iter()) {
             if *v != 0 {
                 a.fetch_or(*v, Ordering::SeqCst);
