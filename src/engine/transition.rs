@@ -145,19 +145,6 @@ pub trait Transitions {
     fn page_filter(&self) -> Option<PageFilter<'_>> {
         None
     }
-
-    /// For a return address on a page [`Transitions::page_filter`] is hit for: may an entry
-    /// still hold it? `false` means [`Transitions::lookup`] would certainly find nothing (the
-    /// live table's 64-byte line masks), and the hot loop goes on past it. An associated
-    /// function, so that the loop keeps no register for the table. The default: yes (so a
-    /// `&T` table, which may be unsized, answers yes too: live walks use `Pinned` itself).
-    #[inline(always)]
-    fn on_a_hit_line(_ra: u64) -> bool
-    where
-        Self: Sized,
-    {
-        true
-    }
 }
 
 /// A transition table's page filter ([`Transitions::page_filter`]): one byte per 4 KiB page,
@@ -1087,10 +1074,6 @@ impl Transitions for Live {
             bytes: &TRANSITIONS.filter,
         })
     }
-    #[inline(always)]
-    fn on_a_hit_line(ra: u64) -> bool {
-        TRANSITIONS.line_hit(ra)
-    }
 }
 
 /// The live registry for one walk, as live captures use it. Lookups write no shared memory:
@@ -1145,10 +1128,6 @@ impl Transitions for Pinned {
     #[inline(always)]
     fn page_filter(&self) -> Option<PageFilter<'_>> {
         Live.page_filter()
-    }
-    #[inline(always)]
-    fn on_a_hit_line(ra: u64) -> bool {
-        Live::on_a_hit_line(ra)
     }
 }
 

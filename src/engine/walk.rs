@@ -1413,20 +1413,12 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
         let ra = A::strip_ra(ra, pac_mask);
         let b = page(ra);
         // A zero byte on a page `keeps_record` covers: no transition, and the function keeps a
-        // record. Else the exact tests: on a page a transition touches, the table's line
-        // masks (a frame beside a registered switch function, on its page but on none of its
-        // lines, stays in the loop; zero, the chain's end, never does).
+        // record. Else the exact tests.
         if !(b == 0 && keeps_record.covers(ra)) {
             // Rare: lay the common case out straight (no taken branch in it).
             cold();
-            if b & TRANSITION_PAGE != 0 && (ra == 0 || T::on_a_hit_line(ra))
-                || !keeps_record.keeps(ra)
-            {
+            if b & TRANSITION_PAGE != 0 || !keeps_record.keeps(ra) {
                 break;
-            }
-            #[cfg(test)]
-            if b & TRANSITION_PAGE != 0 {
-                BESIDE.with(|c| c.set(c.get() + 1));
             }
         }
         Frame::write_raw(slot, ra, meta);
@@ -1435,13 +1427,6 @@ pub(crate) fn follow_records_inline<A: Arch, M: Memory, T: Transitions>(
         fp = next;
     }
     (k, fp, if k == 0 { floor0 } else { floor })
-}
-
-#[cfg(test)]
-std::thread_local! {
-    /// Frames the frame-record loop followed on a page a transition touches (its line masks
-    /// said no transition there), on this thread (tests: that the path is taken).
-    pub(crate) static BESIDE: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
 }
 
 /// Marks the path that calls it as rare (an empty `#[cold]` function: the branch leading to it
