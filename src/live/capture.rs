@@ -1354,7 +1354,7 @@ mod by_cfi_tests {
     }
 
     #[inline(never)]
-    fn nest(n: usize, f: &mut dyn FnMut()) {
+    pub(super) fn nest(n: usize, f: &mut dyn FnMut()) {
         if n == 0 {
             f();
         } else {
@@ -1410,18 +1410,9 @@ mod by_cfi_tests {
 /// walker gives.
 #[cfg(test)]
 mod beside_tests {
+    use super::by_cfi_tests::nest;
     use super::*;
     use crate::transition::{register, unregister, Rule};
-
-    #[inline(never)]
-    fn nest(n: usize, f: &mut dyn FnMut()) {
-        if n == 0 {
-            f();
-        } else {
-            nest(n - 1, f);
-            core::hint::black_box(n);
-        }
-    }
 
     #[test]
     fn frames_beside_a_registered_transition_are_the_general_walk_s() {
