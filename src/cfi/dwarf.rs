@@ -839,10 +839,10 @@ pub fn parse_elf(
     bias: u64,
     name: &str,
 ) -> Result<PreparedCfi, CfiError> {
-    use object::{Object, ObjectSection};
+    use object::ObjectSection;
     let file = object::File::parse(data).map_err(|_| CfiError::Object)?;
     let sec = |n: &str| {
-        file.section_by_name(n)
+        crate::cfi::section_names::section_by_name(&file, n)
             .and_then(|s| Some((s.data().ok()?, s.address())))
     };
     // Go links `.debug_frame` compressed (SHF_COMPRESSED, zlib) unless built with
@@ -850,7 +850,7 @@ pub fn parse_elf(
     // not inflate is malformed CFI, not a crash).
     // A stripped Go binary (`-ldflags=-s -w`) has no `.debug_frame`: the one its linker would
     // have written is made from `.gopclntab`'s `pcsp` tables.
-    let debug_frame = match file.section_by_name(".debug_frame") {
+    let debug_frame = match crate::cfi::section_names::section_by_name(&file, ".debug_frame") {
         Some(s) => Some(section_bytes(&s).ok_or(CfiError::Decompress)?),
         None => super::gopclntab::Table::of_file(&file, data)
             .and_then(|t| super::gopclntab::debug_frame(&t, arch))

@@ -59,7 +59,7 @@ pub(crate) struct Position<'a> {
 pub(crate) fn gofunc<'d>(file: &object::File<'d>, t: &Table<'_>) -> Option<&'d [u8]> {
     use object::{Object, ObjectSection};
     let pclntab = section(file)?.address();
-    let nd = file.section_by_name(".noptrdata")?;
+    let nd = crate::cfi::section_names::section_by_name(file, ".noptrdata")?;
     let data = nd.data().ok()?;
     let base = nd.address();
     // Relocations with an addend (a PIE binary's module data is filled in at load by
@@ -111,9 +111,8 @@ fn u64_at(tab: &[u8], at: usize) -> Option<u64> {
 /// A Go binary's `.gopclntab` section: so named, or `.data.rel.ro.gopclntab` in a
 /// position-independent executable (`-buildmode=pie`), where the table holds relocated words.
 pub(crate) fn section<'d, 'f>(file: &'f object::File<'d>) -> Option<object::Section<'d, 'f>> {
-    use object::Object;
-    file.section_by_name(".gopclntab")
-        .or_else(|| file.section_by_name(".data.rel.ro.gopclntab"))
+    crate::cfi::section_names::section_by_name(file, ".gopclntab")
+        .or_else(|| crate::cfi::section_names::section_by_name(file, ".data.rel.ro.gopclntab"))
 }
 
 impl<'a> Table<'a> {
@@ -122,7 +121,7 @@ impl<'a> Table<'a> {
     /// `.text` then starts with the Go text (internal linking, which PIE Go uses unless it
     /// links C).
     pub fn of_file(file: &object::File<'_>, data: &'a [u8]) -> Option<Table<'a>> {
-        use object::{Object, ObjectSection};
+        use object::ObjectSection;
         let sec = section(file)?;
         let (off, size) = sec.file_range()?;
         let (off, size) = (usize::try_from(off).ok()?, usize::try_from(size).ok()?);
@@ -130,7 +129,7 @@ impl<'a> Table<'a> {
         let mut t = Table::parse(tab)?;
         t.file_off = off;
         if t.text == 0 {
-            t.text = file.section_by_name(".text")?.address();
+            t.text = crate::cfi::section_names::section_by_name(file, ".text")?.address();
         }
         Some(t)
     }

@@ -6,3 +6,4 @@ pub(crate) mod gopclntab;
 pub mod module_watch;
 pub mod modules;
 pub mod safe_open;
+pub(crate) mod section_names;

@@ -74,9 +74,10 @@ impl GoOffsets {
     /// The offsets a Go ELF binary's `.debug_info` gives (compressed or not), or `None` when
     /// it has none or lacks one of the fields.
     pub fn from_elf(data: &[u8]) -> Option<GoOffsets> {
-        use object::Object;
         let file = object::File::parse(data).ok()?;
-        let section = |name: &str| crate::dwarf::section_bytes(&file.section_by_name(name)?);
+        let section = |name: &str| {
+            crate::dwarf::section_bytes(&crate::cfi::section_names::section_by_name(&file, name)?)
+        };
         let info = section(".debug_info")?;
         let abbrev = section(".debug_abbrev")?;
         let strs = section(".debug_str").unwrap_or_default();

@@ -201,8 +201,7 @@ impl Module {
     /// exists. For source lines (`--lines`, pprof line tables); symbols use the same search.
     pub fn separate_debug_file(&self) -> Option<PathBuf> {
         let obj = object::File::parse(&*self.data).ok()?;
-        if obj
-            .section_by_name(".debug_info")
+        if crate::cfi::section_names::section_by_name(&obj, ".debug_info")
             .is_some_and(|s| s.size() > 0)
         {
             return None;
@@ -274,7 +273,7 @@ impl Module {
         }
         // A stripped library's local functions (glibc's __restore_rt, start_thread) are in its
         // separate debug file, found by build id, when installed (Debian's *-dbg packages).
-        if file.section_by_name(".symtab").is_none() {
+        if crate::cfi::section_names::section_by_name(&file, ".symtab").is_none() {
             if let Some(path) = debug_file(&file) {
                 debug = crate::safe_open::map(&path, &Policy::default()).ok();
             }
@@ -322,7 +321,8 @@ impl Module {
         // A stripped Go binary (`-ldflags=-s -w`) keeps its function table for the runtime's
         // own tracebacks: `.gopclntab` names every function (the symbol tables, read now, come
         // first).
-        if file.section_by_name(".symtab").is_none() && debug.is_none() {
+        if crate::cfi::section_names::section_by_name(&file, ".symtab").is_none() && debug.is_none()
+        {
             let go = gopclntab_funcs(&file, &data);
             if !go.is_empty() {
                 for t in tables.drain(..) {
@@ -598,7 +598,7 @@ impl Module {
             match self.funcs.get() {
                 Some(funcs) => {
                     for f in funcs.iter().filter(|f| f.addr <= top) {
-                        let j = addrs.partition_point(|&a| a < f.addr);
+                        let j = rank(&addrs, f.addr);
                         if better(&best[j], f.addr) {
                             take(&mut best[j], *f);
                         }
@@ -608,17 +608,17 @@ impl Module {
                     for t in &self.tables {
                         let bytes = self.table_bytes(t);
                         let strtab = t.strtab(bytes);
-                        t.each_func(bytes, |r| {
+                        for r in t.funcs_in(bytes) {
                             if r.addr > top {
-                                return;
+                                continue;
                             }
-                            let j = addrs.partition_point(|&a| a < r.addr);
+                            let j = rank(&addrs, r.addr);
                             if better(&best[j], r.addr) {
                                 if let Some(f) = t.func(strtab, r) {
                                     take(&mut best[j], f);
                                 }
                             }
-                        });
+                        }
                     }
                 }
             }
@@ -676,28 +676,38 @@ impl Module {
             (u64::from_le_bytes(w), mask)
         };
         let mut groups: Vec<((u64, u64), Vec<usize>)> = Vec::new();
-        // The names' first bytes, a bit each: most symbols fail this one test.
-        let mut firsts = [0u64; 4];
-        for n in names {
-            let b = n.as_bytes().first().map_or(0, |&b| b as usize);
-            firsts[b / 64] |= 1 << (b % 64);
-        }
-        let first_may_match = |w: u64| {
-            let b = (w & 0xff) as usize;
-            firsts[b / 64] & (1 << (b % 64)) != 0
-        };
+        // The heads in a 4 096-bit filter, a bit each, and the masks they have (one when every
+        // name has eight bytes or more): a symbol's first eight bytes, masked, miss the filter
+        // for nearly every symbol of a library that defines none of the names.
+        let mut filter = [0u64; 64];
+        let mut masks: Vec<u64> = Vec::new();
+        let bit = |w: u64| (w.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize;
         for (k, n) in names.iter().enumerate() {
             let h = head(n.as_bytes());
+            let b = bit(h.0);
+            filter[b / 64] |= 1 << (b % 64);
+            if !masks.contains(&h.1) {
+                masks.push(h.1);
+            }
             match groups.iter_mut().find(|(g, _)| *g == h) {
                 Some((_, ks)) => ks.push(k),
                 None => groups.push((h, vec![k])),
             }
         }
+        let may_match = |w: u64| {
+            masks.iter().any(|&m| {
+                let b = bit(w & m);
+                filter[b / 64] & (1 << (b % 64)) != 0
+            })
+        };
         match self.funcs.get() {
             Some(funcs) => {
                 for f in funcs {
                     let raw = self.raw_bytes(f);
                     let (w, _) = head(raw);
+                    if !may_match(w) {
+                        continue;
+                    }
                     for ((prefix, mask), ks) in &groups {
                         if w & mask != *prefix {
                             continue;
@@ -716,10 +726,10 @@ impl Module {
                 for t in &self.tables {
                     let bytes = self.table_bytes(t);
                     let strtab = t.strtab(bytes);
-                    t.each_func(bytes, |f| {
+                    for f in t.funcs_in(bytes) {
                         let w = RawTable::name_head(strtab, f);
-                        if !first_may_match(w) {
-                            return;
+                        if !may_match(w) {
+                            continue;
                         }
                         for ((prefix, mask), ks) in &groups {
                             if w & mask != *prefix {
@@ -732,7 +742,7 @@ impl Module {
                                 }
                             }
                         }
-                    });
+                    }
                 }
             }
         }
@@ -925,18 +935,18 @@ struct RawFunc {
 }
 
 impl RawTable {
-    /// Calls `each` with the function symbols, as `object`'s `symbols()` and
-    /// `dynamic_symbols()` list them with kind [`SymbolKind::Text`] and a non-zero address
-    /// (named or not: see [`RawTable::func`]), in order. `bytes` is the file the table is in.
+    /// The function symbols, as `object`'s `symbols()` and `dynamic_symbols()` list them
+    /// with kind [`SymbolKind::Text`] and a non-zero address (named or not: see
+    /// [`RawTable::func`]), in order. `bytes` is the file the table is in. An iterator, so
+    /// that a caller's loop body is compiled into the scan (a C library's debug file has ten
+    /// thousand entries; a closure called per symbol was not inlined and cost a third of each
+    /// pass).
     #[inline(always)]
-    fn each_func(&self, bytes: &[u8], each: impl FnMut(RawFunc)) {
+    fn funcs_in<'b>(&self, bytes: &'b [u8]) -> RawFuncs<'b> {
         let syms = bytes.get(self.syms.clone()).unwrap_or_default();
-        // The byte order fixed for the loop (a C library's debug file has ten thousand
-        // entries).
-        if self.big {
-            scan::<true>(syms, each)
-        } else {
-            scan::<false>(syms, each)
+        RawFuncs {
+            entries: syms.chunks_exact(24),
+            big: self.big,
         }
     }
 
@@ -966,11 +976,11 @@ impl RawTable {
     /// Appends the table's named function symbols to `funcs` (at most `u32::MAX` in all).
     fn read(&self, bytes: &[u8], funcs: &mut Vec<Func>) {
         let strtab = self.strtab(bytes);
-        self.each_func(bytes, |f| {
+        for f in self.funcs_in(bytes) {
             if let (Some(f), Ok(_)) = (self.func(strtab, f), u32::try_from(funcs.len())) {
                 funcs.push(f);
             }
-        });
+        }
     }
 
     /// The first eight bytes at `f`'s name (fewer, zero-padded, at the string table's end).
@@ -996,48 +1006,61 @@ impl RawTable {
     }
 }
 
-/// [`RawTable::each_func`] over `syms`, the entries, in byte order `BIG`.
-#[inline(always)]
-fn scan<const BIG: bool>(syms: &[u8], mut each: impl FnMut(RawFunc)) {
-    let u64_at = |b: [u8; 8]| {
-        if BIG {
-            u64::from_be_bytes(b)
-        } else {
-            u64::from_le_bytes(b)
-        }
-    };
-    for e in syms.chunks_exact(24) {
-        let Ok(e) = <&[u8; 24]>::try_from(e) else {
-            continue;
+/// [`RawTable::funcs_in`]: the function symbols among a table's entries.
+struct RawFuncs<'b> {
+    /// The entries not yet read (24 bytes each).
+    entries: std::slice::ChunksExact<'b, u8>,
+    /// Big-endian?
+    big: bool,
+}
+
+impl Iterator for RawFuncs<'_> {
+    type Item = RawFunc;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<RawFunc> {
+        let big = self.big;
+        let u64_at = |b: [u8; 8]| {
+            if big {
+                u64::from_be_bytes(b)
+            } else {
+                u64::from_le_bytes(b)
+            }
         };
-        // Elf64_Sym: st_name, st_info, st_other, st_shndx, st_value, st_size.
-        let t = e[4] & 0xf;
-        if t != object::elf::STT_FUNC.0 && t != object::elf::STT_GNU_IFUNC.0 {
-            continue;
+        for e in self.entries.by_ref() {
+            let Ok(e) = <&[u8; 24]>::try_from(e) else {
+                continue;
+            };
+            // Elf64_Sym: st_name, st_info, st_other, st_shndx, st_value, st_size.
+            let t = e[4] & 0xf;
+            if t != object::elf::STT_FUNC.0 && t != object::elf::STT_GNU_IFUNC.0 {
+                continue;
+            }
+            let [n0, n1, n2, n3, _, _, s0, s1, v0, v1, v2, v3, v4, v5, v6, v7, z0, z1, z2, z3, z4, z5, z6, z7] =
+                *e;
+            let shndx = if big {
+                u16::from_be_bytes([s0, s1])
+            } else {
+                u16::from_le_bytes([s0, s1])
+            };
+            // Common symbols' value is an alignment (`object` gives address 0).
+            let addr = u64_at([v0, v1, v2, v3, v4, v5, v6, v7]);
+            if shndx == object::elf::SHN_COMMON.0 || addr == 0 {
+                continue;
+            }
+            let at = if big {
+                u32::from_be_bytes([n0, n1, n2, n3])
+            } else {
+                u32::from_le_bytes([n0, n1, n2, n3])
+            };
+            return Some(RawFunc {
+                addr,
+                info: e[4],
+                size: u64_at([z0, z1, z2, z3, z4, z5, z6, z7]),
+                at: at as usize,
+            });
         }
-        let [n0, n1, n2, n3, _, _, s0, s1, v0, v1, v2, v3, v4, v5, v6, v7, z0, z1, z2, z3, z4, z5, z6, z7] =
-            *e;
-        let shndx = if BIG {
-            u16::from_be_bytes([s0, s1])
-        } else {
-            u16::from_le_bytes([s0, s1])
-        };
-        // Common symbols' value is an alignment (`object` gives address 0).
-        let addr = u64_at([v0, v1, v2, v3, v4, v5, v6, v7]);
-        if shndx == object::elf::SHN_COMMON.0 || addr == 0 {
-            continue;
-        }
-        let at = if BIG {
-            u32::from_be_bytes([n0, n1, n2, n3])
-        } else {
-            u32::from_le_bytes([n0, n1, n2, n3])
-        };
-        each(RawFunc {
-            addr,
-            info: e[4],
-            size: u64_at([z0, z1, z2, z3, z4, z5, z6, z7]),
-            at: at as usize,
-        });
+        None
     }
 }
 
@@ -1125,6 +1148,18 @@ fn nul_at(s: &[u8]) -> Option<usize> {
     rest.iter()
         .position(|&b| b == 0)
         .map(|p| s.len() - rest.len() + p)
+}
+
+/// How many of `sorted` (ascending) are below `x`: counted without a branch for the few
+/// dozen pcs a walk asks of a module (a binary search's unpredictable branches cost more, once
+/// per symbol of the module), searched for more.
+#[inline(always)]
+fn rank(sorted: &[u64], x: u64) -> usize {
+    if sorted.len() <= 32 {
+        sorted.iter().map(|&a| usize::from(a < x)).sum()
+    } else {
+        sorted.partition_point(|&a| a < x)
+    }
 }
 
 /// Does `f` cover file address `a` (at or above its start)? Unsized symbols (assembly labels)
@@ -1793,7 +1828,8 @@ mod tests {
             for sym in file.symbols().chain(file.dynamic_symbols()) {
                 add(sym);
             }
-            let debug = debug_file(&file).filter(|_| file.section_by_name(".symtab").is_none());
+            let debug = debug_file(&file)
+                .filter(|_| crate::cfi::section_names::section_by_name(&file, ".symtab").is_none());
             if let Some(d) = debug.and_then(|d| std::fs::read(d).ok()) {
                 for sym in object::File::parse(&*d).unwrap().symbols() {
                     add(sym);

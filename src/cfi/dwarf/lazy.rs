@@ -424,14 +424,14 @@ pub fn parse_elf_lazy<'d>(
     bias: u64,
     name: &str,
 ) -> Result<ModuleCfi<'d>, CfiError> {
-    use object::{Object, ObjectSection};
+    use object::ObjectSection;
     let file = object::File::parse(data).map_err(|_| CfiError::Object)?;
     // Go binaries (`.debug_frame`, or `.gopclntab` to make one from) are prepared.
-    if file.section_by_name(".debug_frame").is_none()
+    if crate::cfi::section_names::section_by_name(&file, ".debug_frame").is_none()
         && crate::cfi::gopclntab::section(&file).is_none()
     {
         let sec = |n: &str| {
-            file.section_by_name(n)
+            crate::cfi::section_names::section_by_name(&file, n)
                 .and_then(|s| Some((s.data().ok()?, s.address())))
         };
         let sections = Sections {
