@@ -1251,7 +1251,7 @@ fn debug_file(file: &object::File<'_>) -> Option<PathBuf> {
 /// taken only when its GNU build id is the file's (when the file has one; the link's CRC
 /// is not computed: reading a large debug file whole for it would cost more than the walk).
 fn debuglink_file(file: &object::File<'_>, paths: &[&Path]) -> Option<(PathBuf, Mapped)> {
-    let (name, _crc) = file.gnu_debuglink().ok()??;
+    let name = crate::cfi::section_names::debuglink_name(file)?;
     let name = std::str::from_utf8(name).ok()?;
     if name.is_empty() || name.contains('/') {
         return None;
