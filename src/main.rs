@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use unwind::offline::{self, Options, Report};
 use unwind::policy::ProfileKind;
 use unwind::pprof_lines::LineTables;
+use unwind::symbols::{Symbol, Symbolizer};
 use unwind::Mode;
 
 /// The heap profiler's sampling allocator: costs a thread-local countdown per allocation until
@@ -467,6 +468,7 @@ fn json_str(s: &str, out: &mut String) {
 /// "stack", "via"}], "truncated"}]}`. With `--lines` each frame also has `"line": "file:N"`
 /// or null.
 fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
+    let mut seen = Lookups::new(&r.symbols);
     let mut o = String::new();
     o.push_str("{\"arch\": ");
     json_str(r.arch.name(), &mut o);
@@ -483,7 +485,7 @@ fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
             if fi > 0 {
                 o.push_str(", ");
             }
-            let sym = r.symbols.lookup(f.lookup_pc());
+            let sym = seen.lookup(f.lookup_pc());
             let module = r.symbols.module_of(f.lookup_pc());
             o.push_str(&format!("{{\"pc\": \"{:#x}\", \"symbol\": ", f.pc));
             match sym {
@@ -518,6 +520,7 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
     // the numbers by hand (`fmt`'s machinery was a fifth of `unwind stack`'s instructions).
     let frames: usize = r.threads.iter().map(|t| t.frames.len()).sum();
     let mut o = String::with_capacity(64 + 32 * r.threads.len() + 96 * frames);
+    let mut seen = Lookups::new(&r.symbols);
     let _ = writeln!(o, "arch {}", r.arch);
     for t in &r.threads {
         o.push_str("\nthread ");
@@ -556,7 +559,7 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
             o.push_str(" [stack ");
             push_dec(&mut o, u64::from(f.stack));
             o.push_str("] ");
-            match r.symbols.lookup(f.lookup_pc()) {
+            match seen.lookup(f.lookup_pc()) {
                 Some(s) => {
                     // The function is the one the lookup pc (pc - 1 for a return address)
                     // is in; the offset is the printed pc's, as Go's tracebacks and glibc's
@@ -597,6 +600,59 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
         );
     }
     o
+}
+
+/// Symbol lookups for the output, each pc looked up once: the threads of a pool stop at the
+/// same few pcs (65 threads, 390 frames, 10 pcs in the benchmark's core), and a lookup (module,
+/// binary search, the name checked as UTF-8 and for mangling) costs ~600 instructions.
+struct Lookups<'s> {
+    symbols: &'s Symbolizer,
+    seen: std::collections::HashMap<u64, Option<Symbol<'s>>, PcHash>,
+}
+
+/// A hash for pcs as map keys (std's SipHash costs more than the lookup it saves here; a
+/// core's pcs are not chosen against the map, and a bad spread only slows the output).
+#[derive(Default, Clone, Copy)]
+struct PcHash(u64);
+
+impl std::hash::Hasher for PcHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+}
+
+impl std::hash::BuildHasher for PcHash {
+    type Hasher = PcHash;
+    fn build_hasher(&self) -> PcHash {
+        PcHash(0)
+    }
+}
+
+impl<'s> Lookups<'s> {
+    fn new(symbols: &'s Symbolizer) -> Self {
+        Lookups {
+            symbols,
+            seen: Default::default(),
+        }
+    }
+
+    /// `symbols.lookup(pc)`, remembered.
+    fn lookup(&mut self, pc: u64) -> Option<Symbol<'s>> {
+        *self
+            .seen
+            .entry(pc)
+            .or_insert_with(|| self.symbols.lookup(pc))
+    }
 }
 
 /// Appends `n` in decimal (as `{}` does).

@@ -1133,11 +1133,18 @@ fn elf_tables_in<E: object::Endian>(
 /// The position of the first NUL in `s`: eight bytes at a time (symbol names are short; a
 /// `memchr` call per name showed in `unwind stack` profiles).
 fn nul_at(s: &[u8]) -> Option<usize> {
+    byte_at(s, 0)
+}
+
+/// The position of the first `b` in `s`, eight bytes at a time, without `memchr` (whose
+/// first call detects the CPU).
+pub(crate) fn byte_at(s: &[u8], b: u8) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
+    let splat = LO * u64::from(b);
     let mut words = s.chunks_exact(8);
     for (k, w) in words.by_ref().enumerate() {
-        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8])) ^ splat;
         // The lowest set high bit marks the first zero byte (borrows only run upwards).
         let zero = w.wrapping_sub(LO) & !w & HI;
         if zero != 0 {
@@ -1146,7 +1153,7 @@ fn nul_at(s: &[u8]) -> Option<usize> {
     }
     let rest = words.remainder();
     rest.iter()
-        .position(|&b| b == 0)
+        .position(|&c| c == b)
         .map(|p| s.len() - rest.len() + p)
 }
 
