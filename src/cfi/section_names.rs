@@ -31,6 +31,7 @@ pub fn section_by_name<'d, 'f>(
 /// The file name in `file`'s `.gnu_debuglink` (its bytes up to the first NUL), as
 /// `file.gnu_debuglink()` reads it, without its `memchr` (whose first call detects the CPU);
 /// `None` without that section or a NUL in it.
+#[cfg_attr(not(feature = "offline"), allow(dead_code))]
 pub fn debuglink_name<'d>(file: &object::File<'d>) -> Option<&'d [u8]> {
     use object::ObjectSection;
     let data = section_by_name(file, ".gnu_debuglink")?.data().ok()?;
