@@ -1064,13 +1064,17 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 // The CFA must move up the current stack. An interrupted aarch64 leaf may
                 // not have touched sp (its return address is in lr): equal is allowed once.
                 let leaf = A::HAS_LINK_REGISTER && st.exact;
-                if r.sp < st.regs.sp || (r.sp == st.regs.sp && !leaf) {
+                let off_stack = st
+                    .seg
+                    .is_some_and(|seg| !seg.contains(r.sp) && r.sp != seg.hi);
+                if off_stack && st.exact {
+                    // Interrupted inside a registered switch function after it moved sp
+                    // (psm's `rust_psm_on_stack`: `mov rsp, rcx; call *rdx`): its CFI finds
+                    // the caller on the stack it is leaving. That is the switch itself: the
+                    // walk follows it there, as a crossing.
+                    self.mid_switch(st, mem, &r)?;
+                } else if r.sp < st.regs.sp || (r.sp == st.regs.sp && !leaf) || off_stack {
                     return Err(StopReason::NotMonotonic);
-                }
-                if let Some(seg) = st.seg {
-                    if !seg.contains(r.sp) && r.sp != seg.hi {
-                        return Err(StopReason::NotMonotonic);
-                    }
                 }
                 r.pc = A::strip_ra(r.pc, self.pac_mask);
                 if fault_callee && A::HAS_LINK_REGISTER {
@@ -1206,6 +1210,40 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         if let Some(fp) = record_fp {
             st.prev_fp = Some(fp);
         }
+        Ok(())
+    }
+
+    /// An exact pc inside a registered switch function (a [`Rule::ContinueChain`] or
+    /// [`Rule::SavedAt`] entry: not a signal trampoline, not an injected call) whose CFI caller
+    /// `caller` is on another readable stack: enters that stack as a crossing (the stack
+    /// index rises, the caller's frame is marked with the switch's id), bounded by
+    /// [`MAX_CROSSINGS`]. Anything else is the wandering CFA the caller checked for.
+    ///
+    /// [`Rule::ContinueChain`]: crate::transition::Rule::ContinueChain
+    /// [`Rule::SavedAt`]: crate::transition::Rule::SavedAt
+    #[cold]
+    #[inline(never)]
+    fn mid_switch<M: Memory>(
+        &mut self,
+        st: &mut State,
+        mem: &mut M,
+        caller: &Regs,
+    ) -> Result<(), StopReason> {
+        use crate::transition::Rule;
+        let t = self
+            .transitions
+            .lookup(st.regs.pc)
+            .filter(|t| !matches!(t.rule, Rule::SignalFrame | Rule::FaultCall))
+            .ok_or(StopReason::NotMonotonic)?;
+        if st.crossings >= MAX_CROSSINGS {
+            return Err(StopReason::TooManyTransitions);
+        }
+        let seg = enter_stack_at(mem, caller.sp).ok_or(StopReason::NotMonotonic)?;
+        st.crossings += 1;
+        st.stack = st.stack.saturating_add(1);
+        st.prev_fp = None;
+        st.seg = Some(seg);
+        st.pending = t.id;
         Ok(())
     }
 

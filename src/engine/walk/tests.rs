@@ -1014,3 +1014,71 @@ fn a_dwarf_walk_cut_with_a_plain_rule_at_hand_asks_no_step_for_its_last_frame() 
     assert!(exact, "{steps:x?}");
     assert!(steps.contains(&(0x40_0001, false)) && steps.contains(&(0x40_0001, true)));
 }
+
+/// CFI for [`an_interrupted_switch_function_is_crossed_by_its_cfi`]: at `switch_pc` (exact)
+/// the caller is at the frame record `fp` points to (the switch function's own record, on the
+/// stack it is leaving, as `push rbp; mov rbp, rsp; mov rsp, rcx` leaves it); elsewhere the
+/// frame record rule, and a zero frame pointer is the outermost frame.
+struct SwitchCfi {
+    switch_pc: u64,
+}
+
+impl Cfi for SwitchCfi {
+    fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
+        if regs.pc == self.switch_pc && !exact {
+            return CfiStep::NoInfo;
+        }
+        if regs.fp == 0 {
+            // The outermost frame (an undefined return address).
+            return CfiStep::Caller(Regs::new(0, regs.sp + 8, 0));
+        }
+        match mem.read_pair(regs.fp) {
+            Some((fp, pc)) if regs.fp & 7 == 0 => CfiStep::Caller(Regs::new(pc, regs.fp + 16, fp)),
+            _ => CfiStep::Failed,
+        }
+    }
+}
+
+/// A thread interrupted inside psm's `rust_psm_on_stack` at its `call` (sp already on the
+/// new stack, the frame record and the caller on the old one; the storm test's SIGPROF
+/// samples there gave one frame): with the switch function registered, its CFI's caller on
+/// the other stack is a crossing, and the walk goes on to the thread's entry; without it, the
+/// CFA leaving the stack is still refused. In both stack orders (the new stack above or below
+/// the old one), and in Hybrid and Dwarf modes.
+#[test]
+fn an_interrupted_switch_function_is_crossed_by_its_cfi() {
+    const SWITCH: u64 = 0x77_0000;
+    let switch_pc = SWITCH + 7;
+    let table = TransitionTable::from_entries([Transition {
+        range: Range::new(SWITCH, SWITCH + 0xe),
+        rule: Rule::ContinueChain,
+        id: 7,
+    }]);
+    let old = chain(3);
+    for new_at in [SYS, LO - 0x4000] {
+        let new = StackBuilder::new(new_at, LEN);
+        let regions = [old.region(), new.region()];
+        let start = Start::exact(Regs::new(switch_pc, new_at + 0x800, LO + 0x100));
+        for mode in [Mode::Hybrid, Mode::Dwarf] {
+            let run = |table: &TransitionTable| {
+                let mut cfi = SwitchCfi { switch_pc };
+                let mut buf = vec![Frame::EMPTY; 16];
+                let mut mem = Image::new(&regions);
+                let t = Walker::<X86_64, _, _>::with_cfi(table, &mut cfi, mode)
+                    .walk(start, &mut mem, &mut buf);
+                (buf[..t.len].to_vec(), t.stop)
+            };
+            let (f, stop) = run(&table);
+            assert_eq!(stop, StopReason::End, "{mode:?} at {new_at:#x}");
+            assert_eq!(pcs(&f), vec![switch_pc, 0x40_0000, 0x40_0001, 0x40_0002]);
+            let stacks: Vec<u16> = f.iter().map(|f| f.stack).collect();
+            assert_eq!(stacks, vec![0, 1, 1, 1]);
+            assert_eq!((f[1].via, f[1].transition), (Via::Transition, 7));
+            assert!(f[0].is_exact());
+
+            let (f, stop) = run(&TransitionTable::new());
+            assert_eq!(stop, StopReason::NotMonotonic, "{mode:?} at {new_at:#x}");
+            assert_eq!(pcs(&f), vec![switch_pc]);
+        }
+    }
+}
