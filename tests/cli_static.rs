@@ -1,7 +1,7 @@
 //! The statically linked command-line tool (`cargo static-cli`, see `.cargo/config.toml`):
 //! it is built, has no program interpreter, and prints exactly what the ordinary binary prints
 //! for every committed core, for a fresh kernel core when one can be made here, and for a
-//! live process (`--pid`).
+//! live process (`--pid`). And what the ordinary binary loads at start.
 
 mod common;
 use common::tools::{need, need_kernel_cores};
@@ -173,4 +173,30 @@ fn the_static_binary_walks_a_fresh_threaded_core_alike() {
         &["stack", "--core", core, "--format", "json", "--lines"],
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The ordinary binary needs no libm (its one use, `expm1` in the heap profiler's sample
+/// weights, is computed in the crate: loading libm cost every run ~70 us), only libgcc_s
+/// (unwinding), libc and the loader.
+#[test]
+fn the_ordinary_binary_loads_no_libm() {
+    if !need("readelf", "--version") {
+        return;
+    }
+    let out = Command::new("readelf").args(["-d", BIN]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    assert!(
+        needed.iter().any(|n| n.starts_with("libc.so")),
+        "{needed:?}"
+    );
+    assert!(
+        !needed.iter().any(|n| n.starts_with("libm.so")),
+        "{needed:?}"
+    );
 }
