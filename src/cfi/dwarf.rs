@@ -34,6 +34,7 @@
 //! rejected. A module whose CFI spans more than [`MAX_SPAN`] (1 GiB) is rejected.
 
 use crate::arch::{Arch, ArchKind, Regs};
+use crate::cfi::section_names::section_by_name;
 use crate::frame::{Frame, FrameAddress, Trace};
 use crate::memory::Memory;
 use crate::walk::{Cfi, CfiStep, Mode, PlainRule, Start, Walker};
@@ -841,16 +842,13 @@ pub fn parse_elf(
 ) -> Result<PreparedCfi, CfiError> {
     use object::ObjectSection;
     let file = object::File::parse(data).map_err(|_| CfiError::Object)?;
-    let sec = |n: &str| {
-        crate::cfi::section_names::section_by_name(&file, n)
-            .and_then(|s| Some((s.data().ok()?, s.address())))
-    };
+    let sec = |n: &str| section_by_name(&file, n).and_then(|s| Some((s.data().ok()?, s.address())));
     // Go links `.debug_frame` compressed (SHF_COMPRESSED, zlib) unless built with
     // `-ldflags=-compressdwarf=false`: inflate it (object's decompression; a section that does
     // not inflate is malformed CFI, not a crash).
     // A stripped Go binary (`-ldflags=-s -w`) has no `.debug_frame`: the one its linker would
     // have written is made from `.gopclntab`'s `pcsp` tables.
-    let debug_frame = match crate::cfi::section_names::section_by_name(&file, ".debug_frame") {
+    let debug_frame = match section_by_name(&file, ".debug_frame") {
         Some(s) => Some(section_bytes(&s).ok_or(CfiError::Decompress)?),
         None => super::gopclntab::Table::of_file(&file, data)
             .and_then(|t| super::gopclntab::debug_frame(&t, arch))

@@ -9,6 +9,7 @@
 //! binary's. Every read is bounds-checked; a corrupt table gives fewer functions or none.
 
 use crate::arch::ArchKind;
+use crate::cfi::section_names::section_by_name;
 
 /// The header fields this reads (`runtime.pcHeader`).
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +60,7 @@ pub(crate) struct Position<'a> {
 pub(crate) fn gofunc<'d>(file: &object::File<'d>, t: &Table<'_>) -> Option<&'d [u8]> {
     use object::{Object, ObjectSection};
     let pclntab = section(file)?.address();
-    let nd = crate::cfi::section_names::section_by_name(file, ".noptrdata")?;
+    let nd = section_by_name(file, ".noptrdata")?;
     let data = nd.data().ok()?;
     let base = nd.address();
     // Relocations with an addend (a PIE binary's module data is filled in at load by
@@ -111,8 +112,7 @@ fn u64_at(tab: &[u8], at: usize) -> Option<u64> {
 /// A Go binary's `.gopclntab` section: so named, or `.data.rel.ro.gopclntab` in a
 /// position-independent executable (`-buildmode=pie`), where the table holds relocated words.
 pub(crate) fn section<'d, 'f>(file: &'f object::File<'d>) -> Option<object::Section<'d, 'f>> {
-    crate::cfi::section_names::section_by_name(file, ".gopclntab")
-        .or_else(|| crate::cfi::section_names::section_by_name(file, ".data.rel.ro.gopclntab"))
+    section_by_name(file, ".gopclntab").or_else(|| section_by_name(file, ".data.rel.ro.gopclntab"))
 }
 
 impl<'a> Table<'a> {
@@ -129,7 +129,7 @@ impl<'a> Table<'a> {
         let mut t = Table::parse(tab)?;
         t.file_off = off;
         if t.text == 0 {
-            t.text = crate::cfi::section_names::section_by_name(file, ".text")?.address();
+            t.text = section_by_name(file, ".text")?.address();
         }
         Some(t)
     }

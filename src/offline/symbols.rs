@@ -6,6 +6,7 @@
 //! (qemu-user cores have no `NT_FILE`), or from `/proc/self/maps` for the running process.
 //! Building one allocates and reads files: do it outside signal handlers.
 
+use crate::cfi::section_names::section_by_name;
 use crate::core_file::Mapping;
 use crate::memory::Range;
 use crate::safe_open::{Mapped, Policy};
@@ -201,9 +202,7 @@ impl Module {
     /// exists. For source lines (`--lines`, pprof line tables); symbols use the same search.
     pub fn separate_debug_file(&self) -> Option<PathBuf> {
         let obj = object::File::parse(&*self.data).ok()?;
-        if crate::cfi::section_names::section_by_name(&obj, ".debug_info")
-            .is_some_and(|s| s.size() > 0)
-        {
+        if section_by_name(&obj, ".debug_info").is_some_and(|s| s.size() > 0) {
             return None;
         }
         debug_file(&obj)
@@ -273,7 +272,7 @@ impl Module {
         }
         // A stripped library's local functions (glibc's __restore_rt, start_thread) are in its
         // separate debug file, found by build id, when installed (Debian's *-dbg packages).
-        if crate::cfi::section_names::section_by_name(&file, ".symtab").is_none() {
+        if section_by_name(&file, ".symtab").is_none() {
             if let Some(path) = debug_file(&file) {
                 debug = crate::safe_open::map(&path, &Policy::default()).ok();
             }
@@ -321,8 +320,7 @@ impl Module {
         // A stripped Go binary (`-ldflags=-s -w`) keeps its function table for the runtime's
         // own tracebacks: `.gopclntab` names every function (the symbol tables, read now, come
         // first).
-        if crate::cfi::section_names::section_by_name(&file, ".symtab").is_none() && debug.is_none()
-        {
+        if section_by_name(&file, ".symtab").is_none() && debug.is_none() {
             let go = gopclntab_funcs(&file, &data);
             if !go.is_empty() {
                 for t in tables.drain(..) {
@@ -1835,8 +1833,7 @@ mod tests {
             for sym in file.symbols().chain(file.dynamic_symbols()) {
                 add(sym);
             }
-            let debug = debug_file(&file)
-                .filter(|_| crate::cfi::section_names::section_by_name(&file, ".symtab").is_none());
+            let debug = debug_file(&file).filter(|_| section_by_name(&file, ".symtab").is_none());
             if let Some(d) = debug.and_then(|d| std::fs::read(d).ok()) {
                 for sym in object::File::parse(&*d).unwrap().symbols() {
                     add(sym);

@@ -23,6 +23,7 @@
 //! An FDE that does not parse is recorded ([`LazyCfi::error`]) and gives no information.
 
 use super::*;
+use crate::cfi::section_names::section_by_name;
 use core::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -427,13 +428,11 @@ pub fn parse_elf_lazy<'d>(
     use object::ObjectSection;
     let file = object::File::parse(data).map_err(|_| CfiError::Object)?;
     // Go binaries (`.debug_frame`, or `.gopclntab` to make one from) are prepared.
-    if crate::cfi::section_names::section_by_name(&file, ".debug_frame").is_none()
+    if section_by_name(&file, ".debug_frame").is_none()
         && crate::cfi::gopclntab::section(&file).is_none()
     {
-        let sec = |n: &str| {
-            crate::cfi::section_names::section_by_name(&file, n)
-                .and_then(|s| Some((s.data().ok()?, s.address())))
-        };
+        let sec =
+            |n: &str| section_by_name(&file, n).and_then(|s| Some((s.data().ok()?, s.address())));
         let sections = Sections {
             eh_frame: sec(".eh_frame").filter(|(d, _)| !d.is_empty()),
             eh_frame_hdr: sec(".eh_frame_hdr").filter(|(d, _)| !d.is_empty()),
