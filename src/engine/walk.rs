@@ -1068,10 +1068,11 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     .seg
                     .is_some_and(|seg| !seg.contains(r.sp) && r.sp != seg.hi);
                 if off_stack && st.exact {
-                    // Interrupted inside a registered switch function after it moved sp
-                    // (psm's `rust_psm_on_stack`: `mov rsp, rcx; call *rdx`): its CFI finds
-                    // the caller on the stack it is leaving. That is the switch itself: the
-                    // walk follows it there, as a crossing.
+                    // Interrupted in a stack switch, after it moved sp and before it returns
+                    // or calls on (psm's `rust_psm_on_stack`: `mov rsp, rcx; call *rdx`;
+                    // corosensei's coroutine, back on its parent's stack: `mov rsp, [rbx];
+                    // pop rbp; ret`): the CFI finds the caller on the other stack. That is
+                    // the switch itself: the walk follows it there, as a crossing.
                     self.mid_switch(st, mem, &r)?;
                 } else if r.sp < st.regs.sp || (r.sp == st.regs.sp && !leaf) || off_stack {
                     return Err(StopReason::NotMonotonic);
@@ -1213,14 +1214,14 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         Ok(())
     }
 
-    /// An exact pc inside a registered switch function (a [`Rule::ContinueChain`] or
-    /// [`Rule::SavedAt`] entry: not a signal trampoline, not an injected call) whose CFI caller
-    /// `caller` is on another readable stack: enters that stack as a crossing (the stack
-    /// index rises, the caller's frame is marked with the switch's id), bounded by
-    /// [`MAX_CROSSINGS`]. Anything else is the wandering CFA the caller checked for.
-    ///
-    /// [`Rule::ContinueChain`]: crate::transition::Rule::ContinueChain
-    /// [`Rule::SavedAt`]: crate::transition::Rule::SavedAt
+    /// An exact (interrupted) pc whose CFI caller `caller` is off the stack sp is on: the
+    /// code was interrupted in the middle of a stack switch (only a switch moves sp to another
+    /// stack while the frame the CFI describes stays on the first; the CFI of code that does
+    /// not switch keeps its CFA on sp's stack). Enters the stack the CFA is on when the memory
+    /// knows it as a stack, as a crossing: the stack index rises, bounded by
+    /// [`MAX_CROSSINGS`], and when the pc is in a registered switch function (not a signal
+    /// trampoline or an injected call) the caller's frame is marked with its id. An unknown
+    /// address stops the walk (`NotMonotonic`, as before).
     #[cold]
     #[inline(never)]
     fn mid_switch<M: Memory>(
@@ -1230,20 +1231,20 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         caller: &Regs,
     ) -> Result<(), StopReason> {
         use crate::transition::Rule;
-        let t = self
-            .transitions
-            .lookup(st.regs.pc)
-            .filter(|t| !matches!(t.rule, Rule::SignalFrame | Rule::FaultCall))
-            .ok_or(StopReason::NotMonotonic)?;
         if st.crossings >= MAX_CROSSINGS {
             return Err(StopReason::TooManyTransitions);
         }
         let seg = enter_stack_at(mem, caller.sp).ok_or(StopReason::NotMonotonic)?;
+        let id = self
+            .transitions
+            .lookup(st.regs.pc)
+            .filter(|t| !matches!(t.rule, Rule::SignalFrame | Rule::FaultCall))
+            .map_or(0, |t| t.id);
         st.crossings += 1;
         st.stack = st.stack.saturating_add(1);
         st.prev_fp = None;
         st.seg = Some(seg);
-        st.pending = t.id;
+        st.pending = id;
         Ok(())
     }
 

@@ -1041,10 +1041,11 @@ impl Cfi for SwitchCfi {
 
 /// A thread interrupted inside psm's `rust_psm_on_stack` at its `call` (sp already on the
 /// new stack, the frame record and the caller on the old one; the storm test's SIGPROF
-/// samples there gave one frame): with the switch function registered, its CFI's caller on
-/// the other stack is a crossing, and the walk goes on to the thread's entry; without it, the
-/// CFA leaving the stack is still refused. In both stack orders (the new stack above or below
-/// the old one), and in Hybrid and Dwarf modes.
+/// samples there gave one frame), or in corosensei's coroutine back on its parent's stack
+/// before its `pop rbp; ret` (not a registered function): the CFI's caller on the other stack
+/// is a crossing, and the walk goes on to the thread's entry; marked with the switch's id when
+/// the function is registered. A CFA on no stack the memory knows is still refused. In both
+/// stack orders (the new stack above or below the old one), and in Hybrid and Dwarf modes.
 #[test]
 fn an_interrupted_switch_function_is_crossed_by_its_cfi() {
     const SWITCH: u64 = 0x77_0000;
@@ -1077,8 +1078,26 @@ fn an_interrupted_switch_function_is_crossed_by_its_cfi() {
             assert!(f[0].is_exact());
 
             let (f, stop) = run(&TransitionTable::new());
-            assert_eq!(stop, StopReason::NotMonotonic, "{mode:?} at {new_at:#x}");
-            assert_eq!(pcs(&f), vec![switch_pc]);
+            assert_eq!(stop, StopReason::End, "{mode:?} at {new_at:#x}, no table");
+            assert_eq!(pcs(&f), vec![switch_pc, 0x40_0000, 0x40_0001, 0x40_0002]);
+            let stacks: Vec<u16> = f.iter().map(|f| f.stack).collect();
+            assert_eq!(stacks, vec![0, 1, 1, 1]);
+            assert_eq!((f[1].via, f[1].transition), (Via::Dwarf, 0));
         }
     }
+    // The frame record (and so the CFA) readable but on no stack the memory has: refused,
+    // one frame.
+    let new = StackBuilder::new(SYS, LEN);
+    let not_a_stack = Region {
+        is_stack: false,
+        ..old.region()
+    };
+    let regions = [new.region(), not_a_stack];
+    let mut cfi = SwitchCfi { switch_pc };
+    let mut buf = vec![Frame::EMPTY; 16];
+    let mut mem = Image::new(&regions);
+    let start = Start::exact(Regs::new(switch_pc, SYS + 0x800, LO + 0x100));
+    let t = Walker::<X86_64, _, _>::with_cfi(&table, &mut cfi, Mode::Hybrid)
+        .walk(start, &mut mem, &mut buf);
+    assert_eq!((t.len, t.stop), (1, StopReason::NotMonotonic));
 }
