@@ -235,6 +235,14 @@ fn storm() {
     // gives up on a class of frames shows as thousands (a loop-level change once cut 7 912
     // samples short in CI and 44 000 locally, each counted as truncated, which the check
     // above accepts): more than 0.2% fails.
+    if s.truncated * 500 > prof.total() {
+        // What they are, for the log: the most frequent first.
+        let mut cut: Vec<_> = prof.stacks.iter().filter(|(f, _)| !whole(f)).collect();
+        cut.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        for (frames, n) in cut.iter().take(8) {
+            eprintln!("{n} x\n{}", common::describe(frames));
+        }
+    }
     assert!(
         s.truncated * 500 <= prof.total(),
         "{} of {} samples' weight stopped early (more than 0.2%): {s:?}",
