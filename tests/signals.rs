@@ -722,3 +722,161 @@ fn a_stack_overflow_is_walked_from_its_sigsegv_handler() {
     co.resume(());
     unreachable!("the recursion ends in SIGSEGV");
 }
+
+/// The guard page [`on_psm_guard`] expects a fault on (0: none), and what it captured there.
+static PSM_GUARD: AtomicUsize = AtomicUsize::new(0);
+static PSM_LEN: AtomicUsize = AtomicUsize::new(0);
+struct FramesCell(UnsafeCell<[Frame; DEPTH]>);
+// SAFETY: written only by the SIGSEGV handler while the faulting thread is stopped in it, read
+// by that thread after the handler returned (PSM_LEN, release/acquire).
+unsafe impl Sync for FramesCell {}
+static PSM_FRAMES: FramesCell = FramesCell(UnsafeCell::new([Frame::EMPTY; DEPTH]));
+
+/// SIGSEGV on the alternate stack: the `call` in psm's `rust_psm_on_stack` pushed its return
+/// address onto the new stack's top page, made unreadable for the test. Captures the
+/// interrupted stack as the CPU profiler does (Hybrid, with the prepared CFI), makes the page
+/// writable and returns: the `call` runs again and goes on.
+extern "C" fn on_psm_guard(_: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    let page = PSM_GUARD.load(Ordering::Acquire);
+    // SAFETY: the kernel's siginfo for a SIGSEGV.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    if page == 0 || addr < page || addr >= page + 4096 {
+        // Not the test's fault: die as the default action would.
+        // SAFETY: plain libc call.
+        unsafe { libc::abort() };
+    }
+    match unwind::modules::unwinder() {
+        None => PSM_LEN.store(usize::MAX, Ordering::Release),
+        Some(u) => {
+            // SAFETY: `uc` is this SA_SIGINFO handler's third argument; the buffer is written only
+            // here (see FramesCell).
+            let t = unsafe {
+                unwind::dwarf::capture_from_ucontext(
+                    uc,
+                    &mut *PSM_FRAMES.0.get(),
+                    u,
+                    unwind::Mode::Hybrid,
+                )
+            };
+            PSM_LEN.store(t.len, Ordering::Release);
+        }
+    }
+    // SAFETY: the page is the test's own mapping.
+    unsafe {
+        libc::mprotect(
+            page as *mut libc::c_void,
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    };
+    PSM_GUARD.store(0, Ordering::Release);
+}
+
+/// Runs a closure on a fresh psm stack whose top page faults at the first push.
+#[inline(never)]
+fn on_a_fresh_psm_stack() -> usize {
+    on_a_fresh_psm_stack_below(false)
+}
+
+/// [`on_a_fresh_psm_stack`], with another read-write mapping right above the new stack (as
+/// stacker's segments and coroutine stacks lie next to each other) when `neighbour`.
+#[inline(never)]
+fn on_a_fresh_psm_stack_below(neighbour: bool) -> usize {
+    let size = 64 * 1024;
+    let total = if neighbour { 2 * size } else { size };
+    // SAFETY: an anonymous mapping for the new stack, its top page made unreadable; unmapped
+    // below after `on_stack` returned.
+    let base = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let top = p as usize + size - 4096;
+        assert_eq!(
+            libc::mprotect(top as *mut libc::c_void, 4096, libc::PROT_NONE),
+            0
+        );
+        PSM_GUARD.store(top, Ordering::Release);
+        p as *mut u8
+    };
+    // SAFETY: `base..base + size` is a stack psm may run on (its top page becomes writable in
+    // the handler before anything is pushed there).
+    let r = unsafe { psm::on_stack(base, size, || black_box(7usize)) };
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(base as *mut libc::c_void, total) };
+    black_box(r)
+}
+
+/// A thread interrupted in psm's `rust_psm_on_stack` at its `call`, sp already on the new
+/// stack and the frame record on the old one (where the storm test's SIGPROF samples landed
+/// thousands of times in some runs, each cut to one frame): the Hybrid capture from the
+/// signal's registers crosses to the old stack and reaches the thread's entry. A real signal
+/// at that exact instruction, made certain by an unreadable page.
+#[test]
+fn a_signal_in_the_middle_of_psm_s_switch_walks_back_to_the_old_stack() {
+    // The new stack alone, and with another read-write mapping right above it (its top is
+    // where psm puts sp: the next mapping starts there).
+    for neighbour in [false, true] {
+        psm_switch_signal(neighbour);
+    }
+}
+
+fn psm_switch_signal(neighbour: bool) {
+    let _g = serial();
+    unwind::init();
+    let _ = unwind::modules::unwinder_or_refresh();
+    // SAFETY: a SIGSEGV handler on the alternate stack, restored below.
+    let old = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_psm_guard as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        let mut old: libc::sigaction = std::mem::zeroed();
+        assert_eq!(libc::sigaction(libc::SIGSEGV, &sa, &mut old), 0);
+        old
+    };
+    PSM_LEN.store(0, Ordering::Release);
+    let t = std::thread::spawn(move || {
+        let alt = set_altstack();
+        let r = if neighbour {
+            on_a_fresh_psm_stack_below(true)
+        } else {
+            on_a_fresh_psm_stack()
+        };
+        disable_altstack();
+        (r, alt)
+    });
+    let (r, alt) = t.join().unwrap();
+    unmap(alt);
+    // SAFETY: puts back the disposition saved above.
+    unsafe { libc::sigaction(libc::SIGSEGV, &old, std::ptr::null_mut()) };
+    assert_eq!(r, 7);
+    let n = PSM_LEN.load(Ordering::Acquire);
+    assert_ne!(n, usize::MAX, "no prepared CFI in the handler");
+    assert_ne!(n, 0, "the handler did not run (neighbour: {neighbour})");
+    // SAFETY: the handler finished writing before PSM_LEN (release/acquire), and ran once.
+    let frames = unsafe { &(&*PSM_FRAMES.0.get())[..n] };
+    let text = common::describe(frames);
+    assert!(n >= 3, "{n} frames (neighbour: {neighbour}):\n{text}");
+    assert!(
+        common::frame_name(&frames[0]).contains("rust_psm_on_stack"),
+        "{text}"
+    );
+    assert!(frames[0].is_exact(), "{text}");
+    let mine = frames
+        .iter()
+        .position(|f| common::frame_name(f).contains("on_a_fresh_psm_stack"))
+        .unwrap_or_else(|| panic!("the test's function is not in the capture:\n{text}"));
+    assert!(frames[mine].stack >= 1, "{text}");
+    assert_eq!(frames[1].stack, 1, "{text}");
+    assert!(
+        frames
+            .iter()
+            .any(|f| common::frame_name(f).contains("thread_start")),
+        "{text}"
+    );
+}

@@ -1021,12 +1021,18 @@ fn a_dwarf_walk_cut_with_a_plain_rule_at_hand_asks_no_step_for_its_last_frame() 
 /// frame record rule, and a zero frame pointer is the outermost frame.
 struct SwitchCfi {
     switch_pc: u64,
+    /// Answer "the frame record's rule" at `switch_pc` (as the real CFI of
+    /// `push rbp; mov rbp, rsp` code is summarised), not the caller itself.
+    says_record: bool,
 }
 
 impl Cfi for SwitchCfi {
     fn step<A: Arch, M: Memory>(&mut self, regs: &Regs, exact: bool, mem: &mut M) -> CfiStep {
         if regs.pc == self.switch_pc && !exact {
             return CfiStep::NoInfo;
+        }
+        if regs.pc == self.switch_pc && self.says_record {
+            return CfiStep::FramePointer;
         }
         if regs.fp == 0 {
             // The outermost frame (an undefined return address).
@@ -1060,9 +1066,17 @@ fn an_interrupted_switch_function_is_crossed_by_its_cfi() {
         let new = StackBuilder::new(new_at, LEN);
         let regions = [old.region(), new.region()];
         let start = Start::exact(Regs::new(switch_pc, new_at + 0x800, LO + 0x100));
-        for mode in [Mode::Hybrid, Mode::Dwarf] {
+        for (mode, says_record) in [
+            (Mode::Hybrid, false),
+            (Mode::Dwarf, false),
+            (Mode::Hybrid, true),
+            (Mode::Dwarf, true),
+        ] {
             let run = |table: &TransitionTable| {
-                let mut cfi = SwitchCfi { switch_pc };
+                let mut cfi = SwitchCfi {
+                    switch_pc,
+                    says_record,
+                };
                 let mut buf = vec![Frame::EMPTY; 16];
                 let mut mem = Image::new(&regions);
                 let t = Walker::<X86_64, _, _>::with_cfi(table, &mut cfi, mode)
@@ -1070,20 +1084,32 @@ fn an_interrupted_switch_function_is_crossed_by_its_cfi() {
                 (buf[..t.len].to_vec(), t.stop)
             };
             let (f, stop) = run(&table);
-            assert_eq!(stop, StopReason::End, "{mode:?} at {new_at:#x}");
+            let what = format!("{mode:?} at {new_at:#x}, record rule {says_record}");
+            assert_eq!(stop, StopReason::End, "{what}");
             assert_eq!(pcs(&f), vec![switch_pc, 0x40_0000, 0x40_0001, 0x40_0002]);
             let stacks: Vec<u16> = f.iter().map(|f| f.stack).collect();
-            assert_eq!(stacks, vec![0, 1, 1, 1]);
-            assert_eq!((f[1].via, f[1].transition), (Via::Transition, 7));
+            assert_eq!(stacks, vec![0, 1, 1, 1], "{what}");
+            assert_eq!((f[1].via, f[1].transition), (Via::Transition, 7), "{what}");
             assert!(f[0].is_exact());
 
             let (f, stop) = run(&TransitionTable::new());
-            assert_eq!(stop, StopReason::End, "{mode:?} at {new_at:#x}, no table");
+            assert_eq!(stop, StopReason::End, "{what}, no table");
             assert_eq!(pcs(&f), vec![switch_pc, 0x40_0000, 0x40_0001, 0x40_0002]);
             let stacks: Vec<u16> = f.iter().map(|f| f.stack).collect();
-            assert_eq!(stacks, vec![0, 1, 1, 1]);
-            assert_eq!((f[1].via, f[1].transition), (Via::Dwarf, 0));
+            assert_eq!(stacks, vec![0, 1, 1, 1], "{what}, no table");
+            assert_eq!(f[1].transition, 0, "{what}, no table");
         }
+        // Frame-pointer mode (no CFI): the record off the stack is crossed to only in a
+        // registered switch function; elsewhere it may be a frame pointer gone astray.
+        let (f, stop) = walk_x86(&regions, &table, start, 16);
+        assert_eq!(stop, StopReason::End);
+        assert_eq!(pcs(&f), vec![switch_pc, 0x40_0000, 0x40_0001, 0x40_0002]);
+        assert_eq!(
+            (f[1].stack, f[1].via, f[1].transition),
+            (1, Via::Transition, 7)
+        );
+        let (f, stop) = walk_x86(&regions, &TransitionTable::new(), start, 16);
+        assert_eq!((pcs(&f), stop), (vec![switch_pc], StopReason::NotMonotonic));
     }
     // The frame record (and so the CFA) readable but on no stack the memory has: refused,
     // one frame.
@@ -1093,7 +1119,10 @@ fn an_interrupted_switch_function_is_crossed_by_its_cfi() {
         ..old.region()
     };
     let regions = [new.region(), not_a_stack];
-    let mut cfi = SwitchCfi { switch_pc };
+    let mut cfi = SwitchCfi {
+        switch_pc,
+        says_record: true,
+    };
     let mut buf = vec![Frame::EMPTY; 16];
     let mut mem = Image::new(&regions);
     let start = Start::exact(Regs::new(switch_pc, SYS + 0x800, LO + 0x100));
