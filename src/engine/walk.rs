@@ -1016,9 +1016,6 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         let mut cfi_failed = false;
         // No CFI covers this pc (Hybrid and Dwarf: it was asked).
         let mut no_cfi = false;
-        // The CFI said this frame is a frame record (its rule is the record's): `fp` is the
-        // frame, wherever it lies.
-        let mut cfi_says_record = false;
         let ask_cfi = self.asks_cfi(st);
         if ask_cfi {
             let mut found = self.cfi.step::<A, M>(&st.regs, st.exact, mem);
@@ -1033,7 +1030,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     dwarf = Some(r);
                     signal = true;
                 }
-                CfiStep::FramePointer => cfi_says_record = true,
+                CfiStep::FramePointer => {}
                 CfiStep::NoInfo | CfiStep::Failed if self.mode == Mode::Dwarf => {
                     return Err(StopReason::NoUnwindInfo)
                 }
@@ -1076,7 +1073,8 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     // corosensei's coroutine, back on its parent's stack: `mov rsp, [rbx];
                     // pop rbp; ret`): the CFI finds the caller on the other stack. That is
                     // the switch itself: the walk follows it there, as a crossing.
-                    self.mid_switch(st, mem, r.sp)?;
+                    let seg = enter_stack_at(mem, r.sp).ok_or(StopReason::NotMonotonic)?;
+                    self.mid_switch(st, seg)?;
                 } else if r.sp < st.regs.sp || (r.sp == st.regs.sp && !leaf) || off_stack {
                     return Err(StopReason::NotMonotonic);
                 }
@@ -1092,7 +1090,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 (r, Via::Dwarf, None)
             }
             None => {
-                match self.record_step_at_a_switch(st, mem, cfi_failed, no_cfi, cfi_says_record) {
+                match self.record_step_at_a_switch(st, mem, cfi_failed, no_cfi) {
                     Ok(found) => found,
                     // Hybrid: the record leads nowhere, but the pc may be a pushed return address
                     // at a function's entry ([`Walker::at_entry`]; Go's `cgocallback` on a
@@ -1219,26 +1217,19 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         Ok(())
     }
 
-    /// An exact (interrupted) pc whose frame (its CFI's CFA, or the frame record the CFI or a
-    /// registered switch function vouches for) is at `at`, off the stack sp is on: the code
-    /// was interrupted in the middle of a stack switch (only a switch moves sp to another stack
-    /// while its frame stays on the first; the CFI of code that does not switch keeps its CFA
-    /// on sp's stack). Enters the stack `at` is on when the memory knows it as a stack, as a
-    /// crossing: the stack index rises, bounded by [`MAX_CROSSINGS`], and when the pc is in a
-    /// registered switch function the caller's frame is marked with its id. An unknown address
-    /// stops the walk (`NotMonotonic`, as before).
+    /// An exact (interrupted) pc whose frame (its CFI's CFA, or, in a registered switch
+    /// function, its frame record) is on `seg`, a known stack other than the one sp is on: the
+    /// code was interrupted in the middle of a stack switch (only a switch moves sp to another
+    /// stack while its frame stays on the first; the CFI of code that does not switch keeps its
+    /// CFA on sp's stack). Enters `seg` as a crossing: the stack index rises, bounded by
+    /// [`MAX_CROSSINGS`], and when the pc is in a registered switch function the caller's
+    /// frame is marked with its id.
     #[cold]
     #[inline(never)]
-    fn mid_switch<M: Memory>(
-        &mut self,
-        st: &mut State,
-        mem: &mut M,
-        at: u64,
-    ) -> Result<(), StopReason> {
+    fn mid_switch(&mut self, st: &mut State, seg: Range) -> Result<(), StopReason> {
         if st.crossings >= MAX_CROSSINGS {
             return Err(StopReason::TooManyTransitions);
         }
-        let seg = enter_stack_at(mem, at).ok_or(StopReason::NotMonotonic)?;
         let id = self.switch_at(st.regs.pc).map_or(0, |t| t.id);
         st.crossings += 1;
         st.stack = st.stack.saturating_add(1);
@@ -1249,17 +1240,17 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     }
 
     /// [`Walker::record_step`], after entering the stack the frame record is on when it lies
-    /// off sp's stack at an interrupted pc and that is a switch in progress: the CFI said the
-    /// frame is that record (`cfi_says_record`; psm's `rust_psm_on_stack` at its `call`: its
-    /// rule is the frame record's), or, without CFI, the pc is in a registered switch function.
-    /// Anything else there is refused by `record_step`, as a wandering frame pointer.
+    /// off sp's stack at an interrupted pc in a registered switch function (a switch in
+    /// progress: psm's `rust_psm_on_stack` at its `call`) and that stack is one the memory
+    /// knows. Anything else there is left to `record_step` (a frame pointer gone astray, with
+    /// its own stop reason). The same in every mode: a frame-pointer walk and a Hybrid walk
+    /// whose CFI says "frame record" agree (the walk fuzz target checks it).
     fn record_step_at_a_switch<M: Memory>(
         &mut self,
         st: &mut State,
         mem: &mut M,
         cfi_failed: bool,
         no_cfi: bool,
-        cfi_says_record: bool,
     ) -> Result<(Regs, Via, Option<u64>), StopReason> {
         let fp = st.regs.fp;
         let off_stack = st.exact
@@ -1268,10 +1259,12 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             && st
                 .seg
                 .is_some_and(|seg| !seg.contains_span(fp, A::RECORD_SIZE));
-        if off_stack && (cfi_says_record || self.in_a_switch(st.regs.pc)) {
-            self.mid_switch(st, mem, fp)?;
-            // sp is on the stack left: it bounds nothing on this one.
-            st.regs.sp = 0;
+        if off_stack && self.in_a_switch(st.regs.pc) {
+            if let Some(seg) = enter_stack_at(mem, fp) {
+                self.mid_switch(st, seg)?;
+                // sp is on the stack left: it bounds nothing on this one.
+                st.regs.sp = 0;
+            }
         }
         self.record_step(st, mem, cfi_failed, no_cfi)
     }
