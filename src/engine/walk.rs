@@ -885,8 +885,13 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 return Err(guess(StopReason::NotMonotonic));
             }
         }
-        // A record below the stack pointer is in dead stack.
-        if st.regs.sp != 0 && fp < st.regs.sp.saturating_sub(A::RECORD_BELOW_SP) {
+        // A record below the stack pointer is in dead stack (when sp is on this stack: see
+        // `sp_here` in `step`).
+        let sp_here = match st.seg {
+            Some(seg) => seg.contains(st.regs.sp) || st.regs.sp == seg.hi,
+            None => true,
+        };
+        if st.regs.sp != 0 && sp_here && fp < st.regs.sp.saturating_sub(A::RECORD_BELOW_SP) {
             return Err(guess(StopReason::NotMonotonic));
         }
         // Both architectures: [fp] = caller's fp, [fp + 8] = return address.
@@ -1067,6 +1072,13 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 let off_stack = st
                     .seg
                     .is_some_and(|seg| !seg.contains(r.sp) && r.sp != seg.hi);
+                // sp on no known stack (an interrupted sp at the very top of a fresh one, where
+                // psm and stacker put it: nothing pushed yet) left the walk on the frame's
+                // stack: there it bounds nothing.
+                let sp_here = match st.seg {
+                    Some(seg) => seg.contains(st.regs.sp) || st.regs.sp == seg.hi,
+                    None => true,
+                };
                 if off_stack && st.exact {
                     // Interrupted in a stack switch, after it moved sp and before it returns
                     // or calls on (psm's `rust_psm_on_stack`: `mov rsp, rcx; call *rdx`;
@@ -1075,7 +1087,9 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     // the switch itself: the walk follows it there, as a crossing.
                     let seg = enter_stack_at(mem, r.sp).ok_or(StopReason::NotMonotonic)?;
                     self.mid_switch(st, seg)?;
-                } else if r.sp < st.regs.sp || (r.sp == st.regs.sp && !leaf) || off_stack {
+                } else if off_stack
+                    || sp_here && (r.sp < st.regs.sp || (r.sp == st.regs.sp && !leaf))
+                {
                     return Err(StopReason::NotMonotonic);
                 }
                 r.pc = A::strip_ra(r.pc, self.pac_mask);

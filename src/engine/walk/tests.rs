@@ -1118,6 +1118,27 @@ fn an_interrupted_switch_function_is_crossed_by_its_cfi() {
         let (f, stop) = walk_x86(&regions, &TransitionTable::new(), start, 16);
         assert_eq!((pcs(&f), stop), (vec![switch_pc], StopReason::NotMonotonic));
     }
+    // sp at the very top of the new stack (psm and stacker put it there: nothing pushed yet),
+    // so on no stack, and the new stack above the old one: the walk starts on the frame's
+    // stack, and sp, off it, bounds nothing there.
+    let new = StackBuilder::new(SYS, LEN);
+    let regions = [old.region(), new.region()];
+    let start = Start::exact(Regs::new(switch_pc, SYS + LEN as u64, LO + 0x100));
+    for says_record in [false, true] {
+        let mut cfi = SwitchCfi {
+            switch_pc,
+            says_record,
+        };
+        let mut buf = vec![Frame::EMPTY; 16];
+        let mut mem = Image::new(&regions);
+        let t = Walker::<X86_64, _, _>::with_cfi(&table, &mut cfi, Mode::Hybrid)
+            .walk(start, &mut mem, &mut buf);
+        assert_eq!(t.stop, StopReason::End, "record rule {says_record}");
+        assert_eq!(
+            pcs(&buf[..t.len]),
+            vec![switch_pc, 0x40_0000, 0x40_0001, 0x40_0002]
+        );
+    }
     // The frame record (and so the CFA) readable but on no stack the memory has: refused,
     // one frame, with the reason a frame pointer gone astray gets.
     let new = StackBuilder::new(SYS, LEN);
