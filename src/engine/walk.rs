@@ -1235,9 +1235,9 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     /// function, its frame record) is on `seg`, a known stack other than the one sp is on: the
     /// code was interrupted in the middle of a stack switch (only a switch moves sp to another
     /// stack while its frame stays on the first; the CFI of code that does not switch keeps its
-    /// CFA on sp's stack). Enters `seg` as a crossing: the stack index rises, bounded by
-    /// [`MAX_CROSSINGS`], and when the pc is in a registered switch function the caller's
-    /// frame is marked with its id.
+    /// CFA on sp's stack). Enters `seg`, bounded by [`MAX_CROSSINGS`]; when the pc is in a
+    /// registered switch function, as a crossing: the stack index rises and the caller's frame
+    /// is marked with its id (else the index stays: a rise is always a marked transition).
     #[cold]
     #[inline(never)]
     fn mid_switch(&mut self, st: &mut State, seg: Range) -> Result<(), StopReason> {
@@ -1246,7 +1246,11 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         }
         let id = self.switch_at(st.regs.pc).map_or(0, |t| t.id);
         st.crossings += 1;
-        st.stack = st.stack.saturating_add(1);
+        // A stack index rises only at a transition a frame is marked with: an unregistered
+        // switch's frames keep the index (the segment changes under it).
+        if id != 0 {
+            st.stack = st.stack.saturating_add(1);
+        }
         st.prev_fp = None;
         st.seg = Some(seg);
         st.pending = id;
