@@ -96,21 +96,30 @@ fn install(
     }
 }
 
-/// An alternate signal stack for the calling thread (replacing std's, which std disables at
-/// thread exit). Returns its range; the caller unmaps it after the thread has exited.
-fn set_altstack() -> (usize, usize) {
-    let size = 256 * 1024;
-    // SAFETY: an anonymous mapping, then sigaltstack on it for this thread.
-    unsafe {
-        let p = libc::mmap(
+/// `size` bytes of fresh anonymous read-write memory (panics if the mapping fails).
+fn map_anon(size: usize) -> *mut libc::c_void {
+    // SAFETY: a new private anonymous mapping: it aliases nothing.
+    let p = unsafe {
+        libc::mmap(
             std::ptr::null_mut(),
             size,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
-        );
-        assert_ne!(p, libc::MAP_FAILED);
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p
+}
+
+/// An alternate signal stack for the calling thread (replacing std's, which std disables at
+/// thread exit). Returns its range; the caller unmaps it after the thread has exited.
+fn set_altstack() -> (usize, usize) {
+    let size = 256 * 1024;
+    // SAFETY: an anonymous mapping, then sigaltstack on it for this thread.
+    unsafe {
+        let p = map_anon(size);
         let ss = libc::stack_t {
             ss_sp: p,
             ss_flags: 0,
@@ -787,15 +796,7 @@ fn on_a_fresh_psm_stack_below(neighbour: bool) -> usize {
     // SAFETY: an anonymous mapping for the new stack, its top page made unreadable; unmapped
     // below after `on_stack` returned.
     let base = unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            total,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED);
+        let p = map_anon(total);
         let top = p as usize + size - 4096;
         assert_eq!(
             libc::mprotect(top as *mut libc::c_void, 4096, libc::PROT_NONE),

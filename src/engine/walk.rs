@@ -885,13 +885,9 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 return Err(guess(StopReason::NotMonotonic));
             }
         }
-        // A record below the stack pointer is in dead stack (when sp is on this stack: see
-        // `sp_here` in `step`).
-        let sp_here = match st.seg {
-            Some(seg) => seg.contains(st.regs.sp) || st.regs.sp == seg.hi,
-            None => true,
-        };
-        if st.regs.sp != 0 && sp_here && fp < st.regs.sp.saturating_sub(A::RECORD_BELOW_SP) {
+        // A record below the stack pointer is in dead stack (when sp is on this stack:
+        // [`State::sp_on_seg`]).
+        if st.regs.sp != 0 && st.sp_on_seg() && fp < st.regs.sp.saturating_sub(A::RECORD_BELOW_SP) {
             return Err(guess(StopReason::NotMonotonic));
         }
         // Both architectures: [fp] = caller's fp, [fp + 8] = return address.
@@ -1075,10 +1071,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 // sp on no known stack (an interrupted sp at the very top of a fresh one, where
                 // psm and stacker put it: nothing pushed yet) left the walk on the frame's
                 // stack: there it bounds nothing.
-                let sp_here = match st.seg {
-                    Some(seg) => seg.contains(st.regs.sp) || st.regs.sp == seg.hi,
-                    None => true,
-                };
+                let sp_here = st.sp_on_seg();
                 if off_stack && st.exact {
                     // Interrupted in a stack switch, after it moved sp and before it returns
                     // or calls on (psm's `rust_psm_on_stack`: `mov rsp, rcx; call *rdx`;
@@ -1843,6 +1836,18 @@ struct State {
     fault_call: bool,
     crossings: u16,
     n: usize,
+}
+
+impl State {
+    /// Is sp on the stack the walk is on (or is that unknown)? An interrupted sp at the very
+    /// top of a fresh stack, where psm and stacker put it (nothing pushed yet), is on no known
+    /// stack: the walk then starts on the frame's stack, and sp bounds nothing there.
+    fn sp_on_seg(&self) -> bool {
+        match self.seg {
+            Some(seg) => seg.contains(self.regs.sp) || self.regs.sp == seg.hi,
+            None => true,
+        }
+    }
 }
 
 /// How many frames a walk into a buffer of `len` may write, at most `max_depth` (0: no limit
