@@ -195,6 +195,11 @@ impl Module {
         &self.data
     }
 
+    /// Is this a Go binary (it has a `.gopclntab`)?
+    pub fn is_go(&self) -> bool {
+        self.go
+    }
+
     /// The separate debug file of the module's file when the file itself has no DWARF
     /// (`.debug_info`): `/usr/lib/debug/.build-id/xx/yyyy.debug` for its GNU build id, else the
     /// file its `.gnu_debuglink` names, looked for as gdb does (build id checked), beside the
