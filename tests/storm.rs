@@ -231,16 +231,13 @@ fn storm() {
          in a prologue or at a ret",
         s.truncated
     );
-    // Samples stopped early stay rare: 0-5 in 1.2 million in most runs here. Above 0.2% the
-    // most frequent are printed; above 5% the test fails (a walk that gives up on a whole
-    // class of frames, such as every signal frame or every segment). In some runs, in slow
-    // phases of this VM, up to 3% of the weight lands at psm's `rust_psm_on_stack` `call`
-    // (a fresh segment's first stack page faults there) and is cut to one frame, though
-    // `tests/signals.rs` walks a real signal at that instruction across (README, Known
-    // limits): that case is printed, not failed, until it is understood.
-    if s.truncated * 500 > prof.total() {
+    // Samples stopped early stay rare: 0-25 in 0.3-1.2 million in the runs here since the
+    // walker's mid-switch fix (a signal at psm's `rust_psm_on_stack` `call`, sp at the very top
+    // of a fresh segment: up to 3% of the weight was cut there before, in slow phases of this
+    // VM). Above 0.02% the most frequent are printed; above 0.2% the test fails.
+    if s.truncated * 5000 > prof.total() {
         eprintln!(
-            "storm: {} of {} samples' weight stopped early (more than 0.2%); the most frequent:",
+            "storm: {} of {} samples' weight stopped early (more than 0.02%); the most frequent:",
             s.truncated,
             prof.total()
         );
@@ -252,8 +249,8 @@ fn storm() {
         }
     }
     assert!(
-        s.truncated * 20 <= prof.total(),
-        "{} of {} samples' weight stopped early (more than 5%): {s:?}",
+        s.truncated * 500 <= prof.total(),
+        "{} of {} samples' weight stopped early (more than 0.2%): {s:?}",
         s.truncated,
         prof.total()
     );
