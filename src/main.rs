@@ -323,12 +323,14 @@ fn verify(args: &[OsString]) -> Result<(), String> {
     for w in &report.warnings {
         eprintln!("unwind: warning: {w}");
     }
-    let name = |pc: u64| match report
-        .symbols
-        .lookup(unwind::frame::FrameAddress::ReturnAddress(pc).lookup_address())
-    {
-        Some(s) => s.name.to_string(),
-        None => "?".into(),
+    // A frame DWARF found is named at its own lookup address (a sigreturn trampoline's pc, or
+    // an interrupted pc, is the instruction itself, not a return address); an FP-only frame
+    // by its return address, or the address itself where nothing is named before it.
+    let name = |pc: u64| {
+        let s = &report.symbols;
+        s.lookup(unwind::frame::FrameAddress::ReturnAddress(pc).lookup_address())
+            .or_else(|| s.lookup(pc))
+            .map_or_else(|| "?".into(), |s| s.name.to_string())
     };
     let mut o = String::new();
     for t in &verdicts {
@@ -343,13 +345,25 @@ fn verify(args: &[OsString]) -> Result<(), String> {
             v.fp_stop,
             v.dwarf_stop
         ));
+        let dwarf = report.threads.iter().find(|d| d.tid == t.tid);
+        let dwarf_frame = |i: usize| dwarf.and_then(|d| d.frames.get(i));
         for d in &v.differences {
-            let pc = match *d {
-                unwind::verify::Difference::Missing { pc, .. }
-                | unwind::verify::Difference::Extra { pc, .. } => pc,
-                unwind::verify::Difference::DifferentPc { dwarf, .. } => dwarf,
+            let named = match *d {
+                unwind::verify::Difference::Missing { index, pc }
+                | unwind::verify::Difference::DifferentPc {
+                    dwarf_index: index,
+                    dwarf: pc,
+                    ..
+                } => match dwarf_frame(index).filter(|f| f.pc == pc) {
+                    Some(f) => report
+                        .symbols
+                        .lookup(f.lookup_pc())
+                        .map(|s| s.name.to_string()),
+                    None => Some(name(pc)),
+                },
+                unwind::verify::Difference::Extra { pc, .. } => Some(name(pc)),
             };
-            o.push_str(&format!("  {d} ({})\n", name(pc)));
+            o.push_str(&format!("  {d} ({})\n", named.as_deref().unwrap_or("?")));
         }
     }
     write_out(o.as_bytes())

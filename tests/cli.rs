@@ -380,9 +380,15 @@ fn matches_eu_stack_on_committed_cores() {
 /// A fresh x86_64 kernel core of fixtures/c/chain.c running `variant`, made in `d` by
 /// fixtures/c/make-core.sh: (the core, the executable).
 fn fresh_core(variant: &str, d: &Path) -> (PathBuf, PathBuf) {
+    fresh_core_with(variant, d, "-fno-omit-frame-pointer")
+}
+
+/// [`fresh_core`] with `cflags` in place of the frame-pointer flag.
+fn fresh_core_with(variant: &str, d: &Path, cflags: &str) -> (PathBuf, PathBuf) {
     let out = Command::new("bash")
         .arg(fixtures().join("c/make-core.sh"))
         .args(["x86_64", variant, p(d)])
+        .env("CHAIN_CFLAGS", cflags)
         .output()
         .unwrap();
     assert!(
@@ -421,6 +427,39 @@ fn fresh_x86_64_kernel_cores() {
         }
         compare_with_eu_stack(&c, &e);
     }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// `unwind verify` on a program built without frame pointers, stopped in a signal handler:
+/// every frame DWARF found past the handler is missing from the FP walk, and each is named,
+/// the sigreturn trampoline (whose pc is no return address) as `__restore_rt`, not `?`.
+#[test]
+fn verify_names_every_frame_fp_missed() {
+    if !cfg!(target_arch = "x86_64") {
+        skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
+        return;
+    }
+    if !need_kernel_cores() || !need("gcc", "--version") {
+        return;
+    }
+    let d = tmp("verify-nofp");
+    let (c, e) = fresh_core_with("signal", &d, "-fomit-frame-pointer");
+    let out = run(&["verify", "--core", p(&c), "--exe", p(&e)]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("DIFFER"), "{text}");
+    let missing: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("missing frame"))
+        .filter_map(|l| l.rsplit_once(" (")?.1.strip_suffix(')'))
+        .collect();
+    for want in ["__restore_rt", "spin_here", "spin_caller", "main"] {
+        assert!(
+            missing.contains(&want),
+            "{want} not in {missing:?}:\n{text}"
+        );
+    }
+    assert!(!missing.contains(&"?"), "{text}");
     let _ = std::fs::remove_dir_all(d);
 }
 
