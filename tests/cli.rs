@@ -463,6 +463,48 @@ fn verify_names_every_frame_fp_missed() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// A frame-record walk that reads a zero frame pointer in a function that is no thread's entry
+/// (fixtures/c/chain.c `zerofp`: an assembly leaf saves rbp, zeroes it and traps) ended short:
+/// `--mode fp` gives the one frame and says truncated; Hybrid and Dwarf read the CFI there and
+/// walk on to `_start`, whole. A thread's usual end (`start_thread`) stays whole in FP mode.
+#[test]
+fn a_zero_frame_pointer_outside_a_thread_entry_is_a_truncation() {
+    if !cfg!(target_arch = "x86_64") {
+        skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
+        return;
+    }
+    if !need_kernel_cores() || !need("gcc", "--version") {
+        return;
+    }
+    let d = tmp("zerofp");
+    let (c, _) = fresh_core("zerofp", &d);
+    let fp = json(&["stack", "--core", p(&c), "--mode", "fp"]);
+    let t = &fp["threads"][0];
+    assert_eq!(symbols(t), ["zero_fp_leaf"], "{fp}");
+    assert_eq!(t["truncated"], true, "{fp}");
+    for mode in ["hybrid", "dwarf"] {
+        let v = json(&["stack", "--core", p(&c), "--mode", mode]);
+        let t = &v["threads"][0];
+        assert!(
+            has_run(&symbols(t), &["zero_fp_leaf", "zfp_caller", "main"]),
+            "{mode}: {v}"
+        );
+        assert_eq!(symbols(t).last().map(String::as_str), Some("_start"), "{v}");
+        assert_eq!(t["truncated"], false, "{mode}: {v}");
+    }
+    let (c, _) = fresh_core("threads", &d);
+    let fp = json(&["stack", "--core", p(&c), "--mode", "fp"]);
+    let workers: Vec<&Value> = fp["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| symbols(t).last().map(String::as_str) == Some("start_thread"))
+        .collect();
+    assert_eq!(workers.len(), 3, "{fp}");
+    assert!(workers.iter().all(|t| t["truncated"] == false), "{fp}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
 // ---- bad input ----
 
 /// Exit status 2, nothing on stdout, one line on stderr naming the problem.

@@ -193,9 +193,11 @@ pub enum StopReason {
     /// (`modules::refresh`, `dwarf` feature): nothing past the first frame a signal's
     /// registers give could be trusted. See [`crate::capture`].
     NoFramePointers,
-    /// The chain ended (a zero frame pointer or return address) inside a runtime's own code,
-    /// short of where its stacks begin: a Go walk that stops in Go code other than
-    /// `runtime.goexit`, `mstart`, `rt0_go` or `mcall` (offline walks of Go programs).
+    /// The chain ended (a zero frame pointer or return address) short of where the program's
+    /// stacks begin (offline walks): a Go walk that stops in Go code other than
+    /// `runtime.goexit`, `mstart`, `rt0_go` or `mcall`, or a frame-record walk of a C or Rust
+    /// program that stops in a named function other than a process's or thread's entry
+    /// (`runtime_names::C_STACK_ROOTS`: a zero frame pointer in code that keeps none).
     EndedShort,
 }
 

@@ -31,6 +31,26 @@ pub const RUST_STD: &[&str] = &["std::", "core::", "alloc::"];
 /// The C runtime.
 pub const C_RUNTIME: &[&str] = &["__libc", "__GI_", "_start"];
 
+/// Where a C or Rust program's stacks begin, by name: the process's entry (glibc's and musl's
+/// start code) and a thread's (glibc's `start_thread` and its clone functions, musl's `start`).
+/// A frame-record walk that ends in any other named function ended short (offline walks).
+pub const C_STACK_ROOTS: &[&str] = &[
+    "_start",
+    "__libc_start_main",
+    "__libc_start_call_main",
+    "__libc_start_main_impl",
+    "start_thread",
+    "clone",
+    "__clone",
+    "clone3",
+    "__clone3",
+    "__clone_internal",
+    "_start_c",
+    "libc_start_main_stage2",
+    "start",
+    "start_c",
+];
+
 /// Go's runtime package.
 pub const GO: &[&str] = &["runtime."];
 

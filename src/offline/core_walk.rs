@@ -733,6 +733,16 @@ const FAULT_CALLS: [&str; 4] = [
     "runtime.asyncPreempt.abi0",
 ];
 
+/// Did a frame-record walk that ended at a zero frame pointer or return address end in a named
+/// function that is no process's or thread's entry ([`crate::runtime_names::C_STACK_ROOTS`])?
+/// An unnamed last frame says nothing: `false`.
+fn ends_short_of_a_c_root(symbols: &Symbolizer, last: Option<&Frame>) -> bool {
+    let Some(s) = last.and_then(|f| symbols.lookup(f.lookup_pc())) else {
+        return false;
+    };
+    !crate::runtime_names::C_STACK_ROOTS.contains(&&*s.name)
+}
+
 /// Is this a Go program (its modules define `runtime.systemstack`)?
 fn is_go(symbols: &Symbolizer) -> bool {
     symbols.modules().iter().any(|m| {
@@ -913,6 +923,14 @@ pub fn unwind_paused<P: Pause>(
                 stop = StopReason::EndedShort;
                 truncated = true;
             }
+        } else if mode == Mode::FramePointer
+            && stop == StopReason::End
+            && ends_short_of_a_c_root(&symbols, buf.last())
+        {
+            // A zero frame pointer read in code that keeps none (`-O2` C uses rbp as it likes):
+            // the chain ends there, not at a thread's entry.
+            stop = StopReason::EndedShort;
+            truncated = true;
         }
         pcs.extend(buf.iter().map(|f| f.pc));
         lookup_pcs.extend(buf.iter().map(|f| f.lookup_pc()));
