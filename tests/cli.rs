@@ -852,6 +852,51 @@ fn paths_that_are_not_utf8() {
     assert!(err.contains("not valid UTF-8"), "{err}");
 }
 
+/// A program run from a directory whose name is not UTF-8: the core's `NT_FILE` note names
+/// the executable by those bytes, and the walk opens that file (it used to show the path with
+/// U+FFFD, fail to open it and leave the program's frames unnamed).
+#[test]
+fn a_module_path_that_is_not_utf8_is_opened() {
+    use std::os::unix::ffi::OsStrExt;
+    if !cfg!(target_arch = "x86_64") {
+        skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
+        return;
+    }
+    if !need_kernel_cores() || !need("gcc", "--version") {
+        return;
+    }
+    let d = tmp("not-utf8-module");
+    let odd = d.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir_all(&odd).unwrap();
+    let exe = odd.join("chain");
+    let built = Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(fixtures().join("c/chain.c"))
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let crashed = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -c unlimited; exec \"$0\" chain")
+        .arg(&exe)
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success());
+    let c = d.join("core");
+    assert!(c.exists(), "no core in {}", d.display());
+    let out = run(&["stack", "--core", p(&c), "--format", "json", "--lines"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err, "", "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_chain(&v);
+    let module = v["threads"][0]["frames"][0]["module"].as_str().unwrap();
+    assert!(module.ends_with("/caf\u{fffd}/chain"), "{module}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
 #[test]
 fn a_qemu_core_naming_its_executable_by_a_relative_path() {
     // qemu-user cores list no mapped files; the executable is the auxv's AT_EXECFN, here

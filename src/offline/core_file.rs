@@ -124,6 +124,8 @@ pub struct Core {
     /// The core file itself, when it was opened from one: its segments' bytes are read from
     /// it a block at a time ([`FileReads`]), not through the mapping.
     file: Option<FileReads>,
+    /// `NT_FILE` paths that are not UTF-8: (the path as [`Mapping::path`] shows it, the bytes).
+    raw_paths: Vec<(String, Vec<u8>)>,
 }
 
 /// Reads of a core file's bytes with `pread`, a 4 KiB block at a time, the last
@@ -310,7 +312,7 @@ impl Core {
 
     fn parse(data: Mapped) -> Result<Core, CoreError> {
         let expected_len = expected_len(&data);
-        let (arch, threads, mappings, auxv, pac_mask, segments) =
+        let (arch, threads, (mappings, raw_paths), auxv, pac_mask, segments) =
             parse_bytes(&data).map_err(|e| match e {
                 CoreError::Truncated(_) | CoreError::NoThreads
                     if expected_len > data.len() as u64 =>
@@ -330,7 +332,20 @@ impl Core {
             segments,
             backing: None,
             file: None,
+            raw_paths,
         })
+    }
+
+    /// The file a mapping's [`Mapping::path`] names: the `NT_FILE` note's bytes exactly where
+    /// they are not UTF-8 (the path shows them with U+FFFD, which names no file), else the path.
+    pub fn mapping_file<'a>(&'a self, path: &'a str) -> &'a std::ffi::OsStr {
+        use std::os::unix::ffi::OsStrExt;
+        self.raw_paths
+            .iter()
+            .find(|(p, _)| p == path)
+            .map_or(std::ffi::OsStr::new(path), |(_, b)| {
+                std::ffi::OsStr::from_bytes(b)
+            })
     }
 
     /// A "core" whose memory is `backing` (a stopped process), plus `code`: (address, bytes)
@@ -368,6 +383,7 @@ impl Core {
             segments,
             backing: Some(backing),
             file: None,
+            raw_paths: Vec::new(),
         }
     }
 
@@ -391,10 +407,13 @@ impl Core {
     }
 }
 
+/// `NT_FILE`'s mappings, and its paths that are not UTF-8 (as shown, the bytes).
+type NtFile = (Vec<Mapping>, Vec<(String, Vec<u8>)>);
+
 type Parsed = (
     ArchKind,
     Vec<Thread>,
-    Vec<Mapping>,
+    NtFile,
     Vec<(u64, u64)>,
     u64,
     Vec<Segment>,
@@ -434,7 +453,7 @@ fn parse_bytes(data: &[u8]) -> Result<Parsed, CoreError> {
         .program_headers(e, data)
         .map_err(|_| CoreError::Truncated("program headers"))?;
     let mut threads = Vec::new();
-    let mut mappings = Vec::new();
+    let mut mappings = (Vec::new(), Vec::new());
     let mut auxv = Vec::new();
     let mut pac_mask = 0;
     let mut segments = Vec::new();
@@ -535,10 +554,12 @@ fn thread(arch: ArchKind, desc: &[u8]) -> Result<Thread, CoreError> {
 }
 
 /// `NT_FILE`: count, page size, count × (start, end, page offset), then NUL-separated paths.
-fn parse_nt_file(desc: &[u8]) -> Vec<Mapping> {
+/// Also the paths that are not UTF-8: (as shown, the bytes).
+fn parse_nt_file(desc: &[u8]) -> NtFile {
     let (Some(count), Some(page)) = (u64_at(desc, 0), u64_at(desc, 8)) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
+    let mut raw = Vec::new();
     // Each entry takes 24 bytes: a count beyond what the note holds is corrupt.
     let count = count.min((desc.len() / 24) as u64) as usize;
     let names_at = 16 + 24 * count;
@@ -554,13 +575,17 @@ fn parse_nt_file(desc: &[u8]) -> Vec<Mapping> {
             break;
         };
         let Some(name) = names.next() else { break };
+        let path = String::from_utf8_lossy(name).into_owned();
+        if std::str::from_utf8(name).is_err() && !raw.iter().any(|(p, _)| *p == path) {
+            raw.push((path.clone(), name.to_vec()));
+        }
         out.push(Mapping {
             range: Range::new(lo, hi),
             offset: pg.saturating_mul(page),
-            path: String::from_utf8_lossy(name).into_owned(),
+            path,
         });
     }
-    out
+    (out, raw)
 }
 
 /// A core's memory: the file-backed bytes of its `PT_LOAD` segments.
@@ -672,11 +697,27 @@ mod tests {
             d.extend_from_slice(&v.to_le_bytes());
         }
         d.extend_from_slice(b"/bin/x\0");
-        let m = parse_nt_file(&d);
+        let (m, raw) = parse_nt_file(&d);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].path, "/bin/x");
         assert_eq!(m[0].offset, 4096);
-        assert!(parse_nt_file(&[1, 2, 3]).is_empty());
+        assert!(raw.is_empty());
+        assert!(parse_nt_file(&[1, 2, 3]).0.is_empty());
+    }
+
+    #[test]
+    fn nt_file_paths_that_are_not_utf8_keep_their_bytes() {
+        let mut d = Vec::new();
+        d.extend_from_slice(&2u64.to_le_bytes());
+        d.extend_from_slice(&4096u64.to_le_bytes());
+        for v in [0x1000u64, 0x2000, 0, 0x2000, 0x3000, 1] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        d.extend_from_slice(b"/tmp/caf\xe9/x\0/bin/y\0");
+        let (m, raw) = parse_nt_file(&d);
+        assert_eq!(m[0].path, "/tmp/caf\u{fffd}/x");
+        assert_eq!(m[1].path, "/bin/y");
+        assert_eq!(raw, [(m[0].path.clone(), b"/tmp/caf\xe9/x".to_vec())]);
     }
 
     /// A committed core, written to a fresh file.

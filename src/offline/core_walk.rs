@@ -169,7 +169,7 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
     });
     s.add_mappings_with(&core.mappings, |path| match (&opts.exe, &exe_mapping) {
         (Some(exe), Some(p)) if p == path => exe.clone(),
-        _ => crate::symbols::resolve(sysroot, path),
+        _ => crate::symbols::resolve_os(sysroot, core.mapping_file(path)),
     });
     check_build_ids(core, &mut s, exe_mapping.as_deref());
     add_vdso(core, &mut s);

@@ -1582,8 +1582,18 @@ impl Symbolizer {
 
 /// `sysroot` + `path` when a sysroot is given and has the file, else `path`.
 pub fn resolve(sysroot: Option<&Path>, path: &str) -> PathBuf {
+    resolve_os(sysroot, std::ffi::OsStr::new(path))
+}
+
+/// [`resolve`] for a path that need not be UTF-8.
+pub fn resolve_os(sysroot: Option<&Path>, path: &std::ffi::OsStr) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
     if let Some(root) = sysroot {
-        let p = root.join(path.trim_start_matches('/'));
+        let mut rel = path.as_bytes();
+        while let [b'/', rest @ ..] = rel {
+            rel = rest;
+        }
+        let p = root.join(std::ffi::OsStr::from_bytes(rel));
         if p.exists() {
             return p;
         }
