@@ -740,7 +740,7 @@ fn ends_short_of_a_c_root(symbols: &Symbolizer, last: Option<&Frame>) -> bool {
     let Some(s) = last.and_then(|f| symbols.lookup(f.lookup_pc())) else {
         return false;
     };
-    !crate::runtime_names::C_STACK_ROOTS.contains(&&*s.name)
+    !crate::runtime_names::C_STACK_ROOTS.contains(&s.name)
 }
 
 /// Is this a Go program (its modules define `runtime.systemstack`)?
