@@ -25,6 +25,21 @@ use unwind::pprof_lines::LineTables;
 use unwind::symbols::{Symbol, Symbolizer};
 use unwind::Mode;
 
+// The unwinder the standard library's panics and backtraces call (`_Unwind_*`) is linked in
+// from libgcc's static part, whole, so that the ordinary dynamically linked binary does not
+// load `libgcc_s.so.1`: std links `-lgcc_s` after this crate's own libraries, and with
+// `--as-needed` (rustc's default) a library none of whose symbols are still undefined is left
+// out. Loading it cost ~150 us per run here (its constructor runs CPUID, a VM exit each),
+// against ~2 ms for a whole `unwind stack` (README "Nineteenth round"). A statically linked
+// build (`cargo static-cli`) links libgcc_eh anyway.
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(target_feature = "crt-static")
+))]
+#[link(name = "gcc_eh", kind = "static", modifiers = "+whole-archive,-bundle")]
+extern "C" {}
+
 /// The heap profiler's sampling allocator: costs a thread-local countdown per allocation until
 /// `unwind::heap::start` (only the demo starts it).
 #[global_allocator]
