@@ -32,10 +32,12 @@ pub const RUST_STD: &[&str] = &["std::", "core::", "alloc::"];
 pub const C_RUNTIME: &[&str] = &["__libc", "__GI_", "_start"];
 
 /// Where a C or Rust program's stacks begin, by name: the process's entry (glibc's and musl's
-/// start code) and a thread's (glibc's `start_thread` and its clone functions, musl's `start`).
+/// start code, the dynamic loader's before it) and a thread's (glibc's `start_thread` and its clone functions, musl's `start`).
 /// A frame-record walk that ends in any other named function ended short (offline walks).
 pub const C_STACK_ROOTS: &[&str] = &[
     "_start",
+    "_dl_start",
+    "_dl_start_user",
     "__libc_start_main",
     "__libc_start_call_main",
     "__libc_start_main_impl",
