@@ -952,25 +952,36 @@ fn one_minus_exp_neg(x: f64) -> f64 {
         return 1.0;
     }
     if x < 1.0 {
-        // x - x^2/2! + x^3/3! - ...: the 20th term is below 1e-18.
-        let (mut term, mut sum) = (x, 0.0);
-        for k in 2..=21 {
-            sum += term;
-            term *= -x / k as f64;
-        }
-        return sum;
+        return series(x);
     }
     let n = x as u32;
-    let f = x - f64::from(n);
-    let (mut term, mut e) = (1.0, 0.0);
-    for k in 1..=22 {
-        e += term;
-        term *= -f / k as f64;
-    }
+    let mut e = 1.0 - series(x - f64::from(n));
     for _ in 0..n {
         e *= E_NEG_1;
     }
     1.0 - e
+}
+
+/// `1 - e^-x` for `0 <= x < 1` by its series, `x - x^2/2! + x^3/3! - ...`, in nested form:
+/// `x (1 - x/2 (1 - x/3 (1 - ...)))`, multiplied by constant reciprocals rather than divided
+/// twenty times in a row. Terms to `x^21/21!`, below 1e-19.
+fn series(x: f64) -> f64 {
+    const INV: [f64; 20] = {
+        let mut t = [0.0; 20];
+        let mut k = 0;
+        while k < 20 {
+            t[k] = 1.0 / (k + 2) as f64;
+            k += 1;
+        }
+        t
+    };
+    let mut acc = 1.0;
+    let mut k = INV.len();
+    while k > 0 {
+        k -= 1;
+        acc = 1.0 - x * INV[k] * acc;
+    }
+    x * acc
 }
 
 /// Adds one sample of `size` bytes, weighted at `rate`, to an estimate's pair of counters.
