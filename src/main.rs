@@ -13,8 +13,9 @@
 //!
 //! Exit status 0 on success, 2 on bad input with a one-line error on stderr.
 
-// The entry is the C `main` below, not std's start-up (see there).
-#![no_main]
+// The entry is the C `main` below, not std's start-up (see there); the unit tests keep the
+// test harness's.
+#![cfg_attr(not(test), no_main)]
 
 mod demo;
 
@@ -58,6 +59,7 @@ const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR]
 /// pipe early is a `BrokenPipe` error, handled in `write_out`), stdout flushed at the end. The
 /// arguments come from `std::env::args_os`, which std reads at load time on glibc. A stack
 /// overflow on the main thread is then a plain SIGSEGV, without std's message.
+#[cfg(not(test))]
 #[no_mangle]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     // SAFETY: setting SIGPIPE's disposition to SIG_IGN before any other thread exists changes
@@ -67,6 +69,13 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
     let code = run();
     let _ = std::io::stdout().flush();
     code
+}
+
+/// The unit tests' build has the test harness's entry; this keeps `run` and what it calls
+/// reachable there, as an ordinary `main` would be.
+#[cfg(test)]
+fn main() {
+    let _ = run();
 }
 
 /// The command line's work: 0 on success, 2 with a one-line error on stderr.
