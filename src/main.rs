@@ -13,9 +13,9 @@
 //!
 //! Exit status 0 on success, 2 on bad input with a one-line error on stderr.
 
-// The entry is the C `main` below, not std's start-up (see there); the unit tests keep the
-// test harness's.
-#![cfg_attr(not(test), no_main)]
+// On glibc the entry is the C `main` below, not std's start-up (see there); the unit tests
+// keep the test harness's.
+#![cfg_attr(all(not(test), target_os = "linux", target_env = "gnu"), no_main)]
 
 mod demo;
 
@@ -57,9 +57,9 @@ const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR]
 /// here (18 system calls) against ~2 ms for a whole `unwind stack` (README "Nineteenth
 /// round"). What this tool needs of it is done here: SIGPIPE ignored (a reader that closes the
 /// pipe early is a `BrokenPipe` error, handled in `write_out`), stdout flushed at the end. The
-/// arguments come from `std::env::args_os`, which std reads at load time on glibc. A stack
-/// overflow on the main thread is then a plain SIGSEGV, without std's message.
-#[cfg(not(test))]
+/// arguments come from `std::env::args_os`, which std reads at load time on glibc (so only
+/// there). A stack overflow on the main thread is then a plain SIGSEGV, without std's message.
+#[cfg(all(not(test), target_os = "linux", target_env = "gnu"))]
 #[no_mangle]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     // SAFETY: setting SIGPIPE's disposition to SIG_IGN before any other thread exists changes
@@ -71,11 +71,13 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
     code
 }
 
-/// The unit tests' build has the test harness's entry; this keeps `run` and what it calls
-/// reachable there, as an ordinary `main` would be.
-#[cfg(test)]
+/// Elsewhere (and in the unit tests' build, whose entry is the test harness's), an ordinary
+/// `main`.
+#[cfg(not(all(not(test), target_os = "linux", target_env = "gnu")))]
 fn main() {
-    let _ = run();
+    let code = run();
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
 }
 
 /// The command line's work: 0 on success, 2 with a one-line error on stderr.
