@@ -56,7 +56,8 @@ const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR]
 /// (`pthread_getattr_np`), checks that fds 0-2 are open and names the thread, ~100 us per run
 /// here (18 system calls) against ~2 ms for a whole `unwind stack` (README "Nineteenth
 /// round"). What this tool needs of it is done here: SIGPIPE ignored (a reader that closes the
-/// pipe early is a `BrokenPipe` error, handled in `write_out`), stdout flushed at the end. The
+/// pipe early is a `BrokenPipe` error, handled in `write_out`), a panic caught (exit 101),
+/// stdout flushed at the end. The
 /// arguments come from `std::env::args_os`, which std reads at load time on glibc (so only
 /// there). A stack overflow on the main thread is then a plain SIGSEGV, without std's message.
 #[cfg(all(not(test), target_os = "linux", target_env = "gnu"))]
@@ -66,7 +67,9 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
     // only how a write to a closed pipe is reported (EPIPE instead of death), as std's own
     // start-up does.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    let code = run();
+    // A panic (a bug; the message is printed by the panic hook) must not unwind out of a C
+    // function, which would abort: exit 101, as std's start-up would.
+    let code = std::panic::catch_unwind(run).unwrap_or(101);
     let _ = std::io::stdout().flush();
     code
 }
@@ -89,16 +92,12 @@ fn run() -> libc::c_int {
     let result = match first.as_deref() {
         // `unwind stack --help` and the like: the usage, whatever else was given.
         Some("stack" | "demo" | "verify") if args[1..].iter().any(help) => {
-            println!("{USAGE}");
-            Ok(())
+            write_out(format!("{USAGE}\n").as_bytes())
         }
         Some("stack") => stack(&args[1..]),
         Some("demo") => demo(&args[1..]),
         Some("verify") => verify(&args[1..]),
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            Ok(())
-        }
+        Some("-h" | "--help" | "help") => write_out(format!("{USAGE}\n").as_bytes()),
         Some(other) => Err(format!(
             "unknown command '{other}' (try: unwind stack --core CORE)"
         )),

@@ -708,26 +708,32 @@ fn a_reader_that_closes_the_pipe_early_is_no_error() {
     let d = tmp("pipe");
     let c = core("core-x86_64-chain", &d);
     let e = exe("x86_64");
-    let mut child = Command::new(BIN)
-        .args(["stack", "--core", p(&c), "--exe", p(&e), "--lines"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Closed at once: the core is not read yet.
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for args in [
+        &["stack", "--core", p(&c), "--exe", p(&e), "--lines"][..],
+        &["--help"],
+        &["stack", "--help"],
+    ] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed at once: the core is not read yet.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let _ = std::fs::remove_dir_all(d);
 }
 
