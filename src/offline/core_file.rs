@@ -124,8 +124,9 @@ pub struct Core {
     /// The core file itself, when it was opened from one: its segments' bytes are read from
     /// it a block at a time ([`FileReads`]), not through the mapping.
     file: Option<FileReads>,
-    /// `NT_FILE` paths that are not UTF-8: (the path as [`Mapping::path`] shows it, the bytes).
-    raw_paths: Vec<(String, Vec<u8>)>,
+    /// `NT_FILE` paths that are not UTF-8: the path as [`Mapping::path`] shows it -> the bytes
+    /// (the first of those that show alike).
+    raw_paths: RawPaths,
 }
 
 /// Reads of a core file's bytes with `pread`, a 4 KiB block at a time, the last
@@ -341,9 +342,8 @@ impl Core {
     pub fn mapping_file<'a>(&'a self, path: &'a str) -> &'a std::ffi::OsStr {
         use std::os::unix::ffi::OsStrExt;
         self.raw_paths
-            .iter()
-            .find(|(p, _)| p == path)
-            .map_or(std::ffi::OsStr::new(path), |(_, b)| {
+            .get(path)
+            .map_or(std::ffi::OsStr::new(path), |b| {
                 std::ffi::OsStr::from_bytes(b)
             })
     }
@@ -383,7 +383,7 @@ impl Core {
             segments,
             backing: Some(backing),
             file: None,
-            raw_paths: Vec::new(),
+            raw_paths: RawPaths::new(),
         }
     }
 
@@ -407,8 +407,11 @@ impl Core {
     }
 }
 
-/// `NT_FILE`'s mappings, and its paths that are not UTF-8 (as shown, the bytes).
-type NtFile = (Vec<Mapping>, Vec<(String, Vec<u8>)>);
+/// `NT_FILE` paths that are not UTF-8, by the path shown: their bytes.
+type RawPaths = std::collections::HashMap<String, Vec<u8>>;
+
+/// `NT_FILE`'s mappings, and its paths that are not UTF-8.
+type NtFile = (Vec<Mapping>, RawPaths);
 
 type Parsed = (
     ArchKind,
@@ -453,7 +456,7 @@ fn parse_bytes(data: &[u8]) -> Result<Parsed, CoreError> {
         .program_headers(e, data)
         .map_err(|_| CoreError::Truncated("program headers"))?;
     let mut threads = Vec::new();
-    let mut mappings = (Vec::new(), Vec::new());
+    let mut mappings = (Vec::new(), RawPaths::new());
     let mut auxv = Vec::new();
     let mut pac_mask = 0;
     let mut segments = Vec::new();
@@ -557,9 +560,9 @@ fn thread(arch: ArchKind, desc: &[u8]) -> Result<Thread, CoreError> {
 /// Also the paths that are not UTF-8: (as shown, the bytes).
 fn parse_nt_file(desc: &[u8]) -> NtFile {
     let (Some(count), Some(page)) = (u64_at(desc, 0), u64_at(desc, 8)) else {
-        return (Vec::new(), Vec::new());
+        return (Vec::new(), RawPaths::new());
     };
-    let mut raw = Vec::new();
+    let mut raw = RawPaths::new();
     // Each entry takes 24 bytes: a count beyond what the note holds is corrupt.
     let count = count.min((desc.len() / 24) as u64) as usize;
     let names_at = 16 + 24 * count;
@@ -576,8 +579,8 @@ fn parse_nt_file(desc: &[u8]) -> NtFile {
         };
         let Some(name) = names.next() else { break };
         let path = String::from_utf8_lossy(name).into_owned();
-        if std::str::from_utf8(name).is_err() && !raw.iter().any(|(p, _)| *p == path) {
-            raw.push((path.clone(), name.to_vec()));
+        if std::str::from_utf8(name).is_err() {
+            raw.entry(path.clone()).or_insert_with(|| name.to_vec());
         }
         out.push(Mapping {
             range: Range::new(lo, hi),
@@ -717,7 +720,8 @@ mod tests {
         let (m, raw) = parse_nt_file(&d);
         assert_eq!(m[0].path, "/tmp/caf\u{fffd}/x");
         assert_eq!(m[1].path, "/bin/y");
-        assert_eq!(raw, [(m[0].path.clone(), b"/tmp/caf\xe9/x".to_vec())]);
+        assert_eq!(raw.len(), 1);
+        assert_eq!(raw[&m[0].path], b"/tmp/caf\xe9/x");
     }
 
     /// A committed core, written to a fresh file.
