@@ -321,6 +321,19 @@ impl<'a> Table<'a> {
         core::str::from_utf8(name).ok()
     }
 
+    /// Is the name at `off` in the function-name table `name` (read no further than its end)?
+    #[cfg_attr(not(feature = "offline"), allow(dead_code))]
+    pub fn name_is(&self, off: u32, name: &str) -> bool {
+        let at = self.names.checked_add(off as usize);
+        let end = at.and_then(|a| a.checked_add(name.len()));
+        match (at, end) {
+            (Some(at), Some(end)) => {
+                self.tab.get(at..end) == Some(name.as_bytes()) && self.tab.get(end) == Some(&0)
+            }
+            _ => false,
+        }
+    }
+
     /// The value at `at` (an offset from `f`'s entry) of the pc-value table at `table` (an
     /// offset into the pc-value tables; 0: no table).
     #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
@@ -466,16 +479,19 @@ impl<'a> Wrappers<'a> {
         }
         let mut switch = None;
         let mut panics = Vec::new();
+        // Each name compared in place, for as many bytes as the names asked for (a name with
+        // no end in a corrupt table is not read to the table's end once per function).
         for f in t.funcs().filter(|f| t.checked(f)) {
-            let Some(name) = t.nameoff(&f).and_then(|o| t.name_at(o)) else {
+            let Some(off) = t.nameoff(&f) else {
                 continue;
             };
-            match name {
-                "runtime.systemstack_switch" => switch = t.func_id(&f),
-                "runtime.gopanic" | "runtime.sigpanic" | "runtime.panicwrap" => {
-                    panics.push((f.entry, f.end))
-                }
-                _ => {}
+            if t.name_is(off, "runtime.systemstack_switch") {
+                switch = t.func_id(&f);
+            } else if ["runtime.gopanic", "runtime.sigpanic", "runtime.panicwrap"]
+                .iter()
+                .any(|n| t.name_is(off, n))
+            {
+                panics.push((f.entry, f.end));
             }
         }
         let wrapper = switch.filter(|&id| id != 0)?.checked_add(1)?;

@@ -1212,6 +1212,10 @@ fn gopclntab_funcs(file: &object::File<'_>, data: &[u8]) -> Vec<Func> {
         return Vec::new();
     };
     let mut out = Vec::new();
+    // Bytes the name searches may read in all: a real table's names are each read once, but
+    // a corrupt one whose functions all name one unterminated string would be read to its
+    // end once per function. Past the budget the listing stops.
+    let mut budget = name_tab.len().saturating_mul(2).saturating_add(1 << 16);
     for f in t.funcs() {
         let Some(nameoff) = t.nameoff(&f).filter(|_| t.checked(&f)) else {
             continue;
@@ -1219,7 +1223,13 @@ fn gopclntab_funcs(file: &object::File<'_>, data: &[u8]) -> Vec<Func> {
         let Some(name) = name_tab.get(nameoff as usize..) else {
             continue;
         };
-        let Some(len) = memchr::memchr(0, name).filter(|&l| l > 0) else {
+        let found = memchr::memchr(0, name);
+        let read = found.map_or(name.len(), |l| l + 1);
+        let Some(left) = budget.checked_sub(read) else {
+            break;
+        };
+        budget = left;
+        let Some(len) = found.filter(|&l| l > 0) else {
             continue;
         };
         let (Ok(len), Ok(_)) = (u32::try_from(len), u32::try_from(out.len())) else {
