@@ -377,6 +377,16 @@ fn matches_eu_stack_on_committed_cores() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// Can this host make fresh x86_64 kernel cores of fixtures/c/chain.c (an x86_64 host, gcc,
+/// core_pattern `core`)? Says why not (a failure under CI, see `need`).
+fn can_make_fresh_cores() -> bool {
+    if !cfg!(target_arch = "x86_64") {
+        skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
+        return false;
+    }
+    need_kernel_cores() && need("gcc", "--version")
+}
+
 /// A fresh x86_64 kernel core of fixtures/c/chain.c running `variant`, made in `d` by
 /// fixtures/c/make-core.sh: (the core, the executable).
 fn fresh_core(variant: &str, d: &Path) -> (PathBuf, PathBuf) {
@@ -406,11 +416,7 @@ fn fresh_core_with(variant: &str, d: &Path, cflags: &str) -> (PathBuf, PathBuf) 
 /// eu-stack. Needs gcc and core_pattern `core` (CI sets it); skipped with a message otherwise.
 #[test]
 fn fresh_x86_64_kernel_cores() {
-    if !cfg!(target_arch = "x86_64") {
-        skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
-        return;
-    }
-    if !need_kernel_cores() || !need("gcc", "--version") {
+    if !can_make_fresh_cores() {
         return;
     }
     let d = tmp("fresh");
@@ -435,11 +441,7 @@ fn fresh_x86_64_kernel_cores() {
 /// the sigreturn trampoline (whose pc is no return address) as `__restore_rt`, not `?`.
 #[test]
 fn verify_names_every_frame_fp_missed() {
-    if !cfg!(target_arch = "x86_64") {
-        skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
-        return;
-    }
-    if !need_kernel_cores() || !need("gcc", "--version") {
+    if !can_make_fresh_cores() {
         return;
     }
     let d = tmp("verify-nofp");
@@ -469,11 +471,7 @@ fn verify_names_every_frame_fp_missed() {
 /// walk on to `_start`, whole. A thread's usual end (`start_thread`) stays whole in FP mode.
 #[test]
 fn a_zero_frame_pointer_outside_a_thread_entry_is_a_truncation() {
-    if !cfg!(target_arch = "x86_64") {
-        skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
-        return;
-    }
-    if !need_kernel_cores() || !need("gcc", "--version") {
+    if !can_make_fresh_cores() {
         return;
     }
     let d = tmp("zerofp");
@@ -763,11 +761,7 @@ fn lines_add_file_and_line() {
 /// warning.
 #[test]
 fn a_replaced_executable_is_not_used_and_exe_stands_in_for_it() {
-    if !cfg!(target_arch = "x86_64") {
-        skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
-        return;
-    }
-    if !need_kernel_cores() || !need("gcc", "--version") {
+    if !can_make_fresh_cores() {
         return;
     }
     let d = tmp("replaced");
@@ -864,11 +858,7 @@ fn paths_that_are_not_utf8() {
 #[test]
 fn a_module_path_that_is_not_utf8_is_opened() {
     use std::os::unix::ffi::OsStrExt;
-    if !cfg!(target_arch = "x86_64") {
-        skip("skipping: kernel cores of x86_64 programs need an x86_64 host");
-        return;
-    }
-    if !need_kernel_cores() || !need("gcc", "--version") {
+    if !can_make_fresh_cores() {
         return;
     }
     let d = tmp("not-utf8-module");
