@@ -34,6 +34,13 @@ impl Range {
         addr >= self.lo && addr <= self.hi && self.hi - addr >= len
     }
 
+    /// Is `sp` a stack pointer on this stack: inside it, or at its end (an empty stack's sp,
+    /// nothing pushed yet)?
+    #[inline(always)]
+    pub const fn holds_sp(&self, sp: u64) -> bool {
+        self.contains(sp) || sp == self.hi
+    }
+
     /// Is the range empty?
     #[inline(always)]
     pub const fn is_empty(&self) -> bool {

@@ -1065,9 +1065,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 // The CFA must move up the current stack. An interrupted aarch64 leaf may
                 // not have touched sp (its return address is in lr): equal is allowed once.
                 let leaf = A::HAS_LINK_REGISTER && st.exact;
-                let off_stack = st
-                    .seg
-                    .is_some_and(|seg| !seg.contains(r.sp) && r.sp != seg.hi);
+                let off_stack = st.seg.is_some_and(|seg| !seg.holds_sp(r.sp));
                 // sp on no known stack (an interrupted sp at the very top of a fresh one, where
                 // psm and stacker put it: nothing pushed yet) left the walk on the frame's
                 // stack: there it bounds nothing.
@@ -1843,10 +1841,7 @@ impl State {
     /// top of a fresh stack, where psm and stacker put it (nothing pushed yet), is on no known
     /// stack: the walk then starts on the frame's stack, and sp bounds nothing there.
     fn sp_on_seg(&self) -> bool {
-        match self.seg {
-            Some(seg) => seg.contains(self.regs.sp) || self.regs.sp == seg.hi,
-            None => true,
-        }
+        self.seg.is_none_or(|seg| seg.holds_sp(self.regs.sp))
     }
 }
 
