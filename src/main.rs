@@ -22,6 +22,7 @@ mod demo;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
+use unwind::frame::FrameAddress::ReturnAddress;
 use unwind::offline::{self, Options, Report};
 use unwind::policy::ProfileKind;
 use unwind::pprof_lines::LineTables;
@@ -69,21 +70,18 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // A panic (a bug; the message is printed by the panic hook) must not unwind out of a C
     // function, which would abort: exit 101, as std's start-up would.
-    let code = std::panic::catch_unwind(run).unwrap_or(101);
-    let _ = std::io::stdout().flush();
-    code
+    std::panic::catch_unwind(run).unwrap_or(101)
 }
 
 /// Elsewhere (and in the unit tests' build, whose entry is the test harness's), an ordinary
 /// `main`.
 #[cfg(not(all(not(test), target_os = "linux", target_env = "gnu")))]
 fn main() {
-    let code = run();
-    let _ = std::io::stdout().flush();
-    std::process::exit(code);
+    std::process::exit(run());
 }
 
-/// The command line's work: 0 on success, 2 with a one-line error on stderr.
+/// The command line's work: 0 on success, 2 with a one-line error on stderr; stdout flushed
+/// (neither entry leaves that to std).
 fn run() -> libc::c_int {
     // As the OS gave them: a path need not be UTF-8.
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -103,6 +101,7 @@ fn run() -> libc::c_int {
         )),
         None => Err("no command given (try: unwind stack --core CORE)".into()),
     };
+    let _ = std::io::stdout().flush();
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -374,11 +373,14 @@ fn verify(args: &[OsString]) -> Result<(), String> {
     // A frame DWARF found is named at its own lookup address (a sigreturn trampoline's pc, or
     // an interrupted pc, is the instruction itself, not a return address); an FP-only frame
     // by its return address, or the address itself where nothing is named before it.
-    let name = |pc: u64| {
-        let s = &report.symbols;
-        s.lookup(unwind::frame::FrameAddress::ReturnAddress(pc).lookup_address())
-            .or_else(|| s.lookup(pc))
+    let s = &report.symbols;
+    let name_at = |addr: u64| {
+        s.lookup(addr)
             .map_or_else(|| "?".into(), |s| s.name.to_string())
+    };
+    let name = |pc: u64| match s.lookup(ReturnAddress(pc).lookup_address()) {
+        Some(s) => s.name.to_string(),
+        None => name_at(pc),
     };
     let mut o = String::new();
     for t in &verdicts {
@@ -403,15 +405,12 @@ fn verify(args: &[OsString]) -> Result<(), String> {
                     dwarf: pc,
                     ..
                 } => match dwarf_frame(index).filter(|f| f.pc == pc) {
-                    Some(f) => report
-                        .symbols
-                        .lookup(f.lookup_pc())
-                        .map(|s| s.name.to_string()),
-                    None => Some(name(pc)),
+                    Some(f) => name_at(f.lookup_pc()),
+                    None => name(pc),
                 },
-                unwind::verify::Difference::Extra { pc, .. } => Some(name(pc)),
+                unwind::verify::Difference::Extra { pc, .. } => name(pc),
             };
-            o.push_str(&format!("  {d} ({})\n", named.as_deref().unwrap_or("?")));
+            o.push_str(&format!("  {d} ({named})\n"));
         }
     }
     write_out(o.as_bytes())
