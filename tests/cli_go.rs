@@ -247,22 +247,11 @@ fn crash_core_linked(
     dir: &Path,
     ldflags: &str,
 ) -> Option<(PathBuf, PathBuf)> {
-    crash_core_built(name, arch, dir, ldflags, "")
+    crash_core_built(name, arch, dir, ldflags, "", &[])
 }
 
-/// [`crash_core_linked`] with a `-buildmode` (`pie`).
+/// [`crash_core_linked`] with a `-buildmode` (`pie`) and `env` set for the program.
 fn crash_core_built(
-    name: &str,
-    arch: &str,
-    dir: &Path,
-    ldflags: &str,
-    buildmode: &str,
-) -> Option<(PathBuf, PathBuf)> {
-    crash_core_env(name, arch, dir, ldflags, buildmode, &[])
-}
-
-/// [`crash_core_built`] with `env` set for the program.
-fn crash_core_env(
     name: &str,
     arch: &str,
     dir: &Path,
@@ -973,7 +962,7 @@ fn stripped_go_lines_match_go_s_traceback() {
 #[test]
 fn a_stripped_pie_go_binary_is_named_crossed_and_has_lines() {
     let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-pie-{}", std::process::id())));
-    let Some((core, exe)) = crash_core_built("throw", "amd64", &dir.0, "-s -w", "pie") else {
+    let Some((core, exe)) = crash_core_built("throw", "amd64", &dir.0, "-s -w", "pie", &[]) else {
         return;
     };
     let exe_arg = exe.to_str().unwrap();
@@ -1061,7 +1050,7 @@ fn go_policies_leave_out_method_wrappers_as_go_s_profiles_do() {
     // A wrapper that called runtime.panicwrap stays, as Go keeps it.
     let ndir = TempDir::new("unwind-go-wrapper-nil");
     let (ncore, nexe) =
-        crash_core_env("wrapper", "amd64", &ndir.0, "", "", &[("WRAPPER_NIL", "1")]).unwrap();
+        crash_core_built("wrapper", "amd64", &ndir.0, "", "", &[("WRAPPER_NIL", "1")]).unwrap();
     let printed = std::fs::read_to_string(ndir.0.join("wrapper.txt")).unwrap();
     assert!(
         printed.contains("called using nil *byLen pointer"),
