@@ -83,6 +83,11 @@ pub enum ProcessError {
     Core(CoreError),
     /// Not a 64-bit program of this machine's architecture: (pid, what it is).
     WrongArch(u32, String),
+    /// The process's code mappings changed between reading its modules and stopping it
+    /// (`execve`, `dlopen`, `dlclose`), at every try ([`unwind_process`] tries
+    /// [`CHANGE_TRIES`] times; past the last it walks anyway and says so in a warning, so this
+    /// error reaches no caller of it).
+    CodeChanged(u32),
 }
 
 impl fmt::Display for ProcessError {
@@ -115,6 +120,11 @@ impl fmt::Display for ProcessError {
                 "process {p} is a {what} program: only 64-bit processes of this machine's \
                  architecture are walked"
             ),
+            ProcessError::CodeChanged(p) => write!(
+                f,
+                "process {p} changed its code mappings (execve, dlopen or dlclose) while it \
+                 was being stopped"
+            ),
         }
     }
 }
@@ -138,6 +148,35 @@ pub const HOST_ARCH: ArchKind = if cfg!(target_arch = "aarch64") {
 /// `exe` and `sysroot` are ignored: the process says where its files are). The report's
 /// `paused` says how long the threads were stopped.
 pub fn unwind_process(pid: u32, tids: &[u32], opts: &Options) -> Result<Report, ProcessError> {
+    // The modules are read before the threads are stopped (so the stop is short); a process
+    // that calls `execve`, `dlopen` or `dlclose` in between would be walked through the
+    // modules of another image. Once stopped, its code mappings are compared with those read
+    // before: where they differ the walk starts again from fresh maps.
+    let mut leftover = Vec::new();
+    for attempt in 1..=CHANGE_TRIES {
+        match unwind_once(pid, tids, opts, attempt < CHANGE_TRIES, &mut leftover) {
+            Err(ProcessError::CodeChanged(_)) if attempt < CHANGE_TRIES => continue,
+            r => return r,
+        }
+    }
+    unreachable!("the last try returns")
+}
+
+/// How many times [`unwind_process`] stops a process whose code mappings keep changing
+/// between reading them and stopping it; the last walk goes on with a warning.
+pub const CHANGE_TRIES: u32 = 4;
+
+/// One read of the process's modules and one stop. With `strict`, a change of its code
+/// mappings found once stopped is [`ProcessError::CodeChanged`]; without, a warning.
+/// `leftover`: threads a previous try could neither detach nor reap (reaped if they exit while
+/// this try seizes), replaced by this try's.
+fn unwind_once(
+    pid: u32,
+    tids: &[u32],
+    opts: &Options,
+    strict: bool,
+    leftover: &mut Vec<u32>,
+) -> Result<Report, ProcessError> {
     check_target(pid)?;
     let tasks = list_tasks(pid)?;
     if let Some(&t) = tids.iter().find(|t| !tasks.contains(t)) {
@@ -149,14 +188,15 @@ pub fn unwind_process(pid: u32, tids: &[u32], opts: &Options) -> Result<Report, 
     let view = live_view(pid, &tasks);
     let vmas = read_maps(view)?;
     let (mappings, sysroot) = module_mappings(view, &vmas);
+    let code = code_mappings(&vmas);
     let mem = Arc::new(ProcMemory::new(view, vmas));
-    let code = mem.vdso();
+    let vdso = mem.vdso();
     let auxv = read_auxv(view);
     let core = Core::with_backing(
         HOST_ARCH,
         mappings,
         auxv,
-        code,
+        vdso,
         Box::new(SharedMemory(mem.clone())),
     );
     let mut opts = opts.clone();
@@ -174,8 +214,14 @@ pub fn unwind_process(pid: u32, tids: &[u32], opts: &Options) -> Result<Report, 
         left_out: Vec::new(),
         seized: None,
         relist: false,
+        code,
+        strict,
+        code_changed: false,
+        leftover: std::mem::take(leftover),
     };
-    let mut report = offline::unwind_paused(&core, &opts, &mut stopper)?;
+    let walked = offline::unwind_paused(&core, &opts, &mut stopper);
+    *leftover = std::mem::take(&mut stopper.leftover);
+    let mut report = walked?;
     report.paused = Some(stopper.paused);
     for tid in &stopper.left_out {
         report.warnings.push(format!(
@@ -183,7 +229,26 @@ pub fn unwind_process(pid: u32, tids: &[u32], opts: &Options) -> Result<Report, 
             STOP_TIMEOUT.as_secs()
         ));
     }
+    if stopper.code_changed {
+        report.warnings.push(format!(
+            "{} ({CHANGE_TRIES} times): frames in code mapped since the modules were read \
+             may be unnamed or cut short",
+            ProcessError::CodeChanged(pid)
+        ));
+    }
     Ok(report)
+}
+
+/// A process's code as the walk knows it: each executable mapping of a file or of the vDSO
+/// (address range, file offset, file identity). `execve` replaces all of them (at new
+/// addresses where the layout is randomised, else the same files at the same places, which
+/// read alike), `dlopen`/`dlclose` add or remove some; anonymous executable memory (a JIT's)
+/// is no module and comes and goes without making the modules stale.
+fn code_mappings(vmas: &[Vma]) -> Vec<(Range, u64, (u32, u32, u64))> {
+    vmas.iter()
+        .filter(|v| v.exec && (v.file_id.2 != 0 || v.path == "[vdso]"))
+        .map(|v| (v.range, v.offset, v.file_id))
+        .collect()
 }
 
 /// Whose `/proc` entries show the process's memory: `pid`, or a live thread of it when the
@@ -816,6 +881,15 @@ struct Stopper {
     seized: Option<Arc<Mutex<Vec<u32>>>>,
     /// A thread was forgotten while waiting for stops: list the threads again.
     relist: bool,
+    /// The code mappings the modules were read from ([`code_mappings`]).
+    code: Vec<(Range, u64, (u32, u32, u64))>,
+    /// Fail the stop with [`ProcessError::CodeChanged`] where they differ once stopped.
+    strict: bool,
+    /// They differed and the walk went on (not `strict`).
+    code_changed: bool,
+    /// Threads still traced after the last detach (never stopped, not exited): the reaper of
+    /// the next try watches them.
+    leftover: Vec<u32>,
 }
 
 /// Reaps the threads already seized that exit while the others are being seized. A thread
@@ -1067,29 +1141,42 @@ impl Stopper {
 
     /// Detaches every attached thread (stopping first one that is not in a stop yet).
     fn detach_all(&mut self) {
-        if self.attached.iter().any(|a| !a.stopped) {
-            // `pause` waited STOP_TIMEOUT already; one that stopped since can be detached.
-            self.wait_stopped(Duration::from_millis(20));
-        }
-        for a in self.attached.drain(..) {
-            if !a.stopped {
-                // Still not stopped: PTRACE_DETACH would fail; the kernel detaches it when
-                // this process exits.
-                continue;
+        // Every thread is detached, or reaped where it was killed meanwhile: an `execve` in
+        // another thread kills the others and waits until their tracer reaps them, so one left
+        // unreaped holds that exec, and every later seize of the process (`unwind_process`'s
+        // next try, a library's next walk), for as long as this process lives. A thread not
+        // stopped yet gets 20 ms more (`pause` waited STOP_TIMEOUT already); one killed after
+        // it stopped (its detach fails) is waited for up to a second: it is exiting.
+        let mut deadline = Instant::now() + Duration::from_millis(20);
+        let mut extended = false;
+        loop {
+            let mut failed = false;
+            self.attached.retain_mut(|a| {
+                if !a.stopped {
+                    return true;
+                }
+                if ptrace(PTRACE_DETACH, a.tid, 0, a.signal as usize).is_ok() {
+                    return false;
+                }
+                // No longer in a ptrace-stop (SIGKILL ends one): its exit is reaped by
+                // `wait_stopped`, which drops it then.
+                a.stopped = false;
+                failed = true;
+                true
+            });
+            if failed && !extended {
+                extended = true;
+                deadline = Instant::now() + Duration::from_secs(1);
             }
-            if ptrace(PTRACE_DETACH, a.tid, 0, a.signal as usize).is_err() {
-                // Killed while stopped: reap its exit notification.
-                let mut status = 0;
-                // SAFETY: waitpid writes the status int it is given.
-                unsafe {
-                    libc::waitpid(
-                        a.tid as libc::pid_t,
-                        &mut status,
-                        libc::__WALL | libc::WNOHANG,
-                    )
-                };
+            let now = Instant::now();
+            if self.attached.is_empty() || now >= deadline {
+                break;
             }
+            self.wait_stopped(deadline - now);
         }
+        // Still ours (in no stop, not exited): the kernel detaches them when this process
+        // exits; `unwind_process`'s next try reaps them if they exit.
+        self.leftover = self.attached.drain(..).map(|a| a.tid).collect();
         if let Some(t) = self.started.take() {
             self.paused += t.elapsed();
         }
@@ -1122,6 +1209,12 @@ impl offline::Pause for Stopper {
         self.block_signals();
         self.started = Some(Instant::now());
         let reaper = Reaper::start();
+        // A previous try's threads that are still ours: an exit of theirs must be reaped too.
+        reaper
+            .tids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(&mut self.leftover);
         self.seized = Some(reaper.tids.clone());
         let attached = (|| {
             // Seize and interrupt every listed thread, wait for them to stop, list again: a
@@ -1160,7 +1253,17 @@ impl offline::Pause for Stopper {
             .filter(|a| !a.stopped)
             .map(|a| a.tid)
             .collect();
-        self.mem.open(read_maps(self.mem.pid).ok());
+        let vmas = read_maps(self.mem.pid).ok();
+        if let Some(v) = &vmas {
+            if code_mappings(v) != self.code {
+                if self.strict {
+                    self.detach_all();
+                    return Err(ProcessError::CodeChanged(self.pid));
+                }
+                self.code_changed = true;
+            }
+        }
+        self.mem.open(vmas);
         let threads: Vec<Thread> = self
             .attached
             .iter()
@@ -1302,6 +1405,45 @@ garbage
     }
 
     #[test]
+    fn code_mappings_are_the_modules_code_and_the_vdso() {
+        let before = parse_maps(
+            "\
+55d0c0a00000-55d0c0a02000 r--p 00000000 08:01 1234 /usr/bin/prog
+55d0c0a02000-55d0c0a05000 r-xp 00002000 08:01 1234 /usr/bin/prog
+7f0000000000-7f0000021000 rw-p 00000000 00:00 0
+7f3000000000-7f3000001000 rwxp 00000000 00:00 0
+7ffd1000-7ffd3000 r-xp 00000000 00:00 0 [vdso]
+",
+        );
+        let code = code_mappings(&before);
+        assert_eq!(
+            code,
+            vec![
+                (Range::new(0x7ffd1000, 0x7ffd3000), 0, (0, 0, 0)),
+                (Range::new(0x55d0c0a02000, 0x55d0c0a05000), 0x2000, (8, 1, 1234)),
+            ]
+        );
+        // A JIT's new anonymous code, more data, a stack: the modules still hold.
+        let mut more = before.clone();
+        more.extend(parse_maps(
+            "7f4000000000-7f4000001000 r-xp 00000000 00:00 0\n\
+             7f5000000000-7f5000001000 rw-p 00000000 08:01 77 /var/db/data\n",
+        ));
+        assert_eq!(code_mappings(&more), code);
+        // The same program executed again at another address, or a library loaded: stale.
+        let again = parse_maps(
+            "5600c0a02000-5600c0a05000 r-xp 00002000 08:01 1234 /usr/bin/prog\n\
+             7ffd1000-7ffd3000 r-xp 00000000 00:00 0 [vdso]\n",
+        );
+        assert_ne!(code_mappings(&again), code);
+        let mut loaded = before.clone();
+        loaded.extend(parse_maps(
+            "7f6000000000-7f6000001000 r-xp 00000000 08:01 88 /usr/lib/libz.so\n",
+        ));
+        assert_ne!(code_mappings(&loaded), code);
+    }
+
+    #[test]
     fn a_signal_caught_while_traced_is_delivered_on_detach() {
         // A shell that exits 7 on SIGUSR1. Seized (not interrupted), it takes the signal into
         // a signal-delivery-stop; the detach must deliver it.
@@ -1339,6 +1481,10 @@ garbage
             left_out: Vec::new(),
             seized: None,
             relist: false,
+            code: Vec::new(),
+            strict: false,
+            code_changed: false,
+            leftover: Vec::new(),
         };
         // SAFETY: kill takes integers.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
