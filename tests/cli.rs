@@ -503,6 +503,48 @@ fn a_zero_frame_pointer_outside_a_thread_entry_is_a_truncation() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// A call through a bad function pointer faults at its target, before anything ran there: the
+/// caller is the return address the call left at sp, as for a null pointer (gdb walks it so).
+/// Before, every caller was lost (the walk read the frame record at the fault and said
+/// misaligned). fixtures/c/chain.c `badcall` (unmapped) and `badheap` (a heap block: mapped,
+/// not executable); every mode, and built without frame pointers too.
+#[test]
+fn a_call_through_a_bad_function_pointer_keeps_its_callers() {
+    if !can_make_fresh_cores() {
+        return;
+    }
+    let d = tmp("badcall");
+    for variant in ["badcall", "badheap"] {
+        for flags in ["", "-O2 -fomit-frame-pointer"] {
+            let (c, _) = fresh_core_with(variant, &d, flags);
+            let modes: &[&str] = if flags.is_empty() {
+                &["fp", "hybrid", "dwarf"]
+            } else {
+                &["hybrid", "dwarf"]
+            };
+            for mode in modes {
+                let v = json(&["stack", "--core", p(&c), "--mode", mode]);
+                let t = &v["threads"][0];
+                let s = symbols(t);
+                assert_eq!(
+                    s.first().map(String::as_str),
+                    Some("?"),
+                    "{variant} {flags} {mode}: {v}"
+                );
+                assert!(
+                    has_run(&s, &["?", "bad_caller", "main"]),
+                    "{variant} {flags} {mode}: {v}"
+                );
+                if *mode != "fp" {
+                    assert_eq!(s.last().map(String::as_str), Some("_start"), "{v}");
+                    assert_eq!(t["truncated"], false, "{variant} {flags} {mode}: {v}");
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
 // ---- bad input ----
 
 /// Exit status 2, nothing on stdout, one line on stderr naming the problem.

@@ -1426,7 +1426,11 @@ int main(int argc, char **argv) {
             whole += 1;
         }
     }
-    assert!(stale.is_empty(), "{} walks with frames of no module: {stale:?}", stale.len());
+    assert!(
+        stale.is_empty(),
+        "{} walks with frames of no module: {stale:?}",
+        stale.len()
+    );
     // Most walks find the program in its nap (the rest in the loader or in execve itself).
     assert!(whole >= 10, "{whole} walks reached main ({warned} warned)");
 }

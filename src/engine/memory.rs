@@ -111,6 +111,14 @@ pub trait Memory {
     fn read_code(&mut self, _addr: u64, _out: &mut [u8]) -> bool {
         false
     }
+
+    /// Is `addr` in executable memory? `None` when this memory cannot tell (the default).
+    /// The walker asks only at an interrupted pc and of the word a call there would have left
+    /// (a call through a bad function pointer faults at its target: [`crate::Walker`] takes
+    /// the caller from the return address, as for a null one).
+    fn is_code(&mut self, _addr: u64) -> Option<bool> {
+        None
+    }
 }
 
 impl<M: Memory + ?Sized> Memory for &mut M {
@@ -137,6 +145,9 @@ impl<M: Memory + ?Sized> Memory for &mut M {
     }
     fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
         (**self).read_code(addr, out)
+    }
+    fn is_code(&mut self, addr: u64) -> Option<bool> {
+        (**self).is_code(addr)
     }
     #[inline(always)]
     fn reads_unchecked(&mut self, stack: Range) -> bool {

@@ -457,6 +457,10 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             if let Err(stop) = self.null_caller(&mut st, mem, buf, limit) {
                 return Trace { len: st.n, stop };
             }
+        } else if st.exact {
+            if let Err(stop) = self.bad_call_caller(&mut st, mem, buf, limit) {
+                return Trace { len: st.n, stop };
+            }
         }
         self.leaf_lr(&mut st, mem, buf, limit);
         self.run(st, mem, buf, limit)
@@ -1208,6 +1212,9 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                         // A signal (SIGSEGV) raised by a call through a null pointer.
                         return self.null_caller(st, mem, buf, limit);
                     }
+                    if exact {
+                        self.bad_call_caller(st, mem, buf, limit)?;
+                    }
                     self.leaf_lr(st, mem, buf, limit);
                 }
             }
@@ -1292,6 +1299,40 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
     #[inline(never)]
     fn in_a_switch(&self, pc: u64) -> bool {
         self.switch_at(pc).is_some()
+    }
+
+    /// After an exact pc other than 0, already written: where the memory says it is in no
+    /// executable memory, a call through a bad function pointer (unmapped, a small integer, a
+    /// freed object's heap, the stack) faulted at its target before anything ran there, as a
+    /// null one ([`Walker::null_caller`]), and its caller is the return address the call left.
+    /// Taken only where that word is itself in executable memory: a return to a smashed
+    /// address or a jump leaves something else there, and the walk goes on as before (the
+    /// frame record or CFI at the pc). One question to the memory at most where the pc is
+    /// code (a memory that cannot tell answers `None`: nothing changes).
+    #[inline(never)]
+    fn bad_call_caller<M: Memory>(
+        &mut self,
+        st: &mut State,
+        mem: &mut M,
+        buf: &mut [Frame],
+        limit: usize,
+    ) -> Result<(), StopReason> {
+        if mem.is_code(st.regs.pc) != Some(false) {
+            return Ok(());
+        }
+        let ra = if A::HAS_LINK_REGISTER {
+            Some(st.regs.lr)
+        } else {
+            st.seg
+                .filter(|s| s.contains_span(st.regs.sp, 8))
+                .and_then(|_| mem.read_u64(st.regs.sp))
+        };
+        match ra.map(|r| A::strip_ra(r, self.pac_mask)) {
+            Some(r) if r != 0 && mem.is_code(r) == Some(true) => {
+                self.null_caller(st, mem, buf, limit)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// After an exact pc of 0, already written: a call through a null function pointer, where

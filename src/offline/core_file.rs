@@ -248,6 +248,10 @@ pub trait Backing: Send + Sync {
     fn read(&self, addr: u64, out: &mut [u8]) -> bool;
     /// The readable mapping containing `addr` (the bounds of the stack it may be on).
     fn mapping(&self, addr: u64) -> Option<Range>;
+    /// Is `addr` in executable memory (`None`: cannot tell, the default)?
+    fn is_code(&self, _addr: u64) -> Option<bool> {
+        None
+    }
 }
 
 /// `NT_FILE` ("FILE" in little-endian).
@@ -654,6 +658,21 @@ impl Memory for CoreMemory<'_> {
 
     fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
         self.read_bytes(addr, out)
+    }
+
+    /// By the segment's flags (a kernel core lists every mapping, its text too, if only with
+    /// its first page's bytes): an address in none is unmapped. A live process's by its maps.
+    fn is_code(&mut self, addr: u64) -> Option<bool> {
+        if let Some(b) = &self.core.backing {
+            return b.is_code(addr);
+        }
+        if self.core.segments.is_empty() {
+            return None;
+        }
+        Some(
+            self.segment(addr)
+                .is_some_and(|(_, s)| s.flags & elf::PF_X.0 != 0),
+        )
     }
 }
 

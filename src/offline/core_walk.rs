@@ -1481,6 +1481,11 @@ impl crate::memory::Memory for WithCode<'_> {
     fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
         self.core.read_code(addr, out) || self.symbols.read_code(addr, out)
     }
+    fn is_code(&mut self, addr: u64) -> Option<bool> {
+        self.core
+            .is_code(addr)
+            .or_else(|| self.symbols.read_code(addr, &mut [0]).then_some(true))
+    }
 }
 
 /// What every walk of one core shares: the core (memory, architecture, PAC mask), its

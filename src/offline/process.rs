@@ -843,6 +843,14 @@ impl Backing for ProcMemory {
     fn mapping(&self, addr: u64) -> Option<Range> {
         self.lock().readable(addr, 1)
     }
+
+    fn is_code(&self, addr: u64) -> Option<bool> {
+        let st = self.lock();
+        if st.vmas.is_empty() {
+            return None;
+        }
+        Some(st.vmas.iter().any(|v| v.range.contains(addr) && v.exec))
+    }
 }
 
 /// The process memory shared by the core (reads) and the stopper (opening, closing, prefetch).
@@ -854,6 +862,9 @@ impl Backing for SharedMemory {
     }
     fn mapping(&self, addr: u64) -> Option<Range> {
         self.0.mapping(addr)
+    }
+    fn is_code(&self, addr: u64) -> Option<bool> {
+        self.0.is_code(addr)
     }
 }
 
@@ -1420,7 +1431,11 @@ garbage
             code,
             vec![
                 (Range::new(0x7ffd1000, 0x7ffd3000), 0, (0, 0, 0)),
-                (Range::new(0x55d0c0a02000, 0x55d0c0a05000), 0x2000, (8, 1, 1234)),
+                (
+                    Range::new(0x55d0c0a02000, 0x55d0c0a05000),
+                    0x2000,
+                    (8, 1, 1234)
+                ),
             ]
         );
         // A JIT's new anonymous code, more data, a stack: the modules still hold.

@@ -162,6 +162,12 @@ impl<M: Memory> Memory for Recorder<'_, M> {
         self.read_code = true;
         self.inner.read_code(addr, out)
     }
+
+    fn is_code(&mut self, addr: u64) -> Option<bool> {
+        // Not logged either.
+        self.read_code = true;
+        self.inner.is_code(addr)
+    }
 }
 
 /// Where a hybrid walk resumes after a [`RecordRun`]: `n` frames written, the last one's
