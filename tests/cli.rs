@@ -974,7 +974,10 @@ fn a_qemu_core_naming_its_executable_by_a_relative_path() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("relative path (./chain)"), "{err}");
+    assert!(
+        err.contains("relative path (./chain), looked up from the current directory:"),
+        "{err}"
+    );
     // Looked up from here it is the right file: the chain is named.
     assert!(String::from_utf8_lossy(&out.stdout).contains("gamma_"));
     let _ = std::fs::remove_dir_all(d);

@@ -187,7 +187,8 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
                 // The path the program was started by, relative to a directory the core
                 // does not record: taken from this one, which may hold another file.
                 s.warnings.push(format!(
-                    "the core names its executable by a relative path ({}), looked up from                      the current directory: pass --exe if that is not the right file",
+                    "the core names its executable by a relative path ({}), looked up from \
+                     the current directory: pass --exe if that is not the right file",
                     name.escape_debug()
                 ));
             }
