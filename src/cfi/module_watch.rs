@@ -87,22 +87,37 @@ pub fn acquire() {
     if w.is_some() {
         return; // it runs, and it only ends holding this lock with no user left
     }
+    // The watcher marks itself the profilers' own before a CPU profiler's first look at the
+    // threads could give it a timer.
+    let (marked, is_marked) = std::sync::mpsc::sync_channel::<()>(1);
     *w = std::thread::Builder::new()
         .name("unwind-modules".into())
-        .spawn(|| loop {
+        .spawn(move || {
             #[cfg(feature = "profilers")]
             crate::heap::exclude_this_thread();
-            std::thread::park_timeout(CHECK_EVERY);
-            {
-                let mut w = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
-                if USERS.load(Ordering::SeqCst) == 0 {
-                    *w = None; // detaches this thread, which ends now
-                    return;
-                }
-            }
-            check();
+            let _ = marked.send(());
+            drop(marked);
+            watch()
         })
         .ok();
+    if w.is_some() {
+        let _ = is_marked.recv();
+    }
+}
+
+/// The watcher's loop: checks the modules every [`CHECK_EVERY`] until no profiler uses them.
+fn watch() {
+    loop {
+        std::thread::park_timeout(CHECK_EVERY);
+        {
+            let mut w = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
+            if USERS.load(Ordering::SeqCst) == 0 {
+                *w = None; // detaches this thread, which ends now
+                return;
+            }
+        }
+        check();
+    }
 }
 
 /// The watcher's lock held.

@@ -655,7 +655,8 @@ fn scan_threads(reg: &mut Registry, cfg: &Config) {
     let cpu_clock = cfg.clock == Clock::ThreadCpu;
     let s = reg.others.sync(
         &live,
-        |tid| registered.contains(&tid),
+        // The profilers' own threads (this collector, the module watcher) are left out.
+        |tid| registered.contains(&tid) || crate::threads::is_own(tid),
         |tid| thread_timer(tid, cfg),
         delete_timer,
         |t| cpu_clock && crate::threads::cpu_timer_disarmed(t),
@@ -1084,10 +1085,15 @@ impl CpuProfiler {
             } else {
                 1
             };
-            std::thread::Builder::new()
+            // The collector marks itself the profilers' own before the first scan of the
+            // threads below gives every thread a timer (it would be sampled until a later scan).
+            let (marked, is_marked) = std::sync::mpsc::sync_channel::<()>(1);
+            let spawned = std::thread::Builder::new()
                 .name("unwind-cpu-collector".into())
                 .spawn(move || {
                     crate::heap::exclude_this_thread();
+                    let _ = marked.send(());
+                    drop(marked);
                     let mut last_scan = Instant::now();
                     let mut last_full = last_scan;
                     // Unknown: the first look reads the list.
@@ -1129,7 +1135,11 @@ impl CpuProfiler {
                         }
                     }
                 })
-                .ok()
+                .ok();
+            if spawned.is_some() {
+                let _ = is_marked.recv();
+            }
+            spawned
         };
         ENABLED.store(true, Ordering::SeqCst);
         super::sigprof::PROCESS_TIMER.store(config.timer == TimerMode::Process, Ordering::SeqCst);

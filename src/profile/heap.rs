@@ -1554,9 +1554,12 @@ pub(super) fn forget_in_flight() {
 /// module watcher): its allocations (the CFI tables prepared after a `dlopen`, the samples'
 /// stacks) are not sampled. They are the profilers' bookkeeping, and the heap policy, which
 /// drops the profiler's frames at the leaf end, charged them to whatever called back into
-/// it (`dl_iterate_phdr`: 28% of a `dlopen`-heavy program's profile).
+/// it (`dl_iterate_phdr`: 28% of a `dlopen`-heavy program's profile). The CPU profiler's
+/// per-thread timers ([`crate::cpu::Threads::All`]) leave the thread out too, until it ends
+/// (at most eight such threads at once).
 pub fn exclude_this_thread() {
     let _ = OWN_THREAD.try_with(|o| o.set(true));
+    crate::threads::mark_own();
 }
 
 /// After a fork, in the child (on its one thread): a fresh random state, and a fresh distance
