@@ -269,13 +269,30 @@ static WARNED: AtomicBool = AtomicBool::new(false);
 /// records (see [`program_keeps_frame_records`]). The profilers call it when they turn their
 /// samples into a profile. Returns whether it printed.
 pub fn warn_once_without_frame_records() -> bool {
+    warn_once_frame_records_missing(false)
+}
+
+/// [`warn_once_without_frame_records`] for samples walked by frame records only
+/// (`frame_records_only`: [`crate::Mode::FramePointer`], a naive walk), whose stacks then end
+/// at their first frame, or by CFI where records are missing (the other modes, slower).
+pub fn warn_once_frame_records_missing(frame_records_only: bool) -> bool {
     if program_keeps_frame_records() != Some(false) || WARNED.swap(true, Ordering::Relaxed) {
         return false;
     }
-    eprintln!(
-        "unwind: warning: this program was built without frame pointers; stacks come from DWARF \
-         CFI (slower per sample); build with RUSTFLAGS=\"-C force-frame-pointers=yes\" for speed"
-    );
+    if frame_records_only {
+        eprintln!(
+            "unwind: warning: this program was built without frame pointers and its samples \
+             were walked by frame records only (Mode::FramePointer): stacks end at their first \
+             frame; use Mode::Hybrid (the default), or build with \
+             RUSTFLAGS=\"-C force-frame-pointers=yes\""
+        );
+    } else {
+        eprintln!(
+            "unwind: warning: this program was built without frame pointers; stacks come from \
+             DWARF CFI (slower per sample); build with \
+             RUSTFLAGS=\"-C force-frame-pointers=yes\" for speed"
+        );
+    }
     true
 }
 

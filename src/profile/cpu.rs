@@ -204,8 +204,13 @@ pub struct Stats {
     /// Signals whose handler ran on the thread's alternate signal stack.
     pub on_alt_stack: u64,
     /// The program keeps no frame records (built without frame pointers): stacks came from
-    /// CFI, which is slower per sample ([`crate::module_watch::program_keeps_frame_records`]).
+    /// CFI, which is slower per sample ([`crate::module_watch::program_keeps_frame_records`]),
+    /// or, walked by frame records only ([`Stats::frame_records_only`]), end at their first
+    /// frame.
     pub missing_frame_records: bool,
+    /// The samples were walked by frame records only ([`Mode::FramePointer`] or
+    /// [`Config::naive`]).
+    pub frame_records_only: bool,
     /// Shared objects unloaded (`dlclose`) since the start: samples in them are named after
     /// what is mapped at their addresses when the profile is written
     /// ([`crate::module_watch::warn_unloaded`], which [`CpuProfile::to_profile`] calls).
@@ -1197,6 +1202,7 @@ impl CpuProfiler {
             on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
             missing_frame_records: crate::module_watch::program_keeps_frame_records()
                 == Some(false),
+            frame_records_only: self.config.mode == Mode::FramePointer || self.config.naive,
             unloaded: crate::module_watch::unloads().wrapping_sub(self.unloads_at_start),
         }
     }
@@ -1358,7 +1364,7 @@ impl CpuProfile {
     /// [`CpuProfile::stacks`] unlabelled.
     pub fn to_profile(&self, policy: &Policy, classifier: &Classifier) -> Profile {
         if self.stats.missing_frame_records {
-            crate::module_watch::warn_once_without_frame_records();
+            crate::module_watch::warn_once_frame_records_missing(self.stats.frame_records_only);
         }
         crate::module_watch::warn_unloaded(self.stats.unloaded);
         let ns = self.period.as_nanos() as i64;

@@ -1851,7 +1851,7 @@ pub fn snapshot() -> Vec<HeapSample> {
 /// `inuse_space/bytes`; `go tool pprof` shows the last by default) and period `rate` bytes of
 /// type `space/bytes`. Every address is a return address (`exact_leaf` false). Allocates.
 pub fn to_profile(samples: &[HeapSample], rate: u64) -> crate::profile::Profile {
-    crate::module_watch::warn_once_without_frame_records();
+    crate::module_watch::warn_once_frame_records_missing(SHARED.mode.load(Ordering::Relaxed) == 0);
     crate::module_watch::warn_unloaded(unloaded());
     let mut p = crate::profile::Profile::new(
         vec![
