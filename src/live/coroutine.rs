@@ -13,13 +13,13 @@
 //! unwind::init();
 //! // In a build without frame pointers, `capture` walks by the prepared CFI (feature `dwarf`).
 //! unwind::modules::refresh();
-//! let mut stack = DefaultStack::new(64 * 1024).unwrap();
-//! // SAFETY: `stack` outlives `reg`, which is dropped first.
+//! let stack = DefaultStack::new(64 * 1024).unwrap();
+//! // SAFETY: the stack, which the coroutine owns, outlives `reg`, which is dropped first.
 //! let reg = unsafe {
 //!     unwind::coroutine::register_stack(stack.limit().get() as u64, stack.base().get() as u64)
 //! }
 //! .unwrap();
-//! let mut co = Coroutine::with_stack(&mut stack, |_y: &corosensei::Yielder<(), ()>, ()| {
+//! let mut co = Coroutine::with_stack(stack, |_y: &corosensei::Yielder<(), ()>, ()| {
 //!     let mut buf = [unwind::Frame::EMPTY; 64];
 //!     unwind::capture(&mut buf)
 //! });
@@ -28,9 +28,12 @@
 //!     CoroutineResult::Yield(()) => unreachable!(),
 //! };
 //! assert!(n > 0);
-//! drop(co);
 //! drop(reg);
+//! drop(co); // frees the stack
 //! ```
+//!
+//! (The stack is given to the coroutine by value, as corosensei 0.2 and 0.3 both take it; 0.3
+//! no longer takes `&mut stack` for a coroutine that is not `'static`.)
 //!
 //! The crossing from a corosensei coroutine back to the code that resumed it is a built-in
 //! transition that [`crate::init`] registers ([`crate::switches::COROSENSEI_RULE`]).
