@@ -935,6 +935,52 @@ fn a_module_path_that_is_not_utf8_is_opened() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// A statically linked threaded aarch64 program's qemu core (a dynamically linked one makes qemu
+/// spin instead): every worker ends at glibc's `thread_start`, whole, in every mode. Hybrid
+/// reached it by a frame record (sp unknown after one on aarch64) and its CFI (return address
+/// undefined) failed for want of a CFA: `truncated: unreadable frame record`. FP mode said
+/// `ended short` (`thread_start` was no known root).
+#[test]
+fn a_threaded_aarch64_core_s_workers_end_whole_at_thread_start() {
+    if !need("qemu-aarch64", "--version") || !need("aarch64-linux-gnu-gcc", "--version") {
+        return;
+    }
+    let d = tmp("a64-threads");
+    let out = Command::new("bash")
+        .arg(fixtures().join("c/make-core.sh"))
+        .args(["aarch64", "threads", p(&d)])
+        .env("CHAIN_CFLAGS", "-static -fno-omit-frame-pointer")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let core = d.join("core-aarch64-threads");
+    for mode in ["hybrid", "fp", "dwarf"] {
+        let v = json(&["stack", "--core", p(&core), "--mode", mode]);
+        let threads = v["threads"].as_array().unwrap();
+        assert_eq!(threads.len(), 4, "{mode}: {v}");
+        check_chain(&v);
+        let workers: Vec<&Value> = threads
+            .iter()
+            .filter(|t| symbols(t).iter().any(|s| s == "worker_top"))
+            .collect();
+        assert_eq!(workers.len(), 3, "{mode}: {v}");
+        for t in workers {
+            let s = symbols(t);
+            assert!(
+                has_run(&s, &["worker_top", "start_thread", "thread_start"]),
+                "{mode}: {s:?}"
+            );
+            assert_eq!(s.last().map(String::as_str), Some("thread_start"), "{mode}");
+            assert_eq!(t["truncated"], false, "{mode}: {t}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
 #[test]
 fn a_qemu_core_naming_its_executable_by_a_relative_path() {
     // qemu-user cores list no mapped files; the executable is the auxv's AT_EXECFN, here

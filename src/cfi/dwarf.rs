@@ -233,6 +233,12 @@ impl CfiRow {
         }
         let base = if self.cfa == CFA_SP { regs.sp } else { regs.fp };
         if base == 0 {
+            // The outermost frame (an undefined return address) needs no CFA: a walk that
+            // reached it by a frame record may not know sp (aarch64's records are not at the
+            // CFA), as at glibc's `thread_start`, the root of every aarch64 thread.
+            if self.ra == RA_UNDEF && self.flags & CfiRow::PAIR == 0 {
+                return CfiStep::Caller(Regs::default());
+            }
             return CfiStep::Failed;
         }
         let Some(cfa) = base.checked_add_signed(self.cfa_off as i64) else {

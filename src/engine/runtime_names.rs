@@ -47,6 +47,8 @@ pub const C_STACK_ROOTS: &[&str] = &[
     "clone3",
     "__clone3",
     "__clone_internal",
+    // glibc's aarch64 (and other ports') clone/clone3 child entry, a local label.
+    "thread_start",
     "_start_c",
     "libc_start_main_stage2",
     "start",
