@@ -600,11 +600,11 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
             };
             for inl in chain.iter().take(chain.len().saturating_sub(1)) {
                 o.push_str("                                      ");
-                o.push_str(&inl.function);
+                push_printable(&mut o, &inl.function);
                 o.push_str(" (inlined)");
                 if let Some(l) = file_line(inl) {
                     o.push_str(" at ");
-                    o.push_str(&l);
+                    push_printable(&mut o, &l);
                 }
                 o.push('\n');
             }
@@ -625,7 +625,7 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
                     // The function is the one the lookup pc (pc - 1 for a return address)
                     // is in; the offset is the printed pc's, as Go's tracebacks and glibc's
                     // `backtrace_symbols` count it.
-                    o.push_str(s.name);
+                    push_printable(&mut o, s.name);
                     o.push('+');
                     push_hex(&mut o, s.offset + (f.pc - f.lookup_pc()), 1);
                 }
@@ -633,7 +633,7 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
             }
             if let Some(outer) = chain.last().and_then(file_line) {
                 o.push_str(" at ");
-                o.push_str(&outer);
+                push_printable(&mut o, &outer);
             }
             if f.via == unwind::Via::Transition {
                 let n = r
@@ -661,6 +661,24 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
         );
     }
     o
+}
+
+/// Appends `s` (a name or a path read from a binary) with its control characters escaped
+/// (`\n`, `\u{1b}`): a symbol holding a newline or a terminal escape would otherwise forge
+/// lines of the output, or drive the terminal. JSON escapes them itself.
+fn push_printable(o: &mut String, s: &str) {
+    // Control characters are bytes below 0x20, 0x7f, or U+0080-U+009F (0xc2 0x80-0x9f).
+    if !s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+        o.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        if c.is_control() {
+            o.extend(c.escape_default());
+        } else {
+            o.push(c);
+        }
+    }
 }
 
 /// Symbol lookups for the output, each pc looked up once: the threads of a pool stop at the
@@ -747,7 +765,28 @@ fn push_hex(o: &mut String, n: u64, width: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::{push_dec, push_hex};
+    use super::{push_dec, push_hex, push_printable};
+
+    #[test]
+    fn names_from_binaries_cannot_forge_lines() {
+        let cases = [
+            ("main", "main"),
+            ("std::vec::Vec<T>::push", "std::vec::Vec<T>::push"),
+            ("caf\u{e9}_\u{b0}", "caf\u{e9}_\u{b0}"), // 0xc2/0xc3 lead bytes, printable
+            (
+                "evil\n  #1   0x0 [stack 0] main+0x1  (fp)",
+                "evil\\n  #1   0x0 [stack 0] main+0x1  (fp)",
+            ),
+            ("\u{1b}[2Jwiped", "\\u{1b}[2Jwiped"),
+            ("a\tb\rc\u{7f}\u{85}d", "a\\tb\\rc\\u{7f}\\u{85}d"),
+        ];
+        for (name, shown) in cases {
+            let mut o = String::from(">");
+            push_printable(&mut o, name);
+            assert_eq!(o, format!(">{shown}"), "{name:?}");
+            assert!(!o.contains('\n'));
+        }
+    }
 
     #[test]
     fn numbers_are_written_as_fmt_writes_them() {
