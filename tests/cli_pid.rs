@@ -1578,3 +1578,117 @@ int main(void) { printf("ready\n"); fflush(stdout); hidden_outer(); return 0; }
     assert!(n.iter().any(|s| s == "hidden_wait"), "{n:?}");
     assert!(n.iter().any(|s| s == "hidden_outer"), "{n:?}");
 }
+
+/// A gcore core of a process whose executable was deleted after it started (a daemon's files
+/// replaced by an upgrade): no file stands in for it, but gcore dumps every mapping whole, so
+/// its `.eh_frame_hdr` and `.eh_frame` are in the core, and the walk goes through it by them,
+/// as eu-stack's does (found by outside use in the twentieth round: every thread stopped at
+/// its first frame in the program). The program is built without frame pointers, so only the
+/// CFI gets past its frames; eu-stack gives the same pcs.
+#[test]
+fn a_deleted_executable_is_walked_by_its_cfi_in_a_gcore_core() {
+    if !need("gcc", "--version") || !need("gdb", "--version") {
+        return;
+    }
+    let dir = TempDir::new("gcore-deleted");
+    let exe = compile(
+        &dir.0,
+        "gcc",
+        "gone.c",
+        r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) void gone_wait(void) { for (;;) pause(); }
+__attribute__((noinline)) void gone_mid(int n) { if (n) gone_mid(n - 1); else gone_wait(); __asm__ volatile(""); }
+static void *worker(void *a) { (void)a; gone_mid(3); return 0; }
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, 0, worker, 0);
+    printf("ready\n");
+    fflush(stdout);
+    gone_mid(2);
+    return 0;
+}
+"#,
+        &["-O2", "-g", "-fomit-frame-pointer", "-pthread"],
+    );
+    let t = Target::start(&mut Command::new(&exe));
+    // Both threads parked in pause().
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(&exe).unwrap();
+    let g = Command::new("gcore")
+        .arg("-o")
+        .arg(dir.0.join("core"))
+        .arg(t.pid().to_string())
+        .output()
+        .unwrap();
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let core = dir.0.join(format!("core.{}", t.pid()));
+    drop(t);
+    let out = run(&[
+        "stack".into(),
+        "--format".into(),
+        "json".into(),
+        "--core".into(),
+        core.display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("walked by its CFI in the core's memory"),
+        "{err}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let threads = v["threads"].as_array().unwrap();
+    assert_eq!(threads.len(), 2, "{v}");
+    for th in threads {
+        let n = names(th);
+        assert_eq!(th["truncated"], false, "{v}");
+        let root = n.last().map(String::as_str).unwrap_or("");
+        assert!(
+            root == "clone3" || root == "__clone3" || root == "?",
+            "{n:?}"
+        );
+        assert!(
+            n.iter()
+                .any(|s| s == "__libc_start_call_main" || s == "start_thread"),
+            "{n:?}"
+        );
+        // pause, then the program's frames (unnamed: its symbols went with the file), at
+        // least gone_wait + gone_mid x3 (main's thread) or x4 (the worker's).
+        let unnamed = th["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["symbol"].is_null())
+            .count();
+        assert!(unnamed >= 4, "{n:?}");
+    }
+    if need("eu-stack", "--version") {
+        let eu = Command::new("eu-stack")
+            .arg("--core")
+            .arg(&core)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&eu.stdout);
+        let eu_pcs: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix('#'))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter_map(|p| u64::from_str_radix(p.trim_start_matches("0x"), 16).ok())
+            .collect();
+        let ours: Vec<u64> = threads
+            .iter()
+            .flat_map(|th| th["frames"].as_array().unwrap().iter())
+            .filter_map(|f| {
+                u64::from_str_radix(f["pc"].as_str()?.trim_start_matches("0x"), 16).ok()
+            })
+            .collect();
+        let mut a = eu_pcs.clone();
+        let mut b = ours.clone();
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b, "eu-stack:\n{text}\nunwind: {v}");
+    }
+}

@@ -396,6 +396,23 @@ impl Core {
         CoreMemory { core: self }
     }
 
+    /// The `len` bytes at `addr` as the core holds them, in place: `None` unless they all lie
+    /// in one segment's bytes in the file (a kernel core keeps only a file mapping's first
+    /// page; gdb's `gcore` keeps every mapping whole; a live process's memory is read, not
+    /// held).
+    pub fn bytes_at(&self, addr: u64, len: u64) -> Option<&[u8]> {
+        let segs = &self.segments;
+        let i = segs.partition_point(|s| s.vaddr <= addr).checked_sub(1)?;
+        let s = segs.get(i)?;
+        let off = addr - s.vaddr;
+        let end = off.checked_add(len)?;
+        if end > (s.file_hi - s.file_lo) as u64 {
+            return None;
+        }
+        self.data
+            .get(s.file_lo + off as usize..s.file_lo + end as usize)
+    }
+
     /// An auxiliary-vector entry (`AT_*`).
     pub fn aux(&self, key: u64) -> Option<u64> {
         self.auxv.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)

@@ -792,8 +792,14 @@ pub fn unwind_paused<P: Pause>(
         .iter()
         // A core's paths may hold newlines or terminal escapes: escaped, a warning is one line.
         .map(|(p, e)| {
+            // Walked through all the same where the core holds its CFI ([`cfi_for`]).
+            let walked = if opts.mode != Mode::FramePointer && cfi_from_memory(core, p).is_some() {
+                " (walked by its CFI in the core's memory)"
+            } else {
+                ""
+            };
             let w = format!(
-                "module {} not available ({e}): its frames stay unsymbolised",
+                "module {} not available ({e}): its frames stay unsymbolised{walked}",
                 p.escape_debug()
             );
             (p.clone(), w)
@@ -1000,7 +1006,7 @@ pub fn unwind_paused<P: Pause>(
 /// The CFI of a core's modules (opened from disk, at their biases): evaluated on demand where
 /// their `.eh_frame_hdr` allows (a walk needs a few FDEs of each), else prepared.
 pub fn cfi_for<'s>(
-    core: &Core,
+    core: &'s Core,
     symbols: &'s Symbolizer,
     opts: &Options,
 ) -> (
@@ -1018,7 +1024,80 @@ pub fn cfi_for<'s>(
             Err(e) => failed.push((m.path.clone(), e)),
         }
     }
+    // A module no file stood in for (deleted or replaced since the process started, not on
+    // this machine): its CFI from the core's own memory, where the core holds it.
+    for (path, _) in &symbols.missing {
+        if let Some(t) = cfi_from_memory(core, path) {
+            u.add(t);
+        }
+    }
     (u, failed)
+}
+
+/// The CFI of the module mapped from `path`, read from the core's memory: gdb's `gcore`
+/// dumps every mapping whole, so a module whose file is gone (deleted, replaced by a newer
+/// build: a daemon's libraries after an upgrade) still has its `.eh_frame_hdr` and `.eh_frame`
+/// there, found through the ELF header and program headers of its first mapping (a kernel
+/// core keeps only that first page: `None` then, as for anything that does not read as a
+/// 64-bit little-endian ELF image with a `PT_GNU_EH_FRAME`). eu-stack walks such cores so.
+fn cfi_from_memory<'c>(core: &'c Core, path: &str) -> Option<crate::dwarf::ModuleCfi<'c>> {
+    const PT_LOAD: u32 = 1;
+    const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
+    let first = core
+        .mappings
+        .iter()
+        .filter(|m| m.path == path)
+        .min_by_key(|m| m.offset)?;
+    if first.offset != 0 {
+        return None;
+    }
+    let base = first.range.lo;
+    let ehdr = core.bytes_at(base, 64)?;
+    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(ehdr, 0x20), u16_at(ehdr, 0x36), u16_at(ehdr, 0x38));
+    if phentsize != 56 || phnum == 0 || phnum > 128 {
+        return None;
+    }
+    let phdrs = core.bytes_at(base.checked_add(phoff)?, 56 * u64::from(phnum))?;
+    // (type, vaddr, file offset, memory size) of each program header.
+    let headers: Vec<(u32, u64, u64, u64)> = phdrs
+        .chunks_exact(56)
+        .map(|p| (u32_at(p, 0), u64_at(p, 16), u64_at(p, 8), u64_at(p, 40)))
+        .collect();
+    // The load bias: the segment at file offset 0 is mapped at `base`.
+    let page = |a: u64| a & !0xfff;
+    let (_, vaddr0, _, _) = *headers.iter().find(|h| h.0 == PT_LOAD && page(h.2) == 0)?;
+    let bias = base.wrapping_sub(page(vaddr0));
+    let &(_, hdr_vaddr, _, hdr_len) = headers.iter().find(|h| h.0 == PT_GNU_EH_FRAME)?;
+    if !(12..=1 << 26).contains(&hdr_len) {
+        return None;
+    }
+    let hdr = core.bytes_at(hdr_vaddr.wrapping_add(bias), hdr_len)?;
+    // version 1; eh_frame_ptr as pc-relative signed 4 bytes (0x1b), as every linker writes it.
+    if hdr[0] != 1 || hdr[1] != 0x1b {
+        return None;
+    }
+    let rel = i64::from(i32::from_le_bytes(hdr[4..8].try_into().unwrap()));
+    let eh_vaddr = hdr_vaddr.wrapping_add(4).wrapping_add_signed(rel);
+    // `.eh_frame` runs at most to the end of the segment that holds it.
+    let &(_, seg_vaddr, _, seg_len) = headers
+        .iter()
+        .find(|h| h.0 == PT_LOAD && eh_vaddr >= h.1 && eh_vaddr - h.1 < h.3)?;
+    let eh_len = (seg_len - (eh_vaddr - seg_vaddr)).min(1 << 28);
+    let eh = core.bytes_at(eh_vaddr.wrapping_add(bias), eh_len)?;
+    let sections = crate::dwarf::Sections {
+        eh_frame: Some((eh, eh_vaddr)),
+        eh_frame_hdr: Some((hdr, hdr_vaddr)),
+        debug_frame: None,
+        text: 0,
+        got: 0,
+    };
+    crate::dwarf::LazyCfi::new(core.arch, &sections, bias, path).map(crate::dwarf::ModuleCfi::Lazy)
 }
 
 /// The Go wrapper frames a policy leaves out, per Go module with a function table (see
