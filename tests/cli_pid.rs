@@ -1616,6 +1616,7 @@ int main(void) {
     let t = Target::start(&mut Command::new(&exe));
     // Both threads parked in pause().
     std::thread::sleep(Duration::from_millis(100));
+    std::fs::copy(&exe, dir.0.join("kept")).unwrap();
     std::fs::remove_file(&exe).unwrap();
     let g = Command::new("gcore")
         .arg("-o")
@@ -1691,4 +1692,56 @@ int main(void) {
         b.sort_unstable();
         assert_eq!(a, b, "eu-stack:\n{text}\nunwind: {v}");
     }
+    // The file put back where it was: the path the core names is `gone (deleted)`; the file
+    // without the mark is found, its build id is the one in the core, and it names the frames.
+    std::fs::copy(dir.0.join("kept"), &exe).unwrap();
+    let out = run(&[
+        "stack".into(),
+        "--format".into(),
+        "json".into(),
+        "--core".into(),
+        core.display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("not available"), "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for th in v["threads"].as_array().unwrap() {
+        let n = names(th);
+        assert!(
+            has_name(&n, "gone_wait") && has_name(&n, "gone_mid"),
+            "{n:?}"
+        );
+    }
+    // Another build there (as an upgrade leaves): refused by its build id, walked from memory.
+    let other = compile(
+        &dir.0,
+        "gcc",
+        "other.c",
+        "int main(void) { return 7; }\n",
+        &["-O2"],
+    );
+    std::fs::copy(other, &exe).unwrap();
+    let out = run(&[
+        "stack".into(),
+        "--format".into(),
+        "json".into(),
+        "--core".into(),
+        core.display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("walked by its CFI in the core's memory"),
+        "{err}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for th in v["threads"].as_array().unwrap() {
+        assert_eq!(th["truncated"], false, "{v}");
+        assert!(!names(th).iter().any(|s| s == "main"), "{v}");
+    }
+}
+
+fn has_name(names: &[String], want: &str) -> bool {
+    names.iter().any(|s| s == want)
 }

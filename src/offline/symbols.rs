@@ -1596,16 +1596,33 @@ pub fn resolve(sysroot: Option<&Path>, path: &str) -> PathBuf {
 }
 
 /// [`resolve`] for a path that need not be UTF-8.
+///
+/// A path the kernel marked ` (deleted)` (the file was removed or replaced while mapped) is
+/// also looked for without that mark: a file put back, or the new version an upgrade put
+/// there, which the build id check then accepts or refuses (a core's modules).
 pub fn resolve_os(sysroot: Option<&Path>, path: &std::ffi::OsStr) -> PathBuf {
     use std::os::unix::ffi::OsStrExt;
+    let unmarked = path
+        .as_bytes()
+        .strip_suffix(b" (deleted)")
+        .filter(|p| !p.is_empty())
+        .map(std::ffi::OsStr::from_bytes);
+    let names = std::iter::once(path).chain(unmarked);
     if let Some(root) = sysroot {
-        let mut rel = path.as_bytes();
-        while let [b'/', rest @ ..] = rel {
-            rel = rest;
+        for name in names.clone() {
+            let mut rel = name.as_bytes();
+            while let [b'/', rest @ ..] = rel {
+                rel = rest;
+            }
+            let p = root.join(std::ffi::OsStr::from_bytes(rel));
+            if p.exists() {
+                return p;
+            }
         }
-        let p = root.join(std::ffi::OsStr::from_bytes(rel));
-        if p.exists() {
-            return p;
+    }
+    if let Some(u) = unmarked {
+        if !Path::new(path).exists() && Path::new(u).exists() {
+            return PathBuf::from(u);
         }
     }
     PathBuf::from(path)
