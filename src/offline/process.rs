@@ -153,13 +153,13 @@ pub fn unwind_process(pid: u32, tids: &[u32], opts: &Options) -> Result<Report, 
     // modules of another image. Once stopped, its code mappings are compared with those read
     // before: where they differ the walk starts again from fresh maps.
     let mut leftover = Vec::new();
-    for attempt in 1..=CHANGE_TRIES {
+    let mut attempt = 1;
+    loop {
         match unwind_once(pid, tids, opts, attempt < CHANGE_TRIES, &mut leftover) {
-            Err(ProcessError::CodeChanged(_)) if attempt < CHANGE_TRIES => continue,
+            Err(ProcessError::CodeChanged(_)) if attempt < CHANGE_TRIES => attempt += 1,
             r => return r,
         }
     }
-    unreachable!("the last try returns")
 }
 
 /// How many times [`unwind_process`] stops a process whose code mappings keep changing
