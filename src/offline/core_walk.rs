@@ -173,6 +173,7 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
     });
     check_build_ids(core, &mut s, exe_mapping.as_deref());
     add_vdso(core, &mut s);
+    add_from_memory(core, &mut s);
     let exe_path = opts
         .exe
         .clone()
@@ -423,6 +424,268 @@ fn add_vdso(core: &Core, s: &mut Symbolizer) {
     if core.memory().read_bytes(base, &mut bytes) {
         s.add_image(bytes, "[vdso]", base);
     }
+}
+
+/// Modules no file stood in for (deleted or replaced by another build since the process
+/// started, not on this machine: [`Symbolizer::missing`]) made from the core's own memory
+/// where it holds them ([`image_from_memory`]), so that their frames are named by their
+/// exported symbols and walked by their CFI, as eu-stack walks such cores. Each stays listed
+/// as missing (its warning says what was used instead).
+fn add_from_memory(core: &Core, s: &mut Symbolizer) {
+    let missing: Vec<String> = s.missing.iter().map(|(p, _)| p.clone()).collect();
+    for path in missing.iter().take(256) {
+        if s.modules().iter().any(|m| &m.path == path) {
+            continue;
+        }
+        if let Some((image, base)) = image_from_memory(core, path) {
+            s.add_image(image, path, base);
+        }
+    }
+}
+
+/// An ELF image of the module mapped from `path`, made from the core's memory: gdb's `gcore`
+/// dumps every mapping whole, so the module's dynamic symbols (`.dynsym`, `.dynstr`, found
+/// through `PT_DYNAMIC`) and its CFI (`.eh_frame_hdr` through `PT_GNU_EH_FRAME`, and
+/// `.eh_frame`) are there; a kernel core keeps only a file mapping's first page (`None` then).
+/// The image holds those sections at their link-time addresses, and the file's `PT_LOAD`
+/// headers, which place it: it reads as any ELF file. With its runtime base address. `None`
+/// also where the bytes do not read as a 64-bit little-endian ELF module's.
+fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
+    const PT_LOAD: u32 = 1;
+    const PT_DYNAMIC: u32 = 2;
+    const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
+    const DT_STRTAB: u64 = 5;
+    const DT_SYMTAB: u64 = 6;
+    const DT_STRSZ: u64 = 10;
+    let first = core
+        .mappings
+        .iter()
+        .filter(|m| m.path == path)
+        .min_by_key(|m| m.offset)?;
+    if first.offset != 0 {
+        return None;
+    }
+    let base = first.range.lo;
+    let ehdr = core.bytes_at(base, 64)?;
+    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let u64_at = |b: &[u8], o: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(w)
+    };
+    let (phoff, phentsize, phnum) = (u64_at(ehdr, 0x20), u16_at(ehdr, 0x36), u16_at(ehdr, 0x38));
+    if phentsize != 56 || phnum == 0 || phnum > 128 {
+        return None;
+    }
+    let phdrs = core.bytes_at(base.checked_add(phoff)?, 56 * u64::from(phnum))?;
+    // (type, file offset, vaddr, memory size) of each program header.
+    let headers: Vec<(u32, u64, u64, u64)> = phdrs
+        .chunks_exact(56)
+        .map(|p| (u32_at(p, 0), u64_at(p, 8), u64_at(p, 16), u64_at(p, 40)))
+        .collect();
+    let loads = || headers.iter().filter(|h| h.0 == PT_LOAD);
+    // The load bias: the segment at file offset 0 is mapped at `base`.
+    let page = |a: u64| a & !0xfff;
+    let vaddr0 = loads().find(|h| page(h.1) == 0)?.2;
+    let bias = base.wrapping_sub(page(vaddr0));
+    let at = |vaddr: u64, len: u64| core.bytes_at(vaddr.wrapping_add(bias), len);
+    // The segment holding link-time address `a`, and how far it reaches past it.
+    let room = |a: u64| {
+        loads()
+            .find(|h| a >= h.2 && a - h.2 < h.3)
+            .map(|h| h.3 - (a - h.2))
+    };
+
+    let cfi = (|| {
+        let &(_, _, hdr_vaddr, hdr_len) = headers.iter().find(|h| h.0 == PT_GNU_EH_FRAME)?;
+        if !(12..=1 << 26).contains(&hdr_len) {
+            return None;
+        }
+        let hdr = at(hdr_vaddr, hdr_len)?;
+        // Version 1, eh_frame_ptr pc-relative signed 4 bytes (0x1b), as linkers write it.
+        if hdr[0] != 1 || hdr[1] != 0x1b {
+            return None;
+        }
+        let rel = i64::from(u32_at(hdr, 4) as i32);
+        let eh_vaddr = hdr_vaddr.wrapping_add(4).wrapping_add_signed(rel);
+        // `.eh_frame` runs at most to the end of its segment (its terminator ends it sooner).
+        let eh = at(eh_vaddr, room(eh_vaddr)?.min(1 << 28))?;
+        Some((hdr_vaddr, hdr, eh_vaddr, eh))
+    })();
+
+    let dynamic = (|| {
+        let &(_, _, dyn_vaddr, dyn_len) = headers.iter().find(|h| h.0 == PT_DYNAMIC)?;
+        let entries = at(dyn_vaddr, dyn_len.min(1 << 16) & !15)?;
+        let (mut symtab, mut strtab, mut strsz) = (None, None, None);
+        for e in entries.chunks_exact(16) {
+            match u64_at(e, 0) {
+                0 => break,
+                DT_SYMTAB => symtab = Some(u64_at(e, 8)),
+                DT_STRTAB => strtab = Some(u64_at(e, 8)),
+                DT_STRSZ => strsz = Some(u64_at(e, 8)),
+                _ => {}
+            }
+        }
+        // The loader adds the load bias to these in place (glibc, where `.dynamic` is
+        // writable): an address past the bias is taken as a run-time one.
+        let link = |a: u64| {
+            if bias != 0 && a >= bias {
+                a - bias
+            } else {
+                a
+            }
+        };
+        let (symtab, strtab, strsz) = (link(symtab?), link(strtab?), strsz?);
+        // `.dynsym` ends where `.dynstr` begins, as linkers lay them out.
+        let count = strtab.checked_sub(symtab)? / 24;
+        if count == 0 || count > 1 << 20 || strsz > 1 << 26 {
+            return None;
+        }
+        let syms = at(symtab, count * 24)?;
+        let strs = at(strtab, strsz)?;
+        Some((symtab, syms, strtab, strs))
+    })();
+    if cfi.is_none() && dynamic.is_none() {
+        return None;
+    }
+
+    // The image: header, the file's PT_LOAD headers, the sections' bytes, the section names,
+    // the section headers.
+    let load_headers: Vec<&[u8]> = phdrs
+        .chunks_exact(56)
+        .filter(|p| u32_at(p, 0) == PT_LOAD)
+        .collect();
+    let mut out = vec![0u8; 64];
+    for p in &load_headers {
+        out.extend_from_slice(p);
+    }
+    // (name, type, flags, address, offset, size, link, entry size)
+    let mut sections: Vec<(&str, u32, u64, u64, u64, u64, u32, u64)> = Vec::new();
+    let put = |out: &mut Vec<u8>, bytes: &[u8]| {
+        while out.len() % 8 != 0 {
+            out.push(0);
+        }
+        let off = out.len() as u64;
+        out.extend_from_slice(bytes);
+        off
+    };
+    const SHT_PROGBITS: u32 = 1;
+    const SHT_STRTAB: u32 = 3;
+    const SHT_DYNSYM: u32 = 11;
+    const SHF_ALLOC: u64 = 2;
+    if let Some((symtab, syms, strtab, strs)) = dynamic {
+        let o = put(&mut out, syms);
+        // `.dynstr` is the next section (index 2 with the null one first).
+        sections.push((
+            ".dynsym",
+            SHT_DYNSYM,
+            SHF_ALLOC,
+            symtab,
+            o,
+            syms.len() as u64,
+            2,
+            24,
+        ));
+        let o = put(&mut out, strs);
+        sections.push((
+            ".dynstr",
+            SHT_STRTAB,
+            SHF_ALLOC,
+            strtab,
+            o,
+            strs.len() as u64,
+            0,
+            0,
+        ));
+    }
+    if let Some((hdr_vaddr, hdr, eh_vaddr, eh)) = cfi {
+        let o = put(&mut out, hdr);
+        sections.push((
+            ".eh_frame_hdr",
+            SHT_PROGBITS,
+            SHF_ALLOC,
+            hdr_vaddr,
+            o,
+            hdr.len() as u64,
+            0,
+            0,
+        ));
+        let o = put(&mut out, eh);
+        sections.push((
+            ".eh_frame",
+            SHT_PROGBITS,
+            SHF_ALLOC,
+            eh_vaddr,
+            o,
+            eh.len() as u64,
+            0,
+            0,
+        ));
+    }
+    let mut names = vec![0u8];
+    let mut name_at = Vec::new();
+    for s in &sections {
+        name_at.push(names.len() as u32);
+        names.extend_from_slice(s.0.as_bytes());
+        names.push(0);
+    }
+    let shstr_name = names.len() as u32;
+    names.extend_from_slice(b".shstrtab\0");
+    let shstr_off = put(&mut out, &names);
+    let shoff = put(&mut out, &[]);
+    let sh = |out: &mut Vec<u8>,
+              name: u32,
+              ty: u32,
+              flags: u64,
+              addr: u64,
+              off: u64,
+              size: u64,
+              link: u32,
+              entsize: u64| {
+        out.extend_from_slice(&name.to_le_bytes());
+        out.extend_from_slice(&ty.to_le_bytes());
+        out.extend_from_slice(&flags.to_le_bytes());
+        out.extend_from_slice(&addr.to_le_bytes());
+        out.extend_from_slice(&off.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&link.to_le_bytes());
+        out.extend_from_slice(&u32::from(ty == SHT_DYNSYM).to_le_bytes()); // sh_info
+        out.extend_from_slice(&8u64.to_le_bytes());
+        out.extend_from_slice(&entsize.to_le_bytes());
+    };
+    sh(&mut out, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (s, &name) in sections.iter().zip(&name_at) {
+        sh(&mut out, name, s.1, s.2, s.3, s.4, s.5, s.6, s.7);
+    }
+    let shstrndx = sections.len() as u16 + 1;
+    sh(
+        &mut out,
+        shstr_name,
+        SHT_STRTAB,
+        0,
+        0,
+        shstr_off,
+        names.len() as u64,
+        0,
+        0,
+    );
+    // The ELF header: the file's identification, type and machine, our layout.
+    out[..16].copy_from_slice(&ehdr[..16]);
+    out[16..20].copy_from_slice(&ehdr[16..20]); // e_type, e_machine
+    out[20..24].copy_from_slice(&1u32.to_le_bytes()); // e_version
+    out[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    out[40..48].copy_from_slice(&shoff.to_le_bytes());
+    out[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    out[54..56].copy_from_slice(&56u16.to_le_bytes());
+    out[56..58].copy_from_slice(&(load_headers.len() as u16).to_le_bytes());
+    out[58..60].copy_from_slice(&64u16.to_le_bytes());
+    out[60..62].copy_from_slice(&(shstrndx + 1).to_le_bytes()); // e_shnum
+    out[62..64].copy_from_slice(&shstrndx.to_le_bytes());
+    Some((out, base))
 }
 
 /// A NUL-terminated string in the core's memory (at most 4 KiB).
@@ -791,21 +1054,30 @@ pub fn unwind_paused<P: Pause>(
         .missing
         .iter()
         // A core's paths may hold newlines or terminal escapes: escaped, a warning is one line.
+        .filter(|(p, _)| !symbols.modules().iter().any(|m| &m.path == p))
         .map(|(p, e)| {
-            // Walked through all the same where the core holds its CFI ([`cfi_for`]).
-            let walked = if opts.mode != Mode::FramePointer && cfi_from_memory(core, p).is_some() {
-                " (walked by its CFI in the core's memory)"
-            } else {
-                ""
-            };
             let w = format!(
-                "module {} not available ({e}): its frames stay unsymbolised{walked}",
+                "module {} not available ({e}): its frames stay unsymbolised",
                 p.escape_debug()
             );
             (p.clone(), w)
         })
         .collect();
-    let mut module_warnings: Vec<(String, String)> = Vec::new();
+    // Those made from the core's memory instead ([`add_from_memory`]): a warning where a
+    // frame is in one.
+    let mut module_warnings: Vec<(String, String)> = symbols
+        .missing
+        .iter()
+        .filter(|(p, _)| symbols.modules().iter().any(|m| &m.path == p))
+        .map(|(p, e)| {
+            let w = format!(
+                "module {} not available ({e}): named by its exported symbols and walked by \
+                 its CFI, both read from the core's memory",
+                p.escape_debug()
+            );
+            (p.clone(), w)
+        })
+        .collect();
     if let Some((have, want)) = core.truncation() {
         warnings.insert(
             0,
@@ -1006,7 +1278,7 @@ pub fn unwind_paused<P: Pause>(
 /// The CFI of a core's modules (opened from disk, at their biases): evaluated on demand where
 /// their `.eh_frame_hdr` allows (a walk needs a few FDEs of each), else prepared.
 pub fn cfi_for<'s>(
-    core: &'s Core,
+    core: &Core,
     symbols: &'s Symbolizer,
     opts: &Options,
 ) -> (
@@ -1024,80 +1296,7 @@ pub fn cfi_for<'s>(
             Err(e) => failed.push((m.path.clone(), e)),
         }
     }
-    // A module no file stood in for (deleted or replaced since the process started, not on
-    // this machine): its CFI from the core's own memory, where the core holds it.
-    for (path, _) in &symbols.missing {
-        if let Some(t) = cfi_from_memory(core, path) {
-            u.add(t);
-        }
-    }
     (u, failed)
-}
-
-/// The CFI of the module mapped from `path`, read from the core's memory: gdb's `gcore`
-/// dumps every mapping whole, so a module whose file is gone (deleted, replaced by a newer
-/// build: a daemon's libraries after an upgrade) still has its `.eh_frame_hdr` and `.eh_frame`
-/// there, found through the ELF header and program headers of its first mapping (a kernel
-/// core keeps only that first page: `None` then, as for anything that does not read as a
-/// 64-bit little-endian ELF image with a `PT_GNU_EH_FRAME`). eu-stack walks such cores so.
-fn cfi_from_memory<'c>(core: &'c Core, path: &str) -> Option<crate::dwarf::ModuleCfi<'c>> {
-    const PT_LOAD: u32 = 1;
-    const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
-    let first = core
-        .mappings
-        .iter()
-        .filter(|m| m.path == path)
-        .min_by_key(|m| m.offset)?;
-    if first.offset != 0 {
-        return None;
-    }
-    let base = first.range.lo;
-    let ehdr = core.bytes_at(base, 64)?;
-    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
-        return None;
-    }
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-    let (phoff, phentsize, phnum) = (u64_at(ehdr, 0x20), u16_at(ehdr, 0x36), u16_at(ehdr, 0x38));
-    if phentsize != 56 || phnum == 0 || phnum > 128 {
-        return None;
-    }
-    let phdrs = core.bytes_at(base.checked_add(phoff)?, 56 * u64::from(phnum))?;
-    // (type, vaddr, file offset, memory size) of each program header.
-    let headers: Vec<(u32, u64, u64, u64)> = phdrs
-        .chunks_exact(56)
-        .map(|p| (u32_at(p, 0), u64_at(p, 16), u64_at(p, 8), u64_at(p, 40)))
-        .collect();
-    // The load bias: the segment at file offset 0 is mapped at `base`.
-    let page = |a: u64| a & !0xfff;
-    let (_, vaddr0, _, _) = *headers.iter().find(|h| h.0 == PT_LOAD && page(h.2) == 0)?;
-    let bias = base.wrapping_sub(page(vaddr0));
-    let &(_, hdr_vaddr, _, hdr_len) = headers.iter().find(|h| h.0 == PT_GNU_EH_FRAME)?;
-    if !(12..=1 << 26).contains(&hdr_len) {
-        return None;
-    }
-    let hdr = core.bytes_at(hdr_vaddr.wrapping_add(bias), hdr_len)?;
-    // version 1; eh_frame_ptr as pc-relative signed 4 bytes (0x1b), as every linker writes it.
-    if hdr[0] != 1 || hdr[1] != 0x1b {
-        return None;
-    }
-    let rel = i64::from(i32::from_le_bytes(hdr[4..8].try_into().unwrap()));
-    let eh_vaddr = hdr_vaddr.wrapping_add(4).wrapping_add_signed(rel);
-    // `.eh_frame` runs at most to the end of the segment that holds it.
-    let &(_, seg_vaddr, _, seg_len) = headers
-        .iter()
-        .find(|h| h.0 == PT_LOAD && eh_vaddr >= h.1 && eh_vaddr - h.1 < h.3)?;
-    let eh_len = (seg_len - (eh_vaddr - seg_vaddr)).min(1 << 28);
-    let eh = core.bytes_at(eh_vaddr.wrapping_add(bias), eh_len)?;
-    let sections = crate::dwarf::Sections {
-        eh_frame: Some((eh, eh_vaddr)),
-        eh_frame_hdr: Some((hdr, hdr_vaddr)),
-        debug_frame: None,
-        text: 0,
-        got: 0,
-    };
-    crate::dwarf::LazyCfi::new(core.arch, &sections, bias, path).map(crate::dwarf::ModuleCfi::Lazy)
 }
 
 /// The Go wrapper frames a policy leaves out, per Go module with a function table (see
