@@ -59,7 +59,7 @@ pub(crate) struct Position<'a> {
 #[cfg_attr(not(feature = "profilers"), allow(dead_code))]
 pub(crate) fn gofunc<'d>(file: &object::File<'d>, t: &Table<'_>) -> Option<&'d [u8]> {
     use object::{Object, ObjectSection};
-    let pclntab = section(file)?.address();
+    let pclntab = locate(file)?.2;
     let nd = section_by_name(file, ".noptrdata")?;
     let data = nd.data().ok()?;
     let base = nd.address();
@@ -109,10 +109,55 @@ fn u64_at(tab: &[u8], at: usize) -> Option<u64> {
     ))
 }
 
-/// A Go binary's `.gopclntab` section: so named, or `.data.rel.ro.gopclntab` in a
-/// position-independent executable (`-buildmode=pie`), where the table holds relocated words.
-pub(crate) fn section<'d, 'f>(file: &'f object::File<'d>) -> Option<object::Section<'d, 'f>> {
-    section_by_name(file, ".gopclntab").or_else(|| section_by_name(file, ".data.rel.ro.gopclntab"))
+/// Where a Go binary's function table lies in the file: (file offset, bytes to the end of
+/// the section holding it, its link-time address). Its own section, `.gopclntab`, or `.data.rel.ro.gopclntab` in a
+/// position-independent executable Go linked itself (the table holds relocated words); in one
+/// the system linker made (cgo with `-buildmode=pie`, as distributions build Go programs) the
+/// table has no section of its own: it lies in `.data.rel.ro`, found where a header reads as
+/// one [`Table::parse`] accepts with sorted entries (at the `runtime.pclntab` symbol, which a
+/// stripped binary no longer names). Only a file with Go's own sections (`.go.buildinfo`,
+/// `.note.go.buildid`) is searched so.
+pub(crate) fn locate(file: &object::File<'_>) -> Option<(usize, usize, u64)> {
+    use object::ObjectSection;
+    let range = |s: &object::Section<'_, '_>| {
+        let (off, size) = s.file_range()?;
+        Some((
+            usize::try_from(off).ok()?,
+            usize::try_from(size).ok()?,
+            s.address(),
+        ))
+    };
+    if let Some(s) = section_by_name(file, ".gopclntab")
+        .or_else(|| section_by_name(file, ".data.rel.ro.gopclntab"))
+    {
+        return range(&s);
+    }
+    if section_by_name(file, ".go.buildinfo").is_none()
+        && section_by_name(file, ".note.go.buildid").is_none()
+    {
+        return None;
+    }
+    let s = section_by_name(file, ".data.rel.ro")?;
+    let (off, size, addr) = range(&s)?;
+    let data = s.data().ok()?;
+    // The table is pointer-aligned; its header starts with the magic, two zero bytes, the pc
+    // quantum and the pointer size (8).
+    let skew = (8 - (s.address() % 8) as usize) % 8;
+    (skew..data.len().saturating_sub(8))
+        .step_by(8)
+        .filter(|&i| {
+            matches!(
+                data[i..i + 8],
+                [0xf0 | 0xf1, 0xff, 0xff, 0xff, 0, 0, 1 | 2 | 4, 8]
+            )
+        })
+        .find(|&i| Table::parse(&data[i..]).is_some_and(|t| t.nfunc > 0 && t.sorted()))
+        .map(|i| (off + i, size.saturating_sub(i), addr + i as u64))
+}
+
+/// Does `file` hold a Go function table ([`locate`])?
+pub(crate) fn is_go(file: &object::File<'_>) -> bool {
+    locate(file).is_some()
 }
 
 impl<'a> Table<'a> {
@@ -122,14 +167,22 @@ impl<'a> Table<'a> {
     /// links C).
     pub fn of_file(file: &object::File<'_>, data: &'a [u8]) -> Option<Table<'a>> {
         use object::ObjectSection;
-        let sec = section(file)?;
-        let (off, size) = sec.file_range()?;
-        let (off, size) = (usize::try_from(off).ok()?, usize::try_from(size).ok()?);
+        let (off, size, addr) = locate(file)?;
         let tab = data.get(off..off.checked_add(size)?)?;
         let mut t = Table::parse(tab)?;
         t.file_off = off;
         if t.text == 0 {
-            t.text = section_by_name(file, ".text")?.address();
+            // Filled in at load by a relative relocation (its addend), or, where Go linked
+            // the binary itself, the start of `.text`.
+            use object::Object;
+            let relocated = file.dynamic_relocations().and_then(|mut it| {
+                it.find(|(at, _)| *at == addr + 24)
+                    .map(|(_, r)| r.addend() as u64)
+            });
+            t.text = match relocated.filter(|&v| v != 0) {
+                Some(v) => v,
+                None => section_by_name(file, ".text")?.address(),
+            };
         }
         Some(t)
     }

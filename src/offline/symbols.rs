@@ -345,7 +345,7 @@ impl Module {
                 (hi <= len).then_some((s.address(), lo..hi))
             })
             .collect();
-        let go = crate::cfi::gopclntab::section(&file).is_some();
+        let go = crate::cfi::gopclntab::is_go(&file);
         drop(file);
         Ok(Module {
             go,

@@ -116,11 +116,17 @@ pub fn build_go(dir: &Path, name: &str) -> PathBuf {
 
 /// [`build_go`] with `ldflags` for Go's linker when not empty (`-s -w`: a stripped binary).
 pub fn build_go_linked(dir: &Path, name: &str, ldflags: &str) -> PathBuf {
+    build_go_mode(dir, name, ldflags, "")
+}
+
+/// [`build_go_linked`] with `-buildmode=MODE` when `buildmode` is not empty (`pie`).
+pub fn build_go_mode(dir: &Path, name: &str, ldflags: &str, buildmode: &str) -> PathBuf {
     let exe = dir.join(name);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/go/{name}/main.go"));
     let out = Command::new("go")
         .arg("build")
         .args((!ldflags.is_empty()).then(|| format!("-ldflags={ldflags}")))
+        .args((!buildmode.is_empty()).then(|| format!("-buildmode={buildmode}")))
         .arg("-o")
         .arg(&exe)
         .arg(&src)

@@ -428,9 +428,7 @@ pub fn parse_elf_lazy<'d>(
     use object::ObjectSection;
     let file = object::File::parse(data).map_err(|_| CfiError::Object)?;
     // Go binaries (`.debug_frame`, or `.gopclntab` to make one from) are prepared.
-    if section_by_name(&file, ".debug_frame").is_none()
-        && crate::cfi::gopclntab::section(&file).is_none()
-    {
+    if section_by_name(&file, ".debug_frame").is_none() && !crate::cfi::gopclntab::is_go(&file) {
         let sec =
             |n: &str| section_by_name(&file, n).and_then(|s| Some((s.data().ok()?, s.address())));
         let sections = Sections {
