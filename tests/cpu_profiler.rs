@@ -706,19 +706,32 @@ fn nested_registrations_dropped_out_of_order() {
 /// A `fork` child of a process whose CPU profiler runs. Stopping the inherited profiler (or
 /// dropping it) panicked, joining a collector thread the child does not have, and a profiler
 /// of the child's own could not start (`AlreadyRunning`). Both work now, and the parent's
-/// profiler goes on sampling.
+/// profiler goes on sampling. The inherited profiler's profile is empty and says whose it
+/// was (`Stats::inherited_from`): it gave the parent's samples from before the fork, under the
+/// parent's thread ids, as if they were the child's (found by outside use in the twentieth
+/// round).
 #[test]
 fn a_fork_child_stops_the_inherited_profiler_and_starts_its_own() {
     let _s = serial();
     let _w = Watchdog::new("fork child", 60);
     let p = CpuProfiler::start(Config::default()).unwrap();
     spin(Duration::from_millis(100), 3);
+    let parent = std::process::id();
     // SAFETY: fork; the child runs only the code below and leaves through _exit.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
         let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            drop(p.stop());
+            spin(Duration::from_millis(100), 5);
+            let inherited = p.stop();
+            if inherited.stats.inherited_from != Some(parent)
+                || !inherited.stacks.is_empty()
+                || !inherited.threads.is_empty()
+                || inherited.stats.recorded != 0
+                || inherited.duration != Duration::ZERO
+            {
+                return 4;
+            }
             let q = CpuProfiler::start(Config::default()).expect("a profiler in the child");
             spin(Duration::from_millis(300), 7);
             if q.stop().stats.recorded == 0 {
@@ -736,7 +749,8 @@ fn a_fork_child_stops_the_inherited_profiler_and_starts_its_own() {
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "the child: status {status:#x} (2: a panic, 3: no samples)"
+        "the child: status {status:#x} (2: a panic, 3: no samples, 4: the inherited \
+         profiler's profile was not empty or not marked)"
     );
     spin(Duration::from_millis(200), 9);
     let prof = p.stop();

@@ -211,6 +211,11 @@ pub struct Stats {
     /// The samples were walked by frame records only ([`Mode::FramePointer`] or
     /// [`Config::naive`]).
     pub frame_records_only: bool,
+    /// In a `fork` child, a profiler started by the parent (its pid): it samples nothing
+    /// here (timers and the collector thread are not inherited), and the samples it held are
+    /// the parent's, which the parent's own profile has: its profile here is empty, and
+    /// [`CpuProfile::to_profile`] warns. Start a profiler in the child to profile the child.
+    pub inherited_from: Option<u32>,
     /// Shared objects unloaded (`dlclose`) since the start: samples in them are named after
     /// what is mapped at their addresses when the profile is written
     /// ([`crate::module_watch::warn_unloaded`], which [`CpuProfile::to_profile`] calls).
@@ -1191,6 +1196,15 @@ impl CpuProfiler {
 
     /// Sample accounting so far.
     pub fn stats(&self) -> Stats {
+        if self.pid != std::process::id() {
+            return Stats {
+                inherited_from: Some(self.pid),
+                missing_frame_records: crate::module_watch::program_keeps_frame_records()
+                    == Some(false),
+                frame_records_only: self.config.mode == Mode::FramePointer || self.config.naive,
+                ..Stats::default()
+            };
+        }
         Stats {
             signals: SIGNALS.load(Ordering::Relaxed),
             recorded: RECORDED.load(Ordering::Relaxed),
@@ -1204,6 +1218,7 @@ impl CpuProfiler {
                 == Some(false),
             frame_records_only: self.config.mode == Mode::FramePointer || self.config.naive,
             unloaded: crate::module_watch::unloads().wrapping_sub(self.unloads_at_start),
+            inherited_from: None,
         }
     }
 
@@ -1215,13 +1230,17 @@ impl CpuProfiler {
     /// Stops the timers, waits for running handlers, collects the rest and returns the profile.
     pub fn stop(mut self) -> CpuProfile {
         self.halt();
-        let collected = if self.pid != std::process::id() {
-            // The parent's profiler, copied into a `fork` child: its samples, if their lock is
-            // free (see `Shared::inherited_stacks`).
-            self.shared
-                .inherited_stacks()
-                .map(|mut g| std::mem::take(&mut *g))
-                .unwrap_or_default()
+        let inherited = self.pid != std::process::id();
+        let collected = if inherited {
+            // The parent's profiler, copied into a `fork` child: the samples it holds are the
+            // parent's (in the parent's profile too), and none of the child's were taken.
+            // Freed, if their lock is free (see `Shared::inherited_stacks`).
+            drop(
+                self.shared
+                    .inherited_stacks()
+                    .map(|mut g| std::mem::take(&mut *g)),
+            );
+            Stacks::default()
         } else {
             std::mem::take(&mut *self.shared.stacks.lock().unwrap_or_else(|e| e.into_inner()))
         };
@@ -1249,7 +1268,11 @@ impl CpuProfiler {
             stacks,
             threads,
             period: period(&self.config),
-            duration: self.started.elapsed(),
+            duration: if inherited {
+                Duration::ZERO
+            } else {
+                self.started.elapsed()
+            },
             stats: self.stats(),
         }
     }
@@ -1363,7 +1386,13 @@ impl CpuProfile {
     /// them) so totals stay true. Without per-thread samples ([`CpuProfile::threads`] empty),
     /// [`CpuProfile::stacks`] unlabelled.
     pub fn to_profile(&self, policy: &Policy, classifier: &Classifier) -> Profile {
-        if self.stats.missing_frame_records {
+        if let Some(parent) = self.stats.inherited_from {
+            eprintln!(
+                "unwind: warning: this CPU profiler was started by process {parent}, before a \
+                 fork: it samples nothing in the child (whose profile this is: empty); start a \
+                 profiler in the child to profile it"
+            );
+        } else if self.stats.missing_frame_records {
             crate::module_watch::warn_once_frame_records_missing(self.stats.frame_records_only);
         }
         crate::module_watch::warn_unloaded(self.stats.unloaded);
