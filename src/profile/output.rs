@@ -181,7 +181,16 @@ impl Profile {
             if chain.is_empty() {
                 out.push(function_name(sym, pc, exact));
             } else {
-                out.extend(chain.into_iter().map(|f| f.function));
+                // The outermost function as the symbol table names it (see `location`).
+                let n = chain.len();
+                out.extend(chain.into_iter().enumerate().map(|(k, f)| {
+                    if k + 1 == n {
+                        let look = crate::frame::FrameAddress::new(pc, exact).lookup_address();
+                        sym.lookup(look).map_or(f.function, |s| s.name.to_string())
+                    } else {
+                        f.function
+                    }
+                }));
             }
         }
         if s.truncated {
@@ -480,10 +489,12 @@ impl<'a> PprofBuilder<'a> {
             self.mappings_with_lines.insert(mapping);
         }
         hide_leaf_inlines(&mut chain, |f| (&f.0, &f.1), hide);
-        // The outermost function is the one the symbol table names (DWARF may lack its name).
+        // The outermost function is named as the symbol table names it, as the folded stacks
+        // and `unwind stack` name it (DWARF may lack its name, or name it otherwise: glibc's
+        // `__libc_start_main_impl` is exported as `__libc_start_main`).
         let symbol = self.sym.lookup(look).map(|s| s.name.to_string());
         match (chain.last_mut(), symbol) {
-            (Some(last), Some(name)) if last.0.is_empty() => last.0 = name,
+            (Some(last), Some(name)) => last.0 = name,
             (None, Some(name)) => chain.push((name, String::new(), 0)),
             (None, None) => chain.push((format!("{pc:#x}"), String::new(), 0)),
             _ => {}
