@@ -1562,6 +1562,21 @@ pub fn exclude_this_thread() {
     crate::threads::mark_own();
 }
 
+/// Runs `f` with the calling thread's allocations left unsampled, as the profilers' own
+/// threads' are: the profile writers' (symbolization, line tables: tens of MB of DWARF
+/// parsing for a program with debug info), which the next heap profile charged to whatever
+/// wrote the profile.
+pub(crate) fn unsampled<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = OWN_THREAD.try_with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(OWN_THREAD.try_with(|o| o.replace(true)).unwrap_or(false));
+    f()
+}
+
 /// After a fork, in the child (on its one thread): a fresh random state, and a fresh distance
 /// to the next sample at the next allocation. Without it every child of a process samples
 /// the same allocations as its siblings and its parent (they inherit the forking thread's

@@ -146,15 +146,18 @@ impl Profile {
 
     /// Encodes the profile as uncompressed `profile.proto` bytes.
     pub fn to_pprof(&self, sym: &Symbolizer) -> Vec<u8> {
-        PprofBuilder::new(sym).build(self)
+        // The writers' allocations are the profiler's own: not in the next heap profile.
+        crate::heap::unsampled(|| PprofBuilder::new(sym).build(self))
     }
 
     /// Writes the gzip-compressed pprof profile (what `go tool pprof` reads).
     pub fn write_pprof<W: Write>(&self, sym: &Symbolizer, w: W) -> io::Result<()> {
-        let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
-        gz.write_all(&self.to_pprof(sym))?;
-        gz.finish()?;
-        Ok(())
+        crate::heap::unsampled(|| {
+            let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
+            gz.write_all(&self.to_pprof(sym))?;
+            gz.finish()?;
+            Ok(())
+        })
     }
 
     /// The function names of a sample, leaf first, with each address's inlined functions
@@ -211,6 +214,10 @@ impl Profile {
     }
 
     fn folded_impl(&self, sym: &Symbolizer, index: usize, inlines: bool) -> String {
+        crate::heap::unsampled(|| self.folded_unsampled(sym, index, inlines))
+    }
+
+    fn folded_unsampled(&self, sym: &Symbolizer, index: usize, inlines: bool) -> String {
         let mut tables = crate::pprof_lines::LineTables::new(sym);
         let mut lines: HashMap<String, i64> = HashMap::new();
         for s in &self.samples {
@@ -279,13 +286,15 @@ impl Profile {
         if let Some((_, unit)) = self.sample_types.get(index) {
             opts.count_name = unit.clone();
         }
-        if folded.is_empty() {
-            // inferno refuses empty input; draw a graph with one "no samples" bar.
-            let line = "no samples 1";
-            return inferno::flamegraph::from_lines(&mut opts, std::iter::once(line), w)
-                .map_err(io::Error::other);
-        }
-        inferno::flamegraph::from_lines(&mut opts, folded.lines(), w).map_err(io::Error::other)
+        crate::heap::unsampled(|| {
+            if folded.is_empty() {
+                // inferno refuses empty input; draw a graph with one "no samples" bar.
+                let line = "no samples 1";
+                return inferno::flamegraph::from_lines(&mut opts, std::iter::once(line), w)
+                    .map_err(io::Error::other);
+            }
+            inferno::flamegraph::from_lines(&mut opts, folded.lines(), w).map_err(io::Error::other)
+        })
     }
 }
 
