@@ -433,11 +433,17 @@ fn add_vdso(core: &Core, s: &mut Symbolizer) {
 /// as missing (its warning says what was used instead).
 fn add_from_memory(core: &Core, s: &mut Symbolizer) {
     let missing: Vec<String> = s.missing.iter().map(|(p, _)| p.clone()).collect();
+    // The images are copies: a hostile core's many large "modules" stop at this much.
+    let mut budget: usize = 1 << 29;
     for path in missing.iter().take(256) {
         if s.modules().iter().any(|m| &m.path == path) {
             continue;
         }
         if let Some((image, base)) = image_from_memory(core, path) {
+            let Some(left) = budget.checked_sub(image.len()) else {
+                break;
+            };
+            budget = left;
             s.add_image(image, path, base);
         }
     }
@@ -513,7 +519,7 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
         let rel = i64::from(u32_at(hdr, 4) as i32);
         let eh_vaddr = hdr_vaddr.wrapping_add(4).wrapping_add_signed(rel);
         // `.eh_frame` runs at most to the end of its segment (its terminator ends it sooner).
-        let eh = at(eh_vaddr, room(eh_vaddr)?.min(1 << 28))?;
+        let eh = at(eh_vaddr, room(eh_vaddr)?.min(1 << 26))?;
         Some((hdr_vaddr, hdr, eh_vaddr, eh))
     })();
 
@@ -563,10 +569,19 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     for p in &load_headers {
         out.extend_from_slice(p);
     }
-    // (name, type, flags, address, offset, size, link, entry size)
-    let mut sections: Vec<(&str, u32, u64, u64, u64, u64, u32, u64)> = Vec::new();
+    /// One section of the image: (name, type, address, offset, size, link, entry size), all
+    /// allocated.
+    struct Shdr<'n> {
+        name: &'n str,
+        ty: u32,
+        addr: u64,
+        off: u64,
+        size: u64,
+        link: u32,
+        entsize: u64,
+    }
     let put = |out: &mut Vec<u8>, bytes: &[u8]| {
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         let off = out.len() as u64;
@@ -577,102 +592,80 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     const SHT_STRTAB: u32 = 3;
     const SHT_DYNSYM: u32 = 11;
     const SHF_ALLOC: u64 = 2;
+    let mut sections: Vec<Shdr> = Vec::new();
+    let mut add = |out: &mut Vec<u8>, name, ty, addr, bytes: &[u8], link, entsize| {
+        let off = put(out, bytes);
+        sections.push(Shdr {
+            name,
+            ty,
+            addr,
+            off,
+            size: bytes.len() as u64,
+            link,
+            entsize,
+        });
+    };
     if let Some((symtab, syms, strtab, strs)) = dynamic {
-        let o = put(&mut out, syms);
         // `.dynstr` is the next section (index 2 with the null one first).
-        sections.push((
-            ".dynsym",
-            SHT_DYNSYM,
-            SHF_ALLOC,
-            symtab,
-            o,
-            syms.len() as u64,
-            2,
-            24,
-        ));
-        let o = put(&mut out, strs);
-        sections.push((
-            ".dynstr",
-            SHT_STRTAB,
-            SHF_ALLOC,
-            strtab,
-            o,
-            strs.len() as u64,
-            0,
-            0,
-        ));
+        add(&mut out, ".dynsym", SHT_DYNSYM, symtab, syms, 2, 24);
+        add(&mut out, ".dynstr", SHT_STRTAB, strtab, strs, 0, 0);
     }
     if let Some((hdr_vaddr, hdr, eh_vaddr, eh)) = cfi {
-        let o = put(&mut out, hdr);
-        sections.push((
+        add(
+            &mut out,
             ".eh_frame_hdr",
             SHT_PROGBITS,
-            SHF_ALLOC,
             hdr_vaddr,
-            o,
-            hdr.len() as u64,
+            hdr,
             0,
             0,
-        ));
-        let o = put(&mut out, eh);
-        sections.push((
-            ".eh_frame",
-            SHT_PROGBITS,
-            SHF_ALLOC,
-            eh_vaddr,
-            o,
-            eh.len() as u64,
-            0,
-            0,
-        ));
+        );
+        add(&mut out, ".eh_frame", SHT_PROGBITS, eh_vaddr, eh, 0, 0);
     }
     let mut names = vec![0u8];
     let mut name_at = Vec::new();
     for s in &sections {
         name_at.push(names.len() as u32);
-        names.extend_from_slice(s.0.as_bytes());
+        names.extend_from_slice(s.name.as_bytes());
         names.push(0);
     }
     let shstr_name = names.len() as u32;
     names.extend_from_slice(b".shstrtab\0");
     let shstr_off = put(&mut out, &names);
     let shoff = put(&mut out, &[]);
-    let sh = |out: &mut Vec<u8>,
-              name: u32,
-              ty: u32,
-              flags: u64,
-              addr: u64,
-              off: u64,
-              size: u64,
-              link: u32,
-              entsize: u64| {
+    let sh = |out: &mut Vec<u8>, name: u32, s: &Shdr, flags: u64| {
         out.extend_from_slice(&name.to_le_bytes());
-        out.extend_from_slice(&ty.to_le_bytes());
+        out.extend_from_slice(&s.ty.to_le_bytes());
         out.extend_from_slice(&flags.to_le_bytes());
-        out.extend_from_slice(&addr.to_le_bytes());
-        out.extend_from_slice(&off.to_le_bytes());
-        out.extend_from_slice(&size.to_le_bytes());
-        out.extend_from_slice(&link.to_le_bytes());
-        out.extend_from_slice(&u32::from(ty == SHT_DYNSYM).to_le_bytes()); // sh_info
+        out.extend_from_slice(&s.addr.to_le_bytes());
+        out.extend_from_slice(&s.off.to_le_bytes());
+        out.extend_from_slice(&s.size.to_le_bytes());
+        out.extend_from_slice(&s.link.to_le_bytes());
+        out.extend_from_slice(&u32::from(s.ty == SHT_DYNSYM).to_le_bytes()); // sh_info
         out.extend_from_slice(&8u64.to_le_bytes());
-        out.extend_from_slice(&entsize.to_le_bytes());
+        out.extend_from_slice(&s.entsize.to_le_bytes());
     };
-    sh(&mut out, 0, 0, 0, 0, 0, 0, 0, 0);
+    let null = Shdr {
+        name: "",
+        ty: 0,
+        addr: 0,
+        off: 0,
+        size: 0,
+        link: 0,
+        entsize: 0,
+    };
+    out.extend_from_slice(&[0u8; 64]);
     for (s, &name) in sections.iter().zip(&name_at) {
-        sh(&mut out, name, s.1, s.2, s.3, s.4, s.5, s.6, s.7);
+        sh(&mut out, name, s, SHF_ALLOC);
     }
     let shstrndx = sections.len() as u16 + 1;
-    sh(
-        &mut out,
-        shstr_name,
-        SHT_STRTAB,
-        0,
-        0,
-        shstr_off,
-        names.len() as u64,
-        0,
-        0,
-    );
+    let shstr = Shdr {
+        ty: SHT_STRTAB,
+        off: shstr_off,
+        size: names.len() as u64,
+        ..null
+    };
+    sh(&mut out, shstr_name, &shstr, 0);
     // The ELF header: the file's identification, type and machine, our layout.
     out[..16].copy_from_slice(&ehdr[..16]);
     out[16..20].copy_from_slice(&ehdr[16..20]); // e_type, e_machine
