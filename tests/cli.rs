@@ -732,8 +732,15 @@ fn missing_module_warns_and_leaves_frames_unsymbolised() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     check_shape(&v, "x86_64");
+    // Its frames stay unnamed (a kernel core holds the module's first page and its written
+    // data: its few dynamic symbols, none of the program's functions), under the path the
+    // core names.
     let f0 = &v["threads"][0]["frames"][0];
-    assert!(f0["symbol"].is_null() && f0["module"].is_null(), "{f0}");
+    assert!(f0["symbol"].is_null(), "{f0}");
+    assert!(
+        f0["module"].is_null() || f0["module"].as_str().unwrap().ends_with("chain-x86_6Z"),
+        "{f0}"
+    );
     assert!(v["threads"][0]["frames"].as_array().unwrap().len() >= 4);
     // --exe supplies it.
     let v = json(&["stack", "--core", p(&m), "--exe", p(&exe("x86_64"))]);
@@ -835,10 +842,12 @@ fn a_replaced_executable_is_not_used_and_exe_stands_in_for_it() {
         err.contains("build id") && err.contains("chain-x86_64"),
         "{err}"
     );
+    // The executable's frames: nothing named from the rebuilt file (the module is made from
+    // the core's memory, whose dynamic symbols name none of the program's functions).
     let t = &v["threads"][0];
     for f in t["frames"].as_array().unwrap() {
         assert!(
-            f["module"] != p(&e),
+            f["module"] != p(&e) || f["symbol"].is_null(),
             "a frame named from the rebuilt file: {t}"
         );
     }

@@ -1064,8 +1064,8 @@ pub fn unwind_paused<P: Pause>(
         .filter(|(p, _)| symbols.modules().iter().any(|m| &m.path == p))
         .map(|(p, e)| {
             let w = format!(
-                "module {} not available ({e}): named by its exported symbols and walked by \
-                 its CFI, both read from the core's memory",
+                "module {} not available ({e}): read from the core's memory instead (its \
+                 exported symbols and CFI, as far as the core holds them)",
                 p.escape_debug()
             );
             (p.clone(), w)
