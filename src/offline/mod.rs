@@ -7,6 +7,7 @@ pub use core_walk::*;
 
 pub mod core_file;
 pub mod go_runtime;
+mod memory_image;
 pub mod needed_modules;
 pub mod process;
 pub mod symbols;
