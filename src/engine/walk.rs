@@ -1320,6 +1320,15 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         if mem.is_code(st.regs.pc) != Some(false) {
             return Ok(());
         }
+        match self.call_return_address(st, mem) {
+            Some(ra) if mem.is_code(ra) == Some(true) => self.enter_call_caller(st, buf, limit, ra),
+            _ => Ok(()),
+        }
+    }
+
+    /// The return address a call just made left, where it left it (x86_64: at sp; aarch64:
+    /// in `lr`), stripped of any PAC; `None` where it cannot be read or is 0.
+    fn call_return_address<M: Memory>(&self, st: &State, mem: &mut M) -> Option<u64> {
         let ra = if A::HAS_LINK_REGISTER {
             Some(st.regs.lr)
         } else {
@@ -1327,12 +1336,8 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 .filter(|s| s.contains_span(st.regs.sp, 8))
                 .and_then(|_| mem.read_u64(st.regs.sp))
         };
-        match ra.map(|r| A::strip_ra(r, self.pac_mask)) {
-            Some(r) if r != 0 && mem.is_code(r) == Some(true) => {
-                self.null_caller(st, mem, buf, limit)
-            }
-            _ => Ok(()),
-        }
+        ra.map(|r| A::strip_ra(r, self.pac_mask))
+            .filter(|&r| r != 0)
     }
 
     /// After an exact pc of 0, already written: a call through a null function pointer, where
@@ -1345,19 +1350,21 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
         buf: &mut [Frame],
         limit: usize,
     ) -> Result<(), StopReason> {
-        let ra = if A::HAS_LINK_REGISTER {
-            Some(st.regs.lr)
-        } else {
-            st.seg
-                .filter(|s| s.contains_span(st.regs.sp, 8))
-                .and_then(|_| mem.read_u64(st.regs.sp))
-        };
-        let Some(ra) = ra
-            .map(|r| A::strip_ra(r, self.pac_mask))
-            .filter(|&r| r != 0)
-        else {
-            return Err(StopReason::ReadFailed);
-        };
+        let ra = self
+            .call_return_address(st, mem)
+            .ok_or(StopReason::ReadFailed)?;
+        self.enter_call_caller(st, buf, limit, ra)
+    }
+
+    /// Writes `ra`, the return address of a call that never ran (see [`Walker::null_caller`]),
+    /// as the next frame, and moves to that caller: the call's push undone on x86_64.
+    fn enter_call_caller(
+        &mut self,
+        st: &mut State,
+        buf: &mut [Frame],
+        limit: usize,
+        ra: u64,
+    ) -> Result<(), StopReason> {
         if st.n >= limit {
             return Err(self.full_stop(st.n));
         }
