@@ -281,8 +281,8 @@ fn exe_build_id_warning(ours: &str, theirs: &str) -> String {
 
 /// The bytes of the ELF object whose first byte is at `base` in the core's memory, from its
 /// header through its program headers (at most 64 KiB), if the core holds them: what
-/// [`build_ids_in_memory`] and [`add_vdso`] parse, with `object`.
-fn elf_head_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
+/// [`build_ids_in_memory`], [`add_vdso`] and `memory_image` parse, with `object`.
+pub(super) fn elf_head_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
     use object::read::elf::FileHeader;
     let mem = core.memory();
     let mut h = [0u8; 64];
@@ -300,12 +300,14 @@ fn elf_head_in_memory(core: &Core, base: u64) -> Option<Vec<u8>> {
     mem.read_bytes(base, &mut head).then_some(head)
 }
 
-type ElfHeader = object::elf::FileHeader64<object::LittleEndian>;
-type ElfProgramHeader = object::elf::ProgramHeader64<object::LittleEndian>;
+pub(super) type ElfHeader = object::elf::FileHeader64<object::LittleEndian>;
+pub(super) type ElfProgramHeader = object::elf::ProgramHeader64<object::LittleEndian>;
 
 /// `data`'s ELF64 header, its endianness and its program headers, parsed with `object`; `None`
 /// when any of them does not parse.
-fn elf_headers(data: &[u8]) -> Option<(&ElfHeader, object::LittleEndian, &[ElfProgramHeader])> {
+pub(super) fn elf_headers(
+    data: &[u8],
+) -> Option<(&ElfHeader, object::LittleEndian, &[ElfProgramHeader])> {
     use object::read::elf::FileHeader;
     let hdr = ElfHeader::parse(data).ok()?;
     let e = hdr.endian().ok()?;

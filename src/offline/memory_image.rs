@@ -5,7 +5,8 @@
 //! its `.eh_frame`), as eu-stack walks such cores. A kernel core keeps only a file mapping's
 //! first page and its written data: as much as that holds.
 
-use crate::core_file::Core;
+use super::core_walk::{elf_head_in_memory, elf_headers};
+use crate::core_file::{u32_at, u64_at, Core};
 use crate::symbols::Symbolizer;
 
 /// Modules no file stood in for (deleted or replaced by another build since the process
@@ -39,9 +40,8 @@ pub(crate) fn add_from_memory(core: &Core, s: &mut Symbolizer) {
 /// headers, which place it: it reads as any ELF file. With its runtime base address. `None`
 /// also where the bytes do not read as a 64-bit little-endian ELF module's.
 fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
-    const PT_LOAD: u32 = 1;
-    const PT_DYNAMIC: u32 = 2;
-    const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
+    use object::elf::{PT_DYNAMIC, PT_GNU_EH_FRAME, PT_LOAD};
+    use object::read::elf::ProgramHeader;
     const DT_STRTAB: u64 = 5;
     const DT_SYMTAB: u64 = 6;
     const DT_STRSZ: u64 = 10;
@@ -54,42 +54,34 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
         return None;
     }
     let base = first.range.lo;
-    let ehdr = core.bytes_at(base, 64)?;
-    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
+    let head = elf_head_in_memory(core, base)?;
+    let (_, e, phdrs) = elf_headers(&head)?;
+    if phdrs.is_empty() || phdrs.len() > 128 {
         return None;
     }
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    let u64_at = |b: &[u8], o: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&b[o..o + 8]);
-        u64::from_le_bytes(w)
+    // The first program header of type `ty`: (vaddr, memory size).
+    let of_type = |ty| {
+        phdrs
+            .iter()
+            .find(|p| p.p_type(e) == ty)
+            .map(|p| (p.p_vaddr(e), p.p_memsz(e)))
     };
-    let (phoff, phentsize, phnum) = (u64_at(ehdr, 0x20), u16_at(ehdr, 0x36), u16_at(ehdr, 0x38));
-    if phentsize != 56 || phnum == 0 || phnum > 128 {
-        return None;
-    }
-    let phdrs = core.bytes_at(base.checked_add(phoff)?, 56 * u64::from(phnum))?;
-    // (type, file offset, vaddr, memory size) of each program header.
-    let headers: Vec<(u32, u64, u64, u64)> = phdrs
-        .chunks_exact(56)
-        .map(|p| (u32_at(p, 0), u64_at(p, 8), u64_at(p, 16), u64_at(p, 40)))
-        .collect();
-    let loads = || headers.iter().filter(|h| h.0 == PT_LOAD);
+    let loads = || phdrs.iter().filter(|p| p.p_type(e) == PT_LOAD);
     // The load bias: the segment at file offset 0 is mapped at `base`.
     let page = |a: u64| a & !0xfff;
-    let vaddr0 = loads().find(|h| page(h.1) == 0)?.2;
+    let vaddr0 = loads().find(|p| page(p.p_offset(e)) == 0)?.p_vaddr(e);
     let bias = base.wrapping_sub(page(vaddr0));
     let at = |vaddr: u64, len: u64| core.bytes_at(vaddr.wrapping_add(bias), len);
-    // The segment holding link-time address `a`, and how far it reaches past it.
+    // How far the segment holding link-time address `a` reaches past it.
     let room = |a: u64| {
         loads()
-            .find(|h| a >= h.2 && a - h.2 < h.3)
-            .map(|h| h.3 - (a - h.2))
+            .map(|p| (p.p_vaddr(e), p.p_memsz(e)))
+            .find(|&(v, len)| a >= v && a - v < len)
+            .map(|(v, len)| len - (a - v))
     };
 
     let cfi = (|| {
-        let &(_, _, hdr_vaddr, hdr_len) = headers.iter().find(|h| h.0 == PT_GNU_EH_FRAME)?;
+        let (hdr_vaddr, hdr_len) = of_type(PT_GNU_EH_FRAME)?;
         if !(12..=1 << 26).contains(&hdr_len) {
             return None;
         }
@@ -98,7 +90,7 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
         if hdr[0] != 1 || hdr[1] != 0x1b {
             return None;
         }
-        let rel = i64::from(u32_at(hdr, 4) as i32);
+        let rel = i64::from(u32_at(hdr, 4)? as i32);
         let eh_vaddr = hdr_vaddr.wrapping_add(4).wrapping_add_signed(rel);
         // `.eh_frame` runs at most to the end of its segment (its terminator ends it sooner).
         let eh = at(eh_vaddr, room(eh_vaddr)?.min(1 << 26))?;
@@ -106,15 +98,15 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     })();
 
     let dynamic = (|| {
-        let &(_, _, dyn_vaddr, dyn_len) = headers.iter().find(|h| h.0 == PT_DYNAMIC)?;
+        let (dyn_vaddr, dyn_len) = of_type(PT_DYNAMIC)?;
         let entries = at(dyn_vaddr, dyn_len.min(1 << 16) & !15)?;
         let (mut symtab, mut strtab, mut strsz) = (None, None, None);
-        for e in entries.chunks_exact(16) {
-            match u64_at(e, 0) {
+        for d in entries.chunks_exact(16) {
+            match u64_at(d, 0)? {
                 0 => break,
-                DT_SYMTAB => symtab = Some(u64_at(e, 8)),
-                DT_STRTAB => strtab = Some(u64_at(e, 8)),
-                DT_STRSZ => strsz = Some(u64_at(e, 8)),
+                DT_SYMTAB => symtab = u64_at(d, 8),
+                DT_STRTAB => strtab = u64_at(d, 8),
+                DT_STRSZ => strsz = u64_at(d, 8),
                 _ => {}
             }
         }
@@ -144,8 +136,9 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     // The image: header, the file's PT_LOAD headers, the sections' bytes, the section names,
     // the section headers.
     let load_headers: Vec<&[u8]> = phdrs
-        .chunks_exact(56)
-        .filter(|p| u32_at(p, 0) == PT_LOAD)
+        .iter()
+        .filter(|p| p.p_type(e) == PT_LOAD)
+        .map(object::pod::bytes_of)
         .collect();
     let mut out = vec![0u8; 64];
     for p in &load_headers {
@@ -249,8 +242,7 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     };
     sh(&mut out, shstr_name, &shstr, 0);
     // The ELF header: the file's identification, type and machine, our layout.
-    out[..16].copy_from_slice(&ehdr[..16]);
-    out[16..20].copy_from_slice(&ehdr[16..20]); // e_type, e_machine
+    out[..20].copy_from_slice(&head[..20]); // identification, e_type, e_machine
     out[20..24].copy_from_slice(&1u32.to_le_bytes()); // e_version
     out[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
     out[40..48].copy_from_slice(&shoff.to_le_bytes());
