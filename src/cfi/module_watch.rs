@@ -87,22 +87,33 @@ pub fn acquire() {
     if w.is_some() {
         return; // it runs, and it only ends holding this lock with no user left
     }
-    // The watcher marks itself the profilers' own before a CPU profiler's first look at the
-    // threads could give it a timer.
+    *w = spawn_own("unwind-modules", watch);
+}
+
+/// Starts one of the profilers' own threads, `name`, running `f` (the module watcher, the
+/// CPU profiler's collector). With the profilers built in it marks itself theirs
+/// ([`crate::heap::exclude_this_thread`]: neither profiler samples it) before this returns,
+/// so that a CPU profiler's next look at the threads already leaves it out (else it would be
+/// sampled until a later look). `None` when the thread could not be started.
+pub(crate) fn spawn_own(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Option<std::thread::JoinHandle<()>> {
     let (marked, is_marked) = std::sync::mpsc::sync_channel::<()>(1);
-    *w = std::thread::Builder::new()
-        .name("unwind-modules".into())
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
         .spawn(move || {
             #[cfg(feature = "profilers")]
             crate::heap::exclude_this_thread();
             let _ = marked.send(());
             drop(marked);
-            watch()
+            f()
         })
         .ok();
-    if w.is_some() {
+    if spawned.is_some() {
         let _ = is_marked.recv();
     }
+    spawned
 }
 
 /// The watcher's loop: checks the modules every [`CHECK_EVERY`] until no profiler uses them.

@@ -136,6 +136,15 @@ pub struct Config {
     pub mode: Mode,
 }
 
+impl Config {
+    /// Do samples walk by the prepared CFI where frame records are missing (every mode but
+    /// [`Mode::FramePointer`], unless [`Config::naive`])? Only then does the profiler prepare
+    /// and watch the modules' CFI.
+    fn walks_by_cfi(&self) -> bool {
+        self.mode != Mode::FramePointer && !self.naive
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -1037,7 +1046,7 @@ impl CpuProfiler {
         crate::init();
         super::fork::register();
         let unloads_at_start = crate::module_watch::unloads();
-        let cfi = config.mode != Mode::FramePointer && !config.naive;
+        let cfi = config.walks_by_cfi();
         if cfi {
             // Prepares every loaded module's CFI here, not in the handler, and keeps it
             // current (dlopen) until stop. Outside the registry's lock: it takes a while.
@@ -1095,61 +1104,50 @@ impl CpuProfiler {
             } else {
                 1
             };
-            // The collector marks itself the profilers' own before the first scan of the
-            // threads below gives every thread a timer (it would be sampled until a later scan).
-            let (marked, is_marked) = std::sync::mpsc::sync_channel::<()>(1);
-            let spawned = std::thread::Builder::new()
-                .name("unwind-cpu-collector".into())
-                .spawn(move || {
-                    crate::heap::exclude_this_thread();
-                    let _ = marked.send(());
-                    drop(marked);
-                    let mut last_scan = Instant::now();
-                    let mut last_full = last_scan;
-                    // Unknown: the first look reads the list.
-                    let mut seen_count = None;
-                    let mut drained = 0;
-                    while !shared.stop.load(Ordering::Acquire) {
-                        // The timers that may fire: one per timed thread; ITIMER_PROF fires
-                        // for the process's CPU time, on as many CPUs as it runs on.
-                        let threads = {
-                            let reg = registry();
-                            reg.threads.len() + reg.others.len()
-                        }
-                        .max(cpus);
-                        let mut wait = collect_every(config.frequency_hz, threads, drained);
-                        if scan {
-                            wait = wait.min(crate::threads::SCAN_EVERY);
-                        }
-                        std::thread::park_timeout(wait);
-                        drained = shared.drain();
-                        if scan && last_scan.elapsed() >= crate::threads::SCAN_EVERY {
-                            last_scan = Instant::now();
-                            // The list only when the number of threads changed (or now and
-                            // then: one may have ended and another begun meanwhile). The
-                            // count is read before the list, so a thread born after it
-                            // changes the next count.
-                            let count = crate::threads::count_hint();
-                            if count.is_none()
-                                || count != seen_count
-                                || last_full.elapsed() >= crate::threads::FULL_SCAN_EVERY
-                            {
-                                seen_count = count;
-                                last_full = last_scan;
-                                let mut reg = registry();
-                                // Not after stop: halt clears `running` under this lock.
-                                if let Some(cfg) = reg.running {
-                                    scan_threads(&mut reg, &cfg);
-                                }
+            // Marked the profilers' own before the first scan of the threads below gives
+            // every thread a timer.
+            crate::module_watch::spawn_own("unwind-cpu-collector", move || {
+                let mut last_scan = Instant::now();
+                let mut last_full = last_scan;
+                // Unknown: the first look reads the list.
+                let mut seen_count = None;
+                let mut drained = 0;
+                while !shared.stop.load(Ordering::Acquire) {
+                    // The timers that may fire: one per timed thread; ITIMER_PROF fires
+                    // for the process's CPU time, on as many CPUs as it runs on.
+                    let threads = {
+                        let reg = registry();
+                        reg.threads.len() + reg.others.len()
+                    }
+                    .max(cpus);
+                    let mut wait = collect_every(config.frequency_hz, threads, drained);
+                    if scan {
+                        wait = wait.min(crate::threads::SCAN_EVERY);
+                    }
+                    std::thread::park_timeout(wait);
+                    drained = shared.drain();
+                    if scan && last_scan.elapsed() >= crate::threads::SCAN_EVERY {
+                        last_scan = Instant::now();
+                        // The list only when the number of threads changed (or now and
+                        // then: one may have ended and another begun meanwhile). The
+                        // count is read before the list, so a thread born after it
+                        // changes the next count.
+                        let count = crate::threads::count_hint();
+                        if count.is_none()
+                            || count != seen_count
+                            || last_full.elapsed() >= crate::threads::FULL_SCAN_EVERY
+                        {
+                            seen_count = count;
+                            last_full = last_scan;
+                            let mut reg = registry();
+                            // Not after stop: halt clears `running` under this lock.
+                            if let Some(cfg) = reg.running {
+                                scan_threads(&mut reg, &cfg);
                             }
                         }
                     }
-                })
-                .ok();
-            if spawned.is_some() {
-                let _ = is_marked.recv();
-            }
-            spawned
+                }
+            })
         };
         ENABLED.store(true, Ordering::SeqCst);
         super::sigprof::PROCESS_TIMER.store(config.timer == TimerMode::Process, Ordering::SeqCst);
@@ -1196,13 +1194,16 @@ impl CpuProfiler {
 
     /// Sample accounting so far.
     pub fn stats(&self) -> Stats {
+        let build = Stats {
+            missing_frame_records: crate::module_watch::program_keeps_frame_records()
+                == Some(false),
+            frame_records_only: !self.config.walks_by_cfi(),
+            ..Stats::default()
+        };
         if self.pid != std::process::id() {
             return Stats {
                 inherited_from: Some(self.pid),
-                missing_frame_records: crate::module_watch::program_keeps_frame_records()
-                    == Some(false),
-                frame_records_only: self.config.mode == Mode::FramePointer || self.config.naive,
-                ..Stats::default()
+                ..build
             };
         }
         Stats {
@@ -1214,11 +1215,8 @@ impl CpuProfiler {
             truncated: TRUNCATED.load(Ordering::Relaxed),
             timer_errors: TIMER_ERRORS.load(Ordering::Relaxed),
             on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
-            missing_frame_records: crate::module_watch::program_keeps_frame_records()
-                == Some(false),
-            frame_records_only: self.config.mode == Mode::FramePointer || self.config.naive,
             unloaded: crate::module_watch::unloads().wrapping_sub(self.unloads_at_start),
-            inherited_from: None,
+            ..build
         }
     }
 
@@ -1301,7 +1299,7 @@ impl CpuProfiler {
                 let n = drain(&mut g);
                 self.shared.collected.fetch_add(n, Ordering::Relaxed);
             }
-            if self.config.mode != Mode::FramePointer && !self.config.naive {
+            if self.config.walks_by_cfi() {
                 crate::module_watch::release();
             }
             return;
@@ -1334,7 +1332,7 @@ impl CpuProfiler {
             let _ = c.join();
         }
         self.shared.drain();
-        if self.config.mode != Mode::FramePointer && !self.config.naive {
+        if self.config.walks_by_cfi() {
             crate::module_watch::release();
         }
     }
