@@ -172,8 +172,8 @@ impl Profile {
         let mut out = Vec::new();
         for (i, &pc) in s.pcs.iter().enumerate() {
             let exact = i == 0 && s.exact_leaf;
-            let mut chain =
-                lines.frames(crate::frame::FrameAddress::new(pc, exact).lookup_address());
+            let look = crate::frame::FrameAddress::new(pc, exact).lookup_address();
+            let mut chain = lines.frames(look);
             if i == 0 {
                 hide_leaf_inlines(
                     &mut chain,
@@ -183,17 +183,13 @@ impl Profile {
             }
             if chain.is_empty() {
                 out.push(function_name(sym, pc, exact));
-            } else {
-                // The outermost function as the symbol table names it (see `location`).
-                let n = chain.len();
-                out.extend(chain.into_iter().enumerate().map(|(k, f)| {
-                    if k + 1 == n {
-                        let look = crate::frame::FrameAddress::new(pc, exact).lookup_address();
-                        sym.lookup(look).map_or(f.function, |s| s.name.to_string())
-                    } else {
-                        f.function
-                    }
-                }));
+                continue;
+            }
+            let at = out.len() + chain.len() - 1;
+            out.extend(chain.into_iter().map(|f| f.function));
+            // The outermost function as the symbol table names it (see `location`).
+            if let Some(s) = sym.lookup(look) {
+                out[at] = s.name.to_string();
             }
         }
         if s.truncated {
