@@ -6,7 +6,7 @@
 
 mod common;
 use common::skip::skip;
-use common::tools::{eu_stack, need, need_kernel_cores};
+use common::tools::{eu_stack, has_run, need, need_kernel_cores};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -129,12 +129,6 @@ fn pcs(t: &Value) -> Vec<u64> {
         .iter()
         .map(|f| u64::from_str_radix(&f["pc"].as_str().unwrap()[2..], 16).unwrap())
         .collect()
-}
-
-/// `want` appears in `got` in order, consecutively.
-fn has_run(got: &[String], want: &[&str]) -> bool {
-    got.windows(want.len())
-        .any(|w| w.iter().zip(want).all(|(a, b)| a == b))
 }
 
 // ---- the fixtures' truth ----
@@ -395,20 +389,25 @@ fn fresh_core(variant: &str, d: &Path) -> (PathBuf, PathBuf) {
 
 /// [`fresh_core`] with `cflags` in place of the frame-pointer flag.
 fn fresh_core_with(variant: &str, d: &Path, cflags: &str) -> (PathBuf, PathBuf) {
+    fresh_core_for("x86_64", variant, d, cflags)
+}
+
+/// [`fresh_core_with`] for `arch` (`aarch64`: a qemu-aarch64 core).
+fn fresh_core_for(arch: &str, variant: &str, d: &Path, cflags: &str) -> (PathBuf, PathBuf) {
     let out = Command::new("bash")
         .arg(fixtures().join("c/make-core.sh"))
-        .args(["x86_64", variant, p(d)])
+        .args([arch, variant, p(d)])
         .env("CHAIN_CFLAGS", cflags)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "make-core.sh {variant}: {}",
+        "make-core.sh {arch} {variant}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     (
-        d.join(format!("core-x86_64-{variant}")),
-        d.join("chain-x86_64"),
+        d.join(format!("core-{arch}-{variant}")),
+        d.join(format!("chain-{arch}")),
     )
 }
 
@@ -955,18 +954,7 @@ fn a_threaded_aarch64_core_s_workers_end_whole_at_thread_start() {
         return;
     }
     let d = tmp("a64-threads");
-    let out = Command::new("bash")
-        .arg(fixtures().join("c/make-core.sh"))
-        .args(["aarch64", "threads", p(&d)])
-        .env("CHAIN_CFLAGS", "-static -fno-omit-frame-pointer")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let core = d.join("core-aarch64-threads");
+    let (core, _) = fresh_core_for("aarch64", "threads", &d, "-static -fno-omit-frame-pointer");
     for mode in ["hybrid", "fp", "dwarf"] {
         let v = json(&["stack", "--core", p(&core), "--mode", mode]);
         let threads = v["threads"].as_array().unwrap();

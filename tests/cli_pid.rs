@@ -19,7 +19,7 @@
 //! message otherwise.
 
 mod common;
-use common::tools::{build_go, build_go_mode, need, TempDir};
+use common::tools::{build_go, build_go_mode, eu_stack, has_run, need, TempDir};
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -1716,28 +1716,19 @@ int main(void) {
         assert!(unnamed >= 3, "{n:?}");
     }
     if need("eu-stack", "--version") {
-        let eu = Command::new("eu-stack")
-            .arg("--core")
-            .arg(&core)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&eu.stdout);
-        let mut eu_pcs: Vec<u64> = text
-            .lines()
-            .filter_map(|l| l.trim_start().strip_prefix('#'))
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter_map(|p| u64::from_str_radix(p.trim_start_matches("0x"), 16).ok())
-            .collect();
-        let mut ours: Vec<u64> = threads
-            .iter()
-            .flat_map(|th| th["frames"].as_array().unwrap().iter())
-            .filter_map(|f| {
-                u64::from_str_radix(f["pc"].as_str()?.trim_start_matches("0x"), 16).ok()
-            })
-            .collect();
-        eu_pcs.sort_unstable();
-        ours.sort_unstable();
-        assert_eq!(eu_pcs, ours, "eu-stack:\n{text}\nunwind: {v}");
+        let eu = eu_stack(&core, None).expect("eu-stack's output");
+        assert_eq!(eu.len(), threads.len(), "{eu:x?}\nunwind: {v}");
+        for th in threads {
+            let tid = th["tid"].as_u64().unwrap();
+            let ours: Vec<u64> = th["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| u64::from_str_radix(&f["pc"].as_str().unwrap()[2..], 16).unwrap())
+                .collect();
+            let theirs = eu.iter().find(|(t, _)| *t == tid).map(|(_, pcs)| pcs);
+            assert_eq!(theirs, Some(&ours), "thread {tid}: {eu:x?}\nunwind: {v}");
+        }
     }
     // The files put back where they were: the core names them `... (deleted)`; found without
     // the mark, with the core's build ids, they name every frame.
@@ -1770,11 +1761,6 @@ int main(void) {
         assert!(!names(th).iter().any(|s| s == "main"), "{v}");
         assert!(has_name(&names(th), "lib_wait"), "{v}");
     }
-}
-
-fn has_run(got: &[String], want: &[&str]) -> bool {
-    got.windows(want.len())
-        .any(|w| w.iter().zip(want).all(|(a, b)| a == b))
 }
 
 fn has_name(names: &[String], want: &str) -> bool {

@@ -90,6 +90,12 @@ pub fn eu_stack(core: &Path, exe: Option<&Path>) -> Option<Vec<(u64, Vec<u64>)>>
     Some(threads)
 }
 
+/// Does `got` (names, leaf first) hold `want` in order, consecutively?
+pub fn has_run(got: &[String], want: &[&str]) -> bool {
+    got.windows(want.len())
+        .any(|w| w.iter().zip(want).all(|(a, b)| a == b))
+}
+
 /// Does the kernel write cores as `core` files in the crashing process's directory
 /// (`/proc/sys/kernel/core_pattern` is `core`, as `.ci/run` sets it)? A check only.
 pub fn kernel_cores() -> bool {
