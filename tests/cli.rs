@@ -544,6 +544,33 @@ fn a_call_through_a_bad_function_pointer_keeps_its_callers() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// A frame record whose return address is a data word (code that uses the frame pointer as a
+/// general register can leave one where a walk reads it): that frame is left out and the stack
+/// reported truncated. Before, `--mode fp` showed a frame at 0x4141414141 and called the stack
+/// whole; the CFI modes showed it too. fixtures/c/chain.c `fakerec`.
+#[test]
+fn a_return_address_in_no_code_ends_the_walk_truncated() {
+    if !can_make_fresh_cores() {
+        return;
+    }
+    let d = tmp("fakerec");
+    let (c, _) = fresh_core("fakerec", &d);
+    for mode in ["fp", "hybrid", "dwarf"] {
+        let v = json(&["stack", "--core", p(&c), "--mode", mode]);
+        let t = &v["threads"][0];
+        assert_eq!(symbols(t), ["fake_record"], "{mode}: {v}");
+        assert_eq!(t["truncated"], true, "{mode}: {v}");
+        let text = run(&["stack", "--core", p(&c), "--mode", mode]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("(truncated: return address not in code)"),
+            "{mode}: {text}"
+        );
+        assert!(!text.contains("4141414141"), "{mode}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
 // ---- bad input ----
 
 /// Exit status 2, nothing on stdout, one line on stderr naming the problem.

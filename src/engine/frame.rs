@@ -199,6 +199,11 @@ pub enum StopReason {
     /// program that stops in a named function other than a process's or thread's entry
     /// (`runtime_names::C_STACK_ROOTS`: a zero frame pointer in code that keeps none).
     EndedShort,
+    /// A return address lay in no executable memory (offline walks, where the memory tells
+    /// code from data: a core's segment flags, a process's maps): a data word read as a frame
+    /// record, in code that uses the frame pointer as a general register. That frame and any
+    /// after it were left out.
+    NotCode,
 }
 
 impl StopReason {
@@ -239,6 +244,7 @@ impl StopReason {
             StopReason::TooManyTransitions => "too many transitions",
             StopReason::NoFramePointers => "built without frame pointers",
             StopReason::EndedShort => "ended short of the stack's root",
+            StopReason::NotCode => "return address not in code",
         }
     }
 }

@@ -678,7 +678,9 @@ impl Memory for CoreMemory<'_> {
     }
 
     /// By the segment's flags (a kernel core lists every mapping, its text too, if only with
-    /// its first page's bytes): an address in none is unmapped. A live process's by its maps.
+    /// its first page's bytes). An address in no segment is unmapped, unless a file was mapped
+    /// there (`NT_FILE`): gdb's `gcore` leaves read-only file mappings out, text among them, and
+    /// the core cannot tell (`None`). A live process's by its maps.
     fn is_code(&mut self, addr: u64) -> Option<bool> {
         if let Some(b) = &self.core.backing {
             return b.is_code(addr);
@@ -686,10 +688,11 @@ impl Memory for CoreMemory<'_> {
         if self.core.segments.is_empty() {
             return None;
         }
-        Some(
-            self.segment(addr)
-                .is_some_and(|(_, s)| s.flags & elf::PF_X.0 != 0),
-        )
+        match self.segment(addr) {
+            Some((_, s)) => Some(s.flags & elf::PF_X.0 != 0),
+            None if self.core.mappings.iter().any(|m| m.range.contains(addr)) => None,
+            None => Some(false),
+        }
     }
 }
 

@@ -911,6 +911,10 @@ pub fn unwind_paused<P: Pause>(
         let mut buf = scratch[..trace.len.min(room)].to_vec();
         budget = budget.saturating_sub(buf.len());
         let mut stop = trace.stop;
+        if let Some(at) = first_not_code(&mut cx.memory(), &buf) {
+            buf.truncate(at);
+            stop = StopReason::NotCode;
+        }
         if let Some(go) = &go {
             go.cut_at_stack_top(core.arch, &mut buf);
             if core.arch == ArchKind::X86_64 {
@@ -1013,6 +1017,21 @@ pub fn unwind_paused<P: Pause>(
         warnings,
         paused: None,
     })
+}
+
+/// The first frame whose return address is in no executable memory (where the memory can
+/// tell): a data word read as a frame record (`--mode fp` in code that uses the frame pointer
+/// as a general register, or CFI that recovers the caller through it), so that frame and every
+/// later one came from no call. The first frame (the registers' pc: a call through a bad
+/// pointer faults there) and any other exact pc (one a signal interrupted) are not return
+/// addresses and are kept.
+fn first_not_code<M: Memory>(mem: &mut M, frames: &[Frame]) -> Option<usize> {
+    frames
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, f)| !f.is_exact() && mem.is_code(f.lookup_pc()) == Some(false))
+        .map(|(i, _)| i)
 }
 
 /// The CFI of a core's modules (opened from disk, at their biases): evaluated on demand where

@@ -849,7 +849,13 @@ impl Backing for ProcMemory {
         if st.vmas.is_empty() {
             return None;
         }
-        Some(st.vmas.iter().any(|v| v.range.contains(addr) && v.exec))
+        // The maps are in address order (as /proc lists them).
+        let i = st.vmas.partition_point(|v| v.range.hi <= addr);
+        Some(
+            st.vmas
+                .get(i)
+                .is_some_and(|v| v.range.contains(addr) && v.exec),
+        )
     }
 }
 
