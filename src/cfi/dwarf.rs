@@ -846,15 +846,32 @@ pub fn parse_elf(
     bias: u64,
     name: &str,
 ) -> Result<PreparedCfi, CfiError> {
+    parse_elf_with_debug(arch, data, None, bias, name)
+}
+
+/// [`parse_elf`] for a file whose `.debug_frame` may be in its separate debug file
+/// (`debug`): `strip` moves it there, and a file built without `.eh_frame`
+/// (`-fno-asynchronous-unwind-tables`, as kernels and size-tuned C are) keeps no other CFI
+/// for its own functions. The file's own `.debug_frame` comes first.
+pub fn parse_elf_with_debug(
+    arch: ArchKind,
+    data: &[u8],
+    debug: Option<&[u8]>,
+    bias: u64,
+    name: &str,
+) -> Result<PreparedCfi, CfiError> {
     use object::ObjectSection;
     let file = object::File::parse(data).map_err(|_| CfiError::Object)?;
+    let debug_file = debug.and_then(|d| object::File::parse(d).ok());
     let sec = |n: &str| section_by_name(&file, n).and_then(|s| Some((s.data().ok()?, s.address())));
     // Go links `.debug_frame` compressed (SHF_COMPRESSED, zlib) unless built with
     // `-ldflags=-compressdwarf=false`: inflate it (object's decompression; a section that does
     // not inflate is malformed CFI, not a crash).
     // A stripped Go binary (`-ldflags=-s -w`) has no `.debug_frame`: the one its linker would
     // have written is made from `.gopclntab`'s `pcsp` tables.
-    let debug_frame = match section_by_name(&file, ".debug_frame") {
+    let own = section_by_name(&file, ".debug_frame")
+        .or_else(|| section_by_name(debug_file.as_ref()?, ".debug_frame"));
+    let debug_frame = match own {
         Some(s) => Some(section_bytes(&s).ok_or(CfiError::Decompress)?),
         None => super::gopclntab::Table::of_file(&file, data)
             .and_then(|t| super::gopclntab::debug_frame(&t, arch))

@@ -28,17 +28,6 @@ pub fn section_by_name<'d, 'f>(
         .or_else(|| file.section_by_name(name))
 }
 
-/// The file name in `file`'s `.gnu_debuglink` (its bytes up to the first NUL), as
-/// `file.gnu_debuglink()` reads it, without its `memchr` (whose first call detects the CPU);
-/// `None` without that section or a NUL in it.
-#[cfg_attr(not(feature = "offline"), allow(dead_code))]
-pub fn debuglink_name<'d>(file: &object::File<'d>) -> Option<&'d [u8]> {
-    use object::ObjectSection;
-    let data = section_by_name(file, ".gnu_debuglink")?.data().ok()?;
-    let end = data.iter().position(|&b| b == 0)?;
-    Some(&data[..end])
-}
-
 /// The index of the first section named `name`, else of the first named `.zdebug_*` for a
 /// `.debug_*` name.
 fn elf_index<H: FileHeader>(
@@ -113,16 +102,6 @@ mod tests {
             }
         }
         assert!(seen > 20, "{seen} sections found");
-        // The debug link's file name, as `object` reads it, where there is one.
-        let mut links = 0;
-        for path in files.iter().filter(|p| p.exists()) {
-            let data = std::fs::read(path).unwrap();
-            let file = object::File::parse(&*data).unwrap();
-            let theirs = file.gnu_debuglink().ok().flatten().map(|(n, _)| n);
-            assert_eq!(debuglink_name(&file), theirs, "{}", path.display());
-            links += usize::from(theirs.is_some());
-        }
-        eprintln!("{links} files with a debug link");
     }
 
     /// A `.debug_*` name finds a `.zdebug_*` section (compressed, as old toolchains wrote

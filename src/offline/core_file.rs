@@ -398,7 +398,7 @@ impl Core {
 
     /// The `len` bytes at `addr` as the core holds them, in place: `None` unless they all lie
     /// in one segment's bytes in the file (a kernel core keeps only a file mapping's first
-    /// page; gdb's `gcore` keeps every mapping whole; a live process's memory is read, not
+    /// page; gdb's `gcore` keeps a deleted file's mappings whole; a live process's memory is read, not
     /// held).
     pub fn bytes_at(&self, addr: u64, len: u64) -> Option<&[u8]> {
         let segs = &self.segments;

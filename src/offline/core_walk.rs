@@ -156,6 +156,7 @@ impl Pause for AsIs {
 pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
     let sysroot = opts.sysroot.as_deref();
     let mut s = Symbolizer::new();
+    s.debug_dirs = crate::offline::debug_files::DebugDirs::with_sysroot(sysroot);
     if let Some(prefix) = &opts.allow_proc {
         s.open_policy = s.open_policy.clone().allowing_proc(prefix.clone());
     }
@@ -1050,12 +1051,33 @@ pub fn cfi_for<'s>(
     let mut u = crate::dwarf::OfflineCfi::new();
     let mut failed = Vec::new();
     for m in symbols.modules() {
-        match crate::dwarf::parse_elf_lazy(core.arch, m.bytes(), m.bias, &m.path) {
+        // A stripped file's `.debug_frame` is in its separate debug file (at the same
+        // addresses): a file built without `.eh_frame` (`-fno-asynchronous-unwind-tables`) has
+        // no other CFI for its own functions.
+        let parsed = match m
+            .debug_bytes()
+            .filter(|d| has_debug_frame(d) && !has_debug_frame(m.bytes()))
+        {
+            Some(d) => {
+                crate::dwarf::parse_elf_with_debug(core.arch, m.bytes(), Some(d), m.bias, &m.path)
+                    .map(crate::dwarf::ModuleCfi::Prepared)
+            }
+            None => crate::dwarf::parse_elf_lazy(core.arch, m.bytes(), m.bias, &m.path),
+        };
+        match parsed {
             Ok(t) => u.add(t),
             Err(e) => failed.push((m.path.clone(), e)),
         }
     }
     (u, failed)
+}
+
+/// Does ELF file `data` have a non-empty `.debug_frame`?
+fn has_debug_frame(data: &[u8]) -> bool {
+    use object::ObjectSection;
+    object::File::parse(data).is_ok_and(|f| {
+        crate::cfi::section_names::section_by_name(&f, ".debug_frame").is_some_and(|s| s.size() > 0)
+    })
 }
 
 /// The Go wrapper frames a policy leaves out, per Go module with a function table (see

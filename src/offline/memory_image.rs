@@ -1,6 +1,6 @@
 //! Modules made from a core's own memory, where no file stands in for them (deleted or
 //! replaced by another build since the process started, not on this machine): gdb's `gcore`
-//! dumps every mapping whole, so such a module's dynamic symbols and CFI are in the core, and
+//! dumps a deleted file's mappings whole, so such a module's dynamic symbols and CFI are in the core, and
 //! an ELF image holding them reads as any module (named by its exported functions, walked by
 //! its `.eh_frame`), as eu-stack walks such cores. A kernel core keeps only a file mapping's
 //! first page and its written data: as much as that holds.
@@ -33,14 +33,14 @@ pub(crate) fn add_from_memory(core: &Core, s: &mut Symbolizer) {
 }
 
 /// An ELF image of the module mapped from `path`, made from the core's memory: gdb's `gcore`
-/// dumps every mapping whole, so the module's dynamic symbols (`.dynsym`, `.dynstr`, found
+/// dumps a deleted file's mappings whole, so the module's dynamic symbols (`.dynsym`, `.dynstr`, found
 /// through `PT_DYNAMIC`) and its CFI (`.eh_frame_hdr` through `PT_GNU_EH_FRAME`, and
 /// `.eh_frame`) are there; a kernel core keeps only a file mapping's first page (`None` then).
 /// The image holds those sections at their link-time addresses, and the file's `PT_LOAD`
 /// headers, which place it: it reads as any ELF file. With its runtime base address. `None`
 /// also where the bytes do not read as a 64-bit little-endian ELF module's.
 fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
-    use object::elf::{PT_DYNAMIC, PT_GNU_EH_FRAME, PT_LOAD};
+    use object::elf::{PT_DYNAMIC, PT_GNU_EH_FRAME, PT_LOAD, PT_NOTE};
     use object::read::elf::ProgramHeader;
     const DT_STRTAB: u64 = 5;
     const DT_SYMTAB: u64 = 6;
@@ -132,6 +132,17 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     if cfi.is_none() && dynamic.is_none() {
         return None;
     }
+    // The notes (in the first page, which every core keeps): the GNU build id finds the
+    // module's separate debug file, whose full symbol table names its local functions too.
+    let notes: Vec<(u64, &[u8], u64)> = phdrs
+        .iter()
+        .filter(|p| p.p_type(e) == PT_NOTE && matches!(p.p_align(e), 4 | 8))
+        .filter_map(|p| {
+            let len = p.p_memsz(e).min(1 << 12);
+            Some((p.p_vaddr(e), at(p.p_vaddr(e), len)?, p.p_align(e)))
+        })
+        .take(8)
+        .collect();
 
     // The image: header, the file's PT_LOAD headers, the sections' bytes, the section names,
     // the section headers.
@@ -154,6 +165,7 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
         size: u64,
         link: u32,
         entsize: u64,
+        align: u64,
     }
     let put = |out: &mut Vec<u8>, bytes: &[u8]| {
         while !out.len().is_multiple_of(8) {
@@ -168,7 +180,7 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     const SHT_DYNSYM: u32 = 11;
     const SHF_ALLOC: u64 = 2;
     let mut sections: Vec<Shdr> = Vec::new();
-    let mut add = |out: &mut Vec<u8>, name, ty, addr, bytes: &[u8], link, entsize| {
+    let mut add = |out: &mut Vec<u8>, name, ty, addr, bytes: &[u8], link, entsize, align| {
         let off = put(out, bytes);
         sections.push(Shdr {
             name,
@@ -178,12 +190,13 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
             size: bytes.len() as u64,
             link,
             entsize,
+            align,
         });
     };
     if let Some((symtab, syms, strtab, strs)) = dynamic {
         // `.dynstr` is the next section (index 2 with the null one first).
-        add(&mut out, ".dynsym", SHT_DYNSYM, symtab, syms, 2, 24);
-        add(&mut out, ".dynstr", SHT_STRTAB, strtab, strs, 0, 0);
+        add(&mut out, ".dynsym", SHT_DYNSYM, symtab, syms, 2, 24, 8);
+        add(&mut out, ".dynstr", SHT_STRTAB, strtab, strs, 0, 0, 1);
     }
     if let Some((hdr_vaddr, hdr, eh_vaddr, eh)) = cfi {
         add(
@@ -194,8 +207,13 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
             hdr,
             0,
             0,
+            4,
         );
-        add(&mut out, ".eh_frame", SHT_PROGBITS, eh_vaddr, eh, 0, 0);
+        add(&mut out, ".eh_frame", SHT_PROGBITS, eh_vaddr, eh, 0, 0, 8);
+    }
+    const SHT_NOTE: u32 = 7;
+    for (vaddr, bytes, align) in notes {
+        add(&mut out, ".note", SHT_NOTE, vaddr, bytes, 0, 0, align);
     }
     let mut names = vec![0u8];
     let mut name_at = Vec::new();
@@ -217,7 +235,7 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
         out.extend_from_slice(&s.size.to_le_bytes());
         out.extend_from_slice(&s.link.to_le_bytes());
         out.extend_from_slice(&u32::from(s.ty == SHT_DYNSYM).to_le_bytes()); // sh_info
-        out.extend_from_slice(&8u64.to_le_bytes());
+        out.extend_from_slice(&s.align.to_le_bytes());
         out.extend_from_slice(&s.entsize.to_le_bytes());
     };
     let null = Shdr {
@@ -228,6 +246,7 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
         size: 0,
         link: 0,
         entsize: 0,
+        align: 1,
     };
     out.extend_from_slice(&[0u8; 64]);
     for (s, &name) in sections.iter().zip(&name_at) {

@@ -6,6 +6,7 @@ mod core_walk;
 pub use core_walk::*;
 
 pub mod core_file;
+pub mod debug_files;
 pub mod go_runtime;
 mod memory_image;
 pub mod needed_modules;

@@ -9,6 +9,7 @@
 use crate::cfi::section_names::section_by_name;
 use crate::core_file::Mapping;
 use crate::memory::Range;
+use crate::offline::debug_files::DebugDirs;
 use crate::safe_open::{Mapped, Policy};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind, SymbolKind};
 use std::collections::{HashMap, HashSet};
@@ -130,6 +131,13 @@ pub struct Module {
     data: Mapped,
     /// The separate debug file whose symbol table was read, mapped read-only.
     debug: Option<Mapped>,
+    /// The separate debug file found for the file (its DWARF's), whether or not its symbol
+    /// table was read.
+    debug_path: Option<PathBuf>,
+    /// That file, mapped, when its symbol table was not read (`debug` holds it otherwise).
+    debug_unread: Option<Mapped>,
+    /// Where debug files are looked for (the module's supplementary DWARF too).
+    debug_dirs: DebugDirs,
     /// Executable sections: (file address, range of `data`), for finding code by its
     /// instructions.
     code: Vec<(u64, std::ops::Range<usize>)>,
@@ -181,13 +189,14 @@ impl Module {
     /// `NT_FILE` note may name `/dev/zero`, a FIFO or `/proc/self/pagemap`).
     pub fn load(path: &Path, display: &str, map: Option<(u64, u64)>) -> std::io::Result<Module> {
         let data = crate::safe_open::map(path, &Policy::default())?;
-        Self::from_mapped(data, path, display, |file| placement_bias(file, map))
+        let dirs = DebugDirs::default();
+        Self::from_mapped(data, path, display, &dirs, |file| placement_bias(file, map))
     }
 
     /// Loads `path`'s symbols with a known load bias (a link map's `l_addr`).
     pub fn load_biased(path: &Path, display: &str, bias: u64) -> std::io::Result<Module> {
         let data = crate::safe_open::map(path, &Policy::default())?;
-        Self::from_mapped(data, path, display, |_| bias)
+        Self::from_mapped(data, path, display, &DebugDirs::default(), |_| bias)
     }
 
     /// The module's file, as mapped (for its CFI: no second open).
@@ -201,23 +210,47 @@ impl Module {
     }
 
     /// The separate debug file of the module's file when the file itself has no DWARF
-    /// (`.debug_info`): `/usr/lib/debug/.build-id/xx/yyyy.debug` for its GNU build id, else the
-    /// file its `.gnu_debuglink` names, looked for as gdb does (build id checked), beside the
-    /// file read or the path the process mapped. `None` when the file has DWARF or no such file
-    /// exists. For source lines (`--lines`, pprof line tables); symbols use the same search.
+    /// (`.debug_info`): `ROOT/.build-id/xx/yyyy.debug` for its GNU build id, else the file its
+    /// `.gnu_debuglink` names, looked for as gdb does (build id or CRC checked), beside the
+    /// file read or the path the process mapped (see [`crate::offline::debug_files`]; `ROOT`
+    /// is `SYSROOT/usr/lib/debug`, then `/usr/lib/debug`). `None` when the file has DWARF or no
+    /// such file exists. For source lines (`--lines`, pprof line tables); symbols use the same
+    /// search.
     pub fn separate_debug_file(&self) -> Option<PathBuf> {
         let obj = object::File::parse(&*self.data).ok()?;
         if section_by_name(&obj, ".debug_info").is_some_and(|s| s.size() > 0) {
             return None;
         }
-        debug_file(&obj)
-            .or_else(|| debuglink_file(&obj, &[&self.file, Path::new(&self.path)]).map(|(p, _)| p))
+        self.debug_path.clone()
+    }
+
+    /// The supplementary DWARF file (`dwz -m`'s, named by `.gnu_debugaltlink`) of the file
+    /// that holds this module's DWARF (`debug_file`, or the module's own), if found.
+    pub fn supplementary_debug_file(&self, debug_file: Option<&Path>) -> Option<PathBuf> {
+        match debug_file {
+            Some(p) => {
+                let m = crate::safe_open::map(p, &crate::offline::debug_files::policy()).ok()?;
+                let obj = object::File::parse(&*m).ok()?;
+                self.debug_dirs.altlink(&obj, p)
+            }
+            None => {
+                let obj = object::File::parse(&*self.data).ok()?;
+                self.debug_dirs.altlink(&obj, &self.file)
+            }
+        }
+    }
+
+    /// The separate debug file's bytes (see [`Module::separate_debug_file`]): for its
+    /// `.debug_frame`, where the file was stripped of the CFI it had only there.
+    pub fn debug_bytes(&self) -> Option<&[u8]> {
+        self.debug.as_deref().or(self.debug_unread.as_deref())
     }
 
     fn from_mapped(
         data: Mapped,
         path: &Path,
         display: &str,
+        dirs: &DebugDirs,
         bias_of: impl FnOnce(&object::File<'_>) -> u64,
     ) -> std::io::Result<Module> {
         let file = object::File::parse(&*data)
@@ -276,13 +309,35 @@ impl Module {
             });
         }
         // A stripped library's local functions (glibc's __restore_rt, start_thread) are in its
-        // separate debug file, found by build id, when installed (Debian's *-dbg packages).
-        if section_by_name(&file, ".symtab").is_none() {
-            if let Some(path) = debug_file(&file) {
-                debug = crate::safe_open::map(&path, &Policy::default()).ok();
-            }
-            if debug.is_none() {
-                debug = debuglink_file(&file, &[path, Path::new(display)]).map(|(_, m)| m);
+        // separate debug file, found by build id, when installed (Debian's *-dbg packages), or
+        // by its `.gnu_debuglink`. A file with a symbol table but no DWARF may have been
+        // stripped of most symbols (`strip -K`): its debug file is taken when its symbol table
+        // is larger.
+        let own_symtab = section_by_name(&file, ".symtab").map(|s| s.size());
+        let mut debug_path = None;
+        let mut debug_unread = None;
+        if own_symtab.is_none()
+            || section_by_name(&file, ".debug_info").is_none_or(|s| s.size() == 0)
+        {
+            let found = dirs
+                .for_file(&file)
+                .and_then(|p| {
+                    let m = crate::safe_open::map(&p, &crate::offline::debug_files::policy());
+                    Some((p, m.ok()?))
+                })
+                .or_else(|| dirs.debuglink(&file, &[path, Path::new(display)]));
+            if let Some((p, m)) = found {
+                debug_path = Some(p);
+                let larger = |m: &Mapped| {
+                    let d = object::File::parse(&**m).ok();
+                    let theirs = d.and_then(|d| section_by_name(&d, ".symtab").map(|s| s.size()));
+                    theirs.unwrap_or(0) > own_symtab.unwrap_or(0)
+                };
+                if own_symtab.is_none() || larger(&m) {
+                    debug = Some(m);
+                } else {
+                    debug_unread = Some(m);
+                }
             }
         }
         // 64-bit ELF (every core this crate reads): the symbol tables are read in place, when
@@ -325,7 +380,7 @@ impl Module {
         // A stripped Go binary (`-ldflags=-s -w`) keeps its function table for the runtime's
         // own tracebacks: `.gopclntab` names every function (the symbol tables, read now, come
         // first).
-        if section_by_name(&file, ".symtab").is_none() && debug.is_none() {
+        if own_symtab.is_none() && debug.is_none() {
             let go = gopclntab_funcs(&file, &data);
             if !go.is_empty() {
                 for t in tables.drain(..) {
@@ -371,6 +426,9 @@ impl Module {
             named: std::sync::OnceLock::new(),
             data,
             debug,
+            debug_path,
+            debug_unread,
+            debug_dirs: dirs.clone(),
             code,
         })
     }
@@ -1250,74 +1308,6 @@ fn gopclntab_funcs(file: &object::File<'_>, data: &[u8]) -> Vec<Func> {
     out
 }
 
-/// `/usr/lib/debug/.build-id/xx/yyyy.debug` for a file's GNU build id, if it exists.
-fn debug_file(file: &object::File<'_>) -> Option<PathBuf> {
-    let id = file.build_id().ok()??;
-    if id.len() < 2 {
-        return None;
-    }
-    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let p = PathBuf::from(format!(
-        "/usr/lib/debug/.build-id/{}/{}.debug",
-        &hex[..2],
-        &hex[2..]
-    ));
-    p.exists().then_some(p)
-}
-
-/// The separate debug file a stripped `file` names in `.gnu_debuglink`, looked for as gdb
-/// does: beside the file (each of `paths`: the file read, and the path the process mapped),
-/// in its `.debug` directory, and under `/usr/lib/debug` with its directory. A candidate is
-/// taken only when its GNU build id is the file's (when the file has one; the link's CRC
-/// is not computed: reading a large debug file whole for it would cost more than the walk).
-fn debuglink_file(file: &object::File<'_>, paths: &[&Path]) -> Option<(PathBuf, Mapped)> {
-    let name = crate::cfi::section_names::debuglink_name(file)?;
-    let name = std::str::from_utf8(name).ok()?;
-    if name.is_empty() || name.contains('/') {
-        return None;
-    }
-    let id = file.build_id().ok().flatten();
-    let mut seen = Vec::new();
-    for p in paths {
-        // A relative path (`--exe prog`) is relative to the working directory.
-        let p = &if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            match std::env::current_dir() {
-                Ok(d) => d.join(p),
-                Err(_) => continue,
-            }
-        };
-        let Some(dir) = p.parent().filter(|d| d.is_absolute()) else {
-            continue;
-        };
-        for c in [
-            dir.join(name),
-            dir.join(".debug").join(name),
-            Path::new("/usr/lib/debug")
-                .join(dir.strip_prefix("/").unwrap_or(dir))
-                .join(name),
-        ] {
-            if seen.contains(&c) || c == *p {
-                continue;
-            }
-            seen.push(c.clone());
-            let Ok(m) = crate::safe_open::map(&c, &Policy::default()) else {
-                continue;
-            };
-            let same = match (id, object::File::parse(&*m).ok()) {
-                (Some(id), Some(d)) => d.build_id().ok().flatten() == Some(id),
-                (None, Some(_)) => true,
-                _ => false,
-            };
-            if same {
-                return Some((c, m));
-            }
-        }
-    }
-    None
-}
-
 /// The load bias that puts file offset `off` of `file` at runtime address `start` (`None`:
 /// the file is at its link address).
 fn placement_bias(file: &object::File<'_>, map: Option<(u64, u64)>) -> u64 {
@@ -1396,6 +1386,9 @@ pub struct Symbolizer {
     pub open_policy: Policy,
     /// Files opened so far, by (device, inode): one file under many names loads once.
     seen: HashSet<(u64, u64)>,
+    /// Where the modules' separate debug files are looked for (set it before adding modules:
+    /// `--sysroot`'s `usr/lib/debug` first).
+    pub debug_dirs: DebugDirs,
     /// Other things worth a warning about the modules (a `--exe` whose build id is not the
     /// core's).
     pub warnings: Vec<String>,
@@ -1426,7 +1419,7 @@ impl Symbolizer {
             if !self.seen.insert(f.id) {
                 return Ok(None);
             }
-            Module::from_mapped(f.map()?, path, display, bias_of).map(Some)
+            Module::from_mapped(f.map()?, path, display, &self.debug_dirs, bias_of).map(Some)
         });
         match loaded {
             Ok(Some(m)) => self.modules.push(m),
@@ -1440,9 +1433,13 @@ impl Symbolizer {
     /// its first byte (the image is mapped whole, file offset 0 at `base`). False when the
     /// bytes are not an ELF file `object` can parse.
     pub fn add_image(&mut self, bytes: Vec<u8>, display: &str, base: u64) -> bool {
-        let m = Module::from_mapped(Mapped::Owned(bytes), Path::new(display), display, |file| {
-            placement_bias(file, Some((base, 0)))
-        });
+        let m = Module::from_mapped(
+            Mapped::Owned(bytes),
+            Path::new(display),
+            display,
+            &self.debug_dirs,
+            |file| placement_bias(file, Some((base, 0))),
+        );
         match m {
             Ok(m) => {
                 self.modules.push(m);
@@ -1875,7 +1872,9 @@ mod tests {
             for sym in file.symbols().chain(file.dynamic_symbols()) {
                 add(sym);
             }
-            let debug = debug_file(&file).filter(|_| section_by_name(&file, ".symtab").is_none());
+            let debug = DebugDirs::default()
+                .for_file(&file)
+                .filter(|_| section_by_name(&file, ".symtab").is_none());
             if let Some(d) = debug.and_then(|d| std::fs::read(d).ok()) {
                 for sym in object::File::parse(&*d).unwrap().symbols() {
                     add(sym);

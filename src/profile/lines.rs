@@ -51,9 +51,12 @@ impl<'a> LineTables<'a> {
         let slot = &mut self.loaders[i];
         if slot.is_none() {
             // A stripped file's lines are in its separate debug file (found by build id or
-            // `.gnu_debuglink`), which keeps the file's addresses.
-            let from = m.separate_debug_file().unwrap_or_else(|| m.file.clone());
-            *slot = Some(addr2line::Loader::new(&from).ok());
+            // `.gnu_debuglink`), which keeps the file's addresses; DWARF that `dwz` processed
+            // refers to a supplementary file (`.gnu_debugaltlink`) for what files share.
+            let debug = m.separate_debug_file();
+            let sup = m.supplementary_debug_file(debug.as_deref());
+            let from = debug.unwrap_or_else(|| m.file.clone());
+            *slot = Some(addr2line::Loader::new_with_sup(&from, sup.as_deref()).ok());
         }
         let Some(Some(loader)) = slot.as_ref() else {
             return self.go_frames(i, pc);
@@ -84,11 +87,21 @@ impl<'a> LineTables<'a> {
                 line,
             });
         }
-        // No function names at all (a module with line tables but no DWARF functions): not
-        // useful as a chain.
+        // No function names at all: a module with line tables but no DWARF functions. A Go
+        // binary built so has its positions in `.gopclntab`; others (clang's
+        // `-gline-tables-only`) keep the line, named by the symbol table.
         if out.iter().all(|f| f.function.is_empty()) {
-            // (A Go binary built without DWARF has its positions in `.gopclntab`.)
-            return self.go_frames(i, pc);
+            let go = self.go_frames(i, pc);
+            let located = out.last().is_some_and(|f| !f.file.is_empty());
+            if !go.is_empty() || !located {
+                return go;
+            }
+            let Some(s) = self.sym.lookup(pc) else {
+                return Vec::new();
+            };
+            out.truncate(1);
+            out[0].function = s.name.to_string();
+            return out;
         }
         // The function the others were inlined into is also in the symbol table, with its
         // path: DWARF from `debug = "line-tables-only"` names it without (`on_system_stack`).

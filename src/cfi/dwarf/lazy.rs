@@ -407,7 +407,8 @@ impl ModuleCfi<'_> {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    /// Does it cover nothing (a prepared table without rows)?
+    pub fn is_empty(&self) -> bool {
         match self {
             ModuleCfi::Prepared(t) => t.is_empty(),
             ModuleCfi::Lazy(_) => false,
