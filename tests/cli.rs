@@ -1005,6 +1005,64 @@ fn a_threaded_aarch64_core_s_workers_end_whole_at_thread_start() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// aarch64 code built with `-mbranch-protection=pac-ret` (Ubuntu's and Fedora's arm64 builds)
+/// signs its return addresses and marks that in its CFI (`DW_CFA_AARCH64_negate_ra_state`),
+/// which gimli reads only when told the CFI is aarch64's: every such FDE was refused ("no
+/// usable CFI"), Dwarf stopped at the first signed function and Hybrid, guessing by frame
+/// records in code without them, reported `abort_gamma` -> `__libc_start_main` whole,
+/// without the three frames in between. Run signed (`QEMU_CPU=max`: PAC on).
+#[test]
+fn pac_signed_aarch64_functions_are_walked_by_their_cfi() {
+    if !need("qemu-aarch64", "--version") || !need("aarch64-linux-gnu-gcc", "--version") {
+        return;
+    }
+    let d = tmp("a64-pac");
+    let out = Command::new("bash")
+        .arg(fixtures().join("c/make-core.sh"))
+        .args(["aarch64", "abort", p(&d)])
+        .env(
+            "CHAIN_CFLAGS",
+            "-static -O1 -fomit-frame-pointer -fno-optimize-sibling-calls \
+             -mbranch-protection=pac-ret",
+        )
+        .env("QEMU_CPU", "max")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let core = d.join("core-aarch64-abort");
+    for mode in ["hybrid", "dwarf"] {
+        let out = run(&[
+            "stack",
+            "--core",
+            p(&core),
+            "--mode",
+            mode,
+            "--format",
+            "json",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("no usable CFI"), "{mode}: {err}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let t = &v["threads"][0];
+        let s = symbols(t);
+        assert!(
+            has_run(&s, &["abort_gamma", "abort_beta", "abort_alpha", "main"]),
+            "{mode}: {s:?}"
+        );
+        assert_eq!(
+            s.last().map(String::as_str),
+            Some("_start"),
+            "{mode}: {s:?}"
+        );
+        assert_eq!(t["truncated"], false, "{mode}: {t}");
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
 #[test]
 fn a_qemu_core_naming_its_executable_by_a_relative_path() {
     // qemu-user cores list no mapped files; the executable is the auxv's AT_EXECFN, here

@@ -329,6 +329,18 @@ fn regnums(arch: ArchKind) -> RegNums {
     }
 }
 
+/// gimli's vendor for `arch`'s CFI: on aarch64, `DW_CFA_AARCH64_negate_ra_state` (0x2d, in
+/// every function built with `-mbranch-protection=pac-ret` or `standard`, as Ubuntu and Fedora
+/// build arm64) is an instruction gimli reads only for [`gimli::Vendor::AArch64`]; for any
+/// other vendor such an FDE does not parse. (The return addresses it marks as signed are
+/// stripped of their PAC bits by the walk.)
+pub(crate) fn vendor(arch: ArchKind) -> gimli::Vendor {
+    match arch {
+        ArchKind::Aarch64 => gimli::Vendor::AArch64,
+        ArchKind::X86_64 => gimli::Vendor::Default,
+    }
+}
+
 /// Where a module's CFI sections are, as slices with their link-time (SVMA) addresses.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sections<'a> {
@@ -394,12 +406,14 @@ impl PreparedCfi {
             }
             let mut s = EhFrame::new(data, LittleEndian);
             s.set_address_size(8);
+            s.set_vendor(vendor(arch));
             collect(&s, &bases, regs, &mut raw, &mut fdes)?;
             // A cgo binary: `.eh_frame` comes from the C objects, Go's own functions are
             // only in `.debug_frame`. Add the FDEs `.eh_frame` does not cover.
             if let Some(data) = sections.debug_frame {
                 let mut s = DebugFrame::new(data, LittleEndian);
                 s.set_address_size(8);
+                s.set_vendor(vendor(arch));
                 let (mut more, mut more_fdes) = (Vec::new(), Vec::new());
                 collect(
                     &s,
@@ -427,6 +441,7 @@ impl PreparedCfi {
         } else if let Some(data) = sections.debug_frame {
             let mut s = DebugFrame::new(data, LittleEndian);
             s.set_address_size(8);
+            s.set_vendor(vendor(arch));
             collect(&s, &BaseAddresses::default(), regs, &mut raw, &mut fdes)?;
         } else {
             return Err(CfiError::NoCfi);

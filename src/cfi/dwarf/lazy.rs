@@ -145,6 +145,7 @@ impl<'d> LazyCfi<'d> {
         let table = hdr.get(12..12 + count.checked_mul(8)?)?;
         let mut eh_frame = EhFrame::new(data, LittleEndian);
         eh_frame.set_address_size(8);
+        eh_frame.set_vendor(vendor(arch));
         let mut t = LazyCfi {
             bias,
             name: name.to_string(),
