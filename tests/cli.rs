@@ -668,6 +668,15 @@ fn bad_input_exits_2_with_one_line() {
         &["stack", "--core", p(&c), "--max-frames", "many"],
         "--max-frames",
     );
+    // Over the limit of all threads' frames: walked, with a warning that says what was kept
+    // (it was cut to the limit without a word).
+    let over = run(&["stack", "--core", p(&c), "--max-frames", "400000"]);
+    assert!(over.status.success());
+    let err = String::from_utf8_lossy(&over.stderr);
+    assert!(
+        err.contains("--max-frames 400000 is over the limit of 262144 frames"),
+        "{err}"
+    );
     // The demo's output directory is checked before its run, and named.
     let file = d.join("a-file");
     std::fs::write(&file, b"x").unwrap();

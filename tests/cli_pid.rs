@@ -833,6 +833,86 @@ int main(void) {
     }
 }
 
+/// A process killed (SIGKILL) while `unwind` holds its threads: the threads walked before the
+/// kill are reported, those killed while held are left out with a warning, or, killed before
+/// any walk finished, exit 2 saying so. Before, every killed thread was listed with one frame,
+/// `truncated: unreadable frame record`, exit 0 and no word (found by outside use). The kill
+/// lands at fractions of an undisturbed walk's time; where it lands varies, what is reported
+/// must not.
+#[test]
+fn a_process_killed_while_held() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("killed-held");
+    let exe = compile(
+        &dir.0,
+        "gcc",
+        "many.c",
+        r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static void *worker(void *a) { (void)a; for (;;) pause(); }
+int main(void) {
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setstacksize(&at, 64 * 1024);
+    for (int i = 0; i < 1500; i++) { pthread_t t; pthread_create(&t, &at, worker, 0); }
+    printf("ready\n"); fflush(stdout);
+    for (;;) pause();
+}
+"#,
+        &["-O1", "-pthread"],
+    );
+    let whole = {
+        let t = Target::start(&mut Command::new(&exe));
+        let started = Instant::now();
+        let out = run(&pid_args(t.pid()));
+        assert!(out.status.success());
+        started.elapsed()
+    };
+    let (mut partial, mut refused) = (0, 0);
+    for tenth in 1..=9 {
+        let mut t = Target::start(&mut Command::new(&exe));
+        let u = Command::new(BIN)
+            .args(json_args(t.pid()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(whole * tenth / 10);
+        let _ = t.child.kill();
+        let out = u.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert!(
+                [
+                    "killed while it was being walked",
+                    "exited before",
+                    "zombie",
+                    "No such process"
+                ]
+                .iter()
+                .any(|w| err.contains(w)),
+                "{err}"
+            );
+            refused += 1;
+            continue;
+        }
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for th in r["threads"].as_array().unwrap() {
+            assert_eq!(
+                th["truncated"], false,
+                "a killed thread reported: {th}\n{err}"
+            );
+        }
+        partial += usize::from(err.contains("killed while held: left out"));
+    }
+    eprintln!("kills mid-walk: {partial} partial reports, {refused} refused, of 9");
+}
+
 /// The Rust fixture, (re)built with this test's profile.
 fn rust_fixture() -> PathBuf {
     let exe = Path::new(BIN)

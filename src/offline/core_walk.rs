@@ -887,6 +887,13 @@ pub fn unwind_paused<P: Pause>(
         0 => MAX_FRAMES,
         n => n.min(MAX_TOTAL_FRAMES),
     };
+    if opts.max_frames > MAX_TOTAL_FRAMES {
+        warnings.push(format!(
+            "--max-frames {} is over the limit of {MAX_TOTAL_FRAMES} frames: a thread keeps at \
+             most {MAX_TOTAL_FRAMES}",
+            opts.max_frames
+        ));
+    }
     let cx = Walks {
         max_frames,
         core,

@@ -77,6 +77,8 @@ pub enum ProcessError {
     PermissionDenied(u32, String),
     /// Every thread exited before it could be stopped.
     Exited(u32),
+    /// Every thread was killed while held (a `SIGKILL` ends a ptrace stop): no walk finished.
+    KilledWhileHeld(u32),
     /// Another system error: (what, error).
     Io(String, std::io::Error),
     /// Reading a module failed in a way a core would report.
@@ -113,6 +115,9 @@ impl fmt::Display for ProcessError {
                 write!(f, "not permitted to trace process {p}: {why}")
             }
             ProcessError::Exited(p) => write!(f, "process {p} exited before it could be stopped"),
+            ProcessError::KilledWhileHeld(p) => {
+                write!(f, "process {p} was killed while it was being walked")
+            }
             ProcessError::Io(what, e) => write!(f, "{what}: {e}"),
             ProcessError::Core(e) => e.fmt(f),
             ProcessError::WrongArch(p, what) => write!(
@@ -223,6 +228,22 @@ fn unwind_once(
     *leftover = std::mem::take(&mut stopper.leftover);
     let mut report = walked?;
     report.paused = Some(stopper.paused);
+    // A thread killed while held (`SIGKILL` ends a ptrace stop; so does another thread's
+    // `execve`) was walked through memory that was going: its walk stopped early and the
+    // thread is gone. Left out, as a thread that exits before the stop is.
+    let before = report.threads.len();
+    report
+        .threads
+        .retain(|t| !(t.stop.stopped_early() && thread_gone(pid, t.tid)));
+    let killed = before - report.threads.len();
+    if killed > 0 && report.threads.is_empty() {
+        return Err(ProcessError::KilledWhileHeld(pid));
+    }
+    if killed > 0 {
+        report
+            .warnings
+            .push(format!("{killed} threads were killed while held: left out"));
+    }
     for tid in &stopper.left_out {
         report.warnings.push(format!(
             "thread {tid} did not stop within {} s (uninterruptible sleep?): left out",
@@ -249,6 +270,18 @@ fn code_mappings(vmas: &[Vma]) -> Vec<(Range, u64, (u32, u32, u64))> {
         .filter(|v| v.exec && (v.file_id.2 != 0 || v.path == "[vdso]"))
         .map(|v| (v.range, v.offset, v.file_id))
         .collect()
+}
+
+/// Has thread `tid` of process `pid` exited (no `/proc` entry, or a zombie)?
+fn thread_gone(pid: u32, tid: u32) -> bool {
+    match read_text(&format!("/proc/{pid}/task/{tid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name's closing parenthesis.
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s[i + 1..].trim_start().chars().next())
+            .is_none_or(|c| matches!(c, 'Z' | 'X')),
+    }
 }
 
 /// Whose `/proc` entries show the process's memory: `pid`, or a live thread of it when the
