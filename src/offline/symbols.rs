@@ -1495,6 +1495,14 @@ impl Symbolizer {
     /// Modules of the running process, from `/proc/self/maps`, and the vDSO (`[vdso]`, copied
     /// from this process's memory: no file holds it). Not async-signal-safe.
     pub fn for_current_process() -> Self {
+        // The profilers' own work: left out of a heap profile.
+        #[cfg(feature = "profilers")]
+        return crate::heap::unsampled(Self::for_current_process_unsampled);
+        #[cfg(not(feature = "profilers"))]
+        Self::for_current_process_unsampled()
+    }
+
+    fn for_current_process_unsampled() -> Self {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
         let parsed = crate::process::parse_maps(&maps);
         let vdso = parsed.iter().find(|v| v.path == "[vdso]").map(|v| v.range);

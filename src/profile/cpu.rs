@@ -1040,6 +1040,12 @@ impl CpuProfiler {
     /// Starts profiling: calls [`crate::init`], installs the SIGPROF handler, starts the
     /// collector and arms the timers. Fails if a profiler already runs.
     pub fn start(config: Config) -> Result<CpuProfiler, Error> {
+        // Its own allocations (the thread scan, the timers' table, the collector's buffers)
+        // are not the program's: left out of a heap profile.
+        crate::heap::unsampled(|| Self::start_unsampled(config))
+    }
+
+    fn start_unsampled(config: Config) -> Result<CpuProfiler, Error> {
         if config.frequency_hz == 0 || config.frequency_hz > 1_000_000 {
             return Err(Error::BadFrequency);
         }
@@ -1226,7 +1232,11 @@ impl CpuProfiler {
     }
 
     /// Stops the timers, waits for running handlers, collects the rest and returns the profile.
-    pub fn stop(mut self) -> CpuProfile {
+    pub fn stop(self) -> CpuProfile {
+        crate::heap::unsampled(move || self.stop_unsampled())
+    }
+
+    fn stop_unsampled(mut self) -> CpuProfile {
         self.halt();
         let inherited = self.pid != std::process::id();
         let collected = if inherited {
@@ -1384,6 +1394,10 @@ impl CpuProfile {
     /// them) so totals stay true. Without per-thread samples ([`CpuProfile::threads`] empty),
     /// [`CpuProfile::stacks`] unlabelled.
     pub fn to_profile(&self, policy: &Policy, classifier: &Classifier) -> Profile {
+        crate::heap::unsampled(|| self.to_profile_unsampled(policy, classifier))
+    }
+
+    fn to_profile_unsampled(&self, policy: &Policy, classifier: &Classifier) -> Profile {
         if let Some(parent) = self.stats.inherited_from {
             eprintln!(
                 "unwind: warning: this CPU profiler was started by process {parent}, before a \

@@ -1682,6 +1682,10 @@ fn warn_unless_installed() {
 }
 
 fn start_inner(rate: u64) {
+    unsampled(|| start_unsampled(rate))
+}
+
+fn start_unsampled(rate: u64) {
     warn_unless_installed();
     super::fork::register();
     let _g = control();
@@ -1704,6 +1708,10 @@ fn start_inner(rate: u64) {
 /// [`start`] with a classifier of your own (runtime ranges, system switches): it replaces the
 /// current one (the old one is leaked, as allocator calls may still read it).
 pub fn start_with_classifier(rate: u64, classifier: Classifier) {
+    unsampled(|| start_with_classifier_unsampled(rate, classifier))
+}
+
+fn start_with_classifier_unsampled(rate: u64, classifier: Classifier) {
     warn_unless_installed();
     super::fork::register();
     let _g = control();
@@ -1866,6 +1874,10 @@ pub fn snapshot() -> Vec<HeapSample> {
 /// `inuse_space/bytes`; `go tool pprof` shows the last by default) and period `rate` bytes of
 /// type `space/bytes`. Every address is a return address (`exact_leaf` false). Allocates.
 pub fn to_profile(samples: &[HeapSample], rate: u64) -> crate::profile::Profile {
+    unsampled(|| to_profile_unsampled(samples, rate))
+}
+
+fn to_profile_unsampled(samples: &[HeapSample], rate: u64) -> crate::profile::Profile {
     crate::module_watch::warn_once_frame_records_missing(SHARED.mode.load(Ordering::Relaxed) == 0);
     crate::module_watch::warn_unloaded(unloaded());
     let mut p = crate::profile::Profile::new(

@@ -101,6 +101,10 @@ impl Profile {
 
     /// Merges samples with the same stack and labels (summing their values).
     pub fn merge_identical(&mut self) {
+        crate::heap::unsampled(|| self.merge_identical_unsampled())
+    }
+
+    fn merge_identical_unsampled(&mut self) {
         let mut at: HashMap<SampleKey, usize> = HashMap::new();
         let mut out: Vec<Sample> = Vec::with_capacity(self.samples.len());
         for s in self.samples.drain(..) {
