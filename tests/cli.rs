@@ -1072,6 +1072,34 @@ fn pac_signed_aarch64_functions_are_walked_by_their_cfi() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// An aarch64 function whose CFI keeps the return address in the link register while it
+/// calls on (a `noreturn` call its compiler left frameless: libstd's panic path, here
+/// chain.c's `lost_ra_leaf` calling `abort`): the call overwrote it, so its caller is lost.
+/// Hybrid read the frame record there instead, an older frame's, and reported
+/// `lost_ra_leaf` -> `main` whole, without `lost_caller` (found by outside use on Rust
+/// `panic=abort` cores); it now stops there, truncated, as Dwarf does.
+#[test]
+fn a_return_address_lost_in_the_link_register_ends_the_walk_truncated() {
+    if !need("qemu-aarch64", "--version") || !need("aarch64-linux-gnu-gcc", "--version") {
+        return;
+    }
+    let d = tmp("a64-lostra");
+    let (core, _) = fresh_core_for("aarch64", "lostra", &d, "-static -fno-omit-frame-pointer");
+    for mode in ["hybrid", "dwarf"] {
+        let v = json(&["stack", "--core", p(&core), "--mode", mode]);
+        let t = &v["threads"][0];
+        let s = symbols(t);
+        assert_eq!(
+            s.last().map(String::as_str),
+            Some("lost_ra_leaf"),
+            "{mode}: {s:?}"
+        );
+        assert!(s.iter().any(|f| f == "abort"), "{mode}: {s:?}");
+        assert_eq!(t["truncated"], true, "{mode}: {t}");
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
 #[test]
 fn a_qemu_core_naming_its_executable_by_a_relative_path() {
     // qemu-user cores list no mapped files; the executable is the auxv's AT_EXECFN, here

@@ -274,6 +274,7 @@ impl CfiRow {
                 None => return CfiStep::Failed,
             },
             RA_LR if exact && regs.lr != 0 => regs.lr,
+            RA_LR if !exact => return CfiStep::ReturnAddressLost,
             RA_LR => return CfiStep::Failed,
             _ => 0, // undefined: the outermost frame
         };

@@ -61,6 +61,11 @@ pub enum CfiStep {
     NoInfo,
     /// CFI exists but could not be evaluated (unsupported expression, unreadable memory).
     Failed,
+    /// The CFI says the return address is in the link register, at a frame that is not the
+    /// interrupted one (aarch64): the function called on (a `noreturn` call: `abort`, a
+    /// panic's) without saving it, so the call overwrote it and the caller is lost. A frame
+    /// record read there would be an older frame's, skipping the caller: the walk stops.
+    ReturnAddressLost,
 }
 
 /// Call-frame information, as the walker uses it. Implementations must be bounded and must not
@@ -1036,6 +1041,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                     signal = true;
                 }
                 CfiStep::FramePointer => {}
+                CfiStep::ReturnAddressLost => return Err(StopReason::NoUnwindInfo),
                 CfiStep::NoInfo | CfiStep::Failed if self.mode == Mode::Dwarf => {
                     return Err(StopReason::NoUnwindInfo)
                 }
