@@ -135,6 +135,10 @@ fn check(frame_pointers: bool) {
         "{fp_err}"
     );
     assert!(!fp_err.contains("DWARF CFI"), "{fp_err}");
+    // Its heap samples: none an empty stack that does not say it was cut.
+    let fp_out = String::from_utf8_lossy(&out.stdout);
+    assert!(fp_out.contains("heap_fp_empty=0"), "{fp_out}");
+    assert!(!fp_out.contains("heap_fp_samples=0 "), "{fp_out}");
 
     // A signal's capture asked for two frames: cut by that depth, said so (without frame
     // pointers it said "buffer full").

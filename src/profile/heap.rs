@@ -808,8 +808,9 @@ fn record(addr: u64, size: u64) {
     let c = SHARED.classifier.load(Ordering::Acquire);
     let full = t.stop == crate::frame::StopReason::BufferFull;
     // A walk by CFI that stopped short of the root: the profile marks the stack cut, as a cut
-    // one (see `cpu::mark_cut_short`).
-    let short = unwinder.is_some() && t.stop.stopped_early();
+    // one (see `cpu::mark_cut_short`). So does a frame-record walk that gave nothing (a build
+    // without frame pointers: an empty stack, which folded output would drop, bytes and all).
+    let short = t.stop.stopped_early() && (unwinder.is_some() || t.len == 0);
     // This thread's last sample, when it captured the same frames under the same classifier:
     // the policy's answer and the stack's slot are those of that sample (see `Last`).
     let known = last
