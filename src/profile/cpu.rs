@@ -229,6 +229,27 @@ pub struct Stats {
     /// what is mapped at their addresses when the profile is written
     /// ([`crate::module_watch::warn_unloaded`], which [`CpuProfile::to_profile`] calls).
     pub unloaded: u32,
+    /// CPU time the whole process used while the profiler ran (`getrusage`: every thread's,
+    /// the profiler's own included; zero in a `fork` child), to compare with the samples'.
+    pub process_cpu: Duration,
+    /// Every thread's CPU time was sampled by a timer of its own ([`TimerMode::PerThread`],
+    /// [`Clock::ThreadCpu`], [`Threads::All`]): threads that live shorter than the collector's
+    /// scan get none (see [`CpuProfile::warnings`]).
+    pub per_thread_cpu_timers: bool,
+}
+
+/// CPU time the process has used (`getrusage(RUSAGE_SELF)`: user and system, every thread).
+fn process_cpu_time() -> Duration {
+    // SAFETY: an all-zero `rusage` is valid; getrusage writes it whole or fails.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid out-pointer for the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1034,6 +1055,8 @@ pub struct CpuProfiler {
     pid: u32,
     /// [`crate::module_watch::unloads`] at the start.
     unloads_at_start: u32,
+    /// The process's CPU time at the start ([`Stats::process_cpu`]).
+    cpu_at_start: Duration,
 }
 
 impl CpuProfiler {
@@ -1052,6 +1075,7 @@ impl CpuProfiler {
         crate::init();
         super::fork::register();
         let unloads_at_start = crate::module_watch::unloads();
+        let cpu_at_start = process_cpu_time();
         let cfi = config.walks_by_cfi();
         if cfi {
             // Prepares every loaded module's CFI here, not in the handler, and keeps it
@@ -1185,6 +1209,7 @@ impl CpuProfiler {
             stopped: false,
             pid: std::process::id(),
             unloads_at_start,
+            cpu_at_start,
         };
         if let Err(e) = armed {
             p.halt();
@@ -1204,6 +1229,9 @@ impl CpuProfiler {
             missing_frame_records: crate::module_watch::program_keeps_frame_records()
                 == Some(false),
             frame_records_only: !self.config.walks_by_cfi(),
+            per_thread_cpu_timers: self.config.timer == TimerMode::PerThread
+                && self.config.clock == Clock::ThreadCpu
+                && self.config.threads == Threads::All,
             ..Stats::default()
         };
         if self.pid != std::process::id() {
@@ -1222,6 +1250,7 @@ impl CpuProfiler {
             timer_errors: TIMER_ERRORS.load(Ordering::Relaxed),
             on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
             unloaded: crate::module_watch::unloads().wrapping_sub(self.unloads_at_start),
+            process_cpu: process_cpu_time().saturating_sub(self.cpu_at_start),
             ..build
         }
     }
@@ -1397,14 +1426,45 @@ impl CpuProfile {
         crate::heap::unsampled(|| self.to_profile_unsampled(policy, classifier))
     }
 
-    fn to_profile_unsampled(&self, policy: &Policy, classifier: &Classifier) -> Profile {
+    /// What this profile's reader should know that it does not show, one line each (what
+    /// [`CpuProfile::to_profile`] prints on standard error, beside the build's warnings): a
+    /// `fork` child's inherited profiler, and samples that hold less than half the CPU time
+    /// the process used (threads that lived shorter than the collector's 50 ms scan, or ran
+    /// between two of its looks, got no per-thread timer: [`TimerMode::Process`] samples
+    /// them).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
         if let Some(parent) = self.stats.inherited_from {
-            eprintln!(
-                "unwind: warning: this CPU profiler was started by process {parent}, before a \
-                 fork: it samples nothing in the child (whose profile this is: empty); start a \
-                 profiler in the child to profile it"
-            );
-        } else if self.stats.missing_frame_records {
+            w.push(format!(
+                "this CPU profiler was started by process {parent}, before a fork: it samples \
+                 nothing in the child (whose profile this is: empty); start a profiler in the \
+                 child to profile it"
+            ));
+            return w;
+        }
+        // Timers of thread CPU time tick at the kernel's HZ (100 at least): a period under
+        // 10 ms samples at most every 10 ms.
+        let period = self.period.max(Duration::from_millis(10));
+        let samples = self.stats.recorded + self.stats.overruns;
+        let sampled = period.saturating_mul(u32::try_from(samples).unwrap_or(u32::MAX));
+        let used = self.stats.process_cpu;
+        if self.stats.per_thread_cpu_timers && used >= period * 20 && sampled < used / 2 {
+            w.push(format!(
+                "the profile holds {} ms of the {} ms of CPU time the process used while it \
+                 ran: threads that lived shorter than the profiler's 50 ms scan of threads got \
+                 no timer; TimerMode::Process samples the whole process's CPU time",
+                sampled.as_millis(),
+                used.as_millis()
+            ));
+        }
+        w
+    }
+
+    fn to_profile_unsampled(&self, policy: &Policy, classifier: &Classifier) -> Profile {
+        for w in self.warnings() {
+            eprintln!("unwind: warning: {w}");
+        }
+        if self.stats.inherited_from.is_none() && self.stats.missing_frame_records {
             crate::module_watch::warn_once_frame_records_missing(self.stats.frame_records_only);
         }
         crate::module_watch::warn_unloaded(self.stats.unloaded);
