@@ -104,6 +104,10 @@ impl Arch for X86_64 {
 /// - `mov %rsp,%rbp` (`48 89 e5`, after the push): at rsp + 8;
 /// - Go's prologue `sub $n,%rsp; mov %rbp,d(%rsp); lea d(%rsp),%rbp`: at rsp when pc is on
 ///   the `sub` (followed by that `mov`), at rsp + d + 8 when on the `mov` or the `lea`.
+/// - a `ret` (`c3`), or register tests and short conditional jumps that fall through to one
+///   (glibc's `clone3` and `clone` after their `syscall`, which no FDE covers: `test
+///   %rax,%rax; jl; je; ret`, where a thread creating a thread is stopped): at rsp, nothing
+///   being on the stack above it on that path.
 ///
 /// Anything else: `None` (the frame record decides).
 pub fn prologue_ra_slot(
@@ -122,8 +126,22 @@ pub fn prologue_ra_slot(
     // mov %rbp,d8(%rsp) / lea d8(%rsp),%rbp
     let mov_rbp = |b: &[u8]| b.len() >= 5 && b[..4] == [0x48, 0x89, 0x6c, 0x24];
     let lea_rbp = |b: &[u8]| b.len() >= 5 && b[..4] == [0x48, 0x8d, 0x6c, 0x24];
+    // At most four instructions to a `ret`: `test r64,r64` (register form) and `jcc rel8`.
+    let falls_to_ret = || {
+        let mut i = 0;
+        for _ in 0..4 {
+            match c.get(i..) {
+                Some([0xc3, ..]) => return true,
+                Some([0x48, 0x85, m, ..]) if m & 0xc0 == 0xc0 => i += 3,
+                Some([0x70..=0x7f, _, ..]) => i += 2,
+                _ => return false,
+            }
+        }
+        false
+    };
     match c {
         [0x55, ..] => Some(sp),
+        _ if falls_to_ret() => Some(sp),
         [0x48, 0x89, 0xe5, ..] => sp.checked_add(8),
         [0x48, 0x83, 0xec, _, ..] if mov_rbp(&c[4..]) => Some(sp),
         [0x48, 0x81, 0xec, _, _, _, _, ..] if mov_rbp(&c[7..]) => Some(sp),

@@ -571,6 +571,81 @@ fn a_return_address_in_no_code_ends_the_walk_truncated() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// A thread caught creating a thread, at `clone3`'s return in the parent (where `--pid`'s
+/// stop lands it often: the syscall's exit): glibc's FDE ends before the `syscall`, so that pc
+/// has no CFI, and the walk stopped at its first frame. The code there (`test; jl; je; ret`)
+/// leaves the return address at sp, as gdb finds it. The core is gdb's, stopped at that
+/// return by `catch syscall clone3`.
+#[test]
+fn a_thread_at_clone3_s_return_keeps_its_callers() {
+    if !cfg!(target_arch = "x86_64") || !need("gcc", "--version") || !need("gdb", "--version") {
+        return;
+    }
+    let d = tmp("clone3");
+    let src = d.join("spawn.c");
+    std::fs::write(
+        &src,
+        "#include <pthread.h>\n#include <unistd.h>\n\
+         static void *worker(void *a) { (void)a; for (;;) pause(); }\n\
+         int main(void) { pthread_t t; pthread_create(&t, 0, worker, 0); for (;;) pause(); }\n",
+    )
+    .unwrap();
+    let exe = d.join("spawn");
+    let ok = Command::new("gcc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let core = d.join("clone3.core");
+    let out = Command::new("gdb")
+        .args(["-batch", "-nx", "-ex", "set pagination off"])
+        .args([
+            "-ex",
+            "catch syscall clone3",
+            "-ex",
+            "run",
+            "-ex",
+            "continue",
+        ])
+        .args(["-ex", &format!("gcore {}", core.display()), "-ex", "kill"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(
+        core.exists(),
+        "gdb wrote no core: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for mode in ["hybrid", "fp"] {
+        let v = json(&[
+            "stack",
+            "--core",
+            p(&core),
+            "--exe",
+            p(&exe),
+            "--mode",
+            mode,
+        ]);
+        let parent = v["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| symbols(t).first().is_some_and(|s| s == "clone3"))
+            .unwrap_or_else(|| panic!("{mode}: no thread at clone3: {v}"));
+        let s = symbols(parent);
+        if mode == "hybrid" {
+            assert!(s.iter().any(|f| f == "pthread_create"), "{s:?}");
+            assert!(s.iter().any(|f| f == "main"), "{s:?}");
+        } else {
+            // glibc keeps no frame records: its caller, found at sp, then the end.
+            assert!(s.len() >= 2, "{mode}: {s:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
 // ---- bad input ----
 
 /// Exit status 2, nothing on stdout, one line on stderr naming the problem.

@@ -743,7 +743,8 @@ fn cfi_from_a_fifo_or_a_device_is_an_error() {
 #[test]
 fn many_threads_on_one_deep_stack() {
     let d = tmp("deep");
-    let code = vec![0x90u8; 64];
+    // Code that holds every return address (one outside executable memory ends a walk).
+    let code = vec![0x90u8; 2048];
     let (base, depth) = (0x7000_0000u64, 1000u64);
     let mut stack = vec![0u8; (depth as usize + 1) * 16];
     for i in 0..depth {

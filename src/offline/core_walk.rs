@@ -1724,5 +1724,16 @@ mod tests {
         assert_eq!(slot(&pad(&[0x48, 0x83, 0xec, 0x38, 0x90]), 0x8000), None);
         assert_eq!(slot(&pad(&[0x90, 0x55]), 0x8000), None);
         assert_eq!(slot(&[0x55], 0x8000), None);
+        // glibc's clone3 after its syscall: test %rax,%rax; jl; je; ret (each point of it),
+        // and a plain ret.
+        let clone3 = [0x48, 0x85, 0xc0, 0x7c, 0x18, 0x74, 0x01, 0xc3];
+        for at in [0, 3, 5, 7] {
+            assert_eq!(slot(&pad(&clone3[at..]), 0x8000), Some(0x8000), "at {at}");
+        }
+        // A test of memory (not a register), a pop before the ret, five steps: not taken.
+        assert_eq!(slot(&pad(&[0x48, 0x85, 0x07, 0xc3]), 0x8000), None);
+        assert_eq!(slot(&pad(&[0x5b, 0xc3]), 0x8000), None);
+        let far = [0x74, 0, 0x74, 0, 0x74, 0, 0x74, 0, 0xc3];
+        assert_eq!(slot(&pad(&far), 0x8000), None);
     }
 }
