@@ -342,3 +342,55 @@ fn clang_line_tables_only_give_lines() {
     let (_, line) = f.iter().find(|(n, _)| n == "level2").unwrap();
     assert!(line.ends_with("prog.c:13"), "{f:?}");
 }
+
+/// Fedora's and RHEL's MiniDebugInfo: a stripped program carries, in `.gnu_debugdata`, an
+/// xz-compressed ELF file whose symbol table names the functions `.dynsym` does not (made
+/// here as Fedora's `find-debuginfo` makes it). Its static functions are named (they were `?`).
+#[test]
+fn mini_debuginfo_names_local_functions() {
+    if !tools(&["strip", "nm", "xz"]) {
+        return;
+    }
+    let d = TempDir::new("minidebuginfo");
+    let exe = build(d.path(), "gcc", "prog", &["-O1", "-g"]);
+    let nm = |args: &[&str]| {
+        let o = Command::new("nm").args(args).arg(&exe).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let dynamic: Vec<String> = nm(&["-D", "--format=posix", "--defined-only"])
+        .lines()
+        .filter_map(|l| l.split(' ').next().map(str::to_string))
+        .collect();
+    let keep: String = nm(&["--format=posix", "--defined-only"])
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (name, kind) = (f.next()?, f.next()?);
+            (matches!(kind, "T" | "t") && !dynamic.iter().any(|d| d == name))
+                .then(|| format!("{name}\n"))
+        })
+        .collect();
+    assert!(keep.contains("level2\n"), "{keep}");
+    let keep_file = d.path().join("keep_symbols");
+    std::fs::write(&keep_file, keep).unwrap();
+    let mini = d.path().join("mini_debuginfo");
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&exe)
+        .arg(&mini));
+    run(Command::new("objcopy")
+        .args(["-S", "--remove-section", ".comment"])
+        .arg(format!("--keep-symbols={}", keep_file.display()))
+        .arg(&mini));
+    run(Command::new("strip").args(["--strip-all"]).arg(&exe));
+    run(Command::new("xz").arg(&mini));
+    run(Command::new("objcopy")
+        .arg(format!(
+            "--add-section=.gnu_debugdata={}.xz",
+            mini.display()
+        ))
+        .arg(&exe));
+    let core = core_of(&exe, || {});
+    let f = frames(&core, &[]);
+    assert!(has_chain(&f), "{:?}", names(&f));
+}

@@ -340,6 +340,10 @@ impl Module {
                 }
             }
         }
+        // No debug file: Fedora's and RHEL's MiniDebugInfo names the local functions.
+        if own_symtab.is_none() && debug.is_none() {
+            debug = mini_debuginfo(&file).map(Mapped::Owned);
+        }
         // 64-bit ELF (every core this crate reads): the symbol tables are read in place, when
         // first needed, names only delimited (their UTF-8 is checked when they are used);
         // other files through `object`, at once.
@@ -1306,6 +1310,37 @@ fn gopclntab_funcs(file: &object::File<'_>, data: &[u8]) -> Vec<Func> {
         });
     }
     out
+}
+
+/// MiniDebugInfo (`.gnu_debugdata`, in Fedora's and RHEL's binaries and libraries): an
+/// xz-compressed ELF file whose `.symtab` holds the functions `.dynsym` leaves out (the local
+/// ones), as gdb, eu-stack and perf read it. Decompressed up to 256 MiB; `None` without one, or
+/// where it does not decompress to an ELF file.
+fn mini_debuginfo(file: &object::File<'_>) -> Option<Vec<u8>> {
+    let data = section_by_name(file, ".gnu_debugdata")?.data().ok()?;
+    if data.is_empty() || data.len() > 64 << 20 {
+        return None;
+    }
+    /// A writer that refuses more than `MAX` bytes (a hostile section's xz stream can claim
+    /// any size).
+    struct Capped(Vec<u8>);
+    impl std::io::Write for Capped {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            const MAX: usize = 256 << 20;
+            if self.0.len() + b.len() > MAX {
+                return Err(std::io::Error::other("MiniDebugInfo over 256 MiB"));
+            }
+            self.0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped(Vec::new());
+    lzma_rs::xz_decompress(&mut std::io::BufReader::new(data), &mut out).ok()?;
+    object::File::parse(&*out.0).ok()?;
+    Some(out.0)
 }
 
 /// The load bias that puts file offset `off` of `file` at runtime address `start` (`None`:
