@@ -309,6 +309,13 @@ fn exe_matches(exe: &std::path::Path, arch: unwind::ArchKind) -> Result<(), Stri
     if h[4] != 2 || h[5] != 1 {
         return Err("not a 64-bit little-endian ELF file, as the core's executable is".into());
     }
+    match u16::from_le_bytes([h[16], h[17]]) {
+        1 => {
+            return Err("a relocatable object file (.o), not the program: pass the program".into())
+        }
+        4 => return Err("a core file, not the program".into()),
+        _ => {}
+    }
     let machine = u16::from_le_bytes([h[18], h[19]]);
     let (want, core_name) = match arch {
         unwind::ArchKind::X86_64 => (62, "x86_64"),
@@ -323,6 +330,23 @@ fn exe_matches(exe: &std::path::Path, arch: unwind::ArchKind) -> Result<(), Stri
         return Err(format!(
             "built for {theirs}, the core is {core_name}: wrong architecture"
         ));
+    }
+    // A separate debug file (`objcopy --only-keep-debug`): its sections hold no code.
+    let debug_only = unwind::safe_open::map(exe, &Default::default())
+        .ok()
+        .is_some_and(|m| {
+            use object::{Object, ObjectSection};
+            object::File::parse(&*m).is_ok_and(|f| {
+                f.section_by_name(".text")
+                    .is_some_and(|t| t.size() > 0 && t.file_range().is_none())
+            })
+        });
+    if debug_only {
+        return Err(
+            "a separate debug file (its code is not in it), not the program: pass the program \
+             (its debug file is found beside it, by its debug link or build id)"
+                .into(),
+        );
     }
     Ok(())
 }

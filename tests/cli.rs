@@ -704,6 +704,30 @@ fn bad_input_exits_2_with_one_line() {
         &["stack", "--core", p(&c), "--exe", p(&d.join("no-exe"))],
         "no such file",
     );
+    // An object file (e_type ET_REL) or a separate debug file given as the program: refused
+    // with what it is (they were taken silently, every frame `?`: outside use).
+    let mut obj = std::fs::read(exe("x86_64")).unwrap();
+    obj[16..18].copy_from_slice(&1u16.to_le_bytes());
+    let obj_path = d.join("prog.o");
+    std::fs::write(&obj_path, &obj).unwrap();
+    assert_bad(
+        &["stack", "--core", p(&c), "--exe", p(&obj_path)],
+        "relocatable object file",
+    );
+    if need("objcopy", "--version") {
+        let dbg = d.join("prog.debug");
+        let ok = Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(exe("x86_64"))
+            .arg(&dbg)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        assert_bad(
+            &["stack", "--core", p(&c), "--exe", p(&dbg)],
+            "separate debug file",
+        );
+    }
     assert_bad(
         &["stack", "--core", p(&c), "--exe", p(&d)],
         "not a regular file",
