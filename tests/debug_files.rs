@@ -394,3 +394,74 @@ fn mini_debuginfo_names_local_functions() {
     let f = frames(&core, &[]);
     assert!(has_chain(&f), "{:?}", names(&f));
 }
+
+/// Runs `unwind stack --core CORE ARGS`; fails if it takes over 60 s (a hang).
+fn finishes(core: &Path, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(["stack", "--core"])
+        .arg(core)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("unwind {args:?} hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Hostile neighbours of a program, for `--lines` (whose DWARF reader opens files of its own:
+/// the program's `.dwp`, `.dwo` files, supplementary files): a FIFO named `prog.dwp` hung it
+/// in `open` (found by an adversarial pass); it is refused as modules are (`safe_open`).
+/// Another program's debug file in this one's build-id slot named the wrong functions: a
+/// build-id file is taken only with that build id.
+#[test]
+fn hostile_debug_neighbours_are_refused() {
+    if !tools(&["strip", "readelf", "mkfifo"]) {
+        return;
+    }
+    let d = TempDir::new("hostile-debug");
+    let exe = build(d.path(), "gcc", "prog", &["-O1", "-g"]);
+    let core = core_of(&exe, || {});
+    run(Command::new("mkfifo").arg(d.path().join("prog.dwp")));
+    let out = finishes(&core, &["--lines"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("level2"));
+
+    // Stripped, with another build's debug file in its build-id slot under a sysroot.
+    let other_dir = d.path().join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = build(&other_dir, "gcc", "prog", &["-O1", "-g", "-DOTHER"]);
+    run(Command::new("strip").arg("--strip-all").arg(&exe));
+    let notes = Command::new("readelf")
+        .arg("-n")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let notes = String::from_utf8_lossy(&notes.stdout);
+    let id = notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("a build id")
+        .to_string();
+    let slot = d
+        .path()
+        .join(format!("sysroot/usr/lib/debug/.build-id/{}", &id[..2]));
+    std::fs::create_dir_all(&slot).unwrap();
+    std::fs::copy(&other, slot.join(format!("{}.debug", &id[2..]))).unwrap();
+    std::fs::remove_file(&core).unwrap();
+    let core = core_of(&exe, || {});
+    let sysroot = d.path().join("sysroot");
+    let f = frames(&core, &["--sysroot", sysroot.to_str().unwrap()]);
+    assert!(
+        !f.iter().any(|(n, _)| n.starts_with("level")),
+        "another build's debug file was used: {:?}",
+        names(&f)
+    );
+}

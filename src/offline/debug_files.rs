@@ -58,14 +58,21 @@ impl DebugDirs {
         &self.roots
     }
 
-    /// `ROOT/.build-id/xx/yyyy.debug` for build id `id`, the first root's that exists.
+    /// `ROOT/.build-id/xx/yyyy.debug` for build id `id`: the first root's that is an ELF
+    /// file with that build id (a stale file in a sysroot, or another program's, would name
+    /// the wrong functions).
     pub fn by_build_id(&self, id: &[u8]) -> Option<PathBuf> {
         if id.len() < 2 {
             return None;
         }
         let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
         let rel = format!(".build-id/{}/{}.debug", &hex[..2], &hex[2..]);
-        self.roots.iter().map(|r| r.join(&rel)).find(|p| p.exists())
+        self.roots.iter().map(|r| r.join(&rel)).find(|p| {
+            p.exists()
+                && crate::safe_open::map(p, &policy()).is_ok_and(|m| {
+                    object::File::parse(&*m).is_ok_and(|f| f.build_id().ok().flatten() == Some(id))
+                })
+        })
     }
 
     /// The debug file of `file` by its GNU build id, if installed.
@@ -113,7 +120,8 @@ impl DebugDirs {
                 };
                 let same = match (id, object::File::parse(&*m).ok()) {
                     (Some(id), Some(d)) => d.build_id().ok().flatten() == Some(id),
-                    (None, Some(_)) => crc32fast::hash(&m) == crc,
+                    // (The CRC reads the whole file: none over 4 GiB is read for it.)
+                    (None, Some(_)) => m.len() <= 4 << 30 && crc32fast::hash(&m) == crc,
                     _ => false,
                 };
                 if same {
@@ -149,7 +157,7 @@ impl DebugDirs {
             let found = object::File::parse(&*m)
                 .ok()
                 .and_then(|f| f.build_id().ok().flatten().map(<[u8]>::to_vec));
-            id.is_empty() || found.as_deref() == Some(id)
+            !id.is_empty() && found.as_deref() == Some(id)
         };
         candidates
             .into_iter()

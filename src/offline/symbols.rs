@@ -240,6 +240,12 @@ impl Module {
         }
     }
 
+    /// Was this module made from an image in memory (the vDSO, a module a core holds that no
+    /// file stood in for), with no file of its own to read?
+    pub fn is_image(&self) -> bool {
+        self.file.as_os_str().is_empty()
+    }
+
     /// The separate debug file's bytes (see [`Module::separate_debug_file`]): for its
     /// `.debug_frame`, where the file was stripped of the CFI it had only there.
     pub fn debug_bytes(&self) -> Option<&[u8]> {
@@ -1337,10 +1343,75 @@ fn mini_debuginfo(file: &object::File<'_>) -> Option<Vec<u8>> {
             Ok(())
         }
     }
+    // lzma-rs inflates each block whole before writing any of it: the sizes its chunks
+    // claim are added up first.
+    if xz_unpacked_size(data)? > 256 << 20 {
+        return None;
+    }
     let mut out = Capped(Vec::new());
     lzma_rs::xz_decompress(&mut std::io::BufReader::new(data), &mut out).ok()?;
     object::File::parse(&*out.0).ok()?;
     Some(out.0)
+}
+
+/// The bytes an xz stream's first stream inflates to, from its blocks' LZMA2 chunk headers
+/// (each says its unpacked size), without inflating anything; `None` where the stream is not
+/// one this reads (an xz file's format: stream header, blocks of LZMA2 chunks, padding and
+/// check, the index).
+fn xz_unpacked_size(data: &[u8]) -> Option<u64> {
+    let be16 = |at: usize| {
+        Some(u64::from(u16::from_be_bytes([
+            *data.get(at)?,
+            *data.get(at + 1)?,
+        ])))
+    };
+    if !data.starts_with(b"\xfd7zXZ\0") {
+        return None;
+    }
+    // The check's size, by its id (the stream flags' low nibble).
+    let check = match *data.get(7)? & 0x0f {
+        0 => 0,
+        1..=3 => 4,
+        4..=6 => 8,
+        7..=9 => 16,
+        10..=12 => 32,
+        _ => 64,
+    };
+    let mut pos = 12usize;
+    let mut total = 0u64;
+    loop {
+        let b = *data.get(pos)?;
+        if b == 0 {
+            // The index: the stream's blocks are done.
+            return Some(total);
+        }
+        let block = pos;
+        pos = pos.checked_add((usize::from(b) + 1) * 4)?;
+        loop {
+            let c = *data.get(pos)?;
+            match c {
+                0 => {
+                    pos += 1;
+                    break;
+                }
+                1 | 2 => {
+                    let n = be16(pos + 1)? + 1;
+                    total = total.checked_add(n)?;
+                    pos = pos.checked_add(3 + n as usize)?;
+                }
+                0x80..=0xff => {
+                    let n = (u64::from(c & 0x1f) << 16) + be16(pos + 1)? + 1;
+                    let packed = be16(pos + 3)? + 1;
+                    total = total.checked_add(n)?;
+                    let props = usize::from(c >= 0xc0);
+                    pos = pos.checked_add(5 + props + packed as usize)?;
+                }
+                _ => return None,
+            }
+        }
+        // Padding to four bytes from the block's start, then the check.
+        pos = block + (pos - block).div_ceil(4) * 4 + check;
+    }
 }
 
 /// The load bias that puts file offset `off` of `file` at runtime address `start` (`None`:
@@ -1476,7 +1547,9 @@ impl Symbolizer {
             |file| placement_bias(file, Some((base, 0))),
         );
         match m {
-            Ok(m) => {
+            Ok(mut m) => {
+                // No file: the path is the process's, which may now hold anything.
+                m.file = PathBuf::new();
                 self.modules.push(m);
                 true
             }
@@ -1670,6 +1743,22 @@ pub fn resolve_os(sysroot: Option<&Path>, path: &std::ffi::OsStr) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    /// The size an xz stream inflates to, read from its chunk headers, is what it inflates to
+    /// (lzma-rs's own streams, of stored chunks); cut anywhere, it reads as nothing or at most
+    /// that; garbage reads as nothing.
+    #[test]
+    fn xz_sizes_are_read_without_inflating() {
+        for len in [0usize, 1, 1000, 70_000, 300_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let mut xz = Vec::new();
+            lzma_rs::xz_compress(&mut &data[..], &mut xz).unwrap();
+            assert_eq!(super::xz_unpacked_size(&xz), Some(len as u64), "{len}");
+            for cut in (0..xz.len()).step_by(97) {
+                assert!(super::xz_unpacked_size(&xz[..cut]).is_none_or(|n| n <= len as u64));
+            }
+        }
+        assert_eq!(super::xz_unpacked_size(b"not xz at all"), None);
+    }
     use super::*;
 
     #[inline(never)]

@@ -3,6 +3,7 @@
 //! writers after collection, never while sampling.
 
 use crate::symbols::Symbolizer;
+use std::os::unix::ffi::OsStrExt;
 
 /// One function of an address's inline chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,11 +53,22 @@ impl<'a> LineTables<'a> {
         if slot.is_none() {
             // A stripped file's lines are in its separate debug file (found by build id or
             // `.gnu_debuglink`), which keeps the file's addresses; DWARF that `dwz` processed
-            // refers to a supplementary file (`.gnu_debugaltlink`) for what files share.
+            // refers to a supplementary file (`.gnu_debugaltlink`) for what files share. A
+            // module made from a core's memory (no file stood in) has only its debug file.
             let debug = m.separate_debug_file();
             let sup = m.supplementary_debug_file(debug.as_deref());
-            let from = debug.unwrap_or_else(|| m.file.clone());
-            *slot = Some(addr2line::Loader::new_with_sup(&from, sup.as_deref()).ok());
+            let from = debug.or_else(|| (!m.is_image()).then(|| m.file.clone()));
+            *slot = Some(from.and_then(|from| {
+                // addr2line's loader opens files itself (the file, the supplementary file,
+                // `FILE.dwp`, the `.dwo` files the DWARF names) and inflates compressed
+                // sections whole: each is checked first as modules are opened
+                // ([`crate::safe_open`]: no FIFO, device or /proc file, which would block or
+                // never end) and for an inflated size within `section_bytes`' limits.
+                let sup = sup.filter(|s| loadable(s));
+                (loadable(&from) && split_dwarf_loadable(&from))
+                    .then(|| addr2line::Loader::new_with_sup(&from, sup.as_deref()).ok())
+                    .flatten()
+            }));
         }
         let Some(Some(loader)) = slot.as_ref() else {
             return self.go_frames(i, pc);
@@ -115,6 +127,89 @@ impl<'a> LineTables<'a> {
         }
         out
     }
+}
+
+/// May addr2line's loader open `path`: a file [`crate::safe_open`] accepts, whose compressed
+/// DWARF sections inflate within [`crate::dwarf::section_bytes`]' limits (a hostile header
+/// claims gigabytes)?
+fn loadable(path: &std::path::Path) -> bool {
+    use object::{Object, ObjectSection};
+    let Ok(m) = crate::safe_open::map(path, &crate::offline::debug_files::policy()) else {
+        return false;
+    };
+    let Ok(file) = object::File::parse(&*m) else {
+        return false;
+    };
+    file.sections().all(|s| {
+        let debug = s
+            .name()
+            .is_ok_and(|n| n.starts_with(".debug_") || n.starts_with(".zdebug_"));
+        !debug
+            || s.compressed_data().is_ok_and(|c| {
+                c.format == object::CompressionFormat::None
+                    || c.uncompressed_size
+                        <= (c.data.len() as u64)
+                            .saturating_mul(crate::dwarf::MAX_INFLATE_RATIO)
+                            .clamp(64 << 10, crate::dwarf::MAX_INFLATED)
+            })
+    })
+}
+
+/// The split DWARF files addr2line's loader would open for `path` (`FILE.dwp`; each skeleton
+/// unit's `.dwo`, at most 4096 looked at): none there, or each [`loadable`].
+fn split_dwarf_loadable(path: &std::path::Path) -> bool {
+    use object::Object;
+    let there_and_bad = |p: &std::path::Path| p.symlink_metadata().is_ok() && !loadable(p);
+    // As the loader names it: `prog.dwp`, `lib.so.dwp`.
+    let mut dwp = path.as_os_str().to_owned();
+    dwp.push(".dwp");
+    if there_and_bad(std::path::Path::new(&dwp)) {
+        return false;
+    }
+    let Ok(m) = crate::safe_open::map(path, &crate::offline::debug_files::policy()) else {
+        return false;
+    };
+    let Ok(file) = object::File::parse(&*m) else {
+        return false;
+    };
+    let endian = if file.is_little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    };
+    let load = |id: gimli::SectionId| -> Result<std::borrow::Cow<'_, [u8]>, gimli::Error> {
+        Ok(crate::cfi::section_names::section_by_name(&file, id.name())
+            .and_then(|s| crate::dwarf::section_bytes(&s))
+            .unwrap_or(std::borrow::Cow::Borrowed(&[])))
+    };
+    let Ok(sections) = gimli::DwarfSections::load(load) else {
+        return true;
+    };
+    let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, endian));
+    let mut units = dwarf.units();
+    for _ in 0..4096 {
+        let Ok(Some(header)) = units.next() else {
+            break;
+        };
+        let Ok(unit) = dwarf.unit(header) else {
+            continue;
+        };
+        let Ok(Some(name)) = unit.dwo_name() else {
+            continue;
+        };
+        let Ok(name) = dwarf.attr_string(&unit, name) else {
+            continue;
+        };
+        let mut p = std::path::PathBuf::new();
+        if let Some(dir) = unit.comp_dir {
+            p.push(std::ffi::OsStr::from_bytes(dir.slice()));
+        }
+        p.push(std::ffi::OsStr::from_bytes(name.slice()));
+        if there_and_bad(&p) {
+            return false;
+        }
+    }
+    true
 }
 
 impl<'a> LineTables<'a> {
