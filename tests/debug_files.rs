@@ -465,3 +465,36 @@ fn hostile_debug_neighbours_are_refused() {
         names(&f)
     );
 }
+
+/// Split DWARF (`-gsplit-dwarf`): `--lines` reads the `.dwo` the skeleton unit names; that
+/// file replaced by a FIFO is refused (it hung `--lines` in `open`), the walk unchanged.
+#[test]
+fn split_dwarf_lines_and_a_fifo_dwo() {
+    if !tools(&["mkfifo"]) {
+        return;
+    }
+    let d = TempDir::new("split-dwarf");
+    let exe = build(d.path(), "gcc", "prog", &["-O1", "-g", "-gsplit-dwarf"]);
+    let core = core_of(&exe, || {});
+    let f = frames(&core, &["--lines"]);
+    let (_, line) = f.iter().find(|(n, _)| n == "level2").unwrap();
+    assert!(line.ends_with("prog.c:13"), "{f:?}");
+    let dwo: Vec<PathBuf> = std::fs::read_dir(d.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dwo"))
+        .collect();
+    assert!(!dwo.is_empty(), "gcc wrote no .dwo");
+    for p in &dwo {
+        std::fs::remove_file(p).unwrap();
+        run(Command::new("mkfifo").arg(p));
+    }
+    let out = finishes(&core, &["--lines", "--format", "json"]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["threads"][0]["frames"].as_array().unwrap().len() >= 4,
+        "{v}"
+    );
+}
