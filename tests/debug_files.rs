@@ -109,6 +109,16 @@ fn core_of(exe: &Path, before_abort: impl FnOnce()) -> PathBuf {
     core
 }
 
+/// `exe`'s GNU build id, in hex (as `readelf -n` prints it).
+fn build_id(exe: &Path) -> String {
+    let notes = Command::new("readelf").arg("-n").arg(exe).output().unwrap();
+    String::from_utf8_lossy(&notes.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("a build id")
+        .to_string()
+}
+
 /// `unwind stack --core CORE ARGS --format json`: the first thread's frames as (symbol, line).
 fn frames(core: &Path, args: &[&str]) -> Vec<(String, String)> {
     let out = Command::new(BIN)
@@ -255,17 +265,7 @@ fn debug_files_are_found_under_the_sysroot_and_for_deleted_programs() {
         .arg(&exe)
         .arg(&debug));
     run(Command::new("strip").arg("--strip-all").arg(&exe));
-    let notes = Command::new("readelf")
-        .arg("-n")
-        .arg(&exe)
-        .output()
-        .unwrap();
-    let notes = String::from_utf8_lossy(&notes.stdout);
-    let id = notes
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
-        .expect("a build id")
-        .to_string();
+    let id = build_id(&exe);
     let sysroot = d.path().join("sysroot");
     let by_id = sysroot.join(format!("usr/lib/debug/.build-id/{}", &id[..2]));
     std::fs::create_dir_all(&by_id).unwrap();
@@ -439,17 +439,7 @@ fn hostile_debug_neighbours_are_refused() {
     std::fs::create_dir_all(&other_dir).unwrap();
     let other = build(&other_dir, "gcc", "prog", &["-O1", "-g", "-DOTHER"]);
     run(Command::new("strip").arg("--strip-all").arg(&exe));
-    let notes = Command::new("readelf")
-        .arg("-n")
-        .arg(&exe)
-        .output()
-        .unwrap();
-    let notes = String::from_utf8_lossy(&notes.stdout);
-    let id = notes
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
-        .expect("a build id")
-        .to_string();
+    let id = build_id(&exe);
     let slot = d
         .path()
         .join(format!("sysroot/usr/lib/debug/.build-id/{}", &id[..2]));

@@ -101,13 +101,19 @@ pub const MAX_INFLATE_RATIO: u64 = 1100;
 /// may claim any size.
 pub fn section_bytes<'d>(s: &impl object::ObjectSection<'d>) -> Option<std::borrow::Cow<'d, [u8]>> {
     let c = s.compressed_data().ok()?;
-    let limit = (c.data.len() as u64)
-        .saturating_mul(MAX_INFLATE_RATIO)
-        .clamp(64 << 10, MAX_INFLATED);
-    if c.format != object::CompressionFormat::None && c.uncompressed_size > limit {
+    if !inflates_within_limits(&c) {
         return None;
     }
     c.decompress().ok()
+}
+
+/// Does a section's compressed data (if compressed) claim no more than [`MAX_INFLATED`] bytes
+/// and [`MAX_INFLATE_RATIO`] times its compressed size (at least 64 KiB)?
+pub fn inflates_within_limits(c: &object::CompressedData<'_>) -> bool {
+    let limit = (c.data.len() as u64)
+        .saturating_mul(MAX_INFLATE_RATIO)
+        .clamp(64 << 10, MAX_INFLATED);
+    c.format == object::CompressionFormat::None || c.uncompressed_size <= limit
 }
 
 impl core::fmt::Display for CfiError {

@@ -64,8 +64,8 @@ impl<'a> LineTables<'a> {
                 // sections whole: each is checked first as modules are opened
                 // ([`crate::safe_open`]: no FIFO, device or /proc file, which would block or
                 // never end) and for an inflated size within `section_bytes`' limits.
-                let sup = sup.filter(|s| loadable(s));
-                (loadable(&from) && split_dwarf_loadable(&from))
+                let sup = sup.filter(|s| loadable(s, false));
+                loadable(&from, true)
                     .then(|| addr2line::Loader::new_with_sup(&from, sup.as_deref()).ok())
                     .flatten()
             }));
@@ -131,8 +131,9 @@ impl<'a> LineTables<'a> {
 
 /// May addr2line's loader open `path`: a file [`crate::safe_open`] accepts, whose compressed
 /// DWARF sections inflate within [`crate::dwarf::section_bytes`]' limits (a hostile header
-/// claims gigabytes)?
-fn loadable(path: &std::path::Path) -> bool {
+/// claims gigabytes)? With `split`, the split DWARF files the loader would open for it too
+/// ([`split_dwarf_loadable`]).
+fn loadable(path: &std::path::Path, split: bool) -> bool {
     use object::{Object, ObjectSection};
     let Ok(m) = crate::safe_open::map(path, &crate::offline::debug_files::policy()) else {
         return false;
@@ -140,45 +141,36 @@ fn loadable(path: &std::path::Path) -> bool {
     let Ok(file) = object::File::parse(&*m) else {
         return false;
     };
-    file.sections().all(|s| {
+    let within = file.sections().all(|s| {
         let debug = s
             .name()
             .is_ok_and(|n| n.starts_with(".debug_") || n.starts_with(".zdebug_"));
         !debug
-            || s.compressed_data().is_ok_and(|c| {
-                c.format == object::CompressionFormat::None
-                    || c.uncompressed_size
-                        <= (c.data.len() as u64)
-                            .saturating_mul(crate::dwarf::MAX_INFLATE_RATIO)
-                            .clamp(64 << 10, crate::dwarf::MAX_INFLATED)
-            })
-    })
+            || s.compressed_data()
+                .is_ok_and(|c| crate::dwarf::inflates_within_limits(&c))
+    });
+    within && (!split || split_dwarf_loadable(path, &file))
 }
 
-/// The split DWARF files addr2line's loader would open for `path` (`FILE.dwp`; each skeleton
-/// unit's `.dwo`, at most 4096 looked at): none there, or each [`loadable`].
-fn split_dwarf_loadable(path: &std::path::Path) -> bool {
+/// The split DWARF files addr2line's loader would open for `path` (parsed as `file`):
+/// `FILE.dwp`, and each skeleton unit's `.dwo` (at most 4096 looked at): none there, or each
+/// [`loadable`].
+fn split_dwarf_loadable(path: &std::path::Path, file: &object::File<'_>) -> bool {
     use object::Object;
-    let there_and_bad = |p: &std::path::Path| p.symlink_metadata().is_ok() && !loadable(p);
+    let there_and_bad = |p: &std::path::Path| p.symlink_metadata().is_ok() && !loadable(p, false);
     // As the loader names it: `prog.dwp`, `lib.so.dwp`.
     let mut dwp = path.as_os_str().to_owned();
     dwp.push(".dwp");
     if there_and_bad(std::path::Path::new(&dwp)) {
         return false;
     }
-    let Ok(m) = crate::safe_open::map(path, &crate::offline::debug_files::policy()) else {
-        return false;
-    };
-    let Ok(file) = object::File::parse(&*m) else {
-        return false;
-    };
     let endian = if file.is_little_endian() {
         gimli::RunTimeEndian::Little
     } else {
         gimli::RunTimeEndian::Big
     };
     let load = |id: gimli::SectionId| -> Result<std::borrow::Cow<'_, [u8]>, gimli::Error> {
-        Ok(crate::cfi::section_names::section_by_name(&file, id.name())
+        Ok(crate::cfi::section_names::section_by_name(file, id.name())
             .and_then(|s| crate::dwarf::section_bytes(&s))
             .unwrap_or(std::borrow::Cow::Borrowed(&[])))
     };
