@@ -68,9 +68,39 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
     // only how a write to a closed pipe is reported (EPIPE instead of death), as std's own
     // start-up does.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    reopen_closed_stdio();
     // A panic (a bug; the message is printed by the panic hook) must not unwind out of a C
     // function, which would abort: exit 101, as std's start-up would.
     std::panic::catch_unwind(run).unwrap_or(101)
+}
+
+/// Opens `/dev/null` on whichever of fds 0-2 the parent left closed (`unwind ... >&-`), as
+/// std's start-up does: otherwise the next file opened (a core, a profile the demo writes)
+/// would take fd 1 and whatever is printed would go into it. One `poll` when all are open.
+#[cfg(all(not(test), target_os = "linux", target_env = "gnu"))]
+fn reopen_closed_stdio() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: `fds` is a valid array of three `pollfd`s for the call's duration; a zero
+    // timeout returns at once.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } < 0 {
+        return;
+    }
+    for p in fds {
+        if p.revents & libc::POLLNVAL != 0 {
+            // SAFETY: a NUL-terminated path; the lowest free fd is this closed one, since
+            // the lower ones are open (each is checked in order and reopened before the next).
+            let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+            if fd != p.fd && fd >= 0 {
+                // Not where it belongs (cannot happen, see above): leave it closed.
+                // SAFETY: `fd` was just opened here and is owned by nobody else.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
 }
 
 /// Elsewhere (and in the unit tests' build, whose entry is the test harness's), an ordinary

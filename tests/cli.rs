@@ -918,6 +918,40 @@ fn a_reader_that_closes_the_pipe_early_is_no_error() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// `unwind demo >&- 2>&-`: the binary's own entry skips std's start-up, which would open
+/// `/dev/null` on closed standard fds; it does that itself, so a profile file it creates never
+/// takes fd 1 or 2 and never receives the report or a warning. The demo runs, exits 0, and
+/// its folded profiles hold only `stack count` lines.
+#[test]
+fn closed_standard_fds_do_not_leak_output_into_profiles() {
+    use std::os::unix::process::CommandExt;
+    let d = tmp("closed-fds");
+    let mut c = Command::new(BIN);
+    c.args(["demo", "--seconds", "0.3", "--threads", "1", "--out", p(&d)]);
+    // SAFETY: the closure only calls `close`, async-signal-safe, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::close(1);
+            libc::close(2);
+            Ok(())
+        });
+    }
+    let status = c.status().unwrap();
+    assert_eq!(status.code(), Some(0));
+    for f in ["cpu.folded", "heap.folded"] {
+        let text = std::fs::read_to_string(d.join(f)).unwrap();
+        assert!(!text.is_empty(), "{f} is empty");
+        for line in text.lines() {
+            let (stack, n) = line.rsplit_once(' ').unwrap_or(("", ""));
+            assert!(
+                !stack.is_empty() && n.parse::<u64>().is_ok(),
+                "{f}: not a folded line: {line:?}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
 #[test]
 fn lines_add_file_and_line() {
     let d = tmp("lines");
