@@ -552,12 +552,6 @@ fn demo(args: &[OsString]) -> Result<(), String> {
         .map_err(|e| format!("demo: {e}"))
 }
 
-/// `--lines`: "file:line" of a frame, from its module's DWARF line tables (the innermost
-/// inlined function's location: JSON's `"line"`), if it has them.
-fn line_of(lines: &mut LineTables<'_>, f: &unwind::Frame) -> Option<String> {
-    file_line(lines.frames(f.lookup_pc()).first()?)
-}
-
 /// `file:line` of one function of an inline chain, when known.
 fn file_line(f: &unwind::pprof_lines::InlineFrame) -> Option<String> {
     (!f.file.is_empty() && f.line > 0).then(|| format!("{}:{}", f.file, f.line))
@@ -580,8 +574,9 @@ fn json_str(s: &str, out: &mut String) {
 }
 
 /// The JSON contract: `{"arch", "threads": [{"tid", "frames": [{"pc", "symbol", "module",
-/// "stack", "via"}], "truncated"}]}`. With `--lines` each frame also has `"line": "file:N"`
-/// or null.
+/// "stack", "via"}], "truncated"}]}`, exactly (issue 8). With `--lines` each frame also has `"line": "file:N"` or null (the innermost
+/// inlined function's), `"symbol_line"` (the physical function's own) and `"inlined"`: the
+/// functions inlined at the pc, innermost first, `[{"function", "line"}]`.
 fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
     let mut seen = Lookups::new(&r.symbols);
     let mut o = String::new();
@@ -615,14 +610,41 @@ fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
             o.push_str(&format!(", \"stack\": {}, \"via\": ", f.stack));
             json_str(f.via.name(), &mut o);
             if let Some(l) = lines.as_deref_mut() {
+                // "line": the innermost function's (the pc's own source line); "inlined":
+                // the functions inlined at this pc, innermost first, each with its line;
+                // "symbol_line": the physical function's own line (where it calls the
+                // outermost inlined one), as text's `at`.
+                let chain = l.frames(f.lookup_pc());
+                let json_line = |x: Option<&unwind::pprof_lines::InlineFrame>, o: &mut String| {
+                    match x.and_then(file_line) {
+                        Some(s) => json_str(&s, o),
+                        None => o.push_str("null"),
+                    }
+                };
                 o.push_str(", \"line\": ");
-                match line_of(l, f) {
-                    Some(s) => json_str(&s, &mut o),
-                    None => o.push_str("null"),
+                json_line(chain.first(), &mut o);
+                o.push_str(", \"symbol_line\": ");
+                json_line(chain.last(), &mut o);
+                o.push_str(", \"inlined\": [");
+                for (k, inl) in chain
+                    .iter()
+                    .take(chain.len().saturating_sub(1))
+                    .enumerate()
+                {
+                    if k > 0 {
+                        o.push_str(", ");
+                    }
+                    o.push_str("{\"function\": ");
+                    json_str(&inl.function, &mut o);
+                    o.push_str(", \"line\": ");
+                    json_line(Some(inl), &mut o);
+                    o.push('}');
                 }
+                o.push(']');
             }
             o.push('}');
         }
+        // The contract's keys exactly: why a walk stopped is in the text output only.
         o.push_str(&format!("], \"truncated\": {}}}", t.truncated));
     }
     o.push_str("]}\n");

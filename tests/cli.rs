@@ -962,11 +962,14 @@ fn lines_add_file_and_line() {
     let text = String::from_utf8(out.stdout).unwrap();
     let gamma = text.lines().find(|l| l.contains("gamma_+")).unwrap();
     assert!(gamma.contains("chain.c:"), "{gamma}");
-    // JSON: the contract's keys plus "line" (an extension, only with --lines).
+    // JSON: the contract's keys plus "line", "symbol_line" and "inlined" (extensions, only
+    // with --lines); chain.c has nothing inlined at its frames, so the two lines agree.
     let v = json(&["stack", "--core", p(&c), "--exe", p(&e), "--lines"]);
     let f0 = &v["threads"][0]["frames"][0];
-    assert_eq!(f0.as_object().unwrap().len(), 6);
+    assert_eq!(f0.as_object().unwrap().len(), 8);
     assert!(f0["line"].as_str().unwrap().contains("chain.c:"), "{f0}");
+    assert_eq!(f0["symbol_line"], f0["line"], "{f0}");
+    assert_eq!(f0["inlined"].as_array().map(Vec::len), Some(0), "{f0}");
     let _ = std::fs::remove_dir_all(d);
 }
 

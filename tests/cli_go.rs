@@ -825,8 +825,8 @@ fn with_other_go_build_id(exe: &[u8]) -> Vec<u8> {
 /// `.gopclntab`'s `pcfile`/`pcln` tables and the functions inlined at a pc from its inline
 /// tree, as Go's own traceback prints them (they were all missing). Every frame Go's crash
 /// traceback printed with a pc (`+0x…`) that `unwind` also shows has the same `file:line` in
-/// JSON (the innermost inlined function's, as Go's first line for that pc), and in text the
-/// same inlined functions with the same positions.
+/// JSON's `"line"` (the innermost inlined function's, as Go's first line for that pc), the same
+/// inlined functions and positions in JSON's `"inlined"` and `"symbol_line"`, and in text.
 #[test]
 fn stripped_go_lines_match_go_s_traceback() {
     for arch in ["amd64", "arm64"] {
@@ -880,6 +880,21 @@ fn stripped_go_lines_match_go_s_traceback() {
                         .unwrap();
                 let Some(chain) = go.get(&pc) else { continue };
                 assert_eq!(f["line"].as_str(), Some(chain[0].1.as_str()), "{arch}: {f}");
+                // "inlined" then "symbol"/"symbol_line": Go's chain for this pc, innermost
+                // first (the JSON paired "symbol" with the innermost line and left the
+                // inlined functions out).
+                let mut mine: Vec<(String, String)> = f["inlined"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| {
+                        let line = i["line"].as_str().unwrap_or("").to_string();
+                        (i["function"].as_str().unwrap().to_string(), line)
+                    })
+                    .collect();
+                let symbol = f["symbol"].as_str().unwrap_or("").to_string();
+                mine.push((symbol, f["symbol_line"].as_str().unwrap_or("").to_string()));
+                assert_eq!(&mine, chain, "{arch}: the functions at {pc:#x}: {f}");
                 same += 1;
                 user += usize::from(chain[0].1.contains("fixtures/go/throw/main.go"));
             }
