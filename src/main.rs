@@ -615,22 +615,19 @@ fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
                 // "symbol_line": the physical function's own line (where it calls the
                 // outermost inlined one), as text's `at`.
                 let chain = l.frames(f.lookup_pc());
-                let json_line = |x: Option<&unwind::pprof_lines::InlineFrame>, o: &mut String| {
-                    match x.and_then(file_line) {
+                let json_line =
+                    |x: Option<&unwind::pprof_lines::InlineFrame>, o: &mut String| match x
+                        .and_then(file_line)
+                    {
                         Some(s) => json_str(&s, o),
                         None => o.push_str("null"),
-                    }
-                };
+                    };
                 o.push_str(", \"line\": ");
                 json_line(chain.first(), &mut o);
                 o.push_str(", \"symbol_line\": ");
                 json_line(chain.last(), &mut o);
                 o.push_str(", \"inlined\": [");
-                for (k, inl) in chain
-                    .iter()
-                    .take(chain.len().saturating_sub(1))
-                    .enumerate()
-                {
+                for (k, inl) in chain.iter().take(chain.len().saturating_sub(1)).enumerate() {
                     if k > 0 {
                         o.push_str(", ");
                     }
