@@ -1082,3 +1082,51 @@ fn go_policies_leave_out_method_wrappers_as_go_s_profiles_do() {
         }
     }
 }
+
+/// A crash in C called from a Go callback on a thread C created (fixtures/go/callback_crash):
+/// the crashing thread's stack holds its g0 frames once (the `asmcgocall` crossing followed a
+/// frame pointer the C code never saved, back onto g0's own frames: they were printed seven
+/// times over), then the goroutine from `runtime.cgocall` to `runtime.cgocallback`, then, past
+/// the callback (where Go's own traceback ends at `runtime.goexit`), the C frames that called
+/// into Go, down to the thread's root.
+#[test]
+fn a_crash_under_a_go_callback_from_c_walks_every_stack_once() {
+    let dir = TempDir(std::env::temp_dir().join(format!("unwind-go-cbc-{}", std::process::id())));
+    let Some((core, exe)) = crash_core("callback_crash", "amd64", &dir.0) else {
+        return;
+    };
+    let e = exe.to_str().unwrap();
+    for mode in ["hybrid", "dwarf", "fp"] {
+        let v = unwind_json(&core, &["--exe", e, "--mode", mode]);
+        let t = thread_in(&v, "c_crash").unwrap_or_else(|| panic!("{mode}: no c_crash: {v}"));
+        let n = names(t);
+        let once = |f: &str| {
+            let count = n.iter().filter(|x| *x == f).count();
+            assert_eq!(count, 1, "{mode}: {f} {count} times: {n:?}");
+            n.iter().position(|x| x == f).unwrap()
+        };
+        let mut order = vec![
+            once("c_crash"),
+            once("runtime.cgocall"),
+            once("main._Cfunc_c_crash"),
+            once("main.goInner"),
+            once("runtime.cgocallback"),
+            once("crosscall2"),
+            once("goCallback"),
+        ];
+        let frames = t["frames"].as_array().unwrap();
+        assert_eq!(
+            frames[order[5]]["via"], "transition",
+            "{mode}: crosscall2 is reached through the callback's g0 frame: {n:?}"
+        );
+        if mode == "fp" {
+            // Past the C stub, -O2 C code without frame pointers: the chain ends, said so.
+            assert_eq!(t["truncated"], true, "{mode}: {n:?}");
+        } else {
+            order.push(n.iter().position(|x| x.starts_with("call_back")).unwrap());
+            order.extend(["thr", "start_thread"].map(once));
+            assert_eq!(t["truncated"], false, "{mode}: {n:?}");
+        }
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{mode}: {n:?}");
+    }
+}

@@ -1132,7 +1132,7 @@ fn go_callback_from_c_and_a_clock_read_in_the_vdso() {
     let mut t = Target::start(&mut Command::new(build_go(&dir.0, "live_callback")));
     let modes = ["hybrid", "dwarf", "fp"];
     let mut in_vdso = [false; 3];
-    let mut callback_seen = [false; 2];
+    let mut callback_seen = [false; 3];
     let deadline = Instant::now() + Duration::from_secs(60);
     while in_vdso.contains(&false) || callback_seen.contains(&false) {
         assert!(
@@ -1161,14 +1161,17 @@ fn go_callback_from_c_and_a_clock_read_in_the_vdso() {
                     whole("time.now");
                     in_vdso[i] = true;
                 }
-                // Go -> C -> Go: the callback's frames, then the goroutine's code that called
-                // C, past the return address cgocallback pushed (CFI modes: FP mode stops
-                // at cgocallback, whose frame pointer is on g0's stack).
-                if i < 2 && n.first().map(String::as_str) == Some("main.spinOnce") {
+                // Go -> C -> Go: the callback's frames, then (crossing from cgocallback to
+                // the thread's g0 stack, where Go's traceback goes on at the goroutine's
+                // g.sched.pc instead) the C frames that called into Go, asmcgocall, and the
+                // goroutine's code that called C, in every mode.
+                if n.first().map(String::as_str) == Some("main.spinOnce") {
                     let at = |f: &str| n.iter().position(|s| s == f);
                     let order = [
                         "runtime.cgocallback",
-                        "runtime.systemstack_switch",
+                        "crosscall2",
+                        "call_go",
+                        "runtime.asmcgocall",
                         "runtime.cgocall",
                         "main.callsBack",
                     ]

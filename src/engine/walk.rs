@@ -428,6 +428,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             fault_call: false,
             crossings: 0,
             n: 0,
+            base_sp: start.regs.sp,
         };
         if st.regs.pc == 0 && !(st.exact && limit != 0) {
             return Trace {
@@ -526,6 +527,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             fault_call: false,
             crossings: 0,
             n,
+            base_sp: 0,
         };
         if n >= limit {
             // As `run` ends a full walk; the common case (a plain rule at hand for the last
@@ -607,6 +609,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
             fault_call: false,
             crossings: 0,
             n: n.min(limit),
+            base_sp: 0,
         };
         self.run(st, mem, buf, limit)
     }
@@ -1178,13 +1181,20 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                         // stack (it cannot lead across) and that is a readable record outside
                         // the frames already unwound.
                         let here = |a: u64| st.seg.is_some_and(|s| s.contains(a));
+                        // Go's g0 and goroutine stacks may share a segment: "off this stack"
+                        // is "not in the frames already unwound" (from where the walk came
+                        // onto this stack, or at least the callee's, up to the caller's sp).
+                        let low = if st.base_sp != 0 && st.base_sp <= st.regs.sp {
+                            st.base_sp
+                        } else {
+                            st.regs.sp
+                        };
+                        let unwound = |a: u64| a >= low && a < caller.sp;
                         if here(caller.fp) {
                             if let Some(saved) = mem.read_u64(fp) {
-                                // Go's g0 and goroutine stacks may share a segment: "off
-                                // this stack" is "not in the frames already unwound".
                                 if saved != 0
                                     && saved.is_multiple_of(A::FP_ALIGN)
-                                    && !(saved < caller.sp && saved >= st.regs.sp)
+                                    && !unwound(saved)
                                     && mem.stack_range(saved).is_some()
                                     && mem.read_pair(saved).is_some_and(|(_, ra)| ra != 0)
                                 {
@@ -1192,8 +1202,17 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                                 }
                             }
                         }
+                        // Still a frame already unwound (the callee kept no record, C code
+                        // under `asmcgocall`): the chain would walk those frames again, one
+                        // record further each time (a cgo crash in a c-archive printed its
+                        // g0 frames seven times). The crossing fails; the offline walk then
+                        // crosses through `g.sched`.
+                        if unwound(caller.fp) {
+                            return Err(StopReason::BadTransition);
+                        }
                     }
                     st.regs = Regs { sp: 0, ..caller };
+                    st.base_sp = 0;
                     st.exact = false;
                     st.pending = t.id;
                     st.seg = if caller.fp != 0 {
@@ -1207,6 +1226,7 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                         return Err(StopReason::BadTransition);
                     }
                     st.regs = regs;
+                    st.base_sp = regs.sp;
                     st.exact = exact;
                     st.seg = stack_entered(mem, &regs);
                     if st.n >= limit {
@@ -1888,6 +1908,10 @@ struct State {
     fault_call: bool,
     crossings: u16,
     n: usize,
+    /// The sp at which the walk came onto the stack it is on (its start, or a crossing that
+    /// gave registers), 0 when unknown: the frames already unwound there lie between it and
+    /// the current sp, so no caller's frame record is among them.
+    base_sp: u64,
 }
 
 impl State {

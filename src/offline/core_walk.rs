@@ -45,7 +45,7 @@ pub const MAX_FRAMES: usize = 1024;
 pub const MAX_TOTAL_FRAMES: usize = 1 << 18;
 
 /// The Go runtime's functions the walks look up by name.
-const GO_NAMES: [&str; 15] = [
+const GO_NAMES: [&str; 19] = [
     "runtime.systemstack.abi0",
     "runtime.systemstack",
     "runtime.asmcgocall.abi0",
@@ -61,6 +61,10 @@ const GO_NAMES: [&str; 15] = [
     "runtime.morestack",
     "runtime.systemstack_switch.abi0",
     "runtime.systemstack_switch",
+    "runtime.cgocallback.abi0",
+    "runtime.cgocallback",
+    "runtime.cgocallbackg.abi0",
+    "runtime.cgocallbackg",
 ];
 
 /// The transition id of every signal frame (see [`Trampolines`]).
@@ -857,6 +861,11 @@ pub fn unwind_paused<P: Pause>(
     if g_sched_id != 0 {
         transitions.push((g_sched_id, "go g.sched"));
     }
+    // And from a goroutine back to the C code that called into Go (`runtime.cgocallback`).
+    let cgocallback_id = next_id(transitions.len()).unwrap_or(0);
+    if cgocallback_id != 0 {
+        transitions.push((cgocallback_id, "go cgocallback"));
+    }
     // For the policies, the crossings through g.sched (mcall, morestack, and systemstack or
     // asmcgocall where no frame record reaches the goroutine) leave g0 as the table's Go
     // switches do: what is above them is the runtime's system stack in every mode.
@@ -944,6 +953,7 @@ pub fn unwind_paused<P: Pause>(
                 buf.extend(more.0);
                 buf.truncate(max_frames);
             }
+            go.cross_cgocallbacks(&cx, t, &mut buf, &mut stop, cgocallback_id);
         }
         let mut truncated = stop.is_truncated();
         if let Some(go) = &go {
@@ -1153,6 +1163,9 @@ struct GoRuntime {
     asmcgocall: Option<Range>,
     /// `runtime.mcall`'s code.
     mcall: Option<Range>,
+    /// `runtime.cgocallback` (C calling into Go) and `runtime.cgocallbackg` (the Go function
+    /// it calls on the goroutine's stack, and its ABI wrapper).
+    cgocallback: Option<(Range, [Option<Range>; 2])>,
     /// `runtime.systemstack_switch`: the `g.sched.pc` of a goroutine that left through
     /// `systemstack` or `asmcgocall`.
     switch_marker: Option<Range>,
@@ -1200,6 +1213,15 @@ impl GoRuntime {
             bottoms,
             asmcgocall: find(&["runtime.asmcgocall.abi0", "runtime.asmcgocall"]),
             mcall: find(&["runtime.mcall"]),
+            cgocallback: find(&["runtime.cgocallback.abi0", "runtime.cgocallback"]).map(|r| {
+                (
+                    r,
+                    [
+                        find(&["runtime.cgocallbackg"]),
+                        find(&["runtime.cgocallbackg.abi0"]),
+                    ],
+                )
+            }),
             switch_marker: find(&[
                 "runtime.systemstack_switch.abi0",
                 "runtime.systemstack_switch",
@@ -1476,6 +1498,114 @@ impl GoRuntime {
             crate::go_runtime::switched_goroutine(&mut mem, &self.offsets, g, self.switch_marker?)?
         };
         Some(continue_from(cx, frames, regs, id, None))
+    }
+}
+
+impl GoRuntime {
+    /// amd64: crosses from each `runtime.cgocallback` frame on a goroutine's stack (C called
+    /// into Go) to the C frames that made the call, on the thread's own stack
+    /// ([`crate::go_runtime::cgocallback_caller`]): after it Go's traceback ends
+    /// (`runtime.goexit`, on a thread C created) or goes on in the goroutine's frames from
+    /// before its own call into C, leaving out the C frames in between. The frames after
+    /// the `cgocallback` frame are walked anew from there (C frames, then, through
+    /// `runtime.asmcgocall`, the goroutine's earlier frames); the first is marked as found
+    /// through transition `id`. A `cgocallback` frame counts only after a `cgocallbackg`
+    /// frame (its call into Go).
+    fn cross_cgocallbacks(
+        &self,
+        cx: &Walks<'_>,
+        t: &Thread,
+        frames: &mut Vec<Frame>,
+        stop: &mut StopReason,
+        id: Id,
+    ) {
+        let Some((callback, callees)) = self.cgocallback else {
+            return;
+        };
+        if cx.core.arch != ArchKind::X86_64 || id == 0 {
+            return;
+        }
+        let mut mem = cx.core.memory();
+        let Some(g) = crate::go_runtime::thread_g(&mut mem, cx.core.arch, t.tls, t.x28) else {
+            return;
+        };
+        let calls_into_go = |f: &Frame| callees.iter().flatten().any(|r| r.contains(f.lookup_pc()));
+        let (mut from, mut nth) = (1, 0);
+        while let Some(i) = frames
+            .get(from..)
+            .and_then(|rest| rest.iter().position(|f| callback.contains(f.lookup_pc())))
+            .map(|i| i + from)
+        {
+            from = i + 1;
+            if !calls_into_go(&frames[i - 1]) {
+                continue;
+            }
+            nth += 1;
+            let Some((regs, outer_sp)) =
+                crate::go_runtime::cgocallback_caller(&mut mem, &self.offsets, g, nth)
+            else {
+                return;
+            };
+            frames.truncate(i + 1);
+            let stack = frames[i].stack.saturating_add(1);
+            // The C caller is `crosscall2`, Go assembly that keeps a frame record (the saved
+            // frame pointer points into its own frame) which its CFI leaves out: a CFI step
+            // there would keep that record as the caller's frame pointer, and the C function
+            // that called it (frame pointers or not) would be read through the wrong one.
+            // Its record is the step, when it is one.
+            let record = mem
+                .read_pair(regs.fp)
+                .filter(|&(_, ra)| ra != 0)
+                .filter(|_| regs.fp >= regs.sp && regs.fp - regs.sp < 0x1000)
+                .filter(|_| regs.fp.is_multiple_of(8));
+            let (more, st) = match record {
+                Some((fp, pc)) if frames.len() < cx.max_frames => {
+                    frames.push(Frame {
+                        pc: regs.pc,
+                        stack,
+                        via: crate::frame::Via::Transition,
+                        flags: 0,
+                        transition: id,
+                    });
+                    let caller = crate::arch::Regs {
+                        pc,
+                        sp: regs.fp + 16,
+                        fp,
+                        lr: 0,
+                    };
+                    let (mut more, st) = continue_from(cx, frames, caller, 0, Some(stack));
+                    if let Some(f) = more.first_mut() {
+                        f.via = crate::frame::Via::FramePointer;
+                    }
+                    (more, st)
+                }
+                _ => continue_from(cx, frames, regs, id, None),
+            };
+            frames.extend(more);
+            // The C code reached Go through `asmcgocall`, whose chain links to the frame
+            // record of `runtime.cgocall`'s caller: `cgocall`'s own return address is only
+            // where asmcgocall's g0 frame says the goroutine's sp was.
+            let called_from_go = frames
+                .iter()
+                .skip(i + 1)
+                .position(|f| self.asmcgocall.is_some_and(|r| r.contains(f.lookup_pc())));
+            if let Some(j) = called_from_go.map(|j| j + i + 1) {
+                let next = frames.get(j + 1).copied();
+                if let (Some(next), Some(ra)) = (
+                    next.filter(|f| f.via == crate::frame::Via::Transition),
+                    crate::go_runtime::asmcgocall_caller(&mut mem, &self.offsets, outer_sp),
+                ) {
+                    if ra != next.pc {
+                        frames.insert(j + 1, Frame { pc: ra, ..next });
+                        frames[j + 2].via = crate::frame::Via::FramePointer;
+                        frames[j + 2].transition = 0;
+                    }
+                }
+            }
+            frames.truncate(cx.max_frames);
+            *stop = st;
+            self.cut_at_stack_top(cx.core.arch, frames);
+        }
     }
 }
 

@@ -304,6 +304,82 @@ pub fn switched_goroutine<M: Memory>(
     })
 }
 
+/// amd64 `runtime.cgocallback` (`src/runtime/asm_amd64.s`, Go 1.17-1.21), a call from C into
+/// Go: on the thread's C stack (g0's) it opens a 0x28-byte frame (`SUB $0x20, SP`, the caller's
+/// frame pointer at `SP + 0x18`, its return address into `crosscall2` at `SP + 0x20`), saves
+/// `g0.sched.sp` at `SP + 0` and sets `g0.sched.sp = SP`, then runs the callback on the
+/// goroutine's stack. Go's traceback ends there (at `runtime.goexit` on a thread C created, or
+/// on in the goroutine's earlier frames after a Go -> C -> Go call), so the C frames that
+/// called into Go are in no traceback: this finds them.
+///
+/// Returns the C caller's registers (pc = the return address into `crosscall2`, sp, frame
+/// pointer) of the `nth` callback in progress on the thread, innermost first (1: the one in
+/// `g0.sched.sp`, then each saved `sched.sp` in turn), when the thread's g has an m, each
+/// saved sp lies above the one before, and the return address is not zero; with the
+/// `g0.sched.sp` that callback saved (the one the C code's own `asmcgocall` ran from).
+pub fn cgocallback_caller<M: Memory>(
+    mem: &mut M,
+    o: &GoOffsets,
+    g: u64,
+    nth: usize,
+) -> Option<(Regs, u64)> {
+    const SAVED_FP: u64 = 0x18;
+    const RETURN_ADDRESS: u64 = 0x20;
+    const FRAME: u64 = 0x28;
+    let m = mem.read_u64(g.checked_add(o.g_m)?)?;
+    if m == 0 || nth == 0 {
+        return None;
+    }
+    let g0 = mem.read_u64(m.checked_add(o.m_g0)?)?;
+    let mut sp = mem.read_u64(g0.checked_add(o.g_sched.checked_add(o.gobuf_sp)?)?)?;
+    for _ in 1..nth {
+        let outer = mem.read_u64(sp)?;
+        if outer <= sp {
+            return None;
+        }
+        sp = outer;
+    }
+    if sp == 0 || !sp.is_multiple_of(8) {
+        return None;
+    }
+    let pc = mem.read_u64(sp.checked_add(RETURN_ADDRESS)?)?;
+    let fp = mem.read_u64(sp.checked_add(SAVED_FP)?)?;
+    let saved = mem.read_u64(sp)?;
+    (pc != 0).then_some((
+        Regs {
+            pc,
+            sp: sp.checked_add(FRAME)?,
+            fp,
+            lr: 0,
+        },
+        saved,
+    ))
+}
+
+/// amd64 `runtime.asmcgocall` (`src/runtime/asm_amd64.s`) from a goroutine: it switches to
+/// g0's stack at `g0.sched.sp` (`g0_sp`), takes `(g0_sp - 64) & !15` as its sp and keeps
+/// there the goroutine (`+48`) and the depth of its own sp below that goroutine's
+/// `stack.hi` (`+40`: it restores sp from them). Its sp on the goroutine's stack points at
+/// the return address into its caller (`runtime.cgocall`), which no frame record holds.
+///
+/// Returns that return address, when the goroutine's sp lies in its stack and the address
+/// is not zero.
+pub fn asmcgocall_caller<M: Memory>(mem: &mut M, o: &GoOffsets, g0_sp: u64) -> Option<u64> {
+    let frame = g0_sp.checked_sub(64)? & !15;
+    let gp = mem.read_u64(frame.checked_add(48)?)?;
+    let depth = mem.read_u64(frame.checked_add(40)?)?;
+    if gp == 0 {
+        return None;
+    }
+    let lo = mem.read_u64(gp.checked_add(o.g_stack)?)?;
+    let hi = mem.read_u64(gp.checked_add(o.g_stack.checked_add(8)?)?)?;
+    let sp = hi.checked_sub(depth)?;
+    if !(lo <= sp && sp < hi) {
+        return None;
+    }
+    mem.read_u64(sp).filter(|&ra| ra != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
