@@ -571,6 +571,58 @@ fn a_return_address_in_no_code_ends_the_walk_truncated() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// A leaf with no CFI and no frame record (fixtures/c/chain.c `nocfi`, assembly that faults
+/// with nothing after it): the frame pointer is still its caller's record, so a frame-record
+/// step from the leaf lands in the caller's caller. Hybrid and FP modes find the caller's
+/// return address on the stack instead, where it returns after a direct call to the leaf's
+/// own function (they skipped `nocfi_caller` and called the stack whole: found by outside
+/// use).
+#[test]
+fn a_leaf_without_cfi_or_frame_record_keeps_its_caller() {
+    if !can_make_fresh_cores() {
+        return;
+    }
+    let d = tmp("nocfi");
+    let (c, _) = fresh_core("nocfi", &d);
+    for mode in ["fp", "hybrid"] {
+        let v = json(&["stack", "--core", p(&c), "--mode", mode]);
+        let n = symbols(&v["threads"][0]);
+        assert_eq!(
+            n[..3],
+            ["nocfi_leaf", "nocfi_caller", "main"],
+            "{mode}: {v}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// A return address overwritten with zero in the middle of a stack (fixtures/c/chain.c
+/// `zerora`): every mode stops at the frame whose return address it is, and says the stack
+/// ended short of its root. The CFI modes took the zero for the end of the stack and called
+/// the two frames whole (a thread's entry ends a stack by an undefined return address in its
+/// CFI, not by a zero on the stack); FP mode said so already.
+#[test]
+fn a_zeroed_return_address_is_no_stack_s_end() {
+    if !can_make_fresh_cores() {
+        return;
+    }
+    let d = tmp("zerora");
+    let (c, _) = fresh_core("zerora", &d);
+    for mode in ["fp", "hybrid", "dwarf"] {
+        let v = json(&["stack", "--core", p(&c), "--mode", mode]);
+        let t = &v["threads"][0];
+        assert_eq!(symbols(t), ["zr_smash", "zr_mid"], "{mode}: {v}");
+        assert_eq!(t["truncated"], true, "{mode}: {v}");
+        let text = run(&["stack", "--core", p(&c), "--mode", mode]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("(truncated: ended short of the stack's root)"),
+            "{mode}: {text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
 /// A thread caught creating a thread, at `clone3`'s return in the parent (where `--pid`'s
 /// stop lands it often: the syscall's exit): glibc's FDE ends before the `syscall`, so that pc
 /// has no CFI, and the walk stopped at its first frame. The code there (`test; jl; je; ret`)

@@ -1373,6 +1373,9 @@ impl Cfi for Unwinder {
 /// compares), and walked and recorded otherwise. The replay is exact: see the `memo` module.
 #[inline(never)]
 pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
+    if !crate::live::room_for_the_walk() {
+        return crate::live::no_room();
+    }
     // This function's own registers, read here: every path below starts from its frame (its
     // record, or its exact registers and its CFI), which stays live while they run. The paths
     // are functions of their own, so that this one, which every capture enters, is small.
@@ -1457,6 +1460,9 @@ pub unsafe fn capture_from_ucontext(
     unwinder: &Unwinder,
     mode: Mode,
 ) -> Trace {
+    if !crate::live::room_for_the_walk() {
+        return crate::live::no_room();
+    }
     // SAFETY: forwarded from the caller.
     let (start, mut mem) = unsafe { crate::live::start_from_ucontext(ucontext) };
     walk_live(start, &mut mem, buf, unwinder, mode, false).0

@@ -204,6 +204,11 @@ pub enum StopReason {
     /// record, in code that uses the frame pointer as a general register. That frame and any
     /// after it were left out.
     NotCode,
+    /// A debug build's live capture asked on an alternate signal stack with less than
+    /// [`crate::live::DEBUG_WALK_STACK`] bytes left below it: unoptimised, a walk takes tens of
+    /// KiB of stack (release builds ~2 KiB, and never stop for this), which would overflow it
+    /// (std gives every thread an 8 KiB one). Nothing was written.
+    LowStack,
 }
 
 impl StopReason {
@@ -245,6 +250,7 @@ impl StopReason {
             StopReason::NoFramePointers => "built without frame pointers",
             StopReason::EndedShort => "ended short of the stack's root",
             StopReason::NotCode => "return address not in code",
+            StopReason::LowStack => "too little stack left for an unoptimised walk",
         }
     }
 }

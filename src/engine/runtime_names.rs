@@ -53,6 +53,8 @@ pub const C_STACK_ROOTS: &[&str] = &[
     "libc_start_main_stage2",
     "start",
     "start_c",
+    // glibc's `makecontext` stacks (a `ucontext` coroutine's root).
+    "__start_context",
 ];
 
 /// Go's runtime package.

@@ -607,6 +607,48 @@ pub struct Options {
     pub max_depth: usize,
 }
 
+/// How much stack a debug build's live capture wants left below it when it runs on an
+/// alternate signal stack (measured: up to ~50 KiB unoptimised with CFI, ~17 KiB by frame
+/// records; an optimised build ~2 KiB). Short of it, a debug build's capture writes nothing
+/// and says [`StopReason::LowStack`](crate::frame::StopReason::LowStack) rather than run into
+/// the stack's guard page.
+pub const DEBUG_WALK_STACK: usize = 64 * 1024;
+
+/// Is there room for this build's walk on the stack it runs on? Always in optimised builds
+/// (no `debug_assertions`: the check compiles away). In debug builds, one `sigaltstack` query:
+/// not on an alternate signal stack, or at least [`DEBUG_WALK_STACK`] bytes left on it.
+/// Async-signal-safe; leaves `errno` as it was.
+#[inline(always)]
+pub(crate) fn room_for_the_walk() -> bool {
+    !cfg!(debug_assertions) || debug_room()
+}
+
+#[inline(never)]
+fn debug_room() -> bool {
+    let _errno = crate::live::errno::Saved::new();
+    // SAFETY: a zeroed stack_t is valid; sigaltstack with a null new stack only reads the
+    // current one into `old`.
+    let mut old: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above; `old` is a valid, writable stack_t.
+    if unsafe { libc::sigaltstack(core::ptr::null(), &mut old) } != 0
+        || old.ss_flags & libc::SS_ONSTACK == 0
+    {
+        return true;
+    }
+    let here = 0u8;
+    let sp = core::hint::black_box(&here) as *const u8 as usize;
+    sp.saturating_sub(old.ss_sp as usize) >= DEBUG_WALK_STACK
+}
+
+/// What a capture that had no room writes: nothing ([`room_for_the_walk`]).
+#[cold]
+pub(crate) fn no_room() -> Trace {
+    Trace {
+        len: 0,
+        stop: crate::frame::StopReason::LowStack,
+    }
+}
+
 /// Captures the current thread's call stack into `buf`, leaf first, starting with the caller of
 /// `capture` (the return address into it). Returns the number of frames written.
 ///
@@ -630,6 +672,9 @@ pub struct Options {
 /// [`StopReason::NoFramePointers`]: crate::frame::StopReason::NoFramePointers
 #[inline(never)]
 pub fn capture(buf: &mut [Frame]) -> usize {
+    if !room_for_the_walk() {
+        return 0;
+    }
     if cfg!(unwind_no_frame_pointers) {
         return capture_by_cfi(buf, 0).len;
     }
@@ -883,6 +928,9 @@ fn capture_from(r: Regs, buf: &mut [Frame]) -> Trace {
 /// [`capture`] with options, returning why the walk stopped too. Async-signal-safe.
 #[inline(never)]
 pub fn capture_with(buf: &mut [Frame], opts: Options) -> Trace {
+    if !room_for_the_walk() {
+        return no_room();
+    }
     if cfg!(unwind_no_frame_pointers) {
         // A naive walk is a frame-record walk by definition: there are none to follow.
         return if opts.naive {
@@ -1017,6 +1065,9 @@ pub unsafe fn capture_from_ucontext_with(
     buf: &mut [Frame],
     opts: Options,
 ) -> Trace {
+    if !room_for_the_walk() {
+        return no_room();
+    }
     // SAFETY: forwarded from the caller.
     let (start, mut mem) = unsafe { start_from_ucontext(ucontext) };
     if cfg!(unwind_no_frame_pointers) {
@@ -1151,7 +1202,11 @@ mod maps {
                 && out.above.is_some()
                 && (!want_main || out.main_stack.is_some())
         };
-        let mut buf = [0u8; 4096];
+        // Small: this runs in signal handlers on alternate signal stacks, std's 8 KiB ones
+        // among them (with the kernel's ~3 KiB signal frame on them, a 4 KiB buffer here
+        // overflowed them). A maps line's fields (all this reads) come within its first 100
+        // bytes; a longer line's rest (a long path) is skipped.
+        let mut buf = [0u8; 512];
         let mut have = 0usize;
         // Inside a line longer than the buffer (a long path): its start was parsed, the rest
         // of it is skipped up to its newline.

@@ -742,7 +742,7 @@ const FAULT_CALLS: [&str; 4] = [
     "runtime.asyncPreempt.abi0",
 ];
 
-/// Did a frame-record walk that ended at a zero frame pointer or return address end in a named
+/// Did a walk that ended at a zero frame pointer or return address end in a named
 /// function that is no process's or thread's entry ([`crate::runtime_names::C_STACK_ROOTS`])?
 /// An unnamed last frame says nothing: `false`.
 fn ends_short_of_a_c_root(symbols: &Symbolizer, last: Option<&Frame>) -> bool {
@@ -964,12 +964,11 @@ pub fn unwind_paused<P: Pause>(
                 stop = StopReason::EndedShort;
                 truncated = true;
             }
-        } else if mode == Mode::FramePointer
-            && stop == StopReason::End
-            && ends_short_of_a_c_root(&symbols, buf.last())
-        {
+        } else if stop == StopReason::End && ends_short_of_a_c_root(&symbols, buf.last()) {
             // A zero frame pointer read in code that keeps none (`-O2` C uses rbp as it likes):
-            // the chain ends there, not at a thread's entry.
+            // the chain ends there, not at a thread's entry. So does a zero return address
+            // that the CFI read from the stack (an overwritten stack), in every mode: only a
+            // thread's entry ends a stack by its CFI (an undefined return address).
             stop = StopReason::EndedShort;
             truncated = true;
         }
@@ -1734,6 +1733,43 @@ impl<'a> Walks<'a> {
         }
     }
 
+    /// x86_64, a leaf without CFI (in Hybrid or FP mode): a leaf that keeps no frame record
+    /// (`-fomit-frame-pointer` code) leaves the frame pointer at its caller's record, and a
+    /// frame-record step would skip the caller. Its return address is on the stack between
+    /// sp and that record: the first word there that returns after a direct call (`call
+    /// rel32`) to the very function the leaf pc is in (by the symbol table) is taken for it.
+    /// A leaf that keeps a record has its return address above it, out of that range. Words
+    /// are scanned up to the frame pointer, or 2 KiB when it is not above sp.
+    fn leaf_return_address_by_call(
+        &self,
+        regs: &crate::arch::Regs,
+        mem: &mut WithCode<'_>,
+    ) -> Option<(u64, u64)> {
+        const SCAN: u64 = 2048;
+        let f = self.symbols.lookup(regs.pc)?;
+        let start = regs.pc.checked_sub(f.offset)?;
+        let limit = regs.sp.checked_add(SCAN)?;
+        let end = if regs.fp > regs.sp {
+            regs.fp.min(limit)
+        } else {
+            limit
+        };
+        let mut at = regs.sp;
+        while at < end {
+            if let Some(ra) = mem.read_u64(at).filter(|&ra| ra > 5) {
+                let mut call = [0u8; 5];
+                if mem.read_code(ra - 5, &mut call) && call[0] == 0xe8 {
+                    let rel = i32::from_le_bytes([call[1], call[2], call[3], call[4]]);
+                    if ra.wrapping_add_signed(i64::from(rel)) == start {
+                        return Some((at, ra));
+                    }
+                }
+            }
+            at = at.checked_add(8)?;
+        }
+        None
+    }
+
     fn thread_as<A: Arch>(&self, t: &Thread, buf: &mut [Frame]) -> Trace {
         let mut mem = self.memory();
         let mut regs = t.regs;
@@ -1749,7 +1785,13 @@ impl<'a> Walks<'a> {
             self.mode == Mode::FramePointer || (self.mode == Mode::Hybrid && leaf_without_cfi());
         if fp_leaf && buf.len() >= 2 {
             let slot = A::prologue_ra_slot(regs.pc, regs.sp, &mut |a, b| mem.read_code(a, b));
-            let ra = slot.and_then(|at| Some((at, mem.read_u64(at).filter(|&ra| ra != 0)?)));
+            let ra = slot
+                .and_then(|at| Some((at, mem.read_u64(at).filter(|&ra| ra != 0)?)))
+                .or_else(|| {
+                    (A::KIND == ArchKind::X86_64)
+                        .then(|| self.leaf_return_address_by_call(&regs, &mut mem))
+                        .flatten()
+                });
             if let Some((ra_at, ra)) = ra {
                 // The leaf has not linked its frame record yet: its caller is the return
                 // address at `ra_at`, and the frame pointer is still the caller's.
