@@ -466,8 +466,10 @@ fn verify_names_every_frame_fp_missed() {
 
 /// A frame-record walk that reads a zero frame pointer in a function that is no thread's entry
 /// (fixtures/c/chain.c `zerofp`: an assembly leaf saves rbp, zeroes it and traps) ended short:
-/// `--mode fp` gives the one frame and says truncated; Hybrid and Dwarf read the CFI there and
-/// walk on to `_start`, whole. A thread's usual end (`start_thread`) stays whole in FP mode.
+/// `--mode fp` gives the leaf and its caller (found on the stack, where it returns after a
+/// direct call to the leaf: the frame pointer is no record) and says truncated; Hybrid and
+/// Dwarf read the CFI there and walk on to `_start`, whole. A thread's usual end
+/// (`start_thread`) stays whole in FP mode.
 #[test]
 fn a_zero_frame_pointer_outside_a_thread_entry_is_a_truncation() {
     if !can_make_fresh_cores() {
@@ -477,7 +479,7 @@ fn a_zero_frame_pointer_outside_a_thread_entry_is_a_truncation() {
     let (c, _) = fresh_core("zerofp", &d);
     let fp = json(&["stack", "--core", p(&c), "--mode", "fp"]);
     let t = &fp["threads"][0];
-    assert_eq!(symbols(t), ["zero_fp_leaf"], "{fp}");
+    assert_eq!(symbols(t), ["zero_fp_leaf", "zfp_caller"], "{fp}");
     assert_eq!(t["truncated"], true, "{fp}");
     for mode in ["hybrid", "dwarf"] {
         let v = json(&["stack", "--core", p(&c), "--mode", mode]);

@@ -1739,7 +1739,7 @@ impl<'a> Walks<'a> {
     /// sp and that record: the first word there that returns after a direct call (`call
     /// rel32`) to the very function the leaf pc is in (by the symbol table) is taken for it.
     /// A leaf that keeps a record has its return address above it, out of that range. Words
-    /// are scanned up to the frame pointer, or 2 KiB when it is not above sp.
+    /// are scanned up to the frame pointer, or 2 KiB when it is below sp (not a record).
     fn leaf_return_address_by_call(
         &self,
         regs: &crate::arch::Regs,
@@ -1749,7 +1749,8 @@ impl<'a> Walks<'a> {
         let f = self.symbols.lookup(regs.pc)?;
         let start = regs.pc.checked_sub(f.offset)?;
         let limit = regs.sp.checked_add(SCAN)?;
-        let end = if regs.fp > regs.sp {
+        // A frame pointer at sp is the leaf's own record (pushed, no locals): nothing to scan.
+        let end = if regs.fp >= regs.sp {
             regs.fp.min(limit)
         } else {
             limit
