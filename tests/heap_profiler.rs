@@ -276,6 +276,40 @@ fn writing_a_profile_is_not_in_the_next_heap_profile() {
     }
 }
 
+/// The profilers' own work on a thread (the CPU profiler's start and stop, a profile written)
+/// leaves the thread's sampling as it was: what the program allocates right after is sampled
+/// at the rate (it went unsampled for the next 4 MiB: none of these 2 MB, found by outside
+/// use).
+#[test]
+fn the_profilers_own_work_leaves_the_thread_s_sampling_as_it_was() {
+    let _g = setup();
+    let rate = 4096;
+    heap::start(rate);
+    let before = totals(&heap::snapshot_raw(), "alloc_exact_counted")[0];
+    // The CPU profiler started, then 1 MiB in 10 000 blocks of ~100 bytes (244 samples
+    // expected at 4 KiB), then the CPU profiler stopped and its profile made, and a heap
+    // profile written, then 1 MiB more.
+    let cpu = unwind::cpu::CpuProfiler::start(Default::default()).unwrap();
+    black_box(alloc_exact_counted(10_000));
+    black_box(cpu.stop().to_profile(
+        &unwind::policy::ProfileKind::Cpu.policy(),
+        &heap::default_classifier(),
+    ));
+    let p = heap::to_profile(&heap::snapshot(), rate);
+    let sym = unwind::symbols::Symbolizer::for_current_process();
+    let mut pb = Vec::new();
+    p.write_pprof(&sym, &mut pb).unwrap();
+    black_box(pb);
+    black_box(alloc_exact_counted(10_000));
+    let after = totals(&heap::snapshot_raw(), "alloc_exact_counted")[0];
+    heap::stop();
+    let samples = after - before;
+    assert!(
+        (300..=700).contains(&samples),
+        "{samples} samples of 2 MiB at a {rate}-byte rate (488 expected)"
+    );
+}
+
 /// Separate heap blocks (the boxes are the point: one allocation each).
 #[allow(clippy::vec_box)]
 #[inline(never)]
