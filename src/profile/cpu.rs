@@ -8,7 +8,8 @@
 //!   the thread's `CLOCK_THREAD_CPUTIME_ID`-style clock, `SIGEV_THREAD_ID` so SIGPROF goes to
 //!   that thread). The collector finds threads created after start in `/proc/self/task` (it
 //!   looks every [`crate::threads::SCAN_EVERY`] and reads the list when the number of threads
-//!   changed, or every [`crate::threads::FULL_SCAN_EVERY`]) and deletes the timers of threads
+//!   changed, when the process used CPU time its samples do not account for, or every
+//!   [`crate::threads::FULL_SCAN_EVERY`]) and deletes the timers of threads
 //!   that ended. A
 //!   registration made while the profiler runs starts that thread's timer at once. [`TimerMode::Process`] uses
 //!   `setitimer(ITIMER_PROF)` instead: one process-wide CPU-time timer, whose signal the kernel
@@ -103,7 +104,8 @@ pub enum Clock {
 pub enum Threads {
     /// Every thread of the process, registered or not (the default, as Go's profiler): the
     /// collector looks at `/proc/self/task` every [`crate::threads::SCAN_EVERY`] (and lists it
-    /// when the number of threads changed, or every [`crate::threads::FULL_SCAN_EVERY`]),
+    /// when the number of threads changed, when the process used CPU time its samples do not
+    /// account for, or every [`crate::threads::FULL_SCAN_EVERY`]),
     /// gives new threads a timer and deletes the timers of threads that ended. The handler then runs
     /// on the interrupted thread's own stack (no `SA_ONSTACK`): unregistered threads' alternate
     /// stacks (std's, a few KiB) are too small for a capture.
@@ -1142,6 +1144,13 @@ impl CpuProfiler {
                 // Unknown: the first look reads the list.
                 let mut seen_count = None;
                 let mut drained = 0;
+                // The process's CPU time and the samples collected at the last look.
+                let sample_period = period(&config).max(Duration::from_millis(10));
+                let (mut last_cpu, mut last_collected) = (process_cpu_time(), 0u64);
+                // CPU time the process used since the last listing that no sample accounts
+                // for (each timed thread keeps less than a period unsampled; a thread without
+                // a timer makes it grow).
+                let mut owed = Duration::ZERO;
                 while !shared.stop.load(Ordering::Acquire) {
                     // The timers that may fire: one per timed thread; ITIMER_PROF fires
                     // for the process's CPU time, on as many CPUs as it runs on.
@@ -1163,12 +1172,28 @@ impl CpuProfiler {
                         // count is read before the list, so a thread born after it
                         // changes the next count.
                         let count = crate::threads::count_hint();
+                        // And when the process used more than a period of CPU time that
+                        // no sample accounts for since the last listing: a thread that
+                        // began as another ended (the count the same) runs without a timer.
+                        // A program that starts a thread per job kept the count steady, and
+                        // most of its threads' CPU time went unsampled.
+                        let cpu = process_cpu_time();
+                        let collected = shared.collected.load(Ordering::Relaxed);
+                        let sampled = sample_period.saturating_mul(
+                            u32::try_from(collected.saturating_sub(last_collected))
+                                .unwrap_or(u32::MAX),
+                        );
+                        owed = (owed + cpu.saturating_sub(last_cpu)).saturating_sub(sampled);
+                        let unsampled = owed > sample_period;
+                        (last_cpu, last_collected) = (cpu, collected);
                         if count.is_none()
                             || count != seen_count
+                            || unsampled
                             || last_full.elapsed() >= crate::threads::FULL_SCAN_EVERY
                         {
                             seen_count = count;
                             last_full = last_scan;
+                            owed = Duration::ZERO;
                             let mut reg = registry();
                             // Not after stop: halt clears `running` under this lock.
                             if let Some(cfg) = reg.running {
@@ -1429,7 +1454,7 @@ impl CpuProfile {
     /// What this profile's reader should know that it does not show, one line each (what
     /// [`CpuProfile::to_profile`] prints on standard error, beside the build's warnings): a
     /// `fork` child's inherited profiler, and samples that hold less than half the CPU time
-    /// the process used (threads that lived shorter than the collector's 50 ms scan, or ran
+    /// the process used (threads that lived shorter than the collector's 20 ms look, or ran
     /// between two of its looks, got no per-thread timer: [`TimerMode::Process`] samples
     /// them).
     pub fn warnings(&self) -> Vec<String> {
@@ -1451,7 +1476,7 @@ impl CpuProfile {
         if self.stats.per_thread_cpu_timers && used >= period * 20 && sampled < used / 2 {
             w.push(format!(
                 "the profile holds {} ms of the {} ms of CPU time the process used while it \
-                 ran: threads that lived shorter than the profiler's 50 ms scan of threads got \
+                 ran: threads that lived shorter than the profiler's 20 ms look for threads got \
                  no timer; TimerMode::Process samples the whole process's CPU time",
                 sampled.as_millis(),
                 used.as_millis()

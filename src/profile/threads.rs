@@ -54,9 +54,11 @@ pub(crate) fn is_own(tid: libc::pid_t) -> bool {
 }
 
 /// How often the collector looks for new and exited threads. A thread that lives shorter than
-/// this may never be sampled. The look is cheap ([`count_hint`]): the thread list is read only
-/// when the number of threads changed, or [`FULL_SCAN_EVERY`] passed.
-pub const SCAN_EVERY: Duration = Duration::from_millis(50);
+/// this may never be sampled. The look is cheap ([`count_hint`] and the process's CPU time):
+/// the thread list is read only when the number of threads changed, when the process used CPU
+/// time its samples do not account for (a thread without a timer), or [`FULL_SCAN_EVERY`]
+/// passed.
+pub const SCAN_EVERY: Duration = Duration::from_millis(20);
 
 /// How often the collector reads the thread list even though the number of threads did not
 /// change (a thread ended and another began between two looks).
@@ -65,7 +67,7 @@ pub const FULL_SCAN_EVERY: Duration = Duration::from_millis(500);
 /// A number that changes when the number of this process's threads changes: the link count of
 /// `/proc/self/task` (2 + the threads). One `stat`, no allocation; a listing of the directory
 /// costs several system calls and allocations (about 8 µs warm, 90 µs when the collector wakes
-/// up cold, which every 50 ms was most of its CPU time). `None` if it cannot be read.
+/// up cold, which every 50 ms was most of the collector's CPU time). `None` if it cannot be read.
 pub fn count_hint() -> Option<u64> {
     // SAFETY: stat is plain data; the path is a NUL-terminated literal; `st` is written only.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
