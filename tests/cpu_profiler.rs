@@ -882,7 +882,8 @@ fn a_profile_that_missed_most_of_the_cpu_time_says_so() {
     let _w = Watchdog::new("missed cpu", 120);
     unwind::init();
     let p = CpuProfiler::start(Config::default()).unwrap();
-    for i in 0..40 {
+    // 80 threads of 10 ms each (wall time: under load, less CPU time).
+    for i in 0..80 {
         let h = std::thread::spawn(move || spin(Duration::from_millis(10), i));
         black_box(h.join().unwrap());
     }

@@ -205,9 +205,9 @@ pub enum StopReason {
     /// after it were left out.
     NotCode,
     /// A debug build's live capture asked on an alternate signal stack with less than
-    /// [`crate::live::DEBUG_WALK_STACK`] bytes left below it: unoptimised, a walk takes tens of
-    /// KiB of stack (release builds ~2 KiB, and never stop for this), which would overflow it
-    /// (std gives every thread an 8 KiB one). Nothing was written.
+    /// [`crate::live::DEBUG_WALK_STACK`] bytes (32 or 56 KiB) left below it: unoptimised, a
+    /// walk takes tens of KiB of stack (release builds ~2 KiB, and never stop for this), which
+    /// would overflow it (std gives every thread an 8 KiB one). Nothing was written.
     LowStack,
 }
 

@@ -608,11 +608,16 @@ pub struct Options {
 }
 
 /// How much stack a debug build's live capture wants left below it when it runs on an
-/// alternate signal stack (measured: up to ~50 KiB unoptimised with CFI, ~17 KiB by frame
-/// records; an optimised build ~2 KiB). Short of it, a debug build's capture writes nothing
-/// and says [`StopReason::LowStack`](crate::frame::StopReason::LowStack) rather than run into
-/// the stack's guard page.
-pub const DEBUG_WALK_STACK: usize = 64 * 1024;
+/// alternate signal stack (measured: up to ~50 KiB unoptimised in a build without frame
+/// pointers, which walks by CFI, ~17 KiB by frame records; an optimised build ~2 KiB). Short
+/// of it, a debug build's capture writes nothing and says
+/// [`StopReason::LowStack`](crate::frame::StopReason::LowStack) rather than run into the
+/// stack's guard page. Both fit the 64 KiB alternate stack `cpu::register_thread` installs.
+pub const DEBUG_WALK_STACK: usize = if cfg!(unwind_no_frame_pointers) {
+    56 * 1024
+} else {
+    32 * 1024
+};
 
 /// Is there room for this build's walk on the stack it runs on? Always in optimised builds
 /// (no `debug_assertions`: the check compiles away). In debug builds, one `sigaltstack` query:
