@@ -463,6 +463,16 @@ fn expected_len(data: &[u8]) -> u64 {
 
 /// Parses core bytes (the whole file).
 fn parse_bytes(data: &[u8]) -> Result<Parsed, CoreError> {
+    // A file cut inside the 64-byte ELF header that begins as a 64-bit little-endian ELF file
+    // does: truncated, not "not ELF" (found by outside use).
+    const ELF64_LE: [u8; 6] = [0x7f, b'E', b'L', b'F', 2, 1];
+    let header = core::mem::size_of::<elf::FileHeader64<LE>>();
+    if !data.is_empty()
+        && data.len() < header
+        && ELF64_LE.starts_with(&data[..data.len().min(ELF64_LE.len())])
+    {
+        return Err(CoreError::Truncated("ELF header"));
+    }
     let hdr = elf::FileHeader64::<LE>::parse(data).map_err(|_| CoreError::NotElf)?;
     let e = hdr.endian().map_err(|_| CoreError::NotElf)?;
     if hdr.e_type(e) != elf::ET_CORE {
@@ -703,6 +713,21 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         assert!(matches!(parse_bytes(b""), Err(CoreError::NotElf)));
+        // Cut inside the header of what begins as a 64-bit little-endian ELF file.
+        let head = [0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0];
+        for n in 1..=head.len() {
+            assert!(
+                matches!(
+                    parse_bytes(&head[..n]),
+                    Err(CoreError::Truncated("ELF header"))
+                ),
+                "{n}"
+            );
+        }
+        assert!(matches!(
+            parse_bytes(b"\x7fELF\x01"),
+            Err(CoreError::NotElf)
+        ));
         assert!(matches!(parse_bytes(&[0x7f; 100]), Err(CoreError::NotElf)));
         let mut x = vec![0u8; 64];
         x[..4].copy_from_slice(b"\x7fELF");
