@@ -480,6 +480,57 @@ mod tests {
         assert!(w.run(|m| switched_goroutine(m, &o, G0, marker)).is_none());
     }
 
+    /// Two callbacks in progress on g0's stack (C -> Go -> C -> Go): the inner one's frame at
+    /// `g0.sched.sp`, the outer one's at the sp it saved; each gives its C caller, and the
+    /// `g0.sched.sp` it saved, where the C code's own `asmcgocall` frame is.
+    #[test]
+    fn cgocallback_callers_are_read_from_the_frames_each_callback_opened() {
+        let o = GoOffsets::GO_1_17;
+        let mut w = World::new();
+        let (inner, outer, top) = (G0_SP - 0x400, G0_SP - 0x200, G0_SP);
+        w.put(GP + o.g_m, M);
+        w.put(M + o.m_g0, G0);
+        w.put(G0 + o.g_sched + o.gobuf_sp, inner);
+        for (frame, saved, fp, ra) in [
+            (inner, outer, inner + 0x60, 0x46457d),
+            (outer, top, outer + 0x60, 0x46457e),
+        ] {
+            w.put(frame, saved);
+            w.put(frame + 0x18, fp);
+            w.put(frame + 0x20, ra);
+        }
+        let (r, saved) = w.run(|m| cgocallback_caller(m, &o, GP, 1)).unwrap();
+        assert_eq!(
+            (r.pc, r.sp, r.fp, saved),
+            (0x46457d, inner + 0x28, inner + 0x60, outer)
+        );
+        let (r, saved) = w.run(|m| cgocallback_caller(m, &o, GP, 2)).unwrap();
+        assert_eq!(
+            (r.pc, r.sp, r.fp, saved),
+            (0x46457e, outer + 0x28, outer + 0x60, top)
+        );
+        // The third: g0's sp saved before any callback, whose "frame" holds nothing.
+        assert!(w.run(|m| cgocallback_caller(m, &o, GP, 3)).is_none());
+        assert!(w.run(|m| cgocallback_caller(m, &o, GP, 0)).is_none());
+        // A saved sp below the one before: no chain.
+        w.put(inner, inner - 0x100);
+        assert!(w.run(|m| cgocallback_caller(m, &o, GP, 2)).is_none());
+
+        // asmcgocall from the goroutine at depth 0x200 below its stack.hi, on g0 at `outer`:
+        // its frame at (outer - 64) & !15 holds the goroutine and the depth; the goroutine's
+        // sp there holds the return address into runtime.cgocall.
+        let frame = (outer - 64) & !15;
+        w.put(frame + 48, GP);
+        w.put(frame + 40, 0x200);
+        w.put(GP + o.g_stack, GSTACK_LO);
+        w.put(GP + o.g_stack + 8, GSTACK_HI);
+        w.put(GSTACK_HI - 0x200, 0x404f25);
+        assert_eq!(w.run(|m| asmcgocall_caller(m, &o, outer)), Some(0x404f25));
+        // A depth past the goroutine's stack.
+        w.put(frame + 40, 0x2000);
+        assert_eq!(w.run(|m| asmcgocall_caller(m, &o, outer)), None);
+    }
+
     #[test]
     fn hostile_pointers_give_none() {
         let o = GoOffsets::GO_1_17;
@@ -489,6 +540,12 @@ mod tests {
             assert!(w
                 .run(|m| switched_goroutine(m, &o, g, Range::new(1, 2)))
                 .is_none());
+            for nth in [1, 2, usize::MAX] {
+                assert!(w.run(|m| cgocallback_caller(m, &o, g, nth)).is_none());
+            }
+        }
+        for sp in [0, 8, u64::MAX, u64::MAX - 63, G0_SP] {
+            assert!(w.run(|m| asmcgocall_caller(m, &o, sp)).is_none());
         }
     }
 }
