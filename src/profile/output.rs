@@ -280,13 +280,15 @@ impl Profile {
         inlines: bool,
         w: W,
     ) -> io::Result<()> {
-        let folded = self.folded_impl(sym, index, inlines);
-        let mut opts = inferno::flamegraph::Options::default();
-        opts.title = title.to_string();
-        if let Some((_, unit)) = self.sample_types.get(index) {
-            opts.count_name = unit.clone();
-        }
+        // All of it the profiler's own work (inferno's options too: they were sampled once the
+        // heap profiler stopped charging the writers' allocations to the thread's next ones).
         crate::heap::unsampled(|| {
+            let folded = self.folded_impl(sym, index, inlines);
+            let mut opts = inferno::flamegraph::Options::default();
+            opts.title = title.to_string();
+            if let Some((_, unit)) = self.sample_types.get(index) {
+                opts.count_name = unit.clone();
+            }
             if folded.is_empty() {
                 // inferno refuses empty input; draw a graph with one "no samples" bar.
                 let line = "no samples 1";
