@@ -625,6 +625,66 @@ fn a_zeroed_return_address_is_no_stack_s_end() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// A thread stopped in a PLT stub (gdb's `break clock_gettime@plt`, then `gcore`) is named as
+/// gdb names it, `clock_gettime@plt`, from the stub's jump through a GOT slot and the slot's
+/// relocation, with and without IBT's `.plt.sec`: the symbol tables name no stub, and the
+/// symbol before them (`_init`, in `.init`) took it (`_init+0x30`: found by outside use).
+#[test]
+fn a_pc_in_a_plt_stub_is_named_after_its_target() {
+    if !cfg!(target_arch = "x86_64") || !need("gcc", "--version") || !need("gdb", "--version") {
+        return;
+    }
+    let d = tmp("plt");
+    let src = d.join("plt.c");
+    std::fs::write(
+        &src,
+        "#include <time.h>\n\
+         __attribute__((noinline)) void spin(void) {\n\
+           struct timespec ts; for (;;) clock_gettime(CLOCK_MONOTONIC, &ts); }\n\
+         int main(void) { spin(); }\n",
+    )
+    .unwrap();
+    for (name, flags) in [
+        ("plain", &[][..]),
+        ("ibt", &["-fcf-protection=full", "-Wl,-z,ibtplt"][..]),
+    ] {
+        let exe = d.join(name);
+        let ok = Command::new("gcc")
+            .args(["-O2", "-g"])
+            .args(flags)
+            .arg("-o")
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{name}");
+        let core = d.join(format!("{name}.core"));
+        let out = Command::new("gdb")
+            .args([
+                "-batch",
+                "-nx",
+                "-ex",
+                "set pagination off",
+                "-ex",
+                "starti",
+            ])
+            .args(["-ex", "break clock_gettime@plt", "-ex", "continue"])
+            .args(["-ex", &format!("gcore {}", core.display()), "-ex", "kill"])
+            .arg(&exe)
+            .output()
+            .unwrap();
+        assert!(
+            core.exists(),
+            "{name}: gdb wrote no core: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v = json(&["stack", "--core", p(&core), "--exe", p(&exe)]);
+        let n = symbols(&v["threads"][0]);
+        assert_eq!(n[..2], ["clock_gettime@plt", "spin"], "{name}: {v}");
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
 /// A thread caught creating a thread, at `clone3`'s return in the parent (where `--pid`'s
 /// stop lands it often: the syscall's exit): glibc's FDE ends before the `syscall`, so that pc
 /// has no CFI, and the walk stopped at its first frame. The code there (`test; jl; je; ret`)

@@ -141,9 +141,89 @@ pub struct Module {
     /// Executable sections: (file address, range of `data`), for finding code by its
     /// instructions.
     code: Vec<(u64, std::ops::Range<usize>)>,
+    /// x86_64 PLT sections (`.plt`, `.plt.sec`, `.plt.got`): (file address range, entry size).
+    plt: Vec<(Range, u64)>,
+    /// Their stubs' names (`memcpy@plt`), by file address, made on the first lookup of a pc
+    /// in one ([`plt_stubs`]).
+    plt_names: std::sync::OnceLock<Vec<(u64, u64, String)>>,
     /// A Go binary (it has a `.gopclntab`): names are shown as Go prints them
     /// ([`go_name_for_print`]).
     go: bool,
+}
+
+/// The PLT sections of an x86_64 ELF file: (file address range, entry size: 8 in `.plt.got`,
+/// 16 elsewhere).
+fn plt_sections(file: &object::File<'_>) -> Vec<(Range, u64)> {
+    if file.architecture() != object::Architecture::X86_64 {
+        return Vec::new();
+    }
+    [".plt", ".plt.sec", ".plt.got"]
+        .iter()
+        .filter_map(|n| {
+            let s = section_by_name(file, n)?;
+            let lo = s.address();
+            let hi = lo.checked_add(s.size())?;
+            (lo < hi).then(|| (Range::new(lo, hi), if n.ends_with("got") { 8 } else { 16 }))
+        })
+        .collect()
+}
+
+/// The names of an x86_64 file's PLT stubs, as gdb names them (`memcpy@plt`): each stub's
+/// indirect jump (`jmp *disp(%rip)`, after an `endbr64` and a `bnd` prefix or not) goes
+/// through a GOT slot that a dynamic relocation (`JUMP_SLOT`, `GLOB_DAT`) names.
+/// `(file address, size, name)`, sorted. A stub without such a jump (the resolver's PLT0, a
+/// lazy `.plt` entry beside `.plt.sec`) has none.
+fn plt_stubs(data: &[u8], sections: &[(Range, u64)]) -> Vec<(u64, u64, String)> {
+    use object::ObjectSymbolTable;
+    let Ok(file) = object::File::parse(data) else {
+        return Vec::new();
+    };
+    let Some(dynsyms) = file.dynamic_symbol_table() else {
+        return Vec::new();
+    };
+    let slots: std::collections::HashMap<u64, String> = file
+        .dynamic_relocations()
+        .map(|it| {
+            it.filter_map(|(slot, r)| match r.target() {
+                object::RelocationTarget::Symbol(i) => {
+                    let name = dynsyms.symbol_by_index(i).ok()?.name().ok()?;
+                    (!name.is_empty()).then(|| (slot, name.to_string()))
+                }
+                _ => None,
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for &(range, entry) in sections {
+        let Some(bytes) = file
+            .sections()
+            .find(|s| s.address() == range.lo && s.size() == range.hi - range.lo)
+            .and_then(|s| s.data().ok())
+        else {
+            continue;
+        };
+        for (k, stub) in bytes.chunks_exact(entry as usize).enumerate() {
+            let at = range.lo + k as u64 * entry;
+            // `ff 25 disp32` at 0, after `endbr64` (4), or after `endbr64; bnd` (5).
+            let jump = [0usize, 4, 5]
+                .into_iter()
+                .find(|&i| stub.get(i..i + 2) == Some(&[0xff, 0x25]));
+            let Some(i) = jump else { continue };
+            let Some(disp) = stub.get(i + 2..i + 6) else {
+                continue;
+            };
+            let disp = i32::from_le_bytes([disp[0], disp[1], disp[2], disp[3]]);
+            let slot = at
+                .wrapping_add((i + 6) as u64)
+                .wrapping_add_signed(i64::from(disp));
+            if let Some(name) = slots.get(&slot) {
+                out.push((at, entry, format!("{name}@plt")));
+            }
+        }
+    }
+    out.sort_unstable_by_key(|e| e.0);
+    out
 }
 
 /// May [`go_name_for_print`] change `raw` (a cheap test, no allocation)?
@@ -411,9 +491,12 @@ impl Module {
             })
             .collect();
         let go = crate::cfi::gopclntab::is_go(&file);
+        let plt = plt_sections(&file);
         drop(file);
         Ok(Module {
             go,
+            plt,
+            plt_names: std::sync::OnceLock::new(),
             path: display.to_string(),
             file: path.to_path_buf(),
             bias,
@@ -607,6 +690,22 @@ impl Module {
     /// The function containing runtime address `pc`.
     pub fn lookup(&self, pc: u64) -> Option<Symbol<'_>> {
         let a = pc.wrapping_sub(self.bias);
+        // A PLT stub: the symbol tables name none (the symbol before it, `_init`, covered it).
+        if self.plt.iter().any(|(r, _)| r.contains(a)) {
+            let stubs = self
+                .plt_names
+                .get_or_init(|| plt_stubs(&self.data, &self.plt));
+            let i = stubs.partition_point(|e| e.0 <= a);
+            if let Some((at, size, name)) = i.checked_sub(1).map(|i| &stubs[i]) {
+                if a < at + size {
+                    return Some(Symbol {
+                        name,
+                        module: &self.path,
+                        offset: a - at,
+                    });
+                }
+            }
+        }
         let prepared = self
             .prepared
             .get()
