@@ -555,22 +555,34 @@ fn a_return_address_in_no_code_ends_the_walk_truncated() {
     if !can_make_fresh_cores() {
         return;
     }
-    let d = tmp("fakerec");
-    let (c, _) = fresh_core("fakerec", &d);
+    for (mode, text) in cut_in_every_mode("fakerec", &["fake_record"], "return address not in code")
+    {
+        assert!(!text.contains("4141414141"), "{mode}: {text}");
+    }
+}
+
+/// A fresh core of fixtures/c/chain.c `variant`, walked in every mode: its thread's frames are
+/// exactly `frames`, cut, and the text says why (`(truncated: REASON)`). The text outputs, by
+/// mode.
+fn cut_in_every_mode(variant: &str, frames: &[&str], reason: &str) -> Vec<(&'static str, String)> {
+    let d = tmp(variant);
+    let (c, _) = fresh_core(variant, &d);
+    let mut texts = Vec::new();
     for mode in ["fp", "hybrid", "dwarf"] {
         let v = json(&["stack", "--core", p(&c), "--mode", mode]);
         let t = &v["threads"][0];
-        assert_eq!(symbols(t), ["fake_record"], "{mode}: {v}");
+        assert_eq!(symbols(t), frames, "{mode}: {v}");
         assert_eq!(t["truncated"], true, "{mode}: {v}");
         let text = run(&["stack", "--core", p(&c), "--mode", mode]);
-        let text = String::from_utf8_lossy(&text.stdout);
+        let text = String::from_utf8_lossy(&text.stdout).into_owned();
         assert!(
-            text.contains("(truncated: return address not in code)"),
+            text.contains(&format!("(truncated: {reason})")),
             "{mode}: {text}"
         );
-        assert!(!text.contains("4141414141"), "{mode}: {text}");
+        texts.push((mode, text));
     }
     let _ = std::fs::remove_dir_all(d);
+    texts
 }
 
 /// A leaf with no CFI and no frame record (fixtures/c/chain.c `nocfi`, assembly that faults
@@ -608,21 +620,11 @@ fn a_zeroed_return_address_is_no_stack_s_end() {
     if !can_make_fresh_cores() {
         return;
     }
-    let d = tmp("zerora");
-    let (c, _) = fresh_core("zerora", &d);
-    for mode in ["fp", "hybrid", "dwarf"] {
-        let v = json(&["stack", "--core", p(&c), "--mode", mode]);
-        let t = &v["threads"][0];
-        assert_eq!(symbols(t), ["zr_smash", "zr_mid"], "{mode}: {v}");
-        assert_eq!(t["truncated"], true, "{mode}: {v}");
-        let text = run(&["stack", "--core", p(&c), "--mode", mode]);
-        let text = String::from_utf8_lossy(&text.stdout);
-        assert!(
-            text.contains("(truncated: ended short of the stack's root)"),
-            "{mode}: {text}"
-        );
-    }
-    let _ = std::fs::remove_dir_all(d);
+    cut_in_every_mode(
+        "zerora",
+        &["zr_smash", "zr_mid"],
+        "ended short of the stack's root",
+    );
 }
 
 /// A thread stopped in a PLT stub (gdb's `break clock_gettime@plt`, then `gcore`) is named as

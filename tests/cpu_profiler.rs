@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use unwind::cpu::{Clock, Config, CpuProfile, CpuProfiler, Error, TimerMode};
 use unwind::policy::{Classifier, ProfileKind};
+use unwind::Frame;
 
 /// One profiler at a time per process: tests take this lock.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -76,6 +77,15 @@ fn spin(budget: Duration, salt: u64) -> u64 {
         }
     }
     x
+}
+
+/// The samples of `stacks` with a frame in function `name` (short name).
+fn samples_in(stacks: &[(Vec<Frame>, u64)], name: &str) -> u64 {
+    stacks
+        .iter()
+        .filter(|(f, _)| short_names(f).iter().any(|n| n == name))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,12 +241,7 @@ fn signal_storm_four_allocating_threads() {
     assert_eq!(s.on_alt_stack, s.signals, "{s:?}");
     // 4 threads x 5 kHz x 2.5 s is 50 000; allow for a loaded machine and timer slack.
     assert!(s.signals >= 2000, "{s:?}");
-    let in_worker: u64 = prof
-        .stacks
-        .iter()
-        .filter(|(f, _)| short_names(f).iter().any(|n| n == "storm_worker"))
-        .map(|(_, n)| n)
-        .sum();
+    let in_worker: u64 = samples_in(&prof.stacks, "storm_worker");
     // Samples that land inside libc's allocator (built without frame pointers) lose their
     // callers; in release builds that is most of this workload. The rest must reach the worker.
     assert!(
@@ -292,12 +297,7 @@ fn process_timer_samples_unregistered_threads() {
     assert_adds_up(&prof);
     // Without SA_ONSTACK the handler runs on the interrupted stack, not std's small one.
     assert_eq!(prof.stats.on_alt_stack, 0, "{:?}", prof.stats);
-    let in_worker: u64 = prof
-        .stacks
-        .iter()
-        .filter(|(f, _)| short_names(f).iter().any(|n| n == "process_timer_worker"))
-        .map(|(_, n)| n)
-        .sum();
+    let in_worker: u64 = samples_in(&prof.stacks, "process_timer_worker");
     assert!(in_worker >= 50, "{in_worker} of {}", prof.total());
 }
 
@@ -392,12 +392,7 @@ fn self_sent_samples_are_recorded_and_drained() {
     let prof = p.stop();
     assert_adds_up(&prof);
     assert_eq!(prof.stats.dropped, 0, "{:?}", prof.stats);
-    let here: u64 = prof
-        .stacks
-        .iter()
-        .filter(|(f, _)| short_names(f).iter().any(|n| n == "sample_me_now"))
-        .map(|(_, c)| c)
-        .sum();
+    let here: u64 = samples_in(&prof.stacks, "sample_me_now");
     assert!(
         here as usize >= sent && sent >= 2000,
         "{here} samples in sample_me_now, {sent} sent"
@@ -446,16 +441,7 @@ fn threads_start_and_exit_while_profiling() {
     let prof = p.stop();
     assert_eq!(spawned.load(Ordering::Relaxed), 60);
     assert_adds_up(&prof);
-    let in_short: u64 = prof
-        .stacks
-        .iter()
-        .filter(|(f, _)| {
-            short_names(f)
-                .iter()
-                .any(|n| n == "short_lived_thread_work")
-        })
-        .map(|(_, n)| n)
-        .sum();
+    let in_short: u64 = samples_in(&prof.stacks, "short_lived_thread_work");
     assert!(in_short >= 50, "{in_short} of {}", prof.total());
     // A thread registered after stop gets no timer and the next profiler starts cleanly.
     let _reg = unwind::cpu::register_thread();
@@ -497,18 +483,9 @@ fn threads_started_one_after_another_are_all_sampled() {
     let threads_seen = prof
         .threads
         .iter()
-        .filter(|t| {
-            t.stacks
-                .iter()
-                .any(|(f, _)| short_names(f).iter().any(|n| n == "one_job_thread"))
-        })
+        .filter(|t| samples_in(&t.stacks, "one_job_thread") > 0)
         .count();
-    let in_jobs: u64 = prof
-        .stacks
-        .iter()
-        .filter(|(f, _)| short_names(f).iter().any(|n| n == "one_job_thread"))
-        .map(|(_, n)| n)
-        .sum();
+    let in_jobs: u64 = samples_in(&prof.stacks, "one_job_thread");
     assert!(
         u128::from(in_jobs) * 10 >= expected * 6 && threads_seen >= 9,
         "{in_jobs} samples of ~{expected} of CPU time, {threads_seen} of {jobs} threads seen: {:?}",
@@ -564,16 +541,7 @@ fn default_samples_every_thread_and_frees_timers_of_exited_ones() {
         assert!(during <= before + live, "{during} timers, {live} threads");
         assert_eq!(posix_timers(), Some(before), "timers left after stop");
     }
-    let in_late: u64 = prof
-        .stacks
-        .iter()
-        .filter(|(f, _)| {
-            short_names(f)
-                .iter()
-                .any(|n| n == "late_unregistered_worker")
-        })
-        .map(|(_, n)| n)
-        .sum();
+    let in_late: u64 = samples_in(&prof.stacks, "late_unregistered_worker");
     // The workers spun ~1.5 s of wall time each; at 99 Hz of their CPU time even a loaded
     // machine gives dozens of samples.
     assert!(in_late >= 20, "{in_late} of {}", prof.total());

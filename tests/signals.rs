@@ -222,15 +222,27 @@ fn spin_on_system_stack_in_a_coroutine(stack: &mut corosensei::stack::DefaultSta
 /// spins, and returns the four captures.
 fn signal_while(body: fn(), alt: bool) -> [Captured; 4] {
     unwind::init();
-    DONE.store(0, Ordering::SeqCst);
-    READY.store(false, Ordering::SeqCst);
-    let t = std::thread::spawn(move || {
+    let alt = signal_spinning_thread(move || {
         unwind::init_thread();
         unwind::system_stack::map_thread_stack();
         let alt = alt.then(set_altstack);
         body();
         alt
     });
+    if let Some(a) = alt {
+        unmap(a);
+    }
+    // SAFETY: the handler ran (the thread only returns after DONE) and nothing writes SHOT now.
+    let shot = unsafe { &*SHOT.0.get() };
+    [0, 1, 2, 3].map(|i| Captured::new(&shot.bufs[i], shot.traces[i]))
+}
+
+/// Runs `body` on a new thread, sends it SIGUSR1 once it spins (`READY`: `spin_target`, which
+/// spins until the handler sets `DONE`), and returns what `body` returned.
+fn signal_spinning_thread<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    DONE.store(0, Ordering::SeqCst);
+    READY.store(false, Ordering::SeqCst);
+    let t = std::thread::spawn(body);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !READY.load(Ordering::Acquire) {
         assert!(Instant::now() < deadline, "spinner never started");
@@ -241,13 +253,7 @@ fn signal_while(body: fn(), alt: bool) -> [Captured; 4] {
         unsafe { libc::pthread_kill(t.as_pthread_t(), libc::SIGUSR1) },
         0
     );
-    let alt = t.join().unwrap();
-    if let Some(a) = alt {
-        unmap(a);
-    }
-    // SAFETY: the handler ran (the thread only returns after DONE) and nothing writes SHOT now.
-    let shot = unsafe { &*SHOT.0.get() };
-    [0, 1, 2, 3].map(|i| Captured::new(&shot.bufs[i], shot.traces[i]))
+    t.join().unwrap()
 }
 
 fn is_signal_trampoline(pc: u64) -> bool {
@@ -909,24 +915,11 @@ extern "C" fn on_sigusr1_capture_only(
 /// installed with `SA_ONSTACK`; `setup` runs on the thread first. The frames captured.
 fn capture_on_the_thread_s_alternate_stack(setup: fn() -> Option<(usize, usize)>) -> Captured {
     install(on_sigusr1_capture_only, true);
-    DONE.store(0, Ordering::SeqCst);
-    READY.store(false, Ordering::SeqCst);
-    let t = std::thread::spawn(move || {
+    let alt = signal_spinning_thread(move || {
         let alt = setup();
         spinner_outer();
         alt
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !READY.load(Ordering::Acquire) {
-        assert!(Instant::now() < deadline, "spinner never started");
-        std::thread::yield_now();
-    }
-    // SAFETY: the thread is alive (it spins until DONE) and SIGUSR1 has a handler.
-    assert_eq!(
-        unsafe { libc::pthread_kill(t.as_pthread_t(), libc::SIGUSR1) },
-        0
-    );
-    let alt = t.join().unwrap();
     if let Some(a) = alt {
         let used = alt_stack_used(a);
         let entry = a.0 + a.1 - SMALL_ENTRY_SP.load(Ordering::Relaxed);
