@@ -677,11 +677,12 @@ pub(crate) fn no_room() -> Trace {
 /// [`StopReason::NoFramePointers`]: crate::frame::StopReason::NoFramePointers
 #[inline(never)]
 pub fn capture(buf: &mut [Frame]) -> usize {
+    if cfg!(unwind_no_frame_pointers) {
+        // (`dwarf::capture` looks at the room for its walk itself.)
+        return capture_by_cfi(buf, 0).len;
+    }
     if !room_for_the_walk() {
         return 0;
-    }
-    if cfg!(unwind_no_frame_pointers) {
-        return capture_by_cfi(buf, 0).len;
     }
     trace_from_here(current_regs(), buf).len
 }
@@ -1070,15 +1071,11 @@ pub unsafe fn capture_from_ucontext_with(
     buf: &mut [Frame],
     opts: Options,
 ) -> Trace {
-    if !room_for_the_walk() {
-        return no_room();
-    }
-    // SAFETY: forwarded from the caller.
-    let (start, mut mem) = unsafe { start_from_ucontext(ucontext) };
+    let limit = crate::walk::depth_limit(opts.max_depth, buf.len());
+    // See `capture`: by CFI when it is prepared, else the interrupted pc alone. The CFI walk
+    // reads the ucontext (and looks at the room for its walk) itself.
+    #[cfg(feature = "dwarf")]
     if cfg!(unwind_no_frame_pointers) {
-        // See `capture`: by CFI when it is prepared, else the interrupted pc alone.
-        let limit = crate::walk::depth_limit(opts.max_depth, buf.len());
-        #[cfg(feature = "dwarf")]
         if let (Some(u), false) = (crate::modules::unwinder(), opts.naive) {
             // SAFETY: forwarded from the caller.
             let t = unsafe {
@@ -1091,6 +1088,13 @@ pub unsafe fn capture_from_ucontext_with(
             };
             return cut_by_depth(t, limit, buf.len());
         }
+    }
+    if !room_for_the_walk() {
+        return no_room();
+    }
+    // SAFETY: forwarded from the caller.
+    let (start, mut mem) = unsafe { start_from_ucontext(ucontext) };
+    if cfg!(unwind_no_frame_pointers) {
         let Some(first) = buf.get_mut(..limit).and_then(|b| b.first_mut()) else {
             return Trace {
                 len: 0,
