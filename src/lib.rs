@@ -12,9 +12,10 @@
 //! For [`capture`]: code built with frame pointers (`-C force-frame-pointers=yes`; this crate's
 //! `.cargo/config.toml` sets it, a dependent crate's build does not). Where a chain is missing the
 //! walk stops cleanly and says why ([`StopReason`], from [`capture_with`]). The build script
-//! notices a build without the flag (x86_64): there [`capture`] walks by CFI once
-//! `modules::refresh` (or a profiler's start) prepared it, and before that returns nothing
-//! ([`StopReason::NoFramePointers`]) rather than frames that are not its caller's. The profilers
+//! notices a build without the flag (x86_64): there [`capture`] walks by CFI once [`init`] (with
+//! the `dwarf` feature), `modules::refresh` or a profiler's start prepared it, and before that
+//! returns nothing ([`StopReason::NoFramePointers`]) rather than frames that are not its
+//! caller's. The profilers
 //! ([`cpu`], [`heap`]) and `unwind stack` default to [`Mode::Hybrid`], which needs no frame
 //! pointers: it follows the modules' CFI where there is no frame record ([`dwarf`],
 //! [`module_watch`]).
@@ -27,9 +28,9 @@
 //!
 //! # Example
 //! ```
-//! unwind::init(); // once, at start-up: the built-in switches (signal frames, ...)
-//! // In a build without frame pointers, `capture` walks by the prepared CFI (feature `dwarf`).
-//! unwind::modules::refresh();
+//! // Once, at start-up: the built-in switches (signal frames, ...) and, in a build without
+//! // frame pointers, the loaded modules' CFI, which `capture` walks by there (feature `dwarf`).
+//! unwind::init();
 //! let mut buf = [unwind::Frame::EMPTY; 64];
 //! let n = unwind::capture(&mut buf);
 //! assert!(n > 0);

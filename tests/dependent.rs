@@ -140,6 +140,42 @@ fn check(frame_pointers: bool) {
     assert!(fp_out.contains("heap_fp_empty=0"), "{fp_out}");
     assert!(!fp_out.contains("heap_fp_samples=0 "), "{fp_out}");
 
+    // `unwind::init()` alone, as README's first lines do: whole stacks from `capture` and from
+    // a signal handler's capture, with frame pointers or without (there `init` prepares the
+    // CFI; before the twenty-third round it did not, and `capture` returned nothing until
+    // `modules::refresh()`).
+    let out = Command::new(&bin).arg("init-only").output().unwrap();
+    let init_out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<&str> = stat(&init_out, "capture_init").split(';').collect();
+    let names: Vec<&str> = v[3].split(',').collect();
+    assert!(
+        names.len() == 4
+            && names[0].ends_with("deep_c")
+            && names[1].ends_with("deep_b")
+            && names[2].ends_with("deep_a")
+            && names[3].ends_with("dependent::main")
+            && v[0] == v[1],
+        "capture after init: {v:?}"
+    );
+    let v: Vec<&str> = stat(&init_out, "signal_init").split(';').collect();
+    let names: Vec<&str> = v[2].split(',').collect();
+    let at = |f: &str| names.iter().position(|n| n.ends_with(f));
+    let want: &[&str] = if frame_pointers {
+        &["sig_b", "sig_a", "dependent::main"]
+    } else {
+        &["sig_c", "sig_b", "sig_a", "dependent::main"]
+    };
+    let found: Vec<Option<usize>> = want.iter().map(|f| at(f)).collect();
+    assert!(
+        found.iter().all(Option::is_some) && found.windows(2).all(|w| w[0] < w[1]),
+        "signal after init: {want:?} in order in {v:?}"
+    );
+
     // A signal's capture asked for two frames: cut by that depth, said so (without frame
     // pointers it said "buffer full").
     assert_eq!(stat(&stats, "signal_depth2"), "2;max depth", "{stats}");

@@ -275,8 +275,22 @@ pub fn unwinder() -> Option<&'static Unwinder> {
 /// them), so that a program that prepares the CFI for `capture` in a build without frame
 /// pointers crosses signal frames and the other built-in switches too.
 pub fn refresh() -> (&'static Unwinder, Vec<(String, CfiError)>) {
-    crate::init();
+    crate::live::builtin::init_switches();
     refresh_locked(REFRESH.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// [`refresh`], unless an unwinder was already prepared (by a refresh that ran or finished
+/// meanwhile too): what [`crate::init`] runs in a build without frame pointers, where
+/// `capture` needs the CFI.
+#[cfg(unwind_no_frame_pointers)]
+pub(crate) fn prepare_unless_prepared() {
+    if unwinder().is_some() {
+        return;
+    }
+    let guard = REFRESH.lock().unwrap_or_else(|e| e.into_inner());
+    if unwinder().is_none() {
+        refresh_locked(guard);
+    }
 }
 
 fn refresh_locked(

@@ -190,7 +190,7 @@ pub enum StopReason {
     TooManyTransitions,
     /// A live frame-pointer walk in a build whose code keeps no frame records (x86_64 without
     /// `-C force-frame-pointers=yes`), with no prepared CFI to walk by instead
-    /// (`modules::refresh`, `dwarf` feature): nothing past the first frame a signal's
+    /// (`init` or `modules::refresh`, `dwarf` feature): nothing past the first frame a signal's
     /// registers give could be trusted. See [`crate::capture`].
     NoFramePointers,
     /// The chain ended (a zero frame pointer or return address) short of where the program's

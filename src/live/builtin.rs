@@ -78,7 +78,22 @@ static BUILTINS: OnceLock<Builtins> = OnceLock::new();
 /// signal context: the first call reads the loaded objects' symbol tables (file I/O, allocation,
 /// the loader lock). Later calls return the same result at the cost of an atomic load (and
 /// [`crate::init_thread`]'s thread-local check).
+///
+/// In a build without frame pointers (x86_64 without `-C force-frame-pointers=yes`, as a
+/// dependent crate's ordinary build is) with the `dwarf` feature, the first call also prepares
+/// the loaded modules' CFI ([`crate::modules::refresh`]) unless something already did:
+/// [`crate::capture`] walks by CFI there and returned nothing until it was prepared. Call
+/// [`crate::modules::refresh`] again after `dlopen`.
 pub fn init() -> &'static Builtins {
+    let b = init_switches();
+    #[cfg(all(feature = "dwarf", unwind_no_frame_pointers))]
+    crate::modules::prepare_unless_prepared();
+    b
+}
+
+/// [`init`] without preparing the CFI (what [`crate::modules::refresh`] runs before it prepares
+/// it itself).
+pub(crate) fn init_switches() -> &'static Builtins {
     crate::live::init_thread();
     crate::transition::forget_readers_after_fork();
     BUILTINS.get_or_init(discover)

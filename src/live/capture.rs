@@ -667,8 +667,8 @@ pub(crate) fn no_room() -> Trace {
 /// `.cargo/config.toml`, as the crate's README, "Using `unwind` from your crate", shows). The
 /// crate's build script notices a build without it. There `capture` (and
 /// [`capture_with`], [`capture_from_ucontext`]) walks by the loaded modules' CFI instead, in
-/// [`Mode::Hybrid`](crate::walk::Mode::Hybrid), once it is prepared (`modules::refresh` or a
-/// profiler's start, `dwarf` feature): the same frames, several times slower per frame, and at
+/// [`Mode::Hybrid`](crate::walk::Mode::Hybrid), once it is prepared ([`crate::init`],
+/// `modules::refresh` or a profiler's start, `dwarf` feature): the same frames, several times slower per frame, and at
 /// most `buf.len() - 1` of them. Without prepared CFI it writes nothing (a signal's capture: the
 /// interrupted pc alone) and [`capture_with`] says [`StopReason::NoFramePointers`]: whatever
 /// `rbp` holds in such a build is not a frame record, and following it gave frames that were
