@@ -91,6 +91,13 @@ fn demangled(raw: &str) -> Option<String> {
     None
 }
 
+#[cfg(test)]
+thread_local! {
+    /// How many symbol tables this thread listed or sorted ([`Module::funcs`], [`Module::order`]):
+    /// tests check that a live walk does neither while the threads are stopped.
+    pub(crate) static TABLES_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// One loaded module.
 pub struct Module {
     /// The path it was loaded from (as the process saw it).
@@ -554,6 +561,8 @@ impl Module {
     /// The function symbols (read from the tables on first use).
     fn funcs(&self) -> &[Func] {
         self.funcs.get_or_init(|| {
+            #[cfg(test)]
+            TABLES_READ.with(|n| n.set(n.get() + 1));
             // Room for every entry at once (growing the vector copied it, page by page).
             let mut all = Vec::with_capacity(self.tables.iter().map(|t| t.syms.len() / 24).sum());
             for t in &self.tables {
@@ -619,6 +628,8 @@ impl Module {
     /// Indices in `funcs` by (address, unsized, order of appearance).
     fn order(&self) -> &[u32] {
         self.order.get_or_init(|| {
+            #[cfg(test)]
+            TABLES_READ.with(|n| n.set(n.get() + 1));
             let funcs = self.funcs();
             let mut order = sort_order(funcs);
             // At each address the preferred symbol first ([`Module::prefer`]).
@@ -746,6 +757,31 @@ impl Module {
             .collect();
         addrs.sort_unstable();
         addrs.dedup();
+        let _ = self.prepared.set(self.answers(&addrs));
+    }
+
+    /// The file address of the function holding runtime address `pc`, as [`Module::lookup`]
+    /// finds it, without listing or sorting the symbol tables when no lookup did yet (one pass
+    /// over them, kept nowhere): for a walk that needs one function's start while a live
+    /// process is stopped.
+    pub fn function_start(&self, pc: u64) -> Option<u64> {
+        let a = pc.wrapping_sub(self.bias);
+        let known = self.order.get().is_some()
+            || self
+                .prepared
+                .get()
+                .is_some_and(|p| p.binary_search_by_key(&a, |e| e.addr).is_ok());
+        if known || self.plt.iter().any(|(r, _)| r.contains(a)) {
+            return self.lookup(pc).map(|s| a - s.offset);
+        }
+        if !self.range.contains(pc) {
+            return None;
+        }
+        self.answers(&[a]).pop()?.func.map(|f| f.addr)
+    }
+
+    /// [`Module::prepare`]'s answers for file addresses `addrs` (sorted, distinct).
+    fn answers(&self, addrs: &[u64]) -> Vec<Prepared> {
         // best[j]: the function at the highest address in (addrs[j - 1], addrs[j]] (sized
         // first, then in order of appearance), among symbols with a name.
         let mut best: Vec<Option<Func>> = vec![None; addrs.len()];
@@ -768,7 +804,7 @@ impl Module {
             match self.funcs.get() {
                 Some(funcs) => {
                     for f in funcs.iter().filter(|f| f.addr <= top) {
-                        let j = rank(&addrs, f.addr);
+                        let j = rank(addrs, f.addr);
                         if better(&best[j], f.addr) {
                             take(&mut best[j], *f);
                         }
@@ -782,7 +818,7 @@ impl Module {
                             if r.addr > top {
                                 continue;
                             }
-                            let j = rank(&addrs, r.addr);
+                            let j = rank(addrs, r.addr);
                             if better(&best[j], r.addr) {
                                 if let Some(f) = t.func(strtab, r) {
                                     take(&mut best[j], f);
@@ -795,7 +831,7 @@ impl Module {
         }
         // Each address's answer: the best of the highest interval at or below it.
         let mut below = None;
-        let answers = addrs
+        addrs
             .iter()
             .zip(best)
             .map(|(&a, b)| {
@@ -806,8 +842,7 @@ impl Module {
                     name: std::sync::OnceLock::new(),
                 }
             })
-            .collect();
-        let _ = self.prepared.set(answers);
+            .collect()
     }
 
     /// The module's file bytes (mapped read-only).
@@ -1767,6 +1802,15 @@ impl Symbolizer {
             .find_map(|m| m.lookup(pc))
     }
 
+    /// The runtime address of the function holding `pc` ([`Module::function_start`]: no symbol
+    /// table listed or sorted for it).
+    pub fn function_start(&self, pc: u64) -> Option<u64> {
+        self.modules
+            .iter()
+            .filter(|m| m.range.contains(pc))
+            .find_map(|m| Some(m.function_start(pc)?.wrapping_add(m.bias)))
+    }
+
     /// Reads code at runtime address `addr` from the module containing it.
     pub fn read_code(&self, addr: u64, out: &mut [u8]) -> bool {
         self.modules
@@ -2160,6 +2204,15 @@ mod tests {
             let got = p.lookup(pc).map(|s| (s.name, s.offset));
             assert_eq!(got, o.lookup(pc), "{} at {pc:#x}, prepared", path.display());
         }
+        // A function's start, one pass each, on a module that lists and sorts nothing; then
+        // the same answers from one that did (`p`).
+        let f = Module::load(path, "m", None).unwrap();
+        for &pc in pcs.iter().step_by(13).take(300) {
+            let want = o.lookup(pc).map(|(_, off)| pc - off);
+            assert_eq!(f.function_start(pc), want, "{} at {pc:#x}", path.display());
+            assert_eq!(p.function_start(pc), want, "{} at {pc:#x}", path.display());
+        }
+        assert!(f.funcs.get().is_none() && f.order.get().is_none());
         for (raw, _, _) in o.by_name.iter().step_by(7) {
             let want = o
                 .by_name
