@@ -645,6 +645,74 @@ fn cfi_from_pcsp_matches_the_linker_s_debug_frame() {
     }
 }
 
+/// The file offset of virtual address `a` in an ELF64 core (its `PT_LOAD` segments).
+fn core_offset(bytes: &[u8], a: u64) -> Option<usize> {
+    let u16_at = |o: usize| u16::from_le_bytes(bytes[o..o + 2].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36), u16_at(0x38));
+    (0..phnum).find_map(|i| {
+        let ph = phoff + i * phentsize;
+        let (ty, off, vaddr, filesz) = (
+            u32::from_le_bytes(bytes[ph..ph + 4].try_into().unwrap()),
+            u64_at(ph + 8),
+            u64_at(ph + 16),
+            u64_at(ph + 32),
+        );
+        (ty == 1 && vaddr <= a && a < vaddr + filesz).then(|| (off + a - vaddr) as usize)
+    })
+}
+
+/// A thread in `runtime.newstack` whose goroutine has left it (`newstack` preempted it:
+/// `gopreempt_m` set `m.curg` to nil before `schedule`, as `--pid` on a busy Go program catches
+/// now and then): Go's traceback ends at `runtime.morestack`, complete, and so does the walk.
+/// (It was cut "truncated" with whichever reason the walk past morestack met: found by outside
+/// use in the twenty-third round.) The grow fixture's core with that thread's `m.curg` zeroed.
+#[test]
+fn morestack_on_a_thread_without_a_goroutine_ends_complete() {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("unwind-go-nocurg-{}", std::process::id())));
+    let Some((core, exe)) = crash_core("grow", "amd64", &dir.0) else {
+        return;
+    };
+    let exe = exe.to_str().unwrap();
+    let v = unwind_json(&core, &["--exe", exe]);
+    let t = thread_in(&v, "runtime.newstack").expect("a thread in runtime.newstack");
+    let tid = t["tid"].as_u64().unwrap() as u32;
+    assert!(names(t).len() > 100, "the grow core crosses morestack: {t}");
+    // That thread's m.curg (Go 1.17-1.21 offsets: g.m at 48, m.curg at 192).
+    let c = unwind::core_file::Core::open(&core).unwrap();
+    let th = c.threads.iter().find(|x| x.tid == tid).unwrap();
+    let mut mem = c.memory();
+    let g = unwind::go_runtime::thread_g(&mut mem, c.arch, th.tls, th.x28).unwrap();
+    let o = unwind::go_runtime::GoOffsets::GO_1_17;
+    use unwind::Memory;
+    let m = mem.read_u64(g + o.g_m).unwrap();
+    let curg_at = m + o.m_curg;
+    assert_ne!(mem.read_u64(curg_at), Some(0));
+    drop(c);
+    let mut bytes = std::fs::read(&core).unwrap();
+    let off = core_offset(&bytes, curg_at).expect("m.curg in the core");
+    bytes[off..off + 8].fill(0);
+    let patched = dir.0.join("core.nocurg");
+    std::fs::write(&patched, &bytes).unwrap();
+    for mode in ["hybrid", "fp", "dwarf"] {
+        let v = unwind_json(&patched, &["--exe", exe, "--mode", mode]);
+        let t = v["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["tid"] == tid)
+            .unwrap();
+        let n = names(t);
+        assert_eq!(
+            n.last().map(String::as_str),
+            Some("runtime.morestack"),
+            "{mode}: {n:?}"
+        );
+        assert_eq!(t["truncated"], false, "{mode}: {t}");
+    }
+}
+
 /// Both architectures: a stack overflow thrown in `runtime.newstack`, reached through
 /// `runtime.morestack` from main.grow's prologue (fixtures/go/grow). The chain on g0 ends at
 /// morestack; the walk continues from what morestack saved in the goroutine's `g.sched` into

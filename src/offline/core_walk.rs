@@ -919,7 +919,7 @@ pub fn unwind_paused<P: Pause>(
     // One buffer for every walk; each thread keeps a copy of its frames.
     let mut scratch = vec![Frame::EMPTY; max_frames];
     // Each thread's frames and stop, as walked while the threads were stopped.
-    let mut walked: Vec<(u32, Vec<Frame>, StopReason)> = Vec::with_capacity(paused.len());
+    let mut walked: Vec<(u32, Vec<Frame>, StopReason, bool)> = Vec::with_capacity(paused.len());
     for t in &paused {
         // Past the budget a thread keeps its leaf frame only.
         let room = max_frames.min(budget).max(1);
@@ -930,6 +930,8 @@ pub fn unwind_paused<P: Pause>(
         let mut buf = scratch[..trace.len.min(room)].to_vec();
         budget = budget.saturating_sub(buf.len());
         let mut stop = trace.stop;
+        // Did a Go walk end where Go's traceback ends, without a frame `is_stack_bottom` knows?
+        let mut ended_at_top = false;
         if let Some(at) = first_not_code(&mut cx.memory(), &buf) {
             buf.truncate(at);
             stop = StopReason::NotCode;
@@ -947,6 +949,12 @@ pub fn unwind_paused<P: Pause>(
                 stop = more.1;
                 buf.extend(more.0);
                 buf.truncate(max_frames);
+            } else if go.morestack_without_goroutine(&cx, t, &buf) {
+                // The goroutine that grew its stack has left the thread (`newstack` preempted
+                // it: `gopreempt_m` dropped it before `schedule`): Go's traceback ends at
+                // morestack there, complete, and so does this walk.
+                stop = StopReason::End;
+                ended_at_top = true;
             }
         }
         if let Some(go) = &go {
@@ -957,7 +965,7 @@ pub fn unwind_paused<P: Pause>(
             }
             go.cross_cgocallbacks(&cx, t, &mut buf, &mut stop, cgocallback_id);
         }
-        walked.push((t.tid, buf, stop));
+        walked.push((t.tid, buf, stop, ended_at_top));
     }
     // What is left reads no memory, only the modules' symbols: a live process runs again
     // first (a first lookup in a module builds its symbol table, ~100 ms for node's, which
@@ -965,15 +973,15 @@ pub fn unwind_paused<P: Pause>(
     pause.resume();
     // Every frame is symbolised (the policy keeps some), and where each walk ended is looked
     // up below: answered ahead, each module in one pass over its symbols.
-    for (_, buf, _) in &walked {
+    for (_, buf, _, _) in &walked {
         pcs.extend(buf.iter().map(|f| f.pc));
         lookup_pcs.extend(buf.iter().map(|f| f.lookup_pc()));
     }
     symbols.prepare(&lookup_pcs);
-    for (tid, mut buf, mut stop) in walked {
+    for (tid, mut buf, mut stop, ended_at_top) in walked {
         let mut truncated = stop.is_truncated();
         if let Some(go) = &go {
-            if go.is_stack_bottom(&symbols, buf.last()) {
+            if ended_at_top || go.is_stack_bottom(&symbols, buf.last()) {
                 truncated = false;
             } else if stop == StopReason::End && go.is_go_code(&symbols, buf.last()) {
                 // A zero frame pointer in the middle of Go's frames: not a stack's root.
@@ -1444,6 +1452,31 @@ impl GoRuntime {
         let (mut more, stop) = continue_from(&cx.with_mode(mode), &with_f, regs, 0, Some(f.stack));
         more.insert(0, f);
         Some((more, stop))
+    }
+}
+
+impl GoRuntime {
+    /// Did the walk end in `runtime.morestack` on a thread whose `m.curg` is nil? `newstack`
+    /// may preempt the goroutine that grew its stack (`gopreempt_m` drops it from the thread,
+    /// then `schedule`s another), and Go's traceback ends at morestack there: there is no
+    /// goroutine to cross to (its `g.sched` is no longer this thread's).
+    fn morestack_without_goroutine(&self, cx: &Walks<'_>, t: &Thread, frames: &[Frame]) -> bool {
+        let Some(last) = frames.last() else {
+            return false;
+        };
+        if !self.morestack.is_some_and(|r| r.contains(last.lookup_pc())) {
+            return false;
+        }
+        let o = self.offsets;
+        let mut mem = cx.core.memory();
+        let Some(g) = crate::go_runtime::thread_g(&mut mem, cx.core.arch, t.tls, t.x28) else {
+            return false;
+        };
+        let m = g.checked_add(o.g_m).and_then(|a| mem.read_u64(a));
+        let curg = m
+            .filter(|&m| m != 0)
+            .and_then(|m| mem.read_u64(m.checked_add(o.m_curg)?));
+        curg == Some(0)
     }
 }
 
