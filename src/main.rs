@@ -545,6 +545,16 @@ fn demo(args: &[OsString]) -> Result<(), String> {
     if !opts.out.is_dir() {
         return Err(bad_out(std::io::Error::other("not a directory")));
     }
+    // A directory files cannot be made in (`/proc/self`, read-only): said now, not after the run.
+    let probe = opts
+        .out
+        .join(format!(".unwind-demo-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(bad_out)?;
+    let _ = std::fs::remove_file(&probe);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     demo::run(&opts, &mut out)

@@ -897,6 +897,9 @@ fn bad_input_exits_2_with_one_line() {
     std::fs::write(&file, b"x").unwrap();
     assert_bad(&["demo", "--out", p(&file)], "a-file");
     assert_bad(&["demo", "--out", ""], "--out");
+    // A directory no file can be made in: said at once (the demo ran its 8 s, then failed
+    // with "demo: No such file or directory" and no path: found by outside use).
+    assert_bad(&["demo", "--out", "/proc/self"], "--out /proc/self");
     assert_bad(
         &["demo", "--heap-rate", "18446744073709551615"],
         "--heap-rate",

@@ -691,25 +691,42 @@ pub fn write_outputs(
     sym: &Symbolizer,
     index: usize,
 ) -> io::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)?;
+    // Errors name the file.
+    let at = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.escape_debug()))
+    };
+    std::fs::create_dir_all(dir).map_err(at(dir))?;
     let pb = dir.join(format!("{name}.pb.gz"));
-    p.write_pprof(sym, io::BufWriter::new(std::fs::File::create(&pb)?))?;
+    let file = std::fs::File::create(&pb).map_err(at(&pb))?;
+    p.write_pprof(sym, io::BufWriter::new(file))
+        .map_err(at(&pb))?;
     let folded = dir.join(format!("{name}.folded"));
-    std::fs::write(&folded, p.folded(sym, index))?;
+    std::fs::write(&folded, p.folded(sym, index)).map_err(at(&folded))?;
     let svg = dir.join(format!("{name}.svg"));
     let title = format!("{name}: {}", p.sample_types.get(index).map_or("", |t| &t.0));
-    p.write_flamegraph(
-        sym,
-        index,
-        &title,
-        io::BufWriter::new(std::fs::File::create(&svg)?),
-    )?;
+    let file = std::fs::File::create(&svg).map_err(at(&svg))?;
+    p.write_flamegraph(sym, index, &title, io::BufWriter::new(file))
+        .map_err(at(&svg))?;
     Ok(vec![pb, folded, svg])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A profile that cannot be written says which file.
+    #[test]
+    fn a_file_that_cannot_be_written_is_named() {
+        let dir = std::env::temp_dir().join(format!("unwind-outputs-{}", std::process::id()));
+        // A directory where the profile file would go.
+        std::fs::create_dir_all(dir.join("cpu.folded")).unwrap();
+        let p = Profile::default();
+        let sym = Symbolizer::default();
+        let e = write_outputs(&dir, "cpu", &p, &sym, 0).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(e.to_string().contains("cpu.folded: "), "{e}");
+    }
 
     #[test]
     fn leaf_inlines_are_hidden_from_the_innermost_up_to_user_code() {
