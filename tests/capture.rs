@@ -255,3 +255,31 @@ fn capture_fast_entry_matches_the_general_walk() {
         assert_same(&a, &b, &format!("corrupt link {bad:#x}"));
     }
 }
+
+/// A capture on a small thread stack (`thread::Builder::stack_size`): optimised, the whole
+/// stack; in a debug build, whose unoptimised walk needs tens of KiB, nothing and `LowStack`
+/// when less than `live::DEBUG_WALK_STACK` is left (it ran into the guard page: found by outside
+/// use in the twenty-third round, a debug build's heap profiler on a 64 KiB thread). The
+/// thread's stack is found by the capture itself (no `init_thread` first).
+#[test]
+fn capture_on_a_small_thread_stack_fits_or_says_low_stack() {
+    unwind::init();
+    let (n, stop) = std::thread::Builder::new()
+        .stack_size(24 << 10)
+        .spawn(|| {
+            let mut buf = [Frame::EMPTY; 64];
+            let t = capture_with(&mut buf, Options::default());
+            let n = black_box(capture(&mut buf));
+            assert_eq!(n, t.len);
+            (n, t.stop)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    if cfg!(debug_assertions) {
+        assert_eq!((n, stop), (0, StopReason::LowStack));
+    } else {
+        assert!(n >= 3, "{n} {stop:?}");
+        assert_eq!(stop, StopReason::End, "{n}");
+    }
+}

@@ -204,10 +204,11 @@ pub enum StopReason {
     /// record, in code that uses the frame pointer as a general register. That frame and any
     /// after it were left out.
     NotCode,
-    /// A debug build's live capture asked on an alternate signal stack with less than
-    /// [`crate::live::DEBUG_WALK_STACK`] bytes (32 or 56 KiB) left below it: unoptimised, a
-    /// walk takes tens of KiB of stack (release builds ~2 KiB, and never stop for this), which
-    /// would overflow it (std gives every thread an 8 KiB one). Nothing was written.
+    /// A debug build's live capture asked on an alternate signal stack, or a small thread stack
+    /// (not the main thread's), with less than [`crate::live::DEBUG_WALK_STACK`] bytes (32 or
+    /// 56 KiB) left below it: unoptimised, a walk takes tens of KiB of stack (release builds
+    /// ~2 KiB, and never stop for this), which would overflow it (std gives every thread an
+    /// 8 KiB alternate stack). Nothing was written.
     LowStack,
 }
 

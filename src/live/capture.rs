@@ -608,7 +608,7 @@ pub struct Options {
 }
 
 /// How much stack a debug build's live capture wants left below it when it runs on an
-/// alternate signal stack (measured: up to ~50 KiB unoptimised in a build without frame
+/// alternate signal stack or a thread's own stack other than the main thread's (measured: up to ~50 KiB unoptimised in a build without frame
 /// pointers, which walks by CFI, ~17 KiB by frame records; an optimised build ~2 KiB). Short
 /// of it, a debug build's capture writes nothing and says
 /// [`StopReason::LowStack`](crate::frame::StopReason::LowStack) rather than run into the
@@ -620,8 +620,10 @@ pub const DEBUG_WALK_STACK: usize = if cfg!(unwind_no_frame_pointers) {
 };
 
 /// Is there room for this build's walk on the stack it runs on? Always in optimised builds
-/// (no `debug_assertions`: the check compiles away). In debug builds, one `sigaltstack` query:
-/// not on an alternate signal stack, or at least [`DEBUG_WALK_STACK`] bytes left on it.
+/// (no `debug_assertions`: the check compiles away). In debug builds, one `sigaltstack` query
+/// and the thread's stack bounds (cached; a `/proc/self/maps` scan the first time): at least
+/// [`DEBUG_WALK_STACK`] bytes left on the alternate signal stack or the thread's stack it runs
+/// on (the main thread's grows on demand; a coroutine's or segment's is not checked).
 /// Async-signal-safe; leaves `errno` as it was.
 #[inline(always)]
 pub(crate) fn room_for_the_walk() -> bool {
@@ -635,14 +637,23 @@ fn debug_room() -> bool {
     // current one into `old`.
     let mut old: libc::stack_t = unsafe { core::mem::zeroed() };
     // SAFETY: as above; `old` is a valid, writable stack_t.
-    if unsafe { libc::sigaltstack(core::ptr::null(), &mut old) } != 0
-        || old.ss_flags & libc::SS_ONSTACK == 0
-    {
-        return true;
-    }
+    let on_alt = unsafe { libc::sigaltstack(core::ptr::null(), &mut old) } == 0
+        && old.ss_flags & libc::SS_ONSTACK != 0;
     let here = 0u8;
     let sp = core::hint::black_box(&here) as *const u8 as usize;
-    sp.saturating_sub(old.ss_sp as usize) >= DEBUG_WALK_STACK
+    if on_alt {
+        return sp.saturating_sub(old.ss_sp as usize) >= DEBUG_WALK_STACK;
+    }
+    // On the thread's own stack: a small one (`thread::Builder::stack_size(64 << 10)`) has no
+    // room for an unoptimised walk either (found by outside use: a debug build's heap profiler
+    // overflowed a 64 KiB thread). The main thread's stack grows on demand: its mapping's
+    // extent is no limit.
+    match thread_stack(sp as u64) {
+        Some(t) if t.contains(sp as u64) && (sp as u64 - t.lo) < DEBUG_WALK_STACK as u64 => {
+            is_main_thread()
+        }
+        _ => true,
+    }
 }
 
 /// What a capture that had no room writes: nothing ([`room_for_the_walk`]).
