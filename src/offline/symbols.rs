@@ -156,6 +156,9 @@ pub struct Module {
     /// A Go binary (it has a `.gopclntab`): names are shown as Go prints them
     /// ([`go_name_for_print`]).
     go: bool,
+    /// Stripped, with nothing found to name its local functions: no `.symtab`, no separate
+    /// debug file or MiniDebugInfo, no Go function table (only `.dynsym`'s exports, if any).
+    stripped: bool,
 }
 
 /// The PLT sections of an x86_64 ELF file: (file address range, entry size: 8 in `.plt.got`,
@@ -498,10 +501,12 @@ impl Module {
             })
             .collect();
         let go = crate::cfi::gopclntab::is_go(&file);
+        let stripped = own_symtab.is_none() && debug.is_none() && !go;
         let plt = plt_sections(&file);
         drop(file);
         Ok(Module {
             go,
+            stripped,
             plt,
             plt_names: std::sync::OnceLock::new(),
             path: display.to_string(),
@@ -739,6 +744,13 @@ impl Module {
             module: &self.path,
             offset: a - funcs[i].addr,
         })
+    }
+
+    /// Is the file stripped with nothing found to name its local functions (no `.symtab`, no
+    /// separate debug file or MiniDebugInfo, not Go)? Its exported functions (`.dynsym`) still
+    /// have names.
+    pub fn is_stripped(&self) -> bool {
+        self.stripped
     }
 
     /// Answers [`Module::lookup`] for `pcs` (runtime addresses) ahead, in one pass over the

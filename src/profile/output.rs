@@ -124,6 +124,61 @@ impl Profile {
         self.samples = out;
     }
 
+    /// What a reader should know of the names: one line per stripped module ([`Module::is_stripped`])
+    /// that holds frames of this profile no symbol names (they show as addresses). A stripped
+    /// program's profile was all addresses, without a word (found by outside use in the
+    /// twenty-third round: `strip = true` in a release profile).
+    ///
+    /// [`Module::is_stripped`]: crate::symbols::Module::is_stripped
+    pub fn name_warnings(&self, sym: &Symbolizer) -> Vec<String> {
+        crate::heap::unsampled(|| {
+            let mut unnamed: Vec<(&str, usize)> = Vec::new();
+            for s in &self.samples {
+                for (i, &pc) in s.pcs.iter().enumerate() {
+                    let pc = if i == 0 && s.exact_leaf {
+                        pc
+                    } else {
+                        pc.saturating_sub(1)
+                    };
+                    let Some(m) = sym.module_of(pc).filter(|m| m.is_stripped()) else {
+                        continue;
+                    };
+                    if m.lookup(pc).is_some() {
+                        continue;
+                    }
+                    match unnamed.iter_mut().find(|(p, _)| *p == m.path) {
+                        Some((_, n)) => *n += 1,
+                        None => unnamed.push((&m.path, 1)),
+                    }
+                }
+            }
+            unnamed
+                .into_iter()
+                .map(|(path, n)| {
+                    format!(
+                        "{} is stripped (no symbol table, no debug file found): {n} frames of \
+                         this profile in it are unnamed addresses; build it without stripping \
+                         (Cargo: `strip = false`, the default) or install its debug file \
+                         (/usr/lib/debug/.build-id/)",
+                        path.escape_debug()
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// [`Profile::name_warnings`] on standard error, each module once per process.
+    fn warn_unnamed(&self, sym: &Symbolizer) {
+        static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        for w in self.name_warnings(sym) {
+            let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+            if !said.contains(&w) {
+                eprintln!("unwind: warning: {w}");
+                said.push(w);
+            }
+        }
+    }
+
     /// Index of the value type named `name`.
     pub fn value_index(&self, name: &str) -> Option<usize> {
         self.sample_types.iter().position(|(t, _)| t == name)
@@ -151,6 +206,7 @@ impl Profile {
     /// Encodes the profile as uncompressed `profile.proto` bytes.
     pub fn to_pprof(&self, sym: &Symbolizer) -> Vec<u8> {
         // The writers' allocations are the profiler's own: not in the next heap profile.
+        self.warn_unnamed(sym);
         crate::heap::unsampled(|| PprofBuilder::new(sym).build(self))
     }
 
@@ -214,6 +270,7 @@ impl Profile {
     }
 
     fn folded_impl(&self, sym: &Symbolizer, index: usize, inlines: bool) -> String {
+        self.warn_unnamed(sym);
         crate::heap::unsampled(|| self.folded_unsampled(sym, index, inlines))
     }
 
@@ -714,6 +771,58 @@ pub fn write_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stripped module's unnamed frames draw one line naming it; the same file unstripped,
+    /// or a pc no module holds, none.
+    #[test]
+    fn a_stripped_module_s_unnamed_frames_are_said() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cores");
+        let full = root.join("chain-x86_64");
+        let dir = std::env::temp_dir().join(format!("unwind-stripped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stripped = dir.join("chain-stripped");
+        let ok = std::process::Command::new("strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&full)
+            .status()
+            .expect("strip (binutils)");
+        assert!(ok.success());
+        let profile_at = |path: &std::path::Path| {
+            let mut sym = Symbolizer::new();
+            sym.add(path, "chain", None);
+            let main = crate::symbols::Module::load(&full, "full", None)
+                .unwrap()
+                .function("main")
+                .unwrap();
+            let m = &sym.modules()[0];
+            let pc = main.lo + 4;
+            assert!(m.range.contains(pc), "{pc:#x} in {:?}", m.range);
+            let mut p = Profile::new(
+                vec![("samples".into(), "count".into())],
+                Default::default(),
+                1,
+            );
+            for pcs in [vec![pc, pc + 1], vec![u64::MAX - 0x100]] {
+                p.samples.push(Sample {
+                    pcs,
+                    exact_leaf: true,
+                    values: vec![1],
+                    labels: Vec::new(),
+                    truncated: false,
+                });
+            }
+            p.name_warnings(&sym)
+        };
+        let w = profile_at(&stripped);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("chain is stripped") && w[0].contains(": 2 frames"),
+            "{w:?}"
+        );
+        assert_eq!(profile_at(&full), Vec::<String>::new());
+    }
 
     /// A profile that cannot be written says which file.
     #[test]
