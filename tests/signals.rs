@@ -999,3 +999,56 @@ fn capture_fits_std_s_alternate_signal_stack() {
     let c = capture_on_the_thread_s_alternate_stack(patterned_altstack);
     c.expect_in_order(&["on_sigusr1_capture_only", "spin_target", "spinner_mid"]);
 }
+
+/// What [`on_usr1_from_ucontext`] captured.
+struct UcBuf(UnsafeCell<([Frame; 64], Trace)>);
+// SAFETY: written only by the handler, which runs synchronously inside `raise` on the thread
+// that reads it afterwards.
+unsafe impl Sync for UcBuf {}
+static UC_BUF: UcBuf = UcBuf(UnsafeCell::new(([Frame::EMPTY; 64], EMPTY_TRACE)));
+
+extern "C" fn on_usr1_from_ucontext(
+    _: libc::c_int,
+    _: *mut libc::siginfo_t,
+    uc: *mut libc::c_void,
+) {
+    // SAFETY: see UcBuf.
+    let b = unsafe { &mut *UC_BUF.0.get() };
+    // SAFETY: `uc` is the ucontext the kernel passed to this SA_SIGINFO handler.
+    b.1 = unsafe { unwind::capture_from_ucontext_with(uc, &mut b.0, Options::default()) };
+}
+
+#[inline(never)]
+fn raising_b() {
+    // SAFETY: raise has no preconditions; the handler is installed.
+    unsafe { libc::raise(libc::SIGUSR1) };
+    black_box(());
+}
+
+#[inline(never)]
+fn raising_a() {
+    raising_b();
+    black_box(());
+}
+
+/// `capture_from_ucontext` where the CFI is prepared, in this build with frame pointers too:
+/// the interrupted function (libc's `raise`, which keeps no frame record) keeps its caller.
+/// A frame-record walk from its registers followed the record `rbp` still pointed at, the
+/// caller's own, and skipped the caller (found by outside use in the twenty-third round; the
+/// CPU profiler's Hybrid mode never did).
+#[test]
+fn a_signal_s_capture_keeps_the_caller_of_a_function_without_a_frame_record() {
+    let _g = serial();
+    unwind::init();
+    unwind::modules::refresh();
+    install(on_usr1_from_ucontext, false);
+    raising_a();
+    // SAFETY: the handler has returned; nothing else writes UC_BUF.
+    let (frames, t) = unsafe { &*UC_BUF.0.get() };
+    let names = common::short_names(&frames[..t.len]);
+    let at = |f: &str| names.iter().position(|n| n == f);
+    assert!(
+        matches!((at("raising_b"), at("raising_a")), (Some(b), Some(a)) if b < a),
+        "{names:?} {t:?}"
+    );
+}

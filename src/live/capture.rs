@@ -1066,6 +1066,14 @@ pub unsafe fn ucontext_regs(ucontext: *const libc::c_void) -> (Regs, Option<Rang
 /// Async-signal-safe; meant for `SA_SIGINFO` handlers (a SIGPROF sampler). The alternate-stack
 /// bounds are taken from `uc_stack`, which the kernel fills in.
 ///
+/// Where the modules' CFI is prepared (`dwarf` feature: [`crate::init`] in a build without
+/// frame pointers, `modules::refresh`, a profiler's start) the walk is
+/// [`Mode::Hybrid`](crate::walk::Mode::Hybrid)'s, in every build: the interrupted function
+/// (libc's `raise`, any leaf) often keeps no frame record, and a frame-record walk from its
+/// registers skips its caller (the record `rbp` still points at is the caller's own); the CFI
+/// finds it. Without prepared CFI, a frame-record walk (in a build without frame pointers: the
+/// interrupted pc alone).
+///
 /// # Safety
 /// `ucontext` must be the third argument the kernel passed to a `SA_SIGINFO` handler.
 pub unsafe fn capture_from_ucontext(ucontext: *const libc::c_void, buf: &mut [Frame]) -> usize {
@@ -1082,11 +1090,12 @@ pub unsafe fn capture_from_ucontext_with(
     buf: &mut [Frame],
     opts: Options,
 ) -> Trace {
-    let limit = crate::walk::depth_limit(opts.max_depth, buf.len());
-    // See `capture`: by CFI when it is prepared, else the interrupted pc alone. The CFI walk
-    // reads the ucontext (and looks at the room for its walk) itself.
+    // By CFI when it is prepared (see above; in a build without frame pointers, see `capture`),
+    // else by frame records (without them: the interrupted pc alone). The CFI walk reads the
+    // ucontext (and looks at the room for its walk) itself.
     #[cfg(feature = "dwarf")]
-    if cfg!(unwind_no_frame_pointers) {
+    {
+        let limit = crate::walk::depth_limit(opts.max_depth, buf.len());
         if let (Some(u), false) = (crate::modules::unwinder(), opts.naive) {
             // SAFETY: forwarded from the caller.
             let t = unsafe {
@@ -1100,6 +1109,21 @@ pub unsafe fn capture_from_ucontext_with(
             return cut_by_depth(t, limit, buf.len());
         }
     }
+    // SAFETY: forwarded from the caller.
+    unsafe { capture_from_ucontext_by_records(ucontext, buf, opts) }
+}
+
+/// [`capture_from_ucontext_with`] by frame records only, CFI prepared or not (the CPU
+/// profiler's frame-pointer mode). In a build without frame pointers: the interrupted pc alone.
+///
+/// # Safety
+/// `ucontext` must be the third argument the kernel passed to a `SA_SIGINFO` handler.
+pub(crate) unsafe fn capture_from_ucontext_by_records(
+    ucontext: *const libc::c_void,
+    buf: &mut [Frame],
+    opts: Options,
+) -> Trace {
+    let limit = crate::walk::depth_limit(opts.max_depth, buf.len());
     if !room_for_the_walk() {
         return no_room();
     }

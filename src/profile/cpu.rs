@@ -54,7 +54,8 @@
 //! [`capture_from_ucontext`]: crate::capture_from_ucontext
 
 use crate::frame::Frame;
-use crate::live::{capture_from_ucontext_with, Options};
+use crate::live::capture_from_ucontext_by_records;
+use crate::live::Options;
 use crate::policy::{Classifier, Policy};
 use crate::profile::{Profile, Sample};
 use crate::walk::Mode;
@@ -427,7 +428,7 @@ fn record(uc: *mut libc::c_void, overrun: u32) {
                 Some(u) => {
                     crate::dwarf::capture_from_ucontext(uc, &mut *slot.frames.get(), u, mode)
                 }
-                None => capture_from_ucontext_with(uc, &mut *slot.frames.get(), opts),
+                None => capture_from_ucontext_by_records(uc, &mut *slot.frames.get(), opts),
             }
         };
         if trace.stop.is_truncated() {
