@@ -606,15 +606,20 @@ fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
                 o.push_str(", ");
             }
             let sym = seen.lookup(f.lookup_pc());
-            let module = r.symbols.module_of(f.lookup_pc());
+            // JIT code no module holds: the perf map that named it.
+            let module = r
+                .symbols
+                .module_of(f.lookup_pc())
+                .map(|m| m.path.as_str())
+                .or(sym.as_ref().map(|s| s.module));
             o.push_str(&format!("{{\"pc\": \"{:#x}\", \"symbol\": ", f.pc));
-            match sym {
+            match &sym {
                 Some(s) => json_str(s.name, &mut o),
                 None => o.push_str("null"),
             }
             o.push_str(", \"module\": ");
             match module {
-                Some(m) => json_str(&m.path, &mut o),
+                Some(m) => json_str(m, &mut o),
                 None => o.push_str("null"),
             }
             o.push_str(&format!(", \"stack\": {}, \"via\": ", f.stack));

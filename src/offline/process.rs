@@ -228,6 +228,7 @@ fn unwind_once(
     *leftover = std::mem::take(&mut stopper.leftover);
     let mut report = walked?;
     report.paused = Some(stopper.paused);
+    add_perf_map(pid, view, &mut report);
     // A thread killed while held (`SIGKILL` ends a ptrace stop; so does another thread's
     // `execve`) was walked through memory that was going: its walk stopped early and the
     // thread is gone. Left out, as a thread that exits before the stop is.
@@ -393,6 +394,31 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
     // Fields after the state: ppid, pgrp, session, tty_nr, tpgid, flags.
     let flags = it.nth(5)?.parse().ok()?;
     Some((state, flags))
+}
+
+/// Names the process's JIT code from its perf map, as `perf` does: `/tmp/perf-PID.map` with
+/// the pid as the process knows itself (`NSpid`: in a container, its own), under its root
+/// (`/proc/PID/root`), owned by the process's user or root. Read after the threads run again;
+/// a map that is there but refused is a warning.
+fn add_perf_map(pid: u32, view: u32, report: &mut Report) {
+    let own_pid = status_field(pid, "NSpid:")
+        .and_then(|v| v.split_whitespace().last()?.parse::<u32>().ok())
+        .unwrap_or(pid);
+    let Some(uid) =
+        status_field(pid, "Uid:").and_then(|v| v.split_whitespace().nth(1)?.parse::<u32>().ok())
+    else {
+        return;
+    };
+    let path = std::path::PathBuf::from(format!("/proc/{view}/root/tmp/perf-{own_pid}.map"));
+    if std::fs::symlink_metadata(&path).is_err() {
+        return;
+    }
+    let display = format!("/tmp/perf-{own_pid}.map");
+    if let Err(e) = report.symbols.add_perf_map(&path, &display, uid) {
+        report
+            .warnings
+            .push(format!("perf map {display}: {e}: JIT frames stay unnamed"));
+    }
 }
 
 fn status_field(pid: u32, key: &str) -> Option<String> {

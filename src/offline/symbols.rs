@@ -1644,6 +1644,82 @@ pub struct Symbolizer {
     /// Other things worth a warning about the modules (a `--exe` whose build id is not the
     /// core's).
     pub warnings: Vec<String>,
+    /// Names of code no module holds (a JIT's), from a perf map ([`Symbolizer::add_perf_map`]).
+    perf_map: Option<PerfMap>,
+}
+
+/// A perf map (`/tmp/perf-PID.map`, which JITs write for `perf`: V8's `--perf-basic-prof`,
+/// the JVM's perf-map-agent, .NET, LuaJIT): one `START SIZE NAME` line per piece of generated
+/// code, hex numbers, later lines replacing earlier ones where they overlap (code moved or
+/// replaced).
+#[derive(Default)]
+pub struct PerfMap {
+    /// What [`Symbol::module`] says for its names (the file's path).
+    path: String,
+    /// `(start, end, line number, name)`, by start (then line).
+    entries: Vec<(u64, u64, u32, Box<str>)>,
+}
+
+impl PerfMap {
+    /// Most lines read (a JIT that ran for days writes millions).
+    pub const MAX_ENTRIES: usize = 1 << 22;
+
+    /// Parses a perf map's text; malformed lines are skipped.
+    pub fn parse(path: &str, text: &[u8]) -> PerfMap {
+        let mut entries = Vec::new();
+        for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+            if entries.len() >= Self::MAX_ENTRIES {
+                break;
+            }
+            let line = String::from_utf8_lossy(line);
+            let mut f = line.trim_end_matches('\r').splitn(3, ' ');
+            let hex = |s: Option<&str>| {
+                let s = s?.trim();
+                u64::from_str_radix(s.strip_prefix("0x").unwrap_or(s), 16).ok()
+            };
+            let (Some(start), Some(size), Some(name)) = (hex(f.next()), hex(f.next()), f.next())
+            else {
+                continue;
+            };
+            let Some(end) = start.checked_add(size).filter(|_| size > 0) else {
+                continue;
+            };
+            entries.push((start, end, i as u32, name.trim().into()));
+        }
+        entries.sort_by_key(|e| (e.0, e.2));
+        PerfMap {
+            path: path.to_string(),
+            entries,
+        }
+    }
+
+    /// How many pieces of code it names.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Does it name nothing?
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The piece of code holding `pc`: of those that do, the one written last.
+    pub fn lookup(&self, pc: u64) -> Option<Symbol<'_>> {
+        // Pieces start at most this far below `pc` to hold it: looked at from the nearest
+        // down (a JIT's pieces are small; a huge one written before is still found unless
+        // this many later pieces start between it and `pc`).
+        const LOOK_BACK: usize = 256;
+        let i = self.entries.partition_point(|e| e.0 <= pc);
+        let e = self.entries[i.saturating_sub(LOOK_BACK)..i]
+            .iter()
+            .filter(|e| pc < e.1)
+            .max_by_key(|e| e.2)?;
+        Some(Symbol {
+            name: &e.3,
+            module: &self.path,
+            offset: pc - e.0,
+        })
+    }
 }
 
 impl Symbolizer {
@@ -1806,12 +1882,57 @@ impl Symbolizer {
         (i < self.modules.len()).then(|| self.modules.remove(i))
     }
 
-    /// The function containing `pc` (a runtime address; pass [`crate::Frame::lookup_pc`]).
+    /// The function containing `pc` (a runtime address; pass [`crate::Frame::lookup_pc`]): from
+    /// the module holding it, else, for code no module holds, from the perf map
+    /// ([`Symbolizer::add_perf_map`]).
     pub fn lookup(&self, pc: u64) -> Option<Symbol<'_>> {
-        self.modules
+        let mut held = false;
+        let found = self
+            .modules
             .iter()
             .filter(|m| m.range.contains(pc))
-            .find_map(|m| m.lookup(pc))
+            .find_map(|m| {
+                held = true;
+                m.lookup(pc)
+            });
+        match (&found, &self.perf_map) {
+            (None, Some(map)) if !held => map.lookup(pc),
+            _ => found,
+        }
+    }
+
+    /// Names code no module holds (a JIT's) from the perf map at `path` (see [`PerfMap`]),
+    /// opened as modules are ([`crate::safe_open`], at most 512 MiB, read, not mapped: its
+    /// writer appends as it goes), and only when the file's owner is `owner` (the process
+    /// whose map it is) or root, as `perf` asks: anyone may write a file under `/tmp`.
+    /// Its names' [`Symbol::module`] is `display`. Returns how many pieces of code it names.
+    pub fn add_perf_map(
+        &mut self,
+        path: &Path,
+        display: &str,
+        owner: u32,
+    ) -> std::io::Result<usize> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let policy = Policy {
+            max_size: 512 << 20,
+            ..self.open_policy.clone()
+        };
+        let opened = crate::safe_open::open(path, &policy)?;
+        let uid = opened.file.metadata()?.uid();
+        if uid != owner && uid != 0 {
+            return Err(std::io::Error::other(format!(
+                "owned by uid {uid}, not the process's ({owner}) or root: not read"
+            )));
+        }
+        let mut text = Vec::new();
+        (&opened.file)
+            .take(policy.max_size)
+            .read_to_end(&mut text)?;
+        let map = PerfMap::parse(display, &text);
+        let n = map.len();
+        self.perf_map = Some(map);
+        Ok(n)
     }
 
     /// The runtime address of the function holding `pc` ([`Module::function_start`]: no symbol
@@ -1898,6 +2019,40 @@ pub fn resolve_os(sysroot: Option<&Path>, path: &std::ffi::OsStr) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A perf map: hex with or without `0x`, names with spaces, malformed and empty lines
+    /// skipped, the line written last winning where pieces overlap.
+    #[test]
+    fn perf_map_lines_and_overlaps() {
+        let text = b"1000 10 first piece\n\
+                     bogus line\n\
+                     0x2000 0x20 LazyCompile:*fib /a.js:1\n\
+                     3000 0 empty\n\
+                     1008 4 replaced\r\n\
+                     zz 10 bad\n\n";
+        let m = PerfMap::parse("/tmp/perf-1.map", text);
+        assert_eq!(m.len(), 3);
+        let name = |pc| m.lookup(pc).map(|s| (s.name.to_string(), s.offset));
+        assert_eq!(name(0x1000), Some(("first piece".into(), 0)));
+        assert_eq!(name(0x1009), Some(("replaced".into(), 1)));
+        assert_eq!(name(0x100c), Some(("first piece".into(), 0xc)));
+        assert_eq!(
+            name(0x2010),
+            Some(("LazyCompile:*fib /a.js:1".into(), 0x10))
+        );
+        assert_eq!(name(0x1010), None);
+        assert_eq!(name(0x3000), None);
+        assert_eq!(name(0), None);
+        assert_eq!(m.lookup(0x2000).map(|s| s.module), Some("/tmp/perf-1.map"));
+        // Code a module holds is never named from the map.
+        let mut sym = Symbolizer::new();
+        sym.perf_map = Some(m);
+        assert_eq!(
+            sym.lookup(0x2000).map(|s| s.name),
+            Some("LazyCompile:*fib /a.js:1")
+        );
+    }
     /// The size an xz stream inflates to, read from its chunk headers, is what it inflates to
     /// (lzma-rs's own streams, of stored chunks); cut anywhere, it reads as nothing or at most
     /// that; garbage reads as nothing.
@@ -1914,7 +2069,6 @@ mod tests {
         }
         assert_eq!(super::xz_unpacked_size(b"not xz at all"), None);
     }
-    use super::*;
 
     #[inline(never)]
     fn a_function_with_a_name() -> u64 {
