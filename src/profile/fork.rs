@@ -13,8 +13,9 @@
 //! it waits for another, so the order cannot deadlock with them), and releases them after it, in
 //! the parent and in the child. A fork therefore waits the few microseconds another thread holds
 //! one of them. In the child, which has only the forking thread, the heap profiler's in-flight
-//! count is reset to zero and the module watcher forgets the parent's watcher thread (a profiler
-//! started in the child starts its own).
+//! count and the CPU profiler's count of SIGPROF handlers in flight (with the ring slots they
+//! were writing) are reset to zero and the module watcher forgets the parent's watcher thread
+//! (a profiler started in the child starts its own).
 //!
 //! Limits: a fork made from a signal handler that interrupted this same thread while it held
 //! one of the locks (a profiler's start, stop, reset or snapshot) would wait for itself, as it
@@ -73,7 +74,8 @@ extern "C" fn child() {
 }
 
 /// Releases the locks [`prepare`] took, in the reverse order; in the `child`, first forgets
-/// the heap table updates and the module watcher of the parent's other threads.
+/// the heap table updates, the SIGPROF handlers and the module watcher of the parent's other
+/// threads.
 fn release(child: bool) {
     let _ = HELD.try_with(|h| {
         if let Ok(mut h) = h.try_borrow_mut() {
@@ -81,6 +83,7 @@ fn release(child: bool) {
                 if child {
                     crate::module_watch::forget_parent_watcher(&mut held.watcher);
                     super::heap::forget_in_flight();
+                    super::cpu::forget_in_flight();
                     super::heap::reseed_after_fork();
                 }
                 drop(held.watcher);
@@ -112,6 +115,7 @@ mod tests {
         let (done, finish) = mpsc::channel::<()>();
         let holder = std::thread::spawn(move || {
             let a = super::super::heap::hold_for_test();
+            let slot = super::super::cpu::enter_handler_for_test();
             let b = super::super::cpu::registry();
             let c = crate::module_watch::watcher_lock();
             held.send(()).unwrap();
@@ -122,6 +126,7 @@ mod tests {
             // while this thread is in flight.
             let _ = finish.recv_timeout(Duration::from_secs(30));
             super::super::heap::leave_for_test();
+            super::super::cpu::leave_handler_for_test(slot);
         });
         wait.recv().unwrap();
         // SAFETY: fork; the child only reads atomics, tries locks and leaves through _exit.
@@ -148,7 +153,8 @@ mod tests {
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "the child: status {status:#x} (1: heap control lock held or a table update in \
-             flight, 2: CPU registry held, 3: module watcher held)"
+             flight, 2: CPU registry held, a SIGPROF handler in flight or a ring slot being \
+             written, 3: module watcher held)"
         );
     }
 }
