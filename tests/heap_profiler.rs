@@ -244,6 +244,9 @@ fn writing_a_profile_is_not_in_the_next_heap_profile() {
         unwind::heap::default_classifier(),
     );
     black_box(cpu.to_profile(&policy, &classifier));
+    // Preparing the modules' CFI again, as a program does after `dlopen` (a plugin host that
+    // did so saw 96% of its heap profile in it: found by outside use in the twenty-third round).
+    black_box(unwind::modules::refresh());
     let mut p = heap::to_profile(&heap::snapshot(), 1);
     p.merge_identical();
     let sym = unwind::symbols::Symbolizer::for_current_process();
@@ -268,6 +271,7 @@ fn writing_a_profile_is_not_in_the_next_heap_profile() {
         "to_profile",
         "merge_identical",
         "for_current_process",
+        "modules::refresh",
     ] {
         assert!(
             !folded.lines().any(|l| l.contains(writer)),
