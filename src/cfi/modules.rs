@@ -222,7 +222,7 @@ static CURRENT: AtomicPtr<Unwinder> = AtomicPtr::new(core::ptr::null_mut());
 /// What identifies a loaded module's CFI: where and how it is loaded, and a hash of its
 /// in-memory `.eh_frame_hdr` and `.eh_frame` (so another file loaded at the same path and bias
 /// is not taken for the old one).
-#[derive(PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 struct ModuleKey {
     path: String,
     bias: u64,
@@ -255,8 +255,9 @@ impl ModuleKey {
 /// for a small program before). The old unwinders keep every table alive anyway (see the
 /// module docs), so keeping them here costs nothing more.
 static PREPARED: Mutex<Vec<(ModuleKey, PreparedCfi)>> = Mutex::new(Vec::new());
-/// Serialises refreshes (never taken by readers).
-static REFRESH: Mutex<()> = Mutex::new(());
+/// Serialises refreshes (never taken by readers), and holds the modules (with the failures)
+/// the current unwinder was made of: a refresh that finds the same ones keeps it.
+static REFRESH: Mutex<Vec<ModuleKey>> = Mutex::new(Vec::new());
 
 /// The process's prepared CFI, if [`refresh`] ran. Lock-free and async-signal-safe.
 #[inline(always)]
@@ -308,7 +309,7 @@ pub(crate) fn prepare_unless_prepared() {
 }
 
 fn refresh_locked(
-    _guard: std::sync::MutexGuard<'_, ()>,
+    mut made_of: std::sync::MutexGuard<'_, Vec<ModuleKey>>,
 ) -> (&'static Unwinder, Vec<(String, CfiError)>) {
     let Some(arch) = ArchKind::native() else {
         let u: &'static Unwinder = Box::leak(Box::new(Unwinder::new()));
@@ -318,9 +319,11 @@ fn refresh_locked(
     // In a build without frame pointers the register is no frame record: no guesses.
     u.set_guesses(!cfg!(unwind_no_frame_pointers));
     let mut failed = Vec::new();
+    let mut keys = Vec::new();
     let mut prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner());
     for (m, copied) in enumerate(true) {
         let key = ModuleKey::new(&m, copied.as_ref());
+        keys.push(key.clone());
         if let Some((_, t)) = prepared.iter().find(|(k, _)| *k == key) {
             u.add(t.clone());
             continue;
@@ -335,6 +338,13 @@ fn refresh_locked(
         }
     }
     drop(prepared);
+    // The same modules as the current unwinder's, all prepared: it stays (each unwinder is
+    // kept for good, as a signal handler may be reading it; a program that refreshes in a
+    // loop kept one per call).
+    if let Some(current) = unwinder().filter(|_| failed.is_empty() && keys == *made_of) {
+        return (current, failed);
+    }
+    *made_of = if failed.is_empty() { keys } else { Vec::new() };
     let u: &'static Unwinder = Box::leak(Box::new(u));
     CURRENT.store(u as *const Unwinder as *mut Unwinder, Ordering::Release);
     (u, failed)
