@@ -293,7 +293,7 @@ fn open_core(path: PathBuf, opts: &Options) -> Result<unwind::core_file::Core, S
         format!("{}: {e}", p.escape_debug())
     })?;
     if let Some(exe) = &opts.exe {
-        exe_matches(exe, core.arch).map_err(|why| flag_error("--exe", exe, &why))?;
+        unwind::offline::check_exe(exe, core.arch).map_err(|why| flag_error("--exe", exe, &why))?;
     }
     Ok(core)
 }
@@ -316,69 +316,6 @@ fn flag_error(flag: &str, path: &std::path::Path, why: &str) -> String {
         "{flag} {}: {why}",
         path.display().to_string().escape_debug()
     )
-}
-
-/// Is the file at `exe` a 64-bit little-endian ELF file for `arch` (its header's class, data
-/// encoding and `e_machine`)? The reason when it is not. A file that may not be read as a
-/// module (`safe_open`: under `/proc`, empty, ...) is not looked at here: the module is
-/// refused later, with a warning.
-fn exe_matches(exe: &std::path::Path, arch: unwind::ArchKind) -> Result<(), String> {
-    use std::io::Read;
-    let Ok(opened) = unwind::safe_open::open(exe, &Default::default()) else {
-        return Ok(());
-    };
-    let mut h = [0u8; 20];
-    let n = opened
-        .file
-        .take(20)
-        .read(&mut h)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if n < 20 || h[..4] != *b"\x7fELF" {
-        return Err("not an ELF file".into());
-    }
-    if h[4] != 2 || h[5] != 1 {
-        return Err("not a 64-bit little-endian ELF file, as the core's executable is".into());
-    }
-    match u16::from_le_bytes([h[16], h[17]]) {
-        1 => {
-            return Err("a relocatable object file (.o), not the program: pass the program".into())
-        }
-        4 => return Err("a core file, not the program".into()),
-        _ => {}
-    }
-    let machine = u16::from_le_bytes([h[18], h[19]]);
-    let (want, core_name) = match arch {
-        unwind::ArchKind::X86_64 => (62, "x86_64"),
-        unwind::ArchKind::Aarch64 => (183, "aarch64"),
-    };
-    if machine != want {
-        let theirs = match machine {
-            62 => "x86_64".to_string(),
-            183 => "aarch64".to_string(),
-            m => format!("machine {m}"),
-        };
-        return Err(format!(
-            "built for {theirs}, the core is {core_name}: wrong architecture"
-        ));
-    }
-    // A separate debug file (`objcopy --only-keep-debug`): its sections hold no code.
-    let debug_only = unwind::safe_open::map(exe, &Default::default())
-        .ok()
-        .is_some_and(|m| {
-            use object::{Object, ObjectSection};
-            object::File::parse(&*m).is_ok_and(|f| {
-                f.section_by_name(".text")
-                    .is_some_and(|t| t.size() > 0 && t.file_range().is_none())
-            })
-        });
-    if debug_only {
-        return Err(
-            "a separate debug file (its code is not in it), not the program: pass the program \
-             (its debug file is found beside it, by its debug link or build id)"
-                .into(),
-        );
-    }
-    Ok(())
 }
 
 /// The error for an argument `stack` or `verify` does not know: a word that is not an option

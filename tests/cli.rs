@@ -194,6 +194,32 @@ fn check_vdso(v: &Value) {
     assert!(has_run(&s, &["vdso_beta", "vdso_alpha", "main"]), "{s:?}");
 }
 
+/// `--max-frames` equal to a stack's depth: the walk filled its buffer on `_start`, the
+/// stack's root, and is whole; one frame less is cut (it said `buffer full` for both: found by
+/// outside use in the twenty-third round).
+#[test]
+fn a_stack_exactly_max_frames_deep_is_whole() {
+    let d = tmp("exact");
+    let c = core("core-x86_64-chain", &d);
+    let e = exe("x86_64");
+    let walk = |extra: &[&str]| {
+        let mut a = vec!["stack", "--core", p(&c), "--exe", p(&e), "--format", "json"];
+        a.extend(extra);
+        let v = json(&a);
+        v["threads"][0].clone()
+    };
+    let whole = walk(&[]);
+    let n = whole["frames"].as_array().unwrap().len();
+    assert_eq!(whole["truncated"], false, "{whole}");
+    assert_eq!(whole["frames"][n - 1]["symbol"], "_start", "{whole}");
+    let exact = walk(&["--max-frames", &n.to_string()]);
+    assert_eq!(exact["truncated"], false, "{exact}");
+    assert_eq!(exact["frames"], whole["frames"]);
+    let short = walk(&["--max-frames", &(n - 1).to_string()]);
+    assert_eq!(short["truncated"], true, "{short}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
 #[test]
 fn json_shape_and_chain_x86_64() {
     let d = tmp("chain");

@@ -31,6 +31,19 @@ pub const RUST_STD: &[&str] = &["std::", "core::", "alloc::"];
 /// The C runtime.
 pub const C_RUNTIME: &[&str] = &["__libc", "__GI_", "_start"];
 
+/// The outermost frame of a C or Rust process's or thread's stack, nothing above it: the
+/// program's entry and the clone child's entry (and a `makecontext` stack's). A walk whose
+/// buffer filled exactly on one of these is whole.
+pub const C_OUTERMOST: &[&str] = &[
+    "_start",
+    "clone",
+    "__clone",
+    "clone3",
+    "__clone3",
+    "thread_start",
+    "__start_context",
+];
+
 /// Where a C or Rust program's stacks begin, by name: the process's entry (glibc's and musl's
 /// start code, the dynamic loader's before it) and a thread's (glibc's `start_thread` and its clone functions, musl's `start`).
 /// A frame-record walk that ends in any other named function ended short (offline walks).

@@ -38,6 +38,10 @@ pub enum CoreError {
     /// kernel wrote it), and too little is left to unwind: (bytes present, bytes its readable
     /// program headers reach: the whole size when the table itself is present).
     TruncatedFile(u64, u64),
+    /// The executable given to stand in for the core's ([`crate::offline::Options::exe`]) is
+    /// not one for this core ([`crate::offline::check_exe`]: another architecture, an object
+    /// file, a core, a separate debug file): its path and why.
+    BadExe(PathBuf, String),
 }
 
 impl fmt::Display for CoreError {
@@ -61,6 +65,10 @@ impl fmt::Display for CoreError {
                 f,
                 "core file is truncated: {have} of at least {want} bytes, too little left to unwind"
             ),
+            CoreError::BadExe(p, why) => {
+                let p = p.display().to_string();
+                write!(f, "executable {}: {why}", p.escape_debug())
+            }
         }
     }
 }

@@ -81,8 +81,9 @@ fn next_id(len: usize) -> Option<Id> {
         .filter(|&id| usize::from(id) <= MAX_TRANSITIONS)
 }
 
-/// What to unwind and how.
-#[derive(Clone, Debug, Default)]
+/// What to unwind and how. The default walks as `unwind stack` does: [`Mode::Hybrid`], no
+/// policy, [`MAX_FRAMES`] frames per thread.
+#[derive(Clone, Debug)]
 pub struct Options {
     /// The executable (needed for qemu-user cores, which list no mapped files).
     pub exe: Option<PathBuf>,
@@ -99,6 +100,22 @@ pub struct Options {
     /// Most frames per thread: 0 for [`MAX_FRAMES`]; at most [`MAX_TOTAL_FRAMES`] (a stack
     /// overflow's core holds tens of thousands of frames).
     pub max_frames: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            exe: None,
+            sysroot: None,
+            // As the CLI: a library user's stacks were frame-pointer walks, callers of
+            // functions without frame records skipped and reported whole (found by outside
+            // use in the twenty-third round).
+            mode: Mode::Hybrid,
+            policy: None,
+            allow_proc: None,
+            max_frames: 0,
+        }
+    }
 }
 
 /// One thread's result.
@@ -811,7 +828,75 @@ pub fn classifier_for(symbols: &Symbolizer, system_switches: &[Id]) -> Classifie
     c
 }
 
-/// Unwinds every thread of `core`.
+/// Is the file at `exe` a 64-bit little-endian ELF file for `arch` (its header's class, data
+/// encoding and `e_machine`)? The reason when it is not. A file that may not be read as a
+/// module (`safe_open`: under `/proc`, empty, ...) is not looked at here: the module is
+/// refused later, with a warning.
+pub fn check_exe(exe: &Path, arch: ArchKind) -> Result<(), String> {
+    use std::io::Read;
+    let Ok(opened) = crate::safe_open::open(exe, &Default::default()) else {
+        return Ok(());
+    };
+    let mut h = [0u8; 20];
+    let n = opened
+        .file
+        .take(20)
+        .read(&mut h)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if n < 20 || h[..4] != *b"\x7fELF" {
+        return Err("not an ELF file".into());
+    }
+    if h[4] != 2 || h[5] != 1 {
+        return Err("not a 64-bit little-endian ELF file, as the core's executable is".into());
+    }
+    match u16::from_le_bytes([h[16], h[17]]) {
+        1 => {
+            return Err("a relocatable object file (.o), not the program: pass the program".into())
+        }
+        4 => return Err("a core file, not the program".into()),
+        _ => {}
+    }
+    let machine = u16::from_le_bytes([h[18], h[19]]);
+    let (want, core_name) = match arch {
+        ArchKind::X86_64 => (62, "x86_64"),
+        ArchKind::Aarch64 => (183, "aarch64"),
+    };
+    if machine != want {
+        let theirs = match machine {
+            62 => "x86_64".to_string(),
+            183 => "aarch64".to_string(),
+            m => format!("machine {m}"),
+        };
+        return Err(format!(
+            "built for {theirs}, the core is {core_name}: wrong architecture"
+        ));
+    }
+    // A separate debug file (`objcopy --only-keep-debug`): its sections hold no code.
+    let debug_only = crate::safe_open::map(exe, &Default::default())
+        .ok()
+        .is_some_and(|m| {
+            use object::{Object, ObjectSection};
+            object::File::parse(&*m).is_ok_and(|f| {
+                f.section_by_name(".text")
+                    .is_some_and(|t| t.size() > 0 && t.file_range().is_none())
+            })
+        });
+    if debug_only {
+        return Err(
+            "a separate debug file (its code is not in it), not the program: pass the program \
+             (its debug file is found beside it, by its debug link or build id)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Unwinds every thread of `core`: each thread's frames (leaf first, after `opts.policy`),
+/// whether its walk was cut and why ([`ThreadStack`]), the symbolizer of the core's modules,
+/// and what a reader should know that the frames do not show ([`Report::warnings`]: modules
+/// missing or rebuilt, a core cut short). `Options::default()` walks as `unwind stack` does
+/// ([`Mode::Hybrid`]: frame records where the CFI says a function keeps one, CFI elsewhere);
+/// an `opts.exe` that is not a program for this core is [`CoreError::BadExe`].
 pub fn unwind_core(core: &Core, opts: &Options) -> Result<Report, CoreError> {
     unwind_paused(core, opts, &mut AsIs)
 }
@@ -822,6 +907,9 @@ pub fn unwind_paused<P: Pause>(
     opts: &Options,
     pause: &mut P,
 ) -> Result<Report, P::Error> {
+    if let Some(exe) = &opts.exe {
+        check_exe(exe, core.arch).map_err(|why| CoreError::BadExe(exe.clone(), why))?;
+    }
     let symbols = symbols_for(core, opts);
     let mut warnings: Vec<String> = symbols.warnings.clone();
     // Module warnings wait for the walks: only modules a frame needed are worth one.
@@ -1009,6 +1097,21 @@ pub fn unwind_paused<P: Pause>(
     }
     symbols.prepare(&lookup_pcs);
     for (tid, mut buf, mut stop, ended_at_top) in walked {
+        // A walk that filled its buffer exactly on the stack's root frame (`_start`,
+        // `clone3`, Go's `goexit`) is whole: it was called cut, `buffer full` (found by outside
+        // use in the twenty-third round, `--max-frames` equal to the stack's depth).
+        if stop == StopReason::BufferFull {
+            let at_root = match &go {
+                Some(go) => go.is_stack_bottom(&symbols, buf.last()),
+                None => buf
+                    .last()
+                    .and_then(|f| symbols.lookup(f.lookup_pc()))
+                    .is_some_and(|s| crate::runtime_names::C_OUTERMOST.contains(&s.name)),
+            };
+            if at_root {
+                stop = StopReason::End;
+            }
+        }
         let mut truncated = stop.is_truncated();
         if let Some(go) = &go {
             if ended_at_top || go.is_stack_bottom(&symbols, buf.last()) {
@@ -1995,6 +2098,52 @@ mod tests {
             assert!(names.contains(&"main"), "{mode:?}: {names:?}");
             assert_eq!(before, after, "{mode:?}: a table listed or sorted");
         }
+    }
+
+    /// The library walks as the CLI does by default (Hybrid), and refuses an executable that is
+    /// not a program for the core, as the CLI does (a library user's x86_64 core with an
+    /// aarch64 `exe` was named from the wrong file: found by outside use in the twenty-third
+    /// round).
+    #[test]
+    fn the_library_s_defaults_and_exe_check_are_the_cli_s() {
+        use std::io::Read;
+        assert_eq!(Options::default().mode, Mode::Hybrid);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cores");
+        let gz = std::fs::File::open(root.join("core-x86_64-chain.gz")).unwrap();
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut bytes)
+            .unwrap();
+        let path = std::env::temp_dir().join(format!("unwind-badexe-{}", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let core = Core::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let wrong = Options {
+            exe: Some(root.join("chain-aarch64")),
+            ..Options::default()
+        };
+        match unwind_core(&core, &wrong) {
+            Err(CoreError::BadExe(p, why)) => {
+                assert!(
+                    p.ends_with("chain-aarch64") && why.contains("wrong architecture"),
+                    "{why}"
+                )
+            }
+            other => panic!("{:?}", other.map(|r| r.threads.len())),
+        }
+        let right = Options {
+            exe: Some(root.join("chain-x86_64")),
+            ..Options::default()
+        };
+        let hybrid = Options {
+            mode: Mode::Hybrid,
+            ..right.clone()
+        };
+        let pcs = |o: &Options| -> Vec<u64> {
+            let r = unwind_core(&core, o).unwrap();
+            r.threads[0].frames.iter().map(|f| f.pc).collect()
+        };
+        assert_eq!(pcs(&right), pcs(&hybrid));
     }
 
     #[test]
