@@ -275,13 +275,14 @@ fn code_mappings(vmas: &[Vma]) -> Vec<(Range, u64, (u32, u32, u64))> {
 
 /// Has thread `tid` of process `pid` exited (no `/proc` entry, or a zombie)?
 fn thread_gone(pid: u32, tid: u32) -> bool {
+    /// `PF_EXITING` (`include/linux/sched.h`): set as the thread begins to exit, before it
+    /// is a zombie. A thread killed while held is often still there, exiting, when this looks
+    /// (its state `R` or `D`): it was kept, cut at its first frame (a flaky test).
+    const PF_EXITING: u64 = 0x4;
     match read_text(&format!("/proc/{pid}/task/{tid}/stat")) {
         Err(_) => true,
-        // The state follows the command name's closing parenthesis.
-        Ok(s) => s
-            .rfind(')')
-            .and_then(|i| s[i + 1..].trim_start().chars().next())
-            .is_none_or(|c| matches!(c, 'Z' | 'X')),
+        Ok(s) => parse_stat(&s)
+            .is_none_or(|(state, flags)| matches!(state, 'Z' | 'X') || flags & PF_EXITING != 0),
     }
 }
 
