@@ -21,7 +21,9 @@
 //!   [`TimerMode::Process`] it runs on the interrupted stack (no `SA_ONSTACK`): the signal may land on an unregistered thread, whose
 //!   alternate stack, if any, is std's few KiB, too small for a capture. It
 //!   claims a free slot of a fixed global ring with one compare-and-swap, captures straight into
-//!   the slot with [`capture_from_ucontext_with`], and publishes it. No allocation, no lock, no
+//!   the slot (`dwarf::capture_from_ucontext` in the modes that walk by CFI, else the
+//!   frame-record walk [`crate::capture_from_ucontext_with`] makes without prepared CFI), and
+//!   publishes it. No allocation, no lock, no
 //!   system call (once the thread's stack bounds are known; see [`crate::live`]). When no slot
 //!   is free the sample is counted as dropped.
 //! - **The collector** thread drains ready slots into a map from stack (the full [`Frame`]s,
