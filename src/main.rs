@@ -7,7 +7,7 @@
 //! unwind stack --pid PID [--tid TID ...] [--mode hybrid|fp|dwarf]
 //!              [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines]
 //!              [--max-frames N]
-//! unwind verify --core CORE [--exe EXE] [--sysroot DIR]
+//! unwind verify --core CORE [--exe EXE] [--sysroot DIR] [--max-frames N]
 //! unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]
 //! ```
 //!
@@ -49,7 +49,7 @@ extern "C" {}
 #[global_allocator]
 static ALLOC: unwind::heap::Sampling = unwind::heap::Sampling::new(std::alloc::System);
 
-const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind stack --pid PID [--tid TID ...] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]";
+const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind stack --pid PID [--tid TID ...] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR] [--max-frames N]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]";
 
 /// The process's entry, called by the C library's start code. std's own start-up
 /// (`lang_start`) is left out: for the main thread it installs a stack-overflow handler on an
@@ -211,14 +211,7 @@ fn stack(args: &[OsString]) -> Result<(), String> {
                 }
             }
             "--lines" => lines = true,
-            "--max-frames" => {
-                let v = utf8("--max-frames", value("--max-frames")?)?;
-                opts.max_frames = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or(format!("--max-frames {v}: expected a positive number"))?;
-            }
+            "--max-frames" => opts.max_frames = max_frames(value("--max-frames")?)?,
             other => return Err(unknown(other)),
         }
     }
@@ -263,6 +256,15 @@ fn stack(args: &[OsString]) -> Result<(), String> {
 
 /// The options of every command that reads a core: `--core`, `--exe`, `--sysroot`. Returns
 /// whether `a` was one of them.
+/// `--max-frames N`'s value: a positive number.
+fn max_frames(v: OsString) -> Result<usize, String> {
+    let v = utf8("--max-frames", v)?;
+    v.parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or(format!("--max-frames {v}: expected a positive number"))
+}
+
 fn core_option(
     a: &str,
     value: &mut dyn FnMut(&str) -> Result<OsString, String>,
@@ -351,7 +353,9 @@ fn verify(args: &[OsString]) -> Result<(), String> {
                 .cloned()
                 .ok_or_else(|| format!("{name} needs a value"))
         };
-        if !core_option(a, &mut value, &mut core, &mut opts)? {
+        if a == "--max-frames" {
+            opts.max_frames = max_frames(value("--max-frames")?)?;
+        } else if !core_option(a, &mut value, &mut core, &mut opts)? {
             return Err(unknown(a));
         }
     }

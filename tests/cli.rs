@@ -194,6 +194,40 @@ fn check_vdso(v: &Value) {
     assert!(has_run(&s, &["vdso_beta", "vdso_alpha", "main"]), "{s:?}");
 }
 
+/// `unwind verify --max-frames N` compares N frames of each walk (a 100k-frame stack was
+/// compared to its 1024th frame only, the DWARF side `buffer full`: found by outside use in
+/// the twenty-third round).
+#[test]
+fn verify_takes_max_frames() {
+    let d = tmp("verify-max");
+    let c = core("core-x86_64-chain", &d);
+    let e = exe("x86_64");
+    let text = |extra: &[&str]| {
+        let mut a = vec!["verify", "--core", p(&c), "--exe", p(&e)];
+        a.extend(extra);
+        let out = run(&a);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let three = text(&["--max-frames", "3"]);
+    assert!(
+        three.contains("agree (3 of 3 fp frames agree with dwarf's 3; fp stop: buffer full"),
+        "{three}"
+    );
+    let all = text(&[]);
+    assert!(!all.contains("dwarf stop: buffer full"), "{all}");
+    assert_bad(
+        &["verify", "--core", p(&c), "--max-frames", "0"],
+        "--max-frames",
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
 /// `--max-frames` equal to a stack's depth: the walk filled its buffer on `_start`, the
 /// stack's root, and is whole; one frame less is cut (it said `buffer full` for both: found by
 /// outside use in the twenty-third round).
