@@ -10,7 +10,7 @@
 
 mod common;
 use common::skip::skip;
-use common::tools::{build_go_linked, have, kernel_cores, need, TempDir};
+use common::tools::{build_go_linked, fixture_go, go_build, have, kernel_cores, need, TempDir};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -586,21 +586,12 @@ fn cfi_from_pcsp_matches_the_linker_s_debug_frame() {
         ("arm64", unwind::ArchKind::Aarch64),
     ] {
         let exe = dir.0.join(format!("throw-{goarch}"));
-        let out = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&exe)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/throw/main.go"))
-            .env("GOARCH", goarch)
-            .env("CGO_ENABLED", "0")
-            .env("GOPATH", dir.0.join("gopath"))
-            .env("GOCACHE", dir.0.join("gocache"))
-            .env("GO111MODULE", "off")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        go_build(
+            &dir.0,
+            &fixture_go("throw"),
+            &exe,
+            &[],
+            &[("GOARCH", goarch), ("CGO_ENABLED", "0")],
         );
         let data = std::fs::read(&exe).unwrap();
         let file = object::File::parse(&*data).unwrap();
@@ -1038,21 +1029,12 @@ fn stripped_go_lines_match_go_s_traceback() {
             // and inline entries; Go lays the text out the same): the same text, inlined lines and
             // all.
             let full = dir.0.join(format!("throw-{arch}-dwarf"));
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go/throw/main.go");
-            let built = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&full)
-                .arg(&src)
-                .env("GOARCH", arch)
-                .env("GOPATH", dir.0.join("gopath"))
-                .env("GOCACHE", dir.0.join("gocache"))
-                .env("GO111MODULE", "off")
-                .output()
-                .unwrap();
-            assert!(
-                built.status.success(),
-                "{}",
-                String::from_utf8_lossy(&built.stderr)
+            go_build(
+                &dir.0,
+                &fixture_go("throw"),
+                &full,
+                &[],
+                &[("GOARCH", arch)],
             );
             let with_dwarf = unwind_text_lines(&core, &full);
             assert!(text.contains(" (inlined) at "), "{arch}: {text}");

@@ -87,6 +87,43 @@ fn stat<'a>(stats: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{key} in {stats}"))
 }
 
+/// A `describe_capture` line (`count;capture_with's count;stop;first four names`): the four
+/// names are deep_c's, deep_b's, deep_a's and main's.
+fn assert_deep_names(key: &str, v: &[&str]) {
+    let names: Vec<&str> = v[3].split(',').collect();
+    assert!(
+        names.len() == 4
+            && names[0].ends_with("deep_c")
+            && names[1].ends_with("deep_b")
+            && names[2].ends_with("deep_a")
+            && names[3].ends_with("dependent::main"),
+        "{key}: {v:?}"
+    );
+}
+
+/// A `describe_signal` line (`count;stop;names`): every name of `want` is there (as the end
+/// of a frame's name), in that order.
+fn assert_in_order(key: &str, v: &[&str], want: &[&str]) {
+    let names: Vec<&str> = v[2].split(',').collect();
+    let at = |f: &str| names.iter().position(|n| n.ends_with(f));
+    let found: Vec<Option<usize>> = want.iter().map(|f| at(f)).collect();
+    assert!(
+        found.iter().all(Option::is_some) && found.windows(2).all(|w| w[0] < w[1]),
+        "{key}: {want:?} in order in {v:?}"
+    );
+}
+
+/// The interrupted thread's frames a signal's capture from the ucontext keeps (raised from
+/// sig_c): with frame pointers a frame-record walk from libc's registers may miss sig_c (libc
+/// keeps no record), not its callers.
+fn interrupted_frames(frame_pointers: bool) -> &'static [&'static str] {
+    if frame_pointers {
+        &["sig_b", "sig_a", "dependent::main"]
+    } else {
+        &["sig_c", "sig_b", "sig_a", "dependent::main"]
+    }
+}
+
 fn check(frame_pointers: bool) {
     let bin = build(frame_pointers);
     let dir = std::env::temp_dir().join(format!(
@@ -152,29 +189,10 @@ fn check(frame_pointers: bool) {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Vec<&str> = stat(&init_out, "capture_init").split(';').collect();
-    let names: Vec<&str> = v[3].split(',').collect();
-    assert!(
-        names.len() == 4
-            && names[0].ends_with("deep_c")
-            && names[1].ends_with("deep_b")
-            && names[2].ends_with("deep_a")
-            && names[3].ends_with("dependent::main")
-            && v[0] == v[1],
-        "capture after init: {v:?}"
-    );
+    assert_deep_names("capture after init", &v);
+    assert_eq!(v[0], v[1], "capture after init: {v:?}");
     let v: Vec<&str> = stat(&init_out, "signal_init").split(';').collect();
-    let names: Vec<&str> = v[2].split(',').collect();
-    let at = |f: &str| names.iter().position(|n| n.ends_with(f));
-    let want: &[&str] = if frame_pointers {
-        &["sig_b", "sig_a", "dependent::main"]
-    } else {
-        &["sig_c", "sig_b", "sig_a", "dependent::main"]
-    };
-    let found: Vec<Option<usize>> = want.iter().map(|f| at(f)).collect();
-    assert!(
-        found.iter().all(Option::is_some) && found.windows(2).all(|w| w[0] < w[1]),
-        "signal after init: {want:?} in order in {v:?}"
-    );
+    assert_in_order("signal after init", &v, interrupted_frames(frame_pointers));
 
     // A signal's capture asked for two frames: cut by that depth, said so (without frame
     // pointers it said "buffer full").
@@ -193,15 +211,7 @@ fn check(frame_pointers: bool) {
             );
             continue;
         }
-        let names: Vec<&str> = names.split(',').collect();
-        assert!(
-            names.len() == 4
-                && names[0].ends_with("deep_c")
-                && names[1].ends_with("deep_b")
-                && names[2].ends_with("deep_a")
-                && names[3].ends_with("dependent::main"),
-            "{key}: {v:?}"
-        );
+        assert_deep_names(key, &v);
         // By CFI the walk ends at the thread's entry; by frame records it stops in libc,
         // which keeps none (the main thread's `__libc_start_call_main`).
         if !frame_pointers {
@@ -213,8 +223,7 @@ fn check(frame_pointers: bool) {
     // `unwind::capture_from_ucontext_with` in a SIGUSR1 handler raised from sig_c, three calls
     // down (`count;stop;names`). Frame 0 is the interrupted pc, in libc. Without frame
     // pointers and before the CFI is prepared: that frame alone; once it is, by CFI, every
-    // caller. With frame pointers a frame-record walk from libc's registers may miss sig_c
-    // (libc keeps no record), not its callers.
+    // caller (`interrupted_frames`).
     for key in ["signal_before", "signal_after"] {
         let v: Vec<&str> = stat(&stats, key).split(';').collect();
         let (n, stop, names) = (v[0], v[1], v[2].split(',').collect::<Vec<_>>());
@@ -227,17 +236,7 @@ fn check(frame_pointers: bool) {
             assert!(!names[0].contains("dependent::"), "{key}: {v:?}");
             continue;
         }
-        let at = |f: &str| names.iter().position(|n| n.ends_with(f));
-        let want: &[&str] = if frame_pointers {
-            &["sig_b", "sig_a", "dependent::main"]
-        } else {
-            &["sig_c", "sig_b", "sig_a", "dependent::main"]
-        };
-        let found: Vec<Option<usize>> = want.iter().map(|f| at(f)).collect();
-        assert!(
-            found.iter().all(Option::is_some) && found.windows(2).all(|w| w[0] < w[1]),
-            "{key}: {want:?} in order in {v:?}"
-        );
+        assert_in_order(key, &v, interrupted_frames(frame_pointers));
     }
 
     // `unwind::capture_with` in the same handler, after `unwind::modules::refresh()` alone
@@ -246,18 +245,12 @@ fn check(frame_pointers: bool) {
     // signal frame: in a build without frame pointers it went from `__restore_rt` to
     // `std::rt::lang_start` and said `end`.
     let v: Vec<&str> = stat(&stats, "signal_refreshed").split(';').collect();
-    let names: Vec<&str> = v[2].split(',').collect();
-    let at = |f: &str| names.iter().position(|n| n.ends_with(f));
     let want: &[&str] = if frame_pointers {
         &["on_usr1", "sig_b", "sig_a"]
     } else {
         &["on_usr1", "sig_c", "sig_b", "sig_a"]
     };
-    let found: Vec<Option<usize>> = want.iter().map(|f| at(f)).collect();
-    assert!(
-        found.iter().all(Option::is_some) && found.windows(2).all(|w| w[0] < w[1]),
-        "signal_refreshed: {want:?} in order in {v:?}"
-    );
+    assert_in_order("signal_refreshed", &v, want);
 
     // A callback from a library `dlopen`ed after the last refresh (zlib's allocator, called
     // in `deflateInit2_`). Without frame pointers the walk goes by CFI, which that library's

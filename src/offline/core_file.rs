@@ -715,7 +715,7 @@ impl Memory for CoreMemory<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -797,7 +797,7 @@ mod tests {
     }
 
     /// A committed core, written to a fresh file.
-    fn committed_core(name: &str, dir: &str) -> (std::path::PathBuf, Vec<u8>) {
+    pub(crate) fn committed_core(name: &str, dir: &str) -> (std::path::PathBuf, Vec<u8>) {
         use std::io::Read;
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let gz =

@@ -1597,19 +1597,8 @@ impl GoRuntime {
         let Some(last) = frames.last() else {
             return false;
         };
-        if !self.morestack.is_some_and(|r| r.contains(last.lookup_pc())) {
-            return false;
-        }
-        let o = self.offsets;
-        let mut mem = cx.core.memory();
-        let Some(g) = crate::go_runtime::thread_g(&mut mem, cx.core.arch, t.tls, t.x28) else {
-            return false;
-        };
-        let m = g.checked_add(o.g_m).and_then(|a| mem.read_u64(a));
-        let curg = m
-            .filter(|&m| m != 0)
-            .and_then(|m| mem.read_u64(m.checked_add(o.m_curg)?));
-        curg == Some(0)
+        self.morestack.is_some_and(|r| r.contains(last.lookup_pc()))
+            && go_thread_any(cx.core, t, &self.offsets).is_some_and(|x| x.curg == 0)
     }
 }
 
@@ -1792,8 +1781,13 @@ struct GoThread {
     curg: u64,
 }
 
-/// The g -> m -> curg read, in one place.
+/// The g -> m -> curg read, in one place: a thread with an m and a goroutine on it.
 fn go_thread(core: &Core, t: &Thread, o: &crate::go_runtime::GoOffsets) -> Option<GoThread> {
+    go_thread_any(core, t, o).filter(|x| x.curg != 0)
+}
+
+/// [`go_thread`], `curg` 0 included (the m's goroutine has left the thread).
+fn go_thread_any(core: &Core, t: &Thread, o: &crate::go_runtime::GoOffsets) -> Option<GoThread> {
     let mut mem = core.memory();
     let g = crate::go_runtime::thread_g(&mut mem, core.arch, t.tls, t.x28)?;
     let m = mem.read_u64(g.checked_add(o.g_m)?)?;
@@ -1801,7 +1795,7 @@ fn go_thread(core: &Core, t: &Thread, o: &crate::go_runtime::GoOffsets) -> Optio
         return None;
     }
     let curg = mem.read_u64(m.checked_add(o.m_curg)?)?;
-    (curg != 0).then_some(GoThread { g, m, curg })
+    Some(GoThread { g, m, curg })
 }
 
 /// Walks on from `regs` (a return address and its frame pointer) after the walk of `frames`
@@ -2050,7 +2044,6 @@ mod tests {
     /// in one pass over each table, sorting none.
     #[test]
     fn no_symbol_table_is_read_while_the_threads_are_stopped() {
-        use std::io::Read;
         struct Counting {
             at: Vec<usize>,
         }
@@ -2065,15 +2058,8 @@ mod tests {
             }
         }
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cores");
-        let gz = std::fs::File::open(root.join("core-x86_64-chain.gz")).unwrap();
-        let mut bytes = Vec::new();
-        flate2::read::GzDecoder::new(gz)
-            .read_to_end(&mut bytes)
-            .unwrap();
-        let path = std::env::temp_dir().join(format!("unwind-paused-{}", std::process::id()));
-        std::fs::write(&path, &bytes).unwrap();
+        let (path, _) = crate::core_file::tests::committed_core("core-x86_64-chain", "paused");
         let core = Core::open(&path).unwrap();
-        let _ = std::fs::remove_file(&path);
         for mode in [Mode::Hybrid, Mode::FramePointer, Mode::Dwarf] {
             let opts = Options {
                 exe: Some(root.join("chain-x86_64")),
@@ -2106,18 +2092,10 @@ mod tests {
     /// round).
     #[test]
     fn the_library_s_defaults_and_exe_check_are_the_cli_s() {
-        use std::io::Read;
         assert_eq!(Options::default().mode, Mode::Hybrid);
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cores");
-        let gz = std::fs::File::open(root.join("core-x86_64-chain.gz")).unwrap();
-        let mut bytes = Vec::new();
-        flate2::read::GzDecoder::new(gz)
-            .read_to_end(&mut bytes)
-            .unwrap();
-        let path = std::env::temp_dir().join(format!("unwind-badexe-{}", std::process::id()));
-        std::fs::write(&path, &bytes).unwrap();
+        let (path, _) = crate::core_file::tests::committed_core("core-x86_64-chain", "badexe");
         let core = Core::open(&path).unwrap();
-        let _ = std::fs::remove_file(&path);
         let wrong = Options {
             exe: Some(root.join("chain-aarch64")),
             ..Options::default()

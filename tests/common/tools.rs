@@ -128,26 +128,49 @@ pub fn build_go_linked(dir: &Path, name: &str, ldflags: &str) -> PathBuf {
 /// [`build_go_linked`] with `-buildmode=MODE` when `buildmode` is not empty (`pie`).
 pub fn build_go_mode(dir: &Path, name: &str, ldflags: &str, buildmode: &str) -> PathBuf {
     let exe = dir.join(name);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/go/{name}/main.go"));
+    let flags: Vec<String> = [
+        (!ldflags.is_empty()).then(|| format!("-ldflags={ldflags}")),
+        (!buildmode.is_empty()).then(|| format!("-buildmode={buildmode}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    go_build(
+        dir,
+        &fixture_go(name),
+        &exe,
+        &flags,
+        &[("CGO_ENABLED", "1")],
+    );
+    exe
+}
+
+/// `fixtures/go/NAME/main.go`.
+pub fn fixture_go(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/go/{name}/main.go"))
+}
+
+/// `go build FLAGS -o EXE SRC` in GOPATH mode, the build cache in `dir`, with `env` besides;
+/// panics with go's output when it fails.
+pub fn go_build(dir: &Path, src: &Path, exe: &Path, flags: &[String], env: &[(&str, &str)]) {
     let out = Command::new("go")
         .arg("build")
-        .args((!ldflags.is_empty()).then(|| format!("-ldflags={ldflags}")))
-        .args((!buildmode.is_empty()).then(|| format!("-buildmode={buildmode}")))
+        .args(flags)
         .arg("-o")
-        .arg(&exe)
-        .arg(&src)
+        .arg(exe)
+        .arg(src)
         .env("GOPATH", dir.join("gopath"))
         .env("GOCACHE", dir.join("gocache"))
         .env("GO111MODULE", "off")
-        .env("CGO_ENABLED", "1")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "go build {name}: {}",
+        "go build {}: {}",
+        src.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    exe
 }
 
 /// Loads a copy of glibc's libm from `path` (a file name new to this process, so the loader
