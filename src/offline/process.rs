@@ -402,11 +402,14 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
 /// (`/proc/PID/root`), owned by the process's user or root. Read after the threads run again;
 /// a map that is there but refused is a warning.
 fn add_perf_map(pid: u32, view: u32, report: &mut Report) {
-    let own_pid = status_field(pid, "NSpid:")
+    let Ok(status) = read_text(&format!("/proc/{pid}/status")) else {
+        return;
+    };
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
+    let own_pid = field("NSpid:")
         .and_then(|v| v.split_whitespace().last()?.parse::<u32>().ok())
         .unwrap_or(pid);
-    let Some(uid) =
-        status_field(pid, "Uid:").and_then(|v| v.split_whitespace().nth(1)?.parse::<u32>().ok())
+    let Some(uid) = field("Uid:").and_then(|v| v.split_whitespace().nth(1)?.parse::<u32>().ok())
     else {
         return;
     };

@@ -1886,19 +1886,15 @@ impl Symbolizer {
     /// the module holding it, else, for code no module holds, from the perf map
     /// ([`Symbolizer::add_perf_map`]).
     pub fn lookup(&self, pc: u64) -> Option<Symbol<'_>> {
-        let mut held = false;
-        let found = self
+        let mut held = self
             .modules
             .iter()
             .filter(|m| m.range.contains(pc))
-            .find_map(|m| {
-                held = true;
-                m.lookup(pc)
-            });
-        match (&found, &self.perf_map) {
-            (None, Some(map)) if !held => map.lookup(pc),
-            _ => found,
+            .peekable();
+        if held.peek().is_none() {
+            return self.perf_map.as_ref()?.lookup(pc);
         }
+        held.find_map(|m| m.lookup(pc))
     }
 
     /// Names code no module holds (a JIT's) from the perf map at `path` (see [`PerfMap`]),

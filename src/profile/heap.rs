@@ -872,10 +872,7 @@ fn record(addr: u64, size: u64) {
     match slot {
         None => {
             let [ao, ab, eao, eab] = &DROPPED_ALLOCS;
-            let (rate, _) = rate_and_generation();
-            add_weighted(eao, eab, size, rate);
-            ab.fetch_add(size, Ordering::Relaxed);
-            ao.fetch_add(1, Ordering::Release);
+            count_alloc([ao, ab, eao, eab], size, rate_and_generation().0);
             STATS_DROPPED_STACKS.fetch_add(1, Ordering::Relaxed);
         }
         Some(slot) => {
@@ -883,16 +880,20 @@ fn record(addr: u64, size: u64) {
                 exit();
                 return;
             };
-            // Bytes before the count, the count with release: a snapshot that reads the count
-            // first (acquire) sees at least the bytes of every allocation it counts (see
-            // `collect`).
             let (rate, generation) = rate_and_generation();
-            add_weighted(&s.est_alloc_objects, &s.est_alloc_bytes, size, rate);
             if cut || full || short {
                 s.cut.store(true, Ordering::Relaxed);
             }
-            s.alloc_bytes.fetch_add(size, Ordering::Relaxed);
-            s.alloc_objects.fetch_add(1, Ordering::Release);
+            count_alloc(
+                [
+                    &s.alloc_objects,
+                    &s.alloc_bytes,
+                    &s.est_alloc_objects,
+                    &s.est_alloc_bytes,
+                ],
+                size,
+                rate,
+            );
             let v = pack(slot, size, generation);
             if !map_insert(addr, v) {
                 account_free(v);
@@ -995,6 +996,17 @@ fn series(x: f64) -> f64 {
 }
 
 /// Adds one sample of `size` bytes, weighted at `rate`, to an estimate's pair of counters.
+/// Counts one sampled allocation of `size` bytes at `rate` in `[objects, bytes, estimated
+/// objects, estimated bytes]`: the bytes before the count, the count with release (a snapshot
+/// that reads the count first, with acquire, sees at least the bytes of every allocation it
+/// counts: see `collect`).
+#[inline(always)]
+fn count_alloc([ao, ab, eao, eab]: [&AtomicU64; 4], size: u64, rate: u64) {
+    add_weighted(eao, eab, size, rate);
+    ab.fetch_add(size, Ordering::Relaxed);
+    ao.fetch_add(1, Ordering::Release);
+}
+
 fn add_weighted(objects: &AtomicU64, bytes: &AtomicU64, size: u64, rate: u64) {
     let w = weight(size, rate);
     bytes.fetch_add((w * size as f64) as u64, Ordering::Relaxed);

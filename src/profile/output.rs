@@ -135,11 +135,8 @@ impl Profile {
             let mut unnamed: Vec<(&str, usize)> = Vec::new();
             for s in &self.samples {
                 for (i, &pc) in s.pcs.iter().enumerate() {
-                    let pc = if i == 0 && s.exact_leaf {
-                        pc
-                    } else {
-                        pc.saturating_sub(1)
-                    };
+                    let pc = crate::frame::FrameAddress::new(pc, i == 0 && s.exact_leaf)
+                        .lookup_address();
                     let Some(m) = sym.module_of(pc).filter(|m| m.is_stripped()) else {
                         continue;
                     };
