@@ -49,7 +49,41 @@ extern "C" {}
 #[global_allocator]
 static ALLOC: unwind::heap::Sampling = unwind::heap::Sampling::new(std::alloc::System);
 
-const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind stack --pid PID [--tid TID ...] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR] [--max-frames N]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]";
+const USAGE: &str = "usage: unwind stack --core CORE [--exe EXE] [--sysroot DIR] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind stack --pid PID [--tid TID ...] [--mode hybrid|fp|dwarf] [--policy cpu|heap|block|mutex|lock|trace] [--format text|json] [--lines] [--max-frames N]\n       unwind verify --core CORE [--exe EXE] [--sysroot DIR] [--max-frames N]\n       unwind demo [--naive] [--out DIR] [--seconds S] [--threads N] [--hz HZ] [--heap-rate BYTES]\n       unwind --version";
+
+/// `unwind --help`: the usage, then what each command and option does.
+const HELP: &str = "
+Commands:
+  stack     every thread's call stack, from a core dump (--core) or a live process (--pid),
+            across stack switches (Go's system stack, signal frames, coroutines)
+  verify    walk a core twice, by frame pointers and by DWARF CFI, and compare each thread
+  demo      capture stacks across switches under the CPU and heap profilers; writes profiles
+  --version  this program's version
+
+Options of stack and verify:
+  --core CORE        an ELF core file (x86_64 or aarch64; Linux, gdb's gcore, qemu-user)
+  --exe EXE          the program that dumped the core, where its own path no longer holds it
+  --sysroot DIR      read the core's files (its executable, libraries) under DIR
+  --pid PID          a live process: its threads are stopped for the walk (ptrace) and resumed
+  --tid TID          only this thread of --pid (may be given several times)
+  --mode MODE        hybrid (default): frame records, DWARF CFI where a frame keeps none;
+                     fp: frame records only; dwarf: CFI only
+  --policy POLICY    which frames to show: cpu (default; all), heap, block, mutex, lock, trace
+  --format FORMAT    text (default) or json (one object: threads, frames, whole or truncated)
+  --lines            each frame's file:line, with the functions inlined there
+  --max-frames N     at most N frames per thread (default 1024)
+
+Options of demo:
+  --naive            walk without crossing switches, to compare (files cpu-naive.*)
+  --out DIR          where to write the profiles (default ./profiles)
+  --seconds S        how long the workload runs (default 8)
+  --threads N        worker threads (default 2)
+  --hz HZ            CPU samples per second per thread (default 99)
+  --heap-rate BYTES  one heap sample per BYTES allocated on average (default 16384)
+
+Exit status: 0 when the command did its work (a truncated stack is reported, not an error);
+2 on bad arguments or an unreadable input (one line on stderr); 101 on an internal error.
+";
 
 /// The process's entry, called by the C library's start code. std's own start-up
 /// (`lang_start`) is left out: for the main thread it installs a stack-overflow handler on an
@@ -120,12 +154,15 @@ fn run() -> libc::c_int {
     let result = match first.as_deref() {
         // `unwind stack --help` and the like: the usage, whatever else was given.
         Some("stack" | "demo" | "verify") if args[1..].iter().any(help) => {
-            write_out(format!("{USAGE}\n").as_bytes())
+            write_out(format!("{USAGE}\n{HELP}").as_bytes())
         }
         Some("stack") => stack(&args[1..]),
         Some("demo") => demo(&args[1..]),
         Some("verify") => verify(&args[1..]),
-        Some("-h" | "--help" | "help") => write_out(format!("{USAGE}\n").as_bytes()),
+        Some("-h" | "--help" | "help") => write_out(format!("{USAGE}\n{HELP}").as_bytes()),
+        Some("-V" | "--version" | "version") => {
+            write_out(concat!("unwind ", env!("CARGO_PKG_VERSION"), "\n").as_bytes())
+        }
         Some(other) => Err(format!(
             "unknown command '{other}' (try: unwind stack --core CORE)"
         )),

@@ -987,6 +987,34 @@ fn help_after_a_command_prints_the_usage() {
             text.contains("usage: unwind stack --core CORE") && text.contains("--pid PID"),
             "{args:?}: {text}"
         );
+        // Every option the usage names is explained on a line of its own.
+        let (usage, help) = text.split_once("\nCommands:").expect("the help after the usage");
+        let mut options: Vec<&str> = usage
+            .split(|c: char| c == '[' || c == ']' || c.is_whitespace())
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .collect();
+        options.sort();
+        options.dedup();
+        assert!(options.len() >= 15, "{options:?}");
+        for o in options {
+            assert!(
+                help.lines().any(|l| l.trim_start().starts_with(o)),
+                "{args:?}: {o} is not explained:\n{help}"
+            );
+        }
+    }
+}
+
+#[test]
+fn version_prints_the_crate_s_version() {
+    for arg in ["--version", "-V", "version"] {
+        let out = run(&[arg]);
+        assert!(out.status.success(), "{arg}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("unwind {}\n", env!("CARGO_PKG_VERSION")),
+            "{arg}"
+        );
     }
 }
 
