@@ -34,7 +34,7 @@ use unwind::Mode;
 // load `libgcc_s.so.1`: std links `-lgcc_s` after this crate's own libraries, and with
 // `--as-needed` (rustc's default) a library none of whose symbols are still undefined is left
 // out. Loading it cost ~150 us per run here (its constructor runs CPUID, a VM exit each),
-// against ~2 ms for a whole `unwind stack` (README "Nineteenth round"). A statically linked
+// against ~2 ms for a whole `unwind stack` (benches/HISTORY.md, "Nineteenth round"). A statically linked
 // build (`cargo static-cli`) links libgcc_eh anyway.
 #[cfg(all(
     target_os = "linux",
@@ -89,8 +89,8 @@ Exit status: 0 when the command did its work (a truncated stack is reported, not
 /// (`lang_start`) is left out: for the main thread it installs a stack-overflow handler on an
 /// alternate signal stack whose guard page it locates by reading `/proc/self/maps`
 /// (`pthread_getattr_np`), checks that fds 0-2 are open and names the thread, ~100 us per run
-/// here (18 system calls) against ~2 ms for a whole `unwind stack` (README "Nineteenth
-/// round"). What this tool needs of it is done here: SIGPIPE ignored (a reader that closes the
+/// here (18 system calls) against ~2 ms for a whole `unwind stack` (benches/HISTORY.md,
+/// "Nineteenth round"). What this tool needs of it is done here: SIGPIPE ignored (a reader that closes the
 /// pipe early is a `BrokenPipe` error, handled in `write_out`), a panic caught (exit 101),
 /// stdout flushed at the end. The
 /// arguments come from `std::env::args_os`, which std reads at load time on glibc (so only

@@ -988,7 +988,9 @@ fn help_after_a_command_prints_the_usage() {
             "{args:?}: {text}"
         );
         // Every option the usage names is explained on a line of its own.
-        let (usage, help) = text.split_once("\nCommands:").expect("the help after the usage");
+        let (usage, help) = text
+            .split_once("\nCommands:")
+            .expect("the help after the usage");
         let mut options: Vec<&str> = usage
             .split(|c: char| c == '[' || c == ']' || c.is_whitespace())
             .filter(|w| w.starts_with("--") && w.len() > 2)

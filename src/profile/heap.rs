@@ -189,7 +189,7 @@ const INDEX_LEN: usize = 1 << INDEX_BITS;
 const INDEX_PROBES: usize = 128;
 /// Entries in the live-block map's first level (sampled blocks not yet freed); the map grows
 /// past it by levels mapped when needed, to 255 times this (8.4 million). Half a MiB: with 1 MiB
-/// the raw loop's samples cost ~0.5% more (README, "Eleventh round"); much smaller, and the
+/// the raw loop's samples cost ~0.5% more (benches/HISTORY.md, "Eleventh round"); much smaller, and the
 /// sticky overflow bits of a long-running program with ~2000 live sampled blocks (a 1 GiB heap)
 /// make lookups longer (see `a_long_churn_of_blocks_keeps_lookups_one_bucket_long`: 1.13
 /// buckets per look-up with 16 Ki entries, 16 with 4 Ki).
