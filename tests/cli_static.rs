@@ -205,3 +205,36 @@ fn the_ordinary_binary_loads_only_libc() {
         "{needed:?}"
     );
 }
+
+/// The crate's large tables (the CPU profiler's 2 MiB ring, the heap profiler's maps) start as
+/// zeros, so they take no room in a program that links them: `.data` (stored in the file) had
+/// the ring, 2 MiB of every binary with the profilers, because one of its fields started at 1.
+/// (The registry's two tables, 64 and 100 KiB, start with their filter's entry 0 set, and are
+/// stored: under the 256 KiB this test allows.)
+#[test]
+fn the_crate_s_tables_are_not_stored_in_the_binary() {
+    use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
+    let bytes = std::fs::read(BIN).unwrap();
+    let file = object::File::parse(&*bytes).unwrap();
+    let mut zeroed = 0;
+    for sym in file.symbols() {
+        let Some(section) = sym.section_index().and_then(|i| file.section_by_index(i).ok()) else {
+            continue;
+        };
+        let name = sym.name().unwrap_or("");
+        if !name.contains("unwind") || sym.size() < 256 * 1024 {
+            continue;
+        }
+        match section.kind() {
+            SectionKind::UninitializedData => zeroed += 1,
+            SectionKind::Data => panic!(
+                "{name}: {} bytes stored in {} (start it as zeros)",
+                sym.size(),
+                section.name().unwrap_or("?")
+            ),
+            _ => {}
+        }
+    }
+    // The ring, the heap profiler's index and map at least.
+    assert!(zeroed >= 3, "{zeroed} large zeroed tables found");
+}

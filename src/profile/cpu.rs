@@ -280,11 +280,14 @@ struct Slot {
 // READY with Acquire (until it stores EMPTY with Release). The state machine serialises them.
 unsafe impl Sync for Slot {}
 
+// Every field starts at zero, so the 2 MiB ring is in `.bss`, not in the binary: a weight of
+// 1 here put it in `.data`, 2 MiB of every program that links the profilers. The handler
+// stores the weight before READY, and the collector reads it with `max(1)`.
 #[allow(clippy::declare_interior_mutable_const)]
 const SLOT: Slot = Slot {
     state: AtomicU32::new(EMPTY),
     len: AtomicU32::new(0),
-    weight: AtomicU32::new(1),
+    weight: AtomicU32::new(0),
     stop: AtomicU32::new(0),
     tid: AtomicU32::new(0),
     frames: UnsafeCell::new([Frame::EMPTY; MAX_DEPTH]),
