@@ -353,6 +353,15 @@ fn deleted_executable_and_another_root() {
             .is_some_and(|m| m.starts_with(&format!("/proc/{}/map_files/", t.pid()))),
         "{module}"
     );
+    // Its lines too, read through the same path (found by outside use: `--lines` gave none
+    // for a deleted, memfd or container program's own frames, without a word).
+    let r = stack_json(t.pid(), &["--lines"]);
+    let h = thread_with(&r, "on_usr1");
+    let line = &h["frames"][at(h, "handler_mid").0]["line"];
+    assert!(
+        line.as_str().is_some_and(|l| l.contains("live.c:")),
+        "{line}"
+    );
     t.assert_untouched();
     drop(t);
     // A process in another root (a chroot: /proc/PID/maps names its files from our root, the

@@ -218,7 +218,10 @@ fn the_crate_s_tables_are_not_stored_in_the_binary() {
     let file = object::File::parse(&*bytes).unwrap();
     let mut zeroed = 0;
     for sym in file.symbols() {
-        let Some(section) = sym.section_index().and_then(|i| file.section_by_index(i).ok()) else {
+        let Some(section) = sym
+            .section_index()
+            .and_then(|i| file.section_by_index(i).ok())
+        else {
             continue;
         };
         let name = sym.name().unwrap_or("");

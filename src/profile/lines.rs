@@ -64,8 +64,15 @@ impl<'a> LineTables<'a> {
                 // sections whole: each is checked first as modules are opened
                 // ([`crate::safe_open`]: no FIFO, device or /proc file, which would block or
                 // never end) and for an inflated size within `section_bytes`' limits.
-                let sup = sup.filter(|s| loadable(s, false));
-                loadable(&from, true)
+                // A live process's files are read under its `/proc/PID` (`root` in another
+                // mount namespace, `map_files` for a deleted or memfd program), as its
+                // symbols were: the symbolizer's policy allows that prefix.
+                let policy = crate::safe_open::Policy {
+                    allow_proc: self.sym.open_policy.allow_proc.clone(),
+                    ..crate::offline::debug_files::policy()
+                };
+                let sup = sup.filter(|s| loadable(s, false, &policy));
+                loadable(&from, true, &policy)
                     .then(|| addr2line::Loader::new_with_sup(&from, sup.as_deref()).ok())
                     .flatten()
             }));
@@ -133,9 +140,9 @@ impl<'a> LineTables<'a> {
 /// DWARF sections inflate within [`crate::dwarf::section_bytes`]' limits (a hostile header
 /// claims gigabytes)? With `split`, the split DWARF files the loader would open for it too
 /// ([`split_dwarf_loadable`]).
-fn loadable(path: &std::path::Path, split: bool) -> bool {
+fn loadable(path: &std::path::Path, split: bool, policy: &crate::safe_open::Policy) -> bool {
     use object::{Object, ObjectSection};
-    let Ok(m) = crate::safe_open::map(path, &crate::offline::debug_files::policy()) else {
+    let Ok(m) = crate::safe_open::map(path, policy) else {
         return false;
     };
     let Ok(file) = object::File::parse(&*m) else {
@@ -149,15 +156,20 @@ fn loadable(path: &std::path::Path, split: bool) -> bool {
             || s.compressed_data()
                 .is_ok_and(|c| crate::dwarf::inflates_within_limits(&c))
     });
-    within && (!split || split_dwarf_loadable(path, &file))
+    within && (!split || split_dwarf_loadable(path, &file, policy))
 }
 
 /// The split DWARF files addr2line's loader would open for `path` (parsed as `file`):
 /// `FILE.dwp`, and each skeleton unit's `.dwo` (at most 4096 looked at): none there, or each
 /// [`loadable`].
-fn split_dwarf_loadable(path: &std::path::Path, file: &object::File<'_>) -> bool {
+fn split_dwarf_loadable(
+    path: &std::path::Path,
+    file: &object::File<'_>,
+    policy: &crate::safe_open::Policy,
+) -> bool {
     use object::Object;
-    let there_and_bad = |p: &std::path::Path| p.symlink_metadata().is_ok() && !loadable(p, false);
+    let there_and_bad =
+        |p: &std::path::Path| p.symlink_metadata().is_ok() && !loadable(p, false, policy);
     // As the loader names it: `prog.dwp`, `lib.so.dwp`.
     let mut dwp = path.as_os_str().to_owned();
     dwp.push(".dwp");
