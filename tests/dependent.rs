@@ -193,6 +193,19 @@ fn check(frame_pointers: bool) {
     assert_eq!(v[0], v[1], "capture after init: {v:?}");
     let v: Vec<&str> = stat(&init_out, "signal_init").split(';').collect();
     assert_in_order("signal after init", &v, interrupted_frames(frame_pointers));
+    // Three nested `psm::on_stack` segments from one heap mapping: each crossed, to `main`
+    // (found by outside use: without frame pointers a word on the inner segment was taken for
+    // the outer one's frame record, and the walk wrote a garbage frame and stopped). The walk
+    // ends where `capture_with` ends on the thread's own stack (by frame records, in libc's
+    // start code).
+    let plain_stop = stat(&init_out, "capture_init").split(';').nth(2).unwrap();
+    for round in 0..3 {
+        assert_eq!(
+            stat(&init_out, &format!("psm_nested{round}")),
+            format!("{plain_stop};true;3"),
+            "{init_out}"
+        );
+    }
 
     // A signal's capture asked for two frames: cut by that depth, said so (without frame
     // pointers it said "buffer full").

@@ -1190,7 +1190,11 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                             st.regs.sp
                         };
                         let unwound = |a: u64| a >= low && a < caller.sp;
-                        if here(caller.fp) {
+                        // Only a fp among those frames: one elsewhere on the same mapping is
+                        // another stack that shares it (psm segments allocated from one heap
+                        // mapping, nested: the CFI's fp is the outer segment's record, and the
+                        // word at CFA - 16 of a callee without a record is no link).
+                        if here(caller.fp) && unwound(caller.fp) {
                             if let Some(saved) = mem.read_u64(fp) {
                                 if saved != 0
                                     && saved.is_multiple_of(A::FP_ALIGN)
