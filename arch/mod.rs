@@ -11,7 +11,10 @@ pub mod x86_64;
 pub use aarch64::Aarch64;
 pub use x86_64::X86_64;
 
-/// The registers a frame-pointer walk needs. `lr` is only meaningful on aarch64 (x30).
+/// The registers a walk needs. `lr` is aarch64's link register (x30); on x86_64 it carries
+/// `r11` at an interrupted pc (a signal's, a core's or a stopped thread's registers), the
+/// register LLVM's inline stack probes compute the CFA from while they touch a large frame's
+/// pages, and is 0 elsewhere.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Regs {
     /// Program counter (instruction pointer).
@@ -20,7 +23,7 @@ pub struct Regs {
     pub sp: u64,
     /// Frame pointer (rbp on x86_64, x29 on aarch64).
     pub fp: u64,
-    /// Link register (x30 on aarch64); 0 where there is none.
+    /// Link register (x30 on aarch64); on x86_64, `r11` at an interrupted pc, else 0.
     pub lr: u64,
 }
 

@@ -28,6 +28,9 @@ pub const UC_RBP: u64 = 0x78;
 pub const UC_RSP: u64 = 0xa0;
 /// Offset of saved rip in a `ucontext_t` (`gregs[REG_RIP]`).
 pub const UC_RIP: u64 = 0xa8;
+/// Offset of saved r11 in a `ucontext_t` (`gregs[REG_R11]`): the CFA's base in LLVM's stack
+/// probe loops ([`super::Regs::lr`]).
+pub const UC_R11: u64 = 0x40;
 
 /// glibc's `__restore_rt`: `mov $15, %rax; syscall` (rt_sigreturn is syscall 15). glibc's
 /// `sysdeps/unix/sysv/linux/x86_64/libc_sigaction.c` notes that debuggers rely on this sequence.
@@ -39,6 +42,8 @@ pub const SIGRETURN_CODE: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0
 pub mod user_regs {
     /// rbp
     pub const RBP: usize = 4;
+    /// r11 (the CFA's base in LLVM's stack probe loops)
+    pub const R11: usize = 6;
     /// rip
     pub const RIP: usize = 16;
     /// rsp
@@ -79,7 +84,7 @@ impl Arch for X86_64 {
             pc: read(uc.checked_add(UC_RIP)?)?,
             sp: read(uc.checked_add(UC_RSP)?)?,
             fp: read(uc.checked_add(UC_RBP)?)?,
-            lr: 0,
+            lr: read(uc.checked_add(UC_R11)?).unwrap_or(0),
         })
     }
 
@@ -166,6 +171,7 @@ mod tests {
         assert_eq!(UC_RBP, 0x28 + 8 * libc::REG_RBP as u64);
         assert_eq!(UC_RSP, 0x28 + 8 * libc::REG_RSP as u64);
         assert_eq!(UC_RIP, 0x28 + 8 * libc::REG_RIP as u64);
+        assert_eq!(UC_R11, 0x28 + 8 * libc::REG_R11 as u64);
     }
 
     #[test]

@@ -1955,3 +1955,60 @@ int main(void) {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("jit_loop"));
     t.assert_untouched();
 }
+
+/// A thread spinning through a function with a 1 MiB frame, built as distributions build C
+/// (`-fstack-clash-protection`, no frame pointers): most of its time is the stack probe loop,
+/// where the CFA is `r11 + SIZE` (`.cfi_def_cfa 11, ...`), and every walk from there reaches
+/// `main`, as gdb's do (found by outside use: such walks stopped at their first frame, and a
+/// stack overflow in a Rust function with a large frame, which faults in that loop, lost every
+/// caller).
+#[test]
+fn a_walk_from_a_stack_probe_loop_reaches_main() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("probe");
+    let src = dir.0.join("probe.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n#include <string.h>\nvolatile int sink;\n\
+         __attribute__((noinline)) int big(int n) { char buf[1 << 20]; memset(buf, n, 64); \
+         sink = buf[n]; return buf[3]; }\n\
+         int main(int c, char **v) { (void)v; printf(\"ready\\n\"); fflush(stdout); \
+         for (unsigned long i = 0;; i++) { big(c); if (i % 100000 == 0) { printf(\"%lu\\n\", i); \
+         fflush(stdout); } } }\n",
+    )
+    .unwrap();
+    let exe = dir.0.join("probe");
+    let out = Command::new("gcc")
+        .args([
+            "-O2",
+            "-g",
+            "-fomit-frame-pointer",
+            "-fstack-clash-protection",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut t = Target::start(&mut Command::new(&exe));
+    let mut in_big = 0;
+    for _ in 0..40 {
+        let r = stack_json(t.pid(), &[]);
+        let th = &r["threads"][0];
+        let n = names(th);
+        assert!(n.iter().any(|x| x == "main"), "{n:?}: {th}");
+        assert_eq!(th["truncated"], false, "{th}");
+        if n.first().is_some_and(|x| x == "big") {
+            in_big += 1;
+        }
+    }
+    assert!(in_big >= 10, "only {in_big} of 40 walks were in big");
+    t.assert_untouched();
+}

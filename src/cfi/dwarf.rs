@@ -143,6 +143,10 @@ impl From<gimli::Error> for CfiError {
 /// How to find the CFA.
 const CFA_SP: u8 = 0;
 const CFA_FP: u8 = 1;
+/// From x86_64's `r11`, known at an interrupted pc only ([`Regs::lr`]): LLVM's inline stack
+/// probes move `rsp` a page at a time towards `r11`, the frame's final `rsp`, and base the CFA
+/// on `r11` meanwhile.
+const CFA_SCRATCH: u8 = 2;
 /// Where the return address is.
 const RA_AT: u8 = 0;
 const RA_LR: u8 = 1;
@@ -206,10 +210,10 @@ impl CfiRow {
         {
             return 0;
         }
-        let cfa = if self.cfa == CFA_FP {
-            PlainRule::CFA_FP
-        } else {
-            0
+        let cfa = match self.cfa {
+            CFA_FP => PlainRule::CFA_FP,
+            CFA_SP => 0,
+            _ => return 0,
         };
         let fp = match self.fp {
             FP_SAME => 0,
@@ -237,7 +241,13 @@ impl CfiRow {
                 CfiStep::Failed
             };
         }
-        let base = if self.cfa == CFA_SP { regs.sp } else { regs.fp };
+        let base = match self.cfa {
+            CFA_SP => regs.sp,
+            CFA_FP => regs.fp,
+            // A caller's r11 is not known (it is no callee-saved register).
+            _ if exact => regs.lr,
+            _ => 0,
+        };
         if base == 0 {
             // The outermost frame (an undefined return address) needs no CFA: a walk that
             // reached it by a frame record may not know sp (aarch64's records are not at the
@@ -317,6 +327,8 @@ struct RegNums {
     fp: Register,
     ra: Register,
     lr_is_ra: bool,
+    /// A register the CFA may be based on at an interrupted pc only (x86_64's `r11`).
+    cfa_scratch: Option<Register>,
 }
 
 fn regnums(arch: ArchKind) -> RegNums {
@@ -326,12 +338,14 @@ fn regnums(arch: ArchKind) -> RegNums {
             fp: gimli::X86_64::RBP,
             ra: gimli::X86_64::RA,
             lr_is_ra: false,
+            cfa_scratch: Some(gimli::X86_64::R11),
         },
         ArchKind::Aarch64 => RegNums {
             sp: gimli::AArch64::SP,
             fp: gimli::AArch64::X29,
             ra: gimli::AArch64::X30,
             lr_is_ra: true,
+            cfa_scratch: None,
         },
     }
 }
@@ -718,6 +732,8 @@ fn convert<T: gimli::ReaderOffset, S: gimli::UnwindContextStorage<T>>(
                 CFA_SP
             } else if *register == regs.fp {
                 CFA_FP
+            } else if Some(*register) == regs.cfa_scratch {
+                CFA_SCRATCH
             } else {
                 return bad;
             };

@@ -200,9 +200,10 @@ pub enum StopReason {
     /// (`runtime_names::C_STACK_ROOTS`: a zero frame pointer in code that keeps none).
     EndedShort,
     /// A return address lay in no executable memory (offline walks, where the memory tells
-    /// code from data: a core's segment flags, a process's maps): a data word read as a frame
-    /// record, in code that uses the frame pointer as a general register. That frame and any
-    /// after it were left out.
+    /// code from data: a core's segment flags, a process's maps; live walks, where no code can
+    /// be: below 64 KiB or above user space): a data word read as a frame record, in code that
+    /// uses the frame pointer as a general register. That frame and any after it were left
+    /// out.
     NotCode,
     /// A debug build's live capture asked on an alternate signal stack, or a small thread stack
     /// (not the main thread's), with less than [`crate::live::DEBUG_WALK_STACK`] bytes (32 or
@@ -277,11 +278,86 @@ impl Trace {
     pub const fn truncated(&self) -> bool {
         self.stop.is_truncated()
     }
+
+    /// A live walk's end: where it stopped early after writing frames whose return address no
+    /// code can have (below the lowest address Linux maps by default, 64 KiB, or above user
+    /// space), those frames are taken back and the stop is [`StopReason::NotCode`]. A broken
+    /// chain's last record read a data word for a return address (found by outside use:
+    /// `0x6b` after libc's `open64` in a frame-record walk, `0xb7d1b000b7acb` from CFI a
+    /// `dlclose`d library left at an address another library took). The first frame (the
+    /// interrupted or current pc) is kept whatever it is. No cost where the walk ended well.
+    #[inline(always)]
+    pub(crate) fn without_impossible_end(self, buf: &[Frame]) -> Trace {
+        if !self.stop.stopped_early() || self.len < 2 {
+            return self;
+        }
+        self.take_back_impossible(buf)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_back_impossible(mut self, buf: &[Frame]) -> Trace {
+        while self.len >= 2 {
+            match buf.get(self.len - 1) {
+                Some(f) if !could_be_code(f.pc) => {
+                    self.len -= 1;
+                    self.stop = StopReason::NotCode;
+                }
+                _ => break,
+            }
+        }
+        self
+    }
+}
+
+/// Could a live process have code at `pc`? Not below 64 KiB (`vm.mmap_min_addr`'s default;
+/// nothing is mapped there unless an administrator lowered it), nor above user space (47-bit
+/// on x86_64, where the kernel maps higher only for a process that asks with an address hint;
+/// 52-bit on aarch64).
+#[inline]
+pub(crate) const fn could_be_code(pc: u64) -> bool {
+    const LOW: u64 = 0x1_0000;
+    #[cfg(target_arch = "aarch64")]
+    const TOP: u64 = 1 << 52;
+    #[cfg(not(target_arch = "aarch64"))]
+    const TOP: u64 = 1 << 47;
+    pc >= LOW && pc < TOP
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impossible_return_addresses_end_an_early_stop() {
+        let f = |pc| Frame {
+            pc,
+            via: Via::FramePointer,
+            ..Frame::EMPTY
+        };
+        let buf = [f(0x6b), f(0x40_1000), f(0x6b), f(0xb_7d1b_000b_7acb)];
+        let t = |len, stop| Trace { len, stop };
+        // Trailing impossible frames go; the first frame stays whatever it is.
+        assert_eq!(
+            t(4, StopReason::Misaligned).without_impossible_end(&buf),
+            t(2, StopReason::NotCode)
+        );
+        assert_eq!(
+            t(1, StopReason::Misaligned).without_impossible_end(&buf),
+            t(1, StopReason::Misaligned)
+        );
+        // A walk that ended well is left as it is; so is a plausible last frame.
+        assert_eq!(
+            t(4, StopReason::End).without_impossible_end(&buf),
+            t(4, StopReason::End)
+        );
+        assert_eq!(
+            t(2, StopReason::NoUnwindInfo).without_impossible_end(&buf),
+            t(2, StopReason::NoUnwindInfo)
+        );
+        assert!(could_be_code(0x5555_5555_4000) && could_be_code(0x7fff_f7dd_0000));
+        assert!(!could_be_code(0xd078) && !could_be_code(u64::MAX));
+    }
 
     #[test]
     fn frame_is_16_bytes() {

@@ -690,12 +690,14 @@ pub(crate) fn no_room() -> Trace {
 pub fn capture(buf: &mut [Frame]) -> usize {
     if cfg!(unwind_no_frame_pointers) {
         // (`dwarf::capture` looks at the room for its walk itself.)
-        return capture_by_cfi(buf, 0).len;
+        return capture_by_cfi(buf, 0).without_impossible_end(buf).len;
     }
     if !room_for_the_walk() {
         return 0;
     }
-    trace_from_here(current_regs(), buf).len
+    trace_from_here(current_regs(), buf)
+        .without_impossible_end(buf)
+        .len
 }
 
 /// What [`records_from_here`] did: `n` frames written from frame records on the thread's own
@@ -892,9 +894,9 @@ pub(crate) fn trace_from_here(r: Regs, buf: &mut [Frame]) -> Trace {
 #[inline(never)]
 pub(crate) fn capture_trace(buf: &mut [Frame]) -> Trace {
     if cfg!(unwind_no_frame_pointers) {
-        return capture_by_cfi(buf, 0);
+        return capture_by_cfi(buf, 0).without_impossible_end(buf);
     }
-    trace_from_here(current_regs(), buf)
+    trace_from_here(current_regs(), buf).without_impossible_end(buf)
 }
 
 /// A walk run in the first `limit` slots of a buffer of `len`: one that filled them was cut
@@ -956,11 +958,11 @@ pub fn capture_with(buf: &mut [Frame], opts: Options) -> Trace {
                 stop: crate::frame::StopReason::NoFramePointers,
             }
         } else {
-            capture_by_cfi(buf, opts.max_depth)
+            capture_by_cfi(buf, opts.max_depth).without_impossible_end(buf)
         };
     }
     // The registers of this function: the walk starts from its own frame record.
-    walk_from_regs(current_regs(), buf, opts)
+    walk_from_regs(current_regs(), buf, opts).without_impossible_end(buf)
 }
 
 /// The general walk from registers [`current_regs`] read in a public capture function (its
@@ -1106,7 +1108,7 @@ pub unsafe fn capture_from_ucontext_with(
                     crate::walk::Mode::Hybrid,
                 )
             };
-            return cut_by_depth(t, limit, buf.len());
+            return cut_by_depth(t, limit, buf.len()).without_impossible_end(buf);
         }
     }
     // SAFETY: forwarded from the caller.

@@ -568,11 +568,12 @@ fn thread(arch: ArchKind, desc: &[u8]) -> Result<Thread, CoreError> {
             use x86_64::user_regs as r;
             Thread {
                 tid,
-                regs: Regs::new(
-                    reg(r::RIP).ok_or(bad)?,
-                    reg(r::RSP).unwrap_or(0),
-                    reg(r::RBP).unwrap_or(0),
-                ),
+                regs: Regs {
+                    pc: reg(r::RIP).ok_or(bad)?,
+                    sp: reg(r::RSP).unwrap_or(0),
+                    fp: reg(r::RBP).unwrap_or(0),
+                    lr: reg(r::R11).unwrap_or(0),
+                },
                 tls: reg(r::FS_BASE).unwrap_or(0),
                 x28: 0,
             }

@@ -1378,7 +1378,12 @@ pub fn thread_from_regset(arch: ArchKind, tid: u32, w: &[u64]) -> Option<Thread>
             }
             Some(Thread {
                 tid,
-                regs: Regs::new(w[r::RIP], w[r::RSP], w[r::RBP]),
+                regs: Regs {
+                    pc: w[r::RIP],
+                    sp: w[r::RSP],
+                    fp: w[r::RBP],
+                    lr: w[r::R11],
+                },
                 tls: w[r::FS_BASE],
                 x28: 0,
             })

@@ -232,6 +232,43 @@ fn expressions_are_unsupported() {
     assert_eq!((pcs(&f), stop), (vec![0x5010, 0x3005], StopReason::End));
 }
 
+/// LLVM's inline stack probe (a function with a frame over a page): `mov %rsp,%r11; sub
+/// $SIZE,%r11`, then `sub $4096,%rsp` and a store until `rsp == r11`, the CFA based on r11
+/// meanwhile (`DW_CFA_def_cfa r11, SIZE + 8`). At an interrupted pc in that loop r11 is known
+/// (a signal's, a core's registers): the walk goes on from it. Without it, it stops there
+/// (found by outside use: a stack overflow in a function with a large frame, which is where
+/// such overflows fault, ended at its first frame; a debug build's walk skipped 150 frames).
+#[test]
+fn a_stack_probe_loop_s_cfa_comes_from_r11() {
+    let u = unwinder(
+        false,
+        &[
+            (0x6000, 0x100, &[0x0c, 11, 0x88, 0x20]),
+            (0x3000, 0x100, OUTER),
+        ],
+    );
+    let mut s = StackBuilder::new(LO, 0x2000);
+    // The frame's final rsp (r11) at LO + 0x100, so the CFA at LO + 0x1108; rsp half way.
+    s.put(LO + 0x1100, 0x3005);
+    let regs = Regs {
+        lr: LO + 0x100,
+        ..Regs::new(0x6010, LO + 0x800, 0)
+    };
+    for mode in [Mode::Dwarf, Mode::Hybrid] {
+        let (f, stop) = walk(&u, mode, Start::exact(regs), &s);
+        assert_eq!(
+            (pcs(&f), stop),
+            (vec![0x6010, 0x3005], StopReason::End),
+            "{mode:?}"
+        );
+        // r11 unknown: no CFA, and no guess.
+        let unknown = Regs { lr: 0, ..regs };
+        let (f, stop) = walk(&u, mode, Start::exact(unknown), &s);
+        assert_eq!(pcs(&f), [0x6010], "{mode:?}");
+        assert!(stop.is_truncated(), "{mode:?}: {stop:?}");
+    }
+}
+
 #[test]
 fn signal_frames_give_an_exact_caller() {
     let u = unwinder(true, &[(0x1000, 0x100, NOFP)]);
