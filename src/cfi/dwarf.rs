@@ -1404,7 +1404,7 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
                 stop: crate::frame::StopReason::NoFramePointers,
             };
         }
-        return frame_records_from(r, buf);
+        return frame_records_from(r, buf).without_impossible_end(buf);
     }
     if mode == Mode::Hybrid {
         // The common case first, as in `crate::capture`: this function keeps a frame record
@@ -1414,9 +1414,9 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
             return t;
         }
         // The mode spelled out: `mode` then need not stay live across the entry (it spilled).
-        return capture_from(r, buf, unwinder, Mode::Hybrid);
+        return capture_from(r, buf, unwinder, Mode::Hybrid).without_impossible_end(buf);
     }
-    capture_from(r, buf, unwinder, mode)
+    capture_from(r, buf, unwinder, mode).without_impossible_end(buf)
 }
 
 /// [`capture`] in [`Mode::FramePointer`]: frame records alone, the walk of `crate::capture`
@@ -1481,7 +1481,9 @@ pub unsafe fn capture_from_ucontext(
     }
     // SAFETY: forwarded from the caller.
     let (start, mut mem) = unsafe { crate::live::start_from_ucontext(ucontext) };
-    walk_live(start, &mut mem, buf, unwinder, mode, false).0
+    walk_live(start, &mut mem, buf, unwinder, mode, false)
+        .0
+        .without_impossible_end(buf)
 }
 
 /// A hybrid [`capture`]'s frame-pointer entry, from the registers `r` that `capture` read in
@@ -1509,7 +1511,7 @@ fn hybrid_entry(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder) ->
     }
     // Made mutable here, on the cold path (as in `crate::capture`).
     let mut run = run;
-    Some(resume_hybrid(&mut run, buf, unwinder))
+    Some(resume_hybrid(&mut run, buf, unwinder).without_impossible_end(buf))
 }
 
 /// How many captures stepped out of `capture` by its own frame record (tests: that this

@@ -1150,7 +1150,7 @@ pub(crate) unsafe fn capture_from_ucontext_by_records(
             stop: crate::frame::StopReason::NoFramePointers,
         };
     }
-    walk_live(start, &mut mem, buf, opts)
+    walk_live(start, &mut mem, buf, opts).without_impossible_end(buf)
 }
 
 mod maps {
