@@ -28,8 +28,9 @@
 //!
 //! # Example
 //! ```
-//! // Once, at start-up: the built-in switches (signal frames, ...) and, in a build without
-//! // frame pointers, the loaded modules' CFI, which `capture` walks by there (feature `dwarf`).
+//! // Once, at start-up: the built-in switches (signal frames, ...) and the loaded modules' CFI
+//! // (feature `dwarf`), which `capture` walks by in a build without frame pointers and a
+//! // signal's capture where a frame keeps no record.
 //! unwind::init();
 //! let mut buf = [unwind::Frame::EMPTY; 64];
 //! let n = unwind::capture(&mut buf);

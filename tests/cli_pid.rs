@@ -2012,3 +2012,57 @@ fn a_walk_from_a_stack_probe_loop_reaches_main() {
     assert!(in_big >= 10, "only {in_big} of 40 walks were in big");
     t.assert_untouched();
 }
+
+/// A process whose only thread cannot be stopped (a `vfork` parent, in an uninterruptible
+/// sleep until its child execs or exits): `unwind` says so and exits 2 (found by outside use:
+/// it printed "0 threads" and exited 0, as if there were nothing to show).
+#[test]
+fn a_process_whose_threads_never_stop_is_an_error() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("vfork");
+    let src = dir.0.join("vfork.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n#include <time.h>\n#include <unistd.h>\n\
+         int main(void) { printf(\"ready\\n\"); fflush(stdout); \
+         if (vfork() == 0) { struct timespec t = {6, 0}; nanosleep(&t, 0); _exit(0); } \
+         return 0; }\n",
+    )
+    .unwrap();
+    let exe = dir.0.join("vfork");
+    let out = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Target::start(&mut Command::new(&exe));
+    // The parent is in vfork once its state is D (its child sleeps for six seconds).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !std::fs::read_to_string(format!("/proc/{}/stat", t.pid()))
+        .unwrap_or_default()
+        .contains(") D ")
+    {
+        assert!(Instant::now() < deadline, "the parent never entered vfork");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = run(&pid_args(t.pid()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("no thread of process {} stopped within", t.pid())),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

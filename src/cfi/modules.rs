@@ -295,7 +295,6 @@ fn own_work<R>(f: impl FnOnce() -> R) -> R {
 /// [`refresh`], unless an unwinder was already prepared (by a refresh that ran or finished
 /// meanwhile too): what [`crate::init`] runs in a build without frame pointers, where
 /// `capture` needs the CFI.
-#[cfg(unwind_no_frame_pointers)]
 pub(crate) fn prepare_unless_prepared() {
     if unwinder().is_some() {
         return;

@@ -79,14 +79,17 @@ static BUILTINS: OnceLock<Builtins> = OnceLock::new();
 /// the loader lock). Later calls return the same result at the cost of an atomic load (and
 /// [`crate::init_thread`]'s thread-local check).
 ///
-/// In a build without frame pointers (x86_64 without `-C force-frame-pointers=yes`, as a
-/// dependent crate's ordinary build is) with the `dwarf` feature, the first call also prepares
-/// the loaded modules' CFI ([`crate::modules::refresh`]) unless something already did:
-/// [`crate::capture`] walks by CFI there and returned nothing until it was prepared. Call
-/// [`crate::modules::refresh`] again after `dlopen`.
+/// With the `dwarf` feature the first call also prepares the loaded modules' CFI
+/// ([`crate::modules::refresh`]) unless something already did. In a build without frame
+/// pointers (x86_64 without `-C force-frame-pointers=yes`, as a dependent crate's ordinary
+/// build is) [`crate::capture`] walks by CFI and returned nothing until it was prepared; with
+/// frame pointers a signal's capture ([`crate::capture_from_ucontext`]) walks Hybrid once it
+/// is, and finds the caller of an interrupted function that keeps no frame record (libc's)
+/// where a frame-record walk skipped it (found by outside use: before, only a build without
+/// frame pointers prepared it here). Call [`crate::modules::refresh`] again after `dlopen`.
 pub fn init() -> &'static Builtins {
     let b = init_switches();
-    #[cfg(all(feature = "dwarf", unwind_no_frame_pointers))]
+    #[cfg(feature = "dwarf")]
     crate::modules::prepare_unless_prepared();
     b
 }

@@ -79,6 +79,10 @@ pub enum ProcessError {
     Exited(u32),
     /// Every thread was killed while held (a `SIGKILL` ends a ptrace stop): no walk finished.
     KilledWhileHeld(u32),
+    /// No thread could be stopped: each one asked for stayed in an uninterruptible sleep (a
+    /// `vfork` parent waiting for its child, a `D` state) for the whole timeout: (pid, their
+    /// ids).
+    NotStopped(u32, Vec<u32>),
     /// Another system error: (what, error).
     Io(String, std::io::Error),
     /// Reading a module failed in a way a core would report.
@@ -117,6 +121,16 @@ impl fmt::Display for ProcessError {
             ProcessError::Exited(p) => write!(f, "process {p} exited before it could be stopped"),
             ProcessError::KilledWhileHeld(p) => {
                 write!(f, "process {p} was killed while it was being walked")
+            }
+            ProcessError::NotStopped(p, tids) => {
+                let tids: Vec<String> = tids.iter().map(|t| t.to_string()).collect();
+                write!(
+                    f,
+                    "no thread of process {p} stopped within {} s (thread {} in an \
+                     uninterruptible sleep: a vfork parent, or a D state?)",
+                    STOP_TIMEOUT.as_secs(),
+                    tids.join(", ")
+                )
             }
             ProcessError::Io(what, e) => write!(f, "{what}: {e}"),
             ProcessError::Core(e) => e.fmt(f),
@@ -240,10 +254,15 @@ fn unwind_once(
     if killed > 0 && report.threads.is_empty() {
         return Err(ProcessError::KilledWhileHeld(pid));
     }
+    if report.threads.is_empty() && !stopper.left_out.is_empty() {
+        // Nothing walked: an error, not an empty report (found by outside use: a vfork
+        // parent's `--pid` printed "0 threads" and exited 0).
+        return Err(ProcessError::NotStopped(pid, stopper.left_out.clone()));
+    }
     if killed > 0 {
-        report
-            .warnings
-            .push(format!("{killed} threads were killed while held: left out"));
+        report.warnings.push(format!(
+            "{killed} threads exited or were killed while held: left out"
+        ));
     }
     for tid in &stopper.left_out {
         report.warnings.push(format!(
