@@ -311,7 +311,22 @@ fn core_option(
     match a {
         "--core" => *core = Some(PathBuf::from(value("--core")?)),
         "--exe" => opts.exe = Some(PathBuf::from(value("--exe")?)),
-        "--sysroot" => opts.sysroot = Some(PathBuf::from(value("--sysroot")?)),
+        "--sysroot" => {
+            let dir = PathBuf::from(value("--sysroot")?);
+            // A running container's files, as `/proc/PID/root` shows them: read under that
+            // prefix, which is otherwise refused (each file must still be a regular file on a
+            // real filesystem: no /proc file is). Found by outside use: a gcore core of a
+            // process in another mount namespace could not be given its files.
+            let c: Vec<_> = dir.components().collect();
+            if c.len() >= 4
+                && c[0] == std::path::Component::RootDir
+                && c[1].as_os_str() == "proc"
+                && c[3].as_os_str() == "root"
+            {
+                opts.allow_proc = Some(dir.clone());
+            }
+            opts.sysroot = Some(dir);
+        }
         _ => return Ok(false),
     }
     Ok(true)

@@ -1492,3 +1492,26 @@ fn a_qemu_core_naming_its_executable_by_a_relative_path() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("gamma_"));
     let _ = std::fs::remove_dir_all(d);
 }
+
+/// `--sysroot /proc/PID/root` (a running container's files, for a `gcore` core of one of its
+/// processes) is read as any sysroot: every other path under /proc stays refused (found by
+/// outside use: each file was "not available (under /proc or /sys: not read)"). Here the
+/// tool's own root, which holds what the plain run reads.
+#[test]
+fn a_sysroot_under_proc_pid_root_is_read() {
+    let d = tmp("procroot");
+    let c = core("core-x86_64-signal", &d);
+    let plain = run(&["stack", "--core", p(&c)]);
+    let rooted = run(&["stack", "--core", p(&c), "--sysroot", "/proc/self/root"]);
+    assert!(
+        plain.status.success() && rooted.status.success(),
+        "{rooted:?}"
+    );
+    let err = String::from_utf8_lossy(&rooted.stderr);
+    assert!(!err.contains("under /proc"), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        String::from_utf8_lossy(&rooted.stdout)
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
