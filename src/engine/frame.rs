@@ -286,6 +286,7 @@ impl Trace {
     /// `0x6b` after libc's `open64` in a frame-record walk, `0xb7d1b000b7acb` from CFI a
     /// `dlclose`d library left at an address another library took). The first frame (the
     /// interrupted or current pc) is kept whatever it is. No cost where the walk ended well.
+    #[cfg_attr(not(feature = "live"), allow(dead_code))]
     #[inline(always)]
     pub(crate) fn without_impossible_end(self, buf: &[Frame]) -> Trace {
         if !self.stop.stopped_early() || self.len < 2 {
@@ -294,6 +295,7 @@ impl Trace {
         self.take_back_impossible(buf)
     }
 
+    #[cfg_attr(not(feature = "live"), allow(dead_code))]
     #[cold]
     #[inline(never)]
     fn take_back_impossible(mut self, buf: &[Frame]) -> Trace {
@@ -314,6 +316,7 @@ impl Trace {
 /// nothing is mapped there unless an administrator lowered it), nor above user space (47-bit
 /// on x86_64, where the kernel maps higher only for a process that asks with an address hint;
 /// 52-bit on aarch64).
+#[cfg_attr(not(feature = "live"), allow(dead_code))]
 #[inline]
 pub(crate) const fn could_be_code(pc: u64) -> bool {
     const LOW: u64 = 0x1_0000;
