@@ -191,8 +191,11 @@ fn check(frame_pointers: bool) {
     let v: Vec<&str> = stat(&init_out, "capture_init").split(';').collect();
     assert_deep_names("capture after init", &v);
     assert_eq!(v[0], v[1], "capture after init: {v:?}");
+    // With frame pointers too: `init` prepares the CFI in every build (before the twenty-fourth
+    // round only without them), so the capture finds `sig_c`, the caller of libc's `raise`,
+    // which keeps no frame record (a frame-record walk skips it).
     let v: Vec<&str> = stat(&init_out, "signal_init").split(';').collect();
-    assert_in_order("signal after init", &v, interrupted_frames(frame_pointers));
+    assert_in_order("signal after init", &v, interrupted_frames(false));
     // Three nested `psm::on_stack` segments from one heap mapping: each crossed, to `main`
     // (found by outside use: without frame pointers a word on the inner segment was taken for
     // the outer one's frame record, and the walk wrote a garbage frame and stopped). The walk
