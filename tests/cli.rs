@@ -251,6 +251,20 @@ fn a_stack_exactly_max_frames_deep_is_whole() {
     assert_eq!(exact["frames"], whole["frames"]);
     let short = walk(&["--max-frames", &(n - 1).to_string()]);
     assert_eq!(short["truncated"], true, "{short}");
+    // A walk cut by its frames says how to see the rest; a whole one says nothing of it.
+    let stderr = |max: usize| {
+        let m = max.to_string();
+        let out = run(&["stack", "--core", p(&c), "--exe", p(&e), "--max-frames", &m]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let cut = stderr(n - 1);
+    assert!(
+        cut.contains(&format!("filled their {} frames", n - 1))
+            && cut.contains("--max-frames N shows more"),
+        "{cut}"
+    );
+    assert!(!stderr(n).contains("--max-frames N"));
     let _ = std::fs::remove_dir_all(d);
 }
 

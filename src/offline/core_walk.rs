@@ -1164,6 +1164,20 @@ pub fn unwind_paused<P: Pause>(
             paused.len()
         ));
     }
+    // A walk that filled its frames: say how to see the rest (found by outside use: a stack
+    // overflow's core printed 1 017 frames of the recursion and `buffer full`, its root and
+    // depth nowhere, with no word of `--max-frames`).
+    let full = threads
+        .iter()
+        .filter(|t| t.stop == StopReason::BufferFull)
+        .count();
+    if full > 0 && max_frames < MAX_TOTAL_FRAMES {
+        warnings.push(format!(
+            "{full} of {} threads filled their {max_frames} frames (`buffer full`: a deep or \
+             runaway recursion?); --max-frames N shows more",
+            threads.len()
+        ));
+    }
     let needed = |w, pcs: &[u64]| {
         let (sysroot, policy) = (opts.sysroot.as_deref(), &symbols.open_policy);
         crate::needed_modules::needed(w, &core.mappings, sysroot, policy, pcs)
