@@ -1404,7 +1404,7 @@ pub fn capture(buf: &mut [Frame], unwinder: &Unwinder, mode: Mode) -> Trace {
                 stop: crate::frame::StopReason::NoFramePointers,
             };
         }
-        return frame_records_from(r, buf).without_impossible_end(buf);
+        return frame_records_from(r, buf);
     }
     if mode == Mode::Hybrid {
         // The common case first, as in `crate::capture`: this function keeps a frame record
@@ -1511,7 +1511,7 @@ fn hybrid_entry(r: crate::arch::Regs, buf: &mut [Frame], unwinder: &Unwinder) ->
     }
     // Made mutable here, on the cold path (as in `crate::capture`).
     let mut run = run;
-    Some(resume_hybrid(&mut run, buf, unwinder).without_impossible_end(buf))
+    Some(resume_hybrid(&mut run, buf, unwinder))
 }
 
 /// How many captures stepped out of `capture` by its own frame record (tests: that this
@@ -1528,8 +1528,9 @@ fn resume_hybrid(
     unwinder: &Unwinder,
 ) -> Trace {
     // This thread's cache and memo; when a signal interrupted a capture that holds them, the
-    // unwinder itself, without a memo.
-    match thread_cache() {
+    // unwinder itself, without a memo. The end as every live walk's
+    // ([`Trace::without_impossible_end`]).
+    let t = match thread_cache() {
         Some(mut cache) => {
             let c = &mut *cache;
             let at = memo::Resume::of(run);
@@ -1546,7 +1547,8 @@ fn resume_hybrid(
             let at = memo::Resume::of(run);
             memo::walk(unwinder, &mut run.mem, buf, at)
         }
-    }
+    };
+    t.without_impossible_end(buf)
 }
 
 /// A thread's caches for live captures: CFI rules, and the memo of its captures' tails.

@@ -690,14 +690,12 @@ pub(crate) fn no_room() -> Trace {
 pub fn capture(buf: &mut [Frame]) -> usize {
     if cfg!(unwind_no_frame_pointers) {
         // (`dwarf::capture` looks at the room for its walk itself.)
-        return capture_by_cfi(buf, 0).without_impossible_end(buf).len;
+        return capture_by_cfi(buf, 0).len;
     }
     if !room_for_the_walk() {
         return 0;
     }
-    trace_from_here(current_regs(), buf)
-        .without_impossible_end(buf)
-        .len
+    trace_from_here(current_regs(), buf).len
 }
 
 /// What [`records_from_here`] did: `n` frames written from frame records on the thread's own
@@ -779,7 +777,10 @@ fn resume(mem: &mut LiveMemory, buf: &mut [Frame], n: usize, fp: u64, floor: u64
         return None;
     }
     let mut w: Walker<Native, _, _> = Walker::new(Pinned::new());
-    Some(w.resume_after_records(mem, buf, n, stack, fp, floor))
+    Some(
+        w.resume_after_records(mem, buf, n, stack, fp, floor)
+            .without_impossible_end(buf),
+    )
 }
 
 #[cfg(test)]
@@ -894,9 +895,9 @@ pub(crate) fn trace_from_here(r: Regs, buf: &mut [Frame]) -> Trace {
 #[inline(never)]
 pub(crate) fn capture_trace(buf: &mut [Frame]) -> Trace {
     if cfg!(unwind_no_frame_pointers) {
-        return capture_by_cfi(buf, 0).without_impossible_end(buf);
+        return capture_by_cfi(buf, 0);
     }
-    trace_from_here(current_regs(), buf).without_impossible_end(buf)
+    trace_from_here(current_regs(), buf)
 }
 
 /// A walk run in the first `limit` slots of a buffer of `len`: one that filled them was cut
@@ -958,11 +959,11 @@ pub fn capture_with(buf: &mut [Frame], opts: Options) -> Trace {
                 stop: crate::frame::StopReason::NoFramePointers,
             }
         } else {
-            capture_by_cfi(buf, opts.max_depth).without_impossible_end(buf)
+            capture_by_cfi(buf, opts.max_depth)
         };
     }
     // The registers of this function: the walk starts from its own frame record.
-    walk_from_regs(current_regs(), buf, opts).without_impossible_end(buf)
+    walk_from_regs(current_regs(), buf, opts)
 }
 
 /// The general walk from registers [`current_regs`] read in a public capture function (its
@@ -1021,9 +1022,12 @@ pub(crate) fn empty() -> Trace {
     }
 }
 
+/// The general walk of a live capture, ended as [`resume`]'s and `dwarf::capture`'s walks
+/// are, without impossible return addresses ([`Trace::without_impossible_end`]): the
+/// frame-record captures' walks all end in one of these two.
 #[inline(always)]
 fn walk_live(start: Start, mem: &mut LiveMemory, buf: &mut [Frame], opts: Options) -> Trace {
-    if opts.naive {
+    let t = if opts.naive {
         let mut w: Walker<Native, _, _> = Walker::new(crate::transition::NoTransitions);
         w.max_depth = opts.max_depth;
         w.walk(start, mem, buf)
@@ -1032,7 +1036,8 @@ fn walk_live(start: Start, mem: &mut LiveMemory, buf: &mut [Frame], opts: Option
         let mut w: Walker<Native, _, _> = Walker::new(Pinned::new());
         w.max_depth = opts.max_depth;
         w.walk(start, mem, buf)
-    }
+    };
+    t.without_impossible_end(buf)
 }
 
 /// The registers and alternate-stack bounds saved in a signal handler's `ucontext`.
@@ -1108,7 +1113,7 @@ pub unsafe fn capture_from_ucontext_with(
                     crate::walk::Mode::Hybrid,
                 )
             };
-            return cut_by_depth(t, limit, buf.len()).without_impossible_end(buf);
+            return cut_by_depth(t, limit, buf.len());
         }
     }
     // SAFETY: forwarded from the caller.
@@ -1150,7 +1155,7 @@ pub(crate) unsafe fn capture_from_ucontext_by_records(
             stop: crate::frame::StopReason::NoFramePointers,
         };
     }
-    walk_live(start, &mut mem, buf, opts).without_impossible_end(buf)
+    walk_live(start, &mut mem, buf, opts)
 }
 
 mod maps {
