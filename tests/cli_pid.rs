@@ -756,10 +756,7 @@ fn signals_while_a_thread_cannot_stop() {
         let mut u = spawn_unwind(t.pid(), &[]);
         // Once threads are held (state `t`), they stay held for 2 s.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !tasks(t.pid()).iter().any(|tid| {
-            std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", t.pid()))
-                .is_ok_and(|s| s.contains("State:\tt"))
-        }) {
+        while tasks_in_state(t.pid(), 't').is_empty() {
             assert!(Instant::now() < deadline, "unwind never held the threads");
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -769,6 +766,18 @@ fn signals_while_a_thread_cannot_stop() {
         assert_eq!(status.signal(), Some(sig), "{status:?}");
         t.assert_untouched();
     }
+}
+
+/// The threads of `pid` whose state (`/proc/PID/task/TID/status`) is `state`.
+fn tasks_in_state(pid: u32, state: char) -> Vec<u32> {
+    let line = format!("State:\t{state}");
+    tasks(pid)
+        .into_iter()
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+                .is_ok_and(|s| s.contains(&line))
+        })
+        .collect()
 }
 
 /// Kills the children of a target's threads when dropped (the vfork child).
@@ -1968,34 +1977,22 @@ fn a_walk_from_a_stack_probe_loop_reaches_main() {
         return;
     }
     let dir = TempDir::new("probe");
-    let src = dir.0.join("probe.c");
-    std::fs::write(
-        &src,
+    let exe = compile(
+        &dir.0,
+        "gcc",
+        "probe.c",
         "#include <stdio.h>\n#include <string.h>\nvolatile int sink;\n\
          __attribute__((noinline)) int big(int n) { char buf[1 << 20]; memset(buf, n, 64); \
          sink = buf[n]; return buf[3]; }\n\
          int main(int c, char **v) { (void)v; printf(\"ready\\n\"); fflush(stdout); \
          for (unsigned long i = 0;; i++) { big(c); if (i % 100000 == 0) { printf(\"%lu\\n\", i); \
          fflush(stdout); } } }\n",
-    )
-    .unwrap();
-    let exe = dir.0.join("probe");
-    let out = Command::new("gcc")
-        .args([
+        &[
             "-O2",
             "-g",
             "-fomit-frame-pointer",
             "-fstack-clash-protection",
-            "-o",
-        ])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let mut t = Target::start(&mut Command::new(&exe));
     let mut in_big = 0;
@@ -2013,47 +2010,29 @@ fn a_walk_from_a_stack_probe_loop_reaches_main() {
     t.assert_untouched();
 }
 
-/// A process whose only thread cannot be stopped (a `vfork` parent, in an uninterruptible
-/// sleep until its child execs or exits): `unwind` says so and exits 2 (found by outside use:
-/// it printed "0 threads" and exited 0, as if there were nothing to show).
+/// A process none of whose threads asked for can be stopped (the fixture's thread in `vfork`,
+/// in an uninterruptible sleep until its child execs or exits, asked for alone): `unwind`
+/// says so and exits 2 (found by outside use: a vfork parent's `--pid` printed "0 threads"
+/// and exited 0, as if there were nothing to show).
 #[test]
 fn a_process_whose_threads_never_stop_is_an_error() {
     if !need("gcc", "--version") {
         return;
     }
-    let dir = TempDir::new("vfork");
-    let src = dir.0.join("vfork.c");
-    std::fs::write(
-        &src,
-        "#include <stdio.h>\n#include <time.h>\n#include <unistd.h>\n\
-         int main(void) { printf(\"ready\\n\"); fflush(stdout); \
-         if (vfork() == 0) { struct timespec t = {6, 0}; nanosleep(&t, 0); _exit(0); } \
-         return 0; }\n",
-    )
-    .unwrap();
-    let exe = dir.0.join("vfork");
-    let out = Command::new("gcc")
-        .args(["-O1", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let t = Target::start(&mut Command::new(&exe));
-    // The parent is in vfork once its state is D (its child sleeps for six seconds).
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !std::fs::read_to_string(format!("/proc/{}/stat", t.pid()))
-        .unwrap_or_default()
-        .contains(") D ")
-    {
-        assert!(Instant::now() < deadline, "the parent never entered vfork");
+    let dir = TempDir::new("vfork-alone");
+    let mut t = Target::start(Command::new(build_c(&dir.0)).args(["2", "vfork"]));
+    let _children = KillChildren(t.pid());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tid = loop {
+        if let Some(&tid) = tasks_in_state(t.pid(), 'D').first() {
+            break tid;
+        }
+        assert!(Instant::now() < deadline, "no thread entered vfork");
         std::thread::sleep(Duration::from_millis(5));
-    }
-    let out = run(&pid_args(t.pid()));
+    };
+    let mut args = pid_args(t.pid());
+    args.extend(["--tid".into(), tid.to_string()]);
+    let out = run(&args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -2065,4 +2044,5 @@ fn a_process_whose_threads_never_stop_is_an_error() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    t.assert_untouched();
 }
