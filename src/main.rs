@@ -577,7 +577,11 @@ fn json_str(s: &str, out: &mut String) {
 }
 
 /// The JSON contract: `{"arch", "threads": [{"tid", "frames": [{"pc", "symbol", "module",
-/// "stack", "via"}], "truncated"}]}`, exactly (issue 8). With `--lines` each frame also has `"line": "file:N"` or null (the innermost
+/// "stack", "via"}], "truncated"}]}` (issue 8), extended: a live process's `"paused_us"`;
+/// each thread's `"name"` (a live process's, else null), `"signal"` (`{"name", "number",
+/// "code", "address"}` for the core's thread that took the signal that dumped it, else null)
+/// and `"stop"` (`"end"` for a whole walk, else why it was cut, as text's `truncated:`);
+/// `"warnings"`, as printed on stderr. With `--lines` each frame also has `"line": "file:N"` or null (the innermost
 /// inlined function's), `"symbol_line"` (the physical function's own) and `"inlined"`: the
 /// functions inlined at the pc, innermost first, `[{"function", "line"}]`.
 fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
@@ -593,7 +597,29 @@ fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
         if ti > 0 {
             o.push_str(", ");
         }
-        o.push_str(&format!("{{\"tid\": {}, \"frames\": [", t.tid));
+        o.push_str(&format!("{{\"tid\": {}, \"name\": ", t.tid));
+        match &t.name {
+            Some(n) => json_str(n, &mut o),
+            None => o.push_str("null"),
+        }
+        o.push_str(", \"signal\": ");
+        match &t.signal {
+            Some(s) => {
+                o.push_str("{\"name\": ");
+                json_str(&s.name(), &mut o);
+                o.push_str(&format!(", \"number\": {}, \"code\": ", s.number));
+                match s.code {
+                    Some(c) => o.push_str(&c.to_string()),
+                    None => o.push_str("null"),
+                }
+                match s.addr {
+                    Some(a) => o.push_str(&format!(", \"address\": \"{a:#x}\"}}")),
+                    None => o.push_str(", \"address\": null}"),
+                }
+            }
+            None => o.push_str("null"),
+        }
+        o.push_str(", \"frames\": [");
         for (fi, f) in t.frames.iter().enumerate() {
             if fi > 0 {
                 o.push_str(", ");
@@ -649,8 +675,19 @@ fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
             }
             o.push('}');
         }
-        // The contract's keys exactly: why a walk stopped is in the text output only.
-        o.push_str(&format!("], \"truncated\": {}}}", t.truncated));
+        // Issue 8's keys, then why the walk stopped (`StopReason::name`).
+        o.push_str(&format!("], \"truncated\": {}, \"stop\": ", t.truncated));
+        // A whole walk's stop is "end" (a Go stack read whole to its top ends at a frame
+        // record it cannot read, as Go's traceback does).
+        json_str(if t.truncated { t.stop.name() } else { "end" }, &mut o);
+        o.push('}');
+    }
+    o.push_str("], \"warnings\": [");
+    for (i, w) in r.warnings.iter().enumerate() {
+        if i > 0 {
+            o.push_str(", ");
+        }
+        json_str(w, &mut o);
     }
     o.push_str("]}\n");
     o
@@ -667,6 +704,14 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
     for t in &r.threads {
         o.push_str("\nthread ");
         push_dec(&mut o, u64::from(t.tid));
+        if let Some(n) = &t.name {
+            o.push_str(" \"");
+            push_printable(&mut o, n);
+            o.push('"');
+        }
+        if let Some(sig) = &t.signal {
+            let _ = write!(o, ", signal {sig}");
+        }
         if t.truncated {
             let _ = write!(o, " (truncated: {})", t.stop);
         }

@@ -63,24 +63,45 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Checks the contract's shape exactly: keys, types, value sets.
+/// Checks the contract's shape exactly: issue 8's keys, types and value sets, and the keys it
+/// was extended with (`warnings`; each thread's `name`, `signal`, `stop`).
 fn check_shape(v: &Value, arch: &str) {
     let top = v.as_object().expect("object");
     assert_eq!(
         top.keys().collect::<Vec<_>>(),
-        ["arch", "threads"],
+        ["arch", "threads", "warnings"],
         "top-level keys"
     );
     assert_eq!(v["arch"], arch);
+    assert!(v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(Value::is_string));
     let threads = v["threads"].as_array().expect("threads array");
     assert!(!threads.is_empty());
-    for t in threads {
+    for (i, t) in threads.iter().enumerate() {
         let o = t.as_object().unwrap();
         let mut keys: Vec<_> = o.keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["frames", "tid", "truncated"]);
+        assert_eq!(
+            keys,
+            ["frames", "name", "signal", "stop", "tid", "truncated"]
+        );
         assert!(t["tid"].as_u64().is_some());
         assert!(t["truncated"].is_boolean());
+        // A core's threads have no names; the first took the signal that dumped the core.
+        assert!(t["name"].is_null());
+        let stop = t["stop"].as_str().unwrap();
+        assert_eq!(stop == "end", t["truncated"] == false, "{t}");
+        if i > 0 {
+            assert!(t["signal"].is_null(), "only the dumping thread: {t}");
+        } else if !t["signal"].is_null() {
+            let mut keys: Vec<_> = t["signal"].as_object().unwrap().keys().collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["address", "code", "name", "number"]);
+            assert!(t["signal"]["name"].as_str().unwrap().starts_with("SIG"));
+        }
         let frames = t["frames"].as_array().unwrap();
         let mut last_stack = 0;
         for (i, f) in frames.iter().enumerate() {
@@ -505,6 +526,52 @@ fn fresh_x86_64_kernel_cores() {
             _ => check_threads(&v),
         }
         compare_with_eu_stack(&c, &e);
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// The thread that took the signal that dumped the core shows it, as gdb's "Program terminated
+/// with signal": its name, `si_code` and, for a fault the kernel raised, the faulting address
+/// (`NT_SIGINFO`). The other threads show none (the kernel writes the signal in every
+/// thread's `pr_cursig`; the dumping thread is the first).
+#[test]
+fn the_thread_that_took_the_signal_shows_it() {
+    if !can_make_fresh_cores() {
+        return;
+    }
+    let d = tmp("signal-info");
+    // (variant, signal, si_code, address)
+    let cases: [(&str, &str, i64, Option<&str>); 4] = [
+        ("chain", "SIGSEGV", 1, Some("0x0")), // SEGV_MAPERR: a store through NULL
+        ("badcall", "SIGSEGV", 1, Some("0xdeadbeef000")), // the call's target
+        ("abort", "SIGABRT", -6, None),       // SI_TKILL: raise's tgkill
+        ("threads", "SIGSEGV", 1, Some("0x0")),
+    ];
+    for (variant, sig, code, addr) in cases {
+        let (c, _) = fresh_core(variant, &d);
+        let v = json(&["stack", "--core", p(&c)]);
+        check_shape(&v, "x86_64");
+        let t = &v["threads"][0];
+        assert_eq!(t["signal"]["name"], sig, "{variant}: {t}");
+        assert_eq!(t["signal"]["code"], code, "{variant}: {t}");
+        match addr {
+            Some(a) => assert_eq!(t["signal"]["address"], a, "{variant}: {t}"),
+            None => assert!(t["signal"]["address"].is_null(), "{variant}: {t}"),
+        }
+        let text = String::from_utf8(run(&["stack", "--core", p(&c)]).stdout).unwrap();
+        let header = text.lines().find(|l| l.starts_with("thread ")).unwrap();
+        let want = match addr {
+            Some(a) => format!(", signal {sig} at {a}"),
+            None => format!(", signal {sig}"),
+        };
+        assert!(header.contains(&want), "{variant}: {header}");
+        if variant == "threads" {
+            let threads = v["threads"].as_array().unwrap();
+            assert_eq!(threads.len(), 4);
+            assert!(threads[1..].iter().all(|t| t["signal"].is_null()), "{v}");
+            let headers = text.lines().filter(|l| l.contains(", signal ")).count();
+            assert_eq!(headers, 1, "{text}");
+        }
     }
     let _ = std::fs::remove_dir_all(d);
 }

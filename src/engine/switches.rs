@@ -126,10 +126,36 @@ pub const COROSENSEI_COROUTINE: KnownSwitch = KnownSwitch {
     system: false,
 };
 
+/// GCC's segmented stacks (`-fsplit-stack`, gccgo): a function whose frame does not fit calls
+/// libgcc's `__morestack` from its prologue, which allocates a new segment, moves sp there
+/// and calls the rest of the function on it. Its frame record stays on the old stack, and
+/// above it the return into the prologue and the function's caller's return address; its CFI
+/// (CFA = rbp + 24, the return address at rbp + 16) skips the prologue's return, as gdb shows
+/// the stack. The same from the frame record the function's body saved (or left in rbp):
+/// the caller's pc at saved fp + 16, its fp at saved fp, its sp the CFA (libgcc
+/// `config/i386/morestack.S`). Every return address inside `__morestack` is covered: the
+/// rule holds wherever its record is set up, which is everywhere it calls out. GCC has no
+/// split stacks on aarch64: there the entry would never match anything it could mean, so it
+/// only continues the chain.
+pub const GCC_MORESTACK: KnownSwitch = KnownSwitch {
+    symbol: "__morestack",
+    name: "gcc __morestack (split stack)",
+    covers: Covers::Function,
+    rule_x86_64: Rule::SavedAt {
+        base: Base::SavedFpPlus(24),
+        pc: 16,
+        sp: None,
+        fp: 0,
+    },
+    rule_aarch64: Rule::ContinueChain,
+    system: false,
+};
+
 /// Every switch found by symbol.
-pub const BY_SYMBOL: [KnownSwitch; 4] = [
+pub const BY_SYMBOL: [KnownSwitch; 5] = [
     SYSTEM_STACK,
     PSM_ON_STACK,
     COROSENSEI_ON_STACK,
     COROSENSEI_COROUTINE,
+    GCC_MORESTACK,
 ];

@@ -48,6 +48,13 @@ pub enum Base {
     /// x86_64, 32 on aarch64, as its CFI says). A walk that goes on by CFI needs it; with
     /// `Link` the stack pointer is unknown and only frame records lead on.
     LinkPlus(u8),
+    /// [`Base::SavedFp`], and the other side's stack pointer, not saved, is the saved frame
+    /// pointer plus this many bytes: the switch function's own CFA, where its frame record
+    /// sits under the other side's return address (GCC's `-fsplit-stack` `__morestack`: its
+    /// record and the split function's caller's return address stay on the old stack, 24
+    /// bytes: saved rbp, the return into the split function's prologue, the caller's return
+    /// address).
+    SavedFpPlus(u8),
 }
 
 /// How to recover the registers of the other side of a stack switch.
@@ -307,10 +314,13 @@ impl Rule {
                 let b = match base {
                     Base::Fp => fp,
                     Base::Cfa => fp.checked_add(A::RECORD_SIZE)?,
-                    Base::SavedFp => saved_fp,
+                    Base::SavedFp | Base::SavedFpPlus(_) => saved_fp,
                     Base::Link | Base::LinkPlus(_) => mem.read_u64(saved_fp)?,
                 };
-                if matches!(base, Base::SavedFp | Base::Link | Base::LinkPlus(_)) {
+                if matches!(
+                    base,
+                    Base::SavedFp | Base::SavedFpPlus(_) | Base::Link | Base::LinkPlus(_)
+                ) {
                     // The saved registers lie on the other side, maybe a stack this memory was
                     // not told of (a nested coroutine's parent): admitted, if it can find it.
                     // Not required: an offline image reads what it holds either way.
@@ -320,7 +330,9 @@ impl Rule {
                 let pc = A::strip_ra(mem.read_u64(at(pc)?)?, pac_mask);
                 let sp = match (sp, base) {
                     (Some(o), _) => mem.read_u64(at(o)?)?,
-                    (None, Base::LinkPlus(k)) => b.checked_add(u64::from(k))?,
+                    (None, Base::LinkPlus(k) | Base::SavedFpPlus(k)) => {
+                        b.checked_add(u64::from(k))?
+                    }
                     (None, _) => 0,
                 };
                 let fp = mem.read_u64(at(fpo)?)?;
@@ -376,6 +388,7 @@ impl Rule {
                     Base::SavedFp => 2,
                     Base::Link => 3,
                     Base::LinkPlus(k) => 4 | (u64::from(k) << 8),
+                    Base::SavedFpPlus(k) => 5 | (u64::from(k) << 8),
                 };
                 [
                     Self::K_SAVED | (b << 8),
@@ -405,6 +418,7 @@ impl Rule {
                     2 => Base::SavedFp,
                     3 => Base::Link,
                     4 => Base::LinkPlus(((w[0] >> 16) & 0xff) as u8),
+                    5 => Base::SavedFpPlus(((w[0] >> 16) & 0xff) as u8),
                     _ => return None,
                 },
                 pc: lo(w[1]),
@@ -1351,6 +1365,12 @@ mod tests {
             Rule::SavedAt {
                 base: Base::LinkPlus(32),
                 pc: 8,
+                sp: None,
+                fp: 0,
+            },
+            Rule::SavedAt {
+                base: Base::SavedFpPlus(24),
+                pc: 16,
                 sp: None,
                 fp: 0,
             },

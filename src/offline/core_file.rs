@@ -86,6 +86,82 @@ pub struct Thread {
     pub tls: u64,
     /// aarch64 `x28` (Go keeps its current `g` there); 0 on x86_64.
     pub x28: u64,
+    /// The signal that dumped the core, for the thread that took it (the first `NT_PRSTATUS`,
+    /// as the kernel and gdb write it; its `pr_cursig`, which the kernel writes in every
+    /// thread's note), with `NT_SIGINFO`'s details. `None` for the other threads and for a
+    /// live process's.
+    pub signal: Option<Signal>,
+}
+
+/// A signal a core's thread was taking (`pr_cursig`, `NT_SIGINFO`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signal {
+    /// The signal's number (`SIGSEGV` is 11).
+    pub number: u32,
+    /// `si_code` from `NT_SIGINFO` (`SEGV_MAPERR` is 1; a `kill`'s is 0, `tgkill`'s -6);
+    /// `None` without the note.
+    pub code: Option<i32>,
+    /// The faulting address (`si_addr`) of a fault the kernel raised: `SIGSEGV`, `SIGBUS`,
+    /// `SIGILL`, `SIGFPE` or `SIGTRAP` with a positive `si_code`. `None` otherwise (a signal
+    /// sent by `kill`, `raise` or `abort` has no address).
+    pub addr: Option<u64>,
+}
+
+impl Signal {
+    /// The signal's name (`SIGSEGV`), or `signal N` for one Linux has no name for here.
+    pub fn name(&self) -> std::borrow::Cow<'static, str> {
+        const NAMES: [&str; 32] = [
+            "",
+            "SIGHUP",
+            "SIGINT",
+            "SIGQUIT",
+            "SIGILL",
+            "SIGTRAP",
+            "SIGABRT",
+            "SIGBUS",
+            "SIGFPE",
+            "SIGKILL",
+            "SIGUSR1",
+            "SIGSEGV",
+            "SIGUSR2",
+            "SIGPIPE",
+            "SIGALRM",
+            "SIGTERM",
+            "SIGSTKFLT",
+            "SIGCHLD",
+            "SIGCONT",
+            "SIGSTOP",
+            "SIGTSTP",
+            "SIGTTIN",
+            "SIGTTOU",
+            "SIGURG",
+            "SIGXCPU",
+            "SIGXFSZ",
+            "SIGVTALRM",
+            "SIGPROF",
+            "SIGWINCH",
+            "SIGIO",
+            "SIGPWR",
+            "SIGSYS",
+        ];
+        match NAMES.get(self.number as usize) {
+            Some(n) if !n.is_empty() => (*n).into(),
+            _ if (34..=64).contains(&self.number) => {
+                format!("SIGRTMIN+{}", self.number - 34).into()
+            }
+            _ => format!("signal {}", self.number).into(),
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())?;
+        if let Some(a) = self.addr {
+            write!(f, " at {a:#x}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A file mapped into the process (`NT_FILE`).
@@ -268,6 +344,11 @@ const NT_PRSTATUS: u32 = elf::NT_PRSTATUS.0;
 const NT_AUXV: u32 = elf::NT_AUXV.0;
 /// `NT_ARM_PAC_MASK` (kernel `include/uapi/linux/elf.h`).
 const NT_ARM_PAC_MASK: u32 = 0x406;
+/// `NT_SIGINFO` ("SIGI"): the `siginfo_t` of the signal that dumped the core, after the
+/// dumping thread's `NT_PRSTATUS`.
+const NT_SIGINFO: u32 = 0x5349_4749;
+/// Offset of `pr_cursig` (a `short`) in `struct elf_prstatus`.
+const PR_CURSIG: usize = 12;
 /// Offset of `pr_pid` in `struct elf_prstatus`.
 const PR_PID: usize = 32;
 /// Offset of `pr_reg` in `struct elf_prstatus`.
@@ -531,7 +612,18 @@ fn parse_bytes(data: &[u8]) -> Result<Parsed, CoreError> {
                     let desc = note.desc();
                     match note.n_type(e).0 {
                         NT_PRSTATUS if note.name() == b"CORE" => {
-                            threads.push(thread(arch, desc)?);
+                            let mut t = thread(arch, desc)?;
+                            // The kernel writes the signal in every thread's `pr_cursig`;
+                            // the thread that took it is the first.
+                            if !threads.is_empty() {
+                                t.signal = None;
+                            }
+                            threads.push(t);
+                        }
+                        NT_SIGINFO => {
+                            if let Some(t) = threads.last_mut() {
+                                add_siginfo(t, desc);
+                            }
                         }
                         NT_FILE => mappings = parse_nt_file(desc),
                         NT_AUXV => {
@@ -559,9 +651,32 @@ fn parse_bytes(data: &[u8]) -> Result<Parsed, CoreError> {
     Ok((arch, threads, mappings, auxv, pac_mask, segments))
 }
 
+/// `NT_SIGINFO`'s `siginfo_t` (`si_signo`, `si_errno`, `si_code`, then at 16 the union whose
+/// first field is a fault's `si_addr`) for the thread whose `NT_PRSTATUS` came just before.
+fn add_siginfo(t: &mut Thread, desc: &[u8]) {
+    let (Some(signo), Some(code)) = (u32_at(desc, 0), u32_at(desc, 8)) else {
+        return;
+    };
+    let code = code as i32;
+    let fault = matches!(signo, 4 | 5 | 7 | 8 | 11) && code > 0;
+    // The dumping thread's only (gdb's `gcore` writes one after every thread's status).
+    if let Some(sig) = t.signal.as_mut().filter(|s| s.number == signo) {
+        sig.code = Some(code);
+        sig.addr = if fault { u64_at(desc, 16) } else { None };
+    }
+}
+
 fn thread(arch: ArchKind, desc: &[u8]) -> Result<Thread, CoreError> {
     let bad = CoreError::Truncated("NT_PRSTATUS");
     let tid = u32_at(desc, PR_PID).ok_or(CoreError::Truncated("NT_PRSTATUS"))?;
+    let cursig = desc
+        .get(PR_CURSIG..PR_CURSIG + 2)
+        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+    let signal = (cursig != 0).then_some(Signal {
+        number: u32::from(cursig),
+        code: None,
+        addr: None,
+    });
     let reg = |i: usize| u64_at(desc, PR_REG + 8 * i);
     let t = match arch {
         ArchKind::X86_64 => {
@@ -576,6 +691,7 @@ fn thread(arch: ArchKind, desc: &[u8]) -> Result<Thread, CoreError> {
                 },
                 tls: reg(r::FS_BASE).unwrap_or(0),
                 x28: 0,
+                signal,
             }
         }
         ArchKind::Aarch64 => {
@@ -590,6 +706,7 @@ fn thread(arch: ArchKind, desc: &[u8]) -> Result<Thread, CoreError> {
                 },
                 tls: 0,
                 x28: reg(28).unwrap_or(0),
+                signal,
             }
         }
     };

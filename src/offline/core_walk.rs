@@ -129,6 +129,12 @@ pub struct ThreadStack {
     pub truncated: bool,
     /// Why the walk stopped.
     pub stop: StopReason,
+    /// The signal the thread was taking when the core was written (the crash's, in the
+    /// thread that crashed); `None` for its other threads and for a live process's.
+    pub signal: Option<crate::core_file::Signal>,
+    /// The thread's name (`/proc/PID/task/TID/comm`) for a live process; `None` for a core
+    /// (a core holds only the process's name).
+    pub name: Option<String>,
 }
 
 /// Everything `unwind stack` prints.
@@ -1037,7 +1043,7 @@ pub fn unwind_paused<P: Pause>(
     // One buffer for every walk; each thread keeps a copy of its frames.
     let mut scratch = vec![Frame::EMPTY; max_frames];
     // Each thread's frames and stop, as walked while the threads were stopped.
-    let mut walked: Vec<(u32, Vec<Frame>, StopReason, bool)> = Vec::with_capacity(paused.len());
+    let mut walked: Vec<(&Thread, Vec<Frame>, StopReason, bool)> = Vec::with_capacity(paused.len());
     for t in &paused {
         // Past the budget a thread keeps its leaf frame only.
         let room = max_frames.min(budget).max(1);
@@ -1083,7 +1089,7 @@ pub fn unwind_paused<P: Pause>(
             }
             go.cross_cgocallbacks(&cx, t, &mut buf, &mut stop, cgocallback_id);
         }
-        walked.push((t.tid, buf, stop, ended_at_top));
+        walked.push((t, buf, stop, ended_at_top));
     }
     // What is left reads no memory, only the modules' symbols: a live process runs again
     // first (a first lookup in a module builds its symbol table, ~100 ms for node's, which
@@ -1096,7 +1102,7 @@ pub fn unwind_paused<P: Pause>(
         lookup_pcs.extend(buf.iter().map(|f| f.lookup_pc()));
     }
     symbols.prepare(&lookup_pcs);
-    for (tid, mut buf, mut stop, ended_at_top) in walked {
+    for (t, mut buf, mut stop, ended_at_top) in walked {
         // A walk that filled its buffer exactly on the stack's root frame (`_start`,
         // `clone3`, Go's `goexit`) is whole: it was called cut, `buffer full` (found by outside
         // use in the twenty-third round, `--max-frames` equal to the stack's depth).
@@ -1139,6 +1145,10 @@ pub fn unwind_paused<P: Pause>(
                 }
             }
             let kept = p.apply(&buf, c);
+            if kept.truncated && !truncated {
+                // Whole, cut by the policy's depth: say so, not `truncated: end`.
+                stop = StopReason::MaxDepth;
+            }
             truncated |= kept.truncated;
             buf = match &wrappers {
                 Some(w) => w.keep(&buf, kept.frames),
@@ -1146,10 +1156,12 @@ pub fn unwind_paused<P: Pause>(
             };
         }
         threads.push(ThreadStack {
-            tid,
+            tid: t.tid,
             frames: buf,
             truncated,
             stop,
+            signal: t.signal,
+            name: None,
         });
     }
     // Lazy tables fail FDE by FDE, as the walks reach them.

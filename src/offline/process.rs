@@ -256,6 +256,11 @@ fn unwind_once(
         .threads
         .retain(|t| !(t.stop.stopped_early() && thread_gone(pid, t.tid)));
     let killed = before - report.threads.len();
+    for t in &mut report.threads {
+        t.name = read_text(&format!("/proc/{pid}/task/{}/comm", t.tid))
+            .ok()
+            .map(|n| n.trim_end_matches('\n').to_string());
+    }
     if killed > 0 && report.threads.is_empty() {
         return Err(ProcessError::KilledWhileHeld(pid));
     }
@@ -1413,6 +1418,7 @@ pub fn thread_from_regset(arch: ArchKind, tid: u32, w: &[u64]) -> Option<Thread>
                 },
                 tls: w[r::FS_BASE],
                 x28: 0,
+                signal: None,
             })
         }
         ArchKind::Aarch64 => {
@@ -1430,6 +1436,7 @@ pub fn thread_from_regset(arch: ArchKind, tid: u32, w: &[u64]) -> Option<Thread>
                 },
                 tls: 0,
                 x28: w[28],
+                signal: None,
             })
         }
     }

@@ -1575,10 +1575,10 @@ fn placement_bias(file: &object::File<'_>, map: Option<(u64, u64)>) -> u64 {
     }
 }
 
-/// Each path's mapping that places the file, paths in order of appearance: the one with the
-/// lowest file offset, and among those the first that heads a run of more than one mapping of
-/// the same file (each at a higher offset, starting at or after the end of the one before and
-/// within `GAP` of it), else the first. A loaded ELF file is such a run (`r--p`, `r-xp`, `r--p`, `rw-p`); a
+/// Each path's mappings that place the file, paths in order of appearance: those with the
+/// lowest file offset that head a run of more than one mapping of the same file (each at a
+/// higher offset, starting at or after the end of the one before and within `GAP` of it),
+/// each an image of its own; else the first with the lowest offset. A loaded ELF file is such a run (`r--p`, `r-xp`, `r--p`, `rw-p`); a
 /// copy of the same file that the process mapped as data (a symbolizer's map of libc,
 /// `backtrace`'s of a debug file) is a run of one, wherever it lies, and must not place the
 /// module.
@@ -1615,16 +1615,27 @@ fn placing_mappings(mappings: &[Mapping]) -> Vec<&Mapping> {
             }),
         }
     }
-    runs.iter()
-        .filter_map(|rs| {
-            // The lowest offset, then the first run of more than one mapping, else the first.
-            // (Not the longest: where several files share a path, say two images of one
-            // library in two `dlmopen` namespaces, the first placed it before.)
+    let mut out = Vec::new();
+    for rs in &runs {
+        // Every run of more than one mapping from the lowest offset: an image (one library
+        // loaded twice, by `dlmopen` into another namespace or again after it was replaced on
+        // disk, is two images at two places, each a module: the second was dropped, its
+        // frames `?` and their walks cut, found by outside use). Else the first run from the
+        // lowest offset.
+        let Some(low) = rs.iter().map(|r| r.head.offset).min() else {
+            continue;
+        };
+        let before = out.len();
+        out.extend(
             rs.iter()
-                .min_by_key(|r| (r.head.offset, r.len == 1))
-                .map(|r| r.head)
-        })
-        .collect()
+                .filter(|r| r.head.offset == low && r.len > 1)
+                .map(|r| r.head),
+        );
+        if out.len() == before {
+            out.extend(rs.iter().find(|r| r.head.offset == low).map(|r| r.head));
+        }
+    }
+    out
 }
 
 /// Modules and lookups across them.
@@ -1636,8 +1647,10 @@ pub struct Symbolizer {
     /// How files are opened (see [`crate::safe_open`]); a live process's source may allow its
     /// `/proc/PID` prefix here.
     pub open_policy: Policy,
-    /// Files opened so far, by (device, inode): one file under many names loads once.
-    seen: HashSet<(u64, u64)>,
+    /// Files opened so far, by (device, inode) and where they were placed (the address of
+    /// file offset 0): one file under many names loads once, one file loaded at two places
+    /// (`dlmopen`) is two modules.
+    seen: HashSet<((u64, u64), u64)>,
     /// Where the modules' separate debug files are looked for (set it before adding modules:
     /// `--sysroot`'s `usr/lib/debug` first).
     pub debug_dirs: DebugDirs,
@@ -1734,17 +1747,21 @@ impl Symbolizer {
     /// The file is opened with [`Symbolizer::open_policy`]; a file already loaded under another
     /// name (same device and inode) is skipped.
     pub fn add(&mut self, path: &Path, display: &str, map: Option<(u64, u64)>) {
-        self.add_with(path, display, |file| placement_bias(file, map))
+        let at = map.map_or(0, |(start, off)| start.wrapping_sub(off));
+        self.add_with(path, display, at, |file| placement_bias(file, map))
     }
 
+    /// `at`: where the file is placed (with its identity, what makes it a module already
+    /// loaded).
     fn add_with(
         &mut self,
         path: &Path,
         display: &str,
+        at: u64,
         bias_of: impl FnOnce(&object::File<'_>) -> u64,
     ) {
         let loaded = crate::safe_open::open(path, &self.open_policy).and_then(|f| {
-            if !self.seen.insert(f.id) {
+            if !self.seen.insert((f.id, at)) {
                 return Ok(None);
             }
             Module::from_mapped(f.map()?, path, display, &self.debug_dirs, bias_of).map(Some)
@@ -1782,7 +1799,7 @@ impl Symbolizer {
     /// Adds a module at a known load bias (see [`Module::load_biased`]); a file that cannot be
     /// read is recorded in [`Symbolizer::missing`].
     pub fn add_biased(&mut self, path: &Path, display: &str, bias: u64) {
-        self.add_with(path, display, |_| bias)
+        self.add_with(path, display, bias, |_| bias)
     }
 
     /// Modules from a core's mapped files, each opened at `sysroot` + its path (at most
@@ -2234,6 +2251,36 @@ mod tests {
             };
             assert_eq!(placed, want, "{what}");
         }
+        // One library loaded twice (`dlmopen`, or again after it was replaced on disk): two
+        // images, two modules; a data copy beside them still places nothing.
+        let second: Vec<Mapping> = image
+            .iter()
+            .map(|m| {
+                mapping(
+                    m.range.lo + 0x100_0000,
+                    m.range.hi + 0x100_0000,
+                    m.offset,
+                    libc,
+                )
+            })
+            .collect();
+        let both: Vec<Mapping> = [exe.clone(), exe_text.clone(), copy.clone()]
+            .into_iter()
+            .chain(image.iter().cloned())
+            .chain(second)
+            .collect();
+        let placed: Vec<(&str, u64)> = placing_mappings(&both)
+            .iter()
+            .map(|m| (m.path.as_str(), m.range.lo))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                ("/bin/exe", 0x40_0000),
+                (libc, 0x7000_0000),
+                (libc, 0x7100_0000)
+            ]
+        );
         // A file mapped only once (a one-segment image, or only its lowest offset mapped):
         // that mapping; and the lowest offset wins over a longer run further in.
         let single = [mapping(0x5000, 0x6000, 0x2000, "/x"), copy.clone()];
