@@ -821,6 +821,12 @@ fn the_profilers_own_threads_are_not_sampled() {
     }
     black_box(x);
     let prof = p.stop();
+    // Wall time is labelled so (it said `cpu`: found by outside use in the twenty-fifth round).
+    let pp = prof.to_profile(&ProfileKind::Cpu.policy(), &Classifier::new());
+    let wall = ("wall".to_string(), "nanoseconds".to_string());
+    assert_eq!(pp.sample_types[1], wall);
+    assert_eq!(pp.period_type, wall);
+    assert_eq!(pp.default_sample_type.as_deref(), Some("wall"));
     let names: Vec<(&str, u64)> = prof
         .threads
         .iter()
@@ -838,6 +844,65 @@ fn the_profilers_own_threads_are_not_sampled() {
         .map(|(_, c)| c)
         .sum();
     assert!(mine >= 40, "{me}: {names:?}");
+}
+
+/// The profilers' own threads block every signal: a signal sent to the process goes to one of
+/// the program's threads. They blocked none (their mask was the starting thread's), so the
+/// kernel could hand them a process-directed signal the program's threads had blocked: a
+/// `SIGTERM` meant for a `sigwait`ing thread killed the process; a `SIGALRM` handler ran
+/// there, its CPU time out of the profile (found by outside use in the twenty-fifth round).
+/// The profiler is started from a thread that blocks nothing, as a program starts it before it
+/// blocks its signals; each `unwind-` thread's `SigBlk` must hold them all.
+#[test]
+fn the_profilers_own_threads_take_no_signal_meant_for_the_program() {
+    let _s = serial();
+    let _w = Watchdog::new("own threads' signals", 120);
+    unwind::init();
+    let p = std::thread::spawn(|| {
+        // SAFETY: an empty set, this (new) thread's mask: it blocks nothing.
+        let mut none: libc::sigset_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        }
+        CpuProfiler::start(Config::default()).unwrap()
+    })
+    .join()
+    .unwrap();
+    let mut own = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("unwind-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let blk = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        own.push((comm.trim().to_string(), blk));
+    }
+    let _ = p.stop();
+    assert!(
+        own.len() >= 2,
+        "the collector and the module watcher: {own:x?}"
+    );
+    for (comm, blk) in &own {
+        for sig in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGALRM,
+            libc::SIGPROF,
+            libc::SIGUSR1,
+            libc::SIGCHLD,
+        ] {
+            assert!(
+                blk & (1 << (sig - 1)) != 0,
+                "{comm}: signal {sig} not blocked ({blk:x})"
+            );
+        }
+    }
 }
 
 /// Threads that live shorter than the collector's 50 ms scan, one after another (the number

@@ -140,6 +140,45 @@ fn rate_one_counts_every_allocation_of_a_function() {
     assert!(st.samples >= 1000, "{st:?}");
 }
 
+/// The program's own `Iterator` impl: its `next` allocates the strings it yields.
+struct Words(usize);
+
+impl Iterator for Words {
+    type Item = String;
+    #[inline(never)]
+    fn next(&mut self) -> Option<String> {
+        if self.0 == 0 {
+            return None;
+        }
+        self.0 -= 1;
+        let mut s = String::with_capacity(black_box(64));
+        s.push('w');
+        Some(s)
+    }
+}
+
+#[inline(never)]
+fn consume_words(n: usize) -> usize {
+    Words(n).map(|w| black_box(w).capacity()).sum()
+}
+
+/// An allocation in the program's own trait impl of `Iterator` (or `FromIterator`,
+/// `ToOwned`) is charged to the impl: `<Words as Iterator>::next` is the leaf, not its caller.
+/// Every `<T as core::iter::..>` and `<T as alloc::..>` frame was taken for plumbing (found by
+/// outside use in the twenty-fifth round: the impl was in no stack).
+#[test]
+fn an_allocation_in_the_program_s_own_trait_impl_is_charged_to_it() {
+    let _g = setup();
+    heap::start(1);
+    black_box(consume_words(1000));
+    heap::stop();
+    let p = heap::snapshot();
+    assert_eq!(totals(&p, "next")[..2], [1000, 64_000], "\n{}", dump(&p));
+    let pc = samples_at(&p, "next")[0].pcs[0];
+    let full = rustc_demangle::demangle(common::name_of(pc - 1).unwrap()).to_string();
+    assert!(full.contains("Words as core::iter"), "{full}");
+}
+
 /// `depth` calls deep through `path_a`/`path_b` as the bits of `path` say, then one
 /// allocation: `2^depth` distinct stacks.
 #[inline(never)]

@@ -95,11 +95,26 @@ pub fn acquire() {
 /// ([`crate::heap::exclude_this_thread`]: neither profiler samples it) before this returns,
 /// so that a CPU profiler's next look at the threads already leaves it out (else it would be
 /// sampled until a later look). `None` when the thread could not be started.
+///
+/// The thread starts with every signal blocked (it inherits the mask this thread has while it
+/// spawns it): a signal sent to the process is handled by one of the program's threads, never
+/// by these. Else the kernel could pick them for a process-directed signal the program's
+/// threads had blocked: a `SIGTERM` meant for a `sigwait`ing thread killed the process, and a
+/// `SIGALRM` handler's CPU time ran on a thread the profiler leaves out (found by outside use
+/// in the twenty-fifth round).
 pub(crate) fn spawn_own(
     name: &str,
     f: impl FnOnce() + Send + 'static,
 ) -> Option<std::thread::JoinHandle<()>> {
     let (marked, is_marked) = std::sync::mpsc::sync_channel::<()>(1);
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use; pthread_sigmask changes
+    // only this thread's mask and gets it back below, whatever the spawn did.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let blocked = unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) == 0
+    };
     let spawned = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
@@ -110,6 +125,10 @@ pub(crate) fn spawn_own(
             f()
         })
         .ok();
+    if blocked {
+        // SAFETY: as above; `old` is the mask this thread had.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    }
     if spawned.is_some() {
         let _ = is_marked.recv();
     }

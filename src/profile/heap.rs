@@ -2076,11 +2076,63 @@ fn collect(scaled: bool) -> Vec<HeapSample> {
 /// Is a (demangled) function name runtime code for a heap profile: `unwind`'s own machinery
 /// ([`runtime_names::UNWIND`]) or allocation plumbing ([`runtime_names::RUST_ALLOC`],
 /// [`runtime_names::RUST_ALLOC_INFIXES`])?
+///
+/// A trait impl of those traits is plumbing when its type is the standard library's (`<u8 as
+/// alloc::vec::spec_from_elem::SpecFromElem>`, `<&mut I as core::iter::..::Iterator>`, a
+/// slice, a tuple, a generic parameter), not when it is another crate's: the program's own
+/// `Iterator`, `FromIterator` or `ToOwned` impl allocates for itself (found by outside use in
+/// the twenty-fifth round: `<Words as Iterator>::next`'s strings were charged to its caller,
+/// the impl left out of every stack).
 pub fn is_runtime_name(name: &str) -> bool {
     runtime_names::has_prefix_in(name, &[runtime_names::UNWIND, runtime_names::RUST_ALLOC])
-        || runtime_names::RUST_ALLOC_INFIXES
+        || (runtime_names::RUST_ALLOC_INFIXES
             .iter()
             .any(|p| name.contains(p))
+            && impl_type_is_std(name))
+}
+
+/// In `<T as Trait>::f`, is `T` the standard library's: a path in `alloc`, `core`, `std` or
+/// `hashbrown`, or no path at all (a primitive, a slice, a tuple, a reference or pointer to
+/// one of those, a generic parameter)? True for a name that is no such impl.
+fn impl_type_is_std(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('<') else {
+        return true;
+    };
+    // `T` ends at the first " as " outside brackets.
+    let mut depth = 0i32;
+    let mut end = None;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '<' | '[' | '(' => depth += 1,
+            '>' | ']' | ')' => depth -= 1,
+            ' ' if depth == 0 && rest[i..].starts_with(" as ") => {
+                end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let Some(end) = end else {
+        return true;
+    };
+    let mut ty = rest[..end].trim();
+    loop {
+        let t = ty
+            .trim_start_matches(['&', '*'])
+            .trim_start_matches("mut ")
+            .trim_start_matches("const ")
+            .trim_start_matches("dyn ")
+            .trim_start();
+        if t == ty {
+            break;
+        }
+        ty = t;
+    }
+    if ty.starts_with(['[', '(']) || !ty.contains("::") {
+        return true;
+    }
+    let krate = ty.split("::").next().unwrap_or("");
+    matches!(krate, "alloc" | "core" | "std" | "hashbrown")
 }
 
 /// Is a source file the Rust standard library's allocation plumbing (what
@@ -2786,5 +2838,26 @@ pub(super) mod tests {
             "<unwind::profile::heap::Sampling<A> as core::alloc::global::GlobalAlloc>::alloc"
         ));
         assert!(!is_runtime_name("myapp::alloc_here"));
+        // Impls on the standard library's types, on primitives, slices, references and generic
+        // parameters are plumbing; the program's own impls are not.
+        for std_impl in [
+            "<&mut I as core::iter::traits::iterator::Iterator>::next",
+            "<[T] as alloc::slice::hack::ConvertVec>::to_vec",
+            "<str as alloc::borrow::ToOwned>::to_owned",
+            "<T as alloc::string::ToString>::to_string",
+            "<(A, B) as core::iter::traits::collect::Extend<(A, B)>>::extend",
+            "<alloc::vec::Vec<T> as core::iter::traits::collect::FromIterator<T>>::from_iter",
+            "<hashbrown::map::HashMap<K,V,S,A> as core::iter::traits::collect::Extend<(K,V)>>::extend",
+        ] {
+            assert!(is_runtime_name(std_impl), "{std_impl}");
+        }
+        for own in [
+            "<myapp::Words as core::iter::traits::iterator::Iterator>::next",
+            "<myapp::Bag as core::iter::traits::collect::FromIterator<u8>>::from_iter",
+            "<myapp::BlobRef as alloc::borrow::ToOwned>::to_owned",
+            "<&myapp::Bag<alloc::string::String> as core::iter::traits::collect::IntoIterator>::into_iter",
+        ] {
+            assert!(!is_runtime_name(own), "{own}");
+        }
     }
 }
