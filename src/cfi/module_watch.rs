@@ -107,10 +107,12 @@ pub(crate) fn spawn_own(
     f: impl FnOnce() + Send + 'static,
 ) -> Option<std::thread::JoinHandle<()>> {
     let (marked, is_marked) = std::sync::mpsc::sync_channel::<()>(1);
-    // SAFETY: sigset_t is plain data, filled by sigfillset before use; pthread_sigmask changes
-    // only this thread's mask and gets it back below, whatever the spawn did.
+    // SAFETY: sigset_t is plain data (all zeroes is a valid value), filled before use.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; pthread_sigmask writes it.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sets; pthread_sigmask changes only this thread's mask, given back below
+    // whatever the spawn did.
     let blocked = unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) == 0

@@ -1598,6 +1598,10 @@ impl CpuProfile {
                 p.samples.push(Sample {
                     pcs: kept.iter().map(|f| f.pc).collect(),
                     exact_leaf: kept.first().is_some_and(|f| f.is_exact()),
+                    exact_frames: (1..kept.len())
+                        .filter(|&i| kept[i].is_exact())
+                        .map(|i| i as u32)
+                        .collect(),
                     values: vec![*count as i64, *count as i64 * ns],
                     labels: labels.clone(),
                     // Cut by the policy's depth, or by the capture buffer (a full buffer's

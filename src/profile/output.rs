@@ -31,6 +31,11 @@ pub struct Sample {
     pub pcs: Vec<u64>,
     /// Is `pcs[0]` an exact pc (looked up as is) rather than a return address?
     pub exact_leaf: bool,
+    /// Indices of the other exact pcs, past the leaf (a CPU sample taken in a signal handler:
+    /// the sigreturn trampoline, entered at its first instruction, and the interrupted pc).
+    /// Looked up at `pc - 1`, the trampoline was named after whatever came before it, or not
+    /// at all (found by outside use in the twenty-fifth round). Usually empty.
+    pub exact_frames: Vec<u32>,
     /// One value per [`Profile::sample_types`] entry.
     pub values: Vec<i64>,
     /// String labels (key, value).
@@ -42,12 +47,24 @@ pub struct Sample {
     pub truncated: bool,
 }
 
+impl Sample {
+    /// Is `pcs[i]` an exact pc (not a return address)?
+    #[inline]
+    pub fn is_exact(&self, i: usize) -> bool {
+        if i == 0 {
+            self.exact_leaf
+        } else {
+            !self.exact_frames.is_empty() && self.exact_frames.contains(&(i as u32))
+        }
+    }
+}
+
 /// The frame every output puts at the root end of a [`Sample::truncated`] stack, in place of
 /// the frames cut off (a pprof location without an address; a folded stack's first name).
 pub const TRUNCATED_FRAME: &str = "[truncated]";
 
 /// What makes two samples the same: stack, leaf exactness, labels, truncation.
-type SampleKey = (Vec<u64>, bool, Vec<(String, String)>, bool);
+type SampleKey = (Vec<u64>, bool, Vec<u32>, Vec<(String, String)>, bool);
 
 /// A profile: what was measured and the samples.
 #[derive(Clone, Debug, Default)]
@@ -108,7 +125,13 @@ impl Profile {
         let mut at: HashMap<SampleKey, usize> = HashMap::new();
         let mut out: Vec<Sample> = Vec::with_capacity(self.samples.len());
         for s in self.samples.drain(..) {
-            let key = (s.pcs.clone(), s.exact_leaf, s.labels.clone(), s.truncated);
+            let key = (
+                s.pcs.clone(),
+                s.exact_leaf,
+                s.exact_frames.clone(),
+                s.labels.clone(),
+                s.truncated,
+            );
             match at.get(&key) {
                 Some(&i) => {
                     for (a, b) in out[i].values.iter_mut().zip(&s.values) {
@@ -135,8 +158,7 @@ impl Profile {
             let mut unnamed: Vec<(&str, usize)> = Vec::new();
             for s in &self.samples {
                 for (i, &pc) in s.pcs.iter().enumerate() {
-                    let pc = crate::frame::FrameAddress::new(pc, i == 0 && s.exact_leaf)
-                        .lookup_address();
+                    let pc = crate::frame::FrameAddress::new(pc, s.is_exact(i)).lookup_address();
                     let Some(m) = sym.module_of(pc).filter(|m| m.is_stripped()) else {
                         continue;
                     };
@@ -195,7 +217,7 @@ impl Profile {
         s.pcs
             .iter()
             .enumerate()
-            .map(|(i, &pc)| function_name(sym, pc, i == 0 && s.exact_leaf))
+            .map(|(i, &pc)| function_name(sym, pc, s.is_exact(i)))
             .chain(s.truncated.then(|| TRUNCATED_FRAME.to_string()))
             .collect()
     }
@@ -228,7 +250,7 @@ impl Profile {
     ) -> Vec<String> {
         let mut out = Vec::new();
         for (i, &pc) in s.pcs.iter().enumerate() {
-            let exact = i == 0 && s.exact_leaf;
+            let exact = s.is_exact(i);
             let look = crate::frame::FrameAddress::new(pc, exact).lookup_address();
             let mut chain = lines.frames(look);
             if i == 0 {
@@ -628,7 +650,7 @@ impl<'a> PprofBuilder<'a> {
                 .enumerate()
                 .map(|(i, &pc)| {
                     let hide = p.hidden_leaf_inlines.filter(|_| i == 0);
-                    self.location(pc, i == 0 && s.exact_leaf, hide)
+                    self.location(pc, s.is_exact(i), hide)
                 })
                 .collect();
             if s.truncated {
@@ -804,6 +826,7 @@ mod tests {
                 p.samples.push(Sample {
                     pcs,
                     exact_leaf: true,
+                    exact_frames: Vec::new(),
                     values: vec![1],
                     labels: Vec::new(),
                     truncated: false,
@@ -819,6 +842,35 @@ mod tests {
             "{w:?}"
         );
         assert_eq!(profile_at(&full), Vec::<String>::new());
+    }
+
+    /// An exact pc past the leaf (a sigreturn trampoline, entered at its first instruction)
+    /// is named at itself, not at `pc - 1` (the function before it, or nothing: found by
+    /// outside use in the twenty-fifth round); return addresses still at `pc - 1`.
+    #[test]
+    fn exact_frames_past_the_leaf_are_named_at_their_pc() {
+        let full =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cores/chain-x86_64");
+        let mut sym = Symbolizer::new();
+        sym.add(&full, "chain", None);
+        let m = &sym.modules()[0];
+        let gamma = m.function("gamma_").unwrap();
+        let beta = m.function("beta_").unwrap();
+        // gamma_ ends where beta_ begins: beta_'s first byte looked up as a return address is
+        // gamma_'s.
+        assert_eq!(gamma.hi, beta.lo);
+        let p = Profile::default();
+        let mut s = Sample {
+            pcs: vec![gamma.lo + 4, beta.lo, beta.lo],
+            exact_leaf: true,
+            exact_frames: vec![1],
+            values: vec![1],
+            labels: Vec::new(),
+            truncated: false,
+        };
+        assert_eq!(p.names(&s, &sym), ["gamma_", "beta_", "gamma_"]);
+        s.exact_frames.clear();
+        assert_eq!(p.names(&s, &sym), ["gamma_", "gamma_", "gamma_"]);
     }
 
     /// A profile that cannot be written says which file.
@@ -905,6 +957,7 @@ mod tests {
         Sample {
             pcs: pcs.to_vec(),
             exact_leaf: true,
+            exact_frames: Vec::new(),
             values: vec![v],
             labels: vec![],
             truncated: false,
