@@ -2392,4 +2392,9 @@ int main(void) {
         warnings.contains("plug.so"),
         "v1's file is not the core's: {warnings}"
     );
+    // A library's warning names the file it read and points at a sysroot, not at `--exe`.
+    assert!(
+        warnings.contains("put the right file under a --sysroot") && !warnings.contains("--exe"),
+        "{warnings}"
+    );
 }

@@ -255,13 +255,23 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
 /// chose that file.
 fn check_build_ids(core: &Core, s: &mut Symbolizer, forced: Option<&str>) {
     let mut bad = Vec::new();
+    // The executable: the module that holds the entry point (`AT_ENTRY`).
+    let entry = core.aux(9);
+    let exe_index = s
+        .modules()
+        .iter()
+        .position(|m| entry.is_some_and(|e| m.range.contains(e)));
     for (i, m) in s.modules().iter().enumerate() {
+        // The file's first page where this module lies: one file loaded at two places is two
+        // modules, each checked against its own copy.
+        let first = |x: &&crate::core_file::Mapping| x.path == m.path && x.offset == 0;
         let lo = core
             .mappings
             .iter()
-            .filter(|x| x.path == m.path && x.offset == 0)
+            .filter(first)
             .map(|x| x.range.lo)
-            .min();
+            .find(|&lo| m.range.contains(lo))
+            .or_else(|| core.mappings.iter().filter(first).map(|x| x.range.lo).min());
         if let Some((ours, theirs)) = lo.and_then(|lo| build_id_mismatch(core, lo, m.bytes())) {
             bad.push((i, ours, theirs));
         }
@@ -275,8 +285,14 @@ fn check_build_ids(core: &Core, s: &mut Symbolizer, forced: Option<&str>) {
             s.missing.push((
                 path,
                 format!(
-                    "its file's {ours} and the core's {theirs} differ: replaced since the core \
-                     was written? pass the right file with --exe or --sysroot"
+                    "its file {}'s {ours} and the core's {theirs} differ: replaced since the \
+                     core was written? {}",
+                    s.modules()[i].file.display(),
+                    if Some(i) == exe_index {
+                        "pass the right file with --exe"
+                    } else {
+                        "put the right file under a --sysroot"
+                    }
                 ),
             ));
         }

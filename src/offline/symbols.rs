@@ -2012,12 +2012,7 @@ pub fn resolve_os(sysroot: Option<&Path>, path: &std::ffi::OsStr) -> PathBuf {
     let names = std::iter::once(path).chain(unmarked);
     if let Some(root) = sysroot {
         for name in names.clone() {
-            let mut rel = name.as_bytes();
-            while let [b'/', rest @ ..] = rel {
-                rel = rest;
-            }
-            let p = root.join(std::ffi::OsStr::from_bytes(rel));
-            if p.exists() {
+            if let Some(p) = within_root(root, name.as_bytes()) {
                 return p;
             }
         }
@@ -2030,9 +2025,103 @@ pub fn resolve_os(sysroot: Option<&Path>, path: &std::ffi::OsStr) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// `path` as a process whose root is `root` sees it: each symbolic link on the way followed
+/// inside `root` (an absolute target from `root`, `..` no higher than it), as the kernel
+/// resolves it for a chrooted process; `None` when it names nothing there. A container's
+/// exported root links `lib/x86_64-linux-gnu/libc.so.6` to `/usr/lib/...` (Debian's
+/// `/lib64/ld-linux-x86-64.so.2` is such a link): joined to `root` and opened, the link led
+/// to the host's file, which the build id check then refused (found by outside use in the
+/// twenty-fifth round).
+fn within_root(root: &Path, path: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    const MAX_LINKS: u32 = 40;
+    let parts = |b: &[u8]| -> Vec<Vec<u8>> {
+        b.split(|&c| c == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    // Components still to walk, the next one last.
+    let mut todo: Vec<Vec<u8>> = parts(path);
+    todo.reverse();
+    let mut at = root.to_path_buf();
+    let mut depth = 0usize;
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        if c == b".." {
+            if depth > 0 {
+                at.pop();
+                depth -= 1;
+            }
+            continue;
+        }
+        let next = at.join(std::ffi::OsStr::from_bytes(&c));
+        let meta = std::fs::symlink_metadata(&next).ok()?;
+        if meta.file_type().is_symlink() {
+            links += 1;
+            if links > MAX_LINKS {
+                return None;
+            }
+            let target = std::fs::read_link(&next).ok()?;
+            let target = target.as_os_str().as_bytes();
+            if target.starts_with(b"/") {
+                at = root.to_path_buf();
+                depth = 0;
+            }
+            todo.extend(parts(target).into_iter().rev());
+        } else {
+            at = next;
+            depth += 1;
+        }
+    }
+    Some(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Paths under a sysroot follow its symbolic links inside it: an absolute link from the
+    /// sysroot, a relative one from where it is, `..` no higher than the sysroot, and a link
+    /// loop ends.
+    #[test]
+    fn sysroot_links_are_followed_inside_the_sysroot() {
+        use std::os::unix::fs::symlink;
+        let root = std::env::temp_dir().join(format!("unwind-sysroot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("usr/lib/x86_64-linux-gnu")).unwrap();
+        std::fs::write(root.join("usr/lib/x86_64-linux-gnu/libc.so.6"), b"inside").unwrap();
+        // Debian's /lib -> usr/lib, and a library linked by an absolute path that exists on
+        // this host too (the host's libc): the sysroot's must win.
+        symlink("usr/lib", root.join("lib")).unwrap();
+        std::fs::create_dir_all(root.join("lib64")).unwrap();
+        symlink(
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            root.join("lib64/libc-abs.so"),
+        )
+        .unwrap();
+        symlink(
+            "../../../../../lib/x86_64-linux-gnu/libc.so.6",
+            root.join("lib64/up.so"),
+        )
+        .unwrap();
+        symlink("loop.so", root.join("lib64/loop.so")).unwrap();
+        let inside = root.join("usr/lib/x86_64-linux-gnu/libc.so.6");
+        for p in [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/libc-abs.so",
+            "/lib64/up.so",
+            "//usr/./lib/x86_64-linux-gnu/../x86_64-linux-gnu/libc.so.6",
+        ] {
+            let got = within_root(&root, p.as_bytes()).unwrap_or_default();
+            assert_eq!(got, inside, "{p}");
+            assert_eq!(std::fs::read(&got).unwrap(), b"inside", "{p}");
+            assert_eq!(resolve(Some(&root), p), inside, "{p}");
+        }
+        assert_eq!(within_root(&root, b"/lib64/loop.so"), None);
+        assert_eq!(within_root(&root, b"/nothing/here"), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     /// A perf map: hex with or without `0x`, names with spaces, malformed and empty lines
     /// skipped, the line written last winning where pieces overlap.
