@@ -2398,3 +2398,55 @@ int main(void) {
         "{warnings}"
     );
 }
+
+/// A leaf and its caller with neither CFI nor frame records (as musl's libc, built without
+/// either: its `pause` calls `__syscall_cp_c`), under a function with both: Hybrid finds each
+/// one's return address after its direct call, and the frame record the walk then follows is
+/// the function's own. The frame-record step from the leaf's caller skipped that function
+/// (the record is its own, and leads to its caller), silently (found by outside use in the
+/// twenty-fifth round, a static musl program).
+#[test]
+fn callers_without_cfi_or_frame_records_above_such_a_leaf_keep_their_caller() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("bare-callers");
+    let exe = compile(
+        &dir.0,
+        "gcc",
+        "bare.c",
+        r#"
+#include <stdio.h>
+#include <unistd.h>
+volatile int sink;
+/* No CFI, no frame records: a leaf blocking in pause(2) by syscall, and its caller. */
+__asm__(
+    ".text\n"
+    ".globl bare_leaf\n.type bare_leaf,@function\nbare_leaf:\n"
+    "    sub $24, %rsp\n"
+    "1:  mov $34, %eax\n    syscall\n    jmp 1b\n"
+    ".size bare_leaf, .-bare_leaf\n"
+    ".globl bare_mid\n.type bare_mid,@function\nbare_mid:\n"
+    "    sub $40, %rsp\n    call bare_leaf\n    add $40, %rsp\n    ret\n"
+    ".size bare_mid, .-bare_mid\n");
+void bare_mid(void);
+__attribute__((noinline)) void with_cfi(void) { bare_mid(); sink++; }
+__attribute__((noinline)) void outer(void) { with_cfi(); sink++; }
+int main(void) {
+    printf("ready\n");
+    fflush(stdout);
+    outer();
+    return 0;
+}
+"#,
+        &["-O0", "-g", "-fno-omit-frame-pointer"],
+    );
+    let t = Target::start(&mut Command::new(&exe));
+    let r = stack_json(t.pid(), &["--mode", "hybrid"]);
+    let n = names(&r["threads"][0]);
+    assert_eq!(
+        n[..5],
+        ["bare_leaf", "bare_mid", "with_cfi", "outer", "main"],
+        "{n:?}"
+    );
+}

@@ -795,6 +795,10 @@ pub fn transitions_for<'a>(
     (trampolines, table, names, system_switches)
 }
 
+/// Most callers without CFI found by their direct call above a leaf without CFI
+/// ([`Walks::thread_as`]) before the walk goes on by its usual steps.
+const MAX_CALLERS_BY_CALL: usize = 16;
+
 /// Go's amd64 functions that call the vDSO on g0's stack, keeping their frame record.
 const GO_VDSO_CALLS: [&str; 4] = [
     "runtime.nanotime1.abi0",
@@ -2017,19 +2021,61 @@ impl<'a> Walks<'a> {
                 let Some(sp) = ra_at.checked_add(8) else {
                     return self.walk_as::<A>(Start::exact(regs), &mut mem, buf);
                 };
-                let caller = crate::arch::Regs {
+                let mut caller = crate::arch::Regs {
                     pc: ra,
                     sp,
                     fp: regs.fp,
                     lr: 0,
                 };
+                // Hybrid: a caller without CFI either (musl's `pause` under its
+                // `__syscall_cp_c`, both without CFI or frame records, in a static musl
+                // program) would take the frame record step, which skips its own caller (the
+                // record is that caller's): found by outside use in the twenty-fifth round.
+                // Its return address is found the same way, as long as such callers go on.
+                let mut n = 1;
+                while self.mode == Mode::Hybrid
+                    && A::KIND == ArchKind::X86_64
+                    && n + 1 < buf.len()
+                    && n < MAX_CALLERS_BY_CALL
+                {
+                    let at = caller.pc.wrapping_sub(1);
+                    let has_cfi = self.cfi.rule(at).is_some_and(|r| {
+                        r.flags() & (crate::dwarf::CfiRow::GAP | crate::dwarf::CfiRow::UNSUPPORTED)
+                            == 0
+                    });
+                    if has_cfi {
+                        break;
+                    }
+                    let probe = crate::arch::Regs { pc: at, ..caller };
+                    let Some((ra_at, ra)) = self.leaf_return_address_by_call(&probe, &mut mem)
+                    else {
+                        break;
+                    };
+                    let Some(sp) = ra_at.checked_add(8) else {
+                        break;
+                    };
+                    buf[n] = Frame {
+                        pc: caller.pc,
+                        stack: 0,
+                        via: crate::frame::Via::Regs,
+                        flags: 0,
+                        transition: 0,
+                    };
+                    n += 1;
+                    caller = crate::arch::Regs {
+                        pc: ra,
+                        sp,
+                        fp: caller.fp,
+                        lr: 0,
+                    };
+                }
                 let start = Start {
                     regs: caller,
                     pc_is_return_address: true,
                 };
-                let mut trace = self.walk_as::<A>(start, &mut mem, &mut buf[1..]);
-                buf[1].via = crate::frame::Via::Regs;
-                trace.len += 1;
+                let mut trace = self.walk_as::<A>(start, &mut mem, &mut buf[n..]);
+                buf[n].via = crate::frame::Via::Regs;
+                trace.len += n;
                 return trace;
             }
         }
