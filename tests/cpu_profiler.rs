@@ -846,6 +846,85 @@ fn the_profilers_own_threads_are_not_sampled() {
     assert!(mine >= 40, "{me}: {names:?}");
 }
 
+/// An `ITIMER_PROF` the program arms while a process-timer profile runs is left armed at
+/// stop: stop gave back the timer saved at the start (none), disarming the program's (found by
+/// outside use in the twenty-fifth round).
+#[test]
+fn a_process_timer_the_program_arms_meanwhile_is_left_armed() {
+    let _s = serial();
+    let _w = Watchdog::new("own itimer", 120);
+    unwind::init();
+    let p = CpuProfiler::start(Config {
+        timer: TimerMode::Process,
+        ..Config::default()
+    })
+    .unwrap();
+    spin(Duration::from_millis(30), 3);
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 7000,
+    };
+    let mine = libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    };
+    // SAFETY: valid itimervals.
+    assert_eq!(
+        unsafe { libc::setitimer(libc::ITIMER_PROF, &mine, std::ptr::null_mut()) },
+        0
+    );
+    spin(Duration::from_millis(30), 4);
+    let _ = p.stop();
+    // SAFETY: itimerval is plain data; getitimer fills it.
+    let mut now: libc::itimerval = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getitimer(libc::ITIMER_PROF, &mut now) };
+    // SAFETY: all zeroes: a disarmed timer.
+    let off: libc::itimerval = unsafe { std::mem::zeroed() };
+    // SAFETY: disarms it again (SIGPROF is ignored after stop meanwhile).
+    unsafe { libc::setitimer(libc::ITIMER_PROF, &off, std::ptr::null_mut()) };
+    assert_eq!(
+        (now.it_interval.tv_sec, now.it_interval.tv_usec),
+        (0, 7000),
+        "the program's timer was disarmed"
+    );
+}
+
+static FOREIGN_TICKS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn count_sigprof(_: libc::c_int) {
+    FOREIGN_TICKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A SIGPROF handler the program installs after the start takes the profiler's signals: the
+/// profile says why it is short (it was empty, and the warning blamed short-lived threads:
+/// found by outside use in the twenty-fifth round).
+#[test]
+fn a_sigprof_handler_installed_after_the_start_is_said() {
+    let _s = serial();
+    let _w = Watchdog::new("own handler", 120);
+    unwind::init();
+    let p = CpuProfiler::start(Config::default()).unwrap();
+    // SAFETY: a handler that only bumps an atomic (async-signal-safe); plain sigaction data.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = count_sigprof as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()), 0);
+    }
+    spin(Duration::from_millis(300), 5);
+    let prof = p.stop();
+    // SAFETY: SIG_IGN: a timer signal still pending is dropped.
+    unsafe { libc::signal(libc::SIGPROF, libc::SIG_IGN) };
+    assert!(FOREIGN_TICKS.load(Ordering::Relaxed) > 0);
+    assert!(prof.stats.handler_replaced, "{:?}", prof.stats);
+    let w = prof.warnings();
+    assert!(
+        w.len() == 1 && w[0].contains("installed its own SIGPROF handler"),
+        "{w:?}"
+    );
+}
+
 /// The profilers' own threads block every signal: a signal sent to the process goes to one of
 /// the program's threads. They blocked none (their mask was the starting thread's), so the
 /// kernel could hand them a process-directed signal the program's threads had blocked: a

@@ -241,6 +241,10 @@ pub struct Stats {
     /// [`Clock::ThreadCpu`], [`Threads::All`]): threads that live shorter than the collector's
     /// scan get none (see [`CpuProfile::warnings`]).
     pub per_thread_cpu_timers: bool,
+    /// At stop, SIGPROF's handler was no longer the profiler's: the program installed its own
+    /// while the profiler ran, which then got the profiler's timer signals (the samples after
+    /// that are missing). Said by [`CpuProfile::warnings`].
+    pub handler_replaced: bool,
 }
 
 /// CPU time the process has used (`getrusage(RUSAGE_SELF)`: user and system, every thread).
@@ -1063,9 +1067,20 @@ fn take_itimer(p: Duration) -> Result<(), Error> {
     Ok(())
 }
 
-/// Disarms the process timer at stop, or gives the program back the timer it had.
-fn give_back_itimer() {
+/// Disarms the process timer at stop, or gives the program back the timer it had; unless
+/// the program armed `ITIMER_PROF` itself since the start (its interval is no longer the
+/// profile's `p`): then that one is left as it is (stop disarmed a timer the program set
+/// after the start, found by outside use in the twenty-fifth round).
+fn give_back_itimer(p: Duration) {
     let prev = PREV_ITIMER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let mut cur = every(Duration::ZERO);
+    // SAFETY: a valid pointer to an itimerval.
+    if unsafe { libc::getitimer(libc::ITIMER_PROF, &mut cur) } == 0 {
+        let ours = every(p).it_interval;
+        if (cur.it_interval.tv_sec, cur.it_interval.tv_usec) != (ours.tv_sec, ours.tv_usec) {
+            return;
+        }
+    }
     let _ = set_itimer(prev.unwrap_or(every(Duration::ZERO)));
 }
 
@@ -1106,6 +1121,8 @@ pub struct CpuProfiler {
     unloads_at_start: u32,
     /// The process's CPU time at the start ([`Stats::process_cpu`]).
     cpu_at_start: Duration,
+    /// Found at stop: the program had replaced the SIGPROF handler ([`Stats::handler_replaced`]).
+    handler_replaced: bool,
 }
 
 impl CpuProfiler {
@@ -1282,6 +1299,7 @@ impl CpuProfiler {
             pid: std::process::id(),
             unloads_at_start,
             cpu_at_start,
+            handler_replaced: false,
         };
         if let Err(e) = armed {
             p.halt();
@@ -1323,6 +1341,7 @@ impl CpuProfiler {
             on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
             unloaded: crate::module_watch::unloads().wrapping_sub(self.unloads_at_start),
             process_cpu: process_cpu_time().saturating_sub(self.cpu_at_start),
+            handler_replaced: self.handler_replaced,
             ..build
         }
     }
@@ -1419,7 +1438,7 @@ impl CpuProfiler {
         {
             let mut reg = registry();
             if self.config.timer == TimerMode::Process {
-                give_back_itimer();
+                give_back_itimer(period(&self.config));
             }
             for t in reg.threads.iter_mut() {
                 if let Some(id) = t.timer.take() {
@@ -1436,7 +1455,7 @@ impl CpuProfiler {
         }
         // Give SIGPROF back to whoever had it (never to the default action: a timer signal
         // still pending would kill the process).
-        super::sigprof::restore(handler_address());
+        self.handler_replaced = !super::sigprof::restore(handler_address());
         super::sigprof::PROCESS_TIMER.store(false, Ordering::SeqCst);
         self.shared.stop.store(true, Ordering::Release);
         if let Some(c) = self.collector.take() {
@@ -1517,6 +1536,18 @@ impl CpuProfile {
                  nothing in the child (whose profile this is: empty); start a profiler in the \
                  child to profile it"
             ));
+            return w;
+        }
+        if self.stats.handler_replaced {
+            // Found by outside use in the twenty-fifth round: an empty profile, and a warning
+            // that blamed short-lived threads.
+            w.push(
+                "the program installed its own SIGPROF handler while the profiler ran: the \
+                 profiler's timer signals went to it from then on, and their samples are \
+                 missing; install it before CpuProfiler::start (the profiler passes on the \
+                 signals that are not its own)"
+                    .to_string(),
+            );
             return w;
         }
         // Timers of thread CPU time tick at the kernel's HZ (100 at least): a period under

@@ -51,19 +51,21 @@ pub(super) fn install(ours: usize, flags: libc::c_int) -> Result<(), i32> {
 }
 
 /// Puts back the handler [`install`] replaced (`SIG_IGN` for `SIG_DFL`), if ours is still the
-/// installed one. Not async-signal-safe.
-pub(super) fn restore(ours: usize) {
-    if !SAVED.load(Ordering::SeqCst) {
-        return;
-    }
+/// installed one. False when it is not (the program installed its own since). Not
+/// async-signal-safe.
+pub(super) fn restore(ours: usize) -> bool {
     // SAFETY: reads the current action, then installs the saved one (a handler the program had
     // installed, or SIG_IGN); sigaction structs are plain data.
     unsafe {
         let mut cur: libc::sigaction = core::mem::zeroed();
-        if libc::sigaction(libc::SIGPROF, core::ptr::null(), &mut cur) != 0
-            || cur.sa_sigaction != ours
-        {
-            return;
+        if libc::sigaction(libc::SIGPROF, core::ptr::null(), &mut cur) != 0 {
+            return true;
+        }
+        if cur.sa_sigaction != ours {
+            return false;
+        }
+        if !SAVED.load(Ordering::SeqCst) {
+            return true;
         }
         let mut sa: libc::sigaction = core::mem::zeroed();
         let prev = PREV_ACTION.load(Ordering::SeqCst);
@@ -78,6 +80,7 @@ pub(super) fn restore(ours: usize) {
             SAVED.store(false, Ordering::SeqCst);
         }
     }
+    true
 }
 
 /// Is this SIGPROF one of ours? Our per-thread timers' signals always are (one that arrives
