@@ -2450,3 +2450,113 @@ int main(void) {
         "{n:?}"
     );
 }
+
+/// A library without a build id, replaced after the crash by a build with the same headers
+/// and its two functions' places swapped: the core's copy of the file's first page (the
+/// kernel dumps it) differs from the file's, so the file is not used (its symbols would name
+/// `alpha`'s frame `beta`, as gdb and eu-stack do: found by outside use in the twenty-fifth
+/// round); the frame is named from the core's memory instead, with a warning.
+#[test]
+fn a_replaced_library_without_a_build_id_is_told_by_its_first_page() {
+    if !need("gcc", "--version") {
+        return;
+    }
+    let dir = TempDir::new("swapped");
+    let lib = |first: &str, second: &str| {
+        format!(
+            "#include <stdio.h>\n\
+             void {first}(void (*cb)(void)) {{ cb(); puts(\"{first}\"); }}\n\
+             void {second}(void (*cb)(void)) {{ cb(); puts(\"{second}\"); }}\n"
+        )
+    };
+    for (name, src) in [
+        ("v1", lib("func_alpha", "func_beta")),
+        ("v2", lib("func_beta", "func_alpha")),
+    ] {
+        std::fs::write(dir.0.join(format!("{name}.c")), src).unwrap();
+        let st = Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O0", "-fno-omit-frame-pointer"])
+            .args(["-Wl,--build-id=none", "-o"])
+            .arg(format!("lib{name}.so"))
+            .arg(format!("{name}.c"))
+            .current_dir(&dir.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    std::fs::copy(dir.0.join("libv1.so"), dir.0.join("libswap.so")).unwrap();
+    std::fs::write(
+        dir.0.join("main.c"),
+        r#"
+#include <stdio.h>
+#include <unistd.h>
+void func_alpha(void (*cb)(void));
+__attribute__((noinline)) static void park(void) {
+    printf("ready\n"); fflush(stdout);
+    for (unsigned long n = 1;; n++) { usleep(10000); printf("%lu\n", n); fflush(stdout); }
+}
+int main(void) { func_alpha(park); return 0; }
+"#,
+    )
+    .unwrap();
+    let st = Command::new("gcc")
+        .args(["-O0", "-fno-omit-frame-pointer", "-o", "main", "main.c"])
+        .args(["-L.", "-lswap", "-Wl,-rpath,$ORIGIN"])
+        .current_dir(&dir.0)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut cmd = Command::new(dir.0.join("main"));
+    cmd.current_dir(&dir.0);
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: libc::RLIM_INFINITY,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &lim);
+                Ok(())
+            });
+        }
+    }
+    let mut t = Target::start(&mut cmd);
+    let pid = t.pid();
+    // SAFETY: kill takes integers; `pid` is the target, running.
+    unsafe { libc::kill(pid as i32, libc::SIGABRT) };
+    let _ = t.child.wait();
+    // The "upgrade", after the crash: same path, same headers, the functions swapped.
+    std::fs::copy(dir.0.join("libv2.so"), dir.0.join("libswap.so")).unwrap();
+    let core = [format!("core.{pid}"), "core".to_string()]
+        .iter()
+        .map(|n| dir.0.join(n))
+        .find(|p| p.exists());
+    let Some(core) = core else {
+        assert!(std::env::var_os("CI").is_none(), "no core written");
+        return;
+    };
+    let out = Command::new(BIN)
+        .args(["stack", "--format", "json", "--core"])
+        .arg(&core)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = names(&r["threads"][0]);
+    assert!(
+        !n.iter().any(|s| s == "func_beta"),
+        "the new file's names: {n:?}"
+    );
+    assert!(has_run(&n, &["func_alpha", "main"]), "{n:?}");
+    let w = r["warnings"].to_string();
+    assert!(
+        w.contains("libswap.so") && w.contains("differs at byte"),
+        "{w}"
+    );
+}

@@ -502,6 +502,18 @@ impl Core {
             .get(s.file_lo + off as usize..s.file_lo + end as usize)
     }
 
+    /// Was the memory at `addr` writable (its core segment's flags)? `None` for a live
+    /// process's or memory in no segment.
+    pub fn writable(&self, addr: u64) -> Option<bool> {
+        if self.backing.is_some() {
+            return None;
+        }
+        self.segments
+            .iter()
+            .find(|s| s.vaddr <= addr && addr - s.vaddr < s.memsz)
+            .map(|s| s.flags & elf::PF_W.0 != 0)
+    }
+
     /// An auxiliary-vector entry (`AT_*`).
     pub fn aux(&self, key: u64) -> Option<u64> {
         self.auxv.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
