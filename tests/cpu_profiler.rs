@@ -925,6 +925,41 @@ fn a_sigprof_handler_installed_after_the_start_is_said() {
     );
 }
 
+#[inline(never)]
+fn blocked_worker(budget: Duration) -> u64 {
+    spin(budget, 77)
+}
+
+/// A thread that blocks SIGPROF (as a library's helper threads block every signal) gets no
+/// samples: the profile says so, not that threads lived too briefly (found by outside use in
+/// the twenty-fifth round: it blamed short-lived threads and pointed at the process timer).
+#[test]
+fn a_thread_that_blocks_sigprof_is_said() {
+    let _s = serial();
+    let _w = Watchdog::new("blocked sigprof", 120);
+    unwind::init();
+    let p = CpuProfiler::start(Config::default()).unwrap();
+    let h = std::thread::spawn(|| {
+        // SAFETY: a full set, this new thread's own mask.
+        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
+        black_box(blocked_worker(Duration::from_millis(400)))
+    });
+    black_box(h.join().unwrap());
+    let prof = p.stop();
+    assert_eq!(prof.stats.sigprof_blocked, 1, "{:?}", prof.stats);
+    assert_eq!(samples_in(&prof.stacks, "blocked_worker"), 0);
+    let w = prof.warnings();
+    assert!(
+        w.len() == 1 && w[0].starts_with("1 threads blocked SIGPROF"),
+        "{w:?}"
+    );
+}
+
 /// The profilers' own threads block every signal: a signal sent to the process goes to one of
 /// the program's threads. They blocked none (their mask was the starting thread's), so the
 /// kernel could hand them a process-directed signal the program's threads had blocked: a

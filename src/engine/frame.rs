@@ -180,7 +180,10 @@ pub enum StopReason {
     Misaligned,
     /// A frame pointer pointed outside every readable stack, or the memory refused a read.
     ReadFailed,
-    /// A frame pointer did not move strictly up the same stack, and no transition explained it.
+    /// The caller's frame did not lie strictly above the callee's on the same stack (a frame
+    /// pointer, or a CFI step's CFA), and no transition explained it. Named "frame not moving
+    /// up the stack" (it said "frame pointer" in Dwarf mode too, where no frame pointer is
+    /// read: found by outside use in the twenty-fifth round).
     NotMonotonic,
     /// A transition rule matched but its saved registers could not be read or made no sense.
     BadTransition,
@@ -245,7 +248,7 @@ impl StopReason {
             StopReason::MaxDepth => "max depth",
             StopReason::Misaligned => "misaligned frame pointer",
             StopReason::ReadFailed => "unreadable frame record",
-            StopReason::NotMonotonic => "frame pointer not moving up the stack",
+            StopReason::NotMonotonic => "frame not moving up the stack",
             StopReason::BadTransition => "unreadable transition",
             StopReason::NoUnwindInfo => "no unwind information",
             StopReason::TooManyTransitions => "too many transitions",

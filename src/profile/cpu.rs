@@ -245,6 +245,9 @@ pub struct Stats {
     /// while the profiler ran, which then got the profiler's timer signals (the samples after
     /// that are missing). Said by [`CpuProfile::warnings`].
     pub handler_replaced: bool,
+    /// Threads that blocked SIGPROF when the profiler gave them their timer (with
+    /// [`Threads::All`]): their CPU time has no samples. Said by [`CpuProfile::warnings`].
+    pub sigprof_blocked: u64,
 }
 
 /// CPU time the process has used (`getrusage(RUSAGE_SELF)`: user and system, every thread).
@@ -328,6 +331,8 @@ static TRUNCATED: AtomicU64 = AtomicU64::new(0);
 static OVERRUNS: AtomicU64 = AtomicU64::new(0);
 static TIMER_ERRORS: AtomicU64 = AtomicU64::new(0);
 static ON_ALT_STACK: AtomicU64 = AtomicU64::new(0);
+/// Threads that blocked SIGPROF when they got their timer ([`Stats::sigprof_blocked`]).
+static SIGPROF_BLOCKED: AtomicU64 = AtomicU64::new(0);
 /// How often the collector drains the ring at most: at 20 000 samples/s (four threads at 5 kHz)
 /// that is 200 samples per drain, well under [`RING_SLOTS`].
 const COLLECT_EVERY: Duration = Duration::from_millis(10);
@@ -582,6 +587,9 @@ pub(super) struct Registry {
     /// The process that started the running profiler (a `fork` child inherits this state
     /// without its timers or collector thread: see [`forget_inherited`]).
     running_pid: u32,
+    /// Threads that blocked SIGPROF when they got their timer, checked again at the next scan
+    /// ([`scan_threads`]).
+    sigprof_suspects: Vec<libc::pid_t>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -589,6 +597,7 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     others: crate::threads::Timers::new(),
     running: None,
     running_pid: 0,
+    sigprof_suspects: Vec::new(),
 });
 
 /// In a `fork` child: the parent's profiler state, copied with the memory, describes timers
@@ -596,6 +605,7 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 /// have, and a collector thread that does not run here. Forget it all (deleting nothing: the
 /// ids are the parent's), so that the child can start a profiler of its own.
 fn forget_inherited(reg: &mut Registry) {
+    reg.sigprof_suspects.clear();
     reg.threads.clear();
     reg.others.clear(|_| {});
     reg.running = None;
@@ -735,9 +745,32 @@ fn all_threads(cfg: &Config) -> bool {
     cfg.timer == TimerMode::PerThread && cfg.threads == Threads::All
 }
 
+/// Does thread `tid` block SIGPROF (its `SigBlk`)? Its timer's signals then wait, and the
+/// thread gets no samples (a library's helper threads block every signal; so does a thread
+/// started from one that did). One read of its `status` when it gets its timer.
+fn blocks_sigprof(tid: libc::pid_t) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (libc::SIGPROF - 1)) != 0)
+}
+
 /// Gives every thread that has no timer one, and deletes the timers of threads that ended
 /// ([`Threads::All`]). Not async-signal-safe (lists `/proc/self/task`).
 fn scan_threads(reg: &mut Registry, cfg: &Config) {
+    // Threads that blocked SIGPROF when the last scan gave them their timer: counted if they
+    // still do (glibc starts a thread with every signal blocked, for a moment).
+    let mut suspects = std::mem::take(&mut reg.sigprof_suspects);
+    for &tid in &suspects {
+        if blocks_sigprof(tid) {
+            SIGPROF_BLOCKED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    suspects.clear();
     let live = crate::threads::list();
     let registered: Vec<libc::pid_t> = reg
         .threads
@@ -750,11 +783,17 @@ fn scan_threads(reg: &mut Registry, cfg: &Config) {
         &live,
         // The profilers' own threads (this collector, the module watcher) are left out.
         |tid| registered.contains(&tid) || crate::threads::is_own(tid),
-        |tid| thread_timer(tid, cfg),
+        |tid| {
+            if blocks_sigprof(tid) {
+                suspects.push(tid);
+            }
+            thread_timer(tid, cfg)
+        },
         delete_timer,
         |t| cpu_clock && crate::threads::cpu_timer_disarmed(t),
     );
     TIMER_ERRORS.fetch_add(s.errors, Ordering::Relaxed);
+    reg.sigprof_suspects = suspects;
 }
 
 fn delete_timer(t: libc::timer_t) {
@@ -1173,6 +1212,7 @@ impl CpuProfiler {
             &OVERRUNS,
             &TIMER_ERRORS,
             &ON_ALT_STACK,
+            &SIGPROF_BLOCKED,
         ] {
             c.store(0, Ordering::Relaxed);
         }
@@ -1338,6 +1378,7 @@ impl CpuProfiler {
             overruns: OVERRUNS.load(Ordering::Relaxed),
             truncated: TRUNCATED.load(Ordering::Relaxed),
             timer_errors: TIMER_ERRORS.load(Ordering::Relaxed),
+            sigprof_blocked: SIGPROF_BLOCKED.load(Ordering::Relaxed),
             on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
             unloaded: crate::module_watch::unloads().wrapping_sub(self.unloads_at_start),
             process_cpu: process_cpu_time().saturating_sub(self.cpu_at_start),
@@ -1437,6 +1478,11 @@ impl CpuProfiler {
         }
         {
             let mut reg = registry();
+            for tid in std::mem::take(&mut reg.sigprof_suspects) {
+                if blocks_sigprof(tid) {
+                    SIGPROF_BLOCKED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             if self.config.timer == TimerMode::Process {
                 give_back_itimer(period(&self.config));
             }
@@ -1559,7 +1605,19 @@ impl CpuProfile {
         // Under three quarters: a 40% loss passed without a word at a half (found by outside
         // use). CPU-time timers fire on each period of a thread's CPU time, overruns counted,
         // so a thread sampled throughout loses less than one period.
-        if self.stats.per_thread_cpu_timers
+        if self.stats.sigprof_blocked > 0 {
+            // Found by outside use in the twenty-fifth round: a thread that blocked every
+            // signal was missing, and the warning blamed short-lived threads.
+            w.push(format!(
+                "{} threads blocked SIGPROF when the profiler found them (a library's helper \
+                 threads block every signal; threads started from one inherit its mask): their \
+                 CPU time has no samples ({} ms of the {} ms the process used are in the \
+                 profile)",
+                self.stats.sigprof_blocked,
+                sampled.as_millis(),
+                used.as_millis()
+            ));
+        } else if self.stats.per_thread_cpu_timers
             && self.clock == Clock::ThreadCpu
             && used >= period * 20
             && sampled < used / 4 * 3
