@@ -441,6 +441,13 @@ impl Core {
             })
     }
 
+    /// Opens mapping `path`'s file through `file` ([`Core::mapping_file`]): a live process's
+    /// deleted or replaced file, through `/proc/PID/map_files`, keeps the name the process
+    /// gives it.
+    pub fn set_mapping_file(&mut self, path: String, file: Vec<u8>) {
+        self.raw_paths.insert(path, file);
+    }
+
     /// A "core" whose memory is `backing` (a stopped process), plus `code`: (address, bytes)
     /// of executable memory copied ahead (the vDSO), searched for trampolines like a core's
     /// executable segments. No threads: the caller fills [`Core::threads`] or walks its own.

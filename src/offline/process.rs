@@ -211,18 +211,21 @@ fn unwind_once(
     // `mem`, `map_files` and `auxv` are empty, and a live thread's are the process's.
     let view = live_view(pid, &tasks);
     let vmas = read_maps(view).map_err(exited)?;
-    let (mappings, sysroot) = module_mappings(view, &vmas);
+    let (mappings, opened_as, sysroot) = module_mappings(view, &vmas);
     let code = code_mappings(&vmas);
     let mem = Arc::new(ProcMemory::new(view, vmas));
     let vdso = mem.vdso();
     let auxv = read_auxv(view);
-    let core = Core::with_backing(
+    let mut core = Core::with_backing(
         HOST_ARCH,
         mappings,
         auxv,
         vdso,
         Box::new(SharedMemory(mem.clone())),
     );
+    for (path, file) in opened_as {
+        core.set_mapping_file(path, file.into_bytes());
+    }
     let mut opts = opts.clone();
     opts.exe = None;
     opts.sysroot = sysroot;
@@ -629,40 +632,49 @@ fn read_auxv(pid: u32) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// The mappings whose files hold code, as the core walker wants them, each path replaced by
+/// The mappings whose files hold code, as the core walker wants them, each path paired with
 /// one that opens the very file mapped (same device and inode as `/proc/PID/maps` says):
 /// `/proc/PID/maps` names files as seen from *our* root, or, for mounts we cannot see (another
 /// mount namespace: a container), from the process's own, so the path is tried as it is and
 /// under `/proc/PID/root`. A deleted file, or one found under neither, is opened through
-/// `/proc/PID/map_files/LO-HI` (the mapping with the lowest offset), which then is also its
-/// name. No sysroot is needed after this.
-fn module_mappings(pid: u32, vmas: &[Vma]) -> (Vec<Mapping>, Option<std::path::PathBuf>) {
+/// `/proc/PID/map_files/LO-HI` (the mapping with the lowest offset). Each keeps the
+/// process's path as its name; the paths that open them where they differ are returned
+/// beside (for [`Core::set_mapping_file`]). No sysroot is needed after this.
+fn module_mappings(
+    pid: u32,
+    vmas: &[Vma],
+) -> (
+    Vec<Mapping>,
+    Vec<(String, String)>,
+    Option<std::path::PathBuf>,
+) {
     let code_paths: Vec<&str> = vmas
         .iter()
         .filter(|v| v.exec && v.path.starts_with('/'))
         .map(|v| v.path.as_str())
         .collect();
+    // (the process's path, the path that opens its file) where they differ.
     let mut resolved: Vec<(String, String)> = Vec::new();
     let mut out = Vec::new();
     for v in vmas {
         if !code_paths.contains(&v.path.as_str()) {
             continue;
         }
-        let path = match resolved.iter().find(|(p, _)| *p == v.path) {
-            Some((_, r)) => r.clone(),
-            None => {
-                let r = resolve_mapped(pid, vmas, v);
-                resolved.push((v.path.clone(), r.clone()));
-                r
-            }
-        };
+        if !resolved.iter().any(|(p, _)| *p == v.path) {
+            resolved.push((v.path.clone(), resolve_mapped(pid, vmas, v)));
+        }
+        // Named as the process names it (`/app/bin (deleted)`, a container's path), as
+        // eu-stack and gdb name it: the `/proc/PID/map_files/LO-HI` or `/proc/PID/root/...`
+        // path that opens it means nothing once the process is gone (found by outside use in
+        // the twenty-fifth round).
         out.push(Mapping {
             range: v.range,
             offset: v.offset,
-            path,
+            path: v.path.clone(),
         });
     }
-    (out, None)
+    resolved.retain(|(p, r)| p != r);
+    (out, resolved, None)
 }
 
 /// A path that opens the file mapped at `v` (see [`module_mappings`]).
