@@ -1527,20 +1527,25 @@ garbage
                 .read
         );
         assert_eq!(exe[1].file_id, (8, 1, 1234));
-        let (maps, _) = module_mappings(std::process::id(), &v);
-        // Both mappings of the executable (the r-- one places it), the deleted file through
-        // map_files; no anonymous memory, no vDSO.
+        let (maps, opened_as, _) = module_mappings(std::process::id(), &v);
+        // Both mappings of the executable (the r-- one places it), the deleted file, named as
+        // the process names it and opened through map_files; no anonymous memory, no vDSO.
         assert_eq!(maps.len(), 3);
         assert_eq!(maps[0].path, "/usr/bin/my prog"); // found nowhere: kept as it is
-        assert!(maps[2]
-            .path
-            .ends_with("/map_files/7f2000000000-7f2000001000"));
+        let deleted = &maps[2].path;
+        assert!(deleted.ends_with(" (deleted)"), "{deleted}");
+        let through = opened_as.iter().find(|(p, _)| p == deleted).unwrap();
+        assert!(through.1.ends_with("/map_files/7f2000000000-7f2000001000"));
         // This process's own maps: every code file resolves to a path with its inode.
         let mine = read_maps(std::process::id()).unwrap();
-        let (maps, _) = module_mappings(std::process::id(), &mine);
+        let (maps, opened_as, _) = module_mappings(std::process::id(), &mine);
         assert!(maps.iter().any(|m| m.path.contains("libc.so")));
         for m in &maps {
-            assert!(std::fs::metadata(&m.path).is_ok(), "{}", m.path);
+            let file = opened_as
+                .iter()
+                .find(|(p, _)| *p == m.path)
+                .map_or(m.path.as_str(), |(_, f)| f.as_str());
+            assert!(std::fs::metadata(file).is_ok(), "{}", m.path);
         }
     }
 
