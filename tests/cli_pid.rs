@@ -2561,3 +2561,116 @@ int main(void) { func_alpha(park); return 0; }
         "{w}"
     );
 }
+
+/// A Go program (Go's own linker: no `.dynsym`, no `.eh_frame`) deleted after it started, then
+/// dumped by gdb's `gcore`, which holds its whole image: its `.gopclntab` is found in the
+/// core's memory (no program header points at it) and names and walks its frames, as the file
+/// would (found by outside use in the twenty-fifth round: a Go binary replaced on disk since
+/// the core had every frame unnamed and its walks cut).
+#[test]
+fn a_deleted_go_binary_is_named_from_a_gcore_core_s_memory() {
+    if !need("go", "version") || !need("gdb", "--version") {
+        return;
+    }
+    let dir = TempDir::new("go-gone");
+    std::fs::write(
+        dir.0.join("main.go"),
+        r#"package main
+
+import (
+	"fmt"
+	"time"
+)
+
+//go:noinline
+func spin(n int) int {
+	for {
+		n = n*31 + 7
+		if n == 42 {
+			return n
+		}
+	}
+}
+
+func main() {
+	go spin(1)
+	fmt.Println("ready")
+	for i := 1; ; i++ {
+		time.Sleep(10 * time.Millisecond)
+		fmt.Println(i)
+	}
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.0.join("gone");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg("main.go")
+        .current_dir(&dir.0)
+        .env("CGO_ENABLED", "0")
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", dir.0.join("cache"))
+        .env("GOPATH", dir.0.join("gopath"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Target::start(&mut Command::new(&exe));
+    std::fs::remove_file(&exe).unwrap();
+    let g = Command::new("gcore")
+        .arg("-o")
+        .arg(dir.0.join("core"))
+        .arg(t.pid().to_string())
+        .output()
+        .unwrap();
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let core = dir.0.join(format!("core.{}", t.pid()));
+    drop(t);
+    let out = run(&[
+        "stack".into(),
+        "--format".into(),
+        "json".into(),
+        "--core".into(),
+        core.display().to_string(),
+    ]);
+    let _ = std::fs::remove_file(&core);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let spinning = v["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| names(t).iter().any(|n| n == "main.spin"))
+        .unwrap_or_else(|| panic!("no thread in main.spin: {v}"));
+    // (Go 1.19 wraps the `go` statement's call in `main.main.func1`.)
+    let n = names(spinning);
+    assert!(
+        n[0] == "main.spin" && n.last().is_some_and(|l| l == "runtime.goexit"),
+        "{spinning}"
+    );
+    assert_eq!(spinning["truncated"], false, "{spinning}");
+    assert!(
+        spinning["frames"][0]["module"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("gone (deleted)")),
+        "{spinning}"
+    );
+    // The runtime's threads are walked by the table's CFI too.
+    assert!(
+        v["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| names(t).iter().any(|n| n == "runtime.mstart")),
+        "{v}"
+    );
+}

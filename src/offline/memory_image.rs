@@ -129,7 +129,42 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
         let strs = at(strtab, strsz)?;
         Some((symtab, syms, strtab, strs))
     })();
-    if cfi.is_none() && dynamic.is_none() {
+    // A Go binary's `.gopclntab` (names, CFI and lines of every Go function: Go's own linker
+    // writes no `.dynsym` or `.eh_frame` for a static binary): no program header finds it, so
+    // the read-only segments are searched for its header (pointer-aligned: the magic, two
+    // zero bytes, the pc quantum, the pointer size), the first that parses taken, to the
+    // segment's end (found by outside use in the twenty-fifth round: a Go binary replaced on
+    // disk since a gcore that held it whole had every frame unnamed).
+    let gopclntab = (|| {
+        let is_go = notes_have_go_build_id(core, bias, phdrs, e);
+        if !is_go {
+            return None;
+        }
+        for p in loads().filter(|p| p.p_flags(e).0 & object::elf::PF_X.0 == 0) {
+            let len = p.p_filesz(e).min(1 << 28);
+            let Some(seg) = at(p.p_vaddr(e), len) else {
+                continue;
+            };
+            let skew = ((8 - p.p_vaddr(e) % 8) % 8) as usize;
+            let found = (skew..seg.len().saturating_sub(8)).step_by(8).find(|&i| {
+                matches!(
+                    seg[i..i + 8],
+                    [0xf0 | 0xf1, 0xff, 0xff, 0xff, 0, 0, 1 | 2 | 4, 8]
+                ) && crate::cfi::gopclntab::Table::parse(&seg[i..]).is_some()
+            });
+            if let Some(i) = found {
+                let mut tab = seg[i..].to_vec();
+                // `textStart` (at 24) holds the run-time address once loaded; the image is at
+                // link-time addresses.
+                if let Some(t) = u64_at(&tab, 24).filter(|&t| t != 0 && bias != 0) {
+                    tab[24..32].copy_from_slice(&t.wrapping_sub(bias).to_le_bytes());
+                }
+                return Some((p.p_vaddr(e).wrapping_add(i as u64), tab));
+            }
+        }
+        None
+    })();
+    if cfi.is_none() && dynamic.is_none() && gopclntab.is_none() {
         return None;
     }
     // The notes (in the first page, which every core keeps): the GNU build id finds the
@@ -211,6 +246,9 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
         );
         add(&mut out, ".eh_frame", SHT_PROGBITS, eh_vaddr, eh, 0, 0, 8);
     }
+    if let Some((vaddr, tab)) = &gopclntab {
+        add(&mut out, ".gopclntab", SHT_PROGBITS, *vaddr, tab, 0, 0, 8);
+    }
     const SHT_NOTE: u32 = 7;
     for (vaddr, bytes, align) in notes {
         add(&mut out, ".note", SHT_NOTE, vaddr, bytes, 0, 0, align);
@@ -272,4 +310,33 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     out[60..62].copy_from_slice(&(shstrndx + 1).to_le_bytes()); // e_shnum
     out[62..64].copy_from_slice(&shstrndx.to_le_bytes());
     Some((out, base))
+}
+
+/// Does the module at `bias` carry Go's build id note (`.note.go.buildid`: name "Go", type 4)
+/// in a `PT_NOTE` segment the core holds?
+fn notes_have_go_build_id(
+    core: &Core,
+    bias: u64,
+    phdrs: &[object::elf::ProgramHeader64<object::LittleEndian>],
+    e: object::LittleEndian,
+) -> bool {
+    use object::read::elf::ProgramHeader;
+    phdrs
+        .iter()
+        .filter(|p| p.p_type(e) == object::elf::PT_NOTE)
+        .filter_map(|p| core.bytes_at(p.p_vaddr(e).wrapping_add(bias), p.p_filesz(e).min(1 << 12)))
+        .any(|n| {
+            let mut at = 0usize;
+            while let (Some(namesz), Some(descsz), Some(ty)) =
+                (u32_at(n, at), u32_at(n, at + 4), u32_at(n, at + 8))
+            {
+                let name = n.get(at + 12..at + 12 + namesz as usize);
+                if ty == 4 && name.is_some_and(|b| b.starts_with(b"Go\0")) {
+                    return true;
+                }
+                let pad = |x: u32| (x as usize).div_ceil(4) * 4;
+                at += 12 + pad(namesz) + pad(descsz);
+            }
+            false
+        })
 }
