@@ -35,7 +35,8 @@ pub(crate) fn add_from_memory(core: &Core, s: &mut Symbolizer) {
 /// An ELF image of the module mapped from `path`, made from the core's memory: gdb's `gcore`
 /// dumps a deleted file's mappings whole, so the module's dynamic symbols (`.dynsym`, `.dynstr`, found
 /// through `PT_DYNAMIC`) and its CFI (`.eh_frame_hdr` through `PT_GNU_EH_FRAME`, and
-/// `.eh_frame`) are there; a kernel core keeps only a file mapping's first page (`None` then).
+/// `.eh_frame`) are there, and a Go binary's `.gopclntab` (searched for in its read-only
+/// segments); a kernel core keeps only a file mapping's first page (`None` then).
 /// The image holds those sections at their link-time addresses, and the file's `PT_LOAD`
 /// headers, which place it: it reads as any ELF file. With its runtime base address. `None`
 /// also where the bytes do not read as a 64-bit little-endian ELF module's.
