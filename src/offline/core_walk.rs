@@ -1911,8 +1911,11 @@ impl crate::memory::Memory for WithCode<'_> {
     fn stack_range(&mut self, addr: u64) -> Option<Range> {
         self.core.stack_range(addr)
     }
+    /// A module's code from its file first (already mapped: no read of a stopped process's
+    /// memory, which is the same file's bytes, a debugger's breakpoints aside), else the
+    /// core's or the process's memory (JIT code, a module no file stands in for).
     fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
-        self.core.read_code(addr, out) || self.symbols.read_code(addr, out)
+        self.symbols.read_code(addr, out) || self.core.read_code(addr, out)
     }
     fn is_code(&mut self, addr: u64) -> Option<bool> {
         self.core
@@ -1984,6 +1987,12 @@ impl<'a> Walks<'a> {
     ) -> Option<(u64, u64)> {
         const SCAN: u64 = 2048;
         let start = self.symbols.function_start(regs.pc)?;
+        // A direct call (`call rel32`) reaches no further than its own module: a word outside
+        // the leaf's module is no such return address, and its bytes are not read (in FP mode
+        // every thread's scan read the memory its stack words point at, 16 KiB at a time, heap
+        // and shared file mappings among it, while the threads were stopped: found by outside
+        // use in the twenty-fifth round).
+        let module = self.symbols.module_of(regs.pc)?.range;
         let limit = regs.sp.checked_add(SCAN)?;
         // A frame pointer at sp is the leaf's own record (pushed, no locals): nothing to scan.
         let end = if regs.fp >= regs.sp {
@@ -1993,7 +2002,10 @@ impl<'a> Walks<'a> {
         };
         let mut at = regs.sp;
         while at < end {
-            if let Some(ra) = mem.read_u64(at).filter(|&ra| ra > 5) {
+            if let Some(ra) = mem
+                .read_u64(at)
+                .filter(|&ra| ra > 5 && module.contains(ra - 5))
+            {
                 let mut call = [0u8; 5];
                 if mem.read_code(ra - 5, &mut call) && call[0] == 0xe8 {
                     let rel = i32::from_le_bytes([call[1], call[2], call[3], call[4]]);
