@@ -95,6 +95,12 @@ pub const RUST_ALLOC: &[&str] = &[
     "<hashbrown::",
     "std::collections::",
     "<std::collections::",
+    "std::path::",
+    "<std::path::",
+    "std::ffi::",
+    "<std::ffi::",
+    "std::sys::os_str::",
+    "<std::sys::os_str::",
 ];
 
 /// Substrings that mark allocation plumbing in trait impls on other types

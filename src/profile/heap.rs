@@ -2160,12 +2160,19 @@ fn impl_type_is_std(name: &str) -> bool {
 /// names without their path (`debug = "line-tables-only"`: `push_mut<u8, Global>`), in files
 /// such as `/rustc/HASH/library/alloc/src/vec/mod.rs`.
 pub fn is_runtime_source(file: &str) -> bool {
-    const DIRS: [&str; 5] = [
+    const DIRS: [&str; 9] = [
         "/library/alloc/",
         "/library/core/src/alloc/",
         "/library/core/src/iter/",
         "/library/std/src/alloc",
         "/library/std/src/collections/",
+        // Paths and OS strings (`PathBuf::push`, `Path::join`, `OsStr::to_owned`): found by
+        // outside use in the twenty-fifth round at the head of a path-heavy program's
+        // profile, in place of the function that joined the paths.
+        "/library/std/src/path.rs",
+        "/library/std/src/ffi/",
+        "/library/std/src/sys/os_str/",
+        "/library/std/src/sys_common/wtf8",
     ];
     // This file: the [`Sampling`] wrapper's methods, inlined into the allocator shims.
     const THIS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/profile/heap.rs");
@@ -2875,6 +2882,20 @@ pub(super) mod tests {
             "<unwind::profile::heap::Sampling<A> as core::alloc::global::GlobalAlloc>::alloc"
         ));
         assert!(!is_runtime_name("myapp::alloc_here"));
+        // Paths and OS strings allocate for their caller.
+        for std_path in [
+            "<std::sys::os_str::bytes::Slice>::to_owned",
+            "<std::sys::os_str::bytes::Buf>::push_slice",
+            "std::path::Path::_join",
+            "<std::path::PathBuf>::_push",
+            "<std::ffi::os_str::OsString>::push",
+        ] {
+            assert!(is_runtime_name(std_path), "{std_path}");
+        }
+        assert!(is_runtime_source("/rustc/abc/library/std/src/path.rs"));
+        assert!(is_runtime_source(
+            "/rustc/abc/library/std/src/sys/os_str/bytes.rs"
+        ));
         // Impls on the standard library's types, on primitives, slices, references and generic
         // parameters are plumbing; the program's own impls are not.
         for std_impl in [
