@@ -169,6 +169,57 @@ fn stack_json(pid: u32, extra: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("valid JSON")
 }
 
+/// `unwind stack --format json --core CORE`, which must succeed.
+fn core_json(core: &Path) -> Value {
+    let out = Command::new(BIN)
+        .args(["stack", "--format", "json", "--core"])
+        .arg(core)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+/// `cmd` runs in `dir` with no limit on its core's size (aborted by [`abort_for_core`]).
+fn writing_cores(mut cmd: Command, dir: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    cmd.current_dir(dir);
+    // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &lim);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Aborts `t` (started by [`writing_cores`] in `dir`) and returns its kernel core; `None`
+/// where core_pattern wrote none there (a failure under CI).
+fn abort_for_core(t: &mut Target, dir: &Path) -> Option<PathBuf> {
+    let pid = t.pid();
+    // SAFETY: kill takes integers; `pid` is the target, running.
+    unsafe { libc::kill(pid as i32, libc::SIGABRT) };
+    let _ = t.child.wait();
+    let core = [format!("core.{pid}"), "core".to_string()]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.exists());
+    assert!(
+        core.is_some() || std::env::var_os("CI").is_none(),
+        "no core written"
+    );
+    core
+}
+
 fn names(t: &Value) -> Vec<String> {
     t["frames"]
         .as_array()
@@ -2230,17 +2281,7 @@ int main(int argc, char **argv) {
             );
             continue;
         };
-        let out = Command::new(BIN)
-            .args(["stack", "--format", "json", "--core"])
-            .arg(&core)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = core_json(&core);
         check(&v["threads"][0], &format!("{name} core"), false);
     }
 }
@@ -2306,24 +2347,7 @@ int main(void) {
 "#,
         &["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-ldl"],
     );
-    let mut cmd = Command::new(&exe);
-    cmd.current_dir(&dir.0);
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setrlimit is async-signal-safe, as pre_exec requires; it writes a core
-        // when the test aborts the target.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: libc::RLIM_INFINITY,
-                    rlim_max: libc::RLIM_INFINITY,
-                };
-                libc::setrlimit(libc::RLIMIT_CORE, &lim);
-                Ok(())
-            });
-        }
-    }
-    let mut t = Target::start(&mut cmd);
+    let mut t = Target::start(&mut writing_cores(Command::new(&exe), &dir.0));
     let in_plug = |r: &Value, v: &str| -> usize {
         r["threads"]
             .as_array()
@@ -2350,29 +2374,10 @@ int main(void) {
         t.assert_untouched();
     }
     // A core: v1's file is gone (its path holds v2), v2's copies are on disk.
-    let pid = t.pid();
-    // SAFETY: kill takes integers; `pid` is the target, alive (assert_untouched).
-    unsafe { libc::kill(pid as i32, libc::SIGABRT) };
-    let _ = t.child.wait();
-    let core = [format!("core.{pid}"), "core".to_string()]
-        .iter()
-        .map(|n| dir.0.join(n))
-        .find(|p| p.exists());
-    let Some(core) = core else {
-        assert!(std::env::var_os("CI").is_none(), "no core written");
+    let Some(core) = abort_for_core(&mut t, &dir.0) else {
         return;
     };
-    let out = Command::new(BIN)
-        .args(["stack", "--format", "json", "--core"])
-        .arg(&core)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = core_json(&core);
     assert_eq!(in_plug(&r, "plug_only_v2"), 2, "{r}");
     let plug_threads = r["threads"]
         .as_array()
@@ -2507,48 +2512,14 @@ int main(void) { func_alpha(park); return 0; }
         .status()
         .unwrap();
     assert!(st.success());
-    let mut cmd = Command::new(dir.0.join("main"));
-    cmd.current_dir(&dir.0);
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: libc::RLIM_INFINITY,
-                    rlim_max: libc::RLIM_INFINITY,
-                };
-                libc::setrlimit(libc::RLIMIT_CORE, &lim);
-                Ok(())
-            });
-        }
-    }
-    let mut t = Target::start(&mut cmd);
-    let pid = t.pid();
-    // SAFETY: kill takes integers; `pid` is the target, running.
-    unsafe { libc::kill(pid as i32, libc::SIGABRT) };
-    let _ = t.child.wait();
+    let mut t = Target::start(&mut writing_cores(Command::new(dir.0.join("main")), &dir.0));
+    let core = abort_for_core(&mut t, &dir.0);
     // The "upgrade", after the crash: same path, same headers, the functions swapped.
     std::fs::copy(dir.0.join("libv2.so"), dir.0.join("libswap.so")).unwrap();
-    let core = [format!("core.{pid}"), "core".to_string()]
-        .iter()
-        .map(|n| dir.0.join(n))
-        .find(|p| p.exists());
     let Some(core) = core else {
-        assert!(std::env::var_os("CI").is_none(), "no core written");
         return;
     };
-    let out = Command::new(BIN)
-        .args(["stack", "--format", "json", "--core"])
-        .arg(&core)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = core_json(&core);
     let n = names(&r["threads"][0]);
     assert!(
         !n.iter().any(|s| s == "func_beta"),
@@ -2631,20 +2602,8 @@ func main() {
     assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
     let core = dir.0.join(format!("core.{}", t.pid()));
     drop(t);
-    let out = run(&[
-        "stack".into(),
-        "--format".into(),
-        "json".into(),
-        "--core".into(),
-        core.display().to_string(),
-    ]);
+    let v = core_json(&core);
     let _ = std::fs::remove_file(&core);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let spinning = v["threads"]
         .as_array()
         .unwrap()

@@ -515,10 +515,9 @@ impl Core {
         if self.backing.is_some() {
             return None;
         }
-        self.segments
-            .iter()
-            .find(|s| s.vaddr <= addr && addr - s.vaddr < s.memsz)
-            .map(|s| s.flags & elf::PF_W.0 != 0)
+        self.memory()
+            .segment(addr)
+            .map(|(_, s)| s.flags & elf::PF_W.0 != 0)
     }
 
     /// An auxiliary-vector entry (`AT_*`).

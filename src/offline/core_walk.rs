@@ -176,6 +176,9 @@ impl Pause for AsIs {
     fn resume(&mut self) {}
 }
 
+/// `AT_ENTRY`: the executable's entry point, in the auxiliary vector.
+const AT_ENTRY: u64 = 9;
+
 /// Builds modules for a core: its `NT_FILE` mappings; else (qemu-user cores) the executable
 /// (`--exe`, or the auxv's `AT_EXECFN` path under `--sysroot`) placed by `AT_PHDR`, the
 /// dynamic linker placed by `AT_BASE`, and the shared libraries in the dynamic linker's link
@@ -189,7 +192,6 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
     }
     // `--exe` stands in for the file of the executable's mapping (the one holding the entry
     // point), whatever file its path names now.
-    const AT_ENTRY: u64 = 9;
     let exe_mapping = opts.exe.as_ref().and_then(|_| {
         let entry = core.aux(AT_ENTRY)?;
         let m = core.mappings.iter().find(|m| m.range.contains(entry))?;
@@ -255,8 +257,8 @@ pub fn symbols_for(core: &Core, opts: &Options) -> Symbolizer {
 /// chose that file.
 fn check_build_ids(core: &Core, s: &mut Symbolizer, forced: Option<&str>) {
     let mut bad = Vec::new();
-    // The executable: the module that holds the entry point (`AT_ENTRY`).
-    let entry = core.aux(9);
+    // The executable: the module that holds the entry point.
+    let entry = core.aux(AT_ENTRY);
     let exe_index = s
         .modules()
         .iter()
@@ -411,11 +413,11 @@ pub(super) fn elf_headers(
 
 /// An ELF object's build ids, from its notes.
 #[derive(Default)]
-struct BuildIds {
+pub(super) struct BuildIds {
     /// `NT_GNU_BUILD_ID`.
     gnu: Option<Vec<u8>>,
     /// Go's (`.note.go.buildid`: owner `Go`, type 4), which Go's own linker writes instead.
-    go: Option<Vec<u8>>,
+    pub(super) go: Option<Vec<u8>>,
 }
 
 impl BuildIds {
@@ -462,7 +464,7 @@ fn build_ids_in_file(data: &[u8]) -> BuildIds {
 /// The build ids of the ELF object mapped at `base` in the core's memory (its header, at file
 /// offset 0, and its notes, which the kernel dumps with the first page of every mapped ELF
 /// file), if the core holds them.
-fn build_ids_in_memory(core: &Core, base: u64) -> Option<BuildIds> {
+pub(super) fn build_ids_in_memory(core: &Core, base: u64) -> Option<BuildIds> {
     use object::read::elf::ProgramHeader;
     let head = elf_head_in_memory(core, base)?;
     let (_, e, phdrs) = elf_headers(&head)?;
@@ -1973,6 +1975,14 @@ impl<'a> Walks<'a> {
         }
     }
 
+    /// Does usable CFI cover `pc` (an exact address: a return address less 1)? Not where it
+    /// has a gap or a rule this walker cannot evaluate.
+    fn has_usable_cfi(&self, pc: u64) -> bool {
+        self.cfi.rule(pc).is_some_and(|r| {
+            r.flags() & (crate::dwarf::CfiRow::GAP | crate::dwarf::CfiRow::UNSUPPORTED) == 0
+        })
+    }
+
     /// x86_64, a leaf without CFI (in Hybrid or FP mode): a leaf that keeps no frame record
     /// (`-fomit-frame-pointer` code) leaves the frame pointer at its caller's record, and a
     /// frame-record step would skip the caller. Its return address is on the stack between
@@ -2025,13 +2035,8 @@ impl<'a> Walks<'a> {
         regs.pc = A::strip_ra(regs.pc, self.core.pac_mask);
         // Hybrid without CFI for the leaf (a module without usable CFI, Go's compressed
         // .debug_frame before it was read) walks the leaf as frame-pointer mode does.
-        let leaf_without_cfi = || {
-            self.cfi.rule(regs.pc).is_none_or(|r| {
-                r.flags() & (crate::dwarf::CfiRow::GAP | crate::dwarf::CfiRow::UNSUPPORTED) != 0
-            })
-        };
-        let fp_leaf =
-            self.mode == Mode::FramePointer || (self.mode == Mode::Hybrid && leaf_without_cfi());
+        let fp_leaf = self.mode == Mode::FramePointer
+            || (self.mode == Mode::Hybrid && !self.has_usable_cfi(regs.pc));
         if fp_leaf && buf.len() >= 2 {
             let slot = A::prologue_ra_slot(regs.pc, regs.sp, &mut |a, b| mem.read_code(a, b));
             let ra = slot
@@ -2072,11 +2077,7 @@ impl<'a> Walks<'a> {
                     && n < MAX_CALLERS_BY_CALL
                 {
                     let at = caller.pc.wrapping_sub(1);
-                    let has_cfi = self.cfi.rule(at).is_some_and(|r| {
-                        r.flags() & (crate::dwarf::CfiRow::GAP | crate::dwarf::CfiRow::UNSUPPORTED)
-                            == 0
-                    });
-                    if has_cfi {
+                    if self.has_usable_cfi(at) {
                         break;
                     }
                     let probe = crate::arch::Regs { pc: at, ..caller };

@@ -5,7 +5,7 @@
 //! its `.eh_frame`), as eu-stack walks such cores. A kernel core keeps only a file mapping's
 //! first page and its written data: as much as that holds.
 
-use super::core_walk::{elf_head_in_memory, elf_headers};
+use super::core_walk::{build_ids_in_memory, elf_head_in_memory, elf_headers};
 use crate::core_file::{u32_at, u64_at, Core};
 use crate::symbols::Symbolizer;
 
@@ -137,10 +137,7 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     // segment's end (found by outside use in the twenty-fifth round: a Go binary replaced on
     // disk since a gcore that held it whole had every frame unnamed).
     let gopclntab = (|| {
-        let is_go = notes_have_go_build_id(core, bias, phdrs, e);
-        if !is_go {
-            return None;
-        }
+        build_ids_in_memory(core, base)?.go?;
         for p in loads().filter(|p| p.p_flags(e).0 & object::elf::PF_X.0 == 0) {
             let len = p.p_filesz(e).min(1 << 28);
             let Some(seg) = at(p.p_vaddr(e), len) else {
@@ -311,33 +308,4 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     out[60..62].copy_from_slice(&(shstrndx + 1).to_le_bytes()); // e_shnum
     out[62..64].copy_from_slice(&shstrndx.to_le_bytes());
     Some((out, base))
-}
-
-/// Does the module at `bias` carry Go's build id note (`.note.go.buildid`: name "Go", type 4)
-/// in a `PT_NOTE` segment the core holds?
-fn notes_have_go_build_id(
-    core: &Core,
-    bias: u64,
-    phdrs: &[object::elf::ProgramHeader64<object::LittleEndian>],
-    e: object::LittleEndian,
-) -> bool {
-    use object::read::elf::ProgramHeader;
-    phdrs
-        .iter()
-        .filter(|p| p.p_type(e) == object::elf::PT_NOTE)
-        .filter_map(|p| core.bytes_at(p.p_vaddr(e).wrapping_add(bias), p.p_filesz(e).min(1 << 12)))
-        .any(|n| {
-            let mut at = 0usize;
-            while let (Some(namesz), Some(descsz), Some(ty)) =
-                (u32_at(n, at), u32_at(n, at + 4), u32_at(n, at + 8))
-            {
-                let name = n.get(at + 12..at + 12 + namesz as usize);
-                if ty == 4 && name.is_some_and(|b| b.starts_with(b"Go\0")) {
-                    return true;
-                }
-                let pad = |x: u32| (x as usize).div_ceil(4) * 4;
-                at += 12 + pad(namesz) + pad(descsz);
-            }
-            false
-        })
 }
