@@ -345,6 +345,9 @@ impl<A: GlobalAlloc> Sampling<A> {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // A sample's constants (`SampleMath`), on their way while the inner allocator runs.
+        prefetch(&SAMPLE_MATH.weight);
+        prefetch(&SAMPLE_MATH.draw);
         uncharge(layout.size());
         // SAFETY: forwarded; the caller upholds the contract of the method it called.
         let p = unsafe {
@@ -631,13 +634,11 @@ fn draw(rate: u64) -> u64 {
         1 => 0,
         _ => {
             // u in (0, 1]: 53 random bits, plus one so that ln(u) is finite.
-            let u = ((next_random() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
-            let d = neg_ln(u) * rate as f64;
-            if d >= (u64::MAX >> 1) as f64 {
-                u64::MAX >> 1
-            } else {
-                d as u64
-            }
+            // Signed conversions (the values fit): no constants from memory (`SampleMath`).
+            let u = ((next_random() >> 11) + 1) as i64 as f64 * math().draw.ulp;
+            let d = neg_ln(u) * rate as i64 as f64;
+            // At most `u64::MAX >> 1` (the saturating conversion's `i64::MAX`).
+            d as i64 as u64
         }
     }
 }
@@ -647,24 +648,22 @@ fn draw(rate: u64) -> u64 {
 /// allocation (glibc's `log` took about a tenth of a sample's time in `perf record`).
 #[inline]
 fn neg_ln(u: f64) -> f64 {
-    const SQRT_2: f64 = core::f64::consts::SQRT_2;
-    const LN_2: f64 = core::f64::consts::LN_2;
+    let SampleMath { weight: w, draw: k } = math();
     // u = m * 2^e with m in [sqrt(2)/2, sqrt(2)); u is normal (at least 2^-53).
     let bits = u.to_bits();
     let mut e = ((bits >> 52) & 0x7ff) as i64 - 1023;
     let mut m = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
-    if m > SQRT_2 {
-        m *= 0.5;
+    if m > k.sqrt_2 {
+        m *= w.half;
         e += 1;
     }
     // ln(m) = 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...), s = (m - 1) / (m + 1), |s| < 0.172:
     // the first omitted term is below 2e-11.
-    let s = (m - 1.0) / (m + 1.0);
+    let s = (m - w.one) / (m + w.one);
     let s2 = s * s;
-    let series = 1.0
-        + s2 * (1.0 / 3.0
-            + s2 * (1.0 / 5.0 + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0 + s2 * (1.0 / 11.0)))));
-    -(e as f64 * LN_2 + 2.0 * s * series)
+    let [i3, i5, i7, i9, i11] = k.inv_odd;
+    let series = w.one + s2 * (i3 + s2 * (i5 + s2 * (i7 + s2 * (i9 + s2 * i11))));
+    -(e as f64 * k.ln_2 + (s + s) * series)
 }
 
 fn next_random() -> u64 {
@@ -944,14 +943,80 @@ const WEIGHT_SHIFT: u32 = 16;
 /// stack that allocates blocks of very different sizes). 1 when every allocation is sampled.
 /// `expm1` keeps it exact for small blocks (about `rate / size + 1/2`).
 fn weight(size: u64, rate: u64) -> f64 {
+    let k = &math().weight;
     if rate <= 1 || size == 0 {
-        return 1.0;
+        return k.one;
     }
-    let x = size as f64 / rate as f64;
-    if x < 0.5 {
+    // Both below 2^62 (sizes are clamped at MAX_TRACKED_SIZE, rates at RATE_MASK): the
+    // signed conversion, which needs no constants.
+    let x = size as i64 as f64 / rate as i64 as f64;
+    if x < k.half {
         return small_weight(x);
     }
-    1.0 / one_minus_exp_neg(x)
+    k.one / one_minus_exp_neg(x)
+}
+
+/// The sampling path's floating-point constants, each group on a cache line of its own.
+///
+/// Written as literals, the compiler leaves them in `.rodata`'s constant pool, spread over a
+/// dozen lines, and a sample comes every ~512 KiB of allocation, which evicts them: `perf
+/// annotate` of the raw heap loop (twenty-sixth round) showed [`add_weighted`]'s time on its
+/// constant loads, its largest share of a sample. Read through [`math`], they are one line
+/// per use.
+#[repr(C, align(64))]
+struct SampleMath {
+    weight: WeightMath,
+    draw: DrawMath,
+}
+
+/// [`weight`]'s and [`small_weight`]'s constants (64 bytes).
+#[repr(C)]
+struct WeightMath {
+    c1: f64,
+    c3: f64,
+    c5: f64,
+    c7: f64,
+    c9: f64,
+    c11: f64,
+    half: f64,
+    one: f64,
+}
+
+/// [`draw`]'s and [`neg_ln`]'s constants (64 bytes).
+#[repr(C)]
+struct DrawMath {
+    sqrt_2: f64,
+    ln_2: f64,
+    /// `1/3, 1/5, 1/7, 1/9, 1/11`.
+    inv_odd: [f64; 5],
+    /// `2^-53`.
+    ulp: f64,
+}
+
+static SAMPLE_MATH: SampleMath = SampleMath {
+    weight: WeightMath {
+        c1: 1.0 / 12.0,
+        c3: -1.0 / 720.0,
+        c5: 1.0 / 30240.0,
+        c7: -1.0 / 1209600.0,
+        c9: 1.0 / 47900160.0,
+        c11: -691.0 / 1307674368000.0,
+        half: 0.5,
+        one: 1.0,
+    },
+    draw: DrawMath {
+        sqrt_2: core::f64::consts::SQRT_2,
+        ln_2: core::f64::consts::LN_2,
+        inv_odd: [1.0 / 3.0, 1.0 / 5.0, 1.0 / 7.0, 1.0 / 9.0, 1.0 / 11.0],
+        ulp: 1.0 / (1u64 << 53) as f64,
+    },
+};
+
+/// [`SAMPLE_MATH`], read from memory: `black_box` keeps the compiler from folding its fields
+/// back into scattered constant-pool entries.
+#[inline(always)]
+fn math() -> &'static SampleMath {
+    core::hint::black_box(&SAMPLE_MATH)
 }
 
 /// `1 / (1 - e^-x)` for `0 < x < 0.5` by its Bernoulli series, `1/x + 1/2 + x/12 - x^3/720 +
@@ -962,14 +1027,10 @@ fn weight(size: u64, rate: u64) -> f64 {
 /// (`perf record` of the heap loop, twenty-sixth round). No call into libm.
 #[inline]
 fn small_weight(x: f64) -> f64 {
-    const C3: f64 = -1.0 / 720.0;
-    const C5: f64 = 1.0 / 30240.0;
-    const C7: f64 = -1.0 / 1209600.0;
-    const C9: f64 = 1.0 / 47900160.0;
-    const C11: f64 = -691.0 / 1307674368000.0;
+    let k = &math().weight;
     let y = x * x;
-    let odd = x * (1.0 / 12.0 + y * (C3 + y * (C5 + y * (C7 + y * (C9 + y * C11)))));
-    1.0 / x + 0.5 + odd
+    let odd = x * (k.c1 + y * (k.c3 + y * (k.c5 + y * (k.c7 + y * (k.c9 + y * k.c11)))));
+    k.one / x + k.half + odd
 }
 
 /// `1 - e^-x` (`-expm1(-x)`) for `x >= 1/1024`, within 1e-14 relative, without libm: its
@@ -1030,11 +1091,29 @@ fn count_alloc([ao, ab, eao, eab]: [&AtomicU64; 4], size: u64, rate: u64) {
 
 fn add_weighted(objects: &AtomicU64, bytes: &AtomicU64, size: u64, rate: u64) {
     let w = weight(size, rate);
-    bytes.fetch_add((w * size as f64) as u64, Ordering::Relaxed);
-    objects.fetch_add(
-        (w * f64::from(1u32 << WEIGHT_SHIFT)) as u64,
-        Ordering::Relaxed,
-    );
+    // `w * size` is about `rate + size / 2`, below 2^63. The objects' fixed point is `w *
+    // 2^WEIGHT_SHIFT`, made exactly by adding to `w`'s exponent (`w` is finite and at least
+    // 1), saturating only where `w` passes 2^47 (a rate near 2^47 and 1-byte blocks; the
+    // unsigned conversion saturated at twice that). Neither needs a constant from memory
+    // (see `SampleMath`).
+    bytes.fetch_add(to_count(w * size as i64 as f64), Ordering::Relaxed);
+    let units = f64::from_bits(w.to_bits() + (u64::from(WEIGHT_SHIFT) << 52));
+    objects.fetch_add(to_count(units), Ordering::Relaxed);
+}
+
+/// `v` truncated to an integer, for `0 <= v < 2^63`; `i64::MAX` for anything else (larger,
+/// negative, NaN). The bound is checked on `v`'s bits (a positive float's bits order as its
+/// value), where `as` would compare with a constant loaded from memory (see `SampleMath`).
+#[inline(always)]
+fn to_count(v: f64) -> u64 {
+    /// The bits of 2^63.
+    const LIMIT: u64 = 0x43e0_0000_0000_0000;
+    if v.to_bits() >= LIMIT {
+        return i64::MAX as u64;
+    }
+    // SAFETY: bits below 2^63's (sign bit clear, not NaN, not infinite) are a value in
+    // [0, 2^63), whose truncation fits in i64.
+    unsafe { v.to_int_unchecked::<i64>() as u64 }
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -2695,6 +2774,18 @@ pub(super) mod tests {
         }
         assert_eq!(one_minus_exp_neg(1e6), 1.0);
         assert_eq!(one_minus_exp_neg(f64::INFINITY), 1.0);
+    }
+
+    #[test]
+    fn to_count_truncates_and_saturates() {
+        assert_eq!(to_count(0.0), 0);
+        assert_eq!(to_count(0.99), 0);
+        assert_eq!(to_count(12345.7), 12345);
+        let below = f64::from_bits((2f64).powi(63).to_bits() - 1);
+        assert_eq!(to_count(below), below as u64);
+        for v in [(2f64).powi(63), 1e300, f64::INFINITY, f64::NAN, -1.0, -0.0] {
+            assert_eq!(to_count(v), i64::MAX as u64, "{v}");
+        }
     }
 
     /// [`small_weight`] against libm's `expm1` over its whole range, at random points and at
