@@ -2255,7 +2255,7 @@ fn impl_type_is_std(name: &str) -> bool {
 /// names without their path (`debug = "line-tables-only"`: `push_mut<u8, Global>`), in files
 /// such as `/rustc/HASH/library/alloc/src/vec/mod.rs`.
 pub fn is_runtime_source(file: &str) -> bool {
-    const DIRS: [&str; 9] = [
+    const DIRS: [&str; 12] = [
         "/library/alloc/",
         "/library/core/src/alloc/",
         "/library/core/src/iter/",
@@ -2268,6 +2268,11 @@ pub fn is_runtime_source(file: &str) -> bool {
         "/library/std/src/ffi/",
         "/library/std/src/sys/os_str/",
         "/library/std/src/sys_common/wtf8",
+        // Formatting and the combinators `format!` is inlined through (see
+        // `runtime_names::RUST_ALLOC`).
+        "/library/core/src/fmt/",
+        "/library/core/src/option.rs",
+        "/library/core/src/result.rs",
     ];
     // This file: the [`Sampling`] wrapper's methods, inlined into the allocator shims.
     const THIS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/profile/heap.rs");
@@ -3041,7 +3046,21 @@ pub(super) mod tests {
         ] {
             assert!(is_runtime_name(std_impl), "{std_impl}");
         }
+        // Formatting allocates for its caller; a program's own Display impl is its own.
+        for fmt in [
+            "<core::fmt::Formatter>::padding",
+            "<core::fmt::Formatter>::pad_integral",
+            "core::fmt::write",
+            "core::option::Option<T>::map_or_else",
+            "<u64 as core::fmt::Display>::fmt",
+            "<&T as core::fmt::Display>::fmt",
+            "<alloc::string::String as core::fmt::Write>::write_str",
+        ] {
+            assert!(is_runtime_name(fmt), "{fmt}");
+        }
+        assert!(is_runtime_source("/rustc/abc/library/core/src/fmt/mod.rs"));
         for own in [
+            "<myapp::Point as core::fmt::Display>::fmt",
             "<myapp::Words as core::iter::traits::iterator::Iterator>::next",
             "<myapp::Bag as core::iter::traits::collect::FromIterator<u8>>::from_iter",
             "<myapp::BlobRef as alloc::borrow::ToOwned>::to_owned",
