@@ -355,13 +355,15 @@ fn open_core(path: PathBuf, opts: &Options) -> Result<unwind::core_file::Core, S
 /// Is `path`, given as `flag`, there and a directory (`dir`) or a regular file?
 fn check_path(flag: &str, path: &std::path::Path, dir: bool) -> Result<(), String> {
     let why = match (std::fs::metadata(path), dir) {
-        (Err(_), true) => "no such directory",
-        (Err(_), false) => "no such file",
-        (Ok(m), true) if !m.is_dir() => "not a directory",
-        (Ok(m), false) if !m.is_file() => "not a regular file",
+        (Err(e), true) if e.kind() == std::io::ErrorKind::NotFound => "no such directory".into(),
+        (Err(e), false) if e.kind() == std::io::ErrorKind::NotFound => "no such file".into(),
+        // A directory on the way this user may not enter, say (it was "no such file").
+        (Err(e), _) => unwind::offline::io_why(&e),
+        (Ok(m), true) if !m.is_dir() => "not a directory".into(),
+        (Ok(m), false) if !m.is_file() => "not a regular file".into(),
         (Ok(_), _) => return Ok(()),
     };
-    Err(flag_error(flag, path, why))
+    Err(flag_error(flag, path, &why))
 }
 
 /// `FLAG PATH: why`, the path escaped (a name may hold a newline or a terminal escape).

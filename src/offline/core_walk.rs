@@ -883,8 +883,16 @@ pub fn classifier_for(symbols: &Symbolizer, system_switches: &[Id]) -> Classifie
 /// refused later, with a warning.
 pub fn check_exe(exe: &Path, arch: ArchKind) -> Result<(), String> {
     use std::io::Read;
-    let Ok(opened) = crate::safe_open::open(exe, &Default::default()) else {
-        return Ok(());
+    let opened = match crate::safe_open::open(exe, &Default::default()) {
+        Ok(o) => o,
+        // Not there or not readable by this user: its frames would be named from nothing
+        // (found by outside use, twenty-sixth round: an unreadable --exe was skipped with a
+        // warning naming the core's path for it, exit 0).
+        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => {
+            return Err(format!("cannot read it: {}", io_why(&e)))
+        }
+        // What the module loader refuses anyway (empty, a pseudo-file): said there.
+        Err(_) => return Ok(()),
     };
     let mut h = [0u8; 20];
     let n = opened
@@ -938,6 +946,15 @@ pub fn check_exe(exe: &Path, arch: ArchKind) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// An I/O error's text without its `(os error N)` suffix: "Permission denied".
+pub fn io_why(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
 }
 
 /// Unwinds every thread of `core`: each thread's frames (leaf first, after `opts.policy`),
@@ -1235,7 +1252,9 @@ pub fn unwind_paused<P: Pause>(
     }
     let needed = |w, pcs: &[u64]| {
         let (sysroot, policy) = (opts.sysroot.as_deref(), &symbols.open_policy);
-        crate::needed_modules::needed(w, &core.mappings, sysroot, policy, pcs)
+        let mut mem = core.memory();
+        let is_code = |pc| mem.is_code(pc);
+        crate::needed_modules::needed(w, &core.mappings, sysroot, policy, pcs, is_code)
     };
     warnings.extend(needed(module_warnings, &pcs));
     // A file that could not be opened under its mapped path matters only for pcs no loaded

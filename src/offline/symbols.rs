@@ -349,8 +349,15 @@ impl Module {
         dirs: &DebugDirs,
         bias_of: impl FnOnce(&object::File<'_>) -> u64,
     ) -> std::io::Result<Module> {
-        let file = object::File::parse(&*data)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        let file = object::File::parse(&*data).map_err(|e| {
+            let why = if data.starts_with(b"\x7fELF") {
+                format!("a damaged ELF file: {e}")
+            } else {
+                // `object`'s words for it are "Could not read file magic".
+                "not an ELF file".to_string()
+            };
+            std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+        })?;
         let bias = bias_of(&file);
         let mut lo = u64::MAX;
         let mut hi = 0;
@@ -2056,13 +2063,29 @@ fn within_root(root: &Path, path: &[u8]) -> Option<PathBuf> {
             continue;
         }
         let next = at.join(std::ffi::OsStr::from_bytes(&c));
-        let meta = std::fs::symlink_metadata(&next).ok()?;
+        // The path as far as it resolved, then the rest as given: where the walk fails for
+        // another reason than a missing name (a directory this user may not enter, a loop of
+        // links), opening that says why, under the sysroot. (It fell back to the host's file,
+        // with the host's "No such file or directory": found by outside use, twenty-sixth
+        // round.)
+        let unresolved = |next: &Path, todo: &[Vec<u8>]| {
+            let mut p = next.to_path_buf();
+            p.extend(todo.iter().rev().map(|c| std::ffi::OsStr::from_bytes(c)));
+            Some(p)
+        };
+        let meta = match std::fs::symlink_metadata(&next) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(_) => return unresolved(&next, &todo),
+        };
         if meta.file_type().is_symlink() {
             links += 1;
             if links > MAX_LINKS {
-                return None;
+                return unresolved(&next, &todo);
             }
-            let target = std::fs::read_link(&next).ok()?;
+            let Ok(target) = std::fs::read_link(&next) else {
+                return unresolved(&next, &todo);
+            };
             let target = target.as_os_str().as_bytes();
             if target.starts_with(b"/") {
                 at = root.to_path_buf();
@@ -2083,7 +2106,7 @@ mod tests {
 
     /// Paths under a sysroot follow its symbolic links inside it: an absolute link from the
     /// sysroot, a relative one from where it is, `..` no higher than the sysroot, and a link
-    /// loop ends.
+    /// loop ends at the sysroot's path (not the host's).
     #[test]
     fn sysroot_links_are_followed_inside_the_sysroot() {
         use std::os::unix::fs::symlink;
@@ -2118,7 +2141,11 @@ mod tests {
             assert_eq!(std::fs::read(&got).unwrap(), b"inside", "{p}");
             assert_eq!(resolve(Some(&root), p), inside, "{p}");
         }
-        assert_eq!(within_root(&root, b"/lib64/loop.so"), None);
+        // A loop is the sysroot's path, whose opening says so (not the host's file).
+        let looped = within_root(&root, b"/lib64/loop.so/x").unwrap();
+        assert_eq!(looped, root.join("lib64/loop.so/x"));
+        let e = std::fs::File::open(&looped).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
         assert_eq!(within_root(&root, b"/nothing/here"), None);
         let _ = std::fs::remove_dir_all(&root);
     }
