@@ -893,18 +893,26 @@ static SMALL_FRAMES: FramesCell = FramesCell(UnsafeCell::new([Frame::EMPTY; DEPT
 static SMALL_LEN: AtomicUsize = AtomicUsize::new(0);
 static SMALL_STOP: AtomicU32 = AtomicU32::new(0);
 static SMALL_ENTRY_SP: AtomicUsize = AtomicUsize::new(0);
+/// Does the small-stack handler capture from its `ucontext` (else with `capture_with`)?
+static SMALL_FROM_UCONTEXT: AtomicBool = AtomicBool::new(false);
 
 /// A user's handler as crash reporters write them: `capture()` alone, on whatever alternate
 /// stack the thread has.
 extern "C" fn on_sigusr1_capture_only(
     _sig: libc::c_int,
     _info: *mut libc::siginfo_t,
-    _uc: *mut libc::c_void,
+    uc: *mut libc::c_void,
 ) {
     let here = 0u8;
     SMALL_ENTRY_SP.store(black_box(&here) as *const u8 as usize, Ordering::Relaxed);
     // SAFETY: see FramesCell; this handler is the only writer, the reader waits for DONE.
-    let t = unwind::capture_with(unsafe { &mut *SMALL_FRAMES.0.get() }, Options::default());
+    let buf = unsafe { &mut *SMALL_FRAMES.0.get() };
+    let t = if SMALL_FROM_UCONTEXT.load(Ordering::Relaxed) {
+        // SAFETY: `uc` is this SA_SIGINFO handler's third argument.
+        unsafe { unwind::capture_from_ucontext_with(uc, buf, Options::default()) }
+    } else {
+        unwind::capture_with(buf, Options::default())
+    };
     SMALL_LEN.store(t.len, Ordering::Relaxed);
     SMALL_STOP.store(u32::from(t.stop == StopReason::LowStack), Ordering::Relaxed);
     DONE.store(1, Ordering::Release);
@@ -998,6 +1006,30 @@ fn capture_fits_std_s_alternate_signal_stack() {
     }
     let c = capture_on_the_thread_s_alternate_stack(patterned_altstack);
     c.expect_in_order(&["on_sigusr1_capture_only", "spin_target", "spinner_mid"]);
+}
+
+/// `capture_from_ucontext_with` in the same handler, on the same 8 KiB alternate stack: an
+/// optimised build finds the interrupted frames from the ucontext; an unoptimised one says
+/// `LowStack`. Its CFI walk reserved some 9 KiB in its prologue, before its room check, and
+/// the thread died of SIGSEGV (found by outside use in the twenty-sixth round).
+#[test]
+fn capture_from_ucontext_fits_std_s_alternate_signal_stack() {
+    let _g = serial();
+    unwind::init();
+    SMALL_FROM_UCONTEXT.store(true, Ordering::Relaxed);
+    let c = capture_on_the_thread_s_alternate_stack(|| None);
+    let big = capture_on_the_thread_s_alternate_stack(patterned_altstack);
+    SMALL_FROM_UCONTEXT.store(false, Ordering::Relaxed);
+    if cfg!(debug_assertions) {
+        assert_eq!(
+            (c.trace.len, c.trace.stop),
+            (0, StopReason::LowStack),
+            "{c}"
+        );
+    } else {
+        c.expect_in_order(&["spin_target", "spinner_mid"]);
+    }
+    big.expect_in_order(&["spin_target", "spinner_mid"]);
 }
 
 /// What [`on_usr1_from_ucontext`] captured.

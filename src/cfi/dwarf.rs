@@ -1480,6 +1480,24 @@ pub unsafe fn capture_from_ucontext(
         return crate::live::no_room();
     }
     // SAFETY: forwarded from the caller.
+    unsafe { walk_from_ucontext(ucontext, buf, unwinder, mode) }
+}
+
+/// [`capture_from_ucontext`]'s walk, in a frame of its own: unoptimised, the walk's locals
+/// take some 9 KiB, which this function's prologue reserved before the room check could run,
+/// on std's 8 KiB alternate signal stack (SIGSEGV: found by outside use in the twenty-sixth
+/// round).
+///
+/// # Safety
+/// As [`capture_from_ucontext`].
+#[inline(never)]
+unsafe fn walk_from_ucontext(
+    ucontext: *const libc::c_void,
+    buf: &mut [Frame],
+    unwinder: &Unwinder,
+    mode: Mode,
+) -> Trace {
+    // SAFETY: forwarded from the caller.
     let (start, mut mem) = unsafe { crate::live::start_from_ucontext(ucontext) };
     walk_live(start, &mut mem, buf, unwinder, mode, false)
         .0

@@ -1130,10 +1130,26 @@ pub(crate) unsafe fn capture_from_ucontext_by_records(
     buf: &mut [Frame],
     opts: Options,
 ) -> Trace {
-    let limit = crate::walk::depth_limit(opts.max_depth, buf.len());
     if !room_for_the_walk() {
         return no_room();
     }
+    // SAFETY: forwarded from the caller.
+    unsafe { records_from_ucontext(ucontext, buf, opts) }
+}
+
+/// [`capture_from_ucontext_by_records`]'s walk, in a frame of its own, so that an unoptimised
+/// build's room check runs before the walk's locals are reserved (see
+/// `dwarf::walk_from_ucontext`).
+///
+/// # Safety
+/// As [`capture_from_ucontext_by_records`].
+#[inline(never)]
+unsafe fn records_from_ucontext(
+    ucontext: *const libc::c_void,
+    buf: &mut [Frame],
+    opts: Options,
+) -> Trace {
+    let limit = crate::walk::depth_limit(opts.max_depth, buf.len());
     // SAFETY: forwarded from the caller.
     let (start, mut mem) = unsafe { start_from_ucontext(ucontext) };
     if cfg!(unwind_no_frame_pointers) {
