@@ -669,7 +669,10 @@ pub(crate) fn no_room() -> Trace {
 /// `capture` (the return address into it). Returns the number of frames written.
 ///
 /// Async-signal-safe: no allocation, no lock, no system call once the thread's stack is known
-/// (see the module docs). Crosses every registered stack switch.
+/// (see the module docs) in an optimised build; an unoptimised one (`debug_assertions`) makes
+/// one `sigaltstack` call per capture, to check that its walk has room (see
+/// [`StopReason::LowStack`](crate::frame::StopReason::LowStack)). Crosses every registered
+/// stack switch.
 ///
 /// # Builds without frame pointers
 /// The walk follows frame records, which x86_64 code keeps only when built with
@@ -1396,7 +1399,7 @@ mod maps {
             assert_eq!(parse_line(b"12345678901234567-1 r"), None);
         }
 
-        /// A maps line longer than the 4 KiB buffer (a mapped file with a ~4000-byte path) before
+        /// A maps line longer than the 512-byte buffer (a mapped file with a ~4000-byte path) before
         /// the stack's line must not end the scan.
         #[test]
         fn long_line_does_not_end_the_scan() {
