@@ -1279,13 +1279,19 @@ impl Cfi for Stepper<'_> {
         }
         match self.module(pc) {
             Some(m) => m.keeps_frame_record(pc),
-            None => !self.u.no_guesses,
+            None => !self.u.no_guesses && crate::frame::could_be_code(ra),
         }
     }
 
     #[inline(always)]
     fn guesses(&mut self) -> bool {
         !self.u.no_guesses
+    }
+
+    /// A live walk (this is the live stepper): see [`crate::frame::could_be_code`].
+    #[inline(always)]
+    fn impossible_pc(&mut self, pc: u64) -> bool {
+        !crate::frame::could_be_code(pc)
     }
 
     const PLAIN_RULES: bool = true;
@@ -1335,13 +1341,19 @@ impl Cfi for &Unwinder {
     fn keeps_frame_record(&mut self, ra: u64) -> bool {
         match self.module(ra.wrapping_sub(1)) {
             Some(m) => m.keeps_frame_record(ra.wrapping_sub(1)),
-            None => !self.no_guesses,
+            None => !self.no_guesses && crate::frame::could_be_code(ra),
         }
     }
 
     #[inline(always)]
     fn guesses(&mut self) -> bool {
         !self.no_guesses
+    }
+
+    /// The loaded modules' unwinder walks live stacks: see [`crate::frame::could_be_code`].
+    #[inline(always)]
+    fn impossible_pc(&mut self, pc: u64) -> bool {
+        !crate::frame::could_be_code(pc)
     }
 
     #[inline(never)]
@@ -1369,6 +1381,11 @@ impl Cfi for Unwinder {
     #[inline(always)]
     fn guesses(&mut self) -> bool {
         !self.no_guesses
+    }
+
+    #[inline(always)]
+    fn impossible_pc(&mut self, pc: u64) -> bool {
+        (&*self).impossible_pc(pc)
     }
 }
 

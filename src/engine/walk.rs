@@ -111,6 +111,15 @@ pub trait Cfi {
         true
     }
 
+    /// Is `pc`, which no CFI covers, an address no code can be at (a live process's: below the
+    /// lowest address Linux maps, above user space)? Then a [`Mode::Hybrid`] walk stops there
+    /// with [`crate::StopReason::NotCode`] instead of guessing on by the frame pointer. The
+    /// default: never (an offline walk judges by its memory's mappings instead).
+    #[inline(always)]
+    fn impossible_pc(&mut self, _pc: u64) -> bool {
+        false
+    }
+
     /// Does [`Cfi::plain_rule`] answer (so that [`Mode::Dwarf`]'s hot loop asks it, and leaves
     /// every other frame to [`Cfi::step`])? The default: no, the hot loop calls [`Cfi::step`]
     /// for every frame.
@@ -315,6 +324,11 @@ impl<C: Cfi + ?Sized> Cfi for &mut C {
     #[inline(always)]
     fn guesses(&mut self) -> bool {
         (**self).guesses()
+    }
+
+    #[inline(always)]
+    fn impossible_pc(&mut self, pc: u64) -> bool {
+        (**self).impossible_pc(pc)
     }
 
     #[inline(always)]
@@ -1050,6 +1064,12 @@ impl<A: Arch, T: Transitions, C: Cfi> Walker<A, T, C> {
                 }
                 CfiStep::Failed => cfi_failed = true,
                 CfiStep::NoInfo if !self.cfi.guesses() => return Err(StopReason::NoUnwindInfo),
+                // A data word a stale or wrong rule read as a return address (found by outside
+                // use in the twenty-sixth round: `0x6` from a dlclosed library's CFI, then a
+                // guess by the frame pointer on to `main`, and `End`).
+                CfiStep::NoInfo if self.cfi.impossible_pc(st.regs.pc) => {
+                    return Err(StopReason::NotCode)
+                }
                 CfiStep::NoInfo => no_cfi = true,
             }
         }

@@ -1106,7 +1106,7 @@ fn an_unwinder_that_does_not_guess_stops_where_no_cfi_covers_the_pc() {
         let t = w.walk(start, &mut mem, &mut buf);
         (t.len, t.stop)
     };
-    let exact = Start::exact(Regs::new(0x1234, LO + 0xf0, LO + 0x100));
+    let exact = Start::exact(Regs::new(0x41_1234, LO + 0xf0, LO + 0x100));
     let mut u = Unwinder::new();
     assert!(u.guesses());
     // The chain's zero says nothing where no CFI covers the pc (`zero_ends`).
@@ -1116,7 +1116,7 @@ fn an_unwinder_that_does_not_guess_stops_where_no_cfi_covers_the_pc() {
     assert_eq!(walk(&u, exact), (1, StopReason::NoUnwindInfo));
     // From a return address (not asked for by default: frame records decide there).
     let ret = Start {
-        regs: Regs::new(0x1234, LO + 0xf0, LO + 0x100),
+        regs: Regs::new(0x41_1234, LO + 0xf0, LO + 0x100),
         pc_is_return_address: true,
     };
     assert_eq!(walk(&u, ret), (1, StopReason::NoUnwindInfo));
@@ -1128,4 +1128,36 @@ fn an_unwinder_that_does_not_guess_stops_where_no_cfi_covers_the_pc() {
         Walker::with_cfi(NoTransitions, Stepper::new(&u, &mut cache), Mode::Hybrid);
     let t = w.walk(exact, &mut mem, &mut buf);
     assert_eq!((t.len, t.stop), (1, StopReason::NoUnwindInfo));
+}
+
+/// A guessing unwinder (Hybrid) at a pc no code can be at (a data word a stale rule read as a
+/// return address: `0x6`, or a kernel-half value) stops there, `NotCode`, and writes no frame
+/// for it: it went on by the frame pointer and ended `End` (found by outside use in the
+/// twenty-sixth round).
+#[test]
+fn a_guessing_unwinder_stops_at_an_impossible_return_address() {
+    for bad in [0x6, 0xffff_ffff_ffff_cd00] {
+        let mut s = StackBuilder::new(LO, 0x1000);
+        s.record(LO + 0x100, LO + 0x120, bad)
+            .record(LO + 0x120, LO + 0x140, 0x40_0100)
+            .record(LO + 0x140, 0, 0x40_0200);
+        let regions = [s.region()];
+        let u = Unwinder::new();
+        assert!(u.guesses());
+        let mut cache = RuleCache::new();
+        let mut mem = Image::new(&regions);
+        let mut buf = [Frame::EMPTY; 16];
+        let mut w: Walker<X86_64, _, _> =
+            Walker::with_cfi(NoTransitions, Stepper::new(&u, &mut cache), Mode::Hybrid);
+        let start = Start::exact(Regs::new(0x41_1234, LO + 0xf0, LO + 0x100));
+        let t = w
+            .walk(start, &mut mem, &mut buf)
+            .without_impossible_end(&buf);
+        assert_eq!(
+            (t.len, t.stop),
+            (1, StopReason::NotCode),
+            "{bad:#x}: {:?}",
+            &buf[..4]
+        );
+    }
 }
