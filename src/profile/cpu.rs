@@ -173,7 +173,9 @@ pub enum Error {
     BadFrequency,
     /// `sigaction` failed (errno).
     Sigaction(i32),
-    /// `setitimer` or `timer_create`/`timer_settime` failed (errno).
+    /// `setitimer` or `timer_create`/`timer_settime` failed (errno): with
+    /// [`TimerMode::PerThread`], no timer could be made for the calling thread, or for any
+    /// thread (`EAGAIN`: `RLIMIT_SIGPENDING` reached; `EPERM`: a seccomp filter).
     Timer(i32),
     /// [`try_register_thread`] could not map, guard or install the thread's alternate signal
     /// stack (errno of the failing `mmap`, `mprotect` or `sigaltstack`).
@@ -213,8 +215,21 @@ pub struct Stats {
     /// Sample weight (periods, `1 + overrun` per sample, as the profile counts them) whose walk
     /// stopped early (buffer full, unreadable frame, ...).
     pub truncated: u64,
-    /// Per-thread timers that could not be created (a thread that exited meanwhile).
+    /// Per-thread timers that could not be created (a thread that exited meanwhile, or
+    /// [`Stats::timer_errno`]).
     pub timer_errors: u64,
+    /// Why `timer_create` (or `timer_settime`) failed for a thread that was still alive, the
+    /// last such errno: `EAGAIN` when `RLIMIT_SIGPENDING` is reached (each timer holds a queued
+    /// signal), `EPERM` from a seccomp filter. Those threads' CPU time has no samples
+    /// (said by [`CpuProfile::warnings`]). [`CpuProfiler::start`] fails with [`Error::Timer`]
+    /// when not even the calling thread could have one.
+    pub timer_errno: Option<i32>,
+    /// `/proc/self` could not tell the profiler about the process when it started
+    /// ([`crate::threads::proc_problem`]): threads other than the one that called
+    /// [`CpuProfiler::start`] got no timer with [`Threads::All`] (they are found in
+    /// `/proc/self/task`), stacks may stop early (a thread's stack bounds are read from
+    /// `/proc/self/maps`) and threads have no names. Said by [`CpuProfile::warnings`].
+    pub proc_problem: Option<crate::threads::ProcProblem>,
     /// Signals whose handler ran on the thread's alternate signal stack.
     pub on_alt_stack: u64,
     /// The program keeps no frame records (built without frame pointers): stacks came from
@@ -330,6 +345,9 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 static TRUNCATED: AtomicU64 = AtomicU64::new(0);
 static OVERRUNS: AtomicU64 = AtomicU64::new(0);
 static TIMER_ERRORS: AtomicU64 = AtomicU64::new(0);
+/// The last errno of a timer that could not be made for a live thread ([`Stats::timer_errno`];
+/// 0: none).
+static TIMER_ERRNO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 static ON_ALT_STACK: AtomicU64 = AtomicU64::new(0);
 /// Threads that blocked SIGPROF when they got their timer ([`Stats::sigprof_blocked`]).
 static SIGPROF_BLOCKED: AtomicU64 = AtomicU64::new(0);
@@ -495,7 +513,10 @@ struct Stacks {
 
 /// A thread's name (`comm`), or "" when it has exited.
 fn thread_name(tid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+    let Some(dir) = crate::threads::task_dir(tid as libc::pid_t) else {
+        return String::new();
+    };
+    std::fs::read_to_string(format!("/proc/self/task/{dir}/comm"))
         .map(|s| s.trim_end_matches('\n').to_string())
         .unwrap_or_default()
 }
@@ -703,8 +724,8 @@ fn first_expiry(period: Duration, tid: u64) -> Duration {
     Duration::from_nanos(1 + z % ns)
 }
 
-/// Creates and arms a timer sending SIGPROF to thread `tid`.
-fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
+/// Creates a timer that will send SIGPROF to thread `tid`, disarmed.
+fn create_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
     let clock = match cfg.clock {
         Clock::ThreadCpu => thread_cpu_clock(tid),
         Clock::Wall => libc::CLOCK_MONOTONIC,
@@ -721,6 +742,33 @@ fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
     if unsafe { libc::timer_create(clock, &mut sev, &mut timer) } != 0 {
         return Err(errno());
     }
+    Ok(timer)
+}
+
+/// Can a timer be made for the calling thread? One made and deleted at once: with
+/// `RLIMIT_SIGPENDING` reached (`EAGAIN`) or `timer_create` denied by a seccomp filter
+/// (`EPERM`), none can, and [`CpuProfiler::start`] says so instead of running without a sample.
+fn probe_timer(cfg: &Config) -> Result<(), i32> {
+    let t = create_timer(gettid(), cfg)?;
+    delete_timer(t);
+    Ok(())
+}
+
+/// Notes that thread `tid`'s timer could not be made (`e`): its errno is kept for
+/// [`Stats::timer_errno`] unless the thread has ended meanwhile (the kernel says `EINVAL` for
+/// a clock or a target thread that is gone), which is no failure of the profiler's.
+fn timer_failed(tid: libc::pid_t, e: i32) {
+    // SAFETY: tgkill with signal 0 sends nothing, it only checks that the thread exists.
+    let gone = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, 0) } != 0
+        && errno() == libc::ESRCH;
+    if !(gone && e == libc::EINVAL) {
+        TIMER_ERRNO.store(e, Ordering::Relaxed);
+    }
+}
+
+/// Creates and arms a timer sending SIGPROF to thread `tid`.
+fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
+    let timer = create_timer(tid, cfg).inspect_err(|&e| timer_failed(tid, e))?;
     let p = period(cfg);
     let ts = |d: Duration| libc::timespec {
         tv_sec: d.as_secs() as libc::time_t,
@@ -735,6 +783,7 @@ fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
         let e = errno();
         // SAFETY: deletes the timer created above, once.
         unsafe { libc::timer_delete(timer) };
+        timer_failed(tid, e);
         return Err(e);
     }
     Ok(timer)
@@ -749,7 +798,10 @@ fn all_threads(cfg: &Config) -> bool {
 /// thread gets no samples (a library's helper threads block every signal; so does a thread
 /// started from one that did). One read of its `status` when it gets its timer.
 fn blocks_sigprof(tid: libc::pid_t) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+    let Some(dir) = crate::threads::task_dir(tid) else {
+        return false;
+    };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{dir}/status")) else {
         return false;
     };
     status
@@ -760,8 +812,11 @@ fn blocks_sigprof(tid: libc::pid_t) -> bool {
 }
 
 /// Gives every thread that has no timer one, and deletes the timers of threads that ended
-/// ([`Threads::All`]). Not async-signal-safe (lists `/proc/self/task`).
-fn scan_threads(reg: &mut Registry, cfg: &Config) {
+/// ([`Threads::All`]). Not async-signal-safe (lists `/proc/self/task`). When the threads
+/// cannot be listed (`/proc` not mounted, or another PID namespace's whose ids cannot be
+/// translated), `starter` (the thread that starts the profiler, at the start) gets a timer and
+/// the timers already made are kept.
+fn scan_threads(reg: &mut Registry, cfg: &Config, starter: Option<libc::pid_t>) {
     // Threads that blocked SIGPROF when the last scan gave them their timer: counted if they
     // still do (glibc starts a thread with every signal blocked, for a moment).
     let mut suspects = std::mem::take(&mut reg.sigprof_suspects);
@@ -771,7 +826,14 @@ fn scan_threads(reg: &mut Registry, cfg: &Config) {
         }
     }
     suspects.clear();
-    let live = crate::threads::list();
+    let live = match (crate::threads::tasks(), starter) {
+        (Ok(live), _) => live,
+        (Err(_), Some(me)) => vec![me],
+        (Err(_), None) => {
+            reg.sigprof_suspects = suspects;
+            return;
+        }
+    };
     let registered: Vec<libc::pid_t> = reg
         .threads
         .iter()
@@ -784,10 +846,13 @@ fn scan_threads(reg: &mut Registry, cfg: &Config) {
         // The profilers' own threads (this collector, the module watcher) are left out.
         |tid| registered.contains(&tid) || crate::threads::is_own(tid),
         |tid| {
+            let t = thread_timer(tid, cfg)?;
+            // Only a thread that got its timer: one whose timer fails is tried again at each
+            // scan, and was counted again each time.
             if blocks_sigprof(tid) {
                 suspects.push(tid);
             }
-            thread_timer(tid, cfg)
+            Ok(t)
         },
         delete_timer,
         |t| cpu_clock && crate::threads::cpu_timer_disarmed(t),
@@ -924,6 +989,7 @@ pub fn try_register_thread() -> Result<ThreadRegistration, Error> {
         let adopted = reg.others.take(tid);
         let timer = match reg.running {
             _ if adopted.is_some() => adopted,
+            // (A failure's errno is kept by `thread_timer`.)
             Some(cfg) if cfg.timer == TimerMode::PerThread => match thread_timer(tid, &cfg) {
                 Ok(t) => Some(t),
                 Err(_) => {
@@ -1162,11 +1228,14 @@ pub struct CpuProfiler {
     cpu_at_start: Duration,
     /// Found at stop: the program had replaced the SIGPROF handler ([`Stats::handler_replaced`]).
     handler_replaced: bool,
+    /// What `/proc/self` could not do at the start ([`Stats::proc_problem`]).
+    proc_problem: Option<crate::threads::ProcProblem>,
 }
 
 impl CpuProfiler {
     /// Starts profiling: calls [`crate::init`], installs the SIGPROF handler, starts the
-    /// collector and arms the timers. Fails if a profiler already runs.
+    /// collector and arms the timers. Fails if a profiler already runs, and with
+    /// [`Error::Timer`] when no timer can be armed (after undoing what it set up).
     pub fn start(config: Config) -> Result<CpuProfiler, Error> {
         // Its own allocations (the thread scan, the timers' table, the collector's buffers)
         // are not the program's: left out of a heap profile.
@@ -1181,6 +1250,9 @@ impl CpuProfiler {
         super::fork::register();
         let unloads_at_start = crate::module_watch::unloads();
         let cpu_at_start = process_cpu_time();
+        // Once, here: a profile without /proc said nothing of what it lost (found by outside
+        // use).
+        let proc_problem = crate::threads::proc_problem();
         let cfi = config.walks_by_cfi();
         if cfi {
             // Prepares every loaded module's CFI here, not in the handler, and keeps it
@@ -1198,12 +1270,28 @@ impl CpuProfiler {
             }
             return Err(Error::AlreadyRunning);
         }
+        // No timer can be made at all (RLIMIT_SIGPENDING of 0: EAGAIN; a seccomp filter:
+        // EPERM): said now, before anything is set up (it ran, and lost every sample, with a
+        // warning that blamed short-lived threads: found by outside use).
+        if config.timer == TimerMode::PerThread {
+            if let Err(e) = probe_timer(&config) {
+                if cfi {
+                    crate::module_watch::release();
+                }
+                return Err(Error::Timer(e));
+            }
+        }
         // Per-thread timers signal only registered threads, which have our 64 KiB alternate
         // stack. ITIMER_PROF also lands on unregistered threads, whose alternate stack (std's,
         // a few KiB) is too small for a capture: run on the interrupted stack instead.
-        install_handler(
+        if let Err(e) = install_handler(
             config.timer == TimerMode::PerThread && config.threads == Threads::Registered,
-        )?;
+        ) {
+            if cfi {
+                crate::module_watch::release();
+            }
+            return Err(e);
+        }
         for c in [
             &SIGNALS,
             &RECORDED,
@@ -1216,6 +1304,7 @@ impl CpuProfiler {
         ] {
             c.store(0, Ordering::Relaxed);
         }
+        TIMER_ERRNO.store(0, Ordering::Relaxed);
         NAIVE.store(config.naive, Ordering::Relaxed);
         MODE.store(
             match config.mode {
@@ -1301,7 +1390,7 @@ impl CpuProfiler {
                             let mut reg = registry();
                             // Not after stop: halt clears `running` under this lock.
                             if let Some(cfg) = reg.running {
-                                scan_threads(&mut reg, &cfg);
+                                scan_threads(&mut reg, &cfg, None);
                             }
                         }
                     }
@@ -1322,9 +1411,14 @@ impl CpuProfiler {
                     }
                 }
                 if all_threads(&config) {
-                    scan_threads(&mut reg, &config);
+                    scan_threads(&mut reg, &config, Some(gettid()));
                 }
-                Ok(())
+                // Not one timer armed, and one failed: nothing would be sampled.
+                let armed = reg.threads.iter().any(|t| t.timer.is_some()) || !reg.others.is_empty();
+                match TIMER_ERRNO.load(Ordering::Relaxed) {
+                    e if !armed && e != 0 => Err(Error::Timer(e)),
+                    _ => Ok(()),
+                }
             }
         };
         reg.running = Some(config);
@@ -1340,6 +1434,7 @@ impl CpuProfiler {
             unloads_at_start,
             cpu_at_start,
             handler_replaced: false,
+            proc_problem,
         };
         if let Err(e) = armed {
             p.halt();
@@ -1378,6 +1473,8 @@ impl CpuProfiler {
             overruns: OVERRUNS.load(Ordering::Relaxed),
             truncated: TRUNCATED.load(Ordering::Relaxed),
             timer_errors: TIMER_ERRORS.load(Ordering::Relaxed),
+            timer_errno: Some(TIMER_ERRNO.load(Ordering::Relaxed)).filter(|&e| e != 0),
+            proc_problem: self.proc_problem,
             sigprof_blocked: SIGPROF_BLOCKED.load(Ordering::Relaxed),
             on_alt_stack: ON_ALT_STACK.load(Ordering::Relaxed),
             unloaded: crate::module_watch::unloads().wrapping_sub(self.unloads_at_start),
@@ -1570,10 +1667,12 @@ impl CpuProfile {
 
     /// What this profile's reader should know that it does not show, one line each (what
     /// [`CpuProfile::to_profile`] prints on standard error, beside the build's warnings): a
-    /// `fork` child's inherited profiler, and samples that hold less than three quarters of
-    /// the CPU time the process used (threads that lived shorter than the collector's 20 ms look, or ran
-    /// between two of its looks, got no per-thread timer: [`TimerMode::Process`] samples
-    /// them).
+    /// `fork` child's inherited profiler, a `/proc/self` that could not be read
+    /// ([`Stats::proc_problem`]), threads whose timer could not be made
+    /// ([`Stats::timer_errno`]), threads that blocked SIGPROF, and, when none of those explains
+    /// it, samples that hold less than three quarters of the CPU time the process used
+    /// (threads that lived shorter than the collector's 20 ms look, or ran between two of its
+    /// looks, got no per-thread timer: [`TimerMode::Process`] samples them).
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
         if let Some(parent) = self.stats.inherited_from {
@@ -1605,6 +1704,44 @@ impl CpuProfile {
         // Under three quarters: a 40% loss passed without a word at a half (found by outside
         // use). CPU-time timers fire on each period of a thread's CPU time, overruns counted,
         // so a thread sampled throughout loses less than one period.
+        if let Some(p) = self.stats.proc_problem {
+            let (threads, fix) = match p {
+                crate::threads::ProcProblem::Unreadable(_) => (
+                    "threads are found in /proc/self/task",
+                    "mount /proc, or use TimerMode::Process",
+                ),
+                crate::threads::ProcProblem::OtherNamespace { .. } => (
+                    "the thread ids it lists are not this namespace's",
+                    "mount this namespace's /proc (unshare --mount-proc), or use \
+                     TimerMode::Process",
+                ),
+            };
+            let timers = format!(
+                "with Threads::All only the thread that started the profiler has a timer \
+                 ({threads}), "
+            );
+            w.push(format!(
+                "{p}: {timers}stacks may stop at their first frames (a thread's stack bounds \
+                 are read from /proc/self/maps), threads have no names and \
+                 Symbolizer::for_current_process names no function (it reads \
+                 /proc/self/maps); {fix}"
+            ));
+        }
+        if let Some(e) = self.stats.timer_errno {
+            // Found by outside use: with RLIMIT_SIGPENDING at 0 every timer failed, and the
+            // warning blamed short-lived threads.
+            w.push(format!(
+                "the profiler could not make a timer for some threads (timer_create: errno \
+                 {e}, {}; {} failures): their CPU time has no samples ({} ms of the {} ms the \
+                 process used are in the profile); EAGAIN is RLIMIT_SIGPENDING reached (each \
+                 timer holds a queued signal), EPERM a seccomp filter; TimerMode::Process \
+                 needs no per-thread timer",
+                std::io::Error::from_raw_os_error(e),
+                self.stats.timer_errors,
+                sampled.as_millis(),
+                used.as_millis()
+            ));
+        }
         if self.stats.sigprof_blocked > 0 {
             // Found by outside use in the twenty-fifth round: a thread that blocked every
             // signal was missing, and the warning blamed short-lived threads.
@@ -1617,7 +1754,8 @@ impl CpuProfile {
                 sampled.as_millis(),
                 used.as_millis()
             ));
-        } else if self.stats.per_thread_cpu_timers
+        } else if w.is_empty()
+            && self.stats.per_thread_cpu_timers
             && self.clock == Clock::ThreadCpu
             && used >= period * 20
             && sampled < used / 4 * 3
@@ -1783,6 +1921,56 @@ mod tests {
             truncated.contains(&(true, 2)) && truncated.contains(&(false, 1)),
             "{truncated:?}"
         );
+    }
+
+    fn lost_everything(stats: Stats) -> CpuProfile {
+        CpuProfile {
+            stacks: Vec::new(),
+            threads: Vec::new(),
+            period: Duration::from_millis(10),
+            clock: Clock::ThreadCpu,
+            duration: Duration::from_secs(1),
+            stats: Stats {
+                per_thread_cpu_timers: true,
+                process_cpu: Duration::from_secs(1),
+                ..stats
+            },
+        }
+    }
+
+    /// A profile that lost its samples to failed timers or to /proc says why, and does not
+    /// blame short-lived threads; one that lost them otherwise does.
+    #[test]
+    fn lost_samples_are_put_down_to_their_cause() {
+        let w = lost_everything(Stats {
+            timer_errors: 3,
+            timer_errno: Some(libc::EAGAIN),
+            ..Stats::default()
+        })
+        .warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("errno 11") && w[0].contains("3 failures"),
+            "{w:?}"
+        );
+        let w = lost_everything(Stats {
+            proc_problem: Some(crate::threads::ProcProblem::Unreadable(libc::ENOENT)),
+            ..Stats::default()
+        })
+        .warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("/proc/self is not readable"), "{w:?}");
+        let w = lost_everything(Stats {
+            proc_problem: Some(crate::threads::ProcProblem::OtherNamespace {
+                proc_pid: 4000,
+                pid: 1,
+            }),
+            ..Stats::default()
+        })
+        .warnings();
+        assert!(w[0].contains("another PID namespace") && w[0].contains("--mount-proc"));
+        let w = lost_everything(Stats::default()).warnings();
+        assert!(w.len() == 1 && w[0].contains("lived shorter"), "{w:?}");
     }
 
     #[test]

@@ -1838,6 +1838,7 @@ fn start_inner(rate: u64) {
 
 fn start_unsampled(rate: u64) {
     warn_unless_installed();
+    check_proc();
     super::fork::register();
     let _g = control();
     if UNLOADS_AT.load(Ordering::Relaxed) == u32::MAX {
@@ -1864,6 +1865,7 @@ pub fn start_with_classifier(rate: u64, classifier: Classifier) {
 
 fn start_with_classifier_unsampled(rate: u64, classifier: Classifier) {
     warn_unless_installed();
+    check_proc();
     super::fork::register();
     let _g = control();
     if UNLOADS_AT.load(Ordering::Relaxed) == u32::MAX {
@@ -2047,6 +2049,12 @@ fn to_profile_unsampled(samples: &[HeapSample], rate: u64) -> crate::profile::Pr
         );
     }
     crate::module_watch::warn_unloaded(unloaded());
+    let w = warnings();
+    if !w.is_empty() && !WARNED_PROC.swap(true, Ordering::Relaxed) {
+        for w in w {
+            eprintln!("unwind: warning: {w}");
+        }
+    }
     let mut p = crate::profile::Profile::new(
         vec![
             ("alloc_objects".into(), "count".into()),
@@ -2076,6 +2084,42 @@ fn to_profile_unsampled(samples: &[HeapSample], rate: u64) -> crate::profile::Pr
     p.merge_identical();
     p
 }
+
+/// The errno of `/proc/self` found unreadable at the last start (0: it was readable), for
+/// [`warnings`].
+static PROC_UNREADABLE: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+/// Looks, once per start (one `readlink`), whether `/proc/self` can be read.
+fn check_proc() {
+    let e = match crate::threads::proc_problem() {
+        Some(crate::threads::ProcProblem::Unreadable(e)) => e.max(1),
+        // Another PID namespace's /proc still shows this process's memory map.
+        _ => 0,
+    };
+    PROC_UNREADABLE.store(e, Ordering::Relaxed);
+}
+
+/// What a heap profile's reader should know that it does not show, one line each (what
+/// [`to_profile`] prints on standard error, once per process): `/proc/self` could not be read
+/// when the profiler last started (`/proc` not mounted): samples' stacks may stop at their
+/// first frames (a thread's stack bounds come from `/proc/self/maps`) and
+/// [`crate::symbols::Symbolizer::for_current_process`] names no function.
+pub fn warnings() -> Vec<String> {
+    let mut w = Vec::new();
+    let e = PROC_UNREADABLE.load(Ordering::Relaxed);
+    if e != 0 {
+        w.push(format!(
+            "{}: heap samples' stacks may stop at their first frames (a thread's stack bounds \
+             are read from /proc/self/maps) and Symbolizer::for_current_process names no \
+             function (it reads /proc/self/maps); mount /proc",
+            crate::threads::ProcProblem::Unreadable(e)
+        ));
+    }
+    w
+}
+
+/// Has [`to_profile`] printed [`warnings`] (once per process)?
+static WARNED_PROC: AtomicBool = AtomicBool::new(false);
 
 /// Has [`to_profile`] said that stacks were dropped (once per process)?
 static WARNED_DROPPED: AtomicBool = AtomicBool::new(false);

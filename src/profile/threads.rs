@@ -75,16 +75,162 @@ pub fn count_hint() -> Option<u64> {
     (unsafe { libc::stat(c"/proc/self/task".as_ptr(), &mut st) } == 0).then_some(st.st_nlink)
 }
 
-/// The ids of this process's threads, from `/proc/self/task` (sorted). Allocates.
-pub fn list() -> Vec<libc::pid_t> {
-    let mut out: Vec<libc::pid_t> = std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+/// Why `/proc/self` cannot tell the profilers about this process ([`proc_problem`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcProblem {
+    /// `/proc/self` cannot be read (errno of its `readlink`): `/proc` is not mounted (a mount
+    /// namespace that unmounted it, a minimal container) or it is hidden from this process.
+    Unreadable(i32),
+    /// `/proc` is another PID namespace's (`unshare --pid --fork` without `--mount-proc`):
+    /// `/proc/self` names this process by `proc_pid`, while `getpid` says `pid`, and its thread
+    /// ids cannot be translated to this namespace's (no `NSpid:` line in
+    /// `/proc/self/status`, a kernel before 4.1).
+    OtherNamespace {
+        /// This process's id in the namespace `/proc` belongs to.
+        proc_pid: i32,
+        /// This process's own id (`getpid`).
+        pid: i32,
+    },
+}
+
+impl std::fmt::Display for ProcProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ProcProblem::Unreadable(e) => write!(
+                f,
+                "/proc/self is not readable ({}; is /proc mounted?)",
+                std::io::Error::from_raw_os_error(e)
+            ),
+            ProcProblem::OtherNamespace { proc_pid, pid } => write!(
+                f,
+                "/proc belongs to another PID namespace (/proc/self is process {proc_pid} \
+                 there, this process is {pid} in its own) and this kernel cannot translate its \
+                 thread ids (no NSpid line in /proc/self/status)"
+            ),
+        }
+    }
+}
+
+/// How `/proc/self`'s ids relate to this process's own (`getpid`, `gettid`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProcView {
+    /// The same ids.
+    Same,
+    /// `/proc` is a parent PID namespace's: a thread's id there is not its `gettid`, which
+    /// each task's `NSpid:` line gives (its last field: the id in the innermost namespace).
+    Translated,
+    /// Unusable.
+    Problem(ProcProblem),
+}
+
+fn getpid() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// The last field of a `status` file's `NSpid:` line: the id in the innermost PID namespace
+/// (the one `getpid`/`gettid` and `timer_create` use). `None` without that line (kernels
+/// before 4.1) or when it does not parse.
+pub fn innermost_nspid(status: &str) -> Option<libc::pid_t> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+/// One `readlink("/proc/self")` (and, when it names another id than `getpid`, one read of
+/// `/proc/self/status`).
+fn proc_view() -> ProcView {
+    let pid = getpid();
+    let link = match std::fs::read_link("/proc/self") {
+        Ok(l) => l,
+        Err(e) => return ProcView::Problem(ProcProblem::Unreadable(e.raw_os_error().unwrap_or(0))),
+    };
+    let Some(proc_pid) = link.to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        return ProcView::Problem(ProcProblem::Unreadable(libc::ENOENT));
+    };
+    if proc_pid == pid {
+        return ProcView::Same;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if innermost_nspid(&status) == Some(pid) {
+        ProcView::Translated
+    } else {
+        ProcView::Problem(ProcProblem::OtherNamespace { proc_pid, pid })
+    }
+}
+
+/// Can the profilers read this process's threads and memory map in `/proc/self`? `None` when
+/// they can (also when `/proc` is a parent PID namespace's whose ids they translate through
+/// each task's `NSpid:` line). Cheap: one `readlink` (a profiler checks once, at its start).
+pub fn proc_problem() -> Option<ProcProblem> {
+    match proc_view() {
+        ProcView::Problem(p) => Some(p),
+        ProcView::Same | ProcView::Translated => None,
+    }
+}
+
+/// A thread's id (`gettid`) and the name of its directory in `/proc/self/task` (the same,
+/// unless `/proc` is a parent PID namespace's), kept by the last [`tasks`] that had to
+/// translate them; empty when they are the same.
+static TASK_DIRS: std::sync::Mutex<Vec<(libc::pid_t, libc::pid_t)>> =
+    std::sync::Mutex::new(Vec::new());
+/// Did the last [`tasks`] translate ids ([`TASK_DIRS`] holds them)?
+static TRANSLATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The name of thread `tid`'s (its `gettid`) directory in `/proc/self/task`: `tid` itself
+/// unless `/proc` is a parent PID namespace's; then as the last [`tasks`] found it (`None` for
+/// a thread it did not see).
+pub(crate) fn task_dir(tid: libc::pid_t) -> Option<libc::pid_t> {
+    if !TRANSLATED.load(Ordering::Acquire) {
+        return Some(tid);
+    }
+    let dirs = TASK_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    dirs.binary_search_by_key(&tid, |&(t, _)| t)
+        .ok()
+        .map(|i| dirs[i].1)
+}
+
+/// The ids (`gettid`'s, what `timer_create` takes) of this process's threads, from
+/// `/proc/self/task` (sorted); translated through each task's `NSpid:` line when `/proc` is a
+/// parent PID namespace's (its directory names are that namespace's ids). The error says why
+/// the list cannot be had. Allocates.
+pub fn tasks() -> Result<Vec<libc::pid_t>, ProcProblem> {
+    let view = proc_view();
+    if let ProcView::Problem(p) = view {
+        return Err(p);
+    }
+    let dirs: Vec<libc::pid_t> = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| ProcProblem::Unreadable(e.raw_os_error().unwrap_or(0)))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut out = if view == ProcView::Translated {
+        let mut pairs: Vec<(libc::pid_t, libc::pid_t)> = dirs
+            .iter()
+            .filter_map(|&d| {
+                let status = std::fs::read_to_string(format!("/proc/self/task/{d}/status")).ok()?;
+                Some((innermost_nspid(&status)?, d))
+            })
+            .collect();
+        pairs.sort_unstable();
+        let tids = pairs.iter().map(|p| p.0).collect();
+        *TASK_DIRS.lock().unwrap_or_else(|e| e.into_inner()) = pairs;
+        TRANSLATED.store(true, Ordering::Release);
+        tids
+    } else {
+        TRANSLATED.store(false, Ordering::Release);
+        dirs
+    };
     out.sort_unstable();
-    out
+    Ok(out)
+}
+
+/// [`tasks`], empty when they cannot be read.
+pub fn list() -> Vec<libc::pid_t> {
+    tasks().unwrap_or_default()
 }
 
 /// Timers of the threads that are not registered, by thread id.
@@ -104,7 +250,8 @@ pub struct Synced {
     pub created: u64,
     /// Timers deleted because their thread is gone (or died and its id was reused).
     pub deleted: u64,
-    /// Timers that could not be created (the thread exited meanwhile).
+    /// Timers that could not be created (the thread exited meanwhile, or `create` failed for
+    /// another reason: the CPU profiler keeps its errno).
     pub errors: u64,
 }
 
@@ -222,6 +369,26 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn the_innermost_namespace_s_id_is_the_last_nspid_field() {
+        let status = "Name:\tx\nTgid:\t31729\nNSpid:\t31729\t3\nSigBlk:\t0\n";
+        assert_eq!(innermost_nspid(status), Some(3));
+        assert_eq!(innermost_nspid("NSpid:\t42\n"), Some(42));
+        // Kernels before 4.1 have no such line; a garbled one is no id.
+        assert_eq!(innermost_nspid("Name:\tx\nPid:\t7\n"), None);
+        assert_eq!(innermost_nspid("NSpid:\t\n"), None);
+        assert_eq!(innermost_nspid("NSpid:\t12\tx\n"), None);
+    }
+
+    #[test]
+    fn this_process_s_proc_is_its_own() {
+        assert_eq!(proc_problem(), None);
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
+        assert!(tasks().unwrap().contains(&me));
+        assert_eq!(task_dir(me), Some(me));
     }
 
     #[test]
