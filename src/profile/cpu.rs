@@ -40,9 +40,10 @@
 //! (`kill -PROF`) to an unregistered thread then runs it on that thread's alternate stack, which
 //! may be too small for a capture. Do not mix other SIGPROF sources with a running profiler.
 //!
-//! Only one profiler runs at a time (the SIGPROF disposition is process-wide). The handler stays
-//! installed after `stop` (a pending SIGPROF must not kill the process) and ignores signals
-//! while no profiler runs.
+//! Only one profiler runs at a time (the SIGPROF disposition is process-wide). On `stop` the
+//! handler installed before it is put back, `SIG_DFL` as `SIG_IGN` (a pending SIGPROF must not
+//! kill the process); SIGPROFs not from the profiler's timers go to that handler meanwhile
+//! (see the `sigprof` module).
 //!
 //! ```no_run
 //! unwind::init();

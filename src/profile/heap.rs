@@ -2045,7 +2045,9 @@ fn to_profile_unsampled(samples: &[HeapSample], rate: u64) -> crate::profile::Pr
         // Found by outside use in the twenty-fifth round: in-use bytes short by a sixth with
         // no word (10 million live blocks sampled at rate 1).
         eprintln!(
-            "unwind: warning: {untracked} sampled blocks did not fit the profiler's table of              live blocks: each was counted as freed at once, so in-use objects and bytes are              low (a lower sampling rate, or heap::reset, makes room)"
+            "unwind: warning: {untracked} sampled blocks did not fit the profiler's table of \
+             live blocks: each was counted as freed at once, so in-use objects and bytes are \
+             low (a lower sampling rate, or heap::reset, makes room)"
         );
     }
     crate::module_watch::warn_unloaded(unloaded());
