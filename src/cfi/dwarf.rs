@@ -1288,7 +1288,7 @@ impl Cfi for Stepper<'_> {
         !self.u.no_guesses
     }
 
-    /// A live walk (this is the live stepper): see [`crate::frame::could_be_code`].
+    /// A live walk (this is the live stepper): below 64 KiB or above user space.
     #[inline(always)]
     fn impossible_pc(&mut self, pc: u64) -> bool {
         !crate::frame::could_be_code(pc)
@@ -1350,7 +1350,7 @@ impl Cfi for &Unwinder {
         !self.no_guesses
     }
 
-    /// The loaded modules' unwinder walks live stacks: see [`crate::frame::could_be_code`].
+    /// The loaded modules' unwinder walks live stacks: below 64 KiB or above user space.
     #[inline(always)]
     fn impossible_pc(&mut self, pc: u64) -> bool {
         !crate::frame::could_be_code(pc)
