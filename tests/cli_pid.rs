@@ -399,6 +399,45 @@ fn a_thread_in_the_vdso_is_named_and_walked_out_of() {
     t.assert_untouched();
 }
 
+/// A user who is not root (who may not open `/proc/PID/map_files`) unwinds their own process
+/// whose executable was deleted: the program is opened through `/proc/PID/exe` and named (it
+/// was left unnamed, the walk cut at its first frame: found by outside use in the
+/// twenty-sixth round). Both run as `nobody` (through `setpriv`, which execs: the target's pid
+/// is the program's); checked where this is root.
+#[test]
+fn a_non_root_user_s_deleted_executable_is_named() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !need("gcc", "--version") {
+        eprintln!("not root: nobody's process is not checked");
+        return;
+    }
+    let dir = TempDir::new("deleted-nobody");
+    let exe = build_c(&dir.0);
+    let bin = dir.0.join("unwind");
+    std::fs::copy(BIN, &bin).unwrap();
+    let as_nobody = |prog: &Path| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(prog);
+        c
+    };
+    let mut cmd = as_nobody(&exe);
+    cmd.arg("2");
+    let mut t = Target::start(&mut cmd);
+    std::fs::remove_file(&exe).unwrap();
+    let out = as_nobody(&bin)
+        .args(["stack", "--pid", &t.pid().to_string(), "--format", "json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = thread_with(&r, "on_usr1");
+    crossed(h, "handler_mid", "sig_top");
+    assert!(!err.contains("not available"), "{err}");
+    t.assert_untouched();
+}
+
 #[test]
 fn deleted_executable_and_another_root() {
     if !need("gcc", "--version") {

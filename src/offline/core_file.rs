@@ -509,6 +509,11 @@ impl Core {
             .get(s.file_lo + off as usize..s.file_lo + end as usize)
     }
 
+    /// Is its memory read from a live process ([`Core::with_backing`]) rather than held?
+    pub fn has_backing(&self) -> bool {
+        self.backing.is_some()
+    }
+
     /// Was the memory at `addr` writable (its core segment's flags)? `None` for a live
     /// process's or memory in no segment.
     pub fn writable(&self, addr: u64) -> Option<bool> {

@@ -999,11 +999,19 @@ pub fn unwind_paused<P: Pause>(
         .iter()
         .filter(|(p, _)| symbols.modules().iter().any(|m| &m.path == p))
         .map(|(p, e)| {
-            let w = format!(
-                "module {} not available ({e}): read from the core's memory instead (its \
-                 exported symbols and CFI, as far as the core holds them)",
-                p.escape_debug()
-            );
+            let w = if core.has_backing() {
+                format!(
+                    "module {} not available ({e}): read from the process's memory instead \
+                     (its exported symbols and CFI)",
+                    p.escape_debug()
+                )
+            } else {
+                format!(
+                    "module {} not available ({e}): read from the core's memory instead (its \
+                     exported symbols and CFI, as far as the core holds them)",
+                    p.escape_debug()
+                )
+            };
             (p.clone(), w)
         })
         .collect();

@@ -72,7 +72,22 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     let page = |a: u64| a & !0xfff;
     let vaddr0 = loads().find(|p| page(p.p_offset(e)) == 0)?.p_vaddr(e);
     let bias = base.wrapping_sub(page(vaddr0));
-    let at = |vaddr: u64, len: u64| core.bytes_at(vaddr.wrapping_add(bias), len);
+    // In place where the core file holds the bytes; read through the memory otherwise (a
+    // live process's, `--pid` and `Symbolizer::for_current_process`: a module whose file
+    // could not be opened, or was replaced, was left unnamed there).
+    let mem = core.memory();
+    let at = |vaddr: u64, len: u64| -> Option<std::borrow::Cow<'_, [u8]>> {
+        let addr = vaddr.wrapping_add(bias);
+        if let Some(b) = core.bytes_at(addr, len) {
+            return Some(std::borrow::Cow::Borrowed(b));
+        }
+        if !core.has_backing() || len > 1 << 26 {
+            return None;
+        }
+        let mut v = vec![0u8; len as usize];
+        mem.read_bytes(addr, &mut v)
+            .then_some(std::borrow::Cow::Owned(v))
+    };
     // How far the segment holding link-time address `a` reaches past it.
     let room = |a: u64| {
         loads()
@@ -91,7 +106,7 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
         if hdr[0] != 1 || hdr[1] != 0x1b {
             return None;
         }
-        let rel = i64::from(u32_at(hdr, 4)? as i32);
+        let rel = i64::from(u32_at(&hdr, 4)? as i32);
         let eh_vaddr = hdr_vaddr.wrapping_add(4).wrapping_add_signed(rel);
         // `.eh_frame` runs at most to the end of its segment (its terminator ends it sooner).
         let eh = at(eh_vaddr, room(eh_vaddr)?.min(1 << 26))?;
@@ -167,7 +182,7 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     }
     // The notes (in the first page, which every core keeps): the GNU build id finds the
     // module's separate debug file, whose full symbol table names its local functions too.
-    let notes: Vec<(u64, &[u8], u64)> = phdrs
+    let notes: Vec<(u64, std::borrow::Cow<'_, [u8]>, u64)> = phdrs
         .iter()
         .filter(|p| p.p_type(e) == PT_NOTE && matches!(p.p_align(e), 4 | 8))
         .filter_map(|p| {
@@ -228,8 +243,8 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
     };
     if let Some((symtab, syms, strtab, strs)) = dynamic {
         // `.dynstr` is the next section (index 2 with the null one first).
-        add(&mut out, ".dynsym", SHT_DYNSYM, symtab, syms, 2, 24, 8);
-        add(&mut out, ".dynstr", SHT_STRTAB, strtab, strs, 0, 0, 1);
+        add(&mut out, ".dynsym", SHT_DYNSYM, symtab, &syms, 2, 24, 8);
+        add(&mut out, ".dynstr", SHT_STRTAB, strtab, &strs, 0, 0, 1);
     }
     if let Some((hdr_vaddr, hdr, eh_vaddr, eh)) = cfi {
         add(
@@ -237,19 +252,19 @@ fn image_from_memory(core: &Core, path: &str) -> Option<(Vec<u8>, u64)> {
             ".eh_frame_hdr",
             SHT_PROGBITS,
             hdr_vaddr,
-            hdr,
+            &hdr,
             0,
             0,
             4,
         );
-        add(&mut out, ".eh_frame", SHT_PROGBITS, eh_vaddr, eh, 0, 0, 8);
+        add(&mut out, ".eh_frame", SHT_PROGBITS, eh_vaddr, &eh, 0, 0, 8);
     }
     if let Some((vaddr, tab)) = &gopclntab {
         add(&mut out, ".gopclntab", SHT_PROGBITS, *vaddr, tab, 0, 0, 8);
     }
     const SHT_NOTE: u32 = 7;
     for (vaddr, bytes, align) in notes {
-        add(&mut out, ".note", SHT_NOTE, vaddr, bytes, 0, 0, align);
+        add(&mut out, ".note", SHT_NOTE, vaddr, &bytes, 0, 0, align);
     }
     let mut names = vec![0u8];
     let mut name_at = Vec::new();

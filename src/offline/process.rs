@@ -557,6 +557,8 @@ pub struct Vma {
     pub read: bool,
     /// Executable (`x`)?
     pub exec: bool,
+    /// Writable (`w`)?
+    pub write: bool,
     /// File offset.
     pub offset: u64,
     /// The file's device (major, minor) and inode (0 for anonymous memory).
@@ -603,6 +605,7 @@ pub fn parse_maps(text: &str) -> Vec<Vma> {
             range: Range::new(lo, hi),
             read: p.first() == Some(&b'r'),
             exec: p.get(2) == Some(&b'x'),
+            write: p.get(1) == Some(&b'w'),
             offset,
             file_id,
             path: path.to_string(),
@@ -677,6 +680,44 @@ fn module_mappings(
     (out, resolved, None)
 }
 
+/// This process's modules, named and checked as `unwind stack --pid` names another's: each
+/// file opened through `/proc/self/map_files` where this process may (a file deleted or
+/// replaced since it was mapped is still the one mapped), else by its path; a file whose
+/// build id is not the one in this process's memory is not used (a library or program
+/// replaced on disk since it was loaded named every frame in it after the new file's
+/// functions, with its build id in the profile: found by outside use in the twenty-sixth
+/// round), and a module without its file is read from memory (its exported symbols and CFI).
+/// The vDSO is read from memory. `None` when `/proc/self/maps` cannot be read.
+pub fn own_symbols() -> Option<crate::symbols::Symbolizer> {
+    let pid = std::process::id();
+    // `/proc/PID` is this process only where `/proc` is this PID namespace's (`unshare --pid`
+    // without a /proc of its own: another process's).
+    if std::fs::read_link("/proc/self").ok()? != std::path::Path::new(&pid.to_string()) {
+        return None;
+    }
+    let vmas = read_maps(pid).ok()?;
+    let (mappings, opened_as, _) = module_mappings(pid, &vmas);
+    let mem = Arc::new(ProcMemory::new(pid, vmas));
+    let vdso = mem.vdso();
+    // This process's own memory: its files' images do not change while they are mapped.
+    mem.open(None);
+    let mut core = Core::with_backing(
+        HOST_ARCH,
+        mappings,
+        read_auxv(pid),
+        vdso,
+        Box::new(SharedMemory(mem)),
+    );
+    for (path, file) in opened_as {
+        core.set_mapping_file(path, file.into_bytes());
+    }
+    let opts = Options {
+        allow_proc: Some(format!("/proc/{pid}").into()),
+        ..Options::default()
+    };
+    Some(offline::symbols_for(&core, &opts))
+}
+
 /// A path that opens the file mapped at `v` (see [`module_mappings`]).
 fn resolve_mapped(pid: u32, vmas: &[Vma], v: &Vma) -> String {
     use std::os::unix::fs::MetadataExt;
@@ -689,9 +730,6 @@ fn resolve_mapped(pid: u32, vmas: &[Vma], v: &Vma) -> String {
         "/proc/{pid}/map_files/{:x}-{:x}",
         first.range.lo, first.range.hi
     );
-    if v.path.ends_with(" (deleted)") {
-        return map_files;
-    }
     // The kernel's encoding of st_dev (glibc `sys/sysmacros.h`: gnu_dev_major/minor).
     let same_file = |p: &str| {
         std::fs::metadata(p).is_ok_and(|m| {
@@ -701,6 +739,16 @@ fn resolve_mapped(pid: u32, vmas: &[Vma], v: &Vma) -> String {
             (major as u32, minor as u32, m.ino()) == v.file_id
         })
     };
+    if v.path.ends_with(" (deleted)") {
+        // `map_files` needs CAP_SYS_ADMIN; `/proc/PID/exe` opens the executable for any user
+        // that may trace the process (found by outside use in the twenty-sixth round: a
+        // non-root `--pid` of the same user's deleted program was left unnamed).
+        let exe = format!("/proc/{pid}/exe");
+        if std::fs::metadata(&map_files).is_err() && same_file(&exe) {
+            return exe;
+        }
+        return map_files;
+    }
     let in_root = format!("/proc/{pid}/root{}", v.path);
     if same_file(&v.path) {
         v.path.clone()
@@ -929,7 +977,17 @@ impl MemState {
 impl Backing for ProcMemory {
     fn read(&self, addr: u64, out: &mut [u8]) -> bool {
         let mut st = self.lock();
-        if !st.open || st.readable(addr, out.len() as u64).is_none() {
+        // Between stops only a file's read-only mappings: its image, which does not change
+        // while mapped (a module read from memory where its file cannot be opened or was
+        // replaced, before the threads are stopped: found by outside use in the twenty-sixth
+        // round, a deleted executable under a non-root `--pid` was left unnamed).
+        let fixed = |st: &MemState| {
+            let i = st.vmas.partition_point(|v| v.range.lo <= addr);
+            i.checked_sub(1)
+                .and_then(|i| st.vmas.get(i))
+                .is_some_and(|v| !v.write && v.file_id.2 != 0)
+        };
+        if !(st.open || fixed(&st)) || st.readable(addr, out.len() as u64).is_none() {
             return false;
         }
         let mut done = 0usize;

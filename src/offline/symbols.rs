@@ -1857,6 +1857,12 @@ impl Symbolizer {
     }
 
     fn for_current_process_unsampled() -> Self {
+        // Named and checked as `unwind stack --pid` does (files through `map_files`, build ids
+        // against memory); the plain reading of the maps where `/proc/self` is not this
+        // process's own.
+        if let Some(s) = crate::process::own_symbols() {
+            return s;
+        }
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
         let parsed = crate::process::parse_maps(&maps);
         let vdso = parsed.iter().find(|v| v.path == "[vdso]").map(|v| v.range);
