@@ -45,6 +45,9 @@ pub fn loaded_modules() -> Vec<LoadedModule> {
 /// A module's `.eh_frame_hdr` and `.eh_frame`, copied out of its mapping while the loader's lock
 /// was held (so a `dlclose` racing [`refresh`] cannot unmap them under the parser).
 struct CopiedCfi {
+    /// The GNU build id in the module's memory (its `PT_NOTE`s), where it has one: the file
+    /// at its path is used only if it has the same (see [`prepare_with`]).
+    build_id: Option<Vec<u8>>,
     hdr: Vec<u8>,
     hdr_vaddr: u64,
     eh: Vec<u8>,
@@ -74,7 +77,12 @@ fn enumerate(copy: bool) -> Vec<(LoadedModule, Option<CopiedCfi>)> {
                 // SAFETY: `m` was just built from the loader's own program headers for this
                 // object, which stays mapped while this callback runs (the loader's lock keeps
                 // `dlclose` out).
-                unsafe { copy_from_memory(&m) }.ok()
+                let mut c = unsafe { copy_from_memory(&m) }.ok();
+                if let Some(c) = c.as_mut() {
+                    // SAFETY: as above; the notes read lie in the object's loaded segments.
+                    c.build_id = unsafe { build_id_in_memory(&m, o.phdrs) };
+                }
+                c
             } else {
                 None
             };
@@ -93,21 +101,37 @@ fn enumerate(copy: bool) -> Vec<(LoadedModule, Option<CopiedCfi>)> {
 /// (no `dlclose`) until this returns. [`refresh`] needs no such promise: it copies the sections
 /// while the loader's lock is held.
 pub unsafe fn prepare_loaded(arch: ArchKind, m: &LoadedModule) -> Result<PreparedCfi, CfiError> {
-    prepare_with(arch, m, || {
+    prepare_with(arch, m, None, || {
         // SAFETY: forwarded from the caller.
         unsafe { copy_from_memory(m) }
     })
 }
 
+/// Prepares `m`'s CFI from its file, unless the file's GNU build id is not `in_memory` (the
+/// loaded object's: the file was replaced since it was loaded, a rebuild or an upgrade; its
+/// tables walked the old code with the new file's rules: found by outside use in the
+/// twenty-sixth round), else from `copy`.
 fn prepare_with(
     arch: ArchKind,
     m: &LoadedModule,
+    in_memory: Option<&[u8]>,
     copy: impl FnOnce() -> Result<CopiedCfi, CfiError>,
 ) -> Result<PreparedCfi, CfiError> {
     let path = Path::new(&m.path);
-    let from_file = if path.is_absolute() && path.exists() {
-        // This process's own files: the executable is opened as /proc/self/exe.
-        let policy = crate::safe_open::Policy::default().allowing_proc("/proc/self");
+    // This process's own files: the executable is opened as /proc/self/exe.
+    let policy = crate::safe_open::Policy::default().allowing_proc("/proc/self");
+    let replaced = || {
+        in_memory.is_some_and(|want| {
+            crate::safe_open::map(path, &policy).is_ok_and(|data| {
+                use object::Object;
+                object::File::parse(&*data)
+                    .ok()
+                    .and_then(|f| f.build_id().ok().flatten().map(<[u8]>::to_vec))
+                    .is_some_and(|have| have != want)
+            })
+        })
+    };
+    let from_file = if path.is_absolute() && path.exists() && !replaced() {
         crate::dwarf::parse_file_with(arch, path, m.bias, &policy)
     } else {
         Err(CfiError::Object)
@@ -164,11 +188,54 @@ unsafe fn copy_from_memory(m: &LoadedModule) -> Result<CopiedCfi, CfiError> {
     };
     let eh_len = eh_frame_len(rest);
     Ok(CopiedCfi {
+        build_id: None,
         hdr: hdr.to_vec(),
         hdr_vaddr,
         eh: rest[..eh_len].to_vec(),
         eh_vaddr,
     })
+}
+
+/// The GNU build id in a loaded object's `PT_NOTE` segments (`NT_GNU_BUILD_ID`), read in place.
+///
+/// # Safety
+/// As [`copy_from_memory`]: `m` and `phdrs` describe an object loaded now that stays loaded
+/// until this returns.
+unsafe fn build_id_in_memory(m: &LoadedModule, phdrs: &[libc::Elf64_Phdr]) -> Option<Vec<u8>> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    for p in phdrs.iter().filter(|p| p.p_type == libc::PT_NOTE) {
+        // Inside a loaded segment, and small (notes are tens of bytes).
+        let inside = m.loads.iter().any(|&(a, sz)| {
+            p.p_vaddr >= a && p.p_vaddr - a < sz && p.p_memsz <= sz - (p.p_vaddr - a)
+        });
+        if !inside || p.p_memsz > 1 << 12 {
+            continue;
+        }
+        // SAFETY: [p_vaddr, + p_memsz) lies inside one of this object's PT_LOAD segments,
+        // mapped readable at + bias while it is loaded (the caller's promise).
+        let notes = unsafe {
+            std::slice::from_raw_parts(
+                p.p_vaddr.wrapping_add(m.bias) as *const u8,
+                p.p_memsz as usize,
+            )
+        };
+        let align = if p.p_align == 8 { 8 } else { 4 };
+        let mut at = 0usize;
+        let word = |i: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(notes.get(i..i + 4)?.try_into().ok()?))
+        };
+        while at + 12 <= notes.len() {
+            let (namesz, descsz, ty) = (word(at)? as usize, word(at + 4)? as usize, word(at + 8)?);
+            let name_at = at + 12;
+            let desc_at = name_at.checked_add(namesz.next_multiple_of(align))?;
+            let end = desc_at.checked_add(descsz.next_multiple_of(align))?;
+            if ty == NT_GNU_BUILD_ID && notes.get(name_at..name_at + namesz) == Some(b"GNU\0") {
+                return notes.get(desc_at..desc_at + descsz).map(<[u8]>::to_vec);
+            }
+            at = end;
+        }
+    }
+    None
 }
 
 /// The length of the `.eh_frame` at the start of `data`: entries up to and including the zero
@@ -327,8 +394,9 @@ fn refresh_locked(
             u.add(t.clone());
             continue;
         }
+        let in_memory = copied.as_ref().and_then(|c| c.build_id.clone());
         let copy = || copied.ok_or(CfiError::NoCfi);
-        match prepare_with(arch, &m, copy) {
+        match prepare_with(arch, &m, in_memory.as_deref(), copy) {
             Ok(t) => {
                 prepared.push((key, t.clone()));
                 u.add(t)

@@ -173,19 +173,24 @@ pub fn go_build(dir: &Path, src: &Path, exe: &Path, flags: &[String], env: &[(&s
     );
 }
 
-/// Loads a copy of glibc's libm from `path` (a file name new to this process, so the loader
-/// maps it afresh) and deletes the file (so its CFI can only come from memory). Returns the
-/// `dlopen` handle; panics when libm is not found or does not load.
-pub fn dlopen_libm_copy(path: &Path) -> *mut libc::c_void {
-    let src = [
+/// Where glibc's libm is; panics when it is not found.
+#[allow(dead_code)]
+pub fn libm_path() -> &'static str {
+    [
         "/lib/x86_64-linux-gnu/libm.so.6",
         "/lib64/libm.so.6",
         "/usr/lib/libm.so.6",
     ]
     .into_iter()
     .find(|p| Path::new(p).exists())
-    .expect("libm.so.6 (glibc) not found");
-    std::fs::copy(src, path).unwrap();
+    .expect("libm.so.6 (glibc) not found")
+}
+
+/// Loads a copy of glibc's libm from `path` (a file name new to this process, so the loader
+/// maps it afresh) and deletes the file (so its CFI can only come from memory). Returns the
+/// `dlopen` handle; panics when libm is not found or does not load.
+pub fn dlopen_libm_copy(path: &Path) -> *mut libc::c_void {
+    std::fs::copy(libm_path(), path).unwrap();
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: loads a copy of libm (no constructors with effects); the caller closes it or not.
     let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
