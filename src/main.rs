@@ -105,7 +105,7 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
     reopen_closed_stdio();
     // A panic (a bug; the message is printed by the panic hook) must not unwind out of a C
     // function, which would abort: exit 101, as std's start-up would.
-    std::panic::catch_unwind(run).unwrap_or(101)
+    with_room(|| std::panic::catch_unwind(run).unwrap_or(101))
 }
 
 /// Opens `/dev/null` on whichever of fds 0-2 the parent left closed (`unwind ... >&-`), as
@@ -141,7 +141,34 @@ fn reopen_closed_stdio() {
 /// `main`.
 #[cfg(not(all(not(test), target_os = "linux", target_env = "gnu")))]
 fn main() {
-    std::process::exit(run());
+    std::process::exit(with_room(run));
+}
+
+/// The stack `unwind`'s work asks for: symbolising with line tables inflates compressed debug
+/// sections (miniz_oxide keeps its state on the stack), which overflowed a 64 KiB main thread
+/// (`prlimit --stack=65536`: SIGSEGV, found by outside use in the twenty-sixth round).
+const WORK_STACK: usize = 8 << 20;
+
+/// Runs `f` on this thread when its stack limit (`RLIMIT_STACK`, the main thread's) leaves
+/// [`WORK_STACK`], else on a thread of that size (here, when it can be made).
+fn with_room(f: fn() -> libc::c_int) -> libc::c_int {
+    // SAFETY: a zeroed rlimit is valid; getrlimit only writes it.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let small = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut lim) } == 0
+        && lim.rlim_cur != libc::RLIM_INFINITY
+        && lim.rlim_cur < WORK_STACK as libc::rlim_t;
+    if !small {
+        return f();
+    }
+    match std::thread::Builder::new()
+        .name("unwind".into())
+        .stack_size(WORK_STACK)
+        .spawn(f)
+    {
+        Ok(t) => t.join().unwrap_or(101),
+        Err(_) => f(),
+    }
 }
 
 /// The command line's work: 0 on success, 2 with a one-line error on stderr; stdout flushed

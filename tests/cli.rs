@@ -928,6 +928,51 @@ fn as_unprivileged(args: &[&str]) -> Output {
     out
 }
 
+/// Under tight limits (`prlimit`): a 64 KiB main-thread stack with line tables (miniz_oxide
+/// inflating compressed debug sections overflowed it: SIGSEGV), and 20 MiB of address space
+/// (a file that could not be mapped was read into an allocation that aborted). Found by
+/// outside use in the twenty-sixth round. The run must end by itself: 0, or 2 with a message.
+#[test]
+fn tight_limits_end_in_an_exit_status_not_a_signal() {
+    use std::os::unix::process::CommandExt;
+    let d = tmp("limits");
+    let c = core("core-x86_64-chain", &d);
+    for (what, resource, limit) in [
+        ("stack", libc::RLIMIT_STACK, 64 << 10),
+        ("address space", libc::RLIMIT_AS, 20 << 20),
+    ] {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "stack",
+            "--core",
+            p(&c),
+            "--exe",
+            p(&exe("x86_64")),
+            "--lines",
+        ]);
+        // SAFETY: setrlimit is async-signal-safe; the child only lowers its own limit.
+        unsafe {
+            cmd.pre_exec(move || {
+                let l = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(resource, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(0 | 2)),
+            "{what}: {:?}\n{err}",
+            out.status
+        );
+    }
+}
+
 /// A module whose file is now not ELF (a program replaced by a text file, here under a
 /// `--sysroot`): a warning says so where a frame ran in it (the warning was dropped as a data
 /// file's, found by outside use in the twenty-sixth round).

@@ -237,7 +237,12 @@ impl Opened {
             Ok(m) if m.len() as u64 == self.len => Ok(Mapped::Map(m)),
             _ if self.len <= MAX_READ => {
                 use std::io::Read;
-                let mut v = Vec::with_capacity(self.len as usize);
+                // Where mapping failed for want of address space (`ulimit -v`), allocating
+                // may fail too: an error, not an abort (found by outside use in the
+                // twenty-sixth round).
+                let mut v = Vec::new();
+                v.try_reserve_exact(self.len as usize)
+                    .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
                 (&self.file).take(self.len).read_to_end(&mut v)?;
                 Ok(Mapped::Owned(v))
             }
