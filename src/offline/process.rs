@@ -250,6 +250,17 @@ fn unwind_once(
     *leftover = std::mem::take(&mut stopper.leftover);
     let mut report = walked?;
     report.paused = Some(stopper.paused);
+    // Found by outside use in the twenty-sixth round: under a seccomp filter each thread
+    // showed one frame and "unreadable frame record", which reads as a corrupt stack.
+    if let Some(why) = stopper.mem.refusal() {
+        report.warnings.insert(
+            0,
+            format!(
+                "the process's memory could not be read ({why}): each thread shows the \
+                 frame its registers give and stops there"
+            ),
+        );
+    }
     add_perf_map(pid, view, &mut report);
     // A thread killed while held (`SIGKILL` ends a ptrace stop; so does another thread's
     // `execve`) was walked through memory that was going: its walk stopped early and the
@@ -779,6 +790,9 @@ struct MemState {
     mem_file: Option<std::fs::File>,
     /// Did `process_vm_readv` fail with `ENOSYS`/`EPERM` (then every read uses the file)?
     no_vm_readv: bool,
+    /// Why `process_vm_readv` was given up (its errno) and why `/proc/PID/mem` could not be
+    /// opened or read (the first error), when neither reads: said in a warning.
+    refused: (Option<i32>, Option<std::io::Error>),
     /// System calls made to read memory (the tests check the cache with it).
     syscalls: u64,
 }
@@ -793,6 +807,7 @@ impl ProcMemory {
                 open: false,
                 mem_file: None,
                 no_vm_readv: false,
+                refused: (None, None),
                 syscalls: 0,
             }),
         }
@@ -800,6 +815,20 @@ impl ProcMemory {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why this process's memory could not be read, where neither `process_vm_readv` nor
+    /// `/proc/PID/mem` was allowed (a seccomp filter, a security module): a warning's words.
+    fn refusal(&self) -> Option<String> {
+        let st = self.lock();
+        let errno = st.refused.0?;
+        let file = st.refused.1.as_ref()?;
+        Some(format!(
+            "process_vm_readv: {}; /proc/{}/mem: {}",
+            crate::offline::io_why(&std::io::Error::from_raw_os_error(errno)),
+            self.pid,
+            crate::offline::io_why(file)
+        ))
     }
 
     /// The vDSO's bytes (searched for signal trampolines like a core's executable segments).
@@ -941,17 +970,33 @@ impl MemState {
             let err = std::io::Error::last_os_error().raw_os_error();
             if matches!(err, Some(libc::ENOSYS) | Some(libc::EPERM)) {
                 self.no_vm_readv = true;
+                self.refused.0 = err;
             } else {
                 return 0;
             }
         }
         if self.mem_file.is_none() {
-            self.mem_file = std::fs::File::open(format!("/proc/{pid}/mem")).ok();
+            match std::fs::File::open(format!("/proc/{pid}/mem")) {
+                Ok(f) => self.mem_file = Some(f),
+                Err(e) => {
+                    self.refused.1.get_or_insert(e);
+                    return 0;
+                }
+            }
         }
         let Some(f) = &self.mem_file else { return 0 };
         self.syscalls += 1;
         use std::os::unix::fs::FileExt;
-        f.read_at(out, addr).unwrap_or(0)
+        match f.read_at(out, addr) {
+            Ok(n) => n,
+            Err(e) => {
+                // EIO is an unmapped or unreadable page: only a refusal is worth a word.
+                if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                    self.refused.1.get_or_insert(e);
+                }
+                0
+            }
+        }
     }
 
     fn page(&mut self, pid: u32, page: u64) -> Option<&[u8]> {
@@ -1742,6 +1787,79 @@ garbage
         let s = "123 (a (weird) name) S 1 123 123 0 -1 4194560 100 0 0 0";
         assert_eq!(parse_stat(s), Some(('S', 4194560)));
         assert_eq!(parse_stat("1 (x) R"), None);
+    }
+
+    /// Where a seccomp filter refuses `process_vm_readv` and reading `/proc/PID/mem` (a
+    /// sandbox), a read fails and [`ProcMemory::refusal`] says why (a `--pid` walk then warns:
+    /// it showed one frame and "unreadable frame record", found by outside use in the
+    /// twenty-sixth round). The filter is installed on a thread of its own (seccomp filters and
+    /// no_new_privs are per thread without TSYNC), which reads this process's memory.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_refused_memory_read_says_why() {
+        let data = [7u64; 512];
+        let at = data.as_ptr() as u64;
+        let vmas = read_maps(std::process::id()).unwrap();
+        let (read, why) = std::thread::spawn(move || {
+            const RET_ERRNO_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+            const RET_ALLOW: u32 = 0x7fff_0000;
+            let stmt = |code: u16, k: u32| libc::sock_filter {
+                code,
+                jt: 0,
+                jf: 0,
+                k,
+            };
+            let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+                code: 0x15, // BPF_JMP | BPF_JEQ | BPF_K
+                jt,
+                jf,
+                k,
+            };
+            let mut prog = [
+                stmt(0x20, 0), // BPF_LD | BPF_W | BPF_ABS: seccomp_data.nr
+                jeq(libc::SYS_process_vm_readv as u32, 2, 0),
+                jeq(libc::SYS_pread64 as u32, 1, 0),
+                stmt(0x06, RET_ALLOW), // BPF_RET | BPF_K
+                stmt(0x06, RET_ERRNO_EPERM),
+            ];
+            let fprog = libc::sock_fprog {
+                len: prog.len() as u16,
+                filter: prog.as_mut_ptr(),
+            };
+            // SAFETY: prctl with these arguments only changes this thread's own syscall
+            // filtering: no_new_privs, then a filter program valid for the call.
+            unsafe {
+                assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+                assert_eq!(
+                    libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER,
+                        &fprog as *const libc::sock_fprog
+                    ),
+                    0
+                );
+            }
+            let m = ProcMemory::new(std::process::id(), vmas);
+            m.open(None);
+            let mut b = [0u8; 8];
+            (m.read(at, &mut b), m.refusal())
+        })
+        .join()
+        .unwrap();
+        assert!(!read);
+        let why = why.expect("the refusal is said");
+        assert!(
+            why.starts_with("process_vm_readv: Operation not permitted; /proc/"),
+            "{why}"
+        );
+        assert!(why.ends_with("/mem: Operation not permitted"), "{why}");
+        // Unfiltered, nothing is refused.
+        let m = ProcMemory::new(std::process::id(), read_maps(std::process::id()).unwrap());
+        m.open(None);
+        let mut b = [0u8; 8];
+        assert!(m.read(at, &mut b));
+        assert_eq!(m.refusal(), None);
+        std::hint::black_box(data);
     }
 
     #[test]
