@@ -258,8 +258,11 @@ pub struct Stats {
     /// the profile is written ([`crate::module_watch::warn_unloaded`], which [`to_profile`]
     /// calls).
     pub unloaded: u32,
-    /// Allocations not sampled because their thread was already inside the profiler: a signal
-    /// handler that interrupted a sample and allocated, or [`snapshot`]'s own allocations.
+    /// Allocations not sampled because their thread was already inside the profiler: the
+    /// profiler's own work (preparing the CFI of libraries loaded since the last look, which a
+    /// sample does first; [`snapshot`]'s and a profile's writing), or a signal handler that
+    /// interrupted a sample and allocated. A program that loads libraries often counts many
+    /// (found by outside use in the twenty-sixth round: tens of thousands in a plugin host).
     pub reentrant: u64,
     /// The program keeps no frame records (built without frame pointers): stacks came from
     /// CFI, which is slower per sample ([`crate::module_watch::program_keeps_frame_records`]).
