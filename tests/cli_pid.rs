@@ -399,6 +399,67 @@ fn a_thread_in_the_vdso_is_named_and_walked_out_of() {
     t.assert_untouched();
 }
 
+/// Where `/proc` cannot name the process (not mounted; another PID namespace's) or ptrace is
+/// refused for want of CAP_SYS_PTRACE, the refusal says which (it said "no process N",
+/// "exited before it could be stopped", "a security module?": found by outside use in the
+/// twenty-sixth round). Run through `unshare` and `setpriv`, as root.
+#[test]
+fn proc_and_capability_refusals_say_which() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip::skip("not root: unshare and setpriv cases not run");
+        return;
+    }
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let cases = [
+        (
+            vec![
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                "umount -l /proc && exec \"$0\" stack --pid \"$1\"",
+            ],
+            "unwind: /proc: not mounted or not readable",
+        ),
+        (
+            vec![
+                "unshare",
+                "--pid",
+                "--fork",
+                "sh",
+                "-c",
+                "exec \"$0\" stack --pid \"$1\"",
+            ],
+            "unwind: /proc: another PID namespace's",
+        ),
+        (
+            vec![
+                "setpriv",
+                "--bounding-set=-all",
+                "--inh-caps=-all",
+                "sh",
+                "-c",
+                "exec \"$0\" stack --pid \"$1\"",
+            ],
+            "lacks CAP_SYS_PTRACE",
+        ),
+    ];
+    for (cmd, want) in cases {
+        let out = Command::new(cmd[0])
+            .args(&cmd[1..])
+            .arg(BIN)
+            .arg(sleeper.id().to_string())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(err.contains(want), "{cmd:?}: {err}");
+    }
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}
+
 /// A user who is not root (who may not open `/proc/PID/map_files`) unwinds their own process
 /// whose executable was deleted: the program is opened through `/proc/PID/exe` and named (it
 /// was left unnamed, the walk cut at its first frame: found by outside use in the

@@ -375,6 +375,25 @@ fn check_target(pid: u32) -> Result<(), ProcessError> {
     if pid == std::process::id() {
         return Err(ProcessError::Itself(pid));
     }
+    // Without a /proc, or with another PID namespace's, every pid below would be "no process"
+    // or another process's (found by outside use in the twenty-sixth round).
+    match std::fs::read_link("/proc/self") {
+        Err(e) => {
+            let why = std::io::Error::new(
+                e.kind(),
+                "not mounted or not readable: --pid reads a process through /proc/PID",
+            );
+            return Err(ProcessError::Io("/proc".into(), why));
+        }
+        Ok(me) if me != std::path::Path::new(&std::process::id().to_string()) => {
+            let why = std::io::Error::other(
+                "another PID namespace's (mount this namespace's: unshare --mount-proc, or \
+                 mount -t proc proc /proc)",
+            );
+            return Err(ProcessError::Io("/proc".into(), why));
+        }
+        Ok(_) => {}
+    }
     let stat = match read_text(&format!("/proc/{pid}/stat")) {
         Ok(s) => s,
         Err(e) if gone(&e) => return Err(ProcessError::NoSuchProcess(pid)),
@@ -525,6 +544,11 @@ fn permission_reason(pid: u32) -> ProcessError {
     let euid = unsafe { libc::geteuid() };
     let why = match (euid, scope) {
         (_, Some(3)) => "ptrace is disabled (kernel.yama.ptrace_scope = 3)".to_string(),
+        (0, _) if !has_cap_sys_ptrace() => {
+            "ptrace refused: this process lacks CAP_SYS_PTRACE (dropped, as a container's \
+             default set does)"
+                .into()
+        }
         (0, _) => "ptrace refused (a security module? a process of another user namespace?)".into(),
         (_, Some(s)) if s >= 1 => format!(
             "not root, and kernel.yama.ptrace_scope = {s} allows only tracing one's descendants"
@@ -532,6 +556,19 @@ fn permission_reason(pid: u32) -> ProcessError {
         _ => "not root, and the process belongs to another user (or is not dumpable)".into(),
     };
     ProcessError::PermissionDenied(pid, why)
+}
+
+/// Does this process hold `CAP_SYS_PTRACE` (bit 19 of `CapEff` in `/proc/self/status`)? Yes
+/// when it cannot tell.
+fn has_cap_sys_ptrace() -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(v.trim(), 16).ok()
+        })
+        .is_none_or(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
 }
 
 /// Has thread `tid` exited (gone, or a zombie / dead in `/proc`)?
