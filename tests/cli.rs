@@ -973,6 +973,53 @@ fn tight_limits_end_in_an_exit_status_not_a_signal() {
     }
 }
 
+/// A compressed core (systemd-coredump's `.zst`, a `.gz` as here) says how to decompress it,
+/// and a core too large to read that cannot be mapped (here: 20 MiB of address space for a
+/// 200 MiB core) says why (it was "not a 64-bit little-endian ELF file" and "No such device
+/// (os error 19)": found by outside use in the twenty-sixth round). Both exit 2.
+#[test]
+fn compressed_and_unmappable_cores_say_why() {
+    use std::os::unix::process::CommandExt;
+    let gz = fixtures().join("cores/core-x86_64-chain.gz");
+    let out = run(&["stack", "--core", p(&gz)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("a gzip-compressed file, not a core: decompress it first (gzip -d FILE"),
+        "{err}"
+    );
+    let d = tmp("unmappable");
+    let c = core("core-x86_64-chain", &d);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&c)
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["stack", "--core", p(&c)]);
+    // SAFETY: setrlimit is async-signal-safe; the child only lowers its own limit.
+    unsafe {
+        cmd.pre_exec(|| {
+            let l = libc::rlimit {
+                rlim_cur: 20 << 20,
+                rlim_max: 20 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("it cannot be mapped (Cannot allocate memory"),
+        "{err}"
+    );
+}
+
 /// A module whose file is now not ELF (a program replaced by a text file, here under a
 /// `--sysroot`): a warning says so where a frame ran in it (the warning was dropped as a data
 /// file's, found by outside use in the twenty-sixth round).

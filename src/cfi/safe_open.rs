@@ -53,7 +53,9 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// The policy for a core file itself: no size limit (it is mapped), the other rules hold.
+    /// The policy for a core file itself: no size limit where it can be mapped (a file that
+    /// cannot be, on a filesystem without mmap, is read into memory up to 64 MiB), the other
+    /// rules hold.
     pub fn core() -> Self {
         Policy {
             max_size: u64::MAX,
@@ -114,6 +116,15 @@ impl Mapped {
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (offset, len);
+    }
+}
+
+/// An I/O error's text without its `(os error N)` suffix: "Permission denied".
+pub fn io_why(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
     }
 }
 
@@ -247,7 +258,19 @@ impl Opened {
                 Ok(Mapped::Owned(v))
             }
             Ok(_) => Err(refuse("the file changed size while mapped".into())),
-            Err(e) => Err(e),
+            // Found by outside use in the twenty-sixth round: a 1 GiB core on a FUSE
+            // filesystem mounted with direct_io read "No such device (os error 19)".
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "it cannot be mapped ({}: a filesystem without mmap, such as FUSE with \
+                     direct_io, or too little address space under ulimit -v), and at {} bytes it \
+                     is over the {MAX_READ}-byte limit of a read into memory; copy it to a local \
+                     filesystem or raise ulimit -v",
+                    io_why(&e),
+                    self.len
+                ),
+            )),
         }
     }
 }

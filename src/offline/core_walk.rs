@@ -948,14 +948,7 @@ pub fn check_exe(exe: &Path, arch: ArchKind) -> Result<(), String> {
     Ok(())
 }
 
-/// An I/O error's text without its `(os error N)` suffix: "Permission denied".
-pub fn io_why(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" (os error ") {
-        Some(i) if s.ends_with(')') => s[..i].to_string(),
-        _ => s,
-    }
-}
+pub use crate::safe_open::io_why;
 
 /// Unwinds every thread of `core`: each thread's frames (leaf first, after `opts.policy`),
 /// whether its walk was cut and why ([`ThreadStack`]), the symbolizer of the core's modules,
