@@ -1664,6 +1664,9 @@ pub struct Symbolizer {
     /// Other things worth a warning about the modules (a `--exe` whose build id is not the
     /// core's).
     pub warnings: Vec<String>,
+    /// Modules whose file could not be checked against the core: it holds no copy of their
+    /// first page (a `coredump_filter` without bit 4), so a file rebuilt since goes unnoticed.
+    pub unchecked: Vec<String>,
     /// Names of code no module holds (a JIT's), from a perf map ([`Symbolizer::add_perf_map`]).
     perf_map: Option<PerfMap>,
 }
