@@ -978,6 +978,24 @@ pub fn unwind_paused<P: Pause>(
     let symbols = symbols_for(core, opts);
     let mut warnings: Vec<String> = symbols.warnings.clone();
     // Module warnings wait for the walks: only modules a frame needed are worth one.
+    // The executable (the mapping holding the entry point) of a core, without `--exe`: the
+    // warnings say `--exe` gives its file (found by outside use in the twenty-sixth round: the
+    // warning for a deleted program did not say so, the one for a replaced program did).
+    let exe_hint = |p: &str, e: &str| {
+        let exe = !e.contains("--exe")
+            && !core.has_backing()
+            && opts.exe.is_none()
+            && core.aux(AT_ENTRY).is_some_and(|entry| {
+                core.mappings
+                    .iter()
+                    .any(|m| m.path == p && m.range.contains(entry))
+            });
+        if exe {
+            "; pass the program with --exe"
+        } else {
+            ""
+        }
+    };
     let missing_warnings: Vec<(String, String)> = symbols
         .missing
         .iter()
@@ -985,8 +1003,9 @@ pub fn unwind_paused<P: Pause>(
         .filter(|(p, _)| !symbols.modules().iter().any(|m| &m.path == p))
         .map(|(p, e)| {
             let w = format!(
-                "module {} not available ({e}): its frames stay unsymbolised",
-                p.escape_debug()
+                "module {} not available ({e}): its frames stay unsymbolised{}",
+                p.escape_debug(),
+                exe_hint(p, e)
             );
             (p.clone(), w)
         })
@@ -1007,8 +1026,9 @@ pub fn unwind_paused<P: Pause>(
             } else {
                 format!(
                     "module {} not available ({e}): read from the core's memory instead (its \
-                     exported symbols and CFI, as far as the core holds them)",
-                    p.escape_debug()
+                     exported symbols and CFI, as far as the core holds them){}",
+                    p.escape_debug(),
+                    exe_hint(p, e)
                 )
             };
             (p.clone(), w)
