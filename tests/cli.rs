@@ -1067,6 +1067,59 @@ fn a_core_without_elf_headers_says_its_files_are_unchecked() {
     );
 }
 
+/// `--core -` reads the core from standard input (`coredumpctl dump PID | unwind stack --core
+/// -`, a decompressor's output), with the same output as from the file; a pipe given by its
+/// path says so (found by outside use in the twenty-sixth round: "-" was a file name).
+#[test]
+fn a_core_on_standard_input() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let d = tmp("stdin");
+    let c = core("core-x86_64-chain", &d);
+    let bytes = std::fs::read(&c).unwrap();
+    let piped = |args: &[&str]| {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let data = bytes.clone();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    };
+    let exe = exe("x86_64");
+    let from_stdin = piped(&["stack", "--core", "-", "--exe", p(&exe), "--format", "json"]);
+    let from_file = run(&[
+        "stack",
+        "--core",
+        p(&c),
+        "--exe",
+        p(&exe),
+        "--format",
+        "json",
+    ]);
+    assert!(
+        from_stdin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_stdin.stderr)
+    );
+    assert_eq!(from_stdin.stdout, from_file.stdout);
+    let out = piped(&["stack", "--core", "/dev/stdin"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--core - reads a core from standard input"),
+        "{err}"
+    );
+}
+
 /// A module whose file is now not ELF (a program replaced by a text file, here under a
 /// `--sysroot`): a warning says so where a frame ran in it (the warning was dropped as a data
 /// file's, found by outside use in the twenty-sixth round).
