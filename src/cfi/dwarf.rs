@@ -413,6 +413,18 @@ impl PreparedCfi {
         bias: u64,
         name: &str,
     ) -> Result<PreparedCfi, CfiError> {
+        Self::parse_with_plts(arch, sections, &[], bias, name)
+    }
+
+    /// [`PreparedCfi::parse`], plus rules for the x86_64 PLT sections in `plts` (`(address,
+    /// bytes)`) that no FDE covers (see [`plt_rows`]).
+    fn parse_with_plts(
+        arch: ArchKind,
+        sections: &Sections<'_>,
+        plts: &[(u64, &[u8])],
+        bias: u64,
+        name: &str,
+    ) -> Result<PreparedCfi, CfiError> {
         let regs = regnums(arch);
         let mut raw = Vec::new();
         let mut fdes = Vec::new();
@@ -466,6 +478,22 @@ impl PreparedCfi {
             collect(&s, &BaseAddresses::default(), regs, &mut raw, &mut fdes)?;
         } else {
             return Err(CfiError::NoCfi);
+        }
+        if arch == ArchKind::X86_64 {
+            for &(addr, bytes) in plts {
+                let end = addr.saturating_add(bytes.len() as u64);
+                if bytes.is_empty() || fdes.iter().any(|&(s, e, _)| s < end && e > addr) {
+                    continue;
+                }
+                let rows = plt_rows(addr, bytes);
+                if raw.len() + rows.len() > MAX_ROWS {
+                    return Err(CfiError::TooManyRows);
+                }
+                if let (Some(lo), Some(hi)) = (rows.first(), rows.last()) {
+                    fdes.push((lo.start, hi.end, false));
+                }
+                raw.extend(rows);
+            }
         }
         let mut t = build(raw, &fdes)?;
         // At its load address the table must not wrap around the address space (a hostile
@@ -678,6 +706,63 @@ fn eval_fde<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
         });
     }
     Ok(keeps_record)
+}
+
+/// Rules for an x86_64 PLT section at `addr` that no FDE describes (LLVM's lld, rustc's
+/// default linker now, writes none for its `.plt`; GNU ld does): without them a walk from a pc
+/// in a stub, which keeps no frame record, guessed by the frame pointer and skipped the
+/// stub's caller, saying `End` (found by outside use in the twenty-sixth round: `__cxa_throw@plt`
+/// over `cxx_thrower`'s caller, and in CPU profiles `longjmp@plt` one frame short). Each
+/// 16-byte entry is recognised by its bytes: the lazy header (`push GOT+8; jmp *GOT+16`: CFA
+/// `rsp + 8`, `rsp + 16` after the push), a lazy entry (`jmp *GOT; push $i; jmp .plt`: `rsp +
+/// 8`, `rsp + 16` from the push's end, 11), a non-lazy one (`jmp *GOT`, with or without
+/// `endbr64` and `bnd`: `rsp + 8` throughout). The return address is at `CFA - 8`. An entry of
+/// any other shape gets no rule.
+fn plt_rows(addr: u64, bytes: &[u8]) -> Vec<Raw> {
+    let rule = |cfa_off: i32| CfiRow {
+        cfa_off,
+        ra_off: -8,
+        fp_off: 0,
+        cfa: CFA_SP,
+        ra: RA_AT,
+        fp: FP_SAME,
+        flags: 0,
+    };
+    let mut out = Vec::new();
+    let mut push = |start: u64, end: u64, off: i32| {
+        if start < end {
+            out.push(Raw {
+                start,
+                end,
+                rule: rule(off),
+            });
+        }
+    };
+    for (i, e) in bytes.chunks_exact(16).enumerate() {
+        let a = addr + 16 * i as u64;
+        // Skip `endbr64` (f3 0f 1e fa) and a `bnd` prefix (f2).
+        let mut at = 0;
+        if e.starts_with(&[0xf3, 0x0f, 0x1e, 0xfa]) {
+            at = 4;
+        }
+        if e.get(at) == Some(&0xf2) {
+            at += 1;
+        }
+        let op = &e[at..];
+        if op.starts_with(&[0xff, 0x35]) && e.get(at + 6..at + 8) == Some(&[0xff, 0x25]) {
+            // The lazy header: push GOT+8 (6 bytes), then jmp *GOT+16.
+            push(a, a + at as u64 + 6, 8);
+            push(a + at as u64 + 6, a + 16, 16);
+        } else if op.starts_with(&[0xff, 0x25]) && e.get(at + 6) == Some(&0x68) {
+            // A lazy entry: jmp *GOT (6 bytes), push $i (5), jmp .plt.
+            push(a, a + at as u64 + 11, 8);
+            push(a + at as u64 + 11, a + 16, 16);
+        } else if op.starts_with(&[0xff, 0x25]) {
+            // A non-lazy entry: jmp *GOT, then padding.
+            push(a, a + 16, 8);
+        }
+    }
+    out
 }
 
 /// The CFA of an x86_64 lazy-binding PLT (every `.plt` the GNU linker writes): `rsp + k + 8`
@@ -922,7 +1007,20 @@ pub fn parse_elf_with_debug(
         text: sec(".text").map_or(0, |(_, a)| a),
         got: sec(".got").map_or(0, |(_, a)| a),
     };
-    PreparedCfi::parse(arch, &sections, bias, name)
+    let plts = plt_sections(&file);
+    PreparedCfi::parse_with_plts(arch, &sections, &plts, bias, name)
+}
+
+/// A file's PLT sections, `(address, bytes)`, for [`plt_rows`].
+fn plt_sections<'d>(file: &object::File<'d>) -> Vec<(u64, &'d [u8])> {
+    use object::ObjectSection;
+    [".plt", ".plt.sec", ".plt.got", ".iplt"]
+        .into_iter()
+        .filter_map(|n| {
+            let s = section_by_name(file, n)?;
+            Some((s.address(), s.data().ok()?))
+        })
+        .collect()
 }
 
 /// Maps an ELF file and prepares its CFI. The file is opened through [`crate::safe_open`] with

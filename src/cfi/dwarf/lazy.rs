@@ -93,6 +93,8 @@ pub struct LazyCfi<'d> {
     table: &'d [u8],
     hdr_addr: u64,
     count: usize,
+    /// Rules of PLT sections no FDE covers (see `plt_rows`), sorted, link-time.
+    plt: Vec<Raw>,
     /// Lowest FDE start (the first entry's), link-time.
     base: u64,
     /// Upper bound of what the FDEs cover, link-time (the last FDE's end).
@@ -156,6 +158,7 @@ impl<'d> LazyCfi<'d> {
             table,
             hdr_addr,
             count,
+            plt: Vec::new(),
             base: 0,
             end: 0,
             state: RefCell::new(State {
@@ -186,6 +189,65 @@ impl<'d> LazyCfi<'d> {
         t.base = first;
         t.end = end;
         Some(t)
+    }
+
+    /// Adds rules for the x86_64 PLT sections in `plts` (`(link-time address, bytes)`) that no
+    /// FDE covers, as [`parse_elf`] does for the prepared table (lld writes none for them).
+    pub fn with_plts(mut self, arch: ArchKind, plts: &[(u64, &[u8])]) -> Self {
+        if arch != ArchKind::X86_64 {
+            return self;
+        }
+        for &(addr, bytes) in plts {
+            let end = addr.saturating_add(bytes.len() as u64);
+            if bytes.is_empty() || self.covered(addr, end) {
+                continue;
+            }
+            self.plt.extend(plt_rows(addr, bytes));
+        }
+        self.plt.sort_by_key(|r| r.start);
+        if let (Some(lo), Some(hi)) = (self.plt.first(), self.plt.iter().map(|r| r.end).max()) {
+            let (base, end) = (self.base.min(lo.start), self.end.max(hi));
+            if base.checked_add(self.bias).is_some() && end.checked_add(self.bias).is_some() {
+                self.base = base;
+                self.end = end;
+            } else {
+                self.plt.clear();
+            }
+        }
+        self
+    }
+
+    /// Does an FDE cover part of `[lo, hi)` (from the FDE headers: nothing is evaluated)?
+    fn covered(&self, lo: u64, hi: u64) -> bool {
+        let Some(i) = self.find(hi.saturating_sub(1)) else {
+            return false;
+        };
+        (i.saturating_sub(3)..=i).any(|j| {
+            self.entry(j)
+                .and_then(|(_, off)| {
+                    let fde = self
+                        .eh_frame
+                        .fde_from_offset(
+                            &self.bases,
+                            gimli::EhFrameOffset(off?),
+                            EhFrame::cie_from_offset,
+                        )
+                        .ok()?;
+                    let (s, e) = (
+                        fde.initial_address(),
+                        fde.initial_address().checked_add(fde.len())?,
+                    );
+                    Some(s < hi && e > lo)
+                })
+                .unwrap_or(false)
+        })
+    }
+
+    /// The PLT rule at link-time address `a`, if a PLT row holds it.
+    fn plt_rule(&self, a: u64) -> Option<CfiRow> {
+        let k = self.plt.partition_point(|r| r.start <= a);
+        let r = &self.plt[k.checked_sub(1)?];
+        (a < r.end).then_some(r.rule)
     }
 
     /// Table entry `i`: (initial location, offset of the FDE in `.eh_frame` if it lies
@@ -300,6 +362,9 @@ impl<'d> LazyCfi<'d> {
 
     /// [`LazyCfi::rule`] for link-time address `a`, inside the table's range.
     fn rule_at(&self, a: u64) -> Option<CfiRow> {
+        if let Some(r) = self.plt_rule(a) {
+            return Some(r);
+        }
         let Some(i) = self.find(a) else {
             return Some(CfiRow::GAP_RULE);
         };
@@ -338,6 +403,11 @@ impl<'d> LazyCfi<'d> {
     /// [`LazyCfi::keeps_frame_record`] for the granule at link-time address `g0`.
     fn granule_keeps_frame_record(&self, g0: u64) -> bool {
         let g1 = g0.saturating_add(1 << RECORD_SHIFT);
+        // A PLT's rows keep no frame record (as its FDE range in the prepared table).
+        let k = self.plt.partition_point(|r| r.start < g1);
+        if self.plt[..k].iter().rev().take(2).any(|r| r.end > g0) {
+            return false;
+        }
         let Some(i) = self.find(g1 - 1) else {
             return true;
         };
@@ -368,6 +438,8 @@ impl<'d> LazyCfi<'d> {
 /// One module's CFI for a one-shot walk: evaluated on demand when its `.eh_frame_hdr` allows,
 /// else prepared.
 #[derive(Debug)]
+// One per module of a walk: the lazy variant's size is no cost worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum ModuleCfi<'d> {
     /// Prepared up front (no usable `.eh_frame_hdr`, or a `.debug_frame`).
     Prepared(PreparedCfi),
@@ -441,7 +513,8 @@ pub fn parse_elf_lazy<'d>(
             got: sec(".got").map_or(0, |(_, a)| a),
         };
         if let Some(t) = LazyCfi::new(arch, &sections, bias, name) {
-            return Ok(ModuleCfi::Lazy(t));
+            let plts = plt_sections(&file);
+            return Ok(ModuleCfi::Lazy(t.with_plts(arch, &plts)));
         }
     }
     parse_elf(arch, data, bias, name).map(ModuleCfi::Prepared)
