@@ -3095,6 +3095,13 @@ pub(super) mod tests {
         ] {
             assert!(is_runtime_name(std_impl), "{std_impl}");
         }
+        // The allocator shims are plumbing; the panic runtime, which allocates the panic's
+        // exception, is not.
+        assert!(is_runtime_name("__rustc::__rust_alloc"));
+        assert!(is_runtime_name("__rustc::__rust_realloc"));
+        assert!(is_runtime_name("__rustc::__rdl_alloc"));
+        assert!(!is_runtime_name("__rustc::__rust_start_panic"));
+        assert!(!is_runtime_name("__rustc::rust_panic"));
         // Formatting allocates for its caller; a program's own Display impl is its own.
         for fmt in [
             "<core::fmt::Formatter>::padding",
