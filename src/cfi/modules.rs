@@ -120,19 +120,23 @@ fn prepare_with(
     let path = Path::new(&m.path);
     // This process's own files: the executable is opened as /proc/self/exe.
     let policy = crate::safe_open::Policy::default().allowing_proc("/proc/self");
-    let replaced = || {
+    let replaced = |data: &[u8]| {
         in_memory.is_some_and(|want| {
-            crate::safe_open::map(path, &policy).is_ok_and(|data| {
-                use object::Object;
-                object::File::parse(&*data)
-                    .ok()
-                    .and_then(|f| f.build_id().ok().flatten().map(<[u8]>::to_vec))
-                    .is_some_and(|have| have != want)
-            })
+            use object::Object;
+            object::File::parse(data)
+                .ok()
+                .and_then(|f| f.build_id().ok().flatten())
+                .is_some_and(|have| have != want)
         })
     };
-    let from_file = if path.is_absolute() && path.exists() && !replaced() {
-        crate::dwarf::parse_file_with(arch, path, m.bias, &policy)
+    let from_file = if path.is_absolute() && path.exists() {
+        // Mapped once: for the build id, then for the tables.
+        match crate::safe_open::map(path, &policy) {
+            Ok(data) if !replaced(&data) => {
+                crate::dwarf::parse_elf(arch, &data, m.bias, &path.display().to_string())
+            }
+            _ => Err(CfiError::Object),
+        }
     } else {
         Err(CfiError::Object)
     };
@@ -153,14 +157,8 @@ fn prepare_with(
 /// loaded until this returns.
 unsafe fn copy_from_memory(m: &LoadedModule) -> Result<CopiedCfi, CfiError> {
     let (hdr_vaddr, hdr_size) = m.eh_frame_hdr.ok_or(CfiError::NoCfi)?;
-    let in_load = |addr: u64| {
-        m.loads
-            .iter()
-            .find(|&&(a, sz)| addr >= a && addr - a < sz)
-            .map(|&(a, sz)| a + sz - addr)
-    };
     // The header must lie inside a loaded segment.
-    let room = in_load(hdr_vaddr).ok_or(CfiError::BadHeader)?;
+    let room = room_in_load(m, hdr_vaddr).ok_or(CfiError::BadHeader)?;
     if hdr_size > room || hdr_size < 4 {
         return Err(CfiError::BadHeader);
     }
@@ -181,7 +179,7 @@ unsafe fn copy_from_memory(m: &LoadedModule) -> Result<CopiedCfi, CfiError> {
         gimli::Pointer::Direct(a) => a,
         gimli::Pointer::Indirect(_) => return Err(CfiError::BadHeader),
     };
-    let eh_room = in_load(eh_vaddr).ok_or(CfiError::BadHeader)?;
+    let eh_room = room_in_load(m, eh_vaddr).ok_or(CfiError::BadHeader)?;
     // SAFETY: as above: [eh_vaddr, + eh_room) is the rest of a loaded segment.
     let rest = unsafe {
         std::slice::from_raw_parts(eh_vaddr.wrapping_add(m.bias) as *const u8, eh_room as usize)
@@ -196,18 +194,26 @@ unsafe fn copy_from_memory(m: &LoadedModule) -> Result<CopiedCfi, CfiError> {
     })
 }
 
-/// The GNU build id in a loaded object's `PT_NOTE` segments (`NT_GNU_BUILD_ID`), read in place.
+/// How far the `PT_LOAD` segment of `m` holding link-time address `addr` reaches past it.
+fn room_in_load(m: &LoadedModule, addr: u64) -> Option<u64> {
+    m.loads
+        .iter()
+        .find(|&&(a, sz)| addr >= a && addr - a < sz)
+        .map(|&(a, sz)| a + sz - addr)
+}
+
+/// The GNU build id in a loaded object's `PT_NOTE` segments (`NT_GNU_BUILD_ID`), read in place
+/// with `object`'s note reader.
 ///
 /// # Safety
 /// As [`copy_from_memory`]: `m` and `phdrs` describe an object loaded now that stays loaded
 /// until this returns.
 unsafe fn build_id_in_memory(m: &LoadedModule, phdrs: &[libc::Elf64_Phdr]) -> Option<Vec<u8>> {
-    const NT_GNU_BUILD_ID: u32 = 3;
+    use object::read::elf::NoteIterator;
+    type Elf = object::elf::FileHeader64<object::LittleEndian>;
     for p in phdrs.iter().filter(|p| p.p_type == libc::PT_NOTE) {
         // Inside a loaded segment, and small (notes are tens of bytes).
-        let inside = m.loads.iter().any(|&(a, sz)| {
-            p.p_vaddr >= a && p.p_vaddr - a < sz && p.p_memsz <= sz - (p.p_vaddr - a)
-        });
+        let inside = room_in_load(m, p.p_vaddr).is_some_and(|room| p.p_memsz <= room);
         if !inside || p.p_memsz > 1 << 12 {
             continue;
         }
@@ -219,20 +225,14 @@ unsafe fn build_id_in_memory(m: &LoadedModule, phdrs: &[libc::Elf64_Phdr]) -> Op
                 p.p_memsz as usize,
             )
         };
-        let align = if p.p_align == 8 { 8 } else { 4 };
-        let mut at = 0usize;
-        let word = |i: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(notes.get(i..i + 4)?.try_into().ok()?))
+        let e = object::LittleEndian;
+        let Ok(mut it) = NoteIterator::<Elf>::new(e, p.p_align, notes) else {
+            continue;
         };
-        while at + 12 <= notes.len() {
-            let (namesz, descsz, ty) = (word(at)? as usize, word(at + 4)? as usize, word(at + 8)?);
-            let name_at = at + 12;
-            let desc_at = name_at.checked_add(namesz.next_multiple_of(align))?;
-            let end = desc_at.checked_add(descsz.next_multiple_of(align))?;
-            if ty == NT_GNU_BUILD_ID && notes.get(name_at..name_at + namesz) == Some(b"GNU\0") {
-                return notes.get(desc_at..desc_at + descsz).map(<[u8]>::to_vec);
+        while let Ok(Some(note)) = it.next() {
+            if note.n_type(e) == object::elf::NT_GNU_BUILD_ID && note.name() == b"GNU" {
+                return Some(note.desc().to_vec());
             }
-            at = end;
         }
     }
     None
