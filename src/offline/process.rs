@@ -351,6 +351,18 @@ fn gone(e: &std::io::Error) -> bool {
 
 /// A `/proc` text file, whatever bytes it holds: a command name or a mapped path need not be
 /// UTF-8 (others are replaced by U+FFFD; files are opened through `map_files`, not by name).
+/// The process id `/proc/self` names this process by (`readlink`): `getpid`'s where `/proc` is
+/// this PID namespace's, another where it is a parent namespace's (`unshare --pid` without a
+/// `/proc` of its own); an error where `/proc` is not mounted or hidden. The one reading of it
+/// behind `--pid`'s refusals, [`own_symbols`] and the profilers' thread lists
+/// (`threads::proc_problem`).
+pub fn proc_self_pid() -> std::io::Result<i32> {
+    let link = std::fs::read_link("/proc/self")?;
+    link.to_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))
+}
+
 fn read_text(path: &str) -> std::io::Result<String> {
     std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
@@ -377,7 +389,7 @@ fn check_target(pid: u32) -> Result<(), ProcessError> {
     }
     // Without a /proc, or with another PID namespace's, every pid below would be "no process"
     // or another process's (found by outside use in the twenty-sixth round).
-    match std::fs::read_link("/proc/self") {
+    match proc_self_pid() {
         Err(e) => {
             let why = std::io::Error::new(
                 e.kind(),
@@ -385,7 +397,7 @@ fn check_target(pid: u32) -> Result<(), ProcessError> {
             );
             return Err(ProcessError::Io("/proc".into(), why));
         }
-        Ok(me) if me != std::path::Path::new(&std::process::id().to_string()) => {
+        Ok(me) if me as u32 != std::process::id() => {
             let why = std::io::Error::other(
                 "another PID namespace's (mount this namespace's: unshare --mount-proc, or \
                  mount -t proc proc /proc)",
@@ -562,12 +574,8 @@ fn permission_reason(pid: u32) -> ProcessError {
 /// when it cannot tell.
 fn has_cap_sys_ptrace() -> bool {
     const CAP_SYS_PTRACE: u32 = 19;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let v = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-            u64::from_str_radix(v.trim(), 16).ok()
-        })
+    status_field(std::process::id(), "CapEff:")
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
         .is_none_or(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
 }
 
@@ -740,7 +748,7 @@ pub fn own_symbols() -> Option<crate::symbols::Symbolizer> {
     let pid = std::process::id();
     // `/proc/PID` is this process only where `/proc` is this PID namespace's (`unshare --pid`
     // without a /proc of its own: another process's).
-    if std::fs::read_link("/proc/self").ok()? != std::path::Path::new(&pid.to_string()) {
+    if proc_self_pid().ok()? as u32 != pid {
         return None;
     }
     let vmas = read_maps(pid).ok()?;

@@ -145,12 +145,9 @@ pub fn innermost_nspid(status: &str) -> Option<libc::pid_t> {
 /// `/proc/self/status`).
 fn proc_view() -> ProcView {
     let pid = getpid();
-    let link = match std::fs::read_link("/proc/self") {
-        Ok(l) => l,
+    let proc_pid = match crate::process::proc_self_pid() {
+        Ok(p) => p,
         Err(e) => return ProcView::Problem(ProcProblem::Unreadable(e.raw_os_error().unwrap_or(0))),
-    };
-    let Some(proc_pid) = link.to_str().and_then(|s| s.parse::<i32>().ok()) else {
-        return ProcView::Problem(ProcProblem::Unreadable(libc::ENOENT));
     };
     if proc_pid == pid {
         return ProcView::Same;
