@@ -986,10 +986,15 @@ impl ProcMemory {
 }
 
 impl MemState {
+    /// The mapping that starts last at or below `addr` (which may end below it).
+    fn vma(&self, addr: u64) -> Option<&Vma> {
+        let i = self.vmas.partition_point(|v| v.range.lo <= addr);
+        self.vmas.get(i.checked_sub(1)?)
+    }
+
     /// The readable mapping holding `len` bytes at `addr`.
     fn readable(&self, addr: u64, len: u64) -> Option<Range> {
-        let i = self.vmas.partition_point(|v| v.range.lo <= addr);
-        let v = self.vmas.get(i.checked_sub(1)?)?;
+        let v = self.vma(addr)?;
         (v.read && v.range.contains_span(addr, len)).then_some(v.range)
     }
 
@@ -1071,13 +1076,8 @@ impl Backing for ProcMemory {
         // while mapped (a module read from memory where its file cannot be opened or was
         // replaced, before the threads are stopped: found by outside use in the twenty-sixth
         // round, a deleted executable under a non-root `--pid` was left unnamed).
-        let fixed = |st: &MemState| {
-            let i = st.vmas.partition_point(|v| v.range.lo <= addr);
-            i.checked_sub(1)
-                .and_then(|i| st.vmas.get(i))
-                .is_some_and(|v| !v.write && v.file_id.2 != 0)
-        };
-        if !(st.open || fixed(&st)) || st.readable(addr, out.len() as u64).is_none() {
+        let fixed = st.vma(addr).is_some_and(|v| !v.write && v.file_id.2 != 0);
+        if !(st.open || fixed) || st.readable(addr, out.len() as u64).is_none() {
             return false;
         }
         let mut done = 0usize;

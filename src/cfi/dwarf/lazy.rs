@@ -173,15 +173,7 @@ impl<'d> LazyCfi<'d> {
         let (first, _) = t.entry(0)?;
         let (_, last) = t.entry(count - 1)?;
         // The last FDE's end, from its header alone (no evaluation).
-        let fde = t
-            .eh_frame
-            .fde_from_offset(
-                &t.bases,
-                gimli::EhFrameOffset(last?),
-                EhFrame::cie_from_offset,
-            )
-            .ok()?;
-        let end = fde.initial_address().checked_add(fde.len())?;
+        let (_, end) = t.fde_span(last?)?;
         // As for the prepared table: the range must not wrap at its load address.
         if end <= first || first.checked_add(bias).is_none() || end.checked_add(bias).is_none() {
             return None;
@@ -224,23 +216,30 @@ impl<'d> LazyCfi<'d> {
         };
         (i.saturating_sub(3)..=i).any(|j| {
             self.entry(j)
-                .and_then(|(_, off)| {
-                    let fde = self
-                        .eh_frame
-                        .fde_from_offset(
-                            &self.bases,
-                            gimli::EhFrameOffset(off?),
-                            EhFrame::cie_from_offset,
-                        )
-                        .ok()?;
-                    let (s, e) = (
-                        fde.initial_address(),
-                        fde.initial_address().checked_add(fde.len())?,
-                    );
-                    Some(s < hi && e > lo)
-                })
-                .unwrap_or(false)
+                .and_then(|(_, off)| self.fde_span(off?))
+                .is_some_and(|(s, e)| s < hi && e > lo)
         })
+    }
+
+    /// The FDE at offset `off` of `.eh_frame`, its header parsed (nothing evaluated).
+    fn fde_at(
+        &self,
+        off: usize,
+    ) -> gimli::Result<gimli::FrameDescriptionEntry<EndianSlice<'d, LittleEndian>>> {
+        self.eh_frame.fde_from_offset(
+            &self.bases,
+            gimli::EhFrameOffset(off),
+            EhFrame::cie_from_offset,
+        )
+    }
+
+    /// The link-time range `[start, end)` the FDE at offset `off` covers, from its header.
+    fn fde_span(&self, off: usize) -> Option<(u64, u64)> {
+        let fde = self.fde_at(off).ok()?;
+        Some((
+            fde.initial_address(),
+            fde.initial_address().checked_add(fde.len())?,
+        ))
     }
 
     /// The PLT rule at link-time address `a`, if a PLT row holds it.
@@ -296,11 +295,7 @@ impl<'d> LazyCfi<'d> {
 
     fn evaluate(&self, i: usize, st: &mut State) -> Result<Evaluated, CfiError> {
         let off = self.entry(i).and_then(|e| e.1).ok_or(CfiError::BadHeader)?;
-        let fde = self.eh_frame.fde_from_offset(
-            &self.bases,
-            gimli::EhFrameOffset(off),
-            EhFrame::cie_from_offset,
-        )?;
+        let fde = self.fde_at(off)?;
         let start = fde.initial_address();
         let end = start.checked_add(fde.len()).ok_or(CfiError::BadRange)?;
         let mut rows = Vec::new();
