@@ -1265,21 +1265,22 @@ impl CpuProfiler {
             // A profiler of the parent, inherited through `fork`: not running here.
             forget_inherited(&mut reg);
         }
-        if reg.running.is_some() {
+        // A start refused before anything is set up gives back the module watch it took.
+        let refuse = |e: Error| -> Result<CpuProfiler, Error> {
             if cfi {
                 crate::module_watch::release();
             }
-            return Err(Error::AlreadyRunning);
+            Err(e)
+        };
+        if reg.running.is_some() {
+            return refuse(Error::AlreadyRunning);
         }
         // No timer can be made at all (RLIMIT_SIGPENDING of 0: EAGAIN; a seccomp filter:
         // EPERM): said now, before anything is set up (it ran, and lost every sample, with a
         // warning that blamed short-lived threads: found by outside use).
         if config.timer == TimerMode::PerThread {
             if let Err(e) = probe_timer(&config) {
-                if cfi {
-                    crate::module_watch::release();
-                }
-                return Err(Error::Timer(e));
+                return refuse(Error::Timer(e));
             }
         }
         // Per-thread timers signal only registered threads, which have our 64 KiB alternate
@@ -1288,10 +1289,7 @@ impl CpuProfiler {
         if let Err(e) = install_handler(
             config.timer == TimerMode::PerThread && config.threads == Threads::Registered,
         ) {
-            if cfi {
-                crate::module_watch::release();
-            }
-            return Err(e);
+            return refuse(e);
         }
         for c in [
             &SIGNALS,
