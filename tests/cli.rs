@@ -928,13 +928,30 @@ fn as_unprivileged(args: &[&str]) -> Output {
     out
 }
 
+/// Makes `cmd` run with `resource` limited to `limit` (soft and hard), as `prlimit` does.
+fn limited(cmd: &mut Command, resource: libc::__rlimit_resource_t, limit: libc::rlim_t) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; the child only lowers its own limit.
+    unsafe {
+        cmd.pre_exec(move || {
+            let l = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(resource, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Under tight limits (`prlimit`): a 64 KiB main-thread stack with line tables (miniz_oxide
 /// inflating compressed debug sections overflowed it: SIGSEGV), and 20 MiB of address space
 /// (a file that could not be mapped was read into an allocation that aborted). Found by
 /// outside use in the twenty-sixth round. The run must end by itself: 0, or 2 with a message.
 #[test]
 fn tight_limits_end_in_an_exit_status_not_a_signal() {
-    use std::os::unix::process::CommandExt;
     let d = tmp("limits");
     let c = core("core-x86_64-chain", &d);
     for (what, resource, limit) in [
@@ -950,19 +967,7 @@ fn tight_limits_end_in_an_exit_status_not_a_signal() {
             p(&exe("x86_64")),
             "--lines",
         ]);
-        // SAFETY: setrlimit is async-signal-safe; the child only lowers its own limit.
-        unsafe {
-            cmd.pre_exec(move || {
-                let l = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
-                };
-                if libc::setrlimit(resource, &l) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limited(&mut cmd, resource, limit);
         let out = cmd.output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -979,7 +984,6 @@ fn tight_limits_end_in_an_exit_status_not_a_signal() {
 /// (os error 19)": found by outside use in the twenty-sixth round). Both exit 2.
 #[test]
 fn compressed_and_unmappable_cores_say_why() {
-    use std::os::unix::process::CommandExt;
     let gz = fixtures().join("cores/core-x86_64-chain.gz");
     let out = run(&["stack", "--core", p(&gz)]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -998,19 +1002,7 @@ fn compressed_and_unmappable_cores_say_why() {
         .unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["stack", "--core", p(&c)]);
-    // SAFETY: setrlimit is async-signal-safe; the child only lowers its own limit.
-    unsafe {
-        cmd.pre_exec(|| {
-            let l = libc::rlimit {
-                rlim_cur: 20 << 20,
-                rlim_max: 20 << 20,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limited(&mut cmd, libc::RLIMIT_AS, 20 << 20);
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");

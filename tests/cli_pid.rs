@@ -169,6 +169,19 @@ fn stack_json(pid: u32, extra: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("valid JSON")
 }
 
+/// A core of `t` written by gdb's `gcore` into `dir` (`dir/core.PID`), the process left
+/// running.
+fn gcore(t: &Target, dir: &Path) -> PathBuf {
+    let g = Command::new("gcore")
+        .arg("-o")
+        .arg(dir.join("core"))
+        .arg(t.pid().to_string())
+        .output()
+        .unwrap();
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    dir.join(format!("core.{}", t.pid()))
+}
+
 /// `unwind stack --format json --core CORE`, which must succeed.
 fn core_json(core: &Path) -> Value {
     let out = Command::new(BIN)
@@ -1841,14 +1854,7 @@ int main(void) { printf("ready\n"); fflush(stdout); hidden_outer(); return 0; }
     if !need("gdb", "--version") {
         return;
     }
-    let g = Command::new("gcore")
-        .arg("-o")
-        .arg(dir.0.join("core"))
-        .arg(t.pid().to_string())
-        .output()
-        .unwrap();
-    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
-    let core = dir.0.join(format!("core.{}", t.pid()));
+    let core = gcore(&t, &dir.0);
     drop(t);
     let moved = dir.0.join("moved");
     std::fs::create_dir_all(&moved).unwrap();
@@ -1936,14 +1942,7 @@ int main(void) {
         std::fs::copy(f, f.with_extension("kept")).unwrap();
         std::fs::remove_file(f).unwrap();
     }
-    let g = Command::new("gcore")
-        .arg("-o")
-        .arg(dir.0.join("core"))
-        .arg(t.pid().to_string())
-        .output()
-        .unwrap();
-    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
-    let core = dir.0.join(format!("core.{}", t.pid()));
+    let core = gcore(&t, &dir.0);
     drop(t);
     let walk = || {
         let out = run(&[
@@ -2693,14 +2692,7 @@ func main() {
     );
     let t = Target::start(&mut Command::new(&exe));
     std::fs::remove_file(&exe).unwrap();
-    let g = Command::new("gcore")
-        .arg("-o")
-        .arg(dir.0.join("core"))
-        .arg(t.pid().to_string())
-        .output()
-        .unwrap();
-    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
-    let core = dir.0.join(format!("core.{}", t.pid()));
+    let core = gcore(&t, &dir.0);
     drop(t);
     let v = core_json(&core);
     let _ = std::fs::remove_file(&core);

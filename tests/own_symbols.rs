@@ -3,7 +3,23 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A copy of libm loaded from a fresh directory (`unwind-own-WHAT-PID`), then replaced on disk
+/// by another ELF file at its path (this test's own executable), as a rebuild or an upgrade
+/// does; kept loaded. The directory, the library's path and the address of its `cos`.
+fn loaded_then_replaced(what: &str) -> (PathBuf, PathBuf, u64) {
+    let dir = std::env::temp_dir().join(format!("unwind-own-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("libm-{what}.so"));
+    let h = common::tools::dlopen_libm_copy(&path);
+    std::fs::copy(std::env::current_exe().unwrap(), &path).unwrap();
+    let name = std::ffi::CString::new("cos").unwrap();
+    // SAFETY: a symbol lookup in a library this test loaded and keeps loaded.
+    let cos = unsafe { libc::dlsym(h, name.as_ptr()) } as u64;
+    assert_ne!(cos, 0);
+    (dir, path, cos)
+}
 
 /// A library replaced on disk after it was loaded (deleted, and another ELF file written at
 /// its path, as a rebuild or an upgrade does): its functions keep their names. The new file's
@@ -12,18 +28,7 @@ use std::path::Path;
 /// function of the file renamed over it, with no warning).
 #[test]
 fn a_library_replaced_on_disk_keeps_its_names() {
-    let dir = std::env::temp_dir().join(format!("unwind-own-symbols-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("libm-replaced.so");
-    let h = common::tools::dlopen_libm_copy(&path);
-    // Another ELF file where the library was: this test's own executable.
-    std::fs::copy(std::env::current_exe().unwrap(), &path).unwrap();
-    let cos = {
-        let name = std::ffi::CString::new("cos").unwrap();
-        // SAFETY: a symbol lookup in a library this test loaded and keeps loaded.
-        unsafe { libc::dlsym(h, name.as_ptr()) as u64 }
-    };
-    assert_ne!(cos, 0);
+    let (dir, path, cos) = loaded_then_replaced("symbols");
     let s = unwind::symbols::Symbolizer::for_current_process();
     let sym = s
         .lookup(cos)
@@ -71,17 +76,8 @@ fn a_library_replaced_on_disk_keeps_its_names_without_map_files() {
 /// round: a Hybrid capture through the old plugin gave `0xffffffffffffcd00` after its leaf).
 #[test]
 fn a_library_replaced_on_disk_keeps_its_cfi() {
-    let dir = std::env::temp_dir().join(format!("unwind-own-cfi-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("libm-cfi.so");
-    let h = common::tools::dlopen_libm_copy(&path);
+    let (dir, path, cos) = loaded_then_replaced("cfi");
     let original = common::tools::libm_path();
-    std::fs::copy(std::env::current_exe().unwrap(), &path).unwrap();
-    let cos = {
-        let name = std::ffi::CString::new("cos").unwrap();
-        // SAFETY: a symbol lookup in a library this test loaded and keeps loaded.
-        unsafe { libc::dlsym(h, name.as_ptr()) as u64 }
-    };
     unwind::modules::refresh();
     let u = unwind::modules::unwinder().expect("prepared");
     let m = unwind::modules::loaded_modules()

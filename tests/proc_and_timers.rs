@@ -18,33 +18,9 @@ const CHILD: &str = "UNWIND_PROC_TIMERS_CHILD";
 
 /// In the child (this binary run again for test `name`)? Otherwise runs it, through `wrap`
 /// (a command and its arguments before the test binary) and returns its output, after
-/// checking that it passed.
+/// checking that it passed (see `common::tools::child_output`).
 fn child_output(name: &str, wrap: &[&str]) -> Option<String> {
-    if std::env::var(CHILD).as_deref() == Ok(name) {
-        return None;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let mut args: Vec<String> = wrap.iter().map(|s| s.to_string()).collect();
-    args.push(exe.to_str().unwrap().to_string());
-    let test_args = [name, "--exact", "--nocapture", "--test-threads=1"];
-    let mut cmd = Command::new(&args[0]);
-    cmd.args(&args[1..]).args(test_args).env(CHILD, name);
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "child {name} failed ({}): {text}",
-        out.status
-    );
-    assert!(
-        text.contains("1 passed"),
-        "child {name} did not run: {text}"
-    );
-    Some(text)
+    common::tools::child_output(CHILD, name, wrap)
 }
 
 /// Can `unshare` run `args` here (root, or user namespaces)? Else a skip (a failure under CI).

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use unwind::Frame;
 
@@ -19,29 +18,7 @@ fn in_child(name: &str) -> bool {
 /// [`in_child`], returning the child's standard output and error once it passed (`None` in
 /// the child).
 fn child_output(name: &str) -> Option<String> {
-    if std::env::var("UNWIND_SOUNDNESS_CHILD").as_deref() == Ok(name) {
-        return None;
-    }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("UNWIND_SOUNDNESS_CHILD", name)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "child {name} failed ({}): {text}",
-        out.status
-    );
-    assert!(
-        text.contains("1 passed"),
-        "child {name} did not run: {text}"
-    );
-    Some(text)
+    common::tools::child_output("UNWIND_SOUNDNESS_CHILD", name, &[])
 }
 
 fn errno() -> i32 {

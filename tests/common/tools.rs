@@ -173,6 +173,45 @@ pub fn go_build(dir: &Path, src: &Path, exe: &Path, flags: &[String], env: &[(&s
     );
 }
 
+/// Runs this test binary again for test `name` alone (`--exact`, one thread, output shown),
+/// with `var=name` in its environment, through `wrap` (a command and its arguments before
+/// the binary: `unshare --pid --fork`; none: directly). `None` in that child (`var` is `name`
+/// there: the caller runs the test's body); else the child's standard output and error, once
+/// it passed and ran the test.
+#[allow(dead_code)]
+pub fn child_output(var: &str, name: &str, wrap: &[&str]) -> Option<String> {
+    if std::env::var(var).as_deref() == Ok(name) {
+        return None;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = std::process::Command::new(first);
+            c.args(rest).arg(&exe);
+            c
+        }
+        None => std::process::Command::new(&exe),
+    };
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(var, name);
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "child {name} failed ({}): {text}",
+        out.status
+    );
+    assert!(
+        text.contains("1 passed"),
+        "child {name} did not run: {text}"
+    );
+    Some(text)
+}
+
 /// Where glibc's libm is; panics when it is not found.
 #[allow(dead_code)]
 pub fn libm_path() -> &'static str {
