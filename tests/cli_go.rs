@@ -1208,3 +1208,46 @@ fn a_crash_under_a_go_callback_from_c_walks_every_stack_once() {
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{mode}: {n:?}");
     }
 }
+
+/// `unwind verify` on a Go core reports each walk's stop as `unwind stack` does: `end` where
+/// the walk reached its stack's root (`mstart`, `goexit`), not the last step's raw reason
+/// (`no unwind information`, `frame not moving up the stack`), which made verify contradict
+/// stack on every Go thread (found by outside use in the twenty-seventh round).
+#[test]
+fn verify_reports_go_stops_as_stack_does() {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("unwind-go-verify-{}", std::process::id())));
+    let Some((core, exe)) = crash_core("throw", "amd64", &dir.0) else {
+        return;
+    };
+    let exe = exe.to_str().unwrap();
+    let stops = |mode: &str| -> Vec<(u64, String)> {
+        let v = unwind_json(&core, &["--exe", exe, "--mode", mode]);
+        v["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["tid"].as_u64().unwrap(),
+                    t["stop"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (fp, dwarf) = (stops("fp"), stops("dwarf"));
+    let out = Command::new(BIN)
+        .args(["verify", "--core", core.to_str().unwrap(), "--exe", exe])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut seen = 0;
+    for line in text.lines().filter(|l| l.starts_with("thread ")) {
+        let tid: u64 = line[7..line.find(':').unwrap()].parse().unwrap();
+        let find = |v: &[(u64, String)]| v.iter().find(|t| t.0 == tid).unwrap().1.clone();
+        let want = format!("fp stop: {}, dwarf stop: {})", find(&fp), find(&dwarf));
+        assert!(line.ends_with(&want), "{line}\nwant ...{want}");
+        seen += 1;
+    }
+    assert_eq!(seen, fp.len(), "one verdict per thread: {text}");
+}

@@ -2725,3 +2725,80 @@ func main() {
         "{v}"
     );
 }
+
+/// A thread whose stack spans two adjacent read-write mappings (the kernel leaves them apart
+/// when their flags differ, as it often leaves Go's heap arena, where goroutine stacks live):
+/// the walk goes on across the boundary, live and in a core, in every mode. It stopped there
+/// ("frame not moving up the stack", found by outside use on Go programs whose goroutine
+/// stacks crossed between the arena's two mappings).
+#[test]
+fn a_stack_across_two_mappings() {
+    if !need("gcc", "--version") || !need("gdb", "--version") {
+        return;
+    }
+    let dir = TempDir::new("two-maps");
+    let exe = compile(
+        &dir.0,
+        "gcc",
+        "two_maps.c",
+        r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
+static volatile int reached;
+__attribute__((noinline)) static int deep(int n) {
+    volatile char pad[900];
+    pad[0] = (char)n;
+    if (n == 0) { reached = 1; for (;;) pause(); }
+    return deep(n - 1) + pad[0];
+}
+static void *across(void *a) { (void)a; return (void *)(long)deep(200); }
+int main(void) {
+    size_t size = 256 << 10;
+    char *stack = mmap(0, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* The lower half's flags differ: two mappings, "rw-p" both. */
+    if (stack == MAP_FAILED || madvise(stack, size / 2, MADV_DONTFORK)) return 1;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstack(&attr, stack, size);
+    pthread_t t;
+    if (pthread_create(&t, &attr, across, 0)) return 1;
+    while (!reached) usleep(1000);
+    printf("ready\n"); fflush(stdout);
+    for (unsigned long n = 1;; n++) { printf("%lu\n", n); fflush(stdout); usleep(10000); }
+}
+"#,
+        &["-O0", "-g", "-fno-omit-frame-pointer", "-pthread"],
+    );
+    let mut t = Target::start(&mut Command::new(&exe));
+    // Two adjacent mappings, as the test needs.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", t.pid())).unwrap();
+    let ends: Vec<&str> = maps
+        .lines()
+        .filter(|l| l.contains(" rw-p "))
+        .filter_map(|l| l.split(['-', ' ']).nth(1))
+        .collect();
+    assert!(
+        maps.lines()
+            .any(|l| l.contains(" rw-p ") && ends.contains(&l.split('-').next().unwrap())),
+        "no adjacent read-write mappings: {maps}"
+    );
+    let check = |r: &Value, what: &str| {
+        let th = thread_with(r, "across");
+        let n = names(th);
+        let deep = n.iter().filter(|s| s.as_str() == "deep").count();
+        // Frame pointers alone miss the caller of `pause` (a leaf without a frame record).
+        let want = if what == "fp" { 200 } else { 201 };
+        assert_eq!(deep, want, "{what}: {n:?} {}", th["stop"]);
+        assert!(n.iter().any(|s| s == "across"), "{what}: {n:?}");
+        assert_eq!(th["truncated"], false, "{what}: {}", th["stop"]);
+    };
+    for mode in ["hybrid", "fp", "dwarf"] {
+        check(&stack_json(t.pid(), &["--mode", mode]), mode);
+    }
+    let core = gcore(&t, &dir.0);
+    check(&core_json(&core), "core");
+    t.assert_untouched();
+}

@@ -6,7 +6,9 @@ use core::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Via {
-    /// The initial registers (the interrupted pc of a signal, a core's thread pc).
+    /// The initial registers (the interrupted pc of a signal, a core's thread pc); in an
+    /// offline walk, also the return addresses found on the stack by the call before them, where
+    /// a leaf and its callers have neither CFI nor a frame record (`unwind stack`).
     Regs = 0,
     /// A return address read from a frame record.
     FramePointer = 1,

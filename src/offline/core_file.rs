@@ -837,19 +837,72 @@ impl CoreMemory<'_> {
     }
 }
 
+/// How many neighbours [`adjoining`] joins at most on each side.
+const ADJOINING_LIMIT: usize = 4096;
+
+/// The readable range `lo..hi` of region `i` of `n` (in address order), joined with the
+/// regions that adjoin it on either side, as long as `region(j)` gives them: `(lo, hi,
+/// whole)`, `hi` the end of its readable part, `whole` when that is all of it (only then can
+/// the region after it join); `None` for a region of another kind. One stack can span two
+/// mappings that the kernel left apart: Go's heap arena, where its goroutines' stacks live, is
+/// often two adjacent read-write mappings, and a goroutine stack that crossed between them
+/// looked like two stacks, its walk stopped at the boundary (found by outside use in the
+/// twenty-seventh round; gdb walked on).
+pub(crate) fn adjoining(
+    i: usize,
+    (mut lo, mut hi): (u64, u64),
+    n: usize,
+    mut region: impl FnMut(usize) -> Option<(u64, u64, bool)>,
+) -> (u64, u64) {
+    let mut whole = region(i).is_some_and(|r| r.2);
+    let mut j = i;
+    while whole && j + 1 < n && j - i < ADJOINING_LIMIT {
+        match region(j + 1) {
+            Some((a, b, w)) if a == hi && b > a => (hi, whole, j) = (b, w, j + 1),
+            _ => break,
+        }
+    }
+    let mut j = i;
+    while j > 0 && i - j < ADJOINING_LIMIT {
+        match region(j - 1) {
+            Some((a, b, true)) if b == lo && a < b => (lo, j) = (a, j - 1),
+            _ => break,
+        }
+    }
+    (lo, hi)
+}
+
 impl Memory for CoreMemory<'_> {
     fn read_u64(&mut self, addr: u64) -> Option<u64> {
         let mut b = [0u8; 8];
         self.read_bytes(addr, &mut b).then(|| u64::from_le_bytes(b))
     }
 
+    /// The segment holding `addr`, with the writable segments that adjoin it (see
+    /// [`adjoining`]).
     fn stack_range(&mut self, addr: u64) -> Option<Range> {
-        let Some((_, s)) = self.segment(addr) else {
+        let Some((i, s)) = self.segment(addr) else {
             return self.core.backing.as_ref()?.mapping(addr);
         };
         // Only the file-backed part is readable.
         let hi = s.vaddr.saturating_add((s.file_hi - s.file_lo) as u64);
-        (addr < hi).then_some(Range::new(s.vaddr, hi))
+        if addr >= hi {
+            return None;
+        }
+        let segs = &self.core.segments;
+        let whole = |s: &Segment| (s.file_hi - s.file_lo) as u64 == s.memsz;
+        let ok = |s: &Segment| {
+            s.flags & (elf::PF_R.0 | elf::PF_W.0 | elf::PF_X.0) == elf::PF_R.0 | elf::PF_W.0
+        };
+        if !ok(s) {
+            return Some(Range::new(s.vaddr, hi));
+        }
+        let (lo, hi) = adjoining(i, (s.vaddr, hi), segs.len(), |j| {
+            let t = segs.get(j)?;
+            let end = t.vaddr.saturating_add((t.file_hi - t.file_lo) as u64);
+            ok(t).then_some((t.vaddr, end, whole(t)))
+        });
+        Some(Range::new(lo, hi))
     }
 
     fn read_code(&mut self, addr: u64, out: &mut [u8]) -> bool {
@@ -878,6 +931,39 @@ impl Memory for CoreMemory<'_> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// Regions join while they adjoin, are of the kind (`Some`), and the lower one is whole.
+    #[test]
+    fn adjoining_regions_join() {
+        // (lo, readable hi, whole), in address order.
+        let r = [
+            Some((0x1000, 0x2000, true)),
+            Some((0x2000, 0x3000, true)),
+            Some((0x3000, 0x3800, false)), // only partly readable: nothing joins above it
+            Some((0x4000, 0x5000, true)),
+            None, // another kind
+            Some((0x6000, 0x7000, true)),
+            Some((0x7000, 0x8000, true)),
+        ];
+        let get = |j: usize| r[j];
+        let join = |i: usize| {
+            let (lo, hi, _) = r[i].unwrap();
+            adjoining(i, (lo, hi), r.len(), get)
+        };
+        assert_eq!(join(0), (0x1000, 0x3800));
+        assert_eq!(join(1), (0x1000, 0x3800));
+        assert_eq!(join(2), (0x1000, 0x3800));
+        assert_eq!(join(3), (0x4000, 0x5000), "a gap below, another kind above");
+        assert_eq!(join(5), (0x6000, 0x8000));
+        assert_eq!(join(6), (0x6000, 0x8000));
+        // A long run of adjoining regions stops at the limit on each side.
+        let n = 3 * ADJOINING_LIMIT;
+        let many = |j: usize| Some((j as u64 * 16, j as u64 * 16 + 16, true));
+        let mid = n / 2;
+        let (lo, hi) = adjoining(mid, (mid as u64 * 16, mid as u64 * 16 + 16), n, many);
+        assert_eq!(lo, (mid - ADJOINING_LIMIT) as u64 * 16);
+        assert_eq!(hi, (mid + ADJOINING_LIMIT + 1) as u64 * 16);
+    }
 
     #[test]
     fn garbage_is_an_error() {

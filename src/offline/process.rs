@@ -1095,8 +1095,21 @@ impl Backing for ProcMemory {
         true
     }
 
+    /// The mapping holding `addr`, with the anonymous read-write mappings that adjoin it (one
+    /// stack can span two: see `core_file::adjoining`).
     fn mapping(&self, addr: u64) -> Option<Range> {
-        self.lock().readable(addr, 1)
+        let st = self.lock();
+        let r = st.readable(addr, 1)?;
+        let i = st.vmas.partition_point(|v| v.range.hi <= addr);
+        let stack = |v: &Vma| v.read && v.write && !v.exec && v.file_id.2 == 0;
+        if !st.vmas.get(i).is_some_and(stack) {
+            return Some(r);
+        }
+        let (lo, hi) = crate::core_file::adjoining(i, (r.lo, r.hi), st.vmas.len(), |j| {
+            let v = st.vmas.get(j)?;
+            stack(v).then_some((v.range.lo, v.range.hi, true))
+        });
+        Some(Range::new(lo, hi))
     }
 
     fn is_code(&self, addr: u64) -> Option<bool> {

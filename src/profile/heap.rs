@@ -1080,7 +1080,6 @@ fn series(x: f64) -> f64 {
     x * acc
 }
 
-/// Adds one sample of `size` bytes, weighted at `rate`, to an estimate's pair of counters.
 /// Counts one sampled allocation of `size` bytes at `rate` in `[objects, bytes, estimated
 /// objects, estimated bytes]`: the bytes before the count, the count with release (a snapshot
 /// that reads the count first, with acquire, sees at least the bytes of every allocation it
@@ -1092,6 +1091,8 @@ fn count_alloc([ao, ab, eao, eab]: [&AtomicU64; 4], size: u64, rate: u64) {
     ao.fetch_add(1, Ordering::Release);
 }
 
+/// Adds one sample of `size` bytes, weighted at `rate` ([`weight`]), to an estimate's pair of
+/// counters.
 fn add_weighted(objects: &AtomicU64, bytes: &AtomicU64, size: u64, rate: u64) {
     let w = weight(size, rate);
     // `w * size` is about `rate + size / 2`, below 2^63. The objects' fixed point is `w *
