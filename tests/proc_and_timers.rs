@@ -314,3 +314,75 @@ fn with_proc_the_heap_profiler_says_nothing_of_it() {
     unwind::heap::stop();
     assert!(unwind::heap::warnings().is_empty());
 }
+
+/// A program that a profiled process `exec`s, while the profile runs (a hot restart, an
+/// exec-ing wrapper) or after it stopped: it must run to its end, with SIGPROF at its default
+/// action. A process-timer profile's `ITIMER_PROF` outlived `execve`, and the new program,
+/// SIGPROF back at the default action, was killed by it ("Profiling timer expired", 27.
+/// round, outside use); after a stop, SIGPROF was left ignored, which `execve` keeps, so every
+/// program started after a profile had it ignored.
+#[test]
+fn an_exec_d_program_is_not_killed_and_finds_sigprof_at_its_default() {
+    const EXEC: &str = "UNWIND_EXEC_CHILD";
+    // The program exec'd: one second of CPU in the shell (the timers would fire ~100 times),
+    // then its own SIGPROF disposition (SigIgn bit 27 - 1).
+    let script =
+        "i=0; end=$(( $(date +%s) + 1 )); while [ $(date +%s) -lt $end ]; do i=$((i+1)); done; \
+                  grep SigIgn /proc/self/status; echo survived";
+    if let Ok(how) = std::env::var(EXEC) {
+        let timer = if how.starts_with("process") {
+            TimerMode::Process
+        } else {
+            TimerMode::PerThread
+        };
+        let p = CpuProfiler::start(Config {
+            timer,
+            frequency_hz: 1000,
+            ..Config::default()
+        })
+        .expect("a profile");
+        burn(100);
+        let _profile = if how.ends_with("stopped") {
+            Some(p.stop())
+        } else {
+            std::mem::forget(p);
+            None
+        };
+        use std::os::unix::process::CommandExt;
+        let e = Command::new("sh").args(["-c", script]).exec();
+        panic!("exec: {e}");
+    }
+    for how in [
+        "process running",
+        "process stopped",
+        "thread running",
+        "thread stopped",
+    ] {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "an_exec_d_program_is_not_killed_and_finds_sigprof_at_its_default",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(EXEC, how)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("survived"),
+            "{how}: {} {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ign = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap();
+        assert_eq!(
+            ign & 1 << (libc::SIGPROF - 1),
+            0,
+            "{how}: SIGPROF ignored: {ign:#x}"
+        );
+    }
+}

@@ -21,8 +21,7 @@
 use crate::arch::ArchKind;
 use crate::dwarf::{CfiError, PreparedCfi, Sections, Unwinder};
 use std::path::Path;
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 /// A loaded object, as `dl_iterate_phdr` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +38,7 @@ pub struct LoadedModule {
 
 /// Enumerates the loaded objects. Takes the loader's lock: not for signal handlers.
 pub fn loaded_modules() -> Vec<LoadedModule> {
-    enumerate(false).into_iter().map(|(m, _)| m).collect()
+    enumerate(None).into_iter().map(|(m, _, _)| m).collect()
 }
 
 /// A module's `.eh_frame_hdr` and `.eh_frame`, copied out of its mapping while the loader's lock
@@ -54,11 +53,108 @@ struct CopiedCfi {
     eh_vaddr: u64,
 }
 
-/// Enumerates the loaded objects; with `copy`, copies each one's in-memory CFI sections inside
-/// the `dl_iterate_phdr` callback (where the loader guarantees the object stays mapped).
-fn enumerate(copy: bool) -> Vec<(LoadedModule, Option<CopiedCfi>)> {
-    let mut mods: Vec<(LoadedModule, Option<CopiedCfi>)> = Vec::new();
+/// Enumerates the loaded objects; with `known`, reads each one's GNU build id in memory and
+/// copies its in-memory CFI sections, unless `known` says that a module of its key (by its
+/// build id) is prepared already.
+///
+/// The copies are made outside the loader's lock, through the kernel ([`copy_checked_from_memory`]):
+/// a `fork` child of a process where another thread held that lock cannot take it again
+/// (glibc leaves it held: the child's `dlopen` and `dl_iterate_phdr` wait forever), and each
+/// refresh held it while it copied every module's `.eh_frame`, milliseconds for a large library
+/// (found by outside use in the twenty-seventh round: a program that loads libraries and
+/// forks, a few children in a hundred hung in `dlopen`). Copies read while an object was
+/// unloaded (the loader's count of removals moved) are made again; after three tries, or
+/// where the kernel refuses the reads, they are made under the lock, inside the callback, as
+/// before.
+fn enumerate(
+    mut known: Option<&mut dyn FnMut(&ModuleKey) -> bool>,
+) -> Vec<(LoadedModule, ModuleKey, Option<CopiedCfi>)> {
+    let Some(known) = known.as_mut() else {
+        return enumerate_once(None, false)
+            .0
+            .into_iter()
+            .map(|(m, _, _)| {
+                let key = ModuleKey::new(&m, None, None);
+                (m, key, None)
+            })
+            .collect();
+    };
+    for _ in 0..3 {
+        let (mods, (_, subs)) = enumerate_once(Some(&mut **known), false);
+        let mut out = Vec::with_capacity(mods.len());
+        let mut refused = false;
+        for (m, build_id, copy) in mods {
+            let copied = match copy {
+                Copy::Known | Copy::None => None,
+                Copy::Done(c) => Some(c),
+                Copy::Pending => match copy_checked_from_memory(&m) {
+                    Ok(c) => Some(c),
+                    Err(Some(_)) => None,
+                    Err(None) => {
+                        refused = true;
+                        None
+                    }
+                },
+            };
+            out.push((m, build_id, copied));
+        }
+        if refused {
+            break;
+        }
+        if crate::live::loaded::adds_subs().1 == subs {
+            return keyed(out);
+        }
+    }
+    let (mods, _) = enumerate_once(Some(&mut **known), true);
+    keyed(
+        mods.into_iter()
+            .map(|(m, id, c)| match c {
+                Copy::Done(c) => (m, id, Some(c)),
+                _ => (m, id, None),
+            })
+            .collect(),
+    )
+}
+
+/// What [`enumerate_once`] did about a module's CFI copy.
+enum Copy {
+    /// Not asked for.
+    None,
+    /// Its key is known: no copy needed.
+    Known,
+    /// To be made outside the loader's lock.
+    Pending,
+    /// Made under it.
+    Done(CopiedCfi),
+}
+
+/// Each module's key (see [`ModuleKey::new`]), its copy given the build id read with it.
+fn keyed(
+    mods: Vec<(LoadedModule, Option<Vec<u8>>, Option<CopiedCfi>)>,
+) -> Vec<(LoadedModule, ModuleKey, Option<CopiedCfi>)> {
+    mods.into_iter()
+        .map(|(m, build_id, mut copied)| {
+            if let Some(c) = copied.as_mut() {
+                c.build_id = build_id.clone();
+            }
+            let key = ModuleKey::new(&m, build_id.as_deref(), copied.as_ref());
+            (m, key, copied)
+        })
+        .collect()
+}
+
+/// One `dl_iterate_phdr` pass: each module, its build id in memory (with `known`) and what to
+/// do about its CFI copy (made in the callback with `copy_inside`); the loader's added and
+/// removed counts.
+#[allow(clippy::type_complexity)]
+fn enumerate_once(
+    mut known: Option<&mut dyn FnMut(&ModuleKey) -> bool>,
+    copy_inside: bool,
+) -> (Vec<(LoadedModule, Option<Vec<u8>>, Copy)>, (u64, u64)) {
+    let mut mods = Vec::new();
+    let mut counts = (0, 0);
     crate::live::loaded::for_each(|o| {
+        counts = o.adds_subs;
         let mut m = LoadedModule {
             path: o.path(),
             bias: o.bias,
@@ -72,24 +168,31 @@ fn enumerate(copy: bool) -> Vec<(LoadedModule, Option<CopiedCfi>)> {
                 _ => {}
             }
         }
-        if !m.path.is_empty() || m.eh_frame_hdr.is_some() {
-            let copied = if copy {
-                // SAFETY: `m` was just built from the loader's own program headers for this
-                // object, which stays mapped while this callback runs (the loader's lock keeps
-                // `dlclose` out).
-                let mut c = unsafe { copy_from_memory(&m) }.ok();
-                if let Some(c) = c.as_mut() {
-                    // SAFETY: as above; the notes read lie in the object's loaded segments.
-                    c.build_id = unsafe { build_id_in_memory(&m, o.phdrs) };
-                }
-                c
-            } else {
-                None
-            };
-            mods.push((m, copied));
+        if m.path.is_empty() && m.eh_frame_hdr.is_none() {
+            return;
         }
+        let Some(known) = known.as_mut() else {
+            mods.push((m, None, Copy::None));
+            return;
+        };
+        // SAFETY: `m` was just built from the loader's own program headers for this object,
+        // which stays mapped while this callback runs (the loader's lock keeps `dlclose` out);
+        // the notes read lie in its loaded segments.
+        let build_id = unsafe { build_id_in_memory(&m, o.phdrs) };
+        let copy = if build_id.is_some() && known(&ModuleKey::new(&m, build_id.as_deref(), None)) {
+            Copy::Known
+        } else if copy_inside {
+            // SAFETY: as above.
+            match unsafe { copy_from_memory(&m) } {
+                Ok(c) => Copy::Done(c),
+                Err(_) => Copy::None,
+            }
+        } else {
+            Copy::Pending
+        };
+        mods.push((m, build_id, copy));
     });
-    mods
+    (mods, counts)
 }
 
 /// Prepares a loaded module's CFI: from its file, else from its mapped `.eh_frame_hdr`.
@@ -156,40 +259,68 @@ fn prepare_with(
 /// `m` must describe an object loaded now, with its real bias and `PT_LOAD` segments, that stays
 /// loaded until this returns.
 unsafe fn copy_from_memory(m: &LoadedModule) -> Result<CopiedCfi, CfiError> {
+    copy_cfi(m, |addr, len| {
+        // SAFETY: `copy_cfi` asks only for ranges inside one of this module's PT_LOAD
+        // segments, which the loader mapped readable at + bias and keeps mapped while the
+        // module is loaded (the caller's promise).
+        Some(unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec())
+    })
+}
+
+/// [`copy_from_memory`] read through the kernel (`process_vm_readv`), which fails instead of
+/// faulting where the object was unloaded meanwhile: outside the loader's lock. `Err(None)`
+/// where the kernel refuses the reads (a seccomp filter): the caller copies under the lock.
+fn copy_checked_from_memory(m: &LoadedModule) -> Result<CopiedCfi, Option<CfiError>> {
+    let mut refused = false;
+    let r = copy_cfi(m, |addr, len| {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).ok()?;
+        v.resize(len, 0);
+        match crate::live::copy_checked(addr, &mut v) {
+            Ok(()) => Some(v),
+            Err(libc::EFAULT) => None,
+            Err(_) => {
+                refused = true;
+                None
+            }
+        }
+    });
+    r.map_err(|e| (!refused).then_some(e))
+}
+
+/// The copy of [`copy_from_memory`], each range (runtime address, length, inside one of the
+/// module's loaded segments) read by `read`.
+fn copy_cfi(
+    m: &LoadedModule,
+    mut read: impl FnMut(u64, usize) -> Option<Vec<u8>>,
+) -> Result<CopiedCfi, CfiError> {
     let (hdr_vaddr, hdr_size) = m.eh_frame_hdr.ok_or(CfiError::NoCfi)?;
     // The header must lie inside a loaded segment.
     let room = room_in_load(m, hdr_vaddr).ok_or(CfiError::BadHeader)?;
     if hdr_size > room || hdr_size < 4 {
         return Err(CfiError::BadHeader);
     }
-    // SAFETY: [hdr_vaddr, +hdr_size) lies inside one of this module's PT_LOAD segments, which
-    // the loader mapped readable at + bias and keeps mapped while the module is loaded (the
-    // caller's promise).
-    let hdr = unsafe {
-        std::slice::from_raw_parts(
-            hdr_vaddr.wrapping_add(m.bias) as *const u8,
-            hdr_size as usize,
-        )
-    };
+    let hdr = read(hdr_vaddr.wrapping_add(m.bias), hdr_size as usize).ok_or(CfiError::NoCfi)?;
     let bases = gimli::BaseAddresses::default().set_eh_frame_hdr(hdr_vaddr);
-    let parsed = gimli::EhFrameHdr::new(hdr, gimli::LittleEndian)
+    let parsed = gimli::EhFrameHdr::new(&hdr, gimli::LittleEndian)
         .parse(&bases, 8)
         .map_err(|_| CfiError::BadHeader)?;
     let eh_vaddr = match parsed.eh_frame_ptr() {
         gimli::Pointer::Direct(a) => a,
         gimli::Pointer::Indirect(_) => return Err(CfiError::BadHeader),
     };
-    let eh_room = room_in_load(m, eh_vaddr).ok_or(CfiError::BadHeader)?;
-    // SAFETY: as above: [eh_vaddr, + eh_room) is the rest of a loaded segment.
-    let rest = unsafe {
-        std::slice::from_raw_parts(eh_vaddr.wrapping_add(m.bias) as *const u8, eh_room as usize)
-    };
-    let eh_len = eh_frame_len(rest);
+    // The rest of the segment that holds `.eh_frame`, at most 1 GiB.
+    let eh_room = room_in_load(m, eh_vaddr)
+        .ok_or(CfiError::BadHeader)?
+        .min(crate::dwarf::MAX_SPAN);
+    let mut eh = read(eh_vaddr.wrapping_add(m.bias), eh_room as usize).ok_or(CfiError::NoCfi)?;
+    eh.truncate(eh_frame_len(&eh));
+    eh.shrink_to_fit();
     Ok(CopiedCfi {
         build_id: None,
-        hdr: hdr.to_vec(),
+        hdr,
         hdr_vaddr,
-        eh: rest[..eh_len].to_vec(),
+        eh,
         eh_vaddr,
     })
 }
@@ -286,9 +417,9 @@ fn from_copy(arch: ArchKind, m: &LoadedModule, c: &CopiedCfi) -> Result<Prepared
 
 static CURRENT: AtomicPtr<Unwinder> = AtomicPtr::new(core::ptr::null_mut());
 
-/// What identifies a loaded module's CFI: where and how it is loaded, and a hash of its
-/// in-memory `.eh_frame_hdr` and `.eh_frame` (so another file loaded at the same path and bias
-/// is not taken for the old one).
+/// What identifies a loaded module's CFI: where and how it is loaded, and a hash of its GNU
+/// build id in memory, or without one, of its in-memory `.eh_frame_hdr` and `.eh_frame` (so
+/// another file loaded at the same path and bias is not taken for the old one).
 #[derive(Clone, PartialEq, Eq)]
 struct ModuleKey {
     path: String,
@@ -299,13 +430,21 @@ struct ModuleKey {
 }
 
 impl ModuleKey {
-    fn new(m: &LoadedModule, copied: Option<&CopiedCfi>) -> Self {
+    fn new(m: &LoadedModule, build_id: Option<&[u8]>, copied: Option<&CopiedCfi>) -> Self {
         use std::hash::{Hash, Hasher};
-        let content = copied.map(|c| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (c.hdr_vaddr, c.eh_vaddr, &c.hdr, &c.eh).hash(&mut h);
-            h.finish()
-        });
+        let content = match (build_id, copied) {
+            (Some(id), _) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (0u8, id).hash(&mut h);
+                Some(h.finish())
+            }
+            (None, Some(c)) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (1u8, c.hdr_vaddr, c.eh_vaddr, &c.hdr, &c.eh).hash(&mut h);
+                Some(h.finish())
+            }
+            (None, None) => None,
+        };
         ModuleKey {
             path: m.path.clone(),
             bias: m.bias,
@@ -321,10 +460,118 @@ impl ModuleKey {
 /// the memory of newly loaded modules only, not of every module again (about 1 MB a refresh
 /// for a small program before). The old unwinders keep every table alive anyway (see the
 /// module docs), so keeping them here costs nothing more.
-static PREPARED: Mutex<Vec<(ModuleKey, PreparedCfi)>> = Mutex::new(Vec::new());
+static PREPARED: ForkLock<Vec<(ModuleKey, PreparedCfi)>> = ForkLock::new(Vec::new());
 /// Serialises refreshes (never taken by readers), and holds the modules (with the failures)
 /// the current unwinder was made of: a refresh that finds the same ones keeps it.
-static REFRESH: Mutex<Vec<ModuleKey>> = Mutex::new(Vec::new());
+static REFRESH: ForkLock<Vec<ModuleKey>> = ForkLock::new(Vec::new());
+
+/// A lock that a `fork` child finds free. A refresh holds [`REFRESH`] and [`PREPARED`] while it
+/// prepares tables (tens of milliseconds to seconds for a large library, on the module
+/// watcher's thread, a heap sample's or the program's), and a `fork` meanwhile copied them
+/// held, with no thread in the child to release them: a child that then started a profiler or
+/// refreshed waited forever (found by outside use in the twenty-seventh round: 70 of 201 children
+/// of a profiled program that loads libraries hung). A `std` mutex cannot be released by
+/// another thread, so these are a flag, waited on by sleeping (they are never contended on a
+/// hot path), which the child handler ([`forget_parent_refresh`]) clears, with the data the
+/// parent's thread held replaced (leaked: it may be half-written).
+struct ForkLock<T> {
+    held: AtomicBool,
+    data: core::cell::UnsafeCell<T>,
+}
+
+// SAFETY: `data` is only reached through a `ForkGuard`, which one thread holds at a time (the
+// `held` flag, taken with acquire and released with release), or by the fork child handler,
+// which runs on the child's only thread.
+unsafe impl<T: Send> Sync for ForkLock<T> {}
+
+/// [`ForkLock`]'s guard.
+struct ForkGuard<'a, T>(&'a ForkLock<T>);
+
+impl<T> ForkLock<T> {
+    const fn new(v: T) -> Self {
+        ForkLock {
+            held: AtomicBool::new(false),
+            data: core::cell::UnsafeCell::new(v),
+        }
+    }
+
+    fn try_lock(&self) -> Option<ForkGuard<'_, T>> {
+        self.held
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| ForkGuard(self))
+    }
+
+    /// Waits for the lock: a refresh holds it for milliseconds to seconds, so the wait sleeps
+    /// (0.1 ms first, then up to 5 ms).
+    fn lock(&self) -> ForkGuard<'_, T> {
+        let mut nap = 100;
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(nap));
+            nap = (nap * 2).min(5_000);
+        }
+    }
+
+    /// In a `fork` child: frees the lock and puts `fresh` in place of the data, which the
+    /// parent's thread that held the lock may have left half-written (it is leaked).
+    ///
+    /// # Safety
+    /// Only in a fork child, before it starts a thread (no other thread can hold a guard).
+    unsafe fn reset_in_child(&self, fresh: T) {
+        // SAFETY: the caller guarantees the child's only thread runs this, so no guard is
+        // alive; `write` does not drop the old value.
+        unsafe { core::ptr::write(self.data.get(), fresh) };
+        self.held.store(false, Ordering::Release);
+    }
+}
+
+impl<T> core::ops::Deref for ForkGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: this guard holds the lock (see `ForkLock`'s `Sync`).
+        unsafe { &*self.0.data.get() }
+    }
+}
+
+impl<T> core::ops::DerefMut for ForkGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: this guard holds the lock (see `ForkLock`'s `Sync`).
+        unsafe { &mut *self.0.data.get() }
+    }
+}
+
+impl<T> Drop for ForkGuard<'_, T> {
+    fn drop(&mut self) {
+        self.0.held.store(false, Ordering::Release);
+    }
+}
+
+/// Registers [`forget_parent_refresh`] as a `fork` child handler, once (at the first refresh).
+fn register_fork_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handler is an `extern "C"` function that lives as long as the process
+        // and only stores to this module's statics.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_parent_refresh)) };
+    });
+}
+
+/// After a `fork`, in the child: frees the refresh locks a parent's thread held (see
+/// [`ForkLock`]); the tables prepared so far stay reachable through [`unwinder`].
+extern "C" fn forget_parent_refresh() {
+    // SAFETY: a pthread_atfork child handler runs in the child on its only thread.
+    unsafe {
+        if REFRESH.held.load(Ordering::Relaxed) {
+            REFRESH.reset_in_child(Vec::new());
+        }
+        if PREPARED.held.load(Ordering::Relaxed) {
+            PREPARED.reset_in_child(Vec::new());
+        }
+    }
+}
 
 /// The process's prepared CFI, if [`refresh`] ran. Lock-free and async-signal-safe.
 #[inline(always)]
@@ -345,7 +592,7 @@ pub fn unwinder() -> Option<&'static Unwinder> {
 pub fn refresh() -> (&'static Unwinder, Vec<(String, CfiError)>) {
     own_work(|| {
         crate::live::builtin::init_switches();
-        refresh_locked(REFRESH.lock().unwrap_or_else(|e| e.into_inner()))
+        refresh_locked(REFRESH.lock())
     })
 }
 
@@ -367,7 +614,7 @@ pub(crate) fn prepare_unless_prepared() {
         return;
     }
     own_work(|| {
-        let guard = REFRESH.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = REFRESH.lock();
         if unwinder().is_none() {
             refresh_locked(guard);
         }
@@ -375,8 +622,9 @@ pub(crate) fn prepare_unless_prepared() {
 }
 
 fn refresh_locked(
-    mut made_of: std::sync::MutexGuard<'_, Vec<ModuleKey>>,
+    mut made_of: ForkGuard<'_, Vec<ModuleKey>>,
 ) -> (&'static Unwinder, Vec<(String, CfiError)>) {
+    register_fork_handler();
     let Some(arch) = ArchKind::native() else {
         let u: &'static Unwinder = Box::leak(Box::new(Unwinder::new()));
         return (u, vec![(String::new(), CfiError::Arch)]);
@@ -386,9 +634,9 @@ fn refresh_locked(
     u.set_guesses(!cfg!(unwind_no_frame_pointers));
     let mut failed = Vec::new();
     let mut keys = Vec::new();
-    let mut prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner());
-    for (m, copied) in enumerate(true) {
-        let key = ModuleKey::new(&m, copied.as_ref());
+    let mut prepared = PREPARED.lock();
+    let mut known = |k: &ModuleKey| prepared.iter().any(|(p, _)| p == k);
+    for (m, key, copied) in enumerate(Some(&mut known)) {
         keys.push(key.clone());
         if let Some((_, t)) = prepared.iter().find(|(k, _)| *k == key) {
             u.add(t.clone());
@@ -421,11 +669,7 @@ fn refresh_locked(
 /// callers that must not block, such as an allocator hook.
 pub fn try_refresh() -> Option<(&'static Unwinder, Vec<(String, CfiError)>)> {
     own_work(|| {
-        let guard = match REFRESH.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
+        let guard = REFRESH.try_lock()?;
         Some(refresh_locked(guard))
     })
 }
@@ -464,6 +708,113 @@ pub fn for_modules(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Another thread holds both refresh locks (as a long refresh does) when the process
+    /// forks: the child finds them free; the parent's holder goes on. (The child does not
+    /// refresh here: another test's thread may be inside `dl_iterate_phdr` at the fork, whose
+    /// lock glibc leaves held in the child.)
+    #[test]
+    fn a_fork_child_finds_the_refresh_locks_free() {
+        register_fork_handler();
+        let (held, wait) = std::sync::mpsc::channel();
+        let (done, finish) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let a = REFRESH.lock();
+            let b = PREPARED.lock();
+            held.send(()).unwrap();
+            let _ = finish.recv();
+            drop(b);
+            drop(a);
+        });
+        wait.recv().unwrap();
+        // SAFETY: the child only checks the locks, refreshes and exits with `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let free = REFRESH.try_lock().is_some() && PREPARED.try_lock().is_some();
+            // SAFETY: _exit has no preconditions.
+            unsafe { libc::_exit(if free { 0 } else { 1 }) };
+        }
+        assert!(pid > 0);
+        assert!(
+            REFRESH.try_lock().is_none(),
+            "the parent's holder still holds it"
+        );
+        done.send(()).unwrap();
+        holder.join().unwrap();
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x} (exit 1: a lock the parent's thread held is held)"
+        );
+    }
+
+    /// The copies made through the kernel, outside the loader's lock, are the copies made in
+    /// place under it.
+    #[test]
+    fn checked_copies_are_the_copies_under_the_lock() {
+        let mut all = |_: &ModuleKey| false;
+        let (inside, _) = enumerate_once(Some(&mut all), true);
+        let mut compared = 0;
+        for (m, _, c) in inside {
+            let Copy::Done(c) = c else { continue };
+            let Ok(d) = copy_checked_from_memory(&m) else {
+                panic!("{}: no checked copy", m.path)
+            };
+            assert_eq!(
+                (c.hdr, c.hdr_vaddr, c.eh, c.eh_vaddr),
+                (d.hdr, d.hdr_vaddr, d.eh, d.eh_vaddr),
+                "{}",
+                m.path
+            );
+            compared += 1;
+        }
+        assert!(compared >= 2, "the test binary and libc have CFI");
+        // An object that is not loaded (a bias into unmapped memory): an error, no fault.
+        let ghost = LoadedModule {
+            path: "ghost".into(),
+            bias: 0x10,
+            eh_frame_hdr: Some((0x1000, 0x100)),
+            loads: vec![(0, 0x10_0000)],
+        };
+        assert!(matches!(copy_checked_from_memory(&ghost), Err(Some(_))));
+    }
+
+    /// A refresh copies the CFI of modules not prepared before only: a module with a build id
+    /// whose key is known is not copied again.
+    #[test]
+    fn known_modules_are_not_copied_again() {
+        let mut all = |_: &ModuleKey| false;
+        let fresh = enumerate(Some(&mut all));
+        let with_id = fresh
+            .iter()
+            .filter(|(_, _, c)| c.as_ref().is_some_and(|c| c.build_id.is_some()))
+            .count();
+        assert!(with_id >= 2, "the test binary and libc have build ids");
+        let keys: Vec<ModuleKey> = fresh.iter().map(|(_, k, _)| k.clone()).collect();
+        let mut known = |k: &ModuleKey| keys.contains(k);
+        // (Another test may load a module meanwhile: only those of the first enumeration.)
+        let again: Vec<_> = enumerate(Some(&mut known))
+            .into_iter()
+            .filter(|(m, _, _)| {
+                fresh
+                    .iter()
+                    .any(|(f, _, _)| (&f.path, f.bias) == (&m.path, m.bias))
+            })
+            .collect();
+        let copied = again.iter().filter(|(_, _, c)| c.is_some()).count();
+        // Only modules without a build id are copied again (their key is their content).
+        assert!(
+            copied <= fresh.len() - with_id,
+            "{copied} copied again of {}",
+            fresh.len()
+        );
+        // Same keys either way.
+        for (_, k, _) in &again {
+            assert!(keys.contains(k));
+        }
+    }
 
     #[test]
     fn enumerates_this_process() {

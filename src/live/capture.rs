@@ -472,7 +472,7 @@ fn readable_now(addr: u64) -> Option<bool> {
 /// Copies `out.len()` bytes at `addr` into `out` through the kernel (`process_vm_readv` on
 /// this process), or says why not (the call's `errno`: EFAULT where the memory cannot be read
 /// now). Never faults; async-signal-safe; this thread's `errno` is kept.
-fn copy_checked(addr: u64, out: &mut [u8]) -> Result<(), i32> {
+pub(crate) fn copy_checked(addr: u64, out: &mut [u8]) -> Result<(), i32> {
     let _errno = crate::live::errno::Saved::new();
     let local = libc::iovec {
         iov_base: out.as_mut_ptr().cast(),

@@ -89,13 +89,20 @@ pub fn for_each(mut f: impl FnMut(&LoadedObject<'_>)) {
 /// (the loader's added and removed counts, packed). Takes the loader's lock: not for signal
 /// handlers.
 pub fn generation() -> u64 {
+    let (adds, subs) = adds_subs();
+    (adds << 32) | (subs & 0xffff_ffff)
+}
+
+/// The loader's counts of objects ever added and removed (`dlpi_adds`, `dlpi_subs`). Takes the
+/// loader's lock, for its first object only: not for signal handlers.
+pub fn adds_subs() -> (u64, u64) {
     let mut g = None;
     for_each(|o| {
         if g.is_none() {
-            g = Some((o.adds_subs.0 << 32) | (o.adds_subs.1 & 0xffff_ffff));
+            g = Some(o.adds_subs);
         }
     });
-    g.unwrap_or(0)
+    g.unwrap_or((0, 0))
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@
 //!   [`crate::threads::FULL_SCAN_EVERY`]) and deletes the timers of threads
 //!   that ended. A
 //!   registration made while the profiler runs starts that thread's timer at once. [`TimerMode::Process`] uses
-//!   `setitimer(ITIMER_PROF)` instead: one process-wide CPU-time timer, whose signal the kernel
-//!   delivers to whichever thread is running, registered or not. [`Clock::Wall`] makes the
+//!   one process-wide CPU-time timer instead (`CLOCK_PROCESS_CPUTIME_ID`; `ITIMER_PROF` where no
+//!   timer can be made), whose signal the kernel delivers to whichever thread is running,
+//!   registered or not. [`Clock::Wall`] makes the
 //!   per-thread timers count wall-clock time (`CLOCK_MONOTONIC`), which is not limited to the
 //!   kernel's tick like CPU-time timers are (useful for high-rate stress tests).
 //! - **The handler** runs, with [`Threads::Registered`], on the alternate signal stack that
@@ -41,8 +42,8 @@
 //! may be too small for a capture. Do not mix other SIGPROF sources with a running profiler.
 //!
 //! Only one profiler runs at a time (the SIGPROF disposition is process-wide). On `stop` the
-//! handler installed before it is put back, `SIG_DFL` as `SIG_IGN` (a pending SIGPROF must not
-//! kill the process); SIGPROFs not from the profiler's timers go to that handler meanwhile
+//! handler installed before it is put back, `SIG_DFL` as a handler that does nothing (a
+//! pending SIGPROF must not kill the process; `SIG_IGN` would outlive `execve`); SIGPROFs not from the profiler's timers go to that handler meanwhile
 //! (see the `sigprof` module).
 //!
 //! ```no_run
@@ -85,10 +86,15 @@ pub enum TimerMode {
     /// One timer per thread: every thread ([`Threads::All`]) or the registered ones
     /// ([`register_thread`], [`Threads::Registered`]).
     PerThread,
-    /// `setitimer(ITIMER_PROF)`: process CPU time, delivered to whichever thread runs. There is
-    /// one such timer per process: a program's own `ITIMER_PROF` is taken over while the
-    /// profile runs (its handler gets none of that timer's signals then) and given back, with
-    /// its interval, at stop.
+    /// One timer of process CPU time (`timer_create` on `CLOCK_PROCESS_CPUTIME_ID`), whose
+    /// signals the kernel delivers to whichever thread runs. A program's own `ITIMER_PROF` is
+    /// left alone, its signals passed to its handler; the timer does not outlive the process
+    /// image (`execve` deletes it: a program the profiled process execs runs unprofiled, and is
+    /// not killed by a SIGPROF it does not handle). Where no POSIX timer can be made
+    /// (`RLIMIT_SIGPENDING` reached), `setitimer(ITIMER_PROF)` serves instead: there is one
+    /// such timer per process, so a program's own is taken over while the profile runs (its
+    /// handler gets none of that timer's signals then) and given back, with its interval, at
+    /// stop; and `execve` keeps it armed (do not exec from a process profiled so).
     Process,
 }
 
@@ -99,7 +105,9 @@ pub enum Clock {
     /// the scheduler tick, so rates above the kernel's `HZ` are capped at it.
     ThreadCpu,
     /// Wall-clock time (`CLOCK_MONOTONIC`, high resolution): samples running and waiting threads
-    /// alike.
+    /// alike. A waiting thread is interrupted at every sample: the handler is installed with
+    /// `SA_RESTART`, but calls that it does not restart (`poll`, `epoll_wait`, `nanosleep`,
+    /// `select`, `sigtimedwait`) return `EINTR` that often.
     Wall,
 }
 
@@ -634,6 +642,7 @@ fn forget_inherited(reg: &mut Registry) {
     ENABLED.store(false, Ordering::SeqCst);
     super::sigprof::restore(handler_address());
     super::sigprof::PROCESS_TIMER.store(false, Ordering::SeqCst);
+    PROCESS_POSIX_TIMER.store(0, Ordering::SeqCst);
 }
 
 /// The registry's lock (also taken around a `fork`: `profile::fork`).
@@ -1165,6 +1174,56 @@ fn set_itimer(it: libc::itimerval) -> Result<libc::itimerval, Error> {
     Ok(old)
 }
 
+/// The process CPU-time timer of a [`TimerMode::Process`] profile (`timer_create` on
+/// `CLOCK_PROCESS_CPUTIME_ID`, as a `timer_t` address), 0 when there is none (`ITIMER_PROF`
+/// serves instead: see [`arm_process_timer`]).
+static PROCESS_POSIX_TIMER: AtomicUsize = AtomicUsize::new(0);
+
+/// Arms a process-timer profile's timer, firing every `p` of process CPU time: a POSIX timer
+/// on `CLOCK_PROCESS_CPUTIME_ID`, whose signals carry the profiler's tag. `execve` deletes
+/// such a timer, where it keeps `ITIMER_PROF` armed: a program that a profiled process
+/// `exec`ed was killed by the next SIGPROF, its action back at the default (found by outside
+/// use in the twenty-seventh round). Where no POSIX timer can be made (`RLIMIT_SIGPENDING`
+/// reached: `timer_create` preallocates a queued signal), `ITIMER_PROF` as before
+/// ([`take_itimer`]), which needs no queue.
+fn arm_process_timer(p: Duration) -> Result<(), Error> {
+    // SAFETY: sigevent is plain data; zeroed is a valid starting value.
+    let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+    sev.sigev_notify = libc::SIGEV_SIGNAL;
+    sev.sigev_signo = libc::SIGPROF;
+    // Marks the signals as ours (see `sigprof::is_ours`).
+    sev.sigev_value.sival_ptr = super::sigprof::TIMER_TAG as *mut libc::c_void;
+    let mut timer: libc::timer_t = std::ptr::null_mut();
+    // SAFETY: valid pointers to a filled sigevent and to the out timer id.
+    if unsafe { libc::timer_create(libc::CLOCK_PROCESS_CPUTIME_ID, &mut sev, &mut timer) } == 0 {
+        let ts = libc::timespec {
+            tv_sec: p.as_secs() as libc::time_t,
+            tv_nsec: p.subsec_nanos() as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: ts,
+            it_value: ts,
+        };
+        // SAFETY: `timer` was just created; spec is a valid itimerspec.
+        if unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) } == 0 {
+            PROCESS_POSIX_TIMER.store(timer as usize, Ordering::SeqCst);
+            super::sigprof::PROCESS_TIMER.store(false, Ordering::SeqCst);
+            return Ok(());
+        }
+        delete_timer(timer);
+    }
+    super::sigprof::PROCESS_TIMER.store(true, Ordering::SeqCst);
+    take_itimer(p)
+}
+
+/// Disarms a process-timer profile's timer at stop (see [`arm_process_timer`]).
+fn disarm_process_timer(p: Duration) {
+    match PROCESS_POSIX_TIMER.swap(0, Ordering::SeqCst) {
+        0 => give_back_itimer(p),
+        t => delete_timer(t as libc::timer_t),
+    }
+}
+
 /// Arms the process timer for a profile, keeping the program's own (if it had one armed).
 fn take_itimer(p: Duration) -> Result<(), Error> {
     let old = set_itimer(every(p))?;
@@ -1397,9 +1456,9 @@ impl CpuProfiler {
             })
         };
         ENABLED.store(true, Ordering::SeqCst);
-        super::sigprof::PROCESS_TIMER.store(config.timer == TimerMode::Process, Ordering::SeqCst);
+        super::sigprof::PROCESS_TIMER.store(false, Ordering::SeqCst);
         let armed = match config.timer {
-            TimerMode::Process => take_itimer(period(&config)),
+            TimerMode::Process => arm_process_timer(period(&config)),
             TimerMode::PerThread => {
                 for t in reg.threads.iter_mut() {
                     match thread_timer(t.tid, &config) {
@@ -1580,7 +1639,7 @@ impl CpuProfiler {
                 }
             }
             if self.config.timer == TimerMode::Process {
-                give_back_itimer(period(&self.config));
+                disarm_process_timer(period(&self.config));
             }
             for t in reg.threads.iter_mut() {
                 if let Some(id) = t.timer.take() {

@@ -2,17 +2,21 @@
 //! profiler, a Go runtime embedded through cgo), passes on the signals that are not its own, and
 //! puts the previous handler back when it stops.
 //!
-//! Which signals are ours: a per-thread timer's carry [`TIMER_TAG`] in `si_value` (set in the
+//! Which signals are ours: our timers' (per thread, or the process CPU-time timer of a
+//! [`crate::cpu::TimerMode::Process`] profile) carry [`TIMER_TAG`] in `si_value` (set in the
 //! `sigevent` at `timer_create`, delivered with `si_code == SI_TIMER`); `setitimer(ITIMER_PROF)`
-//! sends `SI_KERNEL`, ours only while a [`crate::cpu::TimerMode::Process`] profiler runs (there
-//! is one `ITIMER_PROF` per process: whoever set it last owns it). Everything else (`kill`,
-//! `tgkill`, other timers, `ITIMER_PROF` while no process-timer profiler runs) goes to the
+//! sends `SI_KERNEL`, ours only while a process-timer profile runs on it (where no POSIX timer
+//! could be made; there is one `ITIMER_PROF` per process: whoever set it last owns it).
+//! Everything else (`kill`, `tgkill`, other timers, `ITIMER_PROF` otherwise) goes to the
 //! previous handler.
 //!
-//! On stop the previous handler is restored, except that `SIG_DFL` becomes `SIG_IGN`: SIGPROF's
-//! default action terminates the process, and a timer signal already pending when the timers
-//! stopped would do exactly that (pprof-rs #288). A handler someone installed after ours is left
-//! alone.
+//! On stop the previous handler is restored, except that `SIG_DFL` becomes a handler that does
+//! nothing ([`late_sigprof`]): SIGPROF's default action terminates the process, and a timer
+//! signal already pending when the timers stopped would do exactly that (pprof-rs #288). Not
+//! `SIG_IGN`: an ignored signal stays ignored across `execve`, so every program the process
+//! started after a profile had SIGPROF ignored (found by outside use in the twenty-seventh
+//! round), where a handler goes back to the default action. A handler someone installed after
+//! ours is left alone.
 
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
@@ -50,8 +54,18 @@ pub(super) fn install(ours: usize, flags: libc::c_int) -> Result<(), i32> {
     Ok(())
 }
 
-/// Puts back the handler [`install`] replaced (`SIG_IGN` for `SIG_DFL`), if ours is still the
-/// installed one. False when it is not (the program installed its own since). Not
+/// SIGPROF's action after a profile where it had the default one: nothing happens (a timer
+/// signal still pending), and `execve` puts the default action back for the next program.
+/// Async-signal-safe.
+extern "C" fn late_sigprof(_: libc::c_int) {}
+
+/// The address of [`late_sigprof`], as `sa_sigaction` holds it.
+pub(super) fn late_sigprof_address() -> usize {
+    late_sigprof as extern "C" fn(libc::c_int) as usize
+}
+
+/// Puts back the handler [`install`] replaced ([`late_sigprof`] for `SIG_DFL`), if ours is
+/// still the installed one. False when it is not (the program installed its own since). Not
 /// async-signal-safe.
 pub(super) fn restore(ours: usize) -> bool {
     // SAFETY: reads the current action, then installs the saved one (a handler the program had
@@ -69,12 +83,11 @@ pub(super) fn restore(ours: usize) -> bool {
         }
         let mut sa: libc::sigaction = core::mem::zeroed();
         let prev = PREV_ACTION.load(Ordering::SeqCst);
-        sa.sa_sigaction = if prev == libc::SIG_DFL {
-            libc::SIG_IGN
+        (sa.sa_sigaction, sa.sa_flags) = if prev == libc::SIG_DFL {
+            (late_sigprof_address(), libc::SA_RESTART)
         } else {
-            prev
+            (prev, PREV_FLAGS.load(Ordering::SeqCst))
         };
-        sa.sa_flags = PREV_FLAGS.load(Ordering::SeqCst);
         libc::sigemptyset(&mut sa.sa_mask);
         if libc::sigaction(libc::SIGPROF, &sa, core::ptr::null_mut()) == 0 {
             SAVED.store(false, Ordering::SeqCst);
@@ -118,7 +131,7 @@ pub(super) unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         return;
     }
     let prev = PREV_ACTION.load(Ordering::Acquire);
-    if prev == libc::SIG_DFL || prev == libc::SIG_IGN {
+    if prev == libc::SIG_DFL || prev == libc::SIG_IGN || prev == late_sigprof_address() {
         return;
     }
     if PREV_FLAGS.load(Ordering::Acquire) & libc::SA_SIGINFO != 0 {
