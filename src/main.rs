@@ -637,6 +637,17 @@ fn json_str(s: &str, out: &mut String) {
 /// `"warnings"`, as printed on stderr. With `--lines` each frame also has `"line": "file:N"` or null (the innermost
 /// inlined function's), `"symbol_line"` (the physical function's own) and `"inlined"`: the
 /// functions inlined at the pc, innermost first, `[{"function", "line"}]`.
+/// The name DWARF gives the function a frame's pc is in (the last of its `--lines` chain, the
+/// one the others were inlined into), for a frame no symbol names: a file with DWARF but no
+/// symbol table (`objcopy --strip-all --keep-section='.debug_*'`) printed `?` for every frame
+/// while its inlined functions were named (found by outside use in the twenty-seventh round).
+fn outer_function(chain: &[unwind::pprof_lines::InlineFrame]) -> Option<&str> {
+    chain
+        .last()
+        .map(|f| f.function.as_str())
+        .filter(|n| !n.is_empty())
+}
+
 fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
     let mut seen = Lookups::new(&r.symbols);
     let mut o = String::new();
@@ -684,10 +695,16 @@ fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
                 .module_of(f.lookup_pc())
                 .map(|m| m.path.as_str())
                 .or(sym.as_ref().map(|s| s.module));
+            // With --lines, the chain of functions at the pc (see below).
+            let chain = lines
+                .as_deref_mut()
+                .map(|l| l.frames(f.lookup_pc()))
+                .unwrap_or_default();
             o.push_str(&format!("{{\"pc\": \"{:#x}\", \"symbol\": ", f.pc));
-            match &sym {
-                Some(s) => json_str(s.name, &mut o),
-                None => o.push_str("null"),
+            match (&sym, outer_function(&chain)) {
+                (Some(s), _) => json_str(s.name, &mut o),
+                (None, Some(name)) => json_str(name, &mut o),
+                (None, None) => o.push_str("null"),
             }
             o.push_str(", \"module\": ");
             match module {
@@ -696,12 +713,11 @@ fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
             }
             o.push_str(&format!(", \"stack\": {}, \"via\": ", f.stack));
             json_str(f.via.name(), &mut o);
-            if let Some(l) = lines.as_deref_mut() {
+            if lines.is_some() {
                 // "line": the innermost function's (the pc's own source line); "inlined":
                 // the functions inlined at this pc, innermost first, each with its line;
                 // "symbol_line": the physical function's own line (where it calls the
                 // outermost inlined one), as text's `at`.
-                let chain = l.frames(f.lookup_pc());
                 let json_line =
                     |x: Option<&unwind::pprof_lines::InlineFrame>, o: &mut String| match x
                         .and_then(file_line)
@@ -808,7 +824,11 @@ fn text(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
                     o.push('+');
                     push_hex(&mut o, s.offset + (f.pc - f.lookup_pc()), 1);
                 }
-                None => o.push('?'),
+                // No symbol (a file without a symbol table): DWARF's name, with --lines.
+                None => match outer_function(&chain) {
+                    Some(name) => push_printable(&mut o, name),
+                    None => o.push('?'),
+                },
             }
             if let Some(outer) = chain.last().and_then(file_line) {
                 o.push_str(" at ");

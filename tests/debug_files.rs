@@ -488,3 +488,30 @@ fn split_dwarf_lines_and_a_fifo_dwo() {
         "{v}"
     );
 }
+
+/// A program with DWARF but no symbol table (`objcopy --strip-all --keep-section='.debug_*'`):
+/// with `--lines` its frames are named from DWARF, the function each pc is in. They were all
+/// `?` while the functions inlined at them were named (found by outside use in the
+/// twenty-seventh round).
+#[test]
+fn dwarf_names_frames_that_no_symbol_names() {
+    if !tools(&[]) {
+        return;
+    }
+    let d = TempDir::new("nosymtab");
+    let exe = build(d.path(), "gcc", "prog", &["-O0", "-g"]);
+    run(Command::new("objcopy")
+        .args(["--strip-all", "--keep-section=.debug_*"])
+        .arg(&exe));
+    let core = core_of(&exe, || {});
+    let without = frames(&core, &[]);
+    assert!(
+        !has_chain(&without),
+        "the symbols are gone: {:?}",
+        names(&without)
+    );
+    let f = frames(&core, &["--lines"]);
+    assert!(has_chain(&f), "{:?}", names(&f));
+    let (_, line) = f.iter().find(|(n, _)| n == "level2").unwrap();
+    assert!(line.ends_with("prog.c:13"), "{f:?}");
+}

@@ -159,9 +159,15 @@ fn loadable(path: &std::path::Path, split: bool, policy: &crate::safe_open::Poli
     within && (!split || split_dwarf_loadable(path, &file, policy))
 }
 
+/// The most compile units [`split_dwarf_loadable`] looks at (a large C++ program has tens of
+/// thousands).
+const MAX_SPLIT_UNITS: usize = 1 << 20;
+
 /// The split DWARF files addr2line's loader would open for `path` (parsed as `file`):
-/// `FILE.dwp`, and each skeleton unit's `.dwo` (at most 4096 looked at): none there, or each
-/// [`loadable`].
+/// `FILE.dwp`, and each skeleton unit's `.dwo`: none there, or each [`loadable`]. Every unit
+/// is looked at, up to [`MAX_SPLIT_UNITS`] (a file with more is not loaded): the loader opens
+/// the `.dwo` of any unit a pc falls in, and one past the first 4096, which alone were
+/// looked at, could be a FIFO that hung it (found by outside use in the twenty-seventh round).
 fn split_dwarf_loadable(
     path: &std::path::Path,
     file: &object::File<'_>,
@@ -191,10 +197,13 @@ fn split_dwarf_loadable(
     };
     let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, endian));
     let mut units = dwarf.units();
-    for _ in 0..4096 {
+    for n in 0.. {
         let Ok(Some(header)) = units.next() else {
             break;
         };
+        if n == MAX_SPLIT_UNITS {
+            return false;
+        }
         let Ok(unit) = dwarf.unit(header) else {
             continue;
         };
