@@ -645,7 +645,9 @@ fn demo_binary_writes_profiles_that_parse() {
     );
     // demo_worker's own allocations are setup (the thread's registration, the coroutine), which
     // a sample may catch once: the four places' allocations are not charged to it, so its flat
-    // share stays tiny.
+    // share stays small (one place charged to it is a quarter of the bytes). On a loaded
+    // machine the demo makes fewer samples in its time, and one sample of the setup came to
+    // 3% (an outside-use run of the twenty-seventh round): the bound is 10%.
     let flat_share_of = |name: &str| -> f64 {
         top.lines()
             .find(|l| l.trim_end().ends_with(name))
@@ -654,7 +656,7 @@ fn demo_binary_writes_profiles_that_parse() {
             .unwrap_or_else(|| panic!("no flat% for {name} in:\n{top}"))
     };
     assert!(
-        flat_share_of("unwind::demo::demo_worker") < 1.0,
+        flat_share_of("unwind::demo::demo_worker") < 10.0,
         "allocations charged to demo_worker:\n{top}"
     );
     assert!(

@@ -10,9 +10,9 @@
 //! use corosensei::stack::{DefaultStack, Stack};
 //! use corosensei::{Coroutine, CoroutineResult};
 //!
+//! // With feature `dwarf`, also the loaded modules' CFI, by which `capture` walks in a build
+//! // without frame pointers (feature `live` alone needs frame pointers).
 //! unwind::init();
-//! // In a build without frame pointers, `capture` walks by the prepared CFI (feature `dwarf`).
-//! unwind::modules::refresh();
 //! let stack = DefaultStack::new(64 * 1024).unwrap();
 //! // SAFETY: the stack, which the coroutine owns, outlives `reg`, which is dropped first.
 //! let reg = unsafe {

@@ -879,7 +879,7 @@ impl Memory for CoreMemory<'_> {
     }
 
     /// The segment holding `addr`, with the writable segments that adjoin it (see
-    /// [`adjoining`]).
+    /// `adjoining`).
     fn stack_range(&mut self, addr: u64) -> Option<Range> {
         let Some((i, s)) = self.segment(addr) else {
             return self.core.backing.as_ref()?.mapping(addr);
