@@ -438,6 +438,20 @@ fn sigprof_default_is_not_restored() {
         after != libc::SIG_DFL && after != libc::SIG_IGN,
         "{after:#x}"
     );
+    // In libc, which stays loaded: a handler in this crate's code was left behind in a
+    // `cdylib` that `dlclose` unmapped, and the next SIGPROF crashed the host.
+    // SAFETY: dladdr reads the loader's tables; `info` is written on success.
+    let module = unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        assert_ne!(libc::dladdr(after as *const libc::c_void, &mut info), 0);
+        std::ffi::CStr::from_ptr(info.dli_fname)
+            .to_string_lossy()
+            .into_owned()
+    };
+    assert!(
+        module.contains("libc.so"),
+        "the late handler is in {module}"
+    );
     // SAFETY: a late SIGPROF; handled, the process lives on.
     unsafe { libc::raise(libc::SIGPROF) };
     drop(reg);
@@ -880,4 +894,72 @@ fn a_registered_range_s_guard_page_is_not_read() {
     drop(m);
     drop(reg);
     drop(stack);
+}
+
+extern "C-unwind" {
+    fn usleep(usec: libc::c_uint) -> libc::c_int;
+}
+
+/// The body of a thread that [`a_thread_cancelled_while_profiled`] cancels: a loop of
+/// cancellation points (`usleep`), declared `C-unwind` so that the cancellation's forced
+/// unwind may pass.
+extern "C-unwind" fn sleep_until_cancelled(_: *mut libc::c_void) -> *mut libc::c_void {
+    loop {
+        // SAFETY: usleep has no memory preconditions.
+        unsafe { usleep(1) };
+    }
+}
+
+/// A thread cancelled (`pthread_cancel`) while the CPU profiler samples it, inside
+/// `usleep`: the cancellation goes on as without the profiler. It was delivered inside the
+/// SIGPROF handler that interrupted `usleep`, and its unwind through the handler's
+/// `extern "C"` frame aborted the process, every time (found by outside use in the
+/// twenty-seventh round).
+#[test]
+fn a_thread_cancelled_while_profiled() {
+    if !in_child("a_thread_cancelled_while_profiled") {
+        return;
+    }
+    let p = unwind::cpu::CpuProfiler::start(unwind::cpu::Config {
+        frequency_hz: 2000,
+        clock: unwind::cpu::Clock::Wall,
+        ..Default::default()
+    })
+    .unwrap();
+    // Eight such threads, cancelled together (aborted 10 runs in 10 before).
+    let start: extern "C-unwind" fn(*mut libc::c_void) -> *mut libc::c_void = sleep_until_cancelled;
+    // SAFETY: the same function pointer; the ABIs differ only in whether unwinding may pass.
+    let start = unsafe {
+        std::mem::transmute::<
+            extern "C-unwind" fn(*mut libc::c_void) -> *mut libc::c_void,
+            extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
+        >(start)
+    };
+    let threads: Vec<libc::pthread_t> = (0..8)
+        .map(|_| {
+            // SAFETY: a thread running `sleep_until_cancelled`, cancelled and joined below.
+            unsafe {
+                let mut t: libc::pthread_t = std::mem::zeroed();
+                assert_eq!(
+                    libc::pthread_create(&mut t, std::ptr::null(), start, std::ptr::null_mut()),
+                    0
+                );
+                t
+            }
+        })
+        .collect();
+    spin_for(std::time::Duration::from_millis(200));
+    for &t in &threads {
+        // SAFETY: a live thread created above, joined below.
+        assert_eq!(unsafe { libc::pthread_cancel(t) }, 0);
+    }
+    for &t in &threads {
+        let mut ret = std::ptr::null_mut();
+        // SAFETY: joins a thread created above, once.
+        assert_eq!(unsafe { libc::pthread_join(t, &mut ret) }, 0);
+        // PTHREAD_CANCELED is ((void *) -1).
+        assert_eq!(ret as isize, -1);
+    }
+    let profile = p.stop();
+    assert!(profile.stats.recorded > 0, "{:?}", profile.stats);
 }

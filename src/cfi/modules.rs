@@ -41,8 +41,8 @@ pub fn loaded_modules() -> Vec<LoadedModule> {
     enumerate(None).into_iter().map(|(m, _, _)| m).collect()
 }
 
-/// A module's `.eh_frame_hdr` and `.eh_frame`, copied out of its mapping while the loader's lock
-/// was held (so a `dlclose` racing [`refresh`] cannot unmap them under the parser).
+/// A module's `.eh_frame_hdr` and `.eh_frame`, copied out of its mapping (see [`enumerate`]: so
+/// that a `dlclose` racing [`refresh`] cannot unmap them under the parser).
 struct CopiedCfi {
     /// The GNU build id in the module's memory (its `PT_NOTE`s), where it has one: the file
     /// at its path is used only if it has the same (see [`prepare_with`]).
@@ -202,7 +202,7 @@ fn enumerate_once(
 /// that is loaded now (as [`loaded_modules`] reported it: its `bias`, `loads` and
 /// `eh_frame_hdr` exactly as the loader's program headers give them) and that stays loaded
 /// (no `dlclose`) until this returns. [`refresh`] needs no such promise: it copies the sections
-/// while the loader's lock is held.
+/// through the kernel, or while the loader's lock is held.
 pub unsafe fn prepare_loaded(arch: ArchKind, m: &LoadedModule) -> Result<PreparedCfi, CfiError> {
     prepare_with(arch, m, None, || {
         // SAFETY: forwarded from the caller.
@@ -259,61 +259,79 @@ fn prepare_with(
 /// `m` must describe an object loaded now, with its real bias and `PT_LOAD` segments, that stays
 /// loaded until this returns.
 unsafe fn copy_from_memory(m: &LoadedModule) -> Result<CopiedCfi, CfiError> {
-    copy_cfi(m, |addr, len| {
-        // SAFETY: `copy_cfi` asks only for ranges inside one of this module's PT_LOAD
-        // segments, which the loader mapped readable at + bias and keeps mapped while the
-        // module is loaded (the caller's promise).
-        Some(unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec())
-    })
-}
-
-/// [`copy_from_memory`] read through the kernel (`process_vm_readv`), which fails instead of
-/// faulting where the object was unloaded meanwhile: outside the loader's lock. `Err(None)`
-/// where the kernel refuses the reads (a seccomp filter): the caller copies under the lock.
-fn copy_checked_from_memory(m: &LoadedModule) -> Result<CopiedCfi, Option<CfiError>> {
-    let mut refused = false;
-    let r = copy_cfi(m, |addr, len| {
-        let mut v = Vec::new();
-        v.try_reserve_exact(len).ok()?;
-        v.resize(len, 0);
-        match crate::live::copy_checked(addr, &mut v) {
-            Ok(()) => Some(v),
-            Err(libc::EFAULT) => None,
-            Err(_) => {
-                refused = true;
-                None
-            }
-        }
-    });
-    r.map_err(|e| (!refused).then_some(e))
-}
-
-/// The copy of [`copy_from_memory`], each range (runtime address, length, inside one of the
-/// module's loaded segments) read by `read`.
-fn copy_cfi(
-    m: &LoadedModule,
-    mut read: impl FnMut(u64, usize) -> Option<Vec<u8>>,
-) -> Result<CopiedCfi, CfiError> {
     let (hdr_vaddr, hdr_size) = m.eh_frame_hdr.ok_or(CfiError::NoCfi)?;
     // The header must lie inside a loaded segment.
     let room = room_in_load(m, hdr_vaddr).ok_or(CfiError::BadHeader)?;
     if hdr_size > room || hdr_size < 4 {
         return Err(CfiError::BadHeader);
     }
-    let hdr = read(hdr_vaddr.wrapping_add(m.bias), hdr_size as usize).ok_or(CfiError::NoCfi)?;
+    // SAFETY: [hdr_vaddr, +hdr_size) lies inside one of this module's PT_LOAD segments, which
+    // the loader mapped readable at + bias and keeps mapped while the module is loaded (the
+    // caller's promise).
+    let hdr = unsafe {
+        std::slice::from_raw_parts(
+            hdr_vaddr.wrapping_add(m.bias) as *const u8,
+            hdr_size as usize,
+        )
+    };
+    let eh_vaddr = eh_frame_address(hdr, hdr_vaddr)?;
+    let eh_room = room_in_load(m, eh_vaddr).ok_or(CfiError::BadHeader)?;
+    // SAFETY: as above: [eh_vaddr, + eh_room) is the rest of a loaded segment. Only the
+    // section's own bytes are read (its length fields, then the copy).
+    let rest = unsafe {
+        std::slice::from_raw_parts(eh_vaddr.wrapping_add(m.bias) as *const u8, eh_room as usize)
+    };
+    let eh_len = eh_frame_len(rest);
+    Ok(CopiedCfi {
+        build_id: None,
+        hdr: hdr.to_vec(),
+        hdr_vaddr,
+        eh: rest[..eh_len].to_vec(),
+        eh_vaddr,
+    })
+}
+
+/// The link-time address of the `.eh_frame` an `.eh_frame_hdr` (at `hdr_vaddr`) points to.
+fn eh_frame_address(hdr: &[u8], hdr_vaddr: u64) -> Result<u64, CfiError> {
     let bases = gimli::BaseAddresses::default().set_eh_frame_hdr(hdr_vaddr);
-    let parsed = gimli::EhFrameHdr::new(&hdr, gimli::LittleEndian)
+    let parsed = gimli::EhFrameHdr::new(hdr, gimli::LittleEndian)
         .parse(&bases, 8)
         .map_err(|_| CfiError::BadHeader)?;
-    let eh_vaddr = match parsed.eh_frame_ptr() {
-        gimli::Pointer::Direct(a) => a,
-        gimli::Pointer::Indirect(_) => return Err(CfiError::BadHeader),
+    match parsed.eh_frame_ptr() {
+        gimli::Pointer::Direct(a) => Ok(a),
+        gimli::Pointer::Indirect(_) => Err(CfiError::BadHeader),
+    }
+}
+
+/// [`copy_from_memory`] read through the kernel (`process_vm_readv`), which fails instead of
+/// faulting where the object was unloaded meanwhile, or where its file was truncated under its
+/// mapping (SIGBUS when read in place): usable outside the loader's lock. `Err(None)` where
+/// the kernel refuses the reads (a seccomp filter).
+fn copy_checked_from_memory(m: &LoadedModule) -> Result<CopiedCfi, Option<CfiError>> {
+    let read = |addr: u64, len: u64| -> Result<Vec<u8>, Option<CfiError>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len as usize)
+            .map_err(|_| Some(CfiError::NoCfi))?;
+        v.resize(len as usize, 0);
+        match crate::live::copy_checked(addr, &mut v) {
+            Ok(()) => Ok(v),
+            Err(libc::EFAULT) => Err(Some(CfiError::NoCfi)),
+            Err(_) => Err(None),
+        }
     };
-    // The rest of the segment that holds `.eh_frame`, at most 1 GiB.
+    let (hdr_vaddr, hdr_size) = m.eh_frame_hdr.ok_or(CfiError::NoCfi)?;
+    let room = room_in_load(m, hdr_vaddr).ok_or(CfiError::BadHeader)?;
+    if hdr_size > room || hdr_size < 4 {
+        return Err(Some(CfiError::BadHeader));
+    }
+    let hdr = read(hdr_vaddr.wrapping_add(m.bias), hdr_size)?;
+    let eh_vaddr = eh_frame_address(&hdr, hdr_vaddr)?;
+    // The rest of the segment that holds `.eh_frame` (at most 1 GiB), then cut to the
+    // section.
     let eh_room = room_in_load(m, eh_vaddr)
         .ok_or(CfiError::BadHeader)?
         .min(crate::dwarf::MAX_SPAN);
-    let mut eh = read(eh_vaddr.wrapping_add(m.bias), eh_room as usize).ok_or(CfiError::NoCfi)?;
+    let mut eh = read(eh_vaddr.wrapping_add(m.bias), eh_room)?;
     eh.truncate(eh_frame_len(&eh));
     eh.shrink_to_fit();
     Ok(CopiedCfi {

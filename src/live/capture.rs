@@ -470,8 +470,8 @@ fn readable_now(addr: u64) -> Option<bool> {
 }
 
 /// Copies `out.len()` bytes at `addr` into `out` through the kernel (`process_vm_readv` on
-/// this process), or says why not (the call's `errno`: EFAULT where the memory cannot be read
-/// now). Never faults; async-signal-safe; this thread's `errno` is kept.
+/// this process), or says why not (the call's `errno`; EFAULT where the memory cannot be read
+/// now, all of it or a part). Never faults; async-signal-safe; this thread's `errno` is kept.
 pub(crate) fn copy_checked(addr: u64, out: &mut [u8]) -> Result<(), i32> {
     let _errno = crate::live::errno::Saved::new();
     let local = libc::iovec {
@@ -487,6 +487,10 @@ pub(crate) fn copy_checked(addr: u64, out: &mut [u8]) -> Result<(), i32> {
     let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
     if n == out.len() as isize {
         Ok(())
+    } else if n >= 0 {
+        // A partial read: the rest is unreadable (the kernel sets no errno for it; whatever
+        // errno held was taken for a refusal, found by outside use in the twenty-seventh round).
+        Err(libc::EFAULT)
     } else {
         Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     }
@@ -1582,6 +1586,38 @@ mod beside_tests {
 #[cfg(test)]
 mod guard_tests {
     use super::*;
+
+    /// A read that runs from a readable page into an unmapped one is EFAULT, whatever errno
+    /// held before (a partial read sets none: the stale value was taken for a refusal, and the
+    /// caller's fallback then read the unreadable page in place).
+    #[test]
+    fn a_partial_read_is_efault() {
+        let page = crate::live::page_size();
+        // SAFETY: a fresh private anonymous mapping of two pages; the second is unmapped.
+        let p = unsafe {
+            let p = libc::mmap(
+                core::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            assert_eq!(libc::munmap(p.cast::<u8>().add(page).cast(), page), 0);
+            p as u64
+        };
+        let mut out = [0u8; 64];
+        // SAFETY: this thread's errno slot.
+        unsafe { *libc::__errno_location() = libc::EAGAIN };
+        assert_eq!(
+            copy_checked(p + page as u64 - 32, &mut out),
+            Err(libc::EFAULT)
+        );
+        assert_eq!(copy_checked(p, &mut out), Ok(()));
+        // SAFETY: the first page, mapped above.
+        unsafe { libc::munmap(p as *mut libc::c_void, page) };
+    }
 
     /// A range whose bottom page is a guard page loses it, whether the kernel's checked read
     /// answers (the probe) or not (`/proc/self/maps` then says, as under a seccomp filter that

@@ -1753,12 +1753,25 @@ impl CpuProfile {
             );
             return w;
         }
-        // Timers of thread CPU time tick at the kernel's HZ (100 at least): a period under
-        // 10 ms samples at most every 10 ms.
-        let period = self.period.max(Duration::from_millis(10));
+        // Each sample stands for one period and its overruns (the periods that expired between
+        // two of the kernel's ticks, which a timer above its HZ fires at): the period was taken
+        // as at least 10 ms, which put ten times the CPU the process used in a 1 kHz profile
+        // (found by outside use in the twenty-seventh round).
+        let period = self.period;
         let samples = self.stats.recorded + self.stats.overruns;
         let sampled = period.saturating_mul(u32::try_from(samples).unwrap_or(u32::MAX));
         let used = self.stats.process_cpu;
+        // The CPU time in the profile against the process's, for a profile of CPU time (a
+        // wall-clock profile's samples are not CPU time).
+        let share = if self.clock == Clock::ThreadCpu {
+            format!(
+                " ({} ms of the {} ms the process used are in the profile)",
+                sampled.as_millis(),
+                used.as_millis()
+            )
+        } else {
+            String::new()
+        };
         // Under three quarters: a 40% loss passed without a word at a half (found by outside
         // use). CPU-time timers fire on each period of a thread's CPU time, overruns counted,
         // so a thread sampled throughout loses less than one period.
@@ -1790,14 +1803,11 @@ impl CpuProfile {
             // warning blamed short-lived threads.
             w.push(format!(
                 "the profiler could not make a timer for some threads (timer_create: errno \
-                 {e}, {}; {} failures): their CPU time has no samples ({} ms of the {} ms the \
-                 process used are in the profile); EAGAIN is RLIMIT_SIGPENDING reached (each \
-                 timer holds a queued signal), EPERM a seccomp filter; TimerMode::Process \
-                 needs no per-thread timer",
+                 {e}, {}; {} failures): their time has no samples{share}; EAGAIN is \
+                 RLIMIT_SIGPENDING reached (each timer holds a queued signal), EPERM a seccomp \
+                 filter; TimerMode::Process needs no per-thread timer",
                 std::io::Error::from_raw_os_error(e),
                 self.stats.timer_errors,
-                sampled.as_millis(),
-                used.as_millis()
             ));
         }
         if self.stats.sigprof_blocked > 0 {
@@ -1806,11 +1816,8 @@ impl CpuProfile {
             w.push(format!(
                 "{} threads blocked SIGPROF when the profiler found them (a library's helper \
                  threads block every signal; threads started from one inherit its mask): their \
-                 CPU time has no samples ({} ms of the {} ms the process used are in the \
-                 profile)",
+                 time has no samples{share}",
                 self.stats.sigprof_blocked,
-                sampled.as_millis(),
-                used.as_millis()
             ));
         } else if w.is_empty()
             && self.stats.per_thread_cpu_timers
@@ -2029,6 +2036,30 @@ mod tests {
         assert!(w[0].contains("another PID namespace") && w[0].contains("--mount-proc"));
         let w = lost_everything(Stats::default()).warnings();
         assert!(w.len() == 1 && w[0].contains("lived shorter"), "{w:?}");
+    }
+
+    /// The CPU time a warning says is in the profile is the samples' periods, overruns
+    /// included, at the profile's own period: a 1 kHz profile with 273 samples says 273 ms (it
+    /// said ten times that), and a wall-clock profile compares no CPU time.
+    #[test]
+    fn warnings_count_the_profile_s_own_period() {
+        let stats = Stats {
+            sigprof_blocked: 2,
+            recorded: 250,
+            overruns: 23,
+            ..Stats::default()
+        };
+        let mut p = lost_everything(stats);
+        p.period = Duration::from_millis(1);
+        let w = p.warnings();
+        assert!(
+            w.iter()
+                .any(|w| w.contains("(273 ms of the 1000 ms the process used")),
+            "{w:?}"
+        );
+        p.clock = Clock::Wall;
+        let w = p.warnings();
+        assert!(w.len() == 1 && !w[0].contains("ms of the"), "{w:?}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! previous handler.
 //!
 //! On stop the previous handler is restored, except that `SIG_DFL` becomes a handler that does
-//! nothing ([`late_sigprof`]): SIGPROF's default action terminates the process, and a timer
+//! nothing ([`late_sigprof_address`]): SIGPROF's default action terminates the process, and a timer
 //! signal already pending when the timers stopped would do exactly that (pprof-rs #288). Not
 //! `SIG_IGN`: an ignored signal stays ignored across `execve`, so every program the process
 //! started after a profile had SIGPROF ignored (found by outside use in the twenty-seventh
@@ -28,6 +28,10 @@ pub(super) const TIMER_TAG: usize = 0x756e_7769_6e64; // "unwind"
 static PREV_ACTION: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
 static PREV_FLAGS: AtomicI32 = AtomicI32::new(0);
 static SAVED: AtomicBool = AtomicBool::new(false);
+/// The C library's internal signals blocked while the handler runs (see [`install`]): glibc's
+/// SIGCANCEL (32) and SIGSETXID (33); musl's SIGTIMER (32) and SIGCANCEL (33). Delayed by a
+/// handler's few microseconds.
+const LIBC_INTERNAL: [u32; 2] = [32, 33];
 /// `ITIMER_PROF` signals are ours (a process-timer profiler runs).
 pub(super) static PROCESS_TIMER: AtomicBool = AtomicBool::new(false);
 
@@ -35,12 +39,24 @@ pub(super) static PROCESS_TIMER: AtomicBool = AtomicBool::new(false);
 /// already. Not async-signal-safe. Returns errno on failure.
 pub(super) fn install(ours: usize, flags: libc::c_int) -> Result<(), i32> {
     // SAFETY: sigaction is plain data; the handler `ours` is async-signal-safe (the caller's
-    // `on_sigprof`); `old` receives the previous action.
+    // `on_sigprof`); `old` receives the previous action; `sa_mask` is a `sigset_t` (128 bytes,
+    // aligned for `unsigned long`), so its first 8 bytes are written as a u64.
     unsafe {
         let mut sa: libc::sigaction = core::mem::zeroed();
         sa.sa_sigaction = ours;
         sa.sa_flags = flags;
         libc::sigemptyset(&mut sa.sa_mask);
+        // The C library's cancellation signal waits while the handler runs: a thread
+        // cancelled in a cancellable call (`usleep`, `read`) that the handler interrupted was
+        // unwound from inside the handler, through its `extern "C"` frame, which aborts the
+        // process (found by outside use in the twenty-seventh round). After the handler it is
+        // delivered where the call was, and the cancellation goes on as without the profiler.
+        // glibc's `sigaddset` refuses that signal: its bit is set directly (bit n - 1 of the
+        // first word for signal n, as the kernel reads the mask).
+        let words = (&mut sa.sa_mask as *mut libc::sigset_t).cast::<u64>();
+        for sig in LIBC_INTERNAL {
+            *words |= 1 << (sig - 1);
+        }
         let mut old: libc::sigaction = core::mem::zeroed();
         if libc::sigaction(libc::SIGPROF, &sa, &mut old) != 0 {
             return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
@@ -54,18 +70,20 @@ pub(super) fn install(ours: usize, flags: libc::c_int) -> Result<(), i32> {
     Ok(())
 }
 
-/// SIGPROF's action after a profile where it had the default one: nothing happens (a timer
-/// signal still pending), and `execve` puts the default action back for the next program.
-/// Async-signal-safe.
-extern "C" fn late_sigprof(_: libc::c_int) {}
-
-/// The address of [`late_sigprof`], as `sa_sigaction` holds it.
+/// SIGPROF's action after a profile where it had the default one (see the module docs): a
+/// function that does nothing with its `int` and returns, so that a timer signal still
+/// pending is dropped, while `execve` puts the default action back for the next program.
+/// libc's `abs`: a handler of this crate's own was left installed in code that `dlclose`
+/// unmapped when the crate was in a library that ran a profile (a `cdylib` plugin), and the
+/// next SIGPROF jumped there (found by outside use in the twenty-seventh round); libc stays
+/// loaded. (A `void (*)(int)` handler that returns an `int` is called the same way: the
+/// return value is ignored.)
 pub(super) fn late_sigprof_address() -> usize {
-    late_sigprof as extern "C" fn(libc::c_int) as usize
+    libc::abs as unsafe extern "C" fn(libc::c_int) -> libc::c_int as usize
 }
 
-/// Puts back the handler [`install`] replaced ([`late_sigprof`] for `SIG_DFL`), if ours is
-/// still the installed one. False when it is not (the program installed its own since). Not
+/// Puts back the handler [`install`] replaced ([`late_sigprof_address`] for `SIG_DFL`), if
+/// ours is still the installed one. False when it is not (the program installed its own since). Not
 /// async-signal-safe.
 pub(super) fn restore(ours: usize) -> bool {
     // SAFETY: reads the current action, then installs the saved one (a handler the program had
