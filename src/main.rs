@@ -629,14 +629,6 @@ fn json_str(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// The JSON contract: `{"arch", "threads": [{"tid", "frames": [{"pc", "symbol", "module",
-/// "stack", "via"}], "truncated"}]}` (issue 8), extended: a live process's `"paused_us"`;
-/// each thread's `"name"` (a live process's, else null), `"signal"` (`{"name", "number",
-/// "code", "address"}` for the core's thread that took the signal that dumped it, else null)
-/// and `"stop"` (`"end"` for a whole walk, else why it was cut, as text's `truncated:`);
-/// `"warnings"`, as printed on stderr. With `--lines` each frame also has `"line": "file:N"` or null (the innermost
-/// inlined function's), `"symbol_line"` (the physical function's own) and `"inlined"`: the
-/// functions inlined at the pc, innermost first, `[{"function", "line"}]`.
 /// The name DWARF gives the function a frame's pc is in (the last of its `--lines` chain, the
 /// one the others were inlined into), for a frame no symbol names: a file with DWARF but no
 /// symbol table (`objcopy --strip-all --keep-section='.debug_*'`) printed `?` for every frame
@@ -648,6 +640,14 @@ fn outer_function(chain: &[unwind::pprof_lines::InlineFrame]) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
+/// The JSON contract: `{"arch", "threads": [{"tid", "frames": [{"pc", "symbol", "module",
+/// "stack", "via"}], "truncated"}]}` (issue 8), extended: a live process's `"paused_us"`;
+/// each thread's `"name"` (a live process's, else null), `"signal"` (`{"name", "number",
+/// "code", "address"}` for the core's thread that took the signal that dumped it, else null)
+/// and `"stop"` (`"end"` for a whole walk, else why it was cut, as text's `truncated:`);
+/// `"warnings"`, as printed on stderr. With `--lines` each frame also has `"line": "file:N"` or null (the innermost
+/// inlined function's), `"symbol_line"` (the physical function's own) and `"inlined"`: the
+/// functions inlined at the pc, innermost first, `[{"function", "line"}]`.
 fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
     let mut seen = Lookups::new(&r.symbols);
     let mut o = String::new();
@@ -748,7 +748,7 @@ fn json(r: &Report, mut lines: Option<&mut LineTables<'_>>) -> String {
         o.push_str(&format!("], \"truncated\": {}, \"stop\": ", t.truncated));
         // A whole walk's stop is "end" (a Go stack read whole to its top ends at a frame
         // record it cannot read, as Go's traceback does).
-        json_str(if t.truncated { t.stop.name() } else { "end" }, &mut o);
+        json_str(t.reported_stop().name(), &mut o);
         o.push('}');
     }
     o.push_str("], \"warnings\": [");

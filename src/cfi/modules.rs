@@ -38,7 +38,11 @@ pub struct LoadedModule {
 
 /// Enumerates the loaded objects. Takes the loader's lock: not for signal handlers.
 pub fn loaded_modules() -> Vec<LoadedModule> {
-    enumerate(None).into_iter().map(|(m, _, _)| m).collect()
+    enumerate_once(None, false)
+        .0
+        .into_iter()
+        .map(|(m, _, _)| m)
+        .collect()
 }
 
 /// A module's `.eh_frame_hdr` and `.eh_frame`, copied out of its mapping (see [`enumerate`]: so
@@ -53,9 +57,9 @@ struct CopiedCfi {
     eh_vaddr: u64,
 }
 
-/// Enumerates the loaded objects; with `known`, reads each one's GNU build id in memory and
-/// copies its in-memory CFI sections, unless `known` says that a module of its key (by its
-/// build id) is prepared already.
+/// Enumerates the loaded objects, reads each one's GNU build id in memory and copies its
+/// in-memory CFI sections, unless `known` says that a module of its key (by its build id) is
+/// prepared already.
 ///
 /// The copies are made outside the loader's lock, through the kernel ([`copy_checked_from_memory`]):
 /// a `fork` child of a process where another thread held that lock cannot take it again
@@ -67,20 +71,10 @@ struct CopiedCfi {
 /// where the kernel refuses the reads, they are made under the lock, inside the callback, as
 /// before.
 fn enumerate(
-    mut known: Option<&mut dyn FnMut(&ModuleKey) -> bool>,
+    known: &mut dyn FnMut(&ModuleKey) -> bool,
 ) -> Vec<(LoadedModule, ModuleKey, Option<CopiedCfi>)> {
-    let Some(known) = known.as_mut() else {
-        return enumerate_once(None, false)
-            .0
-            .into_iter()
-            .map(|(m, _, _)| {
-                let key = ModuleKey::new(&m, None, None);
-                (m, key, None)
-            })
-            .collect();
-    };
     for _ in 0..3 {
-        let (mods, (_, subs)) = enumerate_once(Some(&mut **known), false);
+        let (mods, (_, subs)) = enumerate_once(Some(&mut *known), false);
         let mut out = Vec::with_capacity(mods.len());
         let mut refused = false;
         for (m, build_id, copy) in mods {
@@ -105,7 +99,7 @@ fn enumerate(
             return keyed(out);
         }
     }
-    let (mods, _) = enumerate_once(Some(&mut **known), true);
+    let (mods, _) = enumerate_once(Some(known), true);
     keyed(
         mods.into_iter()
             .map(|(m, id, c)| match c {
@@ -259,12 +253,7 @@ fn prepare_with(
 /// `m` must describe an object loaded now, with its real bias and `PT_LOAD` segments, that stays
 /// loaded until this returns.
 unsafe fn copy_from_memory(m: &LoadedModule) -> Result<CopiedCfi, CfiError> {
-    let (hdr_vaddr, hdr_size) = m.eh_frame_hdr.ok_or(CfiError::NoCfi)?;
-    // The header must lie inside a loaded segment.
-    let room = room_in_load(m, hdr_vaddr).ok_or(CfiError::BadHeader)?;
-    if hdr_size > room || hdr_size < 4 {
-        return Err(CfiError::BadHeader);
-    }
+    let (hdr_vaddr, hdr_size) = eh_frame_hdr_in_load(m)?;
     // SAFETY: [hdr_vaddr, +hdr_size) lies inside one of this module's PT_LOAD segments, which
     // the loader mapped readable at + bias and keeps mapped while the module is loaded (the
     // caller's promise).
@@ -319,11 +308,7 @@ fn copy_checked_from_memory(m: &LoadedModule) -> Result<CopiedCfi, Option<CfiErr
             Err(_) => Err(None),
         }
     };
-    let (hdr_vaddr, hdr_size) = m.eh_frame_hdr.ok_or(CfiError::NoCfi)?;
-    let room = room_in_load(m, hdr_vaddr).ok_or(CfiError::BadHeader)?;
-    if hdr_size > room || hdr_size < 4 {
-        return Err(Some(CfiError::BadHeader));
-    }
+    let (hdr_vaddr, hdr_size) = eh_frame_hdr_in_load(m)?;
     let hdr = read(hdr_vaddr.wrapping_add(m.bias), hdr_size)?;
     let eh_vaddr = eh_frame_address(&hdr, hdr_vaddr)?;
     // The rest of the segment that holds `.eh_frame` (at most 1 GiB), then cut to the
@@ -341,6 +326,17 @@ fn copy_checked_from_memory(m: &LoadedModule) -> Result<CopiedCfi, Option<CfiErr
         eh,
         eh_vaddr,
     })
+}
+
+/// `m`'s `.eh_frame_hdr` (link-time address and size), checked to lie inside a loaded
+/// segment and to hold at least its 4-byte head.
+fn eh_frame_hdr_in_load(m: &LoadedModule) -> Result<(u64, u64), CfiError> {
+    let (hdr_vaddr, hdr_size) = m.eh_frame_hdr.ok_or(CfiError::NoCfi)?;
+    let room = room_in_load(m, hdr_vaddr).ok_or(CfiError::BadHeader)?;
+    if hdr_size > room || hdr_size < 4 {
+        return Err(CfiError::BadHeader);
+    }
+    Ok((hdr_vaddr, hdr_size))
 }
 
 /// How far the `PT_LOAD` segment of `m` holding link-time address `addr` reaches past it.
@@ -450,19 +446,13 @@ struct ModuleKey {
 impl ModuleKey {
     fn new(m: &LoadedModule, build_id: Option<&[u8]>, copied: Option<&CopiedCfi>) -> Self {
         use std::hash::{Hash, Hasher};
-        let content = match (build_id, copied) {
-            (Some(id), _) => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                (0u8, id).hash(&mut h);
-                Some(h.finish())
-            }
-            (None, Some(c)) => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                (1u8, c.hdr_vaddr, c.eh_vaddr, &c.hdr, &c.eh).hash(&mut h);
-                Some(h.finish())
-            }
-            (None, None) => None,
-        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match (build_id, copied) {
+            (Some(id), _) => (0u8, id).hash(&mut h),
+            (None, Some(c)) => (1u8, c.hdr_vaddr, c.eh_vaddr, &c.hdr, &c.eh).hash(&mut h),
+            (None, None) => {}
+        }
+        let content = (build_id.is_some() || copied.is_some()).then(|| h.finish());
         ModuleKey {
             path: m.path.clone(),
             bias: m.bias,
@@ -654,7 +644,7 @@ fn refresh_locked(
     let mut keys = Vec::new();
     let mut prepared = PREPARED.lock();
     let mut known = |k: &ModuleKey| prepared.iter().any(|(p, _)| p == k);
-    for (m, key, copied) in enumerate(Some(&mut known)) {
+    for (m, key, copied) in enumerate(&mut known) {
         keys.push(key.clone());
         if let Some((_, t)) = prepared.iter().find(|(k, _)| *k == key) {
             u.add(t.clone());
@@ -804,7 +794,7 @@ mod tests {
     #[test]
     fn known_modules_are_not_copied_again() {
         let mut all = |_: &ModuleKey| false;
-        let fresh = enumerate(Some(&mut all));
+        let fresh = enumerate(&mut all);
         let with_id = fresh
             .iter()
             .filter(|(_, _, c)| c.as_ref().is_some_and(|c| c.build_id.is_some()))
@@ -813,7 +803,7 @@ mod tests {
         let keys: Vec<ModuleKey> = fresh.iter().map(|(_, k, _)| k.clone()).collect();
         let mut known = |k: &ModuleKey| keys.contains(k);
         // (Another test may load a module meanwhile: only those of the first enumeration.)
-        let again: Vec<_> = enumerate(Some(&mut known))
+        let again: Vec<_> = enumerate(&mut known)
             .into_iter()
             .filter(|(m, _, _)| {
                 fresh

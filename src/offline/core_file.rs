@@ -843,18 +843,18 @@ const ADJOINING_LIMIT: usize = 4096;
 /// The readable range `lo..hi` of region `i` of `n` (in address order), joined with the
 /// regions that adjoin it on either side, as long as `region(j)` gives them: `(lo, hi,
 /// whole)`, `hi` the end of its readable part, `whole` when that is all of it (only then can
-/// the region after it join); `None` for a region of another kind. One stack can span two
+/// the region after it join); `None` for a region of another kind (`None` for region `i`
+/// itself: no range). One stack can span two
 /// mappings that the kernel left apart: Go's heap arena, where its goroutines' stacks live, is
 /// often two adjacent read-write mappings, and a goroutine stack that crossed between them
 /// looked like two stacks, its walk stopped at the boundary (found by outside use in the
 /// twenty-seventh round; gdb walked on).
 pub(crate) fn adjoining(
     i: usize,
-    (mut lo, mut hi): (u64, u64),
     n: usize,
     mut region: impl FnMut(usize) -> Option<(u64, u64, bool)>,
-) -> (u64, u64) {
-    let mut whole = region(i).is_some_and(|r| r.2);
+) -> Option<(u64, u64)> {
+    let (mut lo, mut hi, mut whole) = region(i)?;
     let mut j = i;
     while whole && j + 1 < n && j - i < ADJOINING_LIMIT {
         match region(j + 1) {
@@ -869,7 +869,7 @@ pub(crate) fn adjoining(
             _ => break,
         }
     }
-    (lo, hi)
+    Some((lo, hi))
 }
 
 impl Memory for CoreMemory<'_> {
@@ -885,23 +885,20 @@ impl Memory for CoreMemory<'_> {
             return self.core.backing.as_ref()?.mapping(addr);
         };
         // Only the file-backed part is readable.
-        let hi = s.vaddr.saturating_add((s.file_hi - s.file_lo) as u64);
+        let readable_end = |s: &Segment| s.vaddr.saturating_add((s.file_hi - s.file_lo) as u64);
+        let hi = readable_end(s);
         if addr >= hi {
             return None;
         }
         let segs = &self.core.segments;
-        let whole = |s: &Segment| (s.file_hi - s.file_lo) as u64 == s.memsz;
-        let ok = |s: &Segment| {
-            s.flags & (elf::PF_R.0 | elf::PF_W.0 | elf::PF_X.0) == elf::PF_R.0 | elf::PF_W.0
-        };
-        if !ok(s) {
-            return Some(Range::new(s.vaddr, hi));
-        }
-        let (lo, hi) = adjoining(i, (s.vaddr, hi), segs.len(), |j| {
+        let region = |j: usize| {
             let t = segs.get(j)?;
-            let end = t.vaddr.saturating_add((t.file_hi - t.file_lo) as u64);
-            ok(t).then_some((t.vaddr, end, whole(t)))
-        });
+            let rw =
+                t.flags & (elf::PF_R.0 | elf::PF_W.0 | elf::PF_X.0) == elf::PF_R.0 | elf::PF_W.0;
+            let whole = (t.file_hi - t.file_lo) as u64 == t.memsz;
+            rw.then_some((t.vaddr, readable_end(t), whole))
+        };
+        let (lo, hi) = adjoining(i, segs.len(), region).unwrap_or((s.vaddr, hi));
         Some(Range::new(lo, hi))
     }
 
@@ -946,10 +943,7 @@ pub(crate) mod tests {
             Some((0x7000, 0x8000, true)),
         ];
         let get = |j: usize| r[j];
-        let join = |i: usize| {
-            let (lo, hi, _) = r[i].unwrap();
-            adjoining(i, (lo, hi), r.len(), get)
-        };
+        let join = |i: usize| adjoining(i, r.len(), get).unwrap();
         assert_eq!(join(0), (0x1000, 0x3800));
         assert_eq!(join(1), (0x1000, 0x3800));
         assert_eq!(join(2), (0x1000, 0x3800));
@@ -960,7 +954,7 @@ pub(crate) mod tests {
         let n = 3 * ADJOINING_LIMIT;
         let many = |j: usize| Some((j as u64 * 16, j as u64 * 16 + 16, true));
         let mid = n / 2;
-        let (lo, hi) = adjoining(mid, (mid as u64 * 16, mid as u64 * 16 + 16), n, many);
+        let (lo, hi) = adjoining(mid, n, many).unwrap();
         assert_eq!(lo, (mid - ADJOINING_LIMIT) as u64 * 16);
         assert_eq!(hi, (mid + ADJOINING_LIMIT + 1) as u64 * 16);
     }

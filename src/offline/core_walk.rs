@@ -137,6 +137,19 @@ pub struct ThreadStack {
     pub name: Option<String>,
 }
 
+impl ThreadStack {
+    /// Why the walk stopped, as `unwind stack` and `verify` report it: `End` for a walk that
+    /// was not cut short (one that reached its stack's root, a thread's entry or Go's
+    /// `mstart`, whatever its last step met), else [`ThreadStack::stop`].
+    pub fn reported_stop(&self) -> StopReason {
+        if self.truncated {
+            self.stop
+        } else {
+            StopReason::End
+        }
+    }
+}
+
 /// Everything `unwind stack` prints.
 pub struct Report {
     /// The core's architecture.

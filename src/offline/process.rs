@@ -349,8 +349,6 @@ fn gone(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
 }
 
-/// A `/proc` text file, whatever bytes it holds: a command name or a mapped path need not be
-/// UTF-8 (others are replaced by U+FFFD; files are opened through `map_files`, not by name).
 /// The process id `/proc/self` names this process by (`readlink`): `getpid`'s where `/proc` is
 /// this PID namespace's, another where it is a parent namespace's (`unshare --pid` without a
 /// `/proc` of its own); an error where `/proc` is not mounted or hidden. The one reading of it
@@ -363,6 +361,8 @@ pub fn proc_self_pid() -> std::io::Result<i32> {
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))
 }
 
+/// A `/proc` text file, whatever bytes it holds: a command name or a mapped path need not be
+/// UTF-8 (others are replaced by U+FFFD; files are opened through `map_files`, not by name).
 fn read_text(path: &str) -> std::io::Result<String> {
     std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
@@ -986,10 +986,16 @@ impl ProcMemory {
 }
 
 impl MemState {
-    /// The mapping that starts last at or below `addr` (which may end below it).
+    /// The index of the mapping that starts last at or below `addr` (which may end below it).
+    fn vma_index(&self, addr: u64) -> Option<usize> {
+        self.vmas
+            .partition_point(|v| v.range.lo <= addr)
+            .checked_sub(1)
+    }
+
+    /// The mapping at [`MemState::vma_index`].
     fn vma(&self, addr: u64) -> Option<&Vma> {
-        let i = self.vmas.partition_point(|v| v.range.lo <= addr);
-        self.vmas.get(i.checked_sub(1)?)
+        self.vmas.get(self.vma_index(addr)?)
     }
 
     /// The readable mapping holding `len` bytes at `addr`.
@@ -1100,16 +1106,18 @@ impl Backing for ProcMemory {
     fn mapping(&self, addr: u64) -> Option<Range> {
         let st = self.lock();
         let r = st.readable(addr, 1)?;
-        let i = st.vmas.partition_point(|v| v.range.hi <= addr);
         let stack = |v: &Vma| v.read && v.write && !v.exec && v.file_id.2 == 0;
-        if !st.vmas.get(i).is_some_and(stack) {
-            return Some(r);
-        }
-        let (lo, hi) = crate::core_file::adjoining(i, (r.lo, r.hi), st.vmas.len(), |j| {
+        let region = |j: usize| {
             let v = st.vmas.get(j)?;
             stack(v).then_some((v.range.lo, v.range.hi, true))
-        });
-        Some(Range::new(lo, hi))
+        };
+        match st.vma_index(addr) {
+            Some(i) if region(i).is_some() => {
+                let (lo, hi) = crate::core_file::adjoining(i, st.vmas.len(), region)?;
+                Some(Range::new(lo, hi))
+            }
+            _ => Some(r),
+        }
     }
 
     fn is_code(&self, addr: u64) -> Option<bool> {

@@ -188,24 +188,16 @@ pub fn verify_core(
     let fp = crate::offline::unwind_core(core, &o)?;
     o.mode = crate::Mode::Dwarf;
     let dw = crate::offline::unwind_core(core, &o)?;
-    // Each walk's stop as `unwind stack` reports it: a walk that reached its stack's root (a
-    // thread's entry, Go's `mstart` or `goexit`) ended, whatever the last step met. (The raw
-    // reasons, `no unwind information` where `stack` said `end`, made verify contradict it on
-    // every Go core: found by outside use in the twenty-seventh round.)
-    let shown = |t: &crate::offline::ThreadStack| {
-        if t.truncated {
-            t.stop
-        } else {
-            StopReason::End
-        }
-    };
+    // Each walk's stop as `unwind stack` reports it. (The raw reasons, `no unwind information`
+    // where `stack` said `end`, made verify contradict it on every Go core: found by outside
+    // use in the twenty-seventh round.)
     let verdicts = fp
         .threads
         .iter()
         .zip(&dw.threads)
         .map(|(a, b)| ThreadVerdict {
             tid: a.tid,
-            verdict: compare(&a.frames, shown(a), &b.frames, shown(b)),
+            verdict: compare(&a.frames, a.reported_stop(), &b.frames, b.reported_stop()),
         })
         .collect();
     Ok((verdicts, dw))

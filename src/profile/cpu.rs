@@ -740,12 +740,22 @@ fn create_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
         Clock::ThreadCpu => thread_cpu_clock(tid),
         Clock::Wall => libc::CLOCK_MONOTONIC,
     };
+    tagged_timer(clock, Some(tid))
+}
+
+/// A timer on `clock` whose SIGPROFs carry the profiler's tag (see `sigprof::is_ours`), sent to
+/// thread `tid`, or to the process (`None`).
+fn tagged_timer(clock: libc::clockid_t, tid: Option<libc::pid_t>) -> Result<libc::timer_t, i32> {
     // SAFETY: sigevent is plain data; zeroed is a valid starting value.
     let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
-    sev.sigev_notify = libc::SIGEV_THREAD_ID;
     sev.sigev_signo = libc::SIGPROF;
-    sev.sigev_notify_thread_id = tid;
-    // Marks the signals as ours (see `sigprof::is_ours`).
+    match tid {
+        Some(tid) => {
+            sev.sigev_notify = libc::SIGEV_THREAD_ID;
+            sev.sigev_notify_thread_id = tid;
+        }
+        None => sev.sigev_notify = libc::SIGEV_SIGNAL,
+    }
     sev.sigev_value.sival_ptr = super::sigprof::TIMER_TAG as *mut libc::c_void;
     let mut timer: libc::timer_t = std::ptr::null_mut();
     // SAFETY: valid pointers to a filled sigevent and to the out timer id.
@@ -753,6 +763,26 @@ fn create_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
         return Err(errno());
     }
     Ok(timer)
+}
+
+/// Arms `timer` to fire after `first`, then every `period`; deletes it if that fails.
+fn arm_timer(timer: libc::timer_t, first: Duration, period: Duration) -> Result<(), i32> {
+    let ts = |d: Duration| libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    };
+    let spec = libc::itimerspec {
+        it_interval: ts(period),
+        it_value: ts(first),
+    };
+    // SAFETY: `timer` came from timer_create and is not deleted yet; spec is a valid
+    // itimerspec.
+    if unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) } != 0 {
+        let e = errno();
+        delete_timer(timer);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Can a timer be made for the calling thread? One made and deleted at once: with
@@ -780,22 +810,7 @@ fn timer_failed(tid: libc::pid_t, e: i32) {
 fn thread_timer(tid: libc::pid_t, cfg: &Config) -> Result<libc::timer_t, i32> {
     let timer = create_timer(tid, cfg).inspect_err(|&e| timer_failed(tid, e))?;
     let p = period(cfg);
-    let ts = |d: Duration| libc::timespec {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_nsec: d.subsec_nanos() as libc::c_long,
-    };
-    let spec = libc::itimerspec {
-        it_interval: ts(p),
-        it_value: ts(first_expiry(p, tid as u64)),
-    };
-    // SAFETY: `timer` was just created; spec is a valid itimerspec.
-    if unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) } != 0 {
-        let e = errno();
-        // SAFETY: deletes the timer created above, once.
-        unsafe { libc::timer_delete(timer) };
-        timer_failed(tid, e);
-        return Err(e);
-    }
+    arm_timer(timer, first_expiry(p, tid as u64), p).inspect_err(|&e| timer_failed(tid, e))?;
     Ok(timer)
 }
 
@@ -1187,30 +1202,12 @@ static PROCESS_POSIX_TIMER: AtomicUsize = AtomicUsize::new(0);
 /// reached: `timer_create` preallocates a queued signal), `ITIMER_PROF` as before
 /// ([`take_itimer`]), which needs no queue.
 fn arm_process_timer(p: Duration) -> Result<(), Error> {
-    // SAFETY: sigevent is plain data; zeroed is a valid starting value.
-    let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
-    sev.sigev_notify = libc::SIGEV_SIGNAL;
-    sev.sigev_signo = libc::SIGPROF;
-    // Marks the signals as ours (see `sigprof::is_ours`).
-    sev.sigev_value.sival_ptr = super::sigprof::TIMER_TAG as *mut libc::c_void;
-    let mut timer: libc::timer_t = std::ptr::null_mut();
-    // SAFETY: valid pointers to a filled sigevent and to the out timer id.
-    if unsafe { libc::timer_create(libc::CLOCK_PROCESS_CPUTIME_ID, &mut sev, &mut timer) } == 0 {
-        let ts = libc::timespec {
-            tv_sec: p.as_secs() as libc::time_t,
-            tv_nsec: p.subsec_nanos() as libc::c_long,
-        };
-        let spec = libc::itimerspec {
-            it_interval: ts,
-            it_value: ts,
-        };
-        // SAFETY: `timer` was just created; spec is a valid itimerspec.
-        if unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) } == 0 {
-            PROCESS_POSIX_TIMER.store(timer as usize, Ordering::SeqCst);
-            super::sigprof::PROCESS_TIMER.store(false, Ordering::SeqCst);
-            return Ok(());
-        }
-        delete_timer(timer);
+    let armed = tagged_timer(libc::CLOCK_PROCESS_CPUTIME_ID, None)
+        .and_then(|t| arm_timer(t, p, p).map(|()| t));
+    if let Ok(timer) = armed {
+        PROCESS_POSIX_TIMER.store(timer as usize, Ordering::SeqCst);
+        super::sigprof::PROCESS_TIMER.store(false, Ordering::SeqCst);
+        return Ok(());
     }
     super::sigprof::PROCESS_TIMER.store(true, Ordering::SeqCst);
     take_itimer(p)
