@@ -509,6 +509,9 @@ fn verify(args: &[OsString]) -> Result<(), String> {
                     None => name(pc),
                 },
                 unwind::verify::Difference::Extra { pc, .. } => name(pc),
+                // A kind of difference this binary does not know (the enum is non-exhaustive):
+                // its Display says what it is.
+                _ => "?".into(),
             };
             o.push_str(&format!("  {d} ({named})\n"));
         }

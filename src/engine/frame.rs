@@ -5,6 +5,7 @@ use core::fmt;
 /// How a frame's pc was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Via {
     /// The initial registers (the interrupted pc of a signal, a core's thread pc); in an
     /// offline walk, also the return addresses found on the stack by the call before them, where

@@ -41,6 +41,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// | `Block`, `Mutex` | user part only |
 /// | `Trace` | user part only |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ProfileKind {
     /// CPU samples: everything.
     Cpu,

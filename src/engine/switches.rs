@@ -7,6 +7,7 @@ use crate::transition::{Base, Rule};
 
 /// What a table entry for a found symbol covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Covers {
     /// The whole function (its symbol's size): any return address inside it.
     Function,

@@ -30,6 +30,7 @@ use std::sync::Mutex;
 /// Where the offsets of a [`Rule::SavedAt`] are measured from, at the frame whose return address
 /// matched (the "callee": the first function that ran on the new stack).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Base {
     /// The callee's frame record (the address the matching return address was read from, - 8).
     Fp,
@@ -59,6 +60,7 @@ pub enum Base {
 
 /// How to recover the registers of the other side of a stack switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Rule {
     /// The frame chain already links to the other stack: accept the jump and start a new stack
     /// segment (Go `systemstack`, psm's `rust_psm_on_stack`).
@@ -272,6 +274,7 @@ impl<T: Transitions + ?Sized> Transitions for &T {
 
 /// What a rule yields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Hop {
     /// Keep following the frame chain; the next frame is on a new stack.
     Continue,

@@ -24,6 +24,7 @@ pub const MAX_CROSSINGS: u16 = 64;
 
 /// How frames are unwound.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Mode {
     /// Frame records only (the fast path).
     #[default]
@@ -49,6 +50,7 @@ impl Mode {
 
 /// What a CFI unwinder says about one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CfiStep {
     /// The caller's registers.
     Caller(Regs),

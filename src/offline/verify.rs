@@ -11,6 +11,7 @@ use crate::frame::{Frame, StopReason, Trace};
 
 /// One named difference between an FP trace and a DWARF trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Difference {
     /// DWARF found this frame (at `index` in the DWARF trace); FP did not.
     Missing {

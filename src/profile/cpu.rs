@@ -82,6 +82,7 @@ pub const DEFAULT_HZ: u32 = 99;
 
 /// Which timer drives the samples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TimerMode {
     /// One timer per thread: every thread ([`Threads::All`]) or the registered ones
     /// ([`register_thread`], [`Threads::Registered`]).
@@ -100,6 +101,7 @@ pub enum TimerMode {
 
 /// What the per-thread timers count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Clock {
     /// The thread's CPU time (a profile of where CPU goes). Kernels advance CPU-time timers at
     /// the scheduler tick, so rates above the kernel's `HZ` are capped at it.
@@ -113,6 +115,7 @@ pub enum Clock {
 
 /// Which threads per-thread timers sample.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Threads {
     /// Every thread of the process, registered or not (the default, as Go's profiler): the
     /// collector looks at `/proc/self/task` every [`crate::threads::SCAN_EVERY`] (and lists it

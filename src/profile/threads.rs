@@ -77,6 +77,7 @@ pub fn count_hint() -> Option<u64> {
 
 /// Why `/proc/self` cannot tell the profilers about this process ([`proc_problem`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProcProblem {
     /// `/proc/self` cannot be read (errno of its `readlink`): `/proc` is not mounted (a mount
     /// namespace that unmounted it, a minimal container) or it is hidden from this process.
