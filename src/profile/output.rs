@@ -234,8 +234,9 @@ impl Profile {
         crate::heap::unsampled(|| {
             let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
             gz.write_all(&self.to_pprof(sym))?;
-            gz.finish()?;
-            Ok(())
+            // `finish` hands the writer back unflushed: a `BufWriter`'s last write would fail
+            // in its drop, unseen (a truncated profile reported written).
+            gz.finish()?.flush()
         })
     }
 
@@ -354,7 +355,7 @@ impl Profile {
         index: usize,
         title: &str,
         inlines: bool,
-        w: W,
+        mut w: W,
     ) -> io::Result<()> {
         // All of it the profiler's own work (inferno's options too: they were sampled once the
         // heap profiler stopped charging the writers' allocations to the thread's next ones).
@@ -365,13 +366,15 @@ impl Profile {
             if let Some((_, unit)) = self.sample_types.get(index) {
                 opts.count_name = unit.clone();
             }
-            if folded.is_empty() {
-                // inferno refuses empty input; draw a graph with one "no samples" bar.
-                let line = "no samples 1";
-                return inferno::flamegraph::from_lines(&mut opts, std::iter::once(line), w)
-                    .map_err(io::Error::other);
-            }
-            inferno::flamegraph::from_lines(&mut opts, folded.lines(), w).map_err(io::Error::other)
+            // inferno refuses empty input; draw a graph with one "no samples" bar.
+            let drawn = if folded.is_empty() {
+                inferno::flamegraph::from_lines(&mut opts, std::iter::once("no samples 1"), &mut w)
+            } else {
+                inferno::flamegraph::from_lines(&mut opts, folded.lines(), &mut w)
+            };
+            drawn?;
+            // A `BufWriter`'s last write must fail here, not unseen in its drop.
+            w.flush()
         })
     }
 }
@@ -884,6 +887,26 @@ mod tests {
         let e = write_outputs(&dir, "cpu", &p, &sym, 0).unwrap_err();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(e.to_string().contains("cpu.folded: "), "{e}");
+    }
+
+    /// A profile whose last write fails (a full disk, here `/dev/full`) is an error also
+    /// through a `BufWriter`, whose final flush used to fail unseen in its drop (`write_pprof`
+    /// returned `Ok` and left a truncated `.pb.gz`).
+    #[test]
+    fn a_buffered_write_that_fails_at_its_flush_is_an_error() {
+        let mut p = cpu_counts();
+        p.samples.push(sample(&[0x1000, 0x2000], 1));
+        let sym = Symbolizer::default();
+        let full = || io::BufWriter::new(std::fs::File::create("/dev/full").unwrap());
+        let e = p.write_pprof(&sym, full()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        let e = p.write_flamegraph(&sym, 0, "t", full()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        // And unbuffered, as before.
+        let e = p
+            .write_pprof(&sym, std::fs::File::create("/dev/full").unwrap())
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
     }
 
     #[test]
