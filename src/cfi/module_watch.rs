@@ -235,9 +235,56 @@ pub fn poll() -> bool {
         now.saturating_add(CHECK_EVERY.as_nanos() as u64),
         Ordering::Relaxed,
     );
-    let refreshed = refresh_if_changed(|| crate::modules::try_refresh().is_some());
+    let refreshed =
+        refresh_if_changed(|| on_refresh_stack(|| crate::modules::try_refresh().is_some()));
     POLLING.store(false, Ordering::Release);
     refreshed
+}
+
+/// The size of the stack [`poll`]'s refreshes run on: 1 MiB of address space, of which a
+/// refresh touches some tens of KiB (more in a debug build).
+const REFRESH_STACK_SIZE: usize = 1 << 20;
+
+/// The top of that stack: 0 until the first refresh maps it, `u64::MAX` when it could not be.
+static REFRESH_STACK_TOP: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `refresh` on a stack of its own rather than the polling thread's: [`poll`] runs inside
+/// whatever allocation a heap sample caught, on any thread, and preparing a module's CFI
+/// (gimli's rows of 192 registers) takes tens of KiB of stack, which a thread of 32 KiB, or a
+/// coroutine, does not have (a sampled allocation after a `dlopen` overflowed it). The stack
+/// is mapped by the first refresh, registered, and kept; a capture on it crosses back to the
+/// poller's stack by the system-stack transition. Only the thread holding `POLLING` gets
+/// here, so the stack is its alone. Where it cannot be mapped, `refresh` runs in place.
+fn on_refresh_stack(refresh: impl FnOnce() -> bool) -> bool {
+    let mut top = REFRESH_STACK_TOP.load(Ordering::Acquire);
+    let mut first = None;
+    if top == 0 {
+        top = match crate::system_stack::map_stack(REFRESH_STACK_SIZE) {
+            Some(r) => {
+                first = Some(r);
+                r.hi
+            }
+            None => u64::MAX,
+        };
+        REFRESH_STACK_TOP.store(top, Ordering::Release);
+    }
+    if top == u64::MAX {
+        return refresh();
+    }
+    let on_it = move || {
+        if let Some(r) = first {
+            // Registered from the stack itself: the registry's update takes more stack than
+            // a small thread has (in a debug build). A capture meanwhile finds it through
+            // /proc/self/maps, as it does when the registry is full.
+            crate::system_stack::register_transition();
+            // SAFETY: `r` is a mapping of this module's own, never unmapped.
+            let _ = unsafe { crate::transition::register_stack(r) };
+        }
+        refresh()
+    };
+    // SAFETY: `top` is the page-aligned top of the mapped stack above, which only the thread
+    // holding `POLLING` uses, and only inside this call.
+    unsafe { crate::system_stack::call_on(top, on_it) }
 }
 
 /// A profiler stops: the watcher ends when no profiler needs it any more (within

@@ -197,7 +197,7 @@ fn round_to_pages(n: usize) -> usize {
 }
 
 /// Maps `size` bytes of stack plus a guard page below them; returns the usable range.
-fn map_stack(size: usize) -> Option<Range> {
+pub(crate) fn map_stack(size: usize) -> Option<Range> {
     let page = crate::live::page_size();
     let total = size.checked_add(page)?;
     // SAFETY: an anonymous private mapping at an address the kernel chooses; no existing memory
@@ -261,10 +261,6 @@ pub fn run<R, F: FnOnce() -> R>(f: F) -> R {
     }
     register_transition();
     let stack = ensure_stack();
-    let mut call = Call::<F, R> {
-        f: Some(f),
-        out: None,
-    };
     STATE.with(|s| {
         s.set(State {
             stack,
@@ -274,15 +270,8 @@ pub fn run<R, F: FnOnce() -> R>(f: F) -> R {
     // A signal handler on this thread must see `in_use` before the switch and after the return.
     compiler_fence(Ordering::SeqCst);
     // SAFETY: `stack.hi` is the 16-byte-aligned top of this thread's mapped system stack, which
-    // nothing else uses (`in_use` was false and this thread owns it). The shim gets a pointer to
-    // `call`, which lives on this frame across the call, and never unwinds (it catches panics).
-    unsafe {
-        switch(
-            (&mut call as *mut Call<F, R>).cast(),
-            on_system_stack::<F, R>,
-            stack.hi,
-        )
-    };
+    // nothing else uses (`in_use` was false and this thread owns it).
+    let out = unsafe { call_on(stack.hi, f) };
     compiler_fence(Ordering::SeqCst);
     STATE.with(|s| {
         s.set(State {
@@ -290,6 +279,32 @@ pub fn run<R, F: FnOnce() -> R>(f: F) -> R {
             in_use: false,
         })
     });
+    out
+}
+
+/// Calls `f` on the stack whose top is `top`, through the system-stack trampoline (so a capture
+/// there crosses back to the caller's stack by the system-stack transition, which the caller
+/// has registered, as it has the stack itself: [`register_transition`],
+/// [`transition::register_stack`]), and returns its result; a panic in `f` is resumed here.
+/// No allocation, lock or system call of its own.
+///
+/// # Safety
+/// `top` is the 16-byte-aligned top of a mapped, writable stack that nothing else uses until
+/// this returns, with room for `f`.
+pub(crate) unsafe fn call_on<R, F: FnOnce() -> R>(top: u64, f: F) -> R {
+    let mut call = Call::<F, R> {
+        f: Some(f),
+        out: None,
+    };
+    // SAFETY: `top` is as the caller guarantees. The shim gets a pointer to `call`, which lives
+    // on this frame across the call, and never unwinds (it catches panics).
+    unsafe {
+        switch(
+            (&mut call as *mut Call<F, R>).cast(),
+            on_system_stack::<F, R>,
+            top,
+        )
+    };
     match call.out {
         Some(Ok(r)) => r,
         Some(Err(payload)) => std::panic::resume_unwind(payload),
