@@ -1539,6 +1539,36 @@ fn xz_unpacked_size(data: &[u8]) -> Option<u64> {
             return Some(total);
         }
         let block = pos;
+        // The block's one filter must be LZMA2, which the chunks below describe. lzma-rs also
+        // runs a chain of up to four filters, each inflated whole in memory: two LZMA2 filters
+        // hid a 5 GiB inner stream behind an outer one of 780 KB (an abort, found by outside
+        // use in the twenty-eighth round). Anything else (a BCJ filter) it cannot decode.
+        let flags = *data.get(block + 1)?;
+        if flags & 0x3f != 0 {
+            return None; // more than one filter, or reserved bits
+        }
+        let mut at = block + 2;
+        let mut varint = || {
+            let mut v = 0u64;
+            for i in 0..9 {
+                let byte = *data.get(at)?;
+                at += 1;
+                v |= u64::from(byte & 0x7f) << (7 * i);
+                if byte & 0x80 == 0 {
+                    return Some(v);
+                }
+            }
+            None
+        };
+        if flags & 0x40 != 0 {
+            varint()?; // compressed size
+        }
+        if flags & 0x80 != 0 {
+            varint()?; // uncompressed size
+        }
+        if varint()? != 0x21 {
+            return None;
+        }
         pos = pos.checked_add((usize::from(b) + 1) * 4)?;
         loop {
             let c = *data.get(pos)?;
@@ -2206,6 +2236,44 @@ mod tests {
             }
         }
         assert_eq!(super::xz_unpacked_size(b"not xz at all"), None);
+    }
+
+    /// A block of two filters (an LZMA2 stream inside an LZMA2 stream, which lzma-rs inflates
+    /// whole in memory, layer by layer) is refused before anything is inflated: this 588-byte
+    /// stream's outer layer is 780 KB, its inner one 5 GiB of zeros (`mini_debuginfo` aborted
+    /// the process on it). A one-filter stream with its sizes in the block header still reads,
+    /// and a filter other than LZMA2 does not.
+    #[test]
+    fn xz_blocks_of_more_than_one_filter_are_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hostile");
+        let bomb = std::fs::read(dir.join("xz-two-lzma2-filters.xz")).unwrap();
+        assert_eq!(bomb[13] & 3, 1, "two filters");
+        assert_eq!(super::xz_unpacked_size(&bomb), None);
+        // The same header with one filter: read (the outer layer's size only).
+        let one = with_block_header(&bomb, &[0x00, 0x21, 0x01, 0x18]);
+        assert!(super::xz_unpacked_size(&one).is_some_and(|n| n < 1 << 20));
+        // A size in the header (flags 0x80: the uncompressed size), one filter.
+        let sized = with_block_header(&bomb, &[0x80, 0x80, 0x01, 0x21, 0x01, 0x18]);
+        assert!(super::xz_unpacked_size(&sized).is_some());
+        // x86 BCJ (0x04): not LZMA2.
+        let bcj = with_block_header(&bomb, &[0x00, 0x04, 0x00]);
+        assert_eq!(super::xz_unpacked_size(&bcj), None);
+    }
+
+    /// `xz` with its first block header's body (after the size byte, before padding and CRC)
+    /// replaced by `body`: the header keeps its size in four-byte units.
+    fn with_block_header(xz: &[u8], body: &[u8]) -> Vec<u8> {
+        let size = (usize::from(xz[12]) + 1) * 4;
+        let mut hdr = vec![xz[12]];
+        hdr.extend_from_slice(body);
+        assert!(hdr.len() <= size - 4, "the body fits the header");
+        hdr.resize(size - 4, 0);
+        let crc = crc32fast::hash(&hdr);
+        hdr.extend_from_slice(&crc.to_le_bytes());
+        let mut out = xz[..12].to_vec();
+        out.extend_from_slice(&hdr);
+        out.extend_from_slice(&xz[12 + size..]);
+        out
     }
 
     #[inline(never)]
