@@ -562,7 +562,12 @@ impl Memory for LiveMemory {
         if let Some(r) = self.range_of(addr, 1) {
             return Some(r);
         }
-        let m = maps::stack_like_at(addr)?;
+        // Or, below every stack, the stack just above: a signal frame's interrupted sp after
+        // a stack overflow, in the guard page or gap under the stack it overflowed (the main
+        // thread's `[stack]` grown to its limit since it was cached: the walk went on from
+        // the frame pointer, which in a build without frame records is not one, and said
+        // `End` after a guessed frame; found by outside use in the twenty-eighth round).
+        let m = maps::stack_at_or_above(addr, GUARD_GAP)?;
         self.stacks[1] = m.range;
         Some(m.range)
     }
@@ -1219,6 +1224,15 @@ mod maps {
             return None;
         }
         s.above.filter(|m| m.anon_rw && m.range.lo - addr <= gap)
+    }
+
+    /// [`stack_like_at`], else [`stack_above`], in one scan.
+    pub fn stack_at_or_above(addr: u64, gap: u64) -> Option<Mapping> {
+        let s = scan([addr, addr], false);
+        match s.found[0] {
+            Some(m) if m.readable => Some(m).filter(|m| m.anon_rw),
+            _ => s.above.filter(|m| m.anon_rw && m.range.lo - addr <= gap),
+        }
     }
 
     /// The mapping that contains `addr`, if it is private, anonymous and read-write, as every

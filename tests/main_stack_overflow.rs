@@ -1,0 +1,170 @@
+//! A stack overflow on the main thread, in C code without frame records (fixtures/c/nofp-sys),
+//! walked from its SIGSEGV handler on an alternate stack by the prepared CFI in Hybrid mode (a
+//! build without frame pointers' `capture_with`, the CPU profiler's default) and in Dwarf
+//! mode. The interrupted sp is below the main thread's `[stack]`, in the gap under
+//! it, and the stack has grown to its limit since it was first seen: the walk crossing the
+//! signal frame entered no stack at sp and went on from the frame pointer's: with none (zeroed
+//! here) it stopped at the signal frame; in a Rust build without frame pointers (rbp pointing
+//! into the small `[stack]` cached at `init`) it could not read the overflowed frames there,
+//! guessed a frame from rbp and said `End` (found by outside use in the twenty-eighth round).
+//! Now it enters the stack just above the gap.
+//!
+//! `harness = false`: the test's own main thread overflows, in a child process per mode (the
+//! handler exits it).
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use unwind::{Frame, Mode, StopReason};
+
+const CHILD: &str = "UNWIND_MAIN_OVERFLOW_CHILD";
+
+/// The child's mode: Dwarf (else Hybrid). Set before the recursion.
+static DWARF: AtomicBool = AtomicBool::new(false);
+
+/// The handler's buffer (the process exits in the handler; nothing else touches it).
+static mut FRAMES: [Frame; 256] = [Frame::EMPTY; 256];
+
+extern "C" fn on_overflow(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    #[allow(static_mut_refs)]
+    // SAFETY: this handler's buffer alone (see `FRAMES`).
+    let buf = unsafe { &mut FRAMES };
+    // What a build without frame pointers' `capture_with` walks by (Hybrid, the prepared CFI),
+    // and CFI alone.
+    let mode = if DWARF.load(Ordering::Relaxed) {
+        Mode::Dwarf
+    } else {
+        Mode::Hybrid
+    };
+    let t = match unwind::modules::unwinder() {
+        Some(u) => unwind::dwarf::capture(buf, u, mode),
+        None => {
+            // SAFETY: write and _exit are async-signal-safe.
+            unsafe {
+                libc::write(2, b"no CFI prepared\n".as_ptr().cast(), 16);
+                libc::_exit(4);
+            }
+        }
+    };
+    let frames = &buf[..t.len];
+    // The recursion's frames: one function, at one return address.
+    let ret = frames.get(4).map_or(0, |f| f.pc);
+    let repeated = frames.iter().filter(|f| f.pc == ret).count();
+    let ok = t.stop == StopReason::BufferFull && repeated >= 200;
+    let msg: &[u8] = if ok {
+        b"overflow: walked up the recursion\n"
+    } else {
+        b"overflow: the walk stopped short\n"
+    };
+    // SAFETY: write and _exit are async-signal-safe.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        // The trace's length and stop, for the parent's message.
+        let mut line = [0u8; 64];
+        let n = fmt_line(&mut line, t.len, repeated, t.stop as u8);
+        libc::write(2, line.as_ptr().cast(), n);
+        libc::_exit(if ok { 0 } else { 3 });
+    }
+}
+
+/// `frames=N repeated=R stop=S\n` into `out`, without allocating.
+fn fmt_line(out: &mut [u8; 64], frames: usize, repeated: usize, stop: u8) -> usize {
+    let mut n = 0;
+    let mut put = |s: &[u8]| {
+        for &b in s {
+            out[n] = b;
+            n += 1;
+        }
+    };
+    let num = |mut v: usize, put: &mut dyn FnMut(&[u8])| {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        put(&digits[i..]);
+    };
+    put(b"frames=");
+    num(frames, &mut put);
+    put(b" repeated=");
+    num(repeated, &mut put);
+    put(b" stop=");
+    num(usize::from(stop), &mut put);
+    put(b"\n");
+    n
+}
+
+fn child(dwarf: bool) -> ! {
+    DWARF.store(dwarf, Ordering::Relaxed);
+    unwind::init();
+    // SAFETY: a fresh mapping for the alternate stack (1 MiB: a debug build's walk wants more
+    // than std's), a SA_SIGINFO | SA_ONSTACK handler for SIGSEGV, and an 8 MiB stack limit
+    // (the main thread's stack grows until it reaches it), in this child process only.
+    unsafe {
+        let len = 1 << 20;
+        let alt = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(alt, libc::MAP_FAILED);
+        let ss = libc::stack_t {
+            ss_sp: alt,
+            ss_flags: 0,
+            ss_size: len,
+        };
+        assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_overflow
+            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        assert_eq!(libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()), 0);
+        let limit = libc::rlimit {
+            rlim_cur: 8 << 20,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        let mut old = std::mem::zeroed::<libc::rlimit>();
+        libc::getrlimit(libc::RLIMIT_STACK, &mut old);
+        let limit = libc::rlimit {
+            rlim_max: old.rlim_max,
+            rlim_cur: limit.rlim_cur.min(old.rlim_max),
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_STACK, &limit), 0);
+    }
+    // C code that keeps no frame record and zeroes the frame pointer: only CFI walks it, as
+    // in a build without frame pointers (where rbp holds whatever it held).
+    // SAFETY: a C function that only recurses (until SIGSEGV, which the handler takes).
+    black_box(unsafe { unwind_nofp_fixture::unwind_nofp_recurse(0) });
+    unreachable!("the recursion ends in SIGSEGV");
+}
+
+fn main() {
+    match std::env::var(CHILD).as_deref() {
+        Ok("dwarf") => child(true),
+        Ok("hybrid") => child(false),
+        _ => {}
+    }
+    for mode in ["dwarf", "hybrid"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(CHILD, mode)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{mode}: {:?}\n{err}",
+            out.status
+        );
+        assert!(err.contains("walked up the recursion"), "{mode}: {err}");
+        println!("test main_stack_overflow ({mode}) ... ok");
+    }
+}
