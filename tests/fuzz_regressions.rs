@@ -52,6 +52,12 @@ fn policy_inputs_replay() {
 }
 
 #[test]
+fn symbols_inputs_replay() {
+    let n = replay("symbols", &harness::symbols::symbols);
+    assert!(n >= 3, "the symbols corpus is missing ({n} inputs)");
+}
+
+#[test]
 fn core_file_inputs_replay() {
     let sysroot = fuzz_dir().join("sysroot");
     let n = replay("core_file", &|d| harness::core_file::core_file(d, &sysroot));

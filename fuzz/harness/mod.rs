@@ -12,6 +12,7 @@
 pub mod cfi;
 pub mod core_file;
 pub mod policy;
+pub mod symbols;
 pub mod walk;
 
 /// A cursor over fuzz input: little-endian integers, zero-filled past the end.

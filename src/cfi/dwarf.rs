@@ -1040,7 +1040,7 @@ pub fn parse_file_with(
     bias: u64,
     policy: &crate::safe_open::Policy,
 ) -> Result<PreparedCfi, CfiError> {
-    let map = crate::safe_open::map(path, policy).map_err(|_| CfiError::Object)?;
+    let map = crate::safe_open::map_analysed(path, policy).map_err(|_| CfiError::Object)?;
     parse_elf(arch, &map, bias, &path.display().to_string())
 }
 

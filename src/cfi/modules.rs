@@ -228,7 +228,7 @@ fn prepare_with(
     };
     let from_file = if path.is_absolute() && path.exists() {
         // Mapped once: for the build id, then for the tables.
-        match crate::safe_open::map(path, &policy) {
+        match crate::safe_open::map_analysed(path, &policy) {
             Ok(data) if !replaced(&data) => {
                 crate::dwarf::parse_elf(arch, &data, m.bias, &path.display().to_string())
             }

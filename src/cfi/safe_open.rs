@@ -240,10 +240,16 @@ pub fn open(path: &Path, policy: &Policy) -> io::Result<Opened> {
 
 impl Opened {
     /// The file's bytes: mapped, or read when mapping fails and the file is at most 64 MiB.
-    pub fn map(self) -> io::Result<Mapped> {
-        // SAFETY: a read-only private mapping of a regular file; if another process truncates
-        // the file while it is mapped, reads past the new end fault (SIGBUS), the usual caveat
-        // of mapping files: modules and cores are not rewritten in place while analysed.
+    ///
+    /// # Safety
+    /// The file must not be truncated or written, by this process or another, while the
+    /// returned bytes live: they are a private mapping of it, whose contents would change
+    /// under the `&[u8]` it derefs to, and a read past a new end raises SIGBUS. (This crate's
+    /// own readers of modules, cores and debug files make that assumption: see README's
+    /// "Known limits".)
+    pub unsafe fn map(self) -> io::Result<Mapped> {
+        // SAFETY: a read-only private mapping of a regular file, which the caller keeps from
+        // being truncated or written while it lives.
         match unsafe { memmap2::Mmap::map(&self.file) } {
             Ok(m) if m.len() as u64 == self.len => Ok(Mapped::Map(m)),
             _ if self.len <= MAX_READ => {
@@ -276,8 +282,29 @@ impl Opened {
 }
 
 /// [`open`], then [`Opened::map`].
-pub fn map(path: &Path, policy: &Policy) -> io::Result<Mapped> {
-    open(path, policy)?.map()
+///
+/// # Safety
+/// As [`Opened::map`]: the file is not truncated or written while the bytes live.
+pub unsafe fn map(path: &Path, policy: &Policy) -> io::Result<Mapped> {
+    // SAFETY: the caller's contract.
+    unsafe { open(path, policy)?.map() }
+}
+
+/// [`map`] for this crate's readers of modules, cores and debug files, which assume that the
+/// files they analyse are not rewritten in place meanwhile (README's "Known limits": a file
+/// truncated under the reader raises SIGBUS, as in eu-stack, gdb and every reader that maps).
+pub(crate) fn map_analysed(path: &Path, policy: &Policy) -> io::Result<Mapped> {
+    // SAFETY: the assumption above, documented for every public function that reads files.
+    unsafe { map(path, policy) }
+}
+
+impl Opened {
+    /// [`Opened::map`] under [`map_analysed`]'s assumption.
+    #[cfg_attr(not(feature = "offline"), allow(dead_code))]
+    pub(crate) fn map_analysed(self) -> io::Result<Mapped> {
+        // SAFETY: as in `map_analysed`.
+        unsafe { self.map() }
+    }
 }
 
 #[cfg(test)]

@@ -197,6 +197,13 @@ const GUARD_GAP: u64 = (1 << 20) + (64 << 10);
 /// stacks until dropped: a thread that unregisters a stack meanwhile waits for it before it
 /// may free the memory ([`crate::transition::unregister_stack`]). Drop it when the walk is
 /// done; do not leak it.
+///
+/// It stays on the thread that made it (neither `Send` nor `Sync`):
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// send(unwind::live::LiveMemory::for_sp(0));
+/// ```
 #[derive(Debug)]
 pub struct LiveMemory {
     /// Thread stack, the starting segment (or, once a transition led off every known stack,
@@ -206,6 +213,12 @@ pub struct LiveMemory {
     stacks: [Range; 4],
     /// How the registered stack in `stacks[3]` is held.
     held: Held,
+    /// Neither `Send` nor `Sync`: the ranges are this thread's (its stack is read directly,
+    /// valid only while the thread lives) and a read section is counted on this thread. Moved
+    /// to another thread, it read the first one's stack after that thread had exited (a
+    /// fault, or a race with the thread that got the stack next) and ended the section on the
+    /// wrong thread (found by outside use in the twenty-eighth round).
+    _this_thread: core::marker::PhantomData<*const ()>,
 }
 
 /// How a [`LiveMemory`] holds the registered stack it reads.
@@ -276,6 +289,7 @@ impl LiveMemory {
                 Range::default(),
             ],
             held: Held::Nothing,
+            _this_thread: core::marker::PhantomData,
         };
         // With an alternate stack: the thread's stack is known and `sp` is on it.
         let t = THREAD_STACK.with(|c| c.get());
@@ -772,6 +786,7 @@ pub(crate) fn own_stack(sp: u64) -> Option<LiveMemory> {
     t.contains(sp).then_some(LiveMemory {
         stacks: [t, Range::default(), Range::default(), Range::default()],
         held: Held::Nothing,
+        _this_thread: core::marker::PhantomData,
     })
 }
 

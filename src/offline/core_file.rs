@@ -388,7 +388,7 @@ impl Core {
         let io = |e| CoreError::Io(path.into(), e);
         let opened = crate::safe_open::open(path, &crate::safe_open::Policy::core()).map_err(io)?;
         let file = opened.file.try_clone().ok();
-        let data = opened.map().map_err(io)?;
+        let data = opened.map_analysed().map_err(io)?;
         let mut core = Core::parse(data)?;
         // Segment reads from the file, when the file is mapped (a file read whole is in
         // memory already).

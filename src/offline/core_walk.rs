@@ -566,7 +566,7 @@ fn add_link_map(core: &Core, exe: &Path, sysroot: Option<&Path>, s: &mut Symboli
     use object::read::elf::ProgramHeader;
     const AT_BASE: u64 = 7;
     const DT_DEBUG: u64 = 21;
-    let Ok(data) = crate::safe_open::map(exe, &s.open_policy) else {
+    let Ok(data) = crate::safe_open::map_analysed(exe, &s.open_policy) else {
         return;
     };
     let Some((_, e, phdrs)) = elf_headers(&data) else {
@@ -647,7 +647,7 @@ fn add_link_map(core: &Core, exe: &Path, sysroot: Option<&Path>, s: &mut Symboli
 fn exe_placement(core: &Core, exe: &Path, policy: &crate::safe_open::Policy) -> Option<(u64, u64)> {
     const AT_PHDR: u64 = 3;
     let phdr = core.aux(AT_PHDR)?;
-    let data = crate::safe_open::map(exe, policy).ok()?;
+    let data = crate::safe_open::map_analysed(exe, policy).ok()?;
     let phoff = u64::from_le_bytes(data.get(0x20..0x28)?.try_into().ok()?);
     Some((phdr, phoff))
 }
@@ -948,7 +948,7 @@ pub fn check_exe(exe: &Path, arch: ArchKind) -> Result<(), String> {
         ));
     }
     // A separate debug file (`objcopy --only-keep-debug`): its sections hold no code.
-    let debug_only = crate::safe_open::map(exe, &Default::default())
+    let debug_only = crate::safe_open::map_analysed(exe, &Default::default())
         .ok()
         .is_some_and(|m| {
             use object::{Object, ObjectSection};

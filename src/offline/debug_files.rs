@@ -69,7 +69,7 @@ impl DebugDirs {
         let rel = format!(".build-id/{}/{}.debug", &hex[..2], &hex[2..]);
         self.roots.iter().map(|r| r.join(&rel)).find(|p| {
             p.exists()
-                && crate::safe_open::map(p, &policy()).is_ok_and(|m| {
+                && crate::safe_open::map_analysed(p, &policy()).is_ok_and(|m| {
                     object::File::parse(&*m).is_ok_and(|f| f.build_id().ok().flatten() == Some(id))
                 })
         })
@@ -84,7 +84,11 @@ impl DebugDirs {
     /// `paths` (the file read, the path the process mapped), in their `.debug` directories and
     /// under each root with their directories. Taken only when its build id is the file's, or,
     /// for a file without one, when its CRC-32 is the link's.
-    pub fn debuglink(&self, file: &object::File<'_>, paths: &[&Path]) -> Option<(PathBuf, Mapped)> {
+    pub(crate) fn debuglink(
+        &self,
+        file: &object::File<'_>,
+        paths: &[&Path],
+    ) -> Option<(PathBuf, Mapped)> {
         let (name, crc) = debuglink(file)?;
         let name = std::str::from_utf8(name).ok()?;
         if name.is_empty() || name.contains('/') {
@@ -115,7 +119,7 @@ impl DebugDirs {
                     continue;
                 }
                 seen.push(c.clone());
-                let Ok(m) = crate::safe_open::map(&c, &policy()) else {
+                let Ok(m) = crate::safe_open::map_analysed(&c, &policy()) else {
                     continue;
                 };
                 let same = match (id, object::File::parse(&*m).ok()) {
@@ -151,7 +155,7 @@ impl DebugDirs {
             candidates.push(dir.join(name));
         }
         let matches = |c: &Path| {
-            let Ok(m) = crate::safe_open::map(c, &policy()) else {
+            let Ok(m) = crate::safe_open::map_analysed(c, &policy()) else {
                 return false;
             };
             let found = object::File::parse(&*m)

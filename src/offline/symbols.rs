@@ -278,14 +278,14 @@ impl Module {
     /// non-empty regular files, never blocking, nothing under `/proc` or `/sys` (a core's
     /// `NT_FILE` note may name `/dev/zero`, a FIFO or `/proc/self/pagemap`).
     pub fn load(path: &Path, display: &str, map: Option<(u64, u64)>) -> std::io::Result<Module> {
-        let data = crate::safe_open::map(path, &Policy::default())?;
+        let data = crate::safe_open::map_analysed(path, &Policy::default())?;
         let dirs = DebugDirs::default();
         Self::from_mapped(data, path, display, &dirs, |file| placement_bias(file, map))
     }
 
     /// Loads `path`'s symbols with a known load bias (a link map's `l_addr`).
     pub fn load_biased(path: &Path, display: &str, bias: u64) -> std::io::Result<Module> {
-        let data = crate::safe_open::map(path, &Policy::default())?;
+        let data = crate::safe_open::map_analysed(path, &Policy::default())?;
         Self::from_mapped(data, path, display, &DebugDirs::default(), |_| bias)
     }
 
@@ -319,7 +319,8 @@ impl Module {
     pub fn supplementary_debug_file(&self, debug_file: Option<&Path>) -> Option<PathBuf> {
         match debug_file {
             Some(p) => {
-                let m = crate::safe_open::map(p, &crate::offline::debug_files::policy()).ok()?;
+                let m = crate::safe_open::map_analysed(p, &crate::offline::debug_files::policy())
+                    .ok()?;
                 let obj = object::File::parse(&*m).ok()?;
                 self.debug_dirs.altlink(&obj, p)
             }
@@ -425,7 +426,8 @@ impl Module {
             let found = dirs
                 .for_file(&file)
                 .and_then(|p| {
-                    let m = crate::safe_open::map(&p, &crate::offline::debug_files::policy());
+                    let m =
+                        crate::safe_open::map_analysed(&p, &crate::offline::debug_files::policy());
                     Some((p, m.ok()?))
                 })
                 .or_else(|| dirs.debuglink(&file, &[path, Path::new(display)]));
@@ -1471,9 +1473,14 @@ fn gopclntab_funcs(file: &object::File<'_>, data: &[u8]) -> Vec<Func> {
     out
 }
 
+/// The most a MiniDebugInfo section is inflated to: 64 MiB. It holds the symbol table of a
+/// module's local functions (a few MB in the largest libraries); a hostile one inflating to
+/// 250 MiB cost 9 s and 500 MB per module under the former cap of 256 MiB.
+const MINI_DEBUGINFO_MAX: u64 = 64 << 20;
+
 /// MiniDebugInfo (`.gnu_debugdata`, in Fedora's and RHEL's binaries and libraries): an
 /// xz-compressed ELF file whose `.symtab` holds the functions `.dynsym` leaves out (the local
-/// ones), as gdb, eu-stack and perf read it. Decompressed up to 256 MiB; `None` without one, or
+/// ones), as gdb, eu-stack and perf read it. Decompressed up to [`MINI_DEBUGINFO_MAX`]; `None` without one, or
 /// where it does not decompress to an ELF file.
 fn mini_debuginfo(file: &object::File<'_>) -> Option<Vec<u8>> {
     let data = section_by_name(file, ".gnu_debugdata")?.data().ok()?;
@@ -1485,9 +1492,8 @@ fn mini_debuginfo(file: &object::File<'_>) -> Option<Vec<u8>> {
     struct Capped(Vec<u8>);
     impl std::io::Write for Capped {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            const MAX: usize = 256 << 20;
-            if self.0.len() + b.len() > MAX {
-                return Err(std::io::Error::other("MiniDebugInfo over 256 MiB"));
+            if self.0.len() + b.len() > MINI_DEBUGINFO_MAX as usize {
+                return Err(std::io::Error::other("MiniDebugInfo over its cap"));
             }
             self.0.extend_from_slice(b);
             Ok(b.len())
@@ -1498,7 +1504,7 @@ fn mini_debuginfo(file: &object::File<'_>) -> Option<Vec<u8>> {
     }
     // lzma-rs inflates each block whole before writing any of it: the sizes its chunks
     // claim are added up first.
-    if xz_unpacked_size(data)? > 256 << 20 {
+    if xz_unpacked_size(data)? > MINI_DEBUGINFO_MAX {
         return None;
     }
     let mut out = Capped(Vec::new());
@@ -1804,7 +1810,8 @@ impl Symbolizer {
             if !self.seen.insert((f.id, at)) {
                 return Ok(None);
             }
-            Module::from_mapped(f.map()?, path, display, &self.debug_dirs, bias_of).map(Some)
+            Module::from_mapped(f.map_analysed()?, path, display, &self.debug_dirs, bias_of)
+                .map(Some)
         });
         match loaded {
             Ok(Some(m)) => self.modules.push(m),

@@ -142,7 +142,7 @@ impl<'a> LineTables<'a> {
 /// ([`split_dwarf_loadable`]).
 fn loadable(path: &std::path::Path, split: bool, policy: &crate::safe_open::Policy) -> bool {
     use object::{Object, ObjectSection};
-    let Ok(m) = crate::safe_open::map(path, policy) else {
+    let Ok(m) = crate::safe_open::map_analysed(path, policy) else {
         return false;
     };
     let Ok(file) = object::File::parse(&*m) else {
