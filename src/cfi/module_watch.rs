@@ -284,7 +284,8 @@ fn on_refresh_stack(refresh: impl FnOnce() -> bool) -> bool {
     };
     // SAFETY: `top` is the page-aligned top of the mapped stack above, which only the thread
     // holding `POLLING` uses, and only inside this call.
-    unsafe { crate::system_stack::call_on(top, on_it) }
+    let out = unsafe { crate::system_stack::call_on(top, on_it) };
+    out.unwrap_or_else(|payload| std::panic::resume_unwind(payload))
 }
 
 /// A profiler stops: the watcher ends when no profiler needs it any more (within

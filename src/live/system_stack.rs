@@ -279,19 +279,21 @@ pub fn run<R, F: FnOnce() -> R>(f: F) -> R {
             in_use: false,
         })
     });
-    out
+    // A panic goes on only now, with the flag reset.
+    out.unwrap_or_else(|payload| std::panic::resume_unwind(payload))
 }
 
 /// Calls `f` on the stack whose top is `top`, through the system-stack trampoline (so a capture
 /// there crosses back to the caller's stack by the system-stack transition, which the caller
 /// has registered, as it has the stack itself: [`register_transition`],
-/// [`transition::register_stack`]), and returns its result; a panic in `f` is resumed here.
-/// No allocation, lock or system call of its own.
+/// [`transition::register_stack`]), and returns its result, or the payload of its panic (caught
+/// on that stack: unwinding never crosses the trampoline), for the caller to resume once its
+/// own state is restored. No allocation, lock or system call of its own.
 ///
 /// # Safety
 /// `top` is the 16-byte-aligned top of a mapped, writable stack that nothing else uses until
 /// this returns, with room for `f`.
-pub(crate) unsafe fn call_on<R, F: FnOnce() -> R>(top: u64, f: F) -> R {
+pub(crate) unsafe fn call_on<R, F: FnOnce() -> R>(top: u64, f: F) -> std::thread::Result<R> {
     let mut call = Call::<F, R> {
         f: Some(f),
         out: None,
@@ -306,8 +308,7 @@ pub(crate) unsafe fn call_on<R, F: FnOnce() -> R>(top: u64, f: F) -> R {
         )
     };
     match call.out {
-        Some(Ok(r)) => r,
-        Some(Err(payload)) => std::panic::resume_unwind(payload),
+        Some(out) => out,
         None => unreachable!("the system stack shim always stores a result"),
     }
 }
