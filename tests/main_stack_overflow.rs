@@ -150,9 +150,16 @@ fn main() {
     match std::env::var(CHILD).as_deref() {
         Ok("dwarf") => child(true),
         Ok("hybrid") => child(false),
+        #[cfg(target_arch = "x86_64")]
+        Ok("garbage-sp") => garbage_sp::child(),
         _ => {}
     }
-    for mode in ["dwarf", "hybrid"] {
+    let modes: &[&str] = if cfg!(target_arch = "x86_64") {
+        &["dwarf", "hybrid", "garbage-sp"]
+    } else {
+        &["dwarf", "hybrid"]
+    };
+    for &mode in modes {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .env(CHILD, mode)
             .output()
@@ -164,7 +171,128 @@ fn main() {
             "{mode}: {:?}\n{err}",
             out.status
         );
-        assert!(err.contains("walked up the recursion"), "{mode}: {err}");
+        assert!(err.contains(": walked up"), "{mode}: {err}");
         println!("test main_stack_overflow ({mode}) ... ok");
+    }
+}
+
+/// The other side of the same rule: an sp below every stack that did not overflow one. A
+/// function moves sp into a hole (as a leaf that reserves megabytes at once without probing
+/// does) and faults there; just above the hole is an anonymous read-write mapping that is no
+/// stack (a heap arena, a buffer). The walk must not enter that mapping (it did, for a day:
+/// the next frame record, on the real stack, was then "off the stack", `NotMonotonic` after
+/// 3 frames, found by outside use): it goes on from the frame pointer, to the caller.
+#[cfg(target_arch = "x86_64")]
+mod garbage_sp {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    // `unwind_test_sp_into(sp)`: a frame record, then sp = `sp`, a store there (the fault).
+    std::arch::global_asm!(
+        ".globl unwind_test_sp_into",
+        ".type unwind_test_sp_into, @function",
+        "unwind_test_sp_into:",
+        ".cfi_startproc",
+        "push rbp",
+        ".cfi_def_cfa_offset 16",
+        ".cfi_offset rbp, -16",
+        "mov rbp, rsp",
+        ".cfi_def_cfa_register rbp",
+        "mov rsp, rdi",
+        "mov qword ptr [rsp], 0",
+        "mov rsp, rbp",
+        "pop rbp",
+        ".cfi_def_cfa rsp, 8",
+        "ret",
+        ".cfi_endproc",
+        ".size unwind_test_sp_into, . - unwind_test_sp_into",
+    );
+    extern "C" {
+        fn unwind_test_sp_into(sp: u64);
+    }
+
+    /// The address of [`caller`]: the walk must find a return address into it.
+    static CALLER: AtomicU64 = AtomicU64::new(0);
+
+    extern "C" fn on_fault(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        #[allow(static_mut_refs)]
+        // SAFETY: this handler's buffer alone (see `FRAMES`).
+        let buf = unsafe { &mut FRAMES };
+        let t = unwind::capture_with(buf, unwind::Options::default());
+        let caller = CALLER.load(Ordering::Relaxed);
+        // The return address after the call into the fault, in the caller's first bytes.
+        let found = buf[..t.len]
+            .iter()
+            .any(|f| f.stack == 1 && f.pc > caller && f.pc < caller + 256);
+        let ok = found && t.stop != StopReason::NotMonotonic;
+        let msg: &[u8] = if ok {
+            b"garbage sp: walked up to the caller\n"
+        } else {
+            b"garbage sp: the walk stopped short\n"
+        };
+        // SAFETY: write and _exit are async-signal-safe.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            let mut line = [0u8; 64];
+            let n = fmt_line(&mut line, t.len, usize::from(found), t.stop as u8);
+            libc::write(2, line.as_ptr().cast(), n);
+            libc::_exit(if ok { 0 } else { 3 });
+        }
+    }
+
+    #[inline(never)]
+    extern "C" fn caller(sp: u64) {
+        // SAFETY: faults at `sp` (a PROT_NONE page); the handler exits the process.
+        unsafe { unwind_test_sp_into(sp) };
+        black_box(sp);
+    }
+
+    pub fn child() -> ! {
+        unwind::init();
+        CALLER.store(
+            caller as extern "C" fn(u64) as usize as u64,
+            Ordering::Relaxed,
+        );
+        // SAFETY: an alternate stack and a SIGSEGV handler in this child process only; a fresh
+        // 2 MiB mapping whose lower half is made inaccessible (the hole) under its upper half
+        // (the read-write mapping just above it).
+        let hole = unsafe {
+            let len = 1 << 20;
+            let alt = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(alt, libc::MAP_FAILED);
+            let ss = libc::stack_t {
+                ss_sp: alt,
+                ss_flags: 0,
+                ss_size: len,
+            };
+            assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_fault
+                as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+                as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            assert_eq!(libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()), 0);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                2 << 20,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            assert_eq!(libc::mprotect(p, 1 << 20, libc::PROT_NONE), 0);
+            p as u64
+        };
+        // 64 KiB under the read-write half.
+        caller(hole + (1 << 20) - (64 << 10));
+        unreachable!("the store faults");
     }
 }

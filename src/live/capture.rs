@@ -581,9 +581,23 @@ impl Memory for LiveMemory {
         // thread's `[stack]` grown to its limit since it was cached: the walk went on from
         // the frame pointer, which in a build without frame records is not one, and said
         // `End` after a guessed frame; found by outside use in the twenty-eighth round).
-        let m = maps::stack_at_or_above(addr, GUARD_GAP)?;
-        self.stacks[1] = m.range;
-        Some(m.range)
+        // Only this thread's own stack, though: a garbage sp (a leaf that moved it 4 MiB down
+        // at once, into a hole) with some other mapping just above it entered that mapping,
+        // and the walk stopped at the next frame record, on the real stack, which the frame
+        // pointer leads to when no stack is entered here (found by outside use, same round).
+        let (m, above) = maps::stack_at_or_above(addr, GUARD_GAP)?;
+        let range = if above {
+            // SAFETY: pthread_self has no preconditions (it reads the thread pointer).
+            let tcb = unsafe { libc::pthread_self() } as u64;
+            if !owns_stack(m, is_main_thread(), tcb) {
+                return None;
+            }
+            stack_part(m, tcb)
+        } else {
+            m.range
+        };
+        self.stacks[1] = range;
+        Some(range)
     }
 
     #[inline(always)]
@@ -1241,12 +1255,15 @@ mod maps {
         s.above.filter(|m| m.anon_rw && m.range.lo - addr <= gap)
     }
 
-    /// [`stack_like_at`], else [`stack_above`], in one scan.
-    pub fn stack_at_or_above(addr: u64, gap: u64) -> Option<Mapping> {
+    /// [`stack_like_at`], else [`stack_above`] (then `true`), in one scan.
+    pub fn stack_at_or_above(addr: u64, gap: u64) -> Option<(Mapping, bool)> {
         let s = scan([addr, addr], false);
         match s.found[0] {
-            Some(m) if m.readable => Some(m).filter(|m| m.anon_rw),
-            _ => s.above.filter(|m| m.anon_rw && m.range.lo - addr <= gap),
+            Some(m) if m.readable => Some((m, false)).filter(|(m, _)| m.anon_rw),
+            _ => s
+                .above
+                .filter(|m| m.anon_rw && m.range.lo - addr <= gap)
+                .map(|m| (m, true)),
         }
     }
 

@@ -1473,10 +1473,11 @@ fn gopclntab_funcs(file: &object::File<'_>, data: &[u8]) -> Vec<Func> {
     out
 }
 
-/// The most a MiniDebugInfo section is inflated to: 64 MiB. It holds the symbol table of a
-/// module's local functions (a few MB in the largest libraries); a hostile one inflating to
-/// 250 MiB cost 9 s and 500 MB per module under the former cap of 256 MiB.
-const MINI_DEBUGINFO_MAX: u64 = 64 << 20;
+/// The most a MiniDebugInfo section is inflated to: 256 MiB. It holds the symbol table of a
+/// module's local functions (some MB, tens in the largest C++ libraries). A hostile section
+/// can make each module cost up to that much (250 MiB: 9 s and 500 MB, README's "Known
+/// limits"); a lower cap would drop the names of the largest real ones.
+const MINI_DEBUGINFO_MAX: u64 = 256 << 20;
 
 /// MiniDebugInfo (`.gnu_debugdata`, in Fedora's and RHEL's binaries and libraries): an
 /// xz-compressed ELF file whose `.symtab` holds the functions `.dynsym` leaves out (the local
