@@ -12,6 +12,8 @@
 //! `harness = false`: the test's own main thread overflows, in a child process per mode (the
 //! handler exits it).
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use unwind::{Frame, Mode, StopReason};
@@ -101,42 +103,13 @@ fn fmt_line(out: &mut [u8; 64], frames: usize, repeated: usize, stop: u8) -> usi
 fn child(dwarf: bool) -> ! {
     DWARF.store(dwarf, Ordering::Relaxed);
     unwind::init();
-    // SAFETY: a fresh mapping for the alternate stack (1 MiB: a debug build's walk wants more
-    // than std's), a SA_SIGINFO | SA_ONSTACK handler for SIGSEGV, and an 8 MiB stack limit
-    // (the main thread's stack grows until it reaches it), in this child process only.
+    common::segv_on_alt_stack(on_overflow);
+    // SAFETY: an 8 MiB stack limit (the main thread's stack grows until it reaches it), in
+    // this child process only.
     unsafe {
-        let len = 1 << 20;
-        let alt = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(alt, libc::MAP_FAILED);
-        let ss = libc::stack_t {
-            ss_sp: alt,
-            ss_flags: 0,
-            ss_size: len,
-        };
-        assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_overflow
-            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
-            as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-        assert_eq!(libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()), 0);
-        let limit = libc::rlimit {
-            rlim_cur: 8 << 20,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        let mut old = std::mem::zeroed::<libc::rlimit>();
-        libc::getrlimit(libc::RLIMIT_STACK, &mut old);
-        let limit = libc::rlimit {
-            rlim_max: old.rlim_max,
-            rlim_cur: limit.rlim_cur.min(old.rlim_max),
-        };
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_STACK, &mut limit), 0);
+        limit.rlim_cur = (8 << 20).min(limit.rlim_max);
         assert_eq!(libc::setrlimit(libc::RLIMIT_STACK, &limit), 0);
     }
     // C code that keeps no frame record and zeroes the frame pointer: only CFI walks it, as
@@ -253,32 +226,10 @@ mod garbage_sp {
             caller as extern "C" fn(u64) as usize as u64,
             Ordering::Relaxed,
         );
-        // SAFETY: an alternate stack and a SIGSEGV handler in this child process only; a fresh
-        // 2 MiB mapping whose lower half is made inaccessible (the hole) under its upper half
-        // (the read-write mapping just above it).
+        common::segv_on_alt_stack(on_fault);
+        // SAFETY: a fresh 2 MiB mapping whose lower half is made inaccessible (the hole) under
+        // its upper half (the read-write mapping just above it), in this child process only.
         let hole = unsafe {
-            let len = 1 << 20;
-            let alt = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(alt, libc::MAP_FAILED);
-            let ss = libc::stack_t {
-                ss_sp: alt,
-                ss_flags: 0,
-                ss_size: len,
-            };
-            assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_fault
-                as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
-                as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-            assert_eq!(libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()), 0);
             let p = libc::mmap(
                 std::ptr::null_mut(),
                 2 << 20,

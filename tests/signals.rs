@@ -704,32 +704,7 @@ fn a_stack_overflow_is_walked_from_its_sigsegv_handler() {
         return;
     }
     unwind::init();
-    // SAFETY: a fresh anonymous mapping for the alternate stack, and a plain SA_SIGINFO |
-    // SA_ONSTACK handler for SIGSEGV, in this child process only.
-    unsafe {
-        let len = 1 << 20;
-        let alt = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(alt, libc::MAP_FAILED);
-        let ss = libc::stack_t {
-            ss_sp: alt,
-            ss_flags: 0,
-            ss_size: len,
-        };
-        assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_overflow
-            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
-            as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-        assert_eq!(libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()), 0);
-    }
+    common::segv_on_alt_stack(on_overflow);
     let stack = corosensei::stack::DefaultStack::new(256 * 1024).unwrap();
     let mut co = corosensei::Coroutine::with_stack(stack, |_: &corosensei::Yielder<(), ()>, ()| {
         black_box(overflow_recurse(0));

@@ -239,3 +239,36 @@ pub fn all_functions() -> Vec<(String, u64, u64)> {
         })
         .collect()
 }
+
+/// A SIGSEGV handler.
+pub type SegvHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// Installs `handler` for SIGSEGV (`SA_SIGINFO | SA_ONSTACK`) on a fresh 1 MiB alternate stack
+/// of this thread (more than std's: a debug build's walk wants it). For child processes that
+/// fault on purpose: the mapping is never freed.
+pub fn segv_on_alt_stack(handler: SegvHandler) {
+    // SAFETY: a fresh anonymous mapping for the alternate stack, and a plain handler
+    // registration; both affect only this process, which the caller made for the purpose.
+    unsafe {
+        let len = 1 << 20;
+        let alt = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(alt, libc::MAP_FAILED);
+        let ss = libc::stack_t {
+            ss_sp: alt,
+            ss_flags: 0,
+            ss_size: len,
+        };
+        assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        assert_eq!(libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()), 0);
+    }
+}
