@@ -283,3 +283,26 @@ fn capture_on_a_small_thread_stack_fits_or_says_low_stack() {
         assert_eq!(stop, StopReason::End, "{n}");
     }
 }
+
+/// The same on a coroutine's small stack (not the thread's, not registered): a debug build's
+/// capture there checked no room and ran into the stack's guard page (found by outside use in
+/// the twenty-eighth round, a CPU sample nested in a heap sample on a 64 KiB coroutine).
+#[test]
+fn capture_on_a_small_coroutine_stack_fits_or_says_low_stack() {
+    unwind::init();
+    let stack = corosensei::stack::DefaultStack::new(24 << 10).unwrap();
+    let mut co = corosensei::Coroutine::with_stack(stack, |_: &corosensei::Yielder<(), ()>, ()| {
+        let mut buf = [Frame::EMPTY; 64];
+        let t = capture_with(&mut buf, Options::default());
+        (t.len, t.stop)
+    });
+    let (n, stop) = match co.resume(()) {
+        corosensei::CoroutineResult::Return(r) => r,
+        corosensei::CoroutineResult::Yield(()) => unreachable!(),
+    };
+    if cfg!(debug_assertions) {
+        assert_eq!((n, stop), (0, StopReason::LowStack));
+    } else {
+        assert!(n >= 3, "{n} {stop:?}");
+    }
+}

@@ -211,8 +211,8 @@ pub enum StopReason {
     /// uses the frame pointer as a general register. That frame and any after it were left
     /// out.
     NotCode,
-    /// A debug build's live capture asked on an alternate signal stack, or a small thread stack
-    /// (not the main thread's), with less than [`crate::live::DEBUG_WALK_STACK`] bytes (32 or
+    /// A debug build's live capture asked on an alternate signal stack, a small thread stack
+    /// (not the main thread's) or another small stack (a coroutine's), with less than [`crate::live::DEBUG_WALK_STACK`] bytes (32 or
     /// 56 KiB) left below it: unoptimised, a walk takes tens of KiB of stack (release builds
     /// ~2 KiB, and never stop for this), which would overflow it (std gives every thread an
     /// 8 KiB alternate stack). Nothing was written.

@@ -645,7 +645,8 @@ pub struct Options {
 }
 
 /// How much stack a debug build's live capture wants left below it when it runs on an
-/// alternate signal stack or a thread's own stack other than the main thread's (measured: up to ~50 KiB unoptimised in a build without frame
+/// alternate signal stack, a thread's own stack other than the main thread's, or any other
+/// stack (a coroutine's, a segment) (measured: up to ~50 KiB unoptimised in a build without frame
 /// pointers, which walks by CFI, ~17 KiB by frame records; an optimised build ~2 KiB). Short
 /// of it, a debug build's capture writes nothing and says
 /// [`StopReason::LowStack`](crate::frame::StopReason::LowStack) rather than run into the
@@ -686,10 +687,18 @@ fn debug_room() -> bool {
     // overflowed a 64 KiB thread). The main thread's stack grows on demand: its mapping's
     // extent is no limit.
     match thread_stack(sp as u64) {
-        Some(t) if t.contains(sp as u64) && (sp as u64 - t.lo) < DEBUG_WALK_STACK as u64 => {
-            is_main_thread()
+        Some(t) if t.contains(sp as u64) => {
+            (sp as u64 - t.lo) >= DEBUG_WALK_STACK as u64 || is_main_thread()
         }
-        _ => true,
+        // Another stack (a coroutine's, a segment, the system stack, the main thread's grown
+        // past its cached range): the mapping it is on, from `/proc/self/maps` (a scan per
+        // capture, in debug builds only). A coroutine's 64 KiB stack had no room for a CPU
+        // sample nested in a heap sample, and the walk ran into its guard page (found by
+        // outside use in the twenty-eighth round). The main thread's `[stack]` grows on demand.
+        _ => match maps::stack_like_at(sp as u64) {
+            Some(m) if !m.main_stack => (sp as u64 - m.range.lo) >= DEBUG_WALK_STACK as u64,
+            _ => true,
+        },
     }
 }
 
@@ -707,7 +716,8 @@ pub(crate) fn no_room() -> Trace {
 ///
 /// Async-signal-safe: no allocation, no lock, no system call once the thread's stack is known
 /// (see the module docs) in an optimised build; an unoptimised one (`debug_assertions`) makes
-/// one `sigaltstack` call per capture, to check that its walk has room (see
+/// one `sigaltstack` call per capture (and, off the thread's own stack, a scan of
+/// `/proc/self/maps`), to check that its walk has room (see
 /// [`StopReason::LowStack`](crate::frame::StopReason::LowStack)). Crosses every registered
 /// stack switch.
 ///
