@@ -16,7 +16,7 @@ mod common;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
-use unwind::{Frame, Mode, StopReason};
+use unwind::{Frame, Mode, StopReason, Trace};
 
 const CHILD: &str = "UNWIND_MAIN_OVERFLOW_CHILD";
 
@@ -52,24 +52,33 @@ extern "C" fn on_overflow(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
     let ret = frames.get(4).map_or(0, |f| f.pc);
     let repeated = frames.iter().filter(|f| f.pc == ret).count();
     let ok = t.stop == StopReason::BufferFull && repeated >= 200;
-    let msg: &[u8] = if ok {
-        b"overflow: walked up the recursion\n"
-    } else {
-        b"overflow: the walk stopped short\n"
-    };
+    exit_saying(
+        ok,
+        if ok {
+            b"overflow: walked up the recursion\n"
+        } else {
+            b"overflow: the walk stopped short\n"
+        },
+        t,
+        (b"repeated", repeated),
+    )
+}
+
+/// Ends a child from its handler: writes `msg`, then the trace's length, `count` (its name and
+/// value) and stop, for the parent's message; exits 0 when `ok`, else 3. No allocation.
+fn exit_saying(ok: bool, msg: &[u8], t: Trace, count: (&[u8], usize)) -> ! {
+    let mut line = [0u8; 64];
+    let n = fmt_line(&mut line, t.len, count, t.stop as u8);
     // SAFETY: write and _exit are async-signal-safe.
     unsafe {
         libc::write(2, msg.as_ptr().cast(), msg.len());
-        // The trace's length and stop, for the parent's message.
-        let mut line = [0u8; 64];
-        let n = fmt_line(&mut line, t.len, repeated, t.stop as u8);
         libc::write(2, line.as_ptr().cast(), n);
         libc::_exit(if ok { 0 } else { 3 });
     }
 }
 
-/// `frames=N repeated=R stop=S\n` into `out`, without allocating.
-fn fmt_line(out: &mut [u8; 64], frames: usize, repeated: usize, stop: u8) -> usize {
+/// `frames=N <name>=C stop=S\n` into `out`, without allocating.
+fn fmt_line(out: &mut [u8; 64], frames: usize, (name, count): (&[u8], usize), stop: u8) -> usize {
     let mut n = 0;
     let mut put = |s: &[u8]| {
         for &b in s {
@@ -92,8 +101,10 @@ fn fmt_line(out: &mut [u8; 64], frames: usize, repeated: usize, stop: u8) -> usi
     };
     put(b"frames=");
     num(frames, &mut put);
-    put(b" repeated=");
-    num(repeated, &mut put);
+    put(b" ");
+    put(name);
+    put(b"=");
+    num(count, &mut put);
     put(b" stop=");
     num(usize::from(stop), &mut put);
     put(b"\n");
@@ -198,19 +209,16 @@ mod garbage_sp {
             .iter()
             .any(|f| f.stack == 1 && f.pc > caller && f.pc < caller + 256);
         let ok = found && t.stop != StopReason::NotMonotonic;
-        let msg: &[u8] = if ok {
-            b"garbage sp: walked up to the caller\n"
-        } else {
-            b"garbage sp: the walk stopped short\n"
-        };
-        // SAFETY: write and _exit are async-signal-safe.
-        unsafe {
-            libc::write(2, msg.as_ptr().cast(), msg.len());
-            let mut line = [0u8; 64];
-            let n = fmt_line(&mut line, t.len, usize::from(found), t.stop as u8);
-            libc::write(2, line.as_ptr().cast(), n);
-            libc::_exit(if ok { 0 } else { 3 });
-        }
+        exit_saying(
+            ok,
+            if ok {
+                b"garbage sp: walked up to the caller\n"
+            } else {
+                b"garbage sp: the walk stopped short\n"
+            },
+            t,
+            (b"caller_found", usize::from(found)),
+        )
     }
 
     #[inline(never)]

@@ -329,29 +329,18 @@ impl LiveMemory {
                 // grows down): then the cache is updated.
                 // SAFETY: pthread_self has no preconditions (it reads the thread pointer).
                 let tcb = unsafe { libc::pthread_self() } as u64;
-                let at_sp = maps::stack_like_at(sp);
-                match at_sp {
-                    Some(m) if owns_stack(m, is_main_thread(), tcb) => {
+                // Or, below every stack, the one just above: a stack overflow, its sp in the
+                // guard page or gap under the stack it overflowed (a SIGSEGV handler on an
+                // alternate stack walking it; the main thread's `[stack]` has grown since it
+                // was cached). One scan for both.
+                match maps::stack_at_or_above(sp, GUARD_GAP) {
+                    Some((m, _)) if owns_stack(m, is_main_thread(), tcb) => {
                         let t = stack_part(m, tcb);
                         THREAD_STACK.with(|c| c.set(t));
                         stacks[0] = t;
                     }
-                    Some(m) => stacks[1] = m.range,
-                    None => {
-                        // Below every stack: a stack overflow, its sp in the guard page or gap
-                        // under the stack it overflowed (a SIGSEGV handler on an alternate
-                        // stack walking it). The frames are in that stack, just above; the
-                        // main thread's `[stack]` has grown since it was cached.
-                        if let Some(m) = maps::stack_above(sp, GUARD_GAP) {
-                            if owns_stack(m, is_main_thread(), tcb) {
-                                let t = stack_part(m, tcb);
-                                THREAD_STACK.with(|c| c.set(t));
-                                stacks[0] = t;
-                            } else {
-                                stacks[1] = m.range;
-                            }
-                        }
-                    }
+                    Some((m, _)) => stacks[1] = m.range,
+                    None => {}
                 }
             }
         } else {
@@ -1254,18 +1243,10 @@ mod maps {
         pub above: Option<Mapping>,
     }
 
-    /// The stack-like mapping (as [`stack_like_at`]) that starts above `addr` by at most
-    /// `gap` bytes, with nothing mapped in between but an inaccessible guard: where a stack
-    /// pointer that overflowed its stack (into the guard page or gap below it) came from.
-    pub fn stack_above(addr: u64, gap: u64) -> Option<Mapping> {
-        let s = scan([addr, addr], false);
-        if s.found[0].is_some_and(|m| m.readable) {
-            return None;
-        }
-        s.above.filter(|m| m.anon_rw && m.range.lo - addr <= gap)
-    }
-
-    /// [`stack_like_at`], else [`stack_above`] (then `true`), in one scan.
+    /// [`stack_like_at`], else (then `true`) the stack-like mapping that starts above `addr`
+    /// by at most `gap` bytes, with nothing mapped in between but an inaccessible guard: where
+    /// a stack pointer that overflowed its stack (into the guard page or gap below it) came
+    /// from. One scan.
     pub fn stack_at_or_above(addr: u64, gap: u64) -> Option<(Mapping, bool)> {
         let s = scan([addr, addr], false);
         match s.found[0] {
